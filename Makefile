@@ -1,0 +1,47 @@
+# The README's commands. Each target sets up what it needs: system headers for libexpat,
+# a virtual environment in .venv, the package with its compiled core.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+EXT_SOURCES := $(wildcard fastxmpp/*.pyx fastxmpp/*.pxd)
+BUILD_STAMP := $(VENV)/.built-stamp
+
+.PHONY: serve test bench lint fuzz wheel clean deps
+
+serve: $(BUILD_STAMP)
+	$(VENV)/bin/fastxmpp serve $(ARGS)
+
+test: $(BUILD_STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+bench: $(BUILD_STAMP)
+	$(PY) -m pytest benchmarks -q --benchmark-only $(ARGS)
+
+lint: $(BUILD_STAMP)
+	$(VENV)/bin/ruff check fastxmpp tests benchmarks
+	$(VENV)/bin/ruff format --check fastxmpp tests benchmarks
+	$(VENV)/bin/cython-lint fastxmpp/*.pyx fastxmpp/*.pxd
+	$(VENV)/bin/mypy fastxmpp
+
+wheel: $(BUILD_STAMP)
+	$(PY) -m build --wheel
+
+deps:
+	@if [ ! -f /usr/include/expat.h ]; then \
+	  echo "installing libexpat1-dev (the compiled parser links libexpat)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libexpat1-dev; \
+	fi
+
+$(STAMP): pyproject.toml setup.py | deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,dev]"
+	touch $@
+
+$(BUILD_STAMP): $(STAMP) $(EXT_SOURCES)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+clean:
+	rm -rf build dist *.egg-info fastxmpp/*.c fastxmpp/*.so $(BUILD_STAMP)

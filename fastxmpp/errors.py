@@ -1,0 +1,132 @@
+"""XMPP errors as exceptions, and the one place that turns them into XML.
+
+Handlers raise `StanzaError` or `StreamError`; the stream code catches them and calls
+`stanza_error_bytes` / `stream_error_bytes`. RFC 6120 §4.9 (stream errors), §8.3 (stanza errors).
+"""
+
+from __future__ import annotations
+
+from xml.sax.saxutils import escape, quoteattr
+
+from . import ns
+
+# RFC 6120 §4.9.3: every defined stream error condition.
+STREAM_CONDITIONS = frozenset(
+    {
+        "bad-format",
+        "bad-namespace-prefix",
+        "conflict",
+        "connection-timeout",
+        "host-gone",
+        "host-unknown",
+        "improper-addressing",
+        "internal-server-error",
+        "invalid-from",
+        "invalid-namespace",
+        "invalid-xml",
+        "not-authorized",
+        "not-well-formed",
+        "policy-violation",
+        "remote-connection-failed",
+        "reset",
+        "resource-constraint",
+        "restricted-xml",
+        "see-other-host",
+        "system-shutdown",
+        "undefined-condition",
+        "unsupported-encoding",
+        "unsupported-feature",
+        "unsupported-stanza-type",
+        "unsupported-version",
+    }
+)
+
+# RFC 6120 §8.3.3: each stanza error condition with the error type the RFC gives in its example.
+STANZA_CONDITION_TYPES = {
+    "bad-request": "modify",
+    "conflict": "cancel",
+    "feature-not-implemented": "cancel",
+    "forbidden": "auth",
+    "gone": "cancel",
+    "internal-server-error": "cancel",
+    "item-not-found": "cancel",
+    "jid-malformed": "modify",
+    "not-acceptable": "modify",
+    "not-allowed": "cancel",
+    "not-authorized": "auth",
+    "policy-violation": "modify",
+    "recipient-unavailable": "wait",
+    "redirect": "modify",
+    "registration-required": "auth",
+    "remote-server-not-found": "cancel",
+    "remote-server-timeout": "wait",
+    "resource-constraint": "wait",
+    "service-unavailable": "cancel",
+    "subscription-required": "auth",
+    "undefined-condition": "cancel",
+    "unexpected-request": "wait",
+}
+
+
+class StreamError(Exception):
+    """A condition that ends the stream (RFC 6120 §4.9)."""
+
+    def __init__(self, condition: str, text: str | None = None) -> None:
+        if condition not in STREAM_CONDITIONS:
+            raise ValueError(f"unknown stream error condition {condition!r}")
+        super().__init__(f"{condition}: {text}" if text else condition)
+        self.condition = condition
+        self.text = text
+
+
+class StanzaError(Exception):
+    """A condition returned to the sender of one stanza (RFC 6120 §8.3)."""
+
+    def __init__(
+        self, condition: str, text: str | None = None, error_type: str | None = None
+    ) -> None:
+        if condition not in STANZA_CONDITION_TYPES:
+            raise ValueError(f"unknown stanza error condition {condition!r}")
+        super().__init__(f"{condition}: {text}" if text else condition)
+        self.condition = condition
+        self.text = text
+        self.error_type = error_type or STANZA_CONDITION_TYPES[condition]
+
+
+def stream_error_bytes(condition: str, text: str | None = None) -> bytes:
+    """`<stream:error>` for a stream whose root declared the `stream` prefix (RFC 6120 §4.9.2)."""
+    text_xml = (
+        f"<text xmlns='{ns.STREAM_ERRORS}' xml:lang='en'>{escape(text)}</text>" if text else ""
+    )
+    return (
+        f"<stream:error><{condition} xmlns='{ns.STREAM_ERRORS}'/>{text_xml}</stream:error>"
+    ).encode()
+
+
+def error_element_xml(condition: str, error_type: str, text: str | None = None) -> str:
+    """The `<error/>` child of an error stanza (RFC 6120 §8.3.2)."""
+    text_xml = (
+        f"<text xmlns='{ns.STANZA_ERRORS}' xml:lang='en'>{escape(text)}</text>" if text else ""
+    )
+    return (
+        f"<error type='{error_type}'><{condition} xmlns='{ns.STANZA_ERRORS}'/>{text_xml}</error>"
+    )
+
+
+def stanza_error_bytes(
+    kind: str,
+    stanza_id: str | None,
+    from_jid: str | None,
+    to_jid: str | None,
+    error: StanzaError,
+) -> bytes:
+    """An error reply: kind of the original, type='error', addresses swapped by the caller."""
+    attrs = " type='error'"
+    if stanza_id is not None:
+        attrs += " id=" + quoteattr(stanza_id)
+    if from_jid:
+        attrs += " from=" + quoteattr(from_jid)
+    if to_jid:
+        attrs += " to=" + quoteattr(to_jid)
+    body = error_element_xml(error.condition, error.error_type, error.text)
+    return f"<{kind}{attrs}>{body}</{kind}>".encode()

@@ -1,0 +1,12 @@
+"""XML namespaces used across the server, named once so `grep` finds every user of a XEP."""
+
+STREAMS = "http://etherx.jabber.org/streams"
+CLIENT = "jabber:client"
+SERVER = "jabber:server"
+XML = "http://www.w3.org/XML/1998/namespace"
+STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+SESSION = "urn:ietf:params:xml:ns:xmpp-session"
