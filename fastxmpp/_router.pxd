@@ -1,0 +1,47 @@
+# The C-level interface of the stanza router.
+
+from fastxmpp._parser cimport Stanza
+
+
+cdef class Router
+
+
+cdef class Session:
+    cdef public str local           # set by Router.bind
+    cdef public str domain
+    cdef public str resource
+    cdef public str bare
+    cdef public str full
+    cdef public int priority        # RFC 6121 §4.7.2.3
+    cdef public bint available      # sent initial presence and not yet unavailable
+    cdef public object transport
+    cdef public Router router
+    cdef list _out
+    cdef public Py_ssize_t queued_bytes
+    cdef bint _queued
+
+    cpdef send(self, bytes data)
+    cpdef flush(self)
+
+
+cdef class Router:
+    cdef dict _users                # bare JID -> {resource: Session}
+    cdef set _hosts
+    cdef dict _jid_cache
+    cdef list _dirty
+    cdef bint _flush_scheduled
+    cdef object _loop
+    cdef object _parse_jid
+    cdef public object user_exists          # (domain, local) -> bool
+    cdef public object presence_hook        # (session, stanza) for broadcast presence
+    cdef public object message_hook         # (session, stanza, target) for bare-JID messages
+    cdef dict _iq_handlers                  # payload namespace -> handler
+
+    cpdef route(self, Session origin, Stanza st)
+    cdef tuple _target(self, str to)
+    cdef _deliver_message(self, Session origin, Stanza st, tuple target)
+    cdef _deliver_presence(self, Session origin, Stanza st, tuple target)
+    cdef _deliver_iq(self, Session origin, Stanza st, tuple target)
+    cdef list _best_resources(self, str bare)
+    cdef _handle_iq(self, Session origin, Stanza st, tuple target)
+    cdef _schedule(self, Session session)

@@ -1,0 +1,367 @@
+# cython: language_level=3
+"""Stanza routing: the session table and the addressing rules of RFC 6120 §10 and
+RFC 6121 §8, with write batching.
+
+The router knows nothing about rosters or rooms. Modules register iq handlers by payload
+namespace and hooks for what needs them (presence broadcast, messages with nobody to take
+them). Undeliverable stanzas raise `StanzaError`; the stream turns it into an error reply
+(never in answer to an error, RFC 6120 §8.3.1).
+"""
+
+from fastxmpp._parser cimport Stanza
+
+from fastxmpp.errors import StanzaError, StreamError
+
+cdef str CLIENT_NS = "jabber:client"
+cdef int JID_CACHE_MAX = 100000
+
+# Types an iq may have (RFC 6120 §8.2.3).
+cdef frozenset IQ_TYPES = frozenset(("get", "set", "result", "error"))
+# Presence types other than the broadcast of availability (RFC 6121 §4.7.1).
+cdef frozenset SUBSCRIPTION_TYPES = frozenset(
+    ("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
+cdef frozenset PRESENCE_TYPES = frozenset(
+    ("unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe",
+     "error"))
+
+
+cdef class Session:
+    """One bound (or binding) stream, as the router sees it. Streams subclass this."""
+
+    def __cinit__(self):
+        self._out = []
+        self.queued_bytes = 0
+        self._queued = False
+        self.priority = 0
+        self.available = False
+
+    cpdef send(self, bytes data):
+        """Queue bytes; they go out in one write with everything else queued this turn
+        of the loop (docs/ARCHITECTURE.md, principle 3)."""
+        if self.transport is None:
+            return
+        self._out.append(data)
+        self.queued_bytes += len(data)
+        if not self._queued:
+            self._queued = True
+            self.router._schedule(self)
+
+    cpdef flush(self):
+        """Write what is queued now (used before STARTTLS and before closing)."""
+        cdef list out = self._out
+        self._queued = False
+        if not out:
+            return
+        self._out = []
+        self.queued_bytes = 0
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+
+cdef class Router:
+
+    def __init__(self, loop, parse_jid):
+        self._users = {}
+        self._hosts = set()
+        self._jid_cache = {}
+        self._dirty = []
+        self._flush_scheduled = False
+        self._loop = loop
+        self._parse_jid = parse_jid
+        self.user_exists = None
+        self.presence_hook = None
+        self.message_hook = None
+        self._iq_handlers = {}
+
+    # --- configuration -------------------------------------------------------------
+
+    def add_host(self, str domain):
+        self._hosts.add(domain)
+
+    def is_local(self, str domain):
+        return domain in self._hosts
+
+    def set_iq_handler(self, str namespace, handler):
+        """handler(origin, stanza, target) -> bytes | None, for iq get/set to the server
+        or to an account's bare JID; `target` is None when the iq had no 'to'."""
+        if namespace in self._iq_handlers:
+            raise ValueError(f"an iq handler for {namespace} is already registered")
+        self._iq_handlers[namespace] = handler
+
+    # --- session table ---------------------------------------------------------------
+
+    def bind(self, Session session, str local, str domain, str resource):
+        """Enter a session under local@domain/resource; return the session it displaces."""
+        cdef str bare = local + "@" + domain
+        cdef dict resources = self._users.get(bare)
+        if resources is None:
+            resources = self._users[bare] = {}
+        old = resources.get(resource)
+        session.local = local
+        session.domain = domain
+        session.resource = resource
+        session.bare = bare
+        session.full = bare + "/" + resource
+        session.router = self
+        resources[resource] = session
+        return old
+
+    def unbind(self, Session session):
+        cdef dict resources
+        if session.bare is None:
+            return
+        resources = self._users.get(session.bare)
+        if resources is not None and resources.get(session.resource) is session:
+            del resources[session.resource]
+            if not resources:
+                del self._users[session.bare]
+
+    def resources(self, str bare):
+        """{resource: Session} of a bare JID (a copy)."""
+        return dict(self._users.get(bare, ()))
+
+    def session(self, str bare, str resource):
+        cdef dict resources = self._users.get(bare)
+        return None if resources is None else resources.get(resource)
+
+    def all_sessions(self):
+        return [s for resources in self._users.values() for s in resources.values()]
+
+    @property
+    def session_count(self):
+        return sum(len(r) for r in self._users.values())
+
+    # --- write batching ----------------------------------------------------------------
+
+    cdef _schedule(self, Session session):
+        self._dirty.append(session)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush_all)
+
+    def flush_all(self):
+        cdef list dirty = self._dirty
+        cdef Session session
+        self._dirty = []
+        self._flush_scheduled = False
+        for session in dirty:
+            session.flush()
+
+    # --- routing -----------------------------------------------------------------------
+
+    cdef tuple _target(self, str to):
+        """(local, domain, resource, bare) for a 'to' value, prepared and cached
+        (docs/ARCHITECTURE.md, principle 4). Raises StanzaError(jid-malformed)."""
+        cdef tuple target = self._jid_cache.get(to)
+        if target is not None:
+            return target
+        try:
+            jid = self._parse_jid(to)
+        except ValueError as exc:
+            raise StanzaError("jid-malformed", str(exc))
+        target = (jid.local, jid.domain, jid.resource, jid.bare)
+        if len(self._jid_cache) >= JID_CACHE_MAX:
+            self._jid_cache.clear()
+        self._jid_cache[to] = target
+        return target
+
+    cpdef route(self, Session origin, Stanza st):
+        """Route a stanza a bound client session sent (RFC 6120 §8.1.2.1, §10)."""
+        cdef str to = st.attrs.get("to")
+        cdef str frm = st.attrs.get("from")
+        cdef str name = st.name
+        cdef tuple target
+        if frm is not None and frm != origin.full:
+            # RFC 6120 §8.1.2.1: the server stamps 'from'; a client may only name itself.
+            try:
+                jid = self._parse_jid(frm)
+            except ValueError:
+                raise StreamError("invalid-from", "the 'from' address is malformed")
+            if jid.bare != origin.bare or (jid.resource and jid.resource != origin.resource):
+                raise StreamError("invalid-from", "the 'from' address is not yours")
+        target = None if to is None else self._target(to)
+        if name == "message":
+            self._deliver_message(origin, st, target)
+        elif name == "presence":
+            self._deliver_presence(origin, st, target)
+        elif name == "iq":
+            self._deliver_iq(origin, st, target)
+        else:
+            raise StreamError("unsupported-stanza-type", name)
+
+    cdef list _best_resources(self, str bare):
+        """Available resources with the highest non-negative priority (RFC 6121 §8.5.2.1.1).
+        All of them when several share it: the policy written down in docs/ROUTING.md."""
+        cdef dict resources = self._users.get(bare)
+        cdef list best = []
+        cdef int top = -1
+        cdef Session s
+        if resources is None:
+            return best
+        for s in resources.values():
+            if not s.available or s.priority < 0:
+                continue
+            if s.priority > top:
+                top = s.priority
+                best = [s]
+            elif s.priority == top:
+                best.append(s)
+        return best
+
+    cdef _deliver_message(self, Session origin, Stanza st, tuple target):
+        cdef str mtype = st.attrs.get("type", "normal")
+        cdef str local, domain, resource, bare
+        cdef Session s
+        cdef dict resources
+        cdef bytes data
+        cdef list best
+        if target is None:
+            # RFC 6120 §10.3.1: no 'to' means the sender's own bare JID.
+            target = (origin.local, origin.domain, "", origin.bare)
+            data = st.with_attrs({"from": origin.full, "to": origin.bare})
+        else:
+            data = None
+        local, domain, resource, bare = target
+        if domain not in self._hosts:
+            raise StanzaError("remote-server-not-found", f"{domain} is not served here")
+        if not local:
+            # A message to the server itself (RFC 6120 §10.5.1): nothing here consumes one.
+            if mtype != "error":
+                raise StanzaError("service-unavailable")
+            return
+        resources = self._users.get(bare)
+        if resource and resources is not None:
+            s = resources.get(resource)
+            if s is not None:
+                s.send(data or st.with_attrs({"from": origin.full}))
+                return
+            # RFC 6121 §8.5.3.2.1: no such resource.
+            if mtype == "groupchat" or mtype == "headline" or mtype == "error":
+                return
+        if mtype == "error":
+            return
+        if mtype == "groupchat":
+            # RFC 6121 §8.5.2.1.1: never to a bare JID.
+            raise StanzaError("service-unavailable")
+        if data is None:
+            data = st.with_attrs({"from": origin.full})
+        if mtype == "headline":
+            best = [s for s in (resources or {}).values() if s.available and s.priority >= 0]
+        else:
+            best = self._best_resources(bare)
+        if best:
+            for s in best:
+                s.send(data)
+            return
+        if resources is None and not self.user_exists(domain, local):
+            # RFC 6121 §8.5.1: no such account.
+            raise StanzaError("service-unavailable")
+        if self.message_hook is not None and self.message_hook(origin, st, target):
+            return
+        if mtype == "headline":
+            return
+        # RFC 6121 §8.5.2.2.1: nobody to take it and nothing stores it.
+        raise StanzaError("service-unavailable")
+
+    cdef _deliver_presence(self, Session origin, Stanza st, tuple target):
+        cdef str ptype = st.attrs.get("type")
+        cdef str local, domain, resource, bare
+        cdef Session s
+        cdef dict resources
+        cdef bytes data
+        if ptype is not None and ptype not in PRESENCE_TYPES:
+            raise StanzaError("bad-request", f"unknown presence type {ptype!r}")
+        if target is None:
+            if ptype is None or ptype == "unavailable":
+                self._update_availability(origin, st, ptype)
+            if self.presence_hook is not None:
+                self.presence_hook(origin, st)
+            return
+        local, domain, resource, bare = target
+        if domain not in self._hosts:
+            if ptype != "error":
+                raise StanzaError("remote-server-not-found", f"{domain} is not served here")
+            return
+        if not local:
+            return
+        if ptype in SUBSCRIPTION_TYPES or ptype == "probe":
+            # RFC 6121 §3 and §4.3: the server acts on these (the presence module).
+            if self.presence_hook is not None:
+                self.presence_hook(origin, st)
+                return
+            if ptype == "probe":
+                return
+        resources = self._users.get(bare)
+        if resources is None:
+            # RFC 6121 §8.5.1 / §8.5.2.2.2: silently ignored.
+            return
+        data = st.with_attrs({"from": origin.full})
+        if resource:
+            s = resources.get(resource)
+            if s is not None:
+                s.send(data)
+            return
+        for s in resources.values():
+            if s.available:
+                s.send(data)
+
+    def _update_availability(self, Session origin, Stanza st, ptype):
+        cdef object el
+        if ptype == "unavailable":
+            origin.available = False
+            return
+        priority = 0
+        if (CLIENT_NS, "priority") in st.children:
+            el = st.element().find("{jabber:client}priority")
+            try:
+                priority = int((el.text or "").strip())
+            except ValueError:
+                raise StanzaError("bad-request", "priority must be an integer")
+            if not -128 <= priority <= 127:
+                raise StanzaError("bad-request", "priority must be in -128..127")
+        origin.priority = priority
+        origin.available = True
+
+    cdef _deliver_iq(self, Session origin, Stanza st, tuple target):
+        cdef str itype = st.attrs.get("type")
+        cdef str local, domain, resource, bare
+        cdef Session s
+        cdef dict resources
+        if st.attrs.get("id") is None:
+            raise StanzaError("bad-request", "an iq needs an 'id' (RFC 6120 §8.2.3)")
+        if itype not in IQ_TYPES:
+            raise StanzaError("bad-request", "iq type must be get, set, result or error")
+        if (itype == "get" or itype == "set") and len(st.children) != 1:
+            raise StanzaError("bad-request", "an iq get/set has exactly one payload")
+        if target is None:
+            self._handle_iq(origin, st, None)
+            return
+        local, domain, resource, bare = target
+        if domain not in self._hosts:
+            raise StanzaError("remote-server-not-found", f"{domain} is not served here")
+        if not local or not resource:
+            # To the server, or to an account's bare JID: the server answers on the
+            # account's behalf (RFC 6121 §8.5.2.1.3, RFC 6120 §10.5.3).
+            if local and self.user_exists is not None and bare not in self._users \
+                    and not self.user_exists(domain, local):
+                raise StanzaError("service-unavailable")
+            self._handle_iq(origin, st, target)
+            return
+        resources = self._users.get(bare)
+        s = None if resources is None else resources.get(resource)
+        if s is None:
+            # RFC 6121 §8.5.3.2.3 (and §8.5.1 for an account that does not exist).
+            raise StanzaError("service-unavailable")
+        s.send(st.with_attrs({"from": origin.full}))
+
+    cdef _handle_iq(self, Session origin, Stanza st, tuple target):
+        cdef str itype = st.attrs.get("type")
+        if itype == "result" or itype == "error":
+            # Answers to the server's own requests; nothing waits on them yet.
+            return
+        handler = self._iq_handlers.get(st.children[0][0])
+        if handler is None:
+            raise StanzaError("service-unavailable")
+        reply = handler(origin, st, target)
+        if reply is not None:
+            origin.send(reply)
