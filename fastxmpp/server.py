@@ -1,0 +1,146 @@
+"""Assembles a running server from a `Config`: storage, TLS contexts, the router, modules and
+listeners; and takes it down again on SIGTERM/SIGINT (system-shutdown to every stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import uvloop
+
+from . import __version__
+from ._router import Router
+from .certs import ensure_certificate
+from .config import Config
+from .jid import parse_jid
+from .storage.accounts import AccountStore
+from .storage.lmdb_store import DataDirLocked, ServerLock, Storage
+from .stream.c2s import C2SStream
+
+log = logging.getLogger("fastxmpp.server")
+T = TypeVar("T")
+
+
+def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """Server-side TLS: TLS 1.2 or newer, the stdlib's secure defaults (RFC 7590)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.streams: set[C2SStream] = set()
+        self.background: set[asyncio.Task[Any]] = set()
+        self.tls_contexts: dict[str, ssl.SSLContext] = {}
+        self.listeners: list[asyncio.AbstractServer] = []
+        self.addresses: list[tuple[str, int]] = []
+        self.lock = ServerLock(config.data_dir)
+        self.storage: Storage | None = None
+        self.accounts: AccountStore
+        self.router: Router
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        config = self.config
+        self.lock.acquire()
+        try:
+            self.storage = Storage(config.data_dir, config.storage.map_size)
+            self.accounts = AccountStore(self.storage, config.storage.scram_iterations)
+            for name, host in config.hosts.items():
+                if host.cert is not None and host.key is not None:
+                    cert, key = host.cert, host.key
+                else:
+                    cert, key = ensure_certificate(name, config.data_dir / "certs")
+                    log.info("using self-signed certificate %s for %s", cert, name)
+                self.tls_contexts[name] = make_tls_context(str(cert), str(key))
+            loop = asyncio.get_running_loop()
+            self.router = Router(loop, parse_jid)
+            self.router.user_exists = self.accounts.exists
+            for name in config.hosts:
+                self.router.add_host(name)
+            for listener in config.listeners:
+                server = await loop.create_server(
+                    lambda: C2SStream(self), listener.address, listener.port, reuse_address=True
+                )
+                self.listeners.append(server)
+                for sock in server.sockets:
+                    address = sock.getsockname()[:2]
+                    self.addresses.append(address)
+                    log.info("c2s listening on %s:%d", address[0], address[1])
+        except BaseException:
+            self._close_storage()
+            raise
+        log.info(
+            "fastxmpp %s serving %s (data in %s)",
+            __version__,
+            ", ".join(config.hosts),
+            config.data_dir,
+        )
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run CPU-heavy or blocking work (password hashing) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    def session_ended(self, stream: C2SStream) -> None:
+        """A bound session went away (modules hook in here in later issues)."""
+
+    async def stop(self) -> None:
+        log.info("shutting down: system-shutdown to %d streams", len(self.streams))
+        for server in self.listeners:
+            server.close()
+        for stream in list(self.streams):
+            stream.close_with_error("system-shutdown", "the server is shutting down")
+        for server in self.listeners:
+            await server.wait_closed()
+        # Give transports a moment to flush their closing tags.
+        for _ in range(50):
+            if not self.streams:
+                break
+            await asyncio.sleep(0.02)
+        for task in list(self.background):
+            task.cancel()
+        self._close_storage()
+        self._stopped.set()
+
+    def _close_storage(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
+            self.storage = None
+        self.lock.release()
+
+    async def serve_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop_requested.set)
+        await self.start()
+        await stop_requested.wait()
+        await self.stop()
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run(config: Config) -> int:
+    """Run the server until SIGTERM/SIGINT; the process exit code."""
+    setup_logging(config.log_level)
+    try:
+        uvloop.run(Server(config).serve_until_signalled())
+    except DataDirLocked as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,505 @@
+"""Client-to-server streams (RFC 6120): stream header, STARTTLS, SASL, resource binding,
+then stanzas handed to the router.
+
+One `C2SStream` per TCP connection. It is the router's `Session` for that connection and the
+asyncio protocol at the same time. Every error raised while handling a stanza or the stream
+is turned into XML in `_handle`/`close_with_error` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import secrets
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import quoteattr
+
+from .. import ns
+from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamError
+from .._router import Session
+from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
+from ..jid import JIDError, normalize_resource, parse_jid
+from .sasl import (
+    Challenge,
+    Failure,
+    PlainExchange,
+    SaslExchange,
+    ScramExchange,
+    Success,
+    offered_mechanisms,
+)
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+log = logging.getLogger("fastxmpp.c2s")
+
+STREAM_HEADER = (
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    "xmlns:stream='http://etherx.jabber.org/streams' id={id} version='1.0' xml:lang={lang}{attrs}>"
+)
+STREAM_CLOSE = b"</stream:stream>"
+
+
+class C2SStream(Session, asyncio.Protocol):
+    """States: waiting for a header -> features sent -> (TLS) -> (SASL) -> bound."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.router = server.router
+        config = server.config
+        self.limits = config.limits
+        self.c2s = config.c2s
+        self.parser = StreamParser(
+            self.limits.max_stanza_size, self.limits.max_depth, self.limits.max_attributes
+        )
+        self.peer = "?"
+        self.stream_id = ""
+        self.host: str | None = None
+        self.lang = "en"
+        self.header_sent = False
+        self.encrypted = False
+        self.authenticated_local: str | None = None
+        self.bound = False
+        self.closing = False
+        self.sasl: SaslExchange | None = None
+        self.sasl_mechanism = ""
+        self.sasl_failures = 0
+        self.busy = False  # an asynchronous step (TLS handshake, password check) is running
+        self.pending: list[Any] = []
+        self.auth_timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.server.streams.add(self)
+        self.auth_timer = asyncio.get_running_loop().call_later(
+            self.c2s.auth_timeout, self._auth_timed_out
+        )
+        log.info("c2s connection from %s", self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.closing = True
+        self.server.streams.discard(self)
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+        if self.bound:
+            self.router.unbind(self)
+            self.server.session_ended(self)
+        log.info(
+            "c2s connection from %s closed (%s)%s",
+            self.peer,
+            self.full or "unauthenticated",
+            f": {exc}" if exc else "",
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        events = self.parser.feed(data)
+        if self.busy:
+            self.pending.extend(events)
+            return
+        self._handle(events)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    # --- event loop of the stream ------------------------------------------------------
+
+    def _handle(self, events: list[Any]) -> None:
+        route = self.router.route
+        for i, event in enumerate(events):
+            if self.closing:
+                return
+            if self.busy:
+                self.pending.extend(events[i:])
+                return
+            try:
+                if type(event) is Stanza:
+                    if self.bound and event.ns == ns.CLIENT and event.name != "iq":
+                        route(self, event)
+                    else:
+                        self._stanza(event)
+                elif type(event) is StreamHeader:
+                    self._stream_header(event)
+                elif event is STREAM_END:
+                    self._peer_closed()
+                elif isinstance(event, XMLStreamError):
+                    self.close_with_error(event.condition, event.text)
+            except StanzaError as err:
+                self._reply_error(event, err)
+            except StreamError as err:
+                self.close_with_error(err.condition, err.text)
+            except Exception:
+                log.exception("internal error on stream from %s", self.peer)
+                self.close_with_error("internal-server-error")
+
+    def _reply_error(self, st: Stanza, err: StanzaError) -> None:
+        stype = st.attrs.get("type")
+        # RFC 6120 §8.3.1: never answer an error; §8.2.3: never answer an iq result.
+        if stype == "error" or (st.name == "iq" and stype == "result"):
+            return
+        to = st.attrs.get("to")
+        self.send(stanza_error_bytes(st.name, st.attrs.get("id"), to, self.full, err))
+
+    def _resume(self) -> None:
+        self.busy = False
+        pending, self.pending = self.pending, []
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+            self._handle(pending)
+
+    def _run_async(self, step: Callable[[], Any]) -> None:
+        """Run a coroutine step; events that arrive meanwhile wait in `pending`."""
+        self.busy = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+        async def runner() -> None:
+            try:
+                await step()
+            except StreamError as err:
+                self.close_with_error(err.condition, err.text)
+            except Exception:
+                log.exception("internal error on stream from %s", self.peer)
+                self.close_with_error("internal-server-error")
+            finally:
+                self._resume()
+
+        task = asyncio.get_running_loop().create_task(runner())
+        self.server.background.add(task)
+        task.add_done_callback(self.server.background.discard)
+
+    # --- stream header and features (RFC 6120 §4.7, §4.3.2) ---------------------------
+
+    def _stream_header(self, header: StreamHeader) -> None:
+        attrs = header.attrs
+        to = attrs.get("to")
+        restarted = self.encrypted or self.authenticated_local is not None
+        previous_host = self.host
+        try:
+            self.host = parse_jid(to).domain if to else None
+        except JIDError:
+            self.host = None
+        lang = attrs.get("{" + ns.XML + "}lang")
+        if lang and len(lang) <= 35:
+            self.lang = lang
+        self._send_header(attrs.get("from"))
+        if header.ns != ns.STREAMS or header.name != "stream":
+            raise StreamError("invalid-namespace", "the root must be <stream/> of RFC 6120")
+        if (None, ns.CLIENT) not in header.nsdecls:
+            raise StreamError("invalid-namespace", "the content namespace must be jabber:client")
+        if not to or self.host is None or not self.router.is_local(self.host):
+            raise StreamError("host-unknown", "this server does not serve that domain")
+        if restarted and self.host != previous_host:
+            # The restarted stream must be for the host that was secured and authenticated.
+            raise StreamError("host-unknown", "the stream restart named another host")
+        version = attrs.get("version", "")
+        try:
+            major = int(version.split(".", 1)[0])
+        except ValueError:
+            major = 0
+        if major < 1:
+            # RFC 6120 §4.7.5: we speak 1.0 and nothing older.
+            raise StreamError("unsupported-version", "version 1.0 is required")
+        self.send(self._features())
+
+    def _send_header(self, client_from: str | None) -> None:
+        if self.header_sent:
+            return
+        self.header_sent = True
+        self.stream_id = secrets.token_urlsafe(12)
+        extra = ""
+        if self.host and self.router.is_local(self.host):
+            extra += " from=" + quoteattr(self.host)
+        if client_from:
+            try:
+                extra += " to=" + quoteattr(str(parse_jid(client_from)))
+            except JIDError:
+                pass
+        self.send(
+            STREAM_HEADER.format(
+                id=quoteattr(self.stream_id), lang=quoteattr(self.lang), attrs=extra
+            ).encode()
+        )
+
+    def _features(self) -> bytes:
+        parts = ["<stream:features>"]
+        tls_possible = not self.encrypted and self.host in self.server.tls_contexts
+        if self.authenticated_local is None:
+            tls_required = tls_possible and self.c2s.require_encryption
+            if tls_possible:
+                parts.append(
+                    f"<starttls xmlns='{ns.TLS}'>" + ("<required/>" if tls_required else "")
+                    + "</starttls>"
+                )
+            if not tls_required:
+                mechanisms = offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted)
+                parts.append(f"<mechanisms xmlns='{ns.SASL}'>")
+                parts.extend(f"<mechanism>{m}</mechanism>" for m in mechanisms)
+                parts.append("</mechanisms>")
+        else:
+            parts.append(f"<bind xmlns='{ns.BIND}'/>")
+            # RFC 6121 §1.4 kept the legacy session feature; we advertise it as optional.
+            parts.append(f"<session xmlns='{ns.SESSION}'><optional/></session>")
+        parts.append("</stream:features>")
+        return "".join(parts).encode()
+
+    # --- non-routed top-level elements -------------------------------------------------
+
+    def _stanza(self, st: Stanza) -> None:
+        if st.ns == ns.TLS and st.name == "starttls" and not self.encrypted:
+            if self.authenticated_local is None and self.host in self.server.tls_contexts:
+                self._starttls()
+                return
+        elif st.ns == ns.SASL and self.authenticated_local is None:
+            if self.c2s.require_encryption and not self.encrypted:
+                # RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here.
+                self._sasl_failure("encryption-required", "STARTTLS first")
+                return
+            if st.name == "auth":
+                self._sasl_auth(st)
+                return
+            if st.name == "response":
+                self._sasl_response(st)
+                return
+            if st.name == "abort":
+                self.sasl = None
+                self._sasl_failure("aborted")
+                return
+            raise StreamError("unsupported-stanza-type", f"SASL element <{st.name}/>")
+        elif st.ns == ns.CLIENT and st.name in ("iq", "message", "presence"):
+            if self.authenticated_local is None or (not self.bound and st.name != "iq"):
+                raise StreamError("not-authorized", "authenticate and bind first")
+            self._iq(st)
+            return
+        if self.authenticated_local is None:
+            raise StreamError("not-authorized", "authenticate first")
+        raise StreamError("unsupported-stanza-type", f"<{st.name} xmlns='{st.ns}'/>")
+
+    def _iq(self, st: Stanza) -> None:
+        payload = st.children[0] if len(st.children) == 1 else None
+        itype = st.attrs.get("type")
+        if payload == (ns.BIND, "bind") and itype == "set":
+            if self.bound:
+                # RFC 6120 §7.7.2: one resource per stream.
+                raise StanzaError("not-allowed", "a resource is already bound to this stream")
+            self._bind(st)
+        elif payload == (ns.SESSION, "session") and itype == "set":
+            if not self.bound:
+                raise StreamError("not-authorized", "bind a resource first")
+            self.send(_iq_result(st, self.full))
+        elif not self.bound:
+            raise StreamError("not-authorized", "bind a resource first")
+        else:
+            self.router.route(self, st)
+
+    # --- STARTTLS (RFC 6120 §5) --------------------------------------------------------
+
+    def _starttls(self) -> None:
+        context: ssl.SSLContext = self.server.tls_contexts[self.host]
+        self.send(f"<proceed xmlns='{ns.TLS}'/>".encode())
+        self.flush()
+        # RFC 6120 §5.4.3.3: anything the client sent after <starttls/> is discarded.
+        self.pending.clear()
+
+        async def upgrade() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                transport = await loop.start_tls(
+                    self.transport, self, context, server_side=True, ssl_handshake_timeout=30
+                )
+            except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
+                log.info("TLS handshake with %s failed: %s", self.peer, exc)
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            if transport is None:
+                return
+            self.transport = transport
+            self.encrypted = True
+            self.pending.clear()
+            self._restart_stream()
+            log.info("c2s %s: TLS %s", self.peer, transport.get_extra_info("ssl_object").version())
+
+        self._run_async(upgrade)
+
+    def _restart_stream(self) -> None:
+        # RFC 6120 §4.3.3: after TLS and after SASL the stream starts over.
+        self.parser.reset()
+        self.header_sent = False
+
+    # --- SASL (RFC 6120 §6) ------------------------------------------------------------
+
+    def _sasl_auth(self, st: Stanza) -> None:
+        if self.sasl is not None:
+            self.sasl = None
+            self._sasl_failure("aborted", "a new <auth/> aborts the previous exchange")
+            return
+        mechanism = st.attrs.get("mechanism", "")
+        if mechanism not in offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted):
+            self._sasl_failure("invalid-mechanism")
+            return
+        initial = self._sasl_data(st, allow_absent=True)
+        if initial is False:
+            return
+        assert self.host is not None
+        accounts = self.server.accounts
+        if mechanism == "PLAIN":
+            exchange: SaslExchange = PlainExchange(self.host, accounts, self.server.run_blocking)
+        else:
+            exchange = ScramExchange(mechanism, self.host, accounts)
+        self.sasl = exchange
+        self.sasl_mechanism = mechanism
+        self._run_async(lambda: self._sasl_step(exchange.start(initial)))  # type: ignore[arg-type]
+
+    def _sasl_response(self, st: Stanza) -> None:
+        exchange = self.sasl
+        if exchange is None:
+            self._sasl_failure("malformed-request", "no exchange in progress")
+            return
+        data = self._sasl_data(st, allow_absent=False)
+        if data is False:
+            return
+        self._run_async(lambda: self._sasl_step(exchange.respond(data)))  # type: ignore[arg-type]
+
+    def _sasl_data(self, st: Stanza, allow_absent: bool) -> bytes | None | bool:
+        text = (st.element().text or "").strip()
+        if not text:
+            return None if allow_absent else b""
+        if text == "=":
+            return b""  # RFC 6120 §6.4.2: an empty initial response
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            self.sasl = None
+            self._sasl_failure("incorrect-encoding")
+            return False
+
+    async def _sasl_step(self, pending_outcome: Any) -> None:
+        outcome = await pending_outcome
+        if isinstance(outcome, Challenge):
+            data = _b64(outcome.data) if outcome.data else ""
+            self.send(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
+        elif isinstance(outcome, Success):
+            self.sasl = None
+            self.authenticated_local = outcome.local
+            data = _b64(outcome.data) if outcome.data else ""
+            self.send(f"<success xmlns='{ns.SASL}'>{data}</success>".encode())
+            log.info(
+                "c2s %s: authenticated %s@%s with %s",
+                self.peer,
+                outcome.local,
+                self.host,
+                self.sasl_mechanism,
+            )
+            self.pending.clear()
+            self._restart_stream()
+        elif isinstance(outcome, Failure):
+            self.sasl = None
+            self._sasl_failure(outcome.condition, outcome.text)
+
+    def _sasl_failure(self, condition: str, text: str | None = None) -> None:
+        self.sasl_failures += 1
+        text_xml = f"<text xml:lang='en'>{_escape(text)}</text>" if text else ""
+        self.send(f"<failure xmlns='{ns.SASL}'><{condition}/>{text_xml}</failure>".encode())
+        log.info("c2s %s: SASL failure %s (%d)", self.peer, condition, self.sasl_failures)
+        if condition != "aborted" and self.sasl_failures >= self.c2s.max_sasl_failures:
+            # RFC 6120 §6.4.5: retries are limited; then the stream is closed.
+            self.close_with_error("policy-violation", "too many authentication failures")
+
+    # --- resource binding (RFC 6120 §7) ------------------------------------------------
+
+    def _bind(self, st: Stanza) -> None:
+        assert self.authenticated_local is not None and self.host is not None
+        bare = f"{self.authenticated_local}@{self.host}"
+        resource_el = st.element().find(f"{{{ns.BIND}}}bind/{{{ns.BIND}}}resource")
+        requested = (resource_el.text or "").strip() if resource_el is not None else ""
+        if requested:
+            try:
+                resource = normalize_resource(requested)
+            except JIDError as exc:
+                raise StanzaError("bad-request", str(exc)) from exc
+        else:
+            resource = _new_resource()
+        existing = self.router.session(bare, resource)
+        if existing is not None:
+            # RFC 6120 §7.7.2.2: the configured policy decides.
+            policy = self.c2s.resource_conflict
+            if policy == "reject":
+                raise StanzaError("conflict", "that resource is in use")
+            if policy == "rename":
+                resource = _new_resource()
+                existing = None
+        old = self.router.bind(self, self.authenticated_local, self.host, resource)
+        self.bound = True
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+            self.auth_timer = None
+        if old is not None and old is not self:
+            old.close_with_error("conflict", "replaced by a new session for this resource")
+        payload = f"<bind xmlns='{ns.BIND}'><jid>{_escape(self.full)}</jid></bind>"
+        self.send(_iq_result(st, None, payload))
+        log.info("c2s %s: bound %s", self.peer, self.full)
+
+    # --- closing (RFC 6120 §4.4) -------------------------------------------------------
+
+    def _peer_closed(self) -> None:
+        self.closing = True
+        self.send(STREAM_CLOSE)
+        self._close_transport()
+
+    def close_with_error(self, condition: str | None, text: str | None = None) -> None:
+        """Send a stream error (if any) and the closing tag, then close the connection."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.transport is None:
+            return
+        if not self.header_sent:
+            # RFC 6120 §4.9.1.2: the error follows our stream header.
+            self._send_header(None)
+        if condition is not None:
+            log.info("c2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else "")
+            self.send(stream_error_bytes(condition, text))
+        self.send(STREAM_CLOSE)
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _auth_timed_out(self) -> None:
+        self.auth_timer = None
+        if not self.bound:
+            self.close_with_error("connection-timeout", "authentication took too long")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode() if data else "="
+
+
+def _escape(text: str | None) -> str:
+    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _new_resource() -> str:
+    return "fx-" + secrets.token_hex(6)
+
+
+def _iq_result(st: Stanza, to: str | None, payload: str = "") -> bytes:
+    attrs = "type='result' id=" + quoteattr(st.attrs.get("id", ""))
+    if to:
+        attrs += " to=" + quoteattr(to)
+    return f"<iq {attrs}>{payload}</iq>".encode()

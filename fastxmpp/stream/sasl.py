@@ -1,0 +1,162 @@
+"""SASL for client streams (RFC 6120 §6): SCRAM-SHA-1, SCRAM-SHA-256 (RFC 5802, RFC 7677,
+through scramp) and PLAIN (RFC 4616, offered only over TLS).
+
+A `SaslExchange` is driven by the stream: `start(initial)` and `respond(data)` return an
+outcome: `Challenge(data)`, `Success(data, local)` or `Failure(condition, text)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from scramp import ScramException, ScramMechanism
+
+from ..jid import JIDError, normalize_local
+from ..storage.accounts import AccountStore
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
+ALL_MECHANISMS = (*SCRAM_MECHANISMS, "PLAIN")
+# A per-process secret so that made-up SCRAM salts for unknown accounts are stable within a
+# run but not predictable: a client cannot tell an unknown account from a wrong password.
+_DECOY_SECRET = os.urandom(32)
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    data: bytes
+    local: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    condition: str  # RFC 6120 §6.5
+    text: str | None = None
+
+
+Outcome = Challenge | Success | Failure
+
+
+class SaslExchange:
+    """One authentication attempt with one mechanism."""
+
+    async def start(self, initial: bytes | None) -> Outcome:
+        raise NotImplementedError
+
+    async def respond(self, data: bytes) -> Outcome:
+        raise NotImplementedError
+
+
+def _decode_scram_username(name: str) -> str:
+    # RFC 5802 §5.1: ',' and '=' are sent as '=2C' and '=3D'.
+    return name.replace("=2C", ",").replace("=3D", "=")
+
+
+class ScramExchange(SaslExchange):
+    def __init__(self, mechanism: str, domain: str, accounts: AccountStore) -> None:
+        self._mechanism = mechanism
+        self._domain = domain
+        self._accounts = accounts
+        self._local: str | None = None
+        self._server = ScramMechanism(mechanism).make_server(self._auth_info)
+        self._stage = 0
+
+    def _auth_info(self, username: str) -> tuple[bytes, bytes, bytes, int]:
+        try:
+            local = normalize_local(_decode_scram_username(username))
+            info = self._accounts.scram_auth_info(self._domain, local, self._mechanism)
+        except JIDError:
+            info = None
+            local = None
+        if info is None:
+            return self._decoy(username)
+        self._local = local
+        return info
+
+    def _decoy(self, username: str) -> tuple[bytes, bytes, bytes, int]:
+        digest = hashlib.sha256 if self._mechanism.endswith("256") else hashlib.sha1
+        salt = hmac.new(_DECOY_SECRET, username.encode(), hashlib.sha256).digest()[:16]
+        size = digest().digest_size
+        return salt, os.urandom(size), os.urandom(size), self._accounts.iterations
+
+    async def start(self, initial: bytes | None) -> Outcome:
+        if initial is None:
+            # RFC 6120 §6.4.2: no initial response; ask for it with an empty challenge.
+            return Challenge(b"")
+        return self._client_first(initial)
+
+    def _client_first(self, data: bytes) -> Outcome:
+        try:
+            self._server.set_client_first(data.decode())
+            self._stage = 1
+            return Challenge(self._server.get_server_first().encode())
+        except (ScramException, UnicodeDecodeError, KeyError, ValueError) as exc:
+            return Failure("malformed-request", str(exc))
+
+    async def respond(self, data: bytes) -> Outcome:
+        if self._stage == 0:
+            return self._client_first(data)
+        if self._stage != 1:
+            return Failure("malformed-request", "unexpected response")
+        self._stage = 2
+        try:
+            self._server.set_client_final(data.decode())
+        except (ScramException, UnicodeDecodeError, KeyError, ValueError):
+            return Failure("not-authorized")
+        if self._local is None:
+            return Failure("not-authorized")
+        return Success(self._server.get_server_final().encode(), self._local)
+
+
+class PlainExchange(SaslExchange):
+    """RFC 4616. Checking the password costs a PBKDF2 run, done off the event loop."""
+
+    def __init__(
+        self,
+        domain: str,
+        accounts: AccountStore,
+        run_blocking: Callable[[Callable[[], bool]], Awaitable[bool]],
+    ) -> None:
+        self._domain = domain
+        self._accounts = accounts
+        self._run_blocking = run_blocking
+
+    async def start(self, initial: bytes | None) -> Outcome:
+        if initial is None:
+            return Challenge(b"")
+        return await self.respond(initial)
+
+    async def respond(self, data: bytes) -> Outcome:
+        parts = data.split(b"\0")
+        if len(parts) != 3:
+            return Failure("malformed-request", "expected authzid NUL authcid NUL password")
+        try:
+            authzid, authcid, password = (p.decode() for p in parts)
+            local = normalize_local(authcid)
+        except (UnicodeDecodeError, JIDError):
+            return Failure("not-authorized")
+        if authzid and authzid != f"{local}@{self._domain}":
+            # RFC 6120 §6.4.6: we do not let one account act as another.
+            return Failure("invalid-authzid")
+        if not password:
+            return Failure("not-authorized")
+
+        def check() -> bool:
+            return self._accounts.check_password(self._domain, local, password)
+
+        if not await self._run_blocking(check):
+            return Failure("not-authorized")
+        return Success(b"", local)
+
+
+def offered_mechanisms(configured: tuple[str, ...], encrypted: bool) -> list[str]:
+    """RFC 6120 §13.8 / RFC 4616 §6: PLAIN only on an encrypted stream."""
+    return [m for m in configured if m != "PLAIN" or encrypted]
