@@ -54,8 +54,11 @@ cdef class Session:
             return
         self._out = []
         self.queued_bytes = 0
+        data = out[0] if len(out) == 1 else b"".join(out)
+        if self.router is not None and self.router.tracer is not None:
+            self.router.tracer(self, data, False)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.transport.write(data)
 
 
 cdef class Router:
@@ -71,6 +74,7 @@ cdef class Router:
         self.user_exists = None
         self.presence_hook = None
         self.message_hook = None
+        self.tracer = None
         self._iq_handlers = {}
 
     # --- configuration -------------------------------------------------------------

@@ -63,6 +63,8 @@ class Server:
             loop = asyncio.get_running_loop()
             self.router = Router(loop, parse_jid)
             self.router.user_exists = self.accounts.exists
+            if log.isEnabledFor(logging.DEBUG):
+                self.router.tracer = trace_stanzas
             for name in config.hosts:
                 self.router.add_host(name)
             for listener in config.listeners:
@@ -123,6 +125,17 @@ class Server:
         await self.start()
         await stop_requested.wait()
         await self.stop()
+
+
+def trace_stanzas(session: C2SStream, data: bytes, incoming: bool) -> None:
+    """Debug-level trace of every byte in and out (never at info: it carries messages)."""
+    trace_log.debug(
+        "%s %s %s", session.full or session.peer, "<<<" if incoming else ">>>", data.decode(
+            errors="replace")
+    )
+
+
+trace_log = logging.getLogger("fastxmpp.trace")
 
 
 def setup_logging(level: str) -> None:

@@ -104,6 +104,8 @@ class C2SStream(Session, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.router.tracer is not None:
+            self.router.tracer(self, data, True)
         events = self.parser.feed(data)
         if self.busy:
             self.pending.extend(events)
@@ -125,7 +127,12 @@ class C2SStream(Session, asyncio.Protocol):
                 return
             try:
                 if type(event) is Stanza:
-                    if self.bound and event.ns == ns.CLIENT and event.name != "iq":
+                    if (
+                        self.bound
+                        and event.ns == ns.CLIENT
+                        and event.name != "iq"
+                        and event.prefix is None
+                    ):
                         route(self, event)
                     else:
                         self._stanza(event)
@@ -196,6 +203,9 @@ class C2SStream(Session, asyncio.Protocol):
         self._send_header(attrs.get("from"))
         if header.ns != ns.STREAMS or header.name != "stream":
             raise StreamError("invalid-namespace", "the root must be <stream/> of RFC 6120")
+        if header.prefix != "stream":
+            # RFC 6120 §4.8.5 and §4.9.3.2.
+            raise StreamError("bad-namespace-prefix", "the stream prefix must be 'stream'")
         if (None, ns.CLIENT) not in header.nsdecls:
             raise StreamError("invalid-namespace", "the content namespace must be jabber:client")
         if not to or self.host is None or not self.router.is_local(self.host):
@@ -257,6 +267,9 @@ class C2SStream(Session, asyncio.Protocol):
     # --- non-routed top-level elements -------------------------------------------------
 
     def _stanza(self, st: Stanza) -> None:
+        if st.prefix is not None and st.ns == ns.CLIENT:
+            # RFC 6120 §4.8.4: content-namespace elements carry no prefix.
+            raise StreamError("bad-namespace-prefix", "stanzas must not be prefixed")
         if st.ns == ns.TLS and st.name == "starttls" and not self.encrypted:
             if self.authenticated_local is None and self.host in self.server.tls_contexts:
                 self._starttls()
