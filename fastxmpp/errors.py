@@ -108,9 +108,7 @@ def error_element_xml(condition: str, error_type: str, text: str | None = None) 
     text_xml = (
         f"<text xmlns='{ns.STANZA_ERRORS}' xml:lang='en'>{escape(text)}</text>" if text else ""
     )
-    return (
-        f"<error type='{error_type}'><{condition} xmlns='{ns.STANZA_ERRORS}'/>{text_xml}</error>"
-    )
+    return f"<error type='{error_type}'><{condition} xmlns='{ns.STANZA_ERRORS}'/>{text_xml}</error>"
 
 
 def stanza_error_bytes(

@@ -130,8 +130,10 @@ class Server:
 def trace_stanzas(session: C2SStream, data: bytes, incoming: bool) -> None:
     """Debug-level trace of every byte in and out (never at info: it carries messages)."""
     trace_log.debug(
-        "%s %s %s", session.full or session.peer, "<<<" if incoming else ">>>", data.decode(
-            errors="replace")
+        "%s %s %s",
+        session.full or session.peer,
+        "<<<" if incoming else ">>>",
+        data.decode(errors="replace"),
     )
 
 

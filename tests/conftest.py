@@ -9,14 +9,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
-
 from xmpp_raw import RawClient
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,9 +133,7 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def server(
-    ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
+def server(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A shared server for a test module: hosts localhost and example.test."""
     srv = ServerProcess(tmp_path_factory.mktemp("server"), ca, ("localhost", "example.test"))
     for user in ("alice", "bob", "carol", "dave"):
@@ -148,9 +144,7 @@ def server(
 
 
 @pytest.fixture
-def make_server(
-    ca: trustme.CA, tmp_path: Path
-) -> Iterator[Any]:
+def make_server(ca: trustme.CA, tmp_path: Path) -> Iterator[Any]:
     """Start a server of one's own (for configuration variants, restarts, signals)."""
     started: list[ServerProcess] = []
 

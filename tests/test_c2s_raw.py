@@ -51,9 +51,10 @@ def test_doctype_before_stream_is_restricted(server: ServerProcess, ca_file: str
 
 def test_billion_laughs_is_refused(server: ServerProcess, ca_file: str) -> None:
     c = server.client()
-    entities = "".join(
-        f"<!ENTITY l{i} '{'&l%d;' % (i - 1) * 10 if i else 'lol'}'>" for i in range(10)
-    )
+    def expansion(i: int) -> str:
+        return f"&l{i - 1};" * 10 if i else "lol"
+
+    entities = "".join(f"<!ENTITY l{i} '{expansion(i)}'>" for i in range(10))
     c.send(f"<?xml version='1.0'?><!DOCTYPE s [{entities}]>")
     assert c.stream_error() == "restricted-xml"
     assert_still_serving(server, ca_file)
@@ -64,19 +65,31 @@ def test_billion_laughs_is_refused(server: ServerProcess, ca_file: str) -> None:
     [
         (HEADER.format(to="unknown.example"), "host-unknown"),
         (HEADER.replace(" to='{to}'", ""), "host-unknown"),
-        (HEADER.format(to="localhost").replace("jabber:client", "jabber:server"),
-         "invalid-namespace"),
-        (HEADER.format(to="localhost").replace(
-            "http://etherx.jabber.org/streams", "http://example.com/streams"),
-         "invalid-namespace"),
-        (HEADER.format(to="localhost").replace("version='1.0'", "version='0.9'"),
-         "unsupported-version"),
+        (
+            HEADER.format(to="localhost").replace("jabber:client", "jabber:server"),
+            "invalid-namespace",
+        ),
+        (
+            HEADER.format(to="localhost").replace(
+                "http://etherx.jabber.org/streams", "http://example.com/streams"
+            ),
+            "invalid-namespace",
+        ),
+        (
+            HEADER.format(to="localhost").replace("version='1.0'", "version='0.9'"),
+            "unsupported-version",
+        ),
         (HEADER.format(to="localhost").replace("version='1.0'", ""), "unsupported-version"),
-        ("<?xml version='1.0'?><foo:stream xmlns='jabber:client' "
-         "xmlns:foo='http://etherx.jabber.org/streams' to='localhost' version='1.0'>",
-         "bad-namespace-prefix"),
-        ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='localhost' "
-         "version='1.0' xmlns='jabber:client' a='1' a='2'>", "not-well-formed"),
+        (
+            "<?xml version='1.0'?><foo:stream xmlns='jabber:client' "
+            "xmlns:foo='http://etherx.jabber.org/streams' to='localhost' version='1.0'>",
+            "bad-namespace-prefix",
+        ),
+        (
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='localhost' "
+            "version='1.0' xmlns='jabber:client' a='1' a='2'>",
+            "not-well-formed",
+        ),
         ("<?xml version='1.0' encoding='UTF-16'?>", "unsupported-encoding"),
     ],
 )

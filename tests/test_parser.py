@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from lxml import etree
-
 from fastxmpp._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamError
+from lxml import etree
 
 HEADER = (
     b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "

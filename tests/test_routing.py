@@ -142,7 +142,10 @@ def test_iq_to_absent_full_jid(
     server: ServerProcess, ca_file: str, clients: list[RawClient]
 ) -> None:
     a = login(server, ca_file, clients, "alice", "s6")
-    a.send("<iq type='get' id='v1' to='bob@localhost/nowhere'><query xmlns='jabber:iq:version'/></iq>")
+    a.send(
+        "<iq type='get' id='v1' to='bob@localhost/nowhere'>"
+        "<query xmlns='jabber:iq:version'/></iq>"
+    )
     reply = a.next()
     assert reply.get("id") == "v1" and reply.get("type") == "error"
     assert reply.get("from") == "bob@localhost/nowhere"

@@ -90,9 +90,7 @@ async def test_wrong_password_is_refused(server: ServerProcess, ca_file: str) ->
     client = ClientXMPP("alice@localhost/x", "not the password")
     client.ca_certs = ca_file
     failed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    client.add_event_handler(
-        "failed_all_auth", lambda _e: failed.done() or failed.set_result(True)
-    )
+    client.add_event_handler("failed_all_auth", lambda _e: failed.done() or failed.set_result(True))
     client.connect("127.0.0.1", server.port)
     try:
         assert await asyncio.wait_for(failed, 20)

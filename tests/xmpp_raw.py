@@ -7,6 +7,7 @@ in the server cannot hide itself in the test.
 from __future__ import annotations
 
 import base64
+import contextlib
 import select
 import socket
 import ssl
@@ -106,10 +107,8 @@ class RawClient:
             return True
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     # --- protocol steps -----------------------------------------------------------------
 
@@ -172,9 +171,7 @@ class RawClient:
         assert reply.get("type") == "result" and jid is not None, etree.tostring(reply)
         return str(jid.text)
 
-    def login(
-        self, ca_file: str, user: str, password: str, resource: str | None = None
-    ) -> str:
+    def login(self, ca_file: str, user: str, password: str, resource: str | None = None) -> str:
         """STARTTLS, SCRAM-SHA-256, bind: the full JID."""
         self.open_stream()
         self.starttls(ca_file)

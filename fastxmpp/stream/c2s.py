@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import secrets
 import ssl
@@ -232,10 +233,8 @@ class C2SStream(Session, asyncio.Protocol):
         if self.host and self.router.is_local(self.host):
             extra += " from=" + quoteattr(self.host)
         if client_from:
-            try:
+            with contextlib.suppress(JIDError):
                 extra += " to=" + quoteattr(str(parse_jid(client_from)))
-            except JIDError:
-                pass
         self.send(
             STREAM_HEADER.format(
                 id=quoteattr(self.stream_id), lang=quoteattr(self.lang), attrs=extra
@@ -249,7 +248,8 @@ class C2SStream(Session, asyncio.Protocol):
             tls_required = tls_possible and self.c2s.require_encryption
             if tls_possible:
                 parts.append(
-                    f"<starttls xmlns='{ns.TLS}'>" + ("<required/>" if tls_required else "")
+                    f"<starttls xmlns='{ns.TLS}'>"
+                    + ("<required/>" if tls_required else "")
                     + "</starttls>"
                 )
             if not tls_required:
@@ -331,7 +331,7 @@ class C2SStream(Session, asyncio.Protocol):
                 transport = await loop.start_tls(
                     self.transport, self, context, server_side=True, ssl_handshake_timeout=30
                 )
-            except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
                 log.info("TLS handshake with %s failed: %s", self.peer, exc)
                 self.closing = True
                 if self.transport is not None:
@@ -386,7 +386,7 @@ class C2SStream(Session, asyncio.Protocol):
             return
         self._run_async(lambda: self._sasl_step(exchange.respond(data)))  # type: ignore[arg-type]
 
-    def _sasl_data(self, st: Stanza, allow_absent: bool) -> bytes | None | bool:
+    def _sasl_data(self, st: Stanza, allow_absent: bool) -> bytes | bool | None:
         text = (st.element().text or "").strip()
         if not text:
             return None if allow_absent else b""
@@ -483,7 +483,9 @@ class C2SStream(Session, asyncio.Protocol):
             # RFC 6120 §4.9.1.2: the error follows our stream header.
             self._send_header(None)
         if condition is not None:
-            log.info("c2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else "")
+            log.info(
+                "c2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else ""
+            )
             self.send(stream_error_bytes(condition, text))
         self.send(STREAM_CLOSE)
         self._close_transport()
