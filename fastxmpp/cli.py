@@ -1,0 +1,237 @@
+"""The `fastxmpp` command: run the server, manage accounts, check configuration, make
+certificates. Expected failures print one line on stderr and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import lmdb
+
+from . import __version__
+from .certs import generate_self_signed
+from .config import Config, ConfigError, check_config, load_config, source_name
+from .jid import JIDError, normalize_domain, parse_jid
+from .storage.accounts import AccountError, AccountStore
+from .storage.lmdb_store import Storage
+
+
+class CommandError(Exception):
+    """An expected failure of a command: its message is all the user needs to see."""
+
+
+def _config(args: argparse.Namespace, *, check_files: bool = False) -> Config:
+    return load_config(args.config, check_files=check_files)
+
+
+def _account_jid(text: str, config: Config) -> tuple[str, str]:
+    """(domain, localpart) of a bare JID on one of the configured hosts."""
+    try:
+        jid = parse_jid(text)
+    except JIDError as exc:
+        raise CommandError(str(exc)) from None
+    if jid.resource:
+        raise CommandError(f"{text}: give a bare JID (user@domain), without a /resource")
+    if not jid.local:
+        raise CommandError(f"{text}: an account JID needs a user part (user@domain)")
+    if jid.domain not in config.hosts:
+        hosts = ", ".join(config.hosts)
+        raise CommandError(f"{jid.domain} is not a configured host (configured: {hosts})")
+    return jid.domain, jid.local
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+    else:
+        try:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Repeat password: ") != password:
+                raise CommandError("the passwords do not match")
+        except (EOFError, KeyboardInterrupt):
+            raise CommandError("no password given") from None
+    if not password:
+        raise CommandError("the password must not be empty")
+    return password
+
+
+def _accounts(config: Config) -> tuple[Storage, AccountStore]:
+    try:
+        storage = Storage(config.data_dir, config.storage.map_size)
+    except (OSError, lmdb.Error) as exc:
+        raise CommandError(f"cannot open the data directory {config.data_dir}: {exc}") from None
+    return storage, AccountStore(storage, config.storage.scram_iterations)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args, check_files=True)
+    # Imported here: the other commands must work without loading the compiled core.
+    from .server import run
+
+    return run(config)
+
+
+def cmd_adduser(args: argparse.Namespace) -> int:
+    config = _config(args)
+    domain, local = _account_jid(args.jid, config)
+    password = _read_password(args)
+    storage, accounts = _accounts(config)
+    with storage:
+        accounts.create(domain, local, password)
+    print(f"account {local}@{domain} created")
+    return 0
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    config = _config(args)
+    domain, local = _account_jid(args.jid, config)
+    storage, accounts = _accounts(config)
+    with storage:
+        # Ask for the new password only for an account that exists.
+        if not accounts.exists(domain, local):
+            raise CommandError(f"no account {local}@{domain}")
+        accounts.set_password(domain, local, _read_password(args))
+    print(f"password of {local}@{domain} changed")
+    return 0
+
+
+def cmd_deluser(args: argparse.Namespace) -> int:
+    config = _config(args)
+    domain, local = _account_jid(args.jid, config)
+    storage, accounts = _accounts(config)
+    with storage:
+        accounts.delete(domain, local)
+    print(f"account {local}@{domain} deleted")
+    return 0
+
+
+def cmd_listusers(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        domain = None if args.domain is None else normalize_domain(args.domain)
+    except JIDError as exc:
+        raise CommandError(str(exc)) from None
+    storage, accounts = _accounts(config)
+    with storage:
+        for account_domain, local in accounts.list(domain):
+            print(f"{local}@{account_domain}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    problems = check_config(args.config)
+    if problems:
+        source = source_name(args.config)
+        for problem in problems:
+            print(problem.format(source), file=sys.stderr)
+        return 1
+    config = _config(args)
+    print(
+        f"configuration OK: {_count(len(config.hosts), 'host')}, "
+        f"{_count(len(config.listeners), 'listener')}"
+    )
+    return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def cmd_gencert(args: argparse.Namespace) -> int:
+    try:
+        domain = normalize_domain(args.domain)
+    except JIDError as exc:
+        raise CommandError(str(exc)) from None
+    if args.days < 1:
+        raise CommandError("--days must be at least 1")
+    out: Path = args.out if args.out is not None else _config(args).data_dir / "certs"
+    cert, key = out / f"{domain}.crt", out / f"{domain}.key"
+    existing = [str(path) for path in (cert, key) if path.exists()]
+    if existing and not args.force:
+        raise CommandError(f"{' and '.join(existing)} already exist (--force replaces them)")
+    try:
+        generate_self_signed(domain, cert, key, days=args.days)
+    except OSError as exc:
+        raise CommandError(f"cannot write {exc.filename}: {exc.strerror}") from None
+    print(f"certificate: {cert}\nkey:         {key}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastxmpp", description="A fast XMPP server.")
+    parser.add_argument("--version", action="version", version=f"fastxmpp {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML configuration file (default: the embedded default configuration)",
+    )
+    password = argparse.ArgumentParser(add_help=False)
+    password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input instead of prompting",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+        help_text: str,
+        *parents: argparse.ArgumentParser,
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, parents=[common, *parents]
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("serve", cmd_serve, "run the server until SIGTERM/SIGINT")
+    command("adduser", cmd_adduser, "create an account", password).add_argument(
+        "jid", metavar="JID", help="user@domain"
+    )
+    command("passwd", cmd_passwd, "change an account's password", password).add_argument(
+        "jid", metavar="JID", help="user@domain"
+    )
+    command("deluser", cmd_deluser, "delete an account").add_argument(
+        "jid", metavar="JID", help="user@domain"
+    )
+    command("listusers", cmd_listusers, "list accounts").add_argument(
+        "domain", metavar="DOMAIN", nargs="?", help="only the accounts of this domain"
+    )
+    command("check-config", cmd_check_config, "report every problem in a configuration")
+    gencert = command("gencert", cmd_gencert, "write a self-signed certificate and key")
+    gencert.add_argument("domain", metavar="DOMAIN")
+    gencert.add_argument(
+        "--out", type=Path, metavar="DIR", help="output directory (default: data_dir/certs)"
+    )
+    gencert.add_argument("--days", type=int, default=365, help="validity (default: 365)")
+    gencert.add_argument("--force", action="store_true", help="replace existing files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else 1
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+    except (CommandError, AccountError) as exc:
+        print(f"fastxmpp {args.command}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"fastxmpp {args.command}: interrupted", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

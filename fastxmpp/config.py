@@ -1,0 +1,483 @@
+"""TOML configuration: parsed into frozen dataclasses, every problem reported with its line.
+
+`load_config` raises `ConfigError` listing all problems found; `check_config` returns them.
+tomllib gives positions only for syntax errors, so `_KeyPositions` finds where each table and
+key was written by scanning the source text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .certs import check_certificate
+from .jid import JIDError, normalize_domain
+
+DEFAULT_TOML = """\
+[server]
+data_dir = "var"
+log_level = "info"
+
+[[listeners]]
+kind = "c2s"
+address = "127.0.0.1"
+port = 5222
+
+[hosts.localhost]
+"""
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LISTENER_KINDS = ("c2s",)
+RESOURCE_CONFLICT_POLICIES = ("replace", "reject", "rename")  # RFC 6120 §7.7.2.2
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+C2S_PORT = 5222  # RFC 6120 §14.7
+# RFC 5802 §5.1 and RFC 7677 §4: SCRAM iteration counts of at least 4096.
+MIN_SCRAM_ITERATIONS = 4096
+# RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
+MIN_STANZA_SIZE = 10000
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    # None: a self-signed certificate is created under data_dir/certs on first start.
+    cert: Path | None
+    key: Path | None
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    kind: str  # "c2s" only for now
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class C2SConfig:
+    require_encryption: bool = True
+    resource_conflict: str = "replace"  # "replace" | "reject" | "rename" (RFC 6120 §7.7.2.2)
+    max_sasl_failures: int = 3
+    auth_timeout: float = 60.0
+    sasl_mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_stanza_size: int = 262144
+    max_depth: int = 64
+    max_attributes: int = 64
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    map_size: int = 1 << 30
+    scram_iterations: int = 4096
+
+
+@dataclass(frozen=True)
+class Config:
+    hosts: dict[str, HostConfig]
+    listeners: tuple[ListenerConfig, ...]
+    c2s: C2SConfig
+    limits: LimitsConfig
+    storage: StorageConfig
+    data_dir: Path
+    log_level: str
+    source: Path | None  # None: the embedded default
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    line: int
+    column: int
+    message: str
+
+    def format(self, source: str) -> str:
+        return f"{source}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        super().__init__("\n".join(problem.format(source) for problem in problems))
+        self.source = source
+        self.problems = problems
+
+
+def source_name(path: Path | None) -> str:
+    return "<default configuration>" if path is None else str(path)
+
+
+# --- where things were written ---------------------------------------------------------------
+
+KeyPath = tuple[str | int, ...]  # e.g. ("hosts", "example.org", "cert") or ("listeners", 1)
+
+# One TOML key: bare, "basic" or 'literal', possibly dotted (TOML 1.0 §Keys).
+_KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+_DOTTED_KEY = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+_TABLE_HEADER = re.compile(rf"\s*(\[\[?)\s*({_DOTTED_KEY})\s*\]\]?\s*(?:#.*)?$")
+_KEY_VALUE = re.compile(rf"\s*({_DOTTED_KEY})\s*=")
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    """The parts of a (dotted, quoted) TOML key, letting tomllib do the unquoting; () when the
+    text is not a key after all."""
+    parts: list[str] = []
+    try:
+        node: Any = tomllib.loads(f"{text} = 0")
+    except tomllib.TOMLDecodeError:
+        return ()
+    while isinstance(node, dict):
+        [(name, node)] = node.items()
+        parts.append(name)
+    return tuple(parts)
+
+
+class _KeyPositions:
+    """(line, column) of every table header and key in a TOML text, by its full key path.
+
+    A best-effort scan, line by line: it follows `[table]` and `[[array]]` headers (numbering
+    array entries like tomllib does) and records `key =` lines under the current table. It skips
+    the insides of multi-line strings; keys inside inline tables are not seen, and a problem
+    there points at the enclosing key instead."""
+
+    def __init__(self, text: str) -> None:
+        self._positions: dict[KeyPath, tuple[int, int]] = {}
+        array_lengths: dict[tuple[str, ...], int] = {}
+        table: KeyPath = ()
+        in_multiline_string = False
+        for number, line in enumerate(text.splitlines(), start=1):
+            # An odd number of triple quotes opens or closes a multi-line string.
+            quotes = line.count('"""') + line.count("'''")
+            if in_multiline_string:
+                in_multiline_string = quotes % 2 == 0
+                continue
+            in_multiline_string = quotes % 2 == 1
+            header = _TABLE_HEADER.match(line)
+            key = None if header else _KEY_VALUE.match(line)
+            if header and (path := _split_key(header.group(2))):
+                if header.group(1) == "[[":
+                    index = array_lengths.get(path, 0)
+                    array_lengths[path] = index + 1
+                    self._record((*path, index), number, 1)
+                    self._record(path, number, 1)
+                    table = (*path, index)
+                else:
+                    self._record(path, number, 1)
+                    table = path
+            elif key and (path := _split_key(key.group(1))):
+                for length in range(1, len(path) + 1):
+                    self._record((*table, *path[:length]), number, key.start(1) + 1)
+
+    def _record(self, path: KeyPath, line: int, column: int) -> None:
+        self._positions.setdefault(path, (line, column))
+
+    def locate(self, path: KeyPath) -> tuple[int, int]:
+        """Where `path` was written, else its nearest written parent, else line 1."""
+        for length in range(len(path), 0, -1):
+            position = self._positions.get(path[:length])
+            if position is not None:
+                return position
+        return 1, 1
+
+
+# --- value checks ----------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A value check failed; the message completes "<key> ..."."""
+
+
+Check = Callable[[Any], Any]  # returns the converted value or raises _Invalid
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("must be true or false")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("must be a string")
+    if not value:
+        raise _Invalid("must not be empty")
+    return value
+
+
+def _integer_at_least(minimum: int) -> Check:
+    def check(value: Any) -> int:
+        # bool is a subclass of int in Python, but `true` is not a number in TOML.
+        if type(value) is not int:
+            raise _Invalid("must be an integer")
+        if value < minimum:
+            raise _Invalid("must be positive" if minimum == 1 else f"must be at least {minimum}")
+        return value
+
+    return check
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid("must be a number")
+    if not value > 0:
+        raise _Invalid("must be positive")
+    return float(value)
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise _Invalid("must be one of " + ", ".join(f'"{c}"' for c in choices))
+        return str(value)
+
+    return check
+
+
+def _log_level(value: Any) -> str:
+    return str(_one_of(*LOG_LEVELS)(_string(value).lower()))
+
+
+def _port(value: Any) -> int:
+    port = _integer_at_least(0)(value)
+    if port > 65535:
+        raise _Invalid("must be a port number, 0..65535 (0: any free port)")
+    return int(port)
+
+
+def _address(value: Any) -> str:
+    address = _string(value)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        try:
+            normalize_domain(address)
+        except JIDError:
+            raise _Invalid("must be an IP address or a host name") from None
+    return address
+
+
+def _mechanisms(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _Invalid("must be a non-empty array of mechanism names")
+    unknown = [m for m in value if m not in SASL_MECHANISMS]
+    if unknown:
+        raise _Invalid(
+            f"has unknown mechanism {unknown[0]!r} (known: {', '.join(SASL_MECHANISMS)})"
+        )
+    if len(set(value)) != len(value):
+        raise _Invalid("names a mechanism twice")
+    return tuple(value)
+
+
+_SERVER_KEYS: dict[str, Check] = {"data_dir": _string, "log_level": _log_level}
+_LISTENER_KEYS: dict[str, Check] = {
+    "kind": _one_of(*LISTENER_KINDS),
+    "address": _address,
+    "port": _port,
+}
+_HOST_KEYS: dict[str, Check] = {"cert": _string, "key": _string}
+# Sections that map one to one onto a dataclass; absent keys keep the dataclass default.
+_SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
+    "c2s": (
+        C2SConfig,
+        {
+            "require_encryption": _boolean,
+            "resource_conflict": _one_of(*RESOURCE_CONFLICT_POLICIES),
+            "max_sasl_failures": _integer_at_least(1),
+            "auth_timeout": _positive_number,
+            "sasl_mechanisms": _mechanisms,
+        },
+    ),
+    "limits": (
+        LimitsConfig,
+        {
+            "max_stanza_size": _integer_at_least(MIN_STANZA_SIZE),
+            "max_depth": _integer_at_least(1),
+            "max_attributes": _integer_at_least(1),
+        },
+    ),
+    "storage": (
+        StorageConfig,
+        {
+            "map_size": _integer_at_least(1),
+            "scram_iterations": _integer_at_least(MIN_SCRAM_ITERATIONS),
+        },
+    ),
+}
+_SECTIONS = ("server", "listeners", "hosts", *_SIMPLE_SECTIONS)
+
+
+def _dotted(path: KeyPath) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            bare = re.fullmatch(r"[A-Za-z0-9_-]+", part)
+            text += ("." if text else "") + (part if bare else f'"{part}"')
+    return text
+
+
+# --- building a Config -----------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, text: str, base_dir: Path, check_files: bool) -> None:
+        self.positions = _KeyPositions(text)
+        self.base_dir = base_dir
+        self.check_files = check_files
+        self.problems: list[Problem] = []
+
+    def problem(self, path: KeyPath, message: str) -> None:
+        line, column = self.positions.locate(path)
+        self.problems.append(Problem(line, column, message))
+
+    def table(self, value: Any, path: KeyPath) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        self.problem(path, f"{_dotted(path)} must be a table")
+        return {}
+
+    def values(
+        self, table: dict[str, Any], path: KeyPath, checks: dict[str, Check]
+    ) -> dict[str, Any]:
+        """The checked values of a table's known keys; a problem for every other key."""
+        result: dict[str, Any] = {}
+        for key, value in table.items():
+            key_path = (*path, key)
+            check = checks.get(key)
+            if check is None:
+                self.problem(key_path, f"unknown key {_dotted(key_path)}")
+                continue
+            try:
+                result[key] = check(value)
+            except _Invalid as exc:
+                self.problem(key_path, f"{_dotted(key_path)} {exc}")
+        return result
+
+    def path(self, text: str) -> Path:
+        return self.base_dir / Path(text).expanduser()
+
+    def build(self, data: dict[str, Any], source: Path | None) -> Config:
+        for section in data:
+            if section not in _SECTIONS:
+                self.problem((section,), f"unknown section [{section}]")
+        server = self.values(
+            self.table(data.get("server", {}), ("server",)), ("server",), _SERVER_KEYS
+        )
+        simple = {
+            name: cls(**self.values(self.table(data.get(name, {}), (name,)), (name,), checks))
+            for name, (cls, checks) in _SIMPLE_SECTIONS.items()
+        }
+        return Config(
+            hosts=self.hosts(data.get("hosts", {})),
+            listeners=self.listeners(data.get("listeners", [])),
+            c2s=simple["c2s"],
+            limits=simple["limits"],
+            storage=simple["storage"],
+            data_dir=self.path(server.get("data_dir", "var")),
+            log_level=server.get("log_level", "info"),
+            source=source,
+        )
+
+    def listeners(self, entries: Any) -> tuple[ListenerConfig, ...]:
+        if not isinstance(entries, list):
+            self.problem(("listeners",), "listeners must be written as [[listeners]] tables")
+            return ()
+        if not entries:
+            self.problem(("listeners",), "no listener: add a [[listeners]] table")
+        listeners: list[ListenerConfig] = []
+        for index, entry in enumerate(entries):
+            path: KeyPath = ("listeners", index)
+            table = self.table(entry, path)
+            values = self.values(table, path, _LISTENER_KEYS)
+            if "address" not in values:
+                if "address" not in table:
+                    self.problem(path, f"{_dotted(path)} needs an address")
+                continue
+            listener = ListenerConfig(
+                values.get("kind", "c2s"), values["address"], values.get("port", C2S_PORT)
+            )
+            if listener.port and any(
+                (other.address, other.port) == (listener.address, listener.port)
+                for other in listeners
+            ):
+                self.problem(path, f"{listener.address} port {listener.port} is listed twice")
+            listeners.append(listener)
+        return tuple(listeners)
+
+    def hosts(self, table: Any) -> dict[str, HostConfig]:
+        hosts: dict[str, HostConfig] = {}
+        table = self.table(table, ("hosts",))
+        if not table:
+            self.problem(("hosts",), 'no host: add a [hosts."example.org"] table')
+        for written_name, entry in table.items():
+            path: KeyPath = ("hosts", written_name)
+            values = self.values(self.table(entry, path), path, _HOST_KEYS)
+            try:
+                name = normalize_domain(written_name)
+            except JIDError as exc:
+                self.problem(path, f"host {written_name!r} is not a valid domain: {exc}")
+                continue
+            if name in hosts:
+                self.problem(path, f"host {name} is configured twice")
+                continue
+            cert = self.path(values["cert"]) if "cert" in values else None
+            key = self.path(values["key"]) if "key" in values else None
+            if (cert is None) != (key is None):
+                given, missing = ("cert", "key") if key is None else ("key", "cert")
+                self.problem((*path, given), f"host {name}: {given} is given without {missing}")
+            elif cert is not None and key is not None and self.check_files:
+                trouble = check_certificate(cert, key)
+                if trouble is not None:
+                    self.problem((*path, "cert"), f"host {name}: {trouble}")
+            hosts[name] = HostConfig(name, cert, key)
+        return hosts
+
+
+def _syntax_problem(error: tomllib.TOMLDecodeError, text: str) -> Problem:
+    # tomllib puts the position into its message: "... (at line 3, column 8)" or
+    # "... (at end of document)".
+    message = str(error)
+    if match := re.search(r" \(at line (\d+), column (\d+)\)$", message):
+        return Problem(int(match[1]), int(match[2]), message[: match.start()])
+    lines = text.splitlines() or [""]
+    return Problem(len(lines), len(lines[-1]) + 1, re.sub(r" \(at [^)]*\)$", "", message))
+
+
+def _read(path: Path | None, check_files: bool) -> tuple[Config | None, list[Problem]]:
+    if path is None:
+        text, base_dir = DEFAULT_TOML, Path.cwd()
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            return None, [Problem(1, 1, f"cannot read the configuration: {reason}")]
+        base_dir = path.absolute().parent
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return None, [_syntax_problem(exc, text)]
+    builder = _Builder(text, base_dir, check_files)
+    config = builder.build(data, path)
+    return config, sorted(builder.problems, key=lambda p: (p.line, p.column))
+
+
+def load_config(path: Path | None, *, check_files: bool = False) -> Config:
+    """The configuration in `path` (None: the embedded default). With `check_files`, also check
+    that the hosts' certificate and key files are readable and match (as `serve` does)."""
+    config, problems = _read(path, check_files)
+    if problems or config is None:
+        raise ConfigError(source_name(path), problems)
+    return config
+
+
+def check_config(path: Path | None) -> list[Problem]:
+    """Every problem in the configuration `path` (None: the embedded default), in line order."""
+    return _read(path, check_files=True)[1]

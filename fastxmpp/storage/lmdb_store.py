@@ -1,0 +1,125 @@
+"""The data directory: one LMDB environment (`data_dir/db`) shared by every store, and the
+`server.lock` file that keeps a second server off the same data."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import lmdb
+
+LOCK_FILE = "server.lock"
+DB_DIR = "db"
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) readable by the owner only; leave existing ones be."""
+    if path.is_dir():
+        return
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # mkdir's mode is filtered through the umask
+
+
+class Storage:
+    """The LMDB environment of a data directory. Several processes may open it at once (LMDB
+    locks internally): the server and the CLI's account commands."""
+
+    def __init__(self, data_dir: Path, map_size: int = 1 << 30) -> None:
+        db_dir = data_dir / DB_DIR
+        make_private_dir(db_dir)
+        self._env: lmdb.Environment | None = lmdb.open(
+            str(db_dir), map_size=map_size, max_dbs=64, mode=0o600
+        )
+        self._databases: dict[str, Any] = {}
+
+    @property
+    def env(self) -> lmdb.Environment:
+        if self._env is None:
+            raise RuntimeError("storage is closed")
+        return self._env
+
+    def database(self, name: str) -> Any:
+        """A named sub-database, created on first use; the handle is opened once and reused."""
+        handle = self._databases.get(name)
+        if handle is None:
+            handle = self.env.open_db(name.encode(), create=True)
+            self._databases[name] = handle
+        return handle
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+            self._databases.clear()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class DataDirLocked(Exception):
+    """Another server already runs on this data directory."""
+
+
+class ServerLock:
+    """An exclusive `flock` on `data_dir/server.lock`, holding the owner's pid.
+
+    The kernel drops the lock when the process dies, so a crash never leaves a stale lock
+    behind; the file itself stays (removing it would race with a starting server)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        make_private_dir(self.data_dir)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirLocked(
+                f"data directory {self.data_dir} is in use by another fastxmpp server "
+                f"(pid {holder}); stop it or choose another data_dir"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+        os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
+
+    def __enter__(self) -> ServerLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
