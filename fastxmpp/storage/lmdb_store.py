@@ -17,10 +17,12 @@ DB_DIR = "db"
 
 
 def make_private_dir(path: Path) -> None:
-    """Create `path` (and missing parents) readable by the owner only; leave existing ones be."""
+    """Create `path` accessible to its owner only (missing parents get the usual mode); an
+    existing directory is left as the operator made it."""
     if path.is_dir():
         return
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)  # mkdir's mode is filtered through the umask
 
 
@@ -30,6 +32,7 @@ class Storage:
 
     def __init__(self, data_dir: Path, map_size: int = 1 << 30) -> None:
         db_dir = data_dir / DB_DIR
+        make_private_dir(data_dir)
         make_private_dir(db_dir)
         self._env: lmdb.Environment | None = lmdb.open(
             str(db_dir), map_size=map_size, max_dbs=64, mode=0o600
