@@ -1,0 +1,124 @@
+"""Router deliveries per second between two local sessions, without sockets (docs/PERFORMANCE.md).
+
+A delivery is one stanza queued on the target session with its outer tag rewritten (`from`
+stamped, RFC 6120 §8.1.2.1); writes are flushed once per simulated loop turn, as
+`loop.call_soon(router.flush_all)` would on a running loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import CHUNK_SIZE, STREAM_HEADER, CountingTransport, FakeLoop, chunked, record_rate
+from fastxmpp._parser import Stanza, StreamParser
+from fastxmpp._router import Router, Session
+
+from fastxmpp.jid import parse_jid
+
+pytestmark = pytest.mark.benchmark(group="router")
+
+DOMAIN = "example.com"
+# Deliveries per timed round, and per loop turn: a 4 KiB read holds about this many chats.
+DELIVERIES = 2000
+PER_LOOP_TURN = 12
+
+
+class BenchSession(Session):
+    pass
+
+
+class Pair:
+    """alice@example.com/phone sends to bob@example.com/laptop through one router."""
+
+    def __init__(self) -> None:
+        self.loop = FakeLoop()
+        self.router = Router(self.loop, parse_jid)
+        self.router.add_host(DOMAIN)
+        self.router.user_exists = lambda domain, local: local in ("alice", "bob")
+        self.alice = self._session("alice", "phone")
+        self.bob = self._session("bob", "laptop")
+        self.bob_out: CountingTransport = self.bob.transport
+
+    def _session(self, local: str, resource: str) -> BenchSession:
+        session = BenchSession()
+        session.transport = CountingTransport()
+        self.router.bind(session, local, DOMAIN, resource)
+        # Initial presence sent (RFC 6121 §4.2): eligible for bare-JID delivery.
+        session.available = True
+        session.priority = 0
+        return session
+
+    def loop_turn(self) -> None:
+        self.loop.scheduled.clear()
+        self.router.flush_all()
+
+
+def chat(to: str, i: int) -> bytes:
+    return (
+        f"<message to='{to}' type='chat' id='m{i:06d}'><body>Running ten minutes late, "
+        f"order without me ({i})</body><active xmlns='http://jabber.org/protocol/chatstates'/>"
+        f"</message>"
+    ).encode()
+
+
+def parse_one(data: bytes) -> Stanza:
+    events = StreamParser().feed(STREAM_HEADER + data)
+    stanza = events[-1]
+    assert isinstance(stanza, Stanza)
+    return stanza
+
+
+def route_repeatedly(pair: Pair, stanza: Stanza) -> int:
+    route = pair.router.route
+    alice = pair.alice
+    turns = DELIVERIES // PER_LOOP_TURN
+    for _ in range(turns):
+        for _ in range(PER_LOOP_TURN):
+            route(alice, stanza)
+        pair.loop_turn()
+    return turns
+
+
+@pytest.mark.parametrize(
+    "to", [f"bob@{DOMAIN}/laptop", f"bob@{DOMAIN}"], ids=["full-jid", "bare-jid"]
+)
+def test_route_parsed_stanza(benchmark: Any, to: str) -> None:
+    """One stanza parsed once and routed again and again: the router's own cost."""
+    pair = Pair()
+    stanza = parse_one(chat(to, 0))
+    turns = benchmark(route_repeatedly, pair, stanza)
+    deliveries = turns * PER_LOOP_TURN
+    assert pair.bob_out.last.startswith(b"<message to=")
+    assert pair.bob_out.last.count(b'from="alice@example.com/phone"') == PER_LOOP_TURN
+    record_rate(benchmark, deliveries=deliveries)
+    benchmark.extra_info["deliveries_per_round"] = deliveries
+
+
+def parse_and_route(pair: Pair, chunks: list[bytes]) -> int:
+    parser = StreamParser()
+    route = pair.router.route
+    alice = pair.alice
+    delivered = 0
+    for chunk in chunks:
+        # One socket read per loop turn: parse it, route what it completed, flush.
+        for event in parser.feed(chunk):
+            if type(event) is Stanza:
+                route(alice, event)
+                delivered += 1
+        pair.loop_turn()
+    return delivered
+
+
+@pytest.mark.parametrize(
+    "to", [f"bob@{DOMAIN}/laptop", f"bob@{DOMAIN}"], ids=["full-jid", "bare-jid"]
+)
+def test_parse_and_route(benchmark: Any, to: str) -> None:
+    """Alice's stream in 4 KiB reads, each stanza parsed and routed to Bob."""
+    pair = Pair()
+    stream = STREAM_HEADER + b"".join(chat(to, i) for i in range(DELIVERIES))
+    chunks = chunked(stream, CHUNK_SIZE)
+    deliveries = benchmark(parse_and_route, pair, chunks)
+    assert deliveries == DELIVERIES
+    record_rate(benchmark, deliveries=deliveries, MB=len(stream) / 1e6)
+    benchmark.extra_info["deliveries_per_round"] = deliveries
