@@ -21,7 +21,7 @@ bench: $(BUILD_STAMP)
 lint: $(BUILD_STAMP)
 	$(VENV)/bin/ruff check fastxmpp tests benchmarks
 	$(VENV)/bin/ruff format --check fastxmpp tests benchmarks
-	$(VENV)/bin/cython-lint fastxmpp/*.pyx fastxmpp/*.pxd
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cython-lint fastxmpp/*.pyx fastxmpp/*.pxd
 	$(VENV)/bin/mypy fastxmpp
 
 wheel: $(BUILD_STAMP)

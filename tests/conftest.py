@@ -52,6 +52,7 @@ class ServerProcess:
         self, root: Path, ca: trustme.CA, hosts: tuple[str, ...], extra_toml: str = ""
     ) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.config = root / "fastxmpp.toml"
         self.hosts = hosts

@@ -143,8 +143,7 @@ def test_iq_to_absent_full_jid(
 ) -> None:
     a = login(server, ca_file, clients, "alice", "s6")
     a.send(
-        "<iq type='get' id='v1' to='bob@localhost/nowhere'>"
-        "<query xmlns='jabber:iq:version'/></iq>"
+        "<iq type='get' id='v1' to='bob@localhost/nowhere'><query xmlns='jabber:iq:version'/></iq>"
     )
     reply = a.next()
     assert reply.get("id") == "v1" and reply.get("type") == "error"

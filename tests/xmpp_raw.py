@@ -107,6 +107,16 @@ class RawClient:
             return True
 
     def close(self) -> None:
+        """Close politely (RFC 6120 §4.4): send our closing tag and wait for the server's,
+        so that the server has ended the session before the next test looks at it."""
+        if self.header is not None and not self.eof and not self.closed_stream:
+            with contextlib.suppress(OSError, TimeoutError, ssl.SSLError, etree.XMLSyntaxError):
+                self.send("</stream:stream>")
+                self.wait_closed(timeout=5)
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake."""
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -156,12 +166,16 @@ class RawClient:
         outcome = self.next()
         if outcome.tag == f"{{{SASL}}}success":
             client.set_server_final(base64.b64decode(outcome.text).decode())
+            self.header = None  # RFC 6120 §6.4.6: the stream restarts after success
         return outcome
 
     def sasl_plain(self, user: str, password: str) -> Any:
         blob = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
         self.send(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{blob}</auth>")
-        return self.next()
+        outcome = self.next()
+        if outcome.tag == f"{{{SASL}}}success":
+            self.header = None  # RFC 6120 §6.4.6: the stream restarts after success
+        return outcome
 
     def bind(self, resource: str | None = None) -> str:
         res = f"<resource>{resource}</resource>" if resource else ""

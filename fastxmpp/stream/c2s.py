@@ -90,11 +90,7 @@ class C2SStream(Session, asyncio.Protocol):
         self.transport = None
         self.closing = True
         self.server.streams.discard(self)
-        if self.auth_timer is not None:
-            self.auth_timer.cancel()
-        if self.bound:
-            self.router.unbind(self)
-            self.server.session_ended(self)
+        self._end_session()
         log.info(
             "c2s connection from %s closed (%s)%s",
             self.peer,
@@ -319,6 +315,7 @@ class C2SStream(Session, asyncio.Protocol):
     # --- STARTTLS (RFC 6120 §5) --------------------------------------------------------
 
     def _starttls(self) -> None:
+        assert self.host is not None  # features (and so STARTTLS) follow a valid header
         context: ssl.SSLContext = self.server.tls_contexts[self.host]
         self.send(f"<proceed xmlns='{ns.TLS}'/>".encode())
         self.flush()
@@ -490,7 +487,19 @@ class C2SStream(Session, asyncio.Protocol):
         self.send(STREAM_CLOSE)
         self._close_transport()
 
+    def _end_session(self) -> None:
+        """Leave the session table once, as soon as the stream is closing: nothing more is
+        routed here, and modules see the session end before the peer sees our closing tag."""
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+            self.auth_timer = None
+        if self.bound:
+            self.bound = False
+            self.router.unbind(self)
+            self.server.session_ended(self)
+
     def _close_transport(self) -> None:
+        self._end_session()
         self.flush()
         if self.transport is not None:
             self.transport.close()
