@@ -16,6 +16,7 @@ cdef class Stanza:
     cdef object _element
 
     cpdef bytes with_attrs(self, dict changes)
+    cdef bytes _spliced(self, dict changes)
     cpdef object element(self)
     cdef bytes _reserialized(self, dict changes)
 

@@ -215,6 +215,11 @@ cdef class Stanza:
         cdef object item
         if self.needs_reserialize:
             return self._reserialized(changes)
+        for key, item in changes.items():
+            if item is None or key in self.attrs:
+                break
+        else:
+            return self._spliced(changes)
         parts = ["<", _qname(self.prefix, self.name)]
         if self.nsdecls is not None:
             for item in self.nsdecls:
@@ -237,6 +242,18 @@ cdef class Stanza:
             return "".join(parts).encode()
         parts.append(">")
         return "".join(parts).encode() + self.raw[self.start_len:]
+
+    cdef bytes _spliced(self, dict changes):
+        # Fast path (the common case: a client's stanza without 'from'): only new attributes,
+        # so they go in front of the received start tag's closing '>' or '/>' and every
+        # received byte is kept.
+        cdef Py_ssize_t cut = self.start_len - (2 if self.empty else 1)
+        cdef list parts = []
+        cdef str key
+        cdef object value
+        for key, value in changes.items():
+            parts.append(" " + key + '="' + _escape_attr(value) + '"')
+        return self.raw[:cut] + "".join(parts).encode() + self.raw[cut:]
 
     cdef bytes _reserialized(self, dict changes):
         # Slow path: the stanza relies on a prefix declared on the stream root, so its bytes
@@ -434,6 +451,10 @@ cdef class StreamParser:
         XML_StopParser(self._parser, 0)
 
     cdef int _ns_start(self, const char *prefix, const char *uri) except -1:
+        if prefix == NULL and self._depth >= 2:
+            # A default namespace inside a stanza (a payload's xmlns): it travels in the
+            # stanza's own bytes and nothing needs tracking, so skip decoding it.
+            return 0
         cdef object p = None if prefix == NULL else _decode(prefix, strlen(prefix))
         cdef object u = None if uri == NULL else _decode(uri, strlen(uri))
         if self._depth == 0:

@@ -102,6 +102,27 @@ def test_with_attrs_escapes_values() -> None:
     assert el.get("from") == "a\"<&>'\n\tb"
 
 
+@pytest.mark.parametrize(
+    "stanza",
+    [
+        b"<message to='a@b' type=\"chat\"  ><body>x &amp; y</body></message>",
+        b"<presence/>",
+        b"<presence  type='probe' />",
+        b"<iq xmlns='jabber:client' id='1' type='get'><q xmlns='urn:q'/></iq>",
+    ],
+)
+def test_adding_attributes_keeps_every_received_byte(stanza: bytes) -> None:
+    # No changed attribute is present yet: the new ones are spliced into the start tag.
+    st = StreamParser().feed(HEADER + stanza)[1]
+    out = st.with_attrs({"from": 'c@d/e"&', "id2": "z"})
+    cut = st.start_len - (2 if st.empty else 1)
+    assert out.startswith(stanza[:cut]) and out.endswith(stanza[cut:])
+    el = etree.fromstring(b"<w xmlns='jabber:client'>" + out + b"</w>")[0]
+    assert el.get("from") == 'c@d/e"&' and el.get("id2") == "z"
+    original = etree.fromstring(b"<w xmlns='jabber:client'>" + stanza + b"</w>")[0]
+    assert dict(original.attrib) == {k: v for k, v in el.attrib.items() if k not in ("from", "id2")}
+
+
 def test_stream_level_prefix_inside_stanza_is_reserialized() -> None:
     data = HEADER.replace(b"to=", b"xmlns:x='urn:x' to=") + (
         b"<message to='a@b'><x:data/></message>"

@@ -41,7 +41,12 @@ def sync(c: RawClient) -> None:
         pass
 
 
-def receives(c: RawClient, body: str) -> bool:
+def receives(c: RawClient, body: str, sender: RawClient) -> bool:
+    """Whether c got a message with this body from what the sender has sent so far.
+
+    The sender's round trip comes first: once it is answered the server has routed the
+    message, so it sits in c's output ahead of the answer to c's own round trip."""
+    sync(sender)
     sync_marker = f"marker-{body}"
     c.send(f"<iq type='get' id='{sync_marker}'><ping xmlns='urn:xmpp:ping'/></iq>")
     got = False
@@ -84,9 +89,9 @@ def test_bare_jid_goes_to_highest_priority(
     low = login(server, ca_file, clients, "carol", "low", priority=1)
     negative = login(server, ca_file, clients, "carol", "neg", priority=-1)
     a.send("<message to='carol@localhost' type='chat'><body>p1</body></message>")
-    assert receives(high, "p1")
-    assert not receives(low, "p1")
-    assert not receives(negative, "p1")
+    assert receives(high, "p1", a)
+    assert not receives(low, "p1", a)
+    assert not receives(negative, "p1", a)
 
 
 def test_equal_priorities_all_receive(
@@ -96,8 +101,8 @@ def test_equal_priorities_all_receive(
     one = login(server, ca_file, clients, "dave", "one", priority=5)
     two = login(server, ca_file, clients, "dave", "two", priority=5)
     a.send("<message to='dave@localhost'><body>both</body></message>")
-    assert receives(one, "both")
-    assert receives(two, "both")
+    assert receives(one, "both", a)
+    assert receives(two, "both", a)
 
 
 def test_negative_priority_only_gets_full_jid(
@@ -109,9 +114,9 @@ def test_negative_priority_only_gets_full_jid(
     reply = a.next()
     # Nobody available with non-negative priority and no offline storage yet.
     assert reply.get("type") == "error" and stanza_error(reply) == "service-unavailable"
-    assert not receives(neg, "bare")
+    assert not receives(neg, "bare", a)
     a.send("<message to='bob@localhost/shy'><body>full</body></message>")
-    assert receives(neg, "full")
+    assert receives(neg, "full", a)
 
 
 def test_unavailable_resource_gets_no_bare_messages(
@@ -121,7 +126,7 @@ def test_unavailable_resource_gets_no_bare_messages(
     # Bound but never sent presence: not "available" (RFC 6121 §4.2).
     quiet = login(server, ca_file, clients, "dave", "quiet", priority=None)
     a.send("<message to='dave@localhost/quiet'><body>direct</body></message>")
-    assert receives(quiet, "direct")
+    assert receives(quiet, "direct", a)
     a.send("<message to='dave@localhost' id='q'><body>bare</body></message>")
     assert stanza_error(a.next()) == "service-unavailable"
 
@@ -132,10 +137,10 @@ def test_message_to_missing_resource_falls_back_to_bare(
     a = login(server, ca_file, clients, "alice", "s5")
     b = login(server, ca_file, clients, "bob", "here")
     a.send("<message to='bob@localhost/gone' type='chat'><body>fallback</body></message>")
-    assert receives(b, "fallback")
+    assert receives(b, "fallback", a)
     # groupchat and headline to a missing resource are dropped silently.
     a.send("<message to='bob@localhost/gone' type='headline'><body>h</body></message>")
-    assert not receives(b, "h")
+    assert not receives(b, "h", a)
 
 
 def test_iq_to_absent_full_jid(
@@ -196,7 +201,7 @@ def test_jid_normalization_on_delivery(
     a = login(server, ca_file, clients, "alice", "s10")
     b = login(server, ca_file, clients, "bob", "norm")
     a.send("<message to='BOB@LocalHost/norm'><body>case</body></message>")
-    assert receives(b, "case")
+    assert receives(b, "case", a)
 
 
 def test_hosts_are_separate(server: ServerProcess, ca_file: str) -> None:
