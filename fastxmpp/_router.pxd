@@ -35,6 +35,8 @@ cdef class Router:
     cdef public object user_exists          # (domain, local) -> bool
     cdef public object presence_hook        # (session, stanza) for broadcast presence
     cdef public object message_hook         # (session, stanza, target) for bare-JID messages
+    cdef public object directed_presence_hook  # (session, stanza, target) after delivery
+    cdef public object iq_response_hook     # (session, stanza) for result/error iqs to us
     cdef public object tracer               # (session, bytes, incoming) when debug logging
     cdef dict _iq_handlers                  # payload namespace -> handler
 

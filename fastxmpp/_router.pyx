@@ -74,6 +74,8 @@ cdef class Router:
         self.user_exists = None
         self.presence_hook = None
         self.message_hook = None
+        self.directed_presence_hook = None
+        self.iq_response_hook = None
         self.tracer = None
         self._iq_handlers = {}
 
@@ -297,17 +299,24 @@ cdef class Router:
                 return
         resources = self._users.get(bare)
         if resources is None:
-            # RFC 6121 §8.5.1 / §8.5.2.2.2: silently ignored.
+            # RFC 6121 §8.5.1 / §8.5.2.2.2: silently ignored (but still remembered as
+            # directed presence, so that the unavailable presence follows later).
+            if self.directed_presence_hook is not None and (
+                    ptype is None or ptype == "unavailable"):
+                self.directed_presence_hook(origin, st, target)
             return
         data = st.with_attrs({"from": origin.full})
         if resource:
             s = resources.get(resource)
             if s is not None:
                 s.send(data)
-            return
-        for s in resources.values():
-            if s.available:
-                s.send(data)
+        else:
+            for s in resources.values():
+                if s.available:
+                    s.send(data)
+        if self.directed_presence_hook is not None and (ptype is None or ptype == "unavailable"):
+            # RFC 6121 §4.6: the sender's server remembers directed presence.
+            self.directed_presence_hook(origin, st, target)
 
     def _update_availability(self, Session origin, Stanza st, ptype):
         cdef object el
@@ -361,7 +370,9 @@ cdef class Router:
     cdef _handle_iq(self, Session origin, Stanza st, tuple target):
         cdef str itype = st.attrs.get("type")
         if itype == "result" or itype == "error":
-            # Answers to the server's own requests; nothing waits on them yet.
+            # Answers to the server's own requests (pings, ...).
+            if self.iq_response_hook is not None:
+                self.iq_response_hook(origin, st)
             return
         handler = self._iq_handlers.get(st.children[0][0])
         if handler is None:

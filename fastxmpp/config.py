@@ -80,6 +80,43 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class RosterConfig:
+    max_items: int = 1000  # RFC 6121 §2.1.4: a server may limit roster size
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    enabled: bool = True  # RFC 6121 §8.5.2.2.1 storage of chat/normal messages
+    max_messages: int = 1000  # per account; beyond it the sender gets service-unavailable
+
+
+@dataclass(frozen=True)
+class PingConfig:
+    idle_interval: float = 300.0  # XEP-0199 §4.2: ping a client silent for this long; 0: never
+    timeout: float = 60.0  # no answer within this: connection-timeout
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    enabled: bool = False  # XEP-0077 creation of new accounts
+    allow_password_change: bool = True  # also when registration is off
+    allow_remove: bool = True  # XEP-0077 §3.2 account cancellation
+    max_per_ip_per_hour: int = 5  # registrations from one IP address per hour
+
+
+@dataclass(frozen=True)
+class LegacyConfig:
+    non_sasl_auth: bool = False  # XEP-0078, only ever over TLS
+    error_codes: bool = False  # XEP-0086 legacy error 'code' attributes
+    compression: bool = False  # XEP-0138 zlib, after TLS and SASL
+
+
+@dataclass(frozen=True)
+class VersionConfig:
+    show_os: bool = False  # XEP-0092 <os/> tells attackers what to target; off by default
+
+
+@dataclass(frozen=True)
 class Config:
     hosts: dict[str, HostConfig]
     listeners: tuple[ListenerConfig, ...]
@@ -89,6 +126,12 @@ class Config:
     data_dir: Path
     log_level: str
     source: Path | None  # None: the embedded default
+    roster: RosterConfig = RosterConfig()
+    offline: OfflineConfig = OfflineConfig()
+    ping: PingConfig = PingConfig()
+    register: RegisterConfig = RegisterConfig()
+    legacy: LegacyConfig = LegacyConfig()
+    version: VersionConfig = VersionConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +264,14 @@ def _integer_at_least(minimum: int) -> Check:
     return check
 
 
+def _non_negative_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid("must be a number")
+    if value < 0:
+        raise _Invalid("must not be negative")
+    return float(value)
+
+
 def _positive_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Invalid("must be a number")
@@ -308,6 +359,23 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "scram_iterations": _integer_at_least(MIN_SCRAM_ITERATIONS),
         },
     ),
+    "roster": (RosterConfig, {"max_items": _integer_at_least(1)}),
+    "offline": (OfflineConfig, {"enabled": _boolean, "max_messages": _integer_at_least(1)}),
+    "ping": (PingConfig, {"idle_interval": _non_negative_number, "timeout": _positive_number}),
+    "register": (
+        RegisterConfig,
+        {
+            "enabled": _boolean,
+            "allow_password_change": _boolean,
+            "allow_remove": _boolean,
+            "max_per_ip_per_hour": _integer_at_least(1),
+        },
+    ),
+    "legacy": (
+        LegacyConfig,
+        {"non_sasl_auth": _boolean, "error_codes": _boolean, "compression": _boolean},
+    ),
+    "version": (VersionConfig, {"show_os": _boolean}),
 }
 _SECTIONS = ("server", "listeners", "hosts", *_SIMPLE_SECTIONS)
 
@@ -380,6 +448,12 @@ class _Builder:
             c2s=simple["c2s"],
             limits=simple["limits"],
             storage=simple["storage"],
+            roster=simple["roster"],
+            offline=simple["offline"],
+            ping=simple["ping"],
+            register=simple["register"],
+            legacy=simple["legacy"],
+            version=simple["version"],
             data_dir=self.path(server.get("data_dir", "var")),
             log_level=server.get("log_level", "info"),
             source=source,

@@ -17,6 +17,8 @@ from ._router import Router
 from .certs import ensure_certificate
 from .config import Config
 from .jid import parse_jid
+from .modules import builtin_modules
+from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
 from .storage.lmdb_store import DataDirLocked, ServerLock, Storage
 from .stream.c2s import C2SStream
@@ -45,6 +47,7 @@ class Server:
         self.storage: Storage | None = None
         self.accounts: AccountStore
         self.router: Router
+        self.modules = ModuleHub()
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -67,6 +70,7 @@ class Server:
                 self.router.tracer = trace_stanzas
             for name in config.hosts:
                 self.router.add_host(name)
+            self.modules.load(cls(self) for cls in builtin_modules(config))
             for listener in config.listeners:
                 server = await loop.create_server(
                     lambda: C2SStream(self), listener.address, listener.port, reuse_address=True
@@ -90,13 +94,25 @@ class Server:
         """Run CPU-heavy or blocking work (password hashing) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(None, fn)
 
+    def session_bound(self, stream: C2SStream) -> None:
+        self.modules.session_bound(stream)
+
     def session_ended(self, stream: C2SStream) -> None:
-        """A bound session went away (modules hook in here in later issues)."""
+        """A bound session went away: it has left the router already."""
+        self.modules.session_ended(stream)
+
+    def remove_account(self, domain: str, local: str) -> None:
+        """Delete an account with all its data, and end its sessions (XEP-0077 §3.2)."""
+        self.accounts.delete(domain, local)
+        for session in self.router.resources(f"{local}@{domain}").values():
+            session.close_with_error("not-authorized", "the account was removed")
+        self.modules.account_removed(domain, local)
 
     async def stop(self) -> None:
         log.info("shutting down: system-shutdown to %d streams", len(self.streams))
         for server in self.listeners:
             server.close()
+        self.modules.stop()
         for stream in list(self.streams):
             stream.close_with_error("system-shutdown", "the server is shutting down")
         for server in self.listeners:

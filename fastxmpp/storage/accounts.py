@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 from scramp import ScramException, ScramMechanism
 
+from .account_data import purge_account
 from .lmdb_store import Storage
 
 DATABASE = "accounts"
@@ -90,9 +91,11 @@ class AccountStore:
             txn.put(key, msgpack.packb(record))
 
     def delete(self, domain: str, local: str) -> None:
-        with self.storage.env.begin(db=self._db, write=True) as txn:
-            if not txn.delete(_key(domain, local)):
+        """Delete the account and everything stored for it, in one transaction."""
+        with self.storage.env.begin(write=True) as txn:
+            if not txn.delete(_key(domain, local), db=self._db):
                 raise NoSuchAccount(f"no account {local}@{domain}")
+            purge_account(self.storage, txn, domain, local)
 
     def exists(self, domain: str, local: str) -> bool:
         with self.storage.env.begin(db=self._db) as txn:

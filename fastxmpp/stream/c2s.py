@@ -15,6 +15,7 @@ import contextlib
 import logging
 import secrets
 import ssl
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
@@ -73,6 +74,7 @@ class C2SStream(Session, asyncio.Protocol):
         self.busy = False  # an asynchronous step (TLS handshake, password check) is running
         self.pending: list[Any] = []
         self.auth_timer: asyncio.TimerHandle | None = None
+        self.last_received = time.monotonic()
 
     # --- asyncio protocol --------------------------------------------------------------
 
@@ -101,6 +103,7 @@ class C2SStream(Session, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.last_received = time.monotonic()  # XEP-0199 idle pings look at this
         if self.router.tracer is not None:
             self.router.tracer(self, data, True)
         events = self.parser.feed(data)
@@ -257,6 +260,7 @@ class C2SStream(Session, asyncio.Protocol):
             parts.append(f"<bind xmlns='{ns.BIND}'/>")
             # RFC 6121 §1.4 kept the legacy session feature; we advertise it as optional.
             parts.append(f"<session xmlns='{ns.SESSION}'><optional/></session>")
+        parts.append(self.server.modules.stream_features(self))
         parts.append("</stream:features>")
         return "".join(parts).encode()
 
@@ -461,6 +465,7 @@ class C2SStream(Session, asyncio.Protocol):
         payload = f"<bind xmlns='{ns.BIND}'><jid>{_escape(self.full)}</jid></bind>"
         self.send(_iq_result(st, None, payload))
         log.info("c2s %s: bound %s", self.peer, self.full)
+        self.server.session_bound(self)
 
     # --- closing (RFC 6120 §4.4) -------------------------------------------------------
 

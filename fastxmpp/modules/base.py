@@ -1,0 +1,125 @@
+"""The control plane's building block: one `Module` per protocol concern (roster, presence,
+offline storage, disco, ...), and the `ModuleHub` that starts them and fans server events out
+to them.
+
+A module talks to the compiled core through small interfaces only:
+
+- `router.set_iq_handler(namespace, handler)` for iq get/set to the server or to an account's
+  bare JID; the handler returns the reply bytes (or None) and raises `StanzaError` for an
+  error reply: the stream turns it into the error stanza (one place, fastxmpp.errors).
+- The router's single-owner hooks (`presence_hook`, `message_hook`, `directed_presence_hook`,
+  `iq_response_hook`), claimed through `ModuleHub.claim_hook` so two modules cannot silently
+  overwrite each other.
+- Events from the hub: `session_bound`, `session_ended`, `account_removed`, and the stream
+  features a stream offers.
+- Storage: each module keeps its records behind a store of its own in fastxmpp/storage/, which
+  registers a purge function with fastxmpp.storage.account_data.
+
+Sessions are `fastxmpp.stream.c2s.C2SStream` objects (a `_router.Session`); modules may keep
+per-session state in attributes named after the module (e.g. `session.roster_requested`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..server import Server
+    from ..stream.c2s import C2SStream
+
+log = logging.getLogger("fastxmpp.modules")
+
+
+class Module:
+    """Base class: override what the concern needs; every hook has a harmless default."""
+
+    name: ClassVar[str] = ""
+    # XEP-0030 features this module adds to the server's disco#info.
+    features: ClassVar[tuple[str, ...]] = ()
+    # Features added to the disco#info the server answers for an account's bare JID.
+    account_features: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.config = server.config
+        self.router = server.router
+        self.hub: ModuleHub = server.modules
+
+    def start(self) -> None:
+        """Register iq handlers and claim hooks; open the module's store."""
+
+    def stop(self) -> None:
+        """The server is shutting down (sessions are still there, storage still open)."""
+
+    def session_bound(self, session: C2SStream) -> None:
+        """A resource was bound (RFC 6120 §7)."""
+
+    def session_ended(self, session: C2SStream) -> None:
+        """A bound session is gone (closed, replaced or lost); it has left the router."""
+
+    def stream_features(self, stream: C2SStream) -> str:
+        """XML of stream features for `stream` (called for every features element sent:
+        look at `stream.encrypted`, `stream.authenticated_local`, `stream.bound`)."""
+        return ""
+
+    def account_removed(self, domain: str, local: str) -> None:
+        """The account and its stored data are gone (fastxmpp.storage.account_data purged
+        them in one transaction); drop what the module caches for it."""
+
+
+class ModuleHub:
+    """The loaded modules, in start order, and the fan-out of server events."""
+
+    def __init__(self) -> None:
+        self.modules: dict[str, Module] = {}
+        self._hook_owners: dict[str, str] = {}
+
+    def load(self, modules: Iterable[Module]) -> None:
+        for module in modules:
+            if module.name in self.modules:
+                raise ValueError(f"module {module.name} loaded twice")
+            self.modules[module.name] = module
+        for module in self.modules.values():
+            module.start()
+
+    def get(self, name: str) -> Any:
+        """The module called `name`, or None when it is not loaded."""
+        return self.modules.get(name)
+
+    def claim_hook(self, module: Module, hook: str, handler: Callable[..., Any]) -> None:
+        owner = self._hook_owners.get(hook)
+        if owner is not None:
+            raise ValueError(f"router hook {hook} already belongs to module {owner}")
+        self._hook_owners[hook] = module.name
+        setattr(module.router, hook, handler)
+
+    def server_features(self) -> list[str]:
+        return sorted({f for m in self.modules.values() for f in m.features})
+
+    def account_features(self) -> list[str]:
+        return sorted({f for m in self.modules.values() for f in m.account_features})
+
+    def stream_features(self, stream: C2SStream) -> str:
+        return "".join(m.stream_features(stream) for m in self.modules.values())
+
+    def _each(self, event: str, *args: Any) -> None:
+        # One module's bug must not keep the others from hearing of the event.
+        for module in self.modules.values():
+            try:
+                getattr(module, event)(*args)
+            except Exception:
+                log.exception("module %s failed in %s", module.name, event)
+
+    def session_bound(self, session: C2SStream) -> None:
+        self._each("session_bound", session)
+
+    def session_ended(self, session: C2SStream) -> None:
+        self._each("session_ended", session)
+
+    def stop(self) -> None:
+        self._each("stop")
+
+    def account_removed(self, domain: str, local: str) -> None:
+        self._each("account_removed", domain, local)
