@@ -1,14 +1,45 @@
-"""The control plane's protocol modules (see base.py for the interface)."""
+"""The control plane's protocol modules (see base.py for the interface).
+
+Each module file defines one `Module` subclass named in its `MODULE` attribute.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config import Config
     from .base import Module
 
+log = logging.getLogger("fastxmpp.modules")
+
+# Start order: later modules may look up earlier ones through `hub.get(name)`.
+BUILTIN = (
+    "roster",  # RFC 6121 §2
+    "presence",  # RFC 6121 §3, §4 (subscriptions, broadcast, probes, directed presence)
+    "offline",  # RFC 6121 §8.5.2.2.1 storage, XEP-0203 delay stamps
+    "disco",  # XEP-0030
+    "ping",  # XEP-0199
+    "version",  # XEP-0092
+    "entity_time",  # XEP-0202
+    "last",  # XEP-0012
+    "private",  # XEP-0049
+    "register",  # XEP-0077
+    "legacy_auth",  # XEP-0078
+)
+
 
 def builtin_modules(config: Config) -> list[type[Module]]:
-    """The module classes to load, in start order (later ones may look up earlier ones)."""
-    return []
+    """The module classes to load, in start order."""
+    classes: list[type[Module]] = []
+    for name in BUILTIN:
+        qualified = f"{__name__}.{name}"
+        if importlib.util.find_spec(qualified) is None:
+            # Transitional while issue 4 is being built module by module.
+            log.warning("module %s is not available", name)
+            continue
+        classes.append(importlib.import_module(qualified).MODULE)
+    return classes
