@@ -70,6 +70,7 @@ class Server:
                 self.router.tracer = trace_stanzas
             for name in config.hosts:
                 self.router.add_host(name)
+            self.router.iq_response_hook = self.modules.iq_response
             self.modules.load(cls(self) for cls in builtin_modules(config))
             for listener in config.listeners:
                 server = await loop.create_server(

@@ -21,9 +21,12 @@ per-session state in attributes named after the module (e.g. `session.roster_req
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
+from xml.sax.saxutils import quoteattr
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -59,6 +62,10 @@ class Module:
     def session_ended(self, session: C2SStream) -> None:
         """A bound session is gone (closed, replaced or lost); it has left the router."""
 
+    def initial_presence(self, session: C2SStream) -> None:
+        """The session just sent its initial presence (RFC 6121 §4.2), after the presence
+        module has broadcast it and probed the contacts: offline messages go out here."""
+
     def stream_features(self, stream: C2SStream) -> str:
         """XML of stream features for `stream` (called for every features element sent:
         look at `stream.encrypted`, `stream.authenticated_local`, `stream.bound`)."""
@@ -75,6 +82,8 @@ class ModuleHub:
     def __init__(self) -> None:
         self.modules: dict[str, Module] = {}
         self._hook_owners: dict[str, str] = {}
+        # Server-originated iqs waiting for an answer: (full JID, id) -> future.
+        self._waiting: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     def load(self, modules: Iterable[Module]) -> None:
         for module in modules:
@@ -114,6 +123,33 @@ class ModuleHub:
 
     def session_bound(self, session: C2SStream) -> None:
         self._each("session_bound", session)
+
+    def initial_presence(self, session: C2SStream) -> None:
+        self._each("initial_presence", session)
+
+    # --- iqs the server sends to clients -------------------------------------------------
+
+    def send_iq(self, session: C2SStream, itype: str, payload: str) -> asyncio.Future[Any]:
+        """Send <iq type=itype> with `payload` (XML) from the server to a bound session; the
+        future gets the answering Stanza (result or error). The caller sets a timeout."""
+        iq_id = "fx-" + secrets.token_hex(8)
+        domain = session.domain
+        data = (
+            f"<iq type='{itype}' id='{iq_id}' from={quoteattr(domain)} "
+            f"to={quoteattr(session.full)}>{payload}</iq>"
+        ).encode()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        key = (session.full, iq_id)
+        self._waiting[key] = future
+        future.add_done_callback(lambda _f: self._waiting.pop(key, None))
+        session.send(data)
+        return future
+
+    def iq_response(self, session: C2SStream, st: Any) -> None:
+        """The router's iq_response_hook: a result/error iq addressed to the server."""
+        future = self._waiting.get((session.full, st.attrs.get("id")))
+        if future is not None and not future.done():
+            future.set_result(st)
 
     def session_ended(self, session: C2SStream) -> None:
         self._each("session_ended", session)
