@@ -1,0 +1,347 @@
+"""Load scenarios, run by worker processes (each its own uvloop) under a coordinating parent.
+
+Protocol between parent and workers: each worker sets up (logs in) and reports "ready"; the
+parent reads the server's CPU time and RSS, sets `go`; workers run the measured phase, bounded
+by `duration` plus a drain timeout, and report their counts, latency samples and their own
+CPU time. Nothing loops without a bound on count and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import multiprocessing as mp
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import uvloop
+from fastxmpp._parser import Stanza
+
+from . import procstat
+from .client import Account, LoginOptions, XMPPConnection, login
+
+DRAIN_TIMEOUT = 5.0
+SETUP_TIMEOUT = 300.0
+LOGIN_CONCURRENCY = 64  # logins in flight per worker during setup
+
+
+@dataclass
+class Spec:
+    scenario: str  # login | idle | msg
+    host: str = "127.0.0.1"
+    port: int = 5222
+    domain: str = "localhost"
+    user_prefix: str = "bench"
+    users: int = 200  # accounts bench0 .. bench{users-1} exist with `password`
+    password: str = "bench-password"
+    starttls: bool = True
+    mechanism: str = "SCRAM-SHA-1"
+    workers: int = 2
+    duration: float = 10.0
+    pairs: int = 50  # msg: sender/receiver pairs
+    window: int = 8  # msg: outstanding messages per pair (closed loop)
+    rate: float = 0.0  # msg: total messages/s, open loop (0: closed loop with `window`)
+    connections: int = 1000  # idle: authenticated connections held
+    concurrency: int = 16  # login: login loops per worker
+    body: str = "Hello! This is a benchmark message of ordinary chat length, about 80 bytes."
+    server_pids: list[int] = field(default_factory=list)
+
+    def account(self, index: int) -> Account:
+        return Account(self.domain, f"{self.user_prefix}{index % self.users}", self.password)
+
+    @property
+    def options(self) -> LoginOptions:
+        return LoginOptions(starttls=self.starttls, mechanism=self.mechanism)
+
+
+# --- the parent ---------------------------------------------------------------------------
+
+
+def run(spec: Spec) -> dict[str, Any]:
+    """Run one scenario; a dict of results (counts, rates, latencies, server CPU and RSS)."""
+    ctx = mp.get_context("spawn")
+    results: Any = ctx.Queue()
+    go = ctx.Event()
+    workers = [
+        ctx.Process(target=_worker_main, args=(asdict(spec), i, results, go), daemon=True)
+        for i in range(spec.workers)
+    ]
+    pids = _server_pids(spec)
+    rss_before = procstat.rss_bytes(pids)
+    for w in workers:
+        w.start()
+    try:
+        ready = [_receive(results, "ready", SETUP_TIMEOUT) for _ in workers]
+        pids = _server_pids(spec)
+        rss_ready = procstat.rss_bytes(pids)
+        cpu_start = procstat.cpu_seconds(pids)
+        started = time.perf_counter()
+        go.set()
+        done = [_receive(results, "done", spec.duration + DRAIN_TIMEOUT + 60) for _ in workers]
+        elapsed = time.perf_counter() - started
+        cpu_used = procstat.cpu_seconds(pids) - cpu_start
+    finally:
+        for w in workers:
+            w.join(10)
+            if w.is_alive():
+                w.kill()
+    return _summarize(spec, ready, done, elapsed, cpu_used, rss_before, rss_ready, pids)
+
+
+def _server_pids(spec: Spec) -> list[int]:
+    return [p for pid in spec.server_pids for p in procstat.process_tree(pid)]
+
+
+def _receive(queue: Any, kind: str, timeout: float) -> dict[str, Any]:
+    message = queue.get(timeout=timeout)
+    if message.get("error"):
+        raise RuntimeError(f"worker failed: {message['error']}")
+    if message["kind"] != kind:
+        raise RuntimeError(f"expected {kind} from a worker, got {message['kind']}")
+    return dict(message)
+
+
+def _percentile(samples: list[float], q: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summarize(
+    spec: Spec,
+    ready: list[dict[str, Any]],
+    done: list[dict[str, Any]],
+    elapsed: float,
+    cpu_used: float,
+    rss_before: int,
+    rss_ready: int,
+    pids: list[int],
+) -> dict[str, Any]:
+    latencies = [x for d in done for x in d["latencies_ms"]]
+    count = sum(d["count"] for d in done)
+    active = max((d["active_s"] for d in done), default=elapsed) or elapsed
+    summary: dict[str, Any] = {
+        "scenario": spec.scenario,
+        "count": count,
+        "rate_per_s": count / active if active else 0.0,
+        "p50_ms": _percentile(latencies, 0.50),
+        "p99_ms": _percentile(latencies, 0.99),
+        "max_ms": max(latencies) if latencies else None,
+        "server_cpu_s": cpu_used,
+        "server_cpu_us_per_item": cpu_used * 1e6 / count if count else None,
+        "loadgen_cpu_s": sum(d["cpu_s"] for d in done),
+        "elapsed_s": elapsed,
+        "server_rss_bytes": rss_ready,
+        "server_pids": pids,
+        "errors": sum(d["errors"] for d in done),
+    }
+    if spec.scenario == "msg":
+        summary["sent"] = sum(d["sent"] for d in done)
+        summary["lost"] = summary["sent"] - count
+    if spec.scenario == "idle":
+        held = sum(r["connections"] for r in ready)
+        summary["connections"] = held
+        summary["rss_per_connection_bytes"] = (rss_ready - rss_before) / held if held else None
+    return summary
+
+
+# --- a worker -----------------------------------------------------------------------------
+
+
+def _worker_main(spec_dict: dict[str, Any], index: int, results: Any, go: Any) -> None:
+    spec = Spec(**spec_dict)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        uvloop.run(_worker(spec, index, results, go))
+    except BaseException as exc:  # reported to the parent, which fails the run
+        results.put({"kind": "error", "error": f"worker {index}: {exc!r}"})
+
+
+async def _wait_event(go: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not go.is_set():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the parent never said go")
+        await asyncio.sleep(0.005)
+
+
+async def _worker(spec: Spec, index: int, results: Any, go: Any) -> None:
+    scenario = {"login": _login_scenario, "idle": _idle_scenario, "msg": _msg_scenario}
+    await scenario[spec.scenario](spec, index, results, go)
+
+
+def _mine(spec: Spec, index: int, total: int) -> list[int]:
+    return [i for i in range(total) if i % spec.workers == index]
+
+
+async def _bounded_logins(spec: Spec, jobs: list[tuple[Account, str]]) -> list[XMPPConnection]:
+    gate = asyncio.Semaphore(LOGIN_CONCURRENCY)
+
+    async def one(account: Account, resource_name: str) -> XMPPConnection:
+        async with gate:
+            return await login(spec.host, spec.port, account, resource_name, spec.options)
+
+    return list(await asyncio.gather(*(one(a, r) for a, r in jobs)))
+
+
+def _report(results: Any, kind: str, **values: Any) -> None:
+    results.put({"kind": kind, **values})
+
+
+# login: logins per second and login latency (connect .. bind result)
+async def _login_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
+    _report(results, "ready", connections=0)
+    await _wait_event(go, SETUP_TIMEOUT)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    end = t0 + spec.duration
+    latencies: list[float] = []
+    errors = 0
+    counter = itertools.count(index * 1_000_000)
+
+    async def loop(slot: int) -> None:
+        nonlocal errors
+        while time.perf_counter() < end:
+            n = next(counter)
+            started = time.perf_counter()
+            try:
+                conn = await login(
+                    spec.host, spec.port, spec.account(n), f"l{index}-{slot}-{n}", spec.options
+                )
+            except Exception:
+                errors += 1
+                await asyncio.sleep(0.05)
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+            conn.close()
+
+    await asyncio.wait_for(
+        asyncio.gather(*(loop(s) for s in range(spec.concurrency))),
+        spec.duration + DRAIN_TIMEOUT + 30,
+    )
+    _report(
+        results,
+        "done",
+        count=len(latencies),
+        latencies_ms=latencies,
+        errors=errors,
+        cpu_s=time.process_time() - cpu0,
+        active_s=time.perf_counter() - t0,
+    )
+
+
+# idle: server memory per authenticated idle connection
+async def _idle_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
+    mine = _mine(spec, index, spec.connections)
+    conns = await _bounded_logins(spec, [(spec.account(i), f"idle{i}") for i in mine])
+    # Presence makes them "online" as a real client would be.
+    for conn in conns:
+        conn.send(b"<presence/>")
+    await asyncio.sleep(1.0)  # let the server settle the presences before RSS is read
+    _report(results, "ready", connections=len(conns))
+    await _wait_event(go, SETUP_TIMEOUT)
+    for conn in conns:
+        conn.close()
+    _report(results, "done", count=len(conns), latencies_ms=[], errors=0, cpu_s=0.0, active_s=0)
+
+
+# msg: 1:1 chat between pairs, closed loop (window) or open loop (rate)
+async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
+    pairs = _mine(spec, index, spec.pairs)
+    jobs: list[tuple[Account, str]] = []
+    for p in pairs:
+        jobs += [(spec.account(2 * p), f"s{p}"), (spec.account(2 * p + 1), f"r{p}")]
+    conns = await _bounded_logins(spec, jobs)
+    senders, receivers = conns[0::2], conns[1::2]
+    for conn in conns:
+        conn.send(b"<presence/>")
+    await asyncio.sleep(0.5)
+    for conn in conns:  # drop whatever presence traffic arrived during setup
+        conn.queue.clear()
+    _report(results, "ready", connections=len(conns))
+    await _wait_event(go, SETUP_TIMEOUT)
+
+    body = spec.body.encode()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    end = t0 + spec.duration
+    latencies: list[float] = []
+    sent = [0] * len(pairs)
+    received = [0] * len(pairs)
+
+    def message(to: bytes) -> bytes:
+        stamp = str(time.perf_counter_ns()).encode()
+        return (
+            b"<message type='chat' to='"
+            + to
+            + b"' id='"
+            + stamp
+            + b"'><body>"
+            + body
+            + b"</body></message>"
+        )
+
+    targets = [r.full_jid.encode() for r in receivers]
+
+    async def receive(pair: int) -> None:
+        conn, sender, to = receivers[pair], senders[pair], targets[pair]
+        while not (time.perf_counter() > end and received[pair] >= sent[pair]):
+            try:
+                events = await asyncio.wait_for(
+                    conn.read_events(), max(0.05, end + DRAIN_TIMEOUT - time.perf_counter())
+                )
+            except TimeoutError:
+                return  # what is still missing counts as lost
+            now = time.perf_counter_ns()
+            for event in events:
+                if type(event) is Stanza and event.name == "message":
+                    stamp = event.attrs.get("id", "")
+                    if stamp.isdigit():
+                        latencies.append((now - int(stamp)) / 1e6)
+                        received[pair] += 1
+                        if not spec.rate and time.perf_counter() < end:
+                            sender.send(message(to))
+                            sent[pair] += 1
+
+    async def paced(pair: int, per_second: float) -> None:
+        sender, to = senders[pair], targets[pair]
+        tick = 0.01
+        owed = 0.0
+        while time.perf_counter() < end:
+            owed += per_second * tick
+            while owed >= 1:
+                sender.send(message(to))
+                sent[pair] += 1
+                owed -= 1
+            await asyncio.sleep(tick)
+
+    tasks = [asyncio.ensure_future(receive(p)) for p in range(len(pairs))]
+    if spec.rate:
+        per_pair = spec.rate / spec.pairs
+        tasks += [asyncio.ensure_future(paced(p, per_pair)) for p in range(len(pairs))]
+    else:
+        for p in range(len(pairs)):
+            for _ in range(spec.window):
+                senders[p].send(message(targets[p]))
+                sent[p] += 1
+    await asyncio.wait(tasks, timeout=spec.duration + DRAIN_TIMEOUT + 30)
+    for t in tasks:
+        t.cancel()
+    active = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    for conn in conns:
+        conn.close()
+    _report(
+        results,
+        "done",
+        count=sum(received),
+        sent=sum(sent),
+        latencies_ms=latencies,
+        errors=0,
+        cpu_s=cpu,
+        active_s=min(active, spec.duration + DRAIN_TIMEOUT),
+    )
