@@ -68,6 +68,50 @@ STANZA_CONDITION_TYPES = {
 }
 
 
+# XEP-0086 §3: the legacy (pre-XMPP) 'code' of each stanza error condition. A condition the
+# table does not name (RFC 6120's policy-violation) is, to a legacy entity, undefined: it gets
+# the code of <undefined-condition/>, LEGACY_FALLBACK_CODE.
+LEGACY_CODES = {
+    "bad-request": "400",
+    "conflict": "409",
+    "feature-not-implemented": "501",
+    "forbidden": "403",
+    "gone": "302",
+    "internal-server-error": "500",
+    "item-not-found": "404",
+    "jid-malformed": "400",
+    "not-acceptable": "406",
+    "not-allowed": "405",
+    "not-authorized": "401",
+    "payment-required": "402",
+    "recipient-unavailable": "404",
+    "redirect": "302",
+    "registration-required": "407",
+    "remote-server-not-found": "404",
+    "remote-server-timeout": "504",
+    "resource-constraint": "500",
+    "service-unavailable": "503",
+    "subscription-required": "407",
+    "undefined-condition": "500",
+    "unexpected-request": "400",
+}
+
+LEGACY_FALLBACK_CODE = "500"
+
+# Set once at server start from `config.legacy.error_codes` (see `set_legacy_codes`).
+_legacy_codes = False
+
+
+def set_legacy_codes(enabled: bool) -> None:
+    """XEP-0086: when on, every stanza error this server makes carries the legacy code."""
+    global _legacy_codes
+    _legacy_codes = enabled
+
+
+def legacy_codes_enabled() -> bool:
+    return _legacy_codes
+
+
 class StreamError(Exception):
     """A condition that ends the stream (RFC 6120 §4.9)."""
 
@@ -93,22 +137,30 @@ class StanzaError(Exception):
         self.error_type = error_type or STANZA_CONDITION_TYPES[condition]
 
 
-def stream_error_bytes(condition: str, text: str | None = None) -> bytes:
-    """`<stream:error>` for a stream whose root declared the `stream` prefix (RFC 6120 §4.9.2)."""
+def stream_error_bytes(condition: str, text: str | None = None, app_xml: str = "") -> bytes:
+    """`<stream:error>` for a stream whose root declared the `stream` prefix (RFC 6120 §4.9.2);
+    `app_xml` is an application-specific condition element (§4.9.4), already serialized."""
     text_xml = (
         f"<text xmlns='{ns.STREAM_ERRORS}' xml:lang='en'>{escape(text)}</text>" if text else ""
     )
     return (
-        f"<stream:error><{condition} xmlns='{ns.STREAM_ERRORS}'/>{text_xml}</stream:error>"
+        f"<stream:error><{condition} xmlns='{ns.STREAM_ERRORS}'/>{text_xml}{app_xml}</stream:error>"
     ).encode()
 
 
 def error_element_xml(condition: str, error_type: str, text: str | None = None) -> str:
-    """The `<error/>` child of an error stanza (RFC 6120 §8.3.2)."""
+    """The `<error/>` child of an error stanza (RFC 6120 §8.3.2), with the XEP-0086 legacy
+    'code' when that is switched on."""
     text_xml = (
         f"<text xmlns='{ns.STANZA_ERRORS}' xml:lang='en'>{escape(text)}</text>" if text else ""
     )
-    return f"<error type='{error_type}'><{condition} xmlns='{ns.STANZA_ERRORS}'/>{text_xml}</error>"
+    code_attr = ""
+    if _legacy_codes:
+        code_attr = f" code='{LEGACY_CODES.get(condition, LEGACY_FALLBACK_CODE)}'"
+    return (
+        f"<error{code_attr} type='{error_type}'><{condition} xmlns='{ns.STANZA_ERRORS}'/>"
+        f"{text_xml}</error>"
+    )
 
 
 def stanza_error_bytes(

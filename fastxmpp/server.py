@@ -103,10 +103,15 @@ class Server:
         self.modules.session_ended(stream)
 
     def remove_account(self, domain: str, local: str) -> None:
-        """Delete an account with all its data, and end its sessions (XEP-0077 §3.2)."""
+        """Delete an account with all its data, and end its sessions (XEP-0077 §3.2): every
+        stream authenticated as it, bound or not, gets a not-authorized stream error after
+        what is already queued for it (the removing session's iq result goes out first)."""
         self.accounts.delete(domain, local)
         for session in self.router.resources(f"{local}@{domain}").values():
             session.close_with_error("not-authorized", "the account was removed")
+        for stream in list(self.streams):
+            if stream.authenticated_local == local and stream.host == domain:
+                stream.close_with_error("not-authorized", "the account was removed")
         self.modules.account_removed(domain, local)
 
     async def stop(self) -> None:

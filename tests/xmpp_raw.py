@@ -12,6 +12,7 @@ import select
 import socket
 import ssl
 import time
+import zlib
 from typing import Any
 
 from lxml import etree
@@ -24,6 +25,8 @@ TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 CLIENT = "jabber:client"
+COMPRESS = "http://jabber.org/protocol/compress"
+COMPRESS_FEATURE = "http://jabber.org/features/compress"
 
 HEADER = (
     "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
@@ -43,6 +46,11 @@ class RawClient:
         self.header: Any = None
         self.closed_stream = False  # the server sent </stream:stream>
         self.eof = False
+        # XEP-0138: set by `compress()`; bytes on the wire in each direction, for tests.
+        self.deflater: Any = None
+        self.inflater: Any = None
+        self.wire_sent = 0
+        self.wire_received = 0
 
     def _new_parser(self) -> None:
         self.parser = etree.XMLPullParser(events=("start", "end"), resolve_entities=False)
@@ -52,7 +60,15 @@ class RawClient:
     # --- raw I/O ----------------------------------------------------------------------
 
     def send(self, data: bytes | str) -> None:
-        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+        raw = data.encode() if isinstance(data, str) else data
+        if self.deflater is not None:
+            raw = self.deflater.compress(raw) + self.deflater.flush(zlib.Z_SYNC_FLUSH)
+        self.wire_sent += len(raw)
+        self.sock.sendall(raw)
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes onto the wire as they are, compressed stream or not."""
+        self.sock.sendall(data)
 
     def _pump(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -69,6 +85,11 @@ class RawClient:
         if not data:
             self.eof = True
             raise StreamClosed()
+        self.wire_received += len(data)
+        if self.inflater is not None:
+            data = self.inflater.decompress(data)
+            if not data:
+                return
         self.parser.feed(data)
         for event, el in self.parser.read_events():
             if event == "start":
@@ -131,6 +152,17 @@ class RawClient:
         features = self.next()
         assert features.tag == f"{{{STREAMS}}}features", etree.tostring(features)
         return features
+
+    def compress(self, method: str = "zlib") -> Any:
+        """XEP-0138: request compression; on <compressed/> switch both directions to zlib and
+        restart the stream (the new features are returned). Else return the <failure/>."""
+        self.send(f"<compress xmlns='{COMPRESS}'><method>{method}</method></compress>")
+        answer = self.next()
+        if answer.tag != f"{{{COMPRESS}}}compressed":
+            return answer
+        self.deflater = zlib.compressobj()
+        self.inflater = zlib.decompressobj()
+        return self.open_stream()
 
     def stream_error(self) -> str:
         """Read up to a <stream:error/>; return its condition name."""

@@ -1,5 +1,7 @@
 """Client-to-server streams (RFC 6120): stream header, STARTTLS, SASL, resource binding,
-then stanzas handed to the router.
+then stanzas handed to the router. Legacy options: XEP-0138 zlib compression after SASL, and
+pre-authentication iqs (XEP-0077 registration, XEP-0078 non-SASL authentication) handed to
+their modules.
 
 One `C2SStream` per TCP connection. It is the router's `Session` for that connection and the
 asyncio protocol at the same time. Every error raised while handling a stanza or the stream
@@ -25,6 +27,8 @@ from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamE
 from .._router import Session
 from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
 from ..jid import JIDError, normalize_resource, parse_jid
+from . import compression
+from .compression import CompressedTransport, CompressionError, Inflater
 from .sasl import (
     Challenge,
     Failure,
@@ -45,6 +49,15 @@ STREAM_HEADER = (
     "xmlns:stream='http://etherx.jabber.org/streams' id={id} version='1.0' xml:lang={lang}{attrs}>"
 )
 STREAM_CLOSE = b"</stream:stream>"
+# Debug traces never show input naming these namespaces: it may carry a password.
+SECRET_MARKERS = (ns.SASL.encode(), b"jabber:iq:register", b"jabber:iq:auth")
+
+# iq payload namespaces an unauthenticated stream may use, and the module that answers them
+# with `pre_auth_iq(stream, stanza)`.
+PRE_AUTH_IQ = {
+    "jabber:iq:register": "register",  # XEP-0077 §3.1, §7
+    "jabber:iq:auth": "legacy_auth",  # XEP-0078
+}
 
 
 class C2SStream(Session, asyncio.Protocol):
@@ -73,6 +86,9 @@ class C2SStream(Session, asyncio.Protocol):
         self.sasl_failures = 0
         self.busy = False  # an asynchronous step (TLS handshake, password check) is running
         self.pending: list[Any] = []
+        self.compressed = False  # XEP-0138 negotiated: transport compresses, input inflated
+        self.inflater: Inflater | None = None
+        self.trace_redacting = False
         self.auth_timer: asyncio.TimerHandle | None = None
         self.last_received = time.monotonic()
 
@@ -104,9 +120,26 @@ class C2SStream(Session, asyncio.Protocol):
         if self.closing:
             return
         self.last_received = time.monotonic()  # XEP-0199 idle pings look at this
-        if self.router.tracer is not None:
-            self.router.tracer(self, data, True)
+        if self.inflater is None:
+            self._received(data)
+            return
+        try:
+            for piece in self.inflater.feed(data):
+                self._received(piece)
+                if self.closing:
+                    return
+        except CompressionError as exc:
+            # XEP-0138 §3: a processing error after compression closes the stream.
+            self.close_with_error(
+                "undefined-condition",
+                f"cannot decompress: {exc}",
+                f"<failure xmlns='{compression.NS_PROTOCOL}'><processing-failed/></failure>",
+            )
+
+    def _received(self, data: bytes) -> None:
         events = self.parser.feed(data)
+        if self.router.tracer is not None:
+            self._trace_input(data, events)
         if self.busy:
             self.pending.extend(events)
             return
@@ -114,6 +147,15 @@ class C2SStream(Session, asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None
+
+    def _trace_input(self, data: bytes, events: list[Any]) -> None:
+        """Debug trace of input, except what may carry a password (SASL, XEP-0077 and
+        XEP-0078 payloads): from the read naming such a namespace up to the read that
+        completes a top-level element."""
+        secret = self.trace_redacting or any(marker in data for marker in SECRET_MARKERS)
+        shown = f"[{len(data)} bytes not shown: may carry a password]".encode() if secret else data
+        self.router.tracer(self, shown, True)
+        self.trace_redacting = secret and not any(type(e) is Stanza for e in events)
 
     # --- event loop of the stream ------------------------------------------------------
 
@@ -186,6 +228,22 @@ class C2SStream(Session, asyncio.Protocol):
         self.server.background.add(task)
         task.add_done_callback(self.server.background.discard)
 
+    def run_iq_step(self, st: Stanza, step: Callable[[], Any]) -> None:
+        """For iq handlers with slow work (password hashing): run the coroutine `step` while
+        this stream's later input waits; its bytes are the reply, a StanzaError the error
+        reply. The handler itself returns None."""
+
+        async def answer() -> None:
+            try:
+                reply = await step()
+            except StanzaError as err:
+                self._reply_error(st, err)
+                return
+            if reply is not None:
+                self.send(reply)
+
+        self._run_async(answer)
+
     # --- stream header and features (RFC 6120 §4.7, §4.3.2) ---------------------------
 
     def _stream_header(self, header: StreamHeader) -> None:
@@ -257,12 +315,26 @@ class C2SStream(Session, asyncio.Protocol):
                 parts.extend(f"<mechanism>{m}</mechanism>" for m in mechanisms)
                 parts.append("</mechanisms>")
         else:
+            if self._compression_offered():
+                # XEP-0138: after TLS and SASL, before binding; XEP-0170 order.
+                parts.append(f"<compression xmlns='{compression.NS_FEATURE}'>")
+                parts.extend(f"<method>{m}</method>" for m in compression.METHODS)
+                parts.append("</compression>")
             parts.append(f"<bind xmlns='{ns.BIND}'/>")
             # RFC 6121 §1.4 kept the legacy session feature; we advertise it as optional.
             parts.append(f"<session xmlns='{ns.SESSION}'><optional/></session>")
         parts.append(self.server.modules.stream_features(self))
         parts.append("</stream:features>")
         return "".join(parts).encode()
+
+    def _compression_offered(self) -> bool:
+        return (
+            self.server.config.legacy.compression
+            and self.encrypted
+            and self.authenticated_local is not None
+            and not self.bound
+            and not self.compressed
+        )
 
     # --- non-routed top-level elements -------------------------------------------------
 
@@ -290,7 +362,23 @@ class C2SStream(Session, asyncio.Protocol):
                 self._sasl_failure("aborted")
                 return
             raise StreamError("unsupported-stanza-type", f"SASL element <{st.name}/>")
+        elif (
+            st.ns == compression.NS_PROTOCOL
+            and st.name == "compress"
+            and self.authenticated_local is not None
+            and self.server.config.legacy.compression
+        ):
+            self._compress(st)
+            return
         elif st.ns == ns.CLIENT and st.name in ("iq", "message", "presence"):
+            if (
+                self.authenticated_local is None
+                and st.name == "iq"
+                and len(st.children) == 1
+                and st.children[0][0] in PRE_AUTH_IQ
+            ):
+                self._pre_auth_iq(st)
+                return
             if self.authenticated_local is None or (not self.bound and st.name != "iq"):
                 raise StreamError("not-authorized", "authenticate and bind first")
             self._iq(st)
@@ -315,6 +403,54 @@ class C2SStream(Session, asyncio.Protocol):
             raise StreamError("not-authorized", "bind a resource first")
         else:
             self.router.route(self, st)
+
+    def _pre_auth_iq(self, st: Stanza) -> None:
+        """XEP-0077 registration or XEP-0078 authentication on a stream that has not
+        authenticated: the router does not serve it, the module answers directly."""
+        itype = st.attrs.get("type")
+        if itype in ("result", "error"):
+            return  # nothing of ours is waiting for an answer before authentication
+        if st.attrs.get("id") is None or itype not in ("get", "set"):
+            raise StanzaError("bad-request", "an iq get/set with an 'id' is expected")
+        to = st.attrs.get("to")
+        if to is not None and to != self.host:
+            raise StanzaError("service-unavailable", "only the server answers before login")
+        module = self.server.modules.get(PRE_AUTH_IQ[st.children[0][0]])
+        if module is None:
+            raise StanzaError("service-unavailable")
+        reply = module.pre_auth_iq(self, st)
+        if reply is not None:
+            self.send(reply)
+
+    # --- XEP-0138 stream compression ---------------------------------------------------
+
+    def _compress(self, st: Stanza) -> None:
+        method_el = st.element().find(f"{{{compression.NS_PROTOCOL}}}method")
+        method = (method_el.text or "").strip() if method_el is not None else ""
+        if method not in compression.METHODS:
+            self._compression_failure("unsupported-method")
+            return
+        if not self._compression_offered():
+            # Already compressed, bound, or not over TLS: not an error of the stream (§3).
+            self._compression_failure("setup-failed")
+            return
+        self.send(f"<compressed xmlns='{compression.NS_PROTOCOL}'/>".encode())
+        self.flush()
+        self.transport = CompressedTransport(self.transport)
+        self.inflater = Inflater()
+        self.compressed = True
+        log.info("c2s %s: zlib stream compression", self.peer)
+
+        async def restart() -> None:
+            # Whatever was parsed after <compress/> belongs to the void stream (§3).
+            self.pending.clear()
+            self._restart_stream()
+
+        # Through the async machinery so that events parsed after <compress/> are held back.
+        self._run_async(restart)
+
+    def _compression_failure(self, condition: str) -> None:
+        self.send(f"<failure xmlns='{compression.NS_PROTOCOL}'><{condition}/></failure>".encode())
 
     # --- STARTTLS (RFC 6120 §5) --------------------------------------------------------
 
@@ -435,8 +571,7 @@ class C2SStream(Session, asyncio.Protocol):
     # --- resource binding (RFC 6120 §7) ------------------------------------------------
 
     def _bind(self, st: Stanza) -> None:
-        assert self.authenticated_local is not None and self.host is not None
-        bare = f"{self.authenticated_local}@{self.host}"
+        assert self.authenticated_local is not None
         resource_el = st.element().find(f"{{{ns.BIND}}}bind/{{{ns.BIND}}}resource")
         requested = (resource_el.text or "").strip() if resource_el is not None else ""
         if requested:
@@ -446,25 +581,41 @@ class C2SStream(Session, asyncio.Protocol):
                 raise StanzaError("bad-request", str(exc)) from exc
         else:
             resource = _new_resource()
-        existing = self.router.session(bare, resource)
+        self._enter_session(self.authenticated_local, resource, may_rename=True)
+        payload = f"<bind xmlns='{ns.BIND}'><jid>{_escape(self.full)}</jid></bind>"
+        self.send(_iq_result(st, None, payload))
+        self.server.session_bound(self)
+
+    def _enter_session(self, local: str, resource: str, may_rename: bool) -> None:
+        """Bind local@host/resource (prepared parts) to this stream; the caller replies and
+        then tells the server (`session_bound`). StanzaError(conflict) leaves it unbound."""
+        assert self.host is not None
+        existing = self.router.session(f"{local}@{self.host}", resource)
         if existing is not None:
             # RFC 6120 §7.7.2.2: the configured policy decides.
             policy = self.c2s.resource_conflict
-            if policy == "reject":
+            if policy == "reject" or (policy == "rename" and not may_rename):
                 raise StanzaError("conflict", "that resource is in use")
             if policy == "rename":
                 resource = _new_resource()
-                existing = None
-        old = self.router.bind(self, self.authenticated_local, self.host, resource)
+        old = self.router.bind(self, local, self.host, resource)
         self.bound = True
         if self.auth_timer is not None:
             self.auth_timer.cancel()
             self.auth_timer = None
         if old is not None and old is not self:
             old.close_with_error("conflict", "replaced by a new session for this resource")
-        payload = f"<bind xmlns='{ns.BIND}'><jid>{_escape(self.full)}</jid></bind>"
-        self.send(_iq_result(st, None, payload))
         log.info("c2s %s: bound %s", self.peer, self.full)
+
+    def legacy_login(self, st: Stanza, local: str, resource: str) -> None:
+        """XEP-0078: the password was right; authenticate and bind in one step (no stream
+        restart), or raise StanzaError(conflict) and stay unauthenticated."""
+        if self.closing or self.authenticated_local is not None:
+            return  # the stream went away (or authenticated) while the password was checked
+        self._enter_session(local, resource, may_rename=False)
+        self.authenticated_local = local
+        self.send(_iq_result(st, None))
+        log.info("c2s %s: authenticated %s@%s with jabber:iq:auth", self.peer, local, self.host)
         self.server.session_bound(self)
 
     # --- closing (RFC 6120 §4.4) -------------------------------------------------------
@@ -474,8 +625,11 @@ class C2SStream(Session, asyncio.Protocol):
         self.send(STREAM_CLOSE)
         self._close_transport()
 
-    def close_with_error(self, condition: str | None, text: str | None = None) -> None:
-        """Send a stream error (if any) and the closing tag, then close the connection."""
+    def close_with_error(
+        self, condition: str | None, text: str | None = None, app_xml: str = ""
+    ) -> None:
+        """Send a stream error (if any) and the closing tag, then close the connection;
+        `app_xml`: an application-specific condition (RFC 6120 §4.9.4)."""
         if self.closing:
             return
         self.closing = True
@@ -488,7 +642,7 @@ class C2SStream(Session, asyncio.Protocol):
             log.info(
                 "c2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else ""
             )
-            self.send(stream_error_bytes(condition, text))
+            self.send(stream_error_bytes(condition, text, app_xml))
         self.send(STREAM_CLOSE)
         self._close_transport()
 

@@ -1,0 +1,259 @@
+"""XEP-0077 In-Band Registration: new accounts before authentication (`register.enabled`),
+password changes and account removal for logged-in users.
+
+Policy, in the terms of the XEP:
+
+- Registration, like every exchange carrying a plaintext password here, happens only over
+  TLS; the stream feature is offered on encrypted, unauthenticated streams only.
+- Registration off: an iq get gets service-unavailable (§3.1: "MUST return"), an iq set
+  not-allowed.
+- Too many registrations from one IP address within an hour (`max_per_ip_per_hour`):
+  policy-violation, type wait. §3.1.1 allows not-acceptable for this, but that is also the
+  answer to a bad form, and a client could not tell "fix your input" from "come back later".
+- One new account per stream (§3.1.1): a second registration gets not-acceptable.
+- Removal (§3.2): the iq result first, then `Server.remove_account` deletes the account and
+  all its data in one transaction and ends every session with a not-authorized stream error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape, quoteattr
+
+from ..errors import StanzaError
+from ..jid import JIDError, normalize_local
+from ..storage.accounts import AccountExists, NoSuchAccount, UnusablePassword
+from .base import Module
+
+if TYPE_CHECKING:
+    from .._parser import Stanza
+    from ..stream.c2s import C2SStream
+
+log = logging.getLogger("fastxmpp.register")
+
+NS = "jabber:iq:register"
+NS_FEATURE = "http://jabber.org/features/iq-register"
+NS_DATA = "jabber:x:data"
+WINDOW = 3600.0  # seconds: max_per_ip_per_hour counts registrations in this window
+
+INSTRUCTIONS = "Choose a username and password to register with this server."
+
+
+def _registration_form() -> str:
+    return (
+        f"<x xmlns='{NS_DATA}' type='form'>"
+        "<title>Account registration</title>"
+        f"<instructions>{INSTRUCTIONS}</instructions>"
+        f"<field type='hidden' var='FORM_TYPE'><value>{NS}</value></field>"
+        "<field type='text-single' label='Username' var='username'><required/></field>"
+        "<field type='text-private' label='Password' var='password'><required/></field>"
+        "</x>"
+    )
+
+
+def _result(st: Stanza, payload: str = "") -> bytes:
+    attrs = "type='result' id=" + quoteattr(st.attrs.get("id", ""))
+    return f"<iq {attrs}>{payload}</iq>".encode()
+
+
+def _fields(query: Any) -> dict[str, str]:
+    """username/password (and other simple fields) of a set: the data form's (XEP-0004
+    submit) when there is one, else the query's child elements. Absent fields are absent;
+    empty ones are empty strings."""
+    fields: dict[str, str] = {}
+    form = query.find(f"{{{NS_DATA}}}x")
+    if form is not None:
+        for field in form.findall(f"{{{NS_DATA}}}field"):
+            var = field.get("var")
+            value = field.find(f"{{{NS_DATA}}}value")
+            if var:
+                fields[var] = (value.text or "") if value is not None else ""
+        return fields
+    for child in query:
+        if isinstance(child.tag, str) and child.tag.startswith(f"{{{NS}}}"):
+            fields[child.tag.split("}", 1)[1]] = child.text or ""
+    return fields
+
+
+class RegisterModule(Module):
+    name = "register"
+    features = (NS,)
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.settings = self.config.register
+        # IP address -> monotonic times of registrations (and ones in progress).
+        self._recent: dict[str, deque[float]] = {}
+
+    def start(self) -> None:
+        self.router.set_iq_handler(NS, self._authenticated_iq)
+
+    def stream_features(self, stream: C2SStream) -> str:
+        if self.settings.enabled and stream.authenticated_local is None and stream.encrypted:
+            return f"<register xmlns='{NS_FEATURE}'/>"
+        return ""
+
+    # --- before authentication: new accounts (§3.1, §7) ---------------------------------
+
+    def pre_auth_iq(self, stream: C2SStream, st: Stanza) -> bytes | None:
+        itype = st.attrs.get("type")
+        if not self.settings.enabled:
+            if itype == "get":
+                raise StanzaError("service-unavailable", "in-band registration is off")
+            raise StanzaError("not-allowed", "in-band registration is off")
+        if not stream.encrypted:
+            raise StanzaError("not-authorized", "STARTTLS first: the password is plaintext")
+        if itype == "get":
+            payload = (
+                f"<query xmlns='{NS}'><instructions>{INSTRUCTIONS}</instructions>"
+                f"<username/><password/>{_registration_form()}</query>"
+            )
+            return _result(st, payload)
+        query = st.element().find(f"{{{NS}}}query")
+        if query is None:
+            raise StanzaError("bad-request", "a jabber:iq:register query is expected")
+        if query.find(f"{{{NS}}}remove") is not None:
+            # §3.2: cancelling needs an account; this stream has not authenticated.
+            raise StanzaError("unexpected-request", "log in to cancel a registration")
+        if getattr(stream, "register_done", False):
+            raise StanzaError("not-acceptable", "one registration per connection")
+        fields = _fields(query)
+        username, password = fields.get("username", ""), fields.get("password", "")
+        if not username.strip() or not password:
+            # §3.1: every field is required; an empty <password/> is not a password.
+            raise StanzaError("not-acceptable", "username and password are required")
+        try:
+            local = normalize_local(username.strip())
+        except JIDError as exc:
+            raise StanzaError("not-acceptable", str(exc)) from None
+        ip = _peer_ip(stream)
+        if not self._take_slot(ip):
+            log.info("registration refused for %s: rate limit", ip)
+            raise StanzaError(
+                "policy-violation", "too many registrations from your address", "wait"
+            )
+        assert stream.host is not None
+        domain = stream.host
+        stream.run_iq_step(st, lambda: self._create(stream, st, ip, domain, local, password))
+        return None
+
+    async def _create(
+        self, stream: C2SStream, st: Stanza, ip: str, domain: str, local: str, password: str
+    ) -> bytes:
+        accounts = self.server.accounts
+        try:
+            if accounts.exists(domain, local):
+                raise AccountExists(local)
+            await self.server.run_blocking(lambda: accounts.create(domain, local, password))
+        except AccountExists:
+            self._give_back_slot(ip)
+            raise StanzaError("conflict", "that username is taken") from None
+        except UnusablePassword as exc:
+            self._give_back_slot(ip)
+            raise StanzaError("not-acceptable", str(exc)) from None
+        stream.register_done = True
+        log.info("registered %s@%s from %s", local, domain, ip)
+        return _result(st)
+
+    def _take_slot(self, ip: str) -> bool:
+        now = time.monotonic()
+        recent = self._recent.setdefault(ip, deque())
+        while recent and recent[0] <= now - WINDOW:
+            recent.popleft()
+        if len(recent) >= self.settings.max_per_ip_per_hour:
+            return False
+        recent.append(now)
+        if len(self._recent) > 10000:
+            # Forget addresses with nothing in the window, so the table stays small.
+            for key in [k for k, v in self._recent.items() if not v or v[-1] <= now - WINDOW]:
+                del self._recent[key]
+        return True
+
+    def _give_back_slot(self, ip: str) -> None:
+        recent = self._recent.get(ip)
+        if recent:
+            recent.pop()
+
+    # --- logged in: the current registration, password change, removal (§3.2, §3.3) ---
+
+    def _authenticated_iq(self, origin: C2SStream, st: Stanza, target: Any) -> bytes | None:
+        if target is not None and (target[0] or target[1] != origin.domain):
+            # Registration is with the home server, not with an account.
+            raise StanzaError("service-unavailable")
+        local, domain = origin.local, origin.domain
+        if st.attrs.get("type") == "get":
+            payload = (
+                f"<query xmlns='{NS}'><registered/><instructions>You are registered as "
+                f"{escape(local)}.</instructions><username>{escape(local)}</username>"
+                "<password/></query>"
+            )
+            return _result(st, payload)
+        query = st.element().find(f"{{{NS}}}query")
+        if query is None:
+            raise StanzaError("bad-request", "a jabber:iq:register query is expected")
+        if query.find(f"{{{NS}}}remove") is not None:
+            if len(query) != 1:
+                raise StanzaError("bad-request", "<remove/> must be the only child")
+            if not self.settings.allow_remove:
+                raise StanzaError("not-allowed", "accounts cannot be removed in-band")
+            # §3.2: the result, then a not-authorized stream error to every session.
+            origin.send(_result(st))
+            log.info("account %s@%s removed by its owner", local, domain)
+            with contextlib.suppress(NoSuchAccount):  # removed meanwhile by an admin
+                self.server.remove_account(domain, local)
+            return None
+        return self._change_password(origin, st, query)
+
+    def _change_password(self, origin: C2SStream, st: Stanza, query: Any) -> bytes | None:
+        if not self.settings.allow_password_change:
+            raise StanzaError("not-allowed", "passwords cannot be changed in-band")
+        if not origin.encrypted:
+            raise StanzaError("not-authorized", "password changes need TLS")
+        fields = _fields(query)
+        username, password = fields.get("username"), fields.get("password", "")
+        if username is None:
+            raise StanzaError("bad-request", "<username/> is required")
+        if not password:
+            # §3.3: an empty password never replaces the current one.
+            raise StanzaError("bad-request", "the new password is empty")
+        name = username.strip()
+        if "@" in name:
+            name, _, domain = name.partition("@")
+            if domain != origin.domain:
+                raise StanzaError("forbidden", "that is not your account")
+        try:
+            own = normalize_local(name) == origin.local
+        except JIDError:
+            own = False
+        if not own:
+            raise StanzaError("forbidden", "that is not your account")
+        local, domain = origin.local, origin.domain
+        accounts = self.server.accounts
+
+        async def change() -> bytes:
+            try:
+                await self.server.run_blocking(
+                    lambda: accounts.set_password(domain, local, password)
+                )
+            except UnusablePassword as exc:
+                raise StanzaError("not-acceptable", str(exc)) from None
+            except NoSuchAccount:
+                raise StanzaError("registration-required") from None
+            log.info("password of %s@%s changed", local, domain)
+            return _result(st)
+
+        origin.run_iq_step(st, change)
+        return None
+
+
+def _peer_ip(stream: C2SStream) -> str:
+    transport = stream.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if peer else "?"
+
+
+MODULE = RegisterModule
