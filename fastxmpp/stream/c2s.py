@@ -414,7 +414,12 @@ class C2SStream(Session, asyncio.Protocol):
             raise StanzaError("bad-request", "an iq get/set with an 'id' is expected")
         to = st.attrs.get("to")
         if to is not None and to != self.host:
-            raise StanzaError("service-unavailable", "only the server answers before login")
+            try:
+                to_server = parse_jid(to).full == self.host
+            except JIDError:
+                to_server = False
+            if not to_server:
+                raise StanzaError("service-unavailable", "only the server answers before login")
         module = self.server.modules.get(PRE_AUTH_IQ[st.children[0][0]])
         if module is None:
             raise StanzaError("service-unavailable")
