@@ -237,6 +237,24 @@ def test_legacy_codes_on_the_wire(make_server: Any, ca_file: str) -> None:
     c.close()
 
 
+def test_legacy_codes_on_auth_and_registration_errors(make_server: Any, ca_file: str) -> None:
+    srv = start(
+        make_server,
+        "[legacy]\nerror_codes = true\nnon_sasl_auth = true\n[register]\nenabled = true\n",
+    )
+    c, _ = tls_client(srv, ca_file)
+    reply = iq_auth(c, "alice", "wrong", "r")
+    assert stanza_error(reply) == "not-authorized" and error_code(reply) == "401"  # XEP-0078
+    assert error_code(iq_auth(c, "alice", PASSWORD, None)) == "406"
+    c.send(
+        "<iq type='set' id='r'><query xmlns='jabber:iq:register'><username>bob</username>"
+        "<password>x</password></query></iq>"
+    )
+    reply = c.next()
+    assert stanza_error(reply) == "conflict" and error_code(reply) == "409"  # XEP-0077
+    c.close()
+
+
 def test_legacy_codes_off_on_the_wire(server: ServerProcess, ca_file: str) -> None:
     c = server.client()
     c.login(ca_file, "alice", PASSWORD)
