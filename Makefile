@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 EXT_SOURCES := $(wildcard fastxmpp/*.pyx fastxmpp/*.pxd)
 BUILD_STAMP := $(VENV)/.built-stamp
 
-.PHONY: serve test bench lint fuzz wheel clean deps
+.PHONY: serve test bench compare lint fuzz wheel clean deps
 
 serve: $(BUILD_STAMP)
 	$(VENV)/bin/fastxmpp serve $(ARGS)
@@ -17,6 +17,11 @@ test: $(BUILD_STAMP)
 
 bench: $(BUILD_STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-only $(ARGS)
+
+# Side by side with Prosody and ejabberd (installs them with apt-get when missing).
+compare: $(BUILD_STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks.compare $(ARGS)
 
 lint: $(BUILD_STAMP)
 	$(VENV)/bin/ruff check fastxmpp tests benchmarks

@@ -25,6 +25,9 @@ from .stream.c2s import C2SStream
 
 log = logging.getLogger("fastxmpp.server")
 T = TypeVar("T")
+# Pending connections the kernel queues per listener (capped by net.core.somaxconn): a burst
+# of reconnecting clients after a restart must not be dropped into SYN retransmits.
+LISTEN_BACKLOG = 1024
 
 
 def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -74,7 +77,11 @@ class Server:
             self.modules.load(cls(self) for cls in builtin_modules(config))
             for listener in config.listeners:
                 server = await loop.create_server(
-                    lambda: C2SStream(self), listener.address, listener.port, reuse_address=True
+                    lambda: C2SStream(self),
+                    listener.address,
+                    listener.port,
+                    reuse_address=True,
+                    backlog=LISTEN_BACKLOG,
                 )
                 self.listeners.append(server)
                 for sock in server.sockets:
