@@ -15,7 +15,6 @@ installed (pip install -e ".[bench]").
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -185,8 +184,10 @@ def start(target: Target, run_dir: Path) -> Running:
         pem = run_dir / "localhost.pem"
         pem.write_text(cert.read_text() + key.read_text())
         modules = EJABBERD_MINIMAL if target.profile == "minimal" else EJABBERD_FULL
-        text = (ANCHORS / "ejabberd.yml.in").read_text().format(
-            pem=pem, port=port, modules="\n".join("  " + m for m in modules)
+        text = (
+            (ANCHORS / "ejabberd.yml.in")
+            .read_text()
+            .format(pem=pem, port=port, modules="\n".join("  " + m for m in modules))
         )
         config = run_dir / "ejabberd.yml"
         config.write_text(text)
@@ -263,7 +264,7 @@ def measure(
 
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
-        return "–"
+        return "n/a"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return f"{value:,}"
@@ -310,18 +311,21 @@ def chart(report: dict[str, Any], path: Path) -> bool:
         (
             "idle RSS KiB per connection",
             lambda r: (
-                next((v for k, v in r.items() if k.startswith("idle@")), {}).get(
-                    "rss_per_connection_bytes"
+                (
+                    next((v for k, v in r.items() if k.startswith("idle@")), {}).get(
+                        "rss_per_connection_bytes"
+                    )
+                    or 0
                 )
-                or 0
-            )
-            / 1024,
+                / 1024
+            ),
         ),
     ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4))
     for ax, (title, get) in zip(axes, metrics, strict=True):
         values = [get(report["servers"][n]) or 0 for n in names]
-        ax.bar(range(len(names)), values, color=["#2a7" if n == "fastxmpp" else "#888" for n in names])
+        colors = ["#2a7" if n == "fastxmpp" else "#888" for n in names]
+        ax.bar(range(len(names)), values, color=colors)
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
