@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from . import __version__
+from . import __version__, errors
 from ._router import Router
 from .certs import ensure_certificate
 from .config import Config
@@ -74,6 +74,8 @@ class Server:
             for name in config.hosts:
                 self.router.add_host(name)
             self.router.iq_response_hook = self.modules.iq_response
+            # XEP-0086: the errors module's one switch, set before any stream exists.
+            errors.set_legacy_codes(config.legacy.error_codes)
             self.modules.load(cls(self) for cls in builtin_modules(config))
             for listener in config.listeners:
                 server = await loop.create_server(

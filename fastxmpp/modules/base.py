@@ -71,6 +71,12 @@ class Module:
         look at `stream.encrypted`, `stream.authenticated_local`, `stream.bound`)."""
         return ""
 
+    def pre_auth_iq(self, stream: C2SStream, st: Any) -> bytes | None:
+        """An iq on a stream that has not authenticated yet, for a namespace this module
+        owns in c2s.PRE_AUTH_IQ (registration, non-SASL auth). Slow work (password hashing)
+        goes through `stream.run_iq_step(st, step)`."""
+        return None
+
     def account_removed(self, domain: str, local: str) -> None:
         """The account and its stored data are gone (fastxmpp.storage.account_data purged
         them in one transaction); drop what the module caches for it."""

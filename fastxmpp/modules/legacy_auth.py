@@ -43,13 +43,6 @@ class LegacyAuthModule(Module):
         super().__init__(server)
         self.enabled = self.config.legacy.non_sasl_auth
 
-    def start(self) -> None:
-        # XEP-0086: the one switch of the errors module, set before any stream exists.
-        errors.set_legacy_codes(self.config.legacy.error_codes)
-
-    def stop(self) -> None:
-        errors.set_legacy_codes(False)
-
     def stream_features(self, stream: C2SStream) -> str:
         if self.enabled and stream.authenticated_local is None and stream.encrypted:
             return f"<auth xmlns='{NS_FEATURE}'/>"
