@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing as mp
+import queue as queue_module
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,8 @@ class Spec:
     window: int = 8  # msg: outstanding messages per pair (closed loop)
     rate: float = 0.0  # msg: total messages/s, open loop (0: closed loop with `window`)
     connections: int = 1000  # idle: authenticated connections held
+    contacts: int = 500  # presence / roster_login: contacts of the hub account (bench0)
+    changes_per_s: float = 20.0  # presence: status changes of the hub per second
     concurrency: int = 16  # login: login loops per worker
     body: str = "Hello! This is a benchmark message of ordinary chat length, about 80 bytes."
     server_pids: list[int] = field(default_factory=list)
@@ -74,13 +77,15 @@ def run(spec: Spec) -> dict[str, Any]:
     for w in workers:
         w.start()
     try:
-        ready = [_receive(results, "ready", SETUP_TIMEOUT) for _ in workers]
+        ready = [_receive(results, "ready", SETUP_TIMEOUT, workers) for _ in workers]
         pids = _server_pids(spec)
         rss_ready = procstat.rss_bytes(pids)
         cpu_start = procstat.cpu_seconds(pids)
         started = time.perf_counter()
         go.set()
-        done = [_receive(results, "done", spec.duration + DRAIN_TIMEOUT + 60) for _ in workers]
+        done = [
+            _receive(results, "done", spec.duration + DRAIN_TIMEOUT + 60, workers) for _ in workers
+        ]
         elapsed = time.perf_counter() - started
         cpu_used = procstat.cpu_seconds(pids) - cpu_start
     finally:
@@ -95,8 +100,17 @@ def _server_pids(spec: Spec) -> list[int]:
     return [p for pid in spec.server_pids for p in procstat.process_tree(pid)]
 
 
-def _receive(queue: Any, kind: str, timeout: float) -> dict[str, Any]:
-    message = queue.get(timeout=timeout)
+def _receive(queue: Any, kind: str, timeout: float, workers: list[Any]) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            message = queue.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if any(w.exitcode not in (None, 0) for w in workers):
+                raise RuntimeError("a load worker died; see its traceback above") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {kind} from the load workers") from None
     if message.get("error"):
         raise RuntimeError(f"worker failed: {message['error']}")
     if message["kind"] != kind:
@@ -172,7 +186,13 @@ async def _wait_event(go: Any, timeout: float) -> None:
 
 
 async def _worker(spec: Spec, index: int, results: Any, go: Any) -> None:
-    scenario = {"login": _login_scenario, "idle": _idle_scenario, "msg": _msg_scenario}
+    scenario = {
+        "login": _login_scenario,
+        "idle": _idle_scenario,
+        "msg": _msg_scenario,
+        "presence": _presence_scenario,
+        "roster_login": _roster_login_scenario,
+    }
     await scenario[spec.scenario](spec, index, results, go)
 
 
@@ -344,4 +364,175 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
         errors=0,
         cpu_s=cpu,
         active_s=min(active, spec.duration + DRAIN_TIMEOUT),
+    )
+
+
+# --- presence: the hub account bench0 and its contacts bench1..benchN, subscribed both ways ---
+
+
+class _Peer:
+    """A logged-in connection that answers subscription requests (so that the handshake
+    completes without a roster UI) and counts presences from one watched JID."""
+
+    def __init__(self, conn: XMPPConnection, watched: str) -> None:
+        self.conn = conn
+        self.watched = watched
+        self.subscribed_by: set[str] = set()  # bare JIDs that approved our subscription
+        self.from_watched = 0
+        self.available_from: set[str] = set()
+        self.latencies: list[float] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def handle(self, st: Stanza, now_ns: int) -> None:
+        if st.name != "presence":
+            return
+        sender = st.attrs.get("from", "")
+        bare = sender.split("/", 1)[0]
+        ptype = st.attrs.get("type")
+        if ptype == "subscribe":
+            self.conn.send(f"<presence type='subscribed' to='{bare}'/>".encode())
+        elif ptype == "subscribed":
+            self.subscribed_by.add(bare)
+        elif ptype is None:
+            self.available_from.add(bare)
+            if bare == self.watched:
+                self.from_watched += 1
+                status = st.element().findtext("{jabber:client}status") or ""
+                if status.isdigit():
+                    self.latencies.append((now_ns - int(status)) / 1e6)
+        elif ptype == "unavailable":
+            self.available_from.discard(bare)
+
+    async def run(self) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while True:
+                events = await self.conn.read_events()
+                now = time.perf_counter_ns()
+                for event in events:
+                    if type(event) is Stanza:
+                        self.handle(event, now)
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self.run())
+
+
+async def _wait_until(check: Any, timeout: float, poll: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(poll)
+    return True
+
+
+async def _subscribed_contacts(spec: Spec, index: int) -> tuple[_Peer | None, list[_Peer]]:
+    """Log in this worker's share of the contacts (and the hub in worker 0), make every
+    contact and the hub subscribe to each other (RFC 6121 §3), and make all available."""
+    if spec.users <= spec.contacts:
+        raise ValueError("presence scenarios need users > contacts (bench0 is the hub)")
+    hub_bare = spec.account(0).bare
+    mine = [i for i in range(1, spec.contacts + 1) if i % spec.workers == index]
+    conns = await _bounded_logins(spec, [(spec.account(i), "contact") for i in mine])
+    contacts = [_Peer(c, hub_bare) for c in conns]
+    hub = None
+    if index == 0:
+        hub_conn = await login(spec.host, spec.port, spec.account(0), "hub", spec.options)
+        hub = _Peer(hub_conn, "")
+        hub.start()
+        hub_conn.send(b"<presence/>")
+        for i in range(1, spec.contacts + 1):
+            hub_conn.send(f"<presence type='subscribe' to='{spec.account(i).bare}'/>".encode())
+    for peer in contacts:
+        peer.start()
+        peer.conn.send(b"<presence/>")
+        peer.conn.send(f"<presence type='subscribe' to='{hub_bare}'/>".encode())
+    # Servers that already hold the subscriptions (a second scenario on the same server) do
+    # not answer again: "subscribed" may never come, so the wait is bounded, not required.
+    await _wait_until(lambda: all(hub_bare in p.subscribed_by for p in contacts), 30)
+    return hub, contacts
+
+
+async def _presence_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
+    hub, contacts = await _subscribed_contacts(spec, index)
+    await asyncio.sleep(1.0)
+    for peer in contacts:
+        peer.from_watched = 0
+        peer.latencies.clear()
+    _report(results, "ready", connections=len(contacts))
+    await _wait_event(go, SETUP_TIMEOUT)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    if hub is not None:
+        changes = max(1, int(spec.duration * spec.changes_per_s))
+        for _ in range(changes):
+            stamp = time.perf_counter_ns()
+            hub.conn.send(f"<presence><status>{stamp}</status></presence>".encode())
+            await asyncio.sleep(1 / spec.changes_per_s)
+    else:
+        await asyncio.sleep(spec.duration)
+    await asyncio.sleep(1.0)  # the last broadcast reaches everyone
+    received = sum(p.from_watched for p in contacts)
+    latencies = [x for p in contacts for x in p.latencies]
+    for peer in [*contacts, *([hub] if hub else [])]:
+        if peer.task:
+            peer.task.cancel()
+        peer.conn.close()
+    _report(
+        results,
+        "done",
+        count=received,
+        latencies_ms=latencies,
+        errors=0,
+        cpu_s=time.process_time() - cpu0,
+        active_s=time.perf_counter() - t0,
+    )
+
+
+async def _roster_login_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
+    """The hub logs in again and again with a new resource while all its contacts are
+    online: each login costs the server the roster, the probes and the broadcasts."""
+    hub, contacts = await _subscribed_contacts(spec, index)
+    await asyncio.sleep(1.0)
+    _report(results, "ready", connections=len(contacts))
+    await _wait_event(go, SETUP_TIMEOUT)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    latencies: list[float] = []
+    errors = 0
+    if hub is not None:
+        end = t0 + spec.duration
+        n = 0
+        while time.perf_counter() < end:
+            n += 1
+            started = time.perf_counter()
+            try:
+                conn = await login(spec.host, spec.port, spec.account(0), f"re{n}", spec.options)
+            except Exception:
+                errors += 1
+                continue
+            peer = _Peer(conn, "")
+            peer.start()
+            conn.send(b"<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
+            conn.send(b"<presence/>")
+            # Done when every contact's presence has come back from the probes.
+            complete = await _wait_until(lambda p=peer: len(p.available_from) >= spec.contacts, 30)
+            if complete:
+                latencies.append((time.perf_counter() - started) * 1000)
+            else:
+                errors += 1
+            if peer.task:
+                peer.task.cancel()
+            conn.close()
+    else:
+        await asyncio.sleep(spec.duration)
+    for peer in [*contacts, *([hub] if hub else [])]:
+        if peer.task:
+            peer.task.cancel()
+        peer.conn.close()
+    _report(
+        results,
+        "done",
+        count=len(latencies),
+        latencies_ms=latencies,
+        errors=errors,
+        cpu_s=time.process_time() - cpu0,
+        active_s=time.perf_counter() - t0,
     )
