@@ -238,6 +238,17 @@ def scenarios(smoke: bool, idle_connections: list[int]) -> list[tuple[str, dict[
             {"scenario": "msg", "duration": d, "pairs": 10 if smoke else 50, "rate": 10000.0},
         ),
     ]
+    contacts = 50 if smoke else 1000
+    plans.append(
+        (f"presence@{contacts}", {"scenario": "presence", "duration": d, "contacts": contacts})
+    )
+    roster = 50 if smoke else 500
+    plans.append(
+        (
+            f"roster_login@{roster}",
+            {"scenario": "roster_login", "duration": d, "contacts": roster},
+        )
+    )
     for n in idle_connections:
         plans.append((f"idle@{n}", {"scenario": "idle", "connections": 100 if smoke else n}))
     return plans
@@ -270,17 +281,25 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:,}"
 
 
+def _first(results: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The first scenario result whose label starts with `prefix` (e.g. "idle@")."""
+    return next((v for k, v in results.items() if k.startswith(prefix)), {})
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Run {report['started']} on {report['machine']}; {report['note']}",
         "",
         "| server | config | msgs/s | server CPU µs/msg | p50 ms | p99 ms | p99 ms @10k/s "
-        "| lost | logins/s | login CPU ms | idle RSS KiB/conn |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| lost | logins/s | login CPU ms | idle RSS KiB/conn | presence CPU µs/delivery "
+        "| roster login CPU ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in report["servers"].items():
         msg, fixed, login = r.get("msg", {}), r.get("msg@10k", {}), r.get("login", {})
-        idle = next((v for k, v in r.items() if k.startswith("idle@")), {})
+        idle = _first(r, "idle@")
+        presence, roster = _first(r, "presence@"), _first(r, "roster_login@")
+        roster_cpu = roster.get("server_cpu_us_per_item")
         rss = idle.get("rss_per_connection_bytes")
         login_cpu = login.get("server_cpu_us_per_item")
         lines.append(
@@ -289,7 +308,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_fmt(msg.get('p99_ms'), 2)} | {_fmt(fixed.get('p99_ms'), 2)} "
             f"| {_fmt(msg.get('lost'))} | {_fmt(login.get('rate_per_s'), 0)} "
             f"| {_fmt(login_cpu / 1000 if login_cpu else None, 2)} "
-            f"| {_fmt(rss / 1024 if rss else None)} |"
+            f"| {_fmt(rss / 1024 if rss else None)} "
+            f"| {_fmt(presence.get('server_cpu_us_per_item'))} "
+            f"| {_fmt(roster_cpu / 1000 if roster_cpu else None, 2)} |"
         )
     lines += ["", "Errors: " + (", ".join(report["errors"]) or "none")]
     return "\n".join(lines) + "\n"
@@ -310,15 +331,11 @@ def chart(report: dict[str, Any], path: Path) -> bool:
         ("logins/s (SCRAM-SHA-1, TLS)", lambda r: r.get("login", {}).get("rate_per_s")),
         (
             "idle RSS KiB per connection",
-            lambda r: (
-                (
-                    next((v for k, v in r.items() if k.startswith("idle@")), {}).get(
-                        "rss_per_connection_bytes"
-                    )
-                    or 0
-                )
-                / 1024
-            ),
+            lambda r: (_first(r, "idle@").get("rss_per_connection_bytes") or 0) / 1024,
+        ),
+        (
+            "server CPU µs per presence delivered",
+            lambda r: _first(r, "presence@").get("server_cpu_us_per_item"),
         ),
     ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4))
@@ -348,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_packages()
     idle = args.idle or [1000]
     plans = scenarios(args.smoke, idle)
-    users = max(2 * (10 if args.smoke else 50), 200)
+    users = max(2 * (10 if args.smoke else 50), 60 if args.smoke else 1010)
     base = Spec(scenario="msg", users=users, workers=args.workers)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     report: dict[str, Any] = {
