@@ -1,0 +1,113 @@
+"""XEP-0030 Service Discovery for the server and, on their behalf, its accounts.
+
+- The server (no 'to', or a domain served here): identity server/im "fastxmpp", the features
+  every module declares (`ModuleHub.server_features`), items that modules list through an
+  optional `disco_items(domain) -> [(jid, name or None)]` method (none so far).
+- An account's bare JID (§3.1, §4.1): identity account/registered and
+  `ModuleHub.account_features`. Following the Security Considerations (§7) to the letter:
+  disco#info is answered only to the account itself and to entities the account lets see
+  its presence (subscription "from" or "both", asked of the roster module), others get
+  service-unavailable, exactly as for an account that does not exist, so nothing can be
+  harvested. disco#items is always an empty result: resources are never listed.
+- Any node: item-not-found (§3.2), no module defines nodes yet.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import quoteattr
+
+from ..errors import StanzaError
+from .base import Module
+
+if TYPE_CHECKING:
+    from .._parser import Stanza
+    from ..stream.c2s import C2SStream
+
+NS_INFO = "http://jabber.org/protocol/disco#info"
+NS_ITEMS = "http://jabber.org/protocol/disco#items"
+SERVER_NAME = "fastxmpp"
+PRESENCE_VISIBLE = ("from", "both")  # RFC 6121 §2.1.2.1: the contact receives presence
+
+
+def iq_result(origin: C2SStream, st: Stanza, payload: str = "") -> bytes:
+    """The result to an iq the server answers: from what the request was sent to."""
+    attrs = (
+        "type='result' id=" + quoteattr(st.attrs.get("id", "")) + " to=" + quoteattr(origin.full)
+    )
+    answering = st.attrs.get("to")
+    if answering:
+        attrs += " from=" + quoteattr(answering)
+    return f"<iq {attrs}>{payload}</iq>".encode()
+
+
+def may_see_presence(hub: Any, requester_bare: str, local: str, domain: str) -> bool:
+    """Whether `requester_bare` may learn about local@domain's presence: the account itself,
+    or a contact with a subscription "from" or "both" in the account's roster."""
+    if requester_bare == f"{local}@{domain}":
+        return True
+    roster = hub.get("roster")
+    if roster is None:
+        return False
+    return roster.subscription(domain, local, requester_bare) in PRESENCE_VISIBLE
+
+
+class DiscoModule(Module):
+    name = "disco"
+    features = (NS_INFO, NS_ITEMS)
+    account_features = (NS_INFO, NS_ITEMS)
+
+    def start(self) -> None:
+        self.router.set_iq_handler(NS_INFO, self.info)
+        self.router.set_iq_handler(NS_ITEMS, self.items)
+
+    def _query(self, st: Stanza, namespace: str) -> tuple[str | None, str]:
+        """(node, node attribute XML) of a disco get."""
+        if st.attrs.get("type") != "get":
+            raise StanzaError("bad-request", "service discovery requests are iq get")
+        query = st.element().find(f"{{{namespace}}}query")
+        if query is None:
+            raise StanzaError("bad-request", "a <query/> is expected")
+        node = query.get("node")
+        return node, "" if node is None else " node=" + quoteattr(node)
+
+    # --- disco#info (§3) ---------------------------------------------------------------------
+
+    def info(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+        node, node_attr = self._query(st, NS_INFO)
+        if target is not None and target[0]:
+            local, domain = target[0], target[1]
+            if not may_see_presence(self.hub, origin.bare, local, domain):
+                raise StanzaError("service-unavailable")
+            identity = "<identity category='account' type='registered'/>"
+            features = self.hub.account_features()
+        else:
+            identity = f"<identity category='server' type='im' name='{SERVER_NAME}'/>"
+            features = self.hub.server_features()
+        if node is not None:
+            raise StanzaError("item-not-found", "no such node")
+        payload = "".join(f"<feature var={quoteattr(f)}/>" for f in features)
+        return iq_result(
+            origin, st, f"<query xmlns='{NS_INFO}'{node_attr}>{identity}{payload}</query>"
+        )
+
+    # --- disco#items (§4) --------------------------------------------------------------------
+
+    def items(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+        node, node_attr = self._query(st, NS_ITEMS)
+        if node is not None:
+            raise StanzaError("item-not-found", "no such node")
+        payload = ""
+        if target is None or not target[0]:
+            domain = origin.domain if target is None else target[1]
+            for module in self.hub.modules.values():
+                list_items = getattr(module, "disco_items", None)
+                if list_items is None:
+                    continue
+                for jid, name in list_items(domain):
+                    name_attr = "" if name is None else " name=" + quoteattr(name)
+                    payload += f"<item jid={quoteattr(jid)}{name_attr}/>"
+        return iq_result(origin, st, f"<query xmlns='{NS_ITEMS}'{node_attr}>{payload}</query>")
+
+
+MODULE = DiscoModule

@@ -1,0 +1,83 @@
+"""XEP-0012 Last Activity.
+
+- To the server (§5, Server and Component Query): seconds since it started.
+- To an account's bare JID, answered by the server on the account's behalf: only to the
+  account itself and to contacts the account lets see its presence (subscription "from" or
+  "both", asked of the roster module; without a roster module nobody else), else forbidden
+  (§3, §7). With a connected resource: seconds 0 (§4: idle time is not tracked). Offline:
+  seconds since its last resource went away, with the status of its last unavailable
+  presence (§3). An account that never logged out since this store exists: item-not-found.
+
+The logout time is recorded in fastxmpp/storage/last.py when an account's last session ends.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape
+
+from ..errors import StanzaError
+from ..storage.last import LastActivityStore
+from .base import Module
+from .disco import iq_result, may_see_presence
+
+if TYPE_CHECKING:
+    from .._parser import Stanza
+    from ..stream.c2s import C2SStream
+
+NS = "jabber:iq:last"
+
+
+def leaving_status(session: C2SStream) -> str:
+    """The <status/> of the session's last unavailable presence, as the presence module
+    keeps it on the session (empty when it left without one)."""
+    return str(getattr(session, "presence_unavailable_status", None) or "")
+
+
+class LastActivityModule(Module):
+    name = "last"
+    features = (NS,)
+    account_features = (NS,)
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.started = time.monotonic()
+        self.store: LastActivityStore | None = None
+
+    def start(self) -> None:
+        assert self.server.storage is not None
+        self.store = LastActivityStore(self.server.storage)
+        self.started = time.monotonic()
+        self.router.set_iq_handler(NS, self.answer)
+
+    def session_ended(self, session: C2SStream) -> None:
+        if self.store is None or self.router.resources(session.bare):
+            return
+        self.store.record_logout(
+            session.domain, session.local, time.time(), leaving_status(session)
+        )
+
+    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+        if st.attrs.get("type") != "get":
+            raise StanzaError("bad-request", "last activity is asked with an iq get")
+        if target is None or not target[0]:
+            uptime = int(time.monotonic() - self.started)
+            return iq_result(origin, st, f"<query xmlns='{NS}' seconds='{uptime}'/>")
+        local, domain, bare = target[0], target[1], target[3]
+        if not may_see_presence(self.hub, origin.bare, local, domain):
+            raise StanzaError("forbidden", "you may not see this account's presence")
+        if self.router.resources(bare):
+            return iq_result(origin, st, f"<query xmlns='{NS}' seconds='0'/>")
+        assert self.store is not None
+        last = self.store.last_logout(domain, local)
+        if last is None:
+            raise StanzaError("item-not-found", "no logout recorded for this account")
+        when, status = last
+        seconds = max(0, int(time.time() - when))
+        return iq_result(
+            origin, st, f"<query xmlns='{NS}' seconds='{seconds}'>{escape(status)}</query>"
+        )
+
+
+MODULE = LastActivityModule

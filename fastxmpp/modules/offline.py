@@ -1,0 +1,121 @@
+"""Offline messages: RFC 6121 §8.5.2.2.1 storage, XEP-0160 best practice, XEP-0203 stamps.
+
+A chat or normal message (or one without a type) for an existing local account with no
+available resource of non-negative priority reaches the router's `message_hook`; it is stored
+with the server's <delay/> already inside and committed to LMDB before the hook says "taken".
+At the account's next initial presence with a non-negative priority (XEP-0160 §2, Process
+Flow) the queue goes to that resource, oldest first, and each message is deleted once written
+to the transport.
+
+Policy:
+- headline, groupchat and error messages are never stored (XEP-0160 §3, Handling of Message
+  Types); the router drops headlines and errors and refuses groupchat itself.
+- A chat message carrying only XEP-0085 chat states is dropped without an error (XEP-0160
+  §3: SHOULD NOT be stored; bouncing a typing notification helps nobody).
+- Beyond `offline.max_messages` the sender gets service-unavailable (XEP-0160 §2, Process Flow).
+- `offline.enabled = false`: the hook is not claimed, so the router bounces such messages
+  with service-unavailable (RFC 6121 §8.5.2.2.1) and "msgoffline" is not advertised.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape, quoteattr
+
+from ..errors import StanzaError
+from ..storage.offline import OfflineQueueFull, OfflineStore
+from .base import Module
+from .entity_time import utc_now
+
+if TYPE_CHECKING:
+    from .._parser import Stanza
+    from ..stream.c2s import C2SStream
+
+log = logging.getLogger("fastxmpp.offline")
+
+FEATURE = "msgoffline"  # XEP-0160 §4 (Service Discovery)
+NS_DELAY = "urn:xmpp:delay"  # XEP-0203
+NS_CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
+STORED_TYPES = frozenset(("normal", "chat"))
+DELAY_REASON = "Offline Storage"
+
+
+def with_delay(data: bytes, empty: bool, domain: str, stamp: str) -> bytes:
+    """`data` (a <message/>) with an XEP-0203 <delay/> as its last child."""
+    delay = (
+        f"<delay xmlns='{NS_DELAY}' from={quoteattr(domain)} stamp='{stamp}'>"
+        f"{escape(DELAY_REASON)}</delay>"
+    ).encode()
+    if empty:
+        # <message .../> becomes <message ...><delay/></message>.
+        return data[: data.rindex(b"/>")] + b">" + delay + b"</message>"
+    end = data.rindex(b"</")
+    return data[:end] + delay + data[end:]
+
+
+def only_chat_states(st: Stanza) -> bool:
+    return bool(st.children) and all(ns == NS_CHATSTATES for ns, _ in st.children)
+
+
+class OfflineModule(Module):
+    name = "offline"
+    features = (FEATURE,)
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.settings = self.config.offline
+        self.store: OfflineStore | None = None
+
+    def start(self) -> None:
+        if not self.settings.enabled:
+            # Instance-level: disco must not advertise storage that is switched off.
+            setattr(self, "features", ())  # noqa: B010
+            return
+        assert self.server.storage is not None
+        self.store = OfflineStore(self.server.storage)
+        self.hub.claim_hook(self, "message_hook", self.store_message)
+
+    # --- storing (RFC 6121 §8.5.2.2.1) ---------------------------------------------------
+
+    def store_message(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> bool:
+        """The router's message_hook: True when the message is taken care of."""
+        assert self.store is not None
+        if st.attrs.get("type", "normal") not in STORED_TYPES:
+            return False
+        if only_chat_states(st):
+            return True
+        local, domain = target[0], target[1]
+        data = with_delay(st.with_attrs({"from": origin.full}), st.empty, domain, utc_now())
+        try:
+            self.store.push(domain, local, data, self.settings.max_messages)
+        except OfflineQueueFull:
+            log.info("offline storage of %s@%s is full", local, domain)
+            raise StanzaError(
+                "service-unavailable", "the recipient's offline storage is full"
+            ) from None
+        return True
+
+    # --- delivery (XEP-0160 §2) -------------------------------------------------------------
+
+    def initial_presence(self, session: C2SStream) -> None:
+        if self.store is None or session.priority < 0:
+            return
+        messages = self.store.peek(session.domain, session.local)
+        if not messages:
+            return
+        delivered = []
+        for key, data in messages:
+            transport = session.transport
+            if transport is None or transport.is_closing() or session.closing:
+                break
+            session.send(data)
+            delivered.append(key)
+        # Into the transport before they leave storage: a message is never in neither place.
+        session.flush()
+        if delivered:
+            self.store.remove(delivered)
+            log.info("delivered %d offline messages to %s", len(delivered), session.full)
+
+
+MODULE = OfflineModule

@@ -1,0 +1,100 @@
+"""XEP-0049 Private XML Storage: XML an account keeps on the server, per namespace.
+
+- Only the account itself, from one of its own resources, with no 'to' or its own bare JID:
+  anything addressed elsewhere (another account, the server's domain) is forbidden (§2.3).
+- A set replaces what is stored for each namespace it carries (several elements of one
+  namespace are kept together); a get names one namespace and gets what is stored there, or
+  its own empty element back when nothing is.
+- Errors (§2.3, §3): a set without a child element: not-acceptable; a get without one:
+  bad-request (the XEP's "Bad Format", which RFC 6120 no longer has); a get naming several
+  namespaces: bad-request; a child in a reserved namespace ("jabber:...", incl. jabber:client
+  and jabber:iq:private, "http://jabber.org/...", "vcard-temp") or in no namespace:
+  not-acceptable.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from ..errors import StanzaError
+from ..storage.private import PrivateStore
+from .base import Module
+from .disco import iq_result
+
+if TYPE_CHECKING:
+    from .._parser import Stanza
+    from ..stream.c2s import C2SStream
+
+NS = "jabber:iq:private"
+RESERVED_PREFIXES = ("jabber:", "http://jabber.org/")
+RESERVED_NAMESPACES = frozenset(("vcard-temp",))
+
+
+def fragment_xml(element: Any) -> bytes:
+    """The element alone, declaring only the namespaces it uses."""
+    alone = copy.deepcopy(element)
+    alone.tail = None
+    etree.cleanup_namespaces(alone)
+    return bytes(etree.tostring(alone))
+
+
+def storable_namespace(element: Any) -> str:
+    namespace = etree.QName(element).namespace
+    if not namespace or namespace.startswith(RESERVED_PREFIXES) or namespace in RESERVED_NAMESPACES:
+        raise StanzaError("not-acceptable", f"namespace {namespace or '(none)'} is reserved")
+    return str(namespace)
+
+
+class PrivateModule(Module):
+    name = "private"
+    features = (NS,)
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.store: PrivateStore | None = None
+
+    def start(self) -> None:
+        assert self.server.storage is not None
+        self.store = PrivateStore(self.server.storage)
+        self.router.set_iq_handler(NS, self.answer)
+
+    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+        assert self.store is not None
+        if target is not None and target[3] != origin.bare:
+            raise StanzaError("forbidden", "private data belongs to its account only")
+        query = st.element().find(f"{{{NS}}}query")
+        if query is None:
+            raise StanzaError("bad-request", "a jabber:iq:private <query/> is expected")
+        children = [child for child in query if isinstance(child.tag, str)]
+        if st.attrs.get("type") == "set":
+            return self._set(origin, st, children)
+        return self._get(origin, st, children)
+
+    def _set(self, origin: C2SStream, st: Stanza, children: list[Any]) -> bytes:
+        assert self.store is not None
+        if not children:
+            raise StanzaError("not-acceptable", "nothing to store")
+        fragments: dict[str, bytes] = {}
+        for child in children:
+            namespace = storable_namespace(child)
+            fragments[namespace] = fragments.get(namespace, b"") + fragment_xml(child)
+        self.store.set_many(origin.domain, origin.local, fragments)
+        return iq_result(origin, st)
+
+    def _get(self, origin: C2SStream, st: Stanza, children: list[Any]) -> bytes:
+        assert self.store is not None
+        if not children:
+            raise StanzaError("bad-request", "name the namespace to retrieve")
+        namespaces = {etree.QName(child).namespace for child in children}
+        if len(namespaces) > 1:
+            raise StanzaError("bad-request", "one namespace per request")
+        namespace = storable_namespace(children[0])
+        stored = self.store.get(origin.domain, origin.local, namespace)
+        xml = stored if stored is not None else fragment_xml(children[0])
+        return iq_result(origin, st, f"<query xmlns='{NS}'>{xml.decode()}</query>")
+
+
+MODULE = PrivateModule

@@ -1,0 +1,52 @@
+"""When each account's last resource went away, and the status it left with (XEP-0012 §3).
+
+Database "last": key `domain NUL local`, value msgpack [unix time, status text].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lmdb
+import msgpack
+
+from .account_data import register_purge
+from .lmdb_store import Storage
+
+DATABASE = "last"
+
+
+def _key(domain: str, local: str) -> bytes:
+    return f"{domain}\0{local}".encode()
+
+
+class LastActivityStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._db = storage.database(DATABASE)
+
+    def record_logout(self, domain: str, local: str, when: float, status: str) -> None:
+        with self.storage.env.begin(db=self._db, write=True) as txn:
+            txn.put(_key(domain, local), msgpack.packb([when, status]))
+
+    def last_logout(self, domain: str, local: str) -> tuple[float, str] | None:
+        """(unix time, status) of the account's last logout; None if it never logged out."""
+        with self.storage.env.begin(db=self._db) as txn:
+            raw = txn.get(_key(domain, local))
+        if raw is None:
+            return None
+        when, status = msgpack.unpackb(raw)
+        return float(when), str(status)
+
+
+def _purge(storage: Storage, txn: Any, domain: str, local: str) -> None:
+    # Opened inside the caller's write transaction: Storage.database would start a second
+    # one and wait for the first forever (the CLI's deluser has not opened this db yet).
+    try:
+        db = storage.env.open_db(DATABASE.encode(), txn=txn, create=False)
+    except lmdb.NotFoundError:
+        return
+    txn.delete(_key(domain, local), db=db)
+
+
+register_purge(DATABASE, _purge)

@@ -1,0 +1,103 @@
+"""Offline messages (RFC 6121 §8.5.2.2.1, XEP-0160): per account, in arrival order.
+
+Database "offline": key `domain NUL local NUL <8-byte big-endian sequence>`, value the message
+bytes ready to deliver (the server's XEP-0203 <delay/> already inside). Sequences only grow
+and messages leave from the front, so an account's keys are contiguous and its queue length
+is `last - first + 1` without a scan.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import lmdb
+
+from .account_data import delete_prefix, register_purge
+from .lmdb_store import Storage
+
+DATABASE = "offline"
+_SEQUENCE = struct.Struct(">Q")
+
+
+class OfflineQueueFull(Exception):
+    """The account already has its quota of stored messages."""
+
+
+def _prefix(domain: str, local: str) -> bytes:
+    return f"{domain}\0{local}\0".encode()
+
+
+def _bounds(cursor: Any, prefix: bytes) -> tuple[int, int] | None:
+    """(first, last) sequence of the account whose keys start with `prefix`, or None."""
+    if not cursor.set_range(prefix) or not bytes(cursor.key()).startswith(prefix):
+        return None
+    first = _SEQUENCE.unpack(bytes(cursor.key())[len(prefix) :])[0]
+    # The first key after every key of this prefix ('\0' + 1 is '\1'), then one step back.
+    after = prefix[:-1] + b"\x01"
+    if cursor.set_range(after):
+        cursor.prev()
+    else:
+        cursor.last()
+    last = _SEQUENCE.unpack(bytes(cursor.key())[len(prefix) :])[0]
+    return first, last
+
+
+class OfflineStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._db = storage.database(DATABASE)
+
+    def push(self, domain: str, local: str, data: bytes, limit: int) -> None:
+        """Append a message, committed (durable) when this returns; OfflineQueueFull when the
+        account holds `limit` messages already."""
+        prefix = _prefix(domain, local)
+        with self.storage.env.begin(db=self._db, write=True) as txn:
+            bounds = _bounds(txn.cursor(), prefix)
+            if bounds is None:
+                sequence = 0
+            else:
+                first, last = bounds
+                if last - first + 1 >= limit:
+                    raise OfflineQueueFull(f"{local}@{domain}")
+                sequence = last + 1
+            txn.put(prefix + _SEQUENCE.pack(sequence), data)
+
+    def peek(self, domain: str, local: str) -> list[tuple[bytes, bytes]]:
+        """(key, message) of every stored message, oldest first."""
+        prefix = _prefix(domain, local)
+        messages = []
+        with self.storage.env.begin(db=self._db) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(prefix)
+            while found:
+                key = bytes(cursor.key())
+                if not key.startswith(prefix):
+                    break
+                messages.append((key, bytes(cursor.value())))
+                found = cursor.next()
+        return messages
+
+    def remove(self, keys: list[bytes]) -> None:
+        """Delete delivered messages, in one transaction."""
+        with self.storage.env.begin(db=self._db, write=True) as txn:
+            for key in keys:
+                txn.delete(key)
+
+    def count(self, domain: str, local: str) -> int:
+        with self.storage.env.begin(db=self._db) as txn:
+            bounds = _bounds(txn.cursor(), _prefix(domain, local))
+        return 0 if bounds is None else bounds[1] - bounds[0] + 1
+
+
+def _purge(storage: Storage, txn: Any, domain: str, local: str) -> None:
+    # Opened inside the caller's write transaction: Storage.database would start a second
+    # one and wait for the first forever (the CLI's deluser has not opened this db yet).
+    try:
+        db = storage.env.open_db(DATABASE.encode(), txn=txn, create=False)
+    except lmdb.NotFoundError:
+        return
+    delete_prefix(txn, db, _prefix(domain, local))
+
+
+register_purge(DATABASE, _purge)

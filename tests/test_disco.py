@@ -1,0 +1,179 @@
+"""XEP-0030 service discovery: the server's identity, features and items, the answers given
+on behalf of accounts, and the errors; with a raw stream and with slixmpp."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, ServerProcess
+from lxml import etree
+from slixmpp import ClientXMPP
+from slixmpp.exceptions import IqError
+from xmpp_raw import CLIENT, RawClient, stanza_error
+
+logging.getLogger("slixmpp").setLevel(logging.WARNING)
+
+INFO = "http://jabber.org/protocol/disco#info"
+ITEMS = "http://jabber.org/protocol/disco#items"
+# What the modules of this issue declare.
+SERVER_FEATURES = {
+    INFO,
+    ITEMS,
+    "urn:xmpp:ping",
+    "jabber:iq:version",
+    "urn:xmpp:time",
+    "jabber:iq:last",
+    "jabber:iq:private",
+    "msgoffline",
+}
+
+
+@pytest.fixture
+def clients() -> Iterator[list[RawClient]]:
+    opened: list[RawClient] = []
+    yield opened
+    for c in opened:
+        c.close()
+
+
+def login(srv: ServerProcess, ca_file: str, opened: list[RawClient], user: str) -> RawClient:
+    c = srv.client()
+    opened.append(c)
+    c.login(ca_file, user, PASSWORD, "disco")
+    return c
+
+
+def ask(c: RawClient, namespace: str, to: str | None, node: str | None = None) -> Any:
+    iq_id = f"d{time.monotonic_ns()}"
+    to_attr = f" to='{to}'" if to else ""
+    node_attr = f" node='{node}'" if node else ""
+    c.send(f"<iq type='get' id='{iq_id}'{to_attr}><query xmlns='{namespace}'{node_attr}/></iq>")
+    while True:
+        el = c.next()
+        if el.tag == f"{{{CLIENT}}}iq" and el.get("id") == iq_id:
+            return el
+
+
+def query_of(reply: Any, namespace: str) -> Any:
+    assert reply.get("type") == "result", etree.tostring(reply)
+    query = reply.find(f"{{{namespace}}}query")
+    assert query is not None
+    return query
+
+
+def identities(query: Any) -> list[tuple[str | None, str | None, str | None]]:
+    return [
+        (i.get("category"), i.get("type"), i.get("name")) for i in query.iter(f"{{{INFO}}}identity")
+    ]
+
+
+def features(query: Any) -> set[str]:
+    return {f.get("var") for f in query.iter(f"{{{INFO}}}feature")}
+
+
+@pytest.mark.parametrize("to", ["localhost", None])
+def test_server_info(
+    server: ServerProcess, ca_file: str, clients: list[RawClient], to: str | None
+) -> None:
+    c = login(server, ca_file, clients, "alice")
+    reply = ask(c, INFO, to)
+    query = query_of(reply, INFO)
+    assert identities(query) == [("server", "im", "fastxmpp")]
+    assert features(query) >= SERVER_FEATURES
+    assert reply.get("to") == "alice@localhost/disco"
+    if to:
+        assert reply.get("from") == to
+
+
+def test_server_items_and_virtual_host(
+    server: ServerProcess, ca_file: str, clients: list[RawClient]
+) -> None:
+    c = login(server, ca_file, clients, "alice")
+    query = query_of(ask(c, ITEMS, "localhost"), ITEMS)
+    assert query.get("node") is None
+    assert all(item.get("jid") for item in query)  # none yet, but each would name a JID
+    # The other host served here answers too.
+    assert identities(query_of(ask(c, INFO, "example.test"), INFO)) == [
+        ("server", "im", "fastxmpp")
+    ]
+
+
+def test_unknown_node_is_item_not_found(
+    server: ServerProcess, ca_file: str, clients: list[RawClient]
+) -> None:
+    c = login(server, ca_file, clients, "alice")
+    assert stanza_error(ask(c, INFO, "localhost", node="nope")) == "item-not-found"
+    assert stanza_error(ask(c, ITEMS, "localhost", node="nope")) == "item-not-found"
+    assert stanza_error(ask(c, INFO, "alice@localhost", node="nope")) == "item-not-found"
+
+
+def test_own_account(server: ServerProcess, ca_file: str, clients: list[RawClient]) -> None:
+    c = login(server, ca_file, clients, "alice")
+    reply = ask(c, INFO, "alice@localhost")
+    query = query_of(reply, INFO)
+    assert reply.get("from") == "alice@localhost"
+    assert identities(query) == [("account", "registered", None)]
+    assert {INFO, ITEMS, "jabber:iq:last"} <= features(query)
+    assert "jabber:iq:version" not in features(query)  # a server feature only
+    assert len(query_of(ask(c, ITEMS, "alice@localhost"), ITEMS)) == 0
+
+
+def test_other_accounts(server: ServerProcess, ca_file: str, clients: list[RawClient]) -> None:
+    c = login(server, ca_file, clients, "carol")
+    # §7: no presence subscription from dave's side: the same answer as for no account, so
+    # accounts cannot be harvested.
+    assert stanza_error(ask(c, INFO, "dave@localhost")) == "service-unavailable"
+    assert stanza_error(ask(c, INFO, "dave@localhost", node="x")) == "service-unavailable"
+    assert stanza_error(ask(c, INFO, "nobody@localhost")) == "service-unavailable"
+    assert stanza_error(ask(c, ITEMS, "nobody@localhost")) == "service-unavailable"
+    # Items of an account: an empty result (resources are never listed).
+    assert len(query_of(ask(c, ITEMS, "dave@localhost"), ITEMS)) == 0
+
+
+def test_set_is_bad_request(server: ServerProcess, ca_file: str, clients: list[RawClient]) -> None:
+    c = login(server, ca_file, clients, "alice")
+    c.send(f"<iq type='set' id='s1' to='localhost'><query xmlns='{INFO}'/></iq>")
+    reply = c.next()
+    assert reply.get("id") == "s1" and stanza_error(reply) == "bad-request"
+
+
+class Client(ClientXMPP):
+    def __init__(self, jid: str, ca_file: str) -> None:
+        super().__init__(jid, PASSWORD)
+        self.ca_certs = ca_file
+        self.enable_direct_tls = False
+        self.enable_plaintext = False
+        self.ready = asyncio.get_running_loop().create_future()
+        self.add_event_handler("session_start", self._started)
+        self.register_plugin("xep_0030")
+
+    async def _started(self, _event: Any) -> None:
+        if not self.ready.done():
+            self.ready.set_result(True)
+
+
+async def test_slixmpp_disco(server: ServerProcess, ca_file: str) -> None:
+    client = Client("bob@localhost/slix", ca_file)
+    client.connect("127.0.0.1", server.port)
+    try:
+        await asyncio.wait_for(client.ready, 20)
+        disco = client.plugin["xep_0030"]
+        info = await disco.get_info(jid="localhost", local=False, timeout=10)
+        # slixmpp's identities: (category, type, xml:lang, name).
+        assert ("server", "im", None, "fastxmpp") in info["disco_info"]["identities"]
+        assert set(info["disco_info"]["features"]) >= SERVER_FEATURES
+        items = await disco.get_items(jid="localhost", local=False, timeout=10)
+        assert list(items["disco_items"]["items"]) == []
+        own = await disco.get_info(jid="bob@localhost", local=False, timeout=10)
+        assert any(i[0] == "account" for i in own["disco_info"]["identities"])
+        with pytest.raises(IqError) as err:
+            await disco.get_info(jid="alice@localhost", local=False, timeout=10)
+        assert err.value.iq["error"]["condition"] == "service-unavailable"
+    finally:
+        client.disconnect()
+        await asyncio.sleep(0.1)

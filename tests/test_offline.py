@@ -1,0 +1,231 @@
+"""Offline messages (RFC 6121 §8.5.2.2.1, XEP-0160, XEP-0203 delay stamps): what is stored,
+in which order it comes back at the next initial presence, quota, restarts.
+
+What is stored is also read straight from the LMDB data (as the CLI can while the server
+runs), so storage is checked independently of delivery."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, ServerProcess
+from lxml import etree
+from xmpp_raw import CLIENT, RawClient, stanza_error
+
+from fastxmpp.storage.lmdb_store import Storage
+from fastxmpp.storage.offline import OfflineStore
+
+DELAY = "urn:xmpp:delay"
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+@pytest.fixture
+def clients() -> Iterator[list[RawClient]]:
+    opened: list[RawClient] = []
+    yield opened
+    for c in opened:
+        c.close()
+
+
+@pytest.fixture
+def srv(make_server: Any) -> ServerProcess:
+    server: ServerProcess = make_server(extra_toml="[offline]\nmax_messages = 5\n")
+    for user in ("alice", "bob", "carol"):
+        server.adduser(f"{user}@localhost")
+    server.start()
+    return server
+
+
+def login(srv: ServerProcess, ca_file: str, opened: list[RawClient], user: str) -> RawClient:
+    c = srv.client()
+    opened.append(c)
+    c.login(ca_file, user, PASSWORD, "r")
+    return c
+
+
+def sync(c: RawClient) -> list[Any]:
+    """Round-trip a ping: everything sent before has been processed. Returns what arrived
+    meanwhile."""
+    c.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
+    seen = []
+    while True:
+        el = c.next()
+        if el.get("id") == "sync" and el.tag == f"{{{CLIENT}}}iq":
+            return seen
+        seen.append(el)
+
+
+def stored(srv: ServerProcess, user: str) -> list[Any]:
+    """The messages stored for user@localhost, oldest first, parsed."""
+    with Storage(srv.data_dir) as storage:
+        messages = OfflineStore(storage).peek("localhost", user)
+    # Stored as routed: the stanza's default namespace comes from the stream.
+    return [
+        etree.fromstring(b"<w xmlns='jabber:client'>" + data + b"</w>")[0] for _, data in messages
+    ]
+
+
+def bodies(messages: list[Any]) -> list[str | None]:
+    return [m.findtext(f"{{{CLIENT}}}body") for m in messages]
+
+
+def send_three(alice: RawClient) -> None:
+    alice.send("<message to='bob@localhost' type='chat' id='m1'><body>one</body></message>")
+    alice.send("<message to='bob@localhost' type='normal' id='m2'><body>two</body></message>")
+    alice.send("<message to='bob@localhost/gone' id='m3'><body>three</body></message>")
+    errors = [el for el in sync(alice) if el.get("type") == "error"]
+    assert errors == []
+
+
+def test_stored_while_offline(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> None:
+    alice = login(srv, ca_file, clients, "alice")
+    send_three(alice)
+    messages = stored(srv, "bob")
+    assert bodies(messages) == ["one", "two", "three"]
+    for message in messages:
+        assert message.tag == f"{{{CLIENT}}}message"
+        assert message.get("from") == "alice@localhost/r"
+        delay = message.find(f"{{{DELAY}}}delay")
+        assert delay is not None and delay.get("from") == "localhost"
+        assert STAMP.fullmatch(delay.get("stamp"))
+
+
+def test_delivered_in_order_at_initial_presence(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient]
+) -> None:
+    alice = login(srv, ca_file, clients, "alice")
+    send_three(alice)
+    alice.send("<message to='bob@localhost'/>")  # an empty message is stored too
+    sync(alice)
+    bob = login(srv, ca_file, clients, "bob")
+    # Nothing before initial presence (XEP-0160 §2).
+    assert [el for el in sync(bob) if el.tag == f"{{{CLIENT}}}message"] == []
+    bob.send("<presence/>")
+    messages = [el for el in sync(bob) if el.tag == f"{{{CLIENT}}}message"]
+    assert bodies(messages) == ["one", "two", "three", None]
+    assert [m.get("id") for m in messages[:3]] == ["m1", "m2", "m3"]
+    for message in messages:
+        assert message.get("from") == "alice@localhost/r"
+        delay = message.find(f"{{{DELAY}}}delay")
+        assert delay is not None and delay.get("from") == "localhost"
+        assert STAMP.fullmatch(delay.get("stamp"))
+    # Delivered means gone.
+    assert stored(srv, "bob") == []
+    bob.close()
+    again = login(srv, ca_file, clients, "bob")
+    again.send("<presence/>")
+    assert [el for el in sync(again) if el.tag == f"{{{CLIENT}}}message"] == []
+
+
+def test_negative_priority_gets_nothing(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient]
+) -> None:
+    alice = login(srv, ca_file, clients, "alice")
+    alice.send("<message to='carol@localhost'><body>wait</body></message>")
+    sync(alice)
+    carol = login(srv, ca_file, clients, "carol")
+    carol.send("<presence><priority>-1</priority></presence>")
+    assert [el for el in sync(carol) if el.tag == f"{{{CLIENT}}}message"] == []
+    # Still no resource with non-negative priority: new messages are stored as well.
+    alice.send("<message to='carol@localhost'><body>still</body></message>")
+    sync(alice)
+    assert bodies(stored(srv, "carol")) == ["wait", "still"]
+
+
+def test_survives_restart(make_server: Any, ca_file: str) -> None:
+    srv = make_server()
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        alice = login(srv, ca_file, opened, "alice")
+        send_three(alice)
+        alice.close()
+        srv.stop()
+        assert bodies(stored(srv, "bob")) == ["one", "two", "three"]
+        srv.start()
+        bob = login(srv, ca_file, opened, "bob")
+        bob.send("<presence/>")
+        messages = [el for el in sync(bob) if el.tag == f"{{{CLIENT}}}message"]
+        assert bodies(messages) == ["one", "two", "three"]
+    finally:
+        for c in opened:
+            c.close()
+
+
+def test_other_types_not_stored(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> None:
+    alice = login(srv, ca_file, clients, "alice")
+    alice.send("<message to='bob@localhost' type='headline'><body>news</body></message>")
+    alice.send("<message to='bob@localhost' type='error' id='e'><body>err</body></message>")
+    assert [el for el in sync(alice) if el.get("type") == "error"] == []
+    alice.send("<message to='bob@localhost' type='groupchat' id='g'><body>gc</body></message>")
+    reply = alice.next()
+    assert reply.get("id") == "g" and stanza_error(reply) == "service-unavailable"
+    # XEP-0160 §3: chat states alone are not stored (and not bounced).
+    alice.send(
+        "<message to='bob@localhost' type='chat' id='cs'>"
+        "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
+    )
+    assert [el for el in sync(alice) if el.get("type") == "error"] == []
+    assert stored(srv, "bob") == []
+
+
+def test_quota_bounces_with_service_unavailable(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient]
+) -> None:
+    alice = login(srv, ca_file, clients, "alice")
+    for n in range(5):
+        alice.send(f"<message to='bob@localhost' id='q{n}'><body>{n}</body></message>")
+    assert [el for el in sync(alice) if el.get("type") == "error"] == []
+    alice.send("<message to='bob@localhost' id='over'><body>too many</body></message>")
+    reply = alice.next()
+    assert reply.get("id") == "over" and reply.get("type") == "error"
+    assert stanza_error(reply) == "service-unavailable"
+    assert reply.get("from") == "bob@localhost"
+    assert bodies(stored(srv, "bob")) == ["0", "1", "2", "3", "4"]
+
+
+def test_unknown_user_stores_nothing(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient]
+) -> None:
+    alice = login(srv, ca_file, clients, "alice")
+    alice.send("<message to='nobody@localhost' id='n'><body>hello?</body></message>")
+    reply = alice.next()
+    assert reply.get("id") == "n" and stanza_error(reply) == "service-unavailable"
+    assert stored(srv, "nobody") == []
+
+
+def test_disabled(make_server: Any, ca_file: str, clients: list[RawClient]) -> None:
+    srv = make_server(extra_toml="[offline]\nenabled = false\n")
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    alice = login(srv, ca_file, clients, "alice")
+    alice.send("<message to='bob@localhost' id='d'><body>hi</body></message>")
+    reply = alice.next()
+    assert reply.get("id") == "d" and stanza_error(reply) == "service-unavailable"
+    alice.send(
+        "<iq type='get' id='i' to='localhost'>"
+        "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    )
+    info = alice.next()
+    features = {f.get("var") for f in info.iter("{http://jabber.org/protocol/disco#info}feature")}
+    assert "msgoffline" not in features and "urn:xmpp:ping" in features
+
+
+def test_account_removal_purges(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> None:
+    from conftest import run_cli
+
+    alice = login(srv, ca_file, clients, "alice")
+    alice.send("<message to='carol@localhost'><body>for carol</body></message>")
+    sync(alice)
+    assert len(stored(srv, "carol")) == 1
+    result = run_cli("deluser", "carol@localhost", config=srv.config)
+    assert result.returncode == 0, result.stderr
+    time.sleep(0.1)
+    assert stored(srv, "carol") == []
