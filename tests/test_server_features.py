@@ -392,6 +392,12 @@ def test_private_storage_errors(
         assert stanza_error(private_get(c, element)) == "not-acceptable", element
     # A get for two namespaces at once.
     assert stanza_error(private_get(c, "<a xmlns='urn:a'/><b xmlns='urn:b'/>")) == "bad-request"
+    # At most 100 namespaces per account; a set beyond that stores nothing.
+    many = "".join(f"<n xmlns='urn:n:{i}'>{i}</n>" for i in range(101))
+    assert stanza_error(private_set(c, many)) == "policy-violation"
+    assert result_of(private_get(c, "<n xmlns='urn:n:0'/>"))[0][0].text is None
+    result_of(private_set(c, many[: many.index("<n xmlns='urn:n:100'>")]))
+    assert result_of(private_get(c, "<n xmlns='urn:n:99'/>"))[0][0].text == "99"
 
 
 def test_private_storage_survives_restart(make_server: Any, ca_file: str) -> None:

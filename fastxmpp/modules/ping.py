@@ -31,7 +31,9 @@ log = logging.getLogger("fastxmpp.ping")
 
 NS = "urn:xmpp:ping"
 PING = f"<ping xmlns='{NS}'/>"
-MAX_TICK = 5.0  # seconds between idle checks at most
+# Seconds between idle checks: a quarter of the shorter period, within these bounds (each
+# check walks every bound session).
+MIN_TICK, MAX_TICK = 0.05, 15.0
 
 
 class PingModule(Module):
@@ -77,7 +79,7 @@ class PingModule(Module):
 
     async def _watch_idle(self) -> None:
         idle, timeout = self.settings.idle_interval, self.settings.timeout
-        tick = min(MAX_TICK, idle / 2, timeout / 2)
+        tick = max(MIN_TICK, min(MAX_TICK, min(idle, timeout) / 4))
         while True:
             await asyncio.sleep(tick)
             try:

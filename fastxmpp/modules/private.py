@@ -9,7 +9,7 @@
   bad-request (the XEP's "Bad Format", which RFC 6120 no longer has); a get naming several
   namespaces: bad-request; a child in a reserved namespace ("jabber:...", incl. jabber:client
   and jabber:iq:private, "http://jabber.org/...", "vcard-temp") or in no namespace:
-  not-acceptable.
+  not-acceptable. More than MAX_NAMESPACES namespaces per account: policy-violation.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from ..errors import StanzaError
-from ..storage.private import PrivateStore
+from ..storage.private import PrivateStore, TooManyNamespaces
 from .base import Module
 from .disco import iq_result
 
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 NS = "jabber:iq:private"
 RESERVED_PREFIXES = ("jabber:", "http://jabber.org/")
 RESERVED_NAMESPACES = frozenset(("vcard-temp",))
+# Namespaces one account may keep: enough for every client's preferences, bookmarks and
+# notes, and a bound on what one account can make the server store.
+MAX_NAMESPACES = 100
 
 
 def fragment_xml(element: Any) -> bytes:
@@ -81,7 +84,12 @@ class PrivateModule(Module):
         for child in children:
             namespace = storable_namespace(child)
             fragments[namespace] = fragments.get(namespace, b"") + fragment_xml(child)
-        self.store.set_many(origin.domain, origin.local, fragments)
+        try:
+            self.store.set_many(origin.domain, origin.local, fragments, MAX_NAMESPACES)
+        except TooManyNamespaces:
+            raise StanzaError(
+                "policy-violation", f"at most {MAX_NAMESPACES} namespaces per account"
+            ) from None
         return iq_result(origin, st)
 
     def _get(self, origin: C2SStream, st: Stanza, children: list[Any]) -> bytes:

@@ -20,6 +20,10 @@ def _prefix(domain: str, local: str) -> bytes:
     return f"{domain}\0{local}\0".encode()
 
 
+class TooManyNamespaces(Exception):
+    """The account would keep more namespaces than it may."""
+
+
 class PrivateStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -30,12 +34,29 @@ class PrivateStore:
             raw = txn.get(_prefix(domain, local) + namespace.encode())
         return None if raw is None else bytes(raw)
 
-    def set_many(self, domain: str, local: str, fragments: dict[str, bytes]) -> None:
-        """Replace the stored XML of each namespace in `fragments`, in one transaction."""
+    def set_many(
+        self, domain: str, local: str, fragments: dict[str, bytes], max_namespaces: int
+    ) -> None:
+        """Replace the stored XML of each namespace in `fragments`, in one transaction;
+        TooManyNamespaces (and nothing written) if the account would then keep more than
+        `max_namespaces`."""
         prefix = _prefix(domain, local)
         with self.storage.env.begin(db=self._db, write=True) as txn:
+            new = [ns for ns in fragments if txn.get(prefix + ns.encode()) is None]
+            if new and self._count(txn, prefix) + len(new) > max_namespaces:
+                raise TooManyNamespaces(f"{local}@{domain}")
             for namespace, xml in fragments.items():
                 txn.put(prefix + namespace.encode(), xml)
+
+    @staticmethod
+    def _count(txn: Any, prefix: bytes) -> int:
+        cursor = txn.cursor()
+        count = 0
+        found = cursor.set_range(prefix)
+        while found and bytes(cursor.key()).startswith(prefix):
+            count += 1
+            found = cursor.next()
+        return count
 
 
 def _purge(storage: Storage, txn: Any, domain: str, local: str) -> None:
