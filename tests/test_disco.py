@@ -7,12 +7,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PASSWORD, ServerProcess
 from lxml import etree
-from slixmpp import ClientXMPP
+from slixmpp import JID, ClientXMPP
 from slixmpp.exceptions import IqError
 from xmpp_raw import CLIENT, RawClient, stanza_error
 
@@ -145,7 +146,7 @@ def test_set_is_bad_request(server: ServerProcess, ca_file: str, clients: list[R
 class Client(ClientXMPP):
     def __init__(self, jid: str, ca_file: str) -> None:
         super().__init__(jid, PASSWORD)
-        self.ca_certs = ca_file
+        self.ca_certs = Path(ca_file)
         self.enable_direct_tls = False
         self.enable_plaintext = False
         self.ready = asyncio.get_running_loop().create_future()
@@ -163,16 +164,16 @@ async def test_slixmpp_disco(server: ServerProcess, ca_file: str) -> None:
     try:
         await asyncio.wait_for(client.ready, 20)
         disco = client.plugin["xep_0030"]
-        info = await disco.get_info(jid="localhost", local=False, timeout=10)
+        info = await disco.get_info(jid=JID("localhost"), local=False, timeout=10)
         # slixmpp's identities: (category, type, xml:lang, name).
         assert ("server", "im", None, "fastxmpp") in info["disco_info"]["identities"]
         assert set(info["disco_info"]["features"]) >= SERVER_FEATURES
-        items = await disco.get_items(jid="localhost", local=False, timeout=10)
+        items = await disco.get_items(jid=JID("localhost"), local=False, timeout=10)
         assert list(items["disco_items"]["items"]) == []
-        own = await disco.get_info(jid="bob@localhost", local=False, timeout=10)
+        own = await disco.get_info(jid=JID("bob@localhost"), local=False, timeout=10)
         assert any(i[0] == "account" for i in own["disco_info"]["identities"])
         with pytest.raises(IqError) as err:
-            await disco.get_info(jid="alice@localhost", local=False, timeout=10)
+            await disco.get_info(jid=JID("alice@localhost"), local=False, timeout=10)
         assert err.value.iq["error"]["condition"] == "service-unavailable"
     finally:
         client.disconnect()

@@ -51,7 +51,7 @@ def sync(c: RawClient) -> list[Any]:
     """Round-trip a ping: everything sent before has been processed. Returns what arrived
     meanwhile."""
     c.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
-    seen = []
+    seen: list[Any] = []
     while True:
         el = c.next()
         if el.get("id") == "sync" and el.tag == f"{{{CLIENT}}}iq":
@@ -229,3 +229,115 @@ def test_account_removal_purges(srv: ServerProcess, ca_file: str, clients: list[
     assert result.returncode == 0, result.stderr
     time.sleep(0.1)
     assert stored(srv, "carol") == []
+
+
+# --- delivery in-process: the module against a stand-in session --------------------------
+#
+# These do not need the presence module: they call `initial_presence` the way the hub does.
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class FakeSession:
+    def __init__(self, local: str, priority: int = 0) -> None:
+        self.local, self.domain, self.resource = local, "localhost", "fake"
+        self.bare = f"{local}@localhost"
+        self.full = f"{self.bare}/fake"
+        self.priority = priority
+        self.closing = False
+        self.transport: FakeTransport | None = FakeTransport()
+        self._out: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        if self.transport is not None:
+            self.transport.written.extend(self._out)
+        self._out = []
+
+
+def offline_module(tmp_path: Any, max_messages: int = 1000) -> Any:
+    from types import SimpleNamespace
+
+    from fastxmpp.config import OfflineConfig, load_config
+    from fastxmpp.modules.base import ModuleHub
+    from fastxmpp.modules.offline import OfflineModule
+
+    config = load_config(None)
+    object.__setattr__(config, "offline", OfflineConfig(True, max_messages))
+    server = SimpleNamespace(
+        config=config,
+        router=SimpleNamespace(message_hook=None),
+        modules=ModuleHub(),
+        storage=Storage(tmp_path / "data"),
+    )
+    module = OfflineModule(server)
+    server.modules.load([module])
+    return module
+
+
+def stanzas(*raw: str) -> list[Any]:
+    from fastxmpp._parser import StreamParser
+
+    parser = StreamParser()
+    parser.feed(
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
+        b" to='localhost' version='1.0'>"
+    )
+    return list(parser.feed("".join(raw).encode()))
+
+
+def test_module_delivers_in_order_and_forgets(tmp_path: Any) -> None:
+    module = offline_module(tmp_path)
+    sender = FakeSession("alice")
+    target = ("bob", "localhost", "", "bob@localhost")
+    for st in stanzas(
+        "<message to='bob@localhost' id='1'><body>a</body></message>",
+        "<message to='bob@localhost' id='2' type='chat'/>",
+        "<message to='bob@localhost' id='3' type='headline'><body>h</body></message>",
+    ):
+        module.router.message_hook(sender, st, target)
+    negative = FakeSession("bob", priority=-1)
+    module.initial_presence(negative)
+    assert negative.transport is not None and negative.transport.written == []
+    closed = FakeSession("bob")
+    closed.transport = None
+    module.initial_presence(closed)
+    assert module.store.count("localhost", "bob") == 2
+    bob = FakeSession("bob")
+    module.initial_presence(bob)
+    assert bob.transport is not None
+    delivered = [
+        etree.fromstring(b"<w xmlns='jabber:client'>" + d + b"</w>")[0]
+        for d in bob.transport.written
+    ]
+    assert [m.get("id") for m in delivered] == ["1", "2"]
+    for message in delivered:
+        assert message.get("from") == "alice@localhost/fake"
+        assert message.find(f"{{{DELAY}}}delay").get("from") == "localhost"
+    assert module.store.count("localhost", "bob") == 0
+    module.server.storage.close()
+
+
+def test_module_quota(tmp_path: Any) -> None:
+    from fastxmpp.errors import StanzaError
+
+    module = offline_module(tmp_path, max_messages=2)
+    sender = FakeSession("alice")
+    target = ("bob", "localhost", "", "bob@localhost")
+    first, second, third = stanzas(*["<message to='bob@localhost'><body>x</body></message>"] * 3)
+    assert module.router.message_hook(sender, first, target)
+    assert module.router.message_hook(sender, second, target)
+    with pytest.raises(StanzaError) as err:
+        module.router.message_hook(sender, third, target)
+    assert err.value.condition == "service-unavailable"
+    module.server.storage.close()

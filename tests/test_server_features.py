@@ -9,12 +9,13 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PASSWORD, ServerProcess
 from lxml import etree
-from slixmpp import ClientXMPP
+from slixmpp import JID, ClientXMPP
 from xmpp_raw import CLIENT, RawClient, StreamClosed, stanza_error
 
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
@@ -148,7 +149,7 @@ def test_client_that_talks_is_not_pinged(make_server: Any, ca_file: str) -> None
 class Client(ClientXMPP):
     def __init__(self, jid: str, ca_file: str) -> None:
         super().__init__(jid, PASSWORD)
-        self.ca_certs = ca_file
+        self.ca_certs = Path(ca_file)
         self.enable_direct_tls = False
         self.enable_plaintext = False
         self.ready = asyncio.get_running_loop().create_future()
@@ -166,20 +167,20 @@ async def test_slixmpp_ping_version_time_last(server: ServerProcess, ca_file: st
     client.connect("127.0.0.1", server.port)
     try:
         await asyncio.wait_for(client.ready, 20)
-        rtt = await client.plugin["xep_0199"].ping("localhost", timeout=10)
+        rtt = await client.plugin["xep_0199"].ping(JID("localhost"), timeout=10)
         assert rtt >= 0
-        version = await client.plugin["xep_0092"].get_version("localhost", timeout=10)
+        version = await client.plugin["xep_0092"].get_version(JID("localhost"), timeout=10)
         assert version["software_version"]["name"] == "fastxmpp"
         assert version["software_version"]["version"]
         assert not version["software_version"]["os"]  # off by default
-        entity_time = await client.plugin["xep_0202"].get_entity_time("localhost", timeout=10)
+        entity_time = await client.plugin["xep_0202"].get_entity_time(JID("localhost"), timeout=10)
         # The raw text: slixmpp's get_utc appends a second 'Z' to the spec's format and its
         # get_tzo cannot parse "+00:00".
         utc = entity_time["entity_time"].xml.findtext(f"{{{TIME}}}utc")
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", utc)
         tzo = entity_time["entity_time"].xml.findtext(f"{{{TIME}}}tzo")
         assert re.fullmatch(r"[+-]\d\d:\d\d", tzo)
-        last = await client.plugin["xep_0012"].get_last_activity("localhost", timeout=10)
+        last = await client.plugin["xep_0012"].get_last_activity(JID("localhost"), timeout=10)
         assert int(last["last_activity"]["seconds"]) >= 0
     finally:
         client.disconnect()
