@@ -37,7 +37,9 @@ log = logging.getLogger("fastxmpp.offline")
 FEATURE = "msgoffline"  # XEP-0160 §4 (Service Discovery)
 NS_DELAY = "urn:xmpp:delay"  # XEP-0203
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
-STORED_TYPES = frozenset(("normal", "chat"))
+# XEP-0160 §3: never stored. Every other type is chat or normal (RFC 6121 §5.2.2: an unknown
+# type is handled as normal).
+NOT_STORED_TYPES = frozenset(("headline", "groupchat", "error"))
 DELAY_REASON = "Offline Storage"
 
 
@@ -81,7 +83,7 @@ class OfflineModule(Module):
     def store_message(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> bool:
         """The router's message_hook: True when the message is taken care of."""
         assert self.store is not None
-        if st.attrs.get("type", "normal") not in STORED_TYPES:
+        if st.attrs.get("type") in NOT_STORED_TYPES:
             return False
         if only_chat_states(st):
             return True
