@@ -23,6 +23,12 @@ compare: $(BUILD_STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks.compare $(ARGS)
 
+# The parser fuzzer for an hour (CI runs it for 45 s in tests/test_fuzz.py).
+fuzz: $(BUILD_STAMP)
+	mkdir -p var/fuzz-corpus
+	cd tests/fuzz && ../../$(PY) fuzz_parser.py ../../var/fuzz-corpus corpus \
+		-max_total_time=$${FUZZ_SECONDS:-3600} -artifact_prefix=../../var/
+
 lint: $(BUILD_STAMP)
 	$(VENV)/bin/ruff check fastxmpp tests benchmarks
 	$(VENV)/bin/ruff format --check fastxmpp tests benchmarks

@@ -388,3 +388,27 @@ def test_connection_closed_mid_stanza_does_not_hurt(server: ServerProcess, ca_fi
     assert raw.stream_error() == "not-well-formed"
     raw.close()
     assert_still_serving(server, ca_file)
+
+
+def test_payload_namespace_that_is_not_a_uri(server: ServerProcess, ca_file: str) -> None:
+    # Found by tests/fuzz: XML does not require namespace names to be URIs, so these stanzas
+    # are well-formed; a handler that builds the tree (private storage) must get it.
+    c = server.client()
+    c.login(ca_file, "alice", PASSWORD)
+    c.send("<iq type='get' id='odd'><query xmlns='jabber=iq:roster'/></iq>")
+    reply = c.next()
+    assert reply.get("id") == "odd" and stanza_error(reply) == "service-unavailable"
+    c.send(
+        "<iq type='set' id='store'><query xmlns='jabber:iq:private'>"
+        "<note xmlns='odd=ns'>kept</note></query></iq>"
+    )
+    assert c.next().get("type") == "result"
+    c.send(
+        "<iq type='get' id='load'><query xmlns='jabber:iq:private'><note xmlns='odd=ns'/>"
+        "</query></iq>"
+    )
+    reply = c.next()
+    assert reply.get("type") == "result"
+    assert reply.findtext("{jabber:iq:private}query/{odd=ns}note") == "kept"
+    c.close()
+    assert_still_serving(server, ca_file)
