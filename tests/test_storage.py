@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -240,3 +241,39 @@ def test_account_written_by_another_process_is_seen(storage: Storage, tmp_path: 
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     assert accounts.check_password("example.org", "alice", "pw")
+
+
+def test_a_full_map_grows_and_nothing_is_lost(tmp_path: Path) -> None:
+    # A map of 64 KiB fills after a few records; writes keep succeeding as the map doubles.
+    storage = Storage(tmp_path / "data", map_size=1 << 16)
+    db = storage.database("growth")
+    value = os.urandom(2000)
+    for i in range(500):
+        storage.write(lambda txn, i=i: txn.put(f"k{i:04}".encode(), value), db=db)
+    assert storage.env.info()["map_size"] > 1 << 16
+    with storage.env.begin(db=db) as txn:
+        assert sum(1 for _ in txn.cursor()) == 500
+        assert txn.get(b"k0000") == value and txn.get(b"k0499") == value
+    storage.close()
+    # Reopened with the configured (smaller) size, LMDB keeps the grown map.
+    reopened = Storage(tmp_path / "data", map_size=1 << 16)
+    with reopened.env.begin(db=reopened.database("growth")) as txn:
+        assert txn.get(b"k0499") == value
+    reopened.close()
+
+
+def test_write_returns_the_result_and_retries_from_the_start(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "data", map_size=1 << 16)
+    db = storage.database("retry")
+    attempts = []
+
+    def work(txn: Any) -> int:
+        attempts.append(1)
+        for i in range(40):  # about 80 KB: more than the first map holds
+            txn.put(f"r{i}".encode(), os.urandom(2000))
+        return len(attempts)
+
+    assert storage.write(work, db=db) == len(attempts) >= 2
+    with storage.env.begin(db=db) as txn:
+        assert sum(1 for _ in txn.cursor()) == 40
+    storage.close()

@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
+
+log = logging.getLogger("fastxmpp.storage")
+T = TypeVar("T")
 
 LOCK_FILE = "server.lock"
 DB_DIR = "db"
@@ -26,12 +32,17 @@ def make_private_dir(path: Path) -> None:
     os.chmod(path, 0o700)  # mkdir's mode is filtered through the umask
 
 
+class StorageFull(Exception):
+    """The disk (or the address space for the map) is exhausted: nothing was written."""
+
+
 class Storage:
     """The LMDB environment of a data directory. Several processes may open it at once (LMDB
     locks internally): the server and the CLI's account commands."""
 
     def __init__(self, data_dir: Path, map_size: int = 1 << 30) -> None:
         db_dir = data_dir / DB_DIR
+        self.data_dir = data_dir
         make_private_dir(data_dir)
         make_private_dir(db_dir)
         self._env: lmdb.Environment | None = lmdb.open(
@@ -52,6 +63,36 @@ class Storage:
             handle = self.env.open_db(name.encode(), create=True)
             self._databases[name] = handle
         return handle
+
+    def write(self, work: Callable[[Any], T], db: Any = None) -> T:
+        """Run `work(txn)` in one write transaction and commit; the result of `work`.
+
+        When the map is full (MDB_MAP_FULL) the map is doubled and `work` runs again from the
+        start, in a new transaction, so an operator never has to size the map by hand; a full
+        disk raises StorageFull with a message that says so."""
+        while True:
+            try:
+                with self.env.begin(db=db, write=True) as txn:
+                    return work(txn)
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.MapResizedError:
+                # Another process (the CLI, or the server) grew the map: adopt its size.
+                self.env.set_mapsize(0)
+            except lmdb.DiskError as exc:
+                raise StorageFull(f"the disk holding {self.data_dir} is full: {exc}") from exc
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise StorageFull(f"the disk holding {self.data_dir} is full") from exc
+                raise
+
+    def _grow(self) -> None:
+        size = self.env.info()["map_size"] * 2
+        log.warning("LMDB map full: growing it to %d MiB", size >> 20)
+        try:
+            self.env.set_mapsize(size)
+        except lmdb.Error as exc:
+            raise StorageFull(f"cannot grow the database map to {size} bytes: {exc}") from exc
 
     def close(self) -> None:
         if self._env is not None:
