@@ -75,14 +75,18 @@ class AccountStore:
     def create(self, domain: str, local: str, password: str) -> None:
         # Hash before opening the write transaction: PBKDF2 is slow, the write lock is shared.
         record = {"scram": self._credentials(password), "created": int(time.time())}
-        with self.storage.env.begin(db=self._db, write=True) as txn:
+
+        def put(txn: Any) -> None:
             if not txn.put(_key(domain, local), msgpack.packb(record), overwrite=False):
                 raise AccountExists(f"account {local}@{domain} already exists")
+
+        self.storage.write(put, db=self._db)
 
     def set_password(self, domain: str, local: str, password: str) -> None:
         credentials = self._credentials(password)
         key = _key(domain, local)
-        with self.storage.env.begin(db=self._db, write=True) as txn:
+
+        def update(txn: Any) -> None:
             raw = txn.get(key)
             if raw is None:
                 raise NoSuchAccount(f"no account {local}@{domain}")
@@ -90,12 +94,17 @@ class AccountStore:
             record["scram"] = credentials
             txn.put(key, msgpack.packb(record))
 
+        self.storage.write(update, db=self._db)
+
     def delete(self, domain: str, local: str) -> None:
         """Delete the account and everything stored for it, in one transaction."""
-        with self.storage.env.begin(write=True) as txn:
+
+        def remove(txn: Any) -> None:
             if not txn.delete(_key(domain, local), db=self._db):
                 raise NoSuchAccount(f"no account {local}@{domain}")
             purge_account(self.storage, txn, domain, local)
+
+        self.storage.write(remove)
 
     def exists(self, domain: str, local: str) -> bool:
         with self.storage.env.begin(db=self._db) as txn:
