@@ -13,18 +13,22 @@ The logout time is recorded in fastxmpp/storage/last.py when an account's last s
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 from ..errors import StanzaError
 from ..storage.last import LastActivityStore
+from ..storage.lmdb_store import StorageFull
 from .base import Module
 from .disco import iq_result, may_see_presence
 
 if TYPE_CHECKING:
     from .._parser import Stanza
     from ..stream.c2s import C2SStream
+
+log = logging.getLogger("fastxmpp.last")
 
 NS = "jabber:iq:last"
 
@@ -54,9 +58,11 @@ class LastActivityModule(Module):
     def session_ended(self, session: C2SStream) -> None:
         if self.store is None or self.router.resources(session.bare):
             return
-        self.store.record_logout(
-            session.domain, session.local, time.time(), leaving_status(session)
-        )
+        status = leaving_status(session)
+        try:
+            self.store.record_logout(session.domain, session.local, time.time(), status)
+        except StorageFull as exc:
+            log.error("cannot record the logout of %s: %s", session.bare, exc)
 
     def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         if st.attrs.get("type") != "get":

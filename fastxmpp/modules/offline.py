@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import StanzaError
+from ..storage.lmdb_store import StorageFull
 from ..storage.offline import OfflineQueueFull, OfflineStore
 from .base import Module
 from .entity_time import utc_now
@@ -96,6 +97,9 @@ class OfflineModule(Module):
             raise StanzaError(
                 "service-unavailable", "the recipient's offline storage is full"
             ) from None
+        except StorageFull as exc:
+            log.error("cannot store an offline message: %s", exc)
+            raise StanzaError("resource-constraint", "the server's storage is full") from None
         return True
 
     # --- delivery (XEP-0160 §2) -------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from ..errors import StanzaError
+from ..storage.lmdb_store import StorageFull
 from ..storage.private import PrivateStore, TooManyNamespaces
 from .base import Module
 from .disco import iq_result
@@ -90,6 +91,8 @@ class PrivateModule(Module):
             raise StanzaError(
                 "policy-violation", f"at most {MAX_NAMESPACES} namespaces per account"
             ) from None
+        except StorageFull:
+            raise StanzaError("resource-constraint", "the server's storage is full") from None
         return iq_result(origin, st)
 
     def _get(self, origin: C2SStream, st: Stanza, children: list[Any]) -> bytes:

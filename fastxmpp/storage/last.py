@@ -26,8 +26,8 @@ class LastActivityStore:
         self._db = storage.database(DATABASE)
 
     def record_logout(self, domain: str, local: str, when: float, status: str) -> None:
-        with self.storage.env.begin(db=self._db, write=True) as txn:
-            txn.put(_key(domain, local), msgpack.packb([when, status]))
+        record = msgpack.packb([when, status])
+        self.storage.write(lambda txn: txn.put(_key(domain, local), record), db=self._db)
 
     def last_logout(self, domain: str, local: str) -> tuple[float, str] | None:
         """(unix time, status) of the account's last logout; None if it never logged out."""

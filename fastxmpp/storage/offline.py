@@ -50,9 +50,10 @@ class OfflineStore:
 
     def push(self, domain: str, local: str, data: bytes, limit: int) -> None:
         """Append a message, committed (durable) when this returns; OfflineQueueFull when the
-        account holds `limit` messages already."""
+        account holds `limit` messages already, StorageFull when the disk is."""
         prefix = _prefix(domain, local)
-        with self.storage.env.begin(db=self._db, write=True) as txn:
+
+        def append(txn: Any) -> None:
             bounds = _bounds(txn.cursor(), prefix)
             if bounds is None:
                 sequence = 0
@@ -62,6 +63,8 @@ class OfflineStore:
                     raise OfflineQueueFull(f"{local}@{domain}")
                 sequence = last + 1
             txn.put(prefix + _SEQUENCE.pack(sequence), data)
+
+        self.storage.write(append, db=self._db)
 
     def peek(self, domain: str, local: str) -> list[tuple[bytes, bytes]]:
         """(key, message) of every stored message, oldest first."""
@@ -80,9 +83,12 @@ class OfflineStore:
 
     def remove(self, keys: list[bytes]) -> None:
         """Delete delivered messages, in one transaction."""
-        with self.storage.env.begin(db=self._db, write=True) as txn:
+
+        def delete(txn: Any) -> None:
             for key in keys:
                 txn.delete(key)
+
+        self.storage.write(delete, db=self._db)
 
     def count(self, domain: str, local: str) -> int:
         with self.storage.env.begin(db=self._db) as txn:

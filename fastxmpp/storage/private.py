@@ -41,12 +41,15 @@ class PrivateStore:
         TooManyNamespaces (and nothing written) if the account would then keep more than
         `max_namespaces`."""
         prefix = _prefix(domain, local)
-        with self.storage.env.begin(db=self._db, write=True) as txn:
+
+        def replace(txn: Any) -> None:
             new = [ns for ns in fragments if txn.get(prefix + ns.encode()) is None]
             if new and self._count(txn, prefix) + len(new) > max_namespaces:
                 raise TooManyNamespaces(f"{local}@{domain}")
             for namespace, xml in fragments.items():
                 txn.put(prefix + namespace.encode(), xml)
+
+        self.storage.write(replace, db=self._db)
 
     @staticmethod
     def _count(txn: Any, prefix: bytes) -> int:
