@@ -166,6 +166,9 @@ def start(target: Target, run_dir: Path) -> Running:
             f'[[listeners]]\nkind = "c2s"\naddress = "127.0.0.1"\nport = {port}\n'
             "[hosts.localhost]\n"
             "[register]\nenabled = true\nmax_per_ip_per_hour = 1000000\n"
+            # Limits off, as for the anchors: the load comes from one address at full speed.
+            "[limits]\nmax_bytes_per_second = 0\nmax_connections_per_ip = 1000000\n"
+            "max_resources_per_account = 1000000\n"
         )
         command = [sys.executable, "-m", "fastxmpp.cli", "serve", "--config", str(config)]
     elif target.software == "prosody":

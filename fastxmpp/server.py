@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -42,6 +43,7 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.streams: set[C2SStream] = set()
+        self.connections_per_ip: Counter[str] = Counter()
         self.background: set[asyncio.Task[Any]] = set()
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
         self.listeners: list[asyncio.AbstractServer] = []

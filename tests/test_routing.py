@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import PASSWORD, ServerProcess
+from lxml import etree
 from xmpp_raw import CLIENT, RawClient, stanza_error
 
 
@@ -39,6 +40,13 @@ def sync(c: RawClient) -> None:
     c.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
     while c.next().get("id") != "sync":
         pass
+
+
+def assert_no_reply(c: RawClient) -> None:
+    """Everything c sent so far was processed without an answer to c."""
+    c.send("<iq type='get' id='quiet'><ping xmlns='urn:xmpp:ping'/></iq>")
+    reply = c.next()
+    assert reply.get("id") == "quiet", etree.tostring(reply)
 
 
 def receives(c: RawClient, body: str, sender: RawClient) -> bool:
@@ -111,9 +119,9 @@ def test_negative_priority_only_gets_full_jid(
     a = login(server, ca_file, clients, "alice", "s3")
     neg = login(server, ca_file, clients, "bob", "shy", priority=-5)
     a.send("<message to='bob@localhost' type='chat' id='nb'><body>bare</body></message>")
-    reply = a.next()
-    # Nobody available with non-negative priority and no offline storage yet.
-    assert reply.get("type") == "error" and stanza_error(reply) == "service-unavailable"
+    # Nobody available with non-negative priority: stored offline (RFC 6121 §8.5.2.2.1),
+    # so the sender gets no error and the negative-priority resource nothing.
+    assert_no_reply(a)
     assert not receives(neg, "bare", a)
     a.send("<message to='bob@localhost/shy'><body>full</body></message>")
     assert receives(neg, "full", a)
@@ -128,7 +136,12 @@ def test_unavailable_resource_gets_no_bare_messages(
     a.send("<message to='dave@localhost/quiet'><body>direct</body></message>")
     assert receives(quiet, "direct", a)
     a.send("<message to='dave@localhost' id='q'><body>bare</body></message>")
-    assert stanza_error(a.next()) == "service-unavailable"
+    assert_no_reply(a)  # stored offline, not delivered to the unavailable resource
+    assert not receives(quiet, "bare", a)
+    # A headline is never stored (RFC 6121 §8.5.2.2.1): dropped without an error.
+    a.send("<message to='dave@localhost' type='headline'><body>news</body></message>")
+    assert_no_reply(a)
+    assert not receives(quiet, "news", a)
 
 
 def test_message_to_missing_resource_falls_back_to_bare(

@@ -91,6 +91,14 @@ class C2SStream(Session, asyncio.Protocol):
         self.trace_redacting = False
         self.auth_timer: asyncio.TimerHandle | None = None
         self.last_received = time.monotonic()
+        self.address = "?"
+        # Input pacing (limits.max_bytes_per_second), a token bucket of `burst` bytes.
+        self.rate = float(self.limits.max_bytes_per_second)
+        self.burst = float(self.limits.burst_bytes)
+        self.tokens = self.burst
+        self.tokens_at = self.last_received
+        self.resume_timer: asyncio.TimerHandle | None = None
+        self.held: list[bytes] | None = None  # input waiting for the budget
 
     # --- asyncio protocol --------------------------------------------------------------
 
@@ -99,6 +107,13 @@ class C2SStream(Session, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.server.streams.add(self)
+        self.address = peer[0] if peer else "?"
+        per_ip = self.server.connections_per_ip
+        per_ip[self.address] += 1
+        if per_ip[self.address] > self.limits.max_connections_per_ip:
+            log.info("c2s connection from %s refused: too many from that address", self.peer)
+            self.close_with_error("policy-violation", "too many connections from your address")
+            return
         self.auth_timer = asyncio.get_running_loop().call_later(
             self.c2s.auth_timeout, self._auth_timed_out
         )
@@ -108,6 +123,12 @@ class C2SStream(Session, asyncio.Protocol):
         self.transport = None
         self.closing = True
         self.server.streams.discard(self)
+        per_ip = self.server.connections_per_ip
+        per_ip[self.address] -= 1
+        if per_ip[self.address] <= 0:
+            del per_ip[self.address]
+        if self.resume_timer is not None:
+            self.resume_timer.cancel()
         self._end_session()
         log.info(
             "c2s connection from %s closed (%s)%s",
@@ -119,7 +140,13 @@ class C2SStream(Session, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.last_received = time.monotonic()  # XEP-0199 idle pings look at this
+        now = time.monotonic()
+        self.last_received = now  # XEP-0199 idle pings look at this
+        if self.rate and self._pace(data, now):
+            return
+        self._process(data)
+
+    def _process(self, data: bytes) -> None:
         if self.inflater is None:
             self._received(data)
             return
@@ -135,6 +162,35 @@ class C2SStream(Session, asyncio.Protocol):
                 f"cannot decompress: {exc}",
                 f"<failure xmlns='{compression.NS_PROTOCOL}'><processing-failed/></failure>",
             )
+
+    def _pace(self, data: bytes, now: float) -> bool:
+        """Token bucket on input (limits.max_bytes_per_second, burst_bytes): input beyond the
+        budget is held, and reading paused, until the budget has refilled; TCP flow control
+        then slows the sender down and nothing it sent is dropped. True: `data` was held."""
+        self.tokens = min(self.burst, self.tokens + (now - self.tokens_at) * self.rate)
+        self.tokens_at = now
+        self.tokens -= len(data)
+        if self.held is not None:
+            self.held.append(data)
+            return True
+        if self.tokens >= 0 or self.transport is None:
+            return False
+        self.held = [data]
+        self.transport.pause_reading()
+        self.resume_timer = asyncio.get_running_loop().call_later(
+            -self.tokens / self.rate, self._release_held
+        )
+        return True
+
+    def _release_held(self) -> None:
+        self.resume_timer = None
+        held, self.held = self.held or [], None
+        for data in held:
+            if self.closing:
+                return
+            self._process(data)
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
 
     def _received(self, data: bytes) -> None:
         events = self.parser.feed(data)
@@ -596,6 +652,12 @@ class C2SStream(Session, asyncio.Protocol):
         then tells the server (`session_bound`). StanzaError(conflict) leaves it unbound."""
         assert self.host is not None
         existing = self.router.session(f"{local}@{self.host}", resource)
+        if existing is None and (
+            len(self.router.resources(f"{local}@{self.host}"))
+            >= self.limits.max_resources_per_account
+        ):
+            # RFC 6120 §7.6.2.1: the account has reached its number of connected resources.
+            raise StanzaError("resource-constraint", "too many sessions for this account")
         if existing is not None:
             # RFC 6120 §7.7.2.2: the configured policy decides.
             policy = self.c2s.resource_conflict
