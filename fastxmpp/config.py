@@ -75,6 +75,7 @@ class LimitsConfig:
     max_resources_per_account: int = 16  # bound sessions of one account (RFC 6120 §7.6.2.1)
     max_bytes_per_second: int = 131072  # sustained input per session; 0: unlimited
     burst_bytes: int = 524288  # input a session may send at once before pacing starts
+    max_outbound_buffer: int = 1048576  # unsent output per session before it is closed
 
 
 @dataclass(frozen=True)
@@ -358,6 +359,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "max_resources_per_account": _integer_at_least(1),
             "max_bytes_per_second": _integer_at_least(0),
             "burst_bytes": _integer_at_least(MIN_STANZA_SIZE),
+            "max_outbound_buffer": _integer_at_least(MIN_STANZA_SIZE),
         },
     ),
     "storage": (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -81,3 +82,43 @@ def test_fast_input_is_paced_not_dropped(make_server: Any, ca_file: str) -> None
     assert elapsed >= (count * 950 - burst) / rate * 0.8
     alice.close()
     bob.close()
+
+
+def test_a_client_that_stops_reading_is_closed(make_server: Any, ca_file: str) -> None:
+    srv: ServerProcess = make_server(
+        "[limits]\nmax_outbound_buffer = 65536\nmax_bytes_per_second = 0\n"
+    )
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    alice, bob = srv.client(), srv.client()
+    bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    alice.login(ca_file, "alice", PASSWORD, "flood")
+    bob.login(ca_file, "bob", PASSWORD, "asleep")
+    # Bob stops reading. Alice sends far more than the kernel buffers and the limit hold.
+    chunk = "".join(
+        f"<message to='bob@localhost/asleep' id='f{i}'><body>{'y' * 1000}</body></message>"
+        for i in range(100)
+    )
+    deadline = time.monotonic() + 60
+    while "output not read" not in srv.log_text():
+        assert time.monotonic() < deadline, "the slow reader was never closed"
+        alice.send(chunk)
+    # Bob's session is gone: a message to it now gets an error (RFC 6121 §8.5.3.2.1 falls
+    # back to the bare JID, where nobody is available: stored offline, no error), and an
+    # iq to the full JID gets service-unavailable (§8.5.3.2.3).
+    deadline = time.monotonic() + 10
+    while True:
+        alice.send(
+            "<iq type='get' id='probe' to='bob@localhost/asleep'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )
+        reply = alice.next()
+        while reply.get("id") != "probe":
+            reply = alice.next()
+        if stanza_error(reply) == "service-unavailable":
+            break
+        assert time.monotonic() < deadline, "bob's session stayed bound"
+        time.sleep(0.1)
+    assert srv.alive()
+    alice.close()
+    bob.abort()

@@ -49,6 +49,8 @@ STREAM_HEADER = (
     "xmlns:stream='http://etherx.jabber.org/streams' id={id} version='1.0' xml:lang={lang}{attrs}>"
 )
 STREAM_CLOSE = b"</stream:stream>"
+# Seconds a slow reader closed for unread output has to take its stream error.
+SLOW_READER_GRACE = 2.0
 # Debug traces never show input naming these namespaces: it may carry a password.
 SECRET_MARKERS = (ns.SASL.encode(), b"jabber:iq:register", b"jabber:iq:auth")
 
@@ -104,6 +106,8 @@ class C2SStream(Session, asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        # Beyond this much unsent output asyncio calls pause_writing: a slow reader.
+        transport.set_write_buffer_limits(high=self.limits.max_outbound_buffer)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.server.streams.add(self)
@@ -136,6 +140,23 @@ class C2SStream(Session, asyncio.Protocol):
             self.full or "unauthenticated",
             f": {exc}" if exc else "",
         )
+
+    def pause_writing(self) -> None:
+        """The client does not read what we send: close it before its output eats memory
+        (limits.max_outbound_buffer). The stream error is queued behind the unread output,
+        so the connection is aborted shortly after, which frees the buffer."""
+        if self.closing or self.transport is None:
+            return
+        log.info("c2s %s: output not read, %d bytes queued", self.peer, self.queued_output())
+        transport = self.transport
+        self.close_with_error("policy-violation", "too much unread output")
+        asyncio.get_running_loop().call_later(SLOW_READER_GRACE, transport.abort)
+
+    def resume_writing(self) -> None:
+        pass
+
+    def queued_output(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -538,6 +559,7 @@ class C2SStream(Session, asyncio.Protocol):
             if transport is None:
                 return
             self.transport = transport
+            transport.set_write_buffer_limits(high=self.limits.max_outbound_buffer)
             self.encrypted = True
             self.pending.clear()
             self._restart_stream()
