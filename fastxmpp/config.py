@@ -76,6 +76,10 @@ class LimitsConfig:
     max_bytes_per_second: int = 131072  # sustained input per session; 0: unlimited
     burst_bytes: int = 524288  # input a session may send at once before pacing starts
     max_outbound_buffer: int = 1048576  # unsent output per session before it is closed
+    auth_free_failures: int = 3  # failed logins answered at once; then back-off doubles
+    auth_failures_per_ip: int = 30  # within auth_failure_window: the address is refused
+    auth_failures_per_account: int = 10  # within auth_failure_window: the account is refused
+    auth_failure_window: float = 600.0  # seconds over which failures are counted
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,10 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "max_bytes_per_second": _integer_at_least(0),
             "burst_bytes": _integer_at_least(MIN_STANZA_SIZE),
             "max_outbound_buffer": _integer_at_least(MIN_STANZA_SIZE),
+            "auth_free_failures": _integer_at_least(0),
+            "auth_failures_per_ip": _integer_at_least(1),
+            "auth_failures_per_account": _integer_at_least(1),
+            "auth_failure_window": _positive_number,
         },
     ),
     "storage": (

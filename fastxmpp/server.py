@@ -23,6 +23,7 @@ from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
 from .storage.lmdb_store import DataDirLocked, ServerLock, Storage
 from .stream.c2s import C2SStream
+from .stream.throttle import AuthThrottle
 
 log = logging.getLogger("fastxmpp.server")
 T = TypeVar("T")
@@ -44,6 +45,13 @@ class Server:
         self.config = config
         self.streams: set[C2SStream] = set()
         self.connections_per_ip: Counter[str] = Counter()
+        limits = config.limits
+        self.auth_throttle = AuthThrottle(
+            limits.auth_free_failures,
+            limits.auth_failures_per_ip,
+            limits.auth_failures_per_account,
+            limits.auth_failure_window,
+        )
         self.background: set[asyncio.Task[Any]] = set()
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
         self.listeners: list[asyncio.AbstractServer] = []

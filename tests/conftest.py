@@ -136,7 +136,15 @@ class ServerProcess:
 @pytest.fixture(scope="module")
 def server(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A shared server for a test module: hosts localhost and example.test."""
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), ca, ("localhost", "example.test"))
+    # Many tests of a module fail logins on purpose from one address: the password-guessing
+    # back-off (tested on its own in test_limits.py) would slow them all down.
+    relaxed = (
+        "[limits]\nauth_free_failures = 100000\nauth_failures_per_ip = 100000\n"
+        "auth_failures_per_account = 100000\n"
+    )
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("server"), ca, ("localhost", "example.test"), relaxed
+    )
     for user in ("alice", "bob", "carol", "dave"):
         srv.adduser(f"{user}@localhost")
     srv.start()

@@ -7,7 +7,9 @@ import time
 from typing import Any
 
 from conftest import PASSWORD, ServerProcess
-from xmpp_raw import CLIENT, stanza_error
+from xmpp_raw import CLIENT, SASL, stanza_error
+
+from fastxmpp.stream.throttle import AuthThrottle
 
 
 def test_connections_per_ip(make_server: Any, ca_file: str) -> None:
@@ -122,3 +124,66 @@ def test_a_client_that_stops_reading_is_closed(make_server: Any, ca_file: str) -
     assert srv.alive()
     alice.close()
     bob.abort()
+
+
+def test_throttle_backs_off_then_refuses() -> None:
+    now = [0.0]
+    throttle = AuthThrottle(2, per_ip=5, per_account=3, window=60, clock=lambda: now[0])
+    delays = []
+    for _ in range(3):
+        throttle.record_failure("10.0.0.1", "alice@example.org")
+        delays.append(throttle.delay("10.0.0.1", "alice@example.org"))
+    assert delays == [0.0, 1.0, 2.0]  # two free failures, then doubling
+    # The account is refused from any address; other accounts from elsewhere are not.
+    assert throttle.refused("192.0.2.9", "alice@example.org")
+    assert not throttle.refused("192.0.2.9", "bob@example.org")
+    for _ in range(2):
+        throttle.record_failure("10.0.0.1", None)
+    assert throttle.refused("10.0.0.1")  # five failures from the address
+    now[0] = 61.0  # the window has passed: everything is forgiven
+    assert not throttle.refused("10.0.0.1", "alice@example.org")
+    assert throttle.delay("10.0.0.1", "alice@example.org") == 0.0
+
+
+def test_password_guessing_is_refused_per_account(make_server: Any, ca_file: str) -> None:
+    srv: ServerProcess = make_server(
+        "[limits]\nauth_free_failures = 10\nauth_failures_per_ip = 100\n"
+        "auth_failures_per_account = 4\n[c2s]\nmax_sasl_failures = 100\n"
+    )
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    c = srv.client()
+    c.open_stream()
+    c.starttls(ca_file)
+    for _ in range(4):
+        assert c.sasl_scram("alice", "guess").find(f"{{{SASL}}}not-authorized") is not None
+    # Now even the right password is refused for alice, for the rest of the window.
+    refused = c.sasl_scram("alice", PASSWORD)
+    assert refused.find(f"{{{SASL}}}temporary-auth-failure") is not None
+    c.close()
+    other = srv.client()
+    assert other.login(ca_file, "bob", PASSWORD, "fine") == "bob@localhost/fine"
+    other.close()
+
+
+def test_password_guessing_is_refused_per_address(make_server: Any, ca_file: str) -> None:
+    srv: ServerProcess = make_server(
+        "[limits]\nauth_free_failures = 1\nauth_failures_per_ip = 3\n"
+        "auth_failures_per_account = 100\n"
+    )
+    srv.adduser("alice@localhost")
+    srv.start()
+    for user in ("u1", "u2", "u3"):  # different accounts, one address
+        c = srv.client()
+        c.open_stream()
+        c.starttls(ca_file)
+        assert c.sasl_scram(user, "guess").find(f"{{{SASL}}}not-authorized") is not None
+        c.close()
+    c = srv.client()
+    c.open_stream()
+    c.starttls(ca_file)
+    failure = c.sasl_scram("alice", PASSWORD)
+    assert failure.find(f"{{{SASL}}}temporary-auth-failure") is not None
+    c.close()
+    assert srv.alive()

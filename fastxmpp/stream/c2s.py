@@ -580,6 +580,10 @@ class C2SStream(Session, asyncio.Protocol):
             self._sasl_failure("aborted", "a new <auth/> aborts the previous exchange")
             return
         mechanism = st.attrs.get("mechanism", "")
+        if self.server.auth_throttle.refused(self.address):
+            # Too many failed logins from this address lately (limits.auth_failures_per_ip).
+            self._sasl_failure("temporary-auth-failure", "too many failed logins, try later")
+            return
         if mechanism not in offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted):
             self._sasl_failure("invalid-mechanism")
             return
@@ -621,6 +625,20 @@ class C2SStream(Session, asyncio.Protocol):
 
     async def _sasl_step(self, pending_outcome: Any) -> None:
         outcome = await pending_outcome
+        exchange = self.sasl
+        account = self._throttle_key(exchange)
+        throttle = self.server.auth_throttle
+        if isinstance(outcome, Success | Failure) and throttle.refused(self.address, account):
+            # The account is under attack (limits.auth_failures_per_account): refused for
+            # the rest of the window whatever the password, RFC 6120 §6.5.12.
+            outcome = Failure("temporary-auth-failure", "too many failed logins, try later")
+        elif isinstance(outcome, Failure) and outcome.condition == "not-authorized":
+            throttle.record_failure(self.address, account)
+            delay = throttle.delay(self.address, account)
+            if delay:
+                await asyncio.sleep(delay)  # back-off: this stream's input waits too
+            if self.closing:
+                return
         if isinstance(outcome, Challenge):
             data = _b64(outcome.data) if outcome.data else ""
             self.send(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
@@ -641,6 +659,11 @@ class C2SStream(Session, asyncio.Protocol):
         elif isinstance(outcome, Failure):
             self.sasl = None
             self._sasl_failure(outcome.condition, outcome.text)
+
+    def _throttle_key(self, exchange: SaslExchange | None) -> str | None:
+        if exchange is None or exchange.username is None:
+            return None
+        return f"{exchange.username}@{self.host}"
 
     def _sasl_failure(self, condition: str, text: str | None = None) -> None:
         self.sasl_failures += 1

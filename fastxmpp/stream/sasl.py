@@ -48,6 +48,9 @@ Outcome = Challenge | Success | Failure
 class SaslExchange:
     """One authentication attempt with one mechanism."""
 
+    # The (prepared) localpart the client named, once known: failures count against it.
+    username: str | None = None
+
     async def start(self, initial: bytes | None) -> Outcome:
         raise NotImplementedError
 
@@ -70,8 +73,10 @@ class ScramExchange(SaslExchange):
         self._stage = 0
 
     def _auth_info(self, username: str) -> tuple[bytes, bytes, bytes, int]:
+        self.username = _decode_scram_username(username)
         try:
             local = normalize_local(_decode_scram_username(username))
+            self.username = local
             info = self._accounts.scram_auth_info(self._domain, local, self._mechanism)
         except JIDError:
             info = None
@@ -140,7 +145,9 @@ class PlainExchange(SaslExchange):
             return Failure("malformed-request", "expected authzid NUL authcid NUL password")
         try:
             authzid, authcid, password = (p.decode() for p in parts)
+            self.username = authcid
             local = normalize_local(authcid)
+            self.username = local
         except (UnicodeDecodeError, JIDError):
             return Failure("not-authorized")
         if authzid and authzid != f"{local}@{self._domain}":
