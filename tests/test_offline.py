@@ -6,6 +6,7 @@ runs), so storage is checked independently of delivery."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -240,9 +241,13 @@ class FakeTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.closing = False
+        self.unread = 0  # bytes the client has not read yet
 
     def is_closing(self) -> bool:
         return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.unread
 
 
 class FakeSession:
@@ -262,23 +267,26 @@ class FakeSession:
     def flush(self) -> None:
         if self.transport is not None:
             self.transport.written.extend(self._out)
+            self.transport.unread += sum(map(len, self._out))
         self._out = []
 
 
-def offline_module(tmp_path: Any, max_messages: int = 1000) -> Any:
+def offline_module(tmp_path: Any, max_messages: int = 1000, max_output: int = 1 << 20) -> Any:
     from types import SimpleNamespace
 
-    from fastxmpp.config import OfflineConfig, load_config
+    from fastxmpp.config import LimitsConfig, OfflineConfig, load_config
     from fastxmpp.modules.base import ModuleHub
     from fastxmpp.modules.offline import OfflineModule
 
     config = load_config(None)
     object.__setattr__(config, "offline", OfflineConfig(True, max_messages))
+    object.__setattr__(config, "limits", LimitsConfig(max_outbound_buffer=max_output))
     server = SimpleNamespace(
         config=config,
         router=SimpleNamespace(message_hook=None),
         modules=ModuleHub(),
         storage=Storage(tmp_path / "data"),
+        background=set(),
     )
     module = OfflineModule(server)
     server.modules.load([module])
@@ -340,4 +348,47 @@ def test_module_quota(tmp_path: Any) -> None:
     with pytest.raises(StanzaError) as err:
         module.router.message_hook(sender, third, target)
     assert err.value.condition == "service-unavailable"
+    module.server.storage.close()
+
+
+async def test_module_paces_a_large_backlog(tmp_path: Any) -> None:
+    """More than half the output limit waits for the client to read: a burst would get it
+    disconnected as a slow reader, after its messages had left storage."""
+    module = offline_module(tmp_path, max_output=4000)
+    sender = FakeSession("alice")
+    target = ("bob", "localhost", "", "bob@localhost")
+    body = "x" * 100
+    for st in stanzas(
+        *[f"<message to='bob@localhost' id='{n}'><body>{body}</body></message>" for n in range(50)]
+    ):
+        module.router.message_hook(sender, st, target)
+    bob = FakeSession("bob")
+    transport = bob.transport
+    assert transport is not None
+    module.initial_presence(bob)
+    first = len(transport.written)
+    assert 0 < first < 50
+    assert transport.unread <= 2000  # half of max_outbound_buffer
+    assert module.store.count("localhost", "bob") == 50 - first
+    # A second resource does not start a second delivery of the same messages.
+    other = FakeSession("bob")
+    module.initial_presence(other)
+    assert other.transport is not None and other.transport.written == []
+    # Unread output: nothing more goes out.
+    await asyncio.sleep(0.1)
+    assert len(transport.written) == first
+    # The client reads; the rest follows, in order.
+    for _ in range(100):
+        transport.unread = 0
+        await asyncio.sleep(0.03)
+        if len(transport.written) == 50:
+            break
+    ids = [
+        etree.fromstring(b"<w xmlns='jabber:client'>" + d + b"</w>")[0].get("id")
+        for d in transport.written
+    ]
+    assert ids == [str(n) for n in range(50)]
+    assert module.store.count("localhost", "bob") == 0
+    await asyncio.sleep(0.05)
+    assert not module.delivering
     module.server.storage.close()

@@ -5,7 +5,9 @@ available resource of non-negative priority reaches the router's `message_hook`;
 with the server's <delay/> already inside and committed to LMDB before the hook says "taken".
 At the account's next initial presence with a non-negative priority (XEP-0160 §2, Process
 Flow) the queue goes to that resource, oldest first, and each message is deleted once written
-to the transport.
+to the transport. A backlog larger than half of `limits.max_outbound_buffer` goes out in
+steps as the client reads (a burst would get it disconnected as a slow reader); live messages
+may then arrive among the last stored ones.
 
 Policy:
 - headline, groupchat and error messages are never stored (XEP-0160 §3, Handling of Message
@@ -19,6 +21,7 @@ Policy:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
@@ -42,6 +45,10 @@ NS_CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
 # type is handled as normal).
 NOT_STORED_TYPES = frozenset(("headline", "groupchat", "error"))
 DELAY_REASON = "Offline Storage"
+# Delivery: messages read from storage at a time, and how often a paced delivery looks
+# whether the client has read what it was sent.
+BATCH = 200
+PACING_INTERVAL = 0.02
 
 
 def with_delay(data: bytes, empty: bool, domain: str, stamp: str) -> bytes:
@@ -69,6 +76,11 @@ class OfflineModule(Module):
         super().__init__(server)
         self.settings = self.config.offline
         self.store: OfflineStore | None = None
+        # Unsent output a delivery may fill: half of what gets a slow reader disconnected
+        # (limits.max_outbound_buffer), so a large backlog never trips that limit.
+        self.output_budget = self.config.limits.max_outbound_buffer // 2
+        # Accounts with a paced delivery under way (a second resource does not start one).
+        self.delivering: set[str] = set()
 
     def start(self) -> None:
         if not self.settings.enabled:
@@ -105,23 +117,55 @@ class OfflineModule(Module):
     # --- delivery (XEP-0160 §2) -------------------------------------------------------------
 
     def initial_presence(self, session: C2SStream) -> None:
-        if self.store is None or session.priority < 0:
+        if self.store is None or session.priority < 0 or session.bare in self.delivering:
             return
-        messages = self.store.peek(session.domain, session.local)
-        if not messages:
+        if not self._deliver_batch(session):
             return
-        delivered = []
+        # More than one output buffer's worth: the rest follows as the client reads.
+        self.delivering.add(session.bare)
+        task = asyncio.get_running_loop().create_task(self._deliver_rest(session))
+        self.server.background.add(task)
+        task.add_done_callback(self.server.background.discard)
+        task.add_done_callback(lambda _t: self.delivering.discard(session.bare))
+
+    def _deliver_batch(self, session: C2SStream) -> bool:
+        """Hand the oldest stored messages to the transport, as many as fit the output budget
+        (at least one), and delete them; True when more may remain."""
+        assert self.store is not None
+        transport = session.transport
+        if transport is None or transport.is_closing() or session.closing:
+            return False
+        room = self.output_budget - transport.get_write_buffer_size()
+        messages = self.store.peek(session.domain, session.local, BATCH)
+        delivered: list[bytes] = []
+        size = 0
         for key, data in messages:
-            transport = session.transport
-            if transport is None or transport.is_closing() or session.closing:
+            if delivered and size + len(data) > room:
                 break
             session.send(data)
             delivered.append(key)
+            size += len(data)
         # Into the transport before they leave storage: a message is never in neither place.
         session.flush()
         if delivered:
             self.store.remove(delivered)
             log.info("delivered %d offline messages to %s", len(delivered), session.full)
+        return len(delivered) < len(messages) or len(messages) == BATCH
+
+    async def _deliver_rest(self, session: C2SStream) -> None:
+        while True:
+            await asyncio.sleep(PACING_INTERVAL)
+            transport = session.transport
+            if transport is None or session.closing:
+                return
+            if transport.get_write_buffer_size() > self.output_budget // 2:
+                continue
+            try:
+                if not self._deliver_batch(session):
+                    return
+            except Exception:
+                log.exception("offline delivery to %s failed", session.full)
+                return
 
 
 MODULE = OfflineModule

@@ -66,14 +66,15 @@ class OfflineStore:
 
         self.storage.write(append, db=self._db)
 
-    def peek(self, domain: str, local: str) -> list[tuple[bytes, bytes]]:
-        """(key, message) of every stored message, oldest first."""
+    def peek(self, domain: str, local: str, limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        """(key, message) of the oldest `limit` stored messages (all without a limit), oldest
+        first."""
         prefix = _prefix(domain, local)
-        messages = []
+        messages: list[tuple[bytes, bytes]] = []
         with self.storage.env.begin(db=self._db) as txn:
             cursor = txn.cursor()
             found = cursor.set_range(prefix)
-            while found:
+            while found and (limit is None or len(messages) < limit):
                 key = bytes(cursor.key())
                 if not key.startswith(prefix):
                     break
