@@ -178,3 +178,26 @@ async def test_slixmpp_disco(server: ServerProcess, ca_file: str) -> None:
     finally:
         client.disconnect()
         await asyncio.sleep(0.1)
+
+
+def test_subscribed_contact_sees_account_info(make_server: Any, ca_file: str) -> None:
+    from test_server_features import subscribe
+
+    srv = make_server()
+    for user in ("alice", "bob", "carol"):
+        srv.adduser(f"{user}@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        subscribe(srv, ca_file, opened)  # alice's roster: bob with subscription "from"
+        _, bob = opened
+        query = query_of(ask(bob, INFO, "alice@localhost"), INFO)
+        assert identities(query) == [("account", "registered", None)]
+        # The other way round: bob's roster has alice with "to" only.
+        alice = opened[0]
+        assert stanza_error(ask(alice, INFO, "bob@localhost")) == "service-unavailable"
+        carol = login(srv, ca_file, opened, "carol")
+        assert stanza_error(ask(carol, INFO, "alice@localhost")) == "service-unavailable"
+    finally:
+        for c in opened:
+            c.close()
