@@ -1,12 +1,13 @@
 """XEP-0012 Last Activity.
 
-- To the server (§5, Server and Component Query): seconds since it started.
+- To the server, or with no 'to' (§5, Server and Component Query): seconds since it started.
 - To an account's bare JID, answered by the server on the account's behalf: only to the
   account itself and to contacts the account lets see its presence (subscription "from" or
   "both", asked of the roster module; without a roster module nobody else), else forbidden
-  (§3, §7). With a connected resource: seconds 0 (§4: idle time is not tracked). Offline:
-  seconds since its last resource went away, with the status of its last unavailable
-  presence (§3). An account that never logged out since this store exists: item-not-found.
+  (§3, §8). With a connected resource: seconds 0 (§3). Offline: seconds since its last
+  resource went away, with the status of its last unavailable presence (§3; the presence
+  module keeps it on the session). An account that never logged out since this store exists:
+  item-not-found.
 
 The logout time is recorded in fastxmpp/storage/last.py when an account's last session ends.
 """
