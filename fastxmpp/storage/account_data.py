@@ -13,7 +13,8 @@ from typing import Any
 
 from .lmdb_store import Storage
 
-# purge(storage, txn, domain, local): delete the account's records in `txn`.
+# purge(storage, txn, domain, local): delete the account's records in `txn`. It runs inside
+# a write transaction: get database handles with `storage.database(name, txn=txn)`.
 Purge = Callable[[Storage, Any, str, str], None]
 _PURGES: dict[str, Purge] = {}
 

@@ -56,11 +56,13 @@ class Storage:
             raise RuntimeError("storage is closed")
         return self._env
 
-    def database(self, name: str) -> Any:
-        """A named sub-database, created on first use; the handle is opened once and reused."""
+    def database(self, name: str, txn: Any = None) -> Any:
+        """A named sub-database, created on first use; the handle is opened once and reused.
+        Inside a write transaction pass it as `txn`: opening a database starts a transaction
+        of its own otherwise, which would wait forever for the write lock we hold."""
         handle = self._databases.get(name)
         if handle is None:
-            handle = self.env.open_db(name.encode(), create=True)
+            handle = self.env.open_db(name.encode(), txn=txn, create=True)
             self._databases[name] = handle
         return handle
 
