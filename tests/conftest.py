@@ -176,8 +176,8 @@ def assert_still_serving(srv: ServerProcess, ca_file: str, user: str = "alice") 
         assert jid.startswith(f"{user}@localhost/")
         c.send("<iq type='get' id='still'><ping xmlns='urn:xmpp:ping'/></iq>")
         reply = c.next()
-        # Any answer proves the session is served (ping itself arrives with issue 4).
-        assert reply.get("id") == "still"
+        # XEP-0199: the server answers its pings with an empty result.
+        assert reply.get("id") == "still" and reply.get("type") == "result"
     finally:
         c.close()
 
