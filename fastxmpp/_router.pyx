@@ -284,19 +284,20 @@ cdef class Router:
                 self.presence_hook(origin, st)
             return
         local, domain, resource, bare = target
-        if domain not in self._hosts:
-            if ptype != "error":
-                raise StanzaError("remote-server-not-found", f"{domain} is not served here")
-            return
-        if not local:
-            return
         if ptype in SUBSCRIPTION_TYPES or ptype == "probe":
-            # RFC 6121 §3 and §4.3: the server acts on these (the presence module).
+            # RFC 6121 §3 and §4.3: the server acts on these (the presence module), for
+            # remote contacts too: the roster changes even though nothing is routed yet.
             if self.presence_hook is not None:
                 self.presence_hook(origin, st)
                 return
             if ptype == "probe":
                 return
+        if domain not in self._hosts:
+            # RFC 6121 routes presence to remote domains; without server-to-server links
+            # it is dropped, silently as presence is (§4.6.2, no error to the sender).
+            return
+        if not local:
+            return
         resources = self._users.get(bare)
         if resources is None:
             # RFC 6121 §8.5.1 / §8.5.2.2.2: silently ignored (but still remembered as

@@ -1,0 +1,351 @@
+"""RFC 6121 §3 subscriptions and §4 presence, for the domains this server hosts.
+
+Subscriptions: a subscription stanza a user sends goes through the outbound table of
+Appendix A (subscription_states.outbound) on the user's roster, and, when it is routed, through
+the inbound table on the contact's roster; both sides change in the roster module, which
+pushes what a client can see. The server itself:
+- stamps the user's bare JID as 'from' and the contact's bare JID as 'to' (§3.1.2);
+- answers "subscribed" for a contact already letting the user see its presence, or that
+  pre-approved the user (§3.1.3, §3.4), and "unsubscribed" for an account that does not exist;
+- keeps a request it delivers, whole (status, nick), until it is answered, and delivers it
+  again at each initial presence (§3.1.3);
+- sends the contact's current presence to the user as soon as the user may see it, and
+  unavailable presence when the user no longer may (§3.1.5, §3.2.2, §3.3.2).
+Contacts on other domains: the user's roster changes, nothing is routed (no server-to-server
+links yet).
+
+Presence (§4): initial presence goes to the contacts with subscription from/both and to all
+of the user's available resources (including the sender); the newly available resource gets
+the last presence of the user's other resources and of every contact it is subscribed to
+(the server answers probes for local contacts itself, from each resource's last available
+presence), then its pending subscription requests, then `hub.initial_presence` (offline
+messages). Later presence goes to the same set; unavailable presence too, plus every entity
+the session sent directed presence to (§4.6.3); a session that just goes away counts as
+unavailable (§4.5.4). Nobody outside from/both gets broadcast presence. A probe from a client
+is answered only when the prober may see the presence (§4.3.2); otherwise nothing is sent.
+Broadcast presence carries the sender's full JID as 'from' and no 'to' (one copy for all
+recipients, the cheapest).
+
+Per-session state (attributes on the session): `presence_last` (bytes of the last available
+presence broadcast, or None before initial presence / after unavailable), `presence_directed`
+(JIDs sent directed available presence since), `presence_unavailable_status` (for XEP-0012).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import quoteattr
+
+from ..errors import StanzaError
+from ..jid import JID, JIDError, parse_jid
+from ..storage.lmdb_store import StorageFull
+from ..storage.roster import RosterItem
+from .base import Module
+from .subscription_states import SUBSCRIPTION_KINDS, State, inbound, outbound
+
+if TYPE_CHECKING:
+    from .._parser import Stanza
+    from ..stream.c2s import C2SStream
+    from .roster import RosterModule
+
+log = logging.getLogger("fastxmpp.presence")
+
+NS_PRE_APPROVAL_FEATURE = "urn:xmpp:features:pre-approval"
+CLIENT_STATUS = "{jabber:client}status"
+# Directed presence remembered per session; beyond that the oldest is not tracked any more.
+MAX_DIRECTED = 1000
+
+
+def bare_jid(text: str) -> JID | None:
+    try:
+        jid = parse_jid(text)
+    except JIDError:
+        return None
+    return JID(jid.local, jid.domain, "")
+
+
+class PresenceModule(Module):
+    name = "presence"
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.roster: RosterModule | None = None
+
+    def start(self) -> None:
+        self.roster = self.hub.get("roster")
+        if self.roster is None:
+            log.warning("no roster module: presence goes to the user's own resources only")
+        self.hub.claim_hook(self, "presence_hook", self.presence)
+        self.hub.claim_hook(self, "directed_presence_hook", self.directed)
+
+    def stream_features(self, stream: C2SStream) -> str:
+        if stream.authenticated_local is None or self.roster is None:
+            return ""
+        return f"<sub xmlns='{NS_PRE_APPROVAL_FEATURE}'/>"
+
+    def session_bound(self, session: C2SStream) -> None:
+        session.presence_last = None
+        session.presence_directed = {}
+        session.presence_unavailable_status = None
+
+    def session_ended(self, session: C2SStream) -> None:
+        # §4.5.4: a session that is gone without unavailable presence.
+        if getattr(session, "presence_last", None) is None and not getattr(
+            session, "presence_directed", None
+        ):
+            return
+        data = f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode()
+        self._broadcast_unavailable(session, data)
+
+    # --- the router's hooks ------------------------------------------------------------
+
+    def presence(self, origin: C2SStream, st: Stanza) -> None:
+        """presence_hook: broadcast presence (no 'to'), subscription stanzas and probes."""
+        ptype = st.attrs.get("type")
+        to = st.attrs.get("to")
+        if to is None:
+            if ptype is None:
+                self._available(origin, st)
+            elif ptype == "unavailable":
+                self._unavailable(origin, st)
+            # Anything else without 'to' (a subscription to nobody, a probe of nobody, an
+            # error) has nothing to act on.
+            return
+        contact = bare_jid(to)
+        if contact is None:
+            raise StanzaError("jid-malformed", "the 'to' address is not a JID")
+        if ptype == "probe":
+            self._client_probe(origin, contact)
+        elif ptype in SUBSCRIPTION_KINDS:
+            self._outbound_subscription(origin, st, ptype, contact)
+
+    def directed(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> None:
+        """directed_presence_hook: remember who got directed available presence (§4.6)."""
+        local, _domain, resource, bare = target
+        recipient = f"{bare}/{resource}" if resource else bare
+        directed: dict[str, None] = origin.presence_directed
+        if st.attrs.get("type") == "unavailable":
+            directed.pop(recipient, None)
+            return
+        if (
+            origin.presence_last is not None
+            and self.roster is not None
+            and local
+            and self.roster.subscription(origin.domain, origin.local, bare) in ("from", "both")
+        ):
+            return  # §4.6.2: a contact that gets the broadcast anyway
+        if len(directed) >= MAX_DIRECTED:
+            directed.pop(next(iter(directed)))
+        directed[recipient] = None
+
+    # --- presence broadcast (§4.2, §4.4, §4.5) -----------------------------------------
+
+    def _subscribers(self, session: C2SStream) -> tuple[str, ...]:
+        if self.roster is None:
+            return ()
+        return self.roster.presence_subscribers(session.domain, session.local)
+
+    def _to_available(self, bare: str, data: bytes) -> None:
+        for session in self.router.resources(bare).values():
+            if session.available:
+                session.send(data)
+
+    def _available(self, origin: C2SStream, st: Stanza) -> None:
+        initial = origin.presence_last is None
+        data = st.with_attrs({"from": origin.full})
+        origin.presence_last = data
+        origin.presence_unavailable_status = None
+        for contact in self._subscribers(origin):
+            self._to_available(contact, data)
+        own = self.router.resources(origin.bare)
+        for session in own.values():
+            if session.available:
+                session.send(data)
+        if not initial:
+            return
+        # §4.2.2: the new resource learns the presence of the user's other resources ...
+        for session in own.values():
+            last = getattr(session, "presence_last", None)
+            if session is not origin and last is not None:
+                origin.send(last)
+        if self.roster is not None:
+            # ... and of its contacts (§4.3: probes, answered here for local contacts) ...
+            for contact in self.roster.presence_sources(origin.domain, origin.local):
+                self._answer_probe(contact, origin.bare, origin)
+            # ... and gets the subscription requests still waiting (§3.1.3).
+            for request in self.roster.pending_requests(origin.domain, origin.local):
+                origin.send(request)
+        self.hub.initial_presence(origin)
+
+    def _unavailable(self, origin: C2SStream, st: Stanza) -> None:
+        element = st.element()
+        origin.presence_unavailable_status = element.findtext(CLIENT_STATUS)
+        data = st.with_attrs({"from": origin.full})
+        if origin.presence_last is None:
+            # Not available: nothing to take back from contacts (§4.5.2), only directed.
+            self._broadcast_unavailable(origin, data, contacts=False)
+            return
+        self._broadcast_unavailable(origin, data)
+        origin.send(data)  # §4.5.2: the resource that sent it gets it too
+
+    def _broadcast_unavailable(
+        self, session: C2SStream, data: bytes, contacts: bool = True
+    ) -> None:
+        """Unavailable presence from `session` to contacts, the user's other available
+        resources and every entity that got directed presence (§4.5.2, §4.6.3)."""
+        if contacts:
+            session.presence_last = None
+            for contact in self._subscribers(session):
+                self._to_available(contact, data)
+            for other in self.router.resources(session.bare).values():
+                if other is not session and other.available:
+                    other.send(data)
+        directed: dict[str, None] = session.presence_directed
+        for recipient in directed:
+            bare, _, resource = recipient.partition("/")
+            if resource:
+                target = self.router.session(bare, resource)
+                if target is not None:
+                    target.send(data)
+            else:
+                self._to_available(bare, data)
+        directed.clear()
+
+    # --- probes (§4.3) -----------------------------------------------------------------
+
+    def _answer_probe(self, contact: str, prober_bare: str, to_session: C2SStream) -> None:
+        """The contact's server answering a probe: the last presence of each available
+        resource of `contact`, if `prober_bare` may see it (§4.3.2); otherwise nothing."""
+        resources = self.router.resources(contact)
+        if not resources:
+            return  # offline or remote: no answer (§4.3.2 allows silence)
+        assert self.roster is not None
+        local, _, domain = contact.partition("@")
+        if self.roster.subscription(domain, local, prober_bare) not in ("from", "both"):
+            return
+        for session in resources.values():
+            last = getattr(session, "presence_last", None)
+            if last is not None:
+                to_session.send(last)
+
+    def _client_probe(self, origin: C2SStream, contact: JID) -> None:
+        if self.roster is None or not contact.local:
+            return
+        if contact.bare == origin.bare:
+            for session in self.router.resources(origin.bare).values():
+                last = getattr(session, "presence_last", None)
+                if last is not None:
+                    origin.send(last)
+            return
+        self._answer_probe(contact.bare, origin.bare, origin)
+
+    # --- subscriptions (§3, Appendix A) ------------------------------------------------
+
+    def _outbound_subscription(
+        self, origin: C2SStream, st: Stanza, kind: str, contact: JID
+    ) -> None:
+        """A subscription stanza the user sends (§3.1.2, §3.2.2, §3.3.2, §3.4.1)."""
+        if self.roster is None:
+            return
+        roster = self.roster
+        state, approved = roster.state(origin.domain, origin.local, contact.bare)
+        outcome = outbound(state, kind, approved)
+        if kind == "subscribe" and roster.item(origin.domain, origin.local, contact.bare) is None:
+            listed = roster.roster(origin.domain, origin.local).listed_count()
+            if listed >= roster.max_items:
+                raise StanzaError("not-allowed", f"a roster holds at most {roster.max_items}")
+        user = (origin.domain, origin.local, contact.bare)
+        if not self._change(*user, state, outcome.new, outcome.pre_approved):
+            raise StanzaError("resource-constraint", "the server's storage is full")
+        if outcome.forward:
+            data = st.with_attrs({"from": origin.bare, "to": contact.bare})
+            self._inbound(origin.bare, contact, kind, data)
+
+    def _inbound(self, sender: str, contact: JID, kind: str, data: bytes) -> None:
+        """A subscription stanza from `sender` (bare JID, local) reaching `contact`'s
+        server (§3.1.3, §3.1.6, §3.2.3, §3.3.3)."""
+        assert self.roster is not None
+        if not self.router.is_local(contact.domain):
+            return  # no server-to-server links: dropped
+        if not contact.local or not self.router.user_exists(contact.domain, contact.local):
+            if kind == "subscribe":
+                # §3.1.3: no such account: the request is refused on its behalf.
+                self._reply(contact.bare, sender, "unsubscribed")
+            return
+        state, approved = self.roster.state(contact.domain, contact.local, sender)
+        outcome = inbound(state, kind, approved)
+        pending = data if kind == "subscribe" and outcome.new.pending_in else None
+        self._change(
+            contact.domain, contact.local, sender, state, outcome.new, outcome.pre_approved, pending
+        )
+        if outcome.forward:
+            self._to_available(contact.bare, data)
+        if outcome.auto_reply is not None:
+            self._reply(contact.bare, sender, outcome.auto_reply)
+
+    def _reply(self, from_bare: str, to_bare: str, kind: str) -> None:
+        """A subscription stanza the server sends on behalf of account `from_bare`."""
+        data = (
+            f"<presence type='{kind}' from={quoteattr(from_bare)} to={quoteattr(to_bare)}/>"
+        ).encode()
+        target = bare_jid(to_bare)
+        if target is not None:
+            self._inbound(from_bare, target, kind, data)
+
+    def _change(
+        self,
+        domain: str,
+        local: str,
+        contact: str,
+        old: State,
+        new: State,
+        pre_approved: bool,
+        pending_request: bytes | None = None,
+    ) -> bool:
+        """Store the new state of `contact` for local@domain, and give the account the
+        contact's presence when it starts or stops being allowed to see it. False when
+        the storage is full (nothing changed)."""
+        assert self.roster is not None
+        try:
+            self.roster.apply(domain, local, contact, new, pre_approved, pending_request)
+        except StorageFull:
+            log.error("storage full: subscription of %s@%s to %s unchanged", local, domain, contact)
+            return False
+        if old.receives_presence != new.receives_presence:
+            self._presence_visibility_changed(f"{local}@{domain}", contact, new.receives_presence)
+        return True
+
+    def _presence_visibility_changed(self, user: str, contact: str, visible: bool) -> None:
+        """§3.1.5: the contact's presence now; §3.2.2/§3.3.2: unavailable from it."""
+        for session in self.router.resources(contact).values():
+            last = getattr(session, "presence_last", None)
+            if last is None:
+                continue
+            if visible:
+                self._to_available(user, last)
+            else:
+                self._to_available(
+                    user,
+                    f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode(),
+                )
+
+    def roster_item_removed(self, origin: C2SStream, item: RosterItem) -> None:
+        """§2.5.2: the user removed `item`: the contact is told as if the user had sent
+        unsubscribe (when subscribed to it, or asking) and unsubscribed (when it was
+        subscribed to the user, or asking)."""
+        if self.roster is None:
+            return
+        old = State(item.subscription, item.ask, item.pending_in is not None)
+        contact = bare_jid(item.jid)
+        if contact is None:
+            return
+        if old.receives_presence or old.pending_out:
+            self._reply(origin.bare, contact.bare, "unsubscribe")
+        if old.sends_presence or old.pending_in:
+            self._reply(origin.bare, contact.bare, "unsubscribed")
+        if old.receives_presence:
+            self._presence_visibility_changed(origin.bare, contact.bare, False)
+
+
+MODULE = PresenceModule

@@ -1,0 +1,165 @@
+"""Rosters (RFC 6121 §2) with their hidden subscription state (§3, Appendix A).
+
+Database "roster", one record per (account, contact) and one per account:
+
+- key `domain NUL local NUL contact`: msgpack map of the item (see `RosterItem.record`). An
+  item that is not "listed" is not in the roster the client sees: it is either a pending
+  inbound subscription request from someone the account has not added (§3.1.3: the request
+  is kept, with its status and nick, until answered) or a tombstone of a removed item, kept
+  so that roster versioning (§2.6) can tell a client that had the item to remove it.
+- key `domain NUL local NUL` (empty contact): msgpack map {"v": version counter, "f": floor}.
+  Every change a client can see takes the next version; the item remembers the version of
+  its last change, so a client that presents version N gets exactly the items changed after
+  N. Old tombstones are dropped now and then; `floor` is then raised to the newest version
+  dropped, and a client presenting a version below it gets the whole roster.
+
+Every change is one write transaction (item and counter together).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+import msgpack
+
+from .account_data import delete_prefix, register_purge
+from .lmdb_store import Storage
+
+DATABASE = "roster"
+
+
+def _prefix(domain: str, local: str) -> bytes:
+    return f"{domain}\0{local}\0".encode()
+
+
+@dataclass
+class RosterItem:
+    jid: str
+    name: str | None = None
+    groups: tuple[str, ...] = ()
+    subscription: str = "none"  # "none", "to", "from", "both"
+    ask: bool = False  # Pending Out: shown as ask="subscribe" (§2.1.2.2)
+    approved: bool = False  # pre-approved (§3.4), shown as approved="true"
+    listed: bool = True  # in the roster the client sees
+    pending_in: bytes | None = None  # the contact's waiting subscription request (stanza)
+    version: int = 0  # the roster version of the last visible change
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"s": self.subscription, "v": self.version}
+        if self.name is not None:
+            out["n"] = self.name
+        if self.groups:
+            out["g"] = list(self.groups)
+        if self.ask:
+            out["a"] = True
+        if self.approved:
+            out["p"] = True
+        if not self.listed:
+            out["x"] = True
+        if self.pending_in is not None:
+            out["i"] = self.pending_in
+        return out
+
+    @classmethod
+    def from_record(cls, jid: str, record: dict[str, Any]) -> RosterItem:
+        return cls(
+            jid=jid,
+            name=record.get("n"),
+            groups=tuple(record.get("g", ())),
+            subscription=record.get("s", "none"),
+            ask=bool(record.get("a")),
+            approved=bool(record.get("p")),
+            listed=not record.get("x"),
+            pending_in=record.get("i"),
+            version=int(record.get("v", 0)),
+        )
+
+    def visible(self) -> tuple[Any, ...]:
+        """What a client sees of the item: a change here takes a new roster version."""
+        return (self.listed, self.name, self.groups, self.subscription, self.ask, self.approved)
+
+
+@dataclass
+class Roster:
+    """One account's roster as loaded: every record, listed or not, and the version."""
+
+    version: int = 0
+    floor: int = 0
+    items: dict[str, RosterItem] = field(default_factory=dict)
+
+    def listed(self) -> list[RosterItem]:
+        return [item for item in self.items.values() if item.listed]
+
+    def listed_count(self) -> int:
+        return sum(1 for item in self.items.values() if item.listed)
+
+
+class RosterStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._db = storage.database(DATABASE)
+
+    def load(self, domain: str, local: str) -> Roster:
+        prefix = _prefix(domain, local)
+        roster = Roster()
+        with self.storage.env.begin(db=self._db) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(prefix)
+            while found:
+                key = bytes(cursor.key())
+                if not key.startswith(prefix):
+                    break
+                record = msgpack.unpackb(cursor.value())
+                contact = key[len(prefix) :].decode()
+                if contact:
+                    roster.items[contact] = RosterItem.from_record(contact, record)
+                else:
+                    roster.version = int(record.get("v", 0))
+                    roster.floor = int(record.get("f", 0))
+                found = cursor.next()
+        return roster
+
+    def save(self, domain: str, local: str, item: RosterItem, roster: Roster) -> None:
+        """Write `item` (a record with nothing left in it is deleted) and the account's
+        version counter, in one transaction."""
+        prefix = _prefix(domain, local)
+        key = prefix + item.jid.encode()
+        keep = item.listed or item.pending_in is not None or item.version > 0
+
+        def write(txn: Any) -> None:
+            if keep:
+                txn.put(key, msgpack.packb(item.record()), db=self._db)
+            else:
+                txn.delete(key, db=self._db)
+            txn.put(prefix, _meta(roster), db=self._db)
+
+        self.storage.write(write)
+
+    def forget(self, domain: str, local: str, jids: list[str], roster: Roster) -> None:
+        """Delete records outright (old tombstones) and store the new floor, at once."""
+        prefix = _prefix(domain, local)
+
+        def write(txn: Any) -> None:
+            for jid in jids:
+                txn.delete(prefix + jid.encode(), db=self._db)
+            txn.put(prefix, _meta(roster), db=self._db)
+
+        self.storage.write(write)
+
+
+def _meta(roster: Roster) -> bytes:
+    return bytes(msgpack.packb({"v": roster.version, "f": roster.floor}))
+
+
+def _purge(storage: Storage, txn: Any, domain: str, local: str) -> None:
+    # Opened inside the caller's write transaction (see storage/private.py).
+    try:
+        db = storage.env.open_db(DATABASE.encode(), txn=txn, create=False)
+    except lmdb.NotFoundError:
+        return
+    delete_prefix(txn, db, _prefix(domain, local))
+
+
+register_purge(DATABASE, _purge)
