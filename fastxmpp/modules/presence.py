@@ -277,10 +277,15 @@ class PresenceModule(Module):
         outcome = inbound(state, kind, approved)
         pending = data if kind == "subscribe" and outcome.new.pending_in else None
         self._change(
-            contact.domain, contact.local, sender, state, outcome.new, outcome.pre_approved, pending
+            contact.domain,
+            contact.local,
+            sender,
+            state,
+            outcome.new,
+            outcome.pre_approved,
+            pending,
+            deliver=data if outcome.forward else None,
         )
-        if outcome.forward:
-            self._to_available(contact.bare, data)
         if outcome.auto_reply is not None:
             self._reply(contact.bare, sender, outcome.auto_reply)
 
@@ -302,16 +307,20 @@ class PresenceModule(Module):
         new: State,
         pre_approved: bool,
         pending_request: bytes | None = None,
+        deliver: bytes | None = None,
     ) -> bool:
-        """Store the new state of `contact` for local@domain, and give the account the
-        contact's presence when it starts or stops being allowed to see it. False when
-        the storage is full (nothing changed)."""
+        """Store the new state of `contact` for local@domain (the roster push goes out),
+        deliver the subscription stanza `deliver` to the account's available resources, then
+        give the account the contact's presence when it starts or stops being allowed to
+        see it. False when the storage is full (nothing changed, nothing delivered)."""
         assert self.roster is not None
         try:
             self.roster.apply(domain, local, contact, new, pre_approved, pending_request)
         except StorageFull:
             log.error("storage full: subscription of %s@%s to %s unchanged", local, domain, contact)
             return False
+        if deliver is not None:
+            self._to_available(f"{local}@{domain}", deliver)
         if old.receives_presence != new.receives_presence:
             self._presence_visibility_changed(f"{local}@{domain}", contact, new.receives_presence)
         return True

@@ -1,0 +1,479 @@
+"""RFC 6121 §3 subscriptions and §4 presence over real sockets: every transition between two
+accounts in both directions, two resources per account, no presence leaks, pending requests
+delivered at the next login, pre-approval, directed presence, unavailable on logout and on a
+lost connection, probes; and slixmpp subscribing the way a real client does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, ServerProcess
+from slixmpp import ClientXMPP
+from test_roster import (  # noqa: F401  (fixtures)
+    clients,
+    connect,
+    is_push,
+    items,
+    received,
+    roster_get,
+    roster_set,
+    srv,
+    sync,
+    users,
+)
+from xmpp_raw import CLIENT, RawClient
+
+PRESENCE = f"{{{CLIENT}}}presence"
+
+
+class User:
+    """One connected resource and the names tests need."""
+
+    def __init__(self, client: RawClient, name: str, resource: str) -> None:
+        self.c = client
+        self.name = name
+        self.bare = f"{name}@localhost"
+        self.full = f"{self.bare}/{resource}"
+
+    def send(self, data: str) -> None:
+        self.c.send(data)
+
+
+@pytest.fixture
+def online(
+    srv: ServerProcess,  # noqa: F811
+    ca_file: str,
+    clients: list[RawClient],  # noqa: F811
+) -> Any:
+    def login(name: str, resource: str = "r", available: bool = True) -> User:
+        user = User(connect(srv, ca_file, clients, name, resource), name, resource)
+        roster_get(user.c)  # an interested resource
+        if available:
+            user.send("<presence/>")
+            sync(user.c)
+        return user
+
+    return login
+
+
+def presences(elements: list[Any]) -> list[tuple[str | None, str | None]]:
+    """(from, type) of each presence in order."""
+    return [(el.get("from"), el.get("type")) for el in elements if el.tag == PRESENCE]
+
+
+def pushed(elements: list[Any]) -> dict[str, tuple[str | None, str | None]]:
+    """contact -> (subscription, ask) of the last push for it."""
+    out = {}
+    for el in elements:
+        if is_push(el):
+            for jid, item in items(el).items():
+                out[jid] = (item.get("subscription"), item.get("ask"))
+    return out
+
+
+def state(user: User, contact: User) -> tuple[str | None, str | None] | None:
+    """(subscription, ask) of contact in user's roster, from a roster get."""
+    reply, _ = roster_get(user.c)
+    item = items(reply).get(contact.bare)
+    return None if item is None else (item.get("subscription"), item.get("ask"))
+
+
+def befriend(a: User, b: User) -> None:
+    """Mutual subscription, by protocol."""
+    for x, y in ((a, b), (b, a)):
+        x.send(f"<presence type='subscribe' to='{y.bare}'/>")
+        sync(x.c)
+        y.send(f"<presence type='subscribed' to='{x.bare}'/>")
+        sync(y.c)
+    sync(a.c)
+    sync(b.c)
+    assert state(a, b) == ("both", None)
+    assert state(b, a) == ("both", None)
+
+
+@pytest.fixture
+def pair(online: Any, users: Iterator[str]) -> tuple[User, User]:  # noqa: F811
+    return online(next(users)), online(next(users))
+
+
+# --- subscriptions: every transition, both directions -----------------------------------------
+
+
+def test_subscribe_and_approve(pair: tuple[User, User]) -> None:
+    a, b = pair
+    a.send(f"<presence type='subscribe' to='{b.bare}' id='s1'><status>hi</status></presence>")
+    seen_a = sync(a.c)
+    assert pushed(seen_a) == {b.bare: ("none", "subscribe")}  # §3.1.2: None + Pending Out
+    seen_b = sync(b.c)
+    requests = [el for el in seen_b if el.tag == PRESENCE]
+    assert len(requests) == 1
+    request = requests[0]
+    assert request.get("type") == "subscribe"
+    assert request.get("from") == a.bare and request.get("to") == b.bare  # stamped bare
+    assert request.findtext(f"{{{CLIENT}}}status") == "hi"
+    assert pushed(seen_b) == {}  # Pending In is not a roster item
+
+    b.send(f"<presence type='subscribed' to='{a.bare}'/>")
+    seen_b = sync(b.c)
+    assert pushed(seen_b) == {a.bare: ("from", None)}  # §3.1.5
+    seen_a = sync(a.c)
+    assert pushed(seen_a) == {b.bare: ("to", None)}
+    assert (b.bare, "subscribed") in presences(seen_a)
+    # §3.1.5: b's current presence follows the approval.
+    assert presences(seen_a)[-1] == (b.full, None)
+    assert state(a, b) == ("to", None) and state(b, a) == ("from", None)
+
+    # The other direction: b subscribes to a (From -> From + Pending Out, To -> To + Pending In).
+    b.send(f"<presence type='subscribe' to='{a.bare}'/>")
+    assert pushed(sync(b.c)) == {a.bare: ("from", "subscribe")}
+    assert presences(sync(a.c)) == [(b.bare, "subscribe")]
+    a.send(f"<presence type='subscribed' to='{b.bare}'/>")
+    assert pushed(sync(a.c)) == {b.bare: ("both", None)}
+    seen_b = sync(b.c)
+    assert pushed(seen_b) == {a.bare: ("both", None)}
+    assert presences(seen_b) == [(a.bare, "subscribed"), (a.full, None)]
+
+
+def test_unsubscribe_and_unsubscribed(pair: tuple[User, User]) -> None:
+    a, b = pair
+    befriend(a, b)
+    # a stops seeing b (§3.3): Both -> From for a, Both -> To for b.
+    a.send(f"<presence type='unsubscribe' to='{b.bare}'/>")
+    seen_a = sync(a.c)
+    assert pushed(seen_a) == {b.bare: ("from", None)}
+    assert presences(seen_a) == [(b.full, "unavailable")]  # §3.3.2
+    seen_b = sync(b.c)
+    assert pushed(seen_b) == {a.bare: ("to", None)}
+    assert presences(seen_b) == [(a.bare, "unsubscribe")]
+    # b's presence no longer reaches a; a's still reaches b.
+    b.send("<presence><show>away</show></presence>")
+    assert presences(received(a.c, b.c)) == []
+    a.send("<presence><show>dnd</show></presence>")
+    assert presences(received(b.c, a.c)) == [(a.full, None)]
+
+    # a cancels b's subscription (§3.2): From -> None for a, To -> None for b.
+    a.send(f"<presence type='unsubscribed' to='{b.bare}'/>")
+    assert pushed(sync(a.c)) == {b.bare: ("none", None)}
+    seen_b = sync(b.c)
+    assert pushed(seen_b) == {a.bare: ("none", None)}
+    assert presences(seen_b) == [(a.bare, "unsubscribed"), (a.full, "unavailable")]
+    a.send("<presence><show>chat</show></presence>")
+    assert presences(received(b.c, a.c)) == []
+
+
+def test_denied_request(pair: tuple[User, User]) -> None:
+    a, b = pair
+    a.send(f"<presence type='subscribe' to='{b.bare}'/>")
+    sync(a.c)
+    sync(b.c)
+    b.send(f"<presence type='unsubscribed' to='{a.bare}'/>")  # §3.2.1: refusal
+    sync(b.c)
+    seen_a = sync(a.c)
+    assert pushed(seen_a) == {b.bare: ("none", None)}
+    assert presences(seen_a) == [(b.bare, "unsubscribed")]
+    assert state(b, a) is None  # never entered b's roster
+
+
+def test_cancelled_request(pair: tuple[User, User]) -> None:
+    a, b = pair
+    a.send(f"<presence type='subscribe' to='{b.bare}'/>")
+    sync(a.c)
+    sync(b.c)
+    a.send(f"<presence type='unsubscribe' to='{b.bare}'/>")  # None + Pending Out -> None
+    assert pushed(sync(a.c)) == {b.bare: ("none", None)}
+    assert presences(sync(b.c)) == [(a.bare, "unsubscribe")]  # None + Pending In -> None
+    # Approving now does nothing: there is no request (a pre-approval instead).
+    b.send(f"<presence type='subscribed' to='{a.bare}'/>")
+    sync(b.c)
+    assert presences(sync(a.c)) == []
+    assert state(a, b) == ("none", None)
+
+
+def test_repeated_requests_are_not_delivered_twice(pair: tuple[User, User]) -> None:
+    a, b = pair
+    a.send(f"<presence type='subscribe' to='{b.bare}'/>")
+    a.send(f"<presence type='subscribe' to='{b.bare}'/>")  # None + Pending In: not again
+    assert presences(received(b.c, a.c)) == [(a.bare, "subscribe")]
+    befriend(a, b)
+    # Already subscribed: the server answers "subscribed" itself (§3.1.3), which changes
+    # nothing for a and is not delivered (§A.3.3, "Both"); b is not asked again.
+    a.send(f"<presence type='subscribe' to='{b.bare}'/>")
+    assert presences(sync(a.c)) == []
+    assert presences(sync(b.c)) == []
+    assert state(a, b) == ("both", None)
+
+
+def test_roster_remove_ends_both_subscriptions(pair: tuple[User, User]) -> None:
+    a, b = pair
+    befriend(a, b)
+    roster_set(a.c, f"<item jid='{b.bare}' subscription='remove'/>")
+    seen_a = sync(a.c)
+    assert pushed(seen_a) == {b.bare: ("remove", None)}
+    seen_b = sync(b.c)
+    assert pushed(seen_b) == {a.bare: ("none", None)}  # §2.5.2
+    assert (a.bare, "unsubscribe") in presences(seen_b)
+    assert (a.bare, "unsubscribed") in presences(seen_b)
+    assert (a.full, "unavailable") in presences(seen_b)
+    assert state(a, b) is None and state(b, a) == ("none", None)
+
+
+def test_subscription_to_unknown_account_is_refused(
+    online: Any,
+    users: Iterator[str],  # noqa: F811
+) -> None:
+    a = online(next(users))
+    a.send("<presence type='subscribe' to='nobody@localhost'/>")
+    seen = sync(a.c)
+    assert ("nobody@localhost", "unsubscribed") in presences(seen)
+    reply, _ = roster_get(a.c)
+    assert items(reply)["nobody@localhost"].get("subscription") == "none"
+    assert items(reply)["nobody@localhost"].get("ask") is None
+
+
+def test_subscription_to_remote_contact_waits(
+    online: Any,
+    users: Iterator[str],  # noqa: F811
+) -> None:
+    a = online(next(users))
+    a.send("<presence type='subscribe' to='friend@remote.example' id='r'/>")
+    seen = sync(a.c)
+    assert [el for el in seen if el.get("type") == "error"] == []  # dropped silently
+    assert pushed(seen) == {"friend@remote.example": ("none", "subscribe")}
+
+
+# --- pending requests and pre-approval ---------------------------------------------------------
+
+
+def test_pending_request_delivered_at_next_login(
+    online: Any,
+    users: Iterator[str],  # noqa: F811
+) -> None:
+    a = online(next(users))
+    b_name = next(users)
+    a.send(
+        f"<presence type='subscribe' to='{b_name}@localhost'><status>let me in</status>"
+        "<nick xmlns='http://jabber.org/protocol/nick'>Ann</nick></presence>"
+    )
+    sync(a.c)
+    for _ in range(2):  # every initial presence until it is answered (§3.1.3)
+        b = online(b_name, available=False)
+        assert presences(sync(b.c)) == []  # not before initial presence
+        b.send("<presence/>")
+        requests = [el for el in sync(b.c) if el.get("type") == "subscribe"]
+        assert len(requests) == 1
+        assert requests[0].get("from") == a.bare
+        assert requests[0].findtext(f"{{{CLIENT}}}status") == "let me in"
+        nick = requests[0].find("{http://jabber.org/protocol/nick}nick")
+        assert nick is not None and nick.text == "Ann"
+        b.c.close()
+    b = online(b_name, available=False)
+    b.send(f"<presence type='subscribed' to='{a.bare}'/>")
+    sync(b.c)
+    b.c.close()
+    b = online(b_name, available=False)
+    b.send("<presence/>")
+    assert [el for el in sync(b.c) if el.get("type") == "subscribe"] == []
+    assert state(a, b) == ("to", None)
+
+
+def test_pre_approval(pair: tuple[User, User]) -> None:
+    a, b = pair
+    b.send(f"<presence type='subscribed' to='{a.bare}'/>")  # §3.4.1: nothing routed
+    seen_b = sync(b.c)
+    push = [el for el in seen_b if is_push(el)]
+    assert items(push[0])[a.bare].get("approved") == "true"
+    assert presences(sync(a.c)) == []
+    a.send(f"<presence type='subscribe' to='{a.bare}'/>".replace(a.bare, b.bare, 1))
+    seen_a = sync(a.c)
+    assert (b.bare, "subscribed") in presences(seen_a)  # approved at once (§3.4.2)
+    assert (b.full, None) in presences(seen_a)
+    assert pushed(seen_a) == {b.bare: ("to", None)}
+    seen_b = sync(b.c)
+    assert presences(seen_b) == []  # b never sees the request
+    reply, _ = roster_get(b.c)
+    assert items(reply)[a.bare].get("subscription") == "from"
+    assert items(reply)[a.bare].get("approved") is None
+
+
+def test_pre_approval_cancelled(pair: tuple[User, User]) -> None:
+    a, b = pair
+    b.send(f"<presence type='subscribed' to='{a.bare}'/>")
+    b.send(f"<presence type='unsubscribed' to='{a.bare}'/>")
+    sync(b.c)
+    a.send(f"<presence type='subscribe' to='{b.bare}'/>")
+    sync(a.c)
+    assert presences(sync(b.c)) == [(a.bare, "subscribe")]  # asked normally again
+
+
+# --- presence broadcast -------------------------------------------------------------------------
+
+
+def test_two_resources_each(online: Any, users: Iterator[str]) -> None:  # noqa: F811
+    a_name, b_name = next(users), next(users)
+    a1, b1 = online(a_name, "one"), online(b_name, "one")
+    befriend(a1, b1)
+    a2 = online(a_name, "two", available=False)
+    a2.send("<presence><show>away</show></presence>")
+    seen = sync(a2.c)
+    got = presences(seen)
+    # Its own presence back (§4.2.2), the other own resource, the contact.
+    assert (a2.full, None) in got and (a1.full, None) in got and (b1.full, None) in got
+    assert presences(received(a1.c, a2.c)) == [(a2.full, None)]
+    assert presences(received(b1.c, a2.c)) == [(a2.full, None)]
+    b2 = online(b_name, "two", available=False)
+    b2.send("<presence/>")
+    got = presences(sync(b2.c))
+    assert {a1.full, a2.full, b1.full, b2.full} <= {jid for jid, _ in got}
+    for other in (a1, a2, b1):
+        assert presences(received(other.c, b2.c)) == [(b2.full, None)]
+    # Logout of one resource: everybody else learns it, once.
+    b2.send("<presence type='unavailable'><status>bye</status></presence>")
+    assert presences(sync(b2.c)) == [(b2.full, "unavailable")]
+    for other in (a1, a2, b1):
+        assert presences(received(other.c, b2.c)) == [(b2.full, "unavailable")]
+
+
+def test_no_presence_leaks(online: Any, users: Iterator[str]) -> None:  # noqa: F811
+    a, b, stranger = online(next(users)), online(next(users)), online(next(users))
+    # b only asked (Pending Out): still nothing.
+    b.send(f"<presence type='subscribe' to='{a.bare}'/>")
+    sync(b.c)
+    sync(a.c)
+    a.send("<presence><status>secret</status></presence>")
+    a.send("<presence type='unavailable'/>")
+    a.send("<presence/>")
+    sync(a.c)
+    assert presences(sync(b.c)) == []
+    assert presences(sync(stranger.c)) == []
+    # A probe from a non-subscriber gets nothing either (§4.3.2).
+    stranger.send(f"<presence type='probe' to='{a.bare}'/>")
+    assert presences(sync(stranger.c)) == []
+
+
+def test_probe_by_subscriber(pair: tuple[User, User]) -> None:
+    a, b = pair
+    befriend(a, b)
+    a.send(f"<presence type='probe' to='{b.bare}'/>")
+    assert presences(sync(a.c)) == [(b.full, None)]
+
+
+def test_unavailable_on_lost_connection(pair: tuple[User, User]) -> None:
+    a, b = pair
+    befriend(a, b)
+    a.c.abort()
+    # The server notices the lost connection on its own: wait for the notice.
+    el = b.c.next()
+    while el.tag != PRESENCE:
+        el = b.c.next()
+    assert (el.get("from"), el.get("type")) == (a.full, "unavailable")
+
+
+def test_initial_presence_gets_contacts(pair: tuple[User, User], online: Any) -> None:
+    a, b = pair
+    befriend(a, b)
+    b.send("<presence><show>xa</show><status>out</status></presence>")
+    sync(b.c)
+    again = online(a.name, "again", available=False)
+    again.send("<presence/>")
+    seen = [el for el in sync(again.c) if el.tag == PRESENCE and el.get("from") == b.full]
+    assert len(seen) == 1
+    assert seen[0].findtext(f"{{{CLIENT}}}show") == "xa"
+    assert seen[0].findtext(f"{{{CLIENT}}}status") == "out"
+
+
+def test_directed_presence(online: Any, users: Iterator[str]) -> None:  # noqa: F811
+    a, c = online(next(users)), online(next(users))
+    a.send(f"<presence to='{c.full}'><status>just you</status></presence>")
+    assert presences(received(c.c, a.c)) == [(a.full, None)]
+    # Not a contact: later broadcasts do not reach c ...
+    a.send("<presence><show>away</show></presence>")
+    assert presences(received(c.c, a.c)) == []
+    # ... but the unavailable presence does (§4.6.3), also when the session is just gone.
+    a.send("<presence type='unavailable'/>")
+    assert presences(received(c.c, a.c)) == [(a.full, "unavailable")]
+    a.send("<presence/>")
+    a.send(f"<presence to='{c.bare}'/>")
+    assert presences(received(c.c, a.c)) == [(a.full, None)]
+    a.c.close()
+    el = c.c.next()
+    while el.tag != PRESENCE:
+        el = c.c.next()
+    assert (el.get("from"), el.get("type")) == (a.full, "unavailable")
+
+
+def test_directed_unavailable_ends_tracking(online: Any, users: Iterator[str]) -> None:  # noqa: F811
+    a, c = online(next(users)), online(next(users))
+    a.send(f"<presence to='{c.full}'/>")
+    a.send(f"<presence to='{c.full}' type='unavailable'/>")
+    assert presences(received(c.c, a.c)) == [(a.full, None), (a.full, "unavailable")]
+    a.send("<presence type='unavailable'/>")
+    assert presences(received(c.c, a.c)) == []
+
+
+def test_presence_errors(online: Any, users: Iterator[str]) -> None:  # noqa: F811
+    a = online(next(users))
+    a.send("<presence type='bogus' id='p1'/>")
+    reply = a.c.next()
+    assert reply.get("id") == "p1" and reply.get("type") == "error"
+    a.send("<presence id='p2'><priority>high</priority></presence>")
+    reply = a.c.next()
+    assert reply.get("id") == "p2" and reply.get("type") == "error"
+    a.send("<presence to='x@remote.example' id='p3'/>")  # no s2s: dropped, no error
+    assert [el for el in sync(a.c) if el.get("type") == "error"] == []
+
+
+# --- a real client ------------------------------------------------------------------------------
+
+
+class SlixClient(ClientXMPP):
+    def __init__(self, jid: str, ca_file: str) -> None:
+        super().__init__(jid, PASSWORD)
+        self.ca_certs = ca_file
+        self.enable_direct_tls = False
+        self.enable_plaintext = False
+        self.enable_starttls = True
+        self.ready = asyncio.get_running_loop().create_future()
+        self.available: asyncio.Queue[str] = asyncio.Queue()
+        self.add_event_handler("session_start", self._started)
+        self.add_event_handler("presence_available", self._available)
+
+    async def _started(self, _event: Any) -> None:
+        await self.get_roster()
+        self.send_presence()
+        if not self.ready.done():
+            self.ready.set_result(True)
+
+    def _available(self, presence: Any) -> None:
+        self.available.put_nowait(str(presence["from"]))
+
+
+async def test_slixmpp_subscription(
+    srv: ServerProcess,  # noqa: F811
+    ca_file: str,
+    users: Iterator[str],  # noqa: F811
+) -> None:
+    a_name, b_name = next(users), next(users)
+    a = SlixClient(f"{a_name}@localhost/slix", ca_file)
+    b = SlixClient(f"{b_name}@localhost/slix", ca_file)
+    try:
+        for client in (a, b):
+            client.connect("127.0.0.1", srv.port)
+            await asyncio.wait_for(client.ready, 20)
+        # slixmpp approves requests and asks back by default (auto_authorize/auto_subscribe).
+        a.send_presence_subscription(pto=f"{b_name}@localhost")
+        while await asyncio.wait_for(a.available.get(), 10) != f"{b_name}@localhost/slix":
+            pass
+        while await asyncio.wait_for(b.available.get(), 10) != f"{a_name}@localhost/slix":
+            pass
+        for _ in range(50):
+            if a.client_roster[f"{b_name}@localhost"]["subscription"] == "both":
+                break
+            await asyncio.sleep(0.1)
+        assert a.client_roster[f"{b_name}@localhost"]["subscription"] == "both"
+        assert b.client_roster[f"{a_name}@localhost"]["subscription"] == "both"
+    finally:
+        for client in (a, b):
+            client.disconnect()
