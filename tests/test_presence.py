@@ -477,3 +477,40 @@ async def test_slixmpp_subscription(
     finally:
         for client in (a, b):
             client.disconnect()
+
+
+def test_pending_request_and_subscriptions_survive_restart(make_server: Any, ca_file: str) -> None:
+    from test_roster import add_accounts
+
+    server = make_server()
+    add_accounts(server, ["ann", "ben", "cat"])
+    server.start()
+    opened: list[RawClient] = []
+    try:
+
+        def login(name: str) -> User:
+            user = User(connect(server, ca_file, opened, name, "r"), name, "r")
+            roster_get(user.c)
+            return user
+
+        ann = login("ann")
+        ann.send("<presence type='subscribe' to='ben@localhost'><status>s</status></presence>")
+        ann.send("<presence type='subscribe' to='cat@localhost'/>")
+        sync(ann.c)
+        cat = login("cat")
+        cat.send("<presence type='subscribed' to='ann@localhost'/>")
+        sync(cat.c)
+        server.stop()
+        server.start()
+        ben, cat, ann = login("ben"), login("cat"), login("ann")
+        cat.send("<presence/>")
+        sync(cat.c)
+        ann.send("<presence/>")
+        assert (cat.full, None) in presences(sync(ann.c))  # ann still subscribed to cat
+        ben.send("<presence/>")
+        requests = [el for el in sync(ben.c) if el.get("type") == "subscribe"]
+        assert [r.get("from") for r in requests] == ["ann@localhost"]
+        assert requests[0].findtext(f"{{{CLIENT}}}status") == "s"
+    finally:
+        for c in opened:
+            c.close()

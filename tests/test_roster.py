@@ -394,3 +394,28 @@ def test_roster_get_result_shape(
     assert reply.get("to", "").endswith("/r")
     assert items(reply)["q@example.com"].get("name") == "Q & A"
     assert etree.QName(reply.find(f"{{{ROSTER}}}query")).namespace == ROSTER
+
+
+def test_old_tombstones_fall_back_to_the_whole_roster(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
+) -> None:
+    from fastxmpp.modules.roster import MAX_TOMBSTONES
+
+    c = connect(srv, ca_file, clients, next(users))
+    roster_set(c, "<item jid='stays@example.com'/>")
+    reply, _ = roster_get(c, ver="")
+    first = ver(reply)
+    for n in range(MAX_TOMBSTONES + 1):
+        roster_set(c, f"<item jid='t{n}@example.com'/>")
+        roster_set(c, f"<item jid='t{n}@example.com' subscription='remove'/>")
+    sync(c)
+    # Each cycle takes two versions: this one is just before t199 was removed.
+    recent = str(int(ver(reply) or 0) + 2 * (MAX_TOMBSTONES - 1))
+    # The oldest half of the tombstones is gone: a version from before them gets it all ...
+    reply, pushes = roster_get(c, ver=first)
+    assert set(items(reply)) == {"stays@example.com"} and pushes == []
+    # ... a recent one still gets just the changes since.
+    reply, pushes = roster_get(c, ver=recent)
+    assert reply.find(f"{{{ROSTER}}}query") is None
+    removed = [jid for p in pushes for jid in items(p)]
+    assert removed == [f"t{n}@example.com" for n in range(MAX_TOMBSTONES - 1, MAX_TOMBSTONES + 1)]

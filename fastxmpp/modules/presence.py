@@ -96,7 +96,7 @@ class PresenceModule(Module):
         ):
             return
         data = f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode()
-        self._broadcast_unavailable(session, data)
+        self._broadcast_unavailable(session, data, contacts=session.presence_last is not None)
 
     # --- the router's hooks ------------------------------------------------------------
 

@@ -29,6 +29,7 @@ Public API for other modules (`hub.get("roster")`): `subscription(domain, local,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
@@ -113,9 +114,15 @@ class RosterModule(Module):
             self._online[session.bare] = self._load(session.domain, session.local)
 
     def session_ended(self, session: C2SStream) -> None:
+        # Later modules (presence: the unavailable broadcast) still read the roster for this
+        # event: it leaves memory on the next turn of the loop, if nobody came back by then.
         if not self.router.resources(session.bare):
-            self._online.pop(session.bare, None)
-            self._presence_cache.pop(session.bare, None)
+            asyncio.get_running_loop().call_soon(self._evict, session.bare)
+
+    def _evict(self, bare: str) -> None:
+        if not self.router.resources(bare):
+            self._online.pop(bare, None)
+            self._presence_cache.pop(bare, None)
 
     def account_removed(self, domain: str, local: str) -> None:
         bare = f"{local}@{domain}"
@@ -189,8 +196,8 @@ class RosterModule(Module):
         item.pending_in = (pending_request or item.pending_in) if new.pending_in else None
         if new.subscription != "none" or new.pending_out or pre_approved:
             item.listed = True  # §3.1.2, §3.1.5, §3.4.1: the server adds the contact
-        if old is not None and item == old:
-            return False
+        if item == (old or RosterItem(contact, listed=False)):
+            return False  # nothing to write (e.g. "unsubscribe" from a stranger)
         self._save(domain, local, roster, old, item)
         return True
 
@@ -236,14 +243,9 @@ class RosterModule(Module):
 
     def _push(self, bare: str, item: RosterItem) -> None:
         """§2.1.6: a roster push to each interested resource."""
-        payload = f"<query xmlns='{NS}' ver='{item.version}'>{item_xml(item)}</query>"
         for session in self.router.resources(bare).values():
             if getattr(session, "roster_requested", False):
-                push_id = "push-" + secrets.token_hex(6)
-                session.send(
-                    f"<iq type='set' id='{push_id}' to={quoteattr(session.full)}>"
-                    f"{payload}</iq>".encode()
-                )
+                self._push_one(session, item)
 
     def _prune(self, domain: str, local: str, roster: Roster) -> None:
         """Drop the oldest tombstones once there are too many (§2.6 allows falling back to
@@ -309,6 +311,8 @@ class RosterModule(Module):
         return iq_result(origin, st, f"<query xmlns='{NS}' ver='{roster.version}'>{items}</query>")
 
     def _push_one(self, session: C2SStream, item: RosterItem) -> None:
+        """A roster push (§2.1.6) with the item's version (§2.6.3); no 'from': it comes
+        from the account itself."""
         push_id = "push-" + secrets.token_hex(6)
         session.send(
             f"<iq type='set' id='{push_id}' to={quoteattr(session.full)}>"
