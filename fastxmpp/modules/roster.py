@@ -234,7 +234,10 @@ class RosterModule(Module):
         except BaseException:
             roster.version = saved_version
             raise
-        roster.items[item.jid] = item
+        if item.listed or item.pending_in is not None or item.version > 0:
+            roster.items[item.jid] = item
+        else:
+            roster.items.pop(item.jid, None)  # nothing left of it (the store deleted it too)
         bare = f"{local}@{domain}"
         self._presence_cache.pop(bare, None)
         if visible_change:
