@@ -11,23 +11,42 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import lmdb
+
 from .lmdb_store import Storage
 
-# purge(storage, txn, domain, local): delete the account's records in `txn`. It runs inside
-# a write transaction: get database handles with `storage.database(name, txn=txn)`.
-Purge = Callable[[Storage, Any, str, str], None]
+# purge(txn, db, domain, local): delete the account's records from the store's database
+# `db`, inside the caller's write transaction `txn`.
+Purge = Callable[[Any, Any, str, str], None]
 _PURGES: dict[str, Purge] = {}
 
 
-def register_purge(database: str, purge: Purge) -> None:
+def account_prefix(domain: str, local: str) -> bytes:
+    """The key prefix under which a store keeps all of one account's records."""
+    return f"{domain}\0{local}\0".encode()
+
+
+def purge_prefixed(txn: Any, db: Any, domain: str, local: str) -> None:
+    """The purge of a store whose keys start with `account_prefix`."""
+    delete_prefix(txn, db, account_prefix(domain, local))
+
+
+def register_purge(database: str, purge: Purge = purge_prefixed) -> None:
     """Called once per store module, keyed by the store's database name."""
     _PURGES[database] = purge
 
 
 def purge_account(storage: Storage, txn: Any, domain: str, local: str) -> None:
     _import_stores()
-    for purge in _PURGES.values():
-        purge(storage, txn, domain, local)
+    for database, purge in _PURGES.items():
+        # Opened inside the caller's write transaction: Storage.database would start a
+        # second one and wait for the first forever (the CLI's deluser has not opened the
+        # store's database yet). A database never created holds nothing to purge.
+        try:
+            db = storage.env.open_db(database.encode(), txn=txn, create=False)
+        except lmdb.NotFoundError:
+            continue
+        purge(txn, db, domain, local)
 
 
 def delete_prefix(txn: Any, db: Any, prefix: bytes) -> int:
@@ -36,10 +55,8 @@ def delete_prefix(txn: Any, db: Any, prefix: bytes) -> int:
     count = 0
     if cursor.set_range(prefix):
         while cursor.key().startswith(prefix):
-            cursor.delete()  # moves to the next record
+            cursor.delete()  # moves to the next record (b"" past the last one)
             count += 1
-            if not cursor.key():
-                break
     return count
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lmdb
 import msgpack
 
 from .account_data import register_purge
@@ -39,13 +38,7 @@ class LastActivityStore:
         return float(when), str(status)
 
 
-def _purge(storage: Storage, txn: Any, domain: str, local: str) -> None:
-    # Opened inside the caller's write transaction: Storage.database would start a second
-    # one and wait for the first forever (the CLI's deluser has not opened this db yet).
-    try:
-        db = storage.env.open_db(DATABASE.encode(), txn=txn, create=False)
-    except lmdb.NotFoundError:
-        return
+def _purge(txn: Any, db: Any, domain: str, local: str) -> None:
     txn.delete(_key(domain, local), db=db)
 
 

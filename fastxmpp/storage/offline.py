@@ -11,9 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import lmdb
-
-from .account_data import delete_prefix, register_purge
+from .account_data import account_prefix, register_purge
 from .lmdb_store import Storage
 
 DATABASE = "offline"
@@ -22,10 +20,6 @@ _SEQUENCE = struct.Struct(">Q")
 
 class OfflineQueueFull(Exception):
     """The account already has its quota of stored messages."""
-
-
-def _prefix(domain: str, local: str) -> bytes:
-    return f"{domain}\0{local}\0".encode()
 
 
 def _bounds(cursor: Any, prefix: bytes) -> tuple[int, int] | None:
@@ -51,7 +45,7 @@ class OfflineStore:
     def push(self, domain: str, local: str, data: bytes, limit: int) -> None:
         """Append a message, committed (durable) when this returns; OfflineQueueFull when the
         account holds `limit` messages already, StorageFull when the disk is."""
-        prefix = _prefix(domain, local)
+        prefix = account_prefix(domain, local)
 
         def append(txn: Any) -> None:
             bounds = _bounds(txn.cursor(), prefix)
@@ -69,7 +63,7 @@ class OfflineStore:
     def peek(self, domain: str, local: str, limit: int | None = None) -> list[tuple[bytes, bytes]]:
         """(key, message) of the oldest `limit` stored messages (all without a limit), oldest
         first."""
-        prefix = _prefix(domain, local)
+        prefix = account_prefix(domain, local)
         messages: list[tuple[bytes, bytes]] = []
         with self.storage.env.begin(db=self._db) as txn:
             cursor = txn.cursor()
@@ -93,18 +87,8 @@ class OfflineStore:
 
     def count(self, domain: str, local: str) -> int:
         with self.storage.env.begin(db=self._db) as txn:
-            bounds = _bounds(txn.cursor(), _prefix(domain, local))
+            bounds = _bounds(txn.cursor(), account_prefix(domain, local))
         return 0 if bounds is None else bounds[1] - bounds[0] + 1
 
 
-def _purge(storage: Storage, txn: Any, domain: str, local: str) -> None:
-    # Opened inside the caller's write transaction: Storage.database would start a second
-    # one and wait for the first forever (the CLI's deluser has not opened this db yet).
-    try:
-        db = storage.env.open_db(DATABASE.encode(), txn=txn, create=False)
-    except lmdb.NotFoundError:
-        return
-    delete_prefix(txn, db, _prefix(domain, local))
-
-
-register_purge(DATABASE, _purge)
+register_purge(DATABASE)

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import lmdb
-
-from .account_data import delete_prefix, register_purge
+from .account_data import account_prefix, register_purge
 from .lmdb_store import Storage
 
 DATABASE = "private"
-
-
-def _prefix(domain: str, local: str) -> bytes:
-    return f"{domain}\0{local}\0".encode()
 
 
 class TooManyNamespaces(Exception):
@@ -31,7 +25,7 @@ class PrivateStore:
 
     def get(self, domain: str, local: str, namespace: str) -> bytes | None:
         with self.storage.env.begin(db=self._db) as txn:
-            raw = txn.get(_prefix(domain, local) + namespace.encode())
+            raw = txn.get(account_prefix(domain, local) + namespace.encode())
         return None if raw is None else bytes(raw)
 
     def set_many(
@@ -40,7 +34,7 @@ class PrivateStore:
         """Replace the stored XML of each namespace in `fragments`, in one transaction;
         TooManyNamespaces (and nothing written) if the account would then keep more than
         `max_namespaces`."""
-        prefix = _prefix(domain, local)
+        prefix = account_prefix(domain, local)
 
         def replace(txn: Any) -> None:
             new = [ns for ns in fragments if txn.get(prefix + ns.encode()) is None]
@@ -62,14 +56,4 @@ class PrivateStore:
         return count
 
 
-def _purge(storage: Storage, txn: Any, domain: str, local: str) -> None:
-    # Opened inside the caller's write transaction: Storage.database would start a second
-    # one and wait for the first forever (the CLI's deluser has not opened this db yet).
-    try:
-        db = storage.env.open_db(DATABASE.encode(), txn=txn, create=False)
-    except lmdb.NotFoundError:
-        return
-    delete_prefix(txn, db, _prefix(domain, local))
-
-
-register_purge(DATABASE, _purge)
+register_purge(DATABASE)

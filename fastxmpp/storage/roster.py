@@ -21,17 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import lmdb
 import msgpack
 
-from .account_data import delete_prefix, register_purge
+from .account_data import account_prefix, register_purge
 from .lmdb_store import Storage
 
 DATABASE = "roster"
-
-
-def _prefix(domain: str, local: str) -> bytes:
-    return f"{domain}\0{local}\0".encode()
 
 
 @dataclass
@@ -102,7 +97,7 @@ class RosterStore:
         self._db = storage.database(DATABASE)
 
     def load(self, domain: str, local: str) -> Roster:
-        prefix = _prefix(domain, local)
+        prefix = account_prefix(domain, local)
         roster = Roster()
         with self.storage.env.begin(db=self._db) as txn:
             cursor = txn.cursor()
@@ -124,7 +119,7 @@ class RosterStore:
     def save(self, domain: str, local: str, item: RosterItem, roster: Roster) -> None:
         """Write `item` (a record with nothing left in it is deleted) and the account's
         version counter, in one transaction."""
-        prefix = _prefix(domain, local)
+        prefix = account_prefix(domain, local)
         key = prefix + item.jid.encode()
         keep = item.listed or item.pending_in is not None or item.version > 0
 
@@ -139,7 +134,7 @@ class RosterStore:
 
     def forget(self, domain: str, local: str, jids: list[str], roster: Roster) -> None:
         """Delete records outright (old tombstones) and store the new floor, at once."""
-        prefix = _prefix(domain, local)
+        prefix = account_prefix(domain, local)
 
         def write(txn: Any) -> None:
             for jid in jids:
@@ -153,13 +148,4 @@ def _meta(roster: Roster) -> bytes:
     return bytes(msgpack.packb({"v": roster.version, "f": roster.floor}))
 
 
-def _purge(storage: Storage, txn: Any, domain: str, local: str) -> None:
-    # Opened inside the caller's write transaction (see storage/private.py).
-    try:
-        db = storage.env.open_db(DATABASE.encode(), txn=txn, create=False)
-    except lmdb.NotFoundError:
-        return
-    delete_prefix(txn, db, _prefix(domain, local))
-
-
-register_purge(DATABASE, _purge)
+register_purge(DATABASE)
