@@ -214,6 +214,21 @@ def _report(results: Any, kind: str, **values: Any) -> None:
     results.put({"kind": kind, **values})
 
 
+def _report_done(
+    results: Any, cpu0: float, t0: float, count: int, latencies: list[float], errors: int
+) -> None:
+    """The measured phase is over: what it delivered and what it cost this worker."""
+    _report(
+        results,
+        "done",
+        count=count,
+        latencies_ms=latencies,
+        errors=errors,
+        cpu_s=time.process_time() - cpu0,
+        active_s=time.perf_counter() - t0,
+    )
+
+
 # login: logins per second and login latency (connect .. bind result)
 async def _login_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
     _report(results, "ready", connections=0)
@@ -244,15 +259,7 @@ async def _login_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
         asyncio.gather(*(loop(s) for s in range(spec.concurrency))),
         spec.duration + DRAIN_TIMEOUT + 30,
     )
-    _report(
-        results,
-        "done",
-        count=len(latencies),
-        latencies_ms=latencies,
-        errors=errors,
-        cpu_s=time.process_time() - cpu0,
-        active_s=time.perf_counter() - t0,
-    )
+    _report_done(results, cpu0, t0, len(latencies), latencies, errors)
 
 
 # idle: server memory per authenticated idle connection
@@ -416,6 +423,13 @@ class _Peer:
         self.task = asyncio.ensure_future(self.run())
 
 
+def _close_peers(peers: list[_Peer]) -> None:
+    for peer in peers:
+        if peer.task:
+            peer.task.cancel()
+        peer.conn.close()
+
+
 async def _wait_until(check: Any, timeout: float, poll: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while not check():
@@ -472,19 +486,8 @@ async def _presence_scenario(spec: Spec, index: int, results: Any, go: Any) -> N
     await asyncio.sleep(1.0)  # the last broadcast reaches everyone
     received = sum(p.from_watched for p in contacts)
     latencies = [x for p in contacts for x in p.latencies]
-    for peer in [*contacts, *([hub] if hub else [])]:
-        if peer.task:
-            peer.task.cancel()
-        peer.conn.close()
-    _report(
-        results,
-        "done",
-        count=received,
-        latencies_ms=latencies,
-        errors=0,
-        cpu_s=time.process_time() - cpu0,
-        active_s=time.perf_counter() - t0,
-    )
+    _close_peers([*contacts, *([hub] if hub else [])])
+    _report_done(results, cpu0, t0, received, latencies, 0)
 
 
 async def _roster_login_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
@@ -518,21 +521,8 @@ async def _roster_login_scenario(spec: Spec, index: int, results: Any, go: Any) 
                 latencies.append((time.perf_counter() - started) * 1000)
             else:
                 errors += 1
-            if peer.task:
-                peer.task.cancel()
-            conn.close()
+            _close_peers([peer])
     else:
         await asyncio.sleep(spec.duration)
-    for peer in [*contacts, *([hub] if hub else [])]:
-        if peer.task:
-            peer.task.cancel()
-        peer.conn.close()
-    _report(
-        results,
-        "done",
-        count=len(latencies),
-        latencies_ms=latencies,
-        errors=errors,
-        cpu_s=time.process_time() - cpu0,
-        active_s=time.perf_counter() - t0,
-    )
+    _close_peers([*contacts, *([hub] if hub else [])])
+    _report_done(results, cpu0, t0, len(latencies), latencies, errors)
