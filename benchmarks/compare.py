@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -147,6 +148,8 @@ def _alive(pid: int) -> bool:
 
 
 def _certificate(run_dir: Path) -> tuple[Path, Path]:
+    if (run_dir / "localhost.key").exists():  # a restart
+        return run_dir / "localhost.crt", run_dir / "localhost.key"
     subprocess.run(
         [sys.executable, "-m", "fastxmpp.cli", "gencert", "localhost", "--out", str(run_dir)],
         check=True,
@@ -156,9 +159,10 @@ def _certificate(run_dir: Path) -> tuple[Path, Path]:
 
 
 def start(target: Target, run_dir: Path) -> Running:
-    run_dir.mkdir(parents=True)
+    """Start `target` with its data in `run_dir` (kept across restarts of the same target)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = open(run_dir / "stdout.log", "wb")  # noqa: SIM115 - lives as long as the process
+    log = open(run_dir / "stdout.log", "ab")  # noqa: SIM115 - lives as long as the process
     if target.software == "fastxmpp":
         config = run_dir / "fastxmpp.toml"
         config.write_text(
@@ -173,7 +177,7 @@ def start(target: Target, run_dir: Path) -> Running:
         command = [sys.executable, "-m", "fastxmpp.cli", "serve", "--config", str(config)]
     elif target.software == "prosody":
         cert, key = _certificate(run_dir)
-        (run_dir / "data").mkdir()
+        (run_dir / "data").mkdir(exist_ok=True)
         modules = PROSODY_MINIMAL if target.profile == "minimal" else PROSODY_FULL
         text = (ANCHORS / "prosody.cfg.lua.in").read_text().format(
             run=run_dir, port=port, cert=cert, key=key,
@@ -195,21 +199,34 @@ def start(target: Target, run_dir: Path) -> Running:
         config = run_dir / "ejabberd.yml"
         config.write_text(text)
         for sub in ("spool", "logs"):
-            (run_dir / sub).mkdir()
+            (run_dir / sub).mkdir(exist_ok=True)
         user = pwd.getpwnam("ejabberd")
         for path in [run_dir, *run_dir.iterdir(), run_dir / "spool", run_dir / "logs"]:
             os.chown(path, user.pw_uid, user.pw_gid)
         # Our own ejabberdctl.cfg: Debian's would point EJABBERD_CONFIG_PATH back to /etc.
         ctl = run_dir / "ejabberdctl.cfg"
         ctl.write_text(f'EJABBERD_PID_PATH="{run_dir / "spool" / "ejabberd.pid"}"\n')
-        node = f"bench{port}@localhost"
+        # Mnesia keeps its data under the node name: the same name for every restart.
+        node = f"bench-{target.name}@localhost"
         command = [
             "ejabberdctl", "--ctl-config", str(ctl), "--config", str(config),
             "--spool", str(run_dir / "spool"),
             "--logs", str(run_dir / "logs"), "--node", node, "foreground",
         ]  # fmt: skip
+    # ejabberdctl started by root switches to the ejabberd user with su, whose PAM session
+    # resets the open-files limit to 1024: beam then stops accepting connections near 1000
+    # clients. Started as the ejabberd user it runs directly and keeps ours, as the others do.
+    as_user = pwd.getpwnam("ejabberd") if target.software == "ejabberd" else None
     proc = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=run_dir,
+        user=as_user.pw_uid if as_user else None,
+        group=as_user.pw_gid if as_user else None,
+        extra_groups=[] if as_user else None,
+        env={**os.environ, "HOME": as_user.pw_dir} if as_user else None,
     )
     running = Running(target, proc, port)
     deadline = time.monotonic() + 120
@@ -260,7 +277,8 @@ def scenarios(smoke: bool, idle_connections: list[int]) -> list[tuple[str, dict[
 def measure(
     target: Target, base: Spec, plans: list[tuple[str, dict[str, Any]]], root: Path
 ) -> dict[str, Any]:
-    running = start(target, root / target.name)
+    run_dir = root / target.name
+    running = start(target, run_dir)
     try:
         spec = replace(base, port=running.port, server_pids=[server_process_pid(running)])
         uvloop.run(provision(spec))
@@ -268,6 +286,16 @@ def measure(
         for label, overrides in plans:
             print(f"  {target.name}: {label}", file=sys.stderr, flush=True)
             try:
+                if overrides["scenario"] == "idle":
+                    # Memory per idle connection is measured on a freshly started server:
+                    # what earlier scenarios left in its heap would be reused by the new
+                    # connections and hide part of their cost (or, for a server that
+                    # returns memory late, add to it).
+                    running.stop()
+                    running = start(target, run_dir)
+                    spec = replace(
+                        spec, port=running.port, server_pids=[server_process_pid(running)]
+                    )
                 results[label] = run(replace(spec, **overrides))
             except Exception as exc:  # one failed scenario must not lose the others
                 results[label] = {"error": repr(exc)}
@@ -360,14 +388,27 @@ def main(argv: list[str] | None = None) -> int:
         "--only", action="append", choices=[t.name for t in TARGETS], help="run these only"
     )
     parser.add_argument("--idle", type=int, action="append", help="idle connection counts")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=["login", "msg", "presence", "roster_login", "idle"],
+        help="run these scenarios only (default: all)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    # Every server started here inherits this limit: 10k idle connections need 10k files.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     targets = [t for t in TARGETS if not args.only or t.name in args.only]
     if any(t.software != "fastxmpp" for t in targets):
         ensure_packages()
     idle = args.idle or [1000]
-    plans = scenarios(args.smoke, idle)
+    plans = [
+        (label, overrides)
+        for label, overrides in scenarios(args.smoke, idle)
+        if not args.scenario or overrides["scenario"] in args.scenario
+    ]
     users = max(2 * (10 if args.smoke else 50), 60 if args.smoke else 1010)
     base = Spec(scenario="msg", users=users, workers=args.workers)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -80,6 +80,7 @@ class LimitsConfig:
     auth_failures_per_ip: int = 30  # within auth_failure_window: the address is refused
     auth_failures_per_account: int = 10  # within auth_failure_window: the account is refused
     auth_failure_window: float = 600.0  # seconds over which failures are counted
+    heap_trim_delay: float = 1.0  # after connection churn, return freed memory; 0: never
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "auth_failures_per_ip": _integer_at_least(1),
             "auth_failures_per_account": _integer_at_least(1),
             "auth_failure_window": _positive_number,
+            "heap_trim_delay": _non_negative_number,
         },
     ),
     "storage": (

@@ -18,6 +18,7 @@ from ._router import Router
 from .certs import ensure_certificate
 from .config import Config
 from .jid import parse_jid
+from .memory import HeapTrimmer
 from .modules import builtin_modules
 from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
@@ -53,6 +54,7 @@ class Server:
             limits.auth_failure_window,
         )
         self.background: set[asyncio.Task[Any]] = set()
+        self.heap_trimmer = HeapTrimmer(limits.heap_trim_delay)
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
         self.listeners: list[asyncio.AbstractServer] = []
         self.addresses: list[tuple[str, int]] = []
@@ -149,6 +151,7 @@ class Server:
             await asyncio.sleep(0.02)
         for task in list(self.background):
             task.cancel()
+        self.heap_trimmer.stop()
         self._close_storage()
         self._stopped.set()
 

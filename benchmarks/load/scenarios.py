@@ -27,6 +27,11 @@ from .client import Account, LoginOptions, XMPPConnection, login
 DRAIN_TIMEOUT = 5.0
 SETUP_TIMEOUT = 300.0
 LOGIN_CONCURRENCY = 64  # logins in flight per worker during setup
+# idle: RSS is read this long after the server went quiet, before and after the logins, so
+# that every server has had the same time to collect and return what the logins left
+# behind (Lua and Erlang garbage collection, fastxmpp's heap trim): memory held for an idle
+# connection, not the high-water mark of the login wave.
+IDLE_SETTLE_S = 5.0
 
 
 @dataclass
@@ -73,12 +78,16 @@ def run(spec: Spec) -> dict[str, Any]:
         for i in range(spec.workers)
     ]
     pids = _server_pids(spec)
+    if spec.scenario == "idle":
+        time.sleep(IDLE_SETTLE_S)
     rss_before = procstat.rss_bytes(pids)
     for w in workers:
         w.start()
     try:
         ready = [_receive(results, "ready", SETUP_TIMEOUT, workers) for _ in workers]
         pids = _server_pids(spec)
+        if spec.scenario == "idle":
+            time.sleep(IDLE_SETTLE_S)
         rss_ready = procstat.rss_bytes(pids)
         cpu_start = procstat.cpu_seconds(pids)
         started = time.perf_counter()

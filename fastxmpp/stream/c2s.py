@@ -127,6 +127,7 @@ class C2SStream(Session, asyncio.Protocol):
         self.transport = None
         self.closing = True
         self.server.streams.discard(self)
+        self.server.heap_trimmer.churned()
         per_ip = self.server.connections_per_ip
         per_ip[self.address] -= 1
         if per_ip[self.address] <= 0:
@@ -712,6 +713,7 @@ class C2SStream(Session, asyncio.Protocol):
                 resource = _new_resource()
         old = self.router.bind(self, local, self.host, resource)
         self.bound = True
+        self.server.heap_trimmer.churned()  # the login's TLS and SASL garbage is behind us
         if self.auth_timer is not None:
             self.auth_timer.cancel()
             self.auth_timer = None
