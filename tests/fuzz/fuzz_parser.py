@@ -7,7 +7,8 @@ oracle of parser_oracle.py.
 
 (`make fuzz` does both, for an hour; the test suite runs 150 000 inputs on build/fuzz/coverage
 through tests/test_fuzz.py). Without FASTXMPP_FUZZ_BUILD it fuzzes the in-place build, with
-coverage of the Python oracle only. The dictionary xmpp.dict is used unless -dict= is given.
+coverage of the Python oracle only. The dictionary xmpp.dict is used unless -dict=FILE is given
+(`-dict=` alone: none).
 A crash or a mismatch stops the run and writes the input to crash-*; every finding becomes a
 case in tests/test_fuzz.py (FINDINGS) or tests/test_parser.py.
 """
@@ -34,7 +35,9 @@ def test_one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    if not any(arg.startswith("-dict=") for arg in sys.argv):
+    if "-dict=" in sys.argv:
+        sys.argv.remove("-dict=")  # no dictionary at all
+    elif not any(arg.startswith("-dict=") for arg in sys.argv):
         sys.argv.append(f"-dict={Path(__file__).with_name('xmpp.dict')}")
     atheris.Setup(sys.argv, test_one_input, **instrumented.setup_options())
     atheris.Fuzz()
