@@ -318,32 +318,47 @@ def _first(results: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    idle_labels = [label for label in report["scenarios"] if label.startswith("idle@")]
     lines = [
         f"Run {report['started']} on {report['machine']}; {report['note']}",
         "",
         "| server | config | msgs/s | server CPU µs/msg | p50 ms | p99 ms | p99 ms @10k/s "
-        "| lost | logins/s | login CPU ms | idle RSS KiB/conn | presence CPU µs/delivery "
-        "| roster login CPU ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| lost | logins/s | login CPU ms | "
+        + "".join(f"{label} RSS KiB/conn | " for label in idle_labels)
+        + "presence CPU µs/delivery | roster login CPU ms |",
+        "|---|---|" + "---:|" * (11 + len(idle_labels)),
     ]
+    notes: list[str] = []
     for name, r in report["servers"].items():
         msg, fixed, login = r.get("msg", {}), r.get("msg@10k", {}), r.get("login", {})
-        idle = _first(r, "idle@")
         presence, roster = _first(r, "presence@"), _first(r, "roster_login@")
         roster_cpu = roster.get("server_cpu_us_per_item")
-        rss = idle.get("rss_per_connection_bytes")
         login_cpu = login.get("server_cpu_us_per_item")
+        idle_cells = ""
+        for label in idle_labels:
+            rss = r.get(label, {}).get("rss_per_connection_bytes")
+            idle_cells += f"{_fmt(rss / 1024 if rss else None)} | "
         lines.append(
             f"| {name} | {report['profiles'][name]} | {_fmt(msg.get('rate_per_s'), 0)} "
             f"| {_fmt(msg.get('server_cpu_us_per_item'))} | {_fmt(msg.get('p50_ms'), 2)} "
             f"| {_fmt(msg.get('p99_ms'), 2)} | {_fmt(fixed.get('p99_ms'), 2)} "
             f"| {_fmt(msg.get('lost'))} | {_fmt(login.get('rate_per_s'), 0)} "
-            f"| {_fmt(login_cpu / 1000 if login_cpu else None, 2)} "
-            f"| {_fmt(rss / 1024 if rss else None)} "
-            f"| {_fmt(presence.get('server_cpu_us_per_item'))} "
+            f"| {_fmt(login_cpu / 1000 if login_cpu else None, 2)} | {idle_cells}"
+            f"{_fmt(presence.get('server_cpu_us_per_item'))} "
             f"| {_fmt(roster_cpu / 1000 if roster_cpu else None, 2)} |"
         )
+        for label, result in r.items():
+            if "error" in result:
+                notes.append(f"{name} {label}: failed: {result['error']}")
+            if result.get("setup_incomplete"):
+                notes.append(
+                    f"{name} {label}: {result['setup_incomplete']} subscription handshakes "
+                    "did not complete during setup"
+                )
+            if "setup_quiet_after_s" in result and result["setup_quiet_after_s"] is None:
+                notes.append(f"{name} {label}: the server was still busy when measuring began")
     lines += ["", "Errors: " + (", ".join(report["errors"]) or "none")]
+    lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,8 @@ import itertools
 import multiprocessing as mp
 import queue as queue_module
 import resource
+import socket
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,6 +34,13 @@ LOGIN_CONCURRENCY = 64  # logins in flight per worker during setup
 # behind (Lua and Erlang garbage collection, fastxmpp's heap trim): memory held for an idle
 # connection, not the high-water mark of the login wave.
 IDLE_SETTLE_S = 5.0
+# Before the measured phase the server must have finished the setup's work (Prosody's file
+# storage rewrites a 1000-item roster for every subscription change, for tens of seconds):
+# "quiet" is under 5% of a core over half a second; waited for at most QUIET_TIMEOUT_S.
+QUIET_CPU_SHARE = 0.05
+QUIET_TIMEOUT_S = 180.0
+SUBSCRIBE_BATCH = 50  # subscription handshakes in flight per worker during setup
+SUBSCRIBE_TIMEOUT_S = 120.0  # per batch
 
 
 @dataclass
@@ -86,6 +95,7 @@ def run(spec: Spec) -> dict[str, Any]:
     try:
         ready = [_receive(results, "ready", SETUP_TIMEOUT, workers) for _ in workers]
         pids = _server_pids(spec)
+        quiet_after = _wait_quiet(pids)
         if spec.scenario == "idle":
             time.sleep(IDLE_SETTLE_S)
         rss_ready = procstat.rss_bytes(pids)
@@ -102,7 +112,21 @@ def run(spec: Spec) -> dict[str, Any]:
             w.join(10)
             if w.is_alive():
                 w.kill()
-    return _summarize(spec, ready, done, elapsed, cpu_used, rss_before, rss_ready, pids)
+    summary = _summarize(spec, ready, done, elapsed, cpu_used, rss_before, rss_ready, pids)
+    summary["setup_quiet_after_s"] = quiet_after
+    summary["setup_incomplete"] = sum(r.get("incomplete", 0) for r in ready)
+    return summary
+
+
+def _wait_quiet(pids: list[int]) -> float | None:
+    """Seconds until the server's CPU use fell below QUIET_CPU_SHARE; None: it never did."""
+    started = time.monotonic()
+    while time.monotonic() - started < QUIET_TIMEOUT_S:
+        before = procstat.cpu_seconds(pids)
+        time.sleep(0.5)
+        if procstat.cpu_seconds(pids) - before < QUIET_CPU_SHARE * 0.5:
+            return round(time.monotonic() - started, 1)
+    return None
 
 
 def _server_pids(spec: Spec) -> list[int]:
@@ -165,6 +189,8 @@ def _summarize(
     if spec.scenario == "msg":
         summary["sent"] = sum(d["sent"] for d in done)
         summary["lost"] = summary["sent"] - count
+    if spec.scenario == "flood":
+        summary.update(_flood_summary(spec, done))
     if spec.scenario == "idle":
         held = sum(r["connections"] for r in ready)
         summary["connections"] = held
@@ -201,6 +227,7 @@ async def _worker(spec: Spec, index: int, results: Any, go: Any) -> None:
         "msg": _msg_scenario,
         "presence": _presence_scenario,
         "roster_login": _roster_login_scenario,
+        "flood": _flood_scenario,
     }
     await scenario[spec.scenario](spec, index, results, go)
 
@@ -448,40 +475,64 @@ async def _wait_until(check: Any, timeout: float, poll: float = 0.05) -> bool:
     return True
 
 
-async def _subscribed_contacts(spec: Spec, index: int) -> tuple[_Peer | None, list[_Peer]]:
+async def _subscribed_contacts(spec: Spec, index: int) -> tuple[_Peer | None, list[_Peer], int]:
     """Log in this worker's share of the contacts (and the hub in worker 0), make every
-    contact and the hub subscribe to each other (RFC 6121 §3), and make all available."""
+    contact and the hub subscribe to each other (RFC 6121 §3), and make all available.
+    Handshakes go in batches, each waited for: thousands of requests at once only measure
+    how a server copes with a burst, and slow ones were still working when the measured
+    phase began. Also the number of handshakes that never completed."""
     if spec.users <= spec.contacts:
         raise ValueError("presence scenarios need users > contacts (bench0 is the hub)")
     hub_bare = spec.account(0).bare
     mine = [i for i in range(1, spec.contacts + 1) if i % spec.workers == index]
     conns = await _bounded_logins(spec, [(spec.account(i), "contact") for i in mine])
     contacts = [_Peer(c, hub_bare) for c in conns]
-    hub = None
+    for peer in contacts:
+        peer.start()
+        peer.conn.send(ROSTER_GET)
+        peer.conn.send(b"<presence/>")
+    incomplete = 0
     if index == 0:
+        # The hub asks every contact, batch by batch; each contact's _Peer approves.
         hub_conn = await login(spec.host, spec.port, spec.account(0), "hub", spec.options)
         hub = _Peer(hub_conn, "")
         hub.start()
+        hub_conn.send(ROSTER_GET)
         hub_conn.send(b"<presence/>")
-        for i in range(1, spec.contacts + 1):
-            hub_conn.send(f"<presence type='subscribe' to='{spec.account(i).bare}'/>".encode())
-    for peer in contacts:
-        peer.start()
-        peer.conn.send(b"<presence/>")
-        peer.conn.send(f"<presence type='subscribe' to='{hub_bare}'/>".encode())
-    # Servers that already hold the subscriptions (a second scenario on the same server) do
-    # not answer again: "subscribed" may never come, so the wait is bounded, not required.
-    await _wait_until(lambda: all(hub_bare in p.subscribed_by for p in contacts), 30)
-    return hub, contacts
+        everyone = [spec.account(i).bare for i in range(1, spec.contacts + 1)]
+        for batch in _batches(everyone):
+            for bare in batch:
+                hub_conn.send(f"<presence type='subscribe' to='{bare}'/>".encode())
+            await _wait_until(lambda b=batch: hub.subscribed_by.issuperset(b), SUBSCRIBE_TIMEOUT_S)
+        incomplete += len(set(everyone) - hub.subscribed_by)
+    # This worker's contacts ask the hub, batch by batch; the hub's _Peer approves. (A
+    # server that holds the subscription already answers for the hub, RFC 6121 §3.1.3.)
+    for batch in _batches(contacts):
+        for peer in batch:
+            peer.conn.send(f"<presence type='subscribe' to='{hub_bare}'/>".encode())
+        await _wait_until(
+            lambda b=batch: all(hub_bare in p.subscribed_by for p in b), SUBSCRIBE_TIMEOUT_S
+        )
+    incomplete += sum(hub_bare not in p.subscribed_by for p in contacts)
+    return (hub if index == 0 else None), contacts, incomplete
+
+
+# Clients fetch the roster first, as real ones do: that makes them "interested resources",
+# the only ones subscription approvals are delivered to (RFC 6121 §2.1.6, §3.1.6).
+ROSTER_GET = b"<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>"
+
+
+def _batches(items: list[Any]) -> list[list[Any]]:
+    return [items[i : i + SUBSCRIBE_BATCH] for i in range(0, len(items), SUBSCRIBE_BATCH)]
 
 
 async def _presence_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
-    hub, contacts = await _subscribed_contacts(spec, index)
+    hub, contacts, incomplete = await _subscribed_contacts(spec, index)
     await asyncio.sleep(1.0)
     for peer in contacts:
         peer.from_watched = 0
         peer.latencies.clear()
-    _report(results, "ready", connections=len(contacts))
+    _report(results, "ready", connections=len(contacts), incomplete=incomplete)
     await _wait_event(go, SETUP_TIMEOUT)
     cpu0, t0 = time.process_time(), time.perf_counter()
     if hub is not None:
@@ -502,9 +553,9 @@ async def _presence_scenario(spec: Spec, index: int, results: Any, go: Any) -> N
 async def _roster_login_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
     """The hub logs in again and again with a new resource while all its contacts are
     online: each login costs the server the roster, the probes and the broadcasts."""
-    hub, contacts = await _subscribed_contacts(spec, index)
+    hub, contacts, incomplete = await _subscribed_contacts(spec, index)
     await asyncio.sleep(1.0)
-    _report(results, "ready", connections=len(contacts))
+    _report(results, "ready", connections=len(contacts), incomplete=incomplete)
     await _wait_event(go, SETUP_TIMEOUT)
     cpu0, t0 = time.process_time(), time.perf_counter()
     latencies: list[float] = []
@@ -523,7 +574,7 @@ async def _roster_login_scenario(spec: Spec, index: int, results: Any, go: Any) 
                 continue
             peer = _Peer(conn, "")
             peer.start()
-            conn.send(b"<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
+            conn.send(ROSTER_GET)
             conn.send(b"<presence/>")
             # Done when every contact's presence has come back from the probes.
             # (The hub's own other resource is not a contact: it does not count.)
@@ -539,3 +590,192 @@ async def _roster_login_scenario(spec: Spec, index: int, results: Any, go: Any) 
         await asyncio.sleep(spec.duration)
     _close_peers([*contacts, *([hub] if hub else [])])
     _report_done(results, cpu0, t0, len(latencies), latencies, errors)
+
+
+# --- flood: one session sends as fast as the server reads, the others chat at a fixed rate ---
+
+FLOOD_PAIR_RATE = 20.0  # messages/s of each ordinary pair when --rate is not given
+FLOOD_BATCH = 50  # messages the flooder writes between two waits for its socket
+
+
+def _flood_summary(spec: Spec, done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ordinary pairs' latency without and with the flood, the server's CPU share in
+    each phase (measured by worker 0), and what the flood got through."""
+    phases: dict[str, Any] = {}
+    main = next(d for d in done if "flood_sent" in d)
+    for phase in ("baseline", "flood"):
+        latencies = [x for d in done for x in d["phase_ms"][phase]]
+        cpu = main[f"{phase}_server_cpu_s"]
+        sent = sum(d["phase_sent"][phase] for d in done)
+        phases[phase] = {
+            "sent": sent,
+            "lost": sent - len(latencies),
+            "p50_ms": _percentile(latencies, 0.50),
+            "p99_ms": _percentile(latencies, 0.99),
+            "max_ms": max(latencies) if latencies else None,
+            "server_cpu_s": cpu,
+            "server_cpu_share": cpu / spec.duration if cpu is not None else None,
+        }
+    flood_sent, flood_delivered = main["flood_sent"], main["flood_delivered"]
+    phases["flood"].update(
+        flood_sent=flood_sent,
+        flood_delivered=flood_delivered,
+        flood_delivered_per_s=main["flood_in_phase"] / spec.duration,
+        flooder_disconnected=main["flooder_disconnected"],
+    )
+    return {"phases": phases, "pair_rate_per_s": _pair_rate(spec)}
+
+
+def _pair_rate(spec: Spec) -> float:
+    return spec.rate / spec.pairs if spec.rate else FLOOD_PAIR_RATE
+
+
+async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
+    """`duration` seconds of the pairs chatting at a fixed rate (baseline), then `duration`
+    more while one session (worker 0) sends messages to a victim as fast as the server reads
+    them: with input pacing (limits.max_bytes_per_second) the flooder is slowed down by TCP
+    and the others should not notice. Accounts: the pairs bench0..bench{2P-1}, the flooder
+    bench{2P}, its victim bench{2P+1}."""
+    if spec.users < 2 * spec.pairs + 2:
+        raise ValueError("flood needs users >= 2 * pairs + 2 (flooder and victim)")
+    pairs = _mine(spec, index, spec.pairs)
+    jobs: list[tuple[Account, str]] = []
+    for p in pairs:
+        jobs += [(spec.account(2 * p), f"s{p}"), (spec.account(2 * p + 1), f"r{p}")]
+    if index == 0:
+        jobs += [(spec.account(2 * spec.pairs), "flooder")]
+        jobs += [(spec.account(2 * spec.pairs + 1), "victim")]
+    conns = await _bounded_logins(spec, jobs)
+    senders, receivers = conns[0 : 2 * len(pairs) : 2], conns[1 : 2 * len(pairs) : 2]
+    await asyncio.sleep(0.5)
+    for conn in conns:
+        conn.queue.clear()
+    _report(results, "ready", connections=len(conns))
+    await _wait_event(go, SETUP_TIMEOUT)
+
+    body = spec.body.encode()
+    pids = [p for pid in spec.server_pids for p in procstat.process_tree(pid)]
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    mid, end = t0 + spec.duration, t0 + 2 * spec.duration
+    mid_ns = time.perf_counter_ns() + int(spec.duration * 1e9)
+    server_cpu = [procstat.cpu_seconds(pids)]
+    latencies: dict[str, list[float]] = {"baseline": [], "flood": []}
+    sent = {"baseline": 0, "flood": 0}
+    received = [0] * len(pairs)
+    pair_sent = [0] * len(pairs)
+    flood = {"sent": 0, "delivered": 0, "in_phase": 0, "disconnected": False}
+
+    def message(to: bytes) -> bytes:
+        stamp = str(time.perf_counter_ns()).encode()
+        return b"<message type='chat' to='%s' id='%s'><body>%s</body></message>" % (
+            to,
+            stamp,
+            body,
+        )
+
+    async def paced(pair: int) -> None:
+        sender, to = senders[pair], receivers[pair].full_jid.encode()
+        interval = 1 / _pair_rate(spec)
+        next_at = time.perf_counter() + interval * (pair / max(1, len(pairs)))
+        while next_at < end:
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            sender.send(message(to))
+            sent["baseline" if time.perf_counter() < mid else "flood"] += 1
+            pair_sent[pair] += 1
+            next_at += interval
+
+    async def receive(pair: int) -> None:
+        conn = receivers[pair]
+        while not (time.perf_counter() > end and received[pair] >= pair_sent[pair]):
+            try:
+                events = await asyncio.wait_for(
+                    conn.read_events(), max(0.05, end + DRAIN_TIMEOUT - time.perf_counter())
+                )
+            except TimeoutError:
+                return  # what is still missing counts as lost
+            now = time.perf_counter_ns()
+            for event in events:
+                if type(event) is Stanza and event.name == "message":
+                    stamp = event.attrs.get("id", "")
+                    if stamp.isdigit():
+                        phase = "baseline" if int(stamp) < mid_ns else "flood"
+                        latencies[phase].append((now - int(stamp)) / 1e6)
+                        received[pair] += 1
+
+    async def flooder(conn: XMPPConnection, to: bytes) -> None:
+        await asyncio.sleep(max(0.0, mid - time.perf_counter()))
+        try:
+            while time.perf_counter() < end:
+                conn.send(b"".join(message(to) for _ in range(FLOOD_BATCH)))
+                flood["sent"] += FLOOD_BATCH
+                await asyncio.wait_for(conn.writer.drain(), max(0.001, end - time.perf_counter()))
+        except TimeoutError:
+            pass
+        except ConnectionError:
+            flood["disconnected"] = True
+        # What the flooder still has queued (here and in the kernel) is thrown away: a reset,
+        # not a close, so that the server does not go on reading it after the measurement.
+        sock = conn.writer.get_extra_info("socket")
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.writer.transport.abort()
+
+    async def victim(conn: XMPPConnection) -> None:
+        while time.perf_counter() < end + DRAIN_TIMEOUT:
+            try:
+                events = await asyncio.wait_for(
+                    conn.read_events(), max(0.05, end + DRAIN_TIMEOUT - time.perf_counter())
+                )
+            except (TimeoutError, ConnectionError):
+                return
+            for event in events:
+                if type(event) is Stanza and event.name == "message":
+                    flood["delivered"] += 1
+                    if time.perf_counter() < end:
+                        flood["in_phase"] += 1
+
+    async def phase_marks() -> None:
+        for mark in (mid, end):
+            await asyncio.sleep(max(0.0, mark - time.perf_counter()))
+            server_cpu.append(procstat.cpu_seconds(pids))
+
+    tasks = [asyncio.ensure_future(receive(p)) for p in range(len(pairs))]
+    tasks += [asyncio.ensure_future(paced(p)) for p in range(len(pairs))]
+    if index == 0:
+        flood_conn, victim_conn = conns[-2], conns[-1]
+        tasks += [
+            asyncio.ensure_future(flooder(flood_conn, victim_conn.full_jid.encode())),
+            asyncio.ensure_future(victim(victim_conn)),
+            asyncio.ensure_future(phase_marks()),
+        ]
+    await asyncio.wait(tasks, timeout=2 * spec.duration + DRAIN_TIMEOUT + 30)
+    for t in tasks:
+        t.cancel()
+    active = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    for conn in conns:
+        conn.close()
+    extra: dict[str, Any] = {}
+    if index == 0:
+        measured = bool(pids) and len(server_cpu) == 3
+        extra = {
+            "baseline_server_cpu_s": server_cpu[1] - server_cpu[0] if measured else None,
+            "flood_server_cpu_s": server_cpu[2] - server_cpu[1] if measured else None,
+            "flood_sent": flood["sent"],
+            "flood_delivered": flood["delivered"],
+            "flood_in_phase": flood["in_phase"],
+            "flooder_disconnected": flood["disconnected"],
+        }
+    _report(
+        results,
+        "done",
+        count=sum(received),
+        sent=sum(pair_sent),
+        latencies_ms=latencies["baseline"] + latencies["flood"],
+        phase_ms=latencies,
+        phase_sent=sent,
+        errors=0,
+        cpu_s=cpu,
+        active_s=min(active, 2 * spec.duration + DRAIN_TIMEOUT),
+        **extra,
+    )
