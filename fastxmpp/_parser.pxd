@@ -43,15 +43,22 @@ cdef class StreamParser:
     cdef bint _reserialize
     cdef Stanza _current
     cdef str _sep
+    cdef bint _encoding_checked
+    cdef bytes _header_tag          # the stream header's start tag, to rebuild expat from
 
     cpdef list feed(self, bytes data)
     cpdef reset(self)
+    cpdef bint hibernate(self)
+    cdef int _new_expat(self) except -1
+    cdef int _wake(self) except -1
+    cdef bint _utf8_at(self, long long index)
     cdef void _fail(self, str condition, str text) noexcept
     cdef int _ns_start(self, const char *prefix, const char *uri) except -1
     cdef void _count_prefix(self, str prefix)
     cdef bint _declared_inside(self, const char *prefix_with_sep)
     cdef int _start(self, const char *name, const char **atts) except -1
-    cdef void _start_stream(self, const char *name, const char **atts) except *
+    cdef void _start_stream(self, const char *name, const char **atts,
+                            long long index, int count) except *
     cdef void _start_stanza(self, const char *name, const char **atts,
                             long long index, int count) except *
     cdef dict _attrs(self, const char **atts, dict prefixes)

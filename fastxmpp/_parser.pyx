@@ -10,6 +10,10 @@ bytes the peer sent, so a routed stanza is forwarded without building a tree
 
 Restricted XML (RFC 6120 §11.1): a DOCTYPE, entity declaration, comment, processing
 instruction or non-predefined entity reference ends the stream with `restricted-xml`.
+UTF-8 only (§11.6): bytes that are not UTF-8, or a stream in another encoding, end it with
+`unsupported-encoding` (§4.9.3.22). Text between stanzas other than whitespace ends it with
+`bad-format` (§4.9.3.1), a second stream header inside the stream with
+`unsupported-stanza-type` (§4.9.3.24).
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -30,6 +34,7 @@ cdef extern from "expat.h":
         XML_STATUS_SUSPENDED
     cdef enum XML_Error:
         XML_ERROR_NONE
+        XML_ERROR_INVALID_TOKEN
         XML_ERROR_UNDEFINED_ENTITY
         XML_ERROR_UNKNOWN_ENCODING
         XML_ERROR_INCORRECT_ENCODING
@@ -91,6 +96,7 @@ cdef extern from *:
 cdef char SEP_CHAR = 1
 
 XML_NS = "http://www.w3.org/XML/1998/namespace"
+STREAMS_NS = "http://etherx.jabber.org/streams"
 
 # recover=True: expat has already checked the bytes for well-formedness; libxml2 adds checks
 # XML does not ask for (a namespace name that is not a URI, found by tests/fuzz), and a
@@ -291,8 +297,15 @@ cdef void _on_end(void *data, const XML_Char *name) noexcept:
 
 cdef void _on_text(void *data, const XML_Char *s, int n) noexcept:
     cdef StreamParser self = <StreamParser>data
+    cdef int i
     if self._depth == 1:
-        # Whitespace between stanzas (keepalives, RFC 6120 §4.6.1): nothing to keep.
+        for i in range(n):
+            if s[i] != b' ' and s[i] != b'\t' and s[i] != b'\n' and s[i] != b'\r':
+                # The stream's children are elements (RFC 6120 §4.1); only whitespace goes
+                # between them (keepalives, §4.6.1).
+                self._fail("bad-format", "text between stanzas (RFC 6120 §4.9.3.1)")
+                return
+        # Whitespace between stanzas: nothing to keep.
         self._keep_from = XML_GetCurrentByteIndex(self._parser) + XML_GetCurrentByteCount(
             self._parser)
 
@@ -363,22 +376,7 @@ cdef class StreamParser:
 
     cpdef reset(self):
         """Forget the current stream and expect a new stream header."""
-        if self._parser != NULL:
-            XML_ParserFree(self._parser)
-        self._parser = XML_ParserCreateNS(b"UTF-8", SEP_CHAR)
-        if self._parser == NULL:
-            raise MemoryError()
-        XML_SetUserData(self._parser, <void *>self)
-        XML_SetReturnNSTriplet(self._parser, 1)
-        XML_SetElementHandler(self._parser, _on_start, _on_end)
-        XML_SetCharacterDataHandler(self._parser, _on_text)
-        XML_SetNamespaceDeclHandler(self._parser, _on_ns_start, _on_ns_end)
-        XML_SetCommentHandler(self._parser, _on_comment)
-        XML_SetProcessingInstructionHandler(self._parser, _on_pi)
-        XML_SetStartDoctypeDeclHandler(self._parser, _on_doctype)
-        XML_SetEntityDeclHandler(self._parser, _on_entity_decl)
-        XML_SetXmlDeclHandler(self._parser, _on_xml_decl)
-        fx_disable_reparse_deferral(self._parser)
+        self._new_expat()
         self._buf = bytearray()
         self._base = 0
         self._keep_from = 0
@@ -395,6 +393,59 @@ cdef class StreamParser:
         self._inner_prefixes = None
         self._reserialize = False
         self._current = None
+        self._encoding_checked = False
+        self._header_tag = None
+
+    @property
+    def hibernating(self):
+        return self._parser == NULL and self._header_tag is not None
+
+    cpdef bint hibernate(self):
+        """Free expat's memory (about 8 KiB: buffers, name tables, pools) while the stream
+        is idle between stanzas; the next feed() builds a new expat primed with this
+        stream's own header, whose declarations later stanzas may use. False when there is
+        nothing to free or a stanza (or a token) is unfinished."""
+        if (self._parser == NULL or self._depth != 1 or self.failed or self.ended
+                or self._header_tag is None or PyByteArray_GET_SIZE(self._buf) != 0):
+            return False
+        XML_ParserFree(self._parser)
+        self._parser = NULL
+        return True
+
+    cdef int _wake(self) except -1:
+        cdef bytes header = self._header_tag
+        self._new_expat()
+        self._buf = bytearray()
+        self._base = 0
+        self._keep_from = 0
+        self._last_start_end = 0
+        self._depth = 0
+        self._stream_decls = []
+        # The header was announced when it first came; its replay's event is dropped.
+        self.feed(header)
+        if self.failed or self._depth != 1:
+            raise RuntimeError("the stream header did not parse again")
+        return 0
+
+    cdef int _new_expat(self) except -1:
+        if self._parser != NULL:
+            XML_ParserFree(self._parser)
+            self._parser = NULL
+        self._parser = XML_ParserCreateNS(b"UTF-8", SEP_CHAR)
+        if self._parser == NULL:
+            raise MemoryError()
+        XML_SetUserData(self._parser, <void *>self)
+        XML_SetReturnNSTriplet(self._parser, 1)
+        XML_SetElementHandler(self._parser, _on_start, _on_end)
+        XML_SetCharacterDataHandler(self._parser, _on_text)
+        XML_SetNamespaceDeclHandler(self._parser, _on_ns_start, _on_ns_end)
+        XML_SetCommentHandler(self._parser, _on_comment)
+        XML_SetProcessingInstructionHandler(self._parser, _on_pi)
+        XML_SetStartDoctypeDeclHandler(self._parser, _on_doctype)
+        XML_SetEntityDeclHandler(self._parser, _on_entity_decl)
+        XML_SetXmlDeclHandler(self._parser, _on_xml_decl)
+        fx_disable_reparse_deferral(self._parser)
+        return 0
 
     @property
     def depth(self):
@@ -417,15 +468,34 @@ cdef class StreamParser:
             return [self._error]
         if self.ended:
             return events
-        self._events = events
+        if self._parser == NULL:
+            self._wake()
         self._buf.extend(data)
+        if not self._encoding_checked:
+            # expat guesses the encoding from the first bytes whatever it was told; nothing
+            # reaches it before they are checked.
+            if PyByteArray_GET_SIZE(self._buf) < 3:
+                return events
+            self._encoding_checked = True
+            refusal = _foreign_encoding(self._buf)
+            if refusal is not None:
+                self._error = XMLStreamError(*refusal)
+                self.failed = True
+                self._buf = bytearray()
+                return [self._error]
+            data = bytes(self._buf)
+        self._events = events
         status = XML_Parse(self._parser, data, len(data), 0)
         self._events = None
         if status == XML_STATUS_ERROR:
             if self._error is None:
                 code = XML_GetErrorCode(self._parser)
-                self._error = XMLStreamError(_condition_for(code),
-                                             XML_ErrorString(code).decode())
+                condition = _condition_for(code)
+                if code == XML_ERROR_INVALID_TOKEN and not self._utf8_at(
+                        XML_GetCurrentByteIndex(self._parser)):
+                    # RFC 6120 §4.9.3.22: a stream that breaks the rules of UTF-8.
+                    condition = "unsupported-encoding"
+                self._error = XMLStreamError(condition, XML_ErrorString(code).decode())
             self.failed = True
             events.append(self._error)
             self._buf = bytearray()
@@ -447,6 +517,17 @@ cdef class StreamParser:
             self._buf = bytearray()
             events.append(self._error)
         return events
+
+    cdef bint _utf8_at(self, long long index):
+        """Whether the byte at a stream offset starts a well-formed UTF-8 sequence."""
+        cdef Py_ssize_t pos = index - self._base
+        if pos < 0 or pos >= PyByteArray_GET_SIZE(self._buf):
+            return True
+        try:
+            bytes(self._buf[pos:pos + 4]).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return exc.start > 0  # only a later character (cut by the window) is broken
+        return True
 
     cdef void _fail(self, str condition, str text) noexcept:
         if self._error is None:
@@ -499,7 +580,7 @@ cdef class StreamParser:
             return 0
         self._last_start_end = index + count
         if self._depth == 0:
-            self._start_stream(name, atts)
+            self._start_stream(name, atts, index, count)
         elif self._depth == 1:
             self._start_stanza(name, atts, index, count)
         else:
@@ -523,9 +604,13 @@ cdef class StreamParser:
         self._depth += 1
         return 0
 
-    cdef void _start_stream(self, const char *name, const char **atts) except *:
+    cdef void _start_stream(self, const char *name, const char **atts,
+                            long long index, int count) except *:
         cdef StreamHeader header = StreamHeader()
         cdef str decls = ""
+        if self._header_tag is None:
+            self._header_tag = PyBytes_FromStringAndSize(
+                PyByteArray_AS_STRING(self._buf) + (index - self._base), count)
         header.ns, header.name, header.prefix = _split_name(name)
         header.attrs = self._attrs(atts, None)
         header.nsdecls = self._stream_decls
@@ -542,6 +627,11 @@ cdef class StreamParser:
         cdef const char *pfx = _prefix_of(name)
         cdef dict prefixes = {}
         st.ns, st.name, st.prefix = _split_name(name)
+        if st.name == "stream" and st.ns == STREAMS_NS:
+            # A stream header inside the stream: known, but never a first-level child; it
+            # would only close with the stream, so it is refused at once.
+            self._fail("unsupported-stanza-type", "a stream header inside the stream")
+            return
         st.attrs = self._attrs(atts, prefixes)
         st._attr_prefixes = prefixes or None
         st.nsdecls = self._pending_decls
@@ -605,6 +695,24 @@ cdef class StreamParser:
             self.ended = True
             self._events.append(STREAM_END)
         return 0
+
+
+cdef tuple _foreign_encoding(bytearray head):
+    """(condition, text) for a stream whose first three bytes are not UTF-8 XML text (RFC 6120
+    §11.6), or None. The patterns are those of XML 1.0 Appendix F, on which expat would
+    switch to UTF-16 whatever encoding it was told."""
+    cdef unsigned char b0 = head[0], b1 = head[1], b2 = head[2]
+    if (b0 == 0xFE and b1 == 0xFF) or (b0 == 0xFF and b1 == 0xFE):
+        return "unsupported-encoding", "a UTF-16 or UTF-32 byte order mark: UTF-8 only"
+    if (b0 == 0 and (b1 == 0x3C or b1 == 0)) or (b0 == 0x3C and b1 == 0):
+        return "unsupported-encoding", "UTF-16 or UTF-32 text: UTF-8 only"
+    if b0 == 0 or b1 == 0:
+        return "not-well-formed", "U+0000 is not an XML character"
+    if b0 == 0xEF and b1 == 0xBB and b2 == 0xBF:
+        # §11.6: U+FEFF is a zero width no-break space, never a byte order mark; as
+        # character data before the root element it is not well-formed.
+        return "not-well-formed", "U+FEFF before the stream header"
+    return None
 
 
 cdef str _condition_for(XML_Error code):

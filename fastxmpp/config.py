@@ -64,6 +64,7 @@ class C2SConfig:
     max_sasl_failures: int = 3
     auth_timeout: float = 60.0
     sasl_mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+    hibernate_after: float = 10.0  # silent this long: the stream's parser frees its memory
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "resource_conflict": _one_of(*RESOURCE_CONFLICT_POLICIES),
             "max_sasl_failures": _integer_at_least(1),
             "auth_timeout": _positive_number,
+            "hibernate_after": _non_negative_number,
             "sasl_mechanisms": _mechanisms,
         },
     ),

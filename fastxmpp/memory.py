@@ -17,7 +17,8 @@ import ctypes
 import ctypes.util
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 log = logging.getLogger("fastxmpp.memory")
 
@@ -71,3 +72,33 @@ class HeapTrimmer:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
+
+
+class ParserHibernation:
+    """Streams silent for `after` seconds give back their XML parser's memory
+    (StreamParser.hibernate: about 8 KiB of expat state per stream, rebuilt from the stream
+    header on the next input, docs/PARSER.md). Checked every after/2 seconds; 0: never."""
+
+    def __init__(self, streams: Collection[Any], after: float) -> None:
+        self.streams = streams
+        self.after = after
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self.after > 0:
+            self._timer = asyncio.get_running_loop().call_later(self.after / 2, self._sweep)
+
+    def _sweep(self) -> None:
+        idle_since = time.monotonic() - self.after
+        freed = 0
+        for stream in self.streams:
+            if stream.last_received <= idle_since and stream.parser.hibernate():
+                freed += 1
+        if freed:
+            log.debug("released the parsers of %d idle streams", freed)
+        self.start()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import ssl
 from collections import Counter
@@ -18,7 +19,7 @@ from ._router import Router
 from .certs import ensure_certificate
 from .config import Config
 from .jid import parse_jid
-from .memory import HeapTrimmer
+from .memory import HeapTrimmer, ParserHibernation
 from .modules import builtin_modules
 from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
@@ -55,6 +56,7 @@ class Server:
         )
         self.background: set[asyncio.Task[Any]] = set()
         self.heap_trimmer = HeapTrimmer(limits.heap_trim_delay)
+        self.parser_hibernation = ParserHibernation(self.streams, config.c2s.hibernate_after)
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
         self.listeners: list[asyncio.AbstractServer] = []
         self.addresses: list[tuple[str, int]] = []
@@ -105,6 +107,7 @@ class Server:
         except BaseException:
             self._close_storage()
             raise
+        self.parser_hibernation.start()
         log.info(
             "fastxmpp %s serving %s (data in %s)",
             __version__,
@@ -152,6 +155,7 @@ class Server:
         for task in list(self.background):
             task.cancel()
         self.heap_trimmer.stop()
+        self.parser_hibernation.stop()
         self._close_storage()
         self._stopped.set()
 
@@ -191,9 +195,31 @@ def setup_logging(level: str) -> None:
     )
 
 
+def raise_open_files_limit() -> None:
+    """Every connection holds a file descriptor, and the usual soft limit (1024) is far below
+    the connections a server is expected to hold: raise the soft RLIMIT_NOFILE to the hard
+    limit, as the operator allowed, and log what we have. (Without it, accept() fails with
+    EMFILE near 1000 clients and new connections are refused.)"""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+        else:
+            log.info("open files limit raised from %d to %d (the hard limit)", soft, hard)
+            return
+    log.info("open files limit: %s (hard limit %s)", _rlimit(soft), _rlimit(hard))
+
+
+def _rlimit(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+
+
 def run(config: Config) -> int:
     """Run the server until SIGTERM/SIGINT; the process exit code."""
     setup_logging(config.log_level)
+    raise_open_files_limit()
     try:
         uvloop.run(Server(config).serve_until_signalled())
     except DataDirLocked as exc:
