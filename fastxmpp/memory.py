@@ -79,9 +79,12 @@ class ParserHibernation:
     (StreamParser.hibernate: about 8 KiB of expat state per stream, rebuilt from the stream
     header on the next input, docs/PARSER.md). Checked every after/2 seconds; 0: never."""
 
-    def __init__(self, streams: Collection[Any], after: float) -> None:
+    def __init__(
+        self, streams: Collection[Any], after: float, trimmer: HeapTrimmer | None = None
+    ) -> None:
         self.streams = streams
         self.after = after
+        self.trimmer = trimmer  # freed parsers leave holes in the heap: trim after a sweep
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -96,6 +99,8 @@ class ParserHibernation:
                 freed += 1
         if freed:
             log.debug("released the parsers of %d idle streams", freed)
+            if self.trimmer is not None:
+                self.trimmer.churned()
         self.start()
 
     def stop(self) -> None:

@@ -56,7 +56,9 @@ class Server:
         )
         self.background: set[asyncio.Task[Any]] = set()
         self.heap_trimmer = HeapTrimmer(limits.heap_trim_delay)
-        self.parser_hibernation = ParserHibernation(self.streams, config.c2s.hibernate_after)
+        self.parser_hibernation = ParserHibernation(
+            self.streams, config.c2s.hibernate_after, self.heap_trimmer
+        )
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
         self.listeners: list[asyncio.AbstractServer] = []
         self.addresses: list[tuple[str, int]] = []

@@ -29,11 +29,13 @@ from .client import Account, LoginOptions, XMPPConnection, login
 DRAIN_TIMEOUT = 5.0
 SETUP_TIMEOUT = 300.0
 LOGIN_CONCURRENCY = 64  # logins in flight per worker during setup
-# idle: RSS is read this long after the server went quiet, before and after the logins, so
-# that every server has had the same time to collect and return what the logins left
-# behind (Lua and Erlang garbage collection, fastxmpp's heap trim): memory held for an idle
-# connection, not the high-water mark of the login wave.
-IDLE_SETTLE_S = 5.0
+# idle: RSS is read after the server has been left alone, before the logins (5 s) and after
+# them (30 s), so that every server has had the same time to collect and return what the
+# logins left behind (Lua and Erlang garbage collection; fastxmpp trims its heap 1 s after
+# the churn and frees the parsers of streams silent for 10 s): the memory an idle connection
+# holds, not the high-water mark of the login wave.
+IDLE_SETTLE_BEFORE_S = 5.0
+IDLE_SETTLE_S = 30.0
 # Before the measured phase the server must have finished the setup's work (Prosody's file
 # storage rewrites a 1000-item roster for every subscription change, for tens of seconds):
 # "quiet" is under 5% of a core over half a second; waited for at most QUIET_TIMEOUT_S.
@@ -88,7 +90,7 @@ def run(spec: Spec) -> dict[str, Any]:
     ]
     pids = _server_pids(spec)
     if spec.scenario == "idle":
-        time.sleep(IDLE_SETTLE_S)
+        time.sleep(IDLE_SETTLE_BEFORE_S)
     rss_before = procstat.rss_bytes(pids)
     for w in workers:
         w.start()
