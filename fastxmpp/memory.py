@@ -76,7 +76,7 @@ class HeapTrimmer:
 
 class ParserHibernation:
     """Streams silent for `after` seconds give back their XML parser's memory
-    (StreamParser.hibernate: about 8 KiB of expat state per stream, rebuilt from the stream
+    (StreamParser.hibernate: about 10 KiB of expat state per stream, rebuilt from the stream
     header on the next input, docs/PARSER.md). Checked every after/2 seconds; 0: never."""
 
     def __init__(
