@@ -75,8 +75,10 @@ class RawClient:
         if remaining <= 0:
             raise TimeoutError("no answer from the server")
         if not (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
-            ready, _, _ = select.select([self.sock], [], [], remaining)
-            if not ready:
+            # poll, not select: tests that hold over 1024 descriptors use this client too.
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            if not poller.poll(remaining * 1000):
                 raise TimeoutError("no answer from the server")
         try:
             data = self.sock.recv(65536)

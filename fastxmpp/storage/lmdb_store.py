@@ -45,8 +45,12 @@ class Storage:
         self.data_dir = data_dir
         make_private_dir(data_dir)
         make_private_dir(db_dir)
+        # sync and metasync (LMDB's defaults, spelled out because the server relies on
+        # them): every commit is on disk when it returns, so a stanza the server has
+        # acknowledged (an offline message followed by an answered iq) survives a crash or a
+        # power cut. No writemap/map_async: those trade that guarantee for speed.
         self._env: lmdb.Environment | None = lmdb.open(
-            str(db_dir), map_size=map_size, max_dbs=64, mode=0o600
+            str(db_dir), map_size=map_size, max_dbs=64, mode=0o600, sync=True, metasync=True
         )
         self._databases: dict[str, Any] = {}
 

@@ -1,0 +1,288 @@
+"""Durability of what the server has acknowledged: SIGKILL under load, and a full disk.
+
+The policy these tests establish (docs/CONFIGURATION.md, "Durability"):
+
+- A message to an offline account is acknowledged when its sender has seen no error for it
+  and a later iq (a ping) sent on the same stream has been answered: a stream's stanzas are
+  handled in order, and the offline store commits each message to LMDB (fsync'd: the
+  environment is opened with sync and metasync on) before the next stanza of that stream is
+  looked at. Acknowledged therefore means on disk.
+- After a crash (SIGKILL), every acknowledged message is delivered, exactly once. Of the
+  messages in flight (sent, not yet acknowledged) a sender's stored ones are a prefix of what
+  it sent: some may be there, none after a gap. Accounts and rosters are unaffected.
+- Storing is exactly once; delivery after a crash *during delivery* is at least once: a
+  stored message is deleted only after it was handed to the recipient's transport.
+- A full disk refuses what cannot be stored with resource-constraint (type wait), logs an
+  error naming the disk, and keeps serving; once space is free, storing works again without
+  a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, ServerProcess, assert_still_serving
+from test_roster import ROSTER, add_accounts, items, roster_get, roster_set, sync
+from xmpp_raw import CLIENT, RawClient, StreamClosed, stanza_error
+
+from fastxmpp.storage.lmdb_store import Storage
+from fastxmpp.storage.offline import OfflineStore
+
+DELAY = "urn:xmpp:delay"
+RECIPIENT = "rcpt"
+SENDERS = [f"s{i}" for i in range(4)]
+CONTACTS = ["c0", "c1", "c2"]
+BATCH = 10  # messages between two pings
+WINDOW = 4  # batches (each closed by a ping) in flight per sender
+# When the server is killed: "random", but the same in every run.
+KILL_AFTER = random.Random(20261125).uniform(1.0, 2.5)
+
+
+@dataclass
+class SenderLog:
+    """What one sender sent and what the server acknowledged, in sending order."""
+
+    name: str
+    sent: list[str] = field(default_factory=list)
+    acknowledged: int = 0  # sent[:acknowledged] are acknowledged
+    errors: list[Any] = field(default_factory=list)
+    ended_by: str = ""
+
+
+def message(to: str, mid: str) -> str:
+    return f"<message to='{to}' type='chat' id='{mid}'><body>{mid}</body></message>"
+
+
+def send_until_closed(client: RawClient, log: SenderLog, go: threading.Event) -> None:
+    """Numbered messages to the offline recipient, a ping after every BATCH; WINDOW batches in
+    flight. Runs until the server goes away."""
+    go.wait()
+    pings: list[tuple[str, int]] = []  # (ping id, messages sent before it), oldest first
+    try:
+        while True:
+            while len(pings) < WINDOW:
+                first = len(log.sent)
+                ids = [f"{log.name}-{n}" for n in range(first, first + BATCH)]
+                ping = f"p{first}"
+                client.send(
+                    "".join(message(f"{RECIPIENT}@localhost", mid) for mid in ids)
+                    + f"<iq type='get' id='{ping}'><ping xmlns='urn:xmpp:ping'/></iq>"
+                )
+                log.sent += ids
+                pings.append((ping, len(log.sent)))
+            el = client.next()
+            if el.get("type") == "error":
+                log.errors.append(el)
+            elif el.tag == f"{{{CLIENT}}}iq" and el.get("id") == pings[0][0]:
+                assert el.get("type") == "result"
+                log.acknowledged = pings.pop(0)[1]
+            else:
+                raise AssertionError(f"unexpected stanza {el.tag} {dict(el.attrib)}")
+    except (StreamClosed, TimeoutError, OSError, ssl.SSLError) as exc:
+        log.ended_by = type(exc).__name__
+
+
+def login(srv: ServerProcess, ca_file: str, user: str, resource: str = "r") -> RawClient:
+    c = srv.client()
+    c.login(ca_file, user, PASSWORD, resource)
+    return c
+
+
+def roster_view(reply: Any) -> dict[str, tuple[str | None, str | None, list[str]]]:
+    return {
+        jid: (
+            item.get("name"),
+            item.get("subscription"),
+            sorted(g.text for g in item.iter(f"{{{ROSTER}}}group")),
+        )
+        for jid, item in items(reply).items()
+    }
+
+
+def collect_offline(srv: ServerProcess, client: RawClient) -> list[Any]:
+    """Initial presence, then every message the server delivers until none is stored."""
+    client.send("<presence/>")
+    got: list[Any] = []
+    deadline = time.monotonic() + 60
+    while True:
+        got += [el for el in sync(client) if el.tag == f"{{{CLIENT}}}message"]
+        with Storage(srv.data_dir) as storage:
+            left = OfflineStore(storage).count("localhost", RECIPIENT)
+        if left == 0:
+            # Deleted once handed to our transport: one more round trip reads the rest.
+            got += [el for el in sync(client) if el.tag == f"{{{CLIENT}}}message"]
+            return got
+        assert time.monotonic() < deadline, f"{left} offline messages never delivered"
+
+
+def test_commits_are_synchronous(tmp_path: Path) -> None:
+    """A SIGKILL cannot tell a committed write from an fsync'd one (the page cache survives
+    the process): that half of the policy is the environment's flags, checked here."""
+    with Storage(tmp_path / "data") as storage:
+        flags = storage.env.flags()
+    assert flags["sync"] and flags["metasync"]
+    assert not flags["map_async"] and not flags["writemap"]
+
+
+@pytest.mark.slow
+def test_sigkill_under_load_loses_nothing_acknowledged(make_server: Any, ca_file: str) -> None:
+    srv: ServerProcess = make_server("[offline]\nmax_messages = 1000000\n")
+    add_accounts(srv, [RECIPIENT, *SENDERS, *CONTACTS])
+    srv.start()
+
+    # The recipient's roster, set up before the load and then left offline.
+    rcpt = login(srv, ca_file, RECIPIENT)
+    for i, contact in enumerate(CONTACTS):
+        groups = f"<group>g{i}</group><group>all</group>"
+        reply = roster_set(
+            rcpt, f"<item jid='{contact}@localhost' name='Contact {i}'>{groups}</item>", f"rs{i}"
+        )
+        assert reply.get("type") == "result"
+    roster_before = roster_view(roster_get(rcpt)[0])
+    assert len(roster_before) == len(CONTACTS)
+    rcpt.close()
+
+    logs = [SenderLog(name) for name in SENDERS]
+    clients = [login(srv, ca_file, name) for name in SENDERS]
+    go = threading.Event()
+    with ThreadPoolExecutor(len(SENDERS)) as pool:
+        running = [
+            pool.submit(send_until_closed, c, log, go) for c, log in zip(clients, logs, strict=True)
+        ]
+        go.set()
+        time.sleep(KILL_AFTER)
+        assert srv.stop(signal.SIGKILL) == -signal.SIGKILL
+        for future in running:
+            future.result(timeout=30)  # a sender's own failure surfaces here
+    for c in clients:
+        c.abort()
+    for log in logs:
+        assert log.ended_by, f"{log.name} still running"
+        assert log.errors == [], [dict(e.attrib) for e in log.errors]
+        # The load really ran: every sender had messages acknowledged and more in flight.
+        assert 0 < log.acknowledged < len(log.sent), (log.name, log.acknowledged, len(log.sent))
+
+    srv.start()
+    # Every account still authenticates (SCRAM over TLS).
+    for name in [*SENDERS, *CONTACTS]:
+        login(srv, ca_file, name, "after").close()
+    rcpt = login(srv, ca_file, RECIPIENT, "after")
+    assert roster_view(roster_get(rcpt)[0]) == roster_before
+
+    delivered = collect_offline(srv, rcpt)
+    ids = [m.get("id") for m in delivered]
+    assert len(ids) == len(set(ids)), "a message was delivered twice"
+    summary = []
+    for log in logs:
+        mine = [m for m in delivered if m.get("id").startswith(f"{log.name}-")]
+        got = [m.get("id") for m in mine]
+        # Stored in the order sent, without gaps: a prefix of what was sent that holds
+        # everything acknowledged.
+        assert got == log.sent[: len(got)], f"{log.name}: not a prefix of what was sent"
+        assert len(got) >= log.acknowledged, (
+            f"{log.name}: {log.acknowledged} acknowledged, only {len(got)} delivered"
+        )
+        for m in mine:
+            assert m.get("from") == f"{log.name}@localhost/r"
+            assert m.findtext(f"{{{CLIENT}}}body") == m.get("id")
+            assert m.find(f"{{{DELAY}}}delay") is not None
+        summary.append(f"{log.name}: sent {len(log.sent)} acked {log.acknowledged} got {len(got)}")
+    print(f"killed after {KILL_AFTER:.2f} s; " + "; ".join(summary))
+    assert len(ids) == sum(1 for m in delivered if m.get("id").split("-")[0] in SENDERS)
+    rcpt.close()
+
+    # Delivered means gone: the next login gets nothing again.
+    rcpt = login(srv, ca_file, RECIPIENT, "again")
+    rcpt.send("<presence/>")
+    assert [el for el in sync(rcpt) if el.tag == f"{{{CLIENT}}}message"] == []
+    rcpt.close()
+
+
+# --- a full disk -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[None]:
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.fail(
+            f"this test needs to mount a tmpfs (root, or CAP_SYS_ADMIN) to fill a disk: "
+            f"mount said {mounted.stderr.strip()!r}"
+        )
+    try:
+        yield
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write zeros into `path` until the file system has no byte left."""
+    chunk = 1 << 20
+    with open(path, "wb", buffering=0) as f:
+        while chunk:
+            try:
+                f.write(bytes(chunk))
+            except OSError:
+                chunk //= 2
+    assert os.statvfs(path.parent).f_bavail == 0
+
+
+def test_full_disk_refuses_offline_messages_and_recovers(make_server: Any, ca_file: str) -> None:
+    """The data directory is a tmpfs of its own, filled to the last byte with a file: LMDB's
+    commit then fails with the kernel's real ENOSPC, through Storage.write's DiskError path,
+    as on a full disk (RLIMIT_FSIZE would give EFBIG instead, an error a real full disk never
+    gives). Deleting the file frees the space, with the server still running."""
+    srv: ServerProcess = make_server()
+    with tmpfs(srv.data_dir, "16m"):
+        try:
+            add_accounts(srv, ["alice", "bob"])
+            srv.start()
+            alice = login(srv, ca_file, "alice")
+            big = "x" * 100_000  # new pages: LMDB cannot reuse a few freed ones for it
+            alice.send(message("bob@localhost", "before"))
+            assert sync(alice) == []
+
+            filler = srv.data_dir / "filler"
+            fill(filler)
+            alice.send(f"<message to='bob@localhost' id='full'><body>{big}</body></message>")
+            (error,) = sync(alice)
+            assert error.get("id") == "full" and error.get("type") == "error"
+            assert stanza_error(error) == "resource-constraint"
+            assert error.find(f"{{{CLIENT}}}error").get("type") == "wait"
+            assert srv.alive()
+            assert "cannot store an offline message: the disk holding" in srv.log_text()
+            assert "No space left on device" in srv.log_text()
+            assert sync(alice) == []  # the sender's stream carries on
+
+            filler.unlink()
+            alice.send(f"<message to='bob@localhost' id='after'><body>{big}</body></message>")
+            assert sync(alice) == []
+            alice.close()
+            bob = login(srv, ca_file, "bob")
+            bob.send("<presence/>")
+            got = [el for el in sync(bob) if el.tag == f"{{{CLIENT}}}message"]
+            assert [m.get("id") for m in got] == ["before", "after"]
+            assert len(got[1].findtext(f"{{{CLIENT}}}body")) == len(big)
+            bob.close()
+            assert_still_serving(srv, ca_file)
+        finally:
+            srv.stop()
