@@ -36,7 +36,7 @@ def fuzz(build_dir: Path | None, *args: str) -> tuple[str, float]:
         capture_output=True, text=True, cwd=FUZZ, env=env,
     )  # fmt: skip
     if run.returncode != 0:
-        raise SystemExit(run.stderr[-4000:])
+        raise SystemExit(f"{' '.join(args)}:\n{run.stderr[-4000:]}")
     return run.stderr, time.monotonic() - start
 
 
@@ -56,7 +56,8 @@ def main(options: list[str]) -> None:
         for name, build_dir in (("in-place (gcc)", None), ("build/fuzz/coverage", instrumented)):
             corpus = Path(tmp, name.split()[0].replace("/", "-"))
             corpus.mkdir()
-            log, seconds = fuzz(build_dir, str(corpus), "corpus", *options)
+            artifacts = f"-artifact_prefix={tmp}/{corpus.name}-"  # a finding stops the run
+            log, seconds = fuzz(build_dir, str(corpus), "corpus", artifacts, *options)
             done = counters(log, "DONE")
             # the seeds and what the run kept, through the instrumented build, no mutation
             replay = counters(fuzz(instrumented, str(corpus), "corpus", "-runs=0")[0], "INITED")

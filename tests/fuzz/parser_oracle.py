@@ -81,16 +81,17 @@ def _canonical(element: Any) -> tuple[Any, ...]:
 
 
 def _non_ascii_names(elements: list[Any]) -> bool:
-    """Whether an element, attribute or processing instruction target name has a non-ASCII
-    character. expat follows the name character classes of XML 1.0 4th edition, libxml2 the
-    wider ones of the 5th (e.g. U+01CC is a name character only in the 5th): a known
-    difference, not a mis-parse. XMPP's own names are ASCII."""
+    """Whether an element, attribute, namespace prefix or processing instruction target name
+    has a non-ASCII character. expat follows the name character classes of XML 1.0 4th
+    edition, libxml2 the wider ones of the 5th (e.g. U+01CC is a name character only in the
+    5th): a known difference, not a mis-parse. XMPP's own names are ASCII."""
     for top in elements:
         for el in top.iter():
             if isinstance(el, etree._ProcessingInstruction):
                 names = [el.target]
             elif isinstance(el.tag, str):
                 names = [el.tag.rsplit("}", 1)[-1], *(a.rsplit("}", 1)[-1] for a in el.attrib)]
+                names += [prefix for prefix in el.nsmap if prefix]
             else:
                 continue
             if any(not name.isascii() for name in names):
