@@ -65,6 +65,9 @@ class Spec:
     contacts: int = 500  # presence / roster_login: contacts of the hub account (bench0)
     changes_per_s: float = 20.0  # presence: status changes of the hub per second
     concurrency: int = 16  # login: login loops per worker
+    # flood: "online" (a victim that reads everything) or "offline" (an account without a
+    # session: every message goes to offline storage, up to its quota)
+    flood_target: str = "online"
     body: str = "Hello! This is a benchmark message of ordinary chat length, about 80 bytes."
     server_pids: list[int] = field(default_factory=list)
 
@@ -104,8 +107,10 @@ def run(spec: Spec) -> dict[str, Any]:
         cpu_start = procstat.cpu_seconds(pids)
         started = time.perf_counter()
         go.set()
+        # flood: a phase without the flood, then one with it
+        measured_s = spec.duration * (2 if spec.scenario == "flood" else 1)
         done = [
-            _receive(results, "done", spec.duration + DRAIN_TIMEOUT + 60, workers) for _ in workers
+            _receive(results, "done", measured_s + DRAIN_TIMEOUT + 60, workers) for _ in workers
         ]
         elapsed = time.perf_counter() - started
         cpu_used = procstat.cpu_seconds(pids) - cpu_start
@@ -620,12 +625,18 @@ def _flood_summary(spec: Spec, done: list[dict[str, Any]]) -> dict[str, Any]:
         }
     flood_sent, flood_delivered = main["flood_sent"], main["flood_delivered"]
     phases["flood"].update(
-        flood_sent=flood_sent,
+        flood_written=flood_sent,
         flood_delivered=flood_delivered,
         flood_delivered_per_s=main["flood_in_phase"] / spec.duration,
         flooder_disconnected=main["flooder_disconnected"],
+        flooder_errors=main["flooder_errors"],
+        flooder_max_buffered_bytes=main["flooder_max_buffered_bytes"],
     )
-    return {"phases": phases, "pair_rate_per_s": _pair_rate(spec)}
+    return {
+        "phases": phases,
+        "pair_rate_per_s": _pair_rate(spec),
+        "flood_target": spec.flood_target,
+    }
 
 
 def _pair_rate(spec: Spec) -> float:
@@ -634,19 +645,25 @@ def _pair_rate(spec: Spec) -> float:
 
 async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
     """`duration` seconds of the pairs chatting at a fixed rate (baseline), then `duration`
-    more while one session (worker 0) sends messages to a victim as fast as the server reads
-    them: with input pacing (limits.max_bytes_per_second) the flooder is slowed down by TCP
-    and the others should not notice. Accounts: the pairs bench0..bench{2P-1}, the flooder
-    bench{2P}, its victim bench{2P+1}."""
+    more while one session sends messages to a victim as fast as the server reads them: with
+    input pacing (limits.max_bytes_per_second) the flooder is slowed down by TCP and the
+    others should not notice. Worker 0 holds only the flooder and its victim, so that the
+    flooder's own CPU use does not delay the pairs' clients (the other workers). Accounts:
+    the pairs bench0..bench{2P-1}, the flooder bench{2P}, its victim bench{2P+1}."""
     if spec.users < 2 * spec.pairs + 2:
         raise ValueError("flood needs users >= 2 * pairs + 2 (flooder and victim)")
-    pairs = _mine(spec, index, spec.pairs)
+    if spec.workers < 2:
+        raise ValueError("flood needs 2 workers or more: one for the flooder, the rest for pairs")
+    if spec.flood_target not in ("online", "offline"):
+        raise ValueError("--flood-target is online or offline")
+    pairs = [p for p in range(spec.pairs) if index and p % (spec.workers - 1) == index - 1]
     jobs: list[tuple[Account, str]] = []
     for p in pairs:
         jobs += [(spec.account(2 * p), f"s{p}"), (spec.account(2 * p + 1), f"r{p}")]
     if index == 0:
         jobs += [(spec.account(2 * spec.pairs), "flooder")]
-        jobs += [(spec.account(2 * spec.pairs + 1), "victim")]
+        if spec.flood_target == "online":
+            jobs += [(spec.account(2 * spec.pairs + 1), "victim")]
     conns = await _bounded_logins(spec, jobs)
     senders, receivers = conns[0 : 2 * len(pairs) : 2], conns[1 : 2 * len(pairs) : 2]
     await asyncio.sleep(0.5)
@@ -665,7 +682,14 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
     sent = {"baseline": 0, "flood": 0}
     received = [0] * len(pairs)
     pair_sent = [0] * len(pairs)
-    flood = {"sent": 0, "delivered": 0, "in_phase": 0, "disconnected": False}
+    flood = {
+        "sent": 0,
+        "delivered": 0,
+        "in_phase": 0,
+        "errors": 0,
+        "max_buffered": 0,
+        "disconnected": False,
+    }
 
     def message(to: bytes) -> bytes:
         stamp = str(time.perf_counter_ns()).encode()
@@ -706,10 +730,14 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
 
     async def flooder(conn: XMPPConnection, to: bytes) -> None:
         await asyncio.sleep(max(0.0, mid - time.perf_counter()))
+        transport = conn.writer.transport
         try:
-            while time.perf_counter() < end:
+            while time.perf_counter() < end and not transport.is_closing():
                 conn.send(b"".join(message(to) for _ in range(FLOOD_BATCH)))
                 flood["sent"] += FLOOD_BATCH
+                flood["max_buffered"] = max(
+                    flood["max_buffered"], transport.get_write_buffer_size()
+                )
                 await asyncio.wait_for(conn.writer.drain(), max(0.001, end - time.perf_counter()))
         except TimeoutError:
             pass
@@ -721,6 +749,25 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.writer.transport.abort()
+
+    async def flooder_input(conn: XMPPConnection) -> None:
+        """What the server says to the flooder: errors are counted, the end of the stream
+        (closed as a slow reader, say) is noted."""
+        while time.perf_counter() < end:
+            try:
+                events = await asyncio.wait_for(
+                    conn.read_events(), max(0.05, end - time.perf_counter())
+                )
+            except TimeoutError:
+                return
+            except (ConnectionError, OSError):
+                flood["disconnected"] = True
+                return
+            for event in events:
+                if type(event) is Stanza and event.attrs.get("type") == "error":
+                    flood["errors"] += 1
+                elif type(event) is not Stanza:  # a stream error or the closing tag
+                    flood["disconnected"] = True
 
     async def victim(conn: XMPPConnection) -> None:
         while time.perf_counter() < end + DRAIN_TIMEOUT:
@@ -744,10 +791,15 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
     tasks = [asyncio.ensure_future(receive(p)) for p in range(len(pairs))]
     tasks += [asyncio.ensure_future(paced(p)) for p in range(len(pairs))]
     if index == 0:
-        flood_conn, victim_conn = conns[-2], conns[-1]
+        if spec.flood_target == "online":
+            flood_conn, victim_conn = conns[-2], conns[-1]
+            target = victim_conn.full_jid.encode()
+            tasks.append(asyncio.ensure_future(victim(victim_conn)))
+        else:
+            flood_conn, target = conns[-1], spec.account(2 * spec.pairs + 1).bare.encode()
         tasks += [
-            asyncio.ensure_future(flooder(flood_conn, victim_conn.full_jid.encode())),
-            asyncio.ensure_future(victim(victim_conn)),
+            asyncio.ensure_future(flooder(flood_conn, target)),
+            asyncio.ensure_future(flooder_input(flood_conn)),
             asyncio.ensure_future(phase_marks()),
         ]
     await asyncio.wait(tasks, timeout=2 * spec.duration + DRAIN_TIMEOUT + 30)
@@ -767,6 +819,8 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
             "flood_delivered": flood["delivered"],
             "flood_in_phase": flood["in_phase"],
             "flooder_disconnected": flood["disconnected"],
+            "flooder_errors": flood["errors"],
+            "flooder_max_buffered_bytes": flood["max_buffered"],
         }
     _report(
         results,
