@@ -281,6 +281,8 @@ cdef class Stanza:
 
 cdef void _on_start(void *data, const XML_Char *name, const XML_Char **atts) noexcept:
     cdef StreamParser self = <StreamParser>data
+    if self._error is not None:
+        return
     try:
         self._start(name, atts)
     except BaseException as exc:
@@ -289,6 +291,10 @@ cdef void _on_start(void *data, const XML_Char *name, const XML_Char **atts) noe
 
 cdef void _on_end(void *data, const XML_Char *name) noexcept:
     cdef StreamParser self = <StreamParser>data
+    if self._error is not None:
+        # expat ends an empty element in the same step as it starts it, even when the
+        # start handler stopped the parser: no stanza may complete after an error.
+        return
     try:
         self._end()
     except BaseException as exc:
@@ -577,6 +583,10 @@ cdef class StreamParser:
         n_attrs //= 2
         if n_attrs > self.max_attributes:
             self._fail("policy-violation", f"more than {self.max_attributes} attributes")
+            return 0
+        if count > self.max_stanza_size:
+            # A start tag that arrived whole in one read; the stream header too.
+            self._fail("policy-violation", f"start tag larger than {self.max_stanza_size} bytes")
             return 0
         self._last_start_end = index + count
         if self._depth == 0:

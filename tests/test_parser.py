@@ -155,8 +155,9 @@ def first_error(data: bytes, **limits: int) -> str | None:
         (b"<message><body>&#0;</body></message>", "not-well-formed"),
         (b"<message><body></message>", "not-well-formed"),
         (b"<message><a:b/></message>", "not-well-formed"),
-        (b"<message \xff='1'/>", "not-well-formed"),
-        (b"<message><body>\xc3</body></message>", "not-well-formed"),
+        # RFC 6120 §4.9.3.22: bytes that break the rules of UTF-8.
+        (b"<message \xff='1'/>", "unsupported-encoding"),
+        (b"<message><body>\xc3</body></message>", "unsupported-encoding"),
         (b"<message a='1' a='2'/>", "not-well-formed"),
     ],
 )
@@ -203,6 +204,19 @@ def test_depth_and_attribute_limits() -> None:
     assert first_error(HEADER + b"<message " + attrs + b"/>", max_attributes=64) == (
         "policy-violation"
     )
+
+
+def test_no_stanza_completes_after_a_limit_error() -> None:
+    # expat ends an empty element in the same step as it starts it, also when the start
+    # handler has stopped the parser: the cut stanza used to come out before the error.
+    attrs = b" ".join(b"a%d='1'" % i for i in range(70))
+    events = StreamParser(max_attributes=64).feed(
+        HEADER + b"<message><x " + attrs + b"/></message>"
+    )
+    assert [type(e) for e in events] == [StreamHeader, XMLStreamError]
+    deep = b"<message>" + b"<a>" * 8 + b"<b/>" + b"</a>" * 8 + b"</message>"
+    events = StreamParser(max_depth=10).feed(HEADER + deep)
+    assert [type(e) for e in events] == [StreamHeader, XMLStreamError]
 
 
 def test_whitespace_keepalives_do_not_accumulate() -> None:

@@ -62,6 +62,11 @@ PRE_AUTH_IQ = {
 }
 
 
+# The iq payloads the stream answers itself, before the router: resource binding (RFC 6120
+# §7) and the legacy session (RFC 6121 §1.4).
+STREAM_IQS = ((ns.BIND, "bind"), (ns.SESSION, "session"))
+
+
 class C2SStream(Session, asyncio.Protocol):
     """States: waiting for a header -> features sent -> (TLS) -> (SASL) -> bound."""
 
@@ -420,11 +425,31 @@ class C2SStream(Session, asyncio.Protocol):
         if st.prefix is not None and st.ns == ns.CLIENT:
             # RFC 6120 §4.8.4: content-namespace elements carry no prefix.
             raise StreamError("bad-namespace-prefix", "stanzas must not be prefixed")
-        if st.ns == ns.TLS and st.name == "starttls" and not self.encrypted:
-            if self.authenticated_local is None and self.host in self.server.tls_contexts:
+        if st.ns == ns.TLS and st.name == "starttls":
+            if (
+                not self.encrypted
+                and self.authenticated_local is None
+                and self.host in self.server.tls_contexts
+            ):
                 self._starttls()
                 return
-        elif st.ns == ns.SASL and self.authenticated_local is None:
+            # RFC 6120 §5.4.2.2: STARTTLS where it was not offered (after TLS, after SASL)
+            # is the failure case: <failure/>, then the stream is closed.
+            log.info("c2s %s: STARTTLS where it was not offered", self.peer)
+            self.send(f"<failure xmlns='{ns.TLS}'/>".encode())
+            self.close_with_error(None)
+            return
+        elif st.ns == ns.STREAMS and st.name == "error":
+            # RFC 6120 §4.9.1.1: the client's stream error ends the stream; we answer with
+            # our closing tag (§4.4), not with an error about its error.
+            log.info("c2s %s: stream error from the client", self.peer)
+            self._peer_closed()
+            return
+        elif st.ns == ns.SASL:
+            if self.authenticated_local is not None:
+                # RFC 6120 §4.9.3.12: authenticating again is a negotiation step this
+                # stream is no longer entitled to.
+                raise StreamError("not-authorized", "already authenticated")
             if self.c2s.require_encryption and not self.encrypted:
                 # RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here.
                 self._sasl_failure("encryption-required", "STARTTLS first")
@@ -461,13 +486,22 @@ class C2SStream(Session, asyncio.Protocol):
                 raise StreamError("not-authorized", "authenticate and bind first")
             self._iq(st)
             return
-        if self.authenticated_local is None:
-            raise StreamError("not-authorized", "authenticate first")
+        if (
+            self.authenticated_local is None
+            and st.ns == compression.NS_PROTOCOL
+            and self.server.config.legacy.compression
+        ):
+            raise StreamError("not-authorized", "authenticate first")  # XEP-0138 §2
+        # RFC 6120 §4.9.3.24: an element this server takes at no stage of the stream, also
+        # before authentication (it is no stanza waiting for authentication).
         raise StreamError("unsupported-stanza-type", f"<{st.name} xmlns='{st.ns}'/>")
 
     def _iq(self, st: Stanza) -> None:
         payload = st.children[0] if len(st.children) == 1 else None
         itype = st.attrs.get("type")
+        if itype == "set" and payload in STREAM_IQS and st.attrs.get("id") is None:
+            # RFC 6120 §8.1.3 and Appendix A.5: an iq has an 'id' (§8.3.3.1).
+            raise StanzaError("bad-request", "an iq needs an 'id'")
         if payload == (ns.BIND, "bind") and itype == "set":
             if self.bound:
                 # RFC 6120 §7.7.2: one resource per stream.

@@ -8,7 +8,8 @@ a stream made of a fixed header, `data`, and the closing tag:
 - both accept: the same top-level stanzas, with the same name, namespace, attributes and
   canonical (C14N) content, also when the bytes arrive split in two at any position;
 - fastxmpp refuses: the reference must refuse too, unless fastxmpp's reason is one XMPP adds
-  to XML (restricted-xml, policy-violation limits, unsupported-encoding; RFC 6120 §11);
+  to XML (restricted-xml, policy-violation limits, unsupported-encoding; RFC 6120 §11; text
+  between stanzas, bad-format; a stream header inside the stream, unsupported-stanza-type);
 - the reference refuses: fastxmpp must refuse too, or still be waiting for the end of the
   stream (the data left an element or a CDATA section open, so the closing tag is content);
 - the stream ends inside the data: what follows the closing tag is never read (RFC 6120
@@ -29,7 +30,13 @@ HEADER = (
 )
 FOOTER = b"</stream:stream>"
 # Reasons XMPP adds to XML's well-formedness: the reference has no opinion on these.
-XMPP_ONLY = {"restricted-xml", "policy-violation", "unsupported-encoding"}
+XMPP_ONLY = {
+    "restricted-xml",
+    "policy-violation",
+    "unsupported-encoding",
+    "bad-format",
+    "unsupported-stanza-type",
+}
 # libxml2 refusals that XML 1.0 + Namespaces do not ask for: the namespace name must be a
 # "URI reference", which a conforming processor need not verify (expat does not).
 LIBXML2_ONLY = {"WAR_NS_URI", "WAR_NS_URI_RELATIVE"}
