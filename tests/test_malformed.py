@@ -168,8 +168,8 @@ add(STREAM_ERRORS, "connected", "not-well-formed", {
 add(STREAM_ERRORS, "header", "not-well-formed", {"xml-char-before-auth": body(b"&#x8;")})
 
 # §4.9.3.13: XML 1.0 and Namespaces in XML well-formedness. A stanza cut short by the end
-# of the stream is never acted on (§8, "Security Warning"). Inside the stream a DOCTYPE,
-# an entity declaration or an XML declaration is not XML at all.
+# of the stream is never acted on (§8, "Security Warning"). Inside the stream an XML
+# declaration is not XML at all.
 add(STREAM_ERRORS, "bound", "not-well-formed", {
     "structure-unclosed-then-stream-end": to_bob()[: -len(b"</message>")] + b"</stream:stream>",
     "structure-stream-closed-inside-stanza": to_bob(b"<body>hi</stream:stream>"),
@@ -184,8 +184,6 @@ add(STREAM_ERRORS, "bound", "not-well-formed", {
     "structure-bare-ampersand": body(b"AT&T"),
     "structure-name-starting-with-digit": b"<1message/>",
     "structure-xml-declaration-inside-stream": DECL,
-    "structure-doctype-inside-stream": billion_laughs(),
-    "structure-entity-declaration-inside-stream": b"<!ENTITY % pe SYSTEM 'file:///etc/passwd'>",
     "structure-duplicate-attribute": to_bob(attrs=b" id='a' id='b'"),
     "structure-duplicate-xml-lang": to_bob(attrs=b" xml:lang='en' xml:lang='de'"),
     "structure-duplicate-qualified-attribute": to_bob(
@@ -239,6 +237,19 @@ IN_STREAM_RESTRICTED = {
     "processing-instruction-between-stanzas": b"<?evil data?>",
     "processing-instruction-in-stanza": to_bob(b"<?evil data?>"),
 }
+# Inside the stream these are no XML at all (§4.9.3.13): markup declarations belong to
+# the prolog.
+IN_STREAM_DECLARATIONS = {
+    "billion-laughs": billion_laughs(),
+    "external-dtd-system": PROLOG_RESTRICTED["external-dtd-system"],
+    "external-dtd-public": PROLOG_RESTRICTED["external-dtd-public"],
+    "parameter-entity": b"<!ENTITY % pe SYSTEM 'file:///etc/passwd'>%pe;",
+}
+for stage in IN_STREAM_STAGES:
+    add(STREAM_ERRORS, stage, "not-well-formed", {
+        f"structure-{name}-inside-stream-{stage}": data
+        for name, data in IN_STREAM_DECLARATIONS.items()
+    })  # fmt: skip
 for stage in PROLOG_STAGES:
     add(STREAM_ERRORS, stage, "restricted-xml", {
         f"restricted-{name}-{stage}": DECL + raw + OPEN_NO_DECL
