@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
+import threading
 import time
 from typing import Any
 
@@ -187,3 +190,40 @@ def test_password_guessing_is_refused_per_address(make_server: Any, ca_file: str
     assert failure.find(f"{{{SASL}}}temporary-auth-failure") is not None
     c.close()
     assert srv.alive()
+
+
+def test_stream_error_survives_input_sent_past_it(server: ServerProcess, ca_file: str) -> None:
+    # A client still sending far beyond the stanza limit when the error comes: the server
+    # answers policy-violation, then keeps reading (and dropping) until the client closes its
+    # side (RFC 6120 §4.4), so the error is not destroyed by a TCP reset for unread input.
+    # Before TLS: a TLS close waits for the peer's close_notify anyway.
+    c = server.client()
+    c.open_stream()
+    payload = b"<message><body>" + b"A" * 8_000_000 + b"</body></message>"
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):
+            c.sock.sendall(payload)
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    assert c.stream_error() == "policy-violation"
+    sender.join(10)
+    assert c.wait_closed()
+
+
+def test_after_a_stream_error_the_server_waits_for_the_client_to_close(
+    server: ServerProcess,
+) -> None:
+    # RFC 6120 §4.4: after its closing tag the server waits (bounded) for the peer to close
+    # its side, reading what still comes, instead of resetting a connection with input unread.
+    c = server.client()
+    c.open_stream()
+    c.send(b"<message><body></message>")
+    assert c.stream_error() == "not-well-formed"
+    c.sock.sendall(b"<more>input after the error is read and dropped</more>")
+    poller = select.poll()
+    poller.register(c.sock, select.POLLIN)
+    assert poller.poll(500) == []  # no EOF: the server is waiting for us
+    assert c.wait_closed(timeout=1.5)  # this closes our side; the server follows at once
+    assert c.write_shut

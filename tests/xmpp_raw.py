@@ -45,6 +45,7 @@ class RawClient:
         self._new_parser()
         self.header: Any = None
         self.closed_stream = False  # the server sent </stream:stream>
+        self.write_shut = False  # we closed our side of TCP after the server's closing tag
         self.eof = False
         # XEP-0138: set by `compress()`; bytes on the wire in each direction, for tests.
         self.deflater: Any = None
@@ -121,10 +122,17 @@ class RawClient:
         return self.header
 
     def wait_closed(self, timeout: float | None = None) -> bool:
-        """True once the server has closed the stream and the connection."""
+        """True once the server has closed the stream and the connection. Like a polite
+        client (RFC 6120 §4.4) this one closes its side of TCP once it has the server's
+        closing tag; the server waits for that, a bounded time, before closing its own."""
         deadline = time.monotonic() + (timeout or self.timeout)
         try:
             while True:
+                if self.closed_stream and not self.write_shut:
+                    self.write_shut = True
+                    with contextlib.suppress(OSError):
+                        # The plain socket's shutdown: SSLSocket.shutdown would drop TLS.
+                        socket.socket.shutdown(self.sock, socket.SHUT_WR)
                 self._pump(deadline)
         except StreamClosed:
             return True

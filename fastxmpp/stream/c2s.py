@@ -51,6 +51,9 @@ STREAM_HEADER = (
 STREAM_CLOSE = b"</stream:stream>"
 # Seconds a slow reader closed for unread output has to take its stream error.
 SLOW_READER_GRACE = 2.0
+# RFC 6120 §4.4: after the server's closing tag, seconds it waits for the peer to close its
+# side before it closes the connection itself.
+CLOSE_LINGER = 2.0
 # Debug traces never show input naming these namespaces: it may carry a password.
 SECRET_MARKERS = (ns.SASL.encode(), b"jabber:iq:register", b"jabber:iq:auth")
 
@@ -792,7 +795,21 @@ class C2SStream(Session, asyncio.Protocol):
             )
             self.send(stream_error_bytes(condition, text, app_xml))
         self.send(STREAM_CLOSE)
-        self._close_transport()
+        self._end_session()
+        self.flush()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Wait (CLOSE_LINGER at most) for the peer to close its side, reading and dropping
+        what it still sends (RFC 6120 §4.4). Closing at once with its input unread would make
+        the kernel answer with a reset, which can destroy the stream error before the peer
+        has read it."""
+        transport = self.transport
+        if transport is None:
+            return
+        with contextlib.suppress(RuntimeError, AttributeError):
+            transport.resume_reading()  # input pacing may have paused it
+        asyncio.get_running_loop().call_later(CLOSE_LINGER, transport.close)
 
     def _end_session(self) -> None:
         """Leave the session table once, as soon as the stream is closing: nothing more is
