@@ -22,6 +22,7 @@ from build_instrumented import build
 from instrumented import ENV
 
 FUZZ = Path(__file__).resolve().parent
+FINDINGS = FUZZ.parents[1] / "var"  # where `make fuzz` puts them too
 
 
 def fuzz(build_dir: Path | None, *args: str) -> tuple[str, float]:
@@ -36,7 +37,9 @@ def fuzz(build_dir: Path | None, *args: str) -> tuple[str, float]:
         capture_output=True, text=True, cwd=FUZZ, env=env,
     )  # fmt: skip
     if run.returncode != 0:
-        raise SystemExit(f"{' '.join(args)}:\n{run.stderr[-4000:]}")
+        start = run.stderr.find("=== Uncaught Python exception")  # a mismatch, or a crash:
+        report = run.stderr[start:][:4000] if start >= 0 else run.stderr[-4000:]
+        raise SystemExit(f"{' '.join(args)}:\n{report}")
     return run.stderr, time.monotonic() - start
 
 
@@ -51,12 +54,13 @@ def counters(log: str, stage: str) -> dict[str, str]:
 
 def main(options: list[str]) -> None:
     instrumented = build("coverage")
+    FINDINGS.mkdir(exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, build_dir in (("in-place (gcc)", None), ("build/fuzz/coverage", instrumented)):
             corpus = Path(tmp, name.split()[0].replace("/", "-"))
             corpus.mkdir()
-            artifacts = f"-artifact_prefix={tmp}/{corpus.name}-"  # a finding stops the run
+            artifacts = f"-artifact_prefix={FINDINGS}/{corpus.name}-"  # a finding stops it
             log, seconds = fuzz(build_dir, str(corpus), "corpus", artifacts, *options)
             done = counters(log, "DONE")
             # the seeds and what the run kept, through the instrumented build, no mutation
