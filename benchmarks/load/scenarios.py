@@ -432,8 +432,17 @@ class _Peer:
         self.available_from: set[str] = set()
         self.latencies: list[float] = []
         self.task: asyncio.Task[None] | None = None
+        self.roster_loaded = False
 
     def handle(self, st: Stanza, now_ns: int) -> None:
+        if st.name == "iq" and st.attrs.get("id") == "roster":
+            # Subscriptions a previous scenario made are in the roster: nothing to ask for
+            # ('to' or 'both': that contact approved ours, RFC 6121 §2.1.2.5).
+            for item in st.element().iter("{jabber:iq:roster}item"):
+                if item.get("subscription") in ("to", "both"):
+                    self.subscribed_by.add(item.get("jid", ""))
+            self.roster_loaded = True
+            return
         if st.name != "presence":
             return
         sender = st.attrs.get("from", "")
@@ -498,6 +507,7 @@ async def _subscribed_contacts(spec: Spec, index: int) -> tuple[_Peer | None, li
         peer.start()
         peer.conn.send(ROSTER_GET)
         peer.conn.send(b"<presence/>")
+    await _wait_until(lambda: all(p.roster_loaded for p in contacts), SUBSCRIBE_TIMEOUT_S)
     incomplete = 0
     if index == 0:
         # The hub asks every contact, batch by batch; each contact's _Peer approves.
@@ -506,15 +516,16 @@ async def _subscribed_contacts(spec: Spec, index: int) -> tuple[_Peer | None, li
         hub.start()
         hub_conn.send(ROSTER_GET)
         hub_conn.send(b"<presence/>")
+        await _wait_until(lambda: hub.roster_loaded, SUBSCRIBE_TIMEOUT_S)
         everyone = [spec.account(i).bare for i in range(1, spec.contacts + 1)]
-        for batch in _batches(everyone):
+        for batch in _batches([bare for bare in everyone if bare not in hub.subscribed_by]):
             for bare in batch:
                 hub_conn.send(f"<presence type='subscribe' to='{bare}'/>".encode())
             await _wait_until(lambda b=batch: hub.subscribed_by.issuperset(b), SUBSCRIBE_TIMEOUT_S)
         incomplete += len(set(everyone) - hub.subscribed_by)
     # This worker's contacts ask the hub, batch by batch; the hub's _Peer approves. (A
     # server that holds the subscription already answers for the hub, RFC 6121 §3.1.3.)
-    for batch in _batches(contacts):
+    for batch in _batches([p for p in contacts if hub_bare not in p.subscribed_by]):
         for peer in batch:
             peer.conn.send(f"<presence type='subscribe' to='{hub_bare}'/>".encode())
         await _wait_until(
