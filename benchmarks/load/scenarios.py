@@ -17,6 +17,7 @@ import resource
 import socket
 import struct
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -320,6 +321,27 @@ async def _idle_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
     _report(results, "done", count=len(conns), latencies_ms=[], errors=0, cpu_s=0.0, active_s=0)
 
 
+async def _stamped_messages(
+    conn: XMPPConnection, deadline: float, done: Callable[[], bool]
+) -> AsyncIterator[tuple[int, int]]:
+    """(send stamp, arrival) in ns of each timestamped message arriving on `conn`, until
+    `done()` or until nothing arrives before `deadline` (what is missing then counts as
+    lost)."""
+    while not done():
+        try:
+            events = await asyncio.wait_for(
+                conn.read_events(), max(0.05, deadline - time.perf_counter())
+            )
+        except TimeoutError:
+            return
+        now = time.perf_counter_ns()
+        for event in events:
+            if type(event) is Stanza and event.name == "message":
+                stamp = event.attrs.get("id", "")
+                if stamp.isdigit():
+                    yield int(stamp), now
+
+
 # msg: 1:1 chat between pairs, closed loop (window) or open loop (rate)
 async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
     pairs = _mine(spec, index, spec.pairs)
@@ -359,23 +381,16 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
 
     async def receive(pair: int) -> None:
         conn, sender, to = receivers[pair], senders[pair], targets[pair]
-        while not (time.perf_counter() > end and received[pair] >= sent[pair]):
-            try:
-                events = await asyncio.wait_for(
-                    conn.read_events(), max(0.05, end + DRAIN_TIMEOUT - time.perf_counter())
-                )
-            except TimeoutError:
-                return  # what is still missing counts as lost
-            now = time.perf_counter_ns()
-            for event in events:
-                if type(event) is Stanza and event.name == "message":
-                    stamp = event.attrs.get("id", "")
-                    if stamp.isdigit():
-                        latencies.append((now - int(stamp)) / 1e6)
-                        received[pair] += 1
-                        if not spec.rate and time.perf_counter() < end:
-                            sender.send(message(to))
-                            sent[pair] += 1
+        async for stamp, now in _stamped_messages(
+            conn,
+            end + DRAIN_TIMEOUT,
+            lambda: time.perf_counter() > end and received[pair] >= sent[pair],
+        ):
+            latencies.append((now - stamp) / 1e6)
+            received[pair] += 1
+            if not spec.rate and time.perf_counter() < end:
+                sender.send(message(to))
+                sent[pair] += 1
 
     async def paced(pair: int, per_second: float) -> None:
         sender, to = senders[pair], targets[pair]
@@ -722,22 +737,13 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
             next_at += interval
 
     async def receive(pair: int) -> None:
-        conn = receivers[pair]
-        while not (time.perf_counter() > end and received[pair] >= pair_sent[pair]):
-            try:
-                events = await asyncio.wait_for(
-                    conn.read_events(), max(0.05, end + DRAIN_TIMEOUT - time.perf_counter())
-                )
-            except TimeoutError:
-                return  # what is still missing counts as lost
-            now = time.perf_counter_ns()
-            for event in events:
-                if type(event) is Stanza and event.name == "message":
-                    stamp = event.attrs.get("id", "")
-                    if stamp.isdigit():
-                        phase = "baseline" if int(stamp) < mid_ns else "flood"
-                        latencies[phase].append((now - int(stamp)) / 1e6)
-                        received[pair] += 1
+        async for stamp, now in _stamped_messages(
+            receivers[pair],
+            end + DRAIN_TIMEOUT,
+            lambda: time.perf_counter() > end and received[pair] >= pair_sent[pair],
+        ):
+            latencies["baseline" if stamp < mid_ns else "flood"].append((now - stamp) / 1e6)
+            received[pair] += 1
 
     async def flooder(conn: XMPPConnection, to: bytes) -> None:
         await asyncio.sleep(max(0.0, mid - time.perf_counter()))
