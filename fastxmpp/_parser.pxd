@@ -50,6 +50,7 @@ cdef class StreamParser:
     cpdef reset(self)
     cpdef bint hibernate(self)
     cdef int _new_expat(self) except -1
+    cdef void _restart_input(self)
     cdef int _wake(self) except -1
     cdef bint _utf8_at(self, long long index)
     cdef void _fail(self, str condition, str text) noexcept

@@ -383,17 +383,11 @@ cdef class StreamParser:
     cpdef reset(self):
         """Forget the current stream and expect a new stream header."""
         self._new_expat()
-        self._buf = bytearray()
-        self._base = 0
-        self._keep_from = 0
-        self._stanza_start = -1
-        self._last_start_end = 0
-        self._depth = 0
+        self._restart_input()
         self.ended = False
         self.failed = False
         self._events = None
         self._error = None
-        self._stream_decls = []
         self._context = b"<_>"
         self._pending_decls = None
         self._inner_prefixes = None
@@ -421,17 +415,23 @@ cdef class StreamParser:
     cdef int _wake(self) except -1:
         cdef bytes header = self._header_tag
         self._new_expat()
-        self._buf = bytearray()
-        self._base = 0
-        self._keep_from = 0
-        self._last_start_end = 0
-        self._depth = 0
-        self._stream_decls = []
+        self._restart_input()
         # The header was announced when it first came; its replay's event is dropped.
         self.feed(header)
         if self.failed or self._depth != 1:
             raise RuntimeError("the stream header did not parse again")
         return 0
+
+    cdef void _restart_input(self):
+        """Byte offsets and nesting as at the start of a stream (a new one, or a woken
+        parser about to replay its header)."""
+        self._buf = bytearray()
+        self._base = 0
+        self._keep_from = 0
+        self._stanza_start = -1
+        self._last_start_end = 0
+        self._depth = 0
+        self._stream_decls = []
 
     cdef int _new_expat(self) except -1:
         if self._parser != NULL:
