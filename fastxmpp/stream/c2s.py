@@ -795,21 +795,7 @@ class C2SStream(Session, asyncio.Protocol):
             )
             self.send(stream_error_bytes(condition, text, app_xml))
         self.send(STREAM_CLOSE)
-        self._end_session()
-        self.flush()
-        self._linger()
-
-    def _linger(self) -> None:
-        """Wait (CLOSE_LINGER at most) for the peer to close its side, reading and dropping
-        what it still sends (RFC 6120 §4.4). Closing at once with its input unread would make
-        the kernel answer with a reset, which can destroy the stream error before the peer
-        has read it."""
-        transport = self.transport
-        if transport is None:
-            return
-        with contextlib.suppress(RuntimeError, AttributeError):
-            transport.resume_reading()  # input pacing may have paused it
-        asyncio.get_running_loop().call_later(CLOSE_LINGER, transport.close)
+        self._close_transport(linger=True)
 
     def _end_session(self) -> None:
         """Leave the session table once, as soon as the stream is closing: nothing more is
@@ -822,11 +808,22 @@ class C2SStream(Session, asyncio.Protocol):
             self.router.unbind(self)
             self.server.session_ended(self)
 
-    def _close_transport(self) -> None:
+    def _close_transport(self, linger: bool = False) -> None:
+        """Flush and close. linger: we closed the stream, the peer has not; wait
+        (CLOSE_LINGER at most) for it to close its side, reading and dropping what it still
+        sends (RFC 6120 §4.4). Closing at once with its input unread would make the kernel
+        answer with a reset, which can destroy the stream error before the peer read it."""
         self._end_session()
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if not linger:
+            transport.close()
+            return
+        with contextlib.suppress(RuntimeError, AttributeError):
+            transport.resume_reading()  # input pacing may have paused it
+        asyncio.get_running_loop().call_later(CLOSE_LINGER, transport.close)
 
     def _auth_timed_out(self) -> None:
         self.auth_timer = None
