@@ -39,6 +39,7 @@ cdef class Router:
     cdef public object iq_response_hook     # (session, stanza) for result/error iqs to us
     cdef public object tracer               # (session, bytes, incoming) when debug logging
     cdef dict _iq_handlers                  # payload namespace -> handler
+    cdef dict _services                     # service domain -> handler (Router.add_service)
 
     cpdef route(self, Session origin, Stanza st)
     cdef tuple _target(self, str to)

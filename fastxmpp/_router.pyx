@@ -78,14 +78,28 @@ cdef class Router:
         self.iq_response_hook = None
         self.tracer = None
         self._iq_handlers = {}
+        self._services = {}
 
     # --- configuration -------------------------------------------------------------
 
     def add_host(self, str domain):
+        if domain in self._services:
+            raise ValueError(f"{domain} is already a service")
         self._hosts.add(domain)
 
     def is_local(self, str domain):
         return domain in self._hosts
+
+    def add_service(self, str domain, handler):
+        """handler(origin, stanza, target) takes every stanza a client sends to `domain` or
+        to a JID at it (a multi-user chat service, XEP-0045): the service applies its own
+        rules and raises StanzaError as iq handlers do. `domain` must not be a host."""
+        if domain in self._hosts or domain in self._services:
+            raise ValueError(f"{domain} is already served")
+        self._services[domain] = handler
+
+    def is_service(self, str domain):
+        return domain in self._services
 
     def set_iq_handler(self, str namespace, handler):
         """handler(origin, stanza, target) -> bytes | None, for iq get/set to the server
@@ -186,6 +200,11 @@ cdef class Router:
             if jid.bare != origin.bare or (jid.resource and jid.resource != origin.resource):
                 raise StreamError("invalid-from", "the 'from' address is not yours")
         target = None if to is None else self._target(to)
+        if target is not None and self._services and target[1] in self._services:
+            if name != "message" and name != "presence" and name != "iq":
+                raise StreamError("unsupported-stanza-type", name)
+            self._services[target[1]](origin, st, target)
+            return
         if name == "message":
             self._deliver_message(origin, st, target)
         elif name == "presence":

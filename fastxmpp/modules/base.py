@@ -66,6 +66,11 @@ class Module:
         """The session just sent its initial presence (RFC 6121 §4.2), after the presence
         module has broadcast it and probed the contacts: offline messages go out here."""
 
+    def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
+        """The session broadcast unavailable presence (`data`, stamped with its full JID) and
+        stays connected (RFC 6121 §4.5.2): services it sent directed presence to (rooms,
+        §4.6.3) treat it as gone. A session that closes ends with session_ended instead."""
+
     def stream_features(self, stream: C2SStream) -> str:
         """XML of stream features for `stream` (called for every features element sent:
         look at `stream.encrypted`, `stream.authenticated_local`, `stream.bound`)."""
@@ -132,6 +137,9 @@ class ModuleHub:
 
     def initial_presence(self, session: C2SStream) -> None:
         self._each("initial_presence", session)
+
+    def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
+        self._each("presence_unavailable", session, data)
 
     # --- iqs the server sends to clients -------------------------------------------------
 

@@ -182,6 +182,7 @@ class PresenceModule(Module):
         element = st.element()
         origin.presence_unavailable_status = element.findtext(CLIENT_STATUS)
         data = st.with_attrs({"from": origin.full})
+        self.hub.presence_unavailable(origin, data)  # services (rooms) it is present in
         if origin.presence_last is None:
             # Not available: nothing to take back from contacts (§4.5.2), only directed.
             self._broadcast_unavailable(origin, data, contacts=False)
