@@ -20,6 +20,7 @@ log = logging.getLogger("fastxmpp.modules")
 BUILTIN = (
     "roster",  # RFC 6121 §2
     "presence",  # RFC 6121 §3, §4 (subscriptions, broadcast, probes, directed presence)
+    "privacy",  # XEP-0016 privacy lists, XEP-0191 blocking command
     "offline",  # RFC 6121 §8.5.2.2.1 storage, XEP-0203 delay stamps
     "disco",  # XEP-0030
     "ping",  # XEP-0199
@@ -29,6 +30,9 @@ BUILTIN = (
     "private",  # XEP-0049
     "register",  # XEP-0077
     "legacy_auth",  # XEP-0078
+    "vcard",  # XEP-0054
+    "pep",  # XEP-0163 (XEP-0060 subset, XEP-0115 filtering)
+    "muc",  # XEP-0045 (a service domain, Router.add_service)
 )
 
 

@@ -29,10 +29,22 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from xml.sax.saxutils import quoteattr
 
 if TYPE_CHECKING:
+    from .._parser import Stanza
     from ..server import Server
     from ..stream.c2s import C2SStream
 
 log = logging.getLogger("fastxmpp.modules")
+
+
+def iq_result(origin: C2SStream, st: Stanza, payload: str = "") -> bytes:
+    """The result to an iq the server answers: from what the request was sent to."""
+    attrs = (
+        "type='result' id=" + quoteattr(st.attrs.get("id", "")) + " to=" + quoteattr(origin.full)
+    )
+    answering = st.attrs.get("to")
+    if answering:
+        attrs += " from=" + quoteattr(answering)
+    return f"<iq {attrs}>{payload}</iq>".encode()
 
 
 class Module:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 from ..errors import StanzaError
-from .base import Module
+from .base import Module, iq_result
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -28,17 +28,6 @@ NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
 SERVER_NAME = "fastxmpp"
 PRESENCE_VISIBLE = ("from", "both")  # RFC 6121 §2.1.2.1: the contact receives presence
-
-
-def iq_result(origin: C2SStream, st: Stanza, payload: str = "") -> bytes:
-    """The result to an iq the server answers: from what the request was sent to."""
-    attrs = (
-        "type='result' id=" + quoteattr(st.attrs.get("id", "")) + " to=" + quoteattr(origin.full)
-    )
-    answering = st.attrs.get("to")
-    if answering:
-        attrs += " from=" + quoteattr(answering)
-    return f"<iq {attrs}>{payload}</iq>".encode()
 
 
 def may_see_presence(hub: Any, requester_bare: str, local: str, domain: str) -> bool:

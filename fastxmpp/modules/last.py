@@ -22,8 +22,8 @@ from xml.sax.saxutils import escape
 from ..errors import StanzaError
 from ..storage.last import LastActivityStore
 from ..storage.lmdb_store import StorageFull
-from .base import Module
-from .disco import iq_result, may_see_presence
+from .base import Module, iq_result
+from .disco import may_see_presence
 
 if TYPE_CHECKING:
     from .._parser import Stanza

@@ -20,8 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StanzaError
-from .base import Module
-from .disco import iq_result
+from .base import Module, iq_result
 
 if TYPE_CHECKING:
     from .._parser import Stanza

@@ -22,8 +22,7 @@ from lxml import etree
 from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
 from ..storage.private import PrivateStore, TooManyNamespaces
-from .base import Module
-from .disco import iq_result
+from .base import Module, iq_result
 
 if TYPE_CHECKING:
     from .._parser import Stanza

@@ -39,8 +39,7 @@ from ..errors import StanzaError
 from ..jid import JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
 from ..storage.roster import Roster, RosterItem, RosterStore
-from .base import Module
-from .disco import iq_result
+from .base import Module, iq_result
 from .subscription_states import State
 
 if TYPE_CHECKING:

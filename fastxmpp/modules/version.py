@@ -10,8 +10,7 @@ from xml.sax.saxutils import escape
 
 from .. import __version__
 from ..errors import StanzaError
-from .base import Module
-from .disco import iq_result
+from .base import Module, iq_result
 
 if TYPE_CHECKING:
     from .._parser import Stanza
