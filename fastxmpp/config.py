@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .certs import check_certificate
-from .jid import JIDError, normalize_domain
+from .jid import JIDError, normalize_domain, parse_jid
 
 DEFAULT_TOML = """\
 [server]
@@ -128,6 +128,30 @@ class VersionConfig:
 
 
 @dataclass(frozen=True)
+class VCardConfig:
+    # XEP-0054: largest stored vCard (serialized XML, PHOTO included), in bytes.
+    max_size: int = 131072
+
+
+@dataclass(frozen=True)
+class MucConfig:
+    """XEP-0045 multi-user chat: one service per host (docs/CONFIGURATION.md, [muc])."""
+
+    enabled: bool = True
+    domain: str = "conference.{host}"  # the service's domain, {host} is the host it serves
+    create_rooms: str = "local"  # who may create rooms: "local" | "admins" | "anyone"
+    admins: tuple[str, ...] = ()  # bare JIDs owning every room of the service
+    max_rooms: int = 10000  # rooms per service
+    max_rooms_per_user: int = 100  # rooms one account may own
+    max_occupants: int = 200  # a room's default maxusers and its upper bound
+    history_default: int = 20  # messages a new room keeps for newcomers
+    max_history: int = 200  # the most a room's owner may configure
+    max_nick_length: int = 64  # characters of a room nickname
+    max_name_length: int = 100  # characters of a room's name
+    max_description_length: int = 1000  # characters of a room's description
+
+
+@dataclass(frozen=True)
 class Config:
     hosts: dict[str, HostConfig]
     listeners: tuple[ListenerConfig, ...]
@@ -143,6 +167,8 @@ class Config:
     register: RegisterConfig = RegisterConfig()
     legacy: LegacyConfig = LegacyConfig()
     version: VersionConfig = VersionConfig()
+    muc: MucConfig = MucConfig()
+    vcard: VCardConfig = VCardConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +362,30 @@ def _mechanisms(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _bare_jids(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid("must be an array of bare JIDs")
+    prepared = []
+    for text in value:
+        try:
+            jid = parse_jid(text)
+        except JIDError as exc:
+            raise _Invalid(f"has an invalid JID: {exc}") from None
+        if jid.resource or not jid.local:
+            raise _Invalid(f"must hold bare JIDs of accounts, not {text!r}")
+        prepared.append(jid.bare)
+    return tuple(prepared)
+
+
+def _domain_template(value: Any) -> str:
+    template = _string(value)
+    try:
+        normalize_domain(template.replace("{host}", "example.org"))
+    except JIDError:
+        raise _Invalid("must be a domain name, {host} standing for each host") from None
+    return template
+
+
 _SERVER_KEYS: dict[str, Check] = {"data_dir": _string, "log_level": _log_level}
 _LISTENER_KEYS: dict[str, Check] = {
     "kind": _one_of(*LISTENER_KINDS),
@@ -398,6 +448,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
         {"non_sasl_auth": _boolean, "error_codes": _boolean, "compression": _boolean},
     ),
     "version": (VersionConfig, {"show_os": _boolean}),
+    "vcard": (VCardConfig, {"max_size": _integer_at_least(1)}),
 }
 _SECTIONS = ("server", "listeners", "hosts", *_SIMPLE_SECTIONS)
 
@@ -476,6 +527,8 @@ class _Builder:
             register=simple["register"],
             legacy=simple["legacy"],
             version=simple["version"],
+            muc=simple["muc"],
+            vcard=simple["vcard"],
             data_dir=self.path(server.get("data_dir", "var")),
             log_level=server.get("log_level", "info"),
             source=source,
