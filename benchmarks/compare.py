@@ -269,6 +269,18 @@ def scenarios(smoke: bool, idle_connections: list[int]) -> list[tuple[str, dict[
             {"scenario": "roster_login", "duration": d, "contacts": roster},
         )
     )
+    plans.append(
+        (
+            "muc",
+            {
+                "scenario": "muc",
+                "duration": d,
+                "rooms": 2 if smoke else 10,
+                "occupants": 5 if smoke else 20,
+                "rate": 50.0 if smoke else 250.0,
+            },
+        )
+    )
     for n in idle_connections:
         plans.append((f"idle@{n}", {"scenario": "idle", "connections": 100 if smoke else n}))
     return plans
@@ -325,13 +337,15 @@ def markdown(report: dict[str, Any]) -> str:
         "| server | config | msgs/s | server CPU µs/msg | p50 ms | p99 ms | p99 ms @10k/s "
         "| lost | logins/s | login CPU ms | "
         + "".join(f"{label} RSS KiB/conn | " for label in idle_labels)
-        + "presence CPU µs/delivery | roster login CPU ms |",
-        "|---|---|" + "---:|" * (11 + len(idle_labels)),
+        + "presence CPU µs/delivery | roster login CPU ms | muc deliveries/s "
+        "| muc CPU µs/delivery | muc p99 ms |",
+        "|---|---|" + "---:|" * (14 + len(idle_labels)),
     ]
     notes: list[str] = []
     for name, r in report["servers"].items():
         msg, fixed, login = r.get("msg", {}), r.get("msg@10k", {}), r.get("login", {})
         presence, roster = _first(r, "presence@"), _first(r, "roster_login@")
+        muc = r.get("muc", {})
         roster_cpu = roster.get("server_cpu_us_per_item")
         login_cpu = login.get("server_cpu_us_per_item")
         idle_cells = ""
@@ -345,16 +359,21 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_fmt(msg.get('lost'))} | {_fmt(login.get('rate_per_s'), 0)} "
             f"| {_fmt(login_cpu / 1000 if login_cpu else None, 2)} | {idle_cells}"
             f"{_fmt(presence.get('server_cpu_us_per_item'))} "
-            f"| {_fmt(roster_cpu / 1000 if roster_cpu else None, 2)} |"
+            f"| {_fmt(roster_cpu / 1000 if roster_cpu else None, 2)} "
+            f"| {_fmt(muc.get('rate_per_s'), 0)} | {_fmt(muc.get('server_cpu_us_per_item'))} "
+            f"| {_fmt(muc.get('p99_ms'), 2)} |"
         )
         for label, result in r.items():
             if "error" in result:
                 notes.append(f"{name} {label}: failed: {result['error']}")
             if result.get("setup_incomplete"):
+                what = "room joins" if label == "muc" else "subscription handshakes"
                 notes.append(
-                    f"{name} {label}: {result['setup_incomplete']} subscription handshakes "
+                    f"{name} {label}: {result['setup_incomplete']} {what} "
                     "did not complete during setup"
                 )
+            if result.get("lost"):
+                notes.append(f"{name} {label}: {result['lost']} deliveries lost")
             if "setup_quiet_after_s" in result and result["setup_quiet_after_s"] is None:
                 notes.append(f"{name} {label}: the server was still busy when measuring began")
     lines += ["", "Errors: " + (", ".join(report["errors"]) or "none")]
@@ -383,6 +402,10 @@ def chart(report: dict[str, Any], path: Path) -> bool:
             "server CPU µs per presence delivered",
             lambda r: _first(r, "presence@").get("server_cpu_us_per_item"),
         ),
+        (
+            "server CPU µs per groupchat delivery",
+            lambda r: r.get("muc", {}).get("server_cpu_us_per_item"),
+        ),
     ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4))
     for ax, (title, get) in zip(axes, metrics, strict=True):
@@ -406,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenario",
         action="append",
-        choices=["login", "msg", "presence", "roster_login", "idle"],
+        choices=["login", "msg", "presence", "roster_login", "idle", "muc"],
         help="run these scenarios only (default: all)",
     )
     parser.add_argument("--workers", type=int, default=2)

@@ -34,7 +34,7 @@ async def provision(spec: Spec, concurrency: int = 32) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__)
     parser.add_argument(
-        "scenario", choices=["login", "idle", "msg", "presence", "roster_login", "flood"]
+        "scenario", choices=["login", "idle", "msg", "presence", "roster_login", "flood", "muc"]
     )
     parser.add_argument("--provision", action="store_true", help="register the accounts first")
     parser.add_argument("--plain-tcp", action="store_true", help="no STARTTLS")

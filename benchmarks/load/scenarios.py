@@ -69,6 +69,9 @@ class Spec:
     # flood: "online" (a victim that reads everything) or "offline" (an account without a
     # session: every message goes to offline storage, up to its quota)
     flood_target: str = "online"
+    rooms: int = 10  # muc: rooms, each with `occupants` occupants sending at `rate` in all
+    occupants: int = 20
+    muc_domain: str = "conference.localhost"
     body: str = "Hello! This is a benchmark message of ordinary chat length, about 80 bytes."
     server_pids: list[int] = field(default_factory=list)
 
@@ -194,9 +197,11 @@ def _summarize(
         "server_pids": pids,
         "errors": sum(d["errors"] for d in done),
     }
-    if spec.scenario == "msg":
+    if spec.scenario in ("msg", "muc"):
         summary["sent"] = sum(d["sent"] for d in done)
-        summary["lost"] = summary["sent"] - count
+        # muc: every occupant (the sender too, XEP-0045 §7.4) gets each message once
+        fanout = spec.occupants if spec.scenario == "muc" else 1
+        summary["lost"] = summary["sent"] * fanout - count
     if spec.scenario == "flood":
         summary.update(_flood_summary(spec, done))
     if spec.scenario == "idle":
@@ -236,6 +241,7 @@ async def _worker(spec: Spec, index: int, results: Any, go: Any) -> None:
         "presence": _presence_scenario,
         "roster_login": _roster_login_scenario,
         "flood": _flood_scenario,
+        "muc": _muc_scenario,
     }
     await scenario[spec.scenario](spec, index, results, go)
 
@@ -851,4 +857,154 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
         cpu_s=cpu,
         active_s=min(active, 2 * spec.duration + DRAIN_TIMEOUT),
         **extra,
+    )
+
+
+# --- muc: groupchat fan-out in rooms of a XEP-0045 service ---
+
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_USER = NS_MUC + "#user"
+MUC_RATE = 250.0  # messages/s sent in all when --rate is not given
+MUC_JOIN_TIMEOUT_S = 60.0
+
+
+class _Occupant:
+    """One occupant's connection: notices its own presence in the room (status 110,
+    XEP-0045 §7.2.2), answers to its iqs, and timestamped groupchat messages."""
+
+    def __init__(self, conn: XMPPConnection, room: str, nick: str) -> None:
+        self.conn = conn
+        self.room_jid = f"{room}/{nick}"
+        self.joined = False
+        self.created = False  # status 201: a new room, locked until configured (§10.1.2)
+        self.answered: set[str] = set()
+        self.refused: str | None = None
+        self.received = 0
+        self.latencies: list[float] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def handle(self, st: Stanza, now_ns: int) -> None:
+        if st.name == "message":
+            stamp = st.attrs.get("id", "")
+            if not stamp.isdigit():  # a service that does not keep the id: the body has it
+                stamp = (st.element().findtext("{jabber:client}body") or "").split(" ", 1)[0]
+            if stamp.isdigit():
+                self.received += 1
+                self.latencies.append((now_ns - int(stamp)) / 1e6)
+        elif st.name == "presence" and st.attrs.get("from") == self.room_jid:
+            if st.attrs.get("type") == "error":
+                self.refused = st.raw.decode(errors="replace")
+                return
+            codes = {status.get("code") for status in st.element().iter(f"{{{NS_MUC_USER}}}status")}
+            self.created = self.created or "201" in codes
+            self.joined = True
+        elif st.name == "iq":
+            self.answered.add(st.attrs.get("id", ""))
+
+    async def run(self) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while True:
+                events = await self.conn.read_events()
+                now = time.perf_counter_ns()
+                for event in events:
+                    if type(event) is Stanza:
+                        self.handle(event, now)
+
+    async def join(self) -> bool:
+        self.conn.send(
+            f"<presence to='{self.room_jid}'><x xmlns='{NS_MUC}'>"
+            "<history maxstanzas='0'/></x></presence>".encode()
+        )
+        return await _wait_until(
+            lambda: self.joined or self.refused is not None, MUC_JOIN_TIMEOUT_S, 0.01
+        )
+
+    async def configure_instant(self) -> bool:
+        """Accept the default configuration of a room this occupant created (§10.1.2)."""
+        room = self.room_jid.split("/", 1)[0]
+        self.conn.send(
+            f"<iq type='set' id='instant' to='{room}'><query xmlns='{NS_MUC}#owner'>"
+            "<x xmlns='jabber:x:data' type='submit'/></query></iq>".encode()
+        )
+        return await _wait_until(lambda: "instant" in self.answered, MUC_JOIN_TIMEOUT_S, 0.01)
+
+
+async def _muc_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
+    """`rooms` rooms of `occupants` each (accounts bench0.. in order, a room wholly in one
+    worker); in the measured phase the occupants send groupchat messages at `rate`
+    messages/s in all (open loop), each delivered to every occupant. Room names are new for
+    every run, so that nothing left from an earlier run (history, configuration) counts."""
+    if spec.users < spec.rooms * spec.occupants:
+        raise ValueError("muc needs users >= rooms * occupants")
+    tag = f"{int(time.time())}"
+    rooms = _mine(spec, index, spec.rooms)
+    jobs: list[tuple[Account, str]] = []
+    for r in rooms:
+        jobs += [(spec.account(r * spec.occupants + k), f"muc{r}") for k in range(spec.occupants)]
+    conns = await _bounded_logins(spec, jobs)
+    occupants: list[_Occupant] = []
+    for i, conn in enumerate(conns):
+        r, k = rooms[i // spec.occupants], i % spec.occupants
+        occupants.append(_Occupant(conn, f"bench-{tag}-{r}@{spec.muc_domain}", f"n{k}"))
+    for occupant in occupants:
+        occupant.conn.send(b"<presence/>")
+        occupant.task = asyncio.ensure_future(occupant.run())
+    incomplete = 0
+    for start in range(0, len(occupants), spec.occupants):
+        room = occupants[start : start + spec.occupants]
+        creator = room[0]
+        if not await creator.join() or creator.refused:
+            raise RuntimeError(f"could not create {creator.room_jid}: {creator.refused}")
+        if creator.created and not await creator.configure_instant():
+            raise RuntimeError(f"{creator.room_jid}: the instant room was not confirmed")
+        joined = await asyncio.gather(*(o.join() for o in room[1:]))
+        incomplete += sum(1 for ok, o in zip(joined, room[1:], strict=True) if not ok or o.refused)
+    await asyncio.sleep(1.0)  # the join presences have reached everyone
+    for occupant in occupants:
+        occupant.received = 0
+        occupant.latencies.clear()
+    _report(results, "ready", connections=len(occupants), incomplete=incomplete)
+    await _wait_event(go, SETUP_TIMEOUT)
+
+    body = spec.body
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    end = t0 + spec.duration
+    per_occupant = (spec.rate or MUC_RATE) / (spec.rooms * spec.occupants)
+    sent = 0
+
+    async def paced(occupant: _Occupant) -> None:
+        nonlocal sent
+        room = occupant.room_jid.split("/", 1)[0].encode()
+        tick = 0.01
+        owed = 0.0
+        while time.perf_counter() < end:
+            owed += per_occupant * tick
+            while owed >= 1:
+                stamp = str(time.perf_counter_ns()).encode()
+                occupant.conn.send(
+                    b"<message type='groupchat' to='" + room + b"' id='" + stamp
+                    + b"'><body>" + stamp + b" " + body.encode() + b"</body></message>"
+                )  # fmt: skip
+                sent += 1
+                owed -= 1
+            await asyncio.sleep(tick)
+
+    await asyncio.gather(*(paced(o) for o in occupants))
+    expected = sent * spec.occupants
+    await _wait_until(lambda: sum(o.received for o in occupants) >= expected, DRAIN_TIMEOUT, 0.01)
+    received = sum(o.received for o in occupants)
+    latencies = [x for o in occupants for x in o.latencies]
+    for occupant in occupants:
+        if occupant.task:
+            occupant.task.cancel()
+        occupant.conn.close()
+    _report(
+        results,
+        "done",
+        count=received,
+        sent=sent,
+        latencies_ms=latencies,
+        errors=0,
+        cpu_s=time.process_time() - cpu0,
+        active_s=min(time.perf_counter() - t0, spec.duration + DRAIN_TIMEOUT),
     )
