@@ -152,6 +152,16 @@ class MucConfig:
 
 
 @dataclass(frozen=True)
+class PepConfig:
+    max_nodes: int = 200  # XEP-0163 nodes per account
+    max_items: int = 256  # per node: the cap on pubsub#max_items (and what "max" means)
+    max_item_size: int = 65536  # bytes of one item's payload (XEP-0060 §7.1.3.6)
+    max_bytes_per_account: int = 8388608  # item payloads of one account, all nodes together
+    caps_cache_size: int = 10000  # XEP-0115 verified 'ver' values remembered
+    caps_timeout: float = 30.0  # seconds a client has to answer the caps disco#info query
+
+
+@dataclass(frozen=True)
 class Config:
     hosts: dict[str, HostConfig]
     listeners: tuple[ListenerConfig, ...]
@@ -167,6 +177,7 @@ class Config:
     register: RegisterConfig = RegisterConfig()
     legacy: LegacyConfig = LegacyConfig()
     version: VersionConfig = VersionConfig()
+    pep: PepConfig = PepConfig()
     muc: MucConfig = MucConfig()
     vcard: VCardConfig = VCardConfig()
 
@@ -448,6 +459,17 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
         {"non_sasl_auth": _boolean, "error_codes": _boolean, "compression": _boolean},
     ),
     "version": (VersionConfig, {"show_os": _boolean}),
+    "pep": (
+        PepConfig,
+        {
+            "max_nodes": _integer_at_least(1),
+            "max_items": _integer_at_least(1),
+            "max_item_size": _integer_at_least(1),
+            "max_bytes_per_account": _integer_at_least(1),
+            "caps_cache_size": _integer_at_least(1),
+            "caps_timeout": _positive_number,
+        },
+    ),
     "vcard": (VCardConfig, {"max_size": _integer_at_least(1)}),
 }
 _SECTIONS = ("server", "listeners", "hosts", *_SIMPLE_SECTIONS)
@@ -527,6 +549,7 @@ class _Builder:
             register=simple["register"],
             legacy=simple["legacy"],
             version=simple["version"],
+            pep=simple["pep"],
             muc=simple["muc"],
             vcard=simple["vcard"],
             data_dir=self.path(server.get("data_dir", "var")),

@@ -78,6 +78,14 @@ class Module:
         """The session just sent its initial presence (RFC 6121 §4.2), after the presence
         module has broadcast it and probed the contacts: offline messages go out here."""
 
+    def presence_available(self, session: C2SStream, st: Stanza) -> None:
+        """The session broadcast available presence `st` (initial or an update, after the
+        presence module has handled it): XEP-0115 caps in it matter to PEP."""
+
+    def presence_visibility_changed(self, user: str, contact: str, visible: bool) -> None:
+        """Bare JID `user` (local) may now (`visible`) or no longer see the presence of bare
+        JID `contact` (RFC 6121 §3.1.5, §3.2.2, §3.3.2)."""
+
     def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
         """The session broadcast unavailable presence (`data`, stamped with its full JID) and
         stays connected (RFC 6121 §4.5.2): services it sent directed presence to (rooms,
@@ -149,6 +157,12 @@ class ModuleHub:
 
     def initial_presence(self, session: C2SStream) -> None:
         self._each("initial_presence", session)
+
+    def presence_available(self, session: C2SStream, st: Stanza) -> None:
+        self._each("presence_available", session, st)
+
+    def presence_visibility_changed(self, user: str, contact: str, visible: bool) -> None:
+        self._each("presence_visibility_changed", user, contact, visible)
 
     def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
         self._each("presence_unavailable", session, data)

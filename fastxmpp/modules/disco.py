@@ -8,7 +8,10 @@
   disco#info is answered only to the account itself and to entities the account lets see
   its presence (subscription "from" or "both", asked of the roster module), others get
   service-unavailable, exactly as for an account that does not exist, so nothing can be
-  harvested. disco#items is always an empty result: resources are never listed.
+  harvested. disco#items never lists resources: only what modules list through an optional
+  `account_disco_items(requester_bare, local, domain) -> [(jid, node or None, name or None)]`
+  (PEP nodes); modules add identities through an `account_identities` attribute of
+  (category, type) pairs (XEP-0163 §3: pubsub/pep).
 - Any node: item-not-found (§3.2), no module defines nodes yet.
 """
 
@@ -68,7 +71,11 @@ class DiscoModule(Module):
             local, domain = target[0], target[1]
             if not may_see_presence(self.hub, origin.bare, local, domain):
                 raise StanzaError("service-unavailable")
-            identity = "<identity category='account' type='registered'/>"
+            identity = "<identity category='account' type='registered'/>" + "".join(
+                f"<identity category={quoteattr(c)} type={quoteattr(t)}/>"
+                for m in self.hub.modules.values()
+                for c, t in getattr(m, "account_identities", ())
+            )
             features = self.hub.account_features()
         else:
             identity = f"<identity category='server' type='im' name='{SERVER_NAME}'/>"
@@ -96,6 +103,15 @@ class DiscoModule(Module):
                 for jid, name in list_items(domain):
                     name_attr = "" if name is None else " name=" + quoteattr(name)
                     payload += f"<item jid={quoteattr(jid)}{name_attr}/>"
+        else:
+            for module in self.hub.modules.values():
+                list_account_items = getattr(module, "account_disco_items", None)
+                if list_account_items is None:
+                    continue
+                for jid, item_node, name in list_account_items(origin.bare, *target[:2]):
+                    attrs = "" if item_node is None else " node=" + quoteattr(item_node)
+                    attrs += "" if name is None else " name=" + quoteattr(name)
+                    payload += f"<item jid={quoteattr(jid)}{attrs}/>"
         return iq_result(origin, st, f"<query xmlns='{NS_ITEMS}'{node_attr}>{payload}</query>")
 
 

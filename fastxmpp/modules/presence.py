@@ -163,6 +163,7 @@ class PresenceModule(Module):
             if session.available:
                 session.send(data)
         if not initial:
+            self.hub.presence_available(origin, st)
             return
         # §4.2.2: the new resource learns the presence of the user's other resources ...
         for session in own.values():
@@ -177,6 +178,7 @@ class PresenceModule(Module):
             for request in self.roster.pending_requests(origin.domain, origin.local):
                 origin.send(request)
         self.hub.initial_presence(origin)
+        self.hub.presence_available(origin, st)
 
     def _unavailable(self, origin: C2SStream, st: Stanza) -> None:
         element = st.element()
@@ -328,6 +330,7 @@ class PresenceModule(Module):
 
     def _presence_visibility_changed(self, user: str, contact: str, visible: bool) -> None:
         """§3.1.5: the contact's presence now; §3.2.2/§3.3.2: unavailable from it."""
+        self.hub.presence_visibility_changed(user, contact, visible)
         for session in self.router.resources(contact).values():
             last = getattr(session, "presence_last", None)
             if last is None:

@@ -1,0 +1,289 @@
+"""XEP-0163 personal eventing: each account's pubsub nodes and their items.
+
+Database "pep", all keys under the account's prefix (`domain NUL local NUL`):
+- `n` + node name: the node, msgpack `{"config": {...}, "order": [item ids, oldest first],
+  "created": unix time}`; publication order lives here (XEP-0060 §12.17: a re-published id
+  becomes the newest).
+- `i` + node name + NUL + item id: msgpack `[payload XML, publisher full JID, unix time]`.
+- `u`: the bytes of item payloads the account stores in all (for the account quota).
+Node names and item ids never contain NUL (XML cannot), so prefixes cannot collide. Every
+operation is one write transaction: a node, its items and the quota change together.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .account_data import account_prefix, delete_prefix, register_purge
+from .lmdb_store import Storage
+
+DATABASE = "pep"
+
+
+class PepLimit(Exception):
+    """A limit of the account would be exceeded; `what` names it ("nodes", "bytes", "key")."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+class NodeExists(Exception):
+    """Creating a node that is already there."""
+
+
+@dataclass
+class Item:
+    id: str
+    payload: bytes
+    publisher: str
+    stamp: float
+
+
+@dataclass
+class Node:
+    name: str
+    config: dict[str, Any]
+    order: list[str] = field(default_factory=list)  # item ids, oldest first
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_nodes: int
+    max_bytes: int  # item payloads of one account, all nodes together
+
+
+def _node_key(prefix: bytes, node: str) -> bytes:
+    return prefix + b"n" + node.encode()
+
+
+def _item_prefix(prefix: bytes, node: str) -> bytes:
+    return prefix + b"i" + node.encode() + b"\0"
+
+
+def _decode_node(name: str, raw: Any) -> Node:
+    record = msgpack.unpackb(raw)
+    return Node(name, record["config"], record["order"], record["created"])
+
+
+def _encode_node(node: Node) -> bytes:
+    return bytes(
+        msgpack.packb({"config": node.config, "order": node.order, "created": node.created})
+    )
+
+
+class PepStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._db = storage.database(DATABASE)
+        self.max_key_size = storage.env.max_key_size()
+
+    # --- reading --------------------------------------------------------------------------
+
+    def node(self, domain: str, local: str, name: str) -> Node | None:
+        with self.storage.env.begin(db=self._db) as txn:
+            raw = txn.get(_node_key(account_prefix(domain, local), name))
+        return None if raw is None else _decode_node(name, raw)
+
+    def nodes(self, domain: str, local: str) -> list[Node]:
+        start = account_prefix(domain, local) + b"n"
+        found: list[Node] = []
+        with self.storage.env.begin(db=self._db) as txn:
+            cursor = txn.cursor()
+            more = cursor.set_range(start)
+            while more:
+                key = bytes(cursor.key())
+                if not key.startswith(start):
+                    break
+                found.append(_decode_node(key[len(start) :].decode(), cursor.value()))
+                more = cursor.next()
+        return found
+
+    def items(self, domain: str, local: str, node: Node, ids: list[str]) -> list[Item]:
+        """The items `ids` of `node` that exist, in the order asked."""
+        prefix = _item_prefix(account_prefix(domain, local), node.name)
+        found = []
+        with self.storage.env.begin(db=self._db) as txn:
+            for item_id in ids:
+                key = prefix + item_id.encode()
+                raw = txn.get(key) if len(key) <= self.max_key_size else None
+                if raw is not None:
+                    payload, publisher, stamp = msgpack.unpackb(raw)
+                    found.append(Item(item_id, payload, publisher, stamp))
+        return found
+
+    def usage(self, domain: str, local: str) -> int:
+        with self.storage.env.begin(db=self._db) as txn:
+            raw = txn.get(account_prefix(domain, local) + b"u")
+        return 0 if raw is None else int(msgpack.unpackb(raw))
+
+    # --- writing --------------------------------------------------------------------------
+
+    def _check_key(self, key: bytes) -> bytes:
+        if len(key) > self.max_key_size:
+            raise PepLimit("key")
+        return key
+
+    def _count_nodes(self, txn: Any, prefix: bytes) -> int:
+        start = prefix + b"n"
+        cursor = txn.cursor()
+        count = 0
+        more = cursor.set_range(start)
+        while more and bytes(cursor.key()).startswith(start):
+            count += 1
+            more = cursor.next()
+        return count
+
+    def _add_usage(self, txn: Any, prefix: bytes, delta: int, limit: int | None = None) -> None:
+        raw = txn.get(prefix + b"u")
+        used = (0 if raw is None else int(msgpack.unpackb(raw))) + delta
+        if limit is not None and delta > 0 and used > limit:
+            raise PepLimit("bytes")
+        txn.put(prefix + b"u", msgpack.packb(max(used, 0)))
+
+    def _new_node(
+        self, txn: Any, prefix: bytes, name: str, config: dict[str, Any], limits: Limits
+    ) -> Node:
+        if self._count_nodes(txn, prefix) >= limits.max_nodes:
+            raise PepLimit("nodes")
+        node = Node(name, dict(config), [], time.time())
+        txn.put(self._check_key(_node_key(prefix, name)), _encode_node(node))
+        return node
+
+    def create(
+        self, domain: str, local: str, name: str, config: dict[str, Any], limits: Limits
+    ) -> Node:
+        prefix = account_prefix(domain, local)
+
+        def work(txn: Any) -> Node:
+            if txn.get(self._check_key(_node_key(prefix, name))) is not None:
+                raise NodeExists(name)
+            return self._new_node(txn, prefix, name, config, limits)
+
+        return self.storage.write(work, db=self._db)
+
+    def _drop_items(self, txn: Any, prefix: bytes, node: Node, ids: list[str]) -> None:
+        item_prefix = _item_prefix(prefix, node.name)
+        freed = 0
+        for item_id in ids:
+            key = item_prefix + item_id.encode()
+            raw = txn.get(key)
+            if raw is not None:
+                freed += len(msgpack.unpackb(raw)[0])
+                txn.delete(key)
+        self._add_usage(txn, prefix, -freed)
+
+    def publish(
+        self,
+        domain: str,
+        local: str,
+        name: str,
+        item: Item,
+        new_config: dict[str, Any],
+        max_items: Any,
+        limits: Limits,
+    ) -> tuple[Node, bool]:
+        """Store `item` as the newest of node `name`, creating the node with `new_config` if
+        it is not there (XEP-0060 §7.1.4 auto-create); items beyond `max_items(config)`
+        (oldest first) go. (the node, whether it was created). A node that does not persist
+        items keeps none."""
+        prefix = account_prefix(domain, local)
+
+        def work(txn: Any) -> tuple[Node, bool]:
+            key = self._check_key(_node_key(prefix, name))
+            raw = txn.get(key)
+            created = raw is None
+            node = (
+                self._new_node(txn, prefix, name, new_config, limits)
+                if created
+                else _decode_node(name, raw)
+            )
+            if node.config.get("persist_items", True):
+                item_key = self._check_key(_item_prefix(prefix, name) + item.id.encode())
+                old = txn.get(item_key)
+                delta = len(item.payload) - (0 if old is None else len(msgpack.unpackb(old)[0]))
+                self._add_usage(txn, prefix, delta, limits.max_bytes)
+                txn.put(item_key, msgpack.packb([item.payload, item.publisher, item.stamp]))
+                if item.id in node.order:
+                    node.order.remove(item.id)
+                node.order.append(item.id)
+                self._trim(txn, prefix, node, max_items(node.config))
+            txn.put(key, _encode_node(node))
+            return node, created
+
+        return self.storage.write(work, db=self._db)
+
+    def _trim(self, txn: Any, prefix: bytes, node: Node, keep: int) -> None:
+        if len(node.order) > keep:
+            dropped = node.order[: len(node.order) - keep]
+            del node.order[: len(node.order) - keep]
+            self._drop_items(txn, prefix, node, dropped)
+
+    def configure(
+        self, domain: str, local: str, name: str, config: dict[str, Any], keep: int
+    ) -> Node | None:
+        """Replace the node's configuration; items beyond `keep` (oldest first) go, all of
+        them when the node no longer persists items. None if there is no such node."""
+        prefix = account_prefix(domain, local)
+
+        def work(txn: Any) -> Node | None:
+            key = _node_key(prefix, name)
+            raw = txn.get(key) if len(key) <= self.max_key_size else None
+            if raw is None:
+                return None
+            node = _decode_node(name, raw)
+            node.config = dict(config)
+            self._trim(txn, prefix, node, keep if config.get("persist_items", True) else 0)
+            txn.put(key, _encode_node(node))
+            return node
+
+        return self.storage.write(work, db=self._db)
+
+    def retract(self, domain: str, local: str, name: str, item_id: str) -> bool | None:
+        """None: no such node; False: no such item; True: retracted."""
+        prefix = account_prefix(domain, local)
+
+        def work(txn: Any) -> bool | None:
+            key = _node_key(prefix, name)
+            raw = txn.get(key) if len(key) <= self.max_key_size else None
+            if raw is None:
+                return None
+            node = _decode_node(name, raw)
+            if item_id not in node.order:
+                return False
+            node.order.remove(item_id)
+            self._drop_items(txn, prefix, node, [item_id])
+            txn.put(key, _encode_node(node))
+            return True
+
+        return self.storage.write(work, db=self._db)
+
+    def purge(self, domain: str, local: str, name: str, delete: bool = False) -> Node | None:
+        """Drop every item of the node (and the node itself with `delete`); the node as it
+        was, or None if there is no such node."""
+        prefix = account_prefix(domain, local)
+
+        def work(txn: Any) -> Node | None:
+            key = _node_key(prefix, name)
+            raw = txn.get(key) if len(key) <= self.max_key_size else None
+            if raw is None:
+                return None
+            node = _decode_node(name, raw)
+            self._drop_items(txn, prefix, node, list(node.order))
+            # Anything left under the node's item prefix (never expected) goes too.
+            delete_prefix(txn, self._db, _item_prefix(prefix, name))
+            if delete:
+                txn.delete(key)
+            else:
+                txn.put(key, _encode_node(Node(name, node.config, [], node.created)))
+            return node
+
+        return self.storage.write(work, db=self._db)
+
+
+register_purge(DATABASE)
