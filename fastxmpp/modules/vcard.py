@@ -1,0 +1,107 @@
+"""XEP-0054 vcard-temp: each account stores one vCard, which anyone may read (§6: vCards are
+world-readable).
+
+- Own vCard (no 'to', or the account's own bare JID): a get returns the stored vCard, or an
+  empty `<vCard xmlns='vcard-temp'/>` when none is stored (§3.1 allows that or item-not-found;
+  the empty result is what clients handle everywhere, and it needs no error path). A set
+  replaces the whole vCard (§3.2: there are no partial updates); a set of an empty vCard
+  (no child element) deletes the stored one.
+- Another account's bare JID on this server: a get returns its vCard; without one,
+  service-unavailable (§3.3 since version 1.3: the same condition as for an account that does
+  not exist, which the router already answers before this module is asked, so accounts cannot
+  be harvested). A get to a full JID is routed to that client, never answered here (§3.3).
+- The server's domain: the server has no vCard, so a get answers item-not-found (the condition
+  §3.1 names for "no vCard"); service-unavailable would tell the client that the server does
+  not support vcard-temp at all, contradicting its disco feature, and nothing can be
+  harvested from a domain.
+- A set addressed to anyone but the sender's own bare JID: forbidden (§3.2).
+- The payload must be `<vCard/>` (case-sensitive, §10); another element in the vcard-temp
+  namespace: bad-request.
+- A vCard bigger than `[vcard] max_size` bytes of serialized XML: not-acceptable, the
+  condition XEP-0060 §7.1.3.4 gives to a payload too big; the stored vCard is kept.
+- Storage full: resource-constraint.
+
+The vCard is stored as the client sent it (unknown children and attributes kept, namespace
+declarations reduced to those used) and deleted with the account (storage.account_data).
+XEP-0153 avatar hashes in presence are the clients' business and are not injected here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StanzaError
+from ..storage.lmdb_store import StorageFull
+from ..storage.vcard import VCardStore
+from .base import Module, iq_result
+from .private import fragment_xml
+
+if TYPE_CHECKING:
+    from .._parser import Stanza
+    from ..stream.c2s import C2SStream
+
+NS = "vcard-temp"
+EMPTY_VCARD = f"<vCard xmlns='{NS}'/>"
+
+
+class VCardModule(Module):
+    name = "vcard"
+    # §4: the server supports vcard-temp, and answers for its accounts' bare JIDs.
+    features = (NS,)
+    account_features = (NS,)
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.store: VCardStore | None = None
+        self.max_size = self.config.vcard.max_size
+
+    def start(self) -> None:
+        assert self.server.storage is not None
+        self.store = VCardStore(self.server.storage)
+        self.router.set_iq_handler(NS, self.answer)
+
+    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+        vcard = st.element().find(f"{{{NS}}}vCard")
+        if vcard is None:
+            raise StanzaError("bad-request", "the vcard-temp payload is <vCard/>")
+        own = target is None or target[3] == origin.bare
+        if st.attrs.get("type") == "set":
+            if not own:
+                raise StanzaError("forbidden", "only the account itself may set its vCard")
+            return self._set(origin, st, vcard)
+        if own:
+            return self._get_own(origin, st)
+        if target is not None and target[0]:
+            return self._get_other(origin, st, target[1], target[0])
+        raise StanzaError("item-not-found", "the server has no vCard")
+
+    def _set(self, origin: C2SStream, st: Stanza, vcard: Any) -> bytes:
+        assert self.store is not None
+        try:
+            if any(isinstance(child.tag, str) for child in vcard):
+                xml = fragment_xml(vcard)
+                if len(xml) > self.max_size:
+                    raise StanzaError(
+                        "not-acceptable", f"a vCard may hold at most {self.max_size} bytes"
+                    )
+                self.store.put(origin.domain, origin.local, xml)
+            else:
+                self.store.delete(origin.domain, origin.local)
+        except StorageFull:
+            raise StanzaError("resource-constraint", "the server's storage is full") from None
+        return iq_result(origin, st)
+
+    def _get_own(self, origin: C2SStream, st: Stanza) -> bytes:
+        assert self.store is not None
+        stored = self.store.get(origin.domain, origin.local)
+        return iq_result(origin, st, EMPTY_VCARD if stored is None else stored.decode())
+
+    def _get_other(self, origin: C2SStream, st: Stanza, domain: str, local: str) -> bytes:
+        assert self.store is not None
+        stored = self.store.get(domain, local)
+        if stored is None:
+            raise StanzaError("service-unavailable")
+        return iq_result(origin, st, stored.decode())
+
+
+MODULE = VCardModule
