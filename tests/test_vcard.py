@@ -181,6 +181,10 @@ def test_no_vcard_and_no_account_look_the_same(
     no_account = vcard_get(dave, "nobody@localhost")
     assert stanza_error(no_vcard) == stanza_error(no_account) == "service-unavailable"
     assert error_type(no_vcard) == error_type(no_account) == "cancel"
+    # Nothing else in the error tells the two apart either.
+    assert etree.tostring(no_vcard.find(f"{{{CLIENT}}}error")) == etree.tostring(
+        no_account.find(f"{{{CLIENT}}}error")
+    )
 
 
 def test_set_for_anybody_else_is_forbidden(
