@@ -471,6 +471,23 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
         },
     ),
     "vcard": (VCardConfig, {"max_size": _integer_at_least(1)}),
+    "muc": (
+        MucConfig,
+        {
+            "enabled": _boolean,
+            "domain": _domain_template,
+            "create_rooms": _one_of("local", "admins", "anyone"),
+            "admins": _bare_jids,
+            "max_rooms": _integer_at_least(1),
+            "max_rooms_per_user": _integer_at_least(1),
+            "max_occupants": _integer_at_least(1),
+            "history_default": _integer_at_least(0),
+            "max_history": _integer_at_least(0),
+            "max_nick_length": _integer_at_least(1),
+            "max_name_length": _integer_at_least(1),
+            "max_description_length": _integer_at_least(1),
+        },
+    ),
 }
 _SECTIONS = ("server", "listeners", "hosts", *_SIMPLE_SECTIONS)
 
