@@ -236,7 +236,7 @@ def test_get_to_a_full_jid_goes_to_that_client(
 @pytest.mark.parametrize(
     ("itype", "payload", "condition"),
     [
-        # §10: the element is <vCard/>, case-sensitive.
+        # §8: the element is <vCard/>, case-sensitive.
         ("get", f"<vcard xmlns='{NS}'/>", "bad-request"),
         ("set", f"<VCARD xmlns='{NS}'><FN>x</FN></VCARD>", "bad-request"),
         ("set", f"<FN xmlns='{NS}'>x</FN>", "bad-request"),

@@ -1,4 +1,4 @@
-"""XEP-0054 vcard-temp: each account stores one vCard, which anyone may read (§6: vCards are
+"""XEP-0054 vcard-temp: each account stores one vCard, which anyone may read (§5: vCards are
 world-readable).
 
 - Own vCard (no 'to', or the account's own bare JID): a get returns the stored vCard, or an
@@ -9,16 +9,16 @@ world-readable).
 - Another account's bare JID on this server: a get returns its vCard; without one,
   service-unavailable (§3.3 since version 1.3: the same condition as for an account that does
   not exist, which the router already answers before this module is asked, so accounts cannot
-  be harvested). A get to a full JID is routed to that client, never answered here (§3.3).
+  be harvested). A get to a full JID goes to that client, never answered here (RFC 6121 §8.5.3).
 - The server's domain: the server has no vCard, so a get answers item-not-found (the condition
   §3.1 names for "no vCard"); service-unavailable would tell the client that the server does
   not support vcard-temp at all, contradicting its disco feature, and nothing can be
   harvested from a domain.
 - A set addressed to anyone but the sender's own bare JID: forbidden (§3.2).
-- The payload must be `<vCard/>` (case-sensitive, §10); another element in the vcard-temp
+- The payload must be `<vCard/>` (case-sensitive, §8); another element in the vcard-temp
   namespace: bad-request.
 - A vCard bigger than `[vcard] max_size` bytes of serialized XML: not-acceptable, the
-  condition XEP-0060 §7.1.3.4 gives to a payload too big; the stored vCard is kept.
+  condition XEP-0060 §7.1.3.5 gives to a payload too big; the stored vCard is kept.
 - Storage full: resource-constraint.
 
 The vCard is stored as the client sent it (unknown children and attributes kept, namespace
