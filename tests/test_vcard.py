@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, ServerProcess, assert_still_serving
+from conftest import PASSWORD, ServerProcess, assert_still_serving, run_cli
 from lxml import etree
 from slixmpp import JID, ClientXMPP
 from slixmpp.exceptions import IqError
@@ -482,3 +482,26 @@ async def test_slixmpp_store_read_restart_and_account_removal(
     finally:
         await disconnect(alice)
     srv.stop()
+
+
+def test_cli_deluser_purges_the_vcard(make_server: Any, ca_file: str) -> None:
+    srv: ServerProcess = make_server()
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        alice = login(srv, opened, ca_file, "alice")
+        assert vcard_set(alice, "<FN>Alice</FN>").get("type") == "result"
+        alice.close()
+        # The CLI, while the server runs: the account and its vCard go in one transaction.
+        result = run_cli("deluser", "alice@localhost", config=srv.config)
+        assert result.returncode == 0, result.stderr
+        srv.adduser("alice@localhost")
+        bob = login(srv, opened, ca_file, "bob")
+        assert stanza_error(vcard_get(bob, "alice@localhost")) == "service-unavailable"
+        alice = login(srv, opened, ca_file, "alice")
+        assert len(result_vcard(vcard_get(alice))) == 0
+    finally:
+        for c in opened:
+            c.close()
