@@ -1,0 +1,890 @@
+"""XEP-0163 Personal Eventing Protocol: every account is a virtual pubsub service at its bare
+JID (the XEP-0060 subset PEP needs), with notifications filtered by XEP-0115 caps.
+
+Requests (iq to the account's bare JID, or with no 'to' for one's own):
+- publish (XEP-0060 §7.1), auto-creating the node (§7.1.4) and checking publish-options
+  preconditions (§7.1.5: conflict + precondition-not-met; unknown fields too); an item
+  without an id gets one. Retract (§7.2, notify attribute or pubsub#notify_retract), items
+  (§6.5: all, by id, max_items: the most recent, in publication order), create (§8.1, with
+  <configure/>: §8.1.3), configure get/submit (§8.2), default (§8.3), delete (§8.4), purge
+  (§8.5), affiliations (§5.7: owner of each node, to the owner only).
+- Only the account itself publishes, creates, configures, deletes and purges: forbidden for
+  anyone else (§7.1.3.1, §8.x "Insufficient Privileges").
+- Access models (§4.5): presence (the default, XEP-0163 §6), open, roster (pubsub#
+  roster_groups_allowed against the owner's roster groups), whitelist (the owner alone:
+  XEP-0223 private storage). Retrieval refused with the §6.5.9 errors: not-authorized +
+  presence-subscription-required / not-in-roster-group, not-allowed + closed-node.
+- Explicit subscriptions (subscribe, unsubscribe, subscriptions, options) and affiliation or
+  subscription management are not offered: feature-not-implemented + <unsupported/> naming
+  the feature (§7.1.3.x style). PEP subscriptions are implicit (XEP-0163 §4): a contact with
+  a presence subscription whose resources ask for `<node>+notify` in their caps.
+
+Notifications (XEP-0163 §4.3): a headline message from the owner's bare JID to the full JID
+of each available resource that wants the node (its caps list `<node>+notify`): the owner's
+own resources, and those of contacts with subscription from/both the access model lets in.
+Contacts also get an XEP-0033 replyto address naming the publishing resource (§4.3.1.3).
+The last published item (with an XEP-0203 delay) goes to a resource when it becomes
+available with interest in a node, or when its caps start to show interest in one
+(§4.3.4), and to a user's resources interested in a contact's nodes when the user starts
+being allowed to see the contact's presence (RFC 6121 §3.1.5: best effort, at that
+moment). A contact that loses its subscription gets nothing more: the roster is asked at
+each notification.
+
+Caps (XEP-0115): each available presence's <c/> is looked up by (hash, ver) in a bounded
+cache shared by all accounts; when missing, the server asks the client (disco#info to its
+full JID, node#ver) with a timeout, and caches the answer only when its hash verifies
+(§5.4). An answer that does not verify, or uses a hash the server does not know, counts
+for that session only (§5.4.2-3). Identical queries in flight are made once.
+
+Errors carry the XEP-0060 pubsub#errors child, so this module makes its own error replies
+(RFC 6120 §8.3.2: defined condition, text, application condition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape, quoteattr
+
+from ..errors import StanzaError, error_element_xml
+from ..storage.lmdb_store import StorageFull
+from ..storage.pep import Item, Limits, Node, NodeExists, PepLimit, PepStore
+from .base import Module, iq_result
+from .pep_caps import HASHES, NS_CAPS, NS_INFO, CapsCache, caps_hash, notify_nodes
+from .private import fragment_xml
+
+if TYPE_CHECKING:
+    from .._parser import Stanza
+    from ..stream.c2s import C2SStream
+    from .roster import RosterModule
+
+log = logging.getLogger("fastxmpp.pep")
+
+NS = "http://jabber.org/protocol/pubsub"
+NS_OWNER = NS + "#owner"
+NS_EVENT = NS + "#event"
+NS_ERRORS = NS + "#errors"
+NS_DATA = "jabber:x:data"
+NS_DELAY = "urn:xmpp:delay"
+NS_ADDRESS = "http://jabber.org/protocol/address"
+NODE_CONFIG = NS + "#node_config"
+PUBLISH_OPTIONS = NS + "#publish-options"
+# XEP-0060 §10 feature names this service implements.
+FEATURES = (
+    "access-open",
+    "access-presence",
+    "access-roster",
+    "access-whitelist",
+    "auto-create",
+    "auto-subscribe",
+    "config-node",
+    "config-node-max",
+    "create-and-configure",
+    "create-nodes",
+    "delete-items",
+    "delete-nodes",
+    "filtered-notifications",
+    "item-ids",
+    "last-published",
+    "persistent-items",
+    "presence-notifications",
+    "publish",
+    "publish-options",
+    "purge-nodes",
+    "retract-items",
+    "retrieve-affiliations",
+    "retrieve-default",
+    "retrieve-items",
+)
+# Node names and item ids are keys in storage: bounded (LMDB keys are at most 511 bytes).
+MAX_NAME_BYTES = 256
+MAX_TEXT = 1024  # characters of a text-single configuration value
+
+# pubsub#<name> -> (XEP-0004 field type, label, options). XEP-0060 §16.4.3.
+FIELDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "access_model": (
+        "list-single",
+        "Who may retrieve items and get notifications",
+        ("open", "presence", "roster", "whitelist"),
+    ),
+    "roster_groups_allowed": ("list-multi", "Roster groups allowed (access model roster)", ()),
+    "persist_items": ("boolean", "Persist items to storage", ()),
+    "max_items": ("text-single", "Max number of items to persist ('max': the server's limit)", ()),
+    "send_last_published_item": (
+        "list-single",
+        "When to send the last published item",
+        ("never", "on_sub", "on_sub_and_presence"),
+    ),
+    "deliver_notifications": ("boolean", "Deliver event notifications", ()),
+    "deliver_payloads": ("boolean", "Deliver payloads with event notifications", ()),
+    "notify_retract": ("boolean", "Notify when items are removed from the node", ()),
+    "notify_delete": ("boolean", "Notify when the node is deleted", ()),
+    "notification_type": ("list-single", "Message type of notifications", ("headline", "normal")),
+    "publish_model": ("list-single", "Who may publish items", ("publishers",)),
+    "title": ("text-single", "A friendly name for the node", ()),
+    "type": ("text-single", "The type of node data, usually the payload namespace", ()),
+}
+# XEP-0163 §6: access model presence, send_last_published_item on_sub_and_presence,
+# deliver_notifications true; max_items 1 (a PEP node usually holds the current state).
+DEFAULT_CONFIG: dict[str, Any] = {
+    "access_model": "presence",
+    "roster_groups_allowed": [],
+    "persist_items": True,
+    "max_items": 1,
+    "send_last_published_item": "on_sub_and_presence",
+    "deliver_notifications": True,
+    "deliver_payloads": True,
+    "notify_retract": True,
+    "notify_delete": True,
+    "notification_type": "headline",
+    "publish_model": "publishers",
+    "title": "",
+    "type": "",
+}
+PRESENCE_VISIBLE = ("from", "both")
+
+
+class PubsubError(StanzaError):
+    """A StanzaError with the XEP-0060 §5 pubsub-specific condition `app` (e.g.
+    "precondition-not-met"), and for <unsupported/> the feature it names."""
+
+    def __init__(
+        self, condition: str, app: str | None = None, text: str | None = None, feature: str = ""
+    ) -> None:
+        super().__init__(condition, text)
+        self.app = app
+        self.feature = feature
+
+    def app_xml(self) -> str:
+        if self.app is None:
+            return ""
+        feature = f" feature={quoteattr(self.feature)}" if self.feature else ""
+        return f"<{self.app} xmlns='{NS_ERRORS}'{feature}/>"
+
+
+def unsupported(feature: str) -> PubsubError:
+    return PubsubError("feature-not-implemented", "unsupported", None, feature)
+
+
+class FormError(Exception):
+    """A configuration field that is unknown or has a value the service refuses."""
+
+
+def _bool_text(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def effective_max(config: dict[str, Any], cap: int) -> int:
+    value = config.get("max_items", 1)
+    return cap if value == "max" else min(int(value), cap)
+
+
+def parse_field(name: str, values: list[str], cap: int) -> Any:
+    """The stored value of field pubsub#`name` from its submitted values; FormError."""
+    if name not in FIELDS:
+        raise FormError(f"unknown field pubsub#{name}")
+    kind, _label, options = FIELDS[name]
+    if kind == "list-multi":
+        return sorted(set(values))
+    if len(values) > 1:
+        raise FormError(f"pubsub#{name} takes one value")
+    value = values[0] if values else ""
+    if kind == "boolean":
+        if value in ("1", "true"):
+            return True
+        if value in ("0", "false"):
+            return False
+        raise FormError(f"pubsub#{name} is a boolean")
+    if options and value not in options:
+        raise FormError(f"pubsub#{name} must be one of {', '.join(options)}")
+    if name == "max_items":
+        if value == "max":
+            return "max"
+        if not value.isdigit() or not 1 <= int(value) <= cap:
+            raise FormError(f"pubsub#max_items must be 'max' or 1..{cap}")
+        return int(value)
+    if len(value) > MAX_TEXT:
+        raise FormError(f"pubsub#{name} is longer than {MAX_TEXT} characters")
+    return value
+
+
+def parse_form(x: Any, form_type: str, cap: int) -> dict[str, Any]:
+    """The pubsub# fields of a submitted data form (XEP-0004) whose FORM_TYPE, when given,
+    is `form_type`; FormError for anything this service does not know or accept."""
+    fields: dict[str, Any] = {}
+    for field in x.iterfind(f"{{{NS_DATA}}}field"):
+        var = field.get("var") or ""
+        values = [v.text or "" for v in field.iterfind(f"{{{NS_DATA}}}value")]
+        if var == "FORM_TYPE":
+            if values != [form_type]:
+                raise FormError(f"FORM_TYPE must be {form_type}")
+            continue
+        if not var.startswith("pubsub#"):
+            raise FormError(f"unknown field {var}")
+        fields[var[len("pubsub#") :]] = parse_field(var[len("pubsub#") :], values, cap)
+    return fields
+
+
+def same_value(name: str, wanted: Any, actual: Any, cap: int) -> bool:
+    if name == "max_items":
+        return effective_max({"max_items": wanted}, cap) == effective_max(
+            {"max_items": actual}, cap
+        )
+    if FIELDS[name][0] == "list-multi":
+        return set(wanted) == set(actual)
+    return bool(wanted == actual)
+
+
+def config_form(config: dict[str, Any], groups: list[str]) -> str:
+    """The node configuration as a form to fill in (XEP-0060 §8.2.4)."""
+    out = (
+        f"<x xmlns='{NS_DATA}' type='form'><field var='FORM_TYPE' type='hidden'>"
+        f"<value>{NODE_CONFIG}</value></field>"
+    )
+    for name, (kind, label, options) in FIELDS.items():
+        value = config.get(name, DEFAULT_CONFIG[name])
+        if name == "roster_groups_allowed":
+            options = tuple(sorted(set(groups) | set(value)))
+            values = list(value)
+        elif kind == "boolean":
+            values = [_bool_text(value)]
+        else:
+            values = [str(value)]
+        out += f"<field var='pubsub#{name}' type='{kind}' label={quoteattr(label)}>"
+        out += "".join(f"<option><value>{escape(o)}</value></option>" for o in options)
+        out += "".join(f"<value>{escape(v)}</value>" for v in values)
+        out += "</field>"
+    return out + "</x>"
+
+
+def _stamp(when: float) -> str:
+    # XEP-0082 DateTime, UTC.
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def item_xml(item: Item, payload: bool = True) -> str:
+    body = item.payload.decode() if payload else ""
+    return f"<item id={quoteattr(item.id)}>{body}</item>"
+
+
+class PepModule(Module):
+    name = "pep"
+    account_features = (NS, *(f"{NS}#{feature}" for feature in FEATURES))
+    account_identities = (("pubsub", "pep"),)
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.settings = server.config.pep
+        self.store: PepStore | None = None
+        self.roster: RosterModule | None = None
+        self.caps = CapsCache(self.settings.caps_cache_size)
+        self.limits = Limits(self.settings.max_nodes, self.settings.max_bytes_per_account)
+        # (hash, ver) -> the shared outcome of a disco#info query in flight (None: failed).
+        self._inflight: dict[tuple[str, str], asyncio.Future[frozenset[str] | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        assert self.server.storage is not None
+        self.store = PepStore(self.server.storage)
+        self.roster = self.hub.get("roster")
+        self.router.set_iq_handler(NS, self.answer)
+        self.router.set_iq_handler(NS_OWNER, self.answer)
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    # --- sessions and caps (XEP-0115) ----------------------------------------------------
+
+    def session_bound(self, session: C2SStream) -> None:
+        session.pep_caps = None  # (hash or "", node, ver) of the last <c/> seen
+        session.pep_notify = None  # +notify nodes; None before available presence
+        session.pep_task = None
+
+    def session_ended(self, session: C2SStream) -> None:
+        self._forget(session)
+
+    def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
+        # The next available presence is initial again (XEP-0163 §4.3.3 note).
+        self._forget(session)
+
+    def _forget(self, session: C2SStream) -> None:
+        task = getattr(session, "pep_task", None)
+        if task is not None:
+            task.cancel()
+        session.pep_task = None
+        session.pep_caps = None
+        session.pep_notify = None
+
+    def presence_available(self, session: C2SStream, st: Stanza) -> None:
+        caps = None
+        if (NS_CAPS, "c") in st.children:
+            c = st.element().find(f"{{{NS_CAPS}}}c")
+            if c is not None and c.get("node") and c.get("ver"):
+                caps = (c.get("hash") or "", c.get("node"), c.get("ver"))
+        if caps == session.pep_caps and session.pep_notify is not None:
+            return  # a presence update with the same caps: nothing new (§4.3.3 note)
+        session.pep_caps = caps
+        if session.pep_task is not None:
+            session.pep_task.cancel()
+            session.pep_task = None
+        if caps is None:
+            self._interest(session, frozenset())
+            return
+        algorithm, _node, ver = caps
+        cached = self.caps.get((algorithm.lower(), ver)) if algorithm else None
+        if cached is not None:
+            self._interest(session, cached)
+            return
+        task = asyncio.get_running_loop().create_task(self._discover(session, caps))
+        session.pep_task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _discover(self, session: C2SStream, caps: tuple[str, str, str]) -> None:
+        algorithm, node, ver = caps
+        key = (algorithm.lower(), ver) if algorithm.lower() in HASHES else None
+        nodes: frozenset[str] | None = None
+        shared = None if key is None else self._inflight.get(key)
+        if shared is not None:
+            nodes = await asyncio.shield(shared)
+        if nodes is None:
+            mine: asyncio.Future[frozenset[str] | None] | None = None
+            if key is not None and key not in self._inflight:
+                mine = asyncio.get_running_loop().create_future()
+                self._inflight[key] = mine
+            verified = False
+            try:
+                nodes, verified = await self._query(session, node, ver, algorithm)
+            finally:
+                if mine is not None:
+                    self._inflight.pop(key, None)  # type: ignore[arg-type]
+                    mine.set_result(nodes if verified else None)
+        if session.pep_caps == caps:
+            session.pep_task = None
+            self._interest(session, nodes or frozenset())
+
+    async def _query(
+        self, session: C2SStream, node: str, ver: str, algorithm: str
+    ) -> tuple[frozenset[str] | None, bool]:
+        """Ask the client what its caps stand for (XEP-0115 §6.2); (+notify nodes or None
+        when it did not answer properly, whether the hash verified and was cached)."""
+        future = self.hub.send_iq(
+            session, "get", f"<query xmlns='{NS_INFO}' node={quoteattr(node + '#' + ver)}/>"
+        )
+        try:
+            reply = await asyncio.wait_for(future, self.settings.caps_timeout)
+        except TimeoutError:
+            return None, False
+        query = None
+        if reply.attrs.get("type") == "result":
+            query = reply.element().find(f"{{{NS_INFO}}}query")
+        if query is None:
+            return None, False
+        nodes = notify_nodes(query)
+        verified = bool(algorithm) and caps_hash(algorithm, query) == ver
+        if verified:
+            self.caps.put((algorithm.lower(), ver), nodes)
+        else:
+            log.debug("caps of %s not verified (%s %s): not cached", session.full, algorithm, ver)
+        return nodes, verified
+
+    def _interest(self, session: C2SStream, nodes: frozenset[str]) -> None:
+        """The session now wants notifications of `nodes`: the last published item of each
+        node it did not want before (XEP-0163 §4.3.4), from its own account and from every
+        contact whose presence it may see."""
+        before = session.pep_notify or frozenset()
+        session.pep_notify = nodes
+        new = nodes - before
+        if not new:
+            return
+        self._send_last(session, session.domain, session.local, new)
+        if self.roster is None:
+            return
+        for contact in self.roster.presence_sources(session.domain, session.local):
+            self._send_last_of(contact, session, new)
+
+    def _send_last_of(self, contact: str, session: C2SStream, nodes: frozenset[str]) -> None:
+        local, _, domain = contact.partition("@")
+        if not local or not self.router.is_local(domain):
+            return
+        self._send_last(session, domain, local, nodes)
+
+    def presence_visibility_changed(self, user: str, contact: str, visible: bool) -> None:
+        if not visible:
+            return  # nothing to undo: every notification asks the roster afresh
+        for session in self.router.resources(user).values():
+            wanted = getattr(session, "pep_notify", None)
+            if session.available and wanted:
+                self._send_last_of(contact, session, wanted)
+
+    def _send_last(self, session: C2SStream, domain: str, local: str, wanted: Any) -> None:
+        assert self.store is not None
+        owner = f"{local}@{domain}"
+        for node in self.store.nodes(domain, local):
+            config = node.config
+            if (
+                node.name not in wanted
+                or not node.order
+                or config["send_last_published_item"] == "never"
+                or not config["deliver_notifications"]
+                or self._refusal(domain, local, config, session.bare) is not None
+            ):
+                continue
+            [item] = self.store.items(domain, local, node, node.order[-1:])
+            inner = f"<items node={quoteattr(node.name)}>"
+            inner += item_xml(item, config["deliver_payloads"]) + "</items>"
+            delay = (
+                f"<delay xmlns='{NS_DELAY}' from={quoteattr(owner)} stamp='{_stamp(item.stamp)}'/>"
+            )
+            session.send(self._message(owner, session.full, config, inner, delay))
+
+    # --- access (XEP-0060 §4.5) ----------------------------------------------------------
+
+    def _refusal(
+        self, domain: str, local: str, config: dict[str, Any], requester: str
+    ) -> PubsubError | None:
+        """None when bare JID `requester` may retrieve items and get notifications; else the
+        error retrieval answers (§6.5.9.2-4)."""
+        if requester == f"{local}@{domain}":
+            return None
+        model = config["access_model"]
+        if model == "open":
+            return None
+        if model == "whitelist" or self.roster is None:
+            return PubsubError("not-allowed", "closed-node")
+        item = self.roster.item(domain, local, requester)
+        if item is None or item.subscription not in PRESENCE_VISIBLE:
+            return PubsubError("not-authorized", "presence-subscription-required")
+        if model == "roster" and not set(item.groups) & set(config["roster_groups_allowed"]):
+            return PubsubError("not-authorized", "not-in-roster-group")
+        return None
+
+    # --- notifications (XEP-0163 §4.3) ---------------------------------------------------
+
+    def _message(
+        self, owner: str, to: str, config: dict[str, Any], inner: str, extra: str = ""
+    ) -> bytes:
+        mtype = " type='headline'" if config["notification_type"] == "headline" else ""
+        return (
+            f"<message from={quoteattr(owner)} to={quoteattr(to)}{mtype} "
+            f"id='{secrets.token_hex(8)}'><event xmlns='{NS_EVENT}'>{inner}</event>"
+            f"{extra}</message>"
+        ).encode()
+
+    def _notify(
+        self, domain: str, local: str, node: str, config: dict[str, Any], inner: str, by: str = ""
+    ) -> None:
+        """Send event `inner` to every available resource that wants `node` and may see it;
+        `by`: the publishing resource, named to contacts as replyto (§4.3.1.3)."""
+        if not config["deliver_notifications"]:
+            return
+        owner = f"{local}@{domain}"
+        for session in self.router.resources(owner).values():
+            if self._wants(session, node):
+                session.send(self._message(owner, session.full, config, inner))
+        if config["access_model"] == "whitelist" or self.roster is None:
+            return
+        replyto = ""
+        if by:
+            replyto = (
+                f"<addresses xmlns='{NS_ADDRESS}'>"
+                f"<address type='replyto' jid={quoteattr(by)}/></addresses>"
+            )
+        for contact in self.roster.presence_subscribers(domain, local):
+            sessions = self.router.resources(contact)
+            if not sessions or self._refusal(domain, local, config, contact) is not None:
+                continue
+            for session in sessions.values():
+                if self._wants(session, node):
+                    session.send(self._message(owner, session.full, config, inner, replyto))
+
+    @staticmethod
+    def _wants(session: C2SStream, node: str) -> bool:
+        wanted = getattr(session, "pep_notify", None)
+        return bool(session.available and wanted and node in wanted)
+
+    # --- disco (XEP-0030 on the account, XEP-0060 §5.2) ----------------------------------
+
+    def account_disco_items(
+        self, requester: str, local: str, domain: str
+    ) -> list[tuple[str, str | None, str | None]]:
+        """The nodes `requester` may retrieve items from."""
+        assert self.store is not None
+        owner = f"{local}@{domain}"
+        return [
+            (owner, node.name, node.config.get("title") or None)
+            for node in self.store.nodes(domain, local)
+            if self._refusal(domain, local, node.config, requester) is None
+        ]
+
+    # --- requests ------------------------------------------------------------------------
+
+    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+        if target is None:
+            local, domain = origin.local, origin.domain
+        elif not target[0]:
+            raise StanzaError("service-unavailable", "no pubsub service at the server's domain")
+        else:
+            local, domain = target[0], target[1]
+        try:
+            return self._dispatch(origin, st, local, domain)
+        except PubsubError as err:
+            return self._error(origin, st, err)
+        except StorageFull:
+            raise StanzaError("resource-constraint", "the server's storage is full") from None
+
+    @staticmethod
+    def _error(origin: C2SStream, st: Stanza, err: PubsubError) -> bytes:
+        attrs = " type='error'"
+        if "id" in st.attrs:
+            attrs += " id=" + quoteattr(st.attrs["id"])
+        if st.attrs.get("to"):
+            attrs += " from=" + quoteattr(st.attrs["to"])
+        attrs += " to=" + quoteattr(origin.full)
+        error = error_element_xml(err.condition, err.error_type, err.text)
+        error = error[: -len("</error>")] + err.app_xml() + "</error>"
+        return f"<iq{attrs}>{error}</iq>".encode()
+
+    def _dispatch(self, origin: C2SStream, st: Stanza, local: str, domain: str) -> bytes:
+        element = st.element()
+        itype = st.attrs.get("type")
+        pubsub = element.find(f"{{{NS}}}pubsub")
+        owner_ns = pubsub is None
+        if owner_ns:
+            pubsub = element.find(f"{{{NS_OWNER}}}pubsub")
+        if pubsub is None:
+            raise StanzaError("bad-request", "a <pubsub/> element is expected")
+        children = [c for c in pubsub if isinstance(c.tag, str)]
+        if not children:
+            raise StanzaError("bad-request", "the <pubsub/> element is empty")
+        namespace, _, verb = children[0].tag[1:].partition("}")
+        if namespace != (NS_OWNER if owner_ns else NS):
+            raise StanzaError("bad-request", f"<{verb}/> is not in the pubsub namespace")
+        is_owner = origin.bare == f"{local}@{domain}"
+        args = (origin, st, local, domain, children)
+        if owner_ns:
+            handlers = {
+                ("get", "configure"): self._configure_get,
+                ("set", "configure"): self._configure_set,
+                ("get", "default"): self._default,
+                ("set", "delete"): self._delete,
+                ("set", "purge"): self._purge,
+            }
+            unsupported_names = {
+                "affiliations": "modify-affiliations",
+                "subscriptions": "manage-subscriptions",
+            }
+        else:
+            handlers = {
+                ("set", "publish"): self._publish,
+                ("set", "retract"): self._retract,
+                ("get", "items"): self._items,
+                ("set", "create"): self._create,
+                ("get", "affiliations"): self._affiliations,
+            }
+            unsupported_names = {
+                "subscribe": "subscribe",
+                "unsubscribe": "subscribe",
+                "subscriptions": "retrieve-subscriptions",
+                "options": "subscription-options",
+                "default": "retrieve-default-sub",
+            }
+        handler = handlers.get((itype or "", verb))
+        if handler is None:
+            if verb in unsupported_names:
+                raise unsupported(unsupported_names[verb])
+            raise StanzaError("bad-request", f"no pubsub request <{verb}/> as iq {itype}")
+        if not is_owner and handler != self._items:
+            raise PubsubError("forbidden", text="only the account itself may do this")
+        return handler(*args)
+
+    # --- helpers for requests ------------------------------------------------------------
+
+    @staticmethod
+    def _node_name(element: Any, required_error: str = "bad-request") -> str:
+        name = element.get("node")
+        if not name:
+            raise PubsubError(required_error, "nodeid-required")
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise StanzaError("not-acceptable", f"node names are at most {MAX_NAME_BYTES} bytes")
+        return str(name)
+
+    def _existing(self, domain: str, local: str, name: str) -> Node:
+        assert self.store is not None
+        node = self.store.node(domain, local, name)
+        if node is None:
+            raise StanzaError("item-not-found", "no such node")
+        return node
+
+    def _result(self, origin: C2SStream, st: Stanza, payload: str = "", ns: str = NS) -> bytes:
+        return iq_result(origin, st, f"<pubsub xmlns='{ns}'>{payload}</pubsub>" if payload else "")
+
+    @staticmethod
+    def _limit_error(exc: PepLimit) -> StanzaError:
+        if exc.what == "nodes":
+            return PubsubError("policy-violation", "max-nodes-exceeded", "too many nodes")
+        if exc.what == "bytes":
+            return StanzaError("policy-violation", "the account's PEP storage quota is used up")
+        return StanzaError("not-acceptable", "node name and item id are too long")
+
+    @staticmethod
+    def _form(parent: Any) -> Any | None:
+        return None if parent is None else parent.find(f"{{{NS_DATA}}}x")
+
+    # --- publish (XEP-0060 §7.1) ---------------------------------------------------------
+
+    def _publish(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        assert self.store is not None
+        publish = children[0]
+        name = self._node_name(publish)
+        items = [c for c in publish if isinstance(c.tag, str)]
+        if not items:
+            raise PubsubError("bad-request", "item-required")
+        if len(items) > 1 or items[0].tag != f"{{{NS}}}item":
+            raise PubsubError("bad-request", "invalid-payload", "one <item/> per publish")
+        payloads = [c for c in items[0] if isinstance(c.tag, str)]
+        if not payloads:
+            raise PubsubError("bad-request", "payload-required")
+        if len(payloads) > 1:
+            raise PubsubError("bad-request", "invalid-payload", "one payload per item")
+        payload = fragment_xml(payloads[0])
+        if len(payload) > self.settings.max_item_size:
+            raise PubsubError("not-acceptable", "payload-too-big")
+        item_id = items[0].get("id") or secrets.token_hex(12)
+        if len(item_id.encode()) > MAX_NAME_BYTES:
+            raise StanzaError("not-acceptable", f"item ids are at most {MAX_NAME_BYTES} bytes")
+        preconditions = self._preconditions(children[1:])
+        existing = self.store.node(domain, local, name)
+        if existing is not None:
+            self._check_preconditions(existing.config, preconditions)
+        item = Item(item_id, payload, origin.full, time.time())
+        cap = self.settings.max_items
+        try:
+            node, _created = self.store.publish(
+                domain,
+                local,
+                name,
+                item,
+                {**DEFAULT_CONFIG, **preconditions},
+                lambda config: effective_max(config, cap),
+                self.limits,
+            )
+        except PepLimit as exc:
+            raise self._limit_error(exc) from None
+        body = item_xml(item, node.config["deliver_payloads"])
+        inner = f"<items node={quoteattr(name)}>{body}</items>"
+        self._notify(domain, local, name, node.config, inner, by=origin.full)
+        return self._result(
+            origin,
+            st,
+            f"<publish node={quoteattr(name)}><item id={quoteattr(item_id)}/></publish>",
+        )
+
+    def _preconditions(self, rest: list[Any]) -> dict[str, Any]:
+        """The publish-options fields (§7.1.5); unknown fields or values the service would
+        not accept fail as unmet preconditions."""
+        options = [c for c in rest if c.tag == f"{{{NS}}}publish-options"]
+        if len(rest) != len(options) or len(options) > 1:
+            raise StanzaError("bad-request", "only <publish-options/> may follow <publish/>")
+        x = self._form(options[0]) if options else None
+        if x is None:
+            return {}
+        try:
+            return parse_form(x, PUBLISH_OPTIONS, self.settings.max_items)
+        except FormError as exc:
+            raise PubsubError("conflict", "precondition-not-met", str(exc)) from None
+
+    def _check_preconditions(self, config: dict[str, Any], wanted: dict[str, Any]) -> None:
+        cap = self.settings.max_items
+        for name, value in wanted.items():
+            if not same_value(name, value, config.get(name, DEFAULT_CONFIG[name]), cap):
+                raise PubsubError(
+                    "conflict", "precondition-not-met", f"pubsub#{name} is not as required"
+                )
+
+    # --- retract (XEP-0060 §7.2) ---------------------------------------------------------
+
+    def _retract(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        assert self.store is not None
+        retract = children[0]
+        name = self._node_name(retract)
+        items = retract.findall(f"{{{NS}}}item")
+        if len(items) != 1 or not items[0].get("id"):
+            raise PubsubError("bad-request", "item-required")
+        item_id = items[0].get("id")
+        node = self._existing(domain, local, name)
+        outcome = self.store.retract(domain, local, name, item_id)
+        if outcome is None:
+            raise StanzaError("item-not-found", "no such node")
+        if not outcome:
+            raise StanzaError("item-not-found", "no such item")
+        notify = retract.get("notify")
+        if notify in ("1", "true") or (notify is None and node.config["notify_retract"]):
+            inner = f"<items node={quoteattr(name)}><retract id={quoteattr(item_id)}/></items>"
+            self._notify(domain, local, name, node.config, inner)
+        return self._result(origin, st)
+
+    # --- retrieve items (XEP-0060 §6.5) --------------------------------------------------
+
+    def _items(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        assert self.store is not None
+        request = children[0]
+        name = self._node_name(request)
+        node = self._existing(domain, local, name)
+        refusal = self._refusal(domain, local, node.config, origin.bare)
+        if refusal is not None:
+            raise refusal
+        wanted = [i.get("id") for i in request.iterfind(f"{{{NS}}}item")]
+        if wanted:
+            if not all(wanted):
+                raise PubsubError("bad-request", "item-required")
+            found = self.store.items(domain, local, node, wanted)
+            if not found:
+                raise StanzaError("item-not-found", "no such item")
+        else:
+            ids = node.order
+            max_items = request.get("max_items")
+            if max_items is not None:
+                if not max_items.isdigit():
+                    raise StanzaError("bad-request", "max_items is a positive integer")
+                ids = ids[len(ids) - int(max_items) :] if int(max_items) else []
+            found = self.store.items(domain, local, node, ids)
+        body = "".join(item_xml(item) for item in found)
+        return self._result(origin, st, f"<items node={quoteattr(name)}>{body}</items>")
+
+    # --- nodes (XEP-0060 §8) -------------------------------------------------------------
+
+    def _create(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        assert self.store is not None
+        # §8.1.2: no instant nodes here.
+        name = self._node_name(children[0], "not-acceptable")
+        config = dict(DEFAULT_CONFIG)
+        rest = children[1:]
+        if rest:
+            configure = rest[0]
+            if len(rest) > 1 or configure.tag != f"{{{NS}}}configure" or configure.get("node"):
+                raise StanzaError("bad-request", "only <configure/> may follow <create/>")
+            config.update(self._submitted(configure, local, domain))
+        try:
+            self.store.create(domain, local, name, config, self.limits)
+        except NodeExists:
+            raise StanzaError("conflict", "the node exists") from None
+        except PepLimit as exc:
+            raise self._limit_error(exc) from None
+        return self._result(origin, st)
+
+    def _submitted(self, parent: Any, local: str, domain: str) -> dict[str, Any]:
+        """The fields of a node configuration form (§8.2.5.3: not-acceptable when it cannot
+        be applied; unsupported access models as §8.1.3.x names them)."""
+        x = self._form(parent)
+        if x is None or x.get("type") == "cancel":
+            return {}
+        if x.get("type") != "submit":
+            raise StanzaError("bad-request", "a submitted jabber:x:data form is expected")
+        try:
+            return parse_form(x, NODE_CONFIG, self.settings.max_items)
+        except FormError as exc:
+            if "access_model" in str(exc):
+                raise PubsubError("not-acceptable", "unsupported-access-model", str(exc)) from None
+            raise StanzaError("not-acceptable", str(exc)) from None
+
+    def _groups(self, local: str, domain: str) -> list[str]:
+        if self.roster is None:
+            return []
+        return sorted({g for item in self.roster.items(domain, local) for g in item.groups})
+
+    def _configure_get(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        name = self._node_name(children[0])
+        node = self._existing(domain, local, name)
+        form = config_form(node.config, self._groups(local, domain))
+        payload = f"<configure node={quoteattr(name)}>{form}</configure>"
+        return self._result(origin, st, payload, NS_OWNER)
+
+    def _configure_set(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        assert self.store is not None
+        configure = children[0]
+        name = self._node_name(configure)
+        node = self._existing(domain, local, name)
+        if self._form(configure) is None:
+            raise StanzaError("bad-request", "a jabber:x:data form is expected")
+        changes = self._submitted(configure, local, domain)
+        if changes:
+            config = {**node.config, **changes}
+            if (
+                self.store.configure(
+                    domain, local, name, config, effective_max(config, self.settings.max_items)
+                )
+                is None
+            ):
+                raise StanzaError("item-not-found", "no such node")
+        return self._result(origin, st)
+
+    def _default(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        form = config_form(DEFAULT_CONFIG, self._groups(local, domain))
+        return self._result(origin, st, f"<default>{form}</default>", NS_OWNER)
+
+    def _delete(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        return self._drop(origin, st, local, domain, children, delete=True)
+
+    def _purge(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        return self._drop(origin, st, local, domain, children, delete=False)
+
+    def _drop(
+        self,
+        origin: C2SStream,
+        st: Stanza,
+        local: str,
+        domain: str,
+        children: list[Any],
+        delete: bool,
+    ) -> bytes:
+        """Delete (§8.4) or purge (§8.5) a node, telling whoever may see it."""
+        assert self.store is not None
+        name = self._node_name(children[0])
+        node = self.store.purge(domain, local, name, delete=delete)
+        if node is None:
+            raise StanzaError("item-not-found", "no such node")
+        if not delete:
+            self._notify(domain, local, name, node.config, f"<purge node={quoteattr(name)}/>")
+        elif node.config["notify_delete"]:
+            self._notify(domain, local, name, node.config, f"<delete node={quoteattr(name)}/>")
+        return self._result(origin, st)
+
+    def _affiliations(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        """§5.7: the owner's affiliation with each node (the only affiliation here)."""
+        assert self.store is not None
+        wanted = children[0].get("node")
+        body = "".join(
+            f"<affiliation node={quoteattr(node.name)} affiliation='owner'/>"
+            for node in self.store.nodes(domain, local)
+            if wanted is None or node.name == wanted
+        )
+        return self._result(origin, st, f"<affiliations>{body}</affiliations>")
+
+
+MODULE = PepModule
