@@ -1,0 +1,17 @@
+"""XEP-0045 Multi-User Chat, split by concern:
+
+- service.py: the service domain (Router.add_service), disco, room creation, the module;
+- room.py: occupants, roles and affiliations, presence broadcast, messages, nick changes;
+- config.py: the room configuration form (XEP-0004 muc#roomconfig) and room features;
+- admin.py: muc#admin (kick, voice, bans, member/admin/owner lists), muc#owner
+  (configuration, destruction), mediated invitations;
+- history.py: discussion history for newcomers (XEP-0203 delay stamps).
+
+Persistent rooms are stored by fastxmpp/storage/muc.py.
+"""
+
+from .service import MucModule
+
+MODULE = MucModule
+
+__all__ = ["MODULE", "MucModule"]

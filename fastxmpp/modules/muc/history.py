@@ -1,0 +1,101 @@
+"""Discussion history (XEP-0045 §7.2.15, §7.2.16): the room's last messages, in memory,
+bounded by the room's configured length, sent to a newcomer after the occupants' presence,
+with XEP-0203 delay stamps from the room."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from lxml import etree
+
+NS_DELAY = "urn:xmpp:delay"
+
+
+def stamp(when: float) -> str:
+    """XEP-0082 DateTime in UTC."""
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_stamp(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def insert_attr(data: bytes, name: str, value: str) -> bytes:
+    """`data` (one serialized element) with an attribute added to its start tag."""
+    end = 1
+    while end < len(data) and data[end : end + 1] not in (b" ", b">", b"/"):
+        end += 1
+    return data[:end] + f" {name}={quoteattr(value)}".encode() + data[end:]
+
+
+class History:
+    def __init__(self, length: int) -> None:
+        # (time, serialized message without 'to', its length in characters)
+        self.entries: deque[tuple[float, bytes, int]] = deque(maxlen=max(length, 0))
+
+    def resize(self, length: int) -> None:
+        if length != self.entries.maxlen:
+            self.entries = deque(self.entries, maxlen=max(length, 0))
+
+    def add(self, element: Any, room_jid: str, from_jid: str) -> None:
+        """Keep a groupchat message (the lxml element the occupant sent)."""
+        if not self.entries.maxlen:
+            return
+        now = time.time()
+        message = copy.deepcopy(element)
+        message.tail = None
+        message.set("from", from_jid)
+        message.attrib.pop("to", None)
+        delay = etree.SubElement(message, f"{{{NS_DELAY}}}delay", nsmap={None: NS_DELAY})
+        delay.set("from", room_jid)
+        delay.set("stamp", stamp(now))
+        data = etree.tostring(message)
+        self.entries.append((now, data, len(data.decode())))
+
+    def select(self, request: Any) -> list[bytes]:
+        """The messages a join's <history/> asks for (§7.2.15): all of them without one;
+        maxchars, maxstanzas, seconds and since combine (each one only narrows)."""
+        entries = list(self.entries)
+        if request is None:
+            return [data for _, data, _ in entries]
+        max_stanzas = _number(request.get("maxstanzas"))
+        max_chars = _number(request.get("maxchars"))
+        seconds = _number(request.get("seconds"))
+        since_text = request.get("since")
+        oldest = 0.0
+        if seconds is not None:
+            oldest = time.time() - seconds
+        if since_text is not None:
+            since = parse_stamp(since_text)
+            if since is not None:
+                oldest = max(oldest, since)
+        picked: list[bytes] = []
+        chars = 0
+        for when, data, length in reversed(entries):
+            if max_stanzas is not None and len(picked) >= max_stanzas:
+                break
+            if when < oldest:
+                break
+            if max_chars is not None and chars + length > max_chars:
+                break
+            chars += length
+            picked.append(data)
+        picked.reverse()
+        return picked
+
+
+def _number(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return max(int(text), 0)
+    except ValueError:
+        return None

@@ -1,0 +1,473 @@
+"""One room (XEP-0045): occupants with their roles, affiliations, entering and leaving (§7.2,
+§7.14), presence broadcast with muc#user items and status codes (§7.2.3, §17), groupchat
+messages (§7.4), the subject (§7.2.16, §8.1), private messages and iqs between occupants
+(§7.5, §18.4), nickname changes (§7.6) and availability changes (§7.7)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape, quoteattr
+
+from lxml import etree
+
+from ...errors import StanzaError
+from .config import RoomConfig
+from .history import History, insert_attr
+
+if TYPE_CHECKING:
+    from ..._parser import Stanza
+    from ...stream.c2s import C2SStream
+    from .service import MucService
+
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_USER = NS_MUC + "#user"
+CLIENT = "jabber:client"
+
+ROLE_RANK = {"none": 0, "visitor": 1, "participant": 2, "moderator": 3}
+AFFILIATION_RANK = {"outcast": -1, "none": 0, "member": 1, "admin": 2, "owner": 3}
+# Forwarded iqs waiting for their answer, per room: a bound on what occupants can pile up.
+MAX_PENDING_IQS = 1000
+
+
+class Occupant:
+    """One nickname in the room: the sessions of one account using it (several resources
+    may share a nickname), its role and its last presence."""
+
+    __slots__ = ("bare", "last_jid", "nick", "presence", "role", "sessions")
+
+    def __init__(self, nick: str, bare: str, role: str) -> None:
+        self.nick = nick
+        self.bare = bare
+        self.sessions: dict[str, C2SStream] = {}  # full JID -> session, in joining order
+        self.role = role
+        self.presence = ""  # the reflected children of the occupant's presence (show, ...)
+        self.last_jid = ""  # the session that left last, for the exit presence
+
+    @property
+    def jid(self) -> str:
+        """The full JID shown to those allowed to see it: the latest session's."""
+        return next(reversed(self.sessions)) if self.sessions else self.last_jid
+
+
+def reflected_children(element: Any) -> str:
+    """A presence's children as reflected to the room: everything but the MUC extensions the
+    service alone generates or that carry the password (§17.3 rule 6)."""
+    parts = []
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue
+        if child.tag in (f"{{{NS_MUC}}}x", f"{{{NS_USER}}}x"):
+            continue
+        parts.append(etree.tostring(child, with_tail=False).decode())
+    return "".join(parts)
+
+
+class Room:
+    def __init__(self, service: MucService, name: str, config: RoomConfig) -> None:
+        self.service = service
+        self.name = name
+        self.jid = f"{name}@{service.domain}"
+        self.config = config
+        self.affiliations: dict[str, str] = {}  # bare JID -> owner | admin | member | outcast
+        self.nicks: dict[str, str] = {}  # bare JID -> reserved nickname (§7.10)
+        self.occupants: dict[str, Occupant] = {}  # nick -> occupant
+        self.by_jid: dict[str, Occupant] = {}  # occupant's full JID -> occupant
+        self.subject: tuple[str, str] = ("", "")  # (text, nick of who set it)
+        self.history = History(config.history_length)
+        self.locked = False  # §10.1.1: created, not yet configured
+        self.pending_iqs: dict[tuple[str, str], str] = {}  # (responder, id) -> requester
+
+    # --- state -----------------------------------------------------------------------------
+
+    def affiliation(self, bare: str) -> str:
+        if bare in self.service.admins:
+            return "owner"
+        return self.affiliations.get(bare, "none")
+
+    def default_role(self, affiliation: str) -> str:
+        """§5.1.2: the role an affiliation enters with."""
+        if affiliation in ("owner", "admin"):
+            return "moderator"
+        if affiliation == "member":
+            return "participant"
+        if affiliation == "none":
+            return "visitor" if self.config.moderated else "participant"
+        return "none"
+
+    def owners(self) -> list[str]:
+        return [j for j, a in self.affiliations.items() if a == "owner"]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_record(),
+            "affiliations": dict(self.affiliations),
+            "nicks": dict(self.nicks),
+            "subject": list(self.subject),
+        }
+
+    def load_record(self, record: dict[str, Any]) -> None:
+        self.affiliations = dict(record.get("affiliations", {}))
+        self.nicks = dict(record.get("nicks", {}))
+        subject = record.get("subject") or ["", ""]
+        self.subject = (str(subject[0]), str(subject[1]))
+
+    def changed(self) -> None:
+        """Persist what survives a restart (§10.1.3 persistentroom)."""
+        self.service.save(self)
+
+    def occupant_jid(self, nick: str) -> str:
+        return f"{self.jid}/{nick}"
+
+    def sessions(self) -> Iterable[tuple[Occupant, str, C2SStream]]:
+        for occupant in list(self.occupants.values()):
+            for full, session in list(occupant.sessions.items()):
+                yield occupant, full, session
+
+    # --- presence --------------------------------------------------------------------------
+
+    def presence(
+        self,
+        subject: Occupant,
+        to: str,
+        *,
+        show_jid: bool,
+        unavailable: bool = False,
+        codes: Iterable[str] = (),
+        item_extra: str = "",
+        item_attrs: str = "",
+        x_extra: str = "",
+        status_xml: str | None = None,
+    ) -> bytes:
+        """In-room presence of `subject` for the session `to` (§7.2.3, §17.3 rule 8)."""
+        jid_attr = f" jid={quoteattr(subject.jid)}" if show_jid else ""
+        codes_xml = "".join(f"<status code='{code}'/>" for code in codes)
+        type_attr = " type='unavailable'" if unavailable else ""
+        inner = subject.presence if status_xml is None else status_xml
+        return (
+            f"<presence from={quoteattr(self.occupant_jid(subject.nick))} to={quoteattr(to)}"
+            f"{type_attr}>{inner}<x xmlns='{NS_USER}'>"
+            f"<item affiliation='{self.affiliation(subject.bare)}' role='{subject.role}'"
+            f"{jid_attr}{item_attrs}>{item_extra}</item>{codes_xml}{x_extra}</x></presence>"
+        ).encode()
+
+    def sees_jids(self, viewer: Occupant) -> bool:
+        """§4.1: non-anonymous rooms show real JIDs to all, semi-anonymous to moderators."""
+        return self.config.whois == "anyone" or viewer.role == "moderator"
+
+    def broadcast_presence(
+        self,
+        subject: Occupant,
+        *,
+        unavailable: bool = False,
+        codes: Iterable[str] = (),
+        self_codes: Iterable[str] = (),
+        item_extra: str = "",
+        item_attrs: str = "",
+        x_extra: str = "",
+        status_xml: str | None = None,
+        also: Iterable[tuple[str, C2SStream]] = (),
+    ) -> None:
+        """`subject`'s presence to every occupant; its own sessions (and `also`, sessions
+        that just left it) get status 110 and `self_codes` (§7.2.3)."""
+        codes = list(codes)
+        own = [*subject.sessions.items(), *also]
+        for occupant, full, session in self.sessions():
+            if occupant is subject:
+                continue
+            session.send(
+                self.presence(
+                    subject,
+                    full,
+                    show_jid=self.sees_jids(occupant),
+                    unavailable=unavailable,
+                    codes=codes,
+                    item_extra=item_extra,
+                    item_attrs=item_attrs,
+                    x_extra=x_extra,
+                    status_xml=status_xml,
+                )
+            )
+        for full, session in own:
+            session.send(
+                self.presence(
+                    subject,
+                    full,
+                    show_jid=True,
+                    unavailable=unavailable,
+                    codes=[*codes, "110", *self_codes],
+                    item_extra=item_extra,
+                    item_attrs=item_attrs,
+                    x_extra=x_extra,
+                    status_xml=status_xml,
+                )
+            )
+
+    # --- entering (§7.2) -------------------------------------------------------------------
+
+    def enter(self, origin: C2SStream, st: Stanza, nick: str, muc_x: Any, created: bool) -> None:
+        config = self.config
+        bare = origin.bare
+        affiliation = self.affiliation(bare)
+        privileged = affiliation in ("owner", "admin")
+        if self.locked and affiliation != "owner":
+            raise StanzaError("item-not-found", "the room is locked until it is configured")
+        if affiliation == "outcast":
+            raise StanzaError("forbidden", "you are banned from this room")
+        if config.members_only and affiliation == "none":
+            raise StanzaError("registration-required", "the room is members-only")
+        existing = self.occupants.get(nick)
+        if existing is not None and existing.bare != bare:
+            raise StanzaError("conflict", "that nickname is in use")
+        for owner_of_nick, reserved in self.nicks.items():
+            if reserved == nick and owner_of_nick != bare:
+                raise StanzaError("conflict", "that nickname is reserved")
+        if config.password_protected and not privileged:
+            given = None if muc_x is None else muc_x.findtext(f"{{{NS_MUC}}}password")
+            if given != config.password:
+                raise StanzaError("not-authorized", "a password is required")
+        if existing is None and len(self.occupants) >= config.max_users and not privileged:
+            raise StanzaError("service-unavailable", "the room is full", error_type="wait")
+        newcomer = existing is None
+        occupant = existing or Occupant(nick, bare, self.default_role(affiliation))
+        occupant.sessions[origin.full] = origin
+        occupant.presence = reflected_children(st.element())
+        self.occupants[nick] = occupant
+        self.by_jid[origin.full] = occupant
+        self.service.joined(origin, self)
+        # §7.2.3 order: the others' presence, the newcomer's to all, then self-presence.
+        for other in list(self.occupants.values()):
+            if other is not occupant:
+                origin.send(self.presence(other, origin.full, show_jid=self.sees_jids(occupant)))
+        if newcomer:
+            for other, full, session in self.sessions():
+                if other is not occupant:
+                    session.send(self.presence(occupant, full, show_jid=self.sees_jids(other)))
+        codes = ["110"]
+        if config.whois == "anyone":
+            codes.append("100")  # §7.2.4: the room is non-anonymous
+        if created:
+            codes.append("201")  # §10.1.1: a new room
+        origin.send(self.presence(occupant, origin.full, show_jid=True, codes=codes))
+        if created and self.locked:
+            return
+        history = None if muc_x is None else muc_x.find(f"{{{NS_MUC}}}history")
+        for data in self.history.select(history):
+            origin.send(insert_attr(data, "to", origin.full))
+        self.send_subject(origin.full, origin)
+
+    def send_subject(self, full: str, session: C2SStream) -> None:
+        """§7.2.16: the subject, empty when there is none, last in the join sequence."""
+        text, nick = self.subject
+        sender = self.occupant_jid(nick) if nick else self.jid
+        session.send(
+            f"<message from={quoteattr(sender)} to={quoteattr(full)} type='groupchat'>"
+            f"<subject>{escape(text)}</subject></message>".encode()
+        )
+
+    def resync(self, origin: C2SStream, st: Stanza, muc_x: Any) -> None:
+        """§17.3 rule 3: a join from a session already in the room is a full synchronization;
+        a changed presence goes to the others."""
+        occupant = self.by_jid[origin.full]
+        presence = reflected_children(st.element())
+        if presence != occupant.presence:
+            occupant.presence = presence
+            self.broadcast_presence(occupant)
+        for other in list(self.occupants.values()):
+            if other is not occupant:
+                origin.send(self.presence(other, origin.full, show_jid=self.sees_jids(occupant)))
+        origin.send(self.presence(occupant, origin.full, show_jid=True, codes=["110"]))
+        history = None if muc_x is None else muc_x.find(f"{{{NS_MUC}}}history")
+        for data in self.history.select(history):
+            origin.send(insert_attr(data, "to", origin.full))
+        self.send_subject(origin.full, origin)
+
+    def change_presence(self, origin: C2SStream, st: Stanza) -> None:
+        """§7.7: an occupant's new availability goes to everyone."""
+        occupant = self.by_jid[origin.full]
+        occupant.presence = reflected_children(st.element())
+        self.broadcast_presence(occupant)
+
+    def change_nick(self, origin: C2SStream, new_nick: str) -> None:
+        """§7.6: unavailable from the old nickname with 303 and the new one, then available
+        from the new one."""
+        occupant = self.by_jid[origin.full]
+        existing = self.occupants.get(new_nick)
+        if existing is not None and existing is not occupant:
+            raise StanzaError("conflict", "that nickname is in use")
+        for owner_of_nick, reserved in self.nicks.items():
+            if reserved == new_nick and owner_of_nick != occupant.bare:
+                raise StanzaError("conflict", "that nickname is reserved")
+        self.broadcast_presence(
+            occupant,
+            unavailable=True,
+            codes=["303"],
+            item_attrs=f" nick={quoteattr(new_nick)}",
+            status_xml="",
+        )
+        del self.occupants[occupant.nick]
+        occupant.nick = new_nick
+        self.occupants[new_nick] = occupant
+        self.broadcast_presence(occupant)
+
+    # --- leaving (§7.14) -------------------------------------------------------------------
+
+    def leave(self, session: C2SStream, status_xml: str = "") -> None:
+        """The session exits: its own unavailable presence; the others hear of it when it was
+        the occupant's last session."""
+        occupant = self.by_jid.pop(session.full, None)
+        if occupant is None:
+            return
+        del occupant.sessions[session.full]
+        occupant.last_jid = session.full
+        self.service.left(session, self)
+        if occupant.sessions:
+            session.send(
+                self.presence(
+                    occupant,
+                    session.full,
+                    show_jid=True,
+                    unavailable=True,
+                    codes=["110"],
+                    status_xml=status_xml,
+                )
+            )
+            return
+        del self.occupants[occupant.nick]
+        occupant.role = "none"  # §17.3 rule 8: the exit presence carries role none
+        self.broadcast_presence(
+            occupant, unavailable=True, status_xml=status_xml, also=[(session.full, session)]
+        )
+        self.service.maybe_discard(self)
+
+    def remove(
+        self,
+        occupant: Occupant,
+        code: str,
+        actor: Occupant | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Take an occupant out (kick 307, ban 301, affiliation change 321, members-only
+        322, shutdown 332): every session of it goes, everyone hears it (§8.2, §9.1)."""
+        sessions = list(occupant.sessions.items())
+        occupant.last_jid = occupant.jid
+        for full, session in sessions:
+            self.by_jid.pop(full, None)
+            self.service.left(session, self)
+        occupant.sessions = {}
+        self.occupants.pop(occupant.nick, None)
+        occupant.role = "none"
+        item_extra = ""
+        if actor is not None:
+            item_extra += f"<actor nick={quoteattr(actor.nick)}/>"
+        if reason:
+            item_extra += f"<reason>{escape(reason)}</reason>"
+        self.broadcast_presence(
+            occupant,
+            unavailable=True,
+            codes=[code],
+            item_extra=item_extra,
+            status_xml="",
+            also=sessions,
+        )
+        self.service.maybe_discard(self)
+
+    # --- messages --------------------------------------------------------------------------
+
+    def groupchat(self, origin: C2SStream, st: Stanza) -> None:
+        """§7.4 (and §8.1 for a subject change)."""
+        occupant = self.by_jid.get(origin.full)
+        if occupant is None:
+            raise StanzaError("not-acceptable", "only occupants may send to the room")
+        if occupant.role == "visitor":
+            raise StanzaError("forbidden", "visitors have no voice in this moderated room")
+        element = st.element()
+        has_body = (CLIENT, "body") in st.children
+        subject = element.find(f"{{{CLIENT}}}subject")
+        if subject is not None and not has_body:
+            # §8.1: a subject change is a message with a <subject/> and no <body/>.
+            if not (self.config.change_subject or occupant.role == "moderator"):
+                raise StanzaError("forbidden", "you may not change the subject")
+            self.subject = (subject.text or "", occupant.nick)
+            self.changed()
+        sender = self.occupant_jid(occupant.nick)
+        for _, full, session in self.sessions():
+            session.send(st.with_attrs({"from": sender, "to": full}))
+        if has_body:
+            self.history.add(element, self.jid, sender)
+
+    def private_message(self, origin: C2SStream, st: Stanza, nick: str) -> None:
+        """§7.5: a message to one occupant, from the sender's occupant JID."""
+        mtype = st.attrs.get("type", "normal")
+        occupant = self.by_jid.get(origin.full)
+        if mtype == "error":
+            # An error answering a private message goes back the same way, or nowhere.
+            target = self.occupants.get(nick)
+            if occupant is not None and target is not None:
+                self._deliver(st, occupant, target)
+            return
+        if mtype == "groupchat":
+            raise StanzaError("bad-request", "a private message cannot be of type groupchat")
+        if occupant is None:
+            raise StanzaError("not-acceptable", "only occupants may send private messages")
+        target = self.occupants.get(nick)
+        if target is None:
+            raise StanzaError("item-not-found", "no occupant has that nickname")
+        allowed = self.config.allow_pm
+        rank = ROLE_RANK[occupant.role]
+        if (
+            allowed == "none"
+            or (allowed == "participants" and rank < ROLE_RANK["participant"])
+            or (allowed == "moderators" and rank < ROLE_RANK["moderator"])
+        ):
+            raise StanzaError("forbidden", "private messages are not allowed here")
+        self._deliver(st, occupant, target)
+
+    def _deliver(self, st: Stanza, sender: Occupant, target: Occupant) -> None:
+        sender_jid = self.occupant_jid(sender.nick)
+        for full, session in list(target.sessions.items()):
+            session.send(st.with_attrs({"from": sender_jid, "to": full}))
+
+    # --- iqs between occupants (§18.4 rule 3) ----------------------------------------------
+
+    def occupant_iq(self, origin: C2SStream, st: Stanza, nick: str) -> None:
+        """An iq to an occupant JID goes to that occupant's latest session; its answer comes
+        back to the asking session. Real JIDs stay hidden both ways."""
+        itype = st.attrs.get("type")
+        iq_id = st.attrs.get("id")
+        sender = self.by_jid.get(origin.full)
+        if itype in ("result", "error"):
+            requester = self.pending_iqs.pop((origin.full, iq_id or ""), None)
+            if sender is None or requester is None:
+                return
+            asker = self.by_jid.get(requester)
+            if asker is not None and asker.nick == nick:
+                session = asker.sessions[requester]
+                session.send(
+                    st.with_attrs({"from": self.occupant_jid(sender.nick), "to": requester})
+                )
+            return
+        if sender is None:
+            # §6.6: a non-occupant asking an occupant JID.
+            raise StanzaError("bad-request", "only occupants may query occupants")
+        target = self.occupants.get(nick)
+        if target is None:
+            raise StanzaError("item-not-found", "no occupant has that nickname")
+        full = target.jid
+        if len(self.pending_iqs) >= MAX_PENDING_IQS:
+            self.pending_iqs.pop(next(iter(self.pending_iqs)))
+        self.pending_iqs[(full, iq_id or "")] = origin.full
+        target.sessions[full].send(
+            st.with_attrs({"from": self.occupant_jid(sender.nick), "to": full})
+        )
+
+    # --- room-wide notices -----------------------------------------------------------------
+
+    def notify(self, codes: Iterable[str]) -> None:
+        """A message from the room carrying status codes (§10.2.1: configuration changes)."""
+        codes_xml = "".join(f"<status code='{code}'/>" for code in codes)
+        for _, full, session in self.sessions():
+            session.send(
+                f"<message from={quoteattr(self.jid)} to={quoteattr(full)} type='groupchat'>"
+                f"<x xmlns='{NS_USER}'>{codes_xml}</x></message>".encode()
+            )

@@ -1,0 +1,417 @@
+"""The multi-user chat service (XEP-0045): one service domain per host (`[muc] domain`),
+registered with `Router.add_service`, which hands it every stanza a client addresses to the
+service, a room or an occupant.
+
+- The service itself (§6.1-6.3): disco#info (conference/text, the MUC features), disco#items
+  (the public rooms), muc#unique room names (§10.1.4); other iqs: service-unavailable.
+- Rooms are created by entering them (§10.1): locked (status 201) until the owner submits a
+  configuration (an empty form: an instant room), unless the client is a groupchat 1.0
+  client (no <x xmlns='http://jabber.org/protocol/muc'/>), for which the room is instant.
+- Rooms live in memory; persistent ones (muc#roomconfig_persistentroom) are also stored
+  (fastxmpp/storage/muc.py) and reloaded at start. A temporary room goes with its last
+  occupant.
+- Occupants are local sessions: a session that ends, or broadcasts unavailable presence
+  (RFC 6121 §4.6.3), leaves every room it is in.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape, quoteattr
+
+from ...errors import StanzaError
+from ...jid import JIDError, normalize_domain, parse_jid
+from ...storage.lmdb_store import StorageFull
+from ...storage.muc import MucStore
+from ..base import Module, iq_result
+from .admin import NS_ADMIN, NS_OWNER, admin_iq, invitations, owner_iq
+from .config import RoomConfig, roominfo_form
+from .room import NS_MUC, NS_USER, Room, reflected_children
+
+if TYPE_CHECKING:
+    from ..._parser import Stanza
+    from ...config import MucConfig
+    from ...stream.c2s import C2SStream
+
+log = logging.getLogger("fastxmpp.muc")
+
+NS_INFO = "http://jabber.org/protocol/disco#info"
+NS_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_UNIQUE = NS_MUC + "#unique"
+NS_TRAFFIC = NS_MUC + "#traffic"
+SERVICE_NAME = "Chatrooms"
+IQ_TYPES = ("get", "set", "result", "error")
+
+
+class MucService:
+    """The rooms of one service domain."""
+
+    def __init__(self, module: MucModule, domain: str, host: str) -> None:
+        self.module = module
+        self.domain = domain
+        self.host = host
+        self.router = module.router
+        self.limits: MucConfig = module.config.muc
+        self.admins = frozenset(self.limits.admins)
+        self.rooms: dict[str, Room] = {}
+
+    def load(self) -> None:
+        assert self.module.store is not None
+        for name, record in self.module.store.rooms(self.domain):
+            room = Room(self, name, RoomConfig.from_record(record.get("config", {})))
+            room.load_record(record)
+            self.rooms[name] = room
+        if self.rooms:
+            log.info("%s: %d persistent rooms", self.domain, len(self.rooms))
+
+    # --- bookkeeping the rooms call ----------------------------------------------------------
+
+    def joined(self, session: C2SStream, room: Room) -> None:
+        self.module.joined.setdefault(session, set()).add(room)
+
+    def left(self, session: C2SStream, room: Room) -> None:
+        rooms = self.module.joined.get(session)
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self.module.joined[session]
+
+    def save(self, room: Room) -> None:
+        store = self.module.store
+        assert store is not None
+        if self.rooms.get(room.name) is not room:
+            return
+        try:
+            if room.config.persistent and not room.locked:
+                store.save(self.domain, room.name, room.to_record())
+            else:
+                store.delete(self.domain, room.name)
+        except StorageFull:
+            raise StanzaError("resource-constraint", "the server's storage is full") from None
+
+    def maybe_discard(self, room: Room) -> None:
+        """A temporary room ends with its last occupant (§10.1.3 persistentroom)."""
+        if not room.occupants and not room.config.persistent:
+            self.discard(room)
+
+    def discard(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            assert self.module.store is not None
+            try:
+                self.module.store.delete(self.domain, room.name)
+            except StorageFull:
+                log.warning("cannot delete room %s: storage full", room.jid)
+
+    def account_exists(self, bare: str) -> bool:
+        try:
+            jid = parse_jid(bare)
+        except JIDError:
+            return False
+        if not jid.local or not self.router.is_local(jid.domain):
+            return False
+        return bool(self.router.resources(jid.bare)) or bool(
+            self.router.user_exists(jid.domain, jid.local)
+        )
+
+    def deliver(self, bare: str, xml: str) -> None:
+        """A message from the service to an account's available resources (invitations and
+        declines; nothing is stored for an account that is offline)."""
+        data = xml.encode()
+        for session in self.router.resources(bare).values():
+            if session.available:
+                session.send(data)
+
+    # --- stanzas -----------------------------------------------------------------------------
+
+    def handle(self, origin: C2SStream, st: Stanza, target: tuple[str, str, str, str]) -> None:
+        """Router.add_service handler: every stanza to the service, a room or an occupant."""
+        room_name, _, nick, _ = target
+        kind = st.name
+        if kind == "iq":
+            self._check_iq(st)
+        if not room_name:
+            self._to_service(origin, st)
+        elif kind == "presence":
+            self._presence(origin, st, room_name, nick)
+        elif kind == "message":
+            self._message(origin, st, room_name, nick)
+        else:
+            self._iq(origin, st, room_name, nick)
+
+    @staticmethod
+    def _check_iq(st: Stanza) -> None:
+        # RFC 6120 §8.2.3, as the router checks iqs it routes itself.
+        itype = st.attrs.get("type")
+        if st.attrs.get("id") is None:
+            raise StanzaError("bad-request", "an iq needs an 'id' (RFC 6120 §8.2.3)")
+        if itype not in IQ_TYPES:
+            raise StanzaError("bad-request", "iq type must be get, set, result or error")
+        if itype in ("get", "set") and len(st.children) != 1:
+            raise StanzaError("bad-request", "an iq get/set has exactly one payload")
+
+    def _to_service(self, origin: C2SStream, st: Stanza) -> None:
+        if st.name == "presence":
+            return  # nothing to do with presence to the service itself
+        itype = st.attrs.get("type")
+        if st.name == "message":
+            if itype != "error":
+                raise StanzaError("service-unavailable", "send messages to a room")
+            return
+        if itype not in ("get", "set"):
+            return
+        namespace = st.children[0][0]
+        element = st.element()
+        if itype == "get" and namespace == NS_INFO:
+            self._node_check(element, NS_INFO)
+            features = "".join(
+                f"<feature var='{f}'/>" for f in (NS_INFO, NS_ITEMS, NS_MUC, NS_UNIQUE)
+            )
+            payload = (
+                f"<query xmlns='{NS_INFO}'><identity category='conference' type='text' "
+                f"name='{SERVICE_NAME}'/>{features}</query>"
+            )
+        elif itype == "get" and namespace == NS_ITEMS:
+            self._node_check(element, NS_ITEMS)
+            items = "".join(
+                f"<item jid={quoteattr(room.jid)} name={quoteattr(room.config.name or name)}/>"
+                for name, room in sorted(self.rooms.items())
+                if room.config.public and not room.locked
+            )
+            payload = f"<query xmlns='{NS_ITEMS}'>{items}</query>"
+        elif itype == "get" and namespace == NS_UNIQUE:
+            # §10.1.4: a name no room has.
+            name = secrets.token_hex(8)
+            while name in self.rooms:
+                name = secrets.token_hex(8)
+            payload = f"<unique xmlns='{NS_UNIQUE}'>{name}</unique>"
+        else:
+            raise StanzaError("service-unavailable")
+        origin.send(iq_result(origin, st, payload))
+
+    @staticmethod
+    def _node_check(element: Any, namespace: str) -> Any:
+        query = element.find(f"{{{namespace}}}query")
+        if query is None:
+            raise StanzaError("bad-request", "a <query/> is expected")
+        node = query.get("node")
+        if node == NS_TRAFFIC:
+            # §16.1.1: no extended namespace is filtered.
+            raise StanzaError("service-unavailable")
+        if node is not None:
+            raise StanzaError("item-not-found", "no such node")
+        return query
+
+    # --- presence: entering, changing, leaving ----------------------------------------------
+
+    def _presence(self, origin: C2SStream, st: Stanza, room_name: str, nick: str) -> None:
+        ptype = st.attrs.get("type")
+        room = self.rooms.get(room_name)
+        if ptype in ("unavailable", "error"):
+            # §7.14 (and §17.3 rule 5: from a non-occupant it is ignored). An error presence
+            # from an occupant's client removes it as well (§19.1.2 ghost users).
+            if room is not None and origin.full in room.by_jid:
+                room.leave(origin, reflected_children(st.element()))
+            return
+        if ptype is not None:
+            return  # §17.3 rules 1, 4: probes and subscriptions are no join
+        if not nick:
+            raise StanzaError("jid-malformed", "enter a room as room@service/nickname")
+        if not nick.strip():
+            raise StanzaError("jid-malformed", "a nickname must not be blank (§17.1)")
+        if len(nick) > self.limits.max_nick_length:
+            raise StanzaError(
+                "not-acceptable", f"nicknames are at most {self.limits.max_nick_length} characters"
+            )
+        element = st.element()
+        muc_x = element.find(f"{{{NS_MUC}}}x")
+        if room is not None and origin.full in room.by_jid:
+            if room.by_jid[origin.full].nick != nick:
+                room.change_nick(origin, nick)
+            elif muc_x is not None:
+                room.resync(origin, st, muc_x)
+            else:
+                room.change_presence(origin, st)
+            return
+        created = room is None
+        if room is None:
+            room = self._create(origin, room_name, locked=muc_x is not None)
+        try:
+            room.enter(origin, st, nick, muc_x, created)
+        except StanzaError:
+            if created:
+                self.discard(room)
+            raise
+
+    def _create(self, origin: C2SStream, name: str, locked: bool) -> Room:
+        """§10.1.1: the creator becomes the room's owner."""
+        limits = self.limits
+        policy = limits.create_rooms
+        if policy == "admins" and origin.bare not in self.admins:
+            raise StanzaError("not-allowed", "only the service's admins create rooms")
+        if policy == "local" and not self.router.is_local(origin.domain):
+            raise StanzaError("not-allowed", "only local users create rooms")
+        if len(self.rooms) >= limits.max_rooms:
+            raise StanzaError("resource-constraint", "the service holds all the rooms it can")
+        owned = sum(1 for r in self.rooms.values() if r.affiliations.get(origin.bare) == "owner")
+        if owned >= limits.max_rooms_per_user and origin.bare not in self.admins:
+            raise StanzaError(
+                "resource-constraint", f"you own {owned} rooms already, the most allowed"
+            )
+        room = Room(
+            self,
+            name,
+            RoomConfig(max_users=limits.max_occupants, history_length=limits.history_default),
+        )
+        room.affiliations[origin.bare] = "owner"
+        room.locked = locked
+        self.rooms[name] = room
+        return room
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def _message(self, origin: C2SStream, st: Stanza, room_name: str, nick: str) -> None:
+        mtype = st.attrs.get("type", "normal")
+        room = self.rooms.get(room_name)
+        if room is None or (room.locked and origin.full not in room.by_jid):
+            if mtype != "error":
+                raise StanzaError("item-not-found", "no such room")  # §17.2 rule 3
+            return
+        if nick:
+            room.private_message(origin, st, nick)
+            return
+        if mtype == "groupchat":
+            room.groupchat(origin, st)
+            return
+        if mtype == "error":
+            return
+        x = st.element().find(f"{{{NS_USER}}}x")
+        if x is not None and (
+            x.find(f"{{{NS_USER}}}invite") is not None
+            or x.find(f"{{{NS_USER}}}decline") is not None
+        ):
+            invitations(room, origin, x)
+            return
+        raise StanzaError("bad-request", "messages to the room are of type groupchat")
+
+    # --- iqs ---------------------------------------------------------------------------------
+
+    def _iq(self, origin: C2SStream, st: Stanza, room_name: str, nick: str) -> None:
+        itype = st.attrs.get("type")
+        room = self.rooms.get(room_name)
+        if nick:
+            if room is None:
+                if itype in ("get", "set"):
+                    raise StanzaError("item-not-found", "no such room")
+                return
+            room.occupant_iq(origin, st, nick)
+            return
+        if itype not in ("get", "set"):
+            return
+        if room is None or (room.locked and room.affiliation(origin.bare) != "owner"):
+            raise StanzaError("item-not-found", "no such room")
+        namespace = st.children[0][0]
+        if namespace == NS_INFO and itype == "get":
+            reply = self._room_info(room, origin, st)
+        elif namespace == NS_ITEMS and itype == "get":
+            self._node_check(st.element(), NS_ITEMS)
+            items = ""
+            if origin.full in room.by_jid:
+                # §6.5: occupants may see who is in; others learn nothing.
+                items = "".join(
+                    f"<item jid={quoteattr(room.occupant_jid(nick))}/>" for nick in room.occupants
+                )
+            reply = iq_result(origin, st, f"<query xmlns='{NS_ITEMS}'>{items}</query>")
+        elif namespace == NS_ADMIN:
+            reply = admin_iq(room, origin, st)
+        elif namespace == NS_OWNER:
+            reply = owner_iq(room, origin, st)
+        else:
+            raise StanzaError("service-unavailable")
+        origin.send(reply)
+
+    def _room_info(self, room: Room, origin: C2SStream, st: Stanza) -> bytes:
+        """§6.4: identity, room type features, and the muc#roominfo form."""
+        self._node_check(st.element(), NS_INFO)
+        features = [NS_MUC, NS_INFO, NS_ITEMS, *room.config.features()]
+        feature_xml = "".join(f"<feature var='{f}'/>" for f in features)
+        name = room.config.name or room.name
+        info = roominfo_form(room.config, len(room.occupants), room.subject[0])
+        return iq_result(
+            origin,
+            st,
+            f"<query xmlns='{NS_INFO}'><identity category='conference' type='text' "
+            f"name={quoteattr(name)}/>{feature_xml}{info}</query>",
+        )
+
+    # --- server events -----------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """§19.2: occupants hear that the service is going away (status 332)."""
+        for room in list(self.rooms.values()):
+            for occupant in list(room.occupants.values()):
+                room.remove(occupant, "332")
+
+    def account_removed(self, bare: str) -> None:
+        for room in self.rooms.values():
+            room.affiliations.pop(bare, None)
+            room.nicks.pop(bare, None)
+
+
+class MucModule(Module):
+    name = "muc"
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.store: MucStore | None = None
+        self.services: dict[str, MucService] = {}
+        # The rooms each session is in: left when it ends or goes unavailable.
+        self.joined: dict[C2SStream, set[Room]] = {}
+
+    def start(self) -> None:
+        settings = self.config.muc
+        if not settings.enabled:
+            return
+        assert self.server.storage is not None
+        self.store = MucStore(self.server.storage)
+        for host in self.config.hosts:
+            domain = normalize_domain(settings.domain.replace("{host}", host))
+            if domain in self.services:
+                continue  # a template without {host}: one service for every host
+            if domain in self.config.hosts:
+                raise ValueError(f"[muc] domain {domain} is also a host")
+            service = MucService(self, domain, host)
+            service.load()
+            self.router.add_service(domain, service.handle)
+            self.services[domain] = service
+            log.info("multi-user chat service %s", domain)
+
+    def disco_items(self, domain: str) -> list[tuple[str, str | None]]:
+        """The server's disco#items lists its MUC service (XEP-0045 §6.1)."""
+        return [(s.domain, SERVICE_NAME) for s in self.services.values() if s.host == domain]
+
+    def _leave_all(self, session: C2SStream, status_xml: str = "") -> None:
+        for room in list(self.joined.pop(session, ())):
+            room.leave(session, status_xml)
+
+    def session_ended(self, session: C2SStream) -> None:
+        self._leave_all(session)
+
+    def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
+        # RFC 6121 §4.6.3: broadcast unavailable presence also reaches the rooms.
+        status = getattr(session, "presence_unavailable_status", None)
+        self._leave_all(session, "" if status is None else f"<status>{escape(status)}</status>")
+
+    def account_removed(self, domain: str, local: str) -> None:
+        # The store purged it already (storage/muc.py); the rooms in memory follow.
+        for service in self.services.values():
+            service.account_removed(f"{local}@{domain}")
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            service.shutdown()
+
+
+MODULE = MucModule

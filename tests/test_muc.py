@@ -1,0 +1,816 @@
+"""XEP-0045 multi-user chat over real sockets: the service and its disco (§6), entering
+rooms with every error the XEP names (§7.2), room creation (§10.1), groupchat messages,
+subject and history (§7.2.15-16, §7.4, §8.1), private messages and iqs between occupants
+(§7.5), nickname and availability changes (§7.6, §7.7), exits (§7.14), and slixmpp's
+xep_0045 plugin doing the same as a real client."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, ServerProcess, assert_still_serving
+from lxml import etree
+from slixmpp import ClientXMPP
+from test_roster import add_accounts, received, sync
+from xmpp_raw import CLIENT, RawClient, stanza_error
+
+MUC = "http://jabber.org/protocol/muc"
+USER = MUC + "#user"
+ADMIN = MUC + "#admin"
+OWNER = MUC + "#owner"
+DATA = "jabber:x:data"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+DELAY = "urn:xmpp:delay"
+SERVICE = "conference.localhost"
+PRESENCE = f"{{{CLIENT}}}presence"
+MESSAGE = f"{{{CLIENT}}}message"
+ACCOUNTS = 150
+MUC_TOML = "[muc]\nmax_nick_length = 20\nmax_history = 50\n"
+
+_rooms = itertools.count()
+
+
+def new_room() -> str:
+    return f"room{next(_rooms)}@{SERVICE}"
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        tmp_path_factory.mktemp("muc"),
+        ca,
+        ("localhost",),
+        MUC_TOML + "[limits]\nmax_connections_per_ip = 200\n",
+    )
+    add_accounts(server, [f"m{i}" for i in range(ACCOUNTS)])
+    server.start()
+    yield server
+    server.stop()
+
+
+_fresh = itertools.count()
+
+
+@pytest.fixture
+def users() -> Iterator[str]:
+    def names() -> Iterator[str]:
+        while True:
+            n = next(_fresh)
+            assert n < ACCOUNTS, "raise ACCOUNTS"
+            yield f"m{n}"
+
+    return names()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[RawClient]]:
+    opened: list[RawClient] = []
+    yield opened
+    for c in opened:
+        c.close()
+
+
+class User:
+    def __init__(self, c: RawClient, name: str, resource: str) -> None:
+        self.c = c
+        self.name = name
+        self.bare = f"{name}@localhost"
+        self.full = f"{self.bare}/{resource}"
+
+    def send(self, data: str) -> None:
+        self.c.send(data)
+
+
+@pytest.fixture
+def login(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> Any:
+    def connect(name: str, resource: str = "r") -> User:
+        c = srv.client()
+        clients.append(c)
+        c.login(ca_file, name, PASSWORD, resource)
+        c.send("<presence/>")
+        sync(c)
+        return User(c, name, resource)
+
+    return connect
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def user_x(el: Any) -> Any:
+    return el.find(f"{{{USER}}}x")
+
+
+def codes(el: Any) -> set[str]:
+    x = user_x(el)
+    return set() if x is None else {s.get("code") for s in x.findall(f"{{{USER}}}status")}
+
+
+def item(el: Any) -> Any:
+    x = user_x(el)
+    return None if x is None else x.find(f"{{{USER}}}item")
+
+
+def join(
+    user: User,
+    room: str,
+    nick: str,
+    extra: str = f"<x xmlns='{MUC}'/>",
+    until_subject: bool = True,
+) -> list[Any]:
+    """Enter `room`; what arrived up to the subject (or to the self-presence)."""
+    user.send(f"<presence to='{room}/{nick}'>{extra}</presence>")
+    seen = []
+    while True:
+        el = user.c.next()
+        seen.append(el)
+        if el.get("type") == "error":
+            return seen
+        if el.tag == PRESENCE and "110" in codes(el) and not until_subject:
+            return seen
+        if el.tag == MESSAGE and el.find(f"{{{CLIENT}}}subject") is not None:
+            return seen
+
+
+def join_error(user: User, room: str, nick: str, extra: str = f"<x xmlns='{MUC}'/>") -> Any:
+    """The presence error an entry attempt gets."""
+    reply = join(user, room, nick, extra)[-1]
+    assert reply.tag == PRESENCE and reply.get("type") == "error", etree.tostring(reply)
+    assert reply.get("from") == f"{room}/{nick}"
+    return reply
+
+
+def iq(user: User, to: str, itype: str, payload: str, iq_id: str = "q") -> Any:
+    """Send an iq; its answer (anything before it is dropped)."""
+    user.send(f"<iq to='{to}' type='{itype}' id='{iq_id}'>{payload}</iq>")
+    while True:
+        el = user.c.next()
+        if el.get("id") == iq_id and el.tag == f"{{{CLIENT}}}iq":
+            return el
+
+
+def create(owner: User, nick: str = "owner", room: str | None = None, form: str = "") -> str:
+    """A new room, configured as an instant room (§10.1.2) or with `form`'s fields."""
+    room = room or new_room()
+    seen = join(owner, room, nick, until_subject=False)
+    assert {"110", "201"} <= codes(seen[-1]), etree.tostring(seen[-1])
+    reply = iq(
+        owner,
+        room,
+        "set",
+        f"<query xmlns='{OWNER}'><x xmlns='{DATA}' type='submit'>{form}</x></query>",
+    )
+    assert reply.get("type") == "result", etree.tostring(reply)
+    sync(owner.c)
+    return room
+
+
+def field(var: str, *values: str) -> str:
+    return f"<field var='{var}'>" + "".join(f"<value>{v}</value>" for v in values) + "</field>"
+
+
+def groupchat(user: User, room: str, body: str) -> None:
+    user.send(f"<message to='{room}' type='groupchat'><body>{body}</body></message>")
+
+
+def bodies(elements: list[Any]) -> list[tuple[str | None, str | None]]:
+    return [
+        (el.get("from"), el.findtext(f"{{{CLIENT}}}body"))
+        for el in elements
+        if el.tag == MESSAGE and el.find(f"{{{CLIENT}}}body") is not None
+    ]
+
+
+def presences(elements: list[Any]) -> list[Any]:
+    return [el for el in elements if el.tag == PRESENCE]
+
+
+# --- the service (§6) --------------------------------------------------------------------------
+
+
+def test_service_listed_in_server_items_and_described(login: Any, users: Iterator[str]) -> None:
+    a = login(next(users))
+    items = iq(a, "localhost", "get", f"<query xmlns='{DISCO_ITEMS}'/>")
+    jids = [i.get("jid") for i in items.iter(f"{{{DISCO_ITEMS}}}item")]
+    assert SERVICE in jids
+    info = iq(a, SERVICE, "get", f"<query xmlns='{DISCO_INFO}'/>")
+    assert info.get("type") == "result" and info.get("from") == SERVICE
+    identity = info.find(f".//{{{DISCO_INFO}}}identity")
+    assert (identity.get("category"), identity.get("type")) == ("conference", "text")
+    features = {f.get("var") for f in info.iter(f"{{{DISCO_INFO}}}feature")}
+    assert MUC in features
+
+
+def test_public_rooms_listed_hidden_and_locked_not(login: Any, users: Iterator[str]) -> None:
+    a = login(next(users))
+    public = create(a, form=field("muc#roomconfig_roomname", "Public talk"))
+    hidden = create(a, form=field("muc#roomconfig_publicroom", "0"))
+    locked = new_room()
+    join(a, locked, "x", until_subject=False)
+    items = iq(a, SERVICE, "get", f"<query xmlns='{DISCO_ITEMS}'/>")
+    listed = {i.get("jid"): i.get("name") for i in items.iter(f"{{{DISCO_ITEMS}}}item")}
+    assert listed[public] == "Public talk"
+    assert hidden not in listed and locked not in listed
+
+
+def test_room_disco_info_features(login: Any, users: Iterator[str]) -> None:
+    a = login(next(users))
+    room = create(
+        a,
+        form=field("muc#roomconfig_membersonly", "1")
+        + field("muc#roomconfig_roomdesc", "about things"),
+    )
+    info = iq(a, room, "get", f"<query xmlns='{DISCO_INFO}'/>")
+    features = {f.get("var") for f in info.iter(f"{{{DISCO_INFO}}}feature")}
+    assert {MUC, "muc_membersonly", "muc_temporary", "muc_semianonymous"} <= features
+    values = {f.get("var"): f.findtext(f"{{{DATA}}}value") for f in info.iter(f"{{{DATA}}}field")}
+    assert values["muc#roominfo_description"] == "about things"
+    assert values["muc#roominfo_occupants"] == "1"
+
+
+def test_stanzas_to_the_service_itself(login: Any, users: Iterator[str]) -> None:
+    a = login(next(users))
+    reply = iq(a, SERVICE, "get", "<query xmlns='jabber:iq:version'/>")
+    assert stanza_error(reply) == "service-unavailable"
+    a.send(f"<message to='{SERVICE}'><body>hi</body></message>")
+    reply = a.c.next()
+    assert reply.get("type") == "error" and stanza_error(reply) == "service-unavailable"
+    a.send(f"<presence to='{SERVICE}'/>")
+    assert sync(a.c) == []
+    reply = iq(a, SERVICE, "get", f"<unique xmlns='{MUC}#unique'/>")
+    assert reply.get("type") == "result" and reply.findtext(f"{{{MUC}#unique}}unique")
+
+
+def test_nonexistent_room_queries(login: Any, users: Iterator[str]) -> None:
+    a = login(next(users))
+    room = new_room()
+    reply = iq(a, room, "get", f"<query xmlns='{DISCO_INFO}'/>")
+    assert stanza_error(reply) == "item-not-found"
+    a.send(f"<message to='{room}' type='groupchat'><body>x</body></message>")
+    assert stanza_error(a.c.next()) == "item-not-found"
+
+
+# --- entering (§7.2) and creating (§10.1) ------------------------------------------------------
+
+
+def test_create_locked_then_instant(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = new_room()
+    seen = join(a, room, "alice", until_subject=False)
+    self_presence = seen[-1]
+    assert {"110", "201"} <= codes(self_presence)
+    assert (item(self_presence).get("affiliation"), item(self_presence).get("role")) == (
+        "owner",
+        "moderator",
+    )
+    # §7.2.9: a locked room is not there for anyone else.
+    error = join_error(b, room, "bob")
+    assert stanza_error(error) == "item-not-found"
+    assert error.find(f"{{{CLIENT}}}error").get("type") == "cancel"
+    reply = iq(a, room, "set", f"<query xmlns='{OWNER}'><x xmlns='{DATA}' type='submit'/></query>")
+    assert reply.get("type") == "result"
+    seen = join(b, room, "bob")
+    assert [p.get("from") for p in presences(seen)] == [f"{room}/alice", f"{room}/bob"]
+    assert "110" in codes(presences(seen)[-1])
+    assert seen[-1].findtext(f"{{{CLIENT}}}subject") == ""
+    # alice heard bob come in
+    got = received(a.c, b.c)
+    assert [p.get("from") for p in presences(got)] == [f"{room}/bob"]
+    assert item(presences(got)[0]).get("jid") == b.full  # she is a moderator
+
+
+def test_reserved_room_configured_with_the_form(login: Any, users: Iterator[str]) -> None:
+    a = login(next(users))
+    room = new_room()
+    join(a, room, "alice", until_subject=False)
+    form = iq(a, room, "get", f"<query xmlns='{OWNER}'/>")
+    vars_ = {f.get("var") for f in form.iter(f"{{{DATA}}}field")}
+    assert {
+        "FORM_TYPE",
+        "muc#roomconfig_roomname",
+        "muc#roomconfig_persistentroom",
+        "muc#roomconfig_membersonly",
+        "muc#roomconfig_moderatedroom",
+        "muc#roomconfig_passwordprotectedroom",
+        "muc#roomconfig_roomsecret",
+        "muc#roomconfig_whois",
+        "muc#roomconfig_maxusers",
+        "muc#roomconfig_changesubject",
+        "muc#roomconfig_allowinvites",
+        "muc#maxhistoryfetch",
+    } <= vars_
+    # §10.1.3: a password-protected room with a blank password is refused.
+    reply = iq(
+        a,
+        room,
+        "set",
+        f"<query xmlns='{OWNER}'><x xmlns='{DATA}' type='submit'>"
+        + field("muc#roomconfig_passwordprotectedroom", "1")
+        + "</x></query>",
+    )
+    assert stanza_error(reply) == "not-acceptable"
+    reply = iq(
+        a,
+        room,
+        "set",
+        f"<query xmlns='{OWNER}'><x xmlns='{DATA}' type='submit'>"
+        + field("muc#roomconfig_roomname", "Reserved")
+        + field("muc#roomconfig_whois", "anyone")
+        + "</x></query>",
+    )
+    assert reply.get("type") == "result"
+    info = iq(a, room, "get", f"<query xmlns='{DISCO_INFO}'/>")
+    assert info.find(f".//{{{DISCO_INFO}}}identity").get("name") == "Reserved"
+    assert "muc_nonanonymous" in {f.get("var") for f in info.iter(f"{{{DISCO_INFO}}}feature")}
+
+
+def test_cancelled_initial_configuration_destroys_the_room(
+    login: Any, users: Iterator[str]
+) -> None:
+    a = login(next(users))
+    room = new_room()
+    join(a, room, "alice", until_subject=False)
+    reply = iq(a, room, "set", f"<query xmlns='{OWNER}'><x xmlns='{DATA}' type='cancel'/></query>")
+    assert reply.get("type") == "result"
+    reply = iq(a, room, "get", f"<query xmlns='{DISCO_INFO}'/>")
+    assert stanza_error(reply) == "item-not-found"
+
+
+def test_groupchat_1_0_join_makes_an_instant_room(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = new_room()
+    seen = join(a, room, "old", extra="")
+    assert "201" in codes(presences(seen)[-1])
+    assert join(b, room, "new")[-1].tag == MESSAGE  # unlocked: subject received
+
+
+def test_non_anonymous_room_status_100_and_jids(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a, form=field("muc#roomconfig_whois", "anyone"))
+    seen = join(b, room, "bob")
+    own = presences(seen)[-1]
+    assert {"110", "100"} <= codes(own)
+    owner_presence = presences(seen)[0]
+    assert item(owner_presence).get("jid") == a.full
+
+
+def test_semi_anonymous_hides_jids_from_participants(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    seen = join(b, room, "bob")
+    owner_presence = presences(seen)[0]
+    assert owner_presence.get("from") == f"{room}/owner"
+    assert item(owner_presence).get("jid") is None
+    assert "100" not in codes(presences(seen)[-1])
+
+
+def test_nick_conflict(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a, nick="taken")
+    error = join_error(b, room, "taken")
+    assert stanza_error(error) == "conflict"
+    assert error.find(f"{{{CLIENT}}}error").get("type") == "cancel"
+
+
+def test_same_account_two_resources_share_a_nick(login: Any, users: Iterator[str]) -> None:
+    name = next(users)
+    a1, a2 = login(name, "one"), login(name, "two")
+    b = login(next(users))
+    room = create(a1, nick="me")
+    join(b, room, "bob")
+    sync(a1.c)
+    seen = join(a2, room, "me")
+    assert "110" in codes(presences(seen)[-1])
+    # bob sees no second "me"; both resources get the room's messages
+    assert presences(received(b.c, a2.c)) == []
+    groupchat(b, room, "to both")
+    for res in (a1, a2):
+        assert bodies(received(res.c, b.c)) == [(f"{room}/bob", "to both")]
+    # one resource leaves: the nick stays (bob hears nothing) until the last one goes
+    a2.send(f"<presence to='{room}/me' type='unavailable'/>")
+    assert presences(received(b.c, a2.c)) == []
+    a1.send(f"<presence to='{room}/me' type='unavailable'/>")
+    gone = presences(received(b.c, a1.c))
+    assert [(p.get("from"), p.get("type")) for p in gone] == [(f"{room}/me", "unavailable")]
+
+
+def test_password_protected_room(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(
+        a,
+        form=field("muc#roomconfig_passwordprotectedroom", "1")
+        + field("muc#roomconfig_roomsecret", "sesame"),
+    )
+    error = join_error(b, room, "bob")
+    assert stanza_error(error) == "not-authorized"
+    assert error.find(f"{{{CLIENT}}}error").get("type") == "auth"
+    error = join_error(b, room, "bob", f"<x xmlns='{MUC}'><password>wrong</password></x>")
+    assert stanza_error(error) == "not-authorized"
+    seen = join(b, room, "bob", f"<x xmlns='{MUC}'><password>sesame</password></x>")
+    assert seen[-1].tag == MESSAGE
+
+
+def test_members_only_room(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a, form=field("muc#roomconfig_membersonly", "1"))
+    error = join_error(b, room, "bob")
+    assert stanza_error(error) == "registration-required"
+    assert error.find(f"{{{CLIENT}}}error").get("type") == "auth"
+    reply = iq(
+        a,
+        room,
+        "set",
+        f"<query xmlns='{ADMIN}'><item affiliation='member' jid='{b.bare}'/></query>",
+    )
+    assert reply.get("type") == "result"
+    seen = join(b, room, "bob")
+    assert item(presences(seen)[-1]).get("affiliation") == "member"
+
+
+def test_banned_user_is_forbidden(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    iq(
+        a,
+        room,
+        "set",
+        f"<query xmlns='{ADMIN}'><item affiliation='outcast' jid='{b.bare}'/></query>",
+    )
+    error = join_error(b, room, "bob")
+    assert stanza_error(error) == "forbidden"
+    assert error.find(f"{{{CLIENT}}}error").get("type") == "auth"
+
+
+def test_max_users(login: Any, users: Iterator[str]) -> None:
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a, form=field("muc#roomconfig_maxusers", "2"))
+    join(b, room, "bob")
+    error = join_error(c, room, "carol")
+    assert stanza_error(error) == "service-unavailable"
+    assert error.find(f"{{{CLIENT}}}error").get("type") == "wait"
+
+
+def test_nickname_rules(login: Any, users: Iterator[str]) -> None:
+    a = login(next(users))
+    room = create(a)
+    b = login(next(users))
+    # no nickname at all (§7.2.1)
+    b.send(f"<presence to='{room}'><x xmlns='{MUC}'/></presence>")
+    reply = b.c.next()
+    assert reply.get("type") == "error" and stanza_error(reply) == "jid-malformed"
+    # blank (§17.1) and too long (max_nick_length = 20)
+    assert stanza_error(join_error(b, room, " ")) in ("jid-malformed",)
+    assert stanza_error(join_error(b, room, "n" * 21)) == "not-acceptable"
+    assert join(b, room, "n" * 20)[-1].tag == MESSAGE
+
+
+def test_join_is_a_full_resync_for_an_occupant(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    sync(a.c)
+    seen = join(b, room, "bob")
+    assert [p.get("from") for p in presences(seen)] == [f"{room}/owner", f"{room}/bob"]
+    assert presences(received(a.c, b.c)) == []  # nothing changed: the others hear nothing
+
+
+# --- messages, subject, history (§7.2.15, §7.4, §8.1) -----------------------------------------
+
+
+def test_groupchat_broadcast_and_echo(login: Any, users: Iterator[str]) -> None:
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    join(c, room, "carol")
+    sync(a.c)
+    sync(b.c)
+    b.send(f"<message to='{room}' type='groupchat' id='m1'><body>hello</body></message>")
+    for user in (b, a, c):  # the sender's round trip first: the others have it then
+        got = [el for el in sync(user.c) if el.tag == MESSAGE]
+        assert bodies(got) == [(f"{room}/bob", "hello")]
+        assert got[0].get("to") == user.full and got[0].get("id") == "m1"
+
+
+def test_non_occupant_cannot_send(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    groupchat(b, room, "let me in")
+    reply = b.c.next()
+    assert stanza_error(reply) == "not-acceptable"
+    assert reply.find(f"{{{CLIENT}}}error").get("type") == "modify"
+    assert bodies(received(a.c, b.c)) == []
+
+
+def test_visitor_in_moderated_room_is_forbidden(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a, form=field("muc#roomconfig_moderatedroom", "1"))
+    seen = join(b, room, "bob")
+    assert item(presences(seen)[-1]).get("role") == "visitor"
+    groupchat(b, room, "may I?")
+    reply = b.c.next()
+    assert stanza_error(reply) == "forbidden"
+    assert bodies(received(a.c, b.c)) == []
+
+
+def test_subject_change_and_permission(login: Any, users: Iterator[str]) -> None:
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    b.send(f"<message to='{room}' type='groupchat'><subject>mine</subject></message>")
+    assert stanza_error(b.c.next()) == "forbidden"
+    a.send(f"<message to='{room}' type='groupchat'><subject>Agenda</subject></message>")
+    got = [el for el in received(b.c, a.c) if el.tag == MESSAGE]
+    assert got[0].findtext(f"{{{CLIENT}}}subject") == "Agenda"
+    assert got[0].get("from") == f"{room}/owner"
+    seen = join(c, room, "carol")
+    assert seen[-1].findtext(f"{{{CLIENT}}}subject") == "Agenda"
+    assert seen[-1].get("from") == f"{room}/owner"
+    # changesubject lets participants change it
+    iq(
+        a,
+        room,
+        "set",
+        f"<query xmlns='{OWNER}'><x xmlns='{DATA}' type='submit'>"
+        + field("muc#roomconfig_changesubject", "1")
+        + "</x></query>",
+    )
+    b.send(f"<message to='{room}' type='groupchat'><subject>ours</subject></message>")
+    got = [el for el in received(c.c, b.c) if el.tag == MESSAGE]
+    assert [el.findtext(f"{{{CLIENT}}}subject") for el in got][-1] == "ours"
+
+
+def test_history_on_join_then_subject(login: Any, users: Iterator[str]) -> None:
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a, form=field("muc#maxhistoryfetch", "3"))
+    for n in range(5):
+        groupchat(a, room, f"m{n}")
+    a.send(f"<message to='{room}' type='groupchat'><subject>S</subject></message>")
+    sync(a.c)
+    seen = join(b, room, "bob")
+    history = [el for el in seen if el.tag == MESSAGE][:-1]
+    assert bodies(history) == [(f"{room}/owner", f"m{n}") for n in (2, 3, 4)]
+    delay = history[0].find(f"{{{DELAY}}}delay")
+    assert delay is not None and delay.get("from") == room and delay.get("stamp")
+    assert history[0].get("to") == b.full
+    assert seen[-1].findtext(f"{{{CLIENT}}}subject") == "S"
+    # §7.2.15 limits: maxstanzas, and maxchars='0' for none at all
+    seen = join(c, room, "carol", f"<x xmlns='{MUC}'><history maxstanzas='1'/></x>")
+    assert [b for _, b in bodies(seen)] == ["m4"]
+    d = login(next(users))
+    seen = join(d, room, "dave", f"<x xmlns='{MUC}'><history maxchars='0'/></x>")
+    assert bodies(seen) == []
+    e = login(next(users))
+    seen = join(e, room, "eve", f"<x xmlns='{MUC}'><history since='2999-01-01T00:00:00Z'/></x>")
+    assert bodies(seen) == []
+
+
+def test_private_messages(login: Any, users: Iterator[str]) -> None:
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    b.send(f"<message to='{room}/owner' type='chat'><body>psst</body></message>")
+    got = received(a.c, b.c)
+    assert bodies(got) == [(f"{room}/bob", "psst")]
+    # groupchat type to one occupant: bad-request (§7.5)
+    b.send(f"<message to='{room}/owner' type='groupchat'><body>x</body></message>")
+    assert stanza_error(b.c.next()) == "bad-request"
+    # no such occupant: item-not-found
+    b.send(f"<message to='{room}/nobody' type='chat'><body>x</body></message>")
+    assert stanza_error(b.c.next()) == "item-not-found"
+    # non-occupant: not-acceptable
+    c.send(f"<message to='{room}/owner' type='chat'><body>x</body></message>")
+    assert stanza_error(c.c.next()) == "not-acceptable"
+
+
+def test_iq_between_occupants_hides_real_jids(login: Any, users: Iterator[str]) -> None:
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    sync(a.c)
+    b.send(f"<iq to='{room}/owner' type='get' id='v1'><query xmlns='jabber:iq:version'/></iq>")
+    forwarded = a.c.next()
+    assert forwarded.get("from") == f"{room}/bob" and forwarded.get("to") == a.full
+    a.send(
+        f"<iq to='{room}/bob' type='result' id='v1'>"
+        "<query xmlns='jabber:iq:version'><name>x</name></query></iq>"
+    )
+    answer = b.c.next()
+    assert answer.get("type") == "result" and answer.get("from") == f"{room}/owner"
+    assert answer.get("id") == "v1"
+    # §6.6: a non-occupant gets bad-request
+    reply = iq(c, f"{room}/owner", "get", "<query xmlns='jabber:iq:version'/>")
+    assert stanza_error(reply) == "bad-request"
+
+
+def test_nick_change(login: Any, users: Iterator[str]) -> None:
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    join(c, room, "carol")
+    sync(a.c)
+    sync(b.c)
+    b.send(f"<presence to='{room}/robert'/>")
+    own = presences(received(b.c))
+    assert [(p.get("from"), p.get("type")) for p in own] == [
+        (f"{room}/bob", "unavailable"),
+        (f"{room}/robert", None),
+    ]
+    assert codes(own[0]) == {"303", "110"} and item(own[0]).get("nick") == "robert"
+    assert "110" in codes(own[1])
+    theirs = presences(received(c.c, b.c))
+    assert codes(theirs[0]) == {"303"} and item(theirs[0]).get("nick") == "robert"
+    assert theirs[1].get("from") == f"{room}/robert"
+    # to a nick in use: conflict, nothing changes
+    b.send(f"<presence to='{room}/carol'/>")
+    reply = b.c.next()
+    assert stanza_error(reply) == "conflict" and reply.get("from") == f"{room}/carol"
+    groupchat(b, room, "still robert")
+    assert bodies(received(c.c, b.c)) == [(f"{room}/robert", "still robert")]
+
+
+def test_presence_change_broadcast(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    sync(a.c)
+    b.send(f"<presence to='{room}/bob'><show>away</show><status>lunch</status></presence>")
+    got = presences(received(a.c, b.c))
+    assert len(got) == 1 and got[0].findtext(f"{{{CLIENT}}}show") == "away"
+    assert got[0].findtext(f"{{{CLIENT}}}status") == "lunch"
+    assert item(got[0]).get("role") == "participant"
+
+
+def test_exit_and_temporary_room_vanishes(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    sync(a.c)
+    b.send(f"<presence to='{room}/bob' type='unavailable'><status>bye</status></presence>")
+    own = presences(received(b.c))
+    assert own[0].get("type") == "unavailable" and "110" in codes(own[0])
+    assert item(own[0]).get("role") == "none"
+    theirs = presences(received(a.c, b.c))
+    assert theirs[0].get("type") == "unavailable"
+    assert theirs[0].findtext(f"{{{CLIENT}}}status") == "bye"
+    a.send(f"<presence to='{room}/owner' type='unavailable'/>")
+    sync(a.c)
+    reply = iq(a, room, "get", f"<query xmlns='{DISCO_INFO}'/>")
+    assert stanza_error(reply) == "item-not-found"
+
+
+def test_disconnect_and_broadcast_unavailable_leave_rooms(login: Any, users: Iterator[str]) -> None:
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    join(c, room, "carol")
+    sync(a.c)
+    b.c.abort()  # a lost connection
+    deadline = 50
+    gone: list[Any] = []
+    while not gone and deadline:
+        gone = [p for p in presences(sync(a.c)) if p.get("type") == "unavailable"]
+        deadline -= 1
+    assert [p.get("from") for p in gone] == [f"{room}/bob"]
+    # RFC 6121 §4.6.3: broadcast unavailable reaches the room too
+    c.send("<presence type='unavailable'/>")
+    gone = [p for p in presences(received(a.c, c.c)) if p.get("type") == "unavailable"]
+    assert [p.get("from") for p in gone] == [f"{room}/carol"]
+
+
+# --- hostile input -----------------------------------------------------------------------------
+
+
+def test_hostile_input(srv: ServerProcess, ca_file: str, login: Any, users: Iterator[str]) -> None:
+    a = login(next(users))
+    room = create(a)
+    b = login(next(users))
+    # a huge nickname (beyond JID limits: jid-malformed from the router; within them but over
+    # the service's limit: not-acceptable)
+    b.send(f"<presence to='{room}/{'n' * 2000}'><x xmlns='{MUC}'/></presence>")
+    assert stanza_error(b.c.next()) == "jid-malformed"
+    # malformed x: history attributes that are no numbers, a password element with children
+    seen = join(
+        b,
+        room,
+        "bob",
+        f"<x xmlns='{MUC}'><history maxstanzas='lots' seconds='-5'/>"
+        "<password><b>x</b></password></x>",
+    )
+    assert seen[-1].tag == MESSAGE
+    # admin items without attributes, an iq without id, a form of the wrong kind
+    reply = iq(b, room, "set", f"<query xmlns='{ADMIN}'><item/></query>")
+    assert stanza_error(reply) == "bad-request"
+    b.send(f"<iq to='{room}' type='get'><query xmlns='{DISCO_INFO}'/></iq>")
+    assert stanza_error(b.c.next()) == "bad-request"
+    reply = iq(a, room, "set", f"<query xmlns='{OWNER}'><x xmlns='{DATA}' type='form'/></query>")
+    assert stanza_error(reply) == "bad-request"
+    reply = iq(
+        a,
+        room,
+        "set",
+        f"<query xmlns='{OWNER}'><x xmlns='{DATA}' type='submit'>"
+        + field("muc#roomconfig_maxusers", "many")
+        + "</x></query>",
+    )
+    assert stanza_error(reply) == "not-acceptable"
+    # presence spam: many changes and nick flips, the room stays consistent
+    for n in range(200):
+        b.send(f"<presence to='{room}/bob'><status>{n}</status></presence>")
+        b.send(f"<presence to='{room}/bob{n % 3}'/>")
+        b.send(f"<presence to='{room}/bob'/>")
+    sync(b.c)
+    got = received(a.c, b.c)
+    assert presences(got)[-1].get("from") == f"{room}/bob"
+    # presence of other types is no join (§17.3 rule 1)
+    c = login(next(users))
+    c.send(f"<presence to='{room}/carol' type='probe'/>")
+    c.send(f"<presence to='{room}/carol' type='subscribe'/>")
+    assert sync(c.c) == []
+    assert_still_serving(srv, ca_file, next(users))
+
+
+# --- slixmpp (a real client's plugin) ----------------------------------------------------------
+
+
+class SlixClient(ClientXMPP):
+    def __init__(self, jid: str, ca_file: str) -> None:
+        super().__init__(jid, PASSWORD)
+        self.ca_certs = ca_file
+        self.enable_direct_tls = False
+        self.enable_plaintext = False
+        self.enable_starttls = True
+        self.register_plugin("xep_0045")
+        self.ready = asyncio.get_running_loop().create_future()
+        self.messages: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.subjects: asyncio.Queue[str] = asyncio.Queue()
+        self.add_event_handler("session_start", self._started)
+        self.add_event_handler("groupchat_message", self._message)
+        self.add_event_handler("groupchat_subject", self._subject)
+
+    async def _started(self, _event: Any) -> None:
+        self.send_presence()
+        if not self.ready.done():
+            self.ready.set_result(True)
+
+    def _message(self, msg: Any) -> None:
+        if msg["body"]:
+            self.messages.put_nowait((str(msg["mucnick"]), str(msg["body"])))
+
+    def _subject(self, msg: Any) -> None:
+        self.subjects.put_nowait(str(msg["subject"]))
+
+
+async def test_slixmpp_chat(srv: ServerProcess, ca_file: str, users: Iterator[str]) -> None:
+    names = [next(users) for _ in range(3)]
+    clients = [SlixClient(f"{n}@localhost/slix", ca_file) for n in names]
+    room = new_room()
+    try:
+        for client in clients:
+            client.connect("127.0.0.1", srv.port)
+            await asyncio.wait_for(client.ready, 20)
+        owner, second, third = clients
+        muc = owner.plugin["xep_0045"]
+        # a new room is locked (no subject yet, so not join_muc_wait): the configuration
+        # iq follows the join presence on the same stream
+        muc.join_muc(room, "owner")
+        form = owner.plugin["xep_0004"].make_form(ftype="submit")  # an instant room
+        await asyncio.wait_for(muc.set_room_config(room, form), 10)
+        await asyncio.wait_for(
+            second.plugin["xep_0045"].join_muc_wait(room, "second", maxstanzas=0), 10
+        )
+        owner.send_message(mto=room, mbody="hi all", mtype="groupchat")
+        assert await asyncio.wait_for(second.messages.get(), 10) == ("owner", "hi all")
+        muc.set_subject(room, "Topic")
+        # (the empty subject of the join came first)
+        while await asyncio.wait_for(second.subjects.get(), 10) != "Topic":
+            pass
+        # the third gets history and subject on joining
+        await asyncio.wait_for(third.plugin["xep_0045"].join_muc_wait(room, "third"), 10)
+        assert await asyncio.wait_for(third.messages.get(), 10) == ("owner", "hi all")
+        assert "owner" in third.plugin["xep_0045"].get_roster(room)
+        # kick through the plugin's role call
+        await asyncio.wait_for(muc.set_role(room, "third", "none"), 10)
+        for _ in range(50):
+            if "third" not in muc.get_roster(room):
+                break
+            await asyncio.sleep(0.1)
+        assert "third" not in muc.get_roster(room)
+        # ban through the affiliation call
+        await asyncio.wait_for(
+            muc.set_affiliation(room, "outcast", jid=f"{names[1]}@localhost"), 10
+        )
+        for _ in range(50):
+            if "second" not in muc.get_roster(room):
+                break
+            await asyncio.sleep(0.1)
+        assert "second" not in muc.get_roster(room)
+        banned = await asyncio.wait_for(muc.get_affiliation_list(room, "outcast"), 10)
+        assert banned == [f"{names[1]}@localhost"]
+    finally:
+        for client in clients:
+            client.disconnect()
