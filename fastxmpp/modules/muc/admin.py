@@ -144,7 +144,7 @@ def _role_change(room: Room, origin: C2SStream, item: Any, role: str) -> Callabl
             raise StanzaError("not-allowed", "admins and owners cannot lose their role")
         if target.role == "moderator" and actor_rank < AFFILIATION_RANK["admin"]:
             raise StanzaError("not-allowed", "only admins and owners revoke moderator status")
-        if role == "visitor" and target is not actor and target_rank >= actor_rank > 0:
+        if role == "visitor" and target is not actor and target_rank >= actor_rank:
             raise StanzaError("not-allowed", "the occupant's affiliation is not below yours")
     reason = _reason(item, NS_ADMIN)
 
