@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, assert_still_serving
 from lxml import etree
 from test_roster import add_accounts, connect, reply_to, sync
 from xmpp_raw import CLIENT, RawClient, stanza_error
@@ -34,7 +34,7 @@ TUNE = "http://jabber.org/protocol/tune"
 MOOD = "http://jabber.org/protocol/mood"
 BOOKMARKS = "urn:xmpp:bookmarks:1"
 CAPS_NODE = "https://fastxmpp.test/client"
-ACCOUNTS = 64
+ACCOUNTS = 200
 LIMITS = (
     "[pep]\nmax_nodes = 6\nmax_items = 10\nmax_item_size = 2000\n"
     "max_bytes_per_account = 12000\ncaps_timeout = 5\n"
@@ -86,6 +86,14 @@ def is_caps_query(el: Any) -> bool:
         and el.get("type") == "get"
         and el.find(f"{{{INFO}}}query") is not None
     )
+
+
+def next_query(user: User) -> Any:
+    el = user.c.next()
+    while not is_caps_query(el):
+        el = user.c.next()
+    user.queried += 1
+    return el
 
 
 def settle(c: RawClient) -> list[Any]:
@@ -346,3 +354,488 @@ def configure(owner: User, node: str, create: bool = False, **fields: str) -> An
     reply = owner.iq("set", payload)
     assert reply.get("type") == "result", etree.tostring(reply)
     return reply
+
+
+# --- access models --------------------------------------------------------------------------
+
+
+def test_whitelist_is_private_storage(login: Any) -> None:
+    """XEP-0223: publish-options access_model=whitelist keeps the node to its owner."""
+    alice, bob = login(), login()
+    befriend(alice, bob)
+    alice.available((BOOKMARKS,))
+    bob.available((BOOKMARKS,))
+    options = publish_options(persist_items="true", access_model="whitelist", max_items="max")
+    conference = f"<conference xmlns='{BOOKMARKS}' autojoin='true'/>"
+    reply = alice.publish(BOOKMARKS, conference, "room@muc.localhost", options)
+    assert reply.get("type") == "result", etree.tostring(reply)
+    assert len(events(sync(alice.c), BOOKMARKS)) == 1  # the owner's resources are told
+    assert events(received(bob, alice)) == []
+    assert error_of(get_items(bob, alice, BOOKMARKS)) == ("cancel", "not-allowed", "closed-node")
+    mine = get_items(alice, alice, BOOKMARKS)
+    assert [i.get("id") for i in mine.iter(f"{{{PUBSUB}}}item")] == ["room@muc.localhost"]
+    # Not listed to the contact; listed to the owner.
+    assert BOOKMARKS not in disco_nodes(bob, alice)
+    assert BOOKMARKS in disco_nodes(alice, alice)
+    # A contact coming online later gets nothing either.
+    bob2 = login(bob.name, "later")
+    assert events(bob2.available((BOOKMARKS,))) == []
+
+
+def test_presence_and_open_access(login: Any) -> None:
+    alice, bob, stranger = login(), login(), login()
+    befriend(alice, bob)
+    alice.publish(TUNE, tune("for contacts"))
+    titles = [t.text for t in get_items(bob, alice, TUNE).iter(f"{{{TUNE}}}title")]
+    assert titles == ["for contacts"]
+    assert error_of(get_items(stranger, alice, TUNE)) == (
+        "auth",
+        "not-authorized",
+        "presence-subscription-required",
+    )
+    assert TUNE not in disco_nodes(stranger, alice)
+    configure(alice, TUNE, access_model="open")
+    titles = [t.text for t in get_items(stranger, alice, TUNE).iter(f"{{{TUNE}}}title")]
+    assert titles == ["for contacts"]
+    assert TUNE in disco_nodes(stranger, alice)
+
+
+def test_roster_access_model(login: Any) -> None:
+    alice, bob, carol = login(), login(), login()
+    befriend(alice, bob)
+    befriend(alice, carol)
+    alice.iq(
+        "set",
+        f"<query xmlns='jabber:iq:roster'><item jid='{bob.bare}'><group>Friends</group></item>"
+        "</query>",
+    )
+    configure(alice, MOOD, create=True, access_model="roster", roster_groups_allowed="Friends")
+    alice.publish(MOOD, f"<mood xmlns='{MOOD}'><happy/></mood>")
+    assert get_items(bob, alice, MOOD).get("type") == "result"
+    assert error_of(get_items(carol, alice, MOOD)) == (
+        "auth",
+        "not-authorized",
+        "not-in-roster-group",
+    )
+
+
+def disco_nodes(requester: User, owner: User) -> list[str]:
+    reply = requester.iq("get", f"<query xmlns='{ITEMS}'/>", to=owner.bare)
+    assert reply.get("type") == "result", etree.tostring(reply)
+    items = list(reply.iter(f"{{{ITEMS}}}item"))
+    assert all(i.get("jid") == owner.bare for i in items)
+    return [i.get("node") for i in items]
+
+
+def received(c: User, *senders: User) -> list[Any]:
+    for sender in senders:
+        sync(sender.c)
+    return sync(c.c)
+
+
+# --- publish-options and configuration -------------------------------------------------------
+
+
+def test_publish_options_preconditions(login: Any) -> None:
+    alice = login()
+    node = "urn:example:prefs"
+    payload = "<prefs xmlns='urn:example:prefs'/>"
+    # Auto-create applies the preconditions as configuration (XEP-0060 §7.1.5).
+    options = publish_options(access_model="open", max_items="3")
+    assert alice.publish(node, payload, "1", options).get("type") == "result"
+    form = config_values(alice, node)
+    assert form["pubsub#access_model"] == ["open"] and form["pubsub#max_items"] == ["3"]
+    # Met: published.
+    assert alice.publish(node, payload, "2", options).get("type") == "result"
+    # Not met: conflict + precondition-not-met, nothing published.
+    for bad in (
+        publish_options(access_model="whitelist"),
+        publish_options(max_items="4"),
+        publish_options(no_such_field="1"),  # unknown fields are refused (§7.1.5)
+        publish_options(access_model="nonsense"),
+    ):
+        assert error_of(alice.publish(node, payload, "3", bad)) == (
+            "cancel",
+            "conflict",
+            "precondition-not-met",
+        )
+    ids = [i.get("id") for i in get_items(alice, alice, node).iter(f"{{{PUBSUB}}}item")]
+    assert ids == ["1", "2"]
+    # Conversations' answer to the conflict: reconfigure, then publish again.
+    configure(alice, node, access_model="whitelist")
+    assert (
+        alice.publish(node, payload, "3", publish_options(access_model="whitelist")).get("type")
+        == "result"
+    )
+
+
+def config_values(owner: User, node: str) -> dict[str, list[str]]:
+    reply = owner.iq("get", f"<pubsub xmlns='{OWNER}'><configure node='{node}'/></pubsub>")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    x = reply.find(f"{{{OWNER}}}pubsub/{{{OWNER}}}configure/{{{DATA}}}x")
+    assert x.get("type") == "form"
+    return {
+        f.get("var"): [v.text or "" for v in f.findall(f"{{{DATA}}}value")]
+        for f in x.findall(f"{{{DATA}}}field")
+    }
+
+
+def test_node_configuration_round_trip(login: Any) -> None:
+    alice = login()
+    node = "urn:example:log"
+    reply = alice.iq("set", f"<pubsub xmlns='{PUBSUB}'><create node='{node}'/></pubsub>")
+    assert reply.get("type") == "result"
+    form = config_values(alice, node)
+    # XEP-0163 §6 defaults.
+    assert form["FORM_TYPE"] == [PUBSUB + "#node_config"]
+    assert form["pubsub#access_model"] == ["presence"]
+    assert form["pubsub#send_last_published_item"] == ["on_sub_and_presence"]
+    assert form["pubsub#deliver_notifications"] == ["1"]
+    assert form["pubsub#max_items"] == ["1"]
+    default = alice.iq("get", f"<pubsub xmlns='{OWNER}'><default/></pubsub>")
+    assert default.find(f"{{{OWNER}}}pubsub/{{{OWNER}}}default/{{{DATA}}}x") is not None
+
+    configure(alice, node, max_items="max", title="Log", persist_items="1")
+    form = config_values(alice, node)
+    assert form["pubsub#max_items"] == ["max"] and form["pubsub#title"] == ["Log"]
+    for n in range(12):
+        alice.publish(node, f"<entry xmlns='urn:example:log'>{n}</entry>", f"e{n}")
+    ids = [i.get("id") for i in get_items(alice, alice, node).iter(f"{{{PUBSUB}}}item")]
+    assert ids == [f"e{n}" for n in range(2, 12)]  # "max" is the server's limit, 10
+    recent = get_items(alice, alice, node, " max_items='2'")
+    assert [i.get("id") for i in recent.iter(f"{{{PUBSUB}}}item")] == ["e10", "e11"]
+    chosen = get_items(alice, alice, node, body="<item id='e5'/><item id='nope'/>")
+    assert [i.get("id") for i in chosen.iter(f"{{{PUBSUB}}}item")] == ["e5"]
+    # Re-publishing an id makes it the newest (XEP-0060 §12.17).
+    alice.publish(node, "<entry xmlns='urn:example:log'>again</entry>", "e5")
+    ids = [i.get("id") for i in get_items(alice, alice, node).iter(f"{{{PUBSUB}}}item")]
+    assert ids[-1] == "e5" and len(ids) == 10
+    # Lowering max_items drops the oldest.
+    configure(alice, node, max_items="2")
+    ids = [i.get("id") for i in get_items(alice, alice, node).iter(f"{{{PUBSUB}}}item")]
+    assert ids == ["e11", "e5"]
+    # Cancel changes nothing.
+    cancel = f"<x xmlns='{DATA}' type='cancel'/>"
+    reply = alice.iq(
+        "set", f"<pubsub xmlns='{OWNER}'><configure node='{node}'>{cancel}</configure></pubsub>"
+    )
+    assert reply.get("type") == "result"
+    assert config_values(alice, node)["pubsub#max_items"] == ["2"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"max_items": "11"}, ("modify", "not-acceptable", None)),  # above the server's limit
+        ({"max_items": "zero"}, ("modify", "not-acceptable", None)),
+        ({"persist_items": "maybe"}, ("modify", "not-acceptable", None)),
+        ({"unknown_option": "1"}, ("modify", "not-acceptable", None)),
+        ({"access_model": "authorize"}, ("modify", "not-acceptable", "unsupported-access-model")),
+    ],
+)
+def test_configuration_refused(
+    login: Any, fields: dict[str, str], expected: tuple[str, str, str | None]
+) -> None:
+    alice = login()
+    alice.publish("urn:example:c", "<c xmlns='urn:example:c'/>")
+    form = options_form(PUBSUB + "#node_config", **fields)
+    reply = alice.iq(
+        "set",
+        f"<pubsub xmlns='{OWNER}'><configure node='urn:example:c'>{form}</configure></pubsub>",
+    )
+    assert error_of(reply) == expected
+    assert config_values(alice, "urn:example:c")["pubsub#max_items"] == ["1"]
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+BIG = "x" * 2100
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "to_other", "expected"),
+    [
+        # XEP-0060 §6.5.9.x / §7.1.3.x / §7.2.3.x / §8.x, each with its pubsub#errors child.
+        (
+            "get",
+            f"<pubsub xmlns='{PUBSUB}'><items/></pubsub>",
+            False,
+            ("modify", "bad-request", "nodeid-required"),
+        ),
+        (
+            "get",
+            f"<pubsub xmlns='{PUBSUB}'><items node='missing'/></pubsub>",
+            False,
+            ("cancel", "item-not-found", None),
+        ),
+        (
+            "get",
+            f"<pubsub xmlns='{PUBSUB}'><items node='n'><item id='nope'/></items></pubsub>",
+            False,
+            ("cancel", "item-not-found", None),
+        ),
+        (
+            "get",
+            f"<pubsub xmlns='{PUBSUB}'><items node='n' max_items='-1'/></pubsub>",
+            False,
+            ("modify", "bad-request", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><publish node='n'><item><v xmlns='urn:v'/></item>"
+            "</publish></pubsub>",
+            True,
+            ("auth", "forbidden", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><publish node='n'/></pubsub>",
+            False,
+            ("modify", "bad-request", "item-required"),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><publish><item><v xmlns='urn:v'/></item></publish></pubsub>",
+            False,
+            ("modify", "bad-request", "nodeid-required"),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><publish node='n'><item/></publish></pubsub>",
+            False,
+            ("modify", "bad-request", "payload-required"),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><publish node='n'><item><a xmlns='urn:v'/>"
+            "<b xmlns='urn:v'/></item></publish></pubsub>",
+            False,
+            ("modify", "bad-request", "invalid-payload"),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><publish node='n'><item><v xmlns='urn:v'>{BIG}</v>"
+            "</item></publish></pubsub>",
+            False,
+            ("modify", "not-acceptable", "payload-too-big"),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><publish node='n'><item id='{'i' * 300}'>"
+            "<v xmlns='urn:v'/></item></publish></pubsub>",
+            False,
+            ("modify", "not-acceptable", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><retract node='n'><item id='nope'/></retract></pubsub>",
+            False,
+            ("cancel", "item-not-found", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><retract node='n'><item/></retract></pubsub>",
+            False,
+            ("modify", "bad-request", "item-required"),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><retract node='missing'><item id='1'/></retract></pubsub>",
+            False,
+            ("cancel", "item-not-found", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><retract><item id='1'/></retract></pubsub>",
+            False,
+            ("modify", "bad-request", "nodeid-required"),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><retract node='n'><item id='1'/></retract></pubsub>",
+            True,
+            ("auth", "forbidden", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><create node='n'/></pubsub>",
+            False,
+            ("cancel", "conflict", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><create/></pubsub>",
+            False,
+            ("modify", "not-acceptable", "nodeid-required"),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><create node='other'/></pubsub>",
+            True,
+            ("auth", "forbidden", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{OWNER}'><delete node='n'/></pubsub>",
+            True,
+            ("auth", "forbidden", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{OWNER}'><delete node='missing'/></pubsub>",
+            False,
+            ("cancel", "item-not-found", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{OWNER}'><purge node='n'/></pubsub>",
+            True,
+            ("auth", "forbidden", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{OWNER}'><purge node='missing'/></pubsub>",
+            False,
+            ("cancel", "item-not-found", None),
+        ),
+        (
+            "get",
+            f"<pubsub xmlns='{OWNER}'><configure node='n'/></pubsub>",
+            True,
+            ("auth", "forbidden", None),
+        ),
+        (
+            "get",
+            f"<pubsub xmlns='{OWNER}'><configure node='missing'/></pubsub>",
+            False,
+            ("cancel", "item-not-found", None),
+        ),
+        (
+            "get",
+            f"<pubsub xmlns='{OWNER}'><configure/></pubsub>",
+            False,
+            ("modify", "bad-request", "nodeid-required"),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{OWNER}'><configure node='n'/></pubsub>",
+            False,
+            ("modify", "bad-request", None),
+        ),
+        (
+            "set",
+            f"<pubsub xmlns='{PUBSUB}'><subscribe node='n' jid='x@localhost'/></pubsub>",
+            False,
+            ("cancel", "feature-not-implemented", "unsupported"),
+        ),
+        (
+            "get",
+            f"<pubsub xmlns='{PUBSUB}'><subscriptions/></pubsub>",
+            False,
+            ("cancel", "feature-not-implemented", "unsupported"),
+        ),
+        ("get", f"<pubsub xmlns='{PUBSUB}'/>", False, ("modify", "bad-request", None)),
+        (
+            "get",
+            f"<pubsub xmlns='{PUBSUB}'><nonsense/></pubsub>",
+            False,
+            ("modify", "bad-request", None),
+        ),
+        (
+            "get",
+            f"<pubsub xmlns='{PUBSUB}'><items xmlns='urn:other' node='n'/></pubsub>",
+            False,
+            ("modify", "bad-request", None),
+        ),
+    ],
+)
+def test_errors(
+    login: Any,
+    srv: ServerProcess,
+    ca_file: str,
+    kind: str,
+    payload: str,
+    to_other: bool,
+    expected: tuple[str, str, str | None],
+) -> None:
+    owner, other = login(), login()
+    befriend(owner, other)
+    for n in range(2):
+        assert owner.publish("n", f"<v xmlns='urn:v'>{n}</v>", str(n)).get("type") == "result"
+    requester = other if to_other else owner
+    reply = requester.iq(kind, payload, to=owner.bare)
+    assert error_of(reply) == expected
+    assert reply.get("from") == owner.bare and reply.get("to") == requester.full
+    if expected[2] == "unsupported":
+        assert reply.find(f"{{{CLIENT}}}error/{{{ERRORS}}}unsupported").get("feature")
+    # Nothing was lost.
+    ids = [i.get("id") for i in get_items(owner, owner, "n").iter(f"{{{PUBSUB}}}item")]
+    assert ids == ["1"]
+    assert_still_serving(srv, ca_file, user=owner.name)
+
+
+def test_pubsub_to_the_server_domain(login: Any) -> None:
+    alice = login()
+    reply = alice.iq("get", f"<pubsub xmlns='{PUBSUB}'><items node='n'/></pubsub>", to="localhost")
+    assert error_of(reply) == ("cancel", "service-unavailable", None)
+    reply = alice.iq(
+        "get", f"<pubsub xmlns='{PUBSUB}'><items node='n'/></pubsub>", to="nobody@localhost"
+    )
+    assert error_of(reply) == ("cancel", "service-unavailable", None)
+
+
+def test_hostile_caps_and_payloads(login: Any, srv: ServerProcess, ca_file: str) -> None:
+    alice = login()
+    # A caps query answered with garbage, an error, or not at all: no interest, no harm.
+    alice.send(f"<presence><c xmlns='{CAPS}' hash='sha-1' node='x' ver='garbage='/></presence>")
+    query = next_query(alice)
+    alice.send(f"<iq type='error' id='{query.get('id')}' to='localhost'/>")
+    settle(alice.c)
+    alice.send(f"<presence><c xmlns='{CAPS}' hash='md2' node='x' ver='y'/></presence>")
+    query = next_query(alice)
+    alice.send(
+        f"<iq type='result' id='{query.get('id')}' to='localhost'><query xmlns='{INFO}'>"
+        "<feature var='a'/><feature var='a'/><feature var='+notify'/></query></iq>"
+    )
+    settle(alice.c)
+    alice.send(f"<presence><c xmlns='{CAPS}' node='x'/></presence>")  # no ver
+    assert not any(is_caps_query(el) for el in settle(alice.c))
+    # Deep and odd payloads are stored as they came.
+    deep = "<a xmlns='urn:deep'>" + "<b>" * 30 + "</b>" * 30 + "</a>"
+    assert alice.publish("deep", deep).get("type") == "result"
+    odd = "<p:x xmlns:p='urn:odd' p:attr='&amp;&lt;'>&#x1F600;</p:x>"
+    assert alice.publish("odd", odd, "i").get("type") == "result"
+    stored = get_items(alice, alice, "odd").find(".//{urn:odd}x")
+    assert stored.get("{urn:odd}attr") == "&<" and stored.text == "\U0001f600"
+    assert_still_serving(srv, ca_file, user=alice.name)
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+def test_limits(login: Any) -> None:
+    alice = login()
+    for n in range(6):
+        assert alice.publish(f"node{n}", "<v xmlns='urn:v'/>").get("type") == "result"
+    assert error_of(alice.publish("node6", "<v xmlns='urn:v'/>")) == (
+        "modify",
+        "policy-violation",
+        "max-nodes-exceeded",
+    )
+    reply = alice.iq("set", f"<pubsub xmlns='{PUBSUB}'><create node='node7'/></pubsub>")
+    assert error_of(reply) == ("modify", "policy-violation", "max-nodes-exceeded")
+    # The account quota (12000 bytes of payloads): items of ~1900 bytes, max_items 10.
+    configure(alice, "node0", max_items="10")
+    big = f"<v xmlns='urn:v'>{'y' * 1900}</v>"
+    outcomes = [alice.publish("node0", big, f"b{n}").get("type") for n in range(8)]
+    assert outcomes[:6] == ["result"] * 6 and "error" in outcomes
+    reply = alice.publish("node0", big, "over")
+    assert error_of(reply) == ("modify", "policy-violation", None)
+    # Freeing space (purge) lets publishing go on.
+    purge = alice.iq("set", f"<pubsub xmlns='{OWNER}'><purge node='node0'/></pubsub>")
+    assert purge.get("type") == "result"
+    assert alice.publish("node0", big, "after").get("type") == "result"
+    # Deleting a node frees a node slot.
+    delete = alice.iq("set", f"<pubsub xmlns='{OWNER}'><delete node='node5'/></pubsub>")
+    assert delete.get("type") == "result"
+    assert alice.publish("node6", "<v xmlns='urn:v'/>").get("type") == "result"
