@@ -7,6 +7,7 @@ slixmpp publishing a tune (XEP-0118) and an avatar (XEP-0084) to another slixmpp
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import itertools
@@ -15,8 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ServerProcess, assert_still_serving
+from conftest import PASSWORD, ServerProcess, assert_still_serving, run_cli
 from lxml import etree
+from slixmpp import ClientXMPP
 from test_roster import add_accounts, connect, reply_to, sync
 from xmpp_raw import CLIENT, RawClient, stanza_error
 
@@ -839,3 +841,237 @@ def test_limits(login: Any) -> None:
     delete = alice.iq("set", f"<pubsub xmlns='{OWNER}'><delete node='node5'/></pubsub>")
     assert delete.get("type") == "result"
     assert alice.publish("node6", "<v xmlns='urn:v'/>").get("type") == "result"
+
+
+# --- caps (XEP-0115) -------------------------------------------------------------------------
+
+
+def test_caps_hash_verification(login: Any) -> None:
+    """A verified ver is cached for everyone; one whose hash does not verify is trusted for
+    its own session only (§5.4.3.9) and asked again of the next client announcing it."""
+    alice = login()
+    node = "urn:example:verify"
+    features = [CAPS, INFO, f"{node}+notify", "urn:example:verify:bad"]
+    wrong = caps_ver([CAPS, INFO])  # a real hash, of other features
+    announce = f"<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='{wrong}'/>"
+    first = login(alice.name, "first")
+    first.send(announce + "</presence>")
+    first.send(disco_answer(next_query(first), features))
+    settle(first.c)
+    second = login(alice.name, "second")
+    second.send(announce + "</presence>")
+    second.send(disco_answer(next_query(second), features))  # asked again: not cached
+    settle(second.c)
+    alice.publish(node, f"<v xmlns='{node}'/>")
+    assert len(events(sync(first.c), node)) == 1  # its own answer counts for itself
+    assert len(events(sync(second.c), node)) == 1
+
+    # Verified: the next client with the same ver is not asked.
+    good = [CAPS, INFO, f"{node}+notify", "urn:example:verify:good"]
+    third, fourth = login(alice.name, "third"), login(alice.name, "fourth")
+    ver = caps_ver(good)
+    third.send(
+        f"<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>"
+    )
+    third.send(disco_answer(next_query(third), good))
+    settle(third.c)
+    fourth.send(
+        f"<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>"
+    )
+    assert not any(is_caps_query(el) for el in settle(fourth.c))
+    alice.publish(node, f"<v xmlns='{node}'/>")
+    assert len(events(sync(fourth.c), node)) == 1
+
+
+def test_caps_query_in_flight_is_shared(login: Any) -> None:
+    alice = login()
+    node = "urn:example:shared"
+    features = [CAPS, INFO, f"{node}+notify"]
+    ver = caps_ver(features)
+    presence = (
+        f"<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>"
+    )
+    first, second = login(alice.name, "one"), login(alice.name, "two")
+    first.send(presence)
+    query = next_query(first)
+    second.send(presence)
+    assert not any(is_caps_query(el) for el in settle(second.c))  # waits for the first
+    first.send(disco_answer(query, features))
+    settle(first.c)
+    settle(second.c)
+    alice.publish(node, f"<v xmlns='{node}'/>")
+    assert len(events(sync(first.c), node)) == 1
+    assert len(events(sync(second.c), node)) == 1
+
+
+def test_caps_change_brings_last_items(login: Any) -> None:
+    alice, bob = login(), login()
+    befriend(alice, bob)
+    alice.publish(TUNE, tune("now"))
+    alice.publish(MOOD, f"<mood xmlns='{MOOD}'><calm/></mood>")
+    assert item_titles(bob.available((TUNE,))) == ["now"]
+    later = bob.available((TUNE, MOOD))  # new interest: only the new node's last item
+    assert [e.get("node") for e in events(later)] == [MOOD]
+
+
+# --- subscriptions change --------------------------------------------------------------------
+
+
+def test_subscription_gained_and_lost(login: Any) -> None:
+    alice, bob = login(), login()
+    alice.available((TUNE,))
+    bob.available((TUNE,))
+    alice.publish(TUNE, tune("private"))
+    assert events(received(bob, alice)) == []
+    # bob asks, alice approves: bob may now see alice's presence, and her last tune.
+    bob.send(f"<presence type='subscribe' to='{alice.bare}'/>")
+    sync(bob.c)
+    alice.send(f"<presence type='subscribed' to='{bob.bare}'/>")
+    sync(alice.c)
+    assert item_titles(sync(bob.c)) == ["private"]
+    alice.publish(TUNE, tune("shared"))
+    assert item_titles(received(bob, alice)) == ["shared"]
+    # alice cancels bob's subscription: no more notifications.
+    alice.send(f"<presence type='unsubscribed' to='{bob.bare}'/>")
+    sync(alice.c)
+    sync(bob.c)
+    alice.publish(TUNE, tune("gone"))
+    assert events(received(bob, alice)) == []
+    assert error_of(get_items(bob, alice, TUNE))[1] == "not-authorized"
+
+
+def test_unavailable_then_available_again(login: Any) -> None:
+    alice, bob = login(), login()
+    befriend(alice, bob)
+    alice.publish(TUNE, tune("still"))
+    assert item_titles(bob.available((TUNE,))) == ["still"]
+    bob.send("<presence type='unavailable'/>")
+    sync(bob.c)
+    alice.publish(TUNE, tune("while away"))
+    assert events(received(bob, alice)) == []
+    assert item_titles(bob.available((TUNE,))) == ["while away"]  # initial again
+
+
+def test_delete_and_purge_notify(login: Any) -> None:
+    alice, bob = login(), login()
+    befriend(alice, bob)
+    bob.available((TUNE,))
+    alice.publish(TUNE, tune("a"))
+    sync(bob.c)
+    reply = alice.iq("set", f"<pubsub xmlns='{OWNER}'><purge node='{TUNE}'/></pubsub>")
+    assert reply.get("type") == "result"
+    assert [e.tag for e in events(received(bob, alice), TUNE)] == [f"{{{EVENT}}}purge"]
+    assert list(get_items(alice, alice, TUNE).iter(f"{{{PUBSUB}}}item")) == []
+    reply = alice.iq("set", f"<pubsub xmlns='{OWNER}'><delete node='{TUNE}'/></pubsub>")
+    assert reply.get("type") == "result"
+    assert [e.tag for e in events(received(bob, alice), TUNE)] == [f"{{{EVENT}}}delete"]
+    assert error_of(get_items(alice, alice, TUNE))[1] == "item-not-found"
+    affiliations = alice.iq("get", f"<pubsub xmlns='{PUBSUB}'><affiliations/></pubsub>")
+    assert list(affiliations.iter(f"{{{PUBSUB}}}affiliation")) == []
+
+
+# --- storage ---------------------------------------------------------------------------------
+
+
+def test_persists_across_restart_and_goes_with_the_account(make_server: Any, ca_file: str) -> None:
+    from fastxmpp.storage.lmdb_store import Storage
+    from fastxmpp.storage.pep import PepStore
+
+    srv = make_server()
+    add_accounts(srv, ["alice", "alice2"])
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        for name in ("alice", "alice2"):
+            user = User(connect(srv, ca_file, opened, name), name, "r")
+            assert user.publish(TUNE, tune(name), "t").get("type") == "result"
+            options = publish_options(access_model="whitelist")
+            conference = f"<conference xmlns='{BOOKMARKS}'/>"
+            assert user.publish(BOOKMARKS, conference, "r@m", options).get("type") == "result"
+            user.c.close()
+        srv.stop()
+        srv.start()
+        alice = User(connect(srv, ca_file, opened, "alice"), "alice", "r")
+        assert [t.text for t in get_items(alice, alice, TUNE).iter(f"{{{TUNE}}}title")] == ["alice"]
+        assert config_values(alice, BOOKMARKS)["pubsub#access_model"] == ["whitelist"]
+        alice.c.close()
+    finally:
+        for c in opened:
+            c.close()
+        srv.stop()
+    result = run_cli("deluser", "alice@localhost", config=srv.config)
+    assert result.returncode == 0, result.stderr
+    with Storage(srv.data_dir) as storage:
+        store = PepStore(storage)
+        assert store.nodes("localhost", "alice") == []
+        assert store.usage("localhost", "alice") == 0
+        assert sorted(n.name for n in store.nodes("localhost", "alice2")) == sorted(
+            [BOOKMARKS, TUNE]
+        )
+
+
+# --- a real client ---------------------------------------------------------------------------
+
+
+class Slix(ClientXMPP):
+    def __init__(self, jid: str, ca_file: str) -> None:
+        super().__init__(jid, PASSWORD)
+        self.ca_certs = ca_file
+        self.enable_direct_tls = False
+        self.enable_plaintext = False
+        self.enable_starttls = True
+        for plugin in ("xep_0030", "xep_0060", "xep_0115", "xep_0163", "xep_0118", "xep_0084"):
+            self.register_plugin(plugin)
+        self.tunes: asyncio.Queue[Any] = asyncio.Queue()
+        self.avatars: asyncio.Queue[Any] = asyncio.Queue()
+        self.ready = asyncio.get_running_loop().create_future()
+        self.add_event_handler("session_start", self._started)
+        self.add_event_handler("user_tune_publish", self.tunes.put_nowait)
+        self.add_event_handler("avatar_metadata_publish", self.avatars.put_nowait)
+
+    async def _started(self, _event: Any) -> None:
+        self.send_presence()
+        if not self.ready.done():
+            self.ready.set_result(True)
+
+    async def online(self, port: int) -> None:
+        self.connect("127.0.0.1", port)
+        await asyncio.wait_for(self.ready, 20)
+
+
+async def test_slixmpp_tune_and_avatar(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient]
+) -> None:
+    names = [f"p{next(_fresh)}" for _ in range(2)]
+    raw = [User(connect(srv, ca_file, clients, name), name, "r") for name in names]
+    befriend(*raw)
+    for user in raw:
+        user.c.close()
+    alice = Slix(f"{names[0]}@localhost/slix", ca_file)
+    bob = Slix(f"{names[1]}@localhost/slix", ca_file)
+    try:
+        await alice.online(srv.port)
+        await alice.plugin["xep_0118"].publish_tune(artist="Gerald Finzi", title="Introduction")
+        await bob.online(srv.port)
+        # The last published item, once the server has learnt bob's caps.
+        first = await asyncio.wait_for(bob.tunes.get(), 15)
+        assert first["from"].bare == alice.boundjid.bare
+        assert first["pubsub_event"]["items"]["item"]["tune"]["title"] == "Introduction"
+        await alice.plugin["xep_0118"].publish_tune(artist="Gerald Finzi", title="Allegro")
+        live = await asyncio.wait_for(bob.tunes.get(), 15)
+        assert live["pubsub_event"]["items"]["item"]["tune"]["title"] == "Allegro"
+
+        data = b"\x89PNG not really an image"
+        avatar_id = hashlib.sha1(data).hexdigest()
+        await alice.plugin["xep_0084"].publish_avatar(data)
+        await alice.plugin["xep_0084"].publish_avatar_metadata(
+            [{"id": avatar_id, "type": "image/png", "bytes": len(data)}]
+        )
+        meta = await asyncio.wait_for(bob.avatars.get(), 15)
+        assert meta["pubsub_event"]["items"]["item"]["id"] == avatar_id
+        fetched = await bob.plugin["xep_0084"].retrieve_avatar(alice.boundjid.bare, avatar_id)
+        assert fetched["pubsub"]["items"]["item"]["avatar_data"]["value"] == data
+    finally:
+        for client in (alice, bob):
+            client.disconnect()
+        await asyncio.sleep(0.2)
