@@ -16,6 +16,7 @@ cdef class Session:
     cdef public bint available      # sent initial presence and not yet unavailable
     cdef public object transport
     cdef public Router router
+    cdef public object privacy      # XEP-0016 list in force (modules/privacy_rules.py) or None
     cdef list _out
     cdef public Py_ssize_t queued_bytes
     cdef bint _queued
@@ -37,6 +38,7 @@ cdef class Router:
     cdef public object message_hook         # (session, stanza, target) for bare-JID messages
     cdef public object directed_presence_hook  # (session, stanza, target) after delivery
     cdef public object iq_response_hook     # (session, stanza) for result/error iqs to us
+    cdef public object account_privacy      # (domain, local) -> an account's default list or None
     cdef public object tracer               # (session, bytes, incoming) when debug logging
     cdef dict _iq_handlers                  # payload namespace -> handler
     cdef dict _services                     # service domain -> handler (Router.add_service)

@@ -24,6 +24,20 @@ cdef frozenset PRESENCE_TYPES = frozenset(
     ("unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe",
      "error"))
 
+# XEP-0016 §2.1: kinds of stanza a privacy list item covers, as bits (the meaning of each is
+# in fastxmpp/modules/privacy_rules.py). A session's `privacy` is None (nothing to check, the
+# common case) or a list with allows_in(kind, sender_full) and refuse_out(origin, st, target).
+cdef int KIND_MESSAGE = 1
+cdef int KIND_IQ = 2
+cdef int KIND_PRESENCE_IN = 4
+cdef int KIND_PRESENCE_OUT = 8
+cdef int KIND_OTHER = 16
+PRIVACY_MESSAGE = KIND_MESSAGE
+PRIVACY_IQ = KIND_IQ
+PRIVACY_PRESENCE_IN = KIND_PRESENCE_IN
+PRIVACY_PRESENCE_OUT = KIND_PRESENCE_OUT
+PRIVACY_OTHER = KIND_OTHER
+
 
 cdef class Session:
     """One bound (or binding) stream, as the router sees it. Streams subclass this."""
@@ -34,6 +48,7 @@ cdef class Session:
         self._queued = False
         self.priority = 0
         self.available = False
+        self.privacy = None
 
     cpdef send(self, bytes data):
         """Queue bytes; they go out in one write with everything else queued this turn
@@ -76,6 +91,7 @@ cdef class Router:
         self.message_hook = None
         self.directed_presence_hook = None
         self.iq_response_hook = None
+        self.account_privacy = None
         self.tracer = None
         self._iq_handlers = {}
         self._services = {}
@@ -200,6 +216,9 @@ cdef class Router:
             if jid.bare != origin.bare or (jid.resource and jid.resource != origin.resource):
                 raise StreamError("invalid-from", "the 'from' address is not yours")
         target = None if to is None else self._target(to)
+        if origin.privacy is not None and target is not None \
+                and origin.privacy.refuse_out(origin, st, target):
+            return  # XEP-0016 §2.13: blocked outbound (the session has its error)
         if target is not None and self._services and target[1] in self._services:
             if name != "message" and name != "presence" and name != "iq":
                 raise StreamError("unsupported-stanza-type", name)
@@ -240,6 +259,7 @@ cdef class Router:
         cdef dict resources
         cdef bytes data
         cdef list best
+        cdef bint delivered
         if target is None:
             # RFC 6120 §10.3.1: no 'to' means the sender's own bare JID.
             target = (origin.local, origin.domain, "", origin.bare)
@@ -258,6 +278,11 @@ cdef class Router:
         if resource and resources is not None:
             s = resources.get(resource)
             if s is not None:
+                if s.privacy is not None and not s.privacy.allows_in(KIND_MESSAGE, origin.full):
+                    # XEP-0016 §2.13: blocked inbound message.
+                    if mtype == "error":
+                        return
+                    raise StanzaError("service-unavailable")
                 s.send(data or st.with_attrs({"from": origin.full}))
                 return
             # RFC 6121 §8.5.3.2.1: no such resource.
@@ -275,8 +300,14 @@ cdef class Router:
         else:
             best = self._best_resources(bare)
         if best:
+            delivered = False
             for s in best:
+                if s.privacy is not None and not s.privacy.allows_in(KIND_MESSAGE, origin.full):
+                    continue  # XEP-0016 §2.13
                 s.send(data)
+                delivered = True
+            if not delivered and mtype != "headline":
+                raise StanzaError("service-unavailable")
             return
         if resources is None and not self.user_exists(domain, local):
             # RFC 6121 §8.5.1: no such account.
@@ -294,6 +325,7 @@ cdef class Router:
         cdef Session s
         cdef dict resources
         cdef bytes data
+        cdef int kind
         if ptype is not None and ptype not in PRESENCE_TYPES:
             raise StanzaError("bad-request", f"unknown presence type {ptype!r}")
         if target is None:
@@ -326,13 +358,15 @@ cdef class Router:
                 self.directed_presence_hook(origin, st, target)
             return
         data = st.with_attrs({"from": origin.full})
+        # XEP-0016 §2: presence-in covers notifications only (no type, or unavailable).
+        kind = KIND_PRESENCE_IN if ptype is None or ptype == "unavailable" else KIND_OTHER
         if resource:
             s = resources.get(resource)
-            if s is not None:
+            if s is not None and (s.privacy is None or s.privacy.allows_in(kind, origin.full)):
                 s.send(data)
         else:
             for s in resources.values():
-                if s.available:
+                if s.available and (s.privacy is None or s.privacy.allows_in(kind, origin.full)):
                     s.send(data)
         if self.directed_presence_hook is not None and (ptype is None or ptype == "unavailable"):
             # RFC 6121 §4.6: the sender's server remembers directed presence.
@@ -378,6 +412,12 @@ cdef class Router:
             if local and self.user_exists is not None and bare not in self._users \
                     and not self.user_exists(domain, local):
                 raise StanzaError("service-unavailable")
+            if local and bare != origin.bare and self.account_privacy is not None \
+                    and (itype == "get" or itype == "set"):
+                # XEP-0016 §2.13: the account's default list, for iqs answered on its behalf.
+                privacy = self.account_privacy(domain, local)
+                if privacy is not None and not privacy.allows_in(KIND_IQ, origin.full):
+                    raise StanzaError("service-unavailable")
             self._handle_iq(origin, st, target)
             return
         resources = self._users.get(bare)
@@ -385,6 +425,11 @@ cdef class Router:
         if s is None:
             # RFC 6121 §8.5.3.2.3 (and §8.5.1 for an account that does not exist).
             raise StanzaError("service-unavailable")
+        if s.privacy is not None and not s.privacy.allows_in(KIND_IQ, origin.full):
+            # XEP-0016 §2.13: get/set get an error, results and errors are dropped.
+            if itype == "get" or itype == "set":
+                raise StanzaError("service-unavailable")
+            return
         s.send(st.with_attrs({"from": origin.full}))
 
     cdef _handle_iq(self, Session origin, Stanza st, tuple target):

@@ -102,6 +102,12 @@ class OfflineConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    max_lists: int = 20  # XEP-0016 lists per account; beyond: policy-violation
+    max_items: int = 1000  # items per list, so also the XEP-0191 blocklist (the default list)
+
+
+@dataclass(frozen=True)
 class PingConfig:
     idle_interval: float = 300.0  # XEP-0199 §4.2: ping a client silent for this long; 0: never
     timeout: float = 60.0  # no answer within this: connection-timeout
@@ -173,6 +179,7 @@ class Config:
     source: Path | None  # None: the embedded default
     roster: RosterConfig = RosterConfig()
     offline: OfflineConfig = OfflineConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     ping: PingConfig = PingConfig()
     register: RegisterConfig = RegisterConfig()
     legacy: LegacyConfig = LegacyConfig()
@@ -444,6 +451,10 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
     ),
     "roster": (RosterConfig, {"max_items": _integer_at_least(1)}),
     "offline": (OfflineConfig, {"enabled": _boolean, "max_messages": _integer_at_least(1)}),
+    "privacy": (
+        PrivacyConfig,
+        {"max_lists": _integer_at_least(1), "max_items": _integer_at_least(1)},
+    ),
     "ping": (PingConfig, {"idle_interval": _non_negative_number, "timeout": _positive_number}),
     "register": (
         RegisterConfig,
@@ -562,6 +573,7 @@ class _Builder:
             storage=simple["storage"],
             roster=simple["roster"],
             offline=simple["offline"],
+            privacy=simple["privacy"],
             ping=simple["ping"],
             register=simple["register"],
             legacy=simple["legacy"],

@@ -26,6 +26,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
+from .._router import PRIVACY_MESSAGE
 from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
 from ..storage.offline import OfflineQueueFull, OfflineStore
@@ -35,6 +36,7 @@ from .entity_time import utc_now
 if TYPE_CHECKING:
     from .._parser import Stanza
     from ..stream.c2s import C2SStream
+    from .privacy import PrivacyModule
 
 log = logging.getLogger("fastxmpp.offline")
 
@@ -81,8 +83,10 @@ class OfflineModule(Module):
         self.output_budget = self.config.limits.max_outbound_buffer // 2
         # Accounts with a paced delivery under way (a second resource does not start one).
         self.delivering: set[str] = set()
+        self.privacy: PrivacyModule | None = None
 
     def start(self) -> None:
+        self.privacy = self.hub.get("privacy")
         if not self.settings.enabled:
             # Instance-level: disco must not advertise storage that is switched off.
             setattr(self, "features", ())  # noqa: B010
@@ -98,9 +102,14 @@ class OfflineModule(Module):
         assert self.store is not None
         if st.attrs.get("type") in NOT_STORED_TYPES:
             return False
+        local, domain = target[0], target[1]
+        if self.privacy is not None and not self.privacy.account_allows_in(
+            domain, local, PRIVACY_MESSAGE, origin.full
+        ):
+            # XEP-0016 §2.13: the default list blocks the sender (no active list offline).
+            raise StanzaError("service-unavailable")
         if only_chat_states(st):
             return True
-        local, domain = target[0], target[1]
         data = with_delay(st.with_attrs({"from": origin.full}), st.empty, domain, utc_now())
         try:
             self.store.push(domain, local, data, self.settings.max_messages)
@@ -142,7 +151,10 @@ class OfflineModule(Module):
         for key, data in messages:
             if delivered and size + len(data) > room:
                 break
-            session.send(data)
+            # XEP-0016: the list in force now (it may have changed since); a blocked
+            # message is dropped (its sender cannot be told any more).
+            if self.privacy is None or self.privacy.stored_message_allowed(session, data):
+                session.send(data)
             delivered.append(key)
             size += len(data)
         # Into the transport before they leave storage: a message is never in neither place.

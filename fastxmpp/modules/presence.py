@@ -37,6 +37,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
+from .._router import PRIVACY_OTHER
 from ..errors import StanzaError
 from ..jid import JID, JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
@@ -47,6 +48,7 @@ from .subscription_states import SUBSCRIPTION_KINDS, State, inbound, outbound
 if TYPE_CHECKING:
     from .._parser import Stanza
     from ..stream.c2s import C2SStream
+    from .privacy import PrivacyModule
     from .roster import RosterModule
 
 log = logging.getLogger("fastxmpp.presence")
@@ -71,9 +73,11 @@ class PresenceModule(Module):
     def __init__(self, server: Any) -> None:
         super().__init__(server)
         self.roster: RosterModule | None = None
+        self.privacy: PrivacyModule | None = None
 
     def start(self) -> None:
         self.roster = self.hub.get("roster")
+        self.privacy = self.hub.get("privacy")
         if self.roster is None:
             log.warning("no roster module: presence goes to the user's own resources only")
         self.hub.claim_hook(self, "presence_hook", self.presence)
@@ -146,9 +150,22 @@ class PresenceModule(Module):
             return ()
         return self.roster.presence_subscribers(session.domain, session.local)
 
-    def _to_available(self, bare: str, data: bytes) -> None:
+    def _may_see(self, sender: C2SStream | str, recipient: C2SStream) -> bool:
+        """XEP-0016 §2.10-§2.12 (and XEP-0191): presence of session `sender`, or a
+        subscription stanza from JID `sender`, passes the privacy lists in force."""
+        if self.privacy is None:
+            return True
+        if isinstance(sender, str):
+            return recipient.privacy is None or recipient.privacy.allows_in(PRIVACY_OTHER, sender)
+        return self.privacy.presence_allowed(sender, recipient)
+
+    def _to_available(
+        self, bare: str, data: bytes, sender: C2SStream | str | None = None
+    ) -> None:
+        """`data` to the available resources of `bare`, where the privacy lists let what
+        `sender` sends through."""
         for session in self.router.resources(bare).values():
-            if session.available:
+            if session.available and (sender is None or self._may_see(sender, session)):
                 session.send(data)
 
     def _available(self, origin: C2SStream, st: Stanza) -> None:
@@ -157,7 +174,7 @@ class PresenceModule(Module):
         origin.presence_last = data
         origin.presence_unavailable_status = None
         for contact in self._subscribers(origin):
-            self._to_available(contact, data)
+            self._to_available(contact, data, origin)
         own = self.router.resources(origin.bare)
         for session in own.values():
             if session.available:
@@ -200,7 +217,7 @@ class PresenceModule(Module):
         if contacts:
             session.presence_last = None
             for contact in self._subscribers(session):
-                self._to_available(contact, data)
+                self._to_available(contact, data, session)
             for other in self.router.resources(session.bare).values():
                 if other is not session and other.available:
                     other.send(data)
@@ -209,10 +226,10 @@ class PresenceModule(Module):
             bare, _, resource = recipient.partition("/")
             if resource:
                 target = self.router.session(bare, resource)
-                if target is not None:
+                if target is not None and self._may_see(session, target):
                     target.send(data)
             else:
-                self._to_available(bare, data)
+                self._to_available(bare, data, session)
         directed.clear()
 
     # --- probes (§4.3) -----------------------------------------------------------------
@@ -229,7 +246,7 @@ class PresenceModule(Module):
             return
         for session in resources.values():
             last = getattr(session, "presence_last", None)
-            if last is not None:
+            if last is not None and self._may_see(session, to_session):
                 to_session.send(last)
 
     def _client_probe(self, origin: C2SStream, contact: JID) -> None:
@@ -276,6 +293,13 @@ class PresenceModule(Module):
                 # §3.1.3: no such account: the request is refused on its behalf.
                 self._reply(contact.bare, sender, "unsubscribed")
             return
+        # XEP-0016 §2.2 rule 4: the default list comes first; see privacy.py for why only
+        # subscribe and subscribed from a blocked JID are dropped outright.
+        blocked = self.privacy is not None and not self.privacy.account_allows_in(
+            contact.domain, contact.local, PRIVACY_OTHER, sender
+        )
+        if blocked and kind in ("subscribe", "subscribed"):
+            return
         state, approved = self.roster.state(contact.domain, contact.local, sender)
         outcome = inbound(state, kind, approved)
         pending = data if kind == "subscribe" and outcome.new.pending_in else None
@@ -287,7 +311,7 @@ class PresenceModule(Module):
             outcome.new,
             outcome.pre_approved,
             pending,
-            deliver=data if outcome.forward else None,
+            deliver=data if outcome.forward and not blocked else None,
         )
         if outcome.auto_reply is not None:
             self._reply(contact.bare, sender, outcome.auto_reply)
@@ -323,7 +347,7 @@ class PresenceModule(Module):
             log.error("storage full: subscription of %s@%s to %s unchanged", local, domain, contact)
             return False
         if deliver is not None:
-            self._to_available(f"{local}@{domain}", deliver)
+            self._to_available(f"{local}@{domain}", deliver, contact)
         if old.receives_presence != new.receives_presence:
             self._presence_visibility_changed(f"{local}@{domain}", contact, new.receives_presence)
         return True
@@ -336,7 +360,7 @@ class PresenceModule(Module):
             if last is None:
                 continue
             if visible:
-                self._to_available(user, last)
+                self._to_available(user, last, session)
             else:
                 self._to_available(
                     user,
