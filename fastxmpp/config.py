@@ -161,7 +161,7 @@ class MucConfig:
 class PepConfig:
     max_nodes: int = 200  # XEP-0163 nodes per account
     max_items: int = 256  # per node: the cap on pubsub#max_items (and what "max" means)
-    max_item_size: int = 65536  # bytes of one item's payload (XEP-0060 §7.1.3.6)
+    max_item_size: int = 131072  # bytes of one item's payload (XEP-0060 §7.1.3.6)
     max_bytes_per_account: int = 8388608  # item payloads of one account, all nodes together
     caps_cache_size: int = 10000  # XEP-0115 verified 'ver' values remembered
     caps_timeout: float = 30.0  # seconds a client has to answer the caps disco#info query
