@@ -18,6 +18,8 @@ from slixmpp import ClientXMPP
 from test_roster import add_accounts, received, sync
 from xmpp_raw import CLIENT, RawClient, stanza_error
 
+from fastxmpp.modules.muc.history import MAX_HISTORY_BYTES, History
+
 MUC = "http://jabber.org/protocol/muc"
 USER = MUC + "#user"
 ADMIN = MUC + "#admin"
@@ -576,6 +578,7 @@ def test_private_messages(login: Any, users: Iterator[str]) -> None:
     b.send(f"<message to='{room}/owner' type='chat'><body>psst</body></message>")
     got = received(a.c, b.c)
     assert bodies(got) == [(f"{room}/bob", "psst")]
+    assert got[-1].get("type") == "chat" and user_x(got[-1]) is not None  # added (§7.5)
     # groupchat type to one occupant: bad-request (§7.5)
     b.send(f"<message to='{room}/owner' type='groupchat'><body>x</body></message>")
     assert stanza_error(b.c.next()) == "bad-request"
@@ -814,3 +817,19 @@ async def test_slixmpp_chat(srv: ServerProcess, ca_file: str, users: Iterator[st
     finally:
         for client in clients:
             client.disconnect()
+
+
+def test_history_is_bounded_in_bytes() -> None:
+    """Whatever its configured length, a room's history holds at most MAX_HISTORY_BYTES."""
+    history = History(100)
+    body = "x" * 300_000
+    for n in range(5):
+        message = etree.fromstring(
+            f"<message xmlns='jabber:client' type='groupchat' id='h{n}'><body>{body}</body>"
+            "</message>"
+        )
+        history.add(message, "room@service", "room@service/nick")
+    assert history.size <= MAX_HISTORY_BYTES
+    kept = history.select(None)
+    assert len(kept) == 3 and b"id='h4'" in kept[-1].replace(b'"', b"'")
+    assert history.size == sum(len(data) for data in kept)

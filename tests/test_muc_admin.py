@@ -338,3 +338,59 @@ def test_invitation_rules(login: Any, users: Iterator[str]) -> None:
     # a chat message to the room itself is refused (§17.2 rule 1)
     b.send(f"<message to='{room}' type='chat'><body>x</body></message>")
     assert stanza_error(b.c.next()) == "bad-request"
+
+
+# --- voice requests (§7.13, §8.6) and the reserved nickname (§7.12) ----------------------------
+
+REQUEST = MUC + "#request"
+
+
+def voice_request(values: dict[str, str]) -> str:
+    fields = f"<field var='FORM_TYPE'><value>{REQUEST}</value></field>" + "".join(
+        field(var, value) for var, value in values.items()
+    )
+    return f"<x xmlns='{DATA}' type='submit'>{fields}</x>"
+
+
+def test_voice_request_and_approval(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = room_with(a, (b, "bob"), form=field("muc#roomconfig_moderatedroom", "1"))
+    b.send(f"<message to='{room}'>{voice_request({'muc#role': 'participant'})}</message>")
+    approval = [el for el in received(a.c, b.c) if el.tag == MESSAGE][-1]
+    assert approval.get("from") == room
+    values = {
+        f.get("var"): f.findtext(f"{{{DATA}}}value") for f in approval.iter(f"{{{DATA}}}field")
+    }
+    assert values["muc#roomnick"] == "bob" and values["muc#jid"] == b.full
+    assert values["muc#request_allow"] == "false"
+    # a visitor cannot approve; the moderator can
+    b.send(
+        f"<message to='{room}'>"
+        + voice_request(
+            {"muc#role": "participant", "muc#roomnick": "bob", "muc#request_allow": "1"}
+        )
+        + "</message>"
+    )
+    assert stanza_error(b.c.next()) == "forbidden"
+    a.send(
+        f"<message to='{room}'>"
+        + voice_request(
+            {"muc#role": "participant", "muc#roomnick": "bob", "muc#request_allow": "true"}
+        )
+        + "</message>"
+    )
+    got = presences(received(b.c, a.c))
+    assert item(got[-1]).get("role") == "participant" and "110" in codes(got[-1])
+    groupchat(b, room, "thanks")
+    assert bodies(received(a.c, b.c)) == [(f"{room}/bob", "thanks")]
+
+
+def test_reserved_nickname_discovery(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    query = f"<query xmlns='{DISCO_INFO}' node='x-roomuser-item'/>"
+    reply = iq(b, room, "get", query)
+    assert reply.get("type") == "result" and reply.find(f".//{{{DISCO_INFO}}}identity") is None
+    admin_set(a, room, f"<item affiliation='member' jid='{b.bare}' nick='bobby'/>")
+    reply = iq(b, room, "get", query)
+    assert reply.find(f".//{{{DISCO_INFO}}}identity").get("name") == "bobby"

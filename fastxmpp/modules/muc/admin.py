@@ -364,3 +364,60 @@ def invitations(room: Room, origin: C2SStream, x: Any) -> None:
             f"<x xmlns='{NS_USER}'><invite from={quoteattr(origin.full)}>{reason_xml}</invite>"
             f"{password}</x></message>",
         )
+
+
+# --- voice requests (§7.13, §8.6) --------------------------------------------------------------
+
+REQUEST_FORM = NS_MUC + "#request"
+
+
+def form_values(form: Any) -> dict[str, str]:
+    """var -> first value of a data form's fields."""
+    return {
+        f.get("var"): (f.findtext(f"{{{NS_DATA}}}value") or "").strip()
+        for f in form.findall(f"{{{NS_DATA}}}field")
+        if f.get("var")
+    }
+
+
+def voice_form(room: Room, origin: C2SStream, form: Any) -> None:
+    """A muc#request form sent to the room: a visitor's request (§7.13), which goes to the
+    moderators as an approval form, or a moderator's approval (§8.6)."""
+    values = form_values(form)
+    if values.get("muc#role", "participant") != "participant":
+        raise StanzaError("bad-request", "only voice (muc#role participant) can be requested")
+    occupant = room.by_jid.get(origin.full)
+    if occupant is None:
+        raise StanzaError("not-acceptable", "only occupants request voice")
+    if "muc#request_allow" in values:
+        if occupant.role != "moderator":
+            raise StanzaError("forbidden", "only moderators approve voice requests")
+        if values["muc#request_allow"] not in ("1", "true"):
+            return
+        target = room.occupants.get(values.get("muc#roomnick", ""))
+        if target is not None and target.role == "visitor":
+            target.role = "participant"
+            room.broadcast_presence(target, item_extra=_reason_xml(occupant, None))
+        return
+    if occupant.role != "visitor":
+        return  # §7.13: only visitors lack voice; nothing to ask for
+    approval = (
+        f"<x xmlns='{NS_DATA}' type='form'><title>Voice request</title>"
+        "<instructions>To approve this request for voice, select the &quot;Grant voice to "
+        "this person?&quot; checkbox and submit the form.</instructions>"
+        f"<field var='FORM_TYPE' type='hidden'><value>{REQUEST_FORM}</value></field>"
+        "<field var='muc#role' type='list-single' label='Requested role'>"
+        "<value>participant</value></field>"
+        "<field var='muc#jid' type='jid-single' label='User ID'>"
+        f"<value>{escape(origin.full)}</value></field>"
+        "<field var='muc#roomnick' type='text-single' label='Room Nickname'>"
+        f"<value>{escape(occupant.nick)}</value></field>"
+        "<field var='muc#request_allow' type='boolean' label='Grant voice to this person?'>"
+        "<value>false</value></field></x>"
+    )
+    for moderator, full, session in room.sessions():
+        if moderator.role == "moderator":
+            session.send(
+                f"<message from={quoteattr(room.jid)} to={quoteattr(full)}>{approval}"
+                "</message>".encode()
+            )

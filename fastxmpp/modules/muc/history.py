@@ -14,6 +14,9 @@ from xml.sax.saxutils import quoteattr
 from lxml import etree
 
 NS_DELAY = "urn:xmpp:delay"
+# Bytes of history one room keeps at most, whatever its configured length: a bound on what
+# long messages can make the server hold (the oldest go first).
+MAX_HISTORY_BYTES = 1 << 20
 
 
 def stamp(when: float) -> str:
@@ -40,10 +43,12 @@ class History:
     def __init__(self, length: int) -> None:
         # (time, serialized message without 'to', its length in characters)
         self.entries: deque[tuple[float, bytes, int]] = deque(maxlen=max(length, 0))
+        self.size = 0  # bytes held
 
     def resize(self, length: int) -> None:
         if length != self.entries.maxlen:
             self.entries = deque(self.entries, maxlen=max(length, 0))
+            self.size = sum(len(data) for _, data, _ in self.entries)
 
     def add(self, element: Any, room_jid: str, from_jid: str) -> None:
         """Keep a groupchat message (the lxml element the occupant sent)."""
@@ -58,7 +63,12 @@ class History:
         delay.set("from", room_jid)
         delay.set("stamp", stamp(now))
         data = etree.tostring(message)
+        if len(self.entries) == self.entries.maxlen:
+            self.size -= len(self.entries[0][1])
         self.entries.append((now, data, len(data.decode())))
+        self.size += len(data)
+        while self.size > MAX_HISTORY_BYTES and self.entries:
+            self.size -= len(self.entries.popleft()[1])
 
     def select(self, request: Any) -> list[bytes]:
         """The messages a join's <history/> asks for (§7.2.15): all of them without one;

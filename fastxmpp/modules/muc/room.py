@@ -50,6 +50,19 @@ class Occupant:
         return next(reversed(self.sessions)) if self.sessions else self.last_jid
 
 
+def append_child(data: bytes, child: str) -> bytes:
+    """A serialized element with `child` added as its last child."""
+    if data.endswith(b"/>") and b"</" not in data:
+        end = data.rfind(b"/>")
+        start = data.find(b"<") + 1
+        name_end = start
+        while name_end < len(data) and data[name_end : name_end + 1] not in (b" ", b"/", b">"):
+            name_end += 1
+        return data[:end] + b">" + child.encode() + b"</" + data[start:name_end] + b">"
+    cut = data.rfind(b"</")
+    return data[:cut] + child.encode() + data[cut:]
+
+
 def reflected_children(element: Any) -> str:
     """A presence's children as reflected to the room: everything but the MUC extensions the
     service alone generates or that carry the password (§17.3 rule 6)."""
@@ -425,8 +438,13 @@ class Room:
 
     def _deliver(self, st: Stanza, sender: Occupant, target: Occupant) -> None:
         sender_jid = self.occupant_jid(sender.nick)
+        marked = (NS_USER, "x") in st.children
         for full, session in list(target.sessions.items()):
-            session.send(st.with_attrs({"from": sender_jid, "to": full}))
+            data = st.with_attrs({"from": sender_jid, "to": full})
+            if not marked:
+                # §7.5: the service adds <x xmlns='muc#user'/> (for XEP-0280 carbons).
+                data = append_child(data, f"<x xmlns='{NS_USER}'/>")
+            session.send(data)
 
     # --- iqs between occupants (§18.4 rule 3) ----------------------------------------------
 

@@ -26,8 +26,17 @@ from ...jid import JIDError, normalize_domain, parse_jid
 from ...storage.lmdb_store import StorageFull
 from ...storage.muc import MucStore
 from ..base import Module, iq_result
-from .admin import NS_ADMIN, NS_OWNER, admin_iq, invitations, owner_iq
-from .config import RoomConfig, roominfo_form
+from .admin import (
+    NS_ADMIN,
+    NS_OWNER,
+    REQUEST_FORM,
+    admin_iq,
+    form_values,
+    invitations,
+    owner_iq,
+    voice_form,
+)
+from .config import NS_DATA, RoomConfig, roominfo_form
 from .room import NS_MUC, NS_USER, Room, reflected_children
 
 if TYPE_CHECKING:
@@ -41,6 +50,7 @@ NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_UNIQUE = NS_MUC + "#unique"
 NS_TRAFFIC = NS_MUC + "#traffic"
+ROOMUSER_NODE = "x-roomuser-item"
 SERVICE_NAME = "Chatrooms"
 IQ_TYPES = ("get", "set", "result", "error")
 
@@ -287,12 +297,17 @@ class MucService:
             return
         if mtype == "error":
             return
-        x = st.element().find(f"{{{NS_USER}}}x")
+        element = st.element()
+        x = element.find(f"{{{NS_USER}}}x")
         if x is not None and (
             x.find(f"{{{NS_USER}}}invite") is not None
             or x.find(f"{{{NS_USER}}}decline") is not None
         ):
             invitations(room, origin, x)
+            return
+        form = element.find(f"{{{NS_DATA}}}x")
+        if form is not None and form_values(form).get("FORM_TYPE") == REQUEST_FORM:
+            voice_form(room, origin, form)
             return
         raise StanzaError("bad-request", "messages to the room are of type groupchat")
 
@@ -334,6 +349,20 @@ class MucService:
 
     def _room_info(self, room: Room, origin: C2SStream, st: Stanza) -> bytes:
         """§6.4: identity, room type features, and the muc#roominfo form."""
+        query = st.element().find(f"{{{NS_INFO}}}query")
+        if query is not None and query.get("node") == ROOMUSER_NODE:
+            # §7.12: the asker's reserved nickname, or an empty answer.
+            nick = room.nicks.get(origin.bare)
+            identity = (
+                ""
+                if nick is None
+                else f"<identity category='conference' type='text' name={quoteattr(nick)}/>"
+            )
+            return iq_result(
+                origin,
+                st,
+                f"<query xmlns='{NS_INFO}' node='{ROOMUSER_NODE}'>{identity}</query>",
+            )
         self._node_check(st.element(), NS_INFO)
         features = [NS_MUC, NS_INFO, NS_ITEMS, *room.config.features()]
         feature_xml = "".join(f"<feature var='{f}'/>" for f in features)
