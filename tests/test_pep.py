@@ -1075,3 +1075,20 @@ async def test_slixmpp_tune_and_avatar(
         for client in (alice, bob):
             client.disconnect()
         await asyncio.sleep(0.2)
+
+
+def test_send_last_published_item_option(login: Any) -> None:
+    alice, bob = login(), login()
+    alice.publish(TUNE, tune("on sub"), options=publish_options(send_last_published_item="on_sub"))
+    alice.publish(MOOD, f"<mood xmlns='{MOOD}'><sad/></mood>")
+    configure(alice, MOOD, send_last_published_item="never")
+    bob.available((TUNE, MOOD))
+    # The implicit subscription starts: "on_sub" sends, "never" does not.
+    bob.send(f"<presence type='subscribe' to='{alice.bare}'/>")
+    sync(bob.c)
+    alice.send(f"<presence type='subscribed' to='{bob.bare}'/>")
+    sync(alice.c)
+    got = sync(bob.c)
+    assert item_titles(got) == ["on sub"] and events(got, MOOD) == []
+    bob2 = login(bob.name, "two")
+    assert events(bob2.available((TUNE, MOOD))) == []  # presence alone: neither

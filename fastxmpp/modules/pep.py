@@ -408,11 +408,13 @@ class PepModule(Module):
         for contact in self.roster.presence_sources(session.domain, session.local):
             self._send_last_of(contact, session, new)
 
-    def _send_last_of(self, contact: str, session: C2SStream, nodes: frozenset[str]) -> None:
+    def _send_last_of(
+        self, contact: str, session: C2SStream, nodes: frozenset[str], on_presence: bool = True
+    ) -> None:
         local, _, domain = contact.partition("@")
         if not local or not self.router.is_local(domain):
             return
-        self._send_last(session, domain, local, nodes)
+        self._send_last(session, domain, local, nodes, on_presence)
 
     def presence_visibility_changed(self, user: str, contact: str, visible: bool) -> None:
         if not visible:
@@ -420,17 +422,24 @@ class PepModule(Module):
         for session in self.router.resources(user).values():
             wanted = getattr(session, "pep_notify", None)
             if session.available and wanted:
-                self._send_last_of(contact, session, wanted)
+                self._send_last_of(contact, session, wanted, on_presence=False)
 
-    def _send_last(self, session: C2SStream, domain: str, local: str, wanted: Any) -> None:
+    def _send_last(
+        self, session: C2SStream, domain: str, local: str, wanted: Any, on_presence: bool = True
+    ) -> None:
+        """The last item of each node of local@domain in `wanted` the session may see, as
+        pubsub#send_last_published_item asks: "on_sub" is the implicit subscription
+        starting (the presence subscription), "on_sub_and_presence" also each new
+        availability (XEP-0163 §6 note)."""
         assert self.store is not None
         owner = f"{local}@{domain}"
+        when = ("on_sub_and_presence",) if on_presence else ("on_sub", "on_sub_and_presence")
         for node in self.store.nodes(domain, local):
             config = node.config
             if (
                 node.name not in wanted
                 or not node.order
-                or config["send_last_published_item"] == "never"
+                or config["send_last_published_item"] not in when
                 or not config["deliver_notifications"]
                 or self._refusal(domain, local, config, session.bare) is not None
             ):
