@@ -361,6 +361,8 @@ class PrivacyModule(Module):
             items = "".join(f"<item jid={quoteattr(jid)}/>" for jid in account.blocked())
             return iq_result(origin, st, f"<blocklist xmlns='{NS_BLOCKING}'>{items}</blocklist>")
         if payload.tag == f"{{{NS_BLOCKING}}}block":
+            if len(payload) > self.settings.max_items:  # refused before any JID is prepared
+                self._check_limits(account.stored, BLOCKLIST_NAME, len(payload))
             jids = self._item_jids(payload)
             if not jids:
                 raise StanzaError("bad-request", "a block names at least one <item/>")  # §3.3

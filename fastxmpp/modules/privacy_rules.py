@@ -262,7 +262,8 @@ class PrivacyList:
         if item is None or item.allow:
             return False
         if stype != "error" and not (name == "iq" and stype == "result"):
-            error = StanzaError("not-acceptable", "blocked by your privacy list")
+            # Type cancel, as in the examples of XEP-0016 §2.13 and XEP-0191 §3.3.
+            error = StanzaError("not-acceptable", "blocked by your privacy list", "cancel")
             reply = stanza_error_bytes(
                 name, st.attrs.get("id"), st.attrs.get("to"), origin.full, error
             )
