@@ -89,6 +89,7 @@ class Room:
         self.subject: tuple[str, str] = ("", "")  # (text, nick of who set it)
         self.history = History(config.history_length)
         self.locked = False  # §10.1.1: created, not yet configured
+        self.stored = False  # a record of it is in the store
         self.pending_iqs: dict[tuple[str, str], str] = {}  # (responder, id) -> requester
 
     # --- state -----------------------------------------------------------------------------
@@ -328,9 +329,10 @@ class Room:
     def leave(self, session: C2SStream, status_xml: str = "") -> None:
         """The session exits: its own unavailable presence; the others hear of it when it was
         the occupant's last session."""
-        occupant = self.by_jid.pop(session.full, None)
-        if occupant is None:
-            return
+        occupant = self.by_jid.get(session.full)
+        if occupant is None or occupant.sessions.get(session.full) is not session:
+            return  # not in the room (or a newer session of the same full JID is)
+        del self.by_jid[session.full]
         del occupant.sessions[session.full]
         occupant.last_jid = session.full
         self.service.left(session, self)

@@ -72,6 +72,7 @@ class MucService:
         for name, record in self.module.store.rooms(self.domain):
             room = Room(self, name, RoomConfig.from_record(record.get("config", {})))
             room.load_record(record)
+            room.stored = True
             self.rooms[name] = room
         if self.rooms:
             log.info("%s: %d persistent rooms", self.domain, len(self.rooms))
@@ -96,8 +97,10 @@ class MucService:
         try:
             if room.config.persistent and not room.locked:
                 store.save(self.domain, room.name, room.to_record())
-            else:
+                room.stored = True
+            elif room.stored:
                 store.delete(self.domain, room.name)
+                room.stored = False
         except StorageFull:
             raise StanzaError("resource-constraint", "the server's storage is full") from None
 
@@ -110,6 +113,8 @@ class MucService:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             assert self.module.store is not None
+            if not room.stored:
+                return  # a temporary room: nothing was written
             try:
                 self.module.store.delete(self.domain, room.name)
             except StorageFull:
