@@ -118,7 +118,7 @@ def test_own_account(server: ServerProcess, ca_file: str, clients: list[RawClien
     reply = ask(c, INFO, "alice@localhost")
     query = query_of(reply, INFO)
     assert reply.get("from") == "alice@localhost"
-    assert identities(query) == [("account", "registered", None)]
+    assert identities(query) == [("account", "registered", None), ("pubsub", "pep", None)]
     assert {INFO, ITEMS, "jabber:iq:last"} <= features(query)
     assert "jabber:iq:version" not in features(query)  # a server feature only
     assert len(query_of(ask(c, ITEMS, "alice@localhost"), ITEMS)) == 0
@@ -192,7 +192,7 @@ def test_subscribed_contact_sees_account_info(make_server: Any, ca_file: str) ->
         subscribe(srv, ca_file, opened)  # alice's roster: bob with subscription "from"
         _, bob = opened
         query = query_of(ask(bob, INFO, "alice@localhost"), INFO)
-        assert identities(query) == [("account", "registered", None)]
+        assert identities(query) == [("account", "registered", None), ("pubsub", "pep", None)]
         # The other way round: bob's roster has alice with "to" only.
         alice = opened[0]
         assert stanza_error(ask(alice, INFO, "bob@localhost")) == "service-unavailable"
