@@ -15,6 +15,7 @@ cdef class Session:
     cdef public int priority        # RFC 6121 §4.7.2.3
     cdef public bint available      # sent initial presence and not yet unavailable
     cdef public object transport
+    cdef public object sm           # XEP-0198 state (stream/sm.py) or None
     cdef public Router router
     cdef public object privacy      # XEP-0016 list in force (modules/privacy_rules.py) or None
     cdef list _out
@@ -22,6 +23,7 @@ cdef class Session:
     cdef bint _queued
 
     cpdef send(self, bytes data)
+    cdef _queue(self, bytes data)
     cpdef flush(self)
 
 

@@ -43,6 +43,7 @@ cdef class Session:
     """One bound (or binding) stream, as the router sees it. Streams subclass this."""
 
     def __cinit__(self):
+        self.sm = None
         self._out = []
         self.queued_bytes = 0
         self._queued = False
@@ -51,8 +52,20 @@ cdef class Session:
         self.privacy = None
 
     cpdef send(self, bytes data):
-        """Queue bytes; they go out in one write with everything else queued this turn
-        of the loop (docs/ARCHITECTURE.md, principle 3)."""
+        """Queue a stanza; it goes out in one write with everything else queued this turn
+        of the loop (docs/ARCHITECTURE.md, principle 3). With XEP-0198 stream management
+        on, `sm` counts it and keeps it until the client acknowledges it (stream/sm.py)."""
+        if self.sm is not None:
+            self.sm.sent(self, data)
+            return
+        self._queue(data)
+
+    def send_uncounted(self, bytes data):
+        """Queue bytes that are no stanza (stream headers, features, stream errors,
+        XEP-0198 elements): never counted nor kept for resending."""
+        self._queue(data)
+
+    cdef _queue(self, bytes data):
         if self.transport is None:
             return
         self._out.append(data)

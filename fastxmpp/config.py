@@ -85,6 +85,17 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class StreamManagementConfig:
+    """XEP-0198 acknowledgements and session resumption (docs/CONFIGURATION.md)."""
+
+    enabled: bool = True  # offer <sm xmlns='urn:xmpp:sm:3'/> on authenticated streams
+    resume_timeout: float = 300.0  # seconds a lost session waits to be resumed; 0: no resumption
+    max_unacked_stanzas: int = 5000  # stanzas sent and not acknowledged; beyond: policy-violation
+    max_unacked_bytes: int = 2097152  # their size in bytes; beyond: policy-violation
+    ack_request_every: int = 5  # the server sends <r/> after this many stanzas
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     map_size: int = 1 << 30
     scram_iterations: int = 4096
@@ -177,6 +188,7 @@ class Config:
     data_dir: Path
     log_level: str
     source: Path | None  # None: the embedded default
+    stream_management: StreamManagementConfig = StreamManagementConfig()
     roster: RosterConfig = RosterConfig()
     offline: OfflineConfig = OfflineConfig()
     privacy: PrivacyConfig = PrivacyConfig()
@@ -442,6 +454,16 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "heap_trim_delay": _non_negative_number,
         },
     ),
+    "stream_management": (
+        StreamManagementConfig,
+        {
+            "enabled": _boolean,
+            "resume_timeout": _non_negative_number,
+            "max_unacked_stanzas": _integer_at_least(1),
+            "max_unacked_bytes": _integer_at_least(MIN_STANZA_SIZE),
+            "ack_request_every": _integer_at_least(1),
+        },
+    ),
     "storage": (
         StorageConfig,
         {
@@ -571,6 +593,7 @@ class _Builder:
             c2s=simple["c2s"],
             limits=simple["limits"],
             storage=simple["storage"],
+            stream_management=simple["stream_management"],
             roster=simple["roster"],
             offline=simple["offline"],
             privacy=simple["privacy"],

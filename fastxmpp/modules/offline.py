@@ -123,6 +123,24 @@ class OfflineModule(Module):
             raise StanzaError("resource-constraint", "the server's storage is full") from None
         return True
 
+    def store_unacknowledged(
+        self, domain: str, local: str, data: bytes, stamp: str | None
+    ) -> bool:
+        """XEP-0198 §4: a message a session never acknowledged before it ended, kept like
+        one that found the account offline. `data` is the message as it was sent (its 'from'
+        stamped); `stamp`, when given, dates the added <delay/> (the original delivery).
+        False when storage is off or full: the caller bounces it."""
+        if self.store is None:
+            return False
+        if stamp is not None:
+            data = with_delay(data, data.endswith(b"/>"), domain, stamp)
+        try:
+            self.store.push(domain, local, data, self.settings.max_messages)
+        except (OfflineQueueFull, StorageFull) as exc:
+            log.info("cannot keep an unacknowledged message for %s@%s: %r", local, domain, exc)
+            return False
+        return True
+
     # --- delivery (XEP-0160 §2) -------------------------------------------------------------
 
     def initial_presence(self, session: C2SStream) -> None:

@@ -1,7 +1,8 @@
 """Client-to-server streams (RFC 6120): stream header, STARTTLS, SASL, resource binding,
-then stanzas handed to the router. Legacy options: XEP-0138 zlib compression after SASL, and
-pre-authentication iqs (XEP-0077 registration, XEP-0078 non-SASL authentication) handed to
-their modules.
+then stanzas handed to the router; XEP-0198 stream management (acks, resumption: the state
+and the rules are in sm.py, the stream calls into it). Legacy options: XEP-0138 zlib
+compression after SASL, and pre-authentication iqs (XEP-0077 registration, XEP-0078 non-SASL
+authentication) handed to their modules.
 
 One `C2SStream` per TCP connection. It is the router's `Session` for that connection and the
 asyncio protocol at the same time. Every error raised while handling a stanza or the stream
@@ -27,7 +28,7 @@ from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamE
 from .._router import Session
 from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
 from ..jid import JIDError, normalize_resource, parse_jid
-from . import compression
+from . import compression, sm
 from .compression import CompressedTransport, CompressionError, Inflater
 from .sasl import (
     Challenge,
@@ -38,6 +39,7 @@ from .sasl import (
     Success,
     offered_mechanisms,
 )
+from .sm import StreamManagement
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -69,9 +71,41 @@ PRE_AUTH_IQ = {
 # §7) and the legacy session (RFC 6121 §1.4).
 STREAM_IQS = ((ns.BIND, "bind"), (ns.SESSION, "session"))
 
+# What belongs to the connection rather than to the session: XEP-0198 resumption moves it
+# from the stream that resumes into the session it resumes (`_move_connection`). Every
+# attribute `__init__` sets, except the session's own (`bound`, `auth_timer`, `resumed_into`)
+# and the ones fixed per server (`server`, `router`, `limits`, `c2s`, `rate`, `burst`).
+CONNECTION_STATE = (
+    "parser",
+    "peer",
+    "stream_id",
+    "host",
+    "lang",
+    "header_sent",
+    "encrypted",
+    "authenticated_local",
+    "closing",
+    "sasl",
+    "sasl_mechanism",
+    "sasl_failures",
+    "busy",
+    "pending",
+    "compressed",
+    "inflater",
+    "trace_redacting",
+    "last_received",
+    "address",
+    "tokens",
+    "tokens_at",
+    "held",
+)
+
 
 class C2SStream(Session, asyncio.Protocol):
     """States: waiting for a header -> features sent -> (TLS) -> (SASL) -> bound."""
+
+    # Session.sm (a cdef attribute): XEP-0198 state once <enabled/> was sent, else None.
+    sm: StreamManagement | None
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -109,6 +143,8 @@ class C2SStream(Session, asyncio.Protocol):
         self.tokens_at = self.last_received
         self.resume_timer: asyncio.TimerHandle | None = None
         self.held: list[bytes] | None = None  # input waiting for the budget
+        # XEP-0198: the session this stream's connection went to with <resume/>.
+        self.resumed_into: C2SStream | None = None
 
     # --- asyncio protocol --------------------------------------------------------------
 
@@ -133,8 +169,6 @@ class C2SStream(Session, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.closing = True
-        self.server.streams.discard(self)
         self.server.heap_trimmer.churned()
         per_ip = self.server.connections_per_ip
         per_ip[self.address] -= 1
@@ -142,6 +176,14 @@ class C2SStream(Session, asyncio.Protocol):
             del per_ip[self.address]
         if self.resume_timer is not None:
             self.resume_timer.cancel()
+            self.resume_timer = None
+        if self._resumable():
+            # XEP-0198 §7: no closing handshake, so the stream is unfinished: the session
+            # waits for the client to resume it.
+            self._detach(exc)
+            return
+        self.closing = True
+        self.server.streams.discard(self)
         self._end_session()
         log.info(
             "c2s connection from %s closed (%s)%s",
@@ -249,12 +291,17 @@ class C2SStream(Session, asyncio.Protocol):
         route = self.router.route
         for i, event in enumerate(events):
             if self.closing:
+                if self.resumed_into is not None:
+                    # XEP-0198 §5: what followed <resume/> belongs to the resumed session.
+                    self.resumed_into._handle(events[i:])
                 return
             if self.busy:
                 self.pending.extend(events[i:])
                 return
             try:
                 if type(event) is Stanza:
+                    if self.sm is not None and event.ns == ns.CLIENT:
+                        self.sm.handled()  # XEP-0198 §4: ours to deal with from here on
                     if (
                         self.bound
                         and event.ns == ns.CLIENT
@@ -365,7 +412,7 @@ class C2SStream(Session, asyncio.Protocol):
         if major < 1:
             # RFC 6120 §4.7.5: we speak 1.0 and nothing older.
             raise StreamError("unsupported-version", "version 1.0 is required")
-        self.send(self._features())
+        self.send_uncounted(self._features())
 
     def _send_header(self, client_from: str | None) -> None:
         if self.header_sent:
@@ -378,7 +425,7 @@ class C2SStream(Session, asyncio.Protocol):
         if client_from:
             with contextlib.suppress(JIDError):
                 extra += " to=" + quoteattr(str(parse_jid(client_from)))
-        self.send(
+        self.send_uncounted(
             STREAM_HEADER.format(
                 id=quoteattr(self.stream_id), lang=quoteattr(self.lang), attrs=extra
             ).encode()
@@ -409,6 +456,9 @@ class C2SStream(Session, asyncio.Protocol):
             parts.append(f"<bind xmlns='{ns.BIND}'/>")
             # RFC 6121 §1.4 kept the legacy session feature; we advertise it as optional.
             parts.append(f"<session xmlns='{ns.SESSION}'><optional/></session>")
+            if self.server.config.stream_management.enabled:
+                # XEP-0198 §3: once stanzas may follow (enable after bind, or resume).
+                parts.append(sm.FEATURE)
         parts.append(self.server.modules.stream_features(self))
         parts.append("</stream:features>")
         return "".join(parts).encode()
@@ -428,6 +478,9 @@ class C2SStream(Session, asyncio.Protocol):
         if st.prefix is not None and st.ns == ns.CLIENT:
             # RFC 6120 §4.8.4: content-namespace elements carry no prefix.
             raise StreamError("bad-namespace-prefix", "stanzas must not be prefixed")
+        if st.ns == sm.NS_SM:
+            self._stream_management(st)
+            return
         if st.ns == ns.TLS and st.name == "starttls":
             if (
                 not self.encrypted
@@ -439,7 +492,7 @@ class C2SStream(Session, asyncio.Protocol):
             # RFC 6120 §5.4.2.2: STARTTLS where it was not offered (after TLS, after SASL)
             # is the failure case: <failure/>, then the stream is closed.
             log.info("c2s %s: STARTTLS where it was not offered", self.peer)
-            self.send(f"<failure xmlns='{ns.TLS}'/>".encode())
+            self.send_uncounted(f"<failure xmlns='{ns.TLS}'/>".encode())
             self.close_with_error(None)
             return
         elif st.ns == ns.STREAMS and st.name == "error":
@@ -554,7 +607,7 @@ class C2SStream(Session, asyncio.Protocol):
             # Already compressed, bound, or not over TLS: not an error of the stream (§3).
             self._compression_failure("setup-failed")
             return
-        self.send(f"<compressed xmlns='{compression.NS_PROTOCOL}'/>".encode())
+        self.send_uncounted(f"<compressed xmlns='{compression.NS_PROTOCOL}'/>".encode())
         self.flush()
         self.transport = CompressedTransport(self.transport)
         self.inflater = Inflater()
@@ -570,14 +623,16 @@ class C2SStream(Session, asyncio.Protocol):
         self._run_async(restart)
 
     def _compression_failure(self, condition: str) -> None:
-        self.send(f"<failure xmlns='{compression.NS_PROTOCOL}'><{condition}/></failure>".encode())
+        self.send_uncounted(
+            f"<failure xmlns='{compression.NS_PROTOCOL}'><{condition}/></failure>".encode()
+        )
 
     # --- STARTTLS (RFC 6120 §5) --------------------------------------------------------
 
     def _starttls(self) -> None:
         assert self.host is not None  # features (and so STARTTLS) follow a valid header
         context: ssl.SSLContext = self.server.tls_contexts[self.host]
-        self.send(f"<proceed xmlns='{ns.TLS}'/>".encode())
+        self.send_uncounted(f"<proceed xmlns='{ns.TLS}'/>".encode())
         self.flush()
         # RFC 6120 §5.4.3.3: anything the client sent after <starttls/> is discarded.
         self.pending.clear()
@@ -679,12 +734,12 @@ class C2SStream(Session, asyncio.Protocol):
                 return
         if isinstance(outcome, Challenge):
             data = _b64(outcome.data) if outcome.data else ""
-            self.send(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
+            self.send_uncounted(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
         elif isinstance(outcome, Success):
             self.sasl = None
             self.authenticated_local = outcome.local
             data = _b64(outcome.data) if outcome.data else ""
-            self.send(f"<success xmlns='{ns.SASL}'>{data}</success>".encode())
+            self.send_uncounted(f"<success xmlns='{ns.SASL}'>{data}</success>".encode())
             log.info(
                 "c2s %s: authenticated %s@%s with %s",
                 self.peer,
@@ -706,7 +761,9 @@ class C2SStream(Session, asyncio.Protocol):
     def _sasl_failure(self, condition: str, text: str | None = None) -> None:
         self.sasl_failures += 1
         text_xml = f"<text xml:lang='en'>{_escape(text)}</text>" if text else ""
-        self.send(f"<failure xmlns='{ns.SASL}'><{condition}/>{text_xml}</failure>".encode())
+        self.send_uncounted(
+            f"<failure xmlns='{ns.SASL}'><{condition}/>{text_xml}</failure>".encode()
+        )
         log.info("c2s %s: SASL failure %s (%d)", self.peer, condition, self.sasl_failures)
         if condition != "aborted" and self.sasl_failures >= self.c2s.max_sasl_failures:
             # RFC 6120 §6.4.5: retries are limited; then the stream is closed.
@@ -769,11 +826,213 @@ class C2SStream(Session, asyncio.Protocol):
         log.info("c2s %s: authenticated %s@%s with jabber:iq:auth", self.peer, local, self.host)
         self.server.session_bound(self)
 
+    # --- XEP-0198 stream management ----------------------------------------------------
+
+    def _stream_management(self, st: Stanza) -> None:
+        name = st.name
+        state = self.sm
+        if name == "r" and state is not None:
+            self.send_uncounted(state.answer())  # §4: at once, never withheld
+        elif name == "a" and state is not None:
+            h = sm.parse_h(st.attrs.get("h"))
+            if h is None:
+                raise StreamError("invalid-xml", "<a/> needs an 'h' that is an unsignedInt")
+            if not state.acknowledge(h):
+                self._handled_count_too_high(state, h)
+        elif name == "enable":
+            self._sm_enable(st)
+        elif name == "resume":
+            self._sm_resume(st)
+        else:
+            # <r/> or <a/> before <enabled/>, or an element XEP-0198 does not define.
+            raise StreamError("unsupported-stanza-type", f"<{name} xmlns='{sm.NS_SM}'/> here")
+
+    def _handled_count_too_high(self, state: StreamManagement, h: int) -> None:
+        # §6: the client acknowledged more than it was sent.
+        self.close_with_error(
+            "undefined-condition",
+            f"You acknowledged {h} stanzas, but I only sent you {state.sent_count} so far.",
+            sm.too_high_xml(h, state),
+        )
+
+    def _sm_enable(self, st: Stanza) -> None:
+        settings = self.server.config.stream_management
+        if not settings.enabled:
+            self.send_uncounted(sm.failed_xml("feature-not-implemented"))
+            return
+        if not self.bound or self.sm is not None:
+            # §3: after resource binding only, and once per stream. <failed/> as the XEP's
+            # examples show (§6: stream management errors are recoverable).
+            self.send_uncounted(sm.failed_xml("unexpected-request"))
+            return
+        timeout = settings.resume_timeout
+        requested = st.attrs.get("max", "")
+        if requested.isascii() and requested.isdigit() and int(requested) > 0:
+            timeout = min(timeout, float(requested))  # §3: the client's preferred maximum
+        state = sm.StreamManagement(settings, None, timeout)
+        if st.attrs.get("resume") in ("true", "1") and timeout > 0:
+            state.sm_id = sm.resumption_table(self.server).register(self)
+        self.send_uncounted(sm.enabled_xml(state))
+        # §4: our count of sent stanzas starts after <enabled/>, 'h' after <enable/>.
+        self.sm = state
+        log.info(
+            "c2s %s: stream management for %s%s",
+            self.peer,
+            self.full,
+            f", resumable for {timeout:g}s" if state.sm_id else "",
+        )
+
+    def _sm_resume(self, st: Stanza) -> None:
+        """§5: take over the session `previd` names: its connection (if it still has one)
+        gets a conflict stream error, this stream's connection moves into it, and what the
+        client has not acknowledged is sent again."""
+        if not self.server.config.stream_management.enabled:
+            self.send_uncounted(sm.failed_xml("feature-not-implemented"))
+            return
+        if self.authenticated_local is None or self.bound:
+            # §3: resumption replaces binding, after authentication.
+            self.send_uncounted(sm.failed_xml("unexpected-request"))
+            return
+        h = sm.parse_h(st.attrs.get("h"))
+        if h is None:
+            self.send_uncounted(sm.failed_xml("bad-request"))
+            return
+        previd = st.attrs.get("previd", "")
+        bare = f"{self.authenticated_local}@{self.host}"
+        table = sm.resumption_table(self.server)
+        old = table.find(previd, bare)
+        if old is None or old.sm is None:
+            # §5: unknown or timed out (with the 'h' it ended with when we still know it).
+            # The client may bind a resource on this stream instead.
+            log.info("c2s %s: no session to resume for %s", self.peer, bare)
+            self.send_uncounted(sm.failed_xml("item-not-found", table.ended_h(previd, bare)))
+            return
+        state = old.sm
+        if not state.acknowledge(h):
+            self._handled_count_too_high(state, h)  # the old session keeps waiting
+            return
+        if old.transport is not None:
+            # §5: the server still has the old stream open: conflict, then closed.
+            old._hand_off_connection().close_with_error(
+                "conflict", "the session was resumed on another connection"
+            )
+        if state.expiry is not None:
+            state.expiry.cancel()
+            state.expiry = None
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+            self.auth_timer = None
+        self.flush()
+        self._move_connection(old)
+        self.resumed_into = old
+        self.closing = True
+        self.server.streams.discard(self)
+        old.send_uncounted(sm.resumed_xml(state))
+        for data, _sent_at in state.unacked:
+            old.send_uncounted(data)  # §5: everything the client has not handled, again
+        if state.unacked:
+            old.send_uncounted(sm.REQUEST)
+            state.since_request = 0
+        log.info(
+            "c2s %s: resumed %s, %d stanzas sent again", old.peer, old.full, len(state.unacked)
+        )
+
+    def _resumable(self) -> bool:
+        state = self.sm
+        return (
+            state is not None
+            and state.sm_id is not None
+            and not state.detached
+            and self.bound
+            and not self.closing
+        )
+
+    def _detach(self, reason: Any) -> None:
+        """XEP-0198 §5: the connection is gone, the session stays bound (stanzas for it are
+        counted and kept, `Session.send` writes nothing) until resumed or expired."""
+        state = self.sm
+        assert state is not None
+        self.closing = True  # no input to process, no pings (modules look at this)
+        self.transport = None
+        self.flush()  # drops output never written: the unacknowledged queue has it
+        self.held = None
+        self.pending = []
+        self.parser.hibernate()
+        state.expiry = asyncio.get_running_loop().call_later(
+            state.timeout, self._resumption_expired
+        )
+        log.info(
+            "c2s %s: %s lost its connection (%s), resumable for %gs with %d unacknowledged",
+            self.peer,
+            self.full,
+            reason or "closed",
+            state.timeout,
+            len(state.unacked),
+        )
+
+    def _resumption_expired(self) -> None:
+        log.info("c2s %s: %s was not resumed in time", self.peer, self.full)
+        self._end_detached()
+
+    def _end_detached(self) -> None:
+        state = self.sm
+        if state is not None and state.expiry is not None:
+            state.expiry.cancel()
+            state.expiry = None
+        self.server.streams.discard(self)
+        self._end_session()
+
+    def _hand_off_connection(self) -> C2SStream:
+        """Move this session's connection to a stream object of its own, for the caller to
+        close; the session is left without one."""
+        husk = C2SStream(self.server)
+        self.flush()
+        self._move_connection(husk)
+        return husk
+
+    def _move_connection(self, dst: C2SStream) -> None:
+        """The connection (transport, parser, TLS and compression state, input pacing)
+        becomes `dst`'s: the transport calls dst's protocol methods from now on."""
+        transport = self.transport
+        for name in CONNECTION_STATE:
+            setattr(dst, name, getattr(self, name))
+        dst.transport = transport
+        self.transport = None
+        self.held = None
+        self.pending = []
+        self.busy = False
+        if self.resume_timer is not None:
+            # Input held by the pacing goes along, released at the same time.
+            when = self.resume_timer.when()
+            self.resume_timer.cancel()
+            self.resume_timer = None
+            dst.resume_timer = asyncio.get_running_loop().call_at(when, dst._release_held)
+        if transport is not None:
+            transport.set_protocol(dst)
+        self.server.streams.add(dst)
+
+    def unacked_overflow(self) -> None:
+        """More unacknowledged output than stream_management.max_unacked_stanzas/bytes
+        (called soon after it happened, unless the client acknowledged in between)."""
+        state = self.sm
+        if state is None or not state.overflowing:
+            return
+        log.info(
+            "c2s %s: %d stanzas (%d bytes) not acknowledged",
+            self.peer,
+            len(state.unacked),
+            state.unacked_bytes,
+        )
+        if state.detached:
+            self._end_detached()
+        else:
+            self.close_with_error("policy-violation", "too many unacknowledged stanzas")
+
     # --- closing (RFC 6120 §4.4) -------------------------------------------------------
 
     def _peer_closed(self) -> None:
         self.closing = True
-        self.send(STREAM_CLOSE)
+        self.send_uncounted(STREAM_CLOSE)
         self._close_transport()
 
     def close_with_error(
@@ -781,7 +1040,16 @@ class C2SStream(Session, asyncio.Protocol):
     ) -> None:
         """Send a stream error (if any) and the closing tag, then close the connection;
         `app_xml`: an application-specific condition (RFC 6120 §4.9.4)."""
+        if self.sm is not None and self.sm.detached:
+            self._end_detached()  # no connection to tell: the session ends
+            return
         if self.closing:
+            return
+        if condition == "connection-timeout" and self._resumable():
+            # A dead connection (an unanswered ping) is what XEP-0198 resumption is for: the
+            # connection gets the error, the session waits for the client to come back.
+            self._hand_off_connection().close_with_error(condition, text)
+            self._detach(condition)
             return
         self.closing = True
         if self.transport is None:
@@ -793,8 +1061,8 @@ class C2SStream(Session, asyncio.Protocol):
             log.info(
                 "c2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else ""
             )
-            self.send(stream_error_bytes(condition, text, app_xml))
-        self.send(STREAM_CLOSE)
+            self.send_uncounted(stream_error_bytes(condition, text, app_xml))
+        self.send_uncounted(STREAM_CLOSE)
         self._close_transport(linger=True)
 
     def _end_session(self) -> None:
@@ -806,6 +1074,12 @@ class C2SStream(Session, asyncio.Protocol):
         if self.bound:
             self.bound = False
             self.router.unbind(self)
+            state = self.sm
+            if state is not None:
+                # XEP-0198 §4: what it never acknowledged, as if sent to a resource gone.
+                self.sm = None
+                sm.resumption_table(self.server).forget(self, state)
+                sm.handle_unacknowledged(self, state.take_unacknowledged())
             self.server.session_ended(self)
 
     def _close_transport(self, linger: bool = False) -> None:

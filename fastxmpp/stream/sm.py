@@ -1,0 +1,326 @@
+"""XEP-0198 stream management for client streams: acknowledgements and session resumption.
+
+The state of one session is a `StreamManagement` object in `Session.sm` (None without stream
+management: the router's `Session.send` then does nothing more than a None check). With it,
+`Session.send` hands every stanza to `StreamManagement.sent`, which counts it, keeps it until
+the client acknowledges it, writes it through `Session.send_uncounted` (what stream-level
+elements use) and asks for an acknowledgement every `ack_request_every` stanzas.
+
+Resumption (§5): a session enabled with resume='true' whose connection is lost without a
+closing handshake stays bound in the router, detached (no transport: stanzas for it are only
+kept), for `resume_timeout` seconds or the client's shorter 'max'. Presence is left alone in
+that time: contacts see the resource as it was. A new stream that authenticated as the same
+account takes it over with <resume/>; the stream code (c2s.py) moves the new connection into
+the old session object, so every module's per-session state and references stay valid.
+
+When a session with stream management ends for good (expired, closed, replaced), what it was
+sent and never acknowledged is handled as a stanza for an unavailable resource (§4, RFC 6121
+§8.5.3.2), see `handle_unacknowledged`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import weakref
+from collections import Counter, OrderedDict, deque
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import quoteattr
+
+from lxml import etree
+
+from .. import ns
+from ..errors import StanzaError, stanza_error_bytes
+from ..jid import JIDError, parse_jid
+from ..modules.offline import NS_CHATSTATES, NS_DELAY, with_delay
+
+if TYPE_CHECKING:
+    from ..config import StreamManagementConfig
+    from .c2s import C2SStream
+
+log = logging.getLogger("fastxmpp.sm")
+
+NS_SM = "urn:xmpp:sm:3"
+FEATURE = f"<sm xmlns='{NS_SM}'/>"
+REQUEST = f"<r xmlns='{NS_SM}'/>".encode()
+# §4: 'h' is an xs:unsignedInt that wraps to zero after 2^32 - 1.
+H_MODULO = 1 << 32
+# Ended sessions whose SM-ID and last 'h' are remembered for <failed h=.../> (§5).
+ENDED_REMEMBERED = 1000
+# RFC 6121 §8.5.3.2.1: message types nobody else gets when their resource is gone.
+NOT_REDELIVERED = frozenset(("groupchat", "headline", "error"))
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+
+class StreamManagement:
+    """Counters and the unacknowledged queue of one session (§4)."""
+
+    __slots__ = (
+        "acked",
+        "expiry",
+        "max_bytes",
+        "max_stanzas",
+        "overflowing",
+        "received",
+        "request_every",
+        "since_request",
+        "sm_id",
+        "timeout",
+        "unacked",
+        "unacked_bytes",
+    )
+
+    def __init__(self, settings: StreamManagementConfig, sm_id: str | None, timeout: float):
+        self.sm_id = sm_id  # None: acknowledgements only, no resumption
+        self.timeout = timeout
+        self.received = 0  # 'h': stanzas handled from the client
+        self.acked = 0  # the client's latest 'h'
+        # Stanzas sent since `acked`, with the time each was sent (for <delay/>).
+        self.unacked: deque[tuple[bytes, float]] = deque()
+        self.unacked_bytes = 0
+        self.since_request = 0
+        self.request_every = settings.ack_request_every
+        self.max_stanzas = settings.max_unacked_stanzas
+        self.max_bytes = settings.max_unacked_bytes
+        self.overflowing = False
+        self.expiry: asyncio.TimerHandle | None = None  # set while detached
+
+    @property
+    def detached(self) -> bool:
+        return self.expiry is not None
+
+    @property
+    def sent_count(self) -> int:
+        return (self.acked + len(self.unacked)) % H_MODULO
+
+    def sent(self, session: C2SStream, data: bytes) -> None:
+        """`Session.send` with stream management on: count, keep, queue; ask for an ack
+        every `request_every` stanzas so that the queue stays short."""
+        self.unacked.append((data, time.time()))
+        self.unacked_bytes += len(data)
+        session.send_uncounted(data)
+        self.since_request += 1
+        if self.since_request >= self.request_every:
+            self.since_request = 0
+            session.send_uncounted(REQUEST)
+        if (
+            len(self.unacked) > self.max_stanzas or self.unacked_bytes > self.max_bytes
+        ) and not self.overflowing:
+            self.overflowing = True
+            # Later: the router may be iterating over the session table right now.
+            asyncio.get_running_loop().call_soon(session.unacked_overflow)
+
+    def handled(self) -> None:
+        """A stanza from the client was handled (§4)."""
+        self.received = (self.received + 1) % H_MODULO
+
+    def acknowledge(self, h: int) -> bool:
+        """The client handled `h` stanzas (an <a/>, or the 'h' of <resume/>): drop them from
+        the queue. False when it claims more than it was sent (the queue is unchanged)."""
+        count = (h - self.acked) % H_MODULO
+        if count > len(self.unacked):
+            return False
+        unacked = self.unacked
+        for _ in range(count):
+            self.unacked_bytes -= len(unacked.popleft()[0])
+        self.acked = h
+        if self.overflowing and len(unacked) <= self.max_stanzas:
+            self.overflowing = self.unacked_bytes > self.max_bytes
+        return True
+
+    def answer(self) -> bytes:
+        return f"<a xmlns='{NS_SM}' h='{self.received}'/>".encode()
+
+    def take_unacknowledged(self) -> list[tuple[bytes, float]]:
+        pending = list(self.unacked)
+        self.unacked.clear()
+        self.unacked_bytes = 0
+        return pending
+
+
+def parse_h(value: str | None) -> int | None:
+    """An 'h' attribute: an xs:unsignedInt (§4), or None when it is not one."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 10:
+        return None
+    h = int(value)
+    return h if h < H_MODULO else None
+
+
+def enabled_xml(sm: StreamManagement) -> bytes:
+    if sm.sm_id is None:
+        return f"<enabled xmlns='{NS_SM}'/>".encode()
+    # §5: resume='true' with the SM-ID; 'max' is our resumption time in seconds.
+    return (
+        f"<enabled xmlns='{NS_SM}' id={quoteattr(sm.sm_id)} resume='true' max='{int(sm.timeout)}'/>"
+    ).encode()
+
+
+def resumed_xml(sm: StreamManagement) -> bytes:
+    assert sm.sm_id is not None
+    return f"<resumed xmlns='{NS_SM}' previd={quoteattr(sm.sm_id)} h='{sm.received}'/>".encode()
+
+
+def failed_xml(condition: str, h: int | None = None) -> bytes:
+    """§6: <failed/> with a stanza error condition (RFC 6120 §8.3.3)."""
+    h_attr = f" h='{h}'" if h is not None else ""
+    return (
+        f"<failed xmlns='{NS_SM}'{h_attr}><{condition} xmlns='{ns.STANZA_ERRORS}'/></failed>"
+    ).encode()
+
+
+def too_high_xml(h: int, sm: StreamManagement) -> str:
+    """§6: the application condition of the undefined-condition stream error."""
+    return f"<handled-count-too-high xmlns='{NS_SM}' h='{h}' send-count='{sm.sent_count}'/>"
+
+
+class ResumptionTable:
+    """Resumable sessions by SM-ID, and the last 'h' of lately ended ones (§5)."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, C2SStream] = {}
+        self.ended: OrderedDict[str, tuple[str, int]] = OrderedDict()
+
+    def register(self, session: C2SStream) -> str:
+        # §5: opaque, never reused while the server runs (192 random bits).
+        sm_id = secrets.token_urlsafe(24)
+        self.sessions[sm_id] = session
+        return sm_id
+
+    def find(self, sm_id: str, bare: str) -> C2SStream | None:
+        session = self.sessions.get(sm_id)
+        # Another account's SM-ID is as unknown as a made-up one: nothing leaks.
+        return session if session is not None and session.bare == bare else None
+
+    def ended_h(self, sm_id: str, bare: str) -> int | None:
+        record = self.ended.get(sm_id)
+        return record[1] if record is not None and record[0] == bare else None
+
+    def forget(self, session: C2SStream, sm: StreamManagement) -> None:
+        if sm.sm_id is None or self.sessions.get(sm.sm_id) is not session:
+            return
+        del self.sessions[sm.sm_id]
+        self.ended[sm.sm_id] = (session.bare, sm.received)
+        if len(self.ended) > ENDED_REMEMBERED:
+            self.ended.popitem(last=False)
+
+    def detached_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.sm is not None and s.sm.detached)
+
+
+_TABLES: weakref.WeakKeyDictionary[Any, ResumptionTable] = weakref.WeakKeyDictionary()
+
+
+def resumption_table(server: Any) -> ResumptionTable:
+    """The server's table (one per Server object)."""
+    table = _TABLES.get(server)
+    if table is None:
+        table = _TABLES[server] = ResumptionTable()
+    return table
+
+
+# --- a session ended with stanzas it never acknowledged (§4) -------------------------------
+
+
+def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]) -> None:
+    """§4: "A server SHOULD treat unacknowledged stanzas in the same way that it would treat
+    a stanza sent to an unavailable resource" (RFC 6121 §8.5.3.2); the session has left the
+    router already. Our choices:
+
+    - chat and normal messages (except chat states alone, XEP-0160 §3) go to the account's
+      best available resources (RFC 6121 §8.5.2.1.1) when this session was addressed by its
+      full JID or had a higher priority than they have (for a message to the bare JID, they
+      got their own copy at the time); with nobody available they go to offline storage;
+      if storage is off or full the sender gets service-unavailable. Both carry an
+      XEP-0203 <delay/> with the time the message was first sent to this session;
+    - iq get/set: service-unavailable to the sender (§8.5.3.2.3);
+    - groupchat, headline and error messages, presence, iq results: dropped (§8.5.3.2.1,
+      §8.5.3.2.2)."""
+    if not unacked:
+        return
+    server = session.server
+    router = session.router
+    offline = server.modules.get("offline")
+    outcome: Counter[str] = Counter()
+    others = [
+        s
+        for s in router.resources(session.bare).values()
+        if s is not session and s.available and s.priority >= 0
+    ]
+    top = max((s.priority for s in others), default=-1)
+    best = [s for s in others if s.priority == top]
+    for data, sent_at in unacked:
+        try:
+            el = etree.fromstring(data, _PARSER)
+        except etree.XMLSyntaxError:
+            outcome["unreadable"] += 1
+            continue
+        qname = etree.QName(el)
+        if qname.namespace not in (None, ns.CLIENT):
+            outcome["dropped"] += 1
+            continue
+        kind = qname.localname
+        stype = el.get("type")
+        if kind == "iq" and stype in ("get", "set"):
+            _bounce(session, el, kind)
+            outcome["bounced"] += 1
+            continue
+        if kind != "message" or stype in NOT_REDELIVERED or _only_chat_states(el):
+            outcome["dropped"] += 1
+            continue
+        stamp = None if _has_delay(el) else _stamp(sent_at)
+        if best:
+            if el.get("to") != session.full and top >= session.priority:
+                outcome["dropped (delivered to another resource)"] += 1
+                continue
+            copy = with_delay(data, data.endswith(b"/>"), session.domain, stamp) if stamp else data
+            for other in best:
+                other.send(copy)
+            outcome["redelivered"] += 1
+        elif (
+            offline is not None
+            and router.user_exists(session.domain, session.local)
+            and offline.store_unacknowledged(session.domain, session.local, data, stamp)
+        ):
+            outcome["stored offline"] += 1
+        else:
+            _bounce(session, el, kind)
+            outcome["bounced"] += 1
+    log.info(
+        "%s ended with %d unacknowledged stanzas: %s",
+        session.full,
+        len(unacked),
+        ", ".join(f"{n} {what}" for what, n in sorted(outcome.items())),
+    )
+
+
+def _only_chat_states(el: Any) -> bool:
+    return len(el) > 0 and all(etree.QName(child).namespace == NS_CHATSTATES for child in el)
+
+
+def _has_delay(el: Any) -> bool:
+    return any(etree.QName(child).namespace == NS_DELAY for child in el)
+
+
+def _stamp(when: float) -> str:
+    # XEP-0082 DateTime, whole seconds (as the offline module writes them).
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def _bounce(session: C2SStream, el: Any, kind: str) -> None:
+    """service-unavailable to the sender, when it is a session of this server."""
+    sender = el.get("from")
+    if not sender:
+        return
+    try:
+        jid = parse_jid(sender)
+    except JIDError:
+        return
+    if not jid.resource or not jid.local:
+        return
+    target = session.router.session(jid.bare, jid.resource)
+    if target is None:
+        return
+    error = StanzaError("service-unavailable", "the recipient's session ended")
+    target.send(stanza_error_bytes(kind, el.get("id"), el.get("to") or session.full, sender, error))

@@ -1,0 +1,607 @@
+"""XEP-0198 stream management over real sockets: enabling, acks both ways, the
+handled-count-too-high error, resumption after an abrupt disconnect (stanzas re-sent, presence
+untouched while detached), failed resumptions (unknown, expired, another account's SM-ID),
+resuming while the old connection is still open, expiry (unavailable presence, unacknowledged
+messages to offline storage, delivered exactly once), the unacknowledged-queue limit, a dead
+connection found by ping, shutdown with a detached session, hostile input, and slixmpp's
+xep_0198 plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, ServerProcess, assert_still_serving
+from lxml import etree
+from slixmpp import ClientXMPP
+from test_roster import add_accounts
+from xmpp_raw import CLIENT, STANZA_ERRORS, STREAMS, RawClient
+
+SM = "urn:xmpp:sm:3"
+DELAY = "urn:xmpp:delay"
+ACCOUNTS = 60
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        tmp_path_factory.mktemp("sm"),
+        ca,
+        ("localhost",),
+        "[limits]\nmax_connections_per_ip = 200\n[stream_management]\nmax_unacked_stanzas = 40\n",
+    )
+    add_accounts(server, [f"u{i}" for i in range(ACCOUNTS)])
+    server.start()
+    yield server
+    server.stop()
+
+
+_fresh = itertools.count()
+
+
+@pytest.fixture
+def users() -> Iterator[str]:
+    def names() -> Iterator[str]:
+        while True:
+            n = next(_fresh)
+            assert n < ACCOUNTS, "raise ACCOUNTS"
+            yield f"u{n}"
+
+    return names()
+
+
+@pytest.fixture
+def opened() -> Iterator[list[RawClient]]:
+    streams: list[RawClient] = []
+    yield streams
+    for c in streams:
+        c.close()
+
+
+_ids = itertools.count()
+
+
+class Client:
+    """A raw stream with the client's side of XEP-0198: `received` counts the stanzas the
+    server sent since <enabled/>; the server's <r/> are answered when `auto_ack`."""
+
+    def __init__(self, c: RawClient, name: str, full: str) -> None:
+        self.c = c
+        self.name = name
+        self.bare = f"{name}@localhost"
+        self.full = full
+        self.counting = False
+        self.auto_ack = True
+        self.received = 0
+        self.requests = 0
+        self.sm_id: str | None = None
+
+    def send(self, data: str) -> None:
+        self.c.send(data)
+
+    def next(self, timeout: float | None = None) -> Any:
+        while True:
+            el = self.c.next(timeout)
+            if el.tag == f"{{{SM}}}r":
+                self.requests += 1
+                if self.auto_ack:
+                    self.c.send(f"<a xmlns='{SM}' h='{self.received}'/>")
+                continue
+            if self.counting and el.tag.startswith(f"{{{CLIENT}}}"):
+                self.received += 1
+            return el
+
+    def sync(self) -> list[Any]:
+        """Ping round trip: everything sent before was processed; what came meanwhile."""
+        marker = f"sync-{next(_ids)}"
+        self.send(f"<iq type='get' id='{marker}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        seen = []
+        while True:
+            el = self.next()
+            if el.get("id") == marker:
+                return seen
+            seen.append(el)
+
+    def request_ack(self) -> int:
+        """<r/>: the server's 'h' (stanzas in between are counted and dropped)."""
+        self.send(f"<r xmlns='{SM}'/>")
+        while True:
+            el = self.next()
+            if el.tag == f"{{{SM}}}a":
+                return int(el.get("h"))
+
+    def enable(self, resume: bool = True, max_seconds: int | None = None) -> Any:
+        attrs = " resume='true'" if resume else ""
+        if max_seconds is not None:
+            attrs += f" max='{max_seconds}'"
+        self.send(f"<enable xmlns='{SM}'{attrs}/>")
+        answer = self.next()
+        if answer.tag == f"{{{SM}}}enabled":
+            self.counting = True
+            self.sm_id = answer.get("id")
+        return answer
+
+
+def authenticated(srv: ServerProcess, ca_file: str, opened: list[RawClient], name: str) -> Any:
+    """A new stream, TLS and SASL done: (client, features of the restarted stream)."""
+    c = srv.client()
+    opened.append(c)
+    c.open_stream()
+    c.starttls(ca_file)
+    assert c.sasl_scram(name, PASSWORD).tag.endswith("success")
+    return c, c.open_stream()
+
+
+def login(
+    srv: ServerProcess,
+    ca_file: str,
+    opened: list[RawClient],
+    name: str,
+    resource: str = "r",
+    available: bool = True,
+) -> Client:
+    c, _features = authenticated(srv, ca_file, opened, name)
+    client = Client(c, name, c.bind(resource))
+    if available:
+        client.send("<presence/>")
+        client.sync()
+    return client
+
+
+def resume(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], old: Client, h: int
+) -> tuple[Client, Any]:
+    """A new connection resuming `old`'s session: (client, <resumed/> or <failed/>)."""
+    c, _features = authenticated(srv, ca_file, opened, old.name)
+    client = Client(c, old.name, old.full)
+    client.counting = True
+    client.received = h
+    client.sm_id = old.sm_id
+    c.send(f"<resume xmlns='{SM}' previd='{old.sm_id}' h='{h}'/>")
+    return client, client.next()
+
+
+def befriend(a: Client, b: Client) -> None:
+    """Mutual presence subscription, by protocol."""
+    for x, y in ((a, b), (b, a)):
+        x.send(f"<presence type='subscribe' to='{y.bare}'/>")
+        x.sync()
+        y.send(f"<presence type='subscribed' to='{x.bare}'/>")
+        y.sync()
+    a.sync()
+    b.sync()
+
+
+def failed_condition(el: Any) -> str | None:
+    assert el.tag == f"{{{SM}}}failed", etree.tostring(el)
+    for child in el:
+        if child.tag.startswith(f"{{{STANZA_ERRORS}}}"):
+            return str(child.tag.split("}", 1)[1])
+    return None
+
+
+def bodies(elements: list[Any]) -> list[str]:
+    return [
+        el.findtext(f"{{{CLIENT}}}body") or ""
+        for el in elements
+        if el.tag == f"{{{CLIENT}}}message" and el.find(f"{{{CLIENT}}}body") is not None
+    ]
+
+
+def unavailable_from(elements: list[Any], full: str) -> bool:
+    return any(
+        el.tag == f"{{{CLIENT}}}presence"
+        and el.get("type") == "unavailable"
+        and el.get("from") == full
+        for el in elements
+    )
+
+
+def message(to: str, body: str) -> str:
+    return f"<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>"
+
+
+# --- enabling (§3) -------------------------------------------------------------------------
+
+
+def test_feature_enable_and_order(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    c = srv.client()
+    opened.append(c)
+    before_auth = c.open_stream()
+    assert before_auth.find(f"{{{SM}}}sm") is None
+    c.starttls(ca_file)
+    c.sasl_scram(next(users), PASSWORD)
+    features = c.open_stream()
+    assert features.find(f"{{{SM}}}sm") is not None
+    client = Client(c, "x", "")
+    # §3: not before resource binding ...
+    assert failed_condition(client.enable()) == "unexpected-request"
+    client.full = c.bind("phone")
+    enabled = client.enable(max_seconds=60)
+    assert enabled.tag == f"{{{SM}}}enabled", etree.tostring(enabled)
+    assert enabled.get("resume") == "true" and enabled.get("id")
+    assert enabled.get("max") == "60"  # the client's shorter maximum is honoured
+    # ... and only once per stream.
+    assert failed_condition(client.enable()) == "unexpected-request"
+    assert client.sync() == []  # still serving this stream
+
+
+def test_enable_without_resumption(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    client = login(srv, ca_file, opened, next(users))
+    enabled = client.enable(resume=False)
+    assert enabled.tag == f"{{{SM}}}enabled"
+    assert enabled.get("resume") is None and enabled.get("id") is None
+
+
+# --- acks (§4) -----------------------------------------------------------------------------
+
+
+def test_acks_count_both_ways(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    alice = login(srv, ca_file, opened, next(users))
+    bob = login(srv, ca_file, opened, next(users))
+    alice.enable(resume=False)
+    # Inbound: every stanza counts, errors included (the reply is "handling" too).
+    alice.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+    alice.send(message(bob.full, "one"))
+    alice.send("<message to='nobody@localhost' id='x'><body>?</body></message>")
+    assert alice.request_ack() == 3
+    assert alice.request_ack() == 3  # <r/> and <a/> are no stanzas
+    # Outbound: what the server sent since <enabled/> (the ping result and the error).
+    assert alice.received == 2
+    alice.send(f"<a xmlns='{SM}' h='2'/>")
+    for i in range(12):
+        bob.send(message(alice.full, f"m{i}"))
+    bob.sync()
+    got = []
+    while len(got) < 12:
+        got += bodies([alice.next()])
+    assert got == [f"m{i}" for i in range(12)]
+    # The server asked for acks on its own (ack_request_every = 5).
+    assert alice.requests >= 2
+    alice.send(f"<a xmlns='{SM}' h='{alice.received}'/>")
+    assert alice.sync() == []
+
+
+def test_handled_count_too_high(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    client = login(srv, ca_file, opened, next(users))
+    client.enable()
+    client.sync()
+    client.send(f"<a xmlns='{SM}' h='10'/>")
+    error = client.c.next()
+    while error.tag != f"{{{STREAMS}}}error":
+        error = client.c.next()
+    assert error.find("{urn:ietf:params:xml:ns:xmpp-streams}undefined-condition") is not None
+    too_high = error.find(f"{{{SM}}}handled-count-too-high")
+    assert too_high is not None
+    assert too_high.get("h") == "10" and too_high.get("send-count") == "1"
+    assert client.c.wait_closed()
+    assert_still_serving(srv, ca_file, "u0")
+
+
+def test_hostile_input(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    cases = [
+        # <r/> and <a/> where stream management is not enabled.
+        (False, f"<r xmlns='{SM}'/>", "unsupported-stanza-type"),
+        (False, f"<a xmlns='{SM}' h='0'/>", "unsupported-stanza-type"),
+        (True, f"<a xmlns='{SM}' h='-1'/>", "invalid-xml"),
+        (True, f"<a xmlns='{SM}' h='4294967296'/>", "invalid-xml"),
+        (True, f"<a xmlns='{SM}'/>", "invalid-xml"),
+        (True, f"<whatever xmlns='{SM}'/>", "unsupported-stanza-type"),
+    ]
+    for enable, data, condition in cases:
+        client = login(srv, ca_file, opened, next(users), available=False)
+        if enable:
+            client.enable()
+        client.send(data)
+        assert client.c.stream_error() == condition, data
+        assert client.c.wait_closed()
+    # Recoverable: <failed/>, the stream goes on.
+    client = login(srv, ca_file, opened, next(users), available=False)
+    for data, condition in (
+        (f"<resume xmlns='{SM}' previd='x' h='0'/>", "unexpected-request"),  # bound already
+        (f"<enable xmlns='{SM}' resume='true' max='-5'/>", None),
+    ):
+        client.send(data)
+        answer = client.next()
+        if condition is None:
+            assert answer.tag == f"{{{SM}}}enabled" and answer.get("max") == "300"
+        else:
+            assert failed_condition(answer) == condition
+    # Before authentication: never (XEP-0198 §9).
+    c = srv.client()
+    opened.append(c)
+    c.open_stream()
+    c.send(f"<resume xmlns='{SM}' previd='x' h='0'/>")
+    assert failed_condition(c.next()) == "unexpected-request"
+    assert_still_serving(srv, ca_file, "u0")
+
+
+# --- resumption (§5) -----------------------------------------------------------------------
+
+
+def test_resume_after_abrupt_disconnect(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    alice = login(srv, ca_file, opened, next(users))
+    bob = login(srv, ca_file, opened, next(users))
+    befriend(alice, bob)
+    alice.enable()
+    alice.auto_ack = False
+    bob.send(message(alice.bare, "before"))
+    bob.sync()
+    assert bodies([alice.next()]) == ["before"]
+    handled = alice.received - 1  # "before" arrived but the client never handled it
+    alice.send(message(bob.full, "from alice"))
+    sent_by_alice = alice.request_ack()
+    assert sent_by_alice == 1
+    alice.c.abort()  # no </stream:stream>: the stream is unfinished (§7)
+    time.sleep(0.3)
+    for body in ("during 1", "during 2"):
+        bob.send(message(alice.full, body))
+    seen = bob.sync()  # no error: the session is still there
+    assert not any(el.get("type") == "error" for el in seen)
+    assert not unavailable_from(seen, alice.full)
+    assert bodies(seen) == ["from alice"]
+    # The contact sees nothing while the session waits.
+    assert not unavailable_from(bob.sync(), alice.full)
+
+    new, answer = resume(srv, ca_file, opened, alice, handled)
+    assert answer.tag == f"{{{SM}}}resumed", etree.tostring(answer)
+    assert answer.get("previd") == alice.sm_id
+    assert answer.get("h") == str(sent_by_alice)
+    again = []
+    while len(bodies(again)) < 3:
+        again.append(new.next())
+    assert bodies(again) == ["before", "during 1", "during 2"]
+    # Same session: same full JID, still available to contacts, stanzas flow both ways.
+    new.send(message(bob.full, "after"))
+    assert bodies(bob.sync()) == ["after"]
+    bob.send(message(alice.bare, "to the resumed"))
+    bob.sync()
+    assert bodies(new.sync()) == ["to the resumed"]
+    assert new.request_ack() == sent_by_alice + 2  # counts carried over
+    new.send(f"<a xmlns='{SM}' h='{new.received}'/>")
+    # A clean close now: unavailable to the contact, at last.
+    new.c.close()
+    assert unavailable_from(bob.sync(), alice.full)
+
+
+def test_resume_while_old_connection_is_open(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    alice = login(srv, ca_file, opened, next(users))
+    bob = login(srv, ca_file, opened, next(users))
+    alice.enable()
+    alice.sync()
+    new, answer = resume(srv, ca_file, opened, alice, alice.received)
+    assert answer.tag == f"{{{SM}}}resumed"
+    # §5: the server closes the old stream with conflict.
+    assert alice.c.stream_error() == "conflict"
+    assert alice.c.wait_closed()
+    bob.send(message(alice.full, "hello"))
+    bob.sync()
+    assert bodies(new.sync()) == ["hello"]
+
+
+def test_failed_resumptions(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    alice = login(srv, ca_file, opened, next(users))
+    alice.enable()
+    alice.sync()
+    alice.c.abort()
+    mallory_name = next(users)
+    # Another account's SM-ID is unknown to it (nothing leaks, no 'h').
+    intruder = Client(alice.c, mallory_name, "")
+    intruder.sm_id = alice.sm_id
+    c, answer = resume(srv, ca_file, opened, intruder, 0)
+    assert failed_condition(answer) == "item-not-found" and answer.get("h") is None
+    # §5: after <failed/> the client may bind on the same stream.
+    assert c.c.bind("instead").endswith("/instead")
+    # Unknown SM-ID.
+    ghost = Client(alice.c, alice.name, alice.full)
+    ghost.sm_id = "not-a-session"
+    _c, answer = resume(srv, ca_file, opened, ghost, 0)
+    assert failed_condition(answer) == "item-not-found"
+    # h not an unsignedInt.
+    c2, _features = authenticated(srv, ca_file, opened, alice.name)
+    c2.send(f"<resume xmlns='{SM}' previd='{alice.sm_id}' h='x'/>")
+    assert failed_condition(c2.next()) == "bad-request"
+    # The real one still works after all that.
+    new, answer = resume(srv, ca_file, opened, alice, alice.received)
+    assert answer.tag == f"{{{SM}}}resumed"
+    # Resuming too far ahead is the handled-count-too-high error; the session is kept.
+    new.c.abort()
+    bad, _features = authenticated(srv, ca_file, opened, alice.name)
+    bad.send(f"<resume xmlns='{SM}' previd='{alice.sm_id}' h='999'/>")
+    assert bad.stream_error() == "undefined-condition"
+    _again, answer = resume(srv, ca_file, opened, alice, alice.received)
+    assert answer.tag == f"{{{SM}}}resumed"
+
+
+def test_expiry_unavailable_and_offline_exactly_once(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    alice = login(srv, ca_file, opened, next(users))
+    bob = login(srv, ca_file, opened, next(users))
+    befriend(alice, bob)
+    alice.enable(max_seconds=1)  # the client's 'max' makes the window short
+    alice.auto_ack = False
+    bob.send(message(alice.bare, "unacked"))
+    bob.sync()
+    assert bodies([alice.next()]) == ["unacked"]
+    alice.c.abort()
+    time.sleep(0.3)
+    bob.send(message(alice.bare, "while detached"))
+    bob.send(f"<iq type='get' id='q' to='{alice.full}'><query xmlns='jabber:iq:version'/></iq>")
+    seen = bob.sync()
+    assert not unavailable_from(seen, alice.full)
+    deadline = time.monotonic() + 10
+    while not unavailable_from(seen, alice.full):
+        assert time.monotonic() < deadline, seen
+        seen += [bob.next()]
+    # The iq nobody will answer now comes back as an error (RFC 6121 §8.5.3.2.3).
+    errors = [el for el in seen if el.get("id") == "q" and el.get("type") == "error"]
+    assert errors
+    # Expired: <failed/> with the 'h' it ended with (§5).
+    _c, answer = resume(srv, ca_file, opened, alice, alice.received)
+    assert failed_condition(answer) == "item-not-found"
+    assert answer.get("h") == "0"
+    # The unacknowledged messages went to offline storage: at the next login, once,
+    # with the time they were first sent.
+    back = login(srv, ca_file, opened, alice.name, "again", available=False)
+    back.send("<presence/>")
+    got = back.sync()
+    assert bodies(got) == ["unacked", "while detached"]
+    for el in got:
+        if el.tag == f"{{{CLIENT}}}message":
+            assert el.find(f"{{{DELAY}}}delay") is not None
+    back.c.close()
+    third = login(srv, ca_file, opened, alice.name, "third", available=False)
+    third.send("<presence/>")
+    assert bodies(third.sync()) == []
+
+
+def test_clean_close_with_unacked_goes_offline(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    alice = login(srv, ca_file, opened, next(users))
+    bob = login(srv, ca_file, opened, next(users))
+    alice.enable(resume=False)
+    alice.auto_ack = False
+    bob.send(message(alice.full, "m1"))
+    bob.send(message(alice.full, "m2"))
+    bob.sync()
+    assert bodies([alice.next(), alice.next()]) == ["m1", "m2"]
+    alice.send(f"<a xmlns='{SM}' h='{alice.received - 1}'/>")  # m1 handled, m2 not
+    alice.c.close()
+    back = login(srv, ca_file, opened, alice.name, "back", available=False)
+    back.send("<presence/>")
+    assert bodies(back.sync()) == ["m2"]
+
+
+def test_unacked_limit(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+) -> None:
+    alice = login(srv, ca_file, opened, next(users))
+    bob = login(srv, ca_file, opened, next(users))
+    alice.enable()
+    alice.auto_ack = False  # never acknowledges: max_unacked_stanzas = 40 here
+    for i in range(60):
+        bob.send(message(alice.full, f"n{i}"))
+    bob.sync()
+    assert alice.c.stream_error() == "policy-violation"
+    assert alice.c.wait_closed()
+    assert_still_serving(srv, ca_file, "u0")
+
+
+# --- with their own servers ---------------------------------------------------------------
+
+
+def test_dead_connection_found_by_ping_is_resumable(make_server: Any, ca_file: str) -> None:
+    srv: ServerProcess = make_server("[ping]\nidle_interval = 1\ntimeout = 1\n")
+    srv.adduser("alice@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        alice = login(srv, ca_file, opened, "alice")
+        alice.enable()
+        alice.sync()
+        # Silent: the server's ping goes unanswered, the connection is closed ...
+        assert alice.c.stream_error() == "connection-timeout"
+        # ... but the session waits to be resumed.
+        new, answer = resume(srv, ca_file, opened, alice, alice.received + 1)
+        assert answer.tag == f"{{{SM}}}resumed", etree.tostring(answer)
+        assert new.sync() == []
+    finally:
+        for c in opened:
+            c.close()
+
+
+def test_shutdown_ends_detached_sessions(make_server: Any, ca_file: str) -> None:
+    srv: ServerProcess = make_server()
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        alice = login(srv, ca_file, opened, "alice")
+        bob = login(srv, ca_file, opened, "bob")
+        alice.enable()
+        alice.auto_ack = False
+        bob.send(message(alice.full, "keep me"))
+        bob.sync()
+        assert bodies([alice.next()]) == ["keep me"]
+        alice.c.abort()
+        time.sleep(0.3)
+        assert srv.stop() == 0
+        assert "was not resumed" not in srv.log_text()
+        assert "1 stored offline" in srv.log_text()
+        srv.start()
+        back = login(srv, ca_file, opened, "alice", "back", available=False)
+        back.send("<presence/>")
+        assert bodies(back.sync()) == ["keep me"]
+    finally:
+        for c in opened:
+            c.close()
+
+
+# --- a real client ------------------------------------------------------------------------
+
+
+async def test_slixmpp_acks(srv: ServerProcess, ca_file: str, users: Iterator[str]) -> None:
+    name, peer_name = next(users), next(users)
+    peer_client = RawClient(srv.port)
+    peer = Client(peer_client, peer_name, "")
+    try:
+        await asyncio.to_thread(_raw_login, peer, srv, ca_file)
+        xmpp = ClientXMPP(f"{name}@localhost/sli", PASSWORD)
+        xmpp.register_plugin("xep_0198")
+        xmpp.ca_certs = ca_file
+        enabled = asyncio.Event()
+        got = asyncio.Event()
+        xmpp.add_event_handler("sm_enabled", lambda _e: enabled.set())
+        xmpp.add_event_handler("session_start", lambda _e: xmpp.send_presence())
+        xmpp.add_event_handler(
+            "message", lambda msg: got.set() if msg["body"] == "ping 9" else None
+        )
+        xmpp.connect("127.0.0.1", srv.port)
+        await asyncio.wait_for(enabled.wait(), 20)
+        for i in range(10):
+            peer.send(message(f"{name}@localhost/sli", f"ping {i}"))
+        await asyncio.wait_for(got.wait(), 20)
+        plugin = xmpp.plugin["xep_0198"]
+        # slixmpp answered the server's <r/>: everything it got was acknowledged.
+        deadline = time.monotonic() + 10
+        while plugin.handled < 10:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        for i in range(3):
+            xmpp.send_message(mto=f"{peer_name}@localhost", mbody=f"back {i}")
+        await asyncio.sleep(0.5)
+        plugin.request_ack()
+        deadline = time.monotonic() + 10
+        while plugin.unacked_queue:
+            assert time.monotonic() < deadline, "the server did not acknowledge"
+            await asyncio.sleep(0.1)
+        xmpp.disconnect()
+    finally:
+        peer_client.close()
+
+
+def _raw_login(peer: Client, srv: ServerProcess, ca_file: str) -> None:
+    peer.full = peer.c.login(ca_file, peer.name, PASSWORD, "raw")
