@@ -1092,3 +1092,54 @@ def test_send_last_published_item_option(login: Any) -> None:
     assert item_titles(got) == ["on sub"] and events(got, MOOD) == []
     bob2 = login(bob.name, "two")
     assert events(bob2.available((TUNE, MOOD))) == []  # presence alone: neither
+
+
+# --- the XEP-0115 algorithm on its own ---------------------------------------------------------
+
+
+def test_caps_hash_examples() -> None:
+    from fastxmpp.modules.pep_caps import caps_hash, notify_nodes
+
+    simple = etree.fromstring(
+        f"<query xmlns='{INFO}'><identity category='client' name='Exodus 0.9.1' type='pc'/>"
+        f"<feature var='{CAPS}'/><feature var='{INFO}'/><feature var='{ITEMS}'/>"
+        "<feature var='http://jabber.org/protocol/muc'/></query>"
+    )
+    assert caps_hash("sha-1", simple) == "QgayPKawpkPSDYmwT/WM94uAlu0="  # §5.2
+    form = (
+        f"<x xmlns='{DATA}' type='result'>"
+        "<field var='FORM_TYPE' type='hidden'><value>urn:xmpp:dataforms:softwareinfo</value>"
+        "</field><field var='ip_version' type='text-multi'><value>ipv4</value>"
+        "<value>ipv6</value></field><field var='os'><value>Mac</value></field>"
+        "<field var='os_version'><value>10.5.1</value></field>"
+        "<field var='software'><value>Psi</value></field>"
+        "<field var='software_version'><value>0.11</value></field></x>"
+    )
+    complex_answer = (
+        f"<query xmlns='{INFO}'>"
+        "<identity xml:lang='en' category='client' name='Psi 0.11' type='pc'/>"
+        "<identity xml:lang='el' category='client' name='\u03a8 0.11' type='pc'/>"
+        f"<feature var='{CAPS}'/><feature var='{INFO}'/><feature var='{ITEMS}'/>"
+        f"<feature var='http://jabber.org/protocol/muc'/>{{}}</query>"
+    )
+    complex_query = etree.fromstring(complex_answer.format(form))
+    assert caps_hash("sha-1", complex_query) == "q07IKJEyjvHSyhy//CH0CxmKi8w="  # §5.3
+    # §5.4.3.6: a form whose FORM_TYPE is not hidden is left out; §5.4.3.5: two forms of
+    # one FORM_TYPE make the answer ill-formed.
+    not_hidden = form.replace("type='hidden'", "type='text-single'")
+    plain = etree.fromstring(complex_answer.format(not_hidden))
+    assert caps_hash("sha-1", plain) == caps_hash(
+        "sha-1", etree.fromstring(complex_answer.format(""))
+    )
+    assert caps_hash("sha-1", etree.fromstring(complex_answer.format(form + form))) is None
+    duplicate = etree.fromstring(
+        f"<query xmlns='{INFO}'><feature var='a'/><feature var='a'/></query>"
+    )
+    assert caps_hash("sha-1", duplicate) is None
+    assert caps_hash("md2", simple) is None  # unknown: never verified
+    assert len(caps_hash("sha-256", simple) or "") == 44
+    notify = etree.fromstring(
+        f"<query xmlns='{INFO}'><feature var='{TUNE}+notify'/><feature var='+notify'/>"
+        f"<feature var='{TUNE}'/></query>"
+    )
+    assert notify_nodes(notify) == {TUNE}
