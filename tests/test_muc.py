@@ -379,6 +379,20 @@ def test_nick_conflict(login: Any, users: Iterator[str]) -> None:
     assert error.find(f"{{{CLIENT}}}error").get("type") == "cancel"
 
 
+def test_nicknames_compare_as_rfc8266_nicknames(login: Any, users: Iterator[str]) -> None:
+    a, b = login(next(users)), login(next(users))
+    room = create(a, nick="bob")
+    for lookalike in ("Bob", "BOB", "\uff42\uff4f\uff42"):  # the last: fullwidth letters
+        error = join_error(b, room, lookalike)
+        assert stanza_error(error) == "conflict", lookalike
+    # invisible only: jid-malformed (§17.1)
+    assert stanza_error(join_error(b, room, "\u200b")) == "jid-malformed"
+    # the holder may change its own nickname's case
+    a.send(f"<presence to='{room}/Bob'/>")
+    own = presences(sync(a.c))
+    assert own[-1].get("from") == f"{room}/Bob" and "110" in codes(own[-1])
+
+
 def test_same_account_two_resources_share_a_nick(login: Any, users: Iterator[str]) -> None:
     name = next(users)
     a1, a2 = login(name, "one"), login(name, "two")

@@ -13,7 +13,7 @@ from ...errors import StanzaError
 from ...jid import JIDError, parse_jid
 from ..base import iq_result
 from .config import NS_DATA, config_form, parse_submission
-from .room import AFFILIATION_RANK, NS_MUC, NS_USER, ROLE_RANK, Occupant, Room
+from .room import AFFILIATION_RANK, NS_MUC, NS_USER, ROLE_RANK, Occupant, Room, nick_key
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
@@ -180,8 +180,14 @@ def _affiliation_change(
     if current == "owner" and affiliation != "owner" and room.owners() == [bare]:
         raise StanzaError("conflict", "the room's last owner cannot step down")  # §10.5
     nick = item.get("nick")
-    if nick is not None and (len(nick) > room.service.limits.max_nick_length or not nick.strip()):
-        raise StanzaError("not-acceptable", "that nickname is not acceptable")
+    if nick is not None:
+        if len(nick) > room.service.limits.max_nick_length:
+            raise StanzaError("not-acceptable", "that nickname is too long")
+        nick_key(nick)  # jid-malformed when blank
+        try:
+            nick = parse_jid(f"x@y/{nick}").resource  # prepared as occupant JIDs are
+        except JIDError:
+            raise StanzaError("jid-malformed", "that nickname is not allowed") from None
     reason = _reason(item, NS_ADMIN)
     actor = room.by_jid.get(origin.full)
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
+from precis_i18n import get_profile
 
 from ...errors import StanzaError
 from .config import RoomConfig
@@ -28,6 +29,25 @@ ROLE_RANK = {"none": 0, "visitor": 1, "participant": 2, "moderator": 3}
 AFFILIATION_RANK = {"outcast": -1, "none": 0, "member": 1, "admin": 2, "owner": 3}
 # Forwarded iqs waiting for their answer, per room: a bound on what occupants can pile up.
 MAX_PENDING_IQS = 1000
+# RFC 8266 (PRECIS nicknames): "Bob", "bob", " bob " and its fullwidth form are one nickname
+# in a room, so that no occupant can pass for another.
+_NICKNAME = get_profile("NicknameCaseMapped")
+
+
+def nick_key(nick: str) -> str:
+    """The form two nicknames are compared in; StanzaError(jid-malformed) for a nickname
+    that is blank or made of invisible characters (§17.1)."""
+    try:
+        return str(_NICKNAME.enforce(nick))
+    except UnicodeError:
+        raise StanzaError("jid-malformed", "that nickname is blank or not allowed") from None
+
+
+def _same_nick(nick: str, key: str) -> bool:
+    try:
+        return nick_key(nick) == key
+    except StanzaError:
+        return False
 
 
 class Occupant:
@@ -85,6 +105,7 @@ class Room:
         self.affiliations: dict[str, str] = {}  # bare JID -> owner | admin | member | outcast
         self.nicks: dict[str, str] = {}  # bare JID -> reserved nickname (§7.10)
         self.occupants: dict[str, Occupant] = {}  # nick -> occupant
+        self.nick_keys: dict[str, str] = {}  # nick_key(nick) -> nick in use
         self.by_jid: dict[str, Occupant] = {}  # occupant's full JID -> occupant
         self.subject: tuple[str, str] = ("", "")  # (text, nick of who set it)
         self.history = History(config.history_length)
@@ -137,6 +158,24 @@ class Room:
         for occupant in list(self.occupants.values()):
             for full, session in list(occupant.sessions.items()):
                 yield occupant, full, session
+
+    def check_nick(self, nick: str, bare: str, mine: Occupant | None) -> None:
+        """§7.2.9, §7.6: conflict when the nickname (compared as RFC 8266 nicknames) is used
+        by another occupant, or reserved by another account (§7.12)."""
+        key = nick_key(nick)
+        held = self.nick_keys.get(key)
+        if held is not None:
+            holder = self.occupants[held]
+            if holder is not mine and (holder.bare != bare or held != nick):
+                raise StanzaError("conflict", "that nickname is in use")
+        for owner_of_nick, reserved in self.nicks.items():
+            if owner_of_nick != bare and (reserved == nick or _same_nick(reserved, key)):
+                raise StanzaError("conflict", "that nickname is reserved")
+
+    def _drop(self, occupant: Occupant) -> None:
+        if self.occupants.get(occupant.nick) is occupant:
+            del self.occupants[occupant.nick]
+            self.nick_keys.pop(nick_key(occupant.nick), None)
 
     # --- presence --------------------------------------------------------------------------
 
@@ -233,9 +272,7 @@ class Room:
         existing = self.occupants.get(nick)
         if existing is not None and existing.bare != bare:
             raise StanzaError("conflict", "that nickname is in use")
-        for owner_of_nick, reserved in self.nicks.items():
-            if reserved == nick and owner_of_nick != bare:
-                raise StanzaError("conflict", "that nickname is reserved")
+        self.check_nick(nick, bare, existing)
         if config.password_protected and not privileged:
             given = None if muc_x is None else muc_x.findtext(f"{{{NS_MUC}}}password")
             if given != config.password:
@@ -247,6 +284,7 @@ class Room:
         occupant.sessions[origin.full] = origin
         occupant.presence = reflected_children(st.element())
         self.occupants[nick] = occupant
+        self.nick_keys[nick_key(nick)] = nick
         self.by_jid[origin.full] = occupant
         self.service.joined(origin, self)
         # §7.2.3 order: the others' presence, the newcomer's to all, then self-presence.
@@ -306,12 +344,7 @@ class Room:
         """§7.6: unavailable from the old nickname with 303 and the new one, then available
         from the new one."""
         occupant = self.by_jid[origin.full]
-        existing = self.occupants.get(new_nick)
-        if existing is not None and existing is not occupant:
-            raise StanzaError("conflict", "that nickname is in use")
-        for owner_of_nick, reserved in self.nicks.items():
-            if reserved == new_nick and owner_of_nick != occupant.bare:
-                raise StanzaError("conflict", "that nickname is reserved")
+        self.check_nick(new_nick, occupant.bare, occupant)
         self.broadcast_presence(
             occupant,
             unavailable=True,
@@ -319,9 +352,10 @@ class Room:
             item_attrs=f" nick={quoteattr(new_nick)}",
             status_xml="",
         )
-        del self.occupants[occupant.nick]
+        self._drop(occupant)
         occupant.nick = new_nick
         self.occupants[new_nick] = occupant
+        self.nick_keys[nick_key(new_nick)] = new_nick
         self.broadcast_presence(occupant)
 
     # --- leaving (§7.14) -------------------------------------------------------------------
@@ -348,7 +382,7 @@ class Room:
                 )
             )
             return
-        del self.occupants[occupant.nick]
+        self._drop(occupant)
         occupant.role = "none"  # §17.3 rule 8: the exit presence carries role none
         self.broadcast_presence(
             occupant, unavailable=True, status_xml=status_xml, also=[(session.full, session)]
@@ -370,7 +404,7 @@ class Room:
             self.by_jid.pop(full, None)
             self.service.left(session, self)
         occupant.sessions = {}
-        self.occupants.pop(occupant.nick, None)
+        self._drop(occupant)
         occupant.role = "none"
         item_extra = ""
         if actor is not None:

@@ -37,7 +37,7 @@ from .admin import (
     voice_form,
 )
 from .config import NS_DATA, RoomConfig, roominfo_form
-from .room import NS_MUC, NS_USER, Room, reflected_children
+from .room import NS_MUC, NS_USER, Room, nick_key, reflected_children
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
@@ -234,8 +234,7 @@ class MucService:
             return  # §17.3 rules 1, 4: probes and subscriptions are no join
         if not nick:
             raise StanzaError("jid-malformed", "enter a room as room@service/nickname")
-        if not nick.strip():
-            raise StanzaError("jid-malformed", "a nickname must not be blank (§17.1)")
+        nick_key(nick)  # §17.1: not blank, nothing invisible
         if len(nick) > self.limits.max_nick_length:
             raise StanzaError(
                 "not-acceptable", f"nicknames are at most {self.limits.max_nick_length} characters"
