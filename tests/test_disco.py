@@ -169,7 +169,8 @@ async def test_slixmpp_disco(server: ServerProcess, ca_file: str) -> None:
         assert ("server", "im", None, "fastxmpp") in info["disco_info"]["identities"]
         assert set(info["disco_info"]["features"]) >= SERVER_FEATURES
         items = await disco.get_items(jid=JID("localhost"), local=False, timeout=10)
-        assert list(items["disco_items"]["items"]) == []
+        # The one item: the XEP-0045 multi-user chat service (jid, node, name).
+        assert list(items["disco_items"]["items"]) == [("conference.localhost", None, "Chatrooms")]
         own = await disco.get_info(jid=JID("bob@localhost"), local=False, timeout=10)
         assert any(i[0] == "account" for i in own["disco_info"]["identities"])
         with pytest.raises(IqError) as err:
