@@ -273,6 +273,7 @@ def test_full_jid_and_domain_blocks(online: Any, users: Iterator[str]) -> None:
     assert messages(sync(a.c)) == [(a2.full, "own")]
     ok(unblock(a))
     b2.send(f"<message to='{a.full}'><body>unblocked</body></message>")
+    assert next_error(b2) is None
     assert messages(sync(a.c)) == [(b2.full, "unblocked")]
 
 

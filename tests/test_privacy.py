@@ -775,3 +775,58 @@ async def test_slixmpp_privacy_lists(
     finally:
         for client in (a, b):
             client.disconnect()
+
+
+# --- the compiled list against the rules read literally ----------------------------------------
+
+
+def test_compiled_list_decides_like_a_plain_scan() -> None:
+    """§2.1/§2.2: the first item in order that matches; the index of jid items must agree
+    with scanning every item, for every kind and every form of JID."""
+    import random
+
+    from fastxmpp.modules import privacy_rules as rules
+    from fastxmpp.storage.roster import RosterItem
+
+    rng = random.Random(16)
+    jids = ["a@x", "a@x/r", "b@x", "x", "x/r", "y", "b@y/s"]
+    senders = [("a", "x", "r"), ("a", "x", ""), ("a", "x", "s"), ("b", "x", "r"), ("", "x", "r")]
+    senders += [("", "x", ""), ("b", "y", "s"), ("c", "y", ""), ("", "z", "")]
+    roster = {"a@x": RosterItem("a@x", groups=("g",), subscription="both")}
+    kinds = (rules.MESSAGE, rules.IQ, rules.PRESENCE_IN, rules.PRESENCE_OUT, rules.OTHER)
+    for _ in range(300):
+        items = []
+        for order in rng.sample(range(100), rng.randint(1, 8)):
+            kind_bits = rng.choice((rules.EVERY_KIND, *kinds, rules.MESSAGE | rules.IQ))
+            item_type = rng.choice(("jid", "jid", "jid", "group", "subscription", None))
+            value = {
+                "jid": rng.choice(jids),
+                "group": "g",
+                "subscription": rng.choice(rules.SUBSCRIPTIONS),
+                None: None,
+            }[item_type]
+            items.append(rules.Item(order, item_type, value, rng.random() < 0.5, kind_bits))
+        ordered = tuple(sorted(items, key=lambda i: i.order))
+        compiled = rules.PrivacyList("l", ordered, "home", "me", roster.get)
+
+        def scan(kind: int, local: str, domain: str, resource: str) -> rules.Item | None:
+            contact = roster.get(f"{local}@{domain}" if local else domain)
+            for item in ordered:  # noqa: B023
+                if not item.kinds & kind:
+                    continue
+                if item.type is None:
+                    return item
+                if item.type == "jid":
+                    parts = rules.jid_parts(item.value or "")
+                    if rules.jid_matches(parts, local, domain, resource):
+                        return item
+                elif item.type == "subscription":
+                    if (contact.subscription if contact else "none") == item.value:
+                        return item
+                elif contact is not None and item.value in contact.groups:
+                    return item
+            return None
+
+        for sender in senders:
+            for kind in kinds:
+                assert compiled.decide(kind, *sender) == scan(kind, *sender), (ordered, sender)

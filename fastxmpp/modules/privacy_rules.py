@@ -183,6 +183,29 @@ def parse_items(list_element: Any, group_exists: Callable[[str], bool]) -> tuple
     return tuple(sorted(items, key=lambda item: item.order))
 
 
+# A run of consecutive jid items, indexed by the (local, domain, resource) each names:
+# [(position in the list, kinds, item)] in list order. Blocklists of hundreds of JIDs then cost
+# four dictionary lookups per stanza, not a scan.
+JID_RUN = "jid-run"
+JidIndex = dict[JidParts, list[tuple[int, int, Item]]]
+Rule = tuple[str | None, Any]
+
+
+def _compile(items: tuple[Item, ...]) -> tuple[Rule, ...]:
+    rules: list[Rule] = []
+    run: JidIndex | None = None
+    for position, item in enumerate(items):
+        if item.type == "jid":
+            if run is None:
+                run = {}
+                rules.append((JID_RUN, run))
+            run.setdefault(jid_parts(item.value or ""), []).append((position, item.kinds, item))
+        else:
+            run = None
+            rules.append((item.type, (item.kinds, item.value, item)))
+    return tuple(rules)
+
+
 class PrivacyList:
     """A list compiled for one account: what the router and the modules ask."""
 
@@ -200,16 +223,7 @@ class PrivacyList:
         self.items = items
         self.domain = domain
         self.bare = f"{local}@{domain}"
-        # (kinds, type, jid parts or value, item) per item, in order.
-        self._rules: tuple[tuple[int, str | None, Any, Item], ...] = tuple(
-            (
-                item.kinds,
-                item.type,
-                jid_parts(item.value or "") if item.type == "jid" else item.value,
-                item,
-            )
-            for item in items
-        )
+        self._rules = _compile(items)
         self._roster_item = roster_item
 
     def decide(self, kind: int, local: str, domain: str, resource: str) -> Item | None:
@@ -220,22 +234,36 @@ class PrivacyList:
             return None
         roster_looked_up = False
         contact: RosterItem | None = None
-        for kinds, rule_type, rule, item in self._rules:
+        for rule_type, rule in self._rules:
+            if rule_type is JID_RUN:
+                # The four forms a JID can match (§2.1), looked up instead of scanned.
+                found: tuple[int, Item] | None = None
+                for key in (
+                    (local, domain, resource),
+                    (local, domain, ""),
+                    ("", domain, resource),
+                    ("", domain, ""),
+                ):
+                    for position, kinds, item in rule.get(key, ()):
+                        if kinds & kind:
+                            if found is None or position < found[0]:
+                                found = (position, item)
+                            break
+                if found is not None:
+                    return found[1]
+                continue
+            kinds, value, item = rule
             if not kinds & kind:
                 continue
             if rule_type is None:
                 return item
-            if rule_type == "jid":
-                if jid_matches(rule, local, domain, resource):
-                    return item
-                continue
             if not roster_looked_up:
                 roster_looked_up = True
                 contact = self._roster_item(f"{local}@{domain}" if local else domain)
             if rule_type == "subscription":
-                if (contact.subscription if contact is not None else "none") == rule:
+                if (contact.subscription if contact is not None else "none") == value:
                     return item
-            elif contact is not None and rule in contact.groups:
+            elif contact is not None and value in contact.groups:
                 return item
         return None
 
