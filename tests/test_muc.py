@@ -624,6 +624,20 @@ def test_iq_between_occupants_hides_real_jids(login: Any, users: Iterator[str]) 
     assert stanza_error(reply) == "bad-request"
 
 
+def test_self_ping(login: Any, users: Iterator[str]) -> None:
+    """XEP-0410: the service answers a joined client's ping to its own occupant JID, and
+    tells a client that is not joined with not-acceptable."""
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    info = iq(a, room, "get", f"<query xmlns='{DISCO_INFO}'/>")
+    features = {f.get("var") for f in info.iter(f"{{{DISCO_INFO}}}feature")}
+    assert f"{MUC}#self-ping-optimization" in features
+    reply = iq(a, f"{room}/owner", "get", "<ping xmlns='urn:xmpp:ping'/>", "sp1")
+    assert reply.get("type") == "result" and reply.get("from") == f"{room}/owner"
+    reply = iq(b, f"{room}/bob", "get", "<ping xmlns='urn:xmpp:ping'/>", "sp2")
+    assert stanza_error(reply) == "not-acceptable"
+
+
 def test_nick_change(login: Any, users: Iterator[str]) -> None:
     a, b, c = login(next(users)), login(next(users)), login(next(users))
     room = create(a)

@@ -13,6 +13,7 @@ from lxml import etree
 from precis_i18n import get_profile
 
 from ...errors import StanzaError
+from ..base import iq_result
 from .config import RoomConfig
 from .history import History, insert_attr
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from .service import MucService
 
 NS_MUC = "http://jabber.org/protocol/muc"
+NS_PING = "urn:xmpp:ping"
 NS_USER = NS_MUC + "#user"
 CLIENT = "jabber:client"
 
@@ -501,9 +503,18 @@ class Room:
                     st.with_attrs({"from": self.occupant_jid(sender.nick), "to": requester})
                 )
             return
+        is_ping = st.children[0] == (NS_PING, "ping")
         if sender is None:
-            # §6.6: a non-occupant asking an occupant JID.
+            # §6.6: a non-occupant asking an occupant JID; XEP-0410 §3.2: a self-ping of a
+            # client that is not joined gets not-acceptable, so that it joins again.
+            if is_ping:
+                raise StanzaError("not-acceptable", "you are not in this room")
             raise StanzaError("bad-request", "only occupants may query occupants")
+        if is_ping and sender.nick == nick and itype == "get":
+            # XEP-0410 §3.3: the service answers a self-ping itself.
+            session = sender.sessions[origin.full]
+            session.send(iq_result(origin, st))
+            return
         target = self.occupants.get(nick)
         if target is None:
             raise StanzaError("item-not-found", "no occupant has that nickname")

@@ -51,6 +51,7 @@ NS_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_UNIQUE = NS_MUC + "#unique"
 NS_TRAFFIC = NS_MUC + "#traffic"
 ROOMUSER_NODE = "x-roomuser-item"
+SELF_PING = NS_MUC + "#self-ping-optimization"  # XEP-0410 §3.3
 SERVICE_NAME = "Chatrooms"
 IQ_TYPES = ("get", "set", "result", "error")
 
@@ -368,7 +369,7 @@ class MucService:
                 f"<query xmlns='{NS_INFO}' node='{ROOMUSER_NODE}'>{identity}</query>",
             )
         self._node_check(st.element(), NS_INFO)
-        features = [NS_MUC, NS_INFO, NS_ITEMS, *room.config.features()]
+        features = [NS_MUC, NS_INFO, NS_ITEMS, SELF_PING, *room.config.features()]
         feature_xml = "".join(f"<feature var='{f}'/>" for f in features)
         name = room.config.name or room.name
         info = roominfo_form(room.config, len(room.occupants), room.subject[0])
