@@ -199,6 +199,15 @@ def test_affiliation_rules(login: Any, users: Iterator[str]) -> None:
     # a member sees no lists of an open room
     reply = admin_get(c, room, "affiliation='member'")
     assert stanza_error(reply) == "forbidden"
+    # one set demoting every owner at once is refused as well
+    admin_set(a, room, f"<item affiliation='owner' jid='{c.bare}'/>")
+    reply = admin_set(
+        a,
+        room,
+        f"<item affiliation='admin' jid='{a.bare}'/><item affiliation='member' jid='{c.bare}'/>",
+    )
+    assert stanza_error(reply) == "conflict"
+    admin_set(a, room, f"<item affiliation='member' jid='{c.bare}'/>")
     # a second owner lets the first step down
     admin_set(a, room, f"<item affiliation='owner' jid='{b.bare}'/>")
     reply = admin_set(a, room, f"<item affiliation='admin' jid='{a.bare}'/>")

@@ -58,6 +58,18 @@ def admin_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes:
             origin, st, f"<query xmlns='{NS_ADMIN}'>{_list(room, origin, items[0])}</query>"
         )
     changes = [_change(room, origin, item) for item in items]  # all checked before any applies
+    owners = set(room.owners())
+    for item in items:
+        affiliation = item.get("affiliation")
+        if affiliation is not None:
+            bare = _bare(item.get("jid"))
+            if affiliation == "owner":
+                owners.add(bare)
+            else:
+                owners.discard(bare)
+    if not owners and room.owners():
+        # §10.6: the room keeps an owner, also when one set demotes them all.
+        raise StanzaError("conflict", "the room's last owner cannot step down")
     for apply in changes:
         apply()
     room.changed()
