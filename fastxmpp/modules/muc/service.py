@@ -71,7 +71,11 @@ class MucService:
     def load(self) -> None:
         assert self.module.store is not None
         for name, record in self.module.store.rooms(self.domain):
-            room = Room(self, name, RoomConfig.from_record(record.get("config", {})))
+            config = RoomConfig.from_record(record.get("config", {}))
+            # limits lowered since the room was configured apply to it now
+            config.max_users = min(config.max_users, self.limits.max_occupants)
+            config.history_length = min(config.history_length, self.limits.max_history)
+            room = Room(self, name, config)
             room.load_record(record)
             room.stored = True
             self.rooms[name] = room
