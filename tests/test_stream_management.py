@@ -153,15 +153,21 @@ def login(
 
 
 def resume(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], old: Client, h: int
+    srv: ServerProcess,
+    ca_file: str,
+    opened: list[RawClient],
+    old: Client,
+    h: int,
+    then: str = "",
 ) -> tuple[Client, Any]:
-    """A new connection resuming `old`'s session: (client, <resumed/> or <failed/>)."""
+    """A new connection resuming `old`'s session (`then`: sent in the same packet):
+    (client, <resumed/> or <failed/>)."""
     c, _features = authenticated(srv, ca_file, opened, old.name)
     client = Client(c, old.name, old.full)
     client.counting = True
     client.received = h
     client.sm_id = old.sm_id
-    c.send(f"<resume xmlns='{SM}' previd='{old.sm_id}' h='{h}'/>")
+    c.send(f"<resume xmlns='{SM}' previd='{old.sm_id}' h='{h}'/>{then}")
     return client, client.next()
 
 
@@ -387,14 +393,20 @@ def test_resume_while_old_connection_is_open(
     bob = login(srv, ca_file, opened, next(users))
     alice.enable()
     alice.sync()
-    new, answer = resume(srv, ca_file, opened, alice, alice.received)
+    # What follows <resume/> in the same packet is the resumed session's.
+    new, answer = resume(
+        srv, ca_file, opened, alice, alice.received, message(bob.full, "right after")
+    )
     assert answer.tag == f"{{{SM}}}resumed"
+    assert answer.get("h") == "1"
     # §5: the server closes the old stream with conflict.
     assert alice.c.stream_error() == "conflict"
     assert alice.c.wait_closed()
+    assert bodies(bob.sync()) == ["right after"]
     bob.send(message(alice.full, "hello"))
     bob.sync()
     assert bodies(new.sync()) == ["hello"]
+    assert new.request_ack() == 3
 
 
 def test_failed_resumptions(
@@ -527,6 +539,38 @@ def test_dead_connection_found_by_ping_is_resumable(make_server: Any, ca_file: s
         new, answer = resume(srv, ca_file, opened, alice, alice.received + 1)
         assert answer.tag == f"{{{SM}}}resumed", etree.tostring(answer)
         assert new.sync() == []
+    finally:
+        for c in opened:
+            c.close()
+
+
+def test_connections_per_ip_follow_the_connection(make_server: Any, ca_file: str) -> None:
+    """A resumed session counts one connection (the new one), a detached one none."""
+    srv: ServerProcess = make_server("[limits]\nmax_connections_per_ip = 2\n")
+    srv.adduser("alice@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        alice = login(srv, ca_file, opened, "alice")
+        alice.enable()
+        for _ in range(3):
+            alice.c.abort()  # detached: its connection no longer counts
+            time.sleep(0.2)
+            new, answer = resume(srv, ca_file, opened, alice, alice.received)
+            assert answer.tag == f"{{{SM}}}resumed"
+            alice.c = new.c
+        # The old connection gets conflict: one connection for the address afterwards.
+        new, answer = resume(srv, ca_file, opened, alice, alice.received)
+        assert answer.tag == f"{{{SM}}}resumed"
+        assert alice.c.stream_error() == "conflict"
+        assert alice.c.wait_closed()
+        time.sleep(0.2)
+        other = srv.client()
+        opened.append(other)
+        assert other.open_stream() is not None  # the second of two allowed
+        third = srv.client()
+        opened.append(third)
+        assert third.stream_error() == "policy-violation"
     finally:
         for c in opened:
             c.close()

@@ -222,14 +222,16 @@ class C2SStream(Session, asyncio.Protocol):
         if self.inflater is None:
             self._received(data)
             return
+        stream = self
         try:
             for piece in self.inflater.feed(data):
-                self._received(piece)
-                if self.closing:
+                stream._received(piece)
+                stream = stream._connection_owner()
+                if stream.closing:
                     return
         except CompressionError as exc:
             # XEP-0138 §3: a processing error after compression closes the stream.
-            self.close_with_error(
+            stream.close_with_error(
                 "undefined-condition",
                 f"cannot decompress: {exc}",
                 f"<failure xmlns='{compression.NS_PROTOCOL}'><processing-failed/></failure>",
@@ -257,12 +259,19 @@ class C2SStream(Session, asyncio.Protocol):
     def _release_held(self) -> None:
         self.resume_timer = None
         held, self.held = self.held or [], None
+        stream = self
         for data in held:
-            if self.closing:
+            stream = stream._connection_owner()
+            if stream.closing:
                 return
-            self._process(data)
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
+            stream._process(data)
+        stream = stream._connection_owner()
+        if stream.transport is not None and not stream.closing:
+            stream.transport.resume_reading()
+
+    def _connection_owner(self) -> C2SStream:
+        """The stream that has this one's connection now (XEP-0198 <resume/> moved it)."""
+        return self.resumed_into or self
 
     def _received(self, data: bytes) -> None:
         events = self.parser.feed(data)

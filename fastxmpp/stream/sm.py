@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 import weakref
@@ -152,9 +153,9 @@ def enabled_xml(sm: StreamManagement) -> bytes:
     if sm.sm_id is None:
         return f"<enabled xmlns='{NS_SM}'/>".encode()
     # §5: resume='true' with the SM-ID; 'max' is our resumption time in seconds.
-    return (
-        f"<enabled xmlns='{NS_SM}' id={quoteattr(sm.sm_id)} resume='true' max='{int(sm.timeout)}'/>"
-    ).encode()
+    seconds = max(1, math.ceil(sm.timeout))
+    sm_id = quoteattr(sm.sm_id)
+    return f"<enabled xmlns='{NS_SM}' id={sm_id} resume='true' max='{seconds}'/>".encode()
 
 
 def resumed_xml(sm: StreamManagement) -> bytes:
