@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
@@ -83,6 +84,9 @@ log = logging.getLogger("fastxmpp.privacy")
 NS_BLOCKING = "urn:xmpp:blocking"
 # The default list a block command creates when the account has none (XEP-0191 §6).
 BLOCKLIST_NAME = "blocklist"
+# Compiled default lists of accounts without a session kept for the router's account_privacy
+# hook and offline storage.
+OFFLINE_DEFAULTS_CACHED = 1024
 _STORED_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 
 
@@ -126,6 +130,8 @@ class PrivacyModule(Module):
         self.store: PrivacyStore | None = None
         self.roster: RosterModule | None = None
         self._online: dict[str, AccountLists] = {}  # bare JID -> lists, for bound accounts
+        # bare JID -> compiled default list of accounts without a session, least recent first.
+        self._offline_defaults: OrderedDict[str, PrivacyList] = OrderedDict()
 
     def start(self) -> None:
         assert self.server.storage is not None
@@ -142,6 +148,7 @@ class PrivacyModule(Module):
         session.blocklist_requested = False
         account = self._online.get(session.bare)
         if account is None:
+            self._offline_defaults.pop(session.bare, None)
             account = self._online[session.bare] = self._load(session.domain, session.local)
         session.privacy = account.default_list
 
@@ -155,19 +162,31 @@ class PrivacyModule(Module):
 
     def account_removed(self, domain: str, local: str) -> None:
         self._online.pop(f"{local}@{domain}", None)
+        self._offline_defaults.pop(f"{local}@{domain}", None)
 
     # --- public API (router hook, presence and offline modules) ---------------------------
 
     def default_list(self, domain: str, local: str) -> PrivacyList | None:
         """The account's default list (the router's account_privacy hook), or None."""
-        account = self._online.get(f"{local}@{domain}")
+        bare = f"{local}@{domain}"
+        account = self._online.get(bare)
         if account is not None:
             return account.default_list
+        cached = self._offline_defaults.get(bare)
+        if cached is not None:
+            self._offline_defaults.move_to_end(bare)
+            return cached
         assert self.store is not None
         stored = self.store.load(domain, local)
         if stored.default is None or stored.default not in stored.lists:
             return None
-        return AccountLists(self, domain, local, stored).default_list
+        # Compiled once and kept (a flood of iqs to an offline account must not compile a
+        # long list each time); an account's lists only change while it is online.
+        default = AccountLists(self, domain, local, stored).compile(stored.default)
+        self._offline_defaults[bare] = default
+        if len(self._offline_defaults) > OFFLINE_DEFAULTS_CACHED:
+            self._offline_defaults.popitem(last=False)
+        return default
 
     def account_allows_in(self, domain: str, local: str, kind: int, sender: str) -> bool:
         """Whether the account's default list lets a stanza of `kind` from `sender` in."""
@@ -231,7 +250,7 @@ class PrivacyModule(Module):
         name = list_name(child)
         if len(child) > self.settings.max_items:  # refused before any item is looked at
             self._check_limits(account.stored, name, len(child))
-        items = parse_items(child, lambda group: self._group_exists(origin, group))
+        items = parse_items(child, self._roster_groups(origin).__contains__)
         if not items:
             self._remove(origin, st, account, name)
         else:
@@ -340,10 +359,11 @@ class PrivacyModule(Module):
                 "policy-violation", f"an account keeps at most {self.settings.max_lists} lists"
             )
 
-    def _group_exists(self, origin: C2SStream, group: str) -> bool:
+    def _roster_groups(self, origin: C2SStream) -> set[str]:
+        """§2.1: the groups of the user's roster (a group item must name one of them)."""
         if self.roster is None:
-            return False
-        return any(group in item.groups for item in self.roster.items(origin.domain, origin.local))
+            return set()
+        return {g for item in self.roster.items(origin.domain, origin.local) for g in item.groups}
 
     # --- urn:xmpp:blocking ---------------------------------------------------------------
 
