@@ -576,6 +576,63 @@ def test_connections_per_ip_follow_the_connection(make_server: Any, ca_file: str
             c.close()
 
 
+def test_waiting_session_gives_way_at_the_resource_limit(make_server: Any, ca_file: str) -> None:
+    srv: ServerProcess = make_server("[limits]\nmax_resources_per_account = 2\n")
+    srv.adduser("alice@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        lost = login(srv, ca_file, opened, "alice", "one")
+        lost.enable()
+        lost.c.abort()
+        time.sleep(0.2)
+        login(srv, ca_file, opened, "alice", "two")
+        # A third resource: the session waiting to be resumed ends instead of a refusal.
+        third = login(srv, ca_file, opened, "alice", "three")
+        assert third.full == "alice@localhost/three"
+        _c, answer = resume(srv, ca_file, opened, lost, 0)
+        assert failed_condition(answer) == "item-not-found"
+    finally:
+        for c in opened:
+            c.close()
+
+
+def test_resume_on_a_compressed_stream(make_server: Any, ca_file: str) -> None:
+    """XEP-0138 state goes with the connection: the resuming stream's inflater and
+    compressor serve the resumed session, also for input in the same read as <resume/>."""
+    srv: ServerProcess = make_server("[legacy]\ncompression = true\n")
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        bob = login(srv, ca_file, opened, "bob")
+        c, _features = authenticated(srv, ca_file, opened, "alice")
+        c.compress()
+        alice = Client(c, "alice", c.bind("r"))
+        alice.enable()
+        alice.sync()
+        alice.c.abort()
+        time.sleep(0.2)
+        c2, _features = authenticated(srv, ca_file, opened, "alice")
+        assert c2.compress().tag == "{http://etherx.jabber.org/streams}features"
+        new = Client(c2, "alice", alice.full)
+        new.counting = True
+        new.received = alice.received
+        c2.send(
+            f"<resume xmlns='{SM}' previd='{alice.sm_id}' h='{alice.received}'/>"
+            + message(bob.full, "compressed")
+        )
+        assert new.next().tag == f"{{{SM}}}resumed"
+        assert bodies(bob.sync()) == ["compressed"]
+        bob.send(message(alice.full, "back"))
+        bob.sync()
+        assert bodies(new.sync()) == ["back"]
+    finally:
+        for c in opened:
+            c.close()
+
+
 def test_shutdown_ends_detached_sessions(make_server: Any, ca_file: str) -> None:
     srv: ServerProcess = make_server()
     srv.adduser("alice@localhost")

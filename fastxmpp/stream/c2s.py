@@ -801,12 +801,15 @@ class C2SStream(Session, asyncio.Protocol):
         then tells the server (`session_bound`). StanzaError(conflict) leaves it unbound."""
         assert self.host is not None
         existing = self.router.session(f"{local}@{self.host}", resource)
-        if existing is None and (
-            len(self.router.resources(f"{local}@{self.host}"))
-            >= self.limits.max_resources_per_account
-        ):
-            # RFC 6120 §7.6.2.1: the account has reached its number of connected resources.
-            raise StanzaError("resource-constraint", "too many sessions for this account")
+        resources = self.router.resources(f"{local}@{self.host}")
+        if existing is None and len(resources) >= self.limits.max_resources_per_account:
+            waiting = [s for s in resources.values() if s.sm is not None and s.sm.detached]
+            if not waiting:
+                # RFC 6120 §7.6.2.1: the account has reached its number of connected resources.
+                raise StanzaError("resource-constraint", "too many sessions for this account")
+            # A session lost with its connection (XEP-0198, waiting to be resumed) gives way
+            # to one that is here: the longest-bound of them ends now.
+            waiting[0]._end_detached()
         if existing is not None:
             # RFC 6120 §7.7.2.2: the configured policy decides.
             policy = self.c2s.resource_conflict
@@ -1088,7 +1091,11 @@ class C2SStream(Session, asyncio.Protocol):
                 # XEP-0198 §4: what it never acknowledged, as if sent to a resource gone.
                 self.sm = None
                 sm.resumption_table(self.server).forget(self, state)
-                sm.handle_unacknowledged(self, state.take_unacknowledged())
+                try:
+                    sm.handle_unacknowledged(self, state.take_unacknowledged())
+                except Exception:
+                    # The session must end all the same (presence, modules).
+                    log.exception("unacknowledged stanzas of %s", self.full)
             self.server.session_ended(self)
 
     def _close_transport(self, linger: bool = False) -> None:
