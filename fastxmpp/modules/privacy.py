@@ -56,7 +56,7 @@ from lxml import etree
 
 from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
-from ..storage.privacy import PrivacyStore, StoredLists
+from ..storage.privacy import ItemRecord, PrivacyStore, StoredLists
 from .base import Module, iq_result
 from .privacy_rules import (
     EVERY_KIND,
@@ -106,8 +106,7 @@ class AccountLists:
         self.compiled = {name: self.compile(name) for name in stored.lists}
 
     def compile(self, name: str) -> PrivacyList:
-        items = tuple(Item.from_record(record) for record in self.stored.lists[name])
-        return PrivacyList(name, items, self.domain, self.local, self.module.roster_item_of(self))
+        return self.module.compile(self.domain, self.local, name, self.stored.lists[name])
 
     @property
     def default_list(self) -> PrivacyList | None:
@@ -182,7 +181,7 @@ class PrivacyModule(Module):
             return None
         # Compiled once and kept (a flood of iqs to an offline account must not compile a
         # long list each time); an account's lists only change while it is online.
-        default = AccountLists(self, domain, local, stored).compile(stored.default)
+        default = self.compile(domain, local, stored.default, stored.lists[stored.default])
         self._offline_defaults[bare] = default
         if len(self._offline_defaults) > OFFLINE_DEFAULTS_CACHED:
             self._offline_defaults.popitem(last=False)
@@ -213,14 +212,18 @@ class PrivacyModule(Module):
             return True
         return sender is None or session.privacy.allows_in(MESSAGE, sender)
 
-    def roster_item_of(self, account: AccountLists) -> Any:
+    def compile(
+        self, domain: str, local: str, name: str, records: tuple[ItemRecord, ...]
+    ) -> PrivacyList:
+        """The list `name` of local@domain, ready for the router; group and subscription
+        items read the account's roster when a stanza reaches them (§2.2 rule 9)."""
         roster = self.roster
-        domain, local = account.domain, account.local
 
         def roster_item(contact: str) -> RosterItem | None:
             return None if roster is None else roster.item(domain, local, contact)
 
-        return roster_item
+        items = tuple(Item.from_record(record) for record in records)
+        return PrivacyList(name, items, domain, local, roster_item)
 
     # --- jabber:iq:privacy ---------------------------------------------------------------
 
@@ -480,8 +483,9 @@ class PrivacyModule(Module):
             for session in sessions:
                 _push(session, push)
         after = account.blocked()
-        blocked = [jid for jid in after if jid not in before]
-        unblocked = [jid for jid in before if jid not in after]
+        before_set, after_set = set(before), set(after)
+        blocked = [jid for jid in after if jid not in before_set]
+        unblocked = [jid for jid in before if jid not in after_set]
         interested = [s for s in sessions if s.blocklist_requested]
         if unblock_all and not after:
             for session in interested:
