@@ -445,3 +445,23 @@ async def test_slixmpp_blocking(srv: ServerProcess, ca_file: str, users: Iterato
     finally:
         for client in (a, b):
             client.disconnect()
+
+
+def test_unsubscribe_from_blocked_contact_still_applies(online: Any, users: Iterator[str]) -> None:
+    """Polite blocking keeps subscriptions, but when the blocked contact ends one the user's
+    roster follows (or the contact would keep getting the user's presence it gave up);
+    the stanza itself is not delivered (privacy.py)."""
+    a, b = online(next(users)), online(next(users))
+    subscribe_both(a, b)
+    iq(a, "get", f"<query xmlns='{ROSTER}'/>")  # a gets roster pushes from now on
+    ok(block(a, b.bare))
+    sync(b.c)
+    sync(a.c)
+    b.send(f"<presence type='unsubscribed' to='{a.bare}'/>")
+    b.send(f"<presence type='unsubscribe' to='{a.bare}'/>")
+    assert next_error(b) is None
+    seen = sync(a.c)
+    assert presences(seen) == []
+    reply = ok(iq(a, "get", f"<query xmlns='{ROSTER}'/>"))
+    item = reply.find(f"{{{ROSTER}}}query/{{{ROSTER}}}item")
+    assert item is not None and item.get("subscription") == "none"

@@ -365,6 +365,7 @@ class PresenceModule(Module):
                 self._to_available(
                     user,
                     f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode(),
+                    session,
                 )
 
     def roster_item_removed(self, origin: C2SStream, item: RosterItem) -> None:
