@@ -159,9 +159,7 @@ class PresenceModule(Module):
             return recipient.privacy is None or recipient.privacy.allows_in(PRIVACY_OTHER, sender)
         return self.privacy.presence_allowed(sender, recipient)
 
-    def _to_available(
-        self, bare: str, data: bytes, sender: C2SStream | str | None = None
-    ) -> None:
+    def _to_available(self, bare: str, data: bytes, sender: C2SStream | str | None = None) -> None:
         """`data` to the available resources of `bare`, where the privacy lists let what
         `sender` sends through."""
         for session in self.router.resources(bare).values():
