@@ -1143,3 +1143,20 @@ def test_caps_hash_examples() -> None:
         f"<feature var='{TUNE}'/></query>"
     )
     assert notify_nodes(notify) == {TUNE}
+
+
+def test_blocked_contact_gets_nothing(login: Any) -> None:
+    """XEP-0163 §4.3.3: no notifications to a subscriber the owner blocks (XEP-0191)."""
+    alice, bob = login(), login()
+    befriend(alice, bob)
+    bob.available((TUNE,))
+    block = f"<block xmlns='urn:xmpp:blocking'><item jid='{bob.bare}'/></block>"
+    assert alice.iq("set", block).get("type") == "result"
+    alice.publish(TUNE, tune("hidden"))
+    assert events(received(bob, alice)) == []
+    bob2 = login(bob.name, "two")
+    assert events(bob2.available((TUNE,))) == []
+    unblock = f"<unblock xmlns='urn:xmpp:blocking'><item jid='{bob.bare}'/></unblock>"
+    assert alice.iq("set", unblock).get("type") == "result"
+    alice.publish(TUNE, tune("seen"))
+    assert item_titles(received(bob, alice)) == ["seen"]

@@ -28,7 +28,8 @@ available with interest in a node, or when its caps start to show interest in on
 (§4.3.4), and to a user's resources interested in a contact's nodes when the user starts
 being allowed to see the contact's presence (RFC 6121 §3.1.5: best effort, at that
 moment). A contact that loses its subscription gets nothing more: the roster is asked at
-each notification.
+each notification. Nothing goes to a contact the owner blocks (its default privacy list,
+XEP-0191 blocking included) or whose own list refuses messages from the owner (§4.3.3).
 
 Caps (XEP-0115): each available presence's <c/> is looked up by (hash, ver) in a bounded
 cache shared by all accounts; when missing, the server asks the client (disco#info to its
@@ -55,11 +56,14 @@ from ..storage.lmdb_store import StorageFull
 from ..storage.pep import Item, Limits, Node, NodeExists, PepLimit, PepStore
 from .base import Module, iq_result
 from .pep_caps import HASHES, NS_CAPS, NS_INFO, CapsCache, caps_hash, notify_nodes
+from .privacy_rules import MESSAGE as PRIVACY_MESSAGE
+from .privacy_rules import OTHER as PRIVACY_OTHER
 from .private import fragment_xml
 
 if TYPE_CHECKING:
     from .._parser import Stanza
     from ..stream.c2s import C2SStream
+    from .privacy import PrivacyModule
     from .roster import RosterModule
 
 log = logging.getLogger("fastxmpp.pep")
@@ -281,6 +285,7 @@ class PepModule(Module):
         self.settings = server.config.pep
         self.store: PepStore | None = None
         self.roster: RosterModule | None = None
+        self.privacy: PrivacyModule | None = None
         self.caps = CapsCache(self.settings.caps_cache_size)
         self.limits = Limits(self.settings.max_nodes, self.settings.max_bytes_per_account)
         # (hash, ver) -> the shared outcome of a disco#info query in flight (None: failed).
@@ -291,6 +296,7 @@ class PepModule(Module):
         assert self.server.storage is not None
         self.store = PepStore(self.server.storage)
         self.roster = self.hub.get("roster")
+        self.privacy = self.hub.get("privacy")
         self.router.set_iq_handler(NS, self.answer)
         self.router.set_iq_handler(NS_OWNER, self.answer)
 
@@ -442,6 +448,7 @@ class PepModule(Module):
                 or config["send_last_published_item"] not in when
                 or not config["deliver_notifications"]
                 or self._refusal(domain, local, config, session.bare) is not None
+                or (session.bare != owner and not self._privacy_allows(domain, local, session))
             ):
                 continue
             [item] = self.store.items(domain, local, node, node.order[-1:])
@@ -509,8 +516,20 @@ class PepModule(Module):
             if not sessions or self._refusal(domain, local, config, contact) is not None:
                 continue
             for session in sessions.values():
-                if self._wants(session, node):
+                if self._wants(session, node) and self._privacy_allows(domain, local, session):
                     session.send(self._message(owner, session.full, config, inner, replyto))
+
+    def _privacy_allows(self, domain: str, local: str, session: C2SStream) -> bool:
+        """XEP-0163 §4.3.3: nothing to a contact's session the owner blocks (the account's
+        default list, XEP-0016 §2.2 rule 2, XEP-0191), nor to one whose own list refuses
+        messages from the owner."""
+        if self.privacy is None:
+            return True
+        owner = f"{local}@{domain}"
+        owner_list = self.privacy.default_list(domain, local)
+        if owner_list is not None and not owner_list.allows(PRIVACY_OTHER, session.full):
+            return False
+        return session.privacy is None or session.privacy.allows_in(PRIVACY_MESSAGE, owner)
 
     @staticmethod
     def _wants(session: C2SStream, node: str) -> bool:
