@@ -633,6 +633,36 @@ def test_resume_on_a_compressed_stream(make_server: Any, ca_file: str) -> None:
             c.close()
 
 
+@pytest.mark.parametrize(
+    ("setting", "offered", "enable_answer"),
+    [("enabled = false", False, "failed"), ("resume_timeout = 0", True, "enabled")],
+)
+def test_configuration_switches(
+    make_server: Any, ca_file: str, setting: str, offered: bool, enable_answer: str
+) -> None:
+    srv: ServerProcess = make_server(f"[stream_management]\n{setting}\n")
+    srv.adduser("alice@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        c, features = authenticated(srv, ca_file, opened, "alice")
+        assert (features.find(f"{{{SM}}}sm") is not None) is offered
+        # Resumption is not supported in either case (§5: feature-not-implemented).
+        c.send(f"<resume xmlns='{SM}' previd='x' h='0'/>")
+        assert failed_condition(c.next()) == "feature-not-implemented"
+        client = Client(c, "alice", c.bind("r"))
+        answer = client.enable()
+        assert answer.tag == f"{{{SM}}}{enable_answer}"
+        if enable_answer == "failed":
+            assert failed_condition(answer) == "feature-not-implemented"
+        else:
+            assert answer.get("resume") is None  # acknowledgements only
+            assert client.request_ack() == 0
+    finally:
+        for c in opened:
+            c.close()
+
+
 def test_shutdown_ends_detached_sessions(make_server: Any, ca_file: str) -> None:
     srv: ServerProcess = make_server()
     srv.adduser("alice@localhost")

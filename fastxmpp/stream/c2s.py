@@ -898,7 +898,9 @@ class C2SStream(Session, asyncio.Protocol):
         """§5: take over the session `previd` names: its connection (if it still has one)
         gets a conflict stream error, this stream's connection moves into it, and what the
         client has not acknowledged is sent again."""
-        if not self.server.config.stream_management.enabled:
+        settings = self.server.config.stream_management
+        if not settings.enabled or settings.resume_timeout <= 0:
+            # §5: resumption is not supported here.
             self.send_uncounted(sm.failed_xml("feature-not-implemented"))
             return
         if self.authenticated_local is None or self.bound:
@@ -969,6 +971,7 @@ class C2SStream(Session, asyncio.Protocol):
         self.flush()  # drops output never written: the unacknowledged queue has it
         self.held = None
         self.pending = []
+        self.inflater = None  # XEP-0138 state is the connection's: a resuming one has its own
         self.parser.hibernate()
         state.expiry = asyncio.get_running_loop().call_later(
             state.timeout, self._resumption_expired
