@@ -412,7 +412,8 @@ class PepModule(Module):
         if self.roster is None:
             return
         for contact in self.roster.presence_sources(session.domain, session.local):
-            self._send_last_of(contact, session, new)
+            if contact != session.bare:  # one's own JID may be a roster item too
+                self._send_last_of(contact, session, new)
 
     def _send_last_of(
         self, contact: str, session: C2SStream, nodes: frozenset[str], on_presence: bool = True
