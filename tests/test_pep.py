@@ -1160,3 +1160,27 @@ def test_blocked_contact_gets_nothing(login: Any) -> None:
     assert alice.iq("set", unblock).get("type") == "result"
     alice.publish(TUNE, tune("seen"))
     assert item_titles(received(bob, alice)) == ["seen"]
+
+
+def test_submitting_the_form_as_received(login: Any) -> None:
+    """What Conversations does after precondition-not-met: take the form, change a field,
+    submit it whole."""
+    alice = login()
+    node = "urn:example:omemo"
+    alice.publish(node, f"<list xmlns='{node}'/>")
+    reply = alice.iq("get", f"<pubsub xmlns='{OWNER}'><configure node='{node}'/></pubsub>")
+    x = reply.find(f"{{{OWNER}}}pubsub/{{{OWNER}}}configure/{{{DATA}}}x")
+    x.set("type", "submit")
+    for field in x.findall(f"{{{DATA}}}field"):
+        for option in field.findall(f"{{{DATA}}}option"):
+            field.remove(option)
+        if field.get("var") == "pubsub#access_model":
+            field.find(f"{{{DATA}}}value").text = "open"
+    form = etree.tostring(x).decode()
+    reply = alice.iq(
+        "set", f"<pubsub xmlns='{OWNER}'><configure node='{node}'>{form}</configure></pubsub>"
+    )
+    assert reply.get("type") == "result", etree.tostring(reply)
+    assert config_values(alice, node)["pubsub#access_model"] == ["open"]
+    options = publish_options(access_model="open")
+    assert alice.publish(node, f"<list xmlns='{node}'/>", options=options).get("type") == "result"
