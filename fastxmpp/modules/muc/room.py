@@ -284,7 +284,9 @@ class Room:
         newcomer = existing is None
         occupant = existing or Occupant(nick, bare, self.default_role(affiliation))
         occupant.sessions[origin.full] = origin
-        occupant.presence = reflected_children(st.element())
+        presence = reflected_children(st.element())
+        changed = not newcomer and presence != occupant.presence
+        occupant.presence = presence
         self.occupants[nick] = occupant
         self.nick_keys[nick_key(nick)] = nick
         self.by_jid[origin.full] = occupant
@@ -293,7 +295,8 @@ class Room:
         for other in list(self.occupants.values()):
             if other is not occupant:
                 origin.send(self.presence(other, origin.full, show_jid=self.sees_jids(occupant)))
-        if newcomer:
+        if newcomer or changed:
+            # (another resource joining under the same nickname shows only a new presence)
             for other, full, session in self.sessions():
                 if other is not occupant:
                     session.send(self.presence(occupant, full, show_jid=self.sees_jids(other)))

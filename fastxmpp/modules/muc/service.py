@@ -415,7 +415,11 @@ class MucModule(Module):
         assert self.server.storage is not None
         self.store = MucStore(self.server.storage)
         for host in self.config.hosts:
-            domain = normalize_domain(settings.domain.replace("{host}", host))
+            try:
+                domain = normalize_domain(settings.domain.replace("{host}", host))
+            except JIDError as exc:
+                log.error("no multi-user chat service for %s: %s", host, exc)
+                continue
             if domain in self.services:
                 continue  # a template without {host}: one service for every host
             if domain in self.config.hosts:
