@@ -824,13 +824,21 @@ async def test_slixmpp_chat(srv: ServerProcess, ca_file: str, users: Iterator[st
         await asyncio.wait_for(third.plugin["xep_0045"].join_muc_wait(room, "third"), 10)
         assert await asyncio.wait_for(third.messages.get(), 10) == ("owner", "hi all")
         assert "owner" in third.plugin["xep_0045"].get_roster(room)
-        # kick through the plugin's role call
-        await asyncio.wait_for(muc.set_role(room, "third", "none"), 10)
+        # a nickname change (303 + 110 in the plugin's eyes), seen by the others
+        new_nick = await asyncio.wait_for(third.plugin["xep_0045"].set_self_nick(room, "trois"), 10)
+        assert new_nick == "trois"
         for _ in range(50):
-            if "third" not in muc.get_roster(room):
+            if "trois" in muc.get_roster(room) and "third" not in muc.get_roster(room):
                 break
             await asyncio.sleep(0.1)
-        assert "third" not in muc.get_roster(room)
+        assert "trois" in muc.get_roster(room) and "third" not in muc.get_roster(room)
+        # kick through the plugin's role call
+        await asyncio.wait_for(muc.set_role(room, "trois", "none"), 10)
+        for _ in range(50):
+            if "trois" not in muc.get_roster(room):
+                break
+            await asyncio.sleep(0.1)
+        assert "trois" not in muc.get_roster(room)
         # ban through the affiliation call
         await asyncio.wait_for(
             muc.set_affiliation(room, "outcast", jid=f"{names[1]}@localhost"), 10
@@ -842,6 +850,14 @@ async def test_slixmpp_chat(srv: ServerProcess, ca_file: str, users: Iterator[st
         assert "second" not in muc.get_roster(room)
         banned = await asyncio.wait_for(muc.get_affiliation_list(room, "outcast"), 10)
         assert banned == [f"{names[1]}@localhost"]
+        # leaving: the plugin forgets the room once its unavailable self-presence is back
+        assert room in muc.get_joined_rooms()
+        muc.leave_muc(room, "owner")
+        for _ in range(50):
+            if room not in muc.get_joined_rooms():
+                break
+            await asyncio.sleep(0.1)
+        assert room not in muc.get_joined_rooms()
     finally:
         for client in clients:
             client.disconnect()
