@@ -676,6 +676,20 @@ def test_presence_change_broadcast(login: Any, users: Iterator[str]) -> None:
     assert item(got[0]).get("role") == "participant"
 
 
+def test_presence_probe(login: Any, users: Iterator[str]) -> None:
+    """§17.3 rule 4: occupants may probe occupant JIDs; others get nothing."""
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    sync(a.c)
+    b.send(f"<presence to='{room}/owner' type='probe'/>")
+    got = presences(sync(b.c))
+    assert [p.get("from") for p in got] == [f"{room}/owner"]
+    assert item(got[0]).get("affiliation") == "owner" and item(got[0]).get("jid") is None
+    c.send(f"<presence to='{room}/owner' type='probe'/>")
+    assert sync(c.c) == []
+
+
 def test_exit_and_temporary_room_vanishes(login: Any, users: Iterator[str]) -> None:
     a, b = login(next(users)), login(next(users))
     room = create(a)

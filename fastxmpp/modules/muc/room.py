@@ -339,6 +339,24 @@ class Room:
             origin.send(insert_attr(data, "to", origin.full))
         self.send_subject(origin.full, origin)
 
+    def probe(self, origin: C2SStream, nick: str) -> None:
+        """The current in-room presence of `nick` (the room's own view: all of them, without
+        a nickname) for an occupant that asks."""
+        asker = self.by_jid[origin.full]
+        targets = [self.occupants[nick]] if nick in self.occupants else []
+        if not nick:
+            targets = list(self.occupants.values())
+        for target in targets:
+            codes = ["110"] if target is asker else []
+            origin.send(
+                self.presence(
+                    target,
+                    origin.full,
+                    show_jid=target is asker or self.sees_jids(asker),
+                    codes=codes,
+                )
+            )
+
     def change_presence(self, origin: C2SStream, st: Stanza) -> None:
         """§7.7: an occupant's new availability goes to everyone."""
         occupant = self.by_jid[origin.full]

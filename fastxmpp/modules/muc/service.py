@@ -235,6 +235,10 @@ class MucService:
             if room is not None and origin.full in room.by_jid:
                 room.leave(origin, reflected_children(st.element()))
             return
+        if ptype == "probe" and room is not None and origin.full in room.by_jid:
+            # §17.3 rule 4: an occupant asks for another occupant's (or its own) presence.
+            room.probe(origin, nick)
+            return
         if ptype is not None:
             return  # §17.3 rules 1, 4: probes and subscriptions are no join
         if not nick:
