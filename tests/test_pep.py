@@ -1184,3 +1184,21 @@ def test_submitting_the_form_as_received(login: Any) -> None:
     assert config_values(alice, node)["pubsub#access_model"] == ["open"]
     options = publish_options(access_model="open")
     assert alice.publish(node, f"<list xmlns='{node}'/>", options=options).get("type") == "result"
+
+
+def test_node_disco_info(login: Any) -> None:
+    alice, bob, stranger = login(), login(), login()
+    befriend(alice, bob)
+    alice.publish(TUNE, tune("x"))
+    reply = bob.iq("get", f"<query xmlns='{INFO}' node='{TUNE}'/>", to=alice.bare)
+    query = reply.find(f"{{{INFO}}}query")
+    assert query.get("node") == TUNE
+    identity = query.find(f"{{{INFO}}}identity")
+    assert (identity.get("category"), identity.get("type")) == ("pubsub", "leaf")
+    meta = {f.get("var"): f.findtext(f"{{{DATA}}}value") for f in query.iter(f"{{{DATA}}}field")}
+    assert meta["FORM_TYPE"] == PUBSUB + "#meta-data"
+    assert meta["pubsub#access_model"] == "presence" and meta["pubsub#owner"] == alice.bare
+    missing = bob.iq("get", f"<query xmlns='{INFO}' node='missing'/>", to=alice.bare)
+    assert error_of(missing) == ("cancel", "item-not-found", None)
+    hidden = stranger.iq("get", f"<query xmlns='{INFO}' node='{TUNE}'/>", to=alice.bare)
+    assert error_of(hidden)[1] == "service-unavailable"  # XEP-0030 §7 for accounts

@@ -11,7 +11,9 @@
   harvested. disco#items never lists resources: only what modules list through an optional
   `account_disco_items(requester_bare, local, domain) -> [(jid, node or None, name or None)]`
   (PEP nodes); modules add identities through an `account_identities` attribute of
-  (category, type) pairs (XEP-0163 §3: pubsub/pep).
+  (category, type) pairs (XEP-0163 §3: pubsub/pep), and answer disco#info for a node of the
+  account through an optional `account_node_info(requester_bare, local, domain, node)`
+  returning the query's inner XML, or None (XEP-0060 §5.3).
 - Any node: item-not-found (§3.2), no module defines nodes yet.
 """
 
@@ -71,6 +73,13 @@ class DiscoModule(Module):
             local, domain = target[0], target[1]
             if not may_see_presence(self.hub, origin.bare, local, domain):
                 raise StanzaError("service-unavailable")
+            for module in self.hub.modules.values():
+                node_info = getattr(module, "account_node_info", None)
+                answer = None if node_info is None else node_info(origin.bare, local, domain, node)
+                if answer is not None:
+                    return iq_result(
+                        origin, st, f"<query xmlns='{NS_INFO}'{node_attr}>{answer}</query>"
+                    )
             identity = "<identity category='account' type='registered'/>" + "".join(
                 f"<identity category={quoteattr(c)} type={quoteattr(t)}/>"
                 for m in self.hub.modules.values()

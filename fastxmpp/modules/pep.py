@@ -7,7 +7,9 @@ Requests (iq to the account's bare JID, or with no 'to' for one's own):
   without an id gets one. Retract (§7.2, notify attribute or pubsub#notify_retract), items
   (§6.5: all, by id, max_items: the most recent, in publication order), create (§8.1, with
   <configure/>: §8.1.3), configure get/submit (§8.2), default (§8.3), delete (§8.4), purge
-  (§8.5), affiliations (§5.7: owner of each node, to the owner only).
+  (§8.5), affiliations (§5.7: owner of each node, to the owner only). Disco (XEP-0030 on
+  the account): identity pubsub/pep and the features, nodes as items (§5.2), a node's
+  info and meta-data (§5.3, §5.4), each only to whoever may retrieve its items.
 - Only the account itself publishes, creates, configures, deletes and purges: forbidden for
   anyone else (§7.1.3.1, §8.x "Insufficient Privileges").
 - Access models (§4.5): presence (the default, XEP-0163 §6), open, roster (pubsub#
@@ -94,6 +96,7 @@ FEATURES = (
     "filtered-notifications",
     "item-ids",
     "last-published",
+    "meta-data",
     "persistent-items",
     "presence-notifications",
     "publish",
@@ -550,6 +553,31 @@ class PepModule(Module):
             for node in self.store.nodes(domain, local)
             if self._refusal(domain, local, node.config, requester) is None
         ]
+
+    def account_node_info(self, requester: str, local: str, domain: str, name: str) -> str | None:
+        """XEP-0060 §5.3-§5.4: a leaf node `requester` may retrieve items from, with its
+        meta-data; None for any other node (item-not-found)."""
+        assert self.store is not None
+        if not name or len(name.encode()) > MAX_NAME_BYTES:
+            return None
+        node = self.store.node(domain, local, name)
+        if node is None or self._refusal(domain, local, node.config, requester) is not None:
+            return None
+        fields = {
+            "pubsub#owner": f"{local}@{domain}",
+            "pubsub#access_model": node.config["access_model"],
+            "pubsub#title": node.config["title"],
+            "pubsub#type": node.config["type"],
+        }
+        meta = "".join(
+            f"<field var='{var}'><value>{escape(value)}</value></field>"
+            for var, value in fields.items()
+        )
+        return (
+            f"<identity category='pubsub' type='leaf'/><feature var='{NS}'/>"
+            f"<x xmlns='{NS_DATA}' type='result'><field var='FORM_TYPE' type='hidden'>"
+            f"<value>{NS}#meta-data</value></field>{meta}</x>"
+        )
 
     # --- requests ------------------------------------------------------------------------
 
