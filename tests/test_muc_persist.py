@@ -19,6 +19,7 @@ from test_muc import (
     MESSAGE,
     OWNER,
     SERVICE,
+    USER,
     User,
     bodies,
     codes,
@@ -225,6 +226,22 @@ def test_only_admins_create_rooms(make_server: Any, ca_file: str) -> None:
     assert error.find(f"{{{CLIENT}}}error").get("type") == "cancel"
     room = create(boss)
     assert join(ann, room, "ann")[-1].tag == MESSAGE
+    users.close()
+
+
+def test_service_admins_own_every_room(make_server: Any, ca_file: str) -> None:
+    server = start(make_server, '[muc]\nadmins = ["boss@localhost"]\n')
+    users = Session(server, ca_file)
+    ann, boss, ben = users.login("ann"), users.login("boss"), users.login("ben")
+    room = create(ann)
+    join(ben, room, "ben")
+    reply = iq(boss, room, "get", f"<query xmlns='{OWNER}'/>")
+    assert reply.get("type") == "result"
+    seen = join(boss, room, "boss")
+    own = presences(seen)[-1]
+    assert own.find(f".//{{{USER}}}item").get("affiliation") == "owner"
+    reply = iq(boss, room, "set", f"<query xmlns='{ADMIN}'><item nick='ben' role='none'/></query>")
+    assert reply.get("type") == "result"
     users.close()
 
 
