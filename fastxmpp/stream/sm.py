@@ -4,7 +4,8 @@ The state of one session is a `StreamManagement` object in `Session.sm` (None wi
 management: the router's `Session.send` then does nothing more than a None check). With it,
 `Session.send` hands every stanza to `StreamManagement.sent`, which counts it, keeps it until
 the client acknowledges it, writes it through `Session.send_uncounted` (what stream-level
-elements use) and asks for an acknowledgement every `ack_request_every` stanzas.
+elements use) and asks for an acknowledgement every `ack_request_every` stanzas
+(while that many are unacknowledged).
 
 Resumption (§5): a session enabled with resume='true' whose connection is lost without a
 closing handshake stays bound in the router, detached (no transport: stanzas for it are only
@@ -98,12 +99,14 @@ class StreamManagement:
 
     def sent(self, session: C2SStream, data: bytes) -> None:
         """`Session.send` with stream management on: count, keep, queue; ask for an ack
-        every `request_every` stanzas so that the queue stays short."""
+        every `request_every` stanzas while that many are unacknowledged, so that the
+        queue stays short."""
         self.unacked.append((data, time.time()))
         self.unacked_bytes += len(data)
         session.send_uncounted(data)
         self.since_request += 1
-        if self.since_request >= self.request_every:
+        # A client that acknowledges on its own (§4 allows it) is not asked.
+        if self.since_request >= self.request_every and len(self.unacked) >= self.request_every:
             self.since_request = 0
             session.send_uncounted(REQUEST)
         if (
@@ -205,9 +208,6 @@ class ResumptionTable:
         self.ended[sm.sm_id] = (session.bare, sm.received)
         if len(self.ended) > ENDED_REMEMBERED:
             self.ended.popitem(last=False)
-
-    def detached_count(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.sm is not None and s.sm.detached)
 
 
 _TABLES: weakref.WeakKeyDictionary[Any, ResumptionTable] = weakref.WeakKeyDictionary()
