@@ -972,11 +972,13 @@ async def _muc_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
     per_occupant = (spec.rate or MUC_RATE) / (spec.rooms * spec.occupants)
     sent = 0
 
-    async def paced(occupant: _Occupant) -> None:
+    async def paced(occupant: _Occupant, phase: float) -> None:
         nonlocal sent
         room = occupant.room_jid.split("/", 1)[0].encode()
         tick = 0.01
-        owed = 0.0
+        # Occupants start out of step (phase in [0, 1)): in step, all of them would owe
+        # their next message in the same tick, a burst of every occupant at once.
+        owed = phase
         while time.perf_counter() < end:
             owed += per_occupant * tick
             while owed >= 1:
@@ -989,7 +991,7 @@ async def _muc_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
                 owed -= 1
             await asyncio.sleep(tick)
 
-    await asyncio.gather(*(paced(o) for o in occupants))
+    await asyncio.gather(*(paced(o, i / len(occupants)) for i, o in enumerate(occupants)))
     expected = sent * spec.occupants
     await _wait_until(lambda: sum(o.received for o in occupants) >= expected, DRAIN_TIMEOUT, 0.01)
     received = sum(o.received for o in occupants)
