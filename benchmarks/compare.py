@@ -70,11 +70,11 @@ EJABBERD_FULL = [
 class Target:
     name: str  # e.g. "prosody-full"
     software: str  # fastxmpp | prosody | ejabberd
-    profile: str  # minimal | full
+    profile: str  # minimal | full for the anchors; fastxmpp runs every module it has
 
 
 TARGETS = [
-    Target("fastxmpp", "fastxmpp", "minimal"),
+    Target("fastxmpp", "fastxmpp", "all it has"),
     Target("prosody-minimal", "prosody", "minimal"),
     Target("prosody-full", "prosody", "full"),
     Target("ejabberd-minimal", "ejabberd", "minimal"),
