@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -571,6 +572,52 @@ def test_connections_per_ip_follow_the_connection(make_server: Any, ca_file: str
         third = srv.client()
         opened.append(third)
         assert third.stream_error() == "policy-violation"
+    finally:
+        for c in opened:
+            c.close()
+
+
+def test_slow_reader_keeps_its_session(make_server: Any, ca_file: str) -> None:
+    """A resumable session whose client stops reading loses its connection (outbound
+    limit), not its session: on resumption every message arrives, once, in order."""
+    srv: ServerProcess = make_server(
+        "[limits]\nmax_outbound_buffer = 65536\nmax_bytes_per_second = 0\n"
+        "[stream_management]\nmax_unacked_stanzas = 1000000\nmax_unacked_bytes = 100000000\n"
+    )
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        alice = login(srv, ca_file, opened, "alice")
+        c = srv.client()
+        opened.append(c)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.login(ca_file, "bob", PASSWORD, "asleep")
+        bob = Client(c, "bob", "bob@localhost/asleep")
+        bob.enable()
+        sent = 0
+        deadline = time.monotonic() + 60
+        while "output not read" not in srv.log_text():
+            assert time.monotonic() < deadline, "the slow reader was never noticed"
+            alice.send(
+                "".join(
+                    f"<message to='{bob.full}' id='f{sent + i}'><body>{'y' * 1000}</body></message>"
+                    for i in range(100)
+                )
+            )
+            sent += 100
+        alice.sync()  # all of them handled by the server
+        bob.c.abort()  # its connection was given the stream error and then cut
+        new, answer = resume(srv, ca_file, opened, bob, 0)
+        assert answer.tag == f"{{{SM}}}resumed", etree.tostring(answer)
+        ids = []
+        while len(ids) < sent:
+            el = new.next(timeout=30)
+            if el.tag == f"{{{CLIENT}}}message":
+                ids.append(el.get("id"))
+        assert ids == [f"f{i}" for i in range(sent)]
+        assert new.sync() == []
     finally:
         for c in opened:
             c.close()

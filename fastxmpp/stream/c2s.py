@@ -195,13 +195,19 @@ class C2SStream(Session, asyncio.Protocol):
     def pause_writing(self) -> None:
         """The client does not read what we send: close it before its output eats memory
         (limits.max_outbound_buffer). The stream error is queued behind the unread output,
-        so the connection is aborted shortly after, which frees the buffer."""
+        so the connection is aborted shortly after, which frees the buffer. A session the
+        client may resume (XEP-0198) loses only its connection: what was not acknowledged
+        is kept (within stream_management.max_unacked_*) and sent again on resumption."""
         if self.closing or self.transport is None:
             return
         log.info("c2s %s: output not read, %d bytes queued", self.peer, self.queued_output())
         transport = self.transport
-        self.close_with_error("policy-violation", "too much unread output")
+        resumable = self._resumable()
+        stream = self._hand_off_connection() if resumable else self
+        stream.close_with_error("policy-violation", "too much unread output")
         asyncio.get_running_loop().call_later(SLOW_READER_GRACE, transport.abort)
+        if resumable:
+            self._detach("output not read")
 
     def resume_writing(self) -> None:
         pass
