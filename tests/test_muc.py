@@ -676,6 +676,42 @@ def test_presence_change_broadcast(login: Any, users: Iterator[str]) -> None:
     assert item(got[0]).get("role") == "participant"
 
 
+def test_blocked_occupant_is_ignored(login: Any, users: Iterator[str]) -> None:
+    """XEP-0191 (one model with XEP-0016, §2.13) applied to what the room sends on an
+    occupant's behalf: blocking an occupant JID hides that occupant's groupchat messages,
+    presence, private messages and iqs; everyone else still gets them."""
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a, nick="alice")
+    join(b, room, "bob")
+    join(c, room, "carol")
+    blocked = f"{room}/alice"
+    reply = iq(
+        b,
+        b.bare,
+        "set",
+        f"<block xmlns='urn:xmpp:blocking'><item jid='{blocked}'/></block>",
+        "blk",
+    )
+    assert reply.get("type") == "result"
+    for user in (a, b, c):
+        sync(user.c)
+    groupchat(a, room, "hello all")
+    a.send(f"<presence to='{blocked}'><show>away</show></presence>")
+    got_b, got_c = received(b.c, a.c), received(c.c, a.c)
+    assert bodies(got_b) == [] and presences(got_b) == []
+    assert bodies(got_c) == [(blocked, "hello all")] and len(presences(got_c)) == 1
+    # Carol is not blocked: Bob still hears her.
+    groupchat(c, room, "still here")
+    assert bodies(received(b.c, c.c)) == [(f"{room}/carol", "still here")]
+    sync(a.c)
+    # A private message and an iq from the blocked occupant bounce: service-unavailable.
+    a.send(f"<message to='{room}/bob' type='chat' id='pm'><body>psst</body></message>")
+    assert stanza_error(a.c.next()) == "service-unavailable"
+    reply = iq(a, f"{room}/bob", "get", "<query xmlns='jabber:iq:version'/>", "ver")
+    assert stanza_error(reply) == "service-unavailable"
+    assert received(b.c, a.c) == []
+
+
 def test_presence_probe(login: Any, users: Iterator[str]) -> None:
     """§17.3 rule 4: occupants may probe occupant JIDs; others get nothing."""
     a, b, c = login(next(users)), login(next(users)), login(next(users))

@@ -12,6 +12,7 @@ from xml.sax.saxutils import escape, quoteattr
 from lxml import etree
 from precis_i18n import get_profile
 
+from ..._router import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN
 from ...errors import StanzaError
 from ..base import iq_result
 from .config import RoomConfig
@@ -50,6 +51,14 @@ def _same_nick(nick: str, key: str) -> bool:
         return nick_key(nick) == key
     except StanzaError:
         return False
+
+
+def privacy_allows(session: C2SStream, kind: int, sender: str) -> bool:
+    """XEP-0016 §2.13 for what the room sends on an occupant's behalf: the recipient's list
+    in force may refuse stanzas from an occupant JID (how clients ignore someone in a room)
+    or from the room itself. Sessions without a list (nearly all) cost one attribute read."""
+    rules = session.privacy
+    return rules is None or bool(rules.allows_in(kind, sender))
 
 
 class Occupant:
@@ -227,8 +236,9 @@ class Room:
         that just left it) get status 110 and `self_codes` (§7.2.3)."""
         codes = list(codes)
         own = [*subject.sessions.items(), *also]
+        subject_jid = self.occupant_jid(subject.nick)
         for occupant, full, session in self.sessions():
-            if occupant is subject:
+            if occupant is subject or not privacy_allows(session, PRIVACY_PRESENCE_IN, subject_jid):
                 continue
             session.send(
                 self.presence(
@@ -464,7 +474,8 @@ class Room:
             self.changed()
         sender = self.occupant_jid(occupant.nick)
         for _, full, session in self.sessions():
-            session.send(st.with_attrs({"from": sender, "to": full}))
+            if privacy_allows(session, PRIVACY_MESSAGE, sender):
+                session.send(st.with_attrs({"from": sender, "to": full}))
         if has_body:
             self.history.add(element, self.jid, sender)
 
@@ -498,7 +509,16 @@ class Room:
     def _deliver(self, st: Stanza, sender: Occupant, target: Occupant) -> None:
         sender_jid = self.occupant_jid(sender.nick)
         marked = (NS_USER, "x") in st.children
-        for full, session in list(target.sessions.items()):
+        allowed = [
+            (full, session)
+            for full, session in target.sessions.items()
+            if privacy_allows(session, PRIVACY_MESSAGE, sender_jid)
+        ]
+        if not allowed:
+            if st.attrs.get("type") != "error":
+                raise StanzaError("service-unavailable")  # XEP-0016 §2.13: blocked inbound
+            return
+        for full, session in allowed:
             data = st.with_attrs({"from": sender_jid, "to": full})
             if not marked:
                 # §7.5: the service adds <x xmlns='muc#user'/> (for XEP-0280 carbons).
@@ -540,6 +560,8 @@ class Room:
         if target is None:
             raise StanzaError("item-not-found", "no occupant has that nickname")
         full = target.jid
+        if not privacy_allows(target.sessions[full], PRIVACY_IQ, self.occupant_jid(sender.nick)):
+            raise StanzaError("service-unavailable")  # XEP-0016 §2.13: blocked inbound iq
         if len(self.pending_iqs) >= MAX_PENDING_IQS:
             self.pending_iqs.pop(next(iter(self.pending_iqs)))
         self.pending_iqs[(full, iq_id or "")] = origin.full
