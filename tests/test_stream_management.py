@@ -783,3 +783,44 @@ async def test_slixmpp_acks(srv: ServerProcess, ca_file: str, users: Iterator[st
 
 def _raw_login(peer: Client, srv: ServerProcess, ca_file: str) -> None:
     peer.full = peer.c.login(ca_file, peer.name, PASSWORD, "raw")
+
+
+async def test_slixmpp_resumes(srv: ServerProcess, ca_file: str, users: Iterator[str]) -> None:
+    """slixmpp loses its connection, connects again and resumes: what was sent to it in
+    between arrives, and its session (full JID) is the same."""
+    name, peer_name = next(users), next(users)
+    peer = Client(RawClient(srv.port), peer_name, "")
+    try:
+        await asyncio.to_thread(_raw_login, peer, srv, ca_file)
+        xmpp = ClientXMPP(f"{name}@localhost/sli", PASSWORD)
+        xmpp.register_plugin("xep_0198")
+        xmpp.ca_certs = ca_file
+        enabled, lost, resumed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        bodies_seen: list[str] = []
+        xmpp.add_event_handler("sm_enabled", lambda _e: enabled.set())
+        xmpp.add_event_handler("session_resumed", lambda _e: resumed.set())
+        xmpp.add_event_handler("disconnected", lambda _e: lost.set())
+        xmpp.add_event_handler("session_start", lambda _e: xmpp.send_presence())
+        xmpp.add_event_handler("message", lambda msg: bodies_seen.append(msg["body"]))
+        xmpp.connect("127.0.0.1", srv.port)
+        await asyncio.wait_for(enabled.wait(), 20)
+        peer.send(message(f"{name}@localhost/sli", "first"))
+        deadline = time.monotonic() + 10
+        while bodies_seen != ["first"]:
+            assert time.monotonic() < deadline, bodies_seen
+            await asyncio.sleep(0.05)
+        xmpp.transport.abort()  # the network goes away
+        await asyncio.wait_for(lost.wait(), 10)
+        await asyncio.sleep(0.3)
+        peer.send(message(f"{name}@localhost/sli", "while away"))
+        await asyncio.to_thread(peer.sync)
+        xmpp.connect("127.0.0.1", srv.port)
+        await asyncio.wait_for(resumed.wait(), 20)
+        deadline = time.monotonic() + 10
+        while bodies_seen != ["first", "while away"]:
+            assert time.monotonic() < deadline, bodies_seen
+            await asyncio.sleep(0.05)
+        assert str(xmpp.boundjid) == f"{name}@localhost/sli"
+        xmpp.disconnect()
+    finally:
+        peer.c.close()
