@@ -286,9 +286,12 @@ def test_handled_count_too_high(
     client.enable()
     client.sync()
     client.send(f"<a xmlns='{SM}' h='10'/>")
+    before = []
     error = client.c.next()
     while error.tag != f"{{{STREAMS}}}error":
+        before.append(error.tag)
         error = client.c.next()
+    assert before == [f"{{{SM}}}a"]  # what the server handled, before it closes (§4)
     assert error.find("{urn:ietf:params:xml:ns:xmpp-streams}undefined-condition") is not None
     too_high = error.find(f"{{{SM}}}handled-count-too-high")
     assert too_high is not None
@@ -501,7 +504,12 @@ def test_clean_close_with_unacked_goes_offline(
     bob.sync()
     assert bodies([alice.next(), alice.next()]) == ["m1", "m2"]
     alice.send(f"<a xmlns='{SM}' h='{alice.received - 1}'/>")  # m1 handled, m2 not
-    alice.c.close()
+    alice.send(message(bob.full, "bye"))
+    alice.send("</stream:stream>")
+    # §4: the server's last word is an <a/> with what it handled (the message).
+    final = alice.c.next()
+    assert final.tag == f"{{{SM}}}a" and final.get("h") == "1"
+    assert alice.c.wait_closed()
     back = login(srv, ca_file, opened, alice.name, "back", available=False)
     back.send("<presence/>")
     assert bodies(back.sync()) == ["m2"]

@@ -1007,6 +1007,7 @@ class C2SStream(Session, asyncio.Protocol):
         """Move this session's connection to a stream object of its own, for the caller to
         close; the session is left without one."""
         husk = C2SStream(self.server)
+        husk.full = self.full  # for its log lines only: it is not bound
         self.flush()
         self._move_connection(husk)
         return husk
@@ -1053,6 +1054,7 @@ class C2SStream(Session, asyncio.Protocol):
 
     def _peer_closed(self) -> None:
         self.closing = True
+        self._final_ack()
         self.send_uncounted(STREAM_CLOSE)
         self._close_transport()
 
@@ -1078,6 +1080,7 @@ class C2SStream(Session, asyncio.Protocol):
         if not self.header_sent:
             # RFC 6120 §4.9.1.2: the error follows our stream header.
             self._send_header(None)
+        self._final_ack()
         if condition is not None:
             log.info(
                 "c2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else ""
@@ -1085,6 +1088,12 @@ class C2SStream(Session, asyncio.Protocol):
             self.send_uncounted(stream_error_bytes(condition, text, app_xml))
         self.send_uncounted(STREAM_CLOSE)
         self._close_transport(linger=True)
+
+    def _final_ack(self) -> None:
+        """XEP-0198 §4: an <a/> before the stream closes tells the client which of its
+        stanzas the server handled."""
+        if self.sm is not None:
+            self.send_uncounted(self.sm.answer())
 
     def _end_session(self) -> None:
         """Leave the session table once, as soon as the stream is closing: nothing more is
