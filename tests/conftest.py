@@ -3,6 +3,7 @@ ephemeral loopback port with a temporary data directory."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -165,6 +166,57 @@ def make_server(ca: trustme.CA, tmp_path: Path) -> Iterator[Any]:
     yield factory
     for srv in started:
         srv.stop()
+
+
+def add_accounts(srv: ServerProcess, names: list[str]) -> None:
+    """Create accounts in-process (the CLI's adduser is a process per account)."""
+    from fastxmpp.storage.accounts import AccountStore
+    from fastxmpp.storage.lmdb_store import Storage
+
+    with Storage(srv.data_dir) as storage:
+        accounts = AccountStore(storage, iterations=4096)
+        for name in names:
+            accounts.create("localhost", name, PASSWORD)
+
+
+def module_server(
+    ca: trustme.CA,
+    tmp_path_factory: pytest.TempPathFactory,
+    pool: FreshNames,
+    extra_toml: str = "",
+) -> Iterator[ServerProcess]:
+    """For a module-scoped fixture: a server of the module's own, host localhost, with the
+    accounts of `pool`, started, and stopped when the module is done."""
+    srv = ServerProcess(tmp_path_factory.mktemp(pool.prefix), ca, ("localhost",), extra_toml)
+    add_accounts(srv, [f"{pool.prefix}{i}" for i in range(pool.count)])
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+class FreshNames:
+    """Account names prefix0..prefix{count-1}, each handed out once per test session, so that
+    no test sees what an earlier one left in an account."""
+
+    def __init__(self, prefix: str, count: int) -> None:
+        self.prefix = prefix
+        self.count = count
+        self._next = itertools.count()
+
+    def names(self) -> Iterator[str]:
+        while True:
+            n = next(self._next)
+            assert n < self.count, f"more than {self.count} {self.prefix}* accounts: raise it"
+            yield f"{self.prefix}{n}"
+
+
+@pytest.fixture
+def clients() -> Iterator[list[RawClient]]:
+    """Raw clients a test opens; closed after it."""
+    opened: list[RawClient] = []
+    yield opened
+    for c in opened:
+        c.close()
 
 
 def assert_still_serving(srv: ServerProcess, ca_file: str, user: str = "alice") -> None:

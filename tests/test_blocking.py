@@ -6,12 +6,11 @@ persistence, offline storage; and slixmpp's xep_0191 plugin."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ServerProcess, assert_still_serving
+from conftest import FreshNames, ServerProcess, assert_still_serving, module_server
 from lxml import etree
 from test_privacy import (
     IQ,
@@ -30,7 +29,7 @@ from test_privacy import (
     set_list,
     subscribe_both,
 )
-from test_roster import ROSTER, add_accounts, reply_to, sync
+from test_roster import ROSTER, reply_to, sync
 from xmpp_raw import CLIENT, STANZA_ERRORS, stanza_error
 
 NS_BLOCKING = "urn:xmpp:blocking"
@@ -39,32 +38,22 @@ ACCOUNTS = 80
 MAX_ITEMS = 5
 
 
+POOL = FreshNames("b", ACCOUNTS)
+
+
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(
-        tmp_path_factory.mktemp("blocking"),
+    yield from module_server(
         ca,
-        ("localhost",),
+        tmp_path_factory,
+        POOL,
         f"[privacy]\nmax_items = {MAX_ITEMS}\n[limits]\nmax_connections_per_ip = 200\n",
     )
-    add_accounts(server, [f"b{i}" for i in range(ACCOUNTS)])
-    server.start()
-    yield server
-    server.stop()
-
-
-_fresh = itertools.count()
 
 
 @pytest.fixture
 def users() -> Iterator[str]:
-    def names() -> Iterator[str]:
-        while True:
-            n = next(_fresh)
-            assert n < ACCOUNTS, "raise ACCOUNTS"
-            yield f"b{n}"
-
-    return names()
+    return POOL.names()
 
 
 @pytest.fixture

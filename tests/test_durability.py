@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, ServerProcess, assert_still_serving
-from test_roster import ROSTER, add_accounts, items, roster_get, roster_set, sync
+from conftest import PASSWORD, ServerProcess, add_accounts, assert_still_serving
+from test_roster import ROSTER, items, roster_get, roster_set, sync
 from xmpp_raw import CLIENT, RawClient, StreamClosed, stanza_error
 
 from fastxmpp.storage.lmdb_store import Storage

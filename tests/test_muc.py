@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, ServerProcess, assert_still_serving
+from conftest import PASSWORD, FreshNames, ServerProcess, assert_still_serving, module_server
 from lxml import etree
 from slixmpp import ClientXMPP
-from test_roster import add_accounts, received, sync
+from test_roster import received, sync
 from xmpp_raw import CLIENT, RawClient, stanza_error
 
 from fastxmpp.modules.muc.history import MAX_HISTORY_BYTES, History
@@ -41,40 +41,19 @@ def new_room() -> str:
     return f"room{next(_rooms)}@{SERVICE}"
 
 
+POOL = FreshNames("m", ACCOUNTS)
+
+
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(
-        tmp_path_factory.mktemp("muc"),
-        ca,
-        ("localhost",),
-        MUC_TOML + "[limits]\nmax_connections_per_ip = 200\n",
+    yield from module_server(
+        ca, tmp_path_factory, POOL, MUC_TOML + "[limits]\nmax_connections_per_ip = 200\n"
     )
-    add_accounts(server, [f"m{i}" for i in range(ACCOUNTS)])
-    server.start()
-    yield server
-    server.stop()
-
-
-_fresh = itertools.count()
 
 
 @pytest.fixture
 def users() -> Iterator[str]:
-    def names() -> Iterator[str]:
-        while True:
-            n = next(_fresh)
-            assert n < ACCOUNTS, "raise ACCOUNTS"
-            yield f"m{n}"
-
-    return names()
-
-
-@pytest.fixture
-def clients() -> Iterator[list[RawClient]]:
-    opened: list[RawClient] = []
-    yield opened
-    for c in opened:
-        c.close()
+    return POOL.names()
 
 
 class User:

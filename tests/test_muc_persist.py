@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conftest import PASSWORD, ServerProcess, assert_still_serving
+from conftest import PASSWORD, ServerProcess, add_accounts, assert_still_serving
 from test_muc import (
     ADMIN,
     CLIENT,
@@ -31,7 +31,7 @@ from test_muc import (
     join_error,
     presences,
 )
-from test_roster import add_accounts, sync
+from test_roster import sync
 from xmpp_raw import RawClient, StreamClosed, stanza_error
 
 from fastxmpp.config import MucConfig, check_config, load_config

@@ -16,10 +16,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, ServerProcess, assert_still_serving, run_cli
+from conftest import (
+    PASSWORD,
+    FreshNames,
+    ServerProcess,
+    add_accounts,
+    assert_still_serving,
+    module_server,
+    run_cli,
+)
 from lxml import etree
 from slixmpp import ClientXMPP
-from test_roster import add_accounts, connect, reply_to, sync
+from test_roster import connect, reply_to, sync
 from xmpp_raw import CLIENT, RawClient, stanza_error
 
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
@@ -44,26 +52,17 @@ LIMITS = (
 )
 
 
+POOL = FreshNames("p", ACCOUNTS)
+
+
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("pep"), ca, ("localhost",), LIMITS)
-    add_accounts(server, [f"p{i}" for i in range(ACCOUNTS)])
-    server.start()
-    yield server
-    server.stop()
+    yield from module_server(ca, tmp_path_factory, POOL, LIMITS)
 
 
-_fresh = itertools.count()
+_fresh = POOL.names()
 _ids = itertools.count()
 _verified: set[str] = set()  # the vers the server has verified and cached
-
-
-@pytest.fixture
-def clients() -> Iterator[list[RawClient]]:
-    opened: list[RawClient] = []
-    yield opened
-    for c in opened:
-        c.close()
 
 
 def caps_ver(features: list[str]) -> str:
@@ -169,7 +168,7 @@ class User:
 def login(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> Any:
     def make(name: str | None = None, resource: str = "r") -> User:
         if name is None:
-            name = f"p{next(_fresh)}"
+            name = next(_fresh)
             assert int(name[1:]) < ACCOUNTS, "raise ACCOUNTS"
         return User(connect(srv, ca_file, clients, name, resource), name, resource)
 
@@ -1042,7 +1041,7 @@ class Slix(ClientXMPP):
 async def test_slixmpp_tune_and_avatar(
     srv: ServerProcess, ca_file: str, clients: list[RawClient]
 ) -> None:
-    names = [f"p{next(_fresh)}" for _ in range(2)]
+    names = [next(_fresh) for _ in range(2)]
     raw = [User(connect(srv, ca_file, clients, name), name, "r") for name in names]
     befriend(*raw)
     for user in raw:

@@ -13,7 +13,6 @@ import pytest
 from conftest import PASSWORD, ServerProcess
 from slixmpp import ClientXMPP
 from test_roster import (  # noqa: F401  (fixtures)
-    clients,
     connect,
     is_push,
     items,
@@ -46,7 +45,7 @@ class User:
 def online(
     srv: ServerProcess,  # noqa: F811
     ca_file: str,
-    clients: list[RawClient],  # noqa: F811
+    clients: list[RawClient],
 ) -> Any:
     def login(name: str, resource: str = "r", available: bool = True) -> User:
         user = User(connect(srv, ca_file, clients, name, resource), name, resource)
@@ -480,7 +479,7 @@ async def test_slixmpp_subscription(
 
 
 def test_pending_request_and_subscriptions_survive_restart(make_server: Any, ca_file: str) -> None:
-    from test_roster import add_accounts
+    from conftest import add_accounts
 
     server = make_server()
     add_accounts(server, ["ann", "ben", "cat"])

@@ -11,10 +11,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, ServerProcess, assert_still_serving, run_cli
+from conftest import (
+    PASSWORD,
+    FreshNames,
+    ServerProcess,
+    assert_still_serving,
+    module_server,
+    run_cli,
+)
 from lxml import etree
 from slixmpp import ClientXMPP
-from test_roster import add_accounts, reply_to, roster_set, sync
+from test_roster import reply_to, roster_set, sync
 from xmpp_raw import CLIENT, STANZA_ERRORS, stanza_error
 
 NS = "jabber:iq:privacy"
@@ -27,33 +34,23 @@ MAX_LISTS = 3
 MAX_ITEMS = 5
 
 
+POOL = FreshNames("p", ACCOUNTS)
+
+
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(
-        tmp_path_factory.mktemp("privacy"),
+    yield from module_server(
         ca,
-        ("localhost",),
+        tmp_path_factory,
+        POOL,
         f"[privacy]\nmax_lists = {MAX_LISTS}\nmax_items = {MAX_ITEMS}\n"
         "[limits]\nmax_connections_per_ip = 200\n",
     )
-    add_accounts(server, [f"p{i}" for i in range(ACCOUNTS)])
-    server.start()
-    yield server
-    server.stop()
-
-
-_fresh = itertools.count()
 
 
 @pytest.fixture
 def users() -> Iterator[str]:
-    def names() -> Iterator[str]:
-        while True:
-            n = next(_fresh)
-            assert n < ACCOUNTS, "raise ACCOUNTS"
-            yield f"p{n}"
-
-    return names()
+    return POOL.names()
 
 
 class User:

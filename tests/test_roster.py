@@ -11,61 +11,33 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, ServerProcess
+from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
 from lxml import etree
 from xmpp_raw import CLIENT, RawClient, stanza_error
 
-from fastxmpp.storage.accounts import AccountStore
 from fastxmpp.storage.lmdb_store import Storage
 
 ROSTER = "jabber:iq:roster"
 ACCOUNTS = 64
 
 
-def add_accounts(srv: ServerProcess, names: list[str]) -> None:
-    """Create accounts in-process (the CLI's adduser is a process per account)."""
-    with Storage(srv.data_dir) as storage:
-        accounts = AccountStore(storage, iterations=4096)
-        for name in names:
-            accounts.create("localhost", name, PASSWORD)
+POOL = FreshNames("u", ACCOUNTS)
 
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(
-        tmp_path_factory.mktemp("roster"),
+    yield from module_server(
         ca,
-        ("localhost",),
+        tmp_path_factory,
+        POOL,
         "[roster]\nmax_items = 5\n[limits]\nmax_connections_per_ip = 200\n",
     )
-    add_accounts(server, [f"u{i}" for i in range(ACCOUNTS)])
-    server.start()
-    yield server
-    server.stop()
-
-
-_fresh = itertools.count()
 
 
 @pytest.fixture
 def users() -> Iterator[str]:
     """Account names never used before in this module's server."""
-
-    def names() -> Iterator[str]:
-        while True:
-            n = next(_fresh)
-            assert n < ACCOUNTS, "raise ACCOUNTS"
-            yield f"u{n}"
-
-    return names()
-
-
-@pytest.fixture
-def clients() -> Iterator[list[RawClient]]:
-    opened: list[RawClient] = []
-    yield opened
-    for c in opened:
-        c.close()
+    return POOL.names()
 
 
 def connect(
