@@ -884,8 +884,8 @@ class C2SStream(Session, asyncio.Protocol):
             self.send_uncounted(sm.failed_xml("unexpected-request"))
             return
         timeout = settings.resume_timeout
-        requested = st.attrs.get("max", "")
-        if requested.isascii() and requested.isdigit() and int(requested) > 0:
+        requested = sm.parse_h(st.attrs.get("max"))  # an unsignedInt will do for seconds
+        if requested:
             timeout = min(timeout, float(requested))  # §3: the client's preferred maximum
         state = sm.StreamManagement(settings, None, timeout)
         if st.attrs.get("resume") in ("true", "1") and timeout > 0:
