@@ -441,18 +441,40 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
 # --- presence: the hub account bench0 and its contacts bench1..benchN, subscribed both ways ---
 
 
-class _Peer:
+class _Reader:
+    """A logged-in connection whose stanzas a task hands to `handle` as they arrive."""
+
+    def __init__(self, conn: XMPPConnection) -> None:
+        self.conn = conn
+        self.task: asyncio.Task[None] | None = None
+
+    def handle(self, st: Stanza, now_ns: int) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while True:
+                events = await self.conn.read_events()
+                now = time.perf_counter_ns()
+                for event in events:
+                    if type(event) is Stanza:
+                        self.handle(event, now)
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self.run())
+
+
+class _Peer(_Reader):
     """A logged-in connection that answers subscription requests (so that the handshake
     completes without a roster UI) and counts presences from one watched JID."""
 
     def __init__(self, conn: XMPPConnection, watched: str) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self.watched = watched
         self.subscribed_by: set[str] = set()  # bare JIDs that approved our subscription
         self.from_watched = 0
         self.available_from: set[str] = set()
         self.latencies: list[float] = []
-        self.task: asyncio.Task[None] | None = None
         self.roster_loaded = False
 
     def handle(self, st: Stanza, now_ns: int) -> None:
@@ -482,18 +504,6 @@ class _Peer:
                     self.latencies.append((now_ns - int(status)) / 1e6)
         elif ptype == "unavailable":
             self.available_from.discard(bare)
-
-    async def run(self) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            while True:
-                events = await self.conn.read_events()
-                now = time.perf_counter_ns()
-                for event in events:
-                    if type(event) is Stanza:
-                        self.handle(event, now)
-
-    def start(self) -> None:
-        self.task = asyncio.ensure_future(self.run())
 
 
 def _close_peers(peers: list[_Peer]) -> None:
@@ -868,12 +878,12 @@ MUC_RATE = 250.0  # messages/s sent in all when --rate is not given
 MUC_JOIN_TIMEOUT_S = 60.0
 
 
-class _Occupant:
+class _Occupant(_Reader):
     """One occupant's connection: notices its own presence in the room (status 110,
     XEP-0045 §7.2.2), answers to its iqs, and timestamped groupchat messages."""
 
     def __init__(self, conn: XMPPConnection, room: str, nick: str) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self.room_jid = f"{room}/{nick}"
         self.joined = False
         self.created = False  # status 201: a new room, locked until configured (§10.1.2)
@@ -881,7 +891,6 @@ class _Occupant:
         self.refused: str | None = None
         self.received = 0
         self.latencies: list[float] = []
-        self.task: asyncio.Task[None] | None = None
 
     def handle(self, st: Stanza, now_ns: int) -> None:
         if st.name == "message":
@@ -900,15 +909,6 @@ class _Occupant:
             self.joined = True
         elif st.name == "iq":
             self.answered.add(st.attrs.get("id", ""))
-
-    async def run(self) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            while True:
-                events = await self.conn.read_events()
-                now = time.perf_counter_ns()
-                for event in events:
-                    if type(event) is Stanza:
-                        self.handle(event, now)
 
     async def join(self) -> bool:
         self.conn.send(
@@ -948,7 +948,7 @@ async def _muc_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
         occupants.append(_Occupant(conn, f"bench-{tag}-{r}@{spec.muc_domain}", f"n{k}"))
     for occupant in occupants:
         occupant.conn.send(b"<presence/>")
-        occupant.task = asyncio.ensure_future(occupant.run())
+        occupant.start()
     incomplete = 0
     for start in range(0, len(occupants), spec.occupants):
         room = occupants[start : start + spec.occupants]
