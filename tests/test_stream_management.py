@@ -17,10 +17,14 @@ from typing import Any
 
 import pytest
 from conftest import PASSWORD, ServerProcess, assert_still_serving
+from fastxmpp._router import Session
 from lxml import etree
 from slixmpp import ClientXMPP
 from test_roster import add_accounts
 from xmpp_raw import CLIENT, STANZA_ERRORS, STREAMS, RawClient
+
+from fastxmpp.config import StreamManagementConfig
+from fastxmpp.stream.sm import StreamManagement, parse_h
 
 SM = "urn:xmpp:sm:3"
 DELAY = "urn:xmpp:delay"
@@ -210,6 +214,27 @@ def unavailable_from(elements: list[Any], full: str) -> bool:
 
 def message(to: str, body: str) -> str:
     return f"<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>"
+
+
+# --- the counters (§4) ---------------------------------------------------------------------
+
+
+def test_counters_wrap_at_2_32() -> None:
+    state = StreamManagement(StreamManagementConfig(), None, 0)
+    state.acked = (1 << 32) - 2  # far into a long session
+    session = Session()  # no transport: what is sent is only counted and kept
+    for _ in range(4):
+        state.sent(session, b"<message/>")
+    assert state.sent_count == 2  # 2^32 - 2 + 4, wrapped
+    assert not state.acknowledge(3)  # more than was sent
+    assert state.acknowledge(0) and len(state.unacked) == 2
+    assert state.acknowledge(2) and not state.unacked and state.unacked_bytes == 0
+    state.received = (1 << 32) - 1
+    state.handled()
+    assert state.received == 0
+    assert parse_h("4294967295") == (1 << 32) - 1
+    for bad in ("4294967296", "-1", "+1", "1.0", "", "\u0661", None):
+        assert parse_h(bad) is None
 
 
 # --- enabling (§3) -------------------------------------------------------------------------
