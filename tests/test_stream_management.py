@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, ServerProcess, assert_still_serving
+from conftest import PASSWORD, FreshNames, ServerProcess, assert_still_serving, module_server
 from fastxmpp._router import Session
 from lxml import etree
 from slixmpp import ClientXMPP
-from test_roster import add_accounts
 from xmpp_raw import CLIENT, STANZA_ERRORS, STREAMS, RawClient
 
 from fastxmpp.config import StreamManagementConfig
@@ -28,43 +27,24 @@ from fastxmpp.stream.sm import StreamManagement, parse_h
 
 SM = "urn:xmpp:sm:3"
 DELAY = "urn:xmpp:delay"
-ACCOUNTS = 60
+
+
+POOL = FreshNames("sm", 60)
 
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(
-        tmp_path_factory.mktemp("sm"),
+    yield from module_server(
         ca,
-        ("localhost",),
+        tmp_path_factory,
+        POOL,
         "[limits]\nmax_connections_per_ip = 200\n[stream_management]\nmax_unacked_stanzas = 40\n",
     )
-    add_accounts(server, [f"u{i}" for i in range(ACCOUNTS)])
-    server.start()
-    yield server
-    server.stop()
-
-
-_fresh = itertools.count()
 
 
 @pytest.fixture
 def users() -> Iterator[str]:
-    def names() -> Iterator[str]:
-        while True:
-            n = next(_fresh)
-            assert n < ACCOUNTS, "raise ACCOUNTS"
-            yield f"u{n}"
-
-    return names()
-
-
-@pytest.fixture
-def opened() -> Iterator[list[RawClient]]:
-    streams: list[RawClient] = []
-    yield streams
-    for c in streams:
-        c.close()
+    return POOL.names()
 
 
 _ids = itertools.count()
@@ -131,10 +111,10 @@ class Client:
         return answer
 
 
-def authenticated(srv: ServerProcess, ca_file: str, opened: list[RawClient], name: str) -> Any:
+def authenticated(srv: ServerProcess, ca_file: str, clients: list[RawClient], name: str) -> Any:
     """A new stream, TLS and SASL done: (client, features of the restarted stream)."""
     c = srv.client()
-    opened.append(c)
+    clients.append(c)
     c.open_stream()
     c.starttls(ca_file)
     assert c.sasl_scram(name, PASSWORD).tag.endswith("success")
@@ -144,12 +124,12 @@ def authenticated(srv: ServerProcess, ca_file: str, opened: list[RawClient], nam
 def login(
     srv: ServerProcess,
     ca_file: str,
-    opened: list[RawClient],
+    clients: list[RawClient],
     name: str,
     resource: str = "r",
     available: bool = True,
 ) -> Client:
-    c, _features = authenticated(srv, ca_file, opened, name)
+    c, _features = authenticated(srv, ca_file, clients, name)
     client = Client(c, name, c.bind(resource))
     if available:
         client.send("<presence/>")
@@ -160,14 +140,14 @@ def login(
 def resume(
     srv: ServerProcess,
     ca_file: str,
-    opened: list[RawClient],
+    clients: list[RawClient],
     old: Client,
     h: int,
     then: str = "",
 ) -> tuple[Client, Any]:
     """A new connection resuming `old`'s session (`then`: sent in the same packet):
     (client, <resumed/> or <failed/>)."""
-    c, _features = authenticated(srv, ca_file, opened, old.name)
+    c, _features = authenticated(srv, ca_file, clients, old.name)
     client = Client(c, old.name, old.full)
     client.counting = True
     client.received = h
@@ -241,10 +221,10 @@ def test_counters_wrap_at_2_32() -> None:
 
 
 def test_feature_enable_and_order(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
     c = srv.client()
-    opened.append(c)
+    clients.append(c)
     before_auth = c.open_stream()
     assert before_auth.find(f"{{{SM}}}sm") is None
     c.starttls(ca_file)
@@ -265,9 +245,9 @@ def test_feature_enable_and_order(
 
 
 def test_enable_without_resumption(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
-    client = login(srv, ca_file, opened, next(users))
+    client = login(srv, ca_file, clients, next(users))
     enabled = client.enable(resume=False)
     assert enabled.tag == f"{{{SM}}}enabled"
     assert enabled.get("resume") is None and enabled.get("id") is None
@@ -277,10 +257,10 @@ def test_enable_without_resumption(
 
 
 def test_acks_count_both_ways(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
-    alice = login(srv, ca_file, opened, next(users))
-    bob = login(srv, ca_file, opened, next(users))
+    alice = login(srv, ca_file, clients, next(users))
+    bob = login(srv, ca_file, clients, next(users))
     alice.enable(resume=False)
     # Inbound: every stanza counts, errors included (the reply is "handling" too).
     alice.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
@@ -305,9 +285,9 @@ def test_acks_count_both_ways(
 
 
 def test_handled_count_too_high(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
-    client = login(srv, ca_file, opened, next(users))
+    client = login(srv, ca_file, clients, next(users))
     client.enable()
     client.sync()
     client.send(f"<a xmlns='{SM}' h='10'/>")
@@ -322,11 +302,11 @@ def test_handled_count_too_high(
     assert too_high is not None
     assert too_high.get("h") == "10" and too_high.get("send-count") == "1"
     assert client.c.wait_closed()
-    assert_still_serving(srv, ca_file, "u0")
+    assert_still_serving(srv, ca_file, next(users))
 
 
 def test_hostile_input(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
     cases = [
         # <r/> and <a/> where stream management is not enabled.
@@ -338,14 +318,14 @@ def test_hostile_input(
         (True, f"<whatever xmlns='{SM}'/>", "unsupported-stanza-type"),
     ]
     for enable, data, condition in cases:
-        client = login(srv, ca_file, opened, next(users), available=False)
+        client = login(srv, ca_file, clients, next(users), available=False)
         if enable:
             client.enable()
         client.send(data)
         assert client.c.stream_error() == condition, data
         assert client.c.wait_closed()
     # Recoverable: <failed/>, the stream goes on.
-    client = login(srv, ca_file, opened, next(users), available=False)
+    client = login(srv, ca_file, clients, next(users), available=False)
     for data, condition in (
         (f"<resume xmlns='{SM}' previd='x' h='0'/>", "unexpected-request"),  # bound already
         (f"<enable xmlns='{SM}' resume='true' max='{'9' * 5000}'/>", None),
@@ -358,21 +338,21 @@ def test_hostile_input(
             assert failed_condition(answer) == condition
     # Before authentication: never (XEP-0198 §9).
     c = srv.client()
-    opened.append(c)
+    clients.append(c)
     c.open_stream()
     c.send(f"<resume xmlns='{SM}' previd='x' h='0'/>")
     assert failed_condition(c.next()) == "unexpected-request"
-    assert_still_serving(srv, ca_file, "u0")
+    assert_still_serving(srv, ca_file, next(users))
 
 
 # --- resumption (§5) -----------------------------------------------------------------------
 
 
 def test_resume_after_abrupt_disconnect(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
-    alice = login(srv, ca_file, opened, next(users))
-    bob = login(srv, ca_file, opened, next(users))
+    alice = login(srv, ca_file, clients, next(users))
+    bob = login(srv, ca_file, clients, next(users))
     befriend(alice, bob)
     alice.enable()
     alice.auto_ack = False
@@ -394,7 +374,7 @@ def test_resume_after_abrupt_disconnect(
     # The contact sees nothing while the session waits.
     assert not unavailable_from(bob.sync(), alice.full)
 
-    new, answer = resume(srv, ca_file, opened, alice, handled)
+    new, answer = resume(srv, ca_file, clients, alice, handled)
     assert answer.tag == f"{{{SM}}}resumed", etree.tostring(answer)
     assert answer.get("previd") == alice.sm_id
     assert answer.get("h") == str(sent_by_alice)
@@ -416,15 +396,15 @@ def test_resume_after_abrupt_disconnect(
 
 
 def test_resume_while_old_connection_is_open(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
-    alice = login(srv, ca_file, opened, next(users))
-    bob = login(srv, ca_file, opened, next(users))
+    alice = login(srv, ca_file, clients, next(users))
+    bob = login(srv, ca_file, clients, next(users))
     alice.enable()
     alice.sync()
     # What follows <resume/> in the same packet is the resumed session's.
     new, answer = resume(
-        srv, ca_file, opened, alice, alice.received, message(bob.full, "right after")
+        srv, ca_file, clients, alice, alice.received, message(bob.full, "right after")
     )
     assert answer.tag == f"{{{SM}}}resumed"
     assert answer.get("h") == "1"
@@ -439,9 +419,9 @@ def test_resume_while_old_connection_is_open(
 
 
 def test_failed_resumptions(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
-    alice = login(srv, ca_file, opened, next(users))
+    alice = login(srv, ca_file, clients, next(users))
     alice.enable()
     alice.sync()
     alice.c.abort()
@@ -449,36 +429,36 @@ def test_failed_resumptions(
     # Another account's SM-ID is unknown to it (nothing leaks, no 'h').
     intruder = Client(alice.c, mallory_name, "")
     intruder.sm_id = alice.sm_id
-    c, answer = resume(srv, ca_file, opened, intruder, 0)
+    c, answer = resume(srv, ca_file, clients, intruder, 0)
     assert failed_condition(answer) == "item-not-found" and answer.get("h") is None
     # §5: after <failed/> the client may bind on the same stream.
     assert c.c.bind("instead").endswith("/instead")
     # Unknown SM-ID.
     ghost = Client(alice.c, alice.name, alice.full)
     ghost.sm_id = "not-a-session"
-    _c, answer = resume(srv, ca_file, opened, ghost, 0)
+    _c, answer = resume(srv, ca_file, clients, ghost, 0)
     assert failed_condition(answer) == "item-not-found"
     # h not an unsignedInt.
-    c2, _features = authenticated(srv, ca_file, opened, alice.name)
+    c2, _features = authenticated(srv, ca_file, clients, alice.name)
     c2.send(f"<resume xmlns='{SM}' previd='{alice.sm_id}' h='x'/>")
     assert failed_condition(c2.next()) == "bad-request"
     # The real one still works after all that.
-    new, answer = resume(srv, ca_file, opened, alice, alice.received)
+    new, answer = resume(srv, ca_file, clients, alice, alice.received)
     assert answer.tag == f"{{{SM}}}resumed"
     # Resuming too far ahead is the handled-count-too-high error; the session is kept.
     new.c.abort()
-    bad, _features = authenticated(srv, ca_file, opened, alice.name)
+    bad, _features = authenticated(srv, ca_file, clients, alice.name)
     bad.send(f"<resume xmlns='{SM}' previd='{alice.sm_id}' h='999'/>")
     assert bad.stream_error() == "undefined-condition"
-    _again, answer = resume(srv, ca_file, opened, alice, alice.received)
+    _again, answer = resume(srv, ca_file, clients, alice, alice.received)
     assert answer.tag == f"{{{SM}}}resumed"
 
 
 def test_expiry_unavailable_and_offline_exactly_once(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
-    alice = login(srv, ca_file, opened, next(users))
-    bob = login(srv, ca_file, opened, next(users))
+    alice = login(srv, ca_file, clients, next(users))
+    bob = login(srv, ca_file, clients, next(users))
     befriend(alice, bob)
     alice.enable(max_seconds=1)  # the client's 'max' makes the window short
     alice.auto_ack = False
@@ -499,12 +479,12 @@ def test_expiry_unavailable_and_offline_exactly_once(
     errors = [el for el in seen if el.get("id") == "q" and el.get("type") == "error"]
     assert errors
     # Expired: <failed/> with the 'h' it ended with (§5).
-    _c, answer = resume(srv, ca_file, opened, alice, alice.received)
+    _c, answer = resume(srv, ca_file, clients, alice, alice.received)
     assert failed_condition(answer) == "item-not-found"
     assert answer.get("h") == "0"
     # The unacknowledged messages went to offline storage: at the next login, once,
     # with the time they were first sent.
-    back = login(srv, ca_file, opened, alice.name, "again", available=False)
+    back = login(srv, ca_file, clients, alice.name, "again", available=False)
     back.send("<presence/>")
     got = back.sync()
     assert bodies(got) == ["unacked", "while detached"]
@@ -512,16 +492,16 @@ def test_expiry_unavailable_and_offline_exactly_once(
         if el.tag == f"{{{CLIENT}}}message":
             assert el.find(f"{{{DELAY}}}delay") is not None
     back.c.close()
-    third = login(srv, ca_file, opened, alice.name, "third", available=False)
+    third = login(srv, ca_file, clients, alice.name, "third", available=False)
     third.send("<presence/>")
     assert bodies(third.sync()) == []
 
 
 def test_clean_close_with_unacked_goes_offline(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
-    alice = login(srv, ca_file, opened, next(users))
-    bob = login(srv, ca_file, opened, next(users))
+    alice = login(srv, ca_file, clients, next(users))
+    bob = login(srv, ca_file, clients, next(users))
     alice.enable(resume=False)
     alice.auto_ack = False
     bob.send(message(alice.full, "m1"))
@@ -535,16 +515,16 @@ def test_clean_close_with_unacked_goes_offline(
     final = alice.c.next()
     assert final.tag == f"{{{SM}}}a" and final.get("h") == "1"
     assert alice.c.wait_closed()
-    back = login(srv, ca_file, opened, alice.name, "back", available=False)
+    back = login(srv, ca_file, clients, alice.name, "back", available=False)
     back.send("<presence/>")
     assert bodies(back.sync()) == ["m2"]
 
 
 def test_unacked_limit(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient], users: Iterator[str]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
 ) -> None:
-    alice = login(srv, ca_file, opened, next(users))
-    bob = login(srv, ca_file, opened, next(users))
+    alice = login(srv, ca_file, clients, next(users))
+    bob = login(srv, ca_file, clients, next(users))
     alice.enable()
     alice.auto_ack = False  # never acknowledges: max_unacked_stanzas = 40 here
     for i in range(60):
@@ -552,65 +532,61 @@ def test_unacked_limit(
     bob.sync()
     assert alice.c.stream_error() == "policy-violation"
     assert alice.c.wait_closed()
-    assert_still_serving(srv, ca_file, "u0")
+    assert_still_serving(srv, ca_file, next(users))
 
 
 # --- with their own servers ---------------------------------------------------------------
 
 
-def test_dead_connection_found_by_ping_is_resumable(make_server: Any, ca_file: str) -> None:
+def test_dead_connection_found_by_ping_is_resumable(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
     srv: ServerProcess = make_server("[ping]\nidle_interval = 1\ntimeout = 1\n")
     srv.adduser("alice@localhost")
     srv.start()
-    opened: list[RawClient] = []
-    try:
-        alice = login(srv, ca_file, opened, "alice")
-        alice.enable()
-        alice.sync()
-        # Silent: the server's ping goes unanswered, the connection is closed ...
-        assert alice.c.stream_error() == "connection-timeout"
-        # ... but the session waits to be resumed.
-        new, answer = resume(srv, ca_file, opened, alice, alice.received + 1)
-        assert answer.tag == f"{{{SM}}}resumed", etree.tostring(answer)
-        assert new.sync() == []
-    finally:
-        for c in opened:
-            c.close()
+    alice = login(srv, ca_file, clients, "alice")
+    alice.enable()
+    alice.sync()
+    # Silent: the server's ping goes unanswered, the connection is closed ...
+    assert alice.c.stream_error() == "connection-timeout"
+    # ... but the session waits to be resumed.
+    new, answer = resume(srv, ca_file, clients, alice, alice.received + 1)
+    assert answer.tag == f"{{{SM}}}resumed", etree.tostring(answer)
+    assert new.sync() == []
 
 
-def test_connections_per_ip_follow_the_connection(make_server: Any, ca_file: str) -> None:
+def test_connections_per_ip_follow_the_connection(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
     """A resumed session counts one connection (the new one), a detached one none."""
     srv: ServerProcess = make_server("[limits]\nmax_connections_per_ip = 2\n")
     srv.adduser("alice@localhost")
     srv.start()
-    opened: list[RawClient] = []
-    try:
-        alice = login(srv, ca_file, opened, "alice")
-        alice.enable()
-        for _ in range(3):
-            alice.c.abort()  # detached: its connection no longer counts
-            time.sleep(0.2)
-            new, answer = resume(srv, ca_file, opened, alice, alice.received)
-            assert answer.tag == f"{{{SM}}}resumed"
-            alice.c = new.c
-        # The old connection gets conflict: one connection for the address afterwards.
-        new, answer = resume(srv, ca_file, opened, alice, alice.received)
-        assert answer.tag == f"{{{SM}}}resumed"
-        assert alice.c.stream_error() == "conflict"
-        assert alice.c.wait_closed()
+    alice = login(srv, ca_file, clients, "alice")
+    alice.enable()
+    for _ in range(3):
+        alice.c.abort()  # detached: its connection no longer counts
         time.sleep(0.2)
-        other = srv.client()
-        opened.append(other)
-        assert other.open_stream() is not None  # the second of two allowed
-        third = srv.client()
-        opened.append(third)
-        assert third.stream_error() == "policy-violation"
-    finally:
-        for c in opened:
-            c.close()
+        new, answer = resume(srv, ca_file, clients, alice, alice.received)
+        assert answer.tag == f"{{{SM}}}resumed"
+        alice.c = new.c
+    # The old connection gets conflict: one connection for the address afterwards.
+    new, answer = resume(srv, ca_file, clients, alice, alice.received)
+    assert answer.tag == f"{{{SM}}}resumed"
+    assert alice.c.stream_error() == "conflict"
+    assert alice.c.wait_closed()
+    time.sleep(0.2)
+    other = srv.client()
+    clients.append(other)
+    assert other.open_stream() is not None  # the second of two allowed
+    third = srv.client()
+    clients.append(third)
+    assert third.stream_error() == "policy-violation"
 
 
-def test_slow_reader_keeps_its_session(make_server: Any, ca_file: str) -> None:
+def test_slow_reader_keeps_its_session(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
     """A resumable session whose client stops reading loses its connection (outbound
     limit), not its session: on resumption every message arrives, once, in order."""
     srv: ServerProcess = make_server(
@@ -620,97 +596,86 @@ def test_slow_reader_keeps_its_session(make_server: Any, ca_file: str) -> None:
     srv.adduser("alice@localhost")
     srv.adduser("bob@localhost")
     srv.start()
-    opened: list[RawClient] = []
-    try:
-        alice = login(srv, ca_file, opened, "alice")
-        c = srv.client()
-        opened.append(c)
-        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        c.login(ca_file, "bob", PASSWORD, "asleep")
-        bob = Client(c, "bob", "bob@localhost/asleep")
-        bob.enable()
-        sent = 0
-        deadline = time.monotonic() + 60
-        while "output not read" not in srv.log_text():
-            assert time.monotonic() < deadline, "the slow reader was never noticed"
-            alice.send(
-                "".join(
-                    f"<message to='{bob.full}' id='f{sent + i}'><body>{'y' * 1000}</body></message>"
-                    for i in range(100)
-                )
+    alice = login(srv, ca_file, clients, "alice")
+    c = srv.client()
+    clients.append(c)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.login(ca_file, "bob", PASSWORD, "asleep")
+    bob = Client(c, "bob", "bob@localhost/asleep")
+    bob.enable()
+    sent = 0
+    deadline = time.monotonic() + 60
+    while "output not read" not in srv.log_text():
+        assert time.monotonic() < deadline, "the slow reader was never noticed"
+        alice.send(
+            "".join(
+                f"<message to='{bob.full}' id='f{sent + i}'><body>{'y' * 1000}</body></message>"
+                for i in range(100)
             )
-            sent += 100
-        alice.sync()  # all of them handled by the server
-        bob.c.abort()  # its connection was given the stream error and then cut
-        new, answer = resume(srv, ca_file, opened, bob, 0)
-        assert answer.tag == f"{{{SM}}}resumed", etree.tostring(answer)
-        ids = []
-        while len(ids) < sent:
-            el = new.next(timeout=30)
-            if el.tag == f"{{{CLIENT}}}message":
-                ids.append(el.get("id"))
-        assert ids == [f"f{i}" for i in range(sent)]
-        assert new.sync() == []
-    finally:
-        for c in opened:
-            c.close()
+        )
+        sent += 100
+    alice.sync()  # all of them handled by the server
+    bob.c.abort()  # its connection was given the stream error and then cut
+    new, answer = resume(srv, ca_file, clients, bob, 0)
+    assert answer.tag == f"{{{SM}}}resumed", etree.tostring(answer)
+    ids = []
+    while len(ids) < sent:
+        el = new.next(timeout=30)
+        if el.tag == f"{{{CLIENT}}}message":
+            ids.append(el.get("id"))
+    assert ids == [f"f{i}" for i in range(sent)]
+    assert new.sync() == []
 
 
-def test_waiting_session_gives_way_at_the_resource_limit(make_server: Any, ca_file: str) -> None:
+def test_waiting_session_gives_way_at_the_resource_limit(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
     srv: ServerProcess = make_server("[limits]\nmax_resources_per_account = 2\n")
     srv.adduser("alice@localhost")
     srv.start()
-    opened: list[RawClient] = []
-    try:
-        lost = login(srv, ca_file, opened, "alice", "one")
-        lost.enable()
-        lost.c.abort()
-        time.sleep(0.2)
-        login(srv, ca_file, opened, "alice", "two")
-        # A third resource: the session waiting to be resumed ends instead of a refusal.
-        third = login(srv, ca_file, opened, "alice", "three")
-        assert third.full == "alice@localhost/three"
-        _c, answer = resume(srv, ca_file, opened, lost, 0)
-        assert failed_condition(answer) == "item-not-found"
-    finally:
-        for c in opened:
-            c.close()
+    lost = login(srv, ca_file, clients, "alice", "one")
+    lost.enable()
+    lost.c.abort()
+    time.sleep(0.2)
+    login(srv, ca_file, clients, "alice", "two")
+    # A third resource: the session waiting to be resumed ends instead of a refusal.
+    third = login(srv, ca_file, clients, "alice", "three")
+    assert third.full == "alice@localhost/three"
+    _c, answer = resume(srv, ca_file, clients, lost, 0)
+    assert failed_condition(answer) == "item-not-found"
 
 
-def test_resume_on_a_compressed_stream(make_server: Any, ca_file: str) -> None:
+def test_resume_on_a_compressed_stream(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
     """XEP-0138 state goes with the connection: the resuming stream's inflater and
     compressor serve the resumed session, also for input in the same read as <resume/>."""
     srv: ServerProcess = make_server("[legacy]\ncompression = true\n")
     srv.adduser("alice@localhost")
     srv.adduser("bob@localhost")
     srv.start()
-    opened: list[RawClient] = []
-    try:
-        bob = login(srv, ca_file, opened, "bob")
-        c, _features = authenticated(srv, ca_file, opened, "alice")
-        c.compress()
-        alice = Client(c, "alice", c.bind("r"))
-        alice.enable()
-        alice.sync()
-        alice.c.abort()
-        time.sleep(0.2)
-        c2, _features = authenticated(srv, ca_file, opened, "alice")
-        assert c2.compress().tag == "{http://etherx.jabber.org/streams}features"
-        new = Client(c2, "alice", alice.full)
-        new.counting = True
-        new.received = alice.received
-        c2.send(
-            f"<resume xmlns='{SM}' previd='{alice.sm_id}' h='{alice.received}'/>"
-            + message(bob.full, "compressed")
-        )
-        assert new.next().tag == f"{{{SM}}}resumed"
-        assert bodies(bob.sync()) == ["compressed"]
-        bob.send(message(alice.full, "back"))
-        bob.sync()
-        assert bodies(new.sync()) == ["back"]
-    finally:
-        for c in opened:
-            c.close()
+    bob = login(srv, ca_file, clients, "bob")
+    c, _features = authenticated(srv, ca_file, clients, "alice")
+    c.compress()
+    alice = Client(c, "alice", c.bind("r"))
+    alice.enable()
+    alice.sync()
+    alice.c.abort()
+    time.sleep(0.2)
+    c2, _features = authenticated(srv, ca_file, clients, "alice")
+    assert c2.compress().tag == "{http://etherx.jabber.org/streams}features"
+    new = Client(c2, "alice", alice.full)
+    new.counting = True
+    new.received = alice.received
+    c2.send(
+        f"<resume xmlns='{SM}' previd='{alice.sm_id}' h='{alice.received}'/>"
+        + message(bob.full, "compressed")
+    )
+    assert new.next().tag == f"{{{SM}}}resumed"
+    assert bodies(bob.sync()) == ["compressed"]
+    bob.send(message(alice.full, "back"))
+    bob.sync()
+    assert bodies(new.sync()) == ["back"]
 
 
 @pytest.mark.parametrize(
@@ -718,57 +683,54 @@ def test_resume_on_a_compressed_stream(make_server: Any, ca_file: str) -> None:
     [("enabled = false", False, "failed"), ("resume_timeout = 0", True, "enabled")],
 )
 def test_configuration_switches(
-    make_server: Any, ca_file: str, setting: str, offered: bool, enable_answer: str
+    make_server: Any,
+    ca_file: str,
+    clients: list[RawClient],
+    setting: str,
+    offered: bool,
+    enable_answer: str,
 ) -> None:
     srv: ServerProcess = make_server(f"[stream_management]\n{setting}\n")
     srv.adduser("alice@localhost")
     srv.start()
-    opened: list[RawClient] = []
-    try:
-        c, features = authenticated(srv, ca_file, opened, "alice")
-        assert (features.find(f"{{{SM}}}sm") is not None) is offered
-        # Resumption is not supported in either case (§5: feature-not-implemented).
-        c.send(f"<resume xmlns='{SM}' previd='x' h='0'/>")
-        assert failed_condition(c.next()) == "feature-not-implemented"
-        client = Client(c, "alice", c.bind("r"))
-        answer = client.enable()
-        assert answer.tag == f"{{{SM}}}{enable_answer}"
-        if enable_answer == "failed":
-            assert failed_condition(answer) == "feature-not-implemented"
-        else:
-            assert answer.get("resume") is None  # acknowledgements only
-            assert client.request_ack() == 0
-    finally:
-        for c in opened:
-            c.close()
+    c, features = authenticated(srv, ca_file, clients, "alice")
+    assert (features.find(f"{{{SM}}}sm") is not None) is offered
+    # Resumption is not supported in either case (§5: feature-not-implemented).
+    c.send(f"<resume xmlns='{SM}' previd='x' h='0'/>")
+    assert failed_condition(c.next()) == "feature-not-implemented"
+    client = Client(c, "alice", c.bind("r"))
+    answer = client.enable()
+    assert answer.tag == f"{{{SM}}}{enable_answer}"
+    if enable_answer == "failed":
+        assert failed_condition(answer) == "feature-not-implemented"
+    else:
+        assert answer.get("resume") is None  # acknowledgements only
+        assert client.request_ack() == 0
 
 
-def test_shutdown_ends_detached_sessions(make_server: Any, ca_file: str) -> None:
+def test_shutdown_ends_detached_sessions(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
     srv: ServerProcess = make_server()
     srv.adduser("alice@localhost")
     srv.adduser("bob@localhost")
     srv.start()
-    opened: list[RawClient] = []
-    try:
-        alice = login(srv, ca_file, opened, "alice")
-        bob = login(srv, ca_file, opened, "bob")
-        alice.enable()
-        alice.auto_ack = False
-        bob.send(message(alice.full, "keep me"))
-        bob.sync()
-        assert bodies([alice.next()]) == ["keep me"]
-        alice.c.abort()
-        time.sleep(0.3)
-        assert srv.stop() == 0
-        assert "was not resumed" not in srv.log_text()
-        assert "1 stored offline" in srv.log_text()
-        srv.start()
-        back = login(srv, ca_file, opened, "alice", "back", available=False)
-        back.send("<presence/>")
-        assert bodies(back.sync()) == ["keep me"]
-    finally:
-        for c in opened:
-            c.close()
+    alice = login(srv, ca_file, clients, "alice")
+    bob = login(srv, ca_file, clients, "bob")
+    alice.enable()
+    alice.auto_ack = False
+    bob.send(message(alice.full, "keep me"))
+    bob.sync()
+    assert bodies([alice.next()]) == ["keep me"]
+    alice.c.abort()
+    time.sleep(0.3)
+    assert srv.stop() == 0
+    assert "was not resumed" not in srv.log_text()
+    assert "1 stored offline" in srv.log_text()
+    srv.start()
+    back = login(srv, ca_file, clients, "alice", "back", available=False)
+    back.send("<presence/>")
+    assert bodies(back.sync()) == ["keep me"]
 
 
 # --- a real client ------------------------------------------------------------------------
