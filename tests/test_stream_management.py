@@ -20,7 +20,7 @@ from conftest import PASSWORD, FreshNames, ServerProcess, assert_still_serving, 
 from fastxmpp._router import Session
 from lxml import etree
 from slixmpp import ClientXMPP
-from xmpp_raw import CLIENT, STANZA_ERRORS, STREAMS, RawClient
+from xmpp_raw import CLIENT, STANZA_ERRORS, STREAMS, RawClient, stanza_error
 
 from fastxmpp.config import StreamManagementConfig
 from fastxmpp.stream.sm import StreamManagement, parse_h
@@ -518,6 +518,31 @@ def test_clean_close_with_unacked_goes_offline(
     back = login(srv, ca_file, clients, alice.name, "back", available=False)
     back.send("<presence/>")
     assert bodies(back.sync()) == ["m2"]
+
+
+def test_unacked_beyond_the_offline_quota_bounce(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
+    srv: ServerProcess = make_server("[offline]\nmax_messages = 2\n")
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    alice = login(srv, ca_file, clients, "alice")
+    bob = login(srv, ca_file, clients, "bob")
+    alice.enable(resume=False)
+    alice.auto_ack = False
+    for body in ("q1", "q2", "q3"):
+        bob.send(message(alice.full, body))
+    bob.sync()
+    assert bodies([alice.next(), alice.next(), alice.next()]) == ["q1", "q2", "q3"]
+    alice.c.close()  # none acknowledged: two fit the quota, the third comes back
+    seen = bob.sync()
+    bounced = [el for el in seen if el.get("type") == "error"]
+    assert [el.get("id") for el in bounced] == ["q3"]
+    assert stanza_error(bounced[0]) == "service-unavailable"
+    back = login(srv, ca_file, clients, "alice", "back", available=False)
+    back.send("<presence/>")
+    assert bodies(back.sync()) == ["q1", "q2"]
 
 
 def test_unacked_limit(

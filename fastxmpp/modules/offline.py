@@ -124,22 +124,27 @@ class OfflineModule(Module):
         return True
 
     def store_unacknowledged(
-        self, domain: str, local: str, data: bytes, stamp: str | None
-    ) -> bool:
-        """XEP-0198 §4: a message a session never acknowledged before it ended, kept like
-        one that found the account offline. `data` is the message as it was sent (its 'from'
-        stamped); `stamp`, when given, dates the added <delay/> (the original delivery).
-        False when storage is off or full: the caller bounces it."""
-        if self.store is None:
-            return False
-        if stamp is not None:
-            data = with_delay(data, data.endswith(b"/>"), domain, stamp)
+        self, domain: str, local: str, messages: list[tuple[bytes, str | None]]
+    ) -> int:
+        """XEP-0198 §4: messages a session never acknowledged before it ended, kept like
+        ones that found the account offline, in one commit. Each is (the message as it was
+        sent, its 'from' stamped; the time for its <delay/>, None: it has one already).
+        How many were stored, oldest first: the caller bounces the rest (storage off, the
+        account's quota reached, or the disk full)."""
+        if self.store is None or not messages:
+            return 0
+        delayed = [
+            with_delay(data, data.endswith(b"/>"), domain, stamp) if stamp else data
+            for data, stamp in messages
+        ]
         try:
-            self.store.push(domain, local, data, self.settings.max_messages)
-        except (OfflineQueueFull, StorageFull) as exc:
-            log.info("cannot keep an unacknowledged message for %s@%s: %r", local, domain, exc)
-            return False
-        return True
+            stored = self.store.push_many(domain, local, delayed, self.settings.max_messages)
+        except StorageFull as exc:
+            log.error("cannot store unacknowledged messages: %s", exc)
+            return 0
+        if stored < len(messages):
+            log.info("offline storage of %s@%s is full", local, domain)
+        return stored
 
     # --- delivery (XEP-0160 §2) -------------------------------------------------------------
 

@@ -60,6 +60,30 @@ class OfflineStore:
 
         self.storage.write(append, db=self._db)
 
+    def push_many(self, domain: str, local: str, messages: list[bytes], limit: int) -> int:
+        """Append messages in one transaction (one commit for all), oldest first, as many as
+        fit under `limit`; how many were stored. StorageFull when the disk is full."""
+        prefix = account_prefix(domain, local)
+        stored = 0
+
+        def append(txn: Any) -> None:
+            nonlocal stored
+            stored = 0  # Storage.write may run this again after growing the map
+            bounds = _bounds(txn.cursor(), prefix)
+            held, sequence = (
+                (0, 0) if bounds is None else (bounds[1] - bounds[0] + 1, bounds[1] + 1)
+            )
+            for data in messages:
+                if held >= limit:
+                    break
+                txn.put(prefix + _SEQUENCE.pack(sequence), data)
+                sequence += 1
+                held += 1
+                stored += 1
+
+        self.storage.write(append, db=self._db)
+        return stored
+
     def peek(self, domain: str, local: str, limit: int | None = None) -> list[tuple[bytes, bytes]]:
         """(key, message) of the oldest `limit` stored messages (all without a limit), oldest
         first."""

@@ -251,6 +251,7 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
     ]
     top = max((s.priority for s in others), default=-1)
     best = [s for s in others if s.priority == top]
+    to_store: list[tuple[bytes, str | None, Any]] = []
     for data, sent_at in unacked:
         try:
             el = etree.fromstring(data, _PARSER)
@@ -279,15 +280,18 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
             for other in best:
                 other.send(copy)
             outcome["redelivered"] += 1
-        elif (
-            offline is not None
-            and router.user_exists(session.domain, session.local)
-            and offline.store_unacknowledged(session.domain, session.local, data, stamp)
-        ):
-            outcome["stored offline"] += 1
         else:
-            _bounce(session, el, kind)
-            outcome["bounced"] += 1
+            to_store.append((data, stamp, el))
+    stored = 0
+    if to_store and offline is not None and router.user_exists(session.domain, session.local):
+        # One commit for all of them, however many there are.
+        messages = [(data, stamp) for data, stamp, _el in to_store]
+        stored = offline.store_unacknowledged(session.domain, session.local, messages)
+        if stored:
+            outcome["stored offline"] += stored
+    for _data, _when, el in to_store[stored:]:
+        _bounce(session, el, "message")
+        outcome["bounced"] += 1
     log.info(
         "%s ended with %d unacknowledged stanzas: %s",
         session.full,
@@ -296,12 +300,17 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
     )
 
 
+def _payload_namespaces(el: Any) -> list[str | None]:
+    return [etree.QName(child).namespace for child in el if isinstance(child.tag, str)]
+
+
 def _only_chat_states(el: Any) -> bool:
-    return len(el) > 0 and all(etree.QName(child).namespace == NS_CHATSTATES for child in el)
+    found = _payload_namespaces(el)
+    return bool(found) and all(namespace == NS_CHATSTATES for namespace in found)
 
 
 def _has_delay(el: Any) -> bool:
-    return any(etree.QName(child).namespace == NS_DELAY for child in el)
+    return NS_DELAY in _payload_namespaces(el)
 
 
 def _stamp(when: float) -> str:
