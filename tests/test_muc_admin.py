@@ -36,7 +36,6 @@ from xmpp_raw import stanza_error
 
 # The shared server and helpers' fixtures of test_muc (one server per test module).
 srv = test_muc.srv
-clients = test_muc.clients
 users = test_muc.users
 login = test_muc.login
 
