@@ -231,7 +231,7 @@ cdef class Router:
         target = None if to is None else self._target(to)
         if origin.privacy is not None and target is not None \
                 and origin.privacy.refuse_out(origin, st, target):
-            return  # XEP-0016 §2.13: blocked outbound (the session has its error)
+            return  # XEP-0016 §2.13: a blocked error or result (refuse_out raises for others)
         if target is not None and self._services and target[1] in self._services:
             if name != "message" and name != "presence" and name != "iq":
                 raise StreamError("unsupported-stanza-type", name)

@@ -127,7 +127,11 @@ class StanzaError(Exception):
     """A condition returned to the sender of one stanza (RFC 6120 §8.3)."""
 
     def __init__(
-        self, condition: str, text: str | None = None, error_type: str | None = None
+        self,
+        condition: str,
+        text: str | None = None,
+        error_type: str | None = None,
+        app_xml: str = "",
     ) -> None:
         if condition not in STANZA_CONDITION_TYPES:
             raise ValueError(f"unknown stanza error condition {condition!r}")
@@ -135,6 +139,9 @@ class StanzaError(Exception):
         self.condition = condition
         self.text = text
         self.error_type = error_type or STANZA_CONDITION_TYPES[condition]
+        # An application-specific condition element (RFC 6120 §8.3.4), serialized: XEP-0060's
+        # <precondition-not-met/>, XEP-0191's <blocked/>, ...
+        self.app_xml = app_xml
 
 
 def stream_error_bytes(condition: str, text: str | None = None, app_xml: str = "") -> bytes:
@@ -148,9 +155,11 @@ def stream_error_bytes(condition: str, text: str | None = None, app_xml: str = "
     ).encode()
 
 
-def error_element_xml(condition: str, error_type: str, text: str | None = None) -> str:
+def error_element_xml(
+    condition: str, error_type: str, text: str | None = None, app_xml: str = ""
+) -> str:
     """The `<error/>` child of an error stanza (RFC 6120 §8.3.2), with the XEP-0086 legacy
-    'code' when that is switched on."""
+    'code' when that is switched on and an application-specific condition (§8.3.4)."""
     text_xml = (
         f"<text xmlns='{ns.STANZA_ERRORS}' xml:lang='en'>{escape(text)}</text>" if text else ""
     )
@@ -159,7 +168,7 @@ def error_element_xml(condition: str, error_type: str, text: str | None = None) 
         code_attr = f" code='{LEGACY_CODES.get(condition, LEGACY_FALLBACK_CODE)}'"
     return (
         f"<error{code_attr} type='{error_type}'><{condition} xmlns='{ns.STANZA_ERRORS}'/>"
-        f"{text_xml}</error>"
+        f"{text_xml}{app_xml}</error>"
     )
 
 
@@ -178,5 +187,5 @@ def stanza_error_bytes(
         attrs += " from=" + quoteattr(from_jid)
     if to_jid:
         attrs += " to=" + quoteattr(to_jid)
-    body = error_element_xml(error.condition, error.error_type, error.text)
+    body = error_element_xml(error.condition, error.error_type, error.text, error.app_xml)
     return f"<{kind}{attrs}>{body}</{kind}>".encode()

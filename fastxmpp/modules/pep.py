@@ -53,7 +53,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
-from ..errors import StanzaError, error_element_xml
+from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
 from ..storage.pep import Item, Limits, Node, NodeExists, PepLimit, PepStore
 from .base import Module, iq_result
@@ -162,15 +162,11 @@ class PubsubError(StanzaError):
     def __init__(
         self, condition: str, app: str | None = None, text: str | None = None, feature: str = ""
     ) -> None:
-        super().__init__(condition, text)
-        self.app = app
-        self.feature = feature
-
-    def app_xml(self) -> str:
-        if self.app is None:
-            return ""
-        feature = f" feature={quoteattr(self.feature)}" if self.feature else ""
-        return f"<{self.app} xmlns='{NS_ERRORS}'{feature}/>"
+        app_xml = ""
+        if app is not None:
+            feature_attr = f" feature={quoteattr(feature)}" if feature else ""
+            app_xml = f"<{app} xmlns='{NS_ERRORS}'{feature_attr}/>"
+        super().__init__(condition, text, app_xml=app_xml)
 
 
 def unsupported(feature: str) -> PubsubError:
@@ -590,22 +586,8 @@ class PepModule(Module):
             local, domain = target[0], target[1]
         try:
             return self._dispatch(origin, st, local, domain)
-        except PubsubError as err:
-            return self._error(origin, st, err)
         except StorageFull:
             raise StanzaError("resource-constraint", "the server's storage is full") from None
-
-    @staticmethod
-    def _error(origin: C2SStream, st: Stanza, err: PubsubError) -> bytes:
-        attrs = " type='error'"
-        if "id" in st.attrs:
-            attrs += " id=" + quoteattr(st.attrs["id"])
-        if st.attrs.get("to"):
-            attrs += " from=" + quoteattr(st.attrs["to"])
-        attrs += " to=" + quoteattr(origin.full)
-        error = error_element_xml(err.condition, err.error_type, err.text)
-        error = error[: -len("</error>")] + err.app_xml() + "</error>"
-        return f"<iq{attrs}>{error}</iq>".encode()
 
     def _dispatch(self, origin: C2SStream, st: Stanza, local: str, domain: str) -> bytes:
         element = st.element()

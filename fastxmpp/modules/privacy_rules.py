@@ -29,7 +29,7 @@ from .._router import (
     PRIVACY_PRESENCE_IN,
     PRIVACY_PRESENCE_OUT,
 )
-from ..errors import StanzaError, stanza_error_bytes
+from ..errors import StanzaError
 from ..jid import JIDError, parse_jid
 from ..storage.privacy import ItemRecord
 
@@ -278,9 +278,10 @@ class PrivacyList:
 
     def refuse_out(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> bool:
         """The router, before routing a stanza the session sends to `target` (local, domain,
-        resource, bare): True when the list blocks it; the session then has its
-        not-acceptable error (XEP-0016 §2.13, with XEP-0191 §3.3's <blocked/> when the item
-        is a blocklist entry). No error answers an error or an iq result (RFC 6120 §8.3.1)."""
+        resource, bare): False when the list lets it pass. A blocked stanza raises
+        StanzaError not-acceptable (XEP-0016 §2.13, with XEP-0191 §3.3's <blocked/> when the
+        item is a blocklist entry), which the stream sends back; a blocked error or iq result
+        is only dropped (True): no error answers those (RFC 6120 §8.3.1)."""
         stype = st.attrs.get("type")
         name = st.name
         kind = OTHER
@@ -290,14 +291,12 @@ class PrivacyList:
         if item is None or item.allow:
             return False
         if stype != "error" and not (name == "iq" and stype == "result"):
-            # Type cancel, as in the examples of XEP-0016 §2.13 and XEP-0191 §3.3.
-            error = StanzaError("not-acceptable", "blocked by your privacy list", "cancel")
-            reply = stanza_error_bytes(
-                name, st.attrs.get("id"), st.attrs.get("to"), origin.full, error
+            # Type cancel, as in the examples of XEP-0016 §2.13 and XEP-0191 §3.3; the stream
+            # turns it into the error reply.
+            raise StanzaError(
+                "not-acceptable",
+                "blocked by your privacy list",
+                "cancel",
+                f"<blocked xmlns='{NS_BLOCKING_ERRORS}'/>" if item.blocks_jid else "",
             )
-            if item.blocks_jid:
-                end = reply.rindex(b"</error>")
-                blocked = f"<blocked xmlns='{NS_BLOCKING_ERRORS}'/>".encode()
-                reply = reply[:end] + blocked + reply[end:]
-            origin.send(reply)
         return True
