@@ -373,7 +373,10 @@ def markdown(report: dict[str, Any]) -> str:
                     "did not complete during setup"
                 )
             if result.get("lost"):
-                notes.append(f"{name} {label}: {result['lost']} deliveries lost")
+                notes.append(
+                    f"{name} {label}: {result['lost']} deliveries missing when the drain ended "
+                    "(not delivered within the measured time plus 5 s)"
+                )
             if "setup_quiet_after_s" in result and result["setup_quiet_after_s"] is None:
                 notes.append(f"{name} {label}: the server was still busy when measuring began")
     lines += ["", "Errors: " + (", ".join(report["errors"]) or "none")]
