@@ -176,6 +176,7 @@ class PepConfig:
     max_bytes_per_account: int = 8388608  # item payloads of one account, all nodes together
     caps_cache_size: int = 10000  # XEP-0115 verified 'ver' values remembered
     caps_timeout: float = 30.0  # seconds a client has to answer the caps disco#info query
+    max_subscriptions_per_node: int = 1000  # explicit subscriptions (XEP-0060 §6.1) per node
 
 
 @dataclass(frozen=True)
@@ -501,6 +502,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "max_bytes_per_account": _integer_at_least(1),
             "caps_cache_size": _integer_at_least(1),
             "caps_timeout": _positive_number,
+            "max_subscriptions_per_node": _integer_at_least(1),
         },
     ),
     "vcard": (VCardConfig, {"max_size": _integer_at_least(1)}),

@@ -727,13 +727,25 @@ BIG = "x" * 2100
             "set",
             f"<pubsub xmlns='{PUBSUB}'><subscribe node='n' jid='x@localhost'/></pubsub>",
             False,
+            ("modify", "bad-request", "invalid-jid"),
+        ),
+        (
+            "get",
+            f"<pubsub xmlns='{PUBSUB}'><options node='n' jid='x@localhost'/></pubsub>",
+            False,
             ("cancel", "feature-not-implemented", "unsupported"),
         ),
         (
             "get",
-            f"<pubsub xmlns='{PUBSUB}'><subscriptions/></pubsub>",
+            f"<pubsub xmlns='{OWNER}'><affiliations node='n'/></pubsub>",
             False,
             ("cancel", "feature-not-implemented", "unsupported"),
+        ),
+        (
+            "get",
+            f"<pubsub xmlns='{OWNER}'><subscriptions node='n'/></pubsub>",
+            True,
+            ("auth", "forbidden", None),
         ),
         ("get", f"<pubsub xmlns='{PUBSUB}'/>", False, ("modify", "bad-request", None)),
         (

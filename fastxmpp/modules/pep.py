@@ -16,15 +16,31 @@ Requests (iq to the account's bare JID, or with no 'to' for one's own):
   roster_groups_allowed against the owner's roster groups), whitelist (the owner alone:
   XEP-0223 private storage). Retrieval refused with the §6.5.9 errors: not-authorized +
   presence-subscription-required / not-in-roster-group, not-allowed + closed-node.
-- Explicit subscriptions (subscribe, unsubscribe, subscriptions, options) and affiliation or
-  subscription management are not offered: feature-not-implemented + <unsupported/> naming
-  the feature (§7.1.3.x style). PEP subscriptions are implicit (XEP-0163 §4): a contact with
-  a presence subscription whose resources ask for `<node>+notify` in their caps.
+- Explicit subscriptions (XEP-0163 §6: for entities that are not PEP-aware): subscribe
+  (§6.1), unsubscribe (§6.2), one's subscriptions at this account (§5.6), and the owner's
+  subscriptions management (§8.8: list; set 'subscribed' or 'none'). One subscription per
+  JID and node, state 'subscribed', no subid (§6.1.6: subscribing again returns it). The
+  access model decides who may subscribe, as for retrieval; the JID must be the requester's
+  own bare or full JID (§6.1.3.1 invalid-jid; only local users can ask, there is no s2s).
+  At most [pep] max_subscriptions_per_node per node (§6.1.3.9 too-many-subscriptions).
+  A subscription that no longer qualifies goes: when the subscriber stops seeing the
+  owner's presence, when the access model or groups change (at configure, or when found at
+  a notification or a listing), with the node; and with the subscriber's account (the
+  store's purge). Subscription options (§6.3), the default options (§6.4) and affiliations
+  management (§8.9) are not offered: feature-not-implemented + <unsupported/> naming the
+  feature. PEP subscriptions are otherwise implicit (XEP-0163 §4): a contact with a
+  presence subscription whose resources ask for `<node>+notify`.
 
 Notifications (XEP-0163 §4.3): a headline message from the owner's bare JID to the full JID
 of each available resource that wants the node (its caps list `<node>+notify`): the owner's
 own resources, and those of contacts with subscription from/both the access model lets in.
 Contacts also get an XEP-0033 replyto address naming the publishing resource (§4.3.1.3).
+Explicit subscribers (XEP-0060 §7.1.2) get it at the JID subscribed: a full JID that one
+resource when available, a bare JID every available resource; a resource gets each event
+once however many ways it qualifies. The last published item goes to the subscribed JID
+after a subscribe (§6.1.7) when send_last_published_item is on_sub or on_sub_and_presence,
+and, for on_sub_and_presence, to a resource's initial presence when it subscribed to a node
+of its own account or of a contact whose presence it sees (once, with the +notify ones).
 The last published item (with an XEP-0203 delay) goes to a resource when it becomes
 available with interest in a node, or when its caps start to show interest in one
 (§4.3.4), and to a user's resources interested in a contact's nodes when the user starts
@@ -53,7 +69,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
-from ..errors import StanzaError
+from ..errors import StanzaError, error_element_xml
+from ..jid import JID, JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
 from ..storage.pep import Item, Limits, Node, NodeExists, PepLimit, PepStore
 from .base import Module, iq_result
@@ -96,6 +113,7 @@ FEATURES = (
     "filtered-notifications",
     "item-ids",
     "last-published",
+    "manage-subscriptions",
     "meta-data",
     "persistent-items",
     "presence-notifications",
@@ -106,6 +124,8 @@ FEATURES = (
     "retrieve-affiliations",
     "retrieve-default",
     "retrieve-items",
+    "retrieve-subscriptions",
+    "subscribe",
 )
 # Node names and item ids are keys in storage: bounded (LMDB keys are at most 511 bytes).
 MAX_NAME_BYTES = 256
@@ -160,13 +180,18 @@ class PubsubError(StanzaError):
     "precondition-not-met"), and for <unsupported/> the feature it names."""
 
     def __init__(
-        self, condition: str, app: str | None = None, text: str | None = None, feature: str = ""
+        self,
+        condition: str,
+        app: str | None = None,
+        text: str | None = None,
+        feature: str = "",
+        error_type: str | None = None,
     ) -> None:
         app_xml = ""
         if app is not None:
             feature_attr = f" feature={quoteattr(feature)}" if feature else ""
             app_xml = f"<{app} xmlns='{NS_ERRORS}'{feature_attr}/>"
-        super().__init__(condition, text, app_xml=app_xml)
+        super().__init__(condition, text, error_type, app_xml=app_xml)
 
 
 def unsupported(feature: str) -> PubsubError:
@@ -402,6 +427,8 @@ class PepModule(Module):
         """The session now wants notifications of `nodes`: the last published item of each
         node it did not want before (XEP-0163 §4.3.4), from its own account and from every
         contact whose presence it may see."""
+        if session.pep_notify is None:
+            self._send_last_subscribed(session, nodes)
         before = session.pep_notify or frozenset()
         session.pep_notify = nodes
         new = nodes - before
@@ -414,6 +441,30 @@ class PepModule(Module):
             if contact != session.bare:  # one's own JID may be a roster item too
                 self._send_last_of(contact, session, new)
 
+    def _send_last_subscribed(self, session: C2SStream, implicit: frozenset[str]) -> None:
+        """Initial presence: the last item of each node of the account and of its contacts
+        the session's JID (bare or full) subscribed to explicitly, when the node says
+        on_sub_and_presence; nodes in `implicit` (+notify) get theirs by _interest."""
+        assert self.store is not None
+        accounts = [session.bare]
+        if self.roster is not None:
+            accounts += [
+                contact
+                for contact in self.roster.presence_sources(session.domain, session.local)
+                if contact != session.bare
+            ]
+        for account in accounts:
+            local, _, domain = account.partition("@")
+            if not local or not self.router.is_local(domain):
+                continue
+            wanted = {
+                node
+                for node, jid in self.store.subscriptions(domain, local)
+                if jid in (session.bare, session.full) and node not in implicit
+            }
+            if wanted:
+                self._send_last(session, domain, local, wanted)
+
     def _send_last_of(
         self, contact: str, session: C2SStream, nodes: frozenset[str], on_presence: bool = True
     ) -> None:
@@ -424,7 +475,11 @@ class PepModule(Module):
 
     def presence_visibility_changed(self, user: str, contact: str, visible: bool) -> None:
         if not visible:
-            return  # nothing to undo: every notification asks the roster afresh
+            # Implicit subscriptions need nothing: every notification asks the roster afresh.
+            # Explicit ones of `user` to the contact's presence and roster nodes go (XEP-0060
+            # §6.1.3.2-3: the subscription no longer qualifies).
+            self._drop_lost(user, contact)
+            return
         for session in self.router.resources(user).values():
             wanted = getattr(session, "pep_notify", None)
             if session.available and wanted:
@@ -451,13 +506,17 @@ class PepModule(Module):
                 or (session.bare != owner and not self._privacy_allows(domain, local, session))
             ):
                 continue
-            [item] = self.store.items(domain, local, node, node.order[-1:])
-            inner = f"<items node={quoteattr(node.name)}>"
-            inner += item_xml(item, config["deliver_payloads"]) + "</items>"
-            delay = (
-                f"<delay xmlns='{NS_DELAY}' from={quoteattr(owner)} stamp='{_stamp(item.stamp)}'/>"
-            )
-            session.send(self._message(owner, session.full, config, inner, delay))
+            session.send(self._last_message(domain, local, node, session.full))
+
+    def _last_message(self, domain: str, local: str, node: Node, to: str) -> bytes:
+        """The node's last published item with an XEP-0203 delay (XEP-0060 §6.1.7)."""
+        assert self.store is not None
+        owner = f"{local}@{domain}"
+        [item] = self.store.items(domain, local, node, node.order[-1:])
+        inner = f"<items node={quoteattr(node.name)}>"
+        inner += item_xml(item, node.config["deliver_payloads"]) + "</items>"
+        delay = f"<delay xmlns='{NS_DELAY}' from={quoteattr(owner)} stamp='{_stamp(item.stamp)}'/>"
+        return self._message(owner, to, node.config, inner, delay)
 
     # --- access (XEP-0060 §4.5) ----------------------------------------------------------
 
@@ -493,31 +552,306 @@ class PepModule(Module):
         ).encode()
 
     def _notify(
-        self, domain: str, local: str, node: str, config: dict[str, Any], inner: str, by: str = ""
+        self,
+        domain: str,
+        local: str,
+        node: str,
+        config: dict[str, Any],
+        inner: str,
+        by: str = "",
+        subscribers: list[str] | None = None,
     ) -> None:
-        """Send event `inner` to every available resource that wants `node` and may see it;
-        `by`: the publishing resource, named to contacts as replyto (§4.3.1.3)."""
+        """Send event `inner` to every available resource that wants `node` and may see it,
+        and to the explicit subscribers (`subscribers`, else those stored); each resource
+        once. `by`: the publishing resource, named to contacts as replyto (§4.3.1.3)."""
         if not config["deliver_notifications"]:
             return
         owner = f"{local}@{domain}"
+        sent: set[str] = set()
+
+        def deliver(session: C2SStream, extra: str = "") -> None:
+            if session.full not in sent:
+                sent.add(session.full)
+                session.send(self._message(owner, session.full, config, inner, extra))
+
         for session in self.router.resources(owner).values():
             if self._wants(session, node):
-                session.send(self._message(owner, session.full, config, inner))
-        if config["access_model"] == "whitelist" or self.roster is None:
-            return
+                deliver(session)
         replyto = ""
         if by:
             replyto = (
                 f"<addresses xmlns='{NS_ADDRESS}'>"
                 f"<address type='replyto' jid={quoteattr(by)}/></addresses>"
             )
-        for contact in self.roster.presence_subscribers(domain, local):
-            sessions = self.router.resources(contact)
-            if not sessions or self._refusal(domain, local, config, contact) is not None:
+        if config["access_model"] != "whitelist" and self.roster is not None:
+            for contact in self.roster.presence_subscribers(domain, local):
+                sessions = self.router.resources(contact)
+                if not sessions or self._refusal(domain, local, config, contact) is not None:
+                    continue
+                for session in sessions.values():
+                    if self._wants(session, node) and self._privacy_allows(domain, local, session):
+                        deliver(session, replyto)
+        if subscribers is None:
+            subscribers = self._live_subscribers(domain, local, node, config)
+        for jid in subscribers:
+            for session in self._available(jid):
+                if session.bare == owner:
+                    deliver(session)
+                elif self._privacy_allows(domain, local, session):
+                    deliver(session, replyto)
+
+    def _available(self, jid: str) -> list[C2SStream]:
+        """The available sessions a subscribed JID stands for: that resource, or all."""
+        bare, _, resource = jid.partition("/")
+        sessions = self.router.resources(bare)
+        if resource:
+            session = sessions.get(resource)
+            return [session] if session is not None and session.available else []
+        return [session for session in sessions.values() if session.available]
+
+    # --- explicit subscriptions (XEP-0060 §6.1, §6.2, §5.6, §8.8) ------------------------
+
+    def _live_subscribers(
+        self, domain: str, local: str, name: str, config: dict[str, Any]
+    ) -> list[str]:
+        """The JIDs subscribed to node `name` that still qualify; the others are removed
+        (the access model, the owner's roster or its groups changed since)."""
+        assert self.store is not None
+        live: list[str] = []
+        lost: list[str] = []
+        for _node, jid in self.store.subscriptions(domain, local, name):
+            refused = self._refusal(domain, local, config, jid.partition("/")[0])
+            (lost if refused is not None else live).append(jid)
+        if lost:
+            try:
+                self.store.unsubscribe(domain, local, name, lost)
+            except StorageFull:
+                log.error("storage full: lost PEP subscriptions to %s kept", name)
+        return live
+
+    def _live_subscriptions(
+        self, domain: str, local: str, name: str | None = None
+    ) -> list[tuple[str, str]]:
+        """(node, JID) of every explicit subscription to the account's nodes (or to node
+        `name`) that still qualifies, dropping the others."""
+        assert self.store is not None
+        by_node: dict[str, list[str]] = {}
+        for node_name, jid in self.store.subscriptions(domain, local, name):
+            by_node.setdefault(node_name, []).append(jid)
+        found: list[tuple[str, str]] = []
+        for node_name in by_node:
+            node = self.store.node(domain, local, node_name)
+            if node is not None:
+                live = self._live_subscribers(domain, local, node_name, node.config)
+                found.extend((node_name, jid) for jid in live)
+        return found
+
+    def _drop_lost(self, user: str, contact: str) -> None:
+        """Bare JID `user` no longer sees the presence of local account `contact`: its
+        subscriptions to the contact's presence and roster nodes go."""
+        local, _, domain = contact.partition("@")
+        if not local or not self.router.is_local(domain) or user == contact:
+            return
+        assert self.store is not None
+        by_node: dict[str, list[str]] = {}
+        for node_name, jid in self.store.subscriptions(domain, local):
+            if jid.partition("/")[0] == user:
+                by_node.setdefault(node_name, []).append(jid)
+        for node_name, jids in by_node.items():
+            node = self.store.node(domain, local, node_name)
+            if node is not None and node.config["access_model"] in ("presence", "roster"):
+                try:
+                    self.store.unsubscribe(domain, local, node_name, jids)
+                except StorageFull:
+                    log.error("storage full: PEP subscriptions of %s kept", user)
+
+    def _subscriber(self, request: Any, origin: C2SStream, mismatch: StanzaError) -> JID:
+        """The 'jid' of a subscribe or unsubscribe request: the requester's own bare or
+        full JID, else `mismatch` (§6.1.3.1, §6.2.3.3)."""
+        text = request.get("jid")
+        if not text:
+            raise PubsubError("bad-request", "jid-required")
+        try:
+            jid = parse_jid(text)
+        except JIDError as exc:
+            raise PubsubError("bad-request", "invalid-jid", str(exc)) from None
+        if not jid.local or jid.bare != origin.bare:
+            raise mismatch
+        return jid
+
+    def _subscription_xml(self, name: str | None, jid: str, state: str) -> str:
+        node_attr = "" if name is None else f" node={quoteattr(name)}"
+        return f"<subscription{node_attr} jid={quoteattr(jid)} subscription='{state}'/>"
+
+    def _subscribe(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        assert self.store is not None
+        request = children[0]
+        name = self._node_name(request)
+        jid = self._subscriber(
+            request,
+            origin,
+            PubsubError("bad-request", "invalid-jid", "not the requester's own JID"),
+        )
+        for extra in children[1:]:
+            if extra.tag == f"{{{NS}}}options":
+                raise unsupported("subscription-options")  # §6.3.7 subscribe and configure
+            raise StanzaError("bad-request", "only <options/> may follow <subscribe/>")
+        node = self._existing(domain, local, name)
+        refusal = self._refusal(domain, local, node.config, jid.bare)
+        if refusal is not None:
+            raise refusal  # §6.1.3.2-4, as retrieval
+        self._add_subscription(domain, local, name, jid.full)
+        return self._result(origin, st, self._subscription_xml(name, jid.full, "subscribed"))
+
+    def _add_subscription(self, domain: str, local: str, name: str, jid: str) -> None:
+        """Subscribe `jid` (§6.1.6: once; again returns the same) and send it the last
+        published item after the reply (§6.1.7)."""
+        assert self.store is not None
+        try:
+            added = self.store.subscribe(
+                domain, local, name, jid, self.settings.max_subscriptions_per_node
+            )
+        except PepLimit as exc:
+            if exc.what == "key":
+                raise StanzaError("not-acceptable", "the JID is too long") from None
+            raise PubsubError(  # §6.1.3.9, type as its example
+                "policy-violation",
+                "too-many-subscriptions",
+                "the node has too many subscribers",
+                error_type="wait",
+            ) from None
+        if added is None:
+            raise StanzaError("item-not-found", "no such node")
+        asyncio.get_running_loop().call_soon(self._send_last_to, domain, local, name, jid)
+
+    def _send_last_to(self, domain: str, local: str, name: str, jid: str) -> None:
+        assert self.store is not None
+        node = self.store.node(domain, local, name)
+        if (
+            node is None
+            or not node.order
+            or node.config["send_last_published_item"] not in ("on_sub", "on_sub_and_presence")
+            or not node.config["deliver_notifications"]
+        ):
+            return
+        owner = f"{local}@{domain}"
+        for session in self._available(jid):
+            if session.bare == owner or self._privacy_allows(domain, local, session):
+                session.send(self._last_message(domain, local, node, session.full))
+
+    def _unsubscribe(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        assert self.store is not None
+        request = children[0]
+        name = self._node_name(request)
+        jid = self._subscriber(
+            request, origin, StanzaError("forbidden", "not the requester's own JID")
+        )
+        removed = self.store.unsubscribe(domain, local, name, [jid.full])
+        if removed is None:
+            raise StanzaError("item-not-found", "no such node")
+        if not removed:
+            # §6.2.3.2, type as its example
+            raise PubsubError("unexpected-request", "not-subscribed", error_type="cancel")
+        return self._result(origin, st, self._subscription_xml(name, jid.full, "none"))
+
+    def _subscriptions(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        """§5.6: the requester's subscriptions (any JID with its bare JID) at this account,
+        to all nodes or to the node named."""
+        wanted = children[0].get("node")
+        body = "".join(
+            self._subscription_xml(node, jid, "subscribed")
+            for node, jid in self._live_subscriptions(domain, local, wanted)
+            if jid.partition("/")[0] == origin.bare
+        )
+        node_attr = "" if wanted is None else f" node={quoteattr(wanted)}"
+        return self._result(origin, st, f"<subscriptions{node_attr}>{body}</subscriptions>")
+
+    def _manage_get(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        """§8.8.1: the node's subscribers, to the owner."""
+        name = self._node_name(children[0])
+        self._existing(domain, local, name)
+        body = "".join(
+            self._subscription_xml(None, jid, "subscribed")
+            for _node, jid in self._live_subscriptions(domain, local, name)
+        )
+        payload = f"<subscriptions node={quoteattr(name)}>{body}</subscriptions>"
+        return self._result(origin, st, payload, NS_OWNER)
+
+    def _manage_set(
+        self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
+    ) -> bytes:
+        """§8.8.2: 'none' removes a subscriber (§8.8.3), 'subscribed' adds one the access
+        model lets in (a local user: there is no s2s); the others fail. §8.8.2.4: the entries
+        that failed come back with their unchanged state in a not-acceptable error, the rest
+        are done. Each subscriber whose subscription changed is told (§8.8.4)."""
+        assert self.store is not None
+        request = children[0]
+        name = self._node_name(request)
+        node = self._existing(domain, local, name)
+        current = {jid for _node, jid in self._live_subscriptions(domain, local, name)}
+        failed: list[str] = []
+        for entry in request.iterfind(f"{{{NS_OWNER}}}subscription"):
+            text = entry.get("jid") or ""
+            state = entry.get("subscription")
+            try:
+                jid: JID | None = parse_jid(text)
+            except JIDError:
+                jid = None
+            if jid is None or not jid.local:
+                failed.append(self._subscription_xml(None, text, "none"))
                 continue
-            for session in sessions.values():
-                if self._wants(session, node) and self._privacy_allows(domain, local, session):
-                    session.send(self._message(owner, session.full, config, inner, replyto))
+            was = "subscribed" if jid.full in current else "none"
+            if state is None or state == was:
+                continue  # §8.8.2.1: no 'subscription', no change
+            if state == "none":
+                self.store.unsubscribe(domain, local, name, [jid.full])
+                current.discard(jid.full)
+            elif (
+                state == "subscribed"
+                and self.router.is_local(jid.domain)
+                and self._refusal(domain, local, node.config, jid.bare) is None
+            ):
+                try:
+                    self._add_subscription(domain, local, name, jid.full)
+                except StanzaError:
+                    failed.append(self._subscription_xml(None, jid.full, was))
+                    continue
+                current.add(jid.full)
+            else:
+                failed.append(self._subscription_xml(None, jid.full, was))
+                continue
+            self._tell_subscriber(domain, local, name, jid.full, state)
+        if not failed:
+            return self._result(origin, st)
+        payload = (
+            f"<pubsub xmlns='{NS_OWNER}'><subscriptions node={quoteattr(name)}>"
+            f"{''.join(failed)}</subscriptions></pubsub>"
+        )
+        error = error_element_xml("not-acceptable", "modify", "these subscriptions are unchanged")
+        attrs = f"type='error' id={quoteattr(st.attrs.get('id', ''))} to={quoteattr(origin.full)}"
+        if st.attrs.get("to"):
+            attrs += f" from={quoteattr(st.attrs['to'])}"
+        return f"<iq {attrs}>{payload}{error}</iq>".encode()
+
+    def _tell_subscriber(self, domain: str, local: str, name: str, jid: str, state: str) -> None:
+        """§8.8.4 / §12.6: the subscriber's new subscription state, as an event."""
+        owner = f"{local}@{domain}"
+        inner = self._subscription_xml(name, jid, state)
+        for session in self._available(jid):
+            if session.bare == owner or self._privacy_allows(domain, local, session):
+                session.send(
+                    f"<message from={quoteattr(owner)} to={quoteattr(session.full)} "
+                    f"id='{secrets.token_hex(8)}'><event xmlns='{NS_EVENT}'>{inner}</event>"
+                    "</message>".encode()
+                )
 
     def _privacy_allows(self, domain: str, local: str, session: C2SStream) -> bool:
         """XEP-0163 §4.3.3: nothing to a contact's session the owner blocks (the account's
@@ -613,11 +947,10 @@ class PepModule(Module):
                 ("get", "default"): self._default,
                 ("set", "delete"): self._delete,
                 ("set", "purge"): self._purge,
+                ("get", "subscriptions"): self._manage_get,
+                ("set", "subscriptions"): self._manage_set,
             }
-            unsupported_names = {
-                "affiliations": "modify-affiliations",
-                "subscriptions": "manage-subscriptions",
-            }
+            unsupported_names = {"affiliations": "modify-affiliations"}
         else:
             handlers = {
                 ("set", "publish"): self._publish,
@@ -625,11 +958,11 @@ class PepModule(Module):
                 ("get", "items"): self._items,
                 ("set", "create"): self._create,
                 ("get", "affiliations"): self._affiliations,
+                ("set", "subscribe"): self._subscribe,
+                ("set", "unsubscribe"): self._unsubscribe,
+                ("get", "subscriptions"): self._subscriptions,
             }
             unsupported_names = {
-                "subscribe": "subscribe",
-                "unsubscribe": "subscribe",
-                "subscriptions": "retrieve-subscriptions",
                 "options": "subscription-options",
                 "default": "retrieve-default-sub",
             }
@@ -638,7 +971,12 @@ class PepModule(Module):
             if verb in unsupported_names:
                 raise unsupported(unsupported_names[verb])
             raise StanzaError("bad-request", f"no pubsub request <{verb}/> as iq {itype}")
-        if not is_owner and handler != self._items:
+        if not is_owner and handler not in (
+            self._items,
+            self._subscribe,
+            self._unsubscribe,
+            self._subscriptions,
+        ):
             raise PubsubError("forbidden", text="only the account itself may do this")
         return handler(*args)
 
@@ -873,6 +1211,9 @@ class PepModule(Module):
                 is None
             ):
                 raise StanzaError("item-not-found", "no such node")
+            # §8.2: subscribers the new access model (or groups) leaves out lose their
+            # subscription.
+            self._live_subscribers(domain, local, name, config)
         return self._result(origin, st)
 
     def _default(
@@ -903,13 +1244,20 @@ class PepModule(Module):
         """Delete (§8.4) or purge (§8.5) a node, telling whoever may see it."""
         assert self.store is not None
         name = self._node_name(children[0])
+        before = self.store.node(domain, local, name)
+        # §8.4.2: the subscribers are told of the deletion, their subscriptions go with it.
+        subscribers = (
+            [] if before is None else self._live_subscribers(domain, local, name, before.config)
+        )
         node = self.store.purge(domain, local, name, delete=delete)
         if node is None:
             raise StanzaError("item-not-found", "no such node")
         if not delete:
-            self._notify(domain, local, name, node.config, f"<purge node={quoteattr(name)}/>")
+            inner = f"<purge node={quoteattr(name)}/>"
+            self._notify(domain, local, name, node.config, inner, subscribers=subscribers)
         elif node.config["notify_delete"]:
-            self._notify(domain, local, name, node.config, f"<delete node={quoteattr(name)}/>")
+            inner = f"<delete node={quoteattr(name)}/>"
+            self._notify(domain, local, name, node.config, inner, subscribers=subscribers)
         return self._result(origin, st)
 
     def _affiliations(

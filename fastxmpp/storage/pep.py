@@ -6,6 +6,9 @@ Database "pep", all keys under the account's prefix (`domain NUL local NUL`):
   becomes the newest).
 - `i` + node name + NUL + item id: msgpack `[payload XML, publisher full JID, unix time]`.
 - `u`: the bytes of item payloads the account stores in all (for the account quota).
+- `s` + node name + NUL + subscriber JID (bare or full, as subscribed): an explicit
+  subscription (XEP-0060 §6.1), msgpack `["subscribed", unix time]`; they go with the node,
+  and with the subscriber's account (one seek per account with PEP data, no index).
 Node names and item ids never contain NUL (XML cannot), so prefixes cannot collide. Every
 operation is one write transaction: a node, its items and the quota change together.
 """
@@ -18,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from .account_data import account_prefix, delete_prefix, register_purge
+from .account_data import account_prefix, delete_prefix, purge_prefixed, register_purge
 from .lmdb_store import Storage
 
 DATABASE = "pep"
@@ -64,6 +67,23 @@ def _node_key(prefix: bytes, node: str) -> bytes:
 
 def _item_prefix(prefix: bytes, node: str) -> bytes:
     return prefix + b"i" + node.encode() + b"\0"
+
+
+def _sub_prefix(prefix: bytes, node: str | None = None) -> bytes:
+    return prefix + b"s" + (b"" if node is None else node.encode() + b"\0")
+
+
+def _scan(txn: Any, start: bytes) -> list[tuple[bytes, Any]]:
+    found = []
+    cursor = txn.cursor()
+    more = cursor.set_range(start)
+    while more:
+        key = bytes(cursor.key())
+        if not key.startswith(start):
+            break
+        found.append((key[len(start) :], cursor.value()))
+        more = cursor.next()
+    return found
 
 
 def _decode_node(name: str, raw: Any) -> Node:
@@ -115,6 +135,22 @@ class PepStore:
                 if raw is not None:
                     payload, publisher, stamp = msgpack.unpackb(raw)
                     found.append(Item(item_id, payload, publisher, stamp))
+        return found
+
+    def subscriptions(
+        self, domain: str, local: str, name: str | None = None
+    ) -> list[tuple[str, str]]:
+        """The explicit subscriptions (node name, subscriber JID) of the account's nodes, of
+        node `name` only when given; by node, then JID."""
+        start = _sub_prefix(account_prefix(domain, local), name)
+        with self.storage.env.begin(db=self._db) as txn:
+            rest = [key for key, _value in _scan(txn, start)]
+        if name is not None:
+            return [(name, key.decode()) for key in rest]
+        found = []
+        for key in rest:
+            node, _, jid = key.partition(b"\0")
+            found.append((node.decode(), jid.decode()))
         return found
 
     def usage(self, domain: str, local: str) -> int:
@@ -263,9 +299,49 @@ class PepStore:
 
         return self.storage.write(work, db=self._db)
 
+    def subscribe(
+        self, domain: str, local: str, name: str, jid: str, max_subscriptions: int
+    ) -> bool | None:
+        """Subscribe `jid` to node `name`: True when added, False when it already was (one
+        subscription per JID, XEP-0060 §6.1.6), None when there is no such node; PepLimit
+        "subscriptions" when the node has `max_subscriptions` already."""
+        prefix = account_prefix(domain, local)
+
+        def work(txn: Any) -> bool | None:
+            key = _node_key(prefix, name)
+            if len(key) > self.max_key_size or txn.get(key) is None:
+                return None
+            sub_key = self._check_key(_sub_prefix(prefix, name) + jid.encode())
+            if txn.get(sub_key) is not None:
+                return False
+            if len(_scan(txn, _sub_prefix(prefix, name))) >= max_subscriptions:
+                raise PepLimit("subscriptions")
+            txn.put(sub_key, msgpack.packb(["subscribed", time.time()]))
+            return True
+
+        return self.storage.write(work, db=self._db)
+
+    def unsubscribe(self, domain: str, local: str, name: str, jids: list[str]) -> list[str] | None:
+        """Remove the subscriptions of `jids` to node `name`: the JIDs that were subscribed,
+        or None when there is no such node."""
+        prefix = account_prefix(domain, local)
+
+        def work(txn: Any) -> list[str] | None:
+            key = _node_key(prefix, name)
+            if len(key) > self.max_key_size or txn.get(key) is None:
+                return None
+            removed = []
+            for jid in jids:
+                sub_key = _sub_prefix(prefix, name) + jid.encode()
+                if len(sub_key) <= self.max_key_size and txn.delete(sub_key):
+                    removed.append(jid)
+            return removed
+
+        return self.storage.write(work, db=self._db)
+
     def purge(self, domain: str, local: str, name: str, delete: bool = False) -> Node | None:
-        """Drop every item of the node (and the node itself with `delete`); the node as it
-        was, or None if there is no such node."""
+        """Drop every item of the node (and the node itself, with its subscriptions, with
+        `delete`); the node as it was, or None if there is no such node."""
         prefix = account_prefix(domain, local)
 
         def work(txn: Any) -> Node | None:
@@ -279,6 +355,7 @@ class PepStore:
             delete_prefix(txn, self._db, _item_prefix(prefix, name))
             if delete:
                 txn.delete(key)
+                delete_prefix(txn, self._db, _sub_prefix(prefix, name))
             else:
                 txn.put(key, _encode_node(Node(name, node.config, [], node.created)))
             return node
@@ -286,4 +363,43 @@ class PepStore:
         return self.storage.write(work, db=self._db)
 
 
-register_purge(DATABASE)
+def drop_subscriber(txn: Any, db: Any, bare: str) -> int:
+    """Delete every subscription of bare JID `bare` (bare or full) to any account's nodes;
+    the count. One seek per account that has PEP data."""
+    wanted = bare.encode()
+    cursor = txn.cursor(db=db)
+    removed = 0
+    more = cursor.first()
+    while more:
+        domain, _, rest = bytes(cursor.key()).partition(b"\0")
+        local, sep, _ = rest.partition(b"\0")
+        if not sep:
+            more = cursor.next()  # not an account's key: never written here
+            continue
+        prefix = domain + b"\0" + local + b"\0"
+        start = prefix + b"s"
+        found = cursor.set_range(start)
+        while found:
+            key = bytes(cursor.key())
+            if not key.startswith(start):
+                break
+            jid = key[len(start) :].partition(b"\0")[2]
+            if jid == wanted or jid.startswith(wanted + b"/"):
+                cursor.delete()  # moves to the next record (b"" past the last one)
+                removed += 1
+                found = bool(cursor.key())
+            else:
+                found = cursor.next()
+        # Past every key of this account (they go on with an ASCII tag byte).
+        more = cursor.set_range(prefix + b"\xff")
+    return removed
+
+
+def _purge(txn: Any, db: Any, domain: str, local: str) -> None:
+    """The account's nodes, items and the subscriptions to them; and its own subscriptions
+    to other accounts' nodes (XEP-0077 §3.2: all data of the account)."""
+    purge_prefixed(txn, db, domain, local)
+    drop_subscriber(txn, db, f"{local}@{domain}")
+
+
+register_purge(DATABASE, _purge)
