@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from .._router import PRIVACY_MESSAGE
+from ..delay import NS_DELAY
+from ..delay import stamp as xep0082_stamp
 from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
 from ..storage.offline import OfflineQueueFull, OfflineStore
 from .base import Module
-from .entity_time import utc_now
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastxmpp.offline")
 
 FEATURE = "msgoffline"  # XEP-0160 §4 (Service Discovery)
-NS_DELAY = "urn:xmpp:delay"  # XEP-0203
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
 # XEP-0160 §3: never stored. Every other type is chat or normal (RFC 6121 §5.2.2: an unknown
 # type is handled as normal).
@@ -110,7 +111,9 @@ class OfflineModule(Module):
             raise StanzaError("service-unavailable")
         if only_chat_states(st):
             return True
-        data = with_delay(st.with_attrs({"from": origin.full}), st.empty, domain, utc_now())
+        data = with_delay(
+            st.with_attrs({"from": origin.full}), st.empty, domain, xep0082_stamp(time.time())
+        )
         try:
             self.store.push(domain, local, data, self.settings.max_messages)
         except OfflineQueueFull:

@@ -34,9 +34,11 @@ from xml.sax.saxutils import quoteattr
 from lxml import etree
 
 from .. import ns
+from ..delay import NS_DELAY
+from ..delay import stamp as xep0082_stamp
 from ..errors import StanzaError, stanza_error_bytes
 from ..jid import JIDError, parse_jid
-from ..modules.offline import NS_CHATSTATES, NS_DELAY, with_delay
+from ..modules.offline import NS_CHATSTATES, with_delay
 
 if TYPE_CHECKING:
     from ..config import StreamManagementConfig
@@ -271,7 +273,7 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
         if kind != "message" or stype in NOT_REDELIVERED or _only_chat_states(el):
             outcome["dropped"] += 1
             continue
-        stamp = None if _has_delay(el) else _stamp(sent_at)
+        stamp = None if _has_delay(el) else xep0082_stamp(sent_at)
         if best:
             if el.get("to") != session.full and top >= session.priority:
                 outcome["dropped (delivered to another resource)"] += 1
@@ -311,11 +313,6 @@ def _only_chat_states(el: Any) -> bool:
 
 def _has_delay(el: Any) -> bool:
     return NS_DELAY in _payload_namespaces(el)
-
-
-def _stamp(when: float) -> str:
-    # XEP-0082 DateTime, whole seconds (as the offline module writes them).
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _bounce(session: C2SStream, el: Any, kind: str) -> None:

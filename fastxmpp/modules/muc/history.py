@@ -7,28 +7,16 @@ from __future__ import annotations
 import copy
 import time
 from collections import deque
-from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
-NS_DELAY = "urn:xmpp:delay"
+from ...delay import NS_DELAY, parse_stamp, stamp
+
 # Bytes of history one room keeps at most, whatever its configured length: a bound on what
 # long messages can make the server hold (the oldest go first).
 MAX_HISTORY_BYTES = 1 << 20
-
-
-def stamp(when: float) -> str:
-    """XEP-0082 DateTime in UTC."""
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_stamp(text: str) -> float | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def insert_attr(data: bytes, name: str, value: str) -> bytes:
@@ -61,7 +49,7 @@ class History:
         message.attrib.pop("to", None)
         delay = etree.SubElement(message, f"{{{NS_DELAY}}}delay", nsmap={None: NS_DELAY})
         delay.set("from", room_jid)
-        delay.set("stamp", stamp(now))
+        delay.set("stamp", stamp(now, fraction=True))
         data = etree.tostring(message)
         if len(self.entries) == self.entries.maxlen:
             self.size -= len(self.entries[0][1])
