@@ -6,7 +6,9 @@ lost connection, probes; and slixmpp subscribing the way a real client does."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -357,6 +359,68 @@ def test_probe_by_subscriber(pair: tuple[User, User]) -> None:
     befriend(a, b)
     a.send(f"<presence type='probe' to='{b.bare}'/>")
     assert presences(sync(a.c)) == [(b.full, None)]
+
+
+def test_probe_of_offline_contact_gets_its_last_unavailable(
+    pair: tuple[User, User],
+    online: Any,
+    users: Iterator[str],  # noqa: F811
+) -> None:
+    """§4.3.2: a contact with no available resource answers a subscriber's probe (the one
+    the server sends at initial presence, and one the client sends) with unavailable
+    presence: the status it left with and a XEP-0203 stamp of when, from its server."""
+    a, b = pair
+    befriend(a, b)
+    before = time.time()
+    b.send("<presence type='unavailable'><status>gone fishing</status></presence>")
+    sync(b.c)
+    b.c.close()
+    after = time.time()
+    sync(a.c)
+    again = online(a.name, "again", available=False)
+    again.send("<presence/>")
+    seen = [el for el in sync(again.c) if el.tag == PRESENCE and el.get("from") == b.bare]
+    assert [el.get("type") for el in seen] == ["unavailable"]
+    assert seen[0].get("to") == again.full
+    assert seen[0].findtext(f"{{{CLIENT}}}status") == "gone fishing"
+    delay = seen[0].find("{urn:xmpp:delay}delay")
+    assert delay is not None and delay.get("from") == "localhost"
+    went = datetime.fromisoformat(delay.get("stamp").replace("Z", "+00:00")).timestamp()
+    assert int(before) <= went <= after
+    # A probe the client sends gets the same answer.
+    again.send(f"<presence type='probe' to='{b.bare}'/>")
+    assert presences(sync(again.c)) == [(b.bare, "unavailable")]
+    # A contact whose connection was lost: unavailable, stamped, without a status.
+    c = online(next(users))
+    befriend(a, c)
+    c.c.abort()
+    el = a.c.next()  # the server noticed the lost connection
+    while el.tag != PRESENCE or el.get("from") != c.full:
+        el = a.c.next()
+    assert el.get("type") == "unavailable"
+    third = online(a.name, "third", available=False)
+    third.send("<presence/>")
+    got = [el for el in sync(third.c) if el.tag == PRESENCE and el.get("from") == c.bare]
+    assert [el.get("type") for el in got] == ["unavailable"]
+    assert got[0].find(f"{{{CLIENT}}}status") is None
+    assert got[0].find("{urn:xmpp:delay}delay") is not None
+
+
+def test_probe_of_offline_contact_respects_blocking(pair: tuple[User, User], online: Any) -> None:
+    """XEP-0016 §2.12 / XEP-0191: a contact that blocks the prober sends it nothing, online
+    or not."""
+    a, b = pair
+    befriend(a, b)
+    block = f"<block xmlns='urn:xmpp:blocking'><item jid='{a.bare}'/></block>"
+    b.send(f"<iq type='set' id='blk'>{block}</iq>")
+    sync(b.c)
+    b.c.close()
+    sync(a.c)
+    again = online(a.name, "again", available=False)
+    again.send("<presence/>")
+    assert [el for el in sync(again.c) if el.tag == PRESENCE and el.get("from") == b.bare] == []
+    again.send(f"<presence type='probe' to='{b.bare}'/>")
+    assert presences(sync(again.c)) == []
 
 
 def test_unavailable_on_lost_connection(pair: tuple[User, User]) -> None:

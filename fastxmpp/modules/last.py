@@ -65,6 +65,10 @@ class LastActivityModule(Module):
         except StorageFull as exc:
             log.error("cannot record the logout of %s: %s", session.bare, exc)
 
+    def last_logout(self, domain: str, local: str) -> tuple[float, str] | None:
+        """(Unix time, status) of the account's last logout; None if none is recorded."""
+        return None if self.store is None else self.store.last_logout(domain, local)
+
     def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         if st.attrs.get("type") != "get":
             raise StanzaError("bad-request", "last activity is asked with an iq get")

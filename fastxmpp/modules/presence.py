@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
-from .._router import PRIVACY_OTHER
+from .._router import PRIVACY_OTHER, PRIVACY_PRESENCE_IN, PRIVACY_PRESENCE_OUT
+from ..delay import delay_xml
 from ..errors import StanzaError
 from ..jid import JID, JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
@@ -235,17 +236,45 @@ class PresenceModule(Module):
     def _answer_probe(self, contact: str, prober_bare: str, to_session: C2SStream) -> None:
         """The contact's server answering a probe: the last presence of each available
         resource of `contact`, if `prober_bare` may see it (§4.3.2); otherwise nothing."""
-        resources = self.router.resources(contact)
-        if not resources:
-            return  # offline or remote: no answer (§4.3.2 allows silence)
-        assert self.roster is not None
         local, _, domain = contact.partition("@")
+        if not self.router.is_local(domain):
+            return  # a remote contact: no server-to-server links to ask through
+        assert self.roster is not None
         if self.roster.subscription(domain, local, prober_bare) not in ("from", "both"):
             return
-        for session in resources.values():
+        available = False
+        for session in self.router.resources(contact).values():
             last = getattr(session, "presence_last", None)
-            if last is not None and self._may_see(session, to_session):
-                to_session.send(last)
+            if last is not None:
+                available = True
+                if self._may_see(session, to_session):
+                    to_session.send(last)
+        if not available:
+            self._answer_probe_offline(contact, local, domain, to_session)
+
+    def _answer_probe_offline(
+        self, contact: str, local: str, domain: str, to_session: C2SStream
+    ) -> None:
+        """§4.3.2: a contact with no available resource: unavailable presence, stamped
+        (XEP-0203) with the time it went offline and carrying the status it left with when
+        the last-activity module recorded them."""
+        if self.privacy is not None:
+            default = self.privacy.default_list(domain, local)
+            if default is not None and not default.allows(PRIVACY_PRESENCE_OUT, to_session.full):
+                return
+            rules = to_session.privacy
+            if rules is not None and not rules.allows_in(PRIVACY_PRESENCE_IN, contact):
+                return
+        payload = ""
+        last_activity = self.hub.get("last")
+        logout = None if last_activity is None else last_activity.last_logout(domain, local)
+        if logout is not None:
+            when, status = logout
+            if status:
+                payload += f"<status>{escape(status)}</status>"
+            payload += delay_xml(domain, when)
+        attrs = f"type='unavailable' from={quoteattr(contact)} to={quoteattr(to_session.full)}"
+        to_session.send(f"<presence {attrs}>{payload}</presence>".encode())
 
     def _client_probe(self, origin: C2SStream, contact: JID) -> None:
         if self.roster is None or not contact.local:
