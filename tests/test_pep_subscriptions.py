@@ -618,6 +618,20 @@ def test_persist_across_restart_and_go_with_the_account(make_server: Any, ca_fil
         assert [n.name for n in store.nodes("localhost", "carol")] == [TUNE]
 
 
+def test_removed_account_loses_its_subscriptions(login: Any) -> None:
+    """XEP-0077 §3.2 in-band removal: the subscriber's subscriptions to other accounts'
+    nodes go with its data."""
+    alice, bob, carol = login(), login(), login()
+    alice.publish(TUNE, tune("x"), options=publish_options(access_model="open"))
+    assert subscribe(bob, alice, TUNE).get("type") == "result"
+    assert subscribe(carol, alice, TUNE, carol.full).get("type") == "result"
+    sync(bob.c)
+    bob.send("<iq type='set' id='rm'><query xmlns='jabber:iq:register'><remove/></query></iq>")
+    reply = bob.c.next()
+    assert reply.get("id") == "rm" and reply.get("type") == "result"
+    assert subscribers(alice, TUNE) == [carol.full]
+
+
 # --- a real client ----------------------------------------------------------------------------
 
 

@@ -446,22 +446,16 @@ class PepModule(Module):
         the session's JID (bare or full) subscribed to explicitly, when the node says
         on_sub_and_presence; nodes in `implicit` (+notify) get theirs by _interest."""
         assert self.store is not None
-        accounts = [session.bare]
+        accounts = [(session.domain, session.local)]
         if self.roster is not None:
-            accounts += [
-                contact
-                for contact in self.roster.presence_sources(session.domain, session.local)
-                if contact != session.bare
-            ]
-        for account in accounts:
-            local, _, domain = account.partition("@")
-            if not local or not self.router.is_local(domain):
-                continue
-            wanted = {
-                node
-                for node, jid in self.store.subscriptions(domain, local)
-                if jid in (session.bare, session.full) and node not in implicit
-            }
+            for contact in self.roster.presence_sources(session.domain, session.local):
+                local, _, domain = contact.partition("@")
+                if local and contact != session.bare and self.router.is_local(domain):
+                    accounts.append((domain, local))
+        subscribed = self.store.subscribed(accounts, (session.bare, session.full))
+        for index, nodes in subscribed.items():
+            domain, local = accounts[index]
+            wanted = nodes - implicit
             if wanted:
                 self._send_last(session, domain, local, wanted)
 

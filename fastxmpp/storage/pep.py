@@ -153,6 +153,21 @@ class PepStore:
             found.append((node.decode(), jid.decode()))
         return found
 
+    def subscribed(
+        self, accounts: list[tuple[str, str]], jids: tuple[str, ...]
+    ) -> dict[int, set[str]]:
+        """For each (domain, local) of `accounts` (by index) with a node one of `jids` is
+        subscribed to: those nodes. One read transaction."""
+        wanted = {jid.encode() for jid in jids}
+        found: dict[int, set[str]] = {}
+        with self.storage.env.begin(db=self._db) as txn:
+            for index, (domain, local) in enumerate(accounts):
+                for key, _value in _scan(txn, _sub_prefix(account_prefix(domain, local))):
+                    node, _, jid = key.partition(b"\0")
+                    if jid in wanted:
+                        found.setdefault(index, set()).add(node.decode())
+        return found
+
     def usage(self, domain: str, local: str) -> int:
         with self.storage.env.begin(db=self._db) as txn:
             raw = txn.get(account_prefix(domain, local) + b"u")
