@@ -18,11 +18,13 @@ cdef class Session:
     cdef public object sm           # XEP-0198 state (stream/sm.py) or None
     cdef public Router router
     cdef public object privacy      # XEP-0016 list in force (modules/privacy_rules.py) or None
+    cdef public object csi          # XEP-0352 held stanzas while inactive (stream/csi.py) or None
     cdef list _out
     cdef public Py_ssize_t queued_bytes
     cdef bint _queued
 
     cpdef send(self, bytes data)
+    cpdef deliver(self, bytes data)
     cdef _queue(self, bytes data)
     cpdef flush(self)
 
@@ -42,6 +44,8 @@ cdef class Router:
     cdef public object iq_response_hook     # (session, stanza) for result/error iqs to us
     cdef public object account_privacy      # (domain, local) -> an account's default list or None
     cdef public object tracer               # (session, bytes, incoming) when debug logging
+    cdef public dict carbon_accounts        # XEP-0280: bare JID -> its carbons-enabled sessions
+    cdef public object carbons              # the carbons module: received(), sent()
     cdef dict _iq_handlers                  # payload namespace -> handler
     cdef dict _services                     # service domain -> handler (Router.add_service)
 

@@ -50,11 +50,23 @@ cdef class Session:
         self.priority = 0
         self.available = False
         self.privacy = None
+        self.csi = None
 
     cpdef send(self, bytes data):
         """Queue a stanza; it goes out in one write with everything else queued this turn
         of the loop (docs/ARCHITECTURE.md, principle 3). With XEP-0198 stream management
-        on, `sm` counts it and keeps it until the client acknowledges it (stream/sm.py)."""
+        on, `sm` counts it and keeps it until the client acknowledges it (stream/sm.py).
+        While the client says it is inactive (XEP-0352), `csi` may hold it (stream/csi.py)."""
+        if self.csi is not None and self.csi.hold(self, data):
+            return
+        if self.sm is not None:
+            self.sm.sent(self, data)
+            return
+        self._queue(data)
+
+    cpdef deliver(self, bytes data):
+        """`send` without XEP-0352 holding: how held stanzas go out, counted by XEP-0198
+        only now that they are written."""
         if self.sm is not None:
             self.sm.sent(self, data)
             return
@@ -106,6 +118,8 @@ cdef class Router:
         self.iq_response_hook = None
         self.account_privacy = None
         self.tracer = None
+        self.carbon_accounts = {}
+        self.carbons = None
         self._iq_handlers = {}
         self._services = {}
 
@@ -236,8 +250,7 @@ cdef class Router:
             if name != "message" and name != "presence" and name != "iq":
                 raise StreamError("unsupported-stanza-type", name)
             self._services[target[1]](origin, st, target)
-            return
-        if name == "message":
+        elif name == "message":
             self._deliver_message(origin, st, target)
         elif name == "presence":
             self._deliver_presence(origin, st, target)
@@ -245,6 +258,10 @@ cdef class Router:
             self._deliver_iq(origin, st, target)
         else:
             raise StreamError("unsupported-stanza-type", name)
+        if self.carbon_accounts and name == "message" and origin.bare in self.carbon_accounts:
+            # XEP-0280 §5: the message was routed (a refused one raised above): copies to
+            # the sender's other carbons-enabled resources (modules/carbons.py).
+            self.carbons.sent(origin, st, target)
 
     cdef list _best_resources(self, str bare):
         """Available resources with the highest non-negative priority (RFC 6121 §8.5.2.1.1).
@@ -297,6 +314,8 @@ cdef class Router:
                         return
                     raise StanzaError("service-unavailable")
                 s.send(data or st.with_attrs({"from": origin.full}))
+                if self.carbon_accounts and bare in self.carbon_accounts:
+                    self.carbons.received(origin, st, bare, (s,))  # XEP-0280 §4
                 return
             # RFC 6121 §8.5.3.2.1: no such resource.
             if mtype == "groupchat" or mtype == "headline" or mtype == "error":
@@ -321,11 +340,17 @@ cdef class Router:
                 delivered = True
             if not delivered and mtype != "headline":
                 raise StanzaError("service-unavailable")
+            if delivered and self.carbon_accounts and bare in self.carbon_accounts:
+                self.carbons.received(origin, st, bare, best)  # XEP-0280 §4
             return
         if resources is None and not self.user_exists(domain, local):
             # RFC 6121 §8.5.1: no such account.
             raise StanzaError("service-unavailable")
         if self.message_hook is not None and self.message_hook(origin, st, target):
+            if self.carbon_accounts and bare in self.carbon_accounts:
+                # XEP-0280 §4: stored for later, and copied now to carbons-enabled resources
+                # that are bound but not available (or of negative priority).
+                self.carbons.received(origin, st, bare, ())
             return
         if mtype == "headline":
             return

@@ -33,6 +33,7 @@ BUILTIN = (
     "vcard",  # XEP-0054
     "pep",  # XEP-0163 (XEP-0060 subset, XEP-0115 filtering)
     "muc",  # XEP-0045 (a service domain, Router.add_service)
+    "carbons",  # XEP-0280 (the router's carbon_accounts and carbons)
 )
 
 

@@ -65,10 +65,10 @@ import asyncio
 import logging
 import secrets
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
+from ..delay import delay_xml
 from ..errors import StanzaError, error_element_xml
 from ..jid import JID, JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
@@ -92,7 +92,6 @@ NS_OWNER = NS + "#owner"
 NS_EVENT = NS + "#event"
 NS_ERRORS = NS + "#errors"
 NS_DATA = "jabber:x:data"
-NS_DELAY = "urn:xmpp:delay"
 NS_ADDRESS = "http://jabber.org/protocol/address"
 NODE_CONFIG = NS + "#node_config"
 PUBLISH_OPTIONS = NS + "#publish-options"
@@ -287,11 +286,6 @@ def config_form(config: dict[str, Any], groups: list[str]) -> str:
         out += "".join(f"<value>{escape(v)}</value>" for v in values)
         out += "</field>"
     return out + "</x>"
-
-
-def _stamp(when: float) -> str:
-    # XEP-0082 DateTime, UTC.
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def item_xml(item: Item, payload: bool = True) -> str:
@@ -509,7 +503,7 @@ class PepModule(Module):
         [item] = self.store.items(domain, local, node, node.order[-1:])
         inner = f"<items node={quoteattr(node.name)}>"
         inner += item_xml(item, node.config["deliver_payloads"]) + "</items>"
-        delay = f"<delay xmlns='{NS_DELAY}' from={quoteattr(owner)} stamp='{_stamp(item.stamp)}'/>"
+        delay = delay_xml(owner, item.stamp)
         return self._message(owner, to, node.config, inner, delay)
 
     # --- access (XEP-0060 §4.5) ----------------------------------------------------------

@@ -1,0 +1,203 @@
+"""XEP-0280 Message Carbons: copies of a user's conversations to all of its clients.
+
+- §3/§4 (enabling, disabling): an iq set with <enable/> or <disable/> from the client to
+  the server (no 'to', or its own bare JID), per session. Repeating either is no error
+  (§9.1). Asking for another account gets not-allowed (the XEP's example for disabling
+  another client's carbons); anything else in the namespace gets bad-request.
+- The router pays for carbons only through `Router.carbon_accounts` (bare JID -> its
+  carbons-enabled sessions, the dict this module owns): with nobody on carbons it is empty
+  and every message costs one size check; otherwise one dictionary lookup per message for
+  accounts without carbons. The router calls `received` after it delivered a message
+  to a local account with carbons on and `sent` after it routed a message from one.
+- §6.1 eligibility (`eligible`): no <private xmlns='urn:xmpp:carbons:2'/> nor XEP-0334
+  <no-copy/>; type chat; type normal with a <body/>; or instant messaging payloads
+  (XEP-0184 receipts, XEP-0085 chat states, XEP-0333 markers, XEP-0249 and mediated
+  invitations) in a chat or normal message. Not groupchat, not headline. Errors are not
+  copied: the XEP copies an error only when it answers an eligible message, which the
+  server cannot tell from the error alone.
+- MUC (§6.1): private messages an occupant receives come from the room service, which
+  delivers them itself to every session joined under the nickname (room.py) and never
+  through the router, so they are never carbon-copied; a private message a user sends to
+  an occupant is copied only to the user's other sessions that share its nickname in that
+  room (the multi-session nick of the XEP's note), with the <x/> the room adds to private
+  messages.
+- Privacy: a copy is a message from the conversation partner as far as XEP-0016 goes: the
+  receiving session's list in force must allow a message from that JID.
+- Copies are wrapped as §4/§5 say: from the user's bare JID, to the receiving session's full
+  JID, the type of the original, <received/> or <sent/> around an XEP-0297 <forwarded/>
+  holding the original (with its 'from' stamped, as it was or will be delivered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import quoteattr
+
+from .. import ns
+from .._router import PRIVACY_MESSAGE
+from ..errors import StanzaError
+from .base import Module, iq_result
+from .muc.room import NS_USER, append_child
+from .offline import NS_CHATSTATES
+
+if TYPE_CHECKING:
+    from .._parser import Stanza
+    from ..stream.c2s import C2SStream
+
+NS = "urn:xmpp:carbons:2"
+NS_FORWARD = "urn:xmpp:forward:0"  # XEP-0297
+NS_HINTS = "urn:xmpp:hints"  # XEP-0334
+NS_RECEIPTS = "urn:xmpp:receipts"  # XEP-0184
+NS_MARKERS = "urn:xmpp:chat-markers:0"  # XEP-0333
+NS_CONFERENCE = "jabber:x:conference"  # XEP-0249
+
+# §6.1: "payload elements typically used in IM", and the two kinds of MUC invitation.
+IM_PAYLOADS = frozenset((NS_RECEIPTS, NS_CHATSTATES, NS_MARKERS, NS_CONFERENCE, NS_USER))
+EXCLUDED = frozenset(((NS, "private"), (NS_HINTS, "no-copy")))
+
+
+def eligible(st: Stanza) -> bool:
+    """§6.1 (and §7: <private/>, or the XEP-0334 <no-copy/> hint, opts a message out)."""
+    mtype = st.attrs.get("type", "normal")
+    if mtype != "chat" and mtype != "normal":
+        return False  # groupchat (§6.1), headline (no IM), error (see the module doc)
+    children = st.children
+    for child in children:
+        if child in EXCLUDED:
+            return False
+    if mtype == "chat" or (ns.CLIENT, "body") in children:
+        return True
+    return any(child[0] in IM_PAYLOADS for child in children)
+
+
+def inner_message(st: Stanza, sender: str, to: str | None) -> bytes:
+    """The original as it travels, for inside <forwarded/>: 'from' stamped, and declared in
+    jabber:client, which it no longer inherits from a stream root there."""
+    changes: dict[str, Any] = {"from": sender}
+    if to is not None and "to" not in st.attrs:
+        changes["to"] = to
+    if not any(prefix is None for prefix, _ in st.nsdecls or ()):
+        changes["xmlns"] = ns.CLIENT
+    return st.with_attrs(changes)
+
+
+def wrapped(direction: str, bare: str, to: str, mtype: str, original: bytes) -> bytes:
+    """§4 (received) / §5 (sent): the copy for the session `to`."""
+    return (
+        (
+            f"<message xmlns='{ns.CLIENT}' from={quoteattr(bare)} to={quoteattr(to)} "
+            f"type={quoteattr(mtype)}><{direction} xmlns='{NS}'>"
+            f"<forwarded xmlns='{NS_FORWARD}'>"
+        ).encode()
+        + original
+        + f"</forwarded></{direction}></message>".encode()
+    )
+
+
+class CarbonsModule(Module):
+    name = "carbons"
+    features = (NS,)
+
+    def start(self) -> None:
+        # The router reads this dict; it is only ever changed in place.
+        self.accounts: dict[str, dict[str, C2SStream]] = self.router.carbon_accounts
+        self.router.carbons = self
+        self.router.set_iq_handler(NS, self.toggle)
+
+    def toggle(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+        if target is not None and target[0] and target[3] != origin.bare:
+            raise StanzaError("not-allowed", "carbons are enabled for your own sessions only")
+        payload = st.children[0][1]
+        if st.attrs.get("type") != "set" or payload not in ("enable", "disable"):
+            raise StanzaError("bad-request", "an iq set with <enable/> or <disable/>")
+        if payload == "enable":
+            self.accounts.setdefault(origin.bare, {})[origin.resource] = origin
+        else:
+            self._disable(origin)
+        return iq_result(origin, st)
+
+    def enabled(self, session: C2SStream) -> bool:
+        return self.accounts.get(session.bare, {}).get(session.resource) is session
+
+    def _disable(self, session: C2SStream) -> None:
+        sessions = self.accounts.get(session.bare)
+        if sessions is not None and sessions.get(session.resource) is session:
+            del sessions[session.resource]
+            if not sessions:
+                del self.accounts[session.bare]
+
+    def session_ended(self, session: C2SStream) -> None:
+        self._disable(session)
+
+    # --- the router's calls ----------------------------------------------------------------
+
+    def received(
+        self, origin: C2SStream, st: Stanza, bare: str, addressed: Iterable[C2SStream]
+    ) -> None:
+        """§4: a message from `origin` was delivered to `addressed` (sessions of `bare`):
+        a copy for each other carbons-enabled session of `bare`."""
+        if not eligible(st):
+            return
+        skip = set(addressed)
+        skip.add(origin)  # a message between two sessions of one account: §5 covers it
+        original = inner_message(st, origin.full, bare)
+        self._copy("received", bare, st, original, origin.full, skip)
+
+    def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
+        """§5: `origin` sent a message that was routed: a copy for each of its account's
+        other carbons-enabled sessions."""
+        if not eligible(st):
+            return
+        to = origin.bare if target is None else target[3]
+        if target is not None and target[2]:
+            to = f"{to}/{target[2]}"
+        if target is None or target[3] == origin.bare:
+            # To one of the account's own sessions: `received` made the copies, leaving out
+            # the sessions the router delivered the original to.
+            return
+        original = inner_message(st, origin.full, to)
+        skip: set[Any] = {origin}
+        if target[2] and self.router.is_service(target[1]):
+            # §6.1 note: a private message to a room occupant goes to the sessions that
+            # share the sender's nickname in that room.
+            occupants = self._occupants(target[1], target[0])
+            mine = occupants.get(origin.full)
+            for session in self.accounts[origin.bare].values():
+                if mine is None or occupants.get(session.full) is not mine:
+                    skip.add(session)
+            original = _with_muc_x(original)
+        self._copy("sent", origin.bare, st, original, to, skip)
+
+    def _copy(
+        self, direction: str, bare: str, st: Stanza, original: bytes, peer: str, skip: set[Any]
+    ) -> None:
+        sessions = self.accounts.get(bare)
+        if not sessions:
+            return
+        mtype = st.attrs.get("type", "normal")
+        for session in list(sessions.values()):
+            if session in skip:
+                continue
+            privacy = session.privacy
+            if privacy is not None and not privacy.allows_in(PRIVACY_MESSAGE, peer):
+                continue  # XEP-0016 §2.13, as for a message from the conversation partner
+            session.send(wrapped(direction, bare, session.full, mtype, original))
+
+    def _occupants(self, domain: str, name: str) -> dict[str, Any]:
+        """Occupants by full JID of the room `name` at the MUC service `domain`."""
+        muc = self.hub.get("muc")
+        service = None if muc is None else muc.services.get(domain)
+        room = None if service is None else service.rooms.get(name)
+        return {} if room is None else room.by_jid
+
+
+def _with_muc_x(original: bytes) -> bytes:
+    """§6.1 note: the <x/> that marks a private message from a room (the room adds it to
+    what the occupant gets, room.py)."""
+    if f"xmlns='{NS_USER}'".encode() in original or f'xmlns="{NS_USER}"'.encode() in original:
+        return original
+    return append_child(original, f"<x xmlns='{NS_USER}'/>")
+
+
+MODULE = CarbonsModule
