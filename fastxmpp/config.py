@@ -96,6 +96,14 @@ class StreamManagementConfig:
 
 
 @dataclass(frozen=True)
+class CsiConfig:
+    """XEP-0352 client state indication (docs/CONFIGURATION.md, [csi])."""
+
+    enabled: bool = True  # offer <csi xmlns='urn:xmpp:csi:0'/>; hold stanzas while inactive
+    max_held_stanzas: int = 100  # per inactive session; beyond it everything held goes out
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     map_size: int = 1 << 30
     scram_iterations: int = 4096
@@ -190,6 +198,7 @@ class Config:
     log_level: str
     source: Path | None  # None: the embedded default
     stream_management: StreamManagementConfig = StreamManagementConfig()
+    csi: CsiConfig = CsiConfig()
     roster: RosterConfig = RosterConfig()
     offline: OfflineConfig = OfflineConfig()
     privacy: PrivacyConfig = PrivacyConfig()
@@ -465,6 +474,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "ack_request_every": _integer_at_least(1),
         },
     ),
+    "csi": (CsiConfig, {"enabled": _boolean, "max_held_stanzas": _integer_at_least(1)}),
     "storage": (
         StorageConfig,
         {
@@ -596,6 +606,7 @@ class _Builder:
             limits=simple["limits"],
             storage=simple["storage"],
             stream_management=simple["stream_management"],
+            csi=simple["csi"],
             roster=simple["roster"],
             offline=simple["offline"],
             privacy=simple["privacy"],

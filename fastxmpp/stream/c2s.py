@@ -28,7 +28,7 @@ from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamE
 from .._router import Session
 from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
 from ..jid import JIDError, normalize_resource, parse_jid
-from . import compression, sm
+from . import compression, csi, sm
 from .compression import CompressedTransport, CompressionError, Inflater
 from .sasl import (
     Challenge,
@@ -474,6 +474,8 @@ class C2SStream(Session, asyncio.Protocol):
             if self.server.config.stream_management.enabled:
                 # XEP-0198 §3: once stanzas may follow (enable after bind, or resume).
                 parts.append(sm.FEATURE)
+            if self.server.config.csi.enabled:
+                parts.append(csi.FEATURE)  # XEP-0352 §4: after authentication
         parts.append(self.server.modules.stream_features(self))
         parts.append("</stream:features>")
         return "".join(parts).encode()
@@ -495,6 +497,13 @@ class C2SStream(Session, asyncio.Protocol):
             raise StreamError("bad-namespace-prefix", "stanzas must not be prefixed")
         if st.ns == sm.NS_SM:
             self._stream_management(st)
+            return
+        if (
+            st.ns == csi.NS
+            and self.authenticated_local is not None
+            and self.server.config.csi.enabled
+            and csi.client_state(self, st, self.server.config.csi.max_held_stanzas)
+        ):
             return
         if st.ns == ns.TLS and st.name == "starttls":
             if (
@@ -953,6 +962,8 @@ class C2SStream(Session, asyncio.Protocol):
         if state.unacked:
             old.send_uncounted(sm.REQUEST)
             state.since_request = 0
+        # XEP-0352 §5.3: a resumed stream is active; what waited follows what is resent.
+        csi.make_active(old)
         log.info(
             "c2s %s: resumed %s, %d stanzas sent again", old.peer, old.full, len(state.unacked)
         )

@@ -1,0 +1,235 @@
+"""XEP-0352 Client State Indication over real sockets: the stream feature, presence updates
+(the latest per sender) and chat states held while inactive, flushed in order by <active/>,
+by an important stanza and by the limit; XEP-0198 counts held stanzas only when written."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from lxml import etree
+from xmpp_raw import CLIENT, RawClient
+
+NS = "urn:xmpp:csi:0"
+SM = "urn:xmpp:sm:3"
+CHATSTATES = "http://jabber.org/protocol/chatstates"
+STREAMS = "http://etherx.jabber.org/streams"
+LIMIT = 5
+STANZAS = {f"{{{CLIENT}}}{name}" for name in ("message", "presence", "iq")}
+
+POOL = FreshNames("cs", 40)
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from module_server(ca, tmp_path_factory, POOL, f"[csi]\nmax_held_stanzas = {LIMIT}\n")
+
+
+@pytest.fixture
+def names() -> Iterator[str]:
+    return POOL.names()
+
+
+class Session:
+    def __init__(self, c: RawClient, name: str, resource: str) -> None:
+        self.c = c
+        self.full = f"{name}@localhost/{resource}"
+        self.stanzas = 0  # stanzas received since stream management was enabled
+        self._ids = 0
+
+    def send(self, data: str) -> None:
+        self.c.send(data)
+
+    def next_stanza(self, timeout: float | None = None) -> Any:
+        """The next stanza, counted (XEP-0198 <r/> requests are skipped)."""
+        while True:
+            el = self.c.next(timeout)
+            if el.tag == f"{{{SM}}}r":
+                continue
+            assert el.tag in STANZAS, etree.tostring(el)
+            self.stanzas += 1
+            return el
+
+    def sync(self) -> list[Any]:
+        """Everything that arrives before the answer to a ping sent now."""
+        self._ids += 1
+        marker = f"sync{self._ids}"
+        self.send(f"<iq type='get' id='{marker}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        seen = []
+        while True:
+            el = self.next_stanza()
+            if el.get("id") == marker:
+                return seen
+            seen.append(el)
+
+    def nothing_arrives(self) -> None:
+        with pytest.raises(TimeoutError):
+            self.c.next(0.3)
+
+    def inactive(self) -> None:
+        """<inactive/>, and a round trip: it is in force before anyone sends more."""
+        self.send(f"<inactive xmlns='{NS}'/>")
+        assert self.sync() == []
+
+
+@pytest.fixture
+def login(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> Any:
+    def connect(name: str, resource: str = "r", sm: bool = False) -> Session:
+        c = srv.client()
+        clients.append(c)
+        c.login(ca_file, name, PASSWORD, resource)
+        session = Session(c, name, resource)
+        if sm:
+            c.send(f"<enable xmlns='{SM}'/>")
+            assert c.next().tag == f"{{{SM}}}enabled"
+        c.send("<presence/>")
+        session.sync()
+        return session
+
+    return connect
+
+
+def show(el: Any) -> str | None:
+    return el.findtext(f"{{{CLIENT}}}show")
+
+
+def describe(el: Any) -> str:
+    """A short name for what arrived: 'presence:<show>', 'state:<name>', 'body:<text>',
+    'iq:<type>'."""
+    kind = etree.QName(el).localname
+    if kind == "presence":
+        return f"presence:{el.get('type') or show(el)}"
+    if kind == "iq":
+        return f"iq:{el.get('type')}"
+    body = el.findtext(f"{{{CLIENT}}}body")
+    if body is not None:
+        return f"body:{body}"
+    states = [etree.QName(c).localname for c in el if etree.QName(c).namespace == CHATSTATES]
+    return f"state:{','.join(states)}"
+
+
+def presence(to: str, state: str) -> str:
+    return f"<presence to='{to}'><show>{state}</show></presence>"
+
+
+def chat_state(to: str, state: str) -> str:
+    return f"<message to='{to}' type='chat'><{state} xmlns='{CHATSTATES}'/></message>"
+
+
+def test_feature_after_authentication(srv: ServerProcess, ca_file: str, clients: list) -> None:
+    c = srv.client()
+    clients.append(c)
+    before = c.open_stream()
+    assert before.find(f"{{{NS}}}csi") is None
+    c.starttls(ca_file)
+    assert c.sasl_scram("cs39", PASSWORD).tag.endswith("success")
+    after = c.open_stream()
+    assert after.find(f"{{{NS}}}csi") is not None
+
+
+def test_inactive_holds_updates_and_active_flushes(login: Any, names: Iterator[str]) -> None:
+    alice, bob = login(next(names)), login(next(names))
+    alice.inactive()
+    for data in (
+        presence(alice.full, "away"),
+        chat_state(alice.full, "composing"),
+        presence(alice.full, "dnd"),  # replaces "away", and takes its place after composing
+        chat_state(alice.full, "paused"),
+    ):
+        bob.send(data)
+    bob.sync()
+    alice.nothing_arrives()
+    alice.send(f"<active xmlns='{NS}'/>")
+    got = alice.sync()  # the pong comes after what <active/> released (§5.2)
+    assert [describe(el) for el in got] == ["state:composing", "presence:dnd", "state:paused"]
+    assert all(el.get("from") == bob.full for el in got)
+    # Active again: nothing waits.
+    bob.send(chat_state(alice.full, "active"))
+    bob.sync()
+    assert [describe(el) for el in alice.sync()] == ["state:active"]
+
+
+@pytest.mark.parametrize(
+    ("important", "name"),
+    [
+        ("<message to='{to}' type='chat'><body>hi</body></message>", "body:hi"),
+        (
+            "<message to='{to}'><body>hi</body><paused xmlns='" + CHATSTATES + "'/></message>",
+            "body:hi",
+        ),
+        ("<iq to='{to}' type='get' id='v'><query xmlns='jabber:iq:version'/></iq>", "iq:get"),
+        ("<presence to='{bare}' type='subscribe'/>", "presence:subscribe"),
+        (
+            "<message to='{to}' type='chat'><received xmlns='urn:xmpp:receipts' id='x'/></message>",
+            "state:",
+        ),
+    ],
+)
+def test_important_stanza_flushes_held_first(
+    login: Any, names: Iterator[str], important: str, name: str
+) -> None:
+    alice, bob = login(next(names)), login(next(names))
+    alice.inactive()
+    bob.send(presence(alice.full, "away"))
+    bob.send(chat_state(alice.full, "composing"))
+    bob.sync()
+    alice.nothing_arrives()
+    bob.send(important.format(to=alice.full, bare=alice.full.split("/")[0]))
+    got = [describe(alice.next_stanza()) for _ in range(3)]
+    assert got == ["presence:away", "state:composing", name]
+    assert alice.sync() == []  # still inactive, and nothing else was held
+
+
+def test_limit_flushes(login: Any, names: Iterator[str]) -> None:
+    alice, bob = login(next(names)), login(next(names))
+    alice.inactive()
+    # Presence of one sender is replaced, not added: it does not count towards the limit.
+    for state in ("away", "xa", "dnd"):
+        bob.send(presence(alice.full, state))
+    for i in range(LIMIT - 1):
+        bob.send(chat_state(alice.full, "composing" if i % 2 else "paused"))
+    bob.sync()
+    alice.nothing_arrives()
+    bob.send(chat_state(alice.full, "gone"))  # one more than the limit: everything goes
+    got = [describe(alice.next_stanza()) for _ in range(LIMIT + 1)]
+    assert got[0] == "presence:dnd" and got[-1] == "state:gone"
+    assert got[1:-1] == [f"state:{'composing' if i % 2 else 'paused'}" for i in range(LIMIT - 1)]
+    # Still inactive: the next update waits again.
+    bob.send(presence(alice.full, "chat"))
+    bob.sync()
+    alice.nothing_arrives()
+    alice.send(f"<active xmlns='{NS}'/>")
+    assert [describe(el) for el in alice.sync()] == ["presence:chat"]
+
+
+def test_stream_management_counts_what_is_written(login: Any, names: Iterator[str]) -> None:
+    alice, bob = login(next(names), sm=True), login(next(names))
+    alice.inactive()
+    bob.send(presence(alice.full, "away"))
+    bob.send(presence(alice.full, "xa"))  # the "away" is dropped: never sent, never counted
+    for _ in range(3):
+        bob.send(chat_state(alice.full, "composing"))
+    bob.sync()
+    alice.nothing_arrives()
+    alice.send(f"<active xmlns='{NS}'/>")
+    got = alice.sync()
+    assert [describe(el) for el in got] == ["presence:xa"] + ["state:composing"] * 3
+    # Everything received so far is acknowledged: no complaint.
+    alice.send(f"<a xmlns='{SM}' h='{alice.stanzas}'/>")
+    assert alice.sync() == []
+    # One more than the server counted: §4's error tells its count, which must be ours.
+    alice.send(f"<a xmlns='{SM}' h='{alice.stanzas + 1}'/>")
+    while True:
+        el = alice.c.next()
+        if el.tag == f"{{{STREAMS}}}error":
+            break
+    too_high = el.find(f"{{{SM}}}handled-count-too-high")
+    assert too_high is not None and too_high.get("send-count") == str(alice.stanzas)
+
+
+def test_unknown_element_is_a_stream_error(login: Any, names: Iterator[str]) -> None:
+    alice = login(next(names))
+    alice.send(f"<asleep xmlns='{NS}'/>")
+    assert alice.c.stream_error() == "unsupported-stanza-type"
