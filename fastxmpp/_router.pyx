@@ -120,6 +120,7 @@ cdef class Router:
         self.tracer = None
         self.carbon_accounts = {}
         self.carbons = None
+        self.remote_hook = None
         self._iq_handlers = {}
         self._services = {}
 
@@ -298,6 +299,10 @@ cdef class Router:
             data = None
         local, domain, resource, bare = target
         if domain not in self._hosts:
+            if self.remote_hook is not None:
+                # RFC 6120 §10.4: to another server (stream/s2s.py), or its error.
+                self.remote_hook(origin, st, target)
+                return
             raise StanzaError("remote-server-not-found", f"{domain} is not served here")
         if not local:
             # A message to the server itself (RFC 6120 §10.5.1): nothing here consumes one.
@@ -382,8 +387,13 @@ cdef class Router:
             if ptype == "probe":
                 return
         if domain not in self._hosts:
-            # RFC 6121 routes presence to remote domains; without server-to-server links
-            # it is dropped, silently as presence is (§4.6.2, no error to the sender).
+            # RFC 6121 §4.6: directed presence to a remote domain goes over server-to-server
+            # links; without them it is dropped, silently as presence is (no error).
+            if self.remote_hook is not None:
+                self.remote_hook(origin, st, target)
+                if self.directed_presence_hook is not None and (
+                        ptype is None or ptype == "unavailable"):
+                    self.directed_presence_hook(origin, st, target)
             return
         if not local:
             return
@@ -443,6 +453,9 @@ cdef class Router:
             return
         local, domain, resource, bare = target
         if domain not in self._hosts:
+            if self.remote_hook is not None:
+                self.remote_hook(origin, st, target)  # RFC 6120 §10.4
+                return
             raise StanzaError("remote-server-not-found", f"{domain} is not served here")
         if not local or not resource:
             # To the server, or to an account's bare JID: the server answers on the

@@ -32,10 +32,11 @@ port = 5222
 """
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LISTENER_KINDS = ("c2s",)
+LISTENER_KINDS = ("c2s", "s2s")
 RESOURCE_CONFLICT_POLICIES = ("replace", "reject", "rename")  # RFC 6120 §7.7.2.2
 SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
 C2S_PORT = 5222  # RFC 6120 §14.7
+S2S_PORT = 5269  # RFC 6120 §14.7
 # RFC 5802 §5.1 and RFC 7677 §4: SCRAM iteration counts of at least 4096.
 MIN_SCRAM_ITERATIONS = 4096
 # RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
@@ -52,7 +53,7 @@ class HostConfig:
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    kind: str  # "c2s" only for now
+    kind: str  # "c2s" (clients) or "s2s" (other servers, RFC 6120 §13)
     address: str
     port: int
 
@@ -188,6 +189,23 @@ class PepConfig:
 
 
 @dataclass(frozen=True)
+class S2SConfig:
+    """Server-to-server federation (RFC 6120 §13; docs/CONFIGURATION.md, [s2s])."""
+
+    enabled: bool = False  # outbound links; inbound ones need an s2s listener
+    require_tls: bool = True  # RFC 6120 §5: STARTTLS before anything else, both directions
+    dialback: bool = True  # XEP-0220 when SASL EXTERNAL (XEP-0178) is not possible
+    ca_file: str = ""  # CAs for peers' certificates; "" = the system store
+    routes: tuple[tuple[str, str, int], ...] = ()  # static (domain, host, port), before DNS
+    max_queued_stanzas: int = 1000  # per remote domain while its link is being set up
+    connect_timeout: float = 20.0  # seconds to resolve, connect and authenticate a link
+    idle_timeout: float = 600.0  # seconds an outgoing link may carry nothing
+    auth_timeout: float = 30.0  # seconds an inbound link has to authenticate
+    max_incoming: int = 1000  # inbound links, all peers together
+    max_incoming_per_ip: int = 20  # inbound links from one address
+
+
+@dataclass(frozen=True)
 class Config:
     hosts: dict[str, HostConfig]
     listeners: tuple[ListenerConfig, ...]
@@ -209,6 +227,7 @@ class Config:
     pep: PepConfig = PepConfig()
     muc: MucConfig = MucConfig()
     vcard: VCardConfig = VCardConfig()
+    s2s: S2SConfig = S2SConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +445,22 @@ def _domain_template(value: Any) -> str:
     return template
 
 
+def _routes(value: Any) -> tuple[tuple[str, str, int], ...]:
+    if not isinstance(value, dict):
+        raise _Invalid('must be a table: { "example.org" = "192.0.2.1:5269" }')
+    routes = []
+    for domain, target in value.items():
+        try:
+            name = normalize_domain(domain)
+        except JIDError:
+            raise _Invalid(f"has an invalid domain {domain!r}") from None
+        host, _, port = _string(target).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise _Invalid(f"{domain}: {target!r} must be host:port")
+        routes.append((name, _address(host.strip("[]")), int(port)))
+    return tuple(routes)
+
+
 _SERVER_KEYS: dict[str, Check] = {"data_dir": _string, "log_level": _log_level}
 _LISTENER_KEYS: dict[str, Check] = {
     "kind": _one_of(*LISTENER_KINDS),
@@ -516,6 +551,22 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
         },
     ),
     "vcard": (VCardConfig, {"max_size": _integer_at_least(1)}),
+    "s2s": (
+        S2SConfig,
+        {
+            "enabled": _boolean,
+            "require_tls": _boolean,
+            "dialback": _boolean,
+            "ca_file": _string,
+            "routes": _routes,
+            "max_queued_stanzas": _integer_at_least(1),
+            "connect_timeout": _positive_number,
+            "idle_timeout": _positive_number,
+            "auth_timeout": _positive_number,
+            "max_incoming": _integer_at_least(1),
+            "max_incoming_per_ip": _integer_at_least(1),
+        },
+    ),
     "muc": (
         MucConfig,
         {
@@ -617,6 +668,7 @@ class _Builder:
             pep=simple["pep"],
             muc=simple["muc"],
             vcard=simple["vcard"],
+            s2s=simple["s2s"],
             data_dir=self.path(server.get("data_dir", "var")),
             log_level=server.get("log_level", "info"),
             source=source,
@@ -637,9 +689,9 @@ class _Builder:
                 if "address" not in table:
                     self.problem(path, f"{_dotted(path)} needs an address")
                 continue
-            listener = ListenerConfig(
-                values.get("kind", "c2s"), values["address"], values.get("port", C2S_PORT)
-            )
+            kind = values.get("kind", "c2s")
+            default_port = S2S_PORT if kind == "s2s" else C2S_PORT
+            listener = ListenerConfig(kind, values["address"], values.get("port", default_port))
             if listener.port and any(
                 (other.address, other.port) == (listener.address, listener.port)
                 for other in listeners

@@ -10,6 +10,7 @@ import signal
 import ssl
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import uvloop
@@ -25,6 +26,7 @@ from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
 from .storage.lmdb_store import DataDirLocked, ServerLock, Storage
 from .stream.c2s import C2SStream
+from .stream.s2s import S2S, Incoming
 from .stream.throttle import AuthThrottle
 
 log = logging.getLogger("fastxmpp.server")
@@ -60,6 +62,8 @@ class Server:
             self.streams, config.c2s.hibernate_after, self.heap_trimmer
         )
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
+        self.certificates: dict[str, tuple[str, str]] = {}  # host -> (cert, key) paths
+        self.s2s: S2S | None = None
         self.listeners: list[asyncio.AbstractServer] = []
         self.addresses: list[tuple[str, int]] = []
         self.lock = ServerLock(config.data_dir)
@@ -82,6 +86,7 @@ class Server:
                     cert, key = ensure_certificate(name, config.data_dir / "certs")
                     log.info("using self-signed certificate %s for %s", cert, name)
                 self.tls_contexts[name] = make_tls_context(str(cert), str(key))
+                self.certificates[name] = (str(cert), str(key))
             loop = asyncio.get_running_loop()
             self.router = Router(loop, parse_jid)
             self.router.user_exists = self.accounts.exists
@@ -90,12 +95,18 @@ class Server:
             for name in config.hosts:
                 self.router.add_host(name)
             self.router.iq_response_hook = self.modules.iq_response
+            if config.s2s.enabled or any(lst.kind == "s2s" for lst in config.listeners):
+                self.s2s = S2S(self)
             # XEP-0086: the errors module's one switch, set before any stream exists.
             errors.set_legacy_codes(config.legacy.error_codes)
             self.modules.load(cls(self) for cls in builtin_modules(config))
             for listener in config.listeners:
+                factory: Callable[[], asyncio.Protocol] = lambda: C2SStream(self)  # noqa: E731
+                if listener.kind == "s2s":
+                    assert self.s2s is not None
+                    factory = partial(Incoming, self.s2s)
                 server = await loop.create_server(
-                    lambda: C2SStream(self),
+                    factory,
                     listener.address,
                     listener.port,
                     reuse_address=True,
@@ -105,7 +116,7 @@ class Server:
                 for sock in server.sockets:
                     address = sock.getsockname()[:2]
                     self.addresses.append(address)
-                    log.info("c2s listening on %s:%d", address[0], address[1])
+                    log.info("%s listening on %s:%d", listener.kind, address[0], address[1])
         except BaseException:
             self._close_storage()
             raise
@@ -145,6 +156,8 @@ class Server:
         for server in self.listeners:
             server.close()
         self.modules.stop()
+        if self.s2s is not None:
+            self.s2s.stop()
         for stream in list(self.streams):
             stream.close_with_error("system-shutdown", "the server is shutting down")
         for server in self.listeners:

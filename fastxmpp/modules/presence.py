@@ -120,6 +120,14 @@ class PresenceModule(Module):
         contact = bare_jid(to)
         if contact is None:
             raise StanzaError("jid-malformed", "the 'to' address is not a JID")
+        if getattr(origin, "is_remote", False):
+            # From another server (stream/s2s.py): only the inbound half of Appendix A.
+            if ptype in SUBSCRIPTION_KINDS:
+                data = st.with_attrs({"from": origin.bare, "to": contact.bare})
+                self._inbound(origin.bare, contact, ptype, data)
+            elif ptype == "probe":
+                self._client_probe(origin, contact)
+            return
         if ptype == "probe":
             self._client_probe(origin, contact)
         elif ptype in SUBSCRIPTION_KINDS:
@@ -127,6 +135,8 @@ class PresenceModule(Module):
 
     def directed(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> None:
         """directed_presence_hook: remember who got directed available presence (§4.6)."""
+        if getattr(origin, "is_remote", False):
+            return  # the remote server remembers its users' directed presence
         local, _domain, resource, bare = target
         recipient = f"{bare}/{resource}" if resource else bare
         directed: dict[str, None] = origin.presence_directed
@@ -162,10 +172,24 @@ class PresenceModule(Module):
 
     def _to_available(self, bare: str, data: bytes, sender: C2SStream | str | None = None) -> None:
         """`data` to the available resources of `bare`, where the privacy lists let what
-        `sender` sends through."""
+        `sender` sends through. A contact on another domain gets it over s2s (RFC 6121 §4.2.2)
+        addressed to its bare JID."""
+        if self._remote(bare, data):
+            return
         for session in self.router.resources(bare).values():
             if session.available and (sender is None or self._may_see(sender, session)):
                 session.send(data)
+
+    def _remote(self, to: str, data: bytes) -> bool:
+        """True when `to` is on another domain: `data` went to its server (if federation
+        is on) addressed to `to`."""
+        domain = to.rpartition("@")[2].partition("/")[0]
+        if self.router.is_local(domain) or self.router.is_service(domain):
+            return False
+        s2s = self.server.s2s
+        if s2s is not None:
+            s2s.deliver(data, to)
+        return True
 
     def _available(self, origin: C2SStream, st: Stanza) -> None:
         initial = origin.presence_last is None
@@ -223,6 +247,8 @@ class PresenceModule(Module):
         directed: dict[str, None] = session.presence_directed
         for recipient in directed:
             bare, _, resource = recipient.partition("/")
+            if self._remote(recipient, data):
+                continue
             if resource:
                 target = self.router.session(bare, resource)
                 if target is not None and self._may_see(session, target):
@@ -238,7 +264,11 @@ class PresenceModule(Module):
         resource of `contact`, if `prober_bare` may see it (§4.3.2); otherwise nothing."""
         local, _, domain = contact.partition("@")
         if not self.router.is_local(domain):
-            return  # a remote contact: no server-to-server links to ask through
+            # §4.3.1: a remote contact: its server answers a probe from the user's bare JID.
+            if not getattr(to_session, "is_remote", False):
+                probe = f"<presence type='probe' from={quoteattr(prober_bare)}/>".encode()
+                self._remote(contact, probe)
+            return
         assert self.roster is not None
         if self.roster.subscription(domain, local, prober_bare) not in ("from", "both"):
             return
@@ -308,13 +338,24 @@ class PresenceModule(Module):
         if outcome.forward:
             data = st.with_attrs({"from": origin.bare, "to": contact.bare})
             self._inbound(origin.bare, contact, kind, data)
+            if kind in ("subscribed", "unsubscribed") and not self.router.is_local(contact.domain):
+                # §3.1.5, §3.2.2: the contact's server (this one, for a remote user) sends the
+                # presence of the contact's available resources, or their unavailability.
+                for session in self.router.resources(origin.bare).values():
+                    last = getattr(session, "presence_last", None)
+                    if last is None:
+                        continue
+                    if kind == "unsubscribed":
+                        last = f"<presence type='unavailable' from={quoteattr(session.full)}/>"
+                        last = last.encode()
+                    self._remote(contact.bare, last)
 
     def _inbound(self, sender: str, contact: JID, kind: str, data: bytes) -> None:
         """A subscription stanza from `sender` (bare JID, local) reaching `contact`'s
         server (§3.1.3, §3.1.6, §3.2.3, §3.3.3)."""
         assert self.roster is not None
-        if not self.router.is_local(contact.domain):
-            return  # no server-to-server links: dropped
+        if self._remote(contact.bare, data):
+            return  # the contact's server applies the inbound rules
         if not contact.local or not self.router.user_exists(contact.domain, contact.local):
             if kind == "subscribe":
                 # §3.1.3: no such account: the request is refused on its behalf.

@@ -1,0 +1,905 @@
+"""Server-to-server streams (RFC 6120 §13): federation with other XMPP servers.
+
+One `S2S` per server owns the links. Outgoing links (`Outgoing`, one per pair of local and
+remote domain) carry our stanzas: resolve (static route, `_xmpp-server._tcp` SRV, else the
+domain on 5269), connect, STARTTLS (§5), then SASL EXTERNAL (§6, XEP-0178) when the peer
+offers it, else Server Dialback (XEP-0220). Stanzas wait in a bounded queue meanwhile; a link
+that cannot be set up bounces them (§8.3.3.14 remote-server-not-found, §8.3.3.15
+remote-server-timeout; presence is dropped). Incoming links (`Incoming`) accept
+`jabber:server` streams, authenticate the sending domain (EXTERNAL against the certificate,
+or dialback by asking the authoritative server over our outgoing link) and hand stanzas to
+the router with a `RemoteOrigin`: the router and the modules treat it as a session whose
+`send` goes back over server-to-server links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import ssl
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import quoteattr
+
+import aiodns
+from lxml import etree
+
+from .. import ns
+from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamError
+from .._router import Session
+from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
+from ..jid import JIDError, parse_jid
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+log = logging.getLogger("fastxmpp.s2s")
+
+NS_DIALBACK = "jabber:server:dialback"  # XEP-0220 §2
+NS_DIALBACK_FEATURE = "urn:xmpp:features:dialback"  # XEP-0220 §2.4
+S2S_PORT = 5269
+STREAM_HEADER = (
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+    "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+    "version='1.0'{attrs}>"
+)
+STREAM_CLOSE = b"</stream:stream>"
+STANZA_NAMES = ("message", "presence", "iq")
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
+
+
+def _header(**attrs: str | None) -> bytes:
+    text = "".join(f" {k}={quoteattr(v)}" for k, v in attrs.items() if v)
+    return STREAM_HEADER.format(attrs=text).encode()
+
+
+def _domain_of(jid: str | None) -> str | None:
+    if not jid:
+        return None
+    try:
+        return parse_jid(jid).domain
+    except JIDError:
+        return None
+
+
+def addressed(data: bytes, to: str) -> tuple[bytes, str | None]:
+    """`data` with 'to' set (server-to-server stanzas always carry it, RFC 6120 §8.1.1.1),
+    and its 'from'. Only for stanzas made for a remote server, never on the local path."""
+    element = etree.fromstring(data, _PARSER)
+    if element.get("to") != to:
+        element.set("to", to)
+        data = etree.tostring(element)
+    return data, element.get("from")
+
+
+def certificate_names(cert: dict[str, Any]) -> list[str]:
+    """DNS names of a verified peer certificate (RFC 6125 §6.4: subjectAltName dNSName;
+    the CN only when there is no SAN)."""
+    names = [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+    if not names:
+        for rdn in cert.get("subject", ()):
+            names += [value for key, value in rdn if key == "commonName"]
+    return [n.lower().rstrip(".") for n in names]
+
+
+def certificate_matches(cert: dict[str, Any] | None, domain: str) -> bool:
+    """XEP-0178 §3 / RFC 6125 §6.4.3: the certificate names `domain` (a wildcard only as
+    the whole leftmost label)."""
+    if not cert:
+        return False
+    domain = domain.lower()
+    for name in certificate_names(cert):
+        if name == domain:
+            return True
+        if name.startswith("*.") and "." in domain and domain.split(".", 1)[1] == name[2:]:
+            return True
+    return False
+
+
+class RemoteOrigin(Session):
+    """A remote entity as the router and the modules see it: `send` goes back over
+    server-to-server links, stamped with the local domain it wrote to when needed."""
+
+    is_remote = True
+
+    def __init__(self, s2s: S2S, jid: Any, local_domain: str) -> None:
+        self.s2s = s2s
+        self.local = jid.local
+        self.domain = jid.domain
+        self.resource = jid.resource
+        self.bare = jid.bare
+        self.full = str(jid)
+        self.local_domain = local_domain
+        self.router = s2s.server.router
+
+    def send(self, data: bytes) -> None:
+        self.s2s.deliver(data, self.full, self.local_domain)
+
+    def send_uncounted(self, data: bytes) -> None:
+        self.send(data)
+
+
+class S2S:
+    """The server's links to other servers and the dialback secret (XEP-0185)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.config = server.config.s2s
+        self.router = server.router
+        self.secret = hashlib.sha256(secrets.token_bytes(32)).digest()
+        self.outgoing: dict[tuple[str, str], Outgoing] = {}
+        self.incoming: set[Incoming] = set()
+        self.per_ip: Counter[str] = Counter()
+        self.routes = {domain: (host, port) for domain, host, port in self.config.routes}
+        self.client_contexts: dict[str, ssl.SSLContext] = {}
+        self.server_contexts: dict[str, ssl.SSLContext] = {}
+        for name, context in server.tls_contexts.items():
+            self.server_contexts[name] = self._server_context(name, context)
+        if self.config.enabled:
+            self.router.remote_hook = self.route_out
+
+    # --- TLS contexts ------------------------------------------------------------------
+
+    def _cert_pair(self, host: str) -> tuple[str, str]:
+        return self.server.certificates[host]
+
+    def _server_context(self, host: str, c2s_context: ssl.SSLContext) -> ssl.SSLContext:
+        """Inbound TLS: our host's certificate; with `ca_file`, the peer's certificate is
+        asked for and checked against it, for SASL EXTERNAL (XEP-0178 §2)."""
+        if not self.config.ca_file:
+            return c2s_context
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.config.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(*self._cert_pair(host))
+        context.verify_mode = ssl.CERT_OPTIONAL
+        return context
+
+    def client_context(self, host: str) -> ssl.SSLContext:
+        """Outbound TLS: our certificate as the client certificate (for EXTERNAL); the
+        peer's certificate is checked against `ca_file` when set, and against the system
+        store when dialback is off. With dialback on and no `ca_file`, a peer with a
+        certificate we cannot check is still encrypted to, and dialback authenticates."""
+        context = self.client_contexts.get(host)
+        if context is not None:
+            return context
+        if self.config.ca_file:
+            context = ssl.create_default_context(cafile=self.config.ca_file)
+        elif not self.config.dialback:
+            context = ssl.create_default_context()
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(*self._cert_pair(host))
+        self.client_contexts[host] = context
+        return context
+
+    # --- dialback keys (XEP-0185 §3) ---------------------------------------------------
+
+    def dialback_key(self, receiving: str, originating: str, stream_id: str) -> str:
+        text = f"{receiving} {originating} {stream_id}".encode()
+        return hmac.new(self.secret, text, hashlib.sha256).hexdigest()
+
+    # --- sending -----------------------------------------------------------------------
+
+    def route_out(self, origin: Session, st: Stanza, target: tuple[str, ...]) -> None:
+        """The router's remote_hook: a stanza from a local session to another domain."""
+        if getattr(origin, "is_remote", False):
+            # RFC 6120 §13.3: we relay nothing between two other servers.
+            raise StanzaError("remote-server-not-found", "this server relays for nobody")
+        data = st.with_attrs({"from": origin.full})
+        self.send(origin.domain, target[1], data, st.name, {**st.attrs, "from": origin.full})
+
+    def deliver(self, data: bytes, to: str, local_domain: str | None = None) -> None:
+        """Bytes made by a module for a remote JID (presence, replies): 'to' set, 'from'
+        the local domain when the module left it out."""
+        remote = _domain_of(to)
+        if remote is None or self.router.is_local(remote):
+            return
+        data, frm = addressed(data, to)
+        if frm is None:
+            if local_domain is None:
+                return
+            element = etree.fromstring(data, _PARSER)
+            element.set("from", local_domain)
+            data, frm = etree.tostring(element), local_domain
+        element_name = etree.QName(etree.fromstring(data, _PARSER)).localname
+        local = _domain_of(frm)
+        if local is None or not (self.router.is_local(local) or self.router.is_service(local)):
+            return
+        self.send(local, remote, data, element_name, {"from": frm, "to": to})
+
+    def send(self, local: str, remote: str, data: bytes, name: str, attrs: dict[str, Any]) -> None:
+        if not self.config.enabled:
+            self.bounce(name, attrs, "remote-server-not-found", "federation is off")
+            return
+        link = self.outgoing.get((local, remote))
+        if link is None or link.closing:
+            link = Outgoing(self, local, remote)
+            self.outgoing[(local, remote)] = link
+        link.submit(data, name, attrs)
+
+    def bounce(self, name: str, attrs: dict[str, Any], condition: str, text: str) -> None:
+        """RFC 6120 §8.3.3.14/15: a message or iq that cannot go out gets an error back;
+        presence, errors and iq results are dropped."""
+        stype = attrs.get("type")
+        if name == "presence" or stype == "error" or (name == "iq" and stype == "result"):
+            return
+        frm, to = attrs.get("from"), attrs.get("to")
+        try:
+            sender = parse_jid(frm or "")
+        except JIDError:
+            return
+        error = stanza_error_bytes(name, attrs.get("id"), to, frm, StanzaError(condition, text))
+        if sender.resource:
+            session = self.router.session(sender.bare, sender.resource)
+            if session is not None:
+                session.send(error)
+
+    # --- dialback verification (XEP-0220 §2.3) -----------------------------------------
+
+    def verify(
+        self, local: str, remote: str, stream_id: str, key: str, done: Callable[[bool], None]
+    ) -> None:
+        """Ask the authoritative server of `remote` whether `key` is its key for the
+        stream `stream_id` it opened to `local`."""
+        link = self.outgoing.get((local, remote))
+        if link is None or link.closing:
+            link = Outgoing(self, local, remote)
+            self.outgoing[(local, remote)] = link
+        link.ask_verify(stream_id, key, done)
+
+    def link_closed(self, link: Outgoing) -> None:
+        if self.outgoing.get((link.local, link.remote)) is link:
+            del self.outgoing[(link.local, link.remote)]
+
+    async def resolve(self, domain: str) -> list[tuple[str, int]]:
+        """RFC 6120 §3.2: a static route, else `_xmpp-server._tcp` SRV records by priority
+        (weights ignored), else the domain itself on 5269."""
+        route = self.routes.get(domain)
+        if route is not None:
+            return [route]
+        targets: list[tuple[str, int]] = []
+        with contextlib.suppress(aiodns.error.DNSError, OSError, ValueError):
+            resolver = aiodns.DNSResolver()
+            records = await resolver.query(f"_xmpp-server._tcp.{domain}", "SRV")
+            for record in sorted(records, key=lambda r: (r.priority, -r.weight)):
+                if record.host in ("", "."):
+                    return []  # RFC 2782: "." means no service at this domain
+                targets.append((record.host, record.port))
+        return targets or [(domain, S2S_PORT)]
+
+    def stop(self) -> None:
+        for link in list(self.outgoing.values()):
+            link.close("system-shutdown")
+        for stream in list(self.incoming):
+            stream.close_with_error("system-shutdown", "the server is shutting down")
+
+
+class Outgoing(asyncio.Protocol):
+    """One outgoing link from `local` to `remote`: connect, TLS, authenticate, then carry
+    stanzas (and dialback verify requests) until idle."""
+
+    def __init__(self, s2s: S2S, local: str, remote: str) -> None:
+        self.s2s = s2s
+        self.config = s2s.config
+        self.local = local
+        self.remote = remote
+        limits = s2s.server.config.limits
+        self.parser = StreamParser(limits.max_stanza_size, limits.max_depth, limits.max_attributes)
+        self.transport: Any = None
+        self.queue: list[tuple[bytes, str, dict[str, Any]]] = []
+        self.verifies: list[bytes] = []
+        self.waiting_verify: dict[tuple[str, str], list[Callable[[bool], None]]] = {}
+        self.stream_id = ""
+        self.encrypted = False
+        self.sasl_done = False
+        self.established = False  # features after TLS seen: verify requests may go
+        self.ready = False  # authenticated: stanzas may go
+        self.closing = False
+        self.busy = False
+        self.pending: list[Any] = []
+        self.idle_timer: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
+        self.deadline: asyncio.TimerHandle | None = loop.call_later(
+            self.config.connect_timeout, self._timed_out
+        )
+        self.task = loop.create_task(self._connect())
+
+    def submit(self, data: bytes, name: str, attrs: dict[str, Any]) -> None:
+        if self.ready and self.transport is not None:
+            self._write(data)
+            return
+        if len(self.queue) >= self.config.max_queued_stanzas:
+            self.s2s.bounce(name, attrs, "resource-constraint", "too many stanzas waiting")
+            return
+        self.queue.append(
+            (
+                data,
+                name,
+                {
+                    "from": attrs.get("from"),
+                    "to": attrs.get("to"),
+                    "id": attrs.get("id"),
+                    "type": attrs.get("type"),
+                },
+            )
+        )
+
+    def ask_verify(self, stream_id: str, key: str, done: Callable[[bool], None]) -> None:
+        self.waiting_verify.setdefault((stream_id, key), []).append(done)
+        data = (
+            f"<db:verify from={quoteattr(self.local)} to={quoteattr(self.remote)} "
+            f"id={quoteattr(stream_id)}>{key}</db:verify>"
+        ).encode()
+        if self.established and self.transport is not None:
+            self._write(data)
+        else:
+            self.verifies.append(data)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            if self.ready:
+                self._touch()
+
+    def _touch(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.idle_timer = asyncio.get_running_loop().call_later(
+            self.config.idle_timeout, self.close, None
+        )
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            targets = await self.s2s.resolve(self.remote)
+        except Exception:
+            targets = []
+        for host, port in targets:
+            if self.closing:
+                return
+            try:
+                await loop.create_connection(lambda: self, host, port)
+                return
+            except OSError as exc:
+                log.info(
+                    "s2s %s -> %s: cannot connect to %s:%d: %s",
+                    self.local,
+                    self.remote,
+                    host,
+                    port,
+                    exc,
+                )
+        self.fail("remote-server-not-found", f"cannot connect to {self.remote}")
+
+    def _timed_out(self) -> None:
+        self.deadline = None
+        if not self.ready:
+            self.fail("remote-server-timeout", f"no link to {self.remote} in time")
+
+    def fail(self, condition: str, text: str) -> None:
+        """The link cannot carry stanzas: bounce what waits, tell waiting verifications."""
+        log.info("s2s %s -> %s failed: %s", self.local, self.remote, text)
+        queue, self.queue = self.queue, []
+        for _data, name, attrs in queue:
+            self.s2s.bounce(name, attrs, condition, text)
+        waiting, self.waiting_verify = self.waiting_verify, {}
+        for callbacks in waiting.values():
+            for done in callbacks:
+                done(False)
+        self.close("undefined-condition" if self.transport is not None else None)
+
+    def close(self, condition: str | None = None) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.s2s.link_closed(self)
+        for timer in (self.deadline, self.idle_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.queue or self.waiting_verify:
+            self.closing = False
+            self.fail("remote-server-not-found", f"the link to {self.remote} closed")
+            return
+        if self.transport is not None:
+            if condition is not None:
+                self.transport.write(stream_error_bytes(condition))
+            self.transport.write(STREAM_CLOSE)
+            self.transport.close()
+        elif not self.task.done() and asyncio.current_task() is not self.task:
+            self.task.cancel()
+
+    # --- asyncio protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        log.info("s2s %s -> %s: connected", self.local, self.remote)
+        self._send_header()
+
+    def _send_header(self) -> None:
+        self.parser.reset()
+        self._write(_header(**{"from": self.local, "to": self.remote}))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closing:
+            self.close()
+        log.info("s2s %s -> %s: closed", self.local, self.remote)
+
+    def data_received(self, data: bytes) -> None:
+        events = self.parser.feed(data)
+        if self.busy:
+            self.pending.extend(events)
+            return
+        self._handle(events)
+
+    def _handle(self, events: list[Any]) -> None:
+        for i, event in enumerate(events):
+            if self.closing:
+                return
+            if self.busy:
+                self.pending.extend(events[i:])
+                return
+            try:
+                if type(event) is Stanza:
+                    self._element(event)
+                elif type(event) is StreamHeader:
+                    self.stream_id = event.attrs.get("id", "")
+                    if (None, ns.SERVER) not in event.nsdecls:
+                        raise StreamError("invalid-namespace", "jabber:server expected")
+                elif event is STREAM_END:
+                    self.close()
+                elif isinstance(event, XMLStreamError):
+                    raise StreamError(event.condition, event.text)
+            except StreamError as err:
+                self.fail("remote-server-not-found", f"stream error {err.condition}")
+            except Exception:
+                log.exception("s2s %s -> %s: internal error", self.local, self.remote)
+                self.fail("remote-server-not-found", "internal error")
+
+    def _element(self, st: Stanza) -> None:
+        if st.ns == ns.STREAMS and st.name == "features":
+            self._features(st.element())
+        elif st.ns == ns.STREAMS and st.name == "error":
+            self.fail("remote-server-not-found", f"{self.remote} sent a stream error")
+        elif st.ns == ns.TLS and st.name == "proceed":
+            self._starttls()
+        elif st.ns == ns.TLS:
+            self.fail("remote-server-not-found", "STARTTLS failed")
+        elif st.ns == ns.SASL and st.name == "success":
+            self.sasl_done = True
+            self._send_header()  # RFC 6120 §6.4.6: restart
+        elif st.ns == ns.SASL and st.name == "failure":
+            if self.config.dialback:
+                self._dialback()
+            else:
+                self.fail("remote-server-not-found", "SASL EXTERNAL refused")
+        elif st.ns == NS_DIALBACK and st.name == "result":
+            if st.attrs.get("type") == "valid":
+                self._ready("dialback")
+            else:
+                self.fail("remote-server-not-found", "dialback refused")
+        elif st.ns == NS_DIALBACK and st.name == "verify":
+            key = (st.attrs.get("id", ""), "")
+            valid = st.attrs.get("type") == "valid"
+            for (stream_id, k), callbacks in list(self.waiting_verify.items()):
+                if stream_id == key[0]:
+                    del self.waiting_verify[(stream_id, k)]
+                    for done in callbacks:
+                        done(valid)
+
+    def _features(self, features: Any) -> None:
+        tls = features.find(f"{{{ns.TLS}}}starttls")
+        if not self.encrypted and tls is not None:
+            self._write(f"<starttls xmlns='{ns.TLS}'/>".encode())
+            return
+        if not self.encrypted and self.config.require_tls:
+            self.fail("remote-server-not-found", f"{self.remote} offers no STARTTLS")
+            return
+        self.established = True
+        verifies, self.verifies = self.verifies, []
+        for data in verifies:
+            self._write(data)
+        if self.sasl_done:
+            self._ready("SASL EXTERNAL")
+            return
+        if self.ready:
+            return
+        mechanisms = [m.text for m in features.iter(f"{{{ns.SASL}}}mechanism")]
+        if self.encrypted and "EXTERNAL" in mechanisms:
+            # XEP-0178 §4: the authorization identity is our domain.
+            authzid = base64.b64encode(self.local.encode()).decode()
+            self._write(f"<auth xmlns='{ns.SASL}' mechanism='EXTERNAL'>{authzid}</auth>".encode())
+        elif self.config.dialback:
+            self._dialback()
+        else:
+            self.fail("remote-server-not-found", f"cannot authenticate to {self.remote}")
+
+    def _dialback(self) -> None:
+        key = self.s2s.dialback_key(self.remote, self.local, self.stream_id)
+        self._write(
+            f"<db:result from={quoteattr(self.local)} to={quoteattr(self.remote)}>"
+            f"{key}</db:result>".encode()
+        )
+
+    def _ready(self, how: str) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        self.ready = True
+        log.info("s2s %s -> %s: ready (%s)", self.local, self.remote, how)
+        queue, self.queue = self.queue, []
+        if queue:
+            self._write(b"".join(data for data, _name, _attrs in queue))
+        self._touch()
+
+    def _starttls(self) -> None:
+        self.busy = True
+        self.transport.pause_reading()
+        context = self.s2s.client_context(self.local)
+
+        async def upgrade() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                transport = await loop.start_tls(
+                    self.transport,
+                    self,
+                    context,
+                    server_hostname=self.remote,
+                    ssl_handshake_timeout=self.config.connect_timeout,
+                )
+            except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+                self.busy = False
+                self.fail("remote-server-not-found", f"TLS with {self.remote} failed: {exc}")
+                return
+            self.transport = transport
+            self.encrypted = True
+            self.busy = False
+            self.pending.clear()
+            transport.resume_reading()  # type: ignore[union-attr]
+            self._send_header()
+
+        task = asyncio.get_running_loop().create_task(upgrade())
+        self.s2s.server.background.add(task)
+        task.add_done_callback(self.s2s.server.background.discard)
+
+
+class Incoming(asyncio.Protocol):
+    """One inbound link: another server's stream to us (RFC 6120 §13, XEP-0220 §2.2)."""
+
+    def __init__(self, s2s: S2S) -> None:
+        self.s2s = s2s
+        self.server = s2s.server
+        self.router = s2s.router
+        self.config = s2s.config
+        limits = self.server.config.limits
+        self.parser = StreamParser(limits.max_stanza_size, limits.max_depth, limits.max_attributes)
+        self.transport: Any = None
+        self.peer = "?"
+        self.address = "?"
+        self.stream_id = ""
+        self.host: str | None = None
+        self.peer_domain: str | None = None
+        self.header_sent = False
+        self.encrypted = False
+        self.sasl_done = False
+        self.authenticated: set[str] = set()
+        self.closing = False
+        self.busy = False
+        self.pending: list[Any] = []
+        self.auth_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.address = peer[0] if peer else "?"
+        self.s2s.incoming.add(self)
+        self.s2s.per_ip[self.address] += 1
+        log.info("s2s connection from %s", self.peer)
+        if len(self.s2s.incoming) > self.config.max_incoming:
+            self.close_with_error("resource-constraint", "too many server connections")
+            return
+        if self.s2s.per_ip[self.address] > self.config.max_incoming_per_ip:
+            self.close_with_error("policy-violation", "too many connections from your address")
+            return
+        self.auth_timer = asyncio.get_running_loop().call_later(
+            self.config.auth_timeout, self._auth_timed_out
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.closing = True
+        if self in self.s2s.incoming:
+            self.s2s.incoming.discard(self)
+            self.s2s.per_ip[self.address] -= 1
+            if self.s2s.per_ip[self.address] <= 0:
+                del self.s2s.per_ip[self.address]
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+        log.info(
+            "s2s connection from %s closed (%s)",
+            self.peer,
+            ", ".join(sorted(self.authenticated)) or "unauthenticated",
+        )
+
+    def _auth_timed_out(self) -> None:
+        self.auth_timer = None
+        if not self.authenticated:
+            self.close_with_error("connection-timeout", "authentication took too long")
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        events = self.parser.feed(data)
+        if self.busy:
+            self.pending.extend(events)
+            return
+        self._handle(events)
+
+    def _handle(self, events: list[Any]) -> None:
+        for i, event in enumerate(events):
+            if self.closing:
+                return
+            if self.busy:
+                self.pending.extend(events[i:])
+                return
+            try:
+                if type(event) is Stanza:
+                    self._element(event)
+                elif type(event) is StreamHeader:
+                    self._stream_header(event)
+                elif event is STREAM_END:
+                    self.closing = True
+                    self.send(STREAM_CLOSE)
+                    if self.transport is not None:
+                        self.transport.close()
+                elif isinstance(event, XMLStreamError):
+                    self.close_with_error(event.condition, event.text)
+            except StreamError as err:
+                self.close_with_error(err.condition, err.text)
+            except Exception:
+                log.exception("internal error on s2s stream from %s", self.peer)
+                self.close_with_error("internal-server-error")
+
+    def _stream_header(self, header: StreamHeader) -> None:
+        attrs = header.attrs
+        to_domain = _domain_of(attrs.get("to"))
+        if self.host is not None and to_domain != self.host:
+            raise StreamError("host-unknown", "the stream restart named another host")
+        self.host = to_domain
+        self.peer_domain = _domain_of(attrs.get("from"))
+        self._send_header()
+        if header.ns != ns.STREAMS or header.name != "stream":
+            raise StreamError("invalid-namespace", "the root must be <stream/> of RFC 6120")
+        if header.prefix != "stream":
+            raise StreamError("bad-namespace-prefix", "the stream prefix must be 'stream'")
+        if (None, ns.SERVER) not in header.nsdecls:
+            # RFC 6120 §4.9.3.10: a server-to-server stream is in jabber:server.
+            raise StreamError("invalid-namespace", "the content namespace must be jabber:server")
+        if self.host is None or not self.router.is_local(self.host):
+            raise StreamError("host-unknown", "this server does not serve that domain")
+        self.send(self._features())
+
+    def _send_header(self) -> None:
+        if self.header_sent:
+            return
+        self.header_sent = True
+        self.stream_id = secrets.token_urlsafe(16)
+        local = self.host if self.host is not None and self.router.is_local(self.host) else None
+        self.send(_header(id=self.stream_id, **{"from": local, "to": self.peer_domain}))
+
+    def _peer_certificate(self) -> dict[str, Any] | None:
+        if self.transport is None:
+            return None
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        return None if ssl_object is None else ssl_object.getpeercert()
+
+    def _features(self) -> bytes:
+        parts = ["<stream:features>"]
+        if not self.encrypted:
+            parts.append(
+                f"<starttls xmlns='{ns.TLS}'>"
+                + ("<required/>" if self.config.require_tls else "")
+                + "</starttls>"
+            )
+        if not self.sasl_done and (self.encrypted or not self.config.require_tls):
+            if (
+                self.encrypted
+                and self.peer_domain is not None
+                and certificate_matches(self._peer_certificate(), self.peer_domain)
+            ):
+                parts.append(
+                    f"<mechanisms xmlns='{ns.SASL}'><mechanism>EXTERNAL</mechanism></mechanisms>"
+                )
+            if self.config.dialback:
+                parts.append(f"<dialback xmlns='{NS_DIALBACK_FEATURE}'><errors/></dialback>")
+        parts.append("</stream:features>")
+        return "".join(parts).encode()
+
+    def _element(self, st: Stanza) -> None:
+        if st.ns == ns.SERVER and st.name in STANZA_NAMES:
+            self._stanza(st)
+        elif st.ns == ns.STREAMS and st.name == "error":
+            # RFC 6120 §4.9.1.1: the peer is closing with an error.
+            log.info("s2s %s: the peer sent a stream error", self.peer)
+            self.closing = True
+            self.send(STREAM_CLOSE)
+            if self.transport is not None:
+                self.transport.close()
+        elif st.ns == ns.TLS and st.name == "starttls" and not self.encrypted:
+            self._starttls()
+        elif st.ns == ns.SASL and st.name == "auth" and self.encrypted and not self.sasl_done:
+            self._sasl_external(st)
+        elif st.ns == NS_DIALBACK and st.name == "result" and self.config.dialback:
+            self._dialback_result(st)
+        elif st.ns == NS_DIALBACK and st.name == "verify" and self.config.dialback:
+            self._dialback_verify(st)
+        else:
+            raise StreamError("unsupported-stanza-type", f"<{st.name}/> is not expected here")
+
+    # --- STARTTLS and SASL EXTERNAL ----------------------------------------------------
+
+    def _starttls(self) -> None:
+        assert self.host is not None
+        context = self.s2s.server_contexts[self.host]
+        self.send(f"<proceed xmlns='{ns.TLS}'/>".encode())
+        self.busy = True
+        self.transport.pause_reading()
+
+        async def upgrade() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                transport = await loop.start_tls(
+                    self.transport, self, context, server_side=True, ssl_handshake_timeout=30
+                )
+            except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+                log.info("s2s TLS handshake with %s failed: %s", self.peer, exc)
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            self.transport = transport
+            self.encrypted = True
+            self.busy = False
+            self.pending.clear()  # RFC 6120 §5.4.3.3
+            self.parser.reset()
+            self.header_sent = False
+            transport.resume_reading()  # type: ignore[union-attr]
+
+        task = asyncio.get_running_loop().create_task(upgrade())
+        self.server.background.add(task)
+        task.add_done_callback(self.server.background.discard)
+
+    def _sasl_external(self, st: Stanza) -> None:
+        """XEP-0178 §3: EXTERNAL succeeds for the domain the certificate names."""
+        if st.attrs.get("mechanism") != "EXTERNAL":
+            self._sasl_failure("invalid-mechanism")
+            return
+        text = (st.element().text or "").strip()
+        try:
+            authzid = "" if text in ("", "=") else base64.b64decode(text, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            self._sasl_failure("incorrect-encoding")
+            return
+        domain = authzid or self.peer_domain
+        if domain is None or (self.peer_domain and domain != self.peer_domain):
+            self._sasl_failure("invalid-authzid")
+            return
+        if not certificate_matches(self._peer_certificate(), domain):
+            self._sasl_failure("not-authorized")
+            return
+        self.sasl_done = True
+        self._authenticated(domain, "SASL EXTERNAL")
+        self.send(f"<success xmlns='{ns.SASL}'/>".encode())
+        self.parser.reset()  # RFC 6120 §6.4.6: the stream restarts
+        self.header_sent = False
+
+    def _sasl_failure(self, condition: str) -> None:
+        self.send(f"<failure xmlns='{ns.SASL}'><{condition}/></failure>".encode())
+
+    def _authenticated(self, domain: str, how: str) -> None:
+        self.authenticated.add(domain)
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+            self.auth_timer = None
+        log.info("s2s %s: %s authenticated (%s)", self.peer, domain, how)
+
+    # --- dialback (XEP-0220 §2.2, §2.4) ------------------------------------------------
+
+    def _dialback_result(self, st: Stanza) -> None:
+        if self.config.require_tls and not self.encrypted:
+            raise StreamError("policy-violation", "STARTTLS first")
+        local, remote = _domain_of(st.attrs.get("to")), _domain_of(st.attrs.get("from"))
+        key = (st.element().text or "").strip()
+        if local is None or remote is None or not key:
+            raise StreamError("improper-addressing", "db:result needs from, to and a key")
+        if not self.router.is_local(local):
+            # XEP-0220 §2.4: an error for this domain pair, the stream stays.
+            self.send(
+                f"<db:result type='error' from={quoteattr(local)} to={quoteattr(remote)}>"
+                f"<error type='cancel'><item-not-found xmlns='{ns.STANZA_ERRORS}'/></error>"
+                "</db:result>".encode()
+            )
+            return
+
+        def done(valid: bool) -> None:
+            if self.closing:
+                return
+            verdict = "valid" if valid else "invalid"
+            addresses = f"from={quoteattr(local)} to={quoteattr(remote)}"
+            self.send(f"<db:result type='{verdict}' {addresses}/>".encode())
+            if valid:
+                self._authenticated(remote, "dialback")
+            else:
+                self.close_with_error("not-authorized", "dialback verification failed")
+
+        self.s2s.verify(local, remote, self.stream_id, key, done)
+
+    def _dialback_verify(self, st: Stanza) -> None:
+        """We are the authoritative server: is this our key for that stream?"""
+        receiving, originating = st.attrs.get("from", ""), st.attrs.get("to", "")
+        stream_id = st.attrs.get("id", "")
+        key = (st.element().text or "").strip()
+        expected = self.s2s.dialback_key(receiving, originating, stream_id)
+        valid = self.router.is_local(originating) and hmac.compare_digest(key, expected)
+        self.send(
+            f"<db:verify type='{'valid' if valid else 'invalid'}' from={quoteattr(originating)} "
+            f"to={quoteattr(receiving)} id={quoteattr(stream_id)}/>".encode()
+        )
+
+    # --- stanzas (RFC 6120 §13) --------------------------------------------------------
+
+    def _stanza(self, st: Stanza) -> None:
+        if not self.authenticated:
+            raise StreamError("not-authorized", "no domain is authenticated on this stream")
+        frm, to = st.attrs.get("from"), st.attrs.get("to")
+        if not frm or not to:
+            # RFC 6120 §4.9.3.7 and §8.1.1.1: server-to-server stanzas name both ends.
+            raise StreamError("improper-addressing", "a stanza needs 'from' and 'to'")
+        try:
+            sender = parse_jid(frm)
+        except JIDError:
+            raise StreamError("invalid-from", "the 'from' address is malformed") from None
+        if sender.domain not in self.authenticated:
+            raise StreamError("invalid-from", f"{sender.domain} is not authenticated here")
+        local = _domain_of(to)
+        if local is None or not (self.router.is_local(local) or self.router.is_service(local)):
+            raise StreamError("host-unknown", "this server does not serve that domain")
+        origin = RemoteOrigin(self.s2s, sender, local)
+        try:
+            self.router.route(origin, st)
+        except StanzaError as err:
+            stype = st.attrs.get("type")
+            if stype == "error" or (st.name == "iq" and stype == "result"):
+                return
+            origin.send(stanza_error_bytes(st.name, st.attrs.get("id"), to, frm, err))
+
+    def close_with_error(self, condition: str | None, text: str | None = None) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.transport is None:
+            return
+        self._send_header()
+        if condition is not None:
+            log.info(
+                "s2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else ""
+            )
+            self.send(stream_error_bytes(condition, text))
+        self.send(STREAM_CLOSE)
+        transport = self.transport
+        asyncio.get_running_loop().call_later(2.0, transport.close)

@@ -1,0 +1,446 @@
+"""Server-to-server federation (RFC 6120 §13) between real fastxmpp processes: messages, iqs,
+subscriptions, presence and probes across servers; offline storage and privacy for remote
+senders; SASL EXTERNAL (XEP-0178) between servers trusting the test CA, Server Dialback
+(XEP-0220) between servers that do not; refusals and hostile peers on raw sockets."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from conftest import PASSWORD, ServerProcess, assert_still_serving
+from xmpp_raw import CLIENT, SASL, STREAMS, TLS, RawClient, stanza_error
+
+from fastxmpp.storage.accounts import AccountStore
+from fastxmpp.storage.lmdb_store import Storage
+
+ROSTER = "jabber:iq:roster"
+SERVER = "jabber:server"
+S2S_HEADER = (
+    "<?xml version='1.0'?><stream:stream xmlns='{ns}' xmlns:stream='{streams}' "
+    "xmlns:db='jabber:server:dialback' from='{frm}' to='{to}' version='1.0'>"
+)
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Federation:
+    """Servers that know each other's s2s ports (static routes), with accounts."""
+
+    def __init__(
+        self, ca: trustme.CA, root: Path, ca_file: str, trusted: bool, names: tuple[str, str]
+    ) -> None:
+        self.ports = {name: free_port() for name in names}
+        self.closed_port = free_port()  # nothing listens there: an unreachable server
+        routes = ", ".join(f'"{d}" = "127.0.0.1:{p}"' for d, p in self.ports.items())
+        routes += f', "nowhere.test" = "127.0.0.1:{self.closed_port}"'
+        self.servers: dict[str, ServerProcess] = {}
+        for name in names:
+            extra = (
+                f'[[listeners]]\nkind = "s2s"\naddress = "127.0.0.1"\nport = {self.ports[name]}\n\n'
+                f"[s2s]\nenabled = true\nconnect_timeout = 5\nroutes = {{ {routes} }}\n"
+                + (f'ca_file = "{ca_file}"\n' if trusted else "")
+                + "[limits]\nauth_free_failures = 100000\nauth_failures_per_ip = 100000\n"
+                "auth_failures_per_account = 100000\n"
+            )
+            srv = ServerProcess(root / name, ca, (name, "localhost"), extra)
+            with Storage(srv.data_dir) as storage:
+                accounts = AccountStore(storage, iterations=4096)
+                for user in USERS:
+                    accounts.create(name, user, PASSWORD)
+                accounts.create("localhost", "alice", PASSWORD)
+            srv.start()
+            self.servers[name] = srv
+
+    def stop(self) -> None:
+        for srv in self.servers.values():
+            srv.stop()
+
+
+@pytest.fixture(scope="module")
+def trusted(
+    ca: trustme.CA, ca_file: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Federation]:
+    fed = Federation(ca, tmp_path_factory.mktemp("ext"), ca_file, True, ("a.test", "b.test"))
+    yield fed
+    fed.stop()
+
+
+@pytest.fixture(scope="module")
+def untrusted(
+    ca: trustme.CA, ca_file: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Federation]:
+    fed = Federation(ca, tmp_path_factory.mktemp("db"), ca_file, False, ("c.test", "d.test"))
+    yield fed
+    fed.stop()
+
+
+@pytest.fixture
+def login(ca_file: str, clients: list[RawClient]) -> Callable[..., RawClient]:
+    def connect(srv: ServerProcess, jid: str, resource: str = "r", available: bool = True):
+        user, _, host = jid.partition("@")
+        c = srv.client()
+        clients.append(c)
+        c.open_stream(host)
+        c.starttls(ca_file, host)
+        assert c.sasl_scram(user, PASSWORD).tag == f"{{{SASL}}}success"
+        c.open_stream(host)
+        assert c.bind(resource) == f"{jid}/{resource}"
+        if available:
+            c.send("<presence/>")
+            sync(c)
+        return c
+
+    return connect
+
+
+_ids = iter(range(10**9))
+
+
+def sync(c: RawClient) -> list[Any]:
+    marker = f"sync-{next(_ids)}"
+    c.send(f"<iq type='get' id='{marker}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    seen = []
+    while True:
+        el = c.next()
+        if el.get("id") == marker:
+            return seen
+        seen.append(el)
+
+
+def wait_for(c: RawClient, match: Callable[[Any], bool], timeout: float = 10) -> Any:
+    """The first element matching; what comes before it is dropped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        el = c.next(timeout=max(0.1, deadline - time.monotonic()))
+        if match(el):
+            return el
+
+
+def tag(name: str) -> Callable[[Any], bool]:
+    return lambda el: el.tag == f"{{{CLIENT}}}{name}"
+
+
+def roster_state(c: RawClient, contact: str) -> tuple[str | None, str | None] | None:
+    c.send(f"<iq type='get' id='rg'><query xmlns='{ROSTER}'/></iq>")
+    reply = wait_for(c, lambda el: el.get("id") == "rg")
+    for item in reply.iter(f"{{{ROSTER}}}item"):
+        if item.get("jid") == contact:
+            return item.get("subscription"), item.get("ask")
+    return None
+
+
+# --- stanzas across servers ------------------------------------------------------------------
+
+
+def test_message_across_with_sasl_external(trusted: Federation, login: Any) -> None:
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    alice = login(a, "alice@a.test")
+    bob = login(b, "bob@b.test")
+    alice.send("<message to='bob@b.test' type='chat' id='m1'><body>hello b</body></message>")
+    msg = wait_for(bob, tag("message"))
+    assert msg.get("from") == "alice@a.test/r"
+    assert msg.get("to") == "bob@b.test"
+    assert msg.findtext(f"{{{CLIENT}}}body") == "hello b"
+    # and back, over b.test's own outgoing link
+    bob.send("<message to='alice@a.test/r' type='chat'><body>hello a</body></message>")
+    assert wait_for(alice, tag("message")).findtext(f"{{{CLIENT}}}body") == "hello a"
+    assert "a.test authenticated (SASL EXTERNAL)" in b.log_text()
+    assert "b.test authenticated (SASL EXTERNAL)" in a.log_text()
+
+
+def test_message_across_with_dialback(untrusted: Federation, login: Any) -> None:
+    c, d = untrusted.servers["c.test"], untrusted.servers["d.test"]
+    carol = login(c, "carol@c.test")
+    dave = login(d, "dave@d.test")
+    carol.send("<message to='dave@d.test/r' type='chat'><body>via dialback</body></message>")
+    msg = wait_for(dave, tag("message"))
+    assert msg.get("from") == "carol@c.test/r"
+    assert msg.findtext(f"{{{CLIENT}}}body") == "via dialback"
+    assert "c.test authenticated (dialback)" in d.log_text()
+    assert "SASL EXTERNAL" not in d.log_text()
+
+
+def test_iq_ping_across(trusted: Federation, login: Any) -> None:
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    carol = login(a, "carol@a.test")
+    dave = login(b, "dave@b.test")
+    # XEP-0199 §4.2: to the remote server itself
+    carol.send("<iq type='get' id='p1' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>")
+    reply = wait_for(carol, lambda el: el.get("id") == "p1")
+    assert (reply.get("type"), reply.get("from")) == ("result", "b.test")
+    # to a remote client, which answers
+    carol.send("<iq type='get' id='p2' to='dave@b.test/r'><ping xmlns='urn:xmpp:ping'/></iq>")
+    request = wait_for(dave, tag("iq"))
+    assert (request.get("from"), request.get("id")) == ("carol@a.test/r", "p2")
+    dave.send("<iq type='result' id='p2' to='carol@a.test/r'/>")
+    reply = wait_for(carol, lambda el: el.get("id") == "p2")
+    assert (reply.get("type"), reply.get("from")) == ("result", "dave@b.test/r")
+    # an iq to a remote resource that is not there: the remote server's error
+    carol.send("<iq type='get' id='p3' to='dave@b.test/gone'><ping xmlns='urn:xmpp:ping'/></iq>")
+    reply = wait_for(carol, lambda el: el.get("id") == "p3")
+    assert reply.get("type") == "error" and stanza_error(reply) == "service-unavailable"
+
+
+def test_subscription_presence_and_probes_across(trusted: Federation, login: Any) -> None:
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    erin = login(a, "erin@a.test")
+    frank = login(b, "frank@b.test")
+    for x, x_jid, y, y_jid in (
+        (erin, "erin@a.test", frank, "frank@b.test"),
+        (frank, "frank@b.test", erin, "erin@a.test"),
+    ):
+        x.send(f"<presence type='subscribe' to='{y_jid}'/>")
+        request = wait_for(y, lambda el: tag("presence")(el) and el.get("type") == "subscribe")
+        assert request.get("from") == x_jid
+        y.send(f"<presence type='subscribed' to='{x_jid}'/>")
+        approved = wait_for(x, lambda el: tag("presence")(el) and el.get("type") == "subscribed")
+        assert approved.get("from") == y_jid
+        # §3.1.5: the contact's available presence follows the approval
+        seen = wait_for(x, lambda el: tag("presence")(el) and el.get("type") is None)
+        assert seen.get("from") == f"{y_jid}/r"
+    assert roster_state(erin, "frank@b.test") == ("both", None)
+    assert roster_state(frank, "erin@a.test") == ("both", None)
+    # §4.4: broadcast of a presence change
+    frank.send("<presence><show>away</show></presence>")
+    update = wait_for(erin, lambda el: tag("presence")(el) and el.get("from") == "frank@b.test/r")
+    assert update.findtext(f"{{{CLIENT}}}show") == "away"
+    # §4.3: a new resource's initial presence probes the remote contact
+    erin2 = login(a, "erin@a.test", resource="second")
+    probed = wait_for(erin2, lambda el: tag("presence")(el) and el.get("from") == "frank@b.test/r")
+    assert probed.findtext(f"{{{CLIENT}}}show") == "away"
+    # §4.5: unavailable across
+    frank.send("<presence type='unavailable'/>")
+    gone = wait_for(
+        erin,
+        lambda el: (
+            tag("presence")(el)
+            and el.get("from") == "frank@b.test/r"
+            and el.get("type") == "unavailable"
+        ),
+    )
+    assert gone.get("to") == "erin@a.test"
+
+
+def test_directed_presence_across(trusted: Federation, login: Any) -> None:
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    grace = login(a, "grace@a.test")
+    heidi = login(b, "heidi@b.test")
+    grace.send("<presence to='heidi@b.test/r'><status>just you</status></presence>")
+    seen = wait_for(heidi, lambda el: tag("presence")(el) and el.get("from") == "grace@a.test/r")
+    assert seen.findtext(f"{{{CLIENT}}}status") == "just you"
+    # §4.6.3: the unavailable presence follows the directed presence
+    grace.send("<presence type='unavailable'/>")
+    gone = wait_for(heidi, lambda el: tag("presence")(el) and el.get("from") == "grace@a.test/r")
+    assert gone.get("type") == "unavailable"
+
+
+def test_offline_storage_of_a_remote_message(trusted: Federation, login: Any) -> None:
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    ivan = login(a, "ivan@a.test")
+    ivan.send("<message to='ivan@b.test' type='chat' id='off'><body>later</body></message>")
+    sync(ivan)
+    time.sleep(0.5)  # over the link and into b.test's store
+    reader = login(b, "ivan@b.test", available=False)
+    reader.send("<presence/>")  # RFC 6121 §8.5.2.1.1 / XEP-0160: at initial presence
+    stored = wait_for(reader, tag("message"))
+    assert stored.get("from") == "ivan@a.test/r"
+    assert stored.findtext(f"{{{CLIENT}}}body") == "later"
+    assert stored.find("{urn:xmpp:delay}delay") is not None
+
+
+def test_privacy_blocks_a_remote_jid(trusted: Federation, login: Any) -> None:
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    judy = login(a, "judy@a.test")
+    target = login(b, "judy@b.test")
+    target.send(
+        "<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'>"
+        "<item jid='judy@a.test'/></block></iq>"
+    )
+    assert wait_for(target, lambda el: el.get("id") == "blk").get("type") == "result"
+    judy.send("<message to='judy@b.test/r' type='chat' id='x1'><body>blocked?</body></message>")
+    error = wait_for(judy, lambda el: el.get("id") == "x1")
+    assert error.get("type") == "error" and stanza_error(error) == "service-unavailable"
+    assert error.get("from") == "judy@b.test/r"
+    received = sync(target)
+    assert not [el for el in received if el.tag == f"{{{CLIENT}}}message"]
+
+
+def test_unreachable_domain_bounces(trusted: Federation, login: Any) -> None:
+    a = trusted.servers["a.test"]
+    alice = login(a, "alice@a.test", resource="bounce")
+    alice.send("<message to='x@nowhere.test' type='chat' id='nw'><body>?</body></message>")
+    error = wait_for(alice, lambda el: el.get("id") == "nw")
+    assert error.get("type") == "error"
+    assert stanza_error(error) == "remote-server-not-found"  # RFC 6120 §8.3.3.14
+    alice.send("<iq type='get' id='nw2' to='nowhere.test'><ping xmlns='urn:xmpp:ping'/></iq>")
+    error = wait_for(alice, lambda el: el.get("id") == "nw2")
+    assert stanza_error(error) == "remote-server-not-found"
+
+
+# --- refusals and hostile peers (raw s2s streams) ---------------------------------------------
+
+
+class RawPeer(RawClient):
+    """A raw server-to-server stream to a fastxmpp s2s port."""
+
+    def open_s2s(self, frm: str, to: str, namespace: str = SERVER) -> Any:
+        self._new_parser()
+        self.header = None
+        self.send(S2S_HEADER.format(ns=namespace, streams=STREAMS, frm=frm, to=to))
+        self.wait_header()
+        return self.header
+
+    def features(self) -> Any:
+        features = self.next()
+        assert features.tag == f"{{{STREAMS}}}features"
+        return features
+
+    def tls(self, ca_file: str, host: str, cert: trustme.LeafCert | None = None) -> None:
+        self.send(f"<starttls xmlns='{TLS}'/>")
+        assert self.next().tag == f"{{{TLS}}}proceed"
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert is not None:
+            cert_path = Path(ca_file).parent / "peer.pem"
+            cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+            context.load_cert_chain(str(cert_path))
+        self.sock = context.wrap_socket(self.sock, server_hostname=host)
+
+
+def s2s_peer(srv: ServerProcess, fed: Federation, clients: list[RawClient]) -> RawPeer:
+    name = next(n for n in fed.servers if fed.servers[n] is srv)
+    peer = RawPeer(fed.ports[name])
+    clients.append(peer)
+    return peer
+
+
+def external_peer(
+    fed: Federation, ca: trustme.CA, ca_file: str, clients: list[RawClient], domain: str
+) -> RawPeer:
+    """A raw peer authenticated as `domain` with SASL EXTERNAL (a certificate of the CA)."""
+    peer = s2s_peer(fed.servers["b.test"], fed, clients)
+    peer.open_s2s(domain, "b.test")
+    peer.features()
+    peer.tls(ca_file, "b.test", ca.issue_cert(domain))
+    peer.open_s2s(domain, "b.test")
+    mechanisms = [m.text for m in peer.features().iter(f"{{{SASL}}}mechanism")]
+    assert mechanisms == ["EXTERNAL"]
+    authzid = base64.b64encode(domain.encode()).decode()
+    peer.send(f"<auth xmlns='{SASL}' mechanism='EXTERNAL'>{authzid}</auth>")
+    assert peer.next().tag == f"{{{SASL}}}success"
+    peer.open_s2s(domain, "b.test")
+    peer.features()
+    return peer
+
+
+def test_stanza_from_an_unauthenticated_domain(
+    trusted: Federation, ca: trustme.CA, ca_file: str, clients: list[RawClient], login: Any
+) -> None:
+    b = trusted.servers["b.test"]
+    peer = external_peer(trusted, ca, ca_file, clients, "evil.test")
+    target = login(b, "bob@b.test", resource="victim")
+    # authenticated as evil.test: it may speak for evil.test ...
+    peer.send(
+        "<message from='mallory@evil.test/x' to='bob@b.test/victim'><body>hi</body></message>"
+    )
+    assert wait_for(target, tag("message")).get("from") == "mallory@evil.test/x"
+    # ... and not for a.test (RFC 6120 §4.9.3.9)
+    peer.send("<message from='alice@a.test/r' to='bob@b.test/victim'><body>fake</body></message>")
+    assert peer.stream_error() == "invalid-from"
+    assert not [el for el in sync(target) if el.tag == f"{{{CLIENT}}}message"]
+    assert_still_serving(b, ca_file)
+
+
+def test_stanza_to_a_domain_not_served(
+    trusted: Federation, ca: trustme.CA, ca_file: str, clients: list[RawClient]
+) -> None:
+    peer = external_peer(trusted, ca, ca_file, clients, "evil2.test")
+    peer.send("<message from='m@evil2.test' to='bob@elsewhere.test'><body>relay?</body></message>")
+    assert peer.stream_error() == "host-unknown"
+
+
+def test_stanza_without_addresses(
+    trusted: Federation, ca: trustme.CA, ca_file: str, clients: list[RawClient]
+) -> None:
+    peer = external_peer(trusted, ca, ca_file, clients, "evil3.test")
+    peer.send("<message to='bob@b.test'><body>who?</body></message>")
+    assert peer.stream_error() == "improper-addressing"  # RFC 6120 §4.9.3.7
+
+
+def test_stream_to_an_unknown_host(trusted: Federation, clients: list[RawClient]) -> None:
+    peer = s2s_peer(trusted.servers["b.test"], trusted, clients)
+    peer.open_s2s("evil.test", "unknown.test")
+    assert peer.stream_error() == "host-unknown"  # RFC 6120 §4.9.3.6
+
+
+def test_stanza_before_authentication(
+    trusted: Federation, ca_file: str, clients: list[RawClient]
+) -> None:
+    peer = s2s_peer(trusted.servers["b.test"], trusted, clients)
+    peer.open_s2s("evil.test", "b.test")
+    features = peer.features()
+    assert features.find(f"{{{TLS}}}starttls/{{{TLS}}}required") is not None
+    peer.send("<message from='m@evil.test' to='bob@b.test'><body>early</body></message>")
+    assert peer.stream_error() == "not-authorized"
+
+
+def test_dialback_with_a_wrong_key(
+    untrusted: Federation, ca_file: str, clients: list[RawClient]
+) -> None:
+    """A peer claiming c.test with a key c.test never made: d.test asks c.test (XEP-0220
+    §2.3), which says invalid."""
+    d = untrusted.servers["d.test"]
+    peer = s2s_peer(d, untrusted, clients)
+    peer.open_s2s("c.test", "d.test")
+    peer.features()
+    peer.tls(ca_file, "d.test")
+    peer.open_s2s("c.test", "d.test")
+    features = peer.features()
+    assert features.find("{urn:xmpp:features:dialback}dialback") is not None
+    peer.send("<db:result from='c.test' to='d.test'>00ff</db:result>")
+    verdict = peer.next()
+    assert verdict.tag == "{jabber:server:dialback}result" and verdict.get("type") == "invalid"
+    assert peer.stream_error() == "not-authorized"
+    assert_still_serving(d, ca_file)
+
+
+@pytest.mark.parametrize(
+    ("data", "condition"),
+    [
+        ("<message from='a@x' to='b@y'><body></message>", "not-well-formed"),
+        ("<iq type='get'><<</iq>", "not-well-formed"),
+        ("<x xmlns='urn:example:junk'/>", "unsupported-stanza-type"),  # RFC 6120 §4.9.3.24
+    ],
+)
+def test_hostile_peer_input(
+    trusted: Federation, ca_file: str, clients: list[RawClient], data: str, condition: str
+) -> None:
+    b = trusted.servers["b.test"]
+    peer = s2s_peer(b, trusted, clients)
+    peer.open_s2s("evil.test", "b.test")
+    peer.features()
+    peer.send(data)
+    assert peer.stream_error() == condition
+    assert_still_serving(b, ca_file)
+
+
+def test_hostile_peer_wrong_namespace(
+    trusted: Federation, ca_file: str, clients: list[RawClient]
+) -> None:
+    b = trusted.servers["b.test"]
+    peer = s2s_peer(b, trusted, clients)
+    peer.open_s2s("evil.test", "b.test", namespace=CLIENT)
+    assert peer.stream_error() == "invalid-namespace"  # RFC 6120 §4.9.3.10
+    assert_still_serving(b, ca_file)
