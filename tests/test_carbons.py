@@ -343,6 +343,23 @@ def test_muc_private_messages(login: Any, names: Iterator[str]) -> None:
     assert elsewhere.messages() == []
 
 
+def test_message_marked_as_from_a_room_occupant(login: Any, names: Iterator[str]) -> None:
+    """§6.1: what comes from a full JID with muc#user <x/> is a private message from a
+    room occupant (a remote room's, over federation): no received copy; the sender's side is
+    a private message to an occupant, copied."""
+    name, peer = next(names), next(names)
+    a = login(name, "a", carbons=True)
+    b = login(name, "b", carbons=True)
+    bob = login(peer, "p")
+    bob2 = login(peer, "p2", carbons=True)
+    bob.send(chat(a.full, "marked", extra=f"<x xmlns='{USER}'/>"))
+    bob.inbox()
+    assert [body(m) for m in a.messages()] == ["marked"]
+    assert b.messages() == []
+    got = bob2.messages()
+    assert len(got) == 1 and body(carbon(got[0], "sent")) == "marked"
+
+
 # --- privacy (XEP-0016) -------------------------------------------------------------------------
 
 

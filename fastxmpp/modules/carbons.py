@@ -15,9 +15,10 @@
   invitations) in a chat or normal message. Not groupchat, not headline. Errors are not
   copied: the XEP copies an error only when it answers an eligible message, which the
   server cannot tell from the error alone.
-- MUC (§6.1): private messages an occupant receives come from the room service, which
-  delivers them itself to every session joined under the nickname (room.py) and never
-  through the router, so they are never carbon-copied; a private message a user sends to
+- MUC (§6.1): private messages an occupant receives are not copied: a local room delivers
+  them itself to every session joined under the nickname (room.py), never through the
+  router; one that arrives from a full JID with <x xmlns='muc#user'/> (a remote room's) is
+  left out by `received`; a private message a user sends to
   an occupant is copied only to the user's other sessions that share its nickname in that
   room (the multi-session nick of the XEP's note), with the <x/> the room adds to private
   messages.
@@ -138,6 +139,10 @@ class CarbonsModule(Module):
         """§4: a message from `origin` was delivered to `addressed` (sessions of `bare`):
         a copy for each other carbons-enabled session of `bare`."""
         if not eligible(st):
+            return
+        if origin.resource and (NS_USER, "x") in st.children:
+            # §6.1: a private message from a room occupant (over a server-to-server link; a
+            # local room delivers them itself), already sent to each joined session.
             return
         skip = set(addressed)
         skip.add(origin)  # a message between two sessions of one account: §5 covers it
