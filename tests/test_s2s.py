@@ -5,6 +5,7 @@ senders; SASL EXTERNAL (XEP-0178) between servers trusting the test CA, Server D
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 import ssl
@@ -36,6 +37,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_listening(srv: ServerProcess, port: int) -> None:
+    """The test harness returns once the c2s listener is up; the s2s one follows it."""
+    deadline = time.monotonic() + 10
+    while f"s2s listening on 127.0.0.1:{port}" not in srv.log_text():
+        assert time.monotonic() < deadline, srv.log_text()
+        time.sleep(0.02)
+
+
 class Federation:
     """Servers that know each other's s2s ports (static routes), with accounts."""
 
@@ -44,13 +53,16 @@ class Federation:
     ) -> None:
         self.ports = {name: free_port() for name in names}
         self.closed_port = free_port()  # nothing listens there: an unreachable server
+        # a server that accepts connections and never says a word
+        self.silent = socket.create_server(("127.0.0.1", 0))
         routes = ", ".join(f'"{d}" = "127.0.0.1:{p}"' for d, p in self.ports.items())
         routes += f', "nowhere.test" = "127.0.0.1:{self.closed_port}"'
+        routes += f', "silent.test" = "127.0.0.1:{self.silent.getsockname()[1]}"'
         self.servers: dict[str, ServerProcess] = {}
         for name in names:
             extra = (
                 f'[[listeners]]\nkind = "s2s"\naddress = "127.0.0.1"\nport = {self.ports[name]}\n\n'
-                f"[s2s]\nenabled = true\nconnect_timeout = 5\nroutes = {{ {routes} }}\n"
+                f"[s2s]\nenabled = true\nconnect_timeout = 1.5\nroutes = {{ {routes} }}\n"
                 + (f'ca_file = "{ca_file}"\n' if trusted else "")
                 + "[limits]\nauth_free_failures = 100000\nauth_failures_per_ip = 100000\n"
                 "auth_failures_per_account = 100000\n"
@@ -62,9 +74,11 @@ class Federation:
                     accounts.create(name, user, PASSWORD)
                 accounts.create("localhost", "alice", PASSWORD)
             srv.start()
+            wait_listening(srv, self.ports[name])
             self.servers[name] = srv
 
     def stop(self) -> None:
+        self.silent.close()
         for srv in self.servers.values():
             srv.stop()
 
@@ -290,6 +304,39 @@ def test_unreachable_domain_bounces(trusted: Federation, login: Any) -> None:
     assert stanza_error(error) == "remote-server-not-found"
 
 
+def test_silent_remote_server_times_out(trusted: Federation, login: Any) -> None:
+    alice = login(trusted.servers["a.test"], "alice@a.test", resource="timeout")
+    alice.send("<message to='x@silent.test' type='chat' id='st'><body>?</body></message>")
+    alice.send("<presence type='subscribe' to='y@silent.test'/>")  # dropped, no error
+    error = wait_for(alice, lambda el: el.get("id") == "st" or el.get("type") == "error")
+    assert error.get("id") == "st" and error.get("from") == "x@silent.test"
+    assert stanza_error(error) == "remote-server-timeout"  # RFC 6120 §8.3.3.15
+
+
+async def test_slixmpp_clients_across_servers(trusted: Federation, ca_file: str) -> None:
+    from test_slixmpp import Client
+
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    alice = Client("alice@a.test/slix", "SCRAM-SHA-256", ca_file)
+    bob = Client("bob@b.test/slix", "SCRAM-SHA-256", ca_file)
+    await alice.online(a.port)
+    await bob.online(b.port)
+    try:
+        alice.send_message(mto="bob@b.test/slix", mbody="over s2s", mtype="chat")
+        msg = await asyncio.wait_for(bob.messages.get(), 10)
+        assert (msg["body"], str(msg["from"])) == ("over s2s", "alice@a.test/slix")
+        bob.send_message(mto="alice@a.test", mbody="and back", mtype="chat")
+        msg = await asyncio.wait_for(alice.messages.get(), 10)
+        assert (msg["body"], str(msg["from"])) == ("and back", "bob@b.test/slix")
+        iq = alice.make_iq_get(queryxmlns="jabber:iq:version", ito="b.test")
+        result = await iq.send(timeout=10)
+        assert result["type"] == "result" and str(result["from"]) == "b.test"
+    finally:
+        alice.disconnect()
+        bob.disconnect()
+        await asyncio.sleep(0.1)
+
+
 # --- refusals and hostile peers (raw s2s streams) ---------------------------------------------
 
 
@@ -444,3 +491,62 @@ def test_hostile_peer_wrong_namespace(
     peer.open_s2s("evil.test", "b.test", namespace=CLIENT)
     assert peer.stream_error() == "invalid-namespace"  # RFC 6120 §4.9.3.10
     assert_still_serving(b, ca_file)
+
+
+def test_inbound_limits(make_server: Any, ca_file: str, clients: list[RawClient]) -> None:
+    """Pre-authentication time, connections per address and the stanza size limit apply to
+    server links as to clients; local users keep being served."""
+    port = free_port()
+    srv = make_server(
+        f'[[listeners]]\nkind = "s2s"\naddress = "127.0.0.1"\nport = {port}\n\n'
+        "[s2s]\nauth_timeout = 1\nmax_incoming_per_ip = 2\n"
+        "[limits]\nmax_stanza_size = 10000\n",
+        hosts=("localhost", "b.test"),
+    )
+    srv.adduser("alice@localhost")
+    srv.start()
+    wait_listening(srv, port)
+    first, second, third = RawPeer(port), RawPeer(port), RawPeer(port)
+    clients += [first, second, third]
+    first.open_s2s("evil.test", "b.test")
+    second.open_s2s("evil.test", "b.test")
+    third.open_s2s("evil.test", "b.test")
+    assert third.stream_error() == "policy-violation"
+    # RFC 6120 §4.9.3.4: no authentication within auth_timeout
+    assert first.stream_error() == "connection-timeout"
+    assert second.stream_error() == "connection-timeout"
+    assert first.wait_closed() and second.wait_closed()
+    big = RawPeer(port)
+    clients.append(big)
+    big.open_s2s("evil.test", "b.test")
+    big.features()
+    big.send("<message from='m@evil.test' to='alice@b.test'><body>" + "x" * 20000)
+    assert big.stream_error() == "policy-violation"
+    assert_still_serving(srv, ca_file)
+
+
+def test_s2s_configuration(tmp_path: Path) -> None:
+    from fastxmpp.config import check_config, load_config
+
+    path = tmp_path / "fastxmpp.toml"
+    path.write_text(
+        '[[listeners]]\nkind = "s2s"\naddress = "0.0.0.0"\n\n[hosts."example.org"]\n\n'
+        '[s2s]\nenabled = true\nroutes = { "Example.NET" = "192.0.2.1:5270" }\n'
+    )
+    config = load_config(path)
+    assert config.listeners[0].port == 5269  # RFC 6120 §14.7
+    assert config.s2s.routes == (("example.net", "192.0.2.1", 5270),)
+    assert (config.s2s.require_tls, config.s2s.dialback, config.s2s.max_incoming_per_ip) == (
+        True,
+        True,
+        20,
+    )
+    path.write_text(
+        '[[listeners]]\naddress = "127.0.0.1"\n\n[hosts."example.org"]\n\n'
+        '[s2s]\nroutes = { "example.net" = "nowhere" }\nmax_queued_stanzas = 0\n'
+    )
+    messages = [p.message for p in check_config(path)]
+    assert messages == [
+        "s2s.routes example.net: 'nowhere' must be host:port",
+        "s2s.max_queued_stanzas must be positive",
+    ]

@@ -883,10 +883,22 @@ class Incoming(asyncio.Protocol):
         try:
             self.router.route(origin, st)
         except StanzaError as err:
-            stype = st.attrs.get("type")
-            if stype == "error" or (st.name == "iq" and stype == "result"):
-                return
-            origin.send(stanza_error_bytes(st.name, st.attrs.get("id"), to, frm, err))
+            self._reply_error(st, origin, err)
+        except StreamError:
+            raise
+        except Exception:
+            # One stanza a module could not handle must not cut every user off that
+            # link: the sender gets an error, the stream goes on.
+            log.exception("s2s %s: internal error on a stanza from %s", self.peer, frm)
+            self._reply_error(st, origin, StanzaError("internal-server-error"))
+
+    def _reply_error(self, st: Stanza, origin: RemoteOrigin, err: StanzaError) -> None:
+        stype = st.attrs.get("type")
+        # RFC 6120 §8.3.1: never answer an error; §8.2.3: never answer an iq result.
+        if stype == "error" or (st.name == "iq" and stype == "result"):
+            return
+        frm, to = st.attrs.get("from"), st.attrs.get("to")
+        origin.send(stanza_error_bytes(st.name, st.attrs.get("id"), to, frm, err))
 
     def close_with_error(self, condition: str | None, text: str | None = None) -> None:
         if self.closing:
