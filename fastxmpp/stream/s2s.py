@@ -213,8 +213,8 @@ class S2S:
             data, frm = etree.tostring(element), local_domain
         element_name = etree.QName(etree.fromstring(data, _PARSER)).localname
         local = _domain_of(frm)
-        if local is None or not (self.router.is_local(local) or self.router.is_service(local)):
-            return
+        if local is None or not self.router.is_local(local):
+            return  # services (rooms) do not federate yet
         self.send(local, remote, data, element_name, {"from": frm, "to": to})
 
     def send(self, local: str, remote: str, data: bytes, name: str, attrs: dict[str, Any]) -> None:
@@ -880,6 +880,11 @@ class Incoming(asyncio.Protocol):
         if local is None or not (self.router.is_local(local) or self.router.is_service(local)):
             raise StreamError("host-unknown", "this server does not serve that domain")
         origin = RemoteOrigin(self.s2s, sender, local)
+        if not self.router.is_local(local):
+            # Services (multi-user chat) keep sessions of their occupants: not for remote
+            # entities yet.
+            self._reply_error(st, origin, StanzaError("service-unavailable", "local users only"))
+            return
         try:
             self.router.route(origin, st)
         except StanzaError as err:
