@@ -49,7 +49,13 @@ class Federation:
     """Servers that know each other's s2s ports (static routes), with accounts."""
 
     def __init__(
-        self, ca: trustme.CA, root: Path, ca_file: str, trusted: bool, names: tuple[str, str]
+        self,
+        ca: trustme.CA,
+        root: Path,
+        ca_file: str,
+        trusted: bool,
+        names: tuple[str, str],
+        s2s_extra: str = "",
     ) -> None:
         self.ports = {name: free_port() for name in names}
         self.closed_port = free_port()  # nothing listens there: an unreachable server
@@ -64,6 +70,7 @@ class Federation:
                 f'[[listeners]]\nkind = "s2s"\naddress = "127.0.0.1"\nport = {self.ports[name]}\n\n'
                 f"[s2s]\nenabled = true\nconnect_timeout = 1.5\nroutes = {{ {routes} }}\n"
                 + (f'ca_file = "{ca_file}"\n' if trusted else "")
+                + s2s_extra
                 + "[limits]\nauth_free_failures = 100000\nauth_failures_per_ip = 100000\n"
                 "auth_failures_per_account = 100000\n"
             )
@@ -97,6 +104,23 @@ def untrusted(
     ca: trustme.CA, ca_file: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Federation]:
     fed = Federation(ca, tmp_path_factory.mktemp("db"), ca_file, False, ("c.test", "d.test"))
+    yield fed
+    fed.stop()
+
+
+@pytest.fixture(scope="module")
+def tight(
+    ca: trustme.CA, ca_file: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Federation]:
+    """Links that close when idle for half a second; two stanzas at most wait for a link."""
+    fed = Federation(
+        ca,
+        tmp_path_factory.mktemp("tight"),
+        ca_file,
+        True,
+        ("e.test", "f.test"),
+        "idle_timeout = 0.5\nmax_queued_stanzas = 2\n",
+    )
     yield fed
     fed.stop()
 
@@ -550,3 +574,34 @@ def test_s2s_configuration(tmp_path: Path) -> None:
         "s2s.routes example.net: 'nowhere' must be host:port",
         "s2s.max_queued_stanzas must be positive",
     ]
+
+
+def test_idle_link_closes_and_a_new_one_opens(tight: Federation, login: Any) -> None:
+    e, f = tight.servers["e.test"], tight.servers["f.test"]
+    alice = login(e, "alice@e.test")
+    bob = login(f, "bob@f.test")
+    alice.send("<message to='bob@f.test/r' type='chat'><body>one</body></message>")
+    assert wait_for(bob, tag("message")).findtext(f"{{{CLIENT}}}body") == "one"
+    deadline = time.monotonic() + 5
+    while "s2s e.test -> f.test: closed" not in e.log_text():
+        assert time.monotonic() < deadline, "the idle link was not closed"
+        time.sleep(0.05)
+    alice.send("<message to='bob@f.test/r' type='chat'><body>two</body></message>")
+    assert wait_for(bob, tag("message")).findtext(f"{{{CLIENT}}}body") == "two"
+    assert e.log_text().count("s2s e.test -> f.test: ready (SASL EXTERNAL)") == 2
+
+
+def test_queue_for_a_link_is_bounded(tight: Federation, login: Any) -> None:
+    alice = login(tight.servers["e.test"], "bob@e.test")
+    for i in range(4):
+        alice.send(f"<message to='x@silent.test' type='chat' id='q{i}'><body>{i}</body></message>")
+    conditions = {}
+    while len(conditions) < 4:
+        error = wait_for(alice, lambda el: el.get("type") == "error")
+        conditions[error.get("id")] = stanza_error(error)
+    assert conditions == {
+        "q2": "resource-constraint",
+        "q3": "resource-constraint",
+        "q0": "remote-server-timeout",
+        "q1": "remote-server-timeout",
+    }
