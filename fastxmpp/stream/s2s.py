@@ -422,8 +422,21 @@ class Outgoing(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        # A peer that stops reading must not make our output grow without end.
+        transport.set_write_buffer_limits(high=self.s2s.server.config.limits.max_outbound_buffer)
         log.info("s2s %s -> %s: connected", self.local, self.remote)
         self._send_header()
+
+    def pause_writing(self) -> None:
+        if self.closing or self.transport is None:
+            return
+        log.info("s2s %s -> %s: output not read, link closed", self.local, self.remote)
+        transport = self.transport
+        self.close("policy-violation")
+        asyncio.get_running_loop().call_later(2.0, transport.abort)
+
+    def resume_writing(self) -> None:
+        pass
 
     def _send_header(self) -> None:
         self.parser.reset()
@@ -562,6 +575,9 @@ class Outgoing(asyncio.Protocol):
                 self.fail("remote-server-not-found", f"TLS with {self.remote} failed: {exc}")
                 return
             self.transport = transport
+            transport.set_write_buffer_limits(  # type: ignore[union-attr]
+                high=self.s2s.server.config.limits.max_outbound_buffer
+            )
             self.encrypted = True
             self.busy = False
             self.pending.clear()
