@@ -272,6 +272,50 @@ def test_subscription_presence_and_probes_across(trusted: Federation, login: Any
     assert gone.get("to") == "erin@a.test"
 
 
+def befriend_across(x: RawClient, x_jid: str, y: RawClient, y_jid: str) -> None:
+    """Mutual subscription by protocol between accounts of two servers."""
+    for a, a_jid, b, b_jid in ((x, x_jid, y, y_jid), (y, y_jid, x, x_jid)):
+        a.send(f"<presence type='subscribe' to='{b_jid}'/>")
+        wait_for(b, lambda el: tag("presence")(el) and el.get("type") == "subscribe")
+        b.send(f"<presence type='subscribed' to='{a_jid}'/>")
+        wait_for(a, lambda el: tag("presence")(el) and el.get("type") == "subscribed")
+    assert roster_state(x, y_jid) == ("both", None)
+    assert roster_state(y, x_jid) == ("both", None)
+
+
+def test_blocking_a_remote_contact_hides_presence(trusted: Federation, login: Any) -> None:
+    """XEP-0191 §3.3 across servers: the blocked contact gets unavailable presence, then no
+    presence broadcast; the blocking user sees it go unavailable. §3.4 on unblocking."""
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    user = login(a, "heidi@a.test")
+    contact = login(b, "grace@b.test")
+    befriend_across(user, "heidi@a.test", contact, "grace@b.test")
+    sync(user)
+    sync(contact)
+    user.send(
+        "<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'>"
+        "<item jid='grace@b.test'/></block></iq>"
+    )
+    wait_for(user, lambda el: el.get("id") == "blk")
+    gone = wait_for(contact, lambda el: tag("presence")(el) and el.get("from") == "heidi@a.test/r")
+    assert gone.get("type") == "unavailable"
+    seen = wait_for(user, lambda el: tag("presence")(el) and el.get("from") == "grace@b.test")
+    assert seen.get("type") == "unavailable"
+    user.send("<presence><status>hidden</status></presence>")
+    contact.send("<message to='heidi@a.test/r' type='chat' id='probe'><body>?</body></message>")
+    error = wait_for(contact, lambda el: el.get("id") == "probe")  # the round trip
+    assert stanza_error(error) == "service-unavailable"
+    assert not [
+        el for el in sync(contact) if tag("presence")(el) and el.get("from") == "heidi@a.test/r"
+    ]
+    user.send(
+        "<iq type='set' id='unb'><unblock xmlns='urn:xmpp:blocking'>"
+        "<item jid='grace@b.test'/></unblock></iq>"
+    )
+    back = wait_for(contact, lambda el: tag("presence")(el) and el.get("from") == "heidi@a.test/r")
+    assert back.get("type") is None and back.findtext(f"{{{CLIENT}}}status") == "hidden"
+
+
 def test_directed_presence_across(trusted: Federation, login: Any) -> None:
     a, b = trusted.servers["a.test"], trusted.servers["b.test"]
     grace = login(a, "grace@a.test")

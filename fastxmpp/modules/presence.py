@@ -174,11 +174,25 @@ class PresenceModule(Module):
         """`data` to the available resources of `bare`, where the privacy lists let what
         `sender` sends through. A contact on another domain gets it over s2s (RFC 6121 §4.2.2)
         addressed to its bare JID."""
-        if self._remote(bare, data):
+        if self._is_remote(bare):
+            if self._out_allowed(sender, bare):
+                self._remote(bare, data)
             return
         for session in self.router.resources(bare).values():
             if session.available and (sender is None or self._may_see(sender, session)):
                 session.send(data)
+
+    def _is_remote(self, jid: str) -> bool:
+        domain = jid.rpartition("@")[2].partition("/")[0]
+        return not (self.router.is_local(domain) or self.router.is_service(domain))
+
+    @staticmethod
+    def _out_allowed(sender: C2SStream | str | None, to: str) -> bool:
+        """XEP-0016 §2.11: presence-out of session `sender` toward a remote JID (the
+        remote server applies the recipient's lists)."""
+        if sender is None or isinstance(sender, str) or sender.privacy is None:
+            return True
+        return bool(sender.privacy.allows(PRIVACY_PRESENCE_OUT, to))
 
     def _remote(self, to: str, data: bytes) -> bool:
         """True when `to` is on another domain: `data` went to its server (if federation
@@ -247,7 +261,9 @@ class PresenceModule(Module):
         directed: dict[str, None] = session.presence_directed
         for recipient in directed:
             bare, _, resource = recipient.partition("/")
-            if self._remote(recipient, data):
+            if self._is_remote(recipient):
+                if self._out_allowed(session, recipient):
+                    self._remote(recipient, data)
                 continue
             if resource:
                 target = self.router.session(bare, resource)

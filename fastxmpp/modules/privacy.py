@@ -527,6 +527,8 @@ class PrivacyModule(Module):
             for contact in _matching_sessions(self.router, seen, rules):
                 if contact.available:
                     contact.send(gone)
+            for jid in self._matching_remote([*subscribers, *directed], rules):
+                self._deliver_remote(gone, jid)
         for contact in _matching_sessions(self.router, sources, rules):
             if getattr(contact, "presence_last", None) is None:
                 continue
@@ -534,6 +536,30 @@ class PrivacyModule(Module):
             for session in own:
                 if session.available:
                     session.send(gone)
+        for jid in self._matching_remote(sources, rules):
+            # A remote contact's resources are not known here: its bare JID stands for all.
+            gone = f"<presence type='unavailable' from={quoteattr(jid)}/>".encode()
+            for session in own:
+                if session.available:
+                    session.send(gone)
+
+    def _deliver_remote(self, data: bytes, jid: str) -> None:
+        if self.server.s2s is not None:
+            self.server.s2s.deliver(data, jid)
+
+    def _matching_remote(self, jids: Iterable[str], rules: list[Any]) -> list[str]:
+        """The JIDs at other servers (when federation is on) one of the jid `rules`
+        matches."""
+        if self.server.s2s is None:
+            return []
+        found = []
+        for jid in jids:
+            local, domain, resource = jid_parts(jid)
+            if self.router.is_local(domain) or self.router.is_service(domain):
+                continue
+            if any(jid_matches(rule, local, domain, resource) for rule in rules):
+                found.append(jid)
+        return found
 
     def _presence_unblocked(
         self, account: AccountLists, own: list[C2SStream], jids: list[str]
@@ -549,6 +575,12 @@ class PrivacyModule(Module):
                 last = getattr(session, "presence_last", None)
                 if last is not None and self.presence_allowed(session, contact):
                     contact.send(last)
+        for jid in self._matching_remote(subscribers, rules):
+            for session in own:
+                last = getattr(session, "presence_last", None)
+                rules_out = session.privacy
+                if last is not None and (rules_out is None or rules_out.allows(PRESENCE_OUT, jid)):
+                    self._deliver_remote(last, jid)
         for contact in _matching_sessions(self.router, sources, rules):
             last = getattr(contact, "presence_last", None)
             if last is None:
