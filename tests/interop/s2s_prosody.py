@@ -21,7 +21,7 @@ from typing import Any
 import trustme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from xmpp_raw import CLIENT, SASL, RawClient  # noqa: E402
+from xmpp_raw import CLIENT, SASL, RawClient
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "interop-secret"
