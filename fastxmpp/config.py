@@ -195,6 +195,7 @@ class S2SConfig:
     enabled: bool = False  # outbound links; inbound ones need an s2s listener
     require_tls: bool = True  # RFC 6120 §5: STARTTLS before anything else, both directions
     dialback: bool = True  # XEP-0220 when SASL EXTERNAL (XEP-0178) is not possible
+    bidi: bool = True  # XEP-0288 bidirectional links (outgoing: only with ca_file)
     ca_file: str = ""  # CAs for peers' certificates; "" = the system store
     routes: tuple[tuple[str, str, int], ...] = ()  # static (domain, host, port), before DNS
     max_queued_stanzas: int = 1000  # per remote domain while its link is being set up
@@ -557,6 +558,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "enabled": _boolean,
             "require_tls": _boolean,
             "dialback": _boolean,
+            "bidi": _boolean,
             "ca_file": _string,
             "routes": _routes,
             "max_queued_stanzas": _integer_at_least(1),

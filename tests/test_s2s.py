@@ -94,7 +94,10 @@ class Federation:
 def trusted(
     ca: trustme.CA, ca_file: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Federation]:
-    fed = Federation(ca, tmp_path_factory.mktemp("ext"), ca_file, True, ("a.test", "b.test"))
+    # one link each way (XEP-0288 off): the two-link path
+    fed = Federation(
+        ca, tmp_path_factory.mktemp("ext"), ca_file, True, ("a.test", "b.test"), "bidi = false\n"
+    )
     yield fed
     fed.stop()
 
@@ -104,6 +107,15 @@ def untrusted(
     ca: trustme.CA, ca_file: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Federation]:
     fed = Federation(ca, tmp_path_factory.mktemp("db"), ca_file, False, ("c.test", "d.test"))
+    yield fed
+    fed.stop()
+
+
+@pytest.fixture(scope="module")
+def bidirectional(
+    ca: trustme.CA, ca_file: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Federation]:
+    fed = Federation(ca, tmp_path_factory.mktemp("bidi"), ca_file, True, ("g.test", "h.test"))
     yield fed
     fed.stop()
 
@@ -209,6 +221,24 @@ def test_message_across_with_dialback(untrusted: Federation, login: Any) -> None
     assert msg.findtext(f"{{{CLIENT}}}body") == "via dialback"
     assert "c.test authenticated (dialback)" in d.log_text()
     assert "SASL EXTERNAL" not in d.log_text()
+
+
+def test_bidirectional_link(bidirectional: Federation, login: Any) -> None:
+    """XEP-0288: the link g.test opened carries h.test's stanzas back; h.test opens none."""
+    g, h = bidirectional.servers["g.test"], bidirectional.servers["h.test"]
+    gina = login(g, "alice@g.test")
+    hank = login(h, "bob@h.test")
+    gina.send("<message to='bob@h.test/r' type='chat'><body>one link</body></message>")
+    assert wait_for(hank, tag("message")).get("from") == "alice@g.test/r"
+    hank.send("<message to='alice@g.test/r' type='chat'><body>same link</body></message>")
+    msg = wait_for(gina, tag("message"))
+    assert (msg.get("from"), msg.findtext(f"{{{CLIENT}}}body")) == ("bob@h.test/r", "same link")
+    hank.send("<iq type='get' id='bp' to='g.test'><ping xmlns='urn:xmpp:ping'/></iq>")
+    reply = wait_for(hank, lambda el: el.get("id") == "bp")
+    assert (reply.get("type"), reply.get("from")) == ("result", "g.test")
+    assert "s2s h.test -> g.test: over the peer's bidirectional link" in h.log_text()
+    assert "s2s h.test -> g.test: connected" not in h.log_text()
+    assert "s2s connection from" not in g.log_text()
 
 
 def test_iq_ping_across(trusted: Federation, login: Any) -> None:
@@ -632,7 +662,7 @@ def test_idle_link_closes_and_a_new_one_opens(tight: Federation, login: Any) -> 
         time.sleep(0.05)
     alice.send("<message to='bob@f.test/r' type='chat'><body>two</body></message>")
     assert wait_for(bob, tag("message")).findtext(f"{{{CLIENT}}}body") == "two"
-    assert e.log_text().count("s2s e.test -> f.test: ready (SASL EXTERNAL)") == 2
+    assert e.log_text().count("s2s e.test -> f.test: ready (SASL EXTERNAL") == 2
 
 
 def test_queue_for_a_link_is_bounded(tight: Federation, login: Any) -> None:

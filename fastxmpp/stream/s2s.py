@@ -44,6 +44,8 @@ log = logging.getLogger("fastxmpp.s2s")
 
 NS_DIALBACK = "jabber:server:dialback"  # XEP-0220 §2
 NS_DIALBACK_FEATURE = "urn:xmpp:features:dialback"  # XEP-0220 §2.4
+NS_BIDI = "urn:xmpp:bidi"  # XEP-0288 §2
+NS_BIDI_FEATURE = "urn:xmpp:features:bidi"
 S2S_PORT = 5269
 STREAM_HEADER = (
     "<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
@@ -103,6 +105,69 @@ def certificate_matches(cert: dict[str, Any] | None, domain: str) -> bool:
     return False
 
 
+def receive_stanza(s2s: S2S, st: Stanza, authenticated: set[str], peer: str) -> None:
+    """A stanza from another server, on a link where `authenticated` domains may speak
+    (RFC 6120 §13): checked, then routed like a local one with a RemoteOrigin."""
+    if not authenticated:
+        raise StreamError("not-authorized", "no domain is authenticated on this stream")
+    frm, to = st.attrs.get("from"), st.attrs.get("to")
+    if not frm or not to:
+        # RFC 6120 §4.9.3.7 and §8.1.1.1: server-to-server stanzas name both ends.
+        raise StreamError("improper-addressing", "a stanza needs 'from' and 'to'")
+    try:
+        sender = parse_jid(frm)
+    except JIDError:
+        raise StreamError("invalid-from", "the 'from' address is malformed") from None
+    if sender.domain not in authenticated:
+        raise StreamError("invalid-from", f"{sender.domain} is not authenticated here")
+    router = s2s.router
+    local = _domain_of(to)
+    if local is None or not (router.is_local(local) or router.is_service(local)):
+        raise StreamError("host-unknown", "this server does not serve that domain")
+    origin = RemoteOrigin(s2s, sender, local)
+    if not router.is_local(local):
+        # Services (multi-user chat) keep sessions of their occupants: not for remote
+        # entities yet.
+        _reply_error(st, origin, StanzaError("service-unavailable", "local users only"))
+        return
+    try:
+        router.route(origin, st)
+    except StanzaError as err:
+        _reply_error(st, origin, err)
+    except StreamError:
+        raise
+    except Exception:
+        # One stanza a module could not handle must not cut every user off that link: the
+        # sender gets an error, the stream goes on.
+        log.exception("s2s %s: internal error on a stanza from %s", peer, frm)
+        _reply_error(st, origin, StanzaError("internal-server-error"))
+
+
+def _reply_error(st: Stanza, origin: RemoteOrigin, err: StanzaError) -> None:
+    stype = st.attrs.get("type")
+    # RFC 6120 §8.3.1: never answer an error; §8.2.3: never answer an iq result.
+    if stype == "error" or (st.name == "iq" and stype == "result"):
+        return
+    frm, to = st.attrs.get("from"), st.attrs.get("to")
+    origin.send(stanza_error_bytes(st.name, st.attrs.get("id"), to, frm, err))
+
+
+class ReverseLink:
+    """XEP-0288: an incoming link the peer made bidirectional carries our stanzas to it."""
+
+    def __init__(self, incoming: Incoming, local: str, remote: str) -> None:
+        self.incoming = incoming
+        self.local = local
+        self.remote = remote
+
+    @property
+    def closing(self) -> bool:
+        return self.incoming.closing or self.incoming.transport is None
+
+    def submit(self, data: bytes, name: str, attrs: dict[str, Any]) -> None:
+        self.incoming.send(data)
+
+
 class RemoteOrigin(Session):
     """A remote entity as the router and the modules see it: `send` goes back over
     server-to-server links, stamped with the local domain it wrote to when needed."""
@@ -134,7 +199,7 @@ class S2S:
         self.config = server.config.s2s
         self.router = server.router
         self.secret = hashlib.sha256(secrets.token_bytes(32)).digest()
-        self.outgoing: dict[tuple[str, str], Outgoing] = {}
+        self.outgoing: dict[tuple[str, str], Outgoing | ReverseLink] = {}
         self.incoming: set[Incoming] = set()
         self.per_ip: Counter[str] = Counter()
         self.routes = {domain: (host, port) for domain, host, port in self.config.routes}
@@ -252,12 +317,21 @@ class S2S:
         """Ask the authoritative server of `remote` whether `key` is its key for the
         stream `stream_id` it opened to `local`."""
         link = self.outgoing.get((local, remote))
-        if link is None or link.closing:
+        if not isinstance(link, Outgoing) or link.closing:
             link = Outgoing(self, local, remote)
-            self.outgoing[(local, remote)] = link
+            if (local, remote) not in self.outgoing or self.outgoing[(local, remote)].closing:
+                self.outgoing[(local, remote)] = link
         link.ask_verify(stream_id, key, done)
 
-    def link_closed(self, link: Outgoing) -> None:
+    def add_reverse(self, incoming: Incoming, local: str, remote: str) -> None:
+        """XEP-0288 §2: `remote` authenticated on a bidirectional incoming link: our
+        stanzas to it take that link, unless an outgoing one is already up."""
+        link = self.outgoing.get((local, remote))
+        if link is None or link.closing:
+            self.outgoing[(local, remote)] = ReverseLink(incoming, local, remote)
+            log.info("s2s %s -> %s: over the peer's bidirectional link", local, remote)
+
+    def link_closed(self, link: Outgoing | ReverseLink) -> None:
         if self.outgoing.get((link.local, link.remote)) is link:
             del self.outgoing[(link.local, link.remote)]
 
@@ -279,7 +353,8 @@ class S2S:
 
     def stop(self) -> None:
         for link in list(self.outgoing.values()):
-            link.close("system-shutdown")
+            if isinstance(link, Outgoing):
+                link.close("system-shutdown")
         for stream in list(self.incoming):
             stream.close_with_error("system-shutdown", "the server is shutting down")
 
@@ -304,6 +379,7 @@ class Outgoing(asyncio.Protocol):
         self.sasl_done = False
         self.established = False  # features after TLS seen: verify requests may go
         self.ready = False  # authenticated: stanzas may go
+        self.bidi = False  # XEP-0288: the peer's stanzas come back over this link
         self.closing = False
         self.busy = False
         self.pending: list[Any] = []
@@ -449,6 +525,8 @@ class Outgoing(asyncio.Protocol):
         log.info("s2s %s -> %s: closed", self.local, self.remote)
 
     def data_received(self, data: bytes) -> None:
+        if self.ready and self.bidi:
+            self._touch()  # the peer's traffic on a bidirectional link keeps it up too
         events = self.parser.feed(data)
         if self.busy:
             self.pending.extend(events)
@@ -480,7 +558,11 @@ class Outgoing(asyncio.Protocol):
                 self.fail("remote-server-not-found", "internal error")
 
     def _element(self, st: Stanza) -> None:
-        if st.ns == ns.STREAMS and st.name == "features":
+        if st.ns == ns.SERVER and st.name in STANZA_NAMES:
+            if not (self.bidi and self.ready):
+                raise StreamError("unsupported-stanza-type", "this link is not bidirectional")
+            receive_stanza(self.s2s, st, {self.remote}, self.remote)
+        elif st.ns == ns.STREAMS and st.name == "features":
             self._features(st.element())
         elif st.ns == ns.STREAMS and st.name == "error":
             self.fail("remote-server-not-found", f"{self.remote} sent a stream error")
@@ -527,6 +609,16 @@ class Outgoing(asyncio.Protocol):
             return
         if self.ready:
             return
+        if (
+            self.encrypted
+            and self.config.bidi
+            and self.config.ca_file
+            and features.find(f"{{{NS_BIDI_FEATURE}}}bidi") is not None
+        ):
+            # XEP-0288 §2, before authenticating; the peer's identity is the one its
+            # certificate proved (checked against ca_file, with the host name).
+            self.bidi = True
+            self._write(f"<bidi xmlns='{NS_BIDI}'/>".encode())
         mechanisms = [m.text for m in features.iter(f"{{{ns.SASL}}}mechanism")]
         if self.encrypted and "EXTERNAL" in mechanisms:
             # XEP-0178 §4: the authorization identity is our domain.
@@ -549,6 +641,8 @@ class Outgoing(asyncio.Protocol):
             self.deadline.cancel()
             self.deadline = None
         self.ready = True
+        if self.bidi:
+            how += ", bidirectional"  # XEP-0288
         log.info("s2s %s -> %s: ready (%s)", self.local, self.remote, how)
         queue, self.queue = self.queue, []
         if queue:
@@ -609,6 +703,7 @@ class Incoming(asyncio.Protocol):
         self.encrypted = False
         self.sasl_done = False
         self.authenticated: set[str] = set()
+        self.bidi = False  # XEP-0288: the peer asked for a bidirectional link
         self.closing = False
         self.busy = False
         self.pending: list[Any] = []
@@ -743,6 +838,8 @@ class Incoming(asyncio.Protocol):
                 )
             if self.config.dialback:
                 parts.append(f"<dialback xmlns='{NS_DIALBACK_FEATURE}'><errors/></dialback>")
+            if self.encrypted and self.config.bidi:
+                parts.append(f"<bidi xmlns='{NS_BIDI_FEATURE}'/>")
         parts.append("</stream:features>")
         return "".join(parts).encode()
 
@@ -764,6 +861,8 @@ class Incoming(asyncio.Protocol):
             self._dialback_result(st)
         elif st.ns == NS_DIALBACK and st.name == "verify" and self.config.dialback:
             self._dialback_verify(st)
+        elif st.ns == NS_BIDI and st.name == "bidi" and self.config.bidi and self.encrypted:
+            self.bidi = True
         else:
             raise StreamError("unsupported-stanza-type", f"<{st.name}/> is not expected here")
 
@@ -829,6 +928,8 @@ class Incoming(asyncio.Protocol):
 
     def _authenticated(self, domain: str, how: str) -> None:
         self.authenticated.add(domain)
+        if self.bidi and self.host is not None:
+            self.s2s.add_reverse(self, self.host, domain)
         if self.auth_timer is not None:
             self.auth_timer.cancel()
             self.auth_timer = None
@@ -880,46 +981,7 @@ class Incoming(asyncio.Protocol):
     # --- stanzas (RFC 6120 §13) --------------------------------------------------------
 
     def _stanza(self, st: Stanza) -> None:
-        if not self.authenticated:
-            raise StreamError("not-authorized", "no domain is authenticated on this stream")
-        frm, to = st.attrs.get("from"), st.attrs.get("to")
-        if not frm or not to:
-            # RFC 6120 §4.9.3.7 and §8.1.1.1: server-to-server stanzas name both ends.
-            raise StreamError("improper-addressing", "a stanza needs 'from' and 'to'")
-        try:
-            sender = parse_jid(frm)
-        except JIDError:
-            raise StreamError("invalid-from", "the 'from' address is malformed") from None
-        if sender.domain not in self.authenticated:
-            raise StreamError("invalid-from", f"{sender.domain} is not authenticated here")
-        local = _domain_of(to)
-        if local is None or not (self.router.is_local(local) or self.router.is_service(local)):
-            raise StreamError("host-unknown", "this server does not serve that domain")
-        origin = RemoteOrigin(self.s2s, sender, local)
-        if not self.router.is_local(local):
-            # Services (multi-user chat) keep sessions of their occupants: not for remote
-            # entities yet.
-            self._reply_error(st, origin, StanzaError("service-unavailable", "local users only"))
-            return
-        try:
-            self.router.route(origin, st)
-        except StanzaError as err:
-            self._reply_error(st, origin, err)
-        except StreamError:
-            raise
-        except Exception:
-            # One stanza a module could not handle must not cut every user off that
-            # link: the sender gets an error, the stream goes on.
-            log.exception("s2s %s: internal error on a stanza from %s", self.peer, frm)
-            self._reply_error(st, origin, StanzaError("internal-server-error"))
-
-    def _reply_error(self, st: Stanza, origin: RemoteOrigin, err: StanzaError) -> None:
-        stype = st.attrs.get("type")
-        # RFC 6120 §8.3.1: never answer an error; §8.2.3: never answer an iq result.
-        if stype == "error" or (st.name == "iq" and stype == "result"):
-            return
-        frm, to = st.attrs.get("from"), st.attrs.get("to")
-        origin.send(stanza_error_bytes(st.name, st.attrs.get("id"), to, frm, err))
+        receive_stanza(self.s2s, st, self.authenticated, self.peer)
 
     def close_with_error(self, condition: str | None, text: str | None = None) -> None:
         if self.closing:

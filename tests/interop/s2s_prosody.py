@@ -1,8 +1,10 @@
 """Federation with Prosody, by hand: `.venv/bin/python tests/interop/s2s_prosody.py`.
 
-Starts Prosody (the Debian package, `apt-get install prosody`) and fastxmpp on loopback, twice:
-with a CA both trust (SASL EXTERNAL, XEP-0178, both ways) and without (XEP-0220 dialback), and
-checks messages, pings, a subscription handshake to 'both' and presence in both directions.
+Starts Prosody (the Debian package, `apt-get install prosody`) and fastxmpp on loopback three
+times: with a CA both trust (SASL EXTERNAL, XEP-0178, both ways), the same with Prosody's
+mod_s2s_bidi (XEP-0288: one link carries both directions), and without a CA (XEP-0220
+dialback); checks messages, pings, a subscription handshake to 'both' and presence in both
+directions.
 Prosody finds fastxmpp through DNS, so fastxmpp serves `localhost` with its s2s listener on
 port 5269, which must be free; fastxmpp reaches Prosody's `p.test` by a static route.
 Not part of the test suite: it needs Prosody and that port. Exit code 0: everything passed.
@@ -108,7 +110,7 @@ def exchange(fx_port: int, p_port: int, ca_file: str) -> None:
     pat.close()
 
 
-def run(root: Path, ca: trustme.CA, trusted: bool) -> None:
+def run(root: Path, ca: trustme.CA, trusted: bool, bidi: bool) -> None:
     ca_file = root / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     for host in ("localhost", "p.test"):
@@ -137,8 +139,7 @@ s2s_ports = {{ {p_s2s} }}
 http_ports = {{}}
 https_ports = {{}}
 modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "presence",
-                    "s2s_auth_certs", "posix" }}
-modules_disabled = {{ "s2s_bidi" }}
+                    "s2s_auth_certs", "posix"{', "s2s_bidi"' if bidi else ""} }}
 authentication = "internal_hashed"
 s2s_require_encryption = true
 s2s_secure_auth = false
@@ -168,8 +169,14 @@ VirtualHost "p.test"
         exchange(fx_port, p_c2s, str(ca_file))
         how = "SASL EXTERNAL" if trusted else "dialback"
         text = (root / "fx.log").read_text()
-        assert f"p.test authenticated ({how})" in text, text
-        assert f"localhost -> p.test: ready ({how})" in text, text
+        if bidi:
+            # Prosody's stanzas came back over our link: it opened none.
+            assert f"localhost -> p.test: ready ({how}, bidirectional)" in text, text
+            assert "p.test authenticated" not in text, text
+            how += " and XEP-0288"
+        else:
+            assert f"p.test authenticated ({how})" in text, text
+            assert f"localhost -> p.test: ready ({how})" in text, text
         print(f"Prosody interop with {how}: OK")
     except BaseException:
         print((root / "fx.log").read_text()[-6000:], file=sys.stderr)
@@ -183,9 +190,9 @@ VirtualHost "p.test"
 
 def main() -> int:
     ca = trustme.CA()
-    for trusted in (True, False):
+    for trusted, bidi in ((True, False), (True, True), (False, False)):
         with tempfile.TemporaryDirectory() as tmp:
-            run(Path(tmp), ca, trusted)
+            run(Path(tmp), ca, trusted, bidi)
     return 0
 
 
