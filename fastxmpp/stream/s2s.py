@@ -359,7 +359,57 @@ class S2S:
             stream.close_with_error("system-shutdown", "the server is shutting down")
 
 
-class Outgoing(asyncio.Protocol):
+class _Link(asyncio.Protocol):
+    """What both directions of a server link share: the parsed events of one read handed
+    out in order, and held back (`pending`) while a slow step (TLS, a dialback check)
+    runs."""
+
+    closing: bool
+    busy: bool
+    pending: list[Any]
+
+    def _handle(self, events: list[Any]) -> None:
+        for i, event in enumerate(events):
+            if self.closing:
+                return
+            if self.busy:
+                self.pending.extend(events[i:])
+                return
+            try:
+                if type(event) is Stanza:
+                    self._element(event)
+                elif type(event) is StreamHeader:
+                    self._stream_header(event)
+                elif event is STREAM_END:
+                    self._stream_end()
+                elif isinstance(event, XMLStreamError):
+                    raise StreamError(event.condition, event.text)
+            except StreamError as err:
+                self._stream_failed(err)
+            except Exception:
+                log.exception("s2s %s: internal error", self._describe())
+                self._internal_error()
+
+    def _element(self, st: Stanza) -> None:
+        raise NotImplementedError
+
+    def _stream_header(self, header: StreamHeader) -> None:
+        raise NotImplementedError
+
+    def _stream_end(self) -> None:
+        raise NotImplementedError
+
+    def _stream_failed(self, err: StreamError) -> None:
+        raise NotImplementedError
+
+    def _internal_error(self) -> None:
+        raise NotImplementedError
+
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+
+class Outgoing(_Link):
     """One outgoing link from `local` to `remote`: connect, TLS, authenticate, then carry
     stanzas (and dialback verify requests) until idle."""
 
@@ -533,29 +583,22 @@ class Outgoing(asyncio.Protocol):
             return
         self._handle(events)
 
-    def _handle(self, events: list[Any]) -> None:
-        for i, event in enumerate(events):
-            if self.closing:
-                return
-            if self.busy:
-                self.pending.extend(events[i:])
-                return
-            try:
-                if type(event) is Stanza:
-                    self._element(event)
-                elif type(event) is StreamHeader:
-                    self.stream_id = event.attrs.get("id", "")
-                    if (None, ns.SERVER) not in event.nsdecls:
-                        raise StreamError("invalid-namespace", "jabber:server expected")
-                elif event is STREAM_END:
-                    self.close()
-                elif isinstance(event, XMLStreamError):
-                    raise StreamError(event.condition, event.text)
-            except StreamError as err:
-                self.fail("remote-server-not-found", f"stream error {err.condition}")
-            except Exception:
-                log.exception("s2s %s -> %s: internal error", self.local, self.remote)
-                self.fail("remote-server-not-found", "internal error")
+    def _stream_header(self, header: StreamHeader) -> None:
+        self.stream_id = header.attrs.get("id", "")
+        if (None, ns.SERVER) not in header.nsdecls:
+            raise StreamError("invalid-namespace", "jabber:server expected")
+
+    def _stream_end(self) -> None:
+        self.close()
+
+    def _stream_failed(self, err: StreamError) -> None:
+        self.fail("remote-server-not-found", f"stream error {err.condition}")
+
+    def _internal_error(self) -> None:
+        self.fail("remote-server-not-found", "internal error")
+
+    def _describe(self) -> str:
+        return f"{self.local} -> {self.remote}"
 
     def _element(self, st: Stanza) -> None:
         if st.ns == ns.SERVER and st.name in STANZA_NAMES:
@@ -683,7 +726,7 @@ class Outgoing(asyncio.Protocol):
         task.add_done_callback(self.s2s.server.background.discard)
 
 
-class Incoming(asyncio.Protocol):
+class Incoming(_Link):
     """One inbound link: another server's stream to us (RFC 6120 §13, XEP-0220 §2.2)."""
 
     def __init__(self, s2s: S2S) -> None:
@@ -761,30 +804,20 @@ class Incoming(asyncio.Protocol):
             return
         self._handle(events)
 
-    def _handle(self, events: list[Any]) -> None:
-        for i, event in enumerate(events):
-            if self.closing:
-                return
-            if self.busy:
-                self.pending.extend(events[i:])
-                return
-            try:
-                if type(event) is Stanza:
-                    self._element(event)
-                elif type(event) is StreamHeader:
-                    self._stream_header(event)
-                elif event is STREAM_END:
-                    self.closing = True
-                    self.send(STREAM_CLOSE)
-                    if self.transport is not None:
-                        self.transport.close()
-                elif isinstance(event, XMLStreamError):
-                    self.close_with_error(event.condition, event.text)
-            except StreamError as err:
-                self.close_with_error(err.condition, err.text)
-            except Exception:
-                log.exception("internal error on s2s stream from %s", self.peer)
-                self.close_with_error("internal-server-error")
+    def _stream_end(self) -> None:
+        self.closing = True
+        self.send(STREAM_CLOSE)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _stream_failed(self, err: StreamError) -> None:
+        self.close_with_error(err.condition, err.text)
+
+    def _internal_error(self) -> None:
+        self.close_with_error("internal-server-error")
+
+    def _describe(self) -> str:
+        return f"stream from {self.peer}"
 
     def _stream_header(self, header: StreamHeader) -> None:
         attrs = header.attrs
