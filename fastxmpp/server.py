@@ -101,7 +101,7 @@ class Server:
             errors.set_legacy_codes(config.legacy.error_codes)
             self.modules.load(cls(self) for cls in builtin_modules(config))
             for listener in config.listeners:
-                factory: Callable[[], asyncio.Protocol] = lambda: C2SStream(self)  # noqa: E731
+                factory: Callable[[], asyncio.Protocol] = partial(C2SStream, self)
                 if listener.kind == "s2s":
                     assert self.s2s is not None
                     factory = partial(Incoming, self.s2s)
