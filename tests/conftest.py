@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ class ServerProcess:
             lines += [f'[hosts."{host}"]', f'cert = "{cert_path}"', f'key = "{key_path}"', ""]
         self.config.write_text("\n".join(lines) + "\n" + extra_toml)
         self.proc: subprocess.Popen[str] | None = None
+        self.reader: threading.Thread | None = None
         self.port = 0
         self.log: list[str] = []
 
@@ -106,7 +108,8 @@ class ServerProcess:
                     found.set()
             found.set()
 
-        threading.Thread(target=reader, daemon=True).start()
+        self.reader = threading.Thread(target=reader, daemon=True)
+        self.reader.start()
         if not found.wait(30) or not self.port:
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(self.log))
@@ -122,6 +125,8 @@ class ServerProcess:
             self.proc.kill()
             code = self.proc.wait(5)
         self.proc = None
+        if self.reader is not None:
+            self.reader.join(5)  # everything the server wrote is in the log now
         return code
 
     def alive(self) -> bool:
@@ -132,6 +137,14 @@ class ServerProcess:
 
     def log_text(self) -> str:
         return "".join(self.log)
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        """Until `text` is in the log: a thread reads the server's output, so a line the
+        server wrote before answering may reach us after the answer does."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            assert time.monotonic() < deadline, f"{text!r} not logged:\n{self.log_text()}"
+            time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

@@ -269,7 +269,7 @@ def test_full_disk_refuses_offline_messages_and_recovers(make_server: Any, ca_fi
             assert stanza_error(error) == "resource-constraint"
             assert error.find(f"{{{CLIENT}}}error").get("type") == "wait"
             assert srv.alive()
-            assert "cannot store an offline message: the disk holding" in srv.log_text()
+            srv.wait_for_log("cannot store an offline message: the disk holding")
             assert "No space left on device" in srv.log_text()
             assert sync(alice) == []  # the sender's stream carries on
 

@@ -207,8 +207,8 @@ def test_message_across_with_sasl_external(trusted: Federation, login: Any) -> N
     # and back, over b.test's own outgoing link
     bob.send("<message to='alice@a.test/r' type='chat'><body>hello a</body></message>")
     assert wait_for(alice, tag("message")).findtext(f"{{{CLIENT}}}body") == "hello a"
-    assert "a.test authenticated (SASL EXTERNAL)" in b.log_text()
-    assert "b.test authenticated (SASL EXTERNAL)" in a.log_text()
+    b.wait_for_log("a.test authenticated (SASL EXTERNAL)")
+    a.wait_for_log("b.test authenticated (SASL EXTERNAL)")
 
 
 def test_message_across_with_dialback(untrusted: Federation, login: Any) -> None:
@@ -219,7 +219,7 @@ def test_message_across_with_dialback(untrusted: Federation, login: Any) -> None
     msg = wait_for(dave, tag("message"))
     assert msg.get("from") == "carol@c.test/r"
     assert msg.findtext(f"{{{CLIENT}}}body") == "via dialback"
-    assert "c.test authenticated (dialback)" in d.log_text()
+    d.wait_for_log("c.test authenticated (dialback)")
     assert "SASL EXTERNAL" not in d.log_text()
 
 
@@ -236,7 +236,7 @@ def test_bidirectional_link(bidirectional: Federation, login: Any) -> None:
     hank.send("<iq type='get' id='bp' to='g.test'><ping xmlns='urn:xmpp:ping'/></iq>")
     reply = wait_for(hank, lambda el: el.get("id") == "bp")
     assert (reply.get("type"), reply.get("from")) == ("result", "g.test")
-    assert "s2s h.test -> g.test: over the peer's bidirectional link" in h.log_text()
+    h.wait_for_log("s2s h.test -> g.test: over the peer's bidirectional link")
     assert "s2s h.test -> g.test: connected" not in h.log_text()
     assert "s2s connection from" not in g.log_text()
 
