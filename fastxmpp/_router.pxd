@@ -46,6 +46,7 @@ cdef class Router:
     cdef public object tracer               # (session, bytes, incoming) when debug logging
     cdef public dict carbon_accounts        # XEP-0280: bare JID -> its carbons-enabled sessions
     cdef public object carbons              # the carbons module: received(), sent()
+    cdef public object mam                  # XEP-0313 archives: received(), sent(), or None
     cdef public object remote_hook          # (session, stanza, target) for non-local domains
     cdef dict _iq_handlers                  # payload namespace -> handler
     cdef dict _services                     # service domain -> handler (Router.add_service)

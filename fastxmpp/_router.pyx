@@ -120,6 +120,7 @@ cdef class Router:
         self.tracer = None
         self.carbon_accounts = {}
         self.carbons = None
+        self.mam = None
         self.remote_hook = None
         self._iq_handlers = {}
         self._services = {}
@@ -263,6 +264,9 @@ cdef class Router:
             # XEP-0280 §5: the message was routed (a refused one raised above): copies to
             # the sender's other carbons-enabled resources (modules/carbons.py).
             self.carbons.sent(origin, st, target)
+        if self.mam is not None and name == "message":
+            # XEP-0313: the sender's archive (modules/mam.py).
+            self.mam.sent(origin, st, target)
 
     cdef list _best_resources(self, str bare):
         """Available resources with the highest non-negative priority (RFC 6121 §8.5.2.1.1).
@@ -309,6 +313,9 @@ cdef class Router:
             if mtype != "error":
                 raise StanzaError("service-unavailable")
             return
+        if self.mam is not None and (mtype == "chat" or mtype == "normal"):
+            # XEP-0313: the recipient's archive, and the XEP-0359 stanza-id it delivers with.
+            data = self.mam.received(origin, st, target, data)
         resources = self._users.get(bare)
         if resource and resources is not None:
             s = resources.get(resource)

@@ -122,6 +122,14 @@ class OfflineConfig:
 
 
 @dataclass(frozen=True)
+class MamConfig:
+    enabled: bool = True  # XEP-0313 user archives, on for every account (prefs default always)
+    max_messages_per_account: int = 10000  # the oldest go beyond it
+    max_age_days: float = 0  # messages older than this go (0: kept)
+    max_page: int = 100  # results per query at most (XEP-0059 <max/> is capped at it)
+
+
+@dataclass(frozen=True)
 class PrivacyConfig:
     max_lists: int = 20  # XEP-0016 lists per account; beyond: policy-violation
     max_items: int = 1000  # items per list, so also the XEP-0191 blocklist (the default list)
@@ -220,6 +228,7 @@ class Config:
     csi: CsiConfig = CsiConfig()
     roster: RosterConfig = RosterConfig()
     offline: OfflineConfig = OfflineConfig()
+    mam: MamConfig = MamConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     ping: PingConfig = PingConfig()
     register: RegisterConfig = RegisterConfig()
@@ -520,6 +529,15 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
     ),
     "roster": (RosterConfig, {"max_items": _integer_at_least(1)}),
     "offline": (OfflineConfig, {"enabled": _boolean, "max_messages": _integer_at_least(1)}),
+    "mam": (
+        MamConfig,
+        {
+            "enabled": _boolean,
+            "max_messages_per_account": _integer_at_least(1),
+            "max_age_days": _non_negative_number,
+            "max_page": _integer_at_least(1),
+        },
+    ),
     "privacy": (
         PrivacyConfig,
         {"max_lists": _integer_at_least(1), "max_items": _integer_at_least(1)},
@@ -662,6 +680,7 @@ class _Builder:
             csi=simple["csi"],
             roster=simple["roster"],
             offline=simple["offline"],
+            mam=simple["mam"],
             privacy=simple["privacy"],
             ping=simple["ping"],
             register=simple["register"],

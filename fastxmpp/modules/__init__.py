@@ -34,6 +34,7 @@ BUILTIN = (
     "pep",  # XEP-0163 (XEP-0060 subset, XEP-0115 filtering)
     "muc",  # XEP-0045 (a service domain, Router.add_service)
     "carbons",  # XEP-0280 (the router's carbon_accounts and carbons)
+    "mam",  # XEP-0313 user archives, XEP-0359 stanza-ids (the router's mam)
 )
 
 

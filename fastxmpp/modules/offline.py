@@ -111,9 +111,12 @@ class OfflineModule(Module):
             raise StanzaError("service-unavailable")
         if only_chat_states(st):
             return True
-        data = with_delay(
-            st.with_attrs({"from": origin.full}), st.empty, domain, xep0082_stamp(time.time())
-        )
+        data = st.with_attrs({"from": origin.full})
+        mam = self.hub.get("mam")
+        if mam is not None:
+            # XEP-0313/XEP-0359: with the stanza-id of its archive record.
+            data = mam.delivered_as(st, data)
+        data = with_delay(data, st.empty, domain, xep0082_stamp(time.time()))
         try:
             self.store.push(domain, local, data, self.settings.max_messages)
         except OfflineQueueFull:

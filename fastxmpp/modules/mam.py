@@ -1,0 +1,409 @@
+"""XEP-0313 Message Archive Management: user archives (urn:xmpp:mam:2), with XEP-0359
+stanza-ids, XEP-0059 paging and XEP-0004 query forms.
+
+- What is archived (§6.1 business rules, as Prosody's mod_mam does by default): messages
+  of type chat or normal with a <body/> that a local account receives (delivered, or
+  stored offline) or sends, both ways of the conversation; not groupchat (no room
+  archives here), headline, error, nor a message with the XEP-0334 <no-store/> or
+  <no-permanent-store/> hint. §5 preferences decide per conversation partner; the default
+  is 'always'.
+- The router calls `received` for every chat/normal message to a local account, before
+  delivering it, and `sent` after routing one from a local account (`Router.mam`). The
+  received copy gets an XEP-0359 <stanza-id by=bare id=.../> equal to its archive id;
+  one a sender put there with by= the recipient's bare JID is removed first (XEP-0359
+  §5). A message archived this way is archived even if delivery then fails (privacy list
+  refusal); one to an account that does not exist is not. Messages stored offline are
+  stored as they would have been delivered, stanza-id included (`delivered_as`).
+- §4 queries: an iq set to the account's bare JID or without 'to' (others: forbidden);
+  form fields with, start, end, before-id, after-id (v0.7), XEP-0059 <max/> (capped at
+  `[mam] max_page`), <after/>, <before/>; <index/> and other fields: feature-not-
+  implemented. An id not in the archive: item-not-found. Results as <result/> messages,
+  then <fin complete=...> with <first>/<last>/<count/>.
+- Archive writes are batched: one LMDB transaction per turn of the event loop (`flush`),
+  before any query and at shutdown. A crash loses at most that turn's records.
+- `with`: messages are stored with the partner's bare JID; a full JID in `with` matches
+  its bare JID's messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape, quoteattr
+
+from lxml import etree
+
+from .. import ns
+from ..delay import NS_DELAY, parse_stamp, stamp
+from ..errors import StanzaError
+from ..storage.lmdb_store import StorageFull
+from ..storage.mam import ArchiveStore, Record
+from .base import Module, iq_result
+from .carbons import NS_FORWARD, NS_HINTS, inner_message
+from .muc.room import append_child
+
+if TYPE_CHECKING:
+    from .._parser import Stanza
+    from ..stream.c2s import C2SStream
+
+log = logging.getLogger("fastxmpp.mam")
+
+NS = "urn:xmpp:mam:2"
+NS_SID = "urn:xmpp:sid:0"  # XEP-0359
+NS_RSM = "http://jabber.org/protocol/rsm"  # XEP-0059
+NS_DATA = "jabber:x:data"  # XEP-0004
+BODY = (ns.CLIENT, "body")
+NOT_STORED = frozenset(((NS_HINTS, "no-store"), (NS_HINTS, "no-permanent-store")))
+FIELDS = ("with", "start", "end", "before-id", "after-id")
+DEFAULTS = ("always", "never", "roster")
+
+
+def archivable(st: Stanza) -> bool:
+    """§6.1: chat or normal with a body, without a XEP-0334 storage hint against it."""
+    mtype = st.attrs.get("type", "normal")
+    if mtype != "chat" and mtype != "normal":
+        return False
+    children = st.children
+    if BODY not in children:
+        return False
+    return not any(child in NOT_STORED for child in children)
+
+
+def bare_of(jid: str) -> str:
+    return jid.split("/", 1)[0]
+
+
+def without_sid(st: Stanza, by: str, changes: dict[str, str]) -> bytes:
+    """XEP-0359 §5: the stanza without the <stanza-id/>s naming `by`, attributes changed."""
+    el = st.element()
+    for child in el.findall(f"{{{NS_SID}}}stanza-id"):
+        if child.get("by") == by:
+            el.remove(child)
+    for key, value in changes.items():
+        el.set(key, value)
+    return bytes(etree.tostring(el))
+
+
+class MamModule(Module):
+    name = "mam"
+    account_features = (NS, NS_SID)
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.settings = server.config.mam
+        self.store: ArchiveStore | None = None
+        self._prefs: dict[str, tuple[str, list[str], list[str]]] = {}
+        # Records not written yet: (domain, local, record), flushed once per loop turn.
+        self._pending: list[tuple[str, str, Record]] = []
+        # The stanza `received` saw last and what it made of it, for offline storage.
+        self._last: tuple[Any, bytes | None] | None = None
+
+    def start(self) -> None:
+        assert self.server.storage is not None
+        self.store = ArchiveStore(self.server.storage)
+        self.router.set_iq_handler(NS, self.answer)
+        if self.settings.enabled:
+            self.router.mam = self
+
+    def account_removed(self, domain: str, local: str) -> None:
+        self._prefs.pop(f"{local}@{domain}", None)
+        self._pending = [p for p in self._pending if p[:2] != (domain, local)]
+
+    # --- archiving (the router's calls) ------------------------------------------------
+
+    def received(
+        self, origin: C2SStream, st: Stanza, target: tuple[str, ...], data: bytes | None
+    ) -> bytes | None:
+        """A chat/normal message to local account target[3]: archived for it when §6.1
+        says so; the bytes to deliver (None: as the router would make them)."""
+        result = self._received(origin, st, target, data)
+        self._last = (st, result)
+        return result
+
+    def delivered_as(self, st: Stanza, data: bytes) -> bytes:
+        """For offline storage (modules/offline.py): the message `received` just handled,
+        as it would have been delivered (stanza-id added, forged ones gone), else `data`."""
+        last, self._last = self._last, None
+        if last is None or last[0] is not st or last[1] is None:
+            return data
+        return last[1]
+
+    def _received(
+        self, origin: C2SStream, st: Stanza, target: tuple[str, ...], data: bytes | None
+    ) -> bytes | None:
+        local, domain, _resource, bare = target
+        forged = (NS_SID, "stanza-id") in st.children
+        if not archivable(st):
+            return without_sid(st, bare, {"from": origin.full}) if forged else data
+        if not self.router.resources(bare) and not self.router.user_exists(domain, local):
+            return data  # no such account: the router answers service-unavailable
+        peer = origin.bare
+        if not self._wanted(domain, local, peer):
+            return without_sid(st, bare, {"from": origin.full}) if forged else data
+        assert self.store is not None
+        changes = {"from": origin.full}
+        if "to" not in st.attrs:
+            changes["to"] = bare
+        stamped = without_sid(st, bare, changes) if forged else st.with_attrs(changes)
+        record_id = self.store.next_id()
+        archived = inner_message(st, origin.full, bare) if not forged else stamped
+        self._queue(domain, local, Record(record_id, time.time(), peer, "in", archived))
+        sid = f"<stanza-id xmlns='{NS_SID}' by={quoteattr(bare)} id='{record_id}'/>"
+        return append_child(stamped, sid)
+
+    def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
+        """A message a local account sent was routed: archived for the sender."""
+        if target is None or target[3] == origin.bare or not archivable(st):
+            return  # to itself: `received` archived it
+        if not self.router.is_local(origin.domain):
+            return  # from another server
+        peer = target[3]
+        if not self._wanted(origin.domain, origin.local, peer):
+            return
+        assert self.store is not None
+        to = peer if not target[2] else f"{peer}/{target[2]}"
+        record = Record(
+            self.store.next_id(), time.time(), peer, "out", inner_message(st, origin.full, to)
+        )
+        self._queue(origin.domain, origin.local, record)
+
+    def _queue(self, domain: str, local: str, record: Record) -> None:
+        """Written with the others of this turn of the event loop, in one transaction."""
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append((domain, local, record))
+
+    def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        assert self.store is not None
+        try:
+            self.store.append(
+                batch,
+                self.settings.max_messages_per_account,
+                self.settings.max_age_days * 86400.0,
+            )
+        except StorageFull:
+            log.error("storage full: %d archived messages lost", len(batch))
+
+    def stop(self) -> None:
+        self.flush()
+
+    def _wanted(self, domain: str, local: str, peer: str) -> bool:
+        """§5: the account's preferences for `peer`."""
+        default, always, never = self._load_prefs(domain, local)
+        if peer in always:
+            return True
+        if peer in never:
+            return False
+        if default == "always":
+            return True
+        if default == "roster":
+            roster = self.hub.get("roster")
+            return roster is not None and roster.item(domain, local, peer) is not None
+        return False
+
+    def _load_prefs(self, domain: str, local: str) -> tuple[str, list[str], list[str]]:
+        key = f"{local}@{domain}"
+        prefs = self._prefs.get(key)
+        if prefs is None:
+            assert self.store is not None
+            prefs = self.store.prefs(domain, local) or ("always", [], [])
+            if len(self._prefs) > 10000:
+                self._prefs.clear()
+            self._prefs[key] = prefs
+        return prefs
+
+    # --- iqs ---------------------------------------------------------------------------
+
+    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+        if target is not None and target[3] != origin.bare:
+            raise StanzaError("forbidden", "an archive belongs to its account only")
+        el = st.element()
+        payload = next((c for c in el if isinstance(c.tag, str)), None)
+        if payload is None:
+            raise StanzaError("bad-request", "a urn:xmpp:mam:2 element is expected")
+        tag = etree.QName(payload).localname
+        itype = st.attrs.get("type")
+        if tag == "query" and itype == "set":
+            return self._query(origin, st, payload)
+        if tag == "query" and itype == "get":
+            return iq_result(origin, st, f"<query xmlns='{NS}'>{self._form()}</query>")
+        if tag == "prefs":
+            if itype == "set":
+                self._set_prefs(origin, payload)
+            return iq_result(origin, st, self._prefs_xml(origin))
+        if tag == "metadata" and itype == "get":
+            return iq_result(origin, st, self._metadata(origin))
+        raise StanzaError("bad-request", f"unexpected {tag} in an iq {itype}")
+
+    @staticmethod
+    def _form() -> str:
+        """§4.1.2: the fields this server accepts."""
+        kinds = {"with": "jid-single"}
+        fields = "".join(
+            f"<field type='{kinds.get(var, 'text-single')}' var='{var}'/>" for var in FIELDS
+        )
+        return (
+            f"<x xmlns='{NS_DATA}' type='form'><field type='hidden' var='FORM_TYPE'>"
+            f"<value>{NS}</value></field>{fields}</x>"
+        )
+
+    def _query(self, origin: C2SStream, st: Stanza, query: Any) -> bytes:
+        assert self.store is not None
+        self.flush()  # what was archived this turn is part of the answer
+        fields = self._fields(query)
+        with_ = fields.get("with")
+        if with_ is not None:
+            with_ = bare_of(with_)
+        start = self._time(fields.get("start"))
+        end = self._time(fields.get("end"))
+        after = fields.get("after-id")
+        before = fields.get("before-id")
+        limit = self.settings.max_page
+        backwards = False
+        rsm = query.find(f"{{{NS_RSM}}}set")
+        if rsm is not None:
+            for child in rsm:
+                if not isinstance(child.tag, str):
+                    continue
+                name = etree.QName(child).localname
+                text = (child.text or "").strip()
+                if name == "max":
+                    if not text.isdigit():
+                        raise StanzaError("bad-request", "<max/> is a number")
+                    limit = min(int(text), limit)
+                elif name == "after":
+                    after = self._later(after, text)
+                elif name == "before":
+                    backwards = True
+                    if text:
+                        before = self._earlier(before, text)
+                elif name == "index":
+                    raise StanzaError("feature-not-implemented", "no <index/> paging")
+        for record_id in (after, before):
+            if record_id is not None and not self.store.exists(
+                origin.domain, origin.local, record_id
+            ):
+                raise StanzaError("item-not-found", f"no message {record_id} in the archive")
+        records, complete = self.store.query(
+            origin.domain,
+            origin.local,
+            with_=with_,
+            start=start,
+            end=end,
+            after=after,
+            before=before,
+            limit=limit,
+            backwards=backwards,
+        )
+        queryid = query.get("queryid")
+        qattr = "" if queryid is None else f" queryid={quoteattr(queryid)}"
+        for record in records:
+            origin.send(
+                (
+                    f"<message xmlns='{ns.CLIENT}' to={quoteattr(origin.full)} "
+                    f"from={quoteattr(origin.bare)}><result xmlns='{NS}'{qattr} "
+                    f"id='{record.id}'><forwarded xmlns='{NS_FORWARD}'>"
+                    f"<delay xmlns='{NS_DELAY}' stamp='{stamp(record.when)}'/>"
+                ).encode()
+                + record.xml
+                + b"</forwarded></result></message>"
+            )
+        if records:
+            rset = (
+                f"<set xmlns='{NS_RSM}'><first>{records[0].id}</first>"
+                f"<last>{records[-1].id}</last></set>"
+            )
+        else:
+            rset = f"<set xmlns='{NS_RSM}'/>"
+        flag = " complete='true'" if complete else ""
+        return iq_result(origin, st, f"<fin xmlns='{NS}'{flag}>{rset}</fin>")
+
+    @staticmethod
+    def _later(current: str | None, other: str) -> str:
+        return other if current is None or other > current else current
+
+    @staticmethod
+    def _earlier(current: str | None, other: str) -> str:
+        return other if current is None or other < current else current
+
+    @staticmethod
+    def _time(text: str | None) -> float | None:
+        if text is None:
+            return None
+        when = parse_stamp(text)
+        if when is None:
+            raise StanzaError("bad-request", f"{text!r} is no XEP-0082 DateTime")
+        return when
+
+    @staticmethod
+    def _fields(query: Any) -> dict[str, str]:
+        form = query.find(f"{{{NS_DATA}}}x")
+        found: dict[str, str] = {}
+        if form is None:
+            return found
+        for field in form.findall(f"{{{NS_DATA}}}field"):
+            var = field.get("var")
+            value = field.findtext(f"{{{NS_DATA}}}value")
+            if var == "FORM_TYPE":
+                if (value or "").strip() != NS:
+                    raise StanzaError("bad-request", f"FORM_TYPE is {NS}")
+                continue
+            if var not in FIELDS:
+                # §4.1.1: fields the server does not support.
+                raise StanzaError("feature-not-implemented", f"no field {var}")
+            if value is not None and value.strip():
+                found[var] = value.strip()
+        return found
+
+    def _set_prefs(self, origin: C2SStream, prefs: Any) -> None:
+        assert self.store is not None
+        default = prefs.get("default")
+        if default not in DEFAULTS:
+            raise StanzaError("bad-request", "default is always, never or roster")
+        lists: dict[str, list[str]] = {"always": [], "never": []}
+        for name, jids in lists.items():
+            holder = prefs.find(f"{{{NS}}}{name}")
+            if holder is not None:
+                for jid in holder.findall(f"{{{NS}}}jid"):
+                    if jid.text and jid.text.strip():
+                        jids.append(bare_of(jid.text.strip()))
+        try:
+            self.store.set_prefs(
+                origin.domain, origin.local, default, lists["always"], lists["never"]
+            )
+        except StorageFull:
+            raise StanzaError("resource-constraint", "the server's storage is full") from None
+        self._prefs[origin.bare] = (default, lists["always"], lists["never"])
+
+    def _prefs_xml(self, origin: C2SStream) -> str:
+        default, always, never = self._load_prefs(origin.domain, origin.local)
+
+        def jids(items: list[str]) -> str:
+            return "".join(f"<jid>{escape(j)}</jid>" for j in items)
+
+        return (
+            f"<prefs xmlns='{NS}' default='{default}'><always>{jids(always)}</always>"
+            f"<never>{jids(never)}</never></prefs>"
+        )
+
+    def _metadata(self, origin: C2SStream) -> str:
+        """§7: the first and last message of the archive."""
+        assert self.store is not None
+        self.flush()
+        first, _ = self.store.query(origin.domain, origin.local, limit=1)
+        if not first:
+            return f"<metadata xmlns='{NS}'/>"
+        last, _ = self.store.query(origin.domain, origin.local, limit=1, backwards=True)
+        return (
+            f"<metadata xmlns='{NS}'><start id='{first[0].id}' "
+            f"timestamp='{stamp(first[0].when)}'/><end id='{last[0].id}' "
+            f"timestamp='{stamp(last[0].when)}'/></metadata>"
+        )
+
+
+MODULE = MamModule

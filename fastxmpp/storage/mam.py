@@ -1,0 +1,187 @@
+"""XEP-0313 user archives: per account, the messages it sent and received.
+
+Database "mam": key `account_prefix + id` (id: 8 bytes big-endian, microseconds since the
+epoch, bumped to stay strictly increasing, so key order is time order), value msgpack
+[time, with (the other party's bare JID), direction ("in"/"out"), serialized message].
+The key `account_prefix` alone holds the account's message count (8 bytes big-endian), so
+the retention limit costs no scan. Database "mam_prefs": key `account_prefix`, value msgpack
+[default, always, never] (§5).
+
+Writes come in batches (one transaction per turn of the event loop, modules/mam.py): a
+commit costs an fsync, which one per message would make the price of every chat message.
+
+There is no index by `with`: a query filtered by `with` scans the account's records in id
+order, bounded by the retention limit (`[mam] max_messages_per_account`).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .account_data import account_prefix, register_purge
+from .lmdb_store import Storage
+
+DATABASE = "mam"
+PREFS = "mam_prefs"
+_ID = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str  # the external id: 16 hex digits
+    when: float
+    with_: str
+    direction: str
+    xml: bytes
+
+
+def encode_id(text: str) -> bytes | None:
+    """The 8-byte key part of an external id, or None when `text` is not one."""
+    if len(text) != 16:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
+
+
+class ArchiveStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._last = 0
+
+    # Opened (and created) on first use, not at start: a server whose accounts never
+    # archive anything keeps the LMDB environment as it was.
+    @property
+    def _db(self) -> Any:
+        return self.storage.database(DATABASE)
+
+    @property
+    def _prefs(self) -> Any:
+        return self.storage.database(PREFS)
+
+    def next_id(self) -> str:
+        """A new id, later than every id this store handed out (and the time now)."""
+        value = max(int(time.time() * 1_000_000), self._last + 1)
+        self._last = value
+        return _ID.pack(value).hex()
+
+    def append(
+        self,
+        batch: list[tuple[str, str, Record]],
+        max_messages: int,
+        max_age: float,
+    ) -> None:
+        """Store each (domain, local, record) of `batch` in one transaction (one commit,
+        one fsync); per account, drop the oldest beyond `max_messages`, and those older
+        than `max_age` seconds (0: no age limit)."""
+
+        def put(txn: Any) -> None:
+            counts: dict[bytes, int] = {}
+            newest: dict[bytes, float] = {}
+            for domain, local, record in batch:
+                prefix = account_prefix(domain, local)
+                if prefix not in counts:
+                    raw = txn.get(prefix)
+                    counts[prefix] = 0 if raw is None else _ID.unpack(bytes(raw))[0]
+                value = msgpack.packb([record.when, record.with_, record.direction, record.xml])
+                txn.put(prefix + bytes.fromhex(record.id), value)
+                counts[prefix] += 1
+                newest[prefix] = record.when
+            cursor = txn.cursor()
+            for prefix, count in counts.items():
+                oldest = newest[prefix] - max_age if max_age > 0 else None
+                first = prefix + b"\0" * 8
+                while cursor.set_range(first) and bytes(cursor.key()).startswith(prefix):
+                    expired = oldest is not None and msgpack.unpackb(cursor.value())[0] < oldest
+                    if count <= max_messages and not expired:
+                        break
+                    cursor.delete()
+                    count -= 1
+                txn.put(prefix, _ID.pack(count))
+
+        self.storage.write(put, db=self._db)
+
+    def exists(self, domain: str, local: str, record_id: str) -> bool:
+        raw = encode_id(record_id)
+        if raw is None:
+            return False
+        with self.storage.env.begin(db=self._db) as txn:
+            return txn.get(account_prefix(domain, local) + raw) is not None
+
+    def count(self, domain: str, local: str) -> int:
+        with self.storage.env.begin(db=self._db) as txn:
+            raw = txn.get(account_prefix(domain, local))
+        return 0 if raw is None else int(_ID.unpack(bytes(raw))[0])
+
+    def query(
+        self,
+        domain: str,
+        local: str,
+        *,
+        with_: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        backwards: bool = False,
+    ) -> tuple[list[Record], bool]:
+        """Up to `limit` records with ids strictly between `after` and `before` that match
+        the filters, in id order; from the oldest, or the newest ones when `backwards`
+        (XEP-0059 <before/>). The flag: no further match in the paging direction."""
+        prefix = account_prefix(domain, local)
+        low = prefix + (bytes.fromhex(after) if after else b"\0" * 8)
+        high = prefix + (bytes.fromhex(before) if before else b"\xff" * 8)
+        found: list[Record] = []
+        with self.storage.env.begin(db=self._db) as txn:
+            cursor = txn.cursor()
+            if backwards:
+                ok = cursor.set_range(high)
+                ok = cursor.prev() if ok else cursor.last()
+            else:
+                ok = cursor.set_range(low)
+                if ok and bytes(cursor.key()) == low:
+                    ok = cursor.next()
+            while ok:
+                key = bytes(cursor.key())
+                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                    break
+                if key <= low or key >= high:
+                    break
+                when, other, direction, xml = msgpack.unpackb(cursor.value())
+                if (
+                    (with_ is None or other == with_)
+                    and (start is None or when >= start)
+                    and (end is None or when <= end)
+                ):
+                    if len(found) == limit:
+                        return (found[::-1] if backwards else found), False
+                    found.append(Record(key[len(prefix) :].hex(), when, other, direction, xml))
+                ok = cursor.prev() if backwards else cursor.next()
+        return (found[::-1] if backwards else found), True
+
+    def prefs(self, domain: str, local: str) -> tuple[str, list[str], list[str]] | None:
+        with self.storage.env.begin(db=self._prefs) as txn:
+            raw = txn.get(account_prefix(domain, local))
+        if raw is None:
+            return None
+        default, always, never = msgpack.unpackb(raw)
+        return default, always, never
+
+    def set_prefs(
+        self, domain: str, local: str, default: str, always: list[str], never: list[str]
+    ) -> None:
+        value = msgpack.packb([default, always, never])
+        self.storage.write(
+            lambda txn: txn.put(account_prefix(domain, local), value), db=self._prefs
+        )
+
+
+register_purge(DATABASE)
+register_purge(PREFS)
