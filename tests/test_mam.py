@@ -179,6 +179,25 @@ def test_both_directions_and_stanza_id(login: Any, names: Iterator[str]) -> None
     assert fin(reply)[0] is True
 
 
+def test_blocked_sender_not_archived(login: Any, names: Iterator[str]) -> None:
+    """A message the recipient's blocklist refuses bounces (XEP-0191 §3.5) and enters
+    neither archive; once unblocked, messages are archived again."""
+    a, b = login(next(names)), login(next(names))
+    block = f"<block xmlns='urn:xmpp:blocking'><item jid='{a.bare}'/></block>"
+    assert b.iq("set", block, b.bare).get("type") == "result"
+    a.send(chat(b.bare, "let me in"))
+    bounced = [el for el in a.inbox() if el.get("id") == "let me in"]
+    assert [el.get("type") for el in bounced] == ["error"]
+    assert b.messages() == []
+    assert bodies(b.query()[0]) == [] and bodies(a.query()[0]) == []
+    unblock = f"<unblock xmlns='urn:xmpp:blocking'><item jid='{a.bare}'/></unblock>"
+    assert b.iq("set", unblock, b.bare).get("type") == "result"
+    a.send(chat(b.bare, "friends again"))
+    a.inbox()
+    assert [m.findtext(f"{{{CLIENT}}}body") for m in b.messages()] == ["friends again"]
+    assert bodies(b.query()[0]) == ["friends again"]
+
+
 def test_forged_stanza_id_stripped(login: Any, names: Iterator[str]) -> None:
     a, b = login(next(names)), login(next(names))
     forged = (

@@ -11,8 +11,8 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
   delivering it, and `sent` after routing one from a local account (`Router.mam`). The
   received copy gets an XEP-0359 <stanza-id by=bare id=.../> equal to its archive id;
   one a sender put there with by= the recipient's bare JID is removed first (XEP-0359
-  §5). A message archived this way is archived even if delivery then fails (privacy list
-  refusal); one to an account that does not exist is not. Messages stored offline are
+  §5). A message the recipient's privacy lists refuse (it bounces) is not archived, nor is
+  one to an account that does not exist. Messages stored offline are
   stored as they would have been delivered, stanza-id included (`delivered_as`).
 - §4 queries: an iq set to the account's bare JID or without 'to' (others: forbidden);
   form fields with, start, end, before-id, after-id (v0.7), XEP-0059 <max/> (capped at
@@ -36,6 +36,7 @@ from xml.sax.saxutils import escape, quoteattr
 from lxml import etree
 
 from .. import ns
+from .._router import PRIVACY_MESSAGE
 from ..delay import NS_DELAY, parse_stamp, stamp
 from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
@@ -140,7 +141,7 @@ class MamModule(Module):
         if not self.router.resources(bare) and not self.router.user_exists(domain, local):
             return data  # no such account: the router answers service-unavailable
         peer = origin.bare
-        if not self._wanted(domain, local, peer):
+        if not self._wanted(domain, local, peer) or self._refused(target, origin.full):
             return without_sid(st, bare, {"from": origin.full}) if forged else data
         assert self.store is not None
         changes = {"from": origin.full}
@@ -191,6 +192,21 @@ class MamModule(Module):
 
     def stop(self) -> None:
         self.flush()
+
+    def _refused(self, target: tuple[str, ...], sender: str) -> bool:
+        """XEP-0016 §2.13 / XEP-0191: a message the recipient's lists refuse (the account's
+        default list, or the list in force on the full JID it is addressed to) bounces and
+        never enters its archive."""
+        privacy = self.hub.get("privacy")
+        if privacy is None:
+            return False
+        local, domain, resource, bare = target
+        if resource:
+            session = self.router.session(bare, resource)
+            if session is not None:
+                rules = session.privacy
+                return rules is not None and not rules.allows_in(PRIVACY_MESSAGE, sender)
+        return not privacy.account_allows_in(domain, local, PRIVACY_MESSAGE, sender)
 
     def _wanted(self, domain: str, local: str, peer: str) -> bool:
         """§5: the account's preferences for `peer`."""
