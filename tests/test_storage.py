@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import msgpack
 import pytest
 from scramp import ScramClient, ScramException, ScramMechanism
@@ -19,7 +21,7 @@ from fastxmpp.storage.accounts import (
     AccountStore,
     NoSuchAccount,
 )
-from fastxmpp.storage.lmdb_store import DataDirLocked, ServerLock, Storage
+from fastxmpp.storage.lmdb_store import DataDirLocked, ServerLock, Storage, StorageFull
 
 PASSWORD = "Tr0ub4dor&3-unique-marker"
 
@@ -276,4 +278,27 @@ def test_write_returns_the_result_and_retries_from_the_start(tmp_path: Path) -> 
     assert storage.write(work, db=db) == len(attempts) >= 2
     with storage.env.begin(db=db) as txn:
         assert sum(1 for _ in txn.cursor()) == 40
+    storage.close()
+
+
+def test_an_io_error_at_commit_is_a_refused_write(tmp_path: Path) -> None:
+    """LMDB reports EIO (which a full disk can cause at commit) as a bare lmdb.Error: the
+    write is refused with StorageFull like ENOSPC, other LMDB errors stay what they are."""
+    storage = Storage(tmp_path / "data", map_size=1 << 16)
+    db = storage.database("eio")
+
+    def failing(message: str) -> Any:
+        def work(txn: Any) -> None:
+            txn.put(b"k", b"v")
+            raise lmdb.Error(message)
+
+        return work
+
+    with pytest.raises(StorageFull):
+        storage.write(failing(f"mdb_txn_commit: {os.strerror(errno.EIO)}"), db=db)
+    with pytest.raises(lmdb.Error) as other:
+        storage.write(failing("mdb_put: something else"), db=db)
+    assert not isinstance(other.value, StorageFull)
+    with storage.env.begin(db=db) as txn:
+        assert txn.get(b"k") is None  # neither write happened
     storage.close()

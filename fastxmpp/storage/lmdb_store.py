@@ -87,6 +87,13 @@ class Storage:
                 self.env.set_mapsize(0)
             except lmdb.DiskError as exc:
                 raise StorageFull(f"the disk holding {self.data_dir} is full: {exc}") from exc
+            except lmdb.Error as exc:
+                # LMDB has no class for EIO; on a full disk its page writes at commit can
+                # fail with it rather than ENOSPC. Nothing was written: refuse the write
+                # the same way, so that the server keeps serving.
+                if os.strerror(errno.EIO) not in str(exc):
+                    raise
+                raise StorageFull(f"cannot write to {self.data_dir}: {exc}") from exc
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise StorageFull(f"the disk holding {self.data_dir} is full") from exc
