@@ -39,7 +39,7 @@ cdef class Router:
     cdef object _parse_jid
     cdef public object user_exists          # (domain, local) -> bool
     cdef public object presence_hook        # (session, stanza) for broadcast presence
-    cdef public object message_hook         # (session, stanza, target) for bare-JID messages
+    cdef public object message_hook         # (session, stanza, target, bytes to deliver)
     cdef public object directed_presence_hook  # (session, stanza, target) after delivery
     cdef public object iq_response_hook     # (session, stanza) for result/error iqs to us
     cdef public object account_privacy      # (domain, local) -> an account's default list or None

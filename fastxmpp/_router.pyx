@@ -59,10 +59,7 @@ cdef class Session:
         While the client says it is inactive (XEP-0352), `csi` may hold it (stream/csi.py)."""
         if self.csi is not None and self.csi.hold(self, data):
             return
-        if self.sm is not None:
-            self.sm.sent(self, data)
-            return
-        self._queue(data)
+        self.deliver(data)
 
     cpdef deliver(self, bytes data):
         """`send` without XEP-0352 holding: how held stanzas go out, counted by XEP-0198
@@ -358,7 +355,7 @@ cdef class Router:
         if resources is None and not self.user_exists(domain, local):
             # RFC 6121 §8.5.1: no such account.
             raise StanzaError("service-unavailable")
-        if self.message_hook is not None and self.message_hook(origin, st, target):
+        if self.message_hook is not None and self.message_hook(origin, st, target, data):
             if self.carbon_accounts and bare in self.carbon_accounts:
                 # XEP-0280 §4: stored for later, and copied now to carbons-enabled resources
                 # that are bound but not available (or of negative priority).

@@ -13,7 +13,8 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
   one a sender put there with by= the recipient's bare JID is removed first (XEP-0359
   §5). A message the recipient's privacy lists refuse (it bounces) is not archived, nor is
   one to an account that does not exist. Messages stored offline are
-  stored as they would have been delivered, stanza-id included (`delivered_as`).
+  stored as they would have been delivered, stanza-id included (the router hands those
+  bytes to the offline module's message_hook).
 - §4 queries: an iq set to the account's bare JID or without 'to' (others: forbidden);
   form fields with, start, end, before-id, after-id (v0.7), XEP-0059 <max/> (capped at
   `[mam] max_page`), <after/>, <before/>; <index/> and other fields: feature-not-
@@ -99,7 +100,6 @@ class MamModule(Module):
         # Records not written yet: (domain, local, record), flushed once per loop turn.
         self._pending: list[tuple[str, str, Record]] = []
         # The stanza `received` saw last and what it made of it, for offline storage.
-        self._last: tuple[Any, bytes | None] | None = None
 
     def start(self) -> None:
         assert self.server.storage is not None
@@ -119,21 +119,6 @@ class MamModule(Module):
     ) -> bytes | None:
         """A chat/normal message to local account target[3]: archived for it when §6.1
         says so; the bytes to deliver (None: as the router would make them)."""
-        result = self._received(origin, st, target, data)
-        self._last = (st, result)
-        return result
-
-    def delivered_as(self, st: Stanza, data: bytes) -> bytes:
-        """For offline storage (modules/offline.py): the message `received` just handled,
-        as it would have been delivered (stanza-id added, forged ones gone), else `data`."""
-        last, self._last = self._last, None
-        if last is None or last[0] is not st or last[1] is None:
-            return data
-        return last[1]
-
-    def _received(
-        self, origin: C2SStream, st: Stanza, target: tuple[str, ...], data: bytes | None
-    ) -> bytes | None:
         local, domain, _resource, bare = target
         forged = (NS_SID, "stanza-id") in st.children
         if not archivable(st):

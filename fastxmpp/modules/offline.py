@@ -98,8 +98,16 @@ class OfflineModule(Module):
 
     # --- storing (RFC 6121 §8.5.2.2.1) ---------------------------------------------------
 
-    def store_message(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> bool:
-        """The router's message_hook: True when the message is taken care of."""
+    def store_message(
+        self,
+        origin: C2SStream,
+        st: Stanza,
+        target: tuple[str, ...],
+        data: bytes | None = None,
+    ) -> bool:
+        """The router's message_hook: True when the message is taken care of. `data` is the
+        message as the router would have delivered it ('from' stamped, a XEP-0359
+        stanza-id of the recipient's archive added)."""
         assert self.store is not None
         if st.attrs.get("type") in NOT_STORED_TYPES:
             return False
@@ -111,12 +119,9 @@ class OfflineModule(Module):
             raise StanzaError("service-unavailable")
         if only_chat_states(st):
             return True
-        data = st.with_attrs({"from": origin.full})
-        mam = self.hub.get("mam")
-        if mam is not None:
-            # XEP-0313/XEP-0359: with the stanza-id of its archive record.
-            data = mam.delivered_as(st, data)
-        data = with_delay(data, st.empty, domain, xep0082_stamp(time.time()))
+        if data is None:
+            data = st.with_attrs({"from": origin.full})
+        data = with_delay(data, data.endswith(b"/>"), domain, xep0082_stamp(time.time()))
         try:
             self.store.push(domain, local, data, self.settings.max_messages)
         except OfflineQueueFull:

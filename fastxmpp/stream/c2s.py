@@ -40,6 +40,7 @@ from .sasl import (
     offered_mechanisms,
 )
 from .sm import StreamManagement
+from .tls import start_server_tls
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -662,17 +663,7 @@ class C2SStream(Session, asyncio.Protocol):
         self.pending.clear()
 
         async def upgrade() -> None:
-            loop = asyncio.get_running_loop()
-            try:
-                transport = await loop.start_tls(
-                    self.transport, self, context, server_side=True, ssl_handshake_timeout=30
-                )
-            except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-                log.info("TLS handshake with %s failed: %s", self.peer, exc)
-                self.closing = True
-                if self.transport is not None:
-                    self.transport.abort()
-                return
+            transport = await start_server_tls(self, context, "c2s")
             if transport is None:
                 return
             self.transport = transport

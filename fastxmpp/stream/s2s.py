@@ -36,6 +36,7 @@ from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamE
 from .._router import Session
 from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
 from ..jid import JIDError, parse_jid
+from .tls import start_server_tls
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -909,16 +910,8 @@ class Incoming(_Link):
         self.transport.pause_reading()
 
         async def upgrade() -> None:
-            loop = asyncio.get_running_loop()
-            try:
-                transport = await loop.start_tls(
-                    self.transport, self, context, server_side=True, ssl_handshake_timeout=30
-                )
-            except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-                log.info("s2s TLS handshake with %s failed: %s", self.peer, exc)
-                self.closing = True
-                if self.transport is not None:
-                    self.transport.abort()
+            transport = await start_server_tls(self, context, "s2s")
+            if transport is None:
                 return
             self.transport = transport
             self.encrypted = True
@@ -926,7 +919,7 @@ class Incoming(_Link):
             self.pending.clear()  # RFC 6120 §5.4.3.3
             self.parser.reset()
             self.header_sent = False
-            transport.resume_reading()  # type: ignore[union-attr]
+            transport.resume_reading()
 
         task = asyncio.get_running_loop().create_task(upgrade())
         self.server.background.add(task)
