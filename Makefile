@@ -1,27 +1,43 @@
-# The README's commands. Each target sets up what it needs: system headers for libexpat,
-# a virtual environment in .venv, the package with its compiled core.
+# The README's commands. Each target sets up what it needs on a fresh Debian machine: the
+# system packages (python3-venv, python3-dev, a C compiler, the libexpat headers), a virtual
+# environment in .venv with the versions pinned in constraints.txt, and fastxmpp installed
+# into it the way users get it: built as a wheel and installed, not editable.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
-EXT_SOURCES := $(wildcard fastxmpp/*.pyx fastxmpp/*.pxd)
-BUILD_STAMP := $(VENV)/.built-stamp
+PIP := $(PY) -m pip --disable-pip-version-check
+CONSTRAINTS := constraints.txt
+TOOLS_STAMP := $(VENV)/.tools-stamp
+INSTALL_STAMP := $(VENV)/.wheel-installed-stamp
+SOURCES := pyproject.toml setup.py $(shell find fastxmpp -name '*.py' -o -name '*.pyx' \
+	-o -name '*.pxd' -o -name py.typed)
+# -P: the current directory does not go first on sys.path, so the installed package is
+# imported, never the source tree (tests/conftest.py refuses to run otherwise).
+PYTEST := $(PY) -P -m pytest
+REQUIREMENTS := build/requirements.txt
+define LIST_REQUIREMENTS
+import tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extras = project["optional-dependencies"]
+print("\n".join(project["dependencies"] + extras["test"] + extras["dev"] + extras["bench"]))
+endef
+export LIST_REQUIREMENTS
 
-.PHONY: serve test bench compare lint fuzz fuzz-build fuzz-deps wheel clean deps
+.PHONY: serve test bench compare lint fuzz fuzz-build fuzz-deps wheel wheel-check lock clean \
+	deps install
 
-serve: $(BUILD_STAMP)
+serve: $(INSTALL_STAMP)
 	$(VENV)/bin/fastxmpp serve $(ARGS)
 
-test: $(BUILD_STAMP) | fuzz-deps
-	$(PY) -m pytest -q $(ARGS)
+test: $(INSTALL_STAMP) | fuzz-deps
+	$(PYTEST) -q $(ARGS)
 
-bench: $(BUILD_STAMP)
-	$(PY) -m pytest benchmarks -q --benchmark-only $(ARGS)
+bench: $(INSTALL_STAMP)
+	$(PYTEST) benchmarks -q --benchmark-only $(ARGS)
 
 # Side by side with Prosody and ejabberd (installs them with apt-get when missing).
-compare: $(BUILD_STAMP)
-	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) -m benchmarks.compare $(ARGS)
+compare: $(INSTALL_STAMP)
+	$(PY) -P -m benchmarks.compare $(ARGS)
 
 # The parser fuzzer for an hour (FUZZ_SECONDS), on the compiled core built with libFuzzer's
 # coverage instrumentation + ASan/UBSan (FUZZ_VARIANT=coverage: without sanitizers, about 5
@@ -34,7 +50,7 @@ fuzz: fuzz-build
 		../../$(PY) fuzz_parser.py ../../var/fuzz-corpus corpus \
 		-max_total_time=$${FUZZ_SECONDS:-3600} -artifact_prefix=../../var/
 
-fuzz-build: $(BUILD_STAMP) | fuzz-deps
+fuzz-build: $(INSTALL_STAMP) | fuzz-deps
 	$(PY) tests/fuzz/build_instrumented.py $(FUZZ_VARIANT)
 
 fuzz-deps:
@@ -43,30 +59,80 @@ fuzz-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang; \
 	fi
 
-lint: $(BUILD_STAMP)
+lint: $(INSTALL_STAMP)
 	$(VENV)/bin/ruff check fastxmpp tests benchmarks
 	$(VENV)/bin/ruff format --check fastxmpp tests benchmarks
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cython-lint fastxmpp/*.pyx fastxmpp/*.pxd
 	$(VENV)/bin/mypy fastxmpp
 
-wheel: $(BUILD_STAMP)
-	$(PY) -m build --wheel
+# A manylinux binary wheel in dist/ (libexpat linked in, see setup.py): `auditwheel repair`
+# checks what the compiled modules need of the system and sets the manylinux tag, so that
+# pip installs it on any glibc 2.17+ Linux without a compiler or libexpat's headers (README,
+# "Install with pip").
+wheel: $(TOOLS_STAMP)
+	rm -rf build/wheel-raw dist/fastxmpp-*.whl
+	@# an sdist first, the wheel built from it: nothing an earlier build left in build/ gets in
+	$(PY) -m build --no-isolation --outdir build/wheel-raw .
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m auditwheel repair --wheel-dir dist build/wheel-raw/fastxmpp-*.whl
+	$(PY) -m auditwheel show dist/fastxmpp-*.whl
 
+# Installs dist/'s wheel into a fresh virtual environment with build tools out of reach and
+# serves a client from it (tests/wheel_check.py; the test suite runs the same check).
+wheel-check: wheel
+	$(PY) tests/wheel_check.py dist/fastxmpp-*.whl
+
+# The system packages a bare Debian 12 lacks, installed only when missing.
 deps:
-	@if [ ! -f /usr/include/expat.h ]; then \
-	  echo "installing libexpat1-dev (the compiled parser links libexpat)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libexpat1-dev; \
+	@missing=""; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(PYTHON) -c 'import os, sys, sysconfig; \
+	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  || missing="$$missing python3-dev"; \
+	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	[ -f /usr/include/expat.h ] || missing="$$missing libexpat1-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-$(STAMP): pyproject.toml setup.py | deps
+# The virtual environment with the pinned tools and every dependency of the package, its
+# tests and its benchmarks (constraints.txt: exact versions, as CI had them).
+$(TOOLS_STAMP): $(REQUIREMENTS) $(CONSTRAINTS) | deps
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,dev]"
+	$(PIP) install -q -c $(CONSTRAINTS) pip setuptools wheel Cython
+	$(PIP) install -q -c $(CONSTRAINTS) -r $(REQUIREMENTS)
+	@# The checkout at the END of sys.path (a .pth line goes after site-packages): the
+	@# `benchmarks` package is importable, while `fastxmpp` is the installed one.
+	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fastxmpp-checkout.pth"
 	touch $@
 
-$(BUILD_STAMP): $(STAMP) $(EXT_SOURCES)
-	$(PY) setup.py -q build_ext --inplace
+# What pyproject.toml asks for (runtime, test, dev and bench extras), as a requirements file:
+# the dependencies go into the environment without building fastxmpp itself.
+$(REQUIREMENTS): pyproject.toml
+	mkdir -p $(dir $@)
+	$(PYTHON) -c "$$LIST_REQUIREMENTS" > $@
+
+# fastxmpp itself, installed from a wheel built from the working tree (not editable), again
+# whenever a source changes. The Python files of the last build go first, so that a file
+# deleted from the tree does not linger in the wheel; compiled modules are reused when their
+# sources did not change.
+$(INSTALL_STAMP): $(TOOLS_STAMP) $(SOURCES)
+	find build -path 'build/lib.*' -type f ! -name '*.so' -delete 2>/dev/null || true
+	$(PIP) install -q --no-deps --no-build-isolation --force-reinstall .
 	touch $@
+
+install: $(INSTALL_STAMP)
+
+# Regenerate constraints.txt from the newest releases that pyproject.toml admits.
+lock: $(REQUIREMENTS) | deps
+	rm -rf build/lock-venv
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q --upgrade pip setuptools wheel Cython
+	build/lock-venv/bin/pip install -q -r $(REQUIREMENTS)
+	{ echo "# Exact versions for the build, the tests and the benchmarks (make lock writes this)."; \
+	  echo "# Library users get the lower bounds in pyproject.toml instead."; \
+	  build/lock-venv/bin/pip freeze --all --exclude fastxmpp; } > $(CONSTRAINTS)
+	rm -rf build/lock-venv
 
 clean:
-	rm -rf build dist *.egg-info fastxmpp/*.c fastxmpp/*.so $(BUILD_STAMP)
+	rm -rf build dist *.egg-info fastxmpp/*.c fastxmpp/*.so $(INSTALL_STAMP) $(TOOLS_STAMP)

@@ -1,12 +1,35 @@
 """Build the compiled core: the XML stream parser (over libexpat) and the stanza router."""
 
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+
+def parser_build() -> dict[str, list[str]]:
+    """libexpat linked statically when its archive is there (Debian's libexpat1-dev has it):
+    the wheel then carries its own expat and installs where no libexpat1-dev is, with the
+    parser's behaviour fixed by what we tested (docs/PARSER.md says why expat). Its symbols
+    stay private to the module (--exclude-libs), so they never clash with pyexpat's copy;
+    _expat_random.c keeps it from needing a newer glibc than manylinux2014's.
+    Without the archive, the shared system library."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    for directory in (f"/usr/lib/{multiarch}", "/usr/lib64", "/usr/lib", "/usr/local/lib"):
+        archive = Path(directory) / "libexpat.a"
+        if archive.is_file():
+            return {
+                "sources": ["fastxmpp/_parser.pyx", "fastxmpp/_expat_random.c"],
+                "extra_objects": [str(archive)],
+                "extra_link_args": ["-Wl,--exclude-libs,libexpat.a"],
+            }
+    return {"sources": ["fastxmpp/_parser.pyx"], "libraries": ["expat"]}
+
+
 extensions = [
-    # libexpat is the system library (Debian: libexpat1-dev); see docs/PARSER.md for why
-    # expat and not libxml2.
-    Extension("fastxmpp._parser", ["fastxmpp/_parser.pyx"], libraries=["expat"]),
+    Extension("fastxmpp._parser", **parser_build()),
     Extension("fastxmpp._router", ["fastxmpp/_router.pyx"]),
 ]
 

@@ -71,7 +71,14 @@ def _accounts(config: Config) -> tuple[Storage, AccountStore]:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args, check_files=True)
     # Imported here: the other commands must work without loading the compiled core.
-    from .server import run
+    try:
+        from .server import run
+    except ImportError as exc:
+        # A broken installation (a file missing from the wheel, an extension that does not
+        # load): one line naming what is missing, not a traceback.
+        raise CommandError(
+            f"cannot load the server ({type(exc).__name__}: {exc}); reinstall fastxmpp"
+        ) from exc
 
     return run(config)
 

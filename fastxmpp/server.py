@@ -21,7 +21,7 @@ from .certs import ensure_certificate
 from .config import Config
 from .jid import parse_jid
 from .memory import HeapTrimmer, ParserHibernation
-from .modules import builtin_modules
+from .modules import ModuleLoadError, builtin_modules
 from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
 from .storage.lmdb_store import DataDirLocked, ServerLock, Storage
@@ -237,7 +237,7 @@ def run(config: Config) -> int:
     raise_open_files_limit()
     try:
         uvloop.run(Server(config).serve_until_signalled())
-    except DataDirLocked as exc:
+    except (DataDirLocked, ModuleLoadError) as exc:
         log.error("%s", exc)
         return 1
     except OSError as exc:

@@ -21,6 +21,33 @@ from xmpp_raw import RawClient
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
+# The installed fastxmpp's command line. -P: the current directory does not go first on
+# sys.path, so the source tree cannot shadow the installed package.
+FASTXMPP = (sys.executable, "-P", "-m", "fastxmpp.cli")
+# Set to test an in-place build of the source tree (quick iteration); `make test`, and so CI,
+# never sets it: the suite runs against the package as pip installed it.
+SOURCE_TREE_ALLOWED = "FASTXMPP_TEST_SOURCE_TREE"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import fastxmpp
+
+    location = Path(fastxmpp.__file__).resolve()
+    if location.is_relative_to(REPO / "fastxmpp") and not os.environ.get(SOURCE_TREE_ALLOWED):
+        raise pytest.UsageError(
+            f"fastxmpp was imported from the source tree ({location}), not from an installed "
+            "package: run `make test` (it installs the package, then runs "
+            "`python -P -m pytest`), or set FASTXMPP_TEST_SOURCE_TREE=1 to test an in-place "
+            "or editable build on purpose"
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import fastxmpp
+
+    return f"fastxmpp under test: {Path(fastxmpp.__file__).parent}"
+
+
 LISTENING = re.compile(r"c2s listening on ([\d.]+):(\d+)")
 
 
@@ -36,14 +63,21 @@ def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def run_cli(*args: str, config: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    config: Path,
+    stdin: str | None = None,
+    command: tuple[str, ...] = FASTXMPP,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fastxmpp.cli", *args, "--config", str(config)],
+        [*command, *args, "--config", str(config)],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=REPO,
+        cwd=config.parent,
+        env=env,
     )
 
 
@@ -51,9 +85,17 @@ class ServerProcess:
     """One fastxmpp server: config file, data dir, child process, its log."""
 
     def __init__(
-        self, root: Path, ca: trustme.CA, hosts: tuple[str, ...], extra_toml: str = ""
+        self,
+        root: Path,
+        ca: trustme.CA,
+        hosts: tuple[str, ...],
+        extra_toml: str = "",
+        command: tuple[str, ...] = FASTXMPP,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
+        self.command = command  # the fastxmpp command line to run (an installed wheel's)
+        self.env = env
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.config = root / "fastxmpp.toml"
@@ -84,17 +126,26 @@ class ServerProcess:
         self.log: list[str] = []
 
     def adduser(self, jid: str, password: str = PASSWORD) -> None:
-        result = run_cli("adduser", jid, "--password-stdin", config=self.config, stdin=password)
+        result = run_cli(
+            "adduser",
+            jid,
+            "--password-stdin",
+            config=self.config,
+            stdin=password,
+            command=self.command,
+            env=self.env,
+        )
         assert result.returncode == 0, result.stderr
 
     def start(self) -> None:
         self.log = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastxmpp.cli", "serve", "--config", str(self.config)],
+            [*self.command, "serve", "--config", str(self.config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            cwd=REPO,
+            cwd=self.root,
+            env=self.env,
         )
         found = threading.Event()
 

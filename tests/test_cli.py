@@ -3,13 +3,12 @@ directory."""
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import FASTXMPP
 from cryptography import x509
 
 from fastxmpp import __version__
@@ -24,13 +23,12 @@ def fastxmpp(
     *args: str, stdin: str | None = None, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fastxmpp.cli", *args],
+        [*FASTXMPP, *args],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 

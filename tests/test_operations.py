@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, REPO, ServerProcess
+from conftest import FASTXMPP, PASSWORD, REPO, ServerProcess
 from xmpp_raw import CLIENT, RawClient, StreamClosed
 
 
@@ -36,7 +35,7 @@ def test_second_server_on_the_same_data_dir_is_refused(make_server: Any, ca_file
     srv: ServerProcess = make_server()
     srv.start()
     second = subprocess.run(
-        [sys.executable, "-m", "fastxmpp.cli", "serve", "--config", str(srv.config)],
+        [*FASTXMPP, "serve", "--config", str(srv.config)],
         capture_output=True,
         text=True,
         timeout=60,

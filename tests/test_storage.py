@@ -202,6 +202,7 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [
             sys.executable,
+            "-P",  # the installed package, not the source tree in the current directory
             "-c",
             "import sys, pathlib; from fastxmpp.storage.lmdb_store import ServerLock; "
             "ServerLock(pathlib.Path(sys.argv[1])).acquire(); print('locked', flush=True); "
@@ -211,7 +212,6 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
@@ -231,6 +231,7 @@ def test_account_written_by_another_process_is_seen(storage: Storage, tmp_path: 
     subprocess.run(
         [
             sys.executable,
+            "-P",  # the installed package, not the source tree in the current directory
             "-c",
             "import sys, pathlib; from fastxmpp.storage.lmdb_store import Storage; "
             "from fastxmpp.storage.accounts import AccountStore; "
@@ -240,7 +241,6 @@ def test_account_written_by_another_process_is_seen(storage: Storage, tmp_path: 
         ],
         check=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     assert accounts.check_password("example.org", "alice", "pw")
 

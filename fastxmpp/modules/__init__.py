@@ -6,15 +6,11 @@ Each module file defines one `Module` subclass named in its `MODULE` attribute.
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config import Config
     from .base import Module
-
-log = logging.getLogger("fastxmpp.modules")
 
 # Start order: later modules may look up earlier ones through `hub.get(name)`.
 BUILTIN = (
@@ -38,14 +34,24 @@ BUILTIN = (
 )
 
 
+class ModuleLoadError(Exception):
+    """A module the server needs cannot be imported: the installation is incomplete or
+    broken. The server does not start without it (a missing feature must not pass for a
+    working server)."""
+
+
 def builtin_modules(config: Config) -> list[type[Module]]:
-    """The module classes to load, in start order."""
+    """The module classes to load, in start order. Every built-in module is required: none
+    has an optional dependency, so any import failure is an error naming the module and the
+    cause, never a warning followed by an unrelated traceback."""
     classes: list[type[Module]] = []
     for name in BUILTIN:
         qualified = f"{__name__}.{name}"
-        if importlib.util.find_spec(qualified) is None:
-            # Transitional while issue 4 is being built module by module.
-            log.warning("module %s is not available", name)
-            continue
-        classes.append(importlib.import_module(qualified).MODULE)
+        try:
+            module = importlib.import_module(qualified)
+        except ImportError as exc:
+            raise ModuleLoadError(
+                f"cannot load module {name} ({qualified}): {type(exc).__name__}: {exc}"
+            ) from exc
+        classes.append(module.MODULE)
     return classes
