@@ -17,7 +17,8 @@ from .certs import generate_self_signed
 from .config import Config, ConfigError, check_config, load_config, source_name
 from .jid import JIDError, normalize_domain, parse_jid
 from .storage.accounts import AccountError, AccountStore
-from .storage.lmdb_store import Storage
+from .storage.backup import BackupError, backup, restore
+from .storage.lmdb_store import DataDirLocked, ServerLock, Storage
 
 
 class CommandError(Exception):
@@ -130,6 +131,36 @@ def cmd_listusers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        manifest = backup(config.data_dir, args.destination, __version__)
+    except (OSError, lmdb.Error) as exc:
+        raise CommandError(f"backup of {config.data_dir} failed: {exc}") from None
+    print(
+        f"backup of {config.data_dir} written to {args.destination} "
+        f"({manifest['bytes']} bytes, {manifest['created']})"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        # The server must be stopped: its lock is held for the whole restore, so that no
+        # server starts on half-restored data either.
+        with ServerLock(config.data_dir):
+            aside = restore(args.source, config.data_dir)
+    except DataDirLocked as exc:
+        raise CommandError(f"{exc}; restore only into a stopped server") from None
+    except (OSError, lmdb.Error) as exc:
+        raise CommandError(f"restore of {args.source} failed: {exc}") from None
+    print(f"restored {args.source} into {config.data_dir}")
+    if aside is not None:
+        print(f"the data that was there is kept in {aside}")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     problems = check_config(args.config)
     if problems:
@@ -212,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     command("listusers", cmd_listusers, "list accounts").add_argument(
         "domain", metavar="DOMAIN", nargs="?", help="only the accounts of this domain"
     )
+    command(
+        "backup", cmd_backup, "copy the data of a running or stopped server to a new directory"
+    ).add_argument("destination", metavar="DEST", type=Path, help="a directory to create")
+    command(
+        "restore", cmd_restore, "put a backup in place as the data of a stopped server"
+    ).add_argument("source", metavar="SRC", type=Path, help="a directory made by backup")
     command("check-config", cmd_check_config, "report every problem in a configuration")
     gencert = command("gencert", cmd_gencert, "write a self-signed certificate and key")
     gencert.add_argument("domain", metavar="DOMAIN")
@@ -233,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-    except (CommandError, AccountError) as exc:
+    except (CommandError, AccountError, BackupError) as exc:
         print(f"fastxmpp {args.command}: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"fastxmpp {args.command}: interrupted", file=sys.stderr)
