@@ -34,6 +34,8 @@ T = TypeVar("T")
 # Pending connections the kernel queues per listener (capped by net.core.somaxconn): a burst
 # of reconnecting clients after a restart must not be dropped into SYN retransmits.
 LISTEN_BACKLOG = 1024
+# sysexits.h EX_IOERR: the exit code after a fatal storage error.
+EXIT_STORAGE_FAILED = 74
 
 
 def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -72,12 +74,15 @@ class Server:
         self.router: Router
         self.modules = ModuleHub()
         self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self.exit_code = 0
 
     async def start(self) -> None:
         config = self.config
         self.lock.acquire()
         try:
             self.storage = Storage(config.data_dir, config.storage.map_size)
+            self.storage.on_failure = self.storage_failed
             self.accounts = AccountStore(self.storage, config.storage.scram_iterations)
             for name, host in config.hosts.items():
                 if host.cert is not None and host.key is not None:
@@ -180,13 +185,20 @@ class Server:
             self.storage = None
         self.lock.release()
 
+    def storage_failed(self, reason: str) -> None:
+        """The storage can no longer be trusted: stop serving (every stream gets
+        system-shutdown, nothing more is acknowledged) and exit with EX_IOERR, so that a
+        supervisor sees a failure rather than a clean stop (docs/SECURITY.md)."""
+        log.critical("stopping: %s", reason)
+        self.exit_code = EXIT_STORAGE_FAILED
+        self._stop_requested.set()
+
     async def serve_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()
-        stop_requested = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop_requested.set)
+            loop.add_signal_handler(signum, self._stop_requested.set)
         await self.start()
-        await stop_requested.wait()
+        await self._stop_requested.wait()
         await self.stop()
 
 
@@ -235,12 +247,13 @@ def run(config: Config) -> int:
     """Run the server until SIGTERM/SIGINT; the process exit code."""
     setup_logging(config.log_level)
     raise_open_files_limit()
+    server = Server(config)
     try:
-        uvloop.run(Server(config).serve_until_signalled())
+        uvloop.run(server.serve_until_signalled())
     except (DataDirLocked, ModuleLoadError) as exc:
         log.error("%s", exc)
         return 1
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    return 0
+    return server.exit_code

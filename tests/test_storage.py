@@ -21,7 +21,13 @@ from fastxmpp.storage.accounts import (
     AccountStore,
     NoSuchAccount,
 )
-from fastxmpp.storage.lmdb_store import DataDirLocked, ServerLock, Storage, StorageFull
+from fastxmpp.storage.lmdb_store import (
+    DataDirLocked,
+    ServerLock,
+    Storage,
+    StorageFailed,
+    StorageFull,
+)
 
 PASSWORD = "Tr0ub4dor&3-unique-marker"
 
@@ -281,11 +287,15 @@ def test_write_returns_the_result_and_retries_from_the_start(tmp_path: Path) -> 
     storage.close()
 
 
-def test_an_io_error_at_commit_is_a_refused_write(tmp_path: Path) -> None:
-    """LMDB reports EIO (which a full disk can cause at commit) as a bare lmdb.Error: the
-    write is refused with StorageFull like ENOSPC, other LMDB errors stay what they are."""
+def test_an_io_error_at_commit_with_free_space_is_fatal(tmp_path: Path) -> None:
+    """LMDB reports EIO as a bare lmdb.Error. On a disk with free space it is the disk
+    failing: StorageFailed, the owner told once, every later write refused. (On a full disk,
+    where a short page write surfaces as EIO, it is StorageFull: test_durability.py.) Other
+    LMDB errors stay what they are."""
     storage = Storage(tmp_path / "data", map_size=1 << 16)
     db = storage.database("eio")
+    told: list[str] = []
+    storage.on_failure = told.append
 
     def failing(message: str) -> Any:
         def work(txn: Any) -> None:
@@ -294,11 +304,14 @@ def test_an_io_error_at_commit_is_a_refused_write(tmp_path: Path) -> None:
 
         return work
 
-    with pytest.raises(StorageFull):
-        storage.write(failing(f"mdb_txn_commit: {os.strerror(errno.EIO)}"), db=db)
     with pytest.raises(lmdb.Error) as other:
         storage.write(failing("mdb_put: something else"), db=db)
-    assert not isinstance(other.value, StorageFull)
+    assert not isinstance(other.value, (StorageFull, StorageFailed))
+    with pytest.raises(StorageFailed, match="Input/output error"):
+        storage.write(failing(f"mdb_txn_commit: {os.strerror(errno.EIO)}"), db=db)
+    with pytest.raises(StorageFailed):
+        storage.write(lambda txn: txn.put(b"k", b"v"), db=db)
+    assert len(told) == 1 and "Input/output error" in told[0]
     with storage.env.begin(db=db) as txn:
-        assert txn.get(b"k") is None  # neither write happened
+        assert txn.get(b"k") is None  # no write happened
     storage.close()

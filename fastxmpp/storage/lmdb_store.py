@@ -36,6 +36,16 @@ class StorageFull(Exception):
     """The disk (or the address space for the map) is exhausted: nothing was written."""
 
 
+class StorageFailed(Exception):
+    """The storage cannot be trusted any more (an I/O error on a disk with free space, LMDB's
+    MDB_PANIC): the server stops, with a non-zero exit code, for its supervisor to act on."""
+
+
+# Free space below which an EIO at commit is read as a full disk: LMDB reports a short
+# page write as EIO (mdb_page_flush), which is how ENOSPC can reach us.
+FULL_DISK_SLACK = 1 << 20
+
+
 class Storage:
     """The LMDB environment of a data directory. Several processes may open it at once (LMDB
     locks internally): the server and the CLI's account commands."""
@@ -53,6 +63,26 @@ class Storage:
             str(db_dir), map_size=map_size, max_dbs=64, mode=0o600, sync=True, metasync=True
         )
         self._databases: dict[str, Any] = {}
+        # Called once with the reason when the storage fails (the server stops itself).
+        self.on_failure: Callable[[str], None] | None = None
+        self._failed: str | None = None
+
+    def failed(self, exc: BaseException) -> StorageFailed:
+        """Record a fatal storage error, tell the owner once; the exception to raise."""
+        reason = f"storage failed in {self.data_dir}: {type(exc).__name__}: {exc}"
+        if self._failed is None:
+            self._failed = reason
+            log.critical("%s", reason)
+            if self.on_failure is not None:
+                self.on_failure(reason)
+        return StorageFailed(reason)
+
+    def _disk_nearly_full(self) -> bool:
+        try:
+            stat = os.statvfs(self.data_dir)
+        except OSError:
+            return False
+        return stat.f_bavail * stat.f_frsize < FULL_DISK_SLACK
 
     @property
     def env(self) -> lmdb.Environment:
@@ -75,7 +105,10 @@ class Storage:
 
         When the map is full (MDB_MAP_FULL) the map is doubled and `work` runs again from the
         start, in a new transaction, so an operator never has to size the map by hand; a full
-        disk raises StorageFull with a message that says so."""
+        disk raises StorageFull with a message that says so. An I/O error on a disk that is
+        not full, or LMDB's panic, raises StorageFailed: nothing more can be trusted to it."""
+        if self._failed is not None:
+            raise StorageFailed(self._failed)
         while True:
             try:
                 with self.env.begin(db=db, write=True) as txn:
@@ -87,12 +120,16 @@ class Storage:
                 self.env.set_mapsize(0)
             except lmdb.DiskError as exc:
                 raise StorageFull(f"the disk holding {self.data_dir} is full: {exc}") from exc
+            except (lmdb.PanicError, lmdb.CorruptedError) as exc:
+                raise self.failed(exc) from exc
             except lmdb.Error as exc:
-                # LMDB has no class for EIO; on a full disk its page writes at commit can
-                # fail with it rather than ENOSPC. Nothing was written: refuse the write
-                # the same way, so that the server keeps serving.
+                # LMDB has no class for EIO. On a full disk its page writes at commit can
+                # fail with it rather than ENOSPC: nothing was written, refuse the write the
+                # same way and keep serving. With free space, it is the disk failing.
                 if os.strerror(errno.EIO) not in str(exc):
                     raise
+                if not self._disk_nearly_full():
+                    raise self.failed(exc) from exc
                 raise StorageFull(f"cannot write to {self.data_dir}: {exc}") from exc
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
