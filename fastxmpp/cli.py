@@ -18,7 +18,7 @@ from .config import Config, ConfigError, check_config, load_config, source_name
 from .jid import JIDError, normalize_domain, parse_jid
 from .storage.accounts import AccountError, AccountStore
 from .storage.backup import BackupError, backup, restore
-from .storage.lmdb_store import DataDirLocked, ServerLock, Storage
+from .storage.lmdb_store import DataDirLocked, SchemaTooNew, ServerLock, Storage
 
 
 class CommandError(Exception):
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-    except (CommandError, AccountError, BackupError) as exc:
+    except (CommandError, AccountError, BackupError, SchemaTooNew) as exc:
         print(f"fastxmpp {args.command}: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"fastxmpp {args.command}: interrupted", file=sys.stderr)

@@ -24,7 +24,7 @@ from .memory import HeapTrimmer, ParserHibernation
 from .modules import ModuleLoadError, builtin_modules
 from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
-from .storage.lmdb_store import DataDirLocked, ServerLock, Storage
+from .storage.lmdb_store import DataDirLocked, SchemaTooNew, ServerLock, Storage
 from .stream.c2s import C2SStream
 from .stream.s2s import S2S, Incoming
 from .stream.throttle import AuthThrottle
@@ -250,7 +250,7 @@ def run(config: Config) -> int:
     server = Server(config)
     try:
         uvloop.run(server.serve_until_signalled())
-    except (DataDirLocked, ModuleLoadError) as exc:
+    except (DataDirLocked, ModuleLoadError, SchemaTooNew) as exc:
         log.error("%s", exc)
         return 1
     except OSError as exc:

@@ -14,6 +14,7 @@ from typing import Any
 import lmdb
 import msgpack
 import pytest
+from conftest import FASTXMPP
 from scramp import ScramClient, ScramException, ScramMechanism
 
 from fastxmpp.storage.accounts import (
@@ -22,7 +23,9 @@ from fastxmpp.storage.accounts import (
     NoSuchAccount,
 )
 from fastxmpp.storage.lmdb_store import (
+    SCHEMA_VERSION,
     DataDirLocked,
+    SchemaTooNew,
     ServerLock,
     Storage,
     StorageFailed,
@@ -315,3 +318,44 @@ def test_an_io_error_at_commit_with_free_space_is_fatal(tmp_path: Path) -> None:
     with storage.env.begin(db=db) as txn:
         assert txn.get(b"k") is None  # no write happened
     storage.close()
+
+
+def test_a_schema_version_is_stamped_and_a_newer_one_refused(tmp_path: Path) -> None:
+    """New or unversioned data gets this version's schema; data of a newer schema is refused
+    by the library, the server and the command line, with a message saying what to do."""
+    data = tmp_path / "data"
+    with Storage(data) as storage:
+        assert storage.schema == SCHEMA_VERSION
+        meta = storage.database("meta")
+        with storage.env.begin(db=meta) as txn:
+            assert bytes(txn.get(b"schema")) == str(SCHEMA_VERSION).encode()
+        # As round 1 left it: no version at all. Opening stamps it, changing nothing else.
+        storage.write(lambda txn: txn.delete(b"schema"), db=meta)
+        storage.write(lambda txn: txn.put(b"k", b"v"), db=storage.database("kept"))
+    with Storage(data) as storage:
+        meta = storage.database("meta")
+        with storage.env.begin(db=meta) as txn:
+            assert bytes(txn.get(b"schema")) == str(SCHEMA_VERSION).encode()
+        with storage.env.begin(db=storage.database("kept")) as txn:
+            assert bytes(txn.get(b"k")) == b"v"
+        newer = str(SCHEMA_VERSION + 1).encode()
+        storage.write(lambda txn: txn.put(b"schema", newer), db=meta)
+    with pytest.raises(SchemaTooNew, match="written by a newer fastxmpp"):
+        Storage(data)
+
+    config = tmp_path / "fastxmpp.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{data}"\n\n[[listeners]]\nkind = "c2s"\n'
+        'address = "127.0.0.1"\nport = 0\n\n[hosts."localhost"]\n'
+    )
+    for command in (["serve"], ["adduser", "x@localhost", "--password-stdin"]):
+        result = subprocess.run(
+            [*FASTXMPP, *command, "--config", str(config)],
+            input="pw\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode != 0, command
+        assert "written by a newer fastxmpp" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr

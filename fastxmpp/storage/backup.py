@@ -20,7 +20,7 @@ from typing import Any
 
 import lmdb
 
-from .lmdb_store import DB_DIR, Storage, make_private_dir
+from .lmdb_store import DB_DIR, SCHEMA_VERSION, Storage, make_private_dir
 
 MANIFEST = "BACKUP.json"
 CERTS_DIR = "certs"
@@ -62,6 +62,7 @@ def backup(data_dir: Path, destination: Path, version: str) -> dict[str, Any]:
             # goes on committing; compact leaves free pages out.
             storage.env.copy(str(partial / DB_DIR), compact=True)
             entries = storage.env.stat()["entries"]
+            schema = storage.schema
         certs = data_dir / CERTS_DIR
         if certs.is_dir():
             shutil.copytree(certs, partial / CERTS_DIR)
@@ -72,6 +73,7 @@ def backup(data_dir: Path, destination: Path, version: str) -> dict[str, Any]:
             "source": str(data_dir.resolve()),
             "bytes": (partial / DB_DIR / DATA_FILE).stat().st_size,
             "databases": entries,
+            "schema": schema,
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _fsync_tree(partial)
@@ -92,6 +94,11 @@ def read_manifest(source: Path) -> dict[str, Any]:
     database = source / DB_DIR / DATA_FILE
     if manifest.get("format") != 1 or not database.is_file():
         raise BackupError(f"{source} is not a fastxmpp backup this version can restore")
+    if manifest.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
+        raise BackupError(
+            f"{source} was made by a newer fastxmpp (storage schema {manifest['schema']}; "
+            f"this version reads up to {SCHEMA_VERSION})"
+        )
     try:
         # lock=False: reading a backup must not write a lock file into it.
         env = lmdb.open(str(source / DB_DIR), readonly=True, lock=False, max_dbs=64)

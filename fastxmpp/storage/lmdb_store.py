@@ -20,6 +20,14 @@ T = TypeVar("T")
 
 LOCK_FILE = "server.lock"
 DB_DIR = "db"
+# The version of the stored formats, kept in the "meta" database. Bump it when a store
+# changes how it encodes records, and add the step from the previous version to MIGRATIONS.
+# Data from before versioning (round 1) is version 1's format: it is stamped, not changed.
+SCHEMA_VERSION = 1
+META_DB = "meta"
+SCHEMA_KEY = b"schema"
+# version -> the step that rewrites version-N data as version N+1, in the open transaction.
+MIGRATIONS: dict[int, Callable[[Storage, Any], None]] = {}
 
 
 def make_private_dir(path: Path) -> None:
@@ -34,6 +42,10 @@ def make_private_dir(path: Path) -> None:
 
 class StorageFull(Exception):
     """The disk (or the address space for the map) is exhausted: nothing was written."""
+
+
+class SchemaTooNew(Exception):
+    """The data was written by a newer fastxmpp: opening it could misread or damage it."""
 
 
 class StorageFailed(Exception):
@@ -66,6 +78,36 @@ class Storage:
         # Called once with the reason when the storage fails (the server stops itself).
         self.on_failure: Callable[[str], None] | None = None
         self._failed: str | None = None
+        try:
+            self.schema = self._check_schema()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_schema(self) -> int:
+        """Refuse data of a newer schema; bring older data up to SCHEMA_VERSION, all steps
+        in one transaction (a crash leaves it as it was); stamp new or unversioned data."""
+        meta = self.database(META_DB)
+        with self.env.begin(db=meta) as txn:
+            raw = txn.get(SCHEMA_KEY)
+        stored = SCHEMA_VERSION if raw is None else int(bytes(raw))
+        if stored > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the data in {self.data_dir} was written by a newer fastxmpp (storage schema "
+                f"{stored}; this version reads up to {SCHEMA_VERSION}): run that version, or "
+                "restore a backup made by this one"
+            )
+        if raw is not None and stored == SCHEMA_VERSION:
+            return stored
+
+        def migrate(txn: Any) -> None:
+            for version in range(stored, SCHEMA_VERSION):
+                log.warning("migrating %s from storage schema %d", self.data_dir, version)
+                MIGRATIONS[version](self, txn)
+            txn.put(SCHEMA_KEY, str(SCHEMA_VERSION).encode(), db=meta)
+
+        self.write(migrate)
+        return SCHEMA_VERSION
 
     def failed(self, exc: BaseException) -> StorageFailed:
         """Record a fatal storage error, tell the owner once; the exception to raise."""
