@@ -37,7 +37,7 @@ def register_purge(database: str, purge: Purge = purge_prefixed) -> None:
 
 
 def purge_account(storage: Storage, txn: Any, domain: str, local: str) -> None:
-    _import_stores()
+    import_stores()
     for database, purge in _PURGES.items():
         # Opened inside the caller's write transaction: Storage.database would start a
         # second one and wait for the first forever (the CLI's deluser has not opened the
@@ -60,14 +60,14 @@ def delete_prefix(txn: Any, db: Any, prefix: bytes) -> int:
     return count
 
 
-def _import_stores() -> None:
-    # Importing a store module registers its purge function; the CLI's deluser never loads
-    # the server's modules, so the list of stores lives here.
+def import_stores() -> None:
+    """Import every store module: each registers its purge function (and its steps between
+    storage schema versions) at import, and the CLI never loads the server's modules."""
     import importlib
     import pkgutil
 
     from .. import storage as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("lmdb_store", "account_data", "accounts"):
+        if info.name not in ("lmdb_store", "account_data", "accounts", "backup"):
             importlib.import_module(f"{package.__name__}.{info.name}")

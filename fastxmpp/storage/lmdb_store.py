@@ -22,8 +22,9 @@ LOCK_FILE = "server.lock"
 DB_DIR = "db"
 # The version of the stored formats, kept in the "meta" database. Bump it when a store
 # changes how it encodes records, and add the step from the previous version to MIGRATIONS.
-# Data from before versioning (round 1) is version 1's format: it is stamped, not changed.
-SCHEMA_VERSION = 1
+# Data from before versioning (round 1) is version 1's format. Version 2 adds the archive's
+# persisted id high-water mark (storage/mam.py).
+SCHEMA_VERSION = 2
 META_DB = "meta"
 SCHEMA_KEY = b"schema"
 # version -> the step that rewrites version-N data as version N+1, in the open transaction.
@@ -90,7 +91,8 @@ class Storage:
         meta = self.database(META_DB)
         with self.env.begin(db=meta) as txn:
             raw = txn.get(SCHEMA_KEY)
-        stored = SCHEMA_VERSION if raw is None else int(bytes(raw))
+        # Unversioned data: new (stamped as it is), or round 1's, which is version 1.
+        stored = int(bytes(raw)) if raw is not None else 1 if self._has_data() else SCHEMA_VERSION
         if stored > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"the data in {self.data_dir} was written by a newer fastxmpp (storage schema "
@@ -100,6 +102,10 @@ class Storage:
         if raw is not None and stored == SCHEMA_VERSION:
             return stored
 
+        from .account_data import import_stores  # the stores register their steps
+
+        import_stores()
+
         def migrate(txn: Any) -> None:
             for version in range(stored, SCHEMA_VERSION):
                 log.warning("migrating %s from storage schema %d", self.data_dir, version)
@@ -108,6 +114,11 @@ class Storage:
 
         self.write(migrate)
         return SCHEMA_VERSION
+
+    def _has_data(self) -> bool:
+        """Whether any database other than meta exists (the main database lists them)."""
+        with self.env.begin() as txn:
+            return any(bytes(key) != META_DB.encode() for key, _ in txn.cursor())
 
     def failed(self, exc: BaseException) -> StorageFailed:
         """Record a fatal storage error, tell the owner once; the exception to raise."""

@@ -10,25 +10,34 @@ the retention limit costs no scan. Database "mam_prefs": key `account_prefix`, v
 Writes come in batches (one transaction per turn of the event loop, modules/mam.py): a
 commit costs an fsync, which one per message would make the price of every chat message.
 
+Ids only grow, across restarts too: the highest id handed out by a commit is kept in the
+"meta" database (`mam_last_id`) in the same transaction as the records, and a new id is
+later than it even if the clock stepped back; a record is never written over another
+(schema 2; the step from schema 1 finds the highest id of existing archives).
+
 There is no index by `with`: a query filtered by `with` scans the account's records in id
 order, bounded by the retention limit (`[mam] max_messages_per_account`).
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import lmdb
 import msgpack
 
 from .account_data import account_prefix, register_purge
-from .lmdb_store import Storage
+from .lmdb_store import META_DB, MIGRATIONS, Storage
 
+log = logging.getLogger("fastxmpp.storage.mam")
 DATABASE = "mam"
 PREFS = "mam_prefs"
 _ID = struct.Struct(">Q")
+HIGH_WATER = b"mam_last_id"  # in the meta database
 
 
 @dataclass(frozen=True)
@@ -50,10 +59,34 @@ def encode_id(text: str) -> bytes | None:
         return None
 
 
+def highest_archived_id(txn: Any, db: Any) -> int:
+    """The highest id of any account's archive (a scan: for the schema 1 -> 2 step only). A
+    count record's value is 8 bytes; an archived message's is a longer msgpack array."""
+    highest = 0
+    for key, value in txn.cursor(db=db):
+        if len(value) != _ID.size:
+            highest = max(highest, _ID.unpack(bytes(key[-_ID.size :]))[0])
+    return highest
+
+
+def _add_high_water_mark(storage: Storage, txn: Any) -> None:
+    try:
+        db = storage.env.open_db(DATABASE.encode(), txn=txn, create=False)
+    except lmdb.NotFoundError:
+        return  # nothing was ever archived: the mark starts with the first commit
+    meta = storage.env.open_db(META_DB.encode(), txn=txn)
+    txn.put(HIGH_WATER, _ID.pack(highest_archived_id(txn, db)), db=meta)
+
+
+MIGRATIONS[1] = _add_high_water_mark
+
+
 class ArchiveStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self._last = 0
+        with storage.env.begin(db=storage.database(META_DB)) as txn:
+            raw = txn.get(HIGH_WATER)
+        self._last = 0 if raw is None else _ID.unpack(bytes(raw))[0]
 
     # Opened (and created) on first use, not at start: a server whose accounts never
     # archive anything keeps the LMDB environment as it was.
@@ -81,20 +114,35 @@ class ArchiveStore:
         one fsync); per account, drop the oldest beyond `max_messages`, and those older
         than `max_age` seconds (0: no age limit)."""
 
+        meta = self.storage.database(META_DB)
+
         def put(txn: Any) -> None:
             counts: dict[bytes, int] = {}
             newest: dict[bytes, float] = {}
+            highest = b""
             for domain, local, record in batch:
                 prefix = account_prefix(domain, local)
                 if prefix not in counts:
                     raw = txn.get(prefix)
                     counts[prefix] = 0 if raw is None else _ID.unpack(bytes(raw))[0]
                 value = msgpack.packb([record.when, record.with_, record.direction, record.xml])
-                txn.put(prefix + bytes.fromhex(record.id), value)
+                record_id = bytes.fromhex(record.id)
+                if not txn.put(prefix + record_id, value, overwrite=False):
+                    # Cannot happen while ids only grow; if it does, the older record wins.
+                    log.error("archive id %s of %s@%s exists: not overwritten", record.id,
+                              local, domain)  # fmt: skip
+                    continue
+                highest = max(highest, record_id)
                 counts[prefix] += 1
                 newest[prefix] = record.when
+            if highest:
+                current = txn.get(HIGH_WATER, db=meta)
+                if current is None or bytes(current) < highest:
+                    txn.put(HIGH_WATER, highest, db=meta)
             cursor = txn.cursor()
             for prefix, count in counts.items():
+                if prefix not in newest:
+                    continue  # nothing of the account's was written
                 oldest = newest[prefix] - max_age if max_age > 0 else None
                 first = prefix + b"\0" * 8
                 while cursor.set_range(first) and bytes(cursor.key()).startswith(prefix):
