@@ -48,10 +48,14 @@ def require_xmppjs() -> str:
 
 
 def run(
-    command: list[str], env: dict[str, str] | None = None, timeout: float = 60
+    command: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         command,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
