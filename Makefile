@@ -29,7 +29,7 @@ export LIST_REQUIREMENTS
 serve: $(INSTALL_STAMP)
 	$(VENV)/bin/fastxmpp serve $(ARGS)
 
-test: $(INSTALL_STAMP) | fuzz-deps
+test: $(INSTALL_STAMP) | fuzz-deps interop-deps
 	$(PYTEST) -q $(ARGS)
 
 bench: $(INSTALL_STAMP)
@@ -57,6 +57,25 @@ fuzz-deps:
 	@if ! command -v clang >/dev/null; then \
 	  echo "installing clang (the fuzz builds of the compiled core, tests/fuzz/)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang; \
+	fi
+
+# The independent clients of tests/test_interop_*.py, each pinned: go-sendxmpp (Debian),
+# xmpp.js (npm ci from tests/interop/js/package-lock.json, under node) and aioxmpp in a venv
+# of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt).
+.PHONY: interop-deps
+interop-deps: | deps
+	@if ! command -v go-sendxmpp >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "installing go-sendxmpp, nodejs, npm (the interop tests' clients)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq go-sendxmpp \
+	    $$(command -v npm >/dev/null || echo nodejs npm); \
+	fi
+	@if [ ! tests/interop/js/node_modules/.package-lock.json -nt tests/interop/js/package-lock.json ]; then \
+	  cd tests/interop/js && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+	@if [ ! .venv-aioxmpp/.installed-stamp -nt tests/interop/aioxmpp/requirements.txt ]; then \
+	  $(PYTHON) -m venv .venv-aioxmpp && \
+	  .venv-aioxmpp/bin/python -m pip install -q -r tests/interop/aioxmpp/requirements.txt && \
+	  touch .venv-aioxmpp/.installed-stamp; \
 	fi
 
 lint: $(INSTALL_STAMP)

@@ -314,6 +314,26 @@ def test_closing_handshake_and_keepalive(server: ServerProcess, ca_file: str) ->
     assert c.closed_stream  # the server answered with its own closing tag
 
 
+def test_nothing_follows_the_closing_tag_when_a_session_in_a_room_ends(
+    server: ServerProcess, ca_file: str
+) -> None:
+    """RFC 6120 §4.4: after its closing tag the server sends nothing more. Ending the session
+    makes the room send the occupant its own unavailable presence (XEP-0045 §7.14): that must
+    come before the closing tag (it came after it, and aioxmpp failed on it with
+    'junk after document element')."""
+    c = server.client()
+    c.login(ca_file, "carol", PASSWORD, "closing")
+    c.send("<presence to='closing-room@conference.localhost/carol'>"
+           "<x xmlns='http://jabber.org/protocol/muc'/></presence>")  # fmt: skip
+    joined = c.next()
+    assert joined.tag == "{jabber:client}presence" and joined.get("type") is None
+    c.send("</stream:stream>")
+    assert c.wait_closed()  # a parse error here: bytes after the server's closing tag
+    left = [el for el in c.queue if el.tag == "{jabber:client}presence"]
+    assert left and left[-1].get("type") == "unavailable", c.queue
+    assert left[-1].get("from") == "closing-room@conference.localhost/carol"
+
+
 def test_pipelined_data_after_starttls_is_discarded(server: ServerProcess, ca_file: str) -> None:
     # RFC 6120 §5.4.3.3: plaintext sent after <starttls/> must not be acted on.
     c = server.client()

@@ -1057,6 +1057,9 @@ class C2SStream(Session, asyncio.Protocol):
     def _peer_closed(self) -> None:
         self.closing = True
         self._final_ack()
+        # Modules write their last words to the session as it ends (a room's unavailable
+        # presence, XEP-0045 §7.14): before our closing tag, nothing after it (RFC 6120 §4.4).
+        self._end_session()
         self.send_uncounted(STREAM_CLOSE)
         self._close_transport()
 
@@ -1083,6 +1086,7 @@ class C2SStream(Session, asyncio.Protocol):
             # RFC 6120 §4.9.1.2: the error follows our stream header.
             self._send_header(None)
         self._final_ack()
+        self._end_session()  # what modules send as it ends precedes the closing tag (§4.4)
         if condition is not None:
             log.info(
                 "c2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else ""

@@ -1,0 +1,76 @@
+"""Runs the independent client implementations of tests/test_interop_*.py: aioxmpp (in its own
+virtual environment), go-sendxmpp (Debian) and xmpp.js (under node). `make test` installs them
+all (`make interop-deps`); a test whose client is missing fails and says how to install it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+AIOXMPP_PYTHON = REPO / ".venv-aioxmpp" / "bin" / "python"
+AIOXMPP_SCENARIOS = REPO / "tests" / "interop" / "aioxmpp" / "scenarios.py"
+JS_DIR = REPO / "tests" / "interop" / "js"
+JS_SCENARIOS = JS_DIR / "scenarios.mjs"
+INSTALL = "`make interop-deps` installs it (`make test` runs that first)"
+
+
+def require(present: bool, what: str) -> None:
+    if not present:
+        pytest.fail(f"{what} is missing: {INSTALL}", pytrace=False)
+
+
+def require_command(name: str, what: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"{what} (command `{name}`)")
+    assert path is not None
+    return path
+
+
+def require_aioxmpp() -> str:
+    require(AIOXMPP_PYTHON.exists(), f"aioxmpp's virtual environment ({AIOXMPP_PYTHON})")
+    return str(AIOXMPP_PYTHON)
+
+
+def require_xmppjs() -> str:
+    node = require_command("node", "node (nodejs)")
+    require(
+        (JS_DIR / "node_modules" / "@xmpp" / "client").is_dir(),
+        f"xmpp.js ({JS_DIR / 'node_modules'})",
+    )
+    return node
+
+
+def run(
+    command: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+
+
+def run_json(command: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> Any:
+    """Run a scenario; what it prints last on stdout is its JSON report."""
+    done = run(command, env, timeout)
+    if done.returncode != 0:
+        pytest.fail(
+            f"{command[0]} {' '.join(command[1:3])} failed (exit {done.returncode}):\n"
+            f"{done.stderr}\n{done.stdout}",
+            pytrace=False,
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])

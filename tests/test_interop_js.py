@@ -1,0 +1,116 @@
+"""xmpp.js (@xmpp/client under node), a JavaScript client implementation, against the
+server: SCRAM-SHA-1 and PLAIN logins, messages both ways, MAM paging both directions and
+XEP-0198 resumption after a dropped connection.
+
+The scenarios are tests/interop/js/scenarios.mjs (xmpp.js pinned by package-lock.json beside
+it); each reports what its clients saw as JSON and the assertions are here. node trusts the
+test CA through NODE_EXTRA_CA_CERTS: certificates are verified."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from interop_clients import JS_SCENARIOS, require_xmppjs, run_json
+
+POOL = FreshNames("js", 12)
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from module_server(ca, tmp_path_factory, POOL)
+
+
+@pytest.fixture
+def names() -> Iterator[str]:
+    return POOL.names()
+
+
+def scenario(srv: ServerProcess, ca_file: str, name: str, users: list[str], *extra: str) -> Any:
+    node = require_xmppjs()
+    return run_json(
+        [node, str(JS_SCENARIOS), name, str(srv.port), PASSWORD, ",".join(users), *extra],
+        env={"NODE_EXTRA_CA_CERTS": ca_file},
+    )
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1", "PLAIN"])
+def test_login(srv: ServerProcess, ca_file: str, names: Iterator[str], mechanism: str) -> None:
+    """RFC 6120 §6 with xmpp.js's two password mechanisms, after STARTTLS (§5)."""
+    user = next(names)
+    result = scenario(srv, ca_file, "login", [user], mechanism)
+    assert result == {"jid": f"{user}@localhost/js", "secure": True}
+    srv.wait_for_log(f"authenticated {user}@localhost with {mechanism}")
+
+
+def test_messages_both_ways(srv: ServerProcess, ca_file: str, names: Iterator[str]) -> None:
+    a, b = next(names), next(names)
+    result = scenario(srv, ca_file, "messages", [a, b])
+    # RFC 6121 §8.5.2.1.1 to the bare JID, §8.5.3.1 to the full JID; 'from' is the sender's
+    # full JID (RFC 6120 §8.1.2.1).
+    assert result["at_b"] == [
+        {
+            "from": f"{a}@localhost/js",
+            "to": f"{b}@localhost",
+            "type": "chat",
+            "body": "hello from js",
+        }
+    ]
+    assert result["at_a"] == [
+        {
+            "from": f"{b}@localhost/js",
+            "to": f"{a}@localhost/js",
+            "type": "chat",
+            "body": "reply from js",
+        }
+    ]
+
+
+def test_mam_paging(srv: ServerProcess, ca_file: str, names: Iterator[str]) -> None:
+    a, b = next(names), next(names)
+    result = scenario(srv, ca_file, "mam", [a, b])
+    every = [f"archived {i}" for i in range(1, 6)]
+
+    def bodies(pages: list[Any]) -> list[list[str]]:
+        return [[r["body"] for r in page["results"]] for page in pages]
+
+    # XEP-0059 §2.2 forwards with <after/>: pages of two in order, the last one complete
+    # (XEP-0313 §4.3.3).
+    forwards = result["forwards"]
+    assert bodies(forwards) == [every[0:2], every[2:4], every[4:5]]
+    assert [page["complete"] for page in forwards] == [False, False, True]
+    # XEP-0059 §2.5 the last page with an empty <before/>, §2.3 then backwards with <before/>;
+    # each page keeps chronological order.
+    backwards = result["backwards"]
+    assert bodies(backwards) == [every[3:5], every[1:3], every[0:1]]
+    assert [page["complete"] for page in backwards] == [False, False, True]
+    for page in forwards + backwards:
+        # <first/> and <last/> are the ids of the page's first and last result (§2.2).
+        assert page["first"] == page["results"][0]["id"]
+        assert page["last"] == page["results"][-1]["id"]
+        for archived in page["results"]:
+            assert archived["from"] == f"{a}@localhost/js"
+            assert archived["stamp"], "XEP-0313 §4.2: every result carries its delay stamp"
+    ids = [r["id"] for page in forwards for r in page["results"]]
+    assert len(set(ids)) == 5
+    assert ids == [r["id"] for page in reversed(backwards) for r in page["results"]]
+
+
+def test_stream_management_resumption(
+    srv: ServerProcess, ca_file: str, names: Iterator[str]
+) -> None:
+    """XEP-0198 §5: the connection drops without a closing handshake, xmpp.js reconnects and
+    resumes; what was sent to it meanwhile arrives once, and the session goes on."""
+    a, b = next(names), next(names)
+    result = scenario(srv, ca_file, "sm_resume", [a, b])
+    assert result["sm_id_after"] == result["sm_id_before"]
+    assert result["jid_after"] == result["jid_before"] == f"{a}@localhost/js"
+    assert [m["body"] for m in result["at_a"]] == [
+        "before the drop",
+        "while detached 1",
+        "while detached 2",
+    ]
+    assert [m["body"] for m in result["at_b"]] == ["after resumption"]
+    srv.wait_for_log(f"resumed {a}@localhost/js, 2 stanzas sent again")
