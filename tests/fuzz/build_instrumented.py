@@ -35,7 +35,10 @@ VARIANTS = {
 def flags(variant: str) -> tuple[str, str]:
     """CFLAGS and LDFLAGS of a variant."""
     sanitize = "-fsanitize=" + ",".join(VARIANTS[variant])
-    cflags = f"{sanitize} -fno-omit-frame-pointer -g -O1"
+    # -fwrapv as CPython builds every extension (sysconfig's CFLAGS): setuptools >= 72 drops
+    # those flags when CFLAGS is set, and without it UBSan reports Cython's `args + 0` on a
+    # NULL vectorcall argument array, which is defined behaviour under -fwrapv.
+    cflags = f"{sanitize} -fwrapv -fno-omit-frame-pointer -g -O1"
     if "undefined" in VARIANTS[variant]:
         cflags += " -fno-sanitize-recover=undefined"  # undefined behaviour is a crash
     return cflags, sanitize
