@@ -265,6 +265,39 @@ def test_create_locked_then_instant(login: Any, users: Iterator[str]) -> None:
     assert item(presences(got)[0]).get("jid") == b.full  # she is a moderator
 
 
+def test_creating_a_room_ends_with_the_empty_subject(login: Any, users: Iterator[str]) -> None:
+    """§7.1 order of events and §7.2.15: the subject (empty when none is set) ends every
+    join sequence, that of a new, locked room included: clients wait for it."""
+    a = login(next(users), "one")
+    room = new_room()
+    a.send(f"<presence to='{room}/owner'><x xmlns='{MUC}'/></presence>")
+    self_presence, subject = a.c.next(), a.c.next()
+    assert self_presence.tag == PRESENCE and {"110", "201"} <= codes(self_presence)
+    assert subject.tag == MESSAGE and subject.get("type") == "groupchat"
+    assert subject.get("from") == room and subject.get("to") == a.full
+    assert subject.findtext(f"{{{CLIENT}}}subject") == ""
+    assert subject.find(f"{{{CLIENT}}}body") is None
+    assert sync(a.c) == []  # nothing more
+    # Another resource of the owner enters the still locked room under another nickname:
+    # the occupants' presence, its self-presence, then the subject.
+    second = login(a.name, "two")
+    second.send(f"<presence to='{room}/owner2'><x xmlns='{MUC}'/></presence>")
+    sequence = [second.c.next() for _ in range(3)]
+    assert [(el.tag, el.get("from")) for el in sequence] == [
+        (PRESENCE, f"{room}/owner"),
+        (PRESENCE, f"{room}/owner2"),
+        (MESSAGE, room),
+    ]
+    assert "110" in codes(sequence[1]) and "201" not in codes(sequence[1])
+    assert sequence[2].findtext(f"{{{CLIENT}}}subject") == ""
+    assert sync(second.c) == []
+    assert f"{room}/owner2" in [p.get("from") for p in presences(sync(a.c))]
+    # Unlocking it (an instant room) sends no second subject to the creator.
+    reply = iq(a, room, "set", f"<query xmlns='{OWNER}'><x xmlns='{DATA}' type='submit'/></query>")
+    assert reply.get("type") == "result"
+    assert sync(a.c) == []
+
+
 def test_reserved_room_configured_with_the_form(login: Any, users: Iterator[str]) -> None:
     a = login(next(users))
     room = new_room()
@@ -835,8 +868,8 @@ async def test_slixmpp_chat(srv: ServerProcess, ca_file: str, users: Iterator[st
             await asyncio.wait_for(client.ready, 20)
         owner, second, third = clients
         muc = owner.plugin["xep_0045"]
-        # a new room is locked (no subject yet, so not join_muc_wait): the configuration
-        # iq follows the join presence on the same stream
+        # a new room is locked until configured: the configuration iq follows the join
+        # presence on the same stream
         muc.join_muc(room, "owner")
         form = owner.plugin["xep_0004"].make_form(ftype="submit")  # an instant room
         await asyncio.wait_for(muc.set_room_config(room, form), 10)
@@ -890,6 +923,28 @@ async def test_slixmpp_chat(srv: ServerProcess, ca_file: str, users: Iterator[st
     finally:
         for client in clients:
             client.disconnect()
+
+
+async def test_slixmpp_join_muc_wait_creates_a_room(
+    srv: ServerProcess, ca_file: str, users: Iterator[str]
+) -> None:
+    """slixmpp's join_muc_wait ends at the subject (§7.2.15): it completes when the join
+    creates the room, locked until configured."""
+    client = SlixClient(f"{next(users)}@localhost/slix", ca_file)
+    room = new_room()
+    try:
+        client.connect("127.0.0.1", srv.port)
+        await asyncio.wait_for(client.ready, 20)
+        muc = client.plugin["xep_0045"]
+        own_presence, subject, _occupants, history = await muc.join_muc_wait(
+            room, "creator", maxstanzas=0, timeout=10
+        )
+        assert {"110", "201"} <= {str(code) for code in own_presence["muc"]["status_codes"]}
+        assert not subject["subject"] and history == []  # the empty subject
+        form = client.plugin["xep_0004"].make_form(ftype="submit")  # an instant room
+        await asyncio.wait_for(muc.set_room_config(room, form), 10)
+    finally:
+        client.disconnect()
 
 
 def test_history_is_bounded_in_bytes() -> None:

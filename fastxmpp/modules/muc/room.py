@@ -316,15 +316,15 @@ class Room:
         if created:
             codes.append("201")  # §10.1.1: a new room
         origin.send(self.presence(occupant, origin.full, show_jid=True, codes=codes))
-        if created and self.locked:
-            return
+        # §7.1: then history and the subject, for a new (locked) room too: clients take the
+        # subject as the end of the join (§7.2.15).
         history = None if muc_x is None else muc_x.find(f"{{{NS_MUC}}}history")
         for data in self.history.select(history):
             origin.send(insert_attr(data, "to", origin.full))
         self.send_subject(origin.full, origin)
 
     def send_subject(self, full: str, session: C2SStream) -> None:
-        """§7.2.16: the subject, empty when there is none, last in the join sequence."""
+        """§7.2.15: the subject, empty when there is none, last in the join sequence."""
         text, nick = self.subject
         sender = self.occupant_jid(nick) if nick else self.jid
         session.send(
