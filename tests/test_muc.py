@@ -597,6 +597,40 @@ def test_history_on_join_then_subject(login: Any, users: Iterator[str]) -> None:
     assert bodies(seen) == []
 
 
+def test_copies_carry_the_payloads_as_sent(login: Any, users: Iterator[str]) -> None:
+    """What the room sends on an occupant's behalf (presence, groupchat, history, private
+    messages, exit) carries the occupant's payloads as sent: no declaration of the stream
+    prefix, no repeated jabber:client (they only cost bytes on every copy)."""
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    caps = "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v'/>"
+    a.c.recording = bytearray()
+    join(b, room, "bob", f"<x xmlns='{MUC}'/><show>dnd</show><status>busy</status>{caps}")
+    b.send(f"<presence to='{room}/bob'><show>away</show>{caps}</presence>")
+    groupchat(b, room, "hello")
+    b.send(f"<message to='{room}/owner' type='chat'><body>psst</body></message>")
+    got = received(a.c, b.c)
+    wire = bytes(a.c.recording)
+    assert b"xmlns:stream" not in wire and b"jabber:client" not in wire, wire
+    joined, changed = presences(got)
+    assert joined.findtext(f"{{{CLIENT}}}show") == "dnd"
+    assert joined.findtext(f"{{{CLIENT}}}status") == "busy"
+    assert changed.findtext(f"{{{CLIENT}}}show") == "away"
+    assert changed.find("{http://jabber.org/protocol/caps}c").get("ver") == "v"
+    assert bodies(got) == [(f"{room}/bob", "hello"), (f"{room}/bob", "psst")]
+    # the history a newcomer gets, and an exit with a status
+    c = login(next(users))
+    c.c.recording = bytearray()
+    seen = join(c, room, "carol")
+    b.send(f"<presence to='{room}/bob' type='unavailable'><status>bye</status></presence>")
+    exit_presence = presences(received(c.c, b.c))[-1]
+    wire = bytes(c.c.recording)
+    assert b"xmlns:stream" not in wire and b"jabber:client" not in wire, wire
+    assert bodies(seen) == [(f"{room}/bob", "hello")]
+    assert presences(seen)[1].findtext(f"{{{CLIENT}}}show") == "away"
+    assert exit_presence.findtext(f"{{{CLIENT}}}status") == "bye"
+
+
 def test_private_messages(login: Any, users: Iterator[str]) -> None:
     a, b, c = login(next(users)), login(next(users)), login(next(users))
     room = create(a)
@@ -952,11 +986,11 @@ def test_history_is_bounded_in_bytes() -> None:
     history = History(100)
     body = "x" * 300_000
     for n in range(5):
-        message = etree.fromstring(
-            f"<message xmlns='jabber:client' type='groupchat' id='h{n}'><body>{body}</body>"
+        message = (
+            f"<message from='room@service/nick' type='groupchat' id='h{n}'><body>{body}</body>"
             "</message>"
-        )
-        history.add(message, "room@service", "room@service/nick")
+        ).encode()
+        history.add(message, "room@service")
     assert history.size <= MAX_HISTORY_BYTES
     kept = history.select(None)
     assert len(kept) == 3 and b"id='h4'" in kept[-1].replace(b'"', b"'")
