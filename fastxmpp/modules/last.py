@@ -1,9 +1,10 @@
 """XEP-0012 Last Activity.
 
-- To the server, or with no 'to' (§5, Server and Component Query): seconds since it started.
-- To an account's bare JID, answered by the server on the account's behalf: only to the
-  account itself and to contacts the account lets see its presence (subscription "from" or
-  "both", asked of the roster module; without a roster module nobody else), else forbidden
+- To the server (§5, Server and Component Query): seconds since it started.
+- To an account's bare JID, or with no 'to' (the sender's account, RFC 6120 §10.3.3),
+  answered by the server on the account's behalf: only to the account itself and to
+  contacts the account lets see its presence (subscription "from" or "both", asked of the
+  roster module; without a roster module nobody else), else forbidden
   (§3, §8). With a connected resource: seconds 0 (§3). Offline: seconds since its last
   resource went away, with the status of its last unavailable presence (§3; the presence
   module keeps it on the session). An account that never logged out since this store exists:
@@ -22,7 +23,7 @@ from xml.sax.saxutils import escape
 from ..errors import StanzaError
 from ..storage.last import LastActivityStore
 from ..storage.lmdb_store import StorageFull
-from .base import Module, iq_result
+from .base import Module, iq_result, sender_account
 from .disco import may_see_presence
 
 if TYPE_CHECKING:
@@ -72,7 +73,8 @@ class LastActivityModule(Module):
     def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         if st.attrs.get("type") != "get":
             raise StanzaError("bad-request", "last activity is asked with an iq get")
-        if target is None or not target[0]:
+        target = target or sender_account(origin)
+        if not target[0]:
             uptime = int(time.monotonic() - self.started)
             return iq_result(origin, st, f"<query xmlns='{NS}' seconds='{uptime}'/>")
         local, domain, bare = target[0], target[1], target[3]
