@@ -812,6 +812,18 @@ def test_disconnect_and_broadcast_unavailable_leave_rooms(login: Any, users: Ite
 # --- hostile input -----------------------------------------------------------------------------
 
 
+def test_closing_the_stream_in_a_room(login: Any, users: Iterator[str]) -> None:
+    """RFC 6120 §4.4: nothing follows the server's closing tag; the exit presence a room
+    sends the leaving session (§7.14) comes before it."""
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    b.send("</stream:stream>")
+    assert b.c.wait_closed()  # (raises on anything after the closing tag)
+    exits = [el for el in b.c.queue if el.tag == PRESENCE and el.get("type") == "unavailable"]
+    assert [el.get("from") for el in exits] == [f"{room}/bob"] and "110" in codes(exits[0])
+
+
 def test_hostile_input(srv: ServerProcess, ca_file: str, login: Any, users: Iterator[str]) -> None:
     a = login(next(users))
     room = create(a)

@@ -1057,6 +1057,7 @@ class C2SStream(Session, asyncio.Protocol):
     def _peer_closed(self) -> None:
         self.closing = True
         self._final_ack()
+        self._end_session()  # what modules send the ending session goes before the close
         self.send_uncounted(STREAM_CLOSE)
         self._close_transport()
 
@@ -1083,6 +1084,7 @@ class C2SStream(Session, asyncio.Protocol):
             # RFC 6120 §4.9.1.2: the error follows our stream header.
             self._send_header(None)
         self._final_ack()
+        self._end_session()  # what modules send the ending session goes before the close
         if condition is not None:
             log.info(
                 "c2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else ""
