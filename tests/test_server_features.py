@@ -372,6 +372,41 @@ def test_last_logout_for_a_subscribed_contact(make_server: Any, ca_file: str) ->
             c.close()
 
 
+def test_last_logout_status_from_another_resource(make_server: Any, ca_file: str) -> None:
+    """XEP-0012 §3: the text is the status of the last unavailable presence received from
+    the user, also when that came from a resource that left before the last one, which then
+    went away without a word (its connection lost, or closed without presence)."""
+    srv = make_server()
+    for user in ("alice", "bob"):
+        srv.adduser(f"{user}@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        subscribe(srv, ca_file, opened)
+        alice, bob = opened[0], opened[1]
+        phone = login(srv, ca_file, opened, "alice", "phone")
+        phone.send("<presence/>")
+        alice.send("<presence type='unavailable'><status>Heading Home</status></presence>")
+        alice.close()
+        phone.abort()
+        while last_seconds(ask(bob, f"<query xmlns='{LAST}'/>", "alice@localhost")) == 0:
+            time.sleep(0.1)  # until the server has noticed the lost connection
+        query = result_of(ask(bob, f"<query xmlns='{LAST}'/>", "alice@localhost"))[0]
+        assert query.text == "Heading Home"
+        # Back, an update of availability, and gone without a word: no old status.
+        again = login(srv, ca_file, opened, "alice", "again")
+        again.send("<presence><status>here</status></presence>")
+        again.send("<presence type='unavailable'><status>Lunch</status></presence>")
+        again.send("<presence><show>away</show></presence>")  # back from lunch
+        again.close()
+        while last_seconds(ask(bob, f"<query xmlns='{LAST}'/>", "alice@localhost")) == 0:
+            time.sleep(0.1)
+        assert not result_of(ask(bob, f"<query xmlns='{LAST}'/>", "alice@localhost"))[0].text
+    finally:
+        for c in opened:
+            c.close()
+
+
 # --- XEP-0049 private XML storage ---------------------------------------------------------
 
 EXODUS = "<exodus xmlns='exodus:prefs'><defaultnick>Hamlet</defaultnick></exodus>"
