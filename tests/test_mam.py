@@ -335,6 +335,40 @@ def test_prefs(login: Any, names: Iterator[str]) -> None:
     assert stanza_error(bad) == "bad-request"
 
 
+def test_prefs_jids_are_prepared(login: Any, names: Iterator[str]) -> None:
+    """§5: the JIDs of the preferences are JIDs (RFC 7622): stored and returned prepared,
+    so that they match the conversation partners they name; a string that is no JID is
+    refused with jid-malformed and changes nothing."""
+    a, b = login(next(names)), login(next(names))
+    shouting = b.bare.upper()
+    reply = a.iq(
+        "set",
+        f"<prefs xmlns='{NS}' default='always'><always/>"
+        f"<never><jid>{shouting}</jid><jid>X@Example.TEST/Res</jid></never></prefs>",
+    )
+    prefs = reply.find(f"{{{NS}}}prefs")
+    assert [j.text for j in prefs.iter(f"{{{NS}}}jid")] == [b.bare, "x@example.test"]
+    again = a.iq("get", f"<prefs xmlns='{NS}'/>").find(f"{{{NS}}}prefs")
+    assert [j.text for j in again.iter(f"{{{NS}}}jid")] == [b.bare, "x@example.test"]
+    a.send(chat(b.bare, "never kept"))
+    a.inbox()
+    assert bodies(a.query()[0]) == []
+    for bad in ("a@b@c", "@localhost", "x" * 1100 + "@localhost", " "):
+        reply = a.iq(
+            "set",
+            f"<prefs xmlns='{NS}' default='never'><always><jid>{bad}</jid></always></prefs>",
+        )
+        assert stanza_error(reply) == "jid-malformed", bad
+    kept = a.iq("get", f"<prefs xmlns='{NS}'/>").find(f"{{{NS}}}prefs")
+    assert kept.get("default") == "always"
+    # the 'with' filter of a query names a JID too
+    c = login(next(names))
+    c.send(chat(a.bare, "to a"))
+    c.inbox()
+    assert bodies(a.query({"with": c.bare.upper()})[0]) == ["to a"]
+    assert stanza_error(a.query({"with": "a@b@c"})[1]) == "jid-malformed"
+
+
 def test_not_archived(srv: ServerProcess, login: Any, names: Iterator[str]) -> None:
     a, b = login(next(names)), login(next(names))
     a.send(chat(b.bare, "hinted", extra="<no-store xmlns='urn:xmpp:hints'/>"))
@@ -354,14 +388,25 @@ CHATSTATES = "http://jabber.org/protocol/chatstates"
 
 
 def test_metadata(login: Any, names: Iterator[str]) -> None:
+    """§7 (archive metadata): empty for an empty archive; else <start/> and <end/> with the
+    id and XEP-0082 timestamp of the first and last message, asked right after they were
+    archived, without 'to' or to the account's bare JID."""
     a, b = login(next(names)), login(next(names))
     empty = a.iq("get", f"<metadata xmlns='{NS}'/>").find(f"{{{NS}}}metadata")
     assert len(empty) == 0
-    send_all(a, b.bare, ["1", "2"])
-    ids = [r.get("id") for r in a.query()[0]]
-    meta = a.iq("get", f"<metadata xmlns='{NS}'/>").find(f"{{{NS}}}metadata")
-    assert meta.find(f"{{{NS}}}start").get("id") == ids[0]
-    assert meta.find(f"{{{NS}}}end").get("id") == ids[1]
+    a.send(chat(b.bare, "1"))
+    b.send(chat(a.bare, "2"))
+    b.inbox()
+    a.send(chat(b.bare, "3"))
+    for to in (None, a.bare):
+        meta = a.iq("get", f"<metadata xmlns='{NS}'/>", to).find(f"{{{NS}}}metadata")
+        assert [child.tag for child in meta] == [f"{{{NS}}}start", f"{{{NS}}}end"]
+        results = a.query()[0]
+        assert bodies(results) == ["1", "2", "3"]
+        for element, result in zip(meta, (results[0], results[-1]), strict=True):
+            assert element.get("id") == result.get("id")
+            delay = result.find(f"{{{FORWARD}}}forwarded/{{{DELAY}}}delay")
+            assert element.get("timestamp") == delay.get("stamp")
 
 
 # --- storage: retention, removal, restarts --------------------------------------------------
@@ -480,10 +525,15 @@ async def test_slixmpp_mam(srv: ServerProcess, ca_file: str, names: Iterator[str
         for text in ("one", "two", "three"):
             alice.send_message(mto=f"{peer}@localhost", mbody=text, mtype="chat")
         await asyncio.sleep(0.5)
-        got = []
+        got, ids = [], []
         async for msg in alice.plugin["xep_0313"].iterate(rsm={"max": 2}):
             got.append(msg["mam_result"]["forwarded"]["stanza"]["body"])
+            ids.append(msg["mam_result"]["id"])
         assert got == ["one", "two", "three"]
+        # §7 metadata, as the plugin asks for it (no 'to') and reads it
+        meta = (await alice.plugin["xep_0313"].get_archive_metadata(timeout=10))["mam_metadata"]
+        assert (meta["start"]["id"], meta["end"]["id"]) == (ids[0], ids[-1])
+        assert meta["start"]["timestamp"] <= meta["end"]["timestamp"]
     finally:
         for client in (alice, bob):
             client.disconnect()

@@ -265,6 +265,39 @@ def test_create_locked_then_instant(login: Any, users: Iterator[str]) -> None:
     assert item(presences(got)[0]).get("jid") == b.full  # she is a moderator
 
 
+def test_creating_a_room_ends_with_the_empty_subject(login: Any, users: Iterator[str]) -> None:
+    """§7.1 order of events and §7.2.15: the subject (empty when none is set) ends every
+    join sequence, that of a new, locked room included: clients wait for it."""
+    a = login(next(users), "one")
+    room = new_room()
+    a.send(f"<presence to='{room}/owner'><x xmlns='{MUC}'/></presence>")
+    self_presence, subject = a.c.next(), a.c.next()
+    assert self_presence.tag == PRESENCE and {"110", "201"} <= codes(self_presence)
+    assert subject.tag == MESSAGE and subject.get("type") == "groupchat"
+    assert subject.get("from") == room and subject.get("to") == a.full
+    assert subject.findtext(f"{{{CLIENT}}}subject") == ""
+    assert subject.find(f"{{{CLIENT}}}body") is None
+    assert sync(a.c) == []  # nothing more
+    # Another resource of the owner enters the still locked room under another nickname:
+    # the occupants' presence, its self-presence, then the subject.
+    second = login(a.name, "two")
+    second.send(f"<presence to='{room}/owner2'><x xmlns='{MUC}'/></presence>")
+    sequence = [second.c.next() for _ in range(3)]
+    assert [(el.tag, el.get("from")) for el in sequence] == [
+        (PRESENCE, f"{room}/owner"),
+        (PRESENCE, f"{room}/owner2"),
+        (MESSAGE, room),
+    ]
+    assert "110" in codes(sequence[1]) and "201" not in codes(sequence[1])
+    assert sequence[2].findtext(f"{{{CLIENT}}}subject") == ""
+    assert sync(second.c) == []
+    assert f"{room}/owner2" in [p.get("from") for p in presences(sync(a.c))]
+    # Unlocking it (an instant room) sends no second subject to the creator.
+    reply = iq(a, room, "set", f"<query xmlns='{OWNER}'><x xmlns='{DATA}' type='submit'/></query>")
+    assert reply.get("type") == "result"
+    assert sync(a.c) == []
+
+
 def test_reserved_room_configured_with_the_form(login: Any, users: Iterator[str]) -> None:
     a = login(next(users))
     room = new_room()
@@ -564,6 +597,40 @@ def test_history_on_join_then_subject(login: Any, users: Iterator[str]) -> None:
     assert bodies(seen) == []
 
 
+def test_copies_carry_the_payloads_as_sent(login: Any, users: Iterator[str]) -> None:
+    """What the room sends on an occupant's behalf (presence, groupchat, history, private
+    messages, exit) carries the occupant's payloads as sent: no declaration of the stream
+    prefix, no repeated jabber:client (they only cost bytes on every copy)."""
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    caps = "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v'/>"
+    a.c.recording = bytearray()
+    join(b, room, "bob", f"<x xmlns='{MUC}'/><show>dnd</show><status>busy</status>{caps}")
+    b.send(f"<presence to='{room}/bob'><show>away</show>{caps}</presence>")
+    groupchat(b, room, "hello")
+    b.send(f"<message to='{room}/owner' type='chat'><body>psst</body></message>")
+    got = received(a.c, b.c)
+    wire = bytes(a.c.recording)
+    assert b"xmlns:stream" not in wire and b"jabber:client" not in wire, wire
+    joined, changed = presences(got)
+    assert joined.findtext(f"{{{CLIENT}}}show") == "dnd"
+    assert joined.findtext(f"{{{CLIENT}}}status") == "busy"
+    assert changed.findtext(f"{{{CLIENT}}}show") == "away"
+    assert changed.find("{http://jabber.org/protocol/caps}c").get("ver") == "v"
+    assert bodies(got) == [(f"{room}/bob", "hello"), (f"{room}/bob", "psst")]
+    # the history a newcomer gets, and an exit with a status
+    c = login(next(users))
+    c.c.recording = bytearray()
+    seen = join(c, room, "carol")
+    b.send(f"<presence to='{room}/bob' type='unavailable'><status>bye</status></presence>")
+    exit_presence = presences(received(c.c, b.c))[-1]
+    wire = bytes(c.c.recording)
+    assert b"xmlns:stream" not in wire and b"jabber:client" not in wire, wire
+    assert bodies(seen) == [(f"{room}/bob", "hello")]
+    assert presences(seen)[1].findtext(f"{{{CLIENT}}}show") == "away"
+    assert exit_presence.findtext(f"{{{CLIENT}}}status") == "bye"
+
+
 def test_private_messages(login: Any, users: Iterator[str]) -> None:
     a, b, c = login(next(users)), login(next(users)), login(next(users))
     room = create(a)
@@ -745,6 +812,18 @@ def test_disconnect_and_broadcast_unavailable_leave_rooms(login: Any, users: Ite
 # --- hostile input -----------------------------------------------------------------------------
 
 
+def test_closing_the_stream_in_a_room(login: Any, users: Iterator[str]) -> None:
+    """RFC 6120 §4.4: nothing follows the server's closing tag; the exit presence a room
+    sends the leaving session (§7.14) comes before it."""
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    b.send("</stream:stream>")
+    assert b.c.wait_closed()  # (raises on anything after the closing tag)
+    exits = [el for el in b.c.queue if el.tag == PRESENCE and el.get("type") == "unavailable"]
+    assert [el.get("from") for el in exits] == [f"{room}/bob"] and "110" in codes(exits[0])
+
+
 def test_hostile_input(srv: ServerProcess, ca_file: str, login: Any, users: Iterator[str]) -> None:
     a = login(next(users))
     room = create(a)
@@ -835,8 +914,8 @@ async def test_slixmpp_chat(srv: ServerProcess, ca_file: str, users: Iterator[st
             await asyncio.wait_for(client.ready, 20)
         owner, second, third = clients
         muc = owner.plugin["xep_0045"]
-        # a new room is locked (no subject yet, so not join_muc_wait): the configuration
-        # iq follows the join presence on the same stream
+        # a new room is locked until configured: the configuration iq follows the join
+        # presence on the same stream
         muc.join_muc(room, "owner")
         form = owner.plugin["xep_0004"].make_form(ftype="submit")  # an instant room
         await asyncio.wait_for(muc.set_room_config(room, form), 10)
@@ -892,16 +971,38 @@ async def test_slixmpp_chat(srv: ServerProcess, ca_file: str, users: Iterator[st
             client.disconnect()
 
 
+async def test_slixmpp_join_muc_wait_creates_a_room(
+    srv: ServerProcess, ca_file: str, users: Iterator[str]
+) -> None:
+    """slixmpp's join_muc_wait ends at the subject (§7.2.15): it completes when the join
+    creates the room, locked until configured."""
+    client = SlixClient(f"{next(users)}@localhost/slix", ca_file)
+    room = new_room()
+    try:
+        client.connect("127.0.0.1", srv.port)
+        await asyncio.wait_for(client.ready, 20)
+        muc = client.plugin["xep_0045"]
+        own_presence, subject, _occupants, history = await muc.join_muc_wait(
+            room, "creator", maxstanzas=0, timeout=10
+        )
+        assert {"110", "201"} <= {str(code) for code in own_presence["muc"]["status_codes"]}
+        assert not subject["subject"] and history == []  # the empty subject
+        form = client.plugin["xep_0004"].make_form(ftype="submit")  # an instant room
+        await asyncio.wait_for(muc.set_room_config(room, form), 10)
+    finally:
+        client.disconnect()
+
+
 def test_history_is_bounded_in_bytes() -> None:
     """Whatever its configured length, a room's history holds at most MAX_HISTORY_BYTES."""
     history = History(100)
     body = "x" * 300_000
     for n in range(5):
-        message = etree.fromstring(
-            f"<message xmlns='jabber:client' type='groupchat' id='h{n}'><body>{body}</body>"
+        message = (
+            f"<message from='room@service/nick' type='groupchat' id='h{n}'><body>{body}</body>"
             "</message>"
-        )
-        history.add(message, "room@service", "room@service/nick")
+        ).encode()
+        history.add(message, "room@service")
     assert history.size <= MAX_HISTORY_BYTES
     kept = history.select(None)
     assert len(kept) == 3 and b"id='h4'" in kept[-1].replace(b'"', b"'")

@@ -337,6 +337,47 @@ def test_two_resources_each(online: Any, users: Iterator[str]) -> None:  # noqa:
         assert presences(received(other.c, b2.c)) == [(b2.full, "unavailable")]
 
 
+def test_every_presence_names_its_recipient(online: Any, users: Iterator[str]) -> None:  # noqa: F811
+    """RFC 6121 §4.2.2, §4.3.2, §4.4.2, §4.5.2, §4.6.3: presence the server sends to a client
+    carries 'to': the contact's bare JID for a contact's presence, the receiving resource's
+    full JID for the user's own resources' presence."""
+    a_name, b_name = next(users), next(users)
+    a1, b1 = online(a_name, "one"), online(b_name, "one")
+    a1.send(f"<presence type='subscribe' to='{b1.bare}'/>")
+    sync(a1.c)
+    b1.send(f"<presence type='subscribed' to='{a1.bare}'/>")
+    sync(b1.c)
+    approved = [el for el in sync(a1.c) if el.tag == PRESENCE and el.get("type") is None]
+    assert [(el.get("from"), el.get("to")) for el in approved] == [(b1.full, a1.bare)]
+    befriend(a1, b1)
+    a2 = online(a_name, "two", available=False)
+    a2.send("<presence/>")
+    got = {el.get("from"): el.get("to") for el in sync(a2.c) if el.tag == PRESENCE}
+    # its own presence, the other resource's, the contact's (a probe answered)
+    assert got == {a2.full: a2.full, a1.full: a2.full, b1.full: a2.bare}
+    assert [(el.get("from"), el.get("to")) for el in received(a1.c, a2.c)] == [(a2.full, a1.full)]
+    assert [(el.get("from"), el.get("to")) for el in received(b1.c, a2.c)] == [(a2.full, b1.bare)]
+    a2.send(f"<presence type='probe' to='{b1.bare}'/>")
+    assert [(el.get("from"), el.get("to")) for el in sync(a2.c)] == [(b1.full, a2.bare)]
+    stranger = online(next(users))
+    a2.send(f"<presence to='{stranger.full}'/>")
+    got = received(stranger.c, a2.c)
+    assert [(el.get("from"), el.get("to")) for el in got] == [(a2.full, stranger.full)]
+    a2.send("<presence type='unavailable'/>")
+    assert [(el.get("from"), el.get("to")) for el in sync(a2.c)] == [(a2.full, a2.full)]
+    for user, to in ((a1, a1.full), (b1, b1.bare), (stranger, stranger.full)):
+        got = received(user.c, a2.c)
+        assert [(el.get("from"), el.get("type"), el.get("to")) for el in got] == [
+            (a2.full, "unavailable", to)
+        ]
+    # a session that just goes away
+    b1.c.close()
+    el = a1.c.next()
+    while el.tag != PRESENCE:
+        el = a1.c.next()
+    assert (el.get("from"), el.get("type"), el.get("to")) == (b1.full, "unavailable", a1.bare)
+
+
 def test_no_presence_leaks(online: Any, users: Iterator[str]) -> None:  # noqa: F811
     a, b, stranger = online(next(users)), online(next(users)), online(next(users))
     # b only asked (Pending Out): still nothing.
@@ -539,6 +580,45 @@ async def test_slixmpp_subscription(
         assert b.client_roster[f"{a_name}@localhost"]["subscription"] == "both"
     finally:
         for client in (a, b):
+            client.disconnect()
+
+
+async def test_slixmpp_roster_shows_the_contacts_resources(
+    srv: ServerProcess,  # noqa: F811
+    ca_file: str,
+    users: Iterator[str],  # noqa: F811
+) -> None:
+    """slixmpp files presence under the roster of its 'to' (an empty one without it): with
+    'to' on every presence the server sends, the contact's resources show in the roster,
+    after the subscription is approved and when another resource comes online, and leave it
+    when they go."""
+    a_name, b_name = next(users), next(users)
+    a_bare, b_bare = f"{a_name}@localhost", f"{b_name}@localhost"
+    a = SlixClient(f"{a_bare}/slix", ca_file)
+    b = SlixClient(f"{b_bare}/slix", ca_file)
+    late = SlixClient(f"{b_bare}/late", ca_file)
+
+    async def resources_become(expected: set[str]) -> None:
+        for _ in range(100):
+            if set(a.client_roster[b_bare].resources) == expected:
+                return
+            await asyncio.sleep(0.05)
+        assert set(a.client_roster[b_bare].resources) == expected
+
+    try:
+        for client in (a, b):
+            client.connect("127.0.0.1", srv.port)
+            await asyncio.wait_for(client.ready, 20)
+        a.send_presence_subscription(pto=b_bare)
+        await resources_become({"slix"})  # presence sent once the subscription is approved
+        late.connect("127.0.0.1", srv.port)
+        await asyncio.wait_for(late.ready, 20)
+        await resources_become({"slix", "late"})  # broadcast presence
+        late.disconnect()
+        await resources_become({"slix"})  # broadcast unavailable presence
+        assert set(b.client_roster[a_bare].resources) == {"slix"}
+    finally:
+        for client in (a, b, late):
             client.disconnect()
 
 

@@ -60,6 +60,57 @@ def result_of(reply: Any) -> Any:
     return reply
 
 
+# --- RFC 6120 §10.3.3: an iq without 'to' is for the sending account ---------------------
+
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+VCARD = "vcard-temp"
+
+
+def comparable(reply: Any) -> tuple[str | None, bytes]:
+    """An answer as the account's bare JID gives it: type and payload, addresses aside."""
+    return reply.get("type"), b"".join(etree.tostring(child) for child in reply)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        f"<query xmlns='{DISCO_INFO}'/>",
+        f"<query xmlns='{DISCO_ITEMS}'/>",
+        f"<query xmlns='{LAST}'/>",
+        f"<query xmlns='{VERSION}'/>",
+        f"<time xmlns='{TIME}'/>",
+        f"<ping xmlns='{PING}'/>",
+        "<query xmlns='jabber:iq:roster'/>",
+        f"<vCard xmlns='{VCARD}'/>",
+        f"<query xmlns='{PRIVATE}'><x xmlns='x:y'/></query>",
+        "<blocklist xmlns='urn:xmpp:blocking'/>",
+        "<query xmlns='jabber:iq:privacy'/>",
+        "<query xmlns='jabber:iq:register'/>",
+    ],
+    ids=lambda payload: payload.split("'")[1],
+)
+def test_iq_without_to_is_answered_for_the_account(
+    server: ServerProcess, ca_file: str, clients: list[RawClient], payload: str
+) -> None:
+    """Every namespace answers an iq without 'to' as the sender's bare JID does, not as the
+    server does (disco#info: the account's identities and features, not the server's)."""
+    c = login(server, ca_file, clients, "alice", "noto")
+    c.send("<presence/>")
+    if LAST in payload:
+        # The server's uptime must differ from an online account's 0 seconds.
+        while last_seconds(ask(c, payload, "localhost")) < 1:
+            time.sleep(0.2)
+    without_to = ask(c, payload)
+    assert without_to.get("from") is None
+    assert comparable(without_to) == comparable(ask(c, payload, "alice@localhost"))
+    if payload.startswith(f"<query xmlns='{DISCO_INFO}'"):
+        identity = without_to.find(f".//{{{DISCO_INFO}}}identity")
+        assert (identity.get("category"), identity.get("type")) == ("account", "registered")
+    if payload.startswith(f"<query xmlns='{LAST}'"):
+        assert without_to.find(f"{{{LAST}}}query").get("seconds") == "0"  # online
+
+
 # --- XEP-0199 ping ------------------------------------------------------------------------
 
 
@@ -202,7 +253,9 @@ def test_version_without_os(server: ServerProcess, ca_file: str, clients: list[R
     assert stanza_error(ask(c, f"<query xmlns='{VERSION}'/>", "bob@localhost")) == (
         "service-unavailable"
     )
-    assert stanza_error(ask(c, f"<query xmlns='{VERSION}'/>", itype="set")) == "bad-request"
+    assert stanza_error(ask(c, f"<query xmlns='{VERSION}'/>", "localhost", "set")) == (
+        "bad-request"
+    )
 
 
 def test_version_with_os(make_server: Any, ca_file: str, clients: list[RawClient]) -> None:
@@ -210,7 +263,7 @@ def test_version_with_os(make_server: Any, ca_file: str, clients: list[RawClient
     srv.adduser("alice@localhost")
     srv.start()
     c = login(srv, ca_file, clients, "alice", "ver")
-    query = result_of(ask(c, f"<query xmlns='{VERSION}'/>"))[0]
+    query = result_of(ask(c, f"<query xmlns='{VERSION}'/>", "localhost"))[0]
     assert query.findtext(f"{{{VERSION}}}os")
 
 
@@ -314,6 +367,41 @@ def test_last_logout_for_a_subscribed_contact(make_server: Any, ca_file: str) ->
         assert stanza_error(ask(probe, f"<query xmlns='{LAST}'/>", "alice@localhost")) == (
             "forbidden"
         )
+    finally:
+        for c in opened:
+            c.close()
+
+
+def test_last_logout_status_from_another_resource(make_server: Any, ca_file: str) -> None:
+    """XEP-0012 §3: the text is the status of the last unavailable presence received from
+    the user, also when that came from a resource that left before the last one, which then
+    went away without a word (its connection lost, or closed without presence)."""
+    srv = make_server()
+    for user in ("alice", "bob"):
+        srv.adduser(f"{user}@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        subscribe(srv, ca_file, opened)
+        alice, bob = opened[0], opened[1]
+        phone = login(srv, ca_file, opened, "alice", "phone")
+        phone.send("<presence/>")
+        alice.send("<presence type='unavailable'><status>Heading Home</status></presence>")
+        alice.close()
+        phone.abort()
+        while last_seconds(ask(bob, f"<query xmlns='{LAST}'/>", "alice@localhost")) == 0:
+            time.sleep(0.1)  # until the server has noticed the lost connection
+        query = result_of(ask(bob, f"<query xmlns='{LAST}'/>", "alice@localhost"))[0]
+        assert query.text == "Heading Home"
+        # Back, an update of availability, and gone without a word: no old status.
+        again = login(srv, ca_file, opened, "alice", "again")
+        again.send("<presence><status>here</status></presence>")
+        again.send("<presence type='unavailable'><status>Lunch</status></presence>")
+        again.send("<presence><show>away</show></presence>")  # back from lunch
+        again.close()
+        while last_seconds(ask(bob, f"<query xmlns='{LAST}'/>", "alice@localhost")) == 0:
+            time.sleep(0.1)
+        assert not result_of(ask(bob, f"<query xmlns='{LAST}'/>", "alice@localhost"))[0].text
     finally:
         for c in opened:
             c.close()

@@ -520,6 +520,124 @@ def test_clean_close_with_unacked_goes_offline(
     assert bodies(back.sync()) == ["m2"]
 
 
+CARBONS = "urn:xmpp:carbons:2"
+MAM = "urn:xmpp:mam:2"
+
+
+def enable_carbons(client: Client) -> None:
+    client.send(f"<iq type='set' id='cc'><enable xmlns='{CARBONS}'/></iq>")
+    assert client.sync()[-1].get("type") == "result"
+
+
+def close_unacknowledged(client: Client) -> None:
+    """End the stream politely without a final <a/> (as slixmpp does): what the server sent
+    since the last acknowledgement counts as never received (§4)."""
+    client.send("</stream:stream>")
+    assert client.c.wait_closed()
+
+
+def test_unacked_bare_jid_message_goes_offline_once_with_a_delay(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
+) -> None:
+    """§4: a message to the bare JID that the account's only session never acknowledged is
+    stored offline, stamped (XEP-0203) with the time it was first sent, and delivered once."""
+    alice = login(srv, ca_file, clients, next(users))
+    bob = login(srv, ca_file, clients, next(users))
+    alice.enable(resume=False)
+    alice.auto_ack = False
+    before = time.time()
+    bob.send(message(alice.bare, "to the bare JID"))
+    bob.sync()
+    assert bodies([alice.next()]) == ["to the bare JID"]
+    close_unacknowledged(alice)
+    back = login(srv, ca_file, clients, alice.name, "back", available=False)
+    back.send("<presence/>")
+    got = [el for el in back.sync() if el.tag == f"{{{CLIENT}}}message"]
+    assert bodies(got) == ["to the bare JID"]
+    delay = got[0].find(f"{{{DELAY}}}delay")
+    assert delay is not None and delay.get("from") == "localhost"
+    stamp = time.mktime(time.strptime(delay.get("stamp"), "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert int(before) - 1 <= stamp <= time.time()
+    again = login(srv, ca_file, clients, alice.name, "again", available=False)
+    again.send("<presence/>")
+    assert bodies(again.sync()) == []
+
+
+def test_unacked_message_copied_by_carbons_is_not_stored_again(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
+) -> None:
+    """§4 warns of duplicates: a message the account's other carbons-enabled resources have
+    already received a copy of (XEP-0280 §4) is neither stored offline for them nor sent
+    to them again when the addressed session ends without acknowledging it."""
+    name = next(users)
+    bob = login(srv, ca_file, clients, next(users))
+    first = login(srv, ca_file, clients, name, "first")
+    second = login(srv, ca_file, clients, name, "second", available=False)  # bound, no presence
+    available = login(srv, ca_file, clients, name, "available")
+    for client in (first, second, available):
+        enable_carbons(client)
+    first.enable(resume=False)
+    first.auto_ack = False
+    bob.send(message(first.full, "to first"))
+    bob.sync()
+    assert bodies([first.next()]) == ["to first"]
+    for other in (second, available):
+        copies = [el for el in other.sync() if el.find(f"{{{CARBONS}}}received") is not None]
+        assert len(copies) == 1  # the carbon copy
+    close_unacknowledged(first)
+    assert bodies(available.sync()) == []
+    second.send("<presence/>")  # its initial presence: offline messages would come now
+    assert bodies(second.sync()) == []
+
+
+def test_unacked_carbons_and_archive_results_are_never_rerouted(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], users: Iterator[str]
+) -> None:
+    """Carbon copies (XEP-0280), archive query results (XEP-0313) and private messages from
+    a room occupant (XEP-0045 §7.5) a session never acknowledged were for that session
+    only: they go neither to another resource nor to offline storage."""
+    name = next(users)
+    bob = login(srv, ca_file, clients, next(users))
+    first = login(srv, ca_file, clients, name, "first")
+    other = login(srv, ca_file, clients, name, "other")
+    enable_carbons(first)
+    bob.send(message(first.bare, "archived"))
+    bob.sync()
+    assert bodies(first.sync()) == ["archived"]
+    room = f"sm-{name}@conference.localhost"
+    first.send(f"<presence to='{room}/first'/>")  # an instant room (XEP-0045 §7.2.1)
+    bob.send(f"<presence to='{room}/bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    bob.sync()
+    first.sync()
+    first.enable(resume=False)
+    first.auto_ack = False
+    # a private message in a room the other resource is not in
+    bob.send(message(f"{room}/first", "private"))
+    bob.sync()
+    assert bodies([first.next()]) == ["private"]
+    # a carbon copy of a message to the other resource
+    bob.send(message(other.full, "for other"))
+    bob.sync()
+    copy = first.next()
+    assert copy.find(f"{{{CARBONS}}}received") is not None
+    # and the archive's results
+    first.send(f"<iq type='set' id='mam'><query xmlns='{MAM}' queryid='q'/></iq>")
+    results = []
+    while True:
+        el = first.next()
+        if el.get("id") == "mam":
+            break
+        results.append(el)
+    assert results and all(el.find(f"{{{MAM}}}result") is not None for el in results)
+    assert bodies(other.sync()) == ["archived", "for other"]
+    close_unacknowledged(first)
+    assert [el for el in other.sync() if el.tag == f"{{{CLIENT}}}message"] == []
+    other.c.close()
+    back = login(srv, ca_file, clients, name, "back", available=False)
+    back.send("<presence/>")
+    assert [el for el in back.sync() if el.tag == f"{{{CLIENT}}}message"] == []
+
+
 def test_unacked_beyond_the_offline_quota_bounce(
     make_server: Any, ca_file: str, clients: list[RawClient]
 ) -> None:

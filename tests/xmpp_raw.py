@@ -52,6 +52,8 @@ class RawClient:
         self.inflater: Any = None
         self.wire_sent = 0
         self.wire_received = 0
+        # Set to a bytearray to keep what the server sends (decompressed), for byte checks.
+        self.recording: bytearray | None = None
 
     def _new_parser(self) -> None:
         self.parser = etree.XMLPullParser(events=("start", "end"), resolve_entities=False)
@@ -93,6 +95,8 @@ class RawClient:
             data = self.inflater.decompress(data)
             if not data:
                 return
+        if self.recording is not None:
+            self.recording += data
         self.parser.feed(data)
         for event, el in self.parser.read_events():
             if event == "start":

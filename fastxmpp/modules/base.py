@@ -47,6 +47,12 @@ def iq_result(origin: C2SStream, st: Stanza, payload: str = "") -> bytes:
     return f"<iq {attrs}>{payload}</iq>".encode()
 
 
+def sender_account(origin: C2SStream) -> tuple[str, str, str, str]:
+    """The target of an iq without 'to': RFC 6120 §10.3.3 has the server handle it on behalf
+    of the sending account, as if sent to its bare JID (local, domain, no resource, bare)."""
+    return (origin.local, origin.domain, "", origin.bare)
+
+
 class Module:
     """Base class: override what the concern needs; every hook has a harmless default."""
 

@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
@@ -60,10 +61,13 @@ EXCLUDED = frozenset(((NS, "private"), (NS_HINTS, "no-copy")))
 
 def eligible(st: Stanza) -> bool:
     """§6.1 (and §7: <private/>, or the XEP-0334 <no-copy/> hint, opts a message out)."""
-    mtype = st.attrs.get("type", "normal")
+    return eligible_message(st.attrs.get("type", "normal"), st.children)
+
+
+def eligible_message(mtype: str, children: list[tuple[str, str]]) -> bool:
+    """`eligible` for a message of type `mtype` with these (namespace, name) children."""
     if mtype != "chat" and mtype != "normal":
         return False  # groupchat (§6.1), headline (no IM), error (see the module doc)
-    children = st.children
     for child in children:
         if child in EXCLUDED:
             return False
@@ -113,6 +117,8 @@ class CarbonsModule(Module):
         if st.attrs.get("type") != "set" or payload not in ("enable", "disable"):
             raise StanzaError("bad-request", "an iq set with <enable/> or <disable/>")
         if payload == "enable":
+            if not self.enabled(origin):
+                origin.carbons_since = time.time()
             self.accounts.setdefault(origin.bare, {})[origin.resource] = origin
         else:
             self._disable(origin)
@@ -130,6 +136,21 @@ class CarbonsModule(Module):
 
     def session_ended(self, session: C2SStream) -> None:
         self._disable(session)
+
+    def copied_to(
+        self, session: C2SStream, mtype: str, children: list[tuple[str, str]], sent_at: float
+    ) -> list[C2SStream]:
+        """The account's other sessions that got a carbon copy (§4) of a message of type
+        `mtype` with these children delivered to `session` at `sent_at`: those with carbons
+        on since then (XEP-0198 §4: resending them the message would duplicate it)."""
+        if not eligible_message(mtype, children):
+            return []
+        copied = []
+        for other in self.accounts.get(session.bare, {}).values():
+            since = getattr(other, "carbons_since", None)
+            if other is not session and since is not None and since <= sent_at:
+                copied.append(other)
+        return copied
 
     # --- the router's calls ----------------------------------------------------------------
 

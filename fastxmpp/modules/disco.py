@@ -1,9 +1,10 @@
 """XEP-0030 Service Discovery for the server and, on their behalf, its accounts.
 
-- The server (no 'to', or a domain served here): identity server/im "fastxmpp", the features
+- The server (a domain served here): identity server/im "fastxmpp", the features
   every module declares (`ModuleHub.server_features`), items that modules list through an
   optional `disco_items(domain) -> [(jid, name or None)]` method (none so far).
-- An account's bare JID (§3.1, §4.1): identity account/registered and
+- An account's bare JID (§3.1, §4.1), or no 'to' (the sender's account, RFC 6120 §10.3.3):
+  identity account/registered and
   `ModuleHub.account_features`. Following the Security Considerations (§7) to the letter:
   disco#info is answered only to the account itself and to entities the account lets see
   its presence (subscription "from" or "both", asked of the roster module), others get
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 from ..errors import StanzaError
-from .base import Module, iq_result
+from .base import Module, iq_result, sender_account
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -69,7 +70,8 @@ class DiscoModule(Module):
 
     def info(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         node, node_attr = self._query(st, NS_INFO)
-        if target is not None and target[0]:
+        target = target or sender_account(origin)
+        if target[0]:
             local, domain = target[0], target[1]
             if not may_see_presence(self.hub, origin.bare, local, domain):
                 raise StanzaError("service-unavailable")
@@ -103,8 +105,9 @@ class DiscoModule(Module):
         if node is not None:
             raise StanzaError("item-not-found", "no such node")
         payload = ""
-        if target is None or not target[0]:
-            domain = origin.domain if target is None else target[1]
+        target = target or sender_account(origin)
+        if not target[0]:
+            domain = target[1]
             for module in self.hub.modules.values():
                 list_items = getattr(module, "disco_items", None)
                 if list_items is None:

@@ -1,13 +1,15 @@
 """XEP-0012 Last Activity.
 
-- To the server, or with no 'to' (§5, Server and Component Query): seconds since it started.
-- To an account's bare JID, answered by the server on the account's behalf: only to the
-  account itself and to contacts the account lets see its presence (subscription "from" or
-  "both", asked of the roster module; without a roster module nobody else), else forbidden
+- To the server (§5, Server and Component Query): seconds since it started.
+- To an account's bare JID, or with no 'to' (the sender's account, RFC 6120 §10.3.3),
+  answered by the server on the account's behalf: only to the account itself and to
+  contacts the account lets see its presence (subscription "from" or "both", asked of the
+  roster module; without a roster module nobody else), else forbidden
   (§3, §8). With a connected resource: seconds 0 (§3). Offline: seconds since its last
-  resource went away, with the status of its last unavailable presence (§3; the presence
-  module keeps it on the session). An account that never logged out since this store exists:
-  item-not-found.
+  resource went away, with the status of the last unavailable presence received from the
+  user (§3): that of any of its resources, kept until that resource is available again,
+  while another one stays online (the last one may go without a word: a lost connection).
+  An account that never logged out since this store exists: item-not-found.
 
 The logout time is recorded in fastxmpp/storage/last.py when an account's last session ends.
 """
@@ -22,7 +24,7 @@ from xml.sax.saxutils import escape
 from ..errors import StanzaError
 from ..storage.last import LastActivityStore
 from ..storage.lmdb_store import StorageFull
-from .base import Module, iq_result
+from .base import Module, iq_result, sender_account
 from .disco import may_see_presence
 
 if TYPE_CHECKING:
@@ -49,6 +51,9 @@ class LastActivityModule(Module):
         super().__init__(server)
         self.started = time.monotonic()
         self.store: LastActivityStore | None = None
+        # Accounts online whose last unavailable presence had a status: bare JID ->
+        # (full JID of the resource that sent it, the status).
+        self.leaving: dict[str, tuple[str, str]] = {}
 
     def start(self) -> None:
         assert self.server.storage is not None
@@ -56,10 +61,22 @@ class LastActivityModule(Module):
         self.started = time.monotonic()
         self.router.set_iq_handler(NS, self.answer)
 
+    def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
+        self.leaving[session.bare] = (session.full, leaving_status(session))
+
+    def presence_available(self, session: C2SStream, st: Stanza) -> None:
+        left = self.leaving.get(session.bare)
+        if left is not None and left[0] == session.full:
+            del self.leaving[session.bare]  # that resource is back: its goodbye is over
+
+    def account_removed(self, domain: str, local: str) -> None:
+        self.leaving.pop(f"{local}@{domain}", None)
+
     def session_ended(self, session: C2SStream) -> None:
         if self.store is None or self.router.resources(session.bare):
             return
-        status = leaving_status(session)
+        left = self.leaving.pop(session.bare, None)
+        status = "" if left is None else left[1]
         try:
             self.store.record_logout(session.domain, session.local, time.time(), status)
         except StorageFull as exc:
@@ -72,7 +89,8 @@ class LastActivityModule(Module):
     def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         if st.attrs.get("type") != "get":
             raise StanzaError("bad-request", "last activity is asked with an iq get")
-        if target is None or not target[0]:
+        target = target or sender_account(origin)
+        if not target[0]:
             uptime = int(time.monotonic() - self.started)
             return iq_result(origin, st, f"<query xmlns='{NS}' seconds='{uptime}'/>")
         local, domain, bare = target[0], target[1], target[3]

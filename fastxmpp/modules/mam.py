@@ -23,7 +23,8 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
 - Archive writes are batched: one LMDB transaction per turn of the event loop (`flush`),
   before any query and at shutdown. A crash loses at most that turn's records.
 - `with`: messages are stored with the partner's bare JID; a full JID in `with` matches
-  its bare JID's messages.
+  its bare JID's messages. JIDs in `with` and in the §5 preferences are prepared (RFC 7622):
+  `JULIET@CAPULET.LIT` names juliet@capulet.lit; one that is no JID gets jid-malformed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .. import ns
 from .._router import PRIVACY_MESSAGE
 from ..delay import NS_DELAY, parse_stamp, stamp
 from ..errors import StanzaError
+from ..jid import JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
 from ..storage.mam import ArchiveStore, Record
 from .base import Module, iq_result
@@ -73,8 +75,12 @@ def archivable(st: Stanza) -> bool:
     return not any(child in NOT_STORED for child in children)
 
 
-def bare_of(jid: str) -> str:
-    return jid.split("/", 1)[0]
+def prepared_bare(text: str | None) -> str:
+    """The bare JID `text` names, prepared (RFC 7622); jid-malformed when it is no JID."""
+    try:
+        return parse_jid((text or "").strip()).bare
+    except JIDError as exc:
+        raise StanzaError("jid-malformed", f"{text!r} is no JID: {exc}") from None
 
 
 def without_sid(st: Stanza, by: str, changes: dict[str, str]) -> bytes:
@@ -259,7 +265,7 @@ class MamModule(Module):
         fields = self._fields(query)
         with_ = fields.get("with")
         if with_ is not None:
-            with_ = bare_of(with_)
+            with_ = prepared_bare(with_)
         start = self._time(fields.get("start"))
         end = self._time(fields.get("end"))
         after = fields.get("after-id")
@@ -371,8 +377,7 @@ class MamModule(Module):
             holder = prefs.find(f"{{{NS}}}{name}")
             if holder is not None:
                 for jid in holder.findall(f"{{{NS}}}jid"):
-                    if jid.text and jid.text.strip():
-                        jids.append(bare_of(jid.text.strip()))
+                    jids.append(prepared_bare(jid.text))
         try:
             self.store.set_prefs(
                 origin.domain, origin.local, default, lists["always"], lists["never"]

@@ -1,7 +1,8 @@
 """XEP-0199 XMPP Ping, both ways.
 
-- Client to server (§4.2): an iq get with <ping/> to the server (no 'to', or a domain
-  served here), or to the sender's own bare JID, gets an empty result. Pings to another
+- Client to server (§4.2): an iq get with <ping/> to the server (a domain served here), or
+  to the sender's own bare JID (or without 'to', the same, RFC 6120 §10.3.3), gets an empty
+  result. Pings to another
   account's bare JID get service-unavailable, as for an account that does not exist, so
   pings cannot harvest accounts.
 - Server to client (§4.1): a task looks at every bound session once per tick; one silent

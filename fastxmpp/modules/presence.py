@@ -23,8 +23,12 @@ messages). Later presence goes to the same set; unavailable presence too, plus e
 the session sent directed presence to (§4.6.3); a session that just goes away counts as
 unavailable (§4.5.4). Nobody outside from/both gets broadcast presence. A probe from a client
 is answered only when the prober may see the presence (§4.3.2); otherwise nothing is sent.
-Broadcast presence carries the sender's full JID as 'from' and no 'to' (one copy for all
-recipients, the cheapest).
+Presence the server sends carries the sender's full JID as 'from' and the recipient as 'to'
+(RFC 6121 §4.2.2, §4.4.2 and their examples; clients file presence by it): the bare JID of
+the user receiving a contact's presence, the full JID of a resource receiving presence of
+the user's own other resources, the JID that directed presence went to. The bytes are made
+once without 'to' (`presence_last` keeps them so) and 'to' is spliced into the start tag per
+recipient (`addressed`).
 
 Per-session state (attributes on the session): `presence_last` (bytes of the last available
 presence broadcast, or None before initial presence / after unavailable), `presence_directed`
@@ -44,6 +48,7 @@ from ..jid import JID, JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
 from ..storage.roster import RosterItem
 from .base import Module
+from .muc.history import insert_attr
 from .subscription_states import SUBSCRIPTION_KINDS, State, inbound, outbound
 
 if TYPE_CHECKING:
@@ -58,6 +63,12 @@ NS_PRE_APPROVAL_FEATURE = "urn:xmpp:features:pre-approval"
 CLIENT_STATUS = "{jabber:client}status"
 # Directed presence remembered per session; beyond that the oldest is not tracked any more.
 MAX_DIRECTED = 1000
+
+
+def addressed(data: bytes, to: str) -> bytes:
+    """Presence bytes made without 'to' (`presence_last`, an unavailable presence built here)
+    with 'to' spliced into the start tag."""
+    return insert_attr(data, "to", to)
 
 
 def bare_jid(text: str) -> JID | None:
@@ -171,9 +182,9 @@ class PresenceModule(Module):
         return self.privacy.presence_allowed(sender, recipient)
 
     def _to_available(self, bare: str, data: bytes, sender: C2SStream | str | None = None) -> None:
-        """`data` to the available resources of `bare`, where the privacy lists let what
-        `sender` sends through. A contact on another domain gets it over s2s (RFC 6121 §4.2.2)
-        addressed to its bare JID."""
+        """`data` (addressed to `bare`) to the available resources of `bare`, where the
+        privacy lists let what `sender` sends through. A contact on another domain gets it
+        over s2s (RFC 6121 §4.2.2) addressed to its bare JID."""
         if self._is_remote(bare):
             if self._out_allowed(sender, bare):
                 self._remote(bare, data)
@@ -211,11 +222,11 @@ class PresenceModule(Module):
         origin.presence_last = data
         origin.presence_unavailable_status = None
         for contact in self._subscribers(origin):
-            self._to_available(contact, data, origin)
+            self._to_available(contact, addressed(data, contact), origin)
         own = self.router.resources(origin.bare)
         for session in own.values():
             if session.available:
-                session.send(data)
+                session.send(addressed(data, session.full))
         if not initial:
             self.hub.presence_available(origin, st)
             return
@@ -223,7 +234,7 @@ class PresenceModule(Module):
         for session in own.values():
             last = getattr(session, "presence_last", None)
             if session is not origin and last is not None:
-                origin.send(last)
+                origin.send(addressed(last, origin.full))
         if self.roster is not None:
             # ... and of its contacts (§4.3: probes, answered here for local contacts) ...
             for contact in self.roster.presence_sources(origin.domain, origin.local):
@@ -244,20 +255,21 @@ class PresenceModule(Module):
             self._broadcast_unavailable(origin, data, contacts=False)
             return
         self._broadcast_unavailable(origin, data)
-        origin.send(data)  # §4.5.2: the resource that sent it gets it too
+        origin.send(addressed(data, origin.full))  # §4.5.2: the resource that sent it too
 
     def _broadcast_unavailable(
         self, session: C2SStream, data: bytes, contacts: bool = True
     ) -> None:
-        """Unavailable presence from `session` to contacts, the user's other available
-        resources and every entity that got directed presence (§4.5.2, §4.6.3)."""
+        """Unavailable presence from `session` (`data`, without 'to') to contacts, the user's
+        other available resources and every entity that got directed presence (§4.5.2,
+        §4.6.3)."""
         if contacts:
             session.presence_last = None
             for contact in self._subscribers(session):
-                self._to_available(contact, data, session)
+                self._to_available(contact, addressed(data, contact), session)
             for other in self.router.resources(session.bare).values():
                 if other is not session and other.available:
-                    other.send(data)
+                    other.send(addressed(data, other.full))
         directed: dict[str, None] = session.presence_directed
         for recipient in directed:
             bare, _, resource = recipient.partition("/")
@@ -268,9 +280,9 @@ class PresenceModule(Module):
             if resource:
                 target = self.router.session(bare, resource)
                 if target is not None and self._may_see(session, target):
-                    target.send(data)
+                    target.send(addressed(data, recipient))
             else:
-                self._to_available(bare, data, session)
+                self._to_available(bare, addressed(data, bare), session)
         directed.clear()
 
     # --- probes (§4.3) -----------------------------------------------------------------
@@ -294,7 +306,7 @@ class PresenceModule(Module):
             if last is not None:
                 available = True
                 if self._may_see(session, to_session):
-                    to_session.send(last)
+                    to_session.send(addressed(last, prober_bare))
         if not available:
             self._answer_probe_offline(contact, local, domain, to_session)
 
@@ -329,7 +341,7 @@ class PresenceModule(Module):
             for session in self.router.resources(origin.bare).values():
                 last = getattr(session, "presence_last", None)
                 if last is not None:
-                    origin.send(last)
+                    origin.send(addressed(last, origin.full))
             return
         self._answer_probe(contact.bare, origin.bare, origin)
 
@@ -443,14 +455,9 @@ class PresenceModule(Module):
             last = getattr(session, "presence_last", None)
             if last is None:
                 continue
-            if visible:
-                self._to_available(user, last, session)
-            else:
-                self._to_available(
-                    user,
-                    f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode(),
-                    session,
-                )
+            if not visible:
+                last = f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode()
+            self._to_available(user, addressed(last, user), session)
 
     def roster_item_removed(self, origin: C2SStream, item: RosterItem) -> None:
         """§2.5.2: the user removed `item`: the contact is told as if the user had sent

@@ -58,6 +58,7 @@ from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
 from ..storage.privacy import ItemRecord, PrivacyStore, StoredLists
 from .base import Module, iq_result
+from .presence import addressed
 from .privacy_rules import (
     EVERY_KIND,
     MESSAGE,
@@ -526,7 +527,7 @@ class PrivacyModule(Module):
             seen = set(subscribers) | {recipient.partition("/")[0] for recipient in directed}
             for contact in _matching_sessions(self.router, seen, rules):
                 if contact.available:
-                    contact.send(gone)
+                    contact.send(addressed(gone, contact.bare))
             for jid in self._matching_remote([*subscribers, *directed], rules):
                 self._deliver_remote(gone, jid)
         for contact in _matching_sessions(self.router, sources, rules):
@@ -535,13 +536,13 @@ class PrivacyModule(Module):
             gone = f"<presence type='unavailable' from={quoteattr(contact.full)}/>".encode()
             for session in own:
                 if session.available:
-                    session.send(gone)
+                    session.send(addressed(gone, session.bare))
         for jid in self._matching_remote(sources, rules):
             # A remote contact's resources are not known here: its bare JID stands for all.
             gone = f"<presence type='unavailable' from={quoteattr(jid)}/>".encode()
             for session in own:
                 if session.available:
-                    session.send(gone)
+                    session.send(addressed(gone, session.bare))
 
     def _deliver_remote(self, data: bytes, jid: str) -> None:
         if self.server.s2s is not None:
@@ -574,7 +575,7 @@ class PrivacyModule(Module):
             for session in own:
                 last = getattr(session, "presence_last", None)
                 if last is not None and self.presence_allowed(session, contact):
-                    contact.send(last)
+                    contact.send(addressed(last, contact.bare))
         for jid in self._matching_remote(subscribers, rules):
             for session in own:
                 last = getattr(session, "presence_last", None)
@@ -587,7 +588,7 @@ class PrivacyModule(Module):
                 continue
             for session in own:
                 if session.available and self.presence_allowed(contact, session):
-                    session.send(last)
+                    session.send(addressed(last, session.bare))
 
     # --- helpers --------------------------------------------------------------------------
 

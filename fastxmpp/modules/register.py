@@ -181,8 +181,13 @@ class RegisterModule(Module):
     # --- logged in: the current registration, password change, removal (§3.2, §3.3) ---
 
     def _authenticated_iq(self, origin: C2SStream, st: Stanza, target: Any) -> bytes | None:
-        if target is not None and (target[0] or target[1] != origin.domain):
-            # Registration is with the home server, not with an account.
+        if (
+            target is not None
+            and target[3] != origin.bare
+            and (target[0] or target[1] != origin.domain)
+        ):
+            # Registration is with the home server, on the account's own behalf (no 'to' or
+            # its bare JID, RFC 6120 §10.3.3), not with another account.
             raise StanzaError("service-unavailable")
         local, domain = origin.local, origin.domain
         if st.attrs.get("type") == "get":

@@ -10,7 +10,7 @@ from xml.sax.saxutils import escape
 
 from .. import __version__
 from ..errors import StanzaError
-from .base import Module, iq_result
+from .base import Module, iq_result, sender_account
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -35,7 +35,8 @@ class VersionModule(Module):
         self.router.set_iq_handler(NS, self.answer)
 
     def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
-        if target is not None and target[0]:
+        if (target or sender_account(origin))[0]:
+            # An account (no 'to': the sender's, RFC 6120 §10.3.3) has no such thing.
             raise StanzaError("service-unavailable")
         if st.attrs.get("type") != "get":
             raise StanzaError("bad-request", "software version is asked with an iq get")

@@ -16,7 +16,7 @@ the old session object, so every module's per-session state and references stay 
 
 When a session with stream management ends for good (expired, closed, replaced), what it was
 sent and never acknowledged is handled as a stanza for an unavailable resource (§4, RFC 6121
-§8.5.3.2), see `handle_unacknowledged`.
+§8.5.3.2), except what would reach another resource twice, see `handle_unacknowledged`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ from ..delay import NS_DELAY
 from ..delay import stamp as xep0082_stamp
 from ..errors import StanzaError, stanza_error_bytes
 from ..jid import JIDError, parse_jid
+from ..modules.carbons import NS as NS_CARBONS
+from ..modules.mam import NS as NS_MAM
+from ..modules.muc.room import NS_USER
 from ..modules.offline import NS_CHATSTATES, with_delay
 
 if TYPE_CHECKING:
@@ -55,6 +58,9 @@ H_MODULO = 1 << 32
 ENDED_REMEMBERED = 1000
 # RFC 6121 §8.5.3.2.1: message types nobody else gets when their resource is gone.
 NOT_REDELIVERED = frozenset(("groupchat", "headline", "error"))
+# Payloads made for the one session they were sent to: XEP-0280 carbon copies (the other
+# resources got their own) and XEP-0313 query results (only the asking session wants them).
+SESSION_PAYLOADS = frozenset((NS_CARBONS, NS_MAM))
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
@@ -237,6 +243,11 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
       got their own copy at the time); with nobody available they go to offline storage;
       if storage is off or full the sender gets service-unavailable. Both carry an
       XEP-0203 <delay/> with the time the message was first sent to this session;
+    - §4 warns of duplicates: none of that for a message the account's other
+      carbons-enabled sessions got a copy of (XEP-0280 §4; only resources without carbons
+      get it), nor for what was made for this session alone: carbon copies, archive query
+      results (XEP-0313) and private messages from a room occupant (XEP-0045 §7.5: the
+      room sent them to every session under the nickname; the others are not in the room);
     - iq get/set: service-unavailable to the sender (§8.5.3.2.3);
     - groupchat, headline and error messages, presence, iq results: dropped (§8.5.3.2.1,
       §8.5.3.2.2)."""
@@ -245,6 +256,7 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
     server = session.server
     router = session.router
     offline = server.modules.get("offline")
+    carbons = server.modules.get("carbons")
     outcome: Counter[str] = Counter()
     others = [
         s
@@ -273,15 +285,28 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
         if kind != "message" or stype in NOT_REDELIVERED or _only_chat_states(el):
             outcome["dropped"] += 1
             continue
+        children = _payloads(el)
+        if any(namespace in SESSION_PAYLOADS for namespace, _ in children) or _from_occupant(
+            router, el, children
+        ):
+            outcome["dropped (made for this session)"] += 1
+            continue
+        copied = [] if carbons is None else carbons.copied_to(session, stype, children, sent_at)
         stamp = None if _has_delay(el) else xep0082_stamp(sent_at)
         if best:
             if el.get("to") != session.full and top >= session.priority:
                 outcome["dropped (delivered to another resource)"] += 1
                 continue
+            recipients = [other for other in best if other not in copied]
+            if not recipients:
+                outcome["dropped (carbon copies delivered)"] += 1
+                continue
             copy = with_delay(data, data.endswith(b"/>"), session.domain, stamp) if stamp else data
-            for other in best:
+            for other in recipients:
                 other.send(copy)
             outcome["redelivered"] += 1
+        elif copied:
+            outcome["dropped (carbon copies delivered)"] += 1
         else:
             to_store.append((data, stamp, el))
     stored = 0
@@ -304,6 +329,23 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
 
 def _payload_namespaces(el: Any) -> list[str | None]:
     return [etree.QName(child).namespace for child in el if isinstance(child.tag, str)]
+
+
+def _payloads(el: Any) -> list[tuple[str, str]]:
+    """(namespace, name) of each child, as the parser gives them for a received stanza (a
+    child without a namespace inherits jabber:client from the stream)."""
+    names = (etree.QName(child) for child in el if isinstance(child.tag, str))
+    return [(name.namespace or ns.CLIENT, name.localname) for name in names]
+
+
+def _from_occupant(router: Any, el: Any, children: list[tuple[str, str]]) -> bool:
+    """A private message from an occupant of a room served here (XEP-0045 §7.5, marked with
+    <x xmlns='muc#user'/>)."""
+    if (NS_USER, "x") not in children:
+        return False
+    sender = el.get("from") or ""
+    domain = sender.partition("@")[2].partition("/")[0]
+    return "/" in sender and bool(router.is_service(domain))
 
 
 def _only_chat_states(el: Any) -> bool:

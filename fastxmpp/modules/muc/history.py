@@ -4,13 +4,10 @@ with XEP-0203 delay stamps from the room."""
 
 from __future__ import annotations
 
-import copy
 import time
 from collections import deque
 from typing import Any
 from xml.sax.saxutils import quoteattr
-
-from lxml import etree
 
 from ...delay import NS_DELAY, parse_stamp, stamp
 
@@ -27,6 +24,19 @@ def insert_attr(data: bytes, name: str, value: str) -> bytes:
     return data[:end] + f" {name}={quoteattr(value)}".encode() + data[end:]
 
 
+def append_child(data: bytes, child: str) -> bytes:
+    """A serialized element with `child` added as its last child."""
+    if data.endswith(b"/>") and b"</" not in data:
+        end = data.rfind(b"/>")
+        start = data.find(b"<") + 1
+        name_end = start
+        while name_end < len(data) and data[name_end : name_end + 1] not in (b" ", b"/", b">"):
+            name_end += 1
+        return data[:end] + b">" + child.encode() + b"</" + data[start:name_end] + b">"
+    cut = data.rfind(b"</")
+    return data[:cut] + child.encode() + data[cut:]
+
+
 class History:
     def __init__(self, length: int) -> None:
         # (time, serialized message without 'to', its length in characters)
@@ -38,19 +48,16 @@ class History:
             self.entries = deque(self.entries, maxlen=max(length, 0))
             self.size = sum(len(data) for _, data, _ in self.entries)
 
-    def add(self, element: Any, room_jid: str, from_jid: str) -> None:
-        """Keep a groupchat message (the lxml element the occupant sent)."""
+    def add(self, message: bytes, room_jid: str) -> None:
+        """Keep a groupchat message: its bytes as the room sends it ('from' the occupant
+        JID, no 'to'), which get the room's <delay/>."""
         if not self.entries.maxlen:
             return
         now = time.time()
-        message = copy.deepcopy(element)
-        message.tail = None
-        message.set("from", from_jid)
-        message.attrib.pop("to", None)
-        delay = etree.SubElement(message, f"{{{NS_DELAY}}}delay", nsmap={None: NS_DELAY})
-        delay.set("from", room_jid)
-        delay.set("stamp", stamp(now, fraction=True))
-        data = etree.tostring(message)
+        when = stamp(now, fraction=True)
+        data = append_child(
+            message, f"<delay xmlns='{NS_DELAY}' from={quoteattr(room_jid)} stamp='{when}'/>"
+        )
         if len(self.entries) == self.entries.maxlen:
             self.size -= len(self.entries[0][1])
         self.entries.append((now, data, len(data.decode())))

@@ -5,6 +5,7 @@ messages (§7.4), the subject (§7.2.16, §8.1), private messages and iqs betwee
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
@@ -16,7 +17,7 @@ from ..._router import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN
 from ...errors import StanzaError
 from ..base import iq_result
 from .config import RoomConfig
-from .history import History, insert_attr
+from .history import History, append_child, insert_attr
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
@@ -81,30 +82,34 @@ class Occupant:
         return next(reversed(self.sessions)) if self.sessions else self.last_jid
 
 
-def append_child(data: bytes, child: str) -> bytes:
-    """A serialized element with `child` added as its last child."""
-    if data.endswith(b"/>") and b"</" not in data:
-        end = data.rfind(b"/>")
-        start = data.find(b"<") + 1
-        name_end = start
-        while name_end < len(data) and data[name_end : name_end + 1] not in (b" ", b"/", b">"):
-            name_end += 1
-        return data[:end] + b">" + child.encode() + b"</" + data[start:name_end] + b">"
-    cut = data.rfind(b"</")
-    return data[:cut] + child.encode() + data[cut:]
+MUC_EXTENSIONS = ((NS_MUC, "x"), (NS_USER, "x"))
 
 
-def reflected_children(element: Any) -> str:
+def reflected_children(st: Stanza) -> str:
     """A presence's children as reflected to the room: everything but the MUC extensions the
-    service alone generates or that carry the password (§17.3 rule 6)."""
-    parts = []
-    for child in element:
-        if not isinstance(child.tag, str):
-            continue
-        if child.tag in (f"{{{NS_MUC}}}x", f"{{{NS_USER}}}x"):
-            continue
-        parts.append(etree.tostring(child, with_tail=False).decode())
-    return "".join(parts)
+    service alone generates or that carry the password (§17.3 rule 6). Spliced from the
+    received bytes when they stand on their own; else copied into a jabber:client element
+    so that no declaration the children inherited from the stream (xmlns:stream, the
+    default namespace) is repeated on each of them."""
+    if st.empty:
+        return ""
+    if (
+        not st.needs_reserialize
+        and all(prefix is None for prefix, _ in st.nsdecls or ())
+        and not any(child in MUC_EXTENSIONS for child in st.children)
+    ):
+        raw: bytes = st.raw
+        return raw[st.start_len : raw.rindex(b"</")].decode()
+    holder = etree.Element(f"{{{CLIENT}}}presence", nsmap={None: CLIENT})
+    for child in st.element():
+        if isinstance(child.tag, str) and child.tag not in (f"{{{NS_MUC}}}x", f"{{{NS_USER}}}x"):
+            copied = copy.deepcopy(child)
+            copied.tail = None
+            holder.append(copied)
+    if not len(holder):
+        return ""
+    serialized: str = etree.tostring(holder, encoding="unicode")
+    return serialized[serialized.index(">") + 1 : serialized.rindex("</")]
 
 
 class Room:
@@ -294,7 +299,7 @@ class Room:
         newcomer = existing is None
         occupant = existing or Occupant(nick, bare, self.default_role(affiliation))
         occupant.sessions[origin.full] = origin
-        presence = reflected_children(st.element())
+        presence = reflected_children(st)
         changed = not newcomer and presence != occupant.presence
         occupant.presence = presence
         self.occupants[nick] = occupant
@@ -316,15 +321,15 @@ class Room:
         if created:
             codes.append("201")  # §10.1.1: a new room
         origin.send(self.presence(occupant, origin.full, show_jid=True, codes=codes))
-        if created and self.locked:
-            return
+        # §7.1: then history and the subject, for a new (locked) room too: clients take the
+        # subject as the end of the join (§7.2.15).
         history = None if muc_x is None else muc_x.find(f"{{{NS_MUC}}}history")
         for data in self.history.select(history):
             origin.send(insert_attr(data, "to", origin.full))
         self.send_subject(origin.full, origin)
 
     def send_subject(self, full: str, session: C2SStream) -> None:
-        """§7.2.16: the subject, empty when there is none, last in the join sequence."""
+        """§7.2.15: the subject, empty when there is none, last in the join sequence."""
         text, nick = self.subject
         sender = self.occupant_jid(nick) if nick else self.jid
         session.send(
@@ -336,7 +341,7 @@ class Room:
         """§17.3 rule 3: a join from a session already in the room is a full synchronization;
         a changed presence goes to the others."""
         occupant = self.by_jid[origin.full]
-        presence = reflected_children(st.element())
+        presence = reflected_children(st)
         if presence != occupant.presence:
             occupant.presence = presence
             self.broadcast_presence(occupant)
@@ -370,7 +375,7 @@ class Room:
     def change_presence(self, origin: C2SStream, st: Stanza) -> None:
         """§7.7: an occupant's new availability goes to everyone."""
         occupant = self.by_jid[origin.full]
-        occupant.presence = reflected_children(st.element())
+        occupant.presence = reflected_children(st)
         self.broadcast_presence(occupant)
 
     def change_nick(self, origin: C2SStream, new_nick: str) -> None:
@@ -477,7 +482,8 @@ class Room:
             if privacy_allows(session, PRIVACY_MESSAGE, sender):
                 session.send(st.with_attrs({"from": sender, "to": full}))
         if has_body:
-            self.history.add(element, self.jid, sender)
+            # as sent, spliced: no tree is serialized again (docs/ARCHITECTURE.md, principle 2)
+            self.history.add(st.with_attrs({"from": sender, "to": None}), self.jid)
 
     def private_message(self, origin: C2SStream, st: Stanza, nick: str) -> None:
         """§7.5: a message to one occupant, from the sender's occupant JID."""

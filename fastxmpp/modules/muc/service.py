@@ -233,7 +233,7 @@ class MucService:
             # §7.14 (and §17.3 rule 5: from a non-occupant it is ignored). An error presence
             # from an occupant's client removes it as well (§19.1.2 ghost users).
             if room is not None and origin.full in room.by_jid:
-                room.leave(origin, reflected_children(st.element()))
+                room.leave(origin, reflected_children(st))
             return
         if ptype == "probe" and room is not None and origin.full in room.by_jid:
             # §17.3 rule 4: an occupant asks for another occupant's (or its own) presence.
