@@ -52,6 +52,7 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from lxml import etree
+from test_pep import CAPS_NODE, caps_ver, disco_answer, is_caps_query
 from test_roster import sync
 from xmpp_raw import BIND, CLIENT, SASL, RawClient, stanza_error
 
@@ -64,6 +65,7 @@ DISCO_INFO = "http://jabber.org/protocol/disco#info"
 PUBSUB = "http://jabber.org/protocol/pubsub"
 PUBSUB_OWNER = PUBSUB + "#owner"
 PUBSUB_ERRORS = PUBSUB + "#errors"
+PUBSUB_EVENT = PUBSUB + "#event"
 PUBLISH_OPTIONS = PUBSUB + "#publish-options"
 NODE_CONFIG = PUBSUB + "#node_config"
 BOOKMARKS_1 = "urn:xmpp:bookmarks:1"
@@ -373,6 +375,55 @@ def test_native_bookmarks_gajim_and_dino(login: Any, users: Iterator[str]) -> No
     )
     assert reply.get("type") == "result"
     assert bookmark_items(phone) == {"b@conference.localhost": "Room 1"}
+
+
+def online_with_notify(client: Client, node: str) -> list[Any]:
+    """Available presence whose XEP-0115 caps ask for `node`+notify, as all three clients'
+    caps do for their bookmark node; the server's caps query answered once. What else
+    arrived meanwhile."""
+    features = [CAPS, DISCO_INFO, f"{node}+notify"]
+    ver = caps_ver(features)
+    client.send(
+        f"<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>"
+    )
+    seen = []
+    for el in sync(client.c) + sync(client.c):
+        if is_caps_query(el):
+            client.send(disco_answer(el, features))
+        else:
+            seen.append(el)
+    return seen + sync(client.c)
+
+
+def bookmark_events(elements: list[Any]) -> list[tuple[str, str | None]]:
+    found = []
+    for el in elements:
+        items = el.find(f"{{{PUBSUB_EVENT}}}event/{{{PUBSUB_EVENT}}}items")
+        if el.tag == MESSAGE and items is not None and items.get("node") == BOOKMARKS_1:
+            found += [(child.tag.split("}")[1], child.get("id")) for child in items]
+    return found
+
+
+def test_native_bookmarks_pushed_to_the_other_resources(login: Any, users: Iterator[str]) -> None:
+    """Gajim (_bookmark_1_event_received), Dino (on_pupsub_item) and Conversations follow
+    bookmark changes from their other devices through +notify events; with
+    send_last_published_item 'never' a resource coming online gets none (it asks)."""
+    name = next(users)
+    phone, laptop = login(name, "phone"), login(name, "laptop", presence=False)
+    online_with_notify(laptop, BOOKMARKS_1)
+    reply = publish_bookmark(phone, f"a@{SERVICE}", "A", "pub-a")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    assert bookmark_events(sync(laptop.c)) == [("item", f"a@{SERVICE}")]
+    tablet = login(name, "tablet", presence=False)
+    assert bookmark_events(online_with_notify(tablet, BOOKMARKS_1)) == []
+    reply = phone.iq(
+        "set",
+        f"<pubsub xmlns='{PUBSUB}'><retract node='{BOOKMARKS_1}' notify='true'>"
+        f"<item id='a@{SERVICE}'/></retract></pubsub>",
+    )
+    assert reply.get("type") == "result"
+    for device in (laptop, tablet):
+        assert bookmark_events(sync(device.c)) == [("retract", f"a@{SERVICE}")]
 
 
 def test_native_bookmarks_precondition_not_met_then_reconfigured(
