@@ -33,10 +33,13 @@ port = 5222
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LISTENER_KINDS = ("c2s", "s2s")
+# How a c2s listener starts TLS: RFC 6120 §5 STARTTLS, or XEP-0368 direct TLS at connect.
+LISTENER_TLS_MODES = ("starttls", "direct")
 RESOURCE_CONFLICT_POLICIES = ("replace", "reject", "rename")  # RFC 6120 §7.7.2.2
 SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
 C2S_PORT = 5222  # RFC 6120 §14.7
 S2S_PORT = 5269  # RFC 6120 §14.7
+DIRECT_TLS_PORT = 5223  # XEP-0368: the port operators publish in _xmpps-client._tcp records
 # RFC 5802 §5.1 and RFC 7677 §4: SCRAM iteration counts of at least 4096.
 MIN_SCRAM_ITERATIONS = 4096
 # RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
@@ -56,6 +59,8 @@ class ListenerConfig:
     kind: str  # "c2s" (clients) or "s2s" (other servers, RFC 6120 §13)
     address: str
     port: int
+    # "starttls" (RFC 6120 §5) or "direct": XEP-0368 TLS from the first byte (c2s only).
+    tls: str = "starttls"
 
 
 @dataclass(frozen=True)
@@ -476,6 +481,7 @@ _LISTENER_KEYS: dict[str, Check] = {
     "kind": _one_of(*LISTENER_KINDS),
     "address": _address,
     "port": _port,
+    "tls": _one_of(*LISTENER_TLS_MODES),
 }
 _HOST_KEYS: dict[str, Check] = {"cert": _string, "key": _string}
 # Sections that map one to one onto a dataclass; absent keys keep the dataclass default.
@@ -711,8 +717,19 @@ class _Builder:
                     self.problem(path, f"{_dotted(path)} needs an address")
                 continue
             kind = values.get("kind", "c2s")
-            default_port = S2S_PORT if kind == "s2s" else C2S_PORT
-            listener = ListenerConfig(kind, values["address"], values.get("port", default_port))
+            tls = values.get("tls", "starttls")
+            if kind == "s2s" and tls == "direct":
+                self.problem(
+                    (*path, "tls"), f'{_dotted((*path, "tls"))} = "direct" is for c2s listeners'
+                )
+            default_port = C2S_PORT
+            if kind == "s2s":
+                default_port = S2S_PORT
+            elif tls == "direct":
+                default_port = DIRECT_TLS_PORT
+            listener = ListenerConfig(
+                kind, values["address"], values.get("port", default_port), tls
+            )
             if listener.port and any(
                 (other.address, other.port) == (listener.address, listener.port)
                 for other in listeners

@@ -28,6 +28,7 @@ from .storage.lmdb_store import DataDirLocked, SchemaTooNew, ServerLock, Storage
 from .stream.c2s import C2SStream
 from .stream.s2s import S2S, Incoming
 from .stream.throttle import AuthThrottle
+from .stream.tls import HANDSHAKE_TIMEOUT, direct_tls_context
 
 log = logging.getLogger("fastxmpp.server")
 T = TypeVar("T")
@@ -105,23 +106,38 @@ class Server:
             # XEP-0086: the errors module's one switch, set before any stream exists.
             errors.set_legacy_codes(config.legacy.error_codes)
             self.modules.load(cls(self) for cls in builtin_modules(config))
+            direct_tls: ssl.SSLContext | None = None
             for listener in config.listeners:
                 factory: Callable[[], asyncio.Protocol] = partial(C2SStream, self)
+                label = listener.kind
                 if listener.kind == "s2s":
                     assert self.s2s is not None
                     factory = partial(Incoming, self.s2s)
+                elif listener.tls == "direct":
+                    if direct_tls is None:
+                        # XEP-0368: contexts of their own (ALPN, SNI), the same certificates.
+                        direct_tls = direct_tls_context(
+                            {h: make_tls_context(*paths) for h, paths in self.certificates.items()}
+                        )
+                    factory = partial(C2SStream, self, True)
+                    label = "c2s (direct TLS)"
+                # XEP-0368: the loop's TLS handshake at accept, before the stream sees a byte
+                # (a handshake started from connection_made would race uvloop's first read).
+                direct = listener.kind == "c2s" and listener.tls == "direct"
                 server = await loop.create_server(
                     factory,
                     listener.address,
                     listener.port,
                     reuse_address=True,
                     backlog=LISTEN_BACKLOG,
+                    ssl=direct_tls if direct else None,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if direct else None,
                 )
                 self.listeners.append(server)
                 for sock in server.sockets:
                     address = sock.getsockname()[:2]
                     self.addresses.append(address)
-                    log.info("%s listening on %s:%d", listener.kind, address[0], address[1])
+                    log.info("%s listening on %s:%d", label, address[0], address[1])
         except BaseException:
             self._close_storage()
             raise

@@ -49,6 +49,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 LISTENING = re.compile(r"c2s listening on ([\d.]+):(\d+)")
+DIRECT_TLS_LISTENING = re.compile(r"c2s \(direct TLS\) listening on ([\d.]+):(\d+)")
 
 
 @pytest.fixture(scope="session")
@@ -123,6 +124,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.reader: threading.Thread | None = None
         self.port = 0
+        self.direct_tls_port = 0  # a `tls = "direct"` listener's (XEP-0368), if configured
         self.log: list[str] = []
 
     def adduser(self, jid: str, password: str = PASSWORD) -> None:
@@ -153,6 +155,8 @@ class ServerProcess:
             assert self.proc is not None and self.proc.stdout is not None
             for line in self.proc.stdout:
                 self.log.append(line)
+                if direct := DIRECT_TLS_LISTENING.search(line):
+                    self.direct_tls_port = int(direct.group(2))
                 match = LISTENING.search(line)
                 if match and not found.is_set():
                     self.port = int(match.group(2))

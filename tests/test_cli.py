@@ -171,6 +171,18 @@ def test_check_config(config: Path, tmp_path: Path) -> None:
         assert expected in result.stderr
 
 
+def test_check_config_refuses_a_bad_listener_tls(tmp_path: Path) -> None:
+    bad = tmp_path / "tls.toml"
+    bad.write_text(
+        '[[listeners]]\naddress = "127.0.0.1"\nport = 5223\ntls = "ssl"\n\n[hosts.localhost]\n'
+    )
+    result = fastxmpp("check-config", "--config", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f'{bad}:4:1: listeners[0].tls must be one of "starttls", "direct"'
+    )
+
+
 def test_commands_refuse_a_broken_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[server\n")

@@ -294,6 +294,49 @@ port = 5222
     assert "twice" in problems[0].message and "twice" in problems[1].message
 
 
+def test_listener_tls_modes(tmp_path: Path) -> None:
+    """XEP-0368 direct TLS: `tls = "direct"` on c2s listeners only, port 5223 by default;
+    any other value is refused with the line it was written on."""
+    path = write(
+        tmp_path,
+        """\
+[[listeners]]
+address = "127.0.0.1"
+
+[[listeners]]
+address = "127.0.0.1"
+tls = "direct"
+
+[hosts."example.org"]
+""",
+    )
+    config = load_config(path)
+    assert config.listeners == (
+        ListenerConfig("c2s", "127.0.0.1", 5222, "starttls"),
+        ListenerConfig("c2s", "127.0.0.1", 5223, "direct"),
+    )
+    bad = write(
+        tmp_path,
+        """\
+[[listeners]]
+address = "127.0.0.1"
+tls = "implicit"
+
+[[listeners]]
+kind = "s2s"
+address = "127.0.0.1"
+tls = "direct"
+
+[hosts."example.org"]
+""",
+        "bad.toml",
+    )
+    problems = check_config(bad)
+    assert [(p.line, p.column) for p in problems] == [(3, 1), (8, 1)]
+    assert problems[0].message == 'listeners[0].tls must be one of "starttls", "direct"'
+    assert problems[1].message == 'listeners[1].tls = "direct" is for c2s listeners'
+
+
 def test_unreadable_file(tmp_path: Path) -> None:
     [problem] = check_config(tmp_path / "missing.toml")
     assert problem == Problem(1, 1, "cannot read the configuration: No such file or directory")

@@ -361,9 +361,10 @@ add(STREAM_ERRORS, "bound", "bad-format", {
 })  # fmt: skip
 add(STREAM_ERRORS, "header", "bad-format", {"top-level-text-before-auth": b"hello"})
 
-# Other protocols on the XMPP port: not XML (§4.9.3.13).
+# Other protocols on the XMPP port: not XML (§4.9.3.13). A TLS ClientHello as the first
+# bytes is a XEP-0368 client on the wrong port: closed without a stream error it could not
+# read (test_client_hello_first_is_closed_without_a_stream_error).
 add(STREAM_ERRORS, "connected", "not-well-formed", {
-    "protocol-tls-client-hello": tls_client_hello(),
     "protocol-http-get": b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
     "protocol-http-post-bosh": b"POST /http-bind HTTP/1.1\r\nContent-Type: text/xml\r\n\r\n"
     b"<body rid='1'/>",
@@ -705,6 +706,20 @@ def test_stream_error(server: ServerProcess, ca_file: str, others: Bystanders, c
         assert c.header is not None and c.header.tag == f"{{{STREAMS}}}stream"
     finally:
         c.abort()
+    others.assert_unaffected()
+
+
+def test_client_hello_first_is_closed_without_a_stream_error(
+    server: ServerProcess, others: Bystanders
+) -> None:
+    c = RawClient(server.port, timeout=5)
+    try:
+        c.send(tls_client_hello())
+        assert c.wait_closed()
+        assert c.header is None and not c.queue  # no XML at all: a TLS client reads none
+    finally:
+        c.abort()
+    server.wait_for_log(f"TLS handshake on STARTTLS port {server.port}")
     others.assert_unaffected()
 
 

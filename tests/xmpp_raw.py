@@ -39,8 +39,11 @@ class StreamClosed(Exception):
 
 
 class RawClient:
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        self.sock: Any = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, sock: Any = None
+    ) -> None:
+        # `sock`: a connection opened by the caller (XEP-0368 direct TLS: a TLS socket).
+        self.sock: Any = sock or socket.create_connection((host, port), timeout=timeout)
         self.timeout = timeout
         self._new_parser()
         self.header: Any = None

@@ -40,7 +40,7 @@ from .sasl import (
     offered_mechanisms,
 )
 from .sm import StreamManagement
-from .tls import start_server_tls
+from .tls import start_server_tls, tls_record_start
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -75,7 +75,8 @@ STREAM_IQS = ((ns.BIND, "bind"), (ns.SESSION, "session"))
 # What belongs to the connection rather than to the session: XEP-0198 resumption moves it
 # from the stream that resumes into the session it resumes (`_move_connection`). Every
 # attribute `__init__` sets, except the session's own (`bound`, `auth_timer`, `resumed_into`)
-# and the ones fixed per server (`server`, `router`, `limits`, `c2s`, `rate`, `burst`).
+# and the ones fixed per server or listener (`server`, `router`, `limits`, `c2s`, `rate`,
+# `burst`, `direct_tls`).
 CONNECTION_STATE = (
     "parser",
     "peer",
@@ -108,7 +109,7 @@ class C2SStream(Session, asyncio.Protocol):
     # Session.sm (a cdef attribute): XEP-0198 state once <enabled/> was sent, else None.
     sm: StreamManagement | None
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, direct_tls: bool = False) -> None:
         self.server = server
         self.router = server.router
         config = server.config
@@ -146,6 +147,9 @@ class C2SStream(Session, asyncio.Protocol):
         self.held: list[bytes] | None = None  # input waiting for the budget
         # XEP-0198: the session this stream's connection went to with <resume/>.
         self.resumed_into: C2SStream | None = None
+        # XEP-0368: the connection came to a direct TLS listener, whose transport completed
+        # the TLS handshake before `connection_made` (the listener's ssl context).
+        self.direct_tls = direct_tls
 
     # --- asyncio protocol --------------------------------------------------------------
 
@@ -167,6 +171,10 @@ class C2SStream(Session, asyncio.Protocol):
             self.c2s.auth_timeout, self._auth_timed_out
         )
         log.info("c2s connection from %s", self.peer)
+        if self.direct_tls:
+            # XEP-0368 §3: STARTTLS must not be used over direct TLS; `_features` offers it
+            # only on unencrypted streams.
+            self._tls_established(transport, "direct TLS")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -218,6 +226,9 @@ class C2SStream(Session, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
+            return
+        if not self.header_sent and not self.encrypted and tls_record_start(data):
+            self._tls_on_starttls_port()
             return
         now = time.monotonic()
         self.last_received = now  # XEP-0199 idle pings look at this
@@ -398,8 +409,11 @@ class C2SStream(Session, asyncio.Protocol):
     def _stream_header(self, header: StreamHeader) -> None:
         attrs = header.attrs
         to = attrs.get("to")
-        restarted = self.encrypted or self.authenticated_local is not None
+        # The connection's first header names the host (a failed one ends the stream); every
+        # later one is a restart (after STARTTLS, SASL, compression). Direct TLS (XEP-0368)
+        # is encrypted before the first header.
         previous_host = self.host
+        restarted = previous_host is not None
         try:
             self.host = parse_jid(to).domain if to else None
         except JIDError:
@@ -666,14 +680,35 @@ class C2SStream(Session, asyncio.Protocol):
             transport = await start_server_tls(self, context, "c2s")
             if transport is None:
                 return
-            self.transport = transport
-            transport.set_write_buffer_limits(high=self.limits.max_outbound_buffer)
-            self.encrypted = True
+            self._tls_established(transport, "TLS")
             self.pending.clear()
             self._restart_stream()
-            log.info("c2s %s: TLS %s", self.peer, transport.get_extra_info("ssl_object").version())
 
         self._run_async(upgrade)
+
+    def _tls_established(self, transport: Any, how: str) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.limits.max_outbound_buffer)
+        self.encrypted = True
+        tls = transport.get_extra_info("ssl_object")
+        alpn = tls.selected_alpn_protocol()
+        log.info("c2s %s: %s %s%s", self.peer, how, tls.version(), f", ALPN {alpn}" if alpn else "")
+
+    def _tls_on_starttls_port(self) -> None:
+        """A TLS ClientHello where a stream header belongs: a client trying XEP-0368 direct
+        TLS on this STARTTLS port. One line says so (not a not-well-formed trace of the
+        handshake's bytes), and the connection is closed without a stream error, which a
+        TLS client could not read."""
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        log.info(
+            "c2s %s: TLS handshake on STARTTLS port %s from %s; configure a direct TLS "
+            'listener (tls = "direct") or have the client use STARTTLS',
+            self.peer,
+            sockname[1] if sockname else "?",
+            self.address,
+        )
+        self.closing = True
+        self._close_transport()
 
     def _restart_stream(self) -> None:
         # RFC 6120 §4.3.3: after TLS and after SASL the stream starts over.

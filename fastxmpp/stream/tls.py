@@ -1,5 +1,6 @@
-"""STARTTLS on the receiving side of a stream (RFC 6120 §5.4.3.3), for client and server
-streams alike."""
+"""TLS on the receiving side of a stream: STARTTLS (RFC 6120 §5.4.3.3) for client and server
+streams alike; the context of XEP-0368 direct TLS client listeners (the loop does that handshake
+at accept, with the same certificates and settings)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 import logging
 import ssl
 from typing import Any
+
+import idna
 
 log = logging.getLogger("fastxmpp.tls")
 
@@ -31,3 +34,45 @@ async def start_server_tls(protocol: Any, context: ssl.SSLContext, what: str) ->
         if protocol.transport is not None:
             protocol.transport.abort()
         return None
+
+
+# XEP-0368 §3: the ALPN protocol of direct TLS client connections.
+ALPN_CLIENT = "xmpp-client"
+
+
+def _sni_name(host: str) -> str:
+    """`host` as TLS SNI carries it (RFC 6066 §3: ASCII, an IDN as its A-label)."""
+    try:
+        return idna.encode(host).decode().lower()
+    except idna.IDNAError:
+        return host.lower()
+
+
+def direct_tls_context(contexts: dict[str, ssl.SSLContext]) -> ssl.SSLContext:
+    """The context a XEP-0368 direct TLS listener starts with, `contexts` being one per host
+    (made for this listener, not shared with STARTTLS), all offered ALPN 'xmpp-client'.
+
+    Before TLS there is no stream header to name the host, so the SNI the client sends picks
+    the host's certificate (XEP-0368 §3: clients set SNI to the JID's domain). Without SNI,
+    or with a name we do not serve, the first host's certificate goes out and the stream
+    header decides as on a STARTTLS port (host-unknown for a domain not served). A client
+    offering ALPN without 'xmpp-client' gets no ALPN answer, not a refusal (RFC 7301 §3.2
+    lets the server ignore the extension)."""
+    by_sni = {_sni_name(host): context for host, context in contexts.items()}
+    for context in contexts.values():
+        context.set_alpn_protocols([ALPN_CLIENT])
+    initial = next(iter(contexts.values()))
+
+    def select_host(connection: Any, server_name: str | None, _context: Any) -> None:
+        chosen = by_sni.get(server_name.lower()) if server_name else None
+        if chosen is not None:
+            connection.context = chosen
+
+    initial.sni_callback = select_host
+    return initial
+
+
+def tls_record_start(data: bytes) -> bool:
+    """Whether `data` begins like a TLS handshake record (RFC 8446 §5.1: content type 22,
+    then legacy version 3.x), which no XML stream can: 0x16 is not an XML character."""
+    return len(data) >= 2 and data[0] == 0x16 and data[1] == 0x03
