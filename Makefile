@@ -103,6 +103,7 @@ wheel-check: wheel
 # The system packages a bare Debian 12 lacks, installed only when missing.
 deps:
 	@missing=""; \
+	command -v $(PYTHON) >/dev/null || missing="$$missing python3"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	$(PYTHON) -c 'import os, sys, sysconfig; \
 	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
@@ -127,7 +128,7 @@ $(TOOLS_STAMP): $(REQUIREMENTS) $(CONSTRAINTS) | deps
 
 # What pyproject.toml asks for (runtime, test, dev and bench extras), as a requirements file:
 # the dependencies go into the environment without building fastxmpp itself.
-$(REQUIREMENTS): pyproject.toml
+$(REQUIREMENTS): pyproject.toml | deps
 	mkdir -p $(dir $@)
 	$(PYTHON) -c "$$LIST_REQUIREMENTS" > $@
 
