@@ -241,6 +241,23 @@ def test_bidirectional_link(bidirectional: Federation, login: Any) -> None:
     assert "s2s connection from" not in g.log_text()
 
 
+def test_a_remote_entity_cannot_enable_carbons(trusted: Federation, login: Any) -> None:
+    """XEP-0280 §4.1/§5.1: carbons are for clients hosted on this server; a remote entity
+    asking b.test over a server link gets not-allowed, and gets no copies afterwards."""
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    erin = login(a, "erin@a.test")
+    frank = login(b, "frank@b.test")
+    for i, payload in enumerate(("enable", "disable")):
+        erin.send(
+            f"<iq type='set' id='cb{i}' to='b.test'><{payload} xmlns='urn:xmpp:carbons:2'/></iq>"
+        )
+        reply = wait_for(erin, lambda el, i=i: el.get("id") == f"cb{i}")
+        assert (reply.get("type"), stanza_error(reply)) == ("error", "not-allowed")
+    erin.send("<message to='frank@b.test' type='chat' id='after'><body>hi</body></message>")
+    assert wait_for(frank, tag("message")).get("id") == "after"
+    assert not [el for el in sync(erin) if el.tag == f"{{{CLIENT}}}message"]
+
+
 def test_iq_ping_across(trusted: Federation, login: Any) -> None:
     a, b = trusted.servers["a.test"], trusted.servers["b.test"]
     carol = login(a, "carol@a.test")
