@@ -227,3 +227,58 @@ def test_after_a_stream_error_the_server_waits_for_the_client_to_close(
     assert poller.poll(500) == []  # no EOF: the server is waiting for us
     assert c.wait_closed(timeout=1.5)  # this closes our side; the server follows at once
     assert c.write_shut
+
+
+def vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_distinct_long_addresses_do_not_grow_the_server(make_server: Any, ca_file: str) -> None:
+    """One user names 100,000 distinct JIDs of about 2 KB each (at nonexistent domains and
+    at nonexistent local users): the JID caches are bounded by bytes, so the server's
+    memory grows by a bounded amount, not by the hundreds of MB the addresses take."""
+    # Pacing off: this is about memory, not rate.
+    srv: ServerProcess = make_server("[limits]\nmax_bytes_per_second = 0\n")
+    # Debug traces would copy every stanza into the log pipe.
+    srv.config.write_text(srv.config.read_text().replace('"debug"', '"info"'))
+    srv.adduser("alice@localhost")
+    srv.start()
+    assert srv.proc is not None
+    alice = srv.client()
+    alice.login(ca_file, "alice", PASSWORD, "many")
+    pad = "x" * 1000
+
+    def batch(start: int, count: int) -> str:
+        # type='error': never answered (RFC 6120 §8.3.1), so only the addresses cost.
+        return "".join(
+            f"<message type='error' to='{i}{pad}@"
+            + (f"d{i % 8000}.invalid" if i % 2 else "localhost")
+            + f"/{pad}{i}'/>"
+            for i in range(start, start + count)
+        )
+
+    def ping(marker: str) -> None:
+        alice.send(f"<iq type='get' id='{marker}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        while alice.next(timeout=60).get("id") != marker:
+            pass
+
+    total, step = 100_000, 1000
+    alice.send(batch(total, 5 * step))  # warm-up: buffers and allocator arenas in use
+    ping("warm")
+    before = vm_rss_kib(srv.proc.pid)
+    for start in range(0, total, step):
+        alice.send(batch(start, step))
+        if start % (20 * step) == 0:
+            ping(f"p{start}")  # keep the server's input from piling up in socket buffers
+    ping("done")
+    grown_mib = (vm_rss_kib(srv.proc.pid) - before) / 1024
+    # The addresses take about 200 MB. Bound: parse_jid's cache (16 MiB, fastxmpp/jid.py)
+    # plus the router's (16 MiB, fastxmpp/_router.pyx) plus normalize_domain's (8000 short
+    # names here, under 2 MiB), with as much again for allocator slack and fragmentation.
+    assert grown_mib < 64, f"the server grew by {grown_mib:.0f} MiB"
+    assert srv.alive()
+    alice.close()
