@@ -72,7 +72,10 @@ class C2SConfig:
 class LimitsConfig:
     max_stanza_size: int = 262144
     max_depth: int = 64
-    max_attributes: int = 64
+    max_attributes: int = 64  # per element, namespace declarations included
+    # Elements in one stanza, itself included: a full privacy list (1000 items with their
+    # four kinds) is about 5000, a large XEP-0049 bookmarks store a few thousand.
+    max_elements: int = 8192
     max_connections_per_ip: int = 64  # open c2s connections from one address
     max_resources_per_account: int = 16  # bound sessions of one account (RFC 6120 §7.6.2.1)
     max_bytes_per_second: int = 131072  # sustained input per session; 0: unlimited
@@ -497,6 +500,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "max_stanza_size": _integer_at_least(MIN_STANZA_SIZE),
             "max_depth": _integer_at_least(1),
             "max_attributes": _integer_at_least(1),
+            "max_elements": _integer_at_least(1),
             "max_connections_per_ip": _integer_at_least(1),
             "max_resources_per_account": _integer_at_least(1),
             "max_bytes_per_second": _integer_at_least(0),

@@ -115,7 +115,10 @@ class C2SStream(Session, asyncio.Protocol):
         self.limits = config.limits
         self.c2s = config.c2s
         self.parser = StreamParser(
-            self.limits.max_stanza_size, self.limits.max_depth, self.limits.max_attributes
+            self.limits.max_stanza_size,
+            self.limits.max_depth,
+            self.limits.max_attributes,
+            self.limits.max_elements,
         )
         self.peer = "?"
         self.stream_id = ""

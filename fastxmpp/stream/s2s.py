@@ -420,7 +420,9 @@ class Outgoing(_Link):
         self.local = local
         self.remote = remote
         limits = s2s.server.config.limits
-        self.parser = StreamParser(limits.max_stanza_size, limits.max_depth, limits.max_attributes)
+        self.parser = StreamParser(
+            limits.max_stanza_size, limits.max_depth, limits.max_attributes, limits.max_elements
+        )
         self.transport: Any = None
         self.queue: list[tuple[bytes, str, dict[str, Any]]] = []
         self.verifies: list[bytes] = []
@@ -736,7 +738,9 @@ class Incoming(_Link):
         self.router = s2s.router
         self.config = s2s.config
         limits = self.server.config.limits
-        self.parser = StreamParser(limits.max_stanza_size, limits.max_depth, limits.max_attributes)
+        self.parser = StreamParser(
+            limits.max_stanza_size, limits.max_depth, limits.max_attributes, limits.max_elements
+        )
         self.transport: Any = None
         self.peer = "?"
         self.address = "?"
