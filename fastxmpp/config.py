@@ -110,7 +110,7 @@ class CsiConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     map_size: int = 1 << 30
-    scram_iterations: int = 4096
+    scram_iterations: int = 10000  # new credentials; older ones go up at a PLAIN login
 
 
 @dataclass(frozen=True)
