@@ -8,6 +8,7 @@ key was written by scanning the source text.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import tomllib
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from typing import Any
 
 from .certs import check_certificate
 from .jid import JIDError, normalize_domain, parse_jid
+
+log = logging.getLogger("fastxmpp.config")
 
 DEFAULT_TOML = """\
 [server]
@@ -76,7 +79,10 @@ class LimitsConfig:
     # Elements in one stanza, itself included: a full privacy list (1000 items with their
     # four kinds) is about 5000, a large XEP-0049 bookmarks store a few thousand.
     max_elements: int = 8192
-    max_connections_per_ip: int = 64  # open c2s connections from one address
+    # c2s connections from one address that have not authenticated yet; authenticated ones
+    # are bounded per account (max_resources_per_account), so a NAT is not refused at its
+    # 65th user. Formerly max_connections_per_ip, which counted every connection.
+    max_unauthenticated_per_ip: int = 64
     max_resources_per_account: int = 16  # bound sessions of one account (RFC 6120 §7.6.2.1)
     max_bytes_per_second: int = 131072  # sustained input per session; 0: unlimited
     burst_bytes: int = 524288  # input a session may send at once before pacing starts
@@ -501,7 +507,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "max_depth": _integer_at_least(1),
             "max_attributes": _integer_at_least(1),
             "max_elements": _integer_at_least(1),
-            "max_connections_per_ip": _integer_at_least(1),
+            "max_unauthenticated_per_ip": _integer_at_least(1),
             "max_resources_per_account": _integer_at_least(1),
             "max_bytes_per_second": _integer_at_least(0),
             "burst_bytes": _integer_at_least(MIN_STANZA_SIZE),
@@ -610,6 +616,10 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
     ),
 }
 _SECTIONS = ("server", "listeners", "hosts", *_SIMPLE_SECTIONS)
+# Keys that were renamed: still read (when the new name is absent), with a warning.
+_RENAMED: dict[tuple[str, str], str] = {
+    ("limits", "max_connections_per_ip"): "max_unauthenticated_per_ip",
+}
 
 
 def _dotted(path: KeyPath) -> str:
@@ -648,8 +658,21 @@ class _Builder:
     ) -> dict[str, Any]:
         """The checked values of a table's known keys; a problem for every other key."""
         result: dict[str, Any] = {}
-        for key, value in table.items():
-            key_path = (*path, key)
+        for written, value in table.items():
+            key_path = (*path, written)
+            key = written
+            renamed = _RENAMED.get((str(path[0]), written)) if len(path) == 1 else None
+            if renamed is not None:
+                line, _ = self.positions.locate(key_path)
+                log.warning(
+                    "configuration line %d: %s is deprecated, read as %s",
+                    line,
+                    _dotted(key_path),
+                    _dotted((*path, renamed)),
+                )
+                if renamed in table:
+                    continue
+                key = renamed
             check = checks.get(key)
             if check is None:
                 self.problem(key_path, f"unknown key {_dotted(key_path)}")

@@ -9,15 +9,18 @@ import threading
 import time
 from typing import Any
 
-from conftest import PASSWORD, ServerProcess
+from conftest import PASSWORD, ServerProcess, add_accounts
 from xmpp_raw import CLIENT, SASL, stanza_error
 
 from fastxmpp.stream.throttle import AuthThrottle
 
 
-def test_connections_per_ip(make_server: Any, ca_file: str) -> None:
-    srv: ServerProcess = make_server("[limits]\nmax_connections_per_ip = 3\n")
-    srv.adduser("alice@localhost")
+def test_unauthenticated_connections_per_ip(make_server: Any, ca_file: str) -> None:
+    """Connections from one address that have not authenticated are capped; authenticated
+    ones are not (an office or carrier NAT, a load test from one host)."""
+    srv: ServerProcess = make_server("[limits]\nmax_unauthenticated_per_ip = 3\n")
+    users = [f"u{i}" for i in range(8)]
+    add_accounts(srv, users)
     srv.start()
     held = [srv.client() for _ in range(3)]
     for c in held:
@@ -25,12 +28,39 @@ def test_connections_per_ip(make_server: Any, ca_file: str) -> None:
     extra = srv.client()
     assert extra.stream_error() == "policy-violation"
     assert extra.wait_closed()
+    # One slot free again: eight users log in through it one after another, as each frees
+    # it by authenticating.
     held.pop().close()
-    # A slot is free again once a connection has gone.
-    again = srv.client()
-    assert again.login(ca_file, "alice", PASSWORD, "back") == "alice@localhost/back"
-    for c in [*held, again]:
+    logged_in = []
+    for user in users:
+        c = srv.client()
+        assert c.login(ca_file, user, PASSWORD, "nat").startswith(f"{user}@localhost/")
+        logged_in.append(c)
+    # Eight authenticated connections and two anonymous ones: the third anonymous one is
+    # let in, a fourth is not.
+    held.append(srv.client())
+    held[-1].open_stream()
+    assert extra_refused(srv)
+    for c in [*held, *logged_in]:
         c.close()
+
+
+def extra_refused(srv: ServerProcess) -> bool:
+    c = srv.client()
+    try:
+        return c.stream_error() == "policy-violation" and c.wait_closed()
+    finally:
+        c.abort()
+
+
+def test_the_old_name_of_the_per_address_cap_still_works(make_server: Any) -> None:
+    srv: ServerProcess = make_server("[limits]\nmax_connections_per_ip = 1\n")
+    srv.start()
+    srv.wait_for_log("limits.max_connections_per_ip is deprecated")
+    held = srv.client()
+    held.open_stream()
+    assert extra_refused(srv)
+    held.close()
 
 
 def test_resources_per_account(make_server: Any, ca_file: str) -> None:
