@@ -221,6 +221,13 @@ class S2SConfig:
     auth_timeout: float = 30.0  # seconds an inbound link has to authenticate
     max_incoming: int = 1000  # inbound links, all peers together
     max_incoming_per_ip: int = 20  # inbound links from one address
+    # A dialback request makes us resolve and connect to the domain it names (XEP-0220
+    # §2.2.1): what peers can make us do is bounded by these.
+    max_outgoing: int = 1000  # outgoing links being set up or up, all domains together
+    max_dialback_pending: int = 100  # verifications waiting for authoritative servers
+    max_dialback_pending_per_stream: int = 8  # the same, on one inbound stream
+    max_dns_lookups: int = 16  # SRV lookups in flight; more wait for one to end
+    dns_servers: tuple[str, ...] = ()  # "ip" or "ip:port" resolvers; () = the system's
 
 
 @dataclass(frozen=True)
@@ -480,6 +487,25 @@ def _routes(value: Any) -> tuple[tuple[str, str, int], ...]:
     return tuple(routes)
 
 
+def _dns_servers(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Invalid('must be a list: ["192.0.2.53", "127.0.0.1:5353"]')
+    servers = []
+    for entry in value:
+        text = _string(entry)
+        host, port = text, ""
+        if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
+            host, _, port = text.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise _Invalid(f"{text!r} is not an IP address (with an optional :port)") from None
+        if port and (not port.isdigit() or not 0 < int(port) <= 65535):
+            raise _Invalid(f"{text!r} has an invalid port")
+        servers.append(text)
+    return tuple(servers)
+
+
 _SERVER_KEYS: dict[str, Check] = {"data_dir": _string, "log_level": _log_level}
 _LISTENER_KEYS: dict[str, Check] = {
     "kind": _one_of(*LISTENER_KINDS),
@@ -595,6 +621,11 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "auth_timeout": _positive_number,
             "max_incoming": _integer_at_least(1),
             "max_incoming_per_ip": _integer_at_least(1),
+            "max_outgoing": _integer_at_least(1),
+            "max_dialback_pending": _integer_at_least(1),
+            "max_dialback_pending_per_stream": _integer_at_least(1),
+            "max_dns_lookups": _integer_at_least(1),
+            "dns_servers": _dns_servers,
         },
     ),
     "muc": (
