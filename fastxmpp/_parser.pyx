@@ -239,7 +239,7 @@ cdef class Stanza:
             if key in changes:
                 continue
             if key[0] == "{":
-                ns, local = key[1:].split("}", 1)
+                ns, local = key[1:].rsplit("}", 1)  # a namespace name may hold "}"
                 prefix = self._attr_prefixes.get(key) if self._attr_prefixes else None
                 key = _qname(prefix or "xml", local)
             parts.append(" " + key + '="' + _escape_attr(value) + '"')
@@ -267,14 +267,18 @@ cdef class Stanza:
     cdef bytes _reserialized(self, dict changes):
         # Slow path: the stanza relies on a prefix declared on the stream root, so its bytes
         # cannot be moved to another stream as they are.
+        # UTF-8 both ways: lxml's default (ASCII) output writes a non-ASCII element or
+        # attribute name as broken markup, since a character reference cannot stand in a
+        # name (found by tests/fuzz).
         el = self.element()
-        copy = etree.fromstring(etree.tostring(el), _TREE_PARSER)
+        copy = etree.fromstring(
+            etree.tostring(el, encoding="utf-8", xml_declaration=False), _TREE_PARSER)
         for key, value in changes.items():
             if value is None:
                 copy.attrib.pop(key, None)
             else:
                 copy.set(key, value)
-        return etree.tostring(copy)
+        return etree.tostring(copy, encoding="utf-8", xml_declaration=False)
 
 
 # --- expat callbacks: C functions, no Python call per XML event below the stanza level ---
