@@ -35,7 +35,10 @@ cdef class StreamParser:
     cdef object _error
     cdef public Py_ssize_t max_stanza_size
     cdef public int max_depth
-    cdef public int max_attributes
+    cdef public int max_attributes  # namespace declarations count as attributes
+    cdef public int max_elements    # in one stanza, itself included
+    cdef int _pending_ns_count      # declarations expat reported for the next start tag
+    cdef int _elements              # in the current stanza so far
     cdef list _stream_decls
     cdef bytes _context
     cdef list _pending_decls

@@ -239,7 +239,7 @@ cdef class Stanza:
             if key in changes:
                 continue
             if key[0] == "{":
-                ns, local = key[1:].split("}", 1)
+                ns, local = key[1:].rsplit("}", 1)  # a namespace name may hold "}"
                 prefix = self._attr_prefixes.get(key) if self._attr_prefixes else None
                 key = _qname(prefix or "xml", local)
             parts.append(" " + key + '="' + _escape_attr(value) + '"')
@@ -267,14 +267,18 @@ cdef class Stanza:
     cdef bytes _reserialized(self, dict changes):
         # Slow path: the stanza relies on a prefix declared on the stream root, so its bytes
         # cannot be moved to another stream as they are.
+        # UTF-8 both ways: lxml's default (ASCII) output writes a non-ASCII element or
+        # attribute name as broken markup, since a character reference cannot stand in a
+        # name (found by tests/fuzz).
         el = self.element()
-        copy = etree.fromstring(etree.tostring(el), _TREE_PARSER)
+        copy = etree.fromstring(
+            etree.tostring(el, encoding="utf-8", xml_declaration=False), _TREE_PARSER)
         for key, value in changes.items():
             if value is None:
                 copy.attrib.pop(key, None)
             else:
                 copy.set(key, value)
-        return etree.tostring(copy)
+        return etree.tostring(copy, encoding="utf-8", xml_declaration=False)
 
 
 # --- expat callbacks: C functions, no Python call per XML event below the stanza level ---
@@ -369,10 +373,11 @@ cdef class StreamParser:
         self._parser = NULL
 
     def __init__(self, Py_ssize_t max_stanza_size=262144, int max_depth=64,
-                 int max_attributes=64):
+                 int max_attributes=64, int max_elements=8192):
         self.max_stanza_size = max_stanza_size
         self.max_depth = max_depth
         self.max_attributes = max_attributes
+        self.max_elements = max_elements
         self.reset()
 
     def __dealloc__(self):
@@ -432,6 +437,8 @@ cdef class StreamParser:
         self._last_start_end = 0
         self._depth = 0
         self._stream_decls = []
+        self._pending_ns_count = 0
+        self._elements = 0
 
     cdef int _new_expat(self) except -1:
         if self._parser != NULL:
@@ -541,6 +548,9 @@ cdef class StreamParser:
         XML_StopParser(self._parser, 0)
 
     cdef int _ns_start(self, const char *prefix, const char *uri) except -1:
+        # expat reports an element's declarations just before the element: they count
+        # towards its attributes (_start), as they are attributes in the bytes.
+        self._pending_ns_count += 1
         if prefix == NULL and self._depth >= 2:
             # A default namespace inside a stanza (a payload's xmlns): it travels in the
             # stanza's own bytes and nothing needs tracking, so skip decoding it.
@@ -580,9 +590,11 @@ cdef class StreamParser:
         cdef const char *pfx
         while atts[n_attrs] != NULL:
             n_attrs += 2
-        n_attrs //= 2
+        n_attrs = n_attrs // 2 + self._pending_ns_count
+        self._pending_ns_count = 0
         if n_attrs > self.max_attributes:
-            self._fail("policy-violation", f"more than {self.max_attributes} attributes")
+            self._fail("policy-violation",
+                       f"more than {self.max_attributes} attributes and namespace declarations")
             return 0
         if count > self.max_stanza_size:
             # A start tag that arrived whole in one read; the stream header too.
@@ -592,10 +604,17 @@ cdef class StreamParser:
         if self._depth == 0:
             self._start_stream(name, atts, index, count)
         elif self._depth == 1:
+            self._elements = 1
             self._start_stanza(name, atts, index, count)
         else:
             if self._depth >= self.max_depth:
                 self._fail("policy-violation", f"elements nested deeper than {self.max_depth}")
+                return 0
+            self._elements += 1
+            if self._elements > self.max_elements:
+                # Each element costs far more parsed than its few bytes on the wire (a
+                # child tuple, a tree node when a module reads it).
+                self._fail("policy-violation", f"more than {self.max_elements} elements")
                 return 0
             if self._depth == 2:
                 ns, local, _ = _split_name(name)

@@ -32,7 +32,8 @@ cdef class Session:
 cdef class Router:
     cdef dict _users                # bare JID -> {resource: Session}
     cdef set _hosts
-    cdef dict _jid_cache
+    cdef dict _jid_cache             # 'to' -> (local, domain, resource, bare), local JIDs only
+    cdef Py_ssize_t _jid_cache_bytes  # what it holds, within JID_CACHE_BYTES
     cdef list _dirty
     cdef bint _flush_scheduled
     cdef object _loop

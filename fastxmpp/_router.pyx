@@ -8,12 +8,20 @@ them). Undeliverable stanzas raise `StanzaError`; the stream turns it into an er
 (never in answer to an error, RFC 6120 §8.3.1).
 """
 
+from sys import getsizeof
+
 from fastxmpp._parser cimport Stanza
 
 from fastxmpp.errors import StanzaError, StreamError
 
 cdef str CLIENT_NS = "jabber:client"
-cdef int JID_CACHE_MAX = 100000
+# Memory the prepared-'to' cache may hold; only JIDs at local hosts and services enter it,
+# since any client can name any number of others (docs/SECURITY.md, "Every limit"). Some
+# 40,000 ordinary JIDs; when full it starts over.
+cdef Py_ssize_t JID_CACHE_BYTES = 16 * 1024 * 1024
+# Per entry beyond its strings: the tuple (88 bytes) and the dict slot with its share of
+# the spare room.
+cdef Py_ssize_t JID_ENTRY_OVERHEAD = 344
 
 # Types an iq may have (RFC 6120 §8.2.3).
 cdef frozenset IQ_TYPES = frozenset(("get", "set", "result", "error"))
@@ -104,6 +112,7 @@ cdef class Router:
         self._users = {}
         self._hosts = set()
         self._jid_cache = {}
+        self._jid_cache_bytes = 0
         self._dirty = []
         self._flush_scheduled = False
         self._loop = loop
@@ -222,9 +231,15 @@ cdef class Router:
         except ValueError as exc:
             raise StanzaError("jid-malformed", str(exc))
         target = (jid.local, jid.domain, jid.resource, jid.bare)
-        if len(self._jid_cache) >= JID_CACHE_MAX:
+        if jid.domain not in self._hosts and jid.domain not in self._services:
+            return target  # another server's or no one's: parse_jid's own bounded cache
+        cdef Py_ssize_t cost = (JID_ENTRY_OVERHEAD + getsizeof(to) + getsizeof(target[0])
+                                + getsizeof(target[2]) + getsizeof(target[3]))
+        if self._jid_cache_bytes + cost > JID_CACHE_BYTES:
             self._jid_cache.clear()
+            self._jid_cache_bytes = 0
         self._jid_cache[to] = target
+        self._jid_cache_bytes += cost
         return target
 
     cpdef route(self, Session origin, Stanza st):

@@ -8,6 +8,7 @@ key was written by scanning the source text.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import tomllib
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from typing import Any
 
 from .certs import check_certificate
 from .jid import JIDError, normalize_domain, parse_jid
+
+log = logging.getLogger("fastxmpp.config")
 
 DEFAULT_TOML = """\
 [server]
@@ -77,8 +80,14 @@ class C2SConfig:
 class LimitsConfig:
     max_stanza_size: int = 262144
     max_depth: int = 64
-    max_attributes: int = 64
-    max_connections_per_ip: int = 64  # open c2s connections from one address
+    max_attributes: int = 64  # per element, namespace declarations included
+    # Elements in one stanza, itself included: a full privacy list (1000 items with their
+    # four kinds) is about 5000, a large XEP-0049 bookmarks store a few thousand.
+    max_elements: int = 8192
+    # c2s connections from one address that have not authenticated yet; authenticated ones
+    # are bounded per account (max_resources_per_account), so a NAT is not refused at its
+    # 65th user. Formerly max_connections_per_ip, which counted every connection.
+    max_unauthenticated_per_ip: int = 64
     max_resources_per_account: int = 16  # bound sessions of one account (RFC 6120 §7.6.2.1)
     max_bytes_per_second: int = 131072  # sustained input per session; 0: unlimited
     burst_bytes: int = 524288  # input a session may send at once before pacing starts
@@ -112,7 +121,7 @@ class CsiConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     map_size: int = 1 << 30
-    scram_iterations: int = 4096
+    scram_iterations: int = 10000  # new credentials; older ones go up at a PLAIN login
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,13 @@ class S2SConfig:
     auth_timeout: float = 30.0  # seconds an inbound link has to authenticate
     max_incoming: int = 1000  # inbound links, all peers together
     max_incoming_per_ip: int = 20  # inbound links from one address
+    # A dialback request makes us resolve and connect to the domain it names (XEP-0220
+    # §2.2.1): what peers can make us do is bounded by these.
+    max_outgoing: int = 1000  # outgoing links being set up or up, all domains together
+    max_dialback_pending: int = 100  # verifications waiting for authoritative servers
+    max_dialback_pending_per_stream: int = 8  # the same, on one inbound stream
+    max_dns_lookups: int = 16  # SRV lookups in flight; more wait for one to end
+    dns_servers: tuple[str, ...] = ()  # "ip" or "ip:port" resolvers; () = the system's
 
 
 @dataclass(frozen=True)
@@ -476,6 +492,25 @@ def _routes(value: Any) -> tuple[tuple[str, str, int], ...]:
     return tuple(routes)
 
 
+def _dns_servers(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Invalid('must be a list: ["192.0.2.53", "127.0.0.1:5353"]')
+    servers = []
+    for entry in value:
+        text = _string(entry)
+        host, port = text, ""
+        if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
+            host, _, port = text.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise _Invalid(f"{text!r} is not an IP address (with an optional :port)") from None
+        if port and (not port.isdigit() or not 0 < int(port) <= 65535):
+            raise _Invalid(f"{text!r} has an invalid port")
+        servers.append(text)
+    return tuple(servers)
+
+
 _SERVER_KEYS: dict[str, Check] = {"data_dir": _string, "log_level": _log_level}
 _LISTENER_KEYS: dict[str, Check] = {
     "kind": _one_of(*LISTENER_KINDS),
@@ -503,7 +538,8 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "max_stanza_size": _integer_at_least(MIN_STANZA_SIZE),
             "max_depth": _integer_at_least(1),
             "max_attributes": _integer_at_least(1),
-            "max_connections_per_ip": _integer_at_least(1),
+            "max_elements": _integer_at_least(1),
+            "max_unauthenticated_per_ip": _integer_at_least(1),
             "max_resources_per_account": _integer_at_least(1),
             "max_bytes_per_second": _integer_at_least(0),
             "burst_bytes": _integer_at_least(MIN_STANZA_SIZE),
@@ -591,6 +627,11 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "auth_timeout": _positive_number,
             "max_incoming": _integer_at_least(1),
             "max_incoming_per_ip": _integer_at_least(1),
+            "max_outgoing": _integer_at_least(1),
+            "max_dialback_pending": _integer_at_least(1),
+            "max_dialback_pending_per_stream": _integer_at_least(1),
+            "max_dns_lookups": _integer_at_least(1),
+            "dns_servers": _dns_servers,
         },
     ),
     "muc": (
@@ -612,6 +653,10 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
     ),
 }
 _SECTIONS = ("server", "listeners", "hosts", *_SIMPLE_SECTIONS)
+# Keys that were renamed: still read (when the new name is absent), with a warning.
+_RENAMED: dict[tuple[str, str], str] = {
+    ("limits", "max_connections_per_ip"): "max_unauthenticated_per_ip",
+}
 
 
 def _dotted(path: KeyPath) -> str:
@@ -650,8 +695,21 @@ class _Builder:
     ) -> dict[str, Any]:
         """The checked values of a table's known keys; a problem for every other key."""
         result: dict[str, Any] = {}
-        for key, value in table.items():
-            key_path = (*path, key)
+        for written, value in table.items():
+            key_path = (*path, written)
+            key = written
+            renamed = _RENAMED.get((str(path[0]), written)) if len(path) == 1 else None
+            if renamed is not None:
+                line, _ = self.positions.locate(key_path)
+                log.warning(
+                    "configuration line %d: %s is deprecated, read as %s",
+                    line,
+                    _dotted(key_path),
+                    _dotted((*path, renamed)),
+                )
+                if renamed in table:
+                    continue
+                key = renamed
             check = checks.get(key)
             if check is None:
                 self.problem(key_path, f"unknown key {_dotted(key_path)}")

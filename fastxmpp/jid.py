@@ -1,13 +1,16 @@
 """RFC 7622 JIDs: `[localpart@]domainpart[/resourcepart]`, each part prepared with PRECIS.
 
 Preparation is costly (Unicode tables, IDNA), and the same few thousand JIDs come back on every
-stanza, so `parse_jid` and `normalize_domain` are cached.
+stanza, so `parse_jid` and `normalize_domain` are cached. Any client can make the server parse
+JIDs of its choosing, so the caches are bounded by the memory they hold, not only by entries
+(docs/SECURITY.md, "Every limit"), and pure-ASCII parts, the common case, skip the PRECIS tables.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -22,6 +25,23 @@ _LOCAL_FORBIDDEN = frozenset("\"&'/:<>@")
 # RFC 7622 §3.1: every part is at most 1023 octets once prepared.
 _MAX_PART_OCTETS = 1023
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
+# Pure ASCII parts PRECIS leaves as they are (or only lowercases): RFC 8264 §9.1/§9.11 put
+# U+0021..U+007E in IdentifierClass and U+0020..U+007E in FreeformClass; width mapping and NFC
+# change no ASCII character, and the Bidi Rule applies only to strings with right-to-left
+# characters (RFC 8265 §3.3.3, §4.2.3). tests/test_jid.py checks these against precis-i18n.
+_IDENTIFIER_ASCII = re.compile(r"[\x21-\x7e]+")
+_FREEFORM_ASCII = re.compile(r"[\x20-\x7e]+")
+# Characters of one part before preparation. Preparation never makes a legitimate part much
+# shorter (NFC composes at most a few characters into one, each still at least one octet), so
+# a part longer than the 1023 octets it may have once prepared (RFC 7622 §3.1) is refused
+# before any work, and no cache ever holds a key longer than this per part.
+MAX_PART_INPUT = _MAX_PART_OCTETS
+# Memory the parse_jid cache may hold (keys, JIDs and their strings, dict slots): some 45,000
+# JIDs of ordinary length, or about 1,800 of the longest; when full it starts over.
+PARSE_CACHE_BYTES = 16 * 1024 * 1024
+# Per entry beyond its strings: the dict slot, the JID object, the cached entry's share of
+# the dict's spare room (measured with tracemalloc on CPython 3.11: about 190 bytes).
+CACHE_ENTRY_OVERHEAD = 256
 
 
 class JIDError(ValueError):
@@ -52,12 +72,21 @@ def _check_length(part: str, what: str) -> str:
     return part
 
 
+def _check_input(text: str, what: str) -> None:
+    if len(text) > MAX_PART_INPUT:
+        raise JIDError(f"{what} longer than {MAX_PART_INPUT} characters")
+
+
 def normalize_local(text: str) -> str:
     """Prepare a localpart (RFC 7622 §3.3)."""
-    try:
-        local = _LOCAL_PROFILE.enforce(text)
-    except UnicodeError as exc:
-        raise JIDError(f"invalid localpart {text!r}: {_precis_reason(exc)}") from None
+    _check_input(text, "localpart")
+    if _IDENTIFIER_ASCII.fullmatch(text):
+        local = text.lower()  # UsernameCaseMapped of ASCII: case mapping only
+    else:
+        try:
+            local = _LOCAL_PROFILE.enforce(text)
+        except UnicodeError as exc:
+            raise JIDError(f"invalid localpart {text!r}: {_precis_reason(exc)}") from None
     bad = sorted(_LOCAL_FORBIDDEN.intersection(local))
     if bad:
         raise JIDError(f"invalid localpart {text!r}: must not contain {''.join(bad)!r}")
@@ -66,6 +95,9 @@ def normalize_local(text: str) -> str:
 
 def normalize_resource(text: str) -> str:
     """Prepare a resourcepart (RFC 7622 §3.4)."""
+    _check_input(text, "resourcepart")
+    if _FREEFORM_ASCII.fullmatch(text):
+        return _check_length(text, "resourcepart")  # OpaqueString of ASCII: unchanged
     try:
         resource = _RESOURCE_PROFILE.enforce(text)
     except UnicodeError as exc:
@@ -77,6 +109,7 @@ def normalize_resource(text: str) -> str:
 def normalize_domain(text: str) -> str:
     """Prepare a domainpart (RFC 7622 §3.2): an IP literal, or an IDNA2008 name in U-label form,
     lowercased, without a trailing dot."""
+    _check_input(text, "domainpart")  # with the 4096 entries: at most 16 MiB of keys
     # RFC 7622 §3.2: a single trailing dot is not significant.
     name = text[:-1] if text.endswith(".") else text
     if not name:
@@ -102,9 +135,34 @@ def normalize_domain(text: str) -> str:
     return _check_length(domain, "domainpart")
 
 
-@lru_cache(maxsize=65536)
+_parsed: dict[str, JID] = {}
+_parsed_bytes = 0
+
+
 def parse_jid(text: str) -> JID:
-    """Split and prepare a JID (RFC 7622 §3.1), raising JIDError when any part is invalid."""
+    """Split and prepare a JID (RFC 7622 §3.1), raising JIDError when any part is invalid.
+    Cached within PARSE_CACHE_BYTES."""
+    global _parsed_bytes
+    jid = _parsed.get(text)
+    if jid is not None:
+        return jid
+    jid = _parse(text)
+    cost = entry_cost(text, jid.local, jid.resource)
+    if _parsed_bytes + cost > PARSE_CACHE_BYTES:
+        _parsed.clear()
+        _parsed_bytes = 0
+    _parsed[text] = jid
+    _parsed_bytes += cost
+    return jid
+
+
+def entry_cost(*texts: str) -> int:
+    """What a cache entry holding `texts` costs in memory, in bytes (an estimate that never
+    counts less than the strings themselves)."""
+    return CACHE_ENTRY_OVERHEAD + sum(sys.getsizeof(t) for t in texts)
+
+
+def _parse(text: str) -> JID:
     # RFC 7622 §3.1: the resourcepart starts at the first '/', and may itself contain '/' and
     # '@'; in what remains, the localpart ends at the first '@'.
     prefix, slash, resource_text = text.partition("/")

@@ -51,7 +51,7 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.streams: set[C2SStream] = set()
-        self.connections_per_ip: Counter[str] = Counter()
+        self.unauthenticated_per_ip: Counter[str] = Counter()  # c2s, not yet authenticated
         limits = config.limits
         self.auth_throttle = AuthThrottle(
             limits.auth_free_failures,

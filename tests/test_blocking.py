@@ -47,7 +47,7 @@ def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
         ca,
         tmp_path_factory,
         POOL,
-        f"[privacy]\nmax_items = {MAX_ITEMS}\n[limits]\nmax_connections_per_ip = 200\n",
+        f"[privacy]\nmax_items = {MAX_ITEMS}\n[limits]\nmax_unauthenticated_per_ip = 200\n",
     )
 
 

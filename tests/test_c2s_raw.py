@@ -4,6 +4,7 @@ server keeps serving a fresh client afterwards."""
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from conftest import PASSWORD, ServerProcess, assert_still_serving
@@ -432,3 +433,47 @@ def test_payload_namespace_that_is_not_a_uri(server: ServerProcess, ca_file: str
     assert reply.findtext("{jabber:iq:private}query/{odd=ns}note") == "kept"
     c.close()
     assert_still_serving(server, ca_file)
+
+
+def scram_iterations_offered(srv: ServerProcess, ca_file: str, user: str) -> int:
+    """The iteration count in the server-first-message (RFC 5802 §5.1 'i') for `user`."""
+    c = srv.client()
+    try:
+        c.open_stream()
+        c.starttls(ca_file)
+        first = base64.b64encode(b"n,,n=" + user.encode() + b",r=abcdefghijklmnop").decode()
+        c.send(f"<auth xmlns='{SASL}' mechanism='SCRAM-SHA-256'>{first}</auth>")
+        challenge = c.next()
+        assert challenge.tag == f"{{{SASL}}}challenge"
+        fields = dict(f.split("=", 1) for f in base64.b64decode(challenge.text).decode().split(","))
+        return int(fields["i"])
+    finally:
+        c.abort()
+
+
+def test_scram_iterations_go_up_at_a_plain_login(make_server: Any, ca_file: str) -> None:
+    """New credentials use 10000 iterations; an account stored with 4096 keeps working
+    (SCRAM and PLAIN) and is re-derived with 10000 at its next PLAIN login, after which
+    SCRAM works with the new credentials."""
+    from fastxmpp.storage.accounts import AccountStore
+    from fastxmpp.storage.lmdb_store import Storage
+
+    srv = make_server()
+    with Storage(srv.data_dir) as storage:
+        AccountStore(storage, iterations=4096).create("localhost", "old", PASSWORD)
+    srv.adduser("new@localhost")
+    srv.start()
+    assert scram_iterations_offered(srv, ca_file, "new") == 10000
+    assert scram_iterations_offered(srv, ca_file, "old") == 4096
+    c = srv.client()
+    assert c.login(ca_file, "old", PASSWORD).startswith("old@localhost/")  # SCRAM, 4096
+    c.close()
+    c = srv.client()
+    c.open_stream()
+    c.starttls(ca_file)
+    assert c.sasl_plain("old", PASSWORD).tag == f"{{{SASL}}}success"
+    c.close()
+    assert scram_iterations_offered(srv, ca_file, "old") == 10000
+    c = srv.client()
+    assert c.login(ca_file, "old", PASSWORD).startswith("old@localhost/")  # SCRAM, 10000
+    c.close()

@@ -232,9 +232,9 @@ def test_plain_xml_on_the_direct_tls_port_is_a_failed_handshake(
 
 
 def test_limits_and_stream_management_are_those_of_starttls(make_server: Any, ca_file: str) -> None:
-    """Connections over both listeners count towards limits.max_connections_per_ip, and a
+    """Connections over both listeners count towards limits.max_unauthenticated_per_ip, and a
     session that lost its direct TLS connection is resumed (XEP-0198) over STARTTLS."""
-    srv: ServerProcess = make_server("[limits]\nmax_connections_per_ip = 2\n" + DIRECT_LISTENER)
+    srv: ServerProcess = make_server("[limits]\nmax_unauthenticated_per_ip = 2\n" + DIRECT_LISTENER)
     srv.adduser("alice@localhost")
     srv.start()
     srv.wait_for_log("c2s (direct TLS) listening on")

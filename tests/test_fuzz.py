@@ -12,6 +12,7 @@ import subprocess
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,8 +39,14 @@ FINDINGS = [
     b"<?\xef\xbb\xbf?>>",
     "iqresnc><a xmlns:CCCBCCC='u' xmlns:C\U0001f600CCC='u'/>r%nce>".encode(),
     # A namespace name with "}": lxml lists the attribute but cannot look it up by its
-    # "{namespace}name" key (the oracle broke, not the parser).
+    # "{namespace}name" key (the oracle broke, not the parser). Once the oracle compared
+    # with_attrs(): the rebuilt start tag split "{}r@n:x}a" at the first "}" and wrote the
+    # attribute as "x:r@n:x}a", not XML (fixed: a local name never holds "}").
     b"<x:data xmlns:x='}r@n:x' x:a='4'/>",
+    # A stanza using the stream's own prefix must be written anew for another stream
+    # (needs_reserialize); lxml's default ASCII output turned the non-ASCII element name
+    # into broken markup: with_attrs() now writes UTF-8.
+    "<presence><stream:feature\u00e9/></presence>".encode(),
     # The stream ends inside the data: what follows is never read (oracle rule, not a parser
     # bug). An unterminated literal after the end: libxml2 refuses, fastxmpp waits ...
     b"M'0</stream:stream>'_",
@@ -61,14 +68,39 @@ def test_oracle_catches_a_mis_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     real = parser_oracle._describe
 
     def lossy(st):  # type: ignore[no-untyped-def]
-        tag, attrs, canonical = real(st)
-        attrs.pop("id", None)
-        return tag, attrs, canonical
+        described = list(real(st))
+        described[2] = {k: v for k, v in described[2].items() if k != "id"}  # attrs
+        return tuple(described)
 
     monkeypatch.setattr(parser_oracle, "_describe", lossy)
-    with pytest.raises(Mismatch):
+    with pytest.raises(Mismatch, match="stanza differs"):
         check(b"<message id='x'/>")
     assert HEADER and FOOTER
+
+
+def test_oracle_catches_a_wrong_with_attrs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ... and so is a with_attrs() that forgets to remove an attribute.
+    import parser_oracle
+
+    class Forgetful:
+        def __init__(self, st: Any) -> None:
+            self.st = st
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.st, name)
+
+        def with_attrs(self, changes: dict[str, Any]) -> bytes:
+            return bytes(self.st.with_attrs({k: v for k, v in changes.items() if v is not None}))
+
+    real = parser_oracle._ours
+
+    def forgetful(chunks: list[bytes]) -> tuple[list[Any], str | None]:
+        stanzas, error = real(chunks)
+        return [Forgetful(st) for st in stanzas], error
+
+    monkeypatch.setattr(parser_oracle, "_ours", forgetful)
+    with pytest.raises(Mismatch, match="with_attrs"):
+        check(b"<message to='romeo@localhost' id='x'/>")
 
 
 def _fuzz(build: Path | None, *args: str, timeout: float = 300) -> str:

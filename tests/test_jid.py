@@ -116,3 +116,49 @@ def test_part_helpers() -> None:
 
 def test_jid_error_is_a_value_error() -> None:
     assert issubclass(JIDError, ValueError)
+
+
+def test_ascii_fast_path_agrees_with_precis() -> None:
+    """Pure-ASCII parts skip precis-i18n; for every ASCII character, alone and inside a part,
+    the result (or the refusal) is the one the PRECIS profiles give."""
+    from precis_i18n import get_profile
+
+    profiles = {
+        normalize_local: get_profile("UsernameCaseMapped"),
+        normalize_resource: get_profile("OpaqueString"),
+    }
+    for normalize, profile in profiles.items():
+        for code in range(128):
+            for text in (chr(code), f"A{chr(code)}b", f"{chr(code)}Zz9"):
+                try:
+                    expected: str | None = profile.enforce(text)
+                except UnicodeError:
+                    expected = None
+                forbidden = set("\"&'/:<>@") if normalize is normalize_local else set()
+                if expected is not None and set(expected) & forbidden:
+                    expected = None  # RFC 7622 §3.3.1: more is forbidden in a localpart
+                try:
+                    got: str | None = normalize(text)
+                except JIDError:
+                    got = None
+                assert got == expected, (normalize.__name__, text)
+
+
+def test_parse_cache_is_bounded_by_bytes() -> None:
+    """Long distinct JIDs cannot make the cache hold more than PARSE_CACHE_BYTES."""
+    import sys
+
+    from fastxmpp import jid as jid_module
+
+    for i in range(3000):
+        parse_jid(f"{i}{'u' * 1000}@example.org/{'r' * 1000}")
+        if i % 100:
+            continue
+        held = sum(
+            sys.getsizeof(text) + sys.getsizeof(j.local) + sys.getsizeof(j.resource)
+            for text, j in jid_module._parsed.items()
+        )
+        assert held <= jid_module._parsed_bytes <= jid_module.PARSE_CACHE_BYTES
+    assert parse_jid("A" * 1023 + "@example.org").local == "a" * 1023
+    with pytest.raises(JIDError, match="longer than 1023 characters"):
+        parse_jid("\u00ad" * 2000 + "example.org")  # ignored by UTS #46, refused before it

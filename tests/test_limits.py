@@ -9,15 +9,18 @@ import threading
 import time
 from typing import Any
 
-from conftest import PASSWORD, ServerProcess
+from conftest import PASSWORD, ServerProcess, add_accounts
 from xmpp_raw import CLIENT, SASL, stanza_error
 
 from fastxmpp.stream.throttle import AuthThrottle
 
 
-def test_connections_per_ip(make_server: Any, ca_file: str) -> None:
-    srv: ServerProcess = make_server("[limits]\nmax_connections_per_ip = 3\n")
-    srv.adduser("alice@localhost")
+def test_unauthenticated_connections_per_ip(make_server: Any, ca_file: str) -> None:
+    """Connections from one address that have not authenticated are capped; authenticated
+    ones are not (an office or carrier NAT, a load test from one host)."""
+    srv: ServerProcess = make_server("[limits]\nmax_unauthenticated_per_ip = 3\n")
+    users = [f"u{i}" for i in range(8)]
+    add_accounts(srv, users)
     srv.start()
     held = [srv.client() for _ in range(3)]
     for c in held:
@@ -25,12 +28,39 @@ def test_connections_per_ip(make_server: Any, ca_file: str) -> None:
     extra = srv.client()
     assert extra.stream_error() == "policy-violation"
     assert extra.wait_closed()
+    # One slot free again: eight users log in through it one after another, as each frees
+    # it by authenticating.
     held.pop().close()
-    # A slot is free again once a connection has gone.
-    again = srv.client()
-    assert again.login(ca_file, "alice", PASSWORD, "back") == "alice@localhost/back"
-    for c in [*held, again]:
+    logged_in = []
+    for user in users:
+        c = srv.client()
+        assert c.login(ca_file, user, PASSWORD, "nat").startswith(f"{user}@localhost/")
+        logged_in.append(c)
+    # Eight authenticated connections and two anonymous ones: the third anonymous one is
+    # let in, a fourth is not.
+    held.append(srv.client())
+    held[-1].open_stream()
+    assert extra_refused(srv)
+    for c in [*held, *logged_in]:
         c.close()
+
+
+def extra_refused(srv: ServerProcess) -> bool:
+    c = srv.client()
+    try:
+        return c.stream_error() == "policy-violation" and c.wait_closed()
+    finally:
+        c.abort()
+
+
+def test_the_old_name_of_the_per_address_cap_still_works(make_server: Any) -> None:
+    srv: ServerProcess = make_server("[limits]\nmax_connections_per_ip = 1\n")
+    srv.start()
+    srv.wait_for_log("limits.max_connections_per_ip is deprecated")
+    held = srv.client()
+    held.open_stream()
+    assert extra_refused(srv)
+    held.close()
 
 
 def test_resources_per_account(make_server: Any, ca_file: str) -> None:
@@ -227,3 +257,58 @@ def test_after_a_stream_error_the_server_waits_for_the_client_to_close(
     assert poller.poll(500) == []  # no EOF: the server is waiting for us
     assert c.wait_closed(timeout=1.5)  # this closes our side; the server follows at once
     assert c.write_shut
+
+
+def vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_distinct_long_addresses_do_not_grow_the_server(make_server: Any, ca_file: str) -> None:
+    """One user names 100,000 distinct JIDs of about 2 KB each (at nonexistent domains and
+    at nonexistent local users): the JID caches are bounded by bytes, so the server's
+    memory grows by a bounded amount, not by the hundreds of MB the addresses take."""
+    # Pacing off: this is about memory, not rate.
+    srv: ServerProcess = make_server("[limits]\nmax_bytes_per_second = 0\n")
+    # Debug traces would copy every stanza into the log pipe.
+    srv.config.write_text(srv.config.read_text().replace('"debug"', '"info"'))
+    srv.adduser("alice@localhost")
+    srv.start()
+    assert srv.proc is not None
+    alice = srv.client()
+    alice.login(ca_file, "alice", PASSWORD, "many")
+    pad = "x" * 1000
+
+    def batch(start: int, count: int) -> str:
+        # type='error': never answered (RFC 6120 §8.3.1), so only the addresses cost.
+        return "".join(
+            f"<message type='error' to='{i}{pad}@"
+            + (f"d{i % 8000}.invalid" if i % 2 else "localhost")
+            + f"/{pad}{i}'/>"
+            for i in range(start, start + count)
+        )
+
+    def ping(marker: str) -> None:
+        alice.send(f"<iq type='get' id='{marker}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        while alice.next(timeout=60).get("id") != marker:
+            pass
+
+    total, step = 100_000, 1000
+    alice.send(batch(total, 5 * step))  # warm-up: buffers and allocator arenas in use
+    ping("warm")
+    before = vm_rss_kib(srv.proc.pid)
+    for start in range(0, total, step):
+        alice.send(batch(start, step))
+        if start % (20 * step) == 0:
+            ping(f"p{start}")  # keep the server's input from piling up in socket buffers
+    ping("done")
+    grown_mib = (vm_rss_kib(srv.proc.pid) - before) / 1024
+    # The addresses take about 200 MB. Bound: parse_jid's cache (16 MiB, fastxmpp/jid.py)
+    # plus the router's (16 MiB, fastxmpp/_router.pyx) plus normalize_domain's (8000 short
+    # names here, under 2 MiB), with as much again for allocator slack and fragmentation.
+    assert grown_mib < 64, f"the server grew by {grown_mib:.0f} MiB"
+    assert srv.alive()
+    alice.close()

@@ -266,6 +266,10 @@ for stage in IN_STREAM_STAGES:
 # reset of that close can destroy the stream error on its way to the client.
 MAX_STANZA = LimitsConfig().max_stanza_size
 MANY_ATTRIBUTES = b"".join(b" a%d='1'" % i for i in range(65))
+# Namespace declarations are attributes in the bytes: they count towards max_attributes.
+MANY_DECLARATIONS = b"".join(b" xmlns:p%d='urn:x:%d'" % (i, i) for i in range(65))
+HALF_AND_HALF = b"".join(b" a%d='1' xmlns:p%d='urn:x'" % (i, i) for i in range(33))  # 66
+MAX_ELEMENTS = LimitsConfig().max_elements
 
 
 def over_limit(start: bytes, filler: bytes = b"A") -> bytes:
@@ -278,6 +282,13 @@ add(STREAM_ERRORS, "bound", "policy-violation", {
     "limit-endless-stanza": over_limit(body(b"")[: -len(b"</body></message>")], b"B"),
     "limit-too-many-attributes": to_bob(attrs=MANY_ATTRIBUTES),
     "limit-too-many-attributes-in-payload": to_bob(b"<x" + MANY_ATTRIBUTES + b"/>"),
+    "limit-too-many-namespace-declarations": to_bob(attrs=MANY_DECLARATIONS),
+    "limit-too-many-namespace-declarations-in-payload": to_bob(
+        b"<x" + MANY_DECLARATIONS + b"/>"),
+    "limit-attributes-and-declarations-together": to_bob(b"<x" + HALF_AND_HALF + b"/>"),
+    # the message, its payload and MAX_ELEMENTS - 1 children: one too many
+    "limit-too-many-elements": to_bob(b"<x>" + b"<a/>" * (MAX_ELEMENTS - 1) + b"</x>"),
+    "limit-too-many-direct-children": to_bob(b"<a/>" * MAX_ELEMENTS),
     "limit-nesting-too-deep": to_bob(b"<a>" * 70 + b"</a>" * 70),
     # The element that crosses the depth limit is empty (found by this corpus: the cut
     # stanza used to be routed to bob before the error, breaking his stream).
@@ -516,6 +527,15 @@ add(SASL_FAILURES, "tls", "malformed-request", {
 # server stamps the full JID). §4.6.1: whitespace between stanzas, however much, is no
 # stanza to buffer against the size limit.
 DELIVERED: dict[str, tuple[bytes, Callable[[Any], bool]]] = {
+    # At the limits, not beyond: 64 attributes and declarations, MAX_ELEMENTS elements.
+    "limit-attributes-and-declarations-at-the-limit": (
+        to_bob(b"<x" + HALF_AND_HALF[: -len(b" a32='1' xmlns:p32='urn:x'")] + b"/>"),
+        lambda el: len(el.find(f"{{{CLIENT}}}x").attrib) == 32,
+    ),
+    "limit-elements-at-the-limit": (
+        to_bob(b"<x>" + b"<a/>" * (MAX_ELEMENTS - 2) + b"</x>"),
+        lambda el: len(el.find(f"{{{CLIENT}}}x")) == MAX_ELEMENTS - 2,
+    ),
     "message-type-bogus": (to_bob(attrs=" type='bogus'"), lambda el: el.get("type") == "bogus"),
     "message-type-empty": (to_bob(attrs=" type=''"), lambda el: el.get("type") == ""),
     "stream-prefix-rebound-in-payload": (

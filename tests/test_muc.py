@@ -47,7 +47,7 @@ POOL = FreshNames("m", ACCOUNTS)
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield from module_server(
-        ca, tmp_path_factory, POOL, MUC_TOML + "[limits]\nmax_connections_per_ip = 200\n"
+        ca, tmp_path_factory, POOL, MUC_TOML + "[limits]\nmax_unauthenticated_per_ip = 200\n"
     )
 
 

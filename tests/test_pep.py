@@ -48,7 +48,7 @@ ACCOUNTS = 200
 LIMITS = (
     "[pep]\nmax_nodes = 6\nmax_items = 10\nmax_item_size = 2000\n"
     "max_bytes_per_account = 12000\ncaps_timeout = 5\n"
-    "[limits]\nmax_connections_per_ip = 200\n"
+    "[limits]\nmax_unauthenticated_per_ip = 200\n"
 )
 
 

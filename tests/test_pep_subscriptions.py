@@ -47,7 +47,7 @@ ACCOUNTS = 120
 MAX_SUBSCRIPTIONS = 3
 CONFIG = (
     f"[pep]\nmax_subscriptions_per_node = {MAX_SUBSCRIPTIONS}\ncaps_timeout = 5\n"
-    "[limits]\nmax_connections_per_ip = 200\n"
+    "[limits]\nmax_unauthenticated_per_ip = 200\n"
 )
 POOL = FreshNames("s", ACCOUNTS)
 _fresh = POOL.names()

@@ -44,7 +44,7 @@ def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
         tmp_path_factory,
         POOL,
         f"[privacy]\nmax_lists = {MAX_LISTS}\nmax_items = {MAX_ITEMS}\n"
-        "[limits]\nmax_connections_per_ip = 200\n",
+        "[limits]\nmax_unauthenticated_per_ip = 200\n",
     )
 
 

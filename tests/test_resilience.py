@@ -8,8 +8,9 @@ stay up, and every trickling connection must be closed by the pre-authentication
 
 The trickling connections come from 20 loopback source addresses (127.0.0.2 ... 127.0.0.21,
 all of 127/8 is loopback on Linux), 50 from each: below the default
-`limits.max_connections_per_ip` (64), which stays as shipped. An attacker with one address
-gets 64 connections; this is the many-address case that limit cannot stop.
+`limits.max_unauthenticated_per_ip` (64), which stays as shipped. An attacker with one
+address gets 64 unauthenticated connections; this is the many-address case that limit cannot
+stop.
 
 The server is started with a soft open-files limit of 512 (below the 1000 connections), so
 the test also proves that the server raises its own soft RLIMIT_NOFILE to the hard limit at

@@ -30,7 +30,7 @@ def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
         ca,
         tmp_path_factory,
         POOL,
-        "[roster]\nmax_items = 5\n[limits]\nmax_connections_per_ip = 200\n",
+        "[roster]\nmax_items = 5\n[limits]\nmax_unauthenticated_per_ip = 200\n",
     )
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -239,6 +241,23 @@ def test_bidirectional_link(bidirectional: Federation, login: Any) -> None:
     h.wait_for_log("s2s h.test -> g.test: over the peer's bidirectional link")
     assert "s2s h.test -> g.test: connected" not in h.log_text()
     assert "s2s connection from" not in g.log_text()
+
+
+def test_a_remote_entity_cannot_enable_carbons(trusted: Federation, login: Any) -> None:
+    """XEP-0280 §4.1/§5.1: carbons are for clients hosted on this server; a remote entity
+    asking b.test over a server link gets not-allowed, and gets no copies afterwards."""
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    erin = login(a, "erin@a.test")
+    frank = login(b, "frank@b.test")
+    for i, payload in enumerate(("enable", "disable")):
+        erin.send(
+            f"<iq type='set' id='cb{i}' to='b.test'><{payload} xmlns='urn:xmpp:carbons:2'/></iq>"
+        )
+        reply = wait_for(erin, lambda el, i=i: el.get("id") == f"cb{i}")
+        assert (reply.get("type"), stanza_error(reply)) == ("error", "not-allowed")
+    erin.send("<message to='frank@b.test' type='chat' id='after'><body>hi</body></message>")
+    assert wait_for(frank, tag("message")).get("id") == "after"
+    assert not [el for el in sync(erin) if el.tag == f"{{{CLIENT}}}message"]
 
 
 def test_iq_ping_across(trusted: Federation, login: Any) -> None:
@@ -642,11 +661,13 @@ def test_s2s_configuration(tmp_path: Path) -> None:
     path.write_text(
         '[[listeners]]\naddress = "127.0.0.1"\n\n[hosts."example.org"]\n\n'
         '[s2s]\nroutes = { "example.net" = "nowhere" }\nmax_queued_stanzas = 0\n'
+        'dns_servers = ["127.0.0.1:53", "[::1]:5353", "resolver.example"]\n'
     )
     messages = [p.message for p in check_config(path)]
     assert messages == [
         "s2s.routes example.net: 'nowhere' must be host:port",
         "s2s.max_queued_stanzas must be positive",
+        "s2s.dns_servers 'resolver.example' is not an IP address (with an optional :port)",
     ]
 
 
@@ -683,3 +704,166 @@ def test_queue_for_a_link_is_bounded(tight: Federation, login: Any) -> None:
         "q0": "remote-server-timeout",
         "q1": "remote-server-timeout",
     }
+
+
+# --- what a peer can make us do (dialback amplification) -------------------------------------
+
+
+class Holder:
+    """A TCP listener that accepts connections, counts them and never says a word."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self.sock.accept()[0])
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(self.accepted) < count:
+            assert time.monotonic() < deadline, f"{len(self.accepted)} connections, not {count}"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+class SilentResolver:
+    """A DNS server on loopback that notes the names it is asked for and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.names: set[str] = set()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                query = self.sock.recv(2048)
+                labels, pos = [], 12  # RFC 1035 §4.1.2: the question after the header
+                while pos < len(query) and query[pos]:
+                    labels.append(query[pos + 1 : pos + 1 + query[pos]].decode())
+                    pos += 1 + query[pos]
+                self.names.add(".".join(labels))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def dialback_stream(port: int, domain: str, ca_file: str, clients: list[RawClient]) -> RawPeer:
+    """A raw peer for `domain` (header 'from') to b.test, after STARTTLS, ready for dialback."""
+    peer = RawPeer(port)
+    clients.append(peer)
+    peer.open_s2s(domain, "b.test")
+    peer.features()
+    peer.tls(ca_file, "b.test")
+    peer.open_s2s(domain, "b.test")
+    assert peer.features().find("{urn:xmpp:features:dialback}dialback") is not None
+    return peer
+
+
+def db_result(frm: str, to: str = "b.test") -> str:
+    return f"<db:result from='{frm}' to='{to}'>{'ab' * 32}</db:result>"
+
+
+def dialback_error(el: Any) -> tuple[str | None, str | None]:
+    """(the pair's sender domain, the condition) of a XEP-0220 §2.5 dialback error."""
+    assert el.tag == "{jabber:server:dialback}result" and el.get("type") == "error", el
+    error = el.find(f"{{{SERVER}}}error")
+    condition = next(iter(error)).tag.split("}", 1)[1] if error is not None else None
+    return el.get("to"), condition
+
+
+def test_dialback_flood_opens_bounded_links(
+    make_server: Any, ca_file: str, clients: list[RawClient], login: Any
+) -> None:
+    """A peer that floods db:result for domains of its choosing (XEP-0220 §2.2.1 makes us
+    contact each) gets resource-constraint for every domain but its stream's own, and all
+    peers together make us open at most max_outgoing links and wait for at most
+    max_dialback_pending verifications; local users keep being served."""
+    holder = Holder()
+    try:
+        port = free_port()
+        flood = [f"flood{i}.test" for i in range(60)]
+        routes = ", ".join(f'"{d}" = "127.0.0.1:{holder.port}"' for d in flood)
+        srv = make_server(
+            f'[[listeners]]\nkind = "s2s"\naddress = "127.0.0.1"\nport = {port}\n\n'
+            "[s2s]\nenabled = true\nconnect_timeout = 3\nmax_outgoing = 4\n"
+            "max_dialback_pending = 4\nmax_dialback_pending_per_stream = 2\n"
+            f"routes = {{ {routes} }}\n",
+            hosts=("localhost", "b.test"),
+        )
+        srv.adduser("alice@localhost")
+        srv.start()
+        wait_listening(srv, port)
+        first = dialback_stream(port, "flood0.test", ca_file, clients)
+        # Fifty domains other than the one its header named, then its own to both local
+        # hosts (two links) and once more (beyond the stream's cap).
+        first.send("".join(db_result(domain) for domain in flood[1:51]))
+        first.send(db_result("flood0.test") + db_result("flood0.test", "localhost"))
+        first.send(db_result("flood0.test"))
+        refused = [dialback_error(first.next()) for _ in range(51)]
+        assert set(refused) == {(d, "resource-constraint") for d in flood[:51]}
+        holder.wait_for(2)
+        for domain in ("flood1.test", "flood2.test"):  # links 3 and 4, verifications 3 and 4
+            dialback_stream(port, domain, ca_file, clients).send(db_result(domain))
+        holder.wait_for(4)
+        # Beyond max_dialback_pending: for a domain whose link exists, and for a new one.
+        for domain in ("flood0.test", "flood3.test"):
+            late = dialback_stream(port, domain, ca_file, clients)
+            late.send(db_result(domain))
+            assert dialback_error(late.next()) == (domain, "resource-constraint")
+        # Beyond max_outgoing, a user's stanza to a new domain bounces (RFC 6120 §8.3.3.18).
+        alice = login(srv, "alice@localhost")
+        alice.send("<message to='x@flood9.test' id='far' type='chat'><body>hi</body></message>")
+        bounce = wait_for(alice, lambda el: el.get("id") == "far")
+        assert stanza_error(bounce) == "resource-constraint"
+        # The waiting verifications end with an error after connect_timeout, the streams stay.
+        timed_out = [dialback_error(first.next()) for _ in range(2)]
+        assert timed_out == [("flood0.test", "remote-server-timeout")] * 2
+        assert len(holder.accepted) == 4
+        assert_still_serving(srv, ca_file)
+    finally:
+        holder.close()
+
+
+def test_dns_lookups_in_flight_are_bounded(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
+    """Dialback requests for domains without static routes make us look up SRV records: at
+    most max_dns_lookups at once, the others wait."""
+    resolver = SilentResolver()
+    try:
+        port = free_port()
+        srv = make_server(
+            f'[[listeners]]\nkind = "s2s"\naddress = "127.0.0.1"\nport = {port}\n\n'
+            "[s2s]\nenabled = true\nconnect_timeout = 20\nmax_dns_lookups = 2\n"
+            f'dns_servers = ["{resolver.address}"]\n',
+            hosts=("localhost", "b.test"),
+        )
+        srv.adduser("alice@localhost")
+        srv.start()
+        wait_listening(srv, port)
+        for i in range(8):
+            dialback_stream(port, f"lookup{i}.test", ca_file, clients).send(
+                db_result(f"lookup{i}.test")
+            )
+        deadline = time.monotonic() + 10
+        while len(resolver.names) < 2:
+            assert time.monotonic() < deadline, resolver.names
+            time.sleep(0.02)
+        assert_still_serving(srv, ca_file)
+        time.sleep(1)  # room for lookups beyond the limit to show (none may)
+        assert len(resolver.names) == 2, resolver.names
+        assert all(name.startswith("_xmpp-server._tcp.lookup") for name in resolver.names)
+    finally:
+        resolver.close()

@@ -38,7 +38,8 @@ def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
         ca,
         tmp_path_factory,
         POOL,
-        "[limits]\nmax_connections_per_ip = 200\n[stream_management]\nmax_unacked_stanzas = 40\n",
+        "[limits]\nmax_unauthenticated_per_ip = 200\n"
+        "[stream_management]\nmax_unacked_stanzas = 40\n",
     )
 
 
@@ -701,8 +702,9 @@ def test_dead_connection_found_by_ping_is_resumable(
 def test_connections_per_ip_follow_the_connection(
     make_server: Any, ca_file: str, clients: list[RawClient]
 ) -> None:
-    """A resumed session counts one connection (the new one), a detached one none."""
-    srv: ServerProcess = make_server("[limits]\nmax_connections_per_ip = 2\n")
+    """Connections that authenticated and resumed (or were detached, or replaced with
+    conflict) leave nothing counted against the address's unauthenticated connections."""
+    srv: ServerProcess = make_server("[limits]\nmax_unauthenticated_per_ip = 2\n")
     srv.adduser("alice@localhost")
     srv.start()
     alice = login(srv, ca_file, clients, "alice")
@@ -719,11 +721,9 @@ def test_connections_per_ip_follow_the_connection(
     assert alice.c.stream_error() == "conflict"
     assert alice.c.wait_closed()
     time.sleep(0.2)
-    other = srv.client()
-    clients.append(other)
-    assert other.open_stream() is not None  # the second of two allowed
-    third = srv.client()
-    clients.append(third)
+    first, second, third = srv.client(), srv.client(), srv.client()
+    clients += [first, second, third]
+    assert first.open_stream() is not None and second.open_stream() is not None  # two allowed
     assert third.stream_error() == "policy-violation"
 
 

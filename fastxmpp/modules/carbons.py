@@ -3,7 +3,10 @@
 - §3/§4 (enabling, disabling): an iq set with <enable/> or <disable/> from the client to
   the server (no 'to', or its own bare JID), per session. Repeating either is no error
   (§9.1). Asking for another account gets not-allowed (the XEP's example for disabling
-  another client's carbons); anything else in the namespace gets bad-request.
+  another client's carbons), and so does a request from an entity of another server
+  (§4.1/§5.1: "not-allowed if the request is from a client that is not hosted on this
+  server"): only a local client session enables carbons, for itself. Anything else in the
+  namespace gets bad-request.
 - The router pays for carbons only through `Router.carbon_accounts` (bare JID -> its
   carbons-enabled sessions, the dict this module owns): with nobody on carbons it is empty
   and every message costs one size check; otherwise one dictionary lookup per message for
@@ -111,6 +114,10 @@ class CarbonsModule(Module):
         self.router.set_iq_handler(NS, self.toggle)
 
     def toggle(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+        if getattr(origin, "is_remote", False):
+            # §4.1/§5.1: a remote entity (over a server link) is no client hosted here;
+            # stored, it would get copies of an account's messages at resources it chose.
+            raise StanzaError("not-allowed", "carbons are for clients of this server")
         if target is not None and target[0] and target[3] != origin.bare:
             raise StanzaError("not-allowed", "carbons are enabled for your own sessions only")
         payload = st.children[0][1]

@@ -83,8 +83,12 @@ class LegacyAuthModule(Module):
         accounts = self.server.accounts
 
         async def authenticate() -> None:
-            ok = local is not None and await self.server.run_blocking(
-                lambda: accounts.check_password(domain, local, password)
+            ok, credentials = (
+                (False, None)
+                if local is None
+                else await self.server.run_blocking(
+                    lambda: accounts.verify_password(domain, local, password)
+                )
             )
             if not ok or local is None:
                 failures = getattr(stream, "legacy_auth_failures", 0) + 1
@@ -99,6 +103,8 @@ class LegacyAuthModule(Module):
                     stream.close_with_error("policy-violation", "too many authentication failures")
                     return
                 raise StanzaError("not-authorized")
+            if credentials is not None:
+                accounts.replace_credentials(domain, local, credentials)
             stream.legacy_login(st, local, resource)
 
         stream.run_iq_step(st, authenticate)

@@ -923,7 +923,7 @@ class PepModule(Module):
         children = [c for c in pubsub if isinstance(c.tag, str)]
         if not children:
             raise StanzaError("bad-request", "the <pubsub/> element is empty")
-        namespace, _, verb = children[0].tag[1:].partition("}")
+        namespace, _, verb = children[0].tag[1:].rpartition("}")
         if namespace != (NS_OWNER if owner_ns else NS):
             raise StanzaError("bad-request", f"<{verb}/> is not in the pubsub namespace")
         is_owner = origin.bare == f"{local}@{domain}"

@@ -75,7 +75,7 @@ def _fields(query: Any) -> dict[str, str]:
         return fields
     for child in query:
         if isinstance(child.tag, str) and child.tag.startswith(f"{{{NS}}}"):
-            fields[child.tag.split("}", 1)[1]] = child.text or ""
+            fields[child.tag.rsplit("}", 1)[1]] = child.text or ""
     return fields
 
 

@@ -116,7 +116,10 @@ class C2SStream(Session, asyncio.Protocol):
         self.limits = config.limits
         self.c2s = config.c2s
         self.parser = StreamParser(
-            self.limits.max_stanza_size, self.limits.max_depth, self.limits.max_attributes
+            self.limits.max_stanza_size,
+            self.limits.max_depth,
+            self.limits.max_attributes,
+            self.limits.max_elements,
         )
         self.peer = "?"
         self.stream_id = ""
@@ -150,6 +153,8 @@ class C2SStream(Session, asyncio.Protocol):
         # XEP-0368: the connection came to a direct TLS listener, whose transport completed
         # the TLS handshake before `connection_made` (the listener's ssl context).
         self.direct_tls = direct_tls
+        # Counted in server.unauthenticated_per_ip (limits.max_unauthenticated_per_ip).
+        self.counted_unauthenticated = False
 
     # --- asyncio protocol --------------------------------------------------------------
 
@@ -161,11 +166,17 @@ class C2SStream(Session, asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.server.streams.add(self)
         self.address = peer[0] if peer else "?"
-        per_ip = self.server.connections_per_ip
+        # Until it authenticates, a connection is anonymous: bounded per address. After, its
+        # account answers for it (limits.max_resources_per_account), so that many users
+        # behind one NAT are not refused.
+        per_ip = self.server.unauthenticated_per_ip
         per_ip[self.address] += 1
-        if per_ip[self.address] > self.limits.max_connections_per_ip:
+        self.counted_unauthenticated = True
+        if per_ip[self.address] > self.limits.max_unauthenticated_per_ip:
             log.info("c2s connection from %s refused: too many from that address", self.peer)
-            self.close_with_error("policy-violation", "too many connections from your address")
+            self.close_with_error(
+                "policy-violation", "too many unauthenticated connections from your address"
+            )
             return
         self.auth_timer = asyncio.get_running_loop().call_later(
             self.c2s.auth_timeout, self._auth_timed_out
@@ -179,10 +190,7 @@ class C2SStream(Session, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.server.heap_trimmer.churned()
-        per_ip = self.server.connections_per_ip
-        per_ip[self.address] -= 1
-        if per_ip[self.address] <= 0:
-            del per_ip[self.address]
+        self._uncount_unauthenticated()
         if self.resume_timer is not None:
             self.resume_timer.cancel()
             self.resume_timer = None
@@ -200,6 +208,16 @@ class C2SStream(Session, asyncio.Protocol):
             self.full or "unauthenticated",
             f": {exc}" if exc else "",
         )
+
+    def _uncount_unauthenticated(self) -> None:
+        """The connection authenticated or went away: off its address's count."""
+        if not self.counted_unauthenticated:
+            return
+        self.counted_unauthenticated = False
+        per_ip = self.server.unauthenticated_per_ip
+        per_ip[self.address] -= 1
+        if per_ip[self.address] <= 0:
+            del per_ip[self.address]
 
     def pause_writing(self) -> None:
         """The client does not read what we send: close it before its output eats memory
@@ -788,6 +806,7 @@ class C2SStream(Session, asyncio.Protocol):
         elif isinstance(outcome, Success):
             self.sasl = None
             self.authenticated_local = outcome.local
+            self._uncount_unauthenticated()
             data = _b64(outcome.data) if outcome.data else ""
             self.send_uncounted(f"<success xmlns='{ns.SASL}'>{data}</success>".encode())
             log.info(
@@ -875,6 +894,7 @@ class C2SStream(Session, asyncio.Protocol):
             return  # the stream went away (or authenticated) while the password was checked
         self._enter_session(local, resource, may_rename=False)
         self.authenticated_local = local
+        self._uncount_unauthenticated()
         self.send(_iq_result(st, None))
         log.info("c2s %s: authenticated %s@%s with jabber:iq:auth", self.peer, local, self.host)
         self.server.session_bound(self)

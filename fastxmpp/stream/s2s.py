@@ -5,11 +5,21 @@ remote domain) carry our stanzas: resolve (static route, `_xmpp-server._tcp` SRV
 domain on 5269), connect, STARTTLS (§5), then SASL EXTERNAL (§6, XEP-0178) when the peer
 offers it, else Server Dialback (XEP-0220). Stanzas wait in a bounded queue meanwhile; a link
 that cannot be set up bounces them (§8.3.3.14 remote-server-not-found, §8.3.3.15
-remote-server-timeout; presence is dropped). Incoming links (`Incoming`) accept
+remote-server-timeout; presence is dropped), and so does one beyond `max_outgoing` links
+(§8.3.3.18 resource-constraint). Incoming links (`Incoming`) accept
 `jabber:server` streams, authenticate the sending domain (EXTERNAL against the certificate,
 or dialback by asking the authoritative server over our outgoing link) and hand stanzas to
 the router with a `RemoteOrigin`: the router and the modules treat it as a session whose
 `send` goes back over server-to-server links.
+
+A dialback request is a peer asking us to resolve and connect to a domain it names: bounded
+so that no peer can make us open links or run lookups without end. Each inbound stream may
+ask only for the sender domain its header named (RFC 6120 §4.7.1; the first one it asks for
+when the header named none), with at most `max_dialback_pending_per_stream` verifications
+waiting, `max_dialback_pending` on all streams, each for at most `connect_timeout`;
+`max_outgoing` links exist at once and `max_dns_lookups` SRV lookups run at once. A request
+beyond these gets the XEP-0220 §2.5 dialback error resource-constraint (the initiating
+server is to try a new connection later); the stream stays.
 """
 
 from __future__ import annotations
@@ -201,6 +211,10 @@ class S2S:
         self.router = server.router
         self.secret = hashlib.sha256(secrets.token_bytes(32)).digest()
         self.outgoing: dict[tuple[str, str], Outgoing | ReverseLink] = {}
+        self.links_out: set[Outgoing] = set()  # every outgoing link not closed: max_outgoing
+        self.dialback_pending = 0  # verifications waiting, all streams: max_dialback_pending
+        self.dns_slots = asyncio.Semaphore(self.config.max_dns_lookups)
+        self._resolver: aiodns.DNSResolver | None = None  # one c-ares channel, made at first use
         self.incoming: set[Incoming] = set()
         self.per_ip: Counter[str] = Counter()
         self.routes = {domain: (host, port) for domain, host, port in self.config.routes}
@@ -289,9 +303,15 @@ class S2S:
             return
         link = self.outgoing.get((local, remote))
         if link is None or link.closing:
+            if self.at_outgoing_limit():
+                self.bounce(name, attrs, "resource-constraint", "too many server links")
+                return
             link = Outgoing(self, local, remote)
             self.outgoing[(local, remote)] = link
         link.submit(data, name, attrs)
+
+    def at_outgoing_limit(self) -> bool:
+        return len(self.links_out) >= self.config.max_outgoing
 
     def bounce(self, name: str, attrs: dict[str, Any], condition: str, text: str) -> None:
         """RFC 6120 §8.3.3.14/15: a message or iq that cannot go out gets an error back;
@@ -313,16 +333,20 @@ class S2S:
     # --- dialback verification (XEP-0220 §2.3) -----------------------------------------
 
     def verify(
-        self, local: str, remote: str, stream_id: str, key: str, done: Callable[[bool], None]
-    ) -> None:
+        self, local: str, remote: str, stream_id: str, key: str, done: Callable[[bool | None], None]
+    ) -> str | None:
         """Ask the authoritative server of `remote` whether `key` is its key for the
-        stream `stream_id` it opened to `local`."""
+        stream `stream_id` it opened to `local`; `done` gets the answer. Returns the
+        condition of a dialback error instead when no link can be had for it."""
         link = self.outgoing.get((local, remote))
         if not isinstance(link, Outgoing) or link.closing:
+            if self.at_outgoing_limit():
+                return "resource-constraint"
             link = Outgoing(self, local, remote)
             if (local, remote) not in self.outgoing or self.outgoing[(local, remote)].closing:
                 self.outgoing[(local, remote)] = link
         link.ask_verify(stream_id, key, done)
+        return None
 
     def add_reverse(self, incoming: Incoming, local: str, remote: str) -> None:
         """XEP-0288 §2: `remote` authenticated on a bidirectional incoming link: our
@@ -344,13 +368,36 @@ class S2S:
             return [route]
         targets: list[tuple[str, int]] = []
         with contextlib.suppress(aiodns.error.DNSError, OSError, ValueError):
-            resolver = aiodns.DNSResolver()
-            records = await resolver.query(f"_xmpp-server._tcp.{domain}", "SRV")
+            records = await self._srv_lookup(f"_xmpp-server._tcp.{domain}")
             for record in sorted(records, key=lambda r: (r.priority, -r.weight)):
                 if record.host in ("", "."):
                     return []  # RFC 2782: "." means no service at this domain
                 targets.append((record.host, record.port))
         return targets or [(domain, S2S_PORT)]
+
+    async def _srv_lookup(self, name: str) -> Any:
+        """One SRV query, at most `max_dns_lookups` at once. A slot is held until c-ares has
+        ended the query, even when the link that asked stopped waiting for it; the resolver
+        gives up after about half of `connect_timeout`."""
+        await self.dns_slots.acquire()
+        try:
+            if self._resolver is None:
+                self._resolver = aiodns.DNSResolver(
+                    list(self.config.dns_servers) or None,
+                    timeout=max(0.25, self.config.connect_timeout / 6),
+                    tries=2,
+                )
+            query = self._resolver.query(name, "SRV")
+        except BaseException:
+            self.dns_slots.release()
+            raise
+        query.add_done_callback(self._lookup_ended)
+        return await asyncio.shield(query)
+
+    def _lookup_ended(self, query: asyncio.Future[Any]) -> None:
+        self.dns_slots.release()
+        if not query.cancelled():
+            query.exception()  # looked at: whoever awaited it may have gone
 
     def stop(self) -> None:
         for link in list(self.outgoing.values()):
@@ -420,11 +467,13 @@ class Outgoing(_Link):
         self.local = local
         self.remote = remote
         limits = s2s.server.config.limits
-        self.parser = StreamParser(limits.max_stanza_size, limits.max_depth, limits.max_attributes)
+        self.parser = StreamParser(
+            limits.max_stanza_size, limits.max_depth, limits.max_attributes, limits.max_elements
+        )
         self.transport: Any = None
         self.queue: list[tuple[bytes, str, dict[str, Any]]] = []
         self.verifies: list[bytes] = []
-        self.waiting_verify: dict[tuple[str, str], list[Callable[[bool], None]]] = {}
+        self.waiting_verify: dict[tuple[str, str], list[Callable[[bool | None], None]]] = {}
         self.stream_id = ""
         self.encrypted = False
         self.sasl_done = False
@@ -435,6 +484,7 @@ class Outgoing(_Link):
         self.busy = False
         self.pending: list[Any] = []
         self.idle_timer: asyncio.TimerHandle | None = None
+        s2s.links_out.add(self)
         loop = asyncio.get_running_loop()
         self.deadline: asyncio.TimerHandle | None = loop.call_later(
             self.config.connect_timeout, self._timed_out
@@ -461,7 +511,7 @@ class Outgoing(_Link):
             )
         )
 
-    def ask_verify(self, stream_id: str, key: str, done: Callable[[bool], None]) -> None:
+    def ask_verify(self, stream_id: str, key: str, done: Callable[[bool | None], None]) -> None:
         self.waiting_verify.setdefault((stream_id, key), []).append(done)
         data = (
             f"<db:verify from={quoteattr(self.local)} to={quoteattr(self.remote)} "
@@ -522,7 +572,7 @@ class Outgoing(_Link):
         waiting, self.waiting_verify = self.waiting_verify, {}
         for callbacks in waiting.values():
             for done in callbacks:
-                done(False)
+                done(None)  # not asked, or no answer: no verdict (XEP-0220 §2.5)
         self.close("undefined-condition" if self.transport is not None else None)
 
     def close(self, condition: str | None = None) -> None:
@@ -537,6 +587,7 @@ class Outgoing(_Link):
             self.closing = False
             self.fail("remote-server-not-found", f"the link to {self.remote} closed")
             return
+        self.s2s.links_out.discard(self)
         if self.transport is not None:
             if condition is not None:
                 self.transport.write(stream_error_bytes(condition))
@@ -736,7 +787,9 @@ class Incoming(_Link):
         self.router = s2s.router
         self.config = s2s.config
         limits = self.server.config.limits
-        self.parser = StreamParser(limits.max_stanza_size, limits.max_depth, limits.max_attributes)
+        self.parser = StreamParser(
+            limits.max_stanza_size, limits.max_depth, limits.max_attributes, limits.max_elements
+        )
         self.transport: Any = None
         self.peer = "?"
         self.address = "?"
@@ -747,6 +800,9 @@ class Incoming(_Link):
         self.encrypted = False
         self.sasl_done = False
         self.authenticated: set[str] = set()
+        # The one sender domain dialback may verify on this stream (see the module doc).
+        self.dialback_domain: str | None = None
+        self.dialback_pending = 0  # verifications this stream is waiting for
         self.bidi = False  # XEP-0288: the peer asked for a bidirectional link
         self.closing = False
         self.busy = False
@@ -971,16 +1027,45 @@ class Incoming(_Link):
         if local is None or remote is None or not key:
             raise StreamError("improper-addressing", "db:result needs from, to and a key")
         if not self.router.is_local(local):
-            # XEP-0220 §2.4: an error for this domain pair, the stream stays.
-            self.send(
-                f"<db:result type='error' from={quoteattr(local)} to={quoteattr(remote)}>"
-                f"<error type='cancel'><item-not-found xmlns='{ns.STANZA_ERRORS}'/></error>"
-                "</db:result>".encode()
-            )
+            # XEP-0220 §2.2.1, §2.5: an error for this domain pair, the stream stays.
+            self._dialback_error(local, remote, "item-not-found", "cancel")
             return
+        asked_for = self.peer_domain or self.dialback_domain
+        if asked_for is not None and remote != asked_for:
+            # RFC 6120 §4.7.1: the header's 'from' named the domain this stream speaks for;
+            # another one (XEP-0220 §2.6.1 sender multiplexing) would let one stream make us
+            # contact any number of domains. resource-constraint (§2.5) tells the peer to
+            # open a new connection for it.
+            log.info(
+                "s2s %s: dialback for %s refused on a stream for %s", self.peer, remote, asked_for
+            )
+            self._dialback_error(local, remote, "resource-constraint", "wait")
+            return
+        if (
+            self.dialback_pending >= self.config.max_dialback_pending_per_stream
+            or self.s2s.dialback_pending >= self.config.max_dialback_pending
+        ):
+            log.info("s2s %s: dialback for %s refused: too many pending", self.peer, remote)
+            self._dialback_error(local, remote, "resource-constraint", "wait")
+            return
+        self.dialback_domain = remote
+        self.dialback_pending += 1
+        self.s2s.dialback_pending += 1
+        finished = False
 
-        def done(valid: bool) -> None:
+        def finish(valid: bool | None, condition: str = "remote-server-timeout") -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            deadline.cancel()
+            self.dialback_pending -= 1
+            self.s2s.dialback_pending -= 1
             if self.closing:
+                return
+            if valid is None:
+                # XEP-0220 §2.5: no answer in time, or no link to ask over.
+                self._dialback_error(local, remote, condition, "wait")
                 return
             verdict = "valid" if valid else "invalid"
             addresses = f"from={quoteattr(local)} to={quoteattr(remote)}"
@@ -990,7 +1075,18 @@ class Incoming(_Link):
             else:
                 self.close_with_error("not-authorized", "dialback verification failed")
 
-        self.s2s.verify(local, remote, self.stream_id, key, done)
+        deadline = asyncio.get_running_loop().call_later(self.config.connect_timeout, finish, None)
+        refused = self.s2s.verify(local, remote, self.stream_id, key, finish)
+        if refused is not None:
+            finish(None, refused)
+
+    def _dialback_error(self, local: str, remote: str, condition: str, error_type: str) -> None:
+        """XEP-0220 §2.5: an error for one domain pair; the stream goes on."""
+        self.send(
+            f"<db:result type='error' from={quoteattr(local)} to={quoteattr(remote)}>"
+            f"<error type='{error_type}'><{condition} xmlns='{ns.STANZA_ERRORS}'/></error>"
+            "</db:result>".encode()
+        )
 
     def _dialback_verify(self, st: Stanza) -> None:
         """We are the authoritative server: is this our key for that stream?"""

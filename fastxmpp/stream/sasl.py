@@ -12,6 +12,7 @@ import hmac
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from scramp import ScramException, ScramMechanism
 
@@ -122,13 +123,15 @@ class ScramExchange(SaslExchange):
 
 
 class PlainExchange(SaslExchange):
-    """RFC 4616. Checking the password costs a PBKDF2 run, done off the event loop."""
+    """RFC 4616. Checking the password costs a PBKDF2 run, done off the event loop; so does
+    re-deriving credentials stored with fewer iterations than configured, after a
+    successful check (the only moment the server has the password)."""
 
     def __init__(
         self,
         domain: str,
         accounts: AccountStore,
-        run_blocking: Callable[[Callable[[], bool]], Awaitable[bool]],
+        run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]],
     ) -> None:
         self._domain = domain
         self._accounts = accounts
@@ -156,11 +159,13 @@ class PlainExchange(SaslExchange):
         if not password:
             return Failure("not-authorized")
 
-        def check() -> bool:
-            return self._accounts.check_password(self._domain, local, password)
-
-        if not await self._run_blocking(check):
+        valid, credentials = await self._run_blocking(
+            lambda: self._accounts.verify_password(self._domain, local, password)
+        )
+        if not valid:
             return Failure("not-authorized")
+        if credentials is not None:
+            self._accounts.replace_credentials(self._domain, local, credentials)
         return Success(b"", local)
 
 

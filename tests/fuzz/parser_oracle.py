@@ -5,8 +5,14 @@ and not only a crash.
 `check(data)` raises `Mismatch` when fastxmpp's `StreamParser` and the reference disagree on
 a stream made of a fixed header, `data`, and the closing tag:
 
-- both accept: the same top-level stanzas, with the same name, namespace, attributes and
-  canonical (C14N) content, also when the bytes arrive split in two at any position;
+- both accept: the same top-level stanzas, also when the bytes arrive split in two at any
+  position. For each stanza, what fastxmpp's parser itself reports and routing reads
+  (`name`, `ns`, `prefix`, `attrs`, the namespace declarations `nsdecls`, the `children`'s
+  names, `empty`) must equal libxml2's reading of the same bytes; `raw`, parsed again in the
+  stream's context, must hold the same content (names, attributes, text, children, in
+  order); and the bytes `with_attrs()` makes (the stanza with its 'from' stamped, with an
+  attribute removed and one set to a value that needs escaping) must parse again, outside
+  the input stream, into the same stanza with exactly those changes;
 - fastxmpp refuses: the reference must refuse too, unless fastxmpp's reason is one XMPP adds
   to XML (restricted-xml, policy-violation limits, unsupported-encoding; RFC 6120 §11; text
   between stanzas, bad-format; a stream header inside the stream, unsupported-stanza-type);
@@ -30,6 +36,18 @@ HEADER = (
 )
 FOOTER = b"</stream:stream>"
 # Reasons XMPP adds to XML's well-formedness: the reference has no opinion on these.
+# The stream header's namespace declarations, which every stanza inherits.
+STREAM_NSMAP = {None: "jabber:client", "stream": "http://etherx.jabber.org/streams"}
+# The stanza after with_attrs() goes to another stream whose content namespace is this one
+# (RFC 6120 §4.8.2): it may rely on nothing else the input stream declared.
+DELIVERY_CONTEXT = (b"<_ xmlns='jabber:client'>", b"</_>")
+# Attribute changes with_attrs() is asked for: the router's 'from' stamp (spliced into the
+# received tag when the stanza has none), and a rebuilt tag with one attribute removed and
+# one set to a value that must be escaped.
+ATTRIBUTE_CHANGES: list[dict[str, str | None]] = [
+    {"from": "juliet@localhost/balcony"},
+    {"to": None, "from": "a\"b'c<d>&e\tf\ng\rh]]>"},
+]
 XMPP_ONLY = {
     "restricted-xml",
     "policy-violation",
@@ -62,8 +80,14 @@ def _ours(chunks: list[bytes]) -> tuple[list[Stanza], str | None]:
 
 
 def _reference(document: bytes) -> list[Any] | None:
-    """libxml2's top-level children, or None when it finds the document not well-formed.
-    Parsed in recover mode so that every problem is logged, then judged from the log."""
+    """libxml2's top-level children, or None when it finds the document not well-formed."""
+    root = _libxml2(document)
+    return None if root is None else list(root)
+
+
+def _libxml2(document: bytes) -> Any:
+    """libxml2's root element, or None when it finds the document not well-formed. Parsed in
+    recover mode so that every problem is logged, then judged from the log."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True, recover=True)
     try:
         root = etree.fromstring(document, parser)
@@ -75,7 +99,7 @@ def _reference(document: bytes) -> list[Any] | None:
     ]  # fmt: skip
     if problems or root is None:
         return None
-    return list(root)
+    return root
 
 
 def _canonical(element: Any) -> tuple[Any, ...]:
@@ -106,11 +130,70 @@ def _non_ascii_names(elements: list[Any]) -> bool:
     return False
 
 
+def _clark(ns: str, name: str) -> str:
+    return f"{{{ns}}}{name}" if ns else name
+
+
 def _describe(st: Stanza) -> tuple[Any, ...]:
-    element = st.element()
+    """What fastxmpp's parser reports for a stanza, in libxml2's terms, and the content of
+    its raw bytes read again."""
+    nsmap = dict(STREAM_NSMAP)
+    for prefix, uri in st.nsdecls or ():
+        if uri:
+            nsmap[prefix] = uri
+        else:
+            nsmap.pop(prefix, None)  # xmlns='' undeclares the default namespace
+    return (
+        _clark(st.ns, st.name),
+        st.prefix,
+        dict(st.attrs),
+        nsmap,
+        [_clark(ns, name) for ns, name in st.children],
+        st.empty,
+        _canonical(st.element()),
+    )
+
+
+def _expected(st: Stanza, el: Any) -> tuple[Any, ...]:
+    """libxml2's reading of the stanza, in _describe's terms. lxml does not tell whether the
+    outer tag was an empty-element tag: that, and only that, makes raw end with '/>'."""
     # items(), not dict(attrib): lxml cannot look an attribute up by a "{namespace}name" key
     # whose namespace holds a "}" (found by tests/fuzz), though it lists it
-    return (element.tag, dict(element.attrib.items()), _canonical(element))
+    return (
+        el.tag,
+        el.prefix,
+        dict(el.attrib.items()),
+        dict(el.nsmap),
+        [child.tag for child in el if isinstance(child.tag, str)],
+        st.raw.endswith(b"/>"),
+        _canonical(el),
+    )
+
+
+def _with_changes(el: Any, changes: dict[str, str | None]) -> tuple[Any, ...]:
+    """libxml2's stanza with `changes` applied: what with_attrs() must produce."""
+    attrs = dict(el.attrib.items())
+    for key, value in changes.items():
+        if value is None:
+            attrs.pop(key, None)
+        else:
+            attrs[key] = value
+    tag, _, text, children, tails = _canonical(el)
+    return tag, tuple(sorted(attrs.items())), text, children, tails
+
+
+def _check_stanza(st: Stanza, el: Any, whole: bytes) -> None:
+    ours, expected = _describe(st), _expected(st, el)
+    if ours != expected:
+        raise Mismatch(f"stanza differs: {ours!r} != {expected!r} in {whole!r}")
+    for changes in ATTRIBUTE_CHANGES:
+        out = st.with_attrs(changes)
+        again = _libxml2(DELIVERY_CONTEXT[0] + out + DELIVERY_CONTEXT[1])
+        if again is None:
+            raise Mismatch(f"with_attrs({changes!r}) made {out!r}, not XML ({whole!r})")
+        wanted = _with_changes(el, changes)
+        if len(again) != 1 or _canonical(again[0]) != wanted:
+            raise Mismatch(f"with_attrs({changes!r}) made {out!r}, not {wanted!r} ({whole!r})")
 
 
 def check(data: bytes) -> None:
@@ -135,9 +218,7 @@ def check(data: bytes) -> None:
     if len(ours) != len(reference):
         raise Mismatch(f"{len(ours)} stanzas, libxml2 found {len(reference)}: {whole!r}")
     for st, el in zip(ours, reference, strict=True):
-        expected = (el.tag, dict(el.attrib.items()), _canonical(el))
-        if _describe(st) != expected:
-            raise Mismatch(f"stanza differs: {_describe(st)!r} != {expected!r}")
+        _check_stanza(st, el, whole)
     # The same stanzas whatever the split (TCP cuts anywhere, also inside UTF-8 sequences).
     if len(whole) < 4096:
         reference_raw = [st.raw for st in ours]
