@@ -23,6 +23,10 @@ print("\n".join(project["dependencies"] + extras["test"] + extras["dev"] + extra
 endef
 export LIST_REQUIREMENTS
 
+# A recipe that fails leaves no half-written target behind (an empty requirements file once
+# made the next run install nothing).
+.DELETE_ON_ERROR:
+
 .PHONY: serve test bench compare lint fuzz fuzz-build fuzz-deps wheel wheel-check lock clean \
 	deps install
 
