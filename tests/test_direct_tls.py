@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trustme
 from conftest import PASSWORD, ServerProcess, add_accounts, assert_still_serving
-from slixmpp import ClientXMPP
+from slix_client import SlixClient
 from xmpp_raw import SASL, TLS, RawClient, StreamClosed
 
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
@@ -60,38 +60,11 @@ def direct_client(srv: ServerProcess, ca_file: str, server_name: str = "localhos
     return RawClient(srv.direct_tls_port, sock=sock)
 
 
-class Client(ClientXMPP):
-    def __init__(self, jid: str, ca_file: str, *, direct: bool, starttls: bool) -> None:
-        super().__init__(jid, PASSWORD)
-        self.ca_certs = ca_file
-        self.enable_direct_tls = direct
-        self.enable_starttls = starttls
-        self.enable_plaintext = False
-        self.messages: asyncio.Queue[Any] = asyncio.Queue()
-        self.ready = asyncio.get_running_loop().create_future()
-        self.add_event_handler("session_start", self._started)
-        self.add_event_handler("message", self.messages.put_nowait)
-        self.add_event_handler("failed_all_auth", self._auth_failed)
-
-    async def _started(self, _event: Any) -> None:
-        self.send_presence()
-        if not self.ready.done():
-            self.ready.set_result(True)
-
-    def _auth_failed(self, _event: Any) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(AssertionError("authentication failed"))
-
-    async def online(self, port: int) -> None:
-        self.connect("127.0.0.1", port)
-        await asyncio.wait_for(self.ready, 20)
-
-
 async def test_slixmpp_direct_tls_chats_with_a_starttls_client(
     srv: ServerProcess, ca_file: str
 ) -> None:
-    alice = Client("alice@localhost/direct", ca_file, direct=True, starttls=False)
-    bob = Client("bob@localhost/starttls", ca_file, direct=False, starttls=True)
+    alice = SlixClient("alice@localhost/direct", ca_file, direct_tls=True, starttls=False)
+    bob = SlixClient("bob@localhost/starttls", ca_file, direct_tls=False, starttls=True)
     await alice.online(srv.direct_tls_port)
     await bob.online(srv.port)
     try:
@@ -123,7 +96,7 @@ async def test_slixmpp_trying_direct_tls_on_the_starttls_port_falls_back(
     """slixmpp's default with a fixed address: direct TLS first, then STARTTLS on the same
     port. The first attempt costs one log line, the second logs in."""
     before = srv.log_text().count(STARTTLS_PORT_HINT)
-    carol = Client("carol@localhost/both", ca_file, direct=True, starttls=True)
+    carol = SlixClient("carol@localhost/both", ca_file, direct_tls=True, starttls=True)
     await carol.online(srv.port)
     try:
         assert "starttls" in carol.features

@@ -5,48 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import pytest
-from conftest import PASSWORD, ServerProcess
+from conftest import ServerProcess
+from slix_client import SlixClient
 from slixmpp import ClientXMPP
 from slixmpp.exceptions import IqError
 
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
 
 
-class Client(ClientXMPP):
-    def __init__(self, jid: str, mechanism: str, ca_file: str) -> None:
-        super().__init__(jid, PASSWORD, sasl_mech=mechanism)
-        self.ca_certs = ca_file
-        self.enable_direct_tls = False
-        self.enable_plaintext = False
-        self.enable_starttls = True
-        self.messages: asyncio.Queue[Any] = asyncio.Queue()
-        self.ready = asyncio.get_running_loop().create_future()
-        self.add_event_handler("session_start", self._started)
-        self.add_event_handler("message", self._message)
-        self.add_event_handler("failed_all_auth", self._auth_failed)
-
-    async def _started(self, _event: Any) -> None:
-        self.send_presence()
-        if not self.ready.done():
-            self.ready.set_result(True)
-
-    def _auth_failed(self, _event: Any) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(AssertionError("authentication failed"))
-
-    def _message(self, msg: Any) -> None:
-        self.messages.put_nowait(msg)
-
-    async def online(self, port: int) -> None:
-        self.connect("127.0.0.1", port)
-        await asyncio.wait_for(self.ready, 20)
-
-
-async def connect(server: ServerProcess, jid: str, mechanism: str, ca_file: str) -> Client:
-    client = Client(jid, mechanism, ca_file)
+async def connect(server: ServerProcess, jid: str, mechanism: str, ca_file: str) -> SlixClient:
+    client = SlixClient(jid, ca_file, mechanism=mechanism)
     await client.online(server.port)
     return client
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import trustme
-from conftest import PASSWORD, REPO, ServerProcess
-from slixmpp import ClientXMPP
+from conftest import REPO, ServerProcess
+from slix_client import SlixClient
 
 CONSTRAINTS = REPO / "constraints.txt"
 TAG = re.compile(r"[.-]manylinux_(\d+)_(\d+)_\w+\.whl$")
@@ -146,36 +146,16 @@ def check_installed_package(bin_dir: Path, cwd: Path) -> None:
     assert "libexpat" not in libraries, libraries
 
 
-class Client(ClientXMPP):
-    """A slixmpp account that logs in with STARTTLS + SCRAM-SHA-256 and the test CA."""
+class Client(SlixClient):
+    """A slixmpp account with SCRAM-SHA-256 and multi-user chat."""
 
     def __init__(self, jid: str, ca_file: str) -> None:
-        super().__init__(jid, PASSWORD, sasl_mech="SCRAM-SHA-256")
-        self.ca_certs = ca_file
-        self.enable_direct_tls = False
-        self.enable_plaintext = False
-        self.enable_starttls = True
-        self.register_plugin("xep_0045")
-        self.messages: asyncio.Queue[Any] = asyncio.Queue()
+        super().__init__(jid, ca_file, mechanism="SCRAM-SHA-256", plugins=("xep_0045",))
         self.room_messages: asyncio.Queue[Any] = asyncio.Queue()
-        self.ready = asyncio.get_running_loop().create_future()
-        self.add_event_handler("session_start", self._started)
-        self.add_event_handler("message", self.messages.put_nowait)
         self.add_event_handler("groupchat_message", self.room_messages.put_nowait)
-        self.add_event_handler("failed_all_auth", self._auth_failed)
-
-    async def _started(self, _event: Any) -> None:
-        self.send_presence()
-        if not self.ready.done():
-            self.ready.set_result(True)
-
-    def _auth_failed(self, _event: Any) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(AssertionError("authentication failed"))
 
     async def online(self, port: int) -> None:
-        self.connect("127.0.0.1", port)
-        await asyncio.wait_for(self.ready, 20)
+        await super().online(port)
         assert self.transport.get_extra_info("ssl_object") is not None  # STARTTLS happened
 
     async def join(self, room: str, nick: str) -> Any:
