@@ -431,11 +431,11 @@ def test_silent_remote_server_times_out(trusted: Federation, login: Any) -> None
 
 
 async def test_slixmpp_clients_across_servers(trusted: Federation, ca_file: str) -> None:
-    from test_slixmpp import Client
+    from slix_client import SlixClient
 
     a, b = trusted.servers["a.test"], trusted.servers["b.test"]
-    alice = Client("alice@a.test/slix", "SCRAM-SHA-256", ca_file)
-    bob = Client("bob@b.test/slix", "SCRAM-SHA-256", ca_file)
+    alice = SlixClient("alice@a.test/slix", ca_file, mechanism="SCRAM-SHA-256")
+    bob = SlixClient("bob@b.test/slix", ca_file, mechanism="SCRAM-SHA-256")
     await alice.online(a.port)
     await bob.online(b.port)
     try:
