@@ -240,7 +240,7 @@ class Storage:
 
         try:
             self.write(move)
-        except StorageFull as exc:
+        except (StorageFull, StorageFailed) as exc:
             log.error("cannot quarantine a corrupt record of %s %r: %s", database, key, exc)
             return
         log.error(

@@ -95,8 +95,8 @@ def purge_account(txn: Any, db: Any, domain: str, local: str) -> None:
     for key, value in cursor:
         try:
             record = _decode(bytes(value))
-        except ValueError:
-            continue  # a corrupt room holds nothing to purge; quarantined when loaded
+        except Exception:  # a corrupt room: quarantined when loaded, nothing to purge
+            continue
         gone = record.get("affiliations", {}).pop(bare, None)
         gone = record.get("nicks", {}).pop(bare, None) or gone
         if gone is not None:
