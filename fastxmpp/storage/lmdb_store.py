@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import struct
@@ -35,7 +36,8 @@ SCHEMA_KEY = b"schema"
 # version -> the step that rewrites version-N data as version N+1, in the open transaction.
 MIGRATIONS: dict[int, Callable[[Storage, Any], None]] = {}
 # Records that did not decode, moved aside (Storage.decode): key `database NUL key NUL
-# <8-byte big-endian microseconds>`, value msgpack [database, key, raw bytes, reason, time].
+# <8-byte big-endian microseconds>` (`database NUL # sha256(key) NUL ...` when that would be
+# longer than LMDB allows), value msgpack [database, key, raw bytes, reason, time].
 QUARANTINE_DB = "quarantine"
 _STAMP = struct.Struct(">Q")
 
@@ -223,6 +225,8 @@ class Storage:
 
     def _quarantine(self, database: str, key: bytes, raw: bytes, reason: str, keep: bool) -> None:
         prefix = database.encode() + b"\0" + key + b"\0"
+        if len(prefix) + _STAMP.size > self.env.max_key_size():
+            prefix = database.encode() + b"\0#" + hashlib.sha256(key).digest() + b"\0"
         quarantine = self.database(QUARANTINE_DB)
         with self.env.begin(db=quarantine) as txn:
             if any(bytes(entry[2]) == raw for entry in _entries(txn, prefix)):
@@ -256,10 +260,7 @@ class Storage:
     def quarantined(self) -> list[Quarantined]:
         """Every record in quarantine, by database and key."""
         with self.env.begin(db=self.database(QUARANTINE_DB)) as txn:
-            return [
-                Quarantined(str(db), bytes(key), bytes(raw), str(reason), float(when))
-                for db, key, raw, reason, when in _entries(txn, b"")
-            ]
+            return [Quarantined(*entry) for entry in _entries(txn, b"")]
 
     def write(self, work: Callable[[Any], T], db: Any = None) -> T:
         """`_write`, then the quarantine of the corrupt records `work` decoded (whether it
@@ -342,7 +343,14 @@ def _entries(txn: Any, prefix: bytes) -> Iterator[list[Any]]:
     cursor = txn.cursor()
     found = cursor.set_range(prefix)
     while found and bytes(cursor.key()).startswith(prefix):
-        yield msgpack.unpackb(cursor.value())
+        try:
+            entry = msgpack.unpackb(cursor.value())
+            database, key, raw, reason, when = entry
+            yield [str(database), bytes(key), bytes(raw), str(reason), float(when)]
+        except Exception:  # the quarantine's own record damaged: shown as it is
+            database, _, key = bytes(cursor.key()).partition(b"\0")
+            reason = "this quarantine entry does not decode either"
+            yield [database.decode(errors="replace"), key, bytes(cursor.value()), reason, 0.0]
         found = cursor.next()
 
 

@@ -14,13 +14,13 @@ Database "roster", one record per (account, contact) and one per account:
   dropped, and a client presenting a version below it gets the whole roster.
 
 Every change is one write transaction (item and counter together). A record that does not
-decode is quarantined (Storage.decode) and the item reads as missing; without its counter
-record an account's version and floor are its items' highest version, so that every client
-presenting an older version gets the whole roster.
+decode is quarantined (Storage.decode) and the item reads as missing; the counter then takes
+a new version that is also the floor, so that every client gets the whole roster once.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -28,8 +28,9 @@ from typing import Any
 import msgpack
 
 from .account_data import account_prefix, register_purge
-from .lmdb_store import CorruptRecord, Storage, expect, unpack
+from .lmdb_store import CorruptRecord, Storage, StorageFull, expect, unpack
 
+log = logging.getLogger("fastxmpp.storage.roster")
 DATABASE = "roster"
 SUBSCRIPTIONS = ("none", "to", "from", "both")
 
@@ -123,19 +124,30 @@ class RosterStore:
                 records.append((key, bytes(cursor.value())))
                 found = cursor.next()
         counter = None
+        lost = False
         for key, raw in records:  # decoded outside the read transaction: it may quarantine
             if key == prefix:
                 counter = self.storage.decode(DATABASE, key, raw, _decode_counter)
+                lost = lost or counter is None
                 continue
             contact = key[len(prefix) :]
             item = self.storage.decode(DATABASE, key, raw, partial(_decode_item, contact))
-            if item is not None:
+            if item is None:
+                lost = True
+            else:
                 roster.items[item.jid] = item
-        if counter is None:
-            # Never written, or quarantined: no version handed out so far is reused.
-            newest = max((item.version for item in roster.items.values()), default=0)
-            counter = (newest, newest)
-        roster.version, roster.floor = counter
+        newest = max((item.version for item in roster.items.values()), default=0)
+        roster.version, roster.floor = counter or (newest, newest)
+        if lost:
+            # A record just quarantined: a client's cached roster may hold what is gone, so
+            # no version handed out so far can be diffed from; every client gets the whole
+            # roster once (RFC 6121 §2.6.3).
+            roster.version = max(roster.version, newest) + 1
+            roster.floor = roster.version
+            try:
+                self.storage.write(lambda txn: txn.put(prefix, _meta(roster)), db=self._db)
+            except StorageFull as exc:
+                log.error("roster counter of %s@%s not stored: %s", local, domain, exc)
         return roster
 
     def save(self, domain: str, local: str, item: RosterItem, roster: Roster) -> None:
