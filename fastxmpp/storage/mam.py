@@ -149,8 +149,9 @@ class ArchiveStore:
                 first = prefix + b"\0" * 8
                 while cursor.set_range(first) and bytes(cursor.key()).startswith(prefix):
                     key = bytes(cursor.key())
-                    record = self._decode(key, cursor.value(), _decode_record)
-                    expired = record is None or (oldest is not None and record[0] < oldest)
+                    # Only the time: the whole record is checked when it is read.
+                    when = self._decode(key, cursor.value(), _decode_time)
+                    expired = when is None or (oldest is not None and when < oldest)
                     if count <= max_messages and not expired:
                         break
                     cursor.delete()
@@ -251,6 +252,10 @@ def _decode_count(raw: bytes) -> int:
     if len(raw) != _ID.size:
         raise CorruptRecord(f"an archive count of {len(raw)} bytes")
     return int(_ID.unpack(raw)[0])
+
+
+def _decode_time(raw: bytes) -> float:
+    return float(expect(expect(unpack(raw), list, "archived message")[0], (int, float), "time"))
 
 
 def _decode_record(raw: bytes) -> tuple[float, str, str, bytes]:
