@@ -29,6 +29,7 @@ from fastxmpp.storage.roster import Roster, RosterItem, RosterStore
 from fastxmpp.storage.vcard import VCardStore
 
 PUBSUB = "http://jabber.org/protocol/pubsub"
+EVENT = PUBSUB + "#event"
 PRIVATE = "jabber:iq:private"
 MAM = "urn:xmpp:mam:2"
 SERVICE = "conference.localhost"
@@ -239,10 +240,21 @@ def test_corrupt_records_are_quarantined_once(make_server: Any, ca_file: str) ->
     # alice is offline and her last-activity record is corrupt: as if she never logged out.
     last = ask(bob, "alice@localhost", "get", "<query xmlns='jabber:iq:last'/>", "last")
     assert stanza_error(last) == "item-not-found", last.attrib
+    # Subscribing sends the node's last item (XEP-0060 §6.1.7): none when it is corrupt.
+    bob.send("<presence/>")
+    sync(bob)
+    for node in (ITEM_NODE, GOOD_NODE):  # an answer's wait drops what comes before it
+        subscribe = (
+            f"<pubsub xmlns='{PUBSUB}'><subscribe node='{node}' jid='bob@localhost/r'/></pubsub>"
+        )
+        assert ask(bob, "alice@localhost", "set", subscribe, node).get("type") == "result"
+    events = [el for el in sync(bob) if el.tag == f"{{{CLIENT}}}message"]
+    assert [el.find(f".//{{{EVENT}}}items").get("node") for el in events] == [GOOD_NODE]
     bob.close()
 
     check_alice(srv, ca_file, "first")
     check_alice(srv, ca_file, "second")  # nothing logged again
+    assert "Traceback" not in srv.log_text()
     for database, key in corrupt:
         assert logged(srv, database, key) == 1, (database, key, srv.log_text())
     assert "ERROR fastxmpp.storage: corrupt record in database muc" in srv.log_text()
