@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,6 +162,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """The records Storage.decode set aside, one line each: when, database, key, size,
+    why (the bytes themselves stay in the quarantine database)."""
+    config = _config(args)
+    storage, _ = _accounts(config)
+    with storage:
+        records = storage.quarantined()
+    for record in records:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.when))
+        print(f"{when} {record.database} {record.key!r} {len(record.raw)} bytes: {record.reason}")
+    if not records:
+        print("no quarantined records")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     problems = check_config(args.config)
     if problems:
@@ -249,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         "restore", cmd_restore, "put a backup in place as the data of a stopped server"
     ).add_argument("source", metavar="SRC", type=Path, help="a directory made by backup")
+    command(
+        "quarantine", cmd_quarantine, "list the stored records set aside as corrupt"
+    ).add_argument("action", choices=["list"], help="list: one line per record")
     command("check-config", cmd_check_config, "report every problem in a configuration")
     gencert = command("gencert", cmd_gencert, "write a self-signed certificate and key")
     gencert.add_argument("domain", metavar="DOMAIN")

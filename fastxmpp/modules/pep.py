@@ -494,13 +494,22 @@ class PepModule(Module):
                 or (session.bare != owner and not self._privacy_allows(domain, local, session))
             ):
                 continue
-            session.send(self._last_message(domain, local, node, session.full))
+            self._send_last_item(session, domain, local, node)
 
-    def _last_message(self, domain: str, local: str, node: Node, to: str) -> bytes:
-        """The node's last published item with an XEP-0203 delay (XEP-0060 §6.1.7)."""
+    def _send_last_item(self, session: C2SStream, domain: str, local: str, node: Node) -> None:
+        message = self._last_message(domain, local, node, session.full)
+        if message is not None:
+            session.send(message)
+
+    def _last_message(self, domain: str, local: str, node: Node, to: str) -> bytes | None:
+        """The node's last published item with an XEP-0203 delay (XEP-0060 §6.1.7); None
+        when the store has no such item (it was corrupt and quarantined)."""
         assert self.store is not None
         owner = f"{local}@{domain}"
-        [item] = self.store.items(domain, local, node, node.order[-1:])
+        found = self.store.items(domain, local, node, node.order[-1:])
+        if not found:
+            return None
+        [item] = found
         inner = f"<items node={quoteattr(node.name)}>"
         inner += item_xml(item, node.config["deliver_payloads"]) + "</items>"
         delay = delay_xml(owner, item.stamp)
@@ -727,7 +736,7 @@ class PepModule(Module):
         owner = f"{local}@{domain}"
         for session in self._available(jid):
             if session.bare == owner or self._privacy_allows(domain, local, session):
-                session.send(self._last_message(domain, local, node, session.full))
+                self._send_last_item(session, domain, local, node)
 
     def _unsubscribe(
         self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]

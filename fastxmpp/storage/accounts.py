@@ -17,7 +17,7 @@ import msgpack
 from scramp import ScramException, ScramMechanism
 
 from .account_data import purge_account
-from .lmdb_store import Storage, StorageFull
+from .lmdb_store import CorruptRecord, Storage, StorageFull, expect, unpack
 
 log = logging.getLogger("fastxmpp.accounts")
 
@@ -76,9 +76,16 @@ class AccountStore:
             raise UnusablePassword(f"unusable password: {exc}") from None
 
     def _read(self, domain: str, local: str) -> dict[str, Any] | None:
+        """The account's record; None when there is none, or it is corrupt (kept in place,
+        a copy quarantined: the account still exists, nobody can register its name, and
+        nobody can log in to it until `fastxmpp passwd` gives it new credentials)."""
+        key = _key(domain, local)
         with self.storage.env.begin(db=self._db) as txn:
-            raw = txn.get(_key(domain, local))
-        return None if raw is None else msgpack.unpackb(raw)
+            raw = txn.get(key)
+        return None if raw is None else self._decode(key, raw)
+
+    def _decode(self, key: bytes, raw: Any) -> dict[str, Any] | None:
+        return self.storage.decode(DATABASE, key, raw, _decode, keep=True)
 
     def create(self, domain: str, local: str, password: str) -> None:
         # Hash before opening the write transaction: PBKDF2 is slow, the write lock is shared.
@@ -98,7 +105,7 @@ class AccountStore:
             raw = txn.get(key)
             if raw is None:
                 raise NoSuchAccount(f"no account {local}@{domain}")
-            record = msgpack.unpackb(raw)
+            record = self._decode(key, raw) or {"created": int(time.time())}
             record["scram"] = credentials
             txn.put(key, msgpack.packb(record))
 
@@ -136,7 +143,9 @@ class AccountStore:
             raw = txn.get(key)
             if raw is None:
                 return
-            record = msgpack.unpackb(raw)
+            record = self._decode(key, raw)
+            if record is None:
+                return  # a corrupt record gets new credentials only from `passwd`
             record["scram"] = credentials
             txn.put(key, msgpack.packb(record))
 
@@ -156,6 +165,7 @@ class AccountStore:
         self.storage.write(remove)
 
     def exists(self, domain: str, local: str) -> bool:
+        """Whether the account is there (even with a corrupt record)."""
         with self.storage.env.begin(db=self._db) as txn:
             return txn.get(_key(domain, local)) is not None
 
@@ -197,3 +207,14 @@ class AccountStore:
                 accounts.append((account_domain, local))
                 found = cursor.next()
         return sorted(accounts)
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    record = expect(unpack(raw), dict, "account")
+    for mechanism, info in expect(record["scram"], dict, "credentials").items():
+        salt, stored_key, server_key, iterations = expect(info, list, f"{mechanism} credentials")
+        for part in (salt, stored_key, server_key):
+            expect(part, bytes, f"{mechanism} credentials")
+        if expect(iterations, int, "iterations") < 1:
+            raise CorruptRecord(f"{iterations} iterations")
+    return record

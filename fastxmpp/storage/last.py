@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 
 from .account_data import register_purge
-from .lmdb_store import Storage
+from .lmdb_store import Storage, expect, unpack
 
 DATABASE = "last"
 
@@ -30,12 +30,15 @@ class LastActivityStore:
 
     def last_logout(self, domain: str, local: str) -> tuple[float, str] | None:
         """(unix time, status) of the account's last logout; None if it never logged out."""
+        key = _key(domain, local)
         with self.storage.env.begin(db=self._db) as txn:
-            raw = txn.get(_key(domain, local))
-        if raw is None:
-            return None
-        when, status = msgpack.unpackb(raw)
-        return float(when), str(status)
+            raw = txn.get(key)
+        return None if raw is None else self.storage.decode(DATABASE, key, raw, _decode)
+
+
+def _decode(raw: bytes) -> tuple[float, str]:
+    when, status = expect(unpack(raw), list, "last activity")
+    return float(expect(when, (int, float), "logout time")), expect(status, str, "status")
 
 
 def _purge(txn: Any, db: Any, domain: str, local: str) -> None:

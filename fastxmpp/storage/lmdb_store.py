@@ -6,14 +6,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
-from collections.abc import Callable
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import lmdb
+import msgpack
 
 log = logging.getLogger("fastxmpp.storage")
 T = TypeVar("T")
@@ -29,6 +35,11 @@ META_DB = "meta"
 SCHEMA_KEY = b"schema"
 # version -> the step that rewrites version-N data as version N+1, in the open transaction.
 MIGRATIONS: dict[int, Callable[[Storage, Any], None]] = {}
+# Records that did not decode, moved aside (Storage.decode): key `database NUL key NUL
+# <8-byte big-endian microseconds>` (`database NUL # sha256(key) NUL ...` when that would be
+# longer than LMDB allows), value msgpack [database, key, raw bytes, reason, time].
+QUARANTINE_DB = "quarantine"
+_STAMP = struct.Struct(">Q")
 
 
 def make_private_dir(path: Path) -> None:
@@ -47,6 +58,32 @@ class StorageFull(Exception):
 
 class SchemaTooNew(Exception):
     """The data was written by a newer fastxmpp: opening it could misread or damage it."""
+
+
+class CorruptRecord(ValueError):
+    """A stored value is not what its store writes (a decoder's own complaint)."""
+
+
+def expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """`value` if it is a `kind`; CorruptRecord naming `what` otherwise (for decoders)."""
+    if not isinstance(value, kind):
+        raise CorruptRecord(f"{what}: {type(value).__name__} {value!r:.40}")
+    return value
+
+
+def unpack(raw: bytes) -> Any:
+    """One msgpack value filling all of `raw` (garbage, truncation and trailing bytes
+    raise); strings must be UTF-8, maps may have non-string keys only where stores use them."""
+    return msgpack.unpackb(raw, strict_map_key=False)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    database: str
+    key: bytes
+    raw: bytes
+    reason: str
+    when: float
 
 
 class StorageFailed(Exception):
@@ -76,6 +113,9 @@ class Storage:
             str(db_dir), map_size=map_size, max_dbs=64, mode=0o600, sync=True, metasync=True
         )
         self._databases: dict[str, Any] = {}
+        # Per thread, while a write transaction is open: the corrupt records its work met,
+        # quarantined when it has ended (a write cannot nest in LMDB).
+        self._local = threading.local()
         # Called once with the reason when the storage fails (the server stops itself).
         self.on_failure: Callable[[str], None] | None = None
         self._failed: str | None = None
@@ -153,7 +193,90 @@ class Storage:
             self._databases[name] = handle
         return handle
 
+    # --- corrupt records ---------------------------------------------------------------------
+
+    def decode(
+        self,
+        database: str,
+        key: bytes,
+        raw: Any,
+        decoder: Callable[[bytes], T],
+        *,
+        keep: bool = False,
+    ) -> T | None:
+        """`decoder(raw)`, the value of `key` in `database`; None when it fails. A value that
+        does not decode (garbage, truncated, the wrong shape: whatever the decoder raises) is
+        copied into the quarantine database with the reason and logged once, at error level,
+        and removed from `database` so that it reads as missing from then on and nobody
+        trips over it again; with `keep` it stays where it is (a record whose absence would
+        mean something else, e.g. an account that could then be registered again)."""
+        data = bytes(raw)
+        try:
+            return decoder(data)
+        except Exception as exc:  # any failure of a pure decoder means a corrupt record
+            # One line (a parser's message may span several), of bounded length.
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.append((database, bytes(key), data, reason, keep))
+        else:
+            self._quarantine(database, bytes(key), data, reason, keep)
+        return None
+
+    def _quarantine(self, database: str, key: bytes, raw: bytes, reason: str, keep: bool) -> None:
+        prefix = database.encode() + b"\0" + key + b"\0"
+        if len(prefix) + _STAMP.size > self.env.max_key_size():
+            prefix = database.encode() + b"\0#" + hashlib.sha256(key).digest() + b"\0"
+        quarantine = self.database(QUARANTINE_DB)
+        with self.env.begin(db=quarantine) as txn:
+            if any(bytes(entry[2]) == raw for entry in _entries(txn, prefix)):
+                return  # already there (a kept record): logged when it was put there
+        now = time.time()
+        entry = msgpack.packb([database, key, raw, reason, now])
+        handle = self.database(database)
+
+        def move(txn: Any) -> None:
+            txn.put(prefix + _STAMP.pack(int(now * 1_000_000)), entry, db=quarantine)
+            # Only if it is still the bad value: a write may have replaced it meanwhile.
+            current = txn.get(key, db=handle)
+            if not keep and current is not None and bytes(current) == raw:
+                txn.delete(key, db=handle)
+
+        try:
+            self.write(move)
+        except (StorageFull, StorageFailed) as exc:
+            log.error("cannot quarantine a corrupt record of %s %r: %s", database, key, exc)
+            return
+        log.error(
+            "corrupt record in database %s, key %r (%d bytes): %s; %s the quarantine "
+            "(fastxmpp quarantine list)",
+            database,
+            key,
+            len(raw),
+            reason,
+            "copied to" if keep else "moved to",
+        )
+
+    def quarantined(self) -> list[Quarantined]:
+        """Every record in quarantine, by database and key."""
+        with self.env.begin(db=self.database(QUARANTINE_DB)) as txn:
+            return [Quarantined(*entry) for entry in _entries(txn, b"")]
+
     def write(self, work: Callable[[Any], T], db: Any = None) -> T:
+        """`_write`, then the quarantine of the corrupt records `work` decoded (whether it
+        committed or not)."""
+        if getattr(self._local, "pending", None) is not None:
+            raise RuntimeError("nested write transaction")
+        self._local.pending = []
+        try:
+            return self._write(work, db)
+        finally:
+            pending, self._local.pending = self._local.pending, None
+            # `work` may have run more than once (a grown map): each record once.
+            for database, key, raw, reason, keep in dict.fromkeys(pending):
+                self._quarantine(database, key, raw, reason, keep)
+
+    def _write(self, work: Callable[[Any], T], db: Any = None) -> T:
         """Run `work(txn)` in one write transaction and commit; the result of `work`.
 
         When the map is full (MDB_MAP_FULL) the map is doubled and `work` runs again from the
@@ -213,6 +336,22 @@ class Storage:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _entries(txn: Any, prefix: bytes) -> Iterator[list[Any]]:
+    """The decoded quarantine entries whose keys start with `prefix`."""
+    cursor = txn.cursor()
+    found = cursor.set_range(prefix)
+    while found and bytes(cursor.key()).startswith(prefix):
+        try:
+            entry = msgpack.unpackb(cursor.value())
+            database, key, raw, reason, when = entry
+            yield [str(database), bytes(key), bytes(raw), str(reason), float(when)]
+        except Exception:  # the quarantine's own record damaged: shown as it is
+            database, _, key = bytes(cursor.key()).partition(b"\0")
+            reason = "this quarantine entry does not decode either"
+            yield [database.decode(errors="replace"), key, bytes(cursor.value()), reason, 0.0]
+        found = cursor.next()
 
 
 class DataDirLocked(Exception):

@@ -31,7 +31,8 @@ import lmdb
 import msgpack
 
 from .account_data import account_prefix, register_purge
-from .lmdb_store import META_DB, MIGRATIONS, Storage
+from .lmdb_store import META_DB, MIGRATIONS, CorruptRecord, Storage, expect, unpack
+from .xml_check import check_elements
 
 log = logging.getLogger("fastxmpp.storage.mam")
 DATABASE = "mam"
@@ -124,7 +125,8 @@ class ArchiveStore:
                 prefix = account_prefix(domain, local)
                 if prefix not in counts:
                     raw = txn.get(prefix)
-                    counts[prefix] = 0 if raw is None else _ID.unpack(bytes(raw))[0]
+                    count = None if raw is None else self._decode(prefix, raw, _decode_count)
+                    counts[prefix] = count or 0
                 value = msgpack.packb([record.when, record.with_, record.direction, record.xml])
                 record_id = bytes.fromhex(record.id)
                 if not txn.put(prefix + record_id, value, overwrite=False):
@@ -146,7 +148,10 @@ class ArchiveStore:
                 oldest = newest[prefix] - max_age if max_age > 0 else None
                 first = prefix + b"\0" * 8
                 while cursor.set_range(first) and bytes(cursor.key()).startswith(prefix):
-                    expired = oldest is not None and msgpack.unpackb(cursor.value())[0] < oldest
+                    key = bytes(cursor.key())
+                    # Only the time: the whole record is checked when it is read.
+                    when = self._decode(key, cursor.value(), _decode_time)
+                    expired = when is None or (oldest is not None and when < oldest)
                     if count <= max_messages and not expired:
                         break
                     cursor.delete()
@@ -163,9 +168,13 @@ class ArchiveStore:
             return txn.get(account_prefix(domain, local) + raw) is not None
 
     def count(self, domain: str, local: str) -> int:
+        key = account_prefix(domain, local)
         with self.storage.env.begin(db=self._db) as txn:
-            raw = txn.get(account_prefix(domain, local))
-        return 0 if raw is None else int(_ID.unpack(bytes(raw))[0])
+            raw = txn.get(key)
+        return (None if raw is None else self._decode(key, raw, _decode_count)) or 0
+
+    def _decode(self, key: bytes, raw: Any, decoder: Any) -> Any:
+        return self.storage.decode(DATABASE, key, raw, decoder)
 
     def query(
         self,
@@ -187,6 +196,8 @@ class ArchiveStore:
         low = prefix + (bytes.fromhex(after) if after else b"\0" * 8)
         high = prefix + (bytes.fromhex(before) if before else b"\xff" * 8)
         found: list[Record] = []
+        complete = True
+        corrupt: list[tuple[bytes, bytes]] = []
         with self.storage.env.begin(db=self._db) as txn:
             cursor = txn.cursor()
             if backwards:
@@ -202,25 +213,31 @@ class ArchiveStore:
                     break
                 if key <= low or key >= high:
                     break
-                when, other, direction, xml = msgpack.unpackb(cursor.value())
+                try:
+                    when, other, direction, xml = _decode_record(bytes(cursor.value()))
+                except Exception:  # quarantined below, outside the read transaction
+                    corrupt.append((key, bytes(cursor.value())))
+                    ok = cursor.prev() if backwards else cursor.next()
+                    continue
                 if (
                     (with_ is None or other == with_)
                     and (start is None or when >= start)
                     and (end is None or when <= end)
                 ):
                     if len(found) == limit:
-                        return (found[::-1] if backwards else found), False
+                        complete = False
+                        break
                     found.append(Record(key[len(prefix) :].hex(), when, other, direction, xml))
                 ok = cursor.prev() if backwards else cursor.next()
-        return (found[::-1] if backwards else found), True
+        for key, raw in corrupt:
+            self._decode(key, raw, _decode_record)
+        return (found[::-1] if backwards else found), complete
 
     def prefs(self, domain: str, local: str) -> tuple[str, list[str], list[str]] | None:
+        key = account_prefix(domain, local)
         with self.storage.env.begin(db=self._prefs) as txn:
-            raw = txn.get(account_prefix(domain, local))
-        if raw is None:
-            return None
-        default, always, never = msgpack.unpackb(raw)
-        return default, always, never
+            raw = txn.get(key)
+        return None if raw is None else self.storage.decode(PREFS, key, raw, _decode_prefs)
 
     def set_prefs(
         self, domain: str, local: str, default: str, always: list[str], never: list[str]
@@ -229,6 +246,35 @@ class ArchiveStore:
         self.storage.write(
             lambda txn: txn.put(account_prefix(domain, local), value), db=self._prefs
         )
+
+
+def _decode_count(raw: bytes) -> int:
+    if len(raw) != _ID.size:
+        raise CorruptRecord(f"an archive count of {len(raw)} bytes")
+    return int(_ID.unpack(raw)[0])
+
+
+def _decode_time(raw: bytes) -> float:
+    return float(expect(expect(unpack(raw), list, "archived message")[0], (int, float), "time"))
+
+
+def _decode_record(raw: bytes) -> tuple[float, str, str, bytes]:
+    when, other, direction, xml = expect(unpack(raw), list, "archived message")
+    if direction not in ("in", "out"):
+        raise CorruptRecord(f"archive direction {direction!r:.40}")
+    check_elements(expect(xml, bytes, "archived message"), ("{jabber:client}message",), most=1)
+    when = float(expect(when, (int, float), "archive time"))
+    return when, expect(other, str, "with"), direction, xml
+
+
+def _decode_prefs(raw: bytes) -> tuple[str, list[str], list[str]]:
+    default, always, never = expect(unpack(raw), list, "archive preferences")
+    if default not in ("always", "never", "roster"):
+        raise CorruptRecord(f"archive default {default!r:.40}")
+    for jids in (always, never):
+        for jid in expect(jids, list, "archive preference JIDs"):
+            expect(jid, str, "archive preference JID")
+    return default, always, never
 
 
 register_purge(DATABASE)

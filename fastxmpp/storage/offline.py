@@ -13,6 +13,7 @@ from typing import Any
 
 from .account_data import account_prefix, register_purge
 from .lmdb_store import Storage
+from .xml_check import check_elements
 
 DATABASE = "offline"
 _SEQUENCE = struct.Struct(">Q")
@@ -86,19 +87,31 @@ class OfflineStore:
 
     def peek(self, domain: str, local: str, limit: int | None = None) -> list[tuple[bytes, bytes]]:
         """(key, message) of the oldest `limit` stored messages (all without a limit), oldest
-        first."""
+        first. A message that is not one is quarantined, and the next one is read instead."""
         prefix = account_prefix(domain, local)
-        messages: list[tuple[bytes, bytes]] = []
-        with self.storage.env.begin(db=self._db) as txn:
-            cursor = txn.cursor()
-            found = cursor.set_range(prefix)
-            while found and (limit is None or len(messages) < limit):
-                key = bytes(cursor.key())
-                if not key.startswith(prefix):
-                    break
-                messages.append((key, bytes(cursor.value())))
-                found = cursor.next()
-        return messages
+        corrupt: set[bytes] = set()  # skipped (they stay if quarantine could not move them)
+        while True:
+            with self.storage.env.begin(db=self._db) as txn:
+                stored: list[tuple[bytes, bytes]] = []
+                cursor = txn.cursor()
+                found = cursor.set_range(prefix)
+                while found and (limit is None or len(stored) < limit):
+                    key = bytes(cursor.key())
+                    if not key.startswith(prefix):
+                        break
+                    if key not in corrupt:
+                        stored.append((key, bytes(cursor.value())))
+                    found = cursor.next()
+            messages = []
+            for key, raw in stored:
+                data = self.storage.decode(DATABASE, key, raw, _decode)
+                if data is None:
+                    corrupt.add(key)
+                else:
+                    messages.append((key, data))
+            # Read on past a corrupt message: a short batch means the queue is empty.
+            if len(messages) == len(stored):
+                return messages
 
     def remove(self, keys: list[bytes]) -> None:
         """Delete delivered messages, in one transaction."""
@@ -113,6 +126,10 @@ class OfflineStore:
         with self.storage.env.begin(db=self._db) as txn:
             bounds = _bounds(txn.cursor(), account_prefix(domain, local))
         return 0 if bounds is None else bounds[1] - bounds[0] + 1
+
+
+def _decode(raw: bytes) -> bytes:
+    return check_elements(raw, ("{jabber:client}message",), most=1)
 
 
 register_purge(DATABASE)

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from .account_data import account_prefix, delete_prefix, purge_prefixed, register_purge
-from .lmdb_store import Storage
+from .lmdb_store import Storage, expect, unpack
 
 DATABASE = "pep"
 
@@ -86,9 +86,31 @@ def _scan(txn: Any, start: bytes) -> list[tuple[bytes, Any]]:
     return found
 
 
-def _decode_node(name: str, raw: Any) -> Node:
-    record = msgpack.unpackb(raw)
-    return Node(name, record["config"], record["order"], record["created"])
+def _decode_node(name: str, raw: bytes) -> Node:
+    record = expect(unpack(raw), dict, "node")
+    config = expect(record["config"], dict, "node configuration")
+    for option, value in config.items():
+        expect(option, str, "node option")
+        if isinstance(value, list):
+            for entry in value:
+                expect(entry, str, f"node option {option}")
+        else:
+            expect(value, (bool, int, float, str, type(None)), f"node option {option}")
+    order = [expect(item_id, str, "item id") for item_id in expect(record["order"], list, "items")]
+    return Node(name, config, order, float(expect(record["created"], (int, float), "created")))
+
+
+def _decode_item(raw: bytes) -> tuple[bytes, str, float]:
+    payload, publisher, stamp = expect(unpack(raw), list, "item")
+    return (
+        expect(payload, bytes, "item payload"),
+        expect(publisher, str, "item publisher"),
+        float(expect(stamp, (int, float), "item time")),
+    )
+
+
+def _decode_usage(raw: bytes) -> int:
+    return int(expect(unpack(raw), int, "bytes used"))
 
 
 def _encode_node(node: Node) -> bytes:
@@ -103,38 +125,55 @@ class PepStore:
         self._db = storage.database(DATABASE)
         self.max_key_size = storage.env.max_key_size()
 
+    # --- decoding (a record that does not decode is quarantined, and reads as missing) ----
+
+    def _node(self, key: bytes, name: str, raw: Any) -> Node | None:
+        return self.storage.decode(DATABASE, key, raw, lambda raw: _decode_node(name, raw))
+
+    def _item(self, key: bytes, raw: Any) -> tuple[bytes, str, float] | None:
+        return self.storage.decode(DATABASE, key, raw, _decode_item)
+
+    def _usage(self, key: bytes, raw: Any) -> int:
+        return 0 if raw is None else self.storage.decode(DATABASE, key, raw, _decode_usage) or 0
+
+    def _payload_size(self, key: bytes, raw: Any) -> int:
+        item = None if raw is None else self._item(key, raw)
+        return 0 if item is None else len(item[0])
+
     # --- reading --------------------------------------------------------------------------
 
     def node(self, domain: str, local: str, name: str) -> Node | None:
+        key = _node_key(account_prefix(domain, local), name)
         with self.storage.env.begin(db=self._db) as txn:
-            raw = txn.get(_node_key(account_prefix(domain, local), name))
-        return None if raw is None else _decode_node(name, raw)
+            raw = txn.get(key)
+        return None if raw is None else self._node(key, name, raw)
 
     def nodes(self, domain: str, local: str) -> list[Node]:
         start = account_prefix(domain, local) + b"n"
-        found: list[Node] = []
         with self.storage.env.begin(db=self._db) as txn:
-            cursor = txn.cursor()
-            more = cursor.set_range(start)
-            while more:
-                key = bytes(cursor.key())
-                if not key.startswith(start):
-                    break
-                found.append(_decode_node(key[len(start) :].decode(), cursor.value()))
-                more = cursor.next()
+            records = [(start + rest, bytes(raw)) for rest, raw in _scan(txn, start)]
+        found = []
+        for key, raw in records:
+            node = self._node(key, key[len(start) :].decode(errors="replace"), raw)
+            if node is not None:
+                found.append(node)
         return found
 
     def items(self, domain: str, local: str, node: Node, ids: list[str]) -> list[Item]:
         """The items `ids` of `node` that exist, in the order asked."""
         prefix = _item_prefix(account_prefix(domain, local), node.name)
-        found = []
+        stored = []
         with self.storage.env.begin(db=self._db) as txn:
             for item_id in ids:
                 key = prefix + item_id.encode()
                 raw = txn.get(key) if len(key) <= self.max_key_size else None
                 if raw is not None:
-                    payload, publisher, stamp = msgpack.unpackb(raw)
-                    found.append(Item(item_id, payload, publisher, stamp))
+                    stored.append((item_id, key, bytes(raw)))
+        found = []
+        for item_id, key, raw in stored:
+            item = self._item(key, raw)
+            if item is not None:
+                found.append(Item(item_id, *item))
         return found
 
     def subscriptions(
@@ -169,9 +208,10 @@ class PepStore:
         return found
 
     def usage(self, domain: str, local: str) -> int:
+        key = account_prefix(domain, local) + b"u"
         with self.storage.env.begin(db=self._db) as txn:
-            raw = txn.get(account_prefix(domain, local) + b"u")
-        return 0 if raw is None else int(msgpack.unpackb(raw))
+            raw = txn.get(key)
+        return self._usage(key, raw)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -191,8 +231,7 @@ class PepStore:
         return count
 
     def _add_usage(self, txn: Any, prefix: bytes, delta: int, limit: int | None = None) -> None:
-        raw = txn.get(prefix + b"u")
-        used = (0 if raw is None else int(msgpack.unpackb(raw))) + delta
+        used = self._usage(prefix + b"u", txn.get(prefix + b"u")) + delta
         if limit is not None and delta > 0 and used > limit:
             raise PepLimit("bytes")
         txn.put(prefix + b"u", msgpack.packb(max(used, 0)))
@@ -225,7 +264,7 @@ class PepStore:
             key = item_prefix + item_id.encode()
             raw = txn.get(key)
             if raw is not None:
-                freed += len(msgpack.unpackb(raw)[0])
+                freed += self._payload_size(key, raw)
                 txn.delete(key)
         self._add_usage(txn, prefix, -freed)
 
@@ -248,16 +287,14 @@ class PepStore:
         def work(txn: Any) -> tuple[Node, bool]:
             key = self._check_key(_node_key(prefix, name))
             raw = txn.get(key)
-            created = raw is None
-            node = (
-                self._new_node(txn, prefix, name, new_config, limits)
-                if created
-                else _decode_node(name, raw)
-            )
+            # A corrupt node is made anew (its record goes to the quarantine).
+            node = None if raw is None else self._node(key, name, raw)
+            created = node is None
+            if node is None:
+                node = self._new_node(txn, prefix, name, new_config, limits)
             if node.config.get("persist_items", True):
                 item_key = self._check_key(_item_prefix(prefix, name) + item.id.encode())
-                old = txn.get(item_key)
-                delta = len(item.payload) - (0 if old is None else len(msgpack.unpackb(old)[0]))
+                delta = len(item.payload) - self._payload_size(item_key, txn.get(item_key))
                 self._add_usage(txn, prefix, delta, limits.max_bytes)
                 txn.put(item_key, msgpack.packb([item.payload, item.publisher, item.stamp]))
                 if item.id in node.order:
@@ -285,9 +322,9 @@ class PepStore:
         def work(txn: Any) -> Node | None:
             key = _node_key(prefix, name)
             raw = txn.get(key) if len(key) <= self.max_key_size else None
-            if raw is None:
+            node = None if raw is None else self._node(key, name, raw)
+            if node is None:
                 return None
-            node = _decode_node(name, raw)
             node.config = dict(config)
             self._trim(txn, prefix, node, keep if config.get("persist_items", True) else 0)
             txn.put(key, _encode_node(node))
@@ -302,9 +339,9 @@ class PepStore:
         def work(txn: Any) -> bool | None:
             key = _node_key(prefix, name)
             raw = txn.get(key) if len(key) <= self.max_key_size else None
-            if raw is None:
+            node = None if raw is None else self._node(key, name, raw)
+            if node is None:
                 return None
-            node = _decode_node(name, raw)
             if item_id not in node.order:
                 return False
             node.order.remove(item_id)
@@ -362,9 +399,9 @@ class PepStore:
         def work(txn: Any) -> Node | None:
             key = _node_key(prefix, name)
             raw = txn.get(key) if len(key) <= self.max_key_size else None
-            if raw is None:
+            node = None if raw is None else self._node(key, name, raw)
+            if node is None:
                 return None
-            node = _decode_node(name, raw)
             self._drop_items(txn, prefix, node, list(node.order))
             # Anything left under the node's item prefix (never expected) goes too.
             delete_prefix(txn, self._db, _item_prefix(prefix, name))

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 
 from .account_data import account_prefix, register_purge
-from .lmdb_store import Storage
+from .lmdb_store import CorruptRecord, Storage, expect, unpack
 
 DATABASE = "privacy"
 
@@ -42,16 +42,11 @@ class PrivacyStore:
         self._db = storage.database(DATABASE)
 
     def load(self, domain: str, local: str) -> StoredLists:
+        key = account_prefix(domain, local)
         with self.storage.env.begin(db=self._db) as txn:
-            raw = txn.get(account_prefix(domain, local))
-        if raw is None:
-            return StoredLists()
-        record = msgpack.unpackb(raw)
-        lists = {
-            name: tuple((int(o), t, v, bool(a), int(k)) for o, t, v, a, k in items)
-            for name, items in record.get("l", {}).items()
-        }
-        return StoredLists(lists, record.get("d"))
+            raw = txn.get(key)
+        stored = None if raw is None else self.storage.decode(DATABASE, key, raw, _decode)
+        return StoredLists() if stored is None else stored
 
     def save(self, domain: str, local: str, data: StoredLists) -> None:
         """Replace the account's record (delete it when nothing is left); StorageFull
@@ -67,6 +62,33 @@ class PrivacyStore:
             record["d"] = data.default
         raw = msgpack.packb(record)
         self.storage.write(lambda txn: txn.put(key, raw), db=self._db)
+
+
+def _decode_item(item: Any) -> ItemRecord:
+    order, kind, value, allow, kinds = expect(item, list, "privacy item")
+    if kind not in (None, "jid", "group", "subscription"):
+        raise CorruptRecord(f"privacy item type {kind!r:.40}")
+    return (
+        expect(order, int, "privacy item order"),
+        kind,
+        expect(value, (str, type(None)), "privacy item value"),
+        expect(allow, bool, "privacy item action"),
+        expect(kinds, int, "privacy item kinds"),
+    )
+
+
+def _decode(raw: bytes) -> StoredLists:
+    record = expect(unpack(raw), dict, "privacy lists")
+    lists = {
+        expect(name, str, "privacy list name"): tuple(
+            _decode_item(item) for item in expect(items, list, "privacy list")
+        )
+        for name, items in expect(record.get("l", {}), dict, "privacy lists").items()
+    }
+    default = expect(record.get("d"), (str, type(None)), "default privacy list")
+    if default is not None and default not in lists:
+        raise CorruptRecord(f"default privacy list {default!r:.40} does not exist")
+    return StoredLists(lists, default)
 
 
 register_purge(DATABASE)

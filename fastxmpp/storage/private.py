@@ -10,6 +10,7 @@ from typing import Any
 
 from .account_data import account_prefix, register_purge
 from .lmdb_store import Storage
+from .xml_check import check_elements
 
 DATABASE = "private"
 
@@ -24,9 +25,15 @@ class PrivateStore:
         self._db = storage.database(DATABASE)
 
     def get(self, domain: str, local: str, namespace: str) -> bytes | None:
+        key = account_prefix(domain, local) + namespace.encode()
         with self.storage.env.begin(db=self._db) as txn:
-            raw = txn.get(account_prefix(domain, local) + namespace.encode())
-        return None if raw is None else bytes(raw)
+            raw = txn.get(key)
+        if raw is None:
+            return None
+        # Every element stored under a namespace is of that namespace (XEP-0049 §2).
+        return self.storage.decode(
+            DATABASE, key, raw, lambda raw: check_elements(raw, namespace=namespace)
+        )
 
     def set_many(
         self, domain: str, local: str, fragments: dict[str, bytes], max_namespaces: int

@@ -13,20 +13,26 @@ Database "roster", one record per (account, contact) and one per account:
   N. Old tombstones are dropped now and then; `floor` is then raised to the newest version
   dropped, and a client presenting a version below it gets the whole roster.
 
-Every change is one write transaction (item and counter together).
+Every change is one write transaction (item and counter together). A record that does not
+decode is quarantined (Storage.decode) and the item reads as missing; the counter then takes
+a new version that is also the floor, so that every client gets the whole roster once.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgpack
 
 from .account_data import account_prefix, register_purge
-from .lmdb_store import Storage
+from .lmdb_store import CorruptRecord, Storage, StorageFull, expect, unpack
 
+log = logging.getLogger("fastxmpp.storage.roster")
 DATABASE = "roster"
+SUBSCRIPTIONS = ("none", "to", "from", "both")
 
 
 @dataclass
@@ -59,16 +65,24 @@ class RosterItem:
 
     @classmethod
     def from_record(cls, jid: str, record: dict[str, Any]) -> RosterItem:
+        """The item of a stored record; CorruptRecord when it is not one `record` wrote."""
+        expect(record, dict, "roster item")
+        subscription = record.get("s", "none")
+        if subscription not in SUBSCRIPTIONS:
+            raise CorruptRecord(f"roster item subscription {subscription!r:.40}")
         return cls(
             jid=jid,
-            name=record.get("n"),
-            groups=tuple(record.get("g", ())),
-            subscription=record.get("s", "none"),
-            ask=bool(record.get("a")),
-            approved=bool(record.get("p")),
-            listed=not record.get("x"),
-            pending_in=record.get("i"),
-            version=int(record.get("v", 0)),
+            name=expect(record.get("n"), (str, type(None)), "roster item name"),
+            groups=tuple(
+                expect(group, str, "roster group")
+                for group in expect(record.get("g", []), list, "roster groups")
+            ),
+            subscription=subscription,
+            ask=expect(record.get("a", False), bool, "roster item ask"),
+            approved=expect(record.get("p", False), bool, "roster item approved"),
+            listed=not expect(record.get("x", False), bool, "roster item listed"),
+            pending_in=expect(record.get("i"), (bytes, type(None)), "roster item request"),
+            version=expect(record.get("v", 0), int, "roster item version"),
         )
 
     def visible(self) -> tuple[Any, ...]:
@@ -102,18 +116,38 @@ class RosterStore:
         with self.storage.env.begin(db=self._db) as txn:
             cursor = txn.cursor()
             found = cursor.set_range(prefix)
+            records = []
             while found:
                 key = bytes(cursor.key())
                 if not key.startswith(prefix):
                     break
-                record = msgpack.unpackb(cursor.value())
-                contact = key[len(prefix) :].decode()
-                if contact:
-                    roster.items[contact] = RosterItem.from_record(contact, record)
-                else:
-                    roster.version = int(record.get("v", 0))
-                    roster.floor = int(record.get("f", 0))
+                records.append((key, bytes(cursor.value())))
                 found = cursor.next()
+        counter = None
+        lost = False
+        for key, raw in records:  # decoded outside the read transaction: it may quarantine
+            if key == prefix:
+                counter = self.storage.decode(DATABASE, key, raw, _decode_counter)
+                lost = lost or counter is None
+                continue
+            contact = key[len(prefix) :]
+            item = self.storage.decode(DATABASE, key, raw, partial(_decode_item, contact))
+            if item is None:
+                lost = True
+            else:
+                roster.items[item.jid] = item
+        newest = max((item.version for item in roster.items.values()), default=0)
+        roster.version, roster.floor = counter or (newest, newest)
+        if lost:
+            # A record just quarantined: a client's cached roster may hold what is gone, so
+            # no version handed out so far can be diffed from; every client gets the whole
+            # roster once (RFC 6121 §2.6.3).
+            roster.version = max(roster.version, newest) + 1
+            roster.floor = roster.version
+            try:
+                self.storage.write(lambda txn: txn.put(prefix, _meta(roster)), db=self._db)
+            except StorageFull as exc:
+                log.error("roster counter of %s@%s not stored: %s", local, domain, exc)
         return roster
 
     def save(self, domain: str, local: str, item: RosterItem, roster: Roster) -> None:
@@ -142,6 +176,18 @@ class RosterStore:
             txn.put(prefix, _meta(roster), db=self._db)
 
         self.storage.write(write)
+
+
+def _decode_item(contact: bytes, raw: bytes) -> RosterItem:
+    return RosterItem.from_record(contact.decode(), unpack(raw))
+
+
+def _decode_counter(raw: bytes) -> tuple[int, int]:
+    record = expect(unpack(raw), dict, "roster counter")
+    return (
+        expect(record.get("v", 0), int, "roster version"),
+        expect(record.get("f", 0), int, "roster floor"),
+    )
 
 
 def _meta(roster: Roster) -> bytes:

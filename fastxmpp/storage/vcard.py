@@ -10,6 +10,7 @@ from typing import Any
 
 from .account_data import account_prefix, register_purge
 from .lmdb_store import Storage
+from .xml_check import check_elements
 
 DATABASE = "vcard"
 
@@ -20,9 +21,10 @@ class VCardStore:
         self._db = storage.database(DATABASE)
 
     def get(self, domain: str, local: str) -> bytes | None:
+        key = account_prefix(domain, local)
         with self.storage.env.begin(db=self._db) as txn:
-            raw = txn.get(account_prefix(domain, local))
-        return None if raw is None else bytes(raw)
+            raw = txn.get(key)
+        return None if raw is None else self.storage.decode(DATABASE, key, raw, _decode)
 
     def put(self, domain: str, local: str, xml: bytes) -> None:
         """Replace the account's vCard (StorageFull when the disk is full)."""
@@ -37,6 +39,11 @@ class VCardStore:
             txn.delete(account_prefix(domain, local))
 
         self.storage.write(remove, db=self._db)
+
+
+def _decode(raw: bytes) -> bytes:
+    check_elements(raw, ("{vcard-temp}vCard",), most=1)
+    return raw
 
 
 register_purge(DATABASE)

@@ -39,8 +39,17 @@ class RoomConfig:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> RoomConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in record.items() if k in known})
+        """The configuration stored by `to_record`; ValueError for a value of another type
+        than the field's (a corrupt record, which the store then quarantines)."""
+        defaults = cls()
+        values = {}
+        for f in fields(cls):
+            if f.name in record:
+                value = record[f.name]
+                if type(value) is not type(getattr(defaults, f.name)):
+                    raise ValueError(f"room configuration {f.name}: {value!r:.40}")
+                values[f.name] = value
+        return cls(**values)
 
     def features(self) -> list[str]:
         """The room type features of disco#info (§6.4, §15.3)."""

@@ -70,17 +70,21 @@ class MucService:
 
     def load(self) -> None:
         assert self.module.store is not None
-        for name, record in self.module.store.rooms(self.domain):
-            config = RoomConfig.from_record(record.get("config", {}))
-            # limits lowered since the room was configured apply to it now
-            config.max_users = min(config.max_users, self.limits.max_occupants)
-            config.history_length = min(config.history_length, self.limits.max_history)
-            room = Room(self, name, config)
-            room.load_record(record)
-            room.stored = True
+        # A stored room that does not load is quarantined by the store, the others load.
+        for name, room in self.module.store.rooms(self.domain, self._load_room):
             self.rooms[name] = room
         if self.rooms:
             log.info("%s: %d persistent rooms", self.domain, len(self.rooms))
+
+    def _load_room(self, name: str, record: dict[str, Any]) -> Room:
+        config = RoomConfig.from_record(record.get("config", {}))
+        # limits lowered since the room was configured apply to it now
+        config.max_users = min(config.max_users, self.limits.max_occupants)
+        config.history_length = min(config.history_length, self.limits.max_history)
+        room = Room(self, name, config)
+        room.load_record(record)
+        room.stored = True
+        return room
 
     # --- bookkeeping the rooms call ----------------------------------------------------------
 
