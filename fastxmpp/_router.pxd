@@ -3,6 +3,16 @@
 from fastxmpp._parser cimport Stanza
 
 
+# Byte-level stanza edits (the one place for them, see _router.pyx).
+cpdef bytes insert_attr(bytes data, str name, str value)
+cpdef bytes append_child(bytes data, bytes child)
+cpdef bytes delay_element(str from_jid, str stamp, str reason=*)
+cpdef bytes with_delay(bytes data, str from_jid, str stamp, str reason=*)
+cpdef bytes forwardable(Stanza st, str sender, str to)
+cpdef bytes forwarded_message(str from_jid, str to, str mtype, str wrapper, bytes inner,
+                              bytes delay=*)
+
+
 cdef class Router
 
 

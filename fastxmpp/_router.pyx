@@ -9,12 +9,15 @@ them). Undeliverable stanzas raise `StanzaError`; the stream turns it into an er
 """
 
 from sys import getsizeof
+from xml.sax.saxutils import escape, quoteattr
 
 from fastxmpp._parser cimport Stanza
 
 from fastxmpp.errors import StanzaError, StreamError
 
 cdef str CLIENT_NS = "jabber:client"
+cdef str FORWARD_NS = "urn:xmpp:forward:0"  # XEP-0297
+cdef str DELAY_NS = "urn:xmpp:delay"  # XEP-0203
 # Memory the prepared-'to' cache may hold; only JIDs at local hosts and services enter it,
 # since any client can name any number of others (docs/SECURITY.md, "Every limit"). Some
 # 40,000 ordinary JIDs; when full it starts over.
@@ -45,6 +48,94 @@ PRIVACY_IQ = KIND_IQ
 PRIVACY_PRESENCE_IN = KIND_PRESENCE_IN
 PRIVACY_PRESENCE_OUT = KIND_PRESENCE_OUT
 PRIVACY_OTHER = KIND_OTHER
+
+
+# --- byte-level stanza edits ----------------------------------------------------------------
+# The one place where serialized stanzas are changed without a tree (docs/ARCHITECTURE.md,
+# principle 2): the router, the modules and the streams all use these. The input is one
+# well-formed element as it goes out (from `Stanza.with_attrs` or made by the server).
+
+cpdef bytes insert_attr(bytes data, str name, str value):
+    """`data` with the attribute `name` added to its start tag (it must not be there)."""
+    cdef Py_ssize_t end = 1
+    cdef Py_ssize_t size = len(data)
+    cdef unsigned char c
+    while end < size:
+        c = data[end]
+        if c == 32 or c == 62 or c == 47 or c == 9 or c == 10 or c == 13:  # space > / ws
+            break
+        end += 1
+    return data[:end] + (" " + name + "=" + quoteattr(value)).encode() + data[end:]
+
+
+cpdef bytes append_child(bytes data, bytes child):
+    """`data` with `child` (serialized) as its last child; a self-closing element is
+    opened and closed around it."""
+    cdef Py_ssize_t end, start, name_end, size
+    cdef unsigned char c
+    if data.endswith(b"/>") and b"</" not in data:
+        end = data.rfind(b"/>")
+        start = data.find(b"<") + 1
+        name_end = start
+        size = len(data)
+        while name_end < size:
+            c = data[name_end]
+            if c == 32 or c == 47 or c == 62 or c == 9 or c == 10 or c == 13:
+                break
+            name_end += 1
+        return data[:end] + b">" + child + b"</" + data[start:name_end] + b">"
+    end = data.rfind(b"</")
+    return data[:end] + child + data[end:]
+
+
+cpdef bytes delay_element(str from_jid, str stamp, str reason=""):
+    """XEP-0203 §3: <delay/>, `from_jid` being the entity that delayed the stanza (None:
+    no 'from') and `stamp` a XEP-0082 DateTime."""
+    cdef str attrs = "xmlns='" + DELAY_NS + "'"
+    if from_jid is not None:
+        attrs += " from=" + quoteattr(from_jid)
+    attrs += " stamp='" + stamp + "'"  # a XEP-0082 DateTime needs no escaping
+    if reason:
+        return ("<delay " + attrs + ">" + escape(reason) + "</delay>").encode()
+    return ("<delay " + attrs + "/>").encode()
+
+
+cpdef bytes with_delay(bytes data, str from_jid, str stamp, str reason=""):
+    """`data` with a XEP-0203 <delay/> as its last child."""
+    return append_child(data, delay_element(from_jid, stamp, reason))
+
+
+cpdef bytes forwardable(Stanza st, str sender, str to):
+    """The stanza as it travels, for inside a XEP-0297 <forwarded/>: 'from' stamped, 'to'
+    added when it had none (`to` not None), and declared in jabber:client, which it no
+    longer inherits from a stream root there."""
+    cdef dict changes = {"from": sender}
+    cdef tuple decl
+    cdef bint declared = False
+    if to is not None and "to" not in st.attrs:
+        changes["to"] = to
+    if st.nsdecls is not None:
+        for decl in st.nsdecls:
+            if decl[0] is None:
+                declared = True
+                break
+    if not declared:
+        changes["xmlns"] = CLIENT_NS
+    return st.with_attrs(changes)
+
+
+cpdef bytes forwarded_message(str from_jid, str to, str mtype, str wrapper, bytes inner,
+                              bytes delay=b""):
+    """XEP-0297: a <message/> from `from_jid` to `to` (of type `mtype` unless None) whose
+    child `wrapper` (a start tag such as "<received xmlns='urn:xmpp:carbons:2'>") holds a
+    <forwarded/> with `delay` (a <delay/> or nothing) and the stanza `inner`."""
+    cdef str name = wrapper[1:].split(None, 1)[0].rstrip(">/")
+    cdef str head = ("<message xmlns='" + CLIENT_NS + "' from=" + quoteattr(from_jid)
+                     + " to=" + quoteattr(to))
+    if mtype is not None:
+        head += " type=" + quoteattr(mtype)
+    return ((head + ">" + wrapper + "<forwarded xmlns='" + FORWARD_NS + "'>").encode()
+            + delay + inner + ("</forwarded></" + name + "></message>").encode())
 
 
 cdef class Session:

@@ -37,22 +37,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr
 
 from .. import ns
-from .._router import PRIVACY_MESSAGE
+from .._router import PRIVACY_MESSAGE, append_child, forwardable, forwarded_message
 from ..errors import StanzaError
 from .base import Module, iq_result
-from .muc.room import NS_USER, append_child
-from .offline import NS_CHATSTATES
 
 if TYPE_CHECKING:
     from .._parser import Stanza
     from ..stream.c2s import C2SStream
 
-NS = "urn:xmpp:carbons:2"
-NS_FORWARD = "urn:xmpp:forward:0"  # XEP-0297
-NS_HINTS = "urn:xmpp:hints"  # XEP-0334
+NS = ns.CARBONS
+NS_USER = ns.MUC_USER  # XEP-0045
+NS_CHATSTATES = ns.CHATSTATES  # XEP-0085
+NS_HINTS = ns.HINTS  # XEP-0334
 NS_RECEIPTS = "urn:xmpp:receipts"  # XEP-0184
 NS_MARKERS = "urn:xmpp:chat-markers:0"  # XEP-0333
 NS_CONFERENCE = "jabber:x:conference"  # XEP-0249
@@ -77,30 +75,6 @@ def eligible_message(mtype: str, children: list[tuple[str, str]]) -> bool:
     if mtype == "chat" or (ns.CLIENT, "body") in children:
         return True
     return any(child[0] in IM_PAYLOADS for child in children)
-
-
-def inner_message(st: Stanza, sender: str, to: str | None) -> bytes:
-    """The original as it travels, for inside <forwarded/>: 'from' stamped, and declared in
-    jabber:client, which it no longer inherits from a stream root there."""
-    changes: dict[str, Any] = {"from": sender}
-    if to is not None and "to" not in st.attrs:
-        changes["to"] = to
-    if not any(prefix is None for prefix, _ in st.nsdecls or ()):
-        changes["xmlns"] = ns.CLIENT
-    return st.with_attrs(changes)
-
-
-def wrapped(direction: str, bare: str, to: str, mtype: str, original: bytes) -> bytes:
-    """§4 (received) / §5 (sent): the copy for the session `to`."""
-    return (
-        (
-            f"<message xmlns='{ns.CLIENT}' from={quoteattr(bare)} to={quoteattr(to)} "
-            f"type={quoteattr(mtype)}><{direction} xmlns='{NS}'>"
-            f"<forwarded xmlns='{NS_FORWARD}'>"
-        ).encode()
-        + original
-        + f"</forwarded></{direction}></message>".encode()
-    )
 
 
 class CarbonsModule(Module):
@@ -174,7 +148,7 @@ class CarbonsModule(Module):
             return
         skip = set(addressed)
         skip.add(origin)  # a message between two sessions of one account: §5 covers it
-        original = inner_message(st, origin.full, bare)
+        original = forwardable(st, origin.full, bare)
         self._copy("received", bare, st, original, origin.full, skip)
 
     def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
@@ -189,7 +163,7 @@ class CarbonsModule(Module):
             # To one of the account's own sessions: `received` made the copies, leaving out
             # the sessions the router delivered the original to.
             return
-        original = inner_message(st, origin.full, to)
+        original = forwardable(st, origin.full, to)
         skip: set[Any] = {origin}
         if target[2] and self.router.is_service(target[1]):
             # §6.1 note: a private message to a room occupant goes to the sessions that
@@ -209,13 +183,15 @@ class CarbonsModule(Module):
         if not sessions:
             return
         mtype = st.attrs.get("type", "normal")
+        wrapper = f"<{direction} xmlns='{NS}'>"
         for session in list(sessions.values()):
             if session in skip:
                 continue
             privacy = session.privacy
             if privacy is not None and not privacy.allows_in(PRIVACY_MESSAGE, peer):
                 continue  # XEP-0016 §2.13, as for a message from the conversation partner
-            session.send(wrapped(direction, bare, session.full, mtype, original))
+            # §4/§5: from the bare JID, to the session, the original in <forwarded/>.
+            session.send(forwarded_message(bare, session.full, mtype, wrapper, original))
 
     def _occupants(self, domain: str, name: str) -> dict[str, Any]:
         """Occupants by full JID of the room `name` at the MUC service `domain`."""
@@ -230,7 +206,7 @@ def _with_muc_x(original: bytes) -> bytes:
     what the occupant gets, room.py)."""
     if f"xmlns='{NS_USER}'".encode() in original or f'xmlns="{NS_USER}"'.encode() in original:
         return original
-    return append_child(original, f"<x xmlns='{NS_USER}'/>")
+    return append_child(original, f"<x xmlns='{NS_USER}'/>".encode())
 
 
 MODULE = CarbonsModule

@@ -38,15 +38,19 @@ from xml.sax.saxutils import escape, quoteattr
 from lxml import etree
 
 from .. import ns
-from .._router import PRIVACY_MESSAGE
-from ..delay import NS_DELAY, parse_stamp, stamp
+from .._router import (
+    PRIVACY_MESSAGE,
+    append_child,
+    delay_element,
+    forwardable,
+    forwarded_message,
+)
+from ..delay import parse_stamp, stamp
 from ..errors import StanzaError
 from ..jid import JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
 from ..storage.mam import ArchiveStore, Record
 from .base import Module, iq_result
-from .carbons import NS_FORWARD, NS_HINTS, inner_message
-from .muc.room import append_child
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -54,12 +58,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastxmpp.mam")
 
-NS = "urn:xmpp:mam:2"
+NS = ns.MAM
 NS_SID = "urn:xmpp:sid:0"  # XEP-0359
 NS_RSM = "http://jabber.org/protocol/rsm"  # XEP-0059
 NS_DATA = "jabber:x:data"  # XEP-0004
 BODY = (ns.CLIENT, "body")
-NOT_STORED = frozenset(((NS_HINTS, "no-store"), (NS_HINTS, "no-permanent-store")))
+NOT_STORED = frozenset(((ns.HINTS, "no-store"), (ns.HINTS, "no-permanent-store")))
 FIELDS = ("with", "start", "end", "before-id", "after-id")
 DEFAULTS = ("always", "never", "roster")
 
@@ -140,10 +144,10 @@ class MamModule(Module):
             changes["to"] = bare
         stamped = without_sid(st, bare, changes) if forged else st.with_attrs(changes)
         record_id = self.store.next_id()
-        archived = inner_message(st, origin.full, bare) if not forged else stamped
+        archived = forwardable(st, origin.full, bare) if not forged else stamped
         self._queue(domain, local, Record(record_id, time.time(), peer, "in", archived))
         sid = f"<stanza-id xmlns='{NS_SID}' by={quoteattr(bare)} id='{record_id}'/>"
-        return append_child(stamped, sid)
+        return append_child(stamped, sid.encode())
 
     def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
         """A message a local account sent was routed: archived for the sender."""
@@ -157,7 +161,7 @@ class MamModule(Module):
         assert self.store is not None
         to = peer if not target[2] else f"{peer}/{target[2]}"
         record = Record(
-            self.store.next_id(), time.time(), peer, "out", inner_message(st, origin.full, to)
+            self.store.next_id(), time.time(), peer, "out", forwardable(st, origin.full, to)
         )
         self._queue(origin.domain, origin.local, record)
 
@@ -310,15 +314,11 @@ class MamModule(Module):
         queryid = query.get("queryid")
         qattr = "" if queryid is None else f" queryid={quoteattr(queryid)}"
         for record in records:
+            # §4.2: each result forwards the archived message with its time.
+            wrapper = f"<result xmlns='{NS}'{qattr} id='{record.id}'>"
+            delay = delay_element(None, stamp(record.when))
             origin.send(
-                (
-                    f"<message xmlns='{ns.CLIENT}' to={quoteattr(origin.full)} "
-                    f"from={quoteattr(origin.bare)}><result xmlns='{NS}'{qattr} "
-                    f"id='{record.id}'><forwarded xmlns='{NS_FORWARD}'>"
-                    f"<delay xmlns='{NS_DELAY}' stamp='{stamp(record.when)}'/>"
-                ).encode()
-                + record.xml
-                + b"</forwarded></result></message>"
+                forwarded_message(origin.bare, origin.full, None, wrapper, record.xml, delay)
             )
         if records:
             rset = (

@@ -25,10 +25,10 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import escape, quoteattr
 
-from .._router import PRIVACY_MESSAGE
-from ..delay import NS_DELAY
+from .. import ns
+from .._router import PRIVACY_MESSAGE, with_delay
+from ..delay import OFFLINE_REASON
 from ..delay import stamp as xep0082_stamp
 from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
@@ -43,32 +43,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastxmpp.offline")
 
 FEATURE = "msgoffline"  # XEP-0160 §4 (Service Discovery)
-NS_CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
+NS_CHATSTATES = ns.CHATSTATES
 # XEP-0160 §3: never stored. Every other type is chat or normal (RFC 6121 §5.2.2: an unknown
 # type is handled as normal).
 NOT_STORED_TYPES = frozenset(("headline", "groupchat", "error"))
-DELAY_REASON = "Offline Storage"
 # Delivery: messages read from storage at a time, and how often a paced delivery looks
 # whether the client has read what it was sent.
 BATCH = 200
 PACING_INTERVAL = 0.02
 
 
-def with_delay(data: bytes, empty: bool, domain: str, stamp: str) -> bytes:
-    """`data` (a <message/>) with an XEP-0203 <delay/> as its last child."""
-    delay = (
-        f"<delay xmlns='{NS_DELAY}' from={quoteattr(domain)} stamp='{stamp}'>"
-        f"{escape(DELAY_REASON)}</delay>"
-    ).encode()
-    if empty:
-        # <message .../> becomes <message ...><delay/></message>.
-        return data[: data.rindex(b"/>")] + b">" + delay + b"</message>"
-    end = data.rindex(b"</")
-    return data[:end] + delay + data[end:]
-
-
 def only_chat_states(st: Stanza) -> bool:
-    return bool(st.children) and all(ns == NS_CHATSTATES for ns, _ in st.children)
+    return bool(st.children) and all(namespace == NS_CHATSTATES for namespace, _ in st.children)
 
 
 class OfflineModule(Module):
@@ -121,7 +107,7 @@ class OfflineModule(Module):
             return True
         if data is None:
             data = st.with_attrs({"from": origin.full})
-        data = with_delay(data, data.endswith(b"/>"), domain, xep0082_stamp(time.time()))
+        data = with_delay(data, domain, xep0082_stamp(time.time()), OFFLINE_REASON)
         try:
             self.store.push(domain, local, data, self.settings.max_messages)
         except OfflineQueueFull:
@@ -145,7 +131,7 @@ class OfflineModule(Module):
         if self.store is None or not messages:
             return 0
         delayed = [
-            with_delay(data, data.endswith(b"/>"), domain, stamp) if stamp else data
+            with_delay(data, domain, stamp, OFFLINE_REASON) if stamp else data
             for data, stamp in messages
         ]
         try:

@@ -41,14 +41,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
-from .._router import PRIVACY_OTHER, PRIVACY_PRESENCE_IN, PRIVACY_PRESENCE_OUT
+from .._router import PRIVACY_OTHER, PRIVACY_PRESENCE_IN, PRIVACY_PRESENCE_OUT, insert_attr
 from ..delay import delay_xml
 from ..errors import StanzaError
 from ..jid import JID, JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
 from ..storage.roster import RosterItem
 from .base import Module
-from .muc.history import insert_attr
 from .subscription_states import SUBSCRIPTION_KINDS, State, inbound, outbound
 
 if TYPE_CHECKING:

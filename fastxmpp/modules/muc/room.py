@@ -13,11 +13,12 @@ from xml.sax.saxutils import escape, quoteattr
 from lxml import etree
 from precis_i18n import get_profile
 
-from ..._router import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN
+from ... import ns
+from ..._router import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN, append_child, insert_attr
 from ...errors import StanzaError
 from ..base import iq_result
 from .config import RoomConfig
-from .history import History, append_child, insert_attr
+from .history import History
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_PING = "urn:xmpp:ping"
-NS_USER = NS_MUC + "#user"
+NS_USER = ns.MUC_USER
 CLIENT = "jabber:client"
 
 ROLE_RANK = {"none": 0, "visitor": 1, "participant": 2, "moderator": 3}
@@ -528,7 +529,7 @@ class Room:
             data = st.with_attrs({"from": sender_jid, "to": full})
             if not marked:
                 # §7.5: the service adds <x xmlns='muc#user'/> (for XEP-0280 carbons).
-                data = append_child(data, f"<x xmlns='{NS_USER}'/>")
+                data = append_child(data, f"<x xmlns='{NS_USER}'/>".encode())
             session.send(data)
 
     # --- iqs between occupants (§18.4 rule 3) ----------------------------------------------
