@@ -7,11 +7,11 @@
   (§4.1/§5.1: "not-allowed if the request is from a client that is not hosted on this
   server"): only a local client session enables carbons, for itself. Anything else in the
   namespace gets bad-request.
-- The router pays for carbons only through `Router.carbon_accounts` (bare JID -> its
-  carbons-enabled sessions, the dict this module owns): with nobody on carbons it is empty
-  and every message costs one size check; otherwise one dictionary lookup per message for
-  accounts without carbons. The router calls `received` after it delivered a message
-  to a local account with carbons on and `sent` after it routed a message from one.
+- Pipeline handlers (fastxmpp/pipeline.py): `received` at "message/delivered" and `sent`
+  at "message/sent", hooked only while some session has carbons on (`accounts`: bare JID
+  -> its carbons-enabled sessions), so that with nobody on carbons a message costs the
+  router nothing for them; otherwise a dictionary lookup per message for accounts without
+  carbons.
 - §6.1 eligibility (`eligible`): no <private xmlns='urn:xmpp:carbons:2'/> nor XEP-0334
   <no-copy/>; type chat; type normal with a <body/>; or instant messaging payloads
   (XEP-0184 receipts, XEP-0085 chat states, XEP-0333 markers, XEP-0249 and mediated
@@ -39,9 +39,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .. import ns
-from .._router import PRIVACY_MESSAGE, append_child, forwardable, forwarded_message
+from .._router import append_child, forwardable, forwarded_message
 from ..errors import StanzaError
 from .base import Module, iq_result
+from .privacy_rules import PRIVACY_MESSAGE
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -82,10 +83,19 @@ class CarbonsModule(Module):
     features = (NS,)
 
     def start(self) -> None:
-        # The router reads this dict; it is only ever changed in place.
-        self.accounts: dict[str, dict[str, C2SStream]] = self.router.carbon_accounts
-        self.router.carbons = self
+        self.accounts: dict[str, dict[str, C2SStream]] = {}
         self.router.set_iq_handler(NS, self.toggle)
+
+    def _hooked(self, wanted: bool) -> None:
+        """The pipeline handlers are there exactly while some session has carbons on."""
+        if wanted == self.hub.attach(self.router).hooked(self.name, "message/sent"):
+            return
+        if wanted:
+            self.hub.hook(self, "message/delivered", self.received)
+            self.hub.hook(self, "message/sent", self.sent)
+        else:
+            self.hub.unhook(self, "message/delivered")
+            self.hub.unhook(self, "message/sent")
 
     def toggle(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         if getattr(origin, "is_remote", False):
@@ -101,6 +111,7 @@ class CarbonsModule(Module):
             if not self.enabled(origin):
                 origin.carbons_since = time.time()
             self.accounts.setdefault(origin.bare, {})[origin.resource] = origin
+            self._hooked(True)
         else:
             self._disable(origin)
         return iq_result(origin, st)
@@ -114,6 +125,7 @@ class CarbonsModule(Module):
             del sessions[session.resource]
             if not sessions:
                 del self.accounts[session.bare]
+                self._hooked(bool(self.accounts))
 
     def session_ended(self, session: C2SStream) -> None:
         self._disable(session)
@@ -133,14 +145,21 @@ class CarbonsModule(Module):
                 copied.append(other)
         return copied
 
-    # --- the router's calls ----------------------------------------------------------------
+    # --- pipeline handlers -------------------------------------------------------------------
 
     def received(
-        self, origin: C2SStream, st: Stanza, bare: str, addressed: Iterable[C2SStream]
+        self,
+        origin: C2SStream,
+        st: Stanza,
+        target: tuple[str, ...],
+        data: bytes,
+        addressed: Iterable[C2SStream],
     ) -> None:
-        """§4: a message from `origin` was delivered to `addressed` (sessions of `bare`):
-        a copy for each other carbons-enabled session of `bare`."""
-        if not eligible(st):
+        """ "message/delivered", §4: a message from `origin` was delivered to `addressed`
+        (sessions of target[3], none when it was stored): a copy for each other
+        carbons-enabled session of the account."""
+        bare = target[3]
+        if bare not in self.accounts or not eligible(st):
             return
         if origin.resource and (NS_USER, "x") in st.children:
             # §6.1: a private message from a room occupant (over a server-to-server link; a
@@ -152,9 +171,9 @@ class CarbonsModule(Module):
         self._copy("received", bare, st, original, origin.full, skip)
 
     def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
-        """§5: `origin` sent a message that was routed: a copy for each of its account's
-        other carbons-enabled sessions."""
-        if not eligible(st):
+        """ "message/sent", §5: `origin` sent a message that was routed: a copy for each of
+        its account's other carbons-enabled sessions."""
+        if origin.bare not in self.accounts or not eligible(st):
             return
         to = origin.bare if target is None else target[3]
         if target is not None and target[2]:
@@ -187,7 +206,7 @@ class CarbonsModule(Module):
         for session in list(sessions.values()):
             if session in skip:
                 continue
-            privacy = session.privacy
+            privacy = session.stanza_filter
             if privacy is not None and not privacy.allows_in(PRIVACY_MESSAGE, peer):
                 continue  # XEP-0016 §2.13, as for a message from the conversation partner
             # §4/§5: from the bare JID, to the session, the original in <forwarded/>.

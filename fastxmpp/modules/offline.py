@@ -1,7 +1,8 @@
 """Offline messages: RFC 6121 §8.5.2.2.1 storage, XEP-0160 best practice, XEP-0203 stamps.
 
 A chat or normal message (or one without a type) for an existing local account with no
-available resource of non-negative priority reaches the router's `message_hook`; it is stored
+available resource of non-negative priority reaches the pipeline's "message/offline" stage
+(after the privacy module's check of the account's default list); it is stored
 with the server's <delay/> already inside and committed to LMDB before the hook says "taken".
 At the account's next initial presence with a non-negative priority (XEP-0160 §2, Process
 Flow) the queue goes to that resource, oldest first, and each message is deleted once written
@@ -15,7 +16,7 @@ Policy:
 - A chat message carrying only XEP-0085 chat states is dropped without an error (XEP-0160
   §3: SHOULD NOT be stored; bouncing a typing notification helps nobody).
 - Beyond `offline.max_messages` the sender gets service-unavailable (XEP-0160 §2, Process Flow).
-- `offline.enabled = false`: the hook is not claimed, so the router bounces such messages
+- `offline.enabled = false`: the stage is not hooked, so the router bounces such messages
   with service-unavailable (RFC 6121 §8.5.2.2.1) and "msgoffline" is not advertised.
 """
 
@@ -27,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import ns
-from .._router import PRIVACY_MESSAGE, with_delay
+from .._router import with_delay
 from ..delay import OFFLINE_REASON
 from ..delay import stamp as xep0082_stamp
 from ..errors import StanzaError
@@ -80,7 +81,7 @@ class OfflineModule(Module):
             return
         assert self.server.storage is not None
         self.store = OfflineStore(self.server.storage)
-        self.hub.claim_hook(self, "message_hook", self.store_message)
+        self.hub.hook(self, "message/offline", self.store_message)
 
     # --- storing (RFC 6121 §8.5.2.2.1) ---------------------------------------------------
 
@@ -91,18 +92,13 @@ class OfflineModule(Module):
         target: tuple[str, ...],
         data: bytes | None = None,
     ) -> bool:
-        """The router's message_hook: True when the message is taken care of. `data` is the
+        """ "message/offline": True when the message is taken care of. `data` is the
         message as the router would have delivered it ('from' stamped, a XEP-0359
         stanza-id of the recipient's archive added)."""
         assert self.store is not None
         if st.attrs.get("type") in NOT_STORED_TYPES:
             return False
         local, domain = target[0], target[1]
-        if self.privacy is not None and not self.privacy.account_allows_in(
-            domain, local, PRIVACY_MESSAGE, origin.full
-        ):
-            # XEP-0016 §2.13: the default list blocks the sender (no active list offline).
-            raise StanzaError("service-unavailable")
         if only_chat_states(st):
             return True
         if data is None:

@@ -14,9 +14,10 @@ from lxml import etree
 from precis_i18n import get_profile
 
 from ... import ns
-from ..._router import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN, append_child, insert_attr
+from ..._router import append_child, insert_attr
 from ...errors import StanzaError
 from ..base import iq_result
+from ..privacy_rules import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN
 from .config import RoomConfig
 from .history import History
 
@@ -59,7 +60,7 @@ def privacy_allows(session: C2SStream, kind: int, sender: str) -> bool:
     """XEP-0016 §2.13 for what the room sends on an occupant's behalf: the recipient's list
     in force may refuse stanzas from an occupant JID (how clients ignore someone in a room)
     or from the room itself. Sessions without a list (nearly all) cost one attribute read."""
-    rules = session.privacy
+    rules = session.stanza_filter
     return rules is None or bool(rules.allows_in(kind, sender))
 
 
