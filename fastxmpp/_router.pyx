@@ -51,11 +51,6 @@ KIND_PRESENCE_IN = K_PRESENCE_IN
 KIND_PRESENCE_OUT = K_PRESENCE_OUT
 KIND_OTHER = K_OTHER
 
-# The stages of the stanza pipeline the router runs (fastxmpp/pipeline.py documents each).
-STAGES = ("message/in", "message/offline", "message/delivered", "message/sent",
-          "presence/broadcast", "presence/subscription", "presence/directed",
-          "iq/account", "iq/response")
-
 
 # --- byte-level stanza edits ----------------------------------------------------------------
 # The one place where serialized stanzas are changed without a tree (docs/ARCHITECTURE.md,
@@ -281,20 +276,6 @@ cdef class Router:
             self._iq_response = handlers
         else:
             raise ValueError(f"no pipeline stage {stage!r}")
-
-    def stage(self, str stage):
-        """The handlers of a pipeline stage, in order."""
-        return {
-            "message/in": self._message_in,
-            "message/offline": self._message_offline,
-            "message/delivered": self._message_delivered,
-            "message/sent": self._message_sent,
-            "presence/broadcast": self._presence_broadcast,
-            "presence/subscription": self._presence_subscription,
-            "presence/directed": self._presence_directed,
-            "iq/account": self._iq_account,
-            "iq/response": self._iq_response,
-        }[stage]
 
     # --- session table ---------------------------------------------------------------
 
