@@ -86,8 +86,8 @@ log = logging.getLogger("fastxmpp.stanza_filter")
 NS_BLOCKING = "urn:xmpp:blocking"
 # The default list a block command creates when the account has none (XEP-0191 §6).
 BLOCKLIST_NAME = "blocklist"
-# Compiled default lists of accounts without a session kept for the router's account_privacy
-# hook and offline storage.
+# Compiled default lists of accounts without a session kept for the "iq/account" and
+# "message/offline" handlers.
 OFFLINE_DEFAULTS_CACHED = 1024
 _STORED_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 

@@ -7,7 +7,7 @@ notifications (no type or "unavailable", §2) and outbound presence notification
 their child element; everything else (outbound messages and iqs, subscription stanzas and
 probes either way) is `OTHER`, which only an item without children covers.
 
-A `PrivacyList` is what a session's `privacy` attribute holds (the active list, else the
+A `PrivacyList` is what a session's `stanza_filter` attribute holds (the active list, else the
 default list, §2.2 rules 1-2): the router calls `allows_in` for a stanza about to be
 delivered to the session and `refuse_out` for one the session sends. The roster is read at
 each decision that reaches a group or subscription item, so roster changes apply at once
