@@ -509,7 +509,7 @@ cdef class Router:
         raise StanzaError("service-unavailable")
 
     cdef _delivered(self, Session origin, Stanza st, tuple target, bytes data, tuple sessions):
-        """"message/delivered": `data` went to `sessions` (the ones addressed, whether or
+        """The stage "message/delivered": `data` went to `sessions` (the ones addressed, whether or
         not their filter let it in; none when it was stored for later)."""
         for handler in self._message_delivered:
             handler(origin, st, target, data, sessions)
@@ -575,7 +575,7 @@ cdef class Router:
             self._directed(origin, st, target)
 
     cdef _directed(self, Session origin, Stanza st, tuple target):
-        """"presence/directed": available or unavailable presence went to `target`."""
+        """The stage "presence/directed": available or unavailable presence went to `target`."""
         for handler in self._presence_directed:
             handler(origin, st, target)
 

@@ -201,7 +201,7 @@ class ModuleHub:
         return future
 
     def iq_response(self, session: C2SStream, st: Any) -> None:
-        """ "iq/response": a result/error iq addressed to the server."""
+        """At "iq/response": a result/error iq addressed to the server."""
         future = self._waiting.get((session.full, st.attrs.get("id")))
         if future is not None and not future.done():
             future.set_result(st)

@@ -155,7 +155,7 @@ class CarbonsModule(Module):
         data: bytes,
         addressed: Iterable[C2SStream],
     ) -> None:
-        """ "message/delivered", §4: a message from `origin` was delivered to `addressed`
+        """At "message/delivered", §4: a message from `origin` was delivered to `addressed`
         (sessions of target[3], none when it was stored): a copy for each other
         carbons-enabled session of the account."""
         bare = target[3]
@@ -171,7 +171,7 @@ class CarbonsModule(Module):
         self._copy("received", bare, st, original, origin.full, skip)
 
     def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
-        """ "message/sent", §5: `origin` sent a message that was routed: a copy for each of
+        """At "message/sent", §5: `origin` sent a message that was routed: a copy for each of
         its account's other carbons-enabled sessions."""
         if origin.bare not in self.accounts or not eligible(st):
             return

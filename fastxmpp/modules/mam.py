@@ -133,7 +133,7 @@ class MamModule(Module):
     def received(
         self, origin: C2SStream, st: Stanza, target: tuple[str, ...], data: bytes | None
     ) -> bytes | None:
-        """ "message/in": a message to local account target[3]; the bytes to deliver, with
+        """At "message/in": a message to local account target[3]; the bytes to deliver, with
         the stanza-id of the record archived if it is delivered or stored (None: as the
         router would make them)."""
         self._stamped = None
@@ -164,7 +164,7 @@ class MamModule(Module):
         data: bytes,
         sessions: tuple[C2SStream, ...],
     ) -> None:
-        """ "message/delivered": the message `received` stamped reached the account."""
+        """At "message/delivered": the message `received` stamped reached the account."""
         stamped = self._stamped
         if stamped is not None and stamped[0] is st:
             self._stamped = None

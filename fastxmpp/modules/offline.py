@@ -92,7 +92,7 @@ class OfflineModule(Module):
         target: tuple[str, ...],
         data: bytes | None = None,
     ) -> bool:
-        """ "message/offline": True when the message is taken care of. `data` is the
+        """At "message/offline": True when the message is taken care of. `data` is the
         message as the router would have delivered it ('from' stamped, a XEP-0359
         stanza-id of the recipient's archive added)."""
         assert self.store is not None

@@ -118,7 +118,7 @@ class PresenceModule(Module):
     # --- pipeline handlers ------------------------------------------------------------
 
     def presence(self, origin: C2SStream, st: Stanza) -> None:
-        """ "presence/broadcast" and "presence/subscription": broadcast presence (no 'to'),
+        """At "presence/broadcast" and "presence/subscription": broadcast presence (no 'to'),
         subscription stanzas and probes."""
         ptype = st.attrs.get("type")
         to = st.attrs.get("to")
@@ -147,7 +147,7 @@ class PresenceModule(Module):
             self._outbound_subscription(origin, st, ptype, contact)
 
     def directed(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> None:
-        """ "presence/directed": remember who got directed available presence (§4.6)."""
+        """At "presence/directed": remember who got directed available presence (§4.6)."""
         if getattr(origin, "is_remote", False):
             return  # the remote server remembers its users' directed presence
         local, _domain, resource, bare = target

@@ -193,7 +193,7 @@ class PrivacyModule(Module):
     # --- pipeline handlers (the account's default list) -----------------------------------
 
     def iq_to_account(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> None:
-        """ "iq/account": XEP-0016 §2.13, the default list applies to iqs the server answers
+        """At "iq/account": XEP-0016 §2.13, the default list applies to iqs the server answers
         on the account's behalf."""
         if not self.account_allows_in(target[1], target[0], IQ, origin.full):
             raise StanzaError("service-unavailable")
@@ -201,7 +201,7 @@ class PrivacyModule(Module):
     def message_to_offline_account(
         self, origin: C2SStream, st: Stanza, target: tuple[str, ...], data: bytes | None
     ) -> None:
-        """ "message/offline", before storage: XEP-0016 §2.13, the default list blocks the
+        """At "message/offline", before storage: XEP-0016 §2.13, the default list blocks the
         sender (there is no active list while no session is available)."""
         if not self.account_allows_in(target[1], target[0], MESSAGE, origin.full):
             raise StanzaError("service-unavailable")
