@@ -187,6 +187,13 @@ class ServerLike(Pair):
         pipeline.hook("mam", "message/delivered", archive.received)
         pipeline.hook("mam", "message/sent", archive.sent)
         pipeline.hook("presence", "presence/broadcast", self.broadcast)
+        # The rest of what the server hooks, off the paths measured here.
+        pipeline.hook("presence", "presence/subscription", self.broadcast)
+        pipeline.hook("presence", "presence/directed", archive.sent)
+        pipeline.hook("privacy", "message/offline", archive.stamp)
+        pipeline.hook("offline", "message/offline", archive.stamp)
+        pipeline.hook("privacy", "iq/account", archive.sent)
+        pipeline.hook("hub", "iq/response", self.broadcast)
 
     def room(self, origin: Any, st: Stanza, target: Any) -> None:
         """XEP-0045 §7.4 as modules/muc/room.py does it: one copy per occupant, 'from' the
