@@ -122,3 +122,119 @@ def test_parse_and_route(benchmark: Any, to: str) -> None:
     assert deliveries == DELIVERIES
     record_rate(benchmark, deliveries=deliveries, MB=len(stream) / 1e6)
     benchmark.extra_info["deliveries_per_round"] = deliveries
+
+
+# --- with handlers at the pipeline's stages, as the real server hooks them -----------------
+#
+# The server's modules hook the stanza pipeline (fastxmpp/pipeline.py); for a chat message
+# between two local sessions the archive's three handlers run ("message/in",
+# "message/delivered", "message/sent"), carbons only while someone has them on. The handlers
+# here do no work of their own (the archive's real work is measured by `make compare`), so
+# that what is timed is the router with its stages. `hook` also drives a router from before
+# the pipeline (named hook attributes), for the A/B in docs/PERFORMANCE.md.
+
+ROOM = f"room@conference.{DOMAIN}"
+OCCUPANTS = 20
+CONTACTS = 20
+
+try:
+    from fastxmpp.pipeline import Pipeline
+except ImportError:  # a router from before the pipeline, for the A/B
+    Pipeline = None
+
+
+class ArchiveLike:
+    """What the archive module does at each stage, minus its work: look at the type."""
+
+    def stamp(self, origin: Any, st: Stanza, target: Any, data: Any) -> None:
+        st.attrs.get("type", "normal")
+        return None
+
+    def received(self, origin: Any, st: Stanza, target: Any, data: Any, sessions: Any) -> None:
+        return None
+
+    def sent(self, origin: Any, st: Stanza, target: Any) -> None:
+        return None
+
+
+class OldArchiveLike:
+    """The same for a router from before the pipeline (its `mam` attribute)."""
+
+    def received(self, origin: Any, st: Stanza, target: Any, data: Any) -> Any:
+        st.attrs.get("type", "normal")
+        return data
+
+    def sent(self, origin: Any, st: Stanza, target: Any) -> None:
+        return None
+
+
+class ServerLike(Pair):
+    """A Pair whose router has the archive's handlers, a room of OCCUPANTS sessions at a
+    service domain, and CONTACTS sessions that see alice's presence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.occupants = [self._session(f"occupant{i}", "r") for i in range(OCCUPANTS)]
+        self.contacts = [self._session(f"contact{i}", "r") for i in range(CONTACTS)]
+        self.router.add_service(f"conference.{DOMAIN}", self.room)
+        if Pipeline is None:
+            self.router.mam = OldArchiveLike()
+            self.router.presence_hook = self.broadcast
+            return
+        pipeline = Pipeline(self.router)
+        archive = ArchiveLike()
+        pipeline.hook("mam", "message/in", archive.stamp)
+        pipeline.hook("mam", "message/delivered", archive.received)
+        pipeline.hook("mam", "message/sent", archive.sent)
+        pipeline.hook("presence", "presence/broadcast", self.broadcast)
+        # The rest of what the server hooks, off the paths measured here.
+        pipeline.hook("presence", "presence/subscription", self.broadcast)
+        pipeline.hook("presence", "presence/directed", archive.sent)
+        pipeline.hook("privacy", "message/offline", archive.stamp)
+        pipeline.hook("offline", "message/offline", archive.stamp)
+        pipeline.hook("privacy", "iq/account", archive.sent)
+        pipeline.hook("hub", "iq/response", self.broadcast)
+
+    def room(self, origin: Any, st: Stanza, target: Any) -> None:
+        """XEP-0045 §7.4 as modules/muc/room.py does it: one copy per occupant, 'from' the
+        sender's occupant JID, 'to' the occupant."""
+        sender = f"{ROOM}/alice"
+        for session in self.occupants:
+            session.send(st.with_attrs({"from": sender, "to": session.full}))
+
+    def broadcast(self, origin: Any, st: Stanza) -> None:
+        """RFC 6121 §4.2.2 as modules/presence.py does it: a copy per contact's session."""
+        for session in self.contacts:
+            session.send(st.with_attrs({"from": origin.full, "to": session.full}))
+
+
+@pytest.mark.parametrize(
+    "to", [f"bob@{DOMAIN}/laptop", f"bob@{DOMAIN}"], ids=["full-jid", "bare-jid"]
+)
+def test_route_through_server_stages(benchmark: Any, to: str) -> None:
+    """A chat message with the archive's handlers hooked, as on the real server."""
+    pair = ServerLike()
+    stanza = parse_one(chat(to, 0))
+    turns = benchmark(route_repeatedly, pair, stanza)
+    assert pair.bob_out.last.count(b'from="alice@example.com/phone"') == PER_LOOP_TURN
+    record_rate(benchmark, deliveries=turns * PER_LOOP_TURN)
+
+
+def test_room_fan_out(benchmark: Any) -> None:
+    """A groupchat message to a room served at a service domain, to OCCUPANTS sessions."""
+    pair = ServerLike()
+    stanza = parse_one(
+        f"<message to='{ROOM}' type='groupchat' id='g1'><body>Lunch?</body></message>".encode()
+    )
+    turns = benchmark(route_repeatedly, pair, stanza)
+    assert pair.occupants[-1].transport.last.count(b"<message") == PER_LOOP_TURN
+    record_rate(benchmark, deliveries=turns * PER_LOOP_TURN * OCCUPANTS)
+
+
+def test_presence_broadcast(benchmark: Any) -> None:
+    """Available presence without 'to', broadcast to CONTACTS sessions."""
+    pair = ServerLike()
+    stanza = parse_one(b"<presence><show>away</show><status>at lunch</status></presence>")
+    turns = benchmark(route_repeatedly, pair, stanza)
+    assert pair.contacts[-1].transport.last.count(b"<presence") == PER_LOOP_TURN
+    record_rate(benchmark, deliveries=turns * PER_LOOP_TURN * CONTACTS)

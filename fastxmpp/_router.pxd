@@ -3,6 +3,16 @@
 from fastxmpp._parser cimport Stanza
 
 
+# Byte-level stanza edits (the one place for them, see _router.pyx).
+cpdef bytes insert_attr(bytes data, str name, str value)
+cpdef bytes append_child(bytes data, bytes child)
+cpdef bytes delay_element(str from_jid, str stamp, str reason=*)
+cpdef bytes with_delay(bytes data, str from_jid, str stamp, str reason=*)
+cpdef bytes forwardable(Stanza st, str sender, str to)
+cpdef bytes forwarded_message(str from_jid, str to, str mtype, str wrapper, bytes inner,
+                              bytes delay=*)
+
+
 cdef class Router
 
 
@@ -17,7 +27,7 @@ cdef class Session:
     cdef public object transport
     cdef public object sm           # XEP-0198 state (stream/sm.py) or None
     cdef public Router router
-    cdef public object privacy      # XEP-0016 list in force (modules/privacy_rules.py) or None
+    cdef public object stanza_filter  # allows_in()/refuse_out() for this session, or None
     cdef public object csi          # XEP-0352 held stanzas while inactive (stream/csi.py) or None
     cdef list _out
     cdef public Py_ssize_t queued_bytes
@@ -39,16 +49,19 @@ cdef class Router:
     cdef object _loop
     cdef object _parse_jid
     cdef public object user_exists          # (domain, local) -> bool
-    cdef public object presence_hook        # (session, stanza) for broadcast presence
-    cdef public object message_hook         # (session, stanza, target, bytes to deliver)
-    cdef public object directed_presence_hook  # (session, stanza, target) after delivery
-    cdef public object iq_response_hook     # (session, stanza) for result/error iqs to us
-    cdef public object account_privacy      # (domain, local) -> an account's default list or None
     cdef public object tracer               # (session, bytes, incoming) when debug logging
-    cdef public dict carbon_accounts        # XEP-0280: bare JID -> its carbons-enabled sessions
-    cdef public object carbons              # the carbons module: received(), sent()
-    cdef public object mam                  # XEP-0313 archives: received(), sent(), or None
     cdef public object remote_hook          # (session, stanza, target) for non-local domains
+    # The stanza pipeline's stages (fastxmpp/pipeline.py: what each one is, and who hooks
+    # it in which order): the handlers in the order they run, () when none.
+    cdef tuple _message_in
+    cdef tuple _message_offline
+    cdef tuple _message_delivered
+    cdef tuple _message_sent
+    cdef tuple _presence_broadcast
+    cdef tuple _presence_subscription
+    cdef tuple _presence_directed
+    cdef tuple _iq_account
+    cdef tuple _iq_response
     cdef dict _iq_handlers                  # payload namespace -> handler
     cdef dict _services                     # service domain -> handler (Router.add_service)
 
@@ -59,4 +72,6 @@ cdef class Router:
     cdef _deliver_iq(self, Session origin, Stanza st, tuple target)
     cdef list _best_resources(self, str bare)
     cdef _handle_iq(self, Session origin, Stanza st, tuple target)
+    cdef _directed(self, Session origin, Stanza st, tuple target)
+    cdef _delivered(self, Session origin, Stanza st, tuple target, bytes data, tuple sessions)
     cdef _schedule(self, Session session)

@@ -2,19 +2,23 @@
 """Stanza routing: the session table and the addressing rules of RFC 6120 §10 and
 RFC 6121 §8, with write batching.
 
-The router knows nothing about rosters or rooms. Modules register iq handlers by payload
-namespace and hooks for what needs them (presence broadcast, messages with nobody to take
-them). Undeliverable stanzas raise `StanzaError`; the stream turns it into an error reply
-(never in answer to an error, RFC 6120 §8.3.1).
+The router knows nothing about rosters, rooms or any other feature. Modules register iq
+handlers by payload namespace, service domains, and handlers for the named stages of the
+stanza pipeline (fastxmpp/pipeline.py holds the stages and their order); a stage without
+handlers costs one check. Undeliverable stanzas raise `StanzaError`; the stream turns it into
+an error reply (never in answer to an error, RFC 6120 §8.3.1).
 """
 
 from sys import getsizeof
+from xml.sax.saxutils import escape, quoteattr
 
 from fastxmpp._parser cimport Stanza
 
 from fastxmpp.errors import StanzaError, StreamError
 
 cdef str CLIENT_NS = "jabber:client"
+cdef str FORWARD_NS = "urn:xmpp:forward:0"  # XEP-0297
+cdef str DELAY_NS = "urn:xmpp:delay"  # XEP-0203
 # Memory the prepared-'to' cache may hold; only JIDs at local hosts and services enter it,
 # since any client can name any number of others (docs/SECURITY.md, "Every limit"). Some
 # 40,000 ordinary JIDs; when full it starts over.
@@ -32,19 +36,108 @@ cdef frozenset PRESENCE_TYPES = frozenset(
     ("unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe",
      "error"))
 
-# XEP-0016 §2.1: kinds of stanza a privacy list item covers, as bits (the meaning of each is
-# in fastxmpp/modules/privacy_rules.py). A session's `privacy` is None (nothing to check, the
-# common case) or a list with allows_in(kind, sender_full) and refuse_out(origin, st, target).
-cdef int KIND_MESSAGE = 1
-cdef int KIND_IQ = 2
-cdef int KIND_PRESENCE_IN = 4
-cdef int KIND_PRESENCE_OUT = 8
-cdef int KIND_OTHER = 16
-PRIVACY_MESSAGE = KIND_MESSAGE
-PRIVACY_IQ = KIND_IQ
-PRIVACY_PRESENCE_IN = KIND_PRESENCE_IN
-PRIVACY_PRESENCE_OUT = KIND_PRESENCE_OUT
-PRIVACY_OTHER = KIND_OTHER
+# Kinds of stanza a session's `stanza_filter` tells apart, as bits (the kinds of XEP-0016
+# §2.1). A session's `stanza_filter` is None
+# (nothing to check, the common case) or an object with allows_in(kind, sender_full) and
+# refuse_out(origin, st, target), set by the module that owns it.
+cdef int K_MESSAGE = 1
+cdef int K_IQ = 2
+cdef int K_PRESENCE_IN = 4
+cdef int K_PRESENCE_OUT = 8
+cdef int K_OTHER = 16
+KIND_MESSAGE = K_MESSAGE
+KIND_IQ = K_IQ
+KIND_PRESENCE_IN = K_PRESENCE_IN
+KIND_PRESENCE_OUT = K_PRESENCE_OUT
+KIND_OTHER = K_OTHER
+
+
+# --- byte-level stanza edits ----------------------------------------------------------------
+# The one place where serialized stanzas are changed without a tree (docs/ARCHITECTURE.md,
+# principle 2): the router, the modules and the streams all use these. The input is one
+# well-formed element as it goes out (from `Stanza.with_attrs` or made by the server).
+
+cpdef bytes insert_attr(bytes data, str name, str value):
+    """`data` with the attribute `name` added to its start tag (it must not be there)."""
+    cdef Py_ssize_t end = 1
+    cdef Py_ssize_t size = len(data)
+    cdef unsigned char c
+    while end < size:
+        c = data[end]
+        if c == 32 or c == 62 or c == 47 or c == 9 or c == 10 or c == 13:  # space > / ws
+            break
+        end += 1
+    return data[:end] + (" " + name + "=" + quoteattr(value)).encode() + data[end:]
+
+
+cpdef bytes append_child(bytes data, bytes child):
+    """`data` with `child` (serialized) as its last child; a self-closing element is
+    opened and closed around it."""
+    cdef Py_ssize_t end, start, name_end, size
+    cdef unsigned char c
+    if data.endswith(b"/>") and b"</" not in data:
+        end = data.rfind(b"/>")
+        start = data.find(b"<") + 1
+        name_end = start
+        size = len(data)
+        while name_end < size:
+            c = data[name_end]
+            if c == 32 or c == 47 or c == 62 or c == 9 or c == 10 or c == 13:
+                break
+            name_end += 1
+        return data[:end] + b">" + child + b"</" + data[start:name_end] + b">"
+    end = data.rfind(b"</")
+    return data[:end] + child + data[end:]
+
+
+cpdef bytes delay_element(str from_jid, str stamp, str reason=""):
+    """XEP-0203 §3: <delay/>, `from_jid` being the entity that delayed the stanza (None:
+    no 'from') and `stamp` a XEP-0082 DateTime."""
+    cdef str attrs = "xmlns='" + DELAY_NS + "'"
+    if from_jid is not None:
+        attrs += " from=" + quoteattr(from_jid)
+    attrs += " stamp='" + stamp + "'"  # a XEP-0082 DateTime needs no escaping
+    if reason:
+        return ("<delay " + attrs + ">" + escape(reason) + "</delay>").encode()
+    return ("<delay " + attrs + "/>").encode()
+
+
+cpdef bytes with_delay(bytes data, str from_jid, str stamp, str reason=""):
+    """`data` with a XEP-0203 <delay/> as its last child."""
+    return append_child(data, delay_element(from_jid, stamp, reason))
+
+
+cpdef bytes forwardable(Stanza st, str sender, str to):
+    """The stanza as it travels, for inside a XEP-0297 <forwarded/>: 'from' stamped, 'to'
+    added when it had none (`to` not None), and declared in jabber:client, which it no
+    longer inherits from a stream root there."""
+    cdef dict changes = {"from": sender}
+    cdef tuple decl
+    cdef bint declared = False
+    if to is not None and "to" not in st.attrs:
+        changes["to"] = to
+    if st.nsdecls is not None:
+        for decl in st.nsdecls:
+            if decl[0] is None:
+                declared = True
+                break
+    if not declared:
+        changes["xmlns"] = CLIENT_NS
+    return st.with_attrs(changes)
+
+
+cpdef bytes forwarded_message(str from_jid, str to, str mtype, str wrapper, bytes inner,
+                              bytes delay=b""):
+    """XEP-0297: a <message/> from `from_jid` to `to` (of type `mtype` unless None) whose
+    child `wrapper` (a start tag such as "<result xmlns=..." id=...>") holds a
+    <forwarded/> with `delay` (a <delay/> or nothing) and the stanza `inner`."""
+    cdef str name = wrapper[1:].split(None, 1)[0].rstrip(">/")
+    cdef str head = ("<message xmlns='" + CLIENT_NS + "' from=" + quoteattr(from_jid)
+                     + " to=" + quoteattr(to))
+    if mtype is not None:
+        head += " type=" + quoteattr(mtype)
+    return ((head + ">" + wrapper + "<forwarded xmlns='" + FORWARD_NS + "'>").encode()
+            + delay + inner + ("</forwarded></" + name + "></message>").encode())
 
 
 cdef class Session:
@@ -57,7 +150,7 @@ cdef class Session:
         self._queued = False
         self.priority = 0
         self.available = False
-        self.privacy = None
+        self.stanza_filter = None
         self.csi = None
 
     cpdef send(self, bytes data):
@@ -118,16 +211,17 @@ cdef class Router:
         self._loop = loop
         self._parse_jid = parse_jid
         self.user_exists = None
-        self.presence_hook = None
-        self.message_hook = None
-        self.directed_presence_hook = None
-        self.iq_response_hook = None
-        self.account_privacy = None
         self.tracer = None
-        self.carbon_accounts = {}
-        self.carbons = None
-        self.mam = None
         self.remote_hook = None
+        self._message_in = ()
+        self._message_offline = ()
+        self._message_delivered = ()
+        self._message_sent = ()
+        self._presence_broadcast = ()
+        self._presence_subscription = ()
+        self._presence_directed = ()
+        self._iq_account = ()
+        self._iq_response = ()
         self._iq_handlers = {}
         self._services = {}
 
@@ -158,6 +252,30 @@ cdef class Router:
         if namespace in self._iq_handlers:
             raise ValueError(f"an iq handler for {namespace} is already registered")
         self._iq_handlers[namespace] = handler
+
+    def set_stage(self, str stage, tuple handlers):
+        """The handlers of a pipeline stage, in the order they run (fastxmpp/pipeline.py
+        keeps the table and calls this whenever a module hooks or unhooks)."""
+        if stage == "message/in":
+            self._message_in = handlers
+        elif stage == "message/offline":
+            self._message_offline = handlers
+        elif stage == "message/delivered":
+            self._message_delivered = handlers
+        elif stage == "message/sent":
+            self._message_sent = handlers
+        elif stage == "presence/broadcast":
+            self._presence_broadcast = handlers
+        elif stage == "presence/subscription":
+            self._presence_subscription = handlers
+        elif stage == "presence/directed":
+            self._presence_directed = handlers
+        elif stage == "iq/account":
+            self._iq_account = handlers
+        elif stage == "iq/response":
+            self._iq_response = handlers
+        else:
+            raise ValueError(f"no pipeline stage {stage!r}")
 
     # --- session table ---------------------------------------------------------------
 
@@ -257,8 +375,8 @@ cdef class Router:
             if jid.bare != origin.bare or (jid.resource and jid.resource != origin.resource):
                 raise StreamError("invalid-from", "the 'from' address is not yours")
         target = None if to is None else self._target(to)
-        if origin.privacy is not None and target is not None \
-                and origin.privacy.refuse_out(origin, st, target):
+        if origin.stanza_filter is not None and target is not None \
+                and origin.stanza_filter.refuse_out(origin, st, target):
             return  # XEP-0016 §2.13: a blocked error or result (refuse_out raises for others)
         if target is not None and self._services and target[1] in self._services:
             if name != "message" and name != "presence" and name != "iq":
@@ -272,13 +390,10 @@ cdef class Router:
             self._deliver_iq(origin, st, target)
         else:
             raise StreamError("unsupported-stanza-type", name)
-        if self.carbon_accounts and name == "message" and origin.bare in self.carbon_accounts:
-            # XEP-0280 §5: the message was routed (a refused one raised above): copies to
-            # the sender's other carbons-enabled resources (modules/carbons.py).
-            self.carbons.sent(origin, st, target)
-        if self.mam is not None and name == "message":
-            # XEP-0313: the sender's archive (modules/mam.py).
-            self.mam.sent(origin, st, target)
+        if self._message_sent and name == "message":
+            # Routed (a refused message raised above): the "message/sent" stage.
+            for handler in self._message_sent:
+                handler(origin, st, target)
 
     cdef list _best_resources(self, str bare):
         """Available resources with the highest non-negative priority (RFC 6121 §8.5.2.1.1).
@@ -325,21 +440,31 @@ cdef class Router:
             if mtype != "error":
                 raise StanzaError("service-unavailable")
             return
-        if self.mam is not None and (mtype == "chat" or mtype == "normal"):
-            # XEP-0313: the recipient's archive, and the XEP-0359 stanza-id it delivers with.
-            data = self.mam.received(origin, st, target, data)
+        if self._message_in:
+            # "message/in": before the delivery decision; a handler passes (None), changes
+            # the bytes to deliver (bytes), takes the message (True) or bounces it (raises).
+            for handler in self._message_in:
+                result = handler(origin, st, target, data)
+                if result is None:
+                    continue
+                if result is True:
+                    return
+                data = result
         resources = self._users.get(bare)
         if resource and resources is not None:
             s = resources.get(resource)
             if s is not None:
-                if s.privacy is not None and not s.privacy.allows_in(KIND_MESSAGE, origin.full):
+                if s.stanza_filter is not None \
+                        and not s.stanza_filter.allows_in(K_MESSAGE, origin.full):
                     # XEP-0016 §2.13: blocked inbound message.
                     if mtype == "error":
                         return
                     raise StanzaError("service-unavailable")
-                s.send(data or st.with_attrs({"from": origin.full}))
-                if self.carbon_accounts and bare in self.carbon_accounts:
-                    self.carbons.received(origin, st, bare, (s,))  # XEP-0280 §4
+                if data is None:
+                    data = st.with_attrs({"from": origin.full})
+                s.send(data)
+                if self._message_delivered:
+                    self._delivered(origin, st, target, data, (s,))
                 return
             # RFC 6121 §8.5.3.2.1: no such resource.
             if mtype == "groupchat" or mtype == "headline" or mtype == "error":
@@ -358,28 +483,36 @@ cdef class Router:
         if best:
             delivered = False
             for s in best:
-                if s.privacy is not None and not s.privacy.allows_in(KIND_MESSAGE, origin.full):
+                if s.stanza_filter is not None \
+                        and not s.stanza_filter.allows_in(K_MESSAGE, origin.full):
                     continue  # XEP-0016 §2.13
                 s.send(data)
                 delivered = True
             if not delivered and mtype != "headline":
                 raise StanzaError("service-unavailable")
-            if delivered and self.carbon_accounts and bare in self.carbon_accounts:
-                self.carbons.received(origin, st, bare, best)  # XEP-0280 §4
+            if delivered and self._message_delivered:
+                self._delivered(origin, st, target, data, tuple(best))
             return
         if resources is None and not self.user_exists(domain, local):
             # RFC 6121 §8.5.1: no such account.
             raise StanzaError("service-unavailable")
-        if self.message_hook is not None and self.message_hook(origin, st, target, data):
-            if self.carbon_accounts and bare in self.carbon_accounts:
-                # XEP-0280 §4: stored for later, and copied now to carbons-enabled resources
-                # that are bound but not available (or of negative priority).
-                self.carbons.received(origin, st, bare, ())
-            return
         if mtype == "headline":
-            return
+            return  # XEP-0160 §3: not stored; RFC 6121 §8.5.2.2.1: silently dropped
+        # "message/offline": nobody available to take it now (RFC 6121 §8.5.2.2.1); a
+        # handler takes it (True: stored), passes (None) or bounces it (raises).
+        for handler in self._message_offline:
+            if handler(origin, st, target, data) is True:
+                if self._message_delivered:
+                    self._delivered(origin, st, target, data, ())
+                return
         # RFC 6121 §8.5.2.2.1: nobody to take it and nothing stores it.
         raise StanzaError("service-unavailable")
+
+    cdef _delivered(self, Session origin, Stanza st, tuple target, bytes data, tuple sessions):
+        """The stage "message/delivered": `data` went to `sessions` (the ones addressed, whether or
+        not their filter let it in; none when it was stored for later)."""
+        for handler in self._message_delivered:
+            handler(origin, st, target, data, sessions)
 
     cdef _deliver_presence(self, Session origin, Stanza st, tuple target):
         cdef str ptype = st.attrs.get("type")
@@ -393,15 +526,17 @@ cdef class Router:
         if target is None:
             if ptype is None or ptype == "unavailable":
                 self._update_availability(origin, st, ptype)
-            if self.presence_hook is not None:
-                self.presence_hook(origin, st)
+            # "presence/broadcast" (RFC 6121 §4.2, §4.4, §4.5): to the contacts.
+            for handler in self._presence_broadcast:
+                handler(origin, st)
             return
         local, domain, resource, bare = target
         if ptype in SUBSCRIPTION_TYPES or ptype == "probe":
-            # RFC 6121 §3 and §4.3: the server acts on these (the presence module), for
+            # RFC 6121 §3 and §4.3: the server acts on these ("presence/subscription"), for
             # remote contacts too: the roster changes even though nothing is routed yet.
-            if self.presence_hook is not None:
-                self.presence_hook(origin, st)
+            if self._presence_subscription:
+                for handler in self._presence_subscription:
+                    handler(origin, st)
                 return
             if ptype == "probe":
                 return
@@ -410,9 +545,8 @@ cdef class Router:
             # links; without them it is dropped, silently as presence is (no error).
             if self.remote_hook is not None:
                 self.remote_hook(origin, st, target)
-                if self.directed_presence_hook is not None and (
-                        ptype is None or ptype == "unavailable"):
-                    self.directed_presence_hook(origin, st, target)
+                if self._presence_directed and (ptype is None or ptype == "unavailable"):
+                    self._directed(origin, st, target)
             return
         if not local:
             return
@@ -420,24 +554,30 @@ cdef class Router:
         if resources is None:
             # RFC 6121 §8.5.1 / §8.5.2.2.2: silently ignored (but still remembered as
             # directed presence, so that the unavailable presence follows later).
-            if self.directed_presence_hook is not None and (
-                    ptype is None or ptype == "unavailable"):
-                self.directed_presence_hook(origin, st, target)
+            if self._presence_directed and (ptype is None or ptype == "unavailable"):
+                self._directed(origin, st, target)
             return
         data = st.with_attrs({"from": origin.full})
         # XEP-0016 §2: presence-in covers notifications only (no type, or unavailable).
-        kind = KIND_PRESENCE_IN if ptype is None or ptype == "unavailable" else KIND_OTHER
+        kind = K_PRESENCE_IN if ptype is None or ptype == "unavailable" else K_OTHER
         if resource:
             s = resources.get(resource)
-            if s is not None and (s.privacy is None or s.privacy.allows_in(kind, origin.full)):
+            if s is not None and (s.stanza_filter is None
+                                  or s.stanza_filter.allows_in(kind, origin.full)):
                 s.send(data)
         else:
             for s in resources.values():
-                if s.available and (s.privacy is None or s.privacy.allows_in(kind, origin.full)):
+                if s.available and (s.stanza_filter is None
+                                    or s.stanza_filter.allows_in(kind, origin.full)):
                     s.send(data)
-        if self.directed_presence_hook is not None and (ptype is None or ptype == "unavailable"):
+        if self._presence_directed and (ptype is None or ptype == "unavailable"):
             # RFC 6121 §4.6: the sender's server remembers directed presence.
-            self.directed_presence_hook(origin, st, target)
+            self._directed(origin, st, target)
+
+    cdef _directed(self, Session origin, Stanza st, tuple target):
+        """The stage "presence/directed": available or unavailable presence went to `target`."""
+        for handler in self._presence_directed:
+            handler(origin, st, target)
 
     def _update_availability(self, Session origin, Stanza st, ptype):
         cdef object el
@@ -482,12 +622,12 @@ cdef class Router:
             if local and self.user_exists is not None and bare not in self._users \
                     and not self.user_exists(domain, local):
                 raise StanzaError("service-unavailable")
-            if local and bare != origin.bare and self.account_privacy is not None \
+            if local and bare != origin.bare and self._iq_account \
                     and (itype == "get" or itype == "set"):
-                # XEP-0016 §2.13: the account's default list, for iqs answered on its behalf.
-                privacy = self.account_privacy(domain, local)
-                if privacy is not None and not privacy.allows_in(KIND_IQ, origin.full):
-                    raise StanzaError("service-unavailable")
+                # "iq/account": a request another entity makes of the account, which the
+                # server answers on its behalf; a handler bounces it by raising.
+                for handler in self._iq_account:
+                    handler(origin, st, target)
             self._handle_iq(origin, st, target)
             return
         resources = self._users.get(bare)
@@ -495,7 +635,7 @@ cdef class Router:
         if s is None:
             # RFC 6121 §8.5.3.2.3 (and §8.5.1 for an account that does not exist).
             raise StanzaError("service-unavailable")
-        if s.privacy is not None and not s.privacy.allows_in(KIND_IQ, origin.full):
+        if s.stanza_filter is not None and not s.stanza_filter.allows_in(K_IQ, origin.full):
             # XEP-0016 §2.13: get/set get an error, results and errors are dropped.
             if itype == "get" or itype == "set":
                 raise StanzaError("service-unavailable")
@@ -505,9 +645,9 @@ cdef class Router:
     cdef _handle_iq(self, Session origin, Stanza st, tuple target):
         cdef str itype = st.attrs.get("type")
         if itype == "result" or itype == "error":
-            # Answers to the server's own requests (pings, ...).
-            if self.iq_response_hook is not None:
-                self.iq_response_hook(origin, st)
+            # Answers to the server's own requests (pings, ...): "iq/response".
+            for handler in self._iq_response:
+                handler(origin, st)
             return
         handler = self._iq_handlers.get(st.children[0][0])
         if handler is None:

@@ -5,9 +5,13 @@ last unavailable presence of a contact), and the XEP-0082 stamps it carries."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from xml.sax.saxutils import escape, quoteattr
+
+from ._router import delay_element
 
 NS_DELAY = "urn:xmpp:delay"
+# The reason stated in the <delay/> of a message kept for an account that was offline (RFC
+# 6121 §8.5.2.2.1) or that a session never acknowledged (XEP-0198 §4).
+OFFLINE_REASON = "Offline Storage"
 
 
 def stamp(when: float, fraction: bool = False) -> str:
@@ -27,6 +31,4 @@ def parse_stamp(text: str) -> float | None:
 
 def delay_xml(from_jid: str, when: float, reason: str = "") -> str:
     """<delay/> (XEP-0203 §3): `from_jid` is the entity that delayed the stanza."""
-    body = escape(reason)
-    attrs = f"xmlns='{NS_DELAY}' from={quoteattr(from_jid)} stamp='{stamp(when)}'"
-    return f"<delay {attrs}>{body}</delay>" if body else f"<delay {attrs}/>"
+    return delay_element(from_jid, stamp(when), reason).decode()

@@ -10,3 +10,10 @@ TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+# Payloads more than one concern looks at (streams and modules alike).
+CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
+MUC_USER = "http://jabber.org/protocol/muc#user"  # XEP-0045
+CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
+MAM = "urn:xmpp:mam:2"  # XEP-0313
+FORWARD = "urn:xmpp:forward:0"  # XEP-0297
+HINTS = "urn:xmpp:hints"  # XEP-0334

@@ -100,7 +100,7 @@ class Server:
                 self.router.tracer = trace_stanzas
             for name in config.hosts:
                 self.router.add_host(name)
-            self.router.iq_response_hook = self.modules.iq_response
+            self.modules.attach(self.router).hook("hub", "iq/response", self.modules.iq_response)
             if config.s2s.enabled or any(lst.kind == "s2s" for lst in config.listeners):
                 self.s2s = S2S(self)
             # XEP-0086: the errors module's one switch, set before any stream exists.

@@ -198,6 +198,48 @@ def test_blocked_sender_not_archived(login: Any, names: Iterator[str]) -> None:
     assert bodies(b.query()[0]) == ["friends again"]
 
 
+def test_refused_by_active_privacy_list_not_archived(login: Any, names: Iterator[str]) -> None:
+    """A message to the bare JID that the only available session's active list (XEP-0016
+    §2.13, not the account's default) refuses bounces, so it is in no archive: the archive
+    holds what was delivered or stored, decided after delivery (docs/ARCHITECTURE.md)."""
+    a, b = login(next(names)), login(next(names))
+    privacy = "jabber:iq:privacy"
+    items = f"<item type='jid' value='{a.bare}' action='deny' order='1'><message/></item>"
+    listed = f"<query xmlns='{privacy}'><list name='quiet'>{items}</list></query>"
+    assert b.iq("set", listed).get("type") == "result"
+    assert (
+        b.iq("set", f"<query xmlns='{privacy}'><active name='quiet'/></query>").get("type")
+        == "result"
+    )
+    a.send(chat(b.bare, "shh"))
+    bounced = [el for el in a.inbox() if el.get("id") == "shh"]
+    assert [el.get("type") for el in bounced] == ["error"]
+    assert b.messages() == []
+    assert bodies(b.query()[0]) == [] and bodies(a.query()[0]) == []
+
+
+def test_offline_quota_refusal_not_archived(make_server: Any, ca_file: str) -> None:
+    """A message that finds the recipient offline and its offline storage full bounces
+    (XEP-0160 §2): it is in neither archive, while the one stored before it is in both."""
+    srv = make_server("[offline]\nmax_messages = 1\n")
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    try:
+        alice = connect(srv, ca_file, opened, "alice")
+        alice.send(chat("bob@localhost", "stored"))
+        alice.send(chat("bob@localhost", "refused"))
+        refused = [el for el in alice.inbox() if el.get("id") == "refused"]
+        assert [el.get("type") for el in refused] == ["error"]
+        assert bodies(alice.query()[0]) == ["stored"]
+        bob = connect(srv, ca_file, opened, "bob")
+        assert bodies(bob.query()[0]) == ["stored"]
+    finally:
+        for c in opened:
+            c.close()
+
+
 def test_forged_stanza_id_stripped(login: Any, names: Iterator[str]) -> None:
     a, b = login(next(names)), login(next(names))
     forged = (

@@ -274,7 +274,10 @@ class FakeSession:
 def offline_module(tmp_path: Any, max_messages: int = 1000, max_output: int = 1 << 20) -> Any:
     from types import SimpleNamespace
 
+    from fastxmpp._router import Router
+
     from fastxmpp.config import LimitsConfig, OfflineConfig, load_config
+    from fastxmpp.jid import parse_jid
     from fastxmpp.modules.base import ModuleHub
     from fastxmpp.modules.offline import OfflineModule
 
@@ -283,7 +286,7 @@ def offline_module(tmp_path: Any, max_messages: int = 1000, max_output: int = 1 
     object.__setattr__(config, "limits", LimitsConfig(max_outbound_buffer=max_output))
     server = SimpleNamespace(
         config=config,
-        router=SimpleNamespace(message_hook=None),
+        router=Router(None, parse_jid),
         modules=ModuleHub(),
         storage=Storage(tmp_path / "data"),
         background=set(),
@@ -313,7 +316,7 @@ def test_module_delivers_in_order_and_forgets(tmp_path: Any) -> None:
         "<message to='bob@localhost' id='2' type='chat'/>",
         "<message to='bob@localhost' id='3' type='headline'><body>h</body></message>",
     ):
-        module.router.message_hook(sender, st, target)
+        module.store_message(sender, st, target)
     negative = FakeSession("bob", priority=-1)
     module.initial_presence(negative)
     assert negative.transport is not None and negative.transport.written == []
@@ -343,10 +346,10 @@ def test_module_quota(tmp_path: Any) -> None:
     sender = FakeSession("alice")
     target = ("bob", "localhost", "", "bob@localhost")
     first, second, third = stanzas(*["<message to='bob@localhost'><body>x</body></message>"] * 3)
-    assert module.router.message_hook(sender, first, target)
-    assert module.router.message_hook(sender, second, target)
+    assert module.store_message(sender, first, target)
+    assert module.store_message(sender, second, target)
     with pytest.raises(StanzaError) as err:
-        module.router.message_hook(sender, third, target)
+        module.store_message(sender, third, target)
     assert err.value.condition == "service-unavailable"
     module.server.storage.close()
 
@@ -361,7 +364,7 @@ async def test_module_paces_a_large_backlog(tmp_path: Any) -> None:
     for st in stanzas(
         *[f"<message to='bob@localhost' id='{n}'><body>{body}</body></message>" for n in range(50)]
     ):
-        module.router.message_hook(sender, st, target)
+        module.store_message(sender, st, target)
     bob = FakeSession("bob")
     transport = bob.transport
     assert transport is not None

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from ..config import Config
     from .base import Module
 
-# Start order: later modules may look up earlier ones through `hub.get(name)`.
+# Start order: later modules may look up earlier ones through `hub.get(name)`. The order in
+# which modules see a stanza is not this one: fastxmpp/pipeline.py's ORDER writes it down.
 BUILTIN = (
     "roster",  # RFC 6121 §2
     "presence",  # RFC 6121 §3, §4 (subscriptions, broadcast, probes, directed presence)
@@ -29,8 +30,8 @@ BUILTIN = (
     "vcard",  # XEP-0054
     "pep",  # XEP-0163 (XEP-0060 subset, XEP-0115 filtering)
     "muc",  # XEP-0045 (a service domain, Router.add_service)
-    "carbons",  # XEP-0280 (the router's carbon_accounts and carbons)
-    "mam",  # XEP-0313 user archives, XEP-0359 stanza-ids (the router's mam)
+    "carbons",  # XEP-0280
+    "mam",  # XEP-0313 user archives, XEP-0359 stanza-ids
 )
 
 

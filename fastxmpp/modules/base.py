@@ -7,9 +7,8 @@ A module talks to the compiled core through small interfaces only:
 - `router.set_iq_handler(namespace, handler)` for iq get/set to the server or to an account's
   bare JID; the handler returns the reply bytes (or None) and raises `StanzaError` for an
   error reply: the stream turns it into the error stanza (one place, fastxmpp.errors).
-- The router's single-owner hooks (`presence_hook`, `message_hook`, `directed_presence_hook`,
-  `iq_response_hook`), claimed through `ModuleHub.claim_hook` so two modules cannot silently
-  overwrite each other.
+- Handlers at the stages of the stanza pipeline (`hub.hook(module, stage, handler)`), run by
+  the router in the order fastxmpp/pipeline.py writes down.
 - Events from the hub: `session_bound`, `session_ended`, `account_removed`, and the stream
   features a stream offers.
 - Storage: each module keeps its records behind a store of its own in fastxmpp/storage/, which
@@ -27,6 +26,8 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 from xml.sax.saxutils import quoteattr
+
+from ..pipeline import Pipeline
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -118,7 +119,8 @@ class ModuleHub:
 
     def __init__(self) -> None:
         self.modules: dict[str, Module] = {}
-        self._hook_owners: dict[str, str] = {}
+        # The stanza pipeline of the server's router (set by the server before loading).
+        self.pipeline: Pipeline | None = None
         # Server-originated iqs waiting for an answer: (full JID, id) -> future.
         self._waiting: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
@@ -134,12 +136,19 @@ class ModuleHub:
         """The module called `name`, or None when it is not loaded."""
         return self.modules.get(name)
 
-    def claim_hook(self, module: Module, hook: str, handler: Callable[..., Any]) -> None:
-        owner = self._hook_owners.get(hook)
-        if owner is not None:
-            raise ValueError(f"router hook {hook} already belongs to module {owner}")
-        self._hook_owners[hook] = module.name
-        setattr(module.router, hook, handler)
+    def attach(self, router: Any) -> Pipeline:
+        """The pipeline of `router`, which this hub's modules hook (made once)."""
+        if self.pipeline is None or self.pipeline.router is not router:
+            self.pipeline = Pipeline(router)
+        return self.pipeline
+
+    def hook(self, module: Module, stage: str, handler: Callable[..., Any]) -> None:
+        """`module`'s handler at a pipeline stage, in the place fastxmpp.pipeline.ORDER
+        gives the module there."""
+        self.attach(module.router).hook(module.name, stage, handler)
+
+    def unhook(self, module: Module, stage: str) -> None:
+        self.attach(module.router).unhook(module.name, stage)
 
     def server_features(self) -> list[str]:
         return sorted({f for m in self.modules.values() for f in m.features})
@@ -192,7 +201,7 @@ class ModuleHub:
         return future
 
     def iq_response(self, session: C2SStream, st: Any) -> None:
-        """The router's iq_response_hook: a result/error iq addressed to the server."""
+        """At "iq/response": a result/error iq addressed to the server."""
         future = self._waiting.get((session.full, st.attrs.get("id")))
         if future is not None and not future.done():
             future.set_result(st)

@@ -7,11 +7,11 @@
   (§4.1/§5.1: "not-allowed if the request is from a client that is not hosted on this
   server"): only a local client session enables carbons, for itself. Anything else in the
   namespace gets bad-request.
-- The router pays for carbons only through `Router.carbon_accounts` (bare JID -> its
-  carbons-enabled sessions, the dict this module owns): with nobody on carbons it is empty
-  and every message costs one size check; otherwise one dictionary lookup per message for
-  accounts without carbons. The router calls `received` after it delivered a message
-  to a local account with carbons on and `sent` after it routed a message from one.
+- Pipeline handlers (fastxmpp/pipeline.py): `received` at "message/delivered" and `sent`
+  at "message/sent", hooked only while some session has carbons on (`accounts`: bare JID
+  -> its carbons-enabled sessions), so that with nobody on carbons a message costs the
+  router nothing for them; otherwise a dictionary lookup per message for accounts without
+  carbons.
 - §6.1 eligibility (`eligible`): no <private xmlns='urn:xmpp:carbons:2'/> nor XEP-0334
   <no-copy/>; type chat; type normal with a <body/>; or instant messaging payloads
   (XEP-0184 receipts, XEP-0085 chat states, XEP-0333 markers, XEP-0249 and mediated
@@ -37,22 +37,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr
 
 from .. import ns
-from .._router import PRIVACY_MESSAGE
+from .._router import append_child, forwardable, forwarded_message
 from ..errors import StanzaError
 from .base import Module, iq_result
-from .muc.room import NS_USER, append_child
-from .offline import NS_CHATSTATES
+from .privacy_rules import PRIVACY_MESSAGE
 
 if TYPE_CHECKING:
     from .._parser import Stanza
     from ..stream.c2s import C2SStream
 
-NS = "urn:xmpp:carbons:2"
-NS_FORWARD = "urn:xmpp:forward:0"  # XEP-0297
-NS_HINTS = "urn:xmpp:hints"  # XEP-0334
+NS = ns.CARBONS
+NS_USER = ns.MUC_USER  # XEP-0045
+NS_CHATSTATES = ns.CHATSTATES  # XEP-0085
+NS_HINTS = ns.HINTS  # XEP-0334
 NS_RECEIPTS = "urn:xmpp:receipts"  # XEP-0184
 NS_MARKERS = "urn:xmpp:chat-markers:0"  # XEP-0333
 NS_CONFERENCE = "jabber:x:conference"  # XEP-0249
@@ -79,39 +78,24 @@ def eligible_message(mtype: str, children: list[tuple[str, str]]) -> bool:
     return any(child[0] in IM_PAYLOADS for child in children)
 
 
-def inner_message(st: Stanza, sender: str, to: str | None) -> bytes:
-    """The original as it travels, for inside <forwarded/>: 'from' stamped, and declared in
-    jabber:client, which it no longer inherits from a stream root there."""
-    changes: dict[str, Any] = {"from": sender}
-    if to is not None and "to" not in st.attrs:
-        changes["to"] = to
-    if not any(prefix is None for prefix, _ in st.nsdecls or ()):
-        changes["xmlns"] = ns.CLIENT
-    return st.with_attrs(changes)
-
-
-def wrapped(direction: str, bare: str, to: str, mtype: str, original: bytes) -> bytes:
-    """§4 (received) / §5 (sent): the copy for the session `to`."""
-    return (
-        (
-            f"<message xmlns='{ns.CLIENT}' from={quoteattr(bare)} to={quoteattr(to)} "
-            f"type={quoteattr(mtype)}><{direction} xmlns='{NS}'>"
-            f"<forwarded xmlns='{NS_FORWARD}'>"
-        ).encode()
-        + original
-        + f"</forwarded></{direction}></message>".encode()
-    )
-
-
 class CarbonsModule(Module):
     name = "carbons"
     features = (NS,)
 
     def start(self) -> None:
-        # The router reads this dict; it is only ever changed in place.
-        self.accounts: dict[str, dict[str, C2SStream]] = self.router.carbon_accounts
-        self.router.carbons = self
+        self.accounts: dict[str, dict[str, C2SStream]] = {}
         self.router.set_iq_handler(NS, self.toggle)
+
+    def _hooked(self, wanted: bool) -> None:
+        """The pipeline handlers are there exactly while some session has carbons on."""
+        if wanted == self.hub.attach(self.router).hooked(self.name, "message/sent"):
+            return
+        if wanted:
+            self.hub.hook(self, "message/delivered", self.received)
+            self.hub.hook(self, "message/sent", self.sent)
+        else:
+            self.hub.unhook(self, "message/delivered")
+            self.hub.unhook(self, "message/sent")
 
     def toggle(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         if getattr(origin, "is_remote", False):
@@ -127,6 +111,7 @@ class CarbonsModule(Module):
             if not self.enabled(origin):
                 origin.carbons_since = time.time()
             self.accounts.setdefault(origin.bare, {})[origin.resource] = origin
+            self._hooked(True)
         else:
             self._disable(origin)
         return iq_result(origin, st)
@@ -140,6 +125,7 @@ class CarbonsModule(Module):
             del sessions[session.resource]
             if not sessions:
                 del self.accounts[session.bare]
+                self._hooked(bool(self.accounts))
 
     def session_ended(self, session: C2SStream) -> None:
         self._disable(session)
@@ -159,14 +145,21 @@ class CarbonsModule(Module):
                 copied.append(other)
         return copied
 
-    # --- the router's calls ----------------------------------------------------------------
+    # --- pipeline handlers -------------------------------------------------------------------
 
     def received(
-        self, origin: C2SStream, st: Stanza, bare: str, addressed: Iterable[C2SStream]
+        self,
+        origin: C2SStream,
+        st: Stanza,
+        target: tuple[str, ...],
+        data: bytes,
+        addressed: Iterable[C2SStream],
     ) -> None:
-        """§4: a message from `origin` was delivered to `addressed` (sessions of `bare`):
-        a copy for each other carbons-enabled session of `bare`."""
-        if not eligible(st):
+        """At "message/delivered", §4: a message from `origin` was delivered to `addressed`
+        (sessions of target[3], none when it was stored): a copy for each other
+        carbons-enabled session of the account."""
+        bare = target[3]
+        if bare not in self.accounts or not eligible(st):
             return
         if origin.resource and (NS_USER, "x") in st.children:
             # §6.1: a private message from a room occupant (over a server-to-server link; a
@@ -174,13 +167,13 @@ class CarbonsModule(Module):
             return
         skip = set(addressed)
         skip.add(origin)  # a message between two sessions of one account: §5 covers it
-        original = inner_message(st, origin.full, bare)
+        original = forwardable(st, origin.full, bare)
         self._copy("received", bare, st, original, origin.full, skip)
 
     def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
-        """§5: `origin` sent a message that was routed: a copy for each of its account's
-        other carbons-enabled sessions."""
-        if not eligible(st):
+        """At "message/sent", §5: `origin` sent a message that was routed: a copy for each of
+        its account's other carbons-enabled sessions."""
+        if origin.bare not in self.accounts or not eligible(st):
             return
         to = origin.bare if target is None else target[3]
         if target is not None and target[2]:
@@ -189,7 +182,7 @@ class CarbonsModule(Module):
             # To one of the account's own sessions: `received` made the copies, leaving out
             # the sessions the router delivered the original to.
             return
-        original = inner_message(st, origin.full, to)
+        original = forwardable(st, origin.full, to)
         skip: set[Any] = {origin}
         if target[2] and self.router.is_service(target[1]):
             # §6.1 note: a private message to a room occupant goes to the sessions that
@@ -209,13 +202,15 @@ class CarbonsModule(Module):
         if not sessions:
             return
         mtype = st.attrs.get("type", "normal")
+        wrapper = f"<{direction} xmlns='{NS}'>"
         for session in list(sessions.values()):
             if session in skip:
                 continue
-            privacy = session.privacy
+            privacy = session.stanza_filter
             if privacy is not None and not privacy.allows_in(PRIVACY_MESSAGE, peer):
                 continue  # XEP-0016 §2.13, as for a message from the conversation partner
-            session.send(wrapped(direction, bare, session.full, mtype, original))
+            # §4/§5: from the bare JID, to the session, the original in <forwarded/>.
+            session.send(forwarded_message(bare, session.full, mtype, wrapper, original))
 
     def _occupants(self, domain: str, name: str) -> dict[str, Any]:
         """Occupants by full JID of the room `name` at the MUC service `domain`."""
@@ -230,7 +225,7 @@ def _with_muc_x(original: bytes) -> bytes:
     what the occupant gets, room.py)."""
     if f"xmlns='{NS_USER}'".encode() in original or f'xmlns="{NS_USER}"'.encode() in original:
         return original
-    return append_child(original, f"<x xmlns='{NS_USER}'/>")
+    return append_child(original, f"<x xmlns='{NS_USER}'/>".encode())
 
 
 MODULE = CarbonsModule

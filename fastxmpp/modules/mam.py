@@ -7,14 +7,16 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
   archives here), headline, error, nor a message with the XEP-0334 <no-store/> or
   <no-permanent-store/> hint. §5 preferences decide per conversation partner; the default
   is 'always'.
-- The router calls `received` for every chat/normal message to a local account, before
-  delivering it, and `sent` after routing one from a local account (`Router.mam`). The
-  received copy gets an XEP-0359 <stanza-id by=bare id=.../> equal to its archive id;
-  one a sender put there with by= the recipient's bare JID is removed first (XEP-0359
-  §5). A message the recipient's privacy lists refuse (it bounces) is not archived, nor is
-  one to an account that does not exist. Messages stored offline are
-  stored as they would have been delivered, stanza-id included (the router hands those
-  bytes to the offline module's message_hook).
+- Pipeline handlers (fastxmpp/pipeline.py): at "message/in", before the delivery
+  decision, `received` gives a message to a local account the XEP-0359 <stanza-id
+  by=bare id=.../> of its archive record (one a sender put there with by= the recipient's
+  bare JID is removed first, XEP-0359 §5); the record is written at "message/delivered"
+  (`archive_received`), which only runs once the message went to a session or into
+  offline storage: a message the recipient's privacy lists or its full offline storage
+  refuse (it bounces) is in no archive, nor is one to an account that does not exist.
+  Messages stored offline are stored as they would have been delivered, stanza-id
+  included. At "message/sent", `sent` archives what a local account sent once it was
+  routed.
 - §4 queries: an iq set to the account's bare JID or without 'to' (others: forbidden);
   form fields with, start, end, before-id, after-id (v0.7), XEP-0059 <max/> (capped at
   `[mam] max_page`), <after/>, <before/>; <index/> and other fields: feature-not-
@@ -38,15 +40,18 @@ from xml.sax.saxutils import escape, quoteattr
 from lxml import etree
 
 from .. import ns
-from .._router import PRIVACY_MESSAGE
-from ..delay import NS_DELAY, parse_stamp, stamp
+from .._router import (
+    append_child,
+    delay_element,
+    forwardable,
+    forwarded_message,
+)
+from ..delay import parse_stamp, stamp
 from ..errors import StanzaError
 from ..jid import JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
 from ..storage.mam import ArchiveStore, Record
 from .base import Module, iq_result
-from .carbons import NS_FORWARD, NS_HINTS, inner_message
-from .muc.room import append_child
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -54,12 +59,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastxmpp.mam")
 
-NS = "urn:xmpp:mam:2"
+NS = ns.MAM
 NS_SID = "urn:xmpp:sid:0"  # XEP-0359
 NS_RSM = "http://jabber.org/protocol/rsm"  # XEP-0059
 NS_DATA = "jabber:x:data"  # XEP-0004
 BODY = (ns.CLIENT, "body")
-NOT_STORED = frozenset(((NS_HINTS, "no-store"), (NS_HINTS, "no-permanent-store")))
+NOT_STORED = frozenset(((ns.HINTS, "no-store"), (ns.HINTS, "no-permanent-store")))
 FIELDS = ("with", "start", "end", "before-id", "after-id")
 DEFAULTS = ("always", "never", "roster")
 
@@ -105,45 +110,65 @@ class MamModule(Module):
         self._prefs: dict[str, tuple[str, list[str], list[str]]] = {}
         # Records not written yet: (domain, local, record), flushed once per loop turn.
         self._pending: list[tuple[str, str, Record]] = []
-        # The stanza `received` saw last and what it made of it, for offline storage.
+        # (stanza, domain, local, record) of the message "message/in" stamped last: written
+        # when "message/delivered" follows for that stanza (routing is synchronous, so the
+        # next stanza's "message/in" comes after this one's fate is known).
+        self._stamped: tuple[Any, str, str, Record] | None = None
 
     def start(self) -> None:
         assert self.server.storage is not None
         self.store = ArchiveStore(self.server.storage)
         self.router.set_iq_handler(NS, self.answer)
         if self.settings.enabled:
-            self.router.mam = self
+            self.hub.hook(self, "message/in", self.received)
+            self.hub.hook(self, "message/delivered", self.archive_received)
+            self.hub.hook(self, "message/sent", self.sent)
 
     def account_removed(self, domain: str, local: str) -> None:
         self._prefs.pop(f"{local}@{domain}", None)
         self._pending = [p for p in self._pending if p[:2] != (domain, local)]
 
-    # --- archiving (the router's calls) ------------------------------------------------
+    # --- archiving (pipeline handlers) -------------------------------------------------
 
     def received(
         self, origin: C2SStream, st: Stanza, target: tuple[str, ...], data: bytes | None
     ) -> bytes | None:
-        """A chat/normal message to local account target[3]: archived for it when §6.1
-        says so; the bytes to deliver (None: as the router would make them)."""
+        """At "message/in": a message to local account target[3]; the bytes to deliver, with
+        the stanza-id of the record archived if it is delivered or stored (None: as the
+        router would make them)."""
+        self._stamped = None
+        mtype = st.attrs.get("type", "normal")
+        if mtype != "chat" and mtype != "normal":
+            return None
         local, domain, _resource, bare = target
         forged = (NS_SID, "stanza-id") in st.children
-        if not archivable(st):
-            return without_sid(st, bare, {"from": origin.full}) if forged else data
-        if not self.router.resources(bare) and not self.router.user_exists(domain, local):
-            return data  # no such account: the router answers service-unavailable
-        peer = origin.bare
-        if not self._wanted(domain, local, peer) or self._refused(target, origin.full):
-            return without_sid(st, bare, {"from": origin.full}) if forged else data
+        if not archivable(st) or not self._wanted(domain, local, origin.bare):
+            return without_sid(st, bare, {"from": origin.full}) if forged else None
         assert self.store is not None
         changes = {"from": origin.full}
         if "to" not in st.attrs:
             changes["to"] = bare
         stamped = without_sid(st, bare, changes) if forged else st.with_attrs(changes)
         record_id = self.store.next_id()
-        archived = inner_message(st, origin.full, bare) if not forged else stamped
-        self._queue(domain, local, Record(record_id, time.time(), peer, "in", archived))
+        archived = forwardable(st, origin.full, bare) if not forged else stamped
+        record = Record(record_id, time.time(), origin.bare, "in", archived)
+        self._stamped = (st, domain, local, record)
         sid = f"<stanza-id xmlns='{NS_SID}' by={quoteattr(bare)} id='{record_id}'/>"
-        return append_child(stamped, sid)
+        return append_child(stamped, sid.encode())
+
+    def archive_received(
+        self,
+        origin: C2SStream,
+        st: Stanza,
+        target: tuple[str, ...],
+        data: bytes,
+        sessions: tuple[C2SStream, ...],
+    ) -> None:
+        """At "message/delivered": the message `received` stamped reached the account."""
+        stamped = self._stamped
+        if stamped is not None and stamped[0] is st:
+            self._stamped = None
+            self._queue(stamped[1], stamped[2], stamped[3])
 
     def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
         """A message a local account sent was routed: archived for the sender."""
@@ -157,7 +182,7 @@ class MamModule(Module):
         assert self.store is not None
         to = peer if not target[2] else f"{peer}/{target[2]}"
         record = Record(
-            self.store.next_id(), time.time(), peer, "out", inner_message(st, origin.full, to)
+            self.store.next_id(), time.time(), peer, "out", forwardable(st, origin.full, to)
         )
         self._queue(origin.domain, origin.local, record)
 
@@ -183,21 +208,6 @@ class MamModule(Module):
 
     def stop(self) -> None:
         self.flush()
-
-    def _refused(self, target: tuple[str, ...], sender: str) -> bool:
-        """XEP-0016 §2.13 / XEP-0191: a message the recipient's lists refuse (the account's
-        default list, or the list in force on the full JID it is addressed to) bounces and
-        never enters its archive."""
-        privacy = self.hub.get("privacy")
-        if privacy is None:
-            return False
-        local, domain, resource, bare = target
-        if resource:
-            session = self.router.session(bare, resource)
-            if session is not None:
-                rules = session.privacy
-                return rules is not None and not rules.allows_in(PRIVACY_MESSAGE, sender)
-        return not privacy.account_allows_in(domain, local, PRIVACY_MESSAGE, sender)
 
     def _wanted(self, domain: str, local: str, peer: str) -> bool:
         """§5: the account's preferences for `peer`."""
@@ -310,15 +320,11 @@ class MamModule(Module):
         queryid = query.get("queryid")
         qattr = "" if queryid is None else f" queryid={quoteattr(queryid)}"
         for record in records:
+            # §4.2: each result forwards the archived message with its time.
+            wrapper = f"<result xmlns='{NS}'{qattr} id='{record.id}'>"
+            delay = delay_element(None, stamp(record.when))
             origin.send(
-                (
-                    f"<message xmlns='{ns.CLIENT}' to={quoteattr(origin.full)} "
-                    f"from={quoteattr(origin.bare)}><result xmlns='{NS}'{qattr} "
-                    f"id='{record.id}'><forwarded xmlns='{NS_FORWARD}'>"
-                    f"<delay xmlns='{NS_DELAY}' stamp='{stamp(record.when)}'/>"
-                ).encode()
-                + record.xml
-                + b"</forwarded></result></message>"
+                forwarded_message(origin.bare, origin.full, None, wrapper, record.xml, delay)
             )
         if records:
             rset = (

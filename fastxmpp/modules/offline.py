@@ -1,7 +1,8 @@
 """Offline messages: RFC 6121 §8.5.2.2.1 storage, XEP-0160 best practice, XEP-0203 stamps.
 
 A chat or normal message (or one without a type) for an existing local account with no
-available resource of non-negative priority reaches the router's `message_hook`; it is stored
+available resource of non-negative priority reaches the pipeline's "message/offline" stage
+(after the privacy module's check of the account's default list); it is stored
 with the server's <delay/> already inside and committed to LMDB before the hook says "taken".
 At the account's next initial presence with a non-negative priority (XEP-0160 §2, Process
 Flow) the queue goes to that resource, oldest first, and each message is deleted once written
@@ -15,7 +16,7 @@ Policy:
 - A chat message carrying only XEP-0085 chat states is dropped without an error (XEP-0160
   §3: SHOULD NOT be stored; bouncing a typing notification helps nobody).
 - Beyond `offline.max_messages` the sender gets service-unavailable (XEP-0160 §2, Process Flow).
-- `offline.enabled = false`: the hook is not claimed, so the router bounces such messages
+- `offline.enabled = false`: the stage is not hooked, so the router bounces such messages
   with service-unavailable (RFC 6121 §8.5.2.2.1) and "msgoffline" is not advertised.
 """
 
@@ -25,10 +26,10 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import escape, quoteattr
 
-from .._router import PRIVACY_MESSAGE
-from ..delay import NS_DELAY
+from .. import ns
+from .._router import with_delay
+from ..delay import OFFLINE_REASON
 from ..delay import stamp as xep0082_stamp
 from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
@@ -43,32 +44,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastxmpp.offline")
 
 FEATURE = "msgoffline"  # XEP-0160 §4 (Service Discovery)
-NS_CHATSTATES = "http://jabber.org/protocol/chatstates"  # XEP-0085
+NS_CHATSTATES = ns.CHATSTATES
 # XEP-0160 §3: never stored. Every other type is chat or normal (RFC 6121 §5.2.2: an unknown
 # type is handled as normal).
 NOT_STORED_TYPES = frozenset(("headline", "groupchat", "error"))
-DELAY_REASON = "Offline Storage"
 # Delivery: messages read from storage at a time, and how often a paced delivery looks
 # whether the client has read what it was sent.
 BATCH = 200
 PACING_INTERVAL = 0.02
 
 
-def with_delay(data: bytes, empty: bool, domain: str, stamp: str) -> bytes:
-    """`data` (a <message/>) with an XEP-0203 <delay/> as its last child."""
-    delay = (
-        f"<delay xmlns='{NS_DELAY}' from={quoteattr(domain)} stamp='{stamp}'>"
-        f"{escape(DELAY_REASON)}</delay>"
-    ).encode()
-    if empty:
-        # <message .../> becomes <message ...><delay/></message>.
-        return data[: data.rindex(b"/>")] + b">" + delay + b"</message>"
-    end = data.rindex(b"</")
-    return data[:end] + delay + data[end:]
-
-
 def only_chat_states(st: Stanza) -> bool:
-    return bool(st.children) and all(ns == NS_CHATSTATES for ns, _ in st.children)
+    return bool(st.children) and all(namespace == NS_CHATSTATES for namespace, _ in st.children)
 
 
 class OfflineModule(Module):
@@ -94,7 +81,7 @@ class OfflineModule(Module):
             return
         assert self.server.storage is not None
         self.store = OfflineStore(self.server.storage)
-        self.hub.claim_hook(self, "message_hook", self.store_message)
+        self.hub.hook(self, "message/offline", self.store_message)
 
     # --- storing (RFC 6121 §8.5.2.2.1) ---------------------------------------------------
 
@@ -105,23 +92,18 @@ class OfflineModule(Module):
         target: tuple[str, ...],
         data: bytes | None = None,
     ) -> bool:
-        """The router's message_hook: True when the message is taken care of. `data` is the
+        """At "message/offline": True when the message is taken care of. `data` is the
         message as the router would have delivered it ('from' stamped, a XEP-0359
         stanza-id of the recipient's archive added)."""
         assert self.store is not None
         if st.attrs.get("type") in NOT_STORED_TYPES:
             return False
         local, domain = target[0], target[1]
-        if self.privacy is not None and not self.privacy.account_allows_in(
-            domain, local, PRIVACY_MESSAGE, origin.full
-        ):
-            # XEP-0016 §2.13: the default list blocks the sender (no active list offline).
-            raise StanzaError("service-unavailable")
         if only_chat_states(st):
             return True
         if data is None:
             data = st.with_attrs({"from": origin.full})
-        data = with_delay(data, data.endswith(b"/>"), domain, xep0082_stamp(time.time()))
+        data = with_delay(data, domain, xep0082_stamp(time.time()), OFFLINE_REASON)
         try:
             self.store.push(domain, local, data, self.settings.max_messages)
         except OfflineQueueFull:
@@ -145,7 +127,7 @@ class OfflineModule(Module):
         if self.store is None or not messages:
             return 0
         delayed = [
-            with_delay(data, data.endswith(b"/>"), domain, stamp) if stamp else data
+            with_delay(data, domain, stamp, OFFLINE_REASON) if stamp else data
             for data, stamp in messages
         ]
         try:

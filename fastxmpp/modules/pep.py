@@ -860,7 +860,9 @@ class PepModule(Module):
         owner_list = self.privacy.default_list(domain, local)
         if owner_list is not None and not owner_list.allows(PRIVACY_OTHER, session.full):
             return False
-        return session.privacy is None or session.privacy.allows_in(PRIVACY_MESSAGE, owner)
+        return session.stanza_filter is None or session.stanza_filter.allows_in(
+            PRIVACY_MESSAGE, owner
+        )
 
     @staticmethod
     def _wants(session: C2SStream, node: str) -> bool:

@@ -41,14 +41,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
-from .._router import PRIVACY_OTHER, PRIVACY_PRESENCE_IN, PRIVACY_PRESENCE_OUT
+from .._router import insert_attr
 from ..delay import delay_xml
 from ..errors import StanzaError
 from ..jid import JID, JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
 from ..storage.roster import RosterItem
 from .base import Module
-from .muc.history import insert_attr
+from .privacy_rules import PRIVACY_OTHER, PRIVACY_PRESENCE_IN, PRIVACY_PRESENCE_OUT
 from .subscription_states import SUBSCRIPTION_KINDS, State, inbound, outbound
 
 if TYPE_CHECKING:
@@ -92,8 +92,9 @@ class PresenceModule(Module):
         self.privacy = self.hub.get("privacy")
         if self.roster is None:
             log.warning("no roster module: presence goes to the user's own resources only")
-        self.hub.claim_hook(self, "presence_hook", self.presence)
-        self.hub.claim_hook(self, "directed_presence_hook", self.directed)
+        self.hub.hook(self, "presence/broadcast", self.presence)
+        self.hub.hook(self, "presence/subscription", self.presence)
+        self.hub.hook(self, "presence/directed", self.directed)
 
     def stream_features(self, stream: C2SStream) -> str:
         if stream.authenticated_local is None or self.roster is None:
@@ -114,10 +115,11 @@ class PresenceModule(Module):
         data = f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode()
         self._broadcast_unavailable(session, data, contacts=session.presence_last is not None)
 
-    # --- the router's hooks ------------------------------------------------------------
+    # --- pipeline handlers ------------------------------------------------------------
 
     def presence(self, origin: C2SStream, st: Stanza) -> None:
-        """presence_hook: broadcast presence (no 'to'), subscription stanzas and probes."""
+        """At "presence/broadcast" and "presence/subscription": broadcast presence (no 'to'),
+        subscription stanzas and probes."""
         ptype = st.attrs.get("type")
         to = st.attrs.get("to")
         if to is None:
@@ -145,7 +147,7 @@ class PresenceModule(Module):
             self._outbound_subscription(origin, st, ptype, contact)
 
     def directed(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> None:
-        """directed_presence_hook: remember who got directed available presence (§4.6)."""
+        """At "presence/directed": remember who got directed available presence (§4.6)."""
         if getattr(origin, "is_remote", False):
             return  # the remote server remembers its users' directed presence
         local, _domain, resource, bare = target
@@ -178,7 +180,9 @@ class PresenceModule(Module):
         if self.privacy is None:
             return True
         if isinstance(sender, str):
-            return recipient.privacy is None or recipient.privacy.allows_in(PRIVACY_OTHER, sender)
+            return recipient.stanza_filter is None or recipient.stanza_filter.allows_in(
+                PRIVACY_OTHER, sender
+            )
         return self.privacy.presence_allowed(sender, recipient)
 
     def _to_available(self, bare: str, data: bytes, sender: C2SStream | str | None = None) -> None:
@@ -201,9 +205,9 @@ class PresenceModule(Module):
     def _out_allowed(sender: C2SStream | str | None, to: str) -> bool:
         """XEP-0016 §2.11: presence-out of session `sender` toward a remote JID (the
         remote server applies the recipient's lists)."""
-        if sender is None or isinstance(sender, str) or sender.privacy is None:
+        if sender is None or isinstance(sender, str) or sender.stanza_filter is None:
             return True
-        return bool(sender.privacy.allows(PRIVACY_PRESENCE_OUT, to))
+        return bool(sender.stanza_filter.allows(PRIVACY_PRESENCE_OUT, to))
 
     def _remote(self, to: str, data: bytes) -> bool:
         """True when `to` is on another domain: `data` went to its server (if federation
@@ -320,7 +324,7 @@ class PresenceModule(Module):
             default = self.privacy.default_list(domain, local)
             if default is not None and not default.allows(PRIVACY_PRESENCE_OUT, to_session.full):
                 return
-            rules = to_session.privacy
+            rules = to_session.stanza_filter
             if rules is not None and not rules.allows_in(PRIVACY_PRESENCE_IN, contact):
                 return
         payload = ""

@@ -3,7 +3,7 @@
 Lists (XEP-0016 §2): an account keeps named lists of ordered items (fastxmpp/storage/privacy.py)
 and may name one of them its default; each session may make one active for itself. The
 list in force for a session (its active list, else the default list, §2.2 rules 1-3) is
-compiled (privacy_rules.PrivacyList) and attached to the session as `session.privacy`; the
+compiled (privacy_rules.PrivacyList) and attached to the session as `session.stanza_filter`; the
 router consults it for every stanza delivered to the session and every stanza it sends, and
 skips all of it when the attribute is None, which it is for every session of an account
 without lists. Stanzas handled for the account as a whole (iqs to its bare JID, messages for
@@ -61,6 +61,7 @@ from .base import Module, iq_result
 from .presence import addressed
 from .privacy_rules import (
     EVERY_KIND,
+    IQ,
     MESSAGE,
     NS,
     PRESENCE_IN,
@@ -80,13 +81,13 @@ if TYPE_CHECKING:
     from ..stream.c2s import C2SStream
     from .roster import RosterModule
 
-log = logging.getLogger("fastxmpp.privacy")
+log = logging.getLogger("fastxmpp.stanza_filter")
 
 NS_BLOCKING = "urn:xmpp:blocking"
 # The default list a block command creates when the account has none (XEP-0191 §6).
 BLOCKLIST_NAME = "blocklist"
-# Compiled default lists of accounts without a session kept for the router's account_privacy
-# hook and offline storage.
+# Compiled default lists of accounts without a session kept for the "iq/account" and
+# "message/offline" handlers.
 OFFLINE_DEFAULTS_CACHED = 1024
 _STORED_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 
@@ -139,7 +140,8 @@ class PrivacyModule(Module):
         self.roster = self.hub.get("roster")
         self.router.set_iq_handler(NS, self.answer_privacy)
         self.router.set_iq_handler(NS_BLOCKING, self.answer_blocking)
-        self.hub.claim_hook(self, "account_privacy", self.default_list)
+        self.hub.hook(self, "iq/account", self.iq_to_account)
+        self.hub.hook(self, "message/offline", self.message_to_offline_account)
 
     # --- events -------------------------------------------------------------------------
 
@@ -150,7 +152,7 @@ class PrivacyModule(Module):
         if account is None:
             self._offline_defaults.pop(session.bare, None)
             account = self._online[session.bare] = self._load(session.domain, session.local)
-        session.privacy = account.default_list
+        session.stanza_filter = account.default_list
 
     def session_ended(self, session: C2SStream) -> None:
         if not self.router.resources(session.bare):
@@ -167,7 +169,7 @@ class PrivacyModule(Module):
     # --- public API (router hook, presence and offline modules) ---------------------------
 
     def default_list(self, domain: str, local: str) -> PrivacyList | None:
-        """The account's default list (the router's account_privacy hook), or None."""
+        """The account's default list, or None."""
         bare = f"{local}@{domain}"
         account = self._online.get(bare)
         if account is not None:
@@ -188,6 +190,22 @@ class PrivacyModule(Module):
             self._offline_defaults.popitem(last=False)
         return default
 
+    # --- pipeline handlers (the account's default list) -----------------------------------
+
+    def iq_to_account(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> None:
+        """At "iq/account": XEP-0016 §2.13, the default list applies to iqs the server answers
+        on the account's behalf."""
+        if not self.account_allows_in(target[1], target[0], IQ, origin.full):
+            raise StanzaError("service-unavailable")
+
+    def message_to_offline_account(
+        self, origin: C2SStream, st: Stanza, target: tuple[str, ...], data: bytes | None
+    ) -> None:
+        """At "message/offline", before storage: XEP-0016 §2.13, the default list blocks the
+        sender (there is no active list while no session is available)."""
+        if not self.account_allows_in(target[1], target[0], MESSAGE, origin.full):
+            raise StanzaError("service-unavailable")
+
     def account_allows_in(self, domain: str, local: str, kind: int, sender: str) -> bool:
         """Whether the account's default list lets a stanza of `kind` from `sender` in."""
         default = self.default_list(domain, local)
@@ -196,22 +214,28 @@ class PrivacyModule(Module):
     def presence_allowed(self, sender: C2SStream, recipient: C2SStream) -> bool:
         """A presence notification from session `sender` to session `recipient`: the
         sender's presence-out and the recipient's presence-in (§2.10, §2.11)."""
-        if (sender.privacy is None and recipient.privacy is None) or sender.bare == recipient.bare:
+        if (
+            sender.stanza_filter is None and recipient.stanza_filter is None
+        ) or sender.bare == recipient.bare:
             return True
-        if sender.privacy is not None and not sender.privacy.allows(PRESENCE_OUT, recipient.full):
+        if sender.stanza_filter is not None and not sender.stanza_filter.allows(
+            PRESENCE_OUT, recipient.full
+        ):
             return False
-        return recipient.privacy is None or recipient.privacy.allows(PRESENCE_IN, sender.full)
+        return recipient.stanza_filter is None or recipient.stanza_filter.allows(
+            PRESENCE_IN, sender.full
+        )
 
     def stored_message_allowed(self, session: C2SStream, data: bytes) -> bool:
         """An offline message (stored bytes) about to go to `session`: its list may have
         changed since the message was stored."""
-        if session.privacy is None:
+        if session.stanza_filter is None:
             return True
         try:
             sender = etree.fromstring(data, _STORED_PARSER).get("from")
         except etree.XMLSyntaxError:
             return True
-        return sender is None or session.privacy.allows_in(MESSAGE, sender)
+        return sender is None or session.stanza_filter.allows_in(MESSAGE, sender)
 
     def compile(
         self, domain: str, local: str, name: str, records: tuple[ItemRecord, ...]
@@ -293,13 +317,13 @@ class PrivacyModule(Module):
         """§2.4: for this session only; applied before the result goes out."""
         if name is None:
             origin.privacy_active = None
-            origin.privacy = account.default_list
+            origin.stanza_filter = account.default_list
             return iq_result(origin, st)
         compiled = account.compiled.get(name)
         if compiled is None:
             raise StanzaError("item-not-found", f"no privacy list {name!r}")
         origin.privacy_active = name
-        origin.privacy = compiled
+        origin.stanza_filter = compiled
         return iq_result(origin, st)
 
     def _set_default(
@@ -477,7 +501,9 @@ class PrivacyModule(Module):
             active = session.privacy_active
             if active is not None and active not in account.compiled:
                 session.privacy_active = active = None  # its list was removed
-            session.privacy = account.default_list if active is None else account.compiled[active]
+            session.stanza_filter = (
+                account.default_list if active is None else account.compiled[active]
+            )
         origin.send(iq_result(origin, st))
         for name in changed:
             push = f"<query xmlns='{NS}'><list name={quoteattr(name)}/></query>"
@@ -579,7 +605,7 @@ class PrivacyModule(Module):
         for jid in self._matching_remote(subscribers, rules):
             for session in own:
                 last = getattr(session, "presence_last", None)
-                rules_out = session.privacy
+                rules_out = session.stanza_filter
                 if last is not None and (rules_out is None or rules_out.allows(PRESENCE_OUT, jid)):
                     self._deliver_remote(last, jid)
         for contact in _matching_sessions(self.router, sources, rules):

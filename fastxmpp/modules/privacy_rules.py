@@ -7,7 +7,7 @@ notifications (no type or "unavailable", §2) and outbound presence notification
 their child element; everything else (outbound messages and iqs, subscription stanzas and
 probes either way) is `OTHER`, which only an item without children covers.
 
-A `PrivacyList` is what a session's `privacy` attribute holds (the active list, else the
+A `PrivacyList` is what a session's `stanza_filter` attribute holds (the active list, else the
 default list, §2.2 rules 1-2): the router calls `allows_in` for a stanza about to be
 delivered to the session and `refuse_out` for one the session sends. The roster is read at
 each decision that reaches a group or subscription item, so roster changes apply at once
@@ -22,13 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
-from .._router import (
-    PRIVACY_IQ,
-    PRIVACY_MESSAGE,
-    PRIVACY_OTHER,
-    PRIVACY_PRESENCE_IN,
-    PRIVACY_PRESENCE_OUT,
-)
+from .._router import KIND_IQ, KIND_MESSAGE, KIND_OTHER, KIND_PRESENCE_IN, KIND_PRESENCE_OUT
 from ..errors import StanzaError
 from ..jid import JIDError, parse_jid
 from ..storage.privacy import ItemRecord
@@ -41,11 +35,13 @@ if TYPE_CHECKING:
 NS = "jabber:iq:privacy"
 NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 
-MESSAGE = PRIVACY_MESSAGE
-IQ = PRIVACY_IQ
-PRESENCE_IN = PRIVACY_PRESENCE_IN
-PRESENCE_OUT = PRIVACY_PRESENCE_OUT
-OTHER = PRIVACY_OTHER
+# XEP-0016 §2.1: the kinds of stanza an item covers, as the bits the router's
+# `Session.stanza_filter` calls are made with.
+MESSAGE = PRIVACY_MESSAGE = KIND_MESSAGE
+IQ = PRIVACY_IQ = KIND_IQ
+PRESENCE_IN = PRIVACY_PRESENCE_IN = KIND_PRESENCE_IN
+PRESENCE_OUT = PRIVACY_PRESENCE_OUT = KIND_PRESENCE_OUT
+OTHER = PRIVACY_OTHER = KIND_OTHER
 EVERY_KIND = MESSAGE | IQ | PRESENCE_IN | PRESENCE_OUT | OTHER
 CHILD_KINDS = {
     "message": MESSAGE,

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from .. import ns
-from ..modules.offline import NS_CHATSTATES
 
 if TYPE_CHECKING:
     from .c2s import C2SStream
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
 NS = "urn:xmpp:csi:0"
 FEATURE = f"<csi xmlns='{NS}'/>"
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
-_CHATSTATES = NS_CHATSTATES.encode()
+_CHATSTATES = ns.CHATSTATES.encode()
 # Presence a client is notified of (RFC 6121 §4.7.1); subscription requests matter.
 PRESENCE_UPDATES = frozenset((None, "unavailable"))
 
@@ -56,7 +55,7 @@ def unimportant(data: bytes) -> tuple[str, str] | None:
         names = [etree.QName(e) for e in el.iter() if isinstance(e.tag, str)]
         if any(q.localname == "body" and q.namespace in (None, ns.CLIENT) for q in names):
             return None
-        if any(q.namespace == NS_CHATSTATES for q in names):
+        if any(q.namespace == ns.CHATSTATES for q in names):
             return ("chat state", str(next(_serial)))
     return None
 

@@ -34,14 +34,11 @@ from xml.sax.saxutils import quoteattr
 from lxml import etree
 
 from .. import ns
-from ..delay import NS_DELAY
+from .._router import with_delay
+from ..delay import NS_DELAY, OFFLINE_REASON
 from ..delay import stamp as xep0082_stamp
 from ..errors import StanzaError, stanza_error_bytes
 from ..jid import JIDError, parse_jid
-from ..modules.carbons import NS as NS_CARBONS
-from ..modules.mam import NS as NS_MAM
-from ..modules.muc.room import NS_USER
-from ..modules.offline import NS_CHATSTATES, with_delay
 
 if TYPE_CHECKING:
     from ..config import StreamManagementConfig
@@ -60,7 +57,7 @@ ENDED_REMEMBERED = 1000
 NOT_REDELIVERED = frozenset(("groupchat", "headline", "error"))
 # Payloads made for the one session they were sent to: XEP-0280 carbon copies (the other
 # resources got their own) and XEP-0313 query results (only the asking session wants them).
-SESSION_PAYLOADS = frozenset((NS_CARBONS, NS_MAM))
+SESSION_PAYLOADS = frozenset((ns.CARBONS, ns.MAM))
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
@@ -301,7 +298,7 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
             if not recipients:
                 outcome["dropped (carbon copies delivered)"] += 1
                 continue
-            copy = with_delay(data, data.endswith(b"/>"), session.domain, stamp) if stamp else data
+            copy = with_delay(data, session.domain, stamp, OFFLINE_REASON) if stamp else data
             for other in recipients:
                 other.send(copy)
             outcome["redelivered"] += 1
@@ -341,7 +338,7 @@ def _payloads(el: Any) -> list[tuple[str, str]]:
 def _from_occupant(router: Any, el: Any, children: list[tuple[str, str]]) -> bool:
     """A private message from an occupant of a room served here (XEP-0045 §7.5, marked with
     <x xmlns='muc#user'/>)."""
-    if (NS_USER, "x") not in children:
+    if (ns.MUC_USER, "x") not in children:
         return False
     sender = el.get("from") or ""
     domain = sender.partition("@")[2].partition("/")[0]
@@ -350,7 +347,7 @@ def _from_occupant(router: Any, el: Any, children: list[tuple[str, str]]) -> boo
 
 def _only_chat_states(el: Any) -> bool:
     found = _payload_namespaces(el)
-    return bool(found) and all(namespace == NS_CHATSTATES for namespace in found)
+    return bool(found) and all(namespace == ns.CHATSTATES for namespace in found)
 
 
 def _has_delay(el: Any) -> bool:

@@ -7,34 +7,13 @@ from __future__ import annotations
 import time
 from collections import deque
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
-from ...delay import NS_DELAY, parse_stamp, stamp
+from ..._router import with_delay
+from ...delay import parse_stamp, stamp
 
 # Bytes of history one room keeps at most, whatever its configured length: a bound on what
 # long messages can make the server hold (the oldest go first).
 MAX_HISTORY_BYTES = 1 << 20
-
-
-def insert_attr(data: bytes, name: str, value: str) -> bytes:
-    """`data` (one serialized element) with an attribute added to its start tag."""
-    end = 1
-    while end < len(data) and data[end : end + 1] not in (b" ", b">", b"/"):
-        end += 1
-    return data[:end] + f" {name}={quoteattr(value)}".encode() + data[end:]
-
-
-def append_child(data: bytes, child: str) -> bytes:
-    """A serialized element with `child` added as its last child."""
-    if data.endswith(b"/>") and b"</" not in data:
-        end = data.rfind(b"/>")
-        start = data.find(b"<") + 1
-        name_end = start
-        while name_end < len(data) and data[name_end : name_end + 1] not in (b" ", b"/", b">"):
-            name_end += 1
-        return data[:end] + b">" + child.encode() + b"</" + data[start:name_end] + b">"
-    cut = data.rfind(b"</")
-    return data[:cut] + child.encode() + data[cut:]
 
 
 class History:
@@ -55,9 +34,7 @@ class History:
             return
         now = time.time()
         when = stamp(now, fraction=True)
-        data = append_child(
-            message, f"<delay xmlns='{NS_DELAY}' from={quoteattr(room_jid)} stamp='{when}'/>"
-        )
+        data = with_delay(message, room_jid, when)
         if len(self.entries) == self.entries.maxlen:
             self.size -= len(self.entries[0][1])
         self.entries.append((now, data, len(data.decode())))

@@ -13,11 +13,13 @@ from xml.sax.saxutils import escape, quoteattr
 from lxml import etree
 from precis_i18n import get_profile
 
-from ..._router import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN
+from ... import ns
+from ..._router import append_child, insert_attr
 from ...errors import StanzaError
 from ..base import iq_result
+from ..privacy_rules import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN
 from .config import RoomConfig
-from .history import History, append_child, insert_attr
+from .history import History
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_PING = "urn:xmpp:ping"
-NS_USER = NS_MUC + "#user"
+NS_USER = ns.MUC_USER
 CLIENT = "jabber:client"
 
 ROLE_RANK = {"none": 0, "visitor": 1, "participant": 2, "moderator": 3}
@@ -58,7 +60,7 @@ def privacy_allows(session: C2SStream, kind: int, sender: str) -> bool:
     """XEP-0016 §2.13 for what the room sends on an occupant's behalf: the recipient's list
     in force may refuse stanzas from an occupant JID (how clients ignore someone in a room)
     or from the room itself. Sessions without a list (nearly all) cost one attribute read."""
-    rules = session.privacy
+    rules = session.stanza_filter
     return rules is None or bool(rules.allows_in(kind, sender))
 
 
@@ -528,7 +530,7 @@ class Room:
             data = st.with_attrs({"from": sender_jid, "to": full})
             if not marked:
                 # §7.5: the service adds <x xmlns='muc#user'/> (for XEP-0280 carbons).
-                data = append_child(data, f"<x xmlns='{NS_USER}'/>")
+                data = append_child(data, f"<x xmlns='{NS_USER}'/>".encode())
             session.send(data)
 
     # --- iqs between occupants (§18.4 rule 3) ----------------------------------------------

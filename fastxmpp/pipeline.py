@@ -1,0 +1,124 @@
+"""The stanza pipeline: the named stages the compiled router runs, and the one table that
+says who hooks each stage in which order.
+
+The router (`_router.pyx`) knows stages, never features: at each stage it calls the handlers
+modules registered, in order, and a stage nobody hooked costs it one check. A handler may
+
+- pass: return None, and the next handler runs;
+- modify: return bytes (only where the stage says so), which are what is delivered from then
+  on;
+- consume: return True, and the stanza goes no further (taken care of);
+- bounce: raise `StanzaError`; the stream turns it into the error reply to the sender (one
+  place, `C2SStream._handle`), and nothing after it runs: no later stage sees the stanza.
+
+The model is Prosody's `module:hook("message/bare", handler, priority)` and ejabberd's
+`user_send_packet` / `user_receive_packet` / `offline_message_hook` run by sequence number:
+the order in which archive, carbons, privacy and offline storage see a stanza is written here
+and nowhere else (`ORDER`), and docs/ARCHITECTURE.md ("The stanza pipeline") explains it.
+
+Two per-session checks stay in the compiled router because they cost a pointer comparison
+there and a Python call per stanza as handlers: `Session.stanza_filter` (the privacy module's
+compiled list in force for the session, asked before a stanza is written to or routed from
+it) and, in `Session.send`, `csi` then `sm` (stream/csi.py holds unimportant stanzas of an
+inactive client, stream/sm.py counts and keeps what is written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+# What each stage is, and what its handlers are called with. `target` is the prepared 'to'
+# (local, domain, resource, bare JID); `data` the bytes as delivered ('from' stamped), None
+# where the router has not made them yet.
+STAGES: dict[str, str] = {
+    "message/in": (
+        "(origin, st, target, data): a message for a local account (its bare or a full "
+        "JID), before the delivery decision. Pass, modify (the bytes to deliver), consume, "
+        "bounce."
+    ),
+    "message/offline": (
+        "(origin, st, target, data): a chat/normal message for an existing account with no "
+        "resource to take it (RFC 6121 §8.5.2.2.1). Consume (stored), pass, bounce; nobody "
+        "consuming it bounces it with service-unavailable."
+    ),
+    "message/delivered": (
+        "(origin, st, target, data, sessions): the message went to `sessions` (those "
+        "addressed; none when it was stored for later). Nothing refused it."
+    ),
+    "message/sent": (
+        "(origin, st, target): a message a session sent was routed (to anyone, a room or "
+        "another server included); target None: to its own account."
+    ),
+    "presence/broadcast": "(origin, st): presence without 'to' (RFC 6121 §4.2-§4.5).",
+    "presence/subscription": (
+        "(origin, st): a subscription request/answer or probe with 'to' (RFC 6121 §3, "
+        "§4.3); hooked, the router routes nothing itself."
+    ),
+    "presence/directed": (
+        "(origin, st, target): available/unavailable presence went to `target` (RFC 6121 "
+        "§4.6), delivered or not."
+    ),
+    "iq/account": (
+        "(origin, st, target): an iq get/set another entity sends to an account's bare JID, "
+        "before the server answers it on the account's behalf. Pass or bounce."
+    ),
+    "iq/response": "(origin, st): an iq result/error addressed to the server.",
+}
+
+# The order: stage -> ((owner, priority), ...). Higher priority runs first. An owner is a
+# module name (or "hub" for the module hub itself); a handler whose (stage, owner) is not in
+# this table cannot be hooked.
+ORDER: dict[str, tuple[tuple[str, int], ...]] = {
+    # XEP-0313/XEP-0359: the recipient's archive id goes into what is delivered or stored.
+    "message/in": (("mam", 0),),
+    # The account's default list first (XEP-0016 §2.13: no active list while offline), then
+    # storage, whose quota may still refuse it (XEP-0160 §2).
+    "message/offline": (("privacy", 100), ("offline", 0)),
+    # Only now, when nothing can refuse it any more, the archive record (XEP-0313 §6.1: what
+    # the account received), then the copies for the other resources (XEP-0280 §4).
+    "message/delivered": (("mam", 100), ("carbons", 0)),
+    # XEP-0280 §5 copies, then the sender's archive.
+    "message/sent": (("carbons", 100), ("mam", 0)),
+    "presence/broadcast": (("presence", 0),),
+    "presence/subscription": (("presence", 0),),
+    "presence/directed": (("presence", 0),),
+    # XEP-0016 §2.13: the account's default list for iqs answered on its behalf.
+    "iq/account": (("privacy", 0),),
+    "iq/response": (("hub", 0),),
+}
+
+Handler = Callable[..., Any]
+
+
+class Pipeline:
+    """The handlers hooked at each stage of one router, kept in the order of `ORDER`."""
+
+    def __init__(self, router: Any) -> None:
+        self.router = router
+        self._hooked: dict[str, dict[str, Handler]] = {stage: {} for stage in ORDER}
+
+    def hook(self, owner: str, stage: str, handler: Handler) -> None:
+        """`owner`'s handler for `stage`, at the place `ORDER` gives it."""
+        if stage not in STAGES:
+            raise ValueError(f"no pipeline stage {stage!r}")
+        if owner not in dict(ORDER[stage]):
+            raise ValueError(f"{owner} has no place at {stage} in fastxmpp.pipeline.ORDER")
+        hooked = self._hooked[stage]
+        if owner in hooked:
+            raise ValueError(f"{owner} hooked {stage} already")
+        hooked[owner] = handler
+        self._publish(stage)
+
+    def unhook(self, owner: str, stage: str) -> None:
+        """Take `owner`'s handler off `stage` (nothing when it is not there)."""
+        if self._hooked[stage].pop(owner, None) is not None:
+            self._publish(stage)
+
+    def hooked(self, owner: str, stage: str) -> bool:
+        return owner in self._hooked[stage]
+
+    def _publish(self, stage: str) -> None:
+        hooked = self._hooked[stage]
+        ranked = sorted(ORDER[stage], key=lambda entry: -entry[1])
+        self.router.set_stage(stage, tuple(hooked[o] for o, _ in ranked if o in hooked))
