@@ -24,7 +24,7 @@ from typing import Any
 import uvloop
 from fastxmpp._parser import Stanza
 
-from . import procstat
+from . import many, procstat
 from .client import Account, LoginOptions, XMPPConnection, login
 
 DRAIN_TIMEOUT = 5.0
@@ -48,7 +48,7 @@ SUBSCRIBE_TIMEOUT_S = 120.0  # per batch
 
 @dataclass
 class Spec:
-    scenario: str  # login | idle | msg
+    scenario: str  # login | idle | msg | presence | roster_login | flood | muc | many
     host: str = "127.0.0.1"
     port: int = 5222
     domain: str = "localhost"
@@ -72,6 +72,18 @@ class Spec:
     rooms: int = 10  # muc: rooms, each with `occupants` occupants sending at `rate` in all
     occupants: int = 20
     muc_domain: str = "conference.localhost"
+    # idle, many: seconds the server is left alone before RSS is read, before the logins
+    # and after them (see IDLE_SETTLE_BEFORE_S, IDLE_SETTLE_S)
+    settle_before: float = IDLE_SETTLE_BEFORE_S
+    settle: float = IDLE_SETTLE_S
+    # many (benchmarks/load/many.py): `connections` logged in from the `sources` addresses,
+    # held `hold` seconds with a keepalive every `keepalive` s, then `sample` messages;
+    # `shutdown`: SIGTERM the server at the end and time its exit
+    sources: str = "127.0.0.2-127.0.0.9"
+    hold: float = 60.0
+    keepalive: float = 30.0
+    sample: int = 1000
+    shutdown: bool = False
     body: str = "Hello! This is a benchmark message of ordinary chat length, about 80 bytes."
     server_pids: list[int] = field(default_factory=list)
 
@@ -88,6 +100,8 @@ class Spec:
 
 def run(spec: Spec) -> dict[str, Any]:
     """Run one scenario; a dict of results (counts, rates, latencies, server CPU and RSS)."""
+    if spec.scenario == "many":
+        return many.run(spec)
     ctx = mp.get_context("spawn")
     results: Any = ctx.Queue()
     go = ctx.Event()
@@ -97,7 +111,7 @@ def run(spec: Spec) -> dict[str, Any]:
     ]
     pids = _server_pids(spec)
     if spec.scenario == "idle":
-        time.sleep(IDLE_SETTLE_BEFORE_S)
+        time.sleep(spec.settle_before)
     rss_before = procstat.rss_bytes(pids)
     for w in workers:
         w.start()
@@ -106,7 +120,7 @@ def run(spec: Spec) -> dict[str, Any]:
         pids = _server_pids(spec)
         quiet_after = _wait_quiet(pids)
         if spec.scenario == "idle":
-            time.sleep(IDLE_SETTLE_S)
+            time.sleep(spec.settle)
         rss_ready = procstat.rss_bytes(pids)
         cpu_start = procstat.cpu_seconds(pids)
         started = time.perf_counter()
