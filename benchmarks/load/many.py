@@ -101,14 +101,17 @@ def run(spec: Spec) -> dict[str, Any]:
         cpu_logins = procstat.cpu_seconds(pids) - cpu_before
         held = sum(r["connections"] for r in ready)
         failures: collections.Counter[str] = collections.Counter()
+        sources: collections.Counter[str] = collections.Counter()
         for r in ready:
             failures.update(r["failures"])
+            sources.update(r["sources"])
         login_s = max(r["login_end"] for r in ready) - min(r["login_start"] for r in ready)
         summary.update(
             connections_asked=spec.connections,
             connections=held,
             login_failures=sum(failures.values()),
             login_failure_reasons=dict(failures.most_common(10)),
+            connections_per_source=dict(sorted(sources.items())),
             login_s=login_s,
             logins_per_s=held / login_s if login_s > 0 else None,
             server_cpu_ms_per_login=cpu_logins * 1e3 / held if held else None,
@@ -155,7 +158,7 @@ def run(spec: Spec) -> dict[str, Any]:
         if spec.shutdown:
             server = spec.server_pids[0]
             os.kill(server, signal.SIGTERM)
-            stopped = time.perf_counter()
+            stopped = time.time()  # the workers' close times are wall-clock times
             summary["shutdown_s"] = _wait_exit(server, CLOSE_TIMEOUT)
             if summary["shutdown_s"] is None:
                 summary["shutdown_error"] = f"still running {CLOSE_TIMEOUT:g} s after SIGTERM"
@@ -305,6 +308,7 @@ async def _worker(
     mine = [i for i in range(spec.connections) if i % workers == index]
     gate = asyncio.Semaphore(LOGIN_CONCURRENCY)
     failures: collections.Counter[str] = collections.Counter()
+    sources_used: collections.Counter[str] = collections.Counter()
     held: list[Held] = []
 
     async def one(i: int) -> None:
@@ -322,6 +326,7 @@ async def _worker(
                 failures[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
                 return
         transport = conn.writer.transport
+        sources_used[transport.get_extra_info("sockname")[0]] += 1
         conn.queue.clear()
         connection = Held(transport, conn.parser, conn.full_jid)
         transport.set_protocol(connection)
@@ -336,6 +341,7 @@ async def _worker(
         "ready",
         connections=len(held),
         failures=dict(failures),
+        sources=dict(sources_used),
         login_start=login_start,
         login_end=login_end,
     )
