@@ -3,7 +3,12 @@
     python -m benchmarks.load msg --port 5222 --pairs 50 --duration 10 --server-pid PID
 
 Accounts bench0..bench{N-1} with password bench-password must exist, or pass --provision to
-create them by in-band registration (XEP-0077) first.
+create them by in-band registration (XEP-0077) first. For a fastxmpp, thousands of accounts
+are written faster into its data directory before it starts:
+
+    python -P -m benchmarks.load.accounts DATA_DIR COUNT
+
+The `many` scenario (100 000 connections) is run end to end by `python -P -m benchmarks.many`.
 """
 
 from __future__ import annotations

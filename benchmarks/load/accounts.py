@@ -63,3 +63,25 @@ def write_accounts(data_dir: Path, domain: str, prefix: str, count: int, passwor
                     continue
                 created += 1
     return created
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -P -m benchmarks.load.accounts",
+        description="Write benchmark accounts into a stopped fastxmpp's data directory.",
+    )
+    parser.add_argument("data_dir", type=Path, help="the server's [server] data_dir")
+    parser.add_argument("count", type=int)
+    parser.add_argument("--domain", default="localhost")
+    parser.add_argument("--prefix", default="bench")
+    parser.add_argument("--password", default="bench-password")
+    args = parser.parse_args(argv)
+    created = write_accounts(args.data_dir, args.domain, args.prefix, args.count, args.password)
+    print(f"{created} accounts created ({args.count - created} existed)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
