@@ -3,7 +3,12 @@
     python -m benchmarks.load msg --port 5222 --pairs 50 --duration 10 --server-pid PID
 
 Accounts bench0..bench{N-1} with password bench-password must exist, or pass --provision to
-create them by in-band registration (XEP-0077) first.
+create them by in-band registration (XEP-0077) first. For a fastxmpp, thousands of accounts
+are written faster into its data directory before it starts:
+
+    python -P -m benchmarks.load.accounts DATA_DIR COUNT
+
+The `many` scenario (100 000 connections) is run end to end by `python -P -m benchmarks.many`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ async def provision(spec: Spec, concurrency: int = 32) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__)
     parser.add_argument(
-        "scenario", choices=["login", "idle", "msg", "presence", "roster_login", "flood", "muc"]
+        "scenario",
+        choices=["login", "idle", "msg", "presence", "roster_login", "flood", "muc", "many"],
     )
     parser.add_argument("--provision", action="store_true", help="register the accounts first")
     parser.add_argument("--plain-tcp", action="store_true", help="no STARTTLS")
@@ -42,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     for f in fields(Spec):
         if f.name in ("scenario", "starttls", "server_pids"):
             continue
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=type(getattr(defaults, f.name)),
-            default=getattr(defaults, f.name),
-        )
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):  # --shutdown / --no-shutdown
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                action=argparse.BooleanOptionalAction,
+                default=default,
+            )
+            continue
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
     parser.add_argument("--server-pid", type=int, action="append", default=[])
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in fields(Spec) if hasattr(args, f.name)}

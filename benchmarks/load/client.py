@@ -76,8 +76,12 @@ class XMPPConnection:
         self.full_jid = ""
 
     @classmethod
-    async def open(cls, host: str, port: int) -> XMPPConnection:
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    async def open(cls, host: str, port: int, source: str | None = None) -> XMPPConnection:
+        """`source`: the local address to connect from (one address has about 28 000
+        ephemeral ports, net.ipv4.ip_local_port_range: more connections need more)."""
+        reader, writer = await asyncio.open_connection(
+            host, port, limit=1 << 20, local_addr=(source, 0) if source else None
+        )
         return cls(reader, writer)
 
     def send(self, data: bytes) -> None:
@@ -175,10 +179,16 @@ class XMPPConnection:
 
 
 async def login(
-    host: str, port: int, account: Account, resource: str, options: LoginOptions
+    host: str,
+    port: int,
+    account: Account,
+    resource: str,
+    options: LoginOptions,
+    source: str | None = None,
 ) -> XMPPConnection:
-    """Connect, (STARTTLS,) authenticate and bind; the connection is ready for stanzas."""
-    conn = await XMPPConnection.open(host, port)
+    """Connect (from `source` when given), (STARTTLS,) authenticate and bind; the connection
+    is ready for stanzas."""
+    conn = await XMPPConnection.open(host, port, source)
     try:
         t = options.timeout
         features = await conn.open_stream(account.domain, t)

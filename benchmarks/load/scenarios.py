@@ -24,9 +24,11 @@ from typing import Any
 import uvloop
 from fastxmpp._parser import Stanza
 
-from . import procstat
+from . import many, procstat
 from .client import Account, LoginOptions, XMPPConnection, login
 
+# Seconds after the measured phase for what is still on its way to arrive (Spec.drain);
+# what has not arrived by then counts as lost. Scenarios stop waiting as soon as all has.
 DRAIN_TIMEOUT = 5.0
 SETUP_TIMEOUT = 300.0
 LOGIN_CONCURRENCY = 64  # logins in flight per worker during setup
@@ -48,7 +50,7 @@ SUBSCRIBE_TIMEOUT_S = 120.0  # per batch
 
 @dataclass
 class Spec:
-    scenario: str  # login | idle | msg
+    scenario: str  # login | idle | msg | presence | roster_login | flood | muc | many
     host: str = "127.0.0.1"
     port: int = 5222
     domain: str = "localhost"
@@ -72,6 +74,19 @@ class Spec:
     rooms: int = 10  # muc: rooms, each with `occupants` occupants sending at `rate` in all
     occupants: int = 20
     muc_domain: str = "conference.localhost"
+    drain: float = DRAIN_TIMEOUT
+    # idle, many: seconds the server is left alone before RSS is read, before the logins
+    # and after them (see IDLE_SETTLE_BEFORE_S, IDLE_SETTLE_S)
+    settle_before: float = IDLE_SETTLE_BEFORE_S
+    settle: float = IDLE_SETTLE_S
+    # many (benchmarks/load/many.py): `connections` logged in from the `sources` addresses,
+    # held `hold` seconds with a keepalive every `keepalive` s, then `sample` messages;
+    # `shutdown`: SIGTERM the server at the end and time its exit
+    sources: str = "127.0.0.2-127.0.0.9"
+    hold: float = 60.0
+    keepalive: float = 30.0
+    sample: int = 1000
+    shutdown: bool = False
     body: str = "Hello! This is a benchmark message of ordinary chat length, about 80 bytes."
     server_pids: list[int] = field(default_factory=list)
 
@@ -88,6 +103,8 @@ class Spec:
 
 def run(spec: Spec) -> dict[str, Any]:
     """Run one scenario; a dict of results (counts, rates, latencies, server CPU and RSS)."""
+    if spec.scenario == "many":
+        return many.run(spec)
     ctx = mp.get_context("spawn")
     results: Any = ctx.Queue()
     go = ctx.Event()
@@ -97,7 +114,7 @@ def run(spec: Spec) -> dict[str, Any]:
     ]
     pids = _server_pids(spec)
     if spec.scenario == "idle":
-        time.sleep(IDLE_SETTLE_BEFORE_S)
+        time.sleep(spec.settle_before)
     rss_before = procstat.rss_bytes(pids)
     for w in workers:
         w.start()
@@ -106,16 +123,14 @@ def run(spec: Spec) -> dict[str, Any]:
         pids = _server_pids(spec)
         quiet_after = _wait_quiet(pids)
         if spec.scenario == "idle":
-            time.sleep(IDLE_SETTLE_S)
+            time.sleep(spec.settle)
         rss_ready = procstat.rss_bytes(pids)
         cpu_start = procstat.cpu_seconds(pids)
         started = time.perf_counter()
         go.set()
         # flood: a phase without the flood, then one with it
         measured_s = spec.duration * (2 if spec.scenario == "flood" else 1)
-        done = [
-            _receive(results, "done", measured_s + DRAIN_TIMEOUT + 60, workers) for _ in workers
-        ]
+        done = [_receive(results, "done", measured_s + spec.drain + 60, workers) for _ in workers]
         elapsed = time.perf_counter() - started
         cpu_used = procstat.cpu_seconds(pids) - cpu_start
     finally:
@@ -307,7 +322,7 @@ async def _login_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
 
     await asyncio.wait_for(
         asyncio.gather(*(loop(s) for s in range(spec.concurrency))),
-        spec.duration + DRAIN_TIMEOUT + 30,
+        spec.duration + spec.drain + 30,
     )
     _report_done(results, cpu0, t0, len(latencies), latencies, errors)
 
@@ -327,19 +342,25 @@ async def _idle_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
     _report(results, "done", count=len(conns), latencies_ms=[], errors=0, cpu_s=0.0, active_s=0)
 
 
+STAMPED_POLL_S = 0.1
+
+
 async def _stamped_messages(
     conn: XMPPConnection, deadline: float, done: Callable[[], bool]
 ) -> AsyncIterator[tuple[int, int]]:
     """(send stamp, arrival) in ns of each timestamped message arriving on `conn`, until
-    `done()` or until nothing arrives before `deadline` (what is missing then counts as
-    lost)."""
+    `done()` or `deadline` (what is missing then counts as lost). `done()` is checked at
+    least every STAMPED_POLL_S, not only when something arrives: once everything has
+    arrived it becomes true without further input."""
     while not done():
-        try:
-            events = await asyncio.wait_for(
-                conn.read_events(), max(0.05, deadline - time.perf_counter())
-            )
-        except TimeoutError:
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
             return
+        try:
+            # a read cancelled by the timeout loses nothing: StreamReader keeps the data
+            events = await asyncio.wait_for(conn.read_events(), min(remaining, STAMPED_POLL_S))
+        except TimeoutError:
+            continue
         now = time.perf_counter_ns()
         for event in events:
             if type(event) is Stanza and event.name == "message":
@@ -389,7 +410,7 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
         conn, sender, to = receivers[pair], senders[pair], targets[pair]
         async for stamp, now in _stamped_messages(
             conn,
-            end + DRAIN_TIMEOUT,
+            end + spec.drain,
             lambda: time.perf_counter() > end and received[pair] >= sent[pair],
         ):
             latencies.append((now - stamp) / 1e6)
@@ -419,7 +440,7 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
             for _ in range(spec.window):
                 senders[p].send(message(targets[p]))
                 sent[p] += 1
-    await asyncio.wait(tasks, timeout=spec.duration + DRAIN_TIMEOUT + 30)
+    await asyncio.wait(tasks, timeout=spec.duration + spec.drain + 30)
     for t in tasks:
         t.cancel()
     active = time.perf_counter() - t0
@@ -434,7 +455,7 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
         latencies_ms=latencies,
         errors=0,
         cpu_s=cpu,
-        active_s=min(active, spec.duration + DRAIN_TIMEOUT),
+        active_s=min(active, spec.duration + spec.drain),
     )
 
 
@@ -584,19 +605,25 @@ async def _presence_scenario(spec: Spec, index: int, results: Any, go: Any) -> N
     _report(results, "ready", connections=len(contacts), incomplete=incomplete)
     await _wait_event(go, SETUP_TIMEOUT)
     cpu0, t0 = time.process_time(), time.perf_counter()
+    changes = max(1, int(spec.duration * spec.changes_per_s))
     if hub is not None:
-        changes = max(1, int(spec.duration * spec.changes_per_s))
         for _ in range(changes):
             stamp = time.perf_counter_ns()
             hub.conn.send(f"<presence><status>{stamp}</status></presence>".encode())
             await asyncio.sleep(1 / spec.changes_per_s)
     else:
         await asyncio.sleep(spec.duration)
-    await asyncio.sleep(1.0)  # the last broadcast reaches everyone
+    # Until the last broadcast has reached every contact (what has not by then is lost).
+    await _wait_until(
+        lambda: all(p.from_watched >= changes for p in contacts), 1.0 + spec.drain, 0.01
+    )
     received = sum(p.from_watched for p in contacts)
     latencies = [x for p in contacts for x in p.latencies]
     _close_peers([*contacts, *([hub] if hub else [])])
     _report_done(results, cpu0, t0, received, latencies, 0)
+
+
+ROSTER_LOGIN_GRACE_S = 3.0
 
 
 async def _roster_login_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
@@ -636,7 +663,11 @@ async def _roster_login_scenario(spec: Spec, index: int, results: Any, go: Any) 
                 errors += 1
             _close_peers([peer])
     else:
-        await asyncio.sleep(spec.duration)
+        # The contacts stay online a little longer than the hub's loop, whose last login
+        # may start just before `duration` is over and needs all of them to complete;
+        # that grace is not part of this worker's active time.
+        await asyncio.sleep(spec.duration + ROSTER_LOGIN_GRACE_S)
+        t0 += ROSTER_LOGIN_GRACE_S
     _close_peers([*contacts, *([hub] if hub else [])])
     _report_done(results, cpu0, t0, len(latencies), latencies, errors)
 
@@ -645,6 +676,7 @@ async def _roster_login_scenario(spec: Spec, index: int, results: Any, go: Any) 
 
 FLOOD_PAIR_RATE = 20.0  # messages/s of each ordinary pair when --rate is not given
 FLOOD_BATCH = 50  # messages the flooder writes between two waits for its socket
+VICTIM_QUIET_S = 1.0
 
 
 def _flood_summary(spec: Spec, done: list[dict[str, Any]]) -> dict[str, Any]:
@@ -716,9 +748,11 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
 
     body = spec.body.encode()
     pids = [p for pid in spec.server_pids for p in procstat.process_tree(pid)]
-    cpu0, t0 = time.process_time(), time.perf_counter()
+    cpu0, t0_ns = time.process_time(), time.perf_counter_ns()
+    t0 = t0_ns / 1e9
     mid, end = t0 + spec.duration, t0 + 2 * spec.duration
-    mid_ns = time.perf_counter_ns() + int(spec.duration * 1e9)
+    # A message belongs to the phase of its send stamp, for the sender and the receiver.
+    mid_ns = t0_ns + int(spec.duration * 1e9)
     server_cpu = [procstat.cpu_seconds(pids)]
     latencies: dict[str, list[float]] = {"baseline": [], "flood": []}
     sent = {"baseline": 0, "flood": 0}
@@ -733,11 +767,10 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
         "disconnected": False,
     }
 
-    def message(to: bytes) -> bytes:
-        stamp = str(time.perf_counter_ns()).encode()
-        return b"<message type='chat' to='%s' id='%s'><body>%s</body></message>" % (
+    def message(to: bytes, stamp: int | None = None) -> bytes:
+        return b"<message type='chat' to='%s' id='%d'><body>%s</body></message>" % (
             to,
-            stamp,
+            time.perf_counter_ns() if stamp is None else stamp,
             body,
         )
 
@@ -747,15 +780,16 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
         next_at = time.perf_counter() + interval * (pair / max(1, len(pairs)))
         while next_at < end:
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-            sender.send(message(to))
-            sent["baseline" if time.perf_counter() < mid else "flood"] += 1
+            stamp = time.perf_counter_ns()
+            sender.send(message(to, stamp))
+            sent["baseline" if stamp < mid_ns else "flood"] += 1
             pair_sent[pair] += 1
             next_at += interval
 
     async def receive(pair: int) -> None:
         async for stamp, now in _stamped_messages(
             receivers[pair],
-            end + DRAIN_TIMEOUT,
+            end + spec.drain,
             lambda: time.perf_counter() > end and received[pair] >= pair_sent[pair],
         ):
             latencies["baseline" if stamp < mid_ns else "flood"].append((now - stamp) / 1e6)
@@ -803,12 +837,21 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
                     flood["disconnected"] = True
 
     async def victim(conn: XMPPConnection) -> None:
-        while time.perf_counter() < end + DRAIN_TIMEOUT:
+        """Counts the flood's deliveries until `drain` after the phase, or until none has
+        come for VICTIM_QUIET_S after it (the flooder's unsent rest was thrown away, so
+        how many will come is not known)."""
+        while time.perf_counter() < end + spec.drain:
+            now = time.perf_counter()
+            wait = end + spec.drain - now
+            if now > end:
+                wait = min(wait, VICTIM_QUIET_S)
             try:
-                events = await asyncio.wait_for(
-                    conn.read_events(), max(0.05, end + DRAIN_TIMEOUT - time.perf_counter())
-                )
-            except (TimeoutError, ConnectionError):
+                events = await asyncio.wait_for(conn.read_events(), max(0.05, wait))
+            except TimeoutError:
+                if time.perf_counter() > end:
+                    return
+                continue
+            except ConnectionError:
                 return
             for event in events:
                 if type(event) is Stanza and event.name == "message":
@@ -835,7 +878,7 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
             asyncio.ensure_future(flooder_input(flood_conn)),
             asyncio.ensure_future(phase_marks()),
         ]
-    await asyncio.wait(tasks, timeout=2 * spec.duration + DRAIN_TIMEOUT + 30)
+    await asyncio.wait(tasks, timeout=2 * spec.duration + spec.drain + 30)
     for t in tasks:
         t.cancel()
     active = time.perf_counter() - t0
@@ -865,7 +908,7 @@ async def _flood_scenario(spec: Spec, index: int, results: Any, go: Any) -> None
         phase_sent=sent,
         errors=0,
         cpu_s=cpu,
-        active_s=min(active, 2 * spec.duration + DRAIN_TIMEOUT),
+        active_s=min(active, 2 * spec.duration + spec.drain),
         **extra,
     )
 
@@ -993,7 +1036,7 @@ async def _muc_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
 
     await asyncio.gather(*(paced(o, i / len(occupants)) for i, o in enumerate(occupants)))
     expected = sent * spec.occupants
-    await _wait_until(lambda: sum(o.received for o in occupants) >= expected, DRAIN_TIMEOUT, 0.01)
+    await _wait_until(lambda: sum(o.received for o in occupants) >= expected, spec.drain, 0.01)
     received = sum(o.received for o in occupants)
     latencies = [x for o in occupants for x in o.latencies]
     for occupant in occupants:
@@ -1008,5 +1051,5 @@ async def _muc_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
         latencies_ms=latencies,
         errors=0,
         cpu_s=time.process_time() - cpu0,
-        active_s=min(time.perf_counter() - t0, spec.duration + DRAIN_TIMEOUT),
+        active_s=min(time.perf_counter() - t0, spec.duration + spec.drain),
     )
