@@ -171,7 +171,7 @@ def start(target: Target, run_dir: Path) -> Running:
             "[hosts.localhost]\n"
             "[register]\nenabled = true\nmax_per_ip_per_hour = 1000000\n"
             # Limits off, as for the anchors: the load comes from one address at full speed.
-            "[limits]\nmax_bytes_per_second = 0\nmax_connections_per_ip = 1000000\n"
+            "[limits]\nmax_bytes_per_second = 0\nmax_unauthenticated_per_ip = 1000000\n"
             "max_resources_per_account = 1000000\n"
         )
         command = [sys.executable, "-m", "fastxmpp.cli", "serve", "--config", str(config)]

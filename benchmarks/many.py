@@ -41,7 +41,7 @@ def server_config(data_dir: Path, port: int, extra: str) -> str:
         "[hosts.localhost]\n"
         # One load generator holds every connection, from eight addresses: the per-address
         # limits (connections, failed logins) are for the public internet, not for this.
-        "[limits]\nmax_connections_per_ip = 1000000\nauth_free_failures = 1000000\n"
+        "[limits]\nmax_unauthenticated_per_ip = 1000000\nauth_free_failures = 1000000\n"
         "auth_failures_per_ip = 1000000\nauth_failures_per_account = 1000000\n" + extra
     )
 
