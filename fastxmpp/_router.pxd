@@ -37,6 +37,7 @@ cdef class Session:
     cpdef deliver(self, bytes data)
     cdef _queue(self, bytes data)
     cpdef flush(self)
+    cdef _write(self)
 
 
 cdef class Router:
@@ -62,6 +63,7 @@ cdef class Router:
     cdef tuple _presence_directed
     cdef tuple _iq_account
     cdef tuple _iq_response
+    cdef tuple _turn_commit
     cdef dict _iq_handlers                  # payload namespace -> handler
     cdef dict _services                     # service domain -> handler (Router.add_service)
 
@@ -75,3 +77,4 @@ cdef class Router:
     cdef _directed(self, Session origin, Stanza st, tuple target)
     cdef _delivered(self, Session origin, Stanza st, tuple target, bytes data, tuple sessions)
     cdef _schedule(self, Session session)
+    cpdef commit_turn(self)

@@ -185,7 +185,13 @@ cdef class Session:
             self.router._schedule(self)
 
     cpdef flush(self):
-        """Write what is queued now (used before STARTTLS and before closing)."""
+        """Write what is queued now (used before STARTTLS and before closing), after the
+        commits of this turn that it may acknowledge ("turn/commit")."""
+        if self.router is not None:
+            self.router.commit_turn()
+        self._write()
+
+    cdef _write(self):
         cdef list out = self._out
         self._queued = False
         if not out:
@@ -214,6 +220,7 @@ cdef class Router:
         self.tracer = None
         self.remote_hook = None
         self._message_in = ()
+        self._turn_commit = ()
         self._message_offline = ()
         self._message_delivered = ()
         self._message_sent = ()
@@ -274,6 +281,8 @@ cdef class Router:
             self._iq_account = handlers
         elif stage == "iq/response":
             self._iq_response = handlers
+        elif stage == "turn/commit":
+            self._turn_commit = handlers
         else:
             raise ValueError(f"no pipeline stage {stage!r}")
 
@@ -328,13 +337,31 @@ cdef class Router:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush_all)
 
+    def request_flush(self):
+        """Run the turn's end (commits, then writes) even if nothing was queued to write."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush_all)
+
+    cpdef commit_turn(self):
+        """The "turn/commit" stage: what this turn's writes may acknowledge (a XEP-0198
+        <a/>, an iq result after a message) is committed before any of them leaves. A
+        handler may queue stanzas (errors for what it could not commit): they go out with
+        the rest."""
+        cdef tuple handlers = self._turn_commit
+        if handlers:
+            for handler in handlers:
+                handler()
+
     def flush_all(self):
-        cdef list dirty = self._dirty
+        cdef list dirty
         cdef Session session
+        self.commit_turn()
+        dirty = self._dirty
         self._dirty = []
         self._flush_scheduled = False
         for session in dirty:
-            session.flush()
+            session._write()
 
     # --- routing -----------------------------------------------------------------------
 

@@ -64,6 +64,11 @@ STAGES: dict[str, str] = {
         "before the server answers it on the account's behalf. Pass or bounce."
     ),
     "iq/response": "(origin, st): an iq result/error addressed to the server.",
+    "turn/commit": (
+        "(): the end of a turn of the event loop, before anything queued in it is written: "
+        "commit what those writes may acknowledge (a XEP-0198 <a/>, an iq result answered "
+        "after a message). A handler may queue error stanzas for what it could not commit."
+    ),
 }
 
 # The order: stage -> ((owner, priority), ...). Higher priority runs first. An owner is a
@@ -86,6 +91,9 @@ ORDER: dict[str, tuple[tuple[str, int], ...]] = {
     # XEP-0016 §2.13: the account's default list for iqs answered on its behalf.
     "iq/account": (("privacy", 0),),
     "iq/response": (("hub", 0),),
+    # The archive's batch of the turn, before the writes that acknowledge its messages
+    # (issue "Acknowledged means durable", item 1).
+    "turn/commit": (("mam", 0),),
 }
 
 Handler = Callable[..., Any]

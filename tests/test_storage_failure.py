@@ -2,7 +2,7 @@
 it, ends every stream with system-shutdown, acknowledges nothing more and exits with
 EX_IOERR (74) for its supervisor; what it acknowledged before is intact after a restart.
 A full disk is not fatal (tests/test_durability.py). The failure is injected at the system
-call boundary: tests/faults/eio_after_trigger.c, preloaded into the real server process."""
+call boundary: tests/faults/disk_faults.c, preloaded into the real server process."""
 
 from __future__ import annotations
 
@@ -20,16 +20,21 @@ from xmpp_raw import CLIENT, STREAMS, StreamClosed
 FAULTS = Path(__file__).resolve().parent / "faults"
 
 
-@pytest.fixture(scope="module")
-def eio_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("faults") / "eio_after_trigger.so"
-    source = FAULTS / "eio_after_trigger.c"
+def build_disk_faults(out_dir: Path) -> Path:
+    """tests/faults/disk_faults.c as a library to preload."""
+    out = out_dir / "disk_faults.so"
+    source = FAULTS / "disk_faults.c"
     subprocess.run(
         ["cc", "-shared", "-fPIC", "-O1", "-o", str(out), str(source), "-ldl"],
         check=True,
         timeout=120,
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def eio_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_disk_faults(tmp_path_factory.mktemp("faults"))
 
 
 def test_io_error_at_commit_stops_the_server(

@@ -22,8 +22,11 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
   `[mam] max_page`), <after/>, <before/>; <index/> and other fields: feature-not-
   implemented. An id not in the archive: item-not-found. Results as <result/> messages,
   then <fin complete=...> with <first>/<last>/<count/>.
-- Archive writes are batched: one LMDB transaction per turn of the event loop (`flush`),
-  before any query and at shutdown. A crash loses at most that turn's records.
+- Archive writes are batched: one LMDB transaction per turn of the event loop, at the
+  pipeline's "turn/commit" stage, which the router runs before it writes anything queued in
+  that turn; so no XEP-0198 <a/> or iq result that acknowledges an archived message leaves
+  before the record is on disk. Also before any query and at shutdown. If the commit fails
+  (StorageFull), every sender of the batch gets resource-constraint (type wait) instead.
 - `with`: messages are stored with the partner's bare JID; a full JID in `with` matches
   its bare JID's messages. JIDs in `with` and in the §5 preferences are prepared (RFC 7622):
   `JULIET@CAPULET.LIT` names juliet@capulet.lit; one that is no JID gets jid-malformed.
@@ -31,7 +34,6 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -47,7 +49,7 @@ from .._router import (
     forwarded_message,
 )
 from ..delay import parse_stamp, stamp
-from ..errors import StanzaError
+from ..errors import StanzaError, stanza_error_bytes
 from ..jid import JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
 from ..storage.mam import ArchiveStore, Record
@@ -108,8 +110,10 @@ class MamModule(Module):
         self.settings = server.config.mam
         self.store: ArchiveStore | None = None
         self._prefs: dict[str, tuple[str, list[str], list[str]]] = {}
-        # Records not written yet: (domain, local, record), flushed once per loop turn.
+        # Records not written yet: (domain, local, record), committed at "turn/commit";
+        # and for each message among them, who sent it (told if the commit fails).
         self._pending: list[tuple[str, str, Record]] = []
+        self._senders: dict[tuple[int, str | None], tuple[Any, str | None, str | None]] = {}
         # (stanza, domain, local, record) of the message "message/in" stamped last: written
         # when "message/delivered" follows for that stanza (routing is synchronous, so the
         # next stanza's "message/in" comes after this one's fate is known).
@@ -123,6 +127,7 @@ class MamModule(Module):
             self.hub.hook(self, "message/in", self.received)
             self.hub.hook(self, "message/delivered", self.archive_received)
             self.hub.hook(self, "message/sent", self.sent)
+            self.hub.hook(self, "turn/commit", self.flush)
 
     def account_removed(self, domain: str, local: str) -> None:
         self._prefs.pop(f"{local}@{domain}", None)
@@ -168,7 +173,7 @@ class MamModule(Module):
         stamped = self._stamped
         if stamped is not None and stamped[0] is st:
             self._stamped = None
-            self._queue(stamped[1], stamped[2], stamped[3])
+            self._queue(stamped[1], stamped[2], stamped[3], origin, st)
 
     def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
         """A message a local account sent was routed: archived for the sender."""
@@ -184,16 +189,20 @@ class MamModule(Module):
         record = Record(
             self.store.next_id(), time.time(), peer, "out", forwardable(st, origin.full, to)
         )
-        self._queue(origin.domain, origin.local, record)
+        self._queue(origin.domain, origin.local, record, origin, st)
 
-    def _queue(self, domain: str, local: str, record: Record) -> None:
-        """Written with the others of this turn of the event loop, in one transaction."""
+    def _queue(self, domain: str, local: str, record: Record, origin: Any, st: Stanza) -> None:
+        """Written with the others of this turn in one transaction, at "turn/commit": before
+        anything written in this turn (an <a/>, an iq result) can acknowledge the message."""
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.router.request_flush()
         self._pending.append((domain, local, record))
+        msg_id = st.attrs.get("id")
+        self._senders[(id(origin), msg_id)] = (origin, msg_id, st.attrs.get("to"))
 
     def flush(self) -> None:
         batch, self._pending = self._pending, []
+        senders, self._senders = self._senders, {}
         if not batch:
             return
         assert self.store is not None
@@ -203,8 +212,13 @@ class MamModule(Module):
                 self.settings.max_messages_per_account,
                 self.settings.max_age_days * 86400.0,
             )
-        except StorageFull:
-            log.error("storage full: %d archived messages lost", len(batch))
+        except StorageFull as exc:
+            # Not archived: each sender is told (RFC 6120 §8.3.3.18, type wait) before any
+            # acknowledgement of this turn leaves, and may send again.
+            log.error("archive commit failed, %d message(s) refused: %s", len(senders), exc)
+            refusal = StanzaError("resource-constraint", "the message archive cannot store it")
+            for origin, msg_id, to in senders.values():
+                origin.send(stanza_error_bytes("message", msg_id, to, origin.full, refusal))
 
     def stop(self) -> None:
         self.flush()

@@ -1,0 +1,40 @@
+/* Disk faults at the system-call boundary, loaded into the real server process with
+ * LD_PRELOAD (the server's own code is untouched):
+ * - once the file named by FASTXMPP_EIO_TRIGGER exists, fdatasync() and fsync() fail with
+ *   EIO, as they do when a disk goes bad (tests/test_storage_failure.py);
+ * - once the file named by FASTXMPP_SLOW_SYNC_TRIGGER exists, each fdatasync() and fsync()
+ *   first waits half a second, as on a slow disk: a commit is then in progress long enough
+ *   for a test to act in the middle of it (tests/test_mam_ordering.py). */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static int exists(const char *variable)
+{
+    const char *path = getenv(variable);
+    return path != NULL && access(path, F_OK) == 0;
+}
+
+static int faulty_sync(const char *name, int fd)
+{
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, name);
+    if (exists("FASTXMPP_EIO_TRIGGER")) {
+        errno = EIO;
+        return -1;
+    }
+    if (exists("FASTXMPP_SLOW_SYNC_TRIGGER"))
+        usleep(500000);
+    return real(fd);
+}
+
+int fdatasync(int fd)
+{
+    return faulty_sync("fdatasync", fd);
+}
+
+int fsync(int fd)
+{
+    return faulty_sync("fsync", fd);
+}
