@@ -26,7 +26,8 @@ from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
 from .storage.lmdb_store import DataDirLocked, SchemaTooNew, ServerLock, Storage
 from .stream.c2s import C2SStream, accept
-from .stream.s2s import S2S, Incoming
+from .stream.s2s import S2S
+from .stream.s2s import accept as accept_server
 from .stream.throttle import AuthThrottle
 from .stream.tls import HANDSHAKE_TIMEOUT, direct_tls_context
 
@@ -112,7 +113,7 @@ class Server:
                 label = listener.kind
                 if listener.kind == "s2s":
                     assert self.s2s is not None
-                    factory = partial(Incoming, self.s2s)
+                    factory = partial(accept_server, self.s2s)
                 elif listener.tls == "direct":
                     if direct_tls is None:
                         # XEP-0368: contexts of their own (ALPN, SNI), the same certificates.

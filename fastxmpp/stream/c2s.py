@@ -106,6 +106,7 @@ class C2SStream(Session, XmlStream):
 
     what = "c2s"
     log = log
+    stream_id_bytes = 12
     # Session.sm (a cdef attribute): XEP-0198 state once <enabled/> was sent, else None.
     sm: StreamManagement | None
 
@@ -246,7 +247,7 @@ class C2SStream(Session, XmlStream):
                     ):
                         route(self, event)
                     else:
-                        self._stanza(event)
+                        self._element(event)
                 elif type(event) is StreamHeader:
                     self._stream_header(event)
                 elif event is STREAM_END:
@@ -318,23 +319,17 @@ class C2SStream(Session, XmlStream):
         check_version(header)
         self.send_uncounted(self._features())
 
-    def _send_header(self, peer_from: str | None = None) -> None:
-        connection = self.connection
-        if connection is None or connection.header_sent:
-            return
-        connection.header_sent = True
-        connection.stream_id = secrets.token_urlsafe(12)
+    def _header_xml(self, stream_id: str, peer_from: str | None) -> bytes:
+        assert self.connection is not None
         extra = ""
         if self.host and self.router.is_local(self.host):
             extra += " from=" + quoteattr(self.host)
         if peer_from:
             with contextlib.suppress(JIDError):
                 extra += " to=" + quoteattr(str(parse_jid(peer_from)))
-        self.send_uncounted(
-            STREAM_HEADER.format(
-                id=quoteattr(connection.stream_id), lang=quoteattr(connection.lang), attrs=extra
-            ).encode()
-        )
+        return STREAM_HEADER.format(
+            id=quoteattr(stream_id), lang=quoteattr(self.connection.lang), attrs=extra
+        ).encode()
 
     def _features(self) -> bytes:
         parts = []
@@ -381,7 +376,7 @@ class C2SStream(Session, XmlStream):
 
     # --- non-routed top-level elements -------------------------------------------------
 
-    def _stanza(self, st: Stanza) -> None:
+    def _element(self, st: Stanza) -> None:
         if st.prefix is not None and st.ns == ns.CLIENT:
             # RFC 6120 §4.8.4: content-namespace elements carry no prefix.
             raise StreamError("bad-namespace-prefix", "stanzas must not be prefixed")

@@ -13,8 +13,9 @@ resumption hands it from the stream that authenticated to the session it resumes
 (`attach`), and a session may give its connection up to close it on its own
 (`detach` + `close_stream`) while the session waits to be resumed.
 
-The per-read path is `data_received` -> `StreamParser.feed` -> `owner.handle(events)`: one
-Python frame above the parser and the owner's loop.
+The per-read path is `data_received` -> `_parse` (`StreamParser.feed`) -> `owner.handle`, where
+a client session's stanzas go to `Router.route`: three Python frames (four before the
+connection was split from the client stream).
 """
 
 from __future__ import annotations
@@ -196,16 +197,10 @@ class Connection(asyncio.Protocol):
         if self.inflater is not None:
             self._inflate(data)
             return
-        events = self.parser.feed(data)
-        if self.tracer is not None:
-            self.tracer(self, data, events)
-        if self.busy:
-            self.pending.extend(events)
-            return
-        self.owner.handle(events)
+        self._parse(data)
 
     def _parse(self, data: bytes) -> None:
-        """`data_received` past pacing and compression, for held or inflated input."""
+        """Input past pacing and compression: parsed, and the events to the owner."""
         events = self.parser.feed(data)
         if self.tracer is not None:
             self.tracer(self, data, events)

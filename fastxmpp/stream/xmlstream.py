@@ -13,10 +13,11 @@ subclass says how its header reads (`_send_header`), what the stream offers and 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import secrets
+from typing import TYPE_CHECKING, Any
 
 from .. import ns
-from .._parser import StreamHeader
+from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
 from ..errors import StreamError
 from .connection import STREAM_CLOSE
 
@@ -61,6 +62,7 @@ class XmlStream:
     connection: Connection | None
     closing: bool
 
+    stream_id_bytes = 16  # random bytes in a stream id (RFC 6120 §4.7.3: unpredictable)
     former_peer = "?"  # where the connection came from, once it is gone (log lines)
 
     @property
@@ -71,15 +73,78 @@ class XmlStream:
     def encrypted(self) -> bool:
         return self.connection is not None and self.connection.encrypted
 
+    # --- the connection's events -------------------------------------------------------
+
+    def connected(self, connection: Connection) -> None:
+        """The connection is made (with direct TLS: the handshake is done)."""
+
+    def pause_writing(self) -> None:
+        """The peer does not read (limits.max_outbound_buffer unsent)."""
+
+    def handle(self, events: list[Any]) -> None:
+        """The events of one read, in order; those after a step that has to wait (a TLS
+        handshake) wait in the connection. The client stream has a loop of its own, where
+        a bound session's stanzas go straight to the router."""
+        connection = self.connection
+        if connection is None:
+            return
+        for i, event in enumerate(events):
+            if self.closing:
+                return
+            if connection.busy:
+                connection.pending.extend(events[i:])
+                return
+            try:
+                if type(event) is Stanza:
+                    self._element(event)
+                elif type(event) is StreamHeader:
+                    self._stream_header(event)
+                elif event is STREAM_END:
+                    self._peer_closed()
+                elif isinstance(event, XMLStreamError):
+                    raise StreamError(event.condition, event.text)
+            except StreamError as err:
+                self._stream_failed(err)
+            except Exception:
+                self.log.exception("%s %s: internal error", self.what, self._describe())
+                self._internal_error()
+
+    def _element(self, st: Stanza) -> None:
+        raise NotImplementedError
+
+    def _stream_header(self, header: StreamHeader) -> None:
+        raise NotImplementedError
+
+    def _stream_failed(self, err: StreamError) -> None:
+        self.close_with_error(err.condition, err.text)
+
+    def _internal_error(self) -> None:
+        self.close_with_error("internal-server-error")
+
+    def _describe(self) -> str:
+        return f"stream from {self.peer}"
+
+    # --- output ------------------------------------------------------------------------
+
     def write(self, data: bytes) -> None:
         """Stream-level output (headers, features, negotiation elements, errors)."""
-        assert self.connection is not None
-        self.connection.write(data)
+        if self.connection is not None:
+            self.connection.write(data)
 
     def flush_output(self) -> None:
         """Whatever `write` queued goes out now (before TLS, before closing)."""
 
     def _send_header(self, peer_from: str | None = None) -> None:
+        """Our stream header as the receiving entity, once per stream (§4.7), with a new
+        stream id; `peer_from`: the 'from' of the peer's header, when it had one."""
+        connection = self.connection
+        if connection is None or connection.header_sent:
+            return
+        connection.header_sent = True
+        connection.stream_id = secrets.token_urlsafe(self.stream_id_bytes)
+        self.write(self._header_xml(connection.stream_id, peer_from))
+
+    def _header_xml(self, stream_id: str, peer_from: str | None) -> bytes:
         raise NotImplementedError
 
     def _stream_ending(self) -> None:
