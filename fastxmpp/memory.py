@@ -95,7 +95,12 @@ class ParserHibernation:
         idle_since = time.monotonic() - self.after
         freed = 0
         for stream in self.streams:
-            if stream.last_received <= idle_since and stream.parser.hibernate():
+            connection = stream.connection
+            if (
+                connection is not None
+                and connection.last_received <= idle_since
+                and connection.parser.hibernate()
+            ):
                 freed += 1
         if freed:
             log.debug("released the parsers of %d idle streams", freed)

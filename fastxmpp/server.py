@@ -25,8 +25,9 @@ from .modules import ModuleLoadError, builtin_modules
 from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
 from .storage.lmdb_store import DataDirLocked, SchemaTooNew, ServerLock, Storage
-from .stream.c2s import C2SStream
-from .stream.s2s import S2S, Incoming
+from .stream.c2s import C2SStream, accept
+from .stream.s2s import S2S
+from .stream.s2s import accept as accept_server
 from .stream.throttle import AuthThrottle
 from .stream.tls import HANDSHAKE_TIMEOUT, direct_tls_context
 
@@ -108,18 +109,18 @@ class Server:
             self.modules.load(cls(self) for cls in builtin_modules(config))
             direct_tls: ssl.SSLContext | None = None
             for listener in config.listeners:
-                factory: Callable[[], asyncio.Protocol] = partial(C2SStream, self)
+                factory: Callable[[], asyncio.Protocol] = partial(accept, self)
                 label = listener.kind
                 if listener.kind == "s2s":
                     assert self.s2s is not None
-                    factory = partial(Incoming, self.s2s)
+                    factory = partial(accept_server, self.s2s)
                 elif listener.tls == "direct":
                     if direct_tls is None:
                         # XEP-0368: contexts of their own (ALPN, SNI), the same certificates.
                         direct_tls = direct_tls_context(
                             {h: make_tls_context(*paths) for h, paths in self.certificates.items()}
                         )
-                    factory = partial(C2SStream, self, True)
+                    factory = partial(accept, self, True)
                     label = "c2s (direct TLS)"
                 # XEP-0368: the loop's TLS handshake at accept, before the stream sees a byte
                 # (a handshake started from connection_made would race uvloop's first read).

@@ -821,6 +821,39 @@ def test_resume_on_a_compressed_stream(
     assert bodies(new.sync()) == ["back"]
 
 
+def test_resume_with_input_held_by_pacing(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
+    """Input that pacing holds back (limits.max_bytes_per_second) belongs to the connection:
+    <resume/> and what follows it, held and released later, reach the resumed session."""
+    srv: ServerProcess = make_server(
+        "[limits]\nmax_bytes_per_second = 20000\nburst_bytes = 10000\n"
+    )
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    bob = login(srv, ca_file, clients, "bob")
+    alice = login(srv, ca_file, clients, "alice")
+    alice.enable()
+    alice.sync()
+    alice.c.abort()
+    time.sleep(0.2)
+    c, _features = authenticated(srv, ca_file, clients, "alice")
+    new = Client(c, "alice", alice.full)
+    new.counting = True
+    new.received = alice.received
+    # About 20 KB at once: beyond what is left of the burst, so the server holds it.
+    messages = [message(bob.full, f"held{i:02d}" + "x" * 900) for i in range(20)]
+    c.send(
+        f"<resume xmlns='{SM}' previd='{alice.sm_id}' h='{alice.received}'/>" + "".join(messages)
+    )
+    assert new.next(timeout=20).tag == f"{{{SM}}}resumed"
+    got: list[str] = []
+    while len(got) < len(messages):
+        got += [body[:6] for body in bodies([bob.next(timeout=20)])]
+    assert got == [f"held{i:02d}" for i in range(20)]
+
+
 @pytest.mark.parametrize(
     ("setting", "offered", "enable_answer"),
     [("enabled = false", False, "failed"), ("resume_timeout = 0", True, "enabled")],

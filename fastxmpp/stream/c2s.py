@@ -4,108 +4,91 @@ and the rules are in sm.py, the stream calls into it). Legacy options: XEP-0138 
 compression after SASL, and pre-authentication iqs (XEP-0077 registration, XEP-0078 non-SASL
 authentication) handed to their modules.
 
-One `C2SStream` per TCP connection. It is the router's `Session` for that connection and the
-asyncio protocol at the same time. Every error raised while handling a stanza or the stream
-is turned into XML in `_handle`/`close_with_error` and nowhere else.
+Two objects per client connection. The `Connection` (connection.py: transport, parser,
+TLS and compression state, input pacing) is the asyncio protocol; the `C2SStream` is what
+the stream negotiates (`ClientNegotiation`, c2s_negotiation.py: header, features, SASL,
+compression; STARTTLS and closing are every `XmlStream`'s) and, once a resource is bound
+(here), the router's `Session` (here too: routing, XEP-0198, XEP-0352). XEP-0198
+resumption hands the connection of the stream that said <resume/> to the session it
+resumes (`Connection.attach`), so modules keep their references to the session. Every error
+raised while handling a stanza or the stream is turned into XML in `handle`/
+`close_with_error` and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import contextlib
 import logging
 import secrets
-import ssl
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 from .. import ns
-from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamError
+from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
 from .._router import Session
-from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
-from ..jid import JIDError, normalize_resource, parse_jid
+from ..errors import StanzaError, StreamError, stanza_error_bytes
+from ..jid import JIDError, normalize_resource
 from . import compression, csi, sm
-from .compression import CompressedTransport, CompressionError, Inflater
+from .c2s_negotiation import PRE_AUTH_IQ, ClientNegotiation, escape
+from .connection import Connection
 from .sasl import (
-    Challenge,
-    Failure,
-    PlainExchange,
     SaslExchange,
-    ScramExchange,
-    Success,
-    offered_mechanisms,
 )
 from .sm import StreamManagement
-from .tls import start_server_tls, tls_record_start
+from .xmlstream import XmlStream
 
 if TYPE_CHECKING:
     from ..server import Server
 
 log = logging.getLogger("fastxmpp.c2s")
 
-STREAM_HEADER = (
-    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    "xmlns:stream='http://etherx.jabber.org/streams' id={id} version='1.0' xml:lang={lang}{attrs}>"
-)
-STREAM_CLOSE = b"</stream:stream>"
 # Seconds a slow reader closed for unread output has to take its stream error.
 SLOW_READER_GRACE = 2.0
-# RFC 6120 §4.4: after the server's closing tag, seconds it waits for the peer to close its
-# side before it closes the connection itself.
-CLOSE_LINGER = 2.0
 # Debug traces never show input naming these namespaces: it may carry a password.
 SECRET_MARKERS = (ns.SASL.encode(), b"jabber:iq:register", b"jabber:iq:auth")
-
-# iq payload namespaces an unauthenticated stream may use, and the module that answers them
-# with `pre_auth_iq(stream, stanza)`.
-PRE_AUTH_IQ = {
-    "jabber:iq:register": "register",  # XEP-0077 §3.1, §7
-    "jabber:iq:auth": "legacy_auth",  # XEP-0078
-}
-
 
 # The iq payloads the stream answers itself, before the router: resource binding (RFC 6120
 # §7) and the legacy session (RFC 6121 §1.4).
 STREAM_IQS = ((ns.BIND, "bind"), (ns.SESSION, "session"))
 
-# What belongs to the connection rather than to the session: XEP-0198 resumption moves it
-# from the stream that resumes into the session it resumes (`_move_connection`). Every
-# attribute `__init__` sets, except the session's own (`bound`, `auth_timer`, `resumed_into`)
-# and the ones fixed per server or listener (`server`, `router`, `limits`, `c2s`, `rate`,
-# `burst`, `direct_tls`).
-CONNECTION_STATE = (
-    "parser",
-    "peer",
-    "stream_id",
-    "host",
-    "lang",
-    "header_sent",
-    "encrypted",
-    "authenticated_local",
-    "closing",
-    "sasl",
-    "sasl_mechanism",
-    "sasl_failures",
-    "busy",
-    "pending",
-    "compressed",
-    "inflater",
-    "trace_redacting",
-    "last_received",
-    "address",
-    "tokens",
-    "tokens_at",
-    "held",
-)
+
+def accept(server: Server, direct_tls: bool = False) -> Connection:
+    """The protocol of a new client connection (the listener's factory): a connection and
+    the stream it starts with."""
+    stream = C2SStream(server, direct_tls)
+    limits = server.config.limits
+    connection = Connection(stream, limits, "c2s", server.background)
+    connection.refuse_tls_hello = not direct_tls
+    connection.pace_input(float(limits.max_bytes_per_second), float(limits.burst_bytes))
+    if server.router.tracer is not None:
+        connection.tracer = _trace
+    stream.connection = connection
+    return connection
 
 
-class C2SStream(Session, asyncio.Protocol):
+def _trace(connection: Connection, data: bytes, events: list[Any] | None) -> None:
+    """Debug trace of the connection's output and input, except input that may carry a
+    password (SASL, XEP-0077 and XEP-0078 payloads): from the read naming such a namespace
+    up to the read that completes a top-level element."""
+    owner = connection.owner
+    if not isinstance(owner, C2SStream):
+        return
+    if events is None:
+        owner.router.tracer(owner, data, False)
+        return
+    secret = connection.trace_hiding or any(marker in data for marker in SECRET_MARKERS)
+    shown = f"[{len(data)} bytes not shown: may carry a password]".encode() if secret else data
+    owner.router.tracer(owner, shown, True)
+    connection.trace_hiding = secret and not any(type(e) is Stanza for e in events)
+
+
+class C2SStream(Session, ClientNegotiation):
     """States: waiting for a header -> features sent -> (TLS) -> (SASL) -> bound."""
 
+    what = "c2s"
+    log = log
+    stream_id_bytes = 12
     # Session.sm (a cdef attribute): XEP-0198 state once <enabled/> was sent, else None.
     sm: StreamManagement | None
 
@@ -115,64 +98,34 @@ class C2SStream(Session, asyncio.Protocol):
         config = server.config
         self.limits = config.limits
         self.c2s = config.c2s
-        self.parser = StreamParser(
-            self.limits.max_stanza_size,
-            self.limits.max_depth,
-            self.limits.max_attributes,
-            self.limits.max_elements,
-        )
-        self.peer = "?"
-        self.stream_id = ""
+        self.connection: Connection | None = None
         self.host: str | None = None
-        self.lang = "en"
-        self.header_sent = False
-        self.encrypted = False
         self.authenticated_local: str | None = None
         self.bound = False
         self.closing = False
         self.sasl: SaslExchange | None = None
         self.sasl_mechanism = ""
         self.sasl_failures = 0
-        self.busy = False  # an asynchronous step (TLS handshake, password check) is running
-        self.pending: list[Any] = []
-        self.compressed = False  # XEP-0138 negotiated: transport compresses, input inflated
-        self.inflater: Inflater | None = None
-        self.trace_redacting = False
         self.auth_timer: asyncio.TimerHandle | None = None
-        self.last_received = time.monotonic()
-        self.address = "?"
-        # Input pacing (limits.max_bytes_per_second), a token bucket of `burst` bytes.
-        self.rate = float(self.limits.max_bytes_per_second)
-        self.burst = float(self.limits.burst_bytes)
-        self.tokens = self.burst
-        self.tokens_at = self.last_received
-        self.resume_timer: asyncio.TimerHandle | None = None
-        self.held: list[bytes] | None = None  # input waiting for the budget
-        # XEP-0198: the session this stream's connection went to with <resume/>.
-        self.resumed_into: C2SStream | None = None
         # XEP-0368: the connection came to a direct TLS listener, whose transport completed
         # the TLS handshake before `connection_made` (the listener's ssl context).
         self.direct_tls = direct_tls
-        # Counted in server.unauthenticated_per_ip (limits.max_unauthenticated_per_ip).
-        self.counted_unauthenticated = False
+        # The address counted in server.unauthenticated_per_ip
+        # (limits.max_unauthenticated_per_ip), until the stream authenticates or ends.
+        self.counted_address: str | None = None
 
-    # --- asyncio protocol --------------------------------------------------------------
+    # --- the connection's events -------------------------------------------------------
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        # Beyond this much unsent output asyncio calls pause_writing: a slow reader.
-        transport.set_write_buffer_limits(high=self.limits.max_outbound_buffer)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+    def connected(self, connection: Connection) -> None:
         self.server.streams.add(self)
-        self.address = peer[0] if peer else "?"
         # Until it authenticates, a connection is anonymous: bounded per address. After, its
         # account answers for it (limits.max_resources_per_account), so that many users
         # behind one NAT are not refused.
+        address = connection.address
         per_ip = self.server.unauthenticated_per_ip
-        per_ip[self.address] += 1
-        self.counted_unauthenticated = True
-        if per_ip[self.address] > self.limits.max_unauthenticated_per_ip:
+        per_ip[address] += 1
+        self.counted_address = address
+        if per_ip[address] > self.limits.max_unauthenticated_per_ip:
             log.info("c2s connection from %s refused: too many from that address", self.peer)
             self.close_with_error(
                 "policy-violation", "too many unauthenticated connections from your address"
@@ -185,15 +138,11 @@ class C2SStream(Session, asyncio.Protocol):
         if self.direct_tls:
             # XEP-0368 §3: STARTTLS must not be used over direct TLS; `_features` offers it
             # only on unencrypted streams.
-            self._tls_established(transport, "direct TLS")
+            connection.tls_established(connection.transport, "direct TLS")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
         self.server.heap_trimmer.churned()
         self._uncount_unauthenticated()
-        if self.resume_timer is not None:
-            self.resume_timer.cancel()
-            self.resume_timer = None
         if self._resumable():
             # XEP-0198 §7: no closing handshake, so the stream is unfinished: the session
             # waits for the client to resume it.
@@ -209,139 +158,54 @@ class C2SStream(Session, asyncio.Protocol):
             f": {exc}" if exc else "",
         )
 
-    def _uncount_unauthenticated(self) -> None:
-        """The connection authenticated or went away: off its address's count."""
-        if not self.counted_unauthenticated:
-            return
-        self.counted_unauthenticated = False
-        per_ip = self.server.unauthenticated_per_ip
-        per_ip[self.address] -= 1
-        if per_ip[self.address] <= 0:
-            del per_ip[self.address]
-
     def pause_writing(self) -> None:
         """The client does not read what we send: close it before its output eats memory
         (limits.max_outbound_buffer). The stream error is queued behind the unread output,
         so the connection is aborted shortly after, which frees the buffer. A session the
         client may resume (XEP-0198) loses only its connection: what was not acknowledged
         is kept (within stream_management.max_unacked_*) and sent again on resumption."""
-        if self.closing or self.transport is None:
+        connection = self.connection
+        if self.closing or connection is None or connection.transport is None:
             return
         log.info("c2s %s: output not read, %d bytes queued", self.peer, self.queued_output())
-        transport = self.transport
-        resumable = self._resumable()
-        stream = self._hand_off_connection() if resumable else self
-        stream.close_with_error("policy-violation", "too much unread output")
-        asyncio.get_running_loop().call_later(SLOW_READER_GRACE, transport.abort)
-        if resumable:
+        transport = connection.transport
+        if self._resumable():
+            self._release_connection().end_stream("policy-violation", "too much unread output")
             self._detach("output not read")
-
-    def resume_writing(self) -> None:
-        pass
+        else:
+            self.close_with_error("policy-violation", "too much unread output")
+        asyncio.get_running_loop().call_later(SLOW_READER_GRACE, transport.abort)
 
     def queued_output(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        if not self.header_sent and not self.encrypted and tls_record_start(data):
-            self._tls_on_starttls_port()
-            return
-        now = time.monotonic()
-        self.last_received = now  # XEP-0199 idle pings look at this
-        if self.rate and self._pace(data, now):
-            return
-        self._process(data)
+    @property
+    def last_received(self) -> float:
+        """When the client last sent anything (XEP-0199 idle pings look at this)."""
+        return self.connection.last_received if self.connection is not None else 0.0
 
-    def _process(self, data: bytes) -> None:
-        if self.inflater is None:
-            self._received(data)
-            return
-        stream = self
-        try:
-            for piece in self.inflater.feed(data):
-                stream._received(piece)
-                stream = stream._connection_owner()
-                if stream.closing:
-                    return
-        except CompressionError as exc:
-            # XEP-0138 §3: a processing error after compression closes the stream.
-            stream.close_with_error(
-                "undefined-condition",
-                f"cannot decompress: {exc}",
-                f"<failure xmlns='{compression.NS_PROTOCOL}'><processing-failed/></failure>",
-            )
+    def write(self, data: bytes) -> None:
+        self.send_uncounted(data)
 
-    def _pace(self, data: bytes, now: float) -> bool:
-        """Token bucket on input (limits.max_bytes_per_second, burst_bytes): input beyond the
-        budget is held, and reading paused, until the budget has refilled; TCP flow control
-        then slows the sender down and nothing it sent is dropped. True: `data` was held."""
-        self.tokens = min(self.burst, self.tokens + (now - self.tokens_at) * self.rate)
-        self.tokens_at = now
-        self.tokens -= len(data)
-        if self.held is not None:
-            self.held.append(data)
-            return True
-        if self.tokens >= 0 or self.transport is None:
-            return False
-        self.held = [data]
-        self.transport.pause_reading()
-        self.resume_timer = asyncio.get_running_loop().call_later(
-            -self.tokens / self.rate, self._release_held
-        )
-        return True
-
-    def _release_held(self) -> None:
-        self.resume_timer = None
-        held, self.held = self.held or [], None
-        stream = self
-        for data in held:
-            stream = stream._connection_owner()
-            if stream.closing:
-                return
-            stream._process(data)
-        stream = stream._connection_owner()
-        if stream.transport is not None and not stream.closing:
-            stream.transport.resume_reading()
-
-    def _connection_owner(self) -> C2SStream:
-        """The stream that has this one's connection now (XEP-0198 <resume/> moved it)."""
-        return self.resumed_into or self
-
-    def _received(self, data: bytes) -> None:
-        events = self.parser.feed(data)
-        if self.router.tracer is not None:
-            self._trace_input(data, events)
-        if self.busy:
-            self.pending.extend(events)
-            return
-        self._handle(events)
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def _trace_input(self, data: bytes, events: list[Any]) -> None:
-        """Debug trace of input, except what may carry a password (SASL, XEP-0077 and
-        XEP-0078 payloads): from the read naming such a namespace up to the read that
-        completes a top-level element."""
-        secret = self.trace_redacting or any(marker in data for marker in SECRET_MARKERS)
-        shown = f"[{len(data)} bytes not shown: may carry a password]".encode() if secret else data
-        self.router.tracer(self, shown, True)
-        self.trace_redacting = secret and not any(type(e) is Stanza for e in events)
+    def flush_output(self) -> None:
+        self.flush()
 
     # --- event loop of the stream ------------------------------------------------------
 
-    def _handle(self, events: list[Any]) -> None:
+    def handle(self, events: list[Any]) -> None:
         route = self.router.route
+        connection = self.connection
+        if connection is None:
+            return
         for i, event in enumerate(events):
             if self.closing:
-                if self.resumed_into is not None:
+                owner = connection.owner
+                if owner is not self:
                     # XEP-0198 §5: what followed <resume/> belongs to the resumed session.
-                    self.resumed_into._handle(events[i:])
+                    owner.handle(events[i:])
                 return
-            if self.busy:
-                self.pending.extend(events[i:])
+            if connection.busy:
+                connection.pending.extend(events[i:])
                 return
             try:
                 if type(event) is Stanza:
@@ -355,7 +219,7 @@ class C2SStream(Session, asyncio.Protocol):
                     ):
                         route(self, event)
                     else:
-                        self._stanza(event)
+                        self._element(event)
                 elif type(event) is StreamHeader:
                     self._stream_header(event)
                 elif event is STREAM_END:
@@ -378,34 +242,6 @@ class C2SStream(Session, asyncio.Protocol):
         to = st.attrs.get("to")
         self.send(stanza_error_bytes(st.name, st.attrs.get("id"), to, self.full, err))
 
-    def _resume(self) -> None:
-        self.busy = False
-        pending, self.pending = self.pending, []
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
-            self._handle(pending)
-
-    def _run_async(self, step: Callable[[], Any]) -> None:
-        """Run a coroutine step; events that arrive meanwhile wait in `pending`."""
-        self.busy = True
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-        async def runner() -> None:
-            try:
-                await step()
-            except StreamError as err:
-                self.close_with_error(err.condition, err.text)
-            except Exception:
-                log.exception("internal error on stream from %s", self.peer)
-                self.close_with_error("internal-server-error")
-            finally:
-                self._resume()
-
-        task = asyncio.get_running_loop().create_task(runner())
-        self.server.background.add(task)
-        task.add_done_callback(self.server.background.discard)
-
     def run_iq_step(self, st: Stanza, step: Callable[[], Any]) -> None:
         """For iq handlers with slow work (password hashing): run the coroutine `step` while
         this stream's later input waits; its bytes are the reply, a StanzaError the error
@@ -420,111 +256,11 @@ class C2SStream(Session, asyncio.Protocol):
             if reply is not None:
                 self.send(reply)
 
-        self._run_async(answer)
-
-    # --- stream header and features (RFC 6120 §4.7, §4.3.2) ---------------------------
-
-    def _stream_header(self, header: StreamHeader) -> None:
-        attrs = header.attrs
-        to = attrs.get("to")
-        # The connection's first header names the host (a failed one ends the stream); every
-        # later one is a restart (after STARTTLS, SASL, compression). Direct TLS (XEP-0368)
-        # is encrypted before the first header.
-        previous_host = self.host
-        restarted = previous_host is not None
-        try:
-            self.host = parse_jid(to).domain if to else None
-        except JIDError:
-            self.host = None
-        lang = attrs.get("{" + ns.XML + "}lang")
-        if lang and len(lang) <= 35:
-            self.lang = lang
-        self._send_header(attrs.get("from"))
-        if header.ns != ns.STREAMS or header.name != "stream":
-            raise StreamError("invalid-namespace", "the root must be <stream/> of RFC 6120")
-        if header.prefix != "stream":
-            # RFC 6120 §4.8.5 and §4.9.3.2.
-            raise StreamError("bad-namespace-prefix", "the stream prefix must be 'stream'")
-        if (None, ns.CLIENT) not in header.nsdecls:
-            raise StreamError("invalid-namespace", "the content namespace must be jabber:client")
-        if not to or self.host is None or not self.router.is_local(self.host):
-            raise StreamError("host-unknown", "this server does not serve that domain")
-        if restarted and self.host != previous_host:
-            # The restarted stream must be for the host that was secured and authenticated.
-            raise StreamError("host-unknown", "the stream restart named another host")
-        version = attrs.get("version", "")
-        try:
-            major = int(version.split(".", 1)[0])
-        except ValueError:
-            major = 0
-        if major < 1:
-            # RFC 6120 §4.7.5: we speak 1.0 and nothing older.
-            raise StreamError("unsupported-version", "version 1.0 is required")
-        self.send_uncounted(self._features())
-
-    def _send_header(self, client_from: str | None) -> None:
-        if self.header_sent:
-            return
-        self.header_sent = True
-        self.stream_id = secrets.token_urlsafe(12)
-        extra = ""
-        if self.host and self.router.is_local(self.host):
-            extra += " from=" + quoteattr(self.host)
-        if client_from:
-            with contextlib.suppress(JIDError):
-                extra += " to=" + quoteattr(str(parse_jid(client_from)))
-        self.send_uncounted(
-            STREAM_HEADER.format(
-                id=quoteattr(self.stream_id), lang=quoteattr(self.lang), attrs=extra
-            ).encode()
-        )
-
-    def _features(self) -> bytes:
-        parts = ["<stream:features>"]
-        tls_possible = not self.encrypted and self.host in self.server.tls_contexts
-        if self.authenticated_local is None:
-            tls_required = tls_possible and self.c2s.require_encryption
-            if tls_possible:
-                parts.append(
-                    f"<starttls xmlns='{ns.TLS}'>"
-                    + ("<required/>" if tls_required else "")
-                    + "</starttls>"
-                )
-            if not tls_required:
-                mechanisms = offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted)
-                parts.append(f"<mechanisms xmlns='{ns.SASL}'>")
-                parts.extend(f"<mechanism>{m}</mechanism>" for m in mechanisms)
-                parts.append("</mechanisms>")
-        else:
-            if self._compression_offered():
-                # XEP-0138: after TLS and SASL, before binding; XEP-0170 order.
-                parts.append(f"<compression xmlns='{compression.NS_FEATURE}'>")
-                parts.extend(f"<method>{m}</method>" for m in compression.METHODS)
-                parts.append("</compression>")
-            parts.append(f"<bind xmlns='{ns.BIND}'/>")
-            # RFC 6121 §1.4 kept the legacy session feature; we advertise it as optional.
-            parts.append(f"<session xmlns='{ns.SESSION}'><optional/></session>")
-            if self.server.config.stream_management.enabled:
-                # XEP-0198 §3: once stanzas may follow (enable after bind, or resume).
-                parts.append(sm.FEATURE)
-            if self.server.config.csi.enabled:
-                parts.append(csi.FEATURE)  # XEP-0352 §4: after authentication
-        parts.append(self.server.modules.stream_features(self))
-        parts.append("</stream:features>")
-        return "".join(parts).encode()
-
-    def _compression_offered(self) -> bool:
-        return (
-            self.server.config.legacy.compression
-            and self.encrypted
-            and self.authenticated_local is not None
-            and not self.bound
-            and not self.compressed
-        )
+        self._run_step(answer)
 
     # --- non-routed top-level elements -------------------------------------------------
 
-    def _stanza(self, st: Stanza) -> None:
+    def _element(self, st: Stanza) -> None:
         if st.prefix is not None and st.ns == ns.CLIENT:
             # RFC 6120 §4.8.4: content-namespace elements carry no prefix.
             raise StreamError("bad-namespace-prefix", "stanzas must not be prefixed")
@@ -544,7 +280,7 @@ class C2SStream(Session, asyncio.Protocol):
                 and self.authenticated_local is None
                 and self.host in self.server.tls_contexts
             ):
-                self._starttls()
+                self._starttls(self.server.tls_contexts[self.host])
                 return
             # RFC 6120 §5.4.2.2: STARTTLS where it was not offered (after TLS, after SASL)
             # is the failure case: <failure/>, then the stream is closed.
@@ -629,215 +365,6 @@ class C2SStream(Session, asyncio.Protocol):
         else:
             self.router.route(self, st)
 
-    def _pre_auth_iq(self, st: Stanza) -> None:
-        """XEP-0077 registration or XEP-0078 authentication on a stream that has not
-        authenticated: the router does not serve it, the module answers directly."""
-        itype = st.attrs.get("type")
-        if itype in ("result", "error"):
-            return  # nothing of ours is waiting for an answer before authentication
-        if st.attrs.get("id") is None or itype not in ("get", "set"):
-            raise StanzaError("bad-request", "an iq get/set with an 'id' is expected")
-        to = st.attrs.get("to")
-        if to is not None and to != self.host:
-            try:
-                to_server = parse_jid(to).full == self.host
-            except JIDError:
-                to_server = False
-            if not to_server:
-                raise StanzaError("service-unavailable", "only the server answers before login")
-        module = self.server.modules.get(PRE_AUTH_IQ[st.children[0][0]])
-        if module is None:
-            raise StanzaError("service-unavailable")
-        reply = module.pre_auth_iq(self, st)
-        if reply is not None:
-            self.send(reply)
-
-    # --- XEP-0138 stream compression ---------------------------------------------------
-
-    def _compress(self, st: Stanza) -> None:
-        method_el = st.element().find(f"{{{compression.NS_PROTOCOL}}}method")
-        method = (method_el.text or "").strip() if method_el is not None else ""
-        if method not in compression.METHODS:
-            self._compression_failure("unsupported-method")
-            return
-        if not self._compression_offered():
-            # Already compressed, bound, or not over TLS: not an error of the stream (§3).
-            self._compression_failure("setup-failed")
-            return
-        self.send_uncounted(f"<compressed xmlns='{compression.NS_PROTOCOL}'/>".encode())
-        self.flush()
-        self.transport = CompressedTransport(self.transport)
-        self.inflater = Inflater()
-        self.compressed = True
-        log.info("c2s %s: zlib stream compression", self.peer)
-
-        async def restart() -> None:
-            # Whatever was parsed after <compress/> belongs to the void stream (§3).
-            self.pending.clear()
-            self._restart_stream()
-
-        # Through the async machinery so that events parsed after <compress/> are held back.
-        self._run_async(restart)
-
-    def _compression_failure(self, condition: str) -> None:
-        self.send_uncounted(
-            f"<failure xmlns='{compression.NS_PROTOCOL}'><{condition}/></failure>".encode()
-        )
-
-    # --- STARTTLS (RFC 6120 §5) --------------------------------------------------------
-
-    def _starttls(self) -> None:
-        assert self.host is not None  # features (and so STARTTLS) follow a valid header
-        context: ssl.SSLContext = self.server.tls_contexts[self.host]
-        self.send_uncounted(f"<proceed xmlns='{ns.TLS}'/>".encode())
-        self.flush()
-        # RFC 6120 §5.4.3.3: anything the client sent after <starttls/> is discarded.
-        self.pending.clear()
-
-        async def upgrade() -> None:
-            transport = await start_server_tls(self, context, "c2s")
-            if transport is None:
-                return
-            self._tls_established(transport, "TLS")
-            self.pending.clear()
-            self._restart_stream()
-
-        self._run_async(upgrade)
-
-    def _tls_established(self, transport: Any, how: str) -> None:
-        self.transport = transport
-        transport.set_write_buffer_limits(high=self.limits.max_outbound_buffer)
-        self.encrypted = True
-        tls = transport.get_extra_info("ssl_object")
-        alpn = tls.selected_alpn_protocol()
-        log.info("c2s %s: %s %s%s", self.peer, how, tls.version(), f", ALPN {alpn}" if alpn else "")
-
-    def _tls_on_starttls_port(self) -> None:
-        """A TLS ClientHello where a stream header belongs: a client trying XEP-0368 direct
-        TLS on this STARTTLS port. One line says so (not a not-well-formed trace of the
-        handshake's bytes), and the connection is closed without a stream error, which a
-        TLS client could not read."""
-        sockname = self.transport.get_extra_info("sockname") if self.transport else None
-        log.info(
-            "c2s %s: TLS handshake on STARTTLS port %s from %s; configure a direct TLS "
-            'listener (tls = "direct") or have the client use STARTTLS',
-            self.peer,
-            sockname[1] if sockname else "?",
-            self.address,
-        )
-        self.closing = True
-        self._close_transport()
-
-    def _restart_stream(self) -> None:
-        # RFC 6120 §4.3.3: after TLS and after SASL the stream starts over.
-        self.parser.reset()
-        self.header_sent = False
-
-    # --- SASL (RFC 6120 §6) ------------------------------------------------------------
-
-    def _sasl_auth(self, st: Stanza) -> None:
-        if self.sasl is not None:
-            self.sasl = None
-            self._sasl_failure("aborted", "a new <auth/> aborts the previous exchange")
-            return
-        mechanism = st.attrs.get("mechanism", "")
-        if self.server.auth_throttle.refused(self.address):
-            # Too many failed logins from this address lately (limits.auth_failures_per_ip).
-            self._sasl_failure("temporary-auth-failure", "too many failed logins, try later")
-            return
-        if mechanism not in offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted):
-            self._sasl_failure("invalid-mechanism")
-            return
-        initial = self._sasl_data(st, allow_absent=True)
-        if initial is False:
-            return
-        assert self.host is not None
-        accounts = self.server.accounts
-        if mechanism == "PLAIN":
-            exchange: SaslExchange = PlainExchange(self.host, accounts, self.server.run_blocking)
-        else:
-            exchange = ScramExchange(mechanism, self.host, accounts)
-        self.sasl = exchange
-        self.sasl_mechanism = mechanism
-        self._run_async(lambda: self._sasl_step(exchange.start(initial)))  # type: ignore[arg-type]
-
-    def _sasl_response(self, st: Stanza) -> None:
-        exchange = self.sasl
-        if exchange is None:
-            self._sasl_failure("malformed-request", "no exchange in progress")
-            return
-        data = self._sasl_data(st, allow_absent=False)
-        if data is False:
-            return
-        self._run_async(lambda: self._sasl_step(exchange.respond(data)))  # type: ignore[arg-type]
-
-    def _sasl_data(self, st: Stanza, allow_absent: bool) -> bytes | bool | None:
-        text = (st.element().text or "").strip()
-        if not text:
-            return None if allow_absent else b""
-        if text == "=":
-            return b""  # RFC 6120 §6.4.2: an empty initial response
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            self.sasl = None
-            self._sasl_failure("incorrect-encoding")
-            return False
-
-    async def _sasl_step(self, pending_outcome: Any) -> None:
-        outcome = await pending_outcome
-        exchange = self.sasl
-        account = self._throttle_key(exchange)
-        throttle = self.server.auth_throttle
-        if isinstance(outcome, Success | Failure) and throttle.refused(self.address, account):
-            # The account is under attack (limits.auth_failures_per_account): refused for
-            # the rest of the window whatever the password, RFC 6120 §6.5.12.
-            outcome = Failure("temporary-auth-failure", "too many failed logins, try later")
-        elif isinstance(outcome, Failure) and outcome.condition == "not-authorized":
-            throttle.record_failure(self.address, account)
-            delay = throttle.delay(self.address, account)
-            if delay:
-                await asyncio.sleep(delay)  # back-off: this stream's input waits too
-            if self.closing:
-                return
-        if isinstance(outcome, Challenge):
-            data = _b64(outcome.data) if outcome.data else ""
-            self.send_uncounted(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
-        elif isinstance(outcome, Success):
-            self.sasl = None
-            self.authenticated_local = outcome.local
-            self._uncount_unauthenticated()
-            data = _b64(outcome.data) if outcome.data else ""
-            self.send_uncounted(f"<success xmlns='{ns.SASL}'>{data}</success>".encode())
-            log.info(
-                "c2s %s: authenticated %s@%s with %s",
-                self.peer,
-                outcome.local,
-                self.host,
-                self.sasl_mechanism,
-            )
-            self.pending.clear()
-            self._restart_stream()
-        elif isinstance(outcome, Failure):
-            self.sasl = None
-            self._sasl_failure(outcome.condition, outcome.text)
-
-    def _throttle_key(self, exchange: SaslExchange | None) -> str | None:
-        if exchange is None or exchange.username is None:
-            return None
-        return f"{exchange.username}@{self.host}"
-
-    def _sasl_failure(self, condition: str, text: str | None = None) -> None:
-        self.sasl_failures += 1
-        text_xml = f"<text xml:lang='en'>{_escape(text)}</text>" if text else ""
-        self.send_uncounted(
-            f"<failure xmlns='{ns.SASL}'><{condition}/>{text_xml}</failure>".encode()
-        )
-        log.info("c2s %s: SASL failure %s (%d)", self.peer, condition, self.sasl_failures)
-        if condition != "aborted" and self.sasl_failures >= self.c2s.max_sasl_failures:
-            # RFC 6120 §6.4.5: retries are limited; then the stream is closed.
-            self.close_with_error("policy-violation", "too many authentication failures")
-
     # --- resource binding (RFC 6120 §7) ------------------------------------------------
 
     def _bind(self, st: Stanza) -> None:
@@ -852,7 +379,7 @@ class C2SStream(Session, asyncio.Protocol):
         else:
             resource = _new_resource()
         self._enter_session(self.authenticated_local, resource, may_rename=True)
-        payload = f"<bind xmlns='{ns.BIND}'><jid>{_escape(self.full)}</jid></bind>"
+        payload = f"<bind xmlns='{ns.BIND}'><jid>{escape(self.full)}</jid></bind>"
         self.send(_iq_result(st, None, payload))
         self.server.session_bound(self)
 
@@ -986,9 +513,9 @@ class C2SStream(Session, asyncio.Protocol):
         if not state.acknowledge(h):
             self._handled_count_too_high(state, h)  # the old session keeps waiting
             return
-        if old.transport is not None:
+        if old.connection is not None:
             # §5: the server still has the old stream open: conflict, then closed.
-            old._hand_off_connection().close_with_error(
+            old._release_connection().end_stream(
                 "conflict", "the session was resumed on another connection"
             )
         if state.expiry is not None:
@@ -997,11 +524,14 @@ class C2SStream(Session, asyncio.Protocol):
         if self.auth_timer is not None:
             self.auth_timer.cancel()
             self.auth_timer = None
-        self.flush()
-        self._move_connection(old)
-        self.resumed_into = old
+        connection = self._release_connection()
         self.closing = True
         self.server.streams.discard(self)
+        # The connection is the resumed session's from here on, with what it still holds
+        # (input waiting for the pacing budget, events parsed after <resume/>).
+        connection.attach(old)
+        old.connection = connection
+        old.closing = False
         old.send_uncounted(sm.resumed_xml(state))
         for data, _sent_at in state.unacked:
             old.send_uncounted(data)  # §5: everything the client has not handled, again
@@ -1030,12 +560,12 @@ class C2SStream(Session, asyncio.Protocol):
         state = self.sm
         assert state is not None
         self.closing = True  # no input to process, no pings (modules look at this)
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            self.former_peer = connection.peer
+            connection.release().hibernate()
         self.transport = None
         self.flush()  # drops output never written: the unacknowledged queue has it
-        self.held = None
-        self.pending = []
-        self.inflater = None  # XEP-0138 state is the connection's: a resuming one has its own
-        self.parser.hibernate()
         state.expiry = asyncio.get_running_loop().call_later(
             state.timeout, self._resumption_expired
         )
@@ -1060,35 +590,15 @@ class C2SStream(Session, asyncio.Protocol):
         self.server.streams.discard(self)
         self._end_session()
 
-    def _hand_off_connection(self) -> C2SStream:
-        """Move this session's connection to a stream object of its own, for the caller to
-        close; the session is left without one."""
-        husk = C2SStream(self.server)
-        husk.full = self.full  # for its log lines only: it is not bound
+    def _release_connection(self) -> Connection:
+        """What is queued goes out, then the connection is no longer this stream's: for the
+        caller to close, or to hand to a resumed session."""
+        connection = self.connection
+        assert connection is not None
         self.flush()
-        self._move_connection(husk)
-        return husk
-
-    def _move_connection(self, dst: C2SStream) -> None:
-        """The connection (transport, parser, TLS and compression state, input pacing)
-        becomes `dst`'s: the transport calls dst's protocol methods from now on."""
-        transport = self.transport
-        for name in CONNECTION_STATE:
-            setattr(dst, name, getattr(self, name))
-        dst.transport = transport
-        self.transport = None
-        self.held = None
-        self.pending = []
-        self.busy = False
-        if self.resume_timer is not None:
-            # Input held by the pacing goes along, released at the same time.
-            when = self.resume_timer.when()
-            self.resume_timer.cancel()
-            self.resume_timer = None
-            dst.resume_timer = asyncio.get_running_loop().call_at(when, dst._release_held)
-        if transport is not None:
-            transport.set_protocol(dst)
-        self.server.streams.add(dst)
+        self.connection = None
+        self.former_peer = connection.peer
+        return connection.release()
 
     def unacked_overflow(self) -> None:
         """More unacknowledged output than stream_management.max_unacked_stanzas/bytes
@@ -1109,15 +619,6 @@ class C2SStream(Session, asyncio.Protocol):
 
     # --- closing (RFC 6120 §4.4) -------------------------------------------------------
 
-    def _peer_closed(self) -> None:
-        self.closing = True
-        self._final_ack()
-        # Modules write their last words to the session as it ends (a room's unavailable
-        # presence, XEP-0045 §7.14): before our closing tag, nothing after it (RFC 6120 §4.4).
-        self._end_session()
-        self.send_uncounted(STREAM_CLOSE)
-        self._close_transport()
-
     def close_with_error(
         self, condition: str | None, text: str | None = None, app_xml: str = ""
     ) -> None:
@@ -1126,29 +627,19 @@ class C2SStream(Session, asyncio.Protocol):
         if self.sm is not None and self.sm.detached:
             self._end_detached()  # no connection to tell: the session ends
             return
-        if self.closing:
-            return
         if condition == "connection-timeout" and self._resumable():
             # A dead connection (an unanswered ping) is what XEP-0198 resumption is for: the
             # connection gets the error, the session waits for the client to come back.
-            self._hand_off_connection().close_with_error(condition, text)
+            self._release_connection().end_stream(condition, text)
             self._detach(condition)
             return
-        self.closing = True
-        if self.transport is None:
-            return
-        if not self.header_sent:
-            # RFC 6120 §4.9.1.2: the error follows our stream header.
-            self._send_header(None)
+        XmlStream.close_with_error(self, condition, text, app_xml)
+
+    def _stream_ending(self) -> None:
         self._final_ack()
-        self._end_session()  # what modules send as it ends precedes the closing tag (§4.4)
-        if condition is not None:
-            log.info(
-                "c2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else ""
-            )
-            self.send_uncounted(stream_error_bytes(condition, text, app_xml))
-        self.send_uncounted(STREAM_CLOSE)
-        self._close_transport(linger=True)
+        # Modules write their last words to the session as it ends (a room's unavailable
+        # presence, XEP-0045 §7.14): before our closing tag, nothing after it (RFC 6120 §4.4).
+        self._end_session()
 
     def _final_ack(self) -> None:
         """XEP-0198 §4: an <a/> before the stream closes tells the client which of its
@@ -1177,35 +668,10 @@ class C2SStream(Session, asyncio.Protocol):
                     log.exception("unacknowledged stanzas of %s", self.full)
             self.server.session_ended(self)
 
-    def _close_transport(self, linger: bool = False) -> None:
-        """Flush and close. linger: we closed the stream, the peer has not; wait
-        (CLOSE_LINGER at most) for it to close its side, reading and dropping what it still
-        sends (RFC 6120 §4.4). Closing at once with its input unread would make the kernel
-        answer with a reset, which can destroy the stream error before the peer read it."""
-        self._end_session()
-        self.flush()
-        transport = self.transport
-        if transport is None:
-            return
-        if not linger:
-            transport.close()
-            return
-        with contextlib.suppress(RuntimeError, AttributeError):
-            transport.resume_reading()  # input pacing may have paused it
-        asyncio.get_running_loop().call_later(CLOSE_LINGER, transport.close)
-
     def _auth_timed_out(self) -> None:
         self.auth_timer = None
         if not self.bound:
             self.close_with_error("connection-timeout", "authentication took too long")
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode() if data else "="
-
-
-def _escape(text: str | None) -> str:
-    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _new_resource() -> str:

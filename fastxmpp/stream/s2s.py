@@ -42,11 +42,12 @@ import aiodns
 from lxml import etree
 
 from .. import ns
-from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamError
+from .._parser import Stanza, StreamHeader
 from .._router import Session
 from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
 from ..jid import JIDError, parse_jid
-from .tls import start_server_tls
+from .connection import STREAM_CLOSE, Connection
+from .xmlstream import XmlStream, check_stream_root, features_xml
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -63,7 +64,6 @@ STREAM_HEADER = (
     "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
     "version='1.0'{attrs}>"
 )
-STREAM_CLOSE = b"</stream:stream>"
 STANZA_NAMES = ("message", "presence", "iq")
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 
@@ -176,7 +176,7 @@ class ReverseLink:
         return self.incoming.closing or self.incoming.transport is None
 
     def submit(self, data: bytes, name: str, attrs: dict[str, Any]) -> None:
-        self.incoming.send(data)
+        self.incoming.write(data)
 
 
 class RemoteOrigin(Session):
@@ -407,82 +407,31 @@ class S2S:
             stream.close_with_error("system-shutdown", "the server is shutting down")
 
 
-class _Link(asyncio.Protocol):
-    """What both directions of a server link share: the parsed events of one read handed
-    out in order, and held back (`pending`) while a slow step (TLS, a dialback check)
-    runs."""
-
-    closing: bool
-    busy: bool
-    pending: list[Any]
-
-    def _handle(self, events: list[Any]) -> None:
-        for i, event in enumerate(events):
-            if self.closing:
-                return
-            if self.busy:
-                self.pending.extend(events[i:])
-                return
-            try:
-                if type(event) is Stanza:
-                    self._element(event)
-                elif type(event) is StreamHeader:
-                    self._stream_header(event)
-                elif event is STREAM_END:
-                    self._stream_end()
-                elif isinstance(event, XMLStreamError):
-                    raise StreamError(event.condition, event.text)
-            except StreamError as err:
-                self._stream_failed(err)
-            except Exception:
-                log.exception("s2s %s: internal error", self._describe())
-                self._internal_error()
-
-    def _element(self, st: Stanza) -> None:
-        raise NotImplementedError
-
-    def _stream_header(self, header: StreamHeader) -> None:
-        raise NotImplementedError
-
-    def _stream_end(self) -> None:
-        raise NotImplementedError
-
-    def _stream_failed(self, err: StreamError) -> None:
-        raise NotImplementedError
-
-    def _internal_error(self) -> None:
-        raise NotImplementedError
-
-    def _describe(self) -> str:
-        raise NotImplementedError
-
-
-class Outgoing(_Link):
+class Outgoing(XmlStream):
     """One outgoing link from `local` to `remote`: connect, TLS, authenticate, then carry
     stanzas (and dialback verify requests) until idle."""
+
+    what = "s2s"
+    log = log
 
     def __init__(self, s2s: S2S, local: str, remote: str) -> None:
         self.s2s = s2s
         self.config = s2s.config
         self.local = local
         self.remote = remote
-        limits = s2s.server.config.limits
-        self.parser = StreamParser(
-            limits.max_stanza_size, limits.max_depth, limits.max_attributes, limits.max_elements
-        )
         self.transport: Any = None
+        self.connection: Connection | None = Connection(
+            self, s2s.server.config.limits, "s2s", s2s.server.background
+        )
         self.queue: list[tuple[bytes, str, dict[str, Any]]] = []
         self.verifies: list[bytes] = []
         self.waiting_verify: dict[tuple[str, str], list[Callable[[bool | None], None]]] = {}
         self.stream_id = ""
-        self.encrypted = False
         self.sasl_done = False
         self.established = False  # features after TLS seen: verify requests may go
         self.ready = False  # authenticated: stanzas may go
         self.bidi = False  # XEP-0288: the peer's stanzas come back over this link
         self.closing = False
-        self.busy = False
-        self.pending: list[Any] = []
         self.idle_timer: asyncio.TimerHandle | None = None
         s2s.links_out.add(self)
         loop = asyncio.get_running_loop()
@@ -523,8 +472,8 @@ class Outgoing(_Link):
             self.verifies.append(data)
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        if self.connection is not None and self.transport is not None:
+            self.connection.write(data)
             if self.ready:
                 self._touch()
 
@@ -537,6 +486,8 @@ class Outgoing(_Link):
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
+        connection = self.connection
+        assert connection is not None
         try:
             targets = await self.s2s.resolve(self.remote)
         except Exception:
@@ -545,7 +496,7 @@ class Outgoing(_Link):
             if self.closing:
                 return
             try:
-                await loop.create_connection(lambda: self, host, port)
+                await loop.create_connection(lambda: connection, host, port)
                 return
             except OSError as exc:
                 log.info(
@@ -588,20 +539,18 @@ class Outgoing(_Link):
             self.fail("remote-server-not-found", f"the link to {self.remote} closed")
             return
         self.s2s.links_out.discard(self)
-        if self.transport is not None:
-            if condition is not None:
-                self.transport.write(stream_error_bytes(condition))
-            self.transport.write(STREAM_CLOSE)
-            self.transport.close()
+        if self.transport is not None and self.connection is not None:
+            error = stream_error_bytes(condition) if condition is not None else b""
+            self.connection.write(error + STREAM_CLOSE)
+            self.connection.close_transport(linger=False)
         elif not self.task.done() and asyncio.current_task() is not self.task:
             self.task.cancel()
 
     # --- asyncio protocol --------------------------------------------------------------
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        # A peer that stops reading must not make our output grow without end.
-        transport.set_write_buffer_limits(high=self.s2s.server.config.limits.max_outbound_buffer)
+    def connected(self, connection: Connection) -> None:
+        # A peer that stops reading must not make our output grow without end: the
+        # connection's limits.max_outbound_buffer, then pause_writing.
         log.info("s2s %s -> %s: connected", self.local, self.remote)
         self._send_header()
 
@@ -613,34 +562,26 @@ class Outgoing(_Link):
         self.close("policy-violation")
         asyncio.get_running_loop().call_later(2.0, transport.abort)
 
-    def resume_writing(self) -> None:
-        pass
-
-    def _send_header(self) -> None:
-        self.parser.reset()
+    def _send_header(self, peer_from: str | None = None) -> None:
+        if self.connection is not None:
+            self.connection.restart()
         self._write(_header(**{"from": self.local, "to": self.remote}))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
         if not self.closing:
             self.close()
         log.info("s2s %s -> %s: closed", self.local, self.remote)
 
-    def data_received(self, data: bytes) -> None:
+    def handle(self, events: list[Any]) -> None:
         if self.ready and self.bidi:
             self._touch()  # the peer's traffic on a bidirectional link keeps it up too
-        events = self.parser.feed(data)
-        if self.busy:
-            self.pending.extend(events)
-            return
-        self._handle(events)
+        XmlStream.handle(self, events)
 
     def _stream_header(self, header: StreamHeader) -> None:
         self.stream_id = header.attrs.get("id", "")
-        if (None, ns.SERVER) not in header.nsdecls:
-            raise StreamError("invalid-namespace", "jabber:server expected")
+        check_stream_root(header, ns.SERVER)
 
-    def _stream_end(self) -> None:
+    def _peer_closed(self) -> None:
         self.close()
 
     def _stream_failed(self, err: StreamError) -> None:
@@ -662,7 +603,7 @@ class Outgoing(_Link):
         elif st.ns == ns.STREAMS and st.name == "error":
             self.fail("remote-server-not-found", f"{self.remote} sent a stream error")
         elif st.ns == ns.TLS and st.name == "proceed":
-            self._starttls()
+            self._tls_proceed()
         elif st.ns == ns.TLS:
             self.fail("remote-server-not-found", "STARTTLS failed")
         elif st.ns == ns.SASL and st.name == "success":
@@ -744,60 +685,53 @@ class Outgoing(_Link):
             self._write(b"".join(data for data, _name, _attrs in queue))
         self._touch()
 
-    def _starttls(self) -> None:
-        self.busy = True
-        self.transport.pause_reading()
+    def _tls_proceed(self) -> None:
+        """RFC 6120 §5.4.3.3 as the initiating entity: the handshake, then our new header."""
+        connection = self.connection
+        assert connection is not None
         context = self.s2s.client_context(self.local)
 
         async def upgrade() -> None:
-            loop = asyncio.get_running_loop()
             try:
-                transport = await loop.start_tls(
-                    self.transport,
-                    self,
+                transport = await asyncio.get_running_loop().start_tls(
+                    connection.transport,
+                    connection,
                     context,
                     server_hostname=self.remote,
                     ssl_handshake_timeout=self.config.connect_timeout,
                 )
             except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-                self.busy = False
                 self.fail("remote-server-not-found", f"TLS with {self.remote} failed: {exc}")
                 return
-            self.transport = transport
-            transport.set_write_buffer_limits(  # type: ignore[union-attr]
-                high=self.s2s.server.config.limits.max_outbound_buffer
-            )
-            self.encrypted = True
-            self.busy = False
-            self.pending.clear()
-            transport.resume_reading()  # type: ignore[union-attr]
+            connection.tls_established(transport, "TLS")
+            connection.pending.clear()
             self._send_header()
 
-        task = asyncio.get_running_loop().create_task(upgrade())
-        self.s2s.server.background.add(task)
-        task.add_done_callback(self.s2s.server.background.discard)
+        connection.run_step(upgrade)
 
 
-class Incoming(_Link):
+def accept(s2s: S2S) -> Connection:
+    """The protocol of a new server-to-server connection (the listener's factory)."""
+    stream = Incoming(s2s)
+    stream.connection = Connection(stream, s2s.server.config.limits, "s2s", s2s.server.background)
+    return stream.connection
+
+
+class Incoming(XmlStream):
     """One inbound link: another server's stream to us (RFC 6120 §13, XEP-0220 §2.2)."""
+
+    what = "s2s"
+    log = log
 
     def __init__(self, s2s: S2S) -> None:
         self.s2s = s2s
         self.server = s2s.server
         self.router = s2s.router
         self.config = s2s.config
-        limits = self.server.config.limits
-        self.parser = StreamParser(
-            limits.max_stanza_size, limits.max_depth, limits.max_attributes, limits.max_elements
-        )
         self.transport: Any = None
-        self.peer = "?"
-        self.address = "?"
-        self.stream_id = ""
+        self.connection: Connection | None = None
         self.host: str | None = None
         self.peer_domain: str | None = None
-        self.header_sent = False
-        self.encrypted = False
         self.sasl_done = False
         self.authenticated: set[str] = set()
         # The one sender domain dialback may verify on this stream (see the module doc).
@@ -805,15 +739,11 @@ class Incoming(_Link):
         self.dialback_pending = 0  # verifications this stream is waiting for
         self.bidi = False  # XEP-0288: the peer asked for a bidirectional link
         self.closing = False
-        self.busy = False
-        self.pending: list[Any] = []
         self.auth_timer: asyncio.TimerHandle | None = None
+        self.address = "?"  # counted in s2s.per_ip while the stream is in s2s.incoming
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.address = peer[0] if peer else "?"
+    def connected(self, connection: Connection) -> None:
+        self.address = connection.address
         self.s2s.incoming.add(self)
         self.s2s.per_ip[self.address] += 1
         log.info("s2s connection from %s", self.peer)
@@ -828,7 +758,6 @@ class Incoming(_Link):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
         self.closing = True
         if self in self.s2s.incoming:
             self.s2s.incoming.discard(self)
@@ -848,34 +777,6 @@ class Incoming(_Link):
         if not self.authenticated:
             self.close_with_error("connection-timeout", "authentication took too long")
 
-    def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        events = self.parser.feed(data)
-        if self.busy:
-            self.pending.extend(events)
-            return
-        self._handle(events)
-
-    def _stream_end(self) -> None:
-        self.closing = True
-        self.send(STREAM_CLOSE)
-        if self.transport is not None:
-            self.transport.close()
-
-    def _stream_failed(self, err: StreamError) -> None:
-        self.close_with_error(err.condition, err.text)
-
-    def _internal_error(self) -> None:
-        self.close_with_error("internal-server-error")
-
-    def _describe(self) -> str:
-        return f"stream from {self.peer}"
-
     def _stream_header(self, header: StreamHeader) -> None:
         attrs = header.attrs
         to_domain = _domain_of(attrs.get("to"))
@@ -884,24 +785,18 @@ class Incoming(_Link):
         self.host = to_domain
         self.peer_domain = _domain_of(attrs.get("from"))
         self._send_header()
-        if header.ns != ns.STREAMS or header.name != "stream":
-            raise StreamError("invalid-namespace", "the root must be <stream/> of RFC 6120")
-        if header.prefix != "stream":
-            raise StreamError("bad-namespace-prefix", "the stream prefix must be 'stream'")
-        if (None, ns.SERVER) not in header.nsdecls:
-            # RFC 6120 §4.9.3.10: a server-to-server stream is in jabber:server.
-            raise StreamError("invalid-namespace", "the content namespace must be jabber:server")
+        check_stream_root(header, ns.SERVER)
         if self.host is None or not self.router.is_local(self.host):
             raise StreamError("host-unknown", "this server does not serve that domain")
-        self.send(self._features())
+        self.write(self._features())
 
-    def _send_header(self) -> None:
-        if self.header_sent:
-            return
-        self.header_sent = True
-        self.stream_id = secrets.token_urlsafe(16)
+    @property
+    def stream_id(self) -> str:
+        return self.connection.stream_id if self.connection is not None else ""
+
+    def _header_xml(self, stream_id: str, peer_from: str | None) -> bytes:
         local = self.host if self.host is not None and self.router.is_local(self.host) else None
-        self.send(_header(id=self.stream_id, **{"from": local, "to": self.peer_domain}))
+        return _header(id=stream_id, **{"from": local, "to": self.peer_domain})
 
     def _peer_certificate(self) -> dict[str, Any] | None:
         if self.transport is None:
@@ -910,7 +805,7 @@ class Incoming(_Link):
         return None if ssl_object is None else ssl_object.getpeercert()
 
     def _features(self) -> bytes:
-        parts = ["<stream:features>"]
+        parts = []
         if not self.encrypted:
             parts.append(
                 f"<starttls xmlns='{ns.TLS}'>"
@@ -930,8 +825,7 @@ class Incoming(_Link):
                 parts.append(f"<dialback xmlns='{NS_DIALBACK_FEATURE}'><errors/></dialback>")
             if self.encrypted and self.config.bidi:
                 parts.append(f"<bidi xmlns='{NS_BIDI_FEATURE}'/>")
-        parts.append("</stream:features>")
-        return "".join(parts).encode()
+        return features_xml(parts)
 
     def _element(self, st: Stanza) -> None:
         if st.ns == ns.SERVER and st.name in STANZA_NAMES:
@@ -939,12 +833,10 @@ class Incoming(_Link):
         elif st.ns == ns.STREAMS and st.name == "error":
             # RFC 6120 §4.9.1.1: the peer is closing with an error.
             log.info("s2s %s: the peer sent a stream error", self.peer)
-            self.closing = True
-            self.send(STREAM_CLOSE)
-            if self.transport is not None:
-                self.transport.close()
+            self._peer_closed()
         elif st.ns == ns.TLS and st.name == "starttls" and not self.encrypted:
-            self._starttls()
+            assert self.host is not None
+            self._starttls(self.s2s.server_contexts[self.host])
         elif st.ns == ns.SASL and st.name == "auth" and self.encrypted and not self.sasl_done:
             self._sasl_external(st)
         elif st.ns == NS_DIALBACK and st.name == "result" and self.config.dialback:
@@ -956,30 +848,7 @@ class Incoming(_Link):
         else:
             raise StreamError("unsupported-stanza-type", f"<{st.name}/> is not expected here")
 
-    # --- STARTTLS and SASL EXTERNAL ----------------------------------------------------
-
-    def _starttls(self) -> None:
-        assert self.host is not None
-        context = self.s2s.server_contexts[self.host]
-        self.send(f"<proceed xmlns='{ns.TLS}'/>".encode())
-        self.busy = True
-        self.transport.pause_reading()
-
-        async def upgrade() -> None:
-            transport = await start_server_tls(self, context, "s2s")
-            if transport is None:
-                return
-            self.transport = transport
-            self.encrypted = True
-            self.busy = False
-            self.pending.clear()  # RFC 6120 §5.4.3.3
-            self.parser.reset()
-            self.header_sent = False
-            transport.resume_reading()
-
-        task = asyncio.get_running_loop().create_task(upgrade())
-        self.server.background.add(task)
-        task.add_done_callback(self.server.background.discard)
+    # --- SASL EXTERNAL ---------------------------------------------------------------
 
     def _sasl_external(self, st: Stanza) -> None:
         """XEP-0178 §3: EXTERNAL succeeds for the domain the certificate names."""
@@ -1001,12 +870,12 @@ class Incoming(_Link):
             return
         self.sasl_done = True
         self._authenticated(domain, "SASL EXTERNAL")
-        self.send(f"<success xmlns='{ns.SASL}'/>".encode())
-        self.parser.reset()  # RFC 6120 §6.4.6: the stream restarts
-        self.header_sent = False
+        self.write(f"<success xmlns='{ns.SASL}'/>".encode())
+        if self.connection is not None:
+            self.connection.restart()  # RFC 6120 §6.4.6
 
     def _sasl_failure(self, condition: str) -> None:
-        self.send(f"<failure xmlns='{ns.SASL}'><{condition}/></failure>".encode())
+        self.write(f"<failure xmlns='{ns.SASL}'><{condition}/></failure>".encode())
 
     def _authenticated(self, domain: str, how: str) -> None:
         self.authenticated.add(domain)
@@ -1069,7 +938,7 @@ class Incoming(_Link):
                 return
             verdict = "valid" if valid else "invalid"
             addresses = f"from={quoteattr(local)} to={quoteattr(remote)}"
-            self.send(f"<db:result type='{verdict}' {addresses}/>".encode())
+            self.write(f"<db:result type='{verdict}' {addresses}/>".encode())
             if valid:
                 self._authenticated(remote, "dialback")
             else:
@@ -1082,7 +951,7 @@ class Incoming(_Link):
 
     def _dialback_error(self, local: str, remote: str, condition: str, error_type: str) -> None:
         """XEP-0220 §2.5: an error for one domain pair; the stream goes on."""
-        self.send(
+        self.write(
             f"<db:result type='error' from={quoteattr(local)} to={quoteattr(remote)}>"
             f"<error type='{error_type}'><{condition} xmlns='{ns.STANZA_ERRORS}'/></error>"
             "</db:result>".encode()
@@ -1095,7 +964,7 @@ class Incoming(_Link):
         key = (st.element().text or "").strip()
         expected = self.s2s.dialback_key(receiving, originating, stream_id)
         valid = self.router.is_local(originating) and hmac.compare_digest(key, expected)
-        self.send(
+        self.write(
             f"<db:verify type='{'valid' if valid else 'invalid'}' from={quoteattr(originating)} "
             f"to={quoteattr(receiving)} id={quoteattr(stream_id)}/>".encode()
         )
@@ -1104,19 +973,3 @@ class Incoming(_Link):
 
     def _stanza(self, st: Stanza) -> None:
         receive_stanza(self.s2s, st, self.authenticated, self.peer)
-
-    def close_with_error(self, condition: str | None, text: str | None = None) -> None:
-        if self.closing:
-            return
-        self.closing = True
-        if self.transport is None:
-            return
-        self._send_header()
-        if condition is not None:
-            log.info(
-                "s2s %s: stream error %s%s", self.peer, condition, f" ({text})" if text else ""
-            )
-            self.send(stream_error_bytes(condition, text))
-        self.send(STREAM_CLOSE)
-        transport = self.transport
-        asyncio.get_running_loop().call_later(2.0, transport.close)

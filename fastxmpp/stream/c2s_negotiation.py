@@ -1,0 +1,324 @@
+"""What a client stream negotiates before it is a session (RFC 6120 §4-§6, XEP-0138):
+the stream header and features, SASL, legacy compression, and the iqs an unauthenticated
+stream may send (XEP-0077 registration, XEP-0078 authentication). STARTTLS and the closing
+handshake are every stream's (xmlstream.py); binding a resource makes the stream the
+router's session (c2s.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+from xml.sax.saxutils import quoteattr
+
+from .. import ns
+from .._parser import Stanza, StreamHeader
+from ..errors import StanzaError, StreamError
+from ..jid import JIDError, parse_jid
+from . import compression, csi, sm
+from .sasl import (
+    Challenge,
+    Failure,
+    PlainExchange,
+    SaslExchange,
+    ScramExchange,
+    Success,
+    offered_mechanisms,
+)
+from .xmlstream import XmlStream, check_stream_root, check_version, features_xml
+
+if TYPE_CHECKING:
+    from ..config import C2SConfig
+    from ..server import Server
+    from .c2s import C2SStream
+
+log = logging.getLogger("fastxmpp.c2s")
+
+STREAM_HEADER = (
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    "xmlns:stream='http://etherx.jabber.org/streams' id={id} version='1.0' xml:lang={lang}{attrs}>"
+)
+
+# iq payload namespaces an unauthenticated stream may use, and the module that answers them
+# with `pre_auth_iq(stream, stanza)`.
+PRE_AUTH_IQ = {
+    "jabber:iq:register": "register",  # XEP-0077 §3.1, §7
+    "jabber:iq:auth": "legacy_auth",  # XEP-0078
+}
+
+
+class ClientNegotiation(XmlStream):
+    """The negotiating half of `C2SStream`: from the first header to authentication."""
+
+    server: Server
+    router: Any
+    c2s: C2SConfig
+    host: str | None
+    authenticated_local: str | None
+    bound: bool
+    sasl: SaslExchange | None
+    sasl_mechanism: str
+    sasl_failures: int
+    counted_address: str | None
+
+    def _uncount_unauthenticated(self) -> None:
+        """The connection authenticated or went away: off its address's count."""
+        address, self.counted_address = self.counted_address, None
+        if address is None:
+            return
+        per_ip = self.server.unauthenticated_per_ip
+        per_ip[address] -= 1
+        if per_ip[address] <= 0:
+            del per_ip[address]
+
+    def _run_step(self, step: Callable[[], Any]) -> None:
+        """A slow negotiation step (a password check): later input waits for it."""
+        assert self.connection is not None
+        self.connection.run_step(step)
+
+    # --- stream header and features (RFC 6120 §4.7, §4.3.2) ---------------------------
+
+    def _stream_header(self, header: StreamHeader) -> None:
+        assert self.connection is not None
+        attrs = header.attrs
+        to = attrs.get("to")
+        # The connection's first header names the host (a failed one ends the stream); every
+        # later one is a restart (after STARTTLS, SASL, compression). Direct TLS (XEP-0368)
+        # is encrypted before the first header.
+        previous_host = self.host
+        restarted = previous_host is not None
+        try:
+            self.host = parse_jid(to).domain if to else None
+        except JIDError:
+            self.host = None
+        lang = attrs.get("{" + ns.XML + "}lang")
+        if lang and len(lang) <= 35:
+            self.connection.lang = lang
+        self._send_header(attrs.get("from"))
+        check_stream_root(header, ns.CLIENT)
+        if not to or self.host is None or not self.router.is_local(self.host):
+            raise StreamError("host-unknown", "this server does not serve that domain")
+        if restarted and self.host != previous_host:
+            # The restarted stream must be for the host that was secured and authenticated.
+            raise StreamError("host-unknown", "the stream restart named another host")
+        check_version(header)
+        self.write(self._features())
+
+    def _header_xml(self, stream_id: str, peer_from: str | None) -> bytes:
+        assert self.connection is not None
+        extra = ""
+        if self.host and self.router.is_local(self.host):
+            extra += " from=" + quoteattr(self.host)
+        if peer_from:
+            with contextlib.suppress(JIDError):
+                extra += " to=" + quoteattr(str(parse_jid(peer_from)))
+        return STREAM_HEADER.format(
+            id=quoteattr(stream_id), lang=quoteattr(self.connection.lang), attrs=extra
+        ).encode()
+
+    def _features(self) -> bytes:
+        parts = []
+        tls_possible = not self.encrypted and self.host in self.server.tls_contexts
+        if self.authenticated_local is None:
+            tls_required = tls_possible and self.c2s.require_encryption
+            if tls_possible:
+                parts.append(
+                    f"<starttls xmlns='{ns.TLS}'>"
+                    + ("<required/>" if tls_required else "")
+                    + "</starttls>"
+                )
+            if not tls_required:
+                mechanisms = offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted)
+                parts.append(f"<mechanisms xmlns='{ns.SASL}'>")
+                parts.extend(f"<mechanism>{m}</mechanism>" for m in mechanisms)
+                parts.append("</mechanisms>")
+        else:
+            if self._compression_offered():
+                # XEP-0138: after TLS and SASL, before binding; XEP-0170 order.
+                parts.append(f"<compression xmlns='{compression.NS_FEATURE}'>")
+                parts.extend(f"<method>{m}</method>" for m in compression.METHODS)
+                parts.append("</compression>")
+            parts.append(f"<bind xmlns='{ns.BIND}'/>")
+            # RFC 6121 §1.4 kept the legacy session feature; we advertise it as optional.
+            parts.append(f"<session xmlns='{ns.SESSION}'><optional/></session>")
+            if self.server.config.stream_management.enabled:
+                # XEP-0198 §3: once stanzas may follow (enable after bind, or resume).
+                parts.append(sm.FEATURE)
+            if self.server.config.csi.enabled:
+                parts.append(csi.FEATURE)  # XEP-0352 §4: after authentication
+        parts.append(self.server.modules.stream_features(cast("C2SStream", self)))
+        return features_xml(parts)
+
+    def _compression_offered(self) -> bool:
+        return (
+            self.server.config.legacy.compression
+            and self.encrypted
+            and self.authenticated_local is not None
+            and not self.bound
+            and self.connection is not None
+            and not self.connection.compressed
+        )
+
+    def _pre_auth_iq(self, st: Stanza) -> None:
+        """XEP-0077 registration or XEP-0078 authentication on a stream that has not
+        authenticated: the router does not serve it, the module answers directly."""
+        itype = st.attrs.get("type")
+        if itype in ("result", "error"):
+            return  # nothing of ours is waiting for an answer before authentication
+        if st.attrs.get("id") is None or itype not in ("get", "set"):
+            raise StanzaError("bad-request", "an iq get/set with an 'id' is expected")
+        to = st.attrs.get("to")
+        if to is not None and to != self.host:
+            try:
+                to_server = parse_jid(to).full == self.host
+            except JIDError:
+                to_server = False
+            if not to_server:
+                raise StanzaError("service-unavailable", "only the server answers before login")
+        module = self.server.modules.get(PRE_AUTH_IQ[st.children[0][0]])
+        if module is None:
+            raise StanzaError("service-unavailable")
+        reply = module.pre_auth_iq(self, st)
+        if reply is not None:
+            self.write(reply)
+
+    # --- XEP-0138 stream compression ---------------------------------------------------
+
+    def _compress(self, st: Stanza) -> None:
+        method_el = st.element().find(f"{{{compression.NS_PROTOCOL}}}method")
+        method = (method_el.text or "").strip() if method_el is not None else ""
+        if method not in compression.METHODS:
+            self._compression_failure("unsupported-method")
+            return
+        if not self._compression_offered():
+            # Already compressed, bound, or not over TLS: not an error of the stream (§3).
+            self._compression_failure("setup-failed")
+            return
+        self.write(f"<compressed xmlns='{compression.NS_PROTOCOL}'/>".encode())
+        self.flush_output()
+        assert self.connection is not None
+        self.connection.compress()
+
+    def _compression_failure(self, condition: str) -> None:
+        self.write(f"<failure xmlns='{compression.NS_PROTOCOL}'><{condition}/></failure>".encode())
+
+    # --- SASL (RFC 6120 §6) ------------------------------------------------------------
+
+    def _sasl_auth(self, st: Stanza) -> None:
+        if self.sasl is not None:
+            self.sasl = None
+            self._sasl_failure("aborted", "a new <auth/> aborts the previous exchange")
+            return
+        mechanism = st.attrs.get("mechanism", "")
+        if self.server.auth_throttle.refused(self._address()):
+            # Too many failed logins from this address lately (limits.auth_failures_per_ip).
+            self._sasl_failure("temporary-auth-failure", "too many failed logins, try later")
+            return
+        if mechanism not in offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted):
+            self._sasl_failure("invalid-mechanism")
+            return
+        initial = self._sasl_data(st, allow_absent=True)
+        if initial is False:
+            return
+        assert self.host is not None
+        accounts = self.server.accounts
+        if mechanism == "PLAIN":
+            exchange: SaslExchange = PlainExchange(self.host, accounts, self.server.run_blocking)
+        else:
+            exchange = ScramExchange(mechanism, self.host, accounts)
+        self.sasl = exchange
+        self.sasl_mechanism = mechanism
+        self._run_step(lambda: self._sasl_step(exchange.start(initial)))  # type: ignore[arg-type]
+
+    def _sasl_response(self, st: Stanza) -> None:
+        exchange = self.sasl
+        if exchange is None:
+            self._sasl_failure("malformed-request", "no exchange in progress")
+            return
+        data = self._sasl_data(st, allow_absent=False)
+        if data is False:
+            return
+        self._run_step(lambda: self._sasl_step(exchange.respond(data)))  # type: ignore[arg-type]
+
+    def _sasl_data(self, st: Stanza, allow_absent: bool) -> bytes | bool | None:
+        text = (st.element().text or "").strip()
+        if not text:
+            return None if allow_absent else b""
+        if text == "=":
+            return b""  # RFC 6120 §6.4.2: an empty initial response
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            self.sasl = None
+            self._sasl_failure("incorrect-encoding")
+            return False
+
+    async def _sasl_step(self, pending_outcome: Any) -> None:
+        outcome = await pending_outcome
+        exchange = self.sasl
+        account = self._throttle_key(exchange)
+        throttle = self.server.auth_throttle
+        if isinstance(outcome, Success | Failure) and throttle.refused(self._address(), account):
+            # The account is under attack (limits.auth_failures_per_account): refused for
+            # the rest of the window whatever the password, RFC 6120 §6.5.12.
+            outcome = Failure("temporary-auth-failure", "too many failed logins, try later")
+        elif isinstance(outcome, Failure) and outcome.condition == "not-authorized":
+            throttle.record_failure(self._address(), account)
+            delay = throttle.delay(self._address(), account)
+            if delay:
+                await asyncio.sleep(delay)  # back-off: this stream's input waits too
+            if self.closing:
+                return
+        if isinstance(outcome, Challenge):
+            data = _b64(outcome.data) if outcome.data else ""
+            self.write(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
+        elif isinstance(outcome, Success):
+            self.sasl = None
+            self.authenticated_local = outcome.local
+            self._uncount_unauthenticated()
+            data = _b64(outcome.data) if outcome.data else ""
+            self.write(f"<success xmlns='{ns.SASL}'>{data}</success>".encode())
+            log.info(
+                "c2s %s: authenticated %s@%s with %s",
+                self.peer,
+                outcome.local,
+                self.host,
+                self.sasl_mechanism,
+            )
+            if self.connection is not None:
+                self.connection.pending.clear()
+                self.connection.restart()
+        elif isinstance(outcome, Failure):
+            self.sasl = None
+            self._sasl_failure(outcome.condition, outcome.text)
+
+    def _address(self) -> str:
+        """The client's IP address: what failed logins are counted by."""
+        return self.connection.address if self.connection is not None else "?"
+
+    def _throttle_key(self, exchange: SaslExchange | None) -> str | None:
+        if exchange is None or exchange.username is None:
+            return None
+        return f"{exchange.username}@{self.host}"
+
+    def _sasl_failure(self, condition: str, text: str | None = None) -> None:
+        self.sasl_failures += 1
+        text_xml = f"<text xml:lang='en'>{escape(text)}</text>" if text else ""
+        self.write(f"<failure xmlns='{ns.SASL}'><{condition}/>{text_xml}</failure>".encode())
+        log.info("c2s %s: SASL failure %s (%d)", self.peer, condition, self.sasl_failures)
+        if condition != "aborted" and self.sasl_failures >= self.c2s.max_sasl_failures:
+            # RFC 6120 §6.4.5: retries are limited; then the stream is closed.
+            self.close_with_error("policy-violation", "too many authentication failures")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode() if data else "="
+
+
+def escape(text: str | None) -> str:
+    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,416 @@
+"""One network connection carrying an XML stream: the transport layer under every stream kind.
+
+A `Connection` is the asyncio protocol of one TCP connection. It owns what belongs to the
+connection rather than to a stream's purpose: the transport (replaced by STARTTLS, RFC 6120
+§5, and by XEP-0138 compression), the incremental parser that turns bytes into stream events
+(the framing: for TCP the events are cut out of one endless XML document), input pacing, the
+events held back while an asynchronous negotiation step runs, and the closing handshake's
+wait for the peer (RFC 6120 §4.4).
+
+What the events mean is its owner's business (a `StreamOwner`: a client stream, an incoming
+or outgoing server link). The owner can change while the connection lives: XEP-0198
+resumption hands it from the stream that authenticated to the session it resumes
+(`attach`), and a session may give its connection up to close it on its own
+(`detach` + `close_stream`) while the session waits to be resumed.
+
+The per-read path is `data_received` -> `_parse` (`StreamParser.feed`) -> `owner.handle`, where
+a client session's stanzas go to `Router.route`: three Python frames (four before the
+connection was split from the client stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .._parser import StreamParser
+from ..errors import StreamError, stream_error_bytes
+from .compression import NS_PROTOCOL, CompressedTransport, CompressionError, Inflater
+from .tls import start_server_tls, tls_record_start
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ..config import LimitsConfig
+
+log = logging.getLogger("fastxmpp.connection")
+
+STREAM_CLOSE = b"</stream:stream>"
+# RFC 6120 §4.4: after our closing tag, seconds we wait for the peer to close its side before
+# closing the connection ourselves.
+CLOSE_LINGER = 2.0
+
+
+class StreamOwner(Protocol):
+    """What a connection hands its events to. `transport` mirrors the connection's while
+    the owner has it (None otherwise): client sessions write through it from compiled code."""
+
+    transport: Any
+
+    def connected(self, connection: Connection) -> None:
+        """The connection is made (with direct TLS: the handshake is done)."""
+
+    def handle(self, events: list[Any]) -> None:
+        """Parsed stream events, in order; stop early while `connection.busy`."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The transport is gone (closed by either side)."""
+
+    def pause_writing(self) -> None:
+        """The peer does not read: more than limits.max_outbound_buffer is unsent."""
+
+    def close_with_error(
+        self, condition: str | None, text: str | None = None, app_xml: str = ""
+    ) -> None:
+        """End the stream with a stream error (RFC 6120 §4.9), or none."""
+
+
+class Released:
+    """The owner of a connection whose stream is over and whose session has gone on without
+    it: it only waits for the peer to close (RFC 6120 §4.4)."""
+
+    transport: Any = None
+
+    def connected(self, connection: Connection) -> None:
+        pass
+
+    def handle(self, events: list[Any]) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        pass
+
+    def close_with_error(
+        self, condition: str | None, text: str | None = None, app_xml: str = ""
+    ) -> None:
+        pass
+
+
+class Connection(asyncio.Protocol):
+    def __init__(
+        self, owner: StreamOwner, limits: LimitsConfig, what: str, background: set[Any]
+    ) -> None:
+        self.owner = owner
+        self.what = what  # "c2s", "s2s": log lines
+        self.background = background  # the server's running tasks (kept referenced)
+        self.max_outbound_buffer = limits.max_outbound_buffer
+        self.parser = StreamParser(
+            limits.max_stanza_size, limits.max_depth, limits.max_attributes, limits.max_elements
+        )
+        self.transport: Any = None
+        self.peer = "?"
+        self.address = "?"
+        # Stream-level state of the stream on this connection (restarts keep the connection).
+        self.stream_id = ""
+        self.lang = "en"
+        self.header_sent = False
+        self.encrypted = False
+        self.compressed = False  # XEP-0138 negotiated: transport compresses, input inflated
+        self.inflater: Inflater | None = None
+        self.closing = False  # no more input is read: the stream is over on our side
+        self.busy = False  # an asynchronous step (TLS handshake, password check) is running
+        self.pending: list[Any] = []  # events parsed while busy
+        # Debug trace: (connection, bytes, events parsed from them, or None for output). It
+        # may hide input that carries a secret, from one read up to the read that completes
+        # the element (`trace_hiding`).
+        self.tracer: Callable[[Connection, bytes, list[Any] | None], None] | None = None
+        self.trace_hiding = False
+        # A TLS ClientHello where a stream header belongs is refused with one log line
+        # (client listeners: a client trying XEP-0368 direct TLS on a STARTTLS port).
+        self.refuse_tls_hello = False
+        self.last_received = time.monotonic()
+        # Input pacing (limits.max_bytes_per_second), a token bucket of `burst` bytes; 0: off.
+        self.rate = 0.0
+        self.burst = 0.0
+        self.tokens = 0.0
+        self.tokens_at = self.last_received
+        self.held: list[bytes] | None = None  # input waiting for the budget
+        self.resume_timer: asyncio.TimerHandle | None = None
+
+    def pace_input(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = self.tokens = burst
+
+    # --- owners (XEP-0198 resumption moves the connection) -----------------------------
+
+    def attach(self, owner: StreamOwner) -> None:
+        """`owner` gets this connection's events and writes through its transport."""
+        self.owner.transport = None
+        self.owner = owner
+        owner.transport = self.transport
+
+    def release(self) -> Connection:
+        """Its owner gives the connection up (to close it while the owner, a session,
+        stays): it belongs to no stream any more."""
+        self.attach(Released())
+        return self
+
+    # --- asyncio protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        # Beyond this much unsent output asyncio calls pause_writing: a slow reader.
+        transport.set_write_buffer_limits(high=self.max_outbound_buffer)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.address = peer[0] if peer else "?"
+        self._set_transport(transport)
+        self.owner.connected(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._set_transport(None)
+        if self.resume_timer is not None:
+            self.resume_timer.cancel()
+            self.resume_timer = None
+        self.owner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None  # the peer closed its side: so do we (RFC 6120 §4.4)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if (
+            self.refuse_tls_hello
+            and not self.header_sent
+            and not self.encrypted
+            and tls_record_start(data)
+        ):
+            self._tls_on_plain_port()
+            return
+        now = time.monotonic()
+        self.last_received = now  # XEP-0199 idle pings and parser hibernation look at this
+        if self.rate and self._pace(data, now):
+            return
+        if self.inflater is not None:
+            self._inflate(data)
+            return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Input past pacing and compression: parsed, and the events to the owner."""
+        events = self.parser.feed(data)
+        if self.tracer is not None:
+            self.tracer(self, data, events)
+        if self.busy:
+            self.pending.extend(events)
+            return
+        self.owner.handle(events)
+
+    def _inflate(self, data: bytes) -> None:
+        assert self.inflater is not None
+        try:
+            for piece in self.inflater.feed(data):
+                self._parse(piece)
+                if self.closing:
+                    return
+        except CompressionError as exc:
+            # XEP-0138 §3: a processing error after compression closes the stream.
+            self.owner.close_with_error(
+                "undefined-condition",
+                f"cannot decompress: {exc}",
+                f"<failure xmlns='{NS_PROTOCOL}'><processing-failed/></failure>",
+            )
+
+    def _pace(self, data: bytes, now: float) -> bool:
+        """Token bucket on input (limits.max_bytes_per_second, burst_bytes): input beyond the
+        budget is held, and reading paused, until the budget has refilled; TCP flow control
+        then slows the sender down and nothing it sent is dropped. True: `data` was held."""
+        self.tokens = min(self.burst, self.tokens + (now - self.tokens_at) * self.rate)
+        self.tokens_at = now
+        self.tokens -= len(data)
+        if self.held is not None:
+            self.held.append(data)
+            return True
+        if self.tokens >= 0 or self.transport is None:
+            return False
+        self.held = [data]
+        self.transport.pause_reading()
+        self.resume_timer = asyncio.get_running_loop().call_later(
+            -self.tokens / self.rate, self._release_held
+        )
+        return True
+
+    def _release_held(self) -> None:
+        self.resume_timer = None
+        held, self.held = self.held or [], None
+        for data in held:
+            if self.closing:
+                return
+            if self.inflater is not None:
+                self._inflate(data)
+            else:
+                self._parse(data)
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def _tls_on_plain_port(self) -> None:
+        """A TLS ClientHello where a stream header belongs: one line says so (not a
+        not-well-formed trace of the handshake's bytes), and the connection is closed
+        without a stream error, which a TLS client could not read."""
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        log.info(
+            "%s %s: TLS handshake on STARTTLS port %s from %s; configure a direct TLS "
+            'listener (tls = "direct") or have the client use STARTTLS',
+            self.what,
+            self.peer,
+            sockname[1] if sockname else "?",
+            self.address,
+        )
+        self.close_transport(linger=False)
+
+    # --- writing and closing -----------------------------------------------------------
+
+    def _set_transport(self, transport: Any) -> None:
+        self.transport = transport
+        self.owner.transport = transport
+
+    def write(self, data: bytes) -> None:
+        """Straight to the transport (a client session queues its output and flushes it
+        first: `Session.flush`)."""
+        if self.tracer is not None:
+            self.tracer(self, data, None)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def closing_bytes(
+        self, condition: str | None, text: str | None = None, app_xml: str = ""
+    ) -> bytes:
+        """Our side of the closing handshake: a stream error (if any, RFC 6120 §4.9), then
+        the closing tag; one piece, so that the peer reads them together."""
+        if condition is None:
+            return STREAM_CLOSE
+        log.info(
+            "%s %s: stream error %s%s",
+            self.what,
+            self.peer,
+            condition,
+            f" ({text})" if text else "",
+        )
+        return stream_error_bytes(condition, text, app_xml) + STREAM_CLOSE
+
+    def end_stream(self, condition: str | None, text: str | None = None, app_xml: str = "") -> None:
+        """Close the stream (with an error) and then the connection, once the peer has
+        closed its side (§4.4)."""
+        self.write(self.closing_bytes(condition, text, app_xml))
+        self.close_transport(linger=True)
+
+    def close_transport(self, linger: bool) -> None:
+        """Stop reading and close. linger: we closed the stream, the peer has not; wait
+        (CLOSE_LINGER at most) for it to close its side, reading and dropping what it still
+        sends (RFC 6120 §4.4). Closing at once with its input unread would make the kernel
+        answer with a reset, which can destroy the stream error before the peer read it."""
+        self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if not linger:
+            transport.close()
+            return
+        with contextlib.suppress(RuntimeError, AttributeError):
+            transport.resume_reading()  # input pacing may have paused it
+        asyncio.get_running_loop().call_later(CLOSE_LINGER, transport.close)
+
+    def hibernate(self) -> None:
+        """No stream on this connection any more (its session lost it): drop input state."""
+        self.held = None
+        self.pending = []
+        self.inflater = None
+        self.parser.hibernate()
+
+    # --- negotiation steps -------------------------------------------------------------
+
+    def run_step(self, step: Callable[[], Awaitable[Any]]) -> None:
+        """Run a coroutine step (a TLS handshake, a password check); events that arrive
+        meanwhile wait in `pending` and go to the owner when it is done. A StreamError it
+        raises ends the stream."""
+        self.busy = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+        async def runner() -> None:
+            try:
+                await step()
+            except StreamError as err:
+                self.owner.close_with_error(err.condition, err.text)
+            except Exception:
+                log.exception("internal error on %s stream from %s", self.what, self.peer)
+                self.owner.close_with_error("internal-server-error")
+            finally:
+                self._step_done()
+
+        task = asyncio.get_running_loop().create_task(runner())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def _step_done(self) -> None:
+        self.busy = False
+        pending, self.pending = self.pending, []
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+            self.owner.handle(pending)
+
+    def start_tls(self, context: ssl.SSLContext, established: Callable[[], None]) -> None:
+        """STARTTLS on the receiving side (RFC 6120 §5.4.3.3), after <proceed/> was
+        written: anything the peer sent after <starttls/> is discarded, and the stream
+        restarts over TLS (`established` runs then)."""
+        self.pending.clear()
+
+        async def upgrade() -> None:
+            transport = await start_server_tls(self, context, self.what)
+            if transport is None:
+                return
+            self.tls_established(transport, "TLS")
+            self.pending.clear()
+            self.restart()
+            established()
+
+        self.run_step(upgrade)
+
+    def tls_established(self, transport: Any, how: str) -> None:
+        transport.set_write_buffer_limits(high=self.max_outbound_buffer)
+        self._set_transport(transport)
+        self.encrypted = True
+        tls = transport.get_extra_info("ssl_object")
+        alpn = tls.selected_alpn_protocol()
+        log.info(
+            "%s %s: %s %s%s",
+            self.what,
+            self.peer,
+            how,
+            tls.version(),
+            f", ALPN {alpn}" if alpn else "",
+        )
+
+    def compress(self) -> None:
+        """XEP-0138 §3, after <compressed/> was written: our output is compressed from
+        here on, input inflated, and the stream restarts (what was parsed after
+        <compress/> belongs to the void stream)."""
+        self._set_transport(CompressedTransport(self.transport))
+        self.inflater = Inflater()
+        self.compressed = True
+        log.info("%s %s: zlib stream compression", self.what, self.peer)
+
+        async def restart() -> None:
+            self.pending.clear()
+            self.restart()
+
+        # Through run_step so that events parsed after <compress/> are held back.
+        self.run_step(restart)
+
+    def restart(self) -> None:
+        """RFC 6120 §4.3.3: after TLS, SASL and compression the stream starts over."""
+        self.parser.reset()
+        self.header_sent = False

@@ -1,0 +1,202 @@
+"""What every XML stream negotiation shares (RFC 6120 §4), over a `Connection`.
+
+`XmlStream` is the base of the client stream (c2s.py) and of both directions of a server
+link (s2s.py); a component stream (XEP-0114) would be one more. It holds the checks every
+stream header gets (§4.7, §4.8.5, §4.9.3), the closing handshake (§4.4: our stream error and
+closing tag, then the connection waits for the peer's), the answer to the peer's closing tag
+or stream error, and STARTTLS and direct TLS on the receiving side (§5, XEP-0368). A
+subclass says how its header reads (`_send_header`), what the stream offers and takes
+(features, elements) and what happens to its session when the stream ends
+(`_stream_ending`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from .. import ns
+from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
+from ..errors import StreamError
+from .connection import STREAM_CLOSE
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .connection import Connection
+
+
+def check_stream_root(header: StreamHeader, content_ns: str) -> None:
+    """The checks every stream header gets, whoever sent it: the root is RFC 6120's
+    <stream:stream/> (§4.8.5, §4.9.3.2, §4.9.3.10) and the content namespace the one of
+    the stream kind (jabber:client, jabber:server, jabber:component:accept)."""
+    if header.ns != ns.STREAMS or header.name != "stream":
+        raise StreamError("invalid-namespace", "the root must be <stream/> of RFC 6120")
+    if header.prefix != "stream":
+        raise StreamError("bad-namespace-prefix", "the stream prefix must be 'stream'")
+    if (None, content_ns) not in header.nsdecls:
+        raise StreamError("invalid-namespace", f"the content namespace must be {content_ns}")
+
+
+def check_version(header: StreamHeader) -> None:
+    """RFC 6120 §4.7.5: we speak 1.0 and nothing older."""
+    try:
+        major = int(header.attrs.get("version", "").split(".", 1)[0])
+    except ValueError:
+        major = 0
+    if major < 1:
+        raise StreamError("unsupported-version", "version 1.0 is required")
+
+
+def features_xml(parts: list[str]) -> bytes:
+    return ("<stream:features>" + "".join(parts) + "</stream:features>").encode()
+
+
+class XmlStream:
+    """A stream negotiated over `connection` (None once the connection is gone or given
+    away). `closing`: the stream is over on our side, nothing more is handled."""
+
+    what = "stream"  # "c2s", "s2s": log lines and the TLS log
+    log = logging.getLogger("fastxmpp.stream")
+    connection: Connection | None
+    closing: bool
+
+    stream_id_bytes = 16  # random bytes in a stream id (RFC 6120 §4.7.3: unpredictable)
+    former_peer = "?"  # where the connection came from, once it is gone (log lines)
+
+    @property
+    def peer(self) -> str:
+        return self.connection.peer if self.connection is not None else self.former_peer
+
+    @property
+    def encrypted(self) -> bool:
+        return self.connection is not None and self.connection.encrypted
+
+    # --- the connection's events -------------------------------------------------------
+
+    def connected(self, connection: Connection) -> None:
+        """The connection is made (with direct TLS: the handshake is done)."""
+
+    def pause_writing(self) -> None:
+        """The peer does not read (limits.max_outbound_buffer unsent)."""
+
+    def handle(self, events: list[Any]) -> None:
+        """The events of one read, in order; those after a step that has to wait (a TLS
+        handshake) wait in the connection. The client stream has a loop of its own, where
+        a bound session's stanzas go straight to the router."""
+        connection = self.connection
+        if connection is None:
+            return
+        for i, event in enumerate(events):
+            if self.closing:
+                return
+            if connection.busy:
+                connection.pending.extend(events[i:])
+                return
+            try:
+                if type(event) is Stanza:
+                    self._element(event)
+                elif type(event) is StreamHeader:
+                    self._stream_header(event)
+                elif event is STREAM_END:
+                    self._peer_closed()
+                elif isinstance(event, XMLStreamError):
+                    raise StreamError(event.condition, event.text)
+            except StreamError as err:
+                self._stream_failed(err)
+            except Exception:
+                self.log.exception("%s %s: internal error", self.what, self._describe())
+                self._internal_error()
+
+    def _element(self, st: Stanza) -> None:
+        raise NotImplementedError
+
+    def _stream_header(self, header: StreamHeader) -> None:
+        raise NotImplementedError
+
+    def _stream_failed(self, err: StreamError) -> None:
+        self.close_with_error(err.condition, err.text)
+
+    def _internal_error(self) -> None:
+        self.close_with_error("internal-server-error")
+
+    def _describe(self) -> str:
+        return f"stream from {self.peer}"
+
+    # --- output ------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Stream-level output (headers, features, negotiation elements, errors)."""
+        if self.connection is not None:
+            self.connection.write(data)
+
+    def flush_output(self) -> None:
+        """Whatever `write` queued goes out now (before TLS, before closing)."""
+
+    def _send_header(self, peer_from: str | None = None) -> None:
+        """Our stream header as the receiving entity, once per stream (§4.7), with a new
+        stream id; `peer_from`: the 'from' of the peer's header, when it had one."""
+        connection = self.connection
+        if connection is None or connection.header_sent:
+            return
+        connection.header_sent = True
+        connection.stream_id = secrets.token_urlsafe(self.stream_id_bytes)
+        self.write(self._header_xml(connection.stream_id, peer_from))
+
+    def _header_xml(self, stream_id: str, peer_from: str | None) -> bytes:
+        raise NotImplementedError
+
+    def _stream_ending(self) -> None:
+        """The stream closes (either side): last words go out before our closing tag."""
+
+    # --- closing (RFC 6120 §4.4, §4.9) --------------------------------------------------
+
+    def close_with_error(
+        self, condition: str | None, text: str | None = None, app_xml: str = ""
+    ) -> None:
+        """Send a stream error (if any) and the closing tag, then close the connection once
+        the peer has closed its side (or after CLOSE_LINGER); `app_xml`: an
+        application-specific condition (RFC 6120 §4.9.4)."""
+        if self.closing:
+            return
+        self.closing = True
+        connection = self.connection
+        if connection is None or connection.transport is None:
+            return
+        # RFC 6120 §4.9.1.2: the error follows our stream header.
+        self._send_header()
+        self._stream_ending()
+        self._end_stream(connection, condition, text, app_xml)
+
+    def _end_stream(
+        self, connection: Connection, condition: str | None, text: str | None, app_xml: str = ""
+    ) -> None:
+        self.write(connection.closing_bytes(condition, text, app_xml))
+        self.flush_output()
+        connection.close_transport(linger=True)
+
+    def _peer_closed(self) -> None:
+        """The peer's closing tag, or its stream error (§4.9.1.1: answered with our closing
+        tag, not with an error about its error): we close our side, and the connection."""
+        self.closing = True
+        self._stream_ending()
+        connection = self.connection
+        if connection is None:
+            return
+        self.write(STREAM_CLOSE)
+        self.flush_output()
+        connection.close_transport(linger=False)
+
+    # --- TLS (RFC 6120 §5, XEP-0368) ----------------------------------------------------
+
+    def _starttls(self, context: ssl.SSLContext) -> None:
+        """The peer asked for STARTTLS where we offered it: <proceed/>, then the handshake;
+        the stream restarts over TLS (§5.4.3.3)."""
+        assert self.connection is not None
+        self.write(f"<proceed xmlns='{ns.TLS}'/>".encode())
+        self.flush_output()
+        self.connection.start_tls(context, self._tls_started)
+
+    def _tls_started(self) -> None:
+        """The stream restarted over TLS (STARTTLS done)."""
