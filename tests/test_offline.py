@@ -258,6 +258,7 @@ class FakeSession:
         self.priority = priority
         self.closing = False
         self.transport: FakeTransport | None = FakeTransport()
+        self.sm = None  # no XEP-0198: a stored message leaves storage once written
         self._out: list[bytes] = []
 
     def send(self, data: bytes) -> None:

@@ -5,10 +5,12 @@ available resource of non-negative priority reaches the pipeline's "message/offl
 (after the privacy module's check of the account's default list); it is stored
 with the server's <delay/> already inside and committed to LMDB before the hook says "taken".
 At the account's next initial presence with a non-negative priority (XEP-0160 §2, Process
-Flow) the queue goes to that resource, oldest first, and each message is deleted once written
-to the transport. A backlog larger than half of `limits.max_outbound_buffer` goes out in
-steps as the client reads (a burst would get it disconnected as a slow reader); live messages
-may then arrive among the last stored ones.
+Flow) the queue goes to that resource, oldest first. Each message is deleted once written to
+the transport, or, when the session has XEP-0198 stream management on, once the client
+acknowledges it (a crash or a lost connection before that leaves it stored; at the next
+initial presence it comes again: at least once, never lost). A backlog larger than half of
+`limits.max_outbound_buffer` goes out in steps as the client reads (a burst would get it
+disconnected as a slow reader); live messages may then arrive among the last stored ones.
 
 Policy:
 - headline, groupchat and error messages are never stored (XEP-0160 §3, Handling of Message
@@ -71,6 +73,9 @@ class OfflineModule(Module):
         self.output_budget = self.config.limits.max_outbound_buffer // 2
         # Accounts with a paced delivery under way (a second resource does not start one).
         self.delivering: set[str] = set()
+        # Per session (full JID): the key of the last stored message it was sent and holds
+        # unacknowledged under XEP-0198 (still stored until acknowledged).
+        self.kept_until: dict[str, bytes] = {}
         self.privacy: PrivacyModule | None = None
 
     def start(self) -> None:
@@ -161,24 +166,48 @@ class OfflineModule(Module):
         if transport is None or transport.is_closing() or session.closing:
             return False
         room = self.output_budget - transport.get_write_buffer_size()
-        messages = self.store.peek(session.domain, session.local, BATCH)
-        delivered: list[bytes] = []
+        # Messages this session holds unacknowledged are still stored (XEP-0198): read on
+        # after the last of them.
+        after = self.kept_until.get(session.full)
+        messages = self.store.peek(session.domain, session.local, BATCH, after)
+        delivered: list[bytes] = []  # leave storage now
+        handed = 0
         size = 0
+        sm = session.sm
         for key, data in messages:
-            if delivered and size + len(data) > room:
+            if handed and size + len(data) > room:
                 break
+            handed += 1
+            size += len(data)
             # XEP-0016: the list in force now (it may have changed since); a blocked
             # message is dropped (its sender cannot be told any more).
             if self.privacy is None or self.privacy.stored_message_allowed(session, data):
                 session.send(data)
+                # With XEP-0198 it leaves storage when the client acknowledges it: a crash
+                # before that must not lose it (issue "Acknowledged means durable", item 3).
+                if sm is not None and sm.keep_stored(data, key, self._acknowledged):
+                    self.kept_until[session.full] = key
+                    continue
             delivered.append(key)
-            size += len(data)
         # Into the transport before they leave storage: a message is never in neither place.
         session.flush()
         if delivered:
             self.store.remove(delivered)
-            log.info("delivered %d offline messages to %s", len(delivered), session.full)
-        return len(delivered) < len(messages) or len(messages) == BATCH
+        if handed:
+            log.info("delivered %d offline messages to %s", handed, session.full)
+        return handed < len(messages) or len(messages) == BATCH
+
+    def _acknowledged(self, keys: list[bytes]) -> None:
+        """The client acknowledged stored messages (XEP-0198 <a/>): now they leave storage.
+        If that write fails they stay, and come again at the next login (at least once)."""
+        assert self.store is not None
+        try:
+            self.store.remove(keys)
+        except StorageFull as exc:
+            log.error("cannot delete %d acknowledged offline messages: %s", len(keys), exc)
+
+    def session_ended(self, session: C2SStream) -> None:
+        self.kept_until.pop(session.full, None)
 
     async def _deliver_rest(self, session: C2SStream) -> None:
         while True:

@@ -85,21 +85,24 @@ class OfflineStore:
         self.storage.write(append, db=self._db)
         return stored
 
-    def peek(self, domain: str, local: str, limit: int | None = None) -> list[tuple[bytes, bytes]]:
+    def peek(
+        self, domain: str, local: str, limit: int | None = None, after: bytes | None = None
+    ) -> list[tuple[bytes, bytes]]:
         """(key, message) of the oldest `limit` stored messages (all without a limit), oldest
-        first. A message that is not one is quarantined, and the next one is read instead."""
+        first; only those stored after the key `after` if given. A message that is not one
+        is quarantined, and the next one is read instead."""
         prefix = account_prefix(domain, local)
         corrupt: set[bytes] = set()  # skipped (they stay if quarantine could not move them)
         while True:
             with self.storage.env.begin(db=self._db) as txn:
                 stored: list[tuple[bytes, bytes]] = []
                 cursor = txn.cursor()
-                found = cursor.set_range(prefix)
+                found = cursor.set_range(prefix if after is None else after)
                 while found and (limit is None or len(stored) < limit):
                     key = bytes(cursor.key())
                     if not key.startswith(prefix):
                         break
-                    if key not in corrupt:
+                    if key != after and key not in corrupt:
                         stored.append((key, bytes(cursor.value())))
                     found = cursor.next()
             messages = []

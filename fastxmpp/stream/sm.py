@@ -28,6 +28,7 @@ import secrets
 import time
 import weakref
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
@@ -71,9 +72,11 @@ class StreamManagement:
         "max_stanzas",
         "overflowing",
         "received",
+        "release_stored",
         "request_every",
         "since_request",
         "sm_id",
+        "stored",
         "timeout",
         "unacked",
         "unacked_bytes",
@@ -93,6 +96,11 @@ class StreamManagement:
         self.max_bytes = settings.max_unacked_bytes
         self.overflowing = False
         self.expiry: asyncio.TimerHandle | None = None  # set while detached
+        # Stanzas sent that are also still in offline storage, by their number in the
+        # stream (1 = the first sent): they leave storage only when the client acknowledges
+        # them (`release_stored(keys)`), and stay there if the session ends without that.
+        self.stored: dict[int, bytes] = {}
+        self.release_stored: Callable[[list[bytes]], None] | None = None
 
     @property
     def detached(self) -> bool:
@@ -121,6 +129,17 @@ class StreamManagement:
             # Later: the router may be iterating over the session table right now.
             asyncio.get_running_loop().call_soon(session.unacked_overflow)
 
+    def keep_stored(self, data: bytes, key: bytes, release: Callable[[list[bytes]], None]) -> bool:
+        """`data`, just sent, is also in offline storage under `key`: it is deleted from
+        there when the client acknowledges it, not when it was written (a crash in between
+        would lose it). False when `data` is not the stanza last sent (the caller deletes it
+        itself)."""
+        if not self.unacked or self.unacked[-1][0] is not data:
+            return False
+        self.stored[self.sent_count] = key
+        self.release_stored = release
+        return True
+
     def handled(self) -> None:
         """A stanza from the client was handled (§4)."""
         self.received = (self.received + 1) % H_MODULO
@@ -132,9 +151,16 @@ class StreamManagement:
         if count > len(self.unacked):
             return False
         unacked = self.unacked
-        for _ in range(count):
+        released = []
+        for number in range(self.acked + 1, self.acked + count + 1):
             self.unacked_bytes -= len(unacked.popleft()[0])
+            if self.stored:
+                key = self.stored.pop(number % H_MODULO, None)
+                if key is not None:
+                    released.append(key)
         self.acked = h
+        if released and self.release_stored is not None:
+            self.release_stored(released)
         if self.overflowing and len(unacked) <= self.max_stanzas:
             self.overflowing = self.unacked_bytes > self.max_bytes
         return True
@@ -143,7 +169,15 @@ class StreamManagement:
         return f"<a xmlns='{NS_SM}' h='{self.received}'/>".encode()
 
     def take_unacknowledged(self) -> list[tuple[bytes, float]]:
-        pending = list(self.unacked)
+        """What the client never acknowledged, except what is still in offline storage (it
+        is delivered again from there at the next initial presence)."""
+        first = self.acked + 1
+        pending = [
+            entry
+            for number, entry in enumerate(self.unacked, first)
+            if number % H_MODULO not in self.stored
+        ]
+        self.stored.clear()
         self.unacked.clear()
         self.unacked_bytes = 0
         return pending
