@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 TOOLS_STAMP := $(VENV)/.tools-stamp
 INSTALL_STAMP := $(VENV)/.wheel-installed-stamp
-SOURCES := pyproject.toml setup.py $(shell find fastxmpp -name '*.py' -o -name '*.pyx' \
+SOURCES := pyproject.toml setup.py fastxmpp/_expat_random.c $(shell find fastxmpp -name '*.py' -o -name '*.pyx' \
 	-o -name '*.pxd' -o -name py.typed)
 # -P: the current directory does not go first on sys.path, so the installed package is
 # imported, never the source tree (tests/conftest.py refuses to run otherwise).
