@@ -13,7 +13,7 @@ from typing import Any
 
 import lmdb
 
-from .lmdb_store import Storage
+from .lmdb_store import Storage, import_stores
 
 # purge(txn, db, domain, local): delete the account's records from the store's database
 # `db`, inside the caller's write transaction `txn`.
@@ -58,16 +58,3 @@ def delete_prefix(txn: Any, db: Any, prefix: bytes) -> int:
             cursor.delete()  # moves to the next record (b"" past the last one)
             count += 1
     return count
-
-
-def import_stores() -> None:
-    """Import every store module: each registers its purge function (and its steps between
-    storage schema versions) at import, and the CLI never loads the server's modules."""
-    import importlib
-    import pkgutil
-
-    from .. import storage as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("lmdb_store", "account_data", "accounts", "backup"):
-            importlib.import_module(f"{package.__name__}.{info.name}")

@@ -7,8 +7,10 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import importlib
 import logging
 import os
+import pkgutil
 import struct
 import threading
 import time
@@ -142,9 +144,7 @@ class Storage:
         if raw is not None and stored == SCHEMA_VERSION:
             return stored
 
-        from .account_data import import_stores  # the stores register their steps
-
-        import_stores()
+        import_stores()  # the stores register their steps
 
         def migrate(txn: Any) -> None:
             for version in range(stored, SCHEMA_VERSION):
@@ -409,3 +409,13 @@ class ServerLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def import_stores() -> None:
+    """Import every store module: each registers its purge function (and its steps between
+    storage schema versions) at import, and the CLI never loads the server's modules."""
+    from .. import storage as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("lmdb_store", "account_data", "accounts", "backup"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
