@@ -21,7 +21,7 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
   form fields with, start, end, before-id, after-id (v0.7), XEP-0059 <max/> (capped at
   `[mam] max_page`), <after/>, <before/>; <index/> and other fields: feature-not-
   implemented. An id not in the archive: item-not-found. Results as <result/> messages,
-  then <fin complete=...> with <first>/<last>/<count/>.
+  then <fin complete=...> with <first>/<last> (no XEP-0059 <count/>).
 - Archive writes are batched: one LMDB transaction per turn of the event loop, at the
   pipeline's "turn/commit" stage, which the router runs before it writes anything queued in
   that turn; so no XEP-0198 <a/> or iq result that acknowledges an archived message leaves
