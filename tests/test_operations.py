@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from typing import Any
 
 import pytest
-from conftest import FASTXMPP, PASSWORD, REPO, ServerProcess
+from conftest import FASTXMPP, PASSWORD, REPO, ServerProcess, add_accounts
 from xmpp_raw import CLIENT, RawClient, StreamClosed
 
 
@@ -110,3 +111,35 @@ def test_connection_events_are_logged(make_server: Any, ca_file: str) -> None:
     assert "bound alice@localhost/logged" in text
     assert "closed (alice@localhost/logged)" in text
     assert "stream error" in text
+
+
+def test_logouts_of_a_shutdown_are_recorded(make_server: Any, ca_file: str) -> None:
+    """Every session a SIGTERM ends has its logout time and status (XEP-0012) on disk when
+    the server has exited."""
+    from fastxmpp.storage.last import LastActivityStore
+    from fastxmpp.storage.lmdb_store import Storage
+
+    srv: ServerProcess = make_server()
+    names = [f"u{i}" for i in range(5)]
+    add_accounts(srv, names)
+    srv.start()
+    clients = []
+    for name in names:
+        c = srv.client()
+        c.login(ca_file, name, PASSWORD, "r")
+        c.send(f"<presence/><presence type='unavailable'><status>bye {name}</status></presence>")
+        clients.append(c)
+    for c in clients:
+        c.send("<iq type='get' id='s'><ping xmlns='urn:xmpp:ping'/></iq>")
+        while c.next().get("id") != "s":
+            pass
+    before = time.time()
+    assert srv.stop() == 0
+    for c in clients:
+        c.abort()
+    with Storage(srv.data_dir) as storage:
+        store = LastActivityStore(storage)
+        for name in names:
+            logout = store.last_logout("localhost", name)
+            assert logout is not None, name
+            assert logout[0] >= before and logout[1] == f"bye {name}", (name, logout)
