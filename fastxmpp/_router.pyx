@@ -143,6 +143,10 @@ cpdef bytes forwarded_message(str from_jid, str to, str mtype, str wrapper, byte
 cdef class Session:
     """One bound (or binding) stream, as the router sees it. Streams subclass this."""
 
+    # An entity of another server, reached over a server link (stream/s2s.py's
+    # RemoteOrigin says True), rather than a client session of this server.
+    is_remote = False
+
     def __cinit__(self):
         self.sm = None
         self._out = []

@@ -84,6 +84,8 @@ class CarbonsModule(Module):
 
     def start(self) -> None:
         self.accounts: dict[str, dict[str, C2SStream]] = {}
+        # When each carbons-enabled session turned them on (for `copied_to`).
+        self.enabled_since: dict[C2SStream, float] = {}
         self.router.set_iq_handler(NS, self.toggle)
 
     def _hooked(self, wanted: bool) -> None:
@@ -98,7 +100,7 @@ class CarbonsModule(Module):
             self.hub.unhook(self, "message/sent")
 
     def toggle(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
-        if getattr(origin, "is_remote", False):
+        if origin.is_remote:
             # §4.1/§5.1: a remote entity (over a server link) is no client hosted here;
             # stored, it would get copies of an account's messages at resources it chose.
             raise StanzaError("not-allowed", "carbons are for clients of this server")
@@ -108,8 +110,7 @@ class CarbonsModule(Module):
         if st.attrs.get("type") != "set" or payload not in ("enable", "disable"):
             raise StanzaError("bad-request", "an iq set with <enable/> or <disable/>")
         if payload == "enable":
-            if not self.enabled(origin):
-                origin.carbons_since = time.time()
+            self.enabled_since.setdefault(origin, time.time())
             self.accounts.setdefault(origin.bare, {})[origin.resource] = origin
             self._hooked(True)
         else:
@@ -120,6 +121,7 @@ class CarbonsModule(Module):
         return self.accounts.get(session.bare, {}).get(session.resource) is session
 
     def _disable(self, session: C2SStream) -> None:
+        self.enabled_since.pop(session, None)
         sessions = self.accounts.get(session.bare)
         if sessions is not None and sessions.get(session.resource) is session:
             del sessions[session.resource]
@@ -140,8 +142,7 @@ class CarbonsModule(Module):
             return []
         copied = []
         for other in self.accounts.get(session.bare, {}).values():
-            since = getattr(other, "carbons_since", None)
-            if other is not session and since is not None and since <= sent_at:
+            if other is not session and self.enabled_since[other] <= sent_at:
                 copied.append(other)
         return copied
 

@@ -133,7 +133,7 @@ class PresenceModule(Module):
         contact = bare_jid(to)
         if contact is None:
             raise StanzaError("jid-malformed", "the 'to' address is not a JID")
-        if getattr(origin, "is_remote", False):
+        if origin.is_remote:
             # From another server (stream/s2s.py): only the inbound half of Appendix A.
             if ptype in SUBSCRIPTION_KINDS:
                 data = st.with_attrs({"from": origin.bare, "to": contact.bare})
@@ -148,7 +148,7 @@ class PresenceModule(Module):
 
     def directed(self, origin: C2SStream, st: Stanza, target: tuple[str, ...]) -> None:
         """At "presence/directed": remember who got directed available presence (§4.6)."""
-        if getattr(origin, "is_remote", False):
+        if origin.is_remote:
             return  # the remote server remembers its users' directed presence
         local, _domain, resource, bare = target
         recipient = f"{bare}/{resource}" if resource else bare
@@ -297,7 +297,7 @@ class PresenceModule(Module):
         local, _, domain = contact.partition("@")
         if not self.router.is_local(domain):
             # §4.3.1: a remote contact: its server answers a probe from the user's bare JID.
-            if not getattr(to_session, "is_remote", False):
+            if not to_session.is_remote:
                 probe = f"<presence type='probe' from={quoteattr(prober_bare)}/>".encode()
                 self._remote(contact, probe)
             return

@@ -272,7 +272,7 @@ class S2S:
 
     def route_out(self, origin: Session, st: Stanza, target: tuple[str, ...]) -> None:
         """The router's remote_hook: a stanza from a local session to another domain."""
-        if getattr(origin, "is_remote", False):
+        if origin.is_remote:
             # RFC 6120 §13.3: we relay nothing between two other servers.
             raise StanzaError("remote-server-not-found", "this server relays for nobody")
         data = st.with_attrs({"from": origin.full})
