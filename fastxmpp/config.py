@@ -12,7 +12,8 @@ import logging
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,19 @@ class S2SConfig:
     dns_servers: tuple[str, ...] = ()  # "ip" or "ip:port" resolvers; () = the system's
 
 
+# Modules from other packages announce themselves in this entry-point group (docs/MODULES.md).
+MODULE_ENTRY_POINTS = "fastxmpp.modules"
+
+
+@dataclass(frozen=True)
+class ModulesConfig:
+    """Modules from other packages ([modules], docs/MODULES.md): the entry-point names to load,
+    in start order, and each one's own table ([modules.<name>])."""
+
+    load: tuple[str, ...] = ()
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Config:
     hosts: dict[str, HostConfig]
@@ -259,6 +273,7 @@ class Config:
     muc: MucConfig = MucConfig()
     vcard: VCardConfig = VCardConfig()
     s2s: S2SConfig = S2SConfig()
+    modules: ModulesConfig = ModulesConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,7 +667,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
         },
     ),
 }
-_SECTIONS = ("server", "listeners", "hosts", *_SIMPLE_SECTIONS)
+_SECTIONS = ("server", "listeners", "hosts", "modules", *_SIMPLE_SECTIONS)
 # Keys that were renamed: still read (when the new name is absent), with a warning.
 _RENAMED: dict[tuple[str, str], str] = {
     ("limits", "max_connections_per_ip"): "max_unauthenticated_per_ip",
@@ -754,6 +769,7 @@ class _Builder:
             muc=simple["muc"],
             vcard=simple["vcard"],
             s2s=simple["s2s"],
+            modules=self.modules(data.get("modules", {})),
             data_dir=self.path(server.get("data_dir", "var")),
             log_level=server.get("log_level", "info"),
             source=source,
@@ -795,6 +811,61 @@ class _Builder:
                 self.problem(path, f"{listener.address} port {listener.port} is listed twice")
             listeners.append(listener)
         return tuple(listeners)
+
+    def modules(self, table: Any) -> ModulesConfig:
+        """[modules]: `load`, the names of modules from other packages, and a table of
+        options per module, which the module checks itself (`check_options`)."""
+        table = self.table(table, ("modules",))
+        load: list[str] = []
+        settings: dict[str, dict[str, Any]] = {}
+        for key, value in table.items():
+            path: KeyPath = ("modules", key)
+            if key == "load":
+                names = value if isinstance(value, list) else None
+                if names is None or not all(isinstance(n, str) and n for n in names):
+                    self.problem(path, "modules.load must be a list of module names")
+                    continue
+                for name in names:
+                    if name in load:
+                        self.problem(path, f"module {name} is listed twice")
+                    else:
+                        load.append(name)
+            elif isinstance(value, dict):
+                settings[key] = value
+            else:
+                self.problem(path, f"unknown key {_dotted(path)}")
+        for name in settings:
+            if name not in load:
+                self.problem(
+                    ("modules", name), f"[modules.{name}] is set but {name} is not in modules.load"
+                )
+        if self.check_files:
+            for name in load:
+                self.check_module(name, settings.get(name, {}))
+        return ModulesConfig(tuple(load), settings)
+
+    def check_module(self, name: str, settings: dict[str, Any]) -> None:
+        """Whether module `name` is installed (its entry point), and what it says about its
+        settings: loading it imports the other package, as `serve` will."""
+        path: KeyPath = ("modules", name) if settings else ("modules", "load")
+        found = entry_points(group=MODULE_ENTRY_POINTS, name=name)
+        if not found:
+            self.problem(
+                path,
+                f"module {name} is not installed (no {MODULE_ENTRY_POINTS!r} entry point "
+                f"named {name!r})",
+            )
+            return
+        try:
+            cls = next(iter(found)).load()
+        except Exception as exc:  # a broken package: any error of its import
+            self.problem(path, f"module {name} cannot be loaded: {type(exc).__name__}: {exc}")
+            return
+        check = getattr(cls, "check_options", None)
+        if check is None:
+            return
+        for message in check(settings):
+            self.problem(path, f"[modules.{name}]: {message}")
 
     def hosts(self, table: Any) -> dict[str, HostConfig]:
         hosts: dict[str, HostConfig] = {}

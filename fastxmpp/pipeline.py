@@ -105,12 +105,25 @@ class Pipeline:
     def __init__(self, router: Any) -> None:
         self.router = router
         self._hooked: dict[str, dict[str, Handler]] = {stage: {} for stage in ORDER}
+        # ORDER, plus the places of modules from other packages (`place`).
+        self._order: dict[str, tuple[tuple[str, int], ...]] = dict(ORDER)
+
+    def place(self, owner: str, stage: str, priority: int) -> None:
+        """Give a module from another package its place at `stage` (docs/MODULES.md): it
+        runs after the handlers of higher priority. A place is given once."""
+        if stage not in STAGES:
+            raise ValueError(f"no pipeline stage {stage!r}")
+        if owner in dict(self._order[stage]):
+            raise ValueError(f"{owner} has a place at {stage} already")
+        if any(taken == priority for _, taken in self._order[stage]):
+            raise ValueError(f"{owner}: priority {priority} at {stage} is taken; pick another")
+        self._order[stage] = (*self._order[stage], (owner, priority))
 
     def hook(self, owner: str, stage: str, handler: Handler) -> None:
         """`owner`'s handler for `stage`, at the place `ORDER` gives it."""
         if stage not in STAGES:
             raise ValueError(f"no pipeline stage {stage!r}")
-        if owner not in dict(ORDER[stage]):
+        if owner not in dict(self._order[stage]):
             raise ValueError(f"{owner} has no place at {stage} in fastxmpp.pipeline.ORDER")
         hooked = self._hooked[stage]
         if owner in hooked:
@@ -128,5 +141,5 @@ class Pipeline:
 
     def _publish(self, stage: str) -> None:
         hooked = self._hooked[stage]
-        ranked = sorted(ORDER[stage], key=lambda entry: -entry[1])
+        ranked = sorted(self._order[stage], key=lambda entry: -entry[1])
         self.router.set_stage(stage, tuple(hooked[o] for o, _ in ranked if o in hooked))

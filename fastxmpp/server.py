@@ -21,7 +21,7 @@ from .certs import ensure_certificate
 from .config import Config
 from .jid import parse_jid
 from .memory import HeapTrimmer, ParserHibernation
-from .modules import ModuleLoadError, builtin_modules
+from .modules import ModuleLoadError, configured_modules
 from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
 from .storage.lmdb_store import DataDirLocked, SchemaTooNew, ServerLock, Storage
@@ -106,7 +106,7 @@ class Server:
                 self.s2s = S2S(self)
             # XEP-0086: the errors module's one switch, set before any stream exists.
             errors.set_legacy_codes(config.legacy.error_codes)
-            self.modules.load(cls(self) for cls in builtin_modules(config))
+            self.modules.load(cls(self) for cls in configured_modules(config))
             direct_tls: ssl.SSLContext | None = None
             for listener in config.listeners:
                 factory: Callable[[], asyncio.Protocol] = partial(accept, self)

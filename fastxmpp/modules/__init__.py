@@ -1,16 +1,25 @@
-"""The control plane's protocol modules (see base.py for the interface).
+"""The control plane's protocol modules (see base.py for the interface, docs/MODULES.md for
+writing one).
 
-Each module file defines one `Module` subclass named in its `MODULE` attribute.
+Each module file defines one `Module` subclass named in its `MODULE` attribute. Modules from
+other packages are found through the `fastxmpp.modules` entry-point group and loaded, after
+the built-in ones, only when the configuration names them ([modules] load).
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
+
+from ..config import MODULE_ENTRY_POINTS
 
 if TYPE_CHECKING:
     from ..config import Config
-    from .base import Module
+
+from .base import Module, ModuleLoadError
+
+__all__ = ["BUILTIN", "Module", "ModuleLoadError", "builtin_modules", "configured_modules"]
 
 # Start order: later modules may look up earlier ones through `hub.get(name)`. The order in
 # which modules see a stanza is not this one: fastxmpp/pipeline.py's ORDER writes it down.
@@ -35,12 +44,6 @@ BUILTIN = (
 )
 
 
-class ModuleLoadError(Exception):
-    """A module the server needs cannot be imported: the installation is incomplete or
-    broken. The server does not start without it (a missing feature must not pass for a
-    working server)."""
-
-
 def builtin_modules(config: Config) -> list[type[Module]]:
     """The module classes to load, in start order. Every built-in module is required: none
     has an optional dependency, so any import failure is an error naming the module and the
@@ -56,3 +59,40 @@ def builtin_modules(config: Config) -> list[type[Module]]:
             ) from exc
         classes.append(module.MODULE)
     return classes
+
+
+def configured_modules(config: Config) -> list[type[Module]]:
+    """The built-in modules, then the modules from other packages that `config` names, in
+    the order it names them. An installed package does nothing until named: installing is
+    not enabling."""
+    classes = builtin_modules(config)
+    for name in config.modules.load:
+        classes.append(extension_module(name))
+    return classes
+
+
+def extension_module(name: str) -> type[Module]:
+    """The Module class a package installed under entry point `name` provides."""
+    if name in BUILTIN:
+        raise ModuleLoadError(f"module {name}: the name of a built-in module")
+    found = entry_points(group=MODULE_ENTRY_POINTS, name=name)
+    if not found:
+        raise ModuleLoadError(
+            f"module {name} is not installed (no {MODULE_ENTRY_POINTS!r} entry point named "
+            f"{name!r})"
+        )
+    entry = next(iter(found))
+    try:
+        cls = entry.load()
+    except Exception as exc:  # any error of the other package's import
+        raise ModuleLoadError(
+            f"cannot load module {name} ({entry.value}): {type(exc).__name__}: {exc}"
+        ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, Module)):
+        raise ModuleLoadError(f"module {name} ({entry.value}) is not a fastxmpp Module class")
+    if cls.name != name:
+        raise ModuleLoadError(
+            f"module {name} ({entry.value}) calls itself {cls.name!r}: the entry point's "
+            "name and the class's `name` must be the same"
+        )
+    return cls

@@ -16,6 +16,10 @@ A module talks to the compiled core through small interfaces only:
 
 Sessions are `fastxmpp.stream.c2s.C2SStream` objects (a `_router.Session`); modules may keep
 per-session state in attributes named after the module (e.g. `session.roster_requested`).
+
+Modules from other packages (docs/MODULES.md) use the same interface, plus: their settings
+(`self.options`, the [modules.<name>] table, checked by `check_options`), their place at the
+pipeline stages they hook (`pipeline_places`), and a store of their own (`open_store()`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from xml.sax.saxutils import quoteattr
 
 from ..pipeline import Pipeline
+from ..storage.module_store import ModuleStore
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -54,6 +59,12 @@ def sender_account(origin: C2SStream) -> tuple[str, str, str, str]:
     return (origin.local, origin.domain, "", origin.bare)
 
 
+class ModuleLoadError(Exception):
+    """A module the server needs cannot be imported or started: the installation is
+    incomplete or broken, or a module from another package is not installed. The server does
+    not start without it (a missing feature must not pass for a working server)."""
+
+
 class Module:
     """Base class: override what the concern needs; every hook has a harmless default."""
 
@@ -62,12 +73,32 @@ class Module:
     features: ClassVar[tuple[str, ...]] = ()
     # Features added to the disco#info the server answers for an account's bare JID.
     account_features: ClassVar[tuple[str, ...]] = ()
+    # A module from another package: its place (priority) at each pipeline stage it hooks,
+    # among the built-in modules' places in fastxmpp.pipeline.ORDER (higher runs first).
+    # Built-in modules have theirs in ORDER itself.
+    pipeline_places: ClassVar[dict[str, int]] = {}
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.config = server.config
         self.router = server.router
         self.hub: ModuleHub = server.modules
+        # The module's [modules.<name>] table (modules from other packages; checked by
+        # check_options when the configuration was read).
+        self.options: dict[str, Any] = dict(self.config.modules.options.get(self.name, {}))
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> list[str]:
+        """The problems of the module's [modules.<name>] table, one message each (shown by
+        `fastxmpp check-config` and `serve`, which refuses to start). By default a module
+        takes no options."""
+        return [f"unknown key {key}" for key in options]
+
+    def open_store(self) -> ModuleStore:
+        """The module's own store: records per account, committed when each call returns,
+        deleted with the account (fastxmpp/storage/module_store.py)."""
+        assert self.server.storage is not None
+        return ModuleStore(self.server.storage, self.name)
 
     def start(self) -> None:
         """Register iq handlers and claim hooks; open the module's store."""
@@ -129,8 +160,19 @@ class ModuleHub:
             if module.name in self.modules:
                 raise ValueError(f"module {module.name} loaded twice")
             self.modules[module.name] = module
+            for stage, priority in module.pipeline_places.items():
+                try:
+                    self.attach(module.router).place(module.name, stage, priority)
+                except ValueError as exc:
+                    raise ModuleLoadError(f"module {module.name}: {exc}") from exc
         for module in self.modules.values():
-            module.start()
+            try:
+                module.start()
+            except Exception as exc:
+                log.exception("module %s failed to start", module.name)
+                raise ModuleLoadError(
+                    f"module {module.name} failed to start: {type(exc).__name__}: {exc}"
+                ) from exc
 
     def get(self, name: str) -> Any:
         """The module called `name`, or None when it is not loaded."""

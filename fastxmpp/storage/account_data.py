@@ -19,6 +19,9 @@ from .lmdb_store import Storage, import_stores
 # `db`, inside the caller's write transaction `txn`.
 Purge = Callable[[Any, Any, str, str], None]
 _PURGES: dict[str, Purge] = {}
+# The same for every database whose name starts with a prefix: the stores of modules from
+# other packages (storage/module_store.py), purged even when their module is not installed.
+_PREFIX_PURGES: dict[str, Purge] = {}
 
 
 def account_prefix(domain: str, local: str) -> bytes:
@@ -36,8 +39,20 @@ def register_purge(database: str, purge: Purge = purge_prefixed) -> None:
     _PURGES[database] = purge
 
 
+def register_prefix_purge(prefix: str, purge: Purge) -> None:
+    """`purge` for every database whose name starts with `prefix`."""
+    _PREFIX_PURGES[prefix] = purge
+
+
 def purge_account(storage: Storage, txn: Any, domain: str, local: str) -> None:
     import_stores()
+    # The main database lists the named ones (their names are its keys).
+    main = storage.env.open_db(None, txn=txn)
+    names = [bytes(name).decode() for name in txn.cursor(db=main).iternext(values=False)]
+    for prefix, purge in _PREFIX_PURGES.items():
+        for name in names:
+            if name.startswith(prefix):
+                purge(txn, storage.env.open_db(name.encode(), txn=txn, create=False), domain, local)
     for database, purge in _PURGES.items():
         # Opened inside the caller's write transaction: Storage.database would start a
         # second one and wait for the first forever (the CLI's deluser has not opened the
