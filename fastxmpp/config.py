@@ -7,6 +7,7 @@ key was written by scanning the source text.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import re
@@ -36,7 +37,7 @@ port = 5222
 """
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LISTENER_KINDS = ("c2s", "s2s")
+LISTENER_KINDS = ("c2s", "s2s", "component")
 # How a c2s listener starts TLS: RFC 6120 §5 STARTTLS, or XEP-0368 direct TLS at connect.
 LISTENER_TLS_MODES = ("starttls", "direct")
 RESOURCE_CONFLICT_POLICIES = ("replace", "reject", "rename")  # RFC 6120 §7.7.2.2
@@ -44,6 +45,7 @@ SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
 C2S_PORT = 5222  # RFC 6120 §14.7
 S2S_PORT = 5269  # RFC 6120 §14.7
 DIRECT_TLS_PORT = 5223  # XEP-0368: the port operators publish in _xmpps-client._tcp records
+COMPONENT_PORT = 5347  # XEP-0114: the port servers usually accept components on
 # RFC 5802 §5.1 and RFC 7677 §4: SCRAM iteration counts of at least 4096.
 MIN_SCRAM_ITERATIONS = 4096
 # RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
@@ -59,8 +61,17 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class ComponentConfig:
+    """One XEP-0114 external component: the domain it serves and its shared secret."""
+
+    domain: str
+    secret: str
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
-    kind: str  # "c2s" (clients) or "s2s" (other servers, RFC 6120 §13)
+    # "c2s" (clients), "s2s" (other servers, RFC 6120 §13) or "component" (XEP-0114)
+    kind: str
     address: str
     port: int
     # "starttls" (RFC 6120 §5) or "direct": XEP-0368 TLS from the first byte (c2s only).
@@ -274,6 +285,7 @@ class Config:
     vcard: VCardConfig = VCardConfig()
     s2s: S2SConfig = S2SConfig()
     modules: ModulesConfig = ModulesConfig()
+    components: dict[str, ComponentConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +546,7 @@ _LISTENER_KEYS: dict[str, Check] = {
     "tls": _one_of(*LISTENER_TLS_MODES),
 }
 _HOST_KEYS: dict[str, Check] = {"cert": _string, "key": _string}
+_COMPONENT_KEYS: dict[str, Check] = {"secret": _string}
 # Sections that map one to one onto a dataclass; absent keys keep the dataclass default.
 _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
     "c2s": (
@@ -667,7 +680,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
         },
     ),
 }
-_SECTIONS = ("server", "listeners", "hosts", "modules", *_SIMPLE_SECTIONS)
+_SECTIONS = ("server", "listeners", "hosts", "modules", "components", *_SIMPLE_SECTIONS)
 # Keys that were renamed: still read (when the new name is absent), with a warning.
 _RENAMED: dict[tuple[str, str], str] = {
     ("limits", "max_connections_per_ip"): "max_unauthenticated_per_ip",
@@ -770,6 +783,7 @@ class _Builder:
             vcard=simple["vcard"],
             s2s=simple["s2s"],
             modules=self.modules(data.get("modules", {})),
+            components=self.components(data.get("components", {}), data.get("hosts", {})),
             data_dir=self.path(server.get("data_dir", "var")),
             log_level=server.get("log_level", "info"),
             source=source,
@@ -792,13 +806,15 @@ class _Builder:
                 continue
             kind = values.get("kind", "c2s")
             tls = values.get("tls", "starttls")
-            if kind == "s2s" and tls == "direct":
+            if kind != "c2s" and tls == "direct":
                 self.problem(
                     (*path, "tls"), f'{_dotted((*path, "tls"))} = "direct" is for c2s listeners'
                 )
             default_port = C2S_PORT
             if kind == "s2s":
                 default_port = S2S_PORT
+            elif kind == "component":
+                default_port = COMPONENT_PORT
             elif tls == "direct":
                 default_port = DIRECT_TLS_PORT
             listener = ListenerConfig(
@@ -866,6 +882,38 @@ class _Builder:
             return
         for message in check(settings):
             self.problem(path, f"[modules.{name}]: {message}")
+
+    def components(self, table: Any, hosts: Any) -> dict[str, ComponentConfig]:
+        """[components."<domain>"]: XEP-0114 components, by the domain each one serves."""
+        components: dict[str, ComponentConfig] = {}
+        table = self.table(table, ("components",))
+        host_names = set()
+        for written in hosts if isinstance(hosts, dict) else ():
+            with contextlib.suppress(JIDError):  # reported with the hosts
+                host_names.add(normalize_domain(written))
+        for written_name, entry in table.items():
+            path: KeyPath = ("components", written_name)
+            values = self.values(self.table(entry, path), path, _COMPONENT_KEYS)
+            try:
+                name = normalize_domain(written_name)
+            except JIDError as exc:
+                self.problem(path, f"component {written_name!r} is not a valid domain: {exc}")
+                continue
+            if name in components:
+                self.problem(path, f"component {name} is configured twice")
+                continue
+            if name in host_names:
+                self.problem(path, f"{name} is a host: a component serves a domain of its own")
+                continue
+            secret = values.get("secret", "")
+            if not secret:
+                if "secret" not in self.table(entry, path):
+                    self.problem(path, f"component {name} needs a secret")
+                else:
+                    self.problem((*path, "secret"), f"component {name}: the secret is empty")
+                continue
+            components[name] = ComponentConfig(name, secret)
+        return components
 
     def hosts(self, table: Any) -> dict[str, HostConfig]:
         hosts: dict[str, HostConfig] = {}

@@ -26,6 +26,8 @@ from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
 from .storage.lmdb_store import DataDirLocked, SchemaTooNew, ServerLock, Storage
 from .stream.c2s import C2SStream, accept
+from .stream.component import ComponentDomainTaken, Components, is_loopback
+from .stream.component import accept as accept_component
 from .stream.s2s import S2S
 from .stream.s2s import accept as accept_server
 from .stream.throttle import AuthThrottle
@@ -68,6 +70,7 @@ class Server:
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
         self.certificates: dict[str, tuple[str, str]] = {}  # host -> (cert, key) paths
         self.s2s: S2S | None = None
+        self.components: Components | None = None
         self.listeners: list[asyncio.AbstractServer] = []
         self.addresses: list[tuple[str, int]] = []
         self.lock = ServerLock(config.data_dir)
@@ -107,6 +110,9 @@ class Server:
             # XEP-0086: the errors module's one switch, set before any stream exists.
             errors.set_legacy_codes(config.legacy.error_codes)
             self.modules.load(cls(self) for cls in configured_modules(config))
+            # XEP-0114: the components' domains are services of the router from the start
+            # (stanzas for one that is not connected get service-unavailable).
+            self.components = Components(self)
             direct_tls: ssl.SSLContext | None = None
             for listener in config.listeners:
                 factory: Callable[[], asyncio.Protocol] = partial(accept, self)
@@ -114,6 +120,14 @@ class Server:
                 if listener.kind == "s2s":
                     assert self.s2s is not None
                     factory = partial(accept_server, self.s2s)
+                elif listener.kind == "component":
+                    factory = partial(accept_component, self.components)
+                    if not is_loopback(listener.address):
+                        log.warning(
+                            "component listener on %s: XEP-0114 streams are not encrypted;"
+                            " keep them on loopback or a private network",
+                            listener.address,
+                        )
                 elif listener.tls == "direct":
                     if direct_tls is None:
                         # XEP-0368: contexts of their own (ALPN, SNI), the same certificates.
@@ -180,6 +194,8 @@ class Server:
         self.modules.stop()
         if self.s2s is not None:
             self.s2s.stop()
+        if self.components is not None:
+            self.components.stop()
         for stream in list(self.streams):
             stream.close_with_error("system-shutdown", "the server is shutting down")
         for server in self.listeners:
@@ -267,7 +283,7 @@ def run(config: Config) -> int:
     server = Server(config)
     try:
         uvloop.run(server.serve_until_signalled())
-    except (DataDirLocked, ModuleLoadError, SchemaTooNew) as exc:
+    except (DataDirLocked, ModuleLoadError, SchemaTooNew, ComponentDomainTaken) as exc:
         log.error("%s", exc)
         return 1
     except OSError as exc:

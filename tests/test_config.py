@@ -160,7 +160,7 @@ log_level = "loud"
 colour = "blue"
 
 [[listeners]]
-kind = "component"
+kind = "bosh-over-carrier-pigeon"
 address = "127.0.0.1"
 port = 70000
 

@@ -115,6 +115,12 @@ class DiscoModule(Module):
                 for jid, name in list_items(domain):
                     name_attr = "" if name is None else " name=" + quoteattr(name)
                     payload += f"<item jid={quoteattr(jid)}{name_attr}/>"
+            # XEP-0114 components at subdomains of this host (gateways, bridges): clients
+            # find them here.
+            components = self.server.components
+            for component in sorted(components.config if components is not None else ()):
+                if component.endswith("." + domain):
+                    payload += f"<item jid={quoteattr(component)}/>"
         else:
             for module in self.hub.modules.values():
                 list_account_items = getattr(module, "account_disco_items", None)

@@ -213,6 +213,9 @@ class PresenceModule(Module):
         """True when `to` is on another domain: `data` went to its server (if federation
         is on) addressed to `to`."""
         domain = to.rpartition("@")[2].partition("/")[0]
+        components = self.server.components
+        if components is not None and components.deliver(data, domain):
+            return True  # XEP-0114: a contact at a component (a gateway's user)
         if self.router.is_local(domain) or self.router.is_service(domain):
             return False
         s2s = self.server.s2s
