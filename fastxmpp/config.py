@@ -148,6 +148,17 @@ class OfflineConfig:
 
 
 @dataclass(frozen=True)
+class PushConfig:
+    """XEP-0357 push notifications (docs/CONFIGURATION.md, [push])."""
+
+    enabled: bool = True  # accounts may register app servers (urn:xmpp:push:0)
+    max_registrations: int = 10  # per account (one per device and app)
+    include_body: bool = False  # the message body in the summary (seen by the app server)
+    min_interval: float = 2.0  # seconds between two notifications to one registration
+    timeout: float = 30.0  # seconds an app server has to answer a notification
+
+
+@dataclass(frozen=True)
 class MamConfig:
     enabled: bool = True  # XEP-0313 user archives, on for every account (prefs default always)
     max_messages_per_account: int = 10000  # the oldest go beyond it
@@ -274,6 +285,7 @@ class Config:
     csi: CsiConfig = CsiConfig()
     roster: RosterConfig = RosterConfig()
     offline: OfflineConfig = OfflineConfig()
+    push: PushConfig = PushConfig()
     mam: MamConfig = MamConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     ping: PingConfig = PingConfig()
@@ -599,6 +611,16 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
     ),
     "roster": (RosterConfig, {"max_items": _integer_at_least(1)}),
     "offline": (OfflineConfig, {"enabled": _boolean, "max_messages": _integer_at_least(1)}),
+    "push": (
+        PushConfig,
+        {
+            "enabled": _boolean,
+            "max_registrations": _integer_at_least(1),
+            "include_body": _boolean,
+            "min_interval": _non_negative_number,
+            "timeout": _positive_number,
+        },
+    ),
     "mam": (
         MamConfig,
         {
@@ -772,6 +794,7 @@ class _Builder:
             csi=simple["csi"],
             roster=simple["roster"],
             offline=simple["offline"],
+            push=simple["push"],
             mam=simple["mam"],
             privacy=simple["privacy"],
             ping=simple["ping"],

@@ -82,7 +82,9 @@ ORDER: dict[str, tuple[tuple[str, int], ...]] = {
     "message/offline": (("privacy", 100), ("offline", 0)),
     # Only now, when nothing can refuse it any more, the archive record (XEP-0313 §6.1: what
     # the account received), then the copies for the other resources (XEP-0280 §4).
-    "message/delivered": (("mam", 100), ("carbons", 0)),
+    # XEP-0357 last: a notification for what reached no attached session (offline, or a
+    # session detached under XEP-0198).
+    "message/delivered": (("mam", 100), ("carbons", 0), ("push", -100)),
     # XEP-0280 §5 copies, then the sender's archive.
     "message/sent": (("carbons", 100), ("mam", 0)),
     "presence/broadcast": (("presence", 0),),

@@ -77,7 +77,7 @@ class Server:
         self.storage: Storage | None = None
         self.accounts: AccountStore
         self.router: Router
-        self.modules = ModuleHub()
+        self.modules = ModuleHub(self)
         self._stopped = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self.exit_code = 0

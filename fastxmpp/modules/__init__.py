@@ -41,6 +41,7 @@ BUILTIN = (
     "muc",  # XEP-0045 (a service domain, Router.add_service)
     "carbons",  # XEP-0280
     "mam",  # XEP-0313 user archives, XEP-0359 stanza-ids
+    "push",  # XEP-0357 push notifications to app servers
 )
 
 

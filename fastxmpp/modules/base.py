@@ -148,7 +148,8 @@ class Module:
 class ModuleHub:
     """The loaded modules, in start order, and the fan-out of server events."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: Server | None = None) -> None:
+        self.server = server
         self.modules: dict[str, Module] = {}
         # The stanza pipeline of the server's router (set by the server before loading).
         self.pipeline: Pipeline | None = None
@@ -241,6 +242,38 @@ class ModuleHub:
         future.add_done_callback(lambda _f: self._waiting.pop(key, None))
         session.send(data)
         return future
+
+    def request(self, frm: str, to: str, payload: str) -> asyncio.Future[Any] | None:
+        """Send <iq type='set'> with `payload` from local JID `frm` to a JID of a component
+        or another server (an XEP-0357 app server); the future gets the answering Stanza.
+        None when `to` cannot be reached from here (no component, federation off)."""
+        iq_id = "fx-" + secrets.token_hex(8)
+        data = (
+            f"<iq type='set' id='{iq_id}' from={quoteattr(frm)} to={quoteattr(to)}>{payload}</iq>"
+        ).encode()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        key = (to, iq_id)
+        self._waiting[key] = future
+        future.add_done_callback(lambda _f: self._waiting.pop(key, None))
+        if not self.deliver_out(data, to):
+            future.cancel()
+            return None
+        return future
+
+    def deliver_out(self, data: bytes, to: str) -> bool:
+        """Bytes for a JID that is not a local account's: to a component, or to another
+        server. False when there is no way there."""
+        server = self.server
+        if server is None:
+            return False
+        domain = to.rpartition("@")[2].partition("/")[0]
+        components = server.components
+        if components is not None and components.deliver(data, domain):
+            return True
+        if server.s2s is not None and server.config.s2s.enabled:
+            server.s2s.deliver(data, to)
+            return True
+        return False
 
     def iq_response(self, session: C2SStream, st: Any) -> None:
         """At "iq/response": a result/error iq addressed to the server."""

@@ -1,0 +1,104 @@
+"""XEP-0357 push registrations: per account, the app servers (a JID and a node) to notify, with
+the publish-options form each one gave.
+
+Database "push": key `domain NUL local NUL jid NUL node`, value the XML of the publish-options
+data form the client sent with `<enable/>` (b"" when it sent none).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .account_data import account_prefix, register_purge
+from .lmdb_store import Storage
+from .xml_check import check_elements
+
+DATABASE = "push"
+
+
+class TooManyRegistrations(Exception):
+    """The account would keep more registrations than it may."""
+
+
+def _check_form(raw: bytes) -> None:
+    if raw:
+        check_elements(raw, namespace="jabber:x:data")
+
+
+class PushStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._db = storage.database(DATABASE)
+
+    @staticmethod
+    def _key(domain: str, local: str, jid: str, node: str) -> bytes:
+        return account_prefix(domain, local) + f"{jid}\0{node}".encode()
+
+    def registrations(self, domain: str, local: str) -> list[tuple[str, str, bytes]]:
+        """(app server JID, node, publish-options XML) of each registration."""
+        prefix = account_prefix(domain, local)
+        records: list[tuple[bytes, bytes]] = []
+        with self.storage.env.begin(db=self._db) as txn:
+            cursor = txn.cursor()
+            more = cursor.set_range(prefix)
+            while more and bytes(cursor.key()).startswith(prefix):
+                records.append((bytes(cursor.key()), bytes(cursor.value())))
+                more = cursor.next()
+        found: list[tuple[str, str, bytes]] = []
+        # Decoded once the read has ended: a corrupt one is moved to quarantine (a write).
+        for key, raw in records:
+            form = self.storage.decode(DATABASE, key, raw, _checked_form)
+            if form is not None:
+                jid, _, node = key[len(prefix) :].decode().partition("\0")
+                found.append((jid, node, form))
+        return found
+
+    def enable(self, domain: str, local: str, jid: str, node: str, form: bytes, limit: int) -> None:
+        """Add or replace a registration; TooManyRegistrations (nothing written) when the
+        account would then keep more than `limit`."""
+        key = self._key(domain, local, jid, node)
+        prefix = account_prefix(domain, local)
+
+        def work(txn: Any) -> None:
+            if txn.get(key) is None and _count(txn, prefix) >= limit:
+                raise TooManyRegistrations(f"{local}@{domain}")
+            txn.put(key, form)
+
+        self.storage.write(work, db=self._db)
+
+    def disable(self, domain: str, local: str, jid: str, node: str | None) -> int:
+        """Remove the registration of (jid, node), or every one of `jid` when node is None;
+        how many went."""
+        if node is not None:
+            key = self._key(domain, local, jid, node)
+            return 1 if self.storage.write(lambda txn: txn.delete(key), db=self._db) else 0
+        every_node = account_prefix(domain, local) + f"{jid}\0".encode()
+
+        def work(txn: Any) -> int:
+            cursor = txn.cursor()
+            count = 0
+            if cursor.set_range(every_node):
+                while bytes(cursor.key()).startswith(every_node):
+                    cursor.delete()
+                    count += 1
+            return count
+
+        return int(self.storage.write(work, db=self._db))
+
+
+def _checked_form(raw: bytes) -> bytes:
+    _check_form(raw)
+    return raw
+
+
+def _count(txn: Any, prefix: bytes) -> int:
+    cursor = txn.cursor()
+    count = 0
+    more = cursor.set_range(prefix)
+    while more and bytes(cursor.key()).startswith(prefix):
+        count += 1
+        more = cursor.next()
+    return count
+
+
+register_purge(DATABASE)
