@@ -14,8 +14,11 @@ A module talks to the compiled core through small interfaces only:
 - Storage: each module keeps its records behind a store of its own in fastxmpp/storage/, which
   registers a purge function with fastxmpp.storage.account_data.
 
-Sessions are `fastxmpp.stream.c2s.C2SStream` objects (a `_router.Session`); modules may keep
-per-session state in attributes named after the module (e.g. `session.roster_requested`).
+Sessions are `fastxmpp.stream.c2s.C2SStream` objects (a `_router.Session`). A module keeps
+per-session state in a record it declares (a small typed class and its
+`fastxmpp.records.RecordSlot`), never in attributes set on the session (it has none to
+spare: its attributes are declared); another module's per-session data is asked of that
+module's documented methods (e.g. `presence.last_presence(session)`).
 """
 
 from __future__ import annotations

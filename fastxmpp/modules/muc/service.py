@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..._parser import Stanza
     from ...config import MucConfig
     from ...stream.c2s import C2SStream
+    from ..presence import PresenceModule
 
 log = logging.getLogger("fastxmpp.muc")
 
@@ -451,7 +452,8 @@ class MucModule(Module):
 
     def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
         # RFC 6121 §4.6.3: broadcast unavailable presence also reaches the rooms.
-        status = getattr(session, "presence_unavailable_status", None)
+        presence: PresenceModule | None = self.hub.get("presence")
+        status = None if presence is None else presence.unavailable_status(session)
         self._leave_all(session, "" if status is None else f"<status>{escape(status)}</status>")
 
     def account_removed(self, domain: str, local: str) -> None:
