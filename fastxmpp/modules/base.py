@@ -212,6 +212,33 @@ class ModuleHub:
     def session_ended(self, session: C2SStream) -> None:
         self._each("session_ended", session)
 
+    # --- what the stream layer asks of modules (stream/ imports no module) -----------------
+
+    def carbon_copied_to(
+        self, session: C2SStream, mtype: str, children: list[tuple[str, str]], sent_at: float
+    ) -> list[C2SStream]:
+        """The account's other sessions that got a XEP-0280 copy of a message of type
+        `mtype` (with these children) delivered to `session` at `sent_at`; none without
+        the carbons module. XEP-0198 §4: a stanza the session never acknowledged is not
+        sent to them again."""
+        carbons = self.get("carbons")
+        if carbons is None:
+            return []
+        copied: list[C2SStream] = carbons.copied_to(session, mtype, children, sent_at)
+        return copied
+
+    def store_unacknowledged(
+        self, domain: str, local: str, messages: list[tuple[bytes, str | None]]
+    ) -> int:
+        """XEP-0198 §4: messages a session never acknowledged, to offline storage (each: the
+        bytes, and the time for its <delay/> or None). How many were stored, oldest first;
+        0 without the offline module."""
+        offline = self.get("offline")
+        if offline is None:
+            return 0
+        stored: int = offline.store_unacknowledged(domain, local, messages)
+        return stored
+
     def stop(self) -> None:
         self._each("stop")
 
