@@ -17,7 +17,9 @@ holds none (docs/PERFORMANCE.md, "Many connections").
 
 A slot is its module's own: another module that needs the data asks the owning module's
 documented interface (`hub.get("presence").last_presence(session)`), never the record. A
-session's records go with the session; nothing has to clean them up.
+session's records go with the session; nothing has to clean them up. Records made for a
+client stream before it was bound (XEP-0077, XEP-0078 counters) go at bind, with the rest of
+its negotiation state (stream/c2s_negotiation.py).
 """
 
 from __future__ import annotations
