@@ -29,6 +29,7 @@ cdef class Session:
     cdef public Router router
     cdef public object stanza_filter  # allows_in()/refuse_out() for this session, or None
     cdef public object csi          # XEP-0352 held stanzas while inactive (stream/csi.py) or None
+    cdef public list records        # the modules' per-session records (fastxmpp/records.py) or None
     cdef list _out
     cdef public Py_ssize_t queued_bytes
     cdef bint _queued

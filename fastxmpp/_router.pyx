@@ -156,6 +156,7 @@ cdef class Session:
         self.available = False
         self.stanza_filter = None
         self.csi = None
+        self.records = None
 
     cpdef send(self, bytes data):
         """Queue a stanza; it goes out in one write with everything else queued this turn

@@ -14,8 +14,11 @@ A module talks to the compiled core through small interfaces only:
 - Storage: each module keeps its records behind a store of its own in fastxmpp/storage/, which
   registers a purge function with fastxmpp.storage.account_data.
 
-Sessions are `fastxmpp.stream.c2s.C2SStream` objects (a `_router.Session`); modules may keep
-per-session state in attributes named after the module (e.g. `session.roster_requested`).
+Sessions are `fastxmpp.stream.c2s.C2SStream` objects (a `_router.Session`). A module keeps
+per-session state in a record it declares (a small typed class and its
+`fastxmpp.records.RecordSlot`), never in attributes set on the session (it has none to
+spare: its attributes are declared); another module's per-session data is asked of that
+module's documented methods (e.g. `presence.last_presence(session)`).
 
 Modules from other packages (docs/MODULES.md) use the same interface, plus: their settings
 (`self.options`, the [modules.<name>] table, checked by `check_options`), their place at the
@@ -283,6 +286,33 @@ class ModuleHub:
 
     def session_ended(self, session: C2SStream) -> None:
         self._each("session_ended", session)
+
+    # --- what the stream layer asks of modules (stream/ imports no module) -----------------
+
+    def carbon_copied_to(
+        self, session: C2SStream, mtype: str, children: list[tuple[str, str]], sent_at: float
+    ) -> list[C2SStream]:
+        """The account's other sessions that got a XEP-0280 copy of a message of type
+        `mtype` (with these children) delivered to `session` at `sent_at`; none without
+        the carbons module. XEP-0198 §4: a stanza the session never acknowledged is not
+        sent to them again."""
+        carbons = self.get("carbons")
+        if carbons is None:
+            return []
+        copied: list[C2SStream] = carbons.copied_to(session, mtype, children, sent_at)
+        return copied
+
+    def store_unacknowledged(
+        self, domain: str, local: str, messages: list[tuple[bytes, str | None]]
+    ) -> int:
+        """XEP-0198 §4: messages a session never acknowledged, to offline storage (each: the
+        bytes, and the time for its <delay/> or None). How many were stored, oldest first;
+        0 without the offline module."""
+        offline = self.get("offline")
+        if offline is None:
+            return 0
+        stored: int = offline.store_unacknowledged(domain, local, messages)
+        return stored
 
     def stop(self) -> None:
         self._each("stop")

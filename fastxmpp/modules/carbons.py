@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import ns
 from .._router import append_child, forwardable, forwarded_message
 from ..errors import StanzaError
+from ..records import RecordSlot
 from .base import Module, iq_result
 from .privacy_rules import PRIVACY_MESSAGE
 
@@ -55,6 +57,16 @@ NS_HINTS = ns.HINTS  # XEP-0334
 NS_RECEIPTS = "urn:xmpp:receipts"  # XEP-0184
 NS_MARKERS = "urn:xmpp:chat-markers:0"  # XEP-0333
 NS_CONFERENCE = "jabber:x:conference"  # XEP-0249
+
+
+@dataclass(slots=True)
+class CarbonsRecord:
+    """A session with carbons on (§3.1): since when (for `copied_to`)."""
+
+    enabled_since: float
+
+
+CARBONS = RecordSlot(lambda: CarbonsRecord(time.time()))
 
 # §6.1: "payload elements typically used in IM", and the two kinds of MUC invitation.
 IM_PAYLOADS = frozenset((NS_RECEIPTS, NS_CHATSTATES, NS_MARKERS, NS_CONFERENCE, NS_USER))
@@ -83,9 +95,8 @@ class CarbonsModule(Module):
     features = (NS,)
 
     def start(self) -> None:
+        # Bare JID -> resource -> the carbons-enabled sessions (each has a CarbonsRecord).
         self.accounts: dict[str, dict[str, C2SStream]] = {}
-        # When each carbons-enabled session turned them on (for `copied_to`).
-        self.enabled_since: dict[C2SStream, float] = {}
         self.router.set_iq_handler(NS, self.toggle)
 
     def _hooked(self, wanted: bool) -> None:
@@ -110,7 +121,7 @@ class CarbonsModule(Module):
         if st.attrs.get("type") != "set" or payload not in ("enable", "disable"):
             raise StanzaError("bad-request", "an iq set with <enable/> or <disable/>")
         if payload == "enable":
-            self.enabled_since.setdefault(origin, time.time())
+            CARBONS.of(origin)  # made now, unless carbons were on already
             self.accounts.setdefault(origin.bare, {})[origin.resource] = origin
             self._hooked(True)
         else:
@@ -121,7 +132,7 @@ class CarbonsModule(Module):
         return self.accounts.get(session.bare, {}).get(session.resource) is session
 
     def _disable(self, session: C2SStream) -> None:
-        self.enabled_since.pop(session, None)
+        CARBONS.drop(session)
         sessions = self.accounts.get(session.bare)
         if sessions is not None and sessions.get(session.resource) is session:
             del sessions[session.resource]
@@ -142,7 +153,8 @@ class CarbonsModule(Module):
             return []
         copied = []
         for other in self.accounts.get(session.bare, {}).values():
-            if other is not session and self.enabled_since[other] <= sent_at:
+            record = CARBONS.get(other)
+            if other is not session and record is not None and record.enabled_since <= sent_at:
                 copied.append(other)
         return copied
 

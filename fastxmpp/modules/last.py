@@ -30,16 +30,11 @@ from .disco import may_see_presence
 if TYPE_CHECKING:
     from .._parser import Stanza
     from ..stream.c2s import C2SStream
+    from .presence import PresenceModule
 
 log = logging.getLogger("fastxmpp.last")
 
 NS = "jabber:iq:last"
-
-
-def leaving_status(session: C2SStream) -> str:
-    """The <status/> of the session's last unavailable presence, as the presence module
-    keeps it on the session (empty when it left without one)."""
-    return str(getattr(session, "presence_unavailable_status", None) or "")
 
 
 class LastActivityModule(Module):
@@ -62,7 +57,10 @@ class LastActivityModule(Module):
         self.router.set_iq_handler(NS, self.answer)
 
     def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
-        self.leaving[session.bare] = (session.full, leaving_status(session))
+        # The <status/> of that unavailable presence, as the presence module keeps it.
+        presence: PresenceModule | None = self.hub.get("presence")
+        status = None if presence is None else presence.unavailable_status(session)
+        self.leaving[session.bare] = (session.full, status or "")
 
     def presence_available(self, session: C2SStream, st: Stanza) -> None:
         left = self.leaving.get(session.bare)

@@ -14,12 +14,14 @@ resource-conflict policy (XEP-0078 §3 recommends replacing the old session, our
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 from .. import errors
 from ..errors import StanzaError, StreamError
 from ..jid import JIDError, normalize_local, normalize_resource
+from ..records import RecordSlot
 from .base import Module
 
 if TYPE_CHECKING:
@@ -27,6 +29,16 @@ if TYPE_CHECKING:
     from ..stream.c2s import C2SStream
 
 log = logging.getLogger("fastxmpp.legacy_auth")
+
+
+@dataclass(slots=True)
+class LegacyAuthRecord:
+    """What non-SASL authentication keeps for a stream before it authenticates."""
+
+    failures: int = 0  # wrong passwords so far (limited like SASL's, RFC 6120 §6.4.5)
+
+
+LEGACY_AUTH = RecordSlot(LegacyAuthRecord)
 
 NS = "jabber:iq:auth"
 NS_FEATURE = "http://jabber.org/features/iq-auth"
@@ -91,8 +103,9 @@ class LegacyAuthModule(Module):
                 )
             )
             if not ok or local is None:
-                failures = getattr(stream, "legacy_auth_failures", 0) + 1
-                stream.legacy_auth_failures = failures
+                record = LEGACY_AUTH.of(stream)
+                record.failures += 1
+                failures = record.failures
                 log.info("c2s %s: jabber:iq:auth failure (%d)", stream.peer, failures)
                 if failures >= self.config.c2s.max_sasl_failures:
                     # Like SASL (RFC 6120 §6.4.5): limited retries, then the stream ends.

@@ -65,12 +65,14 @@ import asyncio
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from ..delay import delay_xml
 from ..errors import StanzaError, error_element_xml
 from ..jid import JID, JIDError, parse_jid
+from ..records import RecordSlot
 from ..storage.lmdb_store import StorageFull
 from ..storage.pep import Item, Limits, Node, NodeExists, PepLimit, PepStore
 from .base import Module, iq_result
@@ -86,6 +88,22 @@ if TYPE_CHECKING:
     from .roster import RosterModule
 
 log = logging.getLogger("fastxmpp.pep")
+
+
+@dataclass(slots=True)
+class PepRecord:
+    """What PEP keeps for an available session (made at its available presence, dropped
+    when it goes unavailable or ends)."""
+
+    # (hash or "", node, ver) of the last XEP-0115 <c/> seen in its presence.
+    caps: tuple[str, str, str] | None = None
+    # The nodes it wants notifications of (+notify, XEP-0163 §4.3.3); None until known.
+    notify: frozenset[str] | None = None
+    # Asking the client what its caps stand for (XEP-0115 §6.2), while under way.
+    task: asyncio.Task[None] | None = None
+
+
+PEP = RecordSlot(PepRecord)
 
 NS = "http://jabber.org/protocol/pubsub"
 NS_OWNER = NS + "#owner"
@@ -293,6 +311,11 @@ def item_xml(item: Item, payload: bool = True) -> str:
     return f"<item id={quoteattr(item.id)}>{body}</item>"
 
 
+def _notify(session: C2SStream) -> frozenset[str] | None:
+    record = PEP.get(session)
+    return None if record is None else record.notify
+
+
 class PepModule(Module):
     name = "pep"
     account_features = (NS, *(f"{NS}#{feature}" for feature in FEATURES))
@@ -324,11 +347,6 @@ class PepModule(Module):
 
     # --- sessions and caps (XEP-0115) ----------------------------------------------------
 
-    def session_bound(self, session: C2SStream) -> None:
-        session.pep_caps = None  # (hash or "", node, ver) of the last <c/> seen
-        session.pep_notify = None  # +notify nodes; None before available presence
-        session.pep_task = None
-
     def session_ended(self, session: C2SStream) -> None:
         self._forget(session)
 
@@ -337,12 +355,9 @@ class PepModule(Module):
         self._forget(session)
 
     def _forget(self, session: C2SStream) -> None:
-        task = getattr(session, "pep_task", None)
-        if task is not None:
-            task.cancel()
-        session.pep_task = None
-        session.pep_caps = None
-        session.pep_notify = None
+        record = PEP.drop(session)
+        if record is not None and record.task is not None:
+            record.task.cancel()
 
     def presence_available(self, session: C2SStream, st: Stanza) -> None:
         caps = None
@@ -350,12 +365,13 @@ class PepModule(Module):
             c = st.element().find(f"{{{NS_CAPS}}}c")
             if c is not None and c.get("node") and c.get("ver"):
                 caps = (c.get("hash") or "", c.get("node"), c.get("ver"))
-        if caps == session.pep_caps and session.pep_notify is not None:
+        record = PEP.of(session)
+        if caps == record.caps and record.notify is not None:
             return  # a presence update with the same caps: nothing new (§4.3.3 note)
-        session.pep_caps = caps
-        if session.pep_task is not None:
-            session.pep_task.cancel()
-            session.pep_task = None
+        record.caps = caps
+        if record.task is not None:
+            record.task.cancel()
+            record.task = None
         if caps is None:
             self._interest(session, frozenset())
             return
@@ -365,7 +381,7 @@ class PepModule(Module):
             self._interest(session, cached)
             return
         task = asyncio.get_running_loop().create_task(self._discover(session, caps))
-        session.pep_task = task
+        record.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -388,8 +404,9 @@ class PepModule(Module):
                 if mine is not None:
                     self._inflight.pop(key, None)  # type: ignore[arg-type]
                     mine.set_result(nodes if verified else None)
-        if session.pep_caps == caps:
-            session.pep_task = None
+        record = PEP.get(session)
+        if record is not None and record.caps == caps:
+            record.task = None
             self._interest(session, nodes or frozenset())
 
     async def _query(
@@ -421,10 +438,11 @@ class PepModule(Module):
         """The session now wants notifications of `nodes`: the last published item of each
         node it did not want before (XEP-0163 §4.3.4), from its own account and from every
         contact whose presence it may see."""
-        if session.pep_notify is None:
+        record = PEP.of(session)
+        if record.notify is None:
             self._send_last_subscribed(session, nodes)
-        before = session.pep_notify or frozenset()
-        session.pep_notify = nodes
+        before = record.notify or frozenset()
+        record.notify = nodes
         new = nodes - before
         if not new:
             return
@@ -469,7 +487,7 @@ class PepModule(Module):
             self._drop_lost(user, contact)
             return
         for session in self.router.resources(user).values():
-            wanted = getattr(session, "pep_notify", None)
+            wanted = _notify(session)
             if session.available and wanted:
                 self._send_last_of(contact, session, wanted, on_presence=False)
 
@@ -866,7 +884,7 @@ class PepModule(Module):
 
     @staticmethod
     def _wants(session: C2SStream, node: str) -> bool:
-        wanted = getattr(session, "pep_notify", None)
+        wanted = _notify(session)
         return bool(session.available and wanted and node in wanted)
 
     # --- disco (XEP-0030 on the account, XEP-0060 §5.2) ----------------------------------

@@ -27,17 +27,19 @@ Presence the server sends carries the sender's full JID as 'from' and the recipi
 (RFC 6121 §4.2.2, §4.4.2 and their examples; clients file presence by it): the bare JID of
 the user receiving a contact's presence, the full JID of a resource receiving presence of
 the user's own other resources, the JID that directed presence went to. The bytes are made
-once without 'to' (`presence_last` keeps them so) and 'to' is spliced into the start tag per
+once without 'to' (`PresenceRecord.last` keeps them so) and 'to' is spliced into the start tag per
 recipient (`addressed`).
 
-Per-session state (attributes on the session): `presence_last` (bytes of the last available
-presence broadcast, or None before initial presence / after unavailable), `presence_directed`
-(JIDs sent directed available presence since), `presence_unavailable_status` (for XEP-0012).
+Per-session state: a `PresenceRecord` (fastxmpp/records.py), made when the session first
+sends presence. Other modules read it through `last_presence`, `directed_presence` and
+`unavailable_status`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -45,6 +47,7 @@ from .._router import insert_attr
 from ..delay import delay_xml
 from ..errors import StanzaError
 from ..jid import JID, JIDError, parse_jid
+from ..records import RecordSlot
 from ..storage.lmdb_store import StorageFull
 from ..storage.roster import RosterItem
 from .base import Module
@@ -65,8 +68,29 @@ CLIENT_STATUS = "{jabber:client}status"
 MAX_DIRECTED = 1000
 
 
+@dataclass(slots=True)
+class PresenceRecord:
+    """What the presence module keeps for a session."""
+
+    # The last available presence it broadcast ('from' stamped, no 'to'); None before
+    # initial presence and after unavailable presence (§4.2, §4.5).
+    last: bytes | None = None
+    # §4.6: JIDs it sent directed available presence to since (insertion ordered).
+    directed: dict[str, None] = field(default_factory=dict)
+    # The <status/> of its last unavailable presence (XEP-0012 asks for it).
+    unavailable_status: str | None = None
+
+
+PRESENCE = RecordSlot(PresenceRecord)
+
+
+def _last(session: C2SStream) -> bytes | None:
+    record = PRESENCE.get(session)
+    return None if record is None else record.last
+
+
 def addressed(data: bytes, to: str) -> bytes:
-    """Presence bytes made without 'to' (`presence_last`, an unavailable presence built here)
+    """Presence bytes made without 'to' (`PresenceRecord.last`, an unavailable presence built here)
     with 'to' spliced into the start tag."""
     return insert_attr(data, "to", to)
 
@@ -101,19 +125,35 @@ class PresenceModule(Module):
             return ""
         return f"<sub xmlns='{NS_PRE_APPROVAL_FEATURE}'/>"
 
-    def session_bound(self, session: C2SStream) -> None:
-        session.presence_last = None
-        session.presence_directed = {}
-        session.presence_unavailable_status = None
+    # --- what other modules may ask about a session ----------------------------------
+
+    @staticmethod
+    def last_presence(session: C2SStream) -> bytes | None:
+        """The last available presence the session broadcast ('from' its full JID, no
+        'to'), or None while it is not available."""
+        return _last(session)
+
+    @staticmethod
+    def directed_presence(session: C2SStream) -> Collection[str]:
+        """The JIDs the session sent directed available presence to (§4.6) since."""
+        record = PRESENCE.get(session)
+        return () if record is None else record.directed.keys()
+
+    @staticmethod
+    def unavailable_status(session: C2SStream) -> str | None:
+        """The <status/> of the session's last unavailable presence, if it had one."""
+        record = PRESENCE.get(session)
+        return None if record is None else record.unavailable_status
+
+    # --- events -----------------------------------------------------------------------
 
     def session_ended(self, session: C2SStream) -> None:
         # §4.5.4: a session that is gone without unavailable presence.
-        if getattr(session, "presence_last", None) is None and not getattr(
-            session, "presence_directed", None
-        ):
+        record = PRESENCE.get(session)
+        if record is None or (record.last is None and not record.directed):
             return
         data = f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode()
-        self._broadcast_unavailable(session, data, contacts=session.presence_last is not None)
+        self._broadcast_unavailable(session, data, contacts=record.last is not None)
 
     # --- pipeline handlers ------------------------------------------------------------
 
@@ -152,12 +192,15 @@ class PresenceModule(Module):
             return  # the remote server remembers its users' directed presence
         local, _domain, resource, bare = target
         recipient = f"{bare}/{resource}" if resource else bare
-        directed: dict[str, None] = origin.presence_directed
         if st.attrs.get("type") == "unavailable":
-            directed.pop(recipient, None)
+            known = PRESENCE.get(origin)
+            if known is not None:
+                known.directed.pop(recipient, None)
             return
+        record = PRESENCE.of(origin)
+        directed = record.directed
         if (
-            origin.presence_last is not None
+            record.last is not None
             and self.roster is not None
             and local
             and self.roster.subscription(origin.domain, origin.local, bare) in ("from", "both")
@@ -224,10 +267,11 @@ class PresenceModule(Module):
         return True
 
     def _available(self, origin: C2SStream, st: Stanza) -> None:
-        initial = origin.presence_last is None
+        record = PRESENCE.of(origin)
+        initial = record.last is None
         data = st.with_attrs({"from": origin.full})
-        origin.presence_last = data
-        origin.presence_unavailable_status = None
+        record.last = data
+        record.unavailable_status = None
         for contact in self._subscribers(origin):
             self._to_available(contact, addressed(data, contact), origin)
         own = self.router.resources(origin.bare)
@@ -239,7 +283,7 @@ class PresenceModule(Module):
             return
         # §4.2.2: the new resource learns the presence of the user's other resources ...
         for session in own.values():
-            last = getattr(session, "presence_last", None)
+            last = _last(session)
             if session is not origin and last is not None:
                 origin.send(addressed(last, origin.full))
         if self.roster is not None:
@@ -253,11 +297,11 @@ class PresenceModule(Module):
         self.hub.presence_available(origin, st)
 
     def _unavailable(self, origin: C2SStream, st: Stanza) -> None:
-        element = st.element()
-        origin.presence_unavailable_status = element.findtext(CLIENT_STATUS)
+        record = PRESENCE.of(origin)
+        record.unavailable_status = st.element().findtext(CLIENT_STATUS)
         data = st.with_attrs({"from": origin.full})
         self.hub.presence_unavailable(origin, data)  # services (rooms) it is present in
-        if origin.presence_last is None:
+        if record.last is None:
             # Not available: nothing to take back from contacts (§4.5.2), only directed.
             self._broadcast_unavailable(origin, data, contacts=False)
             return
@@ -270,14 +314,15 @@ class PresenceModule(Module):
         """Unavailable presence from `session` (`data`, without 'to') to contacts, the user's
         other available resources and every entity that got directed presence (§4.5.2,
         §4.6.3)."""
+        record = PRESENCE.of(session)
         if contacts:
-            session.presence_last = None
+            record.last = None
             for contact in self._subscribers(session):
                 self._to_available(contact, addressed(data, contact), session)
             for other in self.router.resources(session.bare).values():
                 if other is not session and other.available:
                     other.send(addressed(data, other.full))
-        directed: dict[str, None] = session.presence_directed
+        directed = record.directed
         for recipient in directed:
             bare, _, resource = recipient.partition("/")
             if self._is_remote(recipient):
@@ -309,7 +354,7 @@ class PresenceModule(Module):
             return
         available = False
         for session in self.router.resources(contact).values():
-            last = getattr(session, "presence_last", None)
+            last = _last(session)
             if last is not None:
                 available = True
                 if self._may_see(session, to_session):
@@ -346,7 +391,7 @@ class PresenceModule(Module):
             return
         if contact.bare == origin.bare:
             for session in self.router.resources(origin.bare).values():
-                last = getattr(session, "presence_last", None)
+                last = _last(session)
                 if last is not None:
                     origin.send(addressed(last, origin.full))
             return
@@ -377,12 +422,12 @@ class PresenceModule(Module):
                 # §3.1.5, §3.2.2: the contact's server (this one, for a remote user) sends the
                 # presence of the contact's available resources, or their unavailability.
                 for session in self.router.resources(origin.bare).values():
-                    last = getattr(session, "presence_last", None)
+                    last = _last(session)
                     if last is None:
                         continue
                     if kind == "unsubscribed":
-                        last = f"<presence type='unavailable' from={quoteattr(session.full)}/>"
-                        last = last.encode()
+                        gone = f"<presence type='unavailable' from={quoteattr(session.full)}/>"
+                        last = gone.encode()
                     self._remote(contact.bare, last)
 
     def _inbound(self, sender: str, contact: JID, kind: str, data: bytes) -> None:
@@ -459,7 +504,7 @@ class PresenceModule(Module):
         """§3.1.5: the contact's presence now; §3.2.2/§3.3.2: unavailable from it."""
         self.hub.presence_visibility_changed(user, contact, visible)
         for session in self.router.resources(contact).values():
-            last = getattr(session, "presence_last", None)
+            last = _last(session)
             if last is None:
                 continue
             if not visible:

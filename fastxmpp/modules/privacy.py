@@ -48,13 +48,15 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
 from ..errors import StanzaError
+from ..records import RecordSlot
 from ..storage.lmdb_store import StorageFull
 from ..storage.privacy import ItemRecord, PrivacyStore, StoredLists
 from .base import Module, iq_result
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
     from .._parser import Stanza
     from ..storage.roster import RosterItem
     from ..stream.c2s import C2SStream
+    from .presence import PresenceModule
     from .roster import RosterModule
 
 log = logging.getLogger("fastxmpp.stanza_filter")
@@ -90,6 +93,27 @@ BLOCKLIST_NAME = "blocklist"
 # "message/offline" handlers.
 OFFLINE_DEFAULTS_CACHED = 1024
 _STORED_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
+
+
+@dataclass(slots=True)
+class PrivacyRecord:
+    """What the privacy module keeps for a session beyond its `stanza_filter`."""
+
+    active: str | None = None  # §2.4: the name of the session's active list
+    blocklist_requested: bool = False  # XEP-0191 §3.3: blocklist pushes go to it
+
+
+PRIVACY = RecordSlot(PrivacyRecord)
+
+
+def _active(session: C2SStream) -> str | None:
+    record = PRIVACY.get(session)
+    return None if record is None else record.active
+
+
+def _blocklist_requested(session: C2SStream) -> bool:
+    record = PRIVACY.get(session)
+    return record is not None and record.blocklist_requested
 
 
 class AccountLists:
@@ -130,6 +154,7 @@ class PrivacyModule(Module):
         self.settings = self.config.privacy
         self.store: PrivacyStore | None = None
         self.roster: RosterModule | None = None
+        self.presence: PresenceModule | None = None
         self._online: dict[str, AccountLists] = {}  # bare JID -> lists, for bound accounts
         # bare JID -> compiled default list of accounts without a session, least recent first.
         self._offline_defaults: OrderedDict[str, PrivacyList] = OrderedDict()
@@ -138,6 +163,7 @@ class PrivacyModule(Module):
         assert self.server.storage is not None
         self.store = PrivacyStore(self.server.storage)
         self.roster = self.hub.get("roster")
+        self.presence = self.hub.get("presence")
         self.router.set_iq_handler(NS, self.answer_privacy)
         self.router.set_iq_handler(NS_BLOCKING, self.answer_blocking)
         self.hub.hook(self, "iq/account", self.iq_to_account)
@@ -146,8 +172,6 @@ class PrivacyModule(Module):
     # --- events -------------------------------------------------------------------------
 
     def session_bound(self, session: C2SStream) -> None:
-        session.privacy_active = None
-        session.blocklist_requested = False
         account = self._online.get(session.bare)
         if account is None:
             self._offline_defaults.pop(session.bare, None)
@@ -293,8 +317,9 @@ class PrivacyModule(Module):
             # §2.3: the names, with the session's active list and the account's default (also
             # the answer to a get of <active/> or <default/>, which some clients send).
             parts = []
-            if origin.privacy_active is not None:
-                parts.append(f"<active name={quoteattr(origin.privacy_active)}/>")
+            active = _active(origin)
+            if active is not None:
+                parts.append(f"<active name={quoteattr(active)}/>")
             if stored.default is not None:
                 parts.append(f"<default name={quoteattr(stored.default)}/>")
             parts += [f"<list name={quoteattr(name)}/>" for name in stored.lists]
@@ -316,13 +341,13 @@ class PrivacyModule(Module):
     ) -> bytes:
         """§2.4: for this session only; applied before the result goes out."""
         if name is None:
-            origin.privacy_active = None
+            PRIVACY.of(origin).active = None
             origin.stanza_filter = account.default_list
             return iq_result(origin, st)
         compiled = account.compiled.get(name)
         if compiled is None:
             raise StanzaError("item-not-found", f"no privacy list {name!r}")
-        origin.privacy_active = name
+        PRIVACY.of(origin).active = name
         origin.stanza_filter = compiled
         return iq_result(origin, st)
 
@@ -337,7 +362,7 @@ class PrivacyModule(Module):
         if name == stored.default:
             return iq_result(origin, st)
         if stored.default is not None and any(
-            s.privacy_active is None for s in self._other_sessions(origin)
+            _active(s) is None for s in self._other_sessions(origin)
         ):
             raise StanzaError("conflict", "the default list is in use by another resource")
         new = stored.copy()
@@ -352,7 +377,7 @@ class PrivacyModule(Module):
         if name not in stored.lists:
             raise StanzaError("item-not-found", f"no privacy list {name!r}")
         for session in self._other_sessions(origin):
-            active = session.privacy_active
+            active = _active(session)
             if active == name or (active is None and stored.default == name):
                 raise StanzaError("conflict", "the list applies to another resource")
         new = stored.copy()
@@ -405,7 +430,7 @@ class PrivacyModule(Module):
         if st.attrs.get("type") == "get":
             if payload.tag != f"{{{NS_BLOCKING}}}blocklist":
                 raise StanzaError("bad-request", "expected <blocklist/>")
-            origin.blocklist_requested = True  # §3.3: pushes go to these resources
+            PRIVACY.of(origin).blocklist_requested = True  # §3.3: pushes go to these resources
             items = "".join(f"<item jid={quoteattr(jid)}/>" for jid in account.blocked())
             return iq_result(origin, st, f"<blocklist xmlns='{NS_BLOCKING}'>{items}</blocklist>")
         if payload.tag == f"{{{NS_BLOCKING}}}block":
@@ -498,9 +523,9 @@ class PrivacyModule(Module):
         account.replace(new)
         sessions = list(self.router.resources(origin.bare).values())
         for session in sessions:
-            active = session.privacy_active
+            active = _active(session)
             if active is not None and active not in account.compiled:
-                session.privacy_active = active = None  # its list was removed
+                PRIVACY.of(session).active = active = None  # its list was removed
             session.stanza_filter = (
                 account.default_list if active is None else account.compiled[active]
             )
@@ -513,7 +538,7 @@ class PrivacyModule(Module):
         before_set, after_set = set(before), set(after)
         blocked = [jid for jid in after if jid not in before_set]
         unblocked = [jid for jid in before if jid not in after_set]
-        interested = [s for s in sessions if s.blocklist_requested]
+        interested = [s for s in sessions if _blocklist_requested(s)]
         if unblock_all and not after:
             for session in interested:
                 _push(session, f"<unblock xmlns='{NS_BLOCKING}'/>")
@@ -546,10 +571,10 @@ class PrivacyModule(Module):
         rules = [jid_parts(jid) for jid in jids]
         subscribers, sources = self._contacts(account)
         for session in own:
-            if getattr(session, "presence_last", None) is None:
+            if self._last_presence(session) is None:
                 continue
             gone = f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode()
-            directed = getattr(session, "presence_directed", {})
+            directed = self._directed_presence(session)
             seen = set(subscribers) | {recipient.partition("/")[0] for recipient in directed}
             for contact in _matching_sessions(self.router, seen, rules):
                 if contact.available:
@@ -557,7 +582,7 @@ class PrivacyModule(Module):
             for jid in self._matching_remote([*subscribers, *directed], rules):
                 self._deliver_remote(gone, jid)
         for contact in _matching_sessions(self.router, sources, rules):
-            if getattr(contact, "presence_last", None) is None:
+            if self._last_presence(contact) is None:
                 continue
             gone = f"<presence type='unavailable' from={quoteattr(contact.full)}/>".encode()
             for session in own:
@@ -599,17 +624,17 @@ class PrivacyModule(Module):
             if not contact.available:
                 continue
             for session in own:
-                last = getattr(session, "presence_last", None)
+                last = self._last_presence(session)
                 if last is not None and self.presence_allowed(session, contact):
                     contact.send(addressed(last, contact.bare))
         for jid in self._matching_remote(subscribers, rules):
             for session in own:
-                last = getattr(session, "presence_last", None)
+                last = self._last_presence(session)
                 rules_out = session.stanza_filter
                 if last is not None and (rules_out is None or rules_out.allows(PRESENCE_OUT, jid)):
                     self._deliver_remote(last, jid)
         for contact in _matching_sessions(self.router, sources, rules):
-            last = getattr(contact, "presence_last", None)
+            last = self._last_presence(contact)
             if last is None:
                 continue
             for session in own:
@@ -617,6 +642,12 @@ class PrivacyModule(Module):
                     session.send(addressed(last, session.bare))
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _last_presence(self, session: C2SStream) -> bytes | None:
+        return None if self.presence is None else self.presence.last_presence(session)
+
+    def _directed_presence(self, session: C2SStream) -> Collection[str]:
+        return () if self.presence is None else self.presence.directed_presence(session)
 
     def _load(self, domain: str, local: str) -> AccountLists:
         assert self.store is not None

@@ -21,11 +21,13 @@ import contextlib
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import StanzaError
 from ..jid import JIDError, normalize_local
+from ..records import RecordSlot
 from ..storage.accounts import AccountExists, NoSuchAccount, UnusablePassword
 from .base import Module
 
@@ -34,6 +36,16 @@ if TYPE_CHECKING:
     from ..stream.c2s import C2SStream
 
 log = logging.getLogger("fastxmpp.register")
+
+
+@dataclass(slots=True)
+class RegisterRecord:
+    """What registration keeps for a stream before it authenticates."""
+
+    done: bool = False  # an account was created on this connection (one per connection)
+
+
+REGISTER = RecordSlot(RegisterRecord)
 
 NS = "jabber:iq:register"
 NS_FEATURE = "http://jabber.org/features/iq-register"
@@ -119,7 +131,8 @@ class RegisterModule(Module):
         if query.find(f"{{{NS}}}remove") is not None:
             # §3.2: cancelling needs an account; this stream has not authenticated.
             raise StanzaError("unexpected-request", "log in to cancel a registration")
-        if getattr(stream, "register_done", False):
+        record = REGISTER.get(stream)
+        if record is not None and record.done:
             raise StanzaError("not-acceptable", "one registration per connection")
         fields = _fields(query)
         username, password = fields.get("username", ""), fields.get("password", "")
@@ -155,7 +168,7 @@ class RegisterModule(Module):
         except UnusablePassword as exc:
             self._give_back_slot(ip)
             raise StanzaError("not-acceptable", str(exc)) from None
-        stream.register_done = True
+        REGISTER.of(stream).done = True
         log.info("registered %s@%s from %s", local, domain, ip)
         return _result(st)
 

@@ -15,7 +15,7 @@
   MAX_TEXT_BYTES: not-acceptable; a new item beyond `roster.max_items`: not-allowed; removing
   an item that is not there: item-not-found.
 - Every change is pushed (§2.1.6) to each "interested resource": a session that has asked
-  for the roster (`session.roster_requested`).
+  for the roster (its `RosterRecord`).
 - The subscription state (§3, Appendix A) lives on the items too (fastxmpp/storage/roster.py);
   the presence module changes it through `apply`.
 
@@ -32,11 +32,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import StanzaError
 from ..jid import JIDError, parse_jid
+from ..records import RecordSlot
 from ..storage.lmdb_store import StorageFull
 from ..storage.roster import Roster, RosterItem, RosterStore
 from .base import Module, iq_result
@@ -54,6 +56,16 @@ NS_VERSIONING_FEATURE = "urn:xmpp:features:rosterver"
 MAX_TEXT_BYTES = 1023
 # Tombstones kept per roster before the oldest half is dropped (raising the floor).
 MAX_TOMBSTONES = 200
+
+
+@dataclass(slots=True)
+class RosterRecord:
+    """What the roster module keeps for a session: made when it asks for the roster."""
+
+    requested: bool = False  # §2.1.6: an "interested resource", which gets roster pushes
+
+
+ROSTER = RecordSlot(RosterRecord)
 
 
 def item_xml(item: RosterItem, removed: bool = False) -> str:
@@ -108,7 +120,6 @@ class RosterModule(Module):
     # --- events -------------------------------------------------------------------------
 
     def session_bound(self, session: C2SStream) -> None:
-        session.roster_requested = False
         if session.bare not in self._online:
             self._online[session.bare] = self._load(session.domain, session.local)
 
@@ -246,7 +257,8 @@ class RosterModule(Module):
     def _push(self, bare: str, item: RosterItem) -> None:
         """§2.1.6: a roster push to each interested resource."""
         for session in self.router.resources(bare).values():
-            if getattr(session, "roster_requested", False):
+            record = ROSTER.get(session)
+            if record is not None and record.requested:
                 self._push_one(session, item)
 
     def _prune(self, domain: str, local: str, roster: Roster) -> None:
@@ -296,7 +308,7 @@ class RosterModule(Module):
         return self._set(origin, st, query)
 
     def _get(self, origin: C2SStream, st: Stanza, query: Any) -> bytes | None:
-        origin.roster_requested = True
+        ROSTER.of(origin).requested = True
         roster = self.roster(origin.domain, origin.local)
         presented = query.get("ver")
         since = _parse_version(presented)

@@ -30,11 +30,8 @@ from .._router import Session
 from ..errors import StanzaError, StreamError, stanza_error_bytes
 from ..jid import JIDError, normalize_resource
 from . import compression, csi, sm
-from .c2s_negotiation import PRE_AUTH_IQ, ClientNegotiation, escape
+from .c2s_negotiation import PRE_AUTH_IQ, ClientNegotiation, Negotiation, escape
 from .connection import Connection
-from .sasl import (
-    SaslExchange,
-)
 from .sm import StreamManagement
 from .xmlstream import XmlStream
 
@@ -84,7 +81,23 @@ def _trace(connection: Connection, data: bytes, events: list[Any] | None) -> Non
 
 
 class C2SStream(Session, ClientNegotiation):
-    """States: waiting for a header -> features sent -> (TLS) -> (SASL) -> bound."""
+    """States: waiting for a header -> features sent -> (TLS) -> (SASL) -> bound.
+
+    Its attributes are declared (`__slots__`): what a module keeps per session is a record
+    of its own (fastxmpp/records.py, in `Session.records`), never an attribute set here."""
+
+    __slots__ = (
+        "authenticated_local",
+        "bound",
+        "c2s",
+        "closing",
+        "connection",
+        "former_peer",
+        "host",
+        "limits",
+        "negotiation",
+        "server",
+    )
 
     what = "c2s"
     log = log
@@ -103,16 +116,8 @@ class C2SStream(Session, ClientNegotiation):
         self.authenticated_local: str | None = None
         self.bound = False
         self.closing = False
-        self.sasl: SaslExchange | None = None
-        self.sasl_mechanism = ""
-        self.sasl_failures = 0
-        self.auth_timer: asyncio.TimerHandle | None = None
-        # XEP-0368: the connection came to a direct TLS listener, whose transport completed
-        # the TLS handshake before `connection_made` (the listener's ssl context).
-        self.direct_tls = direct_tls
-        # The address counted in server.unauthenticated_per_ip
-        # (limits.max_unauthenticated_per_ip), until the stream authenticates or ends.
-        self.counted_address: str | None = None
+        self.former_peer = "?"
+        self.negotiation: Negotiation | None = Negotiation(direct_tls)
 
     # --- the connection's events -------------------------------------------------------
 
@@ -121,21 +126,23 @@ class C2SStream(Session, ClientNegotiation):
         # Until it authenticates, a connection is anonymous: bounded per address. After, its
         # account answers for it (limits.max_resources_per_account), so that many users
         # behind one NAT are not refused.
+        state = self.negotiation
+        assert state is not None
         address = connection.address
         per_ip = self.server.unauthenticated_per_ip
         per_ip[address] += 1
-        self.counted_address = address
+        state.counted_address = address
         if per_ip[address] > self.limits.max_unauthenticated_per_ip:
             log.info("c2s connection from %s refused: too many from that address", self.peer)
             self.close_with_error(
                 "policy-violation", "too many unauthenticated connections from your address"
             )
             return
-        self.auth_timer = asyncio.get_running_loop().call_later(
+        state.auth_timer = asyncio.get_running_loop().call_later(
             self.c2s.auth_timeout, self._auth_timed_out
         )
         log.info("c2s connection from %s", self.peer)
-        if self.direct_tls:
+        if state.direct_tls:
             # XEP-0368 §3: STARTTLS must not be used over direct TLS; `_features` offers it
             # only on unencrypted streams.
             connection.tls_established(connection.transport, "direct TLS")
@@ -310,7 +317,7 @@ class C2SStream(Session, ClientNegotiation):
                 self._sasl_response(st)
                 return
             if st.name == "abort":
-                self.sasl = None
+                self._sasl_abandon()
                 self._sasl_failure("aborted")
                 return
             raise StreamError("unsupported-stanza-type", f"SASL element <{st.name}/>")
@@ -406,10 +413,8 @@ class C2SStream(Session, ClientNegotiation):
                 resource = _new_resource()
         old = self.router.bind(self, local, self.host, resource)
         self.bound = True
+        self._negotiated()
         self.server.heap_trimmer.churned()  # the login's TLS and SASL garbage is behind us
-        if self.auth_timer is not None:
-            self.auth_timer.cancel()
-            self.auth_timer = None
         if old is not None and old is not self:
             old.close_with_error("conflict", "replaced by a new session for this resource")
         log.info("c2s %s: bound %s", self.peer, self.full)
@@ -421,7 +426,6 @@ class C2SStream(Session, ClientNegotiation):
             return  # the stream went away (or authenticated) while the password was checked
         self._enter_session(local, resource, may_rename=False)
         self.authenticated_local = local
-        self._uncount_unauthenticated()
         self.send(_iq_result(st, None))
         log.info("c2s %s: authenticated %s@%s with jabber:iq:auth", self.peer, local, self.host)
         self.server.session_bound(self)
@@ -521,9 +525,7 @@ class C2SStream(Session, ClientNegotiation):
         if state.expiry is not None:
             state.expiry.cancel()
             state.expiry = None
-        if self.auth_timer is not None:
-            self.auth_timer.cancel()
-            self.auth_timer = None
+        self._negotiated()  # this stream ends here; the session it resumes goes on
         connection = self._release_connection()
         self.closing = True
         self.server.streams.discard(self)
@@ -650,9 +652,8 @@ class C2SStream(Session, ClientNegotiation):
     def _end_session(self) -> None:
         """Leave the session table once, as soon as the stream is closing: nothing more is
         routed here, and modules see the session end before the peer sees our closing tag."""
-        if self.auth_timer is not None:
-            self.auth_timer.cancel()
-            self.auth_timer = None
+        if self.negotiation is not None:
+            self.negotiation.cancel_auth_timer()
         if self.bound:
             self.bound = False
             self.router.unbind(self)
@@ -669,7 +670,8 @@ class C2SStream(Session, ClientNegotiation):
             self.server.session_ended(self)
 
     def _auth_timed_out(self) -> None:
-        self.auth_timer = None
+        if self.negotiation is not None:
+            self.negotiation.auth_timer = None
         if not self.bound:
             self.close_with_error("connection-timeout", "authentication took too long")
 

@@ -3,6 +3,11 @@ the stream header and features, SASL, legacy compression, and the iqs an unauthe
 stream may send (XEP-0077 registration, XEP-0078 authentication). STARTTLS and the closing
 handshake are every stream's (xmlstream.py); binding a resource makes the stream the
 router's session (c2s.py).
+
+What only negotiation needs (the SASL exchange, the authentication deadline, the count of
+unauthenticated connections per address) lives in a `Negotiation` record, which the stream
+drops when a resource is bound or the stream resumes another session (XEP-0198): a bound
+session keeps nothing of its login (docs/ARCHITECTURE.md, "Session at bind").
 """
 
 from __future__ import annotations
@@ -52,8 +57,42 @@ PRE_AUTH_IQ = {
 }
 
 
+class Negotiation:
+    """A client stream's state from its first byte until a resource is bound."""
+
+    __slots__ = (
+        "auth_timer",
+        "counted_address",
+        "direct_tls",
+        "sasl",
+        "sasl_failures",
+        "sasl_mechanism",
+    )
+
+    def __init__(self, direct_tls: bool) -> None:
+        # XEP-0368: the connection came to a direct TLS listener, whose transport completed
+        # the TLS handshake before `connection_made` (the listener's ssl context).
+        self.direct_tls = direct_tls
+        # c2s.auth_timeout: the stream is closed if not bound by then.
+        self.auth_timer: asyncio.TimerHandle | None = None
+        # The address counted in server.unauthenticated_per_ip
+        # (limits.max_unauthenticated_per_ip), until the stream authenticates or ends.
+        self.counted_address: str | None = None
+        self.sasl: SaslExchange | None = None  # the exchange under way (RFC 6120 §6.4)
+        self.sasl_mechanism = ""
+        self.sasl_failures = 0  # RFC 6120 §6.4.5: limited by c2s.max_sasl_failures
+
+    def cancel_auth_timer(self) -> None:
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+            self.auth_timer = None
+
+
 class ClientNegotiation(XmlStream):
     """The negotiating half of `C2SStream`: from the first header to authentication."""
+
+    if not TYPE_CHECKING:
+        __slots__ = ()  # as XmlStream's: C2SStream declares the attributes
 
     server: Server
     router: Any
@@ -61,14 +100,33 @@ class ClientNegotiation(XmlStream):
     host: str | None
     authenticated_local: str | None
     bound: bool
-    sasl: SaslExchange | None
-    sasl_mechanism: str
-    sasl_failures: int
-    counted_address: str | None
+    # None once a resource is bound (or this stream resumed a session).
+    negotiation: Negotiation | None
+    records: list[Any] | None  # Session.records (fastxmpp/records.py)
+
+    @property
+    def sasl_failures(self) -> int:
+        """Failed SASL attempts on this stream so far (XEP-0078 §8 asks)."""
+        return 0 if self.negotiation is None else self.negotiation.sasl_failures
+
+    def _negotiated(self) -> None:
+        """Negotiation is over (a resource is bound, or this stream resumed a session):
+        its state goes, with what modules kept for the stream before it was a session
+        (XEP-0077 registration, XEP-0078 attempts)."""
+        state = self.negotiation
+        if state is None:
+            return
+        self._uncount_unauthenticated()
+        state.cancel_auth_timer()
+        self.negotiation = None
+        self.records = None
 
     def _uncount_unauthenticated(self) -> None:
         """The connection authenticated or went away: off its address's count."""
-        address, self.counted_address = self.counted_address, None
+        state = self.negotiation
+        if state is None:
+            return
+        address, state.counted_address = state.counted_address, None
         if address is None:
             return
         per_ip = self.server.unauthenticated_per_ip
@@ -210,8 +268,10 @@ class ClientNegotiation(XmlStream):
     # --- SASL (RFC 6120 §6) ------------------------------------------------------------
 
     def _sasl_auth(self, st: Stanza) -> None:
-        if self.sasl is not None:
-            self.sasl = None
+        state = self.negotiation
+        assert state is not None  # SASL is refused once authenticated
+        if state.sasl is not None:
+            state.sasl = None
             self._sasl_failure("aborted", "a new <auth/> aborts the previous exchange")
             return
         mechanism = st.attrs.get("mechanism", "")
@@ -231,12 +291,13 @@ class ClientNegotiation(XmlStream):
             exchange: SaslExchange = PlainExchange(self.host, accounts, self.server.run_blocking)
         else:
             exchange = ScramExchange(mechanism, self.host, accounts)
-        self.sasl = exchange
-        self.sasl_mechanism = mechanism
+        state.sasl = exchange
+        state.sasl_mechanism = mechanism
         self._run_step(lambda: self._sasl_step(exchange.start(initial)))  # type: ignore[arg-type]
 
     def _sasl_response(self, st: Stanza) -> None:
-        exchange = self.sasl
+        assert self.negotiation is not None
+        exchange = self.negotiation.sasl
         if exchange is None:
             self._sasl_failure("malformed-request", "no exchange in progress")
             return
@@ -254,13 +315,15 @@ class ClientNegotiation(XmlStream):
         try:
             return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            self.sasl = None
+            self._sasl_abandon()
             self._sasl_failure("incorrect-encoding")
             return False
 
     async def _sasl_step(self, pending_outcome: Any) -> None:
         outcome = await pending_outcome
-        exchange = self.sasl
+        state = self.negotiation
+        assert state is not None  # nothing binds while this step runs
+        exchange = state.sasl
         account = self._throttle_key(exchange)
         throttle = self.server.auth_throttle
         if isinstance(outcome, Success | Failure) and throttle.refused(self._address(), account):
@@ -278,7 +341,7 @@ class ClientNegotiation(XmlStream):
             data = _b64(outcome.data) if outcome.data else ""
             self.write(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
         elif isinstance(outcome, Success):
-            self.sasl = None
+            state.sasl = None
             self.authenticated_local = outcome.local
             self._uncount_unauthenticated()
             data = _b64(outcome.data) if outcome.data else ""
@@ -288,13 +351,13 @@ class ClientNegotiation(XmlStream):
                 self.peer,
                 outcome.local,
                 self.host,
-                self.sasl_mechanism,
+                state.sasl_mechanism,
             )
             if self.connection is not None:
                 self.connection.pending.clear()
                 self.connection.restart()
         elif isinstance(outcome, Failure):
-            self.sasl = None
+            state.sasl = None
             self._sasl_failure(outcome.condition, outcome.text)
 
     def _address(self) -> str:
@@ -306,12 +369,19 @@ class ClientNegotiation(XmlStream):
             return None
         return f"{exchange.username}@{self.host}"
 
+    def _sasl_abandon(self) -> None:
+        """The exchange under way, if any, is over (RFC 6120 §6.4.4: aborted)."""
+        if self.negotiation is not None:
+            self.negotiation.sasl = None
+
     def _sasl_failure(self, condition: str, text: str | None = None) -> None:
-        self.sasl_failures += 1
+        state = self.negotiation
+        assert state is not None  # SASL is refused once authenticated
+        state.sasl_failures += 1
         text_xml = f"<text xml:lang='en'>{escape(text)}</text>" if text else ""
         self.write(f"<failure xmlns='{ns.SASL}'><{condition}/>{text_xml}</failure>".encode())
-        log.info("c2s %s: SASL failure %s (%d)", self.peer, condition, self.sasl_failures)
-        if condition != "aborted" and self.sasl_failures >= self.c2s.max_sasl_failures:
+        log.info("c2s %s: SASL failure %s (%d)", self.peer, condition, state.sasl_failures)
+        if condition != "aborted" and state.sasl_failures >= self.c2s.max_sasl_failures:
             # RFC 6120 §6.4.5: retries are limited; then the stream is closed.
             self.close_with_error("policy-violation", "too many authentication failures")
 

@@ -284,10 +284,8 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
       §8.5.3.2.2)."""
     if not unacked:
         return
-    server = session.server
+    hub = session.server.modules  # offline storage and carbons, through its interface
     router = session.router
-    offline = server.modules.get("offline")
-    carbons = server.modules.get("carbons")
     outcome: Counter[str] = Counter()
     others = [
         s
@@ -322,7 +320,7 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
         ):
             outcome["dropped (made for this session)"] += 1
             continue
-        copied = [] if carbons is None else carbons.copied_to(session, stype, children, sent_at)
+        copied = hub.carbon_copied_to(session, stype, children, sent_at)
         stamp = None if _has_delay(el) else xep0082_stamp(sent_at)
         if best:
             if el.get("to") != session.full and top >= session.priority:
@@ -341,10 +339,10 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
         else:
             to_store.append((data, stamp, el))
     stored = 0
-    if to_store and offline is not None and router.user_exists(session.domain, session.local):
+    if to_store and router.user_exists(session.domain, session.local):
         # One commit for all of them, however many there are.
         messages = [(data, stamp) for data, stamp, _el in to_store]
-        stored = offline.store_unacknowledged(session.domain, session.local, messages)
+        stored = hub.store_unacknowledged(session.domain, session.local, messages)
         if stored:
             outcome["stored offline"] += stored
     for _data, _when, el in to_store[stored:]:

@@ -57,6 +57,12 @@ class XmlStream:
     """A stream negotiated over `connection` (None once the connection is gone or given
     away). `closing`: the stream is over on our side, nothing more is handled."""
 
+    if not TYPE_CHECKING:
+        # Empty, so that a stream kind may declare its attributes in __slots__ (the client
+        # stream does: it is the session of an idle connection, docs/PERFORMANCE.md).
+        # Hidden from mypy, which would take it for "no attributes" in this class's code.
+        __slots__ = ()
+
     what = "stream"  # "c2s", "s2s": log lines and the TLS log
     log = logging.getLogger("fastxmpp.stream")
     connection: Connection | None

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from ...errors import StanzaError
 from ...jid import JIDError, normalize_domain, parse_jid
+from ...records import RecordSlot
 from ...storage.lmdb_store import StorageFull
 from ...storage.muc import MucStore
 from ..base import Module, iq_result
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from ..._parser import Stanza
     from ...config import MucConfig
     from ...stream.c2s import C2SStream
+    from ..presence import PresenceModule
 
 log = logging.getLogger("fastxmpp.muc")
 
@@ -54,6 +57,16 @@ ROOMUSER_NODE = "x-roomuser-item"
 SELF_PING = NS_MUC + "#self-ping-optimization"  # XEP-0410 §3.3
 SERVICE_NAME = "Chatrooms"
 IQ_TYPES = ("get", "set", "result", "error")
+
+
+@dataclass(slots=True)
+class MucRecord:
+    """The rooms a session is in: it leaves them when it ends or goes unavailable."""
+
+    rooms: set[Room] = field(default_factory=set)
+
+
+MUC = RecordSlot(MucRecord)
 
 
 class MucService:
@@ -89,14 +102,14 @@ class MucService:
     # --- bookkeeping the rooms call ----------------------------------------------------------
 
     def joined(self, session: C2SStream, room: Room) -> None:
-        self.module.joined.setdefault(session, set()).add(room)
+        MUC.of(session).rooms.add(room)
 
     def left(self, session: C2SStream, room: Room) -> None:
-        rooms = self.module.joined.get(session)
-        if rooms is not None:
-            rooms.discard(room)
-            if not rooms:
-                del self.module.joined[session]
+        record = MUC.get(session)
+        if record is not None:
+            record.rooms.discard(room)
+            if not record.rooms:
+                MUC.drop(session)
 
     def save(self, room: Room) -> None:
         store = self.module.store
@@ -413,8 +426,6 @@ class MucModule(Module):
         super().__init__(server)
         self.store: MucStore | None = None
         self.services: dict[str, MucService] = {}
-        # The rooms each session is in: left when it ends or goes unavailable.
-        self.joined: dict[C2SStream, set[Room]] = {}
 
     def start(self) -> None:
         settings = self.config.muc
@@ -443,7 +454,8 @@ class MucModule(Module):
         return [(s.domain, SERVICE_NAME) for s in self.services.values() if s.host == domain]
 
     def _leave_all(self, session: C2SStream, status_xml: str = "") -> None:
-        for room in list(self.joined.pop(session, ())):
+        record = MUC.drop(session)
+        for room in () if record is None else list(record.rooms):
             room.leave(session, status_xml)
 
     def session_ended(self, session: C2SStream) -> None:
@@ -451,7 +463,8 @@ class MucModule(Module):
 
     def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
         # RFC 6121 §4.6.3: broadcast unavailable presence also reaches the rooms.
-        status = getattr(session, "presence_unavailable_status", None)
+        presence: PresenceModule | None = self.hub.get("presence")
+        status = None if presence is None else presence.unavailable_status(session)
         self._leave_all(session, "" if status is None else f"<status>{escape(status)}</status>")
 
     def account_removed(self, domain: str, local: str) -> None:
