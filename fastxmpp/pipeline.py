@@ -65,9 +65,12 @@ STAGES: dict[str, str] = {
     ),
     "iq/response": "(origin, st): an iq result/error addressed to the server.",
     "turn/commit": (
-        "(): the end of a turn of the event loop, before anything queued in it is written: "
-        "commit what those writes may acknowledge (a XEP-0198 <a/>, an iq result answered "
-        "after a message). A handler may queue error stanzas for what it could not commit."
+        "(wait): the end of a turn of the event loop, before anything queued in it is "
+        "written: commit what those writes may acknowledge (a XEP-0198 <a/>, an iq result "
+        "answered after a message), or hand it to a writer thread and `hold_writes` on each "
+        "session whose output may acknowledge it, releasing them once committed. wait: "
+        "every commit under way is done on return (a session closing, STARTTLS). A handler "
+        "may queue error stanzas for what it could not commit."
     ),
 }
 
