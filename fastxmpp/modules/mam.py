@@ -152,6 +152,12 @@ class MamModule(Module):
         self._prefs.pop(f"{local}@{domain}", None)
         prefix = account_prefix(domain, local)
         self._pending = [row for row in self._pending if row[0] != prefix]
+        if self._commits:
+            # Rows of the account handed to the writer before the account's data was purged
+            # may commit after the purge: wait for them, then remove what they wrote.
+            assert self.store is not None
+            self.flush(wait=True)
+            self.store.purge(domain, local)
 
     # --- archiving (pipeline handlers) -------------------------------------------------
 
@@ -207,22 +213,26 @@ class MamModule(Module):
 
     def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
         """A message a local account sent was routed: archived for the sender."""
-        if target is None or target[3] == origin.bare or not archivable(st):
+        forwarded, self._forwarded = self._forwarded, None
+        if target is None or target[3] == origin.bare:
             return  # to itself: `received` archived it
+        if forwarded is None or forwarded[0] is not st:
+            forwarded = None
+            if not archivable(st):
+                return
+        # else `received` found it archivable and built the bytes: 'to' was there (target
+        # is not None), so they are the same bytes as those for the sender's archive.
         if not self.router.is_local(origin.domain):
             return  # from another server
         peer = target[3]
         if not self._wanted(origin.domain, origin.local, peer):
             return
         assert self.store is not None
-        forwarded = self._forwarded
-        if forwarded is not None and forwarded[0] is st:
-            # 'to' was there (target is not None): the same bytes `received` built.
+        if forwarded is not None:
             archived = forwarded[1]
         else:
             to = peer if not target[2] else f"{peer}/{target[2]}"
             archived = forwardable(st, origin.full, to)
-        self._forwarded = None
         row = (
             account_prefix(origin.domain, origin.local),
             self.store.next_number(),

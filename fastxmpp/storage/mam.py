@@ -33,7 +33,7 @@ from typing import Any
 import lmdb
 import msgpack
 
-from .account_data import account_prefix, register_purge
+from .account_data import account_prefix, delete_prefix, register_purge
 from .lmdb_store import META_DB, MIGRATIONS, CorruptRecord, Storage, expect, unpack
 from .xml_check import check_elements
 
@@ -155,8 +155,12 @@ class ArchiveStore:
                 count = counts.get(prefix)
                 if count is None:
                     raw = txn.get(prefix, db=db)
-                    count = None if raw is None else self._decode(prefix, raw, _decode_count)
-                    count = count or 0
+                    if raw is None:
+                        count = 0
+                    elif len(raw) == _ID.size:
+                        count = _ID.unpack(raw)[0]
+                    else:  # not a count: quarantined, counted from 0 again
+                        count = self._decode(prefix, raw, _decode_count) or 0
                 if not txn.put(
                     prefix + key_of(number), pack([when, with_, direction, xml]), db=db,
                     overwrite=False,
@@ -198,6 +202,12 @@ class ArchiveStore:
                 txn.put(prefix, key_of(count), db=db)
 
         return put
+
+    def purge(self, domain: str, local: str) -> None:
+        """Every record of the account, and its count, gone (its preferences stay)."""
+        prefix = account_prefix(domain, local)
+        db = self._db
+        self.storage.write(lambda txn: delete_prefix(txn, db, prefix))
 
     def exists(self, domain: str, local: str, record_id: str) -> bool:
         raw = encode_id(record_id)
