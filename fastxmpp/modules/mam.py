@@ -138,11 +138,11 @@ class MamModule(Module):
     def start(self) -> None:
         assert self.server.storage is not None
         self.store = ArchiveStore(self.server.storage)
-        self.writer = GroupCommitWriter(
-            self.server.storage, asyncio.get_running_loop(), self._settle
-        )
         self.router.set_iq_handler(NS, self.answer)
         if self.settings.enabled:
+            self.writer = GroupCommitWriter(
+                self.server.storage, asyncio.get_running_loop(), self._settle
+            )
             self.hub.hook(self, "message/in", self.received)
             self.hub.hook(self, "message/delivered", self.archive_received)
             self.hub.hook(self, "message/sent", self.sent)
