@@ -107,3 +107,41 @@ def test_the_map_grows_under_the_archive_writer(make_server: Any, ca_file: str) 
     alice.close()
     bob.close()
     srv.stop()
+
+
+def test_a_session_that_closes_gets_its_ack_after_the_commit(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    # The client closes its stream right after the message: the session's held output
+    # (its <a/>) is written once the commit is done, before the closing tag, not dropped.
+    slow = tmp_path / "slow-disk-now"
+    library = build_disk_faults(tmp_path)
+    srv: ServerProcess = make_server()
+    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_SLOW_SYNC_TRIGGER=str(slow))
+    add_accounts(srv, ["alice", "bob"])
+    srv.start()
+    alice = login(srv, ca_file, "alice")
+    bob = login(srv, ca_file, "bob")
+    bob.send("<presence/>")
+    sync(bob)
+    enable_sm(alice)
+
+    slow.touch()
+    alice.send(
+        "<message to='bob@localhost' id='c1' type='chat'><body>closing</body></message>"
+        f"<r xmlns='{SM}'/></stream:stream>"
+    )
+    got = everything_until_closed(alice)
+    # The answer to <r/>, and the <a/> the server adds when the stream closes (XEP-0198 §4).
+    acks = [el.get("h") for el in got if el.tag == f"{{{SM}}}a"]
+    assert acks and set(acks) == {"1"}, [el.tag for el in got]
+    assert alice.closed_stream
+    assert srv.stop(signal.SIGKILL) == -signal.SIGKILL
+    bob.abort()
+
+    slow.unlink()
+    srv.start()
+    for name in ("alice", "bob"):
+        client = login(srv, ca_file, name, "after")
+        assert archived_bodies(client) == ["closing"], name
+        client.close()
