@@ -94,8 +94,8 @@ ORDER: dict[str, tuple[tuple[str, int], ...]] = {
     # XEP-0016 §2.13: the account's default list for iqs answered on its behalf.
     "iq/account": (("privacy", 0),),
     "iq/response": (("hub", 0),),
-    # The archive's batch of the turn, before the writes that acknowledge its messages
-    # (issue "Acknowledged means durable", item 1).
+    # The archive's batch of the turn goes to its writer thread, and the output of its
+    # senders waits for that commit (issue "Acknowledged means durable", item 1).
     "turn/commit": (("mam", 0),),
 }
 
