@@ -32,6 +32,7 @@ cdef class Session:
     cdef public list records        # the modules' per-session records (fastxmpp/records.py) or None
     cdef list _out
     cdef public Py_ssize_t queued_bytes
+    cdef public int write_holds     # commits under way that its output waits for
     cdef bint _queued
 
     cpdef send(self, bytes data)
@@ -78,4 +79,4 @@ cdef class Router:
     cdef _directed(self, Session origin, Stanza st, tuple target)
     cdef _delivered(self, Session origin, Stanza st, tuple target, bytes data, tuple sessions)
     cdef _schedule(self, Session session)
-    cpdef commit_turn(self)
+    cpdef commit_turn(self, bint wait)

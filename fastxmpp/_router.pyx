@@ -157,6 +157,7 @@ cdef class Session:
         self.stanza_filter = None
         self.csi = None
         self.records = None
+        self.write_holds = 0
 
     cpdef send(self, bytes data):
         """Queue a stanza; it goes out in one write with everything else queued this turn
@@ -191,15 +192,33 @@ cdef class Session:
 
     cpdef flush(self):
         """Write what is queued now (used before STARTTLS and before closing), after the
-        commits of this turn that it may acknowledge ("turn/commit")."""
+        commits of this turn that it may acknowledge ("turn/commit"), waiting for them if
+        this session's output is held for one."""
         if self.router is not None:
-            self.router.commit_turn()
+            self.router.commit_turn(False)
+            if self.write_holds:
+                self.router.commit_turn(True)
         self._write()
+
+    def hold_writes(self):
+        """A commit this session's output may acknowledge (an archived message it sent) is
+        under way off the loop: keep everything queued for it, in order, until the commit's
+        owner calls `release_writes` ("turn/commit" in fastxmpp/pipeline.py)."""
+        self.write_holds += 1
+
+    def release_writes(self):
+        """One commit `hold_writes` waited for is done: once none is left, what was kept
+        goes out at the end of this turn (after this turn's own commits are handed on)."""
+        self.write_holds -= 1
+        if self.write_holds == 0 and self._out and not self._queued \
+                and self.router is not None:
+            self._queued = True
+            self.router._schedule(self)
 
     cdef _write(self):
         cdef list out = self._out
         self._queued = False
-        if not out:
+        if not out or self.write_holds:
             return
         self._out = []
         self.queued_bytes = 0
@@ -348,20 +367,21 @@ cdef class Router:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush_all)
 
-    cpdef commit_turn(self):
+    cpdef commit_turn(self, bint wait):
         """The "turn/commit" stage: what this turn's writes may acknowledge (a XEP-0198
-        <a/>, an iq result after a message) is committed before any of them leaves. A
-        handler may queue stanzas (errors for what it could not commit): they go out with
-        the rest."""
+        <a/>, an iq result after a message) is committed, or handed to a writer that holds
+        the sessions it concerns (`Session.hold_writes`), before any of them leaves; `wait`:
+        every commit under way is done when it returns. A handler may queue stanzas (errors
+        for what it could not commit): they go out with the rest."""
         cdef tuple handlers = self._turn_commit
         if handlers:
             for handler in handlers:
-                handler()
+                handler(wait)
 
     def flush_all(self):
         cdef list dirty
         cdef Session session
-        self.commit_turn()
+        self.commit_turn(False)
         dirty = self._dirty
         self._dirty = []
         self._flush_scheduled = False

@@ -65,9 +65,12 @@ STAGES: dict[str, str] = {
     ),
     "iq/response": "(origin, st): an iq result/error addressed to the server.",
     "turn/commit": (
-        "(): the end of a turn of the event loop, before anything queued in it is written: "
-        "commit what those writes may acknowledge (a XEP-0198 <a/>, an iq result answered "
-        "after a message). A handler may queue error stanzas for what it could not commit."
+        "(wait): the end of a turn of the event loop, before anything queued in it is "
+        "written: commit what those writes may acknowledge (a XEP-0198 <a/>, an iq result "
+        "answered after a message), or hand it to a writer thread and `hold_writes` on each "
+        "session whose output may acknowledge it, releasing them once committed. wait: "
+        "every commit under way is done on return (a session closing, STARTTLS). A handler "
+        "may queue error stanzas for what it could not commit."
     ),
 }
 
@@ -93,8 +96,8 @@ ORDER: dict[str, tuple[tuple[str, int], ...]] = {
     # XEP-0016 §2.13: the account's default list for iqs answered on its behalf.
     "iq/account": (("privacy", 0),),
     "iq/response": (("hub", 0),),
-    # The archive's batch of the turn, before the writes that acknowledge its messages
-    # (issue "Acknowledged means durable", item 1).
+    # The archive's batch of the turn goes to its writer thread, and the output of its
+    # senders waits for that commit (issue "Acknowledged means durable", item 1).
     "turn/commit": (("mam", 0),),
 }
 

@@ -8,6 +8,7 @@ import logging
 import resource
 import signal
 import ssl
+import threading
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -87,7 +88,17 @@ class Server:
         self.lock.acquire()
         try:
             self.storage = Storage(config.data_dir, config.storage.map_size)
-            self.storage.on_failure = self.storage_failed
+            loop_thread = threading.get_ident()
+            running_loop = asyncio.get_running_loop()
+
+            def storage_failed(reason: str) -> None:
+                # The archive commits in a thread of its own (GroupCommitWriter).
+                if threading.get_ident() == loop_thread:
+                    self.storage_failed(reason)
+                else:
+                    running_loop.call_soon_threadsafe(self.storage_failed, reason)
+
+            self.storage.on_failure = storage_failed
             self.accounts = AccountStore(self.storage, config.storage.scram_iterations)
             for name, host in config.hosts.items():
                 if host.cert is not None and host.key is not None:

@@ -22,11 +22,15 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
   `[mam] max_page`), <after/>, <before/>; <index/> and other fields: feature-not-
   implemented. An id not in the archive: item-not-found. Results as <result/> messages,
   then <fin complete=...> with <first>/<last> (no XEP-0059 <count/>).
-- Archive writes are batched: one LMDB transaction per turn of the event loop, at the
-  pipeline's "turn/commit" stage, which the router runs before it writes anything queued in
-  that turn; so no XEP-0198 <a/> or iq result that acknowledges an archived message leaves
-  before the record is on disk. Also before any query and at shutdown. If the commit fails
-  (StorageFull), every sender of the batch gets resource-constraint (type wait) instead.
+- Archive writes leave the event loop: at the pipeline's "turn/commit" stage (which the
+  router runs before it writes anything queued in that turn) the turn's records go to a
+  GroupCommitWriter thread (storage/lmdb_store.py), which commits whatever accumulated while
+  its previous commit ran in one transaction. Deliveries to recipients leave at once; the
+  output of each local session that sent an archived message is held (`Session.hold_writes`)
+  until that commit is done, so no XEP-0198 <a/> or iq result that acknowledges an archived
+  message leaves before the record is on disk. Queries, closing sessions and shutdown wait
+  for the commits under way. If a commit fails (StorageFull), every sender of its messages
+  gets resource-constraint (type wait), then its held output leaves.
 - `with`: messages are stored with the partner's bare JID; a full JID in `with` matches
   its bare JID's messages. JIDs in `with` and in the §5 preferences are prepared (RFC 7622):
   `JULIET@CAPULET.LIT` names juliet@capulet.lit; one that is no JID gets jid-malformed.
@@ -34,8 +38,11 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -51,8 +58,9 @@ from .._router import (
 from ..delay import parse_stamp, stamp
 from ..errors import StanzaError, stanza_error_bytes
 from ..jid import JIDError, parse_jid
-from ..storage.lmdb_store import StorageFull
-from ..storage.mam import ArchiveStore, Record
+from ..storage.account_data import account_prefix
+from ..storage.lmdb_store import GroupCommitWriter, StorageFull
+from ..storage.mam import ArchiveStore, Row
 from .base import Module, iq_result
 
 if TYPE_CHECKING:
@@ -110,20 +118,31 @@ class MamModule(Module):
         self.settings = server.config.mam
         self.store: ArchiveStore | None = None
         self._prefs: dict[str, tuple[str, list[str], list[str]]] = {}
-        # Records not written yet: (domain, local, record), committed at "turn/commit";
-        # and for each message among them, who sent it (told if the commit fails).
-        self._pending: list[tuple[str, str, Record]] = []
+        # Rows not handed to the writer yet, given to it at "turn/commit"; and for each
+        # message among them, who sent it (told if the commit fails).
+        self._pending: list[Row] = []
         self._senders: dict[tuple[int, str | None], tuple[Any, str | None, str | None]] = {}
-        # (stanza, domain, local, record) of the message "message/in" stamped last: written
-        # when "message/delivered" follows for that stanza (routing is synchronous, so the
-        # next stanza's "message/in" comes after this one's fate is known).
-        self._stamped: tuple[Any, str, str, Record] | None = None
+        # Commits under way, oldest first: (future, senders, sessions whose output waits).
+        self._commits: deque[tuple[Future[Any], Any, list[Any]]] = deque()
+        self.writer: GroupCommitWriter | None = None
+        # The row and stanza "message/in" stamped last: queued when "message/delivered"
+        # follows for that stanza (routing is synchronous, so the next stanza's
+        # "message/in" comes after this one's fate is known).
+        self._stamped: tuple[Any, Row] | None = None
+        # The forwardable bytes `received` built for a stanza, which `sent` reuses (both
+        # archives keep the same bytes: the message with 'from' and 'to').
+        self._forwarded: tuple[Any, bytes] | None = None
+        # bare JID -> the start of its <stanza-id/> up to the id's value (XEP-0359).
+        self._sid_heads: dict[str, bytes] = {}
 
     def start(self) -> None:
         assert self.server.storage is not None
         self.store = ArchiveStore(self.server.storage)
         self.router.set_iq_handler(NS, self.answer)
         if self.settings.enabled:
+            self.writer = GroupCommitWriter(
+                self.server.storage, asyncio.get_running_loop(), self._settle
+            )
             self.hub.hook(self, "message/in", self.received)
             self.hub.hook(self, "message/delivered", self.archive_received)
             self.hub.hook(self, "message/sent", self.sent)
@@ -131,7 +150,14 @@ class MamModule(Module):
 
     def account_removed(self, domain: str, local: str) -> None:
         self._prefs.pop(f"{local}@{domain}", None)
-        self._pending = [p for p in self._pending if p[:2] != (domain, local)]
+        prefix = account_prefix(domain, local)
+        self._pending = [row for row in self._pending if row[0] != prefix]
+        if self._commits:
+            # Rows of the account handed to the writer before the account's data was purged
+            # may commit after the purge: wait for them, then remove what they wrote.
+            assert self.store is not None
+            self.flush(wait=True)
+            self.store.purge(domain, local)
 
     # --- archiving (pipeline handlers) -------------------------------------------------
 
@@ -142,7 +168,8 @@ class MamModule(Module):
         the stanza-id of the record archived if it is delivered or stored (None: as the
         router would make them)."""
         self._stamped = None
-        mtype = st.attrs.get("type", "normal")
+        attrs = st.attrs
+        mtype = attrs.get("type", "normal")
         if mtype != "chat" and mtype != "normal":
             return None
         local, domain, _resource, bare = target
@@ -151,15 +178,24 @@ class MamModule(Module):
             return without_sid(st, bare, {"from": origin.full}) if forged else None
         assert self.store is not None
         changes = {"from": origin.full}
-        if "to" not in st.attrs:
+        if "to" not in attrs:
             changes["to"] = bare
-        stamped = without_sid(st, bare, changes) if forged else st.with_attrs(changes)
-        record_id = self.store.next_id()
-        archived = forwardable(st, origin.full, bare) if not forged else stamped
-        record = Record(record_id, time.time(), origin.bare, "in", archived)
-        self._stamped = (st, domain, local, record)
-        sid = f"<stanza-id xmlns='{NS_SID}' by={quoteattr(bare)} id='{record_id}'/>"
-        return append_child(stamped, sid.encode())
+        number = self.store.next_number()
+        if forged:
+            archived = stamped = without_sid(st, bare, changes)
+        else:
+            stamped = st.with_attrs(changes)
+            archived = forwardable(st, origin.full, bare)
+            self._forwarded = (st, archived)
+        row = (account_prefix(domain, local), number, time.time(), origin.bare, "in", archived)
+        self._stamped = (st, row)
+        head = self._sid_heads.get(bare)
+        if head is None:
+            if len(self._sid_heads) > 10000:
+                self._sid_heads.clear()
+            head = f"<stanza-id xmlns='{NS_SID}' by={quoteattr(bare)} id='".encode()
+            self._sid_heads[bare] = head
+        return append_child(stamped, b"%s%016x'/>" % (head, number))
 
     def archive_received(
         self,
@@ -173,59 +209,109 @@ class MamModule(Module):
         stamped = self._stamped
         if stamped is not None and stamped[0] is st:
             self._stamped = None
-            self._queue(stamped[1], stamped[2], stamped[3], origin, st)
+            self._queue(stamped[1], origin, st)
 
     def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
         """A message a local account sent was routed: archived for the sender."""
-        if target is None or target[3] == origin.bare or not archivable(st):
+        forwarded, self._forwarded = self._forwarded, None
+        if target is None or target[3] == origin.bare:
             return  # to itself: `received` archived it
+        if forwarded is None or forwarded[0] is not st:
+            forwarded = None
+            if not archivable(st):
+                return
+        # else `received` found it archivable and built the bytes: 'to' was there (target
+        # is not None), so they are the same bytes as those for the sender's archive.
         if not self.router.is_local(origin.domain):
             return  # from another server
         peer = target[3]
         if not self._wanted(origin.domain, origin.local, peer):
             return
         assert self.store is not None
-        to = peer if not target[2] else f"{peer}/{target[2]}"
-        record = Record(
-            self.store.next_id(), time.time(), peer, "out", forwardable(st, origin.full, to)
+        if forwarded is not None:
+            archived = forwarded[1]
+        else:
+            to = peer if not target[2] else f"{peer}/{target[2]}"
+            archived = forwardable(st, origin.full, to)
+        row = (
+            account_prefix(origin.domain, origin.local),
+            self.store.next_number(),
+            time.time(),
+            peer,
+            "out",
+            archived,
         )
-        self._queue(origin.domain, origin.local, record, origin, st)
+        self._queue(row, origin, st)
 
-    def _queue(self, domain: str, local: str, record: Record, origin: Any, st: Stanza) -> None:
-        """Written with the others of this turn in one transaction, at "turn/commit": before
+    def _queue(self, row: Row, origin: Any, st: Stanza) -> None:
+        """Handed to the writer with the others of this turn at "turn/commit": before
         anything written in this turn (an <a/>, an iq result) can acknowledge the message."""
         if not self._pending:
             self.router.request_flush()
-        self._pending.append((domain, local, record))
-        msg_id = st.attrs.get("id")
-        self._senders[(id(origin), msg_id)] = (origin, msg_id, st.attrs.get("to"))
+        self._pending.append(row)
+        attrs = st.attrs
+        msg_id = attrs.get("id")
+        self._senders[(id(origin), msg_id)] = (origin, msg_id, attrs.get("to"))
 
-    def flush(self) -> None:
-        batch, self._pending = self._pending, []
-        senders, self._senders = self._senders, {}
-        if not batch:
-            return
-        assert self.store is not None
-        try:
-            self.store.append(
+    def flush(self, wait: bool = False) -> None:
+        """At "turn/commit": the turn's rows go to the writer, and the output of the local
+        sessions that sent them waits for their commit (issue "Acknowledged means durable",
+        item 1). `wait`: return only once every commit under way is done and settled."""
+        batch = self._pending
+        if batch:
+            assert self.store is not None and self.writer is not None
+            self._pending = []
+            senders, self._senders = self._senders, {}
+            held = {}
+            for origin, _, _ in senders.values():
+                if not origin.is_remote:
+                    held[id(origin)] = origin
+            sessions = list(held.values())
+            for session in sessions:
+                session.hold_writes()
+            work = self.store.append_rows(
                 batch,
                 self.settings.max_messages_per_account,
                 self.settings.max_age_days * 86400.0,
             )
-        except StorageFull as exc:
-            # Not archived: each sender is told (RFC 6120 §8.3.3.18, type wait) before any
-            # acknowledgement of this turn leaves, and may send again.
-            log.error("archive commit failed, %d message(s) refused: %s", len(senders), exc)
-            refusal = StanzaError("resource-constraint", "the message archive cannot store it")
-            for origin, msg_id, to in senders.values():
-                origin.send(stanza_error_bytes("message", msg_id, to, origin.full, refusal))
+            self._commits.append((self.writer.submit(work), senders, sessions))
+        if wait and self._commits:
+            assert self.writer is not None
+            self.writer.wait(self._commits[-1][0])  # commits end in the order they began
+            self._settle()
+
+    def _settle(self) -> None:
+        """On the loop's thread, after a commit: release the output of its senders, telling
+        each first when its message could not be archived."""
+        commits = self._commits
+        while commits and commits[0][0].done():
+            future, senders, sessions = commits.popleft()
+            exc = future.exception()
+            if isinstance(exc, StorageFull):
+                # Not archived: each sender is told (RFC 6120 §8.3.3.18, type wait) before
+                # any acknowledgement held for this commit leaves, and may send again.
+                log.error("archive commit failed, %d message(s) refused: %s", len(senders), exc)
+                refusal = StanzaError("resource-constraint", "the message archive cannot store it")
+                for origin, msg_id, to in senders.values():
+                    origin.send(stanza_error_bytes("message", msg_id, to, origin.full, refusal))
+            elif exc is not None:
+                # The storage failed (the server stops: Storage.failed) or a fault of ours:
+                # what the held output would acknowledge is not on disk, so it never leaves.
+                log.error("archive commit failed: %s: %s", type(exc).__name__, exc)
+                continue
+            for session in sessions:
+                session.release_writes()
 
     def stop(self) -> None:
-        self.flush()
+        self.flush(wait=True)
+        if self.writer is not None:
+            self.writer.close()
 
     def _wanted(self, domain: str, local: str, peer: str) -> bool:
         """§5: the account's preferences for `peer`."""
         default, always, never = self._load_prefs(domain, local)
+        if default == "always" and not never:
+            return True
         if peer in always:
             return True
         if peer in never:
@@ -285,7 +371,7 @@ class MamModule(Module):
 
     def _query(self, origin: C2SStream, st: Stanza, query: Any) -> bytes:
         assert self.store is not None
-        self.flush()  # what was archived this turn is part of the answer
+        self.flush(wait=True)  # what was archived until now is part of the answer
         fields = self._fields(query)
         with_ = fields.get("with")
         if with_ is not None:
@@ -420,7 +506,7 @@ class MamModule(Module):
     def _metadata(self, origin: C2SStream) -> str:
         """§7: the first and last message of the archive."""
         assert self.store is not None
-        self.flush()
+        self.flush(wait=True)
         first, _ = self.store.query(origin.domain, origin.local, limit=1)
         if not first:
             return f"<metadata xmlns='{NS}'/>"

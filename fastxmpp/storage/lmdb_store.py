@@ -11,10 +11,12 @@ import importlib
 import logging
 import os
 import pkgutil
+import queue
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -88,6 +90,17 @@ class Quarantined:
     when: float
 
 
+class MapNeedsGrowth(Exception):
+    """A write off the event loop's thread met a full map (or one another process grew).
+    LMDB may only remap while no transaction of this process is open, and only the loop's
+    thread can know that (its read transactions all end before it returns to the loop): the
+    loop grows the map (`GroupCommitWriter.grow_if_asked`), then the write runs again."""
+
+    def __init__(self, resized: bool) -> None:
+        super().__init__("the map is resized elsewhere" if resized else "the map is full")
+        self.resized = resized
+
+
 class StorageFailed(Exception):
     """The storage cannot be trusted any more (an I/O error on a disk with free space, LMDB's
     MDB_PANIC): the server stops, with a non-zero exit code, for its supervisor to act on."""
@@ -118,6 +131,10 @@ class Storage:
         # Per thread, while a write transaction is open: the corrupt records its work met,
         # quarantined when it has ended (a write cannot nest in LMDB).
         self._local = threading.local()
+        # Held around every write transaction of this process, in any thread (the event
+        # loop's and GroupCommitWriter's): one writer at a time, and a map resize by the
+        # writer that holds it never meets another thread's open write transaction.
+        self._write_lock = threading.Lock()
         # Called once with the reason when the storage fails (the server stops itself).
         self.on_failure: Callable[[str], None] | None = None
         self._failed: str | None = None
@@ -262,21 +279,23 @@ class Storage:
         with self.env.begin(db=self.database(QUARANTINE_DB)) as txn:
             return [Quarantined(*entry) for entry in _entries(txn, b"")]
 
-    def write(self, work: Callable[[Any], T], db: Any = None) -> T:
+    def write(self, work: Callable[[Any], T], db: Any = None, *, grow: bool = True) -> T:
         """`_write`, then the quarantine of the corrupt records `work` decoded (whether it
-        committed or not)."""
+        committed or not). `grow` False (a thread other than the event loop's): a full map
+        raises MapNeedsGrowth instead of growing it here."""
         if getattr(self._local, "pending", None) is not None:
             raise RuntimeError("nested write transaction")
         self._local.pending = []
         try:
-            return self._write(work, db)
+            with self._write_lock:
+                return self._write(work, db, grow)
         finally:
             pending, self._local.pending = self._local.pending, None
             # `work` may have run more than once (a grown map): each record once.
             for database, key, raw, reason, keep in dict.fromkeys(pending):
                 self._quarantine(database, key, raw, reason, keep)
 
-    def _write(self, work: Callable[[Any], T], db: Any = None) -> T:
+    def _write(self, work: Callable[[Any], T], db: Any, grow: bool) -> T:
         """Run `work(txn)` in one write transaction and commit; the result of `work`.
 
         When the map is full (MDB_MAP_FULL) the map is doubled and `work` runs again from the
@@ -290,9 +309,13 @@ class Storage:
                 with self.env.begin(db=db, write=True) as txn:
                     return work(txn)
             except lmdb.MapFullError:
+                if not grow:
+                    raise MapNeedsGrowth(False) from None
                 self._grow()
             except lmdb.MapResizedError:
                 # Another process (the CLI, or the server) grew the map: adopt its size.
+                if not grow:
+                    raise MapNeedsGrowth(True) from None
                 self.env.set_mapsize(0)
             except lmdb.DiskError as exc:
                 raise StorageFull(f"the disk holding {self.data_dir} is full: {exc}") from exc
@@ -311,6 +334,15 @@ class Storage:
                 if exc.errno == errno.ENOSPC:
                     raise StorageFull(f"the disk holding {self.data_dir} is full") from exc
                 raise
+
+    def grow(self, resized: bool) -> None:
+        """What MapNeedsGrowth asked for, on the event loop's thread: adopt the size another
+        process set, or double the map."""
+        with self._write_lock:
+            if resized:
+                self.env.set_mapsize(0)
+            else:
+                self._grow()
 
     def _grow(self) -> None:
         size = self.env.info()["map_size"] * 2
@@ -336,6 +368,121 @@ class Storage:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class GroupCommitWriter:
+    """One thread that commits the write work the event loop hands it (`submit`), so that
+    the loop goes on serving while LMDB writes pages and fsyncs (py-lmdb releases the GIL
+    for the commit). Group commit: whatever was submitted while a commit ran goes into the
+    next transaction together, so the number of fsyncs follows the disk's speed, not the
+    number of loop turns. Each submission gets a Future, done when its transaction has
+    committed (result: what its work returned) or failed (the exception: StorageFull,
+    StorageFailed, ...); after each transaction `notify` is called on the loop's thread.
+
+    Every other write of the process (the other stores' `Storage.write` on the loop's thread)
+    takes the same `Storage._write_lock`: it waits for a commit under way and then commits on
+    its own, so writes are ordered by when they commit, one at a time, as LMDB requires.
+    Nothing written here is visible to readers before its Future is done."""
+
+    def __init__(self, storage: Storage, loop: Any, notify: Callable[[], None]) -> None:
+        self.storage = storage
+        self.loop = loop
+        self.notify = notify
+        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None]
+        self._queue = queue.SimpleQueue()
+        self._growth: MapNeedsGrowth | None = None
+        self._growth_error: BaseException | None = None
+        self._grown = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="lmdb-group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Callable[[Any], Any]) -> Future[Any]:
+        """`work(txn)` in the next transaction; once closed, committed here and now."""
+        future: Future[Any] = Future()
+        if self._closed:
+            try:
+                future.set_result(self.storage.write(work))
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+        self._queue.put((work, future))
+        return future
+
+    def wait(self, future: Future[Any]) -> None:
+        """Block the loop's thread until `future` is done (a query that must see what was
+        archived, a session that closes), growing the map meanwhile if the writer asks."""
+        while True:
+            try:
+                future.exception(timeout=0.05)
+                return
+            except TimeoutError:
+                self.grow_if_asked()
+
+    def close(self) -> None:
+        """Commit what was submitted, then stop the thread; later submissions commit inline."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        while self._thread.is_alive():
+            self._thread.join(0.05)
+            self.grow_if_asked()
+
+    def grow_if_asked(self) -> None:
+        """On the loop's thread: the map growth the writer waits for, if it asked for one."""
+        need, self._growth = self._growth, None
+        if need is None:
+            return
+        try:
+            self.storage.grow(need.resized)
+        except BaseException as exc:
+            self._growth_error = exc
+        finally:
+            self._grown.set()
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    items.append(self._queue.get_nowait())
+            jobs = [item for item in items if item is not None]
+            if jobs:
+                self._commit(jobs)
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    self.loop.call_soon_threadsafe(self.notify)
+            if len(jobs) < len(items):
+                return
+
+    def _commit(self, jobs: list[tuple[Callable[[Any], Any], Future[Any]]]) -> None:
+        def work(txn: Any) -> list[Any]:
+            return [job(txn) for job, _ in jobs]
+
+        while True:
+            try:
+                results = self.storage.write(work, grow=False)
+            except MapNeedsGrowth as need:
+                self._grown.clear()
+                self._growth = need
+                try:
+                    self.loop.call_soon_threadsafe(self.grow_if_asked)
+                except RuntimeError:  # the loop is closed: no reader left to race with
+                    self.grow_if_asked()
+                self._grown.wait()
+                error, self._growth_error = self._growth_error, None
+                if error is None:
+                    continue
+                for _, future in jobs:
+                    future.set_exception(error)
+                return
+            except BaseException as exc:
+                for _, future in jobs:
+                    future.set_exception(exc)
+                return
+            for (_, future), result in zip(jobs, results, strict=True):
+                future.set_result(result)
+            return
 
 
 def _entries(txn: Any, prefix: bytes) -> Iterator[list[Any]]:

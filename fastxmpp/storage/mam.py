@@ -7,8 +7,10 @@ The key `account_prefix` alone holds the account's message count (8 bytes big-en
 the retention limit costs no scan. Database "mam_prefs": key `account_prefix`, value msgpack
 [default, always, never] (§5).
 
-Writes come in batches (one transaction per turn of the event loop, modules/mam.py): a
+Writes come in batches (modules/mam.py hands each turn's records to a GroupCommitWriter,
+which commits whatever accumulated while its previous commit ran in one transaction): a
 commit costs an fsync, which one per message would make the price of every chat message.
+The module keeps records as plain `Row` tuples with integer ids until they are written.
 
 Ids only grow, across restarts too: the highest id handed out by a commit is kept in the
 "meta" database (`mam_last_id`) in the same transaction as the records, and a new id is
@@ -24,13 +26,14 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import lmdb
 import msgpack
 
-from .account_data import account_prefix, register_purge
+from .account_data import account_prefix, delete_prefix, register_purge
 from .lmdb_store import META_DB, MIGRATIONS, CorruptRecord, Storage, expect, unpack
 from .xml_check import check_elements
 
@@ -39,6 +42,11 @@ DATABASE = "mam"
 PREFS = "mam_prefs"
 _ID = struct.Struct(">Q")
 HIGH_WATER = b"mam_last_id"  # in the meta database
+
+
+# What the module queues per archived message until it is written: (account_prefix,
+# id, time, with, direction, serialized message); a tuple, built once per message.
+Row = tuple[bytes, int, float, str, str, bytes]
 
 
 @dataclass(frozen=True)
@@ -100,10 +108,17 @@ class ArchiveStore:
         return self.storage.database(PREFS)
 
     def next_id(self) -> str:
-        """A new id, later than every id this store handed out (and the time now)."""
-        value = max(int(time.time() * 1_000_000), self._last + 1)
+        """A new id, later than every id this store handed out (and the time now), as the
+        16 hex digits clients see."""
+        return _ID.pack(self.next_number()).hex()
+
+    def next_number(self) -> int:
+        """`next_id` as the integer it is (the key's 8 bytes, big-endian)."""
+        value = int(time.time() * 1_000_000)
+        if value <= self._last:
+            value = self._last + 1
         self._last = value
-        return _ID.pack(value).hex()
+        return value
 
     def append(
         self,
@@ -112,39 +127,67 @@ class ArchiveStore:
         max_age: float,
     ) -> None:
         """Store each (domain, local, record) of `batch` in one transaction (one commit,
-        one fsync); per account, drop the oldest beyond `max_messages`, and those older
-        than `max_age` seconds (0: no age limit)."""
+        one fsync), now; see `append_rows`."""
+        rows = [
+            (account_prefix(domain, local), int(record.id, 16), record.when, record.with_,
+             record.direction, record.xml)
+            for domain, local, record in batch
+        ]  # fmt: skip
+        self.storage.write(self.append_rows(rows, max_messages, max_age), db=self._db)
 
+    def append_rows(
+        self, rows: list[Row], max_messages: int, max_age: float
+    ) -> Callable[[Any], None]:
+        """The work (for `Storage.write` or a GroupCommitWriter: any thread) that stores
+        `rows`; per account, it drops the oldest beyond `max_messages`, and those older
+        than `max_age` seconds (0: no age limit)."""
+        # Opened here, on the caller's thread: the work may run in another one.
+        db = self._db
         meta = self.storage.database(META_DB)
+        pack = msgpack.Packer().pack
+        key_of = _ID.pack
 
         def put(txn: Any) -> None:
             counts: dict[bytes, int] = {}
             newest: dict[bytes, float] = {}
-            highest = b""
-            for domain, local, record in batch:
-                prefix = account_prefix(domain, local)
-                if prefix not in counts:
-                    raw = txn.get(prefix)
-                    count = None if raw is None else self._decode(prefix, raw, _decode_count)
-                    counts[prefix] = count or 0
-                value = msgpack.packb([record.when, record.with_, record.direction, record.xml])
-                record_id = bytes.fromhex(record.id)
-                if not txn.put(prefix + record_id, value, overwrite=False):
+            highest = 0
+            for prefix, number, when, with_, direction, xml in rows:
+                count = counts.get(prefix)
+                if count is None:
+                    raw = txn.get(prefix, db=db)
+                    if raw is None:
+                        count = 0
+                    elif len(raw) == _ID.size:
+                        count = _ID.unpack(raw)[0]
+                    else:  # not a count: quarantined, counted from 0 again
+                        count = self._decode(prefix, raw, _decode_count) or 0
+                if not txn.put(
+                    prefix + key_of(number), pack([when, with_, direction, xml]), db=db,
+                    overwrite=False,
+                ):  # fmt: skip
                     # Cannot happen while ids only grow; if it does, the older record wins.
-                    log.error("archive id %s of %s@%s exists: not overwritten", record.id,
-                              local, domain)  # fmt: skip
+                    log.error("archive id %016x under %r exists: not overwritten", number,
+                              prefix)  # fmt: skip
+                    counts[prefix] = count
                     continue
-                highest = max(highest, record_id)
-                counts[prefix] += 1
-                newest[prefix] = record.when
+                if number > highest:
+                    highest = number
+                counts[prefix] = count + 1
+                newest[prefix] = when
             if highest:
                 current = txn.get(HIGH_WATER, db=meta)
-                if current is None or bytes(current) < highest:
-                    txn.put(HIGH_WATER, highest, db=meta)
-            cursor = txn.cursor()
+                if current is None or _ID.unpack(bytes(current))[0] < highest:
+                    txn.put(HIGH_WATER, key_of(highest), db=meta)
+            cursor = None
             for prefix, count in counts.items():
                 if prefix not in newest:
                     continue  # nothing of the account's was written
+                if count <= max_messages and max_age <= 0:
+                    # Within the limit and no age limit: the oldest record need not be read.
+                    txn.put(prefix, key_of(count), db=db)
+                    continue
+                if cursor is None:
+                    cursor = txn.cursor(db=db)
                 oldest = newest[prefix] - max_age if max_age > 0 else None
                 first = prefix + b"\0" * 8
                 while cursor.set_range(first) and bytes(cursor.key()).startswith(prefix):
@@ -156,9 +199,15 @@ class ArchiveStore:
                         break
                     cursor.delete()
                     count -= 1
-                txn.put(prefix, _ID.pack(count))
+                txn.put(prefix, key_of(count), db=db)
 
-        self.storage.write(put, db=self._db)
+        return put
+
+    def purge(self, domain: str, local: str) -> None:
+        """Every record of the account, and its count, gone (its preferences stay)."""
+        prefix = account_prefix(domain, local)
+        db = self._db
+        self.storage.write(lambda txn: delete_prefix(txn, db, prefix))
 
     def exists(self, domain: str, local: str, record_id: str) -> bool:
         raw = encode_id(record_id)

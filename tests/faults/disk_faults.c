@@ -4,7 +4,10 @@
  *   EIO, as they do when a disk goes bad (tests/test_storage_failure.py);
  * - once the file named by FASTXMPP_SLOW_SYNC_TRIGGER exists, each fdatasync() and fsync()
  *   first waits half a second, as on a slow disk: a commit is then in progress long enough
- *   for a test to act in the middle of it (tests/test_mam_ordering.py). */
+ *   for a test to act in the middle of it (tests/test_mam_ordering.py);
+ * - while the file named by FASTXMPP_HOLD_SYNC_TRIGGER exists, fdatasync() and fsync() do
+ *   not return: a commit stays in progress until the test removes the file
+ *   (tests/test_mam_group_commit.py). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -26,6 +29,8 @@ static int faulty_sync(const char *name, int fd)
     }
     if (exists("FASTXMPP_SLOW_SYNC_TRIGGER"))
         usleep(500000);
+    while (exists("FASTXMPP_HOLD_SYNC_TRIGGER"))
+        usleep(10000);
     return real(fd);
 }
 

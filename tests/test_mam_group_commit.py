@@ -1,0 +1,147 @@
+"""The archive commits off the event loop (issue 13; the rule of issue "Acknowledged means
+durable", item 1): while an archive commit is in progress, the message has already gone to
+its recipient and the server serves everyone else, but the sender's XEP-0198 <a/> waits for
+the commit. And a map that fills up during such a commit grows and loses nothing.
+
+The commit in progress is tests/faults/disk_faults.c preloaded into the real server: while
+its hold trigger file exists, every fsync waits, so the commit cannot end."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from conftest import ServerProcess, add_accounts
+from test_durability import login
+from test_mam_ordering import SM, archived_bodies, enable_sm
+from test_roster import sync
+from test_storage_failure import build_disk_faults
+from xmpp_raw import CLIENT, RawClient, StreamClosed
+
+
+def everything_until_closed(client: RawClient) -> list[Any]:
+    """Each element the server wrote to `client` until the connection ended."""
+    got = []
+    while True:
+        try:
+            got.append(client.next(timeout=30))
+        except StreamClosed:
+            return got
+
+
+def test_delivery_and_other_clients_do_not_wait_for_the_archive_commit(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    hold = tmp_path / "fsync-hangs-now"
+    library = build_disk_faults(tmp_path)
+    srv: ServerProcess = make_server()
+    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_HOLD_SYNC_TRIGGER=str(hold))
+    add_accounts(srv, ["alice", "bob", "carol"])
+    srv.start()
+    alice = login(srv, ca_file, "alice")
+    bob = login(srv, ca_file, "bob")
+    carol = login(srv, ca_file, "carol")
+    bob.send("<presence/>")
+    sync(bob)
+    enable_sm(alice)
+    # One message first: the archive's databases exist from then on (creating one is a
+    # commit of its own, on the loop's thread).
+    alice.send("<message to='bob@localhost' id='m0' type='chat'><body>first</body></message>")
+    assert bob.next(timeout=30).get("id") == "m0"
+    alice.send(f"<r xmlns='{SM}'/>")
+    assert alice.next(timeout=30).get("h") == "1"
+
+    hold.touch()  # from now on no commit ends
+    alice.send(
+        "<message to='bob@localhost' id='m1' type='chat'><body>held</body></message>"
+        f"<r xmlns='{SM}'/>"
+    )
+    # The recipient gets the message while its archive records are being committed ...
+    message = bob.next(timeout=30)
+    assert message.tag == f"{{{CLIENT}}}message" and message.get("id") == "m1"
+    assert message.findtext(f"{{{CLIENT}}}body") == "held"
+    # ... and the server answers others meanwhile (XEP-0199).
+    carol.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+    pong = carol.next(timeout=30)
+    assert pong.get("id") == "p1" and pong.get("type") == "result"
+    # The commit never ended: the sender has had no acknowledgement when the server dies.
+    assert srv.stop(signal.SIGKILL) == -signal.SIGKILL
+    got = everything_until_closed(alice)
+    assert not [el for el in got if el.tag == f"{{{SM}}}a"], [el.tag for el in got]
+    bob.abort()
+    carol.abort()
+    hold.unlink()
+
+
+def test_the_map_grows_under_the_archive_writer(make_server: Any, ca_file: str) -> None:
+    # A 1 MiB map: the archive (two copies of ~1.6 MB of messages) fills it more than once
+    # while the writer thread commits, and the event loop grows it (storage/lmdb_store.py).
+    srv: ServerProcess = make_server(
+        "[storage]\nmap_size = 1048576\n[limits]\nmax_bytes_per_second = 0\n"
+    )
+    add_accounts(srv, ["alice", "bob"])
+    srv.start()
+    alice = login(srv, ca_file, "alice")
+    bob = login(srv, ca_file, "bob")
+    bob.send("<presence/>")
+    sync(bob)
+    enable_sm(alice)
+    body = "y" * 40_000
+    sent = [f"{n}-{body}" for n in range(40)]
+    for n, text in enumerate(sent):
+        alice.send(
+            f"<message to='bob@localhost' id='g{n}' type='chat'><body>{text}</body></message>"
+        )
+    alice.send(f"<r xmlns='{SM}'/>")
+    while True:
+        el = alice.next(timeout=60)
+        assert el.tag != f"{{{CLIENT}}}message", el.get("type")  # no refusal
+        if el.tag == f"{{{SM}}}a":
+            assert el.get("h") == "40"
+            break
+    srv.wait_for_log("LMDB map full: growing it")
+    for client in (alice, bob):
+        assert archived_bodies(client)[:40] == sent
+    alice.close()
+    bob.close()
+    srv.stop()
+
+
+def test_a_session_that_closes_gets_its_ack_after_the_commit(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    # The client closes its stream right after the message: the session's held output
+    # (its <a/>) is written once the commit is done, before the closing tag, not dropped.
+    slow = tmp_path / "slow-disk-now"
+    library = build_disk_faults(tmp_path)
+    srv: ServerProcess = make_server()
+    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_SLOW_SYNC_TRIGGER=str(slow))
+    add_accounts(srv, ["alice", "bob"])
+    srv.start()
+    alice = login(srv, ca_file, "alice")
+    bob = login(srv, ca_file, "bob")
+    bob.send("<presence/>")
+    sync(bob)
+    enable_sm(alice)
+
+    slow.touch()
+    alice.send(
+        "<message to='bob@localhost' id='c1' type='chat'><body>closing</body></message>"
+        f"<r xmlns='{SM}'/></stream:stream>"
+    )
+    got = everything_until_closed(alice)
+    # The answer to <r/>, and the <a/> the server adds when the stream closes (XEP-0198 §4).
+    acks = [el.get("h") for el in got if el.tag == f"{{{SM}}}a"]
+    assert acks and set(acks) == {"1"}, [el.tag for el in got]
+    assert alice.closed_stream
+    assert srv.stop(signal.SIGKILL) == -signal.SIGKILL
+    bob.abort()
+
+    slow.unlink()
+    srv.start()
+    for name in ("alice", "bob"):
+        client = login(srv, ca_file, name, "after")
+        assert archived_bodies(client) == ["closing"], name
+        client.close()
