@@ -91,9 +91,10 @@ ORDER: dict[str, tuple[tuple[str, int], ...]] = {
     # XEP-0016 §2.13: the account's default list for iqs answered on its behalf.
     "iq/account": (("privacy", 0),),
     "iq/response": (("hub", 0),),
-    # The archive's batch of the turn, before the writes that acknowledge its messages
-    # (issue "Acknowledged means durable", item 1).
-    "turn/commit": (("mam", 0),),
+    # The archive's batch of the turn, and the copies of what detached XEP-0198 sessions
+    # hold, before the writes that acknowledge their messages (issue "Acknowledged means
+    # durable", items 1 and 4).
+    "turn/commit": (("mam", 100), ("offline", 0)),
 }
 
 Handler = Callable[..., Any]
