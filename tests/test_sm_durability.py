@@ -240,3 +240,36 @@ def test_expired_with_another_resource_online_each_once(
     third = login(srv, ca_file, clients, "rcpt", "third", available=False)
     third.send("<presence/>")
     assert bodies(third.sync()) == []
+
+
+def test_expired_after_another_resource_came_online(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
+    """A message to the bare JID while the detached session was the account's only
+    available resource reached nobody else: a resource that comes online later gets it
+    when the session expires (RFC 6121 §8.5.2.1.1 was applied when it was sent), once."""
+    srv: ServerProcess = make_server(SETTINGS)
+    add_accounts(srv, ["rcpt", "sender"])
+    srv.start()
+    rcpt = login(srv, ca_file, clients, "rcpt")
+    sender = login(srv, ca_file, clients, "sender")
+    rcpt.enable(max_seconds=2)
+    rcpt.auto_ack = False
+    detach(srv, rcpt)
+    sender.send(message(rcpt.bare, "alone"))
+    assert sender.sync() == []
+    other = login(srv, ca_file, clients, "rcpt", "other")
+    got = [el for el in other.sync() if el.tag == f"{{{CLIENT}}}message"]
+    assert got == []  # held for a resumption
+    srv.wait_for_log(f"{rcpt.full} was not resumed in time")
+    deadline = time.monotonic() + 10
+    while not got:
+        assert time.monotonic() < deadline
+        got += [el for el in other.sync() if el.tag == f"{{{CLIENT}}}message"]
+    assert bodies(got) == ["alone"]
+    assert got[0].find(f"{{{DELAY}}}delay") is not None
+    assert bodies(other.sync()) == []
+    other.c.close()
+    third = login(srv, ca_file, clients, "rcpt", "third", available=False)
+    third.send("<presence/>")
+    assert bodies(third.sync()) == []

@@ -86,6 +86,9 @@ class OfflineModule(Module):
         # session may still be resumed (the message would arrive twice).
         self._detached_pending: list[tuple[C2SStream, StreamManagement, list[Kept]]] = []
         self.held: set[bytes] = set()
+        # When each session sent its initial presence: a message to the bare JID sent
+        # before that did not reach it (XEP-0198 §4 redelivery asks, stream/sm.py).
+        self.available_since: dict[C2SStream, float] = {}
         self.privacy: PrivacyModule | None = None
 
     def start(self) -> None:
@@ -209,6 +212,7 @@ class OfflineModule(Module):
     # --- delivery (XEP-0160 §2) -------------------------------------------------------------
 
     def initial_presence(self, session: C2SStream) -> None:
+        self.available_since[session] = time.time()
         if self.store is None or session.priority < 0 or session.bare in self.delivering:
             return
         if not self._deliver_batch(session):
@@ -271,6 +275,7 @@ class OfflineModule(Module):
 
     def session_ended(self, session: C2SStream) -> None:
         self.kept_until.pop(session.full, None)
+        self.available_since.pop(session, None)
 
     async def _deliver_rest(self, session: C2SStream) -> None:
         while True:

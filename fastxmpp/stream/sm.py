@@ -305,8 +305,9 @@ def handle_unacknowledged(
 
     - chat and normal messages (except chat states alone, XEP-0160 §3) go to the account's
       best available resources (RFC 6121 §8.5.2.1.1) when this session was addressed by its
-      full JID or had a higher priority than they have (for a message to the bare JID, they
-      got their own copy at the time); with nobody available they go to offline storage;
+      full JID or had a higher priority than they have, or to those of them that became
+      available after it was sent (for a message to the bare JID, the others got their own
+      copy at the time); with nobody available they go to offline storage;
       if storage is off or full the sender gets service-unavailable. Both carry an
       XEP-0203 <delay/> with the time the message was first sent to this session;
     - §4 warns of duplicates: none of that for a message the account's other
@@ -343,7 +344,7 @@ def handle_unacknowledged(
             if key is not None:
                 released.append(key)
             continue
-        fate, recipients = _fate(session, el, sent_at, best, top, carbons)
+        fate, recipients = _fate(session, el, sent_at, best, top, carbons, offline)
         if fate == "store":
             if key is not None:
                 kept.append(key)
@@ -399,7 +400,7 @@ def keep_detached(
         what, el = _classify(session.router, data)
         if what != "message":
             continue
-        fate, _recipients = _fate(session, el, sent_at, best, top, carbons)
+        fate, _recipients = _fate(session, el, sent_at, best, top, carbons, offline)
         if fate in ("store", "redelivered"):
             wanted.append((number, data, None if _has_delay(el) else xep0082_stamp(sent_at)))
     if wanted:
@@ -443,7 +444,13 @@ def _classify(router: Any, data: bytes) -> tuple[str, Any]:
 
 
 def _fate(
-    session: C2SStream, el: Any, sent_at: float, best: list[Any], top: int, carbons: Any
+    session: C2SStream,
+    el: Any,
+    sent_at: float,
+    best: list[Any],
+    top: int,
+    carbons: Any,
+    offline: Any,
 ) -> tuple[str, list[Any]]:
     """What the policy does with a message `_classify` called one: "redelivered" to the
     sessions returned, "store" offline, or the reason nobody needs it again."""
@@ -451,9 +458,16 @@ def _fate(
     stype = el.get("type")
     copied = [] if carbons is None else carbons.copied_to(session, stype, children, sent_at)
     if best:
-        if el.get("to") != session.full and top >= session.priority:
-            return "dropped (delivered to another resource)", []
-        recipients = [other for other in best if other not in copied]
+        if el.get("to") == session.full or top < session.priority:
+            missed = best  # it was for this session alone
+        else:
+            # RFC 6121 §8.5.2.1.1: to the bare JID, so the resources available then got
+            # their own copy; one that came online since did not.
+            since = {} if offline is None else offline.available_since
+            missed = [other for other in best if since.get(other, 0.0) > sent_at]
+            if not missed:
+                return "dropped (delivered to another resource)", []
+        recipients = [other for other in missed if other not in copied]
         if not recipients:
             return "dropped (carbon copies delivered)", []
         return "redelivered", recipients
