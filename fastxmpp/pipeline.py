@@ -96,9 +96,11 @@ ORDER: dict[str, tuple[tuple[str, int], ...]] = {
     # XEP-0016 §2.13: the account's default list for iqs answered on its behalf.
     "iq/account": (("privacy", 0),),
     "iq/response": (("hub", 0),),
-    # The archive's batch of the turn goes to its writer thread, and the output of its
-    # senders waits for that commit (issue "Acknowledged means durable", item 1).
-    "turn/commit": (("mam", 0),),
+    # The archive's batch of the turn goes to its writer thread (the output of its senders
+    # waits for that commit), then the copies of what detached XEP-0198 sessions hold are
+    # committed, before the writes that acknowledge their messages (issue "Acknowledged
+    # means durable", items 1 and 4).
+    "turn/commit": (("mam", 100), ("offline", 0)),
 }
 
 Handler = Callable[..., Any]

@@ -41,7 +41,11 @@ from .base import Module
 if TYPE_CHECKING:
     from .._parser import Stanza
     from ..stream.c2s import C2SStream
+    from ..stream.sm import StreamManagement
     from .privacy import PrivacyModule
+
+    # (its number in the stream, the message as sent, the time for its <delay/> or None)
+    Kept = tuple[int, bytes, str | None]
 
 log = logging.getLogger("fastxmpp.offline")
 
@@ -76,6 +80,15 @@ class OfflineModule(Module):
         # Per session (full JID): the key of the last stored message it was sent and holds
         # unacknowledged under XEP-0198 (still stored until acknowledged).
         self.kept_until: dict[str, bytes] = {}
+        # Copies of what detached XEP-0198 sessions hold (stream/sm.py `keep_detached`):
+        # waiting for this turn's commit (session, its state, [(number, message, stamp)]),
+        # and the keys of those stored, which no initial presence delivers while their
+        # session may still be resumed (the message would arrive twice).
+        self._detached_pending: list[tuple[C2SStream, StreamManagement, list[Kept]]] = []
+        self.held: set[bytes] = set()
+        # When each session sent its initial presence: a message to the bare JID sent
+        # before that did not reach it (XEP-0198 §4 redelivery asks, stream/sm.py).
+        self.available_since: dict[C2SStream, float] = {}
         self.privacy: PrivacyModule | None = None
 
     def start(self) -> None:
@@ -87,6 +100,7 @@ class OfflineModule(Module):
         assert self.server.storage is not None
         self.store = OfflineStore(self.server.storage)
         self.hub.hook(self, "message/offline", self.store_message)
+        self.hub.hook(self, "turn/commit", self.commit_detached)
 
     # --- storing (RFC 6121 §8.5.2.2.1) ---------------------------------------------------
 
@@ -144,9 +158,62 @@ class OfflineModule(Module):
             log.info("offline storage of %s@%s is full", local, domain)
         return stored
 
+    # --- what detached XEP-0198 sessions hold (issue "Acknowledged means durable", item 4)
+
+    def keep_for_detached(
+        self, session: C2SStream, state: StreamManagement, messages: list[Kept]
+    ) -> None:
+        """Write copies of messages a detached session holds at this turn's "turn/commit":
+        before any <a/> of this turn (the one telling their sender they arrived) leaves."""
+        if not self._detached_pending:
+            self.router.request_flush()
+        self._detached_pending.append((session, state, messages))
+
+    def commit_detached(self, wait: bool = False) -> None:
+        """At "turn/commit": the copies queued this turn, in one transaction. A message the
+        session no longer holds (acknowledged after a resumption, or its session ended and
+        the policy took care of it) is not written; one beyond `offline.max_messages`, or
+        when the disk is full, stays in memory only, as without this. Committed here, on the
+        loop's thread, whatever `wait` says: nothing of the turn is written before."""
+        pending, self._detached_pending = self._detached_pending, []
+        if not pending or self.store is None:
+            return
+        batches: dict[tuple[str, str], list[bytes]] = {}
+        owners: dict[tuple[str, str], list[tuple[StreamManagement, int]]] = {}
+        for session, state, messages in pending:
+            account = (session.domain, session.local)
+            for number, data, stamp in messages:
+                if session.sm is not state or not state.holds(number):
+                    continue
+                delayed = with_delay(data, session.domain, stamp, OFFLINE_REASON) if stamp else data
+                batches.setdefault(account, []).append(delayed)
+                owners.setdefault(account, []).append((state, number))
+        if not batches:
+            return
+        try:
+            stored = self.store.push_keyed(batches, self.settings.max_messages)
+        except StorageFull as exc:
+            log.error("cannot store what detached sessions hold: %s", exc)
+            return
+        for account, keys in stored.items():
+            if len(keys) < len(batches[account]):
+                log.info("offline storage of %s@%s is full", account[1], account[0])
+            for (state, number), key in zip(owners[account], keys, strict=False):
+                state.persisted[number] = key
+                state.release_stored = self._acknowledged
+                self.held.add(key)
+
+    def detached_copies_settled(self, released: list[bytes], kept: list[bytes]) -> None:
+        """A session that was detached ended: the copies in `released` are not needed (their
+        messages went elsewhere), those in `kept` stay as offline messages, deliverable now."""
+        self.held.difference_update(kept)
+        if released:
+            self._acknowledged(released)
+
     # --- delivery (XEP-0160 §2) -------------------------------------------------------------
 
     def initial_presence(self, session: C2SStream) -> None:
+        self.available_since[session] = time.time()
         if self.store is None or session.priority < 0 or session.bare in self.delivering:
             return
         if not self._deliver_batch(session):
@@ -169,7 +236,7 @@ class OfflineModule(Module):
         # Messages this session holds unacknowledged are still stored (XEP-0198): read on
         # after the last of them.
         after = self.kept_until.get(session.full)
-        messages = self.store.peek(session.domain, session.local, BATCH, after)
+        messages = self.store.peek(session.domain, session.local, BATCH, after, self.held)
         delivered: list[bytes] = []  # leave storage now
         handed = 0
         size = 0
@@ -201,6 +268,7 @@ class OfflineModule(Module):
         """The client acknowledged stored messages (XEP-0198 <a/>): now they leave storage.
         If that write fails they stay, and come again at the next login (at least once)."""
         assert self.store is not None
+        self.held.difference_update(keys)
         try:
             self.store.remove(keys)
         except StorageFull as exc:
@@ -208,6 +276,7 @@ class OfflineModule(Module):
 
     def session_ended(self, session: C2SStream) -> None:
         self.kept_until.pop(session.full, None)
+        self.available_since.pop(session, None)
 
     async def _deliver_rest(self, session: C2SStream) -> None:
         while True:

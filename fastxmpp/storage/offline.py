@@ -9,6 +9,7 @@ is `last - first + 1` without a scan.
 from __future__ import annotations
 
 import struct
+from collections.abc import Collection
 from typing import Any
 
 from .account_data import account_prefix, register_purge
@@ -85,12 +86,43 @@ class OfflineStore:
         self.storage.write(append, db=self._db)
         return stored
 
+    def push_keyed(
+        self, batches: dict[tuple[str, str], list[bytes]], limit: int
+    ) -> dict[tuple[str, str], list[bytes]]:
+        """Append each account's messages, all accounts in one transaction (one commit),
+        as many of each as fit under `limit`; the keys of those stored, by account, in
+        order. StorageFull when the disk is full (then nothing is stored)."""
+        keys: dict[tuple[str, str], list[bytes]] = {}
+
+        def append(txn: Any) -> None:
+            keys.clear()  # Storage.write may run this again after growing the map
+            for (domain, local), messages in batches.items():
+                prefix = account_prefix(domain, local)
+                bounds = _bounds(txn.cursor(), prefix)
+                held, sequence = (
+                    (0, 0) if bounds is None else (bounds[1] - bounds[0] + 1, bounds[1] + 1)
+                )
+                stored = keys[domain, local] = []
+                for data in messages[: max(0, limit - held)]:
+                    key = prefix + _SEQUENCE.pack(sequence)
+                    txn.put(key, data)
+                    stored.append(key)
+                    sequence += 1
+
+        self.storage.write(append, db=self._db)
+        return keys
+
     def peek(
-        self, domain: str, local: str, limit: int | None = None, after: bytes | None = None
+        self,
+        domain: str,
+        local: str,
+        limit: int | None = None,
+        after: bytes | None = None,
+        skip: Collection[bytes] = (),
     ) -> list[tuple[bytes, bytes]]:
         """(key, message) of the oldest `limit` stored messages (all without a limit), oldest
-        first; only those stored after the key `after` if given. A message that is not one
-        is quarantined, and the next one is read instead."""
+        first; only those stored after the key `after` if given, none of the keys in `skip`.
+        A message that is not one is quarantined, and the next one is read instead."""
         prefix = account_prefix(domain, local)
         corrupt: set[bytes] = set()  # skipped (they stay if quarantine could not move them)
         while True:
@@ -102,7 +134,7 @@ class OfflineStore:
                     key = bytes(cursor.key())
                     if not key.startswith(prefix):
                         break
-                    if key != after and key not in corrupt:
+                    if key != after and key not in corrupt and key not in skip:
                         stored.append((key, bytes(cursor.value())))
                     found = cursor.next()
             messages = []

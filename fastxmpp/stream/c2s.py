@@ -571,6 +571,8 @@ class C2SStream(Session, ClientNegotiation):
         state.expiry = asyncio.get_running_loop().call_later(
             state.timeout, self._resumption_expired
         )
+        # What it holds survives a crash too (issue "Acknowledged means durable", item 4).
+        sm.keep_detached(self, state, state.unacknowledged())
         log.info(
             "c2s %s: %s lost its connection (%s), resumable for %gs with %d unacknowledged",
             self.peer,

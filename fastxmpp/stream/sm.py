@@ -17,6 +17,15 @@ the old session object, so every module's per-session state and references stay 
 When a session with stream management ends for good (expired, closed, replaced), what it was
 sent and never acknowledged is handled as a stanza for an unavailable resource (§4, RFC 6121
 §8.5.3.2), except what would reach another resource twice, see `handle_unacknowledged`.
+
+A detached session's queue outlives a crash (issue "Acknowledged means durable", item 4): at
+detach, and for every stanza routed to it while detached, the messages that policy would
+redeliver or store offline are also written to offline storage (`keep_detached`; the offline
+module commits them at the turn's "turn/commit", before the <a/> that acknowledges them to
+their sender leaves). Resumption resends the in-memory queue, and a stored copy leaves storage
+with the client's <a/>; at the session's end the policy runs as before, and a stored copy is
+deleted when its message went elsewhere or stays as the offline message it would have become.
+After a restart the account's next login gets the stored copies as offline messages.
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ class StreamManagement:
         "max_bytes",
         "max_stanzas",
         "overflowing",
+        "persisted",
         "received",
         "release_stored",
         "request_every",
@@ -101,6 +111,10 @@ class StreamManagement:
         # them (`release_stored(keys)`), and stay there if the session ends without that.
         self.stored: dict[int, bytes] = {}
         self.release_stored: Callable[[list[bytes]], None] | None = None
+        # Stanzas sent (or held) while detached whose copy was written to offline storage so
+        # that a crash loses none of them, by their number: released like `stored` when
+        # acknowledged; at the session's end the policy decides whether the copy stays.
+        self.persisted: dict[int, bytes] = {}
 
     @property
     def detached(self) -> bool:
@@ -114,8 +128,12 @@ class StreamManagement:
         """`Session.send` with stream management on: count, keep, queue; ask for an ack
         every `request_every` stanzas while that many are unacknowledged, so that the
         queue stays short."""
-        self.unacked.append((data, time.time()))
+        sent_at = time.time()
+        self.unacked.append((data, sent_at))
         self.unacked_bytes += len(data)
+        if self.expiry is not None:
+            # Detached: kept for a resumption, and on disk before the sender's <a/>.
+            keep_detached(session, self, [(self.sent_count, data, sent_at)])
         session.send_uncounted(data)
         self.since_request += 1
         # A client that acknowledges on its own (§4 allows it) is not asked.
@@ -154,8 +172,10 @@ class StreamManagement:
         released = []
         for number in range(self.acked + 1, self.acked + count + 1):
             self.unacked_bytes -= len(unacked.popleft()[0])
-            if self.stored:
-                key = self.stored.pop(number % H_MODULO, None)
+            if self.stored or self.persisted:
+                key = self.stored.pop(number % H_MODULO, None) or self.persisted.pop(
+                    number % H_MODULO, None
+                )
                 if key is not None:
                     released.append(key)
         self.acked = h
@@ -168,16 +188,29 @@ class StreamManagement:
     def answer(self) -> bytes:
         return f"<a xmlns='{NS_SM}' h='{self.received}'/>".encode()
 
-    def take_unacknowledged(self) -> list[tuple[bytes, float]]:
-        """What the client never acknowledged, except what is still in offline storage (it
-        is delivered again from there at the next initial presence)."""
+    def holds(self, number: int) -> bool:
+        """Whether the stanza sent as `number` is still unacknowledged."""
+        return 0 < (number - self.acked) % H_MODULO <= len(self.unacked)
+
+    def unacknowledged(self) -> list[tuple[int, bytes, float]]:
+        """(number, stanza, time sent) of what the client has not acknowledged."""
         first = self.acked + 1
+        return [
+            (number % H_MODULO, data, sent_at)
+            for number, (data, sent_at) in enumerate(self.unacked, first)
+        ]
+
+    def take_unacknowledged(self) -> list[tuple[bytes, float, bytes | None]]:
+        """What the client never acknowledged, except what offline delivery sent it (still
+        stored: delivered again from there at the next initial presence); each with the
+        key of the copy written while detached, None without one."""
         pending = [
-            entry
-            for number, entry in enumerate(self.unacked, first)
-            if number % H_MODULO not in self.stored
+            (data, sent_at, self.persisted.get(number))
+            for number, data, sent_at in self.unacknowledged()
+            if number not in self.stored
         ]
         self.stored.clear()
+        self.persisted.clear()
         self.unacked.clear()
         self.unacked_bytes = 0
         return pending
@@ -263,15 +296,18 @@ def resumption_table(server: Any) -> ResumptionTable:
 # --- a session ended with stanzas it never acknowledged (§4) -------------------------------
 
 
-def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]) -> None:
+def handle_unacknowledged(
+    session: C2SStream, unacked: list[tuple[bytes, float, bytes | None]]
+) -> None:
     """§4: "A server SHOULD treat unacknowledged stanzas in the same way that it would treat
     a stanza sent to an unavailable resource" (RFC 6121 §8.5.3.2); the session has left the
     router already. Our choices:
 
     - chat and normal messages (except chat states alone, XEP-0160 §3) go to the account's
       best available resources (RFC 6121 §8.5.2.1.1) when this session was addressed by its
-      full JID or had a higher priority than they have (for a message to the bare JID, they
-      got their own copy at the time); with nobody available they go to offline storage;
+      full JID or had a higher priority than they have, or to those of them that became
+      available after it was sent (for a message to the bare JID, the others got their own
+      copy at the time); with nobody available they go to offline storage;
       if storage is off or full the sender gets service-unavailable. Both carry an
       XEP-0203 <delay/> with the time the message was first sent to this session;
     - §4 warns of duplicates: none of that for a message the account's other
@@ -281,63 +317,50 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
       room sent them to every session under the nickname; the others are not in the room);
     - iq get/set: service-unavailable to the sender (§8.5.3.2.3);
     - groupchat, headline and error messages, presence, iq results: dropped (§8.5.3.2.1,
-      §8.5.3.2.2)."""
+      §8.5.3.2.2).
+
+    Each entry is (stanza, time sent, key of its copy in offline storage written while the
+    session was detached, or None). A stored copy is what "stored offline" would write: it
+    stays (not stored twice); whatever else the message's fate, it is deleted (delivered once)."""
     if not unacked:
         return
     hub = session.server.modules  # offline storage and carbons, through its interface
     router = session.router
+    offline = hub.get("offline")
     outcome: Counter[str] = Counter()
-    others = [
-        s
-        for s in router.resources(session.bare).values()
-        if s is not session and s.available and s.priority >= 0
-    ]
-    top = max((s.priority for s in others), default=-1)
-    best = [s for s in others if s.priority == top]
+    best, top = _best_resources(session)
     to_store: list[tuple[bytes, str | None, Any]] = []
-    for data, sent_at in unacked:
-        try:
-            el = etree.fromstring(data, _PARSER)
-        except etree.XMLSyntaxError:
-            outcome["unreadable"] += 1
-            continue
-        qname = etree.QName(el)
-        if qname.namespace not in (None, ns.CLIENT):
-            outcome["dropped"] += 1
-            continue
-        kind = qname.localname
-        stype = el.get("type")
-        if kind == "iq" and stype in ("get", "set"):
-            _bounce(session, el, kind)
+    released: list[bytes] = []  # stored copies of messages that went elsewhere or nowhere
+    kept: list[bytes] = []  # stored copies that stay as offline messages
+    for data, sent_at, key in unacked:
+        what, el = _classify(router, data)
+        if what == "bounce":
+            _bounce(session, el, "iq")
             outcome["bounced"] += 1
             continue
-        if kind != "message" or stype in NOT_REDELIVERED or _only_chat_states(el):
-            outcome["dropped"] += 1
+        if what != "message":
+            outcome[what] += 1
+            if key is not None:
+                released.append(key)
             continue
-        children = _payloads(el)
-        if any(namespace in SESSION_PAYLOADS for namespace, _ in children) or _from_occupant(
-            router, el, children
-        ):
-            outcome["dropped (made for this session)"] += 1
+        fate, recipients = _fate(session, el, sent_at, best, top, offline)
+        if fate == "store":
+            if key is not None:
+                kept.append(key)
+                outcome["stored offline (while detached)"] += 1
+            else:
+                to_store.append((data, None if _has_delay(el) else xep0082_stamp(sent_at), el))
             continue
-        copied = hub.carbon_copied_to(session, stype, children, sent_at)
-        stamp = None if _has_delay(el) else xep0082_stamp(sent_at)
-        if best:
-            if el.get("to") != session.full and top >= session.priority:
-                outcome["dropped (delivered to another resource)"] += 1
-                continue
-            recipients = [other for other in best if other not in copied]
-            if not recipients:
-                outcome["dropped (carbon copies delivered)"] += 1
-                continue
+        if fate == "redelivered":
+            stamp = None if _has_delay(el) else xep0082_stamp(sent_at)
             copy = with_delay(data, session.domain, stamp, OFFLINE_REASON) if stamp else data
             for other in recipients:
                 other.send(copy)
-            outcome["redelivered"] += 1
-        elif copied:
-            outcome["dropped (carbon copies delivered)"] += 1
-        else:
-            to_store.append((data, stamp, el))
+        if key is not None:
+            released.append(key)
+        outcome[fate] += 1
+    if offline is not None and (released or kept):
+        offline.detached_copies_settled(released, kept)
     stored = 0
     if to_store and router.user_exists(session.domain, session.local):
         # One commit for all of them, however many there are.
@@ -354,6 +377,100 @@ def handle_unacknowledged(session: C2SStream, unacked: list[tuple[bytes, float]]
         len(unacked),
         ", ".join(f"{n} {what}" for what, n in sorted(outcome.items())),
     )
+
+
+def keep_detached(
+    session: C2SStream, state: StreamManagement, entries: list[tuple[int, bytes, float]]
+) -> None:
+    """The session is detached: of `entries` (number, stanza, time sent), write the messages
+    that `handle_unacknowledged` would redeliver or store offline to offline storage too, so
+    that a crash before the session ends loses none of them (issue "Acknowledged means
+    durable", item 4). Committed at the turn's "turn/commit"; what the account's offline
+    quota has no room for stays in memory only, handled at the end as before."""
+    offline = session.server.modules.get("offline")
+    if offline is None or offline.store is None:
+        return
+    best, top = _best_resources(session)
+    wanted: list[tuple[int, bytes, str | None]] = []
+    for number, data, sent_at in entries:
+        if number in state.stored or number in state.persisted:
+            continue  # an offline message still stored, or written already
+        what, el = _classify(session.router, data)
+        if what != "message":
+            continue
+        fate, _recipients = _fate(session, el, sent_at, best, top, offline)
+        if fate in ("store", "redelivered"):
+            wanted.append((number, data, None if _has_delay(el) else xep0082_stamp(sent_at)))
+    if wanted:
+        offline.keep_for_detached(session, state, wanted)
+
+
+def _best_resources(session: C2SStream) -> tuple[list[Any], int]:
+    """The account's other available resources of the highest non-negative priority
+    (RFC 6121 §8.5.2.1.1), and that priority (-1 without any)."""
+    others = [
+        s
+        for s in session.router.resources(session.bare).values()
+        if s is not session and s.available and s.priority >= 0
+    ]
+    top = max((s.priority for s in others), default=-1)
+    return [s for s in others if s.priority == top], top
+
+
+def _classify(router: Any, data: bytes) -> tuple[str, Any]:
+    """With the parsed stanza: "message" for a message the policy redelivers or stores,
+    "bounce" for an iq get/set, else the reason it is dropped."""
+    try:
+        el = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError:
+        return "unreadable", None
+    qname = etree.QName(el)
+    if qname.namespace not in (None, ns.CLIENT):
+        return "dropped", el
+    kind = qname.localname
+    stype = el.get("type")
+    if kind == "iq" and stype in ("get", "set"):
+        return "bounce", el
+    if kind != "message" or stype in NOT_REDELIVERED or _only_chat_states(el):
+        return "dropped", el
+    children = _payloads(el)
+    if any(namespace in SESSION_PAYLOADS for namespace, _ in children) or _from_occupant(
+        router, el, children
+    ):
+        return "dropped (made for this session)", el
+    return "message", el
+
+
+def _fate(
+    session: C2SStream,
+    el: Any,
+    sent_at: float,
+    best: list[Any],
+    top: int,
+    offline: Any,
+) -> tuple[str, list[Any]]:
+    """What the policy does with a message `_classify` called one: "redelivered" to the
+    sessions returned, "store" offline, or the reason nobody needs it again."""
+    children = _payloads(el)
+    stype = el.get("type")
+    copied = session.server.modules.carbon_copied_to(session, stype, children, sent_at)
+    if best:
+        if el.get("to") == session.full or top < session.priority:
+            missed = best  # it was for this session alone
+        else:
+            # RFC 6121 §8.5.2.1.1: to the bare JID, so the resources available then got
+            # their own copy; one that came online since did not.
+            since = {} if offline is None else offline.available_since
+            missed = [other for other in best if since.get(other, 0.0) > sent_at]
+            if not missed:
+                return "dropped (delivered to another resource)", []
+        recipients = [other for other in missed if other not in copied]
+        if not recipients:
+            return "dropped (carbon copies delivered)", []
+        return "redelivered", recipients
+    if copied:
+        return "dropped (carbon copies delivered)", []
+    return "store", []
 
 
 def _payload_namespaces(el: Any) -> list[str | None]:
