@@ -64,6 +64,17 @@ def purge_account(storage: Storage, txn: Any, domain: str, local: str) -> None:
         purge(txn, db, domain, local)
 
 
+def count_prefix(txn: Any, prefix: bytes, db: Any = None) -> int:
+    """How many keys of `db` (the transaction's own by default) start with `prefix`."""
+    cursor = txn.cursor() if db is None else txn.cursor(db=db)
+    count = 0
+    more = cursor.set_range(prefix)
+    while more and bytes(cursor.key()).startswith(prefix):
+        count += 1
+        more = cursor.next()
+    return count
+
+
 def delete_prefix(txn: Any, db: Any, prefix: bytes) -> int:
     """Delete every key starting with `prefix` from `db`; the count deleted."""
     cursor = txn.cursor(db=db)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .account_data import account_prefix, register_purge
+from .account_data import account_prefix, count_prefix, register_purge
 from .lmdb_store import Storage
 from .xml_check import check_elements
 
@@ -45,22 +45,12 @@ class PrivateStore:
 
         def replace(txn: Any) -> None:
             new = [ns for ns in fragments if txn.get(prefix + ns.encode()) is None]
-            if new and self._count(txn, prefix) + len(new) > max_namespaces:
+            if new and count_prefix(txn, prefix) + len(new) > max_namespaces:
                 raise TooManyNamespaces(f"{local}@{domain}")
             for namespace, xml in fragments.items():
                 txn.put(prefix + namespace.encode(), xml)
 
         self.storage.write(replace, db=self._db)
-
-    @staticmethod
-    def _count(txn: Any, prefix: bytes) -> int:
-        cursor = txn.cursor()
-        count = 0
-        found = cursor.set_range(prefix)
-        while found and bytes(cursor.key()).startswith(prefix):
-            count += 1
-            found = cursor.next()
-        return count
 
 
 register_purge(DATABASE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .account_data import account_prefix, register_purge
+from .account_data import account_prefix, count_prefix, register_purge
 from .lmdb_store import Storage
 from .xml_check import check_elements
 
@@ -60,7 +60,7 @@ class PushStore:
         prefix = account_prefix(domain, local)
 
         def work(txn: Any) -> None:
-            if txn.get(key) is None and _count(txn, prefix) >= limit:
+            if txn.get(key) is None and count_prefix(txn, prefix) >= limit:
                 raise TooManyRegistrations(f"{local}@{domain}")
             txn.put(key, form)
 
@@ -89,16 +89,6 @@ class PushStore:
 def _checked_form(raw: bytes) -> bytes:
     _check_form(raw)
     return raw
-
-
-def _count(txn: Any, prefix: bytes) -> int:
-    cursor = txn.cursor()
-    count = 0
-    more = cursor.set_range(prefix)
-    while more and bytes(cursor.key()).startswith(prefix):
-        count += 1
-        more = cursor.next()
-    return count
 
 
 register_purge(DATABASE)

@@ -26,10 +26,10 @@ from xml.sax.saxutils import quoteattr
 from .. import ns
 from .._parser import Stanza, StreamHeader
 from .._router import Session
-from ..errors import StanzaError, StreamError, stanza_error_bytes
+from ..errors import StanzaError, StreamError
 from ..jid import JIDError, normalize_domain, parse_jid
 from .connection import Connection
-from .xmlstream import XmlStream, check_stream_root
+from .xmlstream import PeerOrigin, XmlStream, check_stream_root, reply_error, route_from_peer
 
 if TYPE_CHECKING:
     from ..config import ComponentConfig
@@ -64,20 +64,13 @@ def handshake_digest(stream_id: str, secret: str) -> str:
     return hashlib.sha1((stream_id + secret).encode()).hexdigest()
 
 
-class ComponentOrigin(Session):
+class ComponentOrigin(PeerOrigin):
     """An entity at a component's domain, as the router and modules see it: what is sent to
     it goes down the component's stream."""
 
-    is_remote = True
-
     def __init__(self, stream: ComponentStream, jid: Any) -> None:
+        super().__init__(stream.router, jid)
         self.stream = stream
-        self.local = jid.local
-        self.domain = jid.domain
-        self.resource = jid.resource
-        self.bare = jid.bare
-        self.full = str(jid)
-        self.router = stream.router
 
     def send(self, data: bytes) -> None:
         self.stream.write(data)
@@ -269,30 +262,11 @@ class ComponentStream(XmlStream):
         try:
             domain = parse_jid(to).domain
         except JIDError:
-            self._reply_error(st, origin, StanzaError("jid-malformed", "bad 'to'"))
+            reply_error(st, origin, StanzaError("jid-malformed", "bad 'to'"))
             return
         if not self.router.is_local(domain) and domain not in self.components.config:
             # Rooms keep sessions of their occupants, and we relay nothing to other servers
             # for a component (RFC 6120 §13.3): local accounts and components only.
-            self._reply_error(st, origin, StanzaError("service-unavailable", "local accounts only"))
+            reply_error(st, origin, StanzaError("service-unavailable", "local accounts only"))
             return
-        try:
-            self.router.route(origin, st)
-        except StanzaError as err:
-            self._reply_error(st, origin, err)
-        except StreamError:
-            raise
-        except Exception:
-            # One stanza a module could not handle must not cut the component off.
-            log.exception("component %s: internal error on a stanza from %s", self.domain, frm)
-            self._reply_error(st, origin, StanzaError("internal-server-error"))
-
-    @staticmethod
-    def _reply_error(st: Stanza, origin: ComponentOrigin, err: StanzaError) -> None:
-        stype = st.attrs.get("type")
-        # RFC 6120 §8.3.1: never answer an error; §8.2.3: never answer an iq result.
-        if stype == "error" or (st.name == "iq" and stype == "result"):
-            return
-        origin.send(
-            stanza_error_bytes(st.name, st.attrs.get("id"), st.attrs.get("to"), origin.full, err)
-        )
+        route_from_peer(self.router, origin, st, f"component {self.domain}")

@@ -47,7 +47,14 @@ from .._router import Session
 from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
 from ..jid import JIDError, parse_jid
 from .connection import STREAM_CLOSE, Connection
-from .xmlstream import XmlStream, check_stream_root, features_xml
+from .xmlstream import (
+    PeerOrigin,
+    XmlStream,
+    check_stream_root,
+    features_xml,
+    reply_error,
+    route_from_peer,
+)
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -139,28 +146,9 @@ def receive_stanza(s2s: S2S, st: Stanza, authenticated: set[str], peer: str) -> 
     if not router.is_local(local):
         # Services (multi-user chat) keep sessions of their occupants: not for remote
         # entities yet.
-        _reply_error(st, origin, StanzaError("service-unavailable", "local users only"))
+        reply_error(st, origin, StanzaError("service-unavailable", "local users only"))
         return
-    try:
-        router.route(origin, st)
-    except StanzaError as err:
-        _reply_error(st, origin, err)
-    except StreamError:
-        raise
-    except Exception:
-        # One stanza a module could not handle must not cut every user off that link: the
-        # sender gets an error, the stream goes on.
-        log.exception("s2s %s: internal error on a stanza from %s", peer, frm)
-        _reply_error(st, origin, StanzaError("internal-server-error"))
-
-
-def _reply_error(st: Stanza, origin: RemoteOrigin, err: StanzaError) -> None:
-    stype = st.attrs.get("type")
-    # RFC 6120 §8.3.1: never answer an error; §8.2.3: never answer an iq result.
-    if stype == "error" or (st.name == "iq" and stype == "result"):
-        return
-    frm, to = st.attrs.get("from"), st.attrs.get("to")
-    origin.send(stanza_error_bytes(st.name, st.attrs.get("id"), to, frm, err))
+    route_from_peer(router, origin, st, f"s2s {peer}")
 
 
 class ReverseLink:
@@ -179,21 +167,14 @@ class ReverseLink:
         self.incoming.write(data)
 
 
-class RemoteOrigin(Session):
+class RemoteOrigin(PeerOrigin):
     """A remote entity as the router and the modules see it: `send` goes back over
     server-to-server links, stamped with the local domain it wrote to when needed."""
 
-    is_remote = True
-
     def __init__(self, s2s: S2S, jid: Any, local_domain: str) -> None:
+        super().__init__(s2s.server.router, jid)
         self.s2s = s2s
-        self.local = jid.local
-        self.domain = jid.domain
-        self.resource = jid.resource
-        self.bare = jid.bare
-        self.full = str(jid)
         self.local_domain = local_domain
-        self.router = s2s.server.router
 
     def send(self, data: bytes) -> None:
         self.s2s.deliver(data, self.full, self.local_domain)

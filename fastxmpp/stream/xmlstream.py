@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import ns
 from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
-from ..errors import StreamError
+from .._router import Session
+from ..errors import StanzaError, StreamError, stanza_error_bytes
 from .connection import STREAM_CLOSE
 
 if TYPE_CHECKING:
@@ -47,6 +48,50 @@ def check_version(header: StreamHeader) -> None:
         major = 0
     if major < 1:
         raise StreamError("unsupported-version", "version 1.0 is required")
+
+
+class PeerOrigin(Session):
+    """An entity behind a server link or a component (XEP-0114) as the router and modules
+    see it: its 'from' is kept (`is_remote`), and a subclass sends what is for it back down
+    the link it came on."""
+
+    is_remote = True
+
+    def __init__(self, router: Any, jid: Any) -> None:
+        self.local = jid.local
+        self.domain = jid.domain
+        self.resource = jid.resource
+        self.bare = jid.bare
+        self.full = str(jid)
+        self.router = router
+
+
+def route_from_peer(router: Any, origin: Session, st: Stanza, where: str) -> None:
+    """Route a stanza a server link or a component sent: a stanza error, or a module's
+    failure on it, goes back to the sender as an error reply, and the link goes on (one bad
+    stanza must not cut every user of the link off)."""
+    try:
+        router.route(origin, st)
+    except StanzaError as err:
+        reply_error(st, origin, err)
+    except StreamError:
+        raise
+    except Exception:
+        logging.getLogger("fastxmpp.stream").exception(
+            "%s: internal error on a stanza from %s", where, origin.full
+        )
+        reply_error(st, origin, StanzaError("internal-server-error"))
+
+
+def reply_error(st: Stanza, origin: Session, err: StanzaError) -> None:
+    """The error reply to `st`, sent to `origin` from where `st` was addressed."""
+    stype = st.attrs.get("type")
+    # RFC 6120 §8.3.1: never answer an error; §8.2.3: never answer an iq result.
+    if stype == "error" or (st.name == "iq" and stype == "result"):
+        return
+    origin.send(
+        stanza_error_bytes(st.name, st.attrs.get("id"), st.attrs.get("to"), origin.full, err)
+    )
 
 
 def features_xml(parts: list[str]) -> bytes:
