@@ -29,11 +29,10 @@ from xml.sax.saxutils import quoteattr
 
 from aiohttp import WSMsgType, web
 
-from .. import ns
-from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser
-from .._router import insert_attr
+from .._parser import STREAM_END, Stanza, StreamHeader
 from ..stream.c2s import accept
-from ..stream.connection import CLOSE_LINGER, Connection
+from ..stream.connection import CLOSE_LINGER
+from .framing import HEADER_ATTRIBUTES, FramedConnection, OutputCutter, standalone
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -43,39 +42,14 @@ log = logging.getLogger("fastxmpp.websocket")
 
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 SUBPROTOCOL = "xmpp"  # RFC 7395 §3.1
-XML_LANG = "{" + ns.XML + "}lang"
-STREAM_ROOT = (
-    f"<stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAMS}'".encode()  # + attrs + ">"
-)
 CLOSE = f"<close xmlns='{NS_FRAMING}'/>".encode()  # §3.6
-# What the c2s stream writes first in every header (c2s_negotiation.STREAM_HEADER): where a
-# header starts in its output. It cannot occur inside an element (no processing
-# instructions are accepted, RFC 6120 §11.1, and '<' in text or attributes is escaped).
-XML_DECLARATION = b"<?xml version='1.0'?>"
-# Our own output is parsed again only to cut it into messages: its limits are generous (what
-# the stream may write is bounded by limits.max_outbound_buffer).
-OUTPUT_LIMITS = (1 << 30, 10000, 10000, 1 << 30)
 # Bytes a WebSocket message may have beyond max_stanza_size before aiohttp refuses it (close
 # code 1009); up to that, the parser's limit answers with a policy-violation stream error.
 MESSAGE_SLACK = 4096
 
 
-class WebSocketConnection(Connection):
+class WebSocketConnection(FramedConnection):
     """A client stream's connection over RFC 7395 framing (see the module docstring)."""
-
-    byte_stream = False
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.parser.feed(STREAM_ROOT + b">")
-
-    def opened(self, transport: FramedOutput, client: ClientAddress, encrypted: bool) -> None:
-        """The WebSocket is open (the handshake is done): the stream begins."""
-        self.peer = client.peer
-        self.address = client.address
-        self.encrypted = encrypted
-        self._set_transport(transport)
-        self.owner.connected(self)
 
     def _parse(self, data: bytes) -> None:
         """One WebSocket message: one complete element (§3.3.3)."""
@@ -103,7 +77,7 @@ class WebSocketConnection(Connection):
                 )
                 return
             if is_open and not self.header_sent:
-                events = self._stream_header(element)
+                events = self.stream_header(element.attrs)  # §3.3.2
             elif element.ns == NS_FRAMING and element.name == "close":
                 events = [STREAM_END]  # §3.6: the client closes the stream
         if self.tracer is not None:
@@ -112,29 +86,6 @@ class WebSocketConnection(Connection):
             self.pending.extend(events)
             return
         self.owner.handle(events)
-
-    def _stream_header(self, element: Stanza) -> list[Any]:
-        """`<open/>` (§3.3.2) as the stream header it stands for: the parser starts a root
-        with the same attributes, and the c2s stream checks it as on TCP (RFC 6120 §4.7)."""
-        attrs = element.attrs
-        text = b"".join(
-            f" {name}={quoteattr(attrs[key])}".encode()
-            for name, key in (
-                ("to", "to"),
-                ("from", "from"),
-                ("version", "version"),
-                ("xml:lang", XML_LANG),
-            )
-            if key in attrs
-        )
-        self.parser.reset()
-        return list(self.parser.feed(STREAM_ROOT + text + b">"))
-
-    def restart(self) -> None:
-        """RFC 6120 §4.3.3 after SASL: the client sends a new `<open/>` (§3.3.2)."""
-        self.parser.reset()
-        self.parser.feed(STREAM_ROOT + b">")
-        self.header_sent = False
 
 
 class FramedOutput:
@@ -147,7 +98,7 @@ class FramedOutput:
         self.ws = ws
         self.raw = request.transport  # the TCP (or TLS) transport under the WebSocket
         self.connection = connection
-        self.parser = StreamParser(*OUTPUT_LIMITS)
+        self.cutter = OutputCutter()
         self.messages: collections.deque[bytes] = collections.deque()
         self.queued = 0  # bytes in `messages`
         self.limit = connection.max_outbound_buffer
@@ -162,17 +113,12 @@ class FramedOutput:
     def write(self, data: bytes) -> None:
         if self.closing:
             return
-        first, *headers = data.split(XML_DECLARATION)
-        if first:
-            self._cut(first)
-        for piece in headers:
-            self.parser.reset()  # a new stream (RFC 6120 §4.3.3): a new root
-            self._cut(XML_DECLARATION + piece)
+        self._frame(self.cutter.cut(data))
         if self.get_write_buffer_size() > self.limit:
             self.connection.pause_writing()
 
-    def _cut(self, data: bytes) -> None:
-        for event in self.parser.feed(data):
+    def _frame(self, events: list[Any]) -> None:
+        for event in events:
             if type(event) is Stanza:
                 self._queue(standalone(event))
             elif type(event) is StreamHeader:
@@ -245,32 +191,11 @@ class FramedOutput:
         return self.raw.get_extra_info(name, default) if self.raw is not None else default
 
 
-def standalone(element: Stanza) -> bytes:
-    """The element with the declarations it inherited from the stream root (§3.3.3: "every
-    XML stanza or other XML element ... complete with all relevant namespace ...
-    declarations")."""
-    if element.needs_reserialize:
-        return element.with_attrs({})  # the parser's context carries the declarations
-    data = element.raw
-    declared = element.nsdecls or ()
-    if element.prefix == "stream" and ("stream", ns.STREAMS) not in declared:
-        return insert_attr(data, "xmlns:stream", ns.STREAMS)
-    if element.prefix is None and element.ns == ns.CLIENT and (None, ns.CLIENT) not in declared:
-        return insert_attr(data, "xmlns", ns.CLIENT)
-    return data
-
-
 def open_element(attrs: dict[str, str]) -> bytes:
     """Our stream header as `<open/>` (§3.3.2)."""
     text = "".join(
         f" {name}={quoteattr(attrs[key])}"
-        for name, key in (
-            ("from", "from"),
-            ("to", "to"),
-            ("id", "id"),
-            ("version", "version"),
-            ("xml:lang", XML_LANG),
-        )
+        for name, key in (("id", "id"), *HEADER_ATTRIBUTES)
         if key in attrs
     )
     return f"<open xmlns='{NS_FRAMING}'{text}/>".encode()
