@@ -110,7 +110,8 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    """The HTTP listeners: RFC 7395 WebSocket, XEP-0156 discovery (docs/CONFIGURATION.md)."""
+    """The HTTP listeners: RFC 7395 WebSocket, XEP-0124/0206 BOSH, XEP-0156 discovery
+    (docs/CONFIGURATION.md)."""
 
     max_connections: int = 1000  # open HTTP connections (all http listeners, WebSockets too)
     max_request_size: int = 1048576  # largest request body accepted (413 beyond)
@@ -121,6 +122,10 @@ class HttpConfig:
     # it in unless a trusted proxy says it took the request over HTTPS
     # (X-Forwarded-Proto: https) or this is set (a proxy that says nothing).
     consider_websocket_secure: bool = False
+    bosh: bool = True  # XEP-0124/0206 at /http-bind
+    bosh_max_wait: float = 60.0  # longest a BOSH request is held (the client's 'wait' capped)
+    bosh_inactivity: float = 60.0  # a BOSH session nobody polls this long is over
+    consider_bosh_secure: bool = False  # the same as consider_websocket_secure, for BOSH
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # X-Forwarded-For/-Proto read
     public_url: str = ""  # e.g. "https://chat.example.org": base of the XEP-0156 URLs
 
@@ -688,6 +693,10 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "access_log": _boolean,
             "websocket": _boolean,
             "consider_websocket_secure": _boolean,
+            "bosh": _boolean,
+            "bosh_max_wait": _positive_number,
+            "bosh_inactivity": _positive_number,
+            "consider_bosh_secure": _boolean,
             "trusted_proxies": _ip_addresses,
             "public_url": _base_url,
         },

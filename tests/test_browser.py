@@ -95,21 +95,62 @@ class Page:
         )
 
 
+async def join_when_unlocked(client: SlixClient) -> None:
+    """slixmpp joins ROOM once Converse, its creator, has configured it: until then the room
+    is locked and answers item-not-found (XEP-0045 §10.1.1)."""
+    deadline = time.monotonic() + PAGE_TIMEOUT
+    while True:
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def presence(stanza: Any, answer: asyncio.Future[Any] = answer) -> None:
+            if str(stanza["from"]) == f"{ROOM}/bob" and not answer.done():
+                answer.set_result(stanza)
+
+        # Errors come as plain presence events, our own occupant presence as the plugin's.
+        events = ("presence", f"muc::{ROOM}::self-presence")
+        for event in events:
+            client.add_event_handler(event, presence)
+        try:
+            client.plugin["xep_0045"].join_muc(ROOM, "bob", maxhistory="0")
+            reply = await asyncio.wait_for(answer, PAGE_TIMEOUT)
+        finally:
+            for event in events:
+                client.del_event_handler(event, presence)
+        if reply["type"] != "error":
+            return
+        assert reply["error"]["condition"] == "item-not-found", reply
+        assert time.monotonic() < deadline, "the room stayed locked"
+        await asyncio.sleep(0.2)
+
+
 @pytest.fixture
 def web_server(make_server: Any) -> Iterator[ServerProcess]:
     # ws:// on loopback, as a page served over http://127.0.0.1 connects (no TLS proxy).
-    srv: ServerProcess = make_server(HTTP_LISTENER + "\n[http]\nconsider_websocket_secure = true\n")
+    srv: ServerProcess = make_server(
+        HTTP_LISTENER + "\n[http]\nconsider_websocket_secure = true\nconsider_bosh_secure = true\n"
+    )
     for user in ("alice", "bob"):
         srv.adduser(f"{user}@localhost")
     srv.start()
     yield srv
 
 
+@pytest.fixture(params=["websocket", "bosh"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def page_url(web_server: ServerProcess) -> AsyncIterator[str]:
-    """The test's web server: the page, Converse.js, and the configuration it starts with."""
+async def page_url(web_server: ServerProcess, transport: str) -> AsyncIterator[str]:
+    """The test's web server: the page, Converse.js, and the configuration it starts with
+    (its connection over RFC 7395 WebSocket or XEP-0206 BOSH)."""
+    port = http_port(web_server)
+    if transport == "websocket":
+        endpoint = {"websocket_url": f"ws://127.0.0.1:{port}/xmpp-websocket"}
+    else:
+        endpoint = {"bosh_service_url": f"http://127.0.0.1:{port}/http-bind"}
     config = {
-        "websocket_url": f"ws://127.0.0.1:{http_port(web_server)}/xmpp-websocket",
+        **endpoint,
         "jid": "alice@localhost",
         "password": PASSWORD,
         "auto_login": True,
@@ -145,8 +186,8 @@ async def page_url(web_server: ServerProcess) -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-async def test_converse_chats_and_joins_a_room_over_websocket(
-    web_server: ServerProcess, page_url: str, ca_file: str, tmp_path: Path
+async def test_converse_chats_and_joins_a_room(
+    web_server: ServerProcess, page_url: str, transport: str, ca_file: str, tmp_path: Path
 ) -> None:
     chromium, driver_path = require_browser()
     bob = SlixClient("bob@localhost", ca_file, plugins=("xep_0045",))
@@ -155,14 +196,15 @@ async def test_converse_chats_and_joins_a_room_over_websocket(
     page = Page(driver)
     try:
         await asyncio.to_thread(driver.get, page_url)
-        # Logged in over the WebSocket: Converse says it is connected, the server bound it.
+        # Logged in: Converse says it is connected, the server bound it over `transport`.
         await page.until(
             "return !!(window.fastxmppApi && fastxmppApi.connection.connected())",
             what="a connected session",
         )
         web_server.wait_for_log("bound alice@localhost/")
-        web_server.wait_for_log("c2s 127.0.0.1")
-        assert "WebSocket" in web_server.log_text()
+        web_server.wait_for_log(
+            "WebSocket (encrypted)" if transport == "websocket" else "BOSH session (encrypted)"
+        )
 
         # slixmpp -> browser: the contact list shows the sender, and the chat with him the
         # message.
@@ -190,14 +232,12 @@ async def test_converse_chats_and_joins_a_room_over_websocket(
         # A room: Converse creates and joins it, slixmpp joins, both talk.
         await page.run("fastxmppApi.rooms.open(arguments[0], {nick: 'alice'}, true)", ROOM)
         await page.until_text("converse-muc .occupant-nick", "alice")
-        await asyncio.wait_for(
-            bob.plugin["xep_0045"].join_muc_wait(ROOM, "bob", maxstanzas=0), PAGE_TIMEOUT
-        )
+        await join_when_unlocked(bob)
         await page.until_text("converse-muc .occupant-nick", "bob")
         bob.send_message(mto=ROOM, mbody="hello room", mtype="groupchat")
         await page.until_text("converse-muc .chat-msg__text", "hello room")
     except BaseException:
-        screenshot = tmp_path / "converse.png"
+        screenshot = tmp_path / f"converse-{transport}.png"
         await asyncio.to_thread(driver.save_screenshot, str(screenshot))
         print(f"screenshot of the page: {screenshot}")
         console = await asyncio.to_thread(driver.get_log, "browser")

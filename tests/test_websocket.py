@@ -270,8 +270,9 @@ async def test_websocket_over_https(make_server: object, ca_file: str) -> None:
     srv.wait_for_log("WebSocket (encrypted)")
 
 
-async def test_host_meta_advertises_the_websocket(web: ServerProcess) -> None:
-    """XEP-0156 §3: host-meta (XRD) and host-meta.json name the WebSocket endpoint."""
+async def test_host_meta_advertises_websocket_and_bosh(web: ServerProcess) -> None:
+    """XEP-0156 §3: host-meta (XRD) and host-meta.json name the WebSocket and BOSH
+    endpoints (behind a trusted proxy: the Host and scheme it says)."""
     port = http_port(web)
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{port}/.well-known/host-meta") as response:
@@ -288,12 +289,16 @@ async def test_host_meta_advertises_the_websocket(web: ServerProcess) -> None:
         link.get("rel"): link.get("href")
         for link in xrd.iter("{http://docs.oasis-open.org/ns/xri/xrd-1.0}Link")
     }
-    assert rels == {"urn:xmpp:alt-connections:websocket": f"ws://127.0.0.1:{port}/xmpp-websocket"}
+    assert rels == {
+        "urn:xmpp:alt-connections:websocket": f"ws://127.0.0.1:{port}/xmpp-websocket",
+        "urn:xmpp:alt-connections:xbosh": f"http://127.0.0.1:{port}/http-bind",
+    }
     assert links == [
         {
             "rel": "urn:xmpp:alt-connections:websocket",
             "href": "wss://chat.example.org/xmpp-websocket",
-        }
+        },
+        {"rel": "urn:xmpp:alt-connections:xbosh", "href": "https://chat.example.org/http-bind"},
     ]
     web.wait_for_log('"GET /.well-known/host-meta HTTP/1.1" 200')  # the access log
 

@@ -1,9 +1,10 @@
 """The HTTP side of the server: one aiohttp application on the server's event loop, served
 by every `[[listeners]] kind = "http"` (plain, or HTTPS with the hosts' certificates).
 
-Endpoints: RFC 7395 WebSocket at /xmpp-websocket (websocket.py) and XEP-0156 discovery at
-/.well-known/host-meta and host-meta.json. Later services (BOSH, XEP-0363 uploads) add their
-routes and their XEP-0156 links to the same application (`add_link`).
+Endpoints: RFC 7395 WebSocket at /xmpp-websocket (websocket.py), XEP-0124/0206 BOSH at
+/http-bind (bosh.py) and XEP-0156 discovery at /.well-known/host-meta and host-meta.json.
+Later services (XEP-0363 uploads) add their routes, and XEP-0156 links where they have one,
+to the same application (`add_link`).
 
 Limits ([http]): open connections, all http listeners together (beyond: 503 and closed),
 request body size (aiohttp's client_max_size: 413), idle connections closed after
@@ -31,6 +32,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from ..config import HttpConfig
     from ..server import Server
+    from .bosh import BoshService
 
 log = logging.getLogger("fastxmpp.http")
 access_log = logging.getLogger("fastxmpp.http.access")
@@ -38,6 +40,7 @@ access_log = logging.getLogger("fastxmpp.http.access")
 WEBSOCKET_PATH = "/xmpp-websocket"
 # XEP-0156 §3: the link relations of the alternative connection methods.
 REL_WEBSOCKET = "urn:xmpp:alt-connections:websocket"
+REL_BOSH = "urn:xmpp:alt-connections:xbosh"
 NS_XRD = "http://docs.oasis-open.org/ns/xri/xrd-1.0"
 # Apache's combined format, less the identd and user fields, plus the time taken.
 ACCESS_LOG_FORMAT = '%a "%r" %s %b "%{Referer}i" "%{User-Agent}i" %Tfs'
@@ -64,6 +67,14 @@ class HttpService:
         if self.config.websocket:
             self.app.router.add_get(WEBSOCKET_PATH, self._websocket)
             self.add_link(REL_WEBSOCKET, WEBSOCKET_PATH, "ws")
+        self.bosh: BoshService | None = None
+        if self.config.bosh:
+            from .bosh import BOSH_PATH, BoshService
+
+            self.bosh = BoshService(server, self)
+            self.app.router.add_post(BOSH_PATH, self.bosh.handle)
+            self.app.router.add_route("OPTIONS", BOSH_PATH, self.bosh.preflight)
+            self.add_link(REL_BOSH, BOSH_PATH, "http")
         self.app.router.add_get("/.well-known/host-meta", self._host_meta_xrd)
         self.app.router.add_get("/.well-known/host-meta.json", self._host_meta_json)
         self.runner = web.AppRunner(
@@ -84,6 +95,8 @@ class HttpService:
         await self.runner.setup()
 
     async def stop(self) -> None:
+        if self.bosh is not None:
+            self.bosh.stop()
         await self.runner.cleanup()
 
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
