@@ -295,10 +295,15 @@ class BoshSession:
             self._release(held, terminate())
         self.held.clear()
         self.early.clear()
-        # A late request (a resend) may still get the last response for a while.
-        asyncio.get_running_loop().call_later(
-            self.service.inactivity, self.service.sessions.pop, self.sid, None
-        )
+        if self.ending is not None and not self.ending_delivered:
+            # The stream ended with no request waiting: the next one (within the
+            # inactivity time) learns how. Otherwise the session leaves the table now, so
+            # that sessions refused at creation cannot pile up.
+            asyncio.get_running_loop().call_later(
+                self.service.inactivity, self.service.sessions.pop, self.sid, None
+            )
+        else:
+            self.service.sessions.pop(self.sid, None)
         connection, self.connection = self.connection, None
         if connection is not None:
             connection.connection_lost(reason)
