@@ -187,6 +187,33 @@ async def test_resent_request_gets_the_same_response(
         tcp.close()
 
 
+async def test_a_copy_of_a_held_request_takes_its_place(
+    bosh_server: ServerProcess, http: aiohttp.ClientSession, ca_file: str
+) -> None:
+    """§14.3: the client sends a held request again (its connection broke): the first copy
+    is answered with a recoverable error, what comes next goes to the second."""
+    alice, bob = next(names.names()), next(names.names())
+    bosh = Bosh(http, http_port(bosh_server))
+    jid = await bosh.login(alice)
+    tcp = bosh_server.client()
+    try:
+        tcp.login(ca_file, bob, PASSWORD)
+        request = bosh.wrap()
+        first = asyncio.ensure_future(bosh.send(request))
+        await asyncio.sleep(0.2)
+        second = asyncio.ensure_future(bosh.send(request))
+        response = await first
+        assert response.get("type") == "error", etree.tostring(response)
+        tcp.send(f"<message to='{jid}' type='chat'><body>to the copy</body></message>")
+        response = await second
+        message = response.find(f"{{{CLIENT}}}message")
+        if message is None:
+            message = await bosh.until(f"{{{CLIENT}}}message")
+        assert message.findtext(f"{{{CLIENT}}}body") == "to the copy"
+    finally:
+        tcp.close()
+
+
 async def test_requests_are_handled_in_rid_order(
     bosh_server: ServerProcess, http: aiohttp.ClientSession, ca_file: str
 ) -> None:

@@ -141,12 +141,15 @@ class BoshSession:
         """A request of this session (not the creating one): its response."""
         if rid in self.answered:
             return self.answered[rid]  # §14.3: the same answer again
+        loop = asyncio.get_running_loop()
         for held in self.held:
             if held.rid == rid:
                 # §14.3: a copy of a request we hold: the older one is answered with a
                 # recoverable error, the answer goes to this one.
-                self._release(held, body({"type": "error"}))
-                break
+                older, held.answer = held.answer, loop.create_future()
+                if not older.done():
+                    older.set_result(body({"type": "error"}))
+                return await held.answer
         if not self.next_rid <= rid < self.next_rid + self.window:
             raise BindingError("item-not-found")  # §14.1, the same for too small or large
         if self.closing:
@@ -156,7 +159,6 @@ class BoshSession:
             self.ending_delivered = True
             self.next_rid += 1
             return self._remember(rid, self.ending)
-        loop = asyncio.get_running_loop()
         held = Held(rid, loop.create_future())
         if rid in self.early:
             self._release(self.early[rid][0], body({"type": "error"}))
