@@ -1,8 +1,9 @@
 """A real browser client: headless Chromium (Debian's, driven by Selenium through Debian's
 chromedriver) loads a page with Converse.js (npm, pinned in tests/interop/web) that the test
-serves; Converse logs in over RFC 7395 WebSocket, chats both ways with a slixmpp account and
-joins a room. What the user would see is read from the page's DOM. On failure a screenshot
-of the page is written under the test's tmp dir (its path is printed).
+serves; Converse logs in over RFC 7395 WebSocket, and separately over XEP-0206 BOSH, chats
+both ways with a slixmpp account and joins a room. What the user would see is read from the
+page's DOM. On failure a screenshot of the page is written under the test's tmp dir (its
+path is printed).
 
 `make interop-deps` installs chromium, chromium-driver and Converse.js."""
 
