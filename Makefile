@@ -65,16 +65,22 @@ fuzz-deps:
 
 # The independent clients of tests/test_interop_*.py, each pinned: go-sendxmpp (Debian),
 # xmpp.js (npm ci from tests/interop/js/package-lock.json, under node) and aioxmpp in a venv
-# of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt).
+# of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt);
+# for tests/test_browser.py headless Chromium and its driver (Debian) and Converse.js (npm
+# ci from tests/interop/web/package-lock.json).
 .PHONY: interop-deps
 interop-deps: | deps
-	@if ! command -v go-sendxmpp >/dev/null || ! command -v npm >/dev/null; then \
-	  echo "installing go-sendxmpp, nodejs, npm (the interop tests' clients)"; \
+	@if ! command -v go-sendxmpp >/dev/null || ! command -v npm >/dev/null \
+	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing go-sendxmpp, nodejs, npm, chromium, chromium-driver (the interop tests' clients)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq go-sendxmpp \
-	    $$(command -v npm >/dev/null || echo nodejs npm); \
+	    chromium chromium-driver $$(command -v npm >/dev/null || echo nodejs npm); \
 	fi
 	@if [ ! tests/interop/js/node_modules/.package-lock.json -nt tests/interop/js/package-lock.json ]; then \
 	  cd tests/interop/js && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+	@if [ ! tests/interop/web/node_modules/.package-lock.json -nt tests/interop/web/package-lock.json ]; then \
+	  cd tests/interop/web && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 	@if [ ! .venv-aioxmpp/.installed-stamp -nt tests/interop/aioxmpp/requirements.txt ]; then \
 	  $(PYTHON) -m venv .venv-aioxmpp && \

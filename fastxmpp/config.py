@@ -33,19 +33,28 @@ kind = "c2s"
 address = "127.0.0.1"
 port = 5222
 
+[[listeners]]
+kind = "http"
+address = "127.0.0.1"
+port = 5280
+
 [hosts.localhost]
 """
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LISTENER_KINDS = ("c2s", "s2s", "component")
-# How a c2s listener starts TLS: RFC 6120 §5 STARTTLS, or XEP-0368 direct TLS at connect.
-LISTENER_TLS_MODES = ("starttls", "direct")
+LISTENER_KINDS = ("c2s", "s2s", "http", "component")
+# How a listener starts TLS: RFC 6120 §5 STARTTLS, or direct TLS at connect (XEP-0368 for
+# c2s, HTTPS for http); "none" for plain HTTP (WebSocket and BOSH behind a TLS proxy) and
+# for XEP-0114 components (which have no TLS).
+LISTENER_TLS_MODES = ("starttls", "direct", "none")
 RESOURCE_CONFLICT_POLICIES = ("replace", "reject", "rename")  # RFC 6120 §7.7.2.2
 SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
 C2S_PORT = 5222  # RFC 6120 §14.7
 S2S_PORT = 5269  # RFC 6120 §14.7
 DIRECT_TLS_PORT = 5223  # XEP-0368: the port operators publish in _xmpps-client._tcp records
 COMPONENT_PORT = 5347  # XEP-0114: the port servers usually accept components on
+HTTP_PORT = 5280  # what Prosody and ejabberd serve HTTP (WebSocket, BOSH) on
+HTTPS_PORT = 5281
 # RFC 5802 §5.1 and RFC 7677 §4: SCRAM iteration counts of at least 4096.
 MIN_SCRAM_ITERATIONS = 4096
 # RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
@@ -70,11 +79,13 @@ class ComponentConfig:
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    # "c2s" (clients), "s2s" (other servers, RFC 6120 §13) or "component" (XEP-0114)
+    # "c2s" (clients), "s2s" (other servers, RFC 6120 §13), "http" (WebSocket, BOSH) or
+    # "component" (XEP-0114)
     kind: str
     address: str
     port: int
-    # "starttls" (RFC 6120 §5) or "direct": XEP-0368 TLS from the first byte (c2s only).
+    # "starttls" (RFC 6120 §5) or "direct": XEP-0368 TLS from the first byte (c2s only);
+    # "none" or "direct" (HTTPS) for http listeners.
     tls: str = "starttls"
 
 
@@ -109,6 +120,28 @@ class LimitsConfig:
     auth_failures_per_account: int = 10  # within auth_failure_window: the account is refused
     auth_failure_window: float = 600.0  # seconds over which failures are counted
     heap_trim_delay: float = 1.0  # after connection churn, return freed memory; 0: never
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP listeners: RFC 7395 WebSocket, XEP-0124/0206 BOSH, XEP-0156 discovery
+    (docs/CONFIGURATION.md)."""
+
+    max_connections: int = 1000  # open HTTP connections (all http listeners, WebSockets too)
+    max_request_size: int = 1048576  # largest request body accepted (413 beyond)
+    idle_timeout: float = 60.0  # seconds a connection may wait for (or between) requests
+    access_log: bool = True  # one info line per request (logger fastxmpp.http.access)
+    websocket: bool = True  # RFC 7395 at /xmpp-websocket
+    # A WebSocket over plain HTTP is not encrypted: [c2s] require_encryption refuses to log
+    # it in unless a trusted proxy says it took the request over HTTPS
+    # (X-Forwarded-Proto: https) or this is set (a proxy that says nothing).
+    consider_websocket_secure: bool = False
+    bosh: bool = True  # XEP-0124/0206 at /http-bind
+    bosh_max_wait: float = 60.0  # longest a BOSH request is held (the client's 'wait' capped)
+    bosh_inactivity: float = 60.0  # a BOSH session nobody polls this long is over
+    consider_bosh_secure: bool = False  # the same as consider_websocket_secure, for BOSH
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # X-Forwarded-For/-Proto read
+    public_url: str = ""  # e.g. "https://chat.example.org": base of the XEP-0156 URLs
 
 
 @dataclass(frozen=True)
@@ -298,6 +331,7 @@ class Config:
     s2s: S2SConfig = S2SConfig()
     modules: ModulesConfig = ModulesConfig()
     components: dict[str, ComponentConfig] = field(default_factory=dict)
+    http: HttpConfig = HttpConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,6 +584,24 @@ def _dns_servers(value: Any) -> tuple[str, ...]:
     return tuple(servers)
 
 
+def _ip_addresses(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Invalid("must be a list of IP addresses")
+    for text in value:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise _Invalid(f"{text!r} is not an IP address") from None
+    return tuple(value)
+
+
+def _base_url(value: Any) -> str:
+    text = _string(value)
+    if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", text):
+        raise _Invalid("must be an http:// or https:// URL without query or fragment")
+    return text.rstrip("/")
+
+
 _SERVER_KEYS: dict[str, Check] = {"data_dir": _string, "log_level": _log_level}
 _LISTENER_KEYS: dict[str, Check] = {
     "kind": _one_of(*LISTENER_KINDS),
@@ -684,6 +736,23 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "dns_servers": _dns_servers,
         },
     ),
+    "http": (
+        HttpConfig,
+        {
+            "max_connections": _integer_at_least(1),
+            "max_request_size": _integer_at_least(1024),
+            "idle_timeout": _positive_number,
+            "access_log": _boolean,
+            "websocket": _boolean,
+            "consider_websocket_secure": _boolean,
+            "bosh": _boolean,
+            "bosh_max_wait": _positive_number,
+            "bosh_inactivity": _positive_number,
+            "consider_bosh_secure": _boolean,
+            "trusted_proxies": _ip_addresses,
+            "public_url": _base_url,
+        },
+    ),
     "muc": (
         MucConfig,
         {
@@ -807,6 +876,7 @@ class _Builder:
             s2s=simple["s2s"],
             modules=self.modules(data.get("modules", {})),
             components=self.components(data.get("components", {}), data.get("hosts", {})),
+            http=simple["http"],
             data_dir=self.path(server.get("data_dir", "var")),
             log_level=server.get("log_level", "info"),
             source=source,
@@ -828,16 +898,30 @@ class _Builder:
                     self.problem(path, f"{_dotted(path)} needs an address")
                 continue
             kind = values.get("kind", "c2s")
-            tls = values.get("tls", "starttls")
-            if kind != "c2s" and tls == "direct":
+            tls = values.get("tls", "none" if kind in ("http", "component") else "starttls")
+            allowed = {
+                "c2s": ("starttls", "direct"),
+                "s2s": ("starttls",),
+                "component": ("none",),
+            }.get(kind, ("none", "direct"))
+            if kind == "s2s" and tls == "direct":
                 self.problem(
                     (*path, "tls"), f'{_dotted((*path, "tls"))} = "direct" is for c2s listeners'
+                )
+            elif tls not in allowed:
+                self.problem(
+                    (*path, "tls"),
+                    f"{_dotted((*path, 'tls'))} must be one of "
+                    + ", ".join(f'"{mode}"' for mode in allowed)
+                    + f" for {kind} listeners",
                 )
             default_port = C2S_PORT
             if kind == "s2s":
                 default_port = S2S_PORT
             elif kind == "component":
                 default_port = COMPONENT_PORT
+            elif kind == "http":
+                default_port = HTTPS_PORT if tls == "direct" else HTTP_PORT
             elif tls == "direct":
                 default_port = DIRECT_TLS_PORT
             listener = ListenerConfig(

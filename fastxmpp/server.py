@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
 
@@ -33,6 +33,12 @@ from .stream.s2s import S2S
 from .stream.s2s import accept as accept_server
 from .stream.throttle import AuthThrottle
 from .stream.tls import HANDSHAKE_TIMEOUT, direct_tls_context
+
+if TYPE_CHECKING:
+    from .http.server import HttpService
+
+# RFC 7301: what HTTPS listeners answer in ALPN (no HTTP/2 here).
+ALPN_HTTP = "http/1.1"
 
 log = logging.getLogger("fastxmpp.server")
 T = TypeVar("T")
@@ -72,6 +78,7 @@ class Server:
         self.certificates: dict[str, tuple[str, str]] = {}  # host -> (cert, key) paths
         self.s2s: S2S | None = None
         self.components: Components | None = None
+        self.http: HttpService | None = None  # with an http listener
         self.listeners: list[asyncio.AbstractServer] = []
         self.addresses: list[tuple[str, int]] = []
         self.lock = ServerLock(config.data_dir)
@@ -121,14 +128,35 @@ class Server:
             # XEP-0086: the errors module's one switch, set before any stream exists.
             errors.set_legacy_codes(config.legacy.error_codes)
             self.modules.load(cls(self) for cls in configured_modules(config))
-            # XEP-0114: the components' domains are services of the router from the start
-            # (stanzas for one that is not connected get service-unavailable).
+            # XEP-0114: stanzas for the components' domains go to them through the router's
+            # remote_hook (for one that is not connected: service-unavailable).
             self.components = Components(self)
             direct_tls: ssl.SSLContext | None = None
+            https: ssl.SSLContext | None = None
+            if any(lst.kind == "http" for lst in config.listeners):
+                from .http.server import HttpService  # aiohttp only where HTTP is served
+
+                self.http = HttpService(self)
+                await self.http.start()
             for listener in config.listeners:
-                factory: Callable[[], asyncio.Protocol] = partial(accept, self)
+                factory: Callable[[], asyncio.BaseProtocol] = partial(accept, self)
                 label = listener.kind
-                if listener.kind == "s2s":
+                tls_context: ssl.SSLContext | None = None
+                if listener.kind == "http":
+                    assert self.http is not None
+                    factory = self.http.protocol_factory()
+                    if listener.tls == "direct":
+                        if https is None:
+                            https = direct_tls_context(
+                                {
+                                    h: make_tls_context(*paths)
+                                    for h, paths in self.certificates.items()
+                                },
+                                ALPN_HTTP,
+                            )
+                        tls_context = https
+                        label = "https"
+                elif listener.kind == "s2s":
                     assert self.s2s is not None
                     factory = partial(accept_server, self.s2s)
                 elif listener.kind == "component":
@@ -147,17 +175,17 @@ class Server:
                         )
                     factory = partial(accept, self, True)
                     label = "c2s (direct TLS)"
+                    tls_context = direct_tls
                 # XEP-0368: the loop's TLS handshake at accept, before the stream sees a byte
                 # (a handshake started from connection_made would race uvloop's first read).
-                direct = listener.kind == "c2s" and listener.tls == "direct"
                 server = await loop.create_server(
                     factory,
                     listener.address,
                     listener.port,
                     reuse_address=True,
                     backlog=LISTEN_BACKLOG,
-                    ssl=direct_tls if direct else None,
-                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if direct else None,
+                    ssl=tls_context,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls_context else None,
                 )
                 self.listeners.append(server)
                 for sock in server.sockets:
@@ -209,6 +237,8 @@ class Server:
             self.components.stop()
         for stream in list(self.streams):
             stream.close_with_error("system-shutdown", "the server is shutting down")
+        if self.http is not None:
+            await self.http.stop()  # WebSockets closed above; other requests get a moment
         for server in self.listeners:
             await server.wait_closed()
         # Give transports a moment to flush their closing tags.

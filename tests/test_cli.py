@@ -179,7 +179,7 @@ def test_check_config_refuses_a_bad_listener_tls(tmp_path: Path) -> None:
     result = fastxmpp("check-config", "--config", str(bad))
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f'{bad}:4:1: listeners[0].tls must be one of "starttls", "direct"'
+        f'{bad}:4:1: listeners[0].tls must be one of "starttls", "direct", "none"'
     )
 
 

@@ -17,6 +17,7 @@ from fastxmpp.certs import check_certificate, ensure_certificate, generate_self_
 from fastxmpp.config import (
     C2SConfig,
     ConfigError,
+    HttpConfig,
     LimitsConfig,
     ListenerConfig,
     Problem,
@@ -47,12 +48,15 @@ def test_example_config_is_valid_and_matches_the_defaults() -> None:
     config = load_config(EXAMPLE)
     assert list(config.hosts) == ["localhost"]
     assert config.hosts["localhost"].cert is None and config.hosts["localhost"].key is None
-    assert config.listeners == (ListenerConfig("c2s", "127.0.0.1", 5222),)
+    assert config.listeners == (
+        ListenerConfig("c2s", "127.0.0.1", 5222),
+        ListenerConfig("http", "127.0.0.1", 5280, "none"),
+    )
     # The example documents the defaults: it must say exactly what leaving a key out does.
     assert config.c2s == C2SConfig()
     assert config.limits == LimitsConfig()
     assert config.storage == StorageConfig()
-    for section in ("roster", "offline", "ping", "register", "legacy", "version"):
+    for section in ("roster", "offline", "ping", "register", "legacy", "version", "http"):
         default = type(getattr(config, section))()
         assert getattr(config, section) == default, section
     assert config.log_level == "info"
@@ -64,7 +68,11 @@ def test_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(tmp_path)
     config = load_config(None)
     assert list(config.hosts) == ["localhost"]
-    assert config.listeners == (ListenerConfig("c2s", "127.0.0.1", 5222),)
+    # HTTP (WebSocket) on loopback as Prosody and ejabberd serve it, on 5280.
+    assert config.listeners == (
+        ListenerConfig("c2s", "127.0.0.1", 5222),
+        ListenerConfig("http", "127.0.0.1", 5280, "none"),
+    )
     assert config.data_dir == tmp_path / "var"
     assert config.log_level == "info"
     assert config.source is None
@@ -333,8 +341,77 @@ tls = "direct"
     )
     problems = check_config(bad)
     assert [(p.line, p.column) for p in problems] == [(3, 1), (8, 1)]
-    assert problems[0].message == 'listeners[0].tls must be one of "starttls", "direct"'
+    assert problems[0].message == 'listeners[0].tls must be one of "starttls", "direct", "none"'
     assert problems[1].message == 'listeners[1].tls = "direct" is for c2s listeners'
+
+
+def test_http_listeners_and_section(tmp_path: Path) -> None:
+    """`kind = "http"`: plain ("none", port 5280) or HTTPS ("direct", port 5281); STARTTLS
+    is no HTTP mode, "none" no XMPP one; the [http] keys are checked."""
+    path = write(
+        tmp_path,
+        """\
+[[listeners]]
+kind = "http"
+address = "127.0.0.1"
+
+[[listeners]]
+kind = "http"
+address = "127.0.0.1"
+tls = "direct"
+
+[http]
+max_connections = 10
+consider_websocket_secure = true
+trusted_proxies = ["10.0.0.1", "::1"]
+public_url = "https://chat.example.org/"
+
+[hosts."example.org"]
+""",
+    )
+    config = load_config(path)
+    assert config.listeners == (
+        ListenerConfig("http", "127.0.0.1", 5280, "none"),
+        ListenerConfig("http", "127.0.0.1", 5281, "direct"),
+    )
+    assert config.http == HttpConfig(
+        max_connections=10,
+        consider_websocket_secure=True,
+        trusted_proxies=("10.0.0.1", "::1"),
+        public_url="https://chat.example.org",
+    )
+    bad = write(
+        tmp_path,
+        """\
+[[listeners]]
+kind = "http"
+address = "127.0.0.1"
+tls = "starttls"
+
+[[listeners]]
+address = "127.0.0.1"
+tls = "none"
+
+[http]
+trusted_proxies = ["proxy.example.org"]
+public_url = "ftp://x"
+max_request_size = 10
+
+[hosts."example.org"]
+""",
+        "bad.toml",
+    )
+    problems = check_config(bad)
+    assert [p.line for p in problems] == [4, 8, 11, 12, 13]
+    assert problems[0].message == (
+        'listeners[0].tls must be one of "none", "direct" for http listeners'
+    )
+    assert problems[1].message == (
+        'listeners[1].tls must be one of "starttls", "direct" for c2s listeners'
+    )
+    assert "'proxy.example.org' is not an IP address" in problems[2].message
+    assert "http.public_url must be an http:// or https:// URL" in problems[3].message
+    assert problems[4].message == "http.max_request_size must be at least 1024"
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

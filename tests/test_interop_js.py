@@ -14,13 +14,16 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import JS_SCENARIOS, require_xmppjs, run_json
+from ws_client import HTTP_LISTENER, http_port
 
 POOL = FreshNames("js", 12)
 
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from module_server(ca, tmp_path_factory, POOL)
+    # An http listener for the WebSocket scenario (ws:// on loopback counted as encrypted).
+    web = HTTP_LISTENER + "\n[http]\nconsider_websocket_secure = true\n"
+    yield from module_server(ca, tmp_path_factory, POOL, web)
 
 
 @pytest.fixture
@@ -31,8 +34,21 @@ def names() -> Iterator[str]:
 def scenario(srv: ServerProcess, ca_file: str, name: str, users: list[str], *extra: str) -> Any:
     node = require_xmppjs()
     return run_json(
-        [node, str(JS_SCENARIOS), name, str(srv.port), PASSWORD, ",".join(users), *extra],
-        env={"NODE_EXTRA_CA_CERTS": ca_file},
+        # node 20 has WebSocket (xmpp.js's ws:// transport) behind this flag
+        [
+            node,
+            "--experimental-websocket",
+            str(JS_SCENARIOS),
+            name,
+            str(srv.port),
+            PASSWORD,
+            ",".join(users),
+            *extra,
+        ],
+        env={
+            "NODE_EXTRA_CA_CERTS": ca_file,
+            "WS_URL": f"ws://127.0.0.1:{http_port(srv)}/xmpp-websocket",
+        },
     )
 
 
@@ -114,3 +130,29 @@ def test_stream_management_resumption(
     ]
     assert [m["body"] for m in result["at_b"]] == ["after resumption"]
     srv.wait_for_log(f"resumed {a}@localhost/js, 2 stanzas sent again")
+
+
+def test_websocket(srv: ServerProcess, ca_file: str, names: Iterator[str]) -> None:
+    """RFC 7395 with xmpp.js's WebSocket transport: SCRAM-SHA-1 login, XEP-0198 enabled,
+    messages both ways with a TCP client."""
+    a, b = next(names), next(names)
+    result = scenario(srv, ca_file, "websocket", [a, b])
+    assert result["a"] == f"{a}@localhost/ws"
+    assert result["sm"] is True
+    assert result["at_b"] == [
+        {
+            "from": f"{a}@localhost/ws",
+            "to": f"{b}@localhost",
+            "type": "chat",
+            "body": "over the websocket",
+        }
+    ]
+    assert result["at_a"] == [
+        {
+            "from": f"{b}@localhost/js",
+            "to": f"{a}@localhost/ws",
+            "type": "chat",
+            "body": "to the websocket",
+        }
+    ]
+    srv.wait_for_log(f"authenticated {a}@localhost with SCRAM-SHA-1")

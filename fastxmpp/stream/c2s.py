@@ -50,12 +50,14 @@ SECRET_MARKERS = (ns.SASL.encode(), b"jabber:iq:register", b"jabber:iq:auth")
 STREAM_IQS = ((ns.BIND, "bind"), (ns.SESSION, "session"))
 
 
-def accept(server: Server, direct_tls: bool = False) -> Connection:
+def accept(
+    server: Server, direct_tls: bool = False, connection_type: type[Connection] = Connection
+) -> Connection:
     """The protocol of a new client connection (the listener's factory): a connection and
-    the stream it starts with."""
+    the stream it starts with. `connection_type`: another framing (RFC 7395 WebSocket)."""
     stream = C2SStream(server, direct_tls)
     limits = server.config.limits
-    connection = Connection(stream, limits, "c2s", server.background)
+    connection = connection_type(stream, limits, "c2s", server.background)
     connection.refuse_tls_hello = not direct_tls
     connection.pace_input(float(limits.max_bytes_per_second), float(limits.burst_bytes))
     if server.router.tracer is not None:
@@ -286,6 +288,8 @@ class C2SStream(Session, ClientNegotiation):
                 not self.encrypted
                 and self.authenticated_local is None
                 and self.host in self.server.tls_contexts
+                and self.connection is not None
+                and self.connection.byte_stream
             ):
                 self._starttls(self.server.tls_contexts[self.host])
                 return

@@ -181,7 +181,12 @@ class ClientNegotiation(XmlStream):
 
     def _features(self) -> bytes:
         parts = []
-        tls_possible = not self.encrypted and self.host in self.server.tls_contexts
+        tls_possible = (
+            not self.encrypted
+            and self.host in self.server.tls_contexts
+            and self.connection is not None
+            and self.connection.byte_stream
+        )
         if self.authenticated_local is None:
             tls_required = tls_possible and self.c2s.require_encryption
             if tls_possible:
@@ -219,6 +224,7 @@ class ClientNegotiation(XmlStream):
             and self.authenticated_local is not None
             and not self.bound
             and self.connection is not None
+            and self.connection.byte_stream
             and not self.connection.compressed
         )
 

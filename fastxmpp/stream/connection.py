@@ -94,6 +94,11 @@ class Released:
 
 
 class Connection(asyncio.Protocol):
+    # The stream is the connection's byte stream, so STARTTLS and XEP-0138 compression can
+    # replace its transport; not so for a framing over another protocol (RFC 7395 §3.1:
+    # WebSocket gets TLS from HTTPS, never STARTTLS).
+    byte_stream = True
+
     def __init__(
         self, owner: StreamOwner, limits: LimitsConfig, what: str, background: set[Any]
     ) -> None:

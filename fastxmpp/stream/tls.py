@@ -48,9 +48,12 @@ def _sni_name(host: str) -> str:
         return host.lower()
 
 
-def direct_tls_context(contexts: dict[str, ssl.SSLContext]) -> ssl.SSLContext:
+def direct_tls_context(
+    contexts: dict[str, ssl.SSLContext], alpn: str = ALPN_CLIENT
+) -> ssl.SSLContext:
     """The context a XEP-0368 direct TLS listener starts with, `contexts` being one per host
-    (made for this listener, not shared with STARTTLS), all offered ALPN 'xmpp-client'.
+    (made for this listener, not shared with STARTTLS), all offered ALPN `alpn`
+    ('xmpp-client'; 'http/1.1' on HTTPS listeners).
 
     Before TLS there is no stream header to name the host, so the SNI the client sends picks
     the host's certificate (XEP-0368 §3: clients set SNI to the JID's domain). Without SNI,
@@ -60,7 +63,7 @@ def direct_tls_context(contexts: dict[str, ssl.SSLContext]) -> ssl.SSLContext:
     lets the server ignore the extension)."""
     by_sni = {_sni_name(host): context for host, context in contexts.items()}
     for context in contexts.values():
-        context.set_alpn_protocols([ALPN_CLIENT])
+        context.set_alpn_protocols([alpn])
     initial = next(iter(contexts.values()))
 
     def select_host(connection: Any, server_name: str | None, _context: Any) -> None:

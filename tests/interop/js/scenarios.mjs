@@ -31,10 +31,11 @@ function waitUntil(check, what, timeout = STEP_TIMEOUT) {
 const opened = [];
 
 // One client, online: STARTTLS, SASL with `mechanism` (the first offered when not given),
-// resource binding, stream management with resumption, initial presence.
-async function connect(username, resource, saslMechanism) {
+// resource binding, stream management with resumption, initial presence. `service`: another
+// transport (an RFC 7395 ws:// URL).
+async function connect(username, resource, saslMechanism, service = `xmpp://localhost:${port}`) {
   const xmpp = client({
-    service: `xmpp://localhost:${port}`,
+    service,
     domain: "localhost",
     resource,
     credentials: async (authenticate, offered) => {
@@ -84,6 +85,23 @@ const scenarios = {
     await b.send(chat(a.jid.toString(), "reply from js", "m2"));
     await waitUntil(() => bodies(a).length, "the reply at a");
     return { a: a.jid.toString(), b: b.jid.toString(), at_a: bodies(a), at_b: bodies(b) };
+  },
+
+  // RFC 7395: a over the WebSocket at WS_URL (node --experimental-websocket), b over TCP:
+  // messages both ways, stream management enabled on the WebSocket.
+  async websocket() {
+    const a = await connect(users[0], "ws", "SCRAM-SHA-1", process.env.WS_URL);
+    const b = await connect(users[1], "js");
+    await a.send(chat(`${users[1]}@localhost`, "over the websocket", "w1"));
+    await waitUntil(() => bodies(b).length, "the message at b");
+    await b.send(chat(a.jid.toString(), "to the websocket", "w2"));
+    await waitUntil(() => bodies(a).length, "the reply at a");
+    return {
+      a: a.jid.toString(),
+      sm: a.streamManagement.enabled,
+      at_a: bodies(a),
+      at_b: bodies(b),
+    };
   },
 
   // XEP-0313 with XEP-0059 paging: five messages archived for b, read two at a time
