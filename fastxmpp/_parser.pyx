@@ -305,6 +305,18 @@ cdef void _on_end(void *data, const XML_Char *name) noexcept:
         self._fail("internal-server-error", repr(exc))
 
 
+cdef bint _only_whitespace(bytes data):
+    """Whether `data` is nothing but XML white space (XML 1.0 §2.3, S)."""
+    cdef const unsigned char[:] view = data
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(view.shape[0]):
+        c = view[i]
+        if c != 0x20 and c != 0x09 and c != 0x0A and c != 0x0D:
+            return False
+    return True
+
+
 cdef void _on_text(void *data, const XML_Char *s, int n) noexcept:
     cdef StreamParser self = <StreamParser>data
     cdef int i
@@ -482,6 +494,10 @@ cdef class StreamParser:
         if self.ended:
             return events
         if self._parser == NULL:
+            if _only_whitespace(data):
+                # A whitespace keepalive (RFC 6120 §4.6.1) between stanzas: nothing to
+                # parse, so the parser stays asleep (waking it costs a new expat).
+                return events
             self._wake()
         self._buf.extend(data)
         if not self._encoding_checked:
