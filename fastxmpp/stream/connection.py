@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,11 +31,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._parser import StreamParser
 from ..errors import StreamError, stream_error_bytes
 from .compression import NS_PROTOCOL, CompressedTransport, CompressionError, Inflater
-from .tls import start_server_tls, tls_record_start
+from .tls import HANDSHAKE_TIMEOUT, ServerTLS, tls_record_start
 
 if TYPE_CHECKING:
-    import ssl
-
     from ..config import LimitsConfig
 
 log = logging.getLogger("fastxmpp.connection")
@@ -112,6 +111,9 @@ class Connection(asyncio.Protocol):
         self.lang = "en"
         self.header_sent = False
         self.encrypted = False
+        self.tls: ServerTLS | None = None  # STARTTLS: input goes through it first
+        self._tls_on_established: Callable[[], None] | None = None
+        self.tls_timer: asyncio.TimerHandle | None = None  # the handshake's time limit
         self.compressed = False  # XEP-0138 negotiated: transport compresses, input inflated
         self.inflater: Inflater | None = None
         self.closing = False  # no more input is read: the stream is over on our side
@@ -165,22 +167,30 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._set_transport(None)
+        self._tls_timer_cancel()
         if self.resume_timer is not None:
             self.resume_timer.cancel()
             self.resume_timer = None
         self.owner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        if self.tls is not None:
+            self.tls.writing_paused()  # it tells the owner if writes go on regardless
+            return
         self.owner.pause_writing()
 
     def resume_writing(self) -> None:
-        pass
+        if self.tls is not None:
+            self.tls.writing_resumed()
 
     def eof_received(self) -> bool | None:
         return None  # the peer closed its side: so do we (RFC 6120 §4.4)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
+            return
+        if self.tls is not None:
+            self._tls_received(data)
             return
         if (
             self.refuse_tls_hello
@@ -190,6 +200,10 @@ class Connection(asyncio.Protocol):
         ):
             self._tls_on_plain_port()
             return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        """Input as the stream sees it (decrypted, still compressed)."""
         now = time.monotonic()
         self.last_received = now  # XEP-0199 idle pings and parser hibernation look at this
         if self.rate and self._pace(data, now):
@@ -255,6 +269,11 @@ class Connection(asyncio.Protocol):
                 self._parse(data)
         if self.transport is not None and not self.closing:
             self.transport.resume_reading()
+            if self.tls is not None and self.tls.established:
+                try:
+                    self._tls_read()  # what came with the held input
+                except ssl.SSLError as exc:
+                    self._tls_failed(exc)
 
     def _tls_on_plain_port(self) -> None:
         """A TLS ClientHello where a stream header belongs: one line says so (not a
@@ -364,20 +383,73 @@ class Connection(asyncio.Protocol):
 
     def start_tls(self, context: ssl.SSLContext, established: Callable[[], None]) -> None:
         """STARTTLS on the receiving side (RFC 6120 §5.4.3.3), after <proceed/> was
-        written: anything the peer sent after <starttls/> is discarded, and the stream
-        restarts over TLS (`established` runs then)."""
+        written: anything the peer sent after <starttls/> is discarded, what it sends next
+        is the TLS handshake, and then the stream restarts over TLS (`established` runs
+        then). The handshake runs here, on the connection's own transport (ServerTLS), not
+        in the event loop's TLS protocol."""
         self.pending.clear()
+        self.busy = True  # the owner stops at <starttls/>; nothing is parsed meanwhile
+        self.tls = ServerTLS(self.transport, self, context)
+        self._tls_on_established = established
+        self.tls_timer = asyncio.get_running_loop().call_later(
+            HANDSHAKE_TIMEOUT, self._tls_timed_out
+        )
 
-        async def upgrade() -> None:
-            transport = await start_server_tls(self, context, self.what)
-            if transport is None:
+    def _tls_received(self, data: bytes) -> None:
+        tls = self.tls
+        assert tls is not None
+        try:
+            if not tls.established:
+                if not tls.handshake(data):
+                    return
+                self._tls_handshake_done(tls)
+            else:
+                tls.feed(data)
+            self._tls_read()
+        except ssl.SSLError as exc:
+            self._tls_failed(exc)
+
+    def _tls_read(self) -> None:
+        """Decrypted input to the stream, a record at a time, until input pacing holds it
+        back (the rest waits in the TLS layer until `_release_held`)."""
+        tls = self.tls
+        assert tls is not None
+        while not self.closing and self.held is None:
+            piece = tls.read()
+            if piece is None:
                 return
-            self.tls_established(transport, "TLS")
-            self.pending.clear()
-            self.restart()
+            if not piece:
+                # close_notify (RFC 8446 §6.1): the peer closed its side, as an EOF would.
+                self.eof_received()
+                self.close_transport(linger=False)
+                return
+            self._received(piece)
+
+    def _tls_handshake_done(self, tls: ServerTLS) -> None:
+        self._tls_timer_cancel()
+        self.tls_established(tls, "TLS")
+        self.busy = False
+        self.pending.clear()
+        self.restart()
+        established, self._tls_on_established = self._tls_on_established, None
+        if established is not None:
             established()
 
-        self.run_step(upgrade)
+    def _tls_failed(self, exc: Exception) -> None:
+        log.info("%s TLS with %s failed: %s", self.what, self.peer, exc)
+        self._tls_timer_cancel()
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _tls_timed_out(self) -> None:
+        self.tls_timer = None
+        self._tls_failed(TimeoutError(f"no handshake within {HANDSHAKE_TIMEOUT:g} s"))
+
+    def _tls_timer_cancel(self) -> None:
+        if self.tls_timer is not None:
+            self.tls_timer.cancel()
+            self.tls_timer = None
 
     def tls_established(self, transport: Any, how: str) -> None:
         transport.set_write_buffer_limits(high=self.max_outbound_buffer)
