@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from . import __version__, errors
+from . import __version__, descriptors, errors
 from ._router import Router
 from .certs import ensure_certificate
 from .config import Config
+from .descriptors import DescriptorWatch
 from .jid import parse_jid
 from .memory import HeapTrimmer, ParserHibernation
 from .modules import ModuleLoadError, builtin_modules
@@ -143,6 +144,8 @@ class Server:
             self._close_storage()
             raise
         self.parser_hibernation.start()
+        # After raise_open_files_limit: the limit the watch warns before is the raised one.
+        descriptors.watch = DescriptorWatch()
         log.info(
             "fastxmpp %s serving %s (data in %s)",
             __version__,
@@ -193,6 +196,9 @@ class Server:
             task.cancel()
         self.heap_trimmer.stop()
         self.parser_hibernation.stop()
+        if descriptors.watch is not None:
+            descriptors.watch.stop()
+            descriptors.watch = None
         self._close_storage()
         self._stopped.set()
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import descriptors
 from .._parser import StreamParser
 from ..errors import StreamError, stream_error_bytes
 from .compression import NS_PROTOCOL, CompressedTransport, CompressionError, Inflater
@@ -160,6 +161,9 @@ class Connection(asyncio.Protocol):
         # Beyond this much unsent output asyncio calls pause_writing: a slow reader.
         transport.set_write_buffer_limits(high=self.max_outbound_buffer)
         peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            descriptors.opened(sock.fileno())  # near RLIMIT_NOFILE: said in the log
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.address = peer[0] if peer else "?"
         self._set_transport(transport)
