@@ -1,6 +1,7 @@
 """TLS on the receiving side of a stream: STARTTLS (RFC 6120 §5.4.3.3) for client and server
-streams alike; the context of XEP-0368 direct TLS client listeners (the loop does that handshake
-at accept, with the same certificates and settings)."""
+streams alike, run by the connection itself over memory BIOs (`ServerTLS`); the context of
+XEP-0368 direct TLS client listeners (the loop does that handshake at accept, with the same
+certificates and settings)."""
 
 from __future__ import annotations
 
