@@ -30,7 +30,7 @@ from .stream.c2s import C2SStream, accept
 from .stream.s2s import S2S
 from .stream.s2s import accept as accept_server
 from .stream.throttle import AuthThrottle
-from .stream.tls import HANDSHAKE_TIMEOUT, direct_tls_context
+from .stream.tls import direct_tls_context
 
 log = logging.getLogger("fastxmpp.server")
 T = TypeVar("T")
@@ -121,19 +121,16 @@ class Server:
                         direct_tls = direct_tls_context(
                             {h: make_tls_context(*paths) for h, paths in self.certificates.items()}
                         )
-                    factory = partial(accept, self, True)
+                    # XEP-0368: the connection runs the handshake itself (ServerTLS), from
+                    # its first byte, before the stream sees any.
+                    factory = partial(accept, self, direct_tls)
                     label = "c2s (direct TLS)"
-                # XEP-0368: the loop's TLS handshake at accept, before the stream sees a byte
-                # (a handshake started from connection_made would race uvloop's first read).
-                direct = listener.kind == "c2s" and listener.tls == "direct"
                 server = await loop.create_server(
                     factory,
                     listener.address,
                     listener.port,
                     reuse_address=True,
                     backlog=LISTEN_BACKLOG,
-                    ssl=direct_tls if direct else None,
-                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if direct else None,
                 )
                 self.listeners.append(server)
                 for sock in server.sockets:

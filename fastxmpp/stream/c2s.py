@@ -39,6 +39,8 @@ from .sm import StreamManagement
 from .xmlstream import XmlStream
 
 if TYPE_CHECKING:
+    import ssl
+
     from ..server import Server
 
 log = logging.getLogger("fastxmpp.c2s")
@@ -53,13 +55,14 @@ SECRET_MARKERS = (ns.SASL.encode(), b"jabber:iq:register", b"jabber:iq:auth")
 STREAM_IQS = ((ns.BIND, "bind"), (ns.SESSION, "session"))
 
 
-def accept(server: Server, direct_tls: bool = False) -> Connection:
+def accept(server: Server, direct_tls: ssl.SSLContext | None = None) -> Connection:
     """The protocol of a new client connection (the listener's factory): a connection and
-    the stream it starts with."""
-    stream = C2SStream(server, direct_tls)
+    the stream it starts with; `direct_tls`: a XEP-0368 listener's context."""
+    stream = C2SStream(server, direct_tls is not None)
     limits = server.config.limits
     connection = Connection(stream, limits, "c2s", server.background)
-    connection.refuse_tls_hello = not direct_tls
+    connection.direct_tls = direct_tls
+    connection.refuse_tls_hello = direct_tls is None
     connection.pace_input(float(limits.max_bytes_per_second), float(limits.burst_bytes))
     if server.router.tracer is not None:
         connection.tracer = _trace
@@ -107,8 +110,8 @@ class C2SStream(Session, ClientNegotiation):
         self.sasl_mechanism = ""
         self.sasl_failures = 0
         self.auth_timer: asyncio.TimerHandle | None = None
-        # XEP-0368: the connection came to a direct TLS listener, whose transport completed
-        # the TLS handshake before `connection_made` (the listener's ssl context).
+        # XEP-0368: the connection came to a direct TLS listener; its connection tells the
+        # stream of it once the TLS handshake is done.
         self.direct_tls = direct_tls
         # The address counted in server.unauthenticated_per_ip
         # (limits.max_unauthenticated_per_ip), until the stream authenticates or ends.

@@ -26,6 +26,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import descriptors
@@ -105,6 +106,7 @@ class Connection(asyncio.Protocol):
         "busy",
         "closing",
         "compressed",
+        "direct_tls",
         "encrypted",
         "header_sent",
         "held",
@@ -149,6 +151,8 @@ class Connection(asyncio.Protocol):
         self.header_sent = False
         self.encrypted = False
         self.tls: ServerTLS | None = None  # STARTTLS: input goes through it first
+        # XEP-0368 direct TLS: the context the handshake starts with at connection_made.
+        self.direct_tls: ssl.SSLContext | None = None
         self._tls_on_established: Callable[[], None] | None = None
         self.tls_timer: asyncio.TimerHandle | None = None  # the handshake's time limit
         self.compressed = False  # XEP-0138 negotiated: transport compresses, input inflated
@@ -203,6 +207,11 @@ class Connection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.address = peer[0] if peer else "?"
         self._set_transport(transport)
+        if self.direct_tls is not None:
+            # XEP-0368 §3: TLS from the first byte. The owner hears of the connection when
+            # the handshake is done, as from the loop's TLS listener before.
+            self._begin_tls(self.direct_tls, partial(self.owner.connected, self))
+            return
         self.owner.connected(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -211,6 +220,8 @@ class Connection(asyncio.Protocol):
         if self.resume_timer is not None:
             self.resume_timer.cancel()
             self.resume_timer = None
+        if self.direct_tls is not None and (self.tls is None or not self.tls.established):
+            return  # a direct TLS handshake that never finished: the owner never knew
         self.owner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -428,6 +439,9 @@ class Connection(asyncio.Protocol):
         then). The handshake runs here, on the connection's own transport (ServerTLS), not
         in the event loop's TLS protocol."""
         self.pending.clear()
+        self._begin_tls(context, established)
+
+    def _begin_tls(self, context: ssl.SSLContext, established: Callable[[], None]) -> None:
         self.busy = True  # the owner stops at <starttls/>; nothing is parsed meanwhile
         self.tls = ServerTLS(self.transport, self, context)
         self._tls_on_established = established
@@ -467,7 +481,10 @@ class Connection(asyncio.Protocol):
 
     def _tls_handshake_done(self, tls: ServerTLS) -> None:
         self._tls_timer_cancel()
-        self.tls_established(tls, "TLS")
+        if self.direct_tls is None:
+            self.tls_established(tls, "TLS")
+        else:
+            self._set_transport(tls)  # the owner says so when it is told (`connected`)
         self.busy = False
         self.pending.clear()
         self.restart()
