@@ -150,7 +150,7 @@ class Connection(asyncio.Protocol):
         self.lang = "en"
         self.header_sent = False
         self.encrypted = False
-        self.tls: ServerTLS | None = None  # STARTTLS: input goes through it first
+        self.tls: ServerTLS | None = None  # STARTTLS or direct TLS: input goes through it
         # XEP-0368 direct TLS: the context the handshake starts with at connection_made.
         self.direct_tls: ssl.SSLContext | None = None
         self._tls_on_established: Callable[[], None] | None = None
@@ -442,7 +442,7 @@ class Connection(asyncio.Protocol):
         self._begin_tls(context, established)
 
     def _begin_tls(self, context: ssl.SSLContext, established: Callable[[], None]) -> None:
-        self.busy = True  # the owner stops at <starttls/>; nothing is parsed meanwhile
+        self.busy = True  # the owner stops (at <starttls/>); nothing is parsed meanwhile
         self.tls = ServerTLS(self.transport, self, context)
         self._tls_on_established = established
         self.tls_timer = asyncio.get_running_loop().call_later(
