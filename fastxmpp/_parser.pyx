@@ -97,6 +97,8 @@ cdef char SEP_CHAR = 1
 
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 STREAMS_NS = "http://etherx.jabber.org/streams"
+# The input buffer of every hibernated parser: empty, never written (feed wakes first).
+cdef bytearray _NO_INPUT = bytearray()
 
 # recover=True: expat has already checked the bytes for well-formedness; libxml2 adds checks
 # XML does not ask for (a namespace name that is not a URI, found by tests/fuzz), and a
@@ -427,6 +429,11 @@ cdef class StreamParser:
             return False
         XML_ParserFree(self._parser)
         self._parser = NULL
+        # What the header replay in _wake builds again: the input buffer, the stream's
+        # declarations and the context made of them (about 0.5 KiB a stream).
+        self._buf = _NO_INPUT
+        self._stream_decls = None
+        self._context = b"<_>"
         return True
 
     cdef int _wake(self) except -1:
