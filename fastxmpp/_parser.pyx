@@ -97,6 +97,8 @@ cdef char SEP_CHAR = 1
 
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 STREAMS_NS = "http://etherx.jabber.org/streams"
+# The input buffer of every hibernated parser: empty, never written (feed wakes first).
+cdef bytearray _NO_INPUT = bytearray()
 
 # recover=True: expat has already checked the bytes for well-formedness; libxml2 adds checks
 # XML does not ask for (a namespace name that is not a URI, found by tests/fuzz), and a
@@ -305,6 +307,18 @@ cdef void _on_end(void *data, const XML_Char *name) noexcept:
         self._fail("internal-server-error", repr(exc))
 
 
+cdef bint _only_whitespace(bytes data):
+    """Whether `data` is nothing but XML white space (XML 1.0 §2.3, S)."""
+    cdef const unsigned char[:] view = data
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(view.shape[0]):
+        c = view[i]
+        if c != 0x20 and c != 0x09 and c != 0x0A and c != 0x0D:
+            return False
+    return True
+
+
 cdef void _on_text(void *data, const XML_Char *s, int n) noexcept:
     cdef StreamParser self = <StreamParser>data
     cdef int i
@@ -415,6 +429,11 @@ cdef class StreamParser:
             return False
         XML_ParserFree(self._parser)
         self._parser = NULL
+        # What the header replay in _wake builds again: the input buffer, the stream's
+        # declarations and the context made of them (about 0.5 KiB a stream).
+        self._buf = _NO_INPUT
+        self._stream_decls = None
+        self._context = b"<_>"
         return True
 
     cdef int _wake(self) except -1:
@@ -482,6 +501,10 @@ cdef class StreamParser:
         if self.ended:
             return events
         if self._parser == NULL:
+            if _only_whitespace(data):
+                # A whitespace keepalive (RFC 6120 §4.6.1) between stanzas: nothing to
+                # parse, so the parser stays asleep (waking it costs a new expat).
+                return events
             self._wake()
         self._buf.extend(data)
         if not self._encoding_checked:

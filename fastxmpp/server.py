@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
 
-from . import __version__, errors
+from . import __version__, descriptors, errors
 from ._router import Router
 from .certs import ensure_certificate
 from .config import Config
+from .descriptors import DescriptorWatch
 from .jid import parse_jid
 from .memory import HeapTrimmer, ParserHibernation
 from .modules import ModuleLoadError, configured_modules
@@ -173,17 +174,19 @@ class Server:
                         direct_tls = direct_tls_context(
                             {h: make_tls_context(*paths) for h, paths in self.certificates.items()}
                         )
-                    factory = partial(accept, self, True)
+                    # XEP-0368: the connection runs the handshake itself (ServerTLS), from
+                    # its first byte, before the stream sees any.
+                    factory = partial(accept, self, direct_tls)
                     label = "c2s (direct TLS)"
-                    tls_context = direct_tls
-                # XEP-0368: the loop's TLS handshake at accept, before the stream sees a byte
-                # (a handshake started from connection_made would race uvloop's first read).
+                    tls_context = None
                 server = await loop.create_server(
                     factory,
                     listener.address,
                     listener.port,
                     reuse_address=True,
                     backlog=LISTEN_BACKLOG,
+                    # HTTPS: the loop's TLS (aiohttp's transport); XEP-0368 c2s listeners run
+                    # the handshake in the connection itself (ServerTLS).
                     ssl=tls_context,
                     ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls_context else None,
                 )
@@ -196,6 +199,8 @@ class Server:
             self._close_storage()
             raise
         self.parser_hibernation.start()
+        # After raise_open_files_limit: the limit the watch warns before is the raised one.
+        descriptors.watch = DescriptorWatch()
         log.info(
             "fastxmpp %s serving %s (data in %s)",
             __version__,
@@ -250,6 +255,9 @@ class Server:
             task.cancel()
         self.heap_trimmer.stop()
         self.parser_hibernation.stop()
+        if descriptors.watch is not None:
+            descriptors.watch.stop()
+            descriptors.watch = None
         self._close_storage()
         self._stopped.set()
 

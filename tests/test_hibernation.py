@@ -76,6 +76,23 @@ def test_errors_after_waking_are_the_same() -> None:
     assert error.condition == "not-well-formed"
 
 
+def test_whitespace_keepalive_does_not_wake_the_parser() -> None:
+    """RFC 6120 §4.6.1: a whitespace keepalive between stanzas carries nothing; it must not
+    rebuild expat (the cost of a wake, times every idle client's keepalive)."""
+    parser = StreamParser()
+    parser.feed(HEADER)
+    assert parser.hibernate()
+    assert parser.feed(b" ") == []
+    assert parser.feed(b"\r\n\t  ") == []
+    assert parser.hibernating
+    (message,) = parser.feed(b" <message><ext:x/></message>")  # the header's prefix still
+    assert message.raw == b"<message><ext:x/></message>"
+    assert not parser.hibernating
+    assert parser.hibernate()
+    (error,) = parser.feed(b" text ")  # not white space: still refused (RFC 6120 §4.9.3.1)
+    assert error.condition == "bad-format"
+
+
 def test_reset_forgets_the_old_header() -> None:
     parser = StreamParser()
     parser.feed(HEADER)

@@ -36,6 +36,8 @@ from .sm import StreamManagement
 from .xmlstream import XmlStream
 
 if TYPE_CHECKING:
+    import ssl
+
     from ..server import Server
 
 log = logging.getLogger("fastxmpp.c2s")
@@ -51,14 +53,18 @@ STREAM_IQS = ((ns.BIND, "bind"), (ns.SESSION, "session"))
 
 
 def accept(
-    server: Server, direct_tls: bool = False, connection_type: type[Connection] = Connection
+    server: Server,
+    direct_tls: ssl.SSLContext | None = None,
+    connection_type: type[Connection] = Connection,
 ) -> Connection:
     """The protocol of a new client connection (the listener's factory): a connection and
-    the stream it starts with. `connection_type`: another framing (RFC 7395 WebSocket)."""
-    stream = C2SStream(server, direct_tls)
+    the stream it starts with; `direct_tls`: a XEP-0368 listener's context;
+    `connection_type`: another framing (RFC 7395 WebSocket)."""
+    stream = C2SStream(server, direct_tls is not None)
     limits = server.config.limits
     connection = connection_type(stream, limits, "c2s", server.background)
-    connection.refuse_tls_hello = not direct_tls
+    connection.direct_tls = direct_tls
+    connection.refuse_tls_hello = direct_tls is None
     connection.pace_input(float(limits.max_bytes_per_second), float(limits.burst_bytes))
     if server.router.tracer is not None:
         connection.tracer = _trace

@@ -23,18 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import descriptors
 from .._parser import StreamParser
 from ..errors import StreamError, stream_error_bytes
 from .compression import NS_PROTOCOL, CompressedTransport, CompressionError, Inflater
-from .tls import start_server_tls, tls_record_start
+from .tls import HANDSHAKE_TIMEOUT, ServerTLS, tls_record_start
 
 if TYPE_CHECKING:
-    import ssl
-
     from ..config import LimitsConfig
 
 log = logging.getLogger("fastxmpp.connection")
@@ -98,6 +99,42 @@ class Connection(asyncio.Protocol):
     # replace its transport; not so for a framing over another protocol (RFC 7395 §3.1:
     # WebSocket gets TLS from HTTPS, never STARTTLS).
     byte_stream = True
+    # Slots, not an instance dict: 30 attributes are past what CPython 3.11 shares between
+    # instances' dicts, and each connection's own dict cost 1.6 KiB (tracemalloc, 1000 held
+    # connections; docs/PERFORMANCE.md, "Many connections").
+    __slots__ = (
+        "_tls_on_established",
+        "address",
+        "background",
+        "burst",
+        "busy",
+        "closing",
+        "compressed",
+        "direct_tls",
+        "encrypted",
+        "header_sent",
+        "held",
+        "inflater",
+        "lang",
+        "last_received",
+        "max_outbound_buffer",
+        "owner",
+        "parser",
+        "peer",
+        "pending",
+        "rate",
+        "refuse_tls_hello",
+        "resume_timer",
+        "stream_id",
+        "tls",
+        "tls_timer",
+        "tokens",
+        "tokens_at",
+        "trace_hiding",
+        "tracer",
+        "transport",
+        "what",
+    )
 
     def __init__(
         self, owner: StreamOwner, limits: LimitsConfig, what: str, background: set[Any]
@@ -117,6 +154,11 @@ class Connection(asyncio.Protocol):
         self.lang = "en"
         self.header_sent = False
         self.encrypted = False
+        self.tls: ServerTLS | None = None  # STARTTLS or direct TLS: input goes through it
+        # XEP-0368 direct TLS: the context the handshake starts with at connection_made.
+        self.direct_tls: ssl.SSLContext | None = None
+        self._tls_on_established: Callable[[], None] | None = None
+        self.tls_timer: asyncio.TimerHandle | None = None  # the handshake's time limit
         self.compressed = False  # XEP-0138 negotiated: transport compresses, input inflated
         self.inflater: Inflater | None = None
         self.closing = False  # no more input is read: the stream is over on our side
@@ -163,29 +205,47 @@ class Connection(asyncio.Protocol):
         # Beyond this much unsent output asyncio calls pause_writing: a slow reader.
         transport.set_write_buffer_limits(high=self.max_outbound_buffer)
         peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            descriptors.opened(sock.fileno())  # near RLIMIT_NOFILE: said in the log
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.address = peer[0] if peer else "?"
         self._set_transport(transport)
+        if self.direct_tls is not None:
+            # XEP-0368 §3: TLS from the first byte. The owner hears of the connection when
+            # the handshake is done, as from the loop's TLS listener before.
+            self._begin_tls(self.direct_tls, partial(self.owner.connected, self))
+            return
         self.owner.connected(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._set_transport(None)
+        self._tls_timer_cancel()
         if self.resume_timer is not None:
             self.resume_timer.cancel()
             self.resume_timer = None
+        if self.direct_tls is not None and (self.tls is None or not self.tls.established):
+            return  # a direct TLS handshake that never finished: the owner never knew
         self.owner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        if self.tls is not None:
+            self.tls.writing_paused()  # it tells the owner if writes go on regardless
+            return
         self.owner.pause_writing()
 
     def resume_writing(self) -> None:
-        pass
+        if self.tls is not None:
+            self.tls.writing_resumed()
 
     def eof_received(self) -> bool | None:
         return None  # the peer closed its side: so do we (RFC 6120 §4.4)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
+            return
+        if self.tls is not None:
+            self._tls_received(data)
             return
         if (
             self.refuse_tls_hello
@@ -195,6 +255,10 @@ class Connection(asyncio.Protocol):
         ):
             self._tls_on_plain_port()
             return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        """Input as the stream sees it (decrypted, still compressed)."""
         now = time.monotonic()
         self.last_received = now  # XEP-0199 idle pings and parser hibernation look at this
         if self.rate and self._pace(data, now):
@@ -260,6 +324,11 @@ class Connection(asyncio.Protocol):
                 self._parse(data)
         if self.transport is not None and not self.closing:
             self.transport.resume_reading()
+            if self.tls is not None and self.tls.established:
+                try:
+                    self._tls_read()  # what came with the held input
+                except ssl.SSLError as exc:
+                    self._tls_failed(exc)
 
     def _tls_on_plain_port(self) -> None:
         """A TLS ClientHello where a stream header belongs: one line says so (not a
@@ -369,20 +438,79 @@ class Connection(asyncio.Protocol):
 
     def start_tls(self, context: ssl.SSLContext, established: Callable[[], None]) -> None:
         """STARTTLS on the receiving side (RFC 6120 §5.4.3.3), after <proceed/> was
-        written: anything the peer sent after <starttls/> is discarded, and the stream
-        restarts over TLS (`established` runs then)."""
+        written: anything the peer sent after <starttls/> is discarded, what it sends next
+        is the TLS handshake, and then the stream restarts over TLS (`established` runs
+        then). The handshake runs here, on the connection's own transport (ServerTLS), not
+        in the event loop's TLS protocol."""
         self.pending.clear()
+        self._begin_tls(context, established)
 
-        async def upgrade() -> None:
-            transport = await start_server_tls(self, context, self.what)
-            if transport is None:
+    def _begin_tls(self, context: ssl.SSLContext, established: Callable[[], None]) -> None:
+        self.busy = True  # the owner stops (at <starttls/>); nothing is parsed meanwhile
+        self.tls = ServerTLS(self.transport, self, context)
+        self._tls_on_established = established
+        self.tls_timer = asyncio.get_running_loop().call_later(
+            HANDSHAKE_TIMEOUT, self._tls_timed_out
+        )
+
+    def _tls_received(self, data: bytes) -> None:
+        tls = self.tls
+        assert tls is not None
+        try:
+            if not tls.established:
+                if not tls.handshake(data):
+                    return
+                self._tls_handshake_done(tls)
+            else:
+                tls.feed(data)
+            self._tls_read()
+        except ssl.SSLError as exc:
+            self._tls_failed(exc)
+
+    def _tls_read(self) -> None:
+        """Decrypted input to the stream, a record at a time, until input pacing holds it
+        back (the rest waits in the TLS layer until `_release_held`)."""
+        tls = self.tls
+        assert tls is not None
+        while not self.closing and self.held is None:
+            piece = tls.read()
+            if piece is None:
                 return
-            self.tls_established(transport, "TLS")
-            self.pending.clear()
-            self.restart()
+            if not piece:
+                # close_notify (RFC 8446 §6.1): the peer closed its side, as an EOF would.
+                self.eof_received()
+                self.close_transport(linger=False)
+                return
+            self._received(piece)
+
+    def _tls_handshake_done(self, tls: ServerTLS) -> None:
+        self._tls_timer_cancel()
+        if self.direct_tls is None:
+            self.tls_established(tls, "TLS")
+        else:
+            self._set_transport(tls)  # the owner says so when it is told (`connected`)
+        self.busy = False
+        self.pending.clear()
+        self.restart()
+        established, self._tls_on_established = self._tls_on_established, None
+        if established is not None:
             established()
 
-        self.run_step(upgrade)
+    def _tls_failed(self, exc: Exception) -> None:
+        log.info("%s TLS with %s failed: %s", self.what, self.peer, exc)
+        self._tls_timer_cancel()
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _tls_timed_out(self) -> None:
+        self.tls_timer = None
+        self._tls_failed(TimeoutError(f"no handshake within {HANDSHAKE_TIMEOUT:g} s"))
+
+    def _tls_timer_cancel(self) -> None:
+        if self.tls_timer is not None:
+            self.tls_timer.cancel()
+            self.tls_timer = None
 
     def tls_established(self, transport: Any, how: str) -> None:
         transport.set_write_buffer_limits(high=self.max_outbound_buffer)
