@@ -235,6 +235,28 @@ async def test_a_session_detached_under_stream_management_gets_a_push(
     assert note.summary["last-message-sender"] == f"{sender}@localhost/desk"
 
 
+async def test_a_connected_client_in_the_background_that_enabled_push_is_woken(
+    srv: ServerProcess, ca_file: str, app: AppServer
+) -> None:
+    """XEP-0352 inactive + a registration made on that very session: the client asked to be
+    woken (iOS suspends a backgrounded app while its connection stays up). Registrations of
+    other devices are not notified for a message that reached a connected client."""
+    user, sender = next(NAMES), next(NAMES)
+    register(srv, ca_file, user, "a-other-device")  # enabled from another resource
+    phone = login(srv, ca_file, user, "phone")
+    try:
+        assert enable(phone, "b-phone").get("type") == "result"
+        phone.send("<presence/><inactive xmlns='urn:xmpp:csi:0'/>")
+        ask(phone, "<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>")
+        message(srv, ca_file, sender, user, "are you there?")
+        note = await app.next()
+        # Registrations are notified in node order: "a-other-device" would come first.
+        assert note.node == "b-phone"
+        assert note.summary["last-message-sender"] == f"{sender}@localhost/desk"
+    finally:
+        phone.close()
+
+
 async def test_notifications_are_throttled_per_registration(
     srv: ServerProcess, ca_file: str, app: AppServer
 ) -> None:

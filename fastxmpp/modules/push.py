@@ -9,18 +9,20 @@ notification to each of them; the app server then wakes the device (APNs, FCM).
 - A chat or normal message with a body (or an encrypted payload: OMEMO, OpenPGP) that reached
   no attached client of the account, i.e. it was stored offline or went to sessions detached
   under XEP-0198, is counted for each registration, at the pipeline's "message/delivered"
-  stage (so what was refused is never notified). A notification (§6) is a pubsub publish to
-  the registration's node with the urn:xmpp:push:summary form: message-count (messages since
-  the last notification), last-message-sender, and last-message-body only with
-  `[push] include_body` (the app server and the push service would read it), then the
-  publish-options the client gave.
+  stage (so what was refused is never notified). A registration also remembers the resource
+  that enabled it: a message that reaches that resource while it is connected but inactive
+  (XEP-0352: the app is in the background, as iOS suspends it) is counted for it too: by
+  enabling push on a session and then going inactive, a client asks to be woken.
+- A notification (§6) is a pubsub publish to the registration's node with the
+  urn:xmpp:push:summary form: message-count (messages since the last notification),
+  last-message-sender, and last-message-body only with `[push] include_body` (the app server
+  and the push service would read it), then the publish-options the client gave.
 - Per registration at most one notification per `[push] min_interval` seconds; what arrives
   meanwhile goes into the next one (its message-count). An app server answering with an
   error of type cancel or auth (the device is gone, the secret is wrong) loses its
   registration (§6: the server MAY disable it; keeping it would push into the void forever).
 - App servers are reached through XEP-0114 components or server-to-server links.
 
-Not yet: notifications for a CSI-inactive client that is still connected.
 """
 
 from __future__ import annotations
@@ -172,7 +174,13 @@ class PushModule(Module):
         assert self.store is not None
         try:
             self.store.enable(
-                origin.domain, origin.local, jid, node, form, self.settings.max_registrations
+                origin.domain,
+                origin.local,
+                jid,
+                node,
+                origin.resource,
+                form,
+                self.settings.max_registrations,
             )
         except TooManyRegistrations:
             raise StanzaError(
@@ -195,7 +203,14 @@ class PushModule(Module):
         data: bytes,
         sessions: tuple[Any, ...],
     ) -> None:
-        if any(attached(session) for session in sessions) or not worth_a_notification(st):
+        reached = False  # an attached session got it live
+        inactive: set[str] = set()  # ... but said it is in the background (XEP-0352)
+        for session in sessions:
+            if attached(session):
+                reached = True
+                if session.csi is not None:
+                    inactive.add(session.resource)
+        if (reached and not inactive) or not worth_a_notification(st):
             return
         assert self.store is not None
         local, domain, _, bare = target
@@ -205,7 +220,11 @@ class PushModule(Module):
         body = None
         if self.settings.include_body:
             body = st.element().findtext(f"{{{NS_CLIENT}}}body")
-        for jid, node, form in registrations:
+        for jid, node, resource, form in registrations:
+            if reached and resource not in inactive:
+                # Reached live: only a client in the background that enabled this
+                # registration itself (it asked to be woken) gets a notification.
+                continue
             key = (bare, jid, node)
             pending = self.pending.get(key)
             if pending is None:

@@ -1,8 +1,9 @@
 """XEP-0357 push registrations: per account, the app servers (a JID and a node) to notify, with
 the publish-options form each one gave.
 
-Database "push": key `domain NUL local NUL jid NUL node`, value the XML of the publish-options
-data form the client sent with `<enable/>` (b"" when it sent none).
+Database "push": key `domain NUL local NUL jid NUL node`, value the resource that enabled it,
+NUL, then the XML of the publish-options data form the client sent with `<enable/>` (nothing
+when it sent none).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class PushStore:
     def _key(domain: str, local: str, jid: str, node: str) -> bytes:
         return account_prefix(domain, local) + f"{jid}\0{node}".encode()
 
-    def registrations(self, domain: str, local: str) -> list[tuple[str, str, bytes]]:
-        """(app server JID, node, publish-options XML) of each registration."""
+    def registrations(self, domain: str, local: str) -> list[tuple[str, str, str, bytes]]:
+        """(app server JID, node, resource that enabled it, publish-options XML) of each
+        registration."""
         prefix = account_prefix(domain, local)
         records: list[tuple[bytes, bytes]] = []
         with self.storage.env.begin(db=self._db) as txn:
@@ -44,16 +46,18 @@ class PushStore:
             while more and bytes(cursor.key()).startswith(prefix):
                 records.append((bytes(cursor.key()), bytes(cursor.value())))
                 more = cursor.next()
-        found: list[tuple[str, str, bytes]] = []
+        found: list[tuple[str, str, str, bytes]] = []
         # Decoded once the read has ended: a corrupt one is moved to quarantine (a write).
         for key, raw in records:
-            form = self.storage.decode(DATABASE, key, raw, _checked_form)
-            if form is not None:
+            value = self.storage.decode(DATABASE, key, raw, _decoded)
+            if value is not None:
                 jid, _, node = key[len(prefix) :].decode().partition("\0")
-                found.append((jid, node, form))
+                found.append((jid, node, *value))
         return found
 
-    def enable(self, domain: str, local: str, jid: str, node: str, form: bytes, limit: int) -> None:
+    def enable(
+        self, domain: str, local: str, jid: str, node: str, resource: str, form: bytes, limit: int
+    ) -> None:
         """Add or replace a registration; TooManyRegistrations (nothing written) when the
         account would then keep more than `limit`."""
         key = self._key(domain, local, jid, node)
@@ -62,7 +66,7 @@ class PushStore:
         def work(txn: Any) -> None:
             if txn.get(key) is None and count_prefix(txn, prefix) >= limit:
                 raise TooManyRegistrations(f"{local}@{domain}")
-            txn.put(key, form)
+            txn.put(key, resource.encode() + b"\0" + form)
 
         self.storage.write(work, db=self._db)
 
@@ -86,9 +90,12 @@ class PushStore:
         return int(self.storage.write(work, db=self._db))
 
 
-def _checked_form(raw: bytes) -> bytes:
-    _check_form(raw)
-    return raw
+def _decoded(raw: bytes) -> tuple[str, bytes]:
+    resource, separator, form = raw.partition(b"\0")
+    if not separator:
+        raise ValueError("no resource")
+    _check_form(form)
+    return resource.decode(), form
 
 
 register_purge(DATABASE)
