@@ -39,6 +39,9 @@ from test_stream_management import SM
 from test_stream_management import login as sm_login
 from xmpp_raw import RawClient, stanza_error
 
+from fastxmpp.storage.lmdb_store import Storage
+from fastxmpp.storage.mam import ArchiveStore
+
 MAM = "urn:xmpp:mam:2"
 SID = "urn:xmpp:sid:0"
 RSM = "http://jabber.org/protocol/rsm"
@@ -157,6 +160,12 @@ def stanza_ids(el: Any, room: str) -> list[str]:
 
 
 ENABLE = "muc#roomconfig_enablearchiving"
+
+
+def room_archive_count(server: ServerProcess, name: str) -> int:
+    """Records of the room's archive on disk (read beside the running server)."""
+    with Storage(server.data_dir) as storage:
+        return ArchiveStore(storage).count(SERVICE_DOMAIN, name)
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -345,9 +354,11 @@ def test_archive_survives_restart_and_goes_with_the_room(make_server: Any, ca_fi
     after, _ = query(ann, room)
     assert [r.get("id") for r in after] == [r.get("id") for r in before]
     join(ann, room, "owner")
+    assert room_archive_count(server, "kept") == 3
     reply = iq(ann, room, "set", f"<query xmlns='{OWNER}'><destroy/></query>")
     assert reply.get("type") == "result"
     sync(ann.c)
+    assert room_archive_count(server, "kept") == 0  # gone with the room, on disk
     # a new room of the same name starts with an empty archive
     create(ann, room=room, form=PERSISTENT)
     assert query(ann, room)[0] == []
