@@ -3,8 +3,9 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
 
 - What is archived (§6.1 business rules, as Prosody's mod_mam does by default): messages
   of type chat or normal with a <body/> that a local account receives (delivered, or
-  stored offline) or sends, both ways of the conversation; not groupchat (no room
-  archives here), headline, error, nor a message with the XEP-0334 <no-store/> or
+  stored offline) or sends, both ways of the conversation; not groupchat (rooms keep
+  their own archives: modules/muc/archive.py, through `archive` and the query functions
+  below), headline, error, nor a message with the XEP-0334 <no-store/> or
   <no-permanent-store/> hint. §5 preferences decide per conversation partner; the default
   is 'always'.
 - Pipeline handlers (fastxmpp/pipeline.py): at "message/in", before the delivery

@@ -17,6 +17,10 @@ Ids only grow, across restarts too: the highest id handed out by a commit is kep
 later than it even if the clock stepped back; a record is never written over another
 (schema 2; the step from schema 1 finds the highest id of existing archives).
 
+Rooms' archives (modules/muc/archive.py) are kept here too, each under the prefix
+`account_prefix(service domain, room name)` (no account has it: a MUC service's domain is
+never a host), with `with` the sender's occupant JID and limits of their own.
+
 There is no index by `with`: a query filtered by `with` scans the account's records in id
 order, bounded by the retention limit (`[mam] max_messages_per_account`).
 """
