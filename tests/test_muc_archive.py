@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
 from lxml import etree
 from slix_client import SlixClient
 from test_muc import (
@@ -41,6 +41,7 @@ from xmpp_raw import RawClient, stanza_error
 
 from fastxmpp.storage.lmdb_store import Storage
 from fastxmpp.storage.mam import ArchiveStore
+from fastxmpp.storage.muc import MucStore
 
 MAM = "urn:xmpp:mam:2"
 SID = "urn:xmpp:sid:0"
@@ -419,3 +420,47 @@ async def test_slixmpp_pages_through_a_room_archive(
     finally:
         reader.disconnect()
         await asyncio.sleep(0.1)
+
+
+def test_rooms_stored_before_room_archives_follow_the_service_default(
+    make_server: Any, ca_file: str
+) -> None:
+    """The stored room format only gained the optional "archiving" key (no migration): a
+    persistent room stored without it archives as `archive_rooms` says; one whose owner
+    switched archiving off stays off across a restart; a value that is none of
+    default/on/off is a corrupt record, quarantined."""
+    server: ServerProcess = make_server()
+    add_accounts(server, ["ann"])
+    config = {"persistent": True, "name": "Old"}
+    with Storage(server.data_dir) as storage:
+        store = MucStore(storage)
+        store.save(
+            SERVICE_DOMAIN, "old", {"config": config, "affiliations": {"ann@localhost": "owner"}}
+        )
+        store.save(
+            SERVICE_DOMAIN,
+            "off",
+            {"config": {**config, "archiving": "off"}, "affiliations": {"ann@localhost": "owner"}},
+        )
+        store.save(
+            SERVICE_DOMAIN,
+            "bad",
+            {
+                "config": {**config, "archiving": "maybe"},
+                "affiliations": {"ann@localhost": "owner"},
+            },
+        )
+    server.start()
+    users = Session(server, ca_file)
+    ann = users.login("ann")
+    old, off, bad = (f"{name}@{SERVICE_DOMAIN}" for name in ("old", "off", "bad"))
+    assert MAM in features(ann, old)
+    assert form_value(ann, old, ENABLE) == "1"
+    assert MAM not in features(ann, off)
+    assert form_value(ann, off, ENABLE) == "0"
+    assert stanza_error(iq(ann, bad, "get", f"<query xmlns='{DISCO_INFO}'/>")) == "item-not-found"
+    join(ann, old, "ann")
+    groupchat(ann, old, "after the upgrade")
+    sync(ann.c)
+    assert texts(query(ann, old)[0]) == ["after the upgrade"]
+    users.close()
