@@ -24,6 +24,7 @@ from test_muc import (
     DATA,
     DISCO_INFO,
     MESSAGE,
+    MUC,
     OWNER,
     USER,
     User,
@@ -317,6 +318,19 @@ def test_members_only_archive_answers_members_only(login: Any) -> None:
     ban = f"<query xmlns='{ADMIN}'><item affiliation='outcast' jid='{cat.bare}'/></query>"
     assert iq(ann, open_room, "set", ban).get("type") == "result"
     assert stanza_error(query(cat, open_room)[1]) == "forbidden"
+    # a password-protected room: those who entered it (with the password), and members
+    locked = create(
+        ann,
+        form=PERSISTENT
+        + field("muc#roomconfig_passwordprotectedroom", "1")
+        + field("muc#roomconfig_roomsecret", "pw"),
+    )
+    groupchat(ann, locked, "behind a password")
+    sync(ann.c)
+    dan = login()
+    assert stanza_error(query(dan, locked)[1]) == "forbidden"
+    join(dan, locked, "dan", f"<x xmlns='{MUC}'><password>pw</password></x>")
+    assert texts(query(dan, locked)[0]) == ["behind a password"]
 
 
 def test_real_jids_only_to_those_who_may_see_them(login: Any) -> None:
