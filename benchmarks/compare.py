@@ -65,12 +65,15 @@ EJABBERD_FULL = [
 # with the default file/mnesia storage it dominates the cost of every message (Prosody's
 # per-message CPU rose about 6x with mod_mam on internal storage in a trial run).
 
+ROOM_ARCHIVES = '[muc]\narchive_rooms = "all"\n'
+
 
 @dataclass(frozen=True)
 class Target:
     name: str  # e.g. "prosody-full"
     software: str  # fastxmpp | prosody | ejabberd
     profile: str  # minimal | full for the anchors; fastxmpp runs every module it has
+    config: str = ""  # TOML added to fastxmpp's configuration (--room-archives)
 
 
 TARGETS = [
@@ -172,7 +175,7 @@ def start(target: Target, run_dir: Path) -> Running:
             "[register]\nenabled = true\nmax_per_ip_per_hour = 1000000\n"
             # Limits off, as for the anchors: the load comes from one address at full speed.
             "[limits]\nmax_bytes_per_second = 0\nmax_unauthenticated_per_ip = 1000000\n"
-            "max_resources_per_account = 1000000\n"
+            "max_resources_per_account = 1000000\n" + target.config
         )
         command = [sys.executable, "-m", "fastxmpp.cli", "serve", "--config", str(config)]
     elif target.software == "prosody":
@@ -435,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["login", "msg", "presence", "roster_login", "idle", "muc"],
         help="run these scenarios only (default: all)",
     )
+    parser.add_argument(
+        "--room-archives",
+        action="store_true",
+        help='fastxmpp\'s rooms keep XEP-0313 archives ([muc] archive_rooms = "all": the '
+        "scenario's rooms are instant, temporary ones, which archive nothing by default)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -442,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     targets = [t for t in TARGETS if not args.only or t.name in args.only]
+    if args.room_archives:
+        targets = [
+            replace(t, profile=f"{t.profile}, rooms archived", config=ROOM_ARCHIVES)
+            if t.software == "fastxmpp"
+            else t
+            for t in targets
+        ]
     if any(t.software != "fastxmpp" for t in targets):
         ensure_packages()
     idle = args.idle or [1000]

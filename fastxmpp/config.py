@@ -253,6 +253,11 @@ class MucConfig:
     max_nick_length: int = 64  # characters of a room nickname
     max_name_length: int = 100  # characters of a room's name
     max_description_length: int = 1000  # characters of a room's description
+    # XEP-0313 room archives: which rooms archive unless their owner chose otherwise
+    # (muc#roomconfig_enablearchiving): "persistent" | "all" | "none"
+    archive_rooms: str = "persistent"
+    archive_max_messages: int = 10000  # per room; the oldest go beyond it
+    archive_max_age_days: float = 0  # a room's messages older than this go (0: kept)
 
 
 @dataclass(frozen=True)
@@ -768,6 +773,9 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "max_nick_length": _integer_at_least(1),
             "max_name_length": _integer_at_least(1),
             "max_description_length": _integer_at_least(1),
+            "archive_rooms": _one_of("persistent", "all", "none"),
+            "archive_max_messages": _integer_at_least(1),
+            "archive_max_age_days": _non_negative_number,
         },
     ),
 }

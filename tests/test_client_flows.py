@@ -210,8 +210,9 @@ def test_conversations_joins_with_history_since(login: Any, users: Iterator[str]
     owner, user = login(next(users)), login(next(users))
     room = room_with_history(owner)
     features = room_disco(user, room)
-    # No room archive here: Conversations falls back to MUC history since its last message
-    # (the epoch for a conversation it never saw: everything the room keeps).
+    # A temporary room keeps no archive ([muc] archive_rooms = "persistent"): Conversations
+    # falls back to MUC history since its last message (the epoch for a conversation it
+    # never saw: everything the room keeps). Room archives: test_muc_archive.py.
     assert MAM not in features
     user.send(
         f"<presence to='{room}/conv'><show>chat</show>"

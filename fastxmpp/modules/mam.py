@@ -3,8 +3,9 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
 
 - What is archived (§6.1 business rules, as Prosody's mod_mam does by default): messages
   of type chat or normal with a <body/> that a local account receives (delivered, or
-  stored offline) or sends, both ways of the conversation; not groupchat (no room
-  archives here), headline, error, nor a message with the XEP-0334 <no-store/> or
+  stored offline) or sends, both ways of the conversation; not groupchat (rooms keep
+  their own archives: modules/muc/archive.py, through `archive` and the query functions
+  below), headline, error, nor a message with the XEP-0334 <no-store/> or
   <no-permanent-store/> hint. §5 preferences decide per conversation partner; the default
   is 'always'.
 - Pipeline handlers (fastxmpp/pipeline.py): at "message/in", before the delivery
@@ -42,7 +43,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -60,7 +63,7 @@ from ..errors import StanzaError, stanza_error_bytes
 from ..jid import JIDError, parse_jid
 from ..storage.account_data import account_prefix
 from ..storage.lmdb_store import GroupCommitWriter, StorageFull
-from ..storage.mam import ArchiveStore, Row
+from ..storage.mam import ArchiveStore, Record, Row
 from .base import Module, iq_result
 
 if TYPE_CHECKING:
@@ -109,6 +112,170 @@ def without_sid(st: Stanza, by: str, changes: dict[str, str]) -> bytes:
     return bytes(etree.tostring(el))
 
 
+@dataclass(frozen=True)
+class ArchiveQuery:
+    """A §4 query, parsed: the form's filters and the XEP-0059 paging."""
+
+    with_: str | None
+    start: float | None
+    end: float | None
+    after: str | None
+    before: str | None
+    limit: int
+    backwards: bool
+    queryid: str | None
+
+
+def query_form() -> str:
+    """§4.1.2: the fields this server accepts."""
+    kinds = {"with": "jid-single"}
+    fields = "".join(
+        f"<field type='{kinds.get(var, 'text-single')}' var='{var}'/>" for var in FIELDS
+    )
+    return (
+        f"<x xmlns='{NS_DATA}' type='form'><field type='hidden' var='FORM_TYPE'>"
+        f"<value>{NS}</value></field>{fields}</x>"
+    )
+
+
+def parse_query(query: Any, max_page: int, prepare_with: Callable[[str], str]) -> ArchiveQuery:
+    """The filters (§4.1.1) and paging (XEP-0059, <max/> capped at `max_page`) of a
+    <query/>; `prepare_with` turns the 'with' field into what the archive stores."""
+    fields = _form_fields(query)
+    with_ = fields.get("with")
+    after = fields.get("after-id")
+    before = fields.get("before-id")
+    limit = max_page
+    backwards = False
+    rsm = query.find(f"{{{NS_RSM}}}set")
+    if rsm is not None:
+        for child in rsm:
+            if not isinstance(child.tag, str):
+                continue
+            name = etree.QName(child).localname
+            text = (child.text or "").strip()
+            if name == "max":
+                if not text.isdigit():
+                    raise StanzaError("bad-request", "<max/> is a number")
+                limit = min(int(text), limit)
+            elif name == "after":
+                after = _later(after, text)
+            elif name == "before":
+                backwards = True
+                if text:
+                    before = _earlier(before, text)
+            elif name == "index":
+                raise StanzaError("feature-not-implemented", "no <index/> paging")
+    return ArchiveQuery(
+        with_=None if with_ is None else prepare_with(with_),
+        start=_time(fields.get("start")),
+        end=_time(fields.get("end")),
+        after=after,
+        before=before,
+        limit=limit,
+        backwards=backwards,
+        queryid=query.get("queryid"),
+    )
+
+
+def answer_query(
+    store: ArchiveStore,
+    origin: C2SStream,
+    st: Stanza,
+    domain: str,
+    local: str,
+    request: ArchiveQuery,
+    results_from: str | None = None,
+    render: Callable[[Record], bytes] | None = None,
+) -> bytes:
+    """§4.2-§4.3 for the archive of domain/local (an account, or a room: modules/muc/
+    archive.py): each match as a <result/> message from `results_from` (default: the
+    asker's bare JID) holding the archived message (`render`ed: what the asker may see),
+    then the iq result with <fin/>. An id not in the archive: item-not-found."""
+    for record_id in (request.after, request.before):
+        if record_id is not None and not store.exists(domain, local, record_id):
+            raise StanzaError("item-not-found", f"no message {record_id} in the archive")
+    records, complete = store.query(
+        domain,
+        local,
+        with_=request.with_,
+        start=request.start,
+        end=request.end,
+        after=request.after,
+        before=request.before,
+        limit=request.limit,
+        backwards=request.backwards,
+    )
+    queryid = request.queryid
+    qattr = "" if queryid is None else f" queryid={quoteattr(queryid)}"
+    sender = origin.bare if results_from is None else results_from
+    for record in records:
+        # §4.2: each result forwards the archived message with its time.
+        wrapper = f"<result xmlns='{NS}'{qattr} id='{record.id}'>"
+        delay = delay_element(None, stamp(record.when))
+        xml = record.xml if render is None else render(record)
+        origin.send(forwarded_message(sender, origin.full, None, wrapper, xml, delay))
+    if records:
+        rset = (
+            f"<set xmlns='{NS_RSM}'><first>{records[0].id}</first>"
+            f"<last>{records[-1].id}</last></set>"
+        )
+    else:
+        rset = f"<set xmlns='{NS_RSM}'/>"
+    flag = " complete='true'" if complete else ""
+    return iq_result(origin, st, f"<fin xmlns='{NS}'{flag}>{rset}</fin>")
+
+
+def archive_metadata(store: ArchiveStore, domain: str, local: str) -> str:
+    """§7: the first and last message of the archive of domain/local."""
+    first, _ = store.query(domain, local, limit=1)
+    if not first:
+        return f"<metadata xmlns='{NS}'/>"
+    last, _ = store.query(domain, local, limit=1, backwards=True)
+    return (
+        f"<metadata xmlns='{NS}'><start id='{first[0].id}' "
+        f"timestamp='{stamp(first[0].when)}'/><end id='{last[0].id}' "
+        f"timestamp='{stamp(last[0].when)}'/></metadata>"
+    )
+
+
+def _later(current: str | None, other: str) -> str:
+    return other if current is None or other > current else current
+
+
+def _earlier(current: str | None, other: str) -> str:
+    return other if current is None or other < current else current
+
+
+def _time(text: str | None) -> float | None:
+    if text is None:
+        return None
+    when = parse_stamp(text)
+    if when is None:
+        raise StanzaError("bad-request", f"{text!r} is no XEP-0082 DateTime")
+    return when
+
+
+def _form_fields(query: Any) -> dict[str, str]:
+    form = query.find(f"{{{NS_DATA}}}x")
+    found: dict[str, str] = {}
+    if form is None:
+        return found
+    for field in form.findall(f"{{{NS_DATA}}}field"):
+        var = field.get("var")
+        value = field.findtext(f"{{{NS_DATA}}}value")
+        if var == "FORM_TYPE":
+            if (value or "").strip() != NS:
+                raise StanzaError("bad-request", f"FORM_TYPE is {NS}")
+            continue
+        if var not in FIELDS:
+            # §4.1.1: fields the server does not support.
+            raise StanzaError("feature-not-implemented", f"no field {var}")
+        if value is not None and value.strip():
+            found[var] = value.strip()
+    return found
+
+
 class MamModule(Module):
     name = "mam"
     account_features = (NS, NS_SID)
@@ -122,6 +289,8 @@ class MamModule(Module):
         # message among them, who sent it (told if the commit fails).
         self._pending: list[Row] = []
         self._senders: dict[tuple[int, str | None], tuple[Any, str | None, str | None]] = {}
+        # (max_messages, max_age) of the pending rows' archives with limits of their own.
+        self._limits: dict[bytes, tuple[int, float]] = {}
         # Commits under way, oldest first: (future, senders, sessions whose output waits).
         self._commits: deque[tuple[Future[Any], Any, list[Any]]] = deque()
         self.writer: GroupCommitWriter | None = None
@@ -140,24 +309,50 @@ class MamModule(Module):
         self.store = ArchiveStore(self.server.storage)
         self.router.set_iq_handler(NS, self.answer)
         if self.settings.enabled:
-            self.writer = GroupCommitWriter(
-                self.server.storage, asyncio.get_running_loop(), self._settle
-            )
+            self._start_writer()
             self.hub.hook(self, "message/in", self.received)
             self.hub.hook(self, "message/delivered", self.archive_received)
             self.hub.hook(self, "message/sent", self.sent)
-            self.hub.hook(self, "turn/commit", self.flush)
+
+    def _start_writer(self) -> None:
+        """The group-commit writer and its "turn/commit" handler: at start for user
+        archives, else when a room first archives something (no thread, no per-turn call
+        on a server that archives nothing)."""
+        assert self.server.storage is not None
+        self.writer = GroupCommitWriter(
+            self.server.storage, asyncio.get_running_loop(), self._settle
+        )
+        self.hub.hook(self, "turn/commit", self.flush)
 
     def account_removed(self, domain: str, local: str) -> None:
         self._prefs.pop(f"{local}@{domain}", None)
+        self._drop_archive(domain, local, purged=True)
+
+    def forget(self, domain: str, local: str) -> None:
+        """Another module's archive under domain/local (a room's, modules/muc/archive.py)
+        goes: what is pending, under way and stored."""
+        self._drop_archive(domain, local, purged=False)
+
+    def _drop_archive(self, domain: str, local: str, purged: bool) -> None:
+        """`purged`: the account purge removed the stored records already."""
         prefix = account_prefix(domain, local)
         self._pending = [row for row in self._pending if row[0] != prefix]
-        if self._commits:
-            # Rows of the account handed to the writer before the account's data was purged
-            # may commit after the purge: wait for them, then remove what they wrote.
+        self._limits.pop(prefix, None)
+        if self._commits or not purged:
+            # Rows handed to the writer before the purge may commit after it: wait for
+            # them, then remove what they wrote.
             assert self.store is not None
             self.flush(wait=True)
             self.store.purge(domain, local)
+
+    def archive(self, row: Row, origin: Any, st: Stanza, max_messages: int, max_age: float) -> None:
+        """Another module's record (a room's message, modules/muc/archive.py), committed
+        with the turn's others and acknowledged only once committed, as a user archive's;
+        its archive keeps at most `max_messages`, none older than `max_age` seconds."""
+        if self.writer is None:
+            self._start_writer()
+        self._limits[row[0]] = (max_messages, max_age)
+        self._queue(row, origin, st)
 
     # --- archiving (pipeline handlers) -------------------------------------------------
 
@@ -262,6 +457,7 @@ class MamModule(Module):
             assert self.store is not None and self.writer is not None
             self._pending = []
             senders, self._senders = self._senders, {}
+            limits, self._limits = self._limits, {}
             held = {}
             for origin, _, _ in senders.values():
                 if not origin.is_remote:
@@ -273,6 +469,7 @@ class MamModule(Module):
                 batch,
                 self.settings.max_messages_per_account,
                 self.settings.max_age_days * 86400.0,
+                limits,
             )
             self._commits.append((self.writer.submit(work), senders, sessions))
         if wait and self._commits:
@@ -348,7 +545,7 @@ class MamModule(Module):
         if tag == "query" and itype == "set":
             return self._query(origin, st, payload)
         if tag == "query" and itype == "get":
-            return iq_result(origin, st, f"<query xmlns='{NS}'>{self._form()}</query>")
+            return iq_result(origin, st, f"<query xmlns='{NS}'>{query_form()}</query>")
         if tag == "prefs":
             if itype == "set":
                 self._set_prefs(origin, payload)
@@ -357,121 +554,11 @@ class MamModule(Module):
             return iq_result(origin, st, self._metadata(origin))
         raise StanzaError("bad-request", f"unexpected {tag} in an iq {itype}")
 
-    @staticmethod
-    def _form() -> str:
-        """§4.1.2: the fields this server accepts."""
-        kinds = {"with": "jid-single"}
-        fields = "".join(
-            f"<field type='{kinds.get(var, 'text-single')}' var='{var}'/>" for var in FIELDS
-        )
-        return (
-            f"<x xmlns='{NS_DATA}' type='form'><field type='hidden' var='FORM_TYPE'>"
-            f"<value>{NS}</value></field>{fields}</x>"
-        )
-
     def _query(self, origin: C2SStream, st: Stanza, query: Any) -> bytes:
         assert self.store is not None
         self.flush(wait=True)  # what was archived until now is part of the answer
-        fields = self._fields(query)
-        with_ = fields.get("with")
-        if with_ is not None:
-            with_ = prepared_bare(with_)
-        start = self._time(fields.get("start"))
-        end = self._time(fields.get("end"))
-        after = fields.get("after-id")
-        before = fields.get("before-id")
-        limit = self.settings.max_page
-        backwards = False
-        rsm = query.find(f"{{{NS_RSM}}}set")
-        if rsm is not None:
-            for child in rsm:
-                if not isinstance(child.tag, str):
-                    continue
-                name = etree.QName(child).localname
-                text = (child.text or "").strip()
-                if name == "max":
-                    if not text.isdigit():
-                        raise StanzaError("bad-request", "<max/> is a number")
-                    limit = min(int(text), limit)
-                elif name == "after":
-                    after = self._later(after, text)
-                elif name == "before":
-                    backwards = True
-                    if text:
-                        before = self._earlier(before, text)
-                elif name == "index":
-                    raise StanzaError("feature-not-implemented", "no <index/> paging")
-        for record_id in (after, before):
-            if record_id is not None and not self.store.exists(
-                origin.domain, origin.local, record_id
-            ):
-                raise StanzaError("item-not-found", f"no message {record_id} in the archive")
-        records, complete = self.store.query(
-            origin.domain,
-            origin.local,
-            with_=with_,
-            start=start,
-            end=end,
-            after=after,
-            before=before,
-            limit=limit,
-            backwards=backwards,
-        )
-        queryid = query.get("queryid")
-        qattr = "" if queryid is None else f" queryid={quoteattr(queryid)}"
-        for record in records:
-            # §4.2: each result forwards the archived message with its time.
-            wrapper = f"<result xmlns='{NS}'{qattr} id='{record.id}'>"
-            delay = delay_element(None, stamp(record.when))
-            origin.send(
-                forwarded_message(origin.bare, origin.full, None, wrapper, record.xml, delay)
-            )
-        if records:
-            rset = (
-                f"<set xmlns='{NS_RSM}'><first>{records[0].id}</first>"
-                f"<last>{records[-1].id}</last></set>"
-            )
-        else:
-            rset = f"<set xmlns='{NS_RSM}'/>"
-        flag = " complete='true'" if complete else ""
-        return iq_result(origin, st, f"<fin xmlns='{NS}'{flag}>{rset}</fin>")
-
-    @staticmethod
-    def _later(current: str | None, other: str) -> str:
-        return other if current is None or other > current else current
-
-    @staticmethod
-    def _earlier(current: str | None, other: str) -> str:
-        return other if current is None or other < current else current
-
-    @staticmethod
-    def _time(text: str | None) -> float | None:
-        if text is None:
-            return None
-        when = parse_stamp(text)
-        if when is None:
-            raise StanzaError("bad-request", f"{text!r} is no XEP-0082 DateTime")
-        return when
-
-    @staticmethod
-    def _fields(query: Any) -> dict[str, str]:
-        form = query.find(f"{{{NS_DATA}}}x")
-        found: dict[str, str] = {}
-        if form is None:
-            return found
-        for field in form.findall(f"{{{NS_DATA}}}field"):
-            var = field.get("var")
-            value = field.findtext(f"{{{NS_DATA}}}value")
-            if var == "FORM_TYPE":
-                if (value or "").strip() != NS:
-                    raise StanzaError("bad-request", f"FORM_TYPE is {NS}")
-                continue
-            if var not in FIELDS:
-                # §4.1.1: fields the server does not support.
-                raise StanzaError("feature-not-implemented", f"no field {var}")
-            if value is not None and value.strip():
-                found[var] = value.strip()
-        return found
+        request = parse_query(query, self.settings.max_page, prepared_bare)
+        return answer_query(self.store, origin, st, origin.domain, origin.local, request)
 
     def _set_prefs(self, origin: C2SStream, prefs: Any) -> None:
         assert self.store is not None
@@ -504,18 +591,9 @@ class MamModule(Module):
         )
 
     def _metadata(self, origin: C2SStream) -> str:
-        """§7: the first and last message of the archive."""
         assert self.store is not None
         self.flush(wait=True)
-        first, _ = self.store.query(origin.domain, origin.local, limit=1)
-        if not first:
-            return f"<metadata xmlns='{NS}'/>"
-        last, _ = self.store.query(origin.domain, origin.local, limit=1, backwards=True)
-        return (
-            f"<metadata xmlns='{NS}'><start id='{first[0].id}' "
-            f"timestamp='{stamp(first[0].when)}'/><end id='{last[0].id}' "
-            f"timestamp='{stamp(last[0].when)}'/></metadata>"
-        )
+        return archive_metadata(self.store, origin.domain, origin.local)
 
 
 MODULE = MamModule

@@ -17,6 +17,10 @@ Ids only grow, across restarts too: the highest id handed out by a commit is kep
 later than it even if the clock stepped back; a record is never written over another
 (schema 2; the step from schema 1 finds the highest id of existing archives).
 
+Rooms' archives (modules/muc/archive.py) are kept here too, each under the prefix
+`account_prefix(service domain, room name)` (no account has it: a MUC service's domain is
+never a host), with `with` the sender's occupant JID and limits of their own.
+
 There is no index by `with`: a query filtered by `with` scans the account's records in id
 order, bounded by the retention limit (`[mam] max_messages_per_account`).
 """
@@ -136,11 +140,17 @@ class ArchiveStore:
         self.storage.write(self.append_rows(rows, max_messages, max_age), db=self._db)
 
     def append_rows(
-        self, rows: list[Row], max_messages: int, max_age: float
+        self,
+        rows: list[Row],
+        max_messages: int,
+        max_age: float,
+        limits: dict[bytes, tuple[int, float]] | None = None,
     ) -> Callable[[Any], None]:
         """The work (for `Storage.write` or a GroupCommitWriter: any thread) that stores
         `rows`; per account, it drops the oldest beyond `max_messages`, and those older
-        than `max_age` seconds (0: no age limit)."""
+        than `max_age` seconds (0: no age limit). `limits`: (max_messages, max_age) of the
+        archives (by prefix) that have limits of their own (rooms: modules/muc/archive.py)."""
+        limits = limits or {}
         # Opened here, on the caller's thread: the work may run in another one.
         db = self._db
         meta = self.storage.database(META_DB)
@@ -182,20 +192,21 @@ class ArchiveStore:
             for prefix, count in counts.items():
                 if prefix not in newest:
                     continue  # nothing of the account's was written
-                if count <= max_messages and max_age <= 0:
+                most, age = limits.get(prefix, (max_messages, max_age))
+                if count <= most and age <= 0:
                     # Within the limit and no age limit: the oldest record need not be read.
                     txn.put(prefix, key_of(count), db=db)
                     continue
                 if cursor is None:
                     cursor = txn.cursor(db=db)
-                oldest = newest[prefix] - max_age if max_age > 0 else None
+                oldest = newest[prefix] - age if age > 0 else None
                 first = prefix + b"\0" * 8
                 while cursor.set_range(first) and bytes(cursor.key()).startswith(prefix):
                     key = bytes(cursor.key())
                     # Only the time: the whole record is checked when it is read.
                     when = self._decode(key, cursor.value(), _decode_time)
                     expired = when is None or (oldest is not None and when < oldest)
-                    if count <= max_messages and not expired:
+                    if count <= most and not expired:
                         break
                     cursor.delete()
                     count -= 1

@@ -12,6 +12,7 @@ from xml.sax.saxutils import escape, quoteattr
 from ...errors import StanzaError
 from ...jid import JIDError, parse_jid
 from ..base import iq_result
+from .archive import archives_anything
 from .config import NS_DATA, config_form, parse_submission
 from .room import AFFILIATION_RANK, NS_MUC, NS_USER, ROLE_RANK, Occupant, Room, nick_key
 
@@ -249,7 +250,14 @@ def owner_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes:
     service = room.service
     if st.attrs.get("type") == "get":
         admins = [j for j, a in room.affiliations.items() if a == "admin"]
-        form = config_form(room.config, room.owners(), admins, service.limits.max_history)
+        archiving = room.config.archives(service.limits.archive_rooms)
+        form = config_form(
+            room.config,
+            room.owners(),
+            admins,
+            service.limits.max_history,
+            archiving if archives_anything(room) else None,
+        )
         return iq_result(origin, st, f"<query xmlns='{NS_OWNER}'>{form}</query>")
     destroy = query.find(f"{{{NS_OWNER}}}destroy")
     if destroy is not None:

@@ -15,6 +15,7 @@ FORM_TYPE = "http://jabber.org/protocol/muc#roomconfig"
 ROOMINFO = "http://jabber.org/protocol/muc#roominfo"
 WHOIS = ("moderators", "anyone")
 ALLOW_PM = ("anyone", "participants", "moderators", "none")
+ARCHIVING = ("default", "on", "off")
 
 
 @dataclass
@@ -33,6 +34,9 @@ class RoomConfig:
     allow_invites: bool = False  # occupants (not only moderators/admins) may invite
     allow_pm: str = "anyone"  # who may send private messages (§7.5)
     history_length: int = 20  # muc#maxhistoryfetch: messages kept for newcomers
+    # muc#roomconfig_enablearchiving (XEP-0313 room archive): "on"/"off" as the owner chose,
+    # "default" as long as they did not: then `[muc] archive_rooms` decides (`archives`).
+    archiving: str = "default"
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +53,15 @@ class RoomConfig:
                 if type(value) is not type(getattr(defaults, f.name)):
                     raise ValueError(f"room configuration {f.name}: {value!r:.40}")
                 values[f.name] = value
+        if values.get("archiving", "default") not in ARCHIVING:
+            raise ValueError(f"room configuration archiving: {values['archiving']!r:.40}")
         return cls(**values)
+
+    def archives(self, policy: str) -> bool:
+        """Whether the room archives its messages, `policy` being `[muc] archive_rooms`."""
+        if self.archiving != "default":
+            return self.archiving == "on"
+        return policy == "all" or (policy == "persistent" and self.persistent)
 
     def features(self) -> list[str]:
         """The room type features of disco#info (§6.4, §15.3)."""
@@ -84,9 +96,21 @@ def _bool(value: bool) -> list[str]:
     return ["1" if value else "0"]
 
 
-def config_form(config: RoomConfig, owners: list[str], admins: list[str], max_history: int) -> str:
-    """The muc#roomconfig form an owner gets (§10.1.3, example of §15.5.3)."""
+def config_form(
+    config: RoomConfig,
+    owners: list[str],
+    admins: list[str],
+    max_history: int,
+    archiving: bool | None = None,
+) -> str:
+    """The muc#roomconfig form an owner gets (§10.1.3, example of §15.5.3); `archiving`:
+    whether the room archives now (None: the server keeps no room archives, no field)."""
     f = "muc#roomconfig_"
+    archive_field = (
+        ""
+        if archiving is None
+        else _field(f + "enablearchiving", "boolean", "Archive messages", _bool(archiving))
+    )
     return (
         f"<x xmlns='{NS_DATA}' type='form'><title>Room configuration</title>"
         f"<field var='FORM_TYPE' type='hidden'><value>{FORM_TYPE}</value></field>"
@@ -119,6 +143,7 @@ def config_form(config: RoomConfig, owners: list[str], admins: list[str], max_hi
             f"Messages of history kept (0..{max_history})",
             [str(config.history_length)],
         )
+        + archive_field
         + _field(f + "roomowners", "jid-multi", "Owners", owners)
         + _field(f + "roomadmins", "jid-multi", "Admins", admins)
         + "</x>"
@@ -208,6 +233,12 @@ def parse_submission(form: Any, current: RoomConfig, limits: Any) -> SubmittedCo
     for var, attr in booleans.items():
         if f + var in values:
             setattr(config, attr, _boolean(var, values[f + var]))
+    if f + "enablearchiving" in values:
+        wanted = _boolean("enablearchiving", values[f + "enablearchiving"])
+        # The value the form showed is no choice: clients send every field back, and a
+        # room made persistent in the same form then archives as `archive_rooms` says.
+        if wanted != current.archives(limits.archive_rooms):
+            config.archiving = "on" if wanted else "off"
     if f + "roomsecret" in values:
         secret = _one(values[f + "roomsecret"])
         if len(secret) > limits.max_name_length:

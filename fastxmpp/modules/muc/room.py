@@ -18,6 +18,7 @@ from ..._router import append_child, insert_attr
 from ...errors import StanzaError
 from ..base import iq_result
 from ..privacy_rules import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN
+from .archive import outgoing
 from .config import RoomConfig
 from .history import History
 
@@ -129,6 +130,7 @@ class Room:
         self.history = History(config.history_length)
         self.locked = False  # §10.1.1: created, not yet configured
         self.stored = False  # a record of it is in the store
+        self.archived = False  # it queued a message for its XEP-0313 archive (archive.py)
         self.pending_iqs: dict[tuple[str, str], str] = {}  # (responder, id) -> requester
 
     # --- state -----------------------------------------------------------------------------
@@ -480,12 +482,14 @@ class Room:
             self.subject = (subject.text or "", occupant.nick)
             self.changed()
         sender = self.occupant_jid(occupant.nick)
+        # as sent, spliced: no tree is serialized again (docs/ARCHITECTURE.md, principle 2),
+        # with the room's XEP-0359 stanza-id when it archives the message (archive.py)
+        data = outgoing(self, origin, st, occupant)
         for _, full, session in self.sessions():
             if privacy_allows(session, PRIVACY_MESSAGE, sender):
-                session.send(st.with_attrs({"from": sender, "to": full}))
+                session.send(insert_attr(data, "to", full))
         if has_body:
-            # as sent, spliced: no tree is serialized again (docs/ARCHITECTURE.md, principle 2)
-            self.history.add(st.with_attrs({"from": sender, "to": None}), self.jid)
+            self.history.add(data, self.jid)
 
     def private_message(self, origin: C2SStream, st: Stanza, nick: str) -> None:
         """§7.5: a message to one occupant, from the sender's occupant JID."""

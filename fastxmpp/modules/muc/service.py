@@ -38,6 +38,7 @@ from .admin import (
     owner_iq,
     voice_form,
 )
+from .archive import archive_of, forget, query_iq
 from .config import NS_DATA, RoomConfig, roominfo_form
 from .room import NS_MUC, NS_USER, Room, nick_key, reflected_children
 
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastxmpp.muc")
 
 NS_INFO = "http://jabber.org/protocol/disco#info"
+NS_MAM = "urn:xmpp:mam:2"
+NS_SID = "urn:xmpp:sid:0"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_UNIQUE = NS_MUC + "#unique"
 NS_TRAFFIC = NS_MUC + "#traffic"
@@ -134,6 +137,7 @@ class MucService:
     def discard(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            forget(room)  # its XEP-0313 archive goes with it
             assert self.module.store is not None
             if not room.stored:
                 return  # a temporary room: nothing was written
@@ -307,6 +311,9 @@ class MucService:
         )
         room.affiliations[origin.bare] = "owner"
         room.locked = locked
+        # An archive a temporary room of that name left when the server stopped without
+        # discarding it is not the new room's.
+        forget(room)
         self.rooms[name] = room
         return room
 
@@ -373,6 +380,8 @@ class MucService:
             reply = admin_iq(room, origin, st)
         elif namespace == NS_OWNER:
             reply = owner_iq(room, origin, st)
+        elif namespace == NS_MAM:
+            reply = query_iq(room, origin, st)
         else:
             raise StanzaError("service-unavailable")
         origin.send(reply)
@@ -395,6 +404,8 @@ class MucService:
             )
         self._node_check(st.element(), NS_INFO)
         features = [NS_MUC, NS_INFO, NS_ITEMS, SELF_PING, *room.config.features()]
+        if archive_of(room) is not None:
+            features += [NS_MAM, NS_SID]  # XEP-0313 §3.2 (MUC archives), XEP-0359 §4
         feature_xml = "".join(f"<feature var='{f}'/>" for f in features)
         name = room.config.name or room.name
         info = roominfo_form(room.config, len(room.occupants), room.subject[0])
