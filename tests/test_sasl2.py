@@ -195,10 +195,8 @@ BAD_AUTHENTICATE = {
         authenticate("PLAIN", GOOD_PLAIN, f"<bind xmlns='{BIND2}'><tag>{'t' * 100}</tag></bind>"),
         "malformed-request",
     ),
-    "token request without user-agent": (
-        authenticate(
-            "PLAIN", GOOD_PLAIN, f"<request-token xmlns='{FAST}' mechanism='HT-SHA-256-NONE'/>"
-        ),
+    "token request for an unknown mechanism": (
+        authenticate("PLAIN", GOOD_PLAIN, AGENT + f"<request-token xmlns='{FAST}' mechanism='X'/>"),
         "malformed-request",
     ),
     "FAST mechanism without <fast/>": (
@@ -303,6 +301,17 @@ def test_fast_token_round_trip(server: ServerProcess, ca_file: str) -> None:
     c.close()
     c, _ = tls_stream(server, ca_file)
     assert failure(authenticate_token(c, "carol", token)) == "credentials-expired"
+    c.close()
+
+
+def test_no_token_without_user_agent(server: ServerProcess, ca_file: str) -> None:
+    """XEP-0484 §rules-clients: tokens are per client (<user-agent id>): without one the
+    login succeeds with no token."""
+    c, _ = tls_stream(server, ca_file)
+    request = f"<request-token xmlns='{FAST}' mechanism='HT-SHA-256-NONE'/>"
+    success = authenticate_plain(c, "alice", PASSWORD, request)
+    assert success.tag == f"{{{NS}}}success", etree.tostring(success)
+    assert success.find(f"{{{FAST}}}token") is None
     c.close()
 
 

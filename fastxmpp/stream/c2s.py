@@ -532,7 +532,12 @@ class C2SStream(Session, ClientNegotiation):
         verified = exchange.verified if isinstance(exchange, HashedTokenExchange) else None
         if mechanism is None and verified is not None and verified.rotate:
             mechanism = request.mechanism
-        if mechanism is None or request.client is None:
+        if mechanism is None:
+            return ""
+        if request.client is None:
+            # XEP-0484 §rules-clients: tokens are per client, named by <user-agent id>;
+            # without one the login goes on without a token (xmpp.js may leave it out).
+            log.info("c2s %s: no FAST token without <user-agent id>", self.peer)
             return ""
         assert self.host is not None
         try:

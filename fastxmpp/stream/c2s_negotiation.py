@@ -400,9 +400,6 @@ class ClientNegotiation(XmlStream):
         if request.request_token is not None:
             if not fast or request.request_token not in sasl2.FAST_MECHANISMS:
                 raise sasl2.MalformedRequest("no such FAST mechanism")
-            if request.client is None:
-                # XEP-0484 §rules-clients: tokens are per client, named by <user-agent id>.
-                raise sasl2.MalformedRequest("a FAST token needs <user-agent id>")
         mechanism = request.mechanism
         if mechanism in sasl2.FAST_MECHANISMS:
             if not fast:
