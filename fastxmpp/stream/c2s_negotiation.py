@@ -397,9 +397,10 @@ class ClientNegotiation(XmlStream):
         """The exchange for the request's mechanism; None when it is not offered."""
         assert self.host is not None
         fast = self._fast_offered()
-        if request.request_token is not None:
-            if not fast or request.request_token not in sasl2.FAST_MECHANISMS:
-                raise sasl2.MalformedRequest("no such FAST mechanism")
+        if request.request_token is not None and (
+            not fast or request.request_token not in sasl2.FAST_MECHANISMS
+        ):
+            raise sasl2.MalformedRequest("no such FAST mechanism")
         mechanism = request.mechanism
         if mechanism in sasl2.FAST_MECHANISMS:
             if not fast:
