@@ -426,3 +426,45 @@ def test_inline_resumption(server: ServerProcess, ca_file: str) -> None:
     assert success.find(f"{{{BIND2}}}bound") is not None
     c.close()
     sender.close()
+
+
+async def test_sasl1_clients_are_unaffected(server: ServerProcess, ca_file: str) -> None:
+    """slixmpp knows no SASL2: it ignores <authentication/> and logs in with RFC 6120 SASL
+    and resource binding as before, next to a SASL2 session of the same account."""
+    import asyncio
+
+    from slix_client import SlixClient
+
+    c, _ = tls_stream(server, ca_file)
+    assert authenticate_plain(c, "dave", PASSWORD, f"<bind xmlns='{BIND2}'/>").tag == (
+        f"{{{NS}}}success"
+    )
+    client = SlixClient("dave@localhost/slix", ca_file, mechanism="SCRAM-SHA-1")
+    try:
+        await client.online(server.port)
+        assert str(client.boundjid) == "dave@localhost/slix"
+    finally:
+        client.disconnect()
+        await asyncio.sleep(0.1)
+        c.close()
+    log = server.log_text()
+    assert "authenticated dave@localhost with SCRAM-SHA-1\n" in log.replace("\r", "")
+
+
+def test_tokens_per_account_are_bounded(server: ServerProcess, ca_file: str) -> None:
+    """A client that knows the password cannot make the token store grow without bound:
+    past 32 clients (user-agent ids) per account, the token expiring first goes."""
+    tokens = []
+    for i in range(33):
+        c, _ = tls_stream(server, ca_file)
+        agent = f"<user-agent id='client-{i}'/>"
+        request = f"<request-token xmlns='{FAST}' mechanism='HT-SHA-256-NONE'/>"
+        success = authenticate_plain(c, "bob", PASSWORD, agent + request)
+        tokens.append(success.find(f"{{{FAST}}}token").get("token"))
+        c.close()
+    c, _ = tls_stream(server, ca_file)
+    first = "<user-agent id='client-0'/>"
+    assert failure(authenticate_token(c, "bob", tokens[0], inline=first)) == "credentials-expired"
+    last = "<user-agent id='client-32'/>"
+    assert authenticate_token(c, "bob", tokens[32], inline=last).tag == f"{{{NS}}}success"
+    c.close()
