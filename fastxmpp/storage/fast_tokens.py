@@ -83,49 +83,71 @@ class FastTokenStore:
         count: int | None,
         invalidate: bool,
     ) -> Verified | str:
-        """Check `initiator` against the client's slots ('new' first), in one write
-        transaction; the outcome, or the SASL condition of the failure."""
+        """Check `initiator` against the client's slots ('new' first); the outcome, or the
+        SASL condition of the failure. Read first: a write transaction (and its sync) only
+        when a slot changes (the 'new' token used, a count, an invalidation)."""
         key = account_prefix(domain, local) + client.encode()
         offered = hashlib.sha256(initiator).digest()
+        with self.storage.env.begin(db=self._db) as txn:
+            outcome = self._check(txn, key, mechanism, offered, count, invalidate, write=False)
+        if outcome is not None:
+            return outcome
+        return self.storage.write(
+            lambda txn: self._check(txn, key, mechanism, offered, count, invalidate, write=True),
+            db=self._db,
+        )
 
-        def check(txn: Any) -> Verified | str:
-            record = self._record(txn, key)
-            if record is None:
-                return "credentials-expired"
-            now = time.time()
-            for name in ("new", "current"):
-                slot = record.get(name)
-                if slot is None:
-                    continue
-                slot_mechanism, digest, responder, issued, expiry, last_count = slot
-                # Compared in constant time whatever else is wrong (XEP-0484 §impl-tokens).
-                if not hmac.compare_digest(digest, offered):
-                    continue
-                if expiry <= now:
-                    return "credentials-expired"
-                if slot_mechanism != mechanism:
-                    # §fast-auth: a token is bound to the mechanism it was issued for.
-                    return "credentials-expired"
-                if count is not None and count <= last_count:
-                    # §fast-auth: a replayed (0-RTT) authentication.
-                    return "not-authorized"
-                if invalidate:
-                    # §invalidation: this client's tokens are gone.
-                    txn.delete(key)
-                    return Verified(responder, expiry, rotate=False)
-                if count is not None:
-                    slot[5] = count
-                # §impl-tokens: the 'new' token used moves to 'current'; tokens of this
-                # client issued before it are no longer valid.
-                record["current"] = slot
-                if name == "new":
-                    record["new"] = None
-                txn.put(key, msgpack.packb(record))
-                # Past half its lifetime: time for the next one (§token-rotation).
-                return Verified(responder, expiry, rotate=now >= (issued + expiry) / 2)
+    def _check(
+        self,
+        txn: Any,
+        key: bytes,
+        mechanism: str,
+        offered: bytes,
+        count: int | None,
+        invalidate: bool,
+        write: bool,
+    ) -> Any:
+        """The outcome; None (before `write`) when the record is to change."""
+        record = self._record(txn, key)
+        if record is None:
             return "credentials-expired"
-
-        return self.storage.write(check, db=self._db)
+        now = time.time()
+        for name in ("new", "current"):
+            slot = record.get(name)
+            if slot is None:
+                continue
+            slot_mechanism, digest, responder, issued, expiry, last_count = slot
+            # Compared in constant time whatever else is wrong (XEP-0484 §impl-tokens).
+            if not hmac.compare_digest(digest, offered):
+                continue
+            if expiry <= now:
+                return "credentials-expired"
+            if slot_mechanism != mechanism:
+                # §fast-auth: a token is bound to the mechanism it was issued for.
+                return "credentials-expired"
+            if count is not None and count <= last_count:
+                # §fast-auth: a replayed (0-RTT) authentication.
+                return "not-authorized"
+            # Past half its lifetime: time for the next one (§token-rotation).
+            verified = Verified(responder, expiry, rotate=now >= (issued + expiry) / 2)
+            if not (invalidate or count is not None or name == "new"):
+                return verified  # nothing changes
+            if not write:
+                return None
+            if invalidate:
+                # §invalidation: this client's tokens are gone.
+                txn.delete(key)
+                return Verified(responder, expiry, rotate=False)
+            if count is not None:
+                slot[5] = count
+            # §impl-tokens: the 'new' token used moves to 'current'; tokens of this client
+            # issued before it are no longer valid.
+            record["current"] = slot
+            if name == "new":
+                record["new"] = None
+            txn.put(key, msgpack.packb(record))
+            return verified
+        return "credentials-expired"
 
     def _record(self, txn: Any, key: bytes) -> dict[str, Any] | None:
         raw = txn.get(key)
