@@ -473,3 +473,70 @@ def test_tokens_per_account_are_bounded(server: ServerProcess, ca_file: str) -> 
     last = "<user-agent id='client-32'/>"
     assert authenticate_token(c, "bob", tokens[32], inline=last).tag == f"{{{NS}}}success"
     c.close()
+
+
+def test_failures_are_limited_per_stream(server: ServerProcess, ca_file: str) -> None:
+    """RFC 6120 §6.4.5 as for SASL1 (c2s.max_sasl_failures, 3): then the stream is closed."""
+    c, _ = tls_stream(server, ca_file)
+    for _ in range(3):
+        c.send(authenticate("PLAIN", WRONG_PLAIN))
+        assert failure(c.next()) == "not-authorized"
+    assert c.stream_error() == "policy-violation"
+    assert c.wait_closed()
+
+
+def test_token_guessing_is_throttled_like_passwords(make_server: Any, ca_file: str) -> None:
+    """limits.auth_failures_per_account counts wrong FAST tokens as wrong passwords: past it
+    even a good token, and the right password, are refused for the account."""
+    srv: ServerProcess = make_server(
+        "[limits]\nauth_free_failures = 10\nauth_failures_per_ip = 100\n"
+        "auth_failures_per_account = 3\n[c2s]\nmax_sasl_failures = 100\n"
+    )
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    token = get_token(srv, ca_file, "alice")
+    c, _ = tls_stream(srv, ca_file)
+    for guess in ("guess-1", "guess-2", "guess-3"):
+        assert failure(authenticate_token(c, "alice", guess)) == "credentials-expired"
+    assert failure(authenticate_token(c, "alice", token)) == "temporary-auth-failure"
+    assert failure(authenticate_plain(c, "alice", PASSWORD)) == "temporary-auth-failure"
+    assert authenticate_plain(c, "bob", PASSWORD).tag == f"{{{NS}}}success"
+    c.close()
+
+
+def test_bind2_within_the_resource_limit(make_server: Any, ca_file: str) -> None:
+    """limits.max_resources_per_account holds for Bind 2 as for RFC 6120 binding (§7.6.2.1):
+    no session is made, the <failure/> says why, the stream stays unauthenticated."""
+    srv: ServerProcess = make_server("[limits]\nmax_resources_per_account = 1\n")
+    srv.adduser("alice@localhost")
+    srv.start()
+    first = srv.client()
+    first.login(ca_file, "alice", PASSWORD, "one")
+    c, _ = tls_stream(srv, ca_file)
+    outcome = authenticate_plain(c, "alice", PASSWORD, f"<bind xmlns='{BIND2}'/>")
+    assert failure(outcome) == "temporary-auth-failure"
+    assert "too many sessions" in outcome.findtext(f"{{{NS}}}text")
+    c.send("<presence/>")
+    assert c.stream_error() == "not-authorized"
+    first.close()
+
+
+def test_bind2_enables_carbons(server: ServerProcess, ca_file: str) -> None:
+    """XEP-0386 with XEP-0280 inline: a message to the account's other resource is copied to
+    the session bound with <enable xmlns='urn:xmpp:carbons:2'/>."""
+    c, _ = tls_stream(server, ca_file)
+    inline = f"<bind xmlns='{BIND2}'><tag>c</tag><enable xmlns='urn:xmpp:carbons:2'/></bind>"
+    assert authenticate_plain(c, "carol", PASSWORD, inline).tag == f"{{{NS}}}success"
+    c.next()  # features
+    other = server.client()
+    other.login(ca_file, "carol", PASSWORD, "other")
+    sender = server.client()
+    sender.login(ca_file, "dave", PASSWORD, "d")
+    sender.send("<message to='carol@localhost/other' type='chat'><body>copied</body></message>")
+    copy = c.next()
+    received = copy.find("{urn:xmpp:carbons:2}received")
+    assert received is not None, etree.tostring(copy)
+    assert [b.text for b in copy.iter("{jabber:client}body")] == ["copied"]
+    for client in (c, other, sender):
+        client.close()
