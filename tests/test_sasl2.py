@@ -233,6 +233,19 @@ def test_abort(server: ServerProcess, ca_file: str) -> None:
     c.close()
 
 
+def test_response_or_abort_without_an_exchange(server: ServerProcess, ca_file: str) -> None:
+    """As RFC 6120 §6.4 for SASL1: a <failure/>, the stream goes on; an element SASL2 does
+    not define is unsupported-stanza-type (RFC 6120 §4.9.3.24)."""
+    c, _ = tls_stream(server, ca_file)
+    c.send(f"<abort xmlns='{NS}'/>")
+    assert failure(c.next()) == "aborted"
+    c.send(f"<response xmlns='{NS}'>AA==</response>")
+    assert failure(c.next()) == "malformed-request"
+    c.send(f"<next xmlns='{NS}' task='TOTP'/>")
+    assert c.stream_error() == "unsupported-stanza-type"
+    assert c.wait_closed()
+
+
 @pytest.mark.parametrize(
     "intruder",
     [
@@ -540,3 +553,42 @@ def test_bind2_enables_carbons(server: ServerProcess, ca_file: str) -> None:
     assert [b.text for b in copy.iter("{jabber:client}body")] == ["copied"]
     for client in (c, other, sender):
         client.close()
+
+
+def test_fast_only_over_tls(make_server: Any, ca_file: str) -> None:
+    """XEP-0484 §security: FAST over a secure connection only. With TLS optional
+    (c2s.require_encryption = false) a plaintext stream is offered SASL2 without FAST (and
+    without PLAIN), and a FAST mechanism there is an invalid-mechanism."""
+    srv: ServerProcess = make_server("[c2s]\nrequire_encryption = false\n")
+    srv.adduser("alice@localhost")
+    srv.start()
+    c = srv.client()
+    features = c.open_stream()
+    auth = features.find(f"{{{NS}}}authentication")
+    assert [m.text for m in auth.findall(f"{{{NS}}}mechanism")] == ["SCRAM-SHA-256", "SCRAM-SHA-1"]
+    assert auth.find(f"{{{NS}}}inline/{{{FAST}}}fast") is None
+    assert failure(authenticate_token(c, "alice", "any")) == "invalid-mechanism"
+    c.close()
+
+
+def test_tokens_go_with_the_account(make_server: Any, ca_file: str) -> None:
+    """XEP-0077 §3.2 through `fastxmpp deluser`: the account's FAST tokens are purged with
+    it, another account's stay (read from the LMDB store once the server is stopped)."""
+    from conftest import run_cli
+
+    from fastxmpp.storage.lmdb_store import Storage
+
+    srv: ServerProcess = make_server()
+    srv.adduser("alice@localhost")
+    srv.adduser("bob@localhost")
+    srv.start()
+    get_token(srv, ca_file, "alice")
+    get_token(srv, ca_file, "bob")
+    srv.stop()
+    deleted = run_cli("deluser", "alice@localhost", config=srv.config)
+    assert deleted.returncode == 0, deleted.stderr
+    with Storage(srv.data_dir) as storage:
+        db = storage.database("fast_tokens")
+        with storage.env.begin(db=db) as txn:
+            keys = [bytes(k) for k in txn.cursor().iternext(values=False)]
+    assert [k.split(b"\0")[:2] for k in keys] == [[b"localhost", b"bob"]]

@@ -1,6 +1,7 @@
 """XEP-0484 FAST tokens: per (account, client), what checking a token needs, not the token.
 
-Database "fast_tokens": key `domain NUL local NUL user-agent id`, value (msgpack)
+Database "fast_tokens": key `domain NUL local NUL sha256(user-agent id)` (a key of bounded
+length whatever the id), value (msgpack)
 `{"new": slot | None, "current": slot | None}`, the two slots of XEP-0484 §"Server-side
 handling of multiple active tokens". A slot is `[mechanism, sha256(initiator), responder,
 issued, expiry, last count]`: for the HT mechanisms (draft-schmaus-kitten-sasl-ht) the client proves
@@ -62,7 +63,7 @@ class FastTokenStore:
         expiry = issued + lifetime
         slot = [mechanism, hashlib.sha256(initiator).digest(), responder, issued, expiry, 0]
         prefix = account_prefix(domain, local)
-        key = prefix + client.encode()
+        key = prefix + _client_key(client)
 
         def put(txn: Any) -> None:
             record = self._record(txn, key) or {"new": None, "current": None}
@@ -86,7 +87,7 @@ class FastTokenStore:
         """Check `initiator` against the client's slots ('new' first); the outcome, or the
         SASL condition of the failure. Read first: a write transaction (and its sync) only
         when a slot changes (the 'new' token used, a count, an invalidation)."""
-        key = account_prefix(domain, local) + client.encode()
+        key = account_prefix(domain, local) + _client_key(client)
         offered = hashlib.sha256(initiator).digest()
         with self.storage.env.begin(db=self._db) as txn:
             outcome = self._check(txn, key, mechanism, offered, count, invalidate, write=False)
@@ -173,10 +174,24 @@ class FastTokenStore:
                 txn.delete(key)
 
 
+def _client_key(client: str) -> bytes:
+    return hashlib.sha256(client.encode()).digest()
+
+
 def _decode(raw: bytes) -> Any:
     record = unpack(raw)
-    if not isinstance(record, dict):
-        raise ValueError("a FAST token record is a map")
+    if not isinstance(record, dict) or set(record) != {"new", "current"}:
+        raise ValueError("a FAST token record is a map of 'new' and 'current'")
+    for slot in record.values():
+        if slot is not None and not (
+            isinstance(slot, list)
+            and len(slot) == 6
+            and isinstance(slot[0], str)
+            and isinstance(slot[1], bytes)
+            and isinstance(slot[2], bytes)
+            and all(isinstance(v, int | float) for v in slot[3:])
+        ):
+            raise ValueError("a FAST token slot is [mechanism, digest, responder, times, count]")
     return record
 
 

@@ -33,7 +33,7 @@ from ..errors import StanzaError, StreamError, stanza_error_bytes
 from ..jid import JIDError, normalize_resource
 from ..storage.lmdb_store import StorageFull
 from . import compression, csi, sasl2, sm
-from .c2s_negotiation import PRE_AUTH_IQ, ClientNegotiation, Negotiation, _b64, escape
+from .c2s_negotiation import PRE_AUTH_IQ, ClientNegotiation, Negotiation, escape, sasl_text
 from .connection import Connection
 from .sasl import HashedTokenExchange, Success
 from .sm import StreamManagement
@@ -462,7 +462,7 @@ class C2SStream(Session, ClientNegotiation):
         if self.closing:
             return
         local = outcome.local
-        additional = _b64(outcome.data) if outcome.data else ""
+        additional = sasl_text(outcome.data) if outcome.data else ""
         self.authenticated_local = local
         extra: list[str] = []
         if request.resume is not None:

@@ -369,8 +369,14 @@ class ClientNegotiation(XmlStream):
                 return
             self._run_step(lambda: self._sasl_step(current.respond(data)))  # type: ignore[arg-type]
             return
+        if st.name == "abort":
+            self._sasl_failure("aborted", sasl2_version=True)  # as RFC 6120 §6.4.4
+            return
+        if st.name == "response":
+            self._sasl_failure("malformed-request", "no exchange in progress", True)
+            return
         if st.name != "authenticate":
-            raise StreamError("policy-violation", f"<{st.name} xmlns='{sasl2.NS}'/> here")
+            raise StreamError("unsupported-stanza-type", f"<{st.name} xmlns='{sasl2.NS}'/>")
         if state.sasl is not None:
             raise StreamError("policy-violation", "<authenticate/> during a SASL exchange")
         if self.server.auth_throttle.refused(self._address()):
@@ -454,7 +460,7 @@ class ClientNegotiation(XmlStream):
                 return
         request = state.sasl2
         if isinstance(outcome, Challenge):
-            data = _b64(outcome.data) if outcome.data else ""
+            data = sasl_text(outcome.data) if outcome.data else ""
             if request is not None:
                 self.write(sasl2.challenge_xml(data))
             else:
@@ -475,7 +481,7 @@ class ClientNegotiation(XmlStream):
                 return
             self.authenticated_local = outcome.local
             self._uncount_unauthenticated()
-            data = _b64(outcome.data) if outcome.data else ""
+            data = sasl_text(outcome.data) if outcome.data else ""
             self.write(f"<success xmlns='{ns.SASL}'>{data}</success>".encode())
             if self.connection is not None:
                 self.connection.pending.clear()
@@ -523,7 +529,8 @@ class ClientNegotiation(XmlStream):
 WRONG_CREDENTIALS = frozenset(("not-authorized", "credentials-expired"))
 
 
-def _b64(data: bytes) -> str:
+def sasl_text(data: bytes) -> str:
+    """SASL data as the base64 text of an element (RFC 6120 §6.4.2: "=" for empty data)."""
     return base64.b64encode(data).decode() if data else "="
 
 
