@@ -370,6 +370,35 @@ def test_expired_token_and_password_change(make_server: Any, ca_file: str) -> No
     c.close()
 
 
+def test_token_past_half_its_lifetime_is_rotated(make_server: Any, ca_file: str) -> None:
+    """XEP-0484 §token-rotation: a login with a token past half its lifetime gets the next
+    one in <success/> unasked; the older one keeps working until a newer one is used."""
+    srv: ServerProcess = make_server("[c2s]\nfast_token_lifetime = 4\n")
+    srv.adduser("erin@localhost")
+    srv.start()
+    first = get_token(srv, ca_file, "erin")
+    time.sleep(2.2)  # past half of the four-second lifetime
+    c, _ = tls_stream(srv, ca_file)
+    success = authenticate_token(c, "erin", first)
+    rotated = success.find(f"{{{FAST}}}token")
+    assert rotated is not None, etree.tostring(success)
+    second = rotated.get("token")
+    c.close()
+    # The client lost that <success/>: the older token still works, and brings a third
+    # token, which replaces the second, never used (§token-rotation: SHOULD invalidate).
+    c, _ = tls_stream(srv, ca_file)
+    third = authenticate_token(c, "erin", first).find(f"{{{FAST}}}token").get("token")
+    c.close()
+    c, _ = tls_stream(srv, ca_file)
+    assert failure(authenticate_token(c, "erin", second)) == "credentials-expired"
+    assert authenticate_token(c, "erin", third).tag == f"{{{NS}}}success"
+    c.close()
+    # The newer token used: the older one is gone (§token-rotation: MUST invalidate).
+    c, _ = tls_stream(srv, ca_file)
+    assert failure(authenticate_token(c, "erin", first)) == "credentials-expired"
+    c.close()
+
+
 def test_password_change_ends_tokens(server: ServerProcess, ca_file: str) -> None:
     """XEP-0077 §3.3: the new password ends the FAST tokens granted with the old one."""
     token = get_token(server, ca_file, "bob")
