@@ -97,6 +97,7 @@ class C2SConfig:
     auth_timeout: float = 60.0
     sasl_mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
     hibernate_after: float = 10.0  # silent this long: the stream's parser frees its memory
+    fast_token_lifetime: float = 1209600.0  # XEP-0484 tokens last 14 days; 0: no FAST
 
 
 @dataclass(frozen=True)
@@ -626,6 +627,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "max_sasl_failures": _integer_at_least(1),
             "auth_timeout": _positive_number,
             "hibernate_after": _non_negative_number,
+            "fast_token_lifetime": _non_negative_number,
             "sasl_mechanisms": _mechanisms,
         },
     ),

@@ -32,6 +32,7 @@ from .stream.component import ComponentDomainTaken, Components, is_loopback
 from .stream.component import accept as accept_component
 from .stream.s2s import S2S
 from .stream.s2s import accept as accept_server
+from .stream.sasl2 import NS_FAST
 from .stream.throttle import AuthThrottle
 from .stream.tls import HANDSHAKE_TIMEOUT, direct_tls_context
 
@@ -285,7 +286,11 @@ class Server:
 
 
 def trace_stanzas(session: C2SStream, data: bytes, incoming: bool) -> None:
-    """Debug-level trace of every byte in and out (never at info: it carries messages)."""
+    """Debug-level trace of every byte in and out (never at info: it carries messages),
+    except output with a XEP-0484 token, which is as good as a password (input that may
+    carry one is hidden by the stream, stream/c2s.py)."""
+    if not incoming and FAST_TOKEN_MARKER in data:
+        data = f"[{len(data)} bytes not shown: may carry a FAST token]".encode()
     trace_log.debug(
         "%s %s %s",
         session.full or session.peer,
@@ -295,6 +300,7 @@ def trace_stanzas(session: C2SStream, data: bytes, incoming: bool) -> None:
 
 
 trace_log = logging.getLogger("fastxmpp.trace")
+FAST_TOKEN_MARKER = f"<token xmlns='{NS_FAST}'".encode()
 
 
 def setup_logging(level: str) -> None:

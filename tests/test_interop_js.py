@@ -1,6 +1,7 @@
 """xmpp.js (@xmpp/client under node), a JavaScript client implementation, against the
-server: SCRAM-SHA-1 and PLAIN logins, messages both ways, MAM paging both directions and
-XEP-0198 resumption after a dropped connection.
+server: SCRAM-SHA-1 and PLAIN logins (over XEP-0388 SASL2 with XEP-0386 Bind 2, which
+xmpp.js prefers when offered), messages both ways, MAM paging both directions, XEP-0198
+resumption after a dropped connection (inline in SASL2), and a XEP-0484 FAST token login.
 
 The scenarios are tests/interop/js/scenarios.mjs (xmpp.js pinned by package-lock.json beside
 it); each reports what its clients saw as JSON and the assertions are here. node trusts the
@@ -8,6 +9,7 @@ test CA through NODE_EXTRA_CA_CERTS: certificates are verified."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,12 @@ from interop_clients import JS_SCENARIOS, require_xmppjs, run_json
 from ws_client import HTTP_LISTENER, http_port
 
 POOL = FreshNames("js", 12)
+
+
+def bound_js(user: str) -> str:
+    """xmpp.js logs in with SASL2 and Bind 2 (XEP-0388, XEP-0386) when offered, its
+    resource "js" as the bind tag: the server binds "js/<random>" (§identifiers)."""
+    return rf"{user}@localhost/js/[0-9a-f]{{12}}"
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +65,20 @@ def test_login(srv: ServerProcess, ca_file: str, names: Iterator[str], mechanism
     """RFC 6120 §6 with xmpp.js's two password mechanisms, after STARTTLS (§5)."""
     user = next(names)
     result = scenario(srv, ca_file, "login", [user], mechanism)
-    assert result == {"jid": f"{user}@localhost/js", "secure": True}
-    srv.wait_for_log(f"authenticated {user}@localhost with {mechanism}")
+    assert re.fullmatch(bound_js(user), result["jid"]), result
+    assert result["secure"] is True
+    srv.wait_for_log(f"authenticated {user}@localhost with {mechanism} (SASL2)")
 
 
 def test_messages_both_ways(srv: ServerProcess, ca_file: str, names: Iterator[str]) -> None:
     a, b = next(names), next(names)
     result = scenario(srv, ca_file, "messages", [a, b])
+    assert re.fullmatch(bound_js(a), result["a"]) and re.fullmatch(bound_js(b), result["b"])
     # RFC 6121 §8.5.2.1.1 to the bare JID, §8.5.3.1 to the full JID; 'from' is the sender's
     # full JID (RFC 6120 §8.1.2.1).
     assert result["at_b"] == [
         {
-            "from": f"{a}@localhost/js",
+            "from": result["a"],
             "to": f"{b}@localhost",
             "type": "chat",
             "body": "hello from js",
@@ -76,8 +86,8 @@ def test_messages_both_ways(srv: ServerProcess, ca_file: str, names: Iterator[st
     ]
     assert result["at_a"] == [
         {
-            "from": f"{b}@localhost/js",
-            "to": f"{a}@localhost/js",
+            "from": result["b"],
+            "to": result["a"],
             "type": "chat",
             "body": "reply from js",
         }
@@ -107,7 +117,7 @@ def test_mam_paging(srv: ServerProcess, ca_file: str, names: Iterator[str]) -> N
         assert page["first"] == page["results"][0]["id"]
         assert page["last"] == page["results"][-1]["id"]
         for archived in page["results"]:
-            assert archived["from"] == f"{a}@localhost/js"
+            assert re.fullmatch(bound_js(a), archived["from"])
             assert archived["stamp"], "XEP-0313 §4.2: every result carries its delay stamp"
     ids = [r["id"] for page in forwards for r in page["results"]]
     assert len(set(ids)) == 5
@@ -122,37 +132,58 @@ def test_stream_management_resumption(
     a, b = next(names), next(names)
     result = scenario(srv, ca_file, "sm_resume", [a, b])
     assert result["sm_id_after"] == result["sm_id_before"]
-    assert result["jid_after"] == result["jid_before"] == f"{a}@localhost/js"
+    assert result["jid_after"] == result["jid_before"]
+    assert re.fullmatch(bound_js(a), result["jid_before"])
     assert [m["body"] for m in result["at_a"]] == [
         "before the drop",
         "while detached 1",
         "while detached 2",
     ]
     assert [m["body"] for m in result["at_b"]] == ["after resumption"]
-    srv.wait_for_log(f"resumed {a}@localhost/js, 2 stanzas sent again")
+    srv.wait_for_log(f"resumed {result['jid_before']}, 2 stanzas sent again")
+
+
+def test_fast_token_and_inline_resumption(
+    srv: ServerProcess, ca_file: str, names: Iterator[str]
+) -> None:
+    """XEP-0484 with xmpp.js: the password login (SASL2, Bind 2) asks for a token and gets
+    one; after the connection dies xmpp.js logs in with the token alone, in one round trip
+    (no <challenge/>), and resumes its session inside the same <authenticate/> (XEP-0198
+    inline, XEP-0388 §success): <resumed/> comes in <success/>, and what it missed follows."""
+    a, b = next(names), next(names)
+    result = scenario(srv, ca_file, "fast_resume", [a, b])
+    assert result["token_mechanism"] == "HT-SHA-256-NONE"
+    assert result["token_expiry"].endswith("Z")
+    assert re.fullmatch(rf"{a}@localhost/phone/[0-9a-f]{{12}}", result["jid_before"])
+    assert result["jid_after"] == result["jid_before"]
+    assert result["sm_id_after"] == result["sm_id_before"]
+    after = result["after_drop"]
+    assert "success urn:xmpp:sasl:2" in after
+    assert "challenge urn:xmpp:sasl:2" not in after  # one round trip
+    assert "resumed urn:xmpp:sm:3" not in after  # not on its own: inside <success/>
+    assert result["at_a"] == ["before the drop", "while away"]
+    srv.wait_for_log(f"authenticated {a}@localhost with SCRAM-SHA-1 (SASL2)")
+    srv.wait_for_log(f"authenticated {a}@localhost with HT-SHA-256-NONE (SASL2)")
+    srv.wait_for_log(f"resumed {result['jid_before']}, 1 stanzas sent again")
 
 
 def test_websocket(srv: ServerProcess, ca_file: str, names: Iterator[str]) -> None:
-    """RFC 7395 with xmpp.js's WebSocket transport: SCRAM-SHA-1 login, XEP-0198 enabled,
-    messages both ways with a TCP client."""
+    """RFC 7395 with xmpp.js's WebSocket transport: SCRAM-SHA-1 login (over SASL2 and Bind 2,
+    as over TCP), XEP-0198 enabled, messages both ways with a TCP client."""
     a, b = next(names), next(names)
     result = scenario(srv, ca_file, "websocket", [a, b])
-    assert result["a"] == f"{a}@localhost/ws"
+    assert re.fullmatch(rf"{a}@localhost/ws/[0-9a-f]{{12}}", result["a"])
     assert result["sm"] is True
     assert result["at_b"] == [
         {
-            "from": f"{a}@localhost/ws",
+            "from": result["a"],
             "to": f"{b}@localhost",
             "type": "chat",
             "body": "over the websocket",
         }
     ]
-    assert result["at_a"] == [
-        {
-            "from": f"{b}@localhost/js",
-            "to": f"{a}@localhost/ws",
-            "type": "chat",
-            "body": "to the websocket",
-        }
-    ]
-    srv.wait_for_log(f"authenticated {a}@localhost with SCRAM-SHA-1")
+    assert len(result["at_a"]) == 1
+    reply = result["at_a"][0]
+    assert re.fullmatch(bound_js(b), reply["from"])
+    assert (reply["to"], reply["type"], reply["body"]) == (result["a"], "chat", "to the websocket")
+    srv.wait_for_log(f"authenticated {a}@localhost with SCRAM-SHA-1 (SASL2)")

@@ -121,12 +121,16 @@ class CarbonsModule(Module):
         if st.attrs.get("type") != "set" or payload not in ("enable", "disable"):
             raise StanzaError("bad-request", "an iq set with <enable/> or <disable/>")
         if payload == "enable":
-            CARBONS.of(origin)  # made now, unless carbons were on already
-            self.accounts.setdefault(origin.bare, {})[origin.resource] = origin
-            self._hooked(True)
+            self.enable(origin)
         else:
             self._disable(origin)
         return iq_result(origin, st)
+
+    def enable(self, session: C2SStream) -> None:
+        """Carbons on for the session (an iq, or inline in a XEP-0386 bind)."""
+        CARBONS.of(session)  # made now, unless carbons were on already
+        self.accounts.setdefault(session.bare, {})[session.resource] = session
+        self._hooked(True)
 
     def enabled(self, session: C2SStream) -> bool:
         return self.accounts.get(session.bare, {}).get(session.resource) is session

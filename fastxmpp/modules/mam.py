@@ -590,6 +590,11 @@ class MamModule(Module):
             f"<never>{jids(never)}</never></prefs>"
         )
 
+    def archive_metadata(self, session: C2SStream) -> str | None:
+        """The <metadata/> of the session's archive (XEP-0386 <bound/>); None while
+        archiving is off."""
+        return self._metadata(session) if self.settings.enabled else None
+
     def _metadata(self, origin: C2SStream) -> str:
         assert self.store is not None
         self.flush(wait=True)

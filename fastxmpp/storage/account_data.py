@@ -39,6 +39,26 @@ def register_purge(database: str, purge: Purge = purge_prefixed) -> None:
     _PURGES[database] = purge
 
 
+# Databases holding what was granted with the password (XEP-0484 FAST tokens): a new
+# password purges the account's records there as if the account went.
+_CREDENTIAL_BOUND: list[str] = []
+
+
+def register_credential_bound(database: str) -> None:
+    _CREDENTIAL_BOUND.append(database)
+
+
+def purge_credential_bound(storage: Storage, txn: Any, domain: str, local: str) -> None:
+    """Inside the caller's write transaction that sets a new password."""
+    import_stores()
+    for database in _CREDENTIAL_BOUND:
+        try:
+            db = storage.env.open_db(database.encode(), txn=txn, create=False)
+        except lmdb.NotFoundError:
+            continue
+        _PURGES.get(database, purge_prefixed)(txn, db, domain, local)
+
+
 def register_prefix_purge(prefix: str, purge: Purge) -> None:
     """`purge` for every database whose name starts with `prefix`."""
     _PREFIX_PURGES[prefix] = purge

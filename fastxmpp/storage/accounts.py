@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 from scramp import ScramException, ScramMechanism
 
-from .account_data import purge_account
+from .account_data import purge_account, purge_credential_bound
 from .lmdb_store import CorruptRecord, Storage, StorageFull, expect, unpack
 
 log = logging.getLogger("fastxmpp.accounts")
@@ -108,6 +108,7 @@ class AccountStore:
             record = self._decode(key, raw) or {"created": int(time.time())}
             record["scram"] = credentials
             txn.put(key, msgpack.packb(record))
+            purge_credential_bound(self.storage, txn, domain, local)
 
         self.storage.write(update, db=self._db)
 

@@ -24,14 +24,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
+from lxml import etree
+
 from .. import ns
 from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
 from .._router import Session
 from ..errors import StanzaError, StreamError, stanza_error_bytes
 from ..jid import JIDError, normalize_resource
-from . import compression, csi, sm
-from .c2s_negotiation import PRE_AUTH_IQ, ClientNegotiation, Negotiation, escape
+from ..storage.lmdb_store import StorageFull
+from . import compression, csi, sasl2, sm
+from .c2s_negotiation import PRE_AUTH_IQ, ClientNegotiation, Negotiation, escape, sasl_text
 from .connection import Connection
+from .sasl import HashedTokenExchange, Success
 from .sm import StreamManagement
 from .xmlstream import XmlStream
 
@@ -45,7 +49,12 @@ log = logging.getLogger("fastxmpp.c2s")
 # Seconds a slow reader closed for unread output has to take its stream error.
 SLOW_READER_GRACE = 2.0
 # Debug traces never show input naming these namespaces: it may carry a password.
-SECRET_MARKERS = (ns.SASL.encode(), b"jabber:iq:register", b"jabber:iq:auth")
+SECRET_MARKERS = (
+    ns.SASL.encode(),
+    sasl2.NS.encode(),
+    b"jabber:iq:register",
+    b"jabber:iq:auth",
+)
 
 # The iq payloads the stream answers itself, before the router: resource binding (RFC 6120
 # §7) and the legacy session (RFC 6121 §1.4).
@@ -276,6 +285,9 @@ class C2SStream(Session, ClientNegotiation):
     # --- non-routed top-level elements -------------------------------------------------
 
     def _element(self, st: Stanza) -> None:
+        state = self.negotiation
+        if state is not None and state.sasl2 is not None:
+            sasl2.during_exchange(st)  # XEP-0388: anything else ends the stream
         if st.prefix is not None and st.ns == ns.CLIENT:
             # RFC 6120 §4.8.4: content-namespace elements carry no prefix.
             raise StreamError("bad-namespace-prefix", "stanzas must not be prefixed")
@@ -331,6 +343,15 @@ class C2SStream(Session, ClientNegotiation):
                 self._sasl_failure("aborted")
                 return
             raise StreamError("unsupported-stanza-type", f"SASL element <{st.name}/>")
+        elif st.ns == sasl2.NS:
+            if self.authenticated_local is not None:
+                # XEP-0388 §success: a stream authenticates once, as with RFC 6120 §6.
+                raise StreamError("not-authorized", "already authenticated")
+            if self.c2s.require_encryption and not self.encrypted:
+                self._sasl_failure("encryption-required", "STARTTLS first", sasl2_version=True)
+                return
+            self._sasl2_element(st)
+            return
         elif (
             st.ns == compression.NS_PROTOCOL
             and st.name == "compress"
@@ -440,6 +461,104 @@ class C2SStream(Session, ClientNegotiation):
         log.info("c2s %s: authenticated %s@%s with jabber:iq:auth", self.peer, local, self.host)
         self.server.session_bound(self)
 
+    # --- XEP-0388 SASL2 done: XEP-0198 resumption, XEP-0386 Bind 2, XEP-0484 FAST ----------
+
+    def _sasl2_complete(
+        self, outcome: Success, request: sasl2.AuthenticateRequest, exchange: Any
+    ) -> None:
+        """The exchange succeeded: resume the session or bind a resource as asked, then
+        <success/> and, with no stream restart, the features of the authenticated stream
+        (XEP-0388 §success)."""
+        if self.closing:
+            return
+        local = outcome.local
+        additional = sasl_text(outcome.data) if outcome.data else ""
+        self.authenticated_local = local
+        extra: list[str] = []
+        if request.resume is not None:
+            # XEP-0386 §bind-request: resumption first; when it works the bind is ignored.
+            def announce(old: C2SStream, resumed: bytes) -> None:
+                token = self._fast_token_xml(local, request, exchange)
+                old.send_uncounted(
+                    sasl2.success_xml(additional, old.full, [resumed.decode(), token])
+                )
+                old.send_uncounted(old._features())
+
+            failed = self._resume(
+                request.resume.get("previd", ""), request.resume.get("h"), announce
+            )
+            if failed is None:
+                return  # resumed (the session has said so), or this stream is closed
+            extra.append(failed.decode())
+        if request.bind is not None:
+            try:
+                extra.append(self._bind2(local, request))
+            except StanzaError as err:
+                # No session could be made (RFC 6120 §7.6.2.1 resource-constraint): the
+                # stream stays unauthenticated (XEP-0388 §outcome), the client may retry.
+                self.authenticated_local = None
+                self._sasl_failure("temporary-auth-failure", err.text or err.condition, True)
+                return
+        else:
+            self._uncount_unauthenticated()
+        extra.append(self._fast_token_xml(local, request, exchange))
+        authorization = self.full if self.bound else f"{local}@{self.host}"
+        self.write(sasl2.success_xml(additional, authorization, extra))
+        self.write(self._features())
+        if self.bound:
+            self.server.session_bound(self)
+
+    def _bind2(self, local: str, request: sasl2.AuthenticateRequest) -> str:
+        """XEP-0386 §bind-request: bind "<tag>/<random>" (or a random resource), enable what
+        the request lists; the <bound/> element. StanzaError when no session may be made.
+        Stored offline messages are not cleared: they go out at initial presence as usual,
+        as an archive need not hold them all (docs/COMPLIANCE.md)."""
+        resource = f"{request.tag}/{secrets.token_hex(6)}" if request.tag else _new_resource()
+        self._enter_session(local, resource, may_rename=True)
+        parts = []
+        mam = self.server.modules.get("mam")
+        metadata = mam.archive_metadata(self) if mam is not None else None
+        if metadata:
+            parts.append(metadata)
+        for child in request.bind:
+            if not isinstance(child.tag, str):
+                continue
+            qname = etree.QName(child)
+            if qname.namespace == ns.CARBONS and qname.localname == "enable":
+                carbons = self.server.modules.get("carbons")
+                if carbons is not None:
+                    carbons.enable(self)  # XEP-0280 §4, inline: no answer
+            elif qname.namespace == sm.NS_SM and qname.localname == "enable":
+                parts.append(self._enable_sm(child.attrib).decode())
+            elif qname.namespace == csi.NS and self.server.config.csi.enabled:
+                # XEP-0386: the session begins in the state asked for (XEP-0352 §5).
+                csi.set_state(self, qname.localname, self.server.config.csi.max_held_stanzas)
+        return sasl2.bound_xml(parts)
+
+    def _fast_token_xml(self, local: str, request: sasl2.AuthenticateRequest, exchange: Any) -> str:
+        """XEP-0484 <token/> for <success/>: asked for, or the one used is due for rotation
+        (§token-rotation; never after <fast invalidate/> unless asked for, §invalidation)."""
+        mechanism = request.request_token
+        verified = exchange.verified if isinstance(exchange, HashedTokenExchange) else None
+        if mechanism is None and verified is not None and verified.rotate:
+            mechanism = request.mechanism
+        if mechanism is None:
+            return ""
+        if request.client is None:
+            # XEP-0484 §rules-clients: tokens are per client, named by <user-agent id>;
+            # without one the login goes on without a token (xmpp.js may leave it out).
+            log.info("c2s %s: no FAST token without <user-agent id>", self.peer)
+            return ""
+        assert self.host is not None
+        try:
+            token, expiry = sasl2.fast_tokens(self.server).issue(
+                self.host, local, request.client, mechanism, self.c2s.fast_token_lifetime
+            )
+        except StorageFull as exc:
+            log.warning("c2s %s: no FAST token for %s: %s", self.peer, local, exc)
+            return ""
+        return sasl2.token_xml(token, expiry)
+
     # --- XEP-0198 stream management ----------------------------------------------------
 
     def _stream_management(self, st: Stanza) -> None:
@@ -470,24 +589,27 @@ class C2SStream(Session, ClientNegotiation):
         )
 
     def _sm_enable(self, st: Stanza) -> None:
+        self.send_uncounted(self._enable_sm(st.attrs))
+
+    def _enable_sm(self, attrs: Any) -> bytes:
+        """§3 <enable/> with these attributes (on its own, or inline in a XEP-0386 bind):
+        the <enabled/> or <failed/> to send, before anything else is sent."""
         settings = self.server.config.stream_management
         if not settings.enabled:
-            self.send_uncounted(sm.failed_xml("feature-not-implemented"))
-            return
+            return sm.failed_xml("feature-not-implemented")
         if not self.bound or self.sm is not None:
             # §3: after resource binding only, and once per stream. <failed/> as the XEP's
             # examples show (§6: stream management errors are recoverable).
-            self.send_uncounted(sm.failed_xml("unexpected-request"))
-            return
+            return sm.failed_xml("unexpected-request")
         timeout = settings.resume_timeout
-        requested = sm.parse_h(st.attrs.get("max"))  # an unsignedInt will do for seconds
+        requested = sm.parse_h(attrs.get("max"))  # an unsignedInt will do for seconds
         if requested:
             timeout = min(timeout, float(requested))  # §3: the client's preferred maximum
         state = sm.StreamManagement(settings, None, timeout)
-        if st.attrs.get("resume") in ("true", "1") and timeout > 0:
+        if attrs.get("resume") in ("true", "1") and timeout > 0:
             state.sm_id = sm.resumption_table(self.server).register(self)
-        self.send_uncounted(sm.enabled_xml(state))
-        # §4: our count of sent stanzas starts after <enabled/>, 'h' after <enable/>.
+        # §4: our count of sent stanzas starts after <enabled/>, 'h' after <enable/>: the
+        # caller sends it before anything else.
         self.sm = state
         log.info(
             "c2s %s: stream management for %s%s",
@@ -495,25 +617,38 @@ class C2SStream(Session, ClientNegotiation):
             self.full,
             f", resumable for {timeout:g}s" if state.sm_id else "",
         )
+        return sm.enabled_xml(state)
 
     def _sm_resume(self, st: Stanza) -> None:
+        failed = self._resume(
+            st.attrs.get("previd", ""),
+            st.attrs.get("h"),
+            lambda old, resumed: old.send_uncounted(resumed),
+        )
+        if failed is not None:
+            self.send_uncounted(failed)
+
+    def _resume(
+        self,
+        previd: str,
+        h_attr: str | None,
+        announce: Callable[[C2SStream, bytes], None],
+    ) -> bytes | None:
         """§5: take over the session `previd` names: its connection (if it still has one)
-        gets a conflict stream error, this stream's connection moves into it, and what the
-        client has not acknowledged is sent again."""
+        gets a conflict stream error, this stream's connection moves into it, `announce`
+        writes <resumed/> there (on its own, or in a XEP-0388 <success/>), and what the
+        client has not acknowledged is sent again. The <failed/> to send when there is no
+        such session; None when resumed, or when this stream was closed (an 'h' too high)."""
         settings = self.server.config.stream_management
         if not settings.enabled or settings.resume_timeout <= 0:
             # §5: resumption is not supported here.
-            self.send_uncounted(sm.failed_xml("feature-not-implemented"))
-            return
+            return sm.failed_xml("feature-not-implemented")
         if self.authenticated_local is None or self.bound:
             # §3: resumption replaces binding, after authentication.
-            self.send_uncounted(sm.failed_xml("unexpected-request"))
-            return
-        h = sm.parse_h(st.attrs.get("h"))
+            return sm.failed_xml("unexpected-request")
+        h = sm.parse_h(h_attr)
         if h is None:
-            self.send_uncounted(sm.failed_xml("bad-request"))
-            return
-        previd = st.attrs.get("previd", "")
+            return sm.failed_xml("bad-request")
         bare = f"{self.authenticated_local}@{self.host}"
         table = sm.resumption_table(self.server)
         old = table.find(previd, bare)
@@ -521,12 +656,11 @@ class C2SStream(Session, ClientNegotiation):
             # §5: unknown or timed out (with the 'h' it ended with when we still know it).
             # The client may bind a resource on this stream instead.
             log.info("c2s %s: no session to resume for %s", self.peer, bare)
-            self.send_uncounted(sm.failed_xml("item-not-found", table.ended_h(previd, bare)))
-            return
+            return sm.failed_xml("item-not-found", table.ended_h(previd, bare))
         state = old.sm
         if not state.acknowledge(h):
             self._handled_count_too_high(state, h)  # the old session keeps waiting
-            return
+            return None
         if old.connection is not None:
             # §5: the server still has the old stream open: conflict, then closed.
             old._release_connection().end_stream(
@@ -544,7 +678,7 @@ class C2SStream(Session, ClientNegotiation):
         connection.attach(old)
         old.connection = connection
         old.closing = False
-        old.send_uncounted(sm.resumed_xml(state))
+        announce(old, sm.resumed_xml(state))
         for data, _sent_at in state.unacked:
             old.send_uncounted(data)  # §5: everything the client has not handled, again
         if state.unacked:
@@ -555,6 +689,7 @@ class C2SStream(Session, ClientNegotiation):
         log.info(
             "c2s %s: resumed %s, %d stanzas sent again", old.peer, old.full, len(state.unacked)
         )
+        return None
 
     def _resumable(self) -> bool:
         state = self.sm

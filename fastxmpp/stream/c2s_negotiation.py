@@ -25,10 +25,11 @@ from .. import ns
 from .._parser import Stanza, StreamHeader
 from ..errors import StanzaError, StreamError
 from ..jid import JIDError, parse_jid
-from . import compression, csi, sm
+from . import compression, csi, sasl2, sm
 from .sasl import (
     Challenge,
     Failure,
+    HashedTokenExchange,
     PlainExchange,
     SaslExchange,
     ScramExchange,
@@ -65,6 +66,7 @@ class Negotiation:
         "counted_address",
         "direct_tls",
         "sasl",
+        "sasl2",
         "sasl_failures",
         "sasl_mechanism",
     )
@@ -79,6 +81,8 @@ class Negotiation:
         # (limits.max_unauthenticated_per_ip), until the stream authenticates or ends.
         self.counted_address: str | None = None
         self.sasl: SaslExchange | None = None  # the exchange under way (RFC 6120 §6.4)
+        # The XEP-0388 <authenticate/> under way (its exchange is `sasl`), else None.
+        self.sasl2: sasl2.AuthenticateRequest | None = None
         self.sasl_mechanism = ""
         self.sasl_failures = 0  # RFC 6120 §6.4.5: limited by c2s.max_sasl_failures
 
@@ -103,6 +107,7 @@ class ClientNegotiation(XmlStream):
     # None once a resource is bound (or this stream resumed a session).
     negotiation: Negotiation | None
     records: list[Any] | None  # Session.records (fastxmpp/records.py)
+    sm: Any  # Session.sm: XEP-0198 state, once enabled
 
     @property
     def sasl_failures(self) -> int:
@@ -200,22 +205,47 @@ class ClientNegotiation(XmlStream):
                 parts.append(f"<mechanisms xmlns='{ns.SASL}'>")
                 parts.extend(f"<mechanism>{m}</mechanism>" for m in mechanisms)
                 parts.append("</mechanisms>")
+                parts.append(sasl2.feature_xml(mechanisms, self._sasl2_inline()))
         else:
             if self._compression_offered():
                 # XEP-0138: after TLS and SASL, before binding; XEP-0170 order.
                 parts.append(f"<compression xmlns='{compression.NS_FEATURE}'>")
                 parts.extend(f"<method>{m}</method>" for m in compression.METHODS)
                 parts.append("</compression>")
-            parts.append(f"<bind xmlns='{ns.BIND}'/>")
-            # RFC 6121 §1.4 kept the legacy session feature; we advertise it as optional.
-            parts.append(f"<session xmlns='{ns.SESSION}'><optional/></session>")
-            if self.server.config.stream_management.enabled:
-                # XEP-0198 §3: once stanzas may follow (enable after bind, or resume).
+            if not self.bound:
+                parts.append(f"<bind xmlns='{ns.BIND}'/>")
+                # RFC 6121 §1.4 kept the legacy session feature; we advertise it as optional.
+                parts.append(f"<session xmlns='{ns.SESSION}'><optional/></session>")
+            if self.server.config.stream_management.enabled and self.sm is None:
+                # XEP-0198 §3: once stanzas may follow (enable after bind, or resume); not
+                # on a stream bound (XEP-0386) or resumed (XEP-0388) with it already on.
                 parts.append(sm.FEATURE)
             if self.server.config.csi.enabled:
                 parts.append(csi.FEATURE)  # XEP-0352 §4: after authentication
         parts.append(self.server.modules.stream_features(cast("C2SStream", self)))
         return features_xml(parts)
+
+    def _sasl2_inline(self) -> list[str]:
+        """What an <authenticate/> may carry (XEP-0388 §discovery): Bind 2 with the
+        features it enables, XEP-0198 resumption, XEP-0484 FAST over TLS."""
+        settings = self.server.config
+        bind_features = []
+        if self.server.modules.get("carbons") is not None:
+            bind_features.append(ns.CARBONS)
+        if settings.csi.enabled:
+            bind_features.append(csi.NS)
+        if settings.stream_management.enabled:
+            bind_features.append(sm.NS_SM)
+        inline = [sasl2.bind2_feature_xml(bind_features)]
+        if settings.stream_management.enabled and settings.stream_management.resume_timeout > 0:
+            inline.append(sm.FEATURE)
+        if self._fast_offered():
+            inline.append(sasl2.fast_feature_xml())
+        return inline
+
+    def _fast_offered(self) -> bool:
+        # XEP-0484 §security: over a secure connection only.
+        return self.encrypted and self.c2s.fast_token_lifetime > 0
 
     def _compression_offered(self) -> bool:
         return (
@@ -291,12 +321,8 @@ class ClientNegotiation(XmlStream):
         initial = self._sasl_data(st, allow_absent=True)
         if initial is False:
             return
-        assert self.host is not None
-        accounts = self.server.accounts
-        if mechanism == "PLAIN":
-            exchange: SaslExchange = PlainExchange(self.host, accounts, self.server.run_blocking)
-        else:
-            exchange = ScramExchange(mechanism, self.host, accounts)
+        exchange = self._password_exchange(mechanism)
+        assert exchange is not None
         state.sasl = exchange
         state.sasl_mechanism = mechanism
         self._run_step(lambda: self._sasl_step(exchange.start(initial)))  # type: ignore[arg-type]
@@ -313,7 +339,11 @@ class ClientNegotiation(XmlStream):
         self._run_step(lambda: self._sasl_step(exchange.respond(data)))  # type: ignore[arg-type]
 
     def _sasl_data(self, st: Stanza, allow_absent: bool) -> bytes | bool | None:
-        text = (st.element().text or "").strip()
+        return self._decode_sasl_text(st.element().text, allow_absent)
+
+    def _decode_sasl_text(self, text: str | None, allow_absent: bool) -> bytes | bool | None:
+        """SASL data from its base64 text; False (the failure sent) when it is not base64."""
+        text = (text or "").strip()
         if not text:
             return None if allow_absent else b""
         if text == "=":
@@ -324,6 +354,96 @@ class ClientNegotiation(XmlStream):
             self._sasl_abandon()
             self._sasl_failure("incorrect-encoding")
             return False
+
+    # --- XEP-0388 SASL2 --------------------------------------------------------------------
+
+    def _sasl2_element(self, st: Stanza) -> None:
+        state = self.negotiation
+        assert state is not None  # SASL2 is refused once authenticated
+        if state.sasl2 is not None:
+            # XEP-0388 §"During Authentication": nothing but <response/> or <abort/>.
+            name = sasl2.during_exchange(st)
+            if name == "abort":
+                self._sasl_abandon()
+                self._sasl_failure("aborted", sasl2_version=True)
+                return
+            current = state.sasl
+            if current is None:
+                return  # the exchange ended meanwhile (a failure, which said so)
+            data = self._decode_sasl_text(st.element().text, allow_absent=False)
+            if data is False:
+                return
+            self._run_step(lambda: self._sasl_step(current.respond(data)))  # type: ignore[arg-type]
+            return
+        if st.name == "abort":
+            self._sasl_failure("aborted", sasl2_version=True)  # as RFC 6120 §6.4.4
+            return
+        if st.name == "response":
+            self._sasl_failure("malformed-request", "no exchange in progress", True)
+            return
+        if st.name != "authenticate":
+            raise StreamError("unsupported-stanza-type", f"<{st.name} xmlns='{sasl2.NS}'/>")
+        if state.sasl is not None:
+            raise StreamError("policy-violation", "<authenticate/> during a SASL exchange")
+        if self.server.auth_throttle.refused(self._address()):
+            self._sasl_failure("temporary-auth-failure", "too many failed logins, try later", True)
+            return
+        try:
+            request = sasl2.parse_authenticate(st.element())
+            exchange = self._sasl2_exchange(request)
+        except sasl2.MalformedRequest as exc:
+            self._sasl_failure("malformed-request", str(exc), sasl2_version=True)
+            return
+        if exchange is None:
+            self._sasl_failure("invalid-mechanism", sasl2_version=True)
+            return
+        state.sasl2 = request
+        initial = self._decode_sasl_text(request.initial_response, allow_absent=True)
+        if initial is False:
+            return
+        state.sasl = exchange
+        state.sasl_mechanism = request.mechanism
+        self._run_step(lambda: self._sasl_step(exchange.start(initial)))  # type: ignore[arg-type]
+
+    def _sasl2_exchange(self, request: sasl2.AuthenticateRequest) -> SaslExchange | None:
+        """The exchange for the request's mechanism; None when it is not offered."""
+        assert self.host is not None
+        fast = self._fast_offered()
+        if request.request_token is not None and (
+            not fast or request.request_token not in sasl2.FAST_MECHANISMS
+        ):
+            raise sasl2.MalformedRequest("no such FAST mechanism")
+        mechanism = request.mechanism
+        if mechanism in sasl2.FAST_MECHANISMS:
+            if not fast:
+                return None
+            if not request.fast or request.client is None:
+                raise sasl2.MalformedRequest("a FAST mechanism needs <fast/> and <user-agent id>")
+            return HashedTokenExchange(
+                mechanism,
+                self.host,
+                sasl2.fast_tokens(self.server),
+                request.client,
+                request.count,
+                request.invalidate,
+            )
+        if request.fast:
+            raise sasl2.MalformedRequest("<fast/> goes with a FAST mechanism")
+        return self._password_exchange(mechanism)
+
+    def _password_exchange(self, mechanism: str) -> SaslExchange | None:
+        if mechanism not in offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted):
+            return None
+        assert self.host is not None
+        accounts = self.server.accounts
+        if mechanism == "PLAIN":
+            return PlainExchange(self.host, accounts, self.server.run_blocking)
+        return ScramExchange(mechanism, self.host, accounts)
+
+    def _sasl2_complete(
+        self, outcome: Success, request: sasl2.AuthenticateRequest, exchange: Any
+    ) -> None:
+        raise NotImplementedError  # C2SStream: resumption, binding, <success/>
 
     async def _sasl_step(self, pending_outcome: Any) -> None:
         outcome = await pending_outcome
@@ -336,35 +456,45 @@ class ClientNegotiation(XmlStream):
             # The account is under attack (limits.auth_failures_per_account): refused for
             # the rest of the window whatever the password, RFC 6120 §6.5.12.
             outcome = Failure("temporary-auth-failure", "too many failed logins, try later")
-        elif isinstance(outcome, Failure) and outcome.condition == "not-authorized":
+        elif isinstance(outcome, Failure) and outcome.condition in WRONG_CREDENTIALS:
+            # A wrong FAST token counts as a wrong password (XEP-0484 §security).
             throttle.record_failure(self._address(), account)
             delay = throttle.delay(self._address(), account)
             if delay:
                 await asyncio.sleep(delay)  # back-off: this stream's input waits too
             if self.closing:
                 return
+        request = state.sasl2
         if isinstance(outcome, Challenge):
-            data = _b64(outcome.data) if outcome.data else ""
-            self.write(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
+            data = sasl_text(outcome.data) if outcome.data else ""
+            if request is not None:
+                self.write(sasl2.challenge_xml(data))
+            else:
+                self.write(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
         elif isinstance(outcome, Success):
             state.sasl = None
-            self.authenticated_local = outcome.local
-            self._uncount_unauthenticated()
-            data = _b64(outcome.data) if outcome.data else ""
-            self.write(f"<success xmlns='{ns.SASL}'>{data}</success>".encode())
             log.info(
-                "c2s %s: authenticated %s@%s with %s",
+                "c2s %s: authenticated %s@%s with %s%s",
                 self.peer,
                 outcome.local,
                 self.host,
                 state.sasl_mechanism,
+                " (SASL2)" if request is not None else "",
             )
+            if request is not None:
+                state.sasl2 = None
+                self._sasl2_complete(outcome, request, exchange)
+                return
+            self.authenticated_local = outcome.local
+            self._uncount_unauthenticated()
+            data = sasl_text(outcome.data) if outcome.data else ""
+            self.write(f"<success xmlns='{ns.SASL}'>{data}</success>".encode())
             if self.connection is not None:
                 self.connection.pending.clear()
                 self.connection.restart()
         elif isinstance(outcome, Failure):
             state.sasl = None
-            self._sasl_failure(outcome.condition, outcome.text)
+            self._sasl_failure(outcome.condition, outcome.text, request is not None)
 
     def _address(self) -> str:
         """The client's IP address: what failed logins are counted by."""
@@ -380,19 +510,33 @@ class ClientNegotiation(XmlStream):
         if self.negotiation is not None:
             self.negotiation.sasl = None
 
-    def _sasl_failure(self, condition: str, text: str | None = None) -> None:
+    def _sasl_failure(
+        self, condition: str, text: str | None = None, sasl2_version: bool = False
+    ) -> None:
+        """RFC 6120 §6.4.5 <failure/>, or XEP-0388's when `sasl2_version` or a SASL2
+        exchange is under way; failures of both count alike."""
         state = self.negotiation
         assert state is not None  # SASL is refused once authenticated
         state.sasl_failures += 1
-        text_xml = f"<text xml:lang='en'>{escape(text)}</text>" if text else ""
-        self.write(f"<failure xmlns='{ns.SASL}'><{condition}/>{text_xml}</failure>".encode())
+        if sasl2_version or state.sasl2 is not None:
+            state.sasl2 = None
+            state.sasl = None
+            self.write(sasl2.failure_xml(condition, text))
+        else:
+            text_xml = f"<text xml:lang='en'>{escape(text)}</text>" if text else ""
+            self.write(f"<failure xmlns='{ns.SASL}'><{condition}/>{text_xml}</failure>".encode())
         log.info("c2s %s: SASL failure %s (%d)", self.peer, condition, state.sasl_failures)
         if condition != "aborted" and state.sasl_failures >= self.c2s.max_sasl_failures:
             # RFC 6120 §6.4.5: retries are limited; then the stream is closed.
             self.close_with_error("policy-violation", "too many authentication failures")
 
 
-def _b64(data: bytes) -> str:
+# Failures that count against the address and account (limits.auth_failures_per_*).
+WRONG_CREDENTIALS = frozenset(("not-authorized", "credentials-expired"))
+
+
+def sasl_text(data: bytes) -> str:
+    """SASL data as the base64 text of an element (RFC 6120 §6.4.2: "=" for empty data)."""
     return base64.b64encode(data).decode() if data else "="
 
 

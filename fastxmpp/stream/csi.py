@@ -102,11 +102,17 @@ class HeldStanzas:
 def client_state(session: C2SStream, st: Any, limit: int) -> bool:
     """<inactive/> or <active/> (§5); False for another element in the namespace. There is
     no reply to either (§5.1)."""
-    if st.name == "inactive":
+    return set_state(session, st.name, limit)
+
+
+def set_state(session: C2SStream, name: str, limit: int) -> bool:
+    """The state named `name` ("inactive", "active"; also inline in a XEP-0386 bind);
+    False for another name."""
+    if name == "inactive":
         if session.csi is None:
             session.csi = HeldStanzas(limit)
         return True
-    if st.name == "active":
+    if name == "active":
         make_active(session)
         return True
     return False

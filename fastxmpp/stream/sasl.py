@@ -1,5 +1,6 @@
 """SASL for client streams (RFC 6120 §6): SCRAM-SHA-1, SCRAM-SHA-256 (RFC 5802, RFC 7677,
-through scramp) and PLAIN (RFC 4616, offered only over TLS).
+through scramp) and PLAIN (RFC 4616, offered only over TLS); and the HT mechanisms of
+draft-schmaus-kitten-sasl-ht with a XEP-0484 FAST token (inside SASL2, over TLS only).
 
 A `SaslExchange` is driven by the stream: `start(initial)` and `respond(data)` return an
 outcome: `Challenge(data)`, `Success(data, local)` or `Failure(condition, text)`.
@@ -18,6 +19,7 @@ from scramp import ScramException, ScramMechanism
 
 from ..jid import JIDError, normalize_local
 from ..storage.accounts import AccountStore
+from ..storage.fast_tokens import HT_DIGESTS, FastTokenStore, Verified
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
 ALL_MECHANISMS = (*SCRAM_MECHANISMS, "PLAIN")
@@ -167,6 +169,63 @@ class PlainExchange(SaslExchange):
         if credentials is not None:
             self._accounts.replace_credentials(self._domain, local, credentials)
         return Success(b"", local)
+
+
+class HashedTokenExchange(SaslExchange):
+    """draft-schmaus-kitten-sasl-ht, without channel binding (-NONE): one message,
+    `authcid NUL HMAC(token, "Initiator")`; the server's additional data on success is
+    `HMAC(token, "Responder")`. The token is a XEP-0484 FAST token of the client
+    `client` (its SASL2 user-agent id)."""
+
+    def __init__(
+        self,
+        mechanism: str,
+        domain: str,
+        tokens: FastTokenStore,
+        client: str,
+        count: int | None,
+        invalidate: bool,
+    ) -> None:
+        assert mechanism in HT_DIGESTS
+        self._mechanism = mechanism
+        self._domain = domain
+        self._tokens = tokens
+        self._client = client
+        self._count = count
+        self._invalidate = invalidate
+        self.verified: Verified | None = None
+
+    async def start(self, initial: bytes | None) -> Outcome:
+        if initial is None:
+            return Failure("malformed-request", "HT mechanisms send an initial response")
+        return await self.respond(initial)
+
+    async def respond(self, data: bytes) -> Outcome:
+        if self.verified is not None:
+            return Failure("malformed-request", "unexpected response")
+        authcid, separator, initiator = data.partition(b"\0")
+        if not separator:
+            return Failure("malformed-request", "expected authcid NUL initiator hash")
+        try:
+            self.username = authcid.decode()
+            local = normalize_local(self.username)
+            self.username = local
+        except (UnicodeDecodeError, JIDError):
+            return Failure("credentials-expired")
+        outcome = self._tokens.verify(
+            self._domain,
+            local,
+            self._client,
+            self._mechanism,
+            initiator,
+            self._count,
+            self._invalidate,
+        )
+        if isinstance(outcome, str):
+            # XEP-0484 §rules-servers: a token not (or no longer) trusted.
+            return Failure(outcome)
+        self.verified = outcome
+        return Success(outcome.responder, local)
 
 
 def offered_mechanisms(configured: tuple[str, ...], encrypted: bool) -> list[str]:

@@ -210,6 +210,63 @@ const scenarios = {
       at_b: bodies(b),
     };
   },
+
+  // XEP-0484 FAST with XEP-0388/0386/0198: the password login gets a token; the connection
+  // dies; xmpp.js reconnects with the token only (a wrong password beside it proves the
+  // token did it) and resumes the session inline in the same <authenticate/>.
+  async fast_resume() {
+    const username = users[0];
+    let saved = null;
+    const userAgent = () =>
+      xml("user-agent", { id: "b3c1f1de-fast-scenario" }, xml("software", {}, "scenarios"));
+    const a = client({
+      service: `xmpp://localhost:${port}`,
+      domain: "localhost",
+      resource: "phone",
+      credentials: async (authenticate, offered) => {
+        const credentials = saved
+          ? { username, password: "not the password", token: saved }
+          : { username, password };
+        await authenticate(credentials, offered[0], userAgent());
+      },
+    });
+    a.fast.saveToken = async (token) => {
+      saved = token;
+    };
+    a.received = [];
+    a.elements = [];
+    a.on("stanza", (stanza) => a.received.push(stanza));
+    a.on("element", (el) => a.elements.push(`${el.name} ${el.attrs.xmlns ?? ""}`));
+    a.on("error", () => {});
+    opened.push(a);
+    await a.start();
+    await a.send(xml("presence"));
+    await waitUntil(() => saved, "a FAST token");
+    const b = await connect(users[1], "js");
+    const jidBefore = a.jid.toString();
+    const smId = a.streamManagement.id;
+    await b.send(chat(jidBefore, "before the drop", "f1"));
+    await waitUntil(() => bodies(a).length === 1, "the first message at a");
+    let resumed = false;
+    a.streamManagement.on("resumed", () => (resumed = true));
+    await a.send(xml("a", { xmlns: SM, h: a.streamManagement.inbound }));
+    const mark = a.elements.length;
+    a.socket.socket.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    await b.send(chat(jidBefore, "while away", "f2"));
+    await waitUntil(() => resumed, "the resumption", 15_000);
+    await waitUntil(() => bodies(a).length >= 2, "the message sent while away");
+    return {
+      token_mechanism: saved.mechanism,
+      token_expiry: saved.expiry,
+      jid_before: jidBefore,
+      jid_after: a.jid.toString(),
+      sm_id_before: smId,
+      sm_id_after: a.streamManagement.id,
+      after_drop: a.elements.slice(mark),
+      at_a: bodies(a).map((m) => m.body),
+    };
+  },
 };
 
 async function main() {
