@@ -8,7 +8,7 @@ either the whole account or nothing of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lmdb
@@ -84,15 +84,22 @@ def purge_account(storage: Storage, txn: Any, domain: str, local: str) -> None:
         purge(txn, db, domain, local)
 
 
+def prefixed(txn: Any, prefix: bytes, db: Any = None) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of each record of `db` (the transaction's own by default) whose key
+    starts with `prefix`, in key order; copies, valid after the transaction."""
+    cursor = txn.cursor() if db is None else txn.cursor(db=db)
+    more = cursor.set_range(prefix)
+    while more:
+        key = bytes(cursor.key())
+        if not key.startswith(prefix):
+            return
+        yield key, bytes(cursor.value())
+        more = cursor.next()
+
+
 def count_prefix(txn: Any, prefix: bytes, db: Any = None) -> int:
     """How many keys of `db` (the transaction's own by default) start with `prefix`."""
-    cursor = txn.cursor() if db is None else txn.cursor(db=db)
-    count = 0
-    more = cursor.set_range(prefix)
-    while more and bytes(cursor.key()).startswith(prefix):
-        count += 1
-        more = cursor.next()
-    return count
+    return sum(1 for _ in prefixed(txn, prefix, db))
 
 
 def delete_prefix(txn: Any, db: Any, prefix: bytes) -> int:

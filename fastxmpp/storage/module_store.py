@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import lmdb
 
-from .account_data import account_prefix, purge_prefixed, register_prefix_purge
+from .account_data import account_prefix, prefixed, purge_prefixed, register_prefix_purge
 from .lmdb_store import Storage, StorageFull
 
 DATABASE_PREFIX = "module/"
@@ -73,14 +73,8 @@ class ModuleStore:
     def items(self, domain: str, local: str) -> list[tuple[bytes, bytes]]:
         """Every (key, value) of the account, in key order."""
         prefix = account_prefix(domain, local)
-        found: list[tuple[bytes, bytes]] = []
         with self.storage.env.begin(db=self._db) as txn:
-            cursor = txn.cursor()
-            more = cursor.set_range(prefix)
-            while more and bytes(cursor.key()).startswith(prefix):
-                found.append((bytes(cursor.key())[len(prefix) :], bytes(cursor.value())))
-                more = cursor.next()
-        return found
+            return [(key[len(prefix) :], value) for key, value in prefixed(txn, prefix)]
 
 
 register_prefix_purge(DATABASE_PREFIX, purge_prefixed)

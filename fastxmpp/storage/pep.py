@@ -21,7 +21,13 @@ from typing import Any
 
 import msgpack
 
-from .account_data import account_prefix, delete_prefix, purge_prefixed, register_purge
+from .account_data import (
+    account_prefix,
+    count_prefix,
+    delete_prefix,
+    purge_prefixed,
+    register_purge,
+)
 from .lmdb_store import Storage, expect, unpack
 
 DATABASE = "pep"
@@ -221,14 +227,7 @@ class PepStore:
         return key
 
     def _count_nodes(self, txn: Any, prefix: bytes) -> int:
-        start = prefix + b"n"
-        cursor = txn.cursor()
-        count = 0
-        more = cursor.set_range(start)
-        while more and bytes(cursor.key()).startswith(start):
-            count += 1
-            more = cursor.next()
-        return count
+        return count_prefix(txn, prefix + b"n")
 
     def _add_usage(self, txn: Any, prefix: bytes, delta: int, limit: int | None = None) -> None:
         used = self._usage(prefix + b"u", txn.get(prefix + b"u")) + delta

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .account_data import account_prefix, count_prefix, register_purge
+from .account_data import account_prefix, count_prefix, prefixed, register_purge
 from .lmdb_store import Storage
 from .xml_check import check_elements
 
@@ -39,13 +39,8 @@ class PushStore:
         """(app server JID, node, resource that enabled it, publish-options XML) of each
         registration."""
         prefix = account_prefix(domain, local)
-        records: list[tuple[bytes, bytes]] = []
         with self.storage.env.begin(db=self._db) as txn:
-            cursor = txn.cursor()
-            more = cursor.set_range(prefix)
-            while more and bytes(cursor.key()).startswith(prefix):
-                records.append((bytes(cursor.key()), bytes(cursor.value())))
-                more = cursor.next()
+            records = list(prefixed(txn, prefix))
         found: list[tuple[str, str, str, bytes]] = []
         # Decoded once the read has ended: a corrupt one is moved to quarantine (a write).
         for key, raw in records:
