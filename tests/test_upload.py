@@ -26,8 +26,8 @@ NS_UPLOAD = "urn:xmpp:http:upload:0"
 NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
 CLIENT = "jabber:client"
-MAX_FILE_SIZE = 200000
-QUOTA = 300000
+MAX_FILE_SIZE = 2000000
+QUOTA = 3000000
 PENDING = 3
 UPLOAD = f"""{HTTP_LISTENER}
 [upload]
@@ -137,7 +137,8 @@ def test_service_is_discovered_with_its_limit(raw: RawClient) -> None:
 
 async def test_slixmpp_uploads_and_the_get_url_serves_it(web: ServerProcess, ca_file: str) -> None:
     user = next(names.names())
-    body = os.urandom(50000)
+    # Larger than [http] max_request_size (1 MiB): upload bodies are streamed to disk.
+    body = os.urandom(1500000)
     client = SlixClient(f"{user}@localhost", ca_file, plugins=("xep_0363",))
     try:
         await client.online(web.port)
@@ -210,6 +211,43 @@ async def test_expired_slot_is_forbidden(make_server, ca_file: str) -> None:  # 
         client.login(ca_file, "alice", PASSWORD)
         put_url, _ = slot_urls(ask_slot(client, "late.txt", 3))
         assert await put(put_url, b"abc") == 403
+    finally:
+        client.close()
+
+
+async def test_stalled_or_dropped_upload_keeps_nothing(make_server, ca_file: str) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server(HTTP_LISTENER + "\n[http]\nidle_timeout = 1.0\n")
+    srv.adduser("alice@localhost")
+    srv.start()
+    port = http_port(srv)
+    tmp = srv.data_dir / "upload" / "tmp"
+    client = srv.client()
+    try:
+        client.login(ca_file, "alice", PASSWORD)
+        for stalls in (True, False):
+            put_url, get_url = slot_urls(ask_slot(client, "part.bin", 100))
+            target = put_url.split(str(port), 1)[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"PUT {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n"
+                "Content-Length: 100\r\n\r\n".encode()
+                + b"x" * 10
+            )
+            await writer.drain()
+            file_id = urlsplit(get_url).path.split("/")[2]
+            if stalls:
+                # 90 bytes never come: after idle_timeout the server gives up.
+                answer = await reader.read()
+                assert answer.startswith(b"HTTP/1.1 400"), answer
+            else:
+                writer.close()
+            srv.wait_for_log(f"upload {file_id} failed")
+            writer.close()
+            assert list(tmp.iterdir()) == []
+            assert await status_of(get_url) == 404
+            assert await put(put_url, b"x" * 100) == 403  # the slot is spent
+        # The server serves the next upload as ever.
+        assert await status_of(await upload(client, b"after", "after.txt")) == 200
     finally:
         client.close()
 
@@ -301,8 +339,8 @@ def test_file_too_large_names_the_limit(raw: RawClient) -> None:
 
 
 async def test_quota_reached_says_when_to_retry(raw: RawClient) -> None:
-    await upload(raw, b"q" * 150000, "first.bin")
-    reply = ask_slot(raw, "second.bin", 160000)
+    await upload(raw, b"q" * 1500000, "first.bin")
+    reply = ask_slot(raw, "second.bin", 1600000)
     error = error_of(reply)
     assert stanza_error(reply) == "resource-constraint" and error.get("type") == "wait"
     stamp = error.find(f"{{{NS_UPLOAD}}}retry").get("stamp")
@@ -310,7 +348,7 @@ async def test_quota_reached_says_when_to_retry(raw: RawClient) -> None:
     retry_at = time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
     assert 29 * 86400 < retry_at - time.time() <= 30 * 86400
     # What still fits is granted.
-    slot_urls(ask_slot(raw, "third.bin", QUOTA - 150000))
+    slot_urls(ask_slot(raw, "third.bin", QUOTA - 1500000))
 
 
 def test_pending_slots_are_bounded(raw: RawClient) -> None:

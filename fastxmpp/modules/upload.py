@@ -448,8 +448,8 @@ class UploadModule(Module):
             os.replace(temporary, self.files_dir / slot.file_id)
             await self.server.run_blocking(lambda: _fsync_dir(self.files_dir))
             return True
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            log.info("upload %s failed: %s", slot.file_id, exc)
+        except Exception as exc:  # the client went away or stalled, the disk failed...
+            log.info("upload %s failed: %s", slot.file_id, f"{type(exc).__name__}: {exc}")
             return False
         finally:
             temporary.unlink(missing_ok=True)
