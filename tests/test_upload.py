@@ -6,6 +6,7 @@ expire, and go with their account. slixmpp's xep_0363 plugin is the real client.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import io
 import os
 import time
@@ -166,6 +167,30 @@ async def test_html_is_served_as_an_attachment_under_a_sandbox(raw: RawClient) -
         assert response.headers["Content-Type"].startswith("text/html")
         assert response.headers["Content-Disposition"].startswith("attachment;")
         assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+async def test_any_file_name_round_trips_in_the_url(raw: RawClient) -> None:
+    name = "résumé 1 ?#%.txt"
+    get_url = await upload(raw, b"cv", name)
+    async with aiohttp.ClientSession() as http, http.get(get_url) as response:
+        assert response.status == 200 and await response.read() == b"cv"
+        disposition = response.headers["Content-Disposition"]
+        assert disposition == "inline; filename*=UTF-8''r%C3%A9sum%C3%A9%201%20%3F%23%25.txt"
+
+
+def test_without_an_http_listener_there_is_no_upload_service(
+    server: ServerProcess, ca_file: str
+) -> None:
+    client = server.client()
+    try:
+        client.login(ca_file, "alice", PASSWORD)
+        client.send(f"<iq type='get' id='items' to='localhost'><query xmlns='{NS_ITEMS}'/></iq>")
+        items = client.next().find(f"{{{NS_ITEMS}}}query")
+        assert not [i for i in items if i.get("jid", "").startswith("upload.")]
+        # The domain is not served here, and there is no federation to send it to.
+        assert stanza_error(ask_slot(client, "x.txt", 3)) == "remote-server-not-found"
+    finally:
+        client.close()
 
 
 # --- hostile PUTs ----------------------------------------------------------------------------
@@ -345,7 +370,7 @@ async def test_quota_reached_says_when_to_retry(raw: RawClient) -> None:
     assert stanza_error(reply) == "resource-constraint" and error.get("type") == "wait"
     stamp = error.find(f"{{{NS_UPLOAD}}}retry").get("stamp")
     # XEP-0082 UTC; the first file expires after the default 30 days.
-    retry_at = time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    retry_at = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
     assert 29 * 86400 < retry_at - time.time() <= 30 * 86400
     # What still fits is granted.
     slot_urls(ask_slot(raw, "third.bin", QUOTA - 1500000))
