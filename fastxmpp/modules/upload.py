@@ -400,7 +400,7 @@ class UploadModule(Module):
         # Once: whatever happens next, the slot is spent (§5: the client asks for a new one).
         del self.slots[file_id]
         self.pending.get(slot.owner, PendingSlots()).slots.pop(file_id, None)
-        if slot.expires < time.time():
+        if time.time() >= slot.expires:
             return self._refuse(403, "the slot has expired")
         length = request.content_length
         if length is None:
