@@ -349,6 +349,7 @@ async def test_path_traversal_reaches_nothing(raw: RawClient, web: ServerProcess
             )
             assert 400 <= status < 500, (method, path, status)
             assert secret not in answer and b"mine" not in answer.split(b"\r\n\r\n", 1)[1]
+    assert await status_of(get_url) == 200  # the file itself is still served
 
 
 # --- XMPP errors (§4) ------------------------------------------------------------------------

@@ -267,7 +267,7 @@ class UploadModule(Module):
 
     def _request_slot(self, origin: C2SStream, st: Stanza, service: UploadService) -> str:
         # §4: a permanent error for who may not upload: accounts of other hosts and servers.
-        if getattr(origin, "is_remote", False) or origin.domain != service.host:
+        if origin.is_remote or origin.domain != service.host:
             raise StanzaError("not-allowed", f"only accounts of {service.host} may upload")
         request = st.element().find(f"{{{NS_UPLOAD}}}request")
         if request is None:
