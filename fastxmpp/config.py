@@ -262,6 +262,20 @@ class MucConfig:
 
 
 @dataclass(frozen=True)
+class UploadConfig:
+    """XEP-0363 HTTP file upload: one service per host, files served by the http listener
+    (docs/CONFIGURATION.md, [upload])."""
+
+    enabled: bool = True  # only where an http listener exists (the files are served there)
+    domain: str = "upload.{host}"  # the service's domain, {host} is the host it serves
+    max_file_size: int = 10485760  # bytes of one file (advertised in disco, XEP-0363 §2)
+    quota: int = 104857600  # bytes one account may hold (its files plus pending slots)
+    expire_after: float = 30.0  # days a file is kept (0: until its account goes)
+    slot_timeout: float = 300.0  # seconds a slot's PUT URL stays valid
+    max_pending_slots: int = 10  # slots one account may hold unused at a time
+
+
+@dataclass(frozen=True)
 class PepConfig:
     max_nodes: int = 200  # XEP-0163 nodes per account
     max_items: int = 256  # per node: the cap on pubsub#max_items (and what "max" means)
@@ -338,6 +352,7 @@ class Config:
     modules: ModulesConfig = ModulesConfig()
     components: dict[str, ComponentConfig] = field(default_factory=dict)
     http: HttpConfig = HttpConfig()
+    upload: UploadConfig = UploadConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -760,6 +775,18 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "public_url": _base_url,
         },
     ),
+    "upload": (
+        UploadConfig,
+        {
+            "enabled": _boolean,
+            "domain": _domain_template,
+            "max_file_size": _integer_at_least(1),
+            "quota": _integer_at_least(1),
+            "expire_after": _non_negative_number,
+            "slot_timeout": _positive_number,
+            "max_pending_slots": _integer_at_least(1),
+        },
+    ),
     "muc": (
         MucConfig,
         {
@@ -887,6 +914,7 @@ class _Builder:
             modules=self.modules(data.get("modules", {})),
             components=self.components(data.get("components", {}), data.get("hosts", {})),
             http=simple["http"],
+            upload=simple["upload"],
             data_dir=self.path(server.get("data_dir", "var")),
             log_level=server.get("log_level", "info"),
             source=source,

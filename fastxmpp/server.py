@@ -195,6 +195,9 @@ class Server:
                 for sock in server.sockets:
                     address = sock.getsockname()[:2]
                     self.addresses.append(address)
+                    if listener.kind == "http":
+                        assert self.http is not None
+                        self.http.bound.append((address[0], address[1], tls_context is not None))
                     log.info("%s listening on %s:%d", label, address[0], address[1])
         except BaseException:
             self._close_storage()

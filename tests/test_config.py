@@ -56,7 +56,16 @@ def test_example_config_is_valid_and_matches_the_defaults() -> None:
     assert config.c2s == C2SConfig()
     assert config.limits == LimitsConfig()
     assert config.storage == StorageConfig()
-    for section in ("roster", "offline", "ping", "register", "legacy", "version", "http"):
+    for section in (
+        "roster",
+        "offline",
+        "ping",
+        "register",
+        "legacy",
+        "version",
+        "http",
+        "upload",
+    ):
         default = type(getattr(config, section))()
         assert getattr(config, section) == default, section
     assert config.log_level == "info"

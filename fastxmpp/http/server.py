@@ -3,8 +3,9 @@ by every `[[listeners]] kind = "http"` (plain, or HTTPS with the hosts' certific
 
 Endpoints: RFC 7395 WebSocket at /xmpp-websocket (websocket.py), XEP-0124/0206 BOSH at
 /http-bind (bosh.py) and XEP-0156 discovery at /.well-known/host-meta and host-meta.json.
-Later services (XEP-0363 uploads) add their routes, and XEP-0156 links where they have one,
-to the same application (`add_link`).
+Modules add their own routes to the same application (`Module.http_routes`, collected
+here when the application is built: XEP-0363 uploads), and XEP-0156 links where they have
+one (`add_link`).
 
 Limits ([http]): open connections, all http listeners together (beyond: 503 and closed),
 request body size (aiohttp's client_max_size: 413), idle connections closed after
@@ -75,6 +76,9 @@ class HttpService:
             self.app.router.add_post(BOSH_PATH, self.bosh.handle)
             self.app.router.add_route("OPTIONS", BOSH_PATH, self.bosh.preflight)
             self.add_link(REL_BOSH, BOSH_PATH, "http")
+        for module in server.modules.modules.values():
+            for method, path, handler in module.http_routes():
+                self.app.router.add_route(method, path, handler)
         self.app.router.add_get("/.well-known/host-meta", self._host_meta_xrd)
         self.app.router.add_get("/.well-known/host-meta.json", self._host_meta_json)
         self.runner = web.AppRunner(
@@ -86,6 +90,8 @@ class HttpService:
             shutdown_timeout=SHUTDOWN_GRACE,
         )
         self.refused = 0  # connections refused for max_connections (log lines)
+        # (address, port, https) of each bound http listener socket (set by Server.start).
+        self.bound: list[tuple[str, int, bool]] = []
 
     def add_link(self, rel: str, path: str, scheme: str) -> None:
         """A XEP-0156 link to an endpoint of this application."""
@@ -158,6 +164,19 @@ class HttpService:
         if scheme == "ws":
             return ("wss://" if secure else "ws://") + host_and_path
         return ("https://" if secure else "http://") + host_and_path
+
+    def public_base(self, host: str) -> str:
+        """The URL clients reach this application under when no request tells (URLs handed
+        out over XMPP: XEP-0363 slots): `[http] public_url`, or the first listener, named by
+        its address, or by `host` when it listens on every address."""
+        if self.config.public_url:
+            return self.config.public_url
+        address, port, https = self.bound[0] if self.bound else ("127.0.0.1", 5280, False)
+        if ipaddress.ip_address(address).is_unspecified:
+            name = host
+        else:
+            name = f"[{address}]" if ":" in address else address
+        return f"{'https' if https else 'http'}://{name}:{port}"
 
     # --- endpoints ---------------------------------------------------------------------
 

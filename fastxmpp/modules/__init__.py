@@ -42,6 +42,7 @@ BUILTIN = (
     "carbons",  # XEP-0280
     "mam",  # XEP-0313 user archives, XEP-0359 stanza-ids
     "push",  # XEP-0357 push notifications to app servers
+    "upload",  # XEP-0363 HTTP file upload (a service domain, files on the http listener)
 )
 
 

@@ -143,6 +143,13 @@ class Module:
         goes through `stream.run_iq_step(st, step)`."""
         return None
 
+    def http_routes(self) -> list[tuple[str, str, Any]]:
+        """(method, path, aiohttp handler) of each HTTP endpoint the module serves on the
+        server's http listeners (collected once, when the HTTP application is built, after
+        every module has started; none without an http listener). Paths are aiohttp
+        resource paths ("/upload/{file_id}/{filename}")."""
+        return []
+
     def account_removed(self, domain: str, local: str) -> None:
         """The account and its stored data are gone (fastxmpp.storage.account_data purged
         them in one transaction); drop what the module caches for it."""
