@@ -102,9 +102,6 @@ class Components:
         if self.config:
             self.router.remote_hook = self.route_out
 
-    def serves(self, domain: str) -> bool:
-        return domain in self.config
-
     def route_out(self, origin: Session, st: Stanza, target: tuple[str, ...]) -> None:
         """The router's remote_hook: a stanza for another domain."""
         domain = target[1]
