@@ -203,6 +203,9 @@ class ModuleHub:
     def unhook(self, module: Module, stage: str) -> None:
         self.attach(module.router).unhook(module.name, stage)
 
+    def hooked(self, module: Module, stage: str) -> bool:
+        return self.attach(module.router).hooked(module.name, stage)
+
     def server_features(self) -> list[str]:
         return sorted({f for m in self.modules.values() for f in m.features})
 

@@ -111,7 +111,18 @@ class PushModule(Module):
         assert self.server.storage is not None
         self.store = PushStore(self.server.storage)
         self.router.set_iq_handler(NS_PUSH, self.command)
-        self.hub.hook(self, "message/delivered", self.delivered)
+        self._hook_while_registered()
+
+    def _hook_while_registered(self) -> None:
+        """At "message/delivered" only while some account has a registration: a server
+        whose users never enabled push pays nothing per message for it."""
+        assert self.store is not None
+        wanted = self.store.any()
+        if wanted != self.hub.hooked(self, "message/delivered"):
+            if wanted:
+                self.hub.hook(self, "message/delivered", self.delivered)
+            else:
+                self.hub.unhook(self, "message/delivered")
 
     def stop(self) -> None:
         for pending in self.pending.values():
@@ -125,6 +136,8 @@ class PushModule(Module):
             pending = self.pending.pop(key)
             if pending.timer is not None:
                 pending.timer.cancel()
+        if self.store is not None:
+            self._hook_while_registered()
 
     # --- enable / disable (§5, §7) -----------------------------------------------------
 
@@ -150,6 +163,7 @@ class PushModule(Module):
             self._enable(origin, jid, node, self._publish_options(element))
         elif action == "disable":
             self.store.disable(origin.domain, origin.local, jid, node or None)
+            self._hook_while_registered()
             for key in [k for k in self.pending if k[:2] == (origin.bare, jid)]:
                 if node is None or key[2] == node:
                     self._drop(key)
@@ -189,6 +203,7 @@ class PushModule(Module):
             ) from None
         except StorageFull:
             raise StanzaError("resource-constraint", "the server's storage is full") from None
+        self._hook_while_registered()
         pending = self.pending.get((origin.bare, jid, node))
         if pending is not None:
             pending.form = form
@@ -303,6 +318,7 @@ class PushModule(Module):
         local, _, domain = bare.partition("@")
         try:
             self.store.disable(domain, local, jid, node)
+            self._hook_while_registered()
         except StorageFull:
             log.warning("push for %s: cannot remove the registration: storage full", bare)
         self._drop(key)

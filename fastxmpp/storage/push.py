@@ -35,6 +35,11 @@ class PushStore:
     def _key(domain: str, local: str, jid: str, node: str) -> bytes:
         return account_prefix(domain, local) + f"{jid}\0{node}".encode()
 
+    def any(self) -> bool:
+        """Whether any account has a registration."""
+        with self.storage.env.begin(db=self._db) as txn:
+            return bool(txn.cursor().first())
+
     def registrations(self, domain: str, local: str) -> list[tuple[str, str, str, bytes]]:
         """(app server JID, node, resource that enabled it, publish-options XML) of each
         registration."""
