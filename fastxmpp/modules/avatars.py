@@ -19,8 +19,10 @@ server for its accounts.
   converted; the user's own request succeeds as usual.
 - Presence (XEP-0398 §5, XEP-0153 §3): every available presence an account broadcasts
   carries <x xmlns='vcard-temp:x:update'><photo>SHA-1 of its vCard photo</photo></x>
-  (<photo/> without one), replacing the client's <x/>, except a client's empty <photo/>,
-  which §5 says the server leaves alone (the client is not ready to advertise). The hash is
+  (<photo/> without one), replacing any <x/> the client put there: the server knows the
+  stored photo, while a client's hash may be stale (slixmpp's xep_0153 sends the empty
+  <photo/> it computed at login after its avatar went up by PEP), so unlike §5 a client's
+  empty <photo/> is replaced too. Directed presence is routed as sent. The hash is
   cached per online account (dropped with its last session and whenever the vCard changes),
   so the broadcast does not read storage. When the photo changes, the account's available
   resources broadcast their presence again with the new hash (XEP-0153 §4.1).
@@ -143,13 +145,7 @@ class AvatarsModule(Module):
         x = update_x(self.photo_hash(session.domain, session.local))
         if B_NS_UPDATE not in data:
             return with_update(data, x)
-        element = st.element()
-        theirs = element.findall(f"{{{NS_UPDATE}}}x")
-        if len(theirs) == 1:
-            photo = theirs[0].find(f"{{{NS_UPDATE}}}photo")
-            if photo is not None and not (photo.text or "").strip() and len(photo) == 0:
-                return data  # §5: a client's empty <photo/> is left alone
-        copy = etree.fromstring(etree.tostring(element, encoding="utf-8"))
+        copy = etree.fromstring(etree.tostring(st.element(), encoding="utf-8"))
         for old in copy.findall(f"{{{NS_UPDATE}}}x"):
             copy.remove(old)
         copy.set("from", session.full)
