@@ -65,6 +65,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
@@ -104,6 +105,8 @@ class PepRecord:
 
 
 PEP = RecordSlot(PepRecord)
+# (domain, local, node name, the item it published)
+PublishListener = Callable[[str, str, str, Item], None]
 
 NS = "http://jabber.org/protocol/pubsub"
 NS_OWNER = NS + "#owner"
@@ -332,6 +335,7 @@ class PepModule(Module):
         # (hash, ver) -> the shared outcome of a disco#info query in flight (None: failed).
         self._inflight: dict[tuple[str, str], asyncio.Future[frozenset[str] | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners: list[PublishListener] = []
 
     def start(self) -> None:
         assert self.server.storage is not None
@@ -1059,27 +1063,88 @@ class PepModule(Module):
         if existing is not None:
             self._check_preconditions(existing.config, preconditions)
         item = Item(item_id, payload, origin.full, time.time())
-        cap = self.settings.max_items
         try:
-            node, _created = self.store.publish(
-                domain,
-                local,
-                name,
-                item,
-                {**DEFAULT_CONFIG, **preconditions},
-                lambda config: effective_max(config, cap),
-                self.limits,
-            )
+            self._store_and_notify(domain, local, name, item, preconditions, by=origin.full)
         except PepLimit as exc:
             raise self._limit_error(exc) from None
-        body = item_xml(item, node.config["deliver_payloads"])
-        inner = f"<items node={quoteattr(name)}>{body}</items>"
-        self._notify(domain, local, name, node.config, inner, by=origin.full)
+        for listener in self._listeners:
+            try:
+                listener(domain, local, name, item)
+            except Exception:
+                log.exception("publish listener failed for %s@%s", local, domain)
         return self._result(
             origin,
             st,
             f"<publish node={quoteattr(name)}><item id={quoteattr(item_id)}/></publish>",
         )
+
+    def _store_and_notify(
+        self,
+        domain: str,
+        local: str,
+        name: str,
+        item: Item,
+        new_config: dict[str, Any],
+        by: str = "",
+    ) -> None:
+        """Store `item` in node `name` (made with `new_config` over the defaults when new)
+        and send the notifications (PepLimit, StorageFull when it cannot be stored)."""
+        assert self.store is not None
+        cap = self.settings.max_items
+        node, _created = self.store.publish(
+            domain,
+            local,
+            name,
+            item,
+            {**DEFAULT_CONFIG, **new_config},
+            lambda config: effective_max(config, cap),
+            self.limits,
+        )
+        body = item_xml(item, node.config["deliver_payloads"])
+        inner = f"<items node={quoteattr(name)}>{body}</items>"
+        self._notify(domain, local, name, node.config, inner, by=by)
+
+    # --- what other modules may ask (XEP-0398 avatar conversion) -------------------------
+
+    def on_publish(self, listener: PublishListener) -> None:
+        """`listener` hears of every item an account publishes itself (not of the items
+        `publish_for_account` publishes: a conversion never triggers the reverse one)."""
+        self._listeners.append(listener)
+
+    def stored_item(
+        self, domain: str, local: str, name: str, item_id: str | None = None
+    ) -> Item | None:
+        """Item `item_id` of the account's node `name` (None: its newest), if stored."""
+        assert self.store is not None
+        node = self.store.node(domain, local, name)
+        if node is None or not node.order:
+            return None
+        found = self.store.items(domain, local, node, [item_id or node.order[-1]])
+        return found[0] if found else None
+
+    def publish_for_account(
+        self,
+        domain: str,
+        local: str,
+        name: str,
+        item_id: str,
+        payload: bytes,
+        new_config: dict[str, Any],
+    ) -> bool:
+        """Publish on the account's behalf (the bare JID as publisher), notifying as for a
+        publish of its own; a new node gets `new_config`. False when the payload exceeds
+        [pep] max_item_size or a limit or the full storage refuses it (logged)."""
+        owner = f"{local}@{domain}"
+        if len(payload) > self.settings.max_item_size:
+            log.warning("%s not published for %s: over [pep] max_item_size", name, owner)
+            return False
+        item = Item(item_id, payload, owner, time.time())
+        try:
+            self._store_and_notify(domain, local, name, item, new_config)
+        except (PepLimit, StorageFull) as exc:
+            log.warning("%s not published for %s: %s", name, owner, exc)
+            return False
+        return True
 
     def _preconditions(self, rest: list[Any]) -> dict[str, Any]:
         """The publish-options fields (§7.1.5); unknown fields or values the service would

@@ -38,7 +38,7 @@ sends presence. Other modules read it through `last_presence`, `directed_presenc
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
@@ -82,6 +82,8 @@ class PresenceRecord:
 
 
 PRESENCE = RecordSlot(PresenceRecord)
+# (session, the presence it sent, its bytes with 'from' stamped) -> the bytes to broadcast
+AvailableRewrite = Callable[["C2SStream", "Stanza", bytes], bytes]
 
 
 def _last(session: C2SStream) -> bytes | None:
@@ -110,6 +112,7 @@ class PresenceModule(Module):
         super().__init__(server)
         self.roster: RosterModule | None = None
         self.privacy: PrivacyModule | None = None
+        self._rewrite: AvailableRewrite | None = None
 
     def start(self) -> None:
         self.roster = self.hub.get("roster")
@@ -144,6 +147,21 @@ class PresenceModule(Module):
         """The <status/> of the session's last unavailable presence, if it had one."""
         record = PRESENCE.get(session)
         return None if record is None else record.unavailable_status
+
+    def rewrite_available(self, rewrite: AvailableRewrite) -> None:
+        """Available presence a session broadcasts is made `rewrite(session, st, data)`
+        before it goes anywhere (XEP-0398 §5: the server's avatar hash). One rewriter."""
+        self._rewrite = rewrite
+
+    def rebroadcast_available(self, bare: str, update: Callable[[bytes], bytes]) -> None:
+        """Each available resource of account `bare` broadcasts its last presence again,
+        changed by `update` (XEP-0153 §4.1: a new avatar hash)."""
+        for session in list(self.router.resources(bare).values()):
+            record = PRESENCE.get(session)
+            if record is None or record.last is None:
+                continue
+            record.last = update(record.last)
+            self._broadcast_available(session, record.last)
 
     # --- events -----------------------------------------------------------------------
 
@@ -270,14 +288,12 @@ class PresenceModule(Module):
         record = PRESENCE.of(origin)
         initial = record.last is None
         data = st.with_attrs({"from": origin.full})
+        if self._rewrite is not None:
+            data = self._rewrite(origin, st, data)
         record.last = data
         record.unavailable_status = None
-        for contact in self._subscribers(origin):
-            self._to_available(contact, addressed(data, contact), origin)
+        self._broadcast_available(origin, data)
         own = self.router.resources(origin.bare)
-        for session in own.values():
-            if session.available:
-                session.send(addressed(data, session.full))
         if not initial:
             self.hub.presence_available(origin, st)
             return
@@ -295,6 +311,15 @@ class PresenceModule(Module):
                 origin.send(request)
         self.hub.initial_presence(origin)
         self.hub.presence_available(origin, st)
+
+    def _broadcast_available(self, origin: C2SStream, data: bytes) -> None:
+        """§4.2.2, §4.4.2: available presence `data` to the contacts and the user's own
+        available resources."""
+        for contact in self._subscribers(origin):
+            self._to_available(contact, addressed(data, contact), origin)
+        for session in self.router.resources(origin.bare).values():
+            if session.available:
+                session.send(addressed(data, session.full))
 
     def _unavailable(self, origin: C2SStream, st: Stanza) -> None:
         record = PRESENCE.of(origin)

@@ -23,12 +23,18 @@ world-readable).
 
 The vCard is stored as the client sent it (unknown children and attributes kept, namespace
 declarations reduced to those used) and deleted with the account (storage.account_data).
-XEP-0153 avatar hashes in presence are the clients' business and are not injected here.
+Whoever needs to know of a changed vCard (the XEP-0398 avatar conversion) registers with
+`on_change`; `replace_photo` is the server's own edit of the PHOTO, which tells nobody (so a
+conversion never triggers the reverse one).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from lxml import etree
 
 from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
@@ -36,12 +42,17 @@ from ..storage.vcard import VCardStore
 from .base import Module, iq_result
 from .private import fragment_xml
 
+log = logging.getLogger("fastxmpp.vcard")
+
 if TYPE_CHECKING:
     from .._parser import Stanza
     from ..stream.c2s import C2SStream
 
 NS = "vcard-temp"
 EMPTY_VCARD = f"<vCard xmlns='{NS}'/>"
+PHOTO = f"{{{NS}}}PHOTO"
+# (domain, local, the stored vCard or None once deleted)
+VCardListener = Callable[[str, str, bytes | None], None]
 
 
 class VCardModule(Module):
@@ -54,11 +65,56 @@ class VCardModule(Module):
         super().__init__(server)
         self.store: VCardStore | None = None
         self.max_size = self.config.vcard.max_size
+        self._listeners: list[VCardListener] = []
 
     def start(self) -> None:
         assert self.server.storage is not None
         self.store = VCardStore(self.server.storage)
         self.router.set_iq_handler(NS, self.answer)
+
+    # --- what other modules may ask --------------------------------------------------------
+
+    def on_change(self, listener: VCardListener) -> None:
+        """`listener` hears of every vCard an account sets (or deletes) itself."""
+        self._listeners.append(listener)
+
+    def stored(self, domain: str, local: str) -> bytes | None:
+        assert self.store is not None
+        return self.store.get(domain, local)
+
+    def replace_photo(self, domain: str, local: str, photo: tuple[str, str] | None) -> bool:
+        """Set the account's PHOTO to (TYPE, BINVAL), or remove it (None), keeping the rest
+        of its vCard. False (nothing changed) when the result would exceed [vcard] max_size
+        or the storage is full. Listeners are not told: this is the server's own edit."""
+        assert self.store is not None
+        stored = self.store.get(domain, local)
+        vcard = etree.Element(f"{{{NS}}}vCard", nsmap={None: NS})
+        if stored is not None:
+            vcard = etree.fromstring(stored)
+        for old in vcard.findall(PHOTO):
+            vcard.remove(old)
+        if photo is not None:
+            element = etree.SubElement(vcard, PHOTO)
+            etree.SubElement(element, f"{{{NS}}}TYPE").text = photo[0]
+            etree.SubElement(element, f"{{{NS}}}BINVAL").text = photo[1]
+        try:
+            if not any(isinstance(child.tag, str) for child in vcard):
+                if stored is not None:
+                    self.store.delete(domain, local)
+                return True
+            xml = fragment_xml(vcard)
+            if len(xml) > self.max_size:
+                log.warning(
+                    "avatar of %s@%s not put in its vCard: over [vcard] max_size", local, domain
+                )
+                return False
+            self.store.put(domain, local, xml)
+        except StorageFull:
+            log.error("storage full: vCard photo of %s@%s unchanged", local, domain)
+            return False
+        return True
+
+    # --- requests ---------------------------------------------------------------------------
 
     def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         vcard = st.element().find(f"{{{NS}}}vCard")
@@ -86,9 +142,15 @@ class VCardModule(Module):
                     )
                 self.store.put(origin.domain, origin.local, xml)
             else:
+                xml = None
                 self.store.delete(origin.domain, origin.local)
         except StorageFull:
             raise StanzaError("resource-constraint", "the server's storage is full") from None
+        for listener in self._listeners:
+            try:
+                listener(origin.domain, origin.local, xml)
+            except Exception:
+                log.exception("vCard listener failed for %s", origin.bare)
         return iq_result(origin, st)
 
     def _get_own(self, origin: C2SStream, st: Stanza) -> bytes:
