@@ -351,8 +351,7 @@ async def bosh_huge_body(h: Hostile) -> None:
 
 @case("bosh-oversized-stanza")
 async def bosh_oversized_stanza(h: Hostile) -> None:
-    """Within max_request_size but beyond max_stanza_size: XEP-0206 §6 has no condition
-    of its own; the session ends with policy-violation (§17.2)."""
+    """Within max_request_size but beyond max_stanza_size: policy-violation (§17.2)."""
     bosh = await bosh_created(h)
     big = TO_BOB.replace("hostile", "x" * (MAX_STANZA_SIZE + 1000))
     assert_terminated(await bosh.post(big), "policy-violation")
