@@ -151,7 +151,10 @@ class BoshSession:
                     older.set_result(body({"type": "error"}))
                 return await held.answer
         if not self.next_rid <= rid < self.next_rid + self.window:
-            raise BindingError("item-not-found")  # §14.1, the same for too small or large
+            # §14.1: the same for too small or large, and it MUST terminate the session
+            # (§17.2): a request guessing or replaying 'rid's does not leave it usable.
+            self._end(None)
+            raise BindingError("item-not-found")
         if self.closing:
             if self.ending is None or self.ending_delivered:
                 raise BindingError("item-not-found")  # the session is over

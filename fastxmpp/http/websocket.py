@@ -29,7 +29,7 @@ from xml.sax.saxutils import quoteattr
 
 from aiohttp import WSMsgType, web
 
-from .._parser import STREAM_END, Stanza, StreamHeader
+from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
 from ..stream.c2s import accept
 from ..stream.connection import CLOSE_LINGER
 from .framing import HEADER_ATTRIBUTES, FramedConnection, OutputCutter, standalone
@@ -55,7 +55,10 @@ class WebSocketConnection(FramedConnection):
         """One WebSocket message: one complete element (§3.3.3)."""
         events = self.parser.feed(data)
         if self.parser.failed:
-            pass  # the XMLStreamError event ends the stream (limits, well-formedness)
+            # The XMLStreamError event ends the stream (limits, well-formedness). §3.3.3:
+            # the message is refused whole, so a complete stanza before the error in the
+            # same message (`<message/>text`) is not acted on.
+            events = [event for event in events if isinstance(event, XMLStreamError)]
         elif len(events) != 1 or self.parser.depth != 1 or type(events[0]) is not Stanza:
             # §3.3.3: a message is a complete element that parses as a document of its own;
             # a part of one, or several, is not a well-formed document.
