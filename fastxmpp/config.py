@@ -7,12 +7,11 @@ key was written by scanning the source text.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -890,8 +889,9 @@ class _Builder:
             name: cls(**self.values(self.table(data.get(name, {}), (name,)), (name,), checks))
             for name, (cls, checks) in _SIMPLE_SECTIONS.items()
         }
+        hosts = self.hosts(data.get("hosts", {}))
         return Config(
-            hosts=self.hosts(data.get("hosts", {})),
+            hosts=hosts,
             listeners=self.listeners(data.get("listeners", [])),
             c2s=simple["c2s"],
             limits=simple["limits"],
@@ -912,7 +912,7 @@ class _Builder:
             vcard=simple["vcard"],
             s2s=simple["s2s"],
             modules=self.modules(data.get("modules", {})),
-            components=self.components(data.get("components", {}), data.get("hosts", {})),
+            components=self.components(data.get("components", {}), hosts),
             http=simple["http"],
             upload=simple["upload"],
             data_dir=self.path(server.get("data_dir", "var")),
@@ -1028,31 +1028,40 @@ class _Builder:
         for message in check(settings):
             self.problem(path, f"[modules.{name}]: {message}")
 
-    def components(self, table: Any, hosts: Any) -> dict[str, ComponentConfig]:
-        """[components."<domain>"]: XEP-0114 components, by the domain each one serves."""
-        components: dict[str, ComponentConfig] = {}
-        table = self.table(table, ("components",))
-        host_names = set()
-        for written in hosts if isinstance(hosts, dict) else ():
-            with contextlib.suppress(JIDError):  # reported with the hosts
-                host_names.add(normalize_domain(written))
-        for written_name, entry in table.items():
-            path: KeyPath = ("components", written_name)
-            values = self.values(self.table(entry, path), path, _COMPONENT_KEYS)
+    def domain_tables(
+        self, section: str, table: Any, checks: dict[str, Check], what: str
+    ) -> Iterator[tuple[str, KeyPath, dict[str, Any], dict[str, Any]]]:
+        """The tables of a section keyed by domain ([hosts."<domain>"], [components...]):
+        each one's normalized domain, path, checked values and table as written; a problem
+        for a name that is no domain or is listed twice."""
+        seen: set[str] = set()
+        for written_name, entry in self.table(table, (section,)).items():
+            path: KeyPath = (section, written_name)
+            written = self.table(entry, path)
+            values = self.values(written, path, checks)
             try:
                 name = normalize_domain(written_name)
             except JIDError as exc:
-                self.problem(path, f"component {written_name!r} is not a valid domain: {exc}")
+                self.problem(path, f"{what} {written_name!r} is not a valid domain: {exc}")
                 continue
-            if name in components:
-                self.problem(path, f"component {name} is configured twice")
+            if name in seen:
+                self.problem(path, f"{what} {name} is configured twice")
                 continue
-            if name in host_names:
+            seen.add(name)
+            yield name, path, values, written
+
+    def components(self, table: Any, hosts: dict[str, HostConfig]) -> dict[str, ComponentConfig]:
+        """[components."<domain>"]: XEP-0114 components, by the domain each one serves."""
+        components: dict[str, ComponentConfig] = {}
+        for name, path, values, written in self.domain_tables(
+            "components", table, _COMPONENT_KEYS, "component"
+        ):
+            if name in hosts:
                 self.problem(path, f"{name} is a host: a component serves a domain of its own")
                 continue
             secret = values.get("secret", "")
             if not secret:
-                if "secret" not in self.table(entry, path):
+                if "secret" not in written:
                     self.problem(path, f"component {name} needs a secret")
                 else:
                     self.problem((*path, "secret"), f"component {name}: the secret is empty")
@@ -1065,17 +1074,7 @@ class _Builder:
         table = self.table(table, ("hosts",))
         if not table:
             self.problem(("hosts",), 'no host: add a [hosts."example.org"] table')
-        for written_name, entry in table.items():
-            path: KeyPath = ("hosts", written_name)
-            values = self.values(self.table(entry, path), path, _HOST_KEYS)
-            try:
-                name = normalize_domain(written_name)
-            except JIDError as exc:
-                self.problem(path, f"host {written_name!r} is not a valid domain: {exc}")
-                continue
-            if name in hosts:
-                self.problem(path, f"host {name} is configured twice")
-                continue
+        for name, path, values, _written in self.domain_tables("hosts", table, _HOST_KEYS, "host"):
             cert = self.path(values["cert"]) if "cert" in values else None
             key = self.path(values["key"]) if "key" in values else None
             if (cert is None) != (key is None):

@@ -29,7 +29,14 @@ from .._router import Session
 from ..errors import StanzaError, StreamError
 from ..jid import JIDError, normalize_domain, parse_jid
 from .connection import Connection
-from .xmlstream import PeerOrigin, XmlStream, check_stream_root, reply_error, route_from_peer
+from .xmlstream import (
+    PeerOrigin,
+    XmlStream,
+    accepted,
+    check_stream_root,
+    reply_error,
+    route_from_peer,
+)
 
 if TYPE_CHECKING:
     from ..config import ComponentConfig
@@ -135,10 +142,7 @@ class Components:
 
 def accept(components: Components) -> Connection:
     """The protocol of a new component connection (the listener's factory)."""
-    stream = ComponentStream(components)
-    server = components.server
-    stream.connection = Connection(stream, server.config.limits, "component", server.background)
-    return stream.connection
+    return accepted(ComponentStream(components), components.server)
 
 
 class ComponentStream(XmlStream):

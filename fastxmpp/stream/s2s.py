@@ -50,6 +50,7 @@ from .connection import STREAM_CLOSE, Connection
 from .xmlstream import (
     PeerOrigin,
     XmlStream,
+    accepted,
     check_stream_root,
     features_xml,
     reply_error,
@@ -693,9 +694,7 @@ class Outgoing(XmlStream):
 
 def accept(s2s: S2S) -> Connection:
     """The protocol of a new server-to-server connection (the listener's factory)."""
-    stream = Incoming(s2s)
-    stream.connection = Connection(stream, s2s.server.config.limits, "s2s", s2s.server.background)
-    return stream.connection
+    return accepted(Incoming(s2s), s2s.server)
 
 
 class Incoming(XmlStream):

@@ -20,12 +20,10 @@ from .. import ns
 from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
 from .._router import Session
 from ..errors import StanzaError, StreamError, stanza_error_bytes
-from .connection import STREAM_CLOSE
+from .connection import STREAM_CLOSE, Connection
 
 if TYPE_CHECKING:
     import ssl
-
-    from .connection import Connection
 
 
 def check_stream_root(header: StreamHeader, content_ns: str) -> None:
@@ -48,6 +46,13 @@ def check_version(header: StreamHeader) -> None:
         major = 0
     if major < 1:
         raise StreamError("unsupported-version", "version 1.0 is required")
+
+
+def accepted(stream: Any, server: Any) -> Connection:
+    """A listener's new connection, with `stream` (an XmlStream that is a StreamOwner: server
+    links, components) as its owner."""
+    stream.connection = Connection(stream, server.config.limits, stream.what, server.background)
+    return stream.connection
 
 
 class PeerOrigin(Session):
