@@ -285,10 +285,12 @@ class MamModule(Module):
         self.settings = server.config.mam
         self.store: ArchiveStore | None = None
         self._prefs: dict[str, tuple[str, list[str], list[str]]] = {}
-        # Rows not handed to the writer yet, given to it at "turn/commit"; and for each
-        # message among them, who sent it (told if the commit fails).
+        # Rows not handed to the writer yet, given to it at "turn/commit" when no commit is
+        # under way, else when that commit ends; for each message among them, who sent it
+        # (told if the commit fails); the local sessions whose output waits for them.
         self._pending: list[Row] = []
         self._senders: dict[tuple[int, str | None], tuple[Any, str | None, str | None]] = {}
+        self._held: dict[int, Any] = {}
         # (max_messages, max_age) of the pending rows' archives with limits of their own.
         self._limits: dict[bytes, tuple[int, float]] = {}
         # Commits under way, oldest first: (future, senders, sessions whose output waits).
@@ -338,6 +340,11 @@ class MamModule(Module):
         prefix = account_prefix(domain, local)
         self._pending = [row for row in self._pending if row[0] != prefix]
         self._limits.pop(prefix, None)
+        if not self._pending and self._held:
+            # Nothing left for the held sessions to wait for.
+            held, self._held, self._senders = self._held, {}, {}
+            for session in held.values():
+                session.release_writes()
         if self._commits or not purged:
             # Rows handed to the writer before the purge may commit after it: wait for
             # them, then remove what they wrote.
@@ -447,39 +454,53 @@ class MamModule(Module):
         attrs = st.attrs
         msg_id = attrs.get("id")
         self._senders[(id(origin), msg_id)] = (origin, msg_id, attrs.get("to"))
+        if not origin.is_remote and id(origin) not in self._held:
+            # Everything written to the sender from now on (an <a/>, an iq result) waits
+            # for the commit (issue "Acknowledged means durable", item 1).
+            origin.hold_writes()
+            self._held[id(origin)] = origin
 
     def flush(self, wait: bool = False) -> None:
-        """At "turn/commit": the turn's rows go to the writer, and the output of the local
-        sessions that sent them waits for their commit (issue "Acknowledged means durable",
-        item 1). `wait`: return only once every commit under way is done and settled."""
-        batch = self._pending
-        if batch:
-            assert self.store is not None and self.writer is not None
-            self._pending = []
-            senders, self._senders = self._senders, {}
-            limits, self._limits = self._limits, {}
-            held = {}
-            for origin, _, _ in senders.values():
-                if not origin.is_remote:
-                    held[id(origin)] = origin
-            sessions = list(held.values())
-            for session in sessions:
-                session.hold_writes()
-            work = self.store.append_rows(
-                batch,
-                self.settings.max_messages_per_account,
-                self.settings.max_age_days * 86400.0,
-                limits,
-            )
-            self._commits.append((self.writer.submit(work), senders, sessions))
+        """At "turn/commit": the pending rows go to the writer if no commit is under way
+        (else `_settle` hands them on when it ends: group commit). `wait`: return only once
+        they and every commit under way are done and settled."""
+        if self._pending and (wait or not self._commits or self._commits[-1][0].done()):
+            self._hand_over()
         if wait and self._commits:
             assert self.writer is not None
             self.writer.wait(self._commits[-1][0])  # commits end in the order they began
             self._settle()
 
+    def _hand_over(self) -> None:
+        """The pending rows to the writer, in one transaction. The writer is idle (or `wait`
+        wants them anyway): the loop waits while the writer thread puts the rows (a few µs
+        each), then goes on while it commits. Put by the writer while the loop runs, every
+        put would hand the GIL back and forth between the threads (py-lmdb releases it for
+        each call): that cost more than the puts themselves (docs/PERFORMANCE.md, "The
+        archive writer and the GIL")."""
+        assert self.store is not None and self.writer is not None
+        batch, self._pending = self._pending, []
+        senders, self._senders = self._senders, {}
+        limits, self._limits = self._limits, {}
+        held, self._held = self._held, {}
+        work = self.store.append_rows(
+            batch,
+            self.settings.max_messages_per_account,
+            self.settings.max_age_days * 86400.0,
+            limits,
+        )
+        future = self.writer.submit(work, wait_applied=True)
+        self._commits.append((future, senders, list(held.values())))
+
     def _settle(self) -> None:
         """On the loop's thread, after a commit: release the output of its senders, telling
-        each first when its message could not be archived."""
+        each first when its message could not be archived; then the rows that waited for
+        it go to the writer."""
+        self._release()
+        if self._pending and not self._commits:
+            self._hand_over()
+
+    def _release(self) -> None:
         commits = self._commits
         while commits and commits[0][0].done():
             future, senders, sessions = commits.popleft()

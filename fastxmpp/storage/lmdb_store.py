@@ -370,6 +370,11 @@ class Storage:
         self.close()
 
 
+# What GroupCommitWriter.submit queues: the work, its Future, and the Event its submitter
+# waits on until the work has run (None: the submitter does not wait).
+_Job = tuple[Callable[[Any], Any], Future[Any], threading.Event | None]
+
+
 class GroupCommitWriter:
     """One thread that commits the write work the event loop hands it (`submit`), so that
     the loop goes on serving while LMDB writes pages and fsyncs (py-lmdb releases the GIL
@@ -388,8 +393,7 @@ class GroupCommitWriter:
         self.storage = storage
         self.loop = loop
         self.notify = notify
-        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None]
-        self._queue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._growth: MapNeedsGrowth | None = None
         self._growth_error: BaseException | None = None
         self._grown = threading.Event()
@@ -397,8 +401,12 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="lmdb-group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, work: Callable[[Any], Any]) -> Future[Any]:
-        """`work(txn)` in the next transaction; once closed, committed here and now."""
+    def submit(self, work: Callable[[Any], Any], wait_applied: bool = False) -> Future[Any]:
+        """`work(txn)` in the next transaction; once closed, committed here and now.
+        `wait_applied`: return once `work` has run (or failed), before the commit: the
+        caller's thread waits with the GIL released, so `work`'s many short LMDB calls are
+        not each a hand-over of the GIL between two busy threads. Meant for when no commit
+        is under way (else the caller waits for that commit too)."""
         future: Future[Any] = Future()
         if self._closed:
             try:
@@ -406,7 +414,10 @@ class GroupCommitWriter:
             except Exception as exc:
                 future.set_exception(exc)
             return future
-        self._queue.put((work, future))
+        applied = threading.Event() if wait_applied else None
+        self._queue.put((work, future, applied))
+        if applied is not None:
+            applied.wait()
         return future
 
     def wait(self, future: Future[Any]) -> None:
@@ -455,9 +466,16 @@ class GroupCommitWriter:
             if len(jobs) < len(items):
                 return
 
-    def _commit(self, jobs: list[tuple[Callable[[Any], Any], Future[Any]]]) -> None:
+    def _commit(self, jobs: list[_Job]) -> None:
         def work(txn: Any) -> list[Any]:
-            return [job(txn) for job, _ in jobs]
+            try:
+                return [job(txn) for job, _, _ in jobs]
+            finally:
+                # The submitters that wait go on (also when the work failed: a map that
+                # needs growing is grown by the loop's thread, which must not be waiting).
+                for _, _, applied in jobs:
+                    if applied is not None:
+                        applied.set()
 
         while True:
             try:
@@ -473,14 +491,14 @@ class GroupCommitWriter:
                 error, self._growth_error = self._growth_error, None
                 if error is None:
                     continue
-                for _, future in jobs:
+                for _, future, _ in jobs:
                     future.set_exception(error)
                 return
             except BaseException as exc:
-                for _, future in jobs:
+                for _, future, _ in jobs:
                     future.set_exception(exc)
                 return
-            for (_, future), result in zip(jobs, results, strict=True):
+            for (_, future, _), result in zip(jobs, results, strict=True):
                 future.set_result(result)
             return
 
