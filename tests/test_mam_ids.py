@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from fastxmpp.storage.account_data import account_prefix
 from fastxmpp.storage.lmdb_store import SCHEMA_VERSION, Storage
-from fastxmpp.storage.mam import HIGH_WATER, ArchiveStore, Record
+from fastxmpp.storage.mam import COUNTS, HIGH_WATER, ArchiveStore, Record
 
 
 def archive(store: ArchiveStore, local: str, body: str, record_id: str | None = None) -> str:
@@ -55,6 +56,23 @@ def test_an_existing_record_is_never_overwritten(tmp_path: Path) -> None:
         assert store.count("localhost", "alice") == 1
 
 
+def as_older_schema(storage: Storage, version: int) -> None:
+    """Rewrite this version's archive layout as `version`'s: the counts back among the
+    records (before 3), no id high-water mark (1)."""
+    meta, records = storage.database("meta"), storage.database("mam")
+    counts = storage.database(COUNTS)
+
+    def rewrite(txn: Any) -> None:
+        for key, value in list(txn.cursor(db=counts)):
+            txn.put(bytes(key), bytes(value), db=records)
+        txn.drop(counts, delete=True)
+        if version < 2:
+            txn.delete(HIGH_WATER, db=meta)
+        txn.put(b"schema", str(version).encode(), db=meta)
+
+    storage.write(rewrite)
+
+
 def test_schema_1_archives_get_their_high_water_mark(tmp_path: Path) -> None:
     """Data from before the mark existed: opening it finds the highest id of all archives."""
     data = tmp_path / "data"
@@ -63,16 +81,37 @@ def test_schema_1_archives_get_their_high_water_mark(tmp_path: Path) -> None:
         archive(store, "alice", "a")
         highest = archive(store, "bob", "b")
         archive(store, "alice", "c", record_id="0000000000000001")  # an old, low id
-        meta = storage.database("meta")
-
-        def as_schema_1(txn: Any) -> None:
-            txn.delete(HIGH_WATER, db=meta)
-            txn.put(b"schema", b"1", db=meta)
-
-        storage.write(as_schema_1)
+        as_older_schema(storage, 1)
     with Storage(data) as storage:
-        assert storage.schema == SCHEMA_VERSION == 2
+        assert storage.schema == SCHEMA_VERSION == 3
         with storage.env.begin(db=storage.database("meta")) as txn:
             mark = bytes(txn.get(HIGH_WATER))
         assert mark == bytes.fromhex(highest)
         assert struct.unpack(">Q", mark)[0] < int(ArchiveStore(storage).next_id(), 16)
+        assert ArchiveStore(storage).count("localhost", "alice") == 2
+
+
+def test_schema_2_counts_move_to_their_own_database(tmp_path: Path) -> None:
+    """Schema 2 kept each archive's count under its bare prefix among its records: opening
+    such data moves the counts, the records stay, and counting goes on from them."""
+    data = tmp_path / "data"
+    with Storage(data) as storage:
+        store = ArchiveStore(storage)
+        for body in ("a", "b", "c"):
+            archive(store, "alice", body)
+        archive(store, "bob", "d")
+        as_older_schema(storage, 2)
+        with storage.env.begin(db=storage.database("mam")) as txn:
+            assert txn.get(account_prefix("localhost", "alice")) == struct.pack(">Q", 3)
+    with Storage(data) as storage:
+        assert storage.schema == 3
+        store = ArchiveStore(storage)
+        with storage.env.begin(db=storage.database("mam")) as txn:
+            assert txn.get(account_prefix("localhost", "alice")) is None
+            # Only messages are left there: no 8-byte count value.
+            assert all(len(value) != 8 for value in txn.cursor().iternext(keys=False))
+        assert (store.count("localhost", "alice"), store.count("localhost", "bob")) == (3, 1)
+        archive(store, "alice", "e")
+        assert store.count("localhost", "alice") == 4
+        assert bodies(store, "alice")[-1] == b"<message><body>e</body></message>"
+        assert len(bodies(store, "alice")) == 4

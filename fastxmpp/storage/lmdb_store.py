@@ -33,8 +33,9 @@ DB_DIR = "db"
 # The version of the stored formats, kept in the "meta" database. Bump it when a store
 # changes how it encodes records, and add the step from the previous version to MIGRATIONS.
 # Data from before versioning (round 1) is version 1's format. Version 2 adds the archive's
-# persisted id high-water mark (storage/mam.py).
-SCHEMA_VERSION = 2
+# persisted id high-water mark (storage/mam.py); version 3 moves the archives' message counts
+# into a database of their own (storage/mam.py).
+SCHEMA_VERSION = 3
 META_DB = "meta"
 SCHEMA_KEY = b"schema"
 # version -> the step that rewrites version-N data as version N+1, in the open transaction.

@@ -3,9 +3,13 @@
 Database "mam": key `account_prefix + id` (id: 8 bytes big-endian, microseconds since the
 epoch, bumped to stay strictly increasing, so key order is time order), value msgpack
 [time, with (the other party's bare JID), direction ("in"/"out"), serialized message].
-The key `account_prefix` alone holds the account's message count (8 bytes big-endian), so
-the retention limit costs no scan. Database "mam_prefs": key `account_prefix`, value msgpack
-[default, always, never] (§5).
+Database "mam_counts": key `account_prefix`, value the archive's message count (8 bytes
+big-endian), so the retention limit costs no scan. The counts are a database of their own
+(schema 3; before, each sat under its bare prefix among its archive's records) because a
+commit writes every page it changes: beside its archive's oldest records, an account's count
+was a second page per archived message; together, the counts of thousands of accounts fit
+in a few pages. Database "mam_prefs": key `account_prefix`, value msgpack [default,
+always, never] (§5).
 
 Writes come in batches (modules/mam.py hands each turn's records to a GroupCommitWriter,
 which commits whatever accumulated while its previous commit ran in one transaction): a
@@ -44,6 +48,7 @@ from .xml_check import check_elements
 log = logging.getLogger("fastxmpp.storage.mam")
 DATABASE = "mam"
 PREFS = "mam_prefs"
+COUNTS = "mam_counts"
 _ID = struct.Struct(">Q")
 HIGH_WATER = b"mam_last_id"  # in the meta database
 
@@ -94,6 +99,25 @@ def _add_high_water_mark(storage: Storage, txn: Any) -> None:
 MIGRATIONS[1] = _add_high_water_mark
 
 
+def _move_counts(storage: Storage, txn: Any) -> None:
+    """Schema 2 -> 3: each archive's count record (its bare prefix, an 8-byte value; a
+    record's value is a longer msgpack array) moves from "mam" to "mam_counts"."""
+    try:
+        db = storage.env.open_db(DATABASE.encode(), txn=txn, create=False)
+    except lmdb.NotFoundError:
+        return  # nothing was ever archived
+    counts = storage.env.open_db(COUNTS.encode(), txn=txn)
+    moved = [
+        (bytes(key), bytes(value)) for key, value in txn.cursor(db=db) if len(value) == _ID.size
+    ]
+    for key, value in moved:
+        txn.put(key, value, db=counts)
+        txn.delete(key, db=db)
+
+
+MIGRATIONS[2] = _move_counts
+
+
 class ArchiveStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -110,6 +134,10 @@ class ArchiveStore:
     @property
     def _prefs(self) -> Any:
         return self.storage.database(PREFS)
+
+    @property
+    def _counts(self) -> Any:
+        return self.storage.database(COUNTS)
 
     def next_id(self) -> str:
         """A new id, later than every id this store handed out (and the time now), as the
@@ -153,6 +181,7 @@ class ArchiveStore:
         limits = limits or {}
         # Opened here, on the caller's thread: the work may run in another one.
         db = self._db
+        counts_db = self._counts
         meta = self.storage.database(META_DB)
         pack = msgpack.Packer().pack
         key_of = _ID.pack
@@ -164,13 +193,13 @@ class ArchiveStore:
             for prefix, number, when, with_, direction, xml in rows:
                 count = counts.get(prefix)
                 if count is None:
-                    raw = txn.get(prefix, db=db)
+                    raw = txn.get(prefix, db=counts_db)
                     if raw is None:
                         count = 0
                     elif len(raw) == _ID.size:
                         count = _ID.unpack(raw)[0]
                     else:  # not a count: quarantined, counted from 0 again
-                        count = self._decode(prefix, raw, _decode_count) or 0
+                        count = self.storage.decode(COUNTS, prefix, raw, _decode_count) or 0
                 if not txn.put(
                     prefix + key_of(number), pack([when, with_, direction, xml]), db=db,
                     overwrite=False,
@@ -195,7 +224,7 @@ class ArchiveStore:
                 most, age = limits.get(prefix, (max_messages, max_age))
                 if count <= most and age <= 0:
                     # Within the limit and no age limit: the oldest record need not be read.
-                    txn.put(prefix, key_of(count), db=db)
+                    txn.put(prefix, key_of(count), db=counts_db)
                     continue
                 if cursor is None:
                     cursor = txn.cursor(db=db)
@@ -210,15 +239,20 @@ class ArchiveStore:
                         break
                     cursor.delete()
                     count -= 1
-                txn.put(prefix, key_of(count), db=db)
+                txn.put(prefix, key_of(count), db=counts_db)
 
         return put
 
     def purge(self, domain: str, local: str) -> None:
         """Every record of the account, and its count, gone (its preferences stay)."""
         prefix = account_prefix(domain, local)
-        db = self._db
-        self.storage.write(lambda txn: delete_prefix(txn, db, prefix))
+        db, counts = self._db, self._counts
+
+        def purge(txn: Any) -> None:
+            delete_prefix(txn, db, prefix)
+            txn.delete(prefix, db=counts)
+
+        self.storage.write(purge)
 
     def exists(self, domain: str, local: str, record_id: str) -> bool:
         raw = encode_id(record_id)
@@ -229,9 +263,9 @@ class ArchiveStore:
 
     def count(self, domain: str, local: str) -> int:
         key = account_prefix(domain, local)
-        with self.storage.env.begin(db=self._db) as txn:
+        with self.storage.env.begin(db=self._counts) as txn:
             raw = txn.get(key)
-        return (None if raw is None else self._decode(key, raw, _decode_count)) or 0
+        return (None if raw is None else self.storage.decode(COUNTS, key, raw, _decode_count)) or 0
 
     def _decode(self, key: bytes, raw: Any, decoder: Any) -> Any:
         return self.storage.decode(DATABASE, key, raw, decoder)
@@ -338,4 +372,5 @@ def _decode_prefs(raw: bytes) -> tuple[str, list[str], list[str]]:
 
 
 register_purge(DATABASE)
+register_purge(COUNTS)
 register_purge(PREFS)
