@@ -524,6 +524,27 @@ def test_groupchat_broadcast_and_echo(login: Any, users: Iterator[str]) -> None:
         assert got[0].get("to") == user.full and got[0].get("id") == "m1"
 
 
+def test_each_copy_has_its_own_to(login: Any, users: Iterator[str]) -> None:
+    """§7.4: every session in the room gets a copy addressed to its own full JID: two
+    sessions of one account sharing a nickname (§7.2.6) each get theirs, and a resource
+    holding the characters an attribute value must escape (& ' ") arrives as it was bound."""
+    a = login(next(users))
+    name = next(users)
+    b1 = login(name, "one")
+    b2 = login(name, "t&amp;w&apos;o&quot;")
+    b2.full = f"{b2.bare}/t&w'o\""
+    room = create(a)
+    join(b1, room, "bob")
+    join(b2, room, "bob")
+    for user in (a, b1, b2):
+        sync(user.c)
+    a.send(f"<message to='{room}' type='groupchat' id='m2'><body>to each</body></message>")
+    for user in (a, b1, b2):
+        got = [el for el in sync(user.c) if el.tag == MESSAGE]
+        assert bodies(got) == [(f"{room}/owner", "to each")]
+        assert got[0].get("to") == user.full and got[0].get("id") == "m2"
+
+
 def test_non_occupant_cannot_send(login: Any, users: Iterator[str]) -> None:
     a, b = login(next(users)), login(next(users))
     room = create(a)
@@ -1007,3 +1028,24 @@ def test_history_is_bounded_in_bytes() -> None:
     kept = history.select(None)
     assert len(kept) == 3 and b"id='h4'" in kept[-1].replace(b'"', b"'")
     assert history.size == sum(len(data) for data in kept)
+
+
+def test_history_maxchars_counts_the_messages_as_sent() -> None:
+    """§7.2.15: maxchars counts the characters of each message as it is sent, its <delay/>
+    included (stamped with the time the room sent it); non-ASCII text counts characters."""
+    history = History(10)
+    for n in range(3):
+        message = (
+            f"<message from='room@service/nick' type='groupchat' id='c{n}'><body>é{n}</body>"
+            "</message>"
+        ).encode()
+        history.add(message, "room@service")
+    everything = history.select(None)
+    assert len(everything) == 3 and history.size == sum(len(data) for data in everything)
+    last = everything[-1].decode()
+    delay = etree.fromstring(everything[-1]).find(f"{{{DELAY}}}delay")
+    assert delay is not None and delay.get("from") == "room@service"
+    assert delay.get("stamp", "").endswith("Z") and "." in delay.get("stamp", "")
+    assert history.select({"maxchars": str(len(last))}) == everything[-1:]
+    assert history.select({"maxchars": str(len(last) - 1)}) == []
+    assert history.select({"maxchars": str(2 * len(last))}) == everything[-2:]

@@ -14,7 +14,7 @@ from lxml import etree
 from precis_i18n import get_profile
 
 from ... import ns
-from ..._router import append_child, insert_attr
+from ..._router import append_child, fan_out, insert_attr
 from ...errors import StanzaError
 from ..base import iq_result
 from ..privacy_rules import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN
@@ -31,6 +31,7 @@ NS_MUC = "http://jabber.org/protocol/muc"
 NS_PING = "urn:xmpp:ping"
 NS_USER = ns.MUC_USER
 CLIENT = "jabber:client"
+SUBJECT = f"{{{CLIENT}}}subject"
 
 ROLE_RANK = {"none": 0, "visitor": 1, "participant": 2, "moderator": 3}
 AFFILIATION_RANK = {"outcast": -1, "none": 0, "member": 1, "admin": 2, "owner": 3}
@@ -472,9 +473,9 @@ class Room:
             raise StanzaError("not-acceptable", "only occupants may send to the room")
         if occupant.role == "visitor":
             raise StanzaError("forbidden", "visitors have no voice in this moderated room")
-        element = st.element()
         has_body = (CLIENT, "body") in st.children
-        subject = element.find(f"{{{CLIENT}}}subject")
+        # the tree only for a subject change: a message's children are known without it
+        subject = st.element().find(SUBJECT) if (CLIENT, "subject") in st.children else None
         if subject is not None and not has_body:
             # §8.1: a subject change is a message with a <subject/> and no <body/>.
             if not (self.config.change_subject or occupant.role == "moderator"):
@@ -485,9 +486,7 @@ class Room:
         # as sent, spliced: no tree is serialized again (docs/ARCHITECTURE.md, principle 2),
         # with the room's XEP-0359 stanza-id when it archives the message (archive.py)
         data = outgoing(self, origin, st, occupant)
-        for _, full, session in self.sessions():
-            if privacy_allows(session, PRIVACY_MESSAGE, sender):
-                session.send(insert_attr(data, "to", full))
+        fan_out(data, [o.sessions for o in self.occupants.values()], sender, PRIVACY_MESSAGE)
         if has_body:
             self.history.add(data, self.jid)
 
