@@ -67,6 +67,7 @@ cdef class Router:
     cdef tuple _iq_account
     cdef tuple _iq_response
     cdef tuple _turn_commit
+    cdef tuple _turn_end
     cdef dict _iq_handlers                  # payload namespace -> handler
     cdef dict _services                     # service domain -> handler (Router.add_service)
 
@@ -81,3 +82,4 @@ cdef class Router:
     cdef _delivered(self, Session origin, Stanza st, tuple target, bytes data, tuple sessions)
     cdef _schedule(self, Session session)
     cpdef commit_turn(self, bint wait)
+    cpdef end_turn(self)

@@ -302,6 +302,7 @@ cdef class Router:
         self.remote_hook = None
         self._message_in = ()
         self._turn_commit = ()
+        self._turn_end = ()
         self._message_offline = ()
         self._message_delivered = ()
         self._message_sent = ()
@@ -364,6 +365,8 @@ cdef class Router:
             self._iq_response = handlers
         elif stage == "turn/commit":
             self._turn_commit = handlers
+        elif stage == "turn/end":
+            self._turn_end = handlers
         else:
             raise ValueError(f"no pipeline stage {stage!r}")
 
@@ -435,10 +438,20 @@ cdef class Router:
             for handler in handlers:
                 handler(wait)
 
+    cpdef end_turn(self):
+        """The "turn/end" stage: once per turn, after "turn/commit" (never from
+        `Session.flush`, which runs that stage for each closing session), for writes that
+        acknowledge nothing and are batched per turn (last-logout times, XEP-0012)."""
+        cdef tuple handlers = self._turn_end
+        if handlers:
+            for handler in handlers:
+                handler()
+
     def flush_all(self):
         cdef list dirty
         cdef Session session
         self.commit_turn(False)
+        self.end_turn()
         dirty = self._dirty
         self._dirty = []
         self._flush_scheduled = False

@@ -72,6 +72,12 @@ STAGES: dict[str, str] = {
         "every commit under way is done on return (a session closing, STARTTLS). A handler "
         "may queue error stanzas for what it could not commit."
     ),
+    "turn/end": (
+        "(): once per turn of the event loop, after turn/commit, before the turn's writes "
+        "go out; unlike turn/commit, never run for one session's flush (STARTTLS, a closing "
+        "stream: a shutdown closes every stream in one turn). For writes that acknowledge "
+        "nothing, batched per turn: a crash loses at most one turn of them."
+    ),
 }
 
 # The order: stage -> ((owner, priority), ...). Higher priority runs first. An owner is a
@@ -101,6 +107,8 @@ ORDER: dict[str, tuple[tuple[str, int], ...]] = {
     # committed, before the writes that acknowledge their messages (issue "Acknowledged
     # means durable", items 1 and 4).
     "turn/commit": (("mam", 100), ("offline", 0)),
+    # XEP-0012: the logout times of the sessions that ended in the turn, one transaction.
+    "turn/end": (("last", 0),),
 }
 
 Handler = Callable[..., Any]

@@ -262,6 +262,9 @@ class Server:
         if descriptors.watch is not None:
             descriptors.watch.stop()
             descriptors.watch = None
+        # What the streams closed above left for the turn's end (their logout times, in one
+        # transaction), in case no turn has ended since.
+        self.router.end_turn()
         self._close_storage()
         self._stopped.set()
 

@@ -11,7 +11,12 @@
   while another one stays online (the last one may go without a word: a lost connection).
   An account that never logged out since this store exists: item-not-found.
 
-The logout time is recorded in fastxmpp/storage/last.py when an account's last session ends.
+The logout time is recorded in fastxmpp/storage/last.py when an account's last session ends:
+kept in memory, then written with the other logouts of the same turn of the event loop in one
+transaction at the pipeline's "turn/end" (one fdatasync for the many sessions a network outage
+or a shutdown ends at once; Server.stop runs it once more before the storage closes). Nothing
+acknowledged depends on it, so no output waits for it; a crash loses at most one turn's
+logouts. Until written, the pending time is the one answered.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from xml.sax.saxutils import escape
 
 from ..errors import StanzaError
 from ..storage.last import LastActivityStore
-from ..storage.lmdb_store import StorageFull
+from ..storage.lmdb_store import StorageFailed, StorageFull
 from .base import Module, iq_result, sender_account
 from .disco import may_see_presence
 
@@ -49,12 +54,15 @@ class LastActivityModule(Module):
         # Accounts online whose last unavailable presence had a status: bare JID ->
         # (full JID of the resource that sent it, the status).
         self.leaving: dict[str, tuple[str, str]] = {}
+        # Logouts of this turn, not written yet: (domain, local) -> (unix time, status).
+        self.pending: dict[tuple[str, str], tuple[float, str]] = {}
 
     def start(self) -> None:
         assert self.server.storage is not None
         self.store = LastActivityStore(self.server.storage)
         self.started = time.monotonic()
         self.router.set_iq_handler(NS, self.answer)
+        self.hub.hook(self, "turn/end", self.commit)
 
     def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
         # The <status/> of that unavailable presence, as the presence module keeps it.
@@ -69,19 +77,37 @@ class LastActivityModule(Module):
 
     def account_removed(self, domain: str, local: str) -> None:
         self.leaving.pop(f"{local}@{domain}", None)
+        # Its sessions ended after the purge: no record may outlive the account.
+        self.pending.pop((domain, local), None)
 
     def session_ended(self, session: C2SStream) -> None:
         if self.store is None or self.router.resources(session.bare):
             return
         left = self.leaving.pop(session.bare, None)
         status = "" if left is None else left[1]
+        if not self.pending:
+            self.router.request_flush()  # the turn's end runs even if nothing is written
+        self.pending[(session.domain, session.local)] = (time.time(), status)
+
+    def commit(self) -> None:
+        """At "turn/end": the turn's logouts in one transaction."""
+        pending, self.pending = self.pending, {}
+        if not pending or self.store is None:
+            return
         try:
-            self.store.record_logout(session.domain, session.local, time.time(), status)
-        except StorageFull as exc:
-            log.error("cannot record the logout of %s: %s", session.bare, exc)
+            self.store.record_logouts(pending)
+        except (StorageFull, StorageFailed) as exc:
+            log.error("cannot record %d logout(s): %s", len(pending), exc)
+        except Exception:
+            # Raised into Router.flush_all, it would keep the turn's output from leaving.
+            log.exception("cannot record %d logout(s)", len(pending))
 
     def last_logout(self, domain: str, local: str) -> tuple[float, str] | None:
-        """(Unix time, status) of the account's last logout; None if none is recorded."""
+        """(Unix time, status) of the account's last logout, written or still pending; None
+        if none is recorded."""
+        pending = self.pending.get((domain, local))
+        if pending is not None:
+            return pending
         return None if self.store is None else self.store.last_logout(domain, local)
 
     def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
@@ -96,8 +122,7 @@ class LastActivityModule(Module):
             raise StanzaError("forbidden", "you may not see this account's presence")
         if self.router.resources(bare):
             return iq_result(origin, st, f"<query xmlns='{NS}' seconds='0'/>")
-        assert self.store is not None
-        last = self.store.last_logout(domain, local)
+        last = self.last_logout(domain, local)
         if last is None:
             raise StanzaError("item-not-found", "no logout recorded for this account")
         when, status = last

@@ -28,6 +28,20 @@ class LastActivityStore:
         record = msgpack.packb([when, status])
         self.storage.write(lambda txn: txn.put(_key(domain, local), record), db=self._db)
 
+    def record_logouts(self, logouts: dict[tuple[str, str], tuple[float, str]]) -> None:
+        """Many accounts' logouts, (domain, local) -> (unix time, status), in one
+        transaction: one commit (one fdatasync) however many there are."""
+        records = [
+            (_key(domain, local), msgpack.packb(list(value)))
+            for (domain, local), value in logouts.items()
+        ]
+
+        def work(txn: Any) -> None:
+            for key, record in records:
+                txn.put(key, record)
+
+        self.storage.write(work, db=self._db)
+
     def last_logout(self, domain: str, local: str) -> tuple[float, str] | None:
         """(unix time, status) of the account's last logout; None if it never logged out."""
         key = _key(domain, local)
