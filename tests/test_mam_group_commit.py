@@ -8,8 +8,10 @@ its hold trigger file exists, every fsync waits, so the commit cannot end."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from test_mam_ordering import SM, archived_bodies, enable_sm
 from test_roster import sync
 from test_storage_failure import build_disk_faults
 from xmpp_raw import CLIENT, RawClient, StreamClosed
+
+from fastxmpp.storage.lmdb_store import GroupCommitWriter, Storage, StorageFailed
 
 
 def everything_until_closed(client: RawClient) -> list[Any]:
@@ -145,3 +149,60 @@ def test_a_session_that_closes_gets_its_ack_after_the_commit(
         client = login(srv, ca_file, name, "after")
         assert archived_bodies(client) == ["closing"], name
         client.close()
+
+
+def submitted_in_thread(writer: GroupCommitWriter, work: Any) -> list[Any]:
+    """`writer.submit(work, wait_applied=True)` from another thread: [its future] once it
+    returned within 10 s, [] if it is still waiting."""
+    returned: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: returned.append(writer.submit(work, wait_applied=True)), daemon=True
+    )
+    thread.start()
+    thread.join(10)
+    return returned
+
+
+def test_a_submitter_that_waits_for_its_work_goes_on_before_the_commit(tmp_path: Path) -> None:
+    """`wait_applied`: the caller's thread (the loop's, modules/mam.py `_hand_over`) waits
+    until the work has run in the writer's transaction, then goes on; the Future ends with
+    the commit."""
+
+    async def run() -> None:
+        with Storage(tmp_path / "data") as storage:
+            writer = GroupCommitWriter(storage, asyncio.get_running_loop(), lambda: None)
+            db = storage.database("example")
+            ran: list[int] = []
+
+            def work(txn: Any) -> str:
+                txn.put(b"k", b"v", db=db)
+                ran.append(threading.get_ident())
+                return "done"
+
+            returned = submitted_in_thread(writer, work)
+            assert returned, "submit did not return"
+            assert ran and ran[0] != threading.get_ident()  # ran, in the writer's thread
+            assert returned[0].result(timeout=10) == "done"
+            writer.close()
+            with storage.env.begin(db=db) as txn:
+                assert txn.get(b"k") == b"v"
+
+    asyncio.run(run())
+
+
+def test_a_submitter_that_waits_goes_on_when_the_work_cannot_run(tmp_path: Path) -> None:
+    """A storage that failed refuses the transaction before the work runs: the waiting
+    caller must not wait forever (it is the event loop), and learns why from the Future."""
+
+    async def run() -> None:
+        with Storage(tmp_path / "data") as storage:
+            writer = GroupCommitWriter(storage, asyncio.get_running_loop(), lambda: None)
+            storage.failed(OSError("the disk is gone"))
+            ran: list[Any] = []
+            returned = submitted_in_thread(writer, ran.append)
+            assert returned, "submit is still waiting for work that will never run"
+            assert isinstance(returned[0].exception(timeout=10), StorageFailed)
+            assert ran == []
+            writer.close()
+
+    asyncio.run(run())

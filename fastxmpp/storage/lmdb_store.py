@@ -418,7 +418,12 @@ class GroupCommitWriter:
         applied = threading.Event() if wait_applied else None
         self._queue.put((work, future, applied))
         if applied is not None:
-            applied.wait()
+            # Set by the writer once `work` ran or the transaction failed; the map growth
+            # a full map waits for is this thread's to do meanwhile.
+            while not applied.wait(0.05):
+                self.grow_if_asked()
+                if not self._thread.is_alive():
+                    break
         return future
 
     def wait(self, future: Future[Any]) -> None:
@@ -468,20 +473,24 @@ class GroupCommitWriter:
                 return
 
     def _commit(self, jobs: list[_Job]) -> None:
+        def applied() -> None:
+            # The submitters that wait go on: the work ran, or will not (a failed or
+            # refused transaction; a map to grow, which the loop's thread does).
+            for _, _, event in jobs:
+                if event is not None:
+                    event.set()
+
         def work(txn: Any) -> list[Any]:
             try:
                 return [job(txn) for job, _, _ in jobs]
             finally:
-                # The submitters that wait go on (also when the work failed: a map that
-                # needs growing is grown by the loop's thread, which must not be waiting).
-                for _, _, applied in jobs:
-                    if applied is not None:
-                        applied.set()
+                applied()
 
         while True:
             try:
                 results = self.storage.write(work, grow=False)
             except MapNeedsGrowth as need:
+                applied()
                 self._grown.clear()
                 self._growth = need
                 try:
@@ -496,6 +505,7 @@ class GroupCommitWriter:
                     future.set_exception(error)
                 return
             except BaseException as exc:
+                applied()
                 for _, future, _ in jobs:
                     future.set_exception(exc)
                 return
