@@ -260,6 +260,12 @@ def scenarios(smoke: bool, idle_connections: list[int]) -> list[tuple[str, dict[
             "msg@10k",
             {"scenario": "msg", "duration": d, "pairs": 10 if smoke else 50, "rate": 10000.0},
         ),
+        # Traffic as it usually is: each message alone on its connection (one in flight per
+        # pair), so nothing is batched per read or per write (issue 13's first figure).
+        (
+            "msg-unbatched",
+            {"scenario": "msg", "duration": d, "pairs": 20 if smoke else 1000, "window": 1},
+        ),
     ]
     contacts = 50 if smoke else 1000
     plans.append(
@@ -338,15 +344,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"Run {report['started']} on {report['machine']}; {report['note']}",
         "",
         "| server | config | msgs/s | server CPU µs/msg | p50 ms | p99 ms | p99 ms @10k/s "
-        "| lost | logins/s | login CPU ms | "
+        "| lost | unbatched msgs/s | unbatched CPU µs/msg | unbatched p99 ms "
+        "| logins/s | login CPU ms | "
         + "".join(f"{label} RSS KiB/conn | " for label in idle_labels)
         + "presence CPU µs/delivery | roster login CPU ms | muc deliveries/s "
         "| muc CPU µs/delivery | muc p99 ms |",
-        "|---|---|" + "---:|" * (14 + len(idle_labels)),
+        "|---|---|" + "---:|" * (17 + len(idle_labels)),
     ]
     notes: list[str] = []
     for name, r in report["servers"].items():
         msg, fixed, login = r.get("msg", {}), r.get("msg@10k", {}), r.get("login", {})
+        unbatched = r.get("msg-unbatched", {})
         presence, roster = _first(r, "presence@"), _first(r, "roster_login@")
         muc = r.get("muc", {})
         roster_cpu = roster.get("server_cpu_us_per_item")
@@ -359,7 +367,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {name} | {report['profiles'][name]} | {_fmt(msg.get('rate_per_s'), 0)} "
             f"| {_fmt(msg.get('server_cpu_us_per_item'))} | {_fmt(msg.get('p50_ms'), 2)} "
             f"| {_fmt(msg.get('p99_ms'), 2)} | {_fmt(fixed.get('p99_ms'), 2)} "
-            f"| {_fmt(msg.get('lost'))} | {_fmt(login.get('rate_per_s'), 0)} "
+            f"| {_fmt(msg.get('lost'))} | {_fmt(unbatched.get('rate_per_s'), 0)} "
+            f"| {_fmt(unbatched.get('server_cpu_us_per_item'))} "
+            f"| {_fmt(unbatched.get('p99_ms'), 2)} | {_fmt(login.get('rate_per_s'), 0)} "
             f"| {_fmt(login_cpu / 1000 if login_cpu else None, 2)} | {idle_cells}"
             f"{_fmt(presence.get('server_cpu_us_per_item'))} "
             f"| {_fmt(roster_cpu / 1000 if roster_cpu else None, 2)} "
@@ -398,6 +408,10 @@ def chart(report: dict[str, Any], path: Path) -> bool:
     names = list(report["servers"])
     metrics = [
         ("server CPU µs per message", lambda r: r.get("msg", {}).get("server_cpu_us_per_item")),
+        (
+            "server CPU µs per unbatched message",
+            lambda r: r.get("msg-unbatched", {}).get("server_cpu_us_per_item"),
+        ),
         ("p99 latency ms at 10k msgs/s", lambda r: r.get("msg@10k", {}).get("p99_ms")),
         ("logins/s (SCRAM-SHA-1, TLS)", lambda r: r.get("login", {}).get("rate_per_s")),
         (
@@ -466,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, overrides in scenarios(args.smoke, idle)
         if not args.scenario or overrides["scenario"] in args.scenario
     ]
-    users = max(2 * (10 if args.smoke else 50), 60 if args.smoke else 1010)
+    # 2 per pair of the unbatched scenario; the presence scenario's hub and 1000 contacts
+    users = 60 if args.smoke else 2000
     base = Spec(scenario="msg", users=users, workers=args.workers)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     report: dict[str, Any] = {
