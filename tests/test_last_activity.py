@@ -11,8 +11,9 @@ import time
 from typing import Any
 
 import lmdb
-from conftest import PASSWORD, ServerProcess, add_accounts
+from conftest import ServerProcess, add_accounts
 from lxml import etree
+from test_vcard import login
 from xmpp_raw import CLIENT, RawClient
 
 from fastxmpp.storage.lmdb_store import DB_DIR, Storage
@@ -41,13 +42,6 @@ def last_txnid(srv: ServerProcess) -> int:
         return txnid
     finally:
         env.close()
-
-
-def login(srv: ServerProcess, opened: list[RawClient], ca_file: str, user: str) -> RawClient:
-    c = srv.client()
-    opened.append(c)
-    c.login(ca_file, user, PASSWORD, "r")
-    return c
 
 
 def ask(c: RawClient, to: str) -> Any:
