@@ -62,7 +62,6 @@ class LastActivityModule(Module):
         self.store = LastActivityStore(self.server.storage)
         self.started = time.monotonic()
         self.router.set_iq_handler(NS, self.answer)
-        self.hub.hook(self, "turn/end", self.commit)
 
     def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
         # The <status/> of that unavailable presence, as the presence module keeps it.
@@ -85,6 +84,9 @@ class LastActivityModule(Module):
             return
         left = self.leaving.pop(session.bare, None)
         status = "" if left is None else left[1]
+        if not self.hub.hooked(self, "turn/end"):
+            # Hooked only while logouts wait: nothing runs at every turn's end otherwise.
+            self.hub.hook(self, "turn/end", self.commit)
         if not self.pending:
             self.router.request_flush()  # the turn's end runs even if nothing is written
         self.pending[(session.domain, session.local)] = (time.time(), status)
@@ -92,6 +94,7 @@ class LastActivityModule(Module):
     def commit(self) -> None:
         """At "turn/end": the turn's logouts in one transaction."""
         pending, self.pending = self.pending, {}
+        self.hub.unhook(self, "turn/end")
         if not pending or self.store is None:
             return
         try:
