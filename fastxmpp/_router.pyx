@@ -143,8 +143,7 @@ cpdef bytes append_child(bytes data, bytes child):
                 break
             name_end += 1
         return data[:end] + b">" + child + b"</" + data[start:name_end] + b">"
-    end = data.rfind(b"</")
-    return data[:end] + child + data[end:]
+    return _splice3(data, data.rfind(b"</"), child)
 
 
 cpdef bytes delay_element(str from_jid, str stamp, str reason=""):

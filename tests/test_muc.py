@@ -1014,16 +1014,22 @@ async def test_slixmpp_join_muc_wait_creates_a_room(
         client.disconnect()
 
 
+def fill_history(history: History, ids: list[str], body: str, numbered: bool = False) -> None:
+    """Groupchat messages with these ids, as room@service sends them, into `history`; each
+    body is `body`, followed by the message's number when `numbered`."""
+    for n, message_id in enumerate(ids):
+        text = f"{body}{n}" if numbered else body
+        message = (
+            f"<message from='room@service/nick' type='groupchat' id='{message_id}'>"
+            f"<body>{text}</body></message>"
+        ).encode()
+        history.add(message, "room@service")
+
+
 def test_history_is_bounded_in_bytes() -> None:
     """Whatever its configured length, a room's history holds at most MAX_HISTORY_BYTES."""
     history = History(100)
-    body = "x" * 300_000
-    for n in range(5):
-        message = (
-            f"<message from='room@service/nick' type='groupchat' id='h{n}'><body>{body}</body>"
-            "</message>"
-        ).encode()
-        history.add(message, "room@service")
+    fill_history(history, [f"h{n}" for n in range(5)], "x" * 300_000)
     assert history.size <= MAX_HISTORY_BYTES
     kept = history.select(None)
     assert len(kept) == 3 and b"id='h4'" in kept[-1].replace(b'"', b"'")
@@ -1034,12 +1040,7 @@ def test_history_maxchars_counts_the_messages_as_sent() -> None:
     """§7.2.15: maxchars counts the characters of each message as it is sent, its <delay/>
     included (stamped with the time the room sent it); non-ASCII text counts characters."""
     history = History(10)
-    for n in range(3):
-        message = (
-            f"<message from='room@service/nick' type='groupchat' id='c{n}'><body>é{n}</body>"
-            "</message>"
-        ).encode()
-        history.add(message, "room@service")
+    fill_history(history, [f"c{n}" for n in range(3)], "é", numbered=True)
     everything = history.select(None)
     assert len(everything) == 3 and history.size == sum(len(data) for data in everything)
     last = everything[-1].decode()

@@ -25,8 +25,7 @@ class LastActivityStore:
         self._db = storage.database(DATABASE)
 
     def record_logout(self, domain: str, local: str, when: float, status: str) -> None:
-        record = msgpack.packb([when, status])
-        self.storage.write(lambda txn: txn.put(_key(domain, local), record), db=self._db)
+        self.record_logouts({(domain, local): (when, status)})
 
     def record_logouts(self, logouts: dict[tuple[str, str], tuple[float, str]]) -> None:
         """Many accounts' logouts, (domain, local) -> (unix time, status), in one
