@@ -1,4 +1,5 @@
-"""Build the compiled core: the XML stream parser (over libexpat) and the stanza router."""
+"""Build the compiled core: the XML stream parser (over libexpat), the stanza router, and a
+connection's per-read path with its TLS layer."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def parser_build() -> dict[str, list[str]]:
 extensions = [
     Extension("fastxmpp._parser", **parser_build()),
     Extension("fastxmpp._router", ["fastxmpp/_router.pyx"]),
+    Extension("fastxmpp._transport", ["fastxmpp/_transport.pyx"]),
 ]
 
 setup(

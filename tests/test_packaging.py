@@ -24,17 +24,19 @@ def test_manylinux_wheel_installs_without_a_compiler_and_serves(
     assert "manylinux_2_17_" in wheel.name, wheel.name
     assert re.search(r"cp3\d+-cp3\d+", wheel.name), wheel.name
     assert "is consistent with the following platform tag" in show, show
-    # Only Python sources, the Cython interfaces and the compiled modules: no generated C.
+    # Only Python sources, the Cython interfaces (.pxd, and .pyi for type checkers) and the
+    # compiled modules: no generated C.
     with zipfile.ZipFile(wheel) as archive:
         names = [name for name in archive.namelist() if name.startswith("fastxmpp/")]
     suffixes = {Path(name).suffix for name in names}
-    assert suffixes == {"", ".py", ".pyx", ".pxd", ".so", ".typed"}, suffixes
+    assert suffixes == {"", ".py", ".pyx", ".pxd", ".pyi", ".so", ".typed"}, suffixes
     check_wheel(wheel, tmp_path_factory.mktemp("operator"))
 
 
 def test_source_modules_cover_every_package() -> None:
     # The list the installed package is compared with: every subpackage, compiled modules too.
     names = source_modules()
-    assert {"fastxmpp._parser", "fastxmpp._router", "fastxmpp.modules.muc.room"} <= names
+    compiled = {"fastxmpp._parser", "fastxmpp._router", "fastxmpp._transport"}
+    assert compiled | {"fastxmpp.modules.muc.room"} <= names
     assert all(name == "fastxmpp" or name.startswith("fastxmpp.") for name in names)
     assert len(names) == len({Path(*name.split(".")) for name in names})

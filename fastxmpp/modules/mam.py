@@ -90,7 +90,7 @@ def archivable(st: Stanza) -> bool:
     children = st.children
     if BODY not in children:
         return False
-    return not any(child in NOT_STORED for child in children)
+    return NOT_STORED.isdisjoint(children)
 
 
 def prepared_bare(text: str | None) -> str:

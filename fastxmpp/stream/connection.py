@@ -13,9 +13,10 @@ resumption hands it from the stream that authenticated to the session it resumes
 (`attach`), and a session may give its connection up to close it on its own
 (`detach` + `close_stream`) while the session waits to be resumed.
 
-The per-read path is `data_received` -> `_parse` (`StreamParser.feed`) -> `owner.handle`, where
-a client session's stanzas go to `Router.route`: three Python frames (four before the
-connection was split from the client stream).
+The per-read path (`data_received` -> TLS -> `_received` -> `_parse` -> `owner.handle`, where a
+client session's stanzas go to `Router.route`) is compiled: `ConnectionInput` in
+fastxmpp/_transport.pyx, which this class derives from; what it calls only when something
+unusual happens is here.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import descriptors
 from .._parser import StreamParser
+from .._transport import ConnectionInput, ServerTLS
 from ..errors import StreamError, stream_error_bytes
 from .compression import NS_PROTOCOL, CompressedTransport, CompressionError, Inflater
-from .tls import HANDSHAKE_TIMEOUT, ServerTLS, tls_record_start
+from .tls import HANDSHAKE_TIMEOUT
 
 if TYPE_CHECKING:
     from ..config import LimitsConfig
@@ -94,45 +96,28 @@ class Released:
         pass
 
 
-class Connection(asyncio.Protocol):
+class Connection(ConnectionInput, asyncio.Protocol):
     # The stream is the connection's byte stream, so STARTTLS and XEP-0138 compression can
     # replace its transport; not so for a framing over another protocol (RFC 7395 §3.1:
     # WebSocket gets TLS from HTTPS, never STARTTLS).
     byte_stream = True
     # Slots, not an instance dict: 30 attributes are past what CPython 3.11 shares between
     # instances' dicts, and each connection's own dict cost 1.6 KiB (tracemalloc, 1000 held
-    # connections; docs/PERFORMANCE.md, "Many connections").
+    # connections; docs/PERFORMANCE.md, "Many connections"). The attributes the per-read
+    # path touches are ConnectionInput's (fastxmpp/_transport.pyx).
     __slots__ = (
         "_tls_on_established",
         "address",
         "background",
-        "burst",
-        "busy",
-        "closing",
         "compressed",
         "direct_tls",
-        "encrypted",
-        "header_sent",
-        "held",
-        "inflater",
         "lang",
-        "last_received",
         "max_outbound_buffer",
-        "owner",
-        "parser",
         "peer",
-        "pending",
-        "rate",
-        "refuse_tls_hello",
         "resume_timer",
         "stream_id",
-        "tls",
         "tls_timer",
-        "tokens",
-        "tokens_at",
         "trace_hiding",
-        "tracer",
-        "transport",
         "what",
     )
 
@@ -154,7 +139,7 @@ class Connection(asyncio.Protocol):
         self.lang = "en"
         self.header_sent = False
         self.encrypted = False
-        self.tls: ServerTLS | None = None  # STARTTLS or direct TLS: input goes through it
+        self.tls = None  # STARTTLS or direct TLS (a ServerTLS): input goes through it
         # XEP-0368 direct TLS: the context the handshake starts with at connection_made.
         self.direct_tls: ssl.SSLContext | None = None
         self._tls_on_established: Callable[[], None] | None = None
@@ -241,43 +226,6 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # the peer closed its side: so do we (RFC 6120 §4.4)
 
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        if self.tls is not None:
-            self._tls_received(data)
-            return
-        if (
-            self.refuse_tls_hello
-            and not self.header_sent
-            and not self.encrypted
-            and tls_record_start(data)
-        ):
-            self._tls_on_plain_port()
-            return
-        self._received(data)
-
-    def _received(self, data: bytes) -> None:
-        """Input as the stream sees it (decrypted, still compressed)."""
-        now = time.monotonic()
-        self.last_received = now  # XEP-0199 idle pings and parser hibernation look at this
-        if self.rate and self._pace(data, now):
-            return
-        if self.inflater is not None:
-            self._inflate(data)
-            return
-        self._parse(data)
-
-    def _parse(self, data: bytes) -> None:
-        """Input past pacing and compression: parsed, and the events to the owner."""
-        events = self.parser.feed(data)
-        if self.tracer is not None:
-            self.tracer(self, data, events)
-        if self.busy:
-            self.pending.extend(events)
-            return
-        self.owner.handle(events)
-
     def _inflate(self, data: bytes) -> None:
         assert self.inflater is not None
         try:
@@ -293,24 +241,14 @@ class Connection(asyncio.Protocol):
                 f"<failure xmlns='{NS_PROTOCOL}'><processing-failed/></failure>",
             )
 
-    def _pace(self, data: bytes, now: float) -> bool:
-        """Token bucket on input (limits.max_bytes_per_second, burst_bytes): input beyond the
-        budget is held, and reading paused, until the budget has refilled; TCP flow control
-        then slows the sender down and nothing it sent is dropped. True: `data` was held."""
-        self.tokens = min(self.burst, self.tokens + (now - self.tokens_at) * self.rate)
-        self.tokens_at = now
-        self.tokens -= len(data)
-        if self.held is not None:
-            self.held.append(data)
-            return True
-        if self.tokens >= 0 or self.transport is None:
-            return False
+    def _hold(self, data: bytes) -> None:
+        """Input pacing (`ConnectionInput._pace`) is over budget: `data` is held and reading
+        paused until the budget has refilled."""
         self.held = [data]
         self.transport.pause_reading()
         self.resume_timer = asyncio.get_running_loop().call_later(
             -self.tokens / self.rate, self._release_held
         )
-        return True
 
     def _release_held(self) -> None:
         self.resume_timer = None
@@ -452,36 +390,6 @@ class Connection(asyncio.Protocol):
         self.tls_timer = asyncio.get_running_loop().call_later(
             HANDSHAKE_TIMEOUT, self._tls_timed_out
         )
-
-    def _tls_received(self, data: bytes) -> None:
-        tls = self.tls
-        assert tls is not None
-        try:
-            if not tls.established:
-                if not tls.handshake(data):
-                    return
-                self._tls_handshake_done(tls)
-            else:
-                tls.feed(data)
-            self._tls_read()
-        except ssl.SSLError as exc:
-            self._tls_failed(exc)
-
-    def _tls_read(self) -> None:
-        """Decrypted input to the stream, a record at a time, until input pacing holds it
-        back (the rest waits in the TLS layer until `_release_held`)."""
-        tls = self.tls
-        assert tls is not None
-        while not self.closing and self.held is None:
-            piece = tls.read()
-            if piece is None:
-                return
-            if not piece:
-                # close_notify (RFC 8446 §6.1): the peer closed its side, as an EOF would.
-                self.eof_received()
-                self.close_transport(linger=False)
-                return
-            self._received(piece)
 
     def _tls_handshake_done(self, tls: ServerTLS) -> None:
         self._tls_timer_cancel()
