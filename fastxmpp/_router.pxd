@@ -5,6 +5,7 @@ from fastxmpp._parser cimport Stanza
 
 # Byte-level stanza edits (the one place for them, see _router.pyx).
 cpdef bytes insert_attr(bytes data, str name, str value)
+cpdef str start_tag_attr(bytes data, str name)
 cpdef Py_ssize_t fan_out(bytes data, list groups, str sender, int kind)
 cpdef bytes append_child(bytes data, bytes child)
 cpdef bytes delay_element(str from_jid, str stamp, str reason=*)

@@ -11,6 +11,7 @@ an error reply (never in answer to an error, RFC 6120 §8.3.1).
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
+from html import unescape
 from sys import getsizeof
 from xml.sax.saxutils import escape, quoteattr
 
@@ -104,6 +105,54 @@ cdef bytes _splice3(bytes data, Py_ssize_t at, bytes middle):
 cpdef bytes insert_attr(bytes data, str name, str value):
     """`data` with the attribute `name` added to its start tag (it must not be there)."""
     return _splice3(data, _tag_end(data), _attr(name, value))
+
+
+cdef inline bint _space(unsigned char c) noexcept:
+    return c == 32 or c == 9 or c == 10 or c == 13
+
+
+cpdef str start_tag_attr(bytes data, str name):
+    """The value of the unprefixed attribute `name` on the start tag `data` begins with
+    (entities and character references replaced), None when the tag has none; ValueError
+    when the start tag is not well-formed. For bytes the server made or passed on, which
+    are: it reads the one tag, not the element."""
+    cdef bytes wanted = name.encode()
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = len(data)
+    cdef Py_ssize_t i = _tag_end(data)
+    cdef Py_ssize_t name_start, name_end, value_start
+    cdef unsigned char quote
+    while True:
+        while i < size and _space(p[i]):
+            i += 1
+        if i >= size:
+            raise ValueError("unterminated start tag")
+        if p[i] == 62 or p[i] == 47:  # > or />
+            return None
+        name_start = i
+        while i < size and p[i] != 61 and not _space(p[i]):  # up to = or space
+            i += 1
+        name_end = i
+        while i < size and _space(p[i]):
+            i += 1
+        if i >= size or p[i] != 61 or name_end == name_start:
+            raise ValueError("attribute without a value")
+        i += 1
+        while i < size and _space(p[i]):
+            i += 1
+        if i >= size or (p[i] != 34 and p[i] != 39):
+            raise ValueError("attribute value not quoted")
+        quote = p[i]
+        value_start = i + 1
+        i = value_start
+        while i < size and p[i] != quote:
+            i += 1
+        if i >= size:
+            raise ValueError("unterminated attribute value")
+        i += 1
+        if data[name_start:name_end] == wanted:
+            value = data[value_start:i - 1].decode()
+            return unescape(value) if "&" in value else value
 
 
 cpdef Py_ssize_t fan_out(bytes data, list groups, str sender, int kind):

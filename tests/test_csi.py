@@ -233,3 +233,42 @@ def test_unknown_element_is_a_stream_error(login: Any, names: Iterator[str]) -> 
     alice = login(next(names))
     alice.send(f"<asleep xmlns='{NS}'/>")
     assert alice.c.stream_error() == "unsupported-stanza-type"
+
+
+# --- classifying what an inactive session is sent, without parsing the element -------------
+
+PRESENCES = [
+    b"<presence from='ann@localhost/a' to='bo@localhost/b'/>",
+    b"<presence from='ann@localhost/a' type='unavailable'/>",
+    b'<presence type="subscribe" from="ann@localhost"/>',
+    b"<presence from='ann@localhost/a'><show>away</show><status>type='x'</status></presence>",
+    b"<presence\n  from = \"d&amp;e@localhost/r\"\ttype='error' ><error type='cancel'/></presence>",
+    b"<presence xml:lang='en' xtype='unavailable' typex='probe' from='f&#x40;localhost'/>",
+    b"<presence from='g@localhost/&apos;q&quot;' type='unsubscribed'>",
+    b"<presence id='a&gt;b' from='h@localhost/c'><priority>1</priority></presence>",
+]
+
+
+@pytest.mark.parametrize("data", PRESENCES)
+def test_start_tag_attributes_read_as_xml_does(data: bytes) -> None:
+    from fastxmpp._router import start_tag_attr
+
+    # lxml reads the whole element; closing a start tag left open makes it one.
+    whole = data if data.endswith(b"/>") or b"</" in data else data + b"</presence>"
+    element = etree.fromstring(whole)
+    for name in ("from", "type", "id", "to", "lang"):
+        assert start_tag_attr(data, name) == element.get(name)
+
+
+def test_unimportant_presence_by_its_start_tag() -> None:
+    from fastxmpp.stream.csi import unimportant
+
+    assert unimportant(PRESENCES[0]) == ("presence", "ann@localhost/a")
+    assert unimportant(PRESENCES[1]) == ("presence", "ann@localhost/a")
+    assert unimportant(PRESENCES[2]) is None  # a subscription request goes out now
+    assert unimportant(PRESENCES[3]) == ("presence", "ann@localhost/a")  # 'type' in text
+    assert unimportant(PRESENCES[4]) is None  # an error
+    assert unimportant(PRESENCES[5]) == ("presence", "f@localhost")  # only 'type' counts
+    # A start tag that is not well-formed decides nothing: out it goes.
+    assert unimportant(b"<presence from=ann@localhost>") is None
+    assert unimportant(b"<presence from='ann@localhost'") is None

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from .. import ns
+from .._router import start_tag_attr
 
 if TYPE_CHECKING:
     from .c2s import C2SStream
@@ -44,10 +45,14 @@ def unimportant(data: bytes) -> tuple[str, str] | None:
     """A key for a stanza that may wait ('presence', sender: the latest replaces the one
     before; or 'chat state', a serial number), None for one that goes out now."""
     if data.startswith(b"<presence"):
-        el = _parse(data)
-        if el is None or el.get("type") not in PRESENCE_UPDATES:
-            return None
-        return ("presence", el.get("from", ""))
+        # Presence broadcasts are most of what an inactive session is sent: only the start
+        # tag is read (compiled), not the element parsed (lxml took 5-15 µs for that).
+        try:
+            if start_tag_attr(data, "type") not in PRESENCE_UPDATES:
+                return None
+            return ("presence", start_tag_attr(data, "from") or "")
+        except ValueError:
+            return None  # not well-formed: nothing to decide on, out it goes
     if data.startswith(b"<message") and _CHATSTATES in data:
         el = _parse(data)
         if el is None or el.get("type") == "error":
