@@ -120,6 +120,16 @@ def test_msg(load_server: ServerProcess, rate: float) -> None:
     assert result["p99_ms"] is not None
 
 
+def test_msg_with_stream_management(load_server: ServerProcess) -> None:
+    # XEP-0198 as mobile clients use it: an <r/> after each message, the server's <r/>s
+    # answered; the senders' last <a/> counts every message they sent.
+    spec = _spec(load_server, "msg", "msg", pairs=4, window=1, stream_management=True)
+    result = _run(spec)
+    assert result["sent"] > 0
+    assert result["lost"] == 0 and result["count"] == result["sent"]
+    assert result["sm_unacked"] == 0
+
+
 def test_presence(load_server: ServerProcess) -> None:
     result = _run(_spec(load_server, "presence", "pres", contacts=10, changes_per_s=10.0))
     assert result["setup_incomplete"] == 0

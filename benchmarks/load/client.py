@@ -19,6 +19,8 @@ from fastxmpp._parser import Stanza, StreamHeader, StreamParser, XMLStreamError
 from scramp import ScramClient
 
 STREAMS = "http://etherx.jabber.org/streams"
+CLIENT = "jabber:client"
+SM = "urn:xmpp:sm:3"  # XEP-0198
 TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 BIND = "urn:ietf:params:xml:ns:xmpp-bind"
@@ -74,6 +76,9 @@ class XMPPConnection:
         self.parser = StreamParser(1 << 22, 256, 256)
         self.queue: list[Any] = []
         self.full_jid = ""
+        # XEP-0198 on (`enable_sm`): stanzas handled since <enabled/>, for the <a/> that
+        # answers each <r/> of the server as it is read; None while off.
+        self.sm_handled: int | None = None
 
     @classmethod
     async def open(cls, host: str, port: int, source: str | None = None) -> XMPPConnection:
@@ -91,7 +96,31 @@ class XMPPConnection:
         data = await self.reader.read(65536)
         if not data:
             raise ConnectionError("the server closed the connection")
-        return self.parser.feed(data)
+        events = self.parser.feed(data)
+        if self.sm_handled is not None:
+            self._acknowledge(events)
+        return events
+
+    def _acknowledge(self, events: list[Any]) -> None:
+        """XEP-0198 §4: count the stanzas, answer each <r/> with what was counted so far."""
+        for event in events:
+            if type(event) is not Stanza:
+                continue
+            if event.ns == CLIENT:
+                self.sm_handled = (self.sm_handled or 0) + 1
+            elif event.ns == SM and event.name == "r":
+                self.send(f"<a xmlns='{SM}' h='{self.sm_handled}'/>".encode())
+
+    async def enable_sm(self, timeout: float) -> None:
+        """XEP-0198 stream management on, as mobile clients have it (§3)."""
+        self.send(f"<enable xmlns='{SM}'/>".encode())
+        while True:
+            st = await self.next_stanza(timeout)
+            if st.ns == SM and st.name == "enabled":
+                self.sm_handled = 0
+                return
+            if st.ns == SM and st.name == "failed":
+                raise LoginError("stream management refused: " + st.raw.decode())
 
     async def next_event(self, timeout: float) -> Any:
         deadline = time.monotonic() + timeout

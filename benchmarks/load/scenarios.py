@@ -63,6 +63,10 @@ class Spec:
     duration: float = 10.0
     pairs: int = 50  # msg: sender/receiver pairs
     window: int = 8  # msg: outstanding messages per pair (closed loop)
+    # msg: XEP-0198 on every connection, as mobile clients have it: the sender asks for the
+    # server's <a/> after each message (<r/> with it, as Conversations does to mark a
+    # message sent), the receiver answers the server's <r/>s
+    stream_management: bool = False
     rate: float = 0.0  # msg: total messages/s, open loop (0: closed loop with `window`)
     connections: int = 1000  # idle: authenticated connections held
     contacts: int = 500  # presence / roster_login: contacts of the hub account (bench0)
@@ -217,6 +221,9 @@ def _summarize(
         # muc: every occupant (the sender too, XEP-0045 §7.4) gets each message once
         fanout = spec.occupants if spec.scenario == "muc" else 1
         summary["lost"] = summary["sent"] * fanout - count
+    if spec.scenario == "msg" and spec.stream_management:
+        # XEP-0198: what the senders' last <a/> said the server handled, against what they sent
+        summary["sm_unacked"] = summary["sent"] - sum(d["sm_acked"] for d in done)
     if spec.scenario == "flood":
         summary.update(_flood_summary(spec, done))
     if spec.scenario == "idle":
@@ -377,6 +384,8 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
         jobs += [(spec.account(2 * p), f"s{p}"), (spec.account(2 * p + 1), f"r{p}")]
     conns = await _bounded_logins(spec, jobs)
     senders, receivers = conns[0::2], conns[1::2]
+    if spec.stream_management:
+        await asyncio.gather(*(conn.enable_sm(SETUP_TIMEOUT) for conn in conns))
     for conn in conns:
         conn.send(b"<presence/>")
     await asyncio.sleep(0.5)
@@ -392,6 +401,8 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
     sent = [0] * len(pairs)
     received = [0] * len(pairs)
 
+    ack_request = b"<r xmlns='urn:xmpp:sm:3'/>" if spec.stream_management else b""
+
     def message(to: bytes) -> bytes:
         stamp = str(time.perf_counter_ns()).encode()
         return (
@@ -402,6 +413,7 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
             + b"'><body>"
             + body
             + b"</body></message>"
+            + ack_request
         )
 
     targets = [r.full_jid.encode() for r in receivers]
@@ -431,7 +443,23 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
                 owed -= 1
             await asyncio.sleep(tick)
 
+    acked = [0] * len(pairs)
+
+    async def read_acks(pair: int) -> None:
+        """A sender's input: the server's <a/> for each message; the last one's 'h' counts
+        the stanzas the server handled (its initial presence, then every message)."""
+        sender = senders[pair]
+        with contextlib.suppress(ConnectionError):
+            while time.perf_counter() < end + spec.drain:
+                with contextlib.suppress(TimeoutError):
+                    for event in await asyncio.wait_for(sender.read_events(), STAMPED_POLL_S):
+                        if type(event) is Stanza and event.name == "a":
+                            acked[pair] = int(event.attrs.get("h", 0)) - 1
+
     tasks = [asyncio.ensure_future(receive(p)) for p in range(len(pairs))]
+    readers = (
+        [asyncio.ensure_future(read_acks(p)) for p in range(len(pairs))] if ack_request else []
+    )
     if spec.rate:
         per_pair = spec.rate / spec.pairs
         tasks += [asyncio.ensure_future(paced(p, per_pair)) for p in range(len(pairs))]
@@ -441,7 +469,9 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
                 senders[p].send(message(targets[p]))
                 sent[p] += 1
     await asyncio.wait(tasks, timeout=spec.duration + spec.drain + 30)
-    for t in tasks:
+    if readers:  # the last <a/>s answer the last messages' <r/>
+        await _wait_until(lambda: acked == sent, spec.drain)
+    for t in tasks + readers:
         t.cancel()
     active = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
@@ -452,6 +482,7 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
         "done",
         count=sum(received),
         sent=sum(sent),
+        sm_acked=sum(acked) if readers else None,
         latencies_ms=latencies,
         errors=0,
         cpu_s=cpu,
