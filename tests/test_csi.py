@@ -272,3 +272,72 @@ def test_unimportant_presence_by_its_start_tag() -> None:
     # A start tag that is not well-formed decides nothing: out it goes.
     assert unimportant(b"<presence from=ann@localhost>") is None
     assert unimportant(b"<presence from='ann@localhost'") is None
+
+
+def _classified_by_whole_tree(data: bytes) -> bool:
+    """What the server decided before it read only a message's children: the whole tree
+    parsed (lxml), a chat state anywhere without a jabber:client body anywhere waits."""
+    el = etree.fromstring(data)
+    if el.get("type") == "error":
+        return False
+    names = [etree.QName(e) for e in el.iter() if isinstance(e.tag, str)]
+    if any(q.localname == "body" and q.namespace in (None, CLIENT) for q in names):
+        return False
+    return any(q.namespace == CHATSTATES for q in names)
+
+
+CARBON = (
+    "<message xmlns='jabber:client' from='ann@localhost' to='ann@localhost/b' type='chat'>"
+    "<{0} xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>"
+    "<message xmlns='jabber:client' from='ann@localhost/a' to='bo@localhost' type='chat'>"
+    "{1}</message></forwarded></{0}></message>"
+)
+STATE = f"<composing xmlns='{CHATSTATES}'/>"
+MESSAGES = [
+    f"<message from='bo@localhost/b' to='ann@localhost/a' type='chat'>{STATE}</message>",
+    f"<message from='bo@localhost/b' type='chat'><body>hi</body>{STATE}</message>",
+    f"<message from='bo@localhost/b' type='error'>{STATE}<error type='cancel'/></message>",
+    f"<message from='bo@localhost/b'><thread>t</thread><active xmlns='{CHATSTATES}'/></message>",
+    CARBON.format("sent", STATE),
+    CARBON.format("received", STATE),
+    CARBON.format("received", "<body>hi</body>" + STATE),
+    # a body only in XHTML-IM's namespace: no jabber:client body
+    f"<message from='bo@localhost/b'><html xmlns='http://jabber.org/protocol/xhtml-im'>"
+    f"<body xmlns='http://www.w3.org/1999/xhtml'>x</body></html>{STATE}</message>",
+    # a jabber:client body below an extension, and one with a prefix
+    f"<message from='bo@localhost/b'><x xmlns='urn:example'><body xmlns='jabber:client'>b"
+    f"</body></x>{STATE}</message>",
+    f"<message from='bo@localhost/b' xmlns:c='jabber:client'><c:body>b</c:body>{STATE}</message>",
+    # the namespace named in text only: no chat state element
+    f"<message from='bo@localhost/b'><subject>{CHATSTATES}</subject></message>",
+    f"<message from='bo@localhost/b'><received xmlns='urn:xmpp:receipts' id='1'/>{STATE}</message>",
+]
+
+
+@pytest.mark.parametrize("text", MESSAGES)
+def test_chat_states_wait_as_when_the_whole_message_was_read(text: str) -> None:
+    from fastxmpp.stream.csi import unimportant
+
+    data = text.encode()
+    # as routed: the message inherits jabber:client from the stream
+    tree = (
+        data
+        if b"xmlns='jabber:client'" in data.split(b">", 1)[0]
+        else (data.replace(b"<message ", b"<message xmlns='jabber:client' ", 1))
+    )
+    key = unimportant(data)
+    assert (key is not None and key[0] == "chat state") == _classified_by_whole_tree(tree)
+
+
+def test_the_reading_parser_is_replaced_after_bad_input_and_after_many_uses() -> None:
+    from fastxmpp.stream import csi
+
+    typing = MESSAGES[0].encode()
+    assert csi.unimportant(b"<message from='bo@localhost'>" + STATE.encode()) is None
+    assert csi.unimportant(typing) is not None  # a fresh parser after the unfinished one
+    assert csi.unimportant(b"<message a='1' a='2'>" + STATE.encode() + b"</message>") is None
+    assert csi.unimportant(typing) is not None
+    first = csi._reader
+    for _ in range(csi.READER_USES):
+        assert csi.unimportant(typing) is not None
+    assert csi._reader is not first  # names senders chose do not pile up in one parser

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from .. import ns
+from .._parser import Stanza, StreamParser
 from .._router import start_tag_attr
 
 if TYPE_CHECKING:
@@ -36,7 +37,21 @@ if TYPE_CHECKING:
 NS = "urn:xmpp:csi:0"
 FEATURE = f"<csi xmlns='{NS}'/>"
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
-_CHATSTATES = ns.CHATSTATES.encode()
+CHATSTATES = ns.CHATSTATES
+_CHATSTATES = CHATSTATES.encode()
+BODY = (ns.CLIENT, "body")
+# Children that carry another message inside (XEP-0280 carbons, XEP-0297, XEP-0313):
+# its body or chat state is not a child of the outer message.
+WRAPPERS = frozenset((ns.CARBONS, ns.FORWARD, ns.MAM))
+# The root the classifying parser reads messages inside, and its limits: the server's own
+# output, bounded by what it accepted (limits.max_stanza_size) or made.
+_READER_ROOT = f"<stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAMS}'>".encode()
+_READER_LIMITS = (1 << 24, 10000, 10000, 1 << 20)
+_reader: StreamParser | None = None
+# Messages the reader parses before a new one replaces it: expat keeps every element and
+# attribute name it met, which senders choose; this bounds what one parser can collect.
+READER_USES = 10000
+_reader_uses = 0
 # Presence a client is notified of (RFC 6121 §4.7.1); subscription requests matter.
 PRESENCE_UPDATES = frozenset((None, "unavailable"))
 
@@ -54,14 +69,54 @@ def unimportant(data: bytes) -> tuple[str, str] | None:
         except ValueError:
             return None  # not well-formed: nothing to decide on, out it goes
     if data.startswith(b"<message") and _CHATSTATES in data:
-        el = _parse(data)
-        if el is None or el.get("type") == "error":
+        st = _read(data)
+        if st is None:
+            return None  # not well-formed: out it goes
+        children = st.children
+        if BODY in children:
             return None
-        names = [etree.QName(e) for e in el.iter() if isinstance(e.tag, str)]
-        if any(q.localname == "body" and q.namespace in (None, ns.CLIENT) for q in names):
-            return None
-        if any(q.namespace == ns.CHATSTATES for q in names):
+        state = False
+        for namespace, _name in children:
+            if namespace in WRAPPERS:
+                return _deep_chat_state(data)  # a message inside: read the whole tree
+            if namespace == CHATSTATES:
+                state = True
+        if b"body" in data:
+            return _deep_chat_state(data)  # a body below the children
+        if state and st.attrs.get("type") != "error":
             return ("chat state", str(next(_serial)))
+    return None
+
+
+def _read(data: bytes) -> Stanza | None:
+    """The element `data` as the compiled parser reads a stanza (name, attributes, the
+    (namespace, name) of each child), inside a client stream's root (what the element
+    inherits from it); None when `data` is not one well-formed element."""
+    global _reader, _reader_uses
+    if _reader is None or _reader_uses >= READER_USES:
+        _reader = StreamParser(*_READER_LIMITS)
+        _reader.feed(_READER_ROOT)
+        _reader_uses = 0
+    _reader_uses += 1
+    events = _reader.feed(data)
+    if len(events) != 1 or type(events[0]) is not Stanza or _reader.failed:
+        _reader = None  # a fresh one next time
+        return None
+    return events[0]
+
+
+def _deep_chat_state(data: bytes) -> tuple[str, str] | None:
+    """A message with a body somewhere below its children, or one that forwards another (a
+    XEP-0280 carbon copy): the whole tree is read; a chat state anywhere in it without a
+    body in jabber:client anywhere is one."""
+    el = _parse(data)
+    if el is None or el.get("type") == "error":
+        return None
+    names = [etree.QName(e) for e in el.iter() if isinstance(e.tag, str)]
+    if any(q.localname == "body" and q.namespace in (None, ns.CLIENT) for q in names):
+        return None
+    if any(q.namespace == CHATSTATES for q in names):
+        return ("chat state", str(next(_serial)))
     return None
 
 
