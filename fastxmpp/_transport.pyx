@@ -257,7 +257,11 @@ cdef class ConnectionInput:
 
     cpdef _parse(self, bytes data):
         """Input past pacing and compression: parsed, and the events to the owner."""
-        cdef list events = self.parser.feed(data)
+        self._hand_on(data, self.parser.feed(data))
+
+    cpdef _hand_on(self, bytes data, list events):
+        """The events parsed from `data` to the owner, or to `pending` while an
+        asynchronous step runs (framings that parse otherwise, WebSocket, hand on here)."""
         if self.tracer is not None:
             self.tracer(self, data, events)
         if self.busy:

@@ -83,12 +83,7 @@ class WebSocketConnection(FramedConnection):
                 events = self.stream_header(element.attrs)  # §3.3.2
             elif element.ns == NS_FRAMING and element.name == "close":
                 events = [STREAM_END]  # §3.6: the client closes the stream
-        if self.tracer is not None:
-            self.tracer(self, data, events)
-        if self.busy:
-            self.pending.extend(events)
-            return
-        self.owner.handle(events)
+        self._hand_on(data, events)
 
 
 class FramedOutput:
