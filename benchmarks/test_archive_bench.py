@@ -1,0 +1,95 @@
+"""The message archive's commits on their own (docs/PERFORMANCE.md, "The archive writer and
+the GIL" and "Compiling the per-read path": the group-commit writer is a third of the
+server's CPU with the archive on, most of it the pages each commit writes).
+
+A store of 2000 accounts grown to 10 records each by commits of 30 rows, as a server grows
+it; then each round commits batches of 30 rows for accounts picked at random (what a group
+commit holds when 2000 users each send now and then: the unbatched scenario), synced as the
+server commits them. Reported per row: the time (`benchmark`), and in `extra_info` the
+process's CPU time, kernel included (where the page writes are paid), and the bytes
+`/proc/self/io` says it wrote. The kernel charges write_bytes per page-cache folio dirtied,
+and LMDB's 4 KiB page writes land in larger folios: that figure is about three times the
+bytes LMDB hands to `pwrite`/`writev` (2.7 pages per row under strace, 2026-12-02); compare
+it between runs of this benchmark only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastxmpp.storage.account_data import account_prefix
+from fastxmpp.storage.lmdb_store import Storage
+from fastxmpp.storage.mam import ArchiveStore, Row
+
+pytestmark = pytest.mark.benchmark(group="archive")
+
+ACCOUNTS = 2000
+PREFILL = 10  # records per account before the rounds, written BATCH rows per commit
+BATCH = 30  # rows per commit
+COMMITS = 20  # commits per round
+MESSAGE = (
+    b"<message xmlns='jabber:client' from='bench1@localhost/r1' to='bench2@localhost/r2' "
+    b"type='chat' id='1764686400123456789'><body>Hello! This is a benchmark message of "
+    b"ordinary chat length, about 80 bytes.</body></message>"
+)
+
+
+def written_bytes() -> int:
+    with open("/proc/self/io") as io:
+        for line in io:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    raise AssertionError("no write_bytes in /proc/self/io")
+
+
+class Archive:
+    def __init__(self, data_dir: Path) -> None:
+        self.storage = Storage(data_dir)
+        self.store = ArchiveStore(self.storage)
+        self.prefixes = [account_prefix("localhost", f"bench{i}") for i in range(ACCOUNTS)]
+        self.random = random.Random(1)
+        for _ in range(PREFILL * ACCOUNTS // BATCH):
+            rows = [self.row(self.random.choice(self.prefixes)) for _ in range(BATCH)]
+            self.storage.write(self.store.append_rows(rows, 10000, 0))
+
+    def row(self, prefix: bytes) -> Row:
+        return (prefix, self.store.next_number(), time.time(), "peer@localhost", "in", MESSAGE)
+
+    def batches(self) -> list[list[Row]]:
+        return [
+            [self.row(self.random.choice(self.prefixes)) for _ in range(BATCH)]
+            for _ in range(COMMITS)
+        ]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
+    return Archive(tmp_path_factory.mktemp("archive"))
+
+
+def test_group_commits_of_rows_for_many_accounts(benchmark: Any, archive: Archive) -> None:
+    totals = {"rows": 0, "bytes": 0, "cpu": 0.0}
+    before = sum(archive.store.count("localhost", f"bench{i}") for i in range(ACCOUNTS))
+
+    def commit_all(batches: list[list[Row]]) -> None:
+        written, cpu = written_bytes(), time.process_time()
+        for batch in batches:
+            archive.storage.write(archive.store.append_rows(batch, 10000, 0))
+        totals["bytes"] += written_bytes() - written
+        totals["cpu"] += time.process_time() - cpu
+        totals["rows"] += sum(len(batch) for batch in batches)
+
+    benchmark.pedantic(commit_all, setup=lambda: ((archive.batches(),), {}), rounds=5)
+    rows = totals["rows"]
+    benchmark.extra_info["written_KiB_per_row"] = totals["bytes"] / 1024 / rows
+    benchmark.extra_info["cpu_us_per_row"] = totals["cpu"] * 1e6 / rows
+    # Every row was stored (and counted) once.
+    after = sum(archive.store.count("localhost", f"bench{i}") for i in range(ACCOUNTS))
+    assert after - before == rows
+    assert os.path.isdir(archive.storage.data_dir)
