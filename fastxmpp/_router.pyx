@@ -60,18 +60,27 @@ KIND_OTHER = K_OTHER
 # principle 2): the router, the modules and the streams all use these. The input is one
 # well-formed element as it goes out (from `Stanza.with_attrs` or made by the server).
 
-cdef Py_ssize_t _tag_end(bytes data):
-    """Where the start tag's name ends: the place an attribute goes in."""
-    cdef Py_ssize_t end = 1
+cdef inline bint _space(unsigned char c) noexcept:
+    return c == 32 or c == 9 or c == 10 or c == 13
+
+
+cdef Py_ssize_t _name_end(bytes data, Py_ssize_t start):
+    """Where the tag name that begins at `start` ends (white space, > or /)."""
+    cdef Py_ssize_t end = start
     cdef Py_ssize_t size = len(data)
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
     cdef unsigned char c
     while end < size:
         c = p[end]
-        if c == 32 or c == 62 or c == 47 or c == 9 or c == 10 or c == 13:  # space > / ws
+        if _space(c) or c == 62 or c == 47:
             break
         end += 1
     return end
+
+
+cdef Py_ssize_t _tag_end(bytes data):
+    """Where the start tag's name ends: the place an attribute goes in."""
+    return _name_end(data, 1)
 
 
 cdef bytes _attr(str name, str value):
@@ -105,10 +114,6 @@ cdef bytes _splice3(bytes data, Py_ssize_t at, bytes middle):
 cpdef bytes insert_attr(bytes data, str name, str value):
     """`data` with the attribute `name` added to its start tag (it must not be there)."""
     return _splice3(data, _tag_end(data), _attr(name, value))
-
-
-cdef inline bint _space(unsigned char c) noexcept:
-    return c == 32 or c == 9 or c == 10 or c == 13
 
 
 cpdef str start_tag_attr(bytes data, str name):
@@ -179,19 +184,11 @@ cpdef Py_ssize_t fan_out(bytes data, list groups, str sender, int kind):
 cpdef bytes append_child(bytes data, bytes child):
     """`data` with `child` (serialized) as its last child; a self-closing element is
     opened and closed around it."""
-    cdef Py_ssize_t end, start, name_end, size
-    cdef unsigned char c
+    cdef Py_ssize_t end, start
     if data.endswith(b"/>") and b"</" not in data:
         end = data.rfind(b"/>")
         start = data.find(b"<") + 1
-        name_end = start
-        size = len(data)
-        while name_end < size:
-            c = data[name_end]
-            if c == 32 or c == 47 or c == 62 or c == 9 or c == 10 or c == 13:
-                break
-            name_end += 1
-        return data[:end] + b">" + child + b"</" + data[start:name_end] + b">"
+        return data[:end] + b">" + child + b"</" + data[start:_name_end(data, start)] + b">"
     return _splice3(data, data.rfind(b"</"), child)
 
 
