@@ -56,7 +56,12 @@ class Archive:
         self.random = random.Random(1)
         for _ in range(PREFILL * ACCOUNTS // BATCH):
             rows = [self.row(self.random.choice(self.prefixes)) for _ in range(BATCH)]
-            self.storage.write(self.store.append_rows(rows, 10000, 0))
+            self.commit(rows)
+
+    def commit(self, rows: list[Row]) -> None:
+        commit = self.store.plan(rows, 10000, 0)
+        self.storage.write(commit.work)
+        commit.committed()
 
     def row(self, prefix: bytes) -> Row:
         return (prefix, self.store.next_number(), time.time(), "peer@localhost", "in", MESSAGE)
@@ -80,7 +85,7 @@ def test_group_commits_of_rows_for_many_accounts(benchmark: Any, archive: Archiv
     def commit_all(batches: list[list[Row]]) -> None:
         written, cpu = written_bytes(), time.process_time()
         for batch in batches:
-            archive.storage.write(archive.store.append_rows(batch, 10000, 0))
+            archive.commit(batch)
         totals["bytes"] += written_bytes() - written
         totals["cpu"] += time.process_time() - cpu
         totals["rows"] += sum(len(batch) for batch in batches)

@@ -63,7 +63,7 @@ from ..errors import StanzaError, stanza_error_bytes
 from ..jid import JIDError, parse_jid
 from ..storage.account_data import account_prefix
 from ..storage.lmdb_store import GroupCommitWriter, StorageFull
-from ..storage.mam import ArchiveStore, Record, Row
+from ..storage.mam import FOLD_AGE, ArchiveCommit, ArchiveStore, Record, Row
 from .base import Module, iq_result
 
 if TYPE_CHECKING:
@@ -291,10 +291,17 @@ class MamModule(Module):
         self._pending: list[Row] = []
         self._senders: dict[tuple[int, str | None], tuple[Any, str | None, str | None]] = {}
         self._held: dict[int, Any] = {}
-        # (max_messages, max_age) of the pending rows' archives with limits of their own.
+        # (max_messages, max_age) of the archives with limits of their own that have rows
+        # pending or unfolded (storage/mam.py: the journal).
         self._limits: dict[bytes, tuple[int, float]] = {}
-        # Commits under way, oldest first: (future, senders, sessions whose output waits).
-        self._commits: deque[tuple[Future[Any], Any, list[Any]]] = deque()
+        # Archives whose unfolded rows the next commit moves into them (read soon, or
+        # their oldest row is FOLD_AGE old); the timer that finds the latter.
+        self._fold: set[bytes] = set()
+        self._fold_timer: asyncio.TimerHandle | None = None
+        self._stopped = False
+        # The commit under way (one at a time: each is planned from the tails the one
+        # before left): (future, senders, sessions whose output waits, the plan).
+        self._commits: deque[tuple[Future[Any], Any, list[Any], ArchiveCommit]] = deque()
         self.writer: GroupCommitWriter | None = None
         # The row and stanza "message/in" stamped last: queued when "message/delivered"
         # follows for that stanza (routing is synchronous, so the next stanza's
@@ -310,8 +317,11 @@ class MamModule(Module):
         assert self.server.storage is not None
         self.store = ArchiveStore(self.server.storage)
         self.router.set_iq_handler(NS, self.answer)
-        if self.settings.enabled:
+        if self.settings.enabled or self.store.tails:
+            # (Rows a crash left unfolded are folded even if archiving is off now.)
             self._start_writer()
+            self._schedule_fold()
+        if self.settings.enabled:
             self.hub.hook(self, "message/in", self.received)
             self.hub.hook(self, "message/delivered", self.archive_received)
             self.hub.hook(self, "message/sent", self.sent)
@@ -340,6 +350,7 @@ class MamModule(Module):
         prefix = account_prefix(domain, local)
         self._pending = [row for row in self._pending if row[0] != prefix]
         self._limits.pop(prefix, None)
+        self._fold.discard(prefix)
         if not self._pending and self._held:
             # Nothing left for the held sessions to wait for.
             held, self._held, self._senders = self._held, {}, {}
@@ -351,6 +362,8 @@ class MamModule(Module):
             assert self.store is not None
             self.flush(wait=True)
             self.store.purge(domain, local)
+        elif self.store is not None:
+            self.store.drop_tail(prefix)  # its journal rows went with the account
 
     def archive(self, row: Row, origin: Any, st: Stanza, max_messages: int, max_age: float) -> None:
         """Another module's record (a room's message, modules/muc/archive.py), committed
@@ -464,12 +477,29 @@ class MamModule(Module):
         """At "turn/commit": the pending rows go to the writer if no commit is under way
         (else `_settle` hands them on when it ends: group commit). `wait`: return only once
         they and every commit under way are done and settled."""
-        if self._pending and (wait or not self._commits or self._commits[-1][0].done()):
+        if wait and self._commits:
+            assert self.writer is not None
+            self.writer.wait(self._commits[-1][0])
+        if self._commits and self._commits[-1][0].done():
+            self._release()
+        if (self._pending or self._fold) and not self._commits:
             self._hand_over()
         if wait and self._commits:
             assert self.writer is not None
-            self.writer.wait(self._commits[-1][0])  # commits end in the order they began
-            self._settle()
+            self.writer.wait(self._commits[-1][0])
+            self._release()
+
+    def settle(self, domain: str, local: str) -> None:
+        """Before a read of the archive of domain/local: everything archived until now is
+        in it (the pending rows committed, its unfolded rows folded)."""
+        assert self.store is not None
+        prefix = account_prefix(domain, local)
+        if self.store.has_unfolded(prefix) or any(row[0] == prefix for row in self._pending):
+            self._fold.add(prefix)
+        self.flush(wait=True)
+        if self.store.has_unfolded(prefix):  # its rows were in the commit under way
+            self._fold.add(prefix)
+            self.flush(wait=True)
 
     def _hand_over(self) -> None:
         """The pending rows to the writer, in one transaction. The writer is idle (or `wait`
@@ -481,30 +511,35 @@ class MamModule(Module):
         assert self.store is not None and self.writer is not None
         batch, self._pending = self._pending, []
         senders, self._senders = self._senders, {}
-        limits, self._limits = self._limits, {}
         held, self._held = self._held, {}
-        work = self.store.append_rows(
+        fold, self._fold = self._fold, set()
+        commit = self.store.plan(
             batch,
             self.settings.max_messages_per_account,
             self.settings.max_age_days * 86400.0,
-            limits,
+            self._limits,
+            fold,
         )
-        future = self.writer.submit(work, wait_applied=True)
-        self._commits.append((future, senders, list(held.values())))
+        future = self.writer.submit(commit.work, wait_applied=True)
+        self._commits.append((future, senders, list(held.values()), commit))
 
     def _settle(self) -> None:
         """On the loop's thread, after a commit: release the output of its senders, telling
         each first when its message could not be archived; then the rows that waited for
         it go to the writer."""
         self._release()
-        if self._pending and not self._commits:
+        if (self._pending or self._fold) and not self._commits:
             self._hand_over()
 
     def _release(self) -> None:
         commits = self._commits
         while commits and commits[0][0].done():
-            future, senders, sessions = commits.popleft()
+            future, senders, sessions, commit = commits.popleft()
             exc = future.exception()
+            if exc is None:
+                commit.committed()
+                self._forget_limits(commit)
+            self._schedule_fold()  # also for the folds a failed commit did not make
             if isinstance(exc, StorageFull):
                 # Not archived: each sender is told (RFC 6120 §8.3.3.18, type wait) before
                 # any acknowledgement held for this commit leaves, and may send again.
@@ -520,10 +555,47 @@ class MamModule(Module):
             for session in sessions:
                 session.release_writes()
 
+    def _forget_limits(self, commit: ArchiveCommit) -> None:
+        """The limits of archives with nothing pending or unfolded any more."""
+        if not self._limits:
+            return
+        assert self.store is not None
+        store = self.store
+        pending = {row[0] for row in self._pending}
+        for prefix in commit.folds:
+            if not store.has_unfolded(prefix) and prefix not in pending:
+                self._limits.pop(prefix, None)
+
+    def _schedule_fold(self) -> None:
+        """Every FOLD_AGE / 2 seconds while rows are unfolded (an idle server has no timer),
+        the tails older than that fold: none waits much longer than FOLD_AGE."""
+        assert self.store is not None
+        if not self.store.tails or self._fold_timer is not None or self._stopped:
+            return
+        assert self.writer is not None
+        self._fold_timer = self.writer.loop.call_later(FOLD_AGE / 2, self._fold_aged)
+
+    def _fold_aged(self) -> None:
+        self._fold_timer = None
+        assert self.store is not None
+        self._fold.update(self.store.aged(time.time() - FOLD_AGE / 2))
+        if self._fold:
+            self.router.request_flush()  # folded at this turn's "turn/commit"
+        self._schedule_fold()
+
     def stop(self) -> None:
+        self._stopped = True
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
+        if self.writer is None:
+            return
         self.flush(wait=True)
-        if self.writer is not None:
-            self.writer.close()
+        if self.store is not None and self.store.unfolded:
+            # Everything into the archives: the journal is empty while the server is off.
+            self._fold.update(self.store.unfolded_accounts())
+            self.flush(wait=True)
+        self.writer.close()
 
     def _wanted(self, domain: str, local: str, peer: str) -> bool:
         """§5: the account's preferences for `peer`."""
@@ -577,7 +649,7 @@ class MamModule(Module):
 
     def _query(self, origin: C2SStream, st: Stanza, query: Any) -> bytes:
         assert self.store is not None
-        self.flush(wait=True)  # what was archived until now is part of the answer
+        self.settle(origin.domain, origin.local)  # what was archived is part of the answer
         request = parse_query(query, self.settings.max_page, prepared_bare)
         return answer_query(self.store, origin, st, origin.domain, origin.local, request)
 
@@ -618,7 +690,7 @@ class MamModule(Module):
 
     def _metadata(self, origin: C2SStream) -> str:
         assert self.store is not None
-        self.flush(wait=True)
+        self.settle(origin.domain, origin.local)
         return archive_metadata(self.store, origin.domain, origin.local)
 
 

@@ -25,16 +25,31 @@ Rooms' archives (modules/muc/archive.py) are kept here too, each under the prefi
 `account_prefix(service domain, room name)` (no account has it: a MUC service's domain is
 never a host), with `with` the sender's occupant JID and limits of their own.
 
+The journal (database "mam_journal"): a commit on the path of an acknowledgement does not
+write each message into its account's archive. Each archived message changes the rightmost
+leaf page of its account's records, and a synced commit writes every page it changed whole:
+over thousands of accounts that is a page or more per message. Instead, rows go to the
+journal, key the global id (8 bytes, so the rows of a commit share its last pages), value
+`len(prefix) (2 bytes) + account prefix + the record's value`; once an account has
+FOLD_ROWS rows there, or its oldest is FOLD_AGE seconds old, or it is read, a later commit
+moves them into its archive together (one or two leaf pages for all of them; the retention
+limits apply then). The account's unfolded rows are kept in memory too (`ArchiveStore.
+tails`); a journal row is unfolded while its id is above the account's newest archived id
+(folds move an account's rows in id order, and its newest record is never dropped by a
+limit), which is how they are found again at start. The journal is trimmed from its start
+up to the oldest unfolded row, in the commits, so it holds about FOLD_AGE seconds of
+traffic. Nothing is in no database at any moment: a fold moves rows in one transaction.
+
 There is no index by `with`: a query filtered by `with` scans the account's records in id
 order, bounded by the retention limit (`[mam] max_messages_per_account`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +65,15 @@ DATABASE = "mam"
 PREFS = "mam_prefs"
 COUNTS = "mam_counts"
 _ID = struct.Struct(">Q")
+JOURNAL = "mam_journal"
 HIGH_WATER = b"mam_last_id"  # in the meta database
+_PREFIX_LENGTH = struct.Struct(">H")
+# An account's rows move from the journal into its archive once it has FOLD_ROWS there,
+# or its oldest is FOLD_AGE seconds old; its oldest accounts' rows move early when more
+# than MAX_UNFOLDED rows of all accounts wait (the memory they hold is bounded).
+FOLD_ROWS = 16
+FOLD_AGE = 5.0
+MAX_UNFOLDED = 50_000
 
 
 # What the module queues per archived message until it is written: (account_prefix,
@@ -124,6 +147,11 @@ class ArchiveStore:
         with storage.env.begin(db=storage.database(META_DB)) as txn:
             raw = txn.get(HIGH_WATER)
         self._last = 0 if raw is None else _ID.unpack(bytes(raw))[0]
+        # account prefix -> its unfolded rows in id order, flat: [id, stored value, id,
+        # stored value, ...] (no object per row for the garbage collector to visit).
+        self.tails: dict[bytes, list[Any]] = {}
+        self.unfolded = 0  # rows in all tails
+        self._load_tails()
 
     # Opened (and created) on first use, not at start: a server whose accounts never
     # archive anything keeps the LMDB environment as it was.
@@ -139,6 +167,10 @@ class ArchiveStore:
     def _counts(self) -> Any:
         return self.storage.database(COUNTS)
 
+    @property
+    def _journal(self) -> Any:
+        return self.storage.database(JOURNAL)
+
     def next_id(self) -> str:
         """A new id, later than every id this store handed out (and the time now), as the
         16 hex digits clients see."""
@@ -152,107 +184,125 @@ class ArchiveStore:
         self._last = value
         return value
 
+    def _load_tails(self) -> None:
+        """The journal's unfolded rows become the tails again (at start)."""
+        with self.storage.env.begin() as txn:
+            if txn.get(JOURNAL.encode()) is None:
+                return  # the main database lists the named ones: no journal yet
+        newest: dict[bytes, int] = {}
+        corrupt: list[tuple[bytes, bytes]] = []
+        db, journal = self._db, self._journal  # opened before the transaction that uses them
+        with self.storage.env.begin() as txn:
+            archive = txn.cursor(db=db)
+            for key, value in txn.cursor(db=journal):
+                try:
+                    number, prefix, stored = _decode_journal(bytes(key), bytes(value))
+                except Exception:  # quarantined below, outside the read transaction
+                    corrupt.append((bytes(key), bytes(value)))
+                    continue
+                archived = newest.get(prefix)
+                if archived is None:
+                    archived = newest[prefix] = _newest_id(archive, prefix)
+                if number > archived:
+                    self.tails.setdefault(prefix, []).extend((number, stored))
+                    self.unfolded += 1
+        for key, raw in corrupt:
+            self.storage.decode(JOURNAL, key, raw, functools.partial(_decode_journal, key))
+
     def append(
         self,
         batch: list[tuple[str, str, Record]],
         max_messages: int,
         max_age: float,
     ) -> None:
-        """Store each (domain, local, record) of `batch` in one transaction (one commit,
-        one fsync), now; see `append_rows`."""
+        """Store each (domain, local, record) of `batch` in its archive in one transaction
+        (one commit, one fsync), now, with the account's unfolded rows."""
         rows = [
             (account_prefix(domain, local), int(record.id, 16), record.when, record.with_,
              record.direction, record.xml)
             for domain, local, record in batch
         ]  # fmt: skip
-        self.storage.write(self.append_rows(rows, max_messages, max_age), db=self._db)
+        commit = self.plan(rows, max_messages, max_age, fold={row[0] for row in rows})
+        self.storage.write(commit.work)
+        commit.committed()
 
-    def append_rows(
+    def plan(
         self,
         rows: list[Row],
         max_messages: int,
         max_age: float,
         limits: dict[bytes, tuple[int, float]] | None = None,
-    ) -> Callable[[Any], None]:
-        """The work (for `Storage.write` or a GroupCommitWriter: any thread) that stores
-        `rows`; per account, it drops the oldest beyond `max_messages`, and those older
-        than `max_age` seconds (0: no age limit). `limits`: (max_messages, max_age) of the
-        archives (by prefix) that have limits of their own (rooms: modules/muc/archive.py)."""
-        limits = limits or {}
-        # Opened here, on the caller's thread: the work may run in another one.
-        db = self._db
-        counts_db = self._counts
-        meta = self.storage.database(META_DB)
-        pack = msgpack.Packer().pack
-        key_of = _ID.pack
+        fold: set[bytes] | frozenset[bytes] = frozenset(),
+    ) -> ArchiveCommit:
+        """The commit (its `work` for `Storage.write` or a GroupCommitWriter: any thread)
+        that stores `rows`: into the journal, or, for the accounts whose tails reach
+        FOLD_ROWS and those in `fold`, with their tails into their archives, where the
+        limits apply: the oldest beyond `max_messages` and those older than `max_age`
+        seconds (0: no age limit) go. `limits`: (max_messages, max_age) of the archives (by
+        prefix) that have limits of their own (rooms: modules/muc/archive.py). One commit
+        at a time: the next is planned once `committed` ran (or the commit failed, which
+        changes nothing)."""
+        added: dict[bytes, int] = {}
+        for row in rows:
+            prefix = row[0]
+            added[prefix] = added.get(prefix, 0) + 1
+        tails = self.tails
+        folds = {prefix for prefix in fold if tails.get(prefix) or prefix in added}
+        excess = self.unfolded + len(rows) - MAX_UNFOLDED
+        if excess > 0:  # tails go early: the memory they hold stays bounded
+            for prefix, tail in tails.items():
+                if excess <= 0:
+                    break
+                if tail:
+                    folds.add(prefix)
+                    excess -= len(tail) // 2
+        for prefix, count in added.items():
+            if count + len(tails.get(prefix, ())) // 2 >= FOLD_ROWS:
+                folds.add(prefix)
+        return ArchiveCommit(self, rows, folds, limits or {}, max_messages, max_age)
 
-        def put(txn: Any) -> None:
-            counts: dict[bytes, int] = {}
-            newest: dict[bytes, float] = {}
-            highest = 0
-            for prefix, number, when, with_, direction, xml in rows:
-                count = counts.get(prefix)
-                if count is None:
-                    raw = txn.get(prefix, db=counts_db)
-                    if raw is None:
-                        count = 0
-                    elif len(raw) == _ID.size:
-                        count = _ID.unpack(raw)[0]
-                    else:  # not a count: quarantined, counted from 0 again
-                        count = self.storage.decode(COUNTS, prefix, raw, _decode_count) or 0
-                if not txn.put(
-                    prefix + key_of(number), pack([when, with_, direction, xml]), db=db,
-                    overwrite=False,
-                ):  # fmt: skip
-                    # Cannot happen while ids only grow; if it does, the older record wins.
-                    log.error("archive id %016x under %r exists: not overwritten", number,
-                              prefix)  # fmt: skip
-                    counts[prefix] = count
-                    continue
-                if number > highest:
-                    highest = number
-                counts[prefix] = count + 1
-                newest[prefix] = when
-            if highest:
-                current = txn.get(HIGH_WATER, db=meta)
-                if current is None or _ID.unpack(bytes(current))[0] < highest:
-                    txn.put(HIGH_WATER, key_of(highest), db=meta)
-            cursor = None
-            for prefix, count in counts.items():
-                if prefix not in newest:
-                    continue  # nothing of the account's was written
-                most, age = limits.get(prefix, (max_messages, max_age))
-                if count <= most and age <= 0:
-                    # Within the limit and no age limit: the oldest record need not be read.
-                    txn.put(prefix, key_of(count), db=counts_db)
-                    continue
-                if cursor is None:
-                    cursor = txn.cursor(db=db)
-                oldest = newest[prefix] - age if age > 0 else None
-                first = prefix + b"\0" * 8
-                while cursor.set_range(first) and bytes(cursor.key()).startswith(prefix):
-                    key = bytes(cursor.key())
-                    # Only the time: the whole record is checked when it is read.
-                    when = self._decode(key, cursor.value(), _decode_time)
-                    expired = when is None or (oldest is not None and when < oldest)
-                    if count <= most and not expired:
-                        break
-                    cursor.delete()
-                    count -= 1
-                txn.put(prefix, key_of(count), db=counts_db)
+    def has_unfolded(self, prefix: bytes) -> bool:
+        return bool(self.tails.get(prefix))
 
-        return put
+    def unfolded_accounts(self) -> list[bytes]:
+        return [prefix for prefix, tail in self.tails.items() if tail]
+
+    def aged(self, before: float) -> list[bytes]:
+        """The accounts whose oldest unfolded row is older than `before` (a time: ids are
+        microseconds since the epoch); the tails left empty since the last call go."""
+        limit = before * 1_000_000
+        found = []
+        empty = []
+        for prefix, tail in self.tails.items():
+            if not tail:
+                empty.append(prefix)
+            elif tail[0] < limit:
+                found.append(prefix)
+        for prefix in empty:
+            del self.tails[prefix]
+        return found
+
+    def drop_tail(self, prefix: bytes) -> None:
+        """Forget the unfolded rows of `prefix` (its journal rows are purged elsewhere)."""
+        tail = self.tails.pop(prefix, None)
+        if tail is not None:
+            self.unfolded -= len(tail) // 2
 
     def purge(self, domain: str, local: str) -> None:
         """Every record of the account, and its count, gone (its preferences stay)."""
         prefix = account_prefix(domain, local)
-        db, counts = self._db, self._counts
+        db, counts, journal = self._db, self._counts, self._journal
 
         def purge(txn: Any) -> None:
             delete_prefix(txn, db, prefix)
             txn.delete(prefix, db=counts)
+            _delete_journal_rows(txn, journal, prefix)
 
         self.storage.write(purge)
+        self.drop_tail(prefix)
+
+    # `exists` and `query` read the archive: what an account's tail holds is read once it
+    # folded (the mam module folds an account before answering a query on it).
 
     def exists(self, domain: str, local: str, record_id: str) -> bool:
         raw = encode_id(record_id)
@@ -262,10 +312,12 @@ class ArchiveStore:
             return txn.get(account_prefix(domain, local) + raw) is not None
 
     def count(self, domain: str, local: str) -> int:
+        """The account's records, folded or not."""
         key = account_prefix(domain, local)
         with self.storage.env.begin(db=self._counts) as txn:
             raw = txn.get(key)
-        return (None if raw is None else self.storage.decode(COUNTS, key, raw, _decode_count)) or 0
+        stored = None if raw is None else self.storage.decode(COUNTS, key, raw, _decode_count)
+        return (stored or 0) + len(self.tails.get(key, ())) // 2
 
     def _decode(self, key: bytes, raw: Any, decoder: Any) -> Any:
         return self.storage.decode(DATABASE, key, raw, decoder)
@@ -342,6 +394,212 @@ class ArchiveStore:
         )
 
 
+class ArchiveCommit:
+    """What `ArchiveStore.plan` decided for one commit: the rows of the accounts in `folds`
+    go into their archives with their tails, the others into the journal; the journal
+    loses its rows from its start up to the first one that stays unfolded."""
+
+    def __init__(
+        self,
+        store: ArchiveStore,
+        rows: list[Row],
+        folds: set[bytes],
+        limits: dict[bytes, tuple[int, float]],
+        max_messages: int,
+        max_age: float,
+    ) -> None:
+        self.store = store
+        self.rows = rows
+        self.folds = folds
+        self.limits = limits
+        self.max_messages = max_messages
+        self.max_age = max_age
+        # The rows the journal took: [prefix, id, value, prefix, id, value, ...] (flat: no
+        # object per row); the tails get them once committed.
+        self.journaled: list[Any] = []
+        # Opened here, on the caller's thread: the work may run in another one.
+        storage = store.storage
+        self._dbs = (store._db, store._counts, store._journal, storage.database(META_DB))
+
+    def work(self, txn: Any) -> None:
+        """Runs while the planning thread waits (or in it): reads the tails as planned."""
+        db, counts_db, journal_db, meta = self._dbs
+        key_of = _ID.pack
+        pack = msgpack.Packer().pack
+        folds = self.folds
+        tails = self.store.tails
+        # Per account folded: [rows it has in its archive now, newest value], count read.
+        folded: dict[bytes, list[Any]] = {}
+        for prefix in folds:
+            stats = folded[prefix] = _archive_count(txn, counts_db, prefix, self.store)
+            tail = tails.get(prefix)
+            if tail:
+                for index in range(0, len(tail), 2):
+                    _put_archived(txn, db, prefix, tail[index], tail[index + 1], stats)
+        journaled: list[Any] = []
+        heads: dict[bytes, bytes] = {}
+        highest = 0
+        for prefix, number, when, with_, direction, xml in self.rows:
+            value = pack([when, with_, direction, xml])
+            if number > highest:
+                highest = number
+            fold = folded.get(prefix)
+            if fold is not None:
+                _put_archived(txn, db, prefix, number, value, fold)
+                continue
+            head = heads.get(prefix)
+            if head is None:
+                head = heads[prefix] = _PREFIX_LENGTH.pack(len(prefix)) + prefix
+            key = key_of(number)
+            # Ids only grow: each row goes after the journal's last (MDB_APPEND fills
+            # pages); a row that does not (a clock stepped back) is put in its place.
+            if not txn.put(key, head + value, db=journal_db, append=True) and not txn.put(
+                key, head + value, db=journal_db, overwrite=False
+            ):
+                log.error("archive journal id %016x exists: not overwritten", number)
+                continue
+            journaled += (prefix, number, value)
+        for prefix, (count, newest) in folded.items():
+            most, age = self.limits.get(prefix, (self.max_messages, self.max_age))
+            if newest is not None and (count > most or age > 0):
+                oldest = _decode_time(newest) - age if age > 0 else None
+                count = self._drop_oldest(txn, db, prefix, count, most, oldest)
+            txn.put(prefix, key_of(count), db=counts_db)
+        if highest:
+            current = txn.get(HIGH_WATER, db=meta)
+            if current is None or _ID.unpack(bytes(current))[0] < highest:
+                txn.put(HIGH_WATER, key_of(highest), db=meta)
+        first_new = min(journaled[1::3], default=None)
+        self._trim(txn, journal_db, folds, tails, first_new)
+        self.journaled = journaled
+
+    def _drop_oldest(
+        self, txn: Any, db: Any, prefix: bytes, count: int, most: int, oldest: float | None
+    ) -> int:
+        """The archive's oldest records beyond `most`, and those before `oldest` (a time),
+        gone; the count left."""
+        cursor = txn.cursor(db=db)
+        first = prefix + b"\0" * 8
+        while cursor.set_range(first) and bytes(cursor.key()).startswith(prefix):
+            key = bytes(cursor.key())
+            # Only the time: the whole record is checked when it is read.
+            when = self.store._decode(key, cursor.value(), _decode_time)
+            expired = when is None or (oldest is not None and when < oldest)
+            if count <= most and not expired:
+                break
+            cursor.delete()
+            count -= 1
+        return count
+
+    @staticmethod
+    def _trim(
+        txn: Any, journal_db: Any, folds: set[bytes], tails: dict[bytes, list[Any]],
+        first_new: int | None,
+    ) -> None:  # fmt: skip
+        """The journal's rows from its start up to the first that stays unfolded (this
+        commit's, or one of a tail this commit does not fold): folded rows."""
+        cursor = txn.cursor(db=journal_db)
+        found = cursor.first()
+        new = None if first_new is None else _ID.pack(first_new)
+        while found:
+            key = cursor.key()
+            if new is not None and key >= new:
+                return
+            value = cursor.value()
+            (length,) = _PREFIX_LENGTH.unpack_from(value)
+            prefix = bytes(value[_PREFIX_LENGTH.size : _PREFIX_LENGTH.size + length])
+            if prefix not in folds:
+                tail = tails.get(prefix)
+                if tail and tail[0] <= _ID.unpack(key)[0]:
+                    return  # unfolded: this row and those after it stay
+            found = cursor.delete() and bool(cursor.key())
+
+    def committed(self) -> None:
+        """After the commit (on the thread that plans): the tails as it left them. A folded
+        tail is emptied, not dropped (the account's next rows reuse it: a new list per
+        fold would be garbage collector work, long-lived objects made and dropped)."""
+        store = self.store
+        tails = store.tails
+        for prefix in self.folds:
+            tail = tails.get(prefix)
+            if tail:
+                store.unfolded -= len(tail) // 2
+                tail.clear()
+        journaled = self.journaled
+        for index in range(0, len(journaled), 3):
+            prefix = journaled[index]
+            tail = tails.get(prefix)
+            if tail is None:
+                tail = tails[prefix] = []
+            tail += (journaled[index + 1], journaled[index + 2])
+        store.unfolded += len(journaled) // 3
+
+
+def _archive_count(txn: Any, counts_db: Any, prefix: bytes, store: ArchiveStore) -> list[Any]:
+    """[the archive's record count, None]: the start of a fold's figures."""
+    raw = txn.get(prefix, db=counts_db)
+    if raw is None:
+        return [0, None]
+    if len(raw) == _ID.size:
+        return [_ID.unpack(raw)[0], None]
+    # not a count: quarantined, counted from 0 again
+    return [store.storage.decode(COUNTS, prefix, raw, _decode_count) or 0, None]
+
+
+def _put_archived(
+    txn: Any, db: Any, prefix: bytes, number: int, value: bytes, stats: list[Any]
+) -> None:
+    """One folded row into its archive; `stats` ([count, newest value]) follows."""
+    if not txn.put(prefix + _ID.pack(number), value, db=db, overwrite=False):
+        # Cannot happen while ids only grow; if it does, the older record wins.
+        log.error("archive id %016x under %r exists: not overwritten", number, prefix)
+        return
+    stats[0] += 1
+    stats[1] = value
+
+
+def _newest_id(cursor: Any, prefix: bytes) -> int:
+    """The highest id in the archive of `prefix` (0: none), with a cursor on "mam"."""
+    found = cursor.set_range(prefix + b"\xff" * _ID.size)
+    found = cursor.prev() if found else cursor.last()
+    if not found:
+        return 0
+    key = bytes(cursor.key())
+    if len(key) != len(prefix) + _ID.size or not key.startswith(prefix):
+        return 0
+    return int(_ID.unpack(key[len(prefix) :])[0])
+
+
+def _decode_journal(key: bytes, raw: bytes) -> tuple[int, bytes, bytes]:
+    """A journal row: its id, its archive's prefix, and its record's stored value."""
+    if len(key) != _ID.size or len(raw) < _PREFIX_LENGTH.size:
+        raise CorruptRecord(f"a journal row of {len(key)}/{len(raw)} bytes")
+    (length,) = _PREFIX_LENGTH.unpack_from(raw)
+    end = _PREFIX_LENGTH.size + length
+    prefix, value = raw[_PREFIX_LENGTH.size : end], raw[end:]
+    if len(prefix) != length or prefix.count(b"\0") != 2 or not prefix.endswith(b"\0"):
+        raise CorruptRecord("a journal row without its account")
+    _decode_time(value)
+    return int(_ID.unpack(key)[0]), prefix, value
+
+
+def _delete_journal_rows(txn: Any, db: Any, prefix: bytes) -> None:
+    """The journal rows of `prefix` (a scan: the journal holds seconds of traffic)."""
+    head = _PREFIX_LENGTH.pack(len(prefix)) + prefix
+    cursor = txn.cursor(db=db)
+    found = cursor.first()
+    while found:
+        if bytes(cursor.value()[: len(head)]) == head:
+            found = cursor.delete()
+            found = found and bool(cursor.key())
+        else:
+            found = cursor.next()
+
+
+def _purge_journal(txn: Any, db: Any, domain: str, local: str) -> None:
+    _delete_journal_rows(txn, db, account_prefix(domain, local))
+
+
 def _decode_count(raw: bytes) -> int:
     if len(raw) != _ID.size:
         raise CorruptRecord(f"an archive count of {len(raw)} bytes")
@@ -373,4 +631,5 @@ def _decode_prefs(raw: bytes) -> tuple[str, list[str], list[str]]:
 
 register_purge(DATABASE)
 register_purge(COUNTS)
+register_purge(JOURNAL, _purge_journal)
 register_purge(PREFS)

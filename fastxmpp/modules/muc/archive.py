@@ -159,11 +159,11 @@ def query_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes:
         return iq_result(origin, st, f"<query xmlns='{NS}'>{query_form()}</query>")
     domain, local = room.service.domain, room.name
     if tag == "metadata" and itype == "get":
-        mam.flush(wait=True)
+        mam.settle(domain, local)
         return iq_result(origin, st, archive_metadata(mam.store, domain, local))
     if tag != "query" or itype != "set":
         raise StanzaError("bad-request", f"unexpected {tag} in an iq {itype}")
-    mam.flush(wait=True)  # what the room archived until now is part of the answer
+    mam.settle(domain, local)  # what the room archived until now is part of the answer
     request = parse_query(payload, mam.settings.max_page, _occupant_jid)
     render = None if _sees_real_jids(room, origin) else _without_real_jid
     return answer_query(mam.store, origin, st, domain, local, request, room.jid, render)
