@@ -32,6 +32,11 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
   message leaves before the record is on disk. Queries, closing sessions and shutdown wait
   for the commits under way. If a commit fails (StorageFull), every sender of its messages
   gets resource-constraint (type wait), then its held output leaves.
+- Commits put the records into a journal, and an account's records fold into its archive
+  together later (storage/mam.py: at FOLD_ROWS of them, after about FOLD_AGE seconds, at
+  shutdown, or before a read): a query, XEP-0386 metadata and a room's query first fold the
+  archive they read (`settle`). Retention limits apply when records fold, so a read never
+  sees more than the limit.
 - `with`: messages are stored with the partner's bare JID; a full JID in `with` matches
   its bare JID's messages. JIDs in `with` and in the §5 preferences are prepared (RFC 7622):
   `JULIET@CAPULET.LIT` names juliet@capulet.lit; one that is no JID gets jid-malformed.
