@@ -20,7 +20,7 @@ from xmpp_raw import RawClient
 from fastxmpp.storage import mam
 from fastxmpp.storage.account_data import account_prefix, purge_account
 from fastxmpp.storage.lmdb_store import Storage
-from fastxmpp.storage.mam import FOLD_ROWS, JOURNAL, ArchiveStore, Row
+from fastxmpp.storage.mam import DIRECT_ROWS, FOLD_ROWS, JOURNAL, ArchiveStore, Row
 
 MESSAGE = b"<message xmlns='jabber:client' type='chat'><body>%d</body></message>"
 
@@ -46,6 +46,11 @@ class Archive:
         )
         self.storage.write(commit.work)
         commit.committed()
+
+    def one_by_one(self, locals_: list[str], **limits: Any) -> None:
+        """A commit per row (each account with one row per commit goes to the journal)."""
+        for local in locals_:
+            self.commit([self.row(local)], **limits)
 
     def reopen(self) -> None:
         """As after a crash: nothing folded on the way out."""
@@ -76,7 +81,7 @@ def archive(tmp_path: Path) -> Any:
 
 
 def test_rows_wait_in_the_journal_until_an_account_has_fold_rows(archive: Archive) -> None:
-    archive.commit([archive.row("a") for _ in range(FOLD_ROWS - 1)])
+    archive.one_by_one(["a"] * (FOLD_ROWS - 1))
     waiting = archive.given["a"]
     assert archive.archived("a") == []
     assert archive.unfolded("a") == waiting
@@ -89,10 +94,18 @@ def test_rows_wait_in_the_journal_until_an_account_has_fold_rows(archive: Archiv
     assert archive.store.count("localhost", "a") == FOLD_ROWS
 
 
+def test_an_account_with_several_rows_in_a_commit_skips_the_journal(archive: Archive) -> None:
+    archive.one_by_one(["a", "b"])
+    archive.commit([archive.row("a") for _ in range(DIRECT_ROWS)] + [archive.row("c")])
+    assert archive.archived("a") == archive.given["a"]  # with its tail
+    assert archive.unfolded("a") == []
+    assert archive.unfolded("c") == archive.given["c"]
+    assert archive.journal() == archive.given["b"] + archive.given["c"]  # a's row trimmed
+
+
 def test_the_journal_keeps_rows_from_the_oldest_unfolded_one(archive: Archive) -> None:
     archive.commit([archive.row("a")])
-    archive.commit([archive.row("b") for _ in range(FOLD_ROWS - 1)])
-    archive.commit([archive.row("b")])  # b's rows fold, the last straight into the archive
+    archive.one_by_one(["b"] * FOLD_ROWS)  # b's rows fold, the last straight into the archive
     assert archive.archived("b") == archive.given["b"]
     # b's journal rows come after a's unfolded one: they stay until a folds.
     assert archive.journal() == archive.given["a"] + archive.given["b"][:-1]
@@ -107,7 +120,7 @@ def test_the_journal_keeps_rows_from_the_oldest_unfolded_one(archive: Archive) -
 
 
 def test_unfolded_rows_come_back_after_a_crash(archive: Archive) -> None:
-    archive.commit([archive.row("a"), archive.row("b"), archive.row("a")])
+    archive.one_by_one(["a", "b", "a"])
     archive.reopen()
     assert archive.unfolded("a") == archive.given["a"]
     assert archive.unfolded("b") == archive.given["b"]
@@ -138,7 +151,7 @@ def test_random_traffic_folds_and_crashes_lose_and_repeat_nothing(archive: Archi
 
 
 def test_limits_apply_when_rows_fold(archive: Archive) -> None:
-    archive.commit([archive.row("a") for _ in range(FOLD_ROWS - 1)], max_messages=5)
+    archive.one_by_one(["a"] * (FOLD_ROWS - 1), max_messages=5)
     assert archive.store.count("localhost", "a") == FOLD_ROWS - 1  # not folded yet
     archive.commit([archive.row("a")], max_messages=5)
     assert archive.archived("a") == archive.given["a"][-5:]
@@ -146,7 +159,7 @@ def test_limits_apply_when_rows_fold(archive: Archive) -> None:
 
 
 def test_a_purge_takes_the_journal_rows_too(archive: Archive) -> None:
-    archive.commit([archive.row("a"), archive.row("b"), archive.row("a")])
+    archive.one_by_one(["a", "b", "a"])
     archive.store.purge("localhost", "a")
     assert archive.unfolded("a") == []
     assert archive.journal() == archive.given["b"]
@@ -164,7 +177,7 @@ def test_account_removal_takes_the_journal_rows_too(archive: Archive) -> None:
 
 def test_aged_names_old_tails_and_forgets_empty_ones(archive: Archive) -> None:
     archive.commit([archive.row("a")])
-    archive.commit([archive.row("b") for _ in range(FOLD_ROWS)])  # folded: an empty tail
+    archive.one_by_one(["b"] * FOLD_ROWS)  # folded: an empty tail
     assert archive.store.aged(time.time() - 60) == []
     assert archive.store.aged(time.time() + 1) == [account_prefix("localhost", "a")]
     assert set(archive.store.tails) == {account_prefix("localhost", "a")}
@@ -181,7 +194,7 @@ def test_unfolded_rows_are_bounded(archive: Archive, monkeypatch: pytest.MonkeyP
 
 
 def test_a_corrupt_journal_row_is_quarantined_at_start(archive: Archive) -> None:
-    archive.commit([archive.row("a"), archive.row("a")])
+    archive.one_by_one(["a", "a"])
     db = archive.storage.database(JOURNAL)
     bad = archive.given["a"][0].to_bytes(8, "big")
     archive.storage.write(lambda txn: txn.put(bad, b"\x00\x05junk", db=db))
@@ -209,7 +222,8 @@ def test_sigkill_with_rows_only_in_the_journal(make_server: Any, ca_file: str) -
     opened: list[RawClient] = []
     try:
         alice = connect(srv, ca_file, opened, "alice")
-        send_all(alice, "bob@localhost", ["1", "2", "3"])  # answered: committed
+        for text in ("1", "2", "3"):  # one commit each (answered: committed)
+            send_all(alice, "bob@localhost", [text])
         srv.stop(signal.SIGKILL)
         assert journal_rows(srv.data_dir) == 6  # both archives' rows, none folded
         srv.start()

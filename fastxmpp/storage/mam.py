@@ -50,6 +50,7 @@ import functools
 import logging
 import struct
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,9 @@ _PREFIX_LENGTH = struct.Struct(">H")
 # or its oldest is FOLD_AGE seconds old; its oldest accounts' rows move early when more
 # than MAX_UNFOLDED rows of all accounts wait (the memory they hold is bounded).
 FOLD_ROWS = 16
+# An account with this many rows in one commit has them (and its tail) put into its archive
+# at once: they share its leaf page, which is cheaper than the journal's work for each.
+DIRECT_ROWS = 2
 FOLD_AGE = 5.0
 MAX_UNFOLDED = 50_000
 
@@ -151,6 +155,10 @@ class ArchiveStore:
         # stored value, ...] (no object per row for the garbage collector to visit).
         self.tails: dict[bytes, list[Any]] = {}
         self.unfolded = 0  # rows in all tails
+        # (first id, prefix) of each tail as it began, oldest first; an entry whose tail
+        # no longer starts with that id is stale (dropped when met): the oldest unfolded
+        # row, below which the journal is trimmed, is the first entry that is not.
+        self.starts: deque[tuple[int, bytes]] = deque()
         self._load_tails()
 
     # Opened (and created) on first use, not at start: a server whose accounts never
@@ -204,7 +212,11 @@ class ArchiveStore:
                 if archived is None:
                     archived = newest[prefix] = _newest_id(archive, prefix)
                 if number > archived:
-                    self.tails.setdefault(prefix, []).extend((number, stored))
+                    tail = self.tails.get(prefix)
+                    if tail is None:
+                        tail = self.tails[prefix] = []
+                        self.starts.append((number, prefix))
+                    tail += (number, stored)
                     self.unfolded += 1
         for key, raw in corrupt:
             self.storage.decode(JOURNAL, key, raw, functools.partial(_decode_journal, key))
@@ -257,9 +269,27 @@ class ArchiveStore:
                     folds.add(prefix)
                     excess -= len(tail) // 2
         for prefix, count in added.items():
-            if count + len(tails.get(prefix, ())) // 2 >= FOLD_ROWS:
+            if count >= DIRECT_ROWS or count + len(tails.get(prefix, ())) // 2 >= FOLD_ROWS:
                 folds.add(prefix)
-        return ArchiveCommit(self, rows, folds, limits or {}, max_messages, max_age)
+        # The journal keeps everything from the oldest row that stays unfolded: a tail's
+        # that is not folded now, or one of this commit's journaled rows.
+        keep_from = min((row[1] for row in rows if row[0] not in folds), default=None)
+        starts = self.starts
+        for number, prefix in starts:
+            if keep_from is not None and number >= keep_from:
+                break
+            if self._starts_tail(number, prefix) and prefix not in folds:
+                keep_from = number
+                break
+        while starts and not self._starts_tail(*starts[0]):
+            starts.popleft()  # stale entries in front go
+        return ArchiveCommit(self, rows, folds, keep_from, limits or {}, max_messages, max_age)
+
+    def _starts_tail(self, number: int, prefix: bytes) -> bool:
+        """Whether the account's unfolded rows begin with row `number` (an entry of
+        `starts` that is not stale)."""
+        tail = self.tails.get(prefix)
+        return tail is not None and len(tail) > 0 and tail[0] == number
 
     def has_unfolded(self, prefix: bytes) -> bool:
         return bool(self.tails.get(prefix))
@@ -397,13 +427,14 @@ class ArchiveStore:
 class ArchiveCommit:
     """What `ArchiveStore.plan` decided for one commit: the rows of the accounts in `folds`
     go into their archives with their tails, the others into the journal; the journal
-    loses its rows from its start up to the first one that stays unfolded."""
+    loses its rows below `keep_from` (None: all), the oldest that stays unfolded."""
 
     def __init__(
         self,
         store: ArchiveStore,
         rows: list[Row],
         folds: set[bytes],
+        keep_from: int | None,
         limits: dict[bytes, tuple[int, float]],
         max_messages: int,
         max_age: float,
@@ -411,6 +442,7 @@ class ArchiveCommit:
         self.store = store
         self.rows = rows
         self.folds = folds
+        self.keep_from = keep_from
         self.limits = limits
         self.max_messages = max_messages
         self.max_age = max_age
@@ -469,8 +501,14 @@ class ArchiveCommit:
             current = txn.get(HIGH_WATER, db=meta)
             if current is None or _ID.unpack(bytes(current))[0] < highest:
                 txn.put(HIGH_WATER, key_of(highest), db=meta)
-        first_new = min(journaled[1::3], default=None)
-        self._trim(txn, journal_db, folds, tails, first_new)
+        cursor = txn.cursor(db=journal_db)
+        if cursor.first():  # the folded rows at the journal's start go
+            end = None if self.keep_from is None else key_of(self.keep_from)
+            while True:
+                key = cursor.key()
+                if not key or (end is not None and key >= end):
+                    break
+                cursor.delete()  # moves to the next row (b"" past the last one)
         self.journaled = journaled
 
     def _drop_oldest(
@@ -491,29 +529,6 @@ class ArchiveCommit:
             count -= 1
         return count
 
-    @staticmethod
-    def _trim(
-        txn: Any, journal_db: Any, folds: set[bytes], tails: dict[bytes, list[Any]],
-        first_new: int | None,
-    ) -> None:  # fmt: skip
-        """The journal's rows from its start up to the first that stays unfolded (this
-        commit's, or one of a tail this commit does not fold): folded rows."""
-        cursor = txn.cursor(db=journal_db)
-        found = cursor.first()
-        new = None if first_new is None else _ID.pack(first_new)
-        while found:
-            key = cursor.key()
-            if new is not None and key >= new:
-                return
-            value = cursor.value()
-            (length,) = _PREFIX_LENGTH.unpack_from(value)
-            prefix = bytes(value[_PREFIX_LENGTH.size : _PREFIX_LENGTH.size + length])
-            if prefix not in folds:
-                tail = tails.get(prefix)
-                if tail and tail[0] <= _ID.unpack(key)[0]:
-                    return  # unfolded: this row and those after it stay
-            found = cursor.delete() and bool(cursor.key())
-
     def committed(self) -> None:
         """After the commit (on the thread that plans): the tails as it left them. A folded
         tail is emptied, not dropped (the account's next rows reuse it: a new list per
@@ -526,11 +541,14 @@ class ArchiveCommit:
                 store.unfolded -= len(tail) // 2
                 tail.clear()
         journaled = self.journaled
+        starts = store.starts
         for index in range(0, len(journaled), 3):
             prefix = journaled[index]
             tail = tails.get(prefix)
             if tail is None:
                 tail = tails[prefix] = []
+            if not tail:
+                starts.append((journaled[index + 1], prefix))
             tail += (journaled[index + 1], journaled[index + 2])
         store.unfolded += len(journaled) // 3
 
