@@ -84,6 +84,9 @@ NS_DATA = "jabber:x:data"  # XEP-0004
 BODY = (ns.CLIENT, "body")
 NOT_STORED = frozenset(((ns.HINTS, "no-store"), (ns.HINTS, "no-permanent-store")))
 FIELDS = ("with", "start", "end", "before-id", "after-id")
+# The rows of old tails (storage/mam.py: FOLD_AGE) one commit folds at most: the loop waits
+# while the writer makes a commit's puts, so a burst of them is spread over several.
+AGED_FOLD_ROWS = 256
 DEFAULTS = ("always", "never", "roster")
 
 
@@ -299,9 +302,11 @@ class MamModule(Module):
         # (max_messages, max_age) of the archives with limits of their own that have rows
         # pending or unfolded (storage/mam.py: the journal).
         self._limits: dict[bytes, tuple[int, float]] = {}
-        # Archives whose unfolded rows the next commit moves into them (read soon, or
-        # their oldest row is FOLD_AGE old); the timer that finds the latter.
+        # Archives whose unfolded rows the next commit moves into them (read soon); those
+        # whose oldest row is old, a few per commit (AGED_FOLD_ROWS), and the timer that
+        # finds them.
         self._fold: set[bytes] = set()
+        self._aged: deque[bytes] = deque()
         self._fold_timer: asyncio.TimerHandle | None = None
         self._stopped = False
         # The commit under way (one at a time: each is planned from the tails the one
@@ -487,7 +492,7 @@ class MamModule(Module):
             self.writer.wait(self._commits[-1][0])
         if self._commits and self._commits[-1][0].done():
             self._release()
-        if (self._pending or self._fold) and not self._commits:
+        if (self._pending or self._fold or self._aged) and not self._commits:
             self._hand_over()
         if wait and self._commits:
             assert self.writer is not None
@@ -518,6 +523,13 @@ class MamModule(Module):
         senders, self._senders = self._senders, {}
         held, self._held = self._held, {}
         fold, self._fold = self._fold, set()
+        budget = AGED_FOLD_ROWS
+        while self._aged and budget > 0:
+            prefix = self._aged.popleft()
+            rows = self.store.unfolded_rows(prefix)
+            if rows:
+                fold.add(prefix)
+                budget -= rows
         commit = self.store.plan(
             batch,
             self.settings.max_messages_per_account,
@@ -533,7 +545,7 @@ class MamModule(Module):
         each first when its message could not be archived; then the rows that waited for
         it go to the writer."""
         self._release()
-        if (self._pending or self._fold) and not self._commits:
+        if (self._pending or self._fold or self._aged) and not self._commits:
             self._hand_over()
 
     def _release(self) -> None:
@@ -583,9 +595,10 @@ class MamModule(Module):
     def _fold_aged(self) -> None:
         self._fold_timer = None
         assert self.store is not None
-        self._fold.update(self.store.aged(time.time() - FOLD_AGE / 2))
-        if self._fold:
-            self.router.request_flush()  # folded at this turn's "turn/commit"
+        if not self._aged:
+            self._aged.extend(self.store.aged(time.time() - FOLD_AGE / 2))
+        if self._aged:
+            self.router.request_flush()  # folds begin at this turn's "turn/commit"
         self._schedule_fold()
 
     def stop(self) -> None:

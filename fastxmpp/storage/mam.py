@@ -294,6 +294,9 @@ class ArchiveStore:
     def has_unfolded(self, prefix: bytes) -> bool:
         return bool(self.tails.get(prefix))
 
+    def unfolded_rows(self, prefix: bytes) -> int:
+        return len(self.tails.get(prefix, ())) // 2
+
     def unfolded_accounts(self) -> list[bytes]:
         return [prefix for prefix, tail in self.tails.items() if tail]
 
