@@ -215,47 +215,42 @@ def journal_rows(data_dir: Path) -> int:
             return int(txn.stat(storage.database(JOURNAL))["entries"])
 
 
-def test_sigkill_with_rows_only_in_the_journal(make_server: Any, ca_file: str) -> None:
+@pytest.fixture
+def alice_and_bob(make_server: Any, ca_file: str) -> Any:
+    """A server of one's own with accounts alice and bob; a function that logs one in."""
     srv: ServerProcess = make_server()
     add_accounts(srv, ["alice", "bob"])
     srv.start()
     opened: list[RawClient] = []
-    try:
-        alice = connect(srv, ca_file, opened, "alice")
-        for text in ("1", "2", "3"):  # one commit each (answered: committed)
-            send_all(alice, "bob@localhost", [text])
-        srv.stop(signal.SIGKILL)
-        assert journal_rows(srv.data_dir) == 6  # both archives' rows, none folded
-        srv.start()
-        alice = connect(srv, ca_file, opened, "alice")
-        assert bodies(alice.query()[0]) == ["1", "2", "3"]
-        bob = connect(srv, ca_file, opened, "bob")
-        assert bodies(bob.query()[0]) == ["1", "2", "3"]
-        srv.stop()
-        assert journal_rows(srv.data_dir) == 0  # folded on the way out
-    finally:
-        for c in opened:
-            c.close()
+    yield srv, lambda name: connect(srv, ca_file, opened, name)
+    for c in opened:
+        c.close()
 
 
-def test_old_rows_fold_on_their_own(make_server: Any, ca_file: str) -> None:
-    srv: ServerProcess = make_server()
-    add_accounts(srv, ["alice", "bob"])
+def test_sigkill_with_rows_only_in_the_journal(alice_and_bob: Any) -> None:
+    srv, login = alice_and_bob
+    alice = login("alice")
+    for text in ("1", "2", "3"):  # one commit each (answered: committed)
+        send_all(alice, "bob@localhost", [text])
+    srv.stop(signal.SIGKILL)
+    assert journal_rows(srv.data_dir) == 6  # both archives' rows, none folded
     srv.start()
-    opened: list[RawClient] = []
-    try:
-        alice = connect(srv, ca_file, opened, "alice")
-        send_all(alice, "bob@localhost", ["1"])
-        deadline = time.monotonic() + mam.FOLD_AGE * 2
-        while journal_rows(srv.data_dir) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert journal_rows(srv.data_dir) == 0
-        with Storage(srv.data_dir) as storage:
-            store = ArchiveStore(storage)
-            assert store.count("localhost", "bob") == 1 and not store.tails
-    finally:
-        for c in opened:
-            c.close()
+    assert bodies(login("alice").query()[0]) == ["1", "2", "3"]
+    assert bodies(login("bob").query()[0]) == ["1", "2", "3"]
+    srv.stop()
+    assert journal_rows(srv.data_dir) == 0  # folded on the way out
+
+
+def test_old_rows_fold_on_their_own(alice_and_bob: Any) -> None:
+    srv, login = alice_and_bob
+    send_all(login("alice"), "bob@localhost", ["1"])
+    deadline = time.monotonic() + mam.FOLD_AGE * 2
+    while journal_rows(srv.data_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert journal_rows(srv.data_dir) == 0
+    with Storage(srv.data_dir) as storage:
+        store = ArchiveStore(storage)
+        assert store.count("localhost", "bob") == 1 and not store.tails
 
 
 def test_an_unopened_journal_is_not_created(tmp_path: Path) -> None:

@@ -512,9 +512,10 @@ class MamModule(Module):
             self.flush(wait=True)
 
     def _hand_over(self) -> None:
-        """The pending rows to the writer, in one transaction. The writer is idle (or `wait`
-        wants them anyway): the loop waits while the writer thread puts the rows (a few µs
-        each), then goes on while it commits. Put by the writer while the loop runs, every
+        """The pending rows, and the folds asked for, to the writer in one transaction. The
+        writer is idle (one commit at a time: each is planned from the tails the one before
+        left): the loop waits while the writer thread puts the rows (a few µs each), then
+        goes on while it commits. Put by the writer while the loop runs, every
         put would hand the GIL back and forth between the threads (py-lmdb releases it for
         each call): that cost more than the puts themselves (docs/PERFORMANCE.md, "The
         archive writer and the GIL")."""
