@@ -150,6 +150,24 @@ def test_random_traffic_folds_and_crashes_lose_and_repeat_nothing(archive: Archi
         assert archive.store.count("localhost", local) == len(archive.given.get(local, []))
 
 
+def test_a_failed_commit_changes_nothing(archive: Archive) -> None:
+    archive.one_by_one(["a"] * (FOLD_ROWS - 1))
+    commit = archive.store.plan([archive.row("a")], 10_000, 0)  # the fold
+
+    def fails(txn: Any) -> None:
+        commit.work(txn)
+        raise RuntimeError("the commit fails (a full disk, say)")
+
+    with pytest.raises(RuntimeError):
+        archive.storage.write(fails)
+    archive.given["a"].pop()  # that row was refused, its sender told
+    assert archive.archived("a") == []
+    assert archive.unfolded("a") == archive.given["a"] == archive.journal()
+    archive.commit([archive.row("a")])  # the next fold takes the tail
+    assert archive.archived("a") == archive.given["a"]
+    assert archive.journal() == []
+
+
 def test_limits_apply_when_rows_fold(archive: Archive) -> None:
     archive.one_by_one(["a"] * (FOLD_ROWS - 1), max_messages=5)
     assert archive.store.count("localhost", "a") == FOLD_ROWS - 1  # not folded yet
