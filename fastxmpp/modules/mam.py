@@ -341,9 +341,7 @@ class MamModule(Module):
         archives, else when a room first archives something (no thread, no per-turn call
         on a server that archives nothing)."""
         assert self.server.storage is not None
-        self.writer = GroupCommitWriter(
-            self.server.storage, asyncio.get_running_loop(), self._settle
-        )
+        self.writer = GroupCommitWriter(self.server.storage, asyncio.get_running_loop(), self.flush)
         self.hub.hook(self, "turn/commit", self.flush)
 
     def account_removed(self, domain: str, local: str) -> None:
@@ -484,14 +482,15 @@ class MamModule(Module):
             self._held[id(origin)] = origin
 
     def flush(self, wait: bool = False) -> None:
-        """At "turn/commit": the pending rows go to the writer if no commit is under way
-        (else `_settle` hands them on when it ends: group commit). `wait`: return only once
-        they and every commit under way are done and settled."""
+        """At "turn/commit", and on the loop's thread when a commit ends (the writer's
+        notify): what an ended commit held is released (`_release`), then the pending rows
+        and folds go to the writer if no commit is under way (else they wait for its end:
+        group commit). `wait`: return only once they and every commit under way are done
+        and settled."""
         if wait and self._commits:
             assert self.writer is not None
             self.writer.wait(self._commits[-1][0])
-        if self._commits and self._commits[-1][0].done():
-            self._release()
+        self._release()
         if (self._pending or self._fold or self._aged) and not self._commits:
             self._hand_over()
         if wait and self._commits:
@@ -540,14 +539,6 @@ class MamModule(Module):
         )
         future = self.writer.submit(commit.work, wait_applied=True)
         self._commits.append((future, senders, list(held.values()), commit))
-
-    def _settle(self) -> None:
-        """On the loop's thread, after a commit: release the output of its senders, telling
-        each first when its message could not be archived; then the rows that waited for
-        it go to the writer."""
-        self._release()
-        if (self._pending or self._fold or self._aged) and not self._commits:
-            self._hand_over()
 
     def _release(self) -> None:
         commits = self._commits

@@ -269,7 +269,7 @@ class ArchiveStore:
                     folds.add(prefix)
                     excess -= len(tail) // 2
         for prefix, count in added.items():
-            if count >= DIRECT_ROWS or count + len(tails.get(prefix, ())) // 2 >= FOLD_ROWS:
+            if count >= DIRECT_ROWS or count + self.unfolded_rows(prefix) >= FOLD_ROWS:
                 folds.add(prefix)
         # The journal keeps everything from the oldest row that stays unfolded: a tail's
         # that is not folded now, or one of this commit's journaled rows.
@@ -350,7 +350,7 @@ class ArchiveStore:
         with self.storage.env.begin(db=self._counts) as txn:
             raw = txn.get(key)
         stored = None if raw is None else self.storage.decode(COUNTS, key, raw, _decode_count)
-        return (stored or 0) + len(self.tails.get(key, ())) // 2
+        return (stored or 0) + self.unfolded_rows(key)
 
     def _decode(self, key: bytes, raw: Any, decoder: Any) -> Any:
         return self.storage.decode(DATABASE, key, raw, decoder)
@@ -484,7 +484,7 @@ class ArchiveCommit:
                 continue
             head = heads.get(prefix)
             if head is None:
-                head = heads[prefix] = _PREFIX_LENGTH.pack(len(prefix)) + prefix
+                head = heads[prefix] = _journal_head(prefix)
             key = key_of(number)
             # Ids only grow: each row goes after the journal's last (MDB_APPEND fills
             # pages); a row that does not (a clock stepped back) is put in its place.
@@ -591,6 +591,11 @@ def _newest_id(cursor: Any, prefix: bytes) -> int:
     return int(_ID.unpack(key[len(prefix) :])[0])
 
 
+def _journal_head(prefix: bytes) -> bytes:
+    """What a journal row's value starts with: its account's prefix, with its length."""
+    return _PREFIX_LENGTH.pack(len(prefix)) + prefix
+
+
 def _decode_journal(key: bytes, raw: bytes) -> tuple[int, bytes, bytes]:
     """A journal row: its id, its archive's prefix, and its record's stored value."""
     if len(key) != _ID.size or len(raw) < _PREFIX_LENGTH.size:
@@ -606,7 +611,7 @@ def _decode_journal(key: bytes, raw: bytes) -> tuple[int, bytes, bytes]:
 
 def _delete_journal_rows(txn: Any, db: Any, prefix: bytes) -> None:
     """The journal rows of `prefix` (a scan: the journal holds seconds of traffic)."""
-    head = _PREFIX_LENGTH.pack(len(prefix)) + prefix
+    head = _journal_head(prefix)
     cursor = txn.cursor(db=db)
     found = cursor.first()
     while found:
