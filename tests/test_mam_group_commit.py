@@ -15,9 +15,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import ServerProcess, add_accounts
 from test_durability import login
-from test_mam_ordering import SM, archived_bodies, enable_sm
+from test_mam_ordering import MAM, SM, archived_bodies, enable_sm
 from test_roster import sync
 from test_storage_failure import build_disk_faults
 from xmpp_raw import CLIENT, RawClient, StreamClosed
@@ -77,6 +78,58 @@ def test_delivery_and_other_clients_do_not_wait_for_the_archive_commit(
     bob.abort()
     carol.abort()
     hold.unlink()
+
+
+def test_a_query_that_waits_for_the_archive_commit_stops_nobody_else(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    # Mobile clients query their archive at every login. A query must see what was
+    # archived before it (a commit under way, then the fold of the account's rows), but
+    # while it waits the server serves everyone else; only the querying stream's later
+    # input waits for its answer.
+    hold = tmp_path / "fsync-hangs-now"
+    library = build_disk_faults(tmp_path)
+    srv: ServerProcess = make_server()
+    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_HOLD_SYNC_TRIGGER=str(hold))
+    add_accounts(srv, ["alice", "bob", "carol"])
+    srv.start()
+    alice = login(srv, ca_file, "alice")
+    bob = login(srv, ca_file, "bob")
+    carol = login(srv, ca_file, "carol")
+    bob.send("<presence/>")
+    sync(bob)
+    alice.send("<message to='bob@localhost' id='m0' type='chat'><body>first</body></message>")
+    assert bob.next(timeout=30).get("id") == "m0"
+    assert archived_bodies(bob) == ["first"]
+
+    hold.touch()  # from now on no commit ends
+    alice.send("<message to='bob@localhost' id='m1' type='chat'><body>held</body></message>")
+    assert bob.next(timeout=30).get("id") == "m1"
+    bob.send(
+        f"<iq type='set' id='q1'><query xmlns='{MAM}' queryid='q'/></iq>"
+        "<iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>"
+    )
+    for n in range(3):  # the server goes on answering others
+        carol.send(f"<iq type='get' id='p{n}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        pong = carol.next(timeout=10)
+        assert pong.get("id") == f"p{n}" and pong.get("type") == "result"
+    with pytest.raises(TimeoutError):
+        bob.next(timeout=0.5)  # nothing for bob until his query is answered
+
+    hold.unlink()
+    bodies = []
+    while True:
+        el = bob.next(timeout=30)
+        if el.tag == f"{{{CLIENT}}}iq":
+            break
+        bodies += [body.text for body in el.iter(f"{{{CLIENT}}}body")]
+    assert (el.get("id"), el.get("type")) == ("q1", "result")
+    assert bodies == ["first", "held"]
+    pong = bob.next(timeout=30)  # bob's later input waited for the answer
+    assert (pong.get("id"), pong.get("type")) == ("after", "result")
+    for client in (alice, bob, carol):
+        client.close()
+    srv.stop()
 
 
 def test_the_map_grows_under_the_archive_writer(make_server: Any, ca_file: str) -> None:

@@ -322,6 +322,9 @@ class MamModule(Module):
         self._forwarded: tuple[Any, bytes] | None = None
         # bare JID -> the start of its <stanza-id/> up to the id's value (XEP-0359).
         self._sid_heads: dict[str, bytes] = {}
+        # Reads waiting for a commit under way (`settled`): its future -> theirs, told
+        # whether it committed once it is released.
+        self._settling: dict[Future[Any], list[asyncio.Future[bool]]] = {}
 
     def start(self) -> None:
         assert self.server.storage is not None
@@ -510,6 +513,64 @@ class MamModule(Module):
             self._fold.add(prefix)
             self.flush(wait=True)
 
+    def _waiting(self, prefix: bytes, upto: int) -> bool:
+        """Whether rows of the archive `prefix` with ids at most `upto` wait to be handed
+        to the writer: pending, or in the journal (rows a commit under way folds stay in
+        their tail until it ends)."""
+        assert self.store is not None
+        return self.store.has_unfolded(prefix, upto) or any(
+            row[0] == prefix and row[1] <= upto for row in self._pending
+        )
+
+    def _carried(self, prefix: bytes, upto: int) -> bool:
+        """Whether the commit under way holds new rows of `prefix` with ids at most `upto`."""
+        return any(
+            row[0] == prefix and row[1] <= upto for entry in self._commits for row in entry[3].rows
+        )
+
+    def answer_settled(
+        self, origin: C2SStream, st: Stanza, domain: str, local: str, answer: Callable[[], bytes]
+    ) -> bytes | None:
+        """`answer()` to the iq `st`, read from the archive of domain/local once everything
+        archived in it until now is there: now if nothing is on its way to it (None
+        returned: the answer goes out later, and the stream's later input waits for it).
+        Unlike `settle`, the event loop serves everyone else meanwhile: a query at login,
+        as every phone makes, would otherwise stop the server for a commit or two."""
+        assert self.store is not None
+        prefix = account_prefix(domain, local)
+        upto = self.store.last_number()
+        if not self._waiting(prefix, upto) and not self._carried(prefix, upto):
+            return answer()
+        if getattr(origin, "run_iq_step", None) is None:
+            # A remote entity's query of a room's archive (its server's stream has no
+            # steps): answered after waiting here.
+            self.settle(domain, local)
+            return answer()
+
+        async def settled() -> bytes:
+            await self.settled(prefix, upto)
+            return answer()
+
+        origin.run_iq_step(st, settled)
+        return None
+
+    async def settled(self, prefix: bytes, upto: int) -> None:
+        """Returns once every row of `prefix` with an id at most `upto` is in its archive
+        (folded there by a commit that has ended), or a commit failed (the read then shows
+        what is there, as after any failed commit)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._waiting(prefix, upto):
+                self._fold.add(prefix)
+                if not self._commits:
+                    self._hand_over()
+            elif not self._carried(prefix, upto):
+                return
+            ended: asyncio.Future[bool] = loop.create_future()
+            self._settling.setdefault(self._commits[-1][0], []).append(ended)
+            if not await ended:
+                return
+
     def _hand_over(self) -> None:
         """The pending rows, and the folds asked for, to the writer in one transaction. The
         writer is idle (one commit at a time: each is planned from the tails the one before
@@ -548,6 +609,9 @@ class MamModule(Module):
             if exc is None:
                 commit.committed()
                 self._forget_limits(commit)
+            for ended in self._settling.pop(future, ()):
+                if not ended.done():  # (a reader whose stream closed meanwhile)
+                    ended.set_result(exc is None)
             self._schedule_fold()  # also for the folds a failed commit did not make
             if isinstance(exc, StorageFull):
                 # Not archived: each sender is told (RFC 6120 §8.3.3.18, type wait) before
@@ -636,7 +700,7 @@ class MamModule(Module):
 
     # --- iqs ---------------------------------------------------------------------------
 
-    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes | None:
         if target is not None and target[3] != origin.bare:
             raise StanzaError("forbidden", "an archive belongs to its account only")
         el = st.element()
@@ -654,14 +718,25 @@ class MamModule(Module):
                 self._set_prefs(origin, payload)
             return iq_result(origin, st, self._prefs_xml(origin))
         if tag == "metadata" and itype == "get":
-            return iq_result(origin, st, self._metadata(origin))
+            store = self.store
+            assert store is not None
+            domain, local = origin.domain, origin.local
+            return self.answer_settled(
+                origin, st, domain, local,
+                lambda: iq_result(origin, st, archive_metadata(store, domain, local)),
+            )  # fmt: skip
         raise StanzaError("bad-request", f"unexpected {tag} in an iq {itype}")
 
-    def _query(self, origin: C2SStream, st: Stanza, query: Any) -> bytes:
-        assert self.store is not None
-        self.settle(origin.domain, origin.local)  # what was archived is part of the answer
+    def _query(self, origin: C2SStream, st: Stanza, query: Any) -> bytes | None:
+        store = self.store
+        assert store is not None
         request = parse_query(query, self.settings.max_page, prepared_bare)
-        return answer_query(self.store, origin, st, origin.domain, origin.local, request)
+        domain, local = origin.domain, origin.local
+        # What was archived until now is part of the answer.
+        return self.answer_settled(
+            origin, st, domain, local,
+            lambda: answer_query(store, origin, st, domain, local, request),
+        )  # fmt: skip
 
     def _set_prefs(self, origin: C2SStream, prefs: Any) -> None:
         assert self.store is not None

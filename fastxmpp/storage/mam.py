@@ -192,6 +192,11 @@ class ArchiveStore:
         self._last = value
         return value
 
+    def last_number(self) -> int:
+        """The highest id handed out so far (0: none): every row archived until now has an
+        id at most this."""
+        return self._last
+
     def _load_tails(self) -> None:
         """The journal's unfolded rows become the tails again (at start)."""
         with self.storage.env.begin() as txn:
@@ -291,8 +296,12 @@ class ArchiveStore:
         tail = self.tails.get(prefix)
         return tail is not None and len(tail) > 0 and tail[0] == number
 
-    def has_unfolded(self, prefix: bytes) -> bool:
-        return bool(self.tails.get(prefix))
+    def has_unfolded(self, prefix: bytes, upto: int | None = None) -> bool:
+        """Whether the account has rows waiting in the journal (with an id at most `upto`)."""
+        tail = self.tails.get(prefix)
+        if not tail:
+            return False
+        return upto is None or tail[0] <= upto
 
     def unfolded_rows(self, prefix: bytes) -> int:
         return len(self.tails.get(prefix, ())) // 2

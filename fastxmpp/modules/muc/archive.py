@@ -145,8 +145,8 @@ def archive_prefix(room: Room) -> bytes:
 # --- queries (§4) -------------------------------------------------------------------------------
 
 
-def query_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes:
-    """An iq in urn:xmpp:mam:2 to the room's bare JID."""
+def query_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes | None:
+    """An iq in urn:xmpp:mam:2 to the room's bare JID; None: answered later."""
     mam = archive_of(room)
     if mam is None:
         raise StanzaError("service-unavailable", "this room keeps no archive")
@@ -158,15 +158,21 @@ def query_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes:
     if tag == "query" and itype == "get":
         return iq_result(origin, st, f"<query xmlns='{NS}'>{query_form()}</query>")
     domain, local = room.service.domain, room.name
+    store = mam.store
+    # What the room archived until now is part of the answer (`MamModule.answer_settled`).
     if tag == "metadata" and itype == "get":
-        mam.settle(domain, local)
-        return iq_result(origin, st, archive_metadata(mam.store, domain, local))
+        return mam.answer_settled(
+            origin, st, domain, local,
+            lambda: iq_result(origin, st, archive_metadata(store, domain, local)),
+        )  # fmt: skip
     if tag != "query" or itype != "set":
         raise StanzaError("bad-request", f"unexpected {tag} in an iq {itype}")
-    mam.settle(domain, local)  # what the room archived until now is part of the answer
     request = parse_query(payload, mam.settings.max_page, _occupant_jid)
     render = None if _sees_real_jids(room, origin) else _without_real_jid
-    return answer_query(mam.store, origin, st, domain, local, request, room.jid, render)
+    return mam.answer_settled(
+        origin, st, domain, local,
+        lambda: answer_query(store, origin, st, domain, local, request, room.jid, render),
+    )  # fmt: skip
 
 
 def _check_access(room: Room, origin: C2SStream) -> None:

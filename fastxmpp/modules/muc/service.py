@@ -381,7 +381,10 @@ class MucService:
         elif namespace == NS_OWNER:
             reply = owner_iq(room, origin, st)
         elif namespace == NS_MAM:
-            reply = query_iq(room, origin, st)
+            answer = query_iq(room, origin, st)
+            if answer is None:
+                return  # answered once the room's archive is settled
+            reply = answer
         else:
             raise StanzaError("service-unavailable")
         origin.send(reply)
