@@ -41,7 +41,16 @@ if Path(benchmarks.load.__file__).resolve().parent != REPO / "benchmarks" / "loa
 
 PASSWORD = "bench-password"
 # Accounts per scenario (a prefix each, so that no scenario sees another's roster)
-ACCOUNTS = {"login": 8, "idle": 20, "msg": 8, "pres": 11, "rost": 11, "flood": 10, "muc": 6}
+ACCOUNTS = {
+    "login": 8,
+    "idle": 20,
+    "msg": 8,
+    "mamq": 8,
+    "pres": 11,
+    "rost": 11,
+    "flood": 10,
+    "muc": 6,
+}
 PING_EVERY = 0.3  # [ping] idle_interval of the `many` server: its sessions get pinged
 
 
@@ -128,6 +137,16 @@ def test_msg_with_stream_management(load_server: ServerProcess) -> None:
     assert result["sent"] > 0
     assert result["lost"] == 0 and result["count"] == result["sent"]
     assert result["sm_unacked"] == 0
+
+
+def test_msg_with_archive_queries(load_server: ServerProcess) -> None:
+    # The senders query their own archives while the pairs chat (XEP-0313, as phones do at
+    # login): every query is answered and no message is lost.
+    spec = _spec(load_server, "msg", "mamq", pairs=4, rate=200.0, archive_queries=20.0)
+    result = _run(spec)
+    assert result["lost"] == 0 and result["count"] == result["sent"] > 0
+    assert result["archive_queries_answered"] > 0
+    assert result["archive_query_p99_ms"] is not None
 
 
 def test_presence(load_server: ServerProcess) -> None:

@@ -25,6 +25,8 @@ from xmpp_raw import CLIENT, RawClient, StreamClosed
 
 from fastxmpp.storage.lmdb_store import GroupCommitWriter, Storage, StorageFailed
 
+SID = "urn:xmpp:sid:0"
+
 
 def everything_until_closed(client: RawClient) -> list[Any]:
     """Each element the server wrote to `client` until the connection ended."""
@@ -129,6 +131,68 @@ def test_a_query_that_waits_for_the_archive_commit_stops_nobody_else(
     assert (pong.get("id"), pong.get("type")) == ("after", "result")
     for client in (alice, bob, carol):
         client.close()
+    srv.stop()
+
+
+def metadata_ends(client: RawClient, iq_id: str) -> tuple[str | None, str | None]:
+    """The ids of <start/> and <end/> in the account's XEP-0313 §7 metadata."""
+    client.send(f"<iq type='get' id='{iq_id}'><metadata xmlns='{MAM}'/></iq>")
+    reply = client.next(timeout=10)
+    assert (reply.get("id"), reply.get("type")) == (iq_id, "result")
+    start = reply.find(f"{{{MAM}}}metadata/{{{MAM}}}start")
+    end = reply.find(f"{{{MAM}}}metadata/{{{MAM}}}end")
+    return (
+        None if start is None else start.get("id"),
+        None if end is None else end.get("id"),
+    )
+
+
+def test_archive_metadata_shows_the_journal_and_waits_for_no_commit(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    # XEP-0386 logins (and §7 metadata queries) read the archive and the rows still in its
+    # journal, as committed: nothing is folded first, so a commit under way delays nothing.
+    hold = tmp_path / "fsync-hangs-now"
+    library = build_disk_faults(tmp_path)
+    srv: ServerProcess = make_server()
+    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_HOLD_SYNC_TRIGGER=str(hold))
+    add_accounts(srv, ["alice", "bob"])
+    srv.start()
+    alice = login(srv, ca_file, "alice")
+    bob = login(srv, ca_file, "bob")
+    bob.send("<presence/>")
+    sync(bob)
+    assert metadata_ends(bob, "empty") == (None, None)
+    enable_sm(alice)
+
+    def message_to_bob(n: int, committed: bool = True) -> str:
+        alice.send(
+            f"<message to='bob@localhost' id='m{n}' type='chat'><body>{n}</body></message>"
+            f"<r xmlns='{SM}'/>"
+        )
+        got = bob.next(timeout=30)
+        assert got.get("id") == f"m{n}"
+        if committed:  # the <a/> leaves once the message's records are committed
+            assert alice.next(timeout=30).get("h") == str(n)
+        return str(got.find(f"{{{SID}}}stanza-id").get("id"))
+
+    first = message_to_bob(1)
+    second = message_to_bob(2)
+    # Both wait in the journal (fewer than FOLD_ROWS, younger than FOLD_AGE).
+    assert metadata_ends(bob, "journal") == (first, second)
+    assert archived_bodies(bob) == ["1", "2"]  # folded now
+    assert metadata_ends(bob, "folded") == (first, second)
+
+    hold.touch()  # the next commit does not end
+    third = message_to_bob(3, committed=False)
+    # Answered at once; the row under way is not committed, so not in the metadata yet.
+    assert metadata_ends(bob, "held") == (first, second)
+    hold.unlink()
+    assert alice.next(timeout=30).get("h") == "3"
+    assert metadata_ends(bob, "after") == (first, third)
+    assert archived_bodies(bob) == ["1", "2", "3"]
+    alice.close()
+    bob.close()
     srv.stop()
 
 

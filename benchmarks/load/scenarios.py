@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import multiprocessing as mp
 import queue as queue_module
+import random
 import resource
 import socket
 import struct
@@ -68,6 +69,10 @@ class Spec:
     # message sent), the receiver answers the server's <r/>s
     stream_management: bool = False
     rate: float = 0.0  # msg: total messages/s, open loop (0: closed loop with `window`)
+    # msg: XEP-0313 queries/s in all, spread over the senders, each for the last 10 records
+    # of the sender's own archive (as a phone asks at every login); not with
+    # stream_management (both read the senders' input)
+    archive_queries: float = 0.0
     connections: int = 1000  # idle: authenticated connections held
     contacts: int = 500  # presence / roster_login: contacts of the hub account (bench0)
     changes_per_s: float = 20.0  # presence: status changes of the hub per second
@@ -224,6 +229,11 @@ def _summarize(
     if spec.scenario == "msg" and spec.stream_management:
         # XEP-0198: what the senders' last <a/> said the server handled, against what they sent
         summary["sm_unacked"] = summary["sent"] - sum(d["sm_acked"] for d in done)
+    if spec.scenario == "msg" and spec.archive_queries:
+        answered = [x for d in done for x in d["query_latencies_ms"]]
+        summary["archive_queries_answered"] = len(answered)
+        summary["archive_query_p50_ms"] = _percentile(answered, 0.50)
+        summary["archive_query_p99_ms"] = _percentile(answered, 0.99)
     if spec.scenario == "flood":
         summary.update(_flood_summary(spec, done))
     if spec.scenario == "idle":
@@ -377,6 +387,12 @@ async def _stamped_messages(
 
 
 # msg: 1:1 chat between pairs, closed loop (window) or open loop (rate)
+ARCHIVE_QUERY = (
+    b"<iq type='set' id='mam-last'><query xmlns='urn:xmpp:mam:2'>"
+    b"<set xmlns='http://jabber.org/protocol/rsm'><max>10</max><before/></set></query></iq>"
+)
+
+
 async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
     pairs = _mine(spec, index, spec.pairs)
     jobs: list[tuple[Account, str]] = []
@@ -456,10 +472,36 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
                         if type(event) is Stanza and event.name == "a":
                             acked[pair] = int(event.attrs.get("h", 0)) - 1
 
+    query_latencies: list[float] = []
+
+    async def query_archive(pair: int, interval: float) -> None:
+        """Every `interval` s (from a random start) the sender's last 10 archived records:
+        the time to the query's result, its <result/>s read on the way."""
+        sender = senders[pair]
+        await asyncio.sleep(random.uniform(0, interval))
+        with contextlib.suppress(ConnectionError):
+            while time.perf_counter() < end:
+                asked = time.perf_counter()
+                sender.send(ARCHIVE_QUERY)
+                answered = False
+                while not answered:
+                    for event in await asyncio.wait_for(sender.read_events(), SETUP_TIMEOUT):
+                        if type(event) is Stanza and event.attrs.get("id") == "mam-last":
+                            if event.attrs.get("type") != "result":
+                                raise RuntimeError(f"archive query: {event.attrs}")
+                            answered = True
+                query_latencies.append((time.perf_counter() - asked) * 1e3)
+                await asyncio.sleep(max(0.0, asked + interval - time.perf_counter()))
+
     tasks = [asyncio.ensure_future(receive(p)) for p in range(len(pairs))]
     readers = (
         [asyncio.ensure_future(read_acks(p)) for p in range(len(pairs))] if ack_request else []
     )
+    if spec.archive_queries:
+        if ack_request:
+            raise ValueError("archive_queries and stream_management both read the senders")
+        interval = spec.pairs / spec.archive_queries  # each pair's share of the rate
+        readers += [asyncio.ensure_future(query_archive(p, interval)) for p in range(len(pairs))]
     if spec.rate:
         per_pair = spec.rate / spec.pairs
         tasks += [asyncio.ensure_future(paced(p, per_pair)) for p in range(len(pairs))]
@@ -469,7 +511,7 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
                 senders[p].send(message(targets[p]))
                 sent[p] += 1
     await asyncio.wait(tasks, timeout=spec.duration + spec.drain + 30)
-    if readers:  # the last <a/>s answer the last messages' <r/>
+    if ack_request:  # the last <a/>s answer the last messages' <r/>
         await _wait_until(lambda: acked == sent, spec.drain)
     for t in tasks + readers:
         t.cancel()
@@ -482,8 +524,9 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
         "done",
         count=sum(received),
         sent=sum(sent),
-        sm_acked=sum(acked) if readers else None,
+        sm_acked=sum(acked) if ack_request else None,
         latencies_ms=latencies,
+        query_latencies_ms=query_latencies,
         errors=0,
         cpu_s=cpu,
         active_s=min(active, spec.duration + spec.drain),

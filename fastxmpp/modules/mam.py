@@ -29,14 +29,16 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
   its previous commit ran in one transaction. Deliveries to recipients leave at once; the
   output of each local session that sent an archived message is held (`Session.hold_writes`)
   until that commit is done, so no XEP-0198 <a/> or iq result that acknowledges an archived
-  message leaves before the record is on disk. Queries, closing sessions and shutdown wait
-  for the commits under way. If a commit fails (StorageFull), every sender of its messages
-  gets resource-constraint (type wait), then its held output leaves.
+  message leaves before the record is on disk. Closing sessions and shutdown wait for the
+  commits under way. If a commit fails (StorageFull), every sender of its messages gets
+  resource-constraint (type wait), then its held output leaves.
 - Commits put the records into a journal, and an account's records fold into its archive
   together later (storage/mam.py: at FOLD_ROWS of them, after about FOLD_AGE seconds, at
-  shutdown, or before a read): a query, XEP-0386 metadata and a room's query first fold the
-  archive they read (`settle`). Retention limits apply when records fold, so a read never
-  sees more than the limit.
+  shutdown, or before a read): a query (a user's or a room's) is answered once the archive
+  it reads has its records folded (`answer_settled`: the querying stream's later input
+  waits, the event loop serves everyone else). Retention limits apply when records fold,
+  so a query never sees more than the limit; §7 metadata (and XEP-0386's at login) reads
+  the archive and its journal's rows as they are, without waiting.
 - `with`: messages are stored with the partner's bare JID; a full JID in `with` matches
   its bare JID's messages. JIDs in `with` and in the §5 preferences are prepared (RFC 7622):
   `JULIET@CAPULET.LIT` names juliet@capulet.lit; one that is no JID gets jid-malformed.
@@ -235,15 +237,25 @@ def answer_query(
 
 
 def archive_metadata(store: ArchiveStore, domain: str, local: str) -> str:
-    """§7: the first and last message of the archive of domain/local."""
+    """§7: the first and last message of the archive of domain/local, the rows in its
+    journal included (committed, not folded yet: no read waits for a fold here, so a
+    XEP-0386 login answers at once)."""
     first, _ = store.query(domain, local, limit=1)
-    if not first:
+    waiting = store.waiting_ends(account_prefix(domain, local))
+    if first:
+        start: tuple[str, float] | None = (first[0].id, first[0].when)
+    else:
+        start = waiting[0] if waiting else None
+    if start is None:
         return f"<metadata xmlns='{NS}'/>"
-    last, _ = store.query(domain, local, limit=1, backwards=True)
+    if waiting:
+        end = waiting[1]
+    else:
+        last, _ = store.query(domain, local, limit=1, backwards=True)
+        end = (last[0].id, last[0].when)
     return (
-        f"<metadata xmlns='{NS}'><start id='{first[0].id}' "
-        f"timestamp='{stamp(first[0].when)}'/><end id='{last[0].id}' "
-        f"timestamp='{stamp(last[0].when)}'/></metadata>"
+        f"<metadata xmlns='{NS}'><start id='{start[0]}' timestamp='{stamp(start[1])}'/>"
+        f"<end id='{end[0]}' timestamp='{stamp(end[1])}'/></metadata>"
     )
 
 
@@ -718,13 +730,7 @@ class MamModule(Module):
                 self._set_prefs(origin, payload)
             return iq_result(origin, st, self._prefs_xml(origin))
         if tag == "metadata" and itype == "get":
-            store = self.store
-            assert store is not None
-            domain, local = origin.domain, origin.local
-            return self.answer_settled(
-                origin, st, domain, local,
-                lambda: iq_result(origin, st, archive_metadata(store, domain, local)),
-            )  # fmt: skip
+            return iq_result(origin, st, self._metadata(origin))
         raise StanzaError("bad-request", f"unexpected {tag} in an iq {itype}")
 
     def _query(self, origin: C2SStream, st: Stanza, query: Any) -> bytes | None:
@@ -775,7 +781,6 @@ class MamModule(Module):
 
     def _metadata(self, origin: C2SStream) -> str:
         assert self.store is not None
-        self.settle(origin.domain, origin.local)
         return archive_metadata(self.store, origin.domain, origin.local)
 
 

@@ -303,6 +303,17 @@ class ArchiveStore:
             return False
         return upto is None or tail[0] <= upto
 
+    def waiting_ends(self, prefix: bytes) -> tuple[tuple[str, float], tuple[str, float]] | None:
+        """(id, time) of the oldest and of the newest of the account's rows in the journal,
+        the ids as clients see them; None if it has none."""
+        tail = self.tails.get(prefix)
+        if not tail:
+            return None
+        ends = []
+        for number, value in ((tail[0], tail[1]), (tail[-2], tail[-1])):
+            ends.append((_ID.pack(number).hex(), _decode_time(value)))
+        return ends[0], ends[1]
+
     def unfolded_rows(self, prefix: bytes) -> int:
         return len(self.tails.get(prefix, ())) // 2
 

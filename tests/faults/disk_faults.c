@@ -7,7 +7,9 @@
  *   for a test to act in the middle of it (tests/test_mam_ordering.py);
  * - while the file named by FASTXMPP_HOLD_SYNC_TRIGGER exists, fdatasync() and fsync() do
  *   not return: a commit stays in progress until the test removes the file
- *   (tests/test_mam_group_commit.py). */
+ *   (tests/test_mam_group_commit.py);
+ * - FASTXMPP_SYNC_DELAY_US=N: each fdatasync() and fsync() first waits N microseconds, a
+ *   disk whose flush takes that long (docs/PERFORMANCE.md: benchmarks on such a disk). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -27,6 +29,9 @@ static int faulty_sync(const char *name, int fd)
         errno = EIO;
         return -1;
     }
+    const char *delay = getenv("FASTXMPP_SYNC_DELAY_US");
+    if (delay != NULL)
+        usleep((useconds_t)strtoul(delay, NULL, 10));
     if (exists("FASTXMPP_SLOW_SYNC_TRIGGER"))
         usleep(500000);
     while (exists("FASTXMPP_HOLD_SYNC_TRIGGER"))

@@ -161,10 +161,7 @@ def query_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes | None:
     store = mam.store
     # What the room archived until now is part of the answer (`MamModule.answer_settled`).
     if tag == "metadata" and itype == "get":
-        return mam.answer_settled(
-            origin, st, domain, local,
-            lambda: iq_result(origin, st, archive_metadata(store, domain, local)),
-        )  # fmt: skip
+        return iq_result(origin, st, archive_metadata(store, domain, local))
     if tag != "query" or itype != "set":
         raise StanzaError("bad-request", f"unexpected {tag} in an iq {itype}")
     request = parse_query(payload, mam.settings.max_page, _occupant_jid)
