@@ -311,11 +311,20 @@ cdef class Session:
     def release_writes(self):
         """One commit `hold_writes` waited for is done: once none is left, what was kept
         goes out at the end of this turn (after this turn's own commits are handed on)."""
-        self.write_holds -= 1
+        if self.write_holds > 0:  # (none after drop_held_writes)
+            self.write_holds -= 1
         if self.write_holds == 0 and self._out and not self._queued \
                 and self.router is not None:
             self._queued = True
             self.router._schedule(self)
+
+    def drop_held_writes(self):
+        """The commit `hold_writes` waited for failed and the server stops (its storage
+        failed): what was kept would acknowledge what is not on disk, so it never leaves;
+        what is queued from now on (the stream error that ends the stream) goes out."""
+        self.write_holds = 0
+        self._out = []
+        self.queued_bytes = 0
 
     cdef _write(self):
         cdef list out = self._out

@@ -102,11 +102,12 @@ ORDER: dict[str, tuple[tuple[str, int], ...]] = {
     # XEP-0016 §2.13: the account's default list for iqs answered on its behalf.
     "iq/account": (("privacy", 0),),
     "iq/response": (("hub", 0),),
-    # The archive's batch of the turn goes to its writer thread (the output of its senders
-    # waits for that commit), then the copies of what detached XEP-0198 sessions hold are
-    # committed, before the writes that acknowledge their messages (issue "Acknowledged
-    # means durable", items 1 and 4).
-    "turn/commit": (("mam", 100), ("offline", 0)),
+    # The offline messages of the turn and the copies of what detached XEP-0198 sessions
+    # hold are committed (a message refused then is archived by nobody: the archive hears
+    # of it before its batch leaves), then the archive's batch goes to its writer thread
+    # (the output of its senders waits for that commit); all before the writes that
+    # acknowledge their messages (issue "Acknowledged means durable", items 1 and 4).
+    "turn/commit": (("offline", 100), ("mam", 0)),
     # XEP-0012: the logout times of the sessions that ended in the turn, one transaction.
     "turn/end": (("last", 0),),
 }

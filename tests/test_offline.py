@@ -191,6 +191,40 @@ def test_quota_bounces_with_service_unavailable(
     assert bodies(stored(srv, "bob")) == ["0", "1", "2", "3", "4"]
 
 
+def test_a_burst_is_one_commit_per_loop_turn(
+    make_server: Any, ca_file: str, clients: list[RawClient], tmp_path: Any
+) -> None:
+    # Each commit is an fsync the event loop waits for: the messages stored in one turn are
+    # committed together, not one by one (a quota past the limit still bounces at once).
+    from test_storage_failure import build_disk_faults
+
+    flushes = tmp_path / "flushes"
+    server: ServerProcess = make_server(extra_toml="[offline]\nmax_messages = 30\n")
+    server.env = dict(
+        __import__("os").environ,
+        LD_PRELOAD=str(build_disk_faults(tmp_path)),
+        FASTXMPP_SYNC_LOG=str(flushes),
+    )
+    for user in ("alice", "bob"):
+        server.adduser(f"{user}@localhost")
+    server.start()
+    alice = login(server, ca_file, clients, "alice")
+    sync(alice)
+    before = flushes.stat().st_size if flushes.exists() else 0
+    burst = "".join(
+        f"<message to='bob@localhost' id='b{n}'><body>{n}</body></message>" for n in range(40)
+    )
+    alice.send(burst)  # one write: read, routed and committed in one or a few turns
+    errors = [el for el in sync(alice) if el.get("type") == "error"]
+    assert [e.get("id") for e in errors] == [f"b{n}" for n in range(30, 40)]
+    assert all(stanza_error(e) == "service-unavailable" for e in errors)
+    flushed = flushes.stat().st_size - before
+    # 30 stored: one commit (an fdatasync) per turn that stored any, and the archive's
+    # commits: 6 here; committed one by one they were 35.
+    assert flushed <= 15, flushed
+    assert bodies(stored(server, "bob")) == [str(n) for n in range(30)]
+
+
 def test_unknown_user_stores_nothing(
     srv: ServerProcess, ca_file: str, clients: list[RawClient]
 ) -> None:
@@ -273,6 +307,8 @@ class FakeSession:
 
 
 def offline_module(tmp_path: Any, max_messages: int = 1000, max_output: int = 1 << 20) -> Any:
+    """The module over a real store, in the running loop (called from async tests): what it
+    stores is committed at `commit_turn`, the end of the loop turn in the server."""
     from types import SimpleNamespace
 
     from fastxmpp._router import Router
@@ -287,7 +323,7 @@ def offline_module(tmp_path: Any, max_messages: int = 1000, max_output: int = 1 
     object.__setattr__(config, "limits", LimitsConfig(max_outbound_buffer=max_output))
     server = SimpleNamespace(
         config=config,
-        router=Router(None, parse_jid),
+        router=Router(asyncio.get_running_loop(), parse_jid),
         modules=ModuleHub(),
         storage=Storage(tmp_path / "data"),
         background=set(),
@@ -308,7 +344,7 @@ def stanzas(*raw: str) -> list[Any]:
     return list(parser.feed("".join(raw).encode()))
 
 
-def test_module_delivers_in_order_and_forgets(tmp_path: Any) -> None:
+async def test_module_delivers_in_order_and_forgets(tmp_path: Any) -> None:
     module = offline_module(tmp_path)
     sender = FakeSession("alice")
     target = ("bob", "localhost", "", "bob@localhost")
@@ -318,6 +354,7 @@ def test_module_delivers_in_order_and_forgets(tmp_path: Any) -> None:
         "<message to='bob@localhost' id='3' type='headline'><body>h</body></message>",
     ):
         module.store_message(sender, st, target)
+    module.commit_turn()
     negative = FakeSession("bob", priority=-1)
     module.initial_presence(negative)
     assert negative.transport is not None and negative.transport.written == []
@@ -340,7 +377,7 @@ def test_module_delivers_in_order_and_forgets(tmp_path: Any) -> None:
     module.server.storage.close()
 
 
-def test_module_quota(tmp_path: Any) -> None:
+async def test_module_quota(tmp_path: Any) -> None:
     from fastxmpp.errors import StanzaError
 
     module = offline_module(tmp_path, max_messages=2)
@@ -349,6 +386,11 @@ def test_module_quota(tmp_path: Any) -> None:
     first, second, third = stanzas(*["<message to='bob@localhost'><body>x</body></message>"] * 3)
     assert module.store_message(sender, first, target)
     assert module.store_message(sender, second, target)
+    with pytest.raises(StanzaError) as err:
+        module.store_message(sender, third, target)  # counted before the turn's commit
+    assert err.value.condition == "service-unavailable"
+    module.commit_turn()
+    assert module.store.count("localhost", "bob") == 2
     with pytest.raises(StanzaError) as err:
         module.store_message(sender, third, target)
     assert err.value.condition == "service-unavailable"
@@ -366,6 +408,7 @@ async def test_module_paces_a_large_backlog(tmp_path: Any) -> None:
         *[f"<message to='bob@localhost' id='{n}'><body>{body}</body></message>" for n in range(50)]
     ):
         module.store_message(sender, st, target)
+    module.commit_turn()
     bob = FakeSession("bob")
     transport = bob.transport
     assert transport is not None

@@ -496,6 +496,12 @@ class MamModule(Module):
             origin.hold_writes()
             self._held[id(origin)] = origin
 
+    def refused_later(self, origin: Any, msg_id: str | None) -> None:
+        """A message of this turn that another module refused after "message/delivered"
+        (offline storage, at its commit): that module told its sender; this turn's archive
+        commit, if it fails too, does not tell it again."""
+        self._senders.pop((id(origin), msg_id), None)
+
     def flush(self, wait: bool = False) -> None:
         """At "turn/commit", and on the loop's thread when a commit ends (the writer's
         notify): what an ended commit held is released (`_release`), then the pending rows
@@ -634,8 +640,11 @@ class MamModule(Module):
                     origin.send(stanza_error_bytes("message", msg_id, to, origin.full, refusal))
             elif exc is not None:
                 # The storage failed (the server stops: Storage.failed) or a fault of ours:
-                # what the held output would acknowledge is not on disk, so it never leaves.
+                # what the held output would acknowledge is not on disk, so it never leaves
+                # (the stream error the server ends the stream with does).
                 log.error("archive commit failed: %s: %s", type(exc).__name__, exc)
+                for session in sessions:
+                    session.drop_held_writes()
                 continue
             for session in sessions:
                 session.release_writes()

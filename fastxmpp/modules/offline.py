@@ -2,8 +2,12 @@
 
 A chat or normal message (or one without a type) for an existing local account with no
 available resource of non-negative priority reaches the pipeline's "message/offline" stage
-(after the privacy module's check of the account's default list); it is stored
-with the server's <delay/> already inside and committed to LMDB before the hook says "taken".
+(after the privacy module's check of the account's default list); it is stored with the
+server's <delay/> already inside. The messages stored in a loop turn are committed together
+at its "turn/commit" stage, before anything that turn writes (a XEP-0198 <a/> telling the
+sender its message was handled) leaves: one LMDB commit per turn, not per message, as the
+event loop waits for it. A commit that fails (a full disk) sends each of its senders
+resource-constraint (RFC 6120 §8.3.3.18) instead.
 At the account's next initial presence with a non-negative priority (XEP-0160 §2, Process
 Flow) the queue goes to that resource, oldest first. Each message is deleted once written to
 the transport, or, when the session has XEP-0198 stream management on, once the client
@@ -33,9 +37,9 @@ from .. import ns
 from .._router import with_delay
 from ..delay import OFFLINE_REASON
 from ..delay import stamp as xep0082_stamp
-from ..errors import StanzaError
-from ..storage.lmdb_store import StorageFull
-from ..storage.offline import OfflineQueueFull, OfflineStore
+from ..errors import StanzaError, stanza_error_bytes
+from ..storage.lmdb_store import StorageFailed, StorageFull
+from ..storage.offline import OfflineStore
 from .base import Module
 
 if TYPE_CHECKING:
@@ -85,6 +89,12 @@ class OfflineModule(Module):
         # and the keys of those stored, which no initial presence delivers while their
         # session may still be resumed (the message would arrive twice).
         self._detached_pending: list[tuple[C2SStream, StreamManagement, list[Kept]]] = []
+        # Messages stored this turn, by account (committed at "turn/commit"), who sent each
+        # (told if it cannot be stored after all), and how many each account holds counting
+        # them (read from storage once per turn and account).
+        self._turn_stored: dict[tuple[str, str], list[bytes]] = {}
+        self._turn_senders: dict[tuple[str, str], list[tuple[Any, str | None, str | None]]] = {}
+        self._turn_counts: dict[tuple[str, str], int] = {}
         self.held: set[bytes] = set()
         # When each session sent its initial presence: a message to the bare JID sent
         # before that did not reach it (XEP-0198 §4 redelivery asks, stream/sm.py).
@@ -100,7 +110,7 @@ class OfflineModule(Module):
         assert self.server.storage is not None
         self.store = OfflineStore(self.server.storage)
         self.hub.hook(self, "message/offline", self.store_message)
-        self.hub.hook(self, "turn/commit", self.commit_detached)
+        self.hub.hook(self, "turn/commit", self.commit_turn)
 
     # --- storing (RFC 6121 §8.5.2.2.1) ---------------------------------------------------
 
@@ -120,20 +130,78 @@ class OfflineModule(Module):
         local, domain = target[0], target[1]
         if only_chat_states(st):
             return True
+        account = (domain, local)
+        held = self._turn_counts.get(account)
+        if held is None:
+            held = self.store.count(domain, local)
+        if held >= self.settings.max_messages:
+            log.info("offline storage of %s@%s is full", local, domain)
+            raise StanzaError("service-unavailable", "the recipient's offline storage is full")
         if data is None:
             data = st.with_attrs({"from": origin.full})
         data = with_delay(data, domain, xep0082_stamp(time.time()), OFFLINE_REASON)
-        try:
-            self.store.push(domain, local, data, self.settings.max_messages)
-        except OfflineQueueFull:
-            log.info("offline storage of %s@%s is full", local, domain)
-            raise StanzaError(
-                "service-unavailable", "the recipient's offline storage is full"
-            ) from None
-        except StorageFull as exc:
-            log.error("cannot store an offline message: %s", exc)
-            raise StanzaError("resource-constraint", "the server's storage is full") from None
+        if not self._turn_stored:
+            self.router.request_flush()
+        self._turn_counts[account] = held + 1
+        self._turn_stored.setdefault(account, []).append(data)
+        attrs = st.attrs
+        self._turn_senders.setdefault(account, []).append(
+            (origin, attrs.get("id"), attrs.get("to"))
+        )
         return True
+
+    def commit_turn(self, wait: bool = False) -> None:
+        """At "turn/commit": the messages stored this turn, then the copies detached
+        sessions hold (`commit_detached`). Committed here, on the loop's thread, whatever
+        `wait` says: nothing of the turn is written before."""
+        self.commit_stored()
+        self.commit_detached()
+
+    def commit_stored(self) -> None:
+        """The messages stored since the last commit, all accounts in one transaction. One
+        that does not fit after all (the account's quota filled by XEP-0198 copies in the
+        same turn) gets its sender service-unavailable; all of them resource-constraint when
+        the disk is full. Also before anything reads the stored messages."""
+        batches, self._turn_stored = self._turn_stored, {}
+        senders, self._turn_senders = self._turn_senders, {}
+        self._turn_counts = {}
+        if not batches or self.store is None:
+            return
+        try:
+            stored = self.store.push_keyed(batches, self.settings.max_messages)
+        except StorageFull as exc:
+            log.error(
+                "cannot store %d offline message(s): %s", sum(map(len, batches.values())), exc
+            )
+            refusal = StanzaError("resource-constraint", "the server's storage is full")
+            for account_senders in senders.values():
+                self._refuse(account_senders, refusal)
+            return
+        except StorageFailed as exc:
+            # The server stops (Storage.failed): nothing of this turn was stored, and nothing
+            # leaves that would say it was.
+            log.error(
+                "cannot store %d offline message(s): %s", sum(map(len, batches.values())), exc
+            )
+            return
+        for account, keys in stored.items():
+            if len(keys) < len(batches[account]):
+                log.info("offline storage of %s@%s is full", account[1], account[0])
+                refusal = StanzaError(
+                    "service-unavailable", "the recipient's offline storage is full"
+                )
+                self._refuse(senders[account][len(keys) :], refusal)
+
+    def _refuse(
+        self, senders: list[tuple[Any, str | None, str | None]], error: StanzaError
+    ) -> None:
+        """Each sender told (once: the archive, which took the message at "message/delivered",
+        does not tell it again, modules/mam.py)."""
+        mam = self.hub.get("mam")
+        for origin, msg_id, to in senders:
+            origin.send(stanza_error_bytes("message", msg_id, to, origin.full, error))
+            if mam is not None:
+                mam.refused_later(origin, msg_id)
 
     def store_unacknowledged(
         self, domain: str, local: str, messages: list[tuple[bytes, str | None]]
@@ -145,6 +213,7 @@ class OfflineModule(Module):
         account's quota reached, or the disk full)."""
         if self.store is None or not messages:
             return 0
+        self.commit_stored()  # after what this turn stored already
         delayed = [
             with_delay(data, domain, stamp, OFFLINE_REASON) if stamp else data
             for data, stamp in messages
@@ -169,12 +238,11 @@ class OfflineModule(Module):
             self.router.request_flush()
         self._detached_pending.append((session, state, messages))
 
-    def commit_detached(self, wait: bool = False) -> None:
+    def commit_detached(self) -> None:
         """At "turn/commit": the copies queued this turn, in one transaction. A message the
         session no longer holds (acknowledged after a resumption, or its session ended and
         the policy took care of it) is not written; one beyond `offline.max_messages`, or
-        when the disk is full, stays in memory only, as without this. Committed here, on the
-        loop's thread, whatever `wait` says: nothing of the turn is written before."""
+        when the disk is full, stays in memory only, as without this."""
         pending, self._detached_pending = self._detached_pending, []
         if not pending or self.store is None:
             return
@@ -236,6 +304,7 @@ class OfflineModule(Module):
         # Messages this session holds unacknowledged are still stored (XEP-0198): read on
         # after the last of them.
         after = self.kept_until.get(session.full)
+        self.commit_stored()  # what arrived this turn is delivered too
         messages = self.store.peek(session.domain, session.local, BATCH, after, self.held)
         delivered: list[bytes] = []  # leave storage now
         handed = 0
@@ -273,6 +342,12 @@ class OfflineModule(Module):
             self.store.remove(keys)
         except StorageFull as exc:
             log.error("cannot delete %d acknowledged offline messages: %s", len(keys), exc)
+
+    def account_removed(self, domain: str, local: str) -> None:
+        # Its stored messages went with the account; those of this turn go too.
+        self._turn_stored.pop((domain, local), None)
+        self._turn_senders.pop((domain, local), None)
+        self._turn_counts.pop((domain, local), None)
 
     def session_ended(self, session: C2SStream) -> None:
         self.kept_until.pop(session.full, None)

@@ -9,10 +9,13 @@
  *   not return: a commit stays in progress until the test removes the file
  *   (tests/test_mam_group_commit.py);
  * - FASTXMPP_SYNC_DELAY_US=N: each fdatasync() and fsync() first waits N microseconds, a
- *   disk whose flush takes that long (docs/PERFORMANCE.md: benchmarks on such a disk). */
+ *   disk whose flush takes that long (docs/PERFORMANCE.md: benchmarks on such a disk);
+ * - FASTXMPP_SYNC_LOG=path: each fdatasync() and fsync() appends a byte to that file, so a
+ *   test counts the server's flushes (tests/test_offline.py). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -28,6 +31,14 @@ static int faulty_sync(const char *name, int fd)
     if (exists("FASTXMPP_EIO_TRIGGER")) {
         errno = EIO;
         return -1;
+    }
+    const char *counted = getenv("FASTXMPP_SYNC_LOG");
+    if (counted != NULL) {
+        int log = open(counted, O_WRONLY | O_APPEND | O_CREAT, 0600);
+        if (log >= 0) {
+            (void)write(log, "s", 1);
+            close(log);
+        }
     }
     const char *delay = getenv("FASTXMPP_SYNC_DELAY_US");
     if (delay != NULL)
