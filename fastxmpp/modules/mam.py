@@ -559,9 +559,9 @@ class MamModule(Module):
         upto = self.store.last_number()
         if not self._waiting(prefix, upto) and not self._carried(prefix, upto):
             return answer()
-        if getattr(origin, "run_iq_step", None) is None:
-            # A remote entity's query of a room's archive (its server's stream has no
-            # steps): answered after waiting here.
+        if origin.is_remote:
+            # A remote entity's query of a room's archive (no stream of its own whose input
+            # could wait): answered after waiting here.
             self.settle(domain, local)
             return answer()
 

@@ -158,10 +158,11 @@ class OfflineModule(Module):
         self.commit_detached()
 
     def commit_stored(self) -> None:
-        """The messages stored since the last commit, all accounts in one transaction. One
-        that does not fit after all (the account's quota filled by XEP-0198 copies in the
-        same turn) gets its sender service-unavailable; all of them resource-constraint when
-        the disk is full. Also before anything reads the stored messages."""
+        """The messages stored since the last commit, all accounts in one transaction; run
+        before anything reads or adds to the stored messages too (a delivery, XEP-0198
+        copies), so the quota counted in memory holds. Should one not fit after all, its
+        sender gets service-unavailable; all of them get resource-constraint when the disk
+        is full."""
         batches, self._turn_stored = self._turn_stored, {}
         senders, self._turn_senders = self._turn_senders, {}
         self._turn_counts = {}
