@@ -163,10 +163,12 @@ class OfflineModule(Module):
         copies), so the quota counted in memory holds. Should one not fit after all, its
         sender gets service-unavailable; all of them get resource-constraint when the disk
         is full."""
+        if not self._turn_stored:
+            return  # (every turn: nothing to make or drop)
         batches, self._turn_stored = self._turn_stored, {}
         senders, self._turn_senders = self._turn_senders, {}
         self._turn_counts = {}
-        if not batches or self.store is None:
+        if self.store is None:
             return
         try:
             stored = self.store.push_keyed(batches, self.settings.max_messages)
