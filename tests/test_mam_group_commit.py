@@ -38,20 +38,29 @@ def everything_until_closed(client: RawClient) -> list[Any]:
             return got
 
 
-def test_delivery_and_other_clients_do_not_wait_for_the_archive_commit(
-    make_server: Any, ca_file: str, tmp_path: Path
-) -> None:
+def with_held_commits(
+    make_server: Any, ca_file: str, tmp_path: Path, users: list[str]
+) -> tuple[ServerProcess, Path, list[RawClient]]:
+    """A server whose commits never end while the returned trigger file exists
+    (tests/faults/disk_faults.c), and its users logged in; the second one available."""
     hold = tmp_path / "fsync-hangs-now"
     library = build_disk_faults(tmp_path)
     srv: ServerProcess = make_server()
     srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_HOLD_SYNC_TRIGGER=str(hold))
-    add_accounts(srv, ["alice", "bob", "carol"])
+    add_accounts(srv, users)
     srv.start()
-    alice = login(srv, ca_file, "alice")
-    bob = login(srv, ca_file, "bob")
-    carol = login(srv, ca_file, "carol")
-    bob.send("<presence/>")
-    sync(bob)
+    clients = [login(srv, ca_file, user) for user in users]
+    clients[1].send("<presence/>")
+    sync(clients[1])
+    return srv, hold, clients
+
+
+def test_delivery_and_other_clients_do_not_wait_for_the_archive_commit(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    srv, hold, (alice, bob, carol) = with_held_commits(
+        make_server, ca_file, tmp_path, ["alice", "bob", "carol"]
+    )
     enable_sm(alice)
     # One message first: the archive's databases exist from then on (creating one is a
     # commit of its own, on the loop's thread).
@@ -89,17 +98,9 @@ def test_a_query_that_waits_for_the_archive_commit_stops_nobody_else(
     # archived before it (a commit under way, then the fold of the account's rows), but
     # while it waits the server serves everyone else; only the querying stream's later
     # input waits for its answer.
-    hold = tmp_path / "fsync-hangs-now"
-    library = build_disk_faults(tmp_path)
-    srv: ServerProcess = make_server()
-    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_HOLD_SYNC_TRIGGER=str(hold))
-    add_accounts(srv, ["alice", "bob", "carol"])
-    srv.start()
-    alice = login(srv, ca_file, "alice")
-    bob = login(srv, ca_file, "bob")
-    carol = login(srv, ca_file, "carol")
-    bob.send("<presence/>")
-    sync(bob)
+    srv, hold, (alice, bob, carol) = with_held_commits(
+        make_server, ca_file, tmp_path, ["alice", "bob", "carol"]
+    )
     alice.send("<message to='bob@localhost' id='m0' type='chat'><body>first</body></message>")
     assert bob.next(timeout=30).get("id") == "m0"
     assert archived_bodies(bob) == ["first"]
@@ -152,16 +153,7 @@ def test_archive_metadata_shows_the_journal_and_waits_for_no_commit(
 ) -> None:
     # XEP-0386 logins (and §7 metadata queries) read the archive and the rows still in its
     # journal, as committed: nothing is folded first, so a commit under way delays nothing.
-    hold = tmp_path / "fsync-hangs-now"
-    library = build_disk_faults(tmp_path)
-    srv: ServerProcess = make_server()
-    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_HOLD_SYNC_TRIGGER=str(hold))
-    add_accounts(srv, ["alice", "bob"])
-    srv.start()
-    alice = login(srv, ca_file, "alice")
-    bob = login(srv, ca_file, "bob")
-    bob.send("<presence/>")
-    sync(bob)
+    srv, hold, (alice, bob) = with_held_commits(make_server, ca_file, tmp_path, ["alice", "bob"])
     assert metadata_ends(bob, "empty") == (None, None)
     enable_sm(alice)
 
