@@ -309,10 +309,11 @@ class ArchiveStore:
         tail = self.tails.get(prefix)
         if not tail:
             return None
-        ends = []
-        for number, value in ((tail[0], tail[1]), (tail[-2], tail[-1])):
-            ends.append((_ID.pack(number).hex(), _decode_time(value)))
-        return ends[0], ends[1]
+        try:
+            first, last = _decode_time(tail[1]), _decode_time(tail[-1])
+        except Exception:  # a damaged row (quarantined by the first query that reads it)
+            return None
+        return (_ID.pack(tail[0]).hex(), first), (_ID.pack(tail[-2]).hex(), last)
 
     def unfolded_rows(self, prefix: bytes) -> int:
         return len(self.tails.get(prefix, ())) // 2

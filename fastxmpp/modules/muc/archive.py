@@ -159,13 +159,13 @@ def query_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes | None:
         return iq_result(origin, st, f"<query xmlns='{NS}'>{query_form()}</query>")
     domain, local = room.service.domain, room.name
     store = mam.store
-    # What the room archived until now is part of the answer (`MamModule.answer_settled`).
     if tag == "metadata" and itype == "get":
         return iq_result(origin, st, archive_metadata(store, domain, local))
     if tag != "query" or itype != "set":
         raise StanzaError("bad-request", f"unexpected {tag} in an iq {itype}")
     request = parse_query(payload, mam.settings.max_page, _occupant_jid)
     render = None if _sees_real_jids(room, origin) else _without_real_jid
+    # What the room archived until now is part of the answer (`MamModule.answer_settled`).
     return mam.answer_settled(
         origin, st, domain, local,
         lambda: answer_query(store, origin, st, domain, local, request, room.jid, render),
