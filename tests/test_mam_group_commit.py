@@ -9,9 +9,11 @@ its hold trigger file exists, every fsync waits, so the commit cannot end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,57 @@ def test_a_query_that_waits_for_the_archive_commit_stops_nobody_else(
     assert (pong.get("id"), pong.get("type")) == ("after", "result")
     for client in (alice, bob, carol):
         client.close()
+    srv.stop()
+
+
+def test_a_query_during_steady_traffic_ends_and_has_what_came_before(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    # Messages keep arriving for the querying account while its query waits for slow
+    # commits: the answer comes (the wait is bounded by what was archived before the
+    # query), and it holds every message sent before the query.
+    slow = tmp_path / "slow-disk-now"
+    library = build_disk_faults(tmp_path)
+    srv: ServerProcess = make_server()
+    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_SLOW_SYNC_TRIGGER=str(slow))
+    add_accounts(srv, ["alice", "bob"])
+    srv.start()
+    alice = login(srv, ca_file, "alice")
+    bob = login(srv, ca_file, "bob")
+    bob.send("<presence/>")
+    sync(bob)
+
+    def send(n: int) -> None:
+        alice.send(f"<message to='bob@localhost' id='m{n}' type='chat'><body>{n}</body></message>")
+
+    for n in range(5):
+        send(n)
+    slow.touch()  # every commit from now on takes half a second or more
+    send(5)
+    # Routed (so archived, its commit pending) once bob has it.
+    assert [bob.next(timeout=30).get("id") for _ in range(6)] == [f"m{k}" for k in range(6)]
+    bob.send(f"<iq type='set' id='q'><query xmlns='{MAM}' queryid='q'/></iq>")
+    answered = None
+    bodies: list[str] = []
+    n = 6
+    deadline = time.monotonic() + 60
+    while answered is None and time.monotonic() < deadline:
+        send(n)  # one more message for bob every 0.2 s while he waits
+        n += 1
+        with contextlib.suppress(TimeoutError):
+            while True:
+                el = bob.next(timeout=0.2)
+                if el.tag == f"{{{CLIENT}}}iq" and el.get("id") == "q":
+                    answered = el
+                    break
+                if el.find(f"{{{MAM}}}result") is not None:
+                    bodies += [b.text for b in el.iter(f"{{{CLIENT}}}body")]
+    assert answered is not None and answered.get("type") == "result"
+    assert bodies[:6] == [str(k) for k in range(6)], bodies
+    assert n > 7  # messages went on arriving while the query waited
+    slow.unlink()
+    alice.close()
+    bob.close()
     srv.stop()
 
 
