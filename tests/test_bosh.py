@@ -21,6 +21,7 @@ from ws_client import BIND, CLIENT, HTTP_LISTENER, SASL, STREAMS, http_port
 
 HTTPBIND = "http://jabber.org/protocol/httpbind"
 XBOSH = "urn:xmpp:xbosh"
+MAM = "urn:xmpp:mam:2"
 names = FreshNames("bosh", 40)
 
 
@@ -150,6 +151,39 @@ async def test_session_login_and_chat_with_a_tcp_client(
         assert done.get("type") == "terminate"
         gone = await bosh.post()
         assert (gone.get("type"), gone.get("condition")) == ("terminate", "item-not-found")
+    finally:
+        tcp.close()
+
+
+async def test_an_archive_query_waits_for_its_fold_over_bosh(
+    bosh_server: ServerProcess, http: aiohttp.ClientSession, ca_file: str
+) -> None:
+    # A message just archived waits in the journal: the query is answered once it is
+    # folded (an iq step of the stream, modules/mam.py `answer_settled`), over BOSH too.
+    alice, bob = next(names.names()), next(names.names())
+    bosh = Bosh(http, http_port(bosh_server))
+    await bosh.login(alice)
+    tcp = bosh_server.client()
+    try:
+        tcp.login(ca_file, bob, PASSWORD)
+        tcp.send(f"<message to='{alice}@localhost' type='chat' id='k'><body>kept</body></message>")
+        tcp.send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+        assert tcp.next().get("id") == "p"  # routed, so archived
+        response = await bosh.post(
+            f"<iq xmlns='{CLIENT}' type='set' id='q'><query xmlns='{MAM}' queryid='x'/></iq>"
+        )
+        bodies: list[str] = []
+        for _ in range(20):
+            done = None
+            for element in response:
+                if element.tag == f"{{{CLIENT}}}iq" and element.get("id") == "q":
+                    done = element
+                bodies += [b.text for b in element.iter(f"{{{CLIENT}}}body")]
+            if done is not None:
+                break
+            response = await bosh.post()
+        assert done is not None and done.get("type") == "result"
+        assert bodies == ["kept"]
     finally:
         tcp.close()
 
