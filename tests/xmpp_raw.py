@@ -83,7 +83,10 @@ class RawClient:
         if not (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
             # poll, not select: tests that hold over 1024 descriptors use this client too.
             poller = select.poll()
-            poller.register(self.sock, select.POLLIN)
+            try:
+                poller.register(self.sock, select.POLLIN)
+            except ValueError:  # closed by `abort` from another thread (fd -1)
+                raise OSError("the connection was aborted") from None
             if not poller.poll(remaining * 1000):
                 raise TimeoutError("no answer from the server")
         try:
