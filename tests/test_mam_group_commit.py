@@ -40,27 +40,32 @@ def everything_until_closed(client: RawClient) -> list[Any]:
             return got
 
 
-def with_held_commits(
-    make_server: Any, ca_file: str, tmp_path: Path, users: list[str]
+def with_disk_fault(
+    make_server: Any,
+    ca_file: str,
+    tmp_path: Path,
+    users: list[str],
+    trigger: str = "FASTXMPP_HOLD_SYNC_TRIGGER",
 ) -> tuple[ServerProcess, Path, list[RawClient]]:
-    """A server whose commits never end while the returned trigger file exists
-    (tests/faults/disk_faults.c), and its users logged in; the second one available."""
-    hold = tmp_path / "fsync-hangs-now"
+    """A server with tests/faults/disk_faults.c whose fault `trigger` acts while the returned
+    file exists (by default: commits never end), and its users logged in; the second one
+    available."""
+    switch = tmp_path / "disk-fault-now"
     library = build_disk_faults(tmp_path)
     srv: ServerProcess = make_server()
-    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_HOLD_SYNC_TRIGGER=str(hold))
+    srv.env = dict(os.environ, LD_PRELOAD=str(library), **{trigger: str(switch)})
     add_accounts(srv, users)
     srv.start()
     clients = [login(srv, ca_file, user) for user in users]
     clients[1].send("<presence/>")
     sync(clients[1])
-    return srv, hold, clients
+    return srv, switch, clients
 
 
 def test_delivery_and_other_clients_do_not_wait_for_the_archive_commit(
     make_server: Any, ca_file: str, tmp_path: Path
 ) -> None:
-    srv, hold, (alice, bob, carol) = with_held_commits(
+    srv, hold, (alice, bob, carol) = with_disk_fault(
         make_server, ca_file, tmp_path, ["alice", "bob", "carol"]
     )
     enable_sm(alice)
@@ -100,7 +105,7 @@ def test_a_query_that_waits_for_the_archive_commit_stops_nobody_else(
     # archived before it (a commit under way, then the fold of the account's rows), but
     # while it waits the server serves everyone else; only the querying stream's later
     # input waits for its answer.
-    srv, hold, (alice, bob, carol) = with_held_commits(
+    srv, hold, (alice, bob, carol) = with_disk_fault(
         make_server, ca_file, tmp_path, ["alice", "bob", "carol"]
     )
     alice.send("<message to='bob@localhost' id='m0' type='chat'><body>first</body></message>")
@@ -143,16 +148,9 @@ def test_a_query_during_steady_traffic_ends_and_has_what_came_before(
     # Messages keep arriving for the querying account while its query waits for slow
     # commits: the answer comes (the wait is bounded by what was archived before the
     # query), and it holds every message sent before the query.
-    slow = tmp_path / "slow-disk-now"
-    library = build_disk_faults(tmp_path)
-    srv: ServerProcess = make_server()
-    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_SLOW_SYNC_TRIGGER=str(slow))
-    add_accounts(srv, ["alice", "bob"])
-    srv.start()
-    alice = login(srv, ca_file, "alice")
-    bob = login(srv, ca_file, "bob")
-    bob.send("<presence/>")
-    sync(bob)
+    srv, slow, (alice, bob) = with_disk_fault(
+        make_server, ca_file, tmp_path, ["alice", "bob"], "FASTXMPP_SLOW_SYNC_TRIGGER"
+    )
 
     def send(n: int) -> None:
         alice.send(f"<message to='bob@localhost' id='m{n}' type='chat'><body>{n}</body></message>")
@@ -206,7 +204,7 @@ def test_archive_metadata_shows_the_journal_and_waits_for_no_commit(
 ) -> None:
     # XEP-0386 logins (and §7 metadata queries) read the archive and the rows still in its
     # journal, as committed: nothing is folded first, so a commit under way delays nothing.
-    srv, hold, (alice, bob) = with_held_commits(make_server, ca_file, tmp_path, ["alice", "bob"])
+    srv, hold, (alice, bob) = with_disk_fault(make_server, ca_file, tmp_path, ["alice", "bob"])
     assert metadata_ends(bob, "empty") == (None, None)
     enable_sm(alice)
 
@@ -280,16 +278,9 @@ def test_a_session_that_closes_gets_its_ack_after_the_commit(
 ) -> None:
     # The client closes its stream right after the message: the session's held output
     # (its <a/>) is written once the commit is done, before the closing tag, not dropped.
-    slow = tmp_path / "slow-disk-now"
-    library = build_disk_faults(tmp_path)
-    srv: ServerProcess = make_server()
-    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_SLOW_SYNC_TRIGGER=str(slow))
-    add_accounts(srv, ["alice", "bob"])
-    srv.start()
-    alice = login(srv, ca_file, "alice")
-    bob = login(srv, ca_file, "bob")
-    bob.send("<presence/>")
-    sync(bob)
+    srv, slow, (alice, bob) = with_disk_fault(
+        make_server, ca_file, tmp_path, ["alice", "bob"], "FASTXMPP_SLOW_SYNC_TRIGGER"
+    )
     enable_sm(alice)
 
     slow.touch()
