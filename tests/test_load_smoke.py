@@ -46,6 +46,7 @@ ACCOUNTS = {
     "idle": 20,
     "msg": 8,
     "mamq": 8,
+    "mds": 8,
     "pres": 11,
     "rost": 11,
     "flood": 10,
@@ -147,6 +148,16 @@ def test_msg_with_archive_queries(load_server: ServerProcess) -> None:
     assert result["lost"] == 0 and result["count"] == result["sent"] > 0
     assert result["archive_queries_answered"] > 0
     assert result["archive_query_p99_ms"] is not None
+
+
+def test_msg_with_pep_publishes(load_server: ServerProcess) -> None:
+    # The senders mark their chats displayed (XEP-0490 publishes, with publish-options)
+    # while the pairs chat: every publish is answered with a result, no message is lost.
+    spec = _spec(load_server, "msg", "mds", pairs=4, rate=200.0, pep_publishes=20.0)
+    result = _run(spec)
+    assert result["lost"] == 0 and result["count"] == result["sent"] > 0
+    assert result["pep_publishes_answered"] > 0
+    assert result["pep_publish_p99_ms"] is not None
 
 
 def test_presence(load_server: ServerProcess) -> None:

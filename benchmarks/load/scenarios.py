@@ -73,6 +73,11 @@ class Spec:
     # of the sender's own archive (as a phone asks at every login); not with
     # stream_management (both read the senders' input)
     archive_queries: float = 0.0
+    # msg: XEP-0163 publishes/s in all, spread over the senders: each marks its chat with its
+    # receiver displayed (XEP-0490, node urn:xmpp:mds:displayed:0, item id the receiver's
+    # bare JID, with the publish-options clients send), as a client does at every chat read;
+    # not with stream_management or archive_queries (they read the senders' input too)
+    pep_publishes: float = 0.0
     connections: int = 1000  # idle: authenticated connections held
     contacts: int = 500  # presence / roster_login: contacts of the hub account (bench0)
     changes_per_s: float = 20.0  # presence: status changes of the hub per second
@@ -234,6 +239,11 @@ def _summarize(
         summary["archive_queries_answered"] = len(answered)
         summary["archive_query_p50_ms"] = _percentile(answered, 0.50)
         summary["archive_query_p99_ms"] = _percentile(answered, 0.99)
+    if spec.scenario == "msg" and spec.pep_publishes:
+        answered = [x for d in done for x in d["query_latencies_ms"]]
+        summary["pep_publishes_answered"] = len(answered)
+        summary["pep_publish_p50_ms"] = _percentile(answered, 0.50)
+        summary["pep_publish_p99_ms"] = _percentile(answered, 0.99)
     if spec.scenario == "flood":
         summary.update(_flood_summary(spec, done))
     if spec.scenario == "idle":
@@ -388,9 +398,36 @@ async def _stamped_messages(
 
 # msg: 1:1 chat between pairs, closed loop (window) or open loop (rate)
 ARCHIVE_QUERY = (
-    b"<iq type='set' id='mam-last'><query xmlns='urn:xmpp:mam:2'>"
+    b"<iq type='set' id='side'><query xmlns='urn:xmpp:mam:2'>"
     b"<set xmlns='http://jabber.org/protocol/rsm'><max>10</max><before/></set></query></iq>"
 )
+
+
+def mds_publish(chat: bytes, archive: bytes, stanza_id: bytes) -> bytes:
+    """XEP-0490: `chat` (a bare JID) displayed up to the message with this stanza-id in
+    `archive` (the account's own, for a 1:1 chat), with the publish-options of §3.1 (a
+    private node that keeps one item per chat)."""
+    fields = (
+        (b"FORM_TYPE", b"http://jabber.org/protocol/pubsub#publish-options"),
+        (b"pubsub#persist_items", b"true"),
+        (b"pubsub#max_items", b"max"),
+        (b"pubsub#send_last_published_item", b"never"),
+        (b"pubsub#access_model", b"whitelist"),
+    )
+    form = b"".join(
+        b"<field var='" + var + b"'><value>" + value + b"</value></field>" for var, value in fields
+    )
+    return (
+        b"<iq type='set' id='side'><pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+        b"<publish node='urn:xmpp:mds:displayed:0'><item id='" + chat + b"'>"
+        b"<displayed xmlns='urn:xmpp:mds:displayed:0'><stanza-id xmlns='urn:xmpp:sid:0' id='"
+        + stanza_id
+        + b"' by='"
+        + archive
+        + b"'/></displayed></item></publish>"
+        b"<publish-options><x xmlns='jabber:x:data' type='submit'>" + form + b"</x>"
+        b"</publish-options></pubsub></iq>"
+    )
 
 
 async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
@@ -474,34 +511,49 @@ async def _msg_scenario(spec: Spec, index: int, results: Any, go: Any) -> None:
 
     query_latencies: list[float] = []
 
-    async def query_archive(pair: int, interval: float) -> None:
-        """Every `interval` s (from a random start) the sender's last 10 archived records:
-        the time to the query's result, its <result/>s read on the way."""
+    async def side_requests(pair: int, interval: float, request: Callable[[int], bytes]) -> None:
+        """Every `interval` s (from a random start) the iq `request(pair)` (id 'side') from
+        the sender: the time to its result, whatever else arrives read on the way (an
+        archive query's <result/>s)."""
         sender = senders[pair]
         await asyncio.sleep(random.uniform(0, interval))
         with contextlib.suppress(ConnectionError):
             while time.perf_counter() < end:
                 asked = time.perf_counter()
-                sender.send(ARCHIVE_QUERY)
+                sender.send(request(pair))
                 answered = False
                 while not answered:
                     for event in await asyncio.wait_for(sender.read_events(), SETUP_TIMEOUT):
-                        if type(event) is Stanza and event.attrs.get("id") == "mam-last":
+                        if type(event) is Stanza and event.attrs.get("id") == "side":
                             if event.attrs.get("type") != "result":
-                                raise RuntimeError(f"archive query: {event.attrs}")
+                                raise RuntimeError(f"{request(pair)!r}: {event.attrs}")
                             answered = True
                 query_latencies.append((time.perf_counter() - asked) * 1e3)
                 await asyncio.sleep(max(0.0, asked + interval - time.perf_counter()))
+
+    def displayed(pair: int) -> bytes:
+        own = senders[pair].full_jid.encode().partition(b"/")[0]
+        return mds_publish(targets[pair].partition(b"/")[0], own, str(time.time_ns()).encode())
 
     tasks = [asyncio.ensure_future(receive(p)) for p in range(len(pairs))]
     readers = (
         [asyncio.ensure_future(read_acks(p)) for p in range(len(pairs))] if ack_request else []
     )
-    if spec.archive_queries:
-        if ack_request:
-            raise ValueError("archive_queries and stream_management both read the senders")
-        interval = spec.pairs / spec.archive_queries  # each pair's share of the rate
-        readers += [asyncio.ensure_future(query_archive(p, interval)) for p in range(len(pairs))]
+    side = (
+        (spec.archive_queries, lambda pair: ARCHIVE_QUERY) if spec.archive_queries else None,
+        (spec.pep_publishes, displayed) if spec.pep_publishes else None,
+    )
+    chosen = [entry for entry in side if entry is not None]
+    if chosen:
+        if ack_request or len(chosen) > 1:
+            raise ValueError(
+                "archive_queries, pep_publishes and stream_management all read the senders"
+            )
+        per_second, request = chosen[0]
+        interval = spec.pairs / per_second  # each pair's share of the rate
+        readers += [
+            asyncio.ensure_future(side_requests(p, interval, request)) for p in range(len(pairs))
+        ]
     if spec.rate:
         per_pair = spec.rate / spec.pairs
         tasks += [asyncio.ensure_future(paced(p, per_pair)) for p in range(len(pairs))]
