@@ -46,13 +46,14 @@ def with_disk_fault(
     tmp_path: Path,
     users: list[str],
     trigger: str = "FASTXMPP_HOLD_SYNC_TRIGGER",
+    config: str = "",
 ) -> tuple[ServerProcess, Path, list[RawClient]]:
-    """A server with tests/faults/disk_faults.c whose fault `trigger` acts while the returned
-    file exists (by default: commits never end), and its users logged in; the second one
-    available."""
+    """A server (with `config`) with tests/faults/disk_faults.c whose fault `trigger` acts
+    while the returned file exists (by default: commits never end), and its users logged
+    in; the second one available."""
     switch = tmp_path / "disk-fault-now"
     library = build_disk_faults(tmp_path)
-    srv: ServerProcess = make_server()
+    srv: ServerProcess = make_server(config)
     srv.env = dict(os.environ, LD_PRELOAD=str(library), **{trigger: str(switch)})
     add_accounts(srv, users)
     srv.start()
@@ -323,7 +324,7 @@ def test_a_submitter_that_waits_for_its_work_goes_on_before_the_commit(tmp_path:
 
     async def run() -> None:
         with Storage(tmp_path / "data") as storage:
-            writer = GroupCommitWriter(storage, asyncio.get_running_loop(), lambda: None)
+            writer = GroupCommitWriter(storage, asyncio.get_running_loop())
             db = storage.database("example")
             ran: list[int] = []
 
@@ -349,7 +350,7 @@ def test_a_submitter_that_waits_goes_on_when_the_work_cannot_run(tmp_path: Path)
 
     async def run() -> None:
         with Storage(tmp_path / "data") as storage:
-            writer = GroupCommitWriter(storage, asyncio.get_running_loop(), lambda: None)
+            writer = GroupCommitWriter(storage, asyncio.get_running_loop())
             storage.failed(OSError("the disk is gone"))
             ran: list[Any] = []
             returned = submitted_in_thread(writer, ran.append)

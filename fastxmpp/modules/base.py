@@ -31,10 +31,12 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from xml.sax.saxutils import quoteattr
 
+from ..errors import StanzaError
 from ..pipeline import Pipeline
+from ..storage.lmdb_store import StorageFull
 from ..storage.module_store import ModuleStore
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from ..stream.c2s import C2SStream
 
 log = logging.getLogger("fastxmpp.modules")
+T = TypeVar("T")
 
 
 def iq_result(origin: C2SStream, st: Stanza, payload: str = "") -> bytes:
@@ -54,6 +57,36 @@ def iq_result(origin: C2SStream, st: Stanza, payload: str = "") -> bytes:
     if answering:
         attrs += " from=" + quoteattr(answering)
     return f"<iq {attrs}>{payload}</iq>".encode()
+
+
+def answer_once_stored(
+    origin: C2SStream,
+    st: Stanza,
+    committed: asyncio.Future[T],
+    stored: Callable[[T], bytes],
+    refused: Callable[[Exception], StanzaError | None] = lambda exc: None,
+) -> None:
+    """Answer the iq `st` once the change it made is on disk (`committed`: a store's
+    `later`): `stored(what the change returned)` sends what follows from it and makes the
+    answer. Nothing acknowledges the change before it is stored, and the event loop serves
+    everyone else while it commits; this stream's later input waits, so its next request
+    sees the change. A change the store refused raises: `refused(exc)` is the error to
+    answer with (None: not an expected refusal); a full disk is resource-constraint
+    (RFC 6120 §8.3.3.18)."""
+
+    async def answer() -> bytes:
+        try:
+            result = await committed
+        except StorageFull:
+            raise StanzaError("resource-constraint", "the server's storage is full") from None
+        except Exception as exc:
+            error = refused(exc)
+            if error is None:
+                raise
+            raise error from None
+        return stored(result)
+
+    origin.run_iq_step(st, answer)
 
 
 def sender_account(origin: C2SStream) -> tuple[str, str, str, str]:

@@ -352,11 +352,12 @@ class MamModule(Module):
             self.hub.hook(self, "message/sent", self.sent)
 
     def _start_writer(self) -> None:
-        """The group-commit writer and its "turn/commit" handler: at start for user
-        archives, else when a room first archives something (no thread, no per-turn call
-        on a server that archives nothing)."""
+        """The storage's group-commit writer (its thread starts on first use) and the
+        "turn/commit" handler: at start for user archives, else when a room first archives
+        something (no per-turn call on a server that archives nothing)."""
         assert self.server.storage is not None
-        self.writer = GroupCommitWriter(self.server.storage, asyncio.get_running_loop(), self.flush)
+        self.writer = self.server.storage.writer
+        self.writer.listeners.append(self.flush)
         self.hub.hook(self, "turn/commit", self.flush)
 
     def account_removed(self, domain: str, local: str) -> None:
@@ -616,7 +617,9 @@ class MamModule(Module):
             self._limits,
             fold,
         )
-        future = self.writer.submit(commit.work, wait_applied=True)
+        # Lockstep only with an idle writer: while another store's change commits, the
+        # loop would wait for that commit too (the rows are then put while the loop runs).
+        future = self.writer.submit(commit.work, wait_applied=self.writer.idle)
         self._commits.append((future, senders, list(held.values()), commit))
 
     def _release(self) -> None:
@@ -690,7 +693,7 @@ class MamModule(Module):
             # Everything into the archives: the journal is empty while the server is off.
             self._fold.update(self.store.unfolded_accounts())
             self.flush(wait=True)
-        self.writer.close()
+        self.writer.listeners.remove(self.flush)  # (the storage closes the writer)
 
     def _wanted(self, domain: str, local: str, peer: str) -> bool:
         """§5: the account's preferences for `peer`."""

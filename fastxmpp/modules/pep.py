@@ -76,7 +76,7 @@ from ..jid import JID, JIDError, parse_jid
 from ..records import RecordSlot
 from ..storage.lmdb_store import StorageFull
 from ..storage.pep import Item, Limits, Node, NodeExists, PepLimit, PepStore
-from .base import Module, iq_result
+from .base import Module, answer_once_stored, iq_result
 from .pep_caps import HASHES, NS_CAPS, NS_INFO, CapsCache, caps_hash, notify_nodes
 from .privacy_rules import MESSAGE as PRIVACY_MESSAGE
 from .privacy_rules import OTHER as PRIVACY_OTHER
@@ -932,7 +932,7 @@ class PepModule(Module):
 
     # --- requests ------------------------------------------------------------------------
 
-    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes | None:
         if target is None:
             local, domain = origin.local, origin.domain
         elif not target[0]:
@@ -944,7 +944,9 @@ class PepModule(Module):
         except StorageFull:
             raise StanzaError("resource-constraint", "the server's storage is full") from None
 
-    def _dispatch(self, origin: C2SStream, st: Stanza, local: str, domain: str) -> bytes:
+    def _dispatch(self, origin: C2SStream, st: Stanza, local: str, domain: str) -> bytes | None:
+        """The answer, or None when it goes out once a change is stored (publish, retract:
+        `answer_once_stored`)."""
         element = st.element()
         itype = st.attrs.get("type")
         pubsub = element.find(f"{{{NS}}}pubsub")
@@ -961,6 +963,7 @@ class PepModule(Module):
             raise StanzaError("bad-request", f"<{verb}/> is not in the pubsub namespace")
         is_owner = origin.bare == f"{local}@{domain}"
         args = (origin, st, local, domain, children)
+        handlers: dict[tuple[str, str], Callable[..., bytes | None]]
         if owner_ns:
             handlers = {
                 ("get", "configure"): self._configure_get,
@@ -1038,7 +1041,7 @@ class PepModule(Module):
 
     def _publish(
         self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
-    ) -> bytes:
+    ) -> None:
         assert self.store is not None
         publish = children[0]
         name = self._node_name(publish)
@@ -1063,35 +1066,35 @@ class PepModule(Module):
         if existing is not None:
             self._check_preconditions(existing.config, preconditions)
         item = Item(item_id, payload, origin.full, time.time())
-        try:
-            self._store_and_notify(domain, local, name, item, preconditions, by=origin.full)
-        except PepLimit as exc:
-            raise self._limit_error(exc) from None
-        for listener in self._listeners:
-            try:
-                listener(domain, local, name, item)
-            except Exception:
-                log.exception("publish listener failed for %s@%s", local, domain)
-        return self._result(
-            origin,
-            st,
-            f"<publish node={quoteattr(name)}><item id={quoteattr(item_id)}/></publish>",
-        )
+        work = self._publishing(domain, local, name, item, preconditions)
 
-    def _store_and_notify(
-        self,
-        domain: str,
-        local: str,
-        name: str,
-        item: Item,
-        new_config: dict[str, Any],
-        by: str = "",
-    ) -> None:
-        """Store `item` in node `name` (made with `new_config` over the defaults when new)
-        and send the notifications (PepLimit, StorageFull when it cannot be stored)."""
+        def stored(result: tuple[Node, bool]) -> bytes:
+            self._published(domain, local, name, result[0], item, by=origin.full)
+            for listener in self._listeners:
+                try:
+                    listener(domain, local, name, item)
+                except Exception:
+                    log.exception("publish listener failed for %s@%s", local, domain)
+            return self._result(
+                origin,
+                st,
+                f"<publish node={quoteattr(name)}><item id={quoteattr(item_id)}/></publish>",
+            )
+
+        assert self.store is not None
+        answer_once_stored(origin, st, self.store.later(work), stored, self._refused)
+
+    def _refused(self, exc: Exception) -> StanzaError | None:
+        return self._limit_error(exc) if isinstance(exc, PepLimit) else None
+
+    def _publishing(
+        self, domain: str, local: str, name: str, item: Item, new_config: dict[str, Any]
+    ) -> Callable[[Any], tuple[Node, bool]]:
+        """The store's work for a publish of `item` to node `name` (made with `new_config`
+        over the defaults when new)."""
         assert self.store is not None
         cap = self.settings.max_items
-        node, _created = self.store.publish(
+        return self.store.publishing(
             domain,
             local,
             name,
@@ -1100,6 +1103,11 @@ class PepModule(Module):
             lambda config: effective_max(config, cap),
             self.limits,
         )
+
+    def _published(
+        self, domain: str, local: str, name: str, node: Node, item: Item, by: str = ""
+    ) -> None:
+        """The notifications of `item`, stored in `node`."""
         body = item_xml(item, node.config["deliver_payloads"])
         inner = f"<items node={quoteattr(name)}>{body}</items>"
         self._notify(domain, local, name, node.config, inner, by=by)
@@ -1138,12 +1146,14 @@ class PepModule(Module):
         if len(payload) > self.settings.max_item_size:
             log.warning("%s not published for %s: over [pep] max_item_size", name, owner)
             return False
+        assert self.store is not None
         item = Item(item_id, payload, owner, time.time())
         try:
-            self._store_and_notify(domain, local, name, item, new_config)
+            node, _created = self.store.now(self._publishing(domain, local, name, item, new_config))
         except (PepLimit, StorageFull) as exc:
             log.warning("%s not published for %s: %s", name, owner, exc)
             return False
+        self._published(domain, local, name, node, item)
         return True
 
     def _preconditions(self, rest: list[Any]) -> dict[str, Any]:
@@ -1172,7 +1182,7 @@ class PepModule(Module):
 
     def _retract(
         self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
-    ) -> bytes:
+    ) -> None:
         assert self.store is not None
         retract = children[0]
         name = self._node_name(retract)
@@ -1181,16 +1191,20 @@ class PepModule(Module):
             raise PubsubError("bad-request", "item-required")
         item_id = items[0].get("id")
         node = self._existing(domain, local, name)
-        outcome = self.store.retract(domain, local, name, item_id)
-        if outcome is None:
-            raise StanzaError("item-not-found", "no such node")
-        if not outcome:
-            raise StanzaError("item-not-found", "no such item")
-        notify = retract.get("notify")
-        if notify in ("1", "true") or (notify is None and node.config["notify_retract"]):
-            inner = f"<items node={quoteattr(name)}><retract id={quoteattr(item_id)}/></items>"
-            self._notify(domain, local, name, node.config, inner)
-        return self._result(origin, st)
+
+        def stored(outcome: bool | None) -> bytes:
+            if outcome is None:
+                raise StanzaError("item-not-found", "no such node")
+            if not outcome:
+                raise StanzaError("item-not-found", "no such item")
+            notify = retract.get("notify")
+            if notify in ("1", "true") or (notify is None and node.config["notify_retract"]):
+                inner = f"<items node={quoteattr(name)}><retract id={quoteattr(item_id)}/></items>"
+                self._notify(domain, local, name, node.config, inner)
+            return self._result(origin, st)
+
+        retracted = self.store.later(self.store.retracting(domain, local, name, item_id))
+        answer_once_stored(origin, st, retracted, stored)
 
     # --- retrieve items (XEP-0060 §6.5) --------------------------------------------------
 

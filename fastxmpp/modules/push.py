@@ -39,7 +39,7 @@ from ..errors import StanzaError
 from ..jid import JIDError, parse_jid
 from ..storage.lmdb_store import StorageFull
 from ..storage.push import PushStore, TooManyRegistrations
-from .base import Module, iq_result
+from .base import Module, answer_once_stored, iq_result
 from .private import fragment_xml
 
 if TYPE_CHECKING:
@@ -141,7 +141,9 @@ class PushModule(Module):
 
     # --- enable / disable (§5, §7) -----------------------------------------------------
 
-    def command(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+    def command(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
+        """Enable or disable, answered once the registrations are stored (a phone enables
+        at every login: the server does not wait for the disk meanwhile)."""
         assert self.store is not None
         if target is not None and target[3] != origin.bare:
             raise StanzaError("forbidden", "push registrations are the account's own")
@@ -160,16 +162,11 @@ class PushModule(Module):
         if action == "enable":
             if not node:
                 raise StanzaError("bad-request", "the node to publish to is missing")
-            self._enable(origin, jid, node, self._publish_options(element))
+            self._enable(origin, st, jid, node, self._publish_options(element))
         elif action == "disable":
-            self.store.disable(origin.domain, origin.local, jid, node or None)
-            self._hook_while_registered()
-            for key in [k for k in self.pending if k[:2] == (origin.bare, jid)]:
-                if node is None or key[2] == node:
-                    self._drop(key)
+            self._disable(origin, st, jid, node or None)
         else:
             raise StanzaError("bad-request", f"<{action}/> is not a push command")
-        return iq_result(origin, st)
 
     @staticmethod
     def _publish_options(enable: Any) -> bytes:
@@ -184,29 +181,40 @@ class PushModule(Module):
             raise StanzaError("bad-request", f"the form must be {PUBLISH_OPTIONS}")
         return fragment_xml(form)
 
-    def _enable(self, origin: C2SStream, jid: str, node: str, form: bytes) -> None:
+    def _enable(self, origin: C2SStream, st: Stanza, jid: str, node: str, form: bytes) -> None:
         assert self.store is not None
-        try:
-            self.store.enable(
-                origin.domain,
-                origin.local,
-                jid,
-                node,
-                origin.resource,
-                form,
-                self.settings.max_registrations,
-            )
-        except TooManyRegistrations:
-            raise StanzaError(
-                "resource-constraint",
-                f"at most {self.settings.max_registrations} push registrations per account",
-            ) from None
-        except StorageFull:
-            raise StanzaError("resource-constraint", "the server's storage is full") from None
-        self._hook_while_registered()
-        pending = self.pending.get((origin.bare, jid, node))
-        if pending is not None:
-            pending.form = form
+        limit = self.settings.max_registrations
+        work = self.store.enabling(
+            origin.domain, origin.local, jid, node, origin.resource, form, limit
+        )
+
+        def stored(_: None) -> bytes:
+            self._hook_while_registered()
+            pending = self.pending.get((origin.bare, jid, node))
+            if pending is not None:
+                pending.form = form
+            return iq_result(origin, st)
+
+        def refused(exc: Exception) -> StanzaError | None:
+            if not isinstance(exc, TooManyRegistrations):
+                return None
+            text = f"at most {limit} push registrations per account"
+            return StanzaError("resource-constraint", text)
+
+        answer_once_stored(origin, st, self.store.later(work), stored, refused)
+
+    def _disable(self, origin: C2SStream, st: Stanza, jid: str, node: str | None) -> None:
+        assert self.store is not None
+        work = self.store.disabling(origin.domain, origin.local, jid, node)
+
+        def stored(_: int) -> bytes:
+            self._hook_while_registered()
+            for key in [k for k in self.pending if k[:2] == (origin.bare, jid)]:
+                if node is None or key[2] == node:
+                    self._drop(key)
+            return iq_result(origin, st)
+
+        answer_once_stored(origin, st, self.store.later(work), stored)
 
     # --- notifications (§6) ------------------------------------------------------------
 
@@ -317,7 +325,7 @@ class PushModule(Module):
         assert self.store is not None
         local, _, domain = bare.partition("@")
         try:
-            self.store.disable(domain, local, jid, node)
+            await self.store.later(self.store.disabling(domain, local, jid, node))
             self._hook_while_registered()
         except StorageFull:
             log.warning("push for %s: cannot remove the registration: storage full", bare)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -138,6 +139,8 @@ class Storage:
         self._write_lock = threading.Lock()
         # Called once with the reason when the storage fails (the server stops itself).
         self.on_failure: Callable[[str], None] | None = None
+        # The thread that commits off the event loop, started by the first `writer` use.
+        self._writer: GroupCommitWriter | None = None
         self._failed: str | None = None
         try:
             self.schema = self._check_schema()
@@ -353,7 +356,26 @@ class Storage:
         except lmdb.Error as exc:
             raise StorageFull(f"cannot grow the database map to {size} bytes: {exc}") from exc
 
+    @property
+    def writer(self) -> GroupCommitWriter:
+        """The group-commit writer of this storage, started on first use (from the event
+        loop's thread: its notifications and `commit`'s futures belong to that loop)."""
+        if self._writer is None:
+            self._writer = GroupCommitWriter(self, asyncio.get_running_loop())
+        return self._writer
+
+    def commit(self, work: Callable[[Any], T], db: Any = None) -> asyncio.Future[T]:
+        """`work(txn)` committed by the writer thread while the event loop goes on: the
+        future's result is what `work` returned, once committed (on disk, like `write`);
+        its exception what `work` raised (its writes undone) or why the transaction failed
+        (StorageFull, StorageFailed). For a request answered only when its change is
+        stored: the answer waits, the server does not."""
+        return self.writer.commit(work, db)
+
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()  # what was handed to it commits first
+            self._writer = None
         if self._env is not None:
             self._env.close()
             self._env = None
@@ -371,9 +393,37 @@ class Storage:
         self.close()
 
 
+class DatabaseStore:
+    """A store over one database of `storage`, whose changes are works (functions of a
+    write transaction) that the caller commits now or has the writer commit."""
+
+    def __init__(self, storage: Storage, database: str) -> None:
+        self.storage = storage
+        self._db = storage.database(database)
+
+    def now(self, work: Callable[[Any], T]) -> T:
+        """A change committed on the calling thread, when this returns."""
+        return self.storage.write(work, db=self._db)
+
+    def later(self, work: Callable[[Any], T]) -> asyncio.Future[T]:
+        """A change committed by the storage's writer while the event loop goes on
+        (`Storage.commit`: for a request answered once its change is stored)."""
+        return self.storage.commit(work, db=self._db)
+
+
 # What GroupCommitWriter.submit queues: the work, its Future, and the Event its submitter
 # waits on until the work has run (None: the submitter does not wait).
 _Job = tuple[Callable[[Any], Any], Future[Any], threading.Event | None]
+
+
+class _Refused:
+    """What a job of `GroupCommitWriter.commit` returns in place of a result when its work
+    raised: that job alone fails, the transaction goes on for the others."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
 
 
 class GroupCommitWriter:
@@ -388,13 +438,23 @@ class GroupCommitWriter:
     Every other write of the process (the other stores' `Storage.write` on the loop's thread)
     takes the same `Storage._write_lock`: it waits for a commit under way and then commits on
     its own, so writes are ordered by when they commit, one at a time, as LMDB requires.
-    Nothing written here is visible to readers before its Future is done."""
+    Nothing written here is visible to readers before its Future is done.
 
-    def __init__(self, storage: Storage, loop: Any, notify: Callable[[], None]) -> None:
+    One writer per storage (`Storage.writer`), shared: the archive's batches (`submit`) and
+    the other stores' single changes (`commit`, awaited by the request that made them) go
+    into the same transactions."""
+
+    def __init__(self, storage: Storage, loop: Any) -> None:
         self.storage = storage
         self.loop = loop
-        self.notify = notify
+        # Called on the loop's thread after each transaction (the archive releases what
+        # its commit held).
+        self.listeners: list[Callable[[], None]] = []
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Jobs queued (by the loop's thread) and jobs whose transaction has ended (by the
+        # writer's): equal when the writer has nothing to do.
+        self._submitted = 0
+        self._finished = 0
         self._growth: MapNeedsGrowth | None = None
         self._growth_error: BaseException | None = None
         self._grown = threading.Event()
@@ -411,11 +471,14 @@ class GroupCommitWriter:
         future: Future[Any] = Future()
         if self._closed:
             try:
-                future.set_result(self.storage.write(work))
+                result = self.storage.write(work)
             except Exception as exc:
                 future.set_exception(exc)
+            else:
+                _settle(future, result)
             return future
         applied = threading.Event() if wait_applied else None
+        self._submitted += 1
         self._queue.put((work, future, applied))
         if applied is not None:
             # Set by the writer once `work` ran or the transaction failed; the map growth
@@ -425,6 +488,29 @@ class GroupCommitWriter:
                 if not self._thread.is_alive():
                     break
         return future
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no transaction under way."""
+        return self._submitted == self._finished
+
+    def commit(self, work: Callable[[Any], T], db: Any = None) -> asyncio.Future[T]:
+        """`work(txn)` in the next transaction, in a nested transaction of its own (over
+        `db` as its default database): when it raises, its writes are undone and its future
+        gets the exception, and the others in the transaction commit. An asyncio future of
+        the loop, done once the transaction has committed or failed."""
+        storage = self.storage
+
+        def isolated(txn: Any) -> Any:
+            try:
+                with storage.env.begin(db=db, parent=txn, write=True) as nested:
+                    return work(nested)
+            except lmdb.Error:
+                raise  # the whole transaction's (a full map: it runs again after growth)
+            except Exception as exc:
+                return _Refused(exc)
+
+        return asyncio.wrap_future(self.submit(isolated), loop=self.loop)
 
     def wait(self, future: Future[Any]) -> None:
         """Block the loop's thread until `future` is done (a query that must see what was
@@ -467,10 +553,15 @@ class GroupCommitWriter:
             jobs = [item for item in items if item is not None]
             if jobs:
                 self._commit(jobs)
+                self._finished += len(jobs)
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                    self.loop.call_soon_threadsafe(self.notify)
+                    self.loop.call_soon_threadsafe(self._notify)
             if len(jobs) < len(items):
                 return
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def _commit(self, jobs: list[_Job]) -> None:
         def applied() -> None:
@@ -510,8 +601,15 @@ class GroupCommitWriter:
                     future.set_exception(exc)
                 return
             for (_, future, _), result in zip(jobs, results, strict=True):
-                future.set_result(result)
+                _settle(future, result)
             return
+
+
+def _settle(future: Future[Any], result: Any) -> None:
+    if type(result) is _Refused:
+        future.set_exception(result.exc)
+    else:
+        future.set_result(result)
 
 
 def _entries(txn: Any, prefix: bytes) -> Iterator[list[Any]]:

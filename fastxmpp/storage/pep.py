@@ -16,6 +16,7 @@ operation is one write transaction: a node, its items and the quota change toget
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ from .account_data import (
     purge_prefixed,
     register_purge,
 )
-from .lmdb_store import Storage, expect, unpack
+from .lmdb_store import DatabaseStore, Storage, expect, unpack
 
 DATABASE = "pep"
 
@@ -125,10 +126,12 @@ def _encode_node(node: Node) -> bytes:
     )
 
 
-class PepStore:
+class PepStore(DatabaseStore):
+    """Nodes, items and subscriptions; `publishing` and `retracting` are changes to commit
+    (`now` or `later`)."""
+
     def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        self._db = storage.database(DATABASE)
+        super().__init__(storage, DATABASE)
         self.max_key_size = storage.env.max_key_size()
 
     # --- decoding (a record that does not decode is quarantined, and reads as missing) ----
@@ -267,7 +270,7 @@ class PepStore:
                 txn.delete(key)
         self._add_usage(txn, prefix, -freed)
 
-    def publish(
+    def publishing(
         self,
         domain: str,
         local: str,
@@ -276,11 +279,11 @@ class PepStore:
         new_config: dict[str, Any],
         max_items: Any,
         limits: Limits,
-    ) -> tuple[Node, bool]:
-        """Store `item` as the newest of node `name`, creating the node with `new_config` if
-        it is not there (XEP-0060 §7.1.4 auto-create); items beyond `max_items(config)`
-        (oldest first) go. (the node, whether it was created). A node that does not persist
-        items keeps none."""
+    ) -> Callable[[Any], tuple[Node, bool]]:
+        """The work that stores `item` as the newest of node `name`, creating the node with
+        `new_config` if it is not there (XEP-0060 §7.1.4 auto-create); items beyond
+        `max_items(config)` (oldest first) go. It returns (the node, whether it was
+        created). A node that does not persist items keeps none."""
         prefix = account_prefix(domain, local)
 
         def work(txn: Any) -> tuple[Node, bool]:
@@ -303,7 +306,7 @@ class PepStore:
             txn.put(key, _encode_node(node))
             return node, created
 
-        return self.storage.write(work, db=self._db)
+        return work
 
     def _trim(self, txn: Any, prefix: bytes, node: Node, keep: int) -> None:
         if len(node.order) > keep:
@@ -331,8 +334,11 @@ class PepStore:
 
         return self.storage.write(work, db=self._db)
 
-    def retract(self, domain: str, local: str, name: str, item_id: str) -> bool | None:
-        """None: no such node; False: no such item; True: retracted."""
+    def retracting(
+        self, domain: str, local: str, name: str, item_id: str
+    ) -> Callable[[Any], bool | None]:
+        """The work that retracts an item; it returns None: no such node; False: no such
+        item; True: retracted."""
         prefix = account_prefix(domain, local)
 
         def work(txn: Any) -> bool | None:
@@ -348,7 +354,7 @@ class PepStore:
             txn.put(key, _encode_node(node))
             return True
 
-        return self.storage.write(work, db=self._db)
+        return work
 
     def subscribe(
         self, domain: str, local: str, name: str, jid: str, max_subscriptions: int

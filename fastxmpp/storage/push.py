@@ -8,10 +8,11 @@ when it sent none).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .account_data import account_prefix, count_prefix, prefixed, register_purge
-from .lmdb_store import Storage
+from .lmdb_store import DatabaseStore, Storage
 from .xml_check import check_elements
 
 DATABASE = "push"
@@ -26,10 +27,11 @@ def _check_form(raw: bytes) -> None:
         check_elements(raw, namespace="jabber:x:data")
 
 
-class PushStore:
+class PushStore(DatabaseStore):
+    """Registrations; `enabling` and `disabling` are changes to commit (`now` or `later`)."""
+
     def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        self._db = storage.database(DATABASE)
+        super().__init__(storage, DATABASE)
 
     @staticmethod
     def _key(domain: str, local: str, jid: str, node: str) -> bytes:
@@ -55,9 +57,9 @@ class PushStore:
                 found.append((jid, node, *value))
         return found
 
-    def enable(
+    def enabling(
         self, domain: str, local: str, jid: str, node: str, resource: str, form: bytes, limit: int
-    ) -> None:
+    ) -> Callable[[Any], None]:
         """Add or replace a registration; TooManyRegistrations (nothing written) when the
         account would then keep more than `limit`."""
         key = self._key(domain, local, jid, node)
@@ -68,14 +70,16 @@ class PushStore:
                 raise TooManyRegistrations(f"{local}@{domain}")
             txn.put(key, resource.encode() + b"\0" + form)
 
-        self.storage.write(work, db=self._db)
+        return work
 
-    def disable(self, domain: str, local: str, jid: str, node: str | None) -> int:
+    def disabling(
+        self, domain: str, local: str, jid: str, node: str | None
+    ) -> Callable[[Any], int]:
         """Remove the registration of (jid, node), or every one of `jid` when node is None;
-        how many went."""
+        the work returns how many went."""
         if node is not None:
             key = self._key(domain, local, jid, node)
-            return 1 if self.storage.write(lambda txn: txn.delete(key), db=self._db) else 0
+            return lambda txn: 1 if txn.delete(key) else 0
         every_node = account_prefix(domain, local) + f"{jid}\0".encode()
 
         def work(txn: Any) -> int:
@@ -87,7 +91,7 @@ class PushStore:
                     count += 1
             return count
 
-        return int(self.storage.write(work, db=self._db))
+        return work
 
 
 def _decoded(raw: bytes) -> tuple[str, bytes]:

@@ -1,0 +1,181 @@
+"""Changes other stores make for a request commit off the event loop (issue 13): the
+request is answered once its change is on disk (Storage.commit, modules/base.py
+`answer_once_stored`), and meanwhile the server serves everyone else. Phones publish to PEP
+often (XEP-0490 displayed markers at every chat read, OMEMO device lists and bundles) and
+enable push at every login; each of those commits used to stop the whole server for its
+fsyncs.
+
+The commit in progress is tests/faults/disk_faults.c preloaded into the real server: while
+its hold trigger file exists, every fsync waits, so no commit can end. And the writer's
+transactions, shared by all stores, are checked directly: one change that its store refuses
+leaves the others of its transaction committed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_mam_group_commit import with_disk_fault
+from xmpp_raw import CLIENT, RawClient
+
+from fastxmpp.storage.lmdb_store import Storage
+
+PUBSUB = "http://jabber.org/protocol/pubsub"
+MDS = "urn:xmpp:mds:displayed:0"
+PUSH = "urn:xmpp:push:0"
+PING = "<iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>"
+
+
+def displayed(chat: str, stanza_id: str, iq_id: str) -> str:
+    """XEP-0490 §3.1: `chat` displayed up to `stanza_id`, with the publish-options."""
+    options = "".join(
+        f"<field var='{var}'><value>{value}</value></field>"
+        for var, value in (
+            ("FORM_TYPE", f"{PUBSUB}#publish-options"),
+            ("pubsub#persist_items", "true"),
+            ("pubsub#max_items", "max"),
+            ("pubsub#send_last_published_item", "never"),
+            ("pubsub#access_model", "whitelist"),
+        )
+    )
+    return (
+        f"<iq type='set' id='{iq_id}'><pubsub xmlns='{PUBSUB}'>"
+        f"<publish node='{MDS}'><item id='{chat}'><displayed xmlns='{MDS}'>"
+        f"<stanza-id xmlns='urn:xmpp:sid:0' by='alice@localhost' id='{stanza_id}'/>"
+        "</displayed></item></publish>"
+        f"<publish-options><x xmlns='jabber:x:data' type='submit'>{options}</x>"
+        "</publish-options></pubsub></iq>"
+    )
+
+
+def others_are_served(client: RawClient) -> None:
+    for n in range(3):
+        client.send(f"<iq type='get' id='p{n}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        pong = client.next(timeout=10)
+        assert (pong.get("id"), pong.get("type")) == (f"p{n}", "result")
+
+
+def answered_after_the_commit(client: RawClient, request_id: str, hold: Path) -> None:
+    """Nothing reaches `client` while the commit is held; once it ends, the answer to its
+    request, then the answer to the ping it sent after it (its later input waited)."""
+    with pytest.raises(TimeoutError):
+        client.next(timeout=0.5)
+    hold.unlink()
+    answer = client.next(timeout=30)
+    assert (answer.tag, answer.get("id"), answer.get("type")) == (
+        f"{{{CLIENT}}}iq",
+        request_id,
+        "result",
+    )
+    pong = client.next(timeout=30)
+    assert (pong.get("id"), pong.get("type")) == ("after", "result")
+
+
+def test_a_pep_publish_waiting_for_its_commit_stops_nobody_else(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    srv, hold, (alice, bob) = with_disk_fault(make_server, ca_file, tmp_path, ["alice", "bob"])
+    hold.touch()  # from now on no commit ends
+    alice.send(displayed("bob@localhost", "s1", "pub1") + PING)
+    others_are_served(bob)
+    answered_after_the_commit(alice, "pub1", hold)
+    # Stored: the item reads back (a new request, after the answer).
+    alice.send(
+        f"<iq type='get' id='items'><pubsub xmlns='{PUBSUB}'><items node='{MDS}'/></pubsub></iq>"
+    )
+    items = alice.next(timeout=30)
+    assert items.get("type") == "result"
+    ids = [
+        el.get("id") for el in items.iterfind(f".//{{{MDS}}}displayed/{{urn:xmpp:sid:0}}stanza-id")
+    ]
+    assert ids == ["s1"]
+    for client in (alice, bob):
+        client.close()
+    srv.stop()
+
+
+def test_push_enable_waiting_for_its_commit_stops_nobody_else(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    srv, hold, (alice, bob) = with_disk_fault(make_server, ca_file, tmp_path, ["alice", "bob"])
+    hold.touch()
+    alice.send(
+        f"<iq type='set' id='en1'><enable xmlns='{PUSH}' jid='push.example' node='n1'/></iq>" + PING
+    )
+    others_are_served(bob)
+    answered_after_the_commit(alice, "en1", hold)
+    hold.touch()
+    alice.send(f"<iq type='set' id='dis1'><disable xmlns='{PUSH}' jid='push.example'/></iq>" + PING)
+    others_are_served(bob)
+    answered_after_the_commit(alice, "dis1", hold)
+    for client in (alice, bob):
+        client.close()
+    srv.stop()
+
+
+class Refused(Exception):
+    pass
+
+
+def test_a_refused_change_leaves_the_others_of_its_transaction(tmp_path: Path) -> None:
+    """The writer puts every change queued while it committed into one transaction: a
+    change whose work raises (a store's limit, after some of its puts) is undone alone, and
+    only its future has the exception; the rest commit, and nothing is visible before."""
+
+    async def run() -> None:
+        with Storage(tmp_path / "data") as storage:
+            db = storage.database("example")
+            other = storage.database("other")
+
+            def first(txn: Any) -> str:
+                txn.put(b"a", b"1")
+                return "first"
+
+            def refused(txn: Any) -> None:
+                txn.put(b"b", b"2")
+                txn.put(b"x", b"3", db=other)
+                raise Refused("over the limit")
+
+            def last(txn: Any) -> bytes | None:
+                txn.put(b"c", b"4")
+                return bytes(txn.get(b"a"))  # sees the change before it in the transaction
+
+            futures = [storage.commit(work, db) for work in (first, refused, last)]
+            with storage.env.begin(db=db) as txn:
+                assert txn.get(b"a") is None  # not before its commit
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            assert results[0] == "first" and results[2] == b"1"
+            assert isinstance(results[1], Refused)
+            with storage.env.begin(db=db) as txn:
+                stored = {bytes(k): bytes(v) for k, v in txn.cursor()}
+            assert stored == {b"a": b"1", b"c": b"4"}
+            with storage.env.begin(db=other) as txn:
+                assert txn.get(b"x") is None
+
+    asyncio.run(run())
+
+
+def test_a_change_that_fills_the_map_commits_once_it_has_grown(tmp_path: Path) -> None:
+    """The writer's thread may not grow the map (storage/lmdb_store.py MapNeedsGrowth): the
+    loop grows it while the change waits, and the change runs again, once."""
+
+    async def run() -> None:
+        with Storage(tmp_path / "data", map_size=1 << 20) as storage:
+            db = storage.database("example")
+            runs: list[int] = []
+
+            def big(txn: Any) -> int:
+                runs.append(1)
+                for n in range(300):
+                    txn.put(b"k%04d" % n, b"v" * 8000)
+                return len(runs)
+
+            ran = await storage.commit(big, db)
+            assert ran == len(runs) >= 2  # ran again after the growth, and that one counted
+            with storage.env.begin(db=db) as txn:
+                assert txn.stat(db)["entries"] == 300
+            assert storage.env.info()["map_size"] > 1 << 20
+
+    asyncio.run(run())
