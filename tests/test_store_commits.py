@@ -13,6 +13,7 @@ leaves the others of its transaction committed."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -177,5 +178,40 @@ def test_a_change_that_fills_the_map_commits_once_it_has_grown(tmp_path: Path) -
             with storage.env.begin(db=db) as txn:
                 assert txn.stat(db)["entries"] == 300
             assert storage.env.info()["map_size"] > 1 << 20
+
+    asyncio.run(run())
+
+
+def test_changes_made_during_a_commit_go_together_once_it_ends(tmp_path: Path) -> None:
+    """While the writer commits, new changes wait on the loop's side (no work is put while
+    the loop runs, nobody's hand-over waits for another's commit); when the transaction
+    ends they go to the writer together, in one transaction."""
+
+    async def run() -> None:
+        with Storage(tmp_path / "data") as storage:
+            db = storage.database("example")
+            writer = storage.writer
+            started, release = threading.Event(), threading.Event()
+
+            def slow(txn: Any) -> None:
+                txn.put(b"slow", b"1", db=db)
+                started.set()
+                release.wait(10)
+
+            first = writer.submit(slow)  # the writer is busy until `release`
+            assert started.wait(10)
+            before = storage.env.info()["last_txnid"]
+            waiting = [
+                storage.commit(lambda txn, n=n: txn.put(b"k%d" % n, b"v"), db) for n in range(3)
+            ]
+            assert not writer.idle
+            assert writer._queue.empty()  # on the loop's side until the commit ends
+            release.set()
+            await asyncio.gather(*waiting)
+            assert first.done() and first.exception() is None
+            # the slow transaction, then one for the three changes
+            assert storage.env.info()["last_txnid"] == before + 2
+            await asyncio.sleep(0)
+            assert writer.idle
 
     asyncio.run(run())

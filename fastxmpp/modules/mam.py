@@ -509,15 +509,21 @@ class MamModule(Module):
         and folds go to the writer if no commit is under way (else they wait for its end:
         group commit). `wait`: return only once they and every commit under way are done
         and settled."""
+        writer = self.writer
+        if writer is None:
+            return  # nothing was ever archived
         if wait and self._commits:
-            assert self.writer is not None
-            self.writer.wait(self._commits[-1][0])
+            writer.wait(self._commits[-1][0])
         self._release()
+        # The writer may be committing other stores' changes: then their end calls this
+        # again (the writer's listener), and the rows go with the changes waiting by then.
         if (self._pending or self._fold or self._aged) and not self._commits:
-            self._hand_over()
+            if wait:
+                writer.wait_idle()
+            if writer.idle or wait:
+                self._hand_over()
         if wait and self._commits:
-            assert self.writer is not None
-            self.writer.wait(self._commits[-1][0])
+            writer.wait(self._commits[-1][0])
             self._release()
 
     def settle(self, domain: str, local: str) -> None:
@@ -578,10 +584,15 @@ class MamModule(Module):
         (folded there by a commit that has ended), or a commit failed (the read then shows
         what is there, as after any failed commit)."""
         loop = asyncio.get_running_loop()
+        writer = self.writer
+        assert writer is not None
         while True:
             if self._waiting(prefix, upto):
                 self._fold.add(prefix)
                 if not self._commits:
+                    if not writer.idle:  # (other stores' changes)
+                        await writer.transaction_end()
+                        continue
                     self._hand_over()
             elif not self._carried(prefix, upto):
                 return
@@ -617,9 +628,7 @@ class MamModule(Module):
             self._limits,
             fold,
         )
-        # Lockstep only with an idle writer: while another store's change commits, the
-        # loop would wait for that commit too (the rows are then put while the loop runs).
-        future = self.writer.submit(commit.work, wait_applied=self.writer.idle)
+        future = self.writer.submit(commit.work, wait_applied=True)
         self._commits.append((future, senders, list(held.values()), commit))
 
     def _release(self) -> None:

@@ -450,7 +450,13 @@ class GroupCommitWriter:
         # Called on the loop's thread after each transaction (the archive releases what
         # its commit held).
         self.listeners: list[Callable[[], None]] = []
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        # Changes (`commit`) waiting for the transaction under way to end.
+        self._later: list[_Job] = []
+        # The future of the last job handed over (`wait_idle`), and who waits for the end
+        # of the transaction under way (`transaction_end`).
+        self._last: Future[Any] | None = None
+        self._ending: list[asyncio.Future[None]] = []
         # Jobs queued (by the loop's thread) and jobs whose transaction has ended (by the
         # writer's): equal when the writer has nothing to do.
         self._submitted = 0
@@ -477,17 +483,30 @@ class GroupCommitWriter:
             else:
                 _settle(future, result)
             return future
-        applied = threading.Event() if wait_applied else None
-        self._submitted += 1
-        self._queue.put((work, future, applied))
+        # The changes waiting for the writer (`commit`) go in the same transaction.
+        batch, self._later = self._later, []
+        batch.append((work, future, None))
+        self._hand_over(batch, wait_applied)
+        return future
+
+    def _hand_over(self, batch: list[_Job], wait_applied: bool) -> None:
+        """`batch` to the writer, for one transaction; with `wait_applied`, return once its
+        works have run."""
+        applied = None
+        if wait_applied:
+            applied = threading.Event()
+            work, future, _ = batch[-1]
+            batch[-1] = (work, future, applied)
+        self._submitted += len(batch)
+        self._last = batch[-1][1]
+        self._queue.put(batch)
         if applied is not None:
-            # Set by the writer once `work` ran or the transaction failed; the map growth
-            # a full map waits for is this thread's to do meanwhile.
+            # Set by the writer once the works ran or the transaction failed; the map
+            # growth a full map waits for is this thread's to do meanwhile.
             while not applied.wait(0.05):
                 self.grow_if_asked()
                 if not self._thread.is_alive():
                     break
-        return future
 
     @property
     def idle(self) -> bool:
@@ -498,7 +517,12 @@ class GroupCommitWriter:
         """`work(txn)` in the next transaction, in a nested transaction of its own (over
         `db` as its default database): when it raises, its writes are undone and its future
         gets the exception, and the others in the transaction commit. An asyncio future of
-        the loop, done once the transaction has committed or failed."""
+        the loop, done once the transaction has committed or failed.
+
+        Handed to the writer at once if it is idle (the loop waits while the work runs, as
+        with `wait_applied`), else when the transaction under way ends, together with what
+        the listeners then submit: the writer only ever gets work while it is idle, so no
+        loop waits for another's commit and no work is put while the loop runs."""
         storage = self.storage
 
         def isolated(txn: Any) -> Any:
@@ -510,7 +534,12 @@ class GroupCommitWriter:
             except Exception as exc:
                 return _Refused(exc)
 
-        return asyncio.wrap_future(self.submit(isolated), loop=self.loop)
+        if self._closed or self.idle:
+            future = self.submit(isolated, wait_applied=True)
+        else:
+            future = Future()
+            self._later.append((isolated, future, None))
+        return asyncio.wrap_future(future, loop=self.loop)
 
     def wait(self, future: Future[Any]) -> None:
         """Block the loop's thread until `future` is done (a query that must see what was
@@ -522,10 +551,22 @@ class GroupCommitWriter:
             except TimeoutError:
                 self.grow_if_asked()
 
+    def wait_idle(self) -> None:
+        """Block the loop's thread until the transaction under way has ended."""
+        if not self.idle and self._last is not None:
+            self.wait(self._last)
+
+    def transaction_end(self) -> asyncio.Future[None]:
+        """Done once the transaction under way has ended and the listeners have run."""
+        ended: asyncio.Future[None] = self.loop.create_future()
+        self._ending.append(ended)
+        return ended
+
     def close(self) -> None:
         """Commit what was submitted, then stop the thread; later submissions commit inline."""
         if self._closed:
             return
+        self._hand_later()
         self._closed = True
         self._queue.put(None)
         while self._thread.is_alive():
@@ -550,18 +591,31 @@ class GroupCommitWriter:
             with contextlib.suppress(queue.Empty):
                 while True:
                     items.append(self._queue.get_nowait())
-            jobs = [item for item in items if item is not None]
+            jobs = [job for batch in items if batch is not None for job in batch]
             if jobs:
                 self._commit(jobs)
                 self._finished += len(jobs)
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                     self.loop.call_soon_threadsafe(self._notify)
-            if len(jobs) < len(items):
+            if None in items:
                 return
 
     def _notify(self) -> None:
+        """After a transaction, on the loop's thread: the listeners (the archive hands over
+        what accumulated, and the waiting changes with it), then the changes still waiting."""
         for listener in self.listeners:
             listener()
+        if self.idle:
+            self._hand_later()
+        ending, self._ending = self._ending, []
+        for ended in ending:
+            if not ended.done():
+                ended.set_result(None)
+
+    def _hand_later(self) -> None:
+        if self._later:
+            batch, self._later = self._later, []
+            self._hand_over(batch, wait_applied=True)
 
     def _commit(self, jobs: list[_Job]) -> None:
         def applied() -> None:
