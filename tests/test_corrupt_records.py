@@ -112,11 +112,14 @@ def seed_and_corrupt(srv: ServerProcess) -> dict[tuple[str, bytes], bytes]:
         offline.push("localhost", "alice", message("third"), 100)
         corrupt["offline", ALICE + (1).to_bytes(8, "big")] = message("broken")[:40]
 
-        PrivateStore(storage).set_many(
-            "localhost",
-            "alice",
-            {"urn:example:prefs": b"<prefs xmlns='urn:example:prefs'>kept</prefs>"},
-            100,
+        private = PrivateStore(storage)
+        private.now(
+            private.setting_many(
+                "localhost",
+                "alice",
+                {"urn:example:prefs": b"<prefs xmlns='urn:example:prefs'>kept</prefs>"},
+                100,
+            )
         )
         spoil("private", ALICE + NOTES.encode(), b"\x00\xffnot XML")
 

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lxml import etree
 from test_mam_group_commit import with_disk_fault
 from xmpp_raw import CLIENT, RawClient
 
 from fastxmpp.storage.lmdb_store import Storage
+from fastxmpp.storage.module_store import ModuleStore
 
 PUBSUB = "http://jabber.org/protocol/pubsub"
 MDS = "urn:xmpp:mds:displayed:0"
@@ -74,43 +76,63 @@ def answered_after_the_commit(client: RawClient, request_id: str, hold: Path) ->
     assert (pong.get("id"), pong.get("type")) == ("after", "result")
 
 
-def test_a_pep_publish_waiting_for_its_commit_stops_nobody_else(
-    make_server: Any, ca_file: str, tmp_path: Path
+# (the request, with id 'req'; a request that reads it back, with id 'read'; what the answer
+# to that shows once the change is stored)
+CHANGES = {
+    "pep publish (XEP-0490)": (
+        displayed("bob@localhost", "s1", "req"),
+        f"<iq type='get' id='read'><pubsub xmlns='{PUBSUB}'><items node='{MDS}'/></pubsub></iq>",
+        "id='s1'",
+    ),
+    "push enable (XEP-0357)": (
+        f"<iq type='set' id='req'><enable xmlns='{PUSH}' jid='push.example' node='n1'/></iq>",
+        f"<iq type='set' id='read'><disable xmlns='{PUSH}' jid='push.example' node='n1'/></iq>",
+        "type='result'",
+    ),
+    "vCard set (XEP-0054)": (
+        "<iq type='set' id='req'><vCard xmlns='vcard-temp'><FN>Alice A.</FN></vCard></iq>",
+        "<iq type='get' id='read'><vCard xmlns='vcard-temp'/></iq>",
+        "Alice A.",
+    ),
+    "private XML set (XEP-0049)": (
+        "<iq type='set' id='req'><query xmlns='jabber:iq:private'>"
+        "<prefs xmlns='urn:example:prefs'>dark</prefs></query></iq>",
+        "<iq type='get' id='read'><query xmlns='jabber:iq:private'>"
+        "<prefs xmlns='urn:example:prefs'/></query></iq>",
+        ">dark<",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(CHANGES))
+def test_a_change_waiting_for_its_commit_stops_nobody_else(
+    make_server: Any, ca_file: str, tmp_path: Path, kind: str
 ) -> None:
+    request, read, shown = CHANGES[kind]
     srv, hold, (alice, bob) = with_disk_fault(make_server, ca_file, tmp_path, ["alice", "bob"])
     hold.touch()  # from now on no commit ends
-    alice.send(displayed("bob@localhost", "s1", "pub1") + PING)
+    alice.send(request + PING)
     others_are_served(bob)
-    answered_after_the_commit(alice, "pub1", hold)
-    # Stored: the item reads back (a new request, after the answer).
-    alice.send(
-        f"<iq type='get' id='items'><pubsub xmlns='{PUBSUB}'><items node='{MDS}'/></pubsub></iq>"
-    )
-    items = alice.next(timeout=30)
-    assert items.get("type") == "result"
-    ids = [
-        el.get("id") for el in items.iterfind(f".//{{{MDS}}}displayed/{{urn:xmpp:sid:0}}stanza-id")
-    ]
-    assert ids == ["s1"]
+    answered_after_the_commit(alice, "req", hold)
+    alice.send(read)
+    answer = alice.next(timeout=30)
+    assert answer.get("id") == "read"
+    assert shown in etree.tostring(answer).decode().replace('"', "'")
     for client in (alice, bob):
         client.close()
     srv.stop()
 
 
-def test_push_enable_waiting_for_its_commit_stops_nobody_else(
+def test_push_disable_waiting_for_its_commit_stops_nobody_else(
     make_server: Any, ca_file: str, tmp_path: Path
 ) -> None:
     srv, hold, (alice, bob) = with_disk_fault(make_server, ca_file, tmp_path, ["alice", "bob"])
+    alice.send(f"<iq type='set' id='en'><enable xmlns='{PUSH}' jid='push.example' node='n1'/></iq>")
+    assert alice.next(timeout=30).get("type") == "result"
     hold.touch()
-    alice.send(
-        f"<iq type='set' id='en1'><enable xmlns='{PUSH}' jid='push.example' node='n1'/></iq>" + PING
-    )
+    alice.send(f"<iq type='set' id='req'><disable xmlns='{PUSH}' jid='push.example'/></iq>" + PING)
     others_are_served(bob)
-    answered_after_the_commit(alice, "en1", hold)
-    hold.touch()
-    alice.send(f"<iq type='set' id='dis1'><disable xmlns='{PUSH}' jid='push.example'/></iq>" + PING)
-    others_are_served(bob)
-    answered_after_the_commit(alice, "dis1", hold)
+    answered_after_the_commit(alice, "req", hold)
     for client in (alice, bob):
         client.close()
     srv.stop()
@@ -201,9 +223,11 @@ def test_changes_made_during_a_commit_go_together_once_it_ends(tmp_path: Path) -
             first = writer.submit(slow)  # the writer is busy until `release`
             assert started.wait(10)
             before = storage.env.info()["last_txnid"]
-            waiting = [
-                storage.commit(lambda txn, n=n: txn.put(b"k%d" % n, b"v"), db) for n in range(3)
-            ]
+
+            def put(n: int) -> Any:
+                return lambda txn: txn.put(b"k%d" % n, b"v")
+
+            waiting = [storage.commit(put(n), db) for n in range(3)]
             assert not writer.idle
             assert writer._queue.empty()  # on the loop's side until the commit ends
             release.set()
@@ -213,5 +237,22 @@ def test_changes_made_during_a_commit_go_together_once_it_ends(tmp_path: Path) -
             assert storage.env.info()["last_txnid"] == before + 2
             await asyncio.sleep(0)
             assert writer.idle
+
+    asyncio.run(run())
+
+
+def test_a_module_store_change_commits_later(tmp_path: Path) -> None:
+    """A third-party module's store (docs/MODULES.md): `later(updating(...))` is committed by
+    the writer; the new value is the future's result, and is stored once it is done."""
+
+    async def run() -> None:
+        with Storage(tmp_path / "data") as storage:
+            store = ModuleStore(storage, "example")
+            store.put("localhost", "alice", b"n", b"1")
+            change = store.updating("localhost", "alice", b"n", lambda old: (old or b"") + b"+")
+            done = store.later(change)
+            assert store.get("localhost", "alice", b"n") == b"1"  # not before its commit
+            assert await done == b"1+"
+            assert store.get("localhost", "alice", b"n") == b"1+"
 
     asyncio.run(run())

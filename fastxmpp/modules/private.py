@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from ..errors import StanzaError
-from ..storage.lmdb_store import StorageFull
 from ..storage.private import PrivateStore, TooManyNamespaces
-from .base import Module, iq_result
+from .base import Module, answer_once_stored, iq_result
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -64,7 +63,7 @@ class PrivateModule(Module):
         self.store = PrivateStore(self.server.storage)
         self.router.set_iq_handler(NS, self.answer)
 
-    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes | None:
         assert self.store is not None
         if target is not None and target[3] != origin.bare:
             raise StanzaError("forbidden", "private data belongs to its account only")
@@ -73,10 +72,12 @@ class PrivateModule(Module):
             raise StanzaError("bad-request", "a jabber:iq:private <query/> is expected")
         children = [child for child in query if isinstance(child.tag, str)]
         if st.attrs.get("type") == "set":
-            return self._set(origin, st, children)
+            self._set(origin, st, children)
+            return None
         return self._get(origin, st, children)
 
-    def _set(self, origin: C2SStream, st: Stanza, children: list[Any]) -> bytes:
+    def _set(self, origin: C2SStream, st: Stanza, children: list[Any]) -> None:
+        """Answered once stored (`answer_once_stored`)."""
         assert self.store is not None
         if not children:
             raise StanzaError("not-acceptable", "nothing to store")
@@ -84,15 +85,18 @@ class PrivateModule(Module):
         for child in children:
             namespace = storable_namespace(child)
             fragments[namespace] = fragments.get(namespace, b"") + fragment_xml(child)
-        try:
-            self.store.set_many(origin.domain, origin.local, fragments, MAX_NAMESPACES)
-        except TooManyNamespaces:
-            raise StanzaError(
+        work = self.store.setting_many(origin.domain, origin.local, fragments, MAX_NAMESPACES)
+
+        def refused(exc: Exception) -> StanzaError | None:
+            if not isinstance(exc, TooManyNamespaces):
+                return None
+            return StanzaError(
                 "policy-violation", f"at most {MAX_NAMESPACES} namespaces per account"
-            ) from None
-        except StorageFull:
-            raise StanzaError("resource-constraint", "the server's storage is full") from None
-        return iq_result(origin, st)
+            )
+
+        answer_once_stored(
+            origin, st, self.store.later(work), lambda _: iq_result(origin, st), refused
+        )
 
     def _get(self, origin: C2SStream, st: Stanza, children: list[Any]) -> bytes:
         assert self.store is not None

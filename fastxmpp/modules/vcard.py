@@ -39,7 +39,7 @@ from lxml import etree
 from ..errors import StanzaError
 from ..storage.lmdb_store import StorageFull
 from ..storage.vcard import VCardStore
-from .base import Module, iq_result
+from .base import Module, answer_once_stored, iq_result
 from .private import fragment_xml
 
 log = logging.getLogger("fastxmpp.vcard")
@@ -116,7 +116,7 @@ class VCardModule(Module):
 
     # --- requests ---------------------------------------------------------------------------
 
-    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
+    def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes | None:
         vcard = st.element().find(f"{{{NS}}}vCard")
         if vcard is None:
             raise StanzaError("bad-request", "the vcard-temp payload is <vCard/>")
@@ -124,34 +124,35 @@ class VCardModule(Module):
         if st.attrs.get("type") == "set":
             if not own:
                 raise StanzaError("forbidden", "only the account itself may set its vCard")
-            return self._set(origin, st, vcard)
+            self._set(origin, st, vcard)
+            return None
         if own:
             return self._get_own(origin, st)
         if target is not None and target[0]:
             return self._get_other(origin, st, target[1], target[0])
         raise StanzaError("item-not-found", "the server has no vCard")
 
-    def _set(self, origin: C2SStream, st: Stanza, vcard: Any) -> bytes:
+    def _set(self, origin: C2SStream, st: Stanza, vcard: Any) -> None:
+        """Answered once stored (`answer_once_stored`)."""
         assert self.store is not None
-        try:
-            if any(isinstance(child.tag, str) for child in vcard):
-                xml = fragment_xml(vcard)
-                if len(xml) > self.max_size:
-                    raise StanzaError(
-                        "not-acceptable", f"a vCard may hold at most {self.max_size} bytes"
-                    )
-                self.store.put(origin.domain, origin.local, xml)
-            else:
-                xml = None
-                self.store.delete(origin.domain, origin.local)
-        except StorageFull:
-            raise StanzaError("resource-constraint", "the server's storage is full") from None
-        for listener in self._listeners:
-            try:
-                listener(origin.domain, origin.local, xml)
-            except Exception:
-                log.exception("vCard listener failed for %s", origin.bare)
-        return iq_result(origin, st)
+        xml = None
+        if any(isinstance(child.tag, str) for child in vcard):
+            xml = fragment_xml(vcard)
+            if len(xml) > self.max_size:
+                raise StanzaError(
+                    "not-acceptable", f"a vCard may hold at most {self.max_size} bytes"
+                )
+
+        def stored(_: None) -> bytes:
+            for listener in self._listeners:
+                try:
+                    listener(origin.domain, origin.local, xml)
+                except Exception:
+                    log.exception("vCard listener failed for %s", origin.bare)
+            return iq_result(origin, st)
+
+        work = self.store.replacing(origin.domain, origin.local, xml)
+        answer_once_stored(origin, st, self.store.later(work), stored)
 
     def _get_own(self, origin: C2SStream, st: Stanza) -> bytes:
         assert self.store is not None

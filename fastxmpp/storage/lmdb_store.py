@@ -453,6 +453,7 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         # Changes (`commit`) waiting for the transaction under way to end.
         self._later: list[_Job] = []
+        self._handing_soon = False  # `_hand_soon` is scheduled
         # The future of the last job handed over (`wait_idle`), and who waits for the end
         # of the transaction under way (`transaction_end`).
         self._last: Future[Any] | None = None
@@ -519,10 +520,11 @@ class GroupCommitWriter:
         gets the exception, and the others in the transaction commit. An asyncio future of
         the loop, done once the transaction has committed or failed.
 
-        Handed to the writer at once if it is idle (the loop waits while the work runs, as
-        with `wait_applied`), else when the transaction under way ends, together with what
-        the listeners then submit: the writer only ever gets work while it is idle, so no
-        loop waits for another's commit and no work is put while the loop runs."""
+        Handed to the writer with what the archive submits at the end of this loop turn, or
+        on its own just after if nothing is (the loop waits while the work runs, as with
+        `wait_applied`); if a transaction is under way, when it ends, together with what the
+        listeners then submit. The writer only ever gets work while it is idle, so no loop
+        waits for another's commit and no work is put while the loop runs."""
         storage = self.storage
 
         def isolated(txn: Any) -> Any:
@@ -534,12 +536,20 @@ class GroupCommitWriter:
             except Exception as exc:
                 return _Refused(exc)
 
-        if self._closed or self.idle:
+        if self._closed:
             future = self.submit(isolated, wait_applied=True)
         else:
             future = Future()
             self._later.append((isolated, future, None))
+            if not self._handing_soon:
+                self._handing_soon = True
+                self.loop.call_soon(self._hand_soon)
         return asyncio.wrap_future(future, loop=self.loop)
+
+    def _hand_soon(self) -> None:
+        self._handing_soon = False
+        if self.idle:
+            self._hand_later()
 
     def wait(self, future: Future[Any]) -> None:
         """Block the loop's thread until `future` is done (a query that must see what was

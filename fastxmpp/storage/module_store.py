@@ -4,7 +4,8 @@ One LMDB database per module, named `module/<name>`, with keys of the form
 `domain NUL local NUL key`: every record belongs to an account (local "" for data of a whole
 host), so the account's records go with the account (XEP-0077 §3.2) even when the module that
 wrote them is no longer installed: `purge_account` purges every `module/` database by prefix.
-Each call is one transaction, committed to disk (sync on) when it returns.
+Each call is one transaction, committed to disk (sync on) when it returns; `updating` is the
+same change as `update` as a work for `later` (committed off the event loop).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import lmdb
 
 from .account_data import account_prefix, prefixed, purge_prefixed, register_prefix_purge
-from .lmdb_store import Storage, StorageFull
+from .lmdb_store import DatabaseStore, Storage, StorageFull
 
 DATABASE_PREFIX = "module/"
 # LMDB keys are at most 511 bytes; the account prefix takes up to 2 + 2 * 1023 bytes of it in
@@ -24,13 +25,12 @@ MAX_KEY = 256
 __all__ = ["DATABASE_PREFIX", "ModuleStore", "StorageFull"]
 
 
-class ModuleStore:
+class ModuleStore(DatabaseStore):
     """Records of one module, per account: bytes under the module's own byte-string keys."""
 
     def __init__(self, storage: Storage, module: str) -> None:
-        self.storage = storage
         self.database_name = DATABASE_PREFIX + module
-        self._db = storage.database(self.database_name)
+        super().__init__(storage, self.database_name)
 
     def _key(self, domain: str, local: str, key: bytes) -> bytes:
         if not key or len(key) > MAX_KEY:
@@ -57,6 +57,13 @@ class ModuleStore:
         """Read, change and write one record in one transaction (no other write can come
         between): `change` gets the stored value (None: none) and returns the new one (None:
         delete it). The new value."""
+        return self.now(self.updating(domain, local, key, change))
+
+    def updating(
+        self, domain: str, local: str, key: bytes, change: Callable[[bytes | None], bytes | None]
+    ) -> Callable[[lmdb.Transaction], bytes | None]:
+        """`update` as a work: `later(store.updating(...))` commits it off the event loop
+        (`change` then runs in the writer's thread)."""
         full_key = self._key(domain, local, key)
 
         def work(txn: lmdb.Transaction) -> bytes | None:
@@ -68,7 +75,7 @@ class ModuleStore:
                 txn.put(full_key, new)
             return new
 
-        return self.storage.write(work, db=self._db)
+        return work
 
     def items(self, domain: str, local: str) -> list[tuple[bytes, bytes]]:
         """Every (key, value) of the account, in key order."""

@@ -6,10 +6,11 @@ client stored in that namespace (one or more, concatenated).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .account_data import account_prefix, count_prefix, register_purge
-from .lmdb_store import Storage
+from .lmdb_store import DatabaseStore, Storage
 from .xml_check import check_elements
 
 DATABASE = "private"
@@ -19,10 +20,11 @@ class TooManyNamespaces(Exception):
     """The account would keep more namespaces than it may."""
 
 
-class PrivateStore:
+class PrivateStore(DatabaseStore):
+    """`setting_many` is a change to commit (`now` or `later`)."""
+
     def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        self._db = storage.database(DATABASE)
+        super().__init__(storage, DATABASE)
 
     def get(self, domain: str, local: str, namespace: str) -> bytes | None:
         key = account_prefix(domain, local) + namespace.encode()
@@ -35,9 +37,9 @@ class PrivateStore:
             DATABASE, key, raw, lambda raw: check_elements(raw, namespace=namespace)
         )
 
-    def set_many(
+    def setting_many(
         self, domain: str, local: str, fragments: dict[str, bytes], max_namespaces: int
-    ) -> None:
+    ) -> Callable[[Any], None]:
         """Replace the stored XML of each namespace in `fragments`, in one transaction;
         TooManyNamespaces (and nothing written) if the account would then keep more than
         `max_namespaces`."""
@@ -50,7 +52,7 @@ class PrivateStore:
             for namespace, xml in fragments.items():
                 txn.put(prefix + namespace.encode(), xml)
 
-        self.storage.write(replace, db=self._db)
+        return replace
 
 
 register_purge(DATABASE)

@@ -6,19 +6,21 @@ Database "vcard": key `domain NUL local NUL` (the account prefix itself), value 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .account_data import account_prefix, register_purge
-from .lmdb_store import Storage
+from .lmdb_store import DatabaseStore, Storage
 from .xml_check import check_elements
 
 DATABASE = "vcard"
 
 
-class VCardStore:
+class VCardStore(DatabaseStore):
+    """`replacing` is a change to commit (`now` or `later`)."""
+
     def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        self._db = storage.database(DATABASE)
+        super().__init__(storage, DATABASE)
 
     def get(self, domain: str, local: str) -> bytes | None:
         key = account_prefix(domain, local)
@@ -27,18 +29,23 @@ class VCardStore:
         return None if raw is None else self.storage.decode(DATABASE, key, raw, _decode)
 
     def put(self, domain: str, local: str, xml: bytes) -> None:
-        """Replace the account's vCard (StorageFull when the disk is full)."""
-
-        def replace(txn: Any) -> None:
-            txn.put(account_prefix(domain, local), xml)
-
-        self.storage.write(replace, db=self._db)
+        """Replace the account's vCard now (StorageFull when the disk is full)."""
+        self.now(self.replacing(domain, local, xml))
 
     def delete(self, domain: str, local: str) -> None:
-        def remove(txn: Any) -> None:
-            txn.delete(account_prefix(domain, local))
+        self.now(self.replacing(domain, local, None))
 
-        self.storage.write(remove, db=self._db)
+    def replacing(self, domain: str, local: str, xml: bytes | None) -> Callable[[Any], None]:
+        """Replace the account's vCard with `xml` (None: remove it)."""
+        key = account_prefix(domain, local)
+
+        def replace(txn: Any) -> None:
+            if xml is None:
+                txn.delete(key)
+            else:
+                txn.put(key, xml)
+
+        return replace
 
 
 def _decode(raw: bytes) -> bytes:
