@@ -240,6 +240,13 @@ class Server:
         for server in self.listeners:
             server.close()
         self.modules.stop()
+        if self.storage is not None:
+            # The changes handed to the writer commit now, and the requests that made them
+            # are answered (a few loop iterations: the future, then the request's step)
+            # before the streams close below.
+            self.storage.stop_writer()
+            for _ in range(4):
+                await asyncio.sleep(0)
         if self.s2s is not None:
             self.s2s.stop()
         if self.components is not None:

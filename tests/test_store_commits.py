@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import PASSWORD
 from lxml import etree
-from test_mam_group_commit import with_disk_fault
-from xmpp_raw import CLIENT, RawClient
+from test_mam_group_commit import everything_until_closed, with_disk_fault
+from xmpp_raw import CLIENT, STREAMS, RawClient
 
 from fastxmpp.storage.lmdb_store import Storage
 from fastxmpp.storage.module_store import ModuleStore
 
 PUBSUB = "http://jabber.org/protocol/pubsub"
+STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 MDS = "urn:xmpp:mds:displayed:0"
 PUSH = "urn:xmpp:push:0"
 PING = "<iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>"
@@ -235,7 +237,10 @@ def test_changes_made_during_a_commit_go_together_once_it_ends(tmp_path: Path) -
             assert first.done() and first.exception() is None
             # the slow transaction, then one for the three changes
             assert storage.env.info()["last_txnid"] == before + 2
-            await asyncio.sleep(0)
+            for _ in range(500):  # (the writer counts them just after their futures)
+                if writer.idle:
+                    break
+                await asyncio.sleep(0.01)
             assert writer.idle
 
     asyncio.run(run())
@@ -256,3 +261,33 @@ def test_a_module_store_change_commits_later(tmp_path: Path) -> None:
             assert store.get("localhost", "alice", b"n") == b"1+"
 
     asyncio.run(run())
+
+
+def test_a_change_in_flight_at_shutdown_is_stored_and_answered(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    """SIGTERM while a publish waits for its commit: the server commits it before it stops,
+    answers it before the stream's <system-shutdown/>, and has it after the restart."""
+    srv, hold, (alice, bob) = with_disk_fault(make_server, ca_file, tmp_path, ["alice", "bob"])
+    hold.touch()
+    alice.send(displayed("bob@localhost", "s9", "req"))
+    others_are_served(bob)  # the publish is handed over by now, its commit hangs
+    threading.Timer(1.0, hold.unlink).start()
+    assert srv.stop() == 0
+    got = everything_until_closed(alice)
+    tags = [(el.tag, el.get("id"), el.get("type")) for el in got]
+    assert tags[0] == (f"{{{CLIENT}}}iq", "req", "result"), tags
+    assert got[-1].tag == f"{{{STREAMS}}}error", tags
+    assert got[-1].find(f"{{{STREAM_ERRORS}}}system-shutdown") is not None, tags
+    assert "internal error" not in srv.log_text()
+    srv.env = None  # without the disk fault
+    srv.start()
+    alice = srv.client()
+    alice.login(ca_file, "alice", PASSWORD, "again")
+    alice.send(
+        f"<iq type='get' id='read'><pubsub xmlns='{PUBSUB}'><items node='{MDS}'/></pubsub></iq>"
+    )
+    answer = alice.next(timeout=30)
+    assert "id='s9'" in etree.tostring(answer).decode().replace('"', "'")
+    alice.close()
+    srv.stop()

@@ -372,10 +372,16 @@ class Storage:
         stored: the answer waits, the server does not."""
         return self.writer.commit(work, db)
 
-    def close(self) -> None:
+    def stop_writer(self) -> None:
+        """Commit what was handed to the writer and stop its thread (at shutdown, while the
+        event loop still runs: the requests that wait for those commits are answered); from
+        then on `commit` commits at once, on the calling thread."""
         if self._writer is not None:
-            self._writer.close()  # what was handed to it commits first
-            self._writer = None
+            self._writer.close()
+
+    def close(self) -> None:
+        self.stop_writer()
+        self._writer = None
         if self._env is not None:
             self._env.close()
             self._env = None
@@ -567,7 +573,8 @@ class GroupCommitWriter:
             self.wait(self._last)
 
     def transaction_end(self) -> asyncio.Future[None]:
-        """Done once the transaction under way has ended and the listeners have run."""
+        """Done once the transaction under way has ended and the listeners have run (ask
+        only while not `idle`)."""
         ended: asyncio.Future[None] = self.loop.create_future()
         self._ending.append(ended)
         return ended
