@@ -96,6 +96,13 @@ class Released:
         pass
 
 
+# The owner of every connection that is gone: a connection whose stream has ended keeps no
+# reference to it (the stream refers to its connection, the connection to its owner and TLS
+# layer, which refers back to it: left in place, each ended connection would wait for the
+# garbage collector's full collection, TLS session and all).
+GONE = Released()
+
+
 class Connection(ConnectionInput, asyncio.Protocol):
     # The stream is the connection's byte stream, so STARTTLS and XEP-0138 compression can
     # replace its transport; not so for a framing over another protocol (RFC 7395 §3.1:
@@ -209,9 +216,11 @@ class Connection(ConnectionInput, asyncio.Protocol):
         if self.resume_timer is not None:
             self.resume_timer.cancel()
             self.resume_timer = None
-        if self.direct_tls is not None and (self.tls is None or not self.tls.established):
+        owner, self.owner = self.owner, GONE
+        tls, self.tls = self.tls, None
+        if self.direct_tls is not None and (tls is None or not tls.established):
             return  # a direct TLS handshake that never finished: the owner never knew
-        self.owner.connection_lost(exc)
+        owner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         if self.tls is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,16 @@ class ScramExchange(SaslExchange):
         self._domain = domain
         self._accounts = accounts
         self._local: str | None = None
-        self._server = ScramMechanism(mechanism).make_server(self._auth_info)
+        # Through a weak reference: the server object keeps its callback, and a bound method
+        # would make the two a cycle that only the garbage collector frees.
+        exchange = weakref.ref(self)
+
+        def auth_info(username: str) -> tuple[bytes, bytes, bytes, int]:
+            this = exchange()
+            assert this is not None  # (it is the caller's)
+            return this._auth_info(username)
+
+        self._server = ScramMechanism(mechanism).make_server(auth_info)
         self._stage = 0
 
     def _auth_info(self, username: str) -> tuple[bytes, bytes, bytes, int]:
