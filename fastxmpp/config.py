@@ -120,6 +120,9 @@ class LimitsConfig:
     auth_failures_per_account: int = 10  # within auth_failure_window: the account is refused
     auth_failure_window: float = 600.0  # seconds over which failures are counted
     heap_trim_delay: float = 1.0  # after connection churn, return freed memory; 0: never
+    # seconds between full garbage collections over every object (memory.FrozenSurvivors);
+    # 0: Python's own collector policy
+    gc_full_interval: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -662,6 +665,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "auth_failures_per_account": _integer_at_least(1),
             "auth_failure_window": _positive_number,
             "heap_trim_delay": _non_negative_number,
+            "gc_full_interval": _non_negative_number,
         },
     ),
     "stream_management": (

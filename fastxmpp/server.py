@@ -22,7 +22,7 @@ from .certs import ensure_certificate
 from .config import Config
 from .descriptors import DescriptorWatch
 from .jid import parse_jid
-from .memory import HeapTrimmer, ParserHibernation
+from .memory import FrozenSurvivors, HeapTrimmer, ParserHibernation
 from .modules import ModuleLoadError, configured_modules
 from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
@@ -73,6 +73,7 @@ class Server:
         )
         self.background: set[asyncio.Task[Any]] = set()
         self.heap_trimmer = HeapTrimmer(limits.heap_trim_delay)
+        self.frozen_survivors = FrozenSurvivors(limits.gc_full_interval)
         self.parser_hibernation = ParserHibernation(
             self.streams, config.c2s.hibernate_after, self.heap_trimmer
         )
@@ -203,6 +204,7 @@ class Server:
             self._close_storage()
             raise
         self.parser_hibernation.start()
+        self.frozen_survivors.start()
         # After raise_open_files_limit: the limit the watch warns before is the raised one.
         descriptors.watch = DescriptorWatch()
         log.info(
@@ -265,6 +267,7 @@ class Server:
         for task in list(self.background):
             task.cancel()
         self.heap_trimmer.stop()
+        self.frozen_survivors.stop()
         self.parser_hibernation.stop()
         if descriptors.watch is not None:
             descriptors.watch.stop()

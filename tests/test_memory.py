@@ -1,12 +1,15 @@
-"""Returning freed heap memory to the system after connection churn (fastxmpp/memory.py)."""
+"""Returning freed heap memory to the system after connection churn, and the garbage
+collector's frozen survivors (fastxmpp/memory.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
 from fastxmpp import memory
+from fastxmpp.memory import FrozenSurvivors
 
 
 def test_malloc_trim_is_available_on_glibc() -> None:
@@ -46,3 +49,43 @@ def test_zero_delay_turns_trimming_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
     asyncio.run(scenario())
     assert calls == []
+
+
+def test_survivors_of_a_full_collection_are_frozen_until_the_interval_ends() -> None:
+    """memory.FrozenSurvivors: a full collection freezes what survived it; at the interval
+    everything is unfrozen for the next full collection; stop undoes it all."""
+
+    async def run() -> None:
+        survivors = FrozenSurvivors(0.2)
+        survivors.start()
+        try:
+            kept = [[n] for n in range(1000)]  # tracked objects that survive
+            gc.collect()
+            frozen = gc.get_freeze_count()
+            assert frozen >= len(kept)
+            young = [[n] for n in range(100)]
+            gc.collect(0)  # a young collection freezes nothing more
+            assert gc.get_freeze_count() == frozen
+            await asyncio.sleep(0.4)  # the interval: unfrozen
+            assert gc.get_freeze_count() == 0
+            gc.collect()
+            assert gc.get_freeze_count() >= len(kept) + len(young)
+        finally:
+            survivors.stop()
+        assert gc.get_freeze_count() == 0
+        assert survivors._collected not in gc.callbacks
+        gc.collect()
+        assert gc.get_freeze_count() == 0  # stopped: nothing is frozen any more
+
+    asyncio.run(run())
+
+
+def test_zero_interval_leaves_the_collector_alone() -> None:
+    async def run() -> None:
+        survivors = FrozenSurvivors(0)
+        survivors.start()
+        gc.collect()
+        assert gc.get_freeze_count() == 0
+        survivors.stop()
+
+    asyncio.run(run())
