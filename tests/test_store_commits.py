@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from conftest import PASSWORD
 from lxml import etree
+from test_last_activity import ask as ask_last
+from test_last_activity import lets_see
 from test_mam_group_commit import everything_until_closed, with_disk_fault
 from xmpp_raw import CLIENT, STREAMS, RawClient
 
@@ -290,4 +292,35 @@ def test_a_change_in_flight_at_shutdown_is_stored_and_answered(
     answer = alice.next(timeout=30)
     assert "id='s9'" in etree.tostring(answer).decode().replace('"', "'")
     alice.close()
+    srv.stop()
+
+
+def test_a_logout_waiting_for_its_commit_stops_nobody_else(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    """XEP-0012: the logout time of an account whose last session ended is written at the
+    turn's end by the writer thread (phones come and go all the time): while that commit
+    hangs, others are served and the time is answered from memory; it is on disk after."""
+    srv, hold, (alice, bob) = with_disk_fault(
+        make_server, ca_file, tmp_path, ["alice", "bob"], config=""
+    )
+    srv.stop()
+    lets_see(srv, "bob@localhost", ["alice"])
+    srv.start()
+    alice, bob = srv.client(), srv.client()
+    alice.login(ca_file, "alice", PASSWORD, "phone")
+    bob.login(ca_file, "bob", PASSWORD, "desk")
+    hold.touch()
+    alice.send("</stream:stream>")
+    everything_until_closed(alice)
+    others_are_served(bob)
+    assert int(ask_last(bob, "alice@localhost").get("seconds")) >= 0  # from memory
+    hold.unlink()
+    assert srv.stop() == 0
+    srv.env = None
+    srv.start()
+    bob = srv.client()
+    bob.login(ca_file, "bob", PASSWORD, "desk")
+    assert int(ask_last(bob, "alice@localhost").get("seconds")) >= 0  # stored
+    bob.close()
     srv.stop()

@@ -14,13 +14,15 @@
 The logout time is recorded in fastxmpp/storage/last.py when an account's last session ends:
 kept in memory, then written with the other logouts of the same turn of the event loop in one
 transaction at the pipeline's "turn/end" (one fdatasync for the many sessions a network outage
-or a shutdown ends at once; Server.stop runs it once more before the storage closes). Nothing
-acknowledged depends on it, so no output waits for it; a crash loses at most one turn's
-logouts. Until written, the pending time is the one answered.
+or a shutdown ends at once; Server.stop runs it once more before the storage closes), which
+the storage's writer thread commits while the event loop goes on (mobile clients come and go
+all the time). Nothing acknowledged depends on it, so no output waits for it; a crash loses
+at most the logouts not committed yet. Until written, the pending time is the one answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -56,6 +58,8 @@ class LastActivityModule(Module):
         self.leaving: dict[str, tuple[str, str]] = {}
         # Logouts of this turn, not written yet: (domain, local) -> (unix time, status).
         self.pending: dict[tuple[str, str], tuple[float, str]] = {}
+        # Logouts handed to the writer, until committed (answered from here meanwhile).
+        self.committing: dict[tuple[str, str], tuple[float, str]] = {}
 
     def start(self) -> None:
         assert self.server.storage is not None
@@ -76,8 +80,10 @@ class LastActivityModule(Module):
 
     def account_removed(self, domain: str, local: str) -> None:
         self.leaving.pop(f"{local}@{domain}", None)
-        # Its sessions ended after the purge: no record may outlive the account.
+        # Its sessions ended after the purge: no record may outlive the account (one on
+        # its way to the writer is not written: its transaction finds no account).
         self.pending.pop((domain, local), None)
+        self.committing.pop((domain, local), None)
 
     def session_ended(self, session: C2SStream) -> None:
         if self.store is None or self.router.resources(session.bare):
@@ -97,18 +103,28 @@ class LastActivityModule(Module):
         self.hub.unhook(self, "turn/end")
         if not pending or self.store is None:
             return
-        try:
-            self.store.record_logouts(pending)
-        except (StorageFull, StorageFailed) as exc:
-            log.error("cannot record %d logout(s): %s", len(pending), exc)
-        except Exception:
-            # Raised into Router.flush_all, it would keep the turn's output from leaving.
-            log.exception("cannot record %d logout(s)", len(pending))
+        self.committing.update(pending)
+        committed = self.store.later(self.store.recording_logouts(pending))
+        committed.add_done_callback(lambda done: self._committed(pending, done))
+
+    def _committed(
+        self, logouts: dict[tuple[str, str], tuple[float, str]], done: asyncio.Future[None]
+    ) -> None:
+        for account, value in logouts.items():
+            if self.committing.get(account) is value:  # (not a later logout's)
+                del self.committing[account]
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if isinstance(exc, (StorageFull, StorageFailed)):
+            log.error("cannot record %d logout(s): %s", len(logouts), exc)
+        elif exc is not None:
+            log.error("cannot record %d logout(s)", len(logouts), exc_info=exc)
 
     def last_logout(self, domain: str, local: str) -> tuple[float, str] | None:
         """(Unix time, status) of the account's last logout, written or still pending; None
         if none is recorded."""
-        pending = self.pending.get((domain, local))
+        pending = self.pending.get((domain, local)) or self.committing.get((domain, local))
         if pending is not None:
             return pending
         return None if self.store is None else self.store.last_logout(domain, local)

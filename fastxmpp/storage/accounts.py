@@ -54,6 +54,12 @@ def _key(domain: str, local: str) -> bytes:
     return f"{domain}\0{local}".encode()
 
 
+def exists_in(txn: Any, db: Any, domain: str, local: str) -> bool:
+    """Whether the account is there, read in `txn` (a write transaction of another store,
+    which must not write for an account that is gone): `db` is the "accounts" database."""
+    return txn.get(_key(domain, local), db=db) is not None
+
+
 class AccountStore:
     """Inputs are already-prepared localparts and domainparts (see fastxmpp.jid)."""
 
