@@ -144,6 +144,15 @@ class StanzaError(Exception):
         self.app_xml = app_xml
 
 
+def answered(err: StreamError | StanzaError) -> None:
+    """`err` has been turned into what goes on the wire: drop its traceback. A handler that
+    raised an error it held in a local variable (`raise refusal`) left a cycle, the error's
+    frames holding the error, and through their callers' frames the stream: freed only by
+    the collector's full collection (docs/PERFORMANCE.md, "Connections freed without the
+    garbage collector")."""
+    err.__traceback__ = None
+
+
 def stream_error_bytes(condition: str, text: str | None = None, app_xml: str = "") -> bytes:
     """`<stream:error>` for a stream whose root declared the `stream` prefix (RFC 6120 §4.9.2);
     `app_xml` is an application-specific condition element (§4.9.4), already serialized."""

@@ -6,14 +6,23 @@ in these tests: what is still alive after the last reference went is a reference
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import os
+import signal
+import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ServerProcess, add_accounts
+from test_roster import connect
+from xmpp_raw import RawClient, stanza_error
 
 from fastxmpp.config import LimitsConfig
+from fastxmpp.errors import StanzaError
 from fastxmpp.stream.connection import GONE, Connection, Released
 from fastxmpp.stream.sasl import ScramExchange
 
@@ -55,3 +64,191 @@ def test_a_scram_exchange_is_not_a_cycle() -> None:
     ref = weakref.ref(exchange)
     del exchange
     assert ref() is None
+
+
+class FakeS2S:
+    """What an outgoing server-to-server link asks of the server's S2S."""
+
+    def __init__(self, targets: list[tuple[str, int]] | None) -> None:
+        from types import SimpleNamespace
+
+        from fastxmpp.config import S2SConfig
+
+        self.config = S2SConfig()
+        self.server = SimpleNamespace(
+            config=SimpleNamespace(limits=LimitsConfig()), background=set()
+        )
+        self.links_out: set[Any] = set()
+        self.targets = targets
+        self.resolving = asyncio.Event()
+
+    async def resolve(self, domain: str) -> list[tuple[str, int]]:
+        self.resolving.set()
+        if self.targets is None:
+            await asyncio.Event().wait()  # a lookup that never answers
+        return self.targets or []
+
+    def link_closed(self, link: Any) -> None:
+        pass
+
+    def bounce(self, name: str, attrs: dict[str, Any], condition: str, text: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("targets", [[], None], ids=["no-address", "closed-while-resolving"])
+async def test_an_outgoing_link_that_never_connected_is_not_a_cycle(
+    targets: list[tuple[str, int]] | None,
+) -> None:
+    # A link to a domain that has no address, or that closes (idle, shut down) before its
+    # lookup answers: its connection never saw connection_lost, and its connecting task
+    # ended with an exception whose traceback holds the link.
+    from fastxmpp.stream.s2s import Outgoing
+
+    s2s = FakeS2S(targets)
+    link = Outgoing(s2s, "a.example", "b.example")  # type: ignore[arg-type]
+    await s2s.resolving.wait()
+    if targets is None:
+        link.close()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert link.closing and not s2s.links_out
+    ref = weakref.ref(link)
+    del link
+    assert ref() is None
+
+
+class Refused(Exception):
+    """A store's refusal of a change (over a limit, say)."""
+
+
+async def test_a_refused_store_change_keeps_no_frames(tmp_path: Path) -> None:
+    # The work raised in the writer's transaction: the frames of its traceback hold what
+    # they referred to, up to the writer's job list, whose future holds the exception (a
+    # cycle), or the event loop's whole stack (the stream) when the transaction ran there.
+    from fastxmpp.storage.lmdb_store import Storage
+
+    class Marker:
+        """Something a frame of the refused change refers to."""
+
+    held: list[weakref.ref[Marker]] = []
+
+    def refused(txn: Any) -> None:
+        marker = Marker()
+        held.append(weakref.ref(marker))
+        raise Refused("over the limit")
+
+    with Storage(tmp_path / "data") as storage:
+        future = storage.commit(refused, storage.database("example"))
+        await asyncio.wait([future])
+        assert isinstance(future.exception(), Refused)
+        assert held[0]() is None  # while the future and its exception are still here
+
+
+class Origin:
+    """The stream an iq came from, as far as answer_once_stored uses it."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.answered = asyncio.Event()
+
+    def run_iq_step(self, st: Any, step: Any) -> None:
+        async def answer() -> None:
+            try:
+                await step()
+            except StanzaError as err:
+                self.errors.append(err.condition)
+            self.answered.set()
+
+        self.task: asyncio.Task[None] | None = asyncio.ensure_future(answer())
+
+
+async def test_an_answer_to_a_refused_change_is_not_a_cycle() -> None:
+    # The answer awaits the commit's future, which holds the exception whose traceback holds
+    # the answer's frame, which holds the future.
+    from fastxmpp.modules.base import answer_once_stored
+
+    committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    committed.set_exception(Refused("over the limit"))
+    origin = Origin()
+    answer_once_stored(
+        origin,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        committed,
+        lambda result: b"",
+        lambda exc: StanzaError("policy-violation", str(exc)),
+    )
+    await origin.answered.wait()
+    assert origin.errors == ["policy-violation"]
+    ref = weakref.ref(committed)
+    origin.task = None
+    del committed
+    assert ref() is None
+
+
+PROBE = Path(__file__).parent / "gc_probe"
+PUBSUB = "http://jabber.org/protocol/pubsub"
+TUNE = "http://jabber.org/protocol/tune"
+
+
+def collected_by_the_collector(srv: ServerProcess, out: Path) -> list[str]:
+    """What the server's cyclic collector has freed so far (tests/gc_probe)."""
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    while not out.exists():
+        assert time.monotonic() < deadline, "the server wrote no garbage report"
+        time.sleep(0.05)
+    return out.read_text().splitlines()
+
+
+def test_sessions_that_end_with_errors_leave_no_cycles(
+    ca: Any, ca_file: str, tmp_path: Path, clients: list[RawClient]
+) -> None:
+    """End to end: sessions that got stanza errors (one raised from a handler's local
+    variable, one a store's refusal in the writer's transaction) and then ended, cleanly or
+    not, are freed without the collector: nothing of a stream, its connection, its TLS
+    layer or the frames that handled it is among what the collector freed."""
+    out = tmp_path / "garbage.txt"
+    env = {**os.environ, "PYTHONPATH": str(PROBE), "GC_PROBE_OUT": str(out)}
+    srv = ServerProcess(
+        tmp_path / "s",
+        ca,
+        ("localhost",),
+        "[pep]\nmax_item_size = 2000\nmax_bytes_per_account = 1500\n",
+        env=env,
+    )
+    add_accounts(srv, ["alice", "bob"])
+    srv.start()
+    try:
+        alice = connect(srv, ca_file, clients, "alice")
+        bob = connect(srv, ca_file, clients, "bob")
+        tune = f"<tune xmlns='{TUNE}'><title>{'x' * 1000}</title></tune>"
+        publish = (
+            f"<pubsub xmlns='{PUBSUB}'><publish node='{TUNE}'><item>{tune}</item></publish>"
+            "</pubsub>"
+        )
+        alice.send(f"<iq type='set' id='p1'>{publish}</iq>")
+        assert alice.next().get("type") == "result"
+        # Over the account's bytes: refused by the store, in the writer's transaction.
+        alice.send(f"<iq type='set' id='p2'>{publish}</iq>")
+        assert stanza_error(alice.next()) == "policy-violation"
+        # Not subscribed to alice's presence: the node's access model refuses bob.
+        bob.send(
+            f"<iq type='get' id='g1' to='alice@localhost'><pubsub xmlns='{PUBSUB}'>"
+            f"<items node='{TUNE}'/></pubsub></iq>"
+        )
+        assert stanza_error(bob.next()) == "not-authorized"
+        alice.close()
+        bob.abort()
+        srv.wait_for_log("closed (alice@localhost/r)")
+        srv.wait_for_log("closed (bob@localhost/r)")
+        garbage = collected_by_the_collector(srv, out)
+    finally:
+        srv.stop()
+    per_session = [
+        line
+        for line in garbage
+        if line.startswith(("fastxmpp.stream.", "fastxmpp._parser.", "_ssl.", "frame "))
+        and "/fastxmpp/cli.py" not in line  # the command line's own parsing, at start
+    ]
+    assert per_session == []

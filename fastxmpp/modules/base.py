@@ -77,13 +77,13 @@ def answer_once_stored(
     async def answer() -> bytes:
         try:
             result = await committed
-        except StorageFull:
-            raise StanzaError("resource-constraint", "the server's storage is full") from None
         except Exception as exc:
-            error = refused(exc)
-            if error is None:
-                raise
-            raise error from None
+            # This frame holds `committed`, which holds exc: without the traceback that
+            # refers to this frame, both go by refcount, not by a full collection.
+            exc.__traceback__ = None
+            if isinstance(exc, StorageFull):
+                raise StanzaError("resource-constraint", "the server's storage is full") from None
+            raise refused(exc) or exc from None
         return stored(result)
 
     origin.run_iq_step(st, answer)

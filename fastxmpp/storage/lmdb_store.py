@@ -429,6 +429,14 @@ class _Refused:
     __slots__ = ("exc",)
 
     def __init__(self, exc: Exception) -> None:
+        # Handed on without its traceback: the frames in it (the writer's, or the event
+        # loop's whole stack when the transaction ran there) hold the job list, whose
+        # future holds the exception, a cycle that only a full collection would free.
+        log.debug("a change was refused", exc_info=exc)
+        cause: BaseException | None = exc
+        while cause is not None:
+            cause.__traceback__ = None
+            cause = cause.__cause__ or cause.__context__
         self.exc = exc
 
 

@@ -29,7 +29,7 @@ from lxml import etree
 from .. import ns
 from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
 from .._router import Session
-from ..errors import StanzaError, StreamError, stanza_error_bytes
+from ..errors import StanzaError, StreamError, answered, stanza_error_bytes
 from ..jid import JIDError, normalize_resource
 from ..storage.lmdb_store import StorageFull
 from . import compression, csi, sasl2, sm
@@ -253,12 +253,14 @@ class C2SStream(Session, ClientNegotiation):
             except StanzaError as err:
                 self._reply_error(event, err)
             except StreamError as err:
+                answered(err)
                 self.close_with_error(err.condition, err.text)
             except Exception:
                 log.exception("internal error on stream from %s", self.peer)
                 self.close_with_error("internal-server-error")
 
     def _reply_error(self, st: Stanza, err: StanzaError) -> None:
+        answered(err)
         stype = st.attrs.get("type")
         # RFC 6120 §8.3.1: never answer an error; §8.2.3: never answer an iq result.
         if stype == "error" or (st.name == "iq" and stype == "result"):

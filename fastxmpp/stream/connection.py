@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import descriptors
 from .._parser import StreamParser
 from .._transport import ConnectionInput, ServerTLS
-from ..errors import StreamError, stream_error_bytes
+from ..errors import StreamError, answered, stream_error_bytes
 from .compression import NS_PROTOCOL, CompressedTransport, CompressionError, Inflater
 from .tls import HANDSHAKE_TIMEOUT
 
@@ -365,6 +365,7 @@ class Connection(ConnectionInput, asyncio.Protocol):
             try:
                 await step()
             except StreamError as err:
+                answered(err)
                 self.owner.close_with_error(err.condition, err.text)
             except Exception:
                 log.exception("internal error on %s stream from %s", self.what, self.peer)

@@ -46,7 +46,7 @@ from .._parser import Stanza, StreamHeader
 from .._router import Session
 from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
 from ..jid import JIDError, parse_jid
-from .connection import STREAM_CLOSE, Connection
+from .connection import GONE, STREAM_CLOSE, Connection
 from .xmlstream import (
     PeerOrigin,
     XmlStream,
@@ -420,7 +420,13 @@ class Outgoing(XmlStream):
         self.deadline: asyncio.TimerHandle | None = loop.call_later(
             self.config.connect_timeout, self._timed_out
         )
-        self.task = loop.create_task(self._connect())
+        # Only until it ends: a task that ended by an exception keeps its traceback, whose
+        # frame holds this link (a cycle, freed only by a full collection).
+        self.task: asyncio.Task[None] | None = loop.create_task(self._connect())
+        self.task.add_done_callback(self._connect_ended)
+
+    def _connect_ended(self, task: asyncio.Task[None]) -> None:
+        self.task = None
 
     def submit(self, data: bytes, name: str, attrs: dict[str, Any]) -> None:
         if self.ready and self.transport is not None:
@@ -525,8 +531,13 @@ class Outgoing(XmlStream):
             error = stream_error_bytes(condition) if condition is not None else b""
             self.connection.write(error + STREAM_CLOSE)
             self.connection.close_transport(linger=False)
-        elif not self.task.done() and asyncio.current_task() is not self.task:
-            self.task.cancel()
+        else:
+            if self.task is not None and asyncio.current_task() is not self.task:
+                self.task.cancel()
+            if self.connection is not None:
+                # Never connected: nothing will call connection_lost, which is what lets
+                # a connection give up its owner (Connection.connection_lost).
+                self.connection.owner = GONE
 
     # --- asyncio protocol --------------------------------------------------------------
 

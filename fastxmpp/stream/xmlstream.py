@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .. import ns
 from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
 from .._router import Session
-from ..errors import StanzaError, StreamError, stanza_error_bytes
+from ..errors import StanzaError, StreamError, answered, stanza_error_bytes
 from .connection import STREAM_CLOSE, Connection
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ def route_from_peer(router: Any, origin: Session, st: Stanza, where: str) -> Non
 
 def reply_error(st: Stanza, origin: Session, err: StanzaError) -> None:
     """The error reply to `st`, sent to `origin` from where `st` was addressed."""
+    answered(err)
     stype = st.attrs.get("type")
     # RFC 6120 §8.3.1: never answer an error; §8.2.3: never answer an iq result.
     if stype == "error" or (st.name == "iq" and stype == "result"):
@@ -160,6 +161,7 @@ class XmlStream:
                 elif isinstance(event, XMLStreamError):
                     raise StreamError(event.condition, event.text)
             except StreamError as err:
+                answered(err)
                 self._stream_failed(err)
             except Exception:
                 self.log.exception("%s %s: internal error", self.what, self._describe())
