@@ -150,7 +150,15 @@ def answered(err: StreamError | StanzaError) -> None:
     frames holding the error, and through their callers' frames the stream: freed only by
     the collector's full collection (docs/PERFORMANCE.md, "Connections freed without the
     garbage collector")."""
-    err.__traceback__ = None
+    drop_tracebacks(err)
+
+
+def drop_tracebacks(exc: BaseException) -> None:
+    """`exc` and the exceptions it was raised from or while handling, without tracebacks."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        cause.__traceback__ = None
+        cause = cause.__cause__ or cause.__context__
 
 
 def stream_error_bytes(condition: str, text: str | None = None, app_xml: str = "") -> bytes:

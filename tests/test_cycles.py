@@ -252,3 +252,29 @@ def test_sessions_that_end_with_errors_leave_no_cycles(
         and "/fastxmpp/cli.py" not in line  # the command line's own parsing, at start
     ]
     assert per_session == []
+
+
+def test_an_answered_error_keeps_no_frames() -> None:
+    # A handler turns a store's failure into a stanza error (`raise StanzaError(...) from
+    # None`): the failure is still the error's __context__, with its traceback.
+    from fastxmpp.errors import answered
+
+    class Marker:
+        """Something the failing frame refers to."""
+
+    held: list[weakref.ref[Marker]] = []
+
+    def store() -> None:
+        marker = Marker()
+        held.append(weakref.ref(marker))
+        failure = OSError("no space left on device")
+        raise failure  # this frame holds it: a cycle through the traceback
+
+    try:
+        try:
+            store()
+        except OSError:
+            raise StanzaError("resource-constraint") from None
+    except StanzaError as err:
+        answered(err)
+    assert held[0]() is None

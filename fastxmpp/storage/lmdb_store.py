@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 import lmdb
 import msgpack
 
+from ..errors import drop_tracebacks
+
 log = logging.getLogger("fastxmpp.storage")
 T = TypeVar("T")
 
@@ -433,10 +435,7 @@ class _Refused:
         # loop's whole stack when the transaction ran there) hold the job list, whose
         # future holds the exception, a cycle that only a full collection would free.
         log.debug("a change was refused", exc_info=exc)
-        cause: BaseException | None = exc
-        while cause is not None:
-            cause.__traceback__ = None
-            cause = cause.__cause__ or cause.__context__
+        drop_tracebacks(exc)
         self.exc = exc
 
 
