@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from xml.sax.saxutils import quoteattr
 
-from ..errors import StanzaError
+from ..errors import StanzaError, drop_tracebacks
 from ..pipeline import Pipeline
 from ..storage.lmdb_store import StorageFull
 from ..storage.module_store import ModuleStore
@@ -80,7 +80,7 @@ def answer_once_stored(
         except Exception as exc:
             # This frame holds `committed`, which holds exc: without the traceback that
             # refers to this frame, both go by refcount, not by a full collection.
-            exc.__traceback__ = None
+            drop_tracebacks(exc)
             if isinstance(exc, StorageFull):
                 raise StanzaError("resource-constraint", "the server's storage is full") from None
             raise refused(exc) or exc from None
