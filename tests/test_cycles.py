@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from conftest import ServerProcess, add_accounts
 from test_roster import connect
+from test_stream_management import SM, resume
+from test_stream_management import login as sm_login
 from xmpp_raw import RawClient, stanza_error
 
 from fastxmpp.config import LimitsConfig
@@ -201,23 +203,25 @@ def collected_by_the_collector(srv: ServerProcess, out: Path) -> list[str]:
     return out.read_text().splitlines()
 
 
-def test_sessions_that_end_with_errors_leave_no_cycles(
+def test_ended_sessions_leave_no_cycles(
     ca: Any, ca_file: str, tmp_path: Path, clients: list[RawClient]
 ) -> None:
     """End to end: sessions that got stanza errors (one raised from a handler's local
     variable, one a store's refusal in the writer's transaction) and then ended, cleanly or
-    not, are freed without the collector: nothing of a stream, its connection, its TLS
-    layer or the frames that handled it is among what the collector freed."""
+    not, and XEP-0198 sessions resumed or expired, are freed without the collector: nothing
+    of a stream, its connection, its TLS layer or the frames that handled it is among what
+    the collector freed."""
     out = tmp_path / "garbage.txt"
     env = {**os.environ, "PYTHONPATH": str(PROBE), "GC_PROBE_OUT": str(out)}
     srv = ServerProcess(
         tmp_path / "s",
         ca,
         ("localhost",),
-        "[pep]\nmax_item_size = 2000\nmax_bytes_per_account = 1500\n",
+        "[pep]\nmax_item_size = 2000\nmax_bytes_per_account = 1500\n"
+        "[stream_management]\nresume_timeout = 1\n",
         env=env,
     )
-    add_accounts(srv, ["alice", "bob"])
+    add_accounts(srv, ["alice", "bob", "carol", "dave"])
     srv.start()
     try:
         alice = connect(srv, ca_file, clients, "alice")
@@ -242,6 +246,18 @@ def test_sessions_that_end_with_errors_leave_no_cycles(
         bob.abort()
         srv.wait_for_log("closed (alice@localhost/r)")
         srv.wait_for_log("closed (bob@localhost/r)")
+        # XEP-0198: a session resumed on a new connection after its first was dropped,
+        # then closed; and one that waited for a resumption in vain.
+        carol = sm_login(srv, ca_file, clients, "carol")
+        carol.enable()
+        carol.c.abort()
+        carol, answer = resume(srv, ca_file, clients, carol, 0)
+        assert answer.tag == f"{{{SM}}}resumed"
+        carol.c.close()
+        dave = sm_login(srv, ca_file, clients, "dave")
+        dave.enable()
+        dave.c.abort()
+        srv.wait_for_log("dave@localhost/r was not resumed in time")
         garbage = collected_by_the_collector(srv, out)
     finally:
         srv.stop()
