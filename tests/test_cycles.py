@@ -142,8 +142,11 @@ async def test_a_refused_store_change_keeps_no_frames(tmp_path: Path) -> None:
     with Storage(tmp_path / "data") as storage:
         future = storage.commit(refused, storage.database("example"))
         await asyncio.wait([future])
-        assert isinstance(future.exception(), Refused)
+        exc = future.exception()
+        assert isinstance(exc, Refused)
         assert held[0]() is None  # while the future and its exception are still here
+        # Where it was raised is still told, as text (a note the log prints).
+        assert "in refused" in "".join(exc.__notes__)
 
 
 class Origin:

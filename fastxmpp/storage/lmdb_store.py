@@ -16,6 +16,7 @@ import queue
 import struct
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -433,8 +434,11 @@ class _Refused:
     def __init__(self, exc: Exception) -> None:
         # Handed on without its traceback: the frames in it (the writer's, or the event
         # loop's whole stack when the transaction ran there) hold the job list, whose
-        # future holds the exception, a cycle that only a full collection would free.
-        log.debug("a change was refused", exc_info=exc)
+        # future holds the exception, a cycle that only a full collection would free. Where
+        # it was raised stays with it as text, for the log of whoever gets an unexpected one.
+        exc.add_note(
+            "raised in the store's change:\n" + "".join(traceback.format_tb(exc.__traceback__))
+        )
         drop_tracebacks(exc)
         self.exc = exc
 
