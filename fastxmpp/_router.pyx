@@ -223,9 +223,78 @@ cpdef bytes forwardable(Stanza st, str sender, str to):
             if decl[0] is None:
                 declared = True
                 break
-    if not declared:
+    # A stanza that uses a prefix of the stream root is written anew, with the declarations
+    # it needs, jabber:client included: a second xmlns would make it malformed.
+    if not declared and not st.needs_reserialize:
         changes["xmlns"] = CLIENT_NS
     return st.with_attrs(changes)
+
+
+cdef bytes _plain_attr(str name, str value):
+    """' name="value"' when the value needs no escaping (as `_attr` and the parser's splice
+    write it then), else None."""
+    cdef bytes encoded = value.encode("utf-8")
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(encoded)
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(len(encoded)):
+        c = p[i]
+        if c == 38 or c == 60 or c == 62 or c == 34 or c == 39 or c == 9 or c == 10 or c == 13:
+            return None
+    return b" " + name.encode() + b'="' + encoded + b'"'
+
+
+cpdef tuple archive_copies(Stanza st, str sender, str to, bytes child):
+    """The two copies the message archive makes of a message to a local account
+    (modules/mam.py `received`), in one pass over the received bytes: (what is delivered:
+    'from' `sender` and, unless `to` is None, 'to' `to` put in the start tag, and `child`
+    (the stanza-id) as last child; what is archived: the same start tag declared in
+    jabber:client, without `child`). Byte for byte `append_child(st.with_attrs(...),
+    child)` and `forwardable(st, sender, to)`; None where those take their general path (an
+    empty element, a 'from' already there, a value that needs escaping, a prefix declared
+    on the stream root)."""
+    cdef bytes stamp, to_attr = b"", xmlns = b' xmlns="' + CLIENT_NS.encode() + b'"'
+    cdef tuple decl
+    if st.needs_reserialize or st.empty or "from" in st.attrs:
+        return None
+    stamp = _plain_attr("from", sender)
+    if stamp is None:
+        return None
+    if to is not None:
+        if "to" in st.attrs:
+            return None
+        to_attr = _plain_attr("to", to)
+        if to_attr is None:
+            return None
+    if st.nsdecls is not None:
+        for decl in st.nsdecls:
+            if decl[0] is None:
+                xmlns = b""
+                break
+    cdef bytes raw = st.raw
+    cdef const char *src = PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t size = len(raw), cut = st.start_len - 1, close = raw.rfind(b"</")
+    cdef Py_ssize_t n_stamp = len(stamp), n_to = len(to_attr), n_child = len(child)
+    cdef Py_ssize_t n_xmlns = len(xmlns), at
+    cdef bytes delivered = PyBytes_FromStringAndSize(NULL, size + n_stamp + n_to + n_child)
+    cdef bytes archived = PyBytes_FromStringAndSize(NULL, size + n_stamp + n_to + n_xmlns)
+    cdef char *out = PyBytes_AS_STRING(delivered)
+    memcpy(out, src, cut)
+    memcpy(out + cut, PyBytes_AS_STRING(stamp), n_stamp)
+    memcpy(out + cut + n_stamp, PyBytes_AS_STRING(to_attr), n_to)
+    at = cut + n_stamp + n_to
+    memcpy(out + at, src + cut, close - cut)
+    at += close - cut
+    memcpy(out + at, PyBytes_AS_STRING(child), n_child)
+    memcpy(out + at + n_child, src + close, size - close)
+    out = PyBytes_AS_STRING(archived)
+    memcpy(out, src, cut)
+    memcpy(out + cut, PyBytes_AS_STRING(stamp), n_stamp)
+    memcpy(out + cut + n_stamp, PyBytes_AS_STRING(to_attr), n_to)
+    memcpy(out + cut + n_stamp + n_to, PyBytes_AS_STRING(xmlns), n_xmlns)
+    at = cut + n_stamp + n_to + n_xmlns
+    memcpy(out + at, src + cut, size - cut)
+    return delivered, archived
 
 
 cpdef bytes forwarded_message(str from_jid, str to, str mtype, str wrapper, bytes inner,

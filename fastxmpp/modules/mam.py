@@ -61,6 +61,7 @@ from lxml import etree
 from .. import ns
 from .._router import (
     append_child,
+    archive_copies,
     delay_element,
     forwardable,
     forwarded_message,
@@ -420,21 +421,28 @@ class MamModule(Module):
         if "to" not in attrs:
             changes["to"] = bare
         number = self.store.next_number()
-        if forged:
-            archived = stamped = without_sid(st, bare, changes)
-        else:
-            stamped = st.with_attrs(changes)
-            archived = forwardable(st, origin.full, bare)
-            self._forwarded = (st, archived)
-        row = (account_prefix(domain, local), number, time.time(), origin.bare, "in", archived)
-        self._stamped = (st, row)
         head = self._sid_heads.get(bare)
         if head is None:
             if len(self._sid_heads) > 10000:
                 self._sid_heads.clear()
             head = f"<stanza-id xmlns='{NS_SID}' by={quoteattr(bare)} id='".encode()
             self._sid_heads[bare] = head
-        return append_child(stamped, b"%s%016x'/>" % (head, number))
+        sid = b"%s%016x'/>" % (head, number)
+        if forged:
+            archived = without_sid(st, bare, changes)
+            delivered = append_child(archived, sid)
+        else:
+            # Both copies in one pass over the message (the common case), else piece by piece.
+            copies = archive_copies(st, origin.full, changes.get("to"), sid)
+            if copies is None:
+                archived = forwardable(st, origin.full, bare)
+                delivered = append_child(st.with_attrs(changes), sid)
+            else:
+                delivered, archived = copies
+            self._forwarded = (st, archived)
+        row = (account_prefix(domain, local), number, time.time(), origin.bare, "in", archived)
+        self._stamped = (st, row)
+        return delivered
 
     def archive_received(
         self,
