@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import xmpp_raw
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server, run_cli
 from lxml import etree
 from slixmpp import ClientXMPP
@@ -177,6 +178,31 @@ def test_both_directions_and_stanza_id(login: Any, names: Iterator[str]) -> None
     inner = results[0].find(f"{{{FORWARD}}}forwarded/{MESSAGE}")
     assert inner.get("from") == a.full and inner.get("to") == b.bare
     assert fin(reply)[0] is True
+
+
+def test_a_prefix_declared_on_the_stream_root(
+    login: Any, names: Iterator[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender whose stream root declares a prefix its message uses (legal XML, RFC 6120
+    §4.8.3): the server writes that message anew, and its archived copy is well-formed,
+    in jabber:client, with the prefixed child intact (it once got a second xmlns, which
+    broke every archive query that returned it)."""
+    ext = "urn:example:ext"
+    root = xmpp_raw.HEADER.replace(" version='1.0'>", f" xmlns:ext='{ext}' version='1.0'>")
+    monkeypatch.setattr(xmpp_raw, "HEADER", root)
+    a = login(next(names))
+    monkeypatch.undo()
+    b = login(next(names))
+    a.send(f"<message to='{b.bare}' type='chat'><body>rooted</body><ext:mark/></message>")
+    a.inbox()
+    (got,) = b.messages()
+    assert got.find(f"{{{ext}}}mark") is not None
+    for owner in (a, b):
+        results, reply = owner.query()
+        assert bodies(results) == ["rooted"]
+        inner = results[0].find(f"{{{FORWARD}}}forwarded/{MESSAGE}")
+        assert inner.find(f"{{{ext}}}mark") is not None
+        assert fin(reply)[0] is True
 
 
 def test_blocked_sender_not_archived(login: Any, names: Iterator[str]) -> None:
