@@ -86,15 +86,23 @@ cdef Py_ssize_t _tag_end(bytes data):
 cdef bytes _attr(str name, str value):
     """' name="value"', byte for byte what `quoteattr` makes; without its string
     replacements for the values that need none (JIDs nearly always)."""
+    cdef bytes plain = _plain_attr(name, value)
+    if plain is not None:
+        return plain
+    return (" " + name + "=" + quoteattr(value)).encode()
+
+
+cdef bytes _plain_attr(str name, str value):
+    """' name="value"' when the value needs no escaping, nor a choice of quote by
+    `quoteattr` (& < > " ' and tab, newline, return decide); else None."""
     cdef bytes encoded = value.encode("utf-8")
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(encoded)
-    cdef Py_ssize_t i, size = len(encoded)
+    cdef Py_ssize_t i
     cdef unsigned char c
-    for i in range(size):
+    for i in range(len(encoded)):
         c = p[i]
-        # what quoteattr escapes or picks its quote by: & < > " ' and \t \n \r
         if c == 38 or c == 60 or c == 62 or c == 34 or c == 39 or c == 9 or c == 10 or c == 13:
-            return (" " + name + "=" + quoteattr(value)).encode()
+            return None
     return b" " + name.encode() + b'="' + encoded + b'"'
 
 
@@ -228,20 +236,6 @@ cpdef bytes forwardable(Stanza st, str sender, str to):
     if not declared and not st.needs_reserialize:
         changes["xmlns"] = CLIENT_NS
     return st.with_attrs(changes)
-
-
-cdef bytes _plain_attr(str name, str value):
-    """' name="value"' when the value needs no escaping (as `_attr` and the parser's splice
-    write it then), else None."""
-    cdef bytes encoded = value.encode("utf-8")
-    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(encoded)
-    cdef Py_ssize_t i
-    cdef unsigned char c
-    for i in range(len(encoded)):
-        c = p[i]
-        if c == 38 or c == 60 or c == 62 or c == 34 or c == 39 or c == 9 or c == 10 or c == 13:
-            return None
-    return b" " + name.encode() + b'="' + encoded + b'"'
 
 
 cpdef tuple archive_copies(Stanza st, str sender, str to, bytes child):
