@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import CHUNK_SIZE, STREAM_HEADER, CountingTransport, FakeLoop, chunked, record_rate
 from fastxmpp._parser import Stanza, StreamParser
-from fastxmpp._router import Router, Session
+from fastxmpp._router import Router, Session, append_child, archive_copies, forwardable
 
 from fastxmpp.jid import parse_jid
 
@@ -238,3 +238,32 @@ def test_presence_broadcast(benchmark: Any) -> None:
     turns = benchmark(route_repeatedly, pair, stanza)
     assert pair.contacts[-1].transport.last.count(b"<presence") == PER_LOOP_TURN
     record_rate(benchmark, deliveries=turns * PER_LOOP_TURN * CONTACTS)
+
+
+def _archive_copies_piece_by_piece(st: Stanza, sender: str, to: str, sid: bytes) -> tuple:
+    # What modules/mam.py `received` did before `archive_copies`: three edits, three copies.
+    changes = {"from": sender}
+    if "to" not in st.attrs:
+        changes["to"] = to
+    return append_child(st.with_attrs(changes), sid), forwardable(st, sender, to)
+
+
+@pytest.mark.parametrize("how", ["piece_by_piece", "one_pass"])
+def test_archive_copies(benchmark: Any, how: str) -> None:
+    """The two copies the message archive makes of each message to a local account: the
+    delivered one (from stamped, stanza-id appended) and the archived one (from, to and
+    jabber:client declared)."""
+    stanza = parse_one(chat(f"bob@{DOMAIN}", 0))
+    sender, to = f"alice@{DOMAIN}/phone", f"bob@{DOMAIN}"
+    sid = b"<stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.com' id='00000000000004d2'/>"
+    make = _archive_copies_piece_by_piece if how == "piece_by_piece" else archive_copies
+    assert make(stanza, sender, None, sid) == _archive_copies_piece_by_piece(
+        stanza, sender, to, sid
+    )
+
+    def run() -> None:
+        for _ in range(DELIVERIES):
+            make(stanza, sender, None, sid)
+
+    benchmark(run)
+    record_rate(benchmark, messages=DELIVERIES)
