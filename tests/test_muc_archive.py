@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import xmpp_raw
 from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
 from lxml import etree
 from slix_client import SlixClient
@@ -261,6 +262,24 @@ def test_live_stanza_ids_are_the_archive_ids(login: Any) -> None:
     history = [el for el in seen if el.tag == MESSAGE and el.find(f"{{{CLIENT}}}body") is not None]
     # ("hidden", <no-store/>, is in the history without one)
     assert [stanza_ids(el, room) for el in history] == [*live[:2], []]
+
+
+def test_a_prefix_declared_on_the_stream_root(login: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A groupchat message using a prefix its sender's stream root declares is written anew
+    with its declarations: the room's archived copy is well-formed, in jabber:client, its
+    prefixed child intact (it once got a second xmlns)."""
+    ext = "urn:example:ext"
+    root = xmpp_raw.HEADER.replace(" version='1.0'>", f" xmlns:ext='{ext}' version='1.0'>")
+    monkeypatch.setattr(xmpp_raw, "HEADER", root)
+    ann = login()
+    monkeypatch.undo()
+    room = create(ann, form=PERSISTENT)
+    ann.send(f"<message to='{room}' type='groupchat'><body>rooted</body><ext:mark/></message>")
+    sync(ann.c)
+    results, reply = query(ann, room)
+    assert fin(reply)[0]
+    assert texts(results) == ["rooted"]
+    assert archived(results[0]).find(f"{{{ext}}}mark") is not None
 
 
 def test_paging_and_with(login: Any) -> None:

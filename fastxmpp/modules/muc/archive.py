@@ -126,7 +126,9 @@ def _declared(st: Stanza, sender: str) -> bytes:
     """The message for inside a <forwarded/>: declared in jabber:client, which it no longer
     inherits from the stream there."""
     changes: dict[str, str | None] = {"from": sender, "to": None}
-    if not any(prefix is None for prefix, _ in st.nsdecls or ()):
+    # (A message that uses a prefix of the stream root is written anew with what it needs
+    # declared, jabber:client included: a second xmlns would make it malformed.)
+    if not st.needs_reserialize and not any(prefix is None for prefix, _ in st.nsdecls or ()):
         changes["xmlns"] = CLIENT
     record: bytes = st.with_attrs(changes)
     return record
