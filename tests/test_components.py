@@ -262,6 +262,28 @@ def test_raw_handshake_and_header(srv: ServerProcess) -> None:
         c.close()
 
 
+def test_raw_a_stanza_declaring_jabber_client_arrives_in_the_component_namespace(
+    srv: ServerProcess, ca_file: str
+) -> None:
+    """A client's stanza that declares jabber:client itself reaches the component in
+    jabber:component:accept, as every other stanza does (XEP-0114, RFC 6120 §4.8.3)."""
+    component = open_component(srv)
+    client = login(srv, ca_file)
+    try:
+        assert handshake(component).tag == f"{{{COMPONENT_NS}}}handshake"
+        client.send(
+            f"<message xmlns='jabber:client' to='user@{GATEWAY}' type='chat'>"
+            "<body>declared</body><x xmlns='urn:example:x'/></message>"
+        )
+        got = component.next()
+        assert got.tag == f"{{{COMPONENT_NS}}}message"
+        assert got.findtext(f"{{{COMPONENT_NS}}}body") == "declared"
+        assert got.find("{urn:example:x}x") is not None
+    finally:
+        client.close()
+        component.close()
+
+
 @pytest.mark.parametrize(
     ("domain", "secret", "condition"),
     [

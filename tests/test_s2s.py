@@ -213,6 +213,29 @@ def test_message_across_with_sasl_external(trusted: Federation, login: Any) -> N
     a.wait_for_log("b.test authenticated (SASL EXTERNAL)")
 
 
+def test_stanzas_declaring_jabber_client_cross_in_jabber_server(
+    trusted: Federation, login: Any
+) -> None:
+    """A client may declare jabber:client on its stanza itself (a redundant declaration),
+    or use a prefix its stream root declares (the server writes that stanza anew, with
+    the declaration): on the link the stanza must be in jabber:server (RFC 6120 §4.8.3),
+    not in jabber:client, which the receiving server cannot take as a stanza."""
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    alice = login(a, "alice@a.test")
+    bob = login(b, "bob@b.test")
+    alice.send(
+        "<message xmlns='jabber:client' to='bob@b.test' type='chat'><body>declared</body>"
+        "</message>"
+        "<message to='bob@b.test' type='chat'><body>rooted</body>"
+        "<stream:x xmlns:q='urn:example:q'/></message>"
+        "<message to='bob@b.test' type='chat'><body>after</body></message>"
+    )
+    got = [wait_for(bob, tag("message")) for _ in range(3)]
+    assert [m.findtext(f"{{{CLIENT}}}body") for m in got] == ["declared", "rooted", "after"]
+    assert got[1].find("{http://etherx.jabber.org/streams}x") is not None
+    assert "unsupported-stanza-type" not in b.log_text() + a.log_text()
+
+
 def test_message_across_with_dialback(untrusted: Federation, login: Any) -> None:
     c, d = untrusted.servers["c.test"], untrusted.servers["d.test"]
     carol = login(c, "carol@c.test")

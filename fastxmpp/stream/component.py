@@ -34,6 +34,7 @@ from .xmlstream import (
     XmlStream,
     accepted,
     check_stream_root,
+    for_peer_stream,
     reply_error,
     route_from_peer,
 )
@@ -123,7 +124,7 @@ class Components:
             if st.name == "presence":
                 return  # nobody to tell, silently dropped as presence is
             raise StanzaError("service-unavailable", f"{domain} is not connected")
-        stream.write(st.with_attrs({"from": origin.full}))
+        stream.write(for_peer_stream(st, {"from": origin.full}))
 
     def deliver(self, data: bytes, domain: str) -> bool:
         """Bytes a module made for a JID at a component's domain (presence to a gateway

@@ -53,6 +53,7 @@ from .xmlstream import (
     accepted,
     check_stream_root,
     features_xml,
+    for_peer_stream,
     reply_error,
     route_from_peer,
 )
@@ -257,7 +258,7 @@ class S2S:
         if origin.is_remote:
             # RFC 6120 §13.3: we relay nothing between two other servers.
             raise StanzaError("remote-server-not-found", "this server relays for nobody")
-        data = st.with_attrs({"from": origin.full})
+        data = for_peer_stream(st, {"from": origin.full})
         self.send(origin.domain, target[1], data, st.name, {**st.attrs, "from": origin.full})
 
     def deliver(self, data: bytes, to: str, local_domain: str | None = None) -> None:

@@ -16,6 +16,8 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from lxml import etree
+
 from .. import ns
 from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
 from .._router import Session
@@ -24,6 +26,42 @@ from .connection import STREAM_CLOSE, Connection
 
 if TYPE_CHECKING:
     import ssl
+
+
+# Bytes the server made itself (a stanza it wrote anew): no entities, no network.
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
+
+
+def for_peer_stream(st: Stanza, changes: dict[str, str | None]) -> bytes:
+    """A client's stanza with `changes` to its outer attributes, for the stream of another
+    server or a component: as received when it inherits jabber:client from its stream, so
+    that it inherits the content namespace of that stream (jabber:server, jabber:component:
+    accept; RFC 6120 §4.8.3); written without its own declaration of jabber:client when it
+    has one or was written anew (a prefix of its sender's stream root declares it), else the
+    peer would get a jabber:client element where a stanza goes (our own links end the stream
+    for that)."""
+    data: bytes = st.with_attrs(changes)
+    if not st.needs_reserialize and not any(prefix is None for prefix, _ in st.nsdecls or ()):
+        return data
+    root = etree.fromstring(data, _PARSER)
+    inherited = "{" + ns.CLIENT + "}"
+
+    def unqualify(element: Any) -> None:
+        # Only what is in jabber:client through the stanza: a stanza forwarded inside it
+        # (XEP-0297) declares jabber:client itself and keeps it.
+        element.tag = element.tag[len(inherited) :]
+        for child in element:
+            if isinstance(child.tag, str) and child.tag.startswith(inherited):
+                unqualify(child)
+
+    unqualify(root)
+    nsmap = {k: v for k, v in root.nsmap.items() if k is not None}
+    bare = etree.Element(root.tag, attrib=dict(root.attrib), nsmap=nsmap)
+    bare.text = root.text
+    for child in list(root):
+        bare.append(child)
+    etree.cleanup_namespaces(bare)
+    return bytes(etree.tostring(bare))
 
 
 def check_stream_root(header: StreamHeader, content_ns: str) -> None:
