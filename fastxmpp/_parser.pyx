@@ -145,6 +145,11 @@ cdef inline str _decode(const char *s, Py_ssize_t n):
     return PyUnicode_DecodeUTF8(s, n, NULL)
 
 
+cdef str _CLIENT_NS = "jabber:client"
+cdef str _SERVER_NS = "jabber:server"
+cdef str _COMPONENT_NS = "jabber:component:accept"
+
+
 cdef tuple _split_name(const char *name):
     """'uri SEP local SEP prefix' -> (uri, local, prefix); ('', name, None) without a URI."""
     cdef const char *p1 = strchr(name, SEP_CHAR)
@@ -641,6 +646,12 @@ cdef class StreamParser:
                 return 0
             if self._depth == 2:
                 ns, local, _ = _split_name(name)
+                if ns == self._current.ns and (ns == _SERVER_NS or ns == _COMPONENT_NS):
+                    # A stanza's own children (body, subject, thread, error) are listed in
+                    # jabber:client whatever the stream: RFC 6120 gives jabber:server (and
+                    # XEP-0114 jabber:component:accept) stanzas the same schema, and the
+                    # modules look for (jabber:client, "body") in a peer's message too.
+                    ns = _CLIENT_NS
                 self._current.children.append((ns, local))
             if not self._reserialize:
                 pfx = _prefix_of(name)

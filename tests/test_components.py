@@ -284,6 +284,30 @@ def test_raw_a_stanza_declaring_jabber_client_arrives_in_the_component_namespace
         component.close()
 
 
+def test_raw_a_component_stanza_declaring_its_namespace_reaches_clients_in_jabber_client(
+    srv: ServerProcess, ca_file: str
+) -> None:
+    """A component may declare jabber:component:accept on each stanza itself: what the
+    local client gets is in jabber:client all the same (RFC 6120 §4.8.3), not in a namespace
+    it ignores."""
+    component = open_component(srv)
+    client = srv.client()
+    jid = client.login(ca_file, next(NAMES), PASSWORD, "raw")
+    try:
+        assert handshake(component).tag == f"{{{COMPONENT_NS}}}handshake"
+        component.send(
+            f"<message xmlns='{COMPONENT_NS}' from='user@{GATEWAY}' to='{jid}' type='chat'>"
+            "<body>declared</body><x xmlns='urn:example:x'/></message>"
+        )
+        got = client.next()
+        assert got.tag == "{jabber:client}message"
+        assert got.findtext("{jabber:client}body") == "declared"
+        assert got.find("{urn:example:x}x") is not None
+    finally:
+        client.close()
+        component.close()
+
+
 @pytest.mark.parametrize(
     ("domain", "secret", "condition"),
     [

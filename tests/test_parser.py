@@ -240,3 +240,22 @@ def test_failed_parser_stays_failed() -> None:
     assert isinstance(parser.feed(HEADER + b"<a><b></a>")[-1], XMLStreamError)
     again = parser.feed(b"<presence/>")
     assert len(again) == 1 and isinstance(again[0], XMLStreamError)
+
+
+@pytest.mark.parametrize("content_ns", ["jabber:server", "jabber:component:accept"])
+def test_a_peer_stanzas_own_children_are_listed_in_jabber_client(content_ns: str) -> None:
+    # RFC 6120 gives jabber:server stanzas the schema of jabber:client ones (and XEP-0114
+    # jabber:component:accept): modules look for (jabber:client, "body") in any message.
+    parser = StreamParser()
+    events = parser.feed(
+        f"<stream:stream xmlns='{content_ns}' xmlns:stream='http://etherx.jabber.org/streams'"
+        " to='example.org' version='1.0'><message to='a@example.org'><body>hi</body>"
+        "<x xmlns='urn:example:x'/><thread>t</thread></message>".encode()
+    )
+    (st,) = [e for e in events if type(e) is Stanza]
+    assert st.ns == content_ns  # the stanza itself keeps its stream's namespace
+    assert st.children == [
+        ("jabber:client", "body"),
+        ("urn:example:x", "x"),
+        ("jabber:client", "thread"),
+    ]

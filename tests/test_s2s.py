@@ -236,6 +236,31 @@ def test_stanzas_declaring_jabber_client_cross_in_jabber_server(
     assert "unsupported-stanza-type" not in b.log_text() + a.log_text()
 
 
+def test_a_message_from_another_server_is_archived_for_its_recipient(
+    trusted: Federation, login: Any
+) -> None:
+    """XEP-0313 for a remote sender's message: its stanza-id comes with it, and the
+    recipient's archive query returns it. (The parser listed a peer's <body/> in
+    jabber:server, which the archive, carbons, CSI and push did not take for a body.)"""
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    alice = login(a, "alice@a.test")
+    bob = login(b, "bob@b.test")
+    alice.send("<message to='bob@b.test' type='chat' id='mam1'><body>archive me</body></message>")
+    msg = wait_for(bob, lambda el: el.get("id") == "mam1")
+    sid = msg.find("{urn:xmpp:sid:0}stanza-id")
+    assert sid is not None and sid.get("by") == "bob@b.test"
+    mam = "urn:xmpp:mam:2"
+    bob.send(f"<iq type='set' id='q1'><query xmlns='{mam}' queryid='q1'/></iq>")
+    found = []
+    while (el := bob.next()).get("id") != "q1":
+        result = el.find(f"{{{mam}}}result")
+        if result is not None:
+            found.append(result)
+    bodies = [r.findtext(f".//{{{CLIENT}}}body") for r in found]
+    assert "archive me" in bodies
+    assert found[bodies.index("archive me")].get("id") == sid.get("id")
+
+
 def test_message_across_with_dialback(untrusted: Federation, login: Any) -> None:
     c, d = untrusted.servers["c.test"], untrusted.servers["d.test"]
     carol = login(c, "carol@c.test")

@@ -242,7 +242,7 @@ class PushModule(Module):
             return
         body = None
         if self.settings.include_body:
-            body = st.element().findtext(f"{{{NS_CLIENT}}}body")
+            body = st.element().findtext(f"{{{st.ns}}}body")  # (jabber:server from a peer)
         for jid, node, resource, form in registrations:
             if reached and resource not in inactive:
                 # Reached live: only a client in the background that enabled this

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from .. import ns
-from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
+from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamError
 from .._router import Session
 from ..errors import StanzaError, StreamError, answered, stanza_error_bytes
 from .connection import STREAM_CLOSE, Connection
@@ -41,22 +41,54 @@ def for_peer_stream(st: Stanza, changes: dict[str, str | None]) -> bytes:
     peer would get a jabber:client element where a stanza goes (our own links end the stream
     for that)."""
     data: bytes = st.with_attrs(changes)
-    if not st.needs_reserialize and not any(prefix is None for prefix, _ in st.nsdecls or ()):
+    if not _declares_its_namespace(st):
         return data
+    return _unqualified(data, st.ns)
+
+
+def as_client_stanza(st: Stanza) -> Stanza:
+    """A stanza of another server or a component, as if it had inherited its content
+    namespace: one that declares jabber:server (jabber:component:accept) itself or uses a
+    prefix of its stream's root is read again without that declaration, in a jabber:client
+    stream, so that what local clients get of it is in jabber:client (RFC 6120 §4.8.3) and
+    not in a namespace they ignore."""
+    if not _declares_its_namespace(st):
+        return st
+    data = _unqualified(st.with_attrs({}), st.ns)
+    events = StreamParser().feed(_CLIENT_ROOT + data)
+    return next((e for e in events if type(e) is Stanza), st)
+
+
+_CLIENT_ROOT = (
+    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+)
+
+
+def _declares_its_namespace(st: Stanza) -> bool:
+    return st.needs_reserialize or any(prefix is None for prefix, _ in st.nsdecls or ())
+
+
+def _unqualified(data: bytes, content_ns: str) -> bytes:
+    """The stanza `data`, in `content_ns` by its own declaration, without that declaration:
+    it and what inherits the namespace from it go unqualified, into whatever stream they
+    are written to."""
     root = etree.fromstring(data, _PARSER)
-    inherited = "{" + ns.CLIENT + "}"
+    inherited = "{" + content_ns + "}"
 
     def unqualify(element: Any) -> None:
-        # Only what is in jabber:client through the stanza: a stanza forwarded inside it
-        # (XEP-0297) declares jabber:client itself and keeps it.
+        # Only what is in the content namespace through the stanza: a stanza forwarded
+        # inside it (XEP-0297) declares jabber:client itself and keeps it.
         element.tag = element.tag[len(inherited) :]
         for child in element:
             if isinstance(child.tag, str) and child.tag.startswith(inherited):
                 unqualify(child)
 
+    if not (isinstance(root.tag, str) and root.tag.startswith(inherited)):
+        return data
     unqualify(root)
-    nsmap = {k: v for k, v in root.nsmap.items() if k is not None}
-    bare = etree.Element(root.tag, attrib=dict(root.attrib), nsmap=nsmap)
+    bare = etree.Element(
+        root.tag, attrib=dict(root.attrib), nsmap={k: v for k, v in root.nsmap.items() if k}
+    )
     bare.text = root.text
     for child in list(root):
         bare.append(child)
@@ -114,7 +146,7 @@ def route_from_peer(router: Any, origin: Session, st: Stanza, where: str) -> Non
     failure on it, goes back to the sender as an error reply, and the link goes on (one bad
     stanza must not cut every user of the link off)."""
     try:
-        router.route(origin, st)
+        router.route(origin, as_client_stanza(st))
     except StanzaError as err:
         reply_error(st, origin, err)
     except StreamError:
