@@ -262,47 +262,31 @@ def test_raw_handshake_and_header(srv: ServerProcess) -> None:
         c.close()
 
 
-def test_raw_a_stanza_declaring_jabber_client_arrives_in_the_component_namespace(
+def test_raw_stanzas_declaring_their_namespace_cross_in_the_other_streams(
     srv: ServerProcess, ca_file: str
 ) -> None:
     """A client's stanza that declares jabber:client itself reaches the component in
-    jabber:component:accept, as every other stanza does (XEP-0114, RFC 6120 §4.8.3)."""
-    component = open_component(srv)
-    client = login(srv, ca_file)
-    try:
-        assert handshake(component).tag == f"{{{COMPONENT_NS}}}handshake"
-        client.send(
-            f"<message xmlns='jabber:client' to='user@{GATEWAY}' type='chat'>"
-            "<body>declared</body><x xmlns='urn:example:x'/></message>"
-        )
-        got = component.next()
-        assert got.tag == f"{{{COMPONENT_NS}}}message"
-        assert got.findtext(f"{{{COMPONENT_NS}}}body") == "declared"
-        assert got.find("{urn:example:x}x") is not None
-    finally:
-        client.close()
-        component.close()
-
-
-def test_raw_a_component_stanza_declaring_its_namespace_reaches_clients_in_jabber_client(
-    srv: ServerProcess, ca_file: str
-) -> None:
-    """A component may declare jabber:component:accept on each stanza itself: what the
-    local client gets is in jabber:client all the same (RFC 6120 §4.8.3), not in a namespace
-    it ignores."""
+    jabber:component:accept, and a component's that declares jabber:component:accept
+    reaches the client in jabber:client, as every other stanza does (XEP-0114, RFC 6120
+    §4.8.3): not in a namespace the other side ignores."""
     component = open_component(srv)
     client = srv.client()
     jid = client.login(ca_file, next(NAMES), PASSWORD, "raw")
     try:
         assert handshake(component).tag == f"{{{COMPONENT_NS}}}handshake"
-        component.send(
-            f"<message xmlns='{COMPONENT_NS}' from='user@{GATEWAY}' to='{jid}' type='chat'>"
-            "<body>declared</body><x xmlns='urn:example:x'/></message>"
-        )
-        got = client.next()
-        assert got.tag == "{jabber:client}message"
-        assert got.findtext("{jabber:client}body") == "declared"
-        assert got.find("{urn:example:x}x") is not None
+        for sender, receiver, declared, to, received_ns in (
+            (client, component, "jabber:client", f"user@{GATEWAY}", COMPONENT_NS),
+            (component, client, COMPONENT_NS, jid, "jabber:client"),
+        ):
+            frm = f" from='user@{GATEWAY}'" if sender is component else ""
+            sender.send(
+                f"<message xmlns='{declared}' to='{to}'{frm} type='chat'>"
+                "<body>declared</body><x xmlns='urn:example:x'/></message>"
+            )
+            got = receiver.next()
+            assert got.tag == f"{{{received_ns}}}message"
+            assert got.findtext(f"{{{received_ns}}}body") == "declared"
+            assert got.find("{urn:example:x}x") is not None
     finally:
         client.close()
         component.close()
