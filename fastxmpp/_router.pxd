@@ -10,6 +10,7 @@ cpdef Py_ssize_t fan_out(bytes data, list groups, str sender, int kind)
 cpdef bytes append_child(bytes data, bytes child)
 cpdef bytes delay_element(str from_jid, str stamp, str reason=*)
 cpdef bytes with_delay(bytes data, str from_jid, str stamp, str reason=*)
+cpdef bint declares_its_namespace(Stanza st)
 cpdef bytes forwardable(Stanza st, str sender, str to)
 cpdef tuple archive_copies(Stanza st, str sender, str to, bytes child)
 cpdef bytes forwarded_message(str from_jid, str to, str mtype, str wrapper, bytes inner,

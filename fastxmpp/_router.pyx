@@ -217,23 +217,30 @@ cpdef bytes with_delay(bytes data, str from_jid, str stamp, str reason=""):
     return append_child(data, delay_element(from_jid, stamp, reason))
 
 
+cpdef bint declares_its_namespace(Stanza st):
+    """Whether the stanza's bytes, as `with_attrs` writes them, declare its default
+    namespace themselves: it declares it on its own tag, or it uses a prefix of the stream
+    root and is written anew with every declaration it needs. Such a stanza must not get
+    another xmlns (a second one is malformed), nor keep it where it goes into a stream of
+    another content namespace (stream/xmlstream.py `for_peer_stream`)."""
+    cdef tuple decl
+    if st.needs_reserialize:
+        return True
+    if st.nsdecls is not None:
+        for decl in st.nsdecls:
+            if decl[0] is None:
+                return True
+    return False
+
+
 cpdef bytes forwardable(Stanza st, str sender, str to):
     """The stanza as it travels, for inside a XEP-0297 <forwarded/>: 'from' stamped, 'to'
     added when it had none (`to` not None), and declared in jabber:client, which it no
     longer inherits from a stream root there."""
     cdef dict changes = {"from": sender}
-    cdef tuple decl
-    cdef bint declared = False
     if to is not None and "to" not in st.attrs:
         changes["to"] = to
-    if st.nsdecls is not None:
-        for decl in st.nsdecls:
-            if decl[0] is None:
-                declared = True
-                break
-    # A stanza that uses a prefix of the stream root is written anew, with the declarations
-    # it needs, jabber:client included: a second xmlns would make it malformed.
-    if not declared and not st.needs_reserialize:
+    if not declares_its_namespace(st):
         changes["xmlns"] = CLIENT_NS
     return st.with_attrs(changes)
 
@@ -247,8 +254,7 @@ cpdef tuple archive_copies(Stanza st, str sender, str to, bytes child):
     child)` and `forwardable(st, sender, to)`; None where those take their general path (an
     empty element, a 'from' already there, a value that needs escaping, a prefix declared
     on the stream root)."""
-    cdef bytes stamp, to_attr = b"", xmlns = b' xmlns="' + CLIENT_NS.encode() + b'"'
-    cdef tuple decl
+    cdef bytes stamp, to_attr = b"", attrs, xmlns = b""
     if st.needs_reserialize or st.empty or "from" in st.attrs:
         return None
     stamp = _plain_attr("from", sender)
@@ -260,34 +266,28 @@ cpdef tuple archive_copies(Stanza st, str sender, str to, bytes child):
         to_attr = _plain_attr("to", to)
         if to_attr is None:
             return None
-    if st.nsdecls is not None:
-        for decl in st.nsdecls:
-            if decl[0] is None:
-                xmlns = b""
-                break
+    attrs = stamp + to_attr
+    if not declares_its_namespace(st):
+        xmlns = b' xmlns="' + CLIENT_NS.encode() + b'"'
     cdef bytes raw = st.raw
     cdef const char *src = PyBytes_AS_STRING(raw)
     cdef Py_ssize_t size = len(raw), cut = st.start_len - 1, close = raw.rfind(b"</")
-    cdef Py_ssize_t n_stamp = len(stamp), n_to = len(to_attr), n_child = len(child)
-    cdef Py_ssize_t n_xmlns = len(xmlns), at
-    cdef bytes delivered = PyBytes_FromStringAndSize(NULL, size + n_stamp + n_to + n_child)
-    cdef bytes archived = PyBytes_FromStringAndSize(NULL, size + n_stamp + n_to + n_xmlns)
+    cdef Py_ssize_t n_attrs = len(attrs), n_child = len(child), n_xmlns = len(xmlns)
+    # delivered: start tag + attrs | content | child | end tag
+    cdef bytes delivered = PyBytes_FromStringAndSize(NULL, size + n_attrs + n_child)
     cdef char *out = PyBytes_AS_STRING(delivered)
     memcpy(out, src, cut)
-    memcpy(out + cut, PyBytes_AS_STRING(stamp), n_stamp)
-    memcpy(out + cut + n_stamp, PyBytes_AS_STRING(to_attr), n_to)
-    at = cut + n_stamp + n_to
-    memcpy(out + at, src + cut, close - cut)
-    at += close - cut
-    memcpy(out + at, PyBytes_AS_STRING(child), n_child)
-    memcpy(out + at + n_child, src + close, size - close)
+    memcpy(out + cut, PyBytes_AS_STRING(attrs), n_attrs)
+    memcpy(out + cut + n_attrs, src + cut, close - cut)
+    memcpy(out + close + n_attrs, PyBytes_AS_STRING(child), n_child)
+    memcpy(out + close + n_attrs + n_child, src + close, size - close)
+    # archived: start tag + attrs + xmlns | the rest
+    cdef bytes archived = PyBytes_FromStringAndSize(NULL, size + n_attrs + n_xmlns)
     out = PyBytes_AS_STRING(archived)
     memcpy(out, src, cut)
-    memcpy(out + cut, PyBytes_AS_STRING(stamp), n_stamp)
-    memcpy(out + cut + n_stamp, PyBytes_AS_STRING(to_attr), n_to)
-    memcpy(out + cut + n_stamp + n_to, PyBytes_AS_STRING(xmlns), n_xmlns)
-    at = cut + n_stamp + n_to + n_xmlns
-    memcpy(out + at, src + cut, size - cut)
+    memcpy(out + cut, PyBytes_AS_STRING(attrs), n_attrs)
+    memcpy(out + cut + n_attrs, PyBytes_AS_STRING(xmlns), n_xmlns)
+    memcpy(out + cut + n_attrs + n_xmlns, src + cut, size - cut)
     return delivered, archived
 
 

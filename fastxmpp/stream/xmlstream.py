@@ -20,7 +20,7 @@ from lxml import etree
 
 from .. import ns
 from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamError
-from .._router import Session
+from .._router import Session, declares_its_namespace
 from ..errors import StanzaError, StreamError, answered, stanza_error_bytes
 from .connection import STREAM_CLOSE, Connection
 
@@ -41,7 +41,7 @@ def for_peer_stream(st: Stanza, changes: dict[str, str | None]) -> bytes:
     peer would get a jabber:client element where a stanza goes (our own links end the stream
     for that)."""
     data: bytes = st.with_attrs(changes)
-    if not _declares_its_namespace(st):
+    if not declares_its_namespace(st):
         return data
     return _unqualified(data, st.ns)
 
@@ -52,7 +52,7 @@ def as_client_stanza(st: Stanza) -> Stanza:
     prefix of its stream's root is read again without that declaration, in a jabber:client
     stream, so that what local clients get of it is in jabber:client (RFC 6120 §4.8.3) and
     not in a namespace they ignore."""
-    if not _declares_its_namespace(st):
+    if not declares_its_namespace(st):
         return st
     data = _unqualified(st.with_attrs({}), st.ns)
     events = StreamParser().feed(_CLIENT_ROOT + data)
@@ -62,10 +62,6 @@ def as_client_stanza(st: Stanza) -> Stanza:
 _CLIENT_ROOT = (
     b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
 )
-
-
-def _declares_its_namespace(st: Stanza) -> bool:
-    return st.needs_reserialize or any(prefix is None for prefix, _ in st.nsdecls or ())
 
 
 def _unqualified(data: bytes, content_ns: str) -> bytes:

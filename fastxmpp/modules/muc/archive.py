@@ -34,7 +34,7 @@ from xml.sax.saxutils import quoteattr
 from lxml import etree
 
 from ... import ns
-from ..._router import append_child
+from ..._router import append_child, declares_its_namespace
 from ...errors import StanzaError
 from ...jid import JIDError, parse_jid
 from ...storage.account_data import account_prefix
@@ -126,9 +126,7 @@ def _declared(st: Stanza, sender: str) -> bytes:
     """The message for inside a <forwarded/>: declared in jabber:client, which it no longer
     inherits from the stream there."""
     changes: dict[str, str | None] = {"from": sender, "to": None}
-    # (A message that uses a prefix of the stream root is written anew with what it needs
-    # declared, jabber:client included: a second xmlns would make it malformed.)
-    if not st.needs_reserialize and not any(prefix is None for prefix, _ in st.nsdecls or ()):
+    if not declares_its_namespace(st):
         changes["xmlns"] = CLIENT
     record: bytes = st.with_attrs(changes)
     return record
