@@ -221,17 +221,21 @@ def test_roster_remove_ends_both_subscriptions(pair: tuple[User, User]) -> None:
     assert state(a, b) is None and state(b, a) == ("none", None)
 
 
-def test_subscription_to_unknown_account_is_refused(
+def test_subscription_stanzas_to_unknown_account_are_ignored(
     online: Any,
     users: Iterator[str],  # noqa: F811
 ) -> None:
+    # RFC 6121 §8.5.1: no account: subscription stanzas and probes get no answer at all.
     a = online(next(users))
-    a.send("<presence type='subscribe' to='nobody@localhost'/>")
-    seen = sync(a.c)
-    assert ("nobody@localhost", "unsubscribed") in presences(seen)
+    for kind in ("subscribed", "unsubscribed", "unsubscribe", "probe", "subscribe"):
+        for to in ("nobody@localhost", "nobody@localhost/res"):
+            a.send(f"<presence type='{kind}' to='{to}' id='{kind}'/>")
+            answers = [el for el in sync(a.c) if el.tag == PRESENCE]
+            assert answers == [], (kind, to)
     reply, _ = roster_get(a.c)
+    # The user's own side of the request stands (§3.1.2): None + Pending Out.
     assert items(reply)["nobody@localhost"].get("subscription") == "none"
-    assert items(reply)["nobody@localhost"].get("ask") is None
+    assert items(reply)["nobody@localhost"].get("ask") == "subscribe"
 
 
 def test_subscription_to_remote_contact_waits(

@@ -6,7 +6,8 @@ the inbound table on the contact's roster; both sides change in the roster modul
 pushes what a client can see. The server itself:
 - stamps the user's bare JID as 'from' and the contact's bare JID as 'to' (§3.1.2);
 - answers "subscribed" for a contact already letting the user see its presence, or that
-  pre-approved the user (§3.1.3, §3.4), and "unsubscribed" for an account that does not exist;
+  pre-approved the user (§3.1.3, §3.4); a subscription stanza to an account that does not
+  exist gets no answer (§8.5.1);
 - keeps a request it delivers, whole (status, nick), until it is answered, and delivers it
   again at each initial presence (§3.1.3);
 - sends the contact's current presence to the user as soon as the user may see it, and
@@ -462,10 +463,7 @@ class PresenceModule(Module):
         if self._remote(contact.bare, data):
             return  # the contact's server applies the inbound rules
         if not contact.local or not self.router.user_exists(contact.domain, contact.local):
-            if kind == "subscribe":
-                # §3.1.3: no such account: the request is refused on its behalf.
-                self._reply(contact.bare, sender, "unsubscribed")
-            return
+            return  # §8.5.1: no such account: silently ignored, whatever the kind
         # XEP-0016 §2.2 rule 4: the default list comes first; see privacy.py for why only
         # subscribe and subscribed from a blocked JID are dropped outright.
         blocked = self.privacy is not None and not self.privacy.account_allows_in(
