@@ -165,6 +165,54 @@ def test_unsubscribe_and_unsubscribed(pair: tuple[User, User]) -> None:
     assert presences(received(b.c, a.c)) == []
 
 
+def kinds_in_order(elements: list[Any]) -> list[str]:
+    """What arrived, in order: the type of each presence, "push" for each roster push."""
+    return ["push" if is_push(el) else str(el.get("type")) for el in elements]
+
+
+def test_answers_reach_interested_resources_before_the_push(
+    online: Any,
+    users: Iterator[str],  # noqa: F811
+) -> None:
+    # §3.1.6, §3.2.3, §3.3.3: an inbound subscribed, unsubscribed or unsubscribe goes to
+    # every interested resource (one that asked for the roster, available or not), and
+    # before the roster push it explains.
+    a_name, b_name = next(users), next(users)
+    a, b = online(a_name, "on"), online(b_name, "on")
+    a_quiet = online(a_name, "quiet", available=False)
+    b_quiet = online(b_name, "quiet", available=False)
+    a.send(f"<presence type='subscribe' to='{b.bare}'/>")
+    sync(a.c)
+    sync(a_quiet.c)
+    b.send(f"<presence type='subscribed' to='{a.bare}'/>")
+    sync(b.c)
+    sync(b_quiet.c)
+    assert kinds_in_order(sync(a.c)) == ["subscribed", "push", "None"]  # then b's presence
+    assert kinds_in_order(sync(a_quiet.c)) == ["subscribed", "push"]
+
+    b.send(f"<presence type='subscribe' to='{a.bare}'/>")
+    sync(b.c)
+    sync(b_quiet.c)
+    a.send(f"<presence type='subscribed' to='{b.bare}'/>")
+    sync(a.c)
+    sync(a_quiet.c)
+    sync(b.c)
+    sync(b_quiet.c)
+
+    a.send(f"<presence type='unsubscribe' to='{b.bare}'/>")
+    sync(a.c)
+    sync(a_quiet.c)
+    assert kinds_in_order(sync(b.c)) == ["unsubscribe", "push"]
+    assert kinds_in_order(sync(b_quiet.c)) == ["unsubscribe", "push"]
+
+    a.send(f"<presence type='unsubscribed' to='{b.bare}'/>")
+    sync(a.c)
+    sync(a_quiet.c)
+    assert kinds_in_order(sync(b.c)) == ["unsubscribed", "push", "unavailable"]
+    assert kinds_in_order(sync(b_quiet.c)) == ["unsubscribed", "push"]
+    assert state(a, b) == ("none", None) and state(b, a) == ("none", None)
+
+
 def test_denied_request(pair: tuple[User, User]) -> None:
     a, b = pair
     a.send(f"<presence type='subscribe' to='{b.bare}'/>")

@@ -474,6 +474,7 @@ class PresenceModule(Module):
         state, approved = self.roster.state(contact.domain, contact.local, sender)
         outcome = inbound(state, kind, approved)
         pending = data if kind == "subscribe" and outcome.new.pending_in else None
+        deliver = outcome.forward and not blocked
         self._change(
             contact.domain,
             contact.local,
@@ -482,10 +483,25 @@ class PresenceModule(Module):
             outcome.new,
             outcome.pre_approved,
             pending,
-            deliver=data if outcome.forward and not blocked else None,
+            deliver=(lambda: self._deliver_subscription(contact.bare, kind, data, sender))
+            if deliver
+            else None,
         )
         if outcome.auto_reply is not None:
             self._reply(contact.bare, sender, outcome.auto_reply)
+
+    def _deliver_subscription(self, user: str, kind: str, data: bytes, sender: str) -> None:
+        """Subscription stanza `data` from `sender` to local account `user`: a request to
+        its available resources (§3.1.3); an answer or a cancellation to its interested
+        resources, available or not (§3.1.6, §3.2.3, §3.3.3), and to available ones that
+        never asked for the roster."""
+        if kind == "subscribe" or self.roster is None:
+            self._to_available(user, data, sender)
+            return
+        interested = self.roster.interested_resources(user)
+        for session in self.router.resources(user).values():
+            if (session.available or session in interested) and self._may_see(sender, session):
+                session.send(data)
 
     def _reply(self, from_bare: str, to_bare: str, kind: str) -> None:
         """A subscription stanza the server sends on behalf of account `from_bare`."""
@@ -505,20 +521,20 @@ class PresenceModule(Module):
         new: State,
         pre_approved: bool,
         pending_request: bytes | None = None,
-        deliver: bytes | None = None,
+        deliver: Callable[[], None] | None = None,
     ) -> bool:
-        """Store the new state of `contact` for local@domain (the roster push goes out),
-        deliver the subscription stanza `deliver` to the account's available resources, then
-        give the account the contact's presence when it starts or stops being allowed to
-        see it. False when the storage is full (nothing changed, nothing delivered)."""
+        """Store the new state of `contact` for local@domain, `deliver` the subscription
+        stanza that caused it, push the roster item (§3.1.6: the stanza first), then give the
+        account the contact's presence when it starts or stops being allowed to see it.
+        False when the storage is full (nothing changed, nothing delivered)."""
         assert self.roster is not None
         try:
-            self.roster.apply(domain, local, contact, new, pre_approved, pending_request)
+            self.roster.apply(
+                domain, local, contact, new, pre_approved, pending_request, announce=deliver
+            )
         except StorageFull:
             log.error("storage full: subscription of %s@%s to %s unchanged", local, domain, contact)
             return False
-        if deliver is not None:
-            self._to_available(f"{local}@{domain}", deliver, contact)
         if old.receives_presence != new.receives_presence:
             self._presence_visibility_changed(f"{local}@{domain}", contact, new.receives_presence)
         return True

@@ -24,7 +24,8 @@ when needed and not kept.
 
 Public API for other modules (`hub.get("roster")`): `subscription(domain, local, contact)`,
 `item(domain, local, contact)`, `items(domain, local)`, `state(...)`, `apply(...)`,
-`presence_subscribers(domain, local)` and `presence_sources(domain, local)`.
+`presence_subscribers(domain, local)`, `presence_sources(domain, local)` and
+`interested_resources(bare)`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
@@ -192,11 +194,14 @@ class RosterModule(Module):
         new: State,
         pre_approved: bool,
         pending_request: bytes | None = None,
+        announce: Callable[[], None] | None = None,
     ) -> bool:
         """Put `contact` in state `new` (the presence module's subscription changes): the
         item is created when the state needs one, `pending_request` is the stanza kept with
         Pending In; pushed to interested resources when the client-visible item changed.
-        Whether anything changed. StorageFull propagates, nothing changed then."""
+        `announce` runs once the change is stored, before that push (RFC 6121 §3.1.6: the
+        subscription stanza that caused it reaches the client first). Whether anything
+        changed. StorageFull propagates, nothing changed nor announced then."""
         roster = self.roster(domain, local)
         old = roster.items.get(contact)
         item = RosterItem(contact, listed=False) if old is None else _copy(old)
@@ -207,8 +212,10 @@ class RosterModule(Module):
         if new.subscription != "none" or new.pending_out or pre_approved:
             item.listed = True  # §3.1.2, §3.1.5, §3.4.1: the server adds the contact
         if item == (old or RosterItem(contact, listed=False)):
+            if announce is not None:
+                announce()
             return False  # nothing to write (e.g. "unsubscribe" from a stranger)
-        self._save(domain, local, roster, old, item)
+        self._save(domain, local, roster, old, item, announce)
         return True
 
     def remove(self, domain: str, local: str, contact: str) -> RosterItem | None:
@@ -228,9 +235,16 @@ class RosterModule(Module):
         return self.store.load(domain, local)
 
     def _save(
-        self, domain: str, local: str, roster: Roster, old: RosterItem | None, item: RosterItem
+        self,
+        domain: str,
+        local: str,
+        roster: Roster,
+        old: RosterItem | None,
+        item: RosterItem,
+        announce: Callable[[], None] | None = None,
     ) -> None:
-        """Write `item` (one transaction with the version), then update memory and push."""
+        """Write `item` (one transaction with the version), then update memory, `announce`
+        and push."""
         assert self.store is not None
         visible_change = (
             old.visible() if old is not None else RosterItem(item.jid, listed=False).visible()
@@ -250,16 +264,20 @@ class RosterModule(Module):
             roster.items.pop(item.jid, None)  # nothing left of it (the store deleted it too)
         bare = f"{local}@{domain}"
         self._presence_cache.pop(bare, None)
+        if announce is not None:
+            announce()
         if visible_change:
             self._push(bare, item)
             self._prune(domain, local, roster)
 
+    def interested_resources(self, bare: str) -> list[C2SStream]:
+        """§2.1.6: the sessions of account `bare` that asked for the roster."""
+        return [s for s in self.router.resources(bare).values() if _interested(s)]
+
     def _push(self, bare: str, item: RosterItem) -> None:
         """§2.1.6: a roster push to each interested resource."""
-        for session in self.router.resources(bare).values():
-            record = ROSTER.get(session)
-            if record is not None and record.requested:
-                self._push_one(session, item)
+        for session in self.interested_resources(bare):
+            self._push_one(session, item)
 
     def _prune(self, domain: str, local: str, roster: Roster) -> None:
         """Drop the oldest tombstones once there are too many (§2.6 allows falling back to
@@ -385,6 +403,11 @@ class RosterModule(Module):
         presence = self.hub.get("presence")
         if presence is not None:
             presence.roster_item_removed(origin, old)
+
+
+def _interested(session: C2SStream) -> bool:
+    record = ROSTER.get(session)
+    return record is not None and record.requested
 
 
 def _copy(item: RosterItem) -> RosterItem:
