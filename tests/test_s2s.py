@@ -382,6 +382,26 @@ def befriend_across(x: RawClient, x_jid: str, y: RawClient, y_jid: str) -> None:
     assert roster_state(y, x_jid) == ("both", None)
 
 
+def test_unsubscribe_from_another_server_makes_the_contact_unavailable(
+    trusted: Federation, login: Any
+) -> None:
+    """RFC 6121 §3.3.3: the contact's server, told by a remote user's server that the user
+    unsubscribes, sends the user unavailable presence from each available resource of the
+    contact (the user's own server does not know them)."""
+    a, b = trusted.servers["a.test"], trusted.servers["b.test"]
+    user = login(a, "ivan@a.test")
+    contact = login(b, "judy@b.test")
+    befriend_across(user, "ivan@a.test", contact, "judy@b.test")
+    sync(user)
+    sync(contact)
+    user.send("<presence type='unsubscribe' to='judy@b.test'/>")
+    wait_for(contact, lambda el: tag("presence")(el) and el.get("type") == "unsubscribe")
+    gone = wait_for(user, lambda el: tag("presence")(el) and el.get("from") == "judy@b.test/r")
+    assert gone.get("type") == "unavailable"
+    assert roster_state(user, "judy@b.test") == ("from", None)
+    assert roster_state(contact, "ivan@a.test") == ("to", None)
+
+
 def test_blocking_a_remote_contact_hides_presence(trusted: Federation, login: Any) -> None:
     """XEP-0191 §3.3 across servers: the blocked contact gets unavailable presence, then no
     presence broadcast; the blocking user sees it go unavailable. §3.4 on unblocking."""

@@ -447,14 +447,18 @@ class PresenceModule(Module):
             if kind in ("subscribed", "unsubscribed") and not self.router.is_local(contact.domain):
                 # §3.1.5, §3.2.2: the contact's server (this one, for a remote user) sends the
                 # presence of the contact's available resources, or their unavailability.
-                for session in self.router.resources(origin.bare).values():
-                    last = _last(session)
-                    if last is None:
-                        continue
-                    if kind == "unsubscribed":
-                        gone = f"<presence type='unavailable' from={quoteattr(session.full)}/>"
-                        last = gone.encode()
-                    self._remote(contact.bare, last)
+                self._presence_to_remote(origin.bare, contact.bare, kind == "subscribed")
+
+    def _presence_to_remote(self, local_bare: str, remote_bare: str, visible: bool) -> None:
+        """The current presence of each available resource of account `local_bare` (or
+        unavailable presence from each, when not `visible`) to `remote_bare`'s server."""
+        for session in self.router.resources(local_bare).values():
+            last = _last(session)
+            if last is None:
+                continue
+            if not visible:
+                last = f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode()
+            self._remote(remote_bare, last)
 
     def _inbound(self, sender: str, contact: JID, kind: str, data: bytes) -> None:
         """A subscription stanza from `sender` (bare JID, local) reaching `contact`'s
@@ -489,6 +493,10 @@ class PresenceModule(Module):
         )
         if outcome.auto_reply is not None:
             self._reply(contact.bare, sender, outcome.auto_reply)
+        if state.sends_presence and not outcome.new.sends_presence and self._is_remote(sender):
+            # §3.3.3: a remote user unsubscribed: the contact's server (this one) sends it
+            # unavailable presence from each of the contact's available resources.
+            self._presence_to_remote(contact.bare, sender, visible=False)
 
     def _deliver_subscription(self, user: str, kind: str, data: bytes, sender: str) -> None:
         """Subscription stanza `data` from `sender` to local account `user`: a request to
