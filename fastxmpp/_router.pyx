@@ -690,8 +690,8 @@ cdef class Router:
                     return
                 data = result
         resources = self._users.get(bare)
-        if resource and resources is not None:
-            s = resources.get(resource)
+        if resource:
+            s = resources.get(resource) if resources is not None else None
             if s is not None:
                 if s.stanza_filter is not None \
                         and not s.stanza_filter.allows_in(K_MESSAGE, origin.full):
@@ -705,8 +705,12 @@ cdef class Router:
                 if self._message_delivered:
                     self._delivered(origin, st, target, data, (s,))
                 return
-            # RFC 6121 §8.5.3.2.1: no such resource.
-            if mtype == "groupchat" or mtype == "headline" or mtype == "error":
+            # RFC 6121 §8.5.3.2.1: no such resource: only a chat message may go on as if
+            # to the bare JID; the others are ignored or, a normal one, refused (the sender
+            # learns it did not arrive; neither another resource nor offline storage gets it).
+            if mtype == "normal":
+                raise StanzaError("service-unavailable")
+            if mtype != "chat":
                 return
         if mtype == "error":
             return

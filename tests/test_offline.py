@@ -77,7 +77,9 @@ def bodies(messages: list[Any]) -> list[str | None]:
 def send_three(alice: RawClient) -> None:
     alice.send("<message to='bob@localhost' type='chat' id='m1'><body>one</body></message>")
     alice.send("<message to='bob@localhost' type='normal' id='m2'><body>two</body></message>")
-    alice.send("<message to='bob@localhost/gone' id='m3'><body>three</body></message>")
+    # A chat message to a resource that is gone is handled as if to the bare JID (RFC 6121
+    # §8.5.3.2.1; a normal one is refused: tests/test_routing.py).
+    alice.send("<message to='bob@localhost/gone' type='chat' id='m3'><body>three</body></message>")
     errors = [el for el in sync(alice) if el.get("type") == "error"]
     assert errors == []
 

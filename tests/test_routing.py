@@ -156,6 +156,28 @@ def test_message_to_missing_resource_falls_back_to_bare(
     assert not receives(b, "h", a)
 
 
+@pytest.mark.parametrize("online", [True, False], ids=["other-resource-online", "all-offline"])
+def test_normal_message_to_missing_resource_is_refused(
+    server: ServerProcess, ca_file: str, clients: list[RawClient], online: bool
+) -> None:
+    # RFC 6121 §8.5.3.2.1: only a chat message to a missing resource may be handled as if
+    # to the bare JID; a normal one (also one without a type) is ignored or refused: here
+    # refused (service-unavailable), never given to another resource nor stored offline.
+    a = login(server, ca_file, clients, "alice", "s7")
+    others = [login(server, ca_file, clients, "bob", r) for r in ("one", "two")] if online else []
+    for mtype, body in (("type='normal' ", "typed"), ("", "untyped")):
+        a.send(f"<message to='bob@localhost/gone' {mtype}id='{body}'><body>{body}</body></message>")
+        reply = a.next()
+        assert reply.get("id") == body and reply.get("type") == "error"
+        assert reply.get("from") == "bob@localhost/gone"
+        assert stanza_error(reply) == "service-unavailable"
+        for other in others:
+            assert not receives(other, body, a)
+    if not online:  # nothing was stored for bob's next login either
+        bob = login(server, ca_file, clients, "bob", "later")
+        assert not receives(bob, "typed", a) and not receives(bob, "untyped", a)
+
+
 def test_iq_to_absent_full_jid(
     server: ServerProcess, ca_file: str, clients: list[RawClient]
 ) -> None:

@@ -63,7 +63,9 @@ REQUEST = f"<r xmlns='{NS_SM}'/>".encode()
 H_MODULO = 1 << 32
 # Ended sessions whose SM-ID and last 'h' are remembered for <failed h=.../> (§5).
 ENDED_REMEMBERED = 1000
-# RFC 6121 §8.5.3.2.1: message types nobody else gets when their resource is gone.
+# Message types nobody else gets when the session they were sent to ended unacknowledged
+# (XEP-0198 §4: handled as for a resource that went away, RFC 6121 §8.5.3.2.1; a normal
+# message that reached the session is redelivered like a chat one rather than lost).
 NOT_REDELIVERED = frozenset(("groupchat", "headline", "error"))
 # Payloads made for the one session they were sent to: XEP-0280 carbon copies (the other
 # resources got their own) and XEP-0313 query results (only the asking session wants them).
