@@ -11,6 +11,7 @@ an error reply (never in answer to an error, RFC 6120 §8.3.1).
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from html import unescape
 from sys import getsizeof
 from xml.sax.saxutils import escape, quoteattr
@@ -303,6 +304,213 @@ cpdef bytes forwarded_message(str from_jid, str to, str mtype, str wrapper, byte
         head += " type=" + quoteattr(mtype)
     return ((head + ">" + wrapper + "<forwarded xmlns='" + FORWARD_NS + "'>").encode()
             + delay + inner + ("</forwarded></" + name + "></message>").encode())
+
+
+# --- the message archive's work per message ------------------------------------------
+
+cdef str SID_NS = "urn:xmpp:sid:0"  # XEP-0359
+cdef tuple BODY = (CLIENT_NS, "body")
+cdef tuple STANZA_ID = (SID_NS, "stanza-id")
+cdef frozenset NOT_STORED = frozenset((("urn:xmpp:hints", "no-store"),
+                                       ("urn:xmpp:hints", "no-permanent-store")))
+cdef Py_ssize_t ACCOUNTS_CACHED = 10000
+cdef const char *HEX = b"0123456789abcdef"
+
+
+cpdef bint archivable(Stanza st):
+    """XEP-0313 §6.1: chat or normal with a body, without a XEP-0334 storage hint against
+    it."""
+    cdef str mtype = st.attrs.get("type", "normal")
+    if mtype != "chat" and mtype != "normal":
+        return False
+    cdef list children = st.children
+    if BODY not in children:
+        return False
+    return NOT_STORED.isdisjoint(children)
+
+
+cdef double _now():
+    cdef timespec now
+    clock_gettime(CLOCK_REALTIME, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
+
+
+cdef bytes _stanza_id(bytes head, unsigned long long number):
+    """`head` (<stanza-id ... id=') and the id as 16 hex digits, closed."""
+    cdef Py_ssize_t n = len(head), i
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n + 19)
+    cdef char *buf = PyBytes_AS_STRING(out)
+    memcpy(buf, PyBytes_AS_STRING(head), n)
+    for i in range(16):
+        buf[n + 15 - i] = HEX[number & 15]
+        number >>= 4
+    memcpy(buf + n + 16, b"'/>", 3)
+    return out
+
+
+cdef class ArchiveHooks:
+    """The XEP-0313 user archives' work for each message, on the event loop
+    (modules/mam.py hooks these methods at "message/in", "message/delivered" and
+    "message/sent", and keeps everything else): whether a message is archived (§6.1, the §5
+    preferences), its stanza-id and archived copy, and the rows queued for the turn's
+    commit with the senders they concern. Compiled: it runs twice for each chat message
+    (the recipient's archive and the sender's). A row: (account prefix, id, time, with,
+    direction, serialized message), as storage/mam.py stores it."""
+
+    # Rows not handed to the writer yet; for each message among them, who sent it (told if
+    # the commit fails): (id(origin), message id) -> (origin, message id, to); the local
+    # sessions whose output waits for them: id(session) -> session. The module takes them
+    # (`take`) when it hands the rows over.
+    cdef public list pending
+    cdef public dict senders
+    cdef public dict held
+    cdef object module          # modules/mam.py MamModule: preferences, the rare paths
+    cdef object next_number     # the store's id clock
+    cdef Router router
+    # bare JID -> (account prefix, start of its <stanza-id/> up to the id, whether its
+    # preferences archive everything): the module's answers, kept (`forget` drops one).
+    cdef dict _accounts
+    # The row "message/in" stamped, queued if "message/delivered" follows for that stanza
+    # (routing is synchronous: the next stanza's "message/in" comes after its fate is
+    # known); the archived copy `received` made, which `sent` reuses (both archives keep
+    # the same bytes); the message whose sender `queue` noted last.
+    cdef Stanza _stamped
+    cdef tuple _stamped_row
+    cdef Stanza _forwarded
+    cdef bytes _forwarded_copy
+    cdef Stanza _queued
+
+    def __init__(self, module, next_number, Router router):
+        self.module = module
+        self.next_number = next_number
+        self.router = router
+        self.pending = []
+        self.senders = {}
+        self.held = {}
+        self._accounts = {}
+
+    cdef tuple _account(self, str domain, str local, str bare):
+        cdef tuple account = self._accounts.get(bare)
+        if account is None:
+            if len(self._accounts) >= ACCOUNTS_CACHED:
+                self._accounts.clear()
+            prefix, everything = self.module.account_entry(domain, local)
+            head = ("<stanza-id xmlns='" + SID_NS + "' by=" + quoteattr(bare)
+                    + " id='").encode()
+            account = (prefix, head, everything)
+            self._accounts[bare] = account
+        return account
+
+    def forget(self, str bare):
+        """The account's preferences changed, or it is gone."""
+        self._accounts.pop(bare, None)
+
+    cpdef object received(self, Session origin, Stanza st, tuple target, object data):
+        """At "message/in": a message to local account target[3]; the bytes to deliver, with
+        the stanza-id of the record archived if it is delivered or stored (None: as the
+        router would make them)."""
+        self._stamped = None
+        self._stamped_row = None
+        cdef dict attrs = st.attrs
+        cdef str mtype = attrs.get("type", "normal")
+        if mtype != "chat" and mtype != "normal":
+            return None
+        cdef str local = target[0], domain = target[1], bare = target[3]
+        cdef bint forged = STANZA_ID in st.children
+        cdef tuple account = self._account(domain, local, bare)
+        if not archivable(st) or not (account[2] or self.module.wanted(domain, local,
+                                                                       origin.bare)):
+            if forged:
+                return self.module.without_sid(st, bare, {"from": origin.full})
+            return None
+        cdef str to = bare if "to" not in attrs else None
+        cdef unsigned long long number = self.next_number()
+        cdef bytes sid = _stanza_id(account[1], number)
+        cdef bytes archived, delivered
+        cdef tuple copies
+        if forged:
+            changes = {"from": origin.full}
+            if to is not None:
+                changes["to"] = to
+            archived = self.module.without_sid(st, bare, changes)
+            delivered = append_child(archived, sid)
+        else:
+            # Both copies in one pass over the message (the common case), else piece by piece.
+            copies = archive_copies(st, origin.full, to, sid)
+            if copies is None:
+                archived = forwardable(st, origin.full, bare)
+                changes = {"from": origin.full}
+                if to is not None:
+                    changes["to"] = to
+                delivered = append_child(st.with_attrs(changes), sid)
+            else:
+                delivered, archived = copies
+            self._forwarded = st
+            self._forwarded_copy = archived
+        self._stamped = st
+        self._stamped_row = (account[0], number, _now(), origin.bare, "in", archived)
+        return delivered
+
+    cpdef archive_received(self, Session origin, Stanza st, tuple target, object data,
+                           tuple sessions):
+        """At "message/delivered": the message `received` stamped reached the account."""
+        if self._stamped is st:
+            self._stamped = None
+            self.queue(self._stamped_row, origin, st)
+
+    cpdef sent(self, Session origin, Stanza st, tuple target):
+        """At "message/sent": a message a local account sent was routed: archived for the
+        sender."""
+        cdef Stanza forwarded = self._forwarded
+        cdef bytes archived = self._forwarded_copy
+        self._forwarded = None
+        self._forwarded_copy = None
+        if target is None or target[3] == origin.bare:
+            return  # to itself: `received` archived it
+        if forwarded is not st:
+            archived = None
+            if not archivable(st):
+                return
+        # else `received` found it archivable and built the bytes: 'to' was there (target
+        # is not None), so they are the same bytes as those for the sender's archive.
+        if origin.domain not in self.router._hosts:
+            return  # from another server
+        cdef str peer = target[3]
+        cdef tuple account = self._account(origin.domain, origin.local, origin.bare)
+        if not (account[2] or self.module.wanted(origin.domain, origin.local, peer)):
+            return
+        if archived is None:
+            archived = forwardable(st, origin.full,
+                                   peer if not target[2] else peer + "/" + target[2])
+        self.queue((account[0], self.next_number(), _now(), peer, "out", archived), origin, st)
+
+    cpdef queue(self, tuple row, Session origin, Stanza st):
+        """Handed to the writer with the others of this turn at "turn/commit": before
+        anything written in this turn (an <a/>, an iq result) can acknowledge the message."""
+        if not self.pending:
+            self.router.request_flush()
+        self.pending.append(row)
+        if self._queued is st:
+            return  # the same message's other row: its sender is noted already
+        self._queued = st
+        cdef dict attrs = st.attrs
+        msg_id = attrs.get("id")
+        self.senders[(id(origin), msg_id)] = (origin, msg_id, attrs.get("to"))
+        if not origin.is_remote and id(origin) not in self.held:
+            # Everything written to the sender from now on (an <a/>, an iq result) waits
+            # for the commit (issue "Acknowledged means durable", item 1).
+            origin.hold_writes()
+            self.held[id(origin)] = origin
+
+    cpdef tuple take(self):
+        """(pending rows, their senders, the sessions held for them), handed on: the next
+        rows start anew."""
+        cdef tuple taken = (self.pending, self.senders, self.held)
+        self.pending = []
+        self.senders = {}
+        self.held = {}
+        self._queued = None
+        return taken
 
 
 cdef class Session:

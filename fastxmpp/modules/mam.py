@@ -59,13 +59,7 @@ from xml.sax.saxutils import escape, quoteattr
 from lxml import etree
 
 from .. import ns
-from .._router import (
-    append_child,
-    archive_copies,
-    delay_element,
-    forwardable,
-    forwarded_message,
-)
+from .._router import ArchiveHooks, delay_element, forwarded_message
 from ..delay import parse_stamp, stamp
 from ..errors import StanzaError, stanza_error_bytes
 from ..jid import JIDError, parse_jid
@@ -84,6 +78,7 @@ NS = ns.MAM
 NS_SID = "urn:xmpp:sid:0"  # XEP-0359
 NS_RSM = "http://jabber.org/protocol/rsm"  # XEP-0059
 NS_DATA = "jabber:x:data"  # XEP-0004
+# What §6.1 looks at (the user archives' test is `_router.archivable`; rooms' in muc/archive.py).
 BODY = (ns.CLIENT, "body")
 NOT_STORED = frozenset(((ns.HINTS, "no-store"), (ns.HINTS, "no-permanent-store")))
 FIELDS = ("with", "start", "end", "before-id", "after-id")
@@ -91,17 +86,6 @@ FIELDS = ("with", "start", "end", "before-id", "after-id")
 # while the writer makes a commit's puts, so a burst of them is spread over several.
 AGED_FOLD_ROWS = 256
 DEFAULTS = ("always", "never", "roster")
-
-
-def archivable(st: Stanza) -> bool:
-    """§6.1: chat or normal with a body, without a XEP-0334 storage hint against it."""
-    mtype = st.attrs.get("type", "normal")
-    if mtype != "chat" and mtype != "normal":
-        return False
-    children = st.children
-    if BODY not in children:
-        return False
-    return NOT_STORED.isdisjoint(children)
 
 
 def prepared_bare(text: str | None) -> str:
@@ -306,12 +290,11 @@ class MamModule(Module):
         self.settings = server.config.mam
         self.store: ArchiveStore | None = None
         self._prefs: dict[str, tuple[str, list[str], list[str]]] = {}
-        # Rows not handed to the writer yet, given to it at "turn/commit" when no commit is
-        # under way, else when that commit ends; for each message among them, who sent it
-        # (told if the commit fails); the local sessions whose output waits for them.
-        self._pending: list[Row] = []
-        self._senders: dict[tuple[int, str | None], tuple[Any, str | None, str | None]] = {}
-        self._held: dict[int, Any] = {}
+        # The work per message (compiled, fastxmpp/_router.pyx): its rows not handed to the
+        # writer yet (`hooks.pending`), given to it at "turn/commit" when no commit is under
+        # way, else when that commit ends; for each message among them, who sent it (told if
+        # the commit fails); the local sessions whose output waits for them.
+        self.hooks: ArchiveHooks  # made by `start`, with the store
         # (max_messages, max_age) of the archives with limits of their own that have rows
         # pending or unfolded (storage/mam.py: the journal).
         self._limits: dict[bytes, tuple[int, float]] = {}
@@ -326,15 +309,6 @@ class MamModule(Module):
         # before left): (future, senders, sessions whose output waits, the plan).
         self._commits: deque[tuple[Future[Any], Any, list[Any], ArchiveCommit]] = deque()
         self.writer: GroupCommitWriter | None = None
-        # The row and stanza "message/in" stamped last: queued when "message/delivered"
-        # follows for that stanza (routing is synchronous, so the next stanza's
-        # "message/in" comes after this one's fate is known).
-        self._stamped: tuple[Any, Row] | None = None
-        # The forwardable bytes `received` built for a stanza, which `sent` reuses (both
-        # archives keep the same bytes: the message with 'from' and 'to').
-        self._forwarded: tuple[Any, bytes] | None = None
-        # bare JID -> the start of its <stanza-id/> up to the id's value (XEP-0359).
-        self._sid_heads: dict[str, bytes] = {}
         # Reads waiting for a commit under way (`settled`): its future -> theirs, told
         # whether it committed once it is released.
         self._settling: dict[Future[Any], list[asyncio.Future[bool]]] = {}
@@ -342,15 +316,16 @@ class MamModule(Module):
     def start(self) -> None:
         assert self.server.storage is not None
         self.store = ArchiveStore(self.server.storage)
+        self.hooks = ArchiveHooks(self, self.store.next_number, self.router)
         self.router.set_iq_handler(NS, self.answer)
         if self.settings.enabled or self.store.tails:
             # (Rows a crash left unfolded are folded even if archiving is off now.)
             self._start_writer()
             self._schedule_fold()
         if self.settings.enabled:
-            self.hub.hook(self, "message/in", self.received)
-            self.hub.hook(self, "message/delivered", self.archive_received)
-            self.hub.hook(self, "message/sent", self.sent)
+            self.hub.hook(self, "message/in", self.hooks.received)
+            self.hub.hook(self, "message/delivered", self.hooks.archive_received)
+            self.hub.hook(self, "message/sent", self.hooks.sent)
 
     def _start_writer(self) -> None:
         """The storage's group-commit writer (its thread starts on first use) and the
@@ -363,6 +338,7 @@ class MamModule(Module):
 
     def account_removed(self, domain: str, local: str) -> None:
         self._prefs.pop(f"{local}@{domain}", None)
+        self.hooks.forget(f"{local}@{domain}")
         self._drop_archive(domain, local, purged=True)
 
     def forget(self, domain: str, local: str) -> None:
@@ -373,12 +349,13 @@ class MamModule(Module):
     def _drop_archive(self, domain: str, local: str, purged: bool) -> None:
         """`purged`: the account purge removed the stored records already."""
         prefix = account_prefix(domain, local)
-        self._pending = [row for row in self._pending if row[0] != prefix]
+        hooks = self.hooks
+        hooks.pending = [row for row in hooks.pending if row[0] != prefix]
         self._limits.pop(prefix, None)
         self._fold.discard(prefix)
-        if not self._pending and self._held:
+        if not hooks.pending and hooks.held:
             # Nothing left for the held sessions to wait for.
-            held, self._held, self._senders = self._held, {}, {}
+            _rows, _senders, held = hooks.take()
             for session in held.values():
                 session.release_writes()
         if self._commits or not purged:
@@ -397,119 +374,23 @@ class MamModule(Module):
         if self.writer is None:
             self._start_writer()
         self._limits[row[0]] = (max_messages, max_age)
-        self._queue(row, origin, st)
+        self.hooks.queue(row, origin, st)
 
-    # --- archiving (pipeline handlers) -------------------------------------------------
+    # --- archiving (the pipeline handlers are `hooks`'; what they ask of the module) -----
 
-    def received(
-        self, origin: C2SStream, st: Stanza, target: tuple[str, ...], data: bytes | None
-    ) -> bytes | None:
-        """At "message/in": a message to local account target[3]; the bytes to deliver, with
-        the stanza-id of the record archived if it is delivered or stored (None: as the
-        router would make them)."""
-        self._stamped = None
-        attrs = st.attrs
-        mtype = attrs.get("type", "normal")
-        if mtype != "chat" and mtype != "normal":
-            return None
-        local, domain, _resource, bare = target
-        forged = (NS_SID, "stanza-id") in st.children
-        if not archivable(st) or not self._wanted(domain, local, origin.bare):
-            return without_sid(st, bare, {"from": origin.full}) if forged else None
-        assert self.store is not None
-        changes = {"from": origin.full}
-        if "to" not in attrs:
-            changes["to"] = bare
-        number = self.store.next_number()
-        head = self._sid_heads.get(bare)
-        if head is None:
-            if len(self._sid_heads) > 10000:
-                self._sid_heads.clear()
-            head = f"<stanza-id xmlns='{NS_SID}' by={quoteattr(bare)} id='".encode()
-            self._sid_heads[bare] = head
-        sid = b"%s%016x'/>" % (head, number)
-        if forged:
-            archived = without_sid(st, bare, changes)
-            delivered = append_child(archived, sid)
-        else:
-            # Both copies in one pass over the message (the common case), else piece by piece.
-            copies = archive_copies(st, origin.full, changes.get("to"), sid)
-            if copies is None:
-                archived = forwardable(st, origin.full, bare)
-                delivered = append_child(st.with_attrs(changes), sid)
-            else:
-                delivered, archived = copies
-            self._forwarded = (st, archived)
-        row = (account_prefix(domain, local), number, time.time(), origin.bare, "in", archived)
-        self._stamped = (st, row)
-        return delivered
+    def account_entry(self, domain: str, local: str) -> tuple[bytes, bool]:
+        """For `hooks`: the account's key prefix, and whether its §5 preferences archive every
+        message (default 'always' and no 'never' JID): no per-message `wanted` then."""
+        default, _always, never = self._load_prefs(domain, local)
+        return account_prefix(domain, local), default == "always" and not never
 
-    def archive_received(
-        self,
-        origin: C2SStream,
-        st: Stanza,
-        target: tuple[str, ...],
-        data: bytes,
-        sessions: tuple[C2SStream, ...],
-    ) -> None:
-        """At "message/delivered": the message `received` stamped reached the account."""
-        stamped = self._stamped
-        if stamped is not None and stamped[0] is st:
-            self._stamped = None
-            self._queue(stamped[1], origin, st)
-
-    def sent(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> None:
-        """A message a local account sent was routed: archived for the sender."""
-        forwarded, self._forwarded = self._forwarded, None
-        if target is None or target[3] == origin.bare:
-            return  # to itself: `received` archived it
-        if forwarded is None or forwarded[0] is not st:
-            forwarded = None
-            if not archivable(st):
-                return
-        # else `received` found it archivable and built the bytes: 'to' was there (target
-        # is not None), so they are the same bytes as those for the sender's archive.
-        if not self.router.is_local(origin.domain):
-            return  # from another server
-        peer = target[3]
-        if not self._wanted(origin.domain, origin.local, peer):
-            return
-        assert self.store is not None
-        if forwarded is not None:
-            archived = forwarded[1]
-        else:
-            to = peer if not target[2] else f"{peer}/{target[2]}"
-            archived = forwardable(st, origin.full, to)
-        row = (
-            account_prefix(origin.domain, origin.local),
-            self.store.next_number(),
-            time.time(),
-            peer,
-            "out",
-            archived,
-        )
-        self._queue(row, origin, st)
-
-    def _queue(self, row: Row, origin: Any, st: Stanza) -> None:
-        """Handed to the writer with the others of this turn at "turn/commit": before
-        anything written in this turn (an <a/>, an iq result) can acknowledge the message."""
-        if not self._pending:
-            self.router.request_flush()
-        self._pending.append(row)
-        attrs = st.attrs
-        msg_id = attrs.get("id")
-        self._senders[(id(origin), msg_id)] = (origin, msg_id, attrs.get("to"))
-        if not origin.is_remote and id(origin) not in self._held:
-            # Everything written to the sender from now on (an <a/>, an iq result) waits
-            # for the commit (issue "Acknowledged means durable", item 1).
-            origin.hold_writes()
-            self._held[id(origin)] = origin
+    without_sid = staticmethod(without_sid)  # for `hooks`: a forged stanza-id (XEP-0359 §5)
 
     def refused_later(self, origin: Any, msg_id: str | None) -> None:
         """A message of this turn that another module refused after "message/delivered"
         (offline storage, at its commit): that module told its sender; this turn's archive
         commit, if it fails too, does not tell it again."""
-        self._senders.pop((id(origin), msg_id), None)
+        self.hooks.senders.pop((id(origin), msg_id), None)
 
     def flush(self, wait: bool = False) -> None:
         """At "turn/commit", and on the loop's thread when a commit ends (the writer's
@@ -525,7 +406,7 @@ class MamModule(Module):
         self._release()
         # The writer may be committing other stores' changes: then their end calls this
         # again (the writer's listener), and the rows go with the changes waiting by then.
-        if (self._pending or self._fold or self._aged) and not self._commits:
+        if (self.hooks.pending or self._fold or self._aged) and not self._commits:
             if wait:
                 writer.wait_idle()
             if writer.idle or wait:
@@ -539,7 +420,7 @@ class MamModule(Module):
         in it (the pending rows committed, its unfolded rows folded)."""
         assert self.store is not None
         prefix = account_prefix(domain, local)
-        if self.store.has_unfolded(prefix) or any(row[0] == prefix for row in self._pending):
+        if self.store.has_unfolded(prefix) or any(row[0] == prefix for row in self.hooks.pending):
             self._fold.add(prefix)
         self.flush(wait=True)
         if self.store.has_unfolded(prefix):  # its rows were in the commit under way
@@ -552,7 +433,7 @@ class MamModule(Module):
         their tail until it ends)."""
         assert self.store is not None
         return self.store.has_unfolded(prefix, upto) or any(
-            row[0] == prefix and row[1] <= upto for row in self._pending
+            row[0] == prefix and row[1] <= upto for row in self.hooks.pending
         )
 
     def _carried(self, prefix: bytes, upto: int) -> bool:
@@ -618,9 +499,7 @@ class MamModule(Module):
         each call): that cost more than the puts themselves (docs/PERFORMANCE.md, "The
         archive writer and the GIL")."""
         assert self.store is not None and self.writer is not None
-        batch, self._pending = self._pending, []
-        senders, self._senders = self._senders, {}
-        held, self._held = self._held, {}
+        batch, senders, held = self.hooks.take()
         fold, self._fold = self._fold, set()
         budget = AGED_FOLD_ROWS
         while self._aged and budget > 0:
@@ -675,7 +554,7 @@ class MamModule(Module):
             return
         assert self.store is not None
         store = self.store
-        pending = {row[0] for row in self._pending}
+        pending = {row[0] for row in self.hooks.pending}
         for prefix in commit.folds:
             if not store.has_unfolded(prefix) and prefix not in pending:
                 self._limits.pop(prefix, None)
@@ -712,7 +591,7 @@ class MamModule(Module):
             self.flush(wait=True)
         self.writer.listeners.remove(self.flush)  # (the storage closes the writer)
 
-    def _wanted(self, domain: str, local: str, peer: str) -> bool:
+    def wanted(self, domain: str, local: str, peer: str) -> bool:
         """§5: the account's preferences for `peer`."""
         default, always, never = self._load_prefs(domain, local)
         if default == "always" and not never:
@@ -791,6 +670,7 @@ class MamModule(Module):
         except StorageFull:
             raise StanzaError("resource-constraint", "the server's storage is full") from None
         self._prefs[origin.bare] = (default, lists["always"], lists["never"])
+        self.hooks.forget(origin.bare)
 
     def _prefs_xml(self, origin: C2SStream) -> str:
         default, always, never = self._load_prefs(origin.domain, origin.local)
