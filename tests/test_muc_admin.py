@@ -259,9 +259,10 @@ def test_configuration_rights_and_notices(login: Any, users: Iterator[str]) -> N
     form = iq(a, room, "get", f"<query xmlns='{OWNER}'/>")
     values = {f.get("var"): f.findtext(f"{{{DATA}}}value") for f in form.iter(f"{{{DATA}}}field")}
     assert values["muc#roomconfig_whois"] == "anyone"
-    # owners through the form (roomowners), never empty
+    # owners through the form (roomowners), never empty: §10.2, the last owner cannot step
+    # down, conflict (MultiUserChatOwnerConfigRoomIntegrationTest.testRoomConfigRemoveLastOwner)
     reply = configure(a, room, "<field var='muc#roomconfig_roomowners'/>")
-    assert stanza_error(reply) == "not-acceptable"
+    assert stanza_error(reply) == "conflict"
     reply = configure(a, room, field("muc#roomconfig_roomowners", a.bare, b.bare))
     assert reply.get("type") == "result"
     owners = iq(a, room, "get", f"<query xmlns='{ADMIN}'><item affiliation='owner'/></query>")

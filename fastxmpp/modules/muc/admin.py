@@ -289,7 +289,8 @@ def configure(room: Room, form: Any, by: str) -> None:
     """Apply a submitted configuration form (an empty one: an instant room, §10.1.2)."""
     submitted = parse_submission(form, room.config, room.service.limits)
     if submitted.owners is not None and not submitted.owners:
-        raise StanzaError("not-acceptable", "a room needs an owner")
+        # §10.2: an owner cannot revoke their own status when no other owner is left
+        raise StanzaError("conflict", "the room's last owner cannot step down")
     old = room.config
     new = submitted.config
     room.config = new
