@@ -214,6 +214,27 @@ def test_room_disco_info_features(login: Any, users: Iterator[str]) -> None:
     assert values["muc#roominfo_occupants"] == "1"
 
 
+def test_room_disco_items_list_occupants_of_public_rooms(login: Any, users: Iterator[str]) -> None:
+    """§6.5: a public room lists its occupants to anyone (what the XMPP Interop suite's
+    MultiUserChatEntityIntegrationTest.mucTestForDiscoveringRoomItems asks of a
+    non-occupant); a hidden or members-only room only to its occupants."""
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    public = create(a, "one")
+    hidden = create(b, "two", form=field("muc#roomconfig_publicroom", "0"))
+    members = create(a, "three", form=field("muc#roomconfig_membersonly", "1"))
+
+    def occupants(user: User, room: str) -> list[str | None]:
+        reply = iq(user, room, "get", f"<query xmlns='{DISCO_ITEMS}'/>")
+        assert reply.get("type") == "result", etree.tostring(reply)
+        return [i.get("jid") for i in reply.iter(f"{{{DISCO_ITEMS}}}item")]
+
+    assert occupants(c, public) == [f"{public}/one"]
+    assert occupants(c, hidden) == []
+    assert occupants(b, hidden) == [f"{hidden}/two"]
+    assert occupants(c, members) == []
+    assert occupants(a, members) == [f"{members}/three"]
+
+
 def test_stanzas_to_the_service_itself(login: Any, users: Iterator[str]) -> None:
     a = login(next(users))
     reply = iq(a, SERVICE, "get", "<query xmlns='jabber:iq:version'/>")
