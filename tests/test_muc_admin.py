@@ -123,6 +123,30 @@ def test_kick_rules(login: Any, users: Iterator[str]) -> None:
     assert stanza_error(reply) == "bad-request"
 
 
+def test_owner_outside_the_room_reads_role_lists_and_changes_roles(
+    login: Any, users: Iterator[str]
+) -> None:
+    """§9.8, §9.6, §9.7: the moderator list and moderator status are an admin's business,
+    checked by the bare JID's affiliation, not by a role in the room: an owner who is not
+    joined (another resource) reads the list and grants and revokes moderator status."""
+    a, b = login(next(users)), login(next(users))
+    room = room_with(a, (b, "bee"))
+    away = login(a.name, "away")  # the owner's other resource, not in the room
+    assert listed(admin_get(away, room, "role='moderator'")) == {"owner": "moderator"}
+    assert listed(admin_get(away, room, "role='participant'")) == {"bee": "participant"}
+    reply = admin_set(away, room, "<item nick='bee' role='moderator'/>")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    seen = presences(received(b.c))
+    assert item(seen[-1]).get("role") == "moderator" and "110" in codes(seen[-1])
+    reply = admin_set(away, room, "<item nick='bee' role='participant'/>")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    assert item(presences(received(b.c))[-1]).get("role") == "participant"
+    # a user neither in the room nor affiliated: forbidden (§9.8)
+    c = login(next(users))
+    assert stanza_error(admin_get(c, room, "role='moderator'")) == "forbidden"
+    assert stanza_error(admin_set(c, room, "<item nick='bee' role='moderator'/>")) == "forbidden"
+
+
 def test_voice_in_moderated_room(login: Any, users: Iterator[str]) -> None:
     a, b = login(next(users)), login(next(users))
     room = room_with(a, (b, "bob"), form=field("muc#roomconfig_moderatedroom", "1"))

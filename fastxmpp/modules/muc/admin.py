@@ -81,7 +81,6 @@ def _list(room: Room, origin: C2SStream, item: Any) -> str:
     """§8.5 voice list, §9.5 ban list, §9.8 member list, §9.11 moderator list, §10.5 owner
     list, §10.8 admin list."""
     actor_affiliation = room.affiliation(origin.bare)
-    actor = room.by_jid.get(origin.full)
     affiliation = item.get("affiliation")
     role = item.get("role")
     if affiliation is not None:
@@ -102,7 +101,7 @@ def _list(room: Room, origin: C2SStream, item: Any) -> str:
         return out
     if role not in ("moderator", "participant", "visitor"):
         raise StanzaError("bad-request", "an item with 'role' or 'affiliation' is expected")
-    if actor is None or actor.role != "moderator":
+    if _acting_role(room, origin) != "moderator":
         raise StanzaError("forbidden", "only moderators see this list")
     out = ""
     for occupant in room.occupants.values():
@@ -127,11 +126,20 @@ def _change(room: Room, origin: C2SStream, item: Any) -> Callable[[], None]:
     raise StanzaError("bad-request", "an item needs a 'role' or an 'affiliation'")
 
 
+def _acting_role(room: Room, origin: C2SStream) -> str:
+    """The role a muc#admin request acts with: the occupant's; for an admin or owner not in
+    the room, moderator, as §9.6-9.8 check the sender's bare JID against the admin list."""
+    occupant = room.by_jid.get(origin.full)
+    if occupant is not None:
+        return occupant.role
+    return "moderator" if room.affiliation(origin.bare) in PRIVILEGED else "none"
+
+
 def _role_change(room: Room, origin: C2SStream, item: Any, role: str) -> Callable[[], None]:
     if role not in ROLE_RANK:
         raise StanzaError("bad-request", f"no role {role!r}")
     actor = room.by_jid.get(origin.full)
-    if actor is None or actor.role != "moderator":
+    if _acting_role(room, origin) != "moderator":
         raise StanzaError("forbidden", "only moderators change roles")
     nick = item.get("nick")
     if not nick:
@@ -139,7 +147,7 @@ def _role_change(room: Room, origin: C2SStream, item: Any, role: str) -> Callabl
     target = room.occupants.get(nick)
     if target is None:
         raise StanzaError("item-not-found", "no occupant has that nickname")
-    actor_rank = AFFILIATION_RANK[room.affiliation(actor.bare)]
+    actor_rank = AFFILIATION_RANK[room.affiliation(origin.bare)]
     target_affiliation = room.affiliation(target.bare)
     target_rank = AFFILIATION_RANK[target_affiliation]
     if role == "none":
