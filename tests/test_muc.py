@@ -752,6 +752,30 @@ def test_nick_change(login: Any, users: Iterator[str]) -> None:
     assert bodies(received(c.c, b.c)) == [(f"{room}/robert", "still robert")]
 
 
+def test_nick_change_carries_the_new_presence(login: Any, users: Iterator[str]) -> None:
+    """§7.6: a nickname change is updated presence sent to the new occupant JID; the
+    presence from the new nickname is that one (its <show/> and <status/>), not the one
+    the occupant entered with."""
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob", f"<x xmlns='{MUC}'/><status>here</status>")
+    sync(a.c)
+    b.send(f"<presence to='{room}/robert'><show>away</show><status>lunch</status></presence>")
+    own = presences(received(b.c))
+    theirs = presences(received(a.c))
+    for seen in (own, theirs):
+        gone, arrived = seen
+        assert gone.get("type") == "unavailable" and "303" in codes(gone)
+        assert gone.findtext(f"{{{CLIENT}}}status") is None  # §7.6: no status on the old one
+        assert arrived.get("from") == f"{room}/robert"
+        assert arrived.findtext(f"{{{CLIENT}}}show") == "away"
+        assert arrived.findtext(f"{{{CLIENT}}}status") == "lunch"
+    # and it is what a newcomer sees
+    c = login(next(users))
+    robert = [p for p in presences(join(c, room, "carol")) if p.get("from") == f"{room}/robert"]
+    assert robert[0].findtext(f"{{{CLIENT}}}show") == "away"
+
+
 def test_presence_change_broadcast(login: Any, users: Iterator[str]) -> None:
     a, b = login(next(users)), login(next(users))
     room = create(a)

@@ -273,7 +273,7 @@ class MucService:
         muc_x = element.find(f"{{{NS_MUC}}}x")
         if room is not None and origin.full in room.by_jid:
             if room.by_jid[origin.full].nick != nick:
-                room.change_nick(origin, nick)
+                room.change_nick(origin, st, nick)
             elif muc_x is not None:
                 room.resync(origin, st, muc_x)
             else:
