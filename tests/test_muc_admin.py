@@ -147,6 +147,29 @@ def test_owner_outside_the_room_reads_role_lists_and_changes_roles(
     assert stanza_error(admin_set(c, room, "<item nick='bee' role='moderator'/>")) == "forbidden"
 
 
+def test_moderator_status_is_granted_and_revoked_by_admins_only(
+    login: Any, users: Iterator[str]
+) -> None:
+    """§9 (§9.6, §9.7): granting or revoking moderator status is an admin's request; from a
+    moderator who is no admin it is denied with forbidden (as the XMPP Interop suite quotes
+    §9 for MultiUserChatAdminGrantModerator/RevokeModeratorIntegrationTest)."""
+    a, b, c, d = login(next(users)), login(next(users)), login(next(users)), login(next(users))
+    room = room_with(a, (b, "bob"), (c, "carol"), (d, "dave"))
+    for nick in ("bob", "dave"):
+        assert admin_set(a, room, f"<item nick='{nick}' role='moderator'/>").get("type") == "result"
+    reply = admin_set(b, room, "<item nick='carol' role='moderator'/>")
+    assert stanza_error(reply) == "forbidden" and error_type(reply) == "auth"
+    reply = admin_set(b, room, "<item nick='dave' role='participant'/>")
+    assert stanza_error(reply) == "forbidden"
+    # what a moderator may do: read the moderator list, kick a participant (§8.2)
+    assert admin_set(b, room, "<item nick='carol' role='none'/>").get("type") == "result"
+    assert listed(admin_get(b, room, "role='moderator'")) == {
+        "owner": "moderator",
+        "bob": "moderator",
+        "dave": "moderator",
+    }
+
+
 def test_voice_in_moderated_room(login: Any, users: Iterator[str]) -> None:
     a, b = login(next(users)), login(next(users))
     room = room_with(a, (b, "bob"), form=field("muc#roomconfig_moderatedroom", "1"))

@@ -158,13 +158,14 @@ def _role_change(room: Room, origin: C2SStream, item: Any, role: str) -> Callabl
             raise StanzaError("not-allowed", "the occupant's affiliation is above yours")
     elif role == "moderator":
         if actor_rank < AFFILIATION_RANK["admin"]:
-            raise StanzaError("not-allowed", "only admins and owners grant moderator status")
+            # §9: a request of an admin's from someone who is none is forbidden
+            raise StanzaError("forbidden", "only admins and owners grant moderator status")
     else:
         if target_affiliation in PRIVILEGED:
             # §8.4, §9.7: admins and owners keep voice and moderator status.
             raise StanzaError("not-allowed", "admins and owners cannot lose their role")
         if target.role == "moderator" and actor_rank < AFFILIATION_RANK["admin"]:
-            raise StanzaError("not-allowed", "only admins and owners revoke moderator status")
+            raise StanzaError("forbidden", "only admins and owners revoke moderator status")
         if role == "visitor" and target is not actor and target_rank >= actor_rank:
             raise StanzaError("not-allowed", "the occupant's affiliation is not below yours")
     reason = _reason(item, NS_ADMIN)
