@@ -214,6 +214,27 @@ def test_room_disco_info_features(login: Any, users: Iterator[str]) -> None:
     assert values["muc#roominfo_occupants"] == "1"
 
 
+def test_room_disco_items_list_occupants_of_public_rooms(login: Any, users: Iterator[str]) -> None:
+    """§6.5: a public room lists its occupants to anyone (what the XMPP Interop suite's
+    MultiUserChatEntityIntegrationTest.mucTestForDiscoveringRoomItems asks of a
+    non-occupant); a hidden or members-only room only to its occupants."""
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    public = create(a, "one")
+    hidden = create(b, "two", form=field("muc#roomconfig_publicroom", "0"))
+    members = create(a, "three", form=field("muc#roomconfig_membersonly", "1"))
+
+    def occupants(user: User, room: str) -> list[str | None]:
+        reply = iq(user, room, "get", f"<query xmlns='{DISCO_ITEMS}'/>")
+        assert reply.get("type") == "result", etree.tostring(reply)
+        return [i.get("jid") for i in reply.iter(f"{{{DISCO_ITEMS}}}item")]
+
+    assert occupants(c, public) == [f"{public}/one"]
+    assert occupants(c, hidden) == []
+    assert occupants(b, hidden) == [f"{hidden}/two"]
+    assert occupants(c, members) == []
+    assert occupants(a, members) == [f"{members}/three"]
+
+
 def test_stanzas_to_the_service_itself(login: Any, users: Iterator[str]) -> None:
     a = login(next(users))
     reply = iq(a, SERVICE, "get", "<query xmlns='jabber:iq:version'/>")
@@ -729,6 +750,30 @@ def test_nick_change(login: Any, users: Iterator[str]) -> None:
     assert stanza_error(reply) == "conflict" and reply.get("from") == f"{room}/carol"
     groupchat(b, room, "still robert")
     assert bodies(received(c.c, b.c)) == [(f"{room}/robert", "still robert")]
+
+
+def test_nick_change_carries_the_new_presence(login: Any, users: Iterator[str]) -> None:
+    """§7.6: a nickname change is updated presence sent to the new occupant JID; the
+    presence from the new nickname is that one (its <show/> and <status/>), not the one
+    the occupant entered with."""
+    a, b = login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob", f"<x xmlns='{MUC}'/><status>here</status>")
+    sync(a.c)
+    b.send(f"<presence to='{room}/robert'><show>away</show><status>lunch</status></presence>")
+    own = presences(received(b.c))
+    theirs = presences(received(a.c))
+    for seen in (own, theirs):
+        gone, arrived = seen
+        assert gone.get("type") == "unavailable" and "303" in codes(gone)
+        assert gone.findtext(f"{{{CLIENT}}}status") is None  # §7.6: no status on the old one
+        assert arrived.get("from") == f"{room}/robert"
+        assert arrived.findtext(f"{{{CLIENT}}}show") == "away"
+        assert arrived.findtext(f"{{{CLIENT}}}status") == "lunch"
+    # and it is what a newcomer sees
+    c = login(next(users))
+    robert = [p for p in presences(join(c, room, "carol")) if p.get("from") == f"{room}/robert"]
+    assert robert[0].findtext(f"{{{CLIENT}}}show") == "away"
 
 
 def test_presence_change_broadcast(login: Any, users: Iterator[str]) -> None:

@@ -123,6 +123,53 @@ def test_kick_rules(login: Any, users: Iterator[str]) -> None:
     assert stanza_error(reply) == "bad-request"
 
 
+def test_owner_outside_the_room_reads_role_lists_and_changes_roles(
+    login: Any, users: Iterator[str]
+) -> None:
+    """§9.8, §9.6, §9.7: the moderator list and moderator status are an admin's business,
+    checked by the bare JID's affiliation, not by a role in the room: an owner who is not
+    joined (another resource) reads the list and grants and revokes moderator status."""
+    a, b = login(next(users)), login(next(users))
+    room = room_with(a, (b, "bee"))
+    away = login(a.name, "away")  # the owner's other resource, not in the room
+    assert listed(admin_get(away, room, "role='moderator'")) == {"owner": "moderator"}
+    assert listed(admin_get(away, room, "role='participant'")) == {"bee": "participant"}
+    reply = admin_set(away, room, "<item nick='bee' role='moderator'/>")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    seen = presences(received(b.c))
+    assert item(seen[-1]).get("role") == "moderator" and "110" in codes(seen[-1])
+    reply = admin_set(away, room, "<item nick='bee' role='participant'/>")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    assert item(presences(received(b.c))[-1]).get("role") == "participant"
+    # a user neither in the room nor affiliated: forbidden (§9.8)
+    c = login(next(users))
+    assert stanza_error(admin_get(c, room, "role='moderator'")) == "forbidden"
+    assert stanza_error(admin_set(c, room, "<item nick='bee' role='moderator'/>")) == "forbidden"
+
+
+def test_moderator_status_is_granted_and_revoked_by_admins_only(
+    login: Any, users: Iterator[str]
+) -> None:
+    """§9 (§9.6, §9.7): granting or revoking moderator status is an admin's request; from a
+    moderator who is no admin it is denied with forbidden (as the XMPP Interop suite quotes
+    §9 for MultiUserChatAdminGrantModerator/RevokeModeratorIntegrationTest)."""
+    a, b, c, d = login(next(users)), login(next(users)), login(next(users)), login(next(users))
+    room = room_with(a, (b, "bob"), (c, "carol"), (d, "dave"))
+    for nick in ("bob", "dave"):
+        assert admin_set(a, room, f"<item nick='{nick}' role='moderator'/>").get("type") == "result"
+    reply = admin_set(b, room, "<item nick='carol' role='moderator'/>")
+    assert stanza_error(reply) == "forbidden" and error_type(reply) == "auth"
+    reply = admin_set(b, room, "<item nick='dave' role='participant'/>")
+    assert stanza_error(reply) == "forbidden"
+    # what a moderator may do: read the moderator list, kick a participant (§8.2)
+    assert admin_set(b, room, "<item nick='carol' role='none'/>").get("type") == "result"
+    assert listed(admin_get(b, room, "role='moderator'")) == {
+        "owner": "moderator",
+        "bob": "moderator",
+        "dave": "moderator",
+    }
+
+
 def test_voice_in_moderated_room(login: Any, users: Iterator[str]) -> None:
     a, b = login(next(users)), login(next(users))
     room = room_with(a, (b, "bob"), form=field("muc#roomconfig_moderatedroom", "1"))
@@ -259,9 +306,10 @@ def test_configuration_rights_and_notices(login: Any, users: Iterator[str]) -> N
     form = iq(a, room, "get", f"<query xmlns='{OWNER}'/>")
     values = {f.get("var"): f.findtext(f"{{{DATA}}}value") for f in form.iter(f"{{{DATA}}}field")}
     assert values["muc#roomconfig_whois"] == "anyone"
-    # owners through the form (roomowners), never empty
+    # owners through the form (roomowners), never empty: §10.2, the last owner cannot step
+    # down, conflict (MultiUserChatOwnerConfigRoomIntegrationTest.testRoomConfigRemoveLastOwner)
     reply = configure(a, room, "<field var='muc#roomconfig_roomowners'/>")
-    assert stanza_error(reply) == "not-acceptable"
+    assert stanza_error(reply) == "conflict"
     reply = configure(a, room, field("muc#roomconfig_roomowners", a.bare, b.bare))
     assert reply.get("type") == "result"
     owners = iq(a, room, "get", f"<query xmlns='{ADMIN}'><item affiliation='owner'/></query>")

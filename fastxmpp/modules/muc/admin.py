@@ -81,7 +81,6 @@ def _list(room: Room, origin: C2SStream, item: Any) -> str:
     """§8.5 voice list, §9.5 ban list, §9.8 member list, §9.11 moderator list, §10.5 owner
     list, §10.8 admin list."""
     actor_affiliation = room.affiliation(origin.bare)
-    actor = room.by_jid.get(origin.full)
     affiliation = item.get("affiliation")
     role = item.get("role")
     if affiliation is not None:
@@ -102,7 +101,7 @@ def _list(room: Room, origin: C2SStream, item: Any) -> str:
         return out
     if role not in ("moderator", "participant", "visitor"):
         raise StanzaError("bad-request", "an item with 'role' or 'affiliation' is expected")
-    if actor is None or actor.role != "moderator":
+    if _acting_role(room, origin) != "moderator":
         raise StanzaError("forbidden", "only moderators see this list")
     out = ""
     for occupant in room.occupants.values():
@@ -127,11 +126,20 @@ def _change(room: Room, origin: C2SStream, item: Any) -> Callable[[], None]:
     raise StanzaError("bad-request", "an item needs a 'role' or an 'affiliation'")
 
 
+def _acting_role(room: Room, origin: C2SStream) -> str:
+    """The role a muc#admin request acts with: the occupant's; for an admin or owner not in
+    the room, moderator, as §9.6-9.8 check the sender's bare JID against the admin list."""
+    occupant = room.by_jid.get(origin.full)
+    if occupant is not None:
+        return occupant.role
+    return "moderator" if room.affiliation(origin.bare) in PRIVILEGED else "none"
+
+
 def _role_change(room: Room, origin: C2SStream, item: Any, role: str) -> Callable[[], None]:
     if role not in ROLE_RANK:
         raise StanzaError("bad-request", f"no role {role!r}")
     actor = room.by_jid.get(origin.full)
-    if actor is None or actor.role != "moderator":
+    if _acting_role(room, origin) != "moderator":
         raise StanzaError("forbidden", "only moderators change roles")
     nick = item.get("nick")
     if not nick:
@@ -139,7 +147,7 @@ def _role_change(room: Room, origin: C2SStream, item: Any, role: str) -> Callabl
     target = room.occupants.get(nick)
     if target is None:
         raise StanzaError("item-not-found", "no occupant has that nickname")
-    actor_rank = AFFILIATION_RANK[room.affiliation(actor.bare)]
+    actor_rank = AFFILIATION_RANK[room.affiliation(origin.bare)]
     target_affiliation = room.affiliation(target.bare)
     target_rank = AFFILIATION_RANK[target_affiliation]
     if role == "none":
@@ -150,13 +158,14 @@ def _role_change(room: Room, origin: C2SStream, item: Any, role: str) -> Callabl
             raise StanzaError("not-allowed", "the occupant's affiliation is above yours")
     elif role == "moderator":
         if actor_rank < AFFILIATION_RANK["admin"]:
-            raise StanzaError("not-allowed", "only admins and owners grant moderator status")
+            # §9: a request of an admin's from someone who is none is forbidden
+            raise StanzaError("forbidden", "only admins and owners grant moderator status")
     else:
         if target_affiliation in PRIVILEGED:
             # §8.4, §9.7: admins and owners keep voice and moderator status.
             raise StanzaError("not-allowed", "admins and owners cannot lose their role")
         if target.role == "moderator" and actor_rank < AFFILIATION_RANK["admin"]:
-            raise StanzaError("not-allowed", "only admins and owners revoke moderator status")
+            raise StanzaError("forbidden", "only admins and owners revoke moderator status")
         if role == "visitor" and target is not actor and target_rank >= actor_rank:
             raise StanzaError("not-allowed", "the occupant's affiliation is not below yours")
     reason = _reason(item, NS_ADMIN)
@@ -289,7 +298,8 @@ def configure(room: Room, form: Any, by: str) -> None:
     """Apply a submitted configuration form (an empty one: an instant room, §10.1.2)."""
     submitted = parse_submission(form, room.config, room.service.limits)
     if submitted.owners is not None and not submitted.owners:
-        raise StanzaError("not-acceptable", "a room needs an owner")
+        # §10.2: an owner cannot revoke their own status when no other owner is left
+        raise StanzaError("conflict", "the room's last owner cannot step down")
     old = room.config
     new = submitted.config
     room.config = new

@@ -383,9 +383,9 @@ class Room:
         occupant.presence = reflected_children(st)
         self.broadcast_presence(occupant)
 
-    def change_nick(self, origin: C2SStream, new_nick: str) -> None:
+    def change_nick(self, origin: C2SStream, st: Stanza, new_nick: str) -> None:
         """§7.6: unavailable from the old nickname with 303 and the new one, then available
-        from the new one."""
+        from the new one, with the presence that asked for the change."""
         occupant = self.by_jid[origin.full]
         self.check_nick(new_nick, occupant.bare, occupant)
         self.broadcast_presence(
@@ -397,6 +397,7 @@ class Room:
         )
         self._drop(occupant)
         occupant.nick = new_nick
+        occupant.presence = reflected_children(st)
         self.occupants[new_nick] = occupant
         self.nick_keys[nick_key(new_nick)] = new_nick
         self.broadcast_presence(occupant)

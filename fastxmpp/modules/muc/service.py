@@ -273,7 +273,7 @@ class MucService:
         muc_x = element.find(f"{{{NS_MUC}}}x")
         if room is not None and origin.full in room.by_jid:
             if room.by_jid[origin.full].nick != nick:
-                room.change_nick(origin, nick)
+                room.change_nick(origin, st, nick)
             elif muc_x is not None:
                 room.resync(origin, st, muc_x)
             else:
@@ -370,8 +370,9 @@ class MucService:
         elif namespace == NS_ITEMS and itype == "get":
             self._node_check(st.element(), NS_ITEMS)
             items = ""
-            if origin.full in room.by_jid:
-                # §6.5: occupants may see who is in; others learn nothing.
+            if origin.full in room.by_jid or (room.config.public and not room.config.members_only):
+                # §6.5: occupants see who is in, and so does anyone for a public open room
+                # (the service MAY list them); of other rooms strangers learn nothing.
                 items = "".join(
                     f"<item jid={quoteattr(room.occupant_jid(nick))}/>" for nick in room.occupants
                 )
