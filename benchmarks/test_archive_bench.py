@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import record_rate
+from fastxmpp._router import Session
 
 from fastxmpp.storage.account_data import account_prefix
 from fastxmpp.storage.lmdb_store import Storage
@@ -108,3 +110,108 @@ def test_group_commits_of_rows_for_many_accounts(benchmark: Any, archive: Archiv
     after = sum(archive.store.count("localhost", f"bench{i}") for i in range(ACCOUNTS))
     assert after - before == rows
     assert os.path.isdir(archive.storage.data_dir)
+
+
+# --- the archive's work per message on the event loop -------------------------------------
+#
+# A real server (its configuration's modules, storage in a temporary directory), started
+# without serving anyone: sessions bound straight to its router, chat messages routed between
+# them, the turn's end run after each PER_TURN messages. The archive's rows are taken at the
+# turn's end instead of going to the writer (its commits are the benchmark above), so what is
+# timed is the routing with every module's handlers, the archive's included; with
+# `[mam] enabled = false` the same without it. Works with builds from before
+# `_router.ArchiveHooks` too, for the A/B in docs/PERFORMANCE.md.
+
+HOOK_PAIRS = 1000
+HOOK_MESSAGES = 2000
+
+
+class HookSession(Session):
+    pass
+
+
+class NullTransport:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _take_rows(mam: Any, wait: bool = False) -> None:
+    """In place of MamModule.flush: the turn's rows taken, the senders' output let go."""
+    if hasattr(mam, "hooks"):
+        _rows, _senders, held = mam.hooks.take()
+    else:  # (before ArchiveHooks)
+        held, mam._held = mam._held, {}
+        mam._pending, mam._senders = [], {}
+    for session in held.values():
+        session.release_writes()
+
+
+@pytest.fixture(params=["archive-on", "archive-off"])
+def hooked_server(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    import asyncio
+
+    from fastxmpp._parser import StreamParser
+
+    from fastxmpp.config import load_config
+    from fastxmpp.modules.mam import MamModule
+    from fastxmpp.server import Server
+
+    monkeypatch.setattr(MamModule, "flush", _take_rows)
+    config = tmp_path / "fastxmpp.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path}/data"\nlog_level = "warning"\n'
+        '[[listeners]]\nkind = "c2s"\naddress = "127.0.0.1"\nport = 0\n[hosts.localhost]\n'
+        + ("[mam]\nenabled = false\n" if request.param == "archive-off" else "")
+    )
+    loop = asyncio.new_event_loop()
+    server = Server(load_config(config))
+    loop.run_until_complete(server.start())
+    router = server.router
+    router.user_exists = lambda domain, local: True
+    sessions = []
+    for i in range(2 * HOOK_PAIRS):
+        session = HookSession()
+        session.transport = NullTransport()
+        router.bind(session, f"user{i}", "localhost", "phone")
+        session.available = True
+        session.priority = 0
+        sessions.append(session)
+    header = (
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
+        b" to='localhost' version='1.0'>"
+    )
+    messages = []
+    for i in range(HOOK_PAIRS):
+        text = (
+            f"<message to='user{2 * i + 1}@localhost/phone' type='chat' id='m{i}'><body>"
+            f"Running ten minutes late, order without me ({i})</body>"
+            "<active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        )
+        messages.append((sessions[2 * i], StreamParser().feed(header + text.encode())[-1]))
+    yield router, messages, request.param
+    loop.run_until_complete(server.stop())
+    loop.close()
+
+
+@pytest.mark.parametrize("per_turn", [1, 10])
+def test_routing_with_the_archive_hooks(benchmark: Any, hooked_server: Any, per_turn: int) -> None:
+    router, messages, mode = hooked_server
+    route = router.route
+
+    def run() -> int:
+        routed = 0
+        for start in range(0, HOOK_MESSAGES, per_turn):
+            for origin, stanza in messages[start % HOOK_PAIRS : start % HOOK_PAIRS + per_turn]:
+                route(origin, stanza)
+                routed += 1
+            router.flush_all()
+        return routed
+
+    assert benchmark(run) == HOOK_MESSAGES
+    record_rate(benchmark, messages=HOOK_MESSAGES)
+    benchmark.extra_info["mode"] = mode
