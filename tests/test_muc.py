@@ -856,6 +856,35 @@ def test_exit_and_temporary_room_vanishes(login: Any, users: Iterator[str]) -> N
     assert stanza_error(reply) == "item-not-found"
 
 
+def test_stable_ids(login: Any, users: Iterator[str]) -> None:
+    # §7.2.3, §7.4 and the muc#stable_id feature (advertised by the service and its rooms):
+    # a message is reflected with its own 'id', and the self-presence answering a join or
+    # an exit carries the id of the presence that asked for it (what clients wait for).
+    owner, guest = login(next(users)), login(next(users))
+    room = create(owner)
+    for target in (SERVICE, room):
+        info = iq(owner, target, "get", f"<query xmlns='{DISCO_INFO}'/>")
+        assert MUC + "#stable_id" in {f.get("var") for f in info.iter(f"{{{DISCO_INFO}}}feature")}
+    guest.send(f"<presence to='{room}/guest' id='join-1'><x xmlns='{MUC}'/></presence>")
+    while True:
+        el = guest.c.next()
+        if el.tag == PRESENCE and "110" in codes(el):
+            break
+    assert el.get("id") == "join-1"
+    seen = presences(received(owner.c, guest.c))  # the others' copy answers nothing: no id
+    assert [p.get("from") for p in seen] == [f"{room}/guest"] and seen[0].get("id") is None
+    guest.send(f"<message to='{room}' type='groupchat' id='msg-1'><body>hi</body></message>")
+    for user in (guest, owner):
+        reflected = [el for el in received(user.c, guest.c) if el.tag == MESSAGE]
+        assert [el.get("id") for el in reflected if el.find(f"{{{CLIENT}}}body") is not None] == [
+            "msg-1"
+        ]
+    guest.send(f"<presence to='{room}/guest' type='unavailable' id='leave-1'/>")
+    gone = presences(received(guest.c))
+    assert len(gone) == 1 and gone[0].get("type") == "unavailable" and "110" in codes(gone[0])
+    assert gone[0].get("id") == "leave-1"
+
+
 def test_disconnect_and_broadcast_unavailable_leave_rooms(login: Any, users: Iterator[str]) -> None:
     a, b, c = login(next(users)), login(next(users)), login(next(users))
     room = create(a)

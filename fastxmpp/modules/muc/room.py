@@ -212,15 +212,18 @@ class Room:
         item_attrs: str = "",
         x_extra: str = "",
         status_xml: str | None = None,
+        answers: str | None = None,
     ) -> bytes:
-        """In-room presence of `subject` for the session `to` (§7.2.3, §17.3 rule 8)."""
+        """In-room presence of `subject` for the session `to` (§7.2.3, §17.3 rule 8);
+        `answers`: the id of the presence of `to`'s it answers (muc#stable_id)."""
         jid_attr = f" jid={quoteattr(subject.jid)}" if show_jid else ""
+        id_attr = "" if answers is None else f" id={quoteattr(answers)}"
         codes_xml = "".join(f"<status code='{code}'/>" for code in codes)
         type_attr = " type='unavailable'" if unavailable else ""
         inner = subject.presence if status_xml is None else status_xml
         return (
             f"<presence from={quoteattr(self.occupant_jid(subject.nick))} to={quoteattr(to)}"
-            f"{type_attr}>{inner}<x xmlns='{NS_USER}'>"
+            f"{id_attr}{type_attr}>{inner}<x xmlns='{NS_USER}'>"
             f"<item affiliation='{self.affiliation(subject.bare)}' role='{subject.role}'"
             f"{jid_attr}{item_attrs}>{item_extra}</item>{codes_xml}{x_extra}</x></presence>"
         ).encode()
@@ -241,10 +244,13 @@ class Room:
         x_extra: str = "",
         status_xml: str | None = None,
         also: Iterable[tuple[str, C2SStream]] = (),
+        answers: str | None = None,
     ) -> None:
         """`subject`'s presence to every occupant; its own sessions (and `also`, sessions
-        that just left it) get status 110 and `self_codes` (§7.2.3)."""
+        that just left it) get status 110 and `self_codes` (§7.2.3), those in `also` with
+        the id `answers` of the presence they left with."""
         codes = list(codes)
+        leaving = {full for full, _session in also}
         own = [*subject.sessions.items(), *also]
         subject_jid = self.occupant_jid(subject.nick)
         for occupant, full, session in self.sessions():
@@ -275,6 +281,7 @@ class Room:
                     item_attrs=item_attrs,
                     x_extra=x_extra,
                     status_xml=status_xml,
+                    answers=answers if full in leaving else None,
                 )
             )
 
@@ -325,7 +332,11 @@ class Room:
             codes.append("100")  # §7.2.4: the room is non-anonymous
         if created:
             codes.append("201")  # §10.1.1: a new room
-        origin.send(self.presence(occupant, origin.full, show_jid=True, codes=codes))
+        origin.send(
+            self.presence(
+                occupant, origin.full, show_jid=True, codes=codes, answers=st.attrs.get("id")
+            )
+        )
         # §7.1: then history and the subject, for a new (locked) room too: clients take the
         # subject as the end of the join (§7.2.15).
         history = None if muc_x is None else muc_x.find(f"{{{NS_MUC}}}history")
@@ -353,7 +364,11 @@ class Room:
         for other in list(self.occupants.values()):
             if other is not occupant:
                 origin.send(self.presence(other, origin.full, show_jid=self.sees_jids(occupant)))
-        origin.send(self.presence(occupant, origin.full, show_jid=True, codes=["110"]))
+        origin.send(
+            self.presence(
+                occupant, origin.full, show_jid=True, codes=["110"], answers=st.attrs.get("id")
+            )
+        )
         history = None if muc_x is None else muc_x.find(f"{{{NS_MUC}}}history")
         for data in self.history.select(history):
             origin.send(insert_attr(data, "to", origin.full))
@@ -404,9 +419,10 @@ class Room:
 
     # --- leaving (§7.14) -------------------------------------------------------------------
 
-    def leave(self, session: C2SStream, status_xml: str = "") -> None:
-        """The session exits: its own unavailable presence; the others hear of it when it was
-        the occupant's last session."""
+    def leave(self, session: C2SStream, status_xml: str = "", answers: str | None = None) -> None:
+        """The session exits: its own unavailable presence (with the id `answers` of the
+        presence it exits with); the others hear of it when it was the occupant's last
+        session."""
         occupant = self.by_jid.get(session.full)
         if occupant is None or occupant.sessions.get(session.full) is not session:
             return  # not in the room (or a newer session of the same full JID is)
@@ -423,13 +439,18 @@ class Room:
                     unavailable=True,
                     codes=["110"],
                     status_xml=status_xml,
+                    answers=answers,
                 )
             )
             return
         self._drop(occupant)
         occupant.role = "none"  # §17.3 rule 8: the exit presence carries role none
         self.broadcast_presence(
-            occupant, unavailable=True, status_xml=status_xml, also=[(session.full, session)]
+            occupant,
+            unavailable=True,
+            status_xml=status_xml,
+            also=[(session.full, session)],
+            answers=answers,
         )
         self.service.maybe_discard(self)
 

@@ -58,6 +58,9 @@ NS_UNIQUE = NS_MUC + "#unique"
 NS_TRAFFIC = NS_MUC + "#traffic"
 ROOMUSER_NODE = "x-roomuser-item"
 SELF_PING = NS_MUC + "#self-ping-optimization"  # XEP-0410 §3.3
+# §7.4: messages are reflected with their 'id'; self-presence answering a join or an exit
+# carries the id of the presence that asked (clients that see this feature wait for it).
+STABLE_ID = NS_MUC + "#stable_id"
 SERVICE_NAME = "Chatrooms"
 IQ_TYPES = ("get", "set", "result", "error")
 
@@ -208,7 +211,7 @@ class MucService:
         if itype == "get" and namespace == NS_INFO:
             self._node_check(element, NS_INFO)
             features = "".join(
-                f"<feature var='{f}'/>" for f in (NS_INFO, NS_ITEMS, NS_MUC, NS_UNIQUE)
+                f"<feature var='{f}'/>" for f in (NS_INFO, NS_ITEMS, NS_MUC, NS_UNIQUE, STABLE_ID)
             )
             payload = (
                 f"<query xmlns='{NS_INFO}'><identity category='conference' type='text' "
@@ -254,7 +257,7 @@ class MucService:
             # §7.14 (and §17.3 rule 5: from a non-occupant it is ignored). An error presence
             # from an occupant's client removes it as well (§19.1.2 ghost users).
             if room is not None and origin.full in room.by_jid:
-                room.leave(origin, reflected_children(st))
+                room.leave(origin, reflected_children(st), st.attrs.get("id"))
             return
         if ptype == "probe" and room is not None and origin.full in room.by_jid:
             # §17.3 rule 4: an occupant asks for another occupant's (or its own) presence.
@@ -407,7 +410,7 @@ class MucService:
                 f"<query xmlns='{NS_INFO}' node='{ROOMUSER_NODE}'>{identity}</query>",
             )
         self._node_check(st.element(), NS_INFO)
-        features = [NS_MUC, NS_INFO, NS_ITEMS, SELF_PING, *room.config.features()]
+        features = [NS_MUC, NS_INFO, NS_ITEMS, SELF_PING, STABLE_ID, *room.config.features()]
         if archive_of(room) is not None:
             features += [NS_MAM, NS_SID]  # XEP-0313 §3.2 (MUC archives), XEP-0359 §4
         feature_xml = "".join(f"<feature var='{f}'/>" for f in features)
