@@ -39,7 +39,7 @@ sends presence. Other modules read it through `last_presence`, `directed_presenc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
@@ -452,13 +452,19 @@ class PresenceModule(Module):
     def _presence_to_remote(self, local_bare: str, remote_bare: str, visible: bool) -> None:
         """The current presence of each available resource of account `local_bare` (or
         unavailable presence from each, when not `visible`) to `remote_bare`'s server."""
-        for session in self.router.resources(local_bare).values():
+        for _session, presence in self._presences_of(local_bare, visible):
+            self._remote(remote_bare, presence)
+
+    def _presences_of(self, bare: str, visible: bool) -> Iterator[tuple[C2SStream, bytes]]:
+        """Each available resource of account `bare` with its current presence, or with
+        unavailable presence from it when not `visible`."""
+        for session in self.router.resources(bare).values():
             last = _last(session)
             if last is None:
                 continue
             if not visible:
                 last = f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode()
-            self._remote(remote_bare, last)
+            yield session, last
 
     def _inbound(self, sender: str, contact: JID, kind: str, data: bytes) -> None:
         """A subscription stanza from `sender` (bare JID, local) reaching `contact`'s
@@ -550,13 +556,8 @@ class PresenceModule(Module):
     def _presence_visibility_changed(self, user: str, contact: str, visible: bool) -> None:
         """§3.1.5: the contact's presence now; §3.2.2/§3.3.2: unavailable from it."""
         self.hub.presence_visibility_changed(user, contact, visible)
-        for session in self.router.resources(contact).values():
-            last = _last(session)
-            if last is None:
-                continue
-            if not visible:
-                last = f"<presence type='unavailable' from={quoteattr(session.full)}/>".encode()
-            self._to_available(user, addressed(last, user), session)
+        for session, presence in self._presences_of(contact, visible):
+            self._to_available(user, addressed(presence, user), session)
 
     def roster_item_removed(self, origin: C2SStream, item: RosterItem) -> None:
         """§2.5.2: the user removed `item`: the contact is told as if the user had sent
