@@ -115,6 +115,10 @@ def test_session_chat_carbons_archive_and_resumption(
     # §5: resumed after the dropped connection; what b sent meanwhile arrives once.
     srv.wait_for_log(f"resumed {a_bare}/desktop")
     assert r["after_resume"]["body"] == "while away" and r["after_resume"]["count"] == 1
+    # XEP-0313 §6.2 preferences as Gajim's dialog reads and writes them
+    assert r["mam_prefs"] in ("always", "roster")
+    assert r["mam_prefs_set"] == {"default": "roster", "always": [b_bare], "never": []}
+    assert r["server_version"] == "fastxmpp" and r["server_uptime"] >= 0 and r["server_time"]
     # XEP-0077 §3.3: the new password works at once
     assert r["new_password_login"] == f"{c_name}@localhost/again"
 
@@ -212,6 +216,8 @@ def test_room_history_self_ping_archive_and_upload(
     # through libsoup as Gajim does them
     assert r["upload_service"] == "upload.localhost"
     assert r["upload_max_size"] == 1000000
+    # §4.1: too large, with the limit Gajim shows
+    assert r["too_big"] == {"condition": "not-acceptable", "max_file_size": 1000000}
     assert r["put"]["complete"] and r["put"]["status"] == 201
     assert r["get"] == {
         "complete": True,

@@ -479,6 +479,30 @@ def session(args: argparse.Namespace) -> dict[str, Any]:
     a1.client.send_stanza(Message(to=b.bare, body="after resume", typ="chat"))
     b.wait_message("a1's message after resuming", lambda s, p: p.body == "after resume")
 
+    # Gajim's archiving preferences (XEP-0313 §6.2) and its server info window (XEP-0092,
+    # XEP-0012 uptime, XEP-0202).
+    mam = a1.module("MAM")
+    report["mam_prefs"] = result_of("MAM preferences", mam.request_preferences()).default
+    result_of("MAM preferences set", mam.set_preferences("roster", [JID.from_string(b.bare)], []))
+    prefs = result_of("MAM preferences again", mam.request_preferences())
+    report["mam_prefs_set"] = {
+        "default": prefs.default,
+        "always": [str(j) for j in prefs.always],
+        "never": [str(j) for j in prefs.never],
+    }
+    server = JID.from_string("localhost")
+    version = result_of(
+        "the server's version", a1.module("SoftwareVersion").request_software_version(server)
+    )
+    report["server_version"] = version.name
+    uptime = result_of(
+        "the server's uptime", a1.module("LastActivity").request_last_activity(server)
+    )
+    report["server_uptime"] = uptime.seconds
+    report["server_time"] = bool(
+        result_of("the server's time", a1.module("EntityTime").request_entity_time(server))
+    )
+
     # XEP-0077 §3.3: Gajim's "change password", then a login with the new one.
     if len(args.users) > 2:
         c = Gajim(args, args.users[2], "gajim").connect()
@@ -856,6 +880,16 @@ def muc_upload(args: argparse.Namespace) -> dict[str, Any]:
             a.module("HTTPUpload").request_slot(service, "picture one.png", len(PNG), "image/png"),
         )
         report["slot"] = {"put": slot.put_uri, "get": slot.get_uri, "headers": slot.headers}
+        too_big = error_of(
+            "a slot for a file too large",
+            a.module("HTTPUpload").request_slot(
+                service, "big.bin", 10**9, "application/octet-stream"
+            ),
+        )
+        report["too_big"] = {
+            "condition": too_big.condition,
+            "max_file_size": too_big.get_max_file_size(),
+        }
         # Gajim's upload: libsoup through nbxmpp's HTTP session, the body from the file.
         path = Path(args.tmp) / "picture one.png"
         path.write_bytes(PNG)
