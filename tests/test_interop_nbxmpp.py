@@ -199,6 +199,7 @@ def test_room_history_self_ping_archive_and_upload(
     assert r["b_live"]["from"] == f"{room}/alice"
     assert [sid["by"] for sid in r["b_live"]["stanza_ids"]] == [room]
     # XEP-0410 §3
+    assert r["self_ping_not_joined"] == "not-acceptable"
     assert r["self_ping"] == "result"
     assert r["ghost_ping_error"] in ("item-not-found", "not-acceptable")
     # XEP-0313 §5: the room's archive, paged by three, from the room

@@ -800,6 +800,10 @@ def muc_upload(args: argparse.Namespace) -> dict[str, Any]:
         a.client.send_stanza(Message(to=room, body=f"history {i}", typ="groupchat"))
     a.wait_message("a's own last room message", lambda s, p: p.body == "history 2")
 
+    # XEP-0410 §3.2: Gajim's self-ping while not (or no longer) joined
+    ping = Iq("get", to=f"{room}/bob")
+    ping.setTag("ping", namespace=Namespace.PING)
+    report["self_ping_not_joined"] = b.iq("a self-ping before joining", ping).getError()
     join(b, room, "bob", maxstanzas=2)
     b.wait_presence(
         "b's self-presence in the room",
