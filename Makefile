@@ -63,7 +63,8 @@ fuzz-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang; \
 	fi
 
-# The independent clients of tests/test_interop_*.py, each pinned: go-sendxmpp (Debian),
+# The independent clients of tests/test_interop_*.py, each pinned: go-sendxmpp and nbxmpp
+# (Debian; nbxmpp, Gajim's library, runs under Debian's /usr/bin/python3 with python3-gi),
 # xmpp.js (npm ci from tests/interop/js/package-lock.json, under node) and aioxmpp in a venv
 # of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt);
 # for tests/test_browser.py headless Chromium and its driver (Debian) and Converse.js (npm
@@ -71,10 +72,13 @@ fuzz-deps:
 .PHONY: interop-deps
 interop-deps: | deps
 	@if ! command -v go-sendxmpp >/dev/null || ! command -v npm >/dev/null \
-	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-	  echo "installing go-sendxmpp, nodejs, npm, chromium, chromium-driver (the interop tests' clients)"; \
+	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+	    || ! /usr/bin/python3 -c 'import gi, nbxmpp' 2>/dev/null; then \
+	  echo "installing go-sendxmpp, nodejs, npm, chromium, chromium-driver, python3-nbxmpp," \
+	    "python3-gi (the interop tests' clients)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq go-sendxmpp \
-	    chromium chromium-driver $$(command -v npm >/dev/null || echo nodejs npm); \
+	    chromium chromium-driver python3-nbxmpp python3-gi \
+	    $$(command -v npm >/dev/null || echo nodejs npm); \
 	fi
 	@if [ ! tests/interop/js/node_modules/.package-lock.json -nt tests/interop/js/package-lock.json ]; then \
 	  cd tests/interop/js && npm ci --no-audit --no-fund --loglevel=error; \

@@ -1,6 +1,7 @@
 """Runs the independent client implementations of tests/test_interop_*.py: aioxmpp (in its own
-virtual environment), go-sendxmpp (Debian) and xmpp.js (under node). `make test` installs them
-all (`make interop-deps`); a test whose client is missing fails and says how to install it."""
+virtual environment), go-sendxmpp (Debian), xmpp.js (under node) and nbxmpp (Debian, under
+Debian's own Python). `make test` installs them all (`make interop-deps`); a test whose client
+is missing fails and says how to install it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ AIOXMPP_PYTHON = REPO / ".venv-aioxmpp" / "bin" / "python"
 AIOXMPP_SCENARIOS = REPO / "tests" / "interop" / "aioxmpp" / "scenarios.py"
 JS_DIR = REPO / "tests" / "interop" / "js"
 JS_SCENARIOS = JS_DIR / "scenarios.mjs"
+# nbxmpp (Gajim's library) is packaged for Debian's Python, with PyGObject and GLib.
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+NBXMPP_SCENARIOS = REPO / "tests" / "interop" / "nbxmpp" / "scenarios.py"
 INSTALL = "`make interop-deps` installs it (`make test` runs that first)"
 
 
@@ -45,6 +49,17 @@ def require_xmppjs() -> str:
         f"xmpp.js ({JS_DIR / 'node_modules'})",
     )
     return node
+
+
+def require_nbxmpp() -> str:
+    present = SYSTEM_PYTHON.exists() and (
+        subprocess.run(
+            [str(SYSTEM_PYTHON), "-c", "import gi, nbxmpp"], capture_output=True
+        ).returncode
+        == 0
+    )
+    require(present, f"nbxmpp (Debian packages python3-nbxmpp, python3-gi for {SYSTEM_PYTHON})")
+    return str(SYSTEM_PYTHON)
 
 
 def run(
