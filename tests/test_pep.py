@@ -1213,3 +1213,28 @@ def test_node_disco_info(login: Any) -> None:
     assert error_of(missing) == ("cancel", "item-not-found", None)
     hidden = stranger.iq("get", f"<query xmlns='{INFO}' node='{TUNE}'/>", to=alice.bare)
     assert error_of(hidden)[1] == "service-unavailable"  # XEP-0030 §7 for accounts
+
+
+def test_node_disco_items(login: Any) -> None:
+    """XEP-0060 §5.5: disco#items of a node lists its items (name = item id, no node), to
+    whoever may retrieve them; XEP-0030 §8: any other node of an account is an empty result,
+    as for an account that does not exist, never an error telling the two apart."""
+    alice, bob, stranger = login(), login(), login()
+    befriend(alice, bob)
+    alice.publish(MOOD, "<mood xmlns='http://jabber.org/protocol/mood'><happy/></mood>", "m1")
+    alice.iq(
+        "set",
+        f"<pubsub xmlns='{OWNER}'><configure node='{MOOD}'>"
+        f"{options_form(PUBSUB + '#node_config', max_items='5')}</configure></pubsub>",
+    )
+    alice.publish(MOOD, "<mood xmlns='http://jabber.org/protocol/mood'><sad/></mood>", "m2")
+    for asker in (alice, bob):
+        reply = asker.iq("get", f"<query xmlns='{ITEMS}' node='{MOOD}'/>", to=alice.bare)
+        query = reply.find(f"{{{ITEMS}}}query")
+        assert query.get("node") == MOOD
+        listed = [(i.get("jid"), i.get("name"), i.get("node")) for i in query]
+        assert sorted(listed) == [(alice.bare, "m1", None), (alice.bare, "m2", None)]
+    for asker, node in ((stranger, MOOD), (alice, "missing"), (bob, "missing")):
+        reply = asker.iq("get", f"<query xmlns='{ITEMS}' node='{node}'/>", to=alice.bare)
+        assert reply.get("type") == "result", etree.tostring(reply)
+        assert len(reply.find(f"{{{ITEMS}}}query")) == 0

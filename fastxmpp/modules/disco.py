@@ -14,8 +14,11 @@
   (PEP nodes); modules add identities through an `account_identities` attribute of
   (category, type) pairs (XEP-0163 §3: pubsub/pep), and answer disco#info for a node of the
   account through an optional `account_node_info(requester_bare, local, domain, node)`
-  returning the query's inner XML, or None (XEP-0060 §5.3).
-- Any node: item-not-found (§3.2), no module defines nodes yet.
+  returning the query's inner XML, or None (XEP-0060 §5.3), and disco#items for one
+  through an optional `account_node_items(requester_bare, local, domain, node)` returning
+  [(jid, name)], or None (XEP-0060 §5.5: a PEP node's items). disco#items of any other node
+  of an account is an empty result (§8: as for an account that does not exist).
+- Any other node: item-not-found (§3.2).
 """
 
 from __future__ import annotations
@@ -102,11 +105,28 @@ class DiscoModule(Module):
 
     def items(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         node, node_attr = self._query(st, NS_ITEMS)
-        if node is not None:
-            raise StanzaError("item-not-found", "no such node")
         payload = ""
         target = target or sender_account(origin)
-        if not target[0]:
+        if node is not None:
+            if not target[0]:
+                raise StanzaError("item-not-found", "no such node")
+            # A node of an account: what a module lists there (XEP-0060 §5.5: a PEP node's
+            # items), else an empty result (§8: never an error that would tell an account
+            # from one that does not exist).
+            for module in self.hub.modules.values():
+                list_node_items = getattr(module, "account_node_items", None)
+                found = (
+                    None
+                    if list_node_items is None
+                    else list_node_items(origin.bare, *target[:2], node)
+                )
+                if found is not None:
+                    payload = "".join(
+                        f"<item jid={quoteattr(jid)} name={quoteattr(name)}/>"
+                        for jid, name in found
+                    )
+                    break
+        elif not target[0]:
             domain = target[1]
             for module in self.hub.modules.values():
                 list_items = getattr(module, "disco_items", None)

@@ -9,7 +9,8 @@ Requests (iq to the account's bare JID, or with no 'to' for one's own):
   <configure/>: §8.1.3), configure get/submit (§8.2), default (§8.3), delete (§8.4), purge
   (§8.5), affiliations (§5.7: owner of each node, to the owner only). Disco (XEP-0030 on
   the account): identity pubsub/pep and the features, nodes as items (§5.2), a node's
-  info and meta-data (§5.3, §5.4), each only to whoever may retrieve its items.
+  info and meta-data (§5.3, §5.4), its items (§5.5), each only to whoever may retrieve
+  its items.
 - Only the account itself publishes, creates, configures, deletes and purges: forbidden for
   anyone else (§7.1.3.1, §8.x "Insufficient Privileges").
 - Access models (§4.5): presence (the default, XEP-0163 §6), open, roster (pubsub#
@@ -929,6 +930,20 @@ class PepModule(Module):
             f"<x xmlns='{NS_DATA}' type='result'><field var='FORM_TYPE' type='hidden'>"
             f"<value>{NS}#meta-data</value></field>{meta}</x>"
         )
+
+    def account_node_items(
+        self, requester: str, local: str, domain: str, name: str
+    ) -> list[tuple[str, str]] | None:
+        """XEP-0060 §5.5: the items of a node `requester` may retrieve items from, as
+        (owner, item id); None for any other node."""
+        assert self.store is not None
+        if not name or len(name.encode()) > MAX_NAME_BYTES:
+            return None
+        node = self.store.node(domain, local, name)
+        if node is None or self._refusal(domain, local, node.config, requester) is not None:
+            return None
+        owner = f"{local}@{domain}"
+        return [(owner, item_id) for item_id in node.order]
 
     # --- requests ------------------------------------------------------------------------
 
