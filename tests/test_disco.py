@@ -226,12 +226,14 @@ def test_server_caps_in_stream_features(
     assert announced[0] == announced[1]
     hash_name, node, ver = announced[0]
     assert hash_name == "sha-1" and node and ver
+    assert c.header.get("from") == "localhost"  # §6.3: the JID to ask for node#ver
     c.bind("caps")
     reply = ask(c, INFO, "localhost", node=f"{node}#{ver}")
     query = query_of(reply, INFO)
     assert query.get("node") == f"{node}#{ver}"
     plain = query_of(ask(c, INFO, "localhost"), INFO)
     assert identities(query) == identities(plain) and features(query) == features(plain)
+    assert CAPS in features(plain)  # §7: an entity supporting caps says so
     # §5.1: category/type/lang/name of each identity, then each feature, sorted, '<' after
     # each.
     text = "".join(

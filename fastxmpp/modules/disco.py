@@ -61,7 +61,9 @@ def may_see_presence(hub: Any, requester_bare: str, local: str, domain: str) -> 
 
 class DiscoModule(Module):
     name = "disco"
-    features = (NS_INFO, NS_ITEMS)
+    # XEP-0115 §7: the server supports caps (its own in stream features, its clients' for
+    # PEP), so it lists the feature.
+    features = (NS_INFO, NS_ITEMS, NS_CAPS)
     account_features = (NS_INFO, NS_ITEMS)
     _server_caps: tuple[str, str] | None = None  # computed at the first use
 
