@@ -1238,3 +1238,19 @@ def test_node_disco_items(login: Any) -> None:
         reply = asker.iq("get", f"<query xmlns='{ITEMS}' node='{node}'/>", to=alice.bare)
         assert reply.get("type") == "result", etree.tostring(reply)
         assert len(reply.find(f"{{{ITEMS}}}query")) == 0
+
+
+def test_presence_update_without_caps_keeps_the_interest(login: Any) -> None:
+    """XEP-0115 §8.4: presence may come without the caps annotation (receivers "MUST NOT
+    expect an annotation on every presence"): a status update without <c/> leaves the
+    session's +notify interest as its last caps said; only caps that change it do."""
+    alice, bob = login(), login()
+    befriend(alice, bob)
+    bob.available((TUNE,))
+    bob.send("<presence><show>away</show><status>lunch</status></presence>")
+    sync(bob.c)
+    alice.publish(TUNE, tune("after the update"))
+    assert item_titles(received(bob, alice)) == ["after the update"]
+    bob.available(())  # caps that no longer ask for tunes
+    alice.publish(TUNE, tune("not wanted"))
+    assert events(received(bob, alice)) == []

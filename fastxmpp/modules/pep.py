@@ -54,7 +54,9 @@ Caps (XEP-0115): each available presence's <c/> is looked up by (hash, ver) in a
 cache shared by all accounts; when missing, the server asks the client (disco#info to its
 full JID, node#ver) with a timeout, and caches the answer only when its hash verifies
 (§5.4). An answer that does not verify, or uses a hash the server does not know, counts
-for that session only (§5.4.2-3). Identical queries in flight are made once.
+for that session only (§5.4.2-3). Identical queries in flight are made once. An available
+presence without <c/> from a session whose caps are known changes nothing (§8.4: presence
+need not carry the annotation every time); the first one without <c/> means no interest.
 
 Errors carry the XEP-0060 pubsub#errors child, so this module makes its own error replies
 (RFC 6120 §8.3.2: defined condition, text, application condition).
@@ -371,6 +373,11 @@ class PepModule(Module):
             if c is not None and c.get("node") and c.get("ver"):
                 caps = (c.get("hash") or "", c.get("node"), c.get("ver"))
         record = PEP.of(session)
+        if caps is None and record.caps is not None:
+            # XEP-0115 §8.4: presence may leave the annotation out ("MUST NOT expect an
+            # annotation on every presence"): a status update without <c/> keeps the
+            # interest the session's last caps declared.
+            return
         if caps == record.caps and record.notify is not None:
             return  # a presence update with the same caps: nothing new (§4.3.3 note)
         record.caps = caps
