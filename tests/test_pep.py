@@ -571,12 +571,6 @@ BIG = "x" * 2100
         ),
         (
             "get",
-            f"<pubsub xmlns='{PUBSUB}'><items node='n'><item id='nope'/></items></pubsub>",
-            False,
-            ("cancel", "item-not-found", None),
-        ),
-        (
-            "get",
             f"<pubsub xmlns='{PUBSUB}'><items node='n' max_items='-1'/></pubsub>",
             False,
             ("modify", "bad-request", None),
@@ -1254,3 +1248,17 @@ def test_presence_update_without_caps_keeps_the_interest(login: Any) -> None:
     bob.available(())  # caps that no longer ask for tunes
     alice.publish(TUNE, tune("not wanted"))
     assert events(received(bob, alice)) == []
+
+
+def test_items_that_do_not_exist_are_an_empty_result(login: Any) -> None:
+    """XEP-0060 §6.5.9.11: a node that does not exist is item-not-found, but "if there are no
+    items at the node or the requested items do not exist", an empty <items/> result."""
+    alice, bob = login(), login()
+    befriend(alice, bob)
+    alice.publish(TUNE, tune("one"), "t1")
+    for asker in (alice, bob):
+        reply = get_items(asker, alice, TUNE, body="<item id='gone'/>")
+        assert reply.get("type") == "result", etree.tostring(reply)
+        items = reply.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}items")
+        assert items.get("node") == TUNE and len(items) == 0
+    assert error_of(get_items(alice, alice, "urn:example:none"))[1] == "item-not-found"

@@ -5,7 +5,8 @@ Requests (iq to the account's bare JID, or with no 'to' for one's own):
 - publish (XEP-0060 §7.1), auto-creating the node (§7.1.4) and checking publish-options
   preconditions (§7.1.5: conflict + precondition-not-met; unknown fields too); an item
   without an id gets one. Retract (§7.2, notify attribute or pubsub#notify_retract), items
-  (§6.5: all, by id, max_items: the most recent, in publication order), create (§8.1, with
+  (§6.5: all, by id, max_items: the most recent, in publication order; ids that do not
+  exist are left out, none an empty result, §6.5.9.11), create (§8.1, with
   <configure/>: §8.1.3), configure get/submit (§8.2), default (§8.3), delete (§8.4), purge
   (§8.5), affiliations (§5.7: owner of each node, to the owner only). Disco (XEP-0030 on
   the account): identity pubsub/pep and the features, nodes as items (§5.2), a node's
@@ -1244,9 +1245,8 @@ class PepModule(Module):
         if wanted:
             if not all(wanted):
                 raise PubsubError("bad-request", "item-required")
+            # §6.5.9.11: requested items that do not exist make an empty result, not an error.
             found = self.store.items(domain, local, node, wanted)
-            if not found:
-                raise StanzaError("item-not-found", "no such item")
         else:
             ids = node.order
             max_items = request.get("max_items")
