@@ -132,6 +132,15 @@ def test_service_is_discovered_with_its_limit(raw: RawClient) -> None:
         for field in info.iter("{jabber:x:data}field")
     }
     assert fields == {"FORM_TYPE": NS_UPLOAD, "max-file-size": str(MAX_FILE_SIZE)}
+    # The service has no nodes (XEP-0030 §3.2/§4.2: item-not-found), and no items.
+    for namespace in (NS_INFO, NS_ITEMS):
+        raw.send(
+            f"<iq type='get' id='node' to='upload.localhost'><query xmlns='{namespace}' "
+            "node='x'/></iq>"
+        )
+        assert stanza_error(raw.next()) == "item-not-found"
+    raw.send(f"<iq type='get' id='items' to='upload.localhost'><query xmlns='{NS_ITEMS}'/></iq>")
+    assert len(raw.next().find(f"{{{NS_ITEMS}}}query")) == 0
 
 
 # --- the whole flow with a real client -------------------------------------------------------

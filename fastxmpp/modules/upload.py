@@ -249,6 +249,10 @@ class UploadModule(Module):
         if itype == "get" and namespace == NS_INFO:
             payload = self._info(st)
         elif itype == "get" and namespace == NS_ITEMS:
+            query = st.element().find(f"{{{NS_ITEMS}}}query")
+            if query is not None and query.get("node") is not None:
+                # XEP-0030 §4.2: the service has no nodes (as for disco#info).
+                raise StanzaError("item-not-found", "no such node")
             payload = f"<query xmlns='{NS_ITEMS}'/>"
         elif itype == "get" and namespace == NS_UPLOAD:
             payload = self._request_slot(origin, st, service)
