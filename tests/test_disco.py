@@ -4,6 +4,8 @@ on behalf of accounts, and the errors; with a raw stream and with slixmpp."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -21,6 +23,8 @@ logging.getLogger("slixmpp").setLevel(logging.WARNING)
 
 INFO = "http://jabber.org/protocol/disco#info"
 ITEMS = "http://jabber.org/protocol/disco#items"
+CAPS = "http://jabber.org/protocol/caps"
+LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 # What the modules of this issue declare.
 SERVER_FEATURES = {
     INFO,
@@ -127,6 +131,8 @@ def test_other_accounts(server: ServerProcess, ca_file: str, clients: list[RawCl
     assert stanza_error(ask(c, INFO, "dave@localhost")) == "service-unavailable"
     assert stanza_error(ask(c, INFO, "dave@localhost", node="x")) == "service-unavailable"
     assert stanza_error(ask(c, INFO, "nobody@localhost")) == "service-unavailable"
+    # XEP-0030 §8 asks for an empty result here; the router refuses iqs to an account that
+    # does not exist before disco is asked (docs/COMPLIANCE.md, XEP-0030 row).
     assert stanza_error(ask(c, ITEMS, "nobody@localhost")) == "service-unavailable"
     # Items of an account: an empty result (resources are never listed).
     assert len(query_of(ask(c, ITEMS, "dave@localhost"), ITEMS)) == 0
@@ -198,3 +204,51 @@ def test_subscribed_contact_sees_account_info(make_server: Any, ca_file: str) ->
     finally:
         for c in opened:
             c.close()
+
+
+def test_server_caps_in_stream_features(
+    server: ServerProcess, ca_file: str, clients: list[RawClient]
+) -> None:
+    """XEP-0115 §6.3: the server's own caps in its stream features (§4: hash, node and ver;
+    §9.1: SHA-1), before and after authentication; disco#info of node#ver (§6.2) is the
+    server's disco#info with that node mirrored, and hashes to ver by §5.1."""
+    c = server.client()
+    clients.append(c)
+    c.open_stream()
+    announced = []
+    for features_el in (c.starttls(ca_file), None):
+        if features_el is None:
+            assert c.sasl_scram("alice", PASSWORD).tag.endswith("}success")
+            features_el = c.open_stream()
+        caps = features_el.find(f"{{{CAPS}}}c")
+        assert caps is not None, etree.tostring(features_el)
+        announced.append((caps.get("hash"), caps.get("node"), caps.get("ver")))
+    assert announced[0] == announced[1]
+    hash_name, node, ver = announced[0]
+    assert hash_name == "sha-1" and node and ver
+    assert c.header.get("from") == "localhost"  # §6.3: the JID to ask for node#ver
+    c.bind("caps")
+    reply = ask(c, INFO, "localhost", node=f"{node}#{ver}")
+    query = query_of(reply, INFO)
+    assert query.get("node") == f"{node}#{ver}"
+    plain = query_of(ask(c, INFO, "localhost"), INFO)
+    assert identities(query) == identities(plain) and features(query) == features(plain)
+    assert CAPS in features(plain)  # §7: an entity supporting caps says so
+    # §5.1: category/type/lang/name of each identity, then each feature, sorted, '<' after
+    # each.
+    text = "".join(
+        f"{i.get('category')}/{i.get('type')}/{i.get(LANG, '')}/{i.get('name', '')}<"
+        for i in sorted(
+            query.iter(f"{{{INFO}}}identity"),
+            key=lambda i: (i.get("category"), i.get("type"), i.get(LANG, "")),
+        )
+    )
+    text += "".join(f"{f}<" for f in sorted(features(query)))
+    assert base64.b64encode(hashlib.sha1(text.encode()).digest()).decode() == ver
+    # The other host served here announces the same (its disco#info is the same).
+    other = server.client()
+    clients.append(other)
+    other.open_stream("example.test")
+    caps = other.starttls(ca_file, "example.test").find(f"{{{CAPS}}}c")
+    assert (caps.get("hash"), caps.get("node"), caps.get("ver")) == announced[0]
+    assert stanza_error(ask(c, INFO, "localhost", node=f"{node}#other")) == "item-not-found"

@@ -571,12 +571,6 @@ BIG = "x" * 2100
         ),
         (
             "get",
-            f"<pubsub xmlns='{PUBSUB}'><items node='n'><item id='nope'/></items></pubsub>",
-            False,
-            ("cancel", "item-not-found", None),
-        ),
-        (
-            "get",
             f"<pubsub xmlns='{PUBSUB}'><items node='n' max_items='-1'/></pubsub>",
             False,
             ("modify", "bad-request", None),
@@ -1213,3 +1207,58 @@ def test_node_disco_info(login: Any) -> None:
     assert error_of(missing) == ("cancel", "item-not-found", None)
     hidden = stranger.iq("get", f"<query xmlns='{INFO}' node='{TUNE}'/>", to=alice.bare)
     assert error_of(hidden)[1] == "service-unavailable"  # XEP-0030 §7 for accounts
+
+
+def test_node_disco_items(login: Any) -> None:
+    """XEP-0060 §5.5: disco#items of a node lists its items (name = item id, no node), to
+    whoever may retrieve them; XEP-0030 §8: any other node of an account is an empty result,
+    as for an account that does not exist, never an error telling the two apart."""
+    alice, bob, stranger = login(), login(), login()
+    befriend(alice, bob)
+    alice.publish(MOOD, "<mood xmlns='http://jabber.org/protocol/mood'><happy/></mood>", "m1")
+    alice.iq(
+        "set",
+        f"<pubsub xmlns='{OWNER}'><configure node='{MOOD}'>"
+        f"{options_form(PUBSUB + '#node_config', max_items='5')}</configure></pubsub>",
+    )
+    alice.publish(MOOD, "<mood xmlns='http://jabber.org/protocol/mood'><sad/></mood>", "m2")
+    for asker in (alice, bob):
+        reply = asker.iq("get", f"<query xmlns='{ITEMS}' node='{MOOD}'/>", to=alice.bare)
+        query = reply.find(f"{{{ITEMS}}}query")
+        assert query.get("node") == MOOD
+        listed = [(i.get("jid"), i.get("name"), i.get("node")) for i in query]
+        assert sorted(listed) == [(alice.bare, "m1", None), (alice.bare, "m2", None)]
+    for asker, node in ((stranger, MOOD), (alice, "missing"), (bob, "missing")):
+        reply = asker.iq("get", f"<query xmlns='{ITEMS}' node='{node}'/>", to=alice.bare)
+        assert reply.get("type") == "result", etree.tostring(reply)
+        assert len(reply.find(f"{{{ITEMS}}}query")) == 0
+
+
+def test_presence_update_without_caps_keeps_the_interest(login: Any) -> None:
+    """XEP-0115 §8.4: presence may come without the caps annotation (receivers "MUST NOT
+    expect an annotation on every presence"): a status update without <c/> leaves the
+    session's +notify interest as its last caps said; only caps that change it do."""
+    alice, bob = login(), login()
+    befriend(alice, bob)
+    bob.available((TUNE,))
+    bob.send("<presence><show>away</show><status>lunch</status></presence>")
+    sync(bob.c)
+    alice.publish(TUNE, tune("after the update"))
+    assert item_titles(received(bob, alice)) == ["after the update"]
+    bob.available(())  # caps that no longer ask for tunes
+    alice.publish(TUNE, tune("not wanted"))
+    assert events(received(bob, alice)) == []
+
+
+def test_items_that_do_not_exist_are_an_empty_result(login: Any) -> None:
+    """XEP-0060 §6.5.9.11: a node that does not exist is item-not-found, but "if there are no
+    items at the node or the requested items do not exist", an empty <items/> result."""
+    alice, bob = login(), login()
+    befriend(alice, bob)
+    alice.publish(TUNE, tune("one"), "t1")
+    for asker in (alice, bob):
+        reply = get_items(asker, alice, TUNE, body="<item id='gone'/>")
+        assert reply.get("type") == "result", etree.tostring(reply)
+        items = reply.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}items")
+        assert items.get("node") == TUNE and len(items) == 0
+    assert error_of(get_items(alice, alice, "urn:example:none"))[1] == "item-not-found"

@@ -11,6 +11,7 @@ import io
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import quoteattr
 
@@ -131,6 +132,15 @@ def test_service_is_discovered_with_its_limit(raw: RawClient) -> None:
         for field in info.iter("{jabber:x:data}field")
     }
     assert fields == {"FORM_TYPE": NS_UPLOAD, "max-file-size": str(MAX_FILE_SIZE)}
+    # The service has no nodes (XEP-0030 §3.2/§4.2: item-not-found), and no items.
+    for namespace in (NS_INFO, NS_ITEMS):
+        raw.send(
+            f"<iq type='get' id='node' to='upload.localhost'><query xmlns='{namespace}' "
+            "node='x'/></iq>"
+        )
+        assert stanza_error(raw.next()) == "item-not-found"
+    raw.send(f"<iq type='get' id='items' to='upload.localhost'><query xmlns='{NS_ITEMS}'/></iq>")
+    assert len(raw.next().find(f"{{{NS_ITEMS}}}query")) == 0
 
 
 # --- the whole flow with a real client -------------------------------------------------------
@@ -492,3 +502,15 @@ async def test_files_go_with_their_account(make_server, ca_file: str) -> None:  
     srv.start()
     srv.wait_for_log("upload sweep: 1 files removed")
     assert not bob_file.exists()
+
+
+def test_plain_http_upload_urls_are_warned_about(web: ServerProcess, make_server: Any) -> None:
+    """XEP-0363 §4: "The host MUST provide Transport Layer Security". Slots naming a plain
+    http:// listener (no https [http] public_url, no tls = "direct") are logged as a warning
+    at start; an https public_url is not."""
+    web.wait_for_log("XEP-0363")
+    assert "plain http://" in web.log_text()
+    srv = make_server(HTTP_LISTENER + '\n[http]\npublic_url = "https://chat.example.org"\n')
+    srv.start()
+    srv.wait_for_log("file upload service upload.localhost")
+    assert "XEP-0363" not in srv.log_text()

@@ -14,8 +14,16 @@
   (PEP nodes); modules add identities through an `account_identities` attribute of
   (category, type) pairs (XEP-0163 §3: pubsub/pep), and answer disco#info for a node of the
   account through an optional `account_node_info(requester_bare, local, domain, node)`
-  returning the query's inner XML, or None (XEP-0060 §5.3).
-- Any node: item-not-found (§3.2), no module defines nodes yet.
+  returning the query's inner XML, or None (XEP-0060 §5.3), and disco#items for one
+  through an optional `account_node_items(requester_bare, local, domain, node)` returning
+  [(jid, name)], or None (XEP-0060 §5.5: a PEP node's items). disco#items of any other node
+  of an account is an empty result (§8: as for an account that does not exist).
+- Any other node: item-not-found (§3.2), except node#ver of the server's own caps.
+
+XEP-0115 §6.3: every stream features element carries the server's caps (SHA-1 over its
+disco#info, §5.1), and disco#info of `CAPS_NODE#ver` is the server's disco#info with that
+node (§6.2), so a client that has seen this ver need not ask again. The features are those
+the modules declare, fixed once the server has started: the ver is computed once.
 """
 
 from __future__ import annotations
@@ -23,8 +31,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
+from lxml import etree
+
 from ..errors import StanzaError
 from .base import Module, iq_result, sender_account
+from .pep_caps import NS_CAPS, caps_hash
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -33,6 +44,7 @@ if TYPE_CHECKING:
 NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
 SERVER_NAME = "fastxmpp"
+CAPS_NODE = "https://pypi.org/project/fastxmpp/"  # XEP-0115 §4: the software's URI
 PRESENCE_VISIBLE = ("from", "both")  # RFC 6121 §2.1.2.1: the contact receives presence
 
 
@@ -49,12 +61,38 @@ def may_see_presence(hub: Any, requester_bare: str, local: str, domain: str) -> 
 
 class DiscoModule(Module):
     name = "disco"
-    features = (NS_INFO, NS_ITEMS)
+    # XEP-0115 §7: the server supports caps (its own in stream features, its clients' for
+    # PEP), so it lists the feature.
+    features = (NS_INFO, NS_ITEMS, NS_CAPS)
     account_features = (NS_INFO, NS_ITEMS)
+    _server_caps: tuple[str, str] | None = None  # computed at the first use
 
     def start(self) -> None:
         self.router.set_iq_handler(NS_INFO, self.info)
         self.router.set_iq_handler(NS_ITEMS, self.items)
+
+    def server_info(self) -> str:
+        """The inner XML of the server's disco#info (§3.1)."""
+        identity = f"<identity category='server' type='im' name='{SERVER_NAME}'/>"
+        return identity + "".join(
+            f"<feature var={quoteattr(f)}/>" for f in self.hub.server_features()
+        )
+
+    def server_caps(self) -> tuple[str, str]:
+        """(the caps <c/> stream feature, the node#ver it names) of the server (XEP-0115)."""
+        if self._server_caps is None:
+            query = etree.fromstring(f"<query xmlns='{NS_INFO}'>{self.server_info()}</query>")
+            ver = caps_hash("sha-1", query)
+            assert ver is not None  # one identity, distinct features: well-formed
+            feature = (
+                f"<c xmlns='{NS_CAPS}' hash='sha-1' node={quoteattr(CAPS_NODE)} "
+                f"ver={quoteattr(ver)}/>"
+            )
+            self._server_caps = (feature, f"{CAPS_NODE}#{ver}")
+        return self._server_caps
+
+    def stream_features(self, stream: C2SStream) -> str:
+        return self.server_caps()[0]
 
     def _query(self, st: Stanza, namespace: str) -> tuple[str | None, str]:
         """(node, node attribute XML) of a disco get."""
@@ -71,42 +109,58 @@ class DiscoModule(Module):
     def info(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         node, node_attr = self._query(st, NS_INFO)
         target = target or sender_account(origin)
-        if target[0]:
-            local, domain = target[0], target[1]
-            if not may_see_presence(self.hub, origin.bare, local, domain):
-                raise StanzaError("service-unavailable")
-            for module in self.hub.modules.values():
-                node_info = getattr(module, "account_node_info", None)
-                answer = None if node_info is None else node_info(origin.bare, local, domain, node)
-                if answer is not None:
-                    return iq_result(
-                        origin, st, f"<query xmlns='{NS_INFO}'{node_attr}>{answer}</query>"
-                    )
-            identity = "<identity category='account' type='registered'/>" + "".join(
-                f"<identity category={quoteattr(c)} type={quoteattr(t)}/>"
-                for m in self.hub.modules.values()
-                for c, t in getattr(m, "account_identities", ())
-            )
-            features = self.hub.account_features()
-        else:
-            identity = f"<identity category='server' type='im' name='{SERVER_NAME}'/>"
-            features = self.hub.server_features()
+        if not target[0]:
+            # The server; XEP-0115 §6.2: node#ver of its caps is the same disco#info.
+            if node is not None and node != self.server_caps()[1]:
+                raise StanzaError("item-not-found", "no such node")
+            payload = self.server_info()
+            return iq_result(origin, st, f"<query xmlns='{NS_INFO}'{node_attr}>{payload}</query>")
+        local, domain = target[0], target[1]
+        if not may_see_presence(self.hub, origin.bare, local, domain):
+            raise StanzaError("service-unavailable")
+        for module in self.hub.modules.values():
+            node_info = getattr(module, "account_node_info", None)
+            answer = None if node_info is None else node_info(origin.bare, local, domain, node)
+            if answer is not None:
+                return iq_result(
+                    origin, st, f"<query xmlns='{NS_INFO}'{node_attr}>{answer}</query>"
+                )
         if node is not None:
             raise StanzaError("item-not-found", "no such node")
-        payload = "".join(f"<feature var={quoteattr(f)}/>" for f in features)
-        return iq_result(
-            origin, st, f"<query xmlns='{NS_INFO}'{node_attr}>{identity}{payload}</query>"
+        identity = "<identity category='account' type='registered'/>" + "".join(
+            f"<identity category={quoteattr(c)} type={quoteattr(t)}/>"
+            for m in self.hub.modules.values()
+            for c, t in getattr(m, "account_identities", ())
         )
+        payload = "".join(f"<feature var={quoteattr(f)}/>" for f in self.hub.account_features())
+        return iq_result(origin, st, f"<query xmlns='{NS_INFO}'>{identity}{payload}</query>")
 
     # --- disco#items (§4) --------------------------------------------------------------------
 
     def items(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         node, node_attr = self._query(st, NS_ITEMS)
-        if node is not None:
-            raise StanzaError("item-not-found", "no such node")
         payload = ""
         target = target or sender_account(origin)
-        if not target[0]:
+        if node is not None:
+            if not target[0]:
+                raise StanzaError("item-not-found", "no such node")
+            # A node of an account: what a module lists there (XEP-0060 §5.5: a PEP node's
+            # items), else an empty result (§8: never an error that would tell an account
+            # from one that does not exist).
+            for module in self.hub.modules.values():
+                list_node_items = getattr(module, "account_node_items", None)
+                found = (
+                    None
+                    if list_node_items is None
+                    else list_node_items(origin.bare, *target[:2], node)
+                )
+                if found is not None:
+                    payload = "".join(
+                        f"<item jid={quoteattr(jid)} name={quoteattr(name)}/>"
+                        for jid, name in found
+                    )
+                    break
+        elif not target[0]:
             domain = target[1]
             for module in self.hub.modules.values():
                 list_items = getattr(module, "disco_items", None)

@@ -5,11 +5,13 @@ Requests (iq to the account's bare JID, or with no 'to' for one's own):
 - publish (XEP-0060 §7.1), auto-creating the node (§7.1.4) and checking publish-options
   preconditions (§7.1.5: conflict + precondition-not-met; unknown fields too); an item
   without an id gets one. Retract (§7.2, notify attribute or pubsub#notify_retract), items
-  (§6.5: all, by id, max_items: the most recent, in publication order), create (§8.1, with
+  (§6.5: all, by id, max_items: the most recent, in publication order; ids that do not
+  exist are left out, none an empty result, §6.5.9.11), create (§8.1, with
   <configure/>: §8.1.3), configure get/submit (§8.2), default (§8.3), delete (§8.4), purge
   (§8.5), affiliations (§5.7: owner of each node, to the owner only). Disco (XEP-0030 on
   the account): identity pubsub/pep and the features, nodes as items (§5.2), a node's
-  info and meta-data (§5.3, §5.4), each only to whoever may retrieve its items.
+  info and meta-data (§5.3, §5.4), its items (§5.5), each only to whoever may retrieve
+  its items.
 - Only the account itself publishes, creates, configures, deletes and purges: forbidden for
   anyone else (§7.1.3.1, §8.x "Insufficient Privileges").
 - Access models (§4.5): presence (the default, XEP-0163 §6), open, roster (pubsub#
@@ -53,7 +55,9 @@ Caps (XEP-0115): each available presence's <c/> is looked up by (hash, ver) in a
 cache shared by all accounts; when missing, the server asks the client (disco#info to its
 full JID, node#ver) with a timeout, and caches the answer only when its hash verifies
 (§5.4). An answer that does not verify, or uses a hash the server does not know, counts
-for that session only (§5.4.2-3). Identical queries in flight are made once.
+for that session only (§5.4.2-3). Identical queries in flight are made once. An available
+presence without <c/> from a session whose caps are known changes nothing (§8.4: presence
+need not carry the annotation every time); the first one without <c/> means no interest.
 
 Errors carry the XEP-0060 pubsub#errors child, so this module makes its own error replies
 (RFC 6120 §8.3.2: defined condition, text, application condition).
@@ -370,6 +374,11 @@ class PepModule(Module):
             if c is not None and c.get("node") and c.get("ver"):
                 caps = (c.get("hash") or "", c.get("node"), c.get("ver"))
         record = PEP.of(session)
+        if caps is None and record.caps is not None:
+            # XEP-0115 §8.4: presence may leave the annotation out ("MUST NOT expect an
+            # annotation on every presence"): a status update without <c/> keeps the
+            # interest the session's last caps declared.
+            return
         if caps == record.caps and record.notify is not None:
             return  # a presence update with the same caps: nothing new (§4.3.3 note)
         record.caps = caps
@@ -930,6 +939,20 @@ class PepModule(Module):
             f"<value>{NS}#meta-data</value></field>{meta}</x>"
         )
 
+    def account_node_items(
+        self, requester: str, local: str, domain: str, name: str
+    ) -> list[tuple[str, str]] | None:
+        """XEP-0060 §5.5: the items of a node `requester` may retrieve items from, as
+        (owner, item id); None for any other node."""
+        assert self.store is not None
+        if not name or len(name.encode()) > MAX_NAME_BYTES:
+            return None
+        node = self.store.node(domain, local, name)
+        if node is None or self._refusal(domain, local, node.config, requester) is not None:
+            return None
+        owner = f"{local}@{domain}"
+        return [(owner, item_id) for item_id in node.order]
+
     # --- requests ------------------------------------------------------------------------
 
     def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes | None:
@@ -1222,9 +1245,8 @@ class PepModule(Module):
         if wanted:
             if not all(wanted):
                 raise PubsubError("bad-request", "item-required")
+            # §6.5.9.11: requested items that do not exist make an empty result, not an error.
             found = self.store.items(domain, local, node, wanted)
-            if not found:
-                raise StanzaError("item-not-found", "no such item")
         else:
             ids = node.order
             max_items = request.get("max_items")

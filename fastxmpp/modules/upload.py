@@ -188,6 +188,14 @@ class UploadModule(Module):
             self.services[domain] = UploadService(domain, host)
             self.router.add_service(domain, self.handle)
             log.info("file upload service %s", domain)
+        if self.services and not self._urls_are_https():
+            # §4: "The host MUST provide Transport Layer Security"; clients may refuse
+            # (or leak) plain http:// slots.
+            log.warning(
+                "XEP-0363 upload slots name plain http:// URLs: set [http] public_url to the "
+                "https:// address of a TLS proxy in front of the http listener, or give the "
+                'listener tls = "direct"'
+            )
         # No upload runs yet: what a crash left half-written goes.
         for leftover in self.tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
@@ -241,6 +249,10 @@ class UploadModule(Module):
         if itype == "get" and namespace == NS_INFO:
             payload = self._info(st)
         elif itype == "get" and namespace == NS_ITEMS:
+            query = st.element().find(f"{{{NS_ITEMS}}}query")
+            if query is not None and query.get("node") is not None:
+                # XEP-0030 §4.2: the service has no nodes (as for disco#info).
+                raise StanzaError("item-not-found", "no such node")
             payload = f"<query xmlns='{NS_ITEMS}'/>"
         elif itype == "get" and namespace == NS_UPLOAD:
             payload = self._request_slot(origin, st, service)
@@ -319,6 +331,15 @@ class UploadModule(Module):
             f"<slot xmlns='{NS_UPLOAD}'><put url={quoteattr(put_url)}/>"
             f"<get url={quoteattr(get_url)}/></slot>"
         )
+
+    def _urls_are_https(self) -> bool:
+        """Whether slot URLs start with https:// (what `_file_url` builds them from:
+        [http] public_url, else the first http listener)."""
+        public_url = self.config.http.public_url
+        if public_url:
+            return bool(public_url.startswith("https://"))
+        first = next(listener for listener in self.config.listeners if listener.kind == "http")
+        return first.tls == "direct"
 
     def _pending(self, owner: tuple[str, str], now: float) -> PendingSlots:
         pending = self.pending.setdefault(owner, PendingSlots())
