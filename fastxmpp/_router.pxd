@@ -68,6 +68,7 @@ cdef class Router:
     cdef tuple _presence_subscription
     cdef tuple _presence_directed
     cdef tuple _iq_account
+    cdef tuple _iq_full
     cdef tuple _iq_response
     cdef tuple _turn_commit
     cdef tuple _turn_end

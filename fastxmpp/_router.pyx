@@ -33,6 +33,8 @@ cdef Py_ssize_t JID_ENTRY_OVERHEAD = 344
 
 # Types an iq may have (RFC 6120 §8.2.3).
 cdef frozenset IQ_TYPES = frozenset(("get", "set", "result", "error"))
+# XEP-0030 §8: the one request answered for an account that does not exist (empty).
+cdef tuple DISCO_ITEMS = ("http://jabber.org/protocol/disco#items", "query")
 # Presence types other than the broadcast of availability (RFC 6121 §4.7.1).
 cdef frozenset SUBSCRIPTION_TYPES = frozenset(
     ("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
@@ -635,6 +637,7 @@ cdef class Router:
         self._presence_subscription = ()
         self._presence_directed = ()
         self._iq_account = ()
+        self._iq_full = ()
         self._iq_response = ()
         self._iq_handlers = {}
         self._services = {}
@@ -686,6 +689,8 @@ cdef class Router:
             self._presence_directed = handlers
         elif stage == "iq/account":
             self._iq_account = handlers
+        elif stage == "iq/full":
+            self._iq_full = handlers
         elif stage == "iq/response":
             self._iq_response = handlers
         elif stage == "turn/commit":
@@ -1071,7 +1076,10 @@ cdef class Router:
             # To the server, or to an account's bare JID: the server answers on the
             # account's behalf (RFC 6121 §8.5.2.1.3, RFC 6120 §10.5.3).
             if local and self.user_exists is not None and bare not in self._users \
-                    and not self.user_exists(domain, local):
+                    and not self.user_exists(domain, local) \
+                    and not (itype == "get" and st.children[0] == DISCO_ITEMS):
+                # (XEP-0030 §8: disco#items of an account that does not exist is an empty
+                # result, which the disco module gives, as for one with nothing to show.)
                 raise StanzaError("service-unavailable")
             if local and bare != origin.bare and self._iq_account \
                     and (itype == "get" or itype == "set"):
@@ -1091,6 +1099,11 @@ cdef class Router:
             if itype == "get" or itype == "set":
                 raise StanzaError("service-unavailable")
             return
+        if self._iq_full and bare != origin.bare and (itype == "get" or itype == "set"):
+            # "iq/full": a request another entity makes of one of the account's resources,
+            # before it is delivered; a handler bounces it by raising.
+            for handler in self._iq_full:
+                handler(origin, st, target)
         s.send(st.with_attrs({"from": origin.full}))
 
     cdef _handle_iq(self, Session origin, Stanza st, tuple target):

@@ -63,6 +63,10 @@ STAGES: dict[str, str] = {
         "(origin, st, target): an iq get/set another entity sends to an account's bare JID, "
         "before the server answers it on the account's behalf. Pass or bounce."
     ),
+    "iq/full": (
+        "(origin, st, target): an iq get/set another entity sends to one of a local "
+        "account's resources, before it is delivered. Pass or bounce."
+    ),
     "iq/response": "(origin, st): an iq result/error addressed to the server.",
     "turn/commit": (
         "(wait): the end of a turn of the event loop, before anything queued in it is "
@@ -101,6 +105,8 @@ ORDER: dict[str, tuple[tuple[str, int], ...]] = {
     "presence/directed": (("presence", 0),),
     # XEP-0016 §2.13: the account's default list for iqs answered on its behalf.
     "iq/account": (("privacy", 0),),
+    # XEP-0012 §4: last activity is the server's to refuse, even to a resource.
+    "iq/full": (("last", 0),),
     "iq/response": (("hub", 0),),
     # The offline messages of the turn and the copies of what detached XEP-0198 sessions
     # hold are committed (a message refused then is archived by nobody: the archive hears

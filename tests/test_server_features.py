@@ -324,6 +324,19 @@ def test_last_activity_needs_subscription(
     dave.send("<presence/>")
     assert stanza_error(ask(carol, f"<query xmlns='{LAST}'/>", "dave@localhost")) == "forbidden"
     assert stanza_error(ask(carol, f"<query xmlns='{LAST}'/>", itype="set")) == "bad-request"
+    # §4: to one of dave's resources, the server answers forbidden in its place: the query
+    # never reaches dave's client (which would tell carol how long dave has been idle).
+    assert (
+        stanza_error(ask(carol, f"<query xmlns='{LAST}'/>", "dave@localhost/last")) == "forbidden"
+    )
+    carol.send(
+        "<iq type='get' id='v-full' to='dave@localhost/last'>"
+        "<query xmlns='jabber:iq:version'/></iq>"
+    )  # another iq to that full JID still reaches it
+    dave_got = []
+    while not dave_got or dave_got[-1].get("id") != "v-full":
+        dave_got.append(dave.next())
+    assert [el.find(f"{{{LAST}}}query") for el in dave_got if el.tag == f"{{{CLIENT}}}iq"] == [None]
 
 
 def subscribe(srv: ServerProcess, ca_file: str, opened: list[RawClient]) -> None:

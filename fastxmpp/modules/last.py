@@ -66,6 +66,7 @@ class LastActivityModule(Module):
         self.store = LastActivityStore(self.server.storage)
         self.started = time.monotonic()
         self.router.set_iq_handler(NS, self.answer)
+        self.hub.hook(self, "iq/full", self.to_resource)
 
     def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
         # The <status/> of that unavailable presence, as the presence module keeps it.
@@ -128,6 +129,14 @@ class LastActivityModule(Module):
         if pending is not None:
             return pending
         return None if self.store is None else self.store.last_logout(domain, local)
+
+    def to_resource(self, origin: Any, st: Stanza, target: tuple[str, ...]) -> None:
+        """At "iq/full": §4, a query for one of the account's resources from someone who
+        may not see its presence is refused by the server, not delivered."""
+        if st.children[0] == (NS, "query") and not may_see_presence(
+            self.hub, origin.bare, target[0], target[1]
+        ):
+            raise StanzaError("forbidden", "you may not see this account's presence")
 
     def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         if st.attrs.get("type") != "get":
