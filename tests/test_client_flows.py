@@ -340,10 +340,11 @@ def test_account_features_decide_which_bookmarks_clients_use(
     info = user.iq("get", f"<query xmlns='{DISCO_INFO}'/>", user.bare)
     features = features_of(info)
     assert {PUBLISH_OPTIONS, PUBSUB + "#config-node-max"} <= features
-    # No XEP-0402 §3 compatibility layer here, so Gajim (#compat-pep), Dino (#compat) and
-    # Conversations (bookmarks-conversion) all keep XEP-0048 bookmarks in private XML.
-    assert BOOKMARKS_1 + "#compat" not in features
-    assert BOOKMARKS_1 + "#compat-pep" not in features
+    # XEP-0402 §5.3 compatibility (the bookmarks module): Gajim (#compat-pep) and Dino
+    # (#compat) use XEP-0402; Conversations (no bookmarks-conversion, XEP-0411 is
+    # deprecated) keeps XEP-0048 in private XML, which the server keeps in sync with it.
+    assert BOOKMARKS_1 + "#compat" in features
+    assert BOOKMARKS_1 + "#compat-pep" in features
     assert "urn:xmpp:bookmarks-conversion:0" not in features
 
 

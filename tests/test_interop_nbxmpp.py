@@ -150,9 +150,11 @@ def test_bookmarks_avatar_omemo_vcard_and_blocking(
     assert r["b_reads_bookmarks"] == "not-allowed"
     assert r["legacy_publish"] == {"node": "storage:bookmarks", "id": "current"}
     assert r["legacy_bookmarks"] == [room]
-    # Without #compat-pep and bookmarks-conversion on the account Gajim keeps its bookmarks
-    # in private XML storage (docs/COMPLIANCE.md, XEP-0402 row): that works too.
-    assert r["gajim_bookmarks"] == "PrivateBookmarks"
+    # With #compat-pep and config-node-max on the account Gajim uses XEP-0402; what it wrote
+    # there is found in private XML storage (XEP-0402 §5.3.1, the bookmarks module) before
+    # any XEP-0049 store, and the store of the same list changes nothing.
+    assert r["gajim_bookmarks"] == "NativeBookmarks"
+    assert r["private_before_store"] == r["native_bookmarks"]
     assert r["private_bookmarks"] == r["native_bookmarks"]
 
     # XEP-0084: b (subscribed, +notify in its caps) is told of a's avatar and fetches it.

@@ -1010,8 +1010,9 @@ def test_persists_across_restart_and_goes_with_the_account(make_server: Any, ca_
         store = PepStore(storage)
         assert store.nodes("localhost", "alice") == []
         assert store.usage("localhost", "alice") == 0
+        # storage:bookmarks: the XEP-0048 form the bookmarks module keeps in sync.
         assert sorted(n.name for n in store.nodes("localhost", "alice2")) == sorted(
-            [BOOKMARKS, TUNE]
+            [BOOKMARKS, TUNE, "storage:bookmarks"]
         )
 
 

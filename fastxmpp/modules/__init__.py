@@ -39,6 +39,7 @@ BUILTIN = (
     "vcard",  # XEP-0054
     "pep",  # XEP-0163 (XEP-0060 subset, XEP-0115 filtering)
     "avatars",  # XEP-0398 vCard <-> PEP avatar conversion, XEP-0153 presence hashes
+    "bookmarks",  # XEP-0402 <-> XEP-0048 (PEP, XEP-0049) bookmarks kept in sync
     "muc",  # XEP-0045 (a service domain, Router.add_service)
     "carbons",  # XEP-0280
     "mam",  # XEP-0313 user archives, XEP-0359 stanza-ids

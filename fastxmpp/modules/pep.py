@@ -111,6 +111,8 @@ class PepRecord:
 PEP = RecordSlot(PepRecord)
 # (domain, local, node name, the item it published)
 PublishListener = Callable[[str, str, str, Item], None]
+# (domain, local, node name): items went (a retract, a purge or the node's deletion)
+RemoveListener = Callable[[str, str, str], None]
 
 NS = "http://jabber.org/protocol/pubsub"
 NS_OWNER = NS + "#owner"
@@ -340,6 +342,7 @@ class PepModule(Module):
         self._inflight: dict[tuple[str, str], asyncio.Future[frozenset[str] | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._listeners: list[PublishListener] = []
+        self._remove_listeners: list[RemoveListener] = []
 
     def start(self) -> None:
         assert self.server.storage is not None
@@ -1135,12 +1138,75 @@ class PepModule(Module):
         inner = f"<items node={quoteattr(name)}>{body}</items>"
         self._notify(domain, local, name, node.config, inner, by=by)
 
-    # --- what other modules may ask (XEP-0398 avatar conversion) -------------------------
+    def _notify_retract(
+        self, domain: str, local: str, name: str, config: dict[str, Any], item_id: str
+    ) -> None:
+        inner = f"<items node={quoteattr(name)}><retract id={quoteattr(item_id)}/></items>"
+        self._notify(domain, local, name, config, inner)
+
+    def _removed(self, domain: str, local: str, name: str) -> None:
+        for listener in self._remove_listeners:
+            try:
+                listener(domain, local, name)
+            except Exception:
+                log.exception("remove listener failed for %s@%s", local, domain)
+
+    # --- what other modules may ask (XEP-0398 avatars, XEP-0402 bookmarks) ---------------
 
     def on_publish(self, listener: PublishListener) -> None:
         """`listener` hears of every item an account publishes itself (not of the items
         `publish_for_account` publishes: a conversion never triggers the reverse one)."""
         self._listeners.append(listener)
+
+    def on_remove(self, listener: RemoveListener) -> None:
+        """`listener` hears of every retract, purge and node deletion an account makes
+        itself (not of `retract_for_account`'s)."""
+        self._remove_listeners.append(listener)
+
+    def stored_items(self, domain: str, local: str, name: str) -> list[Item]:
+        """Every item of the account's node `name`, in publication order ([] : no node)."""
+        assert self.store is not None
+        node = self.store.node(domain, local, name)
+        return [] if node is None else self.store.items(domain, local, node, list(node.order))
+
+    def configure_for_account(
+        self, domain: str, local: str, name: str, changes: dict[str, Any]
+    ) -> bool:
+        """Change the configuration of the account's node `name` on its behalf, when it
+        exists and differs; True when it changed. The full storage is logged."""
+        assert self.store is not None
+        node = self.store.node(domain, local, name)
+        if node is None:
+            return False
+        config = {**node.config, **changes}
+        if config == node.config:
+            return False
+        try:
+            self.store.configure(
+                domain, local, name, config, effective_max(config, self.settings.max_items)
+            )
+        except StorageFull as exc:
+            log.warning("%s not configured for %s@%s: %s", name, local, domain, exc)
+            return False
+        return True
+
+    def retract_for_account(self, domain: str, local: str, name: str, item_id: str) -> bool:
+        """Retract on the account's behalf, notifying as the node's notify_retract says.
+        False when there was no such item or the full storage refused it (logged)."""
+        assert self.store is not None
+        node = self.store.node(domain, local, name)
+        if node is None:
+            return False
+        try:
+            retracted = self.store.now(self.store.retracting(domain, local, name, item_id))
+        except StorageFull as exc:
+            log.warning("%s of %s not retracted for %s@%s: %s", item_id, name, local, domain, exc)
+            return False
+        if not retracted:
+            return False
+        if node.config["notify_retract"]:
+            self._notify_retract(domain, local, name, node.config, item_id)
+        return True
 
     def stored_item(
         self, domain: str, local: str, name: str, item_id: str | None = None
@@ -1222,8 +1288,8 @@ class PepModule(Module):
                 raise StanzaError("item-not-found", "no such item")
             notify = retract.get("notify")
             if notify in ("1", "true") or (notify is None and node.config["notify_retract"]):
-                inner = f"<items node={quoteattr(name)}><retract id={quoteattr(item_id)}/></items>"
-                self._notify(domain, local, name, node.config, inner)
+                self._notify_retract(domain, local, name, node.config, item_id)
+            self._removed(domain, local, name)
             return self._result(origin, st)
 
         retracted = self.store.later(self.store.retracting(domain, local, name, item_id))
@@ -1376,6 +1442,7 @@ class PepModule(Module):
         elif node.config["notify_delete"]:
             inner = f"<delete node={quoteattr(name)}/>"
             self._notify(domain, local, name, node.config, inner, subscribers=subscribers)
+        self._removed(domain, local, name)
         return self._result(origin, st)
 
     def _affiliations(

@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from ..errors import StanzaError
+from ..storage.lmdb_store import StorageFull
 from ..storage.private import PrivateStore, TooManyNamespaces
 from .base import Module, answer_once_stored, iq_result
 
@@ -27,12 +30,16 @@ if TYPE_CHECKING:
     from .._parser import Stanza
     from ..stream.c2s import C2SStream
 
+log = logging.getLogger("fastxmpp.private")
+
 NS = "jabber:iq:private"
 RESERVED_PREFIXES = ("jabber:", "http://jabber.org/")
 RESERVED_NAMESPACES = frozenset(("vcard-temp",))
 # Namespaces one account may keep: enough for every client's preferences, bookmarks and
 # notes, and a bound on what one account can make the server store.
 MAX_NAMESPACES = 100
+# (domain, local, namespace, the XML now stored under it)
+ChangeListener = Callable[[str, str, str, bytes], None]
 
 
 def fragment_xml(element: Any) -> bytes:
@@ -57,6 +64,7 @@ class PrivateModule(Module):
     def __init__(self, server: Any) -> None:
         super().__init__(server)
         self.store: PrivateStore | None = None
+        self._listeners: list[ChangeListener] = []
 
     def start(self) -> None:
         assert self.server.storage is not None
@@ -94,9 +102,16 @@ class PrivateModule(Module):
                 "policy-violation", f"at most {MAX_NAMESPACES} namespaces per account"
             )
 
-        answer_once_stored(
-            origin, st, self.store.later(work), lambda _: iq_result(origin, st), refused
-        )
+        def stored(_: Any) -> bytes:
+            for namespace, xml in fragments.items():
+                for listener in self._listeners:
+                    try:
+                        listener(origin.domain, origin.local, namespace, xml)
+                    except Exception:
+                        log.exception("private storage listener failed for %s", origin.bare)
+            return iq_result(origin, st)
+
+        answer_once_stored(origin, st, self.store.later(work), stored, refused)
 
     def _get(self, origin: C2SStream, st: Stanza, children: list[Any]) -> bytes:
         assert self.store is not None
@@ -109,6 +124,29 @@ class PrivateModule(Module):
         stored = self.store.get(origin.domain, origin.local, namespace)
         xml = stored if stored is not None else fragment_xml(children[0])
         return iq_result(origin, st, f"<query xmlns='{NS}'>{xml.decode()}</query>")
+
+    # --- what other modules may ask (XEP-0402 bookmarks compatibility) -------------------
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """`listener` hears of every namespace an account stores itself (not of what
+        `store_for_account` stores: a conversion never triggers the reverse one)."""
+        self._listeners.append(listener)
+
+    def stored(self, domain: str, local: str, namespace: str) -> bytes | None:
+        assert self.store is not None
+        return self.store.get(domain, local, namespace)
+
+    def store_for_account(self, domain: str, local: str, namespace: str, xml: bytes) -> bool:
+        """Store `xml` under `namespace` on the account's behalf; False when a limit or the
+        full storage refuses it (logged)."""
+        assert self.store is not None
+        work = self.store.setting_many(domain, local, {namespace: xml}, MAX_NAMESPACES)
+        try:
+            self.store.now(work)
+        except (TooManyNamespaces, StorageFull) as exc:
+            log.warning("%s not stored for %s@%s: %s", namespace, local, domain, exc)
+            return False
+        return True
 
 
 MODULE = PrivateModule

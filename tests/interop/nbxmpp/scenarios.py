@@ -620,6 +620,10 @@ def pep(args: argparse.Namespace) -> dict[str, Any]:
     else:
         report["gajim_bookmarks"] = "PrivateBookmarks"
     private = a.module("PrivateBookmarks")
+    report["private_before_store"] = [
+        {"jid": str(bm.jid), "name": bm.name, "nick": bm.nick, "autojoin": bm.autojoin}
+        for bm in result_of("XEP-0049 bookmarks (synced)", private.request_bookmarks())
+    ]
     result_of("XEP-0049 bookmarks store", private.store_bookmarks([bookmark]))
     stored = result_of("XEP-0049 bookmarks", private.request_bookmarks())
     report["private_bookmarks"] = [
