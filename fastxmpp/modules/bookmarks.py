@@ -53,6 +53,8 @@ NATIVE_CONFIG: dict[str, Any] = {
     "send_last_published_item": "never",
 }
 LEGACY_CONFIG: dict[str, Any] = {"access_model": "whitelist", "persist_items": True}
+# What is read here was stored from a client's stream (no DTD there); restricted anyway.
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,7 @@ def _text(element: Any, tag: str) -> str | None:
 def parse_native(item_id: str, payload: bytes) -> Bookmark | None:
     """The bookmark an urn:xmpp:bookmarks:1 item holds (None: not a <conference/>)."""
     try:
-        conference = etree.fromstring(payload)
+        conference = etree.fromstring(payload, _PARSER)
     except etree.XMLSyntaxError:
         return None
     if conference.tag != f"{{{NS_NATIVE}}}conference":
@@ -103,7 +105,7 @@ def parse_legacy(xml: bytes | None) -> tuple[dict[str, Bookmark], list[bytes]] |
     if not xml:
         return None
     try:
-        wrapper = etree.fromstring(b"<wrapper>" + xml + b"</wrapper>")
+        wrapper = etree.fromstring(b"<wrapper>" + xml + b"</wrapper>", _PARSER)
     except etree.XMLSyntaxError:
         return None
     storage = wrapper.find(f"{{{NS_LEGACY}}}storage")
