@@ -920,11 +920,8 @@ class PepModule(Module):
     def account_node_info(self, requester: str, local: str, domain: str, name: str) -> str | None:
         """XEP-0060 §5.3-§5.4: a leaf node `requester` may retrieve items from, with its
         meta-data; None for any other node (item-not-found)."""
-        assert self.store is not None
-        if not name or len(name.encode()) > MAX_NAME_BYTES:
-            return None
-        node = self.store.node(domain, local, name)
-        if node is None or self._refusal(domain, local, node.config, requester) is not None:
+        node = self._retrievable(requester, local, domain, name)
+        if node is None:
             return None
         fields = {
             "pubsub#owner": f"{local}@{domain}",
@@ -942,16 +939,23 @@ class PepModule(Module):
             f"<value>{NS}#meta-data</value></field>{meta}</x>"
         )
 
-    def account_node_items(
-        self, requester: str, local: str, domain: str, name: str
-    ) -> list[tuple[str, str]] | None:
-        """XEP-0060 §5.5: the items of a node `requester` may retrieve items from, as
-        (owner, item id); None for any other node."""
+    def _retrievable(self, requester: str, local: str, domain: str, name: str) -> Node | None:
+        """The account's node `name` if `requester` may retrieve its items, else None."""
         assert self.store is not None
         if not name or len(name.encode()) > MAX_NAME_BYTES:
             return None
         node = self.store.node(domain, local, name)
         if node is None or self._refusal(domain, local, node.config, requester) is not None:
+            return None
+        return node
+
+    def account_node_items(
+        self, requester: str, local: str, domain: str, name: str
+    ) -> list[tuple[str, str]] | None:
+        """XEP-0060 §5.5: the items of a node `requester` may retrieve items from, as
+        (owner, item id); None for any other node."""
+        node = self._retrievable(requester, local, domain, name)
+        if node is None:
             return None
         owner = f"{local}@{domain}"
         return [(owner, item_id) for item_id in node.order]

@@ -258,20 +258,20 @@ class Gajim:
         return replies[0]
 
     def wait_message(self, what: str, match: Callable[[Any, Any], bool]) -> tuple[Any, Any]:
-        found: list[tuple[Any, Any]] = []
-
-        def done() -> bool:
-            found[:] = [m for m in self.messages if match(*m)]
-            return bool(found)
-
-        wait(f"{self.bare}/{self.resource}: {what}", done)
-        return found[0]
+        return self._wait_for(what, self.messages, match)
 
     def wait_presence(self, what: str, match: Callable[[Any, Any], bool]) -> tuple[Any, Any]:
+        return self._wait_for(what, self.presences, match)
+
+    def _wait_for(
+        self, what: str, received: list[tuple[Any, Any]], match: Callable[[Any, Any], bool]
+    ) -> tuple[Any, Any]:
+        """The first of `received` (stanza, properties pairs, growing as they arrive) that
+        `match` accepts, waiting for it."""
         found: list[tuple[Any, Any]] = []
 
         def done() -> bool:
-            found[:] = [p for p in self.presences if match(*p)]
+            found[:] = [r for r in received if match(*r)]
             return bool(found)
 
         wait(f"{self.bare}/{self.resource}: {what}", done)
