@@ -73,6 +73,7 @@ cdef class Router:
     cdef tuple _turn_commit
     cdef tuple _turn_end
     cdef dict _iq_handlers                  # payload namespace -> handler
+    cdef set _iq_for_missing                # of those, the ones asked of missing accounts too
     cdef dict _services                     # service domain -> handler (Router.add_service)
 
     cpdef route(self, Session origin, Stanza st)

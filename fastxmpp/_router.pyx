@@ -33,8 +33,6 @@ cdef Py_ssize_t JID_ENTRY_OVERHEAD = 344
 
 # Types an iq may have (RFC 6120 §8.2.3).
 cdef frozenset IQ_TYPES = frozenset(("get", "set", "result", "error"))
-# XEP-0030 §8: the one request answered for an account that does not exist (empty).
-cdef tuple DISCO_ITEMS = ("http://jabber.org/protocol/disco#items", "query")
 # Presence types other than the broadcast of availability (RFC 6121 §4.7.1).
 cdef frozenset SUBSCRIPTION_TYPES = frozenset(
     ("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
@@ -640,6 +638,7 @@ cdef class Router:
         self._iq_full = ()
         self._iq_response = ()
         self._iq_handlers = {}
+        self._iq_for_missing = set()
         self._services = {}
 
     # --- configuration -------------------------------------------------------------
@@ -663,12 +662,17 @@ cdef class Router:
     def is_service(self, str domain):
         return domain in self._services
 
-    def set_iq_handler(self, str namespace, handler):
+    def set_iq_handler(self, str namespace, handler, bint for_missing_accounts=False):
         """handler(origin, stanza, target) -> bytes | None, for iq get/set to the server
-        or to an account's bare JID; `target` is None when the iq had no 'to'."""
+        or to an account's bare JID; `target` is None when the iq had no 'to'. An iq to an
+        account that does not exist gets service-unavailable before any handler is asked
+        (RFC 6121 §8.5.1), unless its namespace is registered `for_missing_accounts` (its
+        handler answers for them, e.g. XEP-0030 §8's empty disco#items)."""
         if namespace in self._iq_handlers:
             raise ValueError(f"an iq handler for {namespace} is already registered")
         self._iq_handlers[namespace] = handler
+        if for_missing_accounts:
+            self._iq_for_missing.add(namespace)
 
     def set_stage(self, str stage, tuple handlers):
         """The handlers of a pipeline stage, in the order they run (fastxmpp/pipeline.py
@@ -1077,9 +1081,8 @@ cdef class Router:
             # account's behalf (RFC 6121 §8.5.2.1.3, RFC 6120 §10.5.3).
             if local and self.user_exists is not None and bare not in self._users \
                     and not self.user_exists(domain, local) \
-                    and not (itype == "get" and st.children[0] == DISCO_ITEMS):
-                # (XEP-0030 §8: disco#items of an account that does not exist is an empty
-                # result, which the disco module gives, as for one with nothing to show.)
+                    and (itype == "result" or itype == "error"
+                         or st.children[0][0] not in self._iq_for_missing):
                 raise StanzaError("service-unavailable")
             if local and bare != origin.bare and self._iq_account \
                     and (itype == "get" or itype == "set"):

@@ -69,7 +69,8 @@ class DiscoModule(Module):
 
     def start(self) -> None:
         self.router.set_iq_handler(NS_INFO, self.info)
-        self.router.set_iq_handler(NS_ITEMS, self.items)
+        # §8 rule 2: disco#items of an account that does not exist is an empty result.
+        self.router.set_iq_handler(NS_ITEMS, self.items, for_missing_accounts=True)
 
     def server_info(self) -> str:
         """The inner XML of the server's disco#info (§3.1)."""

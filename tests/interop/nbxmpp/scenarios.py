@@ -512,15 +512,19 @@ def session(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def logged_in(args: argparse.Namespace, user: str) -> Gajim:
+    """A client of `user` connected and through Gajim's login flow."""
+    client = Gajim(args, user, "gajim").connect()
+    client.login_flow({})
+    return client
+
+
 def pep(args: argparse.Namespace) -> dict[str, Any]:
     """Bookmarks (XEP-0402 and XEP-0048 in PEP) with publish-options, an avatar (XEP-0084)
     and its notification to a contact, vCard-temp, blocking (XEP-0191)."""
     a_name, b_name = args.users[:2]
     report: dict[str, Any] = {}
-    a = Gajim(args, a_name, "gajim").connect()
-    a.login_flow({})
-    b = Gajim(args, b_name, "gajim").connect()
-    b.login_flow({})
+    a, b = logged_in(args, a_name), logged_in(args, b_name)
 
     # Mutual subscription, as Gajim's "add contact": roster set, subscribe, the other approves
     # and subscribes back.
@@ -774,10 +778,7 @@ def muc_upload(args: argparse.Namespace) -> dict[str, Any]:
     an HTTP upload slot (XEP-0363) and the PUT."""
     a_name, b_name = args.users[:2]
     report: dict[str, Any] = {}
-    a = Gajim(args, a_name, "gajim").connect()
-    a.login_flow({})
-    b = Gajim(args, b_name, "gajim").connect()
-    b.login_flow({})
+    a, b = logged_in(args, a_name), logged_in(args, b_name)
     room = f"nbxmpp-{a_name}@conference.localhost"
     report["room"] = room
 
