@@ -97,6 +97,8 @@ class C2SConfig:
     sasl_mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
     hibernate_after: float = 10.0  # silent this long: the stream's parser frees its memory
     fast_token_lifetime: float = 1209600.0  # XEP-0484 tokens last 14 days; 0: no FAST
+    # SCRAM-*-PLUS offered over the stream's own TLS (RFC 5802 §6, XEP-0440)
+    channel_binding: bool = True
 
 
 @dataclass(frozen=True)
@@ -646,6 +648,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "hibernate_after": _non_negative_number,
             "fast_token_lifetime": _non_negative_number,
             "sasl_mechanisms": _mechanisms,
+            "channel_binding": _boolean,
         },
     ),
     "limits": (

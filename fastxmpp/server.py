@@ -27,6 +27,7 @@ from .modules import ModuleLoadError, configured_modules
 from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
 from .storage.lmdb_store import DataDirLocked, SchemaTooNew, ServerLock, Storage
+from .stream import channel_binding
 from .stream.c2s import C2SStream, accept
 from .stream.component import ComponentDomainTaken, Components, is_loopback
 from .stream.component import accept as accept_component
@@ -56,6 +57,7 @@ def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
+    channel_binding.remember_certificate(context, cert)  # tls-server-end-point (RFC 5929)
     return context
 
 

@@ -131,8 +131,19 @@ def test_mechanisms_after_tls(server: ServerProcess, ca_file: str) -> None:
     c = server.client()
     c.open_stream()
     features = c.starttls(ca_file)
-    mechanisms = [m.text for m in features.iter(f"{{{SASL}}}mechanism")]
-    assert set(mechanisms) == {"SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"}
+    mechanisms = [m.text for m in features.find(f"{{{SASL}}}mechanisms")]
+    # RFC 6120 §13.8: SCRAM-SHA-1-PLUS; the channel-binding variants first (preferred)
+    assert mechanisms == [
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
+    ]
+    # XEP-0440: the bindings of this TLS 1.3 connection
+    bindings = features.find("{urn:xmpp:sasl-cb:0}sasl-channel-binding")
+    assert bindings is not None
+    assert [b.get("type") for b in bindings] == ["tls-exporter", "tls-server-end-point"]
     assert features.find(f"{{{TLS}}}starttls") is None
     c.close()
 

@@ -196,17 +196,28 @@ class RawClient:
                         return child.tag.split("}", 1)[1]
                 raise AssertionError("stream error without a condition")
 
-    def starttls(self, ca_file: str, server_name: str = "localhost") -> Any:
+    def starttls(self, ca_file: str, server_name: str = "localhost", version: Any = None) -> Any:
+        """`version`: an ssl.TLSVersion the client goes no higher than."""
         self.send(f"<starttls xmlns='{TLS}'/>")
         proceed = self.next()
         assert proceed.tag == f"{{{TLS}}}proceed", etree.tostring(proceed)
         context = ssl.create_default_context(cafile=ca_file)
+        if version is not None:
+            context.maximum_version = version
         self.sock = context.wrap_socket(self.sock, server_hostname=server_name)
         return self.open_stream(server_name)
 
-    def sasl_scram(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> Any:
-        """Run a SCRAM exchange; return the final <success/> or <failure/> element."""
-        client = ScramClient([mechanism], user, password)
+    def sasl_scram(
+        self,
+        user: str,
+        password: str,
+        mechanism: str = "SCRAM-SHA-256",
+        channel_binding: tuple[str, Any] | None = None,
+    ) -> Any:
+        """Run a SCRAM exchange; return the final <success/> or <failure/> element.
+        `channel_binding`: scramp's (type, data) for a -PLUS mechanism; with another
+        mechanism it makes the client say 'y' (it could bind, the server seems not to)."""
+        client = ScramClient([mechanism], user, password, channel_binding=channel_binding)
         first = base64.b64encode(client.get_client_first().encode()).decode()
         self.send(f"<auth xmlns='{SASL}' mechanism='{mechanism}'>{first}</auth>")
         challenge = self.next()

@@ -25,7 +25,7 @@ from .. import ns
 from .._parser import Stanza, StreamHeader
 from ..errors import StanzaError, StreamError
 from ..jid import JIDError, parse_jid
-from . import compression, csi, sasl2, sm
+from . import channel_binding, compression, csi, sasl2, sm
 from .sasl import (
     Challenge,
     Failure,
@@ -201,7 +201,9 @@ class ClientNegotiation(XmlStream):
                     + "</starttls>"
                 )
             if not tls_required:
-                mechanisms = offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted)
+                mechanisms = self._offered_mechanisms()
+                # XEP-0440 §2: which bindings the -PLUS mechanisms can use here
+                parts.append(channel_binding.feature_xml(self._binding_types()))
                 parts.append(f"<mechanisms xmlns='{ns.SASL}'>")
                 parts.extend(f"<mechanism>{m}</mechanism>" for m in mechanisms)
                 parts.append("</mechanisms>")
@@ -315,7 +317,7 @@ class ClientNegotiation(XmlStream):
             # Too many failed logins from this address lately (limits.auth_failures_per_ip).
             self._sasl_failure("temporary-auth-failure", "too many failed logins, try later")
             return
-        if mechanism not in offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted):
+        if mechanism not in self._offered_mechanisms():
             self._sasl_failure("invalid-mechanism")
             return
         initial = self._sasl_data(st, allow_absent=True)
@@ -432,13 +434,32 @@ class ClientNegotiation(XmlStream):
         return self._password_exchange(mechanism)
 
     def _password_exchange(self, mechanism: str) -> SaslExchange | None:
-        if mechanism not in offered_mechanisms(self.c2s.sasl_mechanisms, self.encrypted):
+        if mechanism not in self._offered_mechanisms():
             return None
         assert self.host is not None
         accounts = self.server.accounts
         if mechanism == "PLAIN":
             return PlainExchange(self.host, accounts, self.server.run_blocking)
-        return ScramExchange(mechanism, self.host, accounts)
+        return ScramExchange(
+            mechanism, self.host, accounts, self._tls_object(), bool(self._binding_types())
+        )
+
+    def _tls_object(self) -> Any:
+        """The ssl.SSLObject of this stream's own TLS (STARTTLS or XEP-0368 direct TLS),
+        once established; None otherwise (no TLS, or TLS ended by an HTTP listener)."""
+        tls = None if self.connection is None else self.connection.tls
+        return tls.tls if tls is not None and tls.established else None
+
+    def _binding_types(self) -> list[str]:
+        """The channel-binding types offered for SCRAM-*-PLUS on this stream."""
+        if not self.c2s.channel_binding:
+            return []
+        return channel_binding.offered_types(self._tls_object())
+
+    def _offered_mechanisms(self) -> list[str]:
+        return offered_mechanisms(
+            self.c2s.sasl_mechanisms, self.encrypted, bool(self._binding_types())
+        )
 
     def _sasl2_complete(
         self, outcome: Success, request: sasl2.AuthenticateRequest, exchange: Any
@@ -473,12 +494,14 @@ class ClientNegotiation(XmlStream):
                 self.write(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
         elif isinstance(outcome, Success):
             state.sasl = None
+            binding = getattr(exchange, "binding", None)
             log.info(
-                "c2s %s: authenticated %s@%s with %s%s",
+                "c2s %s: authenticated %s@%s with %s%s%s",
                 self.peer,
                 outcome.local,
                 self.host,
                 state.sasl_mechanism,
+                f" ({binding})" if binding else "",
                 " (SASL2)" if request is not None else "",
             )
             if request is not None:
