@@ -70,6 +70,7 @@ FORGED = frozenset(((NS_SID, "stanza-id"), (NS_USER, "x"), occupant_id.TAG))
 # The start of the muc#user <x/> the room adds to a record: the last one in it (a sender's
 # are removed first), cut for askers who may not see real JIDs.
 REAL_JID_HEAD = f"<x xmlns='{NS_USER}'><item".encode()
+OCCUPANT_ID_NS = occupant_id.NS.encode()
 
 
 def archive_of(room: Room) -> MamModule | None:
@@ -222,9 +223,11 @@ def with_occupant_id(room: Room, xml: bytes, real_jid: bool, ids: dict[str, str]
     bare = sender.partition("/")[0]
     if not real_jid:
         xml = xml[:start] + xml[end:]
-    if occupant_id.NS.encode() in xml:
+    if OCCUPANT_ID_NS in xml:
         # a sender's own, archived before the room removed them (§4: one, the room's)
         xml = occupant_id.without_forged_stored(xml)
+    if not bare:
+        return xml  # no sender to make an id for
     known = ids.get(bare)
     if known is None:
         known = ids[bare] = room.occupant_id(bare)

@@ -45,11 +45,6 @@ def element(occupant_id: str) -> str:
     return f"<occupant-id xmlns='{NS}' id='{occupant_id}'/>"
 
 
-def forged(st: Stanza) -> bool:
-    """Whether the client put an <occupant-id/> of its own in the stanza."""
-    return TAG in st.children
-
-
 def remove_forged(tree: Any) -> None:
     """§4: the client's <occupant-id/> elements out of `tree` (a stanza's lxml element)."""
     for child in tree.findall(CLARK):
