@@ -3,7 +3,12 @@
 Database "muc": key `service NUL room`, value a msgpack map
 `{"config": {...}, "affiliations": {bare: affiliation}, "nicks": {bare: nick},
 "subject": [text, nick] | None}`. Occupants and history are never stored (they live with
-the sessions that make them).
+the sessions that make them). A room's record may also hold "subject_by": the XEP-0421
+occupant id of whoever set the subject (an older server ignores the key).
+
+The secret the XEP-0421 occupant ids are made with (modules/muc/occupant_id.py) is in the
+"meta" database, key OCCUPANT_ID_SECRET: 32 random bytes, made once, never changed (every
+occupant id in every room would change with it).
 
 When an account is deleted its affiliations and reserved nicknames go with it, in every
 room (the purge below): whoever registers the same name later inherits no ownership, no
@@ -12,15 +17,20 @@ membership and no ban.
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgpack
 
 from .account_data import register_purge
-from .lmdb_store import CorruptRecord, Storage, expect, unpack
+from .lmdb_store import META_DB, CorruptRecord, Storage, expect, unpack
 
+log = logging.getLogger("fastxmpp.storage.muc")
 DATABASE = "muc"
+OCCUPANT_ID_SECRET = b"muc-occupant-id-secret"
+SECRET_BYTES = 32
 AFFILIATIONS = ("owner", "admin", "member", "outcast")
 T = TypeVar("T")
 
@@ -59,6 +69,30 @@ class MucStore:
                 rooms.append(room)
         return rooms
 
+    def occupant_id_secret(self) -> bytes:
+        """The service secret of XEP-0421 §4.1, made (and committed) the first time it is
+        asked for. Read again in the write transaction that makes it: if another process
+        (the CLI) made one meanwhile, that one is the secret."""
+        meta = self.storage.database(META_DB)
+        with self.storage.env.begin(db=meta) as txn:
+            stored = _secret(txn.get(OCCUPANT_ID_SECRET))
+        if stored is not None:
+            return stored
+
+        def read_or_make(txn: Any) -> bytes:
+            raw = txn.get(OCCUPANT_ID_SECRET)
+            stored = _secret(raw)
+            if stored is not None:
+                return stored
+            if raw is not None:
+                log.error("the occupant id secret is damaged: a new one changes every id")
+            made = secrets.token_bytes(SECRET_BYTES)
+            txn.put(OCCUPANT_ID_SECRET, made)
+            return made
+
+        secret: bytes = self.storage.write(read_or_make, db=meta)
+        return secret
+
     def save(self, service: str, room: str, record: dict[str, Any]) -> None:
         """Replace a room's record (StorageFull when the disk is full, nothing written)."""
         data = msgpack.packb(record)
@@ -66,6 +100,10 @@ class MucStore:
 
     def delete(self, service: str, room: str) -> None:
         self.storage.write(lambda txn: txn.delete(room_key(service, room)), db=self._db)
+
+
+def _secret(raw: Any) -> bytes | None:
+    return None if raw is None or len(raw) != SECRET_BYTES else bytes(raw)
 
 
 def _decode(raw: bytes) -> dict[str, Any]:
@@ -84,6 +122,7 @@ def _decode(raw: bytes) -> dict[str, Any]:
     subject = expect(record.get("subject"), (list, type(None)), "subject")
     if subject is not None and (len(subject) != 2 or not all(isinstance(s, str) for s in subject)):
         raise CorruptRecord("subject")
+    expect(record.get("subject_by", ""), str, "occupant id of the subject's author")
     return record
 
 

@@ -6,6 +6,7 @@
 - admin.py: muc#admin (kick, voice, bans, member/admin/owner lists), muc#owner
   (configuration, destruction), mediated invitations;
 - history.py: discussion history for newcomers (XEP-0203 delay stamps).
+- occupant_id.py: XEP-0421 occupant ids, on what the room sends about or from an occupant.
 
 Persistent rooms are stored by fastxmpp/storage/muc.py.
 """

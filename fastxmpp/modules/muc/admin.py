@@ -342,7 +342,7 @@ def destroy_room(
         session.send(
             f"<presence from={quoteattr(room.occupant_jid(occupant.nick))} to={quoteattr(full)} "
             f"type='unavailable'><x xmlns='{NS_USER}'><item affiliation='none' role='none'/>"
-            f"{destroy_xml}</x></presence>".encode()
+            f"{destroy_xml}</x>{occupant.id_xml}</presence>".encode()  # XEP-0421 §4
         )
         room.service.left(session, room)
     room.occupants.clear()

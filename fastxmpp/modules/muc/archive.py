@@ -11,6 +11,12 @@ room's XEP-0359 stanza-ids.
   XEP-0045 §4.1). Every delivered copy (and the discussion history's) carries
   <stanza-id by=room id=.../> with the record's id; one a sender put there by the room is
   removed (XEP-0359 §5), archiving or not.
+- XEP-0421 occupant ids: every copy (and the history's) carries the sender's; a sender's own
+  <occupant-id/> is removed from the copies and the record (§4, §5). A query's results
+  get theirs computed from the real JID the record keeps (`with_occupant_id`), rather than
+  stored in the record: the real JID is in every record anyway, so messages archived
+  before the room had occupant ids get theirs too, and the same HMAC (occupant_id.py) makes
+  every id the room ever shows, live or archived.
 - Where: the user archives' store (storage/mam.py), as the "account" `room@service`: keys
   `account_prefix(service, room)`, which no account can have (the service domain is never a
   host, service.py). The store's ids, paging, retention and group commit serve rooms
@@ -34,7 +40,7 @@ from xml.sax.saxutils import quoteattr
 from lxml import etree
 
 from ... import ns
-from ..._router import append_child, declares_its_namespace
+from ..._router import append_child, declares_its_namespace, start_tag_attr
 from ...errors import StanzaError
 from ...jid import JIDError, parse_jid
 from ...storage.account_data import account_prefix
@@ -49,6 +55,7 @@ from ..mam import (
     parse_query,
     query_form,
 )
+from . import occupant_id
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
@@ -59,10 +66,11 @@ if TYPE_CHECKING:
 CLIENT = ns.CLIENT
 NS_USER = ns.MUC_USER
 SUBJECT = (CLIENT, "subject")
-FORGED = frozenset(((NS_SID, "stanza-id"), (NS_USER, "x")))
+FORGED = frozenset(((NS_SID, "stanza-id"), (NS_USER, "x"), occupant_id.TAG))
 # The start of the muc#user <x/> the room adds to a record: the last one in it (a sender's
 # are removed first), cut for askers who may not see real JIDs.
 REAL_JID_HEAD = f"<x xmlns='{NS_USER}'><item".encode()
+OCCUPANT_ID_NS = occupant_id.NS.encode()
 
 
 def archive_of(room: Room) -> MamModule | None:
@@ -90,8 +98,9 @@ def archivable(st: Stanza) -> bool:
 
 def outgoing(room: Room, origin: C2SStream, st: Stanza, occupant: Occupant) -> bytes:
     """The groupchat message as the room sends it, without 'to' (each copy gets its own):
-    'from' the occupant JID, no stanza-id by the room that the sender forged, and, when
-    the room archives it, its own stanza-id; the record is queued for the archive."""
+    'from' the occupant JID, no stanza-id by the room nor occupant id that the sender
+    forged, the sender's occupant id, and, when the room archives it, its own stanza-id;
+    the record is queued for the archive."""
     sender = room.occupant_jid(occupant.nick)
     forged = any(child in FORGED for child in st.children)
     mam = archive_of(room) if archivable(st) else None
@@ -101,12 +110,14 @@ def outgoing(room: Room, origin: C2SStream, st: Stanza, occupant: Occupant) -> b
     else:
         element = st.element()
         _remove(element, (f"{{{NS_SID}}}stanza-id",), by=room.jid)
+        occupant_id.remove_forged(element)
         element.attrib.pop("to", None)
         element.set("from", sender)
         data = bytes(etree.tostring(element))
         # §8.2 (MUC message spoofing): no muc#user <x/> of the sender's in the archive.
         _remove(element, (f"{{{NS_USER}}}x",))
         record = bytes(etree.tostring(element))
+    data = append_child(data, occupant.id_xml.encode())
     if mam is None:
         return data
     assert mam.store is not None
@@ -164,7 +175,12 @@ def query_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes | None:
     if tag != "query" or itype != "set":
         raise StanzaError("bad-request", f"unexpected {tag} in an iq {itype}")
     request = parse_query(payload, mam.settings.max_page, _occupant_jid)
-    render = None if _sees_real_jids(room, origin) else _without_real_jid
+    real_jids = _sees_real_jids(room, origin)
+    ids: dict[str, str] = {}  # bare JID -> occupant id, for this answer's records
+
+    def render(record: Any) -> bytes:
+        return with_occupant_id(room, record.xml, real_jids, ids)
+
     # What the room archived until now is part of the answer (`MamModule.answer_settled`).
     return mam.answer_settled(
         origin, st, domain, local,
@@ -195,13 +211,27 @@ def _sees_real_jids(room: Room, origin: C2SStream) -> bool:
     return occupant is not None and occupant.role == "moderator"
 
 
-def _without_real_jid(record: Any) -> bytes:
-    xml: bytes = record.xml
+def with_occupant_id(room: Room, xml: bytes, real_jid: bool, ids: dict[str, str]) -> bytes:
+    """An archived message as a query shows it: with the sender's XEP-0421 occupant id
+    (computed from the real JID in the room's muc#user <x/>, cached in `ids`), and that
+    <x/> only if `real_jid` (those who may see real JIDs)."""
     start = xml.rfind(REAL_JID_HEAD)
     if start < 0:
-        return xml
+        return xml  # not a record the room made (it always adds the real JID)
     end = xml.index(b"</x>", start) + len(b"</x>")
-    return xml[:start] + xml[end:]
+    sender = start_tag_attr(xml[start + len(REAL_JID_HEAD) - len(b"<item") :], "jid") or ""
+    bare = sender.partition("/")[0]
+    if not real_jid:
+        xml = xml[:start] + xml[end:]
+    if OCCUPANT_ID_NS in xml:
+        # a sender's own, archived before the room removed them (§4: one, the room's)
+        xml = occupant_id.without_forged_stored(xml)
+    if not bare:
+        return xml  # no sender to make an id for
+    known = ids.get(bare)
+    if known is None:
+        known = ids[bare] = room.occupant_id(bare)
+    return append_child(xml, occupant_id.element(known).encode())
 
 
 def _occupant_jid(text: str) -> str:

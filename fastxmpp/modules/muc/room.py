@@ -21,6 +21,9 @@ from ..privacy_rules import PRIVACY_IQ, PRIVACY_MESSAGE, PRIVACY_PRESENCE_IN
 from .archive import outgoing
 from .config import RoomConfig
 from .history import History
+from .occupant_id import TAG as OCCUPANT_ID
+from .occupant_id import element as occupant_id_element
+from .occupant_id import make_id, without_forged
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
@@ -70,11 +73,13 @@ class Occupant:
     """One nickname in the room: the sessions of one account using it (several resources
     may share a nickname), its role and its last presence."""
 
-    __slots__ = ("bare", "last_jid", "nick", "presence", "role", "sessions")
+    __slots__ = ("bare", "id_xml", "last_jid", "nick", "presence", "role", "sessions")
 
-    def __init__(self, nick: str, bare: str, role: str) -> None:
+    def __init__(self, nick: str, bare: str, role: str, occupant_id: str) -> None:
         self.nick = nick
         self.bare = bare
+        # XEP-0421: what the room adds to every stanza about or from the occupant
+        self.id_xml = occupant_id_element(occupant_id)
         self.sessions: dict[str, C2SStream] = {}  # full JID -> session, in joining order
         self.role = role
         self.presence = ""  # the reflected children of the occupant's presence (show, ...)
@@ -86,12 +91,16 @@ class Occupant:
         return next(reversed(self.sessions)) if self.sessions else self.last_jid
 
 
-MUC_EXTENSIONS = ((NS_MUC, "x"), (NS_USER, "x"))
+# The MUC extensions only the service generates (or carrying the password), and XEP-0421's
+# occupant id, which the room adds itself (§4).
+MUC_EXTENSIONS = ((NS_MUC, "x"), (NS_USER, "x"), OCCUPANT_ID)
+_NOT_REFLECTED = frozenset(f"{{{namespace}}}{name}" for namespace, name in MUC_EXTENSIONS)
 
 
 def reflected_children(st: Stanza) -> str:
     """A presence's children as reflected to the room: everything but the MUC extensions the
-    service alone generates or that carry the password (§17.3 rule 6). Spliced from the
+    service alone generates or that carry the password (§17.3 rule 6), and any XEP-0421
+    occupant id (the room's own goes with every presence it sends). Spliced from the
     received bytes when they stand on their own; else copied into a jabber:client element
     so that no declaration the children inherited from the stream (xmlns:stream, the
     default namespace) is repeated on each of them."""
@@ -106,7 +115,7 @@ def reflected_children(st: Stanza) -> str:
         return raw[st.start_len : raw.rindex(b"</")].decode()
     holder = etree.Element(f"{{{CLIENT}}}presence", nsmap={None: CLIENT})
     for child in st.element():
-        if isinstance(child.tag, str) and child.tag not in (f"{{{NS_MUC}}}x", f"{{{NS_USER}}}x"):
+        if isinstance(child.tag, str) and child.tag not in _NOT_REFLECTED:
             copied = copy.deepcopy(child)
             copied.tail = None
             holder.append(copied)
@@ -128,6 +137,7 @@ class Room:
         self.nick_keys: dict[str, str] = {}  # nick_key(nick) -> nick in use
         self.by_jid: dict[str, Occupant] = {}  # occupant's full JID -> occupant
         self.subject: tuple[str, str] = ("", "")  # (text, nick of who set it)
+        self.subject_by = ""  # the XEP-0421 occupant id of who set it ("": none known)
         self.history = History(config.history_length)
         self.locked = False  # §10.1.1: created, not yet configured
         self.stored = False  # a record of it is in the store
@@ -160,6 +170,7 @@ class Room:
             "affiliations": dict(self.affiliations),
             "nicks": dict(self.nicks),
             "subject": list(self.subject),
+            "subject_by": self.subject_by,
         }
 
     def load_record(self, record: dict[str, Any]) -> None:
@@ -167,10 +178,15 @@ class Room:
         self.nicks = dict(record.get("nicks", {}))
         subject = record.get("subject") or ["", ""]
         self.subject = (str(subject[0]), str(subject[1]))
+        self.subject_by = str(record.get("subject_by", ""))
 
     def changed(self) -> None:
         """Persist what survives a restart (§10.1.3 persistentroom)."""
         self.service.save(self)
+
+    def occupant_id(self, bare: str) -> str:
+        """XEP-0421: the id of the user `bare` in this room."""
+        return make_id(self.service.occupant_id_secret, self.jid, bare)
 
     def occupant_jid(self, nick: str) -> str:
         return f"{self.jid}/{nick}"
@@ -225,7 +241,8 @@ class Room:
             f"<presence from={quoteattr(self.occupant_jid(subject.nick))} to={quoteattr(to)}"
             f"{id_attr}{type_attr}>{inner}<x xmlns='{NS_USER}'>"
             f"<item affiliation='{self.affiliation(subject.bare)}' role='{subject.role}'"
-            f"{jid_attr}{item_attrs}>{item_extra}</item>{codes_xml}{x_extra}</x></presence>"
+            f"{jid_attr}{item_attrs}>{item_extra}</item>{codes_xml}{x_extra}</x>"
+            f"{subject.id_xml}</presence>"
         ).encode()
 
     def sees_jids(self, viewer: Occupant) -> bool:
@@ -309,7 +326,9 @@ class Room:
         if existing is None and len(self.occupants) >= config.max_users and not privileged:
             raise StanzaError("service-unavailable", "the room is full", error_type="wait")
         newcomer = existing is None
-        occupant = existing or Occupant(nick, bare, self.default_role(affiliation))
+        occupant = existing or Occupant(
+            nick, bare, self.default_role(affiliation), self.occupant_id(bare)
+        )
         occupant.sessions[origin.full] = origin
         presence = reflected_children(st)
         changed = not newcomer and presence != occupant.presence
@@ -348,9 +367,12 @@ class Room:
         """§7.2.15: the subject, empty when there is none, last in the join sequence."""
         text, nick = self.subject
         sender = self.occupant_jid(nick) if nick else self.jid
+        # XEP-0421 §4: from the occupant who set it, with that occupant's id (none for a
+        # subject set before the room had occupant ids)
+        by = occupant_id_element(self.subject_by) if nick and self.subject_by else ""
         session.send(
             f"<message from={quoteattr(sender)} to={quoteattr(full)} type='groupchat'>"
-            f"<subject>{escape(text)}</subject></message>".encode()
+            f"<subject>{escape(text)}</subject>{by}</message>".encode()
         )
 
     def resync(self, origin: C2SStream, st: Stanza, muc_x: Any) -> None:
@@ -503,6 +525,7 @@ class Room:
             if not (self.config.change_subject or occupant.role == "moderator"):
                 raise StanzaError("forbidden", "you may not change the subject")
             self.subject = (subject.text or "", occupant.nick)
+            self.subject_by = self.occupant_id(occupant.bare)
             self.changed()
         sender = self.occupant_jid(occupant.nick)
         # as sent, spliced: no tree is serialized again (docs/ARCHITECTURE.md, principle 2),
@@ -540,6 +563,9 @@ class Room:
         self._deliver(st, occupant, target)
 
     def _deliver(self, st: Stanza, sender: Occupant, target: Occupant) -> None:
+        """The message from `sender`'s occupant JID to each session of `target`, with the
+        room's muc#user <x/> (§7.5) and `sender`'s occupant id (XEP-0421 §4: on every
+        message the room sends; one the client put in is replaced)."""
         sender_jid = self.occupant_jid(sender.nick)
         marked = (NS_USER, "x") in st.children
         allowed = [
@@ -551,12 +577,15 @@ class Room:
             if st.attrs.get("type") != "error":
                 raise StanzaError("service-unavailable")  # XEP-0016 §2.13: blocked inbound
             return
+        # §7.5: the service adds <x xmlns='muc#user'/> (for XEP-0280 carbons).
+        added = (("" if marked else f"<x xmlns='{NS_USER}'/>") + sender.id_xml).encode()
+        stripped = without_forged(st, sender_jid) if OCCUPANT_ID in st.children else None
         for full, session in allowed:
-            data = st.with_attrs({"from": sender_jid, "to": full})
-            if not marked:
-                # §7.5: the service adds <x xmlns='muc#user'/> (for XEP-0280 carbons).
-                data = append_child(data, f"<x xmlns='{NS_USER}'/>".encode())
-            session.send(data)
+            if stripped is None:
+                data = st.with_attrs({"from": sender_jid, "to": full})
+            else:
+                data = insert_attr(stripped, "to", full)
+            session.send(append_child(data, added))
 
     # --- iqs between occupants (§18.4 rule 3) ----------------------------------------------
 

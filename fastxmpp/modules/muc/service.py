@@ -40,6 +40,7 @@ from .admin import (
 )
 from .archive import archive_of, forget, query_iq
 from .config import NS_DATA, RoomConfig, roominfo_form
+from .occupant_id import NS as NS_OCCUPANT_ID
 from .room import NS_MUC, NS_USER, Room, nick_key, reflected_children
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ SELF_PING = NS_MUC + "#self-ping-optimization"  # XEP-0410 §3.3
 # carries the id of the presence that asked (clients that see this feature wait for it).
 STABLE_ID = NS_MUC + "#stable_id"
 SERVICE_NAME = "Chatrooms"
+# XEP-0421 §4: every room has occupant ids, so the service says so as well.
+SERVICE_FEATURES = (NS_INFO, NS_ITEMS, NS_MUC, NS_UNIQUE, STABLE_ID, NS_OCCUPANT_ID)
 IQ_TYPES = ("get", "set", "result", "error")
 
 
@@ -86,6 +89,8 @@ class MucService:
         self.limits: MucConfig = module.config.muc
         self.admins = frozenset(self.limits.admins)
         self.rooms: dict[str, Room] = {}
+        assert module.store is not None
+        self.occupant_id_secret = module.store.occupant_id_secret()  # XEP-0421 §4.1
 
     def load(self) -> None:
         assert self.module.store is not None
@@ -210,9 +215,7 @@ class MucService:
         element = st.element()
         if itype == "get" and namespace == NS_INFO:
             self._node_check(element, NS_INFO)
-            features = "".join(
-                f"<feature var='{f}'/>" for f in (NS_INFO, NS_ITEMS, NS_MUC, NS_UNIQUE, STABLE_ID)
-            )
+            features = "".join(f"<feature var='{f}'/>" for f in SERVICE_FEATURES)
             payload = (
                 f"<query xmlns='{NS_INFO}'><identity category='conference' type='text' "
                 f"name='{SERVICE_NAME}'/>{features}</query>"
@@ -410,7 +413,8 @@ class MucService:
                 f"<query xmlns='{NS_INFO}' node='{ROOMUSER_NODE}'>{identity}</query>",
             )
         self._node_check(st.element(), NS_INFO)
-        features = [NS_MUC, NS_INFO, NS_ITEMS, SELF_PING, STABLE_ID, *room.config.features()]
+        features = [NS_MUC, NS_INFO, NS_ITEMS, SELF_PING, STABLE_ID, NS_OCCUPANT_ID]
+        features += room.config.features()
         if archive_of(room) is not None:
             features += [NS_MAM, NS_SID]  # XEP-0313 §3.2 (MUC archives), XEP-0359 §4
         feature_xml = "".join(f"<feature var='{f}'/>" for f in features)
