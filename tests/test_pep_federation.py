@@ -32,6 +32,8 @@ from test_pep import (
 from test_roster import reply_to
 from xmpp_raw import CLIENT, RawClient
 
+from fastxmpp.modules.pep_remote import PER_CONTACT, RemoteResources
+
 METADATA = "urn:xmpp:avatar:metadata"
 DEVICELIST = "eu.siacs.conversations.axolotl.devicelist"
 AXOLOTL = "eu.siacs.conversations.axolotl"
@@ -391,3 +393,35 @@ def test_server_domain_shows_pep(fed: Federation, sign: Any) -> None:
         assert {("server", "im"), ("pubsub", "pep")} <= identities
         features = {f.get("var") for f in reply.iter(f"{{{INFO}}}feature")}
         assert {PUBSUB, f"{PUBSUB}#publish", f"{PUBSUB}#filtered-notifications"} <= features
+
+
+# --- the table of remote resources -----------------------------------------------------------
+
+
+def test_remote_resources_are_bounded() -> None:
+    """No peer grows the table without end: PER_CONTACT resources per contact (a contact
+    inventing resources pushes out its own oldest), `size` in all (the least recently heard
+    of goes); a resource goes with the last account it was available to."""
+    dropped: list[str] = []
+    table = RemoteResources(1000, lambda data, to: True, lambda r: dropped.append(r.full))
+    for i in range(PER_CONTACT + 5):
+        table.available(f"flood@b.test/{i}", "owner@a.test")
+    assert len(table) == PER_CONTACT
+    assert table.of("flood@b.test")[0].full == "flood@b.test/5"
+    assert dropped == [f"flood@b.test/{i}" for i in range(5)]
+
+    table = RemoteResources(3, lambda data, to: True, lambda r: dropped.append(r.full))
+    dropped.clear()
+    for name in ("a", "b", "c"):
+        table.available(f"{name}@b.test/r", "owner@a.test")
+    resource, initial = table.available("a@b.test/r", "other@a.test")
+    assert initial and list(resource.seen_by) == ["owner@a.test", "other@a.test"]
+    assert table.available("a@b.test/r", "other@a.test")[1] is False  # not initial again
+    table.available("d@b.test/r", "owner@a.test")  # b is the least recently heard of
+    assert dropped == ["b@b.test/r"] and len(table) == 3
+    table.unavailable("a@b.test/r", "owner@a.test")  # still available to the other
+    assert [r.full for r in table.of("a@b.test")] == ["a@b.test/r"]
+    table.forget("other@a.test")
+    assert table.of("a@b.test") == [] and dropped[-1] == "a@b.test/r"
+    table.forget("owner@a.test", "c@b.test")
+    assert len(table) == 1 and table.of("d@b.test")
