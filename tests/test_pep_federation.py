@@ -250,7 +250,8 @@ def test_last_item_when_a_remote_contact_comes_online(sign: Any) -> None:
     owner, contact = pair(sign)
     publish(owner, METADATA, avatar("av4"), "av4")
     publish(owner, DEVICELIST, devices(42), "current")
-    seen = announce(contact, caps_features((METADATA,)), ("b.test", owner.bare))
+    features = caps_features((METADATA,))
+    seen = announce(contact, features, ("b.test", owner.bare))
     seen += settle(contact, owner)
     # §4.3.4: the last item of each node it wants, stamped (XEP-0203); not the others
     [msg] = notifications(seen, METADATA)
@@ -258,7 +259,10 @@ def test_last_item_when_a_remote_contact_comes_online(sign: Any) -> None:
     assert msg.find(f"{{{DELAY}}}delay").get("from") == owner.bare
     assert notifications(seen, DEVICELIST) == []
     # A presence update with the same caps is not initial presence (§4.3.3 note).
-    contact.c.send("<presence><show>away</show></presence>")
+    contact.c.send(
+        f"<presence><show>away</show><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' "
+        f"ver='{caps_ver(features)}'/></presence>"
+    )
     assert notifications(settle(contact, owner), METADATA) == []
 
 
@@ -320,6 +324,26 @@ def test_access_models_hold_for_remote_contacts(sign: Any) -> None:
     assert iq(owner, "set", roster_set).get("type") == "result"
     publish(owner, family, devices(3), "f")
     assert item_ids(across(owner, contact), family) == ["f"]
+
+
+def test_blocked_remote_contact_gets_nothing(sign: Any) -> None:
+    """XEP-0163 §4.3.3 exception: nothing to a contact the owner blocks (XEP-0191)."""
+    owner, contact = pair(sign)
+    interested(owner, contact, METADATA)
+    block = f"<block xmlns='urn:xmpp:blocking'><item jid='{contact.bare}'/></block>"
+    assert iq(owner, "set", block).get("type") == "result"
+    publish(owner, METADATA, avatar("av7"), "av7")
+    # (the owner may not write to a blocked contact: a ping of its server is the marker)
+    ping_id = f"ping-{next(_ids)}"
+    contact.c.send(f"<iq type='get' id='{ping_id}' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>")
+    seen = []
+    while (el := contact.c.next()).get("id") != ping_id:
+        seen.append(el)
+    assert notifications(seen, METADATA) == []
+    unblock = f"<unblock xmlns='urn:xmpp:blocking'><item jid='{contact.bare}'/></unblock>"
+    assert iq(owner, "set", unblock).get("type") == "result"
+    publish(owner, METADATA, avatar("av8"), "av8")
+    assert item_ids(across(owner, contact), METADATA) == ["av8"]
 
 
 # --- caps over s2s (XEP-0115) ----------------------------------------------------------------
