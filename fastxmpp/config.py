@@ -288,6 +288,8 @@ class PepConfig:
     caps_cache_size: int = 10000  # XEP-0115 verified 'ver' values remembered
     caps_timeout: float = 30.0  # seconds a client has to answer the caps disco#info query
     max_subscriptions_per_node: int = 1000  # explicit subscriptions (XEP-0060 §6.1) per node
+    # resources of contacts on other servers whose presence (caps) is remembered, in all
+    remote_resources: int = 20000
 
 
 @dataclass(frozen=True)
@@ -739,6 +741,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "caps_cache_size": _integer_at_least(1),
             "caps_timeout": _positive_number,
             "max_subscriptions_per_node": _integer_at_least(1),
+            "remote_resources": _integer_at_least(1),
         },
     ),
     "vcard": (VCardConfig, {"max_size": _integer_at_least(1)}),

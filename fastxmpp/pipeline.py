@@ -102,7 +102,9 @@ ORDER: dict[str, tuple[tuple[str, int], ...]] = {
     "message/sent": (("carbons", 100), ("mam", 0)),
     "presence/broadcast": (("presence", 0),),
     "presence/subscription": (("presence", 0),),
-    "presence/directed": (("presence", 0),),
+    # RFC 6121 §4.6 bookkeeping, then XEP-0163 §4.3: PEP learns the caps of contacts on
+    # other servers from the presence they send.
+    "presence/directed": (("presence", 0), ("pep", -100)),
     # XEP-0016 §2.13: the account's default list for iqs answered on its behalf.
     "iq/account": (("privacy", 0),),
     # XEP-0012 §4: last activity is the server's to refuse, even to a resource.

@@ -85,7 +85,8 @@ def test_server_info(server: ServerProcess, ca_file: str, clients: list[RawClien
     c = login(server, ca_file, clients, "alice")
     reply = ask(c, INFO, "localhost")
     query = query_of(reply, INFO)
-    assert identities(query) == [("server", "im", "fastxmpp")]
+    # XEP-0163: PEP shown on the domain as well as on accounts (Prosody and ejabberd do)
+    assert identities(query) == [("server", "im", "fastxmpp"), ("pubsub", "pep", None)]
     assert features(query) >= SERVER_FEATURES
     assert reply.get("to") == "alice@localhost/disco"
     assert reply.get("from") == "localhost"
@@ -100,7 +101,8 @@ def test_server_items_and_virtual_host(
     assert all(item.get("jid") for item in query)  # none yet, but each would name a JID
     # The other host served here answers too.
     assert identities(query_of(ask(c, INFO, "example.test"), INFO)) == [
-        ("server", "im", "fastxmpp")
+        ("server", "im", "fastxmpp"),
+        ("pubsub", "pep", None),
     ]
 
 

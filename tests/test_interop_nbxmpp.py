@@ -76,7 +76,7 @@ def test_session_chat_carbons_archive_and_resumption(
         assert login["sm_supported"] and login["roster_versioning"]
         # RFC 6121 §2.6.2: asked with ver='' the roster comes with a version
         assert login["roster"]["items"] == [] and login["roster"]["version"]
-        assert login["server_identities"] == ["server/im"]
+        assert login["server_identities"] == ["pubsub/pep", "server/im"]
         assert {"urn:xmpp:carbons:2", "urn:xmpp:blocking", "urn:xmpp:ping"} <= set(
             login["server_features"]
         )

@@ -18,78 +18,25 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import PASSWORD, ServerProcess, assert_still_serving
+from conftest import ServerProcess, assert_still_serving
+from federation import (
+    Federation,
+    befriend_across,
+    free_port,
+    roster_state,
+    sign_in,
+    sync,
+    tag,
+    wait_for,
+    wait_listening,
+)
 from xmpp_raw import CLIENT, SASL, STREAMS, TLS, RawClient, stanza_error
 
-from fastxmpp.storage.accounts import AccountStore
-from fastxmpp.storage.lmdb_store import Storage
-
-ROSTER = "jabber:iq:roster"
 SERVER = "jabber:server"
 S2S_HEADER = (
     "<?xml version='1.0'?><stream:stream xmlns='{ns}' xmlns:stream='{streams}' "
     "xmlns:db='jabber:server:dialback' from='{frm}' to='{to}' version='1.0'>"
 )
-USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(srv: ServerProcess, port: int) -> None:
-    """The test harness returns once the c2s listener is up; the s2s one follows it."""
-    deadline = time.monotonic() + 10
-    while f"s2s listening on 127.0.0.1:{port}" not in srv.log_text():
-        assert time.monotonic() < deadline, srv.log_text()
-        time.sleep(0.02)
-
-
-class Federation:
-    """Servers that know each other's s2s ports (static routes), with accounts."""
-
-    def __init__(
-        self,
-        ca: trustme.CA,
-        root: Path,
-        ca_file: str,
-        trusted: bool,
-        names: tuple[str, str],
-        s2s_extra: str = "",
-    ) -> None:
-        self.ports = {name: free_port() for name in names}
-        self.closed_port = free_port()  # nothing listens there: an unreachable server
-        # a server that accepts connections and never says a word
-        self.silent = socket.create_server(("127.0.0.1", 0))
-        routes = ", ".join(f'"{d}" = "127.0.0.1:{p}"' for d, p in self.ports.items())
-        routes += f', "nowhere.test" = "127.0.0.1:{self.closed_port}"'
-        routes += f', "silent.test" = "127.0.0.1:{self.silent.getsockname()[1]}"'
-        self.servers: dict[str, ServerProcess] = {}
-        for name in names:
-            extra = (
-                f'[[listeners]]\nkind = "s2s"\naddress = "127.0.0.1"\nport = {self.ports[name]}\n\n'
-                f"[s2s]\nenabled = true\nconnect_timeout = 1.5\nroutes = {{ {routes} }}\n"
-                + (f'ca_file = "{ca_file}"\n' if trusted else "")
-                + s2s_extra
-                + "[limits]\nauth_free_failures = 100000\nauth_failures_per_ip = 100000\n"
-                "auth_failures_per_account = 100000\n"
-            )
-            srv = ServerProcess(root / name, ca, (name, "localhost"), extra)
-            with Storage(srv.data_dir) as storage:
-                accounts = AccountStore(storage, iterations=4096)
-                for user in USERS:
-                    accounts.create(name, user, PASSWORD)
-                accounts.create("localhost", "alice", PASSWORD)
-            srv.start()
-            wait_listening(srv, self.ports[name])
-            self.servers[name] = srv
-
-    def stop(self) -> None:
-        self.silent.close()
-        for srv in self.servers.values():
-            srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -142,56 +89,9 @@ def tight(
 @pytest.fixture
 def login(ca_file: str, clients: list[RawClient]) -> Callable[..., RawClient]:
     def connect(srv: ServerProcess, jid: str, resource: str = "r", available: bool = True):
-        user, _, host = jid.partition("@")
-        c = srv.client()
-        clients.append(c)
-        c.open_stream(host)
-        c.starttls(ca_file, host)
-        assert c.sasl_scram(user, PASSWORD).tag == f"{{{SASL}}}success"
-        c.open_stream(host)
-        assert c.bind(resource) == f"{jid}/{resource}"
-        if available:
-            c.send("<presence/>")
-            sync(c)
-        return c
+        return sign_in(srv, ca_file, clients, jid, resource, available)
 
     return connect
-
-
-_ids = iter(range(10**9))
-
-
-def sync(c: RawClient) -> list[Any]:
-    marker = f"sync-{next(_ids)}"
-    c.send(f"<iq type='get' id='{marker}'><ping xmlns='urn:xmpp:ping'/></iq>")
-    seen = []
-    while True:
-        el = c.next()
-        if el.get("id") == marker:
-            return seen
-        seen.append(el)
-
-
-def wait_for(c: RawClient, match: Callable[[Any], bool], timeout: float = 10) -> Any:
-    """The first element matching; what comes before it is dropped."""
-    deadline = time.monotonic() + timeout
-    while True:
-        el = c.next(timeout=max(0.1, deadline - time.monotonic()))
-        if match(el):
-            return el
-
-
-def tag(name: str) -> Callable[[Any], bool]:
-    return lambda el: el.tag == f"{{{CLIENT}}}{name}"
-
-
-def roster_state(c: RawClient, contact: str) -> tuple[str | None, str | None] | None:
-    c.send(f"<iq type='get' id='rg'><query xmlns='{ROSTER}'/></iq>")
-    reply = wait_for(c, lambda el: el.get("id") == "rg")
-    for item in reply.iter(f"{{{ROSTER}}}item"):
-        if item.get("jid") == contact:
-            return item.get("subscription"), item.get("ask")
-    return None
 
 
 # --- stanzas across servers ------------------------------------------------------------------
@@ -369,17 +269,6 @@ def test_subscription_presence_and_probes_across(trusted: Federation, login: Any
         ),
     )
     assert gone.get("to") == "erin@a.test"
-
-
-def befriend_across(x: RawClient, x_jid: str, y: RawClient, y_jid: str) -> None:
-    """Mutual subscription by protocol between accounts of two servers."""
-    for a, a_jid, b, b_jid in ((x, x_jid, y, y_jid), (y, y_jid, x, x_jid)):
-        a.send(f"<presence type='subscribe' to='{b_jid}'/>")
-        wait_for(b, lambda el: tag("presence")(el) and el.get("type") == "subscribe")
-        b.send(f"<presence type='subscribed' to='{a_jid}'/>")
-        wait_for(a, lambda el: tag("presence")(el) and el.get("type") == "subscribed")
-    assert roster_state(x, y_jid) == ("both", None)
-    assert roster_state(y, x_jid) == ("both", None)
 
 
 def test_unsubscribe_from_another_server_makes_the_contact_unavailable(

@@ -107,6 +107,8 @@ class Module:
     name: ClassVar[str] = ""
     # XEP-0030 features this module adds to the server's disco#info.
     features: ClassVar[tuple[str, ...]] = ()
+    # XEP-0030 identities (category, type) it adds there, after the server's own.
+    identities: ClassVar[tuple[tuple[str, str], ...]] = ()
     # Features added to the disco#info the server answers for an account's bare JID.
     account_features: ClassVar[tuple[str, ...]] = ()
     # A module from another package: its place (priority) at each pipeline stage it hooks,
@@ -157,8 +159,9 @@ class Module:
         presence module has handled it): XEP-0115 caps in it matter to PEP."""
 
     def presence_visibility_changed(self, user: str, contact: str, visible: bool) -> None:
-        """Bare JID `user` (local) may now (`visible`) or no longer see the presence of bare
-        JID `contact` (RFC 6121 §3.1.5, §3.2.2, §3.3.2)."""
+        """Bare JID `user` may now (`visible`) or no longer see the presence of bare JID
+        `contact` (RFC 6121 §3.1.5, §3.2.2, §3.3.2). One of them is local: a `user` on
+        another server hears of it from its own server, this one tells its modules."""
 
     def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
         """The session broadcast unavailable presence (`data`, stamped with its full JID) and
@@ -242,6 +245,9 @@ class ModuleHub:
     def server_features(self) -> list[str]:
         return sorted({f for m in self.modules.values() for f in m.features})
 
+    def server_identities(self) -> list[tuple[str, str]]:
+        return sorted({i for m in self.modules.values() for i in m.identities})
+
     def account_features(self) -> list[str]:
         return sorted({f for m in self.modules.values() for f in m.account_features})
 
@@ -273,13 +279,16 @@ class ModuleHub:
 
     # --- iqs the server sends to clients -------------------------------------------------
 
-    def send_iq(self, session: C2SStream, itype: str, payload: str) -> asyncio.Future[Any]:
-        """Send <iq type=itype> with `payload` (XML) from the server to a bound session; the
-        future gets the answering Stanza (result or error). The caller sets a timeout."""
+    def send_iq(
+        self, session: Any, itype: str, payload: str, frm: str | None = None
+    ) -> asyncio.Future[Any]:
+        """Send <iq type=itype> with `payload` (XML) from the server (or from local JID
+        `frm`) to a bound session, or to anything with a session's `full` and `send` (PEP's
+        remote resources); the future gets the answering Stanza (result or error). The
+        caller sets a timeout."""
         iq_id = "fx-" + secrets.token_hex(8)
-        domain = session.domain
         data = (
-            f"<iq type='{itype}' id='{iq_id}' from={quoteattr(domain)} "
+            f"<iq type='{itype}' id='{iq_id}' from={quoteattr(frm or session.domain)} "
             f"to={quoteattr(session.full)}>{payload}</iq>"
         ).encode()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

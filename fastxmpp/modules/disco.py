@@ -1,7 +1,8 @@
 """XEP-0030 Service Discovery for the server and, on their behalf, its accounts.
 
-- The server (a domain served here): identity server/im "fastxmpp", the features
-  every module declares (`ModuleHub.server_features`), items that modules list through an
+- The server (a domain served here): identity server/im "fastxmpp" and those modules
+  declare (`ModuleHub.server_identities`: PEP's pubsub/pep), the features every module
+  declares (`ModuleHub.server_features`), items that modules list through an
   optional `disco_items(domain) -> [(jid, name or None)]` method (none so far).
 - An account's bare JID (§3.1, §4.1), or no 'to' (the sender's account, RFC 6120 §10.3.3):
   identity account/registered and
@@ -75,6 +76,10 @@ class DiscoModule(Module):
     def server_info(self) -> str:
         """The inner XML of the server's disco#info (§3.1)."""
         identity = f"<identity category='server' type='im' name='{SERVER_NAME}'/>"
+        identity += "".join(
+            f"<identity category={quoteattr(c)} type={quoteattr(t)}/>"
+            for c, t in self.hub.server_identities()
+        )
         return identity + "".join(
             f"<feature var={quoteattr(f)}/>" for f in self.hub.server_features()
         )

@@ -23,7 +23,7 @@ Requests (iq to the account's bare JID, or with no 'to' for one's own):
   subscriptions management (§8.8: list; set 'subscribed' or 'none'). One subscription per
   JID and node, state 'subscribed', no subid (§6.1.6: subscribing again returns it). The
   access model decides who may subscribe, as for retrieval; the JID must be the requester's
-  own bare or full JID (§6.1.3.1 invalid-jid; only local users can ask, there is no s2s).
+  own bare or full JID (§6.1.3.1 invalid-jid; a remote entity asks over s2s).
   At most [pep] max_subscriptions_per_node per node (§6.1.3.9 too-many-subscriptions).
   A subscription that no longer qualifies goes: when the subscriber stops seeing the
   owner's presence, when the access model or groups change (at configure, or when found at
@@ -35,11 +35,13 @@ Requests (iq to the account's bare JID, or with no 'to' for one's own):
 
 Notifications (XEP-0163 §4.3): a headline message from the owner's bare JID to the full JID
 of each available resource that wants the node (its caps list `<node>+notify`): the owner's
-own resources, and those of contacts with subscription from/both the access model lets in.
-Contacts also get an XEP-0033 replyto address naming the publishing resource (§4.3.1.3).
-Explicit subscribers (XEP-0060 §7.1.2) get it at the JID subscribed: a full JID that one
-resource when available, a bare JID every available resource; a resource gets each event
-once however many ways it qualifies. The last published item goes to the subscribed JID
+own resources, and those of contacts with subscription from/both the access model lets in,
+here or on other servers. Contacts also get an XEP-0033 replyto address naming the
+publishing resource (§4.3.1.3). Explicit subscribers (XEP-0060 §7.1.2) get it at the JID
+subscribed: a local full JID that one resource when available, a local bare JID every
+available resource; a JID on another server gets one notification addressed to it, unless
+it is the bare JID of resources notified already (§4.3.2); a resource gets each event once
+however many ways it qualifies. The last published item goes to the subscribed JID
 after a subscribe (§6.1.7) when send_last_published_item is on_sub or on_sub_and_presence,
 and, for on_sub_and_presence, to a resource's initial presence when it subscribed to a node
 of its own account or of a contact whose presence it sees (once, with the +notify ones).
@@ -50,6 +52,17 @@ being allowed to see the contact's presence (RFC 6121 §3.1.5: best effort, at t
 moment). A contact that loses its subscription gets nothing more: the roster is asked at
 each notification. Nothing goes to a contact the owner blocks (its default privacy list,
 XEP-0191 blocking included) or whose own list refuses messages from the owner (§4.3.3).
+
+Contacts on other servers (federation): the server learns of their resources from the
+presence they send an account here (their broadcast to its bare JID, at the "presence/
+directed" stage), from the account's roster contacts only: a resource is available toward
+each account it sent available presence to, until it sends that account unavailable
+presence, the account stops receiving its presence, or the bounded table
+(modules/pep_remote.py, [pep] remote_resources, a few resources per contact) pushes it out.
+It is treated as a session: its caps are resolved the same way (the disco#info query goes
+over s2s, from the account it sent presence to), it gets the last items of an account when
+it becomes available toward it, or when that account starts letting it see its presence
+(the account's roster change), and notifications when it may get them, each over s2s.
 
 Caps (XEP-0115): each available presence's <c/> is looked up by (hash, ver) in a bounded
 cache shared by all accounts; when missing, the server asks the client (disco#info to its
@@ -82,6 +95,7 @@ from ..storage.lmdb_store import StorageFull
 from ..storage.pep import Item, Limits, Node, NodeExists, PepLimit, PepStore
 from .base import Module, answer_once_stored, iq_result
 from .pep_caps import HASHES, NS_CAPS, NS_INFO, CapsCache, caps_hash, notify_nodes
+from .pep_remote import RemoteResource, RemoteResources
 from .privacy_rules import MESSAGE as PRIVACY_MESSAGE
 from .privacy_rules import OTHER as PRIVACY_OTHER
 from .private import fragment_xml
@@ -91,6 +105,9 @@ if TYPE_CHECKING:
     from ..stream.c2s import C2SStream
     from .privacy import PrivacyModule
     from .roster import RosterModule
+
+    # Whom notifications go to: a local session, or a contact's resource elsewhere.
+    Recipient = C2SStream | RemoteResource
 
 log = logging.getLogger("fastxmpp.pep")
 
@@ -320,7 +337,7 @@ def item_xml(item: Item, payload: bool = True) -> str:
     return f"<item id={quoteattr(item.id)}>{body}</item>"
 
 
-def _notify(session: C2SStream) -> frozenset[str] | None:
+def _notify(session: Recipient) -> frozenset[str] | None:
     record = PEP.get(session)
     return None if record is None else record.notify
 
@@ -329,6 +346,10 @@ class PepModule(Module):
     name = "pep"
     account_features = (NS, *(f"{NS}#{feature}" for feature in FEATURES))
     account_identities = (("pubsub", "pep"),)
+    # XEP-0163 §6.1 asks the account for these; the server's domain shows them as well, as
+    # Prosody and ejabberd do: clients look there too (Smack's OMEMO support check).
+    features = account_features
+    identities = account_identities
 
     def __init__(self, server: Any) -> None:
         super().__init__(server)
@@ -343,6 +364,9 @@ class PepModule(Module):
         self._tasks: set[asyncio.Task[None]] = set()
         self._listeners: list[PublishListener] = []
         self._remove_listeners: list[RemoveListener] = []
+        self._remote = RemoteResources(
+            self.settings.remote_resources, self.hub.deliver_out, self._forget
+        )
 
     def start(self) -> None:
         assert self.server.storage is not None
@@ -351,6 +375,7 @@ class PepModule(Module):
         self.privacy = self.hub.get("privacy")
         self.router.set_iq_handler(NS, self.answer)
         self.router.set_iq_handler(NS_OWNER, self.answer)
+        self.hub.hook(self, "presence/directed", self.contact_presence)
 
     def stop(self) -> None:
         for task in list(self._tasks):
@@ -365,12 +390,39 @@ class PepModule(Module):
         # The next available presence is initial again (XEP-0163 §4.3.3 note).
         self._forget(session)
 
-    def _forget(self, session: C2SStream) -> None:
+    def account_removed(self, domain: str, local: str) -> None:
+        self._remote.forget(f"{local}@{domain}")
+
+    def _forget(self, session: Recipient) -> None:
         record = PEP.drop(session)
         if record is not None and record.task is not None:
             record.task.cancel()
 
+    def contact_presence(self, origin: Any, st: Stanza, target: tuple[str, ...]) -> None:
+        """At "presence/directed": presence that a contact's resource on another server sent
+        a local account (its broadcast, RFC 6121 §4.2.2). Its caps tell what it wants
+        (XEP-0163 §4.3.1); available toward an account it was not available to, it gets that
+        account's last items (§4.3.4); unavailable, nothing more from that account."""
+        local, domain, _resource, owner = target
+        if not origin.is_remote or not origin.resource or not local:
+            return
+        if st.attrs.get("type") == "unavailable":
+            self._remote.unavailable(origin.full, owner)
+            return
+        if self.roster is None or self.roster.subscription(domain, local, origin.bare) == "none":
+            return  # only the account's contacts: the table is no bigger than the rosters
+        resource, initial = self._remote.available(origin.full, owner)
+        known = _notify(resource)
+        if initial and known is not None and self._lets_see(domain, local, resource.bare):
+            self._initial(resource, [(domain, local)], known)
+        self._caps_seen(resource, st)
+
     def presence_available(self, session: C2SStream, st: Stanza) -> None:
+        self._caps_seen(session, st)
+
+    def _caps_seen(self, session: Recipient, st: Stanza) -> None:
+        """The XEP-0115 caps of available presence `st` from `session`: its interest now, or
+        once the server has learned what the caps stand for."""
         caps = None
         if (NS_CAPS, "c") in st.children:
             c = st.element().find(f"{{{NS_CAPS}}}c")
@@ -401,7 +453,7 @@ class PepModule(Module):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _discover(self, session: C2SStream, caps: tuple[str, str, str]) -> None:
+    async def _discover(self, session: Recipient, caps: tuple[str, str, str]) -> None:
         algorithm, node, ver = caps
         key = (algorithm.lower(), ver) if algorithm.lower() in HASHES else None
         nodes: frozenset[str] | None = None
@@ -426,12 +478,18 @@ class PepModule(Module):
             self._interest(session, nodes or frozenset())
 
     async def _query(
-        self, session: C2SStream, node: str, ver: str, algorithm: str
+        self, session: Recipient, node: str, ver: str, algorithm: str
     ) -> tuple[frozenset[str] | None, bool]:
         """Ask the client what its caps stand for (XEP-0115 §6.2); (+notify nodes or None
-        when it did not answer properly, whether the hash verified and was cached)."""
+        when it did not answer properly, whether the hash verified and was cached). A
+        contact's resource elsewhere is asked by the account it sent presence to (a client
+        may answer its contacts only), over server-to-server links."""
+        asker = next(iter(session.seen_by), None) if isinstance(session, RemoteResource) else None
         future = self.hub.send_iq(
-            session, "get", f"<query xmlns='{NS_INFO}' node={quoteattr(node + '#' + ver)}/>"
+            session,
+            "get",
+            f"<query xmlns='{NS_INFO}' node={quoteattr(node + '#' + ver)}/>",
+            frm=asker,
         )
         try:
             reply = await asyncio.wait_for(future, self.settings.caps_timeout)
@@ -450,36 +508,68 @@ class PepModule(Module):
             log.debug("caps of %s not verified (%s %s): not cached", session.full, algorithm, ver)
         return nodes, verified
 
-    def _interest(self, session: C2SStream, nodes: frozenset[str]) -> None:
+    def _interest(self, session: Recipient, nodes: frozenset[str]) -> None:
         """The session now wants notifications of `nodes`: the last published item of each
-        node it did not want before (XEP-0163 §4.3.4), from its own account and from every
-        contact whose presence it may see."""
+        node it did not want before (XEP-0163 §4.3.4), from every account whose nodes it
+        gets (`_sources`)."""
         record = PEP.of(session)
-        if record.notify is None:
-            self._send_last_subscribed(session, nodes)
-        before = record.notify or frozenset()
+        before = record.notify
         record.notify = nodes
+        accounts = self._sources(session)
+        if before is None:
+            self._initial(session, accounts, nodes)
+            return
         new = nodes - before
-        if not new:
-            return
-        self._send_last(session, session.domain, session.local, new)
-        if self.roster is None:
-            return
-        for contact in self.roster.presence_sources(session.domain, session.local):
-            if contact != session.bare:  # one's own JID may be a roster item too
-                self._send_last_of(contact, session, new)
+        if new:
+            for domain, local in accounts:
+                self._send_last(session, domain, local, new)
 
-    def _send_last_subscribed(self, session: C2SStream, implicit: frozenset[str]) -> None:
-        """Initial presence: the last item of each node of the account and of its contacts
-        the session's JID (bare or full) subscribed to explicitly, when the node says
-        on_sub_and_presence; nodes in `implicit` (+notify) get theirs by _interest."""
-        assert self.store is not None
+    def _sources(self, session: Recipient) -> list[tuple[str, str]]:
+        """The local accounts whose nodes `session` gets without subscribing (XEP-0163
+        §4.1): its own account and the contacts whose presence it may see; for a contact's
+        resource elsewhere, the accounts it sent available presence to that let it see
+        theirs."""
+        if isinstance(session, RemoteResource):
+            return [
+                (domain, local)
+                for local, _, domain in (owner.partition("@") for owner in session.seen_by)
+                if self._lets_see(domain, local, session.bare)
+            ]
         accounts = [(session.domain, session.local)]
         if self.roster is not None:
             for contact in self.roster.presence_sources(session.domain, session.local):
                 local, _, domain = contact.partition("@")
+                # one's own JID may be a roster item too
                 if local and contact != session.bare and self.router.is_local(domain):
                     accounts.append((domain, local))
+        return accounts
+
+    def _lets_see(self, domain: str, local: str, contact: str) -> bool:
+        """Whether local@domain lets bare JID `contact` see its presence (from/both)."""
+        return (
+            self.roster is not None
+            and self.roster.subscription(domain, local, contact) in PRESENCE_VISIBLE
+        )
+
+    def _initial(
+        self, session: Recipient, accounts: list[tuple[str, str]], nodes: frozenset[str]
+    ) -> None:
+        """Initial presence of `session` toward `accounts` (XEP-0163 §4.3.4): the last item
+        of each of their nodes it wants (`nodes`, +notify) or subscribed to explicitly."""
+        self._send_last_subscribed(session, accounts, nodes)
+        if nodes:
+            for domain, local in accounts:
+                self._send_last(session, domain, local, nodes)
+
+    def _send_last_subscribed(
+        self, session: Recipient, accounts: list[tuple[str, str]], implicit: frozenset[str]
+    ) -> None:
+        """The last item of each node of `accounts` the session's JID (bare or full)
+        subscribed to explicitly, when the node says on_sub_and_presence; nodes in
+        `implicit` (+notify) get theirs by _initial."""
+        assert self.store is not None
+        if not accounts:
+            return
         subscribed = self.store.subscribed(accounts, (session.bare, session.full))
         for index, nodes in subscribed.items():
             domain, local = accounts[index]
@@ -488,7 +578,7 @@ class PepModule(Module):
                 self._send_last(session, domain, local, wanted)
 
     def _send_last_of(
-        self, contact: str, session: C2SStream, nodes: frozenset[str], on_presence: bool = True
+        self, contact: str, session: Recipient, nodes: frozenset[str], on_presence: bool = True
     ) -> None:
         local, _, domain = contact.partition("@")
         if not local or not self.router.is_local(domain):
@@ -499,16 +589,18 @@ class PepModule(Module):
         if not visible:
             # Implicit subscriptions need nothing: every notification asks the roster afresh.
             # Explicit ones of `user` to the contact's presence and roster nodes go (XEP-0060
-            # §6.1.3.2-3: the subscription no longer qualifies).
+            # §6.1.3.2-3: the subscription no longer qualifies). A local user no longer
+            # hears from a contact elsewhere: its resources are unknown again.
             self._drop_lost(user, contact)
+            self._remote.forget(user, contact)
             return
-        for session in self.router.resources(user).values():
+        for session in self._resources_toward(user, contact):
             wanted = _notify(session)
             if session.available and wanted:
                 self._send_last_of(contact, session, wanted, on_presence=False)
 
     def _send_last(
-        self, session: C2SStream, domain: str, local: str, wanted: Any, on_presence: bool = True
+        self, session: Recipient, domain: str, local: str, wanted: Any, on_presence: bool = True
     ) -> None:
         """The last item of each node of local@domain in `wanted` the session may see, as
         pubsub#send_last_published_item asks: "on_sub" is the implicit subscription
@@ -530,7 +622,7 @@ class PepModule(Module):
                 continue
             self._send_last_item(session, domain, local, node)
 
-    def _send_last_item(self, session: C2SStream, domain: str, local: str, node: Node) -> None:
+    def _send_last_item(self, session: Recipient, domain: str, local: str, node: Node) -> None:
         message = self._last_message(domain, local, node, session.full)
         if message is not None:
             session.send(message)
@@ -593,16 +685,19 @@ class PepModule(Module):
         subscribers: list[str] | None = None,
     ) -> None:
         """Send event `inner` to every available resource that wants `node` and may see it,
-        and to the explicit subscribers (`subscribers`, else those stored); each resource
-        once. `by`: the publishing resource, named to contacts as replyto (§4.3.1.3)."""
+        here or on other servers, and to the explicit subscribers (`subscribers`, else those
+        stored); each resource once. `by`: the publishing resource, named to contacts as
+        replyto (§4.3.1.3)."""
         if not config["deliver_notifications"]:
             return
         owner = f"{local}@{domain}"
+        # The full JIDs notified, and their bare JIDs: a remote subscriber's bare JID stands
+        # for its resources (§4.3.2: one notification, to it only without presence).
         sent: set[str] = set()
 
-        def deliver(session: C2SStream, extra: str = "") -> None:
+        def deliver(session: Recipient, extra: str = "") -> None:
             if session.full not in sent:
-                sent.add(session.full)
+                sent.update((session.full, session.bare))
                 session.send(self._message(owner, session.full, config, inner, extra))
 
         for session in self.router.resources(owner).values():
@@ -616,10 +711,10 @@ class PepModule(Module):
             )
         if config["access_model"] != "whitelist" and self.roster is not None:
             for contact in self.roster.presence_subscribers(domain, local):
-                sessions = self.router.resources(contact)
+                sessions = self._resources_toward(contact, owner)
                 if not sessions or self._refusal(domain, local, config, contact) is not None:
                     continue
-                for session in sessions.values():
+                for session in sessions:
                     if self._wants(session, node) and self._privacy_allows(domain, local, session):
                         deliver(session, replyto)
         if subscribers is None:
@@ -629,11 +724,24 @@ class PepModule(Module):
                 if session.bare == owner:
                     deliver(session)
                 elif self._privacy_allows(domain, local, session):
-                    deliver(session, replyto)
+                    # §4.3.1.3: replyto only for an entity with a presence subscription
+                    deliver(session, replyto if self._lets_see(domain, local, session.bare) else "")
 
-    def _available(self, jid: str) -> list[C2SStream]:
-        """The available sessions a subscribed JID stands for: that resource, or all."""
+    def _resources_toward(self, user: str, contact: str) -> list[Recipient]:
+        """The resources of bare JID `user` that may get local account `contact`'s
+        notifications as its contact's: a local account's sessions; for an account on
+        another server, the resources that sent `contact` available presence (§4.3.1)."""
+        if self.router.is_local(user.rpartition("@")[2]):
+            return list(self.router.resources(user).values())
+        return [r for r in self._remote.of(user) if contact in r.seen_by]
+
+    def _available(self, jid: str) -> list[Recipient]:
+        """The available sessions a subscribed JID stands for: that resource, or all. A JID
+        on another server stands for itself (§4.3.1: the subscribed JID, which its server
+        delivers)."""
         bare, _, resource = jid.partition("/")
+        if not self.router.is_local(bare.rpartition("@")[2]):
+            return [RemoteResource(jid, self.hub.deliver_out)]
         sessions = self.router.resources(bare)
         if resource:
             session = sessions.get(resource)
@@ -820,7 +928,7 @@ class PepModule(Module):
         self, origin: C2SStream, st: Stanza, local: str, domain: str, children: list[Any]
     ) -> bytes:
         """§8.8.2: 'none' removes a subscriber (§8.8.3), 'subscribed' adds one the access
-        model lets in (a local user: there is no s2s); the others fail. §8.8.2.4: the entries
+        model lets in (here or on another server); the others fail. §8.8.2.4: the entries
         that failed come back with their unchanged state in a not-acceptable error, the rest
         are done. Each subscriber whose subscription changed is told (§8.8.4)."""
         assert self.store is not None
@@ -847,7 +955,6 @@ class PepModule(Module):
                 current.discard(jid.full)
             elif (
                 state == "subscribed"
-                and self.router.is_local(jid.domain)
                 and self._refusal(domain, local, node.config, jid.bare) is None
             ):
                 try:
@@ -884,7 +991,7 @@ class PepModule(Module):
                     "</message>".encode()
                 )
 
-    def _privacy_allows(self, domain: str, local: str, session: C2SStream) -> bool:
+    def _privacy_allows(self, domain: str, local: str, session: Recipient) -> bool:
         """XEP-0163 §4.3.3: nothing to a contact's session the owner blocks (the account's
         default list, XEP-0016 §2.2 rule 2, XEP-0191), nor to one whose own list refuses
         messages from the owner."""
@@ -899,7 +1006,7 @@ class PepModule(Module):
         )
 
     @staticmethod
-    def _wants(session: C2SStream, node: str) -> bool:
+    def _wants(session: Recipient, node: str) -> bool:
         wanted = _notify(session)
         return bool(session.available and wanted and node in wanted)
 

@@ -12,8 +12,8 @@ pushes what a client can see. The server itself:
   again at each initial presence (§3.1.3);
 - sends the contact's current presence to the user as soon as the user may see it, and
   unavailable presence when the user no longer may (§3.1.5, §3.2.2, §3.3.2).
-Contacts on other domains: the user's roster changes, nothing is routed (no server-to-server
-links yet).
+Contacts on other domains: the user's roster changes here, the stanza goes to the contact's
+server (stream/s2s.py), which applies the other half.
 
 Presence (§4): initial presence goes to the contacts with subscription from/both and to all
 of the user's available resources (including the sender); the newly available resource gets
@@ -551,6 +551,10 @@ class PresenceModule(Module):
             return False
         if old.receives_presence != new.receives_presence:
             self._presence_visibility_changed(f"{local}@{domain}", contact, new.receives_presence)
+        if old.sends_presence != new.sends_presence and self._is_remote(contact):
+            # A local contact's own roster change tells the modules; a contact elsewhere
+            # has no roster here, so the account's change does (PEP's last items).
+            self.hub.presence_visibility_changed(contact, f"{local}@{domain}", new.sends_presence)
         return True
 
     def _presence_visibility_changed(self, user: str, contact: str, visible: bool) -> None:
