@@ -215,8 +215,8 @@ class ScramExchange(SaslExchange):
                 raise ValueError("expected c=...,r=...,p=...")
             if not fields[0].startswith("c=") or not fields[1].startswith("r="):
                 raise ValueError("expected c=...,r=...,p=...")
-            bound = base64.b64decode(fields[0][2:], validate=True)
-            proof = base64.b64decode(proof_text, validate=True)
+            bound = binascii.a2b_base64(fields[0][2:], strict_mode=True)
+            proof = binascii.a2b_base64(proof_text, strict_mode=True)
         except (UnicodeDecodeError, ValueError, binascii.Error):
             return Failure("malformed-request", "bad final message")
         # RFC 5802 §6: c= is the GS2 header of the first message and the binding data.
