@@ -787,3 +787,19 @@ cdef str _condition_for(XML_Error code):
     if code == XML_ERROR_NO_MEMORY:
         return "resource-constraint"
     return "not-well-formed"
+
+
+_CLIENT_ROOT = (
+    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+)
+
+
+def read_stanza(bytes data):
+    """The bytes of one self-contained stanza read as a `Stanza` of a jabber:client stream
+    (for what changes a stanza before it is routed on); None when they hold none."""
+    cdef StreamParser parser = StreamParser()
+    cdef list events = parser.feed(_CLIENT_ROOT + data)
+    for event in events:
+        if type(event) is Stanza:
+            return event
+    return None

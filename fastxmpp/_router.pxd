@@ -58,6 +58,7 @@ cdef class Router:
     cdef public object user_exists          # (domain, local) -> bool
     cdef public object tracer               # (session, bytes, incoming) when debug logging
     cdef public object remote_hook          # (session, stanza, target) for non-local domains
+    cdef public object directed_rewrite     # (session, stanza) -> stanza: directed presence
     # The stanza pipeline's stages (fastxmpp/pipeline.py: what each one is, and who hooks
     # it in which order): the handlers in the order they run, () when none.
     cdef tuple _message_in

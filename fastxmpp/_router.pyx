@@ -625,6 +625,7 @@ cdef class Router:
         self.user_exists = None
         self.tracer = None
         self.remote_hook = None
+        self.directed_rewrite = None
         self._message_in = ()
         self._turn_commit = ()
         self._turn_end = ()
@@ -834,6 +835,11 @@ cdef class Router:
         if origin.stanza_filter is not None and target is not None \
                 and origin.stanza_filter.refuse_out(origin, st, target):
             return  # XEP-0016 §2.13: a blocked error or result (refuse_out raises for others)
+        if (name == "presence" and target is not None and self.directed_rewrite is not None
+                and not origin.is_remote and st.attrs.get("type") is None):
+            # Directed available presence (a room join) as a module makes it, e.g. with
+            # the avatar hash broadcasts carry (XEP-0398 §5); a client's, not a peer's.
+            st = self.directed_rewrite(origin, st)
         if target is not None and self._services and target[1] in self._services:
             if name != "message" and name != "presence" and name != "iq":
                 raise StreamError("unsupported-stanza-type", name)

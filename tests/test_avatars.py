@@ -306,7 +306,8 @@ def test_too_big_for_the_other_side(
 def test_client_x_update_replaced(
     srv: ServerProcess, ca_file: str, clients: list[RawClient]
 ) -> None:
-    """XEP-0398 §5: the server's hash, whatever the client's <x/> said."""
+    """XEP-0398 §5: the server's hash, whatever the client's <x/> said, unless it said
+    <photo/> (empty: no avatar, or not ready to say), which is left as it is."""
     alice, bob = login(srv, ca_file, clients), login(srv, ca_file, clients)
     befriend(alice, bob)
     available(bob)
@@ -315,16 +316,50 @@ def test_client_x_update_replaced(
     for payload in (
         "",
         f"<x xmlns='{UPDATE}'><photo>{'0' * 40}</photo></x>",
-        f"<x xmlns='{UPDATE}'><photo/></x>",
+        f"<x xmlns='{UPDATE}'/>",
         f"<x xmlns='{UPDATE}'/><show>away</show><x xmlns='{UPDATE}'><photo>1</photo></x>",
     ):
         mine = available(alice, payload)
         theirs = sync(bob.c)
         assert photo_hashes(mine, alice.bare) == [image_id], payload
         assert photo_hashes(theirs, alice.bare) == [image_id], payload
+    kept = available(alice, f"<x xmlns='{UPDATE}'><photo/></x><show>away</show>")
+    assert photo_hashes(kept, alice.bare) == [""]
+    assert photo_hashes(sync(bob.c), alice.bare) == [""]
     assert [
         p.findtext(f"{{{CLIENT}}}show") for p in theirs if p.tag == f"{{{CLIENT}}}presence"
     ] == ["away"]
+
+
+def test_hash_in_directed_presence(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient]
+) -> None:
+    """XEP-0398 §5: "The hash MUST also be injected into directed presences such as MUC
+    joins": the room reflects it to the occupants, and a JID that gets directed presence
+    sees it too (replacing a client's stale one, as broadcasts do)."""
+    alice, bob = login(srv, ca_file, clients), login(srv, ca_file, clients)
+    image_id = alice.publish_avatar(png(2, 1))
+    room = f"{next(_fresh)}@conference.localhost"
+    bob.c.send(f"<presence to='{room}/bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    bob.iq(  # §10.1.2: an instant room, open to others
+        "set",
+        "<query xmlns='http://jabber.org/protocol/muc#owner'>"
+        "<x xmlns='jabber:x:data' type='submit'/></query>",
+        to=room,
+    )
+    sync(bob.c)
+    alice.c.send(
+        f"<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/>"
+        f"<x xmlns='{UPDATE}'><photo>{'0' * 40}</photo></x></presence>"
+    )
+    joined = sync(alice.c)
+    seen = sync(bob.c)
+    assert photo_hashes(joined, f"{room}/alice") == [image_id]
+    assert photo_hashes(seen, f"{room}/alice") == [image_id]
+    available(bob)
+    alice.c.send(f"<presence to='{bob.bare}'><show>chat</show></presence>")
+    sync(alice.c)
+    assert photo_hashes(sync(bob.c), alice.bare) == [image_id]
 
 
 # --- slixmpp ---------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
+from .._parser import read_stanza
 from .._router import insert_attr
 from ..delay import delay_xml
 from ..errors import StanzaError
@@ -150,9 +151,21 @@ class PresenceModule(Module):
         return None if record is None else record.unavailable_status
 
     def rewrite_available(self, rewrite: AvailableRewrite) -> None:
-        """Available presence a session broadcasts is made `rewrite(session, st, data)`
-        before it goes anywhere (XEP-0398 §5: the server's avatar hash). One rewriter."""
+        """Available presence a session broadcasts, or directs to a JID (a room join), is
+        made `rewrite(session, st, data)` before it goes anywhere (XEP-0398 §5: the
+        server's avatar hash, "also in directed presences such as MUC joins"). One
+        rewriter."""
         self._rewrite = rewrite
+        self.router.directed_rewrite = self._rewrite_directed
+
+    def _rewrite_directed(self, origin: C2SStream, st: Stanza) -> Stanza:
+        """The router's hook for a client's directed available presence: the stanza as the
+        rewriter makes it, read again (what follows routing reads the Stanza)."""
+        if self._rewrite is None:
+            return st
+        data = st.with_attrs({}) if st.needs_reserialize else st.raw
+        rewritten = self._rewrite(origin, st, data)
+        return st if rewritten == data else read_stanza(rewritten) or st
 
     def rebroadcast_available(self, bare: str, update: Callable[[bytes], bytes]) -> None:
         """Each available resource of account `bare` broadcasts its last presence again,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from .. import ns
-from .._parser import STREAM_END, Stanza, StreamHeader, StreamParser, XMLStreamError
+from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError, read_stanza
 from .._router import Session, declares_its_namespace
 from ..errors import StanzaError, StreamError, answered, stanza_error_bytes
 from .connection import STREAM_CLOSE, Connection
@@ -54,14 +54,7 @@ def as_client_stanza(st: Stanza) -> Stanza:
     not in a namespace they ignore."""
     if not declares_its_namespace(st):
         return st
-    data = _unqualified(st.with_attrs({}), st.ns)
-    events = StreamParser().feed(_CLIENT_ROOT + data)
-    return next((e for e in events if type(e) is Stanza), st)
-
-
-_CLIENT_ROOT = (
-    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
-)
+    return read_stanza(_unqualified(st.with_attrs({}), st.ns)) or st
 
 
 def _unqualified(data: bytes, content_ns: str) -> bytes:
