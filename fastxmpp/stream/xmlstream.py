@@ -54,9 +54,31 @@ def as_client_stanza(st: Stanza) -> Stanza:
     not in a namespace they ignore."""
     if not declares_its_namespace(st):
         return st
-    data = _unqualified(st.with_attrs({}), st.ns)
+    return client_stanza(_unqualified(st.with_attrs({}), st.ns)) or st
+
+
+def read_as_client(st: Stanza) -> Stanza:
+    """A stanza of another server read again in a jabber:client stream, for a handler that
+    reads its tree with jabber:client names (a service: its element() is then in
+    jabber:client, not in the namespace of the stream it came on). One parse more: only for
+    what such a handler gets."""
+    if st.ns == ns.CLIENT:
+        return st
+    return client_stanza(_unqualified(st.with_attrs({}), st.ns)) or st
+
+
+def client_stanza(data: bytes) -> Stanza | None:
+    """`data` (one stanza, in no namespace of its own) read as a client's stanza would be,
+    in a jabber:client stream; None when it is not one."""
     events = StreamParser().feed(_CLIENT_ROOT + data)
-    return next((e for e in events if type(e) is Stanza), st)
+    return next((e for e in events if type(e) is Stanza), None)
+
+
+def for_peer_bytes(data: bytes) -> bytes:
+    """Bytes the server made or passed on (a client's stanza it forwards: a room's copies),
+    for the stream of another server: a jabber:client declaration of their own removed, so
+    that they inherit the content namespace of that stream (RFC 6120 §4.8.3)."""
+    return _unqualified(data, ns.CLIENT)
 
 
 _CLIENT_ROOT = (
