@@ -240,6 +240,17 @@ def test_groupchat_both_ways_nick_change_and_exit(sign: Any) -> None:
     assert not [el for el in sync(remote.c) if el.tag == MESSAGE]
 
 
+def test_remote_session_end_leaves_the_room(sign: Any) -> None:
+    """Its server sends the unavailable presence (RFC 6121 §4.6.3: to the JIDs the session
+    sent directed presence to), and the room forgets the occupant."""
+    owner, remote = sign("a.test"), sign("b.test")
+    room = room_with_remote(owner, remote)
+    remote.c.close()
+    until(owner, presence_of(f"{room}/guest", unavailable=True))
+    disco = iq(owner, room, "get", f"<query xmlns='{DISCO_ITEMS}'/>")
+    assert [i.get("jid") for i in disco.iter(f"{{{DISCO_ITEMS}}}item")] == [f"{room}/owner"]
+
+
 def test_private_messages_both_ways(sign: Any) -> None:
     owner, remote = sign("a.test"), sign("b.test")
     room = room_with_remote(owner, remote)

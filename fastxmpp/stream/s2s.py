@@ -55,7 +55,7 @@ from .. import ns
 from .._parser import Stanza, StreamHeader
 from .._router import Session, start_tag_attr
 from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
-from ..jid import JIDError, parse_jid
+from ..jid import JID, JIDError, parse_jid
 from .connection import GONE, STREAM_CLOSE, Connection
 from .xmlstream import (
     PeerOrigin,
@@ -98,7 +98,7 @@ def _header(**attrs: str | None) -> bytes:
     return STREAM_HEADER.format(attrs=text).encode()
 
 
-def _jid_or_none(jid: str | None) -> Any:
+def _jid_or_none(jid: str | None) -> JID | None:
     if not jid:
         return None
     try:
@@ -313,8 +313,11 @@ class S2S:
                     return
                 element.set("from", local_domain)
                 frm = local_domain
-            element_name = etree.QName(element).localname
-            data = for_peer_bytes(etree.tostring(element))
+            qname = etree.QName(element)
+            element_name = qname.localname
+            data = etree.tostring(element)
+            if qname.namespace == ns.CLIENT:
+                data = for_peer_bytes(data)  # it declared jabber:client itself
         local = _domain_of(frm)
         if local is None or not self.serves(local):
             return  # from a domain that is not ours on server links
