@@ -253,6 +253,10 @@ class MucConfig:
     max_rooms: int = 10000  # rooms per service
     max_rooms_per_user: int = 100  # rooms one account may own
     max_occupants: int = 200  # a room's default maxusers and its upper bound
+    # users of other servers in the service's rooms at once (full JIDs, however many rooms
+    # each is in), in all and from one server
+    max_remote_occupants: int = 10000
+    max_remote_occupants_per_server: int = 1000
     history_default: int = 20  # messages a new room keeps for newcomers
     max_history: int = 200  # the most a room's owner may configure
     max_nick_length: int = 64  # characters of a room nickname
@@ -806,6 +810,8 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "max_rooms": _integer_at_least(1),
             "max_rooms_per_user": _integer_at_least(1),
             "max_occupants": _integer_at_least(1),
+            "max_remote_occupants": _integer_at_least(0),
+            "max_remote_occupants_per_server": _integer_at_least(0),
             "history_default": _integer_at_least(0),
             "max_history": _integer_at_least(0),
             "max_nick_length": _integer_at_least(1),

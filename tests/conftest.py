@@ -93,7 +93,10 @@ class ServerProcess:
         extra_toml: str = "",
         command: tuple[str, ...] = FASTXMPP,
         env: dict[str, str] | None = None,
+        subdomains: tuple[str, ...] = (),
     ) -> None:
+        """`subdomains`: labels of service domains (e.g. "conference") each host's
+        certificate names too, as <label>.<host>."""
         self.root = root
         self.command = command  # the fastxmpp command line to run (an installed wheel's)
         self.env = env
@@ -113,7 +116,7 @@ class ServerProcess:
             "",
         ]
         for host in hosts:
-            cert = ca.issue_cert(host)
+            cert = ca.issue_cert(host, *(f"{label}.{host}" for label in subdomains))
             cert_path, key_path = root / f"{host}.crt", root / f"{host}.key"
             cert.cert_chain_pems[0].write_to_path(str(cert_path))
             for extra in cert.cert_chain_pems[1:]:

@@ -18,6 +18,7 @@ from fastxmpp.storage.accounts import AccountStore
 from fastxmpp.storage.lmdb_store import Storage
 
 ROSTER = "jabber:iq:roster"
+MUC_LABEL = "conference"  # the multi-user chat service of a host is conference.<host>
 USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
 
 
@@ -47,12 +48,19 @@ class Federation:
         names: tuple[str, str],
         s2s_extra: str = "",
         users: tuple[str, ...] = USERS,
+        extra_toml: str = "",
     ) -> None:
+        """`s2s_extra`: more lines of [s2s]; `extra_toml`: more sections, for every server."""
         self.ports = {name: free_port() for name in names}
         self.closed_port = free_port()  # nothing listens there: an unreachable server
         # a server that accepts connections and never says a word
         self.silent = socket.create_server(("127.0.0.1", 0))
-        routes = ", ".join(f'"{d}" = "127.0.0.1:{p}"' for d, p in self.ports.items())
+        # each server's multi-user chat service (XEP-0045) at the same port as its host
+        routes = ", ".join(
+            f'"{prefix}{d}" = "127.0.0.1:{p}"'
+            for d, p in self.ports.items()
+            for prefix in ("", f"{MUC_LABEL}.")
+        )
         routes += f', "nowhere.test" = "127.0.0.1:{self.closed_port}"'
         routes += f', "silent.test" = "127.0.0.1:{self.silent.getsockname()[1]}"'
         self.servers: dict[str, ServerProcess] = {}
@@ -63,9 +71,11 @@ class Federation:
                 + (f'ca_file = "{ca_file}"\n' if trusted else "")
                 + s2s_extra
                 + "[limits]\nauth_free_failures = 100000\nauth_failures_per_ip = 100000\n"
-                "auth_failures_per_account = 100000\n"
+                "auth_failures_per_account = 100000\n" + extra_toml
             )
-            srv = ServerProcess(root / name, ca, (name, "localhost"), extra)
+            srv = ServerProcess(
+                root / name, ca, (name, "localhost"), extra, subdomains=(MUC_LABEL,)
+            )
             with Storage(srv.data_dir) as storage:
                 accounts = AccountStore(storage, iterations=4096)
                 for user in users:

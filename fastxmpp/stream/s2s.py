@@ -12,6 +12,15 @@ or dialback by asking the authoritative server over our outgoing link) and hand 
 the router with a `RemoteOrigin`: the router and the modules treat it as a session whose
 `send` goes back over server-to-server links.
 
+A service that federates (`S2S.federate_service`: the multi-user chat service, XEP-0045) is
+a domain of ours like a host: it has links of its own, authenticated for it (its host's
+certificate, which should name it too, for SASL EXTERNAL and for peers that check it; its
+dialback keys, which we verify when the receiving server asks, XEP-0220 §2.3), and stanzas
+from other servers reach it. What a room sends to a remote occupant goes out from the room's
+JID over the service domain's link; a message or iq of it that cannot go out is bounced to
+the service as the error its recipient would send (the room removes that occupant, XEP-0045
+§19.1.2 "Ghost Users"). Other services (HTTP upload) are for local users only.
+
 A dialback request is a peer asking us to resolve and connect to a domain it names: bounded
 so that no peer can make us open links or run lookups without end. Each inbound stream may
 ask only for the sender domain its header named (RFC 6120 §4.7.1; the first one it asks for
@@ -31,6 +40,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import ssl
 from collections import Counter
@@ -42,10 +52,10 @@ import aiodns
 from lxml import etree
 
 from .. import ns
-from .._parser import Stanza, StreamHeader
-from .._router import Session
+from .._parser import Stanza, StreamHeader, read_stanza
+from .._router import Session, start_tag_attr
 from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
-from ..jid import JIDError, parse_jid
+from ..jid import JID, JIDError, parse_jid
 from .connection import GONE, STREAM_CLOSE, Connection
 from .xmlstream import (
     PeerOrigin,
@@ -53,7 +63,9 @@ from .xmlstream import (
     accepted,
     check_stream_root,
     features_xml,
+    for_peer_bytes,
     for_peer_stream,
+    read_as_client,
     reply_error,
     route_from_peer,
 )
@@ -74,6 +86,9 @@ STREAM_HEADER = (
     "version='1.0'{attrs}>"
 )
 STANZA_NAMES = ("message", "presence", "iq")
+# The start of bytes the server made for a remote JID, when they need no rewriting: a plain
+# stanza name (no prefix), then its attributes.
+_PLAIN_START = re.compile(rb"<(message|presence|iq)[\s/>]")
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 
 
@@ -82,23 +97,18 @@ def _header(**attrs: str | None) -> bytes:
     return STREAM_HEADER.format(attrs=text).encode()
 
 
-def _domain_of(jid: str | None) -> str | None:
+def _jid_or_none(jid: str | None) -> JID | None:
     if not jid:
         return None
     try:
-        return parse_jid(jid).domain
+        return parse_jid(jid)
     except JIDError:
         return None
 
 
-def addressed(data: bytes, to: str) -> tuple[bytes, str | None]:
-    """`data` with 'to' set (server-to-server stanzas always carry it, RFC 6120 §8.1.1.1),
-    and its 'from'. Only for stanzas made for a remote server, never on the local path."""
-    element = etree.fromstring(data, _PARSER)
-    if element.get("to") != to:
-        element.set("to", to)
-        data = etree.tostring(element)
-    return data, element.get("from")
+def _domain_of(jid: str | None) -> str | None:
+    parsed = _jid_or_none(jid)
+    return None if parsed is None else parsed.domain
 
 
 def certificate_names(cert: dict[str, Any]) -> list[str]:
@@ -145,11 +155,12 @@ def receive_stanza(s2s: S2S, st: Stanza, authenticated: set[str], peer: str) -> 
     if local is None or not (router.is_local(local) or router.is_service(local)):
         raise StreamError("host-unknown", "this server does not serve that domain")
     origin = RemoteOrigin(s2s, sender, local)
-    if not router.is_local(local):
-        # Services (multi-user chat) keep sessions of their occupants: not for remote
-        # entities yet.
+    if not s2s.serves(local):
+        # A service that does not federate (HTTP upload: its quotas are local accounts').
         reply_error(st, origin, StanzaError("service-unavailable", "local users only"))
         return
+    if local in s2s.services:
+        st = read_as_client(st)  # a room reads <subject/>, <error/>, <show/> as a client's
     route_from_peer(router, origin, st, f"s2s {peer}")
 
 
@@ -201,6 +212,8 @@ class S2S:
         self.incoming: set[Incoming] = set()
         self.per_ip: Counter[str] = Counter()
         self.routes = {domain: (host, port) for domain, host, port in self.config.routes}
+        # Services that federate -> the host whose certificate they present.
+        self.services: dict[str, str] = {}
         self.client_contexts: dict[str, ssl.SSLContext] = {}
         self.server_contexts: dict[str, ssl.SSLContext] = {}
         for name, context in server.tls_contexts.items():
@@ -208,10 +221,22 @@ class S2S:
         if self.config.enabled:
             self.router.remote_hook = self.route_out
 
+    # --- our domains ------------------------------------------------------------------
+
+    def federate_service(self, domain: str, host: str) -> None:
+        """Let other servers reach the service `domain` (a Router.add_service domain) and
+        let it send to them, over links of its own that present `host`'s certificate."""
+        self.services[domain] = host
+        self.server_contexts[domain] = self.server_contexts[host]
+
+    def serves(self, domain: str) -> bool:
+        """Whether `domain` is ours on server links: a host, or a service that federates."""
+        return bool(self.router.is_local(domain)) or domain in self.services
+
     # --- TLS contexts ------------------------------------------------------------------
 
-    def _cert_pair(self, host: str) -> tuple[str, str]:
-        return self.server.certificates[host]
+    def _cert_pair(self, domain: str) -> tuple[str, str]:
+        return self.server.certificates[self.services.get(domain, domain)]
 
     def _server_context(self, host: str, c2s_context: ssl.SSLContext) -> ssl.SSLContext:
         """Inbound TLS: our host's certificate; with `ca_file`, the peer's certificate is
@@ -262,22 +287,39 @@ class S2S:
         self.send(origin.domain, target[1], data, st.name, {**st.attrs, "from": origin.full})
 
     def deliver(self, data: bytes, to: str, local_domain: str | None = None) -> None:
-        """Bytes made by a module for a remote JID (presence, replies): 'to' set, 'from'
-        the local domain when the module left it out."""
+        """Bytes made by a module for a remote JID (presence, replies, a room's copies):
+        'to' set, 'from' the local domain when the module left it out; they go over the
+        link of the domain in 'from' (a host, or a service that federates)."""
         remote = _domain_of(to)
-        if remote is None or self.router.is_local(remote):
+        if remote is None or self.router.is_local(remote) or self.router.is_service(remote):
             return
-        data, frm = addressed(data, to)
-        if frm is None:
-            if local_domain is None:
-                return
+        start = _PLAIN_START.match(data)
+        frm = start_tag_attr(data, "from") if start is not None else None
+        if (
+            start is not None
+            and frm is not None
+            and start_tag_attr(data, "to") == to
+            and start_tag_attr(data, "xmlns") is None
+        ):
+            # Addressed already and in no namespace of its own (a room's copies): as made.
+            element_name = start.group(1).decode()
+        else:
             element = etree.fromstring(data, _PARSER)
-            element.set("from", local_domain)
-            data, frm = etree.tostring(element), local_domain
-        element_name = etree.QName(etree.fromstring(data, _PARSER)).localname
+            element.set("to", to)
+            frm = element.get("from")
+            if frm is None:
+                if local_domain is None:
+                    return
+                element.set("from", local_domain)
+                frm = local_domain
+            qname = etree.QName(element)
+            element_name = qname.localname
+            data = etree.tostring(element)
+            if qname.namespace == ns.CLIENT:
+                data = for_peer_bytes(data)  # it declared jabber:client itself
         local = _domain_of(frm)
-        if local is None or not self.router.is_local(local):
-            return  # services (rooms) do not federate yet
+        if local is None or not self.serves(local):
+            return  # from a domain that is not ours on server links
         self.send(local, remote, data, element_name, {"from": frm, "to": to})
 
     def send(self, local: str, remote: str, data: bytes, name: str, attrs: dict[str, Any]) -> None:
@@ -308,6 +350,15 @@ class S2S:
         except JIDError:
             return
         error = stanza_error_bytes(name, attrs.get("id"), to, frm, StanzaError(condition, text))
+        if sender.domain in self.services:
+            # A room's copy for a remote occupant: the service gets the error its recipient
+            # would have sent (XEP-0045 §19.1.2: the occupant is gone), as a stanza from it.
+            st = read_stanza(error)
+            recipient = _jid_or_none(to)
+            if st is not None and recipient is not None:
+                origin = RemoteOrigin(self, recipient, sender.domain)
+                route_from_peer(self.router, origin, st, f"s2s bounce to {sender.domain}")
+            return
         if sender.resource:
             session = self.router.session(sender.bare, sender.resource)
             if session is not None:
@@ -778,7 +829,7 @@ class Incoming(XmlStream):
         self.peer_domain = _domain_of(attrs.get("from"))
         self._send_header()
         check_stream_root(header, ns.SERVER)
-        if self.host is None or not self.router.is_local(self.host):
+        if self.host is None or not self.s2s.serves(self.host):
             raise StreamError("host-unknown", "this server does not serve that domain")
         self.write(self._features())
 
@@ -787,7 +838,7 @@ class Incoming(XmlStream):
         return self.connection.stream_id if self.connection is not None else ""
 
     def _header_xml(self, stream_id: str, peer_from: str | None) -> bytes:
-        local = self.host if self.host is not None and self.router.is_local(self.host) else None
+        local = self.host if self.host is not None and self.s2s.serves(self.host) else None
         return _header(id=stream_id, **{"from": local, "to": self.peer_domain})
 
     def _peer_certificate(self) -> dict[str, Any] | None:
@@ -887,7 +938,7 @@ class Incoming(XmlStream):
         key = (st.element().text or "").strip()
         if local is None or remote is None or not key:
             raise StreamError("improper-addressing", "db:result needs from, to and a key")
-        if not self.router.is_local(local):
+        if not self.s2s.serves(local):
             # XEP-0220 §2.2.1, §2.5: an error for this domain pair, the stream stays.
             self._dialback_error(local, remote, "item-not-found", "cancel")
             return
@@ -955,7 +1006,8 @@ class Incoming(XmlStream):
         stream_id = st.attrs.get("id", "")
         key = (st.element().text or "").strip()
         expected = self.s2s.dialback_key(receiving, originating, stream_id)
-        valid = self.router.is_local(originating) and hmac.compare_digest(key, expected)
+        # XEP-0220 §2.3.2: a service that federates has links, hence keys, of its own.
+        valid = self.s2s.serves(originating) and hmac.compare_digest(key, expected)
         self.write(
             f"<db:verify type='{'valid' if valid else 'invalid'}' from={quoteattr(originating)} "
             f"to={quoteattr(receiving)} id={quoteattr(stream_id)}/>".encode()

@@ -57,6 +57,23 @@ def as_client_stanza(st: Stanza) -> Stanza:
     return read_stanza(_unqualified(st.with_attrs({}), st.ns)) or st
 
 
+def read_as_client(st: Stanza) -> Stanza:
+    """A stanza of another server read again in a jabber:client stream, for a handler that
+    reads its tree with jabber:client names (a service: its element() is then in
+    jabber:client, not in the namespace of the stream it came on). One parse more: only for
+    what such a handler gets."""
+    if st.ns == ns.CLIENT:
+        return st
+    return read_stanza(_unqualified(st.with_attrs({}), st.ns)) or st
+
+
+def for_peer_bytes(data: bytes) -> bytes:
+    """Bytes the server made or passed on (a client's stanza it forwards: a room's copies),
+    for the stream of another server: a jabber:client declaration of their own removed, so
+    that they inherit the content namespace of that stream (RFC 6120 §4.8.3)."""
+    return _unqualified(data, ns.CLIENT)
+
+
 def _unqualified(data: bytes, content_ns: str) -> bytes:
     """The stanza `data`, in `content_ns` by its own declaration, without that declaration:
     it and what inherits the namespace from it go unqualified, into whatever stream they

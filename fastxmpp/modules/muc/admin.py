@@ -18,7 +18,7 @@ from .room import AFFILIATION_RANK, NS_MUC, NS_USER, ROLE_RANK, Occupant, Room, 
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
-    from ...stream.c2s import C2SStream
+    from .room import OccupantSession
 
 NS_ADMIN = NS_MUC + "#admin"
 NS_OWNER = NS_MUC + "#owner"
@@ -47,7 +47,7 @@ def _bare(text: str | None) -> str:
 # --- muc#admin (§8, §9, §10) -------------------------------------------------------------------
 
 
-def admin_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes:
+def admin_iq(room: Room, origin: OccupantSession, st: Stanza) -> bytes:
     query = st.element().find(f"{{{NS_ADMIN}}}query")
     if query is None:
         raise StanzaError("bad-request", "a muc#admin <query/> is expected")
@@ -77,7 +77,7 @@ def admin_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes:
     return iq_result(origin, st)
 
 
-def _list(room: Room, origin: C2SStream, item: Any) -> str:
+def _list(room: Room, origin: OccupantSession, item: Any) -> str:
     """§8.5 voice list, §9.5 ban list, §9.8 member list, §9.11 moderator list, §10.5 owner
     list, §10.8 admin list."""
     actor_affiliation = room.affiliation(origin.bare)
@@ -113,7 +113,7 @@ def _list(room: Room, origin: C2SStream, item: Any) -> str:
     return out
 
 
-def _change(room: Room, origin: C2SStream, item: Any) -> Callable[[], None]:
+def _change(room: Room, origin: OccupantSession, item: Any) -> Callable[[], None]:
     """Check one change of a muc#admin set; the function that applies it."""
     role = item.get("role")
     affiliation = item.get("affiliation")
@@ -126,7 +126,7 @@ def _change(room: Room, origin: C2SStream, item: Any) -> Callable[[], None]:
     raise StanzaError("bad-request", "an item needs a 'role' or an 'affiliation'")
 
 
-def _acting_role(room: Room, origin: C2SStream) -> str:
+def _acting_role(room: Room, origin: OccupantSession) -> str:
     """The role a muc#admin request acts with: the occupant's; for an admin or owner not in
     the room, moderator, as §9.6-9.8 check the sender's bare JID against the admin list."""
     occupant = room.by_jid.get(origin.full)
@@ -135,7 +135,7 @@ def _acting_role(room: Room, origin: C2SStream) -> str:
     return "moderator" if room.affiliation(origin.bare) in PRIVILEGED else "none"
 
 
-def _role_change(room: Room, origin: C2SStream, item: Any, role: str) -> Callable[[], None]:
+def _role_change(room: Room, origin: OccupantSession, item: Any, role: str) -> Callable[[], None]:
     if role not in ROLE_RANK:
         raise StanzaError("bad-request", f"no role {role!r}")
     actor = room.by_jid.get(origin.full)
@@ -183,7 +183,7 @@ def _role_change(room: Room, origin: C2SStream, item: Any, role: str) -> Callabl
 
 
 def _affiliation_change(
-    room: Room, origin: C2SStream, item: Any, affiliation: str
+    room: Room, origin: OccupantSession, item: Any, affiliation: str
 ) -> Callable[[], None]:
     if affiliation not in AFFILIATION_RANK:
         raise StanzaError("bad-request", f"no affiliation {affiliation!r}")
@@ -250,7 +250,7 @@ def set_affiliation(
 # --- muc#owner (§10) ---------------------------------------------------------------------------
 
 
-def owner_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes:
+def owner_iq(room: Room, origin: OccupantSession, st: Stanza) -> bytes:
     query = st.element().find(f"{{{NS_OWNER}}}query")
     if query is None:
         raise StanzaError("bad-request", "a muc#owner <query/> is expected")
@@ -353,7 +353,7 @@ def destroy_room(
 # --- invitations (§7.8.2) ----------------------------------------------------------------------
 
 
-def invitations(room: Room, origin: C2SStream, x: Any) -> None:
+def invitations(room: Room, origin: OccupantSession, x: Any) -> None:
     """Mediated invitations and declines in a message to the room."""
     for decline in x.findall(f"{{{NS_USER}}}decline"):
         inviter = _bare(decline.get("to"))
@@ -383,7 +383,7 @@ def invitations(room: Room, origin: C2SStream, x: Any) -> None:
         raise StanzaError("forbidden", "you may not invite to this room")
     invitees = [_bare(invite.get("to")) for invite in invites]
     for invitee in invitees:
-        if not room.service.account_exists(invitee):
+        if not room.service.can_invite(invitee):
             raise StanzaError("item-not-found", f"no account {invitee}")
     for invite, invitee in zip(invites, invitees, strict=True):
         if room.config.members_only and room.affiliation(invitee) == "none":
@@ -416,7 +416,7 @@ def form_values(form: Any) -> dict[str, str]:
     }
 
 
-def voice_form(room: Room, origin: C2SStream, form: Any) -> None:
+def voice_form(room: Room, origin: OccupantSession, form: Any) -> None:
     """A muc#request form sent to the room: a visitor's request (§7.13), which goes to the
     moderators as an approval form, or a moderator's approval (§8.6)."""
     values = form_values(form)

@@ -59,9 +59,8 @@ from . import occupant_id
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
-    from ...stream.c2s import C2SStream
     from ..mam import MamModule
-    from .room import Occupant, Room
+    from .room import Occupant, OccupantSession, Room
 
 CLIENT = ns.CLIENT
 NS_USER = ns.MUC_USER
@@ -96,7 +95,7 @@ def archivable(st: Stanza) -> bool:
     return not any(child in NOT_STORED for child in children)
 
 
-def outgoing(room: Room, origin: C2SStream, st: Stanza, occupant: Occupant) -> bytes:
+def outgoing(room: Room, origin: OccupantSession, st: Stanza, occupant: Occupant) -> bytes:
     """The groupchat message as the room sends it, without 'to' (each copy gets its own):
     'from' the occupant JID, no stanza-id by the room nor occupant id that the sender
     forged, the sender's occupant id, and, when the room archives it, its own stanza-id;
@@ -156,7 +155,7 @@ def archive_prefix(room: Room) -> bytes:
 # --- queries (§4) -------------------------------------------------------------------------------
 
 
-def query_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes | None:
+def query_iq(room: Room, origin: OccupantSession, st: Stanza) -> bytes | None:
     """An iq in urn:xmpp:mam:2 to the room's bare JID; None: answered later."""
     mam = archive_of(room)
     if mam is None:
@@ -188,7 +187,7 @@ def query_iq(room: Room, origin: C2SStream, st: Stanza) -> bytes | None:
     )  # fmt: skip
 
 
-def _check_access(room: Room, origin: C2SStream) -> None:
+def _check_access(room: Room, origin: OccupantSession) -> None:
     """§6.1.2: whoever may enter the room now may read its archive."""
     affiliation = room.affiliation(origin.bare)
     if affiliation == "outcast":
@@ -202,7 +201,7 @@ def _check_access(room: Room, origin: C2SStream) -> None:
         raise StanzaError("forbidden", "the archive of this room is for those who entered")
 
 
-def _sees_real_jids(room: Room, origin: C2SStream) -> bool:
+def _sees_real_jids(room: Room, origin: OccupantSession) -> bool:
     """XEP-0045 §4.1: everyone in a non-anonymous room; in a semi-anonymous one, moderators
     (admins and owners enter as moderators)."""
     if room.config.whois == "anyone" or room.affiliation(origin.bare) in ("owner", "admin"):

@@ -1,7 +1,12 @@
 """One room (XEP-0045): occupants with their roles, affiliations, entering and leaving (§7.2,
 §7.14), presence broadcast with muc#user items and status codes (§7.2.3, §17), groupchat
 messages (§7.4), the subject (§7.2.16, §8.1), private messages and iqs between occupants
-(§7.5, §18.4), nickname changes (§7.6) and availability changes (§7.7)."""
+(§7.5, §18.4), nickname changes (§7.6) and availability changes (§7.7), and occupants an
+error shows gone (§19.1.2 "Ghost Users": removed with status 333, §15.2).
+
+An occupant's sessions are the router's: a local client stream, or for a user of another
+server the one RemoteOrigin the service keeps for its full JID (service.py), whose `send`
+goes over server links. The room treats both alike."""
 
 from __future__ import annotations
 
@@ -28,6 +33,11 @@ from .occupant_id import make_id, without_forged
 if TYPE_CHECKING:
     from ..._parser import Stanza
     from ...stream.c2s import C2SStream
+    from ...stream.xmlstream import PeerOrigin
+
+    # An occupant's session: a local client's stream, or for a user of another server the
+    # RemoteOrigin the service keeps for its full JID (service.py).
+    OccupantSession = C2SStream | PeerOrigin
     from .service import MucService
 
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -35,6 +45,24 @@ NS_PING = "urn:xmpp:ping"
 NS_USER = ns.MUC_USER
 CLIENT = "jabber:client"
 SUBJECT = f"{{{CLIENT}}}subject"
+
+# §19.1.2: the delivery-related errors that show an occupant gone, and service-unavailable,
+# what a server answers a groupchat message to a resource that is gone (RFC 6121
+# §8.5.3.2.1). An occupant that answers with one of them is removed (status 333).
+GONE_CONDITIONS = frozenset(
+    (
+        "gone",
+        "item-not-found",
+        "recipient-unavailable",
+        "redirect",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "service-unavailable",
+    )
+)
+REMOVED_FOR_ERROR = ("333",)  # §15.2 (status codes), the service-error-kick use case
+STANZA_ERROR = f"{{{CLIENT}}}error"
+CONDITION_PREFIX = f"{{{ns.STANZA_ERRORS}}}"
 
 ROLE_RANK = {"none": 0, "visitor": 1, "participant": 2, "moderator": 3}
 AFFILIATION_RANK = {"outcast": -1, "none": 0, "member": 1, "admin": 2, "owner": 3}
@@ -61,7 +89,20 @@ def _same_nick(nick: str, key: str) -> bool:
         return False
 
 
-def privacy_allows(session: C2SStream, kind: int, sender: str) -> bool:
+def shows_gone(st: Stanza) -> bool:
+    """Whether an error stanza's condition is one of GONE_CONDITIONS."""
+    error = st.element().find(STANZA_ERROR)
+    if error is None:
+        return False
+    return any(
+        isinstance(child.tag, str)
+        and child.tag.startswith(CONDITION_PREFIX)
+        and child.tag[len(CONDITION_PREFIX) :] in GONE_CONDITIONS
+        for child in error
+    )
+
+
+def privacy_allows(session: OccupantSession, kind: int, sender: str) -> bool:
     """XEP-0016 §2.13 for what the room sends on an occupant's behalf: the recipient's list
     in force may refuse stanzas from an occupant JID (how clients ignore someone in a room)
     or from the room itself. Sessions without a list (nearly all) cost one attribute read."""
@@ -80,7 +121,7 @@ class Occupant:
         self.bare = bare
         # XEP-0421: what the room adds to every stanza about or from the occupant
         self.id_xml = occupant_id_element(occupant_id)
-        self.sessions: dict[str, C2SStream] = {}  # full JID -> session, in joining order
+        self.sessions: dict[str, OccupantSession] = {}  # full JID -> session, in joining order
         self.role = role
         self.presence = ""  # the reflected children of the occupant's presence (show, ...)
         self.last_jid = ""  # the session that left last, for the exit presence
@@ -191,7 +232,7 @@ class Room:
     def occupant_jid(self, nick: str) -> str:
         return f"{self.jid}/{nick}"
 
-    def sessions(self) -> Iterable[tuple[Occupant, str, C2SStream]]:
+    def sessions(self) -> Iterable[tuple[Occupant, str, OccupantSession]]:
         for occupant in list(self.occupants.values()):
             for full, session in list(occupant.sessions.items()):
                 yield occupant, full, session
@@ -260,7 +301,7 @@ class Room:
         item_attrs: str = "",
         x_extra: str = "",
         status_xml: str | None = None,
-        also: Iterable[tuple[str, C2SStream]] = (),
+        also: Iterable[tuple[str, OccupantSession]] = (),
         answers: str | None = None,
     ) -> None:
         """`subject`'s presence to every occupant; its own sessions (and `also`, sessions
@@ -304,7 +345,9 @@ class Room:
 
     # --- entering (§7.2) -------------------------------------------------------------------
 
-    def enter(self, origin: C2SStream, st: Stanza, nick: str, muc_x: Any, created: bool) -> None:
+    def enter(
+        self, origin: OccupantSession, st: Stanza, nick: str, muc_x: Any, created: bool
+    ) -> None:
         config = self.config
         bare = origin.bare
         affiliation = self.affiliation(bare)
@@ -363,7 +406,7 @@ class Room:
             origin.send(insert_attr(data, "to", origin.full))
         self.send_subject(origin.full, origin)
 
-    def send_subject(self, full: str, session: C2SStream) -> None:
+    def send_subject(self, full: str, session: OccupantSession) -> None:
         """§7.2.15: the subject, empty when there is none, last in the join sequence."""
         text, nick = self.subject
         sender = self.occupant_jid(nick) if nick else self.jid
@@ -375,7 +418,7 @@ class Room:
             f"<subject>{escape(text)}</subject>{by}</message>".encode()
         )
 
-    def resync(self, origin: C2SStream, st: Stanza, muc_x: Any) -> None:
+    def resync(self, origin: OccupantSession, st: Stanza, muc_x: Any) -> None:
         """§17.3 rule 3: a join from a session already in the room is a full synchronization;
         a changed presence goes to the others."""
         occupant = self.by_jid[origin.full]
@@ -396,7 +439,7 @@ class Room:
             origin.send(insert_attr(data, "to", origin.full))
         self.send_subject(origin.full, origin)
 
-    def probe(self, origin: C2SStream, nick: str) -> None:
+    def probe(self, origin: OccupantSession, nick: str) -> None:
         """The current in-room presence of `nick` (the room's own view: all of them, without
         a nickname) for an occupant that asks."""
         asker = self.by_jid[origin.full]
@@ -414,13 +457,13 @@ class Room:
                 )
             )
 
-    def change_presence(self, origin: C2SStream, st: Stanza) -> None:
+    def change_presence(self, origin: OccupantSession, st: Stanza) -> None:
         """§7.7: an occupant's new availability goes to everyone."""
         occupant = self.by_jid[origin.full]
         occupant.presence = reflected_children(st)
         self.broadcast_presence(occupant)
 
-    def change_nick(self, origin: C2SStream, st: Stanza, new_nick: str) -> None:
+    def change_nick(self, origin: OccupantSession, st: Stanza, new_nick: str) -> None:
         """§7.6: unavailable from the old nickname with 303 and the new one, then available
         from the new one, with the presence that asked for the change."""
         occupant = self.by_jid[origin.full]
@@ -441,10 +484,16 @@ class Room:
 
     # --- leaving (§7.14) -------------------------------------------------------------------
 
-    def leave(self, session: C2SStream, status_xml: str = "", answers: str | None = None) -> None:
+    def leave(
+        self,
+        session: OccupantSession,
+        status_xml: str = "",
+        answers: str | None = None,
+        codes: Iterable[str] = (),
+    ) -> None:
         """The session exits: its own unavailable presence (with the id `answers` of the
         presence it exits with); the others hear of it when it was the occupant's last
-        session."""
+        session; `codes`: status codes for all (REMOVED_FOR_ERROR)."""
         occupant = self.by_jid.get(session.full)
         if occupant is None or occupant.sessions.get(session.full) is not session:
             return  # not in the room (or a newer session of the same full JID is)
@@ -459,7 +508,7 @@ class Room:
                     session.full,
                     show_jid=True,
                     unavailable=True,
-                    codes=["110"],
+                    codes=["110", *codes],
                     status_xml=status_xml,
                     answers=answers,
                 )
@@ -470,6 +519,7 @@ class Room:
         self.broadcast_presence(
             occupant,
             unavailable=True,
+            codes=codes,
             status_xml=status_xml,
             also=[(session.full, session)],
             answers=answers,
@@ -510,7 +560,7 @@ class Room:
 
     # --- messages --------------------------------------------------------------------------
 
-    def groupchat(self, origin: C2SStream, st: Stanza) -> None:
+    def groupchat(self, origin: OccupantSession, st: Stanza) -> None:
         """§7.4 (and §8.1 for a subject change)."""
         occupant = self.by_jid.get(origin.full)
         if occupant is None:
@@ -535,14 +585,21 @@ class Room:
         if has_body:
             self.history.add(data, self.jid)
 
-    def private_message(self, origin: C2SStream, st: Stanza, nick: str) -> None:
+    def private_message(self, origin: OccupantSession, st: Stanza, nick: str) -> None:
         """§7.5: a message to one occupant, from the sender's occupant JID."""
         mtype = st.attrs.get("type", "normal")
         occupant = self.by_jid.get(origin.full)
         if mtype == "error":
-            # An error answering a private message goes back the same way, or nowhere.
+            if occupant is None:
+                return
+            if shows_gone(st):
+                # §19.1.2: the occupant's server says it is gone (an answer to a groupchat
+                # copy or a private message, or the bounce of our own link to it).
+                self.leave(origin, codes=REMOVED_FOR_ERROR)
+                return
+            # Another error answering a private message goes back the same way, or nowhere.
             target = self.occupants.get(nick)
-            if occupant is not None and target is not None:
+            if target is not None:
                 self._deliver(st, occupant, target)
             return
         if mtype == "groupchat":
@@ -589,7 +646,7 @@ class Room:
 
     # --- iqs between occupants (§18.4 rule 3) ----------------------------------------------
 
-    def occupant_iq(self, origin: C2SStream, st: Stanza, nick: str) -> None:
+    def occupant_iq(self, origin: OccupantSession, st: Stanza, nick: str) -> None:
         """An iq to an occupant JID goes to that occupant's latest session; its answer comes
         back to the asking session. Real JIDs stay hidden both ways."""
         itype = st.attrs.get("type")

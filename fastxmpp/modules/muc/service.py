@@ -12,12 +12,24 @@ service, a room or an occupant.
   occupant.
 - Occupants are local sessions: a session that ends, or broadcasts unavailable presence
   (RFC 6121 §4.6.3), leaves every room it is in.
+- Users of other servers too, when federation is on (`[s2s] enabled`): the service's domain
+  has server links of its own (stream/s2s.py, `S2S.federate_service`). Their stanzas come
+  with a new RemoteOrigin each; the service keeps the first one of a full JID as that
+  occupant's session (`remote_occupants`) while it is in one of its rooms, so that a room
+  finds the same object in its occupants whatever stanza comes next, and forgets it with
+  the last room it leaves. A remote occupant leaves as a local one does (unavailable
+  presence, which its server also sends when its session ends), is kicked or banned, or is
+  removed when it or its server answers with an error that shows it gone (§19.1.2, status
+  333; our own link failing to its server bounces a room's message as such an error). A
+  link that fails removes no one by itself: the next message the room sends finds out.
+  Bounded by `[muc] max_remote_occupants` and `max_remote_occupants_per_server`.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
@@ -41,13 +53,22 @@ from .admin import (
 from .archive import archive_of, forget, query_iq
 from .config import NS_DATA, RoomConfig, roominfo_form
 from .occupant_id import NS as NS_OCCUPANT_ID
-from .room import NS_MUC, NS_USER, Room, nick_key, reflected_children
+from .room import (
+    NS_MUC,
+    NS_USER,
+    REMOVED_FOR_ERROR,
+    Room,
+    nick_key,
+    reflected_children,
+    shows_gone,
+)
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
     from ...config import MucConfig
-    from ...stream.c2s import C2SStream
+    from ...stream.s2s import S2S
     from ..presence import PresenceModule
+    from .room import OccupantSession
 
 log = logging.getLogger("fastxmpp.muc")
 
@@ -89,6 +110,11 @@ class MucService:
         self.limits: MucConfig = module.config.muc
         self.admins = frozenset(self.limits.admins)
         self.rooms: dict[str, Room] = {}
+        # Users of other servers in the rooms: full JID -> the session that stands for it
+        # (the RemoteOrigin of its first stanza that joined), and how many per server.
+        self.remote_occupants: dict[str, OccupantSession] = {}
+        self.remote_per_server: Counter[str] = Counter()
+        self.federation: S2S | None = module.federation
         assert module.store is not None
         self.occupant_id_secret = module.store.occupant_id_secret()  # XEP-0421 §4.1
 
@@ -112,15 +138,35 @@ class MucService:
 
     # --- bookkeeping the rooms call ----------------------------------------------------------
 
-    def joined(self, session: C2SStream, room: Room) -> None:
+    def joined(self, session: OccupantSession, room: Room) -> None:
         MUC.of(session).rooms.add(room)
+        if session.is_remote and session.full not in self.remote_occupants:
+            self.remote_occupants[session.full] = session
+            self.remote_per_server[session.domain] += 1
 
-    def left(self, session: C2SStream, room: Room) -> None:
+    def left(self, session: OccupantSession, room: Room) -> None:
         record = MUC.get(session)
         if record is not None:
             record.rooms.discard(room)
             if not record.rooms:
                 MUC.drop(session)
+                if self.remote_occupants.get(session.full) is session:
+                    del self.remote_occupants[session.full]
+                    self.remote_per_server[session.domain] -= 1
+                    if self.remote_per_server[session.domain] <= 0:
+                        del self.remote_per_server[session.domain]
+
+    def _check_remote_room_for(self, origin: OccupantSession) -> None:
+        """A user of another server that is in none of the rooms yet, joining one: within
+        `max_remote_occupants` and `max_remote_occupants_per_server`."""
+        limits = self.limits
+        if (
+            len(self.remote_occupants) >= limits.max_remote_occupants
+            or self.remote_per_server[origin.domain] >= limits.max_remote_occupants_per_server
+        ):
+            raise StanzaError(
+                "resource-constraint", "the rooms hold all the remote users they can", "wait"
+            )
 
     def save(self, room: Room) -> None:
         store = self.module.store
@@ -154,29 +200,42 @@ class MucService:
             except StorageFull:
                 log.warning("cannot delete room %s: storage full", room.jid)
 
-    def account_exists(self, bare: str) -> bool:
+    def can_invite(self, bare: str) -> bool:
+        """Whether an invitation can go to `bare`: an account here, or a user of another
+        server when federation is on (whether it exists is its server's business)."""
         try:
             jid = parse_jid(bare)
         except JIDError:
             return False
-        if not jid.local or not self.router.is_local(jid.domain):
+        if not jid.local or self.router.is_service(jid.domain):
             return False
+        if not self.router.is_local(jid.domain):
+            return self.federation is not None
         return bool(self.router.resources(jid.bare)) or bool(
             self.router.user_exists(jid.domain, jid.local)
         )
 
     def deliver(self, bare: str, xml: str) -> None:
         """A message from the service to an account's available resources (invitations and
-        declines; nothing is stored for an account that is offline)."""
+        declines; nothing is stored for an account that is offline), or to a user of
+        another server, over the service's server links (§7.8.2: from the room's JID)."""
         data = xml.encode()
+        if self.federation is not None and not self.router.is_local(parse_jid(bare).domain):
+            self.federation.deliver(data, bare)
+            return
         for session in self.router.resources(bare).values():
             if session.available:
                 session.send(data)
 
     # --- stanzas -----------------------------------------------------------------------------
 
-    def handle(self, origin: C2SStream, st: Stanza, target: tuple[str, str, str, str]) -> None:
+    def handle(
+        self, origin: OccupantSession, st: Stanza, target: tuple[str, str, str, str]
+    ) -> None:
         """Router.add_service handler: every stanza to the service, a room or an occupant."""
+        if origin.is_remote:
+            # One object per remote occupant: the one the rooms hold, once it is in one.
+            origin = self.remote_occupants.get(origin.full, origin)
         room_name, _, nick, _ = target
         kind = st.name
         if kind == "iq":
@@ -201,7 +260,7 @@ class MucService:
         if itype in ("get", "set") and len(st.children) != 1:
             raise StanzaError("bad-request", "an iq get/set has exactly one payload")
 
-    def _to_service(self, origin: C2SStream, st: Stanza) -> None:
+    def _to_service(self, origin: OccupantSession, st: Stanza) -> None:
         if st.name == "presence":
             return  # nothing to do with presence to the service itself
         itype = st.attrs.get("type")
@@ -253,13 +312,18 @@ class MucService:
 
     # --- presence: entering, changing, leaving ----------------------------------------------
 
-    def _presence(self, origin: C2SStream, st: Stanza, room_name: str, nick: str) -> None:
+    def _presence(self, origin: OccupantSession, st: Stanza, room_name: str, nick: str) -> None:
         ptype = st.attrs.get("type")
         room = self.rooms.get(room_name)
         if ptype in ("unavailable", "error"):
-            # §7.14 (and §17.3 rule 5: from a non-occupant it is ignored). An error presence
-            # from an occupant's client removes it as well (§19.1.2 ghost users).
-            if room is not None and origin.full in room.by_jid:
+            # §7.14 (and §17.3 rule 5: from a non-occupant it is ignored).
+            if room is None or origin.full not in room.by_jid:
+                return
+            if ptype == "error":
+                # §19.1.2 (ghost users): an error presence from an occupant's client or its
+                # server removes it, as if it had left, with status 333.
+                room.leave(origin, codes=REMOVED_FOR_ERROR)
+            else:
                 room.leave(origin, reflected_children(st), st.attrs.get("id"))
             return
         if ptype == "probe" and room is not None and origin.full in room.by_jid:
@@ -285,6 +349,8 @@ class MucService:
             else:
                 room.change_presence(origin, st)
             return
+        if origin.is_remote and origin.full not in self.remote_occupants:
+            self._check_remote_room_for(origin)
         created = room is None
         if room is None:
             room = self._create(origin, room_name, locked=muc_x is not None)
@@ -295,7 +361,7 @@ class MucService:
                 self.discard(room)
             raise
 
-    def _create(self, origin: C2SStream, name: str, locked: bool) -> Room:
+    def _create(self, origin: OccupantSession, name: str, locked: bool) -> Room:
         """§10.1.1: the creator becomes the room's owner."""
         limits = self.limits
         policy = limits.create_rooms
@@ -325,7 +391,7 @@ class MucService:
 
     # --- messages ----------------------------------------------------------------------------
 
-    def _message(self, origin: C2SStream, st: Stanza, room_name: str, nick: str) -> None:
+    def _message(self, origin: OccupantSession, st: Stanza, room_name: str, nick: str) -> None:
         mtype = st.attrs.get("type", "normal")
         room = self.rooms.get(room_name)
         if room is None or (room.locked and origin.full not in room.by_jid):
@@ -339,6 +405,10 @@ class MucService:
             room.groupchat(origin, st)
             return
         if mtype == "error":
+            if origin.full in room.by_jid and shows_gone(st):
+                # §19.1.2: a message of the room's own (an invitation, a notice, the
+                # subject) bounced; the occupant is gone.
+                room.leave(origin, codes=REMOVED_FOR_ERROR)
             return
         element = st.element()
         x = element.find(f"{{{NS_USER}}}x")
@@ -356,7 +426,7 @@ class MucService:
 
     # --- iqs ---------------------------------------------------------------------------------
 
-    def _iq(self, origin: C2SStream, st: Stanza, room_name: str, nick: str) -> None:
+    def _iq(self, origin: OccupantSession, st: Stanza, room_name: str, nick: str) -> None:
         itype = st.attrs.get("type")
         room = self.rooms.get(room_name)
         if nick:
@@ -396,7 +466,7 @@ class MucService:
             raise StanzaError("service-unavailable")
         origin.send(reply)
 
-    def _room_info(self, room: Room, origin: C2SStream, st: Stanza) -> bytes:
+    def _room_info(self, room: Room, origin: OccupantSession, st: Stanza) -> bytes:
         """§6.4: identity, room type features, and the muc#roominfo form."""
         query = st.element().find(f"{{{NS_INFO}}}query")
         if query is not None and query.get("node") == ROOMUSER_NODE:
@@ -448,6 +518,9 @@ class MucModule(Module):
         super().__init__(server)
         self.store: MucStore | None = None
         self.services: dict[str, MucService] = {}
+        # Server links (stream/s2s.py) when federation is on: the services federate.
+        s2s = server.s2s
+        self.federation: S2S | None = s2s if s2s is not None and s2s.config.enabled else None
 
     def start(self) -> None:
         settings = self.config.muc
@@ -469,21 +542,23 @@ class MucModule(Module):
             service.load()
             self.router.add_service(domain, service.handle)
             self.services[domain] = service
+            if self.federation is not None:
+                self.federation.federate_service(domain, host)
             log.info("multi-user chat service %s", domain)
 
     def disco_items(self, domain: str) -> list[tuple[str, str | None]]:
         """The server's disco#items lists its MUC service (XEP-0045 §6.1)."""
         return [(s.domain, SERVICE_NAME) for s in self.services.values() if s.host == domain]
 
-    def _leave_all(self, session: C2SStream, status_xml: str = "") -> None:
+    def _leave_all(self, session: OccupantSession, status_xml: str = "") -> None:
         record = MUC.drop(session)
         for room in () if record is None else list(record.rooms):
             room.leave(session, status_xml)
 
-    def session_ended(self, session: C2SStream) -> None:
+    def session_ended(self, session: OccupantSession) -> None:
         self._leave_all(session)
 
-    def presence_unavailable(self, session: C2SStream, data: bytes) -> None:
+    def presence_unavailable(self, session: OccupantSession, data: bytes) -> None:
         # RFC 6121 §4.6.3: broadcast unavailable presence also reaches the rooms.
         presence: PresenceModule | None = self.hub.get("presence")
         status = None if presence is None else presence.unavailable_status(session)
