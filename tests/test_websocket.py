@@ -257,13 +257,20 @@ async def test_plain_websocket_needs_encryption(make_server: object, ca_file: st
 
 async def test_websocket_over_https(make_server: object, ca_file: str) -> None:
     """tls = "direct": HTTPS with the host's certificate; such a WebSocket is encrypted
-    without any setting (PLAIN is offered, the login goes through)."""
+    without any setting (PLAIN is offered, the login goes through). No SCRAM-*-PLUS: the
+    TLS is the HTTP connection's, not the XMPP stream's (XEP-0440 lists no binding)."""
     srv = make_server(HTTP_LISTENER + 'tls = "direct"\n')  # type: ignore[operator]
     srv.adduser("alice@localhost")
     srv.start()
     tls = ssl.create_default_context(cafile=ca_file)
     ws = await WsClient.connect(http_port(srv, https=True), tls=tls)
     try:
+        _, features = await ws.open()
+        mechanisms = [m.text for m in features.iter(f"{{{SASL}}}mechanism")]
+        assert mechanisms and not any(m.endswith("-PLUS") for m in mechanisms), mechanisms
+        assert features.find("{urn:xmpp:sasl-cb:0}sasl-channel-binding") is None
+        await ws.close()
+        ws = await WsClient.connect(http_port(srv, https=True), tls=tls)
         assert await ws.login("alice", PASSWORD) == "alice@localhost/ws"
     finally:
         await ws.close()

@@ -446,8 +446,12 @@ class ClientNegotiation(XmlStream):
 
     def _tls_object(self) -> Any:
         """The ssl.SSLObject of this stream's own TLS (STARTTLS or XEP-0368 direct TLS),
-        once established; None otherwise (no TLS, or TLS ended by an HTTP listener)."""
-        tls = None if self.connection is None else self.connection.tls
+        once established; None otherwise: no TLS, or a framing over HTTP (WebSocket, BOSH),
+        whose TLS is the HTTP connection's, not the stream's (a BOSH session spans several)."""
+        connection = self.connection
+        if connection is None or not connection.byte_stream:
+            return None
+        tls = connection.tls
         return tls.tls if tls is not None and tls.established else None
 
     def _binding_types(self) -> list[str]:
