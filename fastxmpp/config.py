@@ -237,6 +237,19 @@ class VersionConfig:
 
 
 @dataclass(frozen=True)
+class ContactConfig:
+    """XEP-0157 contact addresses (URIs: mailto:, xmpp:, https:), in the server's disco#info."""
+
+    abuse: tuple[str, ...] = ()
+    admin: tuple[str, ...] = ()
+    feedback: tuple[str, ...] = ()
+    sales: tuple[str, ...] = ()
+    security: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+    support: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class VCardConfig:
     # XEP-0054: largest stored vCard (serialized XML, PHOTO included), in bytes.
     max_size: int = 131072
@@ -355,6 +368,7 @@ class Config:
     register: RegisterConfig = RegisterConfig()
     legacy: LegacyConfig = LegacyConfig()
     version: VersionConfig = VersionConfig()
+    contact: ContactConfig = ContactConfig()
     pep: PepConfig = PepConfig()
     muc: MucConfig = MucConfig()
     vcard: VCardConfig = VCardConfig()
@@ -556,6 +570,20 @@ def _mechanisms(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+# XEP-0157 §3: a URI scheme, then its part (RFC 3986 §3.1); no whitespace.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
+CONTACT_KINDS = ("abuse", "admin", "feedback", "sales", "security", "status", "support")
+
+
+def _uris(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid("must be an array of URIs (mailto:, xmpp:, https:)")
+    for text in value:
+        if not _URI.fullmatch(text):
+            raise _Invalid(f"has {text!r}, which is not a URI (mailto:, xmpp:, https:)")
+    return tuple(value)
+
+
 def _bare_jids(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _Invalid("must be an array of bare JIDs")
@@ -735,6 +763,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
         {"non_sasl_auth": _boolean, "error_codes": _boolean, "compression": _boolean},
     ),
     "version": (VersionConfig, {"show_os": _boolean}),
+    "contact": (ContactConfig, {kind: _uris for kind in CONTACT_KINDS}),
     "pep": (
         PepConfig,
         {
@@ -923,6 +952,7 @@ class _Builder:
             register=simple["register"],
             legacy=simple["legacy"],
             version=simple["version"],
+            contact=simple["contact"],
             pep=simple["pep"],
             muc=simple["muc"],
             vcard=simple["vcard"],

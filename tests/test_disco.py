@@ -257,3 +257,58 @@ def test_server_caps_in_stream_features(
     caps = other.starttls(ca_file, "example.test").find(f"{{{CAPS}}}c")
     assert (caps.get("hash"), caps.get("node"), caps.get("ver")) == announced[0]
     assert stanza_error(ask(c, INFO, "localhost", node=f"{node}#other")) == "item-not-found"
+
+
+def test_contact_addresses(make_server: Any, ca_file: str, clients: list[RawClient]) -> None:
+    """XEP-0157 §3: the configured addresses in a serverinfo form of the server's
+    disco#info (XEP-0128), and in what its caps hash (XEP-0115 §5.1 step 10: each form's
+    FORM_TYPE, then its fields by var, each with its values sorted)."""
+    srv = make_server(
+        "[contact]\n"
+        'abuse = ["mailto:abuse@localhost", "xmpp:abuse@localhost"]\n'
+        'admin = ["xmpp:admin@localhost"]\n'
+        'status = ["https://status.example.org/?a=1&b=2"]\n'
+    )
+    srv.adduser("alice@localhost")
+    srv.start()
+    c = srv.client()
+    clients.append(c)
+    c.open_stream()
+    caps = c.starttls(ca_file).find(f"{{{CAPS}}}c")
+    assert c.sasl_scram("alice", PASSWORD).tag.endswith("}success")
+    c.open_stream()
+    c.bind("disco")
+    query = query_of(ask(c, INFO, "localhost"), INFO)
+    forms = query.findall("{jabber:x:data}x")
+    assert len(forms) == 1 and forms[0].get("type") == "result"
+    values = {
+        f.get("var"): [v.text for v in f.findall("{jabber:x:data}value")]
+        for f in forms[0].findall("{jabber:x:data}field")
+    }
+    assert values == {
+        "FORM_TYPE": ["http://jabber.org/network/serverinfo"],
+        "abuse-addresses": ["mailto:abuse@localhost", "xmpp:abuse@localhost"],
+        "admin-addresses": ["xmpp:admin@localhost"],
+        "status-addresses": ["https://status.example.org/?a=1&b=2"],
+    }
+    text = "".join(
+        f"{i.get('category')}/{i.get('type')}/{i.get(LANG, '')}/{i.get('name', '')}<"
+        for i in sorted(
+            query.iter(f"{{{INFO}}}identity"),
+            key=lambda i: (i.get("category"), i.get("type"), i.get(LANG, "")),
+        )
+    )
+    text += "".join(f"{f}<" for f in sorted(features(query)))
+    text += "http://jabber.org/network/serverinfo<"
+    for var in sorted(v for v in values if v != "FORM_TYPE"):
+        text += f"{var}<" + "".join(f"{value}<" for value in sorted(values[var]))
+    assert base64.b64encode(hashlib.sha1(text.encode()).digest()).decode() == caps.get("ver")
+
+
+def test_contact_addresses_must_be_uris(tmp_path: Any) -> None:
+    from fastxmpp.config import ConfigError, load_config
+
+    path = tmp_path / "bad.toml"
+    path.write_text('[contact]\nabuse = ["abuse at example.org"]\n')
+    with pytest.raises(ConfigError, match=r"contact.*abuse.*not a URI"):
+        load_config(path)

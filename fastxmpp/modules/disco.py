@@ -20,6 +20,8 @@
   [(jid, name)], or None (XEP-0060 §5.5: a PEP node's items). disco#items of any other node
   of an account is an empty result (§8: as for an account that does not exist).
 - Any other node: item-not-found (§3.2), except node#ver of the server's own caps.
+- XEP-0157: the server's disco#info carries its contact addresses (`[contact]`) as a
+  XEP-0128 serverinfo form, part of what its caps hash (XEP-0115 §5.1 includes forms).
 
 XEP-0115 §6.3: every stream features element carries the server's caps (SHA-1 over its
 disco#info, §5.1), and disco#info of `CAPS_NODE#ver` is the server's disco#info with that
@@ -30,10 +32,11 @@ the modules declare, fixed once the server has started: the ver is computed once
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
+from ..config import CONTACT_KINDS
 from ..errors import StanzaError
 from .base import Module, iq_result, sender_account
 from .pep_caps import NS_CAPS, caps_hash
@@ -46,6 +49,8 @@ NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
 SERVER_NAME = "fastxmpp"
 CAPS_NODE = "https://pypi.org/project/fastxmpp/"  # XEP-0115 §4: the software's URI
+NS_DATA = "jabber:x:data"
+SERVERINFO = "http://jabber.org/network/serverinfo"  # XEP-0157 §3, XEP-0128's FORM_TYPE
 PRESENCE_VISIBLE = ("from", "both")  # RFC 6121 §2.1.2.1: the contact receives presence
 
 
@@ -80,8 +85,24 @@ class DiscoModule(Module):
             f"<identity category={quoteattr(c)} type={quoteattr(t)}/>"
             for c, t in self.hub.server_identities()
         )
-        return identity + "".join(
-            f"<feature var={quoteattr(f)}/>" for f in self.hub.server_features()
+        features = "".join(f"<feature var={quoteattr(f)}/>" for f in self.hub.server_features())
+        return identity + features + self._contact_form()
+
+    def _contact_form(self) -> str:
+        """XEP-0157 §3: the configured contact addresses ([contact]) as a XEP-0128 form of
+        FORM_TYPE http://jabber.org/network/serverinfo; none when none are configured."""
+        contact = self.config.contact
+        fields = []
+        for kind in CONTACT_KINDS:
+            addresses = getattr(contact, kind)
+            if addresses:
+                values = "".join(f"<value>{escape(a)}</value>" for a in addresses)
+                fields.append(f"<field var='{kind}-addresses'>{values}</field>")
+        if not fields:
+            return ""
+        return (
+            f"<x xmlns='{NS_DATA}' type='result'><field var='FORM_TYPE' type='hidden'>"
+            f"<value>{SERVERINFO}</value></field>{''.join(fields)}</x>"
         )
 
     def server_caps(self) -> tuple[str, str]:
