@@ -237,6 +237,17 @@ class VersionConfig:
 
 
 @dataclass(frozen=True)
+class TurnConfig:
+    """XEP-0215: the STUN/TURN server offered to clients (docs/CONFIGURATION.md, [turn])."""
+
+    host: str = ""  # none: no services listed
+    port: int = 3478  # STUN and TURN, UDP and TCP
+    tls_port: int = 0  # TURNS (TURN over TLS); 0: none
+    secret: str = ""  # shared with the TURN server (coturn static-auth-secret); none: STUN only
+    lifetime: float = 86400.0  # seconds TURN credentials stay valid
+
+
+@dataclass(frozen=True)
 class ContactConfig:
     """XEP-0157 contact addresses (URIs: mailto:, xmpp:, https:), in the server's disco#info."""
 
@@ -369,6 +380,7 @@ class Config:
     legacy: LegacyConfig = LegacyConfig()
     version: VersionConfig = VersionConfig()
     contact: ContactConfig = ContactConfig()
+    turn: TurnConfig = TurnConfig()
     pep: PepConfig = PepConfig()
     muc: MucConfig = MucConfig()
     vcard: VCardConfig = VCardConfig()
@@ -764,6 +776,16 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
     ),
     "version": (VersionConfig, {"show_os": _boolean}),
     "contact": (ContactConfig, {kind: _uris for kind in CONTACT_KINDS}),
+    "turn": (
+        TurnConfig,
+        {
+            "host": _string,
+            "port": _port,
+            "tls_port": _integer_at_least(0),
+            "secret": _string,
+            "lifetime": _positive_number,
+        },
+    ),
     "pep": (
         PepConfig,
         {
@@ -953,6 +975,7 @@ class _Builder:
             legacy=simple["legacy"],
             version=simple["version"],
             contact=simple["contact"],
+            turn=simple["turn"],
             pep=simple["pep"],
             muc=simple["muc"],
             vcard=simple["vcard"],

@@ -31,6 +31,7 @@ BUILTIN = (
     "disco",  # XEP-0030
     "ping",  # XEP-0199
     "version",  # XEP-0092
+    "external_services",  # XEP-0215 STUN/TURN for calls, TURN REST credentials
     "entity_time",  # XEP-0202
     "last",  # XEP-0012
     "private",  # XEP-0049
