@@ -19,11 +19,13 @@ server for its accounts.
   converted; the user's own request succeeds as usual.
 - Presence (XEP-0398 §5, XEP-0153 §3): every available presence an account broadcasts
   carries <x xmlns='vcard-temp:x:update'><photo>SHA-1 of its vCard photo</photo></x>
-  (<photo/> without one), replacing an <x/> the client put there without <photo/> or with
-  another hash (the server knows the stored photo; a client's hash may be stale). A client's
-  empty <photo/> is left as it is (§5: it says it has no avatar, or is not ready to say).
-  Directed available presence (a room join, §5) gets the same, through the presence
-  module's rewriter, which the router applies to it before routing. The hash is
+  (<photo/> without one), replacing any <x/> the client put there: the server knows the
+  stored photo, while a client's hash may be stale (slixmpp's xep_0153 sends the empty
+  <photo/> it computed at login after its avatar went up by PEP, and a photo change is
+  rebroadcast by replacing the server's own <x/>), so unlike §5's example a client's empty
+  <photo/> is replaced too. Directed available presence (a room join, §5) gets the same,
+  through the presence module's rewriter, which the router applies to it before routing.
+  The hash is
   cached per online account (dropped with its last session and whenever the vCard changes),
   so the broadcast does not read storage. When the photo changes, the account's available
   resources broadcast their presence again with the new hash (XEP-0153 §4.1).
@@ -147,11 +149,6 @@ class AvatarsModule(Module):
         if B_NS_UPDATE not in data:
             return with_update(data, x)
         copy = etree.fromstring(etree.tostring(st.element(), encoding="utf-8"))
-        photos = copy.findall(f"{{{NS_UPDATE}}}x/{{{NS_UPDATE}}}photo")
-        if any(not (photo.text or "").strip() for photo in photos):
-            # §5: a client's empty <photo/> (it has no avatar, or is not ready to say) is
-            # left as it is; an <x/> without <photo/>, or another hash, is replaced.
-            return data
         for old in copy.findall(f"{{{NS_UPDATE}}}x"):
             copy.remove(old)
         copy.set("from", session.full)

@@ -31,6 +31,7 @@ the modules declare, fixed once the server has started: the ver is computed once
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -91,10 +92,10 @@ class DiscoModule(Module):
     def _contact_form(self) -> str:
         """XEP-0157 §3: the configured contact addresses ([contact]) as a XEP-0128 form of
         FORM_TYPE http://jabber.org/network/serverinfo; none when none are configured."""
-        contact = self.config.contact
+        configured = dataclasses.asdict(self.config.contact)
         fields = []
         for kind in CONTACT_KINDS:
-            addresses = getattr(contact, kind)
+            addresses = configured[kind]
             if addresses:
                 values = "".join(f"<value>{escape(a)}</value>" for a in addresses)
                 fields.append(f"<field var='{kind}-addresses'>{values}</field>")
