@@ -81,6 +81,23 @@ def features(query: Any) -> set[str]:
     return {f.get("var") for f in query.iter(f"{{{INFO}}}feature")}
 
 
+def caps_string(query: Any) -> str:
+    """XEP-0115 §5.1 steps 1-9 (forms aside): category/type/lang/name of each identity,
+    then each feature, sorted, '<' after each."""
+    text = "".join(
+        f"{i.get('category')}/{i.get('type')}/{i.get(LANG, '')}/{i.get('name', '')}<"
+        for i in sorted(
+            query.iter(f"{{{INFO}}}identity"),
+            key=lambda i: (i.get("category"), i.get("type"), i.get(LANG, "")),
+        )
+    )
+    return text + "".join(f"{f}<" for f in sorted(features(query)))
+
+
+def sha1_b64(text: str) -> str:
+    return base64.b64encode(hashlib.sha1(text.encode()).digest()).decode()
+
+
 def test_server_info(server: ServerProcess, ca_file: str, clients: list[RawClient]) -> None:
     c = login(server, ca_file, clients, "alice")
     reply = ask(c, INFO, "localhost")
@@ -239,17 +256,7 @@ def test_server_caps_in_stream_features(
     plain = query_of(ask(c, INFO, "localhost"), INFO)
     assert identities(query) == identities(plain) and features(query) == features(plain)
     assert CAPS in features(plain)  # §7: an entity supporting caps says so
-    # §5.1: category/type/lang/name of each identity, then each feature, sorted, '<' after
-    # each.
-    text = "".join(
-        f"{i.get('category')}/{i.get('type')}/{i.get(LANG, '')}/{i.get('name', '')}<"
-        for i in sorted(
-            query.iter(f"{{{INFO}}}identity"),
-            key=lambda i: (i.get("category"), i.get("type"), i.get(LANG, "")),
-        )
-    )
-    text += "".join(f"{f}<" for f in sorted(features(query)))
-    assert base64.b64encode(hashlib.sha1(text.encode()).digest()).decode() == ver
+    assert sha1_b64(caps_string(query)) == ver
     # The other host served here announces the same (its disco#info is the same).
     other = server.client()
     clients.append(other)
@@ -291,18 +298,10 @@ def test_contact_addresses(make_server: Any, ca_file: str, clients: list[RawClie
         "admin-addresses": ["xmpp:admin@localhost"],
         "status-addresses": ["https://status.example.org/?a=1&b=2"],
     }
-    text = "".join(
-        f"{i.get('category')}/{i.get('type')}/{i.get(LANG, '')}/{i.get('name', '')}<"
-        for i in sorted(
-            query.iter(f"{{{INFO}}}identity"),
-            key=lambda i: (i.get("category"), i.get("type"), i.get(LANG, "")),
-        )
-    )
-    text += "".join(f"{f}<" for f in sorted(features(query)))
-    text += "http://jabber.org/network/serverinfo<"
+    text = caps_string(query) + "http://jabber.org/network/serverinfo<"
     for var in sorted(v for v in values if v != "FORM_TYPE"):
         text += f"{var}<" + "".join(f"{value}<" for value in sorted(values[var]))
-    assert base64.b64encode(hashlib.sha1(text.encode()).digest()).decode() == caps.get("ver")
+    assert sha1_b64(text) == caps.get("ver")
 
 
 def test_contact_addresses_must_be_uris(tmp_path: Any) -> None:

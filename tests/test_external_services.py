@@ -9,11 +9,9 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-import pytest
 from conftest import PASSWORD, ServerProcess
 from lxml import etree
 from xmpp_raw import CLIENT, RawClient
@@ -21,14 +19,6 @@ from xmpp_raw import CLIENT, RawClient
 NS = "urn:xmpp:extdisco:2"
 SECRET = "coturn-shared-secret"
 TURN = f'[turn]\nhost = "turn.localhost"\nport = 3478\ntls_port = 5349\nsecret = "{SECRET}"\n'
-
-
-@pytest.fixture
-def clients() -> Iterator[list[RawClient]]:
-    opened: list[RawClient] = []
-    yield opened
-    for c in opened:
-        c.close()
 
 
 def started(make_server: Any, extra: str) -> ServerProcess:
