@@ -54,7 +54,7 @@ def as_client_stanza(st: Stanza) -> Stanza:
     not in a namespace they ignore."""
     if not declares_its_namespace(st):
         return st
-    return read_stanza(_unqualified(st.with_attrs({}), st.ns)) or st
+    return _read_unqualified(st)
 
 
 def read_as_client(st: Stanza) -> Stanza:
@@ -64,6 +64,11 @@ def read_as_client(st: Stanza) -> Stanza:
     what such a handler gets."""
     if st.ns == ns.CLIENT:
         return st
+    return _read_unqualified(st)
+
+
+def _read_unqualified(st: Stanza) -> Stanza:
+    """`st` without its own content namespace, read again in a jabber:client stream."""
     return read_stanza(_unqualified(st.with_attrs({}), st.ns)) or st
 
 
