@@ -1,4 +1,5 @@
-"""Durability of what the server has acknowledged: SIGKILL under load, and a full disk.
+"""Durability of what the server has acknowledged: SIGKILL under load (alone, and as a power
+cut: tests/power_cut.py), and a full disk.
 
 The policy these tests establish (docs/CONFIGURATION.md, "Durability"):
 
@@ -35,6 +36,7 @@ from typing import Any
 
 import pytest
 from conftest import PASSWORD, ServerProcess, add_accounts, assert_still_serving
+from power_cut import CRASHES, power_cut_for
 from test_roster import ROSTER, items, roster_get, roster_set, sync
 from xmpp_raw import CLIENT, RawClient, StreamClosed, stanza_error
 
@@ -144,10 +146,16 @@ def test_commits_are_synchronous(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_under_load_loses_nothing_acknowledged(make_server: Any, ca_file: str) -> None:
+@pytest.mark.parametrize("crash", CRASHES)
+def test_sigkill_under_load_loses_nothing_acknowledged(
+    make_server: Any, ca_file: str, crash: str, tmp_path: Path
+) -> None:
     print(f"seed {SEED}")
     rng = random.Random(SEED)
+    power = power_cut_for(crash, tmp_path, rng)
     srv: ServerProcess = make_server("[offline]\nmax_messages = 1000000\n")
+    if power is not None:
+        power.prepare(srv)
     add_accounts(srv, [RECIPIENT, *SENDERS, *CONTACTS])
     srv.start()
 
@@ -182,7 +190,11 @@ def test_sigkill_under_load_loses_nothing_acknowledged(make_server: Any, ca_file
                 assert time.monotonic() < deadline, context
                 assert not any(future.done() for future in running), context
                 time.sleep(0.001)
+            if power is not None:
+                power.wait_unflushed()
             assert srv.stop(signal.SIGKILL) == -signal.SIGKILL
+            if power is not None:
+                power.cut()
             for future in running:
                 future.result(timeout=30)  # a sender's own failure surfaces here
         for c in clients:
@@ -231,6 +243,10 @@ def test_sigkill_under_load_loses_nothing_acknowledged(make_server: Any, ca_file
         assert [el for el in sync(rcpt) if el.tag == f"{{{CLIENT}}}message"] == [], context
         rcpt.close()
     print("; ".join(summary))
+    if power is not None:
+        print(f"power cuts (pages put back / pages not flushed): {power.summary()}")
+        # The cuts fell on writes in flight: this was more than a SIGKILL.
+        assert any(r.unflushed_pages for r in power.results), power.summary()
 
 
 # --- a full disk -------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""SIGKILL under load for the data a client changes with an iq (docs/SECURITY.md,
-"Durability"): roster items, persistent rooms (owner configuration and affiliations), PEP
-items, private XML and vCards. One client per kind sends numbered changes, several in flight,
-each acknowledged by its iq result; the server is killed with SIGKILL at a moment drawn from a
-fixed seed, restarted, and everything acknowledged is read back over XMPP; then the load goes
-on and the next kill comes, several rounds on the same data.
+"""SIGKILL, alone and as a power cut (tests/power_cut.py), under load for the data a client
+changes with an iq (docs/SECURITY.md, "Durability"): roster items, persistent rooms (owner
+configuration and affiliations), PEP items, private XML and vCards. One client per kind sends
+numbered changes, several in flight, each acknowledged by its iq result; the server is killed
+with SIGKILL at a moment drawn from a fixed seed, restarted, and everything acknowledged is
+read back over XMPP; then the load goes on and the next kill comes, several rounds on the same
+data.
 
 Two shapes of data:
 - growing (roster items, room members, PEP items): what is stored after the restart is a
@@ -24,9 +25,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import ServerProcess, add_accounts
+from power_cut import CRASHES, power_cut_for
 from test_durability import login
 from test_muc import ADMIN, OWNER, User, create, iq
 from test_muc import field as form_field
@@ -76,49 +80,51 @@ def room_config(n: int) -> tuple[str, str]:
     )
 
 
-KINDS = [
-    Kind(
-        "roster",
-        "kroster",
-        lambda n: (
-            None,
-            f"<query xmlns='{ROSTER}'><item jid='c{n}@localhost' name='{n}'/></query>",
+def new_kinds() -> list[Kind]:
+    """The kinds, with nothing sent yet (a test's own: each run keeps its counts in them)."""
+    return [
+        Kind(
+            "roster",
+            "kroster",
+            lambda n: (
+                None,
+                f"<query xmlns='{ROSTER}'><item jid='c{n}@localhost' name='{n}'/></query>",
+            ),
+            growing=True,
         ),
-        growing=True,
-    ),
-    Kind(
-        "members",
-        "kmembers",
-        lambda n: (
-            f"members@{SERVICE}",
-            f"<query xmlns='{ADMIN}'><item affiliation='member' jid='m{n}@localhost'/></query>",
+        Kind(
+            "members",
+            "kmembers",
+            lambda n: (
+                f"members@{SERVICE}",
+                f"<query xmlns='{ADMIN}'><item affiliation='member' jid='m{n}@localhost'/></query>",
+            ),
+            growing=True,
         ),
-        growing=True,
-    ),
-    Kind(
-        "pep",
-        "kpep",
-        lambda n: (
-            None,
-            f"<pubsub xmlns='{PUBSUB}'><publish node='{NODE}'><item id='{n}'>"
-            f"<n xmlns='urn:example:n'>{n}</n></item></publish></pubsub>",
+        Kind(
+            "pep",
+            "kpep",
+            lambda n: (
+                None,
+                f"<pubsub xmlns='{PUBSUB}'><publish node='{NODE}'><item id='{n}'>"
+                f"<n xmlns='urn:example:n'>{n}</n></item></publish></pubsub>",
+            ),
+            growing=True,
         ),
-        growing=True,
-    ),
-    Kind("roomconfig", "kconfig", room_config, growing=False),
-    Kind(
-        "private",
-        "kprivate",
-        lambda n: (None, f"<query xmlns='{PRIVATE}'><n xmlns='urn:example:n'>{n}</n></query>"),
-        growing=False,
-    ),
-    Kind(
-        "vcard",
-        "kvcard",
-        lambda n: (None, f"<vCard xmlns='vcard-temp'><FN>{n}</FN></vCard>"),
-        growing=False,
-    ),
-]
+        Kind("roomconfig", "kconfig", room_config, growing=False),
+        Kind(
+            "private",
+            "kprivate",
+            lambda n: (None, f"<query xmlns='{PRIVATE}'><n xmlns='urn:example:n'>{n}</n></query>"),
+            growing=False,
+        ),
+        Kind(
+            "vcard",
+            "kvcard",
+            lambda n: (None, f"<vCard xmlns='vcard-temp'><FN>{n}</FN></vCard>"),
+            growing=False,
+        ),
+    ]
 
 
 def run_changes(client: RawClient, kind: Kind, go: threading.Event) -> None:
@@ -258,33 +264,44 @@ def setup(srv: ServerProcess, ca_file: str) -> None:
     c.close()
 
 
-def test_sigkill_under_load_keeps_every_acknowledged_change(make_server: Any, ca_file: str) -> None:
-    srv: ServerProcess = make_server(SETTINGS)
-    add_accounts(srv, [kind.account for kind in KINDS])
-    srv.start()
-    setup(srv, ca_file)
+@pytest.mark.parametrize("crash", CRASHES)
+def test_sigkill_under_load_keeps_every_acknowledged_change(
+    make_server: Any, ca_file: str, crash: str, tmp_path: Path
+) -> None:
     print(f"seed {SEED}")
     rng = random.Random(SEED)
+    power = power_cut_for(crash, tmp_path, rng)
+    kinds = new_kinds()
+    srv: ServerProcess = make_server(SETTINGS)
+    if power is not None:
+        power.prepare(srv)
+    add_accounts(srv, [kind.account for kind in kinds])
+    srv.start()
+    setup(srv, ca_file)
     summary = []
     for round_ in range(ROUNDS):
         kill_after = rng.uniform(0.5, 2.5)
         context = f"seed {SEED}, round {round_}, killed after {kill_after:.2f} s"
-        clients = [login(srv, ca_file, kind.account) for kind in KINDS]
-        acknowledged_before = [len(kind.acknowledged) for kind in KINDS]
+        clients = [login(srv, ca_file, kind.account) for kind in kinds]
+        acknowledged_before = [len(kind.acknowledged) for kind in kinds]
         go = threading.Event()
-        with ThreadPoolExecutor(len(KINDS)) as pool:
+        with ThreadPoolExecutor(len(kinds)) as pool:
             running = [
                 pool.submit(run_changes, c, kind, go)
-                for c, kind in zip(clients, KINDS, strict=True)
+                for c, kind in zip(clients, kinds, strict=True)
             ]
             go.set()
             time.sleep(kill_after)
+            if power is not None:
+                power.wait_unflushed()
             assert srv.stop(signal.SIGKILL) == -signal.SIGKILL
+            if power is not None:
+                power.cut()
             for future in running:
                 future.result(timeout=30)
         for c in clients:
             c.abort()
-        for kind, before in zip(KINDS, acknowledged_before, strict=True):
+        for kind, before in zip(kinds, acknowledged_before, strict=True):
             assert kind.errors == [], (context, kind.name, kind.errors[:5])
             # The load really ran: changes were acknowledged in this round.
             assert len(kind.acknowledged) > before, (context, kind.name, before)
@@ -292,17 +309,21 @@ def test_sigkill_under_load_keeps_every_acknowledged_change(make_server: Any, ca
             assert kind.acknowledged == sorted(set(kind.acknowledged))
 
         srv.start()
-        for kind in KINDS:
+        for kind in kinds:
             check(kind, stored_values(srv, ca_file, kind), context)
         summary.append(
             f"after {kill_after:.2f} s: "
-            + ", ".join(f"{k.name} {len(k.acknowledged)}/{len(k.sent)}" for k in KINDS)
+            + ", ".join(f"{k.name} {len(k.acknowledged)}/{len(k.sent)}" for k in kinds)
         )
         # What was in flight and got lost is forgotten: the next round goes on from what
         # the server has (growing kinds must stay a prefix of what was sent).
-        for kind in KINDS:
+        for kind in kinds:
             if kind.growing:
                 kept = len(stored_values(srv, ca_file, kind))
                 del kind.sent[kept:]
                 kind.covered = min(kind.covered, kept)
     print("; ".join(summary))
+    if power is not None:
+        print(f"power cuts (pages put back / pages not flushed): {power.summary()}")
+        # The cuts fell on writes in flight: this was more than a SIGKILL.
+        assert any(r.unflushed_pages for r in power.results), power.summary()
