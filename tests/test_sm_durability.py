@@ -13,9 +13,12 @@ import os
 import random
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import ServerProcess, add_accounts
+from power_cut import CRASHES, power_cut_for
 from test_stream_management import SM, Client, bodies, login, message, resume
 from xmpp_raw import CLIENT, RawClient
 
@@ -113,12 +116,18 @@ def archived_ids(client: Client) -> list[str]:
         after = f"<after>{last}</after>"
 
 
+@pytest.mark.parametrize("crash", CRASHES)
 def test_sigkill_loses_nothing_a_detached_session_holds(
-    make_server: Any, ca_file: str, clients: list[RawClient]
+    make_server: Any, ca_file: str, clients: list[RawClient], crash: str, tmp_path: Path
 ) -> None:
     print(f"seed {SEED}")
     rng = random.Random(SEED)
+    # A power cut the moment the last <a/> arrived: whatever the server had not flushed
+    # then is put back (nothing it acknowledged may be among it).
+    power = power_cut_for(crash, tmp_path, rng)
     srv: ServerProcess = make_server(SETTINGS)
+    if power is not None:
+        power.prepare(srv)
     add_accounts(srv, [f"{who}{n}" for n in range(ROUNDS) for who in ("rcpt", "sender")])
     srv.start()
     summary = []
@@ -139,6 +148,8 @@ def test_sigkill_loses_nothing_a_detached_session_holds(
         sent = pre + more
         acknowledged = sent[:h]  # 'h' counts the stanzas handled since <enable/>
         assert srv.stop(signal.SIGKILL) == -signal.SIGKILL
+        if power is not None:
+            power.cut()
         srv.start()
 
         back = login(srv, ca_file, clients, f"rcpt{n}", "after", available=False)
@@ -159,6 +170,8 @@ def test_sigkill_loses_nothing_a_detached_session_holds(
         summary.append(f"kill after {kill_at}: {len(acknowledged)} acked, {len(ids)} delivered")
         back.c.close()
     print("; ".join(summary))
+    if power is not None:
+        print(f"power cuts (pages put back / pages not flushed): {power.summary()}")
 
 
 def test_resumed_after_detach_each_once(
