@@ -235,6 +235,10 @@ def test_affiliation_rules(login: Any, users: Iterator[str]) -> None:
     assert (item(got[-1]).get("affiliation"), item(got[-1]).get("role")) == ("admin", "moderator")
     reply = admin_set(b, room, f"<item affiliation='outcast' jid='{a.bare}'/>")
     assert stanza_error(reply) == "not-allowed"
+    # an admin banning themselves: conflict as for an owner (§9.1), not the not-allowed of
+    # an admin touching an admin (XMPP Interop AdminBan mucTestAdminCannotBanSelf)
+    reply = admin_set(b, room, f"<item affiliation='outcast' jid='{b.bare}'/>")
+    assert stanza_error(reply) == "conflict"
     reply = admin_set(b, room, f"<item affiliation='admin' jid='{c.bare}'/>")
     assert stanza_error(reply) == "forbidden"
     reply = admin_set(b, room, f"<item affiliation='member' jid='{c.bare}' nick='carol'/>")

@@ -192,13 +192,16 @@ def _affiliation_change(
         raise StanzaError("forbidden", "only admins and owners change affiliations")
     bare = _bare(item.get("jid"))
     current = room.affiliations.get(bare, "none")
+    if affiliation == "outcast" and bare == origin.bare:
+        # §9.1: "If an admin or owner attempts to ban himself" conflict, before the rule
+        # that an admin changes no admin's affiliation (XMPP Interop
+        # MultiUserChatAdminBanIntegrationTest.mucTestAdminCannotBanSelf)
+        raise StanzaError("conflict", "you cannot ban yourself")
     if actor_affiliation == "admin":
         if affiliation in PRIVILEGED:
             raise StanzaError("forbidden", "only owners change the admin and owner lists")
         if current in PRIVILEGED:
             raise StanzaError("not-allowed", "an admin cannot change an admin's or owner's")
-    if affiliation == "outcast" and bare == origin.bare:
-        raise StanzaError("conflict", "you cannot ban yourself")  # §9.1
     if current == "owner" and affiliation != "owner" and room.owners() == [bare]:
         raise StanzaError("conflict", "the room's last owner cannot step down")  # §10.5
     nick = item.get("nick")
