@@ -244,6 +244,13 @@ def test_affiliation_rules(login: Any, users: Iterator[str]) -> None:
     reply = admin_set(b, room, f"<item affiliation='member' jid='{c.bare}' nick='carol'/>")
     assert reply.get("type") == "result"
     assert listed(admin_get(b, room, "affiliation='member'")) == {c.bare: "member"}
+    # §10.5, §10.8: the owner and admin lists are the owners' in a semi-anonymous room; an
+    # admin reads them once the room is non-anonymous (the MAY of the same sections)
+    for wanted in ("owner", "admin"):
+        assert stanza_error(admin_get(b, room, f"affiliation='{wanted}'")) == "forbidden"
+    configure(a, room, field("muc#roomconfig_whois", "anyone"))
+    assert listed(admin_get(b, room, "affiliation='owner'")) == {a.bare: "owner"}
+    configure(a, room, field("muc#roomconfig_whois", "moderators"))
     assert listed(admin_get(a, room, "affiliation='admin'")) == {b.bare: "admin"}
     assert listed(admin_get(a, room, "affiliation='owner'")) == {a.bare: "owner"}
     # a member sees no lists of an open room

@@ -86,12 +86,21 @@ def _list(room: Room, origin: OccupantSession, item: Any) -> str:
     if affiliation is not None:
         if affiliation not in AFFILIATION_RANK or affiliation == "none":
             raise StanzaError("bad-request", "no such affiliation list")
-        allowed = actor_affiliation in PRIVILEGED or (
-            # §9.5 note: members of a members-only room may see the member list.
-            affiliation == "member" and room.config.members_only and actor_affiliation == "member"
-        )
+        if affiliation in PRIVILEGED:
+            # §10.5, §10.8: the owner and admin lists are the owners'; "forbidden ... in
+            # semi-anonymous rooms", so an admin reads them in non-anonymous rooms only.
+            allowed = actor_affiliation == "owner" or (
+                actor_affiliation == "admin" and room.config.whois == "anyone"
+            )
+        else:
+            allowed = actor_affiliation in PRIVILEGED or (
+                # §9.5 note: members of a members-only room may see the member list.
+                affiliation == "member"
+                and room.config.members_only
+                and actor_affiliation == "member"
+            )
         if not allowed:
-            raise StanzaError("forbidden", "only admins and owners see this list")
+            raise StanzaError("forbidden", "you may not see this list")
         out = ""
         for bare, held in sorted(room.affiliations.items()):
             if held == affiliation:
