@@ -241,6 +241,10 @@ def test_affiliation_rules(login: Any, users: Iterator[str]) -> None:
     assert stanza_error(reply) == "conflict"
     reply = admin_set(b, room, f"<item affiliation='admin' jid='{c.bare}'/>")
     assert stanza_error(reply) == "forbidden"
+    # nor revoke an owner's status, an owner's request (§10.4), where a ban of an owner is
+    # not-allowed (§9.1)
+    reply = admin_set(b, room, f"<item affiliation='member' jid='{a.bare}'/>")
+    assert stanza_error(reply) == "forbidden"
     reply = admin_set(b, room, f"<item affiliation='member' jid='{c.bare}' nick='carol'/>")
     assert reply.get("type") == "result"
     assert listed(admin_get(b, room, "affiliation='member'")) == {c.bare: "member"}

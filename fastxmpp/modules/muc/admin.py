@@ -210,7 +210,11 @@ def _affiliation_change(
         if affiliation in PRIVILEGED:
             raise StanzaError("forbidden", "only owners change the admin and owner lists")
         if current in PRIVILEGED:
-            raise StanzaError("not-allowed", "an admin cannot change an admin's or owner's")
+            if affiliation != "outcast":
+                # §10.4, §10.7: revoking owner or admin status is an owner's request
+                raise StanzaError("forbidden", "only owners revoke owner or admin status")
+            # §9.1: nobody is banned by an admin of a lower (or the same) affiliation
+            raise StanzaError("not-allowed", "an admin cannot ban an admin or owner")
     if current == "owner" and affiliation != "owner" and room.owners() == [bare]:
         raise StanzaError("conflict", "the room's last owner cannot step down")  # §10.5
     nick = item.get("nick")
