@@ -235,11 +235,26 @@ def test_affiliation_rules(login: Any, users: Iterator[str]) -> None:
     assert (item(got[-1]).get("affiliation"), item(got[-1]).get("role")) == ("admin", "moderator")
     reply = admin_set(b, room, f"<item affiliation='outcast' jid='{a.bare}'/>")
     assert stanza_error(reply) == "not-allowed"
+    # an admin banning themselves: conflict as for an owner (§9.1), not the not-allowed of
+    # an admin touching an admin (XMPP Interop AdminBan mucTestAdminCannotBanSelf)
+    reply = admin_set(b, room, f"<item affiliation='outcast' jid='{b.bare}'/>")
+    assert stanza_error(reply) == "conflict"
     reply = admin_set(b, room, f"<item affiliation='admin' jid='{c.bare}'/>")
+    assert stanza_error(reply) == "forbidden"
+    # nor revoke an owner's status, an owner's request (§10.4), where a ban of an owner is
+    # not-allowed (§9.1)
+    reply = admin_set(b, room, f"<item affiliation='member' jid='{a.bare}'/>")
     assert stanza_error(reply) == "forbidden"
     reply = admin_set(b, room, f"<item affiliation='member' jid='{c.bare}' nick='carol'/>")
     assert reply.get("type") == "result"
     assert listed(admin_get(b, room, "affiliation='member'")) == {c.bare: "member"}
+    # §10.5, §10.8: the owner and admin lists are the owners' in a semi-anonymous room; an
+    # admin reads them once the room is non-anonymous (the MAY of the same sections)
+    for wanted in ("owner", "admin"):
+        assert stanza_error(admin_get(b, room, f"affiliation='{wanted}'")) == "forbidden"
+    configure(a, room, field("muc#roomconfig_whois", "anyone"))
+    assert listed(admin_get(b, room, "affiliation='owner'")) == {a.bare: "owner"}
+    configure(a, room, field("muc#roomconfig_whois", "moderators"))
     assert listed(admin_get(a, room, "affiliation='admin'")) == {b.bare: "admin"}
     assert listed(admin_get(a, room, "affiliation='owner'")) == {a.bare: "owner"}
     # a member sees no lists of an open room

@@ -86,12 +86,21 @@ def _list(room: Room, origin: OccupantSession, item: Any) -> str:
     if affiliation is not None:
         if affiliation not in AFFILIATION_RANK or affiliation == "none":
             raise StanzaError("bad-request", "no such affiliation list")
-        allowed = actor_affiliation in PRIVILEGED or (
-            # §9.5 note: members of a members-only room may see the member list.
-            affiliation == "member" and room.config.members_only and actor_affiliation == "member"
-        )
+        if affiliation in PRIVILEGED:
+            # §10.5, §10.8: the owner and admin lists are the owners'; "forbidden ... in
+            # semi-anonymous rooms", so an admin reads them in non-anonymous rooms only.
+            allowed = actor_affiliation == "owner" or (
+                actor_affiliation == "admin" and room.config.whois == "anyone"
+            )
+        else:
+            allowed = actor_affiliation in PRIVILEGED or (
+                # §9.5 note: members of a members-only room may see the member list.
+                affiliation == "member"
+                and room.config.members_only
+                and actor_affiliation == "member"
+            )
         if not allowed:
-            raise StanzaError("forbidden", "only admins and owners see this list")
+            raise StanzaError("forbidden", "you may not see this list")
         out = ""
         for bare, held in sorted(room.affiliations.items()):
             if held == affiliation:
@@ -192,13 +201,20 @@ def _affiliation_change(
         raise StanzaError("forbidden", "only admins and owners change affiliations")
     bare = _bare(item.get("jid"))
     current = room.affiliations.get(bare, "none")
+    if affiliation == "outcast" and bare == origin.bare:
+        # §9.1: "If an admin or owner attempts to ban himself" conflict, before the rule
+        # that an admin changes no admin's affiliation (XMPP Interop
+        # MultiUserChatAdminBanIntegrationTest.mucTestAdminCannotBanSelf)
+        raise StanzaError("conflict", "you cannot ban yourself")
     if actor_affiliation == "admin":
         if affiliation in PRIVILEGED:
             raise StanzaError("forbidden", "only owners change the admin and owner lists")
         if current in PRIVILEGED:
-            raise StanzaError("not-allowed", "an admin cannot change an admin's or owner's")
-    if affiliation == "outcast" and bare == origin.bare:
-        raise StanzaError("conflict", "you cannot ban yourself")  # §9.1
+            if affiliation != "outcast":
+                # §10.4, §10.7: revoking owner or admin status is an owner's request
+                raise StanzaError("forbidden", "only owners revoke owner or admin status")
+            # §9.1: nobody is banned by an admin of a lower (or the same) affiliation
+            raise StanzaError("not-allowed", "an admin cannot ban an admin or owner")
     if current == "owner" and affiliation != "owner" and room.owners() == [bare]:
         raise StanzaError("conflict", "the room's last owner cannot step down")  # §10.5
     nick = item.get("nick")
