@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,18 @@ def archived_bodies(client: RawClient) -> list[str]:
             assert el.get("type") == "result", el.get("type")
             return bodies
         bodies += [body.text for body in el.iter(f"{{{CLIENT}}}body")]
+
+
+def archived_ids(client: RawClient) -> list[str]:
+    """The ids of the account's archived messages, oldest first (one page is enough)."""
+    client.send(f"<iq type='set' id='ids'><query xmlns='{MAM}' queryid='q'/></iq>")
+    ids = []
+    while True:
+        el = client.next()
+        if el.tag == f"{{{CLIENT}}}iq" and el.get("id") == "ids":
+            assert el.get("type") == "result", el.get("type")
+            return ids
+        ids += [result.get("id") for result in el.iter(f"{{{MAM}}}result")]
 
 
 def test_the_ack_waits_for_the_archive_commit(
@@ -105,3 +118,32 @@ def test_a_message_the_archive_cannot_store_is_refused(make_server: Any, ca_file
             bob.close()
         finally:
             srv.stop()
+
+
+def test_metadata_counts_messages_whose_commit_is_under_way(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    """XEP-0313 §7: a message the account sent just before asking is in the metadata's
+    <end/>, whether its commit is under way (a slow disk) or not yet begun (the same turn)."""
+    slow = tmp_path / "slow-disk-now"
+    library = build_disk_faults(tmp_path)
+    srv: ServerProcess = make_server()
+    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_SLOW_SYNC_TRIGGER=str(slow))
+    add_accounts(srv, ["alice", "bob"])
+    srv.start()
+    alice = login(srv, ca_file, "alice")
+    slow.touch()  # every commit from now on takes a second or more
+    alice.send("<message to='bob@localhost' id='m1' type='chat'><body>one</body></message>")
+    time.sleep(0.2)  # m1's commit is under way (its fsync waits)
+    alice.send(
+        "<message to='bob@localhost' id='m2' type='chat'><body>two</body></message>"
+        f"<iq type='get' id='meta'><metadata xmlns='{MAM}'/></iq>"
+    )
+    reply = alice.next(timeout=30)
+    assert reply.get("id") == "meta" and reply.get("type") == "result", reply.attrib
+    slow.unlink()
+    ends = {child.tag: child.get("id") for child in reply.find(f"{{{MAM}}}metadata")}
+    ids = archived_ids(alice)
+    assert len(ids) == 2
+    assert ends == {f"{{{MAM}}}start": ids[0], f"{{{MAM}}}end": ids[1]}
+    alice.close()

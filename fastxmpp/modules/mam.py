@@ -221,19 +221,25 @@ def answer_query(
     return iq_result(origin, st, f"<fin xmlns='{NS}'{flag}>{rset}</fin>")
 
 
-def archive_metadata(store: ArchiveStore, domain: str, local: str) -> str:
+def archive_metadata(
+    store: ArchiveStore, domain: str, local: str, newer: list[Row] | tuple[()] = ()
+) -> str:
     """§7: the first and last message of the archive of domain/local, the rows in its
     journal included (committed, not folded yet: no read waits for a fold here, so a
-    XEP-0386 login answers at once)."""
+    XEP-0386 login answers at once), and `newer`: its rows archived and not committed yet,
+    oldest first (a message the account sent just before it asked is in its archive)."""
     first, _ = store.query(domain, local, limit=1)
     waiting = store.waiting_ends(account_prefix(domain, local))
+    ends = [(f"{row[1]:016x}", row[2]) for row in (newer[0], newer[-1])] if newer else None
     if first:
         start: tuple[str, float] | None = (first[0].id, first[0].when)
     else:
-        start = waiting[0] if waiting else None
+        start = waiting[0] if waiting else ends[0] if ends else None
     if start is None:
         return f"<metadata xmlns='{NS}'/>"
-    if waiting:
+    if ends:
+        end = ends[1]
+    elif waiting:
         end = waiting[1]
     else:
         last, _ = store.query(domain, local, limit=1, backwards=True)
@@ -690,7 +696,17 @@ class MamModule(Module):
 
     def _metadata(self, origin: C2SStream) -> str:
         assert self.store is not None
-        return archive_metadata(self.store, origin.domain, origin.local)
+        return archive_metadata(
+            self.store, origin.domain, origin.local, self.uncommitted(origin.domain, origin.local)
+        )
+
+    def uncommitted(self, domain: str, local: str) -> list[Row]:
+        """The rows of the archive of domain/local in the commits under way and not handed
+        over yet, oldest first: archived, not in the store yet (a message the account sent
+        just before it asked)."""
+        prefix = account_prefix(domain, local)
+        rows = [row for entry in self._commits for row in entry[3].rows if row[0] == prefix]
+        return rows + [row for row in self.hooks.pending if row[0] == prefix]
 
 
 MODULE = MamModule

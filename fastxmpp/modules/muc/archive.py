@@ -170,7 +170,9 @@ def query_iq(room: Room, origin: OccupantSession, st: Stanza) -> bytes | None:
     domain, local = room.service.domain, room.name
     store = mam.store
     if tag == "metadata" and itype == "get":
-        return iq_result(origin, st, archive_metadata(store, domain, local))
+        return iq_result(
+            origin, st, archive_metadata(store, domain, local, mam.uncommitted(domain, local))
+        )
     if tag != "query" or itype != "set":
         raise StanzaError("bad-request", f"unexpected {tag} in an iq {itype}")
     request = parse_query(payload, mam.settings.max_page, _occupant_jid)
