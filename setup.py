@@ -1,5 +1,5 @@
 """Build the compiled core: the XML stream parser (over libexpat), the stanza router, and a
-connection's per-read path with its TLS layer."""
+connection's per-read path with its TLS layer, and the archive writer's work per row."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ extensions = [
     Extension("fastxmpp._parser", **parser_build()),
     Extension("fastxmpp._router", ["fastxmpp/_router.pyx"]),
     Extension("fastxmpp._transport", ["fastxmpp/_transport.pyx"]),
+    Extension("fastxmpp._archive", ["fastxmpp/_archive.pyx"]),
 ]
 
 setup(

@@ -80,6 +80,27 @@ def archive(tmp_path: Path) -> Any:
     archive.storage.close()
 
 
+def test_records_are_written_as_msgpack_writes_them() -> None:
+    """The compiled writer (fastxmpp/_archive.pyx) encodes a record itself; the readers
+    decode it with msgpack: the bytes are msgpack-python's, at every length where msgpack
+    changes its header (str: 31/32, 255/256, 65535/65536; bin: 255/256, 65535/65536)."""
+    import msgpack
+
+    from fastxmpp._archive import record_value
+
+    rng = random.Random(7)
+    letters = "ab\u00e9\u20ac\U0001d11e<'&"
+    for peer_length in (0, 1, 31, 32, 255, 256, 65535, 65536, 70000):
+        peer = "".join(rng.choice(letters) for _ in range(peer_length))
+        for xml_length in (0, 1, 255, 256, 65535, 65536, 70000):
+            xml = rng.randbytes(xml_length)
+            when = rng.choice([0.0, time.time(), -1.5, 1e300, rng.random()])
+            for direction in ("in", "out"):
+                stored = record_value(when, peer, direction, xml)
+                assert stored == msgpack.packb([when, peer, direction, xml])
+                assert msgpack.unpackb(stored) == [when, peer, direction, xml]
+
+
 def test_rows_wait_in_the_journal_until_an_account_has_fold_rows(archive: Archive) -> None:
     archive.one_by_one(["a"] * (FOLD_ROWS - 1))
     waiting = archive.given["a"]

@@ -36,7 +36,7 @@ def test_manylinux_wheel_installs_without_a_compiler_and_serves(
 def test_source_modules_cover_every_package() -> None:
     # The list the installed package is compared with: every subpackage, compiled modules too.
     names = source_modules()
-    compiled = {"fastxmpp._parser", "fastxmpp._router", "fastxmpp._transport"}
+    compiled = {"fastxmpp._parser", "fastxmpp._router", "fastxmpp._transport", "fastxmpp._archive"}
     assert compiled | {"fastxmpp.modules.muc.room"} <= names
     assert all(name == "fastxmpp" or name.startswith("fastxmpp.") for name in names)
     assert len(names) == len({Path(*name.split(".")) for name in names})

@@ -57,6 +57,7 @@ from typing import Any
 import lmdb
 import msgpack
 
+from .._archive import fold_tail, put_rows, trim_journal
 from .account_data import account_prefix, delete_prefix, register_purge
 from .lmdb_store import META_DB, MIGRATIONS, CorruptRecord, Storage, expect, unpack
 from .xml_check import check_elements
@@ -478,49 +479,26 @@ class ArchiveCommit:
         self._dbs = (store._db, store._counts, store._journal, storage.database(META_DB))
 
     def work(self, txn: Any) -> None:
-        """Runs while the planning thread waits (or in it): reads the tails as planned."""
+        """Runs while the planning thread waits (or in it): reads the tails as planned. The
+        per-row loops are compiled (fastxmpp/_archive.pyx): the loop waits for them."""
         db, counts_db, journal_db, meta = self._dbs
         key_of = _ID.pack
-        pack = msgpack.Packer().pack
         folds = self.folds
         tails = self.store.tails
-        # Cursors' puts with positional arguments: a row's put is the loop's wait (the
-        # writer makes them while the loop waits) and py-lmdb's keyword parsing was a third
-        # of its cost.
-        archive = txn.cursor(db=db)
-        journal_put = txn.cursor(db=journal_db).put
+        # Cursors' puts, called with positional arguments: a row's put is the loop's wait
+        # and py-lmdb's keyword parsing was a third of its cost.
+        archive_put = txn.cursor(db=db).put
         # Per account folded: [rows it has in its archive now, newest value], count read.
         folded: dict[bytes, list[Any]] = {}
         for prefix in folds:
             stats = folded[prefix] = _archive_count(txn, counts_db, prefix, self.store)
             tail = tails.get(prefix)
             if tail:
-                for index in range(0, len(tail), 2):
-                    _put_archived(archive, prefix, tail[index], tail[index + 1], stats)
+                fold_tail(archive_put, prefix, tail, stats, log.error)
         journaled: list[Any] = []
-        heads: dict[bytes, bytes] = {}
-        highest = 0
-        for prefix, number, when, with_, direction, xml in self.rows:
-            value = pack([when, with_, direction, xml])
-            if number > highest:
-                highest = number
-            fold = folded.get(prefix)
-            if fold is not None:
-                _put_archived(archive, prefix, number, value, fold)
-                continue
-            head = heads.get(prefix)
-            if head is None:
-                head = heads[prefix] = _journal_head(prefix)
-            key = key_of(number)
-            # Ids only grow: each row goes after the journal's last (MDB_APPEND fills
-            # pages); a row that does not (a clock stepped back) is put in its place.
-            # (Positional: dupdata, overwrite, append.)
-            if not journal_put(key, head + value, True, True, True) and not journal_put(
-                key, head + value, True, False
-            ):
-                log.error("archive journal id %016x exists: not overwritten", number)
-                continue
-            journaled += (prefix, number, value)
+        highest = put_rows(
+            self.rows, folded, txn.cursor(db=journal_db).put, archive_put, journaled, log.error
+        )
         for prefix, (count, newest) in folded.items():
             most, age = self.limits.get(prefix, (self.max_messages, self.max_age))
             if newest is not None and (count > most or age > 0):
@@ -531,14 +509,10 @@ class ArchiveCommit:
             current = txn.get(HIGH_WATER, db=meta)
             if current is None or _ID.unpack(bytes(current))[0] < highest:
                 txn.put(HIGH_WATER, key_of(highest), db=meta)
-        cursor = txn.cursor(db=journal_db)
-        if cursor.first():  # the folded rows at the journal's start go
-            end = None if self.keep_from is None else key_of(self.keep_from)
-            while True:
-                key = cursor.key()
-                if not key or (end is not None and key >= end):
-                    break
-                cursor.delete()  # moves to the next row (b"" past the last one)
+        # The folded rows at the journal's start go.
+        trim_journal(
+            txn.cursor(db=journal_db), None if self.keep_from is None else key_of(self.keep_from)
+        )
         self.journaled = journaled
 
     def _drop_oldest(
@@ -592,17 +566,6 @@ def _archive_count(txn: Any, counts_db: Any, prefix: bytes, store: ArchiveStore)
         return [_ID.unpack(raw)[0], None]
     # not a count: quarantined, counted from 0 again
     return [store.storage.decode(COUNTS, prefix, raw, _decode_count) or 0, None]
-
-
-def _put_archived(archive: Any, prefix: bytes, number: int, value: bytes, stats: list[Any]) -> None:
-    """One folded row into its archive (`archive`: a cursor on it); `stats` ([count, newest
-    value]) follows."""
-    if not archive.put(prefix + _ID.pack(number), value, True, False):  # overwrite=False
-        # Cannot happen while ids only grow; if it does, the older record wins.
-        log.error("archive id %016x under %r exists: not overwritten", number, prefix)
-        return
-    stats[0] += 1
-    stats[1] = value
 
 
 def _newest_id(cursor: Any, prefix: bytes) -> int:
