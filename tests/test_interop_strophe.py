@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import REPO, require, require_command
 from xmpp_raw import CLIENT, RawClient
@@ -297,6 +298,26 @@ def test_wrong_password_fails_cleanly(
     ], s
     srv.wait_for_log("SASL failure not-authorized (2)")
     srv.wait_for_log("closed (unauthenticated)")
+    assert f"authenticated {user}@localhost" not in srv.log_text()
+
+
+def test_certificate_from_another_ca_is_refused(
+    harness: str, srv: ServerProcess, names: Iterator[str], tmp_path: Path
+) -> None:
+    # the harness trusts only the CA file it is given (no certificate-failure handler): a
+    # server certificate from another CA ends the connection at the TLS handshake, before SASL
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    user = next(names)
+    s = Strophe(harness, srv, str(other_ca), user, PASSWORD)
+    try:
+        assert s.proc.wait(STEP) == 1, s
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    s.reader.join(2)
+    assert not any(line.startswith(("auth", "connected")) for line in s.lines), s
+    srv.wait_for_log("TLSV1_ALERT_UNKNOWN_CA")
     assert f"authenticated {user}@localhost" not in srv.log_text()
 
 
