@@ -277,6 +277,50 @@ def test_resumption_after_the_socket_is_cut(
     assert s.finish() == 0, s
 
 
+def test_resumption_while_the_old_connection_looks_alive(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    strophes: list[Strophe],
+) -> None:
+    """A network switch: the old TCP connection is neither closed nor read, so the server
+    still writes to it when libstrophe resumes from a new one."""
+    user, peer = next(names), next(names)
+    other = raw_login(srv, ca_file, peer, clients)
+    s, jid = login(harness, srv, ca_file, user, strophes)
+    s.wait("sm enabled true")
+    other.send(f"<message to='{jid}' type='chat'><body>m1</body></message>")
+    s.wait(rf"message {peer}@localhost/raw chat m1")
+    s.do("vanish")
+    s.wait(r"disconnected \d+ none")
+    # written to the old connection, which nobody reads: unacknowledged (XEP-0198 §4)
+    other.send(f"<message to='{jid}' type='chat'><body>m2</body></message>")
+    other.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
+    wait_for(other, "the ping's result", lambda el: el.get("id") == "sync")
+    assert f"{jid} lost its connection" not in srv.log_text()
+
+    start = len(s.lines)
+    s.do("resume")
+    # §5: the new stream takes the session over and the old one is closed (RFC 6120
+    # §4.9.3.3 conflict); libstrophe's <resume h='1'/> counts m1, so m2 alone is sent again
+    # (the server's h is 0: libstrophe sent nothing before)
+    assert s.wait(r"sm resumed (\d+)", start).group(1) == "0", s
+    assert s.wait(r"connected (\S+)", start).group(1) == jid
+    s.wait(rf"message {peer}@localhost/raw chat m2", start)
+    srv.wait_for_log("stream error conflict (the session was resumed on another connection)")
+    s.do(f"msg {peer}@localhost/raw after")
+    seen: list[str] = []
+    wait_for(other, "libstrophe's message", lambda el: el.tag == MESSAGE, seen)
+    assert seen == ["after"]
+    s.do(f"ping {jid} last")
+    s.wait(r"iq last .*")
+    got = [line.rsplit(" ", 1)[1] for line in s.lines if line.startswith("message ")]
+    assert got == ["m1", "m2"], s
+    assert s.finish() == 0, s
+
+
 def test_wrong_password_fails_cleanly(
     harness: str, srv: ServerProcess, ca_file: str, names: Iterator[str]
 ) -> None:

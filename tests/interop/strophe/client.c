@@ -13,6 +13,8 @@
  *   roster             a roster get
  *   ping TO ID         an XEP-0199 ping
  *   cut                shut the socket down, unannounced
+ *   vanish             leave the connection open but stop using it (no FIN reaches the
+ *                      server), and disconnect
  *   resume             connect again on the same connection object: libstrophe resumes the
  *                      session (XEP-0198 §5) if the server offered resumption
  *   quit               close the stream and exit
@@ -41,6 +43,7 @@ static xmpp_ctx_t *ctx;
 static xmpp_conn_t *conn;
 static const char *port_arg;
 static int sock_fd = -1;
+static int held_fd = -1; /* a vanished connection, kept open until exit */
 static int cut_pending; /* a `cut` was asked: the next disconnect is expected */
 static int quitting;
 static int finished;
@@ -268,17 +271,31 @@ static void command(char *line)
         xmpp_stanza_release(ping);
         xmpp_send(conn, iq);
         xmpp_stanza_release(iq);
-    } else if (strcmp(verb, "cut") == 0) {
+    } else if (strcmp(verb, "cut") == 0 || strcmp(verb, "vanish") == 0) {
         /* What was sent so far goes out first (a stanza still in libstrophe's send queue
          * would be written before the next stream header); the server's acks for it may
          * not be read yet, so they stay in libstrophe's XEP-0198 queue. */
         while (xmpp_conn_send_queue_len(conn) > 0)
             xmpp_run_once(ctx, 0);
         xmpp_run_once(ctx, 0);
-        if (sock_fd >= 0) {
-            cut_pending = 1;
-            /* both directions, no </stream:stream>: as a network drop looks to the server */
+        if (sock_fd < 0)
+            return;
+        cut_pending = 1;
+        if (strcmp(verb, "cut") == 0) {
+            /* both directions, no </stream:stream>: the server sees the connection end */
             shutdown(sock_fd, SHUT_RDWR);
+        } else {
+            /* The TCP connection stays open, unread, as after a network switch: the server
+             * does not know it is gone. libstrophe's descriptor now names one end of a
+             * socket pair whose other end is closed, so it reads EOF and disconnects. */
+            int pair[2];
+            if (held_fd < 0)
+                held_fd = dup(sock_fd);
+            if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) == 0) {
+                dup2(pair[0], sock_fd);
+                close(pair[0]);
+                close(pair[1]);
+            }
         }
     } else if (strcmp(verb, "resume") == 0) {
         connect_now();
