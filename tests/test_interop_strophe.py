@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
 from interop_clients import REPO, require, require_command
 from xmpp_raw import CLIENT, RawClient
 
@@ -319,6 +319,49 @@ def test_resumption_while_the_old_connection_looks_alive(
     got = [line.rsplit(" ", 1)[1] for line in s.lines if line.startswith("message ")]
     assert got == ["m1", "m2"], s
     assert s.finish() == 0, s
+
+
+def test_expired_session_falls_back_to_a_new_one(
+    harness: str, make_server: Any, ca_file: str, strophes: list[Strophe]
+) -> None:
+    # The server asks for an ack after each stanza here: libstrophe acknowledges only when
+    # asked, and a message it handled but never acknowledged would come back from offline
+    # storage once the session ends (XEP-0198 §4: "resending them might result in
+    # duplicates"; by default the server asks every 5 stanzas)
+    srv = make_server("[stream_management]\nresume_timeout = 0.5\nack_request_every = 1\n")
+    add_accounts(srv, ["ex0", "ex1"])
+    srv.start()
+    other = srv.client()
+    try:
+        other.login(ca_file, "ex1", PASSWORD, "raw")
+        s, jid = login(harness, srv, ca_file, "ex0", strophes)
+        s.wait("sm enabled true")
+        other.send(f"<message to='{jid}' type='chat'><body>m1</body></message>")
+        s.wait(r"message ex1@localhost/raw chat m1")
+        s.wait("sm acked 1")
+        s.do("cut")
+        s.wait(r"disconnected \d+ none")
+        # while detached, then kept no longer: XEP-0198 §4, an unacknowledged message to the
+        # ended session is handled as to an unavailable resource (RFC 6121 §8.5.3.2.1: a chat
+        # message to the bare JID's offline storage)
+        other.send(f"<message to='{jid}' type='chat'><body>m2</body></message>")
+        srv.wait_for_log(f"{jid} was not resumed in time")
+
+        start = len(s.lines)
+        s.do("resume")
+        # §5 <failed><item-not-found/></failed>: libstrophe binds a new resource, enables
+        # again, and its initial presence brings the stored message (XEP-0160 §3)
+        s.wait("sm failed", start)
+        new_jid = s.wait(r"connected (\S+)", start).group(1)
+        assert new_jid != jid and new_jid.startswith("ex0@localhost/"), s
+        s.wait("sm enabled true", start)
+        s.do("presence")
+        s.wait(r"message ex1@localhost/raw chat m2", start)
+        got = [line.rsplit(" ", 1)[1] for line in s.lines if line.startswith("message ")]
+        assert got == ["m1", "m2"], s
+        assert s.finish() == 0, s
+    finally:
+        other.close()
 
 
 def test_wrong_password_fails_cleanly(

@@ -22,7 +22,7 @@
  * and prints one line per event on stdout (flushed):
  *
  *   auth MECH | secured | connected BOUND_JID | sm enabled RESUME | sm resumed H | sm failed
- *   sm ack H | message FROM TYPE BODY | presence FROM TYPE | roster JID SUBSCRIPTION
+ *   sm ack H (the server's) | sm acked H (libstrophe's) | message FROM TYPE BODY | presence FROM TYPE | roster JID SUBSCRIPTION
  *   roster-end | iq ID result | iq ID error TYPE CONDITION | disconnected ERROR STREAM_ERROR
  *   closed
  *
@@ -102,6 +102,8 @@ static void log_handler(void *userdata, xmpp_log_level_t level, const char *area
         emit("sm failed");
     else if (strncmp(msg, "RECV: <a ", 9) == 0)
         emit("sm ack %s", attr(msg, "h", value, sizeof(value)));
+    else if (strncmp(msg, "SENT: <a ", 9) == 0)
+        emit("sm acked %s", attr(msg, "h", value, sizeof(value)));
 }
 
 static int on_socket(xmpp_conn_t *c, void *sock)
