@@ -32,9 +32,15 @@ PRESENCE = f"{{{CLIENT}}}presence"
 STEP = 10.0
 
 
+# XEP-0368 direct TLS beside the STARTTLS listener (libstrophe's XMPP_CONN_FLAG_LEGACY_SSL)
+DIRECT_LISTENER = '[[listeners]]\nkind = "c2s"\naddress = "127.0.0.1"\nport = 0\ntls = "direct"\n'
+
+
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from module_server(ca, tmp_path_factory, POOL)
+    for server in module_server(ca, tmp_path_factory, POOL, DIRECT_LISTENER):
+        server.wait_for_log("c2s (direct TLS) listening on")
+        yield server
 
 
 @pytest.fixture
@@ -64,9 +70,18 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> str:
 class Strophe:
     """One harness process: commands on its stdin, its event lines collected."""
 
-    def __init__(self, binary: str, srv: ServerProcess, ca_file: str, user: str, password: str):
+    def __init__(
+        self,
+        binary: str,
+        srv: ServerProcess,
+        ca_file: str,
+        user: str,
+        password: str,
+        direct_tls: bool = False,
+    ):
+        port, flags = (srv.direct_tls_port, ["--direct-tls"]) if direct_tls else (srv.port, [])
         self.proc = subprocess.Popen(
-            [binary, f"{user}@localhost", password, ca_file, str(srv.port)],
+            [binary, f"{user}@localhost", password, ca_file, str(port), *flags],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -225,6 +240,28 @@ def test_login_roster_presence_and_messages(
     s.wait(rf"message {peer}@localhost/raw chat hello libstrophe")
     assert s.finish() == 0, s
     assert s.lines[-1] == "closed", s
+
+
+def test_direct_tls_login_and_message(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    strophes: list[Strophe],
+) -> None:
+    user, peer = next(names), next(names)
+    other = raw_login(srv, ca_file, peer, clients)
+    # XEP-0368: TLS from the first byte (SNI 'localhost'), then the same SASL and bind
+    s = Strophe(harness, srv, ca_file, user, PASSWORD, direct_tls=True)
+    strophes.append(s)
+    jid = s.wait(r"connected (\S+)").group(1)
+    assert s.lines[:2] == ["auth SCRAM-SHA-256", "secured"], s
+    s.wait("sm enabled true")
+    s.do(f"msg {peer}@localhost/raw over direct TLS")
+    msg = wait_for(other, "libstrophe's message", lambda el: el.tag == MESSAGE)
+    assert body(msg) == "over direct TLS" and msg.get("from") == jid
+    assert s.finish() == 0, s
 
 
 def test_resumption_after_the_socket_is_cut(

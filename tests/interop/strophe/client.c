@@ -1,9 +1,10 @@
 /* A libstrophe client (the C library under Profanity) driven by tests/test_interop_strophe.py.
  *
- *   client JID PASSWORD CA_FILE PORT [--no-sm]
+ *   client JID PASSWORD CA_FILE PORT [--no-sm] [--direct-tls]
  *
- * Connects to 127.0.0.1:PORT with STARTTLS required and the server's certificate verified
- * against CA_FILE only (no certificate-failure handler, so a bad certificate fails the login),
+ * Connects to 127.0.0.1:PORT with STARTTLS required (TLS at connect with --direct-tls), the
+ * server's certificate verified against CA_FILE only (no certificate-failure handler, so a bad
+ * certificate fails the login),
  * SASL with the mechanism libstrophe picks, bind, XEP-0198 unless --no-sm. Then reads one
  * command a line on stdin:
  *
@@ -318,11 +319,16 @@ int main(int argc, char **argv)
     long flags = XMPP_CONN_FLAG_MANDATORY_TLS;
 
     if (argc < 5) {
-        fprintf(stderr, "usage: %s JID PASSWORD CA_FILE PORT [--no-sm]\n", argv[0]);
+        fprintf(stderr, "usage: %s JID PASSWORD CA_FILE PORT [--no-sm] [--direct-tls]\n",
+                argv[0]);
         return 2;
     }
-    if (argc > 5 && strcmp(argv[5], "--no-sm") == 0)
-        flags |= XMPP_CONN_FLAG_DISABLE_SM;
+    for (int i = 5; i < argc; i++) {
+        if (strcmp(argv[i], "--no-sm") == 0)
+            flags |= XMPP_CONN_FLAG_DISABLE_SM;
+        else if (strcmp(argv[i], "--direct-tls") == 0)
+            flags |= XMPP_CONN_FLAG_LEGACY_SSL; /* TLS at connect (XEP-0368) */
+    }
     port_arg = argv[4];
     /* a write to the cut socket must fail with EPIPE, not kill the process */
     signal(SIGPIPE, SIG_IGN);
