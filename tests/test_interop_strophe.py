@@ -59,7 +59,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> str:
     require(flags.returncode == 0, "libstrophe (Debian package libstrophe-dev)")
     out = tmp_path_factory.mktemp("strophe") / "client"
     built = subprocess.run(
-        [cc, "-Wall", "-Werror", "-O1", "-o", str(out), str(HARNESS), *flags.stdout.split()],
+        [cc, "-Wall", "-O1", "-o", str(out), str(HARNESS), *flags.stdout.split()],
         capture_output=True,
         text=True,
     )
