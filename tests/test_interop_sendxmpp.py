@@ -127,6 +127,23 @@ def test_alert_reaches_the_account(
     assert msg.get("from") == f"{sender}@localhost/sendxmpp" and msg.get("type") == "chat"
 
 
+def test_alert_to_an_offline_account_is_stored(
+    srv: ServerProcess, ca_file: str, names: Iterator[str], clients: list[RawClient]
+) -> None:
+    # the usual alert: the admin is not online. RFC 6121 §8.5.2.2.1 a chat message to an
+    # account without available resources is stored, XEP-0160 §3 delivered at the next
+    # initial presence with a XEP-0203 delay stamp (sendxmpp's empty <subject/> kept)
+    sender, receiver = next(names), next(names)
+    done = sendxmpp(srv, ca_file, sender, "raid degraded", "--tls", f"{receiver}@localhost")
+    assert done.returncode == 0, done.stderr
+    inbox = raw_login(srv, ca_file, receiver, clients)
+    inbox.send("<presence/>")
+    msg = wait_for(inbox, "the stored alert", lambda el: el.tag == MESSAGE)
+    assert body(msg) == "raid degraded" and msg.get("from") == f"{sender}@localhost/sendxmpp"
+    delay = msg.find("{urn:xmpp:delay}delay")
+    assert delay is not None and delay.get("from") == "localhost"
+
+
 def test_refuses_a_certificate_it_cannot_verify(
     srv: ServerProcess, names: Iterator[str], tmp_path: Path
 ) -> None:
