@@ -206,7 +206,12 @@ def test_login_roster_presence_and_messages(
     srv.wait_for_log(f"authenticated {user}@localhost with SCRAM-SHA-256")
     s.wait("sm enabled true")  # XEP-0198 §3 with resumption offered
 
-    # the stored subscription request arrives with initial presence (RFC 6121 §3.1.3)
+    # as Profanity starts: the roster (RFC 6121 §2.1.3; empty: a pending inbound request is
+    # no item, §3.1.3), which makes this resource an interested one for pushes (§2.1.6) ...
+    s.do("roster")
+    s.wait("roster-end")
+    assert not any(line.startswith("roster ") for line in s.lines), s
+    # ... then initial presence, which brings the stored subscription request (§3.1.3)
     s.do("presence")
     s.wait(rf"presence {peer}@localhost subscribe")
     # answer it the way a client does: subscribed, then subscribe back
@@ -225,6 +230,14 @@ def test_login_roster_presence_and_messages(
     )
     other.send(f"<presence to='{user}@localhost' type='subscribed'/>")
     s.wait(rf"presence {peer}@localhost/raw available")  # §3.1.6: the peer's presence
+    # RFC 6121 §3.1.5, §3.1.2, §3.1.6: the roster pushes of each step, in order, each
+    # answered by the harness with a result
+    pushes = [line for line in s.lines if line.startswith("roster-push ")]
+    assert pushes == [
+        f"roster-push {peer}@localhost from",
+        f"roster-push {peer}@localhost from ask",
+        f"roster-push {peer}@localhost both",
+    ], s
 
     # RFC 6121 §2.1.3 roster get: the peer, subscription both
     start = len(s.lines)

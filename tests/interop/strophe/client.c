@@ -4,9 +4,8 @@
  *
  * Connects to 127.0.0.1:PORT with STARTTLS required (TLS at connect with --direct-tls), the
  * server's certificate verified against CA_FILE only (no certificate-failure handler, so a bad
- * certificate fails the login),
- * SASL with the mechanism libstrophe picks, bind, XEP-0198 unless --no-sm. Then reads one
- * command a line on stdin:
+ * certificate fails the login), SASL with the mechanism libstrophe picks, bind, XEP-0198
+ * unless --no-sm. Then reads one command a line on stdin:
  *
  *   msg TO BODY        a chat message
  *   presence           initial presence
@@ -22,10 +21,13 @@
  *
  * and prints one line per event on stdout (flushed):
  *
- *   auth MECH | secured | connected BOUND_JID | sm enabled RESUME | sm resumed H | sm failed
- *   sm ack H (the server's) | sm acked H (libstrophe's) | message FROM TYPE BODY | presence FROM TYPE | roster JID SUBSCRIPTION
- *   roster-end | iq ID result | iq ID error TYPE CONDITION | disconnected ERROR STREAM_ERROR
- *   closed
+ *   auth MECH | secured | connected BOUND_JID | closed
+ *   disconnected ERROR STREAM_ERROR
+ *   sm enabled RESUME | sm resumed H | sm failed | sm ack H | sm acked H
+ *                      (sm ack: the server's <a/>; sm acked: libstrophe's)
+ *   message FROM TYPE BODY | presence FROM TYPE
+ *   roster JID SUBSCRIPTION ... roster-end | roster-push JID SUBSCRIPTION [ask]
+ *   iq ID result | iq ID error TYPE CONDITION
  *
  * Exit status 0 after quit, 1 when the connection failed or dropped without a cut.
  */
@@ -144,12 +146,30 @@ static int on_iq(xmpp_conn_t *c, xmpp_stanza_t *stanza, void *userdata)
     (void)userdata;
     if (!type || !id)
         return 1;
-    if (strcmp(type, "get") == 0 || strcmp(type, "set") == 0) {
-        /* RFC 6120 §8.4: no handler for any request here */
-        xmpp_stanza_t *reply =
-            xmpp_stanza_reply_error(stanza, "cancel", "service-unavailable", NULL);
+    query = xmpp_stanza_get_child_by_name_and_ns(stanza, "query", XMPP_NS_ROSTER);
+    if (strcmp(type, "set") == 0 && query) {
+        /* RFC 6121 §2.1.6: a roster push is answered with a result, as Profanity does (a
+         * push has no 'from': xmpp_stanza_reply needs one) */
+        xmpp_stanza_t *reply = xmpp_iq_new(ctx, "result", id);
+        for (item = xmpp_stanza_get_children(query); item; item = xmpp_stanza_get_next(item)) {
+            const char *sub = xmpp_stanza_get_attribute(item, "subscription");
+            const char *ask = xmpp_stanza_get_attribute(item, "ask");
+            if (xmpp_stanza_is_tag(item))
+                emit("roster-push %s %s%s", xmpp_stanza_get_attribute(item, "jid"),
+                     sub ? sub : "none", ask ? " ask" : "");
+        }
         xmpp_send(c, reply);
         xmpp_stanza_release(reply);
+        return 1;
+    }
+    if (strcmp(type, "get") == 0 || strcmp(type, "set") == 0) {
+        /* RFC 6120 §8.4: no handler for any other request here */
+        xmpp_stanza_t *reply =
+            xmpp_stanza_reply_error(stanza, "cancel", "service-unavailable", NULL);
+        if (reply) {
+            xmpp_send(c, reply);
+            xmpp_stanza_release(reply);
+        }
         return 1;
     }
     if (strcmp(type, "error") == 0) {
@@ -169,7 +189,6 @@ static int on_iq(xmpp_conn_t *c, xmpp_stanza_t *stanza, void *userdata)
         emit("iq %s error %s %s", id, etype, cname);
         return 1;
     }
-    query = xmpp_stanza_get_child_by_name_and_ns(stanza, "query", XMPP_NS_ROSTER);
     if (query) {
         for (item = xmpp_stanza_get_children(query); item; item = xmpp_stanza_get_next(item)) {
             const char *sub = xmpp_stanza_get_attribute(item, "subscription");
