@@ -63,8 +63,10 @@ fuzz-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang; \
 	fi
 
-# The independent clients of tests/test_interop_*.py, each pinned: go-sendxmpp and nbxmpp
-# (Debian; nbxmpp, Gajim's library, runs under Debian's /usr/bin/python3 with python3-gi),
+# The independent clients of tests/test_interop_*.py, each pinned: go-sendxmpp, sendxmpp
+# (Perl, Net::XMPP), libstrophe (libstrophe-dev: tests/interop/strophe/client.c is compiled
+# at test time with cc and pkg-config) and nbxmpp (Debian; nbxmpp, Gajim's library, runs
+# under Debian's /usr/bin/python3 with python3-gi),
 # xmpp.js (npm ci from tests/interop/js/package-lock.json, under node) and aioxmpp in a venv
 # of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt);
 # for tests/test_browser.py headless Chromium and its driver (Debian) and Converse.js (npm
@@ -72,11 +74,14 @@ fuzz-deps:
 .PHONY: interop-deps
 interop-deps: | deps
 	@if ! command -v go-sendxmpp >/dev/null || ! command -v npm >/dev/null \
+	    || ! command -v sendxmpp >/dev/null || ! command -v cc >/dev/null \
+	    || ! pkg-config --exists libstrophe 2>/dev/null \
 	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
 	    || ! /usr/bin/python3 -c 'import gi, nbxmpp' 2>/dev/null; then \
-	  echo "installing go-sendxmpp, nodejs, npm, chromium, chromium-driver, python3-nbxmpp," \
-	    "python3-gi (the interop tests' clients)"; \
+	  echo "installing go-sendxmpp, sendxmpp, libstrophe-dev, pkg-config, gcc, nodejs, npm," \
+	    "chromium, chromium-driver, python3-nbxmpp, python3-gi (the interop tests' clients)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq go-sendxmpp \
+	    sendxmpp libstrophe-dev pkg-config gcc libc6-dev \
 	    chromium chromium-driver python3-nbxmpp python3-gi \
 	    $$(command -v npm >/dev/null || echo nodejs npm); \
 	fi
