@@ -10,7 +10,7 @@ Policy, in the terms of the XEP:
 - Too many registrations from one IP address within an hour (`max_per_ip_per_hour`):
   policy-violation, type wait. §3.1.1 allows not-acceptable for this, but that is also the
   answer to a bad form, and a client could not tell "fix your input" from "come back later".
-- One new account per stream by default (`max_per_connection`; §6 lets a server refuse
+- One new account per stream by default (`max_per_connection`; §3.1.1 lets a server refuse
   "too many" registrations before authentication): another gets not-acceptable. Test
   harnesses that register all their accounts over one connection (Smack's, and so the XMPP
   Interop Testing suite's, in-band provisioning) need it raised.
