@@ -51,3 +51,68 @@ def test_domain_is_not_taken_for_a_generic_pubsub_service(alice: RawClient) -> N
     # The account, where XEP-0163 §6.1 asks, has them all.
     account = features(disco_info(alice, "alice@localhost"))
     assert {PUBSUB, f"{PUBSUB}#publish", f"{PUBSUB}#subscribe"} <= account
+
+
+def online(
+    server: ServerProcess, ca_file: str, opened: list[RawClient], user: str, prio: int
+) -> RawClient:
+    c = server.client()
+    opened.append(c)
+    c.login(ca_file, user, PASSWORD, f"p{prio}")
+    c.send(f"<presence><priority>{prio}</priority></presence>")
+    settle(c)
+    return c
+
+
+def settle(c: RawClient) -> list[etree._Element]:
+    """What c received until the answer to a ping: all the server did for what c sent."""
+    c.send("<iq type='get' id='settle'><ping xmlns='urn:xmpp:ping'/></iq>")
+    got = []
+    while (el := c.next()).get("id") != "settle":
+        got.append(el)
+    return got
+
+
+def test_rfc6121_section8_delivery_as_the_suite_checks_it(
+    server: ServerProcess, ca_file: str, clients: list[RawClient]
+) -> None:
+    sender = online(server, ca_file, clients, "carol", 0)
+    high, zero, low = (online(server, ca_file, clients, "dave", p) for p in (1, 0, -1))
+    marker = "<marker xmlns='urn:xmpp-interop:marker:0'>m</marker>"
+
+    def sent(stanza: str) -> tuple[list[etree._Element], list[list[etree._Element]]]:
+        sender.send(stanza)
+        back = settle(sender)
+        return back, [[el for el in settle(c) if el.get("id") == "t"] for c in (high, zero, low)]
+
+    # §8.5.2.1.1: a headline to the bare JID reaches every non-negative resource, 'to' kept.
+    back, got = sent("<message type='headline' to='dave@localhost' id='t'><body>h</body></message>")
+    assert [len(g) for g in got] == [1, 1, 0] and not back
+    assert {g[0].get("to") for g in got[:2]} == {"dave@localhost"}
+    # A normal message to the bare JID keeps its 'to' too, and never reaches priority -1.
+    back, got = sent("<message to='dave@localhost' id='t'><body>n</body></message>")
+    assert got[2] == [] and any(got[:2])
+    assert all(g[0].get("to") == "dave@localhost" for g in got if g)
+    # groupchat to a bare JID: not delivered, an error to the sender.
+    back, got = sent(
+        "<message type='groupchat' to='dave@localhost' id='t'><body>g</body></message>"
+    )
+    assert got == [[], [], []] and [el.get("type") for el in back] == ["error"]
+    # §8.5.2.1.2: directed presence to the bare JID reaches every available resource, the
+    # negative one too, with its extension and the bare 'to'.
+    back, got = sent(f"<presence to='dave@localhost' id='t'>{marker}</presence>")
+    assert all(len(g) == 1 and g[0].get("to") == "dave@localhost" for g in got)
+    assert all(g[0].find("{urn:xmpp-interop:marker:0}marker") is not None for g in got)
+    # §8.5.3.1: an iq result or error to a full JID is delivered like any other stanza.
+    for kind in ("result", "error"):
+        sender.send(
+            f"<iq type='{kind}' to='dave@localhost/p-1' id='t'>"
+            "<test xmlns='urn:xmpp-interop:test:0'/></iq>"
+        )
+        settle(sender)
+        assert [el.get("type") for el in settle(low) if el.get("id") == "t"] == [kind]
+    # §8.5.3.2.2: presence to a resource that is not online is dropped, no error.
+    back, got = sent(
+        f"<presence type='unavailable' to='dave@localhost/gone' id='t'>{marker}</presence>"
+    )
+    assert not back and got == [[], [], []]
