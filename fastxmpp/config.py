@@ -222,6 +222,7 @@ class RegisterConfig:
     allow_password_change: bool = True  # also when registration is off
     allow_remove: bool = True  # XEP-0077 §3.2 account cancellation
     max_per_ip_per_hour: int = 5  # registrations from one IP address per hour
+    max_per_connection: int = 1  # registrations on one unauthenticated connection
 
 
 @dataclass(frozen=True)
@@ -768,6 +769,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "allow_password_change": _boolean,
             "allow_remove": _boolean,
             "max_per_ip_per_hour": _integer_at_least(1),
+            "max_per_connection": _integer_at_least(1),
         },
     ),
     "legacy": (

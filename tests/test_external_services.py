@@ -129,3 +129,17 @@ def test_an_account_has_no_services(
         reply.find(f"{{{CLIENT}}}error/{{urn:ietf:params:xml:ns:xmpp-stanzas}}service-unavailable")
         is not None
     )
+
+
+def test_same_credentials_when_asked_again_a_second_later(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
+    # The XMPP Interop Testing suite (XEP-0215 §3.3) asks for all services, then for each
+    # type, and wants the same services (username, password, expires) in both answers.
+    srv = started(make_server, TURN)
+    c = login(srv, ca_file, clients)
+    listed = services(ask(c, f"<services xmlns='{NS}'/>"))
+    time.sleep(1.05 - time.time() % 1)  # into the next second: a new expiry if made anew
+    for kind in ("turn", "turns"):
+        typed = services(ask(c, f"<services xmlns='{NS}' type='{kind}'/>"))
+        assert typed == [s for s in listed if s["type"] == kind]

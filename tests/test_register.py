@@ -184,6 +184,30 @@ def test_rate_limit_per_ip(make_server: Any, ca_file: str) -> None:
     assert not can_login(srv, ca_file, "third", "pass three")
 
 
+def test_several_registrations_on_one_connection_when_configured(
+    make_server: Any, ca_file: str
+) -> None:
+    # Smack's integration test framework (the XMPP Interop Testing suite) registers all its
+    # accounts over one unauthenticated connection, with name and email fields as well.
+    srv = make_server(ENABLED + "max_per_ip_per_hour = 100\nmax_per_connection = 3\n")
+    srv.start()
+    c, _ = tls_client(srv, ca_file)
+    for n in range(4):
+        c.send(
+            f"<iq type='set' id='s{n}' to='localhost'><query xmlns='{REGISTER}'>"
+            "<name>Smack Integration Test</name><email>test@example.org</email>"
+            f"<username>sinttest-{n}</username><password>pass {n}</password></query></iq>"
+        )
+        reply = c.next()
+        if n < 3:
+            assert reply.get("type") == "result", etree.tostring(reply)
+        else:
+            assert stanza_error(reply) == "not-acceptable"
+    c.close()
+    assert all(can_login(srv, ca_file, f"sinttest-{n}", f"pass {n}") for n in range(3))
+    assert not can_login(srv, ca_file, "sinttest-3", "pass 3")
+
+
 def change_password(c: RawClient, username: str, password: str, iq_id: str = "c1") -> Any:
     c.send(
         f"<iq type='set' id='{iq_id}'><query xmlns='{REGISTER}'><username>{username}</username>"

@@ -11,7 +11,8 @@ TURN is offered with credentials made as the TURN REST API draft
 username)), valid `lifetime` seconds; without a secret, STUN only.
 
 - `<services/>` (§3.2), optionally of one `type` (§3.3): the configured services, TURN's with
-  its credentials (and `restricted`, §2: they must be asked for again once expired);
+  its credentials (and `restricted`, §2: they must be asked for again once expired; those
+  issued to the same account in the last minute are given again);
 - `<credentials/>` (§3.4): fresh credentials for the restricted service named by host and
   type (and port): item-not-found for any other;
 - for the server's local users only (asked of the server's domain, or with no 'to'): an
@@ -45,6 +46,10 @@ NS = "urn:xmpp:extdisco:2"
 class ExternalServicesModule(Module):
     name = "external_services"
     features = (NS,)
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self._issued: dict[str, int] = {}  # bare JID -> expiry of its latest credentials
 
     def start(self) -> None:
         self.router.set_iq_handler(NS, self.answer)
@@ -90,7 +95,7 @@ class ExternalServicesModule(Module):
         found = [{"type": "stun", "host": turn.host, "port": port, "transport": "udp"}]
         if not turn.secret:
             return found
-        expires = int(time.time() + turn.lifetime)
+        expires = self._expiry(user, turn.lifetime)
         username = f"{expires}:{user}"
         digest = hmac.new(turn.secret.encode(), username.encode(), hashlib.sha1).digest()
         credentials = {
@@ -107,6 +112,19 @@ class ExternalServicesModule(Module):
                 {"type": kind, "host": turn.host, "port": at, "transport": transport} | credentials
             )
         return found
+
+    def _expiry(self, user: str, lifetime: float) -> int:
+        """When `user`'s TURN credentials expire: those issued in the last minute (a tenth
+        of the lifetime if shorter) are handed out again, so that a client (or the XMPP
+        Interop Testing suite, XEP-0215 §3.3) asking for all services and then for one type
+        sees the same service both times, not one with a new username a second later."""
+        now = time.time()
+        expires = self._issued.get(user)
+        if expires is None or now + lifetime - expires > min(60.0, lifetime / 10):
+            if len(self._issued) >= 10000:  # bounded: an old entry is only a reuse missed
+                self._issued.clear()
+            expires = self._issued[user] = int(now + lifetime)
+        return expires
 
 
 def _services_xml(element: str, services: list[dict[str, Any]], attrs: str) -> str:

@@ -347,8 +347,11 @@ class PepModule(Module):
     account_features = (NS, *(f"{NS}#{feature}" for feature in FEATURES))
     account_identities = (("pubsub", "pep"),)
     # XEP-0163 §6.1 asks the account for these; the server's domain shows them as well, as
-    # Prosody and ejabberd do: clients look there too (Smack's OMEMO support check).
-    features = account_features
+    # Prosody and ejabberd do: clients look there too (Smack's OMEMO support check). All but
+    # #subscribe: the domain is no pubsub service one subscribes at (subscriptions are made at
+    # an account), and #publish with #subscribe is what Smack's PubSubManager (and the XMPP
+    # Interop Testing suite through it) takes for a generic service to create nodes on.
+    features = tuple(f for f in account_features if f != f"{NS}#subscribe")
     identities = account_identities
 
     def __init__(self, server: Any) -> None:
