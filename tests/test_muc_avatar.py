@@ -11,8 +11,11 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
+import trustme
 from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
+from federation import Federation, sign_in, wait_for
 from lxml import etree
 from test_muc import (
     ADMIN,
@@ -30,8 +33,11 @@ from test_muc import (
     join,
     new_room,
 )
+from test_muc_federation import Member
 from test_roster import received, sync
 from xmpp_raw import CLIENT, RawClient, stanza_error
+
+from fastxmpp.storage.lmdb_store import Storage
 
 VCARD = "vcard-temp"
 UPDATE = "vcard-temp:x:update"
@@ -306,7 +312,8 @@ def test_bad_vcards_refused(login: Any, users: Iterator[str], srv: ServerProcess
 def test_vcard_lives_with_the_room(make_server: Any, ca_file: str) -> None:
     """A persistent room keeps its vCard over a restart (storage/muc.py); a temporary room's
     vCard (the suite's instant rooms) goes with the room, a destroyed room's with it: a new
-    room of the same name has none."""
+    room of the same name has none. A stored vCard that is not XML is a corrupt record: its
+    room is quarantined, the others load."""
     server: ServerProcess = make_server()
     add_accounts(server, ["ann", "ben"])
     server.start()
@@ -337,18 +344,32 @@ def test_vcard_lives_with_the_room(make_server: Any, ca_file: str) -> None:
         + "</x></query>",
     )
     assert reply.get("type") == "result"
+    spoiled = create(
+        ann, room=f"spoiled@{SERVICE}", form=field("muc#roomconfig_persistentroom", "1")
+    )
+    assert set_vcard(ann, spoiled, SMACK_AVATAR).get("type") == "result"
     ann.send(f"<presence to='{temporary}/owner' type='unavailable'/>")
     sync(ann.c)
     for c in opened:
         c.close()
     opened.clear()
     server.stop()
+    with Storage(server.data_dir) as storage:
+        db = storage.database("muc")
+        key = f"{SERVICE}\0spoiled".encode()
+        with storage.env.begin(db=db) as txn:
+            record = msgpack.unpackb(txn.get(key))
+        assert record["vcard"].startswith(b"<vCard xmlns=")
+        record["vcard"] = b"<vCard xmlns='vcard-temp'><PHOTO>"
+        storage.write(lambda txn: txn.put(key, msgpack.packb(record), db=db))
     server.start()
     ben = login("ben")
     for room in (kept, later):
         assert avatar_hashes(info(ben, room)) == [TINY_HASH]
         assert photo_of(get_vcard(ben, room)) == ("image/png", TINY_PNG)
     assert stanza_error(iq(ben, temporary, "get", EMPTY)) == "item-not-found"
+    assert stanza_error(iq(ben, spoiled, "get", EMPTY)) == "item-not-found"
+    assert "corrupt record in database muc" in server.log_text()
     # the temporary room's name, taken again: no avatar
     create(ben, room=temporary)
     assert photo_of(get_vcard(ben, temporary)) is None
@@ -363,3 +384,38 @@ def test_vcard_lives_with_the_room(make_server: Any, ca_file: str) -> None:
     for c in opened:
         c.close()
     server.stop()
+
+
+def test_users_of_other_servers(
+    ca: trustme.CA, ca_file: str, tmp_path: Any, clients: list[RawClient]
+) -> None:
+    """The service serves users of other servers as local ones (service.py): one reads the
+    room's hash and vCard without being in it, is forbidden to set it, sets it once made an
+    owner, and hears of a change as an occupant."""
+    fed = Federation(ca, tmp_path, ca_file, True, ("a.test", "b.test"), users=("u0", "u1"))
+    try:
+        local = Member(
+            sign_in(fed.servers["a.test"], ca_file, clients, "u0@a.test"), "u0@a.test", "r"
+        )
+        remote = Member(
+            sign_in(fed.servers["b.test"], ca_file, clients, "u1@b.test"), "u1@b.test", "r"
+        )
+        room = create(local, room="pictured@conference.a.test")
+        assert set_vcard(local, room, SMACK_AVATAR).get("type") == "result"
+        assert avatar_hashes(info(remote, room)) == [TINY_HASH]
+        assert photo_of(get_vcard(remote, room)) == ("image/png", TINY_PNG)
+        assert stanza_error(set_vcard(remote, room, EMPTY)) == "forbidden"
+        grant = f"<item affiliation='owner' jid='{remote.bare}'/>"
+        assert iq(local, room, "set", f"<query xmlns='{ADMIN}'>{grant}</query>").get("type") == (
+            "result"
+        )
+        seen = join(remote, room, "remote")
+        assert [photo_hash(u) for u in room_updates(seen, room)] == [TINY_HASH]
+        assert set_vcard(remote, room, EMPTY).get("type") == "result"
+        for user in (local, remote):
+            wait_for(user.c, lambda el: el.tag == MESSAGE and codes(el) == {"104"})
+            update = wait_for(user.c, lambda el: bool(room_updates([el], room)))
+            assert photo_hash(update) is None
+        assert photo_of(get_vcard(local, room)) is None
+    finally:
+        fed.stop()
