@@ -3,7 +3,8 @@ registered with `Router.add_service`, which hands it every stanza a client addre
 service, a room or an occupant.
 
 - The service itself (§6.1-6.3): disco#info (conference/text, the MUC features), disco#items
-  (the public rooms), muc#unique room names (§10.1.4); other iqs: service-unavailable.
+  (the public rooms), muc#unique room names (§10.1.4), a vCard request (it has none: vcard.py);
+  other iqs: service-unavailable. Rooms answer vCard requests too (XEP-0486, vcard.py).
 - Rooms are created by entering them (§10.1): locked (status 201) until the owner submits a
   configuration (an empty form: an instant room), unless the client is a groupchat 1.0
   client (no <x xmlns='http://jabber.org/protocol/muc'/>), for which the room is instant.
