@@ -6,6 +6,7 @@ living with its room: across a restart for a persistent room, gone with a destro
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ import trustme
 from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
 from federation import Federation, sign_in, wait_for
 from lxml import etree
+from slix_client import SlixClient
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 from test_muc import (
     ADMIN,
     DATA,
@@ -161,6 +165,44 @@ def photo_hash(update: Any) -> str | None:
     photo = update.find(f"{{{UPDATE}}}x/{{{UPDATE}}}photo")
     assert photo is not None, etree.tostring(update)
     return photo.text
+
+
+async def test_slixmpp_sets_and_reads_a_room_avatar(
+    srv: ServerProcess, ca_file: str, users: Iterator[str]
+) -> None:
+    """A real client's plugins (slixmpp's xep_0045, xep_0054): the owner publishes the
+    room's vCard, an occupant gets the hash in the presence from the room (parsed by xep_0153's
+    stanza plugin) and reads the photo."""
+    plugins = ("xep_0004", "xep_0045", "xep_0054", "xep_0153")
+    owner = SlixClient(f"{next(users)}@localhost/slix", ca_file, plugins=plugins)
+    occupant = SlixClient(f"{next(users)}@localhost/slix", ca_file, plugins=plugins)
+    updates: asyncio.Queue[Any] = asyncio.Queue()
+    occupant.register_handler(
+        Callback("avatar", MatchXPath(f"{{{CLIENT}}}presence/{{{UPDATE}}}x"), updates.put_nowait)
+    )
+    room = new_room()
+    try:
+        await owner.online(srv.port)
+        await occupant.online(srv.port)
+        muc = owner.plugin["xep_0045"]
+        await muc.join_muc_wait(room, "owner", maxstanzas=0, timeout=10)
+        instant = owner.plugin["xep_0004"].make_form(ftype="submit")
+        await asyncio.wait_for(muc.set_room_config(room, instant), 10)
+        await occupant.plugin["xep_0045"].join_muc_wait(room, "occupant", maxstanzas=0, timeout=10)
+        vcard = owner.plugin["xep_0054"].make_vcard()
+        vcard["PHOTO"]["TYPE"] = "image/png"
+        vcard["PHOTO"]["BINVAL"] = base64.b64decode(TINY_PNG)
+        await asyncio.wait_for(owner.plugin["xep_0054"].publish_vcard(vcard, jid=room), 10)
+        update = await asyncio.wait_for(updates.get(), 10)
+        while update["from"].full != room:  # the occupants' presence comes too
+            update = await asyncio.wait_for(updates.get(), 10)
+        assert update["vcard_temp_update"]["photo"] == TINY_HASH
+        reply = await occupant.plugin["xep_0054"].get_vcard(room, timeout=10)
+        assert reply["vcard_temp"]["PHOTO"]["BINVAL"] == base64.b64decode(TINY_PNG)
+        assert reply["vcard_temp"]["PHOTO"]["TYPE"] == "image/png"
+    finally:
+        owner.disconnect()
+        occupant.disconnect()
 
 
 def test_rooms_and_service_advertise_vcard_temp(login: Any, users: Iterator[str]) -> None:
