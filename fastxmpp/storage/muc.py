@@ -4,7 +4,8 @@ Database "muc": key `service NUL room`, value a msgpack map
 `{"config": {...}, "affiliations": {bare: affiliation}, "nicks": {bare: nick},
 "subject": [text, nick] | None}`. Occupants and history are never stored (they live with
 the sessions that make them). A room's record may also hold "subject_by": the XEP-0421
-occupant id of whoever set the subject (an older server ignores the key).
+occupant id of whoever set the subject (an older server ignores the key), and "vcard": the
+room's XEP-0486 vCard, the serialized `<vCard xmlns='vcard-temp'>` element (absent: none).
 
 The secret the XEP-0421 occupant ids are made with (modules/muc/occupant_id.py) is in the
 "meta" database, key OCCUPANT_ID_SECRET: 32 random bytes, made once, never changed (every
@@ -26,6 +27,7 @@ import msgpack
 
 from .account_data import register_purge
 from .lmdb_store import META_DB, CorruptRecord, Storage, expect, unpack
+from .xml_check import check_elements
 
 log = logging.getLogger("fastxmpp.storage.muc")
 DATABASE = "muc"
@@ -123,6 +125,10 @@ def _decode(raw: bytes) -> dict[str, Any]:
     if subject is not None and (len(subject) != 2 or not all(isinstance(s, str) for s in subject)):
         raise CorruptRecord("subject")
     expect(record.get("subject_by", ""), str, "occupant id of the subject's author")
+    vcard = record.get("vcard")
+    if vcard is not None:
+        # handed to whoever asks as it is: one well-formed <vCard/> (storage/vcard.py)
+        check_elements(expect(vcard, bytes, "room vCard"), ("{vcard-temp}vCard",), most=1)
     return record
 
 

@@ -7,6 +7,7 @@
   (configuration, destruction), mediated invitations;
 - history.py: discussion history for newcomers (XEP-0203 delay stamps).
 - occupant_id.py: XEP-0421 occupant ids, on what the room sends about or from an occupant.
+- vcard.py: XEP-0486 room avatars, the room's vcard-temp on its bare JID.
 
 Persistent rooms are stored by fastxmpp/storage/muc.py. With `[s2s] enabled` the service
 domain federates (stream/s2s.py): users of other servers are occupants as local users are.

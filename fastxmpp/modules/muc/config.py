@@ -9,6 +9,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from ...errors import StanzaError
 from ...jid import JIDError, parse_jid
+from .vcard import AVATAR_HASH_FIELD
 
 NS_DATA = "jabber:x:data"
 FORM_TYPE = "http://jabber.org/protocol/muc#roomconfig"
@@ -268,8 +269,16 @@ def parse_submission(form: Any, current: RoomConfig, limits: Any) -> SubmittedCo
     return SubmittedConfig(config, owners, admins)
 
 
-def roominfo_form(config: RoomConfig, occupants: int, subject: str) -> str:
-    """The extended disco#info of a room (§6.4, muc#roominfo, XEP-0128)."""
+def roominfo_form(
+    config: RoomConfig, occupants: int, subject: str, avatar_hashes: tuple[str, ...] = ()
+) -> str:
+    """The extended disco#info of a room (§6.4, muc#roominfo, XEP-0128), with the hashes of
+    its avatar when it has one (XEP-0486 §3.3, §4)."""
+    avatar = (
+        _field(AVATAR_HASH_FIELD, "text-multi", "Avatar hash", list(avatar_hashes))
+        if avatar_hashes
+        else ""
+    )
     return (
         f"<x xmlns='{NS_DATA}' type='result'>"
         f"<field var='FORM_TYPE' type='hidden'><value>{ROOMINFO}</value></field>"
@@ -282,5 +291,6 @@ def roominfo_form(config: RoomConfig, occupants: int, subject: str) -> str:
             "Occupants may change the subject",
             _bool(config.change_subject),
         )
+        + avatar
         + "</x>"
     )

@@ -29,6 +29,7 @@ from .history import History
 from .occupant_id import TAG as OCCUPANT_ID
 from .occupant_id import element as occupant_id_element
 from .occupant_id import make_id, without_forged
+from .vcard import NS_UPDATE, stored_hashes
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
@@ -184,6 +185,8 @@ class Room:
         self.stored = False  # a record of it is in the store
         self.archived = False  # it queued a message for its XEP-0313 archive (archive.py)
         self.pending_iqs: dict[tuple[str, str], str] = {}  # (responder, id) -> requester
+        self.vcard: bytes | None = None  # XEP-0486: the room's vCard as stored (vcard.py)
+        self.avatar_hashes: tuple[str, ...] = ()  # of its PHOTOs (muc#roominfo_avatarhash)
 
     # --- state -----------------------------------------------------------------------------
 
@@ -206,13 +209,16 @@ class Room:
         return [j for j, a in self.affiliations.items() if a == "owner"]
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "config": self.config.to_record(),
             "affiliations": dict(self.affiliations),
             "nicks": dict(self.nicks),
             "subject": list(self.subject),
             "subject_by": self.subject_by,
         }
+        if self.vcard is not None:
+            record["vcard"] = self.vcard
+        return record
 
     def load_record(self, record: dict[str, Any]) -> None:
         self.affiliations = dict(record.get("affiliations", {}))
@@ -220,6 +226,10 @@ class Room:
         subject = record.get("subject") or ["", ""]
         self.subject = (str(subject[0]), str(subject[1]))
         self.subject_by = str(record.get("subject_by", ""))
+        vcard = record.get("vcard")
+        if vcard is not None:
+            self.vcard = bytes(vcard)
+            self.avatar_hashes = stored_hashes(self.vcard)
 
     def changed(self) -> None:
         """Persist what survives a restart (§10.1.3 persistentroom)."""
@@ -399,6 +409,10 @@ class Room:
                 occupant, origin.full, show_jid=True, codes=codes, answers=st.attrs.get("id")
             )
         )
+        if self.avatar_hashes:
+            # XEP-0486 §5.2 (as Prosody and ejabberd): the avatar's hash, for the clients
+            # that take it from the room's presence
+            self.send_avatar_update(origin.full, origin)
         # §7.1: then history and the subject, for a new (locked) room too: clients take the
         # subject as the end of the join (§7.2.15).
         history = None if muc_x is None else muc_x.find(f"{{{NS_MUC}}}history")
@@ -689,6 +703,18 @@ class Room:
         )
 
     # --- room-wide notices -----------------------------------------------------------------
+
+    def send_avatar_update(self, full: str, session: OccupantSession) -> None:
+        """The XEP-0153 presence from the room's bare JID with its avatar's hash (XEP-0486
+        §5.2); an empty <photo/> when it has none (XEP-0153 §4.1)."""
+        if not privacy_allows(session, PRIVACY_PRESENCE_IN, self.jid):
+            return
+        hashes = self.avatar_hashes
+        photo = f"<photo>{hashes[0]}</photo>" if hashes else "<photo/>"
+        session.send(
+            f"<presence from={quoteattr(self.jid)} to={quoteattr(full)}>"
+            f"<x xmlns='{NS_UPDATE}'>{photo}</x></presence>".encode()
+        )
 
     def notify(self, codes: Iterable[str]) -> None:
         """A message from the room carrying status codes (§10.2.1: configuration changes)."""

@@ -3,7 +3,8 @@ registered with `Router.add_service`, which hands it every stanza a client addre
 service, a room or an occupant.
 
 - The service itself (§6.1-6.3): disco#info (conference/text, the MUC features), disco#items
-  (the public rooms), muc#unique room names (§10.1.4); other iqs: service-unavailable.
+  (the public rooms), muc#unique room names (§10.1.4), a vCard request (it has none: vcard.py);
+  other iqs: service-unavailable. Rooms answer vCard requests too (XEP-0486, vcard.py).
 - Rooms are created by entering them (§10.1): locked (status 201) until the owner submits a
   configuration (an empty form: an instant room), unless the client is a groupchat 1.0
   client (no <x xmlns='http://jabber.org/protocol/muc'/>), for which the room is instant.
@@ -62,6 +63,8 @@ from .room import (
     reflected_children,
     shows_gone,
 )
+from .vcard import NS as NS_VCARD
+from .vcard import service_vcard_iq, vcard_iq
 
 if TYPE_CHECKING:
     from ..._parser import Stanza
@@ -84,8 +87,9 @@ SELF_PING = NS_MUC + "#self-ping-optimization"  # XEP-0410 §3.3
 # carries the id of the presence that asked (clients that see this feature wait for it).
 STABLE_ID = NS_MUC + "#stable_id"
 SERVICE_NAME = "Chatrooms"
-# XEP-0421 §4: every room has occupant ids, so the service says so as well.
-SERVICE_FEATURES = (NS_INFO, NS_ITEMS, NS_MUC, NS_UNIQUE, STABLE_ID, NS_OCCUPANT_ID)
+# XEP-0421 §4: every room has occupant ids, so the service says so as well; XEP-0486 §3.1:
+# clients look for the service's vcard-temp feature before using room avatars.
+SERVICE_FEATURES = (NS_INFO, NS_ITEMS, NS_MUC, NS_UNIQUE, STABLE_ID, NS_OCCUPANT_ID, NS_VCARD)
 IQ_TYPES = ("get", "set", "result", "error")
 
 
@@ -293,6 +297,9 @@ class MucService:
             while name in self.rooms:
                 name = secrets.token_hex(8)
             payload = f"<unique xmlns='{NS_UNIQUE}'>{name}</unique>"
+        elif namespace == NS_VCARD:
+            service_vcard_iq(st)
+            return
         else:
             raise StanzaError("service-unavailable")
         origin.send(iq_result(origin, st, payload))
@@ -462,6 +469,11 @@ class MucService:
             if answer is None:
                 return  # answered once the room's archive is settled
             reply = answer
+        elif namespace == NS_VCARD:
+            answer = vcard_iq(room, origin, st)
+            if answer is None:
+                return  # a set: answered, then the occupants told
+            reply = answer
         else:
             raise StanzaError("service-unavailable")
         origin.send(reply)
@@ -483,13 +495,13 @@ class MucService:
                 f"<query xmlns='{NS_INFO}' node='{ROOMUSER_NODE}'>{identity}</query>",
             )
         self._node_check(st.element(), NS_INFO)
-        features = [NS_MUC, NS_INFO, NS_ITEMS, SELF_PING, STABLE_ID, NS_OCCUPANT_ID]
+        features = [NS_MUC, NS_INFO, NS_ITEMS, SELF_PING, STABLE_ID, NS_OCCUPANT_ID, NS_VCARD]
         features += room.config.features()
         if archive_of(room) is not None:
             features += [NS_MAM, NS_SID]  # XEP-0313 §3.2 (MUC archives), XEP-0359 §4
         feature_xml = "".join(f"<feature var='{f}'/>" for f in features)
         name = room.config.name or room.name
-        info = roominfo_form(room.config, len(room.occupants), room.subject[0])
+        info = roominfo_form(room.config, len(room.occupants), room.subject[0], room.avatar_hashes)
         return iq_result(
             origin,
             st,
