@@ -158,6 +158,9 @@ class StreamManagementConfig:
     max_unacked_stanzas: int = 5000  # stanzas sent and not acknowledged; beyond: policy-violation
     max_unacked_bytes: int = 2097152  # their size in bytes; beyond: policy-violation
     ack_request_every: int = 5  # the server sends <r/> after this many stanzas
+    # ... and this many seconds after the last message it sent, if that is unacknowledged
+    # (0: never)
+    ack_request_after: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -726,6 +729,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "max_unacked_stanzas": _integer_at_least(1),
             "max_unacked_bytes": _integer_at_least(MIN_STANZA_SIZE),
             "ack_request_every": _integer_at_least(1),
+            "ack_request_after": _non_negative_number,
         },
     ),
     "csi": (CsiConfig, {"enabled": _boolean, "max_held_stanzas": _integer_at_least(1)}),

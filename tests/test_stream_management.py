@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, FreshNames, ServerProcess, assert_still_serving, module_server
+from conftest import (
+    PASSWORD,
+    FreshNames,
+    ServerProcess,
+    add_accounts,
+    assert_still_serving,
+    module_server,
+)
 from fastxmpp._router import Session
 from lxml import etree
 from slixmpp import ClientXMPP
@@ -201,7 +208,8 @@ def message(to: str, body: str) -> str:
 
 
 def test_counters_wrap_at_2_32() -> None:
-    state = StreamManagement(StreamManagementConfig(), None, 0)
+    # (No event loop here: no timer for the quiet-output request.)
+    state = StreamManagement(StreamManagementConfig(ack_request_after=0), None, 0)
     state.acked = (1 << 32) - 2  # far into a long session
     session = Session()  # no transport: what is sent is only counted and kept
     for _ in range(4):
@@ -677,6 +685,52 @@ def test_unacked_limit(
     assert alice.c.stream_error() == "policy-violation"
     assert alice.c.wait_closed()
     assert_still_serving(srv, ca_file, next(users))
+
+
+def test_quiet_output_asks_for_an_ack_so_an_expired_session_repeats_nothing(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
+    """Fewer messages than `ack_request_every`, then quiet: the server asks (<r/>) once
+    `ack_request_after` has passed, as most clients acknowledge only when asked; what the
+    client acknowledged then is not stored offline again when its session expires."""
+    srv: ServerProcess = make_server(
+        "[stream_management]\nresume_timeout = 0.5\nack_request_after = 0.3\n"
+    )
+    add_accounts(srv, ["alice", "bob"])
+    srv.start()
+    alice = login(srv, ca_file, clients, "alice")
+    bob = login(srv, ca_file, clients, "bob")
+    alice.enable()
+    alice.auto_ack = False
+    bob.send(message(alice.full, "q1") + message(alice.full, "q2"))
+    assert bodies([alice.next(), alice.next()]) == ["q1", "q2"]
+    request = alice.c.next(timeout=5)  # none would come before a fifth stanza without it
+    assert request.tag == f"{{{SM}}}r"
+    alice.send(f"<a xmlns='{SM}' h='{alice.received}'/>")
+    # Asked once per quiet spell: nothing more without new messages.
+    with pytest.raises(TimeoutError):
+        alice.c.next(timeout=1)
+    alice.c.abort()  # the connection dies; the session waits, then expires
+    time.sleep(1.0)
+    back = login(srv, ca_file, clients, "alice", "back", available=False)
+    back.send("<presence/>")
+    assert bodies(back.sync()) == []  # acknowledged: not stored offline a second time
+
+
+def test_a_client_that_acknowledges_on_its_own_is_not_asked(
+    make_server: Any, ca_file: str, clients: list[RawClient]
+) -> None:
+    srv: ServerProcess = make_server("[stream_management]\nack_request_after = 0.3\n")
+    add_accounts(srv, ["alice", "bob"])
+    srv.start()
+    alice = login(srv, ca_file, clients, "alice")
+    bob = login(srv, ca_file, clients, "bob")
+    alice.enable()
+    bob.send(message(alice.full, "q1"))
+    assert bodies([alice.next()]) == ["q1"]
+    alice.send(f"<a xmlns='{SM}' h='{alice.received}'/>")  # unasked (§4 allows it)
+    with pytest.raises(TimeoutError):
+        alice.c.next(timeout=1)
 
 
 # --- with their own servers ---------------------------------------------------------------

@@ -5,7 +5,10 @@ management: the router's `Session.send` then does nothing more than a None check
 `Session.send` hands every stanza to `StreamManagement.sent`, which counts it, keeps it until
 the client acknowledges it, writes it through `Session.send_uncounted` (what stream-level
 elements use) and asks for an acknowledgement every `ack_request_every` stanzas
-(while that many are unacknowledged).
+(while that many are unacknowledged), and once the messages sent go quiet for
+`ack_request_after` seconds with some of them unacknowledged: most clients acknowledge only
+when asked, and a message the client got but never acknowledged is sent again (resumed) or
+stored offline (the session expired) and so reaches it twice.
 
 Resumption (§5): a session enabled with resume='true' whose connection is lost without a
 closing handshake stays bound in the router, detached (no transport: stanzas for it are only
@@ -83,8 +86,10 @@ class StreamManagement:
         "max_stanzas",
         "overflowing",
         "persisted",
+        "quiet",
         "received",
         "release_stored",
+        "request_after",
         "request_every",
         "since_request",
         "sm_id",
@@ -104,6 +109,9 @@ class StreamManagement:
         self.unacked_bytes = 0
         self.since_request = 0
         self.request_every = settings.ack_request_every
+        self.request_after = settings.ack_request_after
+        # Set while a message sent waits for the output to go quiet (`request_after`).
+        self.quiet: asyncio.TimerHandle | None = None
         self.max_stanzas = settings.max_unacked_stanzas
         self.max_bytes = settings.max_unacked_bytes
         self.overflowing = False
@@ -142,12 +150,35 @@ class StreamManagement:
         if self.since_request >= self.request_every and len(self.unacked) >= self.request_every:
             self.since_request = 0
             session.send_uncounted(REQUEST)
+        elif self.quiet is None and self.request_after > 0 and data.startswith(b"<message"):
+            # Messages are what the end of a session sends again; one timer per burst.
+            self.quiet = asyncio.get_running_loop().call_later(
+                self.request_after, self._ask_if_quiet, session
+            )
         if (
             len(self.unacked) > self.max_stanzas or self.unacked_bytes > self.max_bytes
         ) and not self.overflowing:
             self.overflowing = True
             # Later: the router may be iterating over the session table right now.
             asyncio.get_running_loop().call_soon(session.unacked_overflow)
+
+    def _ask_if_quiet(self, session: C2SStream) -> None:
+        """`request_after` seconds after a message: <r/> if nothing was sent since for that
+        long and something sent since the last <r/> is unacknowledged; if more was sent
+        meanwhile, again once that has gone quiet."""
+        self.quiet = None
+        if session.sm is not self or self.expiry is not None:
+            return  # ended, or detached: the resumption's 'h' tells
+        if not self.since_request or not self.unacked:
+            return  # asked since, or acknowledged
+        idle = time.time() - self.unacked[-1][1]
+        if idle < self.request_after:
+            self.quiet = asyncio.get_running_loop().call_later(
+                self.request_after - idle, self._ask_if_quiet, session
+            )
+            return
+        self.since_request = 0
+        session.send_uncounted(REQUEST)
 
     def keep_stored(self, data: bytes, key: bytes, release: Callable[[list[bytes]], None]) -> bool:
         """`data`, just sent, is also in offline storage under `key`: it is deleted from
