@@ -33,8 +33,9 @@ export LIST_REQUIREMENTS
 serve: $(INSTALL_STAMP)
 	$(VENV)/bin/fastxmpp serve $(ARGS)
 
+# --durations: the slowest tests are named in every CI log (the run should stay near 15 min).
 test: $(INSTALL_STAMP) | fuzz-deps interop-deps
-	$(PYTEST) -q $(ARGS)
+	$(PYTEST) -q --durations=25 $(ARGS)
 
 bench: $(INSTALL_STAMP)
 	$(PYTEST) benchmarks -q --benchmark-only $(ARGS)
