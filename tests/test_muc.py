@@ -426,6 +426,26 @@ def test_nicknames_compare_as_rfc8266_nicknames(login: Any, users: Iterator[str]
     assert own[-1].get("from") == f"{room}/Bob" and "110" in codes(own[-1])
 
 
+def test_a_nickname_the_service_normalizes_gets_status_210(
+    login: Any, users: Iterator[str]
+) -> None:
+    """§7.2.3, §7.6: a nickname not in normalization form C (RFC 7622) is entered as its NFC
+    form, and the occupant's own presence says so with 210, so that the client knows its
+    nickname; one sent as it is gets no 210."""
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a)
+    own = presences(join(b, room, "Rene\u0301"))[-1]  # e + combining acute accent
+    assert own.get("from") == f"{room}/Ren\u00e9"
+    assert {"110", "210"} <= codes(own)
+    others = [p for p in presences(received(a.c)) if p.get("from") == f"{room}/Ren\u00e9"]
+    assert others and all("210" not in codes(p) for p in others)  # the user's own only
+    b.send(f"<presence to='{room}/Zoe\u0308'/>")  # a nickname change, the same way
+    changed = presences(received(b.c))
+    assert changed[-1].get("from") == f"{room}/Zo\u00eb" and {"110", "210"} <= codes(changed[-1])
+    own = presences(join(c, room, "Andr\u00e9"))[-1]
+    assert own.get("from") == f"{room}/Andr\u00e9" and "210" not in codes(own)
+
+
 def test_same_account_two_resources_share_a_nick(login: Any, users: Iterator[str]) -> None:
     name = next(users)
     a1, a2 = login(name, "one"), login(name, "two")

@@ -139,6 +139,13 @@ MUC_EXTENSIONS = ((NS_MUC, "x"), (NS_USER, "x"), OCCUPANT_ID)
 _NOT_REFLECTED = frozenset(f"{{{namespace}}}{name}" for namespace, name in MUC_EXTENSIONS)
 
 
+def nick_modified(st: Stanza, nick: str) -> list[str]:
+    """Status 210 (§7.2.3, §7.6) when the nickname the occupant has is not the one it asked
+    for: the room JID's resourcepart as sent, before RFC 7622 normalization (NFC)."""
+    asked = st.attrs.get("to", "").partition("/")[2]
+    return ["210"] if asked and asked != nick else []
+
+
 def reflected_children(st: Stanza) -> str:
     """A presence's children as reflected to the room: everything but the MUC extensions the
     service alone generates or that carry the password (§17.3 rule 6), and any XEP-0421
@@ -404,6 +411,7 @@ class Room:
             codes.append("100")  # §7.2.4: the room is non-anonymous
         if created:
             codes.append("201")  # §10.1.1: a new room
+        codes += nick_modified(st, nick)
         origin.send(
             self.presence(
                 occupant, origin.full, show_jid=True, codes=codes, answers=st.attrs.get("id")
@@ -494,7 +502,7 @@ class Room:
         occupant.presence = reflected_children(st)
         self.occupants[new_nick] = occupant
         self.nick_keys[nick_key(new_nick)] = new_nick
-        self.broadcast_presence(occupant)
+        self.broadcast_presence(occupant, self_codes=nick_modified(st, new_nick))
 
     # --- leaving (§7.14) -------------------------------------------------------------------
 
