@@ -10,11 +10,14 @@ import json
 import os
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+CLIENT = "jabber:client"
 REPO = Path(__file__).resolve().parent.parent
 AIOXMPP_PYTHON = REPO / ".venv-aioxmpp" / "bin" / "python"
 AIOXMPP_SCENARIOS = REPO / "tests" / "interop" / "aioxmpp" / "scenarios.py"
@@ -90,3 +93,45 @@ def run_json(command: list[str], env: dict[str, str] | None = None, timeout: flo
             pytrace=False,
         )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- what the tests of command-line clients share: a raw client beside them -----------------
+
+# XEP-0368 direct TLS beside the STARTTLS listener (sendxmpp -e, libstrophe's legacy SSL).
+DIRECT_TLS_LISTENER = (
+    '[[listeners]]\nkind = "c2s"\naddress = "127.0.0.1"\nport = 0\ntls = "direct"\n'
+)
+
+
+def raw_login(srv: Any, ca_file: str, user: str, opened: list[Any]) -> Any:
+    """A RawClient (tests/xmpp_raw.py) logged in as `user`, resource "raw"; added to
+    `opened` (conftest's `clients`, closed after the test)."""
+    from conftest import PASSWORD
+
+    client = srv.client()
+    opened.append(client)
+    client.login(ca_file, user, PASSWORD, "raw")
+    return client
+
+
+def wait_for(
+    client: Any,
+    what: str,
+    match: Callable[[Any], bool],
+    bodies: list[str] | None = None,
+    seconds: float = 10.0,
+) -> Any:
+    """The first stanza `client` gets that matches `match`, within `seconds`; the bodies of
+    messages on the way go to `bodies`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        el = client.next(timeout=max(0.1, deadline - time.monotonic()))
+        if bodies is not None and el.tag == f"{{{CLIENT}}}message" and body(el) is not None:
+            bodies.append(body(el) or "")
+        if match(el):
+            return el
+    raise AssertionError(f"never got {what}")
+
+
+def body(el: Any) -> str | None:
+    return el.findtext(f"{{{CLIENT}}}body")

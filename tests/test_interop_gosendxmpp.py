@@ -12,12 +12,12 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import REPO, require_command, run
+from interop_clients import REPO, body, raw_login, require_command, run, wait_for
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("go", 12)
@@ -93,26 +93,6 @@ class Listener:
         self.proc.terminate()
         self.proc.wait(10)
         self.reader.join(5)
-
-
-def raw_login(srv: ServerProcess, ca_file: str, user: str, opened: list[RawClient]) -> RawClient:
-    client = srv.client()
-    opened.append(client)
-    client.login(ca_file, user, PASSWORD, "raw")
-    return client
-
-
-def wait_for(client: RawClient, what: str, match: Callable[[Any], bool]) -> Any:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        el = client.next(timeout=max(0.1, deadline - time.monotonic()))
-        if match(el):
-            return el
-    raise AssertionError(f"never got {what}")
-
-
-def body(el: Any) -> str | None:
-    return el.findtext(f"{{{CLIENT}}}body")
 
 
 def test_send_with_plain_over_verified_tls(

@@ -11,15 +11,14 @@ too quickly"), so each run takes about 1.2 s."""
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import require_command, run
+from interop_clients import DIRECT_TLS_LISTENER, body, raw_login, require_command, run, wait_for
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("sx", 12)
@@ -27,13 +26,11 @@ MUC = "http://jabber.org/protocol/muc"
 MUC_USER = f"{MUC}#user"
 MESSAGE = f"{{{CLIENT}}}message"
 PRESENCE = f"{{{CLIENT}}}presence"
-# XEP-0368 direct TLS beside the STARTTLS listener, for sendxmpp -e
-DIRECT_LISTENER = '[[listeners]]\nkind = "c2s"\naddress = "127.0.0.1"\nport = 0\ntls = "direct"\n'
 
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    for server in module_server(ca, tmp_path_factory, POOL, DIRECT_LISTENER):
+    for server in module_server(ca, tmp_path_factory, POOL, DIRECT_TLS_LISTENER):
         server.wait_for_log("c2s (direct TLS) listening on")
         yield server
 
@@ -67,26 +64,6 @@ def sendxmpp(
     """One sendxmpp run: connect, send `text` (read from stdin) to the recipients in `args`,
     disconnect."""
     return run(sendxmpp_command(srv, ca_file, user, *args, port=port), timeout=30, stdin=text)
-
-
-def raw_login(srv: ServerProcess, ca_file: str, user: str, opened: list[RawClient]) -> RawClient:
-    client = srv.client()
-    opened.append(client)
-    client.login(ca_file, user, PASSWORD, "raw")
-    return client
-
-
-def wait_for(client: RawClient, what: str, match: Callable[[Any], bool]) -> Any:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        el = client.next(timeout=max(0.1, deadline - time.monotonic()))
-        if match(el):
-            return el
-    raise AssertionError(f"never got {what}")
-
-
-def body(el: Any) -> str | None:
-    return el.findtext(f"{{{CLIENT}}}body")
 
 
 def available(srv: ServerProcess, ca_file: str, user: str, opened: list[RawClient]) -> RawClient:

@@ -22,7 +22,15 @@ from typing import Any
 import pytest
 import trustme
 from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
-from interop_clients import REPO, require, require_command
+from interop_clients import (
+    DIRECT_TLS_LISTENER,
+    REPO,
+    body,
+    raw_login,
+    require,
+    require_command,
+    wait_for,
+)
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("st", 16)
@@ -32,13 +40,9 @@ PRESENCE = f"{{{CLIENT}}}presence"
 STEP = 10.0
 
 
-# XEP-0368 direct TLS beside the STARTTLS listener (libstrophe's XMPP_CONN_FLAG_LEGACY_SSL)
-DIRECT_LISTENER = '[[listeners]]\nkind = "c2s"\naddress = "127.0.0.1"\nport = 0\ntls = "direct"\n'
-
-
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    for server in module_server(ca, tmp_path_factory, POOL, DIRECT_LISTENER):
+    for server in module_server(ca, tmp_path_factory, POOL, DIRECT_TLS_LISTENER):
         server.wait_for_log("c2s (direct TLS) listening on")
         yield server
 
@@ -148,27 +152,6 @@ def login(
     return s, jid
 
 
-def raw_login(srv: ServerProcess, ca_file: str, user: str, opened: list[RawClient]) -> RawClient:
-    client = srv.client()
-    opened.append(client)
-    client.login(ca_file, user, PASSWORD, "raw")
-    return client
-
-
-def wait_for(
-    client: RawClient, what: str, match: Callable[[Any], bool], bodies: list[str] | None = None
-) -> Any:
-    """The first stanza matching `match`; the bodies of messages on the way go to `bodies`."""
-    deadline = time.monotonic() + STEP
-    while time.monotonic() < deadline:
-        el = client.next(timeout=max(0.1, deadline - time.monotonic()))
-        if bodies is not None and el.tag == MESSAGE and body(el) is not None:
-            bodies.append(body(el) or "")
-        if match(el):
-            return el
-    raise AssertionError(f"never got {what}")
-
-
 def wait_all(client: RawClient, wanted: dict[str, Callable[[Any], bool]]) -> None:
     """Until each of `wanted` matched a stanza, in any order."""
     missing = dict(wanted)
@@ -179,10 +162,6 @@ def wait_all(client: RawClient, wanted: dict[str, Callable[[Any], bool]]) -> Non
         for what, match in list(missing.items()):
             if match(el):
                 del missing[what]
-
-
-def body(el: Any) -> str | None:
-    return el.findtext(f"{{{CLIENT}}}body")
 
 
 def test_login_roster_presence_and_messages(
