@@ -30,28 +30,21 @@ def enable_sm(client: RawClient) -> None:
     assert client.next().tag == f"{{{SM}}}enabled"
 
 
-def archived_bodies(client: RawClient) -> list[str]:
-    """Every body in the account's archive (one page is enough here)."""
+def archived(client: RawClient) -> list[Any]:
+    """The <result/> of every message in the account's archive, oldest first (one page is
+    enough here)."""
     client.send(f"<iq type='set' id='all'><query xmlns='{MAM}' queryid='q'/></iq>")
-    bodies = []
+    results = []
     while True:
         el = client.next()
         if el.tag == f"{{{CLIENT}}}iq" and el.get("id") == "all":
             assert el.get("type") == "result", el.get("type")
-            return bodies
-        bodies += [body.text for body in el.iter(f"{{{CLIENT}}}body")]
+            return results
+        results += el.iter(f"{{{MAM}}}result")
 
 
-def archived_ids(client: RawClient) -> list[str]:
-    """The ids of the account's archived messages, oldest first (one page is enough)."""
-    client.send(f"<iq type='set' id='ids'><query xmlns='{MAM}' queryid='q'/></iq>")
-    ids = []
-    while True:
-        el = client.next()
-        if el.tag == f"{{{CLIENT}}}iq" and el.get("id") == "ids":
-            assert el.get("type") == "result", el.get("type")
-            return ids
-        ids += [result.get("id") for result in el.iter(f"{{{MAM}}}result")]
+def archived_bodies(client: RawClient) -> list[str]:
+    return [body.text for result in archived(client) for body in result.iter(f"{{{CLIENT}}}body")]
 
 
 def test_the_ack_waits_for_the_archive_commit(
@@ -143,7 +136,7 @@ def test_metadata_counts_messages_whose_commit_is_under_way(
     assert reply.get("id") == "meta" and reply.get("type") == "result", reply.attrib
     slow.unlink()
     ends = {child.tag: child.get("id") for child in reply.find(f"{{{MAM}}}metadata")}
-    ids = archived_ids(alice)
+    ids = [result.get("id") for result in archived(alice)]
     assert len(ids) == 2
     assert ends == {f"{{{MAM}}}start": ids[0], f"{{{MAM}}}end": ids[1]}
     alice.close()
