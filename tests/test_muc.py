@@ -7,6 +7,7 @@ xep_0045 plugin doing the same as a real client."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -67,17 +68,21 @@ class User:
         self.c.send(data)
 
 
+def log_in(
+    srv: ServerProcess, ca_file: str, clients: list[RawClient], name: str, resource: str = "r"
+) -> User:
+    """`name` logged in with `resource`, available (its own presence read)."""
+    c = srv.client()
+    clients.append(c)
+    c.login(ca_file, name, PASSWORD, resource)
+    c.send("<presence/>")
+    sync(c)
+    return User(c, name, resource)
+
+
 @pytest.fixture
 def login(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> Any:
-    def connect(name: str, resource: str = "r") -> User:
-        c = srv.client()
-        clients.append(c)
-        c.login(ca_file, name, PASSWORD, resource)
-        c.send("<presence/>")
-        sync(c)
-        return User(c, name, resource)
-
-    return connect
+    return functools.partial(log_in, srv, ca_file, clients)
 
 
 # --- helpers -----------------------------------------------------------------------------------

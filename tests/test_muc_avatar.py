@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -35,6 +36,7 @@ from test_muc import (
     field,
     iq,
     join,
+    log_in,
     new_room,
 )
 from test_muc_federation import Member
@@ -83,15 +85,7 @@ def users() -> Iterator[str]:
 
 @pytest.fixture
 def login(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> Any:
-    def connect(name: str, resource: str = "r") -> User:
-        c = srv.client()
-        clients.append(c)
-        c.login(ca_file, name, PASSWORD, resource)
-        c.send("<presence/>")
-        sync(c)
-        return User(c, name, resource)
-
-    return connect
+    return functools.partial(log_in, srv, ca_file, clients)
 
 
 def set_vcard(user: User, room: str, vcard: str) -> Any:
