@@ -132,7 +132,9 @@ def run(c: RawClient, name: str, fields: dict[str, list[str]], **kw: Any) -> Any
     assert first.find(f"{{{DATA}}}x").get("type") == "form"
     assert form_values(first)["FORM_TYPE"] == [ADMIN]
     done = cmd(
-        command(c, name, "complete", first.get("sessionid"), fields, to=kw.get("to", "admin@localhost"))
+        command(
+            c, name, "complete", first.get("sessionid"), fields, to=kw.get("to", "admin@localhost")
+        )
     )
     assert done.get("sessionid") == first.get("sessionid")
     assert done.get("status") == "completed"
@@ -254,9 +256,7 @@ def test_end_user_session_full_and_bare(
     assert "ended 2 session(s) of carol@localhost" in srv.log_text()
 
 
-def test_counts_lists_and_roster(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient]
-) -> None:
+def test_counts_lists_and_roster(srv: ServerProcess, ca_file: str, opened: list[RawClient]) -> None:
     admin = login(srv, ca_file, opened, "admin")
     admin.send("<presence/>")
     dave = login(srv, ca_file, opened, "dave")  # online, no presence: idle
@@ -449,9 +449,13 @@ def test_non_admins_and_strangers_are_refused(
         )
         reply = gateway.next()
         if kind == "set":
-            assert reply.get("type") == "error" and reply.find(
-                "{jabber:component:accept}error/{urn:ietf:params:xml:ns:xmpp-stanzas}forbidden"
-            ) is not None, etree.tostring(reply)
+            assert (
+                reply.get("type") == "error"
+                and reply.find(
+                    "{jabber:component:accept}error/{urn:ietf:params:xml:ns:xmpp-stanzas}forbidden"
+                )
+                is not None
+            ), etree.tostring(reply)
         else:  # §2.2: an empty command list
             assert reply.get("type") == "result" and len(reply[0]) == 0, etree.tostring(reply)
     # Unauthenticated: nothing is routed before authentication (RFC 6120 §6, §7).
@@ -462,3 +466,49 @@ def test_non_admins_and_strangers_are_refused(
     anon.send(f"<iq type='set' id='a1' to='localhost'><command xmlns='{CMD}' "
               f"node='{ADMIN}#add-user' action='execute'/></iq>")  # fmt: skip
     assert anon.stream_error() == "not-authorized"
+
+
+# --- a real client implementation --------------------------------------------------------
+
+
+async def test_slixmpp_xep_0050_adds_a_user(srv: ServerProcess, ca_file: str) -> None:
+    """slixmpp's xep_0050 plugin: the command list, then its workflow (start_command, the
+    form, complete_command) creates an account at the server's domain."""
+    import asyncio
+    import logging
+
+    from slix_client import SlixClient
+
+    logging.getLogger("slixmpp").setLevel(logging.WARNING)
+    client = SlixClient("admin@localhost/slix", ca_file, plugins=("xep_0030", "xep_0004",
+                                                                  "xep_0050"))  # fmt: skip
+    await client.online(srv.port)
+    try:
+        listing = await client.plugin["xep_0050"].get_commands("localhost")
+        nodes = {item[1] for item in listing["disco_items"]["items"]}
+        assert f"{ADMIN}#add-user" in nodes
+        outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        asked: list[Any] = []
+
+        def fill(iq: Any, session: Any) -> None:
+            asked.append(iq)
+            answers = client.plugin["xep_0004"].make_form("submit")
+            answers.add_field(var="FORM_TYPE", ftype="hidden", value=ADMIN)
+            answers.add_field(var="accountjid", value="slixuser@localhost")
+            answers.add_field(var="password", value="slix pw")
+            answers.add_field(var="password-verify", value="slix pw")
+            session["payload"] = answers
+            session["next"] = lambda done, _s: outcome.set_result(done)
+            client.plugin["xep_0050"].complete_command(session)
+
+        session = {"next": fill, "error": lambda iq, _s: outcome.set_result(iq)}
+        client.plugin["xep_0050"].start_command("localhost", f"{ADMIN}#add-user", session)
+        done = await asyncio.wait_for(outcome, 10)
+        assert asked[0]["command"]["status"] == "executing"
+        fields = {f["var"] for f in asked[0]["command"]["form"]["fields"]}
+        assert {"accountjid", "password", "password-verify"} <= fields
+        assert done["type"] == "result" and done["command"]["status"] == "completed"
+        assert [n[0] for n in done["command"]["notes"]] == ["info"]
+        assert can_login(srv, ca_file, "slixuser", "slix pw")
+    finally:
+        client.disconnect()
