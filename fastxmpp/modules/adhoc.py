@@ -20,7 +20,8 @@ submitted form (`status='completed'`, the result form and `<note/>`s), `cancel` 
 cannot be done (an invalid or foreign JID, passwords that differ, an account that exists)
 completes with an error note (§4.4, and what Smack's clients, and so the suite, read; an iq
 error would be a protocol error). Protocol errors are the §4.6 ones: bad-request with
-<malformed-action/> (unknown action), <bad-action/> (not allowed at this stage),
+<malformed-action/> (unknown action), <bad-action/> (prev at the first stage; `next` at the
+last one completes, as older Smack versions send it),
 <bad-payload/> (no form, or a required field missing), <bad-sessionid/> (unknown session, or
 another command's), not-allowed with <session-expired/> (completed, canceled or timed out).
 <bad-locale/> is never sent: the forms are in English for every locale, as a refusal would
@@ -386,8 +387,11 @@ class AdhocModule(Module):
             self._end(record, sessionid)
             return self._reply(origin, st, spec, sessionid, "canceled")
         allowed = self._actions(spec, session.stage)
-        if action == "execute":
-            action = "complete"  # the execute='complete' every stage announces
+        if action == "execute" or (action == "next" and "next" not in allowed):
+            # execute: the execute='complete' every stage announces (§4.4). next at the last
+            # stage: also complete, as Smack's ServiceAdministrationManager (4.3, 4.4) sends
+            # its add-user and delete-user forms with action 'next'.
+            action = "complete"
         if action not in allowed:
             raise _command_error("bad-request", "bad-action", f"{action} is not allowed here")
         stage = spec.stages[session.stage]
