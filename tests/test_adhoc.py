@@ -41,7 +41,11 @@ secret = "{SECRET}"
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = ServerProcess(tmp_path_factory.mktemp("adhoc"), ca, ("localhost",), COMPONENT)
     text = server.config.read_text()
-    server.config.write_text(text.replace("[server]\n", '[server]\nadmins = ["admin@localhost"]\n'))
+    server.config.write_text(
+        text.replace("[server]\n", '[server]\nadmins = ["admin@localhost"]\n')
+        # Failed logins are part of the tests: no growing delays after them.
+        + "\n[limits]\nauth_free_failures = 1000\n"
+    )
     add_accounts(server, USERS)
     server.start()
     yield server
@@ -234,6 +238,50 @@ def test_add_user_change_password_and_delete_user(
     done = run(admin, "delete-user", {"accountjids": ["newbie@localhost"]})
     assert [n[0] for n in notes(done)] == ["error"]  # no such account any more
     assert "deleted the account newbie@localhost" in srv.log_text()
+
+
+def test_disable_and_reenable_user(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient]
+) -> None:
+    admin = login(srv, ca_file, opened, "admin")
+    add_accounts_online(srv, admin, "sleeper")
+    one, two = (login(srv, ca_file, opened, "sleeper") for _ in range(2))
+    one.send(
+        f"<iq type='set' id='r1'><query xmlns='{ROSTER}'><item jid='friend@example.org' "
+        "name='Friend'/></query></iq>"
+    )
+    while one.next().get("id") != "r1":
+        pass
+    done = run(admin, "disable-user", {"accountjids": ["sleeper@localhost"]})
+    assert [n[0] for n in notes(done)] == ["info"]
+    # §4.3: every session ends, no login by any mechanism, the data stays.
+    assert one.stream_error() == "not-authorized" and two.stream_error() == "not-authorized"
+    assert not can_login(srv, ca_file, "sleeper", PASSWORD)
+    plain = srv.client()
+    opened.append(plain)
+    plain.open_stream()
+    plain.starttls(ca_file)
+    assert plain.sasl_plain("sleeper", PASSWORD).tag.endswith("}failure")
+    roster = run(admin, "get-user-roster", {"accountjids": ["sleeper@localhost"]})
+    item = roster.find(f"{{{DATA}}}x/{{{ROSTER}}}query/{{{ROSTER}}}item")
+    assert item is not None and item.get("name") == "Friend"
+    assert int(form_values(cmd(command(admin, "get-disabled-users-num")))["disabledusersnum"][0])
+    disabled = form_values(run(admin, "get-disabled-users-list", {}))["disableduserjids"]
+    assert disabled == ["sleeper@localhost"]
+    # §4.4: logins again.
+    done = run(admin, "reenable-user", {"accountjids": ["sleeper@localhost"]})
+    assert [n[0] for n in notes(done)] == ["info"]
+    assert can_login(srv, ca_file, "sleeper", PASSWORD)
+    assert form_values(run(admin, "get-disabled-users-list", {}))["disableduserjids"] == []
+    # An account that does not exist, one of another domain, the admin's own: error notes.
+    for name, jid in (
+        ("reenable-user", "nobody@localhost"),
+        ("reenable-user", "someone@elsewhere.example"),
+        ("disable-user", "admin@localhost"),
+    ):
+        assert [n[0] for n in notes(run(admin, name, {"accountjids": [jid]}))] == ["error"]
+    assert can_login(srv, ca_file, "admin", PASSWORD)
+    assert "disabled the account sleeper@localhost" in srv.log_text()
 
 
 def test_end_user_session_full_and_bare(

@@ -66,6 +66,7 @@ SESSION_LIFETIME = 600.0  # seconds a command session waits for its next stage
 MAX_SESSIONS = 5  # open command sessions per client session
 ENDED_REMEMBERED = 16  # ended sessionids answered with session-expired, per client session
 LIST_DEFAULT = 100  # XEP-0133 §4.18: users listed when max_items is not given
+ENDED = "an administrator ended the session"
 MAX_ITEMS_OPTIONS = ("25", "50", "75", "100", "150", "200", "none")
 
 
@@ -127,123 +128,74 @@ MAX_ITEMS = Field(
 )
 
 
+def _one_form(name: str, label: str, purpose: str, fields: tuple[Field, ...], run: str) -> Command:
+    """A command with one form (XEP-0133's usual shape)."""
+    return Command(name, label, (Stage(label, f"Fill out this form to {purpose}.", fields),), run)
+
+
 def _list_command(name: str, label: str, what: str) -> Command:
-    stage = Stage(
-        label, f"Fill out this form to request the {what} users of this service.", (MAX_ITEMS,)
-    )
-    return Command(name, label, (stage,), "list_users")
+    purpose = f"request the {what} users of this service"
+    return _one_form(name, label, purpose, (MAX_ITEMS,), "list_users")
 
 
 def _count_command(name: str, label: str) -> Command:
     return Command(name, label, (), "count_users")
 
 
+PASSWORD = Field("password", "text-private", "The password for this account", required=True)
+PASSWORD_AGAIN = Field("password-verify", "text-private", "Retype password", required=True)
+ANNOUNCEMENT = (
+    Field("subject", "text-single", "Subject"),
+    Field("announcement", "text-multi", "Announcement", required=True),
+)
+
 # XEP-0133 §4, in the order of the XEP.
 COMMANDS = {
     c.node: c
     for c in (
-        Command(
-            "add-user",
-            "Add a User",
-            (
-                Stage(
-                    "Adding a User",
-                    "Fill out this form to add a user.",
-                    (
-                        ACCOUNT,
-                        Field(
-                            "password",
-                            "text-private",
-                            "The password for this account",
-                            required=True,
-                        ),
-                        Field("password-verify", "text-private", "Retype password", required=True),
-                    ),
-                ),
-            ),
-            "add_user",
-        ),
-        Command(
-            "delete-user",
-            "Delete a User",
-            (
-                Stage("Deleting a User", "Fill out this form to delete a user.", (ACCOUNTS,)),
-                Stage("Confirm", "These accounts and all their data will be deleted.", ()),
-            ),
-            "delete_user",
-        ),
-        Command(
-            "end-user-session",
-            "End User Session",
-            (
-                Stage(
-                    "Ending a User Session",
-                    "Fill out this form to end a user's session.",
-                    (ACCOUNTS,),
-                ),
-            ),
-            "end_user_session",
-        ),
-        Command(
-            "change-user-password",
-            "Change User Password",
-            (
-                Stage(
-                    "Changing a User Password",
-                    "Fill out this form to change a user's password.",
-                    (ACCOUNT, Field("password", "text-private", "The new password", required=True)),
-                ),
-            ),
-            "change_password",
-        ),
-        Command(
-            "get-user-roster",
-            "Get User Roster",
-            (
-                Stage(
-                    "Getting a User's Roster",
-                    "Fill out this form to get a user's roster.",
-                    (ACCOUNTS,),
-                ),
-            ),
-            "user_roster",
-        ),
+        _one_form("add-user", "Add a User", "add a user", (ACCOUNT, PASSWORD, PASSWORD_AGAIN),
+                  "add_user"),
+        Command("delete-user", "Delete a User", (
+            Stage("Delete a User", "Fill out this form to delete a user.", (ACCOUNTS,)),
+            Stage("Confirm", "These accounts and all their data will be deleted.", ()),
+        ), "delete_user"),
+        _one_form("disable-user", "Disable a User", "disable a user", (ACCOUNTS,),
+                  "disable_user"),
+        _one_form("reenable-user", "Re-Enable a User", "re-enable a user", (ACCOUNTS,),
+                  "reenable_user"),
+        _one_form("end-user-session", "End User Session", "end a user's sessions", (ACCOUNTS,),
+                  "end_user_session"),
+        _one_form("change-user-password", "Change User Password", "change a user's password",
+                  (ACCOUNT, PASSWORD), "change_password"),
+        _one_form("get-user-roster", "Get User Roster", "get a user's roster", (ACCOUNTS,),
+                  "user_roster"),
         _count_command("get-registered-users-num", "Get Number of Registered Users"),
+        _count_command("get-disabled-users-num", "Get Number of Disabled Users"),
         _count_command("get-online-users-num", "Get Number of Online Users"),
         _count_command("get-active-users-num", "Get Number of Active Users"),
         _count_command("get-idle-users-num", "Get Number of Idle Users"),
         _list_command("get-registered-users-list", "Get List of Registered Users", "registered"),
+        _list_command("get-disabled-users-list", "Get List of Disabled Users", "disabled"),
         _list_command("get-online-users-list", "Get List of Online Users", "online"),
         _list_command("get-active-users", "Get List of Active Users", "active"),
         _list_command("get-idle-users", "Get List of Idle Users", "idle"),
-        Command(
-            "announce",
-            "Send Announcement to Online Users",
-            (
-                Stage(
-                    "Making an Announcement",
-                    "Fill out this form to make an announcement to all "
-                    "active users of this service.",
-                    (
-                        Field("subject", "text-single", "Subject"),
-                        Field("announcement", "text-multi", "Announcement", required=True),
-                    ),
-                ),
-            ),
-            "announce",
-        ),
+        _one_form("announce", "Send Announcement to Online Users",
+                  "make an announcement to all online users of this service", ANNOUNCEMENT,
+                  "announce"),
     )
-}
+}  # fmt: skip
 
 # The field each count or list command answers with, and which users it counts (§4.13-4.22):
 # online: a bound session; active: a session that sent available presence (RFC 6121 §4.2);
-# idle: online without one.
+# idle: online without one; disabled: §4.3.
 USER_SETS = {
     "get-registered-users-num": ("registeredusersnum", "registered"),
+    "get-disabled-users-num": ("disabledusersnum", "disabled"),
     "get-online-users-num": ("onlineusersnum", "online"),
     "get-active-users-num": ("activeusersnum", "active"),
     "get-idle-users-num": ("idleusersnum", "idle"),
     "get-registered-users-list": ("registereduserjids", "registered"),
+    "get-disabled-users-list": ("disableduserjids", "disabled"),
     "get-online-users-list": ("onlineuserjids", "online"),
     "get-active-users": ("activeuserjids", "active"),
     "get-idle-users": ("idleuserjids", "idle"),
@@ -590,6 +542,42 @@ class AdhocModule(Module):
             notes.append(("error", f"no such account: {', '.join(missing)}"))
         return "", notes
 
+    async def disable_user(
+        self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
+    ) -> Outcome:
+        return self._set_disabled(origin, domain, values, True)
+
+    async def reenable_user(
+        self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
+    ) -> Outcome:
+        return self._set_disabled(origin, domain, values, False)
+
+    def _set_disabled(
+        self, origin: C2SStream, domain: str, values: dict[str, list[str]], disabled: bool
+    ) -> Outcome:
+        """§4.3: no more logins and the sessions end, the data stays; §4.4: logins again."""
+        targets = self._accounts(values, domain)
+        if disabled and any(f"{local}@{domain}" == origin.bare for local, _, _ in targets):
+            raise CommandFailed("an admin cannot disable their own account")
+        what = "disabled" if disabled else "re-enabled"
+        done, missing = [], []
+        for local, _, _ in targets:
+            try:
+                self.server.accounts.set_disabled(domain, local, disabled)
+            except NoSuchAccount:
+                missing.append(f"{local}@{domain}")
+                continue
+            if disabled:
+                self.server.end_sessions(
+                    domain, local, "not-authorized", "the account was disabled"
+                )
+            done.append(f"{local}@{domain}")
+            log.info("admin %s %s the account %s@%s", origin.full, what, local, domain)
+        notes = [("info", f"{what}: {', '.join(done)}")] if done else []
+        if missing:
+            notes.append(("error", f"no such account: {', '.join(missing)}"))
+        return "", notes
+
     async def end_user_session(
         self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
     ) -> Outcome:
@@ -597,14 +585,15 @@ class AdhocModule(Module):
         for local, _, resource in self._accounts(values, domain, bare_only=False):
             bare = f"{local}@{domain}"
             # §4.5: a full JID ends that session only, a bare JID all of the account's.
-            sessions = self.router.resources(bare)
-            chosen = [sessions[resource]] if resource in sessions else []
-            if not resource:
-                chosen = list(sessions.values())
-            for session in chosen:
-                session.close_with_error("policy-violation", "an administrator ended the session")
-            ended += len(chosen)
-            log.info("admin %s ended %d session(s) of %s", origin.full, len(chosen), bare)
+            if resource:
+                session = self.router.session(bare, resource)
+                count = 0 if session is None else 1
+                if session is not None:
+                    session.close_with_error("policy-violation", ENDED)
+            else:
+                count = self.server.end_sessions(domain, local, "policy-violation", ENDED)
+            ended += count
+            log.info("admin %s ended %d session(s) of %s", origin.full, count, bare)
         return "", [("info", f"{ended} session(s) ended")]
 
     async def change_password(
@@ -645,6 +634,8 @@ class AdhocModule(Module):
     def _users(self, domain: str, which: str) -> list[str]:
         if which == "registered":
             return [f"{local}@{domain}" for _, local in self.server.accounts.list(domain)]
+        if which == "disabled":
+            return [f"{local}@{domain}" for local in self.server.accounts.disabled(domain)]
         online: dict[str, bool] = {}
         for session in self.router.all_sessions():
             if session.domain == domain:
