@@ -360,6 +360,47 @@ def test_announce_reaches_online_users(
     assert el.findtext(f"{{{CLIENT}}}subject") == "Hello"
 
 
+def messages_at_login(
+    srv: ServerProcess, ca_file: str, opened: list[RawClient], user: str
+) -> list[Any]:
+    """The messages a login with initial presence brings, up to a ping's answer."""
+    c = login(srv, ca_file, opened, user)
+    c.send("<presence/>")
+    c.send("<iq type='get' id='after' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    got = []
+    while True:
+        el = c.next()
+        if el.get("id") == "after":
+            return got
+        if el.tag == f"{{{CLIENT}}}message":
+            got.append(el)
+
+
+def test_message_of_the_day(srv: ServerProcess, ca_file: str, opened: list[RawClient]) -> None:
+    admin = login(srv, ca_file, opened, "admin")
+    # §4.26 delete-motd completes at once, also when there is none (the suite runs it first).
+    assert cmd(command(admin, "delete-motd")).get("status") == "completed"
+    run(admin, "set-motd", {"motd": ["Maintenance tonight", "at 22:00"]})
+    # §4.24: at login, from the domain; once per account and message.
+    (motd,) = messages_at_login(srv, ca_file, opened, "bob")
+    assert motd.get("from") == "localhost"
+    assert motd.findtext(f"{{{CLIENT}}}body") == "Maintenance tonight\nat 22:00"
+    assert messages_at_login(srv, ca_file, opened, "bob") == []
+    # §4.25 edit-motd: its form holds the current message; a new one reaches bob again.
+    form = cmd(command(admin, "edit-motd"))
+    assert form_values(form)["motd"] == ["Maintenance tonight", "at 22:00"]
+    done = cmd(command(admin, "edit-motd", "complete", form.get("sessionid"),
+                       {"motd": ["Moved to Friday"]}))  # fmt: skip
+    assert done.get("status") == "completed"
+    (motd,) = messages_at_login(srv, ca_file, opened, "bob")
+    assert motd.findtext(f"{{{CLIENT}}}body") == "Moved to Friday"
+    # Deleted: edit-motd's form is empty, nobody gets one.
+    assert cmd(command(admin, "delete-motd")).get("status") == "completed"
+    assert form_values(cmd(command(admin, "edit-motd")))["motd"] == []
+    assert messages_at_login(srv, ca_file, opened, "erin") == []
+    assert "set the message of the day of localhost" in srv.log_text()
+
+
 # --- XEP-0050 flows and errors -----------------------------------------------------------
 
 

@@ -67,6 +67,8 @@ MAX_SESSIONS = 5  # open command sessions per client session
 ENDED_REMEMBERED = 16  # ended sessionids answered with session-expired, per client session
 LIST_DEFAULT = 100  # XEP-0133 §4.18: users listed when max_items is not given
 ENDED = "an administrator ended the session"
+MOTD_KEY = b"motd"  # the host's (local ""): id, newline, text
+MOTD_SEEN_KEY = b"motd-seen"  # an account's: the id of the last message of the day it got
 MAX_ITEMS_OPTIONS = ("25", "50", "75", "100", "150", "200", "none")
 
 
@@ -115,6 +117,7 @@ class Command:
     label: str
     stages: tuple[Stage, ...]  # forms asked before it runs; none: it runs at execute
     run: str  # the AdhocModule method: (origin, domain, values) -> (result form XML, notes)
+    prefill: str = ""  # the AdhocModule method: (domain) -> the form's current values
 
     @property
     def node(self) -> str:
@@ -144,6 +147,7 @@ def _count_command(name: str, label: str) -> Command:
 
 PASSWORD = Field("password", "text-private", "The password for this account", required=True)
 PASSWORD_AGAIN = Field("password-verify", "text-private", "Retype password", required=True)
+MOTD = (Field("motd", "text-multi", "Message of the day", required=True),)
 ANNOUNCEMENT = (
     Field("subject", "text-single", "Subject"),
     Field("announcement", "text-multi", "Announcement", required=True),
@@ -182,6 +186,12 @@ COMMANDS = {
         _one_form("announce", "Send Announcement to Online Users",
                   "make an announcement to all online users of this service", ANNOUNCEMENT,
                   "announce"),
+        _one_form("set-motd", "Set Message of the Day", "set the message of the day", MOTD,
+                  "set_motd"),
+        Command("edit-motd", "Edit Message of the Day", (Stage(
+            "Edit Message of the Day", "Fill out this form to edit the message of the day.",
+            MOTD),), "set_motd", "current_motd"),
+        Command("delete-motd", "Delete Message of the Day", (), "delete_motd"),
     )
 }  # fmt: skip
 
@@ -255,8 +265,14 @@ class AdhocModule(Module):
     name = "adhoc"
     features = (NS_COMMANDS,)
 
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        # domain -> (id, text) of its message of the day, None: none (read once per domain).
+        self._motd: dict[str, tuple[bytes, str] | None] = {}
+
     def start(self) -> None:
         self.router.set_iq_handler(NS_COMMANDS, self.answer)
+        self.store = self.open_store()
 
     # --- who may ask, and where --------------------------------------------------------
 
@@ -391,8 +407,9 @@ class AdhocModule(Module):
             self._end(record, old)
         while len(record.sessions) >= MAX_SESSIONS:
             self._end(record, next(iter(record.sessions)))  # the oldest
+        values: dict[str, list[str]] = getattr(self, spec.prefill)(domain) if spec.prefill else {}
         session = record.sessions[sessionid] = CommandSession(
-            spec.node, 0, {}, now + SESSION_LIFETIME
+            spec.node, 0, values, now + SESSION_LIFETIME
         )
         return self._stage(origin, st, spec, sessionid, session)
 
@@ -684,6 +701,68 @@ class AdhocModule(Module):
             sent += 1
         log.info("admin %s announced to %d session(s) of %s", origin.full, sent, domain)
         return "", [("info", f"sent to {sent} session(s)")]
+
+    # --- message of the day (§4.24-4.26) ------------------------------------------------
+
+    def motd(self, domain: str) -> tuple[bytes, str] | None:
+        """(id, text) of the host's message of the day; a new id for each text set."""
+        if domain not in self._motd:
+            raw = self.store.get(domain, "", MOTD_KEY)
+            found = None
+            if raw is not None:
+                motd_id, _, text = raw.partition(b"\n")
+                found = (motd_id, text.decode())
+            self._motd[domain] = found
+        return self._motd[domain]
+
+    def current_motd(self, domain: str) -> dict[str, list[str]]:
+        """edit-motd's form, filled with the current message (one value per line)."""
+        found = self.motd(domain)
+        return {} if found is None else {"motd": found[1].split("\n")}
+
+    async def set_motd(
+        self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
+    ) -> Outcome:
+        text = "\n".join(values.get("motd", ()))
+        motd_id = secrets.token_hex(8).encode()
+        await self.store.later(
+            self.store.updating(domain, "", MOTD_KEY, lambda _old: motd_id + b"\n" + text.encode())
+        )
+        self._motd[domain] = (motd_id, text)
+        log.info("admin %s set the message of the day of %s", origin.full, domain)
+        return "", [("info", "the message of the day is set")]
+
+    async def delete_motd(
+        self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
+    ) -> Outcome:
+        await self.store.later(self.store.updating(domain, "", MOTD_KEY, lambda _old: None))
+        self._motd[domain] = None
+        log.info("admin %s deleted the message of the day of %s", origin.full, domain)
+        return "", [("info", "there is no message of the day")]
+
+    def initial_presence(self, session: C2SStream) -> None:
+        """§4.24: the message of the day to a user logging in, once per account and message
+        (as ejabberd: a client that reconnects all day is not told again)."""
+        found = self.motd(session.domain)
+        if found is None:
+            return
+        motd_id, text = found
+        if self.store.get(session.domain, session.local, MOTD_SEEN_KEY) == motd_id:
+            return
+        session.send(
+            f"<message from={quoteattr(session.domain)} to={quoteattr(session.full)}>"
+            f"<body>{escape(text)}</body></message>".encode()
+        )
+        seen = self.store.later(
+            self.store.updating(session.domain, session.local, MOTD_SEEN_KEY, lambda _o: motd_id)
+        )
+        seen.add_done_callback(_log_failure)
+
+
+def _log_failure(done: Any) -> None:
+    """A record that only spares a user seeing the message of the day again: logged."""
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("cannot record a message of the day as seen: %s", done.exception())
 
 
 MODULE = AdhocModule
