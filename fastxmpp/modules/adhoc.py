@@ -436,9 +436,13 @@ class AdhocModule(Module):
         stage = spec.stages[s.stage]
         if stage.fields:
             fields = "".join(_field_xml(f, s.values.get(f.var)) for f in stage.fields)
-        else:  # a review of what the earlier stages gathered
+        else:
+            # A review of what the earlier stages gathered: fixed fields (XEP-0004 §3.3),
+            # one value each (Smack refuses a fixed field with more).
             fields = "".join(
-                _result_field(var, values, "fixed") for var, values in s.values.items()
+                f"<field type='fixed' label={quoteattr(var)}><value>{escape(v)}</value></field>"
+                for var, values in s.values.items()
+                for v in values
             )
         allowed = self._actions(spec, s.stage)
         actions = (
@@ -646,7 +650,8 @@ class AdhocModule(Module):
         )
         # §4.8: the roster (RFC 6121 §2.1) inside the result form.
         jids = [f"{local}@{domain}" for local, _, _ in targets]
-        return _form("result", _result_field("accountjids", jids) + "".join(queries)), []
+        fields = _result_field("accountjids", jids, "jid-multi")
+        return _form("result", fields + "".join(queries)), []
 
     def _users(self, domain: str, which: str) -> list[str]:
         if which == "registered":
