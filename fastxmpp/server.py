@@ -298,6 +298,10 @@ class Server:
             self.storage = None
         self.lock.release()
 
+    def request_stop(self) -> None:
+        """Stop as on SIGTERM (an administrator's XEP-0133 shutdown command)."""
+        self._stop_requested.set()
+
     def storage_failed(self, reason: str) -> None:
         """The storage can no longer be trusted: stop serving (every stream gets
         system-shutdown, nothing more is acknowledged) and exit with EX_IOERR, so that a

@@ -612,3 +612,28 @@ async def test_slixmpp_xep_0050_adds_a_user(srv: ServerProcess, ca_file: str) ->
         assert can_login(srv, ca_file, "slixuser", "slix pw")
     finally:
         client.disconnect()
+
+
+def test_shutdown(make_server: Any, ca_file: str, opened: list[RawClient]) -> None:
+    """§4.31: the announcement to every session, then the server stops as on SIGTERM."""
+    server = make_server()
+    text = server.config.read_text()
+    server.config.write_text(text.replace("[server]\n", '[server]\nadmins = ["admin@localhost"]\n'))
+    add_accounts(server, ["admin", "bob"])
+    server.start()
+    admin = login(server, ca_file, opened, "admin")
+    bob = login(server, ca_file, opened, "bob")
+    form = cmd(command(admin, "shutdown", to="localhost"))
+    assert {"delay", "announcement"} <= set(form_values(form))
+    done = cmd(
+        command(admin, "shutdown", "complete", form.get("sessionid"),
+                {"delay": ["0"], "announcement": ["Back in five minutes"]}, to="localhost")
+    )  # fmt: skip
+    assert done.get("status") == "completed"
+    announcement = bob.next()
+    assert announcement.findtext(f"{{{CLIENT}}}body") == "Back in five minutes"
+    assert bob.stream_error() == "system-shutdown"
+    assert server.proc.wait(20) == 0
+    assert "admin admin@localhost/" in server.log_text() and "shuts the server down" in (
+        server.log_text()
+    )

@@ -34,6 +34,7 @@ grow, and only admins have any.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -101,7 +102,7 @@ class Field:
     type: str
     label: str
     required: bool = False
-    options: tuple[str, ...] = ()
+    options: tuple[tuple[str, str], ...] = ()  # (label, value) of a list field's choices
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +128,20 @@ class Command:
 ACCOUNT = Field("accountjid", "jid-single", "The Jabber ID for the account", required=True)
 ACCOUNTS = Field("accountjids", "jid-multi", "The Jabber ID(s)", required=True)
 MAX_ITEMS = Field(
-    "max_items", "list-single", "Maximum number of items to show", False, MAX_ITEMS_OPTIONS
+    "max_items",
+    "list-single",
+    "Maximum number of items to show",
+    options=tuple((o if o != "none" else "None", o) for o in MAX_ITEMS_OPTIONS),
 )
+# §4.31, with "now" before the XEP's choices.
+DELAY = Field(
+    "delay",
+    "list-single",
+    "Time delay before shutting down",
+    options=(("now", "0"), ("30 seconds", "30"), ("60 seconds", "60"), ("90 seconds", "90"),
+             ("2 minutes", "120"), ("3 minutes", "180"), ("4 minutes", "240"),
+             ("5 minutes", "300")),
+)  # fmt: skip
 
 
 def _one_form(name: str, label: str, purpose: str, fields: tuple[Field, ...], run: str) -> Command:
@@ -192,6 +205,8 @@ COMMANDS = {
             "Edit Message of the Day", "Fill out this form to edit the message of the day.",
             MOTD),), "set_motd", "current_motd"),
         Command("delete-motd", "Delete Message of the Day", (), "delete_motd"),
+        _one_form("shutdown", "Shut Down Service", "shut down the service",
+                  (DELAY, Field("announcement", "text-multi", "Announcement")), "shutdown"),
     )
 }  # fmt: skip
 
@@ -217,7 +232,8 @@ Outcome = tuple[str, list[tuple[str, str]]]  # (result form XML, [(note type, te
 def _field_xml(f: Field, values: list[str] | None = None) -> str:
     inner = "".join(f"<value>{escape(v)}</value>" for v in values or ())
     inner += "".join(
-        f"<option label={quoteattr(o)}><value>{escape(o)}</value></option>" for o in f.options
+        f"<option label={quoteattr(label)}><value>{escape(value)}</value></option>"
+        for label, value in f.options
     )
     if f.required:
         inner += "<required/>"
@@ -269,6 +285,9 @@ class AdhocModule(Module):
         super().__init__(server)
         # domain -> (id, text) of its message of the day, None: none (read once per domain).
         self._motd: dict[str, tuple[bytes, str] | None] = {}
+        # (domain, local) -> the id of the message of the day just sent, until its record
+        # is stored (a second login meanwhile does not get it again).
+        self._motd_recording: dict[tuple[str, str], bytes] = {}
 
     def start(self) -> None:
         self.router.set_iq_handler(NS_COMMANDS, self.answer)
@@ -691,21 +710,39 @@ class AdhocModule(Module):
     ) -> Outcome:
         # XEP-0050 §4.3 text-multi: one value per line.
         body = "\n".join(values.get("announcement", ()))
-        subject = self._one(values, "subject")
+        sent = self._broadcast(domain, self._one(values, "subject"), body)
+        log.info("admin %s announced to %d session(s) of %s", origin.full, sent, domain)
+        return "", [("info", f"sent to {sent} session(s)")]
+
+    def _broadcast(self, domain: str | None, subject: str, body: str) -> int:
+        """§4.23: a headline (RFC 6121 §5.2.2: not stored offline, not for later sessions)
+        from the host to each session it has now (every host's: `domain` None)."""
         subject_xml = f"<subject>{escape(subject)}</subject>" if subject else ""
         sent = 0
-        # §4.23: to the users who have a session now, as a headline (RFC 6121 §5.2.2: not
-        # stored offline, not for later sessions).
         for session in self.router.all_sessions():
-            if session.domain != domain:
+            if domain is not None and session.domain != domain:
                 continue
             session.send(
-                f"<message from={quoteattr(domain)} to={quoteattr(session.full)} "
+                f"<message from={quoteattr(session.domain)} to={quoteattr(session.full)} "
                 f"type='headline'>{subject_xml}<body>{escape(body)}</body></message>".encode()
             )
             sent += 1
-        log.info("admin %s announced to %d session(s) of %s", origin.full, sent, domain)
-        return "", [("info", f"sent to {sent} session(s)")]
+        return sent
+
+    async def shutdown(
+        self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
+    ) -> Outcome:
+        """§4.31: the announcement (if any) to every session, then, after the delay, the
+        server stops as on SIGTERM (every stream gets system-shutdown)."""
+        delay = self._one(values, "delay") or "30"
+        if delay not in {value for _, value in DELAY.options}:
+            raise CommandFailed(f"delay must be one of {', '.join(v for _, v in DELAY.options)}")
+        announcement = "\n".join(values.get("announcement", ()))
+        if announcement.strip():
+            self._broadcast(None, "", announcement)
+        log.warning("admin %s shuts the server down in %s s", origin.full, delay)
+        asyncio.get_running_loop().call_later(int(delay), self.server.request_stop)
+        return "", [("info", f"the server stops in {delay} s")]
 
     # --- message of the day (§4.24-4.26) ------------------------------------------------
 
@@ -752,6 +789,9 @@ class AdhocModule(Module):
         if found is None:
             return
         motd_id, text = found
+        account = (session.domain, session.local)
+        if self._motd_recording.get(account) == motd_id:
+            return  # sent to another session a moment ago, its record still on its way
         if self.store.get(session.domain, session.local, MOTD_SEEN_KEY) == motd_id:
             return
         session.send(
@@ -761,13 +801,17 @@ class AdhocModule(Module):
         seen = self.store.later(
             self.store.updating(session.domain, session.local, MOTD_SEEN_KEY, lambda _o: motd_id)
         )
-        seen.add_done_callback(_log_failure)
+        self._motd_recording[account] = motd_id
+        seen.add_done_callback(lambda done: self._motd_recorded(account, motd_id, done))
 
-
-def _log_failure(done: Any) -> None:
-    """A record that only spares a user seeing the message of the day again: logged."""
-    if not done.cancelled() and done.exception() is not None:
-        log.warning("cannot record a message of the day as seen: %s", done.exception())
+    def _motd_recorded(
+        self, account: tuple[str, str], motd_id: bytes, done: asyncio.Future[Any]
+    ) -> None:
+        if self._motd_recording.get(account) == motd_id:
+            del self._motd_recording[account]
+        if not done.cancelled() and done.exception() is not None:
+            # It only spares the user seeing the same message again.
+            log.warning("cannot record a message of the day as seen: %s", done.exception())
 
 
 MODULE = AdhocModule
