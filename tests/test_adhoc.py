@@ -1,7 +1,7 @@
 """XEP-0050 ad-hoc commands with the XEP-0133 service administration commands, over real
 sockets: the flows Smack's AdHocCommandManager runs in the XMPP Interop Testing suite's
 ServiceAdministrationIntegrationTest (execute, then complete with the filled form, at the
-admin's own bare JID), the multi-stage flow, cancel, the §4.6 errors, who may run them, and
+admin's own bare JID), the multi-stage flow, cancel, the §4.4 errors, who may run them, and
 slixmpp's xep_0050 plugin as a real client."""
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def test_commands_are_discovered_by_admins_only(
 ) -> None:
     admin = login(srv, ca_file, opened, "admin")
     bob = login(srv, ca_file, opened, "bob")
-    # §2.1: the feature on the server's domain.
+    # XEP-0050 §2.1: the feature on the server's domain.
     info = iq(admin, f"<query xmlns='{INFO}'/>", "localhost")
     assert CMD in {f.get("var") for f in info.iter(f"{{{INFO}}}feature")}
     # §2.2: the list, at the domain and at the admin's own bare JID (where the suite asks).
@@ -254,7 +254,7 @@ def test_disable_and_reenable_user(
         pass
     done = run(admin, "disable-user", {"accountjids": ["sleeper@localhost"]})
     assert [n[0] for n in notes(done)] == ["info"]
-    # §4.3: every session ends, no login by any mechanism, the data stays.
+    # XEP-0133 §4.3: every session ends, no login by any mechanism, the data stays.
     assert one.stream_error() == "not-authorized" and two.stream_error() == "not-authorized"
     assert not can_login(srv, ca_file, "sleeper", PASSWORD)
     plain = srv.client()
@@ -292,7 +292,7 @@ def test_end_user_session_full_and_bare(
     opened += [one, two]
     full_one = one.login(ca_file, "carol", PASSWORD)
     two.login(ca_file, "carol", PASSWORD)
-    # §4.5: a full JID ends that session only.
+    # XEP-0133 §4.5: a full JID ends that session only.
     run(admin, "end-user-session", {"accountjids": [full_one]})
     assert one.stream_error() == "policy-violation"
     assert iq(two, "<ping xmlns='urn:xmpp:ping'/>", "localhost").get("type") == "result"
@@ -337,7 +337,7 @@ def test_counts_lists_and_roster(srv: ServerProcess, ca_file: str, opened: list[
     assert "dave@localhost" not in listed("get-active-users", "activeuserjids")
     assert "dave@localhost" in listed("get-idle-users", "idleuserjids")
 
-    # §4.8: the roster inside the result form (the suite reads it as a RosterPacket).
+    # XEP-0133 §4.8: the roster inside the result form (the suite reads it as a RosterPacket).
     done = run(admin, "get-user-roster", {"accountjids": ["dave@localhost"]})
     item = done.find(f"{{{DATA}}}x/{{{ROSTER}}}query/{{{ROSTER}}}item")
     assert item is not None and (item.get("jid"), item.get("name")) == ("x@example.org", "X")
@@ -413,7 +413,7 @@ def test_multi_stage_next_prev_and_cancel(
     sid = first.get("sessionid")
     actions = first.find(f"{{{CMD}}}actions")
     assert {a.tag.split("}")[1] for a in actions} == {"next", "complete"}
-    # §3.4.2 next: the review stage, which allows prev and complete.
+    # XEP-0050 §2.4.2 next: the review stage, which allows prev and complete.
     review = cmd(command(admin, "delete-user", "next", sid, {"accountjids": ["gone@localhost"]},
                          to="localhost"))  # fmt: skip
     assert review.get("status") == "executing" and review.get("sessionid") == sid
@@ -425,7 +425,7 @@ def test_multi_stage_next_prev_and_cancel(
     # prev: the first stage again, filled with what was given.
     back = cmd(command(admin, "delete-user", "prev", sid, to="localhost"))
     assert form_values(back)["accountjids"] == ["gone@localhost"]
-    # §3.4.3 cancel: canceled, and the session is gone (session-expired after that).
+    # §2.4.3 cancel: canceled, and the session is gone (session-expired after that).
     canceled = cmd(command(admin, "delete-user", "cancel", sid, to="localhost"))
     assert canceled.get("status") == "canceled" and canceled.get("sessionid") == sid
     assert error_of(command(admin, "delete-user", "complete", sid, {}, to="localhost")) == (
@@ -453,7 +453,7 @@ def add_accounts_online(srv: ServerProcess, admin: RawClient, name: str) -> None
 
 def test_protocol_errors(srv: ServerProcess, ca_file: str, opened: list[RawClient]) -> None:
     admin = login(srv, ca_file, opened, "admin")
-    # §4.6: an unknown action, a session that does not exist, a node that does not exist.
+    # XEP-0050 §4.4: an unknown action, a session that does not exist, a node that does not exist.
     assert error_of(command(admin, "add-user", "jump")) == ("bad-request", "malformed-action")
     assert error_of(command(admin, "add-user", "complete", "no-such-session", {})) == (
         "bad-request",
@@ -518,7 +518,7 @@ def test_non_admins_and_strangers_are_refused(
     srv: ServerProcess, ca_file: str, opened: list[RawClient]
 ) -> None:
     bob = login(srv, ca_file, opened, "bob")
-    # §4.6: forbidden, at the domain and at the asker's own JID, before any session exists.
+    # XEP-0050 §4.4: forbidden, at the domain and at the asker's own JID, before any session exists.
     for to in ("localhost", "bob@localhost", None):
         assert error_of(command(bob, "add-user", to=to)) == ("forbidden", None)
         assert error_of(command(bob, "get-registered-users-num", to=to)) == ("forbidden", None)

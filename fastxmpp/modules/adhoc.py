@@ -2,7 +2,7 @@
 administer the server from their client (Gajim's "Execute Command", Psi, Converse.js).
 
 Who: the accounts named in `[server] admins` (local bare JIDs), over their own client
-sessions; anyone else gets forbidden (XEP-0050 §4.6), users of other servers too. With no
+sessions; anyone else gets forbidden (XEP-0050 §4.4), users of other servers too. With no
 admins configured nothing is offered. Every admin action is logged (who, what).
 
 Where: the commands are served at every host's domain and, for the asker, at the asker's own
@@ -12,14 +12,14 @@ node `http://jabber.org/protocol/commands` lists them (§2.2; empty for non-admi
 of a command node describes it. A command acts on the host it was sent to (XEP-0133 §1: "the
 service"): accounts of another domain are refused with an error note.
 
-How (§3.4): `execute` starts a session (a fresh `sessionid`) and answers the command's form,
+How (§2.4): `execute` starts a session (a fresh `sessionid`) and answers the command's form,
 `status='executing'`, with `<actions execute='complete'>`; `complete` runs it with the
 submitted form (`status='completed'`, the result form and `<note/>`s), `cancel` ends it
 (`status='canceled'`); a command with a review stage (delete-user) also takes `next` and
 `prev`. Commands without input (the counts) complete at `execute`. What the admin typed that
 cannot be done (an invalid or foreign JID, passwords that differ, an account that exists)
-completes with an error note (§4.4, and what Smack's clients, and so the suite, read; an iq
-error would be a protocol error). Protocol errors are the §4.6 ones: bad-request with
+completes with an error note (§3.6, and what Smack's clients, and so the suite, read; an iq
+error would be a protocol error). Protocol errors are the §4.4 ones: bad-request with
 <malformed-action/> (unknown action), <bad-action/> (prev at the first stage; `next` at the
 last one completes, as older Smack versions send it),
 <bad-payload/> (no form, or a required field missing), <bad-sessionid/> (unknown session, or
@@ -62,7 +62,7 @@ NS_ADMIN = "http://jabber.org/protocol/admin"  # XEP-0133 §3: FORM_TYPE and nod
 NS_DATA = "jabber:x:data"
 NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ROSTER = "jabber:iq:roster"
-ACTIONS = ("execute", "cancel", "prev", "next", "complete")  # XEP-0050 §4.1
+ACTIONS = ("execute", "cancel", "prev", "next", "complete")  # XEP-0050 §4.1, §3.4
 SESSION_LIFETIME = 600.0  # seconds a command session waits for its next stage
 MAX_SESSIONS = 5  # open command sessions per client session
 ENDED_REMEMBERED = 16  # ended sessionids answered with session-expired, per client session
@@ -259,7 +259,7 @@ def _result_field(var: str, values: list[str], field_type: str = "") -> str:
 
 
 def _submitted(command: Any) -> dict[str, list[str]] | None:
-    """The fields of the command's data form (XEP-0004 §3.2: submit; XEP-0050 §4.3.1 reads
+    """The fields of the command's data form (XEP-0004 §3.2: submit; XEP-0050 §3.5.1 reads
     a 'cancel' form as a submit one), or None without a form."""
     form = command.find(f"{{{NS_DATA}}}x")
     if form is None:
@@ -273,7 +273,7 @@ def _submitted(command: Any) -> dict[str, list[str]] | None:
 
 
 def _command_error(condition: str, specific: str, text: str) -> StanzaError:
-    """XEP-0050 §4.6: a stanza error with its specific condition element."""
+    """XEP-0050 §4.4: a stanza error with its specific condition element."""
     return StanzaError(condition, text, app_xml=f"<{specific} xmlns='{NS_COMMANDS}'/>")
 
 
@@ -340,7 +340,7 @@ class AdhocModule(Module):
             f"<feature var='{NS_COMMANDS}'/><feature var='{NS_DATA}'/>"
         )
 
-    # --- XEP-0050 §3.4: execution -------------------------------------------------------
+    # --- XEP-0050 §2.4: execution -------------------------------------------------------
 
     def answer(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes | None:
         domain = self._responder(origin, target)
@@ -375,7 +375,7 @@ class AdhocModule(Module):
             return self._reply(origin, st, spec, sessionid, "canceled")
         allowed = self._actions(spec, session.stage)
         if action == "execute" or (action == "next" and "next" not in allowed):
-            # execute: the execute='complete' every stage announces (§4.4). next at the last
+            # execute: the execute='complete' every stage announces (§3.4). next at the last
             # stage: also complete, as Smack's ServiceAdministrationManager (4.3, 4.4) sends
             # its add-user and delete-user forms with action 'next'.
             action = "complete"
@@ -708,7 +708,7 @@ class AdhocModule(Module):
     async def announce(
         self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
     ) -> Outcome:
-        # XEP-0050 §4.3 text-multi: one value per line.
+        # XEP-0004 §3.3 text-multi: one value per line.
         body = "\n".join(values.get("announcement", ()))
         sent = self._broadcast(domain, self._one(values, "subject"), body)
         log.info("admin %s announced to %d session(s) of %s", origin.full, sent, domain)
