@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, ServerProcess, add_accounts
 from lxml import etree
+from test_sasl2 import authenticate_token, failure, get_token, tls_stream
 from xmpp_raw import RawClient, stanza_error
 
 CMD = "http://jabber.org/protocol/commands"
@@ -252,6 +253,7 @@ def test_disable_and_reenable_user(
     )
     while one.next().get("id") != "r1":
         pass
+    token = get_token(srv, ca_file, "sleeper")  # XEP-0484: a FAST token, taken before
     done = run(admin, "disable-user", {"accountjids": ["sleeper@localhost"]})
     assert [n[0] for n in notes(done)] == ["info"]
     # XEP-0133 §4.3: every session ends, no login by any mechanism, the data stays.
@@ -262,6 +264,12 @@ def test_disable_and_reenable_user(
     plain.open_stream()
     plain.starttls(ca_file)
     assert plain.sasl_plain("sleeper", PASSWORD).tag.endswith("}failure")
+    fast, _ = tls_stream(srv, ca_file)
+    opened.append(fast)
+    assert failure(authenticate_token(fast, "sleeper", token)) in (
+        "not-authorized",
+        "credentials-expired",
+    )
     roster = run(admin, "get-user-roster", {"accountjids": ["sleeper@localhost"]})
     item = roster.find(f"{{{DATA}}}x/{{{ROSTER}}}query/{{{ROSTER}}}item")
     assert item is not None and item.get("name") == "Friend"
