@@ -20,10 +20,10 @@ submitted form (`status='completed'`, the result form and `<note/>`s), `cancel` 
 cannot be done (an invalid or foreign JID, passwords that differ, an account that exists)
 completes with an error note (§3.6, and what Smack's clients, and so the suite, read; an iq
 error would be a protocol error). Protocol errors are the §4.4 ones: bad-request with
-<malformed-action/> (unknown action), <bad-action/> (prev at the first stage; `next` at the
-last one completes, as older Smack versions send it),
-<bad-payload/> (no form, or a required field missing), <bad-sessionid/> (unknown session, or
-another command's), not-allowed with <session-expired/> (completed, canceled or timed out).
+<malformed-action/> (unknown action), <bad-action/> (prev at the first stage; `next` at
+the last one completes, as older Smack versions send it), <bad-payload/> (no form, or a
+required field missing), <bad-sessionid/> (unknown session, or another command's), and
+not-allowed with <session-expired/> (completed, canceled or timed out).
 <bad-locale/> is never sent: the forms are in English for every locale, as a refusal would
 lock out every client set to another language.
 
@@ -60,7 +60,6 @@ log = logging.getLogger("fastxmpp.adhoc")
 NS_COMMANDS = "http://jabber.org/protocol/commands"
 NS_ADMIN = "http://jabber.org/protocol/admin"  # XEP-0133 §3: FORM_TYPE and node prefix
 NS_DATA = "jabber:x:data"
-NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ROSTER = "jabber:iq:roster"
 ACTIONS = ("execute", "cancel", "prev", "next", "complete")  # XEP-0050 §4.1, §3.4
 SESSION_LIFETIME = 600.0  # seconds a command session waits for its next stage
@@ -361,7 +360,7 @@ class AdhocModule(Module):
         if spec is None:
             raise StanzaError("item-not-found", "no such command")
         if not self.is_admin(origin):
-            log.warning("%s was refused command %s: not an admin", origin.full, node)
+            log.info("%s was refused command %s: not an admin", origin.full, node)
             raise StanzaError("forbidden", "the service administration commands are for admins")
         record = ADHOC.of(origin)
         sessionid = command.get("sessionid")
