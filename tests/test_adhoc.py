@@ -6,7 +6,9 @@ slixmpp's xep_0050 plugin as a real client."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +16,11 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, ServerProcess, add_accounts
 from lxml import etree
+from slix_client import SlixClient
 from test_sasl2 import authenticate_token, failure, get_token, tls_stream
 from xmpp_raw import RawClient, stanza_error
+
+logging.getLogger("slixmpp").setLevel(logging.WARNING)
 
 CMD = "http://jabber.org/protocol/commands"
 ADMIN = "http://jabber.org/protocol/admin"
@@ -526,7 +531,7 @@ def test_non_admins_and_strangers_are_refused(
     srv: ServerProcess, ca_file: str, opened: list[RawClient]
 ) -> None:
     bob = login(srv, ca_file, opened, "bob")
-    # XEP-0050 §4.4: forbidden, at the domain and at the asker's own JID, before any session exists.
+    # XEP-0050 §4.4: forbidden, at the domain and at the asker's own JID, before any session.
     for to in ("localhost", "bob@localhost", None):
         assert error_of(command(bob, "add-user", to=to)) == ("forbidden", None)
         assert error_of(command(bob, "get-registered-users-num", to=to)) == ("forbidden", None)
@@ -582,12 +587,6 @@ def test_non_admins_and_strangers_are_refused(
 async def test_slixmpp_xep_0050_adds_a_user(srv: ServerProcess, ca_file: str) -> None:
     """slixmpp's xep_0050 plugin: the command list, then its workflow (start_command, the
     form, complete_command) creates an account at the server's domain."""
-    import asyncio
-    import logging
-
-    from slix_client import SlixClient
-
-    logging.getLogger("slixmpp").setLevel(logging.WARNING)
     client = SlixClient("admin@localhost/slix", ca_file, plugins=("xep_0030", "xep_0004",
                                                                   "xep_0050"))  # fmt: skip
     await client.online(srv.port)
