@@ -393,6 +393,9 @@ class Config:
     components: dict[str, ComponentConfig] = field(default_factory=dict)
     http: HttpConfig = HttpConfig()
     upload: UploadConfig = UploadConfig()
+    # Bare JIDs of local accounts that may run the XEP-0133 service administration commands
+    # (fastxmpp/modules/adhoc.py); none: no admin commands are offered.
+    admins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -677,7 +680,11 @@ def _base_url(value: Any) -> str:
     return text.rstrip("/")
 
 
-_SERVER_KEYS: dict[str, Check] = {"data_dir": _string, "log_level": _log_level}
+_SERVER_KEYS: dict[str, Check] = {
+    "data_dir": _string,
+    "log_level": _log_level,
+    "admins": _bare_jids,
+}
 _LISTENER_KEYS: dict[str, Check] = {
     "kind": _one_of(*LISTENER_KINDS),
     "address": _address,
@@ -963,6 +970,13 @@ class _Builder:
             for name, (cls, checks) in _SIMPLE_SECTIONS.items()
         }
         hosts = self.hosts(data.get("hosts", {}))
+        admins = server.get("admins", ())
+        for admin in admins:
+            if admin.rpartition("@")[2] not in hosts:
+                self.problem(
+                    ("server", "admins"),
+                    f"server.admins has {admin}, which is not an account of a host served here",
+                )
         return Config(
             hosts=hosts,
             listeners=self.listeners(data.get("listeners", [])),
@@ -993,6 +1007,7 @@ class _Builder:
             data_dir=self.path(server.get("data_dir", "var")),
             log_level=server.get("log_level", "info"),
             source=source,
+            admins=admins,
         )
 
     def listeners(self, entries: Any) -> tuple[ListenerConfig, ...]:

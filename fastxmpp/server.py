@@ -232,12 +232,24 @@ class Server:
         stream authenticated as it, bound or not, gets a not-authorized stream error after
         what is already queued for it (the removing session's iq result goes out first)."""
         self.accounts.delete(domain, local)
-        for session in self.router.resources(f"{local}@{domain}").values():
-            session.close_with_error("not-authorized", "the account was removed")
-        for stream in list(self.streams):
-            if stream.authenticated_local == local and stream.host == domain:
-                stream.close_with_error("not-authorized", "the account was removed")
+        self.end_sessions(domain, local, "not-authorized", "the account was removed")
         self.modules.account_removed(domain, local)
+
+    def end_sessions(self, domain: str, local: str, condition: str, text: str) -> int:
+        """End every stream authenticated as local@domain, bound or not (and sessions waiting
+        for XEP-0198 resumption) with a stream error; how many there were."""
+        ending = list(self.router.resources(f"{local}@{domain}").values())
+        ending += [
+            stream
+            for stream in self.streams
+            if stream.authenticated_local == local
+            and stream.host == domain
+            and not stream.closing
+            and stream not in ending
+        ]
+        for stream in ending:
+            stream.close_with_error(condition, text)
+        return len(ending)
 
     async def stop(self) -> None:
         log.info("shutting down: system-shutdown to %d streams", len(self.streams))
@@ -285,6 +297,10 @@ class Server:
             self.storage.close()
             self.storage = None
         self.lock.release()
+
+    def request_stop(self) -> None:
+        """Stop as on SIGTERM (an administrator's XEP-0133 shutdown command)."""
+        self._stop_requested.set()
 
     def storage_failed(self, reason: str) -> None:
         """The storage can no longer be trusted: stop serving (every stream gets

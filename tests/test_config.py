@@ -517,3 +517,23 @@ def test_expired_certificate(tmp_path: Path) -> None:
         )
     )
     assert "expired" in (check_certificate(cert_path, key_path) or "")
+
+
+def test_server_admins_are_bare_jids_of_served_hosts(tmp_path: Path) -> None:
+    # fastxmpp/modules/adhoc.py (XEP-0133): who may run the administration commands.
+    base = (
+        '[[listeners]]\nkind = "c2s"\naddress = "127.0.0.1"\nport = 5222\n\n[hosts."example.org"]\n'
+    )
+    good = write(tmp_path, '[server]\nadmins = ["Alice@Example.org"]\n' + base)
+    assert load_config(good).admins == ("alice@example.org",)
+    assert load_config(write(tmp_path, base, "none.toml")).admins == ()
+    for admins, complaint in (
+        ('["alice@example.org/phone"]', "bare JIDs"),
+        ('["example.org"]', "bare JIDs"),
+        ('["alice@elsewhere.example"]', "not an account of a host served here"),
+        ('"alice@example.org"', "array of bare JIDs"),
+    ):
+        path = write(tmp_path, f"[server]\nadmins = {admins}\n" + base, "bad.toml")
+        problems = check_config(path)
+        assert len(problems) == 1 and complaint in problems[0].message, problems
+        assert problems[0].line == 2

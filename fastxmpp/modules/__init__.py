@@ -46,6 +46,7 @@ BUILTIN = (
     "mam",  # XEP-0313 user archives, XEP-0359 stanza-ids
     "push",  # XEP-0357 push notifications to app servers
     "upload",  # XEP-0363 HTTP file upload (a service domain, files on the http listener)
+    "adhoc",  # XEP-0050 ad-hoc commands: XEP-0133 service administration
 )
 
 

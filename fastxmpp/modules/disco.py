@@ -19,6 +19,9 @@
   through an optional `account_node_items(requester_bare, local, domain, node)` returning
   [(jid, name)], or None (XEP-0060 §5.5: a PEP node's items). disco#items of any other node
   of an account is an empty result (§8: as for an account that does not exist).
+- Nodes a module serves at the server or at the asker's own account through optional
+  `disco_node_info(origin, target, node)` and `disco_node_items(origin, target, node, jid)`
+  (inner XML, or None: not its node): XEP-0050's command list and command nodes.
 - Any other node: item-not-found (§3.2), except node#ver of the server's own caps.
 - XEP-0157: the server's disco#info carries its contact addresses (`[contact]`) as a
   XEP-0128 serverinfo form, part of what its caps hash (XEP-0115 §5.1 includes forms).
@@ -132,10 +135,34 @@ class DiscoModule(Module):
         node = query.get("node")
         return node, "" if node is None else " node=" + quoteattr(node)
 
+    def _node_answer(
+        self, origin: C2SStream, target: tuple[str, ...] | None, node: str, items_of: str | None
+    ) -> str | None:
+        """The inner XML a module answers for a node of the server or of the asker's own
+        account (XEP-0050 §2.2: the command list and command nodes): disco#items of the
+        node at JID `items_of`, else its disco#info; None when no module serves the node."""
+        for module in self.hub.modules.values():
+            if items_of is not None:
+                node_items = getattr(module, "disco_node_items", None)
+                answer = None if node_items is None else node_items(origin, target, node, items_of)
+            else:
+                node_info = getattr(module, "disco_node_info", None)
+                answer = None if node_info is None else node_info(origin, target, node)
+            if answer is not None:
+                result: str = answer
+                return result
+        return None
+
     # --- disco#info (§3) ---------------------------------------------------------------------
 
     def info(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         node, node_attr = self._query(st, NS_INFO)
+        if node is not None:
+            answer = self._node_answer(origin, target, node, None)
+            if answer is not None:
+                return iq_result(
+                    origin, st, f"<query xmlns='{NS_INFO}'{node_attr}>{answer}</query>"
+                )
         target = target or sender_account(origin)
         if not target[0]:
             # The server; XEP-0115 §6.2: node#ver of its caps is the same disco#info.
@@ -168,6 +195,13 @@ class DiscoModule(Module):
     def items(self, origin: C2SStream, st: Stanza, target: tuple[str, ...] | None) -> bytes:
         node, node_attr = self._query(st, NS_ITEMS)
         payload = ""
+        if node is not None:
+            asked = origin.bare if target is None else target[3] if target[0] else target[1]
+            answer = self._node_answer(origin, target, node, asked)
+            if answer is not None:
+                return iq_result(
+                    origin, st, f"<query xmlns='{NS_ITEMS}'{node_attr}>{answer}</query>"
+                )
         target = target or sender_account(origin)
         if node is not None:
             if not target[0]:

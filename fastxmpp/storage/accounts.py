@@ -2,7 +2,8 @@
 
 Each record (msgpack, in the "accounts" database, key `domain NUL localpart`) holds, for both
 SCRAM-SHA-1 and SCRAM-SHA-256, what RFC 5802 §3 lets a server keep: the salt, StoredKey,
-ServerKey and iteration count; and the creation time.
+ServerKey and iteration count; the creation time; and `disabled` while an administrator has
+disabled it (XEP-0133 §4.3: nobody logs in to it, its data stays).
 """
 
 from __future__ import annotations
@@ -176,10 +177,50 @@ class AccountStore:
         with self.storage.env.begin(db=self._db) as txn:
             return txn.get(_key(domain, local)) is not None
 
+    def set_disabled(self, domain: str, local: str, disabled: bool) -> None:
+        """Disable the account (XEP-0133 §4.3: no login, by any mechanism, until re-enabled;
+        its data stays) or re-enable it. Disabling also ends its FAST tokens (XEP-0484), as a
+        password change does."""
+        key = _key(domain, local)
+
+        def update(txn: Any) -> None:
+            raw = txn.get(key)
+            if raw is None:
+                raise NoSuchAccount(f"no account {local}@{domain}")
+            record = self._decode(key, raw)
+            if record is None:
+                return  # corrupt: nobody logs in to it anyway (`_read`)
+            if disabled:
+                record["disabled"] = True
+                purge_credential_bound(self.storage, txn, domain, local)
+            else:
+                record.pop("disabled", None)
+            txn.put(key, msgpack.packb(record))
+
+        self.storage.write(update, db=self._db)
+
+    def disabled(self, domain: str) -> builtins.list[str]:
+        """The localparts of `domain`'s disabled accounts, sorted."""
+        prefix = f"{domain}\0".encode()
+        found = []
+        with self.storage.env.begin(db=self._db) as txn:
+            cursor = txn.cursor()
+            more = cursor.set_range(prefix)
+            while more:
+                key = bytes(cursor.key())
+                if not key.startswith(prefix):
+                    break
+                record = self._decode(key, bytes(cursor.value()))
+                if record is not None and record.get("disabled"):
+                    found.append(key[len(prefix) :].decode())
+                more = cursor.next()
+        return sorted(found)
+
     def scram_auth_info(self, domain: str, local: str, mechanism: str) -> ScramAuthInfo | None:
-        """What scramp's server-side `auth_fn` returns, or None for an unknown account."""
+        """What scramp's server-side `auth_fn` returns, or None for an unknown or disabled
+        account (every password mechanism, PLAIN and XEP-0078 included, asks here)."""
         record = self._read(domain, local)
-        if record is None or mechanism not in record["scram"]:
+        if record is None or mechanism not in record["scram"] or record.get("disabled"):
             return None
         salt, stored_key, server_key, iterations = record["scram"][mechanism]
         return salt, stored_key, server_key, iterations
