@@ -18,7 +18,7 @@ from conftest import PASSWORD, ServerProcess, add_accounts
 from lxml import etree
 from slix_client import SlixClient
 from test_sasl2 import authenticate_token, failure, get_token, tls_stream
-from xmpp_raw import RawClient, stanza_error
+from xmpp_raw import SASL, RawClient, stanza_error
 
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
 
@@ -264,11 +264,27 @@ def test_disable_and_reenable_user(
     # XEP-0133 §4.3: every session ends, no login by any mechanism, the data stays.
     assert one.stream_error() == "not-authorized" and two.stream_error() == "not-authorized"
     assert not can_login(srv, ca_file, "sleeper", PASSWORD)
-    plain = srv.client()
-    opened.append(plain)
-    plain.open_stream()
-    plain.starttls(ca_file)
-    assert plain.sasl_plain("sleeper", PASSWORD).tag.endswith("}failure")
+    # RFC 6120 §6.5.1: account-disabled, but only to whoever proved the password (SCRAM
+    # and PLAIN); a wrong one hears not-authorized, as for any account.
+    for mechanism, password, condition in (
+        ("SCRAM-SHA-256", PASSWORD, "account-disabled"),
+        ("SCRAM-SHA-1", "wrong", "not-authorized"),
+        ("PLAIN", PASSWORD, "account-disabled"),
+        ("PLAIN", "wrong", "not-authorized"),
+    ):
+        c = srv.client()
+        opened.append(c)
+        c.open_stream()
+        c.starttls(ca_file)
+        if mechanism == "PLAIN":
+            outcome = c.sasl_plain("sleeper", password)
+        else:
+            outcome = c.sasl_scram("sleeper", password, mechanism)
+        assert outcome.tag == f"{{{SASL}}}failure", (mechanism, password)
+        assert [child.tag for child in outcome][0] == f"{{{SASL}}}{condition}", (
+            mechanism,
+            password,
+        )
     fast, _ = tls_stream(srv, ca_file)
     opened.append(fast)
     assert failure(authenticate_token(fast, "sleeper", token)) in (

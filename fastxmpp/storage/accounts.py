@@ -216,19 +216,30 @@ class AccountStore:
                 more = cursor.next()
         return sorted(found)
 
-    def scram_auth_info(self, domain: str, local: str, mechanism: str) -> ScramAuthInfo | None:
-        """What scramp's server-side `auth_fn` returns, or None for an unknown or disabled
-        account (every password mechanism, PLAIN and XEP-0078 included, asks here)."""
+    def is_disabled(self, domain: str, local: str) -> bool:
         record = self._read(domain, local)
-        if record is None or mechanism not in record["scram"] or record.get("disabled"):
+        return record is not None and bool(record.get("disabled"))
+
+    def scram_auth_info(
+        self, domain: str, local: str, mechanism: str, *, disabled_too: bool = False
+    ) -> ScramAuthInfo | None:
+        """What scramp's server-side `auth_fn` returns, or None for an unknown or (unless
+        `disabled_too`: to tell a right password for it, RFC 6120 §6.5.1) disabled account
+        (every password mechanism, PLAIN and XEP-0078 included, asks here)."""
+        record = self._read(domain, local)
+        if record is None or mechanism not in record["scram"]:
+            return None
+        if record.get("disabled") and not disabled_too:
             return None
         salt, stored_key, server_key, iterations = record["scram"][mechanism]
         return salt, stored_key, server_key, iterations
 
-    def check_password(self, domain: str, local: str, password: str) -> bool:
+    def check_password(
+        self, domain: str, local: str, password: str, *, disabled_too: bool = False
+    ) -> bool:
         """For SASL PLAIN (RFC 4616): derive the StoredKey from the offered password with the
         stored salt and iteration count, and compare in constant time."""
-        info = self.scram_auth_info(domain, local, _PLAIN_MECHANISM)
+        info = self.scram_auth_info(domain, local, _PLAIN_MECHANISM, disabled_too=disabled_too)
         if info is None or not password:
             return False
         salt, stored_key, _, iterations = info

@@ -44,6 +44,10 @@ class Success:
     local: str
 
 
+# RFC 6120 §6.5.1 <account-disabled/>, told only to whoever proved the password.
+DISABLED = "an administrator has disabled this account"
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     condition: str  # RFC 6120 §6.5
@@ -115,6 +119,7 @@ class ScramExchange(SaslExchange):
         self._server_first = ""
         self._nonce = ""
         self._keys: tuple[bytes, bytes] = (b"", b"")  # StoredKey, ServerKey
+        self._disabled = False  # the account is disabled (XEP-0133 disable-user)
 
     def _auth_info(self, username: str) -> tuple[bytes, bytes, bytes, int]:
         self.username = _decode_scram_username(username)
@@ -122,6 +127,12 @@ class ScramExchange(SaslExchange):
             local = normalize_local(_decode_scram_username(username))
             self.username = local
             info = self._accounts.scram_auth_info(self._domain, local, self._mechanism)
+            if info is None and self._accounts.is_disabled(self._domain, local):
+                # Exchanged as for any account: only a right proof hears that it is disabled.
+                self._disabled = True
+                info = self._accounts.scram_auth_info(
+                    self._domain, local, self._mechanism, disabled_too=True
+                )
         except JIDError:
             info = None
             local = None
@@ -236,6 +247,8 @@ class ScramExchange(SaslExchange):
             return Failure("not-authorized")
         if self._authzid is not None and self._authzid != f"{self._local}@{self._domain}":
             return Failure("invalid-authzid")  # RFC 6120 §6.4.6: no acting as another
+        if self._disabled:
+            return Failure("account-disabled", DISABLED)  # RFC 6120 §6.5.1
         verifier = hmac.new(server_key, message, self._digest).digest()
         return Success(b"v=" + base64.b64encode(verifier), self._local)
 
@@ -281,6 +294,12 @@ class PlainExchange(SaslExchange):
             lambda: self._accounts.verify_password(self._domain, local, password)
         )
         if not valid:
+            if self._accounts.is_disabled(self._domain, local) and await self._run_blocking(
+                lambda: self._accounts.check_password(
+                    self._domain, local, password, disabled_too=True
+                )
+            ):
+                return Failure("account-disabled", DISABLED)  # RFC 6120 §6.5.1
             return Failure("not-authorized")
         if credentials is not None:
             self._accounts.replace_credentials(self._domain, local, credentials)
