@@ -37,6 +37,12 @@ kind = "http"
 address = "127.0.0.1"
 port = 5280
 
+[[listeners]]
+kind = "http"
+address = "127.0.0.1"
+port = 5281
+tls = "direct"
+
 [hosts.localhost]
 """
 

@@ -51,6 +51,7 @@ def test_example_config_is_valid_and_matches_the_defaults() -> None:
     assert config.listeners == (
         ListenerConfig("c2s", "127.0.0.1", 5222),
         ListenerConfig("http", "127.0.0.1", 5280, "none"),
+        ListenerConfig("http", "127.0.0.1", 5281, "direct"),
     )
     # The example documents the defaults: it must say exactly what leaving a key out does.
     assert config.c2s == C2SConfig()
@@ -77,10 +78,12 @@ def test_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(tmp_path)
     config = load_config(None)
     assert list(config.hosts) == ["localhost"]
-    # HTTP (WebSocket) on loopback as Prosody and ejabberd serve it, on 5280.
+    # HTTP (WebSocket) on loopback as Prosody and ejabberd serve it, on 5280, and HTTPS on
+    # 5281 as Prosody does (XEP-0363 upload slots name it: §4 asks for TLS).
     assert config.listeners == (
         ListenerConfig("c2s", "127.0.0.1", 5222),
         ListenerConfig("http", "127.0.0.1", 5280, "none"),
+        ListenerConfig("http", "127.0.0.1", 5281, "direct"),
     )
     assert config.data_dir == tmp_path / "var"
     assert config.log_level == "info"

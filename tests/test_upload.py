@@ -9,6 +9,7 @@ import asyncio
 import calendar
 import io
 import os
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -514,3 +515,33 @@ def test_plain_http_upload_urls_are_warned_about(web: ServerProcess, make_server
     srv.start()
     srv.wait_for_log("file upload service upload.localhost")
     assert "XEP-0363" not in srv.log_text()
+
+
+async def test_slots_name_the_https_listener_when_there_is_one(
+    make_server: Any, ca_file: str
+) -> None:
+    """With a plain and an HTTPS http listener (as the default configuration has, on 5280 and
+    5281), slots name the HTTPS one (XEP-0363 §4: the host MUST provide TLS): no warning,
+    and the file goes up and comes back over TLS with the host's certificate."""
+    https = HTTP_LISTENER + 'tls = "direct"\n'
+    srv = make_server(HTTP_LISTENER + https)
+    srv.adduser("alice@localhost")
+    srv.start()
+    port = http_port(srv, https=True)
+    srv.wait_for_log("file upload service upload.localhost")
+    assert "XEP-0363" not in srv.log_text()
+    client = srv.client()
+    try:
+        client.login(ca_file, "alice", PASSWORD)
+        put_url, get_url = slot_urls(ask_slot(client, "a.txt", 5))
+    finally:
+        client.close()
+    for url in (put_url, get_url):
+        assert urlsplit(url)[:2] == ("https", f"127.0.0.1:{port}"), url
+    tls = ssl.create_default_context(cafile=ca_file)
+    tls.check_hostname = False  # the URL names the address; the certificate, localhost
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as http:
+        async with http.put(put_url, data=b"hello", headers={"Content-Type": "text/plain"}) as r:
+            assert r.status == 201
+        async with http.get(get_url) as r:
+            assert r.status == 200 and await r.read() == b"hello"

@@ -212,8 +212,8 @@ def serve_clients(bin_dir: Path, root: Path) -> str:
     env = outside_env(bin_dir)
     command = (str(bin_dir / "fastxmpp"),)
     default = run([*command, "check-config"], cwd=root, env=env)  # the embedded default
-    # c2s on 5222 and http (WebSocket, BOSH) on 5280
-    assert default.stdout.startswith("configuration OK: 1 host, 2 listeners"), default.stdout
+    # c2s on 5222, http (WebSocket, BOSH) on 5280 and https (the same, and uploads) on 5281
+    assert default.stdout.startswith("configuration OK: 1 host, 3 listeners"), default.stdout
     ca = trustme.CA()
     ca_file = root / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))

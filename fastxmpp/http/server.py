@@ -167,11 +167,13 @@ class HttpService:
 
     def public_base(self, host: str) -> str:
         """The URL clients reach this application under when no request tells (URLs handed
-        out over XMPP: XEP-0363 slots): `[http] public_url`, or the first listener, named by
-        its address, or by `host` when it listens on every address."""
+        out over XMPP: XEP-0363 slots): `[http] public_url`, or the first HTTPS listener
+        (XEP-0363 §4: the host MUST provide TLS), else the first listener, named by its
+        address, or by `host` when it listens on every address."""
         if self.config.public_url:
             return self.config.public_url
-        address, port, https = self.bound[0] if self.bound else ("127.0.0.1", 5280, False)
+        bound = next((b for b in self.bound if b[2]), self.bound[0]) if self.bound else None
+        address, port, https = bound or ("127.0.0.1", 5280, False)
         if ipaddress.ip_address(address).is_unspecified:
             name = host
         else:

@@ -334,12 +334,14 @@ class UploadModule(Module):
 
     def _urls_are_https(self) -> bool:
         """Whether slot URLs start with https:// (what `_file_url` builds them from:
-        [http] public_url, else the first http listener)."""
+        [http] public_url, else an HTTPS listener if there is one)."""
         public_url = self.config.http.public_url
         if public_url:
             return bool(public_url.startswith("https://"))
-        first = next(listener for listener in self.config.listeners if listener.kind == "http")
-        return first.tls == "direct"
+        return any(
+            listener.kind == "http" and listener.tls == "direct"
+            for listener in self.config.listeners
+        )
 
     def _pending(self, owner: tuple[str, str], now: float) -> PendingSlots:
         pending = self.pending.setdefault(owner, PendingSlots())
