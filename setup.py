@@ -3,6 +3,7 @@ connection's per-read path with its TLS layer, and the archive writer's work per
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
@@ -37,6 +38,8 @@ extensions = [
 ]
 
 setup(
+    # The extensions compile side by side (every wheel build, `make install` included).
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},
     ext_modules=cythonize(
         extensions,
         language_level=3,
