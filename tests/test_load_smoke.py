@@ -173,7 +173,9 @@ def test_roster_login(load_server: ServerProcess) -> None:
 
 @pytest.mark.parametrize("target", ["online", "offline"])
 def test_flood(load_server: ServerProcess, target: str) -> None:
-    result = _run(_spec(load_server, "flood", "flood", pairs=4, flood_target=target))
+    result = _run(
+        _spec(load_server, "flood", "flood", pairs=4, flood_target=target, flood_drain=1.0)
+    )
     for phase in ("baseline", "flood"):
         assert result["phases"][phase]["sent"] > 0
         assert result["phases"][phase]["lost"] == 0, result["phases"]
