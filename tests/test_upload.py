@@ -272,9 +272,13 @@ async def test_stalled_or_dropped_upload_keeps_nothing(make_server, ca_file: str
             await writer.drain()
             file_id = urlsplit(get_url).path.split("/")[2]
             if stalls:
-                # 90 bytes never come: after idle_timeout the server gives up.
+                # 90 bytes never come: after idle_timeout the server gives up, and closes
+                # the connection after at most idle_timeout more (aiohttp would linger 10 s
+                # reading the rest of the body).
+                stalled_at = time.monotonic()
                 answer = await reader.read()
                 assert answer.startswith(b"HTTP/1.1 400"), answer
+                assert time.monotonic() - stalled_at < 6, "the connection was kept"
             else:
                 writer.close()
             srv.wait_for_log(f"upload {file_id} failed")

@@ -10,7 +10,7 @@ one (`add_link`).
 Limits ([http]): open connections, all http listeners together (beyond: 503 and closed),
 request body size (aiohttp's client_max_size: 413), idle connections closed after
 idle_timeout (aiohttp's keep-alive timeout, which also covers a connection that never
-completes a request). Each request is logged at info level on `fastxmpp.http.access`.
+completes a request, and its lingering time after an answer that left a body unread). Each request is logged at info level on `fastxmpp.http.access`.
 
 Behind a reverse proxy (the usual way to serve WebSocket on 443): the proxies in
 `trusted_proxies` are believed about the client's address (X-Forwarded-For, its last entry)
@@ -87,6 +87,10 @@ class HttpService:
             access_log=access_log if self.config.access_log else None,
             access_log_format=ACCESS_LOG_FORMAT,
             keepalive_timeout=self.config.idle_timeout,
+            # After an answer that did not read the whole body (a stalled or refused upload),
+            # aiohttp reads and drops the rest for this long before closing (10 s by
+            # default): no longer than any other idle connection is kept.
+            lingering_time=self.config.idle_timeout,
             shutdown_timeout=SHUTDOWN_GRACE,
         )
         self.refused = 0  # connections refused for max_connections (log lines)
