@@ -10,7 +10,8 @@ one (`add_link`).
 Limits ([http]): open connections, all http listeners together (beyond: 503 and closed),
 request body size (aiohttp's client_max_size: 413), idle connections closed after
 idle_timeout (aiohttp's keep-alive timeout, which also covers a connection that never
-completes a request, and its lingering time after an answer that left a body unread). Each request is logged at info level on `fastxmpp.http.access`.
+completes a request, and its lingering time after an answer that left a body unread). Each
+request is logged at info level on `fastxmpp.http.access`.
 
 Behind a reverse proxy (the usual way to serve WebSocket on 443): the proxies in
 `trusted_proxies` are believed about the client's address (X-Forwarded-For, its last entry)
