@@ -81,8 +81,8 @@ class Bosh:
                     return element
         raise AssertionError(f"no {tag}")
 
-    async def login(self, user: str, resource: str = "bosh") -> str:
-        created = await self.create()
+    async def login(self, user: str, resource: str = "bosh", wait: str = "10") -> str:
+        created = await self.create(wait=wait)
         features = created.find(f"{{{STREAMS}}}features")
         if features is None:
             features = await self.until(f"{{{STREAMS}}}features")
@@ -129,7 +129,8 @@ async def test_session_login_and_chat_with_a_tcp_client(
     assert created.find("{urn:ietf:params:xml:ns:xmpp-tls}starttls") is None  # never over BOSH
 
     bosh = Bosh(http, http_port(bosh_server))
-    jid = await bosh.login(alice)
+    # wait 1: a request that brings nothing back (the message to bob) is held that long
+    jid = await bosh.login(alice, wait="1")
     assert jid == f"{alice}@localhost/bosh"
     tcp = bosh_server.client()
     try:
