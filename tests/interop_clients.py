@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,16 @@ def run_json(command: list[str], env: dict[str, str] | None = None, timeout: flo
 DIRECT_TLS_LISTENER = (
     '[[listeners]]\nkind = "c2s"\naddress = "127.0.0.1"\nport = 0\ntls = "direct"\n'
 )
+
+
+def direct_tls_server(ca: Any, tmp_path_factory: Any, pool: Any) -> Iterator[Any]:
+    """For a module-scoped fixture: conftest's `module_server` with a direct TLS listener
+    beside the STARTTLS one, yielded once both listen."""
+    from conftest import module_server
+
+    for server in module_server(ca, tmp_path_factory, pool, DIRECT_TLS_LISTENER):
+        server.wait_for_log("c2s (direct TLS) listening on")
+        yield server
 
 
 def raw_login(srv: Any, ca_file: str, user: str, opened: list[Any]) -> Any:

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import DIRECT_TLS_LISTENER, body, raw_login, require_command, run, wait_for
+from conftest import PASSWORD, FreshNames, ServerProcess
+from interop_clients import body, direct_tls_server, raw_login, require_command, run, wait_for
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("sx", 12)
@@ -30,9 +30,7 @@ PRESENCE = f"{{{CLIENT}}}presence"
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    for server in module_server(ca, tmp_path_factory, POOL, DIRECT_TLS_LISTENER):
-        server.wait_for_log("c2s (direct TLS) listening on")
-        yield server
+    yield from direct_tls_server(ca, tmp_path_factory, POOL)
 
 
 @pytest.fixture

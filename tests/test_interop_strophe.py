@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
+from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts
 from interop_clients import (
-    DIRECT_TLS_LISTENER,
     REPO,
     body,
+    direct_tls_server,
     raw_login,
     require,
     require_command,
@@ -42,9 +42,7 @@ STEP = 10.0
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    for server in module_server(ca, tmp_path_factory, POOL, DIRECT_TLS_LISTENER):
-        server.wait_for_log("c2s (direct TLS) listening on")
-        yield server
+    yield from direct_tls_server(ca, tmp_path_factory, POOL)
 
 
 @pytest.fixture

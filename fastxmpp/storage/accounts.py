@@ -203,6 +203,17 @@ class AccountStore:
         """The localparts of `domain`'s disabled accounts, sorted."""
         prefix = f"{domain}\0".encode()
         found = []
+        # Decoded after the read transaction: a corrupt record is quarantined (a write).
+        for key, raw in self._scan(prefix, values=True):
+            record = self._decode(key, raw)
+            if record is not None and record.get("disabled"):
+                found.append(key[len(prefix) :].decode())
+        return sorted(found)
+
+    def _scan(self, prefix: bytes, values: bool) -> builtins.list[tuple[bytes, bytes]]:
+        """(key, raw record, or b"" without `values`) of every account whose key starts with
+        `prefix`, in key order."""
+        found = []
         with self.storage.env.begin(db=self._db) as txn:
             cursor = txn.cursor()
             more = cursor.set_range(prefix)
@@ -210,11 +221,9 @@ class AccountStore:
                 key = bytes(cursor.key())
                 if not key.startswith(prefix):
                     break
-                record = self._decode(key, bytes(cursor.value()))
-                if record is not None and record.get("disabled"):
-                    found.append(key[len(prefix) :].decode())
+                found.append((key, bytes(cursor.value()) if values else b""))
                 more = cursor.next()
-        return sorted(found)
+        return found
 
     def is_disabled(self, domain: str, local: str) -> bool:
         record = self._read(domain, local)
@@ -255,16 +264,9 @@ class AccountStore:
         """(domain, localpart) pairs, sorted; only those of `domain` when given."""
         prefix = b"" if domain is None else f"{domain}\0".encode()
         accounts = []
-        with self.storage.env.begin(db=self._db) as txn:
-            cursor = txn.cursor()
-            found = cursor.set_range(prefix)
-            while found:
-                key = bytes(cursor.key())
-                if not key.startswith(prefix):
-                    break
-                account_domain, _, local = key.decode().partition("\0")
-                accounts.append((account_domain, local))
-                found = cursor.next()
+        for key, _ in self._scan(prefix, values=False):
+            account_domain, _, local = key.decode().partition("\0")
+            accounts.append((account_domain, local))
         return sorted(accounts)
 
 
