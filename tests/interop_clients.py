@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -145,3 +146,19 @@ def wait_for(
 
 def body(el: Any) -> str | None:
     return el.findtext(f"{{{CLIENT}}}body")
+
+
+class LineReader:
+    """A client process whose standard output is collected line by line (`lines`) by a
+    thread of its own, as it prints."""
+
+    def __init__(self, command: list[str], **popen: Any) -> None:
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, **popen)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import REPO, body, raw_login, require_command, run, wait_for
+from interop_clients import REPO, LineReader, body, raw_login, require_command, run, wait_for
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("go", 12)
@@ -60,26 +59,16 @@ def send(srv: ServerProcess, ca_file: str, user: str, text: str, *args: str) -> 
     assert done.returncode == 0, done.stderr
 
 
-class Listener:
+class Listener(LineReader):
     """go-sendxmpp -l: prints each message it receives as '<time> <from>: <body>'."""
 
     def __init__(self, srv: ServerProcess, ca_file: str, user: str) -> None:
-        self.proc = subprocess.Popen(
+        super().__init__(
             go_sendxmpp(srv, user, "--listen"),
-            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
             env={**os.environ, "SSL_CERT_FILE": ca_file},
             cwd=REPO,
         )
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
 
     def wait_lines(self, count: int) -> list[str]:
         deadline = time.monotonic() + 10

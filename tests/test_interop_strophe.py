@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import trustme
 from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts
 from interop_clients import (
     REPO,
+    LineReader,
     body,
     direct_tls_server,
     raw_login,
@@ -69,7 +69,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-class Strophe:
+class Strophe(LineReader):
     """One harness process: commands on its stdin, its event lines collected."""
 
     def __init__(
@@ -82,21 +82,11 @@ class Strophe:
         direct_tls: bool = False,
     ):
         port, flags = (srv.direct_tls_port, ["--direct-tls"]) if direct_tls else (srv.port, [])
-        self.proc = subprocess.Popen(
+        super().__init__(
             [binary, f"{user}@localhost", password, ca_file, str(port), *flags],
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
         )
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
 
     def do(self, command: str) -> None:
         assert self.proc.stdin is not None

@@ -47,15 +47,22 @@ def archived_bodies(client: RawClient) -> list[str]:
     return [body.text for result in archived(client) for body in result.iter(f"{{{CLIENT}}}body")]
 
 
-def test_the_ack_waits_for_the_archive_commit(
-    make_server: Any, ca_file: str, tmp_path: Path
-) -> None:
+def slow_disk_server(make_server: Any, tmp_path: Path) -> tuple[ServerProcess, Path]:
+    """A started server with accounts alice and bob whose every fsync takes half a second
+    once the returned trigger file exists (tests/faults/disk_faults.c)."""
     slow = tmp_path / "slow-disk-now"
     library = build_disk_faults(tmp_path)
     srv: ServerProcess = make_server()
     srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_SLOW_SYNC_TRIGGER=str(slow))
     add_accounts(srv, ["alice", "bob"])
     srv.start()
+    return srv, slow
+
+
+def test_the_ack_waits_for_the_archive_commit(
+    make_server: Any, ca_file: str, tmp_path: Path
+) -> None:
+    srv, slow = slow_disk_server(make_server, tmp_path)
     alice = login(srv, ca_file, "alice")
     bob = login(srv, ca_file, "bob")
     bob.send("<presence/>")  # online: the message is written to bob in the same turn
@@ -118,12 +125,7 @@ def test_metadata_counts_messages_whose_commit_is_under_way(
 ) -> None:
     """XEP-0313 §7: a message the account sent just before asking is in the metadata's
     <end/>, whether its commit is under way (a slow disk) or not yet begun (the same turn)."""
-    slow = tmp_path / "slow-disk-now"
-    library = build_disk_faults(tmp_path)
-    srv: ServerProcess = make_server()
-    srv.env = dict(os.environ, LD_PRELOAD=str(library), FASTXMPP_SLOW_SYNC_TRIGGER=str(slow))
-    add_accounts(srv, ["alice", "bob"])
-    srv.start()
+    srv, slow = slow_disk_server(make_server, tmp_path)
     alice = login(srv, ca_file, "alice")
     slow.touch()  # every commit from now on takes a second or more
     alice.send("<message to='bob@localhost' id='m1' type='chat'><body>one</body></message>")
