@@ -10,12 +10,13 @@ def fold_tail(
     stats: list[Any],
     on_duplicate: Callable[..., None],
 ) -> None: ...
-def put_rows(
+def put_direct(
     rows: list[Any],
     folded: dict[bytes, list[Any]],
-    journal_put: Callable[..., bool],
     archive_put: Callable[..., bool],
-    journaled: list[Any],
     on_duplicate: Callable[..., None],
-) -> int: ...
+) -> None: ...
+def log_rows(
+    rows: list[Any], folds: set[bytes] | frozenset[bytes], journaled: list[Any], direct: list[Any]
+) -> tuple[bytes, int]: ...
 def trim_journal(cursor: Any, end: bytes | None) -> None: ...
