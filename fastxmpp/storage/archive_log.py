@@ -55,7 +55,7 @@ MAX_RECORD = 1 << 30
 
 
 class _Segment:
-    __slots__ = ("path", "number", "highest", "size", "seed")
+    __slots__ = ("highest", "number", "path", "seed", "size")
 
     def __init__(self, path: Path, number: int, highest: int, size: int) -> None:
         self.path = path
