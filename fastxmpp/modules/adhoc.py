@@ -914,6 +914,9 @@ class AdhocModule(Module):
             await self.store.later(work)
         except (StorageFull, StorageFailed) as exc:
             log.error("cannot keep the welcome message for %s@%s: %s", local, domain, exc)
+        except Exception:
+            # The account exists and its creator is told so: the welcome is only a nicety.
+            log.exception("cannot keep the welcome message for %s@%s", local, domain)
 
     def _send_welcome(self, session: C2SStream) -> None:
         """At the account's first login (initial presence): its welcome, once."""
