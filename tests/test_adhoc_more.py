@@ -1,16 +1,19 @@
 """XEP-0133 commands beyond those of test_adhoc.py, over real sockets: get-user-lastlogin
 (§4.9), user-stats (§4.10), set-welcome and delete-welcome (§4.27, §4.28) with the welcome
 message reaching new accounts (XEP-0077 registration, add-user) at their first login and
-kept across a restart; each refused to non-admins, bad JIDs completing with an error note."""
+kept across a restart; each refused to non-admins, bad JIDs completing with an error note;
+slixmpp's xep_0133 plugin as a real client."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import PASSWORD, ServerProcess, add_accounts
+from slix_client import SlixClient
 from test_adhoc import (
     ADMIN,
     CLIENT,
@@ -256,3 +259,32 @@ def test_welcome_message(make_server: Any, ca_file: str, opened: list[RawClient]
     assert register(server, ca_file, "late", PASSWORD).get("type") == "result"
     assert messages_at_login(server, ca_file, opened, "late") == []
     assert "deleted the welcome message of localhost" in server.log_text()
+
+
+async def test_slixmpp_xep_0133_user_stats(srv: ServerProcess, ca_file: str) -> None:
+    """slixmpp's xep_0133 plugin runs user-stats; its data forms parse the result fields
+    (list-multi, text-multi) into the values sent."""
+    plugins = ("xep_0030", "xep_0004", "xep_0050", "xep_0133")
+    client = SlixClient("admin@localhost/stats", ca_file, plugins=plugins)
+    await client.online(srv.port)
+    try:
+        outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def fill(iq: Any, session: Any) -> None:
+            answers = client.plugin["xep_0004"].make_form("submit")
+            answers.add_field(var="FORM_TYPE", ftype="hidden", value=ADMIN)
+            answers.add_field(var="accountjid", ftype="jid-single", value="admin@localhost")
+            session["payload"] = answers
+            session["next"] = lambda done, _s: outcome.set_result(done)
+            client.plugin["xep_0050"].complete_command(session)
+
+        session = {"next": fill, "error": lambda iq, _s: outcome.set_result(iq)}
+        client.plugin["xep_0133"].user_stats(jid="localhost", session=session)
+        done = await asyncio.wait_for(outcome, 10)
+        assert done["type"] == "result" and done["command"]["status"] == "completed"
+        values = done["command"]["form"].get_values()
+        assert "stats" in values["onlineresources"]
+        assert values["ipaddresses"] == ["127.0.0.1"]
+        assert values["rostersize"] == "0"
+    finally:
+        client.disconnect()
