@@ -44,10 +44,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
+from ..delay import stamp
 from ..errors import StanzaError
 from ..jid import JIDError, parse_jid
 from ..records import RecordSlot
+from ..storage import accounts as account_records
 from ..storage.accounts import AccountExists, NoSuchAccount, UnusablePassword
+from ..storage.lmdb_store import StorageFailed, StorageFull
 from .base import Module, iq_result
 from .roster import item_xml
 
@@ -69,6 +72,8 @@ LIST_DEFAULT = 100  # XEP-0133 §4.18: users listed when max_items is not given
 ENDED = "an administrator ended the session"
 MOTD_KEY = b"motd"  # the host's (local ""): id, newline, text
 MOTD_SEEN_KEY = b"motd-seen"  # an account's: the id of the last message of the day it got
+WELCOME_KEY = b"welcome"  # the host's: the welcome message's text
+WELCOME_PENDING_KEY = b"welcome-pending"  # a new account's: the welcome it gets at first login
 MAX_ITEMS_OPTIONS = ("25", "50", "75", "100", "150", "200", "none")
 
 
@@ -160,6 +165,7 @@ def _count_command(name: str, label: str) -> Command:
 PASSWORD = Field("password", "text-private", "The password for this account", required=True)
 PASSWORD_AGAIN = Field("password-verify", "text-private", "Retype password", required=True)
 MOTD = (Field("motd", "text-multi", "Message of the day", required=True),)
+WELCOME = (Field("welcome", "text-multi", "Welcome message", required=True),)
 ANNOUNCEMENT = (
     Field("subject", "text-single", "Subject"),
     Field("announcement", "text-multi", "Announcement", required=True),
@@ -185,6 +191,10 @@ COMMANDS = {
                   (ACCOUNT, PASSWORD), "change_password"),
         _one_form("get-user-roster", "Get User Roster", "get a user's roster", (ACCOUNTS,),
                   "user_roster"),
+        _one_form("get-user-lastlogin", "Get User Last Login Time",
+                  "get a user's last login time", (ACCOUNTS,), "user_lastlogin"),
+        _one_form("user-stats", "Get User Statistics", "gather user statistics", (ACCOUNT,),
+                  "user_stats"),
         _count_command("get-registered-users-num", "Get Number of Registered Users"),
         _count_command("get-disabled-users-num", "Get Number of Disabled Users"),
         _count_command("get-online-users-num", "Get Number of Online Users"),
@@ -204,6 +214,11 @@ COMMANDS = {
             "Edit Message of the Day", "Fill out this form to edit the message of the day.",
             MOTD),), "set_motd", "current_motd"),
         Command("delete-motd", "Delete Message of the Day", (), "delete_motd"),
+        # §4.27: the form holds the current welcome message.
+        Command("set-welcome", "Set Welcome Message", (Stage(
+            "Set Welcome Message", "Fill out this form to set the welcome message.",
+            WELCOME),), "set_welcome", "current_welcome"),
+        Command("delete-welcome", "Delete Welcome Message", (), "delete_welcome"),
         _one_form("shutdown", "Shut Down Service", "shut down the service",
                   (DELAY, Field("announcement", "text-multi", "Announcement")), "shutdown"),
     )
@@ -287,10 +302,25 @@ class AdhocModule(Module):
         # (domain, local) -> the id of the message of the day just sent, until its record
         # is stored (a second login meanwhile does not get it again).
         self._motd_recording: dict[tuple[str, str], bytes] = {}
+        # domain -> its welcome message, None: none (read once per domain).
+        self._welcome: dict[str, str | None] = {}
+        # New accounts whose welcome was just sent, until its record is deleted.
+        self._welcome_sending: set[tuple[str, str]] = set()
+        # Online accounts (bare JID) -> Unix time of their latest resource binding, for
+        # get-user-lastlogin (kept only when there are admins to ask).
+        self._logins: dict[str, float] = {}
 
     def start(self) -> None:
         self.router.set_iq_handler(NS_COMMANDS, self.answer)
         self.store = self.open_store()
+
+    def session_bound(self, session: C2SStream) -> None:
+        if self.config.admins:
+            self._logins[session.bare] = time.time()
+
+    def session_ended(self, session: C2SStream) -> None:
+        if not self.router.resources(session.bare):
+            self._logins.pop(session.bare, None)
 
     # --- who may ask, and where --------------------------------------------------------
 
@@ -556,6 +586,7 @@ class AdhocModule(Module):
         except UnusablePassword as exc:
             raise CommandFailed(str(exc)) from None
         log.info("admin %s added the account %s@%s", origin.full, local, domain)
+        await self.account_created(domain, local)
         return "", [("info", f"{local}@{domain} was created")]
 
     async def delete_user(
@@ -671,6 +702,55 @@ class AdhocModule(Module):
         fields = _result_field("accountjids", jids, "jid-multi")
         return _form("result", fields + "".join(queries)), []
 
+    def _existing(self, local: str, domain: str) -> str:
+        if not self.server.accounts.exists(domain, local):
+            raise CommandFailed(f"no account {local}@{domain}")
+        return f"{local}@{domain}"
+
+    async def user_lastlogin(
+        self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
+    ) -> Outcome:
+        """§4.9: `lastlogin` (XEP-0082) is the latest resource binding of an account online
+        now. Logins are not stored (XEP-0012's store keeps logouts): for an account offline
+        the field is left out and a note says when its last session ended, if known."""
+        targets = self._accounts(values, domain)
+        if len(targets) != 1:
+            raise CommandFailed("one account at a time: the result has one lastlogin field")
+        bare = self._existing(targets[0][0], domain)
+        log.info("admin %s asked the last login of %s", origin.full, bare)
+        fields = _result_field("accountjids", [bare], "jid-multi")
+        login = self._logins.get(bare)
+        if login is not None and self.router.resources(bare):
+            return _form("result", fields + _result_field("lastlogin", [stamp(login)])), []
+        note = f"{bare} is offline; login times are not kept after logout"
+        last = self.hub.get("last")
+        logout = None if last is None else last.last_logout(domain, targets[0][0])
+        if logout is not None:
+            note += f"; its last session ended at {stamp(logout[0])}"
+        return _form("result", fields), [("info", note)]
+
+    async def user_stats(
+        self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
+    ) -> Outcome:
+        """§4.10, the fields of its example that are measured here: the IP addresses of the
+        account's connected sessions, its roster size (the items it sees, RFC 6121 §2.1),
+        the resources of its sessions. stanzaspersecond and loginsperminute are not
+        counted, so not answered."""
+        local, _, _ = self._account(self._one(values, "accountjid"), domain)
+        bare = self._existing(local, domain)
+        sessions = self.router.resources(bare)
+        addresses = {s.connection.address for s in sessions.values() if s.connection is not None}
+        roster = self.hub.get("roster")
+        size = 0 if roster is None else sum(i.listed for i in roster.items(domain, local))
+        log.info("admin %s asked the statistics of %s", origin.full, bare)
+        fields = (
+            _result_field("ipaddresses", sorted(addresses), "list-multi")
+            + _result_field("rostersize", [str(size)])
+            # text-multi: XEP-0004 §3.3 allows one value in a text-single.
+            + _result_field("onlineresources", sorted(sessions), "text-multi")
+        )
+        return _form("result", fields), []
+
     def _users(self, domain: str, which: str) -> list[str]:
         if which == "registered":
             return [f"{local}@{domain}" for _, local in self.server.accounts.list(domain)]
@@ -781,9 +861,91 @@ class AdhocModule(Module):
         log.info("admin %s deleted the message of the day of %s", origin.full, domain)
         return "", [("info", "there is no message of the day")]
 
+    # --- welcome message (§4.27-4.28) ---------------------------------------------------
+
+    def welcome(self, domain: str) -> str | None:
+        if domain not in self._welcome:
+            raw = self.store.get(domain, "", WELCOME_KEY)
+            self._welcome[domain] = None if raw is None else raw.decode()
+        return self._welcome[domain]
+
+    def current_welcome(self, domain: str) -> dict[str, list[str]]:
+        """set-welcome's form, filled with the current message (§4.27)."""
+        found = self.welcome(domain)
+        return {} if found is None else {"welcome": found.split("\n")}
+
+    async def set_welcome(
+        self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
+    ) -> Outcome:
+        text = "\n".join(values.get("welcome", ()))
+        await self.store.later(
+            self.store.updating(domain, "", WELCOME_KEY, lambda _old: text.encode())
+        )
+        self._welcome[domain] = text
+        log.info("admin %s set the welcome message of %s", origin.full, domain)
+        return "", [("info", "the welcome message is set")]
+
+    async def delete_welcome(
+        self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
+    ) -> Outcome:
+        await self.store.later(self.store.updating(domain, "", WELCOME_KEY, lambda _old: None))
+        self._welcome[domain] = None
+        log.info("admin %s deleted the welcome message of %s", origin.full, domain)
+        return "", [("info", "there is no welcome message")]
+
+    async def account_created(self, domain: str, local: str) -> None:
+        """A new account (XEP-0077 registration, add-user): the host's welcome message, if
+        any, is kept for it (§4.27: "when they first log in"), stored before the caller
+        answers so that the login that follows finds it. The message is the one set now."""
+        text = self.welcome(domain)
+        if text is None:
+            return
+        storage = self.server.storage
+        assert storage is not None
+        accounts_db = storage.database(account_records.DATABASE)
+        keep = self.store.updating(domain, local, WELCOME_PENDING_KEY, lambda _o: text.encode())
+
+        def work(txn: Any) -> None:
+            # No record outlives its account (deleted meanwhile).
+            if account_records.exists_in(txn, accounts_db, domain, local):
+                keep(txn)
+
+        try:
+            await self.store.later(work)
+        except (StorageFull, StorageFailed) as exc:
+            log.error("cannot keep the welcome message for %s@%s: %s", local, domain, exc)
+        except Exception:
+            # The account exists and its creator is told so: the welcome is only a nicety.
+            log.exception("cannot keep the welcome message for %s@%s", local, domain)
+
+    def _send_welcome(self, session: C2SStream) -> None:
+        """At the account's first login (initial presence): its welcome, once."""
+        account = (session.domain, session.local)
+        if account in self._welcome_sending:
+            return  # sent to another session a moment ago, its record on its way out
+        pending = self.store.get(session.domain, session.local, WELCOME_PENDING_KEY)
+        if pending is None:
+            return
+        session.send(
+            f"<message from={quoteattr(session.domain)} to={quoteattr(session.full)}>"
+            f"<body>{escape(pending.decode())}</body></message>".encode()
+        )
+        self._welcome_sending.add(account)
+        done = self.store.later(
+            self.store.updating(session.domain, session.local, WELCOME_PENDING_KEY, lambda _o: None)
+        )
+        done.add_done_callback(lambda done: self._welcome_sent(account, done))
+
+    def _welcome_sent(self, account: tuple[str, str], done: asyncio.Future[Any]) -> None:
+        self._welcome_sending.discard(account)
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("cannot record a welcome message as sent: %s", done.exception())
+
     def initial_presence(self, session: C2SStream) -> None:
-        """§4.24: the message of the day to a user logging in, once per account and message
-        (as ejabberd: a client that reconnects all day is not told again)."""
+        """§4.27: a new account's welcome message at its first login; §4.24: the message of
+        the day to a user logging in, once per account and message (as ejabberd: a client
+        that reconnects all day is not told again)."""
+        self._send_welcome(session)
         found = self.motd(session.domain)
         if found is None:
             return

@@ -174,6 +174,9 @@ class RegisterModule(Module):
             raise StanzaError("not-acceptable", str(exc)) from None
         REGISTER.of(stream).done += 1
         log.info("registered %s@%s from %s", local, domain, ip)
+        adhoc = self.hub.get("adhoc")
+        if adhoc is not None:
+            await adhoc.account_created(domain, local)  # XEP-0133 §4.27: its welcome message
         return _result(st)
 
     def _take_slot(self, ip: str) -> bool:
