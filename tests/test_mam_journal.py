@@ -61,8 +61,8 @@ class Archive:
             self.commit([self.row(local)], **limits)
 
     def reopen(self) -> None:
-        """As after a crash: nothing folded on the way out."""
-        self.store.close()
+        """As after a crash: nothing folded or deleted on the way out."""
+        self.store.log.close()
         self.storage.close()
         self.storage = Storage(self.data_dir)
         self.store = ArchiveStore(self.storage)
@@ -390,6 +390,19 @@ def test_a_spare_file_is_reused_and_its_old_records_are_not_read(
     archive.commit([], fold={account_prefix("localhost", "b")})
     archive.store.close()
     assert not any((archive.data_dir / LOG_DIR).iterdir())  # nothing left when stopped
+
+
+def test_a_file_number_is_never_reused_while_a_spare_has_it(archive: Archive) -> None:
+    """A spare keeps its old records; renamed to its own old number they would read as rows
+    again (here: a purged account's, whose mark went with the empty log)."""
+    archive.one_by_one(["a", "a", "b"])
+    archive.store.purge("localhost", "a")
+    archive.commit([], fold={account_prefix("localhost", "b")})  # everything folded: a spare
+    archive.reopen()  # nothing logged: the purge marks go
+    archive.one_by_one(["c"])
+    archive.reopen()
+    assert archive.unfolded("a") == []
+    assert archive.unfolded("c") == archive.given["c"]
 
 
 def test_a_log_file_per_run(archive: Archive) -> None:

@@ -81,6 +81,12 @@ class ArchiveLog:
                     number = int(path.stem, 16)
                     self._segments.append(_Segment(path, number, 0, path.stat().st_size))
             self._spares = sorted(self.directory.glob("*" + SPARE_SUFFIX))
+        # Numbers are never handed out twice while a file of that number exists, spares
+        # included: a spare renamed to its own old number would have its old records read.
+        self._next = 1 + max(
+            [segment.number for segment in self._segments] + [_number(p) for p in self._spares],
+            default=0,
+        )
 
     @property
     def empty(self) -> bool:
@@ -120,7 +126,8 @@ class ArchiveLog:
     def _begin(self) -> _Segment:
         """A new file after every other one, its name on disk before rows go into it."""
         make_private_dir(self.directory)
-        number = self._segments[-1].number + 1 if self._segments else 1
+        number = self._next
+        self._next += 1
         path = self.directory / f"{number:016x}{SUFFIX}"
         if self._spares:
             self._spares.pop().rename(path)
@@ -210,6 +217,13 @@ def _rows(payload: memoryview) -> Iterator[tuple[int, bytes]]:
             raise ValueError("an archive log record whose rows overrun it")
         yield number, value
         at = start + length
+
+
+def _number(path: Path) -> int:
+    try:
+        return int(path.stem, 16)
+    except ValueError:
+        return 0
 
 
 def _sync_directory(directory: Path) -> None:

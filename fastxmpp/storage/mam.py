@@ -87,8 +87,8 @@ _PREFIX_LENGTH = struct.Struct(">H")
 # old; its oldest accounts' rows move early when more than MAX_UNFOLDED rows of all
 # accounts wait (the memory they hold is bounded).
 FOLD_ROWS = 16
-FOLD_INTERVAL = 0.05
-FOLD_BATCH = 2048
+FOLD_INTERVAL = 0.02
+FOLD_BATCH = 512
 FOLD_AGE = 5.0
 MAX_UNFOLDED = 50_000
 # Where a purge mark's key starts in "mam_counts" (no account prefix starts so: UTF-8).
