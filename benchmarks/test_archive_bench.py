@@ -65,12 +65,8 @@ class Archive:
 
     def commit(self, rows: list[Row], fold: frozenset[bytes] = frozenset()) -> None:
         commit = self.store.plan(rows, 10000, 0, fold=fold)
-        commit_now = getattr(self.store, "commit_now", None)  # (builds before the log: A/B)
-        if commit_now is not None:
-            commit_now(commit)  # the transaction, then the log record
-        else:
-            self.storage.write(commit.work)
-            commit.committed()
+        self.storage.write(commit.work)
+        commit.committed()
 
     def row(self, prefix: bytes) -> Row:
         return (prefix, self.store.next_number(), time.time(), "peer@localhost", "in", MESSAGE)

@@ -10,13 +10,12 @@ def fold_tail(
     stats: list[Any],
     on_duplicate: Callable[..., None],
 ) -> None: ...
-def put_direct(
+def put_rows(
     rows: list[Any],
     folded: dict[bytes, list[Any]],
+    journal_put: Callable[..., bool],
     archive_put: Callable[..., bool],
+    journaled: list[Any],
     on_duplicate: Callable[..., None],
-) -> None: ...
-def log_rows(
-    rows: list[Any], folds: set[bytes] | frozenset[bytes], journaled: list[Any], direct: list[Any]
-) -> tuple[bytes, int]: ...
+) -> int: ...
 def trim_journal(cursor: Any, end: bytes | None) -> None: ...

@@ -123,18 +123,55 @@ def fold_tail(archive_put, bytes prefix, list tail, list stats, on_duplicate):
         _put_archived(archive_put, prefix, tail[index], tail[index + 1], stats, on_duplicate)
 
 
-def put_direct(list rows, dict folded, archive_put, on_duplicate):
-    """The new rows of the accounts being folded (prefix -> [count, newest value] in
-    `folded`) into their archives, after their tails."""
+def put_rows(list rows, dict folded, journal_put, archive_put, list journaled, on_duplicate):
+    """A commit's new rows: those of the accounts in `folded` (prefix -> [count, newest
+    value]) into their archives, the others into the journal (key: the id; value: the
+    account prefix with its length, then the record), each appended to `journaled` as
+    prefix, id, record. Returns the highest id (0: no rows)."""
+    cdef uint64_t highest = 0, number
+    cdef dict heads = {}
+    cdef bytes prefix, head, value, stored
+    cdef list fold
     cdef tuple row
+    cdef Py_ssize_t n
     for row in rows:
-        _put_archived(archive_put, row[0], row[1], _record(b"", row[2], row[3], row[4], row[5]),
-                      folded[row[0]], on_duplicate)
+        prefix = row[0]
+        number = row[1]
+        if number > highest:
+            highest = number
+        fold = folded.get(prefix)
+        if fold is not None:
+            _put_archived(archive_put, prefix, number, _record(b"", row[2], row[3], row[4], row[5]),
+                          fold, on_duplicate)
+            continue
+        head = heads.get(prefix)
+        if head is None:
+            n = PyBytes_GET_SIZE(prefix)
+            if n > 0xFFFF:
+                raise ValueError("an account prefix of 64 KiB")
+            head = PyBytes_FromStringAndSize(NULL, 2 + n)
+            _big_endian(PyBytes_AS_STRING(head), n, 2)
+            memcpy(PyBytes_AS_STRING(head) + 2, PyBytes_AS_STRING(prefix), n)
+            heads[prefix] = head
+        stored = _record(head, row[2], row[3], row[4], row[5])
+        key = _key(b"", number)
+        # Ids only grow: each row goes after the journal's last (MDB_APPEND fills pages); a
+        # row that does not (a clock stepped back) is put in its place. (Positional:
+        # dupdata, overwrite, append.)
+        if not journal_put(key, stored, True, True, True) and not journal_put(
+            key, stored, True, False
+        ):
+            on_duplicate("archive journal id %016x exists: not overwritten", number)
+            continue
+        n = PyBytes_GET_SIZE(head)
+        value = PyBytes_FromStringAndSize(PyBytes_AS_STRING(stored) + n,
+                                          PyBytes_GET_SIZE(stored) - n)
+        journaled += (prefix, number, value)
+    return highest
 
 
 def trim_journal(cursor, end):
-    """The rows of the LMDB journal of earlier versions (before the archive's log) from its
-    start up to `end` (a key; None: all) deleted."""
+    """The journal's rows from its start up to `end` (a key; None: all) deleted."""
     if not cursor.first():
         return
     while True:
@@ -142,49 +179,3 @@ def trim_journal(cursor, end):
         if not key or (end is not None and key >= end):
             return
         cursor.delete()  # moves to the next row (b"" past the last one)
-
-
-def log_rows(list rows, folds, list journaled, list direct):
-    """A commit's new rows for the archive's log (storage/archive_log.py): each row of an
-    account in `folds` is appended to `direct` (it goes into its archive with its tail), the
-    others are encoded as the log's rows (id, length, then the value: the account prefix
-    with its length and the record) and appended to `journaled` as prefix, id, record.
-    Returns (the log record's payload, the highest id among all rows; 0: none)."""
-    cdef uint64_t highest = 0, number
-    cdef dict heads = {}
-    cdef list pieces = []
-    cdef bytes prefix, head, stored, value
-    cdef tuple row
-    cdef Py_ssize_t n, n_head
-    cdef char *at
-    for row in rows:
-        prefix = row[0]
-        number = row[1]
-        if number > highest:
-            highest = number
-        if prefix in folds:
-            direct.append(row)
-            continue
-        head = heads.get(prefix)
-        if head is None:
-            n = PyBytes_GET_SIZE(prefix)
-            if n > 0xFFFF:
-                raise ValueError("an account prefix of 64 KiB")
-            # 12 bytes for the log row's id and length (filled in below), then the prefix
-            # with its length.
-            head = PyBytes_FromStringAndSize(NULL, 12 + 2 + n)
-            _big_endian(PyBytes_AS_STRING(head) + 12, n, 2)
-            memcpy(PyBytes_AS_STRING(head) + 14, PyBytes_AS_STRING(prefix), n)
-            heads[prefix] = head
-        stored = _record(head, row[2], row[3], row[4], row[5])  # new: filled in place
-        n = PyBytes_GET_SIZE(stored)
-        if n - 12 > 0xFFFFFFFF:
-            raise ValueError("an archived message of 4 GiB")
-        at = PyBytes_AS_STRING(stored)
-        at = _big_endian(at, number, 8)
-        _big_endian(at, n - 12, 4)
-        pieces.append(stored)
-        n_head = PyBytes_GET_SIZE(head)
-        value = PyBytes_FromStringAndSize(PyBytes_AS_STRING(stored) + n_head, n - n_head)
-        journaled += (prefix, number, value)
-    return b"".join(pieces), highest

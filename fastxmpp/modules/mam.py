@@ -32,10 +32,9 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
   message leaves before the record is on disk. Closing sessions and shutdown wait for the
   commits under way. If a commit fails (StorageFull), every sender of its messages gets
   resource-constraint (type wait), then its held output leaves.
-- Commits append the records to a log (storage/archive_log.py: one write and one flush),
-  and an account's records fold into its archive together later, in LMDB commits of their
-  own (storage/mam.py: at FOLD_ROWS of them, after about FOLD_AGE seconds, at shutdown, or
-  before a read): a query (a user's or a room's) is answered once the archive
+- Commits put the records into a journal, and an account's records fold into its archive
+  together later (storage/mam.py: at FOLD_ROWS of them, after about FOLD_AGE seconds, at
+  shutdown, or before a read): a query (a user's or a room's) is answered once the archive
   it reads has its records folded (`answer_settled`: the querying stream's later input
   waits, the event loop serves everyone else). Retention limits apply when records fold,
   so a query never sees more than the limit; §7 metadata (and XEP-0386's at login) reads
@@ -498,11 +497,10 @@ class MamModule(Module):
                 return
 
     def _hand_over(self) -> None:
-        """The pending rows, and the folds asked for, to the writer in one commit. The
+        """The pending rows, and the folds asked for, to the writer in one transaction. The
         writer is idle (one commit at a time: each is planned from the tails the one before
-        left). A commit with folds: the loop waits while the writer thread puts the rows (a
-        few µs each), then goes on while it commits; one without (most) only writes the
-        log. Put by the writer while the loop runs, every
+        left): the loop waits while the writer thread puts the rows (a few µs each), then
+        goes on while it commits. Put by the writer while the loop runs, every
         put would hand the GIL back and forth between the threads (py-lmdb releases it for
         each call): that cost more than the puts themselves (docs/PERFORMANCE.md, "The
         archive writer and the GIL")."""
@@ -523,10 +521,7 @@ class MamModule(Module):
             self._limits,
             fold,
         )
-        # Only a commit with folds has puts to wait for; the others' rows go to the log.
-        future = self.writer.submit(
-            commit.work, wait_applied=commit.transactional, after=commit.log_rows
-        )
+        future = self.writer.submit(commit.work, wait_applied=True)
         self._commits.append((future, senders, list(held.values()), commit))
 
     def _release(self) -> None:
@@ -534,8 +529,8 @@ class MamModule(Module):
         while commits and commits[0][0].done():
             future, senders, sessions, commit = commits.popleft()
             exc = future.exception()
-            commit.committed()  # (after a failure: what its transaction did, if it committed)
             if exc is None:
+                commit.committed()
                 self._forget_limits(commit)
             for ended in self._settling.pop(future, ()):
                 if not ended.done():  # (a reader whose stream closed meanwhile)
@@ -601,8 +596,6 @@ class MamModule(Module):
             self._fold.update(self.store.unfolded_accounts())
             self.flush(wait=True)
         self.writer.listeners.remove(self.flush)  # (the storage closes the writer)
-        if self.store is not None:
-            self.store.close()
 
     def wanted(self, domain: str, local: str, peer: str) -> bool:
         """§5: the account's preferences for `peer`."""

@@ -4,12 +4,9 @@ restore SRC` while it is stopped.
 A backup is a directory: `db/data.mdb`, LMDB's compacting copy of the environment made inside
 one read transaction (a consistent snapshot: every transaction committed before it began, none
 after; the server keeps reading and writing meanwhile, LMDB being multi-process), the
-archive's log files (`mam-log/`, storage/archive_log.py: archived messages not folded into
-LMDB yet), copied before that snapshot (a row is in a file when it is copied, or folded
-into LMDB before the file went, hence in the snapshot), the `certs/` directory (the
-self-signed certificates clients have pinned) and `BACKUP.json` saying what it is. It is
-written under a temporary name next to DEST and renamed when complete, so a directory named
-DEST is always a whole backup.
+`certs/` directory (the self-signed certificates clients have pinned) and `BACKUP.json`
+saying what it is. It is written under a temporary name next to DEST and renamed when complete,
+so a directory named DEST is always a whole backup.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from typing import Any
 
 import lmdb
 
-from .archive_log import LOG_DIR
 from .lmdb_store import DB_DIR, SCHEMA_VERSION, Storage, make_private_dir
 
 MANIFEST = "BACKUP.json"
@@ -61,7 +57,6 @@ def backup(data_dir: Path, destination: Path, version: str) -> dict[str, Any]:
     shutil.rmtree(partial, ignore_errors=True)
     make_private_dir(partial / DB_DIR)
     try:
-        _copy_log(data_dir / LOG_DIR, partial / LOG_DIR)
         with Storage(data_dir) as storage:
             # One read transaction: a snapshot of every committed write, while the server
             # goes on committing; compact leaves free pages out.
@@ -88,20 +83,6 @@ def backup(data_dir: Path, destination: Path, version: str) -> dict[str, Any]:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return manifest
-
-
-def _copy_log(source: Path, destination: Path) -> None:
-    """The log files as they are now; one the server deletes meanwhile had only folded rows
-    (in the LMDB snapshot taken next). A record being appended is cut short in the copy:
-    it is skipped when read, as after a crash."""
-    if not source.is_dir():
-        return
-    make_private_dir(destination)
-    for path in sorted(source.iterdir()):
-        try:
-            shutil.copyfile(path, destination / path.name)
-        except FileNotFoundError:
-            (destination / path.name).unlink(missing_ok=True)
 
 
 def read_manifest(source: Path) -> dict[str, Any]:
@@ -134,21 +115,19 @@ def restore(source: Path, data_dir: Path) -> Path | None:
     make_private_dir(data_dir)
     aside = None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    parts = (DB_DIR, LOG_DIR, CERTS_DIR)
-    if any((data_dir / name).exists() for name in parts):
+    if (data_dir / DB_DIR).exists() or (data_dir / CERTS_DIR).exists():
         aside = data_dir / f"replaced-{stamp}"
         aside.mkdir(mode=0o700)
-        for name in parts:
+        for name in (DB_DIR, CERTS_DIR):
             if (data_dir / name).exists():
                 (data_dir / name).rename(aside / name)
     incoming = data_dir / f".restoring-{stamp}"
     make_private_dir(incoming / DB_DIR)
     shutil.copy2(source / DB_DIR / DATA_FILE, incoming / DB_DIR / DATA_FILE)
-    for name in (LOG_DIR, CERTS_DIR):
-        if (source / name).is_dir():
-            shutil.copytree(source / name, incoming / name)
+    if (source / CERTS_DIR).is_dir():
+        shutil.copytree(source / CERTS_DIR, incoming / CERTS_DIR)
     _fsync_tree(incoming)
-    for name in parts:
+    for name in (DB_DIR, CERTS_DIR):
         if (incoming / name).exists():
             (incoming / name).rename(data_dir / name)
     incoming.rmdir()

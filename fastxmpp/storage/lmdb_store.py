@@ -422,9 +422,7 @@ class DatabaseStore:
 
 # What GroupCommitWriter.submit queues: the work, its Future, and the Event its submitter
 # waits on until the work has run (None: the submitter does not wait).
-# (work, its future, the event a submitter that waits for `work` to run waits on, what runs
-# once the transaction committed).
-_Job = tuple[Callable[[Any], Any], Future[Any], threading.Event | None, Callable[[], None] | None]
+_Job = tuple[Callable[[Any], Any], Future[Any], threading.Event | None]
 
 
 class _Refused:
@@ -488,25 +486,16 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="lmdb-group-commit", daemon=True)
         self._thread.start()
 
-    def submit(
-        self,
-        work: Callable[[Any], Any],
-        wait_applied: bool = False,
-        after: Callable[[], None] | None = None,
-    ) -> Future[Any]:
+    def submit(self, work: Callable[[Any], Any], wait_applied: bool = False) -> Future[Any]:
         """`work(txn)` in the next transaction; once closed, committed here and now.
         `wait_applied`: return once `work` has run (or failed), before the commit: the
         caller's thread waits with the GIL released, so `work`'s many short LMDB calls are
         not each a hand-over of the GIL between two busy threads. Meant for when no commit
-        is under way (else the caller waits for that commit too). `after()`: run once the
-        transaction committed, before the future is done (the archive's log record); its
-        OSError fails the future (StorageFull for a full disk, else StorageFailed)."""
+        is under way (else the caller waits for that commit too)."""
         future: Future[Any] = Future()
         if self._closed:
             try:
                 result = self.storage.write(work)
-                if after is not None:
-                    self._after(after)
             except Exception as exc:
                 future.set_exception(exc)
             else:
@@ -514,19 +503,9 @@ class GroupCommitWriter:
             return future
         # The changes waiting for the writer (`commit`) go in the same transaction.
         batch, self._later = self._later, []
-        batch.append((work, future, None, after))
+        batch.append((work, future, None))
         self._hand_over(batch, wait_applied)
         return future
-
-    def _after(self, after: Callable[[], None]) -> None:
-        try:
-            after()
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC or (
-                exc.errno == errno.EIO and self.storage._disk_nearly_full()
-            ):
-                raise StorageFull(f"the disk holding {self.storage.data_dir} is full") from exc
-            raise self.storage.failed(exc) from exc
 
     def _hand_over(self, batch: list[_Job], wait_applied: bool) -> None:
         """`batch` to the writer, for one transaction; with `wait_applied`, return once its
@@ -534,8 +513,8 @@ class GroupCommitWriter:
         applied = None
         if wait_applied:
             applied = threading.Event()
-            work, future, _, after = batch[-1]
-            batch[-1] = (work, future, applied, after)
+            work, future, _ = batch[-1]
+            batch[-1] = (work, future, applied)
         self._submitted += len(batch)
         self._last = batch[-1][1]
         self._queue.put(batch)
@@ -578,7 +557,7 @@ class GroupCommitWriter:
             future = self.submit(isolated, wait_applied=True)
         else:
             future = Future()
-            self._later.append((isolated, future, None, None))
+            self._later.append((isolated, future, None))
             if not self._handing_soon:
                 self._handing_soon = True
                 self.loop.call_soon(self._hand_soon)
@@ -670,13 +649,13 @@ class GroupCommitWriter:
         def applied() -> None:
             # The submitters that wait go on: the work ran, or will not (a failed or
             # refused transaction; a map to grow, which the loop's thread does).
-            for _, _, event, _ in jobs:
+            for _, _, event in jobs:
                 if event is not None:
                     event.set()
 
         def work(txn: Any) -> list[Any]:
             try:
-                return [job(txn) for job, _, _, _ in jobs]
+                return [job(txn) for job, _, _ in jobs]
             finally:
                 applied()
 
@@ -695,20 +674,15 @@ class GroupCommitWriter:
                 error, self._growth_error = self._growth_error, None
                 if error is None:
                     continue
-                for _, future, _, _ in jobs:
+                for _, future, _ in jobs:
                     future.set_exception(error)
                 return
             except BaseException as exc:
                 applied()
-                for _, future, _, _ in jobs:
+                for _, future, _ in jobs:
                     future.set_exception(exc)
                 return
-            for (_, future, _, after), result in zip(jobs, results, strict=True):
-                if after is not None and type(result) is not _Refused:
-                    try:
-                        self._after(after)
-                    except Exception as exc:
-                        result = _Refused(exc)
+            for (_, future, _), result in zip(jobs, results, strict=True):
                 _settle(future, result)
             return
 

@@ -25,27 +25,20 @@ Rooms' archives (modules/muc/archive.py) are kept here too, each under the prefi
 `account_prefix(service domain, room name)` (no account has it: a MUC service's domain is
 never a host), with `with` the sender's occupant JID and limits of their own.
 
-The log (storage/archive_log.py): a commit on the path of an acknowledgement does not
-write each message into its account's archive, nor into LMDB at all. Each archived message
-changes the rightmost leaf page of its account's records, and a synced LMDB commit writes
-every page it changed whole and flushes twice: over thousands of accounts that is a page or
-more per message, and about 800 µs of CPU per commit whatever it carries. Instead, a
-commit's rows are appended to the log, one write and one flush; once an account has
-FOLD_ROWS rows there (at most one LMDB commit of such folds every FOLD_INTERVAL seconds, of
-about FOLD_BATCH rows), or its oldest is FOLD_AGE seconds old, or it is read, an LMDB
-commit moves them into its archive together (one or two leaf pages for all of them; the
-retention limits apply then). The account's unfolded rows are kept in memory too
-(`ArchiveStore.tails`); a logged row is unfolded while its id is above the account's newest
-archived id (folds move an account's rows in id order, and its newest record is never
-dropped by a limit) and above the account's purge mark, which is how they are found again
-at start. Log files whose rows are all folded are deleted after the fold's commit, so the
-log holds about FOLD_AGE seconds of traffic. Every acknowledged row is in the log or in its
-archive at any moment.
-
-Purge marks (database "mam_counts", key `\xff + account prefix`, value the highest id
-handed out when the archive was purged, 8 bytes): a purged archive's logged rows are not
-found again at start. The journal database of earlier versions ("mam_journal", key the id,
-value as a log row's) is read at start like the log, and emptied by the folds.
+The journal (database "mam_journal"): a commit on the path of an acknowledgement does not
+write each message into its account's archive. Each archived message changes the rightmost
+leaf page of its account's records, and a synced commit writes every page it changed whole:
+over thousands of accounts that is a page or more per message. Instead, rows go to the
+journal, key the global id (8 bytes, so the rows of a commit share its last pages), value
+`len(prefix) (2 bytes) + account prefix + the record's value`; once an account has
+FOLD_ROWS rows there, or its oldest is FOLD_AGE seconds old, or it is read, a later commit
+moves them into its archive together (one or two leaf pages for all of them; the retention
+limits apply then). The account's unfolded rows are kept in memory too (`ArchiveStore.
+tails`); a journal row is unfolded while its id is above the account's newest archived id
+(folds move an account's rows in id order, and its newest record is never dropped by a
+limit), which is how they are found again at start. The journal is trimmed from its start
+up to the oldest unfolded row, in the commits, so it holds about FOLD_AGE seconds of
+traffic. Nothing is in no database at any moment: a fold moves rows in one transaction.
 
 There is no index by `with`: a query filtered by `with` scans the account's records in id
 order, bounded by the retention limit (`[mam] max_messages_per_account`).
@@ -54,22 +47,18 @@ order, bounded by the retention limit (`[mam] max_messages_per_account`).
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import struct
 import time
-import weakref
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import lmdb
 import msgpack
 
-from .._archive import fold_tail, log_rows, put_direct, trim_journal
+from .._archive import fold_tail, put_rows, trim_journal
 from .account_data import account_prefix, delete_prefix, register_purge
-from .archive_log import LOG_DIR, ArchiveLog
 from .lmdb_store import META_DB, MIGRATIONS, CorruptRecord, Storage, expect, unpack
 from .xml_check import check_elements
 
@@ -81,18 +70,15 @@ _ID = struct.Struct(">Q")
 JOURNAL = "mam_journal"
 HIGH_WATER = b"mam_last_id"  # in the meta database
 _PREFIX_LENGTH = struct.Struct(">H")
-# An account's rows move from the log into its archive once it has FOLD_ROWS there (in
-# a commit at most every FOLD_INTERVAL seconds, FOLD_BATCH rows of such accounts in one:
-# the event loop waits while a commit's puts are made), or its oldest is FOLD_AGE seconds
-# old; its oldest accounts' rows move early when more than MAX_UNFOLDED rows of all
-# accounts wait (the memory they hold is bounded).
+# An account's rows move from the journal into its archive once it has FOLD_ROWS there,
+# or its oldest is FOLD_AGE seconds old; its oldest accounts' rows move early when more
+# than MAX_UNFOLDED rows of all accounts wait (the memory they hold is bounded).
 FOLD_ROWS = 16
-FOLD_INTERVAL = 0.02
-FOLD_BATCH = 512
+# An account with this many rows in one commit has them (and its tail) put into its archive
+# at once: they share its leaf page, which is cheaper than the journal's work for each.
+DIRECT_ROWS = 2
 FOLD_AGE = 5.0
 MAX_UNFOLDED = 50_000
-# Where a purge mark's key starts in "mam_counts" (no account prefix starts so: UTF-8).
-PURGED = b"\xff"
 
 
 # What the module queues per archived message until it is written: (account_prefix,
@@ -160,24 +146,12 @@ def _move_counts(storage: Storage, txn: Any) -> None:
 MIGRATIONS[2] = _move_counts
 
 
-# The stores open in this process: an account purged in another module's transaction
-# (account_data.purge_account) is marked with the highest id they handed out.
-_OPEN: weakref.WeakSet[ArchiveStore] = weakref.WeakSet()
-
-
 class ArchiveStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         with storage.env.begin(db=storage.database(META_DB)) as txn:
             raw = txn.get(HIGH_WATER)
         self._last = 0 if raw is None else _ID.unpack(bytes(raw))[0]
-        self.log = ArchiveLog(storage.data_dir)
-        # Whether the journal database of earlier versions still holds rows.
-        self.legacy_journal = False
-        # Accounts whose tails reached FOLD_ROWS, folded by the next commit that folds, and
-        # when (time.monotonic) the last commit with folds was planned.
-        self.full: set[bytes] = set()
-        self.last_fold = 0.0
         # account prefix -> its unfolded rows in id order, flat: [id, stored value, id,
         # stored value, ...] (no object per row for the garbage collector to visit).
         self.tails: dict[bytes, list[Any]] = {}
@@ -187,25 +161,6 @@ class ArchiveStore:
         # row, below which the journal is trimmed, is the first entry that is not.
         self.starts: deque[tuple[int, bytes]] = deque()
         self._load_tails()
-        _OPEN.add(self)
-
-    def close(self) -> None:
-        self.log.close()
-        if not self.unfolded and self.log.empty:
-            self.log.drop_spares()  # a server stopped with everything folded: no log files
-
-    def _drop_purge_marks(self) -> None:
-        """With nothing logged, the purge marks have no row left to hide."""
-        counts = self._counts
-        with self.storage.env.begin(db=counts) as txn:
-            if not _purge_marks(txn, counts):
-                return
-
-        def drop(txn: Any) -> None:
-            for prefix in _purge_marks(txn, counts):
-                txn.delete(PURGED + prefix, db=counts)
-
-        self.storage.write(drop)
 
     # Opened (and created) on first use, not at start: a server whose accounts never
     # archive anything keeps the LMDB environment as it was.
@@ -244,53 +199,33 @@ class ArchiveStore:
         return self._last
 
     def _load_tails(self) -> None:
-        """The unfolded rows (in the log, or in the journal of earlier versions) become the
-        tails again (at start)."""
+        """The journal's unfolded rows become the tails again (at start)."""
         with self.storage.env.begin() as txn:
-            # The main database lists the named ones.
-            self.legacy_journal = txn.get(JOURNAL.encode()) is not None
-            archived = txn.get(DATABASE.encode()) is not None
-        if not self.legacy_journal and self.log.empty:
-            if archived:
-                self._drop_purge_marks()
-            return
+            if txn.get(JOURNAL.encode()) is None:
+                return  # the main database lists the named ones: no journal yet
         newest: dict[bytes, int] = {}
-        corrupt: list[tuple[str, bytes, bytes]] = []
-        db, counts = self._db, self._counts  # opened before the transaction that uses them
-        journal = self._journal if self.legacy_journal else None
+        corrupt: list[tuple[bytes, bytes]] = []
+        db, journal = self._db, self._journal  # opened before the transaction that uses them
         with self.storage.env.begin() as txn:
-            purged = _purge_marks(txn, counts) if archived else {}
             archive = txn.cursor(db=db)
-            rows: Iterator[tuple[str, bytes, bytes]] = iter(())
-            if journal is not None:
-                rows = (
-                    (JOURNAL, bytes(key), bytes(value)) for key, value in txn.cursor(db=journal)
-                )
-            logged = ((LOG_DIR, _ID.pack(number), value) for number, value in self.log.rows())
-            for source, key, value in itertools.chain(rows, logged):
+            for key, value in txn.cursor(db=journal):
                 try:
-                    number, prefix, stored = _decode_journal(key, value)
+                    number, prefix, stored = _decode_journal(bytes(key), bytes(value))
                 except Exception:  # quarantined below, outside the read transaction
-                    corrupt.append((source, key, value))
+                    corrupt.append((bytes(key), bytes(value)))
                     continue
-                if number > self._last:
-                    self._last = number  # (a log row's id is in no high-water mark yet)
-                floor = newest.get(prefix)
-                if floor is None:
-                    floor = newest[prefix] = max(_newest_id(archive, prefix), purged.get(prefix, 0))
-                if number > floor:
+                archived = newest.get(prefix)
+                if archived is None:
+                    archived = newest[prefix] = _newest_id(archive, prefix)
+                if number > archived:
                     tail = self.tails.get(prefix)
                     if tail is None:
                         tail = self.tails[prefix] = []
                         self.starts.append((number, prefix))
-                    elif number <= tail[-2]:
-                        continue  # (a journal row logged again: never both, but harmless)
                     tail += (number, stored)
                     self.unfolded += 1
-                    if len(tail) // 2 >= FOLD_ROWS:
-                        self.full.add(prefix)
-        for source, key, raw in corrupt:
-            self.storage.decode(source, key, raw, functools.partial(_decode_journal, key))
+        for key, raw in corrupt:
+            self.storage.decode(JOURNAL, key, raw, functools.partial(_decode_journal, key))
 
     def append(
         self,
@@ -305,7 +240,9 @@ class ArchiveStore:
              record.direction, record.xml)
             for domain, local, record in batch
         ]  # fmt: skip
-        self.commit_now(self.plan(rows, max_messages, max_age, fold={row[0] for row in rows}))
+        commit = self.plan(rows, max_messages, max_age, fold={row[0] for row in rows})
+        self.storage.write(commit.work)
+        commit.committed()
 
     def plan(
         self,
@@ -323,7 +260,10 @@ class ArchiveStore:
         prefix) that have limits of their own (rooms: modules/muc/archive.py). One commit
         at a time: the next is planned once `committed` ran (or the commit failed, which
         changes nothing)."""
-        added = {row[0] for row in rows}
+        added: dict[bytes, int] = {}
+        for row in rows:
+            prefix = row[0]
+            added[prefix] = added.get(prefix, 0) + 1
         tails = self.tails
         folds = {prefix for prefix in fold if tails.get(prefix) or prefix in added}
         excess = self.unfolded + len(rows) - MAX_UNFOLDED
@@ -334,17 +274,9 @@ class ArchiveStore:
                 if tail:
                     folds.add(prefix)
                     excess -= len(tail) // 2
-        now = time.monotonic()
-        if self.full and (folds or now - self.last_fold >= FOLD_INTERVAL):
-            # The accounts with FOLD_ROWS rows waiting, as many as fit in one commit.
-            budget = FOLD_BATCH
-            for prefix in self.full:
-                if budget <= 0:
-                    break
+        for prefix, count in added.items():
+            if count >= DIRECT_ROWS or count + len(tails.get(prefix, ())) // 2 >= FOLD_ROWS:
                 folds.add(prefix)
-                budget -= len(tails.get(prefix, ())) // 2
-        if folds:
-            self.last_fold = now
         # The journal keeps everything from the oldest row that stays unfolded: a tail's
         # that is not folded now, or one of this commit's journaled rows.
         keep_from = min((row[1] for row in rows if row[0] not in folds), default=None)
@@ -358,15 +290,6 @@ class ArchiveStore:
         while starts and not self._starts_tail(*starts[0]):
             starts.popleft()  # stale entries in front go
         return ArchiveCommit(self, rows, folds, keep_from, limits or {}, max_messages, max_age)
-
-    def commit_now(self, commit: ArchiveCommit) -> None:
-        """`commit` made here and now (no group-commit writer): its transaction, its log
-        record, then `committed`."""
-        try:
-            self.storage.write(commit.work)
-            commit.log_rows()
-        finally:
-            commit.committed()
 
     def _starts_tail(self, number: int, prefix: bytes) -> bool:
         """Whether the account's unfolded rows begin with row `number` (an entry of
@@ -423,19 +346,15 @@ class ArchiveStore:
     def purge(self, domain: str, local: str) -> None:
         """Every record of the account, and its count, gone (its preferences stay)."""
         prefix = account_prefix(domain, local)
-        db, counts = self._db, self._counts
-        journal = self._journal if self.legacy_journal else None
-        mark = self._last
+        db, counts, journal = self._db, self._counts, self._journal
 
         def purge(txn: Any) -> None:
             delete_prefix(txn, db, prefix)
-            _purge_count(txn, counts, prefix, mark)
-            if journal is not None:
-                _delete_journal_rows(txn, journal, prefix)
+            txn.delete(prefix, db=counts)
+            _delete_journal_rows(txn, journal, prefix)
 
         self.storage.write(purge)
         self.drop_tail(prefix)
-        self.full.discard(prefix)
 
     # `exists` and `query` read the archive: what an account's tail holds is read once it
     # folded (the mam module folds an account before answering a query on it).
@@ -531,10 +450,9 @@ class ArchiveStore:
 
 
 class ArchiveCommit:
-    """What `ArchiveStore.plan` decided for one commit: the accounts in `folds` have their
-    tails and their new rows put into their archives (`work`, in an LMDB transaction), the
-    other new rows go into the log (`log_rows`, once that transaction has committed); the log
-    files below `keep_from` (None: all), the oldest row that stays unfolded, go after a fold."""
+    """What `ArchiveStore.plan` decided for one commit: the rows of the accounts in `folds`
+    go into their archives with their tails, the others into the journal; the journal
+    loses its rows below `keep_from` (None: all), the oldest that stays unfolded."""
 
     def __init__(
         self,
@@ -553,73 +471,49 @@ class ArchiveCommit:
         self.limits = limits
         self.max_messages = max_messages
         self.max_age = max_age
-        # The rows the log takes: [prefix, id, value, prefix, id, value, ...] (flat: no
-        # object per row), the tails' once committed; the rows of accounts folded now.
+        # The rows the journal took: [prefix, id, value, prefix, id, value, ...] (flat: no
+        # object per row); the tails get them once committed.
         self.journaled: list[Any] = []
-        self.direct: list[Row] = []
-        # Encoded here, on the planning thread: the writer's thread only writes it.
-        self.payload, self.highest = log_rows(rows, folds, self.journaled, self.direct)
-        # Every id handed out until now: the high-water mark a fold commit keeps (ids only
-        # grow across restarts even once the log files holding them are gone).
-        self.high_water = store.last_number()
-        # Whether the commit changes anything in LMDB (else its transaction is empty, and
-        # LMDB skips its writes and flushes).
-        self.transactional = bool(folds)
-        # Set by the writer's thread as the commit goes (read once it is done): the
-        # transaction committed, the log record written, the old journal emptied.
-        self.transaction_done = False
-        self.logged = False
-        self.journal_emptied = False
-        # Opened here, on the caller's thread: the work may run in another one ("mam" and
-        # "mam_counts" exist from the first commit on: purges mark "mam_counts").
+        # Opened here, on the caller's thread: the work may run in another one.
         storage = store.storage
-        journal = store._journal if store.legacy_journal else None
-        self._dbs = (store._db, store._counts, journal, storage.database(META_DB))
+        self._dbs = (store._db, store._counts, store._journal, storage.database(META_DB))
 
     def work(self, txn: Any) -> None:
         """Runs while the planning thread waits (or in it): reads the tails as planned. The
         per-row loops are compiled (fastxmpp/_archive.pyx): the loop waits for them."""
         db, counts_db, journal_db, meta = self._dbs
-        if not self.folds:
-            return
         key_of = _ID.pack
+        folds = self.folds
         tails = self.store.tails
         # Cursors' puts, called with positional arguments: a row's put is the loop's wait
         # and py-lmdb's keyword parsing was a third of its cost.
         archive_put = txn.cursor(db=db).put
         # Per account folded: [rows it has in its archive now, newest value], count read.
         folded: dict[bytes, list[Any]] = {}
-        for prefix in self.folds:
+        for prefix in folds:
             stats = folded[prefix] = _archive_count(txn, counts_db, prefix, self.store)
             tail = tails.get(prefix)
             if tail:
                 fold_tail(archive_put, prefix, tail, stats, log.error)
-        put_direct(self.direct, folded, archive_put, log.error)
+        journaled: list[Any] = []
+        highest = put_rows(
+            self.rows, folded, txn.cursor(db=journal_db).put, archive_put, journaled, log.error
+        )
         for prefix, (count, newest) in folded.items():
             most, age = self.limits.get(prefix, (self.max_messages, self.max_age))
             if newest is not None and (count > most or age > 0):
                 oldest = _decode_time(newest) - age if age > 0 else None
                 count = self._drop_oldest(txn, db, prefix, count, most, oldest)
             txn.put(prefix, key_of(count), db=counts_db)
-        current = txn.get(HIGH_WATER, db=meta)
-        if current is None or _ID.unpack(bytes(current))[0] < self.high_water:
-            txn.put(HIGH_WATER, key_of(self.high_water), db=meta)
-        if journal_db is not None:
-            # The old journal's folded rows at its start go.
-            cursor = txn.cursor(db=journal_db)
-            trim_journal(cursor, None if self.keep_from is None else key_of(self.keep_from))
-            self.journal_emptied = not cursor.first()
-
-    def log_rows(self) -> None:
-        """After `work`'s transaction committed (in the writer's thread): the new rows into
-        the log; after a fold, the log files that hold folded rows only go."""
-        self.transaction_done = True
-        log_ = self.store.log
-        if self.payload:
-            log_.append(self.payload, self.highest)
-        self.logged = True
-        if self.folds:
-            log_.trim(self.keep_from)
+        if highest:
+            current = txn.get(HIGH_WATER, db=meta)
+            if current is None or _ID.unpack(bytes(current))[0] < highest:
+                txn.put(HIGH_WATER, key_of(highest), db=meta)
+        # The folded rows at the journal's start go.
+        trim_journal(
+            txn.cursor(db=journal_db), None if self.keep_from is None else key_of(self.keep_from)
+        )
+        self.journaled = journaled
 
     def _drop_oldest(
         self, txn: Any, db: Any, prefix: bytes, count: int, most: int, oldest: float | None
@@ -640,27 +534,18 @@ class ArchiveCommit:
         return count
 
     def committed(self) -> None:
-        """After the commit (on the thread that plans), or after it failed: the tails as it
-        left them. A folded tail is emptied, not dropped (the account's next rows reuse it:
-        a new list per fold would be garbage collector work, long-lived objects made and
-        dropped). A commit whose transaction committed but whose log record failed (a full
-        disk) made its folds; its new rows are in no tail (their senders are told)."""
+        """After the commit (on the thread that plans): the tails as it left them. A folded
+        tail is emptied, not dropped (the account's next rows reuse it: a new list per
+        fold would be garbage collector work, long-lived objects made and dropped)."""
         store = self.store
         tails = store.tails
-        if self.transaction_done:
-            for prefix in self.folds:
-                store.full.discard(prefix)
-                tail = tails.get(prefix)
-                if tail:
-                    store.unfolded -= len(tail) // 2
-                    tail.clear()
-            if self.journal_emptied:
-                store.legacy_journal = False
-        if not self.logged:
-            return
+        for prefix in self.folds:
+            tail = tails.get(prefix)
+            if tail:
+                store.unfolded -= len(tail) // 2
+                tail.clear()
         journaled = self.journaled
         starts = store.starts
-        full = store.full
         for index in range(0, len(journaled), 3):
             prefix = journaled[index]
             tail = tails.get(prefix)
@@ -669,8 +554,6 @@ class ArchiveCommit:
             if not tail:
                 starts.append((journaled[index + 1], prefix))
             tail += (journaled[index + 1], journaled[index + 2])
-            if len(tail) >= 2 * FOLD_ROWS:
-                full.add(prefix)
         store.unfolded += len(journaled) // 3
 
 
@@ -732,37 +615,6 @@ def _purge_journal(txn: Any, db: Any, domain: str, local: str) -> None:
     _delete_journal_rows(txn, db, account_prefix(domain, local))
 
 
-def _purge_count(txn: Any, counts: Any, prefix: bytes, mark: int) -> None:
-    """The archive's count gone, and its purge mark: none of its logged rows with an id up
-    to `mark` is found again at start."""
-    txn.delete(prefix, db=counts)
-    txn.put(PURGED + prefix, _ID.pack(mark), db=counts)
-
-
-def _purge_account_count(txn: Any, counts: Any, domain: str, local: str) -> None:
-    """An account removed (account_data.purge_account): marked with the highest id the
-    stores of this process handed out (no store open, as in the CLI: the time now, which
-    every id of the log is below unless the clock was set back)."""
-    mark = max([int(time.time() * 1_000_000)] + [store.last_number() for store in _OPEN])
-    _purge_count(txn, counts, account_prefix(domain, local), mark)
-
-
-def _purge_marks(txn: Any, counts: Any) -> dict[bytes, int]:
-    """account prefix -> the id up to which its logged rows were purged."""
-    marks = {}
-    cursor = txn.cursor(db=counts)
-    found = cursor.set_range(PURGED)
-    while found:
-        key = bytes(cursor.key())
-        if not key.startswith(PURGED):
-            break
-        value = bytes(cursor.value())
-        if len(value) == _ID.size:
-            marks[key[len(PURGED) :]] = _ID.unpack(value)[0]
-        found = cursor.next()
-    return marks
-
-
 def _decode_count(raw: bytes) -> int:
     if len(raw) != _ID.size:
         raise CorruptRecord(f"an archive count of {len(raw)} bytes")
@@ -793,6 +645,6 @@ def _decode_prefs(raw: bytes) -> tuple[str, list[str], list[str]]:
 
 
 register_purge(DATABASE)
-register_purge(COUNTS, _purge_account_count)
+register_purge(COUNTS)
 register_purge(JOURNAL, _purge_journal)
 register_purge(PREFS)
