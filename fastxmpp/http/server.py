@@ -173,17 +173,16 @@ class HttpService:
     def public_base(self, host: str) -> str:
         """The URL clients reach this application under when no request tells (URLs handed
         out over XMPP: XEP-0363 slots): `[http] public_url`, or the first HTTPS listener
-        (XEP-0363 §4: the host MUST provide TLS), else the first listener, named by its
-        address, or by `host` when it listens on every address."""
+        (XEP-0363 §4: the host MUST provide TLS), else the first listener, named by `host`
+        and the listener's port. The host's name, not the listener's address: the host's
+        certificate names it (a client checking the URL's name against the certificate
+        refuses an address it does not list), and a loopback or private address is seen
+        under the host's name by the clients that can reach it."""
         if self.config.public_url:
             return self.config.public_url
         bound = next((b for b in self.bound if b[2]), self.bound[0]) if self.bound else None
-        address, port, https = bound or ("127.0.0.1", 5280, False)
-        if ipaddress.ip_address(address).is_unspecified:
-            name = host
-        else:
-            name = f"[{address}]" if ":" in address else address
-        return f"{'https' if https else 'http'}://{name}:{port}"
+        _address, port, https = bound or ("127.0.0.1", 5280, False)
+        return f"{'https' if https else 'http'}://{host}:{port}"
 
     # --- endpoints ---------------------------------------------------------------------
 
