@@ -301,6 +301,9 @@ class MucConfig:
     archive_rooms: str = "persistent"
     archive_max_messages: int = 10000  # per room; the oldest go beyond it
     archive_max_age_days: float = 0  # a room's messages older than this go (0: kept)
+    # XEP-0045 §7.2.1: a presence without the MUC <x/> from a non-occupant enters the room
+    # (groupchat 1.0, as `sendxmpp -c` enters) instead of getting the recommended kick.
+    groupchat_1_0: bool = False
 
 
 @dataclass(frozen=True)
@@ -890,6 +893,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "archive_rooms": _one_of("persistent", "all", "none"),
             "archive_max_messages": _integer_at_least(1),
             "archive_max_age_days": _non_negative_number,
+            "groupchat_1_0": _boolean,
         },
     ),
 }

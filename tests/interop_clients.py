@@ -104,12 +104,14 @@ DIRECT_TLS_LISTENER = (
 )
 
 
-def direct_tls_server(ca: Any, tmp_path_factory: Any, pool: Any) -> Iterator[Any]:
+def direct_tls_server(
+    ca: Any, tmp_path_factory: Any, pool: Any, extra_toml: str = ""
+) -> Iterator[Any]:
     """For a module-scoped fixture: conftest's `module_server` with a direct TLS listener
     beside the STARTTLS one, yielded once both listen."""
     from conftest import module_server
 
-    for server in module_server(ca, tmp_path_factory, pool, DIRECT_TLS_LISTENER):
+    for server in module_server(ca, tmp_path_factory, pool, DIRECT_TLS_LISTENER + extra_toml):
         server.wait_for_log("c2s (direct TLS) listening on")
         yield server
 

@@ -30,7 +30,9 @@ PRESENCE = f"{{{CLIENT}}}presence"
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from direct_tls_server(ca, tmp_path_factory, POOL)
+    # `sendxmpp -c` enters rooms as groupchat 1.0 clients did (no MUC <x/>): operators who
+    # use it for alerts turn that on (XEP-0045 §7.2.1's kick is the default).
+    yield from direct_tls_server(ca, tmp_path_factory, POOL, "[muc]\ngroupchat_1_0 = true\n")
 
 
 @pytest.fixture
@@ -176,8 +178,8 @@ def test_chatroom_message_reaches_occupants(
     reply = wait_for(owner, "the configuration result", lambda el: el.get("id") == "instant")
     assert reply.get("type") == "result"
 
-    # -c: Net::XMPP enters with a bare <presence to='room/nick'/> (no MUC <x/>: the
-    # groupchat 1.0 join XEP-0045 §7.2.1 keeps working), the nick being the resource (-r)
+    # -c: Net::XMPP enters with a bare <presence to='room/nick'/> (no MUC <x/>: a groupchat
+    # 1.0 entry, [muc] groupchat_1_0 = true), the nick being the resource (-r)
     done = sendxmpp(srv, ca_file, sender, "backup failed", "--tls", "-c", "-r", "monitor", room)
     assert done.returncode == 0, done.stderr
     joined = wait_for(

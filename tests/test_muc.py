@@ -381,12 +381,54 @@ def test_cancelled_initial_configuration_destroys_the_room(
     assert stanza_error(reply) == "item-not-found"
 
 
-def test_groupchat_1_0_join_makes_an_instant_room(login: Any, users: Iterator[str]) -> None:
+def out_of_sync_kick(user: User, room: str, nick: str) -> Any:
+    """A presence without the MUC <x/> to `room` from a non-occupant; the answer."""
+    user.send(f"<presence to='{room}/{nick}'><show>away</show></presence>")
+    kick = user.c.next()
+    assert kick.tag == PRESENCE, etree.tostring(kick)
+    return kick
+
+
+def test_a_presence_without_x_from_a_non_occupant_is_kicked(
+    login: Any, users: Iterator[str]
+) -> None:
+    """§7.2.1 (since 1.32): such a presence is most likely from a client that lost track of
+    the room; it gets an explicit kick with 110, 307 and 333 instead of entering, whether the
+    room exists or not, and the occupants see nothing."""
     a, b = login(next(users)), login(next(users))
+    room = create(a)
+    for target in (room, new_room()):
+        kick = out_of_sync_kick(b, target, "ghost")
+        assert kick.get("type") == "unavailable" and kick.get("from") == f"{target}/ghost"
+        assert kick.get("to") == b.full
+        assert codes(kick) == {"110", "307", "333"}
+        assert (item(kick).get("affiliation"), item(kick).get("role")) == ("none", "none")
+    assert presences(received(a.c, b.c)) == []  # the occupants saw nothing
+    seen = join(b, room, "bob")  # joining as MUC clients do works as before
+    assert "110" in codes(presences(seen)[-1])
+    # An occupant's presence update without <x/> stays an update.
+    b.send(f"<presence to='{room}/bob'><show>dnd</show></presence>")
+    shown = [el.findtext(f"{{{CLIENT}}}show") for el in presences(received(a.c, b.c))]
+    assert shown[-1] == "dnd", shown
+
+
+def test_groupchat_1_0_entry_when_enabled_makes_an_instant_room(
+    make_server: Any, ca_file: str
+) -> None:
+    """`[muc] groupchat_1_0 = true`: the presence without <x/> enters (as `sendxmpp -c`
+    enters rooms), and a room it creates is instant."""
+    srv: ServerProcess = make_server("[muc]\ngroupchat_1_0 = true\n")
+    srv.adduser("old@localhost")
+    srv.adduser("new@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    a, b = log_in(srv, ca_file, opened, "old"), log_in(srv, ca_file, opened, "new")
     room = new_room()
     seen = join(a, room, "old", extra="")
     assert "201" in codes(presences(seen)[-1])
     assert join(b, room, "new")[-1].tag == MESSAGE  # unlocked: subject received
+    for c in opened:
+        c.close()
 
 
 def test_non_anonymous_room_status_100_and_jids(login: Any, users: Iterator[str]) -> None:

@@ -6,8 +6,11 @@ service, a room or an occupant.
   (the public rooms), muc#unique room names (§10.1.4), a vCard request (it has none: vcard.py);
   other iqs: service-unavailable. Rooms answer vCard requests too (XEP-0486, vcard.py).
 - Rooms are created by entering them (§10.1): locked (status 201) until the owner submits a
-  configuration (an empty form: an instant room), unless the client is a groupchat 1.0
-  client (no <x xmlns='http://jabber.org/protocol/muc'/>), for which the room is instant.
+  configuration (an empty form: an instant room). A presence without
+  <x xmlns='http://jabber.org/protocol/muc'/> from a non-occupant gets the kick §7.2.1
+  recommends (110, 307, 333: a client out of sync with the room); with `[muc]
+  groupchat_1_0 = true` it enters as a groupchat 1.0 client did, and a room it creates is
+  instant.
 - Rooms live in memory; persistent ones (muc#roomconfig_persistentroom) are also stored
   (fastxmpp/storage/muc.py) and reloaded at start. A temporary room goes with its last
   occupant.
@@ -356,6 +359,12 @@ class MucService:
             else:
                 room.change_presence(origin, st)
             return
+        if muc_x is None and not self.limits.groupchat_1_0:
+            # §7.2.1 (since version 1.32): a presence without <x/> from a non-occupant is
+            # most likely a client that lost track of the room (a restart, a missed exit);
+            # entering it would hide that. Told with a kick (110, 307, 333), it joins again.
+            self._kick_out_of_sync(origin, room_name, nick)
+            return
         if origin.is_remote and origin.full not in self.remote_occupants:
             self._check_remote_room_for(origin)
         created = room is None
@@ -367,6 +376,15 @@ class MucService:
             if created:
                 self.discard(room)
             raise
+
+    def _kick_out_of_sync(self, origin: OccupantSession, room_name: str, nick: str) -> None:
+        occupant_jid = f"{room_name}@{self.domain}/{nick}"
+        origin.send(
+            f"<presence from={quoteattr(occupant_jid)} to={quoteattr(origin.full)} "
+            f"type='unavailable'><x xmlns='{NS_USER}'><item affiliation='none' role='none'>"
+            "<reason>You are not in the room.</reason></item><status code='110'/>"
+            "<status code='307'/><status code='333'/></x></presence>".encode()
+        )
 
     def _create(self, origin: OccupantSession, name: str, locked: bool) -> Room:
         """§10.1.1: the creator becomes the room's owner."""
