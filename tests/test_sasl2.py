@@ -621,3 +621,30 @@ def test_tokens_go_with_the_account(make_server: Any, ca_file: str) -> None:
         with storage.env.begin(db=db) as txn:
             keys = [bytes(k) for k in txn.cursor().iternext(values=False)]
     assert [k.split(b"\0")[:2] for k in keys] == [[b"localhost", b"bob"]]
+
+
+def test_a_disabled_account_over_sasl2(make_server: Any, ca_file: str) -> None:
+    """XEP-0133 disable-user, then SASL2 as over SASL1 (RFC 6120 §6.5.1): account-disabled
+    for a right password (SCRAM and PLAIN), not-authorized for a wrong one, and its FAST
+    tokens end with the disabling, as with a password change (credentials-expired: the
+    client falls back to its password, and hears account-disabled then)."""
+    from fastxmpp.storage.accounts import AccountStore
+    from fastxmpp.storage.lmdb_store import Storage
+
+    srv: ServerProcess = make_server()
+    srv.adduser("sleeper@localhost")
+    srv.start()
+    token = get_token(srv, ca_file, "sleeper")
+    srv.stop()
+    with Storage(srv.data_dir) as storage:
+        AccountStore(storage).set_disabled("localhost", "sleeper", True)
+    srv.start()
+    for attempt, expected in (
+        (lambda c: authenticate_scram(c, "sleeper", PASSWORD), "account-disabled"),
+        (lambda c: authenticate_plain(c, "sleeper", PASSWORD), "account-disabled"),
+        (lambda c: authenticate_scram(c, "sleeper", "wrong"), "not-authorized"),
+        (lambda c: authenticate_token(c, "sleeper", token), "credentials-expired"),
+    ):
+        c, _ = tls_stream(srv, ca_file)
+        assert failure(attempt(c)) == expected
+        c.close()
