@@ -1,9 +1,9 @@
 """A real browser client: headless Chromium (Debian's, driven by Selenium through Debian's
 chromedriver) loads a page with Converse.js (npm, pinned in tests/interop/web) that the test
 serves; Converse logs in over RFC 7395 WebSocket, and separately over XEP-0206 BOSH, chats
-both ways with a slixmpp account and joins a room. What the user would see is read from the
-page's DOM. On failure a screenshot of the page is written under the test's tmp dir (its
-path is printed).
+both ways with a slixmpp account and joins a room, and uploads a file (XEP-0363) that the
+slixmpp account downloads. What the user would see is read from the page's DOM. On
+failure a screenshot of the page is written under the test's tmp dir (its path is printed).
 
 `make interop-deps` installs chromium, chromium-driver and Converse.js."""
 
@@ -94,6 +94,17 @@ class Page:
             text,
             what=f"{text!r} in {selector}",
         )
+
+
+async def show_failure(driver: Any, screenshot: Path, web_server: ServerProcess) -> None:
+    """What a failed test shows: the page's screenshot, its console, the server's log."""
+    await asyncio.to_thread(driver.save_screenshot, str(screenshot))
+    print(f"screenshot of the page: {screenshot}")
+    console = await asyncio.to_thread(driver.get_log, "browser")
+    print("the page's console, last lines:")
+    for entry in console[-40:]:
+        print(f"  {entry['level']} {entry['message'][:400]}")
+    print("the server's log, last lines:\n" + "".join(web_server.log[-40:]))
 
 
 async def join_when_unlocked(client: SlixClient) -> None:
@@ -238,14 +249,55 @@ async def test_converse_chats_and_joins_a_room(
         bob.send_message(mto=ROOM, mbody="hello room", mtype="groupchat")
         await page.until_text("converse-muc .chat-msg__text", "hello room")
     except BaseException:
-        screenshot = tmp_path / f"converse-{transport}.png"
-        await asyncio.to_thread(driver.save_screenshot, str(screenshot))
-        print(f"screenshot of the page: {screenshot}")
-        console = await asyncio.to_thread(driver.get_log, "browser")
-        print("the page's console, last lines:")
-        for entry in console[-40:]:
-            print(f"  {entry['level']} {entry['message'][:400]}")
-        print("the server's log, last lines:\n" + "".join(web_server.log[-40:]))
+        await show_failure(driver, tmp_path / f"converse-{transport}.png", web_server)
+        raise
+    finally:
+        await asyncio.to_thread(driver.quit)
+        bob.disconnect()
+
+
+@pytest.mark.parametrize("transport", ["websocket"])
+async def test_converse_uploads_a_file_and_the_contact_downloads_it(
+    web_server: ServerProcess, page_url: str, transport: str, ca_file: str, tmp_path: Path
+) -> None:
+    """XEP-0363 from the browser, as Converse.js does it: the upload service found in the
+    domain's disco#items, a slot, the PUT from the page (a cross-origin request: the CORS
+    preflight), then the message with the URL (XEP-0066 <x/>), which slixmpp receives and
+    whose URL serves the bytes."""
+    import aiohttp
+
+    chromium, driver_path = require_browser()
+    bob = SlixClient("bob@localhost", ca_file)
+    await bob.online(web_server.port)
+    driver = await asyncio.to_thread(start_browser, chromium, driver_path)
+    page = Page(driver)
+    try:
+        await asyncio.to_thread(driver.get, page_url)
+        await page.until(
+            "return !!(window.fastxmppApi && fastxmppApi.connection.connected())",
+            what="a connected session",
+        )
+        await page.run(
+            "return fastxmppApi.chats.open('bob@localhost').then((chat) => chat.sendFiles("
+            "[new File(['hello from the browser'], 'note.txt', {type: 'text/plain'})]))"
+        )
+        while True:
+            message = await asyncio.wait_for(bob.messages.get(), PAGE_TIMEOUT)
+            if message["body"]:
+                break
+        url = message["body"]
+        assert message["from"].bare == "alice@localhost"
+        oob = message.xml.find("{jabber:x:oob}x/{jabber:x:oob}url")
+        assert oob is not None and oob.text == url, message
+        # The host's name and the http listener's port (the page came from 127.0.0.1:
+        # the PUT was cross-origin).
+        assert url.startswith(f"http://localhost:{http_port(web_server)}/upload/"), url
+        assert url.endswith("/note.txt"), url
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            assert response.status == 200
+            assert await response.read() == b"hello from the browser"
+    except BaseException:
+        await show_failure(driver, tmp_path / "converse-upload.png", web_server)
         raise
     finally:
         await asyncio.to_thread(driver.quit)
