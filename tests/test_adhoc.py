@@ -43,19 +43,24 @@ secret = "{SECRET}"
 """
 
 
-@pytest.fixture(scope="module")
-def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("adhoc"), ca, ("localhost",), COMPONENT)
+def admin_server(
+    ca: Any, tmp_path_factory: pytest.TempPathFactory, name: str, users: list[str], extra: str = ""
+) -> Iterator[ServerProcess]:
+    """For a module-scoped fixture: a server whose admin is admin@localhost, with `users`."""
+    server = ServerProcess(tmp_path_factory.mktemp(name), ca, ("localhost",), extra)
     text = server.config.read_text()
-    server.config.write_text(
-        text.replace("[server]\n", '[server]\nadmins = ["admin@localhost"]\n')
-        # Failed logins are part of the tests: no growing delays after them.
-        + "\n[limits]\nauth_free_failures = 1000\n"
-    )
-    add_accounts(server, USERS)
+    server.config.write_text(text.replace("[server]\n", '[server]\nadmins = ["admin@localhost"]\n'))
+    add_accounts(server, users)
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    # Failed logins are part of the tests: no growing delays after them.
+    extra = COMPONENT + "\n[limits]\nauth_free_failures = 1000\n"
+    yield from admin_server(ca, tmp_path_factory, "adhoc", USERS, extra)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from test_adhoc import (
     DATA,
     ITEMS,
     ROSTER,
+    admin_server,
     cmd,
     command,
     error_of,
@@ -45,21 +46,7 @@ BAD_JIDS = ("x@invalid@domain", "someone@elsewhere.example", "nobody@localhost",
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("adhoc-more"), ca, ("localhost",))
-    text = server.config.read_text()
-    server.config.write_text(text.replace("[server]\n", '[server]\nadmins = ["admin@localhost"]\n'))
-    add_accounts(server, USERS)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def opened() -> Iterator[list[RawClient]]:
-    clients: list[RawClient] = []
-    yield clients
-    for c in clients:
-        c.close()
+    yield from admin_server(ca, tmp_path_factory, "adhoc-more", USERS)
 
 
 def field_types(el: Any) -> dict[str, str | None]:
@@ -68,9 +55,9 @@ def field_types(el: Any) -> dict[str, str | None]:
 
 
 def test_new_commands_are_listed_and_refused_to_others(
-    srv: ServerProcess, ca_file: str, opened: list[RawClient]
+    srv: ServerProcess, ca_file: str, clients: list[RawClient]
 ) -> None:
-    admin = login(srv, ca_file, opened, "admin")
+    admin = login(srv, ca_file, clients, "admin")
     reply = iq(admin, f"<query xmlns='{ITEMS}' node='{CMD}'/>", "localhost")
     nodes = {i.get("node") for i in reply.iter(f"{{{ITEMS}}}item")}
     assert {f"{ADMIN}#{name}" for name in NEW_COMMANDS} <= nodes
@@ -78,14 +65,14 @@ def test_new_commands_are_listed_and_refused_to_others(
     assert f"{ADMIN}#edit-admin" not in nodes
     assert error_of(command(admin, "edit-admin"))[0] == "item-not-found"
     # XEP-0133 §6 / XEP-0050 §4.4: forbidden to a user who is not an admin.
-    bob = login(srv, ca_file, opened, "bob")
+    bob = login(srv, ca_file, clients, "bob")
     for name in NEW_COMMANDS:
         for to in ("localhost", "bob@localhost"):
             assert error_of(command(bob, name, to=to)) == ("forbidden", None), (name, to)
 
 
-def test_get_user_lastlogin(srv: ServerProcess, ca_file: str, opened: list[RawClient]) -> None:
-    admin = login(srv, ca_file, opened, "admin")
+def test_get_user_lastlogin(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> None:
+    admin = login(srv, ca_file, clients, "admin")
 
     def lastlogin(jid: str) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
         done = run(admin, "get-user-lastlogin", {"accountjids": [jid]})
@@ -98,7 +85,7 @@ def test_get_user_lastlogin(srv: ServerProcess, ca_file: str, opened: list[RawCl
     cmd(command(admin, "get-user-lastlogin", "cancel", form.get("sessionid")))
 
     before = time.time()
-    login(srv, ca_file, opened, "bob")
+    login(srv, ca_file, clients, "bob")
     values, said = lastlogin("bob@localhost")
     assert values["accountjids"] == ["bob@localhost"] and said == []
     (stamp,) = values["lastlogin"]
@@ -106,12 +93,12 @@ def test_get_user_lastlogin(srv: ServerProcess, ca_file: str, opened: list[RawCl
     assert first is not None and int(before) <= first <= time.time() + 1, stamp
     # The latest login counts.
     time.sleep(1.1)
-    login(srv, ca_file, opened, "bob")
+    login(srv, ca_file, clients, "bob")
     later = parse_stamp(lastlogin("bob@localhost")[0]["lastlogin"][0])
     assert later is not None and later > first
     # All of bob's sessions gone: no login time is kept; the note tells when the last
     # session ended (XEP-0012's record).
-    for c in opened[1:]:
+    for c in clients[1:]:
         c.send("</stream:stream>")
         c.wait_closed(5)
     deadline = time.monotonic() + 5
@@ -136,8 +123,8 @@ def test_get_user_lastlogin(srv: ServerProcess, ca_file: str, opened: list[RawCl
     assert "asked the last login of bob@localhost" in srv.log_text()
 
 
-def test_user_stats(srv: ServerProcess, ca_file: str, opened: list[RawClient]) -> None:
-    admin = login(srv, ca_file, opened, "admin")
+def test_user_stats(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> None:
+    admin = login(srv, ca_file, clients, "admin")
     # §4.10: the form asks for one accountjid.
     form = cmd(command(admin, "user-stats"))
     assert field_types(form)["accountjid"] == "jid-single"
@@ -155,7 +142,7 @@ def test_user_stats(srv: ServerProcess, ca_file: str, opened: list[RawClient]) -
 
     home = RawClient(srv.port)
     work = RawClient(srv.port)
-    opened += [home, work]
+    clients += [home, work]
     home.login(ca_file, "dave", PASSWORD, "home")
     work.login(ca_file, "dave", PASSWORD, "work")
     for i, contact in enumerate(("one@example.org", "two@example.org")):
@@ -199,7 +186,7 @@ def welcome_of(messages: list[Any]) -> list[str]:
     return [m.findtext(f"{{{CLIENT}}}body") for m in messages if m.get("from") == "localhost"]
 
 
-def test_welcome_message(make_server: Any, ca_file: str, opened: list[RawClient]) -> None:
+def test_welcome_message(make_server: Any, ca_file: str, clients: list[RawClient]) -> None:
     """§4.27: the welcome message reaches new accounts at their first login, once; existing
     accounts never get it; §4.28 deletes it; it and the messages new accounts wait for are
     kept across a restart."""
@@ -208,7 +195,7 @@ def test_welcome_message(make_server: Any, ca_file: str, opened: list[RawClient]
     server.config.write_text(text.replace("[server]\n", '[server]\nadmins = ["admin@localhost"]\n'))
     add_accounts(server, ["admin", "old"])
     server.start()
-    admin = login(server, ca_file, opened, "admin")
+    admin = login(server, ca_file, clients, "admin")
     # Its form is empty while none is set.
     form = cmd(command(admin, "set-welcome"))
     assert form_values(form)["welcome"] == [] and field_types(form)["welcome"] == "text-multi"
@@ -222,42 +209,42 @@ def test_welcome_message(make_server: Any, ca_file: str, opened: list[RawClient]
 
     # XEP-0077 registration: at the first login, from the domain, once.
     assert register(server, ca_file, "newbie", PASSWORD).get("type") == "result"
-    (message,) = messages_at_login(server, ca_file, opened, "newbie")
+    (message,) = messages_at_login(server, ca_file, clients, "newbie")
     assert message.get("from") == "localhost"
     assert message.findtext(f"{{{CLIENT}}}body") == "Welcome here,\nread the rules."
-    assert messages_at_login(server, ca_file, opened, "newbie") == []
+    assert messages_at_login(server, ca_file, clients, "newbie") == []
     # add-user too; an account that existed before never gets it.
     run(admin, "add-user", {"accountjid": ["added@localhost"], "password": [PASSWORD],
                             "password-verify": [PASSWORD]})  # fmt: skip
-    assert welcome_of(messages_at_login(server, ca_file, opened, "added")) == [
+    assert welcome_of(messages_at_login(server, ca_file, clients, "added")) == [
         "Welcome here,\nread the rules."
     ]
-    assert messages_at_login(server, ca_file, opened, "old") == []
+    assert messages_at_login(server, ca_file, clients, "old") == []
 
     assert "set the welcome message of localhost" in server.log_text()
 
     # Kept across a restart: the message, and the one a new account has not seen yet.
     assert register(server, ca_file, "waiting", PASSWORD).get("type") == "result"
-    for c in opened:
+    for c in clients:
         c.close()
-    opened.clear()
+    clients.clear()
     server.stop()
     server.start()
-    assert welcome_of(messages_at_login(server, ca_file, opened, "waiting")) == [
+    assert welcome_of(messages_at_login(server, ca_file, clients, "waiting")) == [
         "Welcome here,\nread the rules."
     ]
     assert register(server, ca_file, "after", PASSWORD).get("type") == "result"
-    assert welcome_of(messages_at_login(server, ca_file, opened, "after")) == [
+    assert welcome_of(messages_at_login(server, ca_file, clients, "after")) == [
         "Welcome here,\nread the rules."
     ]
 
     # §4.28: deleted at once; new accounts get none, the form is empty again.
-    admin = login(server, ca_file, opened, "admin")
+    admin = login(server, ca_file, clients, "admin")
     done = cmd(command(admin, "delete-welcome"))
     assert done.get("status") == "completed" and [n[0] for n in notes(done)] == ["info"]
     assert form_values(cmd(command(admin, "set-welcome")))["welcome"] == []
     assert register(server, ca_file, "late", PASSWORD).get("type") == "result"
-    assert messages_at_login(server, ca_file, opened, "late") == []
+    assert messages_at_login(server, ca_file, clients, "late") == []
     assert "deleted the welcome message of localhost" in server.log_text()
 
 
