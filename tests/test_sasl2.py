@@ -648,3 +648,54 @@ def test_a_disabled_account_over_sasl2(make_server: Any, ca_file: str) -> None:
         c, _ = tls_stream(srv, ca_file)
         assert failure(attempt(c)) == expected
         c.close()
+
+
+def agent(client_id: str) -> str:
+    return f"<user-agent id='{client_id}'><software>t</software></user-agent>"
+
+
+def test_a_bind_ends_earlier_sessions_of_the_same_client(make_server: Any, ca_file: str) -> None:
+    """XEP-0386 §bind-request: upon binding, earlier sessions of the same client (its
+    <user-agent id>) end: a live one with the conflict stream error, one waiting for XEP-0198
+    resumption at once (resuming it then fails); other clients' sessions stay."""
+    srv: ServerProcess = make_server()
+    srv.adduser("alice@localhost")
+    srv.start()
+    phone, laptop = "1b7c2b5e-0000-4000-8000-000000000001", "1b7c2b5e-0000-4000-8000-000000000002"
+    bind = f"<bind xmlns='{BIND2}'><tag>t</tag><enable xmlns='{SM}' resume='true'/></bind>"
+
+    def log_in(client_id: str) -> tuple[RawClient, str, str]:
+        c, _ = tls_stream(srv, ca_file)
+        success = authenticate_plain(c, "alice", PASSWORD, agent(client_id) + bind)
+        assert success.tag == f"{{{NS}}}success", etree.tostring(success)
+        c.next()  # features
+        previd = success.find(f"{{{BIND2}}}bound/{{{SM}}}enabled").get("id")
+        return c, success.findtext(f"{{{NS}}}authorization-identifier"), previd
+
+    def alive(c: RawClient) -> bool:
+        c.send("<iq type='get' id='alive'><ping xmlns='urn:xmpp:ping'/></iq>")
+        while (el := c.next()).get("id") != "alive":
+            pass
+        return el.get("type") == "result"
+
+    old, old_jid, _ = log_in(phone)
+    other, _, _ = log_in(laptop)
+    new, new_jid, previd = log_in(phone)
+    while (error := old.next()).tag == f"{{{SM}}}a":
+        pass  # XEP-0198 §4: the final <a/> comes first
+    assert error.tag == f"{{{STREAMS}}}error", etree.tostring(error)
+    assert error.find("{urn:ietf:params:xml:ns:xmpp-streams}conflict") is not None
+    srv.wait_for_log(f"ends {old_jid}, an earlier session of the same client")
+    assert alive(other) and alive(new)
+
+    new.abort()  # lost: it waits for resumption
+    srv.wait_for_log(f"{new_jid} lost its connection")
+    latest, _, _ = log_in(phone)
+    srv.wait_for_log(f"ends {new_jid}, an earlier session of the same client")
+    c, _ = tls_stream(srv, ca_file)
+    resume = f"<resume xmlns='{SM}' previd='{previd}' h='0'/>"
+    failed = authenticate_plain(c, "alice", PASSWORD, agent(phone) + resume).find(f"{{{SM}}}failed")
+    assert failed is not None, "the session waiting for resumption should have ended"
+    assert alive(other) and alive(latest)
+    for client in (c, other, latest, old):
+        client.close()

@@ -614,7 +614,13 @@ def test_unacked_carbons_and_archive_results_are_never_rerouted(
     bob.sync()
     assert bodies(first.sync()) == ["archived"]
     room = f"sm-{name}@conference.localhost"
-    first.send(f"<presence to='{room}/first'/>")  # an instant room (XEP-0045 §7.2.1)
+    first.send(
+        f"<presence to='{room}/first'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    )
+    first.send(  # an instant room (XEP-0045 §10.1.2)
+        f"<iq type='set' id='instant' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>"
+        "<x xmlns='jabber:x:data' type='submit'/></query></iq>"
+    )
     bob.send(f"<presence to='{room}/bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
     bob.sync()
     first.sync()

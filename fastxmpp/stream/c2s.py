@@ -114,6 +114,7 @@ class C2SStream(Session, ClientNegotiation):
         "limits",
         "negotiation",
         "server",
+        "user_agent_id",
     )
 
     what = "c2s"
@@ -135,6 +136,8 @@ class C2SStream(Session, ClientNegotiation):
         self.closing = False
         self.former_peer = "?"
         self.negotiation: Negotiation | None = Negotiation(direct_tls)
+        # XEP-0388 <user-agent id> of a session bound by XEP-0386 Bind 2 (None otherwise).
+        self.user_agent_id: str | None = None
 
     # --- the connection's events -------------------------------------------------------
 
@@ -517,6 +520,9 @@ class C2SStream(Session, ClientNegotiation):
         as an archive need not hold them all (docs/COMPLIANCE.md)."""
         resource = f"{request.tag}/{secrets.token_hex(6)}" if request.tag else _new_resource()
         self._enter_session(local, resource, may_rename=True)
+        if request.client is not None:
+            self.user_agent_id = request.client
+            self._end_earlier_sessions_of_this_client()
         parts = []
         mam = self.server.modules.get("mam")
         metadata = mam.archive_metadata(self) if mam is not None else None
@@ -536,6 +542,23 @@ class C2SStream(Session, ClientNegotiation):
                 # XEP-0386: the session begins in the state asked for (XEP-0352 §5).
                 csi.set_state(self, qname.localname, self.server.config.csi.max_held_stanzas)
         return sasl2.bound_xml(parts)
+
+    def _end_earlier_sessions_of_this_client(self) -> None:
+        """XEP-0386 §bind-request: upon binding, the server SHOULD terminate any earlier
+        sessions from the same client (its XEP-0388 <user-agent id>). A phone whose old
+        connection died unnoticed, or whose resumption failed, leaves no second session
+        behind that would take (and hold) its messages: a live one gets the `conflict`
+        stream error (RFC 6120 §4.9.3.3), one waiting for XEP-0198 resumption ends."""
+        for other in list(self.router.resources(self.bare).values()):
+            if (
+                other is not self
+                and isinstance(other, C2SStream)
+                and other.user_agent_id == self.user_agent_id
+            ):
+                log.info(
+                    "c2s %s: ends %s, an earlier session of the same client", self.peer, other.full
+                )
+                other.close_with_error("conflict", "replaced by a new session of the same client")
 
     def _fast_token_xml(self, local: str, request: sasl2.AuthenticateRequest, exchange: Any) -> str:
         """XEP-0484 <token/> for <success/>: asked for, or the one used is due for rotation
