@@ -699,3 +699,26 @@ def test_a_bind_ends_earlier_sessions_of_the_same_client(make_server: Any, ca_fi
     assert alive(other) and alive(latest)
     for client in (c, other, latest, old):
         client.close()
+
+
+def test_the_same_client_logs_in_again_at_the_resource_limit(
+    make_server: Any, ca_file: str
+) -> None:
+    """With `max_resources_per_account = 1`, a phone whose old session is still bound (its
+    connection died unnoticed) logs in again: the old session of the same client ends first
+    instead of the new one being refused (RFC 6120 §7.6.2.1 resource-constraint)."""
+    srv: ServerProcess = make_server("[limits]\nmax_resources_per_account = 1\n")
+    srv.adduser("alice@localhost")
+    srv.start()
+    phone = agent("1b7c2b5e-0000-4000-8000-000000000003")
+    bind = f"<bind xmlns='{BIND2}'><tag>phone</tag></bind>"
+    old, _ = tls_stream(srv, ca_file)
+    assert authenticate_plain(old, "alice", PASSWORD, phone + bind).tag == f"{{{NS}}}success"
+    new, _ = tls_stream(srv, ca_file)
+    success = authenticate_plain(new, "alice", PASSWORD, phone + bind)
+    assert success.tag == f"{{{NS}}}success", etree.tostring(success)
+    other, _ = tls_stream(srv, ca_file)  # another client is still held to the limit
+    refused = authenticate_plain(other, "alice", PASSWORD, agent("another") + bind)
+    assert failure(refused) == "temporary-auth-failure"  # the limit, told as XEP-0388 says
+    for client in (old, new, other):
+        client.close()

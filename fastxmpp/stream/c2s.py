@@ -519,10 +519,11 @@ class C2SStream(Session, ClientNegotiation):
         Stored offline messages are not cleared: they go out at initial presence as usual,
         as an archive need not hold them all (docs/COMPLIANCE.md)."""
         resource = f"{request.tag}/{secrets.token_hex(6)}" if request.tag else _new_resource()
-        self._enter_session(local, resource, may_rename=True)
         if request.client is not None:
+            # Before binding, so that the account's resource limit does not count them.
             self.user_agent_id = request.client
-            self._end_earlier_sessions_of_this_client()
+            self._end_earlier_sessions_of_this_client(f"{local}@{self.host}")
+        self._enter_session(local, resource, may_rename=True)
         parts = []
         mam = self.server.modules.get("mam")
         metadata = mam.archive_metadata(self) if mam is not None else None
@@ -543,13 +544,13 @@ class C2SStream(Session, ClientNegotiation):
                 csi.set_state(self, qname.localname, self.server.config.csi.max_held_stanzas)
         return sasl2.bound_xml(parts)
 
-    def _end_earlier_sessions_of_this_client(self) -> None:
+    def _end_earlier_sessions_of_this_client(self, bare: str) -> None:
         """XEP-0386 §bind-request: upon binding, the server SHOULD terminate any earlier
         sessions from the same client (its XEP-0388 <user-agent id>). A phone whose old
         connection died unnoticed, or whose resumption failed, leaves no second session
         behind that would take (and hold) its messages: a live one gets the `conflict`
         stream error (RFC 6120 §4.9.3.3), one waiting for XEP-0198 resumption ends."""
-        for other in list(self.router.resources(self.bare).values()):
+        for other in list(self.router.resources(bare).values()):
             if (
                 other is not self
                 and isinstance(other, C2SStream)
