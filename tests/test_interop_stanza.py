@@ -11,6 +11,7 @@ its clients saw at the end; the assertions are here."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -52,7 +53,9 @@ def require_stanzajs() -> str:
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # ws:// on loopback counted as encrypted: StanzaJS's only transport here (RFC 7395).
-    web = HTTP_LISTENER + "\n[http]\nconsider_websocket_secure = true\n"
+    web = (
+        HTTP_LISTENER + "\n[http]\nconsider_websocket_secure = true\nconsider_bosh_secure = true\n"
+    )
     yield from module_server(ca, tmp_path_factory, POOL, web)
 
 
@@ -70,10 +73,12 @@ class Scenario(LineReader):
 
     def __init__(self, srv: ServerProcess, name: str, users: list[str], *extra: str) -> None:
         node = require_stanzajs()
-        url = f"ws://127.0.0.1:{http_port(srv)}/xmpp-websocket"
+        port = http_port(srv)
+        url = f"ws://127.0.0.1:{port}/xmpp-websocket"
         super().__init__(
             [node, str(STANZA_DIR / "scenarios.mjs"), name, url, PASSWORD, ",".join(users), *extra],
             stderr=-1,  # subprocess.PIPE: shown when the scenario fails
+            env={**os.environ, "BOSH_URL": f"http://127.0.0.1:{port}/http-bind"},
         )
 
     def step(self, name: str) -> dict[str, Any]:
@@ -133,6 +138,23 @@ def test_login_and_roster(
         {"jid": "friend@example.org", "name": "Friend", "subscription": "none", "groups": ["Pals"]}
     ]
     srv.wait_for_log(f"authenticated {user}@localhost with {expected}")
+
+
+def test_bosh(srv: ServerProcess, ca_file: str, clients: list[Any], names: Iterator[str]) -> None:
+    """XEP-0206 with StanzaJS's BOSH transport: SCRAM-SHA-256 login and binding inside BOSH
+    requests, then messages both ways with a TCP client."""
+    a, b = next(names), next(names)
+    raw = raw_login(srv, ca_file, b, clients)
+    s = Scenario(srv, "bosh", [a], f"{b}@localhost/raw")
+    a_jid = s.step("online")["jid"]
+    assert a_jid == f"{a}@localhost/bosh"
+    got = wait_for(raw, "StanzaJS's message", lambda el: body(el) is not None)
+    assert (got.get("from"), got.get("to"), body(got)) == (a_jid, f"{b}@localhost/raw", "over bosh")
+    raw.send(f"<message to='{a_jid}' type='chat' id='b2'><body>to bosh</body></message>")
+    result = s.done()
+    assert result["mechanism"] == "SCRAM-SHA-256"
+    assert [(m["from"], m["body"]) for m in result["at_a"]] == [(f"{b}@localhost/raw", "to bosh")]
+    srv.wait_for_log(f"authenticated {a}@localhost with SCRAM-SHA-256")
 
 
 def test_messages_with_receipts(
@@ -261,9 +283,16 @@ def test_stream_management_resumption(
             f"<message to='{a_jid}' type='chat' id='s{i + 1}'>"
             f"<body>while detached {i}</body></message>"
         )
-    got = wait_for(raw, "StanzaJS's message after resumption", lambda el: body(el) is not None)
-    assert (got.get("from"), body(got)) == (a_jid, "after resumption")
+    at_b: list[str] = []
+    wait_for(
+        raw,
+        "StanzaJS's message after resumption",
+        lambda el: body(el) == "after resumption" and el.get("from") == a_jid,
+        at_b,
+    )
     result = s.done()
+    # what StanzaJS sent with no connection: sent again after <resumed/>, once (§5)
+    assert at_b == ["sent while detached", "after resumption"]
     assert result["jid_after"] == result["jid_before"] == a_jid
     assert result["sm_id_after"] == result["sm_id_before"]
     assert result["at_a"] == ["before the drop", "while detached 1", "while detached 2"]

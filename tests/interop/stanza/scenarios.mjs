@@ -3,7 +3,7 @@
 //
 //   node scenarios.mjs SCENARIO WS_URL PASSWORD USER[,USER...] [ARG...]
 //
-// StanzaJS 12 has no TCP transport (only WebSocket and BOSH). Each line on stdout is a JSON
+// StanzaJS 12 has no TCP transport (only WebSocket and BOSH; BOSH_URL for the latter). Each line on stdout is a JSON
 // object: {"step": NAME, ...} when the scenario reaches a point where the test acts with its
 // own client, the last one {"step": "done", ...} with what the StanzaJS clients saw. A step
 // that never completes throws an Error naming what was awaited (exit code 1).
@@ -97,6 +97,19 @@ const scenarios = {
     };
   },
 
+  // XEP-0124/XEP-0206 with StanzaJS's BOSH transport (BOSH_URL) instead of the WebSocket:
+  // SASL, binding, a message to the test's client (args[0]) and its reply.
+  async bosh() {
+    const a = await connect(users[0], "bosh", {
+      transports: { websocket: false, bosh: process.env.BOSH_URL },
+    });
+    a.sendPresence();
+    say("online", { jid: a.jid });
+    a.sendMessage({ to: args[0], type: "chat", id: "b1", body: "over bosh" });
+    await waitUntil(() => bodies(a).length, "the reply");
+    return { jid: a.jid, mechanism: a.mechanism, at_a: bodies(a) };
+  },
+
   // RFC 6121 §8.5 with XEP-0184: a message to the test's client (args[0], its full JID) by
   // its bare JID, asking for a receipt; its reply, whose receipt StanzaJS sends on its own.
   async messages() {
@@ -181,7 +194,13 @@ const scenarios = {
     a.on("stream:management:resumed", () => (resumed = true));
     a.sm.ack(); // what arrived so far is acknowledged before the cut
     await sleep(200);
+    const disconnected = new Promise((resolve) => a.once("disconnected", resolve));
     a.transport.socket.terminate();
+    await disconnected;
+    // Sent with no connection: kept unacknowledged, sent again after <resumed/> (§5). Not
+    // before "disconnected": a write while the socket closes makes StanzaJS 12.22.1 drop
+    // its transport without the event its reconnection waits for.
+    a.sendMessage({ to: args[0], type: "chat", id: "s8", body: "sent while detached" });
     say("cut");
     await waitUntil(() => resumed, "the resumption", 15_000);
     await waitUntil(() => bodies(a).length >= 3, "the messages sent while detached");
