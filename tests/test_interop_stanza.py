@@ -1,12 +1,13 @@
 """StanzaJS (the npm package `stanza`, under node), a JavaScript client implementation, against
-the server over its RFC 7395 WebSocket transport (StanzaJS 12 has no TCP transport): SASL
-logins and roster, messages with XEP-0184 receipts, XEP-0045 rooms, XEP-0313 archive queries,
-XEP-0198 resumption, XEP-0280 carbons and XEP-0163 PEP.
+the server over wss:// (RFC 7395) and, for one test, https:// BOSH (XEP-0206): StanzaJS 12 has
+no TCP transport. SASL logins and roster, messages with XEP-0184 receipts, XEP-0045 rooms,
+XEP-0313 archive queries, XEP-0198 resumption, XEP-0280 carbons and XEP-0163 PEP.
 
 The scenarios are tests/interop/stanza/scenarios.mjs (StanzaJS pinned by package-lock.json
 beside it). The other side is a RawClient (tests/xmpp_raw.py) driven from here while the
 scenario runs: the scenario prints a JSON line at each point where this side acts, and what
-its clients saw at the end; the assertions are here."""
+its clients saw at the end; the assertions are here. node trusts the test CA through
+NODE_EXTRA_CA_CERTS: certificates are verified."""
 
 from __future__ import annotations
 
@@ -52,11 +53,9 @@ def require_stanzajs() -> str:
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # ws:// on loopback counted as encrypted: StanzaJS's only transport here (RFC 7395).
-    web = (
-        HTTP_LISTENER + "\n[http]\nconsider_websocket_secure = true\nconsider_bosh_secure = true\n"
-    )
-    yield from module_server(ca, tmp_path_factory, POOL, web)
+    # HTTPS (tls = "direct") with the host's certificate, which node checks against the test
+    # CA (NODE_EXTRA_CA_CERTS): wss:// and https:// BOSH, encrypted without any setting.
+    yield from module_server(ca, tmp_path_factory, POOL, HTTP_LISTENER + 'tls = "direct"\n')
 
 
 @pytest.fixture
@@ -71,14 +70,29 @@ def bound(user: str) -> str:
 class Scenario(LineReader):
     """One scenarios.mjs run: its JSON lines collected as they come."""
 
-    def __init__(self, srv: ServerProcess, name: str, users: list[str], *extra: str) -> None:
+    def __init__(
+        self, srv: ServerProcess, ca_file: str, name: str, users: list[str], *extra: str
+    ) -> None:
         node = require_stanzajs()
-        port = http_port(srv)
-        url = f"ws://127.0.0.1:{port}/xmpp-websocket"
+        # The certificate names "localhost"; the listener is on 127.0.0.1 only.
+        origin = f"localhost:{http_port(srv, https=True)}"
         super().__init__(
-            [node, str(STANZA_DIR / "scenarios.mjs"), name, url, PASSWORD, ",".join(users), *extra],
+            [
+                node,
+                "--dns-result-order=ipv4first",
+                str(STANZA_DIR / "scenarios.mjs"),
+                name,
+                f"wss://{origin}/xmpp-websocket",
+                PASSWORD,
+                ",".join(users),
+                *extra,
+            ],
             stderr=-1,  # subprocess.PIPE: shown when the scenario fails
-            env={**os.environ, "BOSH_URL": f"http://127.0.0.1:{port}/http-bind"},
+            env={
+                **os.environ,
+                "NODE_EXTRA_CA_CERTS": ca_file,
+                "BOSH_URL": f"https://{origin}/http-bind",
+            },
         )
 
     def step(self, name: str) -> dict[str, Any]:
@@ -109,8 +123,10 @@ class Scenario(LineReader):
             self.proc.wait(5)
 
 
-def run(srv: ServerProcess, name: str, users: list[str], *extra: str) -> dict[str, Any]:
-    return Scenario(srv, name, users, *extra).done()
+def run(
+    srv: ServerProcess, ca_file: str, name: str, users: list[str], *extra: str
+) -> dict[str, Any]:
+    return Scenario(srv, ca_file, name, users, *extra).done()
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1", "best"])
@@ -118,7 +134,7 @@ def test_login_and_roster(
     srv: ServerProcess, ca_file: str, clients: list[Any], names: Iterator[str], mechanism: str
 ) -> None:
     """RFC 6120 §6 with SCRAM-SHA-1 and with the mechanism StanzaJS ranks first among those
-    offered (SCRAM-SHA-256: no -PLUS without TLS under the WebSocket), §7 binding of the
+    offered (SCRAM-SHA-256: no -PLUS over HTTPS, whose TLS is not the stream's), §7 binding of the
     requested resource, XEP-0198 enabled, and RFC 6121 §2.1.3 the roster another client of
     the account stored."""
     user = next(names)
@@ -129,7 +145,7 @@ def test_login_and_roster(
         "</query></iq>"
     )
     wait_for(other, "the roster set's result", lambda el: el.get("id") == "r1")
-    result = run(srv, "login", [user], mechanism)
+    result = run(srv, ca_file, "login", [user], mechanism)
     expected = "SCRAM-SHA-1" if mechanism == "SCRAM-SHA-1" else "SCRAM-SHA-256"
     assert result["mechanism"] == expected, result
     assert re.fullmatch(bound(user), result["jid"]), result
@@ -145,7 +161,7 @@ def test_bosh(srv: ServerProcess, ca_file: str, clients: list[Any], names: Itera
     requests, then messages both ways with a TCP client."""
     a, b = next(names), next(names)
     raw = raw_login(srv, ca_file, b, clients)
-    s = Scenario(srv, "bosh", [a], f"{b}@localhost/raw")
+    s = Scenario(srv, ca_file, "bosh", [a], f"{b}@localhost/raw")
     a_jid = s.step("online")["jid"]
     assert a_jid == f"{a}@localhost/bosh"
     got = wait_for(raw, "StanzaJS's message", lambda el: body(el) is not None)
@@ -163,7 +179,7 @@ def test_messages_with_receipts(
     a, b = next(names), next(names)
     raw = raw_login(srv, ca_file, b, clients)
     raw.send("<presence/>")  # RFC 6121 §8.5.2.1.1: a bare-JID message needs an available one
-    s = Scenario(srv, "messages", [a], f"{b}@localhost/raw")
+    s = Scenario(srv, ca_file, "messages", [a], f"{b}@localhost/raw")
     a_jid = s.step("online")["jid"]
     got = wait_for(raw, "StanzaJS's message", lambda el: el.tag == MESSAGE and body(el) is not None)
     # 'from' is the sender's full JID (RFC 6120 §8.1.2.1); XEP-0184 §5.1 the request inside
@@ -203,7 +219,7 @@ def test_muc_room(
 ) -> None:
     a, b = next(names), next(names)
     room = f"room-{a}@conference.localhost"
-    s = Scenario(srv, "muc", [a], room, "rawnick")
+    s = Scenario(srv, ca_file, "muc", [a], room, "rawnick")
     joined = s.step("joined")
     # XEP-0045 §7.2.2 status 110 on the self-presence, §10.1.1 201 for a new room
     assert joined["self_from"] == f"{room}/stanzanick"
@@ -251,7 +267,7 @@ def test_mam_history(
     # a round trip: the server has handled the messages before StanzaJS queries
     raw.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
     wait_for(raw, "the ping's result", lambda el: el.get("id") == "p1")
-    result = run(srv, "mam", [a], f"{b}@localhost")
+    result = run(srv, ca_file, "mam", [a], f"{b}@localhost")
     every = result["all"]
     assert [r["body"] for r in every["results"]] == sent
     assert every["complete"] is True
@@ -273,7 +289,7 @@ def test_stream_management_resumption(
     resumes; what was sent to it meanwhile arrives once, and the session goes on."""
     a, b = next(names), next(names)
     raw = raw_login(srv, ca_file, b, clients)
-    s = Scenario(srv, "sm_resume", [a], f"{b}@localhost/raw")
+    s = Scenario(srv, ca_file, "sm_resume", [a], f"{b}@localhost/raw")
     online = s.step("online")
     a_jid = online["jid"]
     raw.send(f"<message to='{a_jid}' type='chat' id='s1'><body>before the drop</body></message>")
@@ -307,7 +323,7 @@ def test_carbons(
     a, c = next(names), next(names)
     own = raw_login(srv, ca_file, a, clients)
     contact = raw_login(srv, ca_file, c, clients)
-    s = Scenario(srv, "carbons", [a])
+    s = Scenario(srv, ca_file, "carbons", [a])
     a_jid = s.step("carbons")["jid"]
     own.send(f"<message to='{c}@localhost' type='chat' id='c1'><body>sent by raw</body></message>")
     contact.send(
@@ -336,12 +352,12 @@ def test_carbons(
     assert result["direct"] == []  # copies only: nothing was addressed to StanzaJS
 
 
-def test_pep_tune_and_nick(srv: ServerProcess, names: Iterator[str]) -> None:
+def test_pep_tune_and_nick(srv: ServerProcess, ca_file: str, names: Iterator[str]) -> None:
     """XEP-0163 §4 with two StanzaJS clients: a mutual presence subscription (RFC 6121 §3),
     +notify announced through XEP-0115 caps; a user tune (XEP-0118) and a nickname
     (XEP-0172) published to PEP reach the contact."""
     a, b = next(names), next(names)
-    result = run(srv, "pep", [a, b])
+    result = run(srv, ca_file, "pep", [a, b])
     assert result["subscription"] == "both"
     tune = {
         "kind": "tune",

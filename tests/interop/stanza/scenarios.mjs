@@ -1,9 +1,10 @@
 // StanzaJS (stanza, pinned in package-lock.json) against a running fastxmpp over its
 // RFC 7395 WebSocket transport: one scenario per run, driven by tests/test_interop_stanza.py.
 //
-//   node scenarios.mjs SCENARIO WS_URL PASSWORD USER[,USER...] [ARG...]
+//   node --dns-result-order=ipv4first scenarios.mjs SCENARIO WS_URL PASSWORD USER[,USER...] [ARG...]
 //
-// StanzaJS 12 has no TCP transport (only WebSocket and BOSH; BOSH_URL for the latter). Each line on stdout is a JSON
+// StanzaJS 12 has no TCP transport (only WebSocket and BOSH; BOSH_URL for the latter). TLS
+// trust comes from NODE_EXTRA_CA_CERTS (the test CA): certificates are verified. Each line on stdout is a JSON
 // object: {"step": NAME, ...} when the scenario reaches a point where the test acts with its
 // own client, the last one {"step": "done", ...} with what the StanzaJS clients saw. A step
 // that never completes throws an Error naming what was awaited (exit code 1).
