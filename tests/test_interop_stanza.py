@@ -258,7 +258,8 @@ def test_mam_history(
     srv: ServerProcess, ca_file: str, clients: list[Any], names: Iterator[str]
 ) -> None:
     """XEP-0313 §4 with StanzaJS's searchHistory: messages a contact sent while StanzaJS's
-    account was offline, filtered by 'with' (§4.1.1), then the first page of two (XEP-0059)."""
+    account was offline, filtered by 'with' (§4.1.1), then the first page of two (XEP-0059),
+    then by a time window around now and one in the future."""
     a, b = next(names), next(names)
     raw = raw_login(srv, ca_file, b, clients)
     sent = [f"archived {i}" for i in range(1, 4)]
@@ -280,6 +281,9 @@ def test_mam_history(
     assert [r["body"] for r in page["results"]] == sent[:2]
     assert page["complete"] is False
     assert (page["first"], page["last"]) == (every["results"][0]["id"], every["results"][1]["id"])
+    # §4.1.2 'start'/'end' with fractional seconds (XEP-0082 §3.2), as JavaScript writes them
+    assert [r["body"] for r in result["window"]["results"]] == sent
+    assert result["future"]["results"] == [] and result["future"]["complete"] is True
 
 
 def test_stream_management_resumption(

@@ -179,7 +179,13 @@ const scenarios = {
     });
     const all = shape(await a.searchHistory({ with: args[0] }));
     const page = shape(await a.searchHistory({ with: args[0], paging: { max: 2 } }));
-    return { all, page };
+    // start/end as StanzaJS writes them: toISOString(), with milliseconds (XEP-0082 §3.2)
+    const now = Date.now();
+    const window = shape(
+      await a.searchHistory({ start: new Date(now - 60_000), end: new Date(now + 60_000) }),
+    );
+    const future = shape(await a.searchHistory({ start: new Date(now + 60_000) }));
+    return { all, page, window, future };
   },
 
   // XEP-0198 §5: StanzaJS's socket dies without a WebSocket close; the test's client writes
