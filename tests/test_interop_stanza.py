@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -67,6 +68,21 @@ def bound(user: str) -> str:
     return rf"{user}@localhost/stanza"
 
 
+RUNNING: list[Scenario] = []
+
+
+@pytest.fixture(autouse=True)
+def end_scenarios() -> Iterator[None]:
+    """A scenario still running when its test failed is stopped."""
+    yield
+    while RUNNING:
+        scenario = RUNNING.pop()
+        if scenario.proc.poll() is None:
+            scenario.proc.kill()
+        scenario.proc.wait(5)
+        scenario.stderr.close()
+
+
 class Scenario(LineReader):
     """One scenarios.mjs run: its JSON lines collected as they come."""
 
@@ -76,6 +92,8 @@ class Scenario(LineReader):
         node = require_stanzajs()
         # The certificate names "localhost"; the listener is on 127.0.0.1 only.
         origin = f"localhost:{http_port(srv, https=True)}"
+        # read when the scenario fails; closed by end_scenarios
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115
         super().__init__(
             [
                 node,
@@ -87,13 +105,14 @@ class Scenario(LineReader):
                 ",".join(users),
                 *extra,
             ],
-            stderr=-1,  # subprocess.PIPE: shown when the scenario fails
+            stderr=self.stderr,
             env={
                 **os.environ,
                 "NODE_EXTRA_CA_CERTS": ca_file,
                 "BOSH_URL": f"https://{origin}/http-bind",
             },
         )
+        RUNNING.append(self)
 
     def step(self, name: str) -> dict[str, Any]:
         """The scenario's line for step `name`, once it printed it."""
@@ -111,16 +130,13 @@ class Scenario(LineReader):
             time.sleep(0.01)
 
     def failure(self) -> str:
-        stderr = self.proc.stderr.read() if self.proc.stderr else ""
-        return f"exit {self.proc.poll()}\n{stderr}\n{self.lines}"
+        self.stderr.seek(0)
+        return f"exit {self.proc.poll()}\n{self.stderr.read()}\n{self.lines}"
 
     def done(self) -> dict[str, Any]:
-        try:
-            return self.step("done")
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait(5)
+        result = self.step("done")
+        assert self.proc.wait(5) == 0, self.failure()
+        return result
 
 
 def run(
