@@ -270,6 +270,28 @@ def test_muc_room(
     ]
 
 
+def test_room_history_and_archive(srv: ServerProcess, ca_file: str, names: Iterator[str]) -> None:
+    """XEP-0045 with two StanzaJS clients: the owner makes a new room persistent (§10.1.3)
+    and writes three messages; the other joins asking for two of history (§7.2.14: the
+    latest, with delay stamps, before the subject) and reads the room's archive, which
+    persistent rooms keep by default (XEP-0313 §6.1, `[muc] archive_rooms`)."""
+    a, b = next(names), next(names)
+    room = f"kept-{a}@conference.localhost"
+    result = run(srv, ca_file, "muc_history", [a, b], room)
+    assert "muc_persistent" in result["features"] and "urn:xmpp:mam:2" in result["features"]
+    history = result["history"]
+    assert [(m["from"], m["body"]) for m in history] == [
+        (f"{room}/owner", "kept 2"),
+        (f"{room}/owner", "kept 3"),
+    ]
+    assert all(m["stamp"] for m in history), history
+    archive = result["archive"]
+    assert [(m["from"], m["body"]) for m in archive] == [
+        (f"{room}/owner", f"kept {i}") for i in (1, 2, 3)
+    ]
+    assert all(m["stamp"] for m in archive) and result["complete"] is True
+
+
 def test_mam_history(
     srv: ServerProcess, ca_file: str, clients: list[Any], names: Iterator[str]
 ) -> None:

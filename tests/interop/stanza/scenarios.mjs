@@ -161,6 +161,50 @@ const scenarios = {
     };
   },
 
+  // XEP-0045 §10.1.3 a persistent room configured by StanzaJS (the owner a), three messages;
+  // b joins asking for the last two (§7.2.14), then reads the room's archive (XEP-0313 §6.1).
+  async muc_history() {
+    const room = args[0];
+    const a = await connect(users[0], "stanza");
+    const b = await connect(users[1], "stanza");
+    await a.joinRoom(room, "owner");
+    await a.configureRoom(room, {
+      fields: [
+        { name: "FORM_TYPE", value: "http://jabber.org/protocol/muc#roomconfig" },
+        { name: "muc#roomconfig_persistentroom", value: true },
+        { name: "muc#roomconfig_roomname", value: "Kept" },
+      ],
+    });
+    for (let i = 1; i <= 3; i++) {
+      a.sendMessage({ to: room, type: "groupchat", id: `h${i}`, body: `kept ${i}` });
+    }
+    await waitUntil(
+      () => bodies(a).filter((m) => m.type === "groupchat").length >= 3,
+      "the three reflections",
+    );
+    await b.joinRoom(room, "late", { muc: { history: { maxStanzas: 2 } } });
+    // the subject comes after the history (§7.2.15): joinRoom resolves on the self-presence
+    await waitUntil(
+      () => b.received.some((s) => s.type === "groupchat" && s.hasSubject),
+      "the room's subject",
+    );
+    const history = b.received
+      .filter((s) => s.type === "groupchat" && s.body !== undefined)
+      .map((s) => ({ from: s.from, body: s.body, stamp: s.delay?.timestamp ?? null }));
+    const archive = await b.searchHistory({ to: room });
+    const info = await b.getDiscoInfo(room);
+    return {
+      history,
+      archive: archive.results.map((r) => ({
+        from: r.item.message.from,
+        body: r.item.message.body,
+        stamp: r.item.delay?.timestamp ?? null,
+      })),
+      complete: archive.complete ?? false,
+      features: info.features,
+    };
+  },
+
   // XEP-0313: what the test's client sent to StanzaJS's account while it was offline, from
   // its archive, filtered by `with` (args[0]), all at once and then a page of two (XEP-0059).
   async mam() {
