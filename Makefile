@@ -68,7 +68,8 @@ fuzz-deps:
 # (Perl, Net::XMPP), libstrophe (libstrophe-dev: tests/interop/strophe/client.c is compiled
 # at test time with cc and pkg-config) and nbxmpp (Debian; nbxmpp, Gajim's library, runs
 # under Debian's /usr/bin/python3 with python3-gi),
-# xmpp.js (npm ci from tests/interop/js/package-lock.json, under node) and aioxmpp in a venv
+# xmpp.js and StanzaJS (npm ci from tests/interop/js/ and tests/interop/stanza/'s
+# package-lock.json, under node) and aioxmpp in a venv
 # of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt);
 # for tests/test_browser.py headless Chromium and its driver (Debian) and Converse.js (npm
 # ci from tests/interop/web/package-lock.json).
@@ -91,6 +92,9 @@ interop-deps: | deps
 	fi
 	@if [ ! tests/interop/web/node_modules/.package-lock.json -nt tests/interop/web/package-lock.json ]; then \
 	  cd tests/interop/web && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+	@if [ ! tests/interop/stanza/node_modules/.package-lock.json -nt tests/interop/stanza/package-lock.json ]; then \
+	  cd tests/interop/stanza && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 	@if [ ! .venv-aioxmpp/.installed-stamp -nt tests/interop/aioxmpp/requirements.txt ]; then \
 	  $(PYTHON) -m venv .venv-aioxmpp && \
