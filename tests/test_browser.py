@@ -10,6 +10,7 @@ failure a screenshot of the page is written under the test's tmp dir (its path i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -94,6 +95,32 @@ class Page:
             text,
             what=f"{text!r} in {selector}",
         )
+
+
+@contextlib.asynccontextmanager
+async def converse_with_bob(
+    web_server: ServerProcess, page_url: str, ca_file: str, screenshot: Path, *plugins: str
+) -> AsyncIterator[tuple[Page, SlixClient]]:
+    """bob online with slixmpp, and the page open in Chromium with Converse logged in as
+    alice; on failure the page's screenshot, its console and the server's log are shown."""
+    chromium, driver_path = require_browser()
+    bob = SlixClient("bob@localhost", ca_file, plugins=plugins)
+    await bob.online(web_server.port)
+    driver = await asyncio.to_thread(start_browser, chromium, driver_path)
+    page = Page(driver)
+    try:
+        await asyncio.to_thread(driver.get, page_url)
+        await page.until(
+            "return !!(window.fastxmppApi && fastxmppApi.connection.connected())",
+            what="a connected session",
+        )
+        yield page, bob
+    except BaseException:
+        await show_failure(driver, screenshot, web_server)
+        raise
+    finally:
+        await asyncio.to_thread(driver.quit)
+        bob.disconnect()
 
 
 async def show_failure(driver: Any, screenshot: Path, web_server: ServerProcess) -> None:
@@ -198,21 +225,20 @@ async def page_url(web_server: ServerProcess, transport: str) -> AsyncIterator[s
     await runner.cleanup()
 
 
+async def next_chat_message(client: SlixClient) -> Any:
+    """The next message with a body that `client` receives (chat states have none)."""
+    while True:
+        message = await asyncio.wait_for(client.messages.get(), PAGE_TIMEOUT)
+        if message["body"]:
+            return message
+
+
 async def test_converse_chats_and_joins_a_room(
     web_server: ServerProcess, page_url: str, transport: str, ca_file: str, tmp_path: Path
 ) -> None:
-    chromium, driver_path = require_browser()
-    bob = SlixClient("bob@localhost", ca_file, plugins=("xep_0045",))
-    await bob.online(web_server.port)
-    driver = await asyncio.to_thread(start_browser, chromium, driver_path)
-    page = Page(driver)
-    try:
-        await asyncio.to_thread(driver.get, page_url)
-        # Logged in: Converse says it is connected, the server bound it over `transport`.
-        await page.until(
-            "return !!(window.fastxmppApi && fastxmppApi.connection.connected())",
-            what="a connected session",
-        )
+    shot = tmp_path / f"converse-{transport}.png"
+    async with converse_with_bob(web_server, page_url, ca_file, shot, "xep_0045") as (page, bob):
+        # Logged in: the server bound it over `transport`.
         web_server.wait_for_log("bound alice@localhost/")
         web_server.wait_for_log(
             "WebSocket (encrypted)" if transport == "websocket" else "BOSH session (encrypted)"
@@ -230,13 +256,10 @@ async def test_converse_chats_and_joins_a_room(
         from selenium.webdriver.common.keys import Keys
 
         textarea = await asyncio.to_thread(
-            driver.find_element, By.CSS_SELECTOR, "converse-chat textarea.chat-textarea"
+            page.driver.find_element, By.CSS_SELECTOR, "converse-chat textarea.chat-textarea"
         )
         await asyncio.to_thread(textarea.send_keys, "hello from converse", Keys.ENTER)
-        while True:
-            message = await asyncio.wait_for(bob.messages.get(), PAGE_TIMEOUT)
-            if message["body"]:
-                break
+        message = await next_chat_message(bob)
         assert message["body"] == "hello from converse"
         assert message["from"].bare == "alice@localhost"
         assert message["type"] == "chat"
@@ -248,12 +271,6 @@ async def test_converse_chats_and_joins_a_room(
         await page.until_text("converse-muc .occupant-nick", "bob")
         bob.send_message(mto=ROOM, mbody="hello room", mtype="groupchat")
         await page.until_text("converse-muc .chat-msg__text", "hello room")
-    except BaseException:
-        await show_failure(driver, tmp_path / f"converse-{transport}.png", web_server)
-        raise
-    finally:
-        await asyncio.to_thread(driver.quit)
-        bob.disconnect()
 
 
 @pytest.mark.parametrize("transport", ["websocket"])
@@ -266,25 +283,13 @@ async def test_converse_uploads_a_file_and_the_contact_downloads_it(
     whose URL serves the bytes."""
     import aiohttp
 
-    chromium, driver_path = require_browser()
-    bob = SlixClient("bob@localhost", ca_file)
-    await bob.online(web_server.port)
-    driver = await asyncio.to_thread(start_browser, chromium, driver_path)
-    page = Page(driver)
-    try:
-        await asyncio.to_thread(driver.get, page_url)
-        await page.until(
-            "return !!(window.fastxmppApi && fastxmppApi.connection.connected())",
-            what="a connected session",
-        )
+    shot = tmp_path / "converse-upload.png"
+    async with converse_with_bob(web_server, page_url, ca_file, shot) as (page, bob):
         await page.run(
             "return fastxmppApi.chats.open('bob@localhost').then((chat) => chat.sendFiles("
             "[new File(['hello from the browser'], 'note.txt', {type: 'text/plain'})]))"
         )
-        while True:
-            message = await asyncio.wait_for(bob.messages.get(), PAGE_TIMEOUT)
-            if message["body"]:
-                break
+        message = await next_chat_message(bob)
         url = message["body"]
         assert message["from"].bare == "alice@localhost"
         oob = message.xml.find("{jabber:x:oob}x/{jabber:x:oob}url")
@@ -296,9 +301,3 @@ async def test_converse_uploads_a_file_and_the_contact_downloads_it(
         async with aiohttp.ClientSession() as http, http.get(url) as response:
             assert response.status == 200
             assert await response.read() == b"hello from the browser"
-    except BaseException:
-        await show_failure(driver, tmp_path / "converse-upload.png", web_server)
-        raise
-    finally:
-        await asyncio.to_thread(driver.quit)
-        bob.disconnect()

@@ -7,6 +7,7 @@
 // Prints what the clients saw as one JSON object on stdout; a step that never completes
 // throws an Error naming what was awaited (exit code 1).
 import { client, xml } from "@xmpp/client";
+import { waitUntil } from "../wait_until.mjs"; // polls every 20 ms, 10 s at most
 
 const [scenario, port, password, userList, mechanism] = process.argv.slice(2);
 const users = userList.split(",");
@@ -15,18 +16,6 @@ const MAM = "urn:xmpp:mam:2";
 const RSM = "http://jabber.org/protocol/rsm";
 const SM = "urn:xmpp:sm:3";
 
-function waitUntil(check, what, timeout = STEP_TIMEOUT) {
-  return new Promise((resolve, reject) => {
-    const deadline = Date.now() + timeout;
-    const poll = () => {
-      const result = check();
-      if (result) return resolve(result);
-      if (Date.now() > deadline) return reject(new Error(`never got ${what}`));
-      setTimeout(poll, 20);
-    };
-    poll();
-  });
-}
 
 const opened = [];
 

@@ -9,6 +9,7 @@
 // own client, the last one {"step": "done", ...} with what the StanzaJS clients saw. A step
 // that never completes throws an Error naming what was awaited (exit code 1).
 import stanza from "stanza";
+import { waitUntil } from "../wait_until.mjs"; // polls every 20 ms, 10 s at most
 
 const [scenario, wsUrl, password, userList, ...args] = process.argv.slice(2);
 const users = userList.split(",");
@@ -18,18 +19,6 @@ function say(step, data = {}) {
   process.stdout.write(JSON.stringify({ step, ...data }) + "\n");
 }
 
-function waitUntil(check, what, timeout = STEP_TIMEOUT) {
-  return new Promise((resolve, reject) => {
-    const deadline = Date.now() + timeout;
-    const poll = () => {
-      const result = check();
-      if (result) return resolve(result);
-      if (Date.now() > deadline) return reject(new Error(`never got ${what}`));
-      setTimeout(poll, 20);
-    };
-    poll();
-  });
-}
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const opened = [];
