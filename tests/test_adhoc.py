@@ -7,9 +7,7 @@ slixmpp's xep_0050 plugin as a real client."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +15,7 @@ import pytest
 from conftest import PASSWORD, ServerProcess, add_accounts
 from lxml import etree
 from slix_client import SlixClient
+from test_components import COMPONENTS, GATEWAY, handshake, open_component
 from test_sasl2 import authenticate_token, failure, get_token, tls_stream
 from xmpp_raw import SASL, RawClient, stanza_error
 
@@ -30,17 +29,6 @@ INFO = "http://jabber.org/protocol/disco#info"
 ROSTER = "jabber:iq:roster"
 CLIENT = "jabber:client"
 USERS = ["admin", "bob", "carol", "dave", "erin"]
-GATEWAY = "gateway.localhost"
-SECRET = "a shared secret for the gateway"
-COMPONENT = f"""
-[[listeners]]
-kind = "component"
-address = "127.0.0.1"
-port = 0
-
-[components."{GATEWAY}"]
-secret = "{SECRET}"
-"""
 
 
 def admin_server(
@@ -59,7 +47,7 @@ def admin_server(
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # Failed logins are part of the tests: no growing delays after them.
-    extra = COMPONENT + "\n[limits]\nauth_free_failures = 1000\n"
+    extra = COMPONENTS + "\n[limits]\nauth_free_failures = 1000\n"
     yield from admin_server(ca, tmp_path_factory, "adhoc", USERS, extra)
 
 
@@ -561,18 +549,9 @@ def test_non_admins_and_strangers_are_refused(
     admin = login(srv, ca_file, opened, "admin")
     assert error_of(command(admin, "add-user", to="bob@localhost"))[0] == "service-unavailable"
     # An entity of another server (here a XEP-0114 component, routed as remote): forbidden.
-    srv.wait_for_log("component listening on")
-    port = int(re.search(r"component listening on [\d.]+:(\d+)", srv.log_text()).group(1))
-    gateway = RawClient(port)
+    gateway = open_component(srv)
     opened.append(gateway)
-    gateway.send(
-        "<stream:stream xmlns='jabber:component:accept' "
-        f"xmlns:stream='http://etherx.jabber.org/streams' to='{GATEWAY}'>"
-    )
-    gateway.wait_header()
-    digest = hashlib.sha1((gateway.header.get("id") + SECRET).encode()).hexdigest()
-    gateway.send(f"<handshake>{digest}</handshake>")
-    assert gateway.next().tag.endswith("}handshake")
+    assert handshake(gateway).tag.endswith("}handshake")
     for query in (
         f"<command xmlns='{CMD}' node='{ADMIN}#add-user' action='execute'/>",
         f"<query xmlns='{ITEMS}' node='{CMD}'/>",

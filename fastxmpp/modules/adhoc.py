@@ -841,14 +841,17 @@ class AdhocModule(Module):
         found = self.motd(domain)
         return {} if found is None else {"motd": found[1].split("\n")}
 
+    async def _put_host_record(self, domain: str, key: bytes, value: bytes | None) -> None:
+        """A host's own record (the message of the day, the welcome message) set, or
+        deleted with None; committed before the command completes."""
+        await self.store.later(self.store.updating(domain, "", key, lambda _old: value))
+
     async def set_motd(
         self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
     ) -> Outcome:
         text = "\n".join(values.get("motd", ()))
         motd_id = secrets.token_hex(8).encode()
-        await self.store.later(
-            self.store.updating(domain, "", MOTD_KEY, lambda _old: motd_id + b"\n" + text.encode())
-        )
+        await self._put_host_record(domain, MOTD_KEY, motd_id + b"\n" + text.encode())
         self._motd[domain] = (motd_id, text)
         log.info("admin %s set the message of the day of %s", origin.full, domain)
         return "", [("info", "the message of the day is set")]
@@ -856,7 +859,7 @@ class AdhocModule(Module):
     async def delete_motd(
         self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
     ) -> Outcome:
-        await self.store.later(self.store.updating(domain, "", MOTD_KEY, lambda _old: None))
+        await self._put_host_record(domain, MOTD_KEY, None)
         self._motd[domain] = None
         log.info("admin %s deleted the message of the day of %s", origin.full, domain)
         return "", [("info", "there is no message of the day")]
@@ -878,9 +881,7 @@ class AdhocModule(Module):
         self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
     ) -> Outcome:
         text = "\n".join(values.get("welcome", ()))
-        await self.store.later(
-            self.store.updating(domain, "", WELCOME_KEY, lambda _old: text.encode())
-        )
+        await self._put_host_record(domain, WELCOME_KEY, text.encode())
         self._welcome[domain] = text
         log.info("admin %s set the welcome message of %s", origin.full, domain)
         return "", [("info", "the welcome message is set")]
@@ -888,7 +889,7 @@ class AdhocModule(Module):
     async def delete_welcome(
         self, origin: C2SStream, domain: str, name: str, values: dict[str, list[str]]
     ) -> Outcome:
-        await self.store.later(self.store.updating(domain, "", WELCOME_KEY, lambda _old: None))
+        await self._put_host_record(domain, WELCOME_KEY, None)
         self._welcome[domain] = None
         log.info("admin %s deleted the welcome message of %s", origin.full, domain)
         return "", [("info", "there is no welcome message")]

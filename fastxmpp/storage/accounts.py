@@ -235,13 +235,20 @@ class AccountStore:
         """What scramp's server-side `auth_fn` returns, or None for an unknown or (unless
         `disabled_too`: to tell a right password for it, RFC 6120 §6.5.1) disabled account
         (every password mechanism, PLAIN and XEP-0078 included, asks here)."""
+        info, disabled = self.scram_credentials(domain, local, mechanism)
+        return None if disabled and not disabled_too else info
+
+    def scram_credentials(
+        self, domain: str, local: str, mechanism: str
+    ) -> tuple[ScramAuthInfo | None, bool]:
+        """`scram_auth_info` whether disabled or not, and whether the account is disabled,
+        from one read (a SCRAM exchange goes on for a disabled account: only a right proof
+        hears that it is)."""
         record = self._read(domain, local)
         if record is None or mechanism not in record["scram"]:
-            return None
-        if record.get("disabled") and not disabled_too:
-            return None
+            return None, False
         salt, stored_key, server_key, iterations = record["scram"][mechanism]
-        return salt, stored_key, server_key, iterations
+        return (salt, stored_key, server_key, iterations), bool(record.get("disabled"))
 
     def check_password(
         self, domain: str, local: str, password: str, *, disabled_too: bool = False

@@ -126,13 +126,10 @@ class ScramExchange(SaslExchange):
         try:
             local = normalize_local(_decode_scram_username(username))
             self.username = local
-            info = self._accounts.scram_auth_info(self._domain, local, self._mechanism)
-            if info is None and self._accounts.is_disabled(self._domain, local):
-                # Exchanged as for any account: only a right proof hears that it is disabled.
-                self._disabled = True
-                info = self._accounts.scram_auth_info(
-                    self._domain, local, self._mechanism, disabled_too=True
-                )
+            # A disabled account is exchanged as any other: only a right proof hears of it.
+            info, self._disabled = self._accounts.scram_credentials(
+                self._domain, local, self._mechanism
+            )
         except JIDError:
             info = None
             local = None
