@@ -621,6 +621,7 @@ def test_unacked_carbons_and_archive_results_are_never_rerouted(
         f"<iq type='set' id='instant' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>"
         "<x xmlns='jabber:x:data' type='submit'/></query></iq>"
     )
+    first.sync()  # configured (unlocked) before bob enters: a locked room refuses him
     bob.send(f"<presence to='{room}/bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
     bob.sync()
     first.sync()
