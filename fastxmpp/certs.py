@@ -78,6 +78,14 @@ def ensure_certificate(domain: str, cert_dir: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def not_valid_after(cert: str | Path) -> datetime.datetime | None:
+    """When the (first) certificate of the PEM file `cert` expires; None if unreadable."""
+    try:
+        return x509.load_pem_x509_certificate(Path(cert).read_bytes()).not_valid_after_utc
+    except (OSError, ValueError):
+        return None
+
+
 def check_certificate(cert: Path, key: Path) -> str | None:
     """What is wrong with a certificate/key pair, or None when a server can use it."""
     try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -192,6 +194,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Check the configuration, then have the server running on its data directory read it
+    again (SIGHUP, which a service manager can send as well: `ExecReload=` in systemd)."""
+    problems = check_config(args.config)
+    if problems:
+        source = source_name(args.config)
+        for problem in problems:
+            print(problem.format(source), file=sys.stderr)
+        raise CommandError("not reloaded: the configuration has problems")
+    config = _config(args)
+    pid = ServerLock(config.data_dir).holder()
+    if pid is None:
+        raise CommandError(f"no server is running on {config.data_dir}")
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        raise CommandError(f"cannot signal the server (pid {pid}): {exc.strerror}") from None
+    print(f"server (pid {pid}) told to reload; its log says what changed")
+    return 0
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
@@ -269,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
         "quarantine", cmd_quarantine, "list the stored records set aside as corrupt"
     ).add_argument("action", choices=["list"], help="list: one line per record")
     command("check-config", cmd_check_config, "report every problem in a configuration")
+    command(
+        "reload",
+        cmd_reload,
+        "have the running server load its certificates and log level again",
+    )
     gencert = command("gencert", cmd_gencert, "write a self-signed certificate and key")
     gencert.add_argument("domain", metavar="DOMAIN")
     gencert.add_argument(

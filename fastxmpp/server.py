@@ -1,9 +1,12 @@
 """Assembles a running server from a `Config`: storage, TLS contexts, the router, modules and
-listeners; and takes it down again on SIGTERM/SIGINT (system-shutdown to every stream)."""
+listeners; reloads its certificates and log level on SIGHUP; and takes it down again on
+SIGTERM/SIGINT (system-shutdown to every stream)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 import logging
 import resource
 import signal
@@ -12,14 +15,15 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
 
 from . import __version__, descriptors, errors
 from ._router import Router
-from .certs import ensure_certificate
-from .config import Config
+from .certs import check_certificate, ensure_certificate, not_valid_after
+from .config import Config, ConfigError, load_config
 from .descriptors import DescriptorWatch
 from .jid import parse_jid
 from .memory import FrozenSurvivors, HeapTrimmer, ParserHibernation
@@ -35,7 +39,7 @@ from .stream.s2s import S2S
 from .stream.s2s import accept as accept_server
 from .stream.sasl2 import NS_FAST
 from .stream.throttle import AuthThrottle
-from .stream.tls import HANDSHAKE_TIMEOUT, direct_tls_context
+from .stream.tls import ALPN_CLIENT, HANDSHAKE_TIMEOUT, DirectTLS
 
 if TYPE_CHECKING:
     from .http.server import HttpService
@@ -50,6 +54,8 @@ T = TypeVar("T")
 LISTEN_BACKLOG = 1024
 # sysexits.h EX_IOERR: the exit code after a fatal storage error.
 EXIT_STORAGE_FAILED = 74
+# A certificate that ends sooner is named in a warning at start and at each reload.
+EXPIRY_WARNING = datetime.timedelta(days=14)
 
 
 def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -79,8 +85,12 @@ class Server:
         self.parser_hibernation = ParserHibernation(
             self.streams, config.c2s.hibernate_after, self.heap_trimmer
         )
+        # Each host's STARTTLS context (c2s, and s2s without a ca_file) and certificate files;
+        # both replaced on SIGHUP (`reload`), as are the direct TLS listeners' contexts.
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
         self.certificates: dict[str, tuple[str, str]] = {}  # host -> (cert, key) paths
+        self.direct_tls: list[DirectTLS] = []
+        self._serving = False
         self.s2s: S2S | None = None
         self.components: Components | None = None
         self.http: HttpService | None = None  # with an http listener
@@ -112,14 +122,7 @@ class Server:
 
             self.storage.on_failure = storage_failed
             self.accounts = AccountStore(self.storage, config.storage.scram_iterations)
-            for name, host in config.hosts.items():
-                if host.cert is not None and host.key is not None:
-                    cert, key = host.cert, host.key
-                else:
-                    cert, key = ensure_certificate(name, config.data_dir / "certs")
-                    log.info("using self-signed certificate %s for %s", cert, name)
-                self.tls_contexts[name] = make_tls_context(str(cert), str(key))
-                self.certificates[name] = (str(cert), str(key))
+            self._use_certificates(host_certificates(config))
             loop = asyncio.get_running_loop()
             self.router = Router(loop, parse_jid)
             self.router.user_exists = self.accounts.exists
@@ -136,8 +139,8 @@ class Server:
             # XEP-0114: stanzas for the components' domains go to them through the router's
             # remote_hook (for one that is not connected: service-unavailable).
             self.components = Components(self)
-            direct_tls: ssl.SSLContext | None = None
-            https: ssl.SSLContext | None = None
+            direct_tls: DirectTLS | None = None
+            https: DirectTLS | None = None
             if any(lst.kind == "http" for lst in config.listeners):
                 from .http.server import HttpService  # aiohttp only where HTTP is served
 
@@ -152,14 +155,8 @@ class Server:
                     factory = self.http.protocol_factory()
                     if listener.tls == "direct":
                         if https is None:
-                            https = direct_tls_context(
-                                {
-                                    h: make_tls_context(*paths)
-                                    for h, paths in self.certificates.items()
-                                },
-                                ALPN_HTTP,
-                            )
-                        tls_context = https
+                            https = self._direct_tls(ALPN_HTTP)
+                        tls_context = https.initial
                         label = "https"
                 elif listener.kind == "s2s":
                     assert self.s2s is not None
@@ -175,12 +172,10 @@ class Server:
                 elif listener.tls == "direct":
                     if direct_tls is None:
                         # XEP-0368: contexts of their own (ALPN, SNI), the same certificates.
-                        direct_tls = direct_tls_context(
-                            {h: make_tls_context(*paths) for h, paths in self.certificates.items()}
-                        )
+                        direct_tls = self._direct_tls()
                     # XEP-0368: the connection runs the handshake itself (ServerTLS), from
                     # its first byte, before the stream sees any.
-                    factory = partial(accept, self, direct_tls)
+                    factory = partial(accept, self, direct_tls.initial)
                     label = "c2s (direct TLS)"
                     tls_context = None
                 server = await loop.create_server(
@@ -209,12 +204,80 @@ class Server:
         self.frozen_survivors.start()
         # After raise_open_files_limit: the limit the watch warns before is the raised one.
         descriptors.watch = DescriptorWatch()
+        self._serving = True
         log.info(
             "fastxmpp %s serving %s (data in %s)",
             __version__,
             ", ".join(config.hosts),
             config.data_dir,
         )
+
+    def _direct_tls(self, alpn: str = ALPN_CLIENT) -> DirectTLS:
+        listener = DirectTLS(
+            {host: make_tls_context(*paths) for host, paths in self.certificates.items()}, alpn
+        )
+        self.direct_tls.append(listener)
+        return listener
+
+    def _use_certificates(self, pairs: dict[str, tuple[str, str]]) -> None:
+        """These hosts' certificate and key files, in new TLS contexts for every kind of
+        listener: connections from now on get them, open ones keep what they started with
+        (and the tls-server-end-point binding of their context, RFC 5929)."""
+        now = datetime.datetime.now(datetime.UTC)
+        for host, (cert, key) in pairs.items():
+            self.tls_contexts[host] = make_tls_context(cert, key)
+            self.certificates[host] = (cert, key)
+            until = not_valid_after(cert)
+            if until is not None and until - now < EXPIRY_WARNING:
+                log.warning(
+                    "the certificate of %s (%s) expires on %s",
+                    host,
+                    cert,
+                    f"{until:%Y-%m-%d %H:%M} UTC",
+                )
+        for listener in self.direct_tls:
+            listener.update({host: make_tls_context(*pairs[host]) for host in pairs})
+        if self.s2s is not None:
+            self.s2s.certificates_changed()
+
+    def reload(self) -> None:
+        """SIGHUP: read the configuration file again. The hosts' certificate and key files are
+        loaded anew (a renewed certificate is served without a restart: Let's Encrypt's
+        last 90 days) and the log level is set; every other change is named in the log and
+        takes effect at the next start. A configuration with problems changes nothing."""
+        if not self._serving:
+            log.warning("reload: the server is still starting or already stopping; ignored")
+            return
+        try:
+            new = load_config(self.config.source, check_files=True)
+        except ConfigError as exc:
+            log.error("reload: nothing changed, the configuration has problems:\n%s", exc)
+            return
+        pairs = {
+            host: paths
+            for host, paths in host_certificates(new).items()
+            if host in self.config.hosts
+        }
+        for host, (cert, key) in pairs.items():
+            # (configured files were checked by load_config; self-signed ones are here)
+            problem = check_certificate(Path(cert), Path(key))
+            if problem is not None:
+                log.error("reload: nothing changed, %s: %s", host, problem)
+                return
+        set_log_level(new.log_level)
+        self.router.tracer = trace_stanzas if log.isEnabledFor(logging.DEBUG) else None
+        self._use_certificates(pairs)
+        for host, (cert, _) in pairs.items():
+            until = not_valid_after(cert)
+            log.info(
+                "reload: certificate of %s from %s%s",
+                host,
+                cert,
+                "" if until is None else f", valid until {until:%Y-%m-%d %H:%M} UTC",
+            )
+        for what in restart_only_changes(self.config, new):
+            log.warning("reload: %s changed; that takes effect at the next start", what)
+        log.info("reload: done (log level %s)", new.log_level)
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run CPU-heavy or blocking work (password hashing) off the event loop."""
@@ -314,8 +377,11 @@ class Server:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop_requested.set)
+        # Before start: a SIGHUP while starting must not end the process (its default).
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         await self._stop_requested.wait()
+        self._serving = False
         await self.stop()
 
 
@@ -338,10 +404,51 @@ FAST_TOKEN_MARKER = f"<token xmlns='{NS_FAST}'".encode()
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_log_level(level)
+
+
+def set_log_level(level: str) -> None:
+    logging.getLogger().setLevel(logging.getLevelNamesMapping().get(level.upper(), logging.INFO))
+
+
+def host_certificates(config: Config) -> dict[str, tuple[str, str]]:
+    """Each host's certificate and key files: the configured ones, else a self-signed pair
+    under data_dir/certs (made on first start)."""
+    pairs = {}
+    for name, host in config.hosts.items():
+        if host.cert is not None and host.key is not None:
+            pairs[name] = (str(host.cert), str(host.key))
+        else:
+            cert, key = ensure_certificate(name, config.data_dir / "certs")
+            log.info("using self-signed certificate %s for %s", cert, name)
+            pairs[name] = (str(cert), str(key))
+    return pairs
+
+
+# How the file names each Config field that is not a table of its own name.
+FIELD_NAMES = {
+    "data_dir": "[server] data_dir",
+    "admins": "[server] admins",
+    "listeners": "[[listeners]]",
+    "hosts": "the list of hosts",
+}
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """What differs between two configurations beyond what a reload applies (the hosts'
+    certificate files, the log level), each named as in the file."""
+    changed = []
+    for entry in dataclasses.fields(Config):
+        name = entry.name
+        if name in ("log_level", "source"):
+            continue
+        before, after = getattr(old, name), getattr(new, name)
+        if name == "hosts":
+            before, after = set(before), set(after)  # the files are reloaded
+        if before != after:
+            changed.append(FIELD_NAMES.get(name, f"[{name}]"))
+    return changed
 
 
 def raise_open_files_limit() -> None:

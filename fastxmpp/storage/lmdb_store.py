@@ -746,6 +746,23 @@ class ServerLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
+    def holder(self) -> int | None:
+        """The pid of the server holding the lock now, or None when none does."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.read(fd, 32).decode(errors="replace").strip()
+                return int(text) if text.isdigit() else None
+            fcntl.flock(fd, fcntl.LOCK_UN)  # nobody held it
+            return None
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self._fd is None:
             return

@@ -216,8 +216,7 @@ class S2S:
         self.services: dict[str, str] = {}
         self.client_contexts: dict[str, ssl.SSLContext] = {}
         self.server_contexts: dict[str, ssl.SSLContext] = {}
-        for name, context in server.tls_contexts.items():
-            self.server_contexts[name] = self._server_context(name, context)
+        self.certificates_changed()
         if self.config.enabled:
             self.router.remote_hook = self.route_out
 
@@ -237,6 +236,15 @@ class S2S:
 
     def _cert_pair(self, domain: str) -> tuple[str, str]:
         return self.server.certificates[self.services.get(domain, domain)]
+
+    def certificates_changed(self) -> None:
+        """The hosts' certificates were (re)loaded (`Server.reload`): links opened from now on
+        present them, both ways; open links keep theirs."""
+        for name, context in self.server.tls_contexts.items():
+            self.server_contexts[name] = self._server_context(name, context)
+        for domain, host in self.services.items():
+            self.server_contexts[domain] = self.server_contexts[host]
+        self.client_contexts.clear()
 
     def _server_context(self, host: str, c2s_context: ssl.SSLContext) -> ssl.SSLContext:
         """Inbound TLS: our host's certificate; with `ca_file`, the peer's certificate is
