@@ -236,7 +236,7 @@ def test_add_user_change_password_and_delete_user(
     assert not can_login(srv, ca_file, "newbie", "pw2")
     done = run(admin, "delete-user", {"accountjids": ["newbie@localhost"]})
     assert [n[0] for n in notes(done)] == ["error"]  # no such account any more
-    assert "deleted the account newbie@localhost" in srv.log_text()
+    srv.wait_for_log("deleted the account newbie@localhost")
 
 
 def test_disable_and_reenable_user(
@@ -303,7 +303,7 @@ def test_disable_and_reenable_user(
     ):
         assert [n[0] for n in notes(run(admin, name, {"accountjids": [jid]}))] == ["error"]
     assert can_login(srv, ca_file, "admin", PASSWORD)
-    assert "disabled the account sleeper@localhost" in srv.log_text()
+    srv.wait_for_log("disabled the account sleeper@localhost")
 
 
 def test_end_user_session_full_and_bare(
@@ -323,7 +323,7 @@ def test_end_user_session_full_and_bare(
     run(admin, "end-user-session", {"accountjids": ["carol@localhost"]})
     assert two.stream_error() == "policy-violation"
     assert three.stream_error() == "policy-violation"
-    assert "ended 2 session(s) of carol@localhost" in srv.log_text()
+    srv.wait_for_log("ended 2 session(s) of carol@localhost")
 
 
 def test_counts_lists_and_roster(srv: ServerProcess, ca_file: str, opened: list[RawClient]) -> None:
@@ -420,7 +420,7 @@ def test_message_of_the_day(srv: ServerProcess, ca_file: str, opened: list[RawCl
     assert cmd(command(admin, "delete-motd")).get("status") == "completed"
     assert form_values(cmd(command(admin, "edit-motd")))["motd"] == []
     assert messages_at_login(srv, ca_file, opened, "erin") == []
-    assert "set the message of the day of localhost" in srv.log_text()
+    srv.wait_for_log("set the message of the day of localhost")
 
 
 # --- XEP-0050 flows and errors -----------------------------------------------------------
@@ -544,7 +544,7 @@ def test_non_admins_and_strangers_are_refused(
     for to in ("localhost", "bob@localhost", None):
         assert error_of(command(bob, "add-user", to=to)) == ("forbidden", None)
         assert error_of(command(bob, "get-registered-users-num", to=to)) == ("forbidden", None)
-    assert "refused command" in srv.log_text()
+    srv.wait_for_log("refused command")
     # Another account's JID offers no commands.
     admin = login(srv, ca_file, opened, "admin")
     assert error_of(command(admin, "add-user", to="bob@localhost"))[0] == "service-unavailable"

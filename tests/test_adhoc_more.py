@@ -120,7 +120,7 @@ def test_get_user_lastlogin(srv: ServerProcess, ca_file: str, clients: list[RawC
         assert [n[0] for n in lastlogin(jid)[1]] == ["error"], jid
     done = run(admin, "get-user-lastlogin", {"accountjids": ["bob@localhost", "dave@localhost"]})
     assert [n[0] for n in notes(done)] == ["error"]
-    assert "asked the last login of bob@localhost" in srv.log_text()
+    srv.wait_for_log("asked the last login of bob@localhost")
 
 
 def test_user_stats(srv: ServerProcess, ca_file: str, clients: list[RawClient]) -> None:
@@ -179,7 +179,7 @@ def test_user_stats(srv: ServerProcess, ca_file: str, clients: list[RawClient]) 
         assert [n[0] for n in notes(run(admin, "user-stats", {"accountjid": [jid]}))] == [
             "error"
         ], jid
-    assert "asked the statistics of dave@localhost" in srv.log_text()
+    srv.wait_for_log("asked the statistics of dave@localhost")
 
 
 def welcome_of(messages: list[Any]) -> list[str]:
@@ -221,7 +221,7 @@ def test_welcome_message(make_server: Any, ca_file: str, clients: list[RawClient
     ]
     assert messages_at_login(server, ca_file, clients, "old") == []
 
-    assert "set the welcome message of localhost" in server.log_text()
+    server.wait_for_log("set the welcome message of localhost")
 
     # Kept across a restart: the message, and the one a new account has not seen yet.
     assert register(server, ca_file, "waiting", PASSWORD).get("type") == "result"
@@ -245,7 +245,7 @@ def test_welcome_message(make_server: Any, ca_file: str, clients: list[RawClient
     assert form_values(cmd(command(admin, "set-welcome")))["welcome"] == []
     assert register(server, ca_file, "late", PASSWORD).get("type") == "result"
     assert messages_at_login(server, ca_file, clients, "late") == []
-    assert "deleted the welcome message of localhost" in server.log_text()
+    server.wait_for_log("deleted the welcome message of localhost")
 
 
 async def test_slixmpp_xep_0133_user_stats(srv: ServerProcess, ca_file: str) -> None:

@@ -260,7 +260,7 @@ def test_corrupt_records_are_quarantined_once(make_server: Any, ca_file: str) ->
     assert "Traceback" not in srv.log_text()
     for database, key in corrupt:
         assert logged(srv, database, key) == 1, (database, key, srv.log_text())
-    assert "ERROR fastxmpp.storage: corrupt record in database muc" in srv.log_text()
+    srv.wait_for_log("ERROR fastxmpp.storage: corrupt record in database muc")
 
     with Storage(srv.data_dir) as storage:
         quarantined = {(q.database, q.key): q for q in storage.quarantined()}

@@ -963,7 +963,7 @@ def test_shutdown_ends_detached_sessions(
     time.sleep(0.3)
     assert srv.stop() == 0
     assert "was not resumed" not in srv.log_text()
-    assert "1 stored offline" in srv.log_text()
+    srv.wait_for_log("1 stored offline")
     srv.start()
     back = login(srv, ca_file, clients, "alice", "back", available=False)
     back.send("<presence/>")
