@@ -76,6 +76,10 @@ cdef class Router:
     cdef dict _iq_handlers                  # payload namespace -> handler
     cdef set _iq_for_missing                # of those, the ones asked of missing accounts too
     cdef dict _services                     # service domain -> handler (Router.add_service)
+    # Stanzas `route` handed on, by kind (/metrics, fastxmpp/metrics.py).
+    cdef readonly unsigned long long routed_messages
+    cdef readonly unsigned long long routed_presences
+    cdef readonly unsigned long long routed_iqs
 
     cpdef route(self, Session origin, Stanza st)
     cdef tuple _target(self, str to)

@@ -852,10 +852,15 @@ cdef class Router:
             self._deliver_iq(origin, st, target)
         else:
             raise StreamError("unsupported-stanza-type", name)
-        if self._message_sent and name == "message":
+        if name == "message":
+            self.routed_messages += 1
             # Routed (a refused message raised above): the "message/sent" stage.
             for handler in self._message_sent:
                 handler(origin, st, target)
+        elif name == "presence":
+            self.routed_presences += 1
+        else:
+            self.routed_iqs += 1
 
     cdef list _best_resources(self, str bare):
         """Available resources with the highest non-negative priority (RFC 6121 §8.5.2.1.1).

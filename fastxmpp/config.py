@@ -153,6 +153,10 @@ class HttpConfig:
     consider_bosh_secure: bool = False  # the same as consider_websocket_secure, for BOSH
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # X-Forwarded-For/-Proto read
     public_url: str = ""  # e.g. "https://chat.example.org": base of the XEP-0156 URLs
+    # /metrics (Prometheus text format) for the clients in metrics_allow (networks); off by
+    # default: a proxy that forwards it without X-Forwarded-For would show it to anyone.
+    metrics: bool = False
+    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -682,6 +686,17 @@ def _ip_addresses(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _ip_networks(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Invalid("must be a list of IP addresses or networks")
+    for text in value:
+        try:
+            ipaddress.ip_network(text)
+        except ValueError:
+            raise _Invalid(f"{text!r} is not an IP address or network (address/bits)") from None
+    return tuple(value)
+
+
 def _base_url(value: Any) -> str:
     text = _string(value)
     if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", text):
@@ -859,6 +874,8 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "consider_bosh_secure": _boolean,
             "trusted_proxies": _ip_addresses,
             "public_url": _base_url,
+            "metrics": _boolean,
+            "metrics_allow": _ip_networks,
         },
     ),
     "upload": (

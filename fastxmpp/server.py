@@ -27,6 +27,7 @@ from .config import Config, ConfigError, load_config
 from .descriptors import DescriptorWatch
 from .jid import parse_jid
 from .memory import FrozenSurvivors, HeapTrimmer, ParserHibernation
+from .metrics import Counts
 from .modules import ModuleLoadError, configured_modules
 from .modules.base import ModuleHub
 from .storage.accounts import AccountStore
@@ -80,6 +81,7 @@ class Server:
             limits.auth_failure_window,
         )
         self.background: set[asyncio.Task[Any]] = set()
+        self.counts = Counts()  # logins (/metrics)
         self.heap_trimmer = HeapTrimmer(limits.heap_trim_delay)
         self.frozen_survivors = FrozenSurvivors(limits.gc_full_interval)
         self.parser_hibernation = ParserHibernation(
@@ -435,7 +437,7 @@ FIELD_NAMES = {
 }
 
 
-def restart_only_changes(old: Config, new: Config) -> list[str]:
+def restart_only_changes(running: Config, loaded: Config) -> list[str]:
     """What differs between two configurations beyond what a reload applies (the hosts'
     certificate files, the log level), each named as in the file."""
     changed = []
@@ -443,7 +445,7 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         name = entry.name
         if name in ("log_level", "source"):
             continue
-        before, after = getattr(old, name), getattr(new, name)
+        before, after = getattr(running, name), getattr(loaded, name)
         if name == "hosts":
             before, after = set(before), set(after)  # the files are reloaded
         if before != after:

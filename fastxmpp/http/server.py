@@ -2,7 +2,8 @@
 by every `[[listeners]] kind = "http"` (plain, or HTTPS with the hosts' certificates).
 
 Endpoints: RFC 7395 WebSocket at /xmpp-websocket (websocket.py), XEP-0124/0206 BOSH at
-/http-bind (bosh.py) and XEP-0156 discovery at /.well-known/host-meta and host-meta.json.
+/http-bind (bosh.py), XEP-0156 discovery at /.well-known/host-meta and host-meta.json, and
+/metrics when `[http] metrics` is on (fastxmpp/metrics.py).
 Modules add their own routes to the same application (`Module.http_routes`, collected
 here when the application is built: XEP-0363 uploads), and XEP-0156 links where they have
 one (`add_link`).
@@ -33,6 +34,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from ..config import HttpConfig
+    from ..metrics import Metrics
     from ..server import Server
     from .bosh import BoshService
 
@@ -82,6 +84,12 @@ class HttpService:
                 self.app.router.add_route(method, path, handler)
         self.app.router.add_get("/.well-known/host-meta", self._host_meta_xrd)
         self.app.router.add_get("/.well-known/host-meta.json", self._host_meta_json)
+        self.metrics: Metrics | None = None
+        if self.config.metrics:
+            from ..metrics import PATH, Metrics
+
+            self.metrics = Metrics(server, self.config.metrics_allow)
+            self.app.router.add_get(PATH, self._metrics)
         self.runner = web.AppRunner(
             self.app,
             handle_signals=False,
@@ -184,7 +192,16 @@ class HttpService:
         _address, port, https = bound or ("127.0.0.1", 5280, False)
         return f"{'https' if https else 'http'}://{host}:{port}"
 
+    def open_connections(self) -> int:
+        """HTTP connections open on the http listeners, WebSockets included."""
+        handlers = self.runner.server
+        return 0 if handlers is None else len(handlers.connections)
+
     # --- endpoints ---------------------------------------------------------------------
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        assert self.metrics is not None
+        return self.metrics.answer(self.client(request).address)
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         from .websocket import handle_websocket

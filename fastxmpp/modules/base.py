@@ -41,6 +41,7 @@ from ..storage.module_store import ModuleStore
 
 if TYPE_CHECKING:
     from .._parser import Stanza
+    from ..metrics import Figure
     from ..server import Server
     from ..stream.c2s import C2SStream
 
@@ -184,6 +185,10 @@ class Module:
         server's http listeners (collected once, when the HTTP application is built, after
         every module has started; none without an http listener). Paths are aiohttp
         resource paths ("/upload/{file_id}/{filename}")."""
+        return []
+
+    def metrics(self) -> list[Figure]:
+        """The module's figures for /metrics (fastxmpp/metrics.py), read at each scrape."""
         return []
 
     def account_removed(self, domain: str, local: str) -> None:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -63,6 +63,7 @@ from .._router import ArchiveHooks, delay_element, forwarded_message
 from ..delay import parse_stamp, stamp
 from ..errors import StanzaError, stanza_error_bytes
 from ..jid import JIDError, parse_jid
+from ..metrics import Figure, gauge
 from ..storage.account_data import account_prefix
 from ..storage.lmdb_store import GroupCommitWriter, StorageFull
 from ..storage.mam import FOLD_AGE, ArchiveCommit, ArchiveStore, Record, Row
@@ -318,6 +319,7 @@ class MamModule(Module):
         # Reads waiting for a commit under way (`settled`): its future -> theirs, told
         # whether it committed once it is released.
         self._settling: dict[Future[Any], list[asyncio.Future[bool]]] = {}
+        self.commit_results: Counter[str] = Counter()  # "committed" / "failed" (/metrics)
 
     def start(self) -> None:
         assert self.server.storage is not None
@@ -529,6 +531,7 @@ class MamModule(Module):
         while commits and commits[0][0].done():
             future, senders, sessions, commit = commits.popleft()
             exc = future.exception()
+            self.commit_results["failed" if exc is not None else "committed"] += 1
             if exc is None:
                 commit.committed()
                 self._forget_limits(commit)
@@ -582,6 +585,23 @@ class MamModule(Module):
         if self._aged:
             self.router.request_flush()  # folds begin at this turn's "turn/commit"
         self._schedule_fold()
+
+    def metrics(self) -> list[Figure]:
+        results = self.commit_results
+        return [
+            Figure(
+                "archive_commits",
+                "XEP-0313 archive transactions (each with what arrived meanwhile), by result",
+                "counter",
+                [(("committed",), results["committed"]), (("failed",), results["failed"])],
+                ("result",),
+            ),
+            gauge(
+                "archive_rows_pending",
+                "archive rows waiting for the next transaction",
+                len(self.hooks.pending) if self.writer is not None else 0,
+            ),
+        ]
 
     def stop(self) -> None:
         self._stopped = True

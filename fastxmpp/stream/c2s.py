@@ -462,6 +462,7 @@ class C2SStream(Session, ClientNegotiation):
             return  # the stream went away (or authenticated) while the password was checked
         self._enter_session(local, resource, may_rename=False)
         self.authenticated_local = local
+        self.server.counts.logins += 1
         self.send(_iq_result(st, None))
         log.info("c2s %s: authenticated %s@%s with jabber:iq:auth", self.peer, local, self.host)
         self.server.session_bound(self)

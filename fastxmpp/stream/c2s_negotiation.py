@@ -484,6 +484,7 @@ class ClientNegotiation(XmlStream):
         elif isinstance(outcome, Failure) and outcome.condition in WRONG_CREDENTIALS:
             # A wrong FAST token counts as a wrong password (XEP-0484 §security).
             throttle.record_failure(self._address(), account)
+            self.server.counts.login_failures += 1
             delay = throttle.delay(self._address(), account)
             if delay:
                 await asyncio.sleep(delay)  # back-off: this stream's input waits too
@@ -498,6 +499,7 @@ class ClientNegotiation(XmlStream):
                 self.write(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
         elif isinstance(outcome, Success):
             state.sasl = None
+            self.server.counts.logins += 1
             binding = getattr(exchange, "binding", None)
             log.info(
                 "c2s %s: authenticated %s@%s with %s%s%s",

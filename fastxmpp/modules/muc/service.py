@@ -40,6 +40,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from ...errors import StanzaError
 from ...jid import JIDError, normalize_domain, parse_jid
+from ...metrics import Figure
 from ...records import RecordSlot
 from ...storage.lmdb_store import StorageFull
 from ...storage.muc import MucStore
@@ -593,6 +594,25 @@ class MucModule(Module):
         presence: PresenceModule | None = self.hub.get("presence")
         status = None if presence is None else presence.unavailable_status(session)
         self._leave_all(session, "" if status is None else f"<status>{escape(status)}</status>")
+
+    def metrics(self) -> list[Figure]:
+        services = sorted(self.services.values(), key=lambda service: service.domain)
+        return [
+            Figure(
+                "muc_rooms",
+                "XEP-0045 rooms (persistent, and temporary ones with occupants), by service",
+                "gauge",
+                [((s.domain,), len(s.rooms)) for s in services],
+                ("service",),
+            ),
+            Figure(
+                "muc_occupants",
+                "occupants of the rooms, by service",
+                "gauge",
+                [((s.domain,), sum(len(r.occupants) for r in s.rooms.values())) for s in services],
+                ("service",),
+            ),
+        ]
 
     def account_removed(self, domain: str, local: str) -> None:
         # The store purged it already (storage/muc.py); the rooms in memory follow.
