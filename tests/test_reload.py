@@ -22,6 +22,7 @@ import trustme
 from conftest import PASSWORD, ServerProcess, add_accounts, run_cli
 from test_channel_binding import end_point
 from test_direct_tls import tls_socket
+from ws_client import http_port
 from xmpp_raw import SASL, RawClient
 
 LISTENERS = """
@@ -37,7 +38,6 @@ address = "127.0.0.1"
 port = 0
 tls = "direct"
 """
-HTTPS_LISTENING = re.compile(r"https listening on ([\d.]+):(\d+)")
 
 
 @pytest.fixture
@@ -90,10 +90,8 @@ def direct_certificate(srv: ServerProcess, ca_file: str, host: str | None) -> by
 
 
 def https_certificate(srv: ServerProcess, ca_file: str, host: str) -> bytes:
-    match = HTTPS_LISTENING.search(srv.log_text())
-    assert match is not None, srv.log_text()
     context = ssl.create_default_context(cafile=ca_file)
-    raw = socket.create_connection((match.group(1), int(match.group(2))), timeout=10)
+    raw = socket.create_connection(("127.0.0.1", http_port(srv, https=True)), timeout=10)
     with context.wrap_socket(raw, server_hostname=host) as sock:
         return sock.getpeercert(binary_form=True)
 
