@@ -127,6 +127,10 @@ class LimitsConfig:
     auth_failures_per_ip: int = 30  # within auth_failure_window: the address is refused
     auth_failures_per_account: int = 10  # within auth_failure_window: the account is refused
     auth_failure_window: float = 600.0  # seconds over which failures are counted
+    # What "one address" is for the per-address limits above, [register] and [s2s]: an IPv6
+    # client is one network of this prefix length (one subscriber gets a /64 or more, and
+    # could otherwise take a new address for each connection); IPv4: the address.
+    ipv6_prefix_length: int = 64
     heap_trim_delay: float = 1.0  # after connection churn, return freed memory; 0: never
     # seconds between full garbage collections over every object (memory.FrozenSurvivors);
     # 0: Python's own collector policy
@@ -541,6 +545,17 @@ def _integer_at_least(minimum: int) -> Check:
     return check
 
 
+def _integer_between(minimum: int, maximum: int) -> Check:
+    def check(value: Any) -> int:
+        if type(value) is not int:
+            raise _Invalid("must be an integer")
+        if not minimum <= value <= maximum:
+            raise _Invalid(f"must be from {minimum} to {maximum}")
+        return value
+
+    return check
+
+
 def _non_negative_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Invalid("must be a number")
@@ -748,6 +763,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "auth_failures_per_ip": _integer_at_least(1),
             "auth_failures_per_account": _integer_at_least(1),
             "auth_failure_window": _positive_number,
+            "ipv6_prefix_length": _integer_between(16, 128),
             "heap_trim_delay": _non_negative_number,
             "gc_full_interval": _non_negative_number,
         },

@@ -32,6 +32,7 @@ from ..errors import StanzaError
 from ..jid import JIDError, normalize_local
 from ..records import RecordSlot
 from ..storage.accounts import AccountExists, NoSuchAccount, UnusablePassword
+from ..stream.throttle import address_block
 from .base import Module
 
 if TYPE_CHECKING:
@@ -276,9 +277,12 @@ class RegisterModule(Module):
 
 
 def _peer_ip(stream: C2SStream) -> str:
-    transport = stream.transport
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    return str(peer[0]) if peer else "?"
+    """The client's address as the per-address limits count it: behind a trusted HTTP proxy
+    (WebSocket, BOSH) the one the proxy names, not the proxy's own."""
+    connection = stream.connection
+    if connection is None:
+        return "?"
+    return address_block(connection.address, stream.limits.ipv6_prefix_length)
 
 
 MODULE = RegisterModule

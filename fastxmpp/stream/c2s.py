@@ -37,6 +37,7 @@ from .c2s_negotiation import PRE_AUTH_IQ, ClientNegotiation, Negotiation, escape
 from .connection import Connection
 from .sasl import HashedTokenExchange, Success
 from .sm import StreamManagement
+from .throttle import address_block
 from .xmlstream import XmlStream
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ class C2SStream(Session, ClientNegotiation):
         # behind one NAT are not refused.
         state = self.negotiation
         assert state is not None
-        address = connection.address
+        address = address_block(connection.address, self.limits.ipv6_prefix_length)
         per_ip = self.server.unauthenticated_per_ip
         per_ip[address] += 1
         state.counted_address = address

@@ -36,10 +36,11 @@ from .sasl import (
     Success,
     offered_mechanisms,
 )
+from .throttle import address_block
 from .xmlstream import XmlStream, check_stream_root, check_version, features_xml
 
 if TYPE_CHECKING:
-    from ..config import C2SConfig
+    from ..config import C2SConfig, LimitsConfig
     from ..server import Server
     from .c2s import C2SStream
 
@@ -101,6 +102,7 @@ class ClientNegotiation(XmlStream):
     server: Server
     router: Any
     c2s: C2SConfig
+    limits: LimitsConfig
     host: str | None
     authenticated_local: str | None
     bound: bool
@@ -526,8 +528,10 @@ class ClientNegotiation(XmlStream):
             self._sasl_failure(outcome.condition, outcome.text, request is not None)
 
     def _address(self) -> str:
-        """The client's IP address: what failed logins are counted by."""
-        return self.connection.address if self.connection is not None else "?"
+        """The client's address (its IPv6 network): what failed logins are counted by."""
+        if self.connection is None:
+            return "?"
+        return address_block(self.connection.address, self.limits.ipv6_prefix_length)
 
     def _throttle_key(self, exchange: SaslExchange | None) -> str | None:
         if exchange is None or exchange.username is None:

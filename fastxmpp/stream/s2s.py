@@ -57,6 +57,7 @@ from .._router import Session, start_tag_attr
 from ..errors import StanzaError, StreamError, stanza_error_bytes, stream_error_bytes
 from ..jid import JID, JIDError, parse_jid
 from .connection import GONE, STREAM_CLOSE, Connection
+from .throttle import address_block
 from .xmlstream import (
     PeerOrigin,
     XmlStream,
@@ -794,7 +795,8 @@ class Incoming(XmlStream):
         self.address = "?"  # counted in s2s.per_ip while the stream is in s2s.incoming
 
     def connected(self, connection: Connection) -> None:
-        self.address = connection.address
+        limits = self.s2s.server.config.limits
+        self.address = address_block(connection.address, limits.ipv6_prefix_length)
         self.s2s.incoming.add(self)
         self.s2s.per_ip[self.address] += 1
         log.info("s2s connection from %s", self.peer)

@@ -6,12 +6,30 @@ with <temporary-auth-failure/> (RFC 6120 §6.5.12), whatever the password.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
 MAX_DELAY = 30.0  # seconds: the longest back-off before a failure is answered
 MAX_TRACKED = 100_000  # addresses and accounts remembered at once (oldest forgotten first)
+
+
+def address_block(address: str, ipv6_prefix_length: int) -> str:
+    """What the per-address limits count a client as: its IPv4 address (also when it came
+    IPv4-mapped, RFC 4291 §2.5.5.2, to a dual-stack listener), or its IPv6 network of
+    `ipv6_prefix_length` bits: a subscriber is given a /64 at least (RFC 6177), in which a
+    new address for every connection costs nothing. Anything else ("?") as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if ipv6_prefix_length < 128:
+            return str(ipaddress.IPv6Network((ip, ipv6_prefix_length), strict=False))
+    return str(ip)
 
 
 class AuthThrottle:
