@@ -8,6 +8,7 @@ X-Forwarded-For: that is how one test reaches the server from many addresses."""
 from __future__ import annotations
 
 import base64
+import contextlib
 from typing import Any
 
 import pytest
@@ -53,10 +54,8 @@ async def opened(srv: ServerProcess, address: str, clients: list[WsClient]) -> s
 
 async def close_all(clients: list[WsClient]) -> None:
     for client in clients:
-        try:
+        with contextlib.suppress(OSError, WsClosed):
             await client.close()
-        except (OSError, WsClosed):
-            pass
 
 
 async def test_one_ipv6_network_is_one_address(make_server: Any) -> None:
