@@ -1,0 +1,490 @@
+/* A QXmpp 1.4 client (the C++/Qt library under Kaidan) driven by tests/test_interop_qxmpp.py.
+ *
+ *   client JID PASSWORD CA_FILE PORT [RESOURCE]
+ *
+ * Connects to 127.0.0.1:PORT as QXmpp does by default: STARTTLS required, the server's
+ * certificate verified against CA_FILE only (QXmppConfiguration::setCaCertificates; SSL
+ * errors are not ignored, so a bad certificate fails the login), the SASL mechanism QXmpp
+ * picks, bind, XEP-0198 (QXmpp enables it with resumption whenever the server offers it).
+ * Automatic reconnection is off: the test says when to connect again (`resume`). Then reads
+ * one command a line on stdin:
+ *
+ *   msg TO BODY              a chat message
+ *   roster                   the roster QXmpp fetched at login
+ *   carbons                  enable XEP-0280 carbons (QXmppCarbonManager)
+ *   mam WITH MAX [AFTER]     a XEP-0313 query (QXmppMamManager) with XEP-0059 paging
+ *   join ROOM NICK           enter a room (QXmppMucRoom::join)
+ *   instant ROOM             submit an empty form: an instant room (XEP-0045 §10.1.2)
+ *   groupchat ROOM BODY      a groupchat message to the room
+ *   subject ROOM TEXT        change the subject
+ *   nick ROOM NICK           change the nickname
+ *   vcard-set FN NICKNAME    publish the own vCard (XEP-0054)
+ *   vcard-get [JID]          fetch the own vCard, or JID's
+ *   upload NAME CONTENT      ask for a XEP-0363 slot (QXmppUploadRequestManager), PUT
+ *                            CONTENT there over HTTPS (the same CA only), GET it back
+ *   disco JID                a disco#info query
+ *   active | inactive        XEP-0352 client state (QXmppClient::setActive)
+ *   sync ID                  an XEP-0199 ping to the server: its answer (`iq ID TYPE`) says
+ *                            the server handled what came before on this stream
+ *   cut                      shut the socket down, unannounced
+ *   resume                   connect again: QXmpp resumes the session (XEP-0198 §5)
+ *   quit                     close the stream and exit
+ *
+ * and prints one line per event on stdout (flushed):
+ *
+ *   starttls | auth MECH | connected BOUND_JID SM_STATE | disconnected | error KIND
+ *   ssl-error TEXT | sm enabled RESUME | sm resumed H | sm failed
+ *   sm resume SENT_XML | sm acked H (QXmpp's <a/>, sent when the server asks)
+ *   roster-received N | roster JID SUBSCRIPTION
+ *   message FROM TO TYPE BODY | presence FROM TYPE
+ *   carbon received|sent FROM TO BODY
+ *   mam-message QUERY_ID FROM BODY | mam-end QUERY_ID COUNT FIRST LAST COMPLETE
+ *   room-joined ROOM | room-config ROOM | room-participant ROOM JID added|changed|removed
+ *   room-message ROOM FROM BODY | room-subject ROOM TEXT | room-nick ROOM NICK
+ *   room-error ROOM CONDITION
+ *   vcard JID FN NICKNAME | vcard-set
+ *   upload-services N | slot PUT_URL GET_URL | slot-error CONDITION
+ *   put STATUS | get STATUS BODY
+ *   items FROM JID... (the server's, asked at login) | disco FROM IDENTITY...
+ *   feature FROM VAR ... disco-end FROM | iq ID TYPE
+ *
+ * Exit status 0 after quit, 1 when the connection failed before any login.
+ */
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include <QCoreApplication>
+#include <QMimeDatabase>
+#include <QNetworkAccessManager>
+#include <QNetworkReply>
+#include <QNetworkRequest>
+#include <QRegularExpression>
+#include <QSocketNotifier>
+#include <QSslCertificate>
+#include <QSslConfiguration>
+#include <QSslSocket>
+
+#include <QXmppCarbonManager.h>
+#include <QXmppClient.h>
+#include <QXmppConfiguration.h>
+#include <QXmppDiscoveryIq.h>
+#include <QXmppDiscoveryManager.h>
+#include <QXmppHttpUploadIq.h>
+#include <QXmppLogger.h>
+#include <QXmppMamManager.h>
+#include <QXmppMessage.h>
+#include <QXmppMucManager.h>
+#include <QXmppPingIq.h>
+#include <QXmppPresence.h>
+#include <QXmppResultSet.h>
+#include <QXmppRosterManager.h>
+#include <QXmppUploadRequestManager.h>
+#include <QXmppVCardIq.h>
+#include <QXmppVCardManager.h>
+
+static void emit_line(const QString &line)
+{
+    std::fputs(line.toUtf8().constData(), stdout);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+}
+
+static QString attr(const QString &xml, const QString &name)
+{
+    QRegularExpression re(QStringLiteral(" %1=[\"']([^\"']*)[\"']").arg(name));
+    auto match = re.match(xml);
+    return match.hasMatch() ? match.captured(1) : QString();
+}
+
+static const char *condition(QXmppStanza::Error::Condition c)
+{
+    switch (c) {
+    case QXmppStanza::Error::Conflict:
+        return "conflict";
+    case QXmppStanza::Error::Forbidden:
+        return "forbidden";
+    case QXmppStanza::Error::ItemNotFound:
+        return "item-not-found";
+    case QXmppStanza::Error::NotAcceptable:
+        return "not-acceptable";
+    case QXmppStanza::Error::NotAllowed:
+        return "not-allowed";
+    case QXmppStanza::Error::BadRequest:
+        return "bad-request";
+    case QXmppStanza::Error::ServiceUnavailable:
+        return "service-unavailable";
+    case QXmppStanza::Error::FeatureNotImplemented:
+        return "feature-not-implemented";
+    case QXmppStanza::Error::ResourceConstraint:
+        return "resource-constraint";
+    case QXmppStanza::Error::NotAuthorized:
+        return "not-authorized";
+    default:
+        return "other";
+    }
+}
+
+class Harness : public QObject
+{
+public:
+    Harness(const QString &jid, const QString &password, const QString &caFile, int port,
+            const QString &resource)
+    {
+        cas = QSslCertificate::fromPath(caFile);
+        config.setJid(jid);
+        if (!resource.isEmpty())
+            config.setResource(resource);  // else QXmpp's default, "QXmpp"
+        config.setPassword(password);
+        config.setHost(QStringLiteral("127.0.0.1"));
+        config.setPort(port);
+        config.setStreamSecurityMode(QXmppConfiguration::TLSRequired);
+        config.setCaCertificates(cas);
+        config.setAutoReconnectionEnabled(false);
+        config.setKeepAliveInterval(0);  // no pings of its own in the tests' streams
+
+        logger.setLoggingType(QXmppLogger::SignalLogging);
+        logger.setMessageTypes(QXmppLogger::AnyMessage);
+        debug = qEnvironmentVariableIsSet("QXMPP_HARNESS_DEBUG");
+        connect(&logger, &QXmppLogger::message, this, &Harness::onLog);
+        client.setLogger(&logger);
+
+        client.addExtension(carbons = new QXmppCarbonManager);
+        client.addExtension(mam = new QXmppMamManager);
+        client.addExtension(muc = new QXmppMucManager);
+        client.addExtension(upload = new QXmppUploadRequestManager);
+        roster = client.findExtension<QXmppRosterManager>();
+        vcards = client.findExtension<QXmppVCardManager>();
+        disco = client.findExtension<QXmppDiscoveryManager>();
+
+        connect(&client, &QXmppClient::connected, this, [this] {
+            everConnected = true;
+            // as Kaidan's DiscoveryManager: the server's items, then each item's info, which
+            // is where QXmppUploadRequestManager finds the upload service (XEP-0363 §2)
+            if (client.streamManagementState() != QXmppClient::ResumedStream)
+                disco->requestItems(client.configuration().domain());
+            const char *state[] = {"none", "new", "resumed"};
+            emit_line(QStringLiteral("connected %1 %2")
+                          .arg(client.configuration().jid(),
+                               state[client.streamManagementState()]));
+        });
+        connect(&client, &QXmppClient::disconnected, this, [this] {
+            emit_line(QStringLiteral("disconnected"));
+            if (quitting || !everConnected)
+                QCoreApplication::exit(quitting ? 0 : 1);
+        });
+        connect(&client, &QXmppClient::error, this, [](QXmppClient::Error e) {
+            const char *kinds[] = {"none", "socket", "keepalive", "stream"};
+            emit_line(QStringLiteral("error %1").arg(kinds[e]));
+        });
+        connect(&client, &QXmppClient::sslErrors, this, [](const QList<QSslError> &errors) {
+            for (const auto &e : errors)
+                emit_line(QStringLiteral("ssl-error %1").arg(e.errorString()));
+        });
+        connect(&client, &QXmppClient::messageReceived, this, [](const QXmppMessage &m) {
+            if (m.body().isEmpty() || m.type() == QXmppMessage::GroupChat)
+                return;
+            const char *types[] = {"error", "normal", "chat", "groupchat", "headline"};
+            emit_line(QStringLiteral("message %1 %2 %3 %4")
+                          .arg(m.from(), m.to(), types[m.type()], m.body()));
+        });
+        connect(&client, &QXmppClient::presenceReceived, this, [](const QXmppPresence &p) {
+            const char *types[] = {"error",     "available",    "unavailable", "subscribe",
+                                   "subscribed", "unsubscribe", "unsubscribed", "probe"};
+            emit_line(QStringLiteral("presence %1 %2").arg(p.from(), types[p.type()]));
+        });
+        connect(roster, &QXmppRosterManager::rosterReceived, this, [this] {
+            emit_line(QStringLiteral("roster-received %1").arg(roster->getRosterBareJids().size()));
+        });
+        connect(carbons, &QXmppCarbonManager::messageReceived, this, [](const QXmppMessage &m) {
+            emit_line(QStringLiteral("carbon received %1 %2 %3").arg(m.from(), m.to(), m.body()));
+        });
+        connect(carbons, &QXmppCarbonManager::messageSent, this, [](const QXmppMessage &m) {
+            emit_line(QStringLiteral("carbon sent %1 %2 %3").arg(m.from(), m.to(), m.body()));
+        });
+        connect(mam, &QXmppMamManager::archivedMessageReceived, this,
+                [](const QString &id, const QXmppMessage &m) {
+                    emit_line(QStringLiteral("mam-message %1 %2 %3").arg(id, m.from(), m.body()));
+                });
+        connect(mam, &QXmppMamManager::resultsRecieved, this,
+                [](const QString &id, const QXmppResultSetReply &r, bool complete) {
+                    emit_line(QStringLiteral("mam-end %1 %2 %3 %4 %5")
+                                  .arg(id)
+                                  .arg(r.count())
+                                  .arg(r.first(), r.last(), complete ? "true" : "false"));
+                });
+        connect(vcards, &QXmppVCardManager::vCardReceived, this, [](const QXmppVCardIq &v) {
+            emit_line(QStringLiteral("vcard %1 %2 %3")
+                          .arg(v.from().isEmpty() ? QStringLiteral("-") : v.from(),
+                               v.fullName(), v.nickName()));
+        });
+        connect(vcards, &QXmppVCardManager::clientVCardReceived, this, [this] {
+            const auto &v = vcards->clientVCard();
+            emit_line(QStringLiteral("vcard self %1 %2").arg(v.fullName(), v.nickName()));
+        });
+        connect(upload, &QXmppUploadRequestManager::serviceFoundChanged, this, [this] {
+            QStringList jids;
+            for (const auto &s : upload->uploadServices())
+                jids << QStringLiteral("%1:%2").arg(s.jid()).arg(s.sizeLimit());
+            emit_line(QStringLiteral("upload-services %1").arg(jids.join(' ')));
+        });
+        connect(upload, &QXmppUploadRequestManager::slotReceived, this,
+                &Harness::onSlot);
+        connect(upload, &QXmppUploadRequestManager::requestFailed, this,
+                [](const QXmppHttpUploadRequestIq &iq) {
+                    emit_line(QStringLiteral("slot-error %1").arg(condition(iq.error().condition())));
+                });
+        connect(disco, &QXmppDiscoveryManager::itemsReceived, this,
+                [this](const QXmppDiscoveryIq &iq) {
+                    QStringList jids;
+                    for (const auto &item : iq.items()) {
+                        jids << item.jid();
+                        disco->requestInfo(item.jid());
+                    }
+                    emit_line(QStringLiteral("items %1 %2").arg(iq.from(), jids.join(' ')));
+                });
+        connect(disco, &QXmppDiscoveryManager::infoReceived, this, [](const QXmppDiscoveryIq &iq) {
+            QStringList ids;
+            for (const auto &i : iq.identities())
+                ids << QStringLiteral("%1/%2").arg(i.category(), i.type());
+            emit_line(QStringLiteral("disco %1 %2").arg(iq.from(), ids.join(' ')));
+            for (const auto &f : iq.features())
+                emit_line(QStringLiteral("feature %1 %2").arg(iq.from(), f));
+            emit_line(QStringLiteral("disco-end %1").arg(iq.from()));
+        });
+
+        stdinNotifier = new QSocketNotifier(0, QSocketNotifier::Read, this);
+        connect(stdinNotifier, &QSocketNotifier::activated, this, &Harness::onStdin);
+        client.connectToServer(config);
+    }
+
+private:
+    void onLog(QXmppLogger::MessageType type, const QString &text)
+    {
+        if (debug)
+            std::fprintf(stderr, "%d %s\n", int(type), text.toUtf8().constData());
+        if (type == QXmppLogger::SentMessage && text.startsWith(QLatin1String("<auth ")))
+            emit_line(QStringLiteral("auth %1").arg(attr(text, "mechanism")));
+        if (type == QXmppLogger::SentMessage && text.startsWith(QLatin1String("<resume")))
+            emit_line(QStringLiteral("sm resume %1").arg(text));
+        if (type == QXmppLogger::SentMessage && text.startsWith(QLatin1String("<a ")))
+            emit_line(QStringLiteral("sm acked %1").arg(attr(text, "h")));
+        if (type != QXmppLogger::ReceivedMessage)
+            return;
+        // one log entry is what one read returned: maybe several elements
+        static const QRegularExpression tags(
+            QStringLiteral("<(proceed|enabled|resumed|failed|iq)[ />][^>]*>"));
+        auto it = tags.globalMatch(text);
+        while (it.hasNext()) {
+            const auto match = it.next();
+            const QString name = match.captured(1), tag = match.captured(0);
+            if (name == "proceed")
+                emit_line(QStringLiteral("starttls"));
+            else if (name == "enabled")
+                emit_line(QStringLiteral("sm enabled %1").arg(attr(tag, "resume")));
+            else if (name == "resumed")
+                emit_line(QStringLiteral("sm resumed %1").arg(attr(tag, "h")));
+            else if (name == "failed")
+                emit_line(QStringLiteral("sm failed"));
+            else if (attr(tag, "id").startsWith("sync"))
+                emit_line(QStringLiteral("iq %1 %2").arg(attr(tag, "id"), attr(tag, "type")));
+        }
+    }
+
+    QXmppMucRoom *room(const QString &jid)
+    {
+        for (auto *r : muc->rooms())
+            if (r->jid() == jid)
+                return r;
+        auto *r = muc->addRoom(jid);
+        connect(r, &QXmppMucRoom::joined, this, [jid] { emit_line("room-joined " + jid); });
+        connect(r, &QXmppMucRoom::configurationReceived, this,
+                [jid](const QXmppDataForm &) { emit_line("room-config " + jid); });
+        connect(r, &QXmppMucRoom::participantAdded, this, [jid](const QString &p) {
+            emit_line(QStringLiteral("room-participant %1 %2 added").arg(jid, p));
+        });
+        connect(r, &QXmppMucRoom::participantChanged, this, [jid](const QString &p) {
+            emit_line(QStringLiteral("room-participant %1 %2 changed").arg(jid, p));
+        });
+        connect(r, &QXmppMucRoom::participantRemoved, this, [jid](const QString &p) {
+            emit_line(QStringLiteral("room-participant %1 %2 removed").arg(jid, p));
+        });
+        connect(r, &QXmppMucRoom::messageReceived, this, [jid](const QXmppMessage &m) {
+            if (!m.body().isEmpty())
+                emit_line(QStringLiteral("room-message %1 %2 %3").arg(jid, m.from(), m.body()));
+        });
+        connect(r, &QXmppMucRoom::subjectChanged, this, [jid](const QString &s) {
+            emit_line(QStringLiteral("room-subject %1 %2").arg(jid, s));
+        });
+        connect(r, &QXmppMucRoom::nickNameChanged, this, [jid](const QString &n) {
+            emit_line(QStringLiteral("room-nick %1 %2").arg(jid, n));
+        });
+        connect(r, &QXmppMucRoom::error, this, [jid](const QXmppStanza::Error &e) {
+            emit_line(QStringLiteral("room-error %1 %2").arg(jid, condition(e.condition())));
+        });
+        return r;
+    }
+
+    void onSlot(const QXmppHttpUploadSlotIq &slot)
+    {
+        emit_line(QStringLiteral("slot %1 %2").arg(slot.putUrl().toString(),
+                                                    slot.getUrl().toString()));
+        QSslConfiguration tls = QSslConfiguration::defaultConfiguration();
+        tls.setCaCertificates(cas);
+        QNetworkRequest put(slot.putUrl());
+        put.setSslConfiguration(tls);
+        put.setHeader(QNetworkRequest::ContentTypeHeader, QStringLiteral("text/plain"));
+        const auto headers = slot.putHeaders();
+        for (auto it = headers.begin(); it != headers.end(); ++it)
+            put.setRawHeader(it.key().toUtf8(), it.value().toUtf8());
+        QNetworkReply *reply = http.put(put, pendingUpload);
+        const QUrl getUrl = slot.getUrl();
+        connect(reply, &QNetworkReply::finished, this, [this, reply, getUrl, tls] {
+            emit_line(QStringLiteral("put %1 %2")
+                          .arg(reply->attribute(QNetworkRequest::HttpStatusCodeAttribute).toInt())
+                          .arg(reply->error() == QNetworkReply::NoError ? "ok"
+                                                                        : reply->errorString()));
+            reply->deleteLater();
+            QNetworkRequest get(getUrl);
+            get.setSslConfiguration(tls);
+            QNetworkReply *back = http.get(get);
+            connect(back, &QNetworkReply::finished, this, [back] {
+                emit_line(QStringLiteral("get %1 %2")
+                              .arg(back->attribute(QNetworkRequest::HttpStatusCodeAttribute).toInt())
+                              .arg(QString::fromUtf8(back->readAll())));
+                back->deleteLater();
+            });
+        });
+    }
+
+    void onStdin()
+    {
+        char chunk[4096];
+        ssize_t n = ::read(0, chunk, sizeof(chunk));
+        if (n <= 0) {
+            stdinNotifier->setEnabled(false);
+            command(QStringLiteral("quit"));
+            return;
+        }
+        buffer.append(chunk, int(n));
+        int end;
+        while ((end = buffer.indexOf('\n')) >= 0) {
+            command(QString::fromUtf8(buffer.left(end)));
+            buffer.remove(0, end + 1);
+        }
+    }
+
+    void command(const QString &line)
+    {
+        const QString verb = line.section(' ', 0, 0);
+        const QString a1 = line.section(' ', 1, 1);
+        const QString rest1 = line.section(' ', 1);
+        const QString rest2 = line.section(' ', 2);
+        if (verb == "msg") {
+            client.sendPacket(QXmppMessage(QString(), a1, rest2));
+        } else if (verb == "roster") {
+            for (const auto &jid : roster->getRosterBareJids()) {
+                const char *subs[] = {"none", "from", "to", "both", "remove"};
+                const int sub = int(roster->getRosterEntry(jid).subscriptionType());
+                emit_line(QStringLiteral("roster %1 %2").arg(jid, sub < 5 ? subs[sub] : "?"));
+            }
+            emit_line(QStringLiteral("roster-end"));
+        } else if (verb == "carbons") {
+            carbons->setCarbonsEnabled(true);
+        } else if (verb == "mam") {
+            QXmppResultSetQuery rsm;
+            rsm.setMax(line.section(' ', 2, 2).toInt());
+            if (!line.section(' ', 3, 3).isEmpty())
+                rsm.setAfter(line.section(' ', 3, 3));
+            emit_line("mam-query " +
+                      mam->retrieveArchivedMessages(QString(), QString(), a1, QDateTime(),
+                                                    QDateTime(), rsm));
+        } else if (verb == "join") {
+            auto *r = room(a1);
+            r->setNickName(rest2);
+            r->join();
+        } else if (verb == "instant") {
+            room(a1)->setConfiguration(QXmppDataForm(QXmppDataForm::Submit));
+        } else if (verb == "groupchat") {
+            room(a1)->sendMessage(rest2);
+        } else if (verb == "subject") {
+            room(a1)->setSubject(rest2);
+        } else if (verb == "nick") {
+            room(a1)->setNickName(rest2);
+        } else if (verb == "vcard-set") {
+            QXmppVCardIq card;
+            card.setFullName(a1);
+            card.setNickName(rest2);
+            vcards->setClientVCard(card);
+            emit_line(QStringLiteral("vcard-set"));
+        } else if (verb == "vcard-get") {
+            if (a1.isEmpty())
+                vcards->requestClientVCard();
+            else
+                vcards->requestVCard(a1);
+        } else if (verb == "upload") {
+            pendingUpload = rest2.toUtf8();
+            upload->requestUploadSlot(a1, pendingUpload.size(),
+                                      QMimeDatabase().mimeTypeForName("text/plain"));
+        } else if (verb == "disco") {
+            disco->requestInfo(a1);
+        } else if (verb == "sync") {
+            QXmppPingIq ping;
+            ping.setId(a1);
+            ping.setTo(client.configuration().domain());
+            client.sendPacket(ping);
+        } else if (verb == "active") {
+            client.setActive(true);
+        } else if (verb == "inactive") {
+            client.setActive(false);
+        } else if (verb == "cut") {
+            // the TCP connection goes without </stream>: the server sees it lost (XEP-0198 §5)
+            for (auto *socket : client.findChildren<QSslSocket *>())
+                if (socket->socketDescriptor() >= 0)
+                    ::shutdown(int(socket->socketDescriptor()), SHUT_RDWR);
+        } else if (verb == "resume") {
+            client.connectToServer(config);
+        } else if (verb == "quit") {
+            quitting = true;
+            if (client.state() == QXmppClient::DisconnectedState)
+                QCoreApplication::exit(0);
+            else
+                client.disconnectFromServer();
+        } else {
+            emit_line("unknown " + line);
+        }
+    }
+
+    QXmppClient client;
+    QXmppConfiguration config;
+    QXmppLogger logger;
+    QList<QSslCertificate> cas;
+    QXmppCarbonManager *carbons;
+    QXmppMamManager *mam;
+    QXmppMucManager *muc;
+    QXmppUploadRequestManager *upload;
+    QXmppRosterManager *roster;
+    QXmppVCardManager *vcards;
+    QXmppDiscoveryManager *disco;
+    QNetworkAccessManager http;
+    QByteArray pendingUpload;
+    QSocketNotifier *stdinNotifier;
+    QByteArray buffer;
+    bool quitting = false;
+    bool everConnected = false;
+    bool debug = false;
+};
+
+int main(int argc, char **argv)
+{
+    QCoreApplication app(argc, argv);
+    if (argc != 5 && argc != 6) {
+        std::fprintf(stderr, "usage: client JID PASSWORD CA_FILE PORT [RESOURCE]\n");
+        return 2;
+    }
+    Harness harness(QString::fromUtf8(argv[1]), QString::fromUtf8(argv[2]),
+                    QString::fromUtf8(argv[3]), QString::fromUtf8(argv[4]).toInt(),
+                    argc == 6 ? QString::fromUtf8(argv[5]) : QString());
+    return app.exec();
+}
