@@ -47,7 +47,13 @@ PRESENCE = f"{{{CLIENT}}}presence"
 STEP = 10.0
 # XEP-0363 §4: slots name the HTTPS listener (tls = "direct") when there is one. QXmpp
 # acknowledges only when asked (XEP-0198 §4): the server asks soon after a quiet output.
-CONFIG = HTTP_LISTENER + 'tls = "direct"\n' + "[stream_management]\nack_request_after = 0.2\n"
+# In-band registration on, for Kaidan's sign-up.
+CONFIG = (
+    HTTP_LISTENER
+    + 'tls = "direct"\n'
+    + "[stream_management]\nack_request_after = 0.2\n"
+    + "[register]\nenabled = true\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +99,12 @@ class Qxmpp(LineReader):
         user: str,
         password: str,
         resource: str = "",
+        register: bool = False,
     ):
         super().__init__(
             [binary, f"{user}@localhost", password, ca_file, str(srv.port)]
-            + ([resource] if resource else []),
+            + ([resource] if resource else [])
+            + (["--register"] if register else []),
             stdin=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -509,3 +517,95 @@ def test_certificate_from_another_ca_is_refused(
     assert any(line.startswith("ssl-error ") for line in q.lines), q
     assert not any(line.startswith(("auth", "connected")) for line in q.lines), q
     assert f"authenticated {user}@localhost" not in srv.log_text()
+
+
+def test_contact_added_as_kaidan_does(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    qxmpps: list[Qxmpp],
+) -> None:
+    user, peer = next(names), next(names)
+    contact = f"{peer}@localhost"
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send("<presence/>")
+    q, jid = login(harness, srv, ca_file, user, qxmpps)
+    q.wait("roster-received 0")
+    # RFC 6121 §2.3 a roster set, §3.1.1 a subscription request (QXmppRosterManager addItem,
+    # subscribe); the pushes: the item, then pending out (ask)
+    q.do(f"add {contact} Peer")
+    q.wait(f"roster-item added {contact} none")
+    request = wait_for(other, "the request", lambda el: el.tag == PRESENCE and el.get("type"))
+    assert (request.get("type"), request.get("from")) == ("subscribe", f"{user}@localhost")
+    q.wait(f"roster-item changed {contact} none ask")
+    # §3.1.5 approved: 'to', and the contact's presence (§3.1.6, from its available resource)
+    other.send(f"<presence to='{user}@localhost' type='subscribed'/>")
+    q.wait(f"roster-item changed {contact} to")
+    q.wait(rf"presence {contact}/raw available")
+    # §3.1.3 the contact subscribes back: QXmpp sees the request and accepts it
+    other.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    q.wait(f"subscription-request {contact}")
+    q.do(f"accept {contact}")
+    q.wait(f"roster-item changed {contact} both")
+    wait_for(
+        other,
+        "QXmpp's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == jid and el.get("type") is None,
+    )
+    # §2.5 removal: the item goes, and both subscriptions with it (§2.5.2)
+    q.do(f"remove {contact}")
+    q.wait(f"roster-item removed {contact}")
+    seen: set[str] = set()
+    for _ in range(3):
+        el = wait_for(other, "the removal's presences", lambda el: el.tag == PRESENCE)
+        seen.add(el.get("type") or "available")
+        if {"unsubscribe", "unsubscribed"} <= seen:
+            break
+    assert {"unsubscribe", "unsubscribed"} <= seen, seen
+    assert q.finish() == 0, q
+
+
+def test_sign_up_password_change_and_account_removal(
+    harness: str, srv: ServerProcess, ca_file: str, qxmpps: list[Qxmpp]
+) -> None:
+    # Kaidan's sign-up: XEP-0077 §3.1 in band over TLS, before authentication; QXmpp fills the
+    # form and the harness exits after the result
+    signup = Qxmpp(harness, srv, ca_file, "qxnew", "first password", register=True)
+    qxmpps.append(signup)
+    assert signup.proc.wait(STEP) == 0, signup
+    signup.reader.join(2)
+    assert signup.lines[0] == "starttls", signup
+    assert signup.wait(r"register-form (.*)").group(1), signup
+    signup.wait("registered")
+    assert not any(line.startswith("auth") for line in signup.lines), signup
+
+    q = Qxmpp(harness, srv, ca_file, "qxnew", "first password")
+    qxmpps.append(q)
+    q.wait(r"connected qxnew@localhost/QXmpp new")
+    # XEP-0092 and XEP-0202 of the server, as Kaidan's about page and clients ask
+    q.do("version localhost")
+    q.wait(r"version localhost fastxmpp \S+")
+    q.do("time localhost")
+    q.wait(r"time localhost 0 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+    # §3.3 a password change: the new one logs in, the old one no more
+    q.do("password second password")
+    q.wait("password-changed")
+    srv.wait_for_log("password of qxnew@localhost changed")
+    assert q.finish() == 0, q
+    old = Qxmpp(harness, srv, ca_file, "qxnew", "first password")
+    qxmpps.append(old)
+    assert old.proc.wait(STEP) == 1, old
+    q = Qxmpp(harness, srv, ca_file, "qxnew", "second password")
+    qxmpps.append(q)
+    q.wait(r"connected qxnew@localhost/QXmpp new")
+    # §3.2 removal: the result, then the server ends the session (not-authorized)
+    q.do("unregister")
+    q.wait("deleted")
+    q.wait("error stream")
+    q.wait("disconnected")
+    srv.wait_for_log("account qxnew@localhost removed by its owner")
+    gone = Qxmpp(harness, srv, ca_file, "qxnew", "second password")
+    qxmpps.append(gone)
+    assert gone.proc.wait(STEP) == 1, gone

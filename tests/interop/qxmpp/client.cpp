@@ -1,6 +1,10 @@
 /* A QXmpp 1.4 client (the C++/Qt library under Kaidan) driven by tests/test_interop_qxmpp.py.
  *
- *   client JID PASSWORD CA_FILE PORT [RESOURCE]
+ *   client JID PASSWORD CA_FILE PORT [RESOURCE] [--register]
+ *
+ * With --register the account is first created in band, as Kaidan's sign-up does
+ * (QXmppRegistrationManager with register-on-connect: the server's form, filled with the JID's
+ * local part and PASSWORD), and the harness exits after the result (0: registered).
  *
  * Connects to 127.0.0.1:PORT as QXmpp does by default: STARTTLS required, the server's
  * certificate verified against CA_FILE only (QXmppConfiguration::setCaCertificates; SSL
@@ -11,6 +15,9 @@
  *
  *   msg TO BODY              a chat message
  *   roster                   the roster QXmpp fetched at login
+ *   add JID NAME             add a contact as Kaidan does: a roster item, then subscribe
+ *   accept JID               accept JID's subscription request
+ *   remove JID               remove the contact (its roster item)
  *   carbons                  enable XEP-0280 carbons (QXmppCarbonManager)
  *   mam WITH MAX [AFTER]     a XEP-0313 query (QXmppMamManager) with XEP-0059 paging
  *   join ROOM NICK           enter a room (QXmppMucRoom::join)
@@ -23,6 +30,9 @@
  *   upload NAME CONTENT      ask for a XEP-0363 slot (QXmppUploadRequestManager), PUT
  *                            CONTENT there over HTTPS (the same CA only), GET it back
  *   disco JID                a disco#info query
+ *   version JID | time JID   XEP-0092 / XEP-0202 queries
+ *   password NEW...          change the password in band (XEP-0077 §3.3)
+ *   unregister               delete the account in band (XEP-0077 §3.2)
  *   active | inactive        XEP-0352 client state (QXmppClient::setActive)
  *   sync ID                  an XEP-0199 ping to the server: its answer (`iq ID TYPE`) says
  *                            the server handled what came before on this stream
@@ -35,7 +45,8 @@
  *   starttls | auth MECH | connected BOUND_JID SM_STATE | disconnected | error KIND
  *   ssl-error TEXT | sm enabled RESUME | sm resumed H | sm failed
  *   sm resume SENT_XML | sm acked H (QXmpp's <a/>, sent when the server asks)
- *   roster-received N | roster JID SUBSCRIPTION
+ *   roster-received N | roster JID SUBSCRIPTION | subscription-request JID
+ *   roster-item added|changed JID SUBSCRIPTION [ask] | roster-item removed JID
  *   message FROM TO TYPE BODY | presence FROM TYPE
  *   carbon received|sent FROM TO BODY
  *   mam-message QUERY_ID FROM BODY | mam-end QUERY_ID COUNT FIRST LAST COMPLETE
@@ -47,6 +58,9 @@
  *   put STATUS | get STATUS BODY
  *   items FROM JID... (the server's, asked at login) | disco FROM IDENTITY...
  *   feature FROM VAR ... disco-end FROM | iq ID TYPE
+ *   version FROM NAME VERSION | time FROM TZO_SECONDS UTC_ISO
+ *   register-form FIELDS... | registered | register-failed CONDITION
+ *   password-changed | password-failed CONDITION | deleted | delete-failed CONDITION
  *
  * Exit status 0 after quit, 1 when the connection failed before any login.
  */
@@ -71,6 +85,8 @@
 #include <QXmppConfiguration.h>
 #include <QXmppDiscoveryIq.h>
 #include <QXmppDiscoveryManager.h>
+#include <QXmppEntityTimeIq.h>
+#include <QXmppEntityTimeManager.h>
 #include <QXmppHttpUploadIq.h>
 #include <QXmppLogger.h>
 #include <QXmppMamManager.h>
@@ -78,11 +94,15 @@
 #include <QXmppMucManager.h>
 #include <QXmppPingIq.h>
 #include <QXmppPresence.h>
+#include <QXmppRegisterIq.h>
+#include <QXmppRegistrationManager.h>
 #include <QXmppResultSet.h>
 #include <QXmppRosterManager.h>
 #include <QXmppUploadRequestManager.h>
 #include <QXmppVCardIq.h>
 #include <QXmppVCardManager.h>
+#include <QXmppVersionIq.h>
+#include <QXmppVersionManager.h>
 
 static void emit_line(const QString &line)
 {
@@ -130,7 +150,7 @@ class Harness : public QObject
 {
 public:
     Harness(const QString &jid, const QString &password, const QString &caFile, int port,
-            const QString &resource)
+            const QString &resource, bool signUp)
     {
         cas = QSslCertificate::fromPath(caFile);
         config.setJid(jid);
@@ -157,6 +177,68 @@ public:
         roster = client.findExtension<QXmppRosterManager>();
         vcards = client.findExtension<QXmppVCardManager>();
         disco = client.findExtension<QXmppDiscoveryManager>();
+        versions = client.findExtension<QXmppVersionManager>();
+        times = client.findExtension<QXmppEntityTimeManager>();
+        client.addExtension(registration = new QXmppRegistrationManager);
+        registration->setRegisterOnConnectEnabled(signUp);
+
+        connect(registration, &QXmppRegistrationManager::registrationFormReceived, this,
+                [this, jid, password](const QXmppRegisterIq &form) {
+                    QStringList fields;
+                    if (!form.username().isNull())
+                        fields << "username";
+                    if (!form.password().isNull())
+                        fields << "password";
+                    if (!form.form().isNull())
+                        fields << "x:data";
+                    emit_line(QStringLiteral("register-form %1").arg(fields.join(' ')));
+                    QXmppRegisterIq filled;
+                    filled.setUsername(jid.section('@', 0, 0));
+                    filled.setPassword(password);
+                    registration->setRegistrationFormToSend(filled);
+                    registration->sendCachedRegistrationForm();
+                });
+        connect(registration, &QXmppRegistrationManager::registrationSucceeded, this, [this] {
+            emit_line(QStringLiteral("registered"));
+            quitting = true;
+            client.disconnectFromServer();
+        });
+        connect(registration, &QXmppRegistrationManager::registrationFailed, this,
+                [this](const QXmppStanza::Error &e) {
+                    emit_line(QStringLiteral("register-failed %1").arg(condition(e.condition())));
+                    client.disconnectFromServer();
+                });
+        connect(registration, &QXmppRegistrationManager::passwordChanged, this,
+                [](const QString &) { emit_line(QStringLiteral("password-changed")); });
+        connect(registration, &QXmppRegistrationManager::passwordChangeFailed, this,
+                [](const QXmppStanza::Error &e) {
+                    emit_line(QStringLiteral("password-failed %1").arg(condition(e.condition())));
+                });
+        connect(registration, &QXmppRegistrationManager::accountDeleted, this,
+                [] { emit_line(QStringLiteral("deleted")); });
+        connect(registration, &QXmppRegistrationManager::accountDeletionFailed, this,
+                [](const QXmppStanza::Error &e) {
+                    emit_line(QStringLiteral("delete-failed %1").arg(condition(e.condition())));
+                });
+        connect(versions, &QXmppVersionManager::versionReceived, this,
+                [](const QXmppVersionIq &v) {
+                    emit_line(QStringLiteral("version %1 %2 %3").arg(v.from(), v.name(), v.version()));
+                });
+        connect(times, &QXmppEntityTimeManager::timeReceived, this,
+                [](const QXmppEntityTimeIq &t) {
+                    emit_line(QStringLiteral("time %1 %2 %3")
+                                  .arg(t.from())
+                                  .arg(t.tzo())
+                                  .arg(t.utc().toString(Qt::ISODate)));
+                });
+        connect(roster, &QXmppRosterManager::subscriptionReceived, this,
+                [](const QString &jid) { emit_line("subscription-request " + jid); });
+        connect(roster, &QXmppRosterManager::itemAdded, this,
+                [this](const QString &jid) { rosterItem("added", jid); });
+        connect(roster, &QXmppRosterManager::itemChanged, this,
+                [this](const QString &jid) { rosterItem("changed", jid); });
+        connect(roster, &QXmppRosterManager::itemRemoved, this,
+                [this](const QString &jid) { rosterItem("removed", jid); });
 
         connect(&client, &QXmppClient::connected, this, [this] {
             everConnected = true;
@@ -292,6 +374,26 @@ private:
         }
     }
 
+    void rosterItem(const char *what, const QString &jid)
+    {
+        if (QLatin1String(what) == QLatin1String("removed")) {
+            emit_line(QStringLiteral("roster-item removed %1").arg(jid));
+            return;
+        }
+        const auto item = roster->getRosterEntry(jid);
+        QString sub = subscription(item.subscriptionType());
+        if (!item.subscriptionStatus().isEmpty())
+            sub += " ask";
+        emit_line(QStringLiteral("roster-item %1 %2 %3").arg(what, jid, sub));
+    }
+
+    static QString subscription(QXmppRosterIq::Item::SubscriptionType type)
+    {
+        const char *subs[] = {"none", "from", "to", "both", "remove"};
+        const int sub = int(type);
+        return sub >= 0 && sub < 5 ? subs[sub] : "?";
+    }
+
     QXmppMucRoom *room(const QString &jid)
     {
         for (auto *r : muc->rooms())
@@ -385,11 +487,25 @@ private:
             client.sendPacket(QXmppMessage(QString(), a1, rest2));
         } else if (verb == "roster") {
             for (const auto &jid : roster->getRosterBareJids()) {
-                const char *subs[] = {"none", "from", "to", "both", "remove"};
-                const int sub = int(roster->getRosterEntry(jid).subscriptionType());
-                emit_line(QStringLiteral("roster %1 %2").arg(jid, sub < 5 ? subs[sub] : "?"));
+                emit_line(QStringLiteral("roster %1 %2")
+                              .arg(jid, subscription(roster->getRosterEntry(jid).subscriptionType())));
             }
             emit_line(QStringLiteral("roster-end"));
+        } else if (verb == "add") {
+            roster->addItem(a1, rest2);
+            roster->subscribe(a1);
+        } else if (verb == "accept") {
+            roster->acceptSubscription(a1);
+        } else if (verb == "remove") {
+            roster->removeItem(a1);
+        } else if (verb == "version") {
+            versions->requestVersion(a1);
+        } else if (verb == "time") {
+            times->requestTime(a1);
+        } else if (verb == "password") {
+            registration->changePassword(rest1);
+        } else if (verb == "unregister") {
+            registration->deleteAccount();
         } else if (verb == "carbons") {
             carbons->setCarbonsEnabled(true);
         } else if (verb == "mam") {
@@ -467,6 +583,9 @@ private:
     QXmppRosterManager *roster;
     QXmppVCardManager *vcards;
     QXmppDiscoveryManager *disco;
+    QXmppVersionManager *versions;
+    QXmppEntityTimeManager *times;
+    QXmppRegistrationManager *registration;
     QNetworkAccessManager http;
     QByteArray pendingUpload;
     QSocketNotifier *stdinNotifier;
@@ -479,12 +598,12 @@ private:
 int main(int argc, char **argv)
 {
     QCoreApplication app(argc, argv);
-    if (argc != 5 && argc != 6) {
-        std::fprintf(stderr, "usage: client JID PASSWORD CA_FILE PORT [RESOURCE]\n");
+    QStringList args = app.arguments().mid(1);
+    const bool signUp = args.removeAll(QStringLiteral("--register")) > 0;
+    if (args.size() != 4 && args.size() != 5) {
+        std::fprintf(stderr, "usage: client JID PASSWORD CA_FILE PORT [RESOURCE] [--register]\n");
         return 2;
     }
-    Harness harness(QString::fromUtf8(argv[1]), QString::fromUtf8(argv[2]),
-                    QString::fromUtf8(argv[3]), QString::fromUtf8(argv[4]).toInt(),
-                    argc == 6 ? QString::fromUtf8(argv[5]) : QString());
+    Harness harness(args[0], args[1], args[2], args[3].toInt(), args.value(4), signUp);
     return app.exec();
 }
