@@ -26,9 +26,13 @@ QXmpp 1.4 bugs, found here (worked around in the tests, not in the server):
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+import struct
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -609,3 +613,81 @@ def test_sign_up_password_change_and_account_removal(
     gone = Qxmpp(harness, srv, ca_file, "qxnew", "second password")
     qxmpps.append(gone)
     assert gone.proc.wait(STEP) == 1, gone
+
+
+def png(width: int, height: int) -> bytes:
+    """A valid PNG of one grey colour."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(pixels))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_vcard_avatar_reaches_contacts(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    qxmpps: list[Qxmpp],
+) -> None:
+    user, peer = next(names), next(names)
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send("<presence/>")
+    q, jid = login(harness, srv, ca_file, user, qxmpps)
+    # the peer subscribes, QXmpp accepts (RFC 6121 §3.1.4): the peer gets its presence
+    other.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    q.wait(f"subscription-request {peer}@localhost")
+    q.do(f"accept {peer}@localhost")
+
+    def photo_of(el: Any) -> str | None:
+        return el.findtext("{vcard-temp:x:update}x/{vcard-temp:x:update}photo")
+
+    first = wait_for(
+        other,
+        "QXmpp's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == jid and el.get("type") is None,
+    )
+    assert photo_of(first) == "", first  # XEP-0153 §3.2: no photo yet
+    # as Kaidan sets an avatar on a server without XEP-0084 use: a vCard with a PHOTO; the
+    # server broadcasts the presence again with the photo's SHA-1 (XEP-0153 §4.1, XEP-0398 §5)
+    image = png(4, 3)
+    q.do(f"vcard-photo {image.hex()}")
+    again = wait_for(
+        other,
+        "the presence with the photo's hash",
+        lambda el: el.tag == PRESENCE and el.get("from") == jid and bool(photo_of(el)),
+    )
+    assert photo_of(again) == hashlib.sha1(image).hexdigest()
+    # and the vCard others read has it (XEP-0054 §3.3)
+    other.send(f"<iq type='get' id='vc' to='{user}@localhost'><vCard xmlns='vcard-temp'/></iq>")
+    card = wait_for(other, "the vCard", lambda el: el.get("id") == "vc")
+    binval = card.findtext("{vcard-temp}vCard/{vcard-temp}PHOTO/{vcard-temp}BINVAL")
+    assert binval is not None and base64.b64decode(binval) == image
+    # XEP-0398 §4.2: and clients that read XEP-0084 avatars find it in PEP
+    other.send(
+        f"<iq type='get' id='meta' to='{user}@localhost'>"
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+        "<items node='urn:xmpp:avatar:metadata'/></pubsub></iq>"
+    )
+    meta = wait_for(other, "the avatar metadata", lambda el: el.get("id") == "meta")
+    info = next(meta.iter("{urn:xmpp:avatar:metadata}info"), None)
+    assert info is not None, meta
+    assert dict(info.attrib) == {
+        "id": hashlib.sha1(image).hexdigest(),
+        "bytes": str(len(image)),
+        "type": "image/png",
+        "width": "4",
+        "height": "3",
+    }
+    assert q.finish() == 0, q

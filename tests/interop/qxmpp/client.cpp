@@ -27,6 +27,7 @@
  *   nick ROOM NICK           change the nickname
  *   vcard-set FN NICKNAME    publish the own vCard (XEP-0054)
  *   vcard-get [JID]          fetch the own vCard, or JID's
+ *   vcard-photo HEX          publish a vCard with a PNG photo (the avatar Kaidan shows)
  *   upload NAME CONTENT      ask for a XEP-0363 slot (QXmppUploadRequestManager), PUT
  *                            CONTENT there over HTTPS (the same CA only), GET it back
  *   disco JID                a disco#info query
@@ -532,6 +533,13 @@ private:
             QXmppVCardIq card;
             card.setFullName(a1);
             card.setNickName(rest2);
+            vcards->setClientVCard(card);
+            emit_line(QStringLiteral("vcard-set"));
+        } else if (verb == "vcard-photo") {
+            QXmppVCardIq card;
+            card.setFullName(QStringLiteral("With Avatar"));
+            card.setPhoto(QByteArray::fromHex(a1.toLatin1()));
+            card.setPhotoType(QStringLiteral("image/png"));
             vcards->setClientVCard(card);
             emit_line(QStringLiteral("vcard-set"));
         } else if (verb == "vcard-get") {
