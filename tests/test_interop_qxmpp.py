@@ -247,7 +247,7 @@ def test_stream_management_after_the_socket_is_cut(
     start = len(q.lines)
     q.do("resume")
     q.wait(r'sm resume <resume h="\d+" previd=""/>', start)
-    q.wait("error stream", start)
+    q.wait(r"error stream \S+", start)
     q.wait("disconnected", start)
     srv.wait_for_log("stream error unsupported-stanza-type")
     assert f"resumed {jid}" not in srv.log_text()
@@ -339,6 +339,23 @@ def test_mam_paging(
         (jid, "b0"),
     ], q
     assert (end.group(1), end.group(4)) == ("0", "true"), q
+
+    # backwards, as Kaidan loads a chat's history: the last page (§2.5: an empty <before/>)
+    # up to an 'end' of now with milliseconds (XEP-0082), then the page before its first
+    start = len(q.lines)
+    q.do(f"mam-back {peer}@localhost 3")
+    last_page = q.wait(r"mam-query (\S+)", start).group(1)
+    end = q.wait(rf"mam-end {re.escape(last_page)} (\d+) (\S+) (\S+) (\S+)", start)
+    got = [
+        line.split(" ", 3)[3] for line in q.lines if line.startswith(f"mam-message {last_page} ")
+    ]
+    assert (got, end.group(4)) == (["a1", "a2", "b0"], "false"), q
+    start = len(q.lines)
+    q.do(f"mam-back {peer}@localhost 3 {end.group(2)}")
+    before = q.wait(r"mam-query (\S+)", start).group(1)
+    end = q.wait(rf"mam-end {re.escape(before)} (\d+) (\S+) (\S+) (\S+)", start)
+    got = [line.split(" ", 3)[3] for line in q.lines if line.startswith(f"mam-message {before} ")]
+    assert (got, end.group(4)) == (["a0"], "true"), q
     assert q.finish() == 0, q
 
 
@@ -607,7 +624,7 @@ def test_sign_up_password_change_and_account_removal(
     # §3.2 removal: the result, then the server ends the session (not-authorized)
     q.do("unregister")
     q.wait("deleted")
-    q.wait("error stream")
+    q.wait("error stream not-authorized")
     q.wait("disconnected")
     srv.wait_for_log("account qxnew@localhost removed by its owner")
     gone = Qxmpp(harness, srv, ca_file, "qxnew", "second password")
@@ -691,3 +708,21 @@ def test_vcard_avatar_reaches_contacts(
         "height": "3",
     }
     assert q.finish() == 0, q
+
+
+def test_wrong_password_is_told_as_not_authorized(
+    harness: str, srv: ServerProcess, ca_file: str, names: Iterator[str]
+) -> None:
+    user = next(names)
+    q = Qxmpp(harness, srv, ca_file, user, "not the password")
+    try:
+        # RFC 6120 §6.4.5 <failure><not-authorized/>: QXmpp gives up after one mechanism and
+        # reports the condition Kaidan shows as wrong credentials
+        assert q.proc.wait(STEP) == 1, q
+    finally:
+        if q.proc.poll() is None:
+            q.proc.kill()
+    q.reader.join(2)
+    assert q.lines[:3] == ["starttls", "auth SCRAM-SHA-256", "error stream not-authorized"], q
+    srv.wait_for_log("SASL failure not-authorized")
+    assert f"authenticated {user}@localhost" not in srv.log_text()

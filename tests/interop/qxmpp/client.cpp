@@ -20,6 +20,9 @@
  *   remove JID               remove the contact (its roster item)
  *   carbons                  enable XEP-0280 carbons (QXmppCarbonManager)
  *   mam WITH MAX [AFTER]     a XEP-0313 query (QXmppMamManager) with XEP-0059 paging
+ *   mam-back WITH MAX [BEFORE]  as Kaidan loads history: the last page (an empty <before/>,
+ *                            XEP-0059 §2.5) or the one before BEFORE, up to now (an 'end'
+ *                            with milliseconds, as QXmpp writes the current time)
  *   join ROOM NICK           enter a room (QXmppMucRoom::join)
  *   instant ROOM             submit an empty form: an instant room (XEP-0045 §10.1.2)
  *   groupchat ROOM BODY      a groupchat message to the room
@@ -43,7 +46,8 @@
  *
  * and prints one line per event on stdout (flushed):
  *
- *   starttls | auth MECH | connected BOUND_JID SM_STATE | disconnected | error KIND
+ *   starttls | auth MECH | connected BOUND_JID SM_STATE | disconnected
+ *   error socket|keepalive | error stream CONDITION
  *   ssl-error TEXT | sm enabled RESUME | sm resumed H | sm failed
  *   sm resume SENT_XML | sm acked H (QXmpp's <a/>, sent when the server asks)
  *   roster-received N | roster JID SUBSCRIPTION | subscription-request JID
@@ -257,9 +261,13 @@ public:
             if (quitting || !everConnected)
                 QCoreApplication::exit(quitting ? 0 : 1);
         });
-        connect(&client, &QXmppClient::error, this, [](QXmppClient::Error e) {
+        connect(&client, &QXmppClient::error, this, [this](QXmppClient::Error e) {
             const char *kinds[] = {"none", "socket", "keepalive", "stream"};
-            emit_line(QStringLiteral("error %1").arg(kinds[e]));
+            // what Kaidan tells its user from: a stream error's (or SASL failure's) condition
+            if (e == QXmppClient::XmppStreamError)
+                emit_line(QStringLiteral("error stream %1").arg(condition(client.xmppStreamError())));
+            else
+                emit_line(QStringLiteral("error %1").arg(kinds[e]));
         });
         connect(&client, &QXmppClient::sslErrors, this, [](const QList<QSslError> &errors) {
             for (const auto &e : errors)
@@ -517,6 +525,19 @@ private:
             emit_line("mam-query " +
                       mam->retrieveArchivedMessages(QString(), QString(), a1, QDateTime(),
                                                     QDateTime(), rsm));
+        } else if (verb == "mam-back") {
+            QXmppResultSetQuery rsm;
+            rsm.setMax(line.section(' ', 2, 2).toInt());
+            QString before = line.section(' ', 3, 3);
+            if (before.isNull())
+                before = QString(QLatin1String(""));  // empty, not null: the last page
+            rsm.setBefore(before);
+            QDateTime now = QDateTime::currentDateTimeUtc();
+            if (now.time().msec() == 0)
+                now = now.addMSecs(1);  // always a fraction of a second
+            emit_line("mam-query " +
+                      mam->retrieveArchivedMessages(QString(), QString(), a1, QDateTime(), now,
+                                                    rsm));
         } else if (verb == "join") {
             auto *r = room(a1);
             r->setNickName(rest2);
