@@ -41,22 +41,31 @@ import pytest
 import trustme
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import REPO, LineReader, body, raw_login, require, require_command, wait_for
+from lxml import etree
+from test_components import handshake, open_component
 from ws_client import HTTP_LISTENER
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("qx", 24)
 HARNESS = REPO / "tests" / "interop" / "qxmpp" / "client.cpp"
 MESSAGE = f"{{{CLIENT}}}message"
+PUBSUB = "{http://jabber.org/protocol/pubsub}"
+DATA = "{jabber:x:data}"
 PRESENCE = f"{{{CLIENT}}}presence"
 STEP = 10.0
 # XEP-0363 §4: slots name the HTTPS listener (tls = "direct") when there is one. QXmpp
 # acknowledges only when asked (XEP-0198 §4): the server asks soon after a quiet output.
-# In-band registration on, for Kaidan's sign-up.
+# In-band registration on, for Kaidan's sign-up; a XEP-0357 app server as a component.
+PUSH_APP = "push.localhost"
+PUSH_SECRET = "the push app server's secret"
 CONFIG = (
     HTTP_LISTENER
     + 'tls = "direct"\n'
     + "[stream_management]\nack_request_after = 0.2\n"
     + "[register]\nenabled = true\n"
+    + '[[listeners]]\nkind = "component"\naddress = "127.0.0.1"\nport = 0\n'
+    + f'[components."{PUSH_APP}"]\nsecret = "{PUSH_SECRET}"\n'
+    + "[push]\nmin_interval = 0.2\n"
 )
 
 
@@ -481,7 +490,7 @@ def test_disco_csi_and_ping(
     user, peer = next(names), next(names)
     q, jid = login(harness, srv, ca_file, user, qxmpps)
     # XEP-0030 as Kaidan asks at login: the server's items, then the info of each
-    q.wait("items localhost conference.localhost upload.localhost")
+    q.wait("items localhost conference.localhost upload.localhost push.localhost")
     q.wait("disco conference.localhost conference/text")
     q.do("disco localhost")
     q.wait("disco localhost server/im pubsub/pep")
@@ -632,6 +641,11 @@ def test_sign_up_password_change_and_account_removal(
     assert gone.proc.wait(STEP) == 1, gone
 
 
+def fields(form: Any) -> dict[str, str]:
+    """A data form's values by field name (XEP-0004)."""
+    return {f.get("var"): f.findtext(f"{DATA}value") or "" for f in form.iter(f"{DATA}field")}
+
+
 def png(width: int, height: int) -> bytes:
     """A valid PNG of one grey colour."""
 
@@ -726,3 +740,54 @@ def test_wrong_password_is_told_as_not_authorized(
     assert q.lines[:3] == ["starttls", "auth SCRAM-SHA-256", "error stream not-authorized"], q
     srv.wait_for_log("SASL failure not-authorized")
     assert f"authenticated {user}@localhost" not in srv.log_text()
+
+
+def test_push_wakes_kaidan_in_the_background_and_after_a_cut(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    qxmpps: list[Qxmpp],
+) -> None:
+    user, peer = next(names), next(names)
+    app = open_component(srv, PUSH_APP)
+    clients.append(app)
+    assert handshake(app, PUSH_SECRET).tag == "{jabber:component:accept}handshake"
+    q, jid = login(harness, srv, ca_file, user, qxmpps)
+    other = raw_login(srv, ca_file, peer, clients)
+    # XEP-0357 §5 enable, with the secret in publish-options; then the app goes to the
+    # background (XEP-0352 inactive), and a message for it is pushed (§6)
+    q.do(f"push {PUSH_APP} device-1 s3cr3t")
+    q.wait("iq sync-push result")
+    q.do("inactive")
+    q.do("sync sync-inactive")
+    q.wait("iq sync-inactive result")
+
+    def notification() -> dict[str, str]:
+        """The next publish to the app server (answered), its summary form (§6); QXmpp's
+        disco#info at login, as to every item of the server, goes unanswered."""
+        iq = wait_for(app, "a notification", lambda el: el.find(f"{PUBSUB}pubsub") is not None)
+        publish = iq.find(f"{PUBSUB}pubsub/{PUBSUB}publish")
+        assert publish is not None and publish.get("node") == "device-1", etree.tostring(iq)
+        app.send(f"<iq type='result' id='{iq.get('id')}' to='{iq.get('from')}' from='{PUSH_APP}'/>")
+        options = iq.find(f"{PUBSUB}pubsub/{PUBSUB}publish-options/{DATA}x")
+        summary = publish.find(f"{PUBSUB}item/{{urn:xmpp:push:0}}notification/{DATA}x")
+        assert options is not None and summary is not None, etree.tostring(iq)
+        assert fields(options)["secret"] == "s3cr3t"
+        return fields(summary)
+
+    other.send(f"<message to='{jid}' type='chat'><body>wake up</body></message>")
+    summary = notification()
+    assert summary["FORM_TYPE"] == "urn:xmpp:push:summary", summary
+    assert summary["message-count"] == "1", summary
+    assert summary["last-message-sender"] == f"{peer}@localhost/raw", summary
+    q.wait(rf"message {peer}@localhost/raw \S+ chat wake up")  # delivered all the same
+    # the connection dies (XEP-0198: detached): the next message is pushed too
+    q.do("cut")
+    q.wait("disconnected")
+    srv.wait_for_log(f"{jid} lost its connection")
+    other.send(f"<message to='{jid}' type='chat'><body>still there?</body></message>")
+    summary = notification()
+    assert summary["message-count"] == "1", summary
+    assert summary["last-message-sender"] == f"{peer}@localhost/raw", summary

@@ -38,6 +38,8 @@
  *   password NEW...          change the password in band (XEP-0077 §3.3)
  *   unregister               delete the account in band (XEP-0077 §3.2)
  *   active | inactive        XEP-0352 client state (QXmppClient::setActive)
+ *   push JID NODE SECRET     enable XEP-0357 push to app server JID (QXmppPushEnableIq, the
+ *                            secret in publish-options): its answer is `iq sync-push TYPE`
  *   sync ID                  an XEP-0199 ping to the server: its answer (`iq ID TYPE`) says
  *                            the server handled what came before on this stream
  *   cut                      shut the socket down, unannounced
@@ -99,6 +101,7 @@
 #include <QXmppMucManager.h>
 #include <QXmppPingIq.h>
 #include <QXmppPresence.h>
+#include <QXmppPushEnableIq.h>
 #include <QXmppRegisterIq.h>
 #include <QXmppRegistrationManager.h>
 #include <QXmppResultSet.h>
@@ -579,6 +582,22 @@ private:
             ping.setId(a1);
             ping.setTo(client.configuration().domain());
             client.sendPacket(ping);
+        } else if (verb == "push") {
+            QXmppPushEnableIq push;
+            push.setId(QStringLiteral("sync-push"));
+            push.setType(QXmppIq::Set);
+            push.setMode(QXmppPushEnableIq::Enable);
+            push.setJid(a1);
+            push.setNode(line.section(' ', 2, 2));
+            QXmppDataForm options(QXmppDataForm::Submit);
+            options.setFields({
+                QXmppDataForm::Field(QXmppDataForm::Field::HiddenField, QStringLiteral("FORM_TYPE"),
+                                     QStringLiteral("http://jabber.org/protocol/pubsub#publish-options")),
+                QXmppDataForm::Field(QXmppDataForm::Field::TextSingleField, QStringLiteral("secret"),
+                                     line.section(' ', 3, 3)),
+            });
+            push.setDataForm(options);
+            client.sendPacket(push);
         } else if (verb == "active") {
             client.setActive(true);
         } else if (verb == "inactive") {
