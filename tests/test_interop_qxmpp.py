@@ -51,6 +51,9 @@ HARNESS = REPO / "tests" / "interop" / "qxmpp" / "client.cpp"
 MESSAGE = f"{{{CLIENT}}}message"
 PUBSUB = "{http://jabber.org/protocol/pubsub}"
 DATA = "{jabber:x:data}"
+MUC_USER = "{http://jabber.org/protocol/muc#user}"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 PRESENCE = f"{{{CLIENT}}}presence"
 STEP = 10.0
 # XEP-0363 §4: slots name the HTTPS listener (tls = "direct") when there is one. QXmpp
@@ -791,3 +794,80 @@ def test_push_wakes_kaidan_in_the_background_and_after_a_cut(
     summary = notification()
     assert summary["message-count"] == "1", summary
     assert summary["last-message-sender"] == f"{peer}@localhost/raw", summary
+
+
+def test_muc_configured_room_and_moderation(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    qxmpps: list[Qxmpp],
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"team-{user}@conference.localhost"
+    q, _ = login(harness, srv, ca_file, user, qxmpps)
+    # XEP-0045 §10.1.3 a reserved room: the owner asks for the form and submits it with a name
+    q.do(f"join {room} owner")
+    q.wait(f"room-joined {room}")
+    q.do(f"room-form {room}")
+    form = q.wait(rf"room-form {room} (.*)").group(1).split()
+    assert {"FORM_TYPE", "muc#roomconfig_roomname", "muc#roomconfig_persistentroom"} <= set(form)
+    q.do(f"room-set {room} muc#roomconfig_roomname Kaidan team")
+    q.do("sync sync-configured")
+    q.wait("iq sync-configured result")
+    other = raw_login(srv, ca_file, peer, clients)
+
+    def enter() -> Any:
+        other.send(
+            f"<presence to='{room}/guest'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        )
+        return wait_for(
+            other,
+            "the room's answer",
+            lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/guest",
+        )
+
+    assert enter().get("type") is None  # unlocked
+    other.send(f"<iq type='get' id='info' to='{room}'><query xmlns='{DISCO_INFO}'/></iq>")
+    info = wait_for(other, "the room's disco#info", lambda el: el.get("id") == "info")
+    identity = info.find(f"{{{DISCO_INFO}}}query/{{{DISCO_INFO}}}identity")
+    assert identity is not None and identity.get("name") == "Kaidan team"
+
+    # §9.5, §10.5: the affiliation lists QXmpp asks for (QXmppMucRoom::requestPermissions)
+    q.wait(f"room-participant {room} {room}/guest added")
+    q.do(f"permissions {room}")
+    q.wait(f"room-permissions {room} {user}@localhost:owner")
+
+    def exit_codes(reason: str) -> list[str]:
+        gone = wait_for(
+            other,
+            "its removal",
+            lambda el: (
+                el.tag == PRESENCE
+                and el.get("from") == f"{room}/guest"
+                and el.get("type") == "unavailable"
+            ),
+        )
+        x = gone.find(f"{MUC_USER}x")
+        assert x is not None and x.findtext(f"{MUC_USER}item/{MUC_USER}reason") == reason
+        return [status.get("code") for status in x.iter(f"{MUC_USER}status")]
+
+    # §8.2 a kick by the moderator: 307, with the reason
+    q.do(f"kick {room} {room}/guest too loud")
+    assert "307" in exit_codes("too loud")
+    q.wait(f"room-participant {room} {room}/guest removed")
+    # §9.1 a ban by the owner (an admin's right): 301, and no way back in (§7.2.7 forbidden)
+    assert enter().get("type") is None
+    q.do(f"ban {room} {peer}@localhost spam")
+    assert "301" in exit_codes("spam")
+    refused = enter()
+    assert refused.get("type") == "error"
+    assert refused.find(f"{{{CLIENT}}}error/{{{STANZAS}}}forbidden") is not None
+    start = len(q.lines)
+    q.do(f"permissions {room}")
+    lists = q.wait(rf"room-permissions {room} (.*)", start).group(1).split()
+    assert sorted(lists) == sorted([f"{user}@localhost:owner", f"{peer}@localhost:outcast"]), q
+    q.do(f"leave {room}")
+    q.wait(f"room-left {room}")
+    assert q.finish() == 0, q

@@ -28,6 +28,11 @@
  *   groupchat ROOM BODY      a groupchat message to the room
  *   subject ROOM TEXT        change the subject
  *   nick ROOM NICK           change the nickname
+ *   room-form ROOM           ask for the room's configuration form (XEP-0045 §10.2)
+ *   room-set ROOM VAR VALUE  submit the form last received with VAR set to VALUE
+ *   permissions ROOM         ask for the room's affiliation lists (QXmppMucRoom)
+ *   kick ROOM OCCUPANT_JID REASON | ban ROOM BARE_JID REASON
+ *   leave ROOM
  *   vcard-set FN NICKNAME    publish the own vCard (XEP-0054)
  *   vcard-get [JID]          fetch the own vCard, or JID's
  *   vcard-photo HEX          publish a vCard with a PNG photo (the avatar Kaidan shows)
@@ -59,7 +64,8 @@
  *   mam-message QUERY_ID FROM BODY | mam-end QUERY_ID COUNT FIRST LAST COMPLETE
  *   room-joined ROOM | room-config ROOM | room-participant ROOM JID added|changed|removed
  *   room-message ROOM FROM BODY | room-subject ROOM TEXT | room-nick ROOM NICK
- *   room-error ROOM CONDITION
+ *   room-error ROOM CONDITION | room-form ROOM VAR... | room-name ROOM NAME
+ *   room-permissions ROOM JID:AFFILIATION... | room-kicked ROOM JID REASON | room-left ROOM
  *   vcard JID FN NICKNAME | vcard-set
  *   upload-services N | slot PUT_URL GET_URL | slot-error CONDITION
  *   put STATUS | get STATUS BODY
@@ -98,6 +104,7 @@
 #include <QXmppLogger.h>
 #include <QXmppMamManager.h>
 #include <QXmppMessage.h>
+#include <QXmppMucIq.h>
 #include <QXmppMucManager.h>
 #include <QXmppPingIq.h>
 #include <QXmppPresence.h>
@@ -414,7 +421,29 @@ private:
         auto *r = muc->addRoom(jid);
         connect(r, &QXmppMucRoom::joined, this, [jid] { emit_line("room-joined " + jid); });
         connect(r, &QXmppMucRoom::configurationReceived, this,
-                [jid](const QXmppDataForm &) { emit_line("room-config " + jid); });
+                [this, jid](const QXmppDataForm &form) {
+                    roomForms[jid] = form;
+                    QStringList vars;
+                    for (const auto &field : form.fields())
+                        vars << field.key();
+                    emit_line(QStringLiteral("room-form %1 %2").arg(jid, vars.join(' ')));
+                });
+        connect(r, &QXmppMucRoom::nameChanged, this, [jid](const QString &name) {
+            emit_line(QStringLiteral("room-name %1 %2").arg(jid, name));
+        });
+        connect(r, &QXmppMucRoom::permissionsReceived, this,
+                [jid](const QList<QXmppMucItem> &items) {
+                    QStringList entries;
+                    for (const auto &item : items)
+                        entries << QStringLiteral("%1:%2").arg(
+                            item.jid(), QXmppMucItem::affiliationToString(item.affiliation()));
+                    entries.sort();
+                    emit_line(QStringLiteral("room-permissions %1 %2").arg(jid, entries.join(' ')));
+                });
+        connect(r, &QXmppMucRoom::kicked, this, [jid](const QString &by, const QString &reason) {
+            emit_line(QStringLiteral("room-kicked %1 %2 %3").arg(jid, by, reason));
+        });
+        connect(r, &QXmppMucRoom::left, this, [jid] { emit_line("room-left " + jid); });
         connect(r, &QXmppMucRoom::participantAdded, this, [jid](const QString &p) {
             emit_line(QStringLiteral("room-participant %1 %2 added").arg(jid, p));
         });
@@ -547,6 +576,24 @@ private:
             r->join();
         } else if (verb == "instant") {
             room(a1)->setConfiguration(QXmppDataForm(QXmppDataForm::Submit));
+        } else if (verb == "room-form") {
+            room(a1)->requestConfiguration();
+        } else if (verb == "room-set") {
+            QXmppDataForm form = roomForms.value(a1);
+            form.setType(QXmppDataForm::Submit);
+            const QString var = line.section(' ', 2, 2);
+            for (auto &field : form.fields())
+                if (field.key() == var)
+                    field.setValue(line.section(' ', 3));
+            room(a1)->setConfiguration(form);
+        } else if (verb == "permissions") {
+            room(a1)->requestPermissions();
+        } else if (verb == "kick") {
+            room(a1)->kick(line.section(' ', 2, 2), line.section(' ', 3));
+        } else if (verb == "ban") {
+            room(a1)->ban(line.section(' ', 2, 2), line.section(' ', 3));
+        } else if (verb == "leave") {
+            room(a1)->leave();
         } else if (verb == "groupchat") {
             room(a1)->sendMessage(rest2);
         } else if (verb == "subject") {
@@ -636,6 +683,7 @@ private:
     QXmppRegistrationManager *registration;
     QNetworkAccessManager http;
     QByteArray pendingUpload;
+    QMap<QString, QXmppDataForm> roomForms;
     QSocketNotifier *stdinNotifier;
     QByteArray buffer;
     bool quitting = false;
