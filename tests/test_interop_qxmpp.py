@@ -328,6 +328,12 @@ def test_mam_paging(
     for n in range(3):
         other.send(f"<message to='{jid}' type='chat'><body>a{n}</body></message>")
     q.wait(rf"message {peer}@localhost/raw \S+ chat a2")
+    # XEP-0359 §3: each live message carries the archive's id, by the account's bare JID
+    ids = {}
+    for n in range(3):
+        by, sid = q.wait(rf"stanza-id (\S+) (\S+) a{n}").groups()
+        assert by == f"{user}@localhost", q
+        ids[f"a{n}"] = sid
     q.do(f"msg {peer}@localhost/raw b0")
     wait_for(other, "QXmpp's message", lambda el: el.tag == MESSAGE)
     # XEP-0313 §4.1.1 filtered by 'with', XEP-0059 §2.2 a first page of two: the oldest two,
@@ -335,7 +341,8 @@ def test_mam_paging(
     q.do(f"mam {peer}@localhost 2")
     first = q.wait(r"mam-query (\S+)").group(1)
     end = q.wait(rf"mam-end {re.escape(first)} (\d+) (\S+) (\S+) (\S+)")
-    count, _, last, complete = end.groups()
+    count, first_id, last, complete = end.groups()
+    assert (first_id, last) == (ids["a0"], ids["a1"]), q  # the archive ids are the stanza-ids
     page = [line.split(" ", 3)[3] for line in q.lines if line.startswith(f"mam-message {first} ")]
     # no <count/> from the server (docs/COMPLIANCE.md; XEP-0059 §2.2 lets it be omitted):
     # QXmpp reports 0
@@ -351,6 +358,13 @@ def test_mam_paging(
         (jid, "b0"),
     ], q
     assert (end.group(1), end.group(4)) == ("0", "true"), q
+    # Kaidan catching up after the last message it saw live: after its stanza-id
+    start = len(q.lines)
+    q.do(f"mam {peer}@localhost 10 {ids['a1']}")
+    catch_up = q.wait(r"mam-query (\S+)", start).group(1)
+    q.wait(rf"mam-end {re.escape(catch_up)} .* true", start)
+    got = [line.split(" ", 3)[3] for line in q.lines if line.startswith(f"mam-message {catch_up} ")]
+    assert got == ["a2", "b0"], q
 
     # backwards, as Kaidan loads a chat's history: the last page (§2.5: an empty <before/>)
     # up to an 'end' of now with milliseconds (XEP-0082), then the page before its first

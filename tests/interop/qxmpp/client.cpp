@@ -59,7 +59,7 @@
  *   sm resume SENT_XML | sm acked H (QXmpp's <a/>, sent when the server asks)
  *   roster-received N | roster JID SUBSCRIPTION | subscription-request JID
  *   roster-item added|changed JID SUBSCRIPTION [ask] | roster-item removed JID
- *   message FROM TO TYPE BODY | presence FROM TYPE
+ *   message FROM TO TYPE BODY (after `stanza-id BY ID BODY` when it has one) | presence FROM TYPE
  *   carbon received|sent FROM TO BODY
  *   mam-message QUERY_ID FROM BODY | mam-end QUERY_ID COUNT FIRST LAST COMPLETE
  *   room-joined ROOM | room-config ROOM | room-participant ROOM JID added|changed|removed
@@ -287,6 +287,8 @@ public:
             if (m.body().isEmpty() || m.type() == QXmppMessage::GroupChat)
                 return;
             const char *types[] = {"error", "normal", "chat", "groupchat", "headline"};
+            if (!m.stanzaId().isEmpty())  // XEP-0359, what Kaidan pages the archive after
+                emit_line(QStringLiteral("stanza-id %1 %2 %3").arg(m.stanzaIdBy(), m.stanzaId(), m.body()));
             emit_line(QStringLiteral("message %1 %2 %3 %4")
                           .arg(m.from(), m.to(), types[m.type()], m.body()));
         });
