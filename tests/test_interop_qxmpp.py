@@ -10,6 +10,11 @@ sends no XEP-0059 <count/> with archive pages (docs/COMPLIANCE.md): QXmpp report
 A QXmppResultSetQuery writes <before/> only for a non-null QString: the last page (XEP-0059
 §2.5) takes an empty, non-null one.
 
+Server bug found here, fixed: XEP-0363 slot errors came without the <request/> they answer
+(RFC 6120 §8.3.1: an error SHOULD include the original XML; XEP-0363 §4's examples do), and
+QXmppUploadRequestManager recognizes an error only by it: Kaidan's upload of a file too large
+waited for an answer forever.
+
 QXmpp 1.4 bugs, found here (worked around in the tests, not in the server):
 - XEP-0198 resumption cannot work against any server: QXmppStreamManagementResume::toXml
   writes <resume h=... previd=.../> without xmlns='urn:xmpp:sm:3' (so it is a jabber:client
@@ -489,7 +494,11 @@ def test_vcard_and_upload(
     # XEP-0363: QXmpp finds the service in the info of the server's items (§2, with the
     # max-file-size form), asks for a slot (§4), PUTs over HTTPS checked against the test CA
     # only, and the GET URL serves the bytes back
-    q.wait(r"upload-services upload\.localhost:\d+")
+    limit = int(q.wait(r"upload-services upload\.localhost:(\d+)").group(1))
+    # §4: over the max-file-size the service announced, the slot is refused; QXmpp sees the
+    # error only because it carries the <request/> (test_upload.py::test_errors_carry_the_request)
+    q.do(f"slot huge.bin {limit + 1}")
+    q.wait("slot-error not-acceptable")
     q.do("upload notes.txt some file content")
     put_url, get_url = q.wait(r"slot (\S+) (\S+)").groups()
     assert put_url.startswith("https://localhost:") and "/upload/" in put_url, q

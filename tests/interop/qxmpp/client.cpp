@@ -38,6 +38,7 @@
  *   vcard-photo HEX          publish a vCard with a PNG photo (the avatar Kaidan shows)
  *   upload NAME CONTENT      ask for a XEP-0363 slot (QXmppUploadRequestManager), PUT
  *                            CONTENT there over HTTPS (the same CA only), GET it back
+ *   slot NAME SIZE           only ask for a slot for a file of SIZE bytes
  *   disco JID                a disco#info query
  *   version JID | time JID   XEP-0092 / XEP-0202 queries
  *   password NEW...          change the password in band (XEP-0077 §3.3)
@@ -623,6 +624,9 @@ private:
         } else if (verb == "upload") {
             pendingUpload = rest2.toUtf8();
             upload->requestUploadSlot(a1, pendingUpload.size(),
+                                      QMimeDatabase().mimeTypeForName("text/plain"));
+        } else if (verb == "slot") {
+            upload->requestUploadSlot(a1, line.section(' ', 2, 2).toLongLong(),
                                       QMimeDatabase().mimeTypeForName("text/plain"));
         } else if (verb == "disco") {
             disco->requestInfo(a1);
