@@ -6,10 +6,11 @@
  * (QXmppRegistrationManager with register-on-connect: the server's form, filled with the JID's
  * local part and PASSWORD), and the harness exits after the result (0: registered).
  *
- * Connects to 127.0.0.1:PORT as QXmpp does by default: STARTTLS required, the server's
- * certificate verified against CA_FILE only (QXmppConfiguration::setCaCertificates; SSL
- * errors are not ignored, so a bad certificate fails the login), the SASL mechanism QXmpp
- * picks, bind, XEP-0198 (QXmpp enables it with resumption whenever the server offers it).
+ * Connects to 127.0.0.1:PORT as QXmpp does by default, with STARTTLS required (TLSRequired;
+ * QXmpp's default uses it when offered), the server's certificate verified against CA_FILE
+ * only (QXmppConfiguration::setCaCertificates; SSL errors are not ignored, so a bad
+ * certificate fails the login), the SASL mechanism QXmpp picks, bind, XEP-0198 (QXmpp
+ * enables it with resumption whenever the server offers it).
  * Automatic reconnection is off: the test says when to connect again (`resume`). Then reads
  * one command a line on stdin:
  *
@@ -49,7 +50,8 @@
  *   sync ID                  an XEP-0199 ping to the server: its answer (`iq ID TYPE`) says
  *                            the server handled what came before on this stream
  *   cut                      shut the socket down, unannounced
- *   resume                   connect again: QXmpp resumes the session (XEP-0198 §5)
+ *   resume                   connect again: QXmpp tries to resume the session (XEP-0198
+ *                            §5; 1.4 cannot, see tests/test_interop_qxmpp.py)
  *   quit                     close the stream and exit
  *
  * and prints one line per event on stdout (flushed):
@@ -63,13 +65,13 @@
  *   message FROM TO TYPE BODY (after `stanza-id BY ID BODY` when it has one) | presence FROM TYPE
  *   carbon received|sent FROM TO BODY
  *   mam-message QUERY_ID FROM BODY | mam-end QUERY_ID COUNT FIRST LAST COMPLETE
- *   room-joined ROOM | room-config ROOM | room-participant ROOM JID added|changed|removed
+ *   room-joined ROOM | room-participant ROOM JID added|changed|removed
  *   room-message ROOM FROM BODY | room-subject ROOM TEXT | room-nick ROOM NICK
  *   room-error ROOM CONDITION | room-form ROOM VAR... | room-name ROOM NAME
  *   room-permissions ROOM JID:AFFILIATION... | room-kicked ROOM JID REASON | room-left ROOM
- *   vcard JID FN NICKNAME | vcard-set
- *   upload-services N | slot PUT_URL GET_URL | slot-error CONDITION
- *   put STATUS | get STATUS BODY
+ *   vcard JID|- FN NICKNAME | vcard self FN NICKNAME (the own, as QXmpp keeps it) | vcard-set
+ *   upload-services JID:MAX_SIZE... | slot PUT_URL GET_URL | slot-error CONDITION
+ *   put STATUS ok|ERROR_TEXT | get STATUS BODY
  *   items FROM JID... (the server's, asked at login) | disco FROM IDENTITY...
  *   feature FROM VAR ... disco-end FROM | iq ID TYPE
  *   version FROM NAME VERSION | time FROM TZO_SECONDS UTC_ISO
