@@ -132,6 +132,7 @@ class StanzaError(Exception):
         text: str | None = None,
         error_type: str | None = None,
         app_xml: str = "",
+        payload_xml: str = "",
     ) -> None:
         if condition not in STANZA_CONDITION_TYPES:
             raise ValueError(f"unknown stanza error condition {condition!r}")
@@ -142,6 +143,9 @@ class StanzaError(Exception):
         # An application-specific condition element (RFC 6120 §8.3.4), serialized: XEP-0060's
         # <precondition-not-met/>, XEP-0191's <blocked/>, ...
         self.app_xml = app_xml
+        # The original payload, serialized, put before the <error/>: RFC 6120 §8.3.1, the
+        # error "SHOULD include the original XML sent" (where it is harmless and small).
+        self.payload_xml = payload_xml
 
 
 def answered(err: StreamError | StanzaError) -> None:
@@ -205,4 +209,4 @@ def stanza_error_bytes(
     if to_jid:
         attrs += " to=" + quoteattr(to_jid)
     body = error_element_xml(error.condition, error.error_type, error.text, error.app_xml)
-    return f"<{kind}{attrs}>{body}</{kind}>".encode()
+    return f"<{kind}{attrs}>{error.payload_xml}{body}</{kind}>".encode()

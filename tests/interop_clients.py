@@ -1,8 +1,8 @@
 """Runs the independent client implementations of tests/test_interop_*.py: aioxmpp (in its own
-virtual environment), go-sendxmpp, sendxmpp and libstrophe (Debian; libstrophe through a C
-harness compiled at test time), xmpp.js (under node) and nbxmpp (Debian, under Debian's own
-Python). `make test` installs them all (`make interop-deps`); a test whose client
-is missing fails and says how to install it."""
+virtual environment), go-sendxmpp, sendxmpp, libstrophe and QXmpp (Debian; libstrophe and
+QXmpp through a C and a C++ harness compiled at test time), xmpp.js (under node) and nbxmpp
+(Debian, under Debian's own Python). `make test` installs them all (`make interop-deps`); a
+test whose client is missing fails and says how to install it."""
 
 from __future__ import annotations
 

@@ -379,6 +379,24 @@ def test_file_too_large_names_the_limit(raw: RawClient) -> None:
     )
 
 
+def test_errors_carry_the_request(raw: RawClient) -> None:
+    # §4's examples, RFC 6120 §8.3.1 (the original XML, a SHOULD): QXmpp 1.4, Kaidan's
+    # library, recognizes a slot error only by the <request/> in it (and waited forever)
+    reply = ask_slot(raw, "huge.bin", MAX_FILE_SIZE + 1, "application/octet-stream")
+    assert reply.get("type") == "error"
+    children = list(reply)
+    assert [child.tag for child in children] == [f"{{{NS_UPLOAD}}}request", f"{{{CLIENT}}}error"]
+    assert dict(children[0].attrib) == {
+        "filename": "huge.bin",
+        "size": str(MAX_FILE_SIZE + 1),
+        "content-type": "application/octet-stream",
+    }
+    reply = ask_slot(raw, "a/b.txt", 10)  # bad-request, the same
+    assert stanza_error(reply) == "bad-request"
+    request = reply.find(f"{{{NS_UPLOAD}}}request")
+    assert request is not None and request.get("filename") == "a/b.txt"
+
+
 async def test_quota_reached_says_when_to_retry(raw: RawClient) -> None:
     await upload(raw, b"q" * 1500000, "first.bin")
     reply = ask_slot(raw, "second.bin", 1600000)

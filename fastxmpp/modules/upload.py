@@ -16,6 +16,8 @@ listener, `Module.http_routes`) that take the PUT and serve the file.
   (files held plus pending slots): resource-constraint (wait) with <retry stamp/> when the
   oldest file (or slot) will be gone; a file name with a path separator, a control
   character or more than MAX_FILENAME_BYTES, a size that is not a decimal: bad-request.
+  Each of these errors carries the <request/> it answers, as §4's examples do (RFC 6120
+  §8.3.1: the original XML, a SHOULD): QXmpp 1.4 (Kaidan) ignores an error without it.
 - The PUT (§5): Content-Length must be the slot's size (none: 411, larger: 413, other:
   400), Content-Type the slot's (400); the body goes to a temporary file, is synced and
   renamed, then recorded (fastxmpp/storage/upload.py): 201. Anything wrong with the URL
@@ -46,6 +48,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from aiohttp import web
+from lxml import etree
 
 from ..errors import StanzaError
 from ..jid import JIDError, normalize_domain
@@ -255,7 +258,17 @@ class UploadModule(Module):
                 raise StanzaError("item-not-found", "no such node")
             payload = f"<query xmlns='{NS_ITEMS}'/>"
         elif itype == "get" and namespace == NS_UPLOAD:
-            payload = self._request_slot(origin, st, service)
+            try:
+                payload = self._request_slot(origin, st, service)
+            except StanzaError as refusal:
+                # §4's errors carry the <request/> (RFC 6120 §8.3.1: the original XML, a
+                # SHOULD): QXmpp, under Kaidan, takes an error without it for no answer
+                request = st.element().find(f"{{{NS_UPLOAD}}}request")
+                if request is not None:
+                    refusal.payload_xml = etree.tostring(
+                        request, encoding="unicode", with_tail=False
+                    )
+                raise
         else:
             raise StanzaError("service-unavailable")
         origin.send(iq_result(origin, st, payload))
