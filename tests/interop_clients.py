@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -164,3 +165,54 @@ class LineReader:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
+
+
+class Harness(LineReader):
+    """A compiled client harness (tests/interop/*/client.*): commands on its standard input,
+    one event line per event on its standard output, its errors on standard error."""
+
+    name = "the harness"  # in failure messages
+    step = 10.0  # seconds an expected event may take
+
+    def __init__(self, command: list[str]) -> None:
+        super().__init__(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def do(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self, pattern: str, start: int = 0) -> re.Match[str]:
+        """The first event line from index `start` on matching `pattern` (a regex)."""
+        deadline = time.monotonic() + self.step
+        while True:
+            for line in self.lines[start:]:
+                if match := re.fullmatch(pattern, line):
+                    return match
+            assert time.monotonic() < deadline, f"{self.name} never printed {pattern!r}: {self}"
+            if self.proc.poll() is not None:
+                self.reader.join(2)
+                if not any(re.fullmatch(pattern, line) for line in self.lines[start:]):
+                    raise AssertionError(f"the harness exited before {pattern!r}: {self}")
+            time.sleep(0.01)
+
+    def finish(self) -> int:
+        if self.proc.poll() is None:
+            self.do("quit")
+        code = self.proc.wait(self.step)
+        self.reader.join(2)
+        return code
+
+    def __repr__(self) -> str:
+        stderr = ""
+        if self.proc.poll() is not None and self.proc.stderr is not None:
+            stderr = self.proc.stderr.read()
+        return f"{self.lines}\n{stderr}"
+
+
+def kill_all(started: list[Any]) -> None:
+    """After a test: the harness processes still running, killed."""
+    for harness in started:
+        if harness.proc.poll() is None:
+            harness.proc.kill()
+            harness.proc.wait(5)

@@ -48,7 +48,16 @@ from typing import Any
 import pytest
 import trustme
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import REPO, LineReader, body, raw_login, require, require_command, wait_for
+from interop_clients import (
+    REPO,
+    Harness,
+    body,
+    kill_all,
+    raw_login,
+    require,
+    require_command,
+    wait_for,
+)
 from lxml import etree
 from test_components import handshake, open_component
 from ws_client import HTTP_LISTENER
@@ -112,8 +121,11 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-class Qxmpp(LineReader):
+class Qxmpp(Harness):
     """One harness process: commands on its stdin, its event lines collected."""
+
+    name = "QXmpp"
+    step = STEP
 
     def __init__(
         self,
@@ -128,52 +140,15 @@ class Qxmpp(LineReader):
         super().__init__(
             [binary, f"{user}@localhost", password, ca_file, str(srv.port)]
             + ([resource] if resource else [])
-            + (["--register"] if register else []),
-            stdin=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            + (["--register"] if register else [])
         )
-
-    def do(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def wait(self, pattern: str, start: int = 0) -> re.Match[str]:
-        """The first event line from index `start` on matching `pattern` (a regex)."""
-        deadline = time.monotonic() + STEP
-        while True:
-            for line in self.lines[start:]:
-                if match := re.fullmatch(pattern, line):
-                    return match
-            assert time.monotonic() < deadline, f"QXmpp never printed {pattern!r}: {self}"
-            if self.proc.poll() is not None:
-                self.reader.join(2)
-                if not any(re.fullmatch(pattern, line) for line in self.lines[start:]):
-                    raise AssertionError(f"the harness exited before {pattern!r}: {self}")
-            time.sleep(0.01)
-
-    def finish(self) -> int:
-        if self.proc.poll() is None:
-            self.do("quit")
-        code = self.proc.wait(STEP)
-        self.reader.join(2)
-        return code
-
-    def __repr__(self) -> str:
-        stderr = ""
-        if self.proc.poll() is not None and self.proc.stderr is not None:
-            stderr = self.proc.stderr.read()
-        return f"{self.lines}\n{stderr}"
 
 
 @pytest.fixture
 def qxmpps() -> Iterator[list[Qxmpp]]:
     started: list[Qxmpp] = []
     yield started
-    for q in started:
-        if q.proc.poll() is None:
-            q.proc.kill()
-            q.proc.wait(5)
+    kill_all(started)
 
 
 def login(

@@ -23,9 +23,10 @@ import trustme
 from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts
 from interop_clients import (
     REPO,
-    LineReader,
+    Harness,
     body,
     direct_tls_server,
+    kill_all,
     raw_login,
     require,
     require_command,
@@ -69,8 +70,11 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-class Strophe(LineReader):
+class Strophe(Harness):
     """One harness process: commands on its stdin, its event lines collected."""
+
+    name = "libstrophe"
+    step = STEP
 
     def __init__(
         self,
@@ -82,53 +86,14 @@ class Strophe(LineReader):
         direct_tls: bool = False,
     ):
         port, flags = (srv.direct_tls_port, ["--direct-tls"]) if direct_tls else (srv.port, [])
-        super().__init__(
-            [binary, f"{user}@localhost", password, ca_file, str(port), *flags],
-            stdin=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-
-    def do(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def wait(self, pattern: str, start: int = 0) -> re.Match[str]:
-        """The first event line from index `start` on matching `pattern` (a regex)."""
-        deadline = time.monotonic() + STEP
-        while True:
-            for line in self.lines[start:]:
-                if match := re.fullmatch(pattern, line):
-                    return match
-            assert time.monotonic() < deadline, f"libstrophe never printed {pattern!r}: {self}"
-            if self.proc.poll() is not None:
-                self.reader.join(2)
-                if not any(re.fullmatch(pattern, line) for line in self.lines[start:]):
-                    raise AssertionError(f"the harness exited before {pattern!r}: {self}")
-            time.sleep(0.01)
-
-    def finish(self) -> int:
-        if self.proc.poll() is None:
-            self.do("quit")
-        code = self.proc.wait(STEP)
-        self.reader.join(2)
-        return code
-
-    def __repr__(self) -> str:
-        stderr = ""
-        if self.proc.poll() is not None and self.proc.stderr is not None:
-            stderr = self.proc.stderr.read()
-        return f"{self.lines}\n{stderr}"
+        super().__init__([binary, f"{user}@localhost", password, ca_file, str(port), *flags])
 
 
 @pytest.fixture
 def strophes() -> Iterator[list[Strophe]]:
     started: list[Strophe] = []
     yield started
-    for s in started:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait(5)
+    kill_all(started)
 
 
 def login(
