@@ -1,0 +1,294 @@
+"""Profanity (Debian's `profanity` 0.13, a terminal client on libstrophe) driven as a person
+drives it: in a tmux session of its own (Debian's `tmux`), commands typed with `send-keys`,
+the screen read with `capture-pane`, with HOME and the XDG directories in a temporary
+directory (a fresh profile each time). The certificate is verified against the test CA only
+(`/tls certpath`, a directory hashed with `openssl rehash`); what Profanity sent and got is
+checked on the other side (a raw client, tests/xmpp_raw.py), in the server's log and in
+Profanity's own debug log (`-l DEBUG`: every stanza, as libstrophe sent or read it); the
+screen for what only shows there."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from interop_clients import body, raw_login, require_command, wait_for
+from xmpp_raw import CLIENT, RawClient
+
+POOL = FreshNames("pf", 24)
+MESSAGE = f"{{{CLIENT}}}message"
+PRESENCE = f"{{{CLIENT}}}presence"
+STEP = 10.0
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from module_server(ca, tmp_path_factory, POOL)
+
+
+@pytest.fixture
+def names() -> Iterator[str]:
+    return POOL.names()
+
+
+@pytest.fixture(scope="module")
+def certpath(ca_file: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The test CA alone in a directory, hashed as OpenSSL's CApath lookup wants it."""
+    openssl = require_command("openssl", "openssl (Debian package openssl)")
+    directory = tmp_path_factory.mktemp("certpath")
+    shutil.copy(ca_file, directory / "ca.pem")
+    done = subprocess.run([openssl, "rehash", str(directory)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return str(directory)
+
+
+class Profanity:
+    """One Profanity process in a tmux session of its own (its own server socket)."""
+
+    def __init__(self, root: Path, srv: ServerProcess, certpath: str) -> None:
+        self.tmux = require_command("tmux", "tmux (Debian package tmux)")
+        binary = require_command("profanity", "Profanity (Debian package profanity)")
+        self.srv = srv
+        self.certpath = certpath
+        self.home = root / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.data = self.home / ".local" / "share" / "profanity"
+        self.socket = str(root / "tmux.sock")
+        env = {
+            "HOME": str(self.home),
+            "XDG_CONFIG_HOME": str(self.home / ".config"),
+            "XDG_DATA_HOME": str(self.home / ".local" / "share"),
+            "XDG_CACHE_HOME": str(self.home / ".cache"),
+            "TERM": "xterm-256color",
+            "LANG": "C.UTF-8",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        }
+        command = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), binary, "-l", "DEBUG"]
+        self._tmux("new-session", "-d", "-s", "prof", "-x", "230", "-y", "60", *command)
+        self.wait_screen(r"Type '/help' to show complete help")
+
+    def _tmux(self, *args: str) -> str:
+        done = subprocess.run(
+            [self.tmux, "-S", self.socket, "-f", "/dev/null", *args],
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+        )
+        assert done.returncode == 0, f"tmux {args[0]}: {done.stderr}"
+        return done.stdout
+
+    def type(self, line: str) -> None:
+        """`line` typed as is (-l: no key names), then Enter."""
+        self._tmux("send-keys", "-t", "prof", "-l", line)
+        self._tmux("send-keys", "-t", "prof", "Enter")
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-J", "-t", "prof")
+
+    def wait_screen(self, pattern: str, seconds: float = STEP) -> re.Match[str]:
+        deadline = time.monotonic() + seconds
+        while True:
+            text = self.screen()
+            if match := re.search(pattern, text):
+                return match
+            assert time.monotonic() < deadline, f"never on screen: {pattern!r}\n{text}"
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        path = self.data / "logs" / "profanity.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_log(self, pattern: str, start: int = 0, seconds: float = STEP) -> re.Match[str]:
+        """The first match of `pattern` in Profanity's debug log from offset `start` on."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if match := re.compile(pattern).search(self.log(), start):
+                return match
+            assert time.monotonic() < deadline, f"never in Profanity's log: {pattern!r}"
+            time.sleep(0.05)
+
+    def sent(self, pattern: str, start: int = 0) -> re.Match[str]:
+        """A stanza Profanity sent (libstrophe logs it as 'SENT: <...>')."""
+        return self.wait_log(r"SENT: " + pattern, start)
+
+    def received(self, pattern: str, start: int = 0) -> re.Match[str]:
+        return self.wait_log(r"RECV: " + pattern, start)
+
+    def connect(self, user: str) -> str:
+        """/connect with the server and port given, the password typed at its prompt; the
+        full JID Profanity bound."""
+        self.type(f"/tls certpath set {self.certpath}")
+        self.wait_screen("Certificate path set to")
+        self.type(f"/connect {user}@localhost server 127.0.0.1 port {self.srv.port}")
+        self.wait_screen(r"Enter password:")
+        self.type(PASSWORD)
+        found = self.wait_screen(rf"({user}@localhost/\S+) logged in successfully")
+        return found.group(1)
+
+    def chatlog(self, user: str) -> list[dict[str, Any]]:
+        """Profanity's message history (its SQLite database): what it logged, in order."""
+        path = self.data / "database" / f"{user}_at_localhost" / "chatlog.db"
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute("SELECT * FROM ChatLogs ORDER BY id")]
+
+    def close(self) -> None:
+        subprocess.run(
+            [self.tmux, "-S", self.socket, "kill-server"], capture_output=True, timeout=STEP
+        )
+
+
+@pytest.fixture
+def profanity(
+    tmp_path: Path, srv: ServerProcess, certpath: str
+) -> Iterator[Callable[[], Profanity]]:
+    started: list[Profanity] = []
+
+    def start() -> Profanity:
+        p = Profanity(tmp_path / f"p{len(started)}", srv, certpath)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.close()
+
+
+def befriend(srv: ServerProcess, ca_file: str, user: str, peer: str, opened: list[Any]) -> RawClient:
+    """A mutual subscription between `user` and `peer` (RFC 6121 §3), made by raw clients
+    before Profanity starts; the peer's raw client, online, is returned."""
+    mine = raw_login(srv, ca_file, user, opened)
+    other = raw_login(srv, ca_file, peer, opened)
+    mine.send(f"<presence to='{peer}@localhost' type='subscribe'/>")
+    other.send(f"<presence to='{user}@localhost' type='subscribed'/>")
+    other.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    mine.send(f"<presence to='{peer}@localhost' type='subscribed'/>")
+    settle(mine)
+    settle(other)
+    mine.close()
+    opened.remove(mine)
+    other.send("<presence/>")
+    return other
+
+
+def settle(c: RawClient) -> list[Any]:
+    """What c got until the answer to a ping: everything the server did for what c sent."""
+    c.send("<iq type='get' id='settle'><ping xmlns='urn:xmpp:ping'/></iq>")
+    got = []
+    while (el := c.next()).get("id") != "settle":
+        got.append(el)
+    return got
+
+
+def test_connect_roster_and_chat(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    profanity: Callable[[], Profanity],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    p = profanity()
+    jid = p.connect(user)
+    # RFC 6120 §5: STARTTLS (required by the server), then §6 SASL: SCRAM-SHA-256 (libstrophe
+    # 0.12 has no -PLUS), §7 bind
+    srv.wait_for_log(f"authenticated {user}@localhost with SCRAM-SHA-256")
+    p.wait_screen(r"\[TLS\]")
+    # RFC 6121 §2.1.3: the roster, shown in the console's roster panel
+    p.wait_screen(rf"\b{peer}\b")
+    p.type(f"/msg {peer}@localhost hello from profanity")
+    msg = wait_for(other, "Profanity's message", lambda el: el.tag == MESSAGE and body(el) is not None)
+    assert body(msg) == "hello from profanity" and msg.get("from") == jid
+    other.send(f"<message to='{jid}' type='chat'><body>hello profanity</body></message>")
+    p.wait_screen(rf"{peer}@localhost/raw: hello profanity")
+    # both in its history; the incoming one with the archive's id (XEP-0359 stanza-id by
+    # the account, XEP-0313 §5.1.2)
+    p.received(r"<message[^>]*>.*hello profanity")
+    log = p.chatlog(user)
+    assert [(r["from_jid"], r["to_jid"], r["message"]) for r in log] == [
+        (f"{user}@localhost", f"{peer}@localhost", "hello from profanity"),
+        (f"{peer}@localhost", f"{user}@localhost", "hello profanity"),
+    ], log
+    assert log[1]["archive_id"], log
+
+
+MUC = "http://jabber.org/protocol/muc"
+MUC_USER = f"{MUC}#user"
+
+
+def statuses(el: Any) -> set[str]:
+    return {s.get("code") for s in el.iterfind(f"{{{MUC_USER}}}x/{{{MUC_USER}}}status")}
+
+
+def test_muc_create_chat_subject_and_nick(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    profanity: Callable[[], Profanity],
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"room-{user}@conference.localhost"
+    p = profanity()
+    p.connect(user)
+    # XEP-0045 §10.1.1: a new room is locked (status 201) until its owner configures it;
+    # Profanity says so and `/room accept` submits the empty form of §10.1.2 (instant room)
+    p.type(f"/join {room}")
+    p.wait_screen("Room locked, requires configuration")
+    start = len(p.log())
+    p.type("/room accept")
+    p.sent(r'<iq [^>]*type="set"[^>]*><query xmlns="http://jabber.org/protocol/muc#owner">'
+           r'<x xmlns="jabber:x:data" type="submit"/>', start)
+    p.wait_screen("Room unlocked")
+    # the room is usable: a raw client enters it (§7.2.2) and sees the owner
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    seen = []
+    own = wait_for(
+        other,
+        "its own presence in the room",
+        lambda el: seen.append(el) or (el.tag == PRESENCE and "110" in statuses(el)),
+    )
+    assert own.get("type") is None, own
+    assert any(el.get("from") == f"{room}/{user}" for el in seen), seen
+    # Profanity lists the newcomer in its occupants panel (it does not announce joins by
+    # default)
+    p.wait_screen(rf"Participants\s*\n.*\b{peer}\b")
+    # groupchat both ways (§7.4)
+    p.type("hello room")
+    got = wait_for(other, "Profanity's groupchat", lambda el: el.tag == MESSAGE and body(el) is not None)
+    assert (got.get("from"), got.get("type"), body(got)) == (
+        f"{room}/{user}", "groupchat", "hello room"
+    )
+    other.send(f"<message to='{room}' type='groupchat'><body>hello from raw</body></message>")
+    p.wait_screen(rf"{peer}: hello from raw")
+    # §8.1: the subject
+    p.type("/subject set Profanity's topic")
+    subject = wait_for(
+        other, "the subject", lambda el: el.tag == MESSAGE and el.find(f"{{{CLIENT}}}subject") is not None
+    )
+    assert subject.findtext(f"{{{CLIENT}}}subject") == "Profanity's topic"
+    assert subject.get("from") == f"{room}/{user}"
+    p.wait_screen(rf"\*{user} has set the room subject: Profanity's topic")
+    # §7.6: a nick change: unavailable with 303 and the new nick, then the new presence
+    p.type("/nick renamed")
+    gone = wait_for(other, "the nick change", lambda el: el.tag == PRESENCE and "303" in statuses(el))
+    assert gone.get("type") == "unavailable" and gone.get("from") == f"{room}/{user}"
+    item = gone.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item")
+    assert item is not None and item.get("nick") == "renamed"
+    back = wait_for(other, "the new presence", lambda el: el.tag == PRESENCE)
+    assert back.get("from") == f"{room}/renamed" and back.get("type") is None
+    # Profanity's occupants panel (right) follows
+    p.wait_screen(r"Moderators\s*\n.*\brenamed\b")
+    assert re.search(rf"Participants\s*\n.*\b{peer}\b", p.screen())
