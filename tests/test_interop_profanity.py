@@ -9,7 +9,9 @@ screen for what only shows there."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -119,10 +121,10 @@ class Profanity:
 
     def sent(self, pattern: str, start: int = 0) -> re.Match[str]:
         """A stanza Profanity sent (libstrophe logs it as 'SENT: <...>')."""
-        return self.wait_log(r"SENT: " + pattern, start)
+        return self.wait_log(r"SENT: [^\n]*" + pattern, start)
 
     def received(self, pattern: str, start: int = 0) -> re.Match[str]:
-        return self.wait_log(r"RECV: " + pattern, start)
+        return self.wait_log(r"RECV: [^\n]*" + pattern, start)
 
     def connect(self, user: str) -> str:
         """/connect with the server and port given, the password typed at its prompt; the
@@ -292,3 +294,151 @@ def test_muc_create_chat_subject_and_nick(
     # Profanity's occupants panel (right) follows
     p.wait_screen(r"Moderators\s*\n.*\brenamed\b")
     assert re.search(rf"Participants\s*\n.*\b{peer}\b", p.screen())
+
+
+CARBONS = "urn:xmpp:carbons:2"
+MAM = "urn:xmpp:mam:2"
+
+
+def test_carbons_and_history_from_the_archive(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    profanity: Callable[[], Profanity],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    # history made before Profanity ever ran, archived by the server (XEP-0313)
+    mine = raw_login(srv, ca_file, user, clients)
+    mine.send(f"<message to='{peer}@localhost' type='chat'><body>archived one</body></message>")
+    wait_for(other, "archived one", lambda el: body(el) == "archived one")
+    other.send(f"<message to='{user}@localhost/raw' type='chat'><body>archived two</body></message>")
+    wait_for(mine, "archived two", lambda el: body(el) == "archived two")
+
+    p = profanity()
+    p.type("/mam on")
+    p.wait_screen("Message Archive Management enabled")
+    p.connect(user)
+    # XEP-0280 §4: Profanity enables carbons by default
+    p.sent(rf'<iq [^>]*type="set"[^>]*><enable xmlns="{CARBONS}"/>')
+    # §6: what another resource of the account sends comes as a sent carbon ...
+    mine.send(f"<message to='{peer}@localhost' type='chat'><body>from my other resource</body></message>")
+    wait_for(other, "the raw resource's message", lambda el: body(el) == "from my other resource")
+    p.received(rf'<sent xmlns="{CARBONS}">.*from my other resource')
+    # ... and what is sent to another resource as a received carbon
+    other.send(f"<message to='{user}@localhost/raw' type='chat'><body>to my other resource</body></message>")
+    p.received(rf'<received xmlns="{CARBONS}">.*to my other resource')
+    # Profanity shows both in the chat window with the peer
+    p.type(f"/msg {peer}@localhost")
+    p.wait_screen(r"me: from my other resource")
+    p.wait_screen(rf"{peer}@localhost(/raw)?: to my other resource")
+    assert [r["message"] for r in p.chatlog(user)] == [
+        "from my other resource",
+        "to my other resource",
+    ]
+    # XEP-0313 §7: the account's bare JID, its archive, advertises MAM (as Prosody does it);
+    # Profanity 0.13 looks for it on the domain only and so never queries (module docstring)
+    p.type("/win 1")
+    p.type(f"/disco info {user}@localhost")
+    p.wait_screen(r"\burn:xmpp:mam:2\b")
+
+
+RECEIPTS = "urn:xmpp:receipts"
+CAPS = "http://jabber.org/protocol/caps"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+RAW_FEATURES = sorted([DISCO_INFO, CAPS, "urn:xmpp:ping", RECEIPTS])
+
+
+def caps_ver() -> str:
+    """XEP-0115 §5.1: the verification string of the raw client's identity and features."""
+    text = "client/pc//raw test client<" + "".join(f"{f}<" for f in RAW_FEATURES)
+    return base64.b64encode(hashlib.sha1(text.encode()).digest()).decode()
+
+
+def answer_disco(other: RawClient, el: Any) -> None:
+    """The raw client's disco#info answer to a caps query (XEP-0115 §6.2)."""
+    query = el.find(f"{{{DISCO_INFO}}}query")
+    node = f" node='{query.get('node')}'" if query.get("node") else ""
+    features = "".join(f"<feature var='{f}'/>" for f in RAW_FEATURES)
+    other.send(
+        f"<iq type='result' id='{el.get('id')}' to='{el.get('from')}'>"
+        f"<query xmlns='{DISCO_INFO}'{node}><identity category='client' type='pc' "
+        f"name='raw test client'/>{features}</query></iq>"
+    )
+
+
+def test_receipts_ping_caps_and_presence(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    profanity: Callable[[], Profanity],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    p = profanity()
+    p.type("/receipts send on")
+    p.type("/receipts request on")
+    jid = p.connect(user)
+    # XEP-0115: the raw contact's presence carries caps; Profanity asks it for the
+    # node#ver (through the server) and keeps the answer
+    other.send(
+        f"<presence><c xmlns='{CAPS}' hash='sha-1' node='urn:test:raw' ver='{caps_ver()}'/>"
+        "</presence>"
+    )
+    # (the server asks too, for XEP-0163 +notify: answered alike)
+    def caps_query(el: Any) -> bool:
+        if el.get("type") != "get" or el.find(f"{{{DISCO_INFO}}}query") is None:
+            return False
+        assert el.find(f"{{{DISCO_INFO}}}query").get("node") == f"urn:test:raw#{caps_ver()}"
+        answer_disco(other, el)
+        return el.get("from") == jid
+
+    wait_for(other, "Profanity's caps query", caps_query)
+    p.received(r'<identity [^>]*name="raw test client"')
+    p.type(f"/caps {peer}@localhost/raw")
+    p.wait_screen(r"raw test client")
+
+    # XEP-0184 §5.1: Profanity asks a contact that supports receipts for one ...
+    p.type(f"/msg {peer}@localhost please confirm")
+    msg = wait_for(other, "Profanity's message", lambda el: body(el) == "please confirm")
+    assert msg.find(f"{{{RECEIPTS}}}request") is not None and msg.get("id")
+    other.send(
+        f"<message to='{jid}' id='ack-1'><received xmlns='{RECEIPTS}' id='{msg.get('id')}'/>"
+        "</message>"
+    )
+    p.received(rf'<received (?=[^>]*xmlns="{RECEIPTS}")[^>]*id="{re.escape(msg.get("id"))}"')
+    # ... and (send on) acknowledges one asked of it, §5.2
+    other.send(
+        f"<message to='{jid}' type='chat' id='want-receipt'><body>did you get this?</body>"
+        f"<request xmlns='{RECEIPTS}'/></message>"
+    )
+    receipt = wait_for(
+        other, "Profanity's receipt", lambda el: el.find(f"{{{RECEIPTS}}}received") is not None
+    )
+    assert receipt.find(f"{{{RECEIPTS}}}received").get("id") == "want-receipt"
+    assert receipt.get("from") == jid
+
+    # XEP-0199 §4.2: /ping the server ...
+    p.type("/win 1")
+    p.type("/ping")
+    p.wait_screen(r"Ping response from server: \d+ms")
+    # ... §4.1: and the contact's resource (routed through the server both ways)
+    p.type(f"/ping {peer}@localhost/raw")
+    ping = wait_for(other, "Profanity's ping", lambda el: el.find("{urn:xmpp:ping}ping") is not None)
+    assert ping.get("from") == jid and ping.get("type") == "get"
+    other.send(f"<iq type='result' id='{ping.get('id')}' to='{jid}'/>")
+    p.wait_screen(rf"Ping response from {peer}@localhost/raw: \d+ms")
+    # XEP-0030: the server's features, as Profanity lists them
+    p.type("/disco info localhost")
+    p.wait_screen(r"\burn:xmpp:carbons:2\b")
+
+    # RFC 6121 §4.2: /status set away reaches the contact as show and status
+    p.type('/status set away "out for lunch"')
+    away = wait_for(
+        other,
+        "Profanity's away presence",
+        lambda el: el.tag == PRESENCE and el.findtext(f"{{{CLIENT}}}show") == "away",
+    )
+    assert away.get("from") == jid and away.findtext(f"{{{CLIENT}}}status") == "out for lunch"
