@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import body, raw_login, require_command, wait_for
+from test_bookmarks_sync import conferences, native, private_storage
+from test_client_flows import Client
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("pf", 24)
@@ -442,3 +444,50 @@ def test_receipts_ping_caps_and_presence(
         lambda el: el.tag == PRESENCE and el.findtext(f"{{{CLIENT}}}show") == "away",
     )
     assert away.get("from") == jid and away.findtext(f"{{{CLIENT}}}status") == "out for lunch"
+
+
+def test_bookmark_autojoin_on_the_next_connect(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    profanity: Callable[[], Profanity],
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"bm-{user}@conference.localhost"
+    # the room exists, the raw peer in it (an instant room, XEP-0045 §10.1.2)
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    wait_for(other, "the new room", lambda el: el.tag == PRESENCE and "201" in statuses(el))
+    other.send(
+        f"<iq type='set' id='instant' to='{room}'><query xmlns='{MUC}#owner'>"
+        "<x xmlns='jabber:x:data' type='submit'/></query></iq>"
+    )
+    wait_for(other, "the room unlocked", lambda el: el.get("id") == "instant")
+
+    p = profanity()
+    p.connect(user)
+    p.type(f"/bookmark add {room} nick prof autojoin on")
+    p.wait_screen(rf"Bookmark added for {re.escape(room)}")
+    # Profanity 0.13 keeps bookmarks in XEP-0048 private storage (XEP-0049); the server
+    # (XEP-0402 §5.3 #compat) also has it as a XEP-0402 item, autojoin kept
+    p.sent(r'<query xmlns="jabber:iq:private"><storage xmlns="storage:bookmarks">'
+           rf'<conference [^>]*jid="{re.escape(room)}"')
+    mine = Client(raw_login(srv, ca_file, user, clients), user, "")
+    stored = private_storage(mine)
+    assert conferences(stored)[room]["autojoin"] and conferences(stored)[room]["nick"] == "prof"
+    assert native(mine)[room]["autojoin"] and native(mine)[room]["nick"] == "prof"
+
+    # the next connect: Profanity reads its bookmarks and enters the room (autojoin)
+    p.type("/disconnect")
+    p.wait_screen(rf"{user}@localhost logged out successfully")
+    p.connect(user)
+    joined = wait_for(
+        other,
+        "Profanity entering the room",
+        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/prof",
+    )
+    assert joined.get("type") is None
+    p.wait_screen(rf"Autojoined {re.escape(room)} as prof")
+    p.type("/win 2")
+    p.wait_screen(r"You have joined the room as prof, role: participant")
