@@ -520,18 +520,37 @@ def test_bookmark_autojoin_on_the_next_connect(
 ) -> None:
     user, peer = next(names), next(names)
     room = f"bm-{user}@conference.localhost"
-    # the room exists, the raw peer in it (an instant room, XEP-0045 §10.1.2)
-    other = raw_login(srv, ca_file, peer, clients)
-    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
-    wait_for(other, "the new room", lambda el: el.tag == PRESENCE and "201" in statuses(el))
-    other.send(
-        f"<iq type='set' id='instant' to='{room}'><query xmlns='{MUC}#owner'>"
-        "<x xmlns='jabber:x:data' type='submit'/></query></iq>"
-    )
-    wait_for(other, "the room unlocked", lambda el: el.get("id") == "instant")
-
     p = profanity()
     p.connect(user)
+    # XEP-0045 §10.1.3: a reserved room, configured with the form before it unlocks:
+    # /room config shows the form, /fieldN sets a value, /form submit sends it
+    p.type(f"/join {room}")
+    p.wait_screen("Room locked, requires configuration")
+    p.type("/room config")
+    form = p.wait_screen(r"\[(field\d+)\] Name:(?s:.*)\[(field\d+)\] Persistent: FALSE")
+    p.type(f"/{form.group(1)} Profanity")
+    p.type(f"/{form.group(2)} on")
+    p.wait_screen(r"Persistent: TRUE")
+    p.type("/form submit")
+    p.wait_screen("Room configuration successful")
+    # the room is unlocked and has what was set: a raw client enters it (no 201: it
+    # exists) and its disco#info (§6.4) says persistent, named
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send(f"<iq type='get' id='info' to='{room}'><query xmlns='{DISCO_INFO}'/></iq>")
+    info = wait_for(other, "the room's disco#info", lambda el: el.get("id") == "info")
+    query = info.find(f"{{{DISCO_INFO}}}query")
+    assert {f.get("var") for f in query.iterfind(f"{{{DISCO_INFO}}}feature")} >= {
+        "muc_persistent",
+        "muc_unsecured",
+    }
+    assert query.find(f"{{{DISCO_INFO}}}identity").get("name") == "Profanity"
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    entered = wait_for(
+        other, "its own presence", lambda el: el.tag == PRESENCE and "110" in statuses(el)
+    )
+    assert entered.get("type") is None and "201" not in statuses(entered)
+
+    p.type("/win 1")
     p.type(f"/bookmark add {room} nick prof autojoin on")
     p.wait_screen(rf"Bookmark added for {re.escape(room)}")
     # Profanity 0.13 keeps bookmarks in XEP-0048 private storage (XEP-0049); the server
@@ -557,4 +576,4 @@ def test_bookmark_autojoin_on_the_next_connect(
     assert joined.get("type") is None
     p.wait_screen(rf"Autojoined {re.escape(room)} as prof")
     p.type("/win 2")
-    p.wait_screen(r"You have joined the room as prof, role: participant")
+    p.wait_screen(r"You have joined the room as prof, role: moderator, affiliation: owner")
