@@ -43,9 +43,9 @@ from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import body, raw_login, require_command, wait_for
 from test_bookmarks_sync import conferences, native, private_storage
 from test_client_flows import Client
-from xmpp_raw import CLIENT, RawClient
+from xmpp_raw import CLIENT, RawClient, stanza_error
 
-POOL = FreshNames("pf", 24)
+POOL = FreshNames("pf", 32)
 MESSAGE = f"{{{CLIENT}}}message"
 PRESENCE = f"{{{CLIENT}}}presence"
 STEP = 10.0
@@ -158,6 +158,12 @@ class Profanity:
         found = self.wait_screen(rf"({user}@localhost/\S+) logged in successfully")
         return found.group(1)
 
+    def window_of(self, room: str) -> int:
+        """The number of the window of `room` (/wins lists them in the console)."""
+        self.type("/win 1")
+        self.type("/wins")
+        return int(self.wait_screen(rf" - (\d+): Room {re.escape(room)}\s").group(1))
+
     def chatlog(self, user: str) -> list[dict[str, Any]]:
         """Profanity's message history (its SQLite database): what it logged, in order."""
         path = self.data / "database" / f"{user}_at_localhost" / "chatlog.db"
@@ -250,6 +256,30 @@ def test_connect_roster_and_chat(
         p.log(),
     )
     assert asked and len(asked) == len(set(asked)), asked
+
+    # RFC 6121 §3 from Profanity's side: a newcomer asks, /sub allow approves it (§3.1.4),
+    # /sub request asks back (§3.1.1); /roster then says both
+    newcomer = next(names)
+    third = raw_login(srv, ca_file, newcomer, clients)
+    third.send("<presence/>")
+    third.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    p.wait_screen(rf"Received authorization request from {newcomer}@localhost")
+    p.type(f"/sub allow {newcomer}@localhost")
+    wait_for(third, "the approval", lambda el: el.get("type") == "subscribed")
+    # §3.1.5: the user's presence follows the approval
+    wait_for(
+        third,
+        "Profanity's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == jid and el.get("type") is None,
+    )
+    p.type(f"/sub request {newcomer}@localhost")
+    wait_for(third, "the request back", lambda el: el.get("type") == "subscribe")
+    third.send(f"<presence to='{user}@localhost' type='subscribed'/>")
+    p.wait_screen(rf"\+\+ {newcomer}@localhost \(raw\) is online")
+    p.type("/roster")
+    p.wait_screen(rf"{newcomer}@localhost - both")
+    assert re.search(rf"{peer}@localhost - both", p.screen())
+
     p.type(f"/msg {peer}@localhost hello from profanity")
     msg = wait_for(
         other, "Profanity's message", lambda el: el.tag == MESSAGE and body(el) is not None
@@ -351,6 +381,37 @@ def test_muc_create_chat_subject_and_nick(
     # Profanity's occupants panel (right) follows
     p.wait_screen(r"Moderators\s*\n.*\brenamed\b")
     assert re.search(rf"Participants\s*\n.*\b{peer}\b", p.screen())
+
+    # §7.5: a private message through the room, each way (occupant JIDs only)
+    p.type(f"/msg {peer} just between us")
+    pm = wait_for(other, "Profanity's private message", lambda el: body(el) == "just between us")
+    assert (pm.get("from"), pm.get("type")) == (f"{room}/renamed", "chat")
+    assert pm.find(f"{{{MUC_USER}}}x") is not None
+    other.send(
+        f"<message to='{room}/renamed' type='chat'><body>back between us</body>"
+        f"<x xmlns='{MUC_USER}'/></message>"
+    )
+    p.wait_screen(rf"{peer}: back between us")
+    # §9.3, §8.4, §8.2 as Profanity's owner does them: membership, voice taken (the
+    # visitor's groupchat refused, §7.4), a kick with its reason
+    p.type(f"/win {p.window_of(room)}")
+    p.type(f"/affiliation set member {peer}@localhost")
+    member = wait_for(other, "the membership", lambda el: el.tag == PRESENCE)
+    item = member.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item")
+    assert (item.get("affiliation"), item.get("role")) == ("member", "participant")
+    p.wait_screen(rf"{peer}'s affiliation has been changed to: member")
+    p.type(f"/role set visitor {peer}")
+    muted = wait_for(other, "the voice taken", lambda el: el.tag == PRESENCE)
+    assert muted.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("role") == "visitor"
+    other.send(f"<message to='{room}' type='groupchat' id='muted'><body>can I?</body></message>")
+    refused = wait_for(other, "the refusal", lambda el: el.get("id") == "muted")
+    assert refused.get("type") == "error" and stanza_error(refused) == "forbidden"
+    p.type(f"/kick {peer} enough for today")
+    kicked = wait_for(other, "the kick", lambda el: el.tag == PRESENCE)
+    assert kicked.get("type") == "unavailable" and {"307", "110"} <= statuses(kicked)
+    reason = kicked.findtext(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item/{{{MUC_USER}}}reason")
+    assert reason == "enough for today"
+    p.wait_screen(rf"<- {peer} has been kicked from the room by renamed, reason: enough for today")
 
 
 CARBONS = "urn:xmpp:carbons:2"
