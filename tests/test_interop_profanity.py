@@ -628,6 +628,8 @@ def test_bookmark_autojoin_on_the_next_connect(
     # the next connect: Profanity reads its bookmarks and enters the room (autojoin)
     p.type("/disconnect")
     p.wait_screen(rf"{user}@localhost logged out successfully")
+    other.send(f"<message to='{room}' type='groupchat'><body>while you were away</body></message>")
+    wait_for(other, "the echo", lambda el: body(el) == "while you were away")
     p.connect(user)
     joined = wait_for(
         other,
@@ -638,3 +640,9 @@ def test_bookmark_autojoin_on_the_next_connect(
     p.wait_screen(rf"Autojoined {re.escape(room)} as prof")
     p.type("/win 2")
     p.wait_screen(r"You have joined the room as prof, role: moderator, affiliation: owner")
+    # §7.2.15: the room's history on entering, delayed (XEP-0203) and shown as such
+    p.received(
+        rf'<body>while you were away</body>[^\n]*<delay (?=[^>]*from="{re.escape(room)}")'
+        r'[^>]*stamp="'
+    )
+    p.wait_screen(rf"{peer}: while you were away")
