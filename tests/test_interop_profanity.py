@@ -7,7 +7,12 @@ checked on the other side (a raw client, tests/xmpp_raw.py), in the server's log
 Profanity's own debug log (`-l DEBUG`: every stanza, as libstrophe sent or read it) and its
 history database; the screen for what only shows there.
 
-Profanity 0.13 bugs met, worked around here:
+What it found in the server: Profanity sends its first presence twice with the same caps, and
+the server asked it twice what they stand for, throwing the first answer away (fixed in
+modules/pep.py; test_pep.py::test_same_caps_again_while_the_query_is_in_flight, and here
+test_connect_roster_and_chat counts the queries).
+
+A Profanity 0.13 bug, worked around here:
 - MAM: it decides whether the server has XEP-0313 from the disco#info of the domain and of
   the services the domain lists (its `connection_supports`), never from the account's bare
   JID, where XEP-0313 §7 ("Determining support": "requests made to archiving JIDs (i.e.
@@ -19,6 +24,8 @@ Profanity 0.13 bugs met, worked around here:
   fetches no history when a chat window opens. Later Profanity also asks the account's bare
   JID (profanity-im/profanity#2176). The test checks the feature where the spec puts it, as
   Profanity's `/disco info` shows it, and the carbons and history Profanity does keep.
+
+Profanity's ways the test follows:
 - Its screen does not announce occupants joining or its own nick change by default: the
   occupants panel is read instead.
 - `/status set away text` wants the text quoted when it has more than one word."""
@@ -418,7 +425,7 @@ CARBONS = "urn:xmpp:carbons:2"
 MAM = "urn:xmpp:mam:2"
 
 
-def test_carbons_and_history_from_the_archive(
+def test_carbons_history_and_mam_discovery(
     srv: ServerProcess,
     ca_file: str,
     names: Iterator[str],
