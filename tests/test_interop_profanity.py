@@ -12,7 +12,7 @@ the server asked it twice what they stand for, throwing the first answer away (f
 modules/pep.py; test_pep.py::test_same_caps_again_while_the_query_is_in_flight, and here
 test_connect_roster_and_chat counts the queries).
 
-A Profanity 0.13 bug, worked around here:
+Profanity 0.13 bugs, worked around here:
 - MAM: it decides whether the server has XEP-0313 from the disco#info of the domain and of
   the services the domain lists (its `connection_supports`), never from the account's bare
   JID, where XEP-0313 §7 ("Determining support": "requests made to archiving JIDs (i.e.
@@ -24,6 +24,15 @@ A Profanity 0.13 bug, worked around here:
   fetches no history when a chat window opens. Later Profanity also asks the account's bare
   JID (profanity-im/profanity#2176). The test checks the feature where the spec puts it, as
   Profanity's `/disco info` shows it, and the carbons and history Profanity does keep.
+
+- OMEMO: after `/omemo gen` Profanity reads its own device list and, when there is none,
+  publishes one with its device; but it takes "none" only from an error with the XEP-0086
+  legacy `code="404"` (its `_omemo_receive_devicelist`, unchanged up to its master of 2026).
+  The server answers the items request of a node that does not exist with item-not-found
+  (XEP-0060 §6.5.9.11, RFC 6120 §8.3 syntax, no `code`: XEP-0086 is deprecated), so a new
+  Profanity user's device is never published and nobody can encrypt to it. The server's
+  `[legacy] error_codes` switch is for such clients: test_omemo_keys_published runs on a
+  server of its own with it on (without it, the device list is never sent).
 
 Profanity's ways the test follows:
 - Its screen does not announce occupants joining or its own nick change by default: the
@@ -653,3 +662,63 @@ def test_bookmark_autojoin_on_the_next_connect(
         r'[^>]*stamp="'
     )
     p.wait_screen(rf"{peer}: while you were away")
+
+
+AXOLOTL = "eu.siacs.conversations.axolotl"
+PUBSUB = "http://jabber.org/protocol/pubsub"
+LEGACY_POOL = FreshNames("pfl", 4)
+
+
+@pytest.fixture(scope="module")
+def legacy_srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with XEP-0086 error codes on (the module docstring says why)."""
+    yield from module_server(ca, tmp_path_factory, LEGACY_POOL, "[legacy]\nerror_codes = true\n")
+
+
+def test_omemo_keys_published(
+    legacy_srv: ServerProcess,
+    ca_file: str,
+    clients: list[RawClient],
+    tmp_path: Path,
+    certpath: str,
+) -> None:
+    names = LEGACY_POOL.names()
+    user, peer = next(names), next(names)
+    p = Profanity(tmp_path / "p", legacy_srv, certpath)
+    try:
+        p.connect(user)
+        # OMEMO as Profanity does it (XEP-0384 0.3, the eu.siacs.conversations.axolotl
+        # namespace): /omemo gen makes the keys, publishes the bundle, reads the device list
+        # (none yet: item-not-found, XEP-0060 §6.5.9.11) and publishes one with its device,
+        # both with publish-options access_model open (XEP-0060 §7.1.5)
+        p.type("/omemo gen")
+        device = p.wait_screen(r"Your Device ID is (\d+)\.").group(1)
+        p.sent(
+            rf'<publish node="{AXOLOTL}.devicelist"><item id="current"><list [^\n]*'
+            rf'<device id="{device}"/>'
+        )
+        p.received(
+            r'<iq [^\n]*type="result"[^\n]*><pubsub [^\n]*<publish node="'
+            rf'{AXOLOTL}.devicelist"'
+        )
+        # what another client finds (open access: not even a contact)
+        other = raw_login(legacy_srv, ca_file, peer, clients)
+        other.send(
+            f"<iq type='get' id='list' to='{user}@localhost'><pubsub xmlns='{PUBSUB}'>"
+            f"<items node='{AXOLOTL}.devicelist'/></pubsub></iq>"
+        )
+        reply = wait_for(other, "the device list", lambda el: el.get("id") == "list")
+        assert reply.get("type") == "result"
+        devices = reply.findall(f".//{{{AXOLOTL}}}list/{{{AXOLOTL}}}device")
+        assert [d.get("id") for d in devices] == [device]
+        other.send(
+            f"<iq type='get' id='bundle' to='{user}@localhost'><pubsub xmlns='{PUBSUB}'>"
+            f"<items node='{AXOLOTL}.bundles:{device}'/></pubsub></iq>"
+        )
+        reply = wait_for(other, "the bundle", lambda el: el.get("id") == "bundle")
+        assert reply.get("type") == "result"
+        bundle = reply.find(f".//{{{AXOLOTL}}}bundle")
+        assert bundle is not None and bundle.findtext(f"{{{AXOLOTL}}}identityKey")
+        assert len(bundle.findall(f"{{{AXOLOTL}}}prekeys/{{{AXOLOTL}}}preKeyPublic")) > 0
+    finally:
+        p.close()
