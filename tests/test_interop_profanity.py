@@ -48,8 +48,10 @@ import os
 import re
 import shutil
 import sqlite3
+import struct
 import subprocess
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -509,12 +511,13 @@ def answer_disco(other: RawClient, el: Any) -> None:
     )
 
 
-def test_receipts_ping_caps_and_presence(
+def test_receipts_ping_caps_presence_and_avatar(
     srv: ServerProcess,
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
     profanity: Callable[[], Profanity],
+    tmp_path: Path,
 ) -> None:
     user, peer = next(names), next(names)
     other = befriend(srv, ca_file, user, peer, clients)
@@ -586,6 +589,48 @@ def test_receipts_ping_caps_and_presence(
         lambda el: el.tag == PRESENCE and el.findtext(f"{{{CLIENT}}}show") == "away",
     )
     assert away.get("from") == jid and away.findtext(f"{{{CLIENT}}}status") == "out for lunch"
+
+    # XEP-0084: /avatar set publishes data, then metadata (the id the SHA-1 of the image);
+    # the server puts the hash in the account's presence (XEP-0153) and the image in its
+    # vCard (XEP-0398 §4)
+    png = tmp_path / "avatar.png"
+    png.write_bytes(tiny_png())
+    p.type(f"/avatar set {png}")
+    p.wait_screen("Avatar updated successfully")
+    sha = p.sent(r'<publish node="urn:xmpp:avatar:metadata"><item id="([0-9a-f]{40})"').group(1)
+    photo = wait_for(
+        other,
+        "the presence with the new photo",
+        lambda el: (
+            el.tag == PRESENCE
+            and el.findtext(f"{{{VCARD_UPDATE}}}x/{{{VCARD_UPDATE}}}photo") == sha
+        ),
+    )
+    assert photo.get("from") == jid and photo.findtext(f"{{{CLIENT}}}show") == "away"
+    other.send(f"<iq type='get' id='vc' to='{user}@localhost'><vCard xmlns='vcard-temp'/></iq>")
+    card = wait_for(other, "the vCard", lambda el: el.get("id") == "vc")
+    binval = card.findtext("{vcard-temp}vCard/{vcard-temp}PHOTO/{vcard-temp}BINVAL")
+    assert binval and hashlib.sha1(base64.b64decode(binval)).hexdigest() == sha
+
+
+VCARD_UPDATE = "vcard-temp:x:update"
+
+
+def tiny_png() -> bytes:
+    """An 8x8 red PNG (RFC 2083), for /avatar set."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * 8 for _ in range(8))
+    header = struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_bookmark_autojoin_on_the_next_connect(
