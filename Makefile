@@ -71,7 +71,8 @@ fuzz-deps:
 # (Perl, Net::XMPP), libstrophe (libstrophe-dev: tests/interop/strophe/client.c is compiled
 # at test time with cc and pkg-config), QXmpp (libqxmpp-dev: tests/interop/qxmpp/client.cpp
 # is compiled at test time with g++ against it and Qt 5) and nbxmpp (Debian; nbxmpp, Gajim's
-# library, runs under Debian's /usr/bin/python3 with python3-gi),
+# library, runs under Debian's /usr/bin/python3 with python3-gi), Profanity (Debian; driven
+# in tmux),
 # xmpp.js and StanzaJS (npm ci from tests/interop/js/ and tests/interop/stanza/'s
 # package-lock.json, under node) and aioxmpp in a venv
 # of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt);
@@ -84,12 +85,14 @@ interop-deps: | deps
 	    || ! pkg-config --exists libstrophe 2>/dev/null \
 	    || ! pkg-config --exists qxmpp Qt5Network Qt5Xml 2>/dev/null || ! command -v g++ >/dev/null \
 	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
-	    || ! /usr/bin/python3 -c 'import gi, nbxmpp' 2>/dev/null; then \
+	    || ! /usr/bin/python3 -c 'import gi, nbxmpp' 2>/dev/null \
+	    || ! command -v profanity >/dev/null || ! command -v tmux >/dev/null; then \
 	  echo "installing go-sendxmpp, sendxmpp, libstrophe-dev, libqxmpp-dev, pkg-config, gcc, g++," \
 	    "nodejs, npm," \
-	    "chromium, chromium-driver, python3-nbxmpp, python3-gi (the interop tests' clients)"; \
+	    "chromium, chromium-driver, python3-nbxmpp, python3-gi, profanity, tmux (the interop" \
+	    "tests' clients)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq go-sendxmpp \
-	    sendxmpp libstrophe-dev libqxmpp-dev pkg-config gcc g++ libc6-dev \
+	    sendxmpp libstrophe-dev libqxmpp-dev pkg-config gcc g++ libc6-dev profanity tmux \
 	    chromium chromium-driver python3-nbxmpp python3-gi \
 	    $$(command -v npm >/dev/null || echo nodejs npm); \
 	fi

@@ -909,6 +909,29 @@ def test_caps_query_in_flight_is_shared(login: Any) -> None:
     assert len(events(sync(second.c), node)) == 1
 
 
+def test_same_caps_again_while_the_query_is_in_flight(login: Any) -> None:
+    # Profanity sends its initial presence twice with the same caps, back to back: one
+    # disco#info query for the node#ver, its answer used (XEP-0115 §8.2: the association
+    # is learnt once within a presence session), not a second query for what is asked.
+    alice, bob = login(), login()
+    befriend(alice, bob)
+    node = "urn:example:twice"
+    alice.publish(node, f"<v xmlns='{node}'>last</v>")
+    features = [CAPS, INFO, f"{node}+notify"]
+    presence = (
+        f"<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' "
+        f"ver='{caps_ver(features)}'/></presence>"
+    )
+    bob.send(presence)
+    bob.send(presence)
+    query = next_query(bob)
+    seen = settle(bob.c)
+    assert not any(is_caps_query(el) for el in seen)
+    bob.send(disco_answer(query, features))
+    # the answer counts: the last item of the node wanted comes (XEP-0163 §4.3.4)
+    assert len(events(seen + settle(bob.c), node)) == 1
+
+
 def test_caps_change_brings_last_items(login: Any) -> None:
     alice, bob = login(), login()
     befriend(alice, bob)

@@ -437,8 +437,11 @@ class PepModule(Module):
             # annotation on every presence"): a status update without <c/> keeps the
             # interest the session's last caps declared.
             return
-        if caps == record.caps and record.notify is not None:
-            return  # a presence update with the same caps: nothing new (§4.3.3 note)
+        pending = record.task is not None and not record.task.done()
+        if caps == record.caps and (record.notify is not None or pending):
+            # a presence update with the same caps: nothing new (§4.3.3 note); while they
+            # are being discovered, the query asked already answers (XEP-0115 §8.2)
+            return
         record.caps = caps
         if record.task is not None:
             record.task.cancel()
