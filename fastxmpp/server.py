@@ -124,7 +124,7 @@ class Server:
 
             self.storage.on_failure = storage_failed
             self.accounts = AccountStore(self.storage, config.storage.scram_iterations)
-            self._use_certificates(host_certificates(config))
+            self._use_certificates(host_certificates(config, config.data_dir))
             loop = asyncio.get_running_loop()
             self.router = Router(loop, parse_jid)
             self.router.user_exists = self.accounts.exists
@@ -257,7 +257,8 @@ class Server:
             return
         pairs = {
             host: paths
-            for host, paths in host_certificates(new).items()
+            # self-signed ones where the running server keeps them (a new data_dir waits)
+            for host, paths in host_certificates(new, self.config.data_dir).items()
             if host in self.config.hosts
         }
         for host, (cert, key) in pairs.items():
@@ -414,7 +415,7 @@ def set_log_level(level: str) -> None:
     logging.getLogger().setLevel(logging.getLevelNamesMapping().get(level.upper(), logging.INFO))
 
 
-def host_certificates(config: Config) -> dict[str, tuple[str, str]]:
+def host_certificates(config: Config, data_dir: Path) -> dict[str, tuple[str, str]]:
     """Each host's certificate and key files: the configured ones, else a self-signed pair
     under data_dir/certs (made on first start)."""
     pairs = {}
@@ -422,7 +423,7 @@ def host_certificates(config: Config) -> dict[str, tuple[str, str]]:
         if host.cert is not None and host.key is not None:
             pairs[name] = (str(host.cert), str(host.key))
         else:
-            cert, key = ensure_certificate(name, config.data_dir / "certs")
+            cert, key = ensure_certificate(name, data_dir / "certs")
             log.info("using self-signed certificate %s for %s", cert, name)
             pairs[name] = (str(cert), str(key))
     return pairs
