@@ -96,6 +96,17 @@ interop-deps: | deps
 	    chromium chromium-driver python3-nbxmpp python3-gi \
 	    $$(command -v npm >/dev/null || echo nodejs npm); \
 	fi
+	@# Prosody, the other server of test_interop_prosody_s2s.py (run in a network namespace:
+	@# iproute2 brings its loopback up); policy-rc.d keeps the package from starting a
+	@# system-wide Prosody on ports 5222/5269 as it installs (invoke-rc.d asks it first).
+	@if ! command -v prosody >/dev/null || ! command -v ip >/dev/null; then \
+	  echo "installing prosody, iproute2 (federation test)"; \
+	  created=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; created=1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq prosody iproute2; \
+	  status=$$?; [ -z "$$created" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; \
+	fi
 	@if [ ! tests/interop/js/node_modules/.package-lock.json -nt tests/interop/js/package-lock.json ]; then \
 	  cd tests/interop/js && npm ci --no-audit --no-fund --loglevel=error; \
 	fi

@@ -1,4 +1,5 @@
-"""Federation with Prosody, by hand: `.venv/bin/python tests/interop/s2s_prosody.py`.
+"""Federation with Prosody: `.venv/bin/python -P tests/interop/s2s_prosody.py` by hand, or
+tests/test_interop_prosody_s2s.py, which runs it in a network namespace of its own.
 
 Starts Prosody (the Debian package, `apt-get install prosody`) and fastxmpp on loopback three
 times: with a CA both trust (SASL EXTERNAL, XEP-0178, both ways), the same with Prosody's
@@ -7,7 +8,8 @@ dialback); checks messages, pings, a subscription handshake to 'both' and presen
 directions.
 Prosody finds fastxmpp through DNS, so fastxmpp serves `localhost` with its s2s listener on
 port 5269, which must be free; fastxmpp reaches Prosody's `p.test` by a static route.
-Not part of the test suite: it needs Prosody and that port. Exit code 0: everything passed.
+It needs Prosody and that port (a network namespace has it free). Exit code 0: everything
+passed.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ VirtualHost "p.test"
   ssl = {{ certificate = "{root}/p.test.crt", key = "{root}/p.test.key", {cafile} }}
 """)
     (root / "pdata").mkdir()
-    cli = [sys.executable, "-m", "fastxmpp.cli"]
+    cli = [sys.executable, "-P", "-m", "fastxmpp.cli"]
     fx_cfg = ["--config", str(root / "fx.toml")]
     subprocess.run([*cli, "adduser", "alice@localhost", "--password-stdin", *fx_cfg],
                    input=PASSWORD, text=True, check=True, cwd=REPO)  # fmt: skip
