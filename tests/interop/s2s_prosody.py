@@ -5,7 +5,8 @@ Starts Prosody (the Debian package, `apt-get install prosody`) and fastxmpp on l
 times: with a CA both trust (SASL EXTERNAL, XEP-0178, both ways), the same with Prosody's
 mod_s2s_bidi (XEP-0288: one link carries both directions), and without a CA (XEP-0220
 dialback); checks messages, pings, a subscription handshake to 'both' and presence in both
-directions.
+directions; then a Prosody user in a room of fastxmpp's MUC service (XEP-0045 over s2s:
+entering, groupchat both ways, a nickname change, leaving).
 Prosody finds fastxmpp through DNS, so fastxmpp serves `localhost` with its s2s listener on
 port 5269, which must be free; fastxmpp reaches Prosody's `p.test` by a static route.
 It needs Prosody and that port (a network namespace has it free). Exit code 0: everything
@@ -78,6 +79,45 @@ def presence(frm: str, ptype: str | None = None) -> Any:
     return lambda el: (
         el.tag == f"{{{CLIENT}}}presence" and el.get("from") == frm and el.get("type") == ptype
     )
+
+
+def room_with_prosody_user(alice: RawClient, pat: RawClient) -> None:
+    """XEP-0045 across the link: alice creates an instant room on fastxmpp's MUC service,
+    pat (on Prosody) enters it over s2s, both talk, pat changes nick and leaves."""
+    room = "lounge@conference.localhost"
+    muc = "http://jabber.org/protocol/muc"
+    user = "http://jabber.org/protocol/muc#user"
+    alice.send(f"<presence to='{room}/alice'><x xmlns='{muc}'/></presence>")
+    wait_for(alice, "alice in the room", lambda el: el.get("from") == f"{room}/alice")
+    alice.send(
+        f"<iq type='set' id='inst' to='{room}'><query xmlns='{muc}#owner'>"
+        "<x xmlns='jabber:x:data' type='submit'/></query></iq>"
+    )
+    assert (
+        wait_for(alice, "instant room", lambda el: el.get("id") == "inst").get("type") == "result"
+    )
+    pat.send(f"<presence to='{room}/pat'><x xmlns='{muc}'/></presence>")
+    own = wait_for(pat, "pat's own presence", lambda el: el.get("from") == f"{room}/pat")
+    codes = {s.get("code") for s in own.iter(f"{{{user}}}status")}
+    assert "110" in codes, codes
+    wait_for(alice, "pat entering", presence(f"{room}/pat"))
+    pat.send(f"<message to='{room}' type='groupchat'><body>hello from prosody</body></message>")
+
+    def said(el: Any) -> bool:  # (the room's subject comes first, without a body)
+        return el.get("type") == "groupchat" and el.find(f"{{{CLIENT}}}body") is not None
+
+    for c, name in ((alice, "alice"), (pat, "pat")):
+        msg = wait_for(c, f"the groupchat at {name}", said)
+        assert msg.get("from") == f"{room}/pat", msg.get("from")
+        assert msg.findtext(f"{{{CLIENT}}}body") == "hello from prosody"
+    alice.send(f"<message to='{room}' type='groupchat'><body>hello from fastxmpp</body></message>")
+    msg = wait_for(pat, "alice's groupchat", said)
+    assert msg.get("from") == f"{room}/alice"
+    pat.send(f"<presence to='{room}/patrick'/>")
+    wait_for(alice, "the nick change", lambda el: el.get("from") == f"{room}/patrick")
+    pat.send(f"<presence to='{room}/patrick' type='unavailable'/>")
+    wait_for(alice, "pat leaving", presence(f"{room}/patrick", "unavailable"))
+    alice.send(f"<presence to='{room}/alice' type='unavailable'/>")
 
 
 def exchange(fx_port: int, p_port: int, ca_file: str) -> None:
@@ -179,6 +219,16 @@ VirtualHost "p.test"
         else:
             assert f"p.test authenticated ({how})" in text, text
             assert f"localhost -> p.test: ready ({how})" in text, text
+        # Then a room of fastxmpp's MUC service with a Prosody user in it: the links of
+        # another domain pair (p.test <-> conference.localhost), bidirectional if asked.
+        alice = login(fx_port, "localhost", "alice", str(ca_file))
+        pat = login(p_c2s, "p.test", "pat", str(ca_file))
+        room_with_prosody_user(alice, pat)
+        alice.close()
+        pat.close()
+        if bidi:
+            text = (root / "fx.log").read_text()
+            assert "conference.localhost -> p.test: over the peer's bidirectional link" in text
         print(f"Prosody interop with {how}: OK")
     except BaseException:
         print((root / "fx.log").read_text()[-6000:], file=sys.stderr)
