@@ -1,9 +1,10 @@
 """Federation with Prosody (Debian's 0.12) as the other server, in the suite: the scenarios
 of tests/interop/s2s_prosody.py (SASL EXTERNAL with a CA both trust, the same with Prosody's
 XEP-0288 bidirectional links, and XEP-0220 dialback; messages, pings, a subscription to
-'both' and presence, both ways; a Prosody user in a room of fastxmpp's MUC service) run in a network namespace of their own (`unshare -n`, its
-loopback brought up): Prosody finds fastxmpp's `localhost` through DNS, on port 5269, which
-a namespace has free whatever else the machine runs, and no traffic leaves it."""
+'both' and presence, both ways; a Prosody user in a room of fastxmpp's MUC service) run in
+a network namespace of their own (`unshare -n`, its loopback brought up): Prosody finds
+fastxmpp's `localhost` through DNS, on port 5269, which a namespace has free whatever else
+the machine runs, and no traffic leaves it."""
 
 from __future__ import annotations
 
