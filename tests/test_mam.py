@@ -328,6 +328,28 @@ def test_rsm_paging_forwards_and_backwards(login: Any, names: Iterator[str]) -> 
     assert results == [] and not fin(reply)[0]
 
 
+def count(reply: Any) -> str | None:
+    return reply.findtext(f"{{{NS}}}fin/{{{RSM}}}set/{{{RSM}}}count")
+
+
+def test_count_of_the_whole_archive(login: Any, names: Iterator[str]) -> None:
+    """XEP-0059 §2.2: the size of the whole result set, whatever the page, for a query
+    without filters (QXmpp shows it as the total); a filtered query has none (a scan)."""
+    a, b = login(next(names)), login(next(names))
+    _, reply = a.query()
+    assert count(reply) == "0"
+    send_all(a, b.bare, ["1", "2", "3"])
+    results, reply = a.query(rsm="<max>2</max>")
+    assert bodies(results) == ["1", "2"] and count(reply) == "3"
+    _, reply = a.query(rsm=f"<max>2</max><after>{fin(reply)[2]}</after>")
+    assert count(reply) == "3"
+    _, reply = a.query(rsm="<max>0</max>")
+    assert count(reply) == "3"
+    assert count(b.query(rsm="<max>1</max><before/>")[1]) == "3"
+    assert count(a.query({"with": b.bare})[1]) is None
+    assert count(a.query({"start": "2000-01-01T00:00:00Z"})[1]) is None
+
+
 def test_with_start_end(login: Any, names: Iterator[str]) -> None:
     a, b, c = login(next(names)), login(next(names)), login(next(names))
     a.send(chat(b.bare, "from a"))

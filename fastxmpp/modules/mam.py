@@ -22,7 +22,8 @@ stanza-ids, XEP-0059 paging and XEP-0004 query forms.
   form fields with, start, end, before-id, after-id (v0.7), XEP-0059 <max/> (capped at
   `[mam] max_page`), <after/>, <before/>; <index/> and other fields: feature-not-
   implemented. An id not in the archive: item-not-found. Results as <result/> messages,
-  then <fin complete=...> with <first>/<last> (no XEP-0059 <count/>).
+  then <fin complete=...> with <first>/<last>, and XEP-0059 <count/> when the query has no
+  filter (the archive's kept size; a filtered count would mean a scan, which §2.2 spares).
 - Archive writes leave the event loop: at the pipeline's "turn/commit" stage (which the
   router runs before it writes anything queued in that turn) the turn's records go to a
   GroupCommitWriter thread (storage/lmdb_store.py), which commits whatever accumulated while
@@ -120,6 +121,9 @@ class ArchiveQuery:
     limit: int
     backwards: bool
     queryid: str | None
+    # No with/start/end/after-id/before-id: the result set is the whole archive, whose size
+    # is kept (XEP-0059 §2.2 <count/>, sent only then: a filtered count would be a scan).
+    whole: bool = False
 
 
 def query_form() -> str:
@@ -163,6 +167,13 @@ def parse_query(query: Any, max_page: int, prepare_with: Callable[[str], str]) -
             elif name == "index":
                 raise StanzaError("feature-not-implemented", "no <index/> paging")
     return ArchiveQuery(
+        whole=not (
+            with_
+            or fields.get("start")
+            or fields.get("end")
+            or fields.get("after-id")
+            or fields.get("before-id")
+        ),
         with_=None if with_ is None else prepare_with(with_),
         start=_time(fields.get("start")),
         end=_time(fields.get("end")),
@@ -211,13 +222,14 @@ def answer_query(
         delay = delay_element(None, stamp(record.when))
         xml = record.xml if render is None else render(record)
         origin.send(forwarded_message(sender, origin.full, None, wrapper, xml, delay))
+    count = f"<count>{store.count(domain, local)}</count>" if request.whole else ""
     if records:
         rset = (
             f"<set xmlns='{NS_RSM}'><first>{records[0].id}</first>"
-            f"<last>{records[-1].id}</last></set>"
+            f"<last>{records[-1].id}</last>{count}</set>"
         )
     else:
-        rset = f"<set xmlns='{NS_RSM}'/>"
+        rset = f"<set xmlns='{NS_RSM}'>{count}</set>"
     flag = " complete='true'" if complete else ""
     return iq_result(origin, st, f"<fin xmlns='{NS}'{flag}>{rset}</fin>")
 
