@@ -167,6 +167,32 @@ class LineReader:
             self.lines.append(line.rstrip("\n"))
 
 
+def build_harness(
+    directory: Path,
+    source: Path,
+    compiler: tuple[str, str],
+    options: list[str],
+    libraries: list[str],
+    what: str,
+) -> str:
+    """`source` compiled into `directory` with `compiler` (command, what installs it) and
+    `options`, against the pkg-config `libraries` (`what` installs them); the binary's path."""
+    command = require_command(compiler[0], compiler[1])
+    pkg_config = require_command("pkg-config", "pkg-config (Debian package pkg-config)")
+    flags = subprocess.run(
+        [pkg_config, "--cflags", "--libs", *libraries], capture_output=True, text=True
+    )
+    require(flags.returncode == 0, what)
+    out = directory / "client"
+    built = subprocess.run(
+        [command, *options, "-o", str(out), str(source), *flags.stdout.split()],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    return str(out)
+
+
 class Harness(LineReader):
     """A compiled client harness (tests/interop/*/client.*): commands on its standard input,
     one event line per event on its standard output, its errors on standard error."""

@@ -48,10 +48,8 @@ import os
 import re
 import shutil
 import sqlite3
-import struct
 import subprocess
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +57,7 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import body, raw_login, require_command, wait_for
+from test_avatars import png as avatar_png
 from test_bookmarks_sync import conferences, native, private_storage
 from test_client_flows import Client
 from xmpp_raw import CLIENT, RawClient, stanza_error
@@ -594,7 +593,7 @@ def test_receipts_ping_caps_presence_and_avatar(
     # the server puts the hash in the account's presence (XEP-0153) and the image in its
     # vCard (XEP-0398 §4)
     png = tmp_path / "avatar.png"
-    png.write_bytes(tiny_png())
+    png.write_bytes(avatar_png(8, 8))
     p.type(f"/avatar set {png}")
     p.wait_screen("Avatar updated successfully")
     sha = p.sent(r'<publish node="urn:xmpp:avatar:metadata"><item id="([0-9a-f]{40})"').group(1)
@@ -614,23 +613,6 @@ def test_receipts_ping_caps_presence_and_avatar(
 
 
 VCARD_UPDATE = "vcard-temp:x:update"
-
-
-def tiny_png() -> bytes:
-    """An 8x8 red PNG (RFC 2083), for /avatar set."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    rows = b"".join(b"\x00" + b"\xff\x00\x00" * 8 for _ in range(8))
-    header = struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_bookmark_autojoin_on_the_next_connect(

@@ -38,10 +38,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import struct
-import subprocess
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,13 +50,13 @@ from interop_clients import (
     REPO,
     Harness,
     body,
+    build_harness,
     kill_all,
     raw_login,
-    require,
-    require_command,
     wait_for,
 )
 from lxml import etree
+from test_avatars import png
 from test_components import handshake, open_component
 from ws_client import HTTP_LISTENER
 from xmpp_raw import CLIENT, RawClient
@@ -103,23 +100,15 @@ def names() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> str:
     """client.cpp compiled against the installed QXmpp and Qt 5."""
-    cxx = require_command("g++", "a C++ compiler (Debian package g++)")
-    pkg_config = require_command("pkg-config", "pkg-config (Debian package pkg-config)")
-    flags = subprocess.run(
-        [pkg_config, "--cflags", "--libs", "qxmpp", "Qt5Core", "Qt5Network", "Qt5Xml"],
-        capture_output=True,
-        text=True,
-    )
-    require(flags.returncode == 0, "QXmpp (Debian package libqxmpp-dev)")
-    out = tmp_path_factory.mktemp("qxmpp") / "client"
-    built = subprocess.run(
+    return build_harness(
+        tmp_path_factory.mktemp("qxmpp"),
+        HARNESS,
+        ("g++", "a C++ compiler (Debian package g++)"),
         # -fPIC: Qt 5 is built with -reduce-relocations
-        [cxx, "-std=c++17", "-Wall", "-fPIC", "-o", str(out), str(HARNESS), *flags.stdout.split()],
-        capture_output=True,
-        text=True,
+        ["-std=c++17", "-Wall", "-fPIC"],
+        ["qxmpp", "Qt5Core", "Qt5Network", "Qt5Xml"],
+        "QXmpp (Debian package libqxmpp-dev)",
     )
-    assert built.returncode == 0, built.stderr
-    return str(out)
 
 
 class Qxmpp(Harness):
@@ -649,24 +638,6 @@ def test_sign_up_password_change_and_account_removal(
 def fields(form: Any) -> dict[str, str]:
     """A data form's values by field name (XEP-0004)."""
     return {f.get("var"): f.findtext(f"{DATA}value") or "" for f in form.iter(f"{DATA}field")}
-
-
-def png(width: int, height: int) -> bytes:
-    """A valid PNG of one grey colour."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    pixels = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(pixels))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_vcard_avatar_reaches_contacts(

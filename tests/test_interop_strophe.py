@@ -12,7 +12,6 @@ channel binding)."""
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,11 +24,10 @@ from interop_clients import (
     REPO,
     Harness,
     body,
+    build_harness,
     direct_tls_server,
     kill_all,
     raw_login,
-    require,
-    require_command,
     wait_for,
 )
 from xmpp_raw import CLIENT, RawClient
@@ -54,20 +52,14 @@ def names() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> str:
     """client.c compiled against the installed libstrophe."""
-    cc = require_command("cc", "a C compiler (Debian package gcc)")
-    pkg_config = require_command("pkg-config", "pkg-config (Debian package pkg-config)")
-    flags = subprocess.run(
-        [pkg_config, "--cflags", "--libs", "libstrophe"], capture_output=True, text=True
+    return build_harness(
+        tmp_path_factory.mktemp("strophe"),
+        HARNESS,
+        ("cc", "a C compiler (Debian package gcc)"),
+        ["-Wall", "-O1"],
+        ["libstrophe"],
+        "libstrophe (Debian package libstrophe-dev)",
     )
-    require(flags.returncode == 0, "libstrophe (Debian package libstrophe-dev)")
-    out = tmp_path_factory.mktemp("strophe") / "client"
-    built = subprocess.run(
-        [cc, "-Wall", "-O1", "-o", str(out), str(HARNESS), *flags.stdout.split()],
-        capture_output=True,
-        text=True,
-    )
-    assert built.returncode == 0, built.stderr
-    return str(out)
 
 
 class Strophe(Harness):
