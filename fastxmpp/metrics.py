@@ -11,9 +11,8 @@ figures (`Module.metrics`): rooms and occupants, the archive's commits.
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -35,15 +34,11 @@ class Figure:
     help: str
     kind: str
     samples: list[tuple[tuple[str, ...], float]]
-    labels: tuple[str, ...] = field(default=())
+    labels: tuple[str, ...] = ()
 
 
 def gauge(name: str, help: str, value: float) -> Figure:
     return Figure(name, help, "gauge", [((), value)])
-
-
-def counter(name: str, help: str, value: float) -> Figure:
-    return Figure(name, help, "counter", [((), value)])
 
 
 @dataclass(slots=True)
@@ -59,7 +54,6 @@ class ServerCollector:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.started = time.time()
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (

@@ -221,15 +221,23 @@ class Server:
         self.direct_tls.append(listener)
         return listener
 
-    def _use_certificates(self, pairs: dict[str, tuple[str, str]]) -> None:
+    def _use_certificates(self, pairs: dict[str, tuple[str, str]], reload: bool = False) -> None:
         """These hosts' certificate and key files, in new TLS contexts for every kind of
         listener: connections from now on get them, open ones keep what they started with
-        (and the tls-server-end-point binding of their context, RFC 5929)."""
+        (and the tls-server-end-point binding of their context, RFC 5929). `reload`: each
+        is named in the log with its end of validity."""
         now = datetime.datetime.now(datetime.UTC)
         for host, (cert, key) in pairs.items():
             self.tls_contexts[host] = make_tls_context(cert, key)
             self.certificates[host] = (cert, key)
             until = not_valid_after(cert)
+            if reload:
+                log.info(
+                    "reload: certificate of %s from %s%s",
+                    host,
+                    cert,
+                    "" if until is None else f", valid until {until:%Y-%m-%d %H:%M} UTC",
+                )
             if until is not None and until - now < EXPIRY_WARNING:
                 log.warning(
                     "the certificate of %s (%s) expires on %s",
@@ -269,15 +277,7 @@ class Server:
                 return
         set_log_level(new.log_level)
         self.router.tracer = trace_stanzas if log.isEnabledFor(logging.DEBUG) else None
-        self._use_certificates(pairs)
-        for host, (cert, _) in pairs.items():
-            until = not_valid_after(cert)
-            log.info(
-                "reload: certificate of %s from %s%s",
-                host,
-                cert,
-                "" if until is None else f", valid until {until:%Y-%m-%d %H:%M} UTC",
-            )
+        self._use_certificates(pairs, reload=True)
         for what in restart_only_changes(self.config, new):
             log.warning("reload: %s changed; that takes effect at the next start", what)
         log.info("reload: done (log level %s)", new.log_level)
