@@ -179,6 +179,52 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """XEP-0227 files (another server's export) into a stopped server's data directory."""
+    from .portable import Importer, PortableError, load
+
+    config = _config(args)
+    try:
+        roots = [(path, load(path)) for path in args.files]  # all read before any write
+        with ServerLock(config.data_dir):
+            storage, _ = _accounts(config)
+            with storage:
+                importer = Importer(config, storage)
+                for path, root in roots:
+                    print(f"importing {path}")
+                    importer.run(root)
+    except DataDirLocked as exc:
+        raise CommandError(f"{exc}; import only into a stopped server") from None
+    except PortableError as exc:
+        raise CommandError(str(exc)) from None
+    for line in importer.report.lines():
+        print(line)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Every account of the configured hosts (or those named) into one XEP-0227 file."""
+    from .portable import export
+
+    config = _config(args)
+    hosts = list(config.hosts) if not args.host else args.host
+    unknown = [host for host in hosts if host not in config.hosts]
+    if unknown:
+        raise CommandError(f"{unknown[0]} is not a configured host")
+    if args.destination.exists():
+        raise CommandError(f"{args.destination} already exists")
+    storage, _ = _accounts(config)
+    try:
+        with storage:
+            report = export(config, storage, args.destination, hosts)
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.destination}: {exc.strerror}") from None
+    print(f"exported to {args.destination} (readable by its owner only)")
+    for line in report.lines():
+        print(line)
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     problems = check_config(args.config)
     if problems:
@@ -291,6 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         "quarantine", cmd_quarantine, "list the stored records set aside as corrupt"
     ).add_argument("action", choices=["list"], help="list: one line per record")
+    command(
+        "import",
+        cmd_import,
+        "add the accounts of XEP-0227 files (Prosody's or ejabberd's export) to a stopped server",
+    ).add_argument("files", metavar="FILE", type=Path, nargs="+", help="XEP-0227 XML files")
+    export_command = command(
+        "export", cmd_export, "write every account's data into one XEP-0227 file"
+    )
+    export_command.add_argument("destination", metavar="FILE", type=Path, help="a new file")
+    export_command.add_argument(
+        "--host", action="append", metavar="DOMAIN", help="only this host (repeatable)"
+    )
     command("check-config", cmd_check_config, "report every problem in a configuration")
     command(
         "reload",

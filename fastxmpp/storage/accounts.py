@@ -94,9 +94,19 @@ class AccountStore:
     def _decode(self, key: bytes, raw: Any) -> dict[str, Any] | None:
         return self.storage.decode(DATABASE, key, raw, _decode, keep=True)
 
+    def credentials_of(self, password: str) -> Credentials:
+        """Credentials for every mechanism derived from `password` (UnusablePassword)."""
+        return self._credentials(password)
+
     def create(self, domain: str, local: str, password: str) -> None:
         # Hash before opening the write transaction: PBKDF2 is slow, the write lock is shared.
-        record = {"scram": self._credentials(password), "created": int(time.time())}
+        self.create_with(domain, local, self._credentials(password))
+
+    def create_with(self, domain: str, local: str, credentials: Credentials) -> None:
+        """Create the account with credentials made elsewhere (an import: another server's
+        SCRAM credentials, perhaps for SCRAM-SHA-1 only; `rederived` adds the missing
+        mechanism at the next login with the password in hand)."""
+        record = {"scram": credentials, "created": int(time.time())}
 
         def put(txn: Any) -> None:
             if not txn.put(_key(domain, local), msgpack.packb(record), overwrite=False):
@@ -255,17 +265,27 @@ class AccountStore:
     ) -> bool:
         """For SASL PLAIN (RFC 4616): derive the StoredKey from the offered password with the
         stored salt and iteration count, and compare in constant time."""
-        info = self.scram_auth_info(domain, local, _PLAIN_MECHANISM, disabled_too=disabled_too)
+        mechanism = _PLAIN_MECHANISM
+        info = self.scram_auth_info(domain, local, mechanism, disabled_too=disabled_too)
+        if info is None:
+            # An imported account may have SCRAM-SHA-1 credentials only (portable.py).
+            mechanism = "SCRAM-SHA-1"
+            info = self.scram_auth_info(domain, local, mechanism, disabled_too=disabled_too)
         if info is None or not password:
             return False
         salt, stored_key, _, iterations = info
         try:
-            _, candidate, _, _ = self._mechanisms[_PLAIN_MECHANISM].make_auth_info(
+            _, candidate, _, _ = self._mechanisms[mechanism].make_auth_info(
                 password, iteration_count=iterations, salt=salt
             )
         except ScramException:
             return False
         return hmac.compare_digest(candidate, stored_key)
+
+    def stored_credentials(self, domain: str, local: str) -> Credentials:
+        """The account's SCRAM credentials per mechanism ({} for none or a corrupt record)."""
+        record = self._read(domain, local)
+        return {} if record is None else dict(record["scram"])
 
     def count(self) -> int:
         """How many accounts there are, every host: the database's entry count, no scan."""
