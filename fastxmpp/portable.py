@@ -724,24 +724,27 @@ def _export_pep(
 
 
 def _export_archive(user: Any, archive: Any, domain: str, local: str, report: Report) -> None:
-    after = None
+    """The archive in id order: what is folded into it, then its rows still in the journal
+    (a running server folds them later; storage/mam.py)."""
     holder = None
+    for record in _archived(archive, domain, local):
+        if holder is None:
+            holder = etree.SubElement(user, _q(NS_PIE_MAM, "archive"), nsmap={None: NS_PIE_MAM})
+        result = etree.SubElement(holder, _q(NS_MAM, "result"), nsmap={None: NS_MAM}, id=record.id)
+        forwarded = etree.SubElement(result, _q(NS_FORWARD, "forwarded"), nsmap={None: NS_FORWARD})
+        etree.SubElement(
+            forwarded, _q(NS_DELAY, "delay"), nsmap={None: NS_DELAY}, stamp=stamp(record.when)
+        )
+        forwarded.append(_client_element(record.xml))
+        report.count("archived messages")
+
+
+def _archived(archive: Any, domain: str, local: str) -> Iterator[Any]:
+    after = None
     while True:
         records, complete = archive.query(domain, local, after=after, limit=500)
-        for record in records:
-            if holder is None:
-                holder = etree.SubElement(user, _q(NS_PIE_MAM, "archive"), nsmap={None: NS_PIE_MAM})
-            result = etree.SubElement(
-                holder, _q(NS_MAM, "result"), nsmap={None: NS_MAM}, id=record.id
-            )
-            forwarded = etree.SubElement(
-                result, _q(NS_FORWARD, "forwarded"), nsmap={None: NS_FORWARD}
-            )
-            etree.SubElement(
-                forwarded, _q(NS_DELAY, "delay"), nsmap={None: NS_DELAY}, stamp=stamp(record.when)
-            )
-            forwarded.append(_client_element(record.xml))
-            report.count("archived messages")
+        yield from records
         if complete or not records:
-            return
+            break
         after = records[-1].id
+    yield from archive.journaled(domain, local)

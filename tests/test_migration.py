@@ -33,6 +33,7 @@ DEVICES = "eu.siacs.conversations.axolotl.devicelist"
 MAM = "urn:xmpp:mam:2"
 FORWARD = "urn:xmpp:forward:0"
 DATA = "jabber:x:data"
+PRIVACY = "jabber:iq:privacy"
 
 
 def _free_port() -> int:
@@ -66,8 +67,11 @@ def _login(port: int, ca_file: str, user: str, mechanism: str, resource: str = "
 
 def _iq(c: RawClient, kind: str, payload: str, to: str | None = None) -> Any:
     target = f" to='{to}'" if to else ""
-    c.send(f"<iq type='{kind}' id='q{time.monotonic_ns()}'{target}>{payload}</iq>")
-    reply = wait_for(c, "the iq's answer", lambda el: el.tag == f"{{{CLIENT}}}iq")
+    iq_id = f"q{time.monotonic_ns()}"
+    c.send(f"<iq type='{kind}' id='{iq_id}'{target}>{payload}</iq>")
+    reply = wait_for(
+        c, "the iq's answer", lambda el: el.tag == f"{{{CLIENT}}}iq" and el.get("id") == iq_id
+    )
     assert reply.get("type") == "result", etree.tostring(reply)
     return reply
 
@@ -346,8 +350,21 @@ def test_sha1_only_accounts_get_sha256_at_a_plain_login(
 def test_export_then_import_elsewhere(
     imported: tuple[ServerProcess, str], ca: trustme.CA, ca_file: str, tmp_path: Path
 ) -> None:
-    """fastxmpp's own export (while it runs) read by another fastxmpp: nothing lost."""
+    """fastxmpp's own export (while it runs) read by another fastxmpp: nothing lost, with
+    what Prosody's export had no part for (offline messages, privacy lists) added first."""
     srv, _ = imported
+    juliet = _login(srv.port, ca_file, "juliet", "SCRAM-SHA-1")
+    _iq(
+        juliet,
+        "set",
+        f"<query xmlns='{PRIVACY}'><list name='quiet'><item type='jid' value='tybalt@localhost'"
+        " action='deny' order='1'><message/></item><item action='allow' order='2'/></list>"
+        "</query>",
+    )
+    _iq(juliet, "set", f"<query xmlns='{PRIVACY}'><default name='quiet'/></query>")
+    _chat(juliet, "nurse@localhost", "bring word tomorrow")  # the nurse is offline
+    _iq(juliet, "get", "<ping xmlns='urn:xmpp:ping'/>", to="localhost")  # (stored by now)
+    juliet.close()
     out = tmp_path / "export.xml"
     result = run_cli("export", str(out), config=srv.config)
     assert result.returncode == 0, result.stderr
@@ -357,7 +374,9 @@ def test_export_then_import_elsewhere(
     second = ServerProcess(tmp_path / "second", ca, ("localhost",))
     result = run_cli("import", str(out), config=second.config)
     assert result.returncode == 0, result.stderr
-    assert "3 accounts" in result.stdout and "4 archived messages" in result.stdout
+    said = result.stdout
+    assert "3 accounts" in said and "6 archived messages" in said, said
+    assert "1 offline messages" in said and "1 privacy lists" in said, said
     second.start()
     try:
         juliet = _login(second.port, ca_file, "juliet", "SCRAM-SHA-1")
@@ -365,7 +384,27 @@ def test_export_then_import_elsewhere(
         assert roster.find(f"{{{ROSTER}}}query/{{{ROSTER}}}item").get("name") == "Romeo"
         nick = _iq(juliet, "get", f"<pubsub xmlns='{PUBSUB}'><items node='{NICK}'/></pubsub>")
         assert nick.findtext(f".//{{{NICK}}}nick") == "Jule"
+        names = _iq(juliet, "get", f"<query xmlns='{PRIVACY}'/>")
+        assert names.find(f"{{{PRIVACY}}}query/{{{PRIVACY}}}default").get("name") == "quiet"
+        lists = _iq(juliet, "get", f"<query xmlns='{PRIVACY}'><list name='quiet'/></query>")
+        items = lists.findall(f"{{{PRIVACY}}}query/{{{PRIVACY}}}list/{{{PRIVACY}}}item")
+        assert [(i.get("value"), i.get("action")) for i in items] == [
+            ("tybalt@localhost", "deny"),
+            (None, "allow"),
+        ]
+        assert items[0].find(f"{{{PRIVACY}}}message") is not None
         juliet.close()
+        # The offline message, with the time it was first stored (XEP-0203).
+        nurse = _login(second.port, ca_file, "nurse", "SCRAM-SHA-1")
+        nurse.send("<presence/>")
+        message = wait_for(
+            nurse,
+            "the offline message",
+            lambda el: el.findtext(f"{{{CLIENT}}}body") == "bring word tomorrow",
+        )
+        assert message.get("from").startswith("juliet@localhost/")
+        assert message.find("{urn:xmpp:delay}delay") is not None
+        nurse.close()
     finally:
         second.stop()
 

@@ -316,6 +316,20 @@ class ArchiveStore:
             return None
         return (_ID.pack(tail[0]).hex(), first), (_ID.pack(tail[-2]).hex(), last)
 
+    def journaled(self, domain: str, local: str) -> list[Record]:
+        """The account's rows in the journal (as this store loaded or wrote them), oldest
+        first: newer than any `query` reads before they fold. For a reader in another
+        process than the server's (`fastxmpp export`), which must not fold them itself."""
+        tail = self.tails.get(account_prefix(domain, local), [])
+        found = []
+        for index in range(0, len(tail), 2):
+            try:
+                when, other, direction, xml = _decode_record(tail[index + 1])
+            except Exception:  # a damaged row: the server's next read quarantines it
+                continue
+            found.append(Record(_ID.pack(tail[index]).hex(), when, other, direction, xml))
+        return found
+
     def unfolded_rows(self, prefix: bytes) -> int:
         return len(self.tails.get(prefix, ())) // 2
 
