@@ -97,14 +97,16 @@ interop-deps: | deps
 	    $$(command -v npm >/dev/null || echo nodejs npm); \
 	fi
 	@# Prosody, the other server of test_interop_prosody_s2s.py (run in a network namespace:
-	@# iproute2 brings its loopback up); policy-rc.d keeps the package from starting a
-	@# system-wide Prosody on ports 5222/5269 as it installs (invoke-rc.d asks it first).
-	@if ! command -v prosody >/dev/null || ! command -v ip >/dev/null; then \
-	  echo "installing prosody, iproute2 (federation test)"; \
+	@# iproute2 brings its loopback up), and with ejabberd the servers whose exports
+	@# test_migration.py imports; policy-rc.d keeps the packages from starting system-wide
+	@# servers on ports 5222/5269 as they install (invoke-rc.d asks it first).
+	@if ! command -v prosody >/dev/null || ! command -v ip >/dev/null \
+	    || ! command -v ejabberdctl >/dev/null; then \
+	  echo "installing prosody, ejabberd, iproute2 (federation and migration tests)"; \
 	  created=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
 	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; created=1; \
 	  fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq prosody iproute2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq prosody ejabberd iproute2; \
 	  status=$$?; [ -z "$$created" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; \
 	fi
 	@if [ ! tests/interop/js/node_modules/.package-lock.json -nt tests/interop/js/package-lock.json ]; then \

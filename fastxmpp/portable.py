@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import time
 import uuid
@@ -534,6 +535,13 @@ def _scram(element: Any, mechanism: str, account: str) -> list[Any]:
         _b64(element, name, account) for name in ("salt", "stored-key", "server-key")
     )
     size = 20 if mechanism == "SCRAM-SHA-1" else 32
+    if len(stored_key) != size and len(server_key) != size:
+        # ejabberd 23 exports each value base64-encoded twice (it keeps them as base64 text
+        # and encodes that again); its keys then decode to the right size a second time.
+        with contextlib.suppress(binascii.Error, ValueError):
+            salt, stored_key, server_key = (
+                base64.b64decode(value, validate=True) for value in (salt, stored_key, server_key)
+            )
     if iterations < 1 or not salt or len(stored_key) != size or len(server_key) != size:
         raise PortableError(f"{account}: {mechanism} credentials of the wrong size")
     return [salt, stored_key, server_key, iterations]

@@ -6,12 +6,22 @@ installed by `make interop-deps`) that users filled over XMPP (a roster with a g
 vCard, private XML, PEP nodes, archived chats and a subscription request waiting), stopped,
 and exported with its own `prosody-migrator` to its `xep0227` store: a file per account,
 SCRAM-SHA-1 credentials only. The users then log in to fastxmpp with their passwords and
-find their data, as clients ask for it."""
+find their data, as clients ask for it. The same with ejabberd 23.01 (Debian's `ejabberd`),
+whose `ejabberdctl export_piefxis` writes a main file that XIncludes a file per host, with
+offline messages and privacy lists, which Prosody's export has no part for, and its SCRAM
+credentials base64-encoded twice (it keeps them as base64 text and encodes that again)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import os
+import pwd
+import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -448,3 +458,178 @@ def test_refusals(imported: tuple[ServerProcess, str], ca: trustme.CA, tmp_path:
     # The server's own lock: no import into a running server.
     running = run_cli("import", str(tmp_path / "lol.xml"), config=srv.config)
     assert running.returncode == 1 and "stopped server" in running.stderr, running.stderr
+
+
+# --- ejabberd -------------------------------------------------------------------------
+
+EJABBERD_CONFIG = """
+hosts:
+  - localhost
+loglevel: info
+certfiles:
+  - "{pem}"
+auth_method: internal
+auth_password_format: scram
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+listen:
+  - port: {port}
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    starttls_required: true
+modules:
+  mod_roster: {{}}
+  mod_disco: {{}}
+  mod_ping: {{}}
+  mod_offline: {{}}
+  mod_private: {{}}
+  mod_privacy: {{}}
+  mod_vcard: {{}}
+"""
+
+
+@pytest.fixture(scope="module")
+def ejabberd_export(ca: trustme.CA, ca_file: str) -> Iterator[Path]:
+    """The main file `ejabberdctl export_piefxis` wrote (its hosts' files XIncluded)."""
+    ctl = require_command("ejabberdctl", "ejabberd (Debian package ejabberd)")
+    user = pwd.getpwnam("ejabberd")
+    # ejabberd runs as its own user: a directory of its own, outside pytest's (mode 0700).
+    root = Path(tempfile.mkdtemp(prefix="fastxmpp-ejabberd-"))
+    try:
+        # A validity Erlang's certificate code reads (trustme's default ends in year 3000).
+        now = datetime.datetime.now(datetime.UTC)
+        cert = ca.issue_cert(
+            "localhost",
+            not_before=now - datetime.timedelta(days=1),
+            not_after=now + datetime.timedelta(days=30),
+        )
+        pem = root / "localhost.pem"
+        pem.write_bytes(cert.cert_chain_pems[0].bytes() + cert.private_key_pem.bytes())
+        port = _free_port()
+        config = root / "ejabberd.yml"
+        config.write_text(EJABBERD_CONFIG.format(pem=pem, port=port))
+        ctl_config = root / "ejabberdctl.cfg"
+        ctl_config.write_text(f'EJABBERD_PID_PATH="{root}/spool/ejabberd.pid"\n')
+        for sub in ("spool", "logs", "export"):
+            (root / sub).mkdir()
+        for path in [root, *root.iterdir()]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        node = f"migration{os.getpid()}@localhost"
+        base = [
+            *(ctl, "--ctl-config", str(ctl_config), "--config", str(config)),
+            *("--spool", str(root / "spool"), "--logs", str(root / "logs"), "--node", node),
+        ]
+        as_user: dict[str, Any] = {
+            "user": user.pw_uid,
+            "group": user.pw_gid,
+            "extra_groups": [],
+            "env": {**os.environ, "HOME": user.pw_dir},
+        }
+        log = root / "logs" / "ejabberd.log"
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        proc = subprocess.Popen([*base, "foreground"], start_new_session=True, **quiet, **as_user)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log.read_text()[-4000:] if log.exists() else ""
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", port), 0.5).close()
+                    break
+                assert time.monotonic() < deadline, "ejabberd never listened"
+                time.sleep(0.2)
+            for name in ("juliet", "romeo", "nurse"):
+                subprocess.run([*base, "register", name, "localhost", PASSWORD], check=True,
+                               capture_output=True, timeout=60, **as_user)  # fmt: skip
+            _fill_ejabberd(port, ca_file)
+            subprocess.run([*base, "export_piefxis", str(root / "export")], check=True,
+                           capture_output=True, timeout=60, **as_user)  # fmt: skip
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        mains = [p for p in (root / "export").glob("*.xml") if "xi:include" in p.read_text()]
+        assert len(mains) == 1, sorted(p.name for p in (root / "export").iterdir())
+        yield mains[0]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _fill_ejabberd(port: int, ca_file: str) -> None:
+    juliet = _login(port, ca_file, "juliet", "SCRAM-SHA-1")
+    try:
+        _iq(
+            juliet,
+            "set",
+            f"<query xmlns='{ROSTER}'><item jid='romeo@localhost' name='Romeo'>"
+            "<group>Friends</group></item></query>",
+        )
+        _iq(juliet, "set", f"<vCard xmlns='{VCARD}'><FN>Juliet Capulet</FN></vCard>")
+        _iq(
+            juliet,
+            "set",
+            f"<query xmlns='{PRIVATE}'><prefs xmlns='exodus:prefs'><nick>Jule</nick></prefs>"
+            "</query>",
+        )
+        _iq(
+            juliet,
+            "set",
+            f"<query xmlns='{PRIVACY}'><list name='quiet'><item type='jid' "
+            "value='tybalt@localhost' action='deny' order='1'/></list></query>",
+        )
+    finally:
+        juliet.close()
+    romeo = _login(port, ca_file, "romeo", "SCRAM-SHA-1")
+    _chat(romeo, "juliet@localhost", "wherefore art thou")  # juliet is offline
+    _iq(romeo, "get", "<ping xmlns='urn:xmpp:ping'/>", to="localhost")
+    romeo.close()
+    nurse = _login(port, ca_file, "nurse", "SCRAM-SHA-1")
+    nurse.send("<presence to='juliet@localhost' type='subscribe'/>")
+    _iq(nurse, "get", "<ping xmlns='urn:xmpp:ping'/>", to="localhost")
+    nurse.close()
+
+
+def test_ejabberd_export_imports(
+    ejabberd_export: Path, ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    srv = ServerProcess(tmp_path / "from-ejabberd", ca, ("localhost",))
+    result = run_cli("import", str(ejabberd_export), config=srv.config)
+    assert result.returncode == 0, result.stderr
+    said = result.stdout
+    assert "3 accounts" in said and "1 offline messages" in said, said
+    assert "1 privacy lists" in said and "1 vCards" in said, said
+    srv.start()
+    try:
+        juliet = _login(srv.port, ca_file, "juliet", "SCRAM-SHA-1")
+        roster = _iq(juliet, "get", f"<query xmlns='{ROSTER}'/>")
+        items = roster.findall(f"{{{ROSTER}}}query/{{{ROSTER}}}item")
+        assert [(i.get("jid"), i.get("name"), i.findtext(f"{{{ROSTER}}}group")) for i in items] == [
+            ("romeo@localhost", "Romeo", "Friends")
+        ]
+        vcard = _iq(juliet, "get", f"<vCard xmlns='{VCARD}'/>")
+        assert vcard.findtext(f"{{{VCARD}}}vCard/{{{VCARD}}}FN") == "Juliet Capulet"
+        private = _iq(
+            juliet, "get", f"<query xmlns='{PRIVATE}'><prefs xmlns='exodus:prefs'/></query>"
+        )
+        assert private.find(".//{exodus:prefs}nick").text == "Jule"
+        lists = _iq(juliet, "get", f"<query xmlns='{PRIVACY}'><list name='quiet'/></query>")
+        item = lists.find(f".//{{{PRIVACY}}}item")
+        assert (item.get("value"), item.get("action")) == ("tybalt@localhost", "deny")
+        juliet.send("<presence/>")
+        # The waiting subscription request and the offline message, in either order.
+        got = {"request": False, "message": False}
+        while not all(got.values()):
+            el = juliet.next()
+            if el.tag == f"{{{CLIENT}}}presence" and el.get("type") == "subscribe":
+                got["request"] = el.get("from") == "nurse@localhost"
+            elif el.findtext(f"{{{CLIENT}}}body") == "wherefore art thou":
+                got["message"] = el.find("{urn:xmpp:delay}delay") is not None
+        juliet.close()
+    finally:
+        srv.stop()
