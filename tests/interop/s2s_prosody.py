@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import trustme
+from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from xmpp_raw import CLIENT, SASL, RawClient
@@ -81,9 +82,10 @@ def presence(frm: str, ptype: str | None = None) -> Any:
     )
 
 
-def room_with_prosody_user(alice: RawClient, pat: RawClient) -> None:
+def room_with_remote_user(alice: RawClient, pat: RawClient, peer: str = "prosody") -> None:
     """XEP-0045 across the link: alice creates an instant room on fastxmpp's MUC service,
-    pat (on Prosody) enters it over s2s, both talk, pat changes nick and leaves."""
+    pat (on the other server, `peer`) enters it over s2s, both talk, pat changes nick and
+    leaves."""
     room = "lounge@conference.localhost"
     muc = "http://jabber.org/protocol/muc"
     user = "http://jabber.org/protocol/muc#user"
@@ -99,9 +101,9 @@ def room_with_prosody_user(alice: RawClient, pat: RawClient) -> None:
     pat.send(f"<presence to='{room}/pat'><x xmlns='{muc}'/></presence>")
     own = wait_for(pat, "pat's own presence", lambda el: el.get("from") == f"{room}/pat")
     codes = {s.get("code") for s in own.iter(f"{{{user}}}status")}
-    assert "110" in codes, codes
+    assert "110" in codes, etree.tostring(own)
     wait_for(alice, "pat entering", presence(f"{room}/pat"))
-    pat.send(f"<message to='{room}' type='groupchat'><body>hello from prosody</body></message>")
+    pat.send(f"<message to='{room}' type='groupchat'><body>hello from {peer}</body></message>")
 
     def said(el: Any) -> bool:  # (the room's subject comes first, without a body)
         return el.get("type") == "groupchat" and el.find(f"{{{CLIENT}}}body") is not None
@@ -109,7 +111,7 @@ def room_with_prosody_user(alice: RawClient, pat: RawClient) -> None:
     for c, name in ((alice, "alice"), (pat, "pat")):
         msg = wait_for(c, f"the groupchat at {name}", said)
         assert msg.get("from") == f"{room}/pat", msg.get("from")
-        assert msg.findtext(f"{{{CLIENT}}}body") == "hello from prosody"
+        assert msg.findtext(f"{{{CLIENT}}}body") == f"hello from {peer}"
     alice.send(f"<message to='{room}' type='groupchat'><body>hello from fastxmpp</body></message>")
     msg = wait_for(pat, "alice's groupchat", said)
     assert msg.get("from") == f"{room}/alice"
@@ -120,32 +122,34 @@ def room_with_prosody_user(alice: RawClient, pat: RawClient) -> None:
     alice.send(f"<presence to='{room}/alice' type='unavailable'/>")
 
 
-def exchange(fx_port: int, p_port: int, ca_file: str) -> None:
+def exchange(fx_port: int, p_port: int, ca_file: str, domain: str = "p.test") -> None:
+    """Messages, pings, a subscription to 'both' and presence between alice@localhost on
+    fastxmpp and pat@`domain` on the other server, both ways."""
     alice = login(fx_port, "localhost", "alice", ca_file)
-    pat = login(p_port, "p.test", "pat", ca_file)
-    alice.send("<message to='pat@p.test' type='chat'><body>from fastxmpp</body></message>")
+    pat = login(p_port, domain, "pat", ca_file)
+    alice.send(f"<message to='pat@{domain}' type='chat'><body>from fastxmpp</body></message>")
     msg = wait_for(pat, "alice's message", lambda el: el.tag == f"{{{CLIENT}}}message")
     assert msg.get("from") == "alice@localhost/r"
-    pat.send("<message to='alice@localhost/r' type='chat'><body>from prosody</body></message>")
+    pat.send("<message to='alice@localhost/r' type='chat'><body>from the peer</body></message>")
     msg = wait_for(alice, "pat's message", lambda el: el.tag == f"{{{CLIENT}}}message")
-    assert msg.get("from") == "pat@p.test/r"
-    alice.send("<iq type='get' id='p1' to='p.test'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert msg.get("from") == f"pat@{domain}/r"
+    alice.send(f"<iq type='get' id='p1' to='{domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
     assert wait_for(alice, "ping 1", lambda el: el.get("id") == "p1").get("type") == "result"
     pat.send("<iq type='get' id='p2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     assert wait_for(pat, "ping 2", lambda el: el.get("id") == "p2").get("type") == "result"
-    for x, x_jid, y, y_jid in ((alice, "alice@localhost", pat, "pat@p.test"),
-                               (pat, "pat@p.test", alice, "alice@localhost")):  # fmt: skip
+    for x, x_jid, y, y_jid in ((alice, "alice@localhost", pat, f"pat@{domain}"),
+                               (pat, f"pat@{domain}", alice, "alice@localhost")):  # fmt: skip
         x.send(f"<presence type='subscribe' to='{y_jid}'/>")
         wait_for(y, "subscribe", presence(x_jid, "subscribe"))
         y.send(f"<presence type='subscribed' to='{x_jid}'/>")
         wait_for(x, "subscribed", presence(y_jid, "subscribed"))
-    for c, contact in ((alice, "pat@p.test"), (pat, "alice@localhost")):
+    for c, contact in ((alice, f"pat@{domain}"), (pat, "alice@localhost")):
         c.send("<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
         reply = wait_for(c, "roster", lambda el: el.get("id") == "r")
         items = {i.get("jid"): i.get("subscription") for i in reply.iter("{jabber:iq:roster}item")}
         assert items == {contact: "both"}, items
     pat.send("<presence><show>away</show></presence>")
-    wait_for(alice, "pat away", presence("pat@p.test/r"))
+    wait_for(alice, "pat away", presence(f"pat@{domain}/r"))
     alice.send("<presence type='unavailable'/>")
     wait_for(pat, "alice unavailable", presence("alice@localhost/r", "unavailable"))
     alice.close()
@@ -223,7 +227,7 @@ VirtualHost "p.test"
         # another domain pair (p.test <-> conference.localhost), bidirectional if asked.
         alice = login(fx_port, "localhost", "alice", str(ca_file))
         pat = login(p_c2s, "p.test", "pat", str(ca_file))
-        room_with_prosody_user(alice, pat)
+        room_with_remote_user(alice, pat)
         alice.close()
         pat.close()
         if bidi:
