@@ -11,9 +11,9 @@ older `http://www.xmpp.org/extensions/xep-0227.html#ns`, and XInclude `<include 
 relative files (§5: MUST), Prosody's file per account as well as ejabberd's file per host.
 Anything else is reported (§4: SHOULD notify the operator) and left out.
 
-Import runs on a stopped server (its lock is held), account by account; an account that
-already exists is left as it is and reported, so a second run after a partial one adds only
-the accounts that are missing.
+Import runs on a stopped server (its lock is held), account by account, the account's
+record after its data; an account that already exists is left as it is and reported, so a
+run stopped anywhere is completed by running it again (`Importer._user`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from lxml import etree
 from .config import Config
 from .delay import parse_stamp, stamp
 from .jid import JIDError, parse_jid
+from .storage.account_data import account_prefix, purge_account
 from .storage.accounts import MECHANISMS, AccountExists, AccountStore, Credentials
 from .storage.lmdb_store import Storage
 
@@ -240,14 +241,25 @@ class Importer:
         if credentials is None:
             self.report.skipped.append(f"{local}@{domain}: neither password nor credentials")
             return
+        if self.accounts.exists(domain, local):
+            self.report.skipped.append(f"{local}@{domain}: the account exists already")
+            return
+        # The account's record is written last: an import stopped anywhere (a crash, a full
+        # disk) leaves no account, only data, which the next run purges before it writes the
+        # account again (offline messages and archived ones would otherwise be there twice).
+        self.storage.write(lambda txn: purge_account(self.storage, txn, domain, local))
+        self.archive.drop_tail(account_prefix(domain, local))
+        self._user_data(domain, local, user)
         try:
             self.accounts.create_with(domain, local, credentials)
-        except AccountExists:
+        except AccountExists:  # made meanwhile by a running server? (the lock forbids it)
             self.report.skipped.append(f"{local}@{domain}: the account exists already")
             return
         self.report.accounts += 1
         if "SCRAM-SHA-256" not in credentials:
             self.report.sha1_only.append(f"{local}@{domain}")
+
+    def _user_data(self, domain: str, local: str, user: Any) -> None:
         pending = []
         for child in user:
             if not isinstance(child.tag, str):
@@ -644,7 +656,7 @@ def _export_roster(user: Any, roster: Any, report: Report) -> None:
 
 
 def _export_private(user: Any, storage: Storage, domain: str, local: str) -> None:
-    from .storage.account_data import account_prefix, prefixed
+    from .storage.account_data import prefixed
 
     prefix = account_prefix(domain, local)
     db = storage.database("private")

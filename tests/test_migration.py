@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import PASSWORD, ServerProcess, run_cli
+from conftest import FASTXMPP, PASSWORD, ServerProcess, run_cli
 from interop_clients import require_command, wait_for
 from lxml import etree
 from xmpp_raw import CLIENT, SASL, RawClient
@@ -633,3 +633,96 @@ def test_ejabberd_export_imports(
         juliet.close()
     finally:
         srv.stop()
+
+
+def _big_export(path: Path, accounts: int, archived: int, offline: int) -> None:
+    """A file as another server writes it: `accounts` users with rosters, vCards, offline
+    messages and archives."""
+    users = []
+    for n in range(accounts):
+        name = f"user{n}"
+        roster = "".join(
+            f"<item jid='friend{k}@elsewhere.test' subscription='both'><group>G</group></item>"
+            for k in range(5)
+        )
+        stored = "".join(
+            f"<message xmlns='jabber:client' from='friend0@elsewhere.test/x' to='{name}@localhost'"
+            f" type='chat'><body>offline {k}</body><delay xmlns='urn:xmpp:delay'"
+            " stamp='2026-01-01T00:00:00Z'/></message>"
+            for k in range(offline)
+        )
+        archive = "".join(
+            f"<result xmlns='{MAM}' id='a{k}'><forwarded xmlns='{FORWARD}'>"
+            f"<delay xmlns='urn:xmpp:delay' stamp='2026-01-01T00:{k // 60:02d}:{k % 60:02d}Z'/>"
+            f"<message xmlns='jabber:client' from='friend1@elsewhere.test/x' to='{name}@localhost'"
+            f" type='chat'><body>archived {k}</body></message></forwarded></result>"
+            for k in range(archived)
+        )
+        users.append(
+            f"<user name='{name}' password='{PASSWORD}'>"
+            f"<query xmlns='{ROSTER}'>{roster}</query>"
+            f"<vCard xmlns='{VCARD}'><FN>User {n}</FN></vCard>"
+            f"<offline-messages>{stored}</offline-messages>"
+            f"<archive xmlns='urn:xmpp:pie:0#mam'>{archive}</archive></user>"
+        )
+    path.write_text(
+        f"<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'>{''.join(users)}</host>"
+        "</server-data>"
+    )
+
+
+def test_an_import_stopped_anywhere_completes_on_the_next_run(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    """SIGKILL in the middle of an import, then the same import again: every account whole,
+    nothing twice (an account is written last, and what an interrupted run left of it is
+    purged first)."""
+    from fastxmpp.storage.accounts import AccountStore
+    from fastxmpp.storage.lmdb_store import Storage
+    from fastxmpp.storage.mam import ArchiveStore
+    from fastxmpp.storage.offline import OfflineStore
+    from fastxmpp.storage.roster import RosterStore
+
+    accounts, archived, offline = 120, 40, 3
+    export = tmp_path / "export.xml"
+    _big_export(export, accounts, archived, offline)
+    srv = ServerProcess(tmp_path / "target", ca, ("localhost",))
+    srv.data_dir.mkdir(parents=True)
+    with Storage(srv.data_dir) as storage:
+        AccountStore(storage).count()  # the database made before the importer writes
+    command = [*FASTXMPP, "import", str(export), "--config", str(srv.config)]
+    interrupted = 0
+    for _ in range(3):  # three stops, each somewhere in an account's writes, or between two
+        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # until a few more accounts are in, then stop it where it is
+                with Storage(srv.data_dir) as storage:
+                    done = AccountStore(storage).count()
+                if done >= interrupted + 5:
+                    break
+                assert run.poll() is None, run.stdout.read() if run.stdout else ""
+                assert time.monotonic() < deadline, "the import made no progress"
+                time.sleep(0.01)
+            run.send_signal(signal.SIGKILL)
+        finally:
+            run.wait(10)
+            if run.stdout:
+                run.stdout.close()
+        with Storage(srv.data_dir) as storage:
+            interrupted = AccountStore(storage).count()
+    assert 15 <= interrupted < accounts, "a kill came after the import had finished"
+    result = run_cli("import", str(export), config=srv.config)
+    assert result.returncode == 0, result.stderr
+    assert f"\n{accounts - interrupted} accounts," in result.stdout, result.stdout
+    with Storage(srv.data_dir) as storage:
+        account_store = AccountStore(storage)
+        assert account_store.count() == accounts
+        archive, queue, rosters = ArchiveStore(storage), OfflineStore(storage), RosterStore(storage)
+        for n in range(accounts):
+            local = f"user{n}"
+            assert archive.count("localhost", local) + len(
+                archive.journaled("localhost", local)
+            ) == archived, local  # fmt: skip
+            assert queue.count("localhost", local) == offline, local
+            assert rosters.load("localhost", local).listed_count() == 5, local
