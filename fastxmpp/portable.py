@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import os
 import time
 import uuid
@@ -626,9 +627,23 @@ def export(config: Config, storage: Storage, out: Path, hosts: list[str]) -> Rep
             _export_archive(user, archive, domain, local, report)
             report.accounts += 1
     data = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Under a temporary name until complete and on disk: a file with the name asked for is
+    # a whole export, whenever the command was stopped.
+    partial = out.with_name(out.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if out.exists():
+        partial.unlink()
+        raise FileExistsError(errno.EEXIST, "exists already", str(out))
+    os.rename(partial, out)
+    directory = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return report
 
 

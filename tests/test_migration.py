@@ -379,6 +379,7 @@ def test_export_then_import_elsewhere(
     result = run_cli("export", str(out), config=srv.config)
     assert result.returncode == 0, result.stderr
     assert out.stat().st_mode & 0o777 == 0o600
+    assert not out.with_name("export.xml.partial").exists()  # written aside, then renamed
     text = out.read_text()
     assert "password=" not in text  # credentials as SCRAM only (XEP-0227 §4.2, 1.1)
     second = ServerProcess(tmp_path / "second", ca, ("localhost",))
