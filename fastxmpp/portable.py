@@ -35,9 +35,15 @@ from lxml import etree
 
 from .config import Config
 from .delay import parse_stamp, stamp
-from .jid import JIDError, parse_jid
+from .jid import JIDError, normalize_domain, parse_jid
 from .storage.account_data import account_prefix, purge_account
-from .storage.accounts import MECHANISMS, AccountExists, AccountStore, Credentials
+from .storage.accounts import (
+    MECHANISMS,
+    AccountExists,
+    AccountStore,
+    Credentials,
+    UnusablePassword,
+)
 from .storage.lmdb_store import Storage
 
 NS_PIE = "urn:xmpp:pie:0"
@@ -219,7 +225,10 @@ class Importer:
         return self.report
 
     def _host(self, host: Any) -> None:
-        domain = (host.get("jid") or "").strip().lower()
+        try:
+            domain = normalize_domain(host.get("jid") or "")
+        except JIDError:
+            domain = host.get("jid") or ""
         users = [u for u in host if isinstance(u.tag, str) and _is_pie(u, "user")]
         if domain not in self.config.hosts:
             # §4.1: an importing server that does not add hosts SHOULD tell the operator.
@@ -238,7 +247,11 @@ class Importer:
         except JIDError as exc:
             self.report.skipped.append(f"{name!r}@{domain}: not a valid user name ({exc})")
             return
-        credentials = self._credentials(user, f"{local}@{domain}")
+        try:
+            credentials = self._credentials(user, f"{local}@{domain}")
+        except UnusablePassword as exc:
+            self.report.skipped.append(f"{local}@{domain}: {exc}")
+            return
         if credentials is None:
             self.report.skipped.append(f"{local}@{domain}: neither password nor credentials")
             return
@@ -306,13 +319,16 @@ class Importer:
 
         roster = self.rosters.load(domain, local)
         own = f"{local}@{domain}"
-        added = 0
+        entries: list[RosterItem] = []
         for item in query.iterchildren(_q(NS_ROSTER, "item")):
             jid = _bare(item.get("jid"))
             subscription = item.get("subscription", "none")
             if jid is None or jid == own or subscription not in ("none", "to", "from", "both"):
                 self.report.leave_out("roster items without a usable jid or subscription")
                 continue
+            if len(entries) >= self.config.roster.max_items:
+                self.report.leave_out("roster items beyond [roster] max_items")
+                break
             groups = tuple(
                 dict.fromkeys(g.text.strip() for g in item.iterchildren(_q(NS_ROSTER, "group"))
                               if g.text and g.text.strip())
@@ -327,9 +343,9 @@ class Importer:
                 version=roster.version,
             )
             roster.items[jid] = entry
-            self.rosters.save(domain, local, entry, roster)
-            added += 1
-        self.report.count("roster items", added)
+            entries.append(entry)
+        self.rosters.save_many(domain, local, entries, roster)
+        self.report.count("roster items", len(entries))
 
     def _pending(self, domain: str, local: str, requests: list[Any]) -> None:
         """Subscription requests waiting for the account's answer (RFC 6121 §3.1.3): kept
@@ -337,6 +353,7 @@ class Importer:
         from .storage.roster import RosterItem
 
         roster = self.rosters.load(domain, local)
+        waiting = []
         for request in requests:
             jid = _bare(request.get("from"))
             if jid is None:
@@ -346,8 +363,9 @@ class Importer:
             item = roster.items.get(jid) or RosterItem(jid=jid, listed=False)
             item.pending_in = etree.tostring(stanza)
             roster.items[jid] = item
-            self.rosters.save(domain, local, item, roster)
-            self.report.count("subscription requests")
+            waiting.append(item)
+        self.rosters.save_many(domain, local, waiting, roster)
+        self.report.count("subscription requests", len(waiting))
 
     def _vcard(self, domain: str, local: str, vcard: Any) -> None:
         data = _serialize(vcard)

@@ -446,8 +446,9 @@ def test_refusals(imported: tuple[ServerProcess, str], ca: trustme.CA, tmp_path:
     # Unknown hosts and existing accounts are reported and skipped, the rest imported.
     (tmp_path / "lol.xml").write_text(
         f"<server-data xmlns='{pie}'><host jid='elsewhere.test'><user name='x' password='p'/>"
-        "</host><host jid='localhost'><user name='juliet' password='p'/>"
-        "<user name='ann' password='p'/></host></server-data>"
+        "</host><host jid='LocalHost'><user name='juliet' password='p'/>"
+        "<user name='bob' password='a&#x85;b'/><user name='ann' password='p'/></host>"
+        "</server-data>"
     )
     target_with_juliet = ServerProcess(tmp_path / "u", ca, ("localhost",))
     target_with_juliet.adduser("juliet@localhost")
@@ -455,6 +456,8 @@ def test_refusals(imported: tuple[ServerProcess, str], ca: trustme.CA, tmp_path:
     assert result.returncode == 0, result.stderr
     assert "host elsewhere.test with 1 account(s): not a configured host" in result.stdout
     assert "juliet@localhost: the account exists already" in result.stdout
+    # A password SASLprep refuses (RFC 4013: a control character) cannot become credentials.
+    assert "bob@localhost: unusable password" in result.stdout, result.stdout
     assert "\n1 account\n" in result.stdout, result.stdout
     # The server's own lock: no import into a running server.
     running = run_cli("import", str(tmp_path / "lol.xml"), config=srv.config)

@@ -166,6 +166,17 @@ class RosterStore:
 
         self.storage.write(write)
 
+    def save_many(self, domain: str, local: str, items: list[RosterItem], roster: Roster) -> None:
+        """`save` for several items in one transaction (an import of a whole roster)."""
+        prefix = account_prefix(domain, local)
+
+        def write(txn: Any) -> None:
+            for item in items:
+                txn.put(prefix + item.jid.encode(), msgpack.packb(item.record()), db=self._db)
+            txn.put(prefix, _meta(roster), db=self._db)
+
+        self.storage.write(write)
+
     def forget(self, domain: str, local: str, jids: list[str], roster: Roster) -> None:
         """Delete records outright (old tombstones) and store the new floor, at once."""
         prefix = account_prefix(domain, local)
