@@ -181,23 +181,25 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """XEP-0227 files (another server's export) into a stopped server's data directory."""
-    from .portable import Importer, PortableError, load
+    from .portable import Importer, PortableError, users
 
     config = _config(args)
     try:
-        roots = [(path, load(path)) for path in args.files]  # all read before any write
         with ServerLock(config.data_dir):
+            for path in args.files:  # every file read once before anything is written
+                for _ in users(path):
+                    pass
             storage, _ = _accounts(config)
             with storage:
                 importer = Importer(config, storage)
-                for path, root in roots:
+                for path in args.files:
                     print(f"importing {path}")
-                    importer.run(root)
+                    importer.run(path)
     except DataDirLocked as exc:
         raise CommandError(f"{exc}; import only into a stopped server") from None
     except PortableError as exc:
         raise CommandError(str(exc)) from None
-    for line in importer.report.lines():
+    for line in importer.finish().lines():
         print(line)
     return 0
 

@@ -64,12 +64,10 @@ NS_FORWARD = "urn:xmpp:forward:0"
 NS_DELAY = "urn:xmpp:delay"
 NS_SID = "urn:xmpp:sid:0"
 
-# The files are the operator's own, but they come from another program: no entities, no
-# network, no DTD (a document with one is refused: `_load`).
-_PARSER = etree.XMLParser(
-    resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True
-)
+# Bytes this module wrote or read already: no entities, no network.
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 MAX_INCLUDE_DEPTH = 8
+XINCLUDE = f"{{{NS_XINCLUDE}}}include"
 
 
 class PortableError(Exception):
@@ -80,42 +78,81 @@ def _q(namespace: str, name: str) -> str:
     return f"{{{namespace}}}{name}"
 
 
-def load(path: Path) -> Any:
-    """The document's root with its XInclude elements replaced by what they include."""
-    return _load(path, 0)
+def users(path: Path) -> Iterator[tuple[str | None, Any]]:
+    """(the host's jid, <user/>) for each user of the file, its XIncluded files in place, read
+    as a stream: each user's element is freed once the caller is done with it, so that an
+    export of any size (ejabberd's file per host holds every account of the host) takes the
+    memory of its largest account. PortableError for what is not XEP-0227 data."""
+    yield from _users(path, None, 0)
 
 
-def _load(path: Path, depth: int) -> Any:
+def _users(path: Path, host: str | None, depth: int) -> Iterator[tuple[str | None, Any]]:
+    # The files are the operator's own, but they come from another program: no entities,
+    # no network, no DTD (a document with one is refused).
+    events = etree.iterparse(
+        str(path),
+        events=("start", "end"),
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+    hosts = [host]
+    first = True
     try:
-        tree = etree.parse(str(path), _PARSER)
-    except (OSError, etree.XMLSyntaxError) as exc:
+        for event, element in events:
+            if first:
+                first = False
+                info = element.getroottree().docinfo
+                if info.doctype or info.internalDTD is not None:
+                    raise PortableError(f"{path}: has a DOCTYPE, which XEP-0227 data never has")
+                if depth == 0 and not _is_pie(element, "server-data"):
+                    raise PortableError(
+                        f"{path}: the root element is {element.tag}, not XEP-0227's "
+                        f"<server-data/> (namespace {NS_PIE} or {NS_PIE_OLD})"
+                    )
+            if event == "start":
+                if _is_pie(element, "host"):
+                    hosts.append(element.get("jid"))
+                continue
+            if element.tag == XINCLUDE:
+                yield from _users(_included(element, path.parent, depth), hosts[-1], depth + 1)
+            elif _is_pie(element, "user"):
+                yield hosts[-1], element
+            elif _is_pie(element, "host"):
+                hosts.pop()
+            else:
+                continue  # (inside a user: freed with it)
+            _free(element)
+    except etree.XMLSyntaxError as exc:
         raise PortableError(f"{path}: {exc}") from None
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-        raise PortableError(f"{path}: has a DOCTYPE, which XEP-0227 data never has")
-    root = tree.getroot()
-    _include(root, path.parent, depth)
-    return root
+    except OSError as exc:
+        raise PortableError(f"{path}: {exc.strerror or exc}") from None
 
 
-def _include(root: Any, base: Path, depth: int) -> None:
+def _included(element: Any, base: Path, depth: int) -> Path:
     """§5: <include/> with a relative 'href' and neither 'parse' nor 'xpointer', resolved
     against the including file's directory (done here rather than by libxml2's XInclude,
     which would follow any URL)."""
-    for element in list(root.iter(_q(NS_XINCLUDE, "include"))):
-        href = element.get("href")
-        if href is None or element.get("parse") not in (None, "xml") or element.get("xpointer"):
-            raise PortableError(f"an XInclude this import does not follow: {_describe(element)}")
-        parts = urlsplit(href)
-        if parts.scheme or parts.netloc or href.startswith("/"):
-            raise PortableError(f"XInclude of {href!r}: only relative file names are followed")
-        if depth >= MAX_INCLUDE_DEPTH:
-            raise PortableError(f"XInclude of {href!r}: more than {MAX_INCLUDE_DEPTH} levels")
-        included = _load(base / unquote(parts.path), depth + 1)
-        parent = element.getparent()
-        if parent is None:
-            raise PortableError("an XInclude as the root element")
-        included.tail = element.tail
-        parent.replace(element, included)
+    href = element.get("href")
+    if href is None or element.get("parse") not in (None, "xml") or element.get("xpointer"):
+        raise PortableError(f"an XInclude this import does not follow: {_describe(element)}")
+    parts = urlsplit(href)
+    if parts.scheme or parts.netloc or href.startswith("/"):
+        raise PortableError(f"XInclude of {href!r}: only relative file names are followed")
+    if depth >= MAX_INCLUDE_DEPTH:
+        raise PortableError(f"XInclude of {href!r}: more than {MAX_INCLUDE_DEPTH} levels")
+    return base / unquote(parts.path)
+
+
+def _free(element: Any) -> None:
+    """Drop a finished element and the siblings read before it (iterparse keeps them)."""
+    element.clear(keep_tail=False)
+    parent = element.getparent()
+    if parent is not None:
+        while element.getprevious() is not None:
+            del parent[0]
 
 
 def _describe(element: Any) -> str:
@@ -208,37 +245,30 @@ class Importer:
         self._privacy_rules = privacy_rules
         self._pep_limits = Limits(config.pep.max_nodes, config.pep.max_bytes_per_account)
         self.report = Report()
+        self._foreign: dict[str, int] = {}  # hosts not served here: their accounts
 
-    def run(self, root: Any) -> Report:
-        if not _is_pie(root, "server-data"):
-            raise PortableError(
-                f"the root element is {root.tag}, not XEP-0227's <server-data/> "
-                f"(namespace {NS_PIE} or {NS_PIE_OLD})"
-            )
-        for host in root:
-            if not isinstance(host.tag, str):
-                continue
-            if not _is_pie(host, "host"):
-                self.report.leave_out(f"<{etree.QName(host).localname}/> beside the hosts")
-                continue
-            self._host(host)
+    def run(self, path: Path) -> Report:
+        for host, user in users(path):
+            try:
+                domain = normalize_domain(host or "")
+            except JIDError:
+                domain = host or "(no jid)"
+            if domain in self.config.hosts:
+                self._user(domain, user)
+            else:
+                self._foreign[domain] = self._foreign.get(domain, 0) + 1
         return self.report
 
-    def _host(self, host: Any) -> None:
-        try:
-            domain = normalize_domain(host.get("jid") or "")
-        except JIDError:
-            domain = host.get("jid") or ""
-        users = [u for u in host if isinstance(u.tag, str) and _is_pie(u, "user")]
-        if domain not in self.config.hosts:
+    def finish(self) -> Report:
+        """The report, with the hosts whose accounts were not imported."""
+        for domain, count in sorted(self._foreign.items()):
             # §4.1: an importing server that does not add hosts SHOULD tell the operator.
             self.report.skipped.append(
-                f"host {domain or '(no jid)'} with {len(users)} account(s): not a configured "
-                "host (add a [hosts.DOMAIN] section first)"
+                f"host {domain} with {count} account(s): not a configured host (add a "
+                "[hosts.DOMAIN] section first)"
             )
-            return
-        for user in users:
-            self._user(domain, user)
+        self._foreign.clear()
+        return self.report
 
     def _user(self, domain: str, user: Any) -> None:
         name = user.get("name") or ""
