@@ -632,7 +632,6 @@ def export(config: Config, storage: Storage, out: Path, hosts: list[str]) -> Rep
     """Every account of `hosts` into one XEP-0227 1.1 file, readable by its owner only (§6:
     it holds what users expect to be protected). Credentials go as SCRAM credentials: the
     server never had the passwords."""
-    from .modules.pep import FIELDS, effective_max
     from .storage.mam import ArchiveStore
     from .storage.offline import OfflineStore
     from .storage.pep import PepStore
@@ -645,42 +644,33 @@ def export(config: Config, storage: Storage, out: Path, hosts: list[str]) -> Rep
     rosters, vcards = RosterStore(storage), VCardStore(storage)
     offline, privacy = OfflineStore(storage), PrivacyStore(storage)
     pep, archive = PepStore(storage), ArchiveStore(storage)
-    root = etree.Element(_q(NS_PIE, "server-data"), nsmap={None: NS_PIE})
-    for domain in hosts:
-        host = etree.SubElement(root, _q(NS_PIE, "host"), jid=domain)
-        for _, local in accounts.list(domain):
-            user = etree.SubElement(host, _q(NS_PIE, "user"), name=local)
-            for mechanism, (salt, stored_key, server_key, count) in accounts.stored_credentials(
-                domain, local
-            ).items():
-                scram = etree.SubElement(
-                    user, _q(NS_SCRAM, "scram-credentials"), nsmap={None: NS_SCRAM}
-                )
-                scram.set("mechanism", mechanism)
-                for name, value in (
-                    ("iter-count", str(count)),
-                    ("salt", base64.b64encode(salt).decode()),
-                    ("server-key", base64.b64encode(server_key).decode()),
-                    ("stored-key", base64.b64encode(stored_key).decode()),
-                ):
-                    etree.SubElement(scram, _q(NS_SCRAM, name)).text = value
-            _export_roster(user, rosters.load(domain, local), report)
-            vcard = vcards.get(domain, local)
-            if vcard is not None:
-                user.append(etree.fromstring(vcard, _PARSER))
-            _export_private(user, storage, domain, local)
-            _export_offline(user, offline, domain, local, report)
-            _export_privacy(user, privacy.load(domain, local))
-            _export_pep(user, pep, domain, local, FIELDS, effective_max, config, report)
-            _export_archive(user, archive, domain, local, report)
-            report.accounts += 1
-    data = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
-    # Under a temporary name until complete and on disk: a file with the name asked for is
-    # a whole export, whenever the command was stopped.
+    # Written as it is read, account by account (the memory of the largest account), under
+    # a temporary name until complete and on disk: a file with the name asked for is a
+    # whole export, whenever the command was stopped.
     partial = out.with_name(out.name + ".partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(data)
+        with etree.xmlfile(f, encoding="UTF-8") as xf:
+            xf.write_declaration()
+            with xf.element(_q(NS_PIE, "server-data"), nsmap={None: NS_PIE}):
+                for domain in hosts:
+                    with xf.element(_q(NS_PIE, "host"), jid=domain):
+                        for _, local in accounts.list(domain):
+                            user = etree.Element(_q(NS_PIE, "user"), nsmap={None: NS_PIE})
+                            user.set("name", local)
+                            _export_credentials(user, accounts.stored_credentials(domain, local))
+                            _export_roster(user, rosters.load(domain, local), report)
+                            vcard = vcards.get(domain, local)
+                            if vcard is not None:
+                                user.append(etree.fromstring(vcard, _PARSER))
+                                report.count("vCards")
+                            _export_private(user, storage, domain, local)
+                            _export_offline(user, offline, domain, local, report)
+                            _export_privacy(user, privacy.load(domain, local))
+                            _export_pep(user, pep, domain, local, config, report)
+                            _export_archive(user, archive, domain, local, report)
+                            xf.write(user, pretty_print=True)
+                            report.accounts += 1
         f.flush()
         os.fsync(f.fileno())
     if out.exists():
@@ -693,6 +683,19 @@ def export(config: Config, storage: Storage, out: Path, hosts: list[str]) -> Rep
     finally:
         os.close(directory)
     return report
+
+
+def _export_credentials(user: Any, credentials: Credentials) -> None:
+    for mechanism, (salt, stored_key, server_key, count) in credentials.items():
+        scram = etree.SubElement(user, _q(NS_SCRAM, "scram-credentials"), nsmap={None: NS_SCRAM})
+        scram.set("mechanism", mechanism)
+        for name, value in (
+            ("iter-count", str(count)),
+            ("salt", base64.b64encode(salt).decode()),
+            ("server-key", base64.b64encode(server_key).decode()),
+            ("stored-key", base64.b64encode(stored_key).decode()),
+        ):
+            etree.SubElement(scram, _q(NS_SCRAM, name)).text = value
 
 
 def _export_roster(user: Any, roster: Any, report: Report) -> None:
@@ -768,15 +771,10 @@ def _attr(text: str) -> str:
 
 
 def _export_pep(
-    user: Any,
-    pep: Any,
-    domain: str,
-    local: str,
-    fields: dict[str, Any],
-    effective_max: Callable[[dict[str, Any], int], int],
-    config: Config,
-    report: Report,
+    user: Any, pep: Any, domain: str, local: str, config: Config, report: Report
 ) -> None:
+    from .modules.pep import FIELDS, effective_max
+
     nodes = pep.nodes(domain, local)
     if not nodes:
         return
@@ -790,7 +788,7 @@ def _export_pep(
             form_type, _q(NS_DATA, "value")
         ).text = "http://jabber.org/protocol/pubsub#node_config"
         for name, value in node.config.items():
-            if name not in fields:
+            if name not in FIELDS:
                 continue
             if name == "max_items":
                 value = effective_max(node.config, config.pep.max_items)
