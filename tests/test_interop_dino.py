@@ -1,0 +1,564 @@
+"""Dino (Debian's `dino-im` 0.4, a GTK 4 desktop client in Vala) driven as a program.
+
+How it runs: Dino has no host or port setting (it looks up the domain's SRV records and falls
+back to port 5222 of the domain), so each Dino runs in network and mount namespaces of its own
+(`unshare -n -m`, held open by a sleeping process and entered with `nsenter`): there `localhost`
+port 5222 is a forwarder of the test's (a listening socket opened inside the namespace with
+setns(2), its connections relayed to the module's server on the machine's loopback), so the
+machine's own port 5222 is never touched, and the test can cut Dino's TCP connection at will.
+The test CA is trusted by GLib's TLS through a CA bundle (the system's plus the test CA)
+bind-mounted over /etc/ssl/certs/ca-certificates.crt in the mount namespace only. The profile
+is made beforehand: Dino's SQLite database (~/.local/share/dino/dino.db), its schema as Dino
+itself creates it on a first start without accounts, with the account's row added. The
+display is an Xvfb of the test's, the session bus a dbus-daemon of the test's (its socket a
+file, reachable from the namespace); conversations are opened with `dino-im xmpp:...?message`
+(XEP-0147, handed to the running Dino over D-Bus) and text is typed with xdotool.
+
+What Dino did is checked on the other side: raw clients (tests/xmpp_raw.py), the server's
+debug log (it traces every stanza in and out), and Dino's own database."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from interop_clients import body, raw_login, require_command, wait_for
+from test_interop_profanity import befriend
+from xmpp_raw import CLIENT, RawClient
+
+POOL = FreshNames("dn", 32)
+MESSAGE = f"{{{CLIENT}}}message"
+PRESENCE = f"{{{CLIENT}}}presence"
+STEP = 20.0  # seconds an expected step of Dino's may take (GTK on a loaded 2-core machine)
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CLONE_NEWNET = 0x40000000
+DINO = "dino-im"
+WHAT = "Dino (Debian package dino-im)"
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from module_server(ca, tmp_path_factory, POOL)
+
+
+@pytest.fixture
+def names() -> Iterator[str]:
+    return POOL.names()
+
+
+def wait_until(what: str, check: Callable[[], Any], seconds: float = STEP) -> Any:
+    """`check()`'s first true value, polled until `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if found := check():
+            return found
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
+
+
+class Namespace:
+    """Network and mount namespaces held open by a sleeping process: loopback up, and the
+    CA bundle given bind-mounted over the system's (the mount namespace's only)."""
+
+    def __init__(self, bundle: Path) -> None:
+        unshare = require_command("unshare", "unshare (Debian package util-linux)")
+        ip = require_command("ip", "ip (Debian package iproute2)")
+        self.nsenter = require_command("nsenter", "nsenter (Debian package util-linux)")
+        self.holder = subprocess.Popen(
+            [
+                unshare,
+                "-n",
+                "-m",
+                "--",
+                "sh",
+                "-c",
+                f'"{ip}" link set lo up && mount --bind "$0" "$1" && echo ready && '
+                "exec sleep infinity",
+                str(bundle),
+                str(SYSTEM_BUNDLE),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.holder.stdout is not None
+        ready = self.holder.stdout.readline().strip()
+        assert ready == "ready", self.holder.stderr.read() if self.holder.stderr else ready
+
+    def command(self, command: list[str]) -> list[str]:
+        """`command` to run inside the namespaces."""
+        return [self.nsenter, "-t", str(self.holder.pid), "-n", "-m", "--", *command]
+
+    def listen(self, port: int) -> socket.socket:
+        """A TCP socket listening on 127.0.0.1:`port` inside the network namespace: made by
+        a thread that joins the namespace (setns(2) moves the calling thread only) and ends
+        there; the socket stays in the namespace it was made in."""
+        made: list[Any] = []
+
+        def make() -> None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/proc/{self.holder.pid}/ns/net", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    made.append(OSError(ctypes.get_errno(), "setns"))
+                    return
+            finally:
+                os.close(fd)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(8)
+            made.append(sock)
+
+        thread = threading.Thread(target=make)
+        thread.start()
+        thread.join()
+        if isinstance(made[0], Exception):
+            raise made[0]
+        return made[0]
+
+    def close(self) -> None:
+        self.holder.kill()
+        self.holder.wait(5)
+
+
+class Forwarder:
+    """Port 5222 inside a namespace relayed to the server's c2s port outside; `cut()` ends
+    every relayed connection at once, as a network failure would (no closing tag)."""
+
+    def __init__(self, namespace: Namespace, port: int) -> None:
+        self.listener = namespace.listen(5222)
+        self.port = port
+        self.links: list[socket.socket] = []
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                inside, _ = self.listener.accept()
+            except OSError:
+                return
+            outside = socket.create_connection(("127.0.0.1", self.port))
+            self.links += [inside, outside]
+            self.accepted += 1
+            threading.Thread(target=self._pump, args=(inside, outside), daemon=True).start()
+            threading.Thread(target=self._pump, args=(outside, inside), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        for link in self.links:
+            with contextlib.suppress(OSError):
+                # SO_LINGER 0: a reset, not an orderly close
+                link.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                link.close()
+        self.links.clear()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+class Display:
+    """An Xvfb of the test's (it picks a free display number itself)."""
+
+    def __init__(self) -> None:
+        xvfb = require_command("Xvfb", "Xvfb (Debian package xvfb)")
+        read, write = os.pipe()
+        self.xvfb = subprocess.Popen(
+            [xvfb, "-displayfd", str(write), "-screen", "0", "1280x900x24", "-nolisten", "tcp"],
+            pass_fds=(write,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(write)
+        with os.fdopen(read) as displayfd:
+            number = displayfd.readline().strip()
+        assert number, "Xvfb did not start"
+        self.display = f":{number}"
+
+    def close(self) -> None:
+        stop(self.xvfb)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def display() -> Iterator[Display]:
+    shown = Display()
+    yield shown
+    shown.close()
+
+
+def environment(home: Path, display: Display, bus_address: str) -> dict[str, str]:
+    """Dino's environment: its profile in `home`, the test's display and bus; GTK without
+    the accessibility bus and with its cairo renderer (no GL on a loaded machine)."""
+    return {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_RUNTIME_DIR": str(home / "run"),
+        "DISPLAY": display.display,
+        "DBUS_SESSION_BUS_ADDRESS": bus_address,
+        "GDK_BACKEND": "x11",
+        "GSK_RENDERER": "cairo",
+        "NO_AT_BRIDGE": "1",
+        "GTK_A11Y": "none",
+        "GSETTINGS_BACKEND": "memory",
+        "LANG": "C.UTF-8",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+
+
+def start_bus(root: Path) -> tuple[subprocess.Popen[Any], str]:
+    """A session bus of Dino's own, its socket a file (reachable from a namespace)."""
+    dbus = require_command("dbus-daemon", "dbus-daemon (Debian package dbus-daemon)")
+    path = root / "bus"
+    proc = subprocess.Popen(
+        [dbus, "--session", "--nofork", "--nopidfile", f"--address=unix:path={path}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until("the session bus", path.exists, 10)
+    return proc, f"unix:path={path}"
+
+
+@pytest.fixture(scope="module")
+def schema(display: Display, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dino's empty database as Dino makes it on a first start without accounts (then
+    stopped): the profile of each test's Dino is a copy with the account's row added."""
+    binary = require_command(DINO, WHAT)
+    root = tmp_path_factory.mktemp("dino-schema")
+    home = root / "home"
+    (home / "run").mkdir(parents=True, mode=0o700)
+    bus, address = start_bus(root)
+    env = environment(home, display, address)
+    database = home / ".local" / "share" / "dino" / "dino.db"
+    proc = subprocess.Popen(
+        ["env", "-i", *(f"{k}={v}" for k, v in env.items()), binary],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def made() -> bool:
+        if not database.exists():
+            return False
+        with (
+            contextlib.closing(sqlite3.connect(database, timeout=5)) as db,
+            contextlib.suppress(sqlite3.Error),
+        ):
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            return {"_meta", "account", "settings"} <= tables and bool(
+                db.execute("SELECT int_val FROM _meta WHERE name = 'version'").fetchone()
+            )
+        return False
+
+    try:
+        wait_until("Dino's database", made, 30)
+    finally:
+        stop(proc)
+        stop(bus)
+    template = root / "dino.db"
+    with (
+        contextlib.closing(sqlite3.connect(database)) as source,
+        contextlib.closing(sqlite3.connect(template)) as copy,
+    ):
+        source.backup(copy)
+    return template
+
+
+class Dino:
+    """One Dino process, its profile (account `user`@localhost, resource "dino") in
+    `root`, in a namespace of its own whose port 5222 leads to `srv`."""
+
+    def __init__(
+        self,
+        root: Path,
+        srv: ServerProcess,
+        display: Display,
+        schema: Path,
+        bundle: Path,
+        user: str,
+    ) -> None:
+        self.binary = require_command(DINO, WHAT)
+        self.xdotool_path = require_command("xdotool", "xdotool (Debian package xdotool)")
+        self.user = user
+        self.jid = f"{user}@localhost/dino"
+        self.home = root / "home"
+        (self.home / "run").mkdir(parents=True, mode=0o700)
+        self.data = self.home / ".local" / "share" / "dino"
+        self.data.mkdir(parents=True)
+        with (
+            contextlib.closing(sqlite3.connect(schema)) as source,
+            contextlib.closing(sqlite3.connect(self.data / "dino.db")) as db,
+        ):
+            source.backup(db)
+            db.execute(
+                "INSERT INTO account (bare_jid, resourcepart, password, alias, enabled, "
+                "mam_earliest_synced) VALUES (?, 'dino', ?, NULL, 1, 0)",
+                (f"{user}@localhost", PASSWORD),
+            )
+            db.commit()
+        self.namespace = Namespace(bundle)
+        self.forwarder = Forwarder(self.namespace, srv.port)
+        self.bus, address = start_bus(root)
+        self.env = environment(self.home, display, address)
+        self.log_path = root / "dino.log"
+        self.log_file = open(self.log_path, "w")  # noqa: SIM115 (closed in close())
+        # --print-xmpp: every stanza Dino sends and reads, on standard error
+        self.proc = subprocess.Popen(
+            self.namespace.command(
+                [
+                    "env",
+                    "-i",
+                    *(f"{k}={v}" for k, v in self.env.items()),
+                    self.binary,
+                    "--print-xmpp=no-ansi;all",
+                ]
+            ),
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rows(self, query: str, *params: Any) -> list[dict[str, Any]]:
+        """Rows of Dino's own database (SQLite in WAL mode: read beside the running Dino)."""
+        with contextlib.closing(sqlite3.connect(self.data / "dino.db", timeout=STEP)) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(query, params)]
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The messages Dino keeps, in order, with the bare JID of their counterpart."""
+        return self.rows(
+            "SELECT m.body, m.direction, m.stanza_id, m.server_id, m.marked, "
+            "m.counterpart_resource, j.bare_jid AS counterpart FROM message m "
+            "JOIN jid j ON j.id = m.counterpart_id ORDER BY m.id"
+        )
+
+    def wait_message(self, text: str) -> dict[str, Any]:
+        """Dino's row of the message whose body is `text`, once it has one."""
+        return wait_until(
+            f"{text!r} in Dino's database",
+            lambda: next((m for m in self.messages() if m["body"] == text), None),
+        )
+
+    def type(self, line: str) -> None:
+        """`line` typed into the focused window (the open conversation's input), then Enter."""
+        self.xdotool("type", "--delay", "5", line)
+        self.xdotool("key", "Return")
+
+    def open(self, uri: str) -> None:
+        """An xmpp: URI (XEP-0147) handed to the running Dino (a second dino-im passes it
+        over D-Bus and exits)."""
+        done = subprocess.run(
+            ["env", "-i", *(f"{k}={v}" for k, v in self.env.items()), self.binary, uri],
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+        )
+        assert done.returncode == 0, done.stderr
+
+    def xdotool(self, *args: str) -> str:
+        done = subprocess.run(
+            [self.xdotool_path, *args],
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+            env={**os.environ, "DISPLAY": self.env["DISPLAY"]},
+        )
+        assert done.returncode == 0, f"xdotool {args}: {done.stderr}"
+        return done.stdout
+
+    def close(self) -> None:
+        stop(self.proc)
+        stop(self.bus)
+        self.forwarder.close()
+        self.namespace.close()
+        self.log_file.close()
+
+
+@pytest.fixture(scope="module")
+def bundle(ca_file: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The system's CA bundle with the test CA added: what GLib's TLS trusts in Dino's
+    mount namespace."""
+    path = tmp_path_factory.mktemp("bundle") / "ca-certificates.crt"
+    system = SYSTEM_BUNDLE.read_text() if SYSTEM_BUNDLE.exists() else ""
+    path.write_text(system + "\n" + Path(ca_file).read_text())
+    return path
+
+
+@pytest.fixture
+def dino(
+    tmp_path: Path, srv: ServerProcess, display: Display, schema: Path, bundle: Path
+) -> Iterator[Callable[[str], Dino]]:
+    started: list[Dino] = []
+
+    def start(user: str) -> Dino:
+        d = Dino(tmp_path / f"d{len(started)}", srv, display, schema, bundle, user)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.close()
+    # for whoever reads a failure: the server's log beside each Dino's (its dino.log)
+    (tmp_path / "server.log").write_text(srv.log_text())
+
+
+def traced(srv: ServerProcess, jid: str, incoming: bool, pattern: str) -> re.Match[str]:
+    """A stanza the server's debug trace shows `jid` sending (`incoming`) or getting."""
+    arrow = "<<<" if incoming else ">>>"
+    line = re.compile(rf"fastxmpp\.trace: {re.escape(jid)} {arrow} [^\n]*?{pattern}")
+    return wait_until(f"{jid} {arrow} {pattern}", lambda: line.search(srv.log_text()))
+
+
+def test_login_roster_presence_and_chat(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    dino: Callable[[str], Dino],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    mine = raw_login(srv, ca_file, user, clients)  # another resource of the account
+    mine.send(f"<iq type='set' id='carbons'><enable xmlns='{CARBONS}'/></iq>")
+    wait_for(mine, "carbons enabled", lambda el: el.get("id") == "carbons")
+    d = dino(user)
+    jid = d.jid
+    # RFC 6120 §5 STARTTLS (the test CA trusted through the bundle), §6 SASL (xmpp-vala has
+    # SCRAM-SHA-1 and PLAIN: SCRAM), §7 bind of the resource in its profile; XEP-0198 with
+    # resumption
+    srv.wait_for_log(f"authenticated {user}@localhost with SCRAM-SHA-1", STEP)
+    srv.wait_for_log(f"bound {jid}")
+    srv.wait_for_log(f"stream management for {jid}, resumable")
+    assert re.search(r"c2s 127\.0\.0\.1:\d+: TLS TLSv1\.[23]", srv.log_text())
+    # RFC 6121 §2.1.3 the roster (XEP-0237: versioned, none known yet), XEP-0280 carbons
+    traced(srv, jid, True, "<query xmlns='jabber:iq:roster' ver=''/>")
+    traced(srv, jid, True, f"<enable xmlns='{CARBONS}'/>")
+    # RFC 6121 §4.2: Dino's initial presence reaches the contact, with its caps (XEP-0115)
+    presence = wait_for(
+        other,
+        "Dino's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == jid,
+        seconds=STEP,
+    )
+    assert presence.get("type") is None
+    caps = presence.find(f"{{{CAPS}}}c")
+    assert caps is not None and caps.get("node") == "https://dino.im"
+    # Dino keeps the roster it got: the contact, subscription both
+    wait_until(
+        "the roster in Dino's database",
+        lambda: (
+            d.rows("SELECT jid, subscription FROM roster")
+            == [{"jid": f"{peer}@localhost", "subscription": "both"}]
+        ),
+    )
+
+    # a message to Dino asking for a receipt (XEP-0184 §5.2) and markable (XEP-0333): Dino
+    # acknowledges it both ways, and keeps it with the archive's id (XEP-0359 stanza-id by
+    # the account, XEP-0313 §5.1.2)
+    other.send(
+        f"<message to='{jid}' type='chat' id='to-dino'><body>hello dino</body>"
+        f"<request xmlns='{RECEIPTS}'/><markable xmlns='{MARKERS}'/></message>"
+    )
+    seen: list[Any] = []
+
+    def acknowledged(el: Any) -> bool:
+        seen.append(el)
+        return marked(seen, RECEIPTS, "received") and (
+            marked(seen, MARKERS, "received") or marked(seen, MARKERS, "displayed")
+        )
+
+    wait_for(other, "Dino's receipt and chat marker", acknowledged, seconds=STEP)
+    for el in seen:
+        if el.find(f"{{{RECEIPTS}}}received") is not None:
+            assert el.get("from") == jid
+            assert el.find(f"{{{RECEIPTS}}}received").get("id") == "to-dino"
+        # "displayed" when Dino shows the conversation as it comes, "received" otherwise
+        for kind in ("received", "displayed"):
+            if (found := el.find(f"{{{MARKERS}}}{kind}")) is not None:
+                assert (el.get("from"), found.get("id")) == (jid, "to-dino")
+    kept = d.wait_message("hello dino")
+    archived = traced(
+        srv, jid, False, r"<body>hello dino</body>.*?<stanza-id [^>]*\bid=[\"']([^\"']+)"
+    )
+    assert (kept["counterpart"], kept["counterpart_resource"], kept["stanza_id"]) == (
+        f"{peer}@localhost",
+        "raw",
+        "to-dino",
+    )
+    assert kept["server_id"] == archived.group(1)
+
+    # Dino writes: the conversation opened by an xmpp: URI, the text typed
+    d.open(f"xmpp:{peer}@localhost?message")
+    d.type("hello from dino")
+    got = wait_for(other, "Dino's message", lambda el: body(el) is not None, seconds=STEP)
+    assert (got.get("from"), got.get("type"), body(got)) == (jid, "chat", "hello from dino")
+    # it asks for a receipt and a marker; and XEP-0085 chat states came before it
+    assert got.find(f"{{{RECEIPTS}}}request") is not None
+    assert got.find(f"{{{MARKERS}}}markable") is not None
+    traced(srv, jid, True, f"<composing xmlns='{CHATSTATES}'/>")
+    # XEP-0280 §6: the account's other resource gets a sent carbon of it
+    forwarded = f"{{{CARBONS}}}sent/{{{FORWARD}}}forwarded/{MESSAGE}"
+    carbon = wait_for(
+        mine,
+        "the sent carbon",
+        lambda el: (
+            body(el.find(forwarded) if el.find(forwarded) is not None else el) == "hello from dino"
+        ),
+        seconds=STEP,
+    )
+    assert carbon.find(forwarded).get("from") == jid
+    # the receipt back marks the message received in Dino
+    other.send(
+        f"<message to='{jid}' id='ack'><received xmlns='{RECEIPTS}' id='{got.get('id')}'/>"
+        "</message>"
+    )
+    wait_until(
+        "Dino's message marked received",
+        lambda: d.wait_message("hello from dino")["marked"] == MARKED_RECEIVED,
+    )
+
+
+CAPS = "http://jabber.org/protocol/caps"
+FORWARD = "urn:xmpp:forward:0"
+CARBONS = "urn:xmpp:carbons:2"
+RECEIPTS = "urn:xmpp:receipts"
+MARKERS = "urn:xmpp:chat-markers:0"
+CHATSTATES = "http://jabber.org/protocol/chatstates"
+MARKED_RECEIVED = 1  # Dino's Message.Marked.RECEIVED
+
+
+def marked(seen: list[Any], namespace: str, name: str) -> bool:
+    return any(el.find(f"{{{namespace}}}{name}") is not None for el in seen)
