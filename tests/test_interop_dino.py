@@ -351,11 +351,17 @@ class Dino:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def rows(self, query: str, *params: Any) -> list[dict[str, Any]]:
-        """Rows of Dino's own database (SQLite in WAL mode: read beside the running Dino)."""
-        with contextlib.closing(sqlite3.connect(self.data / "dino.db", timeout=STEP)) as db:
+    def rows(self, query: str, *params: Any, database: str = "dino.db") -> list[dict[str, Any]]:
+        """Rows of one of Dino's databases (SQLite in WAL mode: read beside the running
+        Dino)."""
+        with contextlib.closing(sqlite3.connect(self.data / database, timeout=STEP)) as db:
             db.row_factory = sqlite3.Row
-            return [dict(row) for row in db.execute(query, params)]
+            try:
+                return [dict(row) for row in db.execute(query, params)]
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []  # not made yet (Dino makes its plugins' databases as it starts)
+                raise
 
     def messages(self) -> list[dict[str, Any]]:
         """The messages Dino keeps, in order, with the bare JID of their counterpart."""
@@ -551,7 +557,119 @@ def test_login_roster_presence_and_chat(
     )
 
 
+def test_history_from_the_archive_on_first_start(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    dino: Callable[[str], Dino],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    # a conversation held before Dino ever ran, archived by the server (XEP-0313)
+    mine = raw_login(srv, ca_file, user, clients)
+    mine.send(f"<message to='{peer}@localhost' type='chat'><body>archived one</body></message>")
+    wait_for(other, "archived one", lambda el: body(el) == "archived one")
+    other.send(
+        f"<message to='{user}@localhost/raw' type='chat'><body>archived two</body></message>"
+    )
+    wait_for(mine, "archived two", lambda el: body(el) == "archived two")
+    # the archive's ids of both (XEP-0313 §4.2 results), as a raw client reads them
+    mine.send(f"<iq type='set' id='mam'><query xmlns='{MAM}' queryid='all'/></iq>")
+    ids = {}
+
+    def result(el: Any) -> bool:
+        if (found := el.find(f"{{{MAM}}}result")) is not None:
+            inner = found.find(f"{{{FORWARD}}}forwarded/{MESSAGE}")
+            ids[body(inner)] = found.get("id")
+        return el.get("id") == "mam"
+
+    wait_for(mine, "the archive", result)
+    assert set(ids) == {"archived one", "archived two"}, ids
+    mine.close()
+    clients.remove(mine)
+
+    d = dino(user)
+    # XEP-0313 §4: Dino asks its account's archive (the bare JID) for everything since the
+    # epoch; the server pages it (XEP-0059) and says when the result is complete
+    traced(
+        srv,
+        d.jid,
+        True,
+        rf"<iq id='[^']+' type='set' to='{user}@localhost'><query xmlns='{MAM}'.*?"
+        r"<field var='start'><value>1970-01-01T00:00:00Z</value>",
+    )
+    traced(srv, d.jid, False, rf"<fin xmlns='{MAM}' complete='true'")
+    # both messages are in Dino's history, in order, with the archive's ids
+    wait_until("both archived messages in Dino", lambda: len(d.messages()) == 2)
+    kept = d.messages()
+    assert [(m["body"], m["direction"], m["counterpart"]) for m in kept] == [
+        ("archived one", DIRECTION_SENT, f"{peer}@localhost"),
+        ("archived two", DIRECTION_RECEIVED, f"{peer}@localhost"),
+    ]
+    assert [m["server_id"] for m in kept] == [ids["archived one"], ids["archived two"]]
+
+
+def test_omemo_device_and_bundle_published(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    dino: Callable[[str], Dino],
+) -> None:
+    user, stranger = next(names), next(names)
+    d = dino(user)
+    # XEP-0384 (0.3, the eu.siacs.conversations.axolotl namespace as Dino 0.4 speaks it):
+    # on its first login Dino reads its device list (none: item-not-found), publishes one
+    # with its device and its bundle, and makes both nodes open (XEP-0060 §8.2 node
+    # configuration, pubsub#access_model)
+    identity = wait_until(
+        "Dino's OMEMO identity",
+        lambda: d.rows(
+            "SELECT device_id, identity_key_public_base64 AS key FROM identity", database="omemo.db"
+        ),
+    )[0]
+    device = str(identity["device_id"])
+    for node in (f"{AXOLOTL}.devicelist", f"{AXOLOTL}.bundles:{device}"):
+        traced(
+            srv,
+            d.jid,
+            True,
+            rf"<configure node='{re.escape(node)}'><x xmlns='jabber:x:data' "
+            r"type='submit'>.*?<field var='pubsub#access_model'[^>]*>.*?<value>open</value></field>",
+        )
+    # what anybody finds (open: not even a contact)
+    other = raw_login(srv, ca_file, stranger, clients)
+
+    def items(node: str) -> Any:
+        def published(el: Any) -> bool:
+            return el.get("id") == node
+
+        other.send(
+            f"<iq type='get' id='{node}' to='{user}@localhost'><pubsub xmlns='{PUBSUB}'>"
+            f"<items node='{node}'/></pubsub></iq>"
+        )
+        return wait_for(other, node, published)
+
+    devices = wait_until(
+        "the device list", lambda: items(f"{AXOLOTL}.devicelist").findall(f".//{{{AXOLOTL}}}device")
+    )
+    assert [el.get("id") for el in devices] == [device]
+    bundle = wait_until(
+        "the bundle",
+        lambda: items(f"{AXOLOTL}.bundles:{device}").findall(f".//{{{AXOLOTL}}}bundle"),
+    )[0]
+    assert bundle.findtext(f"{{{AXOLOTL}}}identityKey") == identity["key"]
+    assert bundle.findtext(f"{{{AXOLOTL}}}signedPreKeyPublic")
+    assert len(bundle.findall(f"{{{AXOLOTL}}}prekeys/{{{AXOLOTL}}}preKeyPublic")) >= 20
+
+
 CAPS = "http://jabber.org/protocol/caps"
+SID = "urn:xmpp:sid:0"
+MAM = "urn:xmpp:mam:2"
+PUBSUB = "http://jabber.org/protocol/pubsub"
+AXOLOTL = "eu.siacs.conversations.axolotl"
+DIRECTION_RECEIVED, DIRECTION_SENT = 0, 1  # Dino's Message.DIRECTION_*
 FORWARD = "urn:xmpp:forward:0"
 CARBONS = "urn:xmpp:carbons:2"
 RECEIPTS = "urn:xmpp:receipts"
