@@ -635,8 +635,8 @@ def test_omemo_device_and_bundle_published(
             srv,
             d.jid,
             True,
-            rf"<configure node='{re.escape(node)}'><x xmlns='jabber:x:data' "
-            r"type='submit'>.*?<field var='pubsub#access_model'[^>]*>.*?<value>open</value></field>",
+            rf"<configure node='{re.escape(node)}'><x xmlns='jabber:x:data' type='submit'>"
+            r".*?<field var='pubsub#access_model'[^>]*>.*?<value>open</value></field>",
         )
     # what anybody finds (open: not even a contact)
     other = raw_login(srv, ca_file, stranger, clients)
