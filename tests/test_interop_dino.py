@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import body, raw_login, require_command, wait_for
+from test_client_flows import Client, publish_bookmark
 from test_interop_profanity import befriend
 from xmpp_raw import CLIENT, RawClient
 
@@ -664,7 +665,92 @@ def test_omemo_device_and_bundle_published(
     assert len(bundle.findall(f"{{{AXOLOTL}}}prekeys/{{{AXOLOTL}}}preKeyPublic")) >= 20
 
 
+def screenshot(d: Dino, name: str) -> None:  # TEMP
+    subprocess.run(
+        f"xwd -root -display {d.env['DISPLAY']} | xwdtopnm 2>/dev/null | pnmtopng > /tmp/dx/{name}.png",
+        shell=True,
+    )
+
+
+def make_room(owner: RawClient, room: str, nick: str, persistent: bool) -> None:
+    """`room` created by `owner` (XEP-0045 §10.1.2), configured (§10.1.3) and so unlocked."""
+    owner.send(f"<presence to='{room}/{nick}'><x xmlns='{MUC}'/></presence>")
+    created = wait_for(
+        owner, "the new room", lambda el: el.tag == PRESENCE and "110" in statuses(el)
+    )
+    assert "201" in statuses(created)
+    fields = (
+        f"<field var='FORM_TYPE'><value>{MUC}#roomconfig</value></field>"
+        f"<field var='muc#roomconfig_persistentroom'><value>{int(persistent)}</value></field>"
+    )
+    owner.send(
+        f"<iq type='set' id='config' to='{room}'><query xmlns='{MUC}#owner'>"
+        f"<x xmlns='jabber:x:data' type='submit'>{fields}</x></query></iq>"
+    )
+    done = wait_for(owner, "the configuration", lambda el: el.get("id") == "config")
+    assert done.get("type") == "result"
+
+
+def statuses(el: Any) -> set[str]:
+    return {s.get("code") for s in el.iterfind(f"{{{MUC_USER}}}x/{{{MUC_USER}}}status")}
+
+
+def test_room_from_bookmark_history_and_groupchat(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    dino: Callable[[str], Dino],
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"dino-{user}@conference.localhost"
+    other = raw_login(srv, ca_file, peer, clients)
+    make_room(other, room, peer, persistent=True)
+    other.send(f"<message to='{room}' type='groupchat'><body>before dino</body></message>")
+    echo = wait_for(other, "the echo", lambda el: body(el) == "before dino")
+    before_id = echo.find(f"{{{SID}}}stanza-id").get("id")
+    # XEP-0402: a bookmark with autojoin, published by another client of the account
+    mine = Client(raw_login(srv, ca_file, user, clients), user, "")
+    assert publish_bookmark(mine, room, "Dino room", "bookmark").get("type") == "result"
+    mine.c.close()
+    clients.remove(mine.c)
+
+    d = dino(user)
+    # Dino reads its bookmarks and enters the room with the bookmark's nick (XEP-0045
+    # §7.2), asking for no history in presence (§7.2.14) ...
+    entered = wait_for(
+        other,
+        "Dino entering the room",
+        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/{user}",
+        seconds=STEP,
+    )
+    assert entered.get("type") is None
+    traced(srv, d.jid, True, rf"to='{room}/{user}'><x xmlns='{MUC}'><history maxchars='0'/>")
+    # ... because it reads the room's archive instead (XEP-0313 §5 on a MUC service)
+    traced(srv, d.jid, True, rf"type='set' to='{room}'><query xmlns='{MAM}'")
+    history = d.wait_message("before dino")
+    assert (history["counterpart"], history["counterpart_resource"]) == (room, peer)
+    assert history["server_id"] == before_id
+
+    # XEP-0045 §7.4 groupchat both ways: the typed text reaches the room ...
+    d.type("hello room")
+    said = wait_for(other, "Dino's groupchat", lambda el: body(el) == "hello room", seconds=STEP)
+    assert (said.get("from"), said.get("type")) == (f"{room}/{user}", "groupchat")
+    # ... Dino knows its echo (the room's archive id kept as the message's server id)
+    said_id = said.find(f"{{{SID}}}stanza-id").get("id")
+    wait_until(
+        "Dino's groupchat matched with its echo",
+        lambda: d.wait_message("hello room")["server_id"] == said_id,
+    )
+    # ... and what the other occupant says reaches Dino
+    other.send(f"<message to='{room}' type='groupchat'><body>hello dino</body></message>")
+    heard = d.wait_message("hello dino")
+    assert (heard["counterpart"], heard["counterpart_resource"]) == (room, peer)
+
+
 CAPS = "http://jabber.org/protocol/caps"
+MUC = "http://jabber.org/protocol/muc"
+MUC_USER = f"{MUC}#user"
 SID = "urn:xmpp:sid:0"
 MAM = "urn:xmpp:mam:2"
 PUBSUB = "http://jabber.org/protocol/pubsub"
