@@ -29,9 +29,12 @@ from .history import History
 from .occupant_id import TAG as OCCUPANT_ID
 from .occupant_id import element as occupant_id_element
 from .occupant_id import make_id, without_forged
+from .vcard import NS as NS_VCARD
 from .vcard import NS_UPDATE, stored_hashes
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ..._parser import Stanza
     from ...stream.c2s import C2SStream
     from ...stream.xmlstream import PeerOrigin
@@ -189,6 +192,7 @@ class Room:
         self.subject_by = ""  # the XEP-0421 occupant id of who set it ("": none known)
         self.history = History(config.history_length)
         self.locked = False  # §10.1.1: created, not yet configured
+        self.unlock_timer: asyncio.TimerHandle | None = None  # [muc] lock_timeout (service.py)
         self.stored = False  # a record of it is in the store
         self.archived = False  # it queued a message for its XEP-0313 archive (archive.py)
         self.pending_iqs: dict[tuple[str, str], str] = {}  # (responder, id) -> requester
@@ -670,7 +674,8 @@ class Room:
 
     def occupant_iq(self, origin: OccupantSession, st: Stanza, nick: str) -> None:
         """An iq to an occupant JID goes to that occupant's latest session; its answer comes
-        back to the asking session. Real JIDs stay hidden both ways."""
+        back to the asking session. Real JIDs stay hidden both ways. A vCard request for an
+        account of this server is answered from the account (service.account_vcard)."""
         itype = st.attrs.get("type")
         iq_id = st.attrs.get("id")
         sender = self.by_jid.get(origin.full)
@@ -703,6 +708,11 @@ class Room:
         full = target.jid
         if not privacy_allows(target.sessions[full], PRIVACY_IQ, self.occupant_jid(sender.nick)):
             raise StanzaError("service-unavailable")  # XEP-0016 §2.13: blocked inbound iq
+        if itype == "get" and st.children[0] == (NS_VCARD, "vCard"):
+            vcard = self.service.account_vcard(target.bare)
+            if vcard is not None:
+                sender.sessions[origin.full].send(iq_result(origin, st, vcard.decode()))
+                return
         if len(self.pending_iqs) >= MAX_PENDING_IQS:
             self.pending_iqs.pop(next(iter(self.pending_iqs)))
         self.pending_iqs[(full, iq_id or "")] = origin.full
