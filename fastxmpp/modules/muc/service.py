@@ -237,6 +237,11 @@ class MucService:
             raise StanzaError("service-unavailable")
         return stored
 
+    def send_remote(self, data: bytes, to: str) -> None:
+        """`data`, from one of the service's JIDs, to a JID of another server."""
+        if self.federation is not None:
+            self.federation.deliver(data, to)
+
     def can_invite(self, bare: str) -> bool:
         """Whether an invitation can go to `bare`: an account here, or a user of another
         server when federation is on (whether it exists is its server's business)."""
