@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import body, raw_login, require_command, wait_for
+from lxml import etree
 from test_client_flows import Client, publish_bookmark
 from test_interop_profanity import befriend
 from xmpp_raw import CLIENT, RawClient
@@ -313,6 +314,8 @@ class Dino:
         self.xdotool_path = require_command("xdotool", "xdotool (Debian package xdotool)")
         self.user = user
         self.jid = f"{user}@localhost/dino"
+        self.root = root
+        self.server = srv
         self.home = root / "home"
         (self.home / "run").mkdir(parents=True, mode=0o700)
         self.data = self.home / ".local" / "share" / "dino"
@@ -427,19 +430,19 @@ def bundle(ca_file: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def dino(
     tmp_path: Path, srv: ServerProcess, display: Display, schema: Path, bundle: Path
-) -> Iterator[Callable[[str], Dino]]:
+) -> Iterator[Callable[..., Dino]]:
     started: list[Dino] = []
 
-    def start(user: str) -> Dino:
-        d = Dino(tmp_path / f"d{len(started)}", srv, display, schema, bundle, user)
+    def start(user: str, server: ServerProcess = srv) -> Dino:
+        d = Dino(tmp_path / f"d{len(started)}", server, display, schema, bundle, user)
         started.append(d)
         return d
 
     yield start
     for d in started:
         d.close()
-    # for whoever reads a failure: the server's log beside each Dino's (its dino.log)
-    (tmp_path / "server.log").write_text(srv.log_text())
+        # for whoever reads a failure: the server's log beside each Dino's (its dino.log)
+        (d.root / "server.log").write_text(d.server.log_text())
 
 
 def traced(srv: ServerProcess, jid: str, incoming: bool, pattern: str) -> re.Match[str]:
@@ -454,7 +457,7 @@ def test_login_roster_presence_and_chat(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    dino: Callable[[str], Dino],
+    dino: Callable[..., Dino],
 ) -> None:
     user, peer = next(names), next(names)
     other = befriend(srv, ca_file, user, peer, clients)
@@ -563,7 +566,7 @@ def test_history_from_the_archive_on_first_start(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    dino: Callable[[str], Dino],
+    dino: Callable[..., Dino],
 ) -> None:
     user, peer = next(names), next(names)
     other = befriend(srv, ca_file, user, peer, clients)
@@ -616,7 +619,7 @@ def test_omemo_device_and_bundle_published(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    dino: Callable[[str], Dino],
+    dino: Callable[..., Dino],
 ) -> None:
     user, stranger = next(names), next(names)
     d = dino(user)
@@ -665,13 +668,6 @@ def test_omemo_device_and_bundle_published(
     assert len(bundle.findall(f"{{{AXOLOTL}}}prekeys/{{{AXOLOTL}}}preKeyPublic")) >= 20
 
 
-def screenshot(d: Dino, name: str) -> None:  # TEMP
-    subprocess.run(
-        f"xwd -root -display {d.env['DISPLAY']} | xwdtopnm 2>/dev/null | pnmtopng > /tmp/dx/{name}.png",
-        shell=True,
-    )
-
-
 def make_room(owner: RawClient, room: str, nick: str, persistent: bool) -> None:
     """`room` created by `owner` (XEP-0045 §10.1.2), configured (§10.1.3) and so unlocked."""
     owner.send(f"<presence to='{room}/{nick}'><x xmlns='{MUC}'/></presence>")
@@ -700,7 +696,7 @@ def test_room_from_bookmark_history_and_groupchat(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    dino: Callable[[str], Dino],
+    dino: Callable[..., Dino],
 ) -> None:
     user, peer = next(names), next(names)
     room = f"dino-{user}@conference.localhost"
@@ -746,6 +742,76 @@ def test_room_from_bookmark_history_and_groupchat(
     other.send(f"<message to='{room}' type='groupchat'><body>hello dino</body></message>")
     heard = d.wait_message("hello dino")
     assert (heard["counterpart"], heard["counterpart_resource"]) == (room, peer)
+
+
+QUICK_POOL = FreshNames("dnq", 4)
+
+
+@pytest.fixture(scope="module")
+def quick_unlock_srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server that opens a new room its owner never configured after 1 s (the default
+    300 s would make a test wait as long)."""
+    yield from module_server(ca, tmp_path_factory, QUICK_POOL, "[muc]\nlock_timeout = 1\n")
+
+
+def test_room_created_by_dino(
+    quick_unlock_srv: ServerProcess,
+    ca_file: str,
+    clients: list[RawClient],
+    dino: Callable[..., Dino],
+) -> None:
+    srv = quick_unlock_srv
+    names = QUICK_POOL.names()
+    user, peer = next(names), next(names)
+    room = "made-by-dino@conference.localhost"
+    d = dino(user, srv)
+    srv.wait_for_log(f"stream management for {d.jid}", STEP)
+    # the join dialog (xmpp:...?join, XEP-0147) with the nick typed and Join clicked
+    d.open(f"xmpp:{room}?join")
+    dialog = d.xdotool("search", "--sync", "--name", "^Join Channel$").split()[0]
+    d.xdotool("windowraise", dialog)
+    # the dialog's width follows the JID's; its nick entry and Join button are at fixed
+    # distances from its right edge
+    width = int(re.findall(r"Geometry: (\d+)x", d.xdotool("getwindowgeometry", dialog))[0])
+    d.xdotool("mousemove", "--window", dialog, str(width - 170), "170", "click", "1")
+    d.xdotool("type", "creator")
+    d.xdotool("mousemove", "--window", dialog, str(width - 54), "27", "click", "1")
+    # XEP-0045 §10.1.1: the room is created, Dino its owner, locked (201) until configured
+    traced(srv, d.jid, True, rf"<presence id='[^']+' to='{room}/creator'><x xmlns='{MUC}'/>")
+    traced(
+        srv,
+        d.jid,
+        False,
+        rf"<presence from=\"{room}/creator\"[^\n]*<item affiliation='owner' role='moderator'"
+        r"[^\n]*<status code='110'/><status code='201'/>",
+    )
+    # Dino never configures it (no muc#owner request at all); step 4's timeout opens it
+    # with the default configuration ([muc] lock_timeout)
+    srv.wait_for_log(f"room {room} opened with the default configuration", STEP)
+    assert not re.search(rf"{re.escape(d.jid)} <<< [^\n]*{MUC}#owner", srv.log_text())
+    # then others may enter (§7.2.2), and Dino's occupant is there, owner
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    seen: list[Any] = []
+    own = wait_for(
+        other,
+        "its own presence in the room",
+        lambda el: seen.append(el) or (el.tag == PRESENCE and "110" in statuses(el)),
+    )
+    assert own.get("type") is None, etree.tostring(own)
+    creator = next(el for el in seen if el.get("from") == f"{room}/creator")
+    item = creator.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item")
+    assert item.get("affiliation") == "owner"
+    # Dino shows the room: what the newcomer says reaches it, and what is typed reaches the
+    # newcomer
+    other.send(f"<message to='{room}' type='groupchat'><body>thanks for the room</body></message>")
+    heard = d.wait_message("thanks for the room")
+    assert (heard["counterpart"], heard["counterpart_resource"]) == (room, peer)
+    d.type("you are welcome")
+    said = wait_for(
+        other, "Dino's groupchat", lambda el: body(el) == "you are welcome", seconds=STEP
+    )
+    assert (said.get("from"), said.get("type")) == (f"{room}/creator", "groupchat")
 
 
 CAPS = "http://jabber.org/protocol/caps"
