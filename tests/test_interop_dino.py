@@ -19,8 +19,10 @@ debug log (it traces every stanza in and out), and Dino's own database."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
+import hashlib
 import os
 import re
 import socket
@@ -36,6 +38,8 @@ import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import body, raw_login, require_command, wait_for
 from lxml import etree
+from test_avatars import User as AvatarUser
+from test_avatars import png as avatar_png
 from test_client_flows import Client, publish_bookmark
 from test_interop_profanity import befriend
 from xmpp_raw import CLIENT, RawClient
@@ -381,6 +385,11 @@ class Dino:
             f"{text!r} in Dino's database",
             lambda: next((m for m in self.messages() if m["body"] == text), None),
         )
+
+    def avatar(self, sha: str) -> bytes | None:
+        """The image Dino stored under that SHA-1 (its avatar cache), if any."""
+        path = self.data / "avatars" / sha
+        return path.read_bytes() if path.exists() else None
 
     def type(self, line: str) -> None:
         """`line` typed into the focused window (the open conversation's input), then Enter."""
@@ -744,6 +753,83 @@ def test_room_from_bookmark_history_and_groupchat(
     assert (heard["counterpart"], heard["counterpart_resource"]) == (room, peer)
 
 
+def test_avatars_of_a_contact_and_of_a_room_occupant(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    dino: Callable[..., Dino],
+) -> None:
+    user, peer, stranger = next(names), next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    # the contact's avatar in PEP (XEP-0084 §4: data, then metadata)
+    contact_png = avatar_png(8, 8)
+    contact_sha = AvatarUser(other, peer).publish_avatar(contact_png)
+    # a room occupant (not a contact) with a vCard photo (XEP-0054, XEP-0153), in a room
+    # Dino enters from a bookmark
+    room = f"faces-{user}@conference.localhost"
+    third = raw_login(srv, ca_file, stranger, clients)
+    occupant_png = avatar_png(9, 9)
+    occupant_sha = hashlib.sha1(occupant_png).hexdigest()
+    AvatarUser(third, stranger).set_vcard(
+        f"<PHOTO><TYPE>image/png</TYPE><BINVAL>{base64.b64encode(occupant_png).decode()}"
+        "</BINVAL></PHOTO>"
+    )
+    make_room(third, room, stranger, persistent=False)
+    mine = Client(raw_login(srv, ca_file, user, clients), user, "")
+    assert publish_bookmark(mine, room, "Faces", "bookmark").get("type") == "result"
+    mine.c.close()
+    clients.remove(mine.c)
+
+    d = dino(user)
+    wait_for(
+        third,
+        "Dino entering the room",
+        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/{user}",
+        seconds=STEP,
+    )
+    # the occupant speaks: Dino shows the message with the occupant's avatar, whose hash
+    # its room presence carries (XEP-0153 §4.1), and asks the occupant JID for the vCard
+    # (XEP-0153 §3.2): the server answers from the occupant's account
+    third.send(f"<message to='{room}' type='groupchat'><body>look at me</body></message>")
+    d.wait_message("look at me")
+    traced(
+        srv,
+        d.jid,
+        False,
+        rf"<presence from=\"{room}/{stranger}\"[^\n]*<photo>{occupant_sha}</photo>",
+    )
+    traced(srv, d.jid, True, rf"to='{room}/{stranger}'><vCard xmlns='vcard-temp'/>")
+    wait_until("the occupant's avatar stored", lambda: d.avatar(occupant_sha) == occupant_png)
+    # the contact's: the server notified Dino of the metadata (XEP-0163 §4.3, Dino's caps
+    # have +notify); Dino fetches the data (XEP-0084 §4.2), for the conversation it opens
+    traced(
+        srv,
+        d.jid,
+        False,
+        rf'<message from="{peer}@localhost"[^\n]*<items node="{AVATAR_METADATA}">'
+        rf'<item id="{contact_sha}"',
+    )
+    d.open(f"xmpp:{peer}@localhost?message")
+    traced(
+        srv,
+        d.jid,
+        True,
+        rf"to='{peer}@localhost'><pubsub xmlns='{PUBSUB}'><items node='{AVATAR_DATA}'/>",
+    )
+    wait_until("the contact's avatar stored", lambda: d.avatar(contact_sha) == contact_png)
+    # Dino keeps the contact's hash from both sources it reads: the PEP metadata and the
+    # presence's vCard hash, which the server derives from the same image (XEP-0398 §4)
+    kept = d.rows(
+        "SELECT j.bare_jid AS jid, a.hash, a.type FROM contact_avatar a "
+        "JOIN jid j ON j.id = a.jid_id ORDER BY a.type"
+    )
+    assert kept == [
+        {"jid": f"{peer}@localhost", "hash": contact_sha, "type": source}
+        for source in (AVATAR_FROM_PEP, AVATAR_FROM_VCARD)
+    ], kept
+
+
 QUICK_POOL = FreshNames("dnq", 4)
 
 
@@ -820,6 +906,9 @@ MUC_USER = f"{MUC}#user"
 SID = "urn:xmpp:sid:0"
 MAM = "urn:xmpp:mam:2"
 PUBSUB = "http://jabber.org/protocol/pubsub"
+AVATAR_DATA = "urn:xmpp:avatar:data"
+AVATAR_METADATA = "urn:xmpp:avatar:metadata"
+AVATAR_FROM_PEP, AVATAR_FROM_VCARD = 0, 1  # Dino's AvatarManager.Source
 AXOLOTL = "eu.siacs.conversations.axolotl"
 DIRECTION_RECEIVED, DIRECTION_SENT = 0, 1  # Dino's Message.DIRECTION_*
 FORWARD = "urn:xmpp:forward:0"
