@@ -41,7 +41,7 @@ from lxml import etree
 from test_avatars import User as AvatarUser
 from test_avatars import png as avatar_png
 from test_client_flows import Client, publish_bookmark
-from test_interop_profanity import befriend
+from test_interop_profanity import befriend, settle
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("dn", 32)
@@ -174,9 +174,11 @@ class Forwarder:
     def cut(self) -> None:
         for link in self.links:
             with contextlib.suppress(OSError):
-                # SO_LINGER 0: a reset, not an orderly close
+                # SO_LINGER 0: a reset, not an orderly close; shutdown first, so that the
+                # pump blocked in recv() on it returns (a close alone would not wake it)
                 link.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-                link.close()
+                link.shutdown(socket.SHUT_RDWR)
+            link.close()
         self.links.clear()
 
     def close(self) -> None:
@@ -240,6 +242,7 @@ def environment(home: Path, display: Display, bus_address: str) -> dict[str, str
         "GTK_A11Y": "none",
         "GSETTINGS_BACKEND": "memory",
         "LANG": "C.UTF-8",
+        "G_MESSAGES_DEBUG": "libdino",  # its connection's steps, in its log
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
     }
 
@@ -830,6 +833,47 @@ def test_avatars_of_a_contact_and_of_a_room_occupant(
     ], kept
 
 
+def test_stream_resumed_after_the_connection_breaks(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    dino: Callable[..., Dino],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    d = dino(user)
+    wait_for(
+        other,
+        "Dino's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == d.jid,
+        seconds=STEP,
+    )
+    # once its login is over (its history read: module docstring) ...
+    traced(srv, d.jid, False, rf"<fin xmlns='{MAM}' complete='true'")
+    # the TCP connection breaks (reset, no closing tag): the server keeps the session
+    # (XEP-0198 §5, resumable) ...
+    d.forwarder.cut()
+    srv.wait_for_log(f"{d.jid} lost its connection", STEP)
+    # ... and what comes meanwhile waits in it
+    other.send(f"<message to='{d.jid}' type='chat'><body>while you were away</body></message>")
+    # Dino connects again (10 s later: its ConnectionManager.check_reconnect waits as
+    # much) and resumes the stream (§5: <resume/> with the previous id and what it had
+    # received): the message is sent again, and comes
+    srv.wait_for_log(f"resumed {d.jid}", STEP)
+    assert re.search(rf"<<< <resume xmlns='{SM}' [^>]*previd=", srv.log_text())
+    assert d.forwarder.accepted == 2
+    d.wait_message("while you were away")
+    # the same session went on: the contact never saw it end (no unavailable presence;
+    # Dino sends its presence again after resuming, which changes nothing)
+    seen = settle(other)
+    assert not [el for el in seen if el.get("type") == "unavailable"], seen
+    # and the stream works on: Dino's answer comes
+    d.open(f"xmpp:{peer}@localhost?message")
+    d.type("back again")
+    wait_for(other, "Dino's message", lambda el: body(el) == "back again", seconds=STEP)
+
+
 QUICK_POOL = FreshNames("dnq", 4)
 
 
@@ -905,6 +949,7 @@ MUC = "http://jabber.org/protocol/muc"
 MUC_USER = f"{MUC}#user"
 SID = "urn:xmpp:sid:0"
 MAM = "urn:xmpp:mam:2"
+SM = "urn:xmpp:sm:3"
 PUBSUB = "http://jabber.org/protocol/pubsub"
 AVATAR_DATA = "urn:xmpp:avatar:data"
 AVATAR_METADATA = "urn:xmpp:avatar:metadata"
