@@ -42,6 +42,7 @@ from test_avatars import User as AvatarUser
 from test_avatars import png as avatar_png
 from test_client_flows import Client, publish_bookmark
 from test_interop_profanity import befriend, settle
+from ws_client import HTTP_LISTENER
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("dn", 32)
@@ -56,7 +57,8 @@ WHAT = "Dino (Debian package dino-im)"
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from module_server(ca, tmp_path_factory, POOL)
+    # an http listener: with it the XEP-0363 upload service upload.localhost exists
+    yield from module_server(ca, tmp_path_factory, POOL, HTTP_LISTENER)
 
 
 @pytest.fixture
@@ -488,6 +490,16 @@ def test_login_roster_presence_and_chat(
     # RFC 6121 §2.1.3 the roster (XEP-0237: versioned, none known yet), XEP-0280 carbons
     traced(srv, jid, True, "<query xmlns='jabber:iq:roster' ver=''/>")
     traced(srv, jid, True, f"<enable xmlns='{CARBONS}'/>")
+    # XEP-0363 §2: Dino finds the upload service among the domain's items (XEP-0030) and
+    # reads its size limit
+    traced(srv, jid, True, f"to='upload.localhost'><query xmlns='{DISCO_INFO}'/>")
+    traced(
+        srv,
+        jid,
+        False,
+        rf"from=\"upload.localhost\"><query xmlns='{DISCO_INFO}'>.*<feature var='{UPLOAD}'/>"
+        r".*<field var='max-file-size'",
+    )
     # RFC 6121 §4.2: Dino's initial presence reaches the contact, with its caps (XEP-0115)
     presence = wait_for(
         other,
@@ -945,6 +957,8 @@ def test_room_created_by_dino(
 
 
 CAPS = "http://jabber.org/protocol/caps"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+UPLOAD = "urn:xmpp:http:upload:0"
 MUC = "http://jabber.org/protocol/muc"
 MUC_USER = f"{MUC}#user"
 SID = "urn:xmpp:sid:0"
