@@ -421,6 +421,41 @@ class Dino:
             lambda: next((m for m in self.messages() if m["body"] == text), None),
         )
 
+    def join_from_dialog(self, sent: Callable[[], bool], nick: str) -> None:
+        """The join dialog (opened by an xmpp:...?join URI) filled in: `nick` typed into its
+        nick entry and Join clicked, until `sent()` says the join went out. Without a
+        window manager the dialog maps under the main window: it is raised, and clicked
+        once its size has settled (its width follows the room's JID; the nick entry and
+        the Join button are at fixed distances from its right edge). A click GTK took
+        before the dialog was ready is made again."""
+        dialog = self.xdotool("search", "--sync", "--onlyvisible", "--name", "^Join Channel$")
+        window = dialog.split()[0]
+
+        def geometry() -> str:
+            return self.xdotool("getwindowgeometry", window)
+
+        seen = [geometry()]
+
+        def settled() -> bool:
+            time.sleep(0.1)
+            seen.append(geometry())
+            return seen[-1] == seen[-2]
+
+        wait_until("the join dialog laid out", settled)
+        width = int(re.findall(r"Geometry: (\d+)x", seen[-1])[0])
+        for _attempt in range(3):
+            if sent():
+                return
+            self.xdotool("windowraise", window)
+            self.xdotool("mousemove", "--window", window, str(width - 170), "170", "click", "1")
+            self.xdotool("key", "ctrl+a")
+            self.xdotool("type", nick)
+            self.xdotool("mousemove", "--window", window, str(width - 54), "27", "click", "1")
+            with contextlib.suppress(AssertionError):
+                wait_until("the join sent", sent, 5)
+                return
+        raise AssertionError("Dino's join dialog sent nothing")
+
     def avatar(self, sha: str) -> bytes | None:
         """The image Dino stored under that SHA-1 (its avatar cache), if any."""
         path = self.data / "avatars" / sha
@@ -613,6 +648,17 @@ def test_login_roster_presence_and_chat(
         "Dino's message marked received",
         lambda: d.wait_message("hello from dino")["marked"] == MARKED_RECEIVED,
     )
+    # XEP-0308: Up in the empty input edits the last message; the correction names it
+    d.xdotool("key", "Up")
+    d.xdotool("key", "ctrl+a")
+    d.type("hello from dino, corrected")
+    fixed = wait_for(
+        other,
+        "Dino's correction",
+        lambda el: body(el) == "hello from dino, corrected",
+        seconds=STEP,
+    )
+    assert fixed.find(f"{{{CORRECT}}}replace").get("id") == got.get("id")
 
 
 def test_history_from_the_archive_on_first_start(
@@ -940,14 +986,7 @@ def test_room_created_by_dino(
     srv.wait_for_log(f"stream management for {d.jid}", STEP)
     # the join dialog (xmpp:...?join, XEP-0147) with the nick typed and Join clicked
     d.open(f"xmpp:{room}?join")
-    dialog = d.xdotool("search", "--sync", "--name", "^Join Channel$").split()[0]
-    d.xdotool("windowraise", dialog)
-    # the dialog's width follows the JID's; its nick entry and Join button are at fixed
-    # distances from its right edge
-    width = int(re.findall(r"Geometry: (\d+)x", d.xdotool("getwindowgeometry", dialog))[0])
-    d.xdotool("mousemove", "--window", dialog, str(width - 170), "170", "click", "1")
-    d.xdotool("type", "creator")
-    d.xdotool("mousemove", "--window", dialog, str(width - 54), "27", "click", "1")
+    d.join_from_dialog(lambda: f"to='{room}/creator'" in srv.log_text(), "creator")
     # XEP-0045 §10.1.1: the room is created, Dino its owner, locked (201) until configured
     traced(srv, d.jid, True, rf"<presence id='[^']+' to='{room}/creator'><x xmlns='{MUC}'/>")
     traced(
@@ -985,8 +1024,52 @@ def test_room_created_by_dino(
     )
     assert (said.get("from"), said.get("type")) == (f"{room}/creator", "groupchat")
 
+    # Dino's text commands, as its owner: /topic (§8.1) ...
+    d.type("/topic Dino's topic")
+    subject = wait_for(
+        other,
+        "the subject",
+        lambda el: el.tag == MESSAGE and el.find(f"{{{CLIENT}}}subject") is not None,
+        seconds=STEP,
+    )
+    assert (subject.get("from"), subject.findtext(f"{{{CLIENT}}}subject")) == (
+        f"{room}/creator",
+        "Dino's topic",
+    )
+    # ... /nick (§7.6: unavailable with 303 and the new nick, then the new presence) ...
+    d.type("/nick renamed")
+    gone = wait_for(
+        other,
+        "the nick change",
+        lambda el: el.tag == PRESENCE and "303" in statuses(el),
+        seconds=STEP,
+    )
+    assert gone.get("from") == f"{room}/creator" and gone.get("type") == "unavailable"
+    assert gone.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("nick") == "renamed"
+    back = wait_for(other, "the new presence", lambda el: el.tag == PRESENCE, seconds=STEP)
+    assert back.get("from") == f"{room}/renamed" and back.get("type") is None
+    # ... /affiliate (§9.3: membership) ...
+    d.type(f"/affiliate {peer} member")
+    member = wait_for(
+        other,
+        "the membership",
+        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/{peer}",
+        seconds=STEP,
+    )
+    assert member.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("affiliation") == "member"
+    # ... and /kick (§8.2)
+    d.type(f"/kick {peer}")
+    kicked = wait_for(
+        other,
+        "the kick",
+        lambda el: el.tag == PRESENCE and el.get("type") == "unavailable",
+        seconds=STEP,
+    )
+    assert {"307", "110"} <= statuses(kicked)
+
 
 CAPS = "http://jabber.org/protocol/caps"
+CORRECT = "urn:xmpp:message-correct:0"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 UPLOAD = "urn:xmpp:http:upload:0"
 MUC = "http://jabber.org/protocol/muc"
