@@ -281,7 +281,7 @@ def test_affiliation_rules(login: Any, users: Iterator[str]) -> None:
 
 def test_affiliation_of_an_occupant_named_by_nick(login: Any, users: Iterator[str]) -> None:
     """§9.3 and §10 name the user by bare JID; an item with only an occupant's 'nick' (what
-    Dino 0.4's /affiliate sends; Prosody and ejabberd take it so) is about that occupant's
+    Dino 0.4's /affiliate sends; Prosody takes it so) is about that occupant's
     account."""
     a, b, c = login(next(users)), login(next(users)), login(next(users))
     room = room_with(a, (b, "bob"), (c, "carol"))

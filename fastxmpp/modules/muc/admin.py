@@ -47,7 +47,7 @@ def _bare(text: str | None) -> str:
 def _affiliation_target(room: Room, item: Any) -> str:
     """The bare JID an affiliation change is about: its 'jid' (§9, §10 name the user by
     bare JID); without one, the occupant its 'nick' names, whose real JID the room knows
-    (Dino 0.4's /affiliate sends the nick only; Prosody and ejabberd accept that too)."""
+    (Dino 0.4's /affiliate sends the nick only; Prosody accepts that too)."""
     nick = item.get("nick")
     if not item.get("jid") and nick:
         occupant = room.occupants.get(nick)
