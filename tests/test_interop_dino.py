@@ -62,9 +62,11 @@ import os
 import re
 import socket
 import sqlite3
+import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,7 @@ from test_avatars import User as AvatarUser
 from test_avatars import png as avatar_png
 from test_client_flows import Client, publish_bookmark
 from test_interop_profanity import befriend, settle
-from ws_client import HTTP_LISTENER
+from ws_client import HTTP_LISTENER, HTTPS_LISTENING, http_port
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("dn", 32)
@@ -92,8 +94,10 @@ WHAT = "Dino (Debian package dino-im)"
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # an http listener: with it the XEP-0363 upload service upload.localhost exists
-    yield from module_server(ca, tmp_path_factory, POOL, HTTP_LISTENER)
+    # an HTTPS listener: with it the XEP-0363 upload service upload.localhost exists
+    for server in module_server(ca, tmp_path_factory, POOL, HTTP_LISTENER + 'tls = "direct"\n'):
+        http_port(server, https=True)  # listening before a Dino looks for it
+        yield server
 
 
 @pytest.fixture
@@ -178,11 +182,12 @@ class Namespace:
 
 
 class Forwarder:
-    """Port 5222 inside a namespace relayed to the server's c2s port outside; `cut()` ends
-    every relayed connection at once, as a network failure would (no closing tag)."""
+    """A port inside a namespace (`inside`) relayed to a port of the machine's loopback;
+    `cut()` ends every relayed connection at once, as a network failure would (no closing
+    tag)."""
 
-    def __init__(self, namespace: Namespace, port: int) -> None:
-        self.listener = namespace.listen(5222)
+    def __init__(self, namespace: Namespace, port: int, inside: int = 5222) -> None:
+        self.listener = namespace.listen(inside)
         self.port = port
         self.links: list[socket.socket] = []
         self.accepted = 0
@@ -356,6 +361,7 @@ class Dino:
     ) -> None:
         self.binary = require_command(DINO, WHAT)
         self.xdotool_path = require_command("xdotool", "xdotool (Debian package xdotool)")
+        self.gdbus = require_command("gdbus", "gdbus (Debian package libglib2.0-bin)")
         self.user = user
         self.jid = f"{user}@localhost/dino"
         self.root = root
@@ -377,6 +383,10 @@ class Dino:
             db.commit()
         self.namespace = Namespace(bundle)
         self.forwarder = Forwarder(self.namespace, srv.port)
+        # XEP-0363 slot URLs name the server's HTTPS listener as https://localhost:PORT: the
+        # same port inside
+        https = HTTPS_LISTENING.search(srv.log_text())
+        self.https = None if https is None else Forwarder(self.namespace, *[int(https[2])] * 2)
         self.bus, address = start_bus(root)
         self.env = environment(self.home, display, address)
         self.log_path = root / "dino.log"
@@ -395,6 +405,31 @@ class Dino:
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
         )
+
+        # a second dino-im hands its URI over only once this one holds the application's
+        # name on the bus (before that it would become a second Dino itself)
+        wait_until("Dino's name on its session bus", self.registered)
+
+    def registered(self) -> bool:
+        done = subprocess.run(
+            [
+                self.gdbus,
+                "call",
+                "--address",
+                self.env["DBUS_SESSION_BUS_ADDRESS"],
+                "--dest",
+                "org.freedesktop.DBus",
+                "--object-path",
+                "/org/freedesktop/DBus",
+                "--method",
+                "org.freedesktop.DBus.NameHasOwner",
+                "im.dino.Dino",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+        )
+        return done.stdout.strip() == "(true,)"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -433,8 +468,7 @@ class Dino:
         once its size has settled (its width follows the room's JID; the nick entry and
         the Join button are at fixed distances from its right edge). A click GTK took
         before the dialog was ready is made again."""
-        dialog = self.xdotool("search", "--sync", "--onlyvisible", "--name", "^Join Channel$")
-        window = dialog.split()[0]
+        window = self.window("^Join Channel$")
 
         def geometry() -> str:
             return self.xdotool("getwindowgeometry", window)
@@ -460,6 +494,25 @@ class Dino:
                 wait_until("the join sent", sent, 5)
                 return
         raise AssertionError("Dino's join dialog sent nothing")
+
+    def window_ids(self, name: str) -> list[str]:
+        """Dino's windows shown whose title matches `name` (a regex)."""
+        done = subprocess.run(
+            [self.xdotool_path, "search", "--onlyvisible", "--name", name],
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+            env={**os.environ, "DISPLAY": self.env["DISPLAY"]},
+        )
+        return done.stdout.split()
+
+    def window(self, name: str, seconds: float = STEP) -> str:
+        """The first window whose title matches `name`, once there is one (polled:
+        xdotool's own --sync sometimes misses a window that is there)."""
+        found: list[str] = wait_until(
+            f"a window named {name!r}", lambda: self.window_ids(name), seconds
+        )
+        return found[0]
 
     def avatar(self, sha: str) -> bytes | None:
         """The image Dino stored under that SHA-1 (its avatar cache), if any."""
@@ -497,6 +550,8 @@ class Dino:
         stop(self.proc)
         stop(self.bus)
         self.forwarder.close()
+        if self.https is not None:
+            self.https.close()
         self.namespace.close()
         self.log_file.close()
 
@@ -967,6 +1022,65 @@ def test_stream_resumed_after_the_connection_breaks(
     wait_for(other, "Dino's message", lambda el: body(el) == "back again", seconds=STEP)
 
 
+def test_file_upload(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    dino: Callable[..., Dino],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    d = dino(user)
+    d.open(f"xmpp:{peer}@localhost?message")
+    # (Dino's Ctrl+U works once it knows the upload service)
+    traced(srv, d.jid, False, rf"from=\"upload.localhost\"><query xmlns='{DISCO_INFO}'>")
+    shared = tmp_path / "shared notes.txt"
+    content = b"what Dino uploads\n" * 100
+    shared.write_bytes(content)
+    # Ctrl+U: GTK's file chooser, where a typed path is the location; Enter picks it, and
+    # Enter again presses the send button Dino's confirmation focuses
+    chooser = ""
+    for _attempt in range(4):  # Ctrl+U does nothing until Dino has made the upload usable
+        d.xdotool("key", "ctrl+u")
+        with contextlib.suppress(AssertionError):
+            chooser = d.window("^Select file$", 3)
+            break
+    assert chooser, "Ctrl+U opened no file chooser"
+    d.xdotool("windowraise", chooser)
+    d.xdotool("windowfocus", "--sync", chooser)
+    d.xdotool("type", str(shared))
+    d.xdotool("key", "Return")
+    wait_until("the file chooser closed", lambda: not d.window_ids("^Select file$"))
+    slot = re.compile(
+        rf"{re.escape(d.jid)} <<< <iq [^>]*type='get' to='upload.localhost'>"
+        rf"<request xmlns='{UPLOAD}' filename='shared notes.txt' size='{len(content)}' "
+        r"content-type='text/plain'/>"
+    )
+    for _attempt in range(10):  # until the confirmation is there to take it
+        d.xdotool("key", "Return")
+        with contextlib.suppress(AssertionError):
+            wait_until("Dino's slot request", lambda: slot.search(srv.log_text()), 1.5)
+            break
+    # XEP-0363 §4: a slot for that name, size and type; Dino's HTTPS PUT (the test CA
+    # trusted) stores it ...
+    srv.wait_for_log(f"{user}@localhost uploaded ", STEP)
+    assert re.search(rf"uploaded \S+ \({len(content)} bytes\)", srv.log_text())
+    # ... and the contact gets the GET URL, as the body and as XEP-0066 out-of-band data
+    got = wait_for(other, "the file's message", lambda el: body(el) is not None, seconds=STEP)
+    url = got.findtext(f"{{{OOB}}}x/{{{OOB}}}url")
+    assert got.get("from") == d.jid and body(got) == url
+    assert url.startswith("https://localhost:") and url.endswith("/shared%20notes.txt"), url
+    # which serves the same bytes, over TLS checked against the test CA
+    context = ssl.create_default_context(cafile=ca_file)
+    with urllib.request.urlopen(url, context=context, timeout=STEP) as response:
+        assert response.read() == content
+    assert d.rows("SELECT file_name, size FROM file_transfer") == [
+        {"file_name": "shared notes.txt", "size": len(content)}
+    ]
+
+
 QUICK_POOL = FreshNames("dnq", 4)
 
 
@@ -1074,6 +1188,7 @@ def test_room_created_by_dino(
 
 
 CAPS = "http://jabber.org/protocol/caps"
+OOB = "jabber:x:oob"
 CORRECT = "urn:xmpp:message-correct:0"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 UPLOAD = "urn:xmpp:http:upload:0"
