@@ -7,14 +7,17 @@ back to port 5222 of the domain), so each Dino runs in network and mount namespa
 5222 of `localhost` is a forwarder of the test's (a socket listening inside the namespace,
 made by a thread that joined it with setns(2)) relaying to the module's server on the
 machine's loopback: the machine's own port 5222 is never touched, and the test can break
-Dino's TCP connection at will. GLib's TLS trusts the test CA through a CA bundle (the
+Dino's TCP connection at will. The server's HTTPS port is forwarded the same way, under its
+own number, for the XEP-0363 URLs (https://localhost:PORT/...). GLib's TLS trusts the test CA through a CA bundle (the
 system's plus the test CA) bind-mounted over /etc/ssl/certs/ca-certificates.crt in the mount
 namespace only. The profile is made beforehand: Dino's SQLite database (dino.db), its schema
 as Dino itself creates it on a first start without accounts, with the account's row added.
 The display is an Xvfb of the test's and the session bus a dbus-daemon of each Dino's (its
 socket a file, reachable from the namespace); conversations are opened with xmpp: URIs
-(`dino-im xmpp:...?message`, handed to the running Dino over D-Bus), text is typed with
-xdotool into the conversation Dino focuses, and the join dialog is filled in with it.
+(`dino-im xmpp:...?message`, handed to the running Dino over D-Bus once it holds its name
+there, as gdbus tells: before that a second dino-im would become a second Dino), text is
+typed with xdotool into the conversation Dino focuses (its /commands too), the join dialog
+is filled in with it, and a file is picked with Ctrl+U in GTK's file chooser.
 
 What Dino did is checked on the other side: raw clients (tests/xmpp_raw.py), the server's
 debug log (it traces every stanza in and out), and Dino's own databases (messages with their
