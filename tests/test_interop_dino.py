@@ -8,9 +8,9 @@ back to port 5222 of the domain), so each Dino runs in network and mount namespa
 made by a thread that joined it with setns(2)) relaying to the module's server on the
 machine's loopback: the machine's own port 5222 is never touched, and the test can break
 Dino's TCP connection at will. The server's HTTPS port is forwarded the same way, under its
-own number, for the XEP-0363 URLs (https://localhost:PORT/...). GLib's TLS trusts the test CA through a CA bundle (the
-system's plus the test CA) bind-mounted over /etc/ssl/certs/ca-certificates.crt in the mount
-namespace only. The profile is made beforehand: Dino's SQLite database (dino.db), its schema
+own number, for the XEP-0363 URLs (https://localhost:PORT/...). GLib's TLS trusts the test
+CA through a CA bundle (the system's plus the test CA) bind-mounted over
+/etc/ssl/certs/ca-certificates.crt in the mount namespace only. The profile is made beforehand: Dino's SQLite database (dino.db), its schema
 as Dino itself creates it on a first start without accounts, with the account's row added.
 The display is an Xvfb of the test's and the session bus a dbus-daemon of each Dino's (its
 socket a file, reachable from the namespace); conversations are opened with xmpp: URIs
