@@ -10,8 +10,9 @@ machine's loopback: the machine's own port 5222 is never touched, and the test c
 Dino's TCP connection at will. The server's HTTPS port is forwarded the same way, under its
 own number, for the XEP-0363 URLs (https://localhost:PORT/...). GLib's TLS trusts the test
 CA through a CA bundle (the system's plus the test CA) bind-mounted over
-/etc/ssl/certs/ca-certificates.crt in the mount namespace only. The profile is made beforehand: Dino's SQLite database (dino.db), its schema
-as Dino itself creates it on a first start without accounts, with the account's row added.
+/etc/ssl/certs/ca-certificates.crt in the mount namespace only. The profile is made
+beforehand: Dino's SQLite database (dino.db), its schema as Dino itself creates it on a
+first start without accounts, with the account's row added.
 The display is an Xvfb of the test's and the session bus a dbus-daemon of each Dino's (its
 socket a file, reachable from the namespace); conversations are opened with xmpp: URIs
 (`dino-im xmpp:...?message`, handed to the running Dino over D-Bus once it holds its name
