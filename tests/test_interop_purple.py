@@ -11,7 +11,7 @@ PURPLE_HARNESS_DEBUG=1 libpurple's debug log on its standard error.
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ HARNESS = REPO / "tests" / "interop" / "purple" / "client.c"
 MESSAGE = f"{{{CLIENT}}}message"
 PRESENCE = f"{{{CLIENT}}}presence"
 STEP = 10.0
+CHATSTATES = "http://jabber.org/protocol/chatstates"
+VCARD = "{vcard-temp}"
 CONFIG = "[register]\nenabled = true\n"
 
 
@@ -104,7 +106,31 @@ def login(
     return p, jid
 
 
-def test_login_and_messages(
+def drain(client: RawClient, seconds: float = 0.3) -> list[Any]:
+    """What `client` got until it was quiet for `seconds`."""
+    got = []
+    try:
+        while True:
+            got.append(client.next(timeout=seconds))
+    except Exception:
+        return got
+
+
+def roster_of(client: RawClient) -> dict[str, tuple[str | None, str | None]]:
+    """RFC 6121 §2.1.3 roster get: JID -> (subscription, ask)."""
+    client.send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
+    result = wait_for(client, "the roster", lambda el: el.get("id") == "roster")
+    return {
+        item.get("jid"): (item.get("subscription"), item.get("ask"))
+        for item in result.iter("{jabber:iq:roster}item")
+    }
+
+
+def presence_from(jid: str, kind: str | None = None) -> Any:
+    return lambda el: el.tag == PRESENCE and el.get("from") == jid and el.get("type") == kind
+
+
+def test_login_subscriptions_presence_chat_and_typing(
     harness: str,
     srv: ServerProcess,
     ca_file: str,
@@ -115,14 +141,146 @@ def test_login_and_messages(
 ) -> None:
     user, peer = next(names), next(names)
     other = raw_login(srv, ca_file, peer, clients)
+    other.send("<presence/>")
     p, jid = login(harness, srv, ca_file, user, purples, tmp_path)
+    # RFC 6120 §5 STARTTLS (the certificate checked by libpurple's verifier against the test
+    # CA only), §6 SASL through Cyrus SASL: SCRAM-SHA-256, the best it has of what the server
+    # offers (no -PLUS: no channel binding), §7 bind of the configured resource
+    assert p.lines[:3] == ["starttls", "auth SCRAM-SHA-256", f"signed-on {jid}"], p
     assert jid == f"{user}@localhost/purple", p
-    print(p.lines)
+    srv.wait_for_log(f"authenticated {user}@localhost with SCRAM-SHA-256")
+
+    # Add Buddy (RFC 6121 §3.1.1): a roster set, then a subscription request the peer sees
+    p.do(f"add {peer}@localhost Peer")
+    p.wait(f"buddy-added {peer}@localhost")
+    wait_for(other, "the subscription request", presence_from(f"{user}@localhost", "subscribe"))
+    # the peer approves and asks back (§3.1.2): libpurple asks its user, who authorizes
+    other.send(f"<presence to='{user}@localhost' type='subscribed'/>")
+    other.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    request = p.wait(rf"authorize-request (\d+) {peer}@localhost").group(1)
+    p.do(f"authorize {request} yes")
+    wait_for(other, "the approval", presence_from(f"{user}@localhost", "subscribed"))
+    # §3.1.5: once subscribed, libpurple's presence reaches the peer, and the peer's it
+    wait_for(other, "libpurple's presence", presence_from(jid))
+    p.wait(f"signed-on-buddy {peer}@localhost")
+    setup = raw_login(srv, ca_file, user, clients)
+    assert roster_of(setup) == {f"{peer}@localhost": ("both", None)}
+
+    # presence with a status message (RFC 6121 §4.2, §4.7.2.2)
+    p.do("status away out for lunch")
+    away = wait_for(other, "the away presence", presence_from(jid))
+    assert away.findtext(f"{{{CLIENT}}}show") == "away", away
+    assert away.findtext(f"{{{CLIENT}}}status") == "out for lunch", away
+    other.send("<presence><show>dnd</show><status>busy here</status></presence>")
+    p.wait(f"status {peer}@localhost dnd busy here")
+
+    # RFC 6121 §5: a chat message each way; XEP-0085 chat states each way
+    p.do(f"typing {peer}@localhost/raw typing")
+    composing = wait_for(other, "composing", lambda el: el.tag == MESSAGE)
+    assert composing.find(f"{{{CHATSTATES}}}composing") is not None, composing
     p.do(f"msg {peer}@localhost/raw hello from libpurple")
-    msg = wait_for(other, "libpurple's message", lambda el: el.tag == MESSAGE)
+    msg = wait_for(other, "libpurple's message", lambda el: body(el) is not None)
     assert body(msg) == "hello from libpurple" and msg.get("from") == jid
-    other.send(f"<message to='{jid}' type='chat'><body>hello libpurple</body></message>")
-    p.wait(rf"im {peer}@localhost/raw hello libpurple")
+    assert msg.get("type") == "chat" and msg.find(f"{{{CHATSTATES}}}active") is not None, msg
+    other.send(f"<message to='{jid}' type='chat'><composing xmlns='{CHATSTATES}'/></message>")
+    p.wait(f"typing {peer}@localhost/raw typing")
+    other.send(f"<message to='{jid}' type='chat'><paused xmlns='{CHATSTATES}'/></message>")
+    p.wait(f"typing {peer}@localhost/raw typed")
+    other.send(
+        f"<message to='{jid}' type='chat'><body>hello libpurple</body>"
+        f"<active xmlns='{CHATSTATES}'/></message>"
+    )
+    p.wait(f"im {peer}@localhost/raw hello libpurple")
+
+    # Remove Buddy: RFC 6121 §2.5.2 the item removed, and with it both subscriptions
+    p.do(f"remove {peer}@localhost")
+    p.wait(f"buddy-removed {peer}@localhost")
+    got = {
+        el.get("type")
+        for el in drain(other, 1.0)
+        if el.tag == PRESENCE and el.get("from", "").startswith(f"{user}@localhost")
+    }
+    assert {"unsubscribe", "unsubscribed"} <= got, got
+    assert roster_of(setup) == {}
     assert p.finish() == 0, p
-    print(p.lines)
-    assert re.search("x", "x")
+    assert p.lines[-1] == "signed-off", p
+
+
+def test_vcards_own_and_another(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send(
+        "<iq type='set' id='vc'><vCard xmlns='vcard-temp'><FN>Peer Person</FN>"
+        "<NICKNAME>peer</NICKNAME></vCard></iq>"
+    )
+    wait_for(other, "the vCard set's result", lambda el: el.get("id") == "vc")
+    other.close()
+    p, _ = login(harness, srv, ca_file, user, purples, tmp_path)
+    # Accounts > Set User Info...: libpurple fetches the own vCard (XEP-0054 §3.1) into the
+    # form, and publishes the form's fields (§3.2)
+    p.do("action Set User Info...")
+    form = p.wait(r"request fields (\d+) Edit XMPP vCard .*").group(1)
+    p.wait(f"request-end {form}")
+    p.do(f"field {form} FN Ada Lovelace")
+    p.do(f"field {form} NICKNAME ada")
+    p.do(f"field {form} DESC first line\\nsecond line")
+    p.do(f"submit {form}")
+    reader = raw_login(srv, ca_file, peer, clients)
+
+    def vcard_of(jid: str) -> Any:
+        reader.send(f"<iq type='get' id='get-vc' to='{jid}'><vCard xmlns='vcard-temp'/></iq>")
+        return wait_for(reader, "the vCard", lambda el: el.get("id") == "get-vc")
+
+    deadline = time.monotonic() + STEP
+    while (card := vcard_of(f"{user}@localhost")).findtext(f"{VCARD}vCard/{VCARD}FN") is None:
+        assert time.monotonic() < deadline, card
+        time.sleep(0.05)
+    assert card.findtext(f"{VCARD}vCard/{VCARD}NICKNAME") == "ada"
+    assert card.findtext(f"{VCARD}vCard/{VCARD}FN") == "Ada Lovelace"
+    assert card.findtext(f"{VCARD}vCard/{VCARD}DESC") == "first line\nsecond line"
+    # Get Info: another's vCard, kept by the server while its owner is offline (§3.3)
+    p.do(f"info {peer}@localhost")
+    p.wait(f"userinfo-end {peer}@localhost")
+    info = [line for line in p.lines if line.startswith(f"userinfo {peer}@localhost ")]
+    assert f"userinfo {peer}@localhost Full Name=Peer Person" in info, p
+    assert f"userinfo {peer}@localhost Nickname=peer" in info, p
+    # and its own
+    p.do(f"info {user}@localhost")
+    p.wait(f"userinfo-end {user}@localhost")
+    assert f"userinfo {user}@localhost Full Name=Ada Lovelace" in p.lines, p
+    assert p.finish() == 0, p
+
+
+def test_password_change(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user = next(names)
+    p, _ = login(harness, srv, ca_file, user, purples, tmp_path)
+    # Accounts > Change Password...: XEP-0077 §3.3, the new password twice in a form
+    p.do("action Change Password...")
+    form = p.wait(r"request fields (\d+) Change XMPP Password .*").group(1)
+    p.wait(f"request-end {form}")
+    p.do(f"field {form} password1 a new secret")
+    p.do(f"field {form} password2 a new secret")
+    p.do(f"submit {form}")
+    p.wait(r"notify info Password Changed .*")
+    assert p.finish() == 0, p
+    fresh = srv.client()
+    clients.append(fresh)
+    fresh.login(ca_file, user, "a new secret", "check")
+    with pytest.raises(AssertionError):
+        srv.client().login(ca_file, user, PASSWORD, "old")
