@@ -33,9 +33,14 @@ POOL = FreshNames("pu", 40)
 HARNESS = REPO / "tests" / "interop" / "purple" / "client.c"
 MESSAGE = f"{{{CLIENT}}}message"
 PRESENCE = f"{{{CLIENT}}}presence"
+IQ = f"{{{CLIENT}}}iq"
+STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 STEP = 10.0
 CHATSTATES = "http://jabber.org/protocol/chatstates"
 VCARD = "{vcard-temp}"
+MUC = "http://jabber.org/protocol/muc"
+MUC_USER = "{http://jabber.org/protocol/muc#user}"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
 CONFIG = "[register]\nenabled = true\n"
 
 
@@ -284,3 +289,133 @@ def test_password_change(
     fresh.login(ca_file, user, "a new secret", "check")
     with pytest.raises(AssertionError):
         srv.client().login(ca_file, user, PASSWORD, "old")
+
+
+def test_room_create_configure_talk_topic_occupant_vcard_and_kick(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"room-{user}@conference.localhost"
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send("<iq type='set' id='vc'><vCard xmlns='vcard-temp'><FN>The Guest</FN></vCard></iq>")
+    wait_for(other, "the vCard set's result", lambda el: el.get("id") == "vc")
+    p, _ = login(harness, srv, ca_file, user, purples, tmp_path)
+    p.do(f"join {room} owner")
+    # XEP-0045 §10.1.1: a new room, locked (201); libpurple asks its user what to do
+    ask = p.wait(r"request action (\d+) Create New Room .*").group(1)
+    p.wait(f"request-end {ask}")
+    assert f"request-action {ask} 0 _Configure Room" in p.lines, p
+    p.wait(f"chat-joined {room}")
+    # §10.1.3: Configure Room asks for the form and shows it; the user names the room
+    p.do(f"choose {ask} 0")
+    form = p.wait(r"request fields (\d+) .*").group(1)
+    p.wait(f"request-end {form}")
+    fields = {
+        line.split(" ")[2]: line.split(" ", 4)[3:]
+        for line in p.lines
+        if line.startswith(f"request-field {form} ")
+    }
+    assert fields["muc#roomconfig_roomname"][0] == "string", p
+    # libpurple shows the JID lists as text boxes, and submits an empty one as one empty
+    # <value/> (the server takes that for no JID)
+    assert fields["muc#roomconfig_roomadmins"][0] == "text-multi", p
+    p.do(f"field {form} muc#roomconfig_roomname Pidgin's room")
+    p.do(f"submit {form}")
+    # the configuration took: the room has its name, and anyone may enter (unlocked)
+
+    def disco_name() -> str | None:
+        other.send(f"<iq type='get' id='info' to='{room}'><query xmlns='{DISCO_INFO}'/></iq>")
+        info = wait_for(other, "the room's disco#info", lambda el: el.get("id") == "info")
+        identity = info.find(f"{{{DISCO_INFO}}}query/{{{DISCO_INFO}}}identity")
+        return None if identity is None else identity.get("name")
+
+    deadline = time.monotonic() + STEP
+    while disco_name() != "Pidgin's room":
+        assert time.monotonic() < deadline, p
+        time.sleep(0.05)
+    assert not any(line.startswith("notify error") for line in p.lines), p
+    other.send(f"<presence to='{room}/guest'><x xmlns='{MUC}'/></presence>")
+    joined = wait_for(other, "its own presence in the room", presence_from(f"{room}/guest"))
+    assert joined.get("type") is None, joined
+    p.wait(f"chat-user-joined {room} guest")
+
+    # §7.4 groupchat messages both ways
+    p.do(f"chat {room} hello room")
+    echo = wait_for(other, "libpurple's groupchat", lambda el: body(el) == "hello room")
+    assert (echo.get("type"), echo.get("from")) == ("groupchat", f"{room}/owner")
+    other.send(f"<message to='{room}' type='groupchat'><body>hello owner</body></message>")
+    p.wait(f"chat-msg {room} guest hello owner")
+    # §8.1 /topic: the subject, as every occupant gets it
+    p.do(f"cmd {room} topic Pidgin topic")
+    subject = wait_for(other, "the subject", lambda el: el.find(f"{{{CLIENT}}}subject") is not None)
+    assert subject.findtext(f"{{{CLIENT}}}subject") == "Pidgin topic"
+    assert subject.get("from") == f"{room}/owner"
+    p.wait(f"chat-topic {room} owner Pidgin topic")
+    # Get Info on an occupant: the owner, a moderator, knows its real JID (§7.2.3, whois
+    # moderators) and libpurple asks that account for its vCard
+    p.do(f"occupant-info {room} guest")
+    p.wait(f"occupant guest {peer}@localhost/raw")
+    p.wait(f"userinfo {peer}@localhost Full Name=The Guest")
+    # §8.2 /kick by the moderator: 307 with the reason, and the occupant gone for libpurple
+    p.do(f"cmd {room} kick guest too loud")
+    gone = wait_for(other, "the kick", presence_from(f"{room}/guest", "unavailable"))
+    x = gone.find(f"{MUC_USER}x")
+    assert x is not None and x.findtext(f"{MUC_USER}item/{MUC_USER}reason") == "too loud"
+    assert "307" in [status.get("code") for status in x.iter(f"{MUC_USER}status")]
+    p.wait(rf"chat-user-left {room} guest .*")
+    p.do(f"leave {room}")
+    assert p.finish() == 0, p
+
+
+def test_occupant_vcard_in_a_semi_anonymous_room(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"anon-{user}@conference.localhost"
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send("<iq type='set' id='vc'><vCard xmlns='vcard-temp'><FN>The Host</FN></vCard></iq>")
+    wait_for(other, "the vCard set's result", lambda el: el.get("id") == "vc")
+    # XEP-0045 §10.1.2: an instant room (semi-anonymous: real JIDs for moderators only)
+    other.send(f"<presence to='{room}/host'><x xmlns='{MUC}'/></presence>")
+    wait_for(other, "the room's 201", presence_from(f"{room}/host"))
+    other.send(
+        f"<iq type='set' id='instant' to='{room}'><query xmlns='{MUC}#owner'>"
+        "<x xmlns='jabber:x:data' type='submit'/></query></iq>"
+    )
+    wait_for(other, "the instant room", lambda el: el.get("id") == "instant")
+    p, _ = login(harness, srv, ca_file, user, purples, tmp_path)
+    p.do(f"join {room} visitor")
+    p.wait(f"chat-joined {room}")
+    p.wait(f"chat-user-joined {room} host")
+    # Get Info on an occupant whose real JID libpurple does not know: it asks the occupant
+    # JID, and the server answers from the occupant's account (as Prosody and ejabberd do)
+    p.do(f"occupant-info {room} host")
+    p.wait(f"occupant host {room}/host")
+    # the rest of Get Info (XEP-0092 version, XEP-0012 last activity, XEP-0202 time) goes
+    # through the room to the occupant's client, which has none of them to give
+    asked = set()
+    for _ in range(3):
+        iq = wait_for(other, "Get Info's queries", lambda el: el.tag == IQ)
+        assert iq.get("from") == f"{room}/visitor", iq
+        asked.add(iq[0].tag)
+        other.send(
+            f"<iq type='error' id='{iq.get('id')}' to='{iq.get('from')}'><error type='cancel'>"
+            f"<service-unavailable xmlns='{STANZAS}'/></error></iq>"
+        )
+    p.wait(f"userinfo-end {room}/host")
+    assert asked == {"{jabber:iq:version}query", "{jabber:iq:last}query", "{urn:xmpp:time}time"}
+    assert f"userinfo {room}/host Full Name=The Host" in p.lines, p
+    p.wait(f"userinfo-end {room}/host")
+    assert p.finish() == 0, p
