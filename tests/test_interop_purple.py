@@ -35,6 +35,7 @@ MESSAGE = f"{{{CLIENT}}}message"
 PRESENCE = f"{{{CLIENT}}}presence"
 IQ = f"{{{CLIENT}}}iq"
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+BLOCKING = "urn:xmpp:blocking"
 STEP = 10.0
 CHATSTATES = "http://jabber.org/protocol/chatstates"
 VCARD = "{vcard-temp}"
@@ -82,10 +83,12 @@ class Purple(Harness):
         user_dir: Path,
         password: str = PASSWORD,
         register: bool = False,
+        xml: bool = False,
     ):
         super().__init__(
             [binary, jid, password, ca_file, str(srv.port), str(user_dir)]
             + (["--register"] if register else [])
+            + (["--xml"] if xml else [])
         )
 
 
@@ -104,8 +107,9 @@ def login(
     started: list[Purple],
     tmp_path: Path,
     resource: str = "purple",
+    xml: bool = False,
 ) -> tuple[Purple, str]:
-    p = Purple(binary, srv, ca_file, f"{user}@localhost/{resource}", tmp_path / user)
+    p = Purple(binary, srv, ca_file, f"{user}@localhost/{resource}", tmp_path / user, xml=xml)
     started.append(p)
     jid = p.wait(r"signed-on (\S+)").group(1)
     return p, jid
@@ -305,7 +309,7 @@ def test_room_create_configure_talk_topic_occupant_vcard_and_kick(
     other = raw_login(srv, ca_file, peer, clients)
     other.send("<iq type='set' id='vc'><vCard xmlns='vcard-temp'><FN>The Guest</FN></vCard></iq>")
     wait_for(other, "the vCard set's result", lambda el: el.get("id") == "vc")
-    p, _ = login(harness, srv, ca_file, user, purples, tmp_path)
+    p, _ = login(harness, srv, ca_file, user, purples, tmp_path, xml=True)
     p.do(f"join {room} owner")
     # XEP-0045 §10.1.1: a new room, locked (201); libpurple asks its user what to do
     ask = p.wait(r"request action (\d+) Create New Room .*").group(1)
@@ -340,6 +344,10 @@ def test_room_create_configure_talk_topic_occupant_vcard_and_kick(
         assert time.monotonic() < deadline, p
         time.sleep(0.05)
     assert not any(line.startswith("notify error") for line in p.lines), p
+    # what libpurple submitted: the owners' text box split at its lines, the last one empty
+    submitted = next(line for line in p.lines if "type='submit'" in line)
+    owners = f"<field var='muc#roomconfig_roomowners'><value>{user}@localhost</value><value>"
+    assert owners + "</value></field>" in submitted, submitted
     other.send(f"<presence to='{room}/guest'><x xmlns='{MUC}'/></presence>")
     joined = wait_for(other, "its own presence in the room", presence_from(f"{room}/guest"))
     assert joined.get("type") is None, joined
@@ -419,3 +427,82 @@ def test_occupant_vcard_in_a_semi_anonymous_room(
     assert f"userinfo {room}/host Full Name=The Host" in p.lines, p
     p.wait(f"userinfo-end {room}/host")
     assert p.finish() == 0, p
+
+
+def test_blocking(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer, pest = next(names), next(names), next(names)
+    setup = raw_login(srv, ca_file, user, clients)
+    # XEP-0191 §3.3 a block set before libpurple comes: it fetches the list at login (§3.2)
+    setup.send(
+        f"<iq type='set' id='b0'><block xmlns='{BLOCKING}'><item jid='{pest}@localhost'/>"
+        "</block></iq>"
+    )
+    wait_for(setup, "the block's result", lambda el: el.get("id") == "b0")
+    p, jid = login(harness, srv, ca_file, user, purples, tmp_path)
+    p.do("deny-list")
+    p.wait("deny-end")
+    assert [line for line in p.lines if line.startswith("deny ")] == [f"deny {pest}@localhost"]
+
+    def blocklist() -> set[str]:
+        setup.send(f"<iq type='get' id='bl'><blocklist xmlns='{BLOCKING}'/></iq>")
+        result = wait_for(setup, "the block list", lambda el: el.get("id") == "bl")
+        return {item.get("jid") for item in result.iter(f"{{{BLOCKING}}}item")}
+
+    # Block (Pidgin's buddy menu): libpurple uses XEP-0191, which the server advertises
+    p.do(f"block {peer}@localhost")
+    deadline = time.monotonic() + STEP
+    while blocklist() != {f"{pest}@localhost", f"{peer}@localhost"}:
+        assert time.monotonic() < deadline, blocklist()
+        time.sleep(0.05)
+    # §3.5: nothing of a blocked contact reaches the user; stanzas come back as errors
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send(f"<message to='{jid}' type='chat' id='m1'><body>blocked?</body></message>")
+    bounced = wait_for(other, "the error", lambda el: el.get("id") == "m1")
+    assert bounced.get("type") == "error", bounced
+    # Unblock: §3.4 the item removed, and messages flow again
+    p.do(f"unblock {peer}@localhost")
+    deadline = time.monotonic() + STEP
+    while blocklist() != {f"{pest}@localhost"}:
+        assert time.monotonic() < deadline, blocklist()
+        time.sleep(0.05)
+    other.send(f"<message to='{jid}' type='chat'><body>unblocked</body></message>")
+    p.wait(f"im {peer}@localhost/raw unblocked")
+    assert not any("blocked?" in line for line in p.lines), p
+    assert p.finish() == 0, p
+
+
+def test_wrong_password(
+    harness: str, srv: ServerProcess, ca_file: str, names: Iterator[str], tmp_path: Path
+) -> None:
+    user = next(names)
+    p = Purple(harness, srv, ca_file, f"{user}@localhost/purple", tmp_path, "wrong password")
+    try:
+        p.wait(r"connection-error .*")
+    finally:
+        p.finish()
+    # RFC 6120 §6.4.5: libpurple retries after each <not-authorized/>, meaning to try the
+    # next mechanism, but tries SCRAM-SHA-256 and SCRAM-SHA-1 twice each (the module
+    # docstring); the server allows 3 attempts ([c2s] max_sasl_failures) and then closes the
+    # stream with <policy-violation/>, as §6.4.5 says it SHOULD
+    failed = "auth-failure not-authorized"
+    assert p.lines[:7] == [
+        "starttls",
+        "auth SCRAM-SHA-256",
+        failed,
+        "auth SCRAM-SHA-256",
+        failed,
+        "auth SCRAM-SHA-1",
+        failed,
+    ], p
+    # libpurple reports it as a network error (which Pidgin retries), not as a wrong password
+    assert "connection-error 0 Policy Violation" in p.lines, p
+    srv.wait_for_log("stream error policy-violation")
+    assert f"authenticated {user}@localhost" not in srv.log_text()

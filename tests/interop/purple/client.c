@@ -1,7 +1,7 @@
 /* libpurple 2.14 (Debian's libpurple-dev: the library of Pidgin and Finch) with its XMPP
  * protocol plugin, prpl-jabber, driven by tests/test_interop_purple.py.
  *
- *   client JID PASSWORD CA_FILE PORT USER_DIR [--register]
+ *   client JID PASSWORD CA_FILE PORT USER_DIR [--register] [--xml]
  *
  * A user interface of its own on GLib's main loop, as Pidgin's and Finch's are: libpurple
  * keeps its settings in USER_DIR (purple_util_set_user_dir), the account is set up in code
@@ -31,6 +31,7 @@
  *                            with ROOM or JID (topic, kick, config, ban, ping, ...)
  *   leave ROOM               close the room's conversation (leaves the room)
  *   block JID | unblock JID  the privacy deny list (purple_privacy_deny_add/remove)
+ *   deny-list                the deny list as libpurple has it: `deny JID`..., `deny-end`
  *   send-file JID NAME       offer a file transfer (serv_send_file) of a small file NAME
  *   field ID FIELD VALUE     set a field of request ID (string, integer, boolean, choice)
  *   submit ID | cancel ID    answer a fields or input request
@@ -52,9 +53,9 @@
  *   request-field ID FIELD TYPE VALUE, then request-end ID
  *   (for actions: request-action ID INDEX LABEL, then request-end ID)
  *   cmd-status STATUS ERROR | xfer STATUS NAME
- *   recv-xml NAME / sent-xml NAME: the name of each top-level element (PURPLE_HARNESS_XML=1
- *   prints the whole element instead, and PURPLE_HARNESS_DEBUG=1 libpurple's debug log on
- *   stderr)
+ *   recv-xml XML | sent-xml XML: each top-level element both ways, with --xml (or
+ *   PURPLE_HARNESS_XML=1 in the environment); PURPLE_HARNESS_DEBUG=1 prints libpurple's
+ *   debug log on stderr
  *
  * Exit status 0 after quit.
  */
@@ -716,6 +717,10 @@ static void command(char *line)
         purple_privacy_deny_add(account, one, FALSE);
     } else if (strcmp(verb, "unblock") == 0) {
         purple_privacy_deny_remove(account, one, FALSE);
+    } else if (strcmp(verb, "deny-list") == 0) {
+        for (GSList *l = account->deny; l; l = l->next)
+            emit("deny %s", (const char *)l->data);
+        emit("deny-end");
     } else if (strcmp(verb, "send-file") == 0) {
         send_file(one, two);
     } else if (strcmp(verb, "field") == 0) {
@@ -796,14 +801,21 @@ static PurpleCoreUiOps core_ops;
 int main(int argc, char **argv)
 {
     if (argc < 6) {
-        fprintf(stderr, "usage: %s JID PASSWORD CA_FILE PORT USER_DIR [--register]\n", argv[0]);
+        fprintf(stderr, "usage: %s JID PASSWORD CA_FILE PORT USER_DIR [--register] [--xml]\n",
+                argv[0]);
         return 2;
     }
     const char *jid = argv[1], *password = argv[2], *ca_file = argv[3];
     int port = atoi(argv[4]);
     user_dir = argv[5];
-    gboolean do_register = argc > 6 && strcmp(argv[6], "--register") == 0;
+    gboolean do_register = FALSE;
     print_xml = g_getenv("PURPLE_HARNESS_XML") != NULL;
+    for (int i = 6; i < argc; i++) {
+        if (strcmp(argv[i], "--register") == 0)
+            do_register = TRUE;
+        else if (strcmp(argv[i], "--xml") == 0)
+            print_xml = TRUE;
+    }
     gboolean debug = g_getenv("PURPLE_HARNESS_DEBUG") != NULL;
 
     requests = g_hash_table_new(g_direct_hash, g_direct_equal);
