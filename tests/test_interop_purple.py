@@ -11,6 +11,7 @@ PURPLE_HARNESS_DEBUG=1 libpurple's debug log on its standard error.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,13 +37,16 @@ PRESENCE = f"{{{CLIENT}}}presence"
 IQ = f"{{{CLIENT}}}iq"
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 BLOCKING = "urn:xmpp:blocking"
+SI = "http://jabber.org/protocol/si"
 STEP = 10.0
 CHATSTATES = "http://jabber.org/protocol/chatstates"
 VCARD = "{vcard-temp}"
 MUC = "http://jabber.org/protocol/muc"
 MUC_USER = "{http://jabber.org/protocol/muc#user}"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
-CONFIG = "[register]\nenabled = true\n"
+# In-band registration on (Pidgin's "Create this new account on the server"); a room its
+# creator leaves unconfigured opens after 2 s instead of 300 (XEP-0045 §10.1.1 step 4).
+CONFIG = "[register]\nenabled = true\n[muc]\nlock_timeout = 2\n"
 
 
 @pytest.fixture(scope="module")
@@ -506,3 +510,142 @@ def test_wrong_password(
     assert "connection-error 0 Policy Violation" in p.lines, p
     srv.wait_for_log("stream error policy-violation")
     assert f"authenticated {user}@localhost" not in srv.log_text()
+
+
+def test_in_band_registration(
+    harness: str, srv: ServerProcess, ca_file: str, clients: list[RawClient], tmp_path: Path
+) -> None:
+    new = f"{POOL.prefix}-registered"
+    password = "a registered secret"
+    r = Purple(harness, srv, ca_file, f"{new}@localhost/purple", tmp_path, password, True)
+    try:
+        # XEP-0077 §3.1 after STARTTLS: the server's data form (§6), shown to the user
+        form = r.wait(r"request fields (\d+) Account registration .*").group(1)
+        r.wait(f"request-end {form}")
+        assert f"request-field {form} username string -" in r.lines, r
+        assert f"request-field {form} password string -" in r.lines, r
+        r.do(f"field {form} username {new}")
+        r.do(f"field {form} password {password}")
+        r.do(f"submit {form}")
+        r.wait("registered yes")
+    finally:
+        r.finish()
+    srv.wait_for_log(f"registered {new}@localhost")
+    fresh = srv.client()
+    clients.append(fresh)
+    fresh.login(ca_file, new, password, "check")
+
+
+def test_pings_both_ways(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    other = raw_login(srv, ca_file, peer, clients)
+    p, jid = login(harness, srv, ca_file, user, purples, tmp_path, xml=True)
+    # XEP-0199 §4.2: libpurple answers a ping from another entity
+    other.send(f"<iq type='get' id='ping1' to='{jid}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    pong = wait_for(other, "libpurple's pong", lambda el: el.get("id") == "ping1")
+    assert (pong.get("type"), pong.get("from")) == ("result", jid)
+    # §4.1 /ping to the server, which answers from its domain
+    p.do(f"cmd {peer}@localhost/raw ping localhost")
+    sent = p.wait(
+        r"sent-xml <iq type='get' id='([^']+)' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+    )
+    p.wait(
+        rf"recv-xml <iq xmlns='jabber:client' type='result' id='{sent.group(1)}' "
+        rf"to='{re.escape(jid)}' from='localhost'/>"
+    )
+    assert p.finish() == 0, p
+
+
+def test_file_transfer_offer(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    other = raw_login(srv, ca_file, peer, clients)
+    p, jid = login(harness, srv, ca_file, user, purples, tmp_path)
+    p.do(f"send-file {peer}@localhost/raw notes.txt")
+    # XEP-0096 §4: libpurple first asks the recipient's resource what it supports
+    disco = wait_for(other, "the disco#info", lambda el: el.tag == IQ)
+    assert disco.get("from") == jid and disco[0].tag == f"{{{DISCO_INFO}}}query", disco
+    features = "".join(
+        f"<feature var='{var}'/>"
+        for var in (SI, f"{SI}/profile/file-transfer", "http://jabber.org/protocol/bytestreams")
+    )
+    other.send(
+        f"<iq type='result' id='{disco.get('id')}' to='{jid}'>"
+        f"<query xmlns='{DISCO_INFO}'>{features}</query></iq>"
+    )
+    # §3.1 the stream initiation offer, with the file's name and size
+    offer = wait_for(other, "the SI offer", lambda el: el.tag == IQ)
+    file = offer.find(f"{{{SI}}}si/{{{SI}/profile/file-transfer}}file")
+    assert offer.get("type") == "set" and file is not None, offer
+    assert (file.get("name"), file.get("size")) == ("notes.txt", "22")
+    # §3.2 declined: libpurple cancels the transfer
+    other.send(
+        f"<iq type='error' id='{offer.get('id')}' to='{jid}'><error type='cancel'>"
+        f"<forbidden xmlns='{STANZAS}'/><text xmlns='{STANZAS}'>Offer Declined</text>"
+        "</error></iq>"
+    )
+    p.wait("xfer cancelled notes.txt")
+    assert p.finish() == 0, p
+
+
+def test_instant_room_and_an_unanswered_create_dialog(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    instant, ignored = (f"{kind}-{user}@conference.localhost" for kind in ("instant", "ignored"))
+    other = raw_login(srv, ca_file, peer, clients)
+    p, _ = login(harness, srv, ca_file, user, purples, tmp_path)
+
+    def enter(room: str) -> Any:
+        other.send(f"<presence to='{room}/guest'><x xmlns='{MUC}'/></presence>")
+        return wait_for(
+            other,
+            "the room's answer",
+            lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/guest",
+        )
+
+    # XEP-0045 §10.1.2 Accept Defaults: an empty submitted form, and the room is open
+    p.do(f"join {instant} owner")
+    ask = p.wait(r"request action (\d+) Create New Room .*").group(1)
+    p.wait(f"request-end {ask}")
+    p.do(f"choose {ask} 1")
+    deadline = time.monotonic() + STEP
+    while (answer := enter(instant)).get("type") == "error":
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.05)
+    p.wait(f"chat-user-joined {instant} guest")
+    # the user closes the dialog instead (libpurple sends nothing): §10.1.1 the room stays
+    # locked, others are refused, until [muc] lock_timeout opens it with the defaults
+    start = len(p.lines)
+    p.do(f"join {ignored} owner")
+    ask = p.wait(r"request action (\d+) Create New Room .*", start).group(1)
+    p.wait(f"chat-joined {ignored}")
+    refused = enter(ignored)
+    assert refused.get("type") == "error", refused
+    assert refused.find(f"{{{CLIENT}}}error/{{{STANZAS}}}item-not-found") is not None, refused
+    p.do(f"cancel {ask}")
+    srv.wait_for_log(f"room {ignored} opened with the default configuration")
+    assert enter(ignored).get("type") is None
+    p.wait(f"chat-user-joined {ignored} guest")
+    assert p.finish() == 0, p
