@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import (
     REPO,
@@ -649,3 +650,26 @@ def test_instant_room_and_an_unanswered_create_dialog(
     assert enter(ignored).get("type") is None
     p.wait(f"chat-user-joined {ignored} guest")
     assert p.finish() == 0, p
+
+
+def test_certificate_from_another_ca_is_questioned_and_refused(
+    harness: str, srv: ServerProcess, names: Iterator[str], tmp_path: Path
+) -> None:
+    # RFC 6120 §13.7.2: libpurple's verifier finds no trusted chain (its only CA is another
+    # one) and, as Pidgin does, asks the user; Reject ends the connection before SASL
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    user = next(names)
+    p = Purple(harness, srv, str(other_ca), f"{user}@localhost/purple", tmp_path / "p")
+    try:
+        ask = p.wait(r"request action (\d+) SSL Certificate Verification .*").group(1)
+        p.wait(f"request-end {ask}")
+        assert f"request-action {ask} 1 Reject" in p.lines, p
+        p.do(f"choose {ask} 1")
+        # PURPLE_CONNECTION_ERROR_CERT_OTHER_ERROR
+        p.wait("connection-error 15 SSL peer presented an invalid certificate")
+    finally:
+        p.finish()
+    assert p.lines[0] == "starttls", p
+    assert not any(line.startswith(("auth", "signed-on ")) for line in p.lines), p
+    assert f"authenticated {user}@localhost" not in srv.log_text()
