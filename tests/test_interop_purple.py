@@ -120,6 +120,11 @@ def login(
     return p, jid
 
 
+def events(p: Purple) -> list[str]:
+    """The harness's event lines without the elements it printed (with --xml)."""
+    return [line for line in p.lines if not line.startswith(("sent-xml ", "recv-xml "))]
+
+
 def drain(client: RawClient, seconds: float = 0.3) -> list[Any]:
     """What `client` got until it was quiet for `seconds`."""
     got = []
@@ -160,7 +165,7 @@ def test_login_subscriptions_presence_chat_and_typing(
     # RFC 6120 §5 STARTTLS (the certificate checked by libpurple's verifier against the test
     # CA only), §6 SASL through Cyrus SASL: SCRAM-SHA-256, the best it has of what the server
     # offers (no -PLUS: no channel binding), §7 bind of the configured resource
-    assert p.lines[:3] == ["starttls", "auth SCRAM-SHA-256", f"signed-on {jid}"], p
+    assert events(p)[:3] == ["starttls", "auth SCRAM-SHA-256", f"signed-on {jid}"], p
     assert jid == f"{user}@localhost/purple", p
     srv.wait_for_log(f"authenticated {user}@localhost with SCRAM-SHA-256")
 
@@ -498,7 +503,7 @@ def test_wrong_password(
     # docstring); the server allows 3 attempts ([c2s] max_sasl_failures) and then closes the
     # stream with <policy-violation/>, as §6.4.5 says it SHOULD
     failed = "auth-failure not-authorized"
-    assert p.lines[:7] == [
+    assert events(p)[:7] == [
         "starttls",
         "auth SCRAM-SHA-256",
         failed,
@@ -670,6 +675,42 @@ def test_certificate_from_another_ca_is_questioned_and_refused(
         p.wait("connection-error 15 SSL peer presented an invalid certificate")
     finally:
         p.finish()
-    assert p.lines[0] == "starttls", p
-    assert not any(line.startswith(("auth", "signed-on ")) for line in p.lines), p
+    assert events(p)[0] == "starttls", p
+    assert not any(line.startswith(("auth", "signed-on ")) for line in events(p)), p
     assert f"authenticated {user}@localhost" not in srv.log_text()
+
+
+def test_stream_management_counts(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    other = raw_login(srv, ca_file, peer, clients)
+    p, jid = login(harness, srv, ca_file, user, purples, tmp_path, xml=True)
+    # libpurple 2.14 enables XEP-0198 without resumption (§3) and asks for an ack (<r/>)
+    # after each stanza it sends
+    p.wait("sent-xml <enable xmlns='urn:xmpp:sm:3'/>")
+    p.wait("recv-xml <enabled xmlns='urn:xmpp:sm:3'/>")
+    for n in range(3):
+        p.do(f"msg {peer}@localhost/raw m{n}")
+        other.send(f"<message to='{jid}' type='chat'><body>r{n}</body></message>")
+    p.wait(f"im {peer}@localhost/raw r2")
+    wait_for(other, "the last message", lambda el: body(el) == "m2")
+    p.do(f"cmd {peer}@localhost/raw ping localhost")
+    ping = p.wait(r"sent-xml <iq type='get' id='([^']+)' to='localhost'><ping .*").group(1)
+    p.wait(rf"recv-xml <iq xmlns='jabber:client' type='result' id='{ping}' .*")
+    # §4: the server's <a/> to libpurple's last <r/> counts every stanza libpurple sent
+    # after <enable/>
+    start = p.lines.index("sent-xml <enable xmlns='urn:xmpp:sm:3'/>")
+    stanzas = [
+        line
+        for line in p.lines[start:]
+        if line.startswith(("sent-xml <iq", "sent-xml <message", "sent-xml <presence"))
+    ]
+    p.wait(f"recv-xml <a xmlns='urn:xmpp:sm:3' h='{len(stanzas)}'/>")
+    assert p.finish() == 0, p
