@@ -1,12 +1,42 @@
-"""libpurple 2.14 (Debian's libpurple-dev, the library of Pidgin and Finch) and its XMPP
-protocol plugin prpl-jabber against the server, through tests/interop/purple/client.c,
+"""libpurple 2.14 (Debian's libpurple-dev 2.14.12: the library of Pidgin and Finch) and its
+XMPP protocol plugin prpl-jabber against the server, through tests/interop/purple/client.c,
 compiled here with cc: a user interface of its own on GLib's main loop that does what
-Pidgin's menus and windows do (buddy list, conversation windows, slash commands, the
-account's actions) and prints one line per event; every question libpurple asks the user
+Pidgin's windows and menus do (buddy list, conversations, slash commands, the account's
+actions, Get Info) and prints one line per event; every question libpurple asks the user
 (its request dialogs, authorization requests) is printed and answered by the test. The
-server side is checked with raw clients (tests/xmpp_raw.py) and the server's log.
-PURPLE_HARNESS_XML=1 in the environment makes the harness print every element both ways,
-PURPLE_HARNESS_DEBUG=1 libpurple's debug log on its standard error.
+account is set up in code (connect server localhost, "Require encryption"), the server's
+certificate checked by libpurple's own verifier with the test CA as its only CA. The server
+side is checked with raw clients (tests/xmpp_raw.py) and the server's log. With --xml
+(`xml=True`; PURPLE_HARNESS_XML=1 in the environment for any test) the harness prints every
+element both ways, PURPLE_HARNESS_DEBUG=1 libpurple's debug log on its standard error.
+
+Debian builds libpurple with Cyrus SASL, which picks SCRAM-SHA-256 (libpurple's own SCRAM is
+SCRAM-SHA-1 only) and skips the -PLUS mechanisms (no channel binding). libpurple 2.14 enables
+XEP-0198 without resumption and asks for an ack after each stanza it sends.
+
+Server bug found here, fixed: the answers to a logged-in account's jabber:iq:register queries
+(XEP-0077 §3.3 password change, §3.2 removal) had no 'from'. RFC 6120 §8.1.2.1 asks the
+server's own stanzas to come from its domain, and libpurple takes a result only from where
+its request went (libpurple/protocols/jabber/iq.c, does_reply_from_match_request_to):
+Change Password... sent to='localhost' never heard back
+(test_register.py::test_answers_to_the_domain_come_from_the_domain).
+Found by this client's first run, fixed on main: libpurple submits a room configuration
+form's JID lists as text split at newlines, so the owners' box ('owner@host\n') gives an
+empty <value/>; Get Info on an occupant whose real JID it does not know asks the occupant
+JID for a vCard, which the server now answers from the occupant's account; a room whose
+Create New Room dialog is left unanswered stays locked until [muc] lock_timeout.
+
+libpurple bugs, found here (worked around in the tests, not in the server):
+- After a SASL <failure/> libpurple means to try the next mechanism (auth_cyrus.c,
+  jabber_cyrus_handle_failure), but remove_current_mech finds the failed name with strstr,
+  which first matches the prefix of its -PLUS variant, listed before it: that is what goes,
+  and Cyrus picks the same mechanism again. A wrong password is so tried as SCRAM-SHA-256
+  twice and SCRAM-SHA-1 twice; the server closes the stream after [c2s] max_sasl_failures
+  (3) with <policy-violation/>, as RFC 6120 §6.4.5 says it SHOULD, and libpurple reports
+  that as a network error, which Pidgin retries instead of asking for the password.
+- Get Info on a room occupant also sends XEP-0092 version, XEP-0012 last activity and
+  XEP-0202 time queries to the occupant JID (the room passes them to the occupant's client)
+  and shows nothing until each is answered: the raw client answers them with errors.
 """
 
 from __future__ import annotations
@@ -657,27 +687,49 @@ def test_instant_room_and_an_unanswered_create_dialog(
     assert p.finish() == 0, p
 
 
-def test_certificate_from_another_ca_is_questioned_and_refused(
-    harness: str, srv: ServerProcess, names: Iterator[str], tmp_path: Path
+def test_certificate_from_another_ca_is_questioned(
+    harness: str,
+    srv: ServerProcess,
+    names: Iterator[str],
+    purples: list[Purple],
+    tmp_path: Path,
 ) -> None:
     # RFC 6120 §13.7.2: libpurple's verifier finds no trusted chain (its only CA is another
     # one) and, as Pidgin does, asks the user; Reject ends the connection before SASL
     other_ca = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other_ca))
     user = next(names)
-    p = Purple(harness, srv, str(other_ca), f"{user}@localhost/purple", tmp_path / "p")
-    try:
+    jid = f"{user}@localhost/purple"
+
+    def start() -> tuple[Purple, str]:
+        p = Purple(harness, srv, str(other_ca), jid, tmp_path / "profile")
+        purples.append(p)
         ask = p.wait(r"request action (\d+) SSL Certificate Verification .*").group(1)
         p.wait(f"request-end {ask}")
+        assert f"request-action {ask} 0 Accept" in p.lines, p
         assert f"request-action {ask} 1 Reject" in p.lines, p
-        p.do(f"choose {ask} 1")
-        # PURPLE_CONNECTION_ERROR_CERT_OTHER_ERROR
-        p.wait("connection-error 15 SSL peer presented an invalid certificate")
-    finally:
-        p.finish()
+        return p, ask
+
+    p, ask = start()
+    p.do(f"choose {ask} 1")
+    # PURPLE_CONNECTION_ERROR_CERT_OTHER_ERROR
+    p.wait("connection-error 15 SSL peer presented an invalid certificate")
+    p.finish()
     assert events(p)[0] == "starttls", p
     assert not any(line.startswith(("auth", "signed-on ")) for line in events(p)), p
     assert f"authenticated {user}@localhost" not in srv.log_text()
+    # Accept: the login goes on, and libpurple keeps the certificate as the host's
+    # (the way to trust a self-signed one, README), so it does not ask again
+    p, ask = start()
+    p.do(f"choose {ask} 0")
+    p.wait(f"signed-on {jid}")
+    p.finish()
+    assert (tmp_path / "profile/certificates/x509/tls_peers/localhost").exists()
+    p = Purple(harness, srv, str(other_ca), jid, tmp_path / "profile")
+    purples.append(p)
+    p.wait(f"signed-on {jid}")
+    assert not any(line.startswith("request ") for line in p.lines), p
+    assert p.finish() == 0, p
 
 
 def test_stream_management_counts(
