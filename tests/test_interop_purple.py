@@ -41,6 +41,8 @@ libpurple bugs, found here (worked around in the tests, not in the server):
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -59,6 +61,7 @@ from interop_clients import (
     raw_login,
     wait_for,
 )
+from test_avatars import png
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("pu", 40)
@@ -69,6 +72,9 @@ IQ = f"{{{CLIENT}}}iq"
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 BLOCKING = "urn:xmpp:blocking"
 SI = "http://jabber.org/protocol/si"
+PUBSUB = "http://jabber.org/protocol/pubsub"
+MOOD = "http://jabber.org/protocol/mood"
+AVATAR_METADATA = "urn:xmpp:avatar:metadata"
 STEP = 10.0
 CHATSTATES = "http://jabber.org/protocol/chatstates"
 VCARD = "{vcard-temp}"
@@ -177,6 +183,26 @@ def roster_of(client: RawClient) -> dict[str, tuple[str | None, str | None]]:
 
 def presence_from(jid: str, kind: str | None = None) -> Any:
     return lambda el: el.tag == PRESENCE and el.get("from") == jid and el.get("type") == kind
+
+
+def befriend(
+    srv: ServerProcess, ca_file: str, user: str, peer: str, opened: list[RawClient]
+) -> RawClient:
+    """A mutual subscription between two accounts, made by raw clients (RFC 6121 §3.1);
+    the peer's client, online, is returned."""
+    mine, theirs = raw_login(srv, ca_file, user, opened), raw_login(srv, ca_file, peer, opened)
+    mine.send("<presence/>")
+    theirs.send("<presence/>")
+    mine.send(f"<presence to='{peer}@localhost' type='subscribe'/>")
+    wait_for(theirs, "the request", presence_from(f"{user}@localhost", "subscribe"))
+    theirs.send(f"<presence to='{user}@localhost' type='subscribed'/>")
+    theirs.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    wait_for(mine, "the request back", presence_from(f"{peer}@localhost", "subscribe"))
+    mine.send(f"<presence to='{peer}@localhost' type='subscribed'/>")
+    wait_for(theirs, "the approval", presence_from(f"{user}@localhost", "subscribed"))
+    mine.close()
+    wait_for(theirs, "the user gone", presence_from(f"{user}@localhost/raw", "unavailable"))
+    return theirs
 
 
 def test_login_subscriptions_presence_chat_and_typing(
@@ -765,4 +791,89 @@ def test_stream_management_counts(
         if line.startswith(("sent-xml <iq", "sent-xml <message", "sent-xml <presence"))
     ]
     p.wait(f"recv-xml <a xmlns='urn:xmpp:sm:3' h='{len(stanzas)}'/>")
+    assert p.finish() == 0, p
+
+
+def test_offline_message_contact_edits_mood_and_avatar(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    # RFC 6121 §8.5.2.2: stored while the user is offline, delivered after its initial
+    # presence (XEP-0160 §3)
+    other.send(
+        f"<message to='{user}@localhost' type='chat'><body>while you were away</body></message>"
+    )
+    p, jid = login(harness, srv, ca_file, user, purples, tmp_path)
+    p.wait(f"im {peer}@localhost/raw while you were away")
+    p.wait(f"signed-on-buddy {peer}@localhost")
+
+    # XEP-0107 by PEP both ways: the contact's mood reaches libpurple (its caps ask for
+    # mood+notify, XEP-0163 §4.3), libpurple's mood is published at its account
+    other.send(
+        f"<iq type='set' id='mood'><pubsub xmlns='{PUBSUB}'><publish node='{MOOD}'><item>"
+        f"<mood xmlns='{MOOD}'><sad/><text>rainy</text></mood></item></publish></pubsub></iq>"
+    )
+    p.wait(f"mood {peer}@localhost sad rainy")
+    p.do("mood happy sunny day")
+
+    def items(node: str) -> Any:
+        other.send(
+            f"<iq type='get' id='items' to='{user}@localhost'><pubsub xmlns='{PUBSUB}'>"
+            f"<items node='{node}'/></pubsub></iq>"
+        )
+        return wait_for(other, "the items", lambda el: el.get("id") == "items")
+
+    deadline = time.monotonic() + STEP
+    while (mood := items(MOOD).find(f".//{{{MOOD}}}mood")) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert (
+        mood.find(f"{{{MOOD}}}happy") is not None
+        and mood.findtext(f"{{{MOOD}}}text") == "sunny day"
+    )
+
+    # rename and regroup the contact (RFC 6121 §2.4 roster sets): the item's name and group
+    p.do(f"alias {peer}@localhost Best Friend")
+    p.do(f"move {peer}@localhost Friends")
+    setup = raw_login(srv, ca_file, user, clients)
+
+    def item() -> tuple[str | None, list[str]]:
+        setup.send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
+        result = wait_for(setup, "the roster", lambda el: el.get("id") == "roster")
+        found = result.find("{jabber:iq:roster}query/{jabber:iq:roster}item")
+        assert found is not None, result
+        return found.get("name"), [g.text for g in found.iter("{jabber:iq:roster}group")]
+
+    deadline = time.monotonic() + STEP
+    while item() != ("Best Friend", ["Friends"]):
+        assert time.monotonic() < deadline, item()
+        time.sleep(0.05)
+
+    # Pidgin's buddy icon: XEP-0153 its hash in libpurple's presence as the contact gets
+    # it, the image published as XEP-0084 data and metadata
+    image = png(4, 3)
+    digest = hashlib.sha1(image).hexdigest()
+    p.do(f"icon {image.hex()}")
+    update = "{vcard-temp:x:update}"
+    photo = wait_for(
+        other,
+        "the presence with the hash",
+        lambda el: el.tag == PRESENCE and el.findtext(f"{update}x/{update}photo") == digest,
+    )
+    assert photo.get("from") == jid
+    deadline = time.monotonic() + STEP
+    while (info := items(AVATAR_METADATA).find(f".//{{{AVATAR_METADATA}}}info")) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert info.get("id") == digest and info.get("bytes") == str(len(image))
+    assert info.get("type") == "image/png"
+    data = items("urn:xmpp:avatar:data").findtext(".//{urn:xmpp:avatar:data}data")
+    assert data is not None and base64.b64decode(data) == image
     assert p.finish() == 0, p

@@ -30,6 +30,13 @@
  *   cmd ROOM|JID LINE        a slash command (without its slash) typed in the conversation
  *                            with ROOM or JID (topic, kick, config, ban, ping, ...)
  *   leave ROOM               close the room's conversation (leaves the room)
+ *   alias JID NAME           rename a buddy (its roster item's name)
+ *   move JID GROUP           drag a buddy to another group (its roster item's group)
+ *   mood MOOD [TEXT]         set the account's mood (XEP-0107, published by PEP)
+ *   icon HEX                 set the account's buddy icon (a PNG, in hexadecimal)
+ *   invite ROOM JID [TEXT]   invite JID to the room
+ *   room-list                Pidgin's Room List: libpurple asks for the service (an input
+ *                            request), then lists its rooms
  *   block JID | unblock JID  the privacy deny list (purple_privacy_deny_add/remove)
  *   deny-list                the deny list as libpurple has it: `deny JID`..., `deny-end`
  *   send-file JID NAME       offer a file transfer (serv_send_file) of a small file NAME
@@ -43,9 +50,11 @@
  *   connection-error REASON_CODE TEXT | signed-off | registered yes|no
  *   im FROM TEXT | typing FROM typing|typed|none
  *   buddy-added JID | buddy-removed JID | status JID STATUS_ID TEXT | signed-on-buddy JID
+ *   mood JID MOOD TEXT (after a status line, while the buddy has a mood, XEP-0107)
  *   signed-off-buddy JID | authorize-request ID JID | request-add JID
  *   userinfo WHO LABEL=VALUE | userinfo-end WHO
  *   chat-joined ROOM | chat-left ROOM | chat-msg ROOM WHO TEXT | chat-topic ROOM WHO TOPIC
+ *   chat-invited ROOM INVITER TEXT | room ROOM DESCRIPTION (the room list) | room-list-end
  *   chat-user-joined ROOM NICK | chat-user-left ROOM NICK REASON
  *   conv-write NAME WHO FLAGS TEXT (system and error lines of a conversation)
  *   notify TYPE TITLE | PRIMARY | SECONDARY
@@ -459,6 +468,27 @@ static PurpleConversationUiOps conversation_ops = {
     .write_conv = write_conv,
 };
 
+/* --- the room list (Pidgin's Room List window) ------------------------------------------- */
+
+static void roomlist_add_room(PurpleRoomlist *list, PurpleRoomlistRoom *room)
+{
+    GList *values = purple_roomlist_room_get_fields(room);
+    /* jabber's fields: room, server, description, users */
+    emit("room %s@%s %s", or_dash(g_list_nth_data(values, 0)), or_dash(g_list_nth_data(values, 1)),
+         or_dash(g_list_nth_data(values, 2)));
+}
+
+static void roomlist_in_progress(PurpleRoomlist *list, gboolean flag)
+{
+    if (!flag)
+        emit("room-list-end");
+}
+
+static PurpleRoomlistUiOps roomlist_ops = {
+    .add_room = roomlist_add_room,
+    .in_progress = roomlist_in_progress,
+};
+
 /* --- file transfers: only the state of the offer ---------------------------------------- */
 
 static void xfer_update(PurpleXfer *xfer, double percent)
@@ -519,6 +549,11 @@ static void on_buddy_status(PurpleBuddy *buddy, PurpleStatus *old, PurpleStatus 
 {
     emit("status %s %s %s", purple_buddy_get_name(buddy), purple_status_get_id(status),
          or_dash(purple_status_get_attr_string(status, "message")));
+    PurpleStatus *mood = purple_presence_get_status(purple_buddy_get_presence(buddy), "mood");
+    if (mood && purple_status_is_active(mood))
+        emit("mood %s %s %s", purple_buddy_get_name(buddy),
+             or_dash(purple_status_get_attr_string(mood, PURPLE_MOOD_NAME)),
+             or_dash(purple_status_get_attr_string(mood, PURPLE_MOOD_COMMENT)));
 }
 
 static void on_chat_joined(PurpleConversation *conv, gpointer data)
@@ -549,6 +584,12 @@ static void on_chat_user_left(PurpleConversation *conv, const char *name, const 
                               gpointer data)
 {
     emit("chat-user-left %s %s %s", purple_conversation_get_name(conv), name, or_dash(reason));
+}
+
+static void on_chat_invited(PurpleAccount *acct, const char *inviter, const char *chat,
+                            const char *message, GHashTable *components, gpointer data)
+{
+    emit("chat-invited %s %s %s", chat, or_dash(inviter), or_dash(message));
 }
 
 /* The XMPP plugin's own signals: each top-level element as it goes and comes. */
@@ -717,6 +758,44 @@ static void command(char *line)
         purple_privacy_deny_add(account, one, FALSE);
     } else if (strcmp(verb, "unblock") == 0) {
         purple_privacy_deny_remove(account, one, FALSE);
+    } else if (strcmp(verb, "alias") == 0) {
+        PurpleBuddy *buddy = purple_find_buddy(account, one);
+        if (buddy) {
+            purple_blist_alias_buddy(buddy, two);
+            serv_alias_buddy(buddy);
+        } else {
+            emit("no-buddy %s", one);
+        }
+    } else if (strcmp(verb, "move") == 0) {
+        PurpleBuddy *buddy = purple_find_buddy(account, one);
+        if (buddy) {
+            PurpleGroup *group = purple_find_group(two);
+            if (!group) {
+                group = purple_group_new(two);
+                purple_blist_add_group(group, NULL);
+            }
+            purple_blist_add_buddy(buddy, NULL, group, NULL);
+        } else {
+            emit("no-buddy %s", one);
+        }
+    } else if (strcmp(verb, "mood") == 0) {
+        purple_account_set_status(account, "mood", TRUE, PURPLE_MOOD_NAME, one,
+                                  PURPLE_MOOD_COMMENT, *two ? two : NULL, NULL);
+    } else if (strcmp(verb, "icon") == 0) {
+        gsize size = strlen(one) / 2;
+        guchar *data = g_malloc(size);
+        for (gsize i = 0; i < size; i++)
+            sscanf(one + 2 * i, "%2hhx", &data[i]);
+        purple_buddy_icons_set_account_icon(account, data, size);
+    } else if (strcmp(verb, "invite") == 0) {
+        PurpleConversation *conv = room(one);
+        char **parts = g_strsplit(two, " ", 2);
+        if (conv && parts[0])
+            serv_chat_invite(connection(), purple_conv_chat_get_id(PURPLE_CONV_CHAT(conv)),
+                             parts[1] ? parts[1] : "", parts[0]);
+        g_strfreev(parts);
+    } else if (strcmp(verb, "room-list") == 0) {
+        purple_roomlist_get_list(connection());
     } else if (strcmp(verb, "deny-list") == 0) {
         for (GSList *l = account->deny; l; l = l->next)
             emit("deny %s", (const char *)l->data);
@@ -840,6 +919,7 @@ int main(int argc, char **argv)
     purple_notify_set_ui_ops(&notify_ops);
     purple_conversations_set_ui_ops(&conversation_ops);
     purple_xfers_set_ui_ops(&xfer_ops);
+    purple_roomlist_set_ui_ops(&roomlist_ops);
     if (!purple_core_init(UI_ID)) {
         fprintf(stderr, "libpurple did not start\n");
         return 2;
@@ -870,6 +950,7 @@ int main(int argc, char **argv)
                           "none");
     purple_signal_connect(convs, "chat-joined", handle, PURPLE_CALLBACK(on_chat_joined), NULL);
     purple_signal_connect(convs, "chat-left", handle, PURPLE_CALLBACK(on_chat_left), NULL);
+    purple_signal_connect(convs, "chat-invited", handle, PURPLE_CALLBACK(on_chat_invited), NULL);
     purple_signal_connect(convs, "chat-topic-changed", handle, PURPLE_CALLBACK(on_chat_topic),
                           NULL);
     purple_signal_connect(convs, "chat-buddy-joined", handle,
