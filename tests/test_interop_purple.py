@@ -877,3 +877,75 @@ def test_offline_message_contact_edits_mood_and_avatar(
     data = items("urn:xmpp:avatar:data").findtext(".//{urn:xmpp:avatar:data}data")
     assert data is not None and base64.b64decode(data) == image
     assert p.finish() == 0, p
+
+
+def test_room_list_history_nick_private_messages_and_invitations(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    lobby, own = (f"{kind}-{user}@conference.localhost" for kind in ("lobby", "own"))
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send("<presence/>")
+    # a public room with a name, and something said in it
+    other.send(f"<presence to='{lobby}/host'><x xmlns='{MUC}'/></presence>")
+    wait_for(other, "the room's 201", presence_from(f"{lobby}/host"))
+    other.send(
+        f"<iq type='set' id='cfg' to='{lobby}'><query xmlns='{MUC}#owner'>"
+        "<x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_roomname'>"
+        "<value>The Lobby</value></field></x></query></iq>"
+    )
+    wait_for(other, "the configuration's result", lambda el: el.get("id") == "cfg")
+    other.send(f"<message to='{lobby}' type='groupchat'><body>said earlier</body></message>")
+    p, jid = login(harness, srv, ca_file, user, purples, tmp_path)
+    # Room List: libpurple asks which service, then lists its rooms (XEP-0045 §6.3)
+    p.do("room-list")
+    service = p.wait(r"request input (\d+) Enter a Conference Server .*").group(1)
+    p.do(f"field {service} server conference.localhost")
+    p.do(f"submit {service}")
+    p.wait("room-list-end")
+    assert f"room {lobby} The Lobby" in p.lines, p
+    # §7.2.15 the history on entering
+    p.do(f"join {lobby} visitor")
+    p.wait(f"chat-joined {lobby}")
+    p.wait(f"chat-msg {lobby} host said earlier")
+    # §7.6 /nick: 303 and the new presence, as every occupant sees them
+    p.do(f"cmd {lobby} nick newnick")
+    gone = wait_for(
+        other, "the old nickname gone", presence_from(f"{lobby}/visitor", "unavailable")
+    )
+    item = gone.find(f"{MUC_USER}x/{MUC_USER}item")
+    assert item is not None and item.get("nick") == "newnick", gone
+    wait_for(other, "the new nickname", presence_from(f"{lobby}/newnick"))
+    p.wait(f"conv-write {lobby} {lobby} system You are now known as newnick")
+    # §7.5 /msg: a private message through the room, both ways
+    p.do(f"cmd {lobby} msg host a private word")
+    private = wait_for(other, "the private message", lambda el: body(el) == "a private word")
+    assert (private.get("type"), private.get("from")) == ("chat", f"{lobby}/newnick")
+    other.send(f"<message to='{lobby}/newnick' type='chat'><body>and back</body></message>")
+    p.wait(f"im {lobby}/host and back")
+    # §7.8.2 a mediated invitation to libpurple, which asks its user ...
+    other.send(
+        f"<message to='{lobby}'><x xmlns='{MUC}#user'><invite to='{user}@localhost'>"
+        "<reason>stay a while</reason></invite></x></message>"
+    )
+    p.wait(f"chat-invited {lobby} {peer}@localhost/raw stay a while")
+    p.wait(r"request action \d+ .* Accept chat invitation\?")
+    # ... and one from libpurple (Invite in Pidgin's room window), in its own room
+    p.do(f"join {own} owner")
+    ask = p.wait(r"request action (\d+) Create New Room .*").group(1)
+    p.do(f"choose {ask} 1")
+    p.wait(f"chat-joined {own}")
+    p.do(f"invite {own} {peer}@localhost come in")
+    invitation = wait_for(
+        other, "the invitation", lambda el: el.tag == MESSAGE and el.get("from") == own
+    )
+    invite = invitation.find(f"{MUC_USER}x/{MUC_USER}invite")
+    assert invite is not None and invite.get("from") == jid, invitation
+    assert invite.findtext(f"{MUC_USER}reason") == "come in"
+    assert p.finish() == 0, p
