@@ -51,7 +51,7 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts
 from interop_clients import (
     REPO,
     Harness,
@@ -65,6 +65,7 @@ from test_avatars import png
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("pu", 40)
+ADMIN = "pu-admin"
 HARNESS = REPO / "tests" / "interop" / "purple" / "client.c"
 MESSAGE = f"{{{CLIENT}}}message"
 PRESENCE = f"{{{CLIENT}}}presence"
@@ -88,7 +89,16 @@ CONFIG = "[register]\nenabled = true\n[muc]\nlock_timeout = 2\n"
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from module_server(ca, tmp_path_factory, POOL, CONFIG)
+    """conftest's module_server, with an administrator (XEP-0133) beside the pool."""
+    server = ServerProcess(tmp_path_factory.mktemp(POOL.prefix), ca, ("localhost",), CONFIG)
+    text = server.config.read_text()
+    server.config.write_text(
+        text.replace("[server]\n", f'[server]\nadmins = ["{ADMIN}@localhost"]\n', 1)
+    )
+    add_accounts(server, [f"{POOL.prefix}{i}" for i in range(POOL.count)] + [ADMIN])
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -949,3 +959,76 @@ def test_room_list_history_nick_private_messages_and_invitations(
     assert invite is not None and invite.get("from") == jid, invitation
     assert invite.findtext(f"{MUC_USER}reason") == "come in"
     assert p.finish() == 0, p
+
+
+def test_admin_commands_from_the_accounts_menu(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    peer, created = next(names), f"{POOL.prefix}-added"
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send("<presence/>")
+    p, _ = login(harness, srv, ca_file, ADMIN, purples, tmp_path)
+
+    def run(label: str) -> str:
+        """An account action libpurple made of a command the server lists for its admin
+        (XEP-0050 §2.2, asked at login): the id of the form it shows."""
+        deadline = time.monotonic() + STEP
+        while True:
+            start = len(p.lines)
+            p.do(f"action {label}")
+            shown = p.wait(r"(no-action .*|request fields (\d+) .*)", start)
+            if shown.group(2):
+                p.wait(f"request-end {shown.group(2)}", start)
+                return shown.group(2)
+            assert time.monotonic() < deadline, p  # the command list is not there yet
+            time.sleep(0.05)
+
+    # XEP-0133 §4.23 an announcement, its text-multi body kept across lines
+    form = run("Send Announcement to Online Users")
+    p.do(f"field {form} subject Maintenance")
+    p.do(f"field {form} announcement Down at noon\\nback soon")
+    p.do(f"submit {form}")
+    announced = wait_for(other, "the announcement", lambda el: el.get("from") == "localhost")
+    assert announced.findtext(f"{{{CLIENT}}}subject") == "Maintenance"
+    assert body(announced) == "Down at noon\nback soon"
+    p.wait(r"notify info localhost \| sent to \d+ session\(s\) \| -")
+    # §4.1 Add a User, and the account works
+    form = run("Add a User")
+    p.do(f"field {form} accountjid {created}@localhost")
+    p.do(f"field {form} password made by pidgin")
+    p.do(f"field {form} password-verify made by pidgin")
+    start = len(p.lines)
+    p.do(f"submit {form}")
+    p.wait(r"notify info localhost \| .* \| -", start)
+    fresh = srv.client()
+    clients.append(fresh)
+    fresh.login(ca_file, created, "made by pidgin", "check")
+    # §4.13 a count, shown as the command's result form
+    form = run("Get Number of Registered Users")
+    count = p.wait(rf"request-field {form} registeredusersnum string (\d+)").group(1)
+    assert int(count) >= POOL.count + 2, p
+    assert p.finish() == 0, p
+
+
+def test_account_removal(
+    harness: str, srv: ServerProcess, ca_file: str, names: Iterator[str], tmp_path: Path
+) -> None:
+    user = next(names)
+    p = Purple(harness, srv, ca_file, f"{user}@localhost/purple", tmp_path)
+    try:
+        p.wait(r"signed-on .*")
+        # XEP-0077 §3.2 (purple_account_unregister, Pidgin's "Delete account on server"):
+        # the result, to what libpurple sent it to, then the stream ends
+        p.do("unregister")
+        p.wait("unregistered yes")
+    finally:
+        p.finish()
+    srv.wait_for_log(f"account {user}@localhost removed by its owner")
+    with pytest.raises(AssertionError):
+        srv.client().login(ca_file, user, PASSWORD, "gone")

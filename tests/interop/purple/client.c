@@ -43,11 +43,12 @@
  *   field ID FIELD VALUE     set a field of request ID (string, integer, boolean, choice)
  *   submit ID | cancel ID    answer a fields or input request
  *   choose ID INDEX          answer an action request with its action INDEX (from 0)
+ *   unregister               delete the account on the server (purple_account_unregister)
  *   quit                     disconnect and exit
  *
  * Events, one a line on stdout (flushed; a newline inside a value is printed as \n):
  *   starttls | auth MECH (the <auth/> libpurple sends) | signed-on FULL_JID
- *   connection-error REASON_CODE TEXT | signed-off | registered yes|no
+ *   connection-error REASON_CODE TEXT | signed-off | registered yes|no | unregistered yes|no
  *   im FROM TEXT | typing FROM typing|typed|none
  *   buddy-added JID | buddy-removed JID | status JID STATUS_ID TEXT | signed-on-buddy JID
  *   mood JID MOOD TEXT (after a status line, while the buddy has a mood, XEP-0107)
@@ -617,6 +618,11 @@ static void on_registered(PurpleAccount *acct, gboolean succeeded, void *data)
     emit("registered %s", succeeded ? "yes" : "no");
 }
 
+static void on_unregistered(PurpleAccount *acct, gboolean succeeded, void *data)
+{
+    emit("unregistered %s", succeeded ? "yes" : "no");
+}
+
 /* --- commands ------------------------------------------------------------------------------ */
 
 static PurpleConnection *connection(void)
@@ -816,6 +822,8 @@ static void command(char *line)
         Request *request = find_request(one);
         if (request)
             answer(request, TRUE, atoi(two));
+    } else if (strcmp(verb, "unregister") == 0) {
+        purple_account_unregister(account, on_unregistered, NULL);
     } else if (strcmp(verb, "quit") == 0) {
         purple_account_set_enabled(account, UI_ID, FALSE);
         g_main_loop_quit(loop);
