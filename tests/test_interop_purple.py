@@ -458,6 +458,23 @@ def test_room_create_configure_talk_topic_occupant_vcard_and_kick(
     assert x is not None and x.findtext(f"{MUC_USER}item/{MUC_USER}reason") == "too loud"
     assert "307" in [status.get("code") for status in x.iter(f"{MUC_USER}status")]
     p.wait(rf"chat-user-left {room} guest .*")
+    # §9.1 /ban of an occupant: outcast (301) and kept out; §9.5, §10.5 /affiliate and /role
+    # with no one named list the room's affiliations and roles, as libpurple shows them
+    start = len(p.lines)
+    other.send(f"<presence to='{room}/guest'><x xmlns='{MUC}'/></presence>")
+    wait_for(other, "its presence back in the room", presence_from(f"{room}/guest"))
+    p.wait(f"chat-user-joined {room} guest", start)
+    p.do(f"cmd {room} ban guest spam")
+    banned = wait_for(other, "the ban", presence_from(f"{room}/guest", "unavailable"))
+    x = banned.find(f"{MUC_USER}x")
+    assert x is not None and "301" in [status.get("code") for status in x.iter(f"{MUC_USER}status")]
+    other.send(f"<presence to='{room}/guest'><x xmlns='{MUC}'/></presence>")
+    refused = wait_for(other, "the refusal", presence_from(f"{room}/guest", "error"))
+    assert refused.find(f"{{{CLIENT}}}error/{{{STANZAS}}}forbidden") is not None, refused
+    p.do(f"cmd {room} affiliate outcast")
+    p.wait(rf"conv-write {room} {room} system Affiliations:\\n{peer}@localhost outcast")
+    p.do(f"cmd {room} role moderator")
+    p.wait(rf"conv-write {room} {room} system Roles:\\n{user}@localhost/purple moderator")
     p.do(f"leave {room}")
     assert p.finish() == 0, p
 
@@ -1037,3 +1054,32 @@ def test_account_removal(
     srv.wait_for_log(f"account {user}@localhost removed by its owner")
     with pytest.raises(AssertionError):
         srv.client().login(ca_file, user, PASSWORD, "gone")
+
+
+def test_get_info_of_an_offline_contact(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    other.send(
+        "<iq type='set' id='vc'><vCard xmlns='vcard-temp'><FN>Gone Fishing</FN></vCard></iq>"
+    )
+    wait_for(other, "the vCard set's result", lambda el: el.get("id") == "vc")
+    other.send("<presence type='unavailable'><status>back on Monday</status></presence>")
+    other.close()
+    p, _ = login(harness, srv, ca_file, user, purples, tmp_path)
+    # RFC 6121 §4.3.2 the probe's answer: the contact's last unavailable presence, its status
+    p.wait(f"status {peer}@localhost offline back on Monday")
+    # Get Info: the vCard (XEP-0054 §3.3) and XEP-0012 §4 last activity of the account,
+    # which the server answers for a contact the asker is subscribed to, with the status
+    p.do(f"info {peer}@localhost")
+    p.wait(f"userinfo-end {peer}@localhost")
+    assert f"userinfo {peer}@localhost Full Name=Gone Fishing" in p.lines, p
+    assert f"userinfo {peer}@localhost Status=Offline: back on Monday" in p.lines, p
+    assert p.finish() == 0, p
