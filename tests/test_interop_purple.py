@@ -1083,3 +1083,63 @@ def test_get_info_of_an_offline_contact(
     assert f"userinfo {peer}@localhost Full Name=Gone Fishing" in p.lines, p
     assert f"userinfo {peer}@localhost Status=Offline: back on Monday" in p.lines, p
     assert p.finish() == 0, p
+
+
+def test_a_contacts_avatar_by_pep_and_by_vcard(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    p, _ = login(harness, srv, ca_file, user, purples, tmp_path)
+    p.wait(f"signed-on-buddy {peer}@localhost")
+    # XEP-0084 §4: the contact publishes data and metadata; libpurple, whose caps ask for
+    # metadata+notify, gets the event and fetches the data
+    first = png(5, 5)
+    digest = hashlib.sha1(first).hexdigest()
+    other.send(
+        f"<iq type='set' id='data'><pubsub xmlns='{PUBSUB}'><publish node='urn:xmpp:avatar:data'>"
+        f"<item id='{digest}'><data xmlns='urn:xmpp:avatar:data'>"
+        f"{base64.b64encode(first).decode()}</data></item></publish></pubsub></iq>"
+        f"<iq type='set' id='meta'><pubsub xmlns='{PUBSUB}'><publish node='{AVATAR_METADATA}'>"
+        f"<item id='{digest}'><metadata xmlns='{AVATAR_METADATA}'><info id='{digest}' "
+        f"bytes='{len(first)}' type='image/png' width='5' height='5'/></metadata></item>"
+        "</publish></pubsub></iq>"
+    )
+    p.wait(f"buddy-icon {peer}@localhost {digest} {len(first)}")
+    # a vCard PHOTO, as older clients set it: the server's XEP-0398 conversion and its
+    # XEP-0153 hash bring it to libpurple as well
+    second = png(6, 2)
+    digest = hashlib.sha1(second).hexdigest()
+    other.send(
+        "<iq type='set' id='vc'><vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE>"
+        f"<BINVAL>{base64.b64encode(second).decode()}</BINVAL></PHOTO></vCard></iq>"
+    )
+    p.wait(f"buddy-icon {peer}@localhost {digest} {len(second)}")
+    assert p.finish() == 0, p
+
+
+def test_a_second_login_with_the_same_resource_replaces_the_first(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user = next(names)
+    first, jid = login(harness, srv, ca_file, user, purples, tmp_path)
+    second = Purple(harness, srv, ca_file, jid, tmp_path / "second")
+    purples.append(second)
+    second.wait(f"signed-on {jid}")
+    # RFC 6120 §7.7.2.2: the new session takes the resource, the old one ends with a
+    # <conflict/> stream error, which libpurple reports as PURPLE_CONNECTION_ERROR_NAME_IN_USE
+    # (Pidgin does not reconnect after it, so the two do not take turns)
+    first.wait("connection-error 6 Resource Conflict")
+    srv.wait_for_log("stream error conflict")
+    assert second.finish() == 0, second

@@ -52,6 +52,7 @@
  *   im FROM TEXT | typing FROM typing|typed|none
  *   buddy-added JID | buddy-removed JID | status JID STATUS_ID TEXT | signed-on-buddy JID
  *   mood JID MOOD TEXT (after a status line, while the buddy has a mood, XEP-0107)
+ *   buddy-icon JID CHECKSUM SIZE (a buddy's icon as libpurple got it)
  *   signed-off-buddy JID | authorize-request ID JID | request-add JID
  *   userinfo WHO LABEL=VALUE | userinfo-end WHO
  *   chat-joined ROOM | chat-left ROOM | chat-msg ROOM WHO TEXT | chat-topic ROOM WHO TOPIC
@@ -557,6 +558,16 @@ static void on_buddy_status(PurpleBuddy *buddy, PurpleStatus *old, PurpleStatus 
              or_dash(purple_status_get_attr_string(mood, PURPLE_MOOD_COMMENT)));
 }
 
+static void on_buddy_icon(PurpleBuddy *buddy, gpointer data)
+{
+    PurpleBuddyIcon *icon = purple_buddy_get_icon(buddy);
+    size_t size = 0;
+    if (icon)
+        purple_buddy_icon_get_data(icon, &size);
+    emit("buddy-icon %s %s %zu", purple_buddy_get_name(buddy),
+         icon ? or_dash(purple_buddy_icon_get_checksum(icon)) : "-", size);
+}
+
 static void on_chat_joined(PurpleConversation *conv, gpointer data)
 {
     emit("chat-joined %s", purple_conversation_get_name(conv));
@@ -974,6 +985,8 @@ int main(int argc, char **argv)
                           "signed-on-buddy");
     purple_signal_connect(blist, "buddy-signed-off", handle, PURPLE_CALLBACK(on_buddy),
                           "signed-off-buddy");
+    purple_signal_connect(blist, "buddy-icon-changed", handle, PURPLE_CALLBACK(on_buddy_icon),
+                          NULL);
     purple_signal_connect(blist, "buddy-status-changed", handle,
                           PURPLE_CALLBACK(on_buddy_status), NULL);
     void *xfers = purple_xfers_get_handle();
