@@ -169,6 +169,7 @@ typedef struct {
     GArray *actions; /* of GCallback, for action requests */
     void *user_data;
     char *input;
+    gboolean answered;
 } Request;
 
 static GHashTable *requests; /* id -> Request */
@@ -189,6 +190,8 @@ static Request *new_request(PurpleRequestType type, const char *kind, const char
 static void forget_request(Request *request)
 {
     g_hash_table_remove(requests, GINT_TO_POINTER(request->id));
+    if (request->fields)
+        purple_request_fields_destroy(request->fields); /* the UI's to free, as Pidgin does */
     if (request->actions)
         g_array_free(request->actions, TRUE);
     g_free(request->input);
@@ -294,13 +297,14 @@ static void *request_fields(const char *title, const char *primary, const char *
     return request;
 }
 
+/* libpurple closes a request: once answered (answer() asks it to, as Pidgin's dialogs do), or
+   on its own (the connection or the room went away) */
 static void close_request(PurpleRequestType type, void *handle)
 {
     Request *request = handle;
-    if (request && g_hash_table_lookup(requests, GINT_TO_POINTER(request->id))) {
+    if (!request->answered)
         emit("request-closed %d", request->id);
-        forget_request(request);
-    }
+    forget_request(request);
 }
 
 static PurpleRequestUiOps request_ops = {
@@ -353,26 +357,22 @@ static void set_field(Request *request, const char *id, const char *value)
 
 static void answer(Request *request, gboolean ok, int action)
 {
-    /* libpurple's callbacks may close the request themselves: take it out first */
-    g_hash_table_remove(requests, GINT_TO_POINTER(request->id));
-    if (request->type == PURPLE_REQUEST_FIELDS) {
-        GCallback cb = ok ? request->ok_cb : request->cancel_cb;
+    PurpleRequestType type = request->type;
+    GCallback cb = ok ? request->ok_cb : request->cancel_cb;
+    request->answered = TRUE;
+    if (type == PURPLE_REQUEST_FIELDS && cb) {
+        ((PurpleRequestFieldsCb)cb)(request->user_data, request->fields);
+    } else if (type == PURPLE_REQUEST_INPUT && cb) {
+        ((PurpleRequestInputCb)cb)(request->user_data, request->input);
+    } else if (type == PURPLE_REQUEST_ACTION && action >= 0 &&
+               (guint)action < request->actions->len) {
+        cb = g_array_index(request->actions, GCallback, action);
         if (cb)
-            ((PurpleRequestFieldsCb)cb)(request->user_data, request->fields);
-        purple_request_fields_destroy(request->fields);
-    } else if (request->type == PURPLE_REQUEST_INPUT) {
-        GCallback cb = ok ? request->ok_cb : request->cancel_cb;
-        if (cb)
-            ((PurpleRequestInputCb)cb)(request->user_data, request->input);
-    } else if (request->type == PURPLE_REQUEST_ACTION) {
-        if (action >= 0 && (guint)action < request->actions->len) {
-            GCallback cb = g_array_index(request->actions, GCallback, action);
-            if (cb)
-                ((PurpleRequestActionCb)cb)(request->user_data, action);
-        }
+            ((PurpleRequestActionCb)cb)(request->user_data, action);
     }
-    g_hash_table_insert(requests, GINT_TO_POINTER(request->id), request);
-    forget_request(request);
+    /* frees libpurple's record of the request, then ours (close_request); a no-op when the
+       callback closed it already */
+    purple_request_close(type, request);
 }
 
 /* --- authorization requests (RFC 6121 §3.1.2: someone asks to see our presence) ---------- */
@@ -598,10 +598,12 @@ static void on_chat_user_left(PurpleConversation *conv, const char *name, const 
     emit("chat-user-left %s %s %s", purple_conversation_get_name(conv), name, or_dash(reason));
 }
 
-static void on_chat_invited(PurpleAccount *acct, const char *inviter, const char *chat,
+/* Its return value decides: 0 asks the user (1 would accept, -1 decline, unasked). */
+static gint on_chat_invited(PurpleAccount *acct, const char *inviter, const char *chat,
                             const char *message, GHashTable *components, gpointer data)
 {
     emit("chat-invited %s %s %s", chat, or_dash(inviter), or_dash(message));
+    return 0;
 }
 
 /* The XMPP plugin's own signals: each top-level element as it goes and comes. */
