@@ -1143,3 +1143,40 @@ def test_a_second_login_with_the_same_resource_replaces_the_first(
     first.wait("connection-error 6 Resource Conflict")
     srv.wait_for_log("stream error conflict")
     assert second.finish() == 0, second
+
+
+def test_password_protected_room(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"secret-{user}@conference.localhost"
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send(f"<presence to='{room}/host'><x xmlns='{MUC}'/></presence>")
+    wait_for(other, "the room's 201", presence_from(f"{room}/host"))
+    other.send(
+        f"<iq type='set' id='cfg' to='{room}'><query xmlns='{MUC}#owner'>"
+        "<x xmlns='jabber:x:data' type='submit'>"
+        "<field var='muc#roomconfig_passwordprotectedroom'><value>1</value></field>"
+        "<field var='muc#roomconfig_roomsecret'><value>sesame</value></field>"
+        "</x></query></iq>"
+    )
+    assert wait_for(other, "the result", lambda el: el.get("id") == "cfg").get("type") == "result"
+    p, _ = login(harness, srv, ca_file, user, purples, tmp_path)
+    # XEP-0045 §7.2.6: no password, or a wrong one: not-authorized, which libpurple shows
+    refused = f"notify error Error joining chat {room}/guest | Error joining chat {room}/guest"
+    for attempt in (f"join {room} guest", f"join {room} guest wrong"):
+        start = len(p.lines)
+        p.do(attempt)
+        p.wait(rf"{re.escape(refused)} \| Not Authorized", start)
+    # the password (the join dialog's Password field): in
+    p.do(f"join {room} guest sesame")
+    p.wait(f"chat-joined {room}")
+    entered = wait_for(other, "libpurple in the room", presence_from(f"{room}/guest"))
+    assert entered.get("type") is None, entered
+    assert p.finish() == 0, p

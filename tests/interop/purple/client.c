@@ -25,7 +25,7 @@
  *                            (prpl get_cb_real_name, then serv_get_info)
  *   action LABEL             an account action of the protocol (Set User Info..., Change
  *                            Password...), as from Pidgin's Accounts menu
- *   join ROOM NICK           join a room (serv_join_chat; ROOM is room@service)
+ *   join ROOM NICK [PASSWORD]  join a room (serv_join_chat; ROOM is room@service)
  *   chat ROOM TEXT           a message to the room
  *   cmd ROOM|JID LINE        a slash command (without its slash) typed in the conversation
  *                            with ROOM or JID (topic, kick, config, ban, ping, ...)
@@ -747,12 +747,17 @@ static void command(char *line)
         run_action(rest);
     } else if (strcmp(verb, "join") == 0) {
         char **parts = g_strsplit(one, "@", 2);
+        char **nick_and_password = g_strsplit(two, " ", 2);
         GHashTable *components = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
         g_hash_table_insert(components, g_strdup("room"), g_strdup(parts[0]));
         g_hash_table_insert(components, g_strdup("server"), g_strdup(parts[1] ? parts[1] : ""));
-        g_hash_table_insert(components, g_strdup("handle"), g_strdup(two));
+        g_hash_table_insert(components, g_strdup("handle"), g_strdup(nick_and_password[0]));
+        if (nick_and_password[0] && nick_and_password[1])
+            g_hash_table_insert(components, g_strdup("password"),
+                                g_strdup(nick_and_password[1]));
         serv_join_chat(connection(), components);
         g_hash_table_destroy(components);
+        g_strfreev(nick_and_password);
         g_strfreev(parts);
     } else if (strcmp(verb, "chat") == 0) {
         PurpleConversation *conv = room(one);
