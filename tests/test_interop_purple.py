@@ -34,6 +34,11 @@ libpurple bugs, found here (worked around in the tests, not in the server):
   twice and SCRAM-SHA-1 twice; the server closes the stream after [c2s] max_sasl_failures
   (3) with <policy-violation/>, as RFC 6120 §6.4.5 says it SHOULD, and libpurple reports
   that as a network error, which Pidgin retries instead of asking for the password.
+- A bounced message (RFC 6120 §8.3.1) is shown to the user only when the error carries the
+  original <body/> back (message.c, handle_error), a courtesy §8.3.1 says the sender MUST
+  NOT depend on; the server's bounces carry no payload, so for a message to an account that
+  does not exist (RFC 6121 §8.5.1 service-unavailable) Pidgin shows nothing: the test reads
+  the error in what libpurple received.
 - Get Info on a room occupant also sends XEP-0092 version, XEP-0012 last activity and
   XEP-0202 time queries to the occupant JID (the room passes them to the occupant's client)
   and shows nothing until each is answered: the raw client answers them with errors.
@@ -1179,4 +1184,25 @@ def test_password_protected_room(
     p.wait(f"chat-joined {room}")
     entered = wait_for(other, "libpurple in the room", presence_from(f"{room}/guest"))
     assert entered.get("type") is None, entered
+    assert p.finish() == 0, p
+
+
+def test_a_message_to_an_account_that_does_not_exist(
+    harness: str,
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    purples: list[Purple],
+    tmp_path: Path,
+) -> None:
+    user = next(names)
+    p, jid = login(harness, srv, ca_file, user, purples, tmp_path, xml=True)
+    p.do("msg nobody@localhost anyone there?")
+    sent = p.wait(r"sent-xml <message type='chat' id='([^']+)' to='nobody@localhost'>.*")
+    # RFC 6121 §8.5.1: service-unavailable, from the address it was sent to (RFC 6120 §8.3.1)
+    bounce = p.wait(rf"recv-xml <message [^>]*id='{sent.group(1)}'.*").group(0)
+    assert "type='error'" in bounce and "from='nobody@localhost'" in bounce, bounce
+    assert f"to='{jid}'" in bounce, bounce
+    assert "<error type='cancel'><service-unavailable " in bounce, bounce
+    assert "<body>" not in bounce, bounce  # nothing for libpurple to show (module docstring)
     assert p.finish() == 0, p
