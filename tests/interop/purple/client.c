@@ -41,20 +41,22 @@
  *   deny-list                the deny list as libpurple has it: `deny JID`..., `deny-end`
  *   send-file JID NAME       offer a file transfer (serv_send_file) of a small file NAME
  *   field ID FIELD VALUE     set a field of request ID (string, integer, boolean, choice)
- *   submit ID | cancel ID    answer a fields or input request
+ *   submit ID | cancel ID    answer a fields or input request (cancel: also close an action
+ *                            request without choosing, as closing Pidgin's dialog does)
  *   choose ID INDEX          answer an action request with its action INDEX (from 0)
  *   unregister               delete the account on the server (purple_account_unregister)
  *   quit                     disconnect and exit
  *
  * Events, one a line on stdout (flushed; a newline inside a value is printed as \n):
- *   starttls | auth MECH (the <auth/> libpurple sends) | signed-on FULL_JID
+ *   starttls (the server's <proceed/>) | auth MECH (the <auth/> libpurple sends)
+ *   auth-failure CONDITION (the server's SASL <failure/>) | signed-on FULL_JID
  *   connection-error REASON_CODE TEXT | signed-off | registered yes|no | unregistered yes|no
  *   im FROM TEXT | typing FROM typing|typed|none
  *   buddy-added JID | buddy-removed JID | status JID STATUS_ID TEXT | signed-on-buddy JID
  *   mood JID MOOD TEXT (after a status line, while the buddy has a mood, XEP-0107)
  *   buddy-icon JID CHECKSUM SIZE (a buddy's icon as libpurple got it)
  *   signed-off-buddy JID | authorize-request ID JID | request-add JID
- *   userinfo WHO LABEL=VALUE | userinfo-end WHO
+ *   userinfo WHO LABEL=VALUE | userinfo-end WHO | occupant NICK JID_ASKED (occupant-info)
  *   chat-joined ROOM | chat-left ROOM | chat-msg ROOM WHO TEXT | chat-topic ROOM WHO TOPIC
  *   chat-invited ROOM INVITER TEXT | room ROOM DESCRIPTION (the room list) | room-list-end
  *   chat-user-joined ROOM NICK | chat-user-left ROOM NICK REASON
@@ -62,7 +64,11 @@
  *   notify TYPE TITLE | PRIMARY | SECONDARY
  *   request fields|action|input ID TITLE | PRIMARY  and, for fields, one line each:
  *   request-field ID FIELD TYPE VALUE, then request-end ID
- *   (for actions: request-action ID INDEX LABEL, then request-end ID)
+ *   (for actions: request-action ID INDEX LABEL, then request-end ID); request-closed ID
+ *   when libpurple withdraws a request it was not given an answer to
+ *   notify formatted TITLE | PRIMARY | TEXT | deny JID | deny-end
+ *   no-request ID | no-field ID FIELD | no-room ROOM | no-buddy JID | no-action LABEL |
+ *   unknown-command VERB: a command that could not be carried out
  *   cmd-status STATUS ERROR | xfer STATUS NAME
  *   recv-xml XML | sent-xml XML: each top-level element both ways, with --xml (or
  *   PURPLE_HARNESS_XML=1 in the environment); PURPLE_HARNESS_DEBUG=1 prints libpurple's
