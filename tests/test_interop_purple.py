@@ -88,10 +88,10 @@ MUC = "http://jabber.org/protocol/muc"
 MUC_USER = "{http://jabber.org/protocol/muc#user}"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 # In-band registration on (Pidgin's "Create this new account on the server"); a room its
-# creator leaves unconfigured opens after 2 s instead of 300 (XEP-0045 §10.1.1 step 4); no
+# creator leaves unconfigured opens after 5 s instead of 300 (XEP-0045 §10.1.1 step 4); no
 # back-off after the failed logins some tests make on purpose (test_limits.py tests it).
 CONFIG = (
-    "[register]\nenabled = true\n[muc]\nlock_timeout = 2\n"
+    "[register]\nenabled = true\n[muc]\nlock_timeout = 5\n"
     "[limits]\nauth_free_failures = 100000\nauth_failures_per_ip = 100000\n"
     "auth_failures_per_account = 100000\n"
 )
