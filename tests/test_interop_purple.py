@@ -36,9 +36,9 @@ libpurple bugs, found here (worked around in the tests, not in the server):
   that as a network error, which Pidgin retries instead of asking for the password.
 - A bounced message (RFC 6120 §8.3.1) is shown to the user only when the error carries the
   original <body/> back (message.c, handle_error), a courtesy §8.3.1 says the sender MUST
-  NOT depend on; the server's bounces carry no payload, so for a message to an account that
-  does not exist (RFC 6121 §8.5.1 service-unavailable) Pidgin shows nothing: the test reads
-  the error in what libpurple received.
+  NOT depend on. The server's bounces of messages carry their payload back since this test
+  found it (errors.bounced_payload), so Pidgin tells its user of a message to an account
+  that does not exist (RFC 6121 §8.5.1 service-unavailable).
 - Get Info on a room occupant also sends XEP-0092 version, XEP-0012 last activity and
   XEP-0202 time queries to the occupant JID (the room passes them to the occupant's client)
   and shows nothing until each is answered: the raw client answers them with errors.
@@ -1190,5 +1190,8 @@ def test_a_message_to_an_account_that_does_not_exist(
     assert "type='error'" in bounce and "from='nobody@localhost'" in bounce, bounce
     assert f"to='{jid}'" in bounce, bounce
     assert "<error type='cancel'><service-unavailable " in bounce, bounce
-    assert "<body>" not in bounce, bounce  # nothing for libpurple to show (module docstring)
+    # the bounce carries the message's payload back (RFC 6120 §8.3.1 MAY), the <body/>
+    # without which libpurple tells its user nothing (module docstring)
+    assert "<body>anyone there?</body>" in bounce, bounce
+    p.wait(r"notify formatted XMPP Message Error \| XMPP Message Error \| anyone there\?")
     assert p.finish() == 0, p
