@@ -72,7 +72,7 @@ fuzz-deps:
 # at test time with cc and pkg-config), QXmpp (libqxmpp-dev: tests/interop/qxmpp/client.cpp
 # is compiled at test time with g++ against it and Qt 5) and nbxmpp (Debian; nbxmpp, Gajim's
 # library, runs under Debian's /usr/bin/python3 with python3-gi), Profanity (Debian; driven
-# in tmux),
+# in tmux), libpurple (libpurple-dev: tests/interop/purple/client.c compiled at test time),
 # xmpp.js and StanzaJS (npm ci from tests/interop/js/ and tests/interop/stanza/'s
 # package-lock.json, under node) and aioxmpp in a venv
 # of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt);
@@ -95,6 +95,14 @@ interop-deps: | deps
 	    sendxmpp libstrophe-dev libqxmpp-dev pkg-config gcc g++ libc6-dev profanity tmux \
 	    chromium chromium-driver python3-nbxmpp python3-gi \
 	    $$(command -v npm >/dev/null || echo nodejs npm); \
+	fi
+	@# libpurple (Pidgin's and Finch's library, its XMPP plugin prpl-jabber):
+	@# tests/interop/purple/client.c is compiled at test time with cc and pkg-config
+	@if ! pkg-config --exists purple 2>/dev/null || ! command -v cc >/dev/null; then \
+	  echo "installing libpurple-dev, pkg-config, gcc (libpurple, Pidgin's XMPP library, for" \
+	    "test_interop_purple.py)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpurple-dev \
+	    pkg-config gcc libc6-dev; \
 	fi
 	@# Prosody, the other server of test_interop_prosody_s2s.py (run in a network namespace:
 	@# iproute2 brings its loopback up), and with ejabberd the servers whose exports
