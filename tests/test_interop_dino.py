@@ -18,7 +18,9 @@ socket a file, reachable from the namespace); conversations are opened with xmpp
 (`dino-im xmpp:...?message`, handed to the running Dino over D-Bus once it holds its name
 there, as gdbus tells: before that a second dino-im would become a second Dino), text is
 typed with xdotool into the conversation Dino focuses (its /commands too), the join dialog
-is filled in with it, and a file is picked with Ctrl+U in GTK's file chooser.
+is filled in with it, a file is picked with Ctrl+U in GTK's file chooser, and subscription
+requests are answered with Dino's application actions (org.gtk.Actions on its bus: what
+the buttons of its notifications activate).
 
 What Dino did is checked on the other side: raw clients (tests/xmpp_raw.py), the server's
 debug log (it traces every stanza in and out), and Dino's own databases (messages with their
@@ -416,7 +418,8 @@ class Dino:
         # name on the bus (before that it would become a second Dino itself)
         wait_until("Dino's name on its session bus", self.registered)
 
-    def registered(self) -> bool:
+    def bus_call(self, dest: str, path: str, method: str, *args: str) -> str:
+        """A D-Bus method call on Dino's session bus (gdbus); its printed answer."""
         done = subprocess.run(
             [
                 self.gdbus,
@@ -424,18 +427,52 @@ class Dino:
                 "--address",
                 self.env["DBUS_SESSION_BUS_ADDRESS"],
                 "--dest",
-                "org.freedesktop.DBus",
+                dest,
                 "--object-path",
-                "/org/freedesktop/DBus",
+                path,
                 "--method",
-                "org.freedesktop.DBus.NameHasOwner",
-                "im.dino.Dino",
+                method,
+                *args,
             ],
             capture_output=True,
             text=True,
             timeout=STEP,
         )
-        return done.stdout.strip() == "(true,)"
+        assert done.returncode == 0 or "ServiceUnknown" in done.stderr, done.stderr
+        return done.stdout.strip()
+
+    def registered(self) -> bool:
+        answer = self.bus_call(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.NameHasOwner",
+            "im.dino.Dino",
+        )
+        return answer == "(true,)"
+
+    def action(self, name: str, conversation: int) -> None:
+        """One of Dino's application actions on a conversation (GApplication exports them
+        on the bus: what the buttons of its notifications activate)."""
+        self.bus_call(
+            "im.dino.Dino",
+            "/im/dino/Dino",
+            "org.gtk.Actions.Activate",
+            name,
+            f"[<int32 {conversation}>]",
+            "{}",
+        )
+
+    def conversation_with(self, bare: str) -> int:
+        """The id of Dino's conversation with `bare`, once it has one."""
+        found = wait_until(
+            f"Dino's conversation with {bare}",
+            lambda: self.rows(
+                "SELECT c.id FROM conversation c JOIN jid j ON j.id = c.jid_id "
+                "WHERE j.bare_jid = ?",
+                bare,
+            ),
+        )
+        return int(found[0]["id"])
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -725,6 +762,54 @@ def test_login_roster_presence_and_chat(
         seconds=STEP,
     )
     assert fixed.find(f"{{{CORRECT}}}replace").get("id") == got.get("id")
+
+
+def test_subscription_requests_accepted_and_denied(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    dino: Callable[..., Dino],
+) -> None:
+    user, friend, stranger = next(names), next(names), next(names)
+    d = dino(user)
+    srv.wait_for_log(f"stream management for {d.jid}", STEP)
+    # RFC 6121 §3.1.3: requests reach Dino, which opens a conversation for each with its
+    # Accept and Deny (its notification's buttons activate the actions used here)
+    asking = {}
+    for name in (friend, stranger):
+        asking[name] = raw_login(srv, ca_file, name, clients)
+        asking[name].send("<presence/>")
+        asking[name].send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    # Accept: §3.1.4 approval, then Dino asks back (§3.1.1)
+    d.action("accept-subscription", d.conversation_with(f"{friend}@localhost"))
+    first = asking[friend]
+    wait_for(first, "the approval", lambda el: el.get("type") == "subscribed", seconds=STEP)
+    # §3.1.5: Dino's presence follows the approval
+    wait_for(
+        first,
+        "Dino's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == d.jid and el.get("type") is None,
+        seconds=STEP,
+    )
+    wait_for(first, "the request back", lambda el: el.get("type") == "subscribe", seconds=STEP)
+    first.send(f"<presence to='{user}@localhost' type='subscribed'/>")
+    # Deny: §3.2 unsubscribed
+    d.action("deny-subscription", d.conversation_with(f"{stranger}@localhost"))
+    wait_for(
+        asking[stranger],
+        "the refusal",
+        lambda el: el.get("type") == "unsubscribed",
+        seconds=STEP,
+    )
+    # Dino's roster (from the server's pushes, §2.1.6): the friend both ways, no stranger
+    wait_until(
+        "the roster in Dino's database",
+        lambda: (
+            d.rows("SELECT jid, subscription FROM roster")
+            == [{"jid": f"{friend}@localhost", "subscription": "both"}]
+        ),
+    )
 
 
 def test_history_from_the_archive_on_first_start(
