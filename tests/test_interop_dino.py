@@ -20,7 +20,9 @@ there, as gdbus tells: before that a second dino-im would become a second Dino),
 typed with xdotool into the conversation Dino focuses (its /commands too), the join dialog
 is filled in with it, a file is picked with Ctrl+U in GTK's file chooser, and subscription
 requests are answered with Dino's application actions (org.gtk.Actions on its bus: what
-the buttons of its notifications activate).
+the buttons of its notifications activate). Two Dinos talk OMEMO, each on a display of its
+own, the conversation made beforehand in the sender's profile with OMEMO on (Dino 0.4 has
+no default encryption setting).
 
 What Dino did is checked on the other side: raw clients (tests/xmpp_raw.py), the server's
 debug log (it traces every stanza in and out), and Dino's own databases (messages with their
@@ -366,7 +368,10 @@ class Dino:
         schema: Path,
         bundle: Path,
         user: str,
+        omemo_with: tuple[str, ...] = (),
     ) -> None:
+        """`omemo_with`: bare JIDs whose conversations the profile has already, OMEMO on
+        (Dino has no default encryption setting; its lock button sets it per conversation)."""
         self.binary = require_command(DINO, WHAT)
         self.xdotool_path = require_command("xdotool", "xdotool (Debian package xdotool)")
         self.gdbus = require_command("gdbus", "gdbus (Debian package libglib2.0-bin)")
@@ -388,6 +393,14 @@ class Dino:
                 "mam_earliest_synced) VALUES (?, 'dino', ?, NULL, 1, 0)",
                 (f"{user}@localhost", PASSWORD),
             )
+            for bare in omemo_with:
+                jid_id = db.execute("INSERT INTO jid (bare_jid) VALUES (?)", (bare,)).lastrowid
+                db.execute(
+                    "INSERT INTO conversation (account_id, jid_id, active, active_last_changed,"
+                    " type, encryption, notification, send_typing, send_marker, pinned) "
+                    "VALUES (1, ?, 1, ?, ?, ?, 0, 0, 0, 0)",
+                    (jid_id, int(time.time()), CONVERSATION_CHAT, ENCRYPTION_OMEMO),
+                )
             db.commit()
         self.namespace = Namespace(bundle)
         self.forwarder = Forwarder(self.namespace, srv.port)
@@ -492,7 +505,7 @@ class Dino:
     def messages(self) -> list[dict[str, Any]]:
         """The messages Dino keeps, in order, with the bare JID of their counterpart."""
         return self.rows(
-            "SELECT m.body, m.direction, m.stanza_id, m.server_id, m.marked, "
+            "SELECT m.body, m.direction, m.stanza_id, m.server_id, m.marked, m.encryption, "
             "m.counterpart_resource, j.bare_jid AS counterpart FROM message m "
             "JOIN jid j ON j.id = m.counterpart_id ORDER BY m.id"
         )
@@ -615,8 +628,13 @@ def dino(
 ) -> Iterator[Callable[..., Dino]]:
     started: list[Dino] = []
 
-    def start(user: str, server: ServerProcess = srv) -> Dino:
-        d = Dino(tmp_path / f"d{len(started)}", server, display, schema, bundle, user)
+    def start(
+        user: str,
+        server: ServerProcess = srv,
+        shown: Display = display,
+        omemo_with: tuple[str, ...] = (),
+    ) -> Dino:
+        d = Dino(tmp_path / f"d{len(started)}", server, shown, schema, bundle, user, omemo_with)
         started.append(d)
         return d
 
@@ -810,6 +828,45 @@ def test_subscription_requests_accepted_and_denied(
             == [{"jid": f"{friend}@localhost", "subscription": "both"}]
         ),
     )
+
+
+def test_omemo_message_between_two_dinos(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    dino: Callable[..., Dino],
+) -> None:
+    user, peer = next(names), next(names)
+    befriend(srv, ca_file, user, peer, clients).close()
+    # the peer's Dino first, on a display of its own (typing goes to one window only): it
+    # publishes its device list and bundle (XEP-0384)
+    second_display = Display()
+    try:
+        theirs = dino(peer, shown=second_display)
+        traced(srv, theirs.jid, True, rf"<publish node='{AXOLOTL}.bundles:\d+'>")
+        mine = dino(user, omemo_with=(f"{peer}@localhost",))
+        # the server tells each of the other's device list (XEP-0163 +notify in their caps)
+        traced(srv, mine.jid, False, rf'<items node="{AXOLOTL}.devicelist">')
+        mine.open(f"xmpp:{peer}@localhost?message")
+        mine.type("only for your eyes")
+        # what went through the server is encrypted: a key for the peer's device, the
+        # payload, no plain text (the body is Dino's fallback notice)
+        sent = traced(
+            srv,
+            mine.jid,
+            True,
+            rf"<message [^>]*to='{peer}@localhost'[^>]*>(?:(?!</message>).)*"
+            rf"<encrypted xmlns='{AXOLOTL}'>(?:(?!</message>).)*</message>",
+        )
+        device = theirs.rows("SELECT device_id FROM identity", database="omemo.db")[0]
+        assert f"<key rid='{device['device_id']}'" in sent.group(0), sent.group(0)
+        assert "only for your eyes" not in srv.log_text()
+        # and the peer's Dino reads it
+        got = theirs.wait_message("only for your eyes")
+        assert (got["counterpart"], got["encryption"]) == (f"{user}@localhost", ENCRYPTION_OMEMO)
+    finally:
+        second_display.close()
 
 
 def test_history_from_the_archive_on_first_start(
@@ -1294,6 +1351,8 @@ AVATAR_METADATA = "urn:xmpp:avatar:metadata"
 AVATAR_FROM_PEP, AVATAR_FROM_VCARD = 0, 1  # Dino's AvatarManager.Source
 AXOLOTL = "eu.siacs.conversations.axolotl"
 DIRECTION_RECEIVED, DIRECTION_SENT = 0, 1  # Dino's Message.DIRECTION_*
+CONVERSATION_CHAT = 0  # Dino's Conversation.Type.CHAT
+ENCRYPTION_OMEMO = 2  # Dino's Encryption.OMEMO
 FORWARD = "urn:xmpp:forward:0"
 CARBONS = "urn:xmpp:carbons:2"
 RECEIPTS = "urn:xmpp:receipts"
