@@ -313,9 +313,10 @@ def start_bus(root: Path) -> tuple[subprocess.Popen[Any], str]:
 
 
 @pytest.fixture(scope="module")
-def schema(display: Display, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def schema(display: Display, bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Dino's empty database as Dino makes it on a first start without accounts (then
-    stopped): the profile of each test's Dino is a copy with the account's row added."""
+    stopped; in a namespace too, so that nothing of it reaches the network): the profile
+    of each test's Dino is a copy with the account's row added."""
     binary = require_command(DINO, WHAT)
     root = tmp_path_factory.mktemp("dino-schema")
     home = root / "home"
@@ -323,8 +324,9 @@ def schema(display: Display, tmp_path_factory: pytest.TempPathFactory) -> Path:
     bus, address = start_bus(root)
     env = environment(home, display, address)
     database = home / ".local" / "share" / "dino" / "dino.db"
+    namespace = Namespace(bundle)
     proc = subprocess.Popen(
-        ["env", "-i", *(f"{k}={v}" for k, v in env.items()), binary],
+        namespace.command(["env", "-i", *(f"{k}={v}" for k, v in env.items()), binary]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -347,6 +349,7 @@ def schema(display: Display, tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         stop(proc)
         stop(bus)
+        namespace.close()
     template = root / "dino.db"
     with (
         contextlib.closing(sqlite3.connect(database)) as source,
