@@ -675,7 +675,11 @@ def test_login_roster_presence_and_chat(
     srv.wait_for_log(f"authenticated {user}@localhost with SCRAM-SHA-1", STEP)
     srv.wait_for_log(f"bound {jid}")
     srv.wait_for_log(f"stream management for {jid}, resumable")
-    assert re.search(r"c2s 127\.0\.0\.1:\d+: TLS TLSv1\.[23]", srv.log_text())
+    bound = re.search(rf"c2s (127\.0\.0\.1:\d+): bound {re.escape(jid)}", srv.log_text())
+    assert bound is not None
+    peer_address = re.escape(bound.group(1))
+    assert re.search(rf"{peer_address} <<< <starttls xmlns=", srv.log_text())
+    assert re.search(rf"c2s {peer_address}: TLS TLSv1\.[23]", srv.log_text())
     # RFC 6121 §2.1.3 the roster (XEP-0237: versioned, none known yet), XEP-0280 carbons
     traced(srv, jid, True, "<query xmlns='jabber:iq:roster' ver=''/>")
     traced(srv, jid, True, f"<enable xmlns='{CARBONS}'/>")
