@@ -761,9 +761,7 @@ def test_login_roster_presence_and_chat(
     carbon = wait_for(
         mine,
         "the sent carbon",
-        lambda el: (
-            body(el.find(forwarded) if el.find(forwarded) is not None else el) == "hello from dino"
-        ),
+        lambda el: el.find(forwarded) is not None and body(el.find(forwarded)) == "hello from dino",
         seconds=STEP,
     )
     assert carbon.find(forwarded).get("from") == jid
@@ -1164,7 +1162,11 @@ def test_stream_resumed_after_the_connection_breaks(
     # much) and resumes the stream (§5: <resume/> with the previous id and what it had
     # received): the message is sent again, and comes
     srv.wait_for_log(f"resumed {d.jid}", STEP)
-    assert re.search(rf"<<< <resume xmlns='{SM}' [^>]*previd=", srv.log_text())
+    enabled = traced(srv, d.jid, False, rf"<enabled xmlns='{SM}' id=\"([^\"]+)\"")
+    assert re.search(
+        rf"<<< <resume xmlns='{SM}' [^>]*previd='{re.escape(enabled.group(1))}'",
+        srv.log_text(),
+    )
     assert d.forwarder.accepted == 2
     d.wait_message("while you were away")
     # the same session went on: the contact never saw it end (no unavailable presence;
