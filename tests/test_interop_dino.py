@@ -636,8 +636,9 @@ def dino(
         server: ServerProcess = srv,
         shown: Display = display,
         omemo_with: tuple[str, ...] = (),
+        trusted: Path = bundle,
     ) -> Dino:
-        d = Dino(tmp_path / f"d{len(started)}", server, shown, schema, bundle, user, omemo_with)
+        d = Dino(tmp_path / f"d{len(started)}", server, shown, schema, trusted, user, omemo_with)
         started.append(d)
         return d
 
@@ -785,6 +786,32 @@ def test_login_roster_presence_and_chat(
         seconds=STEP,
     )
     assert fixed.find(f"{{{CORRECT}}}replace").get("id") == got.get("id")
+
+
+def test_certificate_of_an_unknown_ca_is_refused(
+    srv: ServerProcess,
+    names: Iterator[str],
+    dino: Callable[..., Dino],
+    tmp_path: Path,
+) -> None:
+    user = next(names)
+    # the system's CAs only (or none): the test CA that signed the server's certificate is
+    # not among them
+    untrusted = tmp_path / "system-only.crt"
+    untrusted.write_text(SYSTEM_BUNDLE.read_text() if SYSTEM_BUNDLE.exists() else "")
+    before = len(srv.log_text())
+    d = dino(user, trusted=untrusted)
+    # RFC 6120 §5.4.3.1, §13.7.2: Dino ends the connection in the TLS handshake, telling
+    # why in its log; nothing reaches SASL
+    closed = wait_until(
+        "Dino's connection closed",
+        lambda: re.search(
+            r"c2s connection from (\S+) closed \(unauthenticated\)", srv.log_text()[before:]
+        ),
+    )
+    assert re.search(rf"{re.escape(closed.group(1))} <<< <starttls xmlns=", srv.log_text())
+    wait_until("Dino's reason", lambda: "G_TLS_CERTIFICATE_UNKNOWN_CA" in d.log())
+    assert f"authenticated {user}@localhost" not in srv.log_text()
 
 
 def test_subscription_requests_accepted_and_denied(
