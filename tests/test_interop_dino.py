@@ -12,17 +12,17 @@ own number, for the XEP-0363 URLs (https://localhost:PORT/...). GLib's TLS trust
 CA through a CA bundle (the system's plus the test CA) bind-mounted over
 /etc/ssl/certs/ca-certificates.crt in the mount namespace only. The profile is made
 beforehand: Dino's SQLite database (dino.db), its schema as Dino itself creates it on a
-first start without accounts, with the account's row added.
-The display is an Xvfb of the test's and the session bus a dbus-daemon of each Dino's (its
-socket a file, reachable from the namespace); conversations are opened with xmpp: URIs
-(`dino-im xmpp:...?message`, handed to the running Dino over D-Bus once it holds its name
-there, as gdbus tells: before that a second dino-im would become a second Dino), text is
-typed with xdotool into the conversation Dino focuses (its /commands too), the join dialog
-is filled in with it, a file is picked with Ctrl+U in GTK's file chooser, and subscription
-requests are answered with Dino's application actions (org.gtk.Actions on its bus: what
-the buttons of its notifications activate). Two Dinos talk OMEMO, each on a display of its
-own, the conversation made beforehand in the sender's profile with OMEMO on (Dino 0.4 has
-no default encryption setting).
+first start without accounts, with the account's row added. The display is an Xvfb of the
+test's and the session bus a dbus-daemon of each Dino's (its socket a file, reachable from
+the namespace); conversations are opened with xmpp: URIs (`dino-im xmpp:...?message`, handed
+to the running Dino over D-Bus once it holds its name there, as gdbus tells: before that a
+second dino-im would become a second Dino), text is typed with xdotool into the conversation
+Dino focuses (its /commands too), the join dialog is filled in with it, a file is picked
+with Ctrl+U in GTK's file chooser, and subscription requests are answered with Dino's
+application actions (org.gtk.Actions on its bus: what the buttons of its notifications
+activate). Two Dinos talk OMEMO, each on a display of its own, the conversation made
+beforehand in the sender's profile with OMEMO on (Dino 0.4 has no default encryption
+setting).
 
 What Dino did is checked on the other side: raw clients (tests/xmpp_raw.py), the server's
 debug log (it traces every stanza in and out), and Dino's own databases (messages with their
@@ -36,8 +36,8 @@ What it showed in the server (the first two fixed on main, the third here):
   (§10.1.1 step 4): test_room_created_by_dino, on a server with a 1 s timeout.
 - Dino asks a room occupant's vCard at the occupant JID (XEP-0153 §3.2, for the hash in the
   occupant's presence); the server forwarded that to the occupant's client, which has none to
-  give; it now answers from the occupant's account: test_avatars_of_a_contact_and_of_a_room_
-  occupant.
+  give; it now answers from the occupant's account:
+  test_avatars_of_a_contact_and_of_a_room_occupant.
 - Dino's `/affiliate NICK member` names the occupant by nick only (`<item affiliation=
   'member' nick='...'/>`); the server refused it (bad-request: §9.3 names the user by bare
   JID) where Prosody takes the occupant's account; so does the server now
