@@ -1,0 +1,311 @@
+"""Gajim (Debian's `gajim` 1.7.3, the GTK 3 desktop client on python3-nbxmpp, with Debian's
+`gajim-omemo` 2.9 plugin) run as the real application, not its library
+(test_interop_nbxmpp.py covers nbxmpp): on a virtual screen (Xvfb), with a session bus of its
+own (dbus-daemon), as the user `nobody` (Gajim refuses to run as root), HOME and the XDG
+directories in a temporary directory owned by nobody. No account wizard: the profile
+(tests/interop/gajim/profile.py) is Gajim's settings database with one account that connects
+to the test server by custom host and port. The server's certificate is verified the way Gajim
+always does it (GLib's TLS database, the system CA bundle): Gajim runs in a mount namespace of
+its own where the system bundle plus the test CA is bind-mounted over
+/etc/ssl/certs/ca-certificates.crt, so nothing disables verification.
+
+Gajim is driven as a user scripts it: by its D-Bus remote control (the interface gajim-remote
+uses: send a chat or groupchat message, change the status, list the contacts) and by a
+profile made beforehand (an autojoin bookmark for a room). What Gajim did is checked on the
+server's side: raw clients (tests/xmpp_raw.py) beside it, the server's stanza trace (its
+debug log: every stanza Gajim sent, by its JID), and Gajim's own message history database
+(logs.db) and avatar cache for what Gajim took from the server."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import importlib.util
+import os
+import pwd
+import re
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from interop_clients import REPO, body, raw_login, require, require_command, wait_for
+from test_interop_profanity import befriend, settle
+from xmpp_raw import CLIENT, RawClient
+
+
+def _profile_module() -> Any:
+    """tests/interop/gajim/profile.py (by path: `profile` is also a standard module)."""
+    path = REPO / "tests" / "interop" / "gajim" / "profile.py"
+    spec = importlib.util.spec_from_file_location("gajim_profile", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+write_profile = _profile_module().write_profile
+
+POOL = FreshNames("gj", 24)
+ACCOUNT = "fast"  # the account's name in Gajim (its D-Bus methods take it)
+RESOURCE = "gajim"
+MESSAGE = f"{{{CLIENT}}}message"
+PRESENCE = f"{{{CLIENT}}}presence"
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+STEP = 15.0  # seconds Gajim may take for one thing on a loaded machine
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+REMOTE = ("/org/gajim/dbus/RemoteObject", "org.gajim.dbus.RemoteInterface")
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from module_server(ca, tmp_path_factory, POOL)
+
+
+@pytest.fixture
+def names() -> Iterator[str]:
+    return POOL.names()
+
+
+def nobody_dir(prefix: str) -> Path:
+    """A directory nobody owns: pytest's temporary directories are root's, mode 0700."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    user = pwd.getpwnam("nobody")
+    os.chown(path, user.pw_uid, user.pw_gid)
+    return path
+
+
+def chown_tree(root: Path) -> None:
+    user = pwd.getpwnam("nobody")
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
+@pytest.fixture(scope="module")
+def display() -> Iterator[str]:
+    """A virtual screen (Xvfb) on a free display number (it picks one: -displayfd)."""
+    xvfb = require_command("Xvfb", "Xvfb (Debian package xvfb)")
+    require_command("gajim", "Gajim (Debian package gajim)")
+    require_command("dbus-daemon", "dbus-daemon (Debian package dbus-daemon)")
+    require_command("gdbus", "gdbus (Debian package libglib2.0-bin)")
+    require(Path("/usr/share/gajim/plugins/omemo").is_dir(), "Gajim's OMEMO plugin (gajim-omemo)")
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        [*AS_NOBODY, xvfb, "-displayfd", str(write), "-nolisten", "tcp"]
+        + ["-screen", "0", "1280x800x24"],
+        pass_fds=[write],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write)
+    try:
+        with os.fdopen(read) as numbers:
+            number = numbers.readline().strip()
+        assert number.isdigit(), "Xvfb printed no display number"
+        yield f":{number}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def ca_bundle(ca_file: str) -> Iterator[Path]:
+    """The system's CA bundle and the test CA, for Gajim's mount namespace."""
+    directory = nobody_dir("gajim-ca-")
+    bundle = directory / "ca-certificates.crt"
+    bundle.write_bytes(SYSTEM_BUNDLE.read_bytes() + Path(ca_file).read_bytes())
+    bundle.chmod(0o644)
+    yield bundle
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class Gajim:
+    """One Gajim process with a fresh profile, a session bus of its own, on `display`."""
+
+    def __init__(self, srv: ServerProcess, user: str, display: str, ca_bundle: Path) -> None:
+        self.srv = srv
+        self.user = user
+        self.jid = f"{user}@localhost/{RESOURCE}"
+        self.root = nobody_dir("gajim-")
+        self.home = self.root / "home"
+        self.config = self.home / ".config" / "gajim"
+        self.data = self.home / ".local" / "share" / "gajim"
+        self.cache = self.home / ".cache" / "gajim"
+        write_profile(self.config, ACCOUNT, user, "localhost", PASSWORD, srv.port)
+        (self.root / "run").mkdir(mode=0o700)
+        chown_tree(self.root)
+        self.bus = subprocess.Popen(
+            [*AS_NOBODY, "dbus-daemon", "--session", "--nofork", "--print-address=1"]
+            + [f"--address=unix:path={self.root / 'bus'}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.bus.stdout is not None
+        self.bus_address = self.bus.stdout.readline().strip()
+        assert self.bus_address, "dbus-daemon printed no address"
+        self.env = {
+            "HOME": str(self.home),
+            "XDG_CONFIG_HOME": str(self.home / ".config"),
+            "XDG_DATA_HOME": str(self.home / ".local" / "share"),
+            "XDG_CACHE_HOME": str(self.home / ".cache"),
+            "XDG_RUNTIME_DIR": str(self.root / "run"),
+            "DISPLAY": display,
+            "DBUS_SESSION_BUS_ADDRESS": self.bus_address,
+            "GDK_BACKEND": "x11",
+            "NO_AT_BRIDGE": "1",  # no accessibility bus to look for
+            "LANG": "C.UTF-8",
+            "PATH": "/usr/bin:/bin",
+        }
+        # the CA bundle mounted in a namespace of Gajim's own, then nobody's privileges
+        trust = f'mount --bind "{ca_bundle}" {SYSTEM_BUNDLE} && exec "$@"'
+        self.log_path = self.root / "gajim.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["unshare", "--mount", "sh", "-c", trust, "sh", *AS_NOBODY, "env", "-i"]
+                + [f"{k}={v}" for k, v in self.env.items()]
+                + ["gajim", "--verbose"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        # Gajim's remote control answers once Gajim has started
+        self.wait(lambda: self.remote_call("list_accounts") == "(['fast'],)", "Gajim's D-Bus")
+
+    # --- driving it -------------------------------------------------------------------
+
+    def gdbus(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*AS_NOBODY, "env", f"DBUS_SESSION_BUS_ADDRESS={self.bus_address}", "gdbus"]
+            + ["call", "--session", "--dest", "org.gajim.Gajim", *args],
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+        )
+
+    def remote_call(self, method: str, *args: str) -> str | None:
+        """A method of Gajim's remote control (strings as GVariant text); its answer."""
+        path, interface = REMOTE
+        done = self.gdbus(
+            "--object-path", path, "--method", f"{interface}.{method}", *map(gvariant, args)
+        )
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    def remote(self, method: str, *args: str) -> str:
+        answer = self.remote_call(method, *args)
+        assert answer is not None, f"{method} failed:\n{self.log_tail()}"
+        return answer
+
+    def wait(self, condition: Callable[[], Any], what: str, seconds: float = STEP) -> Any:
+        deadline = time.monotonic() + seconds
+        while not (result := condition()):
+            assert self.proc.poll() is None, f"Gajim exited:\n{self.log_tail()}"
+            assert time.monotonic() < deadline, f"never: {what}\n{self.log_tail()}"
+            time.sleep(0.1)
+        return result
+
+    # --- what it did --------------------------------------------------------------------
+
+    def sent(self, pattern: str, start: int = 0, seconds: float = STEP) -> re.Match[str]:
+        """What Gajim sent, as the server's trace logged it (its bound JID, then <<<)."""
+        line = re.compile(rf"fastxmpp\.trace: {re.escape(self.jid)} <<< [^\n]*?{pattern}")
+        return self.wait(
+            lambda: line.search(self.srv.log_text(), start), f"Gajim sent {pattern!r}", seconds
+        )
+
+    def history(self) -> list[dict[str, Any]]:
+        """Gajim's message history (logs.db): each row with the JID it is filed under."""
+        path = self.data / "logs.db"
+        if not path.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(
+                "SELECT jids.jid, logs.* FROM logs JOIN jids USING (jid_id) ORDER BY log_line_id"
+            )
+            return [dict(row) for row in rows]
+
+    def wait_history(self, message: str) -> dict[str, Any]:
+        return self.wait(
+            lambda: next((r for r in self.history() if r["message"] == message), None),
+            f"{message!r} in Gajim's history",
+        )
+
+    def log_tail(self) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(line[:400] for line in text.splitlines()[-40:])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.bus.terminate()
+        self.bus.wait(5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def gvariant(text: str) -> str:
+    """A string as GVariant text (gdbus parses its arguments so)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@pytest.fixture
+def gajim(srv: ServerProcess, display: str, ca_bundle: Path) -> Iterator[Callable[[str], Gajim]]:
+    started: list[Gajim] = []
+
+    def start(user: str) -> Gajim:
+        g = Gajim(srv, user, display, ca_bundle)
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        g.close()
+
+
+CAPS = "http://jabber.org/protocol/caps"
+RECEIPTS = "urn:xmpp:receipts"
+
+
+def test_login_roster_presence_and_chat(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    gajim: Callable[[str], Gajim],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    g = gajim(user)
+    # RFC 6120 §5 STARTTLS (the certificate verified by GLib against the bundle with the test
+    # CA), §6 SASL with the strongest SCRAM nbxmpp takes, §7 bind of the resource set in the
+    # profile; XEP-0198 §3 stream management with resumption
+    srv.wait_for_log(f"authenticated {user}@localhost with SCRAM-SHA-256", STEP)
+    srv.wait_for_log(f"bound {g.jid}", STEP)
+    srv.wait_for_log(f"stream management for {g.jid}, resumable", STEP)
+    # RFC 6121 §4.2: Gajim's initial presence reaches the contact, with its caps (XEP-0115)
+    online = wait_for(
+        other,
+        "Gajim's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == g.jid,
+        seconds=STEP,
+    )
+    assert online.get("type") is None
+    assert online.find(f"{{{CAPS}}}c").get("node") == "https://gajim.org"
+    # §2.1.3 the roster and §4.2.3 the contact's presence, as Gajim lists its contacts
+    contacts = g.wait(
+        lambda: re.search(
+            rf"\{{[^{{}}]*'jid': <'{peer}@localhost'>[^{{}}]*\}}", g.remote("list_contacts", "")
+        ),
+        "the contact in Gajim's roster",
+    ).group(0)
+    assert "'show': <'online'>" in contacts and "'raw'" in contacts, contacts
