@@ -18,9 +18,7 @@ debug log: every stanza Gajim sent, by its JID), and Gajim's own message history
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import importlib.util
 import os
 import pwd
@@ -37,7 +35,7 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import REPO, body, raw_login, require, require_command, wait_for
-from test_interop_profanity import befriend, settle
+from test_interop_profanity import befriend
 from xmpp_raw import CLIENT, RawClient
 
 
@@ -61,6 +59,7 @@ PRESENCE = f"{{{CLIENT}}}presence"
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 STEP = 15.0  # seconds Gajim may take for one thing on a loaded machine
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+SCREEN = ["-screen", "0", "1280x800x24"]
 REMOTE = ("/org/gajim/dbus/RemoteObject", "org.gajim.dbus.RemoteInterface")
 
 
@@ -98,8 +97,7 @@ def display() -> Iterator[str]:
     require(Path("/usr/share/gajim/plugins/omemo").is_dir(), "Gajim's OMEMO plugin (gajim-omemo)")
     read, write = os.pipe()
     proc = subprocess.Popen(
-        [*AS_NOBODY, xvfb, "-displayfd", str(write), "-nolisten", "tcp"]
-        + ["-screen", "0", "1280x800x24"],
+        [*AS_NOBODY, xvfb, "-displayfd", str(write), "-nolisten", "tcp", *SCREEN],
         pass_fds=[write],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -142,8 +140,14 @@ class Gajim:
         (self.root / "run").mkdir(mode=0o700)
         chown_tree(self.root)
         self.bus = subprocess.Popen(
-            [*AS_NOBODY, "dbus-daemon", "--session", "--nofork", "--print-address=1"]
-            + [f"--address=unix:path={self.root / 'bus'}"],
+            [
+                *AS_NOBODY,
+                "dbus-daemon",
+                "--session",
+                "--nofork",
+                "--print-address=1",
+                f"--address=unix:path={self.root / 'bus'}",
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -168,9 +172,11 @@ class Gajim:
         self.log_path = self.root / "gajim.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                ["unshare", "--mount", "sh", "-c", trust, "sh", *AS_NOBODY, "env", "-i"]
-                + [f"{k}={v}" for k, v in self.env.items()]
-                + ["gajim", "--verbose"],
+                [
+                    *("unshare", "--mount", "sh", "-c", trust, "sh", *AS_NOBODY, "env", "-i"),
+                    *(f"{k}={v}" for k, v in self.env.items()),
+                    *("gajim", "--verbose"),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -181,8 +187,17 @@ class Gajim:
 
     def gdbus(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*AS_NOBODY, "env", f"DBUS_SESSION_BUS_ADDRESS={self.bus_address}", "gdbus"]
-            + ["call", "--session", "--dest", "org.gajim.Gajim", *args],
+            [
+                *AS_NOBODY,
+                "env",
+                f"DBUS_SESSION_BUS_ADDRESS={self.bus_address}",
+                "gdbus",
+                "call",
+                "--session",
+                "--dest",
+                "org.gajim.Gajim",
+                *args,
+            ],
             capture_output=True,
             text=True,
             timeout=STEP,
@@ -309,3 +324,65 @@ def test_login_roster_presence_and_chat(
         "the contact in Gajim's roster",
     ).group(0)
     assert "'show': <'online'>" in contacts and "'raw'" in contacts, contacts
+
+    # RFC 6121 §4.2: a status set by D-Bus (gajim-remote's change_status) reaches the contact
+    g.remote("change_status", "away", "out for lunch", ACCOUNT)
+    away = wait_for(
+        other,
+        "Gajim's away presence",
+        lambda el: el.tag == PRESENCE and el.findtext(f"{{{CLIENT}}}show") == "away",
+        seconds=STEP,
+    )
+    assert away.get("from") == g.jid and away.findtext(f"{{{CLIENT}}}status") == "out for lunch"
+
+    # a chat message each way (RFC 6121 §5); Gajim asks for a receipt (XEP-0184 §5.1) and
+    # gives one when asked (§5.2)
+    assert g.remote("send_chat_message", f"{peer}@localhost", "hello from gajim", ACCOUNT) == (
+        "(true,)"
+    )
+    msg = wait_for(
+        other, "Gajim's message", lambda el: body(el) == "hello from gajim", seconds=STEP
+    )
+    assert msg.get("from") == g.jid and msg.get("type") == "chat"
+    assert msg.find(f"{{{RECEIPTS}}}request") is not None
+    other.send(
+        f"<message to='{g.jid}' type='chat' id='ask-receipt'><body>hello gajim</body>"
+        f"<request xmlns='{RECEIPTS}'/></message>"
+    )
+    receipt = wait_for(
+        other,
+        "Gajim's receipt",
+        lambda el: el.find(f"{{{RECEIPTS}}}received") is not None,
+        seconds=STEP,
+    )
+    assert receipt.find(f"{{{RECEIPTS}}}received").get("id") == "ask-receipt"
+    assert receipt.get("from") == g.jid
+    # both in Gajim's history, the incoming one with the id of the account's archive
+    # (XEP-0359 stanza-id by the account, XEP-0313 §5.1.2), as the server stamped it
+    got = g.wait_history("hello gajim")
+    assert got["jid"] == f"{peer}@localhost" and got["stanza_id"], got
+    stamped = re.search(
+        rf"fastxmpp\.trace: {re.escape(g.jid)} >>> [^\n]*hello gajim[^\n]*"
+        rf"<stanza-id (?=[^>]*by=.{user}@localhost.)[^>]*id=.([^'\"]+)",
+        srv.log_text(),
+    )
+    assert stamped and stamped.group(1) == got["stanza_id"]
+    assert g.wait_history("hello from gajim")["jid"] == f"{peer}@localhost"
+
+    # RFC 6121 §3.1: a newcomer's subscription request, approved by Gajim (the profile sets
+    # the account's autoauth, "accept subscription requests automatically")
+    newcomer = next(names)
+    third = raw_login(srv, ca_file, newcomer, clients)
+    third.send("<presence/>")
+    third.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    approved = wait_for(
+        third, "the approval", lambda el: el.get("type") == "subscribed", seconds=STEP
+    )
+    assert approved.get("from") == f"{user}@localhost"
+    # §3.1.5: Gajim's presence follows the approval
+    wait_for(
+        third,
+        "Gajim's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == g.jid,
+        seconds=STEP,
+    )

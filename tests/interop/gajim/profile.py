@@ -31,6 +31,7 @@ def account_settings(user: str, domain: str, password: str, port: int) -> dict[s
     return {
         "account": {
             "active": True,
+            "autoauth": True,  # subscription requests approved without a dialog
             "autoconnect": True,
             "name": user,
             "hostname": domain,
