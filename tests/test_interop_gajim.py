@@ -18,7 +18,9 @@ debug log: every stanza Gajim sent, by its JID), and Gajim's own message history
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -35,6 +37,8 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import REPO, body, raw_login, require, require_command, wait_for
+from test_avatars import png as avatar_png
+from test_client_flows import Client, publish_bookmark
 from test_interop_profanity import befriend
 from xmpp_raw import CLIENT, RawClient
 
@@ -218,7 +222,7 @@ class Gajim:
 
     def wait(self, condition: Callable[[], Any], what: str, seconds: float = STEP) -> Any:
         deadline = time.monotonic() + seconds
-        while not (result := condition()):
+        while (result := condition()) is None or result is False:
             assert self.proc.poll() is None, f"Gajim exited:\n{self.log_tail()}"
             assert time.monotonic() < deadline, f"never: {what}\n{self.log_tail()}"
             time.sleep(0.1)
@@ -386,3 +390,170 @@ def test_login_roster_presence_and_chat(
         lambda el: el.tag == PRESENCE and el.get("from") == g.jid,
         seconds=STEP,
     )
+
+
+CARBONS = "urn:xmpp:carbons:2"
+MAM = "urn:xmpp:mam:2"
+
+
+def test_archive_catch_up_and_carbons(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    gajim: Callable[[str], Gajim],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    # history made before Gajim ever ran, archived by the server (XEP-0313)
+    mine = raw_login(srv, ca_file, user, clients)
+    mine.send(f"<message to='{peer}@localhost' type='chat'><body>archived one</body></message>")
+    wait_for(other, "archived one", lambda el: body(el) == "archived one")
+    other.send(
+        f"<message to='{user}@localhost/raw' type='chat'><body>archived two</body></message>"
+    )
+    wait_for(mine, "archived two", lambda el: body(el) == "archived two")
+
+    g = gajim(user)
+    # XEP-0313 §4: Gajim's first connect asks the account's archive (a week back) and files
+    # what it gets under the contact, with the archive's ids
+    g.sent(rf"<iq [^>]*type=.set.[^>]*><query xmlns=.{MAM}.")
+    first, second = g.wait_history("archived one"), g.wait_history("archived two")
+    assert first["jid"] == second["jid"] == f"{peer}@localhost"
+    assert first["stanza_id"] and second["stanza_id"] and first["stanza_id"] != second["stanza_id"]
+    # XEP-0280 §4: carbons enabled ...
+    g.sent(rf"<enable xmlns=.{CARBONS}.")
+    mine.send(f"<iq type='set' id='carbons'><enable xmlns='{CARBONS}'/></iq>")
+    assert wait_for(mine, "carbons", lambda el: el.get("id") == "carbons").get("type") == "result"
+    # ... §6: what the account's other resource sends comes to Gajim as a sent carbon ...
+    mine.send(
+        f"<message to='{peer}@localhost' type='chat'><body>from my other resource</body></message>"
+    )
+    assert g.wait_history("from my other resource")["jid"] == f"{peer}@localhost"
+    # ... §5: and what is sent to the other resource as a received carbon
+    other.send(
+        f"<message to='{user}@localhost/raw' type='chat'><body>to my other resource</body>"
+        "</message>"
+    )
+    assert g.wait_history("to my other resource")["jid"] == f"{peer}@localhost"
+    # and what Gajim sends reaches the other resource as a sent carbon
+    g.remote("send_chat_message", f"{peer}@localhost", "from gajim", ACCOUNT)
+    carbon = wait_for(
+        mine,
+        "the carbon of Gajim's message",
+        lambda el: el.find(f"{{{CARBONS}}}sent") is not None,
+        seconds=STEP,
+    )
+    forwarded = carbon.find(f"{{{CARBONS}}}sent/{{urn:xmpp:forward:0}}forwarded/{MESSAGE}")
+    assert forwarded.get("from") == g.jid and body(forwarded) == "from gajim"
+
+
+MUC = "http://jabber.org/protocol/muc"
+MUC_USER = f"{MUC}#user"
+VCARD = "vcard-temp"
+
+
+def test_room_autojoin_groupchat_and_occupant_avatar(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    gajim: Callable[[str], Gajim],
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"room-{user}@conference.localhost"
+    # the peer has an avatar in its vCard (XEP-0153) ...
+    other = Client(raw_login(srv, ca_file, peer, clients), peer, "")
+    image = avatar_png(6, 5)
+    sha = hashlib.sha1(image).hexdigest()
+    photo = base64.b64encode(image).decode()
+    reply = other.iq(
+        "set",
+        f"<vCard xmlns='{VCARD}'><PHOTO><TYPE>image/png</TYPE><BINVAL>{photo}</BINVAL></PHOTO>"
+        "</vCard>",
+    )
+    assert reply.get("type") == "result"
+    # ... and makes a room (XEP-0045 §10.1.2, instant), where the server puts the avatar's
+    # hash in its presence (XEP-0398 §5)
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    reply = other.iq(
+        "set", f"<query xmlns='{MUC}#owner'><x xmlns='jabber:x:data' type='submit'/></query>", room
+    )
+    assert reply.get("type") == "result"
+    # the user's bookmark of the room, autojoin (XEP-0402), made by another of its clients
+    mine = Client(raw_login(srv, ca_file, user, clients), user, "")
+    assert publish_bookmark(mine, room, "Gajim room", "bm").get("type") == "result"
+    mine.c.close()
+    clients.remove(mine.c)
+
+    g = gajim(user)
+    # Gajim reads its bookmarks and enters the room with the bookmark's nick (§7.2.2)
+    joined = wait_for(
+        other.c,
+        "Gajim entering the room",
+        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/{user}",
+        seconds=STEP,
+    )
+    assert joined.get("type") is None
+    item = joined.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item")
+    assert (item.get("affiliation"), item.get("role")) == ("none", "participant")
+    # a groupchat message each way (§7.4)
+    assert g.remote("send_groupchat_message", room, "hello room from gajim", ACCOUNT) == ("(true,)")
+    got = wait_for(
+        other.c, "Gajim's groupchat", lambda el: body(el) == "hello room from gajim", seconds=STEP
+    )
+    assert (got.get("from"), got.get("type")) == (f"{room}/{user}", "groupchat")
+    other.send(f"<message to='{room}' type='groupchat'><body>hello from the room</body></message>")
+    line = g.wait_history("hello from the room")
+    assert line["jid"] == room and line["contact_name"] == peer, line
+    # the occupant's avatar: Gajim asks the vCard at the occupant's JID (room/nick,
+    # XEP-0153 §3.2 by way of XEP-0045 §7.2.4's presence), which the server answers with the
+    # occupant's own vCard (as Prosody and ejabberd do); Gajim keeps the image by its hash
+    g.sent(rf"<iq [^>]*to=.{re.escape(room)}/{peer}.[^>]*><vCard xmlns=.{VCARD}.")
+    avatar = g.wait(lambda: (g.cache / "avatars" / sha).is_file(), "the avatar in Gajim's cache")
+    assert avatar and (g.cache / "avatars" / sha).read_bytes() == image
+
+
+AXOLOTL = "eu.siacs.conversations.axolotl"
+PUBSUB = "http://jabber.org/protocol/pubsub"
+
+
+def test_omemo_device_list_and_bundle_published(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    gajim: Callable[[str], Gajim],
+) -> None:
+    user, peer = next(names), next(names)
+    g = gajim(user)
+    # gajim-omemo (XEP-0384 0.3, eu.siacs.conversations.axolotl) publishes its bundle, reads
+    # its device list (none yet: item-not-found, XEP-0060 §6.5.9.11) and publishes one with
+    # its device, both with publish-options access_model open (XEP-0060 §7.1.5)
+    device = g.sent(
+        rf'<publish node="{AXOLOTL}.devicelist"><item id="current"><list [^>]*>'
+        r'<device id="(\d+)"'
+    ).group(1)
+    g.sent(rf'<publish node="{AXOLOTL}.bundles:{device}">')
+    # what any other client finds (open access: not even a contact)
+    other = raw_login(srv, ca_file, peer, clients)
+
+    def items(node: str) -> Any:
+        other.send(
+            f"<iq type='get' id='items' to='{user}@localhost'><pubsub xmlns='{PUBSUB}'>"
+            f"<items node='{node}'/></pubsub></iq>"
+        )
+        return wait_for(other, node, lambda el: el.get("id") == "items")
+
+    def published() -> Any:
+        reply = items(f"{AXOLOTL}.devicelist")
+        return reply if reply.get("type") == "result" else None
+
+    listed = g.wait(published, "the device list")
+    assert [d.get("id") for d in listed.iter(f"{{{AXOLOTL}}}device")] == [device]
+    reply = items(f"{AXOLOTL}.bundles:{device}")
+    assert reply.get("type") == "result"
+    bundle = reply.find(f".//{{{AXOLOTL}}}bundle")
+    assert bundle is not None and bundle.findtext(f"{{{AXOLOTL}}}identityKey")
+    assert bundle.findtext(f"{{{AXOLOTL}}}signedPreKeyPublic")
+    assert len(bundle.findall(f"{{{AXOLOTL}}}prekeys/{{{AXOLOTL}}}preKeyPublic")) >= 20
