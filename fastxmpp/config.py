@@ -312,6 +312,9 @@ class MucConfig:
     # XEP-0045 §7.2.1: a presence without the MUC <x/> from a non-occupant enters the room
     # (groupchat 1.0, as `sendxmpp -c` enters) instead of getting the recommended kick.
     groupchat_1_0: bool = False
+    # XEP-0045 §10.1.1 step 4: seconds a new room waits for its owner's configuration before
+    # it opens with the default one (clients such as Dino never configure); 0: it waits.
+    lock_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -926,6 +929,7 @@ _SIMPLE_SECTIONS: dict[str, tuple[Callable[..., Any], dict[str, Check]]] = {
             "archive_rooms": _one_of("persistent", "all", "none"),
             "archive_max_messages": _integer_at_least(1),
             "archive_max_age_days": _non_negative_number,
+            "lock_timeout": _non_negative_number,
             "groupchat_1_0": _boolean,
         },
     ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -777,6 +778,57 @@ def test_iq_between_occupants_hides_real_jids(login: Any, users: Iterator[str]) 
     # §6.6: a non-occupant gets bad-request
     reply = iq(c, f"{room}/owner", "get", "<query xmlns='jabber:iq:version'/>")
     assert stanza_error(reply) == "bad-request"
+
+
+def test_vcard_of_an_occupant_comes_from_its_account(login: Any, users: Iterator[str]) -> None:
+    """Gajim and Pidgin ask an occupant's vCard at its occupant JID; the server answers from
+    the account (as Prosody and ejabberd do) instead of asking the occupant's client, which
+    has none to give. The real JID stays hidden: the answer comes from the occupant JID."""
+    a, b = login(next(users)), login(next(users))
+    card = "<vCard xmlns='vcard-temp'><FN>Owner Person</FN><NICKNAME>own</NICKNAME></vCard>"
+    assert iq(a, a.bare, "set", card).get("type") == "result"
+    room = create(a)
+    join(b, room, "bob")
+    sync(a.c)
+    reply = iq(b, f"{room}/owner", "get", "<vCard xmlns='vcard-temp'/>", "vc1")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    assert reply.get("from") == f"{room}/owner" and reply.get("to") == b.full
+    assert reply.findtext("{vcard-temp}vCard/{vcard-temp}FN") == "Owner Person"
+    assert a.bare.encode() not in etree.tostring(reply)
+    # nothing went to the occupant's client
+    assert [el for el in received(a.c, b.c) if el.tag == f"{{{CLIENT}}}iq"] == []
+    # an account without a vCard: service-unavailable (XEP-0054 §3.3)
+    reply = iq(a, f"{room}/bob", "get", "<vCard xmlns='vcard-temp'/>", "vc2")
+    assert stanza_error(reply) == "service-unavailable"
+    # other iqs still go to the occupant
+    b.send(f"<iq to='{room}/owner' type='get' id='v3'><query xmlns='jabber:iq:version'/></iq>")
+    assert a.c.next().get("from") == f"{room}/bob"
+
+
+def test_an_unconfigured_room_opens_after_lock_timeout(make_server: Any, ca_file: str) -> None:
+    """Dino creates rooms and never configures them; after `[muc] lock_timeout` the room
+    takes its default configuration (XEP-0045 §10.1.1 step 4) and others may enter."""
+    srv: ServerProcess = make_server("[muc]\nlock_timeout = 1.5\n")
+    srv.adduser("creator@localhost")
+    srv.adduser("guest@localhost")
+    srv.start()
+    opened: list[RawClient] = []
+    a, b = log_in(srv, ca_file, opened, "creator"), log_in(srv, ca_file, opened, "guest")
+    room = new_room()
+    assert "201" in codes(presences(join(a, room, "creator", until_subject=False))[-1])
+    assert stanza_error(join_error(b, room, "guest")) == "item-not-found"  # still locked
+    deadline = time.monotonic() + 30
+    while True:
+        seen = join(b, room, "guest")
+        if seen[-1].tag == MESSAGE:
+            break
+        assert stanza_error(seen[-1]) == "item-not-found"
+        assert time.monotonic() < deadline, "the room stayed locked"
+        time.sleep(0.25)
+    assert [p.get("from") for p in presences(seen)] == [f"{room}/creator", f"{room}/guest"]
+    assert [p.get("from") for p in presences(received(a.c, b.c))] == [f"{room}/guest"]
+    for c in opened:
+        c.close()
 
 
 def test_self_ping(login: Any, users: Iterator[str]) -> None:

@@ -331,6 +331,28 @@ def test_configuration_rights_and_notices(login: Any, users: Iterator[str]) -> N
     assert set(listed(owners)) == {a.bare, b.bare}
 
 
+def test_empty_values_in_the_jid_lists_are_no_jids(login: Any, users: Iterator[str]) -> None:
+    """libpurple submits the form back with an empty <value/> in a jid-multi field that had
+    none (roomadmins): an empty list, not a JID refused as such (XEP-0004 §3.3 jid-multi)."""
+    a, b = login(next(users)), login(next(users))
+    room = room_with(a)
+    reply = configure(
+        a,
+        room,
+        field("muc#roomconfig_roomadmins", "")
+        + field("muc#roomconfig_roomowners", a.bare, "", b.bare)
+        + field("muc#roomconfig_roomname", "purple"),
+    )
+    assert reply.get("type") == "result", etree.tostring(reply)
+    owners = iq(a, room, "get", f"<query xmlns='{ADMIN}'><item affiliation='owner'/></query>")
+    assert set(listed(owners)) == {a.bare, b.bare}
+    admins = iq(a, room, "get", f"<query xmlns='{ADMIN}'><item affiliation='admin'/></query>")
+    assert listed(admins) == {}
+    # a value that is there but no JID is still refused
+    reply = configure(a, room, field("muc#roomconfig_roomadmins", "@@"))
+    assert stanza_error(reply) == "not-acceptable"
+
+
 def test_destroy(login: Any, users: Iterator[str]) -> None:
     a, b = login(next(users)), login(next(users))
     room = room_with(a, (b, "bob"))

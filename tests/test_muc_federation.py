@@ -265,6 +265,32 @@ def test_private_messages_both_ways(sign: Any) -> None:
     assert pong.get("type") == "result" and pong.get("from") == f"{room}/guest"
 
 
+def test_vcards_of_occupants_come_from_their_accounts_across_servers(sign: Any) -> None:
+    """A vCard asked at an occupant JID is the occupant's account's: for a user of the
+    other server, the room asks that user's bare JID and its server answers (the client
+    has none to give); for a local user, the room answers; the real JIDs stay hidden."""
+    owner, remote = sign("a.test"), sign("b.test")
+    for member, name in ((owner, "Local Owner"), (remote, "Remote Guest")):
+        card = f"<vCard xmlns='vcard-temp'><FN>{name}</FN></vCard>"
+        assert iq(member, member.bare, "set", card).get("type") == "result"
+    room = room_with_remote(owner, remote)
+    reply = iq(owner, f"{room}/guest", "get", "<vCard xmlns='vcard-temp'/>", "rv")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    assert reply.get("from") == f"{room}/guest" and reply.get("to") == owner.full
+    assert reply.findtext("{vcard-temp}vCard/{vcard-temp}FN") == "Remote Guest"
+    assert remote.bare.encode() not in etree.tostring(reply)
+    reply = iq(remote, f"{room}/owner", "get", "<vCard xmlns='vcard-temp'/>", "lv")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    assert reply.get("from") == f"{room}/owner" and reply.get("to") == remote.full
+    assert reply.findtext("{vcard-temp}vCard/{vcard-temp}FN") == "Local Owner"
+    # a remote account without a vCard: its server's error comes back from the occupant JID
+    other = sign("b.test")
+    join(other, room, "plain")
+    reply = iq(owner, f"{room}/plain", "get", "<vCard xmlns='vcard-temp'/>", "nv")
+    assert reply.get("from") == f"{room}/plain"
+    assert stanza_error(reply) == "service-unavailable"
+
+
 # --- entering refused (§7.2.5-7.2.9) -------------------------------------------------------------
 
 

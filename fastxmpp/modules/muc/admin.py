@@ -322,6 +322,9 @@ def configure(room: Room, form: Any, by: str) -> None:
     room.history.resize(new.history_length)
     was_locked = room.locked
     room.locked = False
+    if room.unlock_timer is not None:
+        room.unlock_timer.cancel()
+        room.unlock_timer = None
     for wanted, listed in (("owner", submitted.owners), ("admin", submitted.admins)):
         if listed is None:
             continue

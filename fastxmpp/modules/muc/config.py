@@ -194,6 +194,8 @@ def _integer(var: str, values: list[str], low: int, high: int) -> int:
 def _jids(var: str, values: list[str]) -> list[str]:
     out = []
     for text in values:
+        if not text.strip():
+            continue  # an empty <value/> is no JID (libpurple sends one for an empty list)
         try:
             jid = parse_jid(text.strip())
         except JIDError:

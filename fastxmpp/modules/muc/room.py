@@ -29,9 +29,12 @@ from .history import History
 from .occupant_id import TAG as OCCUPANT_ID
 from .occupant_id import element as occupant_id_element
 from .occupant_id import make_id, without_forged
+from .vcard import NS as NS_VCARD
 from .vcard import NS_UPDATE, stored_hashes
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ..._parser import Stanza
     from ...stream.c2s import C2SStream
     from ...stream.xmlstream import PeerOrigin
@@ -189,9 +192,11 @@ class Room:
         self.subject_by = ""  # the XEP-0421 occupant id of who set it ("": none known)
         self.history = History(config.history_length)
         self.locked = False  # §10.1.1: created, not yet configured
+        self.unlock_timer: asyncio.TimerHandle | None = None  # [muc] lock_timeout (service.py)
         self.stored = False  # a record of it is in the store
         self.archived = False  # it queued a message for its XEP-0313 archive (archive.py)
-        self.pending_iqs: dict[tuple[str, str], str] = {}  # (responder, id) -> requester
+        # (responder, id) -> (requester, the nick it asked)
+        self.pending_iqs: dict[tuple[str, str], tuple[str, str]] = {}
         self.vcard: bytes | None = None  # XEP-0486: the room's vCard as stored (vcard.py)
         self.avatar_hashes: tuple[str, ...] = ()  # of its PHOTOs (muc#roominfo_avatarhash)
 
@@ -670,20 +675,25 @@ class Room:
 
     def occupant_iq(self, origin: OccupantSession, st: Stanza, nick: str) -> None:
         """An iq to an occupant JID goes to that occupant's latest session; its answer comes
-        back to the asking session. Real JIDs stay hidden both ways."""
+        back to the asking session. Real JIDs stay hidden both ways. A vCard request is for
+        the occupant's account: answered here for an account of this server
+        (service.account_vcard), sent to the bare JID of a user of another server, whose
+        server answers (as Prosody does)."""
         itype = st.attrs.get("type")
         iq_id = st.attrs.get("id")
         sender = self.by_jid.get(origin.full)
         if itype in ("result", "error"):
-            requester = self.pending_iqs.pop((origin.full, iq_id or ""), None)
-            if sender is None or requester is None:
+            # from the occupant's session, or from its bare JID for a vCard
+            pending = self.pending_iqs.pop((origin.full, iq_id or ""), None)
+            if pending is None or (sender is None and origin.resource):
                 return
+            requester, answering = pending
             asker = self.by_jid.get(requester)
             if asker is not None and asker.nick == nick:
                 session = asker.sessions[requester]
-                session.send(
-                    st.with_attrs({"from": self.occupant_jid(sender.nick), "to": requester})
-                )
+                if sender is not None:
+                    answering = sender.nick
+                session.send(st.with_attrs({"from": self.occupant_jid(answering), "to": requester}))
             return
         is_ping = st.children[0] == (NS_PING, "ping")
         if sender is None:
@@ -703,12 +713,21 @@ class Room:
         full = target.jid
         if not privacy_allows(target.sessions[full], PRIVACY_IQ, self.occupant_jid(sender.nick)):
             raise StanzaError("service-unavailable")  # XEP-0016 §2.13: blocked inbound iq
+        responder = full
+        if itype == "get" and st.children[0] == (NS_VCARD, "vCard"):
+            vcard = self.service.account_vcard(target.bare)
+            if vcard is not None:
+                sender.sessions[origin.full].send(iq_result(origin, st, vcard.decode()))
+                return
+            responder = target.bare  # a user of another server: its server answers
         if len(self.pending_iqs) >= MAX_PENDING_IQS:
             self.pending_iqs.pop(next(iter(self.pending_iqs)))
-        self.pending_iqs[(full, iq_id or "")] = origin.full
-        target.sessions[full].send(
-            st.with_attrs({"from": self.occupant_jid(sender.nick), "to": full})
-        )
+        self.pending_iqs[(responder, iq_id or "")] = (origin.full, nick)
+        forwarded = st.with_attrs({"from": self.occupant_jid(sender.nick), "to": responder})
+        if responder == full:
+            target.sessions[full].send(forwarded)
+        else:
+            self.service.send_remote(forwarded, responder)
 
     # --- room-wide notices -----------------------------------------------------------------
 

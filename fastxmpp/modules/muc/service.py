@@ -6,9 +6,10 @@ service, a room or an occupant.
   (the public rooms), muc#unique room names (§10.1.4), a vCard request (it has none: vcard.py);
   other iqs: service-unavailable. Rooms answer vCard requests too (XEP-0486, vcard.py).
 - Rooms are created by entering them (§10.1): locked (status 201) until the owner submits a
-  configuration (an empty form: an instant room). A presence without
-  <x xmlns='http://jabber.org/protocol/muc'/> from a non-occupant gets the kick §7.2.1
-  recommends (110, 307, 333: a client out of sync with the room); with `[muc]
+  configuration (an empty form: an instant room), or until `[muc] lock_timeout` passes
+  without one (§10.1.1 step 4: the default configuration is taken as accepted). A presence
+  without <x xmlns='http://jabber.org/protocol/muc'/> from a non-occupant gets the kick
+  §7.2.1 recommends (110, 307, 333: a client out of sync with the room); with `[muc]
   groupchat_1_0 = true` it enters as a groupchat 1.0 client did, and a room it creates is
   instant.
 - Rooms live in memory; persistent ones (muc#roomconfig_persistentroom) are also stored
@@ -31,6 +32,7 @@ service, a room or an occupant.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections import Counter
@@ -196,7 +198,20 @@ class MucService:
         if not room.occupants and not room.config.persistent:
             self.discard(room)
 
+    def _open_unconfigured(self, room: Room) -> None:
+        """§10.1.1 step 4: an owner that did not configure the room within [muc]
+        lock_timeout is taken to have accepted the default configuration (an instant room,
+        §10.1.2), so that others may enter."""
+        room.unlock_timer = None
+        if self.rooms.get(room.name) is room and room.locked:
+            room.locked = False
+            log.info("room %s opened with the default configuration (not configured)", room.jid)
+            room.changed()
+
     def discard(self, room: Room) -> None:
+        if room.unlock_timer is not None:
+            room.unlock_timer.cancel()
+            room.unlock_timer = None
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             forget(room)  # its XEP-0313 archive goes with it
@@ -207,6 +222,25 @@ class MucService:
                 self.module.store.delete(self.domain, room.name)
             except StorageFull:
                 log.warning("cannot delete room %s: storage full", room.jid)
+
+    def account_vcard(self, bare: str) -> bytes | None:
+        """The vCard of `bare` when it is an account of this server, for a vCard request
+        sent to its occupant JID (clients ask there: Gajim, Pidgin; Prosody and ejabberd
+        answer from the account too); service-unavailable when it has none (XEP-0054 §3.3).
+        None for a user of another server, whose request goes on to its client."""
+        vcards = self.module.server.modules.get("vcard")
+        jid = parse_jid(bare)
+        if vcards is None or not self.router.is_local(jid.domain):
+            return None
+        stored: bytes | None = vcards.stored(jid.domain, jid.local)
+        if stored is None:
+            raise StanzaError("service-unavailable")
+        return stored
+
+    def send_remote(self, data: bytes, to: str) -> None:
+        """`data`, from one of the service's JIDs, to a JID of another server."""
+        if self.federation is not None:
+            self.federation.deliver(data, to)
 
     def can_invite(self, bare: str) -> bool:
         """Whether an invitation can go to `bare`: an account here, or a user of another
@@ -409,6 +443,10 @@ class MucService:
         )
         room.affiliations[origin.bare] = "owner"
         room.locked = locked
+        if locked and limits.lock_timeout > 0:
+            room.unlock_timer = asyncio.get_running_loop().call_later(
+                limits.lock_timeout, self._open_unconfigured, room
+            )
         # An archive a temporary room of that name left when the server stopped without
         # discarding it is not the new room's.
         forget(room)
