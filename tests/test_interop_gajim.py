@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import REPO, body, raw_login, require, require_command, wait_for
+from test_avatars import User
 from test_avatars import png as avatar_png
 from test_client_flows import Client, publish_bookmark
 from test_interop_profanity import befriend
@@ -557,3 +558,36 @@ def test_omemo_device_list_and_bundle_published(
     assert bundle is not None and bundle.findtext(f"{{{AXOLOTL}}}identityKey")
     assert bundle.findtext(f"{{{AXOLOTL}}}signedPreKeyPublic")
     assert len(bundle.findall(f"{{{AXOLOTL}}}prekeys/{{{AXOLOTL}}}preKeyPublic")) >= 20
+
+
+AVATAR_DATA = "urn:xmpp:avatar:data"
+AVATAR_METADATA = "urn:xmpp:avatar:metadata"
+
+
+def test_contact_avatar_fetched(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    gajim: Callable[[str], Gajim],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    g = gajim(user)
+    # Gajim's caps ask for avatar metadata notifications (XEP-0163 §4: +notify) ...
+    wait_for(
+        other,
+        "Gajim's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == g.jid,
+        seconds=STEP,
+    )
+    g.sent(rf'<feature var="{AVATAR_METADATA}\+notify"')
+    # ... so when the contact publishes an avatar (XEP-0084 §4.1 data, §4.2 metadata), the
+    # server notifies Gajim, which fetches the data by the id (§4.3) and keeps the image
+    image = avatar_png(7, 3)
+    sha = hashlib.sha1(image).hexdigest()
+    contact = User(other, peer)
+    assert contact.publish_avatar(image) == sha
+    g.sent(rf'<items node="{AVATAR_DATA}"><item id="{sha}"')
+    g.wait(lambda: (g.cache / "avatars" / sha).is_file(), "the avatar in Gajim's cache")
+    assert (g.cache / "avatars" / sha).read_bytes() == image
