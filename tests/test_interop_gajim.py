@@ -574,14 +574,22 @@ def test_contact_avatar_fetched(
     user, peer = next(names), next(names)
     other = befriend(srv, ca_file, user, peer, clients)
     g = gajim(user)
-    # Gajim's caps ask for avatar metadata notifications (XEP-0163 §4: +notify) ...
-    wait_for(
+    # Gajim's caps ask for avatar metadata notifications (XEP-0163 §4: +notify): its
+    # answer to the server's caps query (XEP-0115 §6.2; asked once per caps hash, so
+    # perhaps of an earlier test's Gajim with the same hash) ...
+    online = wait_for(
         other,
         "Gajim's presence",
         lambda el: el.tag == PRESENCE and el.get("from") == g.jid,
         seconds=STEP,
     )
-    g.sent(rf'<feature var="{AVATAR_METADATA}\+notify"')
+    caps = online.find(f"{{{CAPS}}}c")
+    node = re.escape(f"{caps.get('node')}#{caps.get('ver')}")
+    answer = re.compile(
+        rf"fastxmpp\.trace: \S+ <<< [^\n]*<query [^>]*node=.{node}.[^\n]*"
+        rf'<feature var="{AVATAR_METADATA}\+notify"'
+    )
+    g.wait(lambda: answer.search(srv.log_text()), "Gajim's caps in the server's log")
     # ... so when the contact publishes an avatar (XEP-0084 §4.1 data, §4.2 metadata), the
     # server notifies Gajim, which fetches the data by the id (§4.3) and keeps the image
     image = avatar_png(7, 3)
