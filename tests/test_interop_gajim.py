@@ -174,6 +174,7 @@ class Gajim:
         }
         # the CA bundle mounted in a namespace of Gajim's own, then nobody's privileges
         trust = f'mount --bind "{ca_bundle}" {SYSTEM_BUNDLE} && exec "$@"'
+        self.xdotool_path = shutil.which("xdotool") or "xdotool"
         self.log_path = self.root / "gajim.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -225,6 +226,18 @@ class Gajim:
         nothing) until the account is online, or the room joined."""
         self.wait(lambda: self.remote_call(method, to, text, ACCOUNT) == "(true,)", method)
 
+    def retry(self, action: Callable[[], Any], done: Callable[[], Any], what: str) -> Any:
+        """`action` again, each second, until `done` (for clicks and keys that do nothing
+        while a window is not yet ready for them)."""
+        deadline = time.monotonic() + STEP
+        while True:
+            action()
+            try:
+                return self.wait(done, what, min(1.0, max(0.1, deadline - time.monotonic())))
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
+
     def wait(self, condition: Callable[[], Any], what: str, seconds: float = STEP) -> Any:
         deadline = time.monotonic() + seconds
         while (result := condition()) is None or result is False:
@@ -259,6 +272,53 @@ class Gajim:
             lambda: next((r for r in self.history() if r["message"] == message), None),
             f"{message!r} in Gajim's history",
         )
+
+    # --- its windows, as a user's mouse and keyboard reach them (xdotool) ---------------
+
+    def activate(self, action: str, parameter: str) -> None:
+        """One of the application's actions (GApplication's org.gtk.Actions on D-Bus, as
+        its menus activate them); `parameter` a GVariant text."""
+        done = self.gdbus(
+            "--object-path",
+            "/org/gajim/Gajim",
+            "--method",
+            "org.gtk.Actions.Activate",
+            action,
+            f"[<{parameter}>]",
+            "{}",
+        )
+        assert done.returncode == 0, done.stderr
+
+    def xdotool(self, *args: str) -> str:
+        done = subprocess.run(
+            [*AS_NOBODY, "env", f"DISPLAY={self.env['DISPLAY']}", self.xdotool_path, *args],
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+        )
+        assert done.returncode == 0, f"xdotool {args}: {done.stderr}"
+        return done.stdout
+
+    def find_window(self, title: str) -> str | None:
+        """The id of the shown window titled `title` (None: none shows)."""
+        found = subprocess.run(
+            [
+                *(*AS_NOBODY, "env", f"DISPLAY={self.env['DISPLAY']}", self.xdotool_path),
+                *("search", "--onlyvisible", "--name", f"^{re.escape(title)}$"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+        )
+        ids = found.stdout.split() if found.returncode == 0 else []
+        return ids[0] if ids else None
+
+    def window(self, title: str) -> tuple[int, int, int, int]:
+        """The position and size of the window titled `title`, once it shows."""
+        window = self.wait(lambda: self.find_window(title), f"the window {title!r}")
+        shape = self.xdotool("getwindowgeometry", "--shell", window)
+        values = dict(line.split("=", 1) for line in shape.split())
+        return (int(values["X"]), int(values["Y"]), int(values["WIDTH"]), int(values["HEIGHT"]))
 
     def log_tail(self) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -601,3 +661,83 @@ def test_contact_avatar_fetched(
     g.sent(rf'<items node="{AVATAR_DATA}"><item id="{sha}"')
     g.wait(lambda: (g.cache / "avatars" / sha).is_file(), "the avatar in Gajim's cache")
     assert (g.cache / "avatars" / sha).read_bytes() == image
+
+
+VCARD_UPDATE = "vcard-temp:x:update"
+
+
+def test_own_avatar_published_from_the_profile_window(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    gajim: Callable[[str], Gajim],
+) -> None:
+    require_command("xdotool", "xdotool (Debian package xdotool)")
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    g = gajim(user)
+    wait_for(
+        other,
+        "Gajim's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == g.jid,
+        seconds=STEP,
+    )
+    # the picture, alone in Gajim's home (where its file chooser opens)
+    picture = g.home / "avatar.png"
+    picture.write_bytes(avatar_png(64, 64))
+    chown_tree(picture)
+    # as a user does it: Accounts > Profile, Edit, the pencil on the picture, the file,
+    # Update under the crop area, Save
+    g.activate(f"{ACCOUNT}-profile", gvariant(ACCOUNT))
+    x, y, width, height = g.window("Profile")
+    center = (str(x + width // 2), str(y + height // 2))  # the keyboard's focus follows it
+    pencil = (str(x + width // 2 + 82), str(y + 218))  # at the picture's lower right
+
+    def edit_the_picture() -> None:
+        # again until the file chooser shows: a key or click too early does nothing
+        g.xdotool("mousemove", *center, "key", "alt+e")  # _Edit (then the pencil shows)
+        g.xdotool("mousemove", *pencil, "click", "1")
+
+    g.retry(edit_the_picture, lambda: g.find_window("Choose Avatar…"), "the file chooser")
+    cx, cy, cw, ch = g.window("Choose Avatar…")
+    g.retry(  # _Open: the only file there, selected as the chooser opens
+        lambda: g.xdotool("mousemove", str(cx + cw // 2), str(cy + ch // 2), "key", "alt+o"),
+        lambda: g.find_window("Choose Avatar…") is None,
+        "the file chooser closed",
+    )
+    avatars = g.cache / "avatars"
+    before = set(avatars.iterdir()) if avatars.is_dir() else set()
+    # Update, under the crop area (shown once the chooser is gone: its callback shows it),
+    # right of the middle at the window's bottom; Gajim keeps the cropped picture (a PNG of
+    # its own) by its SHA-1 ...
+    g.xdotool("mousemove", str(x + width // 2 + 44), str(y + height - 36), "click", "1")
+    made = g.wait(
+        lambda: (set(avatars.iterdir()) - before or None) if avatars.is_dir() else None,
+        "the cropped picture",
+    )
+    (path,) = made
+    image = path.read_bytes()
+    sha = hashlib.sha1(image).hexdigest()
+    assert path.name == sha and image.startswith(b"\x89PNG")
+    g.xdotool("mousemove", str(x + width // 2), str(y + height // 2), "key", "alt+s")  # _Save
+    # ... and publishes it (XEP-0084 §4.1: data, §4.2: metadata, the id the SHA-1)
+    g.sent(rf'<publish node="{AVATAR_DATA}"><item id="{sha}">')
+    g.sent(rf'<publish node="{AVATAR_METADATA}"><item id="{sha}"><metadata [^>]*><info ')
+    # the contact gets the hash in Gajim's presence (the server's XEP-0398 §5: XEP-0153)
+    photo = wait_for(
+        other,
+        "the presence with the new photo",
+        lambda el: (
+            el.tag == PRESENCE
+            and el.findtext(f"{{{VCARD_UPDATE}}}x/{{{VCARD_UPDATE}}}photo") == sha
+        ),
+        seconds=STEP,
+    )
+    assert photo.get("from") == g.jid
+    # and the picture itself, as data (XEP-0084 §4.3) and in the vCard (XEP-0398 §4)
+    contact = User(other, peer)
+    item = contact.newest(f"{user}@localhost", AVATAR_DATA)
+    assert item.get("id") == sha
+    assert base64.b64decode(item.findtext(f"{{{AVATAR_DATA}}}data")) == image
+    assert contact.vcard_photo(f"{user}@localhost") == ("image/png", image)
