@@ -255,6 +255,10 @@ class Gajim:
             lambda: line.search(self.srv.log_text(), start), f"Gajim sent {pattern!r}", seconds
         )
 
+    def has_sent(self, pattern: str) -> re.Match[str] | None:
+        line = re.compile(rf"fastxmpp\.trace: {re.escape(self.jid)} <<< [^\n]*?{pattern}")
+        return line.search(self.srv.log_text())
+
     def history(self) -> list[dict[str, Any]]:
         """Gajim's message history (logs.db): each row with the JID it is filed under."""
         path = self.data / "logs.db"
@@ -288,6 +292,13 @@ class Gajim:
             "{}",
         )
         assert done.returncode == 0, done.stderr
+
+    def open_window(self, action: str, parameter: str, title: str) -> tuple[int, int, int, int]:
+        """The window an account's action opens: the action again until it shows (Gajim
+        enables its online actions a moment after it is online; a disabled action is
+        silently ignored)."""
+        self.retry(lambda: self.activate(action, parameter), lambda: self.find_window(title), title)
+        return self.window(title)
 
     def xdotool(self, *args: str) -> str:
         done = subprocess.run(
@@ -689,8 +700,7 @@ def test_own_avatar_published_from_the_profile_window(
     chown_tree(picture)
     # as a user does it: Accounts > Profile, Edit, the pencil on the picture, the file,
     # Update under the crop area, Save
-    g.activate(f"{ACCOUNT}-profile", gvariant(ACCOUNT))
-    x, y, width, height = g.window("Profile")
+    x, y, width, height = g.open_window(f"{ACCOUNT}-profile", gvariant(ACCOUNT), "Profile")
     center = (str(x + width // 2), str(y + height // 2))  # the keyboard's focus follows it
     pencil = (str(x + width // 2 + 82), str(y + 218))  # at the picture's lower right
 
@@ -741,3 +751,55 @@ def test_own_avatar_published_from_the_profile_window(
     assert item.get("id") == sha
     assert base64.b64decode(item.findtext(f"{{{AVATAR_DATA}}}data")) == image
     assert contact.vcard_photo(f"{user}@localhost") == ("image/png", image)
+
+
+def test_contact_added_from_the_add_contact_dialog(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    gajim: Callable[[str], Gajim],
+) -> None:
+    require_command("xdotool", "xdotool (Debian package xdotool)")
+    user, peer = next(names), next(names)
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send("<presence/>")
+    g = gajim(user)
+    srv.wait_for_log(f"bound {g.jid}", STEP)
+    # Accounts > Add Contact with the address filled in (as an xmpp:...?roster link does)
+    address = f"[{gvariant(ACCOUNT)}, {gvariant(peer + '@localhost')}]"
+    x, y, width, height = g.open_window(f"{ACCOUNT}-add-contact", address, "Add Contact")
+    center = (str(x + width // 2), str(y + height // 2))
+    # Next: Gajim asks the address's disco#info; not a subscriber yet, it gets
+    # service-unavailable (XEP-0030 §3.1, RFC 6121 §8.5.3: as for an account that does not
+    # exist), which Gajim takes for a contact (Prosody's answer; ejabberd's is
+    # subscription-required)
+    g.retry(
+        lambda: g.xdotool("mousemove", *center, "key", "Return"),
+        lambda: re.search(
+            rf"{re.escape(g.jid)} >>> [^\n]*from=.{peer}@localhost.[^\n]*service-unavailable",
+            srv.log_text(),
+        ),
+        "the disco#info error",
+    )
+    # Add Contact: RFC 6121 §3.1.1, the roster item, then the subscription request
+    add = (str(x + width - 159), str(y + height - 42))  # the button at the lower right
+    g.retry(
+        lambda: g.xdotool("mousemove", *add, "click", "1"),
+        lambda: g.has_sent(rf"<presence (?=[^>]*type=.subscribe.)[^>]*to=.{peer}@localhost."),
+        "Gajim's subscription request",
+    )
+    g.sent(rf'<query xmlns="jabber:iq:roster"><item jid="{peer}@localhost"')
+    request = wait_for(other, "the request", lambda el: el.get("type") == "subscribe", seconds=STEP)
+    assert request.get("from") == f"{user}@localhost"
+    # §3.1.3, §3.1.5: approved, the contact's presence reaches Gajim, which lists it
+    other.send(f"<presence to='{user}@localhost' type='subscribed'/>")
+    contacts = g.wait(
+        lambda: re.search(
+            rf"\{{[^{{}}]*'jid': <'{peer}@localhost'>[^{{}}]*'show': <'online'>[^{{}}]*\}}"
+            rf"|\{{[^{{}}]*'show': <'online'>[^{{}}]*'jid': <'{peer}@localhost'>[^{{}}]*\}}",
+            g.remote("list_contacts", ""),
+        ),
+        "the contact online in Gajim's roster",
+    )
+    assert contacts
