@@ -1,20 +1,49 @@
-"""Gajim (Debian's `gajim` 1.7.3, the GTK 3 desktop client on python3-nbxmpp, with Debian's
+"""Gajim (Debian's `gajim` 1.7.3, the GTK 3 desktop client on python3-nbxmpp 4.2, with Debian's
 `gajim-omemo` 2.9 plugin) run as the real application, not its library
-(test_interop_nbxmpp.py covers nbxmpp): on a virtual screen (Xvfb), with a session bus of its
-own (dbus-daemon), as the user `nobody` (Gajim refuses to run as root), HOME and the XDG
-directories in a temporary directory owned by nobody. No account wizard: the profile
-(tests/interop/gajim/profile.py) is Gajim's settings database with one account that connects
-to the test server by custom host and port. The server's certificate is verified the way Gajim
-always does it (GLib's TLS database, the system CA bundle): Gajim runs in a mount namespace of
-its own where the system bundle plus the test CA is bind-mounted over
+(test_interop_nbxmpp.py covers nbxmpp): on a virtual screen (Xvfb, a free display number),
+with a session bus of its own (dbus-daemon), as the user `nobody` (Gajim refuses to run as
+root), HOME and the XDG directories in a temporary directory owned by nobody. No account
+wizard: the profile (tests/interop/gajim/profile.py) is Gajim's settings database with one
+account that connects to the test server by custom host and port. The server's certificate is
+verified the way Gajim always does it (GLib's TLS database, the system CA bundle): Gajim runs
+in a mount namespace of its own where the system bundle plus the test CA is bind-mounted over
 /etc/ssl/certs/ca-certificates.crt, so nothing disables verification.
 
-Gajim is driven as a user scripts it: by its D-Bus remote control (the interface gajim-remote
-uses: send a chat or groupchat message, change the status, list the contacts) and by a
-profile made beforehand (an autojoin bookmark for a room). What Gajim did is checked on the
-server's side: raw clients (tests/xmpp_raw.py) beside it, the server's stanza trace (its
-debug log: every stanza Gajim sent, by its JID), and Gajim's own message history database
-(logs.db) and avatar cache for what Gajim took from the server."""
+Gajim is driven as a user or a script drives it: its D-Bus remote control (the interface
+gajim-remote uses: send a chat or groupchat message, change the status, list the contacts),
+its application actions on D-Bus (what its menus activate: Accounts > Profile, Add Contact),
+the mouse and keyboard in those windows (xdotool), and a profile made beforehand (an autojoin
+bookmark for a room). What Gajim did is checked on the server's side: raw clients
+(tests/xmpp_raw.py) beside it, the server's stanza trace (its debug log: every stanza Gajim
+sent, by its JID); and in Gajim's own message history (logs.db), contact list and avatar
+cache for what Gajim took from the server.
+
+What it found in the server: Gajim asks the vCard of a room occupant (for its avatar, from
+the hash in the occupant's presence) at the occupant's JID, room@service/nick; the server
+forwarded that to the occupant's client, which has no vCard to give (the raw client here
+never answers), so Gajim never showed occupants' avatars. The server now answers from the
+occupant's account, as Prosody and ejabberd do (the lead's fix on main, 2cd8a91:
+test_interop_gajim.py::test_room_autojoin_groupchat_and_occupant_avatar failed before it).
+
+Gajim's ways the test follows (no Gajim bug needed a workaround):
+- Its remote control is exported 5 s after it starts (`GLib.timeout_add_seconds(5,
+  self._remote_init)` in gajim/common/application.py), when it is online already: a D-Bus
+  call is retried until the interface answers; sending answers false (and sends nothing)
+  until the account is online or the room joined, and is retried too.
+- It enables an account's online actions (Profile, Add Contact) a moment after it is online,
+  and a disabled action activated over D-Bus is silently ignored: activated again until the
+  window shows. Keys and clicks into a window that is not ready yet do nothing, so they are
+  repeated until what they do shows (a window, a stanza the server logged, a file).
+- With no window manager on Xvfb, the keyboard goes to the window under the pointer: the
+  pointer is moved there first. The buttons without mnemonics (the picture's pencil, Update,
+  Add Contact) are clicked where Gajim 1.7's layout puts them in its fixed-size windows.
+- It enters a bookmarked room only when the room's disco#info answers (a room that does not
+  exist is not created by autojoin), so the room is made by the raw client first.
+- Add Contact asks the address's disco#info first and takes service-unavailable (Prosody's
+  answer, and this server's to a non-subscriber, XEP-0030 §3.1) or subscription-required
+  (ejabberd's) for a contact; any other error stops the dialog.
+- The profile sets the account's autoauth ("accept subscription requests automatically"),
+  so a subscription request is approved without a dialog."""
 
 from __future__ import annotations
 
