@@ -832,3 +832,56 @@ def test_contact_added_from_the_add_contact_dialog(
         "the contact online in Gajim's roster",
     )
     assert contacts
+
+
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+
+
+def test_room_created_from_the_create_group_chat_window(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    gajim: Callable[[str], Gajim],
+) -> None:
+    require_command("xdotool", "xdotool (Debian package xdotool)")
+    user, peer = next(names), next(names)
+    g = gajim(user)
+    srv.wait_for_log(f"bound {g.jid}", STEP)
+    # Gajim > Create Group Chat: a name typed, _Create (the address a random one at the
+    # service Gajim found in the server's disco#items)
+    x, y, width, height = g.open_window("create-groupchat", gvariant(ACCOUNT), "Create Group Chat")
+    g.xdotool("mousemove", str(x + width // 2), str(y + height // 2), "key", "alt+n")
+    g.xdotool("type", "--delay", "20", "Gajims room")
+    g.retry(
+        lambda: g.xdotool("mousemove", str(x + width // 2), str(y + height // 2), "key", "alt+c"),
+        lambda: g.has_sent(r"<presence [^>]*to=.[a-z0-9-]+@conference\.localhost/"),
+        "Gajim entering its new room",
+    )
+    room = g.sent(r"<presence [^>]*to=.([a-z0-9-]+@conference\.localhost)/").group(1)
+    # XEP-0045 §10.1.2-3: a new room (201), whose form Gajim asks for and submits with its
+    # defaults and the name (members-only, persistent, non-anonymous, archived)
+    form = g.sent(
+        rf"<iq (?=[^>]*to=.{re.escape(room)}.)[^>]*id=.([^\"']+).[^>]*><query "
+        rf'xmlns="{MUC}#owner"><x xmlns="jabber:x:data" type="submit">[^\n]*'
+    )
+    submitted = form.group(0)
+    assert re.search(r'var="muc#roomconfig_roomname"[^/]*<value>Gajims room</value>', submitted)
+    assert re.search(r'var="muc#roomconfig_membersonly"[^/]*<value>(1|true)</value>', submitted)
+    # the server takes the form (§10.2: a result), and the room is what Gajim asked for
+    answered = re.compile(
+        rf"{re.escape(g.jid)} >>> [^\n]*<iq (?=[^>]*type=.result.)[^>]*id=.{form.group(1)}."
+    )
+    g.wait(lambda: answered.search(srv.log_text()), "the form's result")
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send(f"<iq type='get' id='info' to='{room}'><query xmlns='{DISCO_INFO}'/></iq>")
+    info = wait_for(other, "the room's disco#info", lambda el: el.get("id") == "info")
+    assert info.get("type") == "result"
+    query = info.find(f"{{{DISCO_INFO}}}query")
+    assert query.find(f"{{{DISCO_INFO}}}identity").get("name") == "Gajims room"
+    assert {f.get("var") for f in query.iterfind(f"{{{DISCO_INFO}}}feature")} >= {
+        "muc_membersonly",
+        "muc_persistent",
+        "muc_nonanonymous",
+        "muc_hidden",
+    }
