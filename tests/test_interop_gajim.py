@@ -51,6 +51,7 @@ import base64
 import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import pwd
 import re
@@ -299,6 +300,17 @@ class Gajim:
                 "SELECT jids.jid, logs.* FROM logs JOIN jids USING (jid_id) ORDER BY log_line_id"
             )
             return [dict(row) for row in rows]
+
+    def roster(self) -> dict[str, dict[str, Any]]:
+        """The roster as Gajim keeps it (cache.db: the last result and pushes, RFC 6121
+        §2.1), by bare JID."""
+        path = self.cache / "cache.db"
+        if not path.exists():
+            return {}
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT roster FROM roster WHERE account = ?", (ACCOUNT,)).fetchone()
+        items = json.loads(row[0]) if row else []
+        return {(i["jid"]["value"] if isinstance(i["jid"], dict) else i["jid"]): i for i in items}
 
     def wait_history(self, message: str) -> dict[str, Any]:
         return self.wait(
@@ -821,17 +833,18 @@ def test_contact_added_from_the_add_contact_dialog(
     g.sent(rf'<query xmlns="jabber:iq:roster"><item jid="{peer}@localhost"')
     request = wait_for(other, "the request", lambda el: el.get("type") == "subscribe", seconds=STEP)
     assert request.get("from") == f"{user}@localhost"
-    # §3.1.3, §3.1.5: approved, the contact's presence reaches Gajim, which lists it
+    # §3.1.3, §3.1.5: approved: the roster push Gajim keeps (its roster cache), and the
+    # contact's presence delivered to it
     other.send(f"<presence to='{user}@localhost' type='subscribed'/>")
-    contacts = g.wait(
-        lambda: re.search(
-            rf"\{{[^{{}}]*'jid': <'{peer}@localhost'>[^{{}}]*'show': <'online'>[^{{}}]*\}}"
-            rf"|\{{[^{{}}]*'show': <'online'>[^{{}}]*'jid': <'{peer}@localhost'>[^{{}}]*\}}",
-            g.remote("list_contacts", ""),
-        ),
-        "the contact online in Gajim's roster",
+    item = g.wait(
+        lambda: (i := g.roster().get(f"{peer}@localhost")) and i["subscription"] == "to" and i,
+        "the subscription in Gajim's roster",
     )
-    assert contacts
+    assert item["ask"] is None
+    delivered = re.compile(
+        rf"{re.escape(g.jid)} >>> [^\n]*<presence [^>]*from=.{peer}@localhost/raw."
+    )
+    g.wait(lambda: delivered.search(srv.log_text()), "the contact's presence to Gajim")
 
 
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
