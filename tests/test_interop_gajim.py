@@ -130,6 +130,11 @@ def display() -> Iterator[str]:
     require_command("dbus-daemon", "dbus-daemon (Debian package dbus-daemon)")
     require_command("gdbus", "gdbus (Debian package libglib2.0-bin)")
     require(Path("/usr/share/gajim/plugins/omemo").is_dir(), "Gajim's OMEMO plugin (gajim-omemo)")
+    # the sockets' directory, which Xvfb run as nobody cannot make on a fresh machine
+    sockets = Path("/tmp/.X11-unix")
+    if not sockets.is_dir():
+        sockets.mkdir()
+        sockets.chmod(0o1777)
     read, write = os.pipe()
     proc = subprocess.Popen(
         [*AS_NOBODY, xvfb, "-displayfd", str(write), "-nolisten", "tcp", *SCREEN],
