@@ -70,7 +70,7 @@ from interop_clients import REPO, body, raw_login, require, require_command, wai
 from test_avatars import User
 from test_avatars import png as avatar_png
 from test_client_flows import Client, publish_bookmark
-from test_interop_profanity import befriend
+from test_interop_profanity import befriend, settle
 from xmpp_raw import CLIENT, RawClient
 
 
@@ -903,3 +903,43 @@ def test_room_created_from_the_create_group_chat_window(
         "muc_nonanonymous",
         "muc_hidden",
     }
+
+
+def test_stream_resumed_after_the_connection_is_cut(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    gajim: Callable[[str], Gajim],
+) -> None:
+    ss = require_command("ss", "ss (Debian package iproute2)")
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    g = gajim(user)
+    wait_for(
+        other,
+        "Gajim's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == g.jid,
+        seconds=STEP,
+    )
+    srv.wait_for_log(f"stream management for {g.jid}, resumable", STEP)
+    bound = re.search(rf"c2s 127\.0\.0\.1:(\d+): bound {re.escape(g.jid)}", srv.log_text())
+    assert bound
+    # the TCP connection cut at both ends (the kernel's sock_destroy), as a network does
+    port = bound.group(1)
+    cut = subprocess.run(
+        [ss, "-K", f"( sport = :{port} or dport = :{port} )"], capture_output=True, text=True
+    )
+    assert cut.returncode == 0, cut.stderr
+    srv.wait_for_log(f"{g.jid} lost its connection", STEP)
+    # XEP-0198 §5: what comes meanwhile waits in the detached session ...
+    other.send(f"<message to='{g.jid}' type='chat'><body>while you were cut</body></message>")
+    # ... Gajim reconnects (3 s later), resumes the session, and gets it once
+    srv.wait_for_log(f"resumed {g.jid}", 2 * STEP)
+    g.wait_history("while you were cut")
+    other.send(f"<message to='{g.jid}' type='chat'><body>after the cut</body></message>")
+    g.wait_history("after the cut")
+    assert [r["message"] for r in g.history()].count("while you were cut") == 1
+    # the session never ended: the contact saw no unavailable presence of Gajim's
+    seen = settle(other)
+    assert not [el for el in seen if el.get("from") == g.jid and el.get("type") == "unavailable"]
