@@ -636,60 +636,19 @@ def test_room_autojoin_groupchat_and_occupant_avatar(
 
 AXOLOTL = "eu.siacs.conversations.axolotl"
 PUBSUB = "http://jabber.org/protocol/pubsub"
-
-
-def test_omemo_device_list_and_bundle_published(
-    srv: ServerProcess,
-    ca_file: str,
-    names: Iterator[str],
-    clients: list[RawClient],
-    gajim: Callable[[str], Gajim],
-) -> None:
-    user, peer = next(names), next(names)
-    g = gajim(user)
-    # gajim-omemo (XEP-0384 0.3, eu.siacs.conversations.axolotl) publishes its bundle, reads
-    # its device list (none yet: item-not-found, XEP-0060 §6.5.9.11) and publishes one with
-    # its device, both with publish-options access_model open (XEP-0060 §7.1.5)
-    device = g.sent(
-        rf'<publish node="{AXOLOTL}.devicelist"><item id="current"><list [^>]*>'
-        r'<device id="(\d+)"'
-    ).group(1)
-    g.sent(rf'<publish node="{AXOLOTL}.bundles:{device}">')
-    # what any other client finds (open access: not even a contact)
-    other = raw_login(srv, ca_file, peer, clients)
-
-    def items(node: str) -> Any:
-        other.send(
-            f"<iq type='get' id='items' to='{user}@localhost'><pubsub xmlns='{PUBSUB}'>"
-            f"<items node='{node}'/></pubsub></iq>"
-        )
-        return wait_for(other, node, lambda el: el.get("id") == "items")
-
-    def published() -> Any:
-        reply = items(f"{AXOLOTL}.devicelist")
-        return reply if reply.get("type") == "result" else None
-
-    listed = g.wait(published, "the device list")
-    assert [d.get("id") for d in listed.iter(f"{{{AXOLOTL}}}device")] == [device]
-    reply = items(f"{AXOLOTL}.bundles:{device}")
-    assert reply.get("type") == "result"
-    bundle = reply.find(f".//{{{AXOLOTL}}}bundle")
-    assert bundle is not None and bundle.findtext(f"{{{AXOLOTL}}}identityKey")
-    assert bundle.findtext(f"{{{AXOLOTL}}}signedPreKeyPublic")
-    assert len(bundle.findall(f"{{{AXOLOTL}}}prekeys/{{{AXOLOTL}}}preKeyPublic")) >= 20
-
-
 AVATAR_DATA = "urn:xmpp:avatar:data"
 AVATAR_METADATA = "urn:xmpp:avatar:metadata"
+VCARD_UPDATE = "vcard-temp:x:update"
 
 
-def test_contact_avatar_fetched(
+def test_avatars_both_ways_and_omemo_keys(
     srv: ServerProcess,
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
     gajim: Callable[[str], Gajim],
 ) -> None:
+    require_command("xdotool", "xdotool (Debian package xdotool)")
     user, peer = next(names), next(names)
     other = befriend(srv, ca_file, user, peer, clients)
     g = gajim(user)
@@ -711,40 +670,20 @@ def test_contact_avatar_fetched(
     g.wait(lambda: answer.search(srv.log_text()), "Gajim's caps in the server's log")
     # ... so when the contact publishes an avatar (XEP-0084 §4.1 data, §4.2 metadata), the
     # server notifies Gajim, which fetches the data by the id (§4.3) and keeps the image
-    image = avatar_png(7, 3)
-    sha = hashlib.sha1(image).hexdigest()
+    theirs = avatar_png(7, 3)
+    their_sha = hashlib.sha1(theirs).hexdigest()
     contact = User(other, peer)
-    assert contact.publish_avatar(image) == sha
-    g.sent(rf'<items node="{AVATAR_DATA}"><item id="{sha}"')
-    g.wait(lambda: (g.cache / "avatars" / sha).is_file(), "the avatar in Gajim's cache")
-    assert (g.cache / "avatars" / sha).read_bytes() == image
+    assert contact.publish_avatar(theirs) == their_sha
+    g.sent(rf'<items node="{AVATAR_DATA}"><item id="{their_sha}"')
+    g.wait(lambda: (g.cache / "avatars" / their_sha).is_file(), "the avatar in Gajim's cache")
+    assert (g.cache / "avatars" / their_sha).read_bytes() == theirs
 
-
-VCARD_UPDATE = "vcard-temp:x:update"
-
-
-def test_own_avatar_published_from_the_profile_window(
-    srv: ServerProcess,
-    ca_file: str,
-    names: Iterator[str],
-    clients: list[RawClient],
-    gajim: Callable[[str], Gajim],
-) -> None:
-    require_command("xdotool", "xdotool (Debian package xdotool)")
-    user, peer = next(names), next(names)
-    other = befriend(srv, ca_file, user, peer, clients)
-    g = gajim(user)
-    wait_for(
-        other,
-        "Gajim's presence",
-        lambda el: el.tag == PRESENCE and el.get("from") == g.jid,
-        seconds=STEP,
-    )
-    # the picture, alone in Gajim's home (where its file chooser opens)
+    # Gajim's own avatar, set in its profile window: the picture, alone in Gajim's home
+    # (where its file chooser opens) ...
     picture = g.home / "avatar.png"
     picture.write_bytes(avatar_png(64, 64))
     chown_tree(picture)
-    # as a user does it: Accounts > Profile, Edit, the pencil on the picture, the file,
+    # ... as a user does it: Accounts > Profile, Edit, the pencil on the picture, the file,
     # Update under the crop area, Save
     x, y, width, height = g.open_window(f"{ACCOUNT}-profile", gvariant(ACCOUNT), "Profile")
     center = (str(x + width // 2), str(y + height // 2))  # the keyboard's focus follows it
@@ -792,11 +731,41 @@ def test_own_avatar_published_from_the_profile_window(
     )
     assert photo.get("from") == g.jid
     # and the picture itself, as data (XEP-0084 §4.3) and in the vCard (XEP-0398 §4)
-    contact = User(other, peer)
     item = contact.newest(f"{user}@localhost", AVATAR_DATA)
     assert item.get("id") == sha
     assert base64.b64decode(item.findtext(f"{{{AVATAR_DATA}}}data")) == image
     assert contact.vcard_photo(f"{user}@localhost") == ("image/png", image)
+
+    # OMEMO: gajim-omemo (XEP-0384 0.3, eu.siacs.conversations.axolotl) publishes its bundle, reads
+    # its device list (none yet: item-not-found, XEP-0060 §6.5.9.11) and publishes one with
+    # its device, both with publish-options access_model open (XEP-0060 §7.1.5)
+    device = g.sent(
+        rf'<publish node="{AXOLOTL}.devicelist"><item id="current"><list [^>]*>'
+        r'<device id="(\d+)"'
+    ).group(1)
+    g.sent(rf'<publish node="{AXOLOTL}.bundles:{device}">')
+    # what any other client finds (open access: not even a contact)
+    stranger = raw_login(srv, ca_file, next(names), clients)
+
+    def items(node: str) -> Any:
+        stranger.send(
+            f"<iq type='get' id='items' to='{user}@localhost'><pubsub xmlns='{PUBSUB}'>"
+            f"<items node='{node}'/></pubsub></iq>"
+        )
+        return wait_for(stranger, node, lambda el: el.get("id") == "items")
+
+    def published() -> Any:
+        reply = items(f"{AXOLOTL}.devicelist")
+        return reply if reply.get("type") == "result" else None
+
+    listed = g.wait(published, "the device list")
+    assert [d.get("id") for d in listed.iter(f"{{{AXOLOTL}}}device")] == [device]
+    reply = items(f"{AXOLOTL}.bundles:{device}")
+    assert reply.get("type") == "result"
+    bundle = reply.find(f".//{{{AXOLOTL}}}bundle")
+    assert bundle is not None and bundle.findtext(f"{{{AXOLOTL}}}identityKey")
+    assert bundle.findtext(f"{{{AXOLOTL}}}signedPreKeyPublic")
+    assert len(bundle.findall(f"{{{AXOLOTL}}}prekeys/{{{AXOLOTL}}}preKeyPublic")) >= 20
 
 
 def test_contact_added_from_the_add_contact_dialog(
