@@ -72,7 +72,7 @@ fuzz-deps:
 # at test time with cc and pkg-config), QXmpp (libqxmpp-dev: tests/interop/qxmpp/client.cpp
 # is compiled at test time with g++ against it and Qt 5) and nbxmpp (Debian; nbxmpp, Gajim's
 # library, runs under Debian's /usr/bin/python3 with python3-gi), Profanity (Debian; driven
-# in tmux),
+# in tmux), mcabber (Debian, on loudmouth; driven in tmux),
 # xmpp.js and StanzaJS (npm ci from tests/interop/js/ and tests/interop/stanza/'s
 # package-lock.json, under node) and aioxmpp in a venv
 # of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt);
@@ -95,6 +95,11 @@ interop-deps: | deps
 	    sendxmpp libstrophe-dev libqxmpp-dev pkg-config gcc g++ libc6-dev profanity tmux \
 	    chromium chromium-driver python3-nbxmpp python3-gi \
 	    $$(command -v npm >/dev/null || echo nodejs npm); \
+	fi
+	@if ! command -v mcabber >/dev/null || ! command -v tmux >/dev/null; then \
+	  echo "installing mcabber, tmux (test_interop_mcabber.py: a console client on loudmouth," \
+	    "driven in tmux)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mcabber tmux; \
 	fi
 	@# Prosody, the other server of test_interop_prosody_s2s.py (run in a network namespace:
 	@# iproute2 brings its loopback up), and with ejabberd the servers whose exports

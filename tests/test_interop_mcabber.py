@@ -1,0 +1,364 @@
+"""mcabber (Debian's `mcabber` 1.1.2, a console client on libloudmouth 1.5.4, an XMPP library
+of its own, neither libstrophe nor nbxmpp; loudmouth on GnuTLS) driven as a person drives it:
+in a tmux session of its own (Debian's `tmux`), a fresh HOME per test whose
+~/.mcabber/mcabberrc the test writes (mode 600: mcabber refuses a config others can read).
+Commands go through mcabber's command FIFO (`set fifo_name`, `module load fifo`: no screen
+timing), what it sent and read is in its tracelog (`set tracelog_level = 3`: every stanza
+loudmouth wrote, and what it read, in chunks of at most 1023 bytes), the messages in its
+history files (`set logging = 1`), and the screen (`capture-pane`) for what only shows there.
+What it did is checked on the server's side: raw clients (tests/xmpp_raw.py) and the server's
+log.
+
+TLS: `set tls = 1` (STARTTLS; the server requires it), the certificate checked against the
+test CA alone with `set ssl_ca` (loudmouth gives the file to GnuTLS as its trust list); without
+it mcabber says "Certificate is not trusted!" and goes no further (checked first).
+
+SASL: loudmouth knows PLAIN and DIGEST-MD5 only (it logs the SCRAM mechanisms the server
+offers as unknown), so mcabber logs in with PLAIN, inside TLS.
+
+mcabber's ways the test follows:
+- When the room it enters is new (status 201, XEP-0045 §10.1.1), mcabber submits the empty
+  form of an instant room (§10.1.2) by itself: the room is open at once.
+- XEP-0184: it asks a contact for a receipt only when the contact's caps (XEP-0115) list
+  urn:xmpp:receipts; the raw contact's presence carries caps that do, and answers the query.
+- XEP-0085: it sends <active/> with each message, and <composing/> while one types only to a
+  contact it has seen send chat states, in chat mode (after a first message).
+- After the server drops it, mcabber reconnects on its own only after 60 to 150 s
+  (RECONNECTION_TIMEOUT plus a random delay): not covered here."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from interop_clients import body, raw_login, require_command, wait_for
+from xmpp_raw import CLIENT, RawClient
+
+POOL = FreshNames("mc", 32)
+MESSAGE = f"{{{CLIENT}}}message"
+PRESENCE = f"{{{CLIENT}}}presence"
+STEP = 15.0
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from module_server(ca, tmp_path_factory, POOL)
+
+
+@pytest.fixture
+def names() -> Iterator[str]:
+    return POOL.names()
+
+
+class Mcabber:
+    """One mcabber process logged in as `user`, in a tmux session of its own (its own server
+    socket), with a fresh HOME; `ca_file` None: no CA given (the system's trust only)."""
+
+    def __init__(self, root: Path, srv: ServerProcess, ca_file: str | None, user: str) -> None:
+        self.tmux = require_command("tmux", "tmux (Debian package tmux)")
+        binary = require_command("mcabber", "mcabber (Debian package mcabber)")
+        self.user = user
+        self.jid = f"{user}@localhost/mcabber"
+        home = root / "home"
+        config_dir = home / ".mcabber"
+        config_dir.mkdir(parents=True)
+        config_dir.chmod(0o700)
+        self.trace = root / "trace.log"
+        self.histo = root / "histo"
+        self.fifo = root / "mcabber.fifo"
+        self.socket = str(root / "tmux.sock")
+        settings = {
+            "jid": f"{user}@localhost",
+            "password": PASSWORD,
+            "server": "127.0.0.1",
+            "port": str(srv.port),
+            "resource": "mcabber",
+            "disable_random_resource": "1",
+            "tls": "1",
+            "tracelog_level": "3",
+            "tracelog_file": str(self.trace),
+            "logging": "1",
+            "log_muc_conf": "1",
+            "logging_dir": str(self.histo),
+            "fifo_name": str(self.fifo),
+        }
+        if ca_file is not None:
+            settings["ssl_ca"] = ca_file
+        config = config_dir / "mcabberrc"
+        config.write_text(
+            "".join(f"set {k} = {v}\n" for k, v in settings.items()) + "module load fifo\n"
+        )
+        config.chmod(0o600)
+        env = {
+            "HOME": str(home),
+            "TERM": "xterm-256color",
+            "LANG": "C.UTF-8",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        }
+        command = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), binary]
+        self._tmux("new-session", "-d", "-s", "mc", "-x", "200", "-y", "50", *command)
+        self.wait_trace(r"FIFO initialized")
+
+    def _tmux(self, *args: str) -> str:
+        done = subprocess.run(
+            [self.tmux, "-S", self.socket, "-f", "/dev/null", *args],
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+        )
+        assert done.returncode == 0, f"tmux {args[0]}: {done.stderr}"
+        return done.stdout
+
+    def do(self, command: str) -> int:
+        """`command` through mcabber's FIFO, as if typed; the tracelog's length before it
+        (mcabber logs "Executing FIFO command" as it takes it)."""
+        start = len(self.tracelog())
+        with open(self.fifo, "w") as pipe:
+            pipe.write(command + "\n")
+        self.wait_trace(r"Executing FIFO command: " + re.escape(command), start)
+        return start
+
+    def type(self, text: str, enter: bool = True) -> None:
+        """Keys typed on its screen (-l: no key names), then Enter."""
+        self._tmux("send-keys", "-t", "mc", "-l", text)
+        if enter:
+            self._tmux("send-keys", "-t", "mc", "Enter")
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-J", "-t", "mc")
+
+    def wait_screen(self, pattern: str) -> re.Match[str]:
+        deadline = time.monotonic() + STEP
+        while True:
+            text = self.screen()
+            if match := re.search(pattern, text):
+                return match
+            assert time.monotonic() < deadline, f"never on screen: {pattern!r}\n{text}"
+            time.sleep(0.05)
+
+    def tracelog(self) -> str:
+        return self.trace.read_text(errors="replace") if self.trace.exists() else ""
+
+    def wait_trace(self, pattern: str, start: int = 0) -> re.Match[str]:
+        """The first match of `pattern` in the tracelog from offset `start` on."""
+        deadline = time.monotonic() + STEP
+        while True:
+            if match := re.compile(pattern).search(self.tracelog(), start):
+                return match
+            assert time.monotonic() < deadline, f"never in mcabber's tracelog: {pattern!r}"
+            time.sleep(0.05)
+
+    def sent(self, pattern: str, start: int = 0) -> re.Match[str]:
+        """A stanza loudmouth wrote (one line of the tracelog each)."""
+        return self.wait_trace(r"LM-NET: <[^\n]*" + pattern, start)
+
+    def history(self, jid: str) -> list[tuple[str, str]]:
+        """mcabber's history file of `jid`: (kind, text) per entry (MS sent, MR received,
+        MI information; S* a status)."""
+        path = self.histo / jid
+        if not path.exists():
+            return []
+        return re.findall(r"^(\w\w) \d{8}T\d\d:\d\d:\d\dZ \d{3} (.*)$", path.read_text(), re.M)
+
+    def wait_history(self, jid: str, entry: tuple[str, str]) -> None:
+        deadline = time.monotonic() + STEP
+        while entry not in self.history(jid):
+            assert time.monotonic() < deadline, f"{entry} never in {self.history(jid)}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        subprocess.run(
+            [self.tmux, "-S", self.socket, "kill-server"], capture_output=True, timeout=STEP
+        )
+
+
+@pytest.fixture
+def mcabber(tmp_path: Path, srv: ServerProcess, ca_file: str) -> Iterator[Callable[..., Mcabber]]:
+    started: list[Mcabber] = []
+
+    def start(user: str, ca: str | None = ca_file) -> Mcabber:
+        m = Mcabber(tmp_path / f"m{len(started)}", srv, ca, user)
+        started.append(m)
+        return m
+
+    yield start
+    for m in started:
+        m.close()
+
+
+def connected(m: Mcabber, srv: ServerProcess) -> None:
+    """Logged in, its first presence sent (mcabber says "Your status has been set")."""
+    srv.wait_for_log(f"authenticated {m.user}@localhost with PLAIN", STEP)
+    m.wait_trace(r"Your status has been set")
+
+
+# The raw contact's identity and features (XEP-0115 §5.1), what mcabber looks for in them.
+RECEIPTS = "urn:xmpp:receipts"
+CHATSTATES = "http://jabber.org/protocol/chatstates"
+CAPS = "http://jabber.org/protocol/caps"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+PEER_FEATURES = sorted([DISCO_INFO, CAPS, CHATSTATES, RECEIPTS])
+PEER_IDENTITY = ("client", "pc", "raw mcabber peer")
+
+
+def caps_ver() -> str:
+    category, kind, name = PEER_IDENTITY
+    text = f"{category}/{kind}//{name}<" + "".join(f"{f}<" for f in PEER_FEATURES)
+    return base64.b64encode(hashlib.sha1(text.encode()).digest()).decode()
+
+
+def answer_caps_query(other: RawClient, el: Any) -> bool:
+    """A disco#info query for the raw contact's caps node answered (XEP-0115 §6.2); whether
+    `el` was one."""
+    query = el.find(f"{{{DISCO_INFO}}}query")
+    if el.get("type") != "get" or query is None:
+        return False
+    category, kind, name = PEER_IDENTITY
+    features = "".join(f"<feature var='{f}'/>" for f in PEER_FEATURES)
+    other.send(
+        f"<iq type='result' id='{el.get('id')}' to='{el.get('from')}'>"
+        f"<query xmlns='{DISCO_INFO}' node='{query.get('node')}'><identity category='{category}' "
+        f"type='{kind}' name='{name}'/>{features}</query></iq>"
+    )
+    return True
+
+
+def wait_answering(
+    other: RawClient, what: str, match: Callable[[Any], bool], asked: list[str]
+) -> Any:
+    """wait_for, the raw contact answering the caps queries on the way (their senders go to
+    `asked`)."""
+
+    def answered_or_match(el: Any) -> bool:
+        if answer_caps_query(other, el):
+            asked.append(el.get("from"))
+            return False
+        return match(el)
+
+    return wait_for(other, what, answered_or_match)
+
+
+def test_tls_login_roster_presence_and_chat(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    mcabber: Callable[..., Mcabber],
+) -> None:
+    user, peer = next(names), next(names)
+    # RFC 6125: without the test CA the certificate does not verify; mcabber stops there
+    untrusting = mcabber(user, ca=None)
+    untrusting.wait_trace(r"Certificate is not trusted!")
+    untrusting.wait_screen(r"Disconnected, reason")
+    assert f"authenticated {user}@localhost" not in srv.log_text()
+    untrusting.close()
+
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send(
+        f"<presence><c xmlns='{CAPS}' hash='sha-1' node='urn:test:peer' ver='{caps_ver()}'/>"
+        "</presence>"
+    )
+    m = mcabber(user)
+    asked: list[str] = []  # who asked the raw contact what its caps stand for
+    connected(m, srv)
+    # RFC 6120 §5: STARTTLS first (required by the server), then §6 SASL PLAIN inside TLS
+    trace = m.tracelog()
+    assert (
+        trace.index("<starttls ")
+        < trace.index("<proceed ")
+        < trace.index('<auth mechanism="PLAIN"')
+    )
+
+    # RFC 6121 §3.1.1: /add puts the contact in the roster (§2.4) and asks for its presence
+    m.do(f"/add {peer}@localhost Peer")
+    request = wait_answering(
+        other, "mcabber's subscription request", lambda el: el.get("type") == "subscribe", asked
+    )
+    assert request.get("from") == f"{user}@localhost"
+    other.send(f"<presence to='{user}@localhost' type='subscribed'/>")
+    # §3.1.3 the other way: the contact asks, mcabber approves with /authorization allow
+    other.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    m.wait_trace(rf"<{peer}@localhost> wants to subscribe to your presence updates")
+    m.do(f"/authorization allow {peer}@localhost")
+    wait_answering(other, "the approval", lambda el: el.get("type") == "subscribed", asked)
+    # the roster on the server (§2.1.3): both ways, with the name given
+    mine = raw_login(srv, ca_file, user, clients)
+    mine.send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
+    roster = wait_for(mine, "the roster", lambda el: el.get("id") == "roster")
+    items = roster.findall("{jabber:iq:roster}query/{jabber:iq:roster}item")
+    assert [(i.get("jid"), i.get("name"), i.get("subscription")) for i in items] == [
+        (f"{peer}@localhost", "Peer", "both")
+    ]
+    mine.close()
+    clients.remove(mine)
+    # and as mcabber shows it (/info on the contact)
+    m.do("/roster search Peer")
+    m.do("/info")
+    m.wait_screen(r"Subscription: both")
+
+    # XEP-0115: mcabber asks what the contact's caps stand for (the server may ask too)
+    if m.jid not in asked:
+        wait_answering(other, "mcabber's caps query", lambda el: m.jid in asked, asked)
+    m.wait_trace(r"LM-NET: '<iq [^\n]*name='raw mcabber peer'")
+
+    # RFC 6121 §4.2: /status with a message reaches the contact as show and status
+    m.do("/status away out for lunch")
+    away = wait_answering(
+        other,
+        "mcabber's away presence",
+        lambda el: el.tag == PRESENCE and el.findtext(f"{{{CLIENT}}}show") == "away",
+        asked,
+    )
+    assert away.get("from") == m.jid and away.findtext(f"{{{CLIENT}}}status") == "out for lunch"
+
+    # §5: /say_to, a chat message with XEP-0085 <active/> and (the contact's caps list
+    # receipts) a XEP-0184 request; the receipt comes back
+    m.do(f"/say_to {peer}@localhost hello from mcabber")
+    msg = wait_answering(
+        other, "mcabber's message", lambda el: body(el) == "hello from mcabber", asked
+    )
+    assert (msg.get("from"), msg.get("type")) == (m.jid, "chat")
+    assert msg.find(f"{{{CHATSTATES}}}active") is not None
+    assert msg.find(f"{{{RECEIPTS}}}request") is not None and msg.get("id")
+    other.send(
+        f"<message to='{m.jid}' id='ack'><received xmlns='{RECEIPTS}' id='{msg.get('id')}'/>"
+        "</message>"
+    )
+    m.wait_trace(rf"<received xmlns='{RECEIPTS}' id='{re.escape(msg.get('id'))}'/>")
+    # an incoming one, a receipt asked of mcabber (§5.2): given; its history has both
+    other.send(
+        f"<message to='{m.jid}' type='chat' id='want-receipt'><body>hello mcabber</body>"
+        f"<request xmlns='{RECEIPTS}'/><active xmlns='{CHATSTATES}'/></message>"
+    )
+    receipt = wait_answering(
+        other,
+        "mcabber's receipt",
+        lambda el: el.find(f"{{{RECEIPTS}}}received") is not None,
+        asked,
+    )
+    assert receipt.find(f"{{{RECEIPTS}}}received").get("id") == "want-receipt"
+    assert receipt.get("from") == m.jid
+    m.wait_history(f"{peer}@localhost", ("MR", "hello mcabber"))
+    assert ("MS", "hello from mcabber") in m.history(f"{peer}@localhost")
+
+    # XEP-0085 §5.1: typing in the contact's window, now in chat mode (a first message
+    # typed there) and the contact known to send chat states: <composing/>, then the message
+    m.type("typed here")
+    wait_answering(other, "the typed message", lambda el: body(el) == "typed here", asked)
+    m.type("still typing", enter=False)
+    composing = wait_answering(
+        other,
+        "mcabber's composing",
+        lambda el: el.find(f"{{{CHATSTATES}}}composing") is not None,
+        asked,
+    )
+    assert composing.get("from") == m.jid and body(composing) is None
