@@ -35,6 +35,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,14 @@ class Mcabber:
     """One mcabber process logged in as `user`, in a tmux session of its own (its own server
     socket), with a fresh HOME; `ca_file` None: no CA given (the system's trust only)."""
 
-    def __init__(self, root: Path, srv: ServerProcess, ca_file: str | None, user: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        srv: ServerProcess,
+        ca_file: str | None,
+        user: str,
+        more: dict[str, str] | None = None,
+    ) -> None:
         self.tmux = require_command("tmux", "tmux (Debian package tmux)")
         binary = require_command("mcabber", "mcabber (Debian package mcabber)")
         self.user = user
@@ -93,6 +101,7 @@ class Mcabber:
         }
         if ca_file is not None:
             settings["ssl_ca"] = ca_file
+        settings.update(more or {})
         config = config_dir / "mcabberrc"
         config.write_text(
             "".join(f"set {k} = {v}\n" for k, v in settings.items()) + "module load fifo\n"
@@ -159,7 +168,7 @@ class Mcabber:
 
     def sent(self, pattern: str, start: int = 0) -> re.Match[str]:
         """A stanza loudmouth wrote (one line of the tracelog each)."""
-        return self.wait_trace(r"LM-NET: <[^\n]*" + pattern, start)
+        return self.wait_trace(r"LM-NET: (?=<)[^\n]*" + pattern, start)
 
     def history(self, jid: str) -> list[tuple[str, str]]:
         """mcabber's history file of `jid`: (kind, text) per entry (MS sent, MR received,
@@ -185,8 +194,8 @@ class Mcabber:
 def mcabber(tmp_path: Path, srv: ServerProcess, ca_file: str) -> Iterator[Callable[..., Mcabber]]:
     started: list[Mcabber] = []
 
-    def start(user: str, ca: str | None = ca_file) -> Mcabber:
-        m = Mcabber(tmp_path / f"m{len(started)}", srv, ca, user)
+    def start(user: str, ca: str | None = ca_file, **more: str) -> Mcabber:
+        m = Mcabber(tmp_path / f"m{len(started)}", srv, ca, user, more)
         started.append(m)
         return m
 
@@ -362,3 +371,80 @@ def test_tls_login_roster_presence_and_chat(
         asked,
     )
     assert composing.get("from") == m.jid and body(composing) is None
+
+
+VCARD = "vcard-temp"
+PING = "urn:xmpp:ping"
+
+
+def test_vcard_version_time_ping_and_disco(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    mcabber: Callable[..., Mcabber],
+) -> None:
+    user, peer = next(names), next(names)
+    other = raw_login(srv, ca_file, peer, clients)
+    # XEP-0054 §3.2: the contact's vCard, stored by the server
+    other.send(
+        f"<iq type='set' id='vcard'><vCard xmlns='{VCARD}'><FN>Peer Person</FN>"
+        "<NICKNAME>peery</NICKNAME></vCard></iq>"
+    )
+    assert (
+        wait_for(other, "the vCard stored", lambda el: el.get("id") == "vcard").get("type")
+        == "result"
+    )
+    other.send("<presence/>")
+    m = mcabber(user, pinginterval="1")
+    connected(m, srv)
+    # §3.1: /request vcard asks the contact's bare JID; the server answers for the account,
+    # and mcabber shows it in the contact's window
+    m.do(f"/add {peer}@localhost Peer")
+    m.do("/roster search Peer")
+    m.do("/info")  # opens the contact's window
+    m.wait_screen(r"Name: Peer")
+    start = m.do("/request vcard")
+    asked = m.sent(
+        rf'<iq type="get" to="{peer}@localhost" id="(\d+)"><vCard xmlns="{VCARD}">', start
+    )
+    m.wait_screen(r"Received IQ:vCard result from <" + peer)
+    m.wait_screen(r"Name: Peer Person")
+    m.wait_screen(r"Nickname: peery")
+    srv.wait_for_log(f"{m.jid} >>> <iq type='result' id=\"{asked.group(1)}\"", STEP)
+
+    # XEP-0092 and XEP-0202 of the server, shown in the server's window
+    m.do("/request version localhost")
+    m.do("/request time localhost")
+    m.wait_trace(r"Received IQ:time result from <localhost>")
+    m.do("/roster search localhost")
+    m.wait_screen(r"Name:\s+fastxmpp")
+    m.wait_screen(r"Version:\s+\d")
+    utc = m.wait_screen(r"UTC:\s+(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)").group(1)
+    stamp = datetime.strptime(utc, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - stamp).total_seconds()) < 60
+    m.wait_screen(r"TZ:\s+[+-]\d\d:\d\d")
+    # XEP-0199 §4.2: /request ping of the server; §4.1: the contact pings mcabber
+    m.do("/request ping localhost")
+    m.wait_screen(r"Pong from <localhost>: \d+ seconds? \d+ ms")
+    other.send(f"<iq type='get' id='ping' to='{m.jid}'><ping xmlns='{PING}'/></iq>")
+    pong = wait_for(other, "mcabber's pong", lambda el: el.get("id") == "ping")
+    assert (pong.get("type"), pong.get("from")) == ("result", m.jid)
+    # XEP-0030: what mcabber says it does
+    other.send(f"<iq type='get' id='disco' to='{m.jid}'><query xmlns='{DISCO_INFO}'/></iq>")
+    info = wait_for(other, "mcabber's disco#info", lambda el: el.get("id") == "disco")
+    query = info.find(f"{{{DISCO_INFO}}}query")
+    assert query.find(f"{{{DISCO_INFO}}}identity").get("name").startswith("mcabber")
+    features = {f.get("var") for f in query.iterfind(f"{{{DISCO_INFO}}}feature")}
+    assert {PING, RECEIPTS, CHATSTATES, "http://jabber.org/protocol/muc"} <= features
+    # its keepalive (`pinginterval`, here 1 s): loudmouth pings the server (XEP-0199 §4.2),
+    # answered each time
+    keepalive = re.compile(
+        rf'{re.escape(m.jid)} <<< <iq type="get" to="localhost" id="(\d+)"><ping xmlns="{PING}">'
+    )
+    deadline = time.monotonic() + STEP
+    while len(pings := keepalive.findall(srv.log_text())) < 3:
+        assert time.monotonic() < deadline, pings
+        time.sleep(0.1)
+    for ping_id in pings:
+        assert f"{m.jid} >>> <iq type='result' id=\"{ping_id}\"" in srv.log_text()
