@@ -447,4 +447,4 @@ def test_vcard_version_time_ping_and_disco(
         assert time.monotonic() < deadline, pings
         time.sleep(0.1)
     for ping_id in pings:
-        assert f"{m.jid} >>> <iq type='result' id=\"{ping_id}\"" in srv.log_text()
+        srv.wait_for_log(f"{m.jid} >>> <iq type='result' id=\"{ping_id}\"", STEP)
