@@ -16,6 +16,16 @@ it mcabber says "Certificate is not trusted!" and goes no further (checked first
 SASL: loudmouth knows PLAIN and DIGEST-MD5 only (it logs the SCRAM mechanisms the server
 offers as unknown), so mcabber logs in with PLAIN, inside TLS.
 
+What it found in the server: mcabber 1.1.2 (its latest release) sends `/room topic` as a
+groupchat message with the subject and an empty <body/> (its xmpp_send_msg always added a
+body; fixed after 1.1.2 by its commit d906077, "MUC: Don't send empty body when setting room
+topic", 2021, never released). XEP-0045 §8.1 takes only a message without a body as a subject
+change, so the room relayed it as a message and kept no subject: an mcabber user's topic never
+reached those who entered later, and clients that follow §8.1 showed an empty message (Prosody
+takes any message with a subject as a subject change). The room now takes an empty <body/>
+beside a <subject/> as no body and relays the change without it (modules/muc/room.py;
+test_muc.py::test_subject_change_with_an_empty_body).
+
 mcabber's ways the test follows:
 - When the room it enters is new (status 201, XEP-0045 §10.1.1), mcabber submits the empty
   form of an instant room (§10.1.2) by itself: the room is open at once.
@@ -448,3 +458,105 @@ def test_vcard_version_time_ping_and_disco(
         time.sleep(0.1)
     for ping_id in pings:
         srv.wait_for_log(f"{m.jid} >>> <iq type='result' id=\"{ping_id}\"", STEP)
+
+
+MUC = "http://jabber.org/protocol/muc"
+MUC_USER = f"{MUC}#user"
+MUC_OWNER = f"{MUC}#owner"
+
+
+def statuses(el: Any) -> set[str]:
+    return {s.get("code") for s in el.iterfind(f"{{{MUC_USER}}}x/{{{MUC_USER}}}status")}
+
+
+def enter(
+    srv: ServerProcess, ca_file: str, user: str, room: str, clients: list[RawClient]
+) -> tuple[RawClient, list[Any]]:
+    """A raw client of `user` in `room` (XEP-0045 §7.2.2) under its own name; what it got
+    up to the subject, which ends the entry (§7.2.15)."""
+    c = raw_login(srv, ca_file, user, clients)
+    c.send(f"<presence to='{room}/{user}'><x xmlns='{MUC}'/></presence>")
+    seen: list[Any] = []
+    wait_for(
+        c,
+        "the room's subject",
+        lambda el: seen.append(el) or el.find(f"{{{CLIENT}}}subject") is not None,
+    )
+    return c, seen
+
+
+def test_room_create_chat_topic_nick_and_leave(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    mcabber: Callable[..., Mcabber],
+) -> None:
+    user, peer, late = next(names), next(names), next(names)
+    room = f"room-{user}@conference.localhost"
+    m = mcabber(user)
+    connected(m, srv)
+    # XEP-0045 §10.1.1: a new room, locked (201) until its owner configures it; mcabber
+    # submits the empty form of an instant room (§10.1.2) by itself
+    start = m.do(f"/room join {room} mcnick")
+    m.sent(rf'<presence to="{room}/mcnick"[^\n]*<x xmlns="{MUC}">', start)
+    m.sent(
+        rf'<iq type="set" to="{room}" id="\d+"><query xmlns="{MUC_OWNER}">'
+        r'<x type="submit" xmlns="jabber:x:data"></x>',
+        start,
+    )
+    m.wait_history(room, ("MI", 'You have joined as "mcnick"'))
+    # open: a raw client enters (no 201: the room exists) and sees the owner
+    other, seen = enter(srv, ca_file, peer, room, clients)
+    own = next(el for el in seen if el.tag == PRESENCE and "110" in statuses(el))
+    assert own.get("type") is None and "201" not in statuses(own)
+    owner = next(el for el in seen if el.get("from") == f"{room}/mcnick")
+    item = owner.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item")
+    assert (item.get("affiliation"), item.get("role")) == ("owner", "moderator")
+    m.wait_history(room, ("MI", f"{peer} has joined"))
+
+    # groupchat both ways (§7.4): /say_to the room, and in the room's window /say
+    m.do(f"/say_to {room} hello room")
+    got = wait_for(other, "mcabber's groupchat", lambda el: body(el) == "hello room")
+    assert (got.get("from"), got.get("type")) == (f"{room}/mcnick", "groupchat")
+    m.do(f"/roster search {room}")
+    m.do("/say from the window")
+    got = wait_for(other, "the second groupchat", lambda el: body(el) == "from the window")
+    assert got.get("from") == f"{room}/mcnick"
+    other.send(f"<message to='{room}' type='groupchat'><body>hello from raw</body></message>")
+    m.wait_history(room, ("MR", f"<{peer}> hello from raw"))
+
+    # §8.1: /room topic; the room keeps it: a newcomer gets it on entering (§7.2.15)
+    m.do("/room topic mcabber's topic")
+    subject = wait_for(
+        other,
+        "the subject change",
+        lambda el: el.tag == MESSAGE and el.find(f"{{{CLIENT}}}subject") is not None,
+    )
+    assert subject.get("from") == f"{room}/mcnick"
+    assert subject.findtext(f"{{{CLIENT}}}subject") == "mcabber's topic"
+    assert body(subject) is None  # a subject change for every client (module docstring)
+    _, seen = enter(srv, ca_file, late, room, clients)
+    assert seen[-1].findtext(f"{{{CLIENT}}}subject") == "mcabber's topic"
+    assert seen[-1].get("from") == f"{room}/mcnick"
+
+    # §7.6: /room nick: unavailable with 303 and the new nick, then the new presence
+    m.do("/room nick renamed")
+    gone = wait_for(
+        other, "the nick change", lambda el: el.tag == PRESENCE and "303" in statuses(el)
+    )
+    assert gone.get("type") == "unavailable" and gone.get("from") == f"{room}/mcnick"
+    assert gone.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("nick") == "renamed"
+    back = wait_for(other, "the new presence", lambda el: el.tag == PRESENCE)
+    assert back.get("from") == f"{room}/renamed" and back.get("type") is None
+    m.wait_history(room, ("MI", "mcnick is now known as renamed"))
+
+    # §7.14: /room leave with a message
+    m.do("/room leave bye all")
+    left = wait_for(
+        other,
+        "mcabber leaving",
+        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/renamed",
+    )
+    assert left.get("type") == "unavailable" and left.findtext(f"{{{CLIENT}}}status") == "bye all"
+    m.wait_history(room, ("MI", f"You have left {room}"))
