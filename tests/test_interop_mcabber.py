@@ -10,8 +10,9 @@ What it did is checked on the server's side: raw clients (tests/xmpp_raw.py) and
 log.
 
 TLS: `set tls = 1` (STARTTLS; the server requires it), the certificate checked against the
-test CA alone with `set ssl_ca` (loudmouth gives the file to GnuTLS as its trust list); without
-it mcabber says "Certificate is not trusted!" and goes no further (checked first).
+test CA alone with `set ssl_ca` (loudmouth gives the file to GnuTLS as its trust list, and
+checks the certificate's name against the JID's domain); without it mcabber says "Certificate
+is not trusted!" and goes no further (checked first).
 
 SASL: loudmouth knows PLAIN and DIGEST-MD5 only (it logs the SCRAM mechanisms the server
 offers as unknown), so mcabber logs in with PLAIN, inside TLS.
@@ -33,8 +34,9 @@ mcabber's ways the test follows:
   urn:xmpp:receipts; the raw contact's presence carries caps that do, and answers the query.
 - XEP-0085: it sends <active/> with each message, and <composing/> while one types only to a
   contact it has seen send chat states, in chat mode (after a first message).
-- After the server drops it, mcabber reconnects on its own only after 60 to 150 s
-  (RECONNECTION_TIMEOUT plus a random delay): not covered here."""
+- After the server drops it (a restart: <system-shutdown/>), mcabber reconnects on its own
+  only after 60 to 150 s (its RECONNECTION_TIMEOUT plus a random delay): the test types
+  `/connect`, as an impatient user would, and mcabber logs in again with the status it had."""
 
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
+from federation import free_port
 from interop_clients import body, raw_login, require_command, wait_for
 from xmpp_raw import CLIENT, RawClient
 
@@ -560,3 +563,47 @@ def test_room_create_chat_topic_nick_and_leave(
     )
     assert left.get("type") == "unavailable" and left.findtext(f"{{{CLIENT}}}status") == "bye all"
     m.wait_history(room, ("MI", f"You have left {room}"))
+
+
+def test_connect_again_after_the_server_restarts(
+    make_server: Callable[..., ServerProcess],
+    ca_file: str,
+    clients: list[RawClient],
+    tmp_path: Path,
+) -> None:
+    """A server of its own on a fixed port: it stops (SIGTERM) and starts again; mcabber
+    would reconnect by itself 60 to 150 s later (module docstring), `/connect` does it now."""
+    restarted = make_server()
+    port = free_port()
+    restarted.config.write_text(
+        restarted.config.read_text().replace("port = 0", f"port = {port}", 1)
+    )
+    add_accounts(restarted, ["restart0"])
+    restarted.start()
+    assert restarted.port == port
+    m = Mcabber(tmp_path / "m", restarted, ca_file, "restart0")
+    try:
+        connected(m, restarted)
+        m.do("/status dnd back soon")
+        # RFC 6120 §4.9.3.20: the server says why it closes the stream; mcabber sees it
+        restarted.stop()
+        m.wait_trace(r"<system-shutdown ")
+        m.wait_screen(r"Disconnected, reason")
+        restarted.start()
+        mine = raw_login(restarted, ca_file, "restart0", clients)
+        mine.send("<presence/>")
+        start = m.do("/connect")
+        restarted.wait_for_log("authenticated restart0@localhost with PLAIN", STEP)
+        # logged in again, with the status it had (RFC 6121 §4.2.2: the account's other
+        # resource gets its presence)
+        back = wait_for(
+            mine,
+            "mcabber's presence",
+            lambda el: el.tag == PRESENCE and el.get("from") == m.jid,
+        )
+        assert back.get("type") is None
+        assert back.findtext(f"{{{CLIENT}}}show") == "dnd"
+        assert back.findtext(f"{{{CLIENT}}}status") == "back soon"
+        m.sent(r"<starttls ", start)
+    finally:
+        m.close()
