@@ -179,6 +179,17 @@ class Mcabber:
             assert time.monotonic() < deadline, f"never in mcabber's tracelog: {pattern!r}"
             time.sleep(0.05)
 
+    def received(self, pattern: str) -> re.Match[str]:
+        """What loudmouth read, its chunks (one quoted line each) joined again: the stream
+        from the server."""
+        deadline = time.monotonic() + STEP
+        while True:
+            chunks = re.findall(r"^\[[^]]*\] LM-NET: '(.*)'$", self.tracelog(), re.M)
+            if match := re.search(pattern, "".join(chunks)):
+                return match
+            assert time.monotonic() < deadline, f"mcabber never read {pattern!r}"
+            time.sleep(0.05)
+
     def sent(self, pattern: str, start: int = 0) -> re.Match[str]:
         """A stanza loudmouth wrote (one line of the tracelog each)."""
         return self.wait_trace(r"LM-NET: (?=<)[^\n]*" + pattern, start)
@@ -330,7 +341,7 @@ def test_tls_login_roster_presence_and_chat(
     # XEP-0115: mcabber asks what the contact's caps stand for (the server may ask too)
     if m.jid not in asked:
         wait_answering(other, "mcabber's caps query", lambda el: m.jid in asked, asked)
-    m.wait_trace(r"LM-NET: '<iq [^\n]*name='raw mcabber peer'")
+    m.received(r"<iq [^>]*><query [^>]*><identity [^>]*name='raw mcabber peer'")
 
     # RFC 6121 §4.2: /status with a message reaches the contact as show and status
     m.do("/status away out for lunch")
@@ -355,7 +366,7 @@ def test_tls_login_roster_presence_and_chat(
         f"<message to='{m.jid}' id='ack'><received xmlns='{RECEIPTS}' id='{msg.get('id')}'/>"
         "</message>"
     )
-    m.wait_trace(rf"<received xmlns='{RECEIPTS}' id='{re.escape(msg.get('id'))}'/>")
+    m.received(rf"<received xmlns='{RECEIPTS}' id='{re.escape(msg.get('id'))}'/>")
     # an incoming one, a receipt asked of mcabber (§5.2): given; its history has both
     other.send(
         f"<message to='{m.jid}' type='chat' id='want-receipt'><body>hello mcabber</body>"
@@ -414,6 +425,7 @@ def test_vcard_version_time_ping_and_disco(
     # §3.1: /request vcard asks the contact's bare JID; the server answers for the account,
     # and mcabber shows it in the contact's window
     m.do(f"/add {peer}@localhost Peer")
+    m.wait_screen(r"[\]}] Peer\s")  # in its roster panel
     m.do("/roster search Peer")
     m.do("/info")  # opens the contact's window
     m.wait_screen(r"Name: Peer")
@@ -587,7 +599,7 @@ def test_connect_again_after_the_server_restarts(
         m.do("/status dnd back soon")
         # RFC 6120 §4.9.3.20: the server says why it closes the stream; mcabber sees it
         restarted.stop()
-        m.wait_trace(r"<system-shutdown ")
+        m.received(r"<stream:error><system-shutdown ")
         m.wait_screen(r"Disconnected, reason")
         restarted.start()
         mine = raw_login(restarted, ca_file, "restart0", clients)
