@@ -55,6 +55,8 @@ import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
 from federation import free_port
 from interop_clients import body, raw_login, require_command, wait_for
+from test_bookmarks_sync import conferences, native, private_storage
+from test_client_flows import Client
 from xmpp_raw import CLIENT, RawClient
 
 POOL = FreshNames("mc", 32)
@@ -500,7 +502,7 @@ def enter(
     return c, seen
 
 
-def test_room_create_chat_topic_nick_and_leave(
+def test_room_create_chat_topic_nick_invite_kick_and_leave(
     srv: ServerProcess,
     ca_file: str,
     names: Iterator[str],
@@ -551,7 +553,7 @@ def test_room_create_chat_topic_nick_and_leave(
     assert subject.get("from") == f"{room}/mcnick"
     assert subject.findtext(f"{{{CLIENT}}}subject") == "mcabber's topic"
     assert body(subject) is None  # a subject change for every client (module docstring)
-    _, seen = enter(srv, ca_file, late, room, clients)
+    late_client, seen = enter(srv, ca_file, late, room, clients)
     assert seen[-1].findtext(f"{{{CLIENT}}}subject") == "mcabber's topic"
     assert seen[-1].get("from") == f"{room}/mcnick"
 
@@ -566,14 +568,54 @@ def test_room_create_chat_topic_nick_and_leave(
     assert back.get("from") == f"{room}/renamed" and back.get("type") is None
     m.wait_history(room, ("MI", "mcnick is now known as renamed"))
 
+    # §7.8.2: /room invite, a mediated invitation: the room sends it on, from the room
+    invited = next(names)
+    guest = raw_login(srv, ca_file, invited, clients)
+    guest.send("<presence/>")  # available: a message to the bare JID reaches it live
+    m.do(f"/room invite {invited}@localhost come and see")
+    invitation = wait_for(guest, "the invitation", lambda el: el.tag == MESSAGE)
+    invite = invitation.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}invite")
+    assert invitation.get("from") == room and invite is not None
+    assert invite.get("from", "").split("/")[0] == f"{user}@localhost"
+    assert invite.findtext(f"{{{MUC_USER}}}reason") == "come and see"
+
+    # /room bookmark: mcabber keeps bookmarks in XEP-0049 private storage (XEP-0048); the
+    # server has them as XEP-0402 items too (§5.3 #compat), autojoin and nick kept
+    start = m.do("/room bookmark add +autojoin")
+    stored = m.sent(
+        r'<iq [^>]*id="(\d+)"[^>]*><query xmlns="jabber:iq:private">'
+        r'<storage xmlns="storage:bookmarks">',
+        start,
+    )
+    srv.wait_for_log(f"{m.jid} >>> <iq type='result' id=\"{stored.group(1)}\"", STEP)
+    mine = Client(raw_login(srv, ca_file, user, clients), user, "")
+    bookmark = native(mine)[room]
+    assert bookmark["autojoin"] and bookmark["nick"] == "renamed"
+    assert conferences(private_storage(mine))[room]["autojoin"]
+
+    # §8.2: /room kick with a reason (mcabber, the owner, is a moderator)
+    m.do(f"/room kick {peer} enough for today")
+    kicked = wait_for(
+        other,
+        "the kick",
+        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/{peer}",
+    )
+    assert kicked.get("type") == "unavailable" and {"307", "110"} <= statuses(kicked)
+    reason = kicked.findtext(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item/{{{MUC_USER}}}reason")
+    assert reason == "enough for today"
+
     # §7.14: /room leave with a message
     m.do("/room leave bye all")
     left = wait_for(
-        other,
+        late_client,
         "mcabber leaving",
-        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/renamed",
+        lambda el: (
+            el.tag == PRESENCE
+            and el.get("from") == f"{room}/renamed"
+            and el.get("type") == "unavailable"
+        ),
     )
-    assert left.get("type") == "unavailable" and left.findtext(f"{{{CLIENT}}}status") == "bye all"
+    assert left.findtext(f"{{{CLIENT}}}status") == "bye all"
     m.wait_history(room, ("MI", f"You have left {room}"))
 
 
