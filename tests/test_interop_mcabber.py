@@ -403,7 +403,7 @@ VCARD = "vcard-temp"
 PING = "urn:xmpp:ping"
 
 
-def test_vcard_version_time_ping_and_disco(
+def test_carbons_vcard_version_time_ping_and_disco(
     srv: ServerProcess,
     ca_file: str,
     names: Iterator[str],
@@ -422,8 +422,10 @@ def test_vcard_version_time_ping_and_disco(
         == "result"
     )
     other.send("<presence/>")
-    m = mcabber(user, pinginterval="1")
+    m = mcabber(user, pinginterval="1", carbons="1")
     connected(m, srv)
+    # XEP-0280 §4: `set carbons = 1`: enabled once the server's disco#info lists them
+    m.sent(r'<iq type="set" id="\d+"><enable xmlns="urn:xmpp:carbons:2">')
     # §3.1: /request vcard asks the contact's bare JID; the server answers for the account,
     # and mcabber shows it in the contact's window
     m.do(f"/add {peer}@localhost Peer")
@@ -439,6 +441,20 @@ def test_vcard_version_time_ping_and_disco(
     m.wait_screen(r"Name: Peer Person")
     m.wait_screen(r"Nickname: peery")
     srv.wait_for_log(f"{m.jid} >>> <iq type='result' id=\"{asked.group(1)}\"", STEP)
+
+    # §6: what another resource of the account sends comes as a sent carbon, and what is
+    # sent to it as a received one; mcabber keeps both in its history of the contact
+    mine = raw_login(srv, ca_file, user, clients)
+    mine.send(f"<message to='{peer}@localhost' type='chat'><body>from my phone</body></message>")
+    other.send(
+        f"<message to='{user}@localhost/raw' type='chat'><body>to your phone</body></message>"
+    )
+    m.wait_history(f"{peer}@localhost", ("MS", "from my phone"))
+    m.wait_history(f"{peer}@localhost", ("MR", "to your phone"))
+    m.received(
+        r"<sent xmlns='urn:xmpp:carbons:2'><forwarded [^>]*><message [^>]*>"
+        r"<body>from my phone</body>"
+    )
 
     # XEP-0092 and XEP-0202 of the server, shown in the server's window
     m.do("/request version localhost")
