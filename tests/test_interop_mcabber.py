@@ -259,9 +259,10 @@ def answer_caps_query(other: RawClient, el: Any) -> bool:
         return False
     category, kind, name = PEER_IDENTITY
     features = "".join(f"<feature var='{f}'/>" for f in PEER_FEATURES)
+    node = f" node='{query.get('node')}'" if query.get("node") else ""
     other.send(
         f"<iq type='result' id='{el.get('id')}' to='{el.get('from')}'>"
-        f"<query xmlns='{DISCO_INFO}' node='{query.get('node')}'><identity category='{category}' "
+        f"<query xmlns='{DISCO_INFO}'{node}><identity category='{category}' "
         f"type='{kind}' name='{name}'/>{features}</query></iq>"
     )
     return True
