@@ -340,6 +340,26 @@ def test_tls_login_roster_presence_and_chat(
     m.do("/roster search Peer")
     m.do("/info")
     m.wait_screen(r"Subscription: both")
+    # /roster note: an annotation of the contact, kept in private XML storage (XEP-0145 over
+    # XEP-0049), which the account's other clients read
+    start = m.do("/roster note met at the conference")
+    saved = m.sent(
+        r'<iq [^>]*id="(\d+)"[^>]*><query xmlns="jabber:iq:private">'
+        r'<storage xmlns="storage:rosternotes">',
+        start,
+    )
+    srv.wait_for_log(f"{m.jid} >>> <iq type='result' id=\"{saved.group(1)}\"", STEP)
+    mine = raw_login(srv, ca_file, user, clients)
+    mine.send(
+        "<iq type='get' id='notes'><query xmlns='jabber:iq:private'>"
+        "<storage xmlns='storage:rosternotes'/></query></iq>"
+    )
+    notes = wait_for(mine, "the roster notes", lambda el: el.get("id") == "notes")
+    note = notes.find(
+        "{jabber:iq:private}query/{storage:rosternotes}storage/{storage:rosternotes}note"
+    )
+    assert note is not None and note.get("jid") == f"{peer}@localhost"
+    assert note.text == "met at the conference"
 
     # XEP-0115: mcabber asks what the contact's caps stand for (the server may ask too)
     if m.jid not in asked:
