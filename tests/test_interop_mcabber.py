@@ -605,6 +605,11 @@ def test_room_create_chat_topic_nick_invite_kick_and_leave(
     assert back.get("from") == f"{room}/renamed" and back.get("type") is None
     m.wait_history(room, ("MI", "mcnick is now known as renamed"))
 
+    # §7.5: /room privmsg, a private message through the room, from the occupant JID
+    m.do(f"/room privmsg {peer} just between us")
+    private = wait_for(other, "the private message", lambda el: body(el) == "just between us")
+    assert (private.get("from"), private.get("type")) == (f"{room}/renamed", "chat")
+
     # §7.8.2: /room invite, a mediated invitation: the room sends it on, from the room
     invited = next(names)
     guest = raw_login(srv, ca_file, invited, clients)
