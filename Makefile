@@ -73,6 +73,7 @@ fuzz-deps:
 # is compiled at test time with g++ against it and Qt 5) and nbxmpp (Debian; nbxmpp, Gajim's
 # library, runs under Debian's /usr/bin/python3 with python3-gi), Profanity (Debian; driven
 # in tmux), libpurple (libpurple-dev: tests/interop/purple/client.c compiled at test time),
+# mcabber (Debian, on loudmouth; driven in tmux),
 # xmpp.js and StanzaJS (npm ci from tests/interop/js/ and tests/interop/stanza/'s
 # package-lock.json, under node) and aioxmpp in a venv
 # of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt);
@@ -103,6 +104,11 @@ interop-deps: | deps
 	    "test_interop_purple.py)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpurple-dev \
 	    pkg-config gcc libc6-dev; \
+	fi
+	@if ! command -v mcabber >/dev/null || ! command -v tmux >/dev/null; then \
+	  echo "installing mcabber, tmux (test_interop_mcabber.py: a console client on loudmouth," \
+	    "driven in tmux)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mcabber tmux; \
 	fi
 	@# Prosody, the other server of test_interop_prosody_s2s.py (run in a network namespace:
 	@# iproute2 brings its loopback up), and with ejabberd the servers whose exports
