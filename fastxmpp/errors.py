@@ -6,9 +6,13 @@ Handlers raise `StanzaError` or `StreamError`; the stream code catches them and 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape, quoteattr
 
 from . import ns
+
+if TYPE_CHECKING:
+    from ._parser import Stanza
 
 # RFC 6120 §4.9.3: every defined stream error condition.
 STREAM_CONDITIONS = frozenset(
@@ -143,8 +147,8 @@ class StanzaError(Exception):
         # An application-specific condition element (RFC 6120 §8.3.4), serialized: XEP-0060's
         # <precondition-not-met/>, XEP-0191's <blocked/>, ...
         self.app_xml = app_xml
-        # The original payload, serialized, put before the <error/>: RFC 6120 §8.3.1, the
-        # error "SHOULD include the original XML sent" (where it is harmless and small).
+        # The original payload, serialized, put before the <error/> (RFC 6120 §8.3.1: an
+        # error MAY include the original XML, a courtesy the sender must not depend on).
         self.payload_xml = payload_xml
 
 
@@ -199,8 +203,10 @@ def stanza_error_bytes(
     from_jid: str | None,
     to_jid: str | None,
     error: StanzaError,
+    original: str = "",
 ) -> bytes:
-    """An error reply: kind of the original, type='error', addresses swapped by the caller."""
+    """An error reply: kind of the original, type='error', addresses swapped by the caller;
+    `original`: the payload of the stanza it answers, where the error has none of its own."""
     attrs = " type='error'"
     if stanza_id is not None:
         attrs += " id=" + quoteattr(stanza_id)
@@ -209,4 +215,19 @@ def stanza_error_bytes(
     if to_jid:
         attrs += " to=" + quoteattr(to_jid)
     body = error_element_xml(error.condition, error.error_type, error.text, error.app_xml)
-    return f"<{kind}{attrs}>{error.payload_xml}{body}</{kind}>".encode()
+    return f"<{kind}{attrs}>{error.payload_xml or original}{body}</{kind}>".encode()
+
+
+def bounced_payload(st: Stanza) -> str:
+    """What a bounced message carried, to go back in its error (RFC 6120 §8.3.1 MAY, as the
+    examples of XEP-0045 §7.4 and §7.5 show it): Pidgin and Finch (libpurple) tell their user
+    that a message failed only when the error holds its <body/>. The received bytes as they
+    are, so that they inherit the namespace of whichever stream the error goes on; left out
+    where they would not stand alone (a prefix declared on the message or outside it), and
+    for other stanzas, whose payloads are requests rather than words a person wrote."""
+    if st.name != "message" or st.empty or st.needs_reserialize:
+        return ""
+    if st.nsdecls and any(prefix is not None for prefix, _ in st.nsdecls):
+        return ""
+    raw = st.raw
+    return raw[st.start_len : raw.rindex(b"</")].decode()

@@ -235,6 +235,23 @@ def test_unknown_user_stores_nothing(
     reply = alice.next()
     assert reply.get("id") == "n" and stanza_error(reply) == "service-unavailable"
     assert stored(srv, "nobody") == []
+    # the bounce carries the message's payload back (RFC 6120 §8.3.1 MAY; libpurple shows
+    # a failed message only so), before the <error/>, in the client namespace
+    assert reply.findtext(f"{{{CLIENT}}}body") == "hello?"
+    assert [child.tag for child in reply] == [f"{{{CLIENT}}}body", f"{{{CLIENT}}}error"]
+    # a payload using a prefix declared on the message would not stand alone: left out
+    alice.send(
+        "<message to='nobody@localhost' id='p' xmlns:e='urn:example'>"
+        "<body>x</body><e:data/></message>"
+    )
+    reply = alice.next()
+    assert reply.get("id") == "p" and stanza_error(reply) == "service-unavailable"
+    assert [child.tag for child in reply] == [f"{{{CLIENT}}}error"]
+    # other stanzas' errors carry no payload
+    alice.send("<iq to='nobody@localhost' id='q' type='get'><query xmlns='urn:example'/></iq>")
+    reply = alice.next()
+    assert reply.get("id") == "q" and stanza_error(reply) == "service-unavailable"
+    assert [child.tag for child in reply] == [f"{{{CLIENT}}}error"]
 
 
 def test_disabled(make_server: Any, ca_file: str, clients: list[RawClient]) -> None:

@@ -238,6 +238,36 @@ def test_password_change_with_registration_off(make_server: Any, ca_file: str) -
     assert "brand new" not in srv.log_text()
 
 
+def test_answers_to_the_domain_come_from_the_domain(make_server: Any, ca_file: str) -> None:
+    # RFC 6120 §8.1.2.1: what the server sends of its own has from='<domain>'. libpurple
+    # (Pidgin) addresses its password change to the domain and takes a result only from
+    # where the request went (iq.c does_reply_from_match_request_to): without 'from' its
+    # Change Password dialog never heard back.
+    srv = make_server()
+    srv.adduser("alice@localhost")
+    srv.start()
+    c = srv.client()
+    c.login(ca_file, "alice", PASSWORD)
+    c.send(f"<iq type='get' id='g' to='localhost'><query xmlns='{REGISTER}'/></iq>")
+    reply = c.next()
+    assert (reply.get("type"), reply.get("from")) == ("result", "localhost")
+    c.send(
+        f"<iq type='set' id='c1' to='localhost'><query xmlns='{REGISTER}'>"
+        "<username>alice</username><password>brand new</password></query></iq>"
+    )
+    reply = c.next()
+    assert (reply.get("type"), reply.get("from")) == ("result", "localhost")
+    # sent to the account's bare JID, the answer comes from it (XEP-0077 §3.3's example)
+    c.send(
+        f"<iq type='set' id='c2' to='alice@localhost'><query xmlns='{REGISTER}'>"
+        "<username>alice</username><password>newer</password></query></iq>"
+    )
+    reply = c.next()
+    assert (reply.get("type"), reply.get("from")) == ("result", "alice@localhost")
+    c.close()
+    assert can_login(srv, ca_file, "alice", "newer")
+
+
 def test_password_change_and_removal_can_be_disallowed(make_server: Any, ca_file: str) -> None:
     srv = make_server("[register]\nallow_password_change = false\nallow_remove = false\n")
     srv.adduser("alice@localhost")

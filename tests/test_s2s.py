@@ -364,6 +364,8 @@ def test_privacy_blocks_a_remote_jid(trusted: Federation, login: Any) -> None:
     error = wait_for(judy, lambda el: el.get("id") == "x1")
     assert error.get("type") == "error" and stanza_error(error) == "service-unavailable"
     assert error.get("from") == "judy@b.test/r"
+    # the bounce carries the message's payload back, over the link (jabber:server) too
+    assert error.findtext(f"{{{CLIENT}}}body") == "blocked?"
     received = sync(target)
     assert not [el for el in received if el.tag == f"{{{CLIENT}}}message"]
 

@@ -33,7 +33,7 @@ from ..jid import JIDError, normalize_local
 from ..records import RecordSlot
 from ..storage.accounts import AccountExists, NoSuchAccount, UnusablePassword
 from ..stream.throttle import address_block
-from .base import Module
+from .base import Module, iq_result
 
 if TYPE_CHECKING:
     from .._parser import Stanza
@@ -217,7 +217,7 @@ class RegisterModule(Module):
                 f"{escape(local)}.</instructions><username>{escape(local)}</username>"
                 "<password/></query>"
             )
-            return _result(st, payload)
+            return iq_result(origin, st, payload)
         query = st.element().find(f"{{{NS}}}query")
         if query is None:
             raise StanzaError("bad-request", "a jabber:iq:register query is expected")
@@ -227,7 +227,7 @@ class RegisterModule(Module):
             if not self.settings.allow_remove:
                 raise StanzaError("not-allowed", "accounts cannot be removed in-band")
             # §3.2: the result, then a not-authorized stream error to every session.
-            origin.send(_result(st))
+            origin.send(iq_result(origin, st))
             log.info("account %s@%s removed by its owner", local, domain)
             with contextlib.suppress(NoSuchAccount):  # removed meanwhile by an admin
                 self.server.remove_account(domain, local)
@@ -270,7 +270,7 @@ class RegisterModule(Module):
             except NoSuchAccount:
                 raise StanzaError("registration-required") from None
             log.info("password of %s@%s changed", local, domain)
-            return _result(st)
+            return iq_result(origin, st)
 
         origin.run_iq_step(st, change)
         return None

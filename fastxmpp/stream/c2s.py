@@ -29,7 +29,7 @@ from lxml import etree
 from .. import ns
 from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError
 from .._router import Session
-from ..errors import StanzaError, StreamError, answered, stanza_error_bytes
+from ..errors import StanzaError, StreamError, answered
 from ..jid import JIDError, normalize_resource
 from ..storage.lmdb_store import StorageFull
 from . import compression, csi, sasl2, sm
@@ -38,7 +38,7 @@ from .connection import Connection
 from .sasl import HashedTokenExchange, Success
 from .sm import StreamManagement
 from .throttle import address_block
-from .xmlstream import XmlStream
+from .xmlstream import XmlStream, reply_error
 
 if TYPE_CHECKING:
     import ssl
@@ -264,13 +264,7 @@ class C2SStream(Session, ClientNegotiation):
                 self.close_with_error("internal-server-error")
 
     def _reply_error(self, st: Stanza, err: StanzaError) -> None:
-        answered(err)
-        stype = st.attrs.get("type")
-        # RFC 6120 §8.3.1: never answer an error; §8.2.3: never answer an iq result.
-        if stype == "error" or (st.name == "iq" and stype == "result"):
-            return
-        to = st.attrs.get("to")
-        self.send(stanza_error_bytes(st.name, st.attrs.get("id"), to, self.full, err))
+        reply_error(st, self, err)
 
     def run_iq_step(self, st: Stanza, step: Callable[[], Any]) -> None:
         """For iq handlers with slow work (password hashing): run the coroutine `step` while

@@ -21,7 +21,7 @@ from lxml import etree
 from .. import ns
 from .._parser import STREAM_END, Stanza, StreamHeader, XMLStreamError, read_stanza
 from .._router import Session, declares_its_namespace
-from ..errors import StanzaError, StreamError, answered, stanza_error_bytes
+from ..errors import StanzaError, StreamError, answered, bounced_payload, stanza_error_bytes
 from .connection import STREAM_CLOSE, Connection
 
 if TYPE_CHECKING:
@@ -177,7 +177,9 @@ def reply_error(st: Stanza, origin: Session, err: StanzaError) -> None:
     if stype == "error" or (st.name == "iq" and stype == "result"):
         return
     origin.send(
-        stanza_error_bytes(st.name, st.attrs.get("id"), st.attrs.get("to"), origin.full, err)
+        stanza_error_bytes(
+            st.name, st.attrs.get("id"), st.attrs.get("to"), origin.full, err, bounced_payload(st)
+        )
     )
 
 
