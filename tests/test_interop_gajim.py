@@ -134,6 +134,8 @@ def chown_tree(root: Path) -> None:
 @pytest.fixture(scope="module")
 def display() -> Iterator[str]:
     """A virtual screen (Xvfb) on a free display number (it picks one: -displayfd)."""
+    if os.geteuid() != 0:  # for unshare --mount and setpriv; `make test` runs as root
+        pytest.fail("test_interop_gajim.py runs Gajim as nobody from root: run it as root")
     xvfb = require_command("Xvfb", "Xvfb (Debian package xvfb)")
     require_command("gajim", "Gajim (Debian package gajim)")
     require_command("dbus-daemon", "dbus-daemon (Debian package dbus-daemon)")
