@@ -2,7 +2,8 @@
 (settings.sqlite: a table of JSON documents, the schema of Gajim's common/settings.py,
 user_version 5, so Gajim migrates nothing) with one account that connects to a test server
 by custom host and port, STARTTLS, the password kept in the database (no keyring), Gajim's
-D-Bus remote control on (gajim-remote's interface) and the OMEMO plugin active."""
+D-Bus remote control on (gajim-remote's interface), subscription requests approved without a
+dialog (the account's autoauth) and the OMEMO plugin active."""
 
 from __future__ import annotations
 
