@@ -414,8 +414,8 @@ def gvariant(text: str) -> str:
 def gajim(srv: ServerProcess, display: str, ca_bundle: Path) -> Iterator[Callable[[str], Gajim]]:
     started: list[Gajim] = []
 
-    def start(user: str) -> Gajim:
-        g = Gajim(srv, user, display, ca_bundle)
+    def start(user: str, bundle: Path = ca_bundle) -> Gajim:
+        g = Gajim(srv, user, display, bundle)
         started.append(g)
         return g
 
@@ -433,7 +433,7 @@ def test_login_roster_presence_and_chat(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    gajim: Callable[[str], Gajim],
+    gajim: Callable[..., Gajim],
 ) -> None:
     user, peer = next(names), next(names)
     other = befriend(srv, ca_file, user, peer, clients)
@@ -523,6 +523,25 @@ def test_login_roster_presence_and_chat(
     )
 
 
+def test_certificate_not_signed_by_a_trusted_ca_is_refused(
+    srv: ServerProcess, names: Iterator[str], gajim: Callable[..., Gajim]
+) -> None:
+    # RFC 6125 with the system's CAs only (the test CA not among them): GLib finds the
+    # certificate untrusted, Gajim stops before SASL and asks its user (its SSL error
+    # window); the same profile with the test CA logs in (test_login_roster_presence_and_chat)
+    user = next(names)
+    start = len(srv.log_text())
+    g = gajim(user, SYSTEM_BUNDLE)
+    g.window("SSL Certificate Verification Error")
+    # the server saw it ask for TLS (RFC 6120 §5.4.2) and leave without authenticating
+    log = srv.log_text()[start:]
+    port = re.search(r"c2s connection from 127\.0\.0\.1:(\d+)", log)
+    assert port, log
+    assert re.search(rf"127\.0\.0\.1:{port.group(1)} <<< <starttls ", log)
+    srv.wait_for_log(f"c2s connection from 127.0.0.1:{port.group(1)} closed (unauthenticated)")
+    assert f"authenticated {user}@localhost" not in srv.log_text()
+
+
 CARBONS = "urn:xmpp:carbons:2"
 MAM = "urn:xmpp:mam:2"
 
@@ -532,7 +551,7 @@ def test_archive_catch_up_and_carbons(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    gajim: Callable[[str], Gajim],
+    gajim: Callable[..., Gajim],
 ) -> None:
     user, peer = next(names), next(names)
     other = befriend(srv, ca_file, user, peer, clients)
@@ -589,7 +608,7 @@ def test_room_autojoin_groupchat_and_occupant_avatar(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    gajim: Callable[[str], Gajim],
+    gajim: Callable[..., Gajim],
 ) -> None:
     user, peer = next(names), next(names)
     room = f"room-{user}@conference.localhost"
@@ -657,7 +676,7 @@ def test_avatars_both_ways_and_omemo_keys(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    gajim: Callable[[str], Gajim],
+    gajim: Callable[..., Gajim],
 ) -> None:
     require_command("xdotool", "xdotool (Debian package xdotool)")
     user, peer = next(names), next(names)
@@ -784,7 +803,7 @@ def test_contact_added_from_the_add_contact_dialog(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    gajim: Callable[[str], Gajim],
+    gajim: Callable[..., Gajim],
 ) -> None:
     require_command("xdotool", "xdotool (Debian package xdotool)")
     user, peer = next(names), next(names)
@@ -840,7 +859,7 @@ def test_room_created_from_the_create_group_chat_window(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    gajim: Callable[[str], Gajim],
+    gajim: Callable[..., Gajim],
 ) -> None:
     require_command("xdotool", "xdotool (Debian package xdotool)")
     user, peer = next(names), next(names)
@@ -890,7 +909,7 @@ def test_stream_resumed_after_the_connection_is_cut(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    gajim: Callable[[str], Gajim],
+    gajim: Callable[..., Gajim],
 ) -> None:
     ss = require_command("ss", "ss (Debian package iproute2)")
     user, peer = next(names), next(names)
