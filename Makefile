@@ -116,6 +116,17 @@ interop-deps: | deps
 	    "driven in tmux)"; \
 	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mcabber tmux; \
 	fi
+	@# Gajim, the desktop client of test_interop_gajim.py, with its OMEMO plugin, run on a
+	@# virtual screen (Xvfb) with a session bus of its own (dbus-daemon), driven with gdbus
+	@# and, in its windows, xdotool.
+	@if ! command -v gajim >/dev/null || [ ! -d /usr/share/gajim/plugins/omemo ] \
+	    || ! command -v Xvfb >/dev/null || ! command -v dbus-daemon >/dev/null \
+	    || ! command -v gdbus >/dev/null || ! command -v xdotool >/dev/null; then \
+	  echo "installing gajim, gajim-omemo, xvfb, dbus-daemon, libglib2.0-bin, xdotool (Gajim" \
+	    "on a virtual screen, driven over D-Bus and with xdotool: test_interop_gajim.py)"; \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gajim \
+	    gajim-omemo xvfb dbus-daemon libglib2.0-bin xdotool; \
+	fi
 	@# Prosody, the other server of test_interop_prosody_s2s.py (run in a network namespace:
 	@# iproute2 brings its loopback up), and with ejabberd the servers whose exports
 	@# test_migration.py imports; policy-rc.d keeps the packages from starting system-wide
