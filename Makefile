@@ -23,6 +23,12 @@ print("\n".join(project["dependencies"] + extras["test"] + extras["dev"] + extra
 endef
 export LIST_REQUIREMENTS
 
+# apt-get update once for all the blocks below that install Debian packages, not once per
+# block: skipped when this machine updated its package lists in the last hour.
+APT_STAMP := /tmp/.fastxmpp-apt-updated
+APT_UPDATE := { [ -n "$$(find $(APT_STAMP) -mmin -60 2>/dev/null)" ] \
+	|| { apt-get update -qq && touch $(APT_STAMP); }; }
+
 # A recipe that fails leaves no half-written target behind (an empty requirements file once
 # made the next run install nothing).
 .DELETE_ON_ERROR:
@@ -64,7 +70,7 @@ fuzz-build: $(INSTALL_STAMP) | fuzz-deps
 fuzz-deps:
 	@if ! command -v clang >/dev/null; then \
 	  echo "installing clang (the fuzz builds of the compiled core, tests/fuzz/)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang; \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang; \
 	fi
 
 # The independent clients of tests/test_interop_*.py, each pinned: go-sendxmpp, sendxmpp
@@ -73,6 +79,7 @@ fuzz-deps:
 # is compiled at test time with g++ against it and Qt 5) and nbxmpp (Debian; nbxmpp, Gajim's
 # library, runs under Debian's /usr/bin/python3 with python3-gi), Profanity (Debian; driven
 # in tmux), libpurple (libpurple-dev: tests/interop/purple/client.c compiled at test time),
+# mcabber (Debian, on loudmouth; driven in tmux),
 # xmpp.js and StanzaJS (npm ci from tests/interop/js/ and tests/interop/stanza/'s
 # package-lock.json, under node) and aioxmpp in a venv
 # of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt);
@@ -91,7 +98,7 @@ interop-deps: | deps
 	    "nodejs, npm," \
 	    "chromium, chromium-driver, python3-nbxmpp, python3-gi, profanity, tmux (the interop" \
 	    "tests' clients)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq go-sendxmpp \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq go-sendxmpp \
 	    sendxmpp libstrophe-dev libqxmpp-dev pkg-config gcc g++ libc6-dev profanity tmux \
 	    chromium chromium-driver python3-nbxmpp python3-gi \
 	    $$(command -v npm >/dev/null || echo nodejs npm); \
@@ -101,8 +108,24 @@ interop-deps: | deps
 	@if ! pkg-config --exists purple 2>/dev/null || ! command -v cc >/dev/null; then \
 	  echo "installing libpurple-dev, pkg-config, gcc (libpurple, Pidgin's XMPP library, for" \
 	    "test_interop_purple.py)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpurple-dev \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpurple-dev \
 	    pkg-config gcc libc6-dev; \
+	fi
+	@if ! command -v mcabber >/dev/null || ! command -v tmux >/dev/null; then \
+	  echo "installing mcabber, tmux (test_interop_mcabber.py: a console client on loudmouth," \
+	    "driven in tmux)"; \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mcabber tmux; \
+	fi
+	@# Gajim, the desktop client of test_interop_gajim.py, with its OMEMO plugin, run on a
+	@# virtual screen (Xvfb) with a session bus of its own (dbus-daemon), driven with gdbus
+	@# and, in its windows, xdotool.
+	@if ! command -v gajim >/dev/null || [ ! -d /usr/share/gajim/plugins/omemo ] \
+	    || ! command -v Xvfb >/dev/null || ! command -v dbus-daemon >/dev/null \
+	    || ! command -v gdbus >/dev/null || ! command -v xdotool >/dev/null; then \
+	  echo "installing gajim, gajim-omemo, xvfb, dbus-daemon, libglib2.0-bin, xdotool (Gajim" \
+	    "on a virtual screen, driven over D-Bus and with xdotool: test_interop_gajim.py)"; \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gajim \
+	    gajim-omemo xvfb dbus-daemon libglib2.0-bin xdotool; \
 	fi
 	@# Prosody, the other server of test_interop_prosody_s2s.py (run in a network namespace:
 	@# iproute2 brings its loopback up), and with ejabberd the servers whose exports
@@ -114,7 +137,7 @@ interop-deps: | deps
 	  created=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
 	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; created=1; \
 	  fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq prosody ejabberd iproute2; \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq prosody ejabberd iproute2; \
 	  status=$$?; [ -z "$$created" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; \
 	fi
 	@# Dino, the GTK 4 desktop client of test_interop_dino.py: on a virtual display (xvfb) with
@@ -124,7 +147,7 @@ interop-deps: | deps
 	    || ! command -v gdbus >/dev/null; then \
 	  echo "installing dino-im, xvfb, xdotool, dbus-daemon, libglib2.0-bin (the Dino interop" \
 	    "test's client)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dino-im xvfb \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dino-im xvfb \
 	    xdotool dbus-daemon libglib2.0-bin; \
 	fi
 	@if [ ! tests/interop/js/node_modules/.package-lock.json -nt tests/interop/js/package-lock.json ]; then \
@@ -176,7 +199,7 @@ deps:
 	[ -f /usr/include/expat.h ] || missing="$$missing libexpat1-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
 # The virtual environment with the pinned tools and every dependency of the package, its

@@ -682,6 +682,37 @@ def test_subject_change_and_permission(login: Any, users: Iterator[str]) -> None
     assert [el.findtext(f"{{{CLIENT}}}subject") for el in got][-1] == "ours"
 
 
+def test_subject_change_with_an_empty_body(login: Any, users: Iterator[str]) -> None:
+    """§8.1 takes only a message without a <body/> as a subject change; an empty <body/>
+    beside the subject counts as none (mcabber 1.1.2 sends one with each /room topic,
+    test_interop_mcabber.py), and the room relays the change without it. A body with text
+    keeps it a message (not a subject change)."""
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = create(a)
+    join(b, room, "bob")
+    a.send(
+        f"<message to='{room}' type='groupchat' id='t1'><body></body>"
+        "<subject>Agenda</subject></message>"
+    )
+    got = [el for el in received(b.c, a.c) if el.tag == MESSAGE]
+    assert [el.findtext(f"{{{CLIENT}}}subject") for el in got] == ["Agenda"]
+    assert got[0].find(f"{{{CLIENT}}}body") is None
+    assert got[0].get("from") == f"{room}/owner"
+    seen = join(c, room, "carol")
+    assert seen[-1].findtext(f"{{{CLIENT}}}subject") == "Agenda"
+    # with text in the body: a message that happens to have a subject; the room's stays
+    a.send(
+        f"<message to='{room}' type='groupchat'><body>see the agenda</body>"
+        "<subject>Other</subject></message>"
+    )
+    got = [el for el in received(b.c, a.c) if el.tag == MESSAGE]
+    assert [el.findtext(f"{{{CLIENT}}}body") for el in got] == ["see the agenda"]
+    no_history = f"<x xmlns='{MUC}'><history maxchars='0'/></x>"
+    seen = join(login(next(users)), room, "dave", no_history)
+    assert seen[-1].findtext(f"{{{CLIENT}}}body") is None
+    assert seen[-1].findtext(f"{{{CLIENT}}}subject") == "Agenda"
+
+
 def test_history_on_join_then_subject(login: Any, users: Iterator[str]) -> None:
     a, b, c = login(next(users)), login(next(users)), login(next(users))
     room = create(a, form=field("muc#maxhistoryfetch", "3"))

@@ -95,19 +95,28 @@ def archivable(st: Stanza) -> bool:
     return not any(child in NOT_STORED for child in children)
 
 
-def outgoing(room: Room, origin: OccupantSession, st: Stanza, occupant: Occupant) -> bytes:
+def outgoing(
+    room: Room,
+    origin: OccupantSession,
+    st: Stanza,
+    occupant: Occupant,
+    without_body: bool = False,
+) -> bytes:
     """The groupchat message as the room sends it, without 'to' (each copy gets its own):
     'from' the occupant JID, no stanza-id by the room nor occupant id that the sender
     forged, the sender's occupant id, and, when the room archives it, its own stanza-id;
-    the record is queued for the archive."""
+    the record is queued for the archive. `without_body`: its <body/> left out (an empty
+    one beside a subject, room.groupchat)."""
     sender = room.occupant_jid(occupant.nick)
-    forged = any(child in FORGED for child in st.children)
+    forged = without_body or any(child in FORGED for child in st.children)
     mam = archive_of(room) if archivable(st) else None
     if not forged:
         data: bytes = st.with_attrs({"from": sender, "to": None})
         record = data if mam is None else _declared(st, sender)
     else:
         element = st.element()
+        if without_body:
+            _remove(element, (f"{{{CLIENT}}}body",))
         _remove(element, (f"{{{NS_SID}}}stanza-id",), by=room.jid)
         occupant_id.remove_forged(element)
         element.attrib.pop("to", None)

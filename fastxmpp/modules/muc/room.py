@@ -49,6 +49,7 @@ NS_PING = "urn:xmpp:ping"
 NS_USER = ns.MUC_USER
 CLIENT = "jabber:client"
 SUBJECT = f"{{{CLIENT}}}subject"
+BODY = f"{{{CLIENT}}}body"
 
 # §19.1.2: the delivery-related errors that show an occupant gone, and service-unavailable,
 # what a server answers a groupchat message to a resource that is gone (RFC 6121
@@ -597,6 +598,16 @@ class Room:
         has_body = (CLIENT, "body") in st.children
         # the tree only for a subject change: a message's children are known without it
         subject = st.element().find(SUBJECT) if (CLIENT, "subject") in st.children else None
+        # An empty <body/> beside the subject is no body: mcabber 1.1.2, its latest release,
+        # sends one with each /room topic. The room relays the change without it, so that
+        # every client takes it as one.
+        empty_body = (
+            has_body
+            and subject is not None
+            and all(not b.text and len(b) == 0 for b in st.element().iterfind(BODY))
+        )
+        if empty_body:
+            has_body = False
         if subject is not None and not has_body:
             # §8.1: a subject change is a message with a <subject/> and no <body/>.
             if not (self.config.change_subject or occupant.role == "moderator"):
@@ -607,7 +618,7 @@ class Room:
         sender = self.occupant_jid(occupant.nick)
         # as sent, spliced: no tree is serialized again (docs/ARCHITECTURE.md, principle 2),
         # with the room's XEP-0359 stanza-id when it archives the message (archive.py)
-        data = outgoing(self, origin, st, occupant)
+        data = outgoing(self, origin, st, occupant, without_body=empty_body)
         fan_out(data, [o.sessions for o in self.occupants.values()], sender, PRIVACY_MESSAGE)
         if has_body:
             self.history.add(data, self.jid)
