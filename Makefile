@@ -140,6 +140,16 @@ interop-deps: | deps
 	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq prosody ejabberd iproute2; \
 	  status=$$?; [ -z "$$created" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; \
 	fi
+	@# Dino, the GTK 4 desktop client of test_interop_dino.py: on a virtual display (xvfb) with
+	@# a session bus of its own (dbus-daemon, asked with gdbus), typed into with xdotool.
+	@if ! command -v dino-im >/dev/null || ! command -v Xvfb >/dev/null \
+	    || ! command -v xdotool >/dev/null || ! command -v dbus-daemon >/dev/null \
+	    || ! command -v gdbus >/dev/null; then \
+	  echo "installing dino-im, xvfb, xdotool, dbus-daemon, libglib2.0-bin (the Dino interop" \
+	    "test's client)"; \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dino-im xvfb \
+	    xdotool dbus-daemon libglib2.0-bin; \
+	fi
 	@if [ ! tests/interop/js/node_modules/.package-lock.json -nt tests/interop/js/package-lock.json ]; then \
 	  cd tests/interop/js && npm ci --no-audit --no-fund --loglevel=error; \
 	fi

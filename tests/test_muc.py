@@ -33,7 +33,7 @@ DELAY = "urn:xmpp:delay"
 SERVICE = "conference.localhost"
 PRESENCE = f"{{{CLIENT}}}presence"
 MESSAGE = f"{{{CLIENT}}}message"
-ACCOUNTS = 150
+ACCOUNTS = 180
 MUC_TOML = "[muc]\nmax_nick_length = 20\nmax_history = 50\n"
 
 _rooms = itertools.count()

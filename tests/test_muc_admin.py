@@ -279,6 +279,24 @@ def test_affiliation_rules(login: Any, users: Iterator[str]) -> None:
     assert stanza_error(reply) == "jid-malformed"
 
 
+def test_affiliation_of_an_occupant_named_by_nick(login: Any, users: Iterator[str]) -> None:
+    """§9.3 and §10 name the user by bare JID; an item with only an occupant's 'nick' (what
+    Dino 0.4's /affiliate sends; Prosody takes it so) is about that occupant's
+    account."""
+    a, b, c = login(next(users)), login(next(users)), login(next(users))
+    room = room_with(a, (b, "bob"), (c, "carol"))
+    reply = admin_set(a, room, "<item affiliation='member' nick='bob'/>")
+    assert reply.get("type") == "result", etree.tostring(reply)
+    got = presences(received(c.c, a.c))
+    assert got[-1].get("from") == f"{room}/bob" and item(got[-1]).get("affiliation") == "member"
+    assert listed(admin_get(a, room, "affiliation='member'")) == {b.bare: "member"}
+    # a nick nobody in the room has, and an item naming nobody at all
+    reply = admin_set(a, room, "<item affiliation='member' nick='nobody'/>")
+    assert stanza_error(reply) == "item-not-found"
+    reply = admin_set(a, room, "<item affiliation='member'/>")
+    assert stanza_error(reply) == "bad-request"
+
+
 def test_reserved_nick_is_a_conflict_for_others(login: Any, users: Iterator[str]) -> None:
     a, b, c = login(next(users)), login(next(users)), login(next(users))
     room = create(a)

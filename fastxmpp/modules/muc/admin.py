@@ -44,6 +44,19 @@ def _bare(text: str | None) -> str:
         raise StanzaError("jid-malformed", f"{text!r} is not a JID") from None
 
 
+def _affiliation_target(room: Room, item: Any) -> str:
+    """The bare JID an affiliation change is about: its 'jid' (§9, §10 name the user by
+    bare JID); without one, the occupant its 'nick' names, whose real JID the room knows
+    (Dino 0.4's /affiliate sends the nick only; Prosody accepts that too)."""
+    nick = item.get("nick")
+    if not item.get("jid") and nick:
+        occupant = room.occupants.get(nick)
+        if occupant is None:
+            raise StanzaError("item-not-found", "no occupant has that nickname")
+        return occupant.bare
+    return _bare(item.get("jid"))
+
+
 # --- muc#admin (§8, §9, §10) -------------------------------------------------------------------
 
 
@@ -63,7 +76,7 @@ def admin_iq(room: Room, origin: OccupantSession, st: Stanza) -> bytes:
     for item in items:
         affiliation = item.get("affiliation")
         if affiliation is not None:
-            bare = _bare(item.get("jid"))
+            bare = _affiliation_target(room, item)
             if affiliation == "owner":
                 owners.add(bare)
             else:
@@ -199,7 +212,7 @@ def _affiliation_change(
     actor_affiliation = room.affiliation(origin.bare)
     if actor_affiliation not in PRIVILEGED:
         raise StanzaError("forbidden", "only admins and owners change affiliations")
-    bare = _bare(item.get("jid"))
+    bare = _affiliation_target(room, item)
     current = room.affiliations.get(bare, "none")
     if affiliation == "outcast" and bare == origin.bare:
         # §9.1: "If an admin or owner attempts to ban himself" conflict, before the rule
