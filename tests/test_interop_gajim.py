@@ -535,7 +535,9 @@ def test_certificate_not_signed_by_a_trusted_ca_is_refused(
     g.window("SSL Certificate Verification Error")
     # the server saw it ask for TLS (RFC 6120 §5.4.2) and leave without authenticating
     log = srv.log_text()[start:]
-    port = re.search(r"c2s connection from 127\.0\.0\.1:(\d+)", log)
+    # the connection opened after `start` (a line of its own: "... closed (...)" lines of
+    # other tests' clients may come first)
+    port = re.search(r"c2s connection from 127\.0\.0\.1:(\d+)\n", log)
     assert port, log
     assert re.search(rf"127\.0\.0\.1:{port.group(1)} <<< <starttls ", log)
     srv.wait_for_log(f"c2s connection from 127.0.0.1:{port.group(1)} closed (unauthenticated)")
