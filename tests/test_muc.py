@@ -18,7 +18,7 @@ from conftest import PASSWORD, FreshNames, ServerProcess, assert_still_serving, 
 from lxml import etree
 from slixmpp import ClientXMPP
 from test_roster import received, sync
-from xmpp_raw import CLIENT, RawClient, stanza_error
+from xmpp_raw import CLIENT, STANZA_ERRORS, RawClient, stanza_error
 
 from fastxmpp.modules.muc.history import MAX_HISTORY_BYTES, History
 
@@ -526,8 +526,10 @@ def test_password_protected_room(login: Any, users: Iterator[str]) -> None:
     error = join_error(b, room, "bob")
     assert stanza_error(error) == "not-authorized"
     assert error.find(f"{{{CLIENT}}}error").get("type") == "auth"
+    assert error.findtext(f"{{{CLIENT}}}error/{{{STANZA_ERRORS}}}text") == "a password is required"
     error = join_error(b, room, "bob", f"<x xmlns='{MUC}'><password>wrong</password></x>")
     assert stanza_error(error) == "not-authorized"
+    assert error.findtext(f"{{{CLIENT}}}error/{{{STANZA_ERRORS}}}text") == "wrong password"
     seen = join(b, room, "bob", f"<x xmlns='{MUC}'><password>sesame</password></x>")
     assert seen[-1].tag == MESSAGE
 

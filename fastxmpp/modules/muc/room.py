@@ -388,7 +388,9 @@ class Room:
         if config.password_protected and not privileged:
             given = None if muc_x is None else muc_x.findtext(f"{{{NS_MUC}}}password")
             if given != config.password:
-                raise StanzaError("not-authorized", "a password is required")
+                # §7.2.6: not-authorized either way; the text tells the user which
+                told = "a password is required" if given is None else "wrong password"
+                raise StanzaError("not-authorized", told)
         if existing is None and len(self.occupants) >= config.max_users and not privileged:
             raise StanzaError("service-unavailable", "the room is full", error_type="wait")
         newcomer = existing is None
