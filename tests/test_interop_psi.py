@@ -1,0 +1,358 @@
+"""Psi (Debian's `psi` 1.5, the Qt 5 desktop client on its own XMPP library Iris) run as the
+real program. (Docstring completed below.)"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from interop_clients import body, raw_login, require_command, wait_for
+from test_interop_dino import Display, Forwarder, start_bus, stop
+from test_interop_profanity import befriend
+from xmpp_raw import CLIENT, RawClient
+
+POOL = FreshNames("ps", 24)
+RESOURCE = "psi"
+MESSAGE = f"{{{CLIENT}}}message"
+PRESENCE = f"{{{CLIENT}}}presence"
+STEP = 20.0  # seconds one step of Psi's may take on a loaded 2-core machine
+PSI_BUS_NAME = "org.psi-im.Psi"
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from module_server(ca, tmp_path_factory, POOL)
+
+
+@pytest.fixture
+def names() -> Iterator[str]:
+    return POOL.names()
+
+
+@pytest.fixture(scope="module")
+def display() -> Iterator[Display]:
+    require_command("psi", "Psi (Debian package psi)")
+    shown = Display()
+    yield shown
+    shown.close()
+
+
+def encode_password(password: str, key: str) -> str:
+    """Psi's obfuscation of a stored password (encodePassword in src/common.cpp): each UTF-16
+    unit XORed with the key's (the account's JID), as 4 hex digits."""
+    return "".join(f"{ord(char) ^ ord(key[i % len(key)]):04x}" for i, char in enumerate(password))
+
+
+def option(name: str, kind: str, value: str) -> str:
+    return f'<{name} type="{kind}">{value}</{name}>'
+
+
+def write_profile(config: Path, jid: str, port: int) -> None:
+    """Psi's profile `default` with one account, connecting at start to 127.0.0.1:`port`
+    (its manual host), TLS required (STARTTLS), the resource fixed."""
+    profile = config / "profiles" / "default"
+    profile.mkdir(parents=True)
+    account = "".join(
+        [
+            option("id", "QString", "{00000000-0000-4000-8000-000000000001}"),
+            option("name", "QString", "fast"),
+            option("jid", "QString", jid),
+            option("password", "QString", encode_password(PASSWORD, jid)),
+            option("enabled", "bool", "true"),
+            option("auto", "bool", "true"),
+            option("use-host", "bool", "true"),
+            option("host", "QString", "127.0.0.1"),
+            option("port", "int", str(port)),
+            option("ssl", "QString", "yes"),
+            option("automatic-resource", "bool", "false"),
+            option("resource", "QString", RESOURCE),
+            option("priority", "int", "5"),
+            option("keep-alive", "bool", "true"),
+            option("enable-sm", "bool", "true"),
+            option("reconn", "bool", "true"),
+            option("log", "bool", "true"),
+            option("allow-plain", "QString", "over encryped"),
+        ]
+    )
+    (profile / "accounts.xml").write_text(
+        '<!DOCTYPE accounts><accounts version="1.5" xmlns="http://psi-im.org/options">'
+        f"<accounts><a0>{account}</a0></accounts></accounts>\n"
+    )
+    (profile / "options.xml").write_text(
+        '<!DOCTYPE options><options version="1.5" xmlns="http://psi-im.org/options">'
+        "<options>"
+        "<ui><tip>" + option("show", "bool", "false") + "</tip></ui>"
+        "<subscriptions>"
+        + option("automatically-allow-authorization", "bool", "true")
+        + "</subscriptions>"
+        "</options></options>\n"
+    )
+
+
+class Psi:
+    """One Psi with a fresh profile and a session bus of its own, on the test's display,
+    connecting through a forwarder of the test's (which can cut the connection)."""
+
+    def __init__(self, root: Path, srv: ServerProcess, display: Display, user: str, ca: str):
+        self.root = root
+        self.srv = srv
+        self.jid = f"{user}@localhost/{RESOURCE}"
+        home = root / "home"
+        self.config = home / ".config" / "psi"
+        self.data = home / ".local" / "share" / "psi"
+        self.forwarder = Forwarder(Loopback(), srv.port, 0)
+        write_profile(self.config, f"{user}@localhost", self.forwarder.listener.getsockname()[1])
+        # Psi adds the certificates of its data directory's certs/ to the system's
+        # (CertificateHelpers::allCertificates, ApplicationInfo::getCertificateStoreDirs)
+        (self.data / "certs").mkdir(parents=True)
+        shutil.copy(ca, self.data / "certs" / "test-ca.crt")
+        (home / "run").mkdir(mode=0o700)
+        self.bus, self.bus_address = start_bus(root)
+        self.env = {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local" / "share"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "XDG_RUNTIME_DIR": str(home / "run"),
+            "DISPLAY": display.display,
+            "DBUS_SESSION_BUS_ADDRESS": self.bus_address,
+            "QT_QPA_PLATFORM": "xcb",
+            "NO_AT_BRIDGE": "1",
+            "LANG": "C.UTF-8",
+            "PATH": "/usr/bin:/bin",
+        }
+        self.xdotool_path = require_command("xdotool", "xdotool (Debian package xdotool)")
+        self.log_path = root / "psi.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["psi"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    # --- driving it -------------------------------------------------------------------
+
+    def call(self, method: str, *args: str) -> None:
+        """A method of Psi's D-Bus interface (org.psi_im.Psi.Main on /Main, src/dbus.cpp),
+        retried until Psi holds its name on the bus."""
+
+        def once() -> bool:
+            done = subprocess.run(
+                [
+                    *("gdbus", "call", "--session", "--dest", PSI_BUS_NAME),
+                    *("--object-path", "/Main", "--method", f"org.psi_im.Psi.Main.{method}"),
+                    *args,
+                ],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=STEP,
+            )
+            return done.returncode == 0
+
+        self.wait(once, f"D-Bus {method}")
+
+    def open_uri(self, uri: str) -> None:
+        """An xmpp: URI (RFC 5122) as a click on a link would hand it to Psi
+        (PsiAccount::openUri: ?message;type=chat opens a chat, ?join the join dialog,
+        ?vcard the contact's information)."""
+        self.call("openURI", uri)
+
+    def xdotool(self, *args: str) -> str:
+        done = subprocess.run(
+            [self.xdotool_path, *args], env=self.env, capture_output=True, text=True, timeout=STEP
+        )
+        assert done.returncode == 0, f"xdotool {args}: {done.stderr}"
+        return done.stdout
+
+    def find_window(self, title: str) -> str | None:
+        found = subprocess.run(
+            [self.xdotool_path, "search", "--onlyvisible", "--name", f"^{re.escape(title)}$"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+        )
+        ids = found.stdout.split() if found.returncode == 0 else []
+        return ids[0] if ids else None
+
+    def keys(self, title: str, *keys: str) -> None:
+        """Keys pressed in the window titled `title` once it shows. With no window manager
+        on Xvfb the keyboard goes to the window under the pointer: the pointer goes there
+        first (to its lower part, Psi's message input in a chat window)."""
+        window = self.wait(lambda: self.find_window(title), f"the window {title!r}")
+        shape = dict(
+            line.split("=", 1)
+            for line in self.xdotool("getwindowgeometry", "--shell", window).split()
+        )
+        self.xdotool(
+            "mousemove",
+            "--window",
+            window,
+            str(int(shape["WIDTH"]) // 2),
+            str(int(shape["HEIGHT"]) - 30),
+        )
+        self.xdotool("key", "--delay", "50", *keys)
+
+    def wait(self, condition: Callable[[], Any], what: str, seconds: float = STEP) -> Any:
+        deadline = time.monotonic() + seconds
+        while (result := condition()) is None or result is False:
+            assert self.proc.poll() is None, f"Psi exited:\n{self.log_tail()}"
+            assert time.monotonic() < deadline, f"never: {what}\n{self.log_tail()}"
+            time.sleep(0.1)
+        return result
+
+    # --- what it did --------------------------------------------------------------------
+
+    def sent(self, pattern: str, start: int = 0) -> re.Match[str]:
+        """What Psi sent, as the server's trace logged it (by its bound JID, then <<<; Iris
+        puts newlines between elements, so an entry goes on until the next log line's date)."""
+        line = re.compile(rf"fastxmpp\.trace: {re.escape(self.jid)} <<< {WITHIN_ENTRY}*?{pattern}")
+        return self.wait(lambda: line.search(self.srv.log_text(), start), f"Psi sent {pattern!r}")
+
+    def history(self, contact: str) -> list[tuple[str, str]]:
+        """Psi's history of `contact` (its text files, one event a line:
+        |time|type|from or to|flags|text), as (direction, text) pairs."""
+        name = contact.replace("@", "_at_")
+        path = self.data / "profiles" / "default" / "history" / f"{name}.history"
+        if not path.exists():
+            return []
+        lines = path.read_text(errors="replace").splitlines()
+        return [(fields[3], fields[5]) for line in lines if len(fields := line.split("|")) >= 6]
+
+    def wait_history(self, contact: str, entry: tuple[str, str]) -> None:
+        self.wait(lambda: entry in self.history(contact), f"{entry} in Psi's history")
+
+    def log_tail(self) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(line[:400] for line in text.splitlines()[-40:])
+
+    def close(self) -> None:
+        stop(self.proc)
+        stop(self.bus)
+        self.forwarder.close()
+
+
+class Loopback:
+    """What test_interop_dino.Forwarder listens with: here the machine's own loopback."""
+
+    @staticmethod
+    def listen(port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(8)
+        return sock
+
+
+@pytest.fixture
+def psi(
+    srv: ServerProcess, display: Display, ca_file: str, tmp_path: Path
+) -> Iterator[Callable[[str], Psi]]:
+    started: list[Psi] = []
+
+    def start(user: str) -> Psi:
+        p = Psi(tmp_path / f"p{len(started)}", srv, display, user, ca_file)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.close()
+        (p.root / "server.log").write_text(p.srv.log_text())
+
+
+CAPS = "http://jabber.org/protocol/caps"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+SM = "urn:xmpp:sm:3"
+WITHIN_ENTRY = r"(?:(?!\n\d{4}-\d\d-\d\d )[\s\S])"  # a character of the same log entry
+
+
+def test_login_roster_presence_and_chat(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    psi: Callable[[str], Psi],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    start = len(srv.log_text())
+    p = psi(user)
+    # RFC 6120 §5 STARTTLS required by the profile, the certificate verified against the
+    # test CA from Psi's certs/; §6 SASL, the strongest SCRAM Iris offers; §7 the fixed
+    # resource; XEP-0198 §3 stream management, resumable
+    srv.wait_for_log(f"bound {p.jid}", STEP)
+    log = srv.log_text()[start:]
+    peer_address = re.search(rf"c2s (127\.0\.0\.1:\d+): bound {re.escape(p.jid)}", log)
+    assert peer_address, log
+    connection = re.escape(peer_address.group(1))
+    assert re.search(rf"{connection} <<< <starttls xmlns=.urn:ietf:params:xml:ns:xmpp-tls.", log)
+    mechanism = re.search(rf"{connection}: authenticated {user}@localhost with (\S+)", log)
+    assert mechanism and mechanism.group(1) == "SCRAM-SHA-256", mechanism
+    srv.wait_for_log(f"stream management for {p.jid}, resumable", STEP)
+    # RFC 6121 §2.1.3 the roster asked, §4.2 the initial presence with caps (XEP-0115)
+    # reaching the contact
+    p.sent("<query xmlns=.jabber:iq:roster.")
+    online = wait_for(
+        other,
+        "Psi's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == p.jid,
+        seconds=STEP,
+    )
+    assert online.get("type") is None
+    assert online.find(f"{{{CAPS}}}c").get("node") == "https://psi-im.org"
+    # XEP-0030: Psi asks the server's features, and answers a disco#info at its caps node
+    # (XEP-0115 §6.2) with the features its hash covers
+    p.sent(f"<iq [^>]*to=.localhost.[^>]*>\\s*<query xmlns=.{re.escape(DISCO_INFO)}.")
+    node = online.find(f"{{{CAPS}}}c")
+    other.send(
+        f"<iq type='get' to='{p.jid}' id='caps'><query xmlns='{DISCO_INFO}' "
+        f"node='{node.get('node')}#{node.get('ver')}'/></iq>"
+    )
+    features = wait_for(other, "Psi's features", lambda el: el.get("id") == "caps", seconds=STEP)
+    assert features.get("type") == "result"
+    offered = {f.get("var") for f in features.iter(f"{{{DISCO_INFO}}}feature")}
+    assert {DISCO_INFO, "urn:xmpp:ping", "http://jabber.org/protocol/muc"} <= offered, offered
+
+    # a message from the contact (RFC 6121 §5.2.2), in Psi's history of the contact
+    other.send(f"<message to='{p.jid}' type='chat' id='m1'><body>hello psi</body></message>")
+    p.wait_history(f"{peer}@localhost", ("from", "hello psi"))
+    # one from Psi: a chat opened by an xmpp: URI with the text in its input, sent with Enter
+    p.open_uri(f"xmpp:{peer}@localhost?message;type=chat;body=hello%20from%20psi")
+    p.keys(f"{peer}@localhost", "Return")
+    msg = wait_for(other, "Psi's message", lambda el: body(el) == "hello from psi", seconds=STEP)
+    assert msg.get("from") == p.jid and msg.get("type") == "chat"
+    p.wait_history(f"{peer}@localhost", ("to", "hello from psi"))
+
+    # RFC 6121 §4.2: a status set over D-Bus reaches the contact
+    p.call("setStatus", "away", "out for lunch")
+    away = wait_for(
+        other,
+        "Psi's away presence",
+        lambda el: el.tag == PRESENCE and el.findtext(f"{{{CLIENT}}}show") == "away",
+        seconds=STEP,
+    )
+    assert away.get("from") == p.jid and away.findtext(f"{{{CLIENT}}}status") == "out for lunch"
+
+    # RFC 6121 §3.1: a newcomer's subscription request, approved by Psi (the profile sets
+    # "automatically allow authorization"), and Psi's presence follows (§3.1.5)
+    newcomer = next(names)
+    third = raw_login(srv, ca_file, newcomer, clients)
+    third.send("<presence/>")
+    third.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    approved = wait_for(
+        third, "the approval", lambda el: el.get("type") == "subscribed", seconds=STEP
+    )
+    assert approved.get("from") == f"{user}@localhost"
+    wait_for(
+        third,
+        "Psi's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == p.jid,
+        seconds=STEP,
+    )
