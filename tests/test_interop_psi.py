@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import body, raw_login, require_command, wait_for
-from test_interop_dino import Display, Forwarder, start_bus, stop
+from lxml import etree
+from test_interop_dino import MUC, Display, Forwarder, make_room, start_bus, statuses, stop
 from test_interop_profanity import befriend
 from xmpp_raw import CLIENT, RawClient
 
@@ -198,7 +199,14 @@ class Psi:
             str(int(shape["WIDTH"]) // 2),
             str(int(shape["HEIGHT"]) - 30),
         )
-        self.xdotool("key", "--delay", "50", *keys)
+        if keys:
+            self.xdotool("key", "--delay", "50", *keys)
+
+    def type(self, title: str, text: str) -> None:
+        """`text` typed into the window titled `title` (its focused input), then Enter."""
+        self.keys(title)
+        self.xdotool("type", "--delay", "20", text)
+        self.xdotool("key", "Return")
 
     def wait(self, condition: Callable[[], Any], what: str, seconds: float = STEP) -> Any:
         deadline = time.monotonic() + seconds
@@ -215,6 +223,11 @@ class Psi:
         puts newlines between elements, so an entry goes on until the next log line's date)."""
         line = re.compile(rf"fastxmpp\.trace: {re.escape(self.jid)} <<< {WITHIN_ENTRY}*?{pattern}")
         return self.wait(lambda: line.search(self.srv.log_text(), start), f"Psi sent {pattern!r}")
+
+    def received(self, pattern: str, start: int = 0) -> re.Match[str]:
+        """What the server sent Psi, as its trace logged it."""
+        line = re.compile(rf"fastxmpp\.trace: {re.escape(self.jid)} >>> {WITHIN_ENTRY}*?{pattern}")
+        return self.wait(lambda: line.search(self.srv.log_text(), start), f"Psi got {pattern!r}")
 
     def history(self, contact: str) -> list[tuple[str, str]]:
         """Psi's history of `contact` (its text files, one event a line:
@@ -356,3 +369,90 @@ def test_login_roster_presence_and_chat(
         lambda el: el.tag == PRESENCE and el.get("from") == p.jid,
         seconds=STEP,
     )
+
+
+def test_room_joined_by_uri_and_groupchat(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    psi: Callable[[str], Psi],
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"psi-{user}@conference.localhost"
+    other = raw_login(srv, ca_file, peer, clients)
+    make_room(other, room, peer, persistent=True)
+    other.send(f"<message to='{room}' type='groupchat'><body>before psi</body></message>")
+    wait_for(other, "the echo", lambda el: body(el) == "before psi")
+    p = psi(user)
+    srv.wait_for_log(f"bound {p.jid}", STEP)
+    # an xmpp: URI with ?join (RFC 5122 §2.5, XEP-0147) opens Psi's join dialog, the room
+    # and the nick (the account's name) filled in: Enter joins (XEP-0045 §7.2)
+    p.open_uri(f"xmpp:{room}?join")
+    p.keys("Psi: Join Groupchat", "Return")
+    entered = wait_for(
+        other,
+        "Psi entering the room",
+        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/{user}",
+        seconds=STEP,
+    )
+    assert entered.get("type") is None
+    p.sent(rf"to=.{re.escape(room)}/{user}.{WITHIN_ENTRY}*?<x xmlns=.{re.escape(MUC)}.")
+    # Psi has its own presence from the room (status 110, §7.2.2): the room's window is
+    # ready for text
+    p.received(rf"from=.{re.escape(room)}/{user}.{WITHIN_ENTRY}*?<status code=.110.")
+    # XEP-0045 §7.4 groupchat both ways: typed text reaches the room ...
+    p.type(room.split("@")[0], "hello room")
+    said = wait_for(other, "Psi's groupchat", lambda el: body(el) == "hello room", seconds=STEP)
+    assert (said.get("from"), said.get("type")) == (f"{room}/{user}", "groupchat")
+    # ... and the other occupant's reaches Psi (Psi 1.5 keeps no groupchat history to
+    # look in: its stream took it, and Psi answers a ping sent after it, XEP-0199 §4.2)
+    other.send(f"<message to='{room}' type='groupchat'><body>hello psi</body></message>")
+    p.received(rf"type=.groupchat.{WITHIN_ENTRY}*?<body>hello psi</body>")
+    other.send(f"<iq to='{p.jid}' type='get' id='ping'><ping xmlns='urn:xmpp:ping'/></iq>")
+    pong = wait_for(other, "Psi's pong", lambda el: el.get("id") == "ping", seconds=STEP)
+    assert (pong.get("type"), pong.get("from")) == ("result", p.jid)
+
+
+def test_room_created_by_psi_is_configured(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    psi: Callable[[str], Psi],
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"new-{user}@conference.localhost"
+    p = psi(user)
+    srv.wait_for_log(f"bound {p.jid}", STEP)
+    # a room that does not exist is created by Psi's join (XEP-0045 §10.1.1: status 201,
+    # the room locked) ...
+    p.open_uri(f"xmpp:{room}?join")
+    p.keys("Psi: Join Groupchat", "Return")
+    p.received(rf"from=.{re.escape(room)}/{user}.{WITHIN_ENTRY}*?<status code=.201.")
+    # ... and Psi accepts the default configuration at once (its option
+    # options.muc.accept-defaults, on by default: the instant room of §10.1.2, an empty
+    # submitted form) ...
+    configured = p.sent(
+        rf"<iq (?=[^>]*type=.set.)(?=[^>]*id=.([^'\"]+).)[^>]*to=.{re.escape(room)}.>"
+        rf"\s*<query xmlns=.{re.escape(MUC)}#owner.>\s*<x [^>]*type=.submit./>"
+    )
+    p.received(rf"<iq (?=[^>]*type=.result.)[^>]*id=.{configured.group(1)}.")
+    # ... so the room is open to others: an occupant enters, and sees Psi as its owner
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    owner = wait_for(
+        other,
+        "Psi's presence in the room",
+        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/{user}",
+        seconds=STEP,
+    )
+    item = owner.find(f"{{{MUC}#user}}x/{{{MUC}#user}}item")
+    assert item.get("affiliation") == "owner", etree.tostring(owner)
+    mine = wait_for(
+        other,
+        "the room's presence of the newcomer",
+        lambda el: el.tag == PRESENCE and "110" in statuses(el),
+        seconds=STEP,
+    )
+    assert mine.get("type") is None
