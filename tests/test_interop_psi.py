@@ -456,3 +456,93 @@ def test_room_created_by_psi_is_configured(
         seconds=STEP,
     )
     assert mine.get("type") is None
+
+
+def test_contact_vcard_fetched(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    psi: Callable[[str], Psi],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    # the contact's vCard (XEP-0054 §3.2), published by its own client
+    other.send(
+        "<iq type='set' id='vcard'><vCard xmlns='vcard-temp'><FN>Peer Person</FN>"
+        "<NICKNAME>peerie</NICKNAME></vCard></iq>"
+    )
+    assert (
+        wait_for(other, "the vCard stored", lambda el: el.get("id") == "vcard").get("type")
+        == "result"
+    )
+    p = psi(user)
+    srv.wait_for_log(f"bound {p.jid}", STEP)
+    # Psi asks its own vCard at login (XEP-0054 §3.1; at its bare JID) ...
+    p.sent(
+        rf"<iq (?=[^>]*type=.get.)(?=[^>]*to=.{user}@localhost.)[^>]*>\s*<vCard xmlns=.vcard-temp./>"
+    )
+    # ... and the contact's when an xmpp:?vcard URI opens its information (§3.2, at the
+    # bare JID; with its software version, XEP-0092, and time, XEP-0202, at its resource);
+    # the answer is kept in Psi's vCard cache
+    start = len(srv.log_text())
+    p.open_uri(f"xmpp:{peer}@localhost?vcard")
+    p.sent(
+        rf"<iq (?=[^>]*type=.get.)(?=[^>]*to=.{peer}@localhost.)[^>]*>\s*<vCard xmlns=.vcard-temp./>",
+        start,
+    )
+    version = wait_for(
+        other, "Psi's version request", lambda el: el.find("{jabber:iq:version}query") is not None
+    )
+    assert version.get("from") == p.jid
+    cached = p.data.parent.parent.parent / ".cache" / "psi" / "profiles" / "default" / "vcard"
+    card = cached / f"{peer}_at_localhost.xml"
+    text = p.wait(lambda: card.exists() and card.read_text(), "the contact's vCard in Psi's cache")
+    assert "Peer Person" in text and "peerie" in text, text
+
+
+def test_reconnection_after_the_connection_is_cut(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    psi: Callable[[str], Psi],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    p = psi(user)
+    wait_for(
+        other,
+        "Psi's presence",
+        lambda el: el.tag == PRESENCE and el.get("from") == p.jid,
+        seconds=STEP,
+    )
+    srv.wait_for_log(f"stream management for {p.jid}, resumable", STEP)
+    start = len(srv.log_text())
+    # the TCP connection breaks (a reset, no closing tag): the server keeps the session
+    # for resumption (XEP-0198 §5) ...
+    p.forwarder.cut()
+    srv.wait_for_log(f"{p.jid} lost its connection", STEP)
+    other.send(f"<message to='{p.jid}' type='chat'><body>while you were away</body></message>")
+    # ... Psi connects again 15 s later (its first reconnection delay, reconnectData() in
+    # src/psiaccount.cpp; the profile's "reconn") with a new login, not a resumption
+    # (module docstring): binding the same resource ends the detached session (RFC 6120
+    # §7.7.2.2), whose unacknowledged message the server keeps offline (XEP-0198 §5) ...
+    p.wait(lambda: f"bound {p.jid}" in srv.log_text()[start:], "Psi's new login", 15 + STEP)
+    log = srv.log_text()[start:]
+    assert f"resumed {p.jid}" not in log and "<resume " not in log
+    assert re.search(
+        rf"{re.escape(p.jid)} ended with \d+ unacknowledged stanzas: .*1 stored offline", log
+    )
+    # ... and delivers it to the new session: Psi has it in its history (RFC 6121 §8.5.2)
+    p.wait_history(f"{peer}@localhost", ("from", "while you were away"))
+    # the contact sees Psi online again, and Psi's messages go out as before
+    wait_for(
+        other,
+        "Psi's presence again",
+        lambda el: el.tag == PRESENCE and el.get("from") == p.jid and el.get("type") is None,
+        seconds=STEP,
+    )
+    p.open_uri(f"xmpp:{peer}@localhost?message;type=chat;body=back%20again")
+    p.keys(f"{peer}@localhost", "Return")
+    wait_for(other, "Psi's message", lambda el: body(el) == "back again", seconds=STEP)
