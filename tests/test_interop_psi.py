@@ -109,6 +109,7 @@ class Psi:
         home = root / "home"
         self.config = home / ".config" / "psi"
         self.data = home / ".local" / "share" / "psi"
+        self.cache = home / ".cache" / "psi"
         self.forwarder = Forwarder(Loopback(), srv.port, 0)
         write_profile(self.config, f"{user}@localhost", self.forwarder.listener.getsockname()[1])
         # Psi adds the certificates of its data directory's certs/ to the system's
@@ -286,6 +287,12 @@ SM = "urn:xmpp:sm:3"
 WITHIN_ENTRY = r"(?:(?!\n\d{4}-\d\d-\d\d )[\s\S])"  # a character of the same log entry
 
 
+def iq_to(kind: str, to: str) -> str:
+    """A pattern of an iq's start tag of type `kind` to `to` (Iris orders the attributes
+    as it likes) and the whitespace after it."""
+    return rf"<iq (?=[^>]*type=.{kind}.)(?=[^>]*to=.{re.escape(to)}.)[^>]*>\s*"
+
+
 def test_login_roster_presence_and_chat(
     srv: ServerProcess,
     ca_file: str,
@@ -322,7 +329,7 @@ def test_login_roster_presence_and_chat(
     assert online.find(f"{{{CAPS}}}c").get("node") == "https://psi-im.org"
     # XEP-0030: Psi asks the server's features, and answers a disco#info at its caps node
     # (XEP-0115 §6.2) with the features its hash covers
-    p.sent(f"<iq [^>]*to=.localhost.[^>]*>\\s*<query xmlns=.{re.escape(DISCO_INFO)}.")
+    p.sent(iq_to("get", "localhost") + f"<query xmlns=.{re.escape(DISCO_INFO)}.")
     node = online.find(f"{{{CAPS}}}c")
     other.send(
         f"<iq type='get' to='{p.jid}' id='caps'><query xmlns='{DISCO_INFO}' "
@@ -434,8 +441,9 @@ def test_room_created_by_psi_is_configured(
     # options.muc.accept-defaults, on by default: the instant room of §10.1.2, an empty
     # submitted form) ...
     configured = p.sent(
-        rf"<iq (?=[^>]*type=.set.)(?=[^>]*id=.([^'\"]+).)[^>]*to=.{re.escape(room)}.>"
-        rf"\s*<query xmlns=.{re.escape(MUC)}#owner.>\s*<x [^>]*type=.submit./>"
+        r"(?=<iq [^>]*id=.([^'\"]+).)"
+        + iq_to("set", room)
+        + rf"<query xmlns=.{re.escape(MUC)}#owner.>\s*<x (?=[^>]*type=.submit.)[^>]*/>"
     )
     p.received(rf"<iq (?=[^>]*type=.result.)[^>]*id=.{configured.group(1)}.")
     # ... so the room is open to others: an occupant enters, and sees Psi as its owner
@@ -479,24 +487,21 @@ def test_contact_vcard_fetched(
     p = psi(user)
     srv.wait_for_log(f"bound {p.jid}", STEP)
     # Psi asks its own vCard at login (XEP-0054 §3.1; at its bare JID) ...
-    p.sent(
-        rf"<iq (?=[^>]*type=.get.)(?=[^>]*to=.{user}@localhost.)[^>]*>\s*<vCard xmlns=.vcard-temp./>"
-    )
+    p.sent(iq_to("get", f"{user}@localhost") + "<vCard xmlns=.vcard-temp./>")
     # ... and the contact's when an xmpp:?vcard URI opens its information (§3.2, at the
     # bare JID; with its software version, XEP-0092, and time, XEP-0202, at its resource);
     # the answer is kept in Psi's vCard cache
     start = len(srv.log_text())
     p.open_uri(f"xmpp:{peer}@localhost?vcard")
     p.sent(
-        rf"<iq (?=[^>]*type=.get.)(?=[^>]*to=.{peer}@localhost.)[^>]*>\s*<vCard xmlns=.vcard-temp./>",
+        iq_to("get", f"{peer}@localhost") + "<vCard xmlns=.vcard-temp./>",
         start,
     )
     version = wait_for(
         other, "Psi's version request", lambda el: el.find("{jabber:iq:version}query") is not None
     )
     assert version.get("from") == p.jid
-    cached = p.data.parent.parent.parent / ".cache" / "psi" / "profiles" / "default" / "vcard"
-    card = cached / f"{peer}_at_localhost.xml"
+    card = p.cache / "profiles" / "default" / "vcard" / f"{peer}_at_localhost.xml"
     text = p.wait(lambda: card.exists() and card.read_text(), "the contact's vCard in Psi's cache")
     assert "Peer Person" in text and "peerie" in text, text
 
