@@ -102,7 +102,9 @@ class Psi:
     """One Psi with a fresh profile and a session bus of its own, on the test's display,
     connecting through a forwarder of the test's (which can cut the connection)."""
 
-    def __init__(self, root: Path, srv: ServerProcess, display: Display, user: str, ca: str):
+    def __init__(
+        self, root: Path, srv: ServerProcess, display: Display, user: str, ca: str | None
+    ) -> None:
         self.root = root
         self.srv = srv
         self.jid = f"{user}@localhost/{RESOURCE}"
@@ -115,7 +117,8 @@ class Psi:
         # Psi adds the certificates of its data directory's certs/ to the system's
         # (CertificateHelpers::allCertificates, ApplicationInfo::getCertificateStoreDirs)
         (self.data / "certs").mkdir(parents=True)
-        shutil.copy(ca, self.data / "certs" / "test-ca.crt")
+        if ca is not None:
+            shutil.copy(ca, self.data / "certs" / "test-ca.crt")
         (home / "run").mkdir(mode=0o700)
         self.bus, self.bus_address = start_bus(root)
         self.env = {
@@ -267,11 +270,12 @@ class Loopback:
 @pytest.fixture
 def psi(
     srv: ServerProcess, display: Display, ca_file: str, tmp_path: Path
-) -> Iterator[Callable[[str], Psi]]:
+) -> Iterator[Callable[..., Psi]]:
     started: list[Psi] = []
 
-    def start(user: str) -> Psi:
-        p = Psi(tmp_path / f"p{len(started)}", srv, display, user, ca_file)
+    def start(user: str, trusted: bool = True) -> Psi:
+        ca = ca_file if trusted else None
+        p = Psi(tmp_path / f"p{len(started)}", srv, display, user, ca)
         started.append(p)
         return p
 
@@ -298,7 +302,7 @@ def test_login_roster_presence_and_chat(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    psi: Callable[[str], Psi],
+    psi: Callable[..., Psi],
 ) -> None:
     user, peer = next(names), next(names)
     other = befriend(srv, ca_file, user, peer, clients)
@@ -378,12 +382,28 @@ def test_login_roster_presence_and_chat(
     )
 
 
+def test_certificate_of_an_unknown_ca_is_refused(
+    srv: ServerProcess, names: Iterator[str], psi: Callable[..., Psi]
+) -> None:
+    # RFC 6125 against the system's CAs only (the test CA not in Psi's certs/): Psi stops
+    # after STARTTLS, before SASL, and asks its user (its "Server Authentication" dialog)
+    user = next(names)
+    start = len(srv.log_text())
+    p = psi(user, trusted=False)
+    p.wait(lambda: p.find_window("Server Authentication"), "Psi's certificate dialog")
+    log = srv.log_text()[start:]
+    port = re.search(r"c2s connection from 127\.0\.0\.1:(\d+)\n", log)
+    assert port, log
+    assert re.search(rf"127\.0\.0\.1:{port.group(1)} <<< <starttls ", log), log
+    assert f"authenticated {user}@localhost" not in srv.log_text()
+
+
 def test_room_joined_by_uri_and_groupchat(
     srv: ServerProcess,
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    psi: Callable[[str], Psi],
+    psi: Callable[..., Psi],
 ) -> None:
     user, peer = next(names), next(names)
     room = f"psi-{user}@conference.localhost"
@@ -426,7 +446,7 @@ def test_room_created_by_psi_is_configured(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    psi: Callable[[str], Psi],
+    psi: Callable[..., Psi],
 ) -> None:
     user, peer = next(names), next(names)
     room = f"new-{user}@conference.localhost"
@@ -471,7 +491,7 @@ def test_contact_vcard_fetched(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    psi: Callable[[str], Psi],
+    psi: Callable[..., Psi],
 ) -> None:
     user, peer = next(names), next(names)
     other = befriend(srv, ca_file, user, peer, clients)
@@ -511,7 +531,7 @@ def test_reconnection_after_the_connection_is_cut(
     ca_file: str,
     names: Iterator[str],
     clients: list[RawClient],
-    psi: Callable[[str], Psi],
+    psi: Callable[..., Psi],
 ) -> None:
     user, peer = next(names), next(names)
     other = befriend(srv, ca_file, user, peer, clients)
