@@ -320,6 +320,8 @@ def test_login_roster_presence_and_chat(
     mechanism = re.search(rf"{connection}: authenticated {user}@localhost with (\S+)", log)
     assert mechanism and mechanism.group(1) == "SCRAM-SHA-256", mechanism
     srv.wait_for_log(f"stream management for {p.jid}, resumable", STEP)
+    # ... and acknowledges what it gets when asked (XEP-0198 §4)
+    p.sent(r"<a (?=[^>]*xmlns=.urn:xmpp:sm:3.)[^>]*h=.\d+.")
     # RFC 6121 §2.1.3 the roster asked, §4.2 the initial presence with caps (XEP-0115)
     # reaching the contact
     p.sent("<query xmlns=.jabber:iq:roster.")
@@ -353,6 +355,16 @@ def test_login_roster_presence_and_chat(
     msg = wait_for(other, "Psi's message", lambda el: body(el) == "hello from psi", seconds=STEP)
     assert msg.get("from") == p.jid and msg.get("type") == "chat"
     p.wait_history(f"{peer}@localhost", ("to", "hello from psi"))
+
+    # XEP-0280: Psi enables carbons (§4); what the account's other resource sends comes
+    # to Psi as a sent carbon (§6), and Psi files it under the contact
+    p.sent(r"<enable xmlns=.urn:xmpp:carbons:2./>")
+    mine = raw_login(srv, ca_file, user, clients)
+    mine.send(
+        f"<message to='{peer}@localhost' type='chat'><body>from my other resource</body></message>"
+    )
+    wait_for(other, "the other resource's message", lambda el: body(el) == "from my other resource")
+    p.wait_history(f"{peer}@localhost", ("to", "from my other resource"))
 
     # RFC 6121 §4.2: a status set over D-Bus reaches the contact
     p.call("setStatus", "away", "out for lunch")
