@@ -94,6 +94,10 @@ def write_profile(config: Path, jid: str, port: int) -> None:
         "<subscriptions>"
         + option("automatically-allow-authorization", "bool", "true")
         + "</subscriptions>"
+        # Psi still asks its own vCard at login when it has none cached (PsiAccount::
+        # cs_authenticated); without this it also opens its vCard editor when the vCard is
+        # empty (slotCheckVCard), a window over the others
+        "<vcard>" + option("query-own-vcard-on-login", "bool", "false") + "</vcard>"
         "</options></options>\n"
     )
 
@@ -190,12 +194,14 @@ class Psi:
     def keys(self, title: str, *keys: str) -> None:
         """Keys pressed in the window titled `title` once it shows. With no window manager
         on Xvfb the keyboard goes to the window under the pointer: the pointer goes there
-        first (to its lower part, Psi's message input in a chat window)."""
+        first (to its lower part, Psi's message input in a chat window), the window raised
+        over Psi's others (no window manager stacks them)."""
         window = self.wait(lambda: self.find_window(title), f"the window {title!r}")
         shape = dict(
             line.split("=", 1)
             for line in self.xdotool("getwindowgeometry", "--shell", window).split()
         )
+        self.xdotool("windowraise", window)
         self.xdotool(
             "mousemove",
             "--window",
