@@ -1,5 +1,51 @@
-"""Psi (Debian's `psi` 1.5, the Qt 5 desktop client on its own XMPP library Iris) run as the
-real program. (Docstring completed below.)"""
+"""Psi (Debian's `psi` 1.5, the Qt 5 desktop client on its own XMPP library Iris; not
+libstrophe, nbxmpp, QXmpp or libpurple) run as the real program, with a fresh profile for each
+test, on the test's virtual screen (Xvfb on a free display number, test_interop_dino.Display)
+with a session bus of its own (dbus-daemon). Psi runs as root here: it does not refuse to.
+
+The profile is written beforehand, so no wizard shows: profiles/default/accounts.xml under
+$XDG_CONFIG_HOME/psi (one account: its JID, the password as Psi obfuscates it, XORed with
+the JID, src/common.cpp encodePassword; a manual host and port, STARTTLS required, a fixed
+resource, automatic login, reconnection on) and options.xml (no tip of the day, subscription
+requests approved automatically, no vCard editor over the other windows). The server's
+certificate is verified as Psi always does it, against the system's CAs plus the PEM files of
+its data directory's certs/ (CertificateHelpers::allCertificates), where the test CA is put;
+nothing turns verification off. Psi connects through a forwarder of the test's on loopback
+(test_interop_dino.Forwarder), so the test can cut its TCP connection.
+
+Psi is driven as a user's desktop would drive it: its D-Bus interface (org.psi_im.Psi.Main
+on /Main, src/dbus.cpp: setStatus, and openURI, which hands it xmpp: URIs as a click on a
+link would: ?message;type=chat;body=... opens a chat with the text in its input, ?join the
+join dialog filled in, ?vcard the contact's information), and keys into its windows (xdotool:
+Enter sends the chat's text and joins from the join dialog; text typed into a room's window).
+What it did is checked on the server's side: raw clients (tests/xmpp_raw.py) beside it and
+the server's stanza trace (its debug log); and in Psi's own files: its history of each
+contact (text files, one event a line) and its vCard cache.
+
+What it showed (no server bug; Psi's ways the tests follow):
+- It takes SCRAM-SHA-256 though the server offers SCRAM-SHA-256-PLUS first (Iris 1.5 has no
+  channel binding), enables XEP-0198 asking for resumption, carbons, and a privacy list of
+  its own (XEP-0016, "blocked", made default and active at each login).
+- It accepts the default configuration of a room it creates at once (its option
+  options.muc.accept-defaults, on by default: the instant room of XEP-0045 §10.1.2), so the
+  room is open to others right away (Dino leaves it locked: test_interop_dino.py).
+- After its connection is cut it waits 15 s (the first step of reconnectData() in
+  src/psiaccount.cpp) and logs in afresh: it asked for resumption but never resumes. The
+  new session's bind of the same resource ends the detached one (RFC 6120 §7.7.2.2), whose
+  unacknowledged message the server stores offline and delivers to the new session.
+- Iris writes attributes in no fixed order (QDom's, varying between runs): the patterns
+  matching what it sent use lookaheads for them; it puts newlines between elements, so the
+  server logs one stanza over several lines.
+- With no window manager on Xvfb, windows stack as they map and the keyboard goes to the
+  window under the pointer: the test raises the window and moves the pointer there before
+  its keys. Own vCard empty, Psi 1.5 opens its vCard editor over the other windows at
+  login (PsiAccount::slotCheckVCard) unless options.vcard.query-own-vcard-on-login is off;
+  with the option off it still asks its vCard at login, which the vCard test checks.
+- It keeps no history of rooms (only of contacts), so a groupchat it got is checked on its
+  stream, then by a ping it answers after it (Iris handles stanzas in order).
+- Its keepalive is a whitespace ping every 55 s (setNoopTime(55000)), too slow for a test;
+  it answers XEP-0199 pings (checked).
+"""
 
 from __future__ import annotations
 
