@@ -87,6 +87,8 @@ def names() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def display() -> Iterator[Display]:
     require_command("psi", "Psi (Debian package psi)")
+    require_command("gdbus", "gdbus (Debian package libglib2.0-bin)")
+    require_command("xdotool", "xdotool (Debian package xdotool)")
     shown = Display()
     yield shown
     shown.close()
