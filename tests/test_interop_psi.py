@@ -342,6 +342,7 @@ def psi(
 CAPS = "http://jabber.org/protocol/caps"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 SM = "urn:xmpp:sm:3"
+RECEIPTS = "urn:xmpp:receipts"
 WITHIN_ENTRY = r"(?:(?!\n\d{4}-\d\d-\d\d )[\s\S])"  # a character of the same log entry
 
 
@@ -375,7 +376,7 @@ def test_login_roster_presence_and_chat(
     assert mechanism and mechanism.group(1) == "SCRAM-SHA-256", mechanism
     srv.wait_for_log(f"stream management for {p.jid}, resumable", STEP)
     # ... and acknowledges what it gets when asked (XEP-0198 §4)
-    p.sent(r"<a (?=[^>]*xmlns=.urn:xmpp:sm:3.)[^>]*h=.\d+.")
+    p.sent(rf"<a (?=[^>]*xmlns=.{SM}.)[^>]*h=.\d+.")
     # RFC 6121 §2.1.3 the roster asked, §4.2 the initial presence with caps (XEP-0115)
     # reaching the contact
     p.sent("<query xmlns=.jabber:iq:roster.")
@@ -400,14 +401,29 @@ def test_login_roster_presence_and_chat(
     offered = {f.get("var") for f in features.iter(f"{{{DISCO_INFO}}}feature")}
     assert {DISCO_INFO, "urn:xmpp:ping", "http://jabber.org/protocol/muc"} <= offered, offered
 
-    # a message from the contact (RFC 6121 §5.2.2), in Psi's history of the contact
-    other.send(f"<message to='{p.jid}' type='chat' id='m1'><body>hello psi</body></message>")
+    # a message from the contact (RFC 6121 §5.2.2), in Psi's history of the contact; it asks
+    # for a receipt, which Psi gives (XEP-0184 §5.2)
+    other.send(
+        f"<message to='{p.jid}' type='chat' id='m1'><body>hello psi</body>"
+        f"<request xmlns='{RECEIPTS}'/></message>"
+    )
     p.wait_history(f"{peer}@localhost", ("from", "hello psi"))
+    receipt = wait_for(
+        other,
+        "Psi's receipt",
+        lambda el: el.find(f"{{{RECEIPTS}}}received") is not None,
+        seconds=STEP,
+    )
+    assert receipt.find(f"{{{RECEIPTS}}}received").get("id") == "m1"
+    assert receipt.get("from") == p.jid
     # one from Psi: a chat opened by an xmpp: URI with the text in its input, sent with Enter
     p.open_uri(f"xmpp:{peer}@localhost?message;type=chat;body=hello%20from%20psi")
     p.keys(f"{peer}@localhost", "Return")
     msg = wait_for(other, "Psi's message", lambda el: body(el) == "hello from psi", seconds=STEP)
     assert msg.get("from") == p.jid and msg.get("type") == "chat"
+    # with a receipt request (XEP-0184 §5.1) and its chat state (XEP-0085 §5.1)
+    assert msg.find(f"{{{RECEIPTS}}}request") is not None
+    assert msg.find("{http://jabber.org/protocol/chatstates}active") is not None
     p.wait_history(f"{peer}@localhost", ("to", "hello from psi"))
 
     # XEP-0280: Psi enables carbons (§4); what the account's other resource sends comes
