@@ -41,6 +41,12 @@ What it showed (no server bug; Psi's ways the tests follow):
   its keys. Own vCard empty, Psi 1.5 opens its vCard editor over the other windows at
   login (PsiAccount::slotCheckVCard) unless options.vcard.query-own-vcard-on-login is off;
   with the option off it still asks its vCard at login, which the vCard test checks.
+- Psi 1.5's bug: an xmpp:?roster URI without group= leaves the Add Contact dialog's group
+  box empty instead of "<None>", and AddUserDlg::ok (src/adduserdlg.cpp) then sends the
+  contact's roster item with an empty <group></group>, which RFC 6121 §2.3.3 requires the
+  server to refuse (not-acceptable; Prosody keeps a group named ""): the contact is still
+  asked for its presence, but its name is lost. The test gives a group in the URI, as a
+  user would pick one in the dialog.
 - It keeps no history of rooms (only of contacts), so a groupchat it got is checked on its
   stream, then by a ping it answers after it (Iris handles stanzas in order).
 - Its keepalive is a whitespace ping every 55 s (setNoopTime(55000)), too slow for a test;
@@ -62,6 +68,7 @@ import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
 from interop_clients import body, raw_login, require_command, wait_for
 from lxml import etree
+from test_client_flows import Client
 from test_interop_dino import MUC, Display, Forwarder, make_room, start_bus, statuses, stop
 from test_interop_profanity import befriend
 from xmpp_raw import CLIENT, RawClient
@@ -653,3 +660,43 @@ def test_reconnection_after_the_connection_is_cut(
     p.open_uri(f"xmpp:{peer}@localhost?message;type=chat;body=back%20again")
     p.keys(f"{peer}@localhost", "Return")
     wait_for(other, "Psi's message", lambda el: body(el) == "back again", seconds=STEP)
+
+
+def test_subscription_asked_by_psi(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    psi: Callable[..., Psi],
+) -> None:
+    user, peer = next(names), next(names)
+    other = raw_login(srv, ca_file, peer, clients)
+    other.send("<presence/>")
+    p = psi(user)
+    srv.wait_for_log(f"bound {p.jid}", STEP)
+    # an xmpp:?roster URI (XEP-0147) opens Psi's Add Contact dialog with the address, the
+    # name and the group filled in (with no group= Psi sends an empty <group/>, which the
+    # server refuses: module docstring); Enter (its Add button) adds the contact to the
+    # roster (RFC 6121 §2.3) and asks for its presence (§3.1.1)
+    p.open_uri(f"xmpp:{peer}@localhost?roster;name=Peer;group=Friends")
+    p.keys("Psi: Add Contact", "Return")
+    request = wait_for(
+        other, "Psi's subscription request", lambda el: el.get("type") == "subscribe", seconds=STEP
+    )
+    assert request.get("from") == f"{user}@localhost"
+    added = p.sent(
+        rf"(?=<iq [^>]*id=.([^'\"]+).)<iq [^>]*>\s*<query xmlns=.jabber:iq:roster.>\s*"
+        rf"<item (?=[^>]*jid=.{peer}@localhost.)"
+    )
+    p.received(rf"<iq (?=[^>]*type=.result.)[^>]*id=.{added.group(1)}.")
+    # approved (§3.1.5): Psi gets the contact's presence, and files the contact with its
+    # name in the roster
+    other.send(f"<presence to='{user}@localhost' type='subscribed'/>")
+    p.received(rf"<presence [^>]*from=.{peer}@localhost/raw.")
+    mine = Client(raw_login(srv, ca_file, user, clients), user, "")
+    roster = mine.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    item = roster.find(
+        f"{{jabber:iq:roster}}query/{{jabber:iq:roster}}item[@jid='{peer}@localhost']"
+    )
+    assert item is not None and item.get("subscription") == "to", etree.tostring(roster)
+    assert item.get("name") == "Peer" and item.findtext("{jabber:iq:roster}group") == "Friends"
