@@ -150,6 +150,17 @@ interop-deps: | deps
 	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dino-im xvfb \
 	    xdotool dbus-daemon libglib2.0-bin; \
 	fi
+	@# Psi, the Qt 5 desktop client of test_interop_psi.py (on its own library, Iris): on a
+	@# virtual display (xvfb) with a session bus of its own (dbus-daemon, its D-Bus methods
+	@# called with gdbus), typed into with xdotool.
+	@if ! command -v psi >/dev/null || ! command -v Xvfb >/dev/null \
+	    || ! command -v xdotool >/dev/null || ! command -v dbus-daemon >/dev/null \
+	    || ! command -v gdbus >/dev/null; then \
+	  echo "installing psi, xvfb, xdotool, dbus-daemon, libglib2.0-bin (the Psi interop" \
+	    "test's client)"; \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq psi xvfb \
+	    xdotool dbus-daemon libglib2.0-bin; \
+	fi
 	@if [ ! tests/interop/js/node_modules/.package-lock.json -nt tests/interop/js/package-lock.json ]; then \
 	  cd tests/interop/js && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
