@@ -222,6 +222,51 @@ def test_password_guessing_is_refused_per_address(make_server: Any, ca_file: str
     assert srv.alive()
 
 
+def test_channel_binding_refusals_are_no_password_guesses(make_server: Any, ca_file: str) -> None:
+    """slixmpp 1.8 (Poezio 0.14 on Debian 12) binds SCRAM-PLUS to tls-unique, which TLS 1.3
+    lacks, then retries without binding but with the GS2 flag 'y', which RFC 5802 §6 makes
+    the server refuse: four refusals per login before it falls back to PLAIN. They come
+    before any proof of a password, so they neither delay nor lock out the account or the
+    address, as wrong passwords do (test_password_guessing_is_refused_per_address)."""
+    srv: ServerProcess = make_server(
+        "[limits]\nauth_free_failures = 0\nauth_failures_per_ip = 2\n"
+        "auth_failures_per_account = 2\n"
+    )
+    srv.adduser("alice@localhost")
+    srv.start()
+    for _ in range(3):
+        c = srv.client()
+        c.open_stream()
+        c.starttls(ca_file)
+        unique = c.sasl_scram(
+            "alice", PASSWORD, "SCRAM-SHA-256-PLUS", channel_binding=("tls-unique", c.sock)
+        )
+        assert unique.find(f"{{{SASL}}}not-authorized") is not None
+        downgraded = c.sasl_scram(
+            "alice", PASSWORD, "SCRAM-SHA-256", channel_binding=("tls-server-end-point", c.sock)
+        )
+        assert downgraded.find(f"{{{SASL}}}not-authorized") is not None
+        c.close()
+    c = srv.client()
+    c.open_stream()
+    c.starttls(ca_file)
+    # counted, the six would have refused the account and the address (2 each)
+    assert c.sasl_scram("alice", PASSWORD).tag == f"{{{SASL}}}success"
+    c.close()
+    # a wrong password still counts: two lock the account out
+    for _ in range(2):
+        c = srv.client()
+        c.open_stream()
+        c.starttls(ca_file)
+        assert c.sasl_scram("alice", "guess").find(f"{{{SASL}}}not-authorized") is not None
+        c.close()
+    c = srv.client()
+    c.open_stream()
+    c.starttls(ca_file)
+    assert c.sasl_scram("alice", PASSWORD).find(f"{{{SASL}}}temporary-auth-failure") is not None
+    c.close()
+
+
 def test_stream_error_survives_input_sent_past_it(server: ServerProcess, ca_file: str) -> None:
     # A client still sending far beyond the stanza limit when the error comes: the server
     # answers policy-violation, then keeps reading (and dropping) until the client closes its

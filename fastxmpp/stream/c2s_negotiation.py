@@ -483,8 +483,15 @@ class ClientNegotiation(XmlStream):
             # The account is under attack (limits.auth_failures_per_account): refused for
             # the rest of the window whatever the password, RFC 6120 §6.5.12.
             outcome = Failure("temporary-auth-failure", "too many failed logins, try later")
-        elif isinstance(outcome, Failure) and outcome.condition in WRONG_CREDENTIALS:
-            # A wrong FAST token counts as a wrong password (XEP-0484 §security).
+        elif (
+            isinstance(outcome, Failure)
+            and outcome.condition in WRONG_CREDENTIALS
+            and outcome.tested
+        ):
+            # A wrong FAST token counts as a wrong password (XEP-0484 §security). A channel
+            # binding refused before any proof does not: slixmpp 1.8 (Poezio) asks for
+            # tls-unique, which TLS 1.3 lacks, then falls back with 'y' (RFC 5802 §6), four
+            # refusals per login that would otherwise throttle and lock out its users.
             throttle.record_failure(self._address(), account)
             self.server.counts.login_failures += 1
             delay = throttle.delay(self._address(), account)

@@ -52,6 +52,10 @@ DISABLED = "an administrator has disabled this account"
 class Failure:
     condition: str  # RFC 6120 §6.5
     text: str | None = None
+    # Whether a credential was tested: a refusal before any proof (a channel binding the
+    # client cannot have) guesses no password, so it does not count against the address
+    # and the account ([limits] auth_failures_per_*).
+    tested: bool = True
 
 
 Outcome = Challenge | Success | Failure
@@ -157,7 +161,7 @@ class ScramExchange(SaslExchange):
                 return Failure("malformed-request", f"{self._mechanism}-PLUS needs p=<type>")
             if flag == "y" and self._bindings_offered:
                 # RFC 5802 §6: the client would have bound; someone removed -PLUS.
-                return Failure("not-authorized", "the server supports channel binding")
+                return Failure("not-authorized", "the server supports channel binding", False)
             return None
         if not flag.startswith("p="):
             return Failure("malformed-request", "the GS2 flag must be n, y or p=<type>")
@@ -166,7 +170,9 @@ class ScramExchange(SaslExchange):
         kind = flag[2:]
         data = None if self._tls is None else channel_binding.binding_data(self._tls, kind)
         if data is None:
-            return Failure("not-authorized", f"no {kind!r} channel binding on this connection")
+            return Failure(
+                "not-authorized", f"no {kind!r} channel binding on this connection", False
+            )
         self._binding = data
         self.binding = kind
         return None
