@@ -1,0 +1,277 @@
+"""Poezio (Debian's `poezio` 0.14, a console client built around multi-user chat, on slixmpp
+1.8.3 but with its own MUC, bookmark, history and command logic) driven as a person drives it:
+in a tmux session of its own (Debian's `tmux`; typing and reading the screen are
+test_interop_profanity.py's, with Poezio's own way of taking keys, below), a fresh HOME and XDG
+directories per Poezio whose ~/.config/poezio/poezio.cfg the test writes: jid, password,
+custom_host/custom_port (the test server), ca_cert_path (the test CA alone: verification stays
+on). What it sent and read is in its debug log (`poezio -d FILE`: slixmpp logs every stanza as
+"SEND:"/"RECV:"); what it did is checked on the server's side, with raw clients
+(tests/xmpp_raw.py) and the server's log.
+
+Poezio refuses to run as root (its poezio.py main()): as root, the test runs it as nobody
+(`setpriv`), in a directory of its own under /tmp (pytest's is root's alone).
+
+Poezio 0.14 / slixmpp 1.8.3 bugs, worked around here:
+- SASL: slixmpp ignores XEP-0440's <sasl-channel-binding/> and binds SCRAM-*-PLUS to
+  tls-unique only, which TLS 1.3 does not have (RFC 9266 §3); the server, offering
+  tls-exporter and tls-server-end-point, refuses it. slixmpp then tries SCRAM without
+  binding and the GS2 flag "y" (it supports binding, thinks the server does not), which
+  RFC 5802 §6 makes the server refuse since it does offer -PLUS (a downgrade); after three
+  failures the server closes the stream (policy-violation), slixmpp reconnects, fails
+  SCRAM-SHA-1 the same way and logs in with PLAIN (inside TLS). So Poezio logs in, about
+  2 s late, with PLAIN; the test checks each step.
+- Keys: Poezio takes the keys that arrive in one read as pasted text (an Enter among them
+  is a newline, not Enter), and in the roster tab a "/" followed by more keys in one read
+  opens the command line and drops them: the test types a command's "/", the rest and
+  Enter each once the input line shows the previous one.
+- /last_activity JID (roster and chat tabs) calls the core's async command without
+  awaiting it (poezio/tabs/rostertab.py command_last_activity, conversationtab.py: the
+  coroutine is dropped, Python warns "never awaited"), so no query leaves; without a JID,
+  in a chat tab, it asks the contact (its older callback code), as the test does.
+
+Poezio's ways the test follows:
+- While away it sends no chat states (its tabs' `inactive` check): the chat comes first.
+- Its ping command is a plugin (`plugins_autoload = ping`)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, FreshNames, ServerProcess, module_server
+from interop_clients import body, require_command, wait_for
+from test_interop_profanity import Profanity, befriend
+from xmpp_raw import CLIENT, RawClient
+
+POOL = FreshNames("pz", 40)
+MESSAGE = f"{{{CLIENT}}}message"
+PRESENCE = f"{{{CLIENT}}}presence"
+STEP = 15.0
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from module_server(ca, tmp_path_factory, POOL)
+
+
+@pytest.fixture
+def names() -> Iterator[str]:
+    return POOL.names()
+
+
+class Poezio(Profanity):
+    """One Poezio process in a tmux session of its own; typing and reading the screen are
+    Profanity's (test_interop_profanity.py), whose tmux session is named "prof"."""
+
+    def __init__(
+        self,
+        root: Path,
+        srv: ServerProcess,
+        ca_file: str,
+        user: str,
+        more: dict[str, str] | None = None,
+    ) -> None:
+        self.tmux = require_command("tmux", "tmux (Debian package tmux)")
+        binary = require_command("poezio", "Poezio (Debian package poezio)")
+        self.srv = srv
+        self.user = user
+        root.mkdir(parents=True)
+        self.socket = str(root / "tmux.sock")
+        # Poezio refuses to run as root (its poezio.py main()): as root, the test runs it as
+        # nobody, in a directory of its own outside pytest's (which only root may enter)
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            root = Path(tempfile.mkdtemp(prefix="poezio-"))
+        self.root = root
+        self.home = root / "home"
+        config_dir = self.home / ".config" / "poezio"
+        config_dir.mkdir(parents=True)
+        self.debug = root / "debug.log"
+        self.log_dir = root / "logs"
+        shutil.copy(ca_file, root / "ca.pem")
+        ca_file = str(root / "ca.pem")
+        settings = {
+            "jid": f"{user}@localhost/poezio",
+            "password": PASSWORD,
+            "custom_host": "127.0.0.1",
+            "custom_port": str(srv.port),
+            "ca_cert_path": ca_file,
+            "log_dir": str(self.log_dir),
+            "device_id": "dev",
+            "plugins_autoload": "ping",
+        }
+        settings.update(more or {})
+        (config_dir / "poezio.cfg").write_text(
+            "[Poezio]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+        )
+        env = {
+            "HOME": str(self.home),
+            "XDG_CONFIG_HOME": str(self.home / ".config"),
+            "XDG_DATA_HOME": str(self.home / ".local" / "share"),
+            "XDG_CACHE_HOME": str(self.home / ".cache"),
+            "TERM": "xterm-256color",
+            "LANG": "C.UTF-8",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        }
+        if self.as_root:
+            for path in [root, *root.rglob("*")]:
+                os.chown(path, NOBODY, NOBODY)
+        drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        command = [
+            *(drop if self.as_root else []),
+            "env",
+            "-i",
+            *(f"{k}={v}" for k, v in env.items()),
+            binary,
+            "-d",
+            str(self.debug),
+        ]
+        self._tmux("new-session", "-d", "-s", "prof", "-x", "200", "-y", "50", *command)
+
+    def close(self) -> None:
+        super().close()
+        if self.as_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def type(self, line: str) -> None:
+        """`line` typed, then Enter, each step once Poezio shows the last: keys that come
+        in one read are taken as pasted text (an Enter among them is no Enter), and in the
+        roster tab a "/" with keys after it in one read opens the command line and loses
+        them."""
+        if line.startswith("/"):
+            self._tmux("send-keys", "-t", "prof", "-l", "/")
+            self.wait_input(lambda shown: shown.endswith("/"))
+            line = line[1:]
+        self._tmux("send-keys", "-t", "prof", "-l", line)
+        tail = line[-20:].rstrip()
+        self.wait_input(lambda shown: shown.endswith(tail))
+        self._tmux("send-keys", "-t", "prof", "Enter")
+        self.wait_input(lambda shown: not shown.endswith(tail))
+
+    def wait_input(self, done: Callable[[str], bool]) -> None:
+        """Until the input line (the screen's last) is `done`."""
+        deadline = time.monotonic() + STEP
+        while not done(shown := self.screen().rstrip().rsplit("\n", 1)[-1].rstrip()):
+            assert time.monotonic() < deadline, f"the input line stayed {shown!r}"
+            time.sleep(0.02)
+
+    def logged_in(self) -> str:
+        """The full JID Poezio bound, once its session started."""
+        jid = f"{self.user}@localhost/poezio-dev"
+        self.srv.wait_for_log(f"bound {jid}", timeout=30)
+        return jid
+
+    def sent(self, pattern: str) -> re.Match[str]:
+        """A stanza Poezio sent (slixmpp's debug log: 'SEND: <...>')."""
+        return self.wait_log(r"SEND: [^\n]*" + pattern)
+
+    def received(self, pattern: str) -> re.Match[str]:
+        return self.wait_log(r"RECV: [^\n]*" + pattern)
+
+    def log(self) -> str:
+        return self.debug.read_text(errors="replace") if self.debug.exists() else ""
+
+
+@pytest.fixture
+def poezio(tmp_path: Path, srv: ServerProcess, ca_file: str) -> Iterator[Callable[..., Poezio]]:
+    started: list[Poezio] = []
+
+    def start(user: str, **more: str) -> Poezio:
+        p = Poezio(tmp_path / f"p{len(started)}", srv, ca_file, user, more)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.close()
+
+
+RECEIPTS = "urn:xmpp:receipts"
+CHAT_STATES = "http://jabber.org/protocol/chatstates"
+CORRECTION = "urn:xmpp:message-correct:0"
+
+
+def test_login_roster_status_and_chat(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    poezio: Callable[..., Poezio],
+) -> None:
+    user, peer = next(names), next(names)
+    other = befriend(srv, ca_file, user, peer, clients)
+    p = poezio(user)
+    jid = p.logged_in()
+    # RFC 6120 §5: STARTTLS, the certificate checked against the test CA alone; §6 SASL:
+    # slixmpp's SCRAM tries are refused (module docstring), PLAIN inside TLS succeeds
+    p.sent(r"<starttls xmlns=\"urn:ietf:params:xml:ns:xmpp-tls\"")
+    p.sent(
+        r'<auth [^>]*mechanism="SCRAM-SHA-256-PLUS">'
+        + base64.b64encode(b"p=tls-unique").decode()[:12]
+    )
+    p.received(r"no &apos;tls-unique&apos; channel binding on this connection")
+    p.received(r"the server supports channel binding")
+    srv.wait_for_log(f"authenticated {user}@localhost with PLAIN")
+    # XEP-0280 §4: carbons enabled
+    p.sent(r'<iq [^>]*type="set"[^>]*><enable xmlns="urn:xmpp:carbons:2"')
+    p.received(r'<iq type="result" id="[^"]+" to="' + re.escape(jid) + r'" />')
+    # RFC 6121 §2.1.3: the roster, in the roster tab
+    p.wait_screen(rf"\[\+\] {peer}@localhost")
+    # a chat: /message opens the tab (and fetches its history, XEP-0313: empty) and sends
+    p.type(f"/message {peer}@localhost hello from poezio")
+    p.sent(r'<query xmlns="urn:xmpp:mam:2"[^\n]*<field var="with"><value>' + f"{peer}@localhost<")
+    msg = wait_for(other, "Poezio's message", lambda el: el.tag == MESSAGE and body(el) is not None)
+    assert body(msg) == "hello from poezio" and msg.get("from") == jid
+    # XEP-0085 active state and XEP-0184 §5.1 a receipt request, with each message
+    assert msg.find(f"{{{CHAT_STATES}}}active") is not None
+    assert msg.find(f"{{{RECEIPTS}}}request") is not None
+    other.send(
+        f"<message to='{jid}' type='chat' id='want-receipt'><body>hello poezio</body>"
+        f"<request xmlns='{RECEIPTS}'/></message>"
+    )
+    p.wait_screen(rf"{peer}> hello poezio")
+    receipt = wait_for(
+        other, "Poezio's receipt", lambda el: el.find(f"{{{RECEIPTS}}}received") is not None
+    )
+    assert receipt.find(f"{{{RECEIPTS}}}received").get("id") == "want-receipt"
+    # XEP-0308: /correct replaces the last message
+    p.type("/correct hello again from poezio")
+    fixed = wait_for(other, "Poezio's correction", lambda el: body(el) is not None)
+    assert body(fixed) == "hello again from poezio"
+    assert fixed.find(f"{{{CORRECTION}}}replace").get("id") == msg.get("id")
+    p.wait_screen(r"pz\d+> hello again from poezio")
+
+    # RFC 6121 §4.2: /status reaches the contact as show and status (away, Poezio sends
+    # no more chat states)
+    p.type("/status away out for lunch")
+    away = wait_for(
+        other,
+        "Poezio's away presence",
+        lambda el: el.tag == PRESENCE and el.findtext(f"{{{CLIENT}}}show") == "away",
+    )
+    assert away.get("from") == jid and away.findtext(f"{{{CLIENT}}}status") == "out for lunch"
+
+    # XEP-0092, XEP-0199 (Poezio's ping plugin), XEP-0012 of the server, shown in the
+    # roster tab's information buffer
+    p.type("/win 0")
+    p.type("/version localhost")
+    p.wait_screen(r"localhost is running fastxmpp version \d")
+    p.type("/ping localhost")
+    p.wait_screen(r"localhost responded to ping after [\d.]+s")
+    # XEP-0012 §4: /last_activity with a JID never sends its query (module docstring);
+    # without one, in the chat's tab, it asks the contact's bare JID, and the server answers
+    # for the account: online, so 0 seconds
+    p.type("/win 1")
+    p.type("/last_activity")
+    p.sent(rf'<iq [^\n]*to="{peer}@localhost"><query xmlns="jabber:iq:last" />')
+    p.received(rf'from="{peer}@localhost"><query xmlns="jabber:iq:last" seconds="0" />')
+    p.wait_screen(rf"The last activity of {peer}@localhost was 0s ago")
