@@ -47,9 +47,11 @@ from typing import Any
 
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import body, require_command, wait_for
+from interop_clients import body, raw_login, require_command, wait_for
+from test_bookmarks_sync import conferences, native, pep_storage, private_storage
+from test_client_flows import Client
 from test_interop_profanity import Profanity, befriend
-from xmpp_raw import CLIENT, RawClient
+from xmpp_raw import CLIENT, RawClient, stanza_error
 
 POOL = FreshNames("pz", 40)
 MESSAGE = f"{{{CLIENT}}}message"
@@ -60,7 +62,13 @@ NOBODY = 65534
 
 @pytest.fixture(scope="module")
 def srv(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from module_server(ca, tmp_path_factory, POOL)
+    # each Poezio login fails four SCRAM tries first (module docstring): without this, the
+    # password-guessing back-off (test_limits.py) slows every later login from loopback down
+    relaxed = (
+        "[limits]\nauth_free_failures = 100000\nauth_failures_per_ip = 100000\n"
+        "auth_failures_per_account = 100000\n"
+    )
+    yield from module_server(ca, tmp_path_factory, POOL, relaxed)
 
 
 @pytest.fixture
@@ -163,6 +171,16 @@ class Poezio(Profanity):
         while not done(shown := self.screen().rstrip().rsplit("\n", 1)[-1].rstrip()):
             assert time.monotonic() < deadline, f"the input line stayed {shown!r}"
             time.sleep(0.02)
+
+    def key(self, name: str) -> None:
+        """One key by its tmux name (Enter, Down, C-y)."""
+        self._tmux("send-keys", "-t", "prof", name)
+
+    def slowly(self, text: str) -> None:
+        """`text` typed one key at a time (a form's text field takes no pasted text)."""
+        for key in text:
+            self._tmux("send-keys", "-t", "prof", "-l", key)
+            time.sleep(0.05)
 
     def logged_in(self) -> str:
         """The full JID Poezio bound, once its session started."""
@@ -275,3 +293,158 @@ def test_login_roster_status_and_chat(
     p.sent(rf'<iq [^\n]*to="{peer}@localhost"><query xmlns="jabber:iq:last" />')
     p.received(rf'from="{peer}@localhost"><query xmlns="jabber:iq:last" seconds="0" />')
     p.wait_screen(rf"The last activity of {peer}@localhost was 0s ago")
+
+
+MUC = "http://jabber.org/protocol/muc"
+MUC_USER = f"{MUC}#user"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+
+
+def statuses(el: Any) -> set[str]:
+    return {s.get("code") for s in el.iterfind(f"{{{MUC_USER}}}x/{{{MUC_USER}}}status")}
+
+
+def test_room(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    poezio: Callable[..., Poezio],
+) -> None:
+    user, peer, guest = next(names), next(names), next(names)
+    room = f"pz-{user}@conference.localhost"
+    p = poezio(user)
+    jid = p.logged_in()
+    p.wait_screen(r"Your JID is")
+    other = raw_login(srv, ca_file, peer, clients)
+    mine = Client(raw_login(srv, ca_file, user, clients), user, "")
+    # XEP-0045 §10.1.1: /join of a new room: created (201), locked until configured
+    p.type(f"/join {room}/poe")
+    p.wait_screen("Info: The room has been created")
+    p.sent(rf'<presence to="{re.escape(room)}/poe" [^\n]*<x xmlns="{MUC}" />')
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    refused = wait_for(other, "the refusal", lambda el: el.tag == PRESENCE)
+    assert refused.get("type") == "error" and stanza_error(refused) == "item-not-found"
+    # Poezio bookmarks the room it joins (XEP-0048 in private storage, XEP-0049, autojoin);
+    # the server has it as XEP-0402 and XEP-0048-in-PEP items too (XEP-0402 §5.3)
+    p.sent(
+        r'<query xmlns="jabber:iq:private"><storage xmlns="storage:bookmarks">'
+        rf'<conference [^>]*jid="{re.escape(room)}"'
+    )
+    stored = conferences(private_storage(mine))
+    assert stored[room]["autojoin"] and stored[room]["nick"] == "poe"
+    assert native(mine)[room]["autojoin"] and native(mine)[room]["nick"] == "poe"
+    assert conferences(pep_storage(mine))[room]["nick"] == "poe"
+
+    # §10.1.3: /configure opens the room's form in a tab: a name typed into the first
+    # field, Persistent (two fields down) switched on, Ctrl-Y sends it
+    p.type("/configure")
+    p.wait_screen(r"Room configuration(?s:.*)Persistent\s+← False →")
+    p.slowly("Poezio room")
+    p.wait_screen(r"Name\s+Poezio room")
+    for key in ("Down", "Down", "Right"):
+        p.key(key)
+    p.wait_screen(r"Persistent\s+← True\s+→")
+    p.key("C-y")
+    form = p.sent(rf'to="{re.escape(room)}"><query xmlns="{MUC}#owner"><x [^>]*type="submit"')
+    assert form
+    p.received(rf'<iq type="result" [^>]*from="{re.escape(room)}" />')
+    # the room is open and has what was set (§6.4)
+    other.send(f"<iq type='get' id='info' to='{room}'><query xmlns='{DISCO_INFO}'/></iq>")
+    info = wait_for(other, "the room's disco#info", lambda el: el.get("id") == "info")
+    query = info.find(f"{{{DISCO_INFO}}}query")
+    assert "muc_persistent" in {f.get("var") for f in query.iterfind(f"{{{DISCO_INFO}}}feature")}
+    assert query.find(f"{{{DISCO_INFO}}}identity").get("name") == "Poezio room"
+
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    wait_for(other, "its own presence", lambda el: el.tag == PRESENCE and "110" in statuses(el))
+    p.wait_screen(rf"---> {peer} \({peer}@localhost/raw\) joined the room")
+    # §7.4 and §7.2.2: groupchat both ways
+    other.send(f"<message to='{room}' type='groupchat'><body>hi room</body></message>")
+    p.wait_screen(rf"{peer}> hi room")
+    p.type("hello room")
+    said = wait_for(other, "Poezio's groupchat", lambda el: body(el) == "hello room")
+    assert said.get("from") == f"{room}/poe" and said.get("type") == "groupchat"
+    # §8.1: /topic, a subject without a body
+    p.type("/topic a new topic")
+    subject = wait_for(other, "the subject", lambda el: el.find(f"{{{CLIENT}}}subject") is not None)
+    assert subject.findtext(f"{{{CLIENT}}}subject") == "a new topic" and body(subject) is None
+    assert subject.get("from") == f"{room}/poe"
+    # §7.6: /nick: unavailable with 303 and the new nick, then the new presence
+    p.type("/nick renamed")
+    gone = wait_for(other, "the nick change", lambda el: el.tag == PRESENCE)
+    assert gone.get("type") == "unavailable" and "303" in statuses(gone)
+    assert gone.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("nick") == "renamed"
+    back = wait_for(other, "the new nick", lambda el: el.tag == PRESENCE)
+    assert back.get("from") == f"{room}/renamed" and back.get("type") is None
+    # §7.5: /query opens a private chat with an occupant; what comes in shows there
+    p.type(f"/query {peer}")
+    other.send(
+        f"<message to='{room}/renamed' type='chat'><body>privately</body>"
+        f"<x xmlns='{MUC_USER}'/></message>"
+    )
+    p.wait_screen(rf"{peer}> privately")
+    # what Poezio sends there names the occupant JID as its 'from' (module docstring): the
+    # server closes the stream, RFC 6120 §4.9.3.9 invalid-from, and nothing reaches the peer
+    p.type("privately back")
+    p.received(r"<invalid-from [^\n]*the &apos;from&apos; address is not yours")
+    # Poezio reconnects and enters the room again, as renamed
+    rejoined = wait_for(
+        other,
+        "Poezio again",
+        lambda el: el.tag == PRESENCE and el.get("type") is None,
+        bodies := [],
+    )
+    assert rejoined.get("from") == f"{room}/renamed" and "privately back" not in bodies
+    p.type("/close")
+    # §8.4 /role, §9.3 /affiliation: the occupant's presence says the change
+    p.type(f"/role {peer} visitor")
+    changed = wait_for(other, "the role change", lambda el: el.tag == PRESENCE)
+    assert changed.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("role") == "visitor"
+    p.type(f"/affiliation {peer} member")
+    changed = wait_for(other, "the affiliation change", lambda el: el.tag == PRESENCE)
+    assert changed.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item").get("affiliation") == "member"
+    # §7.8.2: /invite (in the room's tab: JID and reason); the guest's bare JID does not
+    # list XEP-0249 direct invitations, so Poezio sends a mediated one through the room
+    third = raw_login(srv, ca_file, guest, clients)
+    third.send("<presence/>")
+    p.type(f"/invite {guest}@localhost come along")
+    invitation = wait_for(third, "the invitation", lambda el: el.tag == MESSAGE)
+    invite = invitation.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}invite")
+    assert invitation.get("from") == room and invite.get("from") == jid
+    assert invite.findtext(f"{{{MUC_USER}}}reason") == "come along"
+    # §8.2 /kick, §9.1 /ban with a reason
+    p.type(f"/kick {peer} enough for today")
+    kicked = wait_for(other, "the kick", lambda el: el.tag == PRESENCE)
+    assert kicked.get("type") == "unavailable" and {"307", "110"} <= statuses(kicked)
+    assert kicked.findtext(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item/{{{MUC_USER}}}reason") == (
+        "enough for today"
+    )
+    p.wait_screen(rf"{peer} has been kicked by renamed Reason: enough for today")
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    wait_for(other, "its own presence", lambda el: el.tag == PRESENCE and "110" in statuses(el))
+    p.type(f"/ban {peer} go away")
+    banned = wait_for(other, "the ban", lambda el: el.tag == PRESENCE)
+    assert banned.get("type") == "unavailable" and {"301", "110"} <= statuses(banned)
+    item = banned.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item")
+    assert item.get("affiliation") == "outcast" and item.findtext(f"{{{MUC_USER}}}reason") == (
+        "go away"
+    )
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    refused = wait_for(other, "the refusal", lambda el: el.tag == PRESENCE)
+    assert refused.get("type") == "error" and stanza_error(refused) == "forbidden"
+
+    # §10.9: /destroy_room with a reason and another room to go to: the guest inside is told
+    third.send(f"<presence to='{room}/{guest}'><x xmlns='{MUC}'/></presence>")
+    wait_for(third, "its own presence", lambda el: el.tag == PRESENCE and "110" in statuses(el))
+    p.type(f'/destroy_room {room} "the end" lobby@conference.localhost')
+    gone = wait_for(
+        third, "the room's end", lambda el: el.tag == PRESENCE and el.get("type") == "unavailable"
+    )
+    destroy = gone.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}destroy")
+    assert destroy is not None and destroy.findtext(f"{{{MUC_USER}}}reason") == "the end"
+    assert destroy.get("jid") == "lobby@conference.localhost"
+    p.wait_screen(rf"Room {re.escape(room)} was destroyed")
+    third.send(f"<iq type='get' id='info' to='{room}'><query xmlns='{DISCO_INFO}'/></iq>")
+    info = wait_for(third, "the disco#info", lambda el: el.get("id") == "info")
+    assert stanza_error(info) == "item-not-found"
