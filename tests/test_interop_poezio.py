@@ -297,6 +297,7 @@ def test_login_roster_status_and_chat(
 
 MUC = "http://jabber.org/protocol/muc"
 MUC_USER = f"{MUC}#user"
+MAM = "urn:xmpp:mam:2"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 
 
@@ -448,3 +449,85 @@ def test_room(
     third.send(f"<iq type='get' id='info' to='{room}'><query xmlns='{DISCO_INFO}'/></iq>")
     info = wait_for(third, "the disco#info", lambda el: el.get("id") == "info")
     assert stanza_error(info) == "item-not-found"
+
+
+def test_history_and_bookmarks(
+    srv: ServerProcess,
+    ca_file: str,
+    names: Iterator[str],
+    clients: list[RawClient],
+    poezio: Callable[..., Poezio],
+) -> None:
+    user, peer = next(names), next(names)
+    room = f"hist-{user}@conference.localhost"
+    other = befriend(srv, ca_file, user, peer, clients)
+    # history made before Poezio ever ran: a chat, archived by the server (XEP-0313) ...
+    mine = raw_login(srv, ca_file, user, clients)
+    mine.send(f"<message to='{peer}@localhost' type='chat'><body>archived one</body></message>")
+    wait_for(other, "archived one", lambda el: body(el) == "archived one")
+    other.send(
+        f"<message to='{user}@localhost/raw' type='chat'><body>archived two</body></message>"
+    )
+    wait_for(mine, "archived two", lambda el: body(el) == "archived two")
+    # ... and a room the peer made, archiving (XEP-0045 §10.1.3, muc#roomconfig_enablearchiving)
+    other.send(f"<presence to='{room}/{peer}'><x xmlns='{MUC}'/></presence>")
+    wait_for(other, "the new room", lambda el: el.tag == PRESENCE and "201" in statuses(el))
+    other.send(
+        f"<iq type='set' id='cfg' to='{room}'><query xmlns='{MUC}#owner'>"
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'>"
+        f"<value>{MUC}#roomconfig</value></field>"
+        "<field var='muc#roomconfig_enablearchiving'><value>1</value></field>"
+        "<field var='muc#roomconfig_persistentroom'><value>1</value></field>"
+        "</x></query></iq>"
+    )
+    assert (
+        wait_for(other, "the configuration", lambda el: el.get("id") == "cfg").get("type")
+        == "result"
+    )
+    for text in ("room one", "room two"):
+        other.send(f"<message to='{room}' type='groupchat'><body>{text}</body></message>")
+        wait_for(other, text, lambda el, text=text: body(el) == text)
+
+    p = poezio(user)
+    p.logged_in()
+    p.wait_screen(r"Your JID is")
+    # a room's history as Poezio gets it (XEP-0313 §3.2 on the room's archive): no
+    # discussion history on entering (XEP-0045 §7.2.15, seconds 0), the archive's latest
+    p.type(f"/join {room}/poe")
+    p.sent(rf'<presence to="{re.escape(room)}/poe" [^\n]*<history seconds="0" />')
+    p.received(
+        rf'<message from="{re.escape(room)}" [^\n]*<result xmlns="{MAM}" [^\n]*'
+        rf'from="{re.escape(room)}/{peer}"[^\n]*<body>room two</body>'
+    )
+    p.wait_screen(rf"{peer}> room one\s[^\n]*\n.*{peer}> room two")
+    assert len(re.findall(r"RECV: [^\n]*<body>room one</body>", p.log())) == 1
+    # a chat's: /message opens the tab and asks the account's archive for it (§4.1.1 'with')
+    p.type(f"/message {peer}@localhost")
+    p.sent(rf'<query xmlns="{MAM}"[^\n]*<field var="with"><value>{peer}@localhost<')
+    p.wait_screen(rf"{user}> archived one\s[^\n]*\n.*{peer}> archived two")
+
+    # bookmarks: /join made one (XEP-0048 in private storage, autojoin); in the room's tab
+    # /remove_bookmark takes it away, /bookmark with a nick and autojoin puts it back; the
+    # server keeps the XEP-0402 and XEP-0048-in-PEP forms alike (XEP-0402 §5.3)
+    account = Client(mine, user, "")
+    p.type("/win 1")
+    p.type("/remove_bookmark")
+    p.wait_screen("Bookmark deleted")
+    assert room not in conferences(private_storage(account))
+    assert room not in native(account)
+    p.type(f"/bookmark {room}/keeper true")
+    p.sent(r'<storage xmlns="storage:bookmarks"><conference [^>]*jid="' + re.escape(room))
+    stored = conferences(private_storage(account))[room]
+    assert stored["autojoin"] and stored["nick"] == "keeper"
+    assert native(account)[room]["autojoin"] and native(account)[room]["nick"] == "keeper"
+    assert conferences(pep_storage(account))[room]["nick"] == "keeper"
+    # the next start: Poezio reads its bookmarks and enters the room as keeper (autojoin)
+    p.close()
+    again = poezio(user)
+    again.logged_in()
+    entered = wait_for(
+        other,
+        "Poezio entering by its bookmark",
+        lambda el: el.tag == PRESENCE and el.get("from") == f"{room}/keeper",
+    )
+    assert entered.get("type") is None
