@@ -268,6 +268,23 @@ def test_login_roster_status_and_chat(
     assert fixed.find(f"{{{CORRECTION}}}replace").get("id") == msg.get("id")
     p.wait_screen(r"pz\d+> hello again from poezio")
 
+    # RFC 6121 §3 from Poezio's side: a newcomer asks; /accept approves (§3.1.4) and asks
+    # back (§3.1.1)
+    newcomer = next(names)
+    third = raw_login(srv, ca_file, newcomer, clients)
+    third.send("<presence/>")
+    third.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    p.wait_screen(rf"{newcomer}@localhost wants to subscribe to your presence")
+    p.type(f"/accept {newcomer}@localhost")
+    wait_for(third, "the approval", lambda el: el.get("type") == "subscribed")
+    wait_for(third, "the request back", lambda el: el.get("type") == "subscribe")
+    third.send(f"<presence to='{user}@localhost' type='subscribed'/>")
+    # Poezio is told of the approval (a roster push, §3.1.6); the account's roster has both
+    p.received(rf'<item [^>]*jid="{newcomer}@localhost" subscription="both"')
+    mine = Client(raw_login(srv, ca_file, user, clients), user, "")
+    roster = mine.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    items = {i.get("jid"): i.get("subscription") for i in roster.iter("{jabber:iq:roster}item")}
+    assert items == {f"{peer}@localhost": "both", f"{newcomer}@localhost": "both"}
     # RFC 6121 §4.2: /status reaches the contact as show and status (away, Poezio sends
     # no more chat states)
     p.type("/status away out for lunch")
@@ -523,8 +540,11 @@ def test_history_and_bookmarks(
     assert conferences(pep_storage(account))[room]["nick"] == "keeper"
     # the next start: Poezio reads its bookmarks and enters the room as keeper (autojoin)
     p.close()
-    again = poezio(user)
+    # (XEP-0198 on, which Poezio leaves off by default: enabled with resumption)
+    again = poezio(user, enable_smacks="true")
     again.logged_in()
+    again.sent(r'<enable xmlns="urn:xmpp:sm:3" resume="true"')
+    again.received(r'<enabled xmlns="urn:xmpp:sm:3" [^>]*resume="true"')
     entered = wait_for(
         other,
         "Poezio entering by its bookmark",
