@@ -183,17 +183,26 @@ class Poezio(Profanity):
             time.sleep(0.05)
 
     def logged_in(self) -> str:
-        """The full JID Poezio bound, once its session started."""
+        """The full JID Poezio bound, once its session started (slixmpp's session_start)."""
+        self.wait_log(r"Event triggered: session_start", seconds=30)
         jid = f"{self.user}@localhost/poezio-dev"
-        self.srv.wait_for_log(f"bound {jid}", timeout=30)
+        self.srv.wait_for_log(f"bound {jid}")
         return jid
 
-    def sent(self, pattern: str) -> re.Match[str]:
-        """A stanza Poezio sent (slixmpp's debug log: 'SEND: <...>')."""
-        return self.wait_log(r"SEND: [^\n]*" + pattern)
+    def sent(self, pattern: str, start: int = 0) -> re.Match[str]:
+        """A stanza Poezio sent (slixmpp's debug log: 'SEND: <...>'), from offset `start`."""
+        return self.wait_log(r"SEND: [^\n]*" + pattern, start)
 
     def received(self, pattern: str) -> re.Match[str]:
         return self.wait_log(r"RECV: [^\n]*" + pattern)
+
+    def answered(self, request: re.Match[str]) -> re.Match[str]:
+        """The result of the iq `request` (a `sent` match): once Poezio has it, the server
+        has done all the request asked."""
+        line = request.string[request.start() :].split("\n", 1)[0]
+        found = re.match(r'SEND: <iq [^>]*id="([^"]+)"', line)
+        assert found, line
+        return self.received(rf'<iq (?=[^>]*id="{found.group(1)}")[^>]*type="result"')
 
     def log(self) -> str:
         return self.debug.read_text(errors="replace") if self.debug.exists() else ""
@@ -240,8 +249,7 @@ def test_login_roster_status_and_chat(
     p.received(r"the server supports channel binding")
     srv.wait_for_log(f"authenticated {user}@localhost with PLAIN")
     # XEP-0280 §4: carbons enabled
-    p.sent(r'<iq [^>]*type="set"[^>]*><enable xmlns="urn:xmpp:carbons:2"')
-    p.received(r'<iq type="result" id="[^"]+" to="' + re.escape(jid) + r'" />')
+    p.answered(p.sent(r'<iq [^>]*type="set"[^>]*><enable xmlns="urn:xmpp:carbons:2"'))
     # RFC 6121 §2.1.3: the roster, in the roster tab
     p.wait_screen(rf"\[\+\] {peer}@localhost")
     # a chat: /message opens the tab (and fetches its history, XEP-0313: empty) and sends
@@ -345,10 +353,11 @@ def test_room(
     assert refused.get("type") == "error" and stanza_error(refused) == "item-not-found"
     # Poezio bookmarks the room it joins (XEP-0048 in private storage, XEP-0049, autojoin);
     # the server has it as XEP-0402 and XEP-0048-in-PEP items too (XEP-0402 §5.3)
-    p.sent(
+    saved = p.sent(
         r'<query xmlns="jabber:iq:private"><storage xmlns="storage:bookmarks">'
         rf'<conference [^>]*jid="{re.escape(room)}"'
     )
+    p.answered(saved)
     stored = conferences(private_storage(mine))
     assert stored[room]["autojoin"] and stored[room]["nick"] == "poe"
     assert native(mine)[room]["autojoin"] and native(mine)[room]["nick"] == "poe"
@@ -364,9 +373,7 @@ def test_room(
         p.key(key)
     p.wait_screen(r"Persistent\s+← True\s+→")
     p.key("C-y")
-    form = p.sent(rf'to="{re.escape(room)}"><query xmlns="{MUC}#owner"><x [^>]*type="submit"')
-    assert form
-    p.received(rf'<iq type="result" [^>]*from="{re.escape(room)}" />')
+    p.answered(p.sent(rf'to="{re.escape(room)}"><query xmlns="{MUC}#owner"><x [^>]*type="submit"'))
     # the room is open and has what was set (§6.4)
     other.send(f"<iq type='get' id='info' to='{room}'><query xmlns='{DISCO_INFO}'/></iq>")
     info = wait_for(other, "the room's disco#info", lambda el: el.get("id") == "info")
@@ -532,8 +539,13 @@ def test_history_and_bookmarks(
     p.wait_screen("Bookmark deleted")
     assert room not in conferences(private_storage(account))
     assert room not in native(account)
+    before = len(p.log())
     p.type(f"/bookmark {room}/keeper true")
-    p.sent(r'<storage xmlns="storage:bookmarks"><conference [^>]*jid="' + re.escape(room))
+    p.answered(
+        p.sent(
+            r'<storage xmlns="storage:bookmarks"><conference [^>]*jid="' + re.escape(room), before
+        )
+    )
     stored = conferences(private_storage(account))[room]
     assert stored["autojoin"] and stored["nick"] == "keeper"
     assert native(account)[room]["autojoin"] and native(account)[room]["nick"] == "keeper"
