@@ -147,7 +147,9 @@ class Poezio(Profanity):
 
     def close(self) -> None:
         super().close()
-        if self.as_root:
+        if self.as_root and self.root.exists():  # (a test may close it before the fixture)
+            # its debug log kept beside the tmux socket, in pytest's directory of the test
+            shutil.copy(self.debug, Path(self.socket).parent / "debug.log")
             shutil.rmtree(self.root, ignore_errors=True)
 
     def type(self, line: str) -> None:
@@ -534,6 +536,10 @@ def test_history_and_bookmarks(
     # /remove_bookmark takes it away, /bookmark with a nick and autojoin puts it back; the
     # server keeps the XEP-0402 and XEP-0048-in-PEP forms alike (XEP-0402 §5.3)
     account = Client(mine, user, "")
+    p.answered(
+        p.sent(r'<storage xmlns="storage:bookmarks"><conference [^>]*jid="' + re.escape(room))
+    )
+    assert native(account)[room]["nick"] == "poe"
     p.type("/win 1")
     p.type("/remove_bookmark")
     p.wait_screen("Bookmark deleted")
