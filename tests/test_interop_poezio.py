@@ -65,6 +65,7 @@ import base64
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -170,8 +171,26 @@ class Poezio(Profanity):
             str(self.debug),
         ]
         self._tmux("new-session", "-d", "-s", "prof", "-x", "200", "-y", "50", *command)
+        # (setpriv and env exec: the pane's process is Poezio's)
+        self.pid = int(self._tmux("display-message", "-p", "-t", "prof", "#{pane_pid}"))
+
+    def running(self) -> bool:
+        """Poezio's process still there (a zombie nobody reaps counts as gone)."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
     def close(self) -> None:
+        # Poezio takes tmux's SIGHUP for a clean exit and sometimes stays on after it (its
+        # logout waiting on a stream that is gone): ended by its process id
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.running():
+                os.kill(self.pid, sig)
+            deadline = time.monotonic() + 3
+            while self.running() and time.monotonic() < deadline:
+                time.sleep(0.02)
         super().close()
         if self.as_root and self.root.exists():  # (a test may close it before the fixture)
             # its debug log kept beside the tmux socket, in pytest's directory of the test
