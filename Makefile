@@ -79,7 +79,7 @@ fuzz-deps:
 # is compiled at test time with g++ against it and Qt 5) and nbxmpp (Debian; nbxmpp, Gajim's
 # library, runs under Debian's /usr/bin/python3 with python3-gi), Profanity (Debian; driven
 # in tmux), libpurple (libpurple-dev: tests/interop/purple/client.c compiled at test time),
-# mcabber (Debian, on loudmouth; driven in tmux),
+# mcabber (Debian, on loudmouth; driven in tmux), Poezio (Debian, on slixmpp; driven in tmux),
 # xmpp.js and StanzaJS (npm ci from tests/interop/js/ and tests/interop/stanza/'s
 # package-lock.json, under node) and aioxmpp in a venv
 # of its own (it needs lxml 4, the server lxml 5: tests/interop/aioxmpp/requirements.txt);
@@ -115,6 +115,11 @@ interop-deps: | deps
 	  echo "installing mcabber, tmux (test_interop_mcabber.py: a console client on loudmouth," \
 	    "driven in tmux)"; \
 	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mcabber tmux; \
+	fi
+	@if ! command -v poezio >/dev/null || ! command -v tmux >/dev/null; then \
+	  echo "installing poezio, tmux (test_interop_poezio.py: a console client built around" \
+	    "multi-user chat, on slixmpp, driven in tmux)"; \
+	  $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poezio tmux; \
 	fi
 	@# Gajim, the desktop client of test_interop_gajim.py, with its OMEMO plugin, run on a
 	@# virtual screen (Xvfb) with a session bus of its own (dbus-daemon), driven with gdbus
