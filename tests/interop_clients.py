@@ -6,10 +6,12 @@ test whose client is missing fails and says how to install it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -242,3 +244,24 @@ def kill_all(started: list[Any]) -> None:
         if harness.proc.poll() is None:
             harness.proc.kill()
             harness.proc.wait(5)
+
+
+def process_running(pid: int) -> bool:
+    """The process `pid` is there and not a zombie (one nobody reaps counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def end_process(pid: int) -> None:
+    """SIGTERM, then SIGKILL, to a client that outlives its terminal: Poezio and mcabber may
+    stay on after tmux's SIGHUP, reconnecting for ever (a test leaves nothing running)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if process_running(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 3
+        while process_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)

@@ -54,7 +54,7 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, add_accounts, module_server
 from federation import free_port
-from interop_clients import body, raw_login, require_command, wait_for
+from interop_clients import body, end_process, raw_login, require_command, wait_for
 from test_bookmarks_sync import conferences, native, private_storage
 from test_client_flows import Client
 from xmpp_raw import CLIENT, RawClient
@@ -99,6 +99,7 @@ class Mcabber:
         self.histo = root / "histo"
         self.fifo = root / "mcabber.fifo"
         self.socket = str(root / "tmux.sock")
+        self.pid = 0  # mcabber's, once started
         settings = {
             "jid": f"{user}@localhost",
             "password": PASSWORD,
@@ -130,6 +131,7 @@ class Mcabber:
         }
         command = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), binary]
         self._tmux("new-session", "-d", "-s", "mc", "-x", "200", "-y", "50", *command)
+        self.pid = int(self._tmux("display-message", "-p", "-t", "mc", "#{pane_pid}"))
         self.wait_trace(r"FIFO initialized")
 
     def _tmux(self, *args: str) -> str:
@@ -211,6 +213,9 @@ class Mcabber:
             time.sleep(0.05)
 
     def close(self) -> None:
+        # mcabber may outlive tmux's SIGHUP (processes of it were found running an hour on)
+        if self.pid:
+            end_process(self.pid)
         subprocess.run(
             [self.tmux, "-S", self.socket, "kill-server"], capture_output=True, timeout=STEP
         )

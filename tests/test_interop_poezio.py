@@ -66,7 +66,6 @@ import base64
 import os
 import re
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -75,7 +74,7 @@ from typing import Any
 
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import body, raw_login, require_command, wait_for
+from interop_clients import body, end_process, raw_login, require_command, wait_for
 from test_bookmarks_sync import conferences, native, pep_storage, private_storage
 from test_client_flows import Client
 from test_interop_profanity import Profanity, befriend
@@ -172,23 +171,10 @@ class Poezio(Profanity):
         # (setpriv and env exec: the pane's process is Poezio's)
         self.pid = int(self._tmux("display-message", "-p", "-t", "prof", "#{pane_pid}"))
 
-    def running(self) -> bool:
-        """Poezio's process still there (a zombie nobody reaps counts as gone)."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
     def close(self) -> None:
         # Poezio takes tmux's SIGHUP for a clean exit and sometimes stays on after it (its
         # logout waiting on a stream that is gone): ended by its process id
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self.running():
-                os.kill(self.pid, sig)
-            deadline = time.monotonic() + 3
-            while self.running() and time.monotonic() < deadline:
-                time.sleep(0.02)
+        end_process(self.pid)
         super().close()
         if self.as_root and self.root.exists():  # (a test may close it before the fixture)
             # its debug log kept beside the tmux socket, in pytest's directory of the test
