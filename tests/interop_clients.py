@@ -130,6 +130,46 @@ def raw_login(srv: Any, ca_file: str, user: str, opened: list[Any]) -> Any:
     return client
 
 
+def asking_to_subscribe(srv: Any, ca_file: str, asker: str, user: str, opened: list[Any]) -> Any:
+    """`asker` logged in, available, and asking `user`@localhost for its presence (RFC 6121
+    §3.1.1): the client under test gets the request; the asker's RawClient."""
+    client = raw_login(srv, ca_file, asker, opened)
+    client.send("<presence/>")
+    client.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    return client
+
+
+def approved_and_present(
+    asker: Any, user: str, client_jid: str, who: str, seconds: float = 10.0
+) -> None:
+    """The request `asking_to_subscribe` made approved by `user`@localhost (§3.1.4), and
+    the presence of its client `client_jid` following it (§3.1.5), as `asker` sees them."""
+    approved = wait_for(
+        asker, "the approval", lambda el: el.get("type") == "subscribed", seconds=seconds
+    )
+    assert approved.get("from") == f"{user}@localhost"
+    wait_for(
+        asker,
+        f"{who}'s presence",
+        lambda el: el.tag == f"{{{CLIENT}}}presence" and el.get("from") == client_jid,
+        seconds=seconds,
+    )
+
+
+def refused_before_sasl(srv: Any, start: int, user: str) -> str:
+    """The first connection opened after `start` (an offset in the server's log) asked for
+    TLS (RFC 6120 §5.4.2) and `user` never authenticated: a client that refused the
+    server's certificate. The connection's port."""
+    log = srv.log_text()[start:]
+    # its opening line (a line of its own: "... closed (...)" lines of other tests' clients
+    # may come first)
+    port = re.search(r"c2s connection from 127\.0\.0\.1:(\d+)\n", log)
+    assert port, log
+    assert re.search(rf"127\.0\.0\.1:{port.group(1)} <<< <starttls ", log), log
+    assert f"authenticated {user}@localhost" not in srv.log_text()
+    return port.group(1)
+
+
 def wait_for(
     client: Any,
     what: str,

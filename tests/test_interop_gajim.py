@@ -75,7 +75,17 @@ from typing import Any
 
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import REPO, body, raw_login, require, require_command, wait_for
+from interop_clients import (
+    REPO,
+    approved_and_present,
+    asking_to_subscribe,
+    body,
+    raw_login,
+    refused_before_sasl,
+    require,
+    require_command,
+    wait_for,
+)
 from test_avatars import User
 from test_avatars import png as avatar_png
 from test_client_flows import Client, publish_bookmark
@@ -506,21 +516,9 @@ def test_login_roster_presence_and_chat(
 
     # RFC 6121 §3.1: a newcomer's subscription request, approved by Gajim (the profile sets
     # the account's autoauth, "accept subscription requests automatically")
-    newcomer = next(names)
-    third = raw_login(srv, ca_file, newcomer, clients)
-    third.send("<presence/>")
-    third.send(f"<presence to='{user}@localhost' type='subscribe'/>")
-    approved = wait_for(
-        third, "the approval", lambda el: el.get("type") == "subscribed", seconds=STEP
-    )
-    assert approved.get("from") == f"{user}@localhost"
+    third = asking_to_subscribe(srv, ca_file, next(names), user, clients)
     # §3.1.5: Gajim's presence follows the approval
-    wait_for(
-        third,
-        "Gajim's presence",
-        lambda el: el.tag == PRESENCE and el.get("from") == g.jid,
-        seconds=STEP,
-    )
+    approved_and_present(third, user, g.jid, "Gajim", STEP)
 
 
 def test_certificate_not_signed_by_a_trusted_ca_is_refused(
@@ -534,14 +532,8 @@ def test_certificate_not_signed_by_a_trusted_ca_is_refused(
     g = gajim(user, SYSTEM_BUNDLE)
     g.window("SSL Certificate Verification Error")
     # the server saw it ask for TLS (RFC 6120 §5.4.2) and leave without authenticating
-    log = srv.log_text()[start:]
-    # the connection opened after `start` (a line of its own: "... closed (...)" lines of
-    # other tests' clients may come first)
-    port = re.search(r"c2s connection from 127\.0\.0\.1:(\d+)\n", log)
-    assert port, log
-    assert re.search(rf"127\.0\.0\.1:{port.group(1)} <<< <starttls ", log)
-    srv.wait_for_log(f"c2s connection from 127.0.0.1:{port.group(1)} closed (unauthenticated)")
-    assert f"authenticated {user}@localhost" not in srv.log_text()
+    port = refused_before_sasl(srv, start, user)
+    srv.wait_for_log(f"c2s connection from 127.0.0.1:{port} closed (unauthenticated)")
 
 
 CARBONS = "urn:xmpp:carbons:2"

@@ -74,7 +74,14 @@ from typing import Any
 
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import body, end_process, raw_login, require_command, wait_for
+from interop_clients import (
+    asking_to_subscribe,
+    body,
+    end_process,
+    raw_login,
+    require_command,
+    wait_for,
+)
 from test_bookmarks_sync import conferences, native, pep_storage, private_storage
 from test_client_flows import Client
 from test_interop_profanity import Profanity, befriend
@@ -313,9 +320,7 @@ def test_login_roster_status_and_chat(
     # RFC 6121 §3 from Poezio's side: a newcomer asks; /accept approves (§3.1.4) and asks
     # back (§3.1.1)
     newcomer = next(names)
-    third = raw_login(srv, ca_file, newcomer, clients)
-    third.send("<presence/>")
-    third.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    third = asking_to_subscribe(srv, ca_file, newcomer, user, clients)
     p.wait_screen(rf"{newcomer}@localhost wants to subscribe to your presence")
     p.type(f"/accept {newcomer}@localhost")
     wait_for(third, "the approval", lambda el: el.get("type") == "subscribed")

@@ -66,7 +66,7 @@ from typing import Any
 
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import body, raw_login, require_command, wait_for
+from interop_clients import asking_to_subscribe, body, raw_login, require_command, wait_for
 from lxml import etree
 from test_avatars import png as avatar_png
 from test_bookmarks_sync import conferences, native, private_storage
@@ -288,9 +288,7 @@ def test_connect_roster_and_chat(
     # RFC 6121 §3 from Profanity's side: a newcomer asks, /sub allow approves it (§3.1.4),
     # /sub request asks back (§3.1.1); /roster then says both
     newcomer = next(names)
-    third = raw_login(srv, ca_file, newcomer, clients)
-    third.send("<presence/>")
-    third.send(f"<presence to='{user}@localhost' type='subscribe'/>")
+    third = asking_to_subscribe(srv, ca_file, newcomer, user, clients)
     p.wait_screen(rf"Received authorization request from {newcomer}@localhost")
     p.type(f"/sub allow {newcomer}@localhost")
     wait_for(third, "the approval", lambda el: el.get("type") == "subscribed")

@@ -66,7 +66,15 @@ from typing import Any
 
 import pytest
 from conftest import PASSWORD, FreshNames, ServerProcess, module_server
-from interop_clients import body, raw_login, require_command, wait_for
+from interop_clients import (
+    approved_and_present,
+    asking_to_subscribe,
+    body,
+    raw_login,
+    refused_before_sasl,
+    require_command,
+    wait_for,
+)
 from lxml import etree
 from test_client_flows import Client
 from test_interop_dino import MUC, Display, Forwarder, make_room, start_bus, statuses, stop
@@ -455,20 +463,8 @@ def test_login_roster_presence_and_chat(
 
     # RFC 6121 §3.1: a newcomer's subscription request, approved by Psi (the profile sets
     # "automatically allow authorization"), and Psi's presence follows (§3.1.5)
-    newcomer = next(names)
-    third = raw_login(srv, ca_file, newcomer, clients)
-    third.send("<presence/>")
-    third.send(f"<presence to='{user}@localhost' type='subscribe'/>")
-    approved = wait_for(
-        third, "the approval", lambda el: el.get("type") == "subscribed", seconds=STEP
-    )
-    assert approved.get("from") == f"{user}@localhost"
-    wait_for(
-        third,
-        "Psi's presence",
-        lambda el: el.tag == PRESENCE and el.get("from") == p.jid,
-        seconds=STEP,
-    )
+    third = asking_to_subscribe(srv, ca_file, next(names), user, clients)
+    approved_and_present(third, user, p.jid, "Psi", STEP)
 
 
 def test_certificate_of_an_unknown_ca_is_refused(
@@ -480,11 +476,7 @@ def test_certificate_of_an_unknown_ca_is_refused(
     start = len(srv.log_text())
     p = psi(user, trusted=False)
     p.wait(lambda: p.find_window("Server Authentication"), "Psi's certificate dialog")
-    log = srv.log_text()[start:]
-    port = re.search(r"c2s connection from 127\.0\.0\.1:(\d+)\n", log)
-    assert port, log
-    assert re.search(rf"127\.0\.0\.1:{port.group(1)} <<< <starttls ", log), log
-    assert f"authenticated {user}@localhost" not in srv.log_text()
+    refused_before_sasl(srv, start, user)
 
 
 def test_room_joined_by_uri_and_groupchat(
